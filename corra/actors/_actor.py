@@ -1,0 +1,335 @@
+"""Actors, their mailboxes and refs.
+
+An actor handles one message at a time, in the order they arrived, from a bounded FIFO
+mailbox. Each incarnation of an actor (every start or restart) is a *cell*; a `Ref` points at
+one cell, like an Erlang pid: once that incarnation stops, the ref raises `ActorStopped`
+instead of waiting. Look up the current incarnation by path (`Runtime.lookup`) or through the
+supervisor (`SupervisorRef.which_children`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+
+import attrs
+import outcome
+import trio
+
+from corra._errors import ActorStopped, CallFailed, ConfigError, MailboxFull
+
+if TYPE_CHECKING:
+    from corra.actors._supervisor import _Child
+
+Status: TypeAlias = Literal["starting", "running", "stopping", "stopped"]
+
+
+class Actor:
+    """Subclass this and define `handle`.
+
+    The runtime builds a new instance for every start and restart, so state kept on ``self``
+    lives exactly as long as one incarnation. Resources that must live as long as the actor
+    (a connection, a nursery of helper tasks, a temp dir) belong in `lifespan`: they are
+    acquired before the first message and released when the actor stops or restarts.
+    """
+
+    _cell: _ActorCell
+
+    async def handle(self, msg: Any) -> Any:
+        """Handle one message; the return value answers a `Ref.call`.
+
+        An exception crashes the actor (its supervisor decides what happens next) and is
+        reported to a waiting `call` as `CallFailed`.
+        """
+        raise NotImplementedError(f"{type(self).__name__}.handle is not defined")
+
+    def lifespan(self) -> AbstractAsyncContextManager[object]:
+        """An async context around the message loop; override to own resources.
+
+        Entered before the actor counts as running (so a failure here is a start failure),
+        left when it stops for any reason. A nursery opened here may run helper tasks; if one
+        of them raises, the actor crashes.
+        """
+        return contextlib.nullcontext()
+
+    @property
+    def ref(self) -> Ref:
+        """The ref of this incarnation."""
+        return self._cell.ref
+
+    def stop(self) -> None:
+        """Stop this actor after the current message: a normal exit (not a crash).
+
+        Messages still in the mailbox are dropped; waiting calls get `ActorStopped`.
+        """
+        self._cell.request_stop()
+
+
+class _Call:
+    """A request in a mailbox whose answer a caller awaits."""
+
+    __slots__ = ("_result", "_task", "msg")
+
+    def __init__(self, msg: Any) -> None:
+        self.msg = msg
+        self._task: trio.lowlevel.Task | None = None
+        self._result: outcome.Outcome[Any] | None = None
+
+    def resolve(self, result: outcome.Outcome[Any]) -> None:
+        """Answer the call once; later answers are ignored."""
+        if self._result is not None:
+            return
+        self._result = result
+        task = self._task
+        if task is not None:
+            self._task = None
+            trio.lowlevel.reschedule(task, result)
+
+    async def wait(self) -> Any:
+        if self._result is not None:
+            await trio.lowlevel.checkpoint()
+            return self._result.unwrap()
+        self._task = trio.lowlevel.current_task()
+
+        def abort(_raise_cancel: Any) -> trio.lowlevel.Abort:
+            self._task = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        return await trio.lowlevel.wait_task_rescheduled(abort)
+
+
+@attrs.frozen
+class ActorStatistics:
+    """A snapshot of one actor incarnation (see `Ref.statistics`)."""
+
+    path: str
+    status: Status
+    mailbox_depth: int
+    mailbox_capacity: int
+    senders_waiting: int
+    messages_handled: int
+    restarts: int
+
+
+class _Cell:
+    """What actors and supervisors share: a path, a status, and the scopes that stop them."""
+
+    path: str
+    status: Status
+    child: _Child | None
+    started: bool
+    terminating: bool
+    scope: trio.CancelScope
+    done: trio.Event
+
+    def __init__(self, path: str, child: _Child | None) -> None:
+        self.path = path
+        self.child = child
+        self.status = "starting"
+        self.started = False
+        self.terminating = False
+        self.scope = trio.CancelScope()
+        self.done = trio.Event()
+
+    async def serve(self, task_status: trio.TaskStatus[None]) -> None:
+        raise NotImplementedError
+
+    def request_stop(self) -> None:
+        """Ask for a graceful stop; never blocks."""
+        raise NotImplementedError
+
+    def terminate(self, grace: float | Literal["brutal_kill"]) -> None:
+        """Stop by the parent's order: gracefully, then cancelled once ``grace`` has passed."""
+        self.terminating = True
+        if grace == "brutal_kill":
+            self.scope.cancel()
+            return
+        self.request_stop()
+        self.scope.deadline = min(self.scope.deadline, trio.current_time() + grace)
+
+    @property
+    def restarts(self) -> int:
+        return self.child.restarts if self.child is not None else 0
+
+
+class _ActorCell(_Cell):
+    """One incarnation of an actor: mailbox, message loop, counters."""
+
+    def __init__(
+        self,
+        path: str,
+        factory: Callable[[], Actor],
+        capacity: int,
+        child: _Child | None = None,
+    ) -> None:
+        super().__init__(path, child)
+        self.factory = factory
+        self.capacity = capacity
+        self.send_channel, self.receive_channel = trio.open_memory_channel[Any](capacity)
+        self.messages_handled = 0
+        self.stop_requested = False
+        self.busy = False
+        self.current_call: _Call | None = None
+        self.loop_scope = trio.CancelScope()
+        self.ref = Ref(self)
+
+    def request_stop(self) -> None:
+        if self.stop_requested:
+            return
+        self.stop_requested = True
+        if self.status != "stopped":
+            self.status = "stopping"
+        if not self.busy:
+            self.loop_scope.cancel()
+
+    async def serve(self, task_status: trio.TaskStatus[None]) -> None:
+        try:
+            actor = self.factory()
+            if not isinstance(actor, Actor):
+                raise ConfigError(
+                    f"{self.path}: start returned {actor!r}, expected an instance of corra.Actor"
+                )
+            actor._cell = self
+            async with actor.lifespan():
+                if not self.stop_requested:
+                    self.status = "running"
+                self.started = True
+                task_status.started()
+                with self.loop_scope:
+                    await self._loop(actor)
+        finally:
+            self._close()
+
+    async def _loop(self, actor: Actor) -> None:
+        receive = self.receive_channel.receive
+        handle = actor.handle
+        while not self.stop_requested:
+            item = await receive()
+            self.busy = True
+            if type(item) is _Call:
+                self.current_call = item
+                try:
+                    result = await handle(item.msg)
+                except Exception as exc:
+                    failure = CallFailed(self.path, f"handler raised {exc!r}")
+                    failure.__cause__ = exc
+                    item.resolve(outcome.Error(failure))
+                    raise
+                item.resolve(outcome.Value(result))
+                self.current_call = None
+            else:
+                await handle(item)
+            self.messages_handled += 1
+            self.busy = False
+
+    def _close(self) -> None:
+        """Stopped: fail whatever still waits on this incarnation, refuse what comes next."""
+        self.status = "stopped"
+        self.stop_requested = True
+        self.done.set()
+        stopped = outcome.Error(ActorStopped(self.path, "stopped before answering the call"))
+        if self.current_call is not None:
+            self.current_call.resolve(stopped)
+            self.current_call = None
+        while True:
+            try:
+                item = self.receive_channel.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+            if type(item) is _Call:
+                item.resolve(stopped)
+        # Senders blocked on a full mailbox wake with BrokenResourceError -> ActorStopped.
+        self.receive_channel.close()
+
+
+class Ref:
+    """A cheap, hashable handle on one actor incarnation; names its path in the tree."""
+
+    __slots__ = ("_cell",)
+
+    def __init__(self, cell: _ActorCell) -> None:
+        self._cell = cell
+
+    @property
+    def path(self) -> str:
+        """The actor's path in the supervision tree, e.g. ``/workers/counter``."""
+        return self._cell.path
+
+    def __repr__(self) -> str:
+        return f"<Ref {self._cell.path} {self._cell.status}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Ref) and other._cell is self._cell
+
+    def __hash__(self) -> int:
+        return id(self._cell)
+
+    @property
+    def alive(self) -> bool:
+        """True until this incarnation has stopped."""
+        return self._cell.status != "stopped"
+
+    async def send(self, msg: Any) -> None:
+        """Put ``msg`` in the mailbox, waiting while it is full (backpressure).
+
+        A checkpoint. Cancelled while waiting, nothing was sent.
+
+        Raises:
+            ActorStopped: the incarnation has stopped (also if it stops while we wait).
+        """
+        cell = self._cell
+        if cell.stop_requested:
+            await trio.lowlevel.checkpoint()
+            raise ActorStopped(cell.path, "not running")
+        try:
+            await cell.send_channel.send(msg)
+        except trio.BrokenResourceError as exc:
+            raise ActorStopped(cell.path, "stopped while the message waited") from exc
+
+    def send_nowait(self, msg: Any) -> None:
+        """Put ``msg`` in the mailbox or raise at once; never blocks.
+
+        Raises:
+            MailboxFull: the mailbox is at capacity.
+            ActorStopped: the incarnation has stopped.
+        """
+        cell = self._cell
+        if cell.stop_requested:
+            raise ActorStopped(cell.path, "not running")
+        try:
+            cell.send_channel.send_nowait(msg)
+        except trio.WouldBlock:
+            raise MailboxFull(cell.path, f"mailbox full ({cell.capacity} messages)") from None
+        except trio.BrokenResourceError as exc:
+            raise ActorStopped(cell.path, "not running") from exc
+
+    async def call(self, msg: Any) -> Any:
+        """Send ``msg`` and wait for the handler's return value.
+
+        A checkpoint. If cancelled after the message was queued, the handler still runs it
+        and its answer is dropped.
+
+        Raises:
+            CallFailed: the handler raised (the original exception is ``__cause__``); the
+                actor crashed and its supervisor decides what happens next.
+            ActorStopped: the actor stopped before answering, or was not running.
+        """
+        request = _Call(msg)
+        await self.send(request)
+        return await request.wait()
+
+    def statistics(self) -> ActorStatistics:
+        """Mailbox depth, messages handled and restarts, now. Never blocks."""
+        cell = self._cell
+        channel = cell.send_channel.statistics()
+        return ActorStatistics(
+            path=cell.path,
+            status=cell.status,
+            mailbox_depth=channel.current_buffer_used,
+            mailbox_capacity=cell.capacity,
+            senders_waiting=channel.tasks_waiting_send,
+            messages_handled=cell.messages_handled,
+            restarts=cell.restarts,
+        )

@@ -1,0 +1,556 @@
+"""Supervisors with Erlang/OTP's semantics: strategies, restart types, intensity, shutdown.
+
+A supervisor is an actor too: its mailbox receives its children's exits and the requests of
+`SupervisorRef` (start, terminate, restart, delete), and handles them one at a time, so a
+request never races a restart. Children run in the supervisor's nursery, each in its own
+cancel scope; they start in order (each `start_child` returns once the child runs) and stop
+in reverse order.
+
+Rules (OTP's, with the differences named):
+
+1. A child exits *normally* when it stops itself (`Actor.stop`), *abnormally* when it raises.
+   A child stopped by its supervisor (termination) is not an exit the strategy reacts to.
+2. ``permanent`` children are restarted after any exit, ``transient`` ones after an abnormal
+   exit only, ``temporary`` ones never; a temporary child's spec is removed when it exits or
+   is terminated.
+3. Each restart is recorded; if more than ``intensity`` restarts fall within the last
+   ``period`` seconds, the supervisor terminates all its children in reverse order and fails
+   with `RestartIntensityExceeded`, an abnormal exit that its own parent handles by rule 2.
+4. ``one_for_one`` restarts the exited child; ``one_for_all`` terminates every other running
+   child (reverse order) and restarts all of them (in order); ``rest_for_one`` does the same
+   for the exited child and the children after it. Children that were not running (stopped
+   with `terminate_child`, or transient and exited normally) stay stopped, and temporary ones
+   terminated by the strategy are removed.
+5. A child that fails while being restarted counts as another exit of that child (rule 3
+   bounds the retries).
+6. Beyond OTP: a child with a `Backoff` waits before its restart; the supervisor keeps
+   serving requests meanwhile.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import math
+from collections.abc import Iterator
+from typing import Any, Literal, TypeAlias
+
+import attrs
+import outcome
+import trio
+
+from corra._errors import (
+    ActorStopped,
+    ChildRunning,
+    ChildStartFailed,
+    ConfigError,
+    CorraError,
+    DuplicateChild,
+    NoSuchChild,
+    RestartIntensityExceeded,
+)
+from corra.actors._actor import Ref, Status, _ActorCell, _Call, _Cell
+from corra.actors._specs import ChildSpec, SupervisorSpec
+
+ChildStatus: TypeAlias = Literal["running", "restarting", "stopped"]
+
+
+@attrs.frozen
+class ChildInfo:
+    """One child as `SupervisorRef.which_children` sees it."""
+
+    id: str
+    ref: Ref | SupervisorRef | None
+    type: Literal["worker", "supervisor"]
+    restart: str
+    status: ChildStatus
+    restarts: int
+
+
+@attrs.frozen
+class ChildCounts:
+    """`SupervisorRef.count_children`: specs, running children, and by type (as OTP)."""
+
+    specs: int
+    active: int
+    supervisors: int
+    workers: int
+
+
+@attrs.frozen
+class SupervisorStatistics:
+    """A snapshot of one supervisor (see `SupervisorRef.statistics`)."""
+
+    path: str
+    status: Status
+    children: int
+    active: int
+    restarts: int
+    pending: int
+
+
+class _Child:
+    """A supervisor's record of one child spec and its current incarnation."""
+
+    __slots__ = ("cell", "consecutive", "restarts", "spec", "started_at", "wanted")
+
+    def __init__(self, spec: ChildSpec) -> None:
+        self.spec = spec
+        self.cell: _Cell | None = None
+        # Whether the supervisor means the child to run (false once terminated or exited
+        # for good); a wanted child with no cell is waiting for its restart.
+        self.wanted = False
+        self.restarts = 0
+        self.consecutive = 0
+        self.started_at = 0.0
+
+    @property
+    def status(self) -> ChildStatus:
+        if self.cell is not None:
+            return "running"
+        return "restarting" if self.wanted else "stopped"
+
+
+@attrs.frozen
+class _ChildExit:
+    """A child's incarnation ended (``cell``), or its restart failed (``cell`` is None)."""
+
+    child: _Child
+    cell: _Cell | None
+    reason: BaseException | None
+
+
+@attrs.frozen
+class _RestartDue:
+    group: tuple[_Child, ...]
+
+
+_STOP = object()
+
+
+class _SupervisorCell(_Cell):
+    """One incarnation of a supervisor."""
+
+    def __init__(self, path: str, spec: SupervisorSpec, child: _Child | None = None) -> None:
+        super().__init__(path, child)
+        self.spec = spec
+        self.flags = spec.flags
+        self.children: list[_Child] = []
+        self.by_id: dict[str, _Child] = {}
+        self.restart_times: collections.deque[float] = collections.deque()
+        self.restarts_total = 0
+        self.queue_send, self.queue_receive = trio.open_memory_channel[Any](math.inf)
+        self.nursery: trio.Nursery | None = None
+        self.ref = SupervisorRef(self)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        if self.status == "stopped":
+            return
+        if self.status != "starting":
+            self.status = "stopping"
+        self._post(_STOP)
+
+    def _post(self, item: object) -> None:
+        """Queue an event for the loop; dropped if the supervisor has stopped."""
+        with contextlib.suppress(trio.BrokenResourceError):
+            self.queue_send.send_nowait(item)
+
+    async def serve(self, task_status: trio.TaskStatus[None]) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                try:
+                    for spec in self.spec.children:
+                        await self._start(self._add(spec))
+                except BaseException:
+                    with trio.CancelScope(shield=True):
+                        await self._terminate_all()
+                    raise
+                if self.status == "starting":
+                    self.status = "running"
+                self.started = True
+                task_status.started()
+                try:
+                    await self._loop()
+                except Exception:
+                    await self._terminate_all()
+                    raise
+                finally:
+                    # Timers of pending restarts are the only tasks left.
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        self.status = "stopped"
+        self.done.set()
+        stopped = outcome.Error(ActorStopped(self.path, "supervisor stopped"))
+        while True:
+            try:
+                item = self.queue_receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+            if type(item) is _Call:
+                item.resolve(stopped)
+        self.queue_receive.close()
+
+    async def _loop(self) -> None:
+        while True:
+            item = await self.queue_receive.receive()
+            if item is _STOP:
+                await self._terminate_all()
+                return
+            if type(item) is _ChildExit:
+                await self._on_exit(item)
+            elif type(item) is _RestartDue:
+                await self._restart_group(item.group)
+            elif type(item) is _Call:
+                try:
+                    result = await item.msg()
+                except CorraError as exc:
+                    item.resolve(outcome.Error(exc))
+                else:
+                    item.resolve(outcome.Value(result))
+
+    async def request(self, operation: Any) -> Any:
+        """Run ``operation`` inside the supervisor's loop and return its result."""
+        call = _Call(operation)
+        try:
+            self.queue_send.send_nowait(call)
+        except trio.BrokenResourceError as exc:
+            await trio.lowlevel.checkpoint()
+            raise ActorStopped(self.path, "supervisor not running") from exc
+        return await call.wait()
+
+    # -- children --------------------------------------------------------------------------
+
+    def _add(self, spec: ChildSpec) -> _Child:
+        if spec.id in self.by_id:
+            raise DuplicateChild(self.path, f"a child with id {spec.id!r} exists already")
+        child = _Child(spec)
+        self.children.append(child)
+        self.by_id[spec.id] = child
+        return child
+
+    def _remove(self, child: _Child) -> None:
+        self.children.remove(child)
+        del self.by_id[child.spec.id]
+
+    def _child_path(self, child_id: str) -> str:
+        return f"{self.path.rstrip('/')}/{child_id}"
+
+    async def _start(self, child: _Child) -> None:
+        """Start one child and return once it runs."""
+        assert self.nursery is not None
+        spec = child.spec
+        path = self._child_path(spec.id)
+        cell: _Cell
+        if isinstance(spec.start, SupervisorSpec):
+            cell = _SupervisorCell(path, spec.start, child)
+        else:
+            cell = _ActorCell(path, spec.start, spec.mailbox_capacity, child)
+        child.cell = cell
+        child.wanted = True
+        try:
+            await self.nursery.start(self._run_child, child, cell)
+        except Exception as exc:
+            child.cell = None
+            raise ChildStartFailed(
+                self.path, f"child {spec.id!r} failed to start: {exc!r}"
+            ) from exc
+        child.started_at = trio.current_time()
+
+    async def _run_child(
+        self, child: _Child, cell: _Cell, task_status: trio.TaskStatus[None]
+    ) -> None:
+        reason: BaseException | None = None
+        try:
+            with cell.scope:
+                await cell.serve(task_status)
+        except Exception as exc:
+            if not cell.started:
+                raise
+            reason = exc
+        finally:
+            cell.done.set()
+        if cell.started and not cell.terminating:
+            self._post(_ChildExit(child, cell, reason))
+
+    async def _terminate(self, child: _Child) -> None:
+        cell = child.cell
+        if cell is None:
+            return
+        cell.terminate(child.spec.shutdown_grace)
+        await cell.done.wait()
+        child.cell = None
+
+    async def _terminate_all(self) -> None:
+        for child in reversed(self.children):
+            child.wanted = False
+            await self._terminate(child)
+
+    async def _on_exit(self, event: _ChildExit) -> None:
+        child = event.child
+        if event.cell is None:
+            if child.cell is not None or not child.wanted:
+                return  # started or stopped since its restart failed
+        elif child.cell is not event.cell:
+            return  # an incarnation we stopped or replaced already
+        child.cell = None
+        restart = child.spec.restart
+        if restart == "temporary" or (restart == "transient" and event.reason is None):
+            child.wanted = False
+            if restart == "temporary":
+                self._remove(child)
+            return
+        self._count_restart(child, event.reason)
+        group = self._group(child)
+        for other in reversed(group):
+            if other is not child and other.cell is not None:
+                await self._terminate(other)
+        group = [c for c in group if c is child or c.wanted]
+        for other in group:
+            if other.spec.restart == "temporary":
+                other.wanted = False
+                self._remove(other)
+        group = [c for c in group if c.spec.restart != "temporary"]
+        child.wanted = True
+        delay = self._delay(child)
+        if delay > 0:
+            assert self.nursery is not None
+            self.nursery.start_soon(self._restart_later, delay, tuple(group))
+        else:
+            await self._restart_group(group)
+
+    def _count_restart(self, child: _Child, reason: BaseException | None) -> None:
+        now = trio.current_time()
+        times = self.restart_times
+        times.append(now)
+        while times and times[0] <= now - self.flags.period:
+            times.popleft()
+        if len(times) > self.flags.intensity:
+            raise RestartIntensityExceeded(
+                self.path,
+                f"more than {self.flags.intensity} restarts in {self.flags.period} s; "
+                f"last: child {child.spec.id!r} exited with {reason!r}",
+            ) from reason
+        if child.started_at and now - child.started_at >= self._reset_after(child):
+            child.consecutive = 0
+        child.consecutive += 1
+
+    def _reset_after(self, child: _Child) -> float:
+        backoff = child.spec.backoff
+        return backoff.reset_after if backoff is not None else math.inf
+
+    def _delay(self, child: _Child) -> float:
+        backoff = child.spec.backoff
+        return backoff.delay(child.consecutive) if backoff is not None else 0.0
+
+    def _group(self, child: _Child) -> list[_Child]:
+        strategy = self.flags.strategy
+        if strategy == "one_for_one":
+            return [child]
+        if strategy == "one_for_all":
+            return list(self.children)
+        return self.children[self.children.index(child) :]
+
+    async def _restart_later(self, delay: float, group: tuple[_Child, ...]) -> None:
+        await trio.sleep(delay)
+        self._post(_RestartDue(group))
+
+    async def _restart_group(self, group: list[_Child] | tuple[_Child, ...]) -> None:
+        for child in group:
+            if child.cell is not None or not child.wanted or child.spec.id not in self.by_id:
+                continue
+            child.restarts += 1
+            self.restarts_total += 1
+            try:
+                await self._start(child)
+            except ChildStartFailed as exc:
+                # Rule 5: a failed restart is another exit of that child.
+                self._post(_ChildExit(child, None, exc.__cause__))
+                return
+
+    # -- requests (run inside the loop) -----------------------------------------------------
+
+    def _get(self, child_id: str) -> _Child:
+        child = self.by_id.get(child_id)
+        if child is None:
+            raise NoSuchChild(self.path, f"no child with id {child_id!r}")
+        return child
+
+    async def op_start_child(self, spec: ChildSpec) -> Ref | SupervisorRef:
+        child = self._add(spec)
+        try:
+            await self._start(child)
+        except ChildStartFailed:
+            self._remove(child)
+            raise
+        return _ref_of(child)
+
+    async def op_terminate_child(self, child_id: str) -> None:
+        child = self._get(child_id)
+        child.wanted = False
+        await self._terminate(child)
+        if child.spec.restart == "temporary":
+            self._remove(child)
+
+    async def op_restart_child(self, child_id: str) -> Ref | SupervisorRef:
+        child = self._get(child_id)
+        if child.cell is not None:
+            raise ChildRunning(self.path, f"child {child_id!r} is running")
+        await self._start(child)
+        return _ref_of(child)
+
+    async def op_delete_child(self, child_id: str) -> None:
+        child = self._get(child_id)
+        if child.cell is not None:
+            raise ChildRunning(self.path, f"child {child_id!r} is running; terminate it first")
+        child.wanted = False
+        self._remove(child)
+
+
+def _ref_of(child: _Child) -> Ref | SupervisorRef:
+    cell = child.cell
+    assert cell is not None
+    ref: Ref | SupervisorRef = cell.ref  # type: ignore[attr-defined]
+    return ref
+
+
+class SupervisorRef:
+    """A handle on one supervisor incarnation: dynamic children and introspection."""
+
+    __slots__ = ("_cell",)
+
+    def __init__(self, cell: _SupervisorCell) -> None:
+        self._cell = cell
+
+    @property
+    def path(self) -> str:
+        """The supervisor's path in the tree (``/`` for the root)."""
+        return self._cell.path
+
+    def __repr__(self) -> str:
+        return f"<SupervisorRef {self._cell.path} {self._cell.status}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SupervisorRef) and other._cell is self._cell
+
+    def __hash__(self) -> int:
+        return id(self._cell)
+
+    @property
+    def alive(self) -> bool:
+        """True until this incarnation has stopped."""
+        return self._cell.status != "stopped"
+
+    async def start_child(self, spec: ChildSpec) -> Ref | SupervisorRef:
+        """Add a child and start it; returns its ref once it runs. A checkpoint.
+
+        Raises:
+            DuplicateChild: a child with that id exists (running or not).
+            ChildStartFailed: it raised while starting (the spec is not kept).
+            ActorStopped: the supervisor is not running.
+        """
+        if not isinstance(spec, ChildSpec):
+            raise ConfigError(f"start_child: got {spec!r}, expected a ChildSpec")
+        return await self._cell.request(lambda: self._cell.op_start_child(spec))
+
+    async def terminate_child(self, child_id: str) -> None:
+        """Stop a child (with its shutdown grace); its spec stays unless it is temporary."""
+        await self._cell.request(lambda: self._cell.op_terminate_child(child_id))
+
+    async def restart_child(self, child_id: str) -> Ref | SupervisorRef:
+        """Start a stopped child again from its spec.
+
+        Raises:
+            ChildRunning: it is running.
+        """
+        return await self._cell.request(lambda: self._cell.op_restart_child(child_id))
+
+    async def delete_child(self, child_id: str) -> None:
+        """Remove a stopped child's spec.
+
+        Raises:
+            ChildRunning: it is running; terminate it first.
+        """
+        await self._cell.request(lambda: self._cell.op_delete_child(child_id))
+
+    def which_children(self) -> list[ChildInfo]:
+        """Every child, in start order, with its current ref (None when not running)."""
+        return [
+            ChildInfo(
+                id=child.spec.id,
+                ref=child.cell.ref if child.cell is not None else None,  # type: ignore[attr-defined]
+                type=child.spec.type,
+                restart=child.spec.restart,
+                status=child.status,
+                restarts=child.restarts,
+            )
+            for child in self._cell.children
+        ]
+
+    def count_children(self) -> ChildCounts:
+        """Counts of specs, running children, supervisors and workers (as OTP's)."""
+        children = self._cell.children
+        supervisors = sum(1 for c in children if c.spec.type == "supervisor")
+        return ChildCounts(
+            specs=len(children),
+            active=sum(1 for c in children if c.cell is not None),
+            supervisors=supervisors,
+            workers=len(children) - supervisors,
+        )
+
+    def statistics(self) -> SupervisorStatistics:
+        """Children, restarts and pending requests, now. Never blocks."""
+        cell = self._cell
+        return SupervisorStatistics(
+            path=cell.path,
+            status=cell.status,
+            children=len(cell.children),
+            active=sum(1 for c in cell.children if c.cell is not None),
+            restarts=cell.restarts_total,
+            pending=cell.queue_send.statistics().current_buffer_used,
+        )
+
+    def walk(self) -> Iterator[TreeNode]:
+        """This supervisor and everything below it, depth first, in start order."""
+        yield from _walk(self._cell, 0)
+
+
+@attrs.frozen
+class TreeNode:
+    """One node of the supervision tree (see `Runtime.walk`)."""
+
+    path: str
+    type: Literal["worker", "supervisor"]
+    depth: int
+    status: ChildStatus
+    restarts: int
+    ref: Ref | SupervisorRef | None
+
+
+def _walk(cell: _SupervisorCell, depth: int) -> Iterator[TreeNode]:
+    yield TreeNode(
+        path=cell.path,
+        type="supervisor",
+        depth=depth,
+        status="running" if cell.status != "stopped" else "stopped",
+        restarts=cell.restarts,
+        ref=cell.ref,
+    )
+    for child in cell.children:
+        current = child.cell
+        if isinstance(current, _SupervisorCell):
+            yield from _walk(current, depth + 1)
+        else:
+            yield TreeNode(
+                path=cell._child_path(child.spec.id),
+                type=child.spec.type,
+                depth=depth + 1,
+                status=child.status,
+                restarts=child.restarts,
+                ref=current.ref if isinstance(current, _ActorCell) else None,
+            )
