@@ -158,30 +158,34 @@ class _SupervisorCell(_Cell):
             self.queue_send.send_nowait(item)
 
     async def serve(self, task_status: trio.TaskStatus[None]) -> None:
+        # Errors are carried out of the nursery rather than raised in it, so that the
+        # parent sees the error itself, not an exception group around it.
+        error: Exception | None = None
         try:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
                 try:
                     for spec in self.spec.children:
                         await self._start(self._add(spec))
-                except BaseException:
-                    with trio.CancelScope(shield=True):
-                        await self._terminate_all()
-                    raise
-                if self.status == "starting":
-                    self.status = "running"
-                self.started = True
-                task_status.started()
-                try:
-                    await self._loop()
-                except Exception:
+                except Exception as exc:
+                    error = exc
+                else:
+                    if self.status == "starting":
+                        self.status = "running"
+                    self.started = True
+                    task_status.started()
+                    try:
+                        await self._loop()
+                    except Exception as exc:
+                        error = exc
+                if error is not None:
                     await self._terminate_all()
-                    raise
-                finally:
-                    # Timers of pending restarts are the only tasks left.
-                    nursery.cancel_scope.cancel()
+                # Timers of pending restarts are the only tasks left.
+                nursery.cancel_scope.cancel()
         finally:
             self._close()
+        if error is not None:
+            raise error
 
     def _close(self) -> None:
         self.status = "stopped"

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+import corra
+
+
+class Recorder:
+    """A log of what actors did, shared by the actors of one test."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, ...]] = []
+
+    def __call__(self, *event: str) -> None:
+        self.events.append(event)
+
+    def of(self, kind: str) -> list[str]:
+        return [event[1] for event in self.events if event[0] == kind]
+
+    def clear(self) -> None:
+        self.events.clear()
+
+
+class Worker(corra.Actor):
+    """Logs its start and stop; "crash" raises, "exit" stops normally, anything else echoes."""
+
+    def __init__(self, name: str, log: Recorder) -> None:
+        self.name = name
+        self.log = log
+
+    def lifespan(self):  # type: ignore[override]
+        return _logged(self.name, self.log)
+
+    async def handle(self, msg):
+        if msg == "crash":
+            raise RuntimeError(f"{self.name} crashed")
+        if msg == "exit":
+            self.stop()
+            return "bye"
+        return msg
+
+
+class _logged:
+    def __init__(self, name: str, log: Recorder) -> None:
+        self.name = name
+        self.log = log
+
+    async def __aenter__(self) -> None:
+        self.log("start", self.name, f"{trio.current_time():g}")
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.log("stop", self.name, f"{trio.current_time():g}")
+
+
+def worker(name: str, log: Recorder, **options: object) -> corra.ChildSpec:
+    return corra.ChildSpec(id=name, start=lambda: Worker(name, log), **options)  # type: ignore[arg-type]
+
+
+async def settle() -> None:
+    """Wait until every task is blocked: the supervisor has reacted to what just happened."""
+    await trio.testing.wait_all_tasks_blocked()
+
+
+def ref_of(sup: corra.SupervisorRef, child_id: str) -> corra.Ref:
+    for info in sup.which_children():
+        if info.id == child_id:
+            assert isinstance(info.ref, corra.Ref), info
+            return info.ref
+    raise AssertionError(f"no child {child_id!r}")

@@ -1,0 +1,237 @@
+"""Mailboxes, refs, send/send_nowait/call, lifespan, statistics."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+import corra
+from tests.conftest import settle
+
+
+class Slow(corra.Actor):
+    """Takes one second per message, and records order and concurrency."""
+
+    seen: list[object]
+    active = 0
+    most_active = 0
+
+    def __init__(self) -> None:
+        self.seen = []
+
+    async def handle(self, msg):
+        Slow.active += 1
+        Slow.most_active = max(Slow.most_active, Slow.active)
+        await trio.sleep(1)
+        Slow.active -= 1
+        self.seen.append(msg)
+        return list(self.seen)
+
+
+async def test_messages_are_handled_one_at_a_time_in_order(autojump_clock):
+    async with corra.open_runtime() as rt:
+        ref = await rt.spawn(Slow, name="slow", mailbox_capacity=10)
+        for i in range(5):
+            ref.send_nowait(i)
+        assert await ref.call("last") == [0, 1, 2, 3, 4, "last"]
+        assert trio.current_time() == 6
+        assert Slow.most_active == 1
+        stats = ref.statistics()
+        assert stats.messages_handled == 6
+        assert stats.mailbox_depth == 0
+        assert stats.path == "/slow"
+
+
+async def test_send_waits_while_the_mailbox_is_full(autojump_clock):
+    async with corra.open_runtime() as rt:
+        ref = await rt.spawn(Slow, name="slow", mailbox_capacity=2)
+        await ref.send("a")  # taken at once by the actor
+        await settle()
+        await ref.send("b")
+        await ref.send("c")
+        assert ref.statistics().mailbox_depth == 2
+        with pytest.raises(corra.MailboxFull, match="/slow: mailbox full"):
+            ref.send_nowait("d")
+        await ref.send("d")  # waits until "a" is done and "b" is taken
+        assert trio.current_time() == 1
+        assert ref.statistics().senders_waiting == 0
+
+
+async def test_send_cancelled_while_waiting_sends_nothing(autojump_clock):
+    async with corra.open_runtime() as rt:
+        ref = await rt.spawn(Slow, name="slow", mailbox_capacity=1)
+        await ref.send("a")
+        await settle()
+        await ref.send("b")
+        with trio.move_on_after(0.5):
+            await ref.send("never")
+        assert await ref.call("c") == ["a", "b", "c"]
+
+
+class Crashy(corra.Actor):
+    async def handle(self, msg):
+        if msg == "crash":
+            raise ValueError("bad message")
+        return msg * 2
+
+
+async def test_call_on_a_crashing_actor_raises_call_failed_with_the_cause():
+    async with corra.open_runtime() as rt:
+        ref = await rt.spawn(Crashy, name="crashy")
+        assert await ref.call(21) == 42
+        with pytest.raises(corra.CallFailed, match=r"/crashy: handler raised ValueError") as info:
+            await ref.call("crash")
+        assert isinstance(info.value.__cause__, ValueError)
+        assert info.value.path == "/crashy"
+        # temporary (spawn's default): not restarted, and the ref now raises at once
+        await settle()
+        assert not ref.alive
+        with pytest.raises(corra.ActorStopped):
+            await ref.call(1)
+        assert rt.lookup("/crashy") is None
+
+
+async def test_ref_to_a_stopped_actor_raises_and_never_hangs():
+    async with corra.open_runtime() as rt:
+        ref = await rt.spawn(Crashy, name="c")
+        await rt.root.terminate_child("c")
+        with trio.fail_after(1):
+            with pytest.raises(corra.ActorStopped, match="/c: not running"):
+                await ref.call(1)
+            with pytest.raises(corra.ActorStopped):
+                await ref.send(1)
+            with pytest.raises(corra.ActorStopped):
+                ref.send_nowait(1)
+
+
+async def test_calls_queued_behind_a_crash_fail_with_actor_stopped(autojump_clock):
+    results: list[object] = []
+
+    async def caller(ref: corra.Ref, msg: object) -> None:
+        try:
+            results.append(await ref.call(msg))
+        except corra.CorraError as exc:
+            results.append(type(exc).__name__)
+
+    async with corra.open_runtime() as rt:
+        ref = await rt.spawn(Crashy, name="c", mailbox_capacity=1)
+        async with trio.open_nursery() as nursery:
+            for msg in ["crash", 1, 2, 3]:
+                nursery.start_soon(caller, ref, msg)
+                await settle()
+    # "crash" fails the call; 1 sat in the mailbox; 2 and 3 waited on a full mailbox
+    assert results == ["CallFailed", "ActorStopped", "ActorStopped", "ActorStopped"]
+
+
+class Stopper(corra.Actor):
+    async def handle(self, msg):
+        self.stop()
+        return "done"
+
+
+async def test_stop_is_a_normal_exit_after_the_current_message():
+    async with corra.open_runtime() as rt:
+        ref = await rt.spawn(Stopper, name="s", restart="transient")
+        assert await ref.call("x") == "done"
+        await settle()
+        assert not ref.alive
+        [info] = rt.root.which_children()
+        assert (info.id, info.status, info.restarts) == ("s", "stopped", 0)
+
+
+class Holder(corra.Actor):
+    """Owns a resource for its lifetime; the registry shows what is held."""
+
+    held: list[int] = []
+    incarnations = 0
+
+    def lifespan(self):
+        return self._hold()
+
+    def _hold(self):
+        import contextlib
+
+        @contextlib.asynccontextmanager
+        async def hold():
+            Holder.incarnations += 1
+            me = Holder.incarnations
+            Holder.held.append(me)
+            try:
+                yield
+            finally:
+                Holder.held.remove(me)
+
+        return hold()
+
+    async def handle(self, msg):
+        if msg == "crash":
+            raise RuntimeError("crash")
+        return list(Holder.held)
+
+
+async def test_lifespan_resources_are_released_on_restart_and_stop():
+    Holder.held = []
+    Holder.incarnations = 0
+    async with corra.open_runtime() as rt:
+        ref = await rt.spawn(Holder, name="h", restart="permanent")
+        assert await ref.call("what") == [1]
+        with pytest.raises(corra.CallFailed):
+            await ref.call("crash")
+        await settle()
+        new = rt.lookup("/h")
+        assert isinstance(new, corra.Ref) and new != ref
+        assert await new.call("what") == [2]  # the first incarnation's resource is gone
+        assert new.statistics().restarts == 1
+    assert Holder.held == []
+
+
+class Background(corra.Actor):
+    """A helper task in the lifespan's nursery; when it fails, the actor crashes."""
+
+    def lifespan(self):
+        import contextlib
+
+        @contextlib.asynccontextmanager
+        async def run():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._tick)
+                yield
+                nursery.cancel_scope.cancel()
+
+        return run()
+
+    async def _tick(self):
+        await trio.sleep(3)
+        raise RuntimeError("helper failed")
+
+    async def handle(self, msg):
+        return msg
+
+
+async def test_a_failing_helper_task_crashes_its_actor(autojump_clock):
+    async with corra.open_runtime() as rt:
+        ref = await rt.spawn(Background, name="b", restart="permanent")
+        await trio.sleep(3.5)
+        assert not ref.alive
+        new = rt.lookup("/b")
+        assert isinstance(new, corra.Ref) and new.alive
+        assert new.statistics().restarts == 1
+
+
+async def test_refs_are_hashable_cheap_and_name_their_path():
+    async with corra.open_runtime() as rt:
+        a = await rt.spawn(Crashy, name="a")
+        b = await rt.spawn(Crashy, name="b")
+        again = rt.lookup("/a")
+        assert a == again and hash(a) == hash(again)
+        assert len({a, b, again}) == 2
+        assert (a.path, b.path) == ("/a", "/b")
+        assert "/a" in repr(a)
+
+
+async def test_start_returning_a_non_actor_is_a_clear_start_failure():
+    async with corra.open_runtime() as rt:
+        with pytest.raises(corra.ChildStartFailed, match=r"expected an instance of corra\.Actor"):
+            await rt.spawn(lambda: 42, name="x")  # type: ignore[arg-type,return-value]
+        assert rt.root.which_children() == []

@@ -1,0 +1,57 @@
+"""The public namespace is small, re-exports only, and stays stable."""
+
+from __future__ import annotations
+
+import corra
+
+PUBLIC = {
+    "Actor",
+    "ActorError",
+    "ActorStatistics",
+    "ActorStopped",
+    "BRUTAL_KILL",
+    "Backoff",
+    "CallFailed",
+    "ChildCounts",
+    "ChildInfo",
+    "ChildRunning",
+    "ChildSpec",
+    "ChildStartFailed",
+    "ConfigError",
+    "CorraError",
+    "DuplicateChild",
+    "MailboxFull",
+    "NoSuchChild",
+    "Ref",
+    "RestartIntensityExceeded",
+    "Runtime",
+    "SupervisorError",
+    "SupervisorFlags",
+    "SupervisorRef",
+    "SupervisorSpec",
+    "SupervisorStatistics",
+    "TreeNode",
+    "open_runtime",
+}
+
+
+def test_public_names_are_pinned():
+    names = {name for name in vars(corra) if not name.startswith("_")}
+    names -= {"actors", "backends", "persistence", "api"}  # subpackages, once imported
+    assert names == PUBLIC
+
+
+def test_exception_tree():
+    assert issubclass(corra.ActorStopped, corra.ActorError)
+    assert issubclass(corra.MailboxFull, corra.ActorError)
+    assert issubclass(corra.CallFailed, corra.ActorError)
+    for cls in (
+        corra.RestartIntensityExceeded,
+        corra.ChildStartFailed,
+        corra.DuplicateChild,
+        corra.NoSuchChild,
+        corra.ChildRunning,
+    ):
+        assert issubclass(cls, corra.SupervisorError)
+    for cls in (corra.ActorError, corra.SupervisorError, corra.ConfigError):
+        assert issubclass(cls, corra.CorraError)
