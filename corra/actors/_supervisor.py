@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import math
 from collections.abc import Iterator
 from typing import Any, Literal, TypeAlias
@@ -53,6 +54,8 @@ from corra.actors._actor import Ref, Status, _ActorCell, _Call, _Cell
 from corra.actors._specs import ChildSpec, SupervisorSpec
 
 ChildStatus: TypeAlias = Literal["running", "restarting", "stopped"]
+
+logger = logging.getLogger("corra.supervisor")
 
 
 @attrs.frozen
@@ -304,6 +307,15 @@ class _SupervisorCell(_Cell):
             return  # an incarnation we stopped or replaced already
         child.cell = None
         restart = child.spec.restart
+        how = "normally" if event.reason is None else f"with {event.reason!r}"
+        logger.log(
+            logging.INFO if event.reason is None else logging.WARNING,
+            "%s: child %r (%s) exited %s",
+            self.path,
+            child.spec.id,
+            restart,
+            how,
+        )
         if restart == "temporary" or (restart == "transient" and event.reason is None):
             child.wanted = False
             if restart == "temporary":
@@ -322,6 +334,13 @@ class _SupervisorCell(_Cell):
         group = [c for c in group if c.spec.restart != "temporary"]
         child.wanted = True
         delay = self._delay(child)
+        logger.info(
+            "%s: %s: restarting %s in %g s",
+            self.path,
+            self.flags.strategy,
+            ", ".join(repr(c.spec.id) for c in group),
+            delay,
+        )
         if delay > 0:
             assert self.nursery is not None
             self.nursery.start_soon(self._restart_later, delay, tuple(group))
@@ -335,9 +354,15 @@ class _SupervisorCell(_Cell):
         while times and times[0] <= now - self.flags.period:
             times.popleft()
         if len(times) > self.flags.intensity:
+            logger.error(
+                "%s: more than %d restarts in %g s: stopping all children and giving up",
+                self.path,
+                self.flags.intensity,
+                self.flags.period,
+            )
             raise RestartIntensityExceeded(
                 self.path,
-                f"more than {self.flags.intensity} restarts in {self.flags.period} s; "
+                f"more than {self.flags.intensity} restarts in {self.flags.period:g} s; "
                 f"last: child {child.spec.id!r} exited with {reason!r}",
             ) from reason
         if child.started_at and now - child.started_at >= self._reset_after(child):
