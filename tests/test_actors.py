@@ -235,3 +235,24 @@ async def test_start_returning_a_non_actor_is_a_clear_start_failure():
         with pytest.raises(corra.ChildStartFailed, match=r"expected an instance of corra\.Actor"):
             await rt.spawn(lambda: 42, name="x")  # type: ignore[arg-type,return-value]
         assert rt.root.which_children() == []
+
+
+async def test_blocked_senders_are_served_in_arrival_order_and_a_cancelled_one_is_skipped(
+    autojump_clock,
+):
+    async with corra.open_runtime() as rt:
+        ref = await rt.spawn(Slow, name="slow", mailbox_capacity=1)
+        await ref.send("first")  # the actor takes it at once and works for 1 s
+        await settle()
+        await ref.send("queued")  # fills the mailbox
+
+        async def send(msg: str, cancel_after: float | None = None) -> None:
+            with trio.move_on_after(cancel_after if cancel_after is not None else 1000):
+                await ref.send(msg)
+
+        async with trio.open_nursery() as nursery:
+            for msg in ["s1", "s2", "s3", "s4"]:
+                nursery.start_soon(send, msg, 0.5 if msg == "s2" else None)
+                await settle()
+            assert ref.statistics().senders_waiting == 4
+        assert await ref.call("end") == ["first", "queued", "s1", "s3", "s4", "end"]

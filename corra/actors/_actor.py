@@ -19,6 +19,7 @@ import outcome
 import trio
 
 from corra._errors import ActorStopped, CallFailed, ConfigError, MailboxFull
+from corra.actors._mailbox import Mailbox
 
 if TYPE_CHECKING:
     from corra.actors._supervisor import _Child
@@ -113,25 +114,26 @@ class ActorStatistics:
     restarts: int
 
 
-class _Cell:
-    """What actors and supervisors share: a path, a status, and the scopes that stop them."""
+_WAKE = object()  # put in an idle actor's mailbox to make it notice a stop request
 
-    path: str
-    status: Status
-    child: _Child | None
-    started: bool
-    terminating: bool
-    scope: trio.CancelScope
-    done: trio.Event
+
+class _Cell:
+    """What actors and supervisors share: a path, a status, and the scope that stops them.
+
+    Cells use ``__slots__`` and create their done-event only when somebody waits for it:
+    an idle actor should cost little memory.
+    """
+
+    __slots__ = ("_done", "child", "path", "scope", "started", "status", "terminating")
 
     def __init__(self, path: str, child: _Child | None) -> None:
         self.path = path
         self.child = child
-        self.status = "starting"
+        self.status: Status = "starting"
         self.started = False
         self.terminating = False
         self.scope = trio.CancelScope()
-        self.done = trio.Event()
+        self._done: trio.Event | None = None
 
     async def serve(self, task_status: trio.TaskStatus[None]) -> None:
         raise NotImplementedError
@@ -149,6 +151,20 @@ class _Cell:
         self.request_stop()
         self.scope.deadline = min(self.scope.deadline, trio.current_time() + grace)
 
+    def mark_stopped(self) -> None:
+        self.status = "stopped"
+        if self._done is not None:
+            self._done.set()
+
+    async def wait_stopped(self) -> None:
+        """Wait until this incarnation has stopped. A checkpoint."""
+        if self.status == "stopped":
+            await trio.lowlevel.checkpoint()
+            return
+        if self._done is None:
+            self._done = trio.Event()
+        await self._done.wait()
+
     @property
     def restarts(self) -> int:
         return self.child.restarts if self.child is not None else 0
@@ -156,6 +172,16 @@ class _Cell:
 
 class _ActorCell(_Cell):
     """One incarnation of an actor: mailbox, message loop, counters."""
+
+    __slots__ = (
+        "busy",
+        "current_call",
+        "factory",
+        "mailbox",
+        "messages_handled",
+        "ref",
+        "stop_requested",
+    )
 
     def __init__(
         self,
@@ -166,13 +192,11 @@ class _ActorCell(_Cell):
     ) -> None:
         super().__init__(path, child)
         self.factory = factory
-        self.capacity = capacity
-        self.send_channel, self.receive_channel = trio.open_memory_channel[Any](capacity)
+        self.mailbox = Mailbox(capacity)
         self.messages_handled = 0
         self.stop_requested = False
         self.busy = False
         self.current_call: _Call | None = None
-        self.loop_scope = trio.CancelScope()
         self.ref = Ref(self)
 
     def request_stop(self) -> None:
@@ -182,7 +206,10 @@ class _ActorCell(_Cell):
         if self.status != "stopped":
             self.status = "stopping"
         if not self.busy:
-            self.loop_scope.cancel()
+            # Idle: its mailbox is empty and it waits in receive, so this cannot block.
+            # (Still starting: the loop checks the flag before its first receive.)
+            with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
+                self.mailbox.send_nowait(_WAKE)
 
     async def serve(self, task_status: trio.TaskStatus[None]) -> None:
         try:
@@ -197,51 +224,44 @@ class _ActorCell(_Cell):
                     self.status = "running"
                 self.started = True
                 task_status.started()
-                with self.loop_scope:
-                    await self._loop(actor)
+                # The message loop, inline: one frame less per idle actor.
+                receive = self.mailbox.receive
+                handle = actor.handle
+                while not self.stop_requested:
+                    item = await receive()
+                    if item is _WAKE:
+                        continue
+                    self.busy = True
+                    if type(item) is _Call:
+                        self.current_call = item
+                        try:
+                            result = await handle(item.msg)
+                        except Exception as exc:
+                            failure = CallFailed(self.path, f"handler raised {exc!r}")
+                            failure.__cause__ = exc
+                            item.resolve(outcome.Error(failure))
+                            raise
+                        item.resolve(outcome.Value(result))
+                        self.current_call = None
+                    else:
+                        await handle(item)
+                    self.messages_handled += 1
+                    self.busy = False
         finally:
             self._close()
 
-    async def _loop(self, actor: Actor) -> None:
-        receive = self.receive_channel.receive
-        handle = actor.handle
-        while not self.stop_requested:
-            item = await receive()
-            self.busy = True
-            if type(item) is _Call:
-                self.current_call = item
-                try:
-                    result = await handle(item.msg)
-                except Exception as exc:
-                    failure = CallFailed(self.path, f"handler raised {exc!r}")
-                    failure.__cause__ = exc
-                    item.resolve(outcome.Error(failure))
-                    raise
-                item.resolve(outcome.Value(result))
-                self.current_call = None
-            else:
-                await handle(item)
-            self.messages_handled += 1
-            self.busy = False
-
     def _close(self) -> None:
         """Stopped: fail whatever still waits on this incarnation, refuse what comes next."""
-        self.status = "stopped"
         self.stop_requested = True
-        self.done.set()
+        self.mark_stopped()
         stopped = outcome.Error(ActorStopped(self.path, "stopped before answering the call"))
         if self.current_call is not None:
             self.current_call.resolve(stopped)
             self.current_call = None
-        while True:
-            try:
-                item = self.receive_channel.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                break
+        # Senders blocked on a full mailbox wake with BrokenResourceError -> ActorStopped.
+        for item in self.mailbox.close():
             if type(item) is _Call:
                 item.resolve(stopped)
-        # Senders blocked on a full mailbox wake with BrokenResourceError -> ActorStopped.
-        self.receive_channel.close()
 
 
 class Ref:
@@ -284,7 +304,7 @@ class Ref:
             await trio.lowlevel.checkpoint()
             raise ActorStopped(cell.path, "not running")
         try:
-            await cell.send_channel.send(msg)
+            await cell.mailbox.send(msg)
         except trio.BrokenResourceError as exc:
             raise ActorStopped(cell.path, "stopped while the message waited") from exc
 
@@ -299,9 +319,10 @@ class Ref:
         if cell.stop_requested:
             raise ActorStopped(cell.path, "not running")
         try:
-            cell.send_channel.send_nowait(msg)
+            cell.mailbox.send_nowait(msg)
         except trio.WouldBlock:
-            raise MailboxFull(cell.path, f"mailbox full ({cell.capacity} messages)") from None
+            full = f"mailbox full ({cell.mailbox.capacity} messages)"
+            raise MailboxFull(cell.path, full) from None
         except trio.BrokenResourceError as exc:
             raise ActorStopped(cell.path, "not running") from exc
 
@@ -323,13 +344,13 @@ class Ref:
     def statistics(self) -> ActorStatistics:
         """Mailbox depth, messages handled and restarts, now. Never blocks."""
         cell = self._cell
-        channel = cell.send_channel.statistics()
+        mailbox = cell.mailbox.statistics()
         return ActorStatistics(
             path=cell.path,
             status=cell.status,
-            mailbox_depth=channel.current_buffer_used,
-            mailbox_capacity=cell.capacity,
-            senders_waiting=channel.tasks_waiting_send,
+            mailbox_depth=mailbox.depth,
+            mailbox_capacity=mailbox.capacity,
+            senders_waiting=mailbox.senders_waiting,
             messages_handled=cell.messages_handled,
             restarts=cell.restarts,
         )

@@ -146,7 +146,7 @@ async def open_runtime(*, flags: SupervisorFlags = ROOT_FLAGS) -> AsyncIterator[
             finally:
                 root.request_stop()
                 with trio.CancelScope(shield=not failure):
-                    await root.done.wait()
+                    await root.wait_stopped()
     except BaseExceptionGroup as group:
         error = _sole(group)
     # Raised outside the except clause, so the error does not chain the group behind it.

@@ -191,8 +191,7 @@ class _SupervisorCell(_Cell):
             raise error
 
     def _close(self) -> None:
-        self.status = "stopped"
-        self.done.set()
+        self.mark_stopped()
         stopped = outcome.Error(ActorStopped(self.path, "supervisor stopped"))
         while True:
             try:
@@ -259,7 +258,6 @@ class _SupervisorCell(_Cell):
         else:
             cell = _ActorCell(path, spec.start, spec.mailbox_capacity, child)
         child.cell = cell
-        child.wanted = True
         try:
             await self.nursery.start(self._run_child, child, cell)
         except Exception as exc:
@@ -267,6 +265,7 @@ class _SupervisorCell(_Cell):
             raise ChildStartFailed(
                 self.path, f"child {spec.id!r} failed to start: {exc!r}"
             ) from exc
+        child.wanted = True
         child.started_at = trio.current_time()
 
     async def _run_child(
@@ -281,7 +280,7 @@ class _SupervisorCell(_Cell):
                 raise
             reason = exc
         finally:
-            cell.done.set()
+            cell.mark_stopped()
         if cell.started and not cell.terminating:
             self._post(_ChildExit(child, cell, reason))
 
@@ -290,7 +289,7 @@ class _SupervisorCell(_Cell):
         if cell is None:
             return
         cell.terminate(child.spec.shutdown_grace)
-        await cell.done.wait()
+        await cell.wait_stopped()
         child.cell = None
 
     async def _terminate_all(self) -> None:
