@@ -93,20 +93,17 @@ class Mailbox:
 
     async def receive(self) -> Any:
         await trio.lowlevel.checkpoint_if_cancelled()
-        try:
+        if self._items:
             msg = self.receive_nowait()
-        except trio.WouldBlock:
-            pass
-        else:
             await trio.lowlevel.cancel_shielded_checkpoint()
             return msg
         self._receiver = trio.lowlevel.current_task()
+        # A bound method, not a closure: an idle actor waits here, so keep it small.
+        return await trio.lowlevel.wait_task_rescheduled(self._abort_receive)
 
-        def abort(_raise_cancel: Any) -> trio.lowlevel.Abort:
-            self._receiver = None
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        return await trio.lowlevel.wait_task_rescheduled(abort)
+    def _abort_receive(self, _raise_cancel: Any) -> trio.lowlevel.Abort:
+        self._receiver = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
     def close(self) -> list[Any]:
         """Refuse further sends, wake blocked senders with `trio.BrokenResourceError`, and
