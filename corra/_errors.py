@@ -11,16 +11,27 @@ The tree::
     │   ├── MailboxFull             ``send_nowait`` found the mailbox at capacity
     │   └── CallFailed              the handler raised while serving a ``call``; the original
     │                               exception is ``__cause__``
-    └── SupervisorError             something about one supervisor; ``.path`` names it
-        ├── RestartIntensityExceeded  more than ``intensity`` restarts in ``period`` seconds:
-        │                           the supervisor stopped its children and gave up; it is
-        │                           what escalates to the parent and, at the root, out of
-        │                           ``open_runtime``
-        ├── ChildStartFailed        a child raised before it was running; original is
-        │                           ``__cause__``
-        ├── DuplicateChild          a child with that id exists already
-        ├── NoSuchChild             no child with that id
-        └── ChildRunning            ``delete_child`` or ``restart_child`` on a running child
+    ├── SupervisorError             something about one supervisor; ``.path`` names it
+    │   ├── RestartIntensityExceeded  more than ``intensity`` restarts in ``period`` seconds:
+    │   │                           the supervisor stopped its children and gave up; it is
+    │   │                           what escalates to the parent and, at the root, out of
+    │   │                           ``open_runtime``
+    │   ├── ChildStartFailed        a child raised before it was running; original is
+    │   │                           ``__cause__``
+    │   ├── DuplicateChild          a child with that id exists already
+    │   ├── NoSuchChild             no child with that id
+    │   └── ChildRunning            ``delete_child`` or ``restart_child`` on a running child
+    ├── ProcessError                something about one process; ``.process`` names it
+    │   ├── InvalidTransition       the event is not allowed in the process's phase (names
+    │   │                           both); nothing changed
+    │   └── NoSuchProcess           no process with that id or name
+    ├── StoreError                  the state store (LMDB) failed
+    │   ├── CorruptRecord           a record that cannot be decoded (unknown schema, bad
+    │   │                           data); it is set aside, never a crash
+    │   └── NameTaken               the name belongs to another process already
+    └── BackendError                where programs run failed
+        ├── LaunchFailed            the program could not be started
+        └── ProgramLost             its chaperone is gone without leaving an exit record
 
 Foreign exceptions (from trio, lmdb, asyncssh ...) are mapped to these at the boundary with
 ``raise ... from exc``, so callers can rely on this tree alone.
@@ -84,3 +95,48 @@ class NoSuchChild(SupervisorError):
 
 class ChildRunning(SupervisorError):
     """The operation needs a child that is not running, and it is."""
+
+
+class ProcessError(CorraError):
+    """An error about one process, named by its id or name."""
+
+    def __init__(self, process: str, message: str) -> None:
+        super().__init__(f"process {process}: {message}")
+        self.process = process
+
+
+class InvalidTransition(ProcessError):
+    """The event is not allowed in the process's current phase; nothing changed."""
+
+    def __init__(self, process: str, phase: str, event: str) -> None:
+        super().__init__(process, f"cannot {event} in phase {phase!r}")
+        self.phase = phase
+        self.event = event
+
+
+class NoSuchProcess(ProcessError):
+    """No process with that id or name."""
+
+
+class StoreError(CorraError):
+    """The state store (LMDB) failed."""
+
+
+class CorruptRecord(StoreError):
+    """A record that cannot be decoded; it is set aside, never a crash of the runtime."""
+
+
+class NameTaken(StoreError):
+    """The process name belongs to another process already."""
+
+
+class BackendError(CorraError):
+    """Where programs run (a backend) failed."""
+
+
+class LaunchFailed(BackendError):
+    """The program could not be started."""
+
+
+class ProgramLost(BackendError):
+    """The program's chaperone is gone without leaving an exit record."""
