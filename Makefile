@@ -1,0 +1,88 @@
+# corra's everyday commands. Works from a clean clone on Debian 12 with python3 on PATH;
+# as root it installs the Debian packages it needs, otherwise it says which ones are missing.
+#
+#   make run                  the supervision example
+#   make test                 ruff (lint + format check) and pytest
+#   make bench SUITE=kernel   a benchmark suite; writes bench-$(SUITE).json
+#   make clean                remove the venv and caches
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := test
+.DELETE_ON_ERROR:
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+SUITE ?= kernel
+PYTEST_ARGS ?=
+BENCH_ARGS ?=
+
+# Debian packages the tests need (sshd, Slurm ... as the suites grow).
+SYSTEM_PACKAGES ?=
+# Debian packages needed to create the venv itself (Debian's python3 has no ensurepip without it).
+VENV_SYSTEM_PACKAGES ?= python3-venv
+
+# Installs the Debian packages named in $(1) that `dpkg -s` says are missing: as root with
+# apt-get, `apt-get update` once, then install; otherwise name them and fail.
+define apt_install
+missing=(); \
+for package in $(1); do \
+	dpkg -s "$$package" >/dev/null 2>&1 || missing+=("$$package"); \
+done; \
+if [ $${#missing[@]} -gt 0 ]; then \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian packages: $${missing[*]}"; \
+		apt-get update; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$${missing[@]}"; \
+	else \
+		echo "error: missing Debian packages: $${missing[*]} (run as root, or install them)" >&2; \
+		exit 1; \
+	fi; \
+fi
+endef
+
+.PHONY: run test lint pytest bench system-deps venv clean
+
+# The venv's python is the marker that the venv exists; the stamps below record what was
+# installed into it, so a second `make test` installs nothing unless pyproject.toml changed
+# (or corra/__init__.py appeared: before it exists setuptools finds no package to install).
+$(BIN)/python:
+	@if ! $(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1; then \
+		$(call apt_install,$(VENV_SYSTEM_PACKAGES)); \
+	fi
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# One stamp per extra: .installed-base is `pip install -e .`, .installed-test is '.[test]', ...
+$(VENV)/.installed-%: pyproject.toml $(wildcard corra/__init__.py) | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.$(if $(filter base,$*),,[$*])'
+	@touch $@
+
+venv: $(VENV)/.installed-base
+
+system-deps:
+	@$(call apt_install,$(SYSTEM_PACKAGES))
+
+run: $(VENV)/.installed-base
+	$(BIN)/python examples/supervision.py
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# pytest exits 5 when it collected nothing: that is a broken test setup, not a pass.
+pytest: $(VENV)/.installed-test system-deps
+	@status=0; $(BIN)/python -m pytest $(PYTEST_ARGS) || status=$$?; \
+	if [ $$status -eq 5 ]; then \
+		echo "error: pytest collected no tests (exit 5); failing" >&2; \
+	fi; \
+	exit $$status
+
+test: lint pytest
+
+bench: $(VENV)/.installed-bench
+	$(BIN)/python -m benchmarks --suite $(SUITE) --json bench-$(SUITE).json $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build dist *.egg-info

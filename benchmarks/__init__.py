@@ -1,0 +1,16 @@
+"""corra's benchmark harness: each suite measures corra against a baseline in the same run.
+
+Run it as ``python -m benchmarks --suite kernel --json bench-kernel.json``. A suite is a module
+of this package with a function ``benchmarks(options: Options) -> list[Benchmark]``; to add one,
+write the module and name it in `SUITES` (modules are imported only when their suite runs, so
+a suite's heavy dependencies never burden the others).
+"""
+
+from benchmarks._harness import Benchmark as Benchmark
+from benchmarks._harness import Options as Options
+from benchmarks._harness import Result as Result
+
+#: Suite name -> module that defines it.
+SUITES: dict[str, str] = {
+    "kernel": "benchmarks.kernel",
+}
