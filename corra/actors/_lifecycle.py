@@ -1,0 +1,162 @@
+"""The process lifecycle: phases, events and the transition table. No trio, no I/O.
+
+Rules, in the manner of h11:
+
+Rule 1. A process is in exactly one phase. ``finished``, ``failed`` and ``killed`` are
+        terminal: no event leaves them.
+Rule 2. Every change of phase is an event looked up in `TABLE`; a pair that is not in the
+        table raises `InvalidTransition` and changes nothing.
+Rule 3. ``pause`` remembers the phase it left (``paused_from``) and ``resume`` returns there,
+        so a resumed process continues at the step that was next.
+Rule 4. ``kill`` is allowed from every non-terminal phase, ``paused`` included.
+Rule 5. ``retry`` starts a new attempt from ``created``; the attempt number is part of every
+        effect's idempotency key (``<process id>.<attempt>``), so a retried launch is a new
+        program and a replayed one is the same program.
+Rule 6. The state is a frozen value; `advance` returns a new one and never mutates.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypeAlias
+
+import attrs
+
+from corra._errors import InvalidTransition
+
+Phase: TypeAlias = Literal[
+    "created", "launching", "running", "paused", "killing", "finished", "failed", "killed"
+]
+Event: TypeAlias = Literal[
+    "launch", "started", "succeed", "fail", "retry", "pause", "resume", "kill", "killed"
+]
+
+PHASES: tuple[Phase, ...] = (
+    "created",
+    "launching",
+    "running",
+    "paused",
+    "killing",
+    "finished",
+    "failed",
+    "killed",
+)
+TERMINAL: frozenset[Phase] = frozenset({"finished", "failed", "killed"})
+#: Phases in which a process has (or is about to have) work to do: not paused, not terminal.
+ACTIVE: frozenset[Phase] = frozenset({"created", "launching", "running", "killing"})
+PAUSABLE: frozenset[Phase] = frozenset({"created", "launching", "running"})
+
+#: (phase, event) -> next phase. ``resume`` is the one event whose target is not fixed: it
+#: returns to ``paused_from`` (Rule 3), written here as ``None``.
+TABLE: dict[tuple[Phase, Event], Phase | None] = {
+    ("created", "launch"): "launching",
+    ("launching", "started"): "running",
+    ("running", "succeed"): "finished",
+    ("launching", "fail"): "failed",
+    ("running", "fail"): "failed",
+    ("launching", "retry"): "created",
+    ("running", "retry"): "created",
+    **{(phase, "pause"): "paused" for phase in PAUSABLE},
+    ("paused", "resume"): None,
+    **{(phase, "kill"): "killing" for phase in ("created", "launching", "running", "paused")},
+    ("killing", "killed"): "killed",
+}
+
+
+@attrs.frozen
+class Result:
+    """What a program's run left behind: how it ended, what it cost, what it wrote."""
+
+    returncode: int | None = None
+    signal: int | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    utime: float = 0.0
+    stime: float = 0.0
+    maxrss_kb: int = 0
+    stdout_bytes: int = 0
+    stderr_bytes: int = 0
+    timed_out: bool = False
+    killed: bool = False
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True for a clean exit with return code 0."""
+        return self.returncode == 0 and self.error is None and not self.timed_out
+
+
+@attrs.frozen
+class ProcessState:
+    """Where a process is. Snapshotted whole at every transition.
+
+    Attributes:
+        phase: the phase users see (`PHASES`).
+        attempt: 1 for the first run, one more for every ``retry``.
+        paused_from: the phase ``resume`` returns to, while paused.
+        handle: the backend's record of the launched program (JSON-able), once launched.
+        reason: why the process failed, was paused or killed, in words.
+        result: how the program ended, once it did.
+        updated_at: when the last transition happened (epoch seconds).
+    """
+
+    phase: Phase = "created"
+    attempt: int = 1
+    paused_from: Phase | None = None
+    handle: dict[str, Any] | None = None
+    reason: str | None = None
+    result: Result | None = None
+    updated_at: float = 0.0
+
+    @property
+    def terminal(self) -> bool:
+        return self.phase in TERMINAL
+
+    @property
+    def key(self) -> str:
+        """This attempt's part of the idempotency key (see Rule 5)."""
+        return str(self.attempt)
+
+
+def allowed(phase: Phase) -> list[Event]:
+    """The events that ``phase`` accepts, in table order."""
+    return [event for (source, event) in TABLE if source == phase]
+
+
+def advance(
+    state: ProcessState,
+    event: Event,
+    *,
+    at: float,
+    process: str = "?",
+    handle: dict[str, Any] | None = None,
+    reason: str | None = None,
+    result: Result | None = None,
+) -> ProcessState:
+    """The state after ``event``; raises `InvalidTransition` (and changes nothing) if the
+    table has no such move."""
+    key = (state.phase, event)
+    if key not in TABLE:
+        raise InvalidTransition(process, state.phase, event)
+    target = TABLE[key]
+    changes: dict[str, Any] = {"updated_at": at}
+    if event == "pause":
+        changes.update(phase="paused", paused_from=state.phase, reason=reason)
+    elif event == "resume":
+        assert state.paused_from is not None
+        changes.update(phase=state.paused_from, paused_from=None, reason=None)
+    elif event == "retry":
+        changes.update(
+            phase="created", attempt=state.attempt + 1, handle=None, reason=reason, result=result
+        )
+    else:
+        assert target is not None
+        changes["phase"] = target
+        if event == "kill":
+            changes.update(paused_from=None, reason=reason or "killed on request")
+        if handle is not None:
+            changes["handle"] = handle
+        if reason is not None:
+            changes["reason"] = reason
+        if result is not None:
+            changes["result"] = result
+    return attrs.evolve(state, **changes)
