@@ -1,0 +1,628 @@
+"""Process actors: a program driven through its lifecycle, every transition durable first.
+
+One actor per active process, under the ``/processes`` supervisor. The actor runs a loop of
+steps, one per phase (``created`` waits for a slot, ``launching`` launches, ``running`` waits
+for the exit, ``killing`` kills); each step ends with a transition that is durable in the store
+before the next step starts (write-ahead), and every effect carries the idempotency key
+``<process id>.<attempt>``, so a step replayed after a crash finds the effect it already had
+instead of repeating it.
+
+Pause and kill are requests to the actor. They take effect between steps: a wait (for a slot,
+for the exit) is interrupted, an effect in progress (a launch) is not. A paused process is its
+snapshot and nothing else: its actor ends, and `ProcessManager.resume` starts a fresh one at the
+step that was next. Pausing a running program does not stop the program; it stops watching it
+(the chaperone keeps recording), and resume collects what happened meanwhile.
+
+The actor knows the backend only through the `Backend` protocol below; which backends exist is
+decided above this package.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from typing import Any, Literal, Protocol
+
+import attrs
+import trio
+
+from corra._errors import (
+    ActorStopped,
+    BackendError,
+    ConfigError,
+    InvalidTransition,
+    LaunchFailed,
+    NameTaken,
+    NoSuchProcess,
+    ProgramLost,
+)
+from corra.actors._actor import Actor, Ref
+from corra.actors._lifecycle import (
+    ACTIVE,
+    PAUSABLE,
+    Event,
+    ProcessState,
+    Result,
+    advance,
+    allowed,
+)
+from corra.actors._records import ProcessRecord, ProcessSpec, Transition
+from corra.actors._specs import Backoff, ChildSpec
+from corra.actors._supervisor import SupervisorRef
+
+logger = logging.getLogger("corra.process")
+
+#: Delay before attempt n+1 of a transient or permanent process.
+RETRY_BACKOFF = Backoff(initial=1.0, factor=2.0, max=60.0)
+#: Transient trouble in a step (the store, the backend) is retried this often, then the
+#: process fails with the reason.
+STEP_RETRIES = 5
+
+
+class Backend(Protocol):
+    """Where programs run, as a process actor needs it. Handles are JSON-able mappings."""
+
+    async def acquire_slot(self, key: str) -> None:
+        """Wait (in submission order) until another program may run."""
+
+    def release_slot(self, key: str) -> None:
+        """Give the slot of ``key`` back; a no-op if it holds none."""
+
+    def adopt_slot(self, key: str) -> None:
+        """Count a program that runs already (reattached), even above the limit."""
+
+    async def launch(self, key: str, spec: ProcessSpec) -> dict[str, Any]:
+        """Start the program, once per key: a second call returns the first's handle."""
+
+    def find(self, key: str) -> dict[str, Any] | None:
+        """The handle of a program launched with ``key``, or None."""
+
+    async def wait(self, handle: Mapping[str, Any]) -> Result:
+        """Wait for the program's exit. Raises `ProgramLost`."""
+
+    async def kill(self, handle: Mapping[str, Any], grace: float) -> Result | None:
+        """SIGTERM its group, SIGKILL after ``grace``; the result once it is gone."""
+
+
+class Store(Protocol):
+    """The part of `corra.persistence.Store` that processes use."""
+
+    async def save(
+        self,
+        process_id: str,
+        snapshot: bytes,
+        *,
+        transition: bytes | None = None,
+        name: str | None = None,
+    ) -> None: ...
+
+    def load(self, process_id: str) -> bytes | None: ...
+
+    def id_for_name(self, name: str) -> str | None: ...
+
+    def scan(self) -> Iterator[tuple[str, bytes]]: ...
+
+    async def set_aside(self, process_id: str, raw: bytes, reason: str) -> None: ...
+
+
+class Codec(Protocol):
+    def encode(self, value: Any) -> bytes: ...
+
+    def decode(self, raw: bytes) -> Any: ...
+
+
+@attrs.frozen
+class RecoveryReport:
+    """What `ProcessManager.recover` found."""
+
+    resumed: tuple[str, ...]
+    paused: int
+    terminal: int
+    set_aside: tuple[tuple[str, str], ...]
+
+
+_ids = itertools.count()
+
+
+def new_process_id() -> str:
+    """Short, unique, sortable by creation: ``p`` + time in ms (base 36) + pid + counter."""
+    stamp = _base36(int(time.time() * 1000))
+    return f"p{stamp}{_base36(os.getpid() % 1296):0>2}{_base36(next(_ids) % 46656):0>3}"
+
+
+def _base36(number: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        number, rest = divmod(number, 36)
+        out = digits[rest] + out
+        if not number:
+            return out
+
+
+def describe(result: Result | None) -> str:
+    """How a run ended, in words (a failure's ``reason``)."""
+    if result is None:
+        return "no result"
+    if result.error:
+        return result.error
+    if result.timed_out:
+        return "timed out"
+    if result.signal is not None:
+        return f"killed by signal {result.signal}"
+    return f"exited with {result.returncode}"
+
+
+class _ProcessActor(Actor):
+    """Drives one process through its steps until it is terminal or paused."""
+
+    def __init__(self, manager: ProcessManager, record: ProcessRecord) -> None:
+        self.manager = manager
+        self.record = record
+        self.request: Literal["pause", "kill"] | None = None
+        self.waiting: trio.CancelScope | None = None
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    def lifespan(self) -> contextlib.AbstractAsyncContextManager[object]:
+        return self._drive_in_background()
+
+    @contextlib.asynccontextmanager
+    async def _drive_in_background(self) -> AsyncIterator[None]:
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._drive)
+                try:
+                    yield
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            self.manager._actor_ended(self)
+
+    async def handle(self, msg: Any) -> str:
+        if msg not in ("pause", "kill"):
+            raise ConfigError(f"process {self.id}: unknown request {msg!r}")
+        if self.request != "kill":
+            self.request = msg
+        if self.waiting is not None:
+            self.waiting.cancel()
+        return self.record.phase
+
+    async def _drive(self) -> None:
+        failures = 0
+        while True:
+            state = self.record.state
+            if state.terminal or state.phase == "paused":
+                break
+            try:
+                if self.request == "kill" and state.phase != "killing":
+                    await self._advance("kill", reason="killed on request")
+                elif self.request == "pause" and state.phase in PAUSABLE:
+                    await self._advance("pause", reason="paused on request")
+                else:
+                    await self._step(state)
+                failures = 0
+            except BackendError as exc:
+                # Transient trouble (a full disk, a refused fork): retry the step, which is
+                # idempotent, a few times; then give up with the reason.
+                failures += 1
+                logger.warning("process %s: %s step failed: %s", self.id, state.phase, exc)
+                if failures >= STEP_RETRIES and "fail" in allowed(state.phase):
+                    await self._advance("fail", reason=f"{state.phase}: {exc}")
+                else:
+                    await trio.sleep(min(2**failures * 0.1, 10))
+        self.stop()
+
+    async def _step(self, state: ProcessState) -> None:
+        if state.phase == "created":
+            await self._wait_for_slot(state)
+        elif state.phase == "launching":
+            await self._launch()
+        elif state.phase == "running":
+            await self._wait_for_exit(state)
+        elif state.phase == "killing":
+            await self._kill(state)
+
+    @contextlib.contextmanager
+    def _interruptible(self) -> Iterator[trio.CancelScope]:
+        """A wait that a pause or kill request cancels (an effect never is)."""
+        with trio.CancelScope() as scope:
+            self.waiting = scope
+            if self.request is not None:
+                scope.cancel()
+            try:
+                yield scope
+            finally:
+                self.waiting = None
+
+    async def _wait_for_slot(self, state: ProcessState) -> None:
+        backend = self.manager.backend_for(self.record.spec)
+        with self._interruptible() as scope:
+            if state.attempt > 1:
+                await trio.sleep(RETRY_BACKOFF.delay(state.attempt - 1))
+            await backend.acquire_slot(self.id)
+        if not scope.cancelled_caught:
+            await self._advance("launch")
+
+    async def _launch(self) -> None:
+        backend = self.manager.backend_for(self.record.spec)
+        backend.adopt_slot(self.id)
+        try:
+            handle = await backend.launch(self.record.key, self.record.spec)
+        except LaunchFailed as exc:
+            backend.release_slot(self.id)
+            await self._end_attempt(Result(error=str(exc)))
+            return
+        await self._advance("started", handle=handle)
+
+    async def _wait_for_exit(self, state: ProcessState) -> None:
+        backend = self.manager.backend_for(self.record.spec)
+        assert state.handle is not None
+        backend.adopt_slot(self.id)
+        result: Result | None = None
+        with self._interruptible():
+            try:
+                result = await backend.wait(state.handle)
+            except ProgramLost as exc:
+                backend.release_slot(self.id)
+                await self._end_attempt(None, lost=f"lost: {exc}")
+                return
+        if result is not None:
+            backend.release_slot(self.id)
+            await self._end_attempt(result)
+
+    async def _kill(self, state: ProcessState) -> None:
+        # Reached from every phase; a launch whose record was not written yet is found by
+        # its key, so a program launched just before a crash is killed too.
+        backend = self.manager.backend_for(self.record.spec)
+        handle = state.handle or backend.find(self.record.key)
+        result = None
+        if handle is not None:
+            result = await backend.kill(handle, self.record.spec.kill_grace)
+        backend.release_slot(self.id)
+        await self._advance("killed", result=result)
+
+    async def _end_attempt(self, result: Result | None, *, lost: str | None = None) -> None:
+        spec = self.record.spec
+        attempt = self.record.state.attempt
+        ok = result is not None and result.ok and lost is None
+        reason = lost or describe(result)
+        rerun = spec.restart == "permanent" or (spec.restart == "transient" and not ok)
+        if rerun and attempt < spec.max_attempts:
+            await self._advance("retry", reason=f"attempt {attempt}: {reason}", result=result)
+        elif ok:
+            await self._advance("succeed", result=result)
+        else:
+            await self._advance("fail", reason=reason, result=result)
+
+    async def _advance(self, event: Event, **changes: Any) -> None:
+        if event == "pause":
+            # A paused process holds nothing, not even a slot; resume adopts one again.
+            self.manager.backend_for(self.record.spec).release_slot(self.id)
+        record = await self.manager._transition(self.record, event, **changes)
+        self.record = record
+
+
+class ProcessManager:
+    """Submits, controls and recovers processes; owns nothing but the active ones' actors.
+
+    Records live in the store: a paused or finished process costs no memory here.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        codec: Codec,
+        history_codec: Codec,
+        backends: Mapping[str, Backend],
+        supervisor: SupervisorRef,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._codec = codec
+        self._history_codec = history_codec
+        self._backends = dict(backends)
+        self._supervisor = supervisor
+        self._clock = clock
+        self._actors: dict[str, Ref] = {}
+        self._active: dict[str, ProcessRecord] = {}
+        self._changed = trio.Event()
+        self._subscribers: list[trio.MemorySendChannel[tuple[ProcessRecord, Transition]]] = []
+        self._control = trio.Lock()
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def backend_for(self, spec: ProcessSpec) -> Backend:
+        try:
+            return self._backends[spec.backend]
+        except KeyError:
+            raise ConfigError(
+                f"backend: got {spec.backend!r}, expected one of {sorted(self._backends)}"
+            ) from None
+
+    def get(self, id_or_name: str) -> ProcessRecord:
+        """The process's current record, by id or name.
+
+        Raises:
+            NoSuchProcess: there is none.
+        """
+        record = self._active.get(id_or_name)
+        if record is not None:
+            return record
+        process_id = id_or_name
+        raw = self._store.load(process_id)
+        if raw is None:
+            named = self._store.id_for_name(id_or_name)
+            if named is not None:
+                process_id = named
+                raw = self._store.load(named)
+        if raw is None:
+            raise NoSuchProcess(id_or_name, "no process with this id or name")
+        return self._active.get(process_id) or self._codec.decode(raw)
+
+    def list(self) -> list[ProcessRecord]:
+        """Every readable process record, oldest first."""
+        records = []
+        for _process_id, raw in self._store.scan():
+            with contextlib.suppress(Exception):
+                records.append(self._codec.decode(raw))
+        records.sort(key=lambda record: (record.created_at, record.id))
+        return records
+
+    @property
+    def active(self) -> int:
+        """How many processes have an actor now."""
+        return len(self._actors)
+
+    # -- writing ---------------------------------------------------------------------------
+
+    async def submit(self, spec: ProcessSpec) -> ProcessRecord:
+        """Record a new process and start it; durable before it returns. A checkpoint.
+
+        A spec with a ``name`` that exists already returns that process instead: submitting
+        the same job file twice never duplicates a process.
+        """
+        self.backend_for(spec)
+        if spec.name is not None:
+            existing = self._existing(spec.name)
+            if existing is not None:
+                await trio.lowlevel.checkpoint()
+                return existing
+        now = self._clock()
+        process_id = new_process_id()
+        record = ProcessRecord(
+            id=process_id, spec=spec, state=ProcessState(updated_at=now), created_at=now
+        )
+        transition = Transition(
+            at=now, event="submit", source="created", target="created", attempt=1
+        )
+        try:
+            await self._persist(record, transition, name=spec.name)
+        except NameTaken:
+            assert spec.name is not None
+            existing = self._existing(spec.name)
+            if existing is None:
+                raise
+            return existing
+        await self._start_actor(record)
+        return record
+
+    def _existing(self, name: str) -> ProcessRecord | None:
+        process_id = self._store.id_for_name(name)
+        if process_id is None:
+            return None
+        raw = self._store.load(process_id)
+        return None if raw is None else self._codec.decode(raw)
+
+    async def pause(self, id_or_name: str) -> ProcessRecord:
+        """Pause between steps; returns once the pause is durable.
+
+        Raises:
+            InvalidTransition: the process is paused, killing or terminal.
+        """
+        record = self.get(id_or_name)
+        if record.phase not in PAUSABLE:
+            raise InvalidTransition(record.id, record.phase, "pause")
+        ref = self._actors.get(record.id)
+        if ref is not None:
+            try:
+                await ref.call("pause")
+            except ActorStopped:
+                ref = None
+        if ref is None:
+            async with self._control:
+                record = self.get(record.id)
+                if record.phase not in PAUSABLE or record.id in self._actors:
+                    raise InvalidTransition(record.id, record.phase, "pause")
+                return await self._transition(record, "pause", reason="paused on request")
+        return await self.wait(record.id, until=lambda r: r.phase not in PAUSABLE)
+
+    async def resume(self, id_or_name: str) -> ProcessRecord:
+        """Continue a paused process at the step that was next, in a fresh actor.
+
+        Raises:
+            InvalidTransition: it is not paused.
+        """
+        async with self._control:
+            record = self.get(id_or_name)
+            record = await self._transition(record, "resume")
+            await self._start_actor(record)
+        return record
+
+    async def kill(self, id_or_name: str, *, wait: bool = True) -> ProcessRecord:
+        """Kill from any non-terminal phase (TERM, then KILL after the grace).
+
+        Raises:
+            InvalidTransition: it is terminal already.
+        """
+        record = self.get(id_or_name)
+        if record.state.terminal:
+            raise InvalidTransition(record.id, record.phase, "kill")
+        ref = self._actors.get(record.id)
+        if ref is not None:
+            try:
+                await ref.call("kill")
+            except ActorStopped:
+                ref = None  # it ended meanwhile: decide again below
+        if ref is None:
+            async with self._control:
+                record = self.get(record.id)
+                if record.state.terminal:
+                    return record
+                if record.phase != "killing":
+                    record = await self._transition(record, "kill", reason="killed on request")
+                await self._start_actor(record)
+        if not wait:
+            return self.get(record.id)
+        return await self.wait(record.id)
+
+    async def wait(
+        self, id_or_name: str, *, until: Callable[[ProcessRecord], bool] | None = None
+    ) -> ProcessRecord:
+        """Wait until the process is terminal (or ``until(record)`` holds). A checkpoint."""
+        condition = until or (lambda record: record.state.terminal)
+        while True:
+            record = self.get(id_or_name)
+            if condition(record):
+                await trio.lowlevel.checkpoint()
+                return record
+            await self._changed.wait()
+
+    @contextlib.contextmanager
+    def subscribe(
+        self, buffer: int = 1024
+    ) -> Iterator[trio.MemoryReceiveChannel[tuple[ProcessRecord, Transition]]]:
+        """Every transition from now on, as ``(record, transition)``. Slow readers that let
+        the buffer fill up lose events (counted in the log), never slow processes down."""
+        send, receive = trio.open_memory_channel[tuple[ProcessRecord, Transition]](buffer)
+        self._subscribers.append(send)
+        try:
+            yield receive
+        finally:
+            self._subscribers.remove(send)
+            send.close()
+
+    # -- recovery --------------------------------------------------------------------------
+
+    async def recover(self) -> RecoveryReport:
+        """Bring back every process that was active when the last runtime stopped.
+
+        Running programs are reattached (their actor waits on the existing handle),
+        launches whose outcome is unknown are settled by the idempotent launch, and records
+        that cannot be decoded are set aside and reported.
+        """
+        scanned = await trio.to_thread.run_sync(self._scan_for_recovery)
+        resumed, paused, terminal, corrupt = scanned
+        set_aside = []
+        for process_id, raw, reason in corrupt:
+            logger.error("process %s: corrupt record set aside: %s", process_id, reason)
+            await self._store.set_aside(process_id, raw, reason)
+            set_aside.append((process_id, reason))
+        for record in resumed:
+            await self._start_actor(record)
+        return RecoveryReport(
+            resumed=tuple(record.id for record in resumed),
+            paused=paused,
+            terminal=terminal,
+            set_aside=tuple(set_aside),
+        )
+
+    def _scan_for_recovery(
+        self,
+    ) -> tuple[list[ProcessRecord], int, int, list[tuple[str, bytes, str]]]:
+        resumed: list[ProcessRecord] = []
+        corrupt: list[tuple[str, bytes, str]] = []
+        paused = terminal = 0
+        for process_id, raw in self._store.scan():
+            try:
+                record: ProcessRecord = self._codec.decode(raw)
+            except Exception as exc:
+                corrupt.append((process_id, raw, str(exc)))
+                continue
+            if record.phase in ACTIVE:
+                resumed.append(record)
+            elif record.phase == "paused":
+                paused += 1
+            else:
+                terminal += 1
+        resumed.sort(key=lambda record: (record.created_at, record.id))
+        return resumed, paused, terminal, corrupt
+
+    # -- internals -------------------------------------------------------------------------
+
+    async def _start_actor(self, record: ProcessRecord) -> None:
+        if record.id in self._actors:
+            return
+        self._active[record.id] = record
+        ref = await self._supervisor.start_child(
+            ChildSpec(
+                id=record.id,
+                start=lambda: _ProcessActor(self, self._active.get(record.id, record)),
+                restart="temporary",
+                shutdown=5.0,
+                mailbox_capacity=4,
+            )
+        )
+        assert isinstance(ref, Ref)
+        self._actors[record.id] = ref
+
+    def _actor_ended(self, actor: _ProcessActor) -> None:
+        self._actors.pop(actor.id, None)
+        self._active.pop(actor.id, None)
+        self._notify_changed()
+
+    async def _transition(
+        self, record: ProcessRecord, event: Event, **changes: Any
+    ) -> ProcessRecord:
+        now = self._clock()
+        state = advance(record.state, event, at=now, process=record.id, **changes)
+        new = attrs.evolve(record, state=state)
+        transition = Transition(
+            at=now,
+            event=event,
+            source=record.phase,
+            target=state.phase,
+            attempt=state.attempt,
+            reason=changes.get("reason"),
+        )
+        await self._persist(new, transition)
+        return new
+
+    async def _persist(
+        self, record: ProcessRecord, transition: Transition, *, name: str | None = None
+    ) -> None:
+        snapshot = self._codec.encode(record)
+        entry = self._history_codec.encode(transition)
+        # Shielded: once asked, the write happens anyway (the store commits what it was
+        # given), so memory must not be left behind the disk.
+        with trio.CancelScope(shield=True):
+            await self._store.save(record.id, snapshot, transition=entry, name=name)
+        if record.id in self._active or record.phase in ACTIVE:
+            self._active[record.id] = record
+        logger.info(
+            "process %s (%s): %s -> %s%s",
+            record.id,
+            record.name,
+            transition.source,
+            transition.target,
+            f" ({transition.reason})" if transition.reason else "",
+        )
+        for channel in list(self._subscribers):
+            try:
+                channel.send_nowait((record, transition))
+            except trio.WouldBlock:
+                logger.warning("a slow subscriber lost a transition of %s", record.id)
+            except trio.BrokenResourceError:
+                pass
+        self._notify_changed()
+
+    def _notify_changed(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
