@@ -87,6 +87,9 @@ class Backend(Protocol):
     async def kill(self, handle: Mapping[str, Any], grace: float) -> Result | None:
         """SIGTERM its group, SIGKILL after ``grace``; the result once it is gone."""
 
+    async def read_log(self, key: str, stream: str, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes of the output of the program launched with ``key``."""
+
 
 class Store(Protocol):
     """The part of `corra.persistence.Store` that processes use."""
@@ -376,6 +379,13 @@ class ProcessManager:
         records.sort(key=lambda record: (record.created_at, record.id))
         return records
 
+    async def read_log(self, id_or_name: str, stream: str, offset: int, size: int) -> bytes:
+        """Output of the process's current attempt, from ``offset``."""
+        if stream not in ("stdout", "stderr"):
+            raise ConfigError(f"stream: got {stream!r}, expected 'stdout' or 'stderr'")
+        record = self.get(id_or_name)
+        return await self.backend_for(record.spec).read_log(record.key, stream, offset, size)
+
     @property
     def active(self) -> int:
         """How many processes have an actor now."""
@@ -494,6 +504,12 @@ class ProcessManager:
                 await trio.lowlevel.checkpoint()
                 return record
             await self._changed.wait()
+
+    async def wait_idle(self) -> None:
+        """Wait until no process has an actor (all are paused or terminal). A checkpoint."""
+        while self._actors:
+            await self._changed.wait()
+        await trio.lowlevel.checkpoint()
 
     @contextlib.contextmanager
     def subscribe(

@@ -111,13 +111,17 @@ class Runtime:
 
 
 @asynccontextmanager
-async def open_runtime(*, flags: SupervisorFlags = ROOT_FLAGS) -> AsyncIterator[Runtime]:
+async def open_runtime(
+    *, flags: SupervisorFlags = ROOT_FLAGS, runtime_type: type[Runtime] = Runtime
+) -> AsyncIterator[Runtime]:
     """Run a corra runtime for the duration of the block.
 
     Leaving the block stops every actor and supervisor gracefully, in reverse start order,
     and no task outlives it. If the root supervisor fails (a restart intensity exceeded
     that escalated all the way up), the block is cancelled and ends with that error itself,
     not wrapped in an exception group.
+
+    ``runtime_type`` lets a composing layer (`corra.open_runtime`) yield its own subclass.
 
     Raises:
         RestartIntensityExceeded: the root gave up.
@@ -142,7 +146,7 @@ async def open_runtime(*, flags: SupervisorFlags = ROOT_FLAGS) -> AsyncIterator[
         async with trio.open_nursery() as nursery:
             await nursery.start(run_root)
             try:
-                yield Runtime(root)
+                yield runtime_type(root)
             finally:
                 root.request_stop()
                 with trio.CancelScope(shield=not failure):

@@ -1,0 +1,234 @@
+"""The embedded runtime: the actor kernel, the state store, the backends and the processes.
+
+`corra.actors.open_runtime` is the kernel alone. This module composes it with what processes
+need, which the kernel must not know about (DESIGN: ``actors`` knows nothing of backends).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from corra._errors import ConfigError, CorraError
+from corra.actors import _runtime as kernel
+from corra.actors._lifecycle import ProcessState, Result
+from corra.actors._process import Backend, ProcessManager, RecoveryReport
+from corra.actors._records import ProcessRecord, ProcessSpec, Transition, parse_process_spec
+from corra.actors._specs import SupervisorFlags, SupervisorSpec
+from corra.persistence import Codec, open_store
+
+#: The state directory when none is given: ``$CORRA_STATE_DIR``, else ``./.corra``.
+STATE_DIR_ENV = "CORRA_STATE_DIR"
+
+RECORD_CODEC: Codec[ProcessRecord] = Codec(ProcessRecord, schema=1)
+HISTORY_CODEC: Codec[Transition] = Codec(Transition, schema=1)
+
+#: The processes supervisor: one_for_one over process actors, which are temporary (a
+#: crashed process actor is brought back by the next recovery, never in a tight loop).
+PROCESSES_FLAGS = SupervisorFlags(strategy="one_for_one", intensity=100, period=10.0)
+
+
+def default_state_dir() -> Path:
+    """``$CORRA_STATE_DIR`` if set, else ``./.corra``."""
+    return Path(os.environ.get(STATE_DIR_ENV) or ".corra")
+
+
+class Runtime(kernel.Runtime):
+    """What `open_runtime` yields: the kernel's runtime, plus processes with a state dir."""
+
+    _processes: ProcessManager | None = None
+    recovery: RecoveryReport | None = None
+    state_dir: Path | None = None
+
+    @property
+    def processes(self) -> ProcessManager:
+        """The process manager.
+
+        Raises:
+            ConfigError: the runtime was opened without a state dir.
+        """
+        if self._processes is None:
+            raise ConfigError("processes need a state dir: open_runtime(state_dir=...)")
+        return self._processes
+
+    async def spawn_process(
+        self, spec: ProcessSpec | Sequence[str] | dict[str, Any], **fields: Any
+    ) -> ProcessRef:
+        """Submit a process (a spec, an argv list, or spec fields) and return its ref once
+        the submission is durable. A process with a known ``name`` is not submitted twice.
+        """
+        if isinstance(spec, ProcessSpec):
+            if fields:
+                raise ConfigError("spawn_process: pass fields or a ProcessSpec, not both")
+            parsed = spec
+        elif isinstance(spec, dict):
+            parsed = parse_process_spec({**spec, **fields})
+        else:
+            parsed = parse_process_spec({"argv": list(spec), **fields})
+        record = await self.processes.submit(parsed)
+        return ProcessRef(self.processes, record.id)
+
+
+class ProcessRef:
+    """A handle on one process by id; valid across pauses, resumes and runtimes."""
+
+    __slots__ = ("_manager", "id")
+
+    def __init__(self, manager: ProcessManager, process_id: str) -> None:
+        self._manager = manager
+        self.id = process_id
+
+    def __repr__(self) -> str:
+        return f"<ProcessRef {self.id}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ProcessRef) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def record(self) -> ProcessRecord:
+        """The current record (spec, phase, attempt, result). Never blocks."""
+        return self._manager.get(self.id)
+
+    @property
+    def state(self) -> ProcessState:
+        return self.record().state
+
+    @property
+    def result(self) -> Result | None:
+        return self.record().state.result
+
+    async def pause(self) -> ProcessRecord:
+        return await self._manager.pause(self.id)
+
+    async def resume(self) -> ProcessRecord:
+        return await self._manager.resume(self.id)
+
+    async def kill(self) -> ProcessRecord:
+        return await self._manager.kill(self.id)
+
+    async def wait(self) -> ProcessRecord:
+        """Wait until the process is terminal. A checkpoint."""
+        return await self._manager.wait(self.id)
+
+    async def logs(self, stream: str = "stdout", offset: int = 0, size: int = 1 << 20) -> bytes:
+        """Up to ``size`` bytes of the current attempt's output from ``offset``."""
+        return await self._manager.read_log(self.id, stream, offset, size)
+
+
+@contextlib.contextmanager
+def lock_state_dir(state_dir: Path) -> Any:
+    """Hold the state dir's runtime lock: one runtime per state dir.
+
+    Raises:
+        ConfigError: another runtime holds it (its pid is named).
+    """
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / "runtime.lock"
+    handle = path.open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise ConfigError(
+            f"state dir {state_dir}: another corra runtime (pid {holder}) is using it"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    try:
+        yield
+    finally:
+        handle.close()
+
+
+def runtime_pid(state_dir: Path) -> int | None:
+    """The pid of the runtime holding the state dir, or None when none runs."""
+    path = state_dir / "runtime.lock"
+    try:
+        handle = path.open("r")
+    except FileNotFoundError:
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = handle.read().strip()
+            return int(text) if text.isdigit() else -1
+        return None
+
+
+@contextlib.asynccontextmanager
+async def open_runtime(
+    *,
+    state_dir: str | os.PathLike[str] | None = None,
+    flags: SupervisorFlags = kernel.ROOT_FLAGS,
+    max_running: int | None = None,
+    durable: bool = True,
+    recover: bool = True,
+    backends: dict[str, Backend] | None = None,
+) -> AsyncIterator[Runtime]:
+    """Run a corra runtime for the duration of the block.
+
+    Without ``state_dir`` it is the actor kernel alone. With one, it also opens the state
+    store there, recovers the processes the last runtime left active (``recover``), and
+    offers `Runtime.spawn_process`. Leaving the block stops every actor in reverse order;
+    programs keep running under their chaperones, and the next runtime on the same state dir
+    reattaches them.
+
+    Args:
+        state_dir: where state lives (see `default_state_dir`); None for no processes.
+        flags: the root supervisor's flags.
+        max_running: programs that may run at once (default: 4 per CPU).
+        durable: fsync every commit (the default); False trades safety for speed.
+        recover: bring back the last runtime's active processes on start.
+        backends: replace the default backends (``local``); for tests and embedding.
+
+    Raises:
+        ConfigError: another runtime uses the state dir.
+        RestartIntensityExceeded: the root supervisor gave up.
+    """
+    async with kernel.open_runtime(flags=flags, runtime_type=Runtime) as rt:
+        assert isinstance(rt, Runtime)
+        if state_dir is None:
+            yield rt
+            return
+        path = Path(state_dir)
+        with lock_state_dir(path):
+            async with open_store(path, durable=durable) as store:
+                if backends is None:
+                    from corra.backends.local import LocalProcessBackend
+
+                    backends = {
+                        "local": LocalProcessBackend(path / "runs", max_running=max_running)
+                    }
+                supervisor = await rt.spawn_supervisor(
+                    SupervisorSpec(flags=PROCESSES_FLAGS), name="processes"
+                )
+                manager = ProcessManager(
+                    store=store,
+                    codec=RECORD_CODEC,
+                    history_codec=HISTORY_CODEC,
+                    backends=backends,
+                    supervisor=supervisor,
+                )
+                rt._processes = manager
+                rt.state_dir = path
+                try:
+                    if recover:
+                        rt.recovery = await manager.recover()
+                    yield rt
+                finally:
+                    # Process actors write to the store: stop them before it closes.
+                    with trio.CancelScope(shield=True), contextlib.suppress(CorraError):
+                        await rt.root.terminate_child("processes")
