@@ -1,7 +1,7 @@
 # corra's everyday commands. Works from a clean clone on Debian 12 with python3 on PATH;
 # as root it installs the Debian packages it needs, otherwise it says which ones are missing.
 #
-#   make run                  the supervision example
+#   make run                  corra run examples/quickstart.toml (state in ./.corra)
 #   make test                 ruff (lint + format check) and pytest
 #   make bench SUITE=kernel   a benchmark suite; writes bench-$(SUITE).json
 #   make clean                remove the venv and caches
@@ -64,8 +64,10 @@ venv: $(VENV)/.installed-base
 system-deps:
 	@$(call apt_install,$(SYSTEM_PACKAGES))
 
+# corra's main job: the quickstart job file, on the embedded default (local programs, state
+# in ./.corra, or $$CORRA_STATE_DIR). Running it again continues, never duplicates.
 run: $(VENV)/.installed-base
-	$(BIN)/python examples/supervision.py
+	$(BIN)/corra run examples/quickstart.toml
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .

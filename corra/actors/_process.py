@@ -245,11 +245,10 @@ class _ProcessActor(Actor):
                 self.waiting = None
 
     async def _wait_for_slot(self, state: ProcessState) -> None:
-        backend = self.manager.backend_for(self.record.spec)
         with self._interruptible() as scope:
             if state.attempt > 1:
                 await trio.sleep(RETRY_BACKOFF.delay(state.attempt - 1))
-            await backend.acquire_slot(self.id)
+            await self.manager._admit(self.record)
         if not scope.cancelled_caught:
             await self._advance("launch")
 
@@ -339,6 +338,8 @@ class ProcessManager:
         self._changed = trio.Event()
         self._subscribers: list[trio.MemorySendChannel[tuple[ProcessRecord, Transition]]] = []
         self._control = trio.Lock()
+        # Per backend, the processes waiting for a slot, in submission order.
+        self._admission: dict[str, dict[str, None]] = {}
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -452,7 +453,10 @@ class ProcessManager:
                 if record.phase not in PAUSABLE or record.id in self._actors:
                     raise InvalidTransition(record.id, record.phase, "pause")
                 return await self._transition(record, "pause", reason="paused on request")
-        return await self.wait(record.id, until=lambda r: r.phase not in PAUSABLE)
+        # Returns once the actor is gone too: a paused process holds nothing.
+        return await self.wait(
+            record.id, until=lambda r: r.phase not in PAUSABLE and r.id not in self._actors
+        )
 
     async def resume(self, id_or_name: str) -> ProcessRecord:
         """Continue a paused process at the step that was next, in a fresh actor.
@@ -573,9 +577,32 @@ class ProcessManager:
 
     # -- internals -------------------------------------------------------------------------
 
+    def _enqueue(self, record: ProcessRecord) -> None:
+        """Take a place in the queue for a slot (in submission order: never blocks)."""
+        queue = self._admission.setdefault(record.spec.backend, {})
+        queue.setdefault(record.id, None)
+
+    async def _admit(self, record: ProcessRecord) -> None:
+        """Wait for this process's turn, then for a slot of its backend.
+
+        The backend's own queue is FIFO too, but processes reach it from their own tasks in
+        whatever order trio schedules them; this queue is filled synchronously at submission.
+        """
+        self._enqueue(record)
+        queue = self._admission[record.spec.backend]
+        try:
+            while next(iter(queue)) != record.id:
+                await self._changed.wait()
+            await self.backend_for(record.spec).acquire_slot(record.id)
+        finally:
+            del queue[record.id]
+            self._notify_changed()
+
     async def _start_actor(self, record: ProcessRecord) -> None:
         if record.id in self._actors:
             return
+        if record.phase == "created":
+            self._enqueue(record)
         self._active[record.id] = record
         ref = await self._supervisor.start_child(
             ChildSpec(
