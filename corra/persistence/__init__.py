@@ -1,0 +1,12 @@
+"""The state store: snapshots of every process in LMDB, written with group commit, and the
+codec that turns records into bytes and back. Generic over record types: it knows nothing of
+actors or backends."""
+
+from corra.persistence._codec import Codec as Codec
+from corra.persistence._lmdb import CorruptSnapshot as CorruptSnapshot
+from corra.persistence._lmdb import QuarantinedRecord as QuarantinedRecord
+from corra.persistence._lmdb import StoreReader as StoreReader
+from corra.persistence._lmdb import open_store_readonly as open_store_readonly
+from corra.persistence._store import Store as Store
+from corra.persistence._store import StoreStatistics as StoreStatistics
+from corra.persistence._store import open_store as open_store

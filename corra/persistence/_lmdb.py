@@ -1,0 +1,416 @@
+"""LMDB underneath the store: its layout, keys, the environment, and the reads.
+
+Layout: ``<state_dir>/state.lmdb/`` holds LMDB's ``data.mdb`` and ``lock.mdb``, and
+``writer.lock``, which one writing process at a time holds (a second runtime on the same
+state directory would run every process twice). Named databases:
+
+- ``snapshots``: process id -> the latest snapshot (bytes, as the caller encoded it);
+- ``history``: process id, NUL, big-endian 8-byte sequence number -> one transition, append
+  only (the NUL keeps the history of ``"a"`` apart from that of ``"ab"``, so process ids
+  cannot contain NUL);
+- ``names``: name -> process id;
+- ``quarantine``: process id -> JSON ``{"raw": base64, "reason": ..., "time": ...}``;
+- ``meta``: ``format`` -> the store format version.
+
+Reads are single read transactions, cheap enough to run on the loop for single keys; a scan
+of every snapshot belongs in a worker thread (``trio.to_thread.run_sync``). Growing the map
+(only the writer does) invalidates every open transaction of the environment in this
+process, so it waits until no read is in progress here; readers in other processes adopt
+the new size when their next transaction finds the map grown.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import json
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+import attrs
+import lmdb
+
+from corra._errors import ConfigError, CorruptRecord, StoreError
+from corra.persistence._codec import Codec
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+#: Version of the layout above; a store written by a newer layout is refused.
+FORMAT_VERSION: Final = 1
+_FORMAT_KEY: Final = b"format"
+_DATABASES: Final = ("snapshots", "history", "names", "quarantine", "meta")
+#: LMDB's compile-time limit on key length (``mdb_env_get_maxkeysize``).
+_MAX_KEY_BYTES: Final = 511
+_SEPARATOR: Final = b"\x00"
+SEQUENCE_BYTES: Final = 8
+#: Snapshots read per read transaction by `scan`.
+_SCAN_BATCH: Final = 1024
+
+
+@attrs.frozen
+class QuarantinedRecord:
+    """A record set aside because it could not be decoded."""
+
+    process_id: str
+    raw: bytes
+    reason: str
+    time: float
+    """When it was set aside, in seconds since the epoch."""
+
+
+@attrs.frozen
+class CorruptSnapshot:
+    """A snapshot that `scan_decoded` could not decode; hand it to `Store.set_aside`."""
+
+    process_id: str
+    raw: bytes
+    reason: str
+
+
+# Keys ------------------------------------------------------------------------------------
+
+
+def key_of(value: object, field: str, *, reserve: int = 0) -> bytes:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{field}: got {value!r}, expected a non-empty string")
+    if "\x00" in value:
+        raise ConfigError(f"{field}: got {value!r}, expected no NUL character")
+    try:
+        encoded = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise ConfigError(f"{field}: got {value!r}, expected encodable text") from None
+    if len(encoded) > _MAX_KEY_BYTES - reserve:
+        raise ConfigError(
+            f"{field}: got {len(encoded)} bytes, expected at most {_MAX_KEY_BYTES - reserve}"
+        )
+    return encoded
+
+
+def process_key(process_id: object) -> bytes:
+    return key_of(process_id, "process_id", reserve=len(_SEPARATOR) + SEQUENCE_BYTES)
+
+
+def text(key: bytes) -> str:
+    return key.decode("utf-8", "surrogateescape")
+
+
+def require_bytes(value: object, field: str) -> bytes:
+    if not isinstance(value, bytes):
+        raise TypeError(f"{field} must be bytes, not {type(value).__name__}")
+    return value
+
+
+def history_prefix(process_key: bytes) -> bytes:
+    return process_key + _SEPARATOR
+
+
+def store_error(message: str, cause: BaseException) -> StoreError:
+    error = StoreError(message)
+    error.__cause__ = cause
+    return error
+
+
+# The environment -------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Databases:
+    snapshots: Any
+    history: Any
+    names: Any
+    quarantine: Any
+    meta: Any
+
+
+class Environment:
+    """An open LMDB environment, its databases, and the guard that keeps reads off a remap.
+
+    Any thread may read; only the writer thread writes, grows the map and closes.
+    """
+
+    def __init__(self, env: lmdb.Environment, databases: Databases, path: Path) -> None:
+        self.env = env
+        self.databases = databases
+        self.path = path
+        self._guard = threading.Condition()
+        self._reading = 0
+        self._closed = False
+
+    def read(self, function: Callable[[lmdb.Transaction], R]) -> R:
+        """``function(txn)`` in a read transaction; LMDB errors become `StoreError`."""
+        while True:
+            with self._guard:
+                if self._closed:
+                    raise StoreError(f"the store at {self.path} is closed")
+                self._reading += 1
+            try:
+                with self.env.begin() as txn:
+                    return function(txn)
+            except lmdb.MapResizedError:
+                pass  # another process grew the map: adopt its size, then read again
+            except lmdb.Error as exc:
+                raise StoreError(f"reading the store at {self.path} failed: {exc}") from exc
+            finally:
+                self._stop_reading()
+            self.resize(0)
+
+    def _stop_reading(self) -> None:
+        with self._guard:
+            self._reading -= 1
+            if not self._reading:
+                self._guard.notify_all()
+
+    def resize(self, map_size: int) -> None:
+        """Remap to ``map_size`` bytes (0: the size the data file says), between reads."""
+        with self._guard:
+            while self._reading:
+                self._guard.wait()
+            self.env.set_mapsize(map_size)
+
+    def close(self) -> None:
+        with self._guard:
+            self._closed = True
+            while self._reading:
+                self._guard.wait()
+            self.env.close()
+
+
+def _check_format(txn: lmdb.Transaction, databases: Databases, path: Path) -> bool:
+    """Whether the store has a format version (refusing one newer than ours)."""
+    stored = txn.get(_FORMAT_KEY, db=databases.meta)
+    if stored is None:
+        return False
+    try:
+        version = int(stored)
+    except ValueError:
+        raise StoreError(f"{path}: unreadable store format {stored!r}") from None
+    if version > FORMAT_VERSION:
+        raise StoreError(
+            f"{path}: store format {version} is newer than this corra knows ({FORMAT_VERSION})"
+        )
+    return True
+
+
+def lmdb_path(state_dir: str | os.PathLike[str]) -> Path:
+    return Path(state_dir) / "state.lmdb"
+
+
+def take_writer_lock(path: Path) -> int:
+    descriptor = os.open(path / "writer.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        raise StoreError(f"the store at {path} is open for writing elsewhere") from None
+    except BaseException:
+        os.close(descriptor)
+        raise
+    return descriptor
+
+
+def open_for_writing(path: Path, *, durable: bool, map_size: int) -> Environment:
+    env = lmdb.open(
+        str(path),
+        map_size=map_size,
+        max_dbs=len(_DATABASES),
+        sync=durable,
+        metasync=durable,
+        lock=True,
+    )
+    try:
+        while True:
+            try:
+                with env.begin(write=True) as txn:
+                    databases = Databases(
+                        *(env.open_db(name.encode(), txn=txn, create=True) for name in _DATABASES)
+                    )
+                    if not _check_format(txn, databases, path):
+                        txn.put(_FORMAT_KEY, str(FORMAT_VERSION).encode(), db=databases.meta)
+                break
+            except lmdb.MapFullError:  # a map too small even for the empty databases
+                env.set_mapsize(env.info()["map_size"] * 2)
+    except BaseException:
+        env.close()
+        raise
+    return Environment(env, databases, path)
+
+
+def open_for_reading(path: Path) -> Environment:
+    if not (path / "data.mdb").is_file():
+        raise StoreError(f"no store at {path}")
+    # map_size=0: the size the data file records; lock=True: coexist with the writer.
+    env = lmdb.open(
+        str(path), map_size=0, max_dbs=len(_DATABASES), readonly=True, lock=True, create=False
+    )
+    try:
+        try:
+            # Without txn=: a handle opened in a read transaction outlives it only if that
+            # transaction commits, which open_db does for its own.
+            databases = Databases(
+                *(env.open_db(name.encode(), create=False) for name in _DATABASES)
+            )
+        except lmdb.NotFoundError:
+            raise StoreError(f"{path} is not a corra store") from None
+        with env.begin() as txn:
+            if not _check_format(txn, databases, path):
+                raise StoreError(f"{path} is not a corra store (no format version)")
+    except BaseException:
+        env.close()
+        raise
+    return Environment(env, databases, path)
+
+
+def opening(path: Path, open_environment: Callable[[], Environment]) -> Environment:
+    """``open_environment()``, with LMDB and OS errors as `StoreError`."""
+    try:
+        return open_environment()
+    except (lmdb.Error, OSError) as exc:
+        raise StoreError(f"cannot open the store at {path}: {exc}") from exc
+
+
+# Reads -----------------------------------------------------------------------------------
+
+
+class Reads:
+    """The read methods, shared by `Store` and `StoreReader`. Every one is sync and cheap
+    for single keys; `scan` and friends read everything."""
+
+    def _environment(self) -> Environment:
+        raise NotImplementedError
+
+    def load(self, process_id: str) -> bytes | None:
+        """The latest snapshot of ``process_id``, or None."""
+        key = process_key(process_id)
+        environment = self._environment()
+        return environment.read(lambda txn: txn.get(key, db=environment.databases.snapshots))
+
+    def history(self, process_id: str) -> list[bytes]:
+        """The transitions of ``process_id``, oldest first."""
+        prefix = history_prefix(process_key(process_id))
+        environment = self._environment()
+
+        def read(txn: lmdb.Transaction) -> list[bytes]:
+            cursor = txn.cursor(db=environment.databases.history)
+            transitions = []
+            if cursor.set_range(prefix):
+                for key, value in cursor:
+                    if not key.startswith(prefix):
+                        break
+                    transitions.append(value)
+            return transitions
+
+        return environment.read(read)
+
+    def id_for_name(self, name: str) -> str | None:
+        """The process id the name belongs to, or None."""
+        key = key_of(name, "name")
+        environment = self._environment()
+        owner = environment.read(lambda txn: txn.get(key, db=environment.databases.names))
+        return None if owner is None else text(owner)
+
+    def scan(self) -> Iterator[tuple[str, bytes]]:
+        """Every snapshot, as ``(process_id, raw bytes)`` in process id order.
+
+        Reads in batches, one read transaction each, so that nothing is held open between
+        items: the view is consistent per batch, not across the whole scan. Large scans
+        belong in a worker thread.
+        """
+        environment = self._environment()
+        for key, value in _scan(environment, environment.databases.snapshots):
+            yield text(key), value
+
+    def scan_decoded(self, codec: Codec[T]) -> tuple[dict[str, T], list[CorruptSnapshot]]:
+        """Every snapshot decoded with ``codec``: the records, and the ones that are corrupt
+        (never an exception for a corrupt record)."""
+        records: dict[str, T] = {}
+        corrupt: list[CorruptSnapshot] = []
+        for process_id, raw in self.scan():
+            try:
+                records[process_id] = codec.decode(raw)
+            except CorruptRecord as exc:
+                corrupt.append(CorruptSnapshot(process_id, raw, str(exc)))
+        return records, corrupt
+
+    def quarantined(self) -> list[QuarantinedRecord]:
+        """Every record set aside, in process id order."""
+        environment = self._environment()
+        return [
+            _quarantined(text(key), value)
+            for key, value in _scan(environment, environment.databases.quarantine)
+        ]
+
+
+def _scan(environment: Environment, database: Any) -> Iterator[tuple[bytes, bytes]]:
+    after: bytes | None = None
+    while True:
+
+        def read(txn: lmdb.Transaction, after: bytes | None = after) -> list[tuple[bytes, bytes]]:
+            cursor = txn.cursor(db=database)
+            positioned = cursor.first() if after is None else cursor.set_range(after)
+            if positioned and after is not None and cursor.key() == after:
+                positioned = cursor.next()
+            items = []
+            while positioned and len(items) < _SCAN_BATCH:
+                items.append(cursor.item())
+                positioned = cursor.next()
+            return items
+
+        items = environment.read(read)
+        yield from items
+        if len(items) < _SCAN_BATCH:
+            return
+        after = items[-1][0]
+
+
+def _quarantined(process_id: str, stored: bytes) -> QuarantinedRecord:
+    try:
+        entry = json.loads(stored)
+        return QuarantinedRecord(
+            process_id=process_id,
+            raw=base64.b64decode(entry["raw"], validate=True),
+            reason=str(entry["reason"]),
+            time=float(entry["time"]),
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        return QuarantinedRecord(process_id, stored, f"unreadable quarantine entry: {exc}", 0.0)
+
+
+class StoreReader(Reads):
+    """Read access to a store that another process may be writing; see `open_store_readonly`."""
+
+    def __init__(self, environment: Environment) -> None:
+        self.path = environment.path
+        self._open: Environment | None = environment
+
+    def __repr__(self) -> str:
+        return f"<StoreReader {self.path}>"
+
+    def _environment(self) -> Environment:
+        if self._open is None:
+            raise StoreError(f"the store at {self.path} is closed")
+        return self._open
+
+
+@contextmanager
+def open_store_readonly(state_dir: str | os.PathLike[str]) -> Iterator[StoreReader]:
+    """Open an existing store to read it, blocking (for the command line, not the loop).
+
+    Readers coexist with the process that writes (LMDB's lock file), and adopt the map
+    when the writer grows it. Within one process, a store cannot be open twice.
+
+    Raises:
+        StoreError: there is no store, or it cannot be read.
+    """
+    path = lmdb_path(state_dir)
+    environment = opening(path, lambda: open_for_reading(path))
+    reader = StoreReader(environment)
+    try:
+        yield reader
+    finally:
+        reader._open = None
+        environment.close()

@@ -1,0 +1,594 @@
+"""The state store: one LMDB environment, written by one thread with group commit.
+
+Rule 1: the event loop never waits on the disk. Every write is queued for the writer thread,
+which takes all the writes that are waiting, applies them in one write transaction, commits it
+(one fsync for all of them), and then wakes their tasks through the trio token.
+
+Rule 2: a write that fails on purpose (`NameTaken`) fails alone: it is checked before it
+changes anything, and the rest of its batch commits. A write that LMDB or the OS refuses
+fails its whole batch with `StoreError`; the writer thread carries on with the next batch.
+
+Rule 3: a full map is not an error: the writer doubles the map and applies the same batch
+again.
+
+The layout, the keys and the reads are in `corra.persistence._lmdb`.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import contextlib
+import json
+import os
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+import lmdb
+import trio
+
+from corra._errors import ConfigError, NameTaken, StoreError
+from corra.persistence._lmdb import (
+    SEQUENCE_BYTES,
+    Databases,
+    Environment,
+    Reads,
+    history_prefix,
+    key_of,
+    lmdb_path,
+    open_for_reading,
+    open_for_writing,
+    opening,
+    process_key,
+    require_bytes,
+    store_error,
+    take_writer_lock,
+    text,
+)
+
+#: Limits on one write transaction, so that a burst of writes cannot outgrow LMDB's
+#: dirty-page limit; what is left over goes into the next transaction.
+_MAX_BATCH_WRITES: Final = 10_000
+_MAX_BATCH_BYTES: Final = 64 << 20
+
+
+@attrs.frozen
+class StoreStatistics:
+    """What the writer has done since the store was opened, and how full the map is."""
+
+    commits: int
+    """Write transactions committed."""
+    records_written: int
+    """Writes applied and committed (a write that failed is not counted)."""
+    largest_batch: int
+    """The most writes committed in one transaction."""
+    mean_batch: float
+    """Writes per committed transaction."""
+    last_commit_latency: float
+    """Seconds from the start of the last transaction to the end of its commit (fsync
+    included)."""
+    map_size: int
+    """Bytes of the memory map, the most the data file can grow to before the map grows."""
+    map_used: int
+    """Bytes of the map in use."""
+    map_growths: int
+    """Times the writer grew the map since the store was opened."""
+
+
+# Writes ----------------------------------------------------------------------------------
+
+
+class _Write:
+    """One queued write: applied by the writer thread, awaited by one task."""
+
+    __slots__ = ("error", "result", "task")
+
+    def __init__(self) -> None:
+        self.task: trio.lowlevel.Task | None = None
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    async def wait(self) -> None:
+        """Until the writer is done with this write, or the task is cancelled."""
+        # `wake` runs on the loop, which is ours until we park: it cannot come first.
+        self.task = trio.lowlevel.current_task()
+        await trio.lowlevel.wait_task_rescheduled(self._abandon)
+
+    def _abandon(self, _: object) -> trio.lowlevel.Abort:
+        self.task = None  # cancelled: the write still happens, nobody hears of it
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    def wake(self) -> None:
+        """On the loop: let the waiting task, if any, go on."""
+        if self.task is not None:
+            trio.lowlevel.reschedule(self.task)
+            self.task = None
+
+    def size(self) -> int:
+        return 0
+
+    def apply(self, txn: lmdb.Transaction, databases: Databases) -> Any:
+        """Change the store; raise a `StoreError` subclass before changing anything to fail
+        this write alone."""
+        raise NotImplementedError
+
+
+def _claim(txn: lmdb.Transaction, databases: Databases, name: bytes, process: bytes) -> bytes:
+    owner = txn.get(name, db=databases.names)
+    if owner is None:
+        txn.put(name, process, db=databases.names)
+        return process
+    return owner
+
+
+def _next_history_key(txn: lmdb.Transaction, databases: Databases, process: bytes) -> bytes:
+    prefix = history_prefix(process)
+    cursor = txn.cursor(db=databases.history)
+    # The last key below prefix + 1, i.e. the last history entry of this process, if any.
+    found = cursor.prev() if cursor.set_range(process + b"\x01") else cursor.last()
+    sequence = 0
+    if found and cursor.key().startswith(prefix):
+        sequence = int.from_bytes(cursor.key()[len(prefix) :], "big") + 1
+    return prefix + sequence.to_bytes(SEQUENCE_BYTES, "big")
+
+
+class _Save(_Write):
+    __slots__ = ("name", "process", "snapshot", "transition")
+
+    def __init__(
+        self, process: bytes, snapshot: bytes, transition: bytes | None, name: bytes | None
+    ) -> None:
+        super().__init__()
+        self.process = process
+        self.snapshot = snapshot
+        self.transition = transition
+        self.name = name
+
+    def size(self) -> int:
+        return len(self.snapshot) + len(self.transition or b"")
+
+    def apply(self, txn: lmdb.Transaction, databases: Databases) -> None:
+        if self.name is not None:
+            owner = _claim(txn, databases, self.name, self.process)
+            if owner != self.process:
+                raise NameTaken(
+                    f"name {text(self.name)!r} belongs to process {text(owner)!r} already"
+                )
+        txn.put(self.process, self.snapshot, db=databases.snapshots)
+        if self.transition is not None:
+            key = _next_history_key(txn, databases, self.process)
+            txn.put(key, self.transition, db=databases.history)
+
+
+class _ClaimName(_Write):
+    __slots__ = ("name", "process")
+
+    def __init__(self, name: bytes, process: bytes) -> None:
+        super().__init__()
+        self.name = name
+        self.process = process
+
+    def apply(self, txn: lmdb.Transaction, databases: Databases) -> str:
+        return text(_claim(txn, databases, self.name, self.process))
+
+
+class _SetAside(_Write):
+    __slots__ = ("entry", "process")
+
+    def __init__(self, process: bytes, raw: bytes, reason: str) -> None:
+        super().__init__()
+        self.process = process
+        entry = {"raw": base64.b64encode(raw).decode(), "reason": reason, "time": time.time()}
+        self.entry = json.dumps(entry, separators=(",", ":")).encode()
+
+    def size(self) -> int:
+        return len(self.entry)
+
+    def apply(self, txn: lmdb.Transaction, databases: Databases) -> None:
+        txn.put(self.process, self.entry, db=databases.quarantine)
+        txn.delete(self.process, db=databases.snapshots)
+
+
+class _Delete(_Write):
+    __slots__ = ("process",)
+
+    def __init__(self, process: bytes) -> None:
+        super().__init__()
+        self.process = process
+
+    def apply(self, txn: lmdb.Transaction, databases: Databases) -> None:
+        txn.delete(self.process, db=databases.snapshots)
+        txn.delete(self.process, db=databases.quarantine)
+        prefix = history_prefix(self.process)
+        cursor = txn.cursor(db=databases.history)
+        if cursor.set_range(prefix):
+            while cursor.key().startswith(prefix) and cursor.delete():
+                pass
+        # Names are keyed by name: finding this process's ones reads them all (deletes are
+        # rare, and a reverse index would cost every claim a second write).
+        names = txn.cursor(db=databases.names)
+        owned = [name for name, owner in names if owner == self.process]
+        for name in owned:
+            txn.delete(name, db=databases.names)
+
+
+class _Stop:
+    """Queued by close: the writer commits what came before it, then stops."""
+
+
+# The store -------------------------------------------------------------------------------
+
+
+class Store(Reads):
+    """The state store, opened by `open_store`; its writes go through one writer thread.
+
+    Every write is async and a checkpoint. It is checked, then queued, and returns once its
+    transaction has committed (and, for a durable store, reached the disk). Cancellation:
+    a write cancelled before it is queued is not made; one cancelled while it waits for
+    the disk is still made (it is queued, and closing the store drains the queue), the
+    task just does not learn how it went. Writes queued together commit together: a
+    thousand tasks saving at once cost a few fsyncs, not a thousand.
+
+    Reads are sync and run in a read transaction of their own (see `Reads`).
+    """
+
+    def __init__(self, path: Path, *, durable: bool, map_size: int, readonly: bool) -> None:
+        self.path = path
+        self.durable = durable
+        self.readonly = readonly
+        self._initial_map_size = map_size
+        self._queue: queue.SimpleQueue[_Write | _Stop] = queue.SimpleQueue()
+        self._open: Environment | None = None
+        self._accepting = False
+        self._failure: BaseException | None = None
+        self._commits = 0
+        self._records_written = 0
+        self._largest_batch = 0
+        self._last_commit_latency = 0.0
+        self._map_growths = 0
+        self._writer_lock: int | None = None
+        self._final_statistics: StoreStatistics | None = None
+
+    def __repr__(self) -> str:
+        return f"<Store {self.path}{' read-only' if self.readonly else ''}>"
+
+    def _environment(self) -> Environment:
+        if self._open is None:
+            raise StoreError(f"the store at {self.path} is not open")
+        return self._open
+
+    # writes, on the loop
+
+    async def save(
+        self,
+        process_id: str,
+        snapshot: bytes,
+        *,
+        transition: bytes | None = None,
+        name: str | None = None,
+    ) -> None:
+        """In one transaction: make ``snapshot`` the latest snapshot of ``process_id``;
+        append ``transition`` to its history; claim ``name`` for it. Returns once all of
+        it is durable; a checkpoint (see the class for cancellation).
+
+        Raises:
+            NameTaken: ``name`` belongs to another process; nothing of this save was written.
+            StoreError: the transaction failed (nothing of it was written), or the store is
+                closed or read-only.
+            ConfigError: ``process_id`` or ``name`` cannot be a key (empty, a NUL, too long).
+            TypeError: ``snapshot`` or ``transition`` is not bytes.
+        """
+        write = _Save(
+            process_key(process_id),
+            require_bytes(snapshot, "snapshot"),
+            None if transition is None else require_bytes(transition, "transition"),
+            None if name is None else key_of(name, "name"),
+        )
+        await self._submit(write)
+
+    async def claim_name(self, name: str, process_id: str) -> str:
+        """The process the name belongs to: its owner if it has one already, else
+        ``process_id``, now its owner. Makes submitting the same named job twice idempotent.
+        Returns once the claim is durable; a checkpoint.
+
+        Raises:
+            StoreError: the transaction failed, or the store is closed or read-only.
+        """
+        result: str = await self._submit(_ClaimName(key_of(name, "name"), process_key(process_id)))
+        return result
+
+    async def set_aside(self, process_id: str, raw: bytes, reason: str) -> None:
+        """Move a record that cannot be decoded to quarantine: ``raw`` is kept there with
+        the reason, and the snapshot of ``process_id`` is removed (its history and names
+        stay, so that a named job is not run again under a new id). A checkpoint.
+
+        Raises:
+            StoreError: the transaction failed, or the store is closed or read-only.
+        """
+        if not isinstance(reason, str):
+            raise TypeError(f"reason must be a string, not {type(reason).__name__}")
+        await self._submit(_SetAside(process_key(process_id), require_bytes(raw, "raw"), reason))
+
+    async def delete(self, process_id: str) -> None:
+        """Remove every trace of ``process_id``: snapshot, history, names, quarantine entry.
+        A checkpoint. Finding its names reads every name: deletes are meant to be rare.
+
+        Raises:
+            StoreError: the transaction failed, or the store is closed or read-only.
+        """
+        await self._submit(_Delete(process_key(process_id)))
+
+    async def _submit(self, write: _Write) -> Any:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self.readonly:
+            raise StoreError(f"the store at {self.path} is open read-only")
+        if not self._accepting:
+            raise StoreError(f"the store at {self.path} is closed")
+        self._queue.put(write)
+        await write.wait()
+        if write.error is not None:
+            raise write.error
+        return write.result
+
+    def statistics(self) -> StoreStatistics:
+        """A snapshot of the writer's counters and of the map (as it was at the close, once
+        the store is closed)."""
+        if self._final_statistics is not None:
+            return self._final_statistics
+        environment = self._environment()
+        try:
+            info = environment.env.info()
+            page_size = environment.env.stat()["psize"]
+        except lmdb.Error as exc:
+            raise StoreError(f"the store at {self.path} is closed") from exc
+        return StoreStatistics(
+            commits=self._commits,
+            records_written=self._records_written,
+            largest_batch=self._largest_batch,
+            mean_batch=self._records_written / self._commits if self._commits else 0.0,
+            last_commit_latency=self._last_commit_latency,
+            map_size=info["map_size"],
+            map_used=(info["last_pgno"] + 1) * page_size,
+            map_growths=self._map_growths,
+        )
+
+    # the writer thread
+
+    def _serve(
+        self, token: trio.lowlevel.TrioToken, opened: trio.Event, stopped: trio.Event
+    ) -> None:
+        """The writer thread: open, commit batches until told to stop, close."""
+        try:
+            try:
+                if self.readonly:
+                    self._open = opening(self.path, lambda: open_for_reading(self.path))
+                else:
+                    self._open = opening(self.path, self._open_for_writing)
+            except BaseException as exc:
+                self._failure = exc
+            _call_soon(token, opened.set)
+            if self._open is None:
+                return
+            backlog: collections.deque[_Write] = collections.deque()
+            try:
+                self._commit_until_stopped(token, backlog)
+            except BaseException as exc:  # a bug here must not leave tasks waiting forever
+                self._failure = exc
+                self._accepting = False
+                self._fail_all(token, backlog, exc)
+            finally:
+                self._close_environment()
+        finally:
+            _call_soon(token, stopped.set)
+
+    def _open_for_writing(self) -> Environment:
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock = take_writer_lock(self.path)
+        try:
+            environment = open_for_writing(
+                self.path, durable=self.durable, map_size=self._initial_map_size
+            )
+        except BaseException:
+            os.close(lock)
+            raise
+        self._writer_lock = lock
+        return environment
+
+    def _commit_until_stopped(
+        self, token: trio.lowlevel.TrioToken, backlog: collections.deque[_Write]
+    ) -> None:
+        stopping = False
+        while True:
+            if not backlog and not stopping:
+                stopping = self._take(self._queue.get(), backlog)
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                stopping = self._take(item, backlog) or stopping
+            if not backlog:
+                if stopping:
+                    return
+                continue
+            batch = _next_batch(backlog)
+            self._commit(batch)
+            _call_soon(token, _wake, batch)
+
+    @staticmethod
+    def _take(item: _Write | _Stop, backlog: collections.deque[_Write]) -> bool:
+        if isinstance(item, _Stop):
+            return True
+        backlog.append(item)
+        return False
+
+    def _commit(self, batch: list[_Write]) -> None:
+        environment = self._environment()
+        started = time.perf_counter()
+        try:
+            while True:
+                for write in batch:
+                    write.result = write.error = None
+                try:
+                    with environment.env.begin(write=True) as txn:
+                        for write in batch:
+                            try:
+                                write.result = write.apply(txn, environment.databases)
+                            except StoreError as exc:  # refused before it changed anything
+                                write.error = exc
+                    break
+                except lmdb.MapFullError:
+                    self._grow(environment)
+                except lmdb.MapResizedError:
+                    environment.resize(0)
+        except Exception as exc:
+            message = f"writing to the store at {self.path} failed: {exc}"
+            for write in batch:
+                write.result = None
+                write.error = store_error(message, exc)
+            return
+        written = sum(1 for write in batch if write.error is None)
+        self._last_commit_latency = time.perf_counter() - started
+        self._commits += 1
+        self._records_written += written
+        self._largest_batch = max(self._largest_batch, written)
+
+    def _grow(self, environment: Environment) -> None:
+        environment.resize(environment.env.info()["map_size"] * 2)
+        self._map_growths += 1
+
+    def _fail_all(
+        self,
+        token: trio.lowlevel.TrioToken,
+        backlog: collections.deque[_Write],
+        cause: BaseException,
+    ) -> None:
+        pending = list(backlog)
+        backlog.clear()
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, _Write):
+                pending.append(item)
+        for write in pending:
+            write.error = store_error(f"the store writer at {self.path} failed: {cause}", cause)
+        _call_soon(token, _wake, pending)
+
+    def _refuse_leftovers(self) -> None:
+        """After the writer thread is gone: fail any write that slipped into the queue."""
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, _Write):
+                item.error = StoreError(f"the store at {self.path} is closed")
+                item.wake()
+
+    def _close_environment(self) -> None:
+        environment = self._open
+        if environment is None:
+            return
+        try:
+            if not self.durable and not self.readonly:
+                environment.env.sync(True)  # a clean close is durable either way
+            self._final_statistics = self.statistics()
+        except (lmdb.Error, StoreError):
+            pass  # everything is committed; only the flush or the figures failed
+        finally:
+            environment.close()
+            if self._writer_lock is not None:
+                os.close(self._writer_lock)
+                self._writer_lock = None
+
+
+def _next_batch(backlog: collections.deque[_Write]) -> list[_Write]:
+    batch = [backlog.popleft()]
+    size = batch[0].size()
+    while backlog and len(batch) < _MAX_BATCH_WRITES:
+        size += backlog[0].size()
+        if size > _MAX_BATCH_BYTES:
+            break
+        batch.append(backlog.popleft())
+    return batch
+
+
+def _wake(writes: list[_Write]) -> None:
+    for write in writes:
+        write.wake()
+
+
+def _call_soon(token: trio.lowlevel.TrioToken, function: Callable[..., object], *args: Any) -> None:
+    with contextlib.suppress(trio.RunFinishedError):  # nobody is left to wake
+        token.run_sync_soon(function, *args)
+
+
+@asynccontextmanager
+async def open_store(
+    state_dir: str | os.PathLike[str],
+    *,
+    durable: bool = True,
+    map_size: int = 64 << 20,
+    readonly: bool = False,
+) -> AsyncIterator[Store]:
+    """Open the store in ``<state_dir>/state.lmdb`` (created if missing, unless
+    ``readonly``), with its writer thread; leaving closes it.
+
+    Args:
+        durable: each commit is fsynced before its writers return. Without it a commit
+            survives a crash of the process, not of the machine (a clean close flushes).
+        map_size: bytes of the memory map to start with; it doubles whenever it is full.
+        readonly: open an existing store only to read it; writes raise `StoreError`.
+
+    Leaving the context commits every write queued before it, then stops the writer
+    thread and closes LMDB; this is shielded from cancellation. No thread outlives it.
+
+    Raises:
+        StoreError: the store cannot be opened (missing when ``readonly``, written by a
+            newer corra, open for writing by another process, or LMDB failed).
+    """
+    if isinstance(map_size, bool) or not isinstance(map_size, int) or map_size <= 0:
+        raise ConfigError(f"map_size: got {map_size!r}, expected a positive number of bytes")
+    store = Store(lmdb_path(state_dir), durable=durable, map_size=map_size, readonly=readonly)
+    opened, stopped = trio.Event(), trio.Event()
+    thread = threading.Thread(
+        target=store._serve,
+        args=(trio.lowlevel.current_trio_token(), opened, stopped),
+        name=f"corra-store {store.path}",
+        daemon=True,
+    )
+
+    async def stop() -> None:
+        # The thread's last act is to wake us, so join() does not block the loop.
+        with trio.CancelScope(shield=True):
+            store._accepting = False
+            store._queue.put(_Stop())
+            await stopped.wait()
+            thread.join()
+            store._refuse_leftovers()
+
+    thread.start()
+    try:
+        await opened.wait()
+    except BaseException:
+        await stop()  # cancelled while LMDB opens: stop the thread once it has opened
+        raise
+    if store._failure is not None:
+        await stop()
+        failure = store._failure
+        if isinstance(failure, StoreError):
+            raise failure
+        raise store_error(f"cannot open the store at {store.path}: {failure}", failure)
+    store._accepting = True
+    try:
+        yield store
+    finally:
+        await stop()

@@ -1,0 +1,341 @@
+"""The codec: round trips for every kind of field, and CorruptRecord for every kind of damage."""
+
+from __future__ import annotations
+
+import datetime
+import enum
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+import cattrs
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from corra._errors import CorruptRecord
+from corra.persistence import Codec
+
+# A representative snapshot: nested frozen attrs values, optional fields, tuples, a
+# dict[str, str], a Literal, an enum, datetimes, paths and a tagged union of attrs classes.
+
+
+class Restart(enum.Enum):
+    NEVER = "never"
+    ON_FAILURE = "on-failure"
+
+
+@attrs.frozen
+class Local:
+    cwd: Path
+    environment: dict[str, str] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class Remote:
+    host: str
+    port: int = 22
+    user: str | None = None
+
+
+@attrs.frozen
+class Spec:
+    argv: tuple[str, ...]
+    where: Local | Remote
+    restart: Restart = Restart.NEVER
+    limits: tuple[float, int] = (1.0, 3)
+
+
+@attrs.frozen
+class Exit:
+    code: int | None
+    signal: str | None
+    ended: datetime.datetime
+
+
+@attrs.frozen
+class State:
+    phase: Literal["created", "running", "paused", "finished"]
+    spec: Spec
+    attempt: int = 0
+    exit: Exit | None = None
+    paused_from: Literal["created", "running"] | None = None
+    fallback: Local | Remote | None = None
+    labels: dict[str, str] = attrs.field(factory=dict)
+    started: datetime.datetime | None = None
+    ready: bool = False
+
+
+def rename_try_to_attempt(data: dict[str, Any]) -> dict[str, Any]:
+    """Schema 1 called the attempt number "try"."""
+    data = dict(data)
+    data["attempt"] = data.pop("try", 0)
+    return data
+
+
+codec = Codec(State, 2, migrations={1: rename_try_to_attempt})
+
+texts = st.text(max_size=12)
+datetimes = st.datetimes(
+    min_value=datetime.datetime(1970, 1, 2), timezones=st.none() | st.just(datetime.UTC)
+)
+places = st.builds(
+    Local, cwd=st.builds(Path, texts), environment=st.dictionaries(texts, texts, max_size=3)
+) | st.builds(Remote, host=texts, port=st.integers(0, 65535), user=st.none() | texts)
+states = st.builds(
+    State,
+    phase=st.sampled_from(["created", "running", "paused", "finished"]),
+    spec=st.builds(
+        Spec,
+        argv=st.lists(texts, max_size=4).map(tuple),
+        where=places,
+        restart=st.sampled_from(Restart),
+        limits=st.tuples(st.floats(allow_nan=False, allow_infinity=False), st.integers()),
+    ),
+    attempt=st.integers(0, 2**40),
+    exit=st.none()
+    | st.builds(
+        Exit, code=st.none() | st.integers(-255, 255), signal=st.none() | texts, ended=datetimes
+    ),
+    paused_from=st.sampled_from([None, "created", "running"]),
+    fallback=st.none() | places,
+    labels=st.dictionaries(texts, texts, max_size=3),
+    started=st.none() | datetimes,
+    ready=st.booleans(),
+)
+
+EXAMPLE = State(
+    phase="running",
+    spec=Spec(argv=("sleep", "10"), where=Remote(host="login1", user="ana")),
+    attempt=1,
+    labels={"project": "x"},
+    started=datetime.datetime(2025, 3, 1, 12, 0, tzinfo=datetime.UTC),
+)
+
+
+def document(data: Any, *, schema: Any = 2, type_name: Any = "State") -> bytes:
+    return json.dumps({"schema": schema, "type": type_name, "data": data}).encode()
+
+
+def example_data() -> dict[str, Any]:
+    return json.loads(codec.encode(EXAMPLE))["data"]
+
+
+def decode_error(raw: bytes) -> str:
+    with pytest.raises(CorruptRecord) as caught:
+        codec.decode(raw)
+    return str(caught.value)
+
+
+# Round trips ---------------------------------------------------------------------------------
+
+
+@given(states)
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+def test_round_trip(state):
+    assert codec.decode(codec.encode(state)) == state
+
+
+def test_record_is_compact_versioned_json():
+    raw = codec.encode(EXAMPLE)
+    assert raw.startswith(b'{"schema":2,"type":"State","data":{')
+    assert b" " not in raw.replace(b'"sleep","10"', b"")
+    assert raw.isascii()
+    data = json.loads(raw)["data"]
+    assert data["spec"]["where"] == {"host": "login1", "port": 22, "user": "ana", "_type": "Remote"}
+    assert data["started"] == "2025-03-01T12:00:00+00:00"
+
+
+def test_non_ascii_text_round_trips():
+    state = attrs.evolve(EXAMPLE, labels={"résumé": "naïve ✓", "lone": "\udc80"})
+    assert codec.decode(codec.encode(state)) == state
+
+
+def test_datetime_is_also_read_from_float_seconds():
+    data = {**example_data(), "started": 86400.5}
+    decoded = codec.decode(document(data))
+    assert decoded.started == datetime.datetime(1970, 1, 2, 0, 0, 0, 500000, tzinfo=datetime.UTC)
+
+
+def test_encode_refuses_other_types_and_nan():
+    with pytest.raises(TypeError, match="expected a State"):
+        codec.encode(EXAMPLE.spec)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        codec.encode(
+            attrs.evolve(EXAMPLE, spec=attrs.evolve(EXAMPLE.spec, limits=(float("nan"), 1)))
+        )
+
+
+def test_older_schema_is_migrated():
+    data = example_data()
+    data["try"] = data.pop("attempt")
+    assert codec.decode(document(data, schema=1)) == EXAMPLE
+
+
+def test_migrations_chain_one_step_at_a_time():
+    steps = []
+
+    def step(version: int):
+        def upgrade(data: dict[str, Any]) -> dict[str, Any]:
+            steps.append(version)
+            return data
+
+        return upgrade
+
+    chained = Codec(State, 4, migrations={1: step(1), 2: step(2), 3: step(3)})
+    assert chained.decode(document(example_data(), schema=2)) == EXAMPLE
+    assert steps == [2, 3]
+
+
+def test_failing_migration_is_corrupt():
+    def needs_try(data: dict[str, Any]) -> dict[str, Any]:
+        return {**data, "attempt": data["try"]}
+
+    strict = Codec(State, 2, migrations={1: needs_try})
+    with pytest.raises(CorruptRecord, match=r"migration from schema 1 to 2 failed: KeyError"):
+        strict.decode(document(example_data(), schema=1))
+
+
+def test_private_converter_leaves_the_global_one_alone():
+    Codec(State, 1)
+    assert cattrs.structure("5", int) == 5  # the global converter still coerces
+    with pytest.raises(CorruptRecord, match=r"expected an integer, got str @ \$\.data\.attempt"):
+        codec.decode(document({**example_data(), "attempt": "5"}))
+
+
+def test_codec_arguments_are_checked():
+    with pytest.raises(TypeError):
+        Codec(dict, 1)
+    with pytest.raises(ValueError):
+        Codec(State, 0)
+    with pytest.raises(ValueError, match="migrations"):
+        Codec(State, 2, migrations={2: lambda data: data})
+
+
+# Damage ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"", "not a JSON record"),
+        (b"\xff\xfe", "not a JSON record"),
+        ('{"schema":2}'.encode("utf-16"), "not a JSON record"),
+        (b'{"schema": 2, "type": "State", "data": {', "not a JSON record"),
+        (b"[" * 100_000, "not a JSON record"),
+        (b"[]", "not a record: a JSON list"),
+        (b'{"type": "State", "data": {}}', "missing schema"),
+        (b'{"schema": 2, "data": {}}', "missing type"),
+        (b'{"schema": 2, "type": "State"}', "missing data"),
+        (b'{"schema": 2, "type": "State", "data": {}, "x": 1}', "unexpected keys"),
+        (document({}, schema="2"), "schema must be an integer"),
+        (document({}, schema=True), "schema must be an integer"),
+        (document({}, schema=3), "schema 3, newer than this corra knows (2)"),
+        (document({}, schema=0), "no migration from schema 0 to 1"),
+        (document({}, type_name="Job"), "a 'Job' record where a State was expected"),
+        (document([]), r"expected an object, got list @ $.data"),
+    ],
+)
+def test_damaged_envelope(raw, message):
+    assert message in decode_error(raw)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"phase": "lost"}, "@ $.data.phase"),
+        ({"attempt": 1.5}, "expected an integer, got float @ $.data.attempt"),
+        ({"attempt": True}, "expected an integer, got bool @ $.data.attempt"),
+        ({"ready": 1}, "expected true or false, got int @ $.data.ready"),
+        ({"labels": {"a": 1}}, "expected a string, got int @ $.data.labels['a']"),
+        ({"labels": []}, "@ $.data.labels"),
+        ({"started": "yesterday"}, "expected an ISO 8601 date and time, got 'yesterday'"),
+        ({"started": 1e300}, "seconds since the epoch out of range: 1e+300 @ $.data.started"),
+        ({"unknown": 1}, "extra fields found (unknown) @ $.data"),
+        ({"spec": None}, "@ $.data.spec"),
+        (
+            {"spec": {"argv": ["a", 5], "where": {"_type": "Local", "cwd": "/"}}},
+            "$.data.spec.argv[1]",
+        ),
+        ({"spec": {"argv": [], "where": {"cwd": "/"}}}, "'_type' to be one of Local, Remote"),
+        ({"spec": {"argv": [], "where": {"_type": "Pod"}}}, "got 'Pod' @ $.data.spec.where"),
+        (
+            {"spec": {"argv": [], "where": {"_type": "Local"}}},
+            "required field missing @ $.data.spec.where.cwd",
+        ),
+        ({"spec": {"argv": [], "where": {"_type": "Local", "cwd": 3}}}, "expected a path"),
+        (
+            {"spec": {"argv": [], "where": {"_type": "Remote", "host": "h"}, "restart": "always"}},
+            "$.data.spec.restart",
+        ),
+        (
+            {"spec": {"argv": [], "where": {"_type": "Remote", "host": "h"}, "limits": [1.0]}},
+            "$.data.spec.limits",
+        ),
+        ({"exit": {"code": 0, "signal": None}}, "required field missing @ $.data.exit.ended"),
+        ({"fallback": 3}, "expected an object tagged '_type', got int @ $.data.fallback"),
+    ],
+)
+def test_damaged_data_names_the_field_path(change, message):
+    reason = decode_error(document({**example_data(), **change}))
+    assert reason.startswith("invalid State record: ")
+    assert message in reason
+
+
+def test_missing_field_is_named():
+    data = example_data()
+    del data["spec"]
+    assert "required field missing @ $.data.spec" in decode_error(document(data))
+
+
+@given(st.binary(max_size=300))
+@settings(max_examples=500)
+def test_arbitrary_bytes_are_corrupt_never_a_crash(raw):
+    try:
+        decoded = codec.decode(raw)
+    except CorruptRecord:
+        return
+    assert isinstance(decoded, State)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+def _paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    found = [path]
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found += _paths(item, (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found += _paths(item, (*path, index))
+    return found
+
+
+@given(st.data(), json_values)
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+def test_any_json_anywhere_is_corrupt_never_a_crash(data, replacement):
+    """Replace any part of a valid record with any JSON value."""
+    envelope = {"schema": 2, "type": "State", "data": data.draw(states.map(codec.encode)).decode()}
+    envelope["data"] = json.loads(envelope["data"])["data"]
+    path = data.draw(st.sampled_from(_paths(envelope)))
+    if path:
+        parent = envelope
+        for step in path[:-1]:
+            parent = parent[step]
+        parent[path[-1]] = replacement
+        raw = json.dumps(envelope).encode()
+    else:
+        raw = json.dumps(replacement).encode()
+    try:
+        decoded = codec.decode(raw)
+    except CorruptRecord:
+        return
+    assert isinstance(decoded, State)
