@@ -204,31 +204,37 @@ async def open_runtime(
             yield rt
             return
         path = Path(state_dir)
+        owned: list[Any] = []
         with lock_state_dir(path):
             async with open_store(path, durable=durable) as store:
                 if backends is None:
-                    from corra.backends.local import LocalProcessBackend
+                    from corra.backends.local_process import LocalProcessBackend
 
-                    backends = {
-                        "local": LocalProcessBackend(path / "runs", max_running=max_running)
-                    }
-                supervisor = await rt.spawn_supervisor(
-                    SupervisorSpec(flags=PROCESSES_FLAGS), name="processes"
-                )
-                manager = ProcessManager(
-                    store=store,
-                    codec=RECORD_CODEC,
-                    history_codec=HISTORY_CODEC,
-                    backends=backends,
-                    supervisor=supervisor,
-                )
-                rt._processes = manager
-                rt.state_dir = path
+                    local = LocalProcessBackend(path / "runs", max_running=max_running)
+                    owned.append(local)
+                    backends = {"local": local}
                 try:
-                    if recover:
-                        rt.recovery = await manager.recover()
-                    yield rt
+                    supervisor = await rt.spawn_supervisor(
+                        SupervisorSpec(flags=PROCESSES_FLAGS), name="processes"
+                    )
+                    manager = ProcessManager(
+                        store=store,
+                        codec=RECORD_CODEC,
+                        history_codec=HISTORY_CODEC,
+                        backends=backends,
+                        supervisor=supervisor,
+                    )
+                    rt._processes = manager
+                    rt.state_dir = path
+                    try:
+                        if recover:
+                            rt.recovery = await manager.recover()
+                        yield rt
+                    finally:
+                        # Process actors write to the store: stop them before it closes.
+                        with trio.CancelScope(shield=True), contextlib.suppress(CorraError):
+                            await rt.root.terminate_child("processes")
                 finally:
-                    # Process actors write to the store: stop them before it closes.
-                    with trio.CancelScope(shield=True), contextlib.suppress(CorraError):
-                        await rt.root.terminate_child("processes")
+                    with trio.CancelScope(shield=True):
+                        for backend in owned:
+                            await backend.aclose()

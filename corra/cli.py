@@ -57,11 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run",
         help="run a job file, or one program, in the foreground until all are done",
+        usage="corra run [options] JOBFILE | corra run [options] -- ARGV...",
         description="Run a job file (or `-- ARGV...`) until every process is terminal. "
         "Running it again on the same state dir continues what is unfinished.",
     )
     run.add_argument("jobfile", nargs="?", help="a TOML job file with [[process]] tables")
-    run.add_argument("argv", nargs=argparse.REMAINDER, help="after --: a program to run")
     run.add_argument("--name", help="name of the process given after --")
     run.add_argument("--max-running", type=int, default=None, help="programs at once")
     run.add_argument("--json", action="store_true", help="print the final records as JSON")
@@ -85,7 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``corra`` console script; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    program: list[str] = []
+    if "--" in words:  # everything after `--` is the program, never options of ours
+        split = words.index("--")
+        words, program = words[:split], words[split + 1 :]
+    args = parser.parse_args(words)
+    args.argv = program
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
@@ -116,10 +122,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, state_dir: Path) -> int:
     argv = list(args.argv)
-    if argv and argv[0] == "--":
-        argv = argv[1:]
-    if args.jobfile == "--":
-        args.jobfile = None
     if args.jobfile and argv:
         raise ConfigError("run: give a job file or `-- ARGV...`, not both")
     if args.jobfile:
@@ -200,6 +202,30 @@ async def _stop_on_signal(signals: Any, scope: trio.CancelScope, out: TextIO) ->
         return
 
 
+def _happened(record: ProcessRecord, transition: Transition) -> str | None:
+    """One transition in words, for the plain progress lines (None: not worth a line)."""
+    event = transition.event
+    result = record.state.result
+    if event == "launch":
+        return None
+    if event == "submit":
+        return "submitted"
+    if event == "started":
+        pid = (record.state.handle or {}).get("pid")
+        return f"running (attempt {record.state.attempt}" + (f", pid {pid})" if pid else ")")
+    if event == "retry":
+        return f"will run again: {transition.reason}"
+    if event in ("succeed", "fail", "killed") and result is not None:
+        took = ""
+        if result.started_at is not None and result.ended_at is not None:
+            took = f" after {result.ended_at - result.started_at:.1f}s"
+        verb = {"succeed": "finished", "fail": "failed", "killed": "killed"}[event]
+        return f"{verb}: {describe(result)}{took}"
+    if transition.reason:
+        return f"{transition.target} ({transition.reason})"
+    return transition.target
+
+
 class Progress:
     """Counts per phase and a line per running process (a terminal), or plain lines."""
 
@@ -227,17 +253,11 @@ class Progress:
             self.since[record.id] = transition.at
         else:
             self.since.pop(record.id, None)
-        if transition.event in ("submit", "started", "launch") and self.tty:
+        what = _happened(record, transition)
+        if what is None or (self.tty and transition.event in ("submit", "launch", "started")):
             self._redraw()
             return
-        text = (
-            f"{time.strftime('%H:%M:%S')} {record.name}: {transition.source} -> {transition.target}"
-        )
-        if transition.reason and transition.target in ("failed", "killed", "paused", "created"):
-            text += f" ({transition.reason})"
-        if record.state.result is not None and transition.target in TERMINAL:
-            text += f" [{describe(record.state.result)}]"
-        self.line(text)
+        self.line(f"{time.strftime('%H:%M:%S')} {record.name}: {what}")
 
     def _redraw(self) -> None:
         self._erase()
@@ -395,7 +415,7 @@ def _show(args: argparse.Namespace, state_dir: Path) -> int:
 
 
 def _logs(args: argparse.Namespace, state_dir: Path) -> int:
-    from corra.backends.local import log_file
+    from corra.backends.local_process import log_file
 
     stream = "stderr" if args.stderr else "stdout"
     offset = 0

@@ -155,8 +155,8 @@ def advance(
             changes.update(paused_from=None, reason=reason or "killed on request")
         if handle is not None:
             changes["handle"] = handle
-        if reason is not None:
-            changes["reason"] = reason
+        if event != "kill":
+            changes["reason"] = reason  # a reason describes the latest transition only
         if result is not None:
             changes["result"] = result
     return attrs.evolve(state, **changes)

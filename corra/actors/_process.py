@@ -311,6 +311,14 @@ class _ProcessActor(Actor):
         self.record = record
 
 
+def _absolute_cwd(spec: ProcessSpec) -> ProcessSpec:
+    """A relative ``cwd`` means relative to where the process was submitted, not to where
+    a later runtime happens to run."""
+    if spec.cwd is None or os.path.isabs(spec.cwd):
+        return spec
+    return attrs.evolve(spec, cwd=os.path.abspath(spec.cwd))
+
+
 class ProcessManager:
     """Submits, controls and recovers processes; owns nothing but the active ones' actors.
 
@@ -401,6 +409,7 @@ class ProcessManager:
         the same job file twice never duplicates a process.
         """
         self.backend_for(spec)
+        spec = _absolute_cwd(spec)
         if spec.name is not None:
             existing = self._existing(spec.name)
             if existing is not None:
