@@ -26,7 +26,7 @@ BACKENDS = ("local",)
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,127}$")
 
 
-class _SpecError(ValueError):
+class _SpecError(ConfigError):
     """A value check that failed inside attrs validation (the message is the whole story)."""
 
 

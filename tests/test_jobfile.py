@@ -1,0 +1,94 @@
+"""Job files and process specs: validated whole, errors name the file, process and field."""
+
+from __future__ import annotations
+
+import pytest
+
+import corra
+from corra._jobfile import parse_job_text
+from corra.actors._records import ProcessSpec, parse_process_spec
+
+
+def test_defaults_apply_to_every_process_and_tables_merge():
+    job = parse_job_text(
+        """
+[defaults]
+timeout = 5
+restart = "transient"
+env = { A = "1" }
+
+[[process]]
+name = "a"
+argv = ["echo", "a"]
+env = { B = "2" }
+
+[[process]]
+name = "b"
+argv = ["echo", "b"]
+restart = "temporary"
+""",
+        "jobs.toml",
+    )
+    a, b = job.processes
+    assert (a.timeout, a.restart, a.env) == (5.0, "transient", {"A": "1", "B": "2"})
+    assert (b.timeout, b.restart, b.env) == (5.0, "temporary", {"A": "1"})
+
+
+def test_every_problem_is_reported_at_once_naming_file_process_and_field():
+    text = """
+[[process]]
+name = "a"
+argv = "echo hi"
+
+[[process]]
+argv = ["x"]
+
+[[process]]
+name = "a"
+argv = ["x"]
+
+[[process]]
+name = "c"
+argv = ["x"]
+bogus = 1
+
+[surprise]
+"""
+    with pytest.raises(corra.ConfigError) as info:
+        parse_job_text(text, "jobs.toml")
+    assert str(info.value).splitlines() == [
+        "jobs.toml: unknown table(s) ['surprise']; expected [defaults] and [[process]]",
+        "jobs.toml: process[0] ('a').argv: got 'echo hi', expected a list of strings",
+        "jobs.toml: process[1].name: missing; every process in a job file needs a name",
+        "jobs.toml: process[2] ('a').name: 'a' is used by process[0] already",
+        "jobs.toml: process[3] ('c'): unknown field(s) ['bogus']; expected some of: argv, "
+        "name, cwd, env, timeout, restart, max_attempts, kill_grace, memory_limit, "
+        "pids_limit, labels, backend",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({}, "p.argv: missing"),
+        ({"argv": []}, "p.argv: got (), expected a non-empty list"),
+        ({"argv": ["a", 1]}, "p.argv: got 1 at [1], expected a string"),
+        ({"argv": ["a"], "timeout": 0}, "p.timeout: got 0.0, expected seconds > 0"),
+        ({"argv": ["a"], "timeout": True}, "p.timeout: got True, expected a number"),
+        ({"argv": ["a"], "restart": "always"}, "p.restart: got 'always', expected one of"),
+        ({"argv": ["a"], "max_attempts": 0}, "p.max_attempts: got 0, expected an integer >= 1"),
+        ({"argv": ["a"], "env": {"A=B": "x"}}, "p.env: got {'A=B': 'x'}, expected NAME"),
+        ({"argv": ["a"], "labels": ["x"]}, "p.labels: got ['x'], expected a table"),
+        ({"argv": ["a"], "name": "../up"}, "p.name: got '../up', expected a name matching"),
+        ({"argv": ["a"], "backend": "mars"}, "p.backend: got 'mars', expected one of"),
+    ],
+)
+def test_bad_process_fields(fields, message):
+    with pytest.raises(corra.ConfigError) as info:
+        parse_process_spec(fields, "p")
+    assert str(info.value).startswith(message), str(info.value)
+
+
+def test_a_spec_built_in_python_is_checked_too():
+    with pytest.raises(corra.ConfigError, match="argv: got"):
+        ProcessSpec(argv=())

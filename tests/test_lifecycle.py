@@ -1,0 +1,151 @@
+"""The lifecycle table, walked by Hypothesis against a model written from the rules."""
+
+from __future__ import annotations
+
+import hypothesis.strategies as st
+import pytest
+from hypothesis import given, settings
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from corra._errors import InvalidTransition
+from corra._runtime import HISTORY_CODEC, RECORD_CODEC
+from corra.actors._lifecycle import (
+    PHASES,
+    TABLE,
+    TERMINAL,
+    ProcessState,
+    Result,
+    advance,
+    allowed,
+)
+from corra.actors._records import ProcessRecord, ProcessSpec, Transition
+
+EVENTS = sorted({event for (_, event) in TABLE})
+
+
+def model_next(phase: str, paused_from: str | None, event: str) -> str | None:
+    """Where ``event`` takes ``phase``, per the module's rules; None when it is illegal."""
+    if phase in TERMINAL:
+        return None
+    if event == "pause":
+        return "paused" if phase in ("created", "launching", "running") else None
+    if event == "resume":
+        return paused_from if phase == "paused" else None
+    if event == "kill":
+        return "killing" if phase != "killing" else None
+    moves = {
+        ("created", "launch"): "launching",
+        ("launching", "started"): "running",
+        ("running", "succeed"): "finished",
+        ("launching", "fail"): "failed",
+        ("running", "fail"): "failed",
+        ("launching", "retry"): "created",
+        ("running", "retry"): "created",
+        ("killing", "killed"): "killed",
+    }
+    return moves.get((phase, event))
+
+
+class LifecycleWalk(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.state = ProcessState()
+        self.clock = 0.0
+
+    @rule(event=st.sampled_from(EVENTS), reason=st.none() | st.text(max_size=5))
+    def fire(self, event: str, reason: str | None) -> None:
+        before = self.state
+        expected = model_next(before.phase, before.paused_from, event)
+        self.clock += 1
+        if expected is None:
+            with pytest.raises(InvalidTransition) as info:
+                advance(before, event, at=self.clock, process="p", reason=reason)  # type: ignore[arg-type]
+            assert (info.value.phase, info.value.event) == (before.phase, event)
+            assert self.state is before  # nothing changed
+            return
+        after = advance(before, event, at=self.clock, process="p", reason=reason)  # type: ignore[arg-type]
+        assert after.phase == expected
+        assert after.updated_at == self.clock
+        assert after.attempt == before.attempt + (1 if event == "retry" else 0)
+        if event == "pause":
+            assert after.paused_from == before.phase
+        self.state = after
+
+    @invariant()
+    def paused_from_only_while_paused(self) -> None:
+        assert (self.state.paused_from is not None) == (self.state.phase == "paused")
+
+    @invariant()
+    def allowed_matches_the_model(self) -> None:
+        state = self.state
+        legal = [e for e in EVENTS if model_next(state.phase, state.paused_from, e) is not None]
+        assert sorted(allowed(state.phase)) == legal
+
+
+TestLifecycleWalk = LifecycleWalk.TestCase
+TestLifecycleWalk.settings = settings(max_examples=200, stateful_step_count=40, deadline=None)
+
+
+def test_every_phase_is_reachable_and_terminal_ones_accept_nothing():
+    targets = {target for target in TABLE.values() if target is not None} | {"created"}
+    assert targets | {"paused"} == set(PHASES)
+    for phase in TERMINAL:
+        assert allowed(phase) == []
+
+
+names = st.text(alphabet="abcdefghij-_.", min_size=1, max_size=8).filter(lambda s: s[0].isalnum())
+texts = st.text(max_size=10)
+results = st.builds(
+    Result,
+    returncode=st.none() | st.integers(-255, 255),
+    signal=st.none() | st.integers(1, 64),
+    utime=st.floats(0, 1e6),
+    maxrss_kb=st.integers(0, 1 << 40),
+    timed_out=st.booleans(),
+    error=st.none() | texts,
+)
+records = st.builds(
+    ProcessRecord,
+    id=st.text(alphabet="abc123", min_size=1, max_size=12),
+    spec=st.builds(
+        ProcessSpec,
+        argv=st.lists(texts.filter(lambda t: "\0" not in t), min_size=1, max_size=3)
+        .filter(lambda argv: argv[0] != "")
+        .map(tuple),
+        name=st.none() | names,
+        env=st.dictionaries(names, texts.filter(lambda t: "\0" not in t), max_size=2),
+        labels=st.dictionaries(names, texts, max_size=2),
+        timeout=st.none() | st.floats(0.1, 1e6),
+    ),
+    state=st.builds(
+        ProcessState,
+        phase=st.sampled_from(PHASES),
+        attempt=st.integers(1, 100),
+        handle=st.none() | st.dictionaries(names, st.integers() | texts | st.none(), max_size=3),
+        reason=st.none() | texts,
+        result=st.none() | results,
+        updated_at=st.floats(0, 2e9),
+    ),
+    created_at=st.floats(0, 2e9),
+)
+
+
+@given(records)
+@settings(max_examples=200, deadline=None)
+def test_records_round_trip_through_the_codec(record):
+    assert RECORD_CODEC.decode(RECORD_CODEC.encode(record)) == record
+
+
+@given(
+    st.builds(
+        Transition,
+        at=st.floats(0, 2e9),
+        event=st.sampled_from(EVENTS),
+        source=st.sampled_from(PHASES),
+        target=st.sampled_from(PHASES),
+        attempt=st.integers(1, 10),
+        reason=st.none() | texts,
+    )
+)
+def test_transitions_round_trip_through_the_codec(transition):
+    assert HISTORY_CODEC.decode(HISTORY_CODEC.encode(transition)) == transition
