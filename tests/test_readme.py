@@ -1,4 +1,4 @@
-"""The README's Python tour runs as written."""
+"""The README's Python examples run as written."""
 
 from __future__ import annotations
 
@@ -10,14 +10,34 @@ from pathlib import Path
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
-def test_readme_tour_runs(tmp_path):
+def run_block(index: int, tmp_path: Path) -> str:
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    assert blocks, "the README has no python example"
-    script = tmp_path / "tour.py"
-    script.write_text(blocks[0])
+    assert len(blocks) > index, "the README lost an example"
+    script = tmp_path / "example.py"
+    script.write_text(blocks[index])
     done = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr
-    assert "crashed: boom" in done.stdout
-    assert "/workers/counter running 1" in done.stdout
+    return done.stdout
+
+
+def test_readme_actor_tour_runs(tmp_path):
+    out = run_block(0, tmp_path)
+    assert "crashed: boom" in out
+    assert "/workers/counter running 1" in out
+
+
+def test_readme_process_tour_runs(tmp_path):
+    out = run_block(1, tmp_path).splitlines()
+    assert out == [
+        "running",
+        "finished 0",
+        "b'hello\\n'",
+        "failed 2 exited with 3",
+    ]
