@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import signal
 import sys
 import time
@@ -243,8 +244,17 @@ class Progress:
         self._draw()
 
     async def follow(self, events: Any) -> None:
-        async for record, transition in events:
-            self.update(record, transition)
+        """Show every transition; on a terminal, also tick the running times twice a second."""
+        tick = 0.5 if self.tty else math.inf
+        while True:
+            with trio.move_on_after(tick):
+                try:
+                    record, transition = await events.receive()
+                except trio.EndOfChannel:
+                    return
+                self.update(record, transition)
+                continue
+            self._redraw()
 
     def update(self, record: ProcessRecord, transition: Transition) -> None:
         self.phases[record.id] = record.phase
