@@ -277,3 +277,36 @@ async def test_timeouts_and_missing_programs_fail_with_a_reason(tmp_path):
     assert (slow_record.phase, slow_record.state.reason) == ("failed", "timed out")
     assert missing_record.phase == "failed"
     assert "no-such-program-here" in (missing_record.state.reason or "")
+
+
+async def test_a_program_whose_chaperone_vanished_is_failed_as_lost(tmp_path):
+    state = tmp_path / "state"
+    async with open_runtime(state_dir=state) as rt:
+        ref = await rt.spawn_process(["sleep", "30"], name="doomed")
+        record = await rt.processes.wait(ref.id, until=lambda r: r.phase == "running")
+    handle = record.state.handle
+    assert handle is not None
+    # While no runtime watches, something kills the chaperone and the program outright.
+    os.kill(handle["chaperone_pid"], signal.SIGKILL)
+    os.killpg(handle["pid"], signal.SIGKILL)
+    await trio.sleep(0.2)
+    async with open_runtime(state_dir=state) as rt:
+        assert rt.recovery is not None and rt.recovery.resumed == (ref.id,)
+        record = await rt.processes.wait(ref.id)
+    assert record.phase == "failed"
+    assert (record.state.reason or "").startswith("lost: ")
+
+
+async def test_a_runtime_restart_reattaches_a_running_program_without_relaunching(tmp_path):
+    state = tmp_path / "state"
+    ledger = tmp_path / "ledger"
+    async with open_runtime(state_dir=state) as rt:
+        ref = await rt.spawn_process(
+            ["sh", "-c", f"echo start >> {ledger}; sleep 0.8; echo end >> {ledger}"]
+        )
+        first = await rt.processes.wait(ref.id, until=lambda r: r.phase == "running")
+    async with open_runtime(state_dir=state) as rt:
+        record = await rt.processes.wait(ref.id)
+    assert record.phase == "finished"
+    assert record.state.handle == first.state.handle  # the same program, reattached
+    assert ledger.read_text().split() == ["start", "end"]
