@@ -264,24 +264,25 @@ class _ActorCell(_Cell):
                 item.resolve(stopped)
 
 
-class Ref:
-    """A cheap, hashable handle on one actor incarnation; names its path in the tree."""
+class _CellRef:
+    """What every ref shares: it names one incarnation (a cell), by identity."""
 
     __slots__ = ("_cell",)
 
-    def __init__(self, cell: _ActorCell) -> None:
+    def __init__(self, cell: Any) -> None:
         self._cell = cell
 
     @property
     def path(self) -> str:
-        """The actor's path in the supervision tree, e.g. ``/workers/counter``."""
-        return self._cell.path
+        """The path in the supervision tree, e.g. ``/workers/counter`` (``/``: the root)."""
+        path: str = self._cell.path
+        return path
 
     def __repr__(self) -> str:
-        return f"<Ref {self._cell.path} {self._cell.status}>"
+        return f"<{type(self).__name__} {self._cell.path} {self._cell.status}>"
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Ref) and other._cell is self._cell
+        return type(other) is type(self) and other._cell is self._cell  # type: ignore[attr-defined]
 
     def __hash__(self) -> int:
         return id(self._cell)
@@ -290,6 +291,13 @@ class Ref:
     def alive(self) -> bool:
         """True until this incarnation has stopped."""
         return self._cell.status != "stopped"
+
+
+class Ref(_CellRef):
+    """A cheap, hashable handle on one actor incarnation; names its path in the tree."""
+
+    __slots__ = ()
+    _cell: _ActorCell
 
     async def send(self, msg: Any) -> None:
         """Put ``msg`` in the mailbox, waiting while it is full (backpressure).

@@ -50,7 +50,7 @@ from corra._errors import (
     NoSuchChild,
     RestartIntensityExceeded,
 )
-from corra.actors._actor import Ref, Status, _ActorCell, _Call, _Cell
+from corra.actors._actor import Ref, Status, _ActorCell, _Call, _Cell, _CellRef
 from corra.actors._specs import ChildSpec, SupervisorSpec
 
 ChildStatus: TypeAlias = Literal["running", "restarting", "stopped"]
@@ -447,32 +447,11 @@ def _ref_of(child: _Child) -> Ref | SupervisorRef:
     return ref
 
 
-class SupervisorRef:
+class SupervisorRef(_CellRef):
     """A handle on one supervisor incarnation: dynamic children and introspection."""
 
-    __slots__ = ("_cell",)
-
-    def __init__(self, cell: _SupervisorCell) -> None:
-        self._cell = cell
-
-    @property
-    def path(self) -> str:
-        """The supervisor's path in the tree (``/`` for the root)."""
-        return self._cell.path
-
-    def __repr__(self) -> str:
-        return f"<SupervisorRef {self._cell.path} {self._cell.status}>"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, SupervisorRef) and other._cell is self._cell
-
-    def __hash__(self) -> int:
-        return id(self._cell)
-
-    @property
-    def alive(self) -> bool:
-        """True until this incarnation has stopped."""
-        return self._cell.status != "stopped"
+    __slots__ = ()
+    _cell: _SupervisorCell
 
     async def start_child(self, spec: ChildSpec) -> Ref | SupervisorRef:
         """Add a child and start it; returns its ref once it runs. A checkpoint.
