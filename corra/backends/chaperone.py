@@ -344,6 +344,40 @@ def _rmdir(path):
         os.rmdir(path)
 
 
+def group_members(pgid, sid):
+    """Live (not zombie) processes in process group ``pgid`` of session ``sid``."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                data = stat.read()
+        except OSError:
+            continue
+        fields = data[data.rindex(b")") + 2 :].split()
+        if int(fields[2]) == pgid and int(fields[3]) == sid and fields[0] not in (b"Z", b"X"):
+            members.append(int(entry))
+    return members
+
+
+def wait_group_gone(pgid, sid, deadline):
+    """Wait (until ``deadline``) for SIGKILLed members of the group to be gone: dead, if not
+    yet reaped by whoever inherited them."""
+    delay = 0.0005
+    while True:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return  # the usual case: nobody was left
+        except OSError:
+            pass
+        if not group_members(pgid, sid) or time.monotonic() >= deadline:
+            return
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
 # spawning -------------------------------------------------------------------------------
 
 
@@ -596,6 +630,7 @@ class Chaperone:
         # The leader is a zombie: its pgid cannot be reused until we reap it.
         self.kill_group(signal.SIGKILL)
         _, status, rusage = os.wait4(self.pid, 0)
+        wait_group_gone(self.pid, os.getsid(0), time.monotonic() + CGROUP_DRAIN)
         return status, rusage
 
     def terminate(self, now, grace):

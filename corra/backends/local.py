@@ -422,18 +422,7 @@ def _group_members(handle: Handle) -> list[int]:
     was reused by someone else has another session)."""
     if handle.pid is None:
         return []
-    members = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            stat = _stat(int(entry))
-            if (
-                stat is not None
-                and stat[2] == handle.pid
-                and stat[3] == handle.chaperone_pid
-                and stat[1] not in "ZX"
-            ):
-                members.append(int(entry))
-    return members
+    return chaperone.group_members(handle.pid, handle.chaperone_pid)
 
 
 def _read_json(path: Path) -> Any:
@@ -591,7 +580,33 @@ class LocalBackend:
 
     def _prepare_sync(self, support: CgroupSupport) -> CgroupSupport:
         self.root.mkdir(parents=True, exist_ok=True)
-        return support if support.layout == "off" else _cgroups.prepare(support)
+        if support.layout == "off":
+            return support
+        support = _cgroups.prepare(support)
+        self._sweep_cgroups(support)
+        return support
+
+    def _sweep_cgroups(self, support: CgroupSupport) -> None:
+        """Remove the empty cgroups that lost runs of this root left behind (a chaperone that
+        was SIGKILLed cannot remove its own). Cgroups with processes in them stay: `kill`
+        is the way to end those."""
+        for parent in {support.unified, support.memory, support.pids} - {None}:
+            try:
+                names = os.listdir(parent)  # type: ignore[arg-type]
+            except OSError:
+                continue
+            for name in names:
+                key = name.removesuffix(self._cgroup_suffix)
+                if key == name or not _KEY.fullmatch(key):
+                    continue
+                try:
+                    handle = self.find(key)
+                    if handle is not None and self.status(handle) == "running":
+                        continue
+                except BackendError:
+                    continue
+                with contextlib.suppress(OSError):
+                    os.rmdir(os.path.join(parent, name))  # type: ignore[arg-type]
 
     def _document(self, key: str, spec: LaunchSpec) -> dict[str, Any]:
         """spec.json: the spec as the chaperone needs it, resolved against this runtime."""
@@ -839,6 +854,11 @@ class LocalBackend:
                 delay = min(delay * 2, _POLL_MAX)
         if await trio.to_thread.run_sync(_group_members, handle):
             _killpg(handle, signal.SIGKILL)
+            delay = _POLL_FIRST
+            with trio.move_on_after(chaperone.CGROUP_DRAIN):
+                while await trio.to_thread.run_sync(_group_members, handle):
+                    await trio.sleep(delay)  # SIGKILLed, but not dead yet
+                    delay = min(delay * 2, _POLL_MAX)
         await trio.to_thread.run_sync(_kill_cgroups, handle, self._cgroup_paths(handle.key))
 
     def _cgroup_paths(self, key: str) -> list[str]:
