@@ -157,7 +157,8 @@ async def _run_async(job: JobFile, state_dir: Path, args: argparse.Namespace) ->
                 file=out,
             )
         display = Progress(out)
-        with manager.subscribe() as events, trio.open_signal_receiver(signal.SIGTERM) as signals:
+        stops = (signal.SIGTERM, signal.SIGINT)
+        with manager.subscribe() as events, trio.open_signal_receiver(*stops) as signals:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope, out)
                 nursery.start_soon(display.follow, events)
@@ -197,8 +198,9 @@ async def _wait_all(manager: Any, ids: list[str]) -> None:
 
 
 async def _stop_on_signal(signals: Any, scope: trio.CancelScope, out: TextIO) -> None:
-    async for _ in signals:
-        print("stopping: programs keep running; run again to reattach", file=out)
+    async for signum in signals:
+        name = signal.Signals(signum).name
+        print(f"{name}: stopping; programs keep running; run again to reattach", file=out)
         scope.cancel()
         return
 
