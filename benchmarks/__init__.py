@@ -13,4 +13,5 @@ from benchmarks._harness import Result as Result
 #: Suite name -> module that defines it.
 SUITES: dict[str, str] = {
     "kernel": "benchmarks.kernel",
+    "process": "benchmarks.process",
 }

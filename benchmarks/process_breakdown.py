@@ -1,0 +1,173 @@
+"""Where the time of a local program goes in a runtime: a diagnostic for ``local_programs_*``.
+
+Not a suite (nothing is compared against a baseline here): ``python -m benchmarks.process_breakdown
+[--programs N] [--rounds R]`` runs ``true`` through ``open_runtime`` by 1 and 8 submitters, as
+``local_programs_c1`` and ``local_programs_c8`` do, in four variants (durable store or not,
+cgroups or not: ``LocalProcessBackend(cgroups="off")``, passed in as the runtime's backend), in
+interleaved rounds, and prints the medians of:
+
+- ``programs/s``;
+- ``launch``: `Backend.launch` as the process actor sees it: the zygote forks a chaperone,
+  which claims the run dir, creates a cgroup and joins it, spawns the program, leaves the
+  cgroup, writes program.pid and reports on its pipe;
+- ``wait``: `Backend.wait`, until the chaperone's exit message (event-driven: a pipe);
+- ``commit``: time the store's writer thread spent in write transactions (the commit and, for
+  a durable store, its fsyncs), per program; ``commits`` per program (4 transitions each, fewer
+  when group commit batches concurrent ones);
+- ``spawn``: ``spawn_process`` (the submission's durable write and the actor's start);
+- ``loop CPU``: CPU time of the event loop's thread per program (actors, supervisor, codec,
+  the backend's work on the loop), against the wall time per program.
+
+Only the store's commit is instrumented from outside (a wrapper around ``Store._commit`` in this
+interpreter); nothing in corra is changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import itertools
+import statistics
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import trio
+
+from benchmarks.process import kept_scratch
+from corra._runtime import open_runtime
+from corra.actors._lifecycle import Result
+from corra.actors._records import ProcessSpec
+from corra.backends.local_process import LocalProcessBackend
+from corra.persistence import _store
+
+_COMMITS: list[float] = []
+_original_commit = _store.Store._commit
+
+
+def _timed_commit(self: _store.Store, batch: list[Any]) -> None:
+    started = time.perf_counter()
+    try:
+        _original_commit(self, batch)
+    finally:
+        _COMMITS.append(time.perf_counter() - started)
+
+
+class TimedBackend:
+    """`LocalProcessBackend`, with the time of every launch and wait written down."""
+
+    def __init__(self, inner: LocalProcessBackend) -> None:
+        self.inner = inner
+        self.times: dict[str, list[float]] = collections.defaultdict(list)
+
+    async def acquire_slot(self, key: str) -> None:
+        await self.inner.acquire_slot(key)
+
+    def release_slot(self, key: str) -> None:
+        self.inner.release_slot(key)
+
+    def adopt_slot(self, key: str) -> None:
+        self.inner.adopt_slot(key)
+
+    async def launch(self, key: str, spec: ProcessSpec) -> dict[str, Any]:
+        started = time.perf_counter()
+        try:
+            return await self.inner.launch(key, spec)
+        finally:
+            self.times["launch"].append(time.perf_counter() - started)
+
+    def find(self, key: str) -> dict[str, Any] | None:
+        return self.inner.find(key)
+
+    async def wait(self, handle: Mapping[str, Any]) -> Result:
+        started = time.perf_counter()
+        try:
+            return await self.inner.wait(handle)
+        finally:
+            self.times["wait"].append(time.perf_counter() - started)
+
+    async def kill(self, handle: Mapping[str, Any], grace: float) -> Result | None:
+        return await self.inner.kill(handle, grace)
+
+    async def read_log(self, key: str, stream: str, offset: int, size: int) -> bytes:
+        return await self.inner.read_log(key, stream, offset, size)
+
+
+async def one_run(count: int, concurrency: int, durable: bool, cgroups: str) -> dict[str, float]:
+    """``count`` programs of ``true``; per-program figures in milliseconds, and programs/s."""
+    state_dir = await trio.to_thread.run_sync(kept_scratch, "breakdown-")
+    inner = LocalProcessBackend(state_dir / "runs", max_running=8, cgroups=cgroups)  # type: ignore[arg-type]
+    backend = TimedBackend(inner)
+    spawns: list[float] = []
+    try:
+        async with open_runtime(
+            state_dir=state_dir, durable=durable, backends={"local": backend}
+        ) as runtime:
+            await (await runtime.spawn_process(["true"])).wait()  # zygote, cgroup parents
+            backend.times.clear()
+            _COMMITS.clear()
+            numbers = itertools.count()
+
+            async def worker() -> None:
+                while next(numbers) < count:
+                    started = time.perf_counter()
+                    ref = await runtime.spawn_process(["true"])
+                    spawns.append(time.perf_counter() - started)
+                    record = await ref.wait()
+                    if record.phase != "finished":
+                        raise RuntimeError(f"true did not finish: {record}")
+
+            started, cpu = time.perf_counter(), time.thread_time()
+            async with trio.open_nursery() as nursery:
+                for _ in range(concurrency):
+                    nursery.start_soon(worker)
+            wall, cpu = time.perf_counter() - started, time.thread_time() - cpu
+            commits = list(_COMMITS)
+    finally:
+        await inner.aclose()
+    return {
+        "programs/s": count / wall,
+        "wall": wall / count * 1e3,
+        "launch": statistics.mean(backend.times["launch"]) * 1e3,
+        "wait": statistics.mean(backend.times["wait"]) * 1e3,
+        "commit": sum(commits) / count * 1e3,
+        "commits": len(commits) / count,
+        "spawn": statistics.mean(spawns) * 1e3,
+        "loop CPU": cpu / count * 1e3,
+    }
+
+
+VARIANTS = [
+    ("durable, cgroups", True, "auto"),
+    ("durable, no cgroups", True, "off"),
+    ("not durable, cgroups", False, "auto"),
+    ("not durable, no cgroups", False, "off"),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.process_breakdown")
+    parser.add_argument("--programs", type=int, default=60, help="programs per run (c8: twice)")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    _store.Store._commit = _timed_commit  # type: ignore[method-assign]
+    for concurrency in (1, 8):
+        count = args.programs * (2 if concurrency > 1 else 1)
+        samples: dict[str, list[dict[str, float]]] = collections.defaultdict(list)
+        for round_number in range(args.rounds + 1):  # the first round is a warm-up
+            order = VARIANTS if round_number % 2 == 0 else VARIANTS[::-1]
+            for name, durable, cgroups in order:
+                figures = trio.run(one_run, count, concurrency, durable, cgroups)
+                if round_number:
+                    samples[name].append(figures)
+        print(f"\nc{concurrency}: {count} programs of `true`, medians of {args.rounds} rounds")
+        columns = list(next(iter(samples.values()))[0])
+        print(f"{'':24s}" + "".join(f"{column:>11s}" for column in columns))
+        for name, _, _ in VARIANTS:
+            medians = [statistics.median(s[column] for s in samples[name]) for column in columns]
+            print(f"{name:24s}" + "".join(f"{value:11.2f}" for value in medians))
+    print("\nall but programs/s and commits are milliseconds per program")
+
+
+if __name__ == "__main__":
+    main()
