@@ -16,6 +16,7 @@ import attrs
 import pytest
 import trio
 import trio.lowlevel
+import trio.testing
 
 import corra
 from corra._errors import InvalidTransition
@@ -268,3 +269,67 @@ async def test_a_second_runtime_on_the_same_state_dir_is_refused(state):
         with pytest.raises(corra.ConfigError, match="another corra runtime"):
             async with open_runtime(state_dir=state, backends={"local": ScriptedBackend({})}):
                 pass
+
+
+# -- races and failures found in review ---------------------------------------------------
+
+
+async def test_a_kill_arriving_while_a_pause_is_written_still_kills(state):
+    backend = ScriptedBackend({"long": [(100, 0)]})
+    async with open_runtime(state_dir=state, backends={"local": backend}) as rt:
+        ref = await rt.spawn_process(spec("long"))
+        await rt.processes.wait(ref.id, until=lambda r: r.phase == "running")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ref.pause)
+            await trio.testing.wait_all_tasks_blocked()  # the pause is being written
+            with trio.fail_after(5):
+                record = await ref.kill()
+            nursery.cancel_scope.cancel()
+        assert record.phase == "killed"
+
+
+async def test_a_rerun_killed_during_its_backoff_does_not_block_the_queue(state):
+    backend = ScriptedBackend({"flaky": [(0.01, 1), (0.01, 0)], "other": [(0.01, 0)]})
+    async with open_runtime(state_dir=state, backends={"local": backend}) as rt:
+        flaky = await rt.spawn_process(spec("flaky", restart="transient"))
+        await rt.processes.wait(flaky.id, until=lambda r: r.state.attempt == 2)
+        await flaky.pause()
+        await flaky.resume()  # its actor sleeps the retry backoff
+        await trio.sleep(0.1)
+        await flaky.kill()  # interrupts the backoff
+        other = await rt.spawn_process(spec("other"))
+        with trio.fail_after(5):
+            assert (await other.wait()).phase == "finished"
+        assert rt.processes._admission == {"local": {}}
+
+
+class FailingLaunch(ScriptedBackend):
+    async def launch(self, key: str, spec: ProcessSpec) -> dict[str, Any]:
+        raise corra.BackendError("fork refused")
+
+
+async def test_a_step_that_keeps_failing_fails_the_process_and_frees_its_slot(state):
+    backend = FailingLaunch({"a": [(0.01, 0)]}, max_running=1)
+    async with open_runtime(state_dir=state, backends={"local": backend}) as rt:
+        a = await rt.spawn_process(spec("a"))
+        with trio.fail_after(30):
+            record = await a.wait()
+        assert (record.phase, record.state.reason) == ("failed", "launching: fork refused")
+        assert backend.limiter.borrowed_tokens == 0
+
+
+class CrashingWait(ScriptedBackend):
+    async def wait(self, handle: Mapping[str, Any]) -> Result:
+        raise KeyError("record")  # a bug, or a malformed handle
+
+
+async def test_an_unexpected_error_fails_the_process_instead_of_stranding_it(state):
+    backend = CrashingWait({"a": [(0.01, 0)]}, max_running=1)
+    async with open_runtime(state_dir=state, backends={"local": backend}) as rt:
+        a = await rt.spawn_process(spec("a"))
+        with trio.fail_after(5):
+            record = await a.wait()
+        assert record.phase == "failed"
+        assert record.state.reason == "internal error in running: KeyError('record')"
+        assert backend.limiter.borrowed_tokens == 0
+        assert rt.processes.active == 0

@@ -39,6 +39,7 @@ from corra._errors import (
     NameTaken,
     NoSuchProcess,
     ProgramLost,
+    StoreError,
 )
 from corra.actors._actor import Actor, Ref
 from corra.actors._lifecycle import (
@@ -201,8 +202,10 @@ class _ProcessActor(Actor):
         failures = 0
         while True:
             state = self.record.state
-            if state.terminal or state.phase == "paused":
+            if state.terminal:
                 break
+            if state.phase == "paused" and self.request != "kill":
+                break  # (a kill that arrived while the pause was being written goes on)
             try:
                 if self.request == "kill" and state.phase != "killing":
                     await self._advance("kill", reason="killed on request")
@@ -211,16 +214,37 @@ class _ProcessActor(Actor):
                 else:
                     await self._step(state)
                 failures = 0
-            except BackendError as exc:
+            except (BackendError, StoreError) as exc:
                 # Transient trouble (a full disk, a refused fork): retry the step, which is
                 # idempotent, a few times; then give up with the reason.
                 failures += 1
                 logger.warning("process %s: %s step failed: %s", self.id, state.phase, exc)
                 if failures >= STEP_RETRIES and "fail" in allowed(state.phase):
-                    await self._advance("fail", reason=f"{state.phase}: {exc}")
+                    await self._give_up(f"{state.phase}: {exc}")
                 else:
-                    await trio.sleep(min(2**failures * 0.1, 10))
+                    with self._interruptible():
+                        await trio.sleep(min(2**failures * 0.1, 10))
+            except Exception as exc:
+                # A bug or an input the edge let through: never leave the process active
+                # without an actor (nobody would ever move it on).
+                logger.exception("process %s: %s step crashed", self.id, state.phase)
+                if "fail" not in allowed(state.phase):
+                    raise
+                await self._give_up(f"internal error in {state.phase}: {exc!r}")
         self.stop()
+
+    async def _give_up(self, reason: str) -> None:
+        """Fail the process, leaving nothing behind: its slot, and any program its key
+        launched."""
+        backend = self.manager.backend_for(self.record.spec)
+        backend.release_slot(self.id)
+        with contextlib.suppress(Exception):
+            handle = self.record.state.handle or await trio.to_thread.run_sync(
+                backend.find, self.record.key
+            )
+            if handle is not None:
+                await backend.kill(handle, self.record.spec.kill_grace)
+        await self._advance("fail", reason=reason)
 
     async def _step(self, state: ProcessState) -> None:
         if state.phase == "created":
@@ -245,10 +269,14 @@ class _ProcessActor(Actor):
                 self.waiting = None
 
     async def _wait_for_slot(self, state: ProcessState) -> None:
-        with self._interruptible() as scope:
-            if state.attempt > 1:
-                await trio.sleep(RETRY_BACKOFF.delay(state.attempt - 1))
-            await self.manager._admit(self.record)
+        try:
+            with self._interruptible() as scope:
+                if state.attempt > 1:
+                    self.manager._dequeue(self.record)  # a rerun queues after its backoff
+                    await trio.sleep(RETRY_BACKOFF.delay(state.attempt - 1))
+                await self.manager._admit(self.record)
+        finally:
+            self.manager._dequeue(self.record)
         if not scope.cancelled_caught:
             await self._advance("launch")
 
@@ -272,6 +300,10 @@ class _ProcessActor(Actor):
             try:
                 result = await backend.wait(state.handle)
             except ProgramLost as exc:
+                # The program may outlive its chaperone: kill what is left of it, so a
+                # rerun never runs beside it.
+                with trio.CancelScope(shield=True):
+                    await backend.kill(state.handle, self.record.spec.kill_grace)
                 backend.release_slot(self.id)
                 await self._end_attempt(None, lost=f"lost: {exc}")
                 return
@@ -283,7 +315,7 @@ class _ProcessActor(Actor):
         # Reached from every phase; a launch whose record was not written yet is found by
         # its key, so a program launched just before a crash is killed too.
         backend = self.manager.backend_for(self.record.spec)
-        handle = state.handle or backend.find(self.record.key)
+        handle = state.handle or await trio.to_thread.run_sync(backend.find, self.record.key)
         result = None
         if handle is not None:
             result = await backend.kill(handle, self.record.spec.kill_grace)
@@ -346,8 +378,9 @@ class ProcessManager:
         self._changed = trio.Event()
         self._subscribers: list[trio.MemorySendChannel[tuple[ProcessRecord, Transition]]] = []
         self._control = trio.Lock()
-        # Per backend, the processes waiting for a slot, in submission order.
-        self._admission: dict[str, dict[str, None]] = {}
+        # Per backend, the processes waiting for a slot, in submission order; the head's
+        # event is set.
+        self._admission: dict[str, dict[str, trio.Event]] = {}
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -504,7 +537,12 @@ class ProcessManager:
                 await self._start_actor(record)
         if not wait:
             return self.get(record.id)
-        return await self.wait(record.id)
+        record = await self.wait(
+            record.id, until=lambda r: r.state.terminal or r.id not in self._actors
+        )
+        if not record.state.terminal:
+            return await self.kill(record.id)  # its actor ended first: take over
+        return record
 
     async def wait(
         self, id_or_name: str, *, until: Callable[[ProcessRecord], bool] | None = None
@@ -589,28 +627,34 @@ class ProcessManager:
     def _enqueue(self, record: ProcessRecord) -> None:
         """Take a place in the queue for a slot (in submission order: never blocks)."""
         queue = self._admission.setdefault(record.spec.backend, {})
-        queue.setdefault(record.id, None)
+        if record.id not in queue:
+            queue[record.id] = trio.Event()
+            if len(queue) == 1:
+                queue[record.id].set()
+
+    def _dequeue(self, record: ProcessRecord) -> None:
+        """Leave the queue (admitted, paused, killed); wake the next in line."""
+        queue = self._admission.get(record.spec.backend)
+        if queue is None or queue.pop(record.id, None) is None:
+            return
+        if queue:
+            next(iter(queue.values())).set()
 
     async def _admit(self, record: ProcessRecord) -> None:
         """Wait for this process's turn, then for a slot of its backend.
 
         The backend's own queue is FIFO too, but processes reach it from their own tasks in
-        whatever order trio schedules them; this queue is filled synchronously at submission.
+        whatever order trio schedules them; this queue is filled synchronously at submission,
+        and only its head waits for the backend, so a transition wakes one task, not all.
         """
         self._enqueue(record)
-        queue = self._admission[record.spec.backend]
-        try:
-            while next(iter(queue)) != record.id:
-                await self._changed.wait()
-            await self.backend_for(record.spec).acquire_slot(record.id)
-        finally:
-            del queue[record.id]
-            self._notify_changed()
+        await self._admission[record.spec.backend][record.id].wait()
+        await self.backend_for(record.spec).acquire_slot(record.id)
 
     async def _start_actor(self, record: ProcessRecord) -> None:
         if record.id in self._actors:
             return
-        if record.phase == "created":
+        if record.phase == "created" and record.state.attempt == 1:
             self._enqueue(record)
         self._active[record.id] = record
         ref = await self._supervisor.start_child(
@@ -623,10 +667,12 @@ class ProcessManager:
             )
         )
         assert isinstance(ref, Ref)
-        self._actors[record.id] = ref
+        if ref.alive:  # it may have run to its end already
+            self._actors[record.id] = ref
 
     def _actor_ended(self, actor: _ProcessActor) -> None:
-        self._actors.pop(actor.id, None)
+        if self._actors.get(actor.id) == actor.ref:
+            del self._actors[actor.id]
         self._active.pop(actor.id, None)
         self._notify_changed()
 
