@@ -69,6 +69,11 @@ class Runtime(kernel.Runtime):
             parsed = spec
         elif isinstance(spec, dict):
             parsed = parse_process_spec({**spec, **fields})
+        elif isinstance(spec, (str, bytes)):
+            raise ConfigError(
+                f"argv: got {spec!r}, expected a list of strings (a command line is never "
+                "split by a shell: pass ['sh', '-c', ...] for one)"
+            )
         else:
             parsed = parse_process_spec({"argv": list(spec), **fields})
         record = await self.processes.submit(parsed)

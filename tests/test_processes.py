@@ -332,4 +332,5 @@ async def test_an_unexpected_error_fails_the_process_instead_of_stranding_it(sta
         assert record.phase == "failed"
         assert record.state.reason == "internal error in running: KeyError('record')"
         assert backend.limiter.borrowed_tokens == 0
-        assert rt.processes.active == 0
+        with trio.fail_after(5):
+            await rt.processes.wait_idle()  # and its actor is gone

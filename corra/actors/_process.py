@@ -59,6 +59,8 @@ logger = logging.getLogger("corra.process")
 
 #: Delay before attempt n+1 of a transient or permanent process.
 RETRY_BACKOFF = Backoff(initial=1.0, factor=2.0, max=60.0)
+#: The most output one `read_log` returns, whatever it is asked for.
+MAX_LOG_READ = 16 << 20
 #: Transient trouble in a step (the store, the backend) is retried this often, then the
 #: process fails with the reason.
 STEP_RETRIES = 5
@@ -425,6 +427,10 @@ class ProcessManager:
         """Output of the process's current attempt, from ``offset``."""
         if stream not in ("stdout", "stderr"):
             raise ConfigError(f"stream: got {stream!r}, expected 'stdout' or 'stderr'")
+        for field, value in (("offset", offset), ("size", size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{field}: got {value!r}, expected an integer >= 0")
+        size = min(size, MAX_LOG_READ)
         record = self.get(id_or_name)
         return await self.backend_for(record.spec).read_log(record.key, stream, offset, size)
 

@@ -41,10 +41,16 @@ def _check(predicate: Callable[[Any], bool], expected: str) -> Any:
 
 
 def _name(value: Any) -> bool:
-    return value is None or bool(NAME_PATTERN.match(value))
+    return value is None or (isinstance(value, str) and bool(NAME_PATTERN.match(value)))
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _argv(value: Any) -> bool:
+    if not isinstance(value, tuple) or not all(isinstance(part, str) for part in value):
+        return False
     return (
         len(value) > 0
         and all(part and "\0" not in part for part in value[:1])
@@ -53,19 +59,31 @@ def _argv(value: Any) -> bool:
 
 
 def _seconds_or_none(value: Any) -> bool:
-    return value is None or (math.isfinite(value) and value > 0)
+    return value is None or (_number(value) and math.isfinite(value) and value > 0)
 
 
 def _seconds(value: Any) -> bool:
-    return math.isfinite(value) and value >= 0
+    return _number(value) and math.isfinite(value) and value >= 0
 
 
 def _positive_or_none(value: Any) -> bool:
-    return value is None or value > 0
+    return value is None or (isinstance(value, int) and not isinstance(value, bool) and value > 0)
+
+
+def _cwd(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and value != "" and "\0" not in value)
+
+
+def _table(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(key, str) and isinstance(item, str) for key, item in value.items()
+    )
 
 
 def _env(value: Any) -> bool:
-    return all(key and "=" not in key and "\0" not in key + val for key, val in value.items())
+    return _table(value) and all(
+        key and "=" not in key and "\0" not in key + val for key, val in value.items()
+    )
 
 
 @attrs.frozen
@@ -96,7 +114,10 @@ class ProcessSpec:
         default=None,
         validator=_check(_name, f"a name matching {NAME_PATTERN.pattern}"),
     )
-    cwd: str | None = None
+    cwd: str | None = attrs.field(
+        default=None,
+        validator=_check(_cwd, "a directory path without NUL bytes, or nothing"),
+    )
     env: dict[str, str] = attrs.field(
         factory=dict,
         validator=_check(_env, "NAME = value pairs, names without '=' or NUL"),
@@ -111,7 +132,9 @@ class ProcessSpec:
     )
     max_attempts: int = attrs.field(
         default=3,
-        validator=_check(lambda v: v >= 1, "an integer >= 1"),
+        validator=_check(
+            lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1"
+        ),
     )
     kill_grace: float = attrs.field(
         default=10.0,
@@ -125,7 +148,10 @@ class ProcessSpec:
         default=None,
         validator=_check(_positive_or_none, "an integer > 0, or nothing"),
     )
-    labels: dict[str, str] = attrs.field(factory=dict)
+    labels: dict[str, str] = attrs.field(
+        factory=dict,
+        validator=_check(_table, "a table of string values"),
+    )
     backend: str = attrs.field(
         default="local",
         validator=_check(lambda v: v in BACKENDS, f"one of {list(BACKENDS)}"),

@@ -783,7 +783,9 @@ class LocalBackend:
             try:
                 message = await link.receive()
             except trio.Cancelled:
-                self._links.setdefault(handle.key, link)
+                # Let it go: a paused process must hold nothing, not even this pipe; a
+                # later wait uses a pidfd on the chaperone, or the exit file.
+                link.close()
                 raise
             except BaseException:
                 link.close()
