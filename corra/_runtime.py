@@ -157,22 +157,6 @@ def lock_state_dir(state_dir: Path) -> Any:
         handle.close()
 
 
-def runtime_pid(state_dir: Path) -> int | None:
-    """The pid of the runtime holding the state dir, or None when none runs."""
-    path = state_dir / "runtime.lock"
-    try:
-        handle = path.open("r")
-    except FileNotFoundError:
-        return None
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            text = handle.read().strip()
-            return int(text) if text.isdigit() else -1
-        return None
-
-
 @contextlib.asynccontextmanager
 async def open_runtime(
     *,

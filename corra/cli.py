@@ -7,9 +7,12 @@ the state dir, also while a runtime is using it (LMDB allows concurrent readers)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
+import os
+import shlex
 import signal
 import sys
 import time
@@ -114,6 +117,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `corra ps | head`: the reader left; not an error of ours.
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the exit flush
+        return EXIT_OK
     parser.error(f"unknown command {args.command!r}")
     return EXIT_USAGE  # pragma: no cover - parser.error exits
 
@@ -123,6 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, state_dir: Path) -> int:
     argv = list(args.argv)
+    if args.jobfile and args.name:
+        raise ConfigError("run: --name names the program given after --; a job file names its own")
     if args.jobfile and argv:
         raise ConfigError("run: give a job file or `-- ARGV...`, not both")
     if args.jobfile:
@@ -142,7 +152,9 @@ def _run(args: argparse.Namespace, state_dir: Path) -> int:
 
 
 async def _run_async(job: JobFile, state_dir: Path, args: argparse.Namespace) -> int:
-    out = sys.stdout
+    # With --json, stdout carries the JSON alone; the progress goes to stderr.
+    out = sys.stderr if args.json else sys.stdout
+    interrupted: list[int] = []
     async with open_runtime(state_dir=state_dir, max_running=args.max_running) as rt:
         manager = rt.processes
         report = rt.recovery
@@ -160,7 +172,7 @@ async def _run_async(job: JobFile, state_dir: Path, args: argparse.Namespace) ->
         stops = (signal.SIGTERM, signal.SIGINT)
         with manager.subscribe() as events, trio.open_signal_receiver(*stops) as signals:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope, out)
+                nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope, out, interrupted)
                 nursery.start_soon(display.follow, events)
                 ids = []
                 for spec in job.processes:
@@ -173,16 +185,21 @@ async def _run_async(job: JobFile, state_dir: Path, args: argparse.Namespace) ->
         records = [manager.get(process_id) for process_id in ids]
     display.summary(records)
     if args.json:
-        json.dump([record_json(record) for record in records], out, indent=2)
-        out.write("\n")
+        json.dump([record_json(record) for record in records], sys.stdout, indent=2)
+        sys.stdout.write("\n")
     failed = [r for r in records if r.phase in ("failed", "killed")]
     unfinished = [r for r in records if r.phase not in TERMINAL]
-    if unfinished:
+    paused = [r for r in unfinished if r.phase == "paused"]
+    if len(unfinished) > len(paused):
         print(
-            f"{len(unfinished)} process(es) not finished (paused or interrupted); "
-            "run the same command again to continue",
+            f"{len(unfinished) - len(paused)} process(es) interrupted; run the same command "
+            "again to continue them",
             file=out,
         )
+    if paused:
+        print(f"{len(paused)} process(es) paused; they wait for a resume", file=out)
+    if interrupted:
+        return 128 + interrupted[0]  # as a shell reports a signal: 130 for SIGINT
     return EXIT_FAILED if failed or unfinished else EXIT_OK
 
 
@@ -197,8 +214,11 @@ async def _wait_all(manager: Any, ids: list[str]) -> None:
     await manager.wait_idle()
 
 
-async def _stop_on_signal(signals: Any, scope: trio.CancelScope, out: TextIO) -> None:
+async def _stop_on_signal(
+    signals: Any, scope: trio.CancelScope, out: TextIO, interrupted: list[int]
+) -> None:
     async for signum in signals:
+        interrupted.append(signum)
         name = signal.Signals(signum).name
         print(f"{name}: stopping; programs keep running; run again to reattach", file=out)
         scope.cancel()
@@ -408,7 +428,7 @@ def _show(args: argparse.Namespace, state_dir: Path) -> int:
         sys.stdout.write("\n")
         return EXIT_OK
     print(f"{record.name} ({record.id}): {record.phase}, attempt {record.state.attempt}")
-    print(f"  argv:    {' '.join(record.spec.argv)}")
+    print(f"  argv:    {shlex.join(record.spec.argv)}")
     if record.state.reason:
         print(f"  reason:  {record.state.reason}")
     result = record.state.result
@@ -436,19 +456,28 @@ def _logs(args: argparse.Namespace, state_dir: Path) -> int:
     while True:
         with _open_readonly(state_dir) as store:
             record = _find(store, args.process)
-        if record.key != key:
-            key, offset = record.key, 0  # a new attempt writes a new log
-        path = log_file(state_dir / "runs", record.key, stream)
-        if path is not None and path.exists():
-            with path.open("rb") as handle:
-                handle.seek(offset)
-                while chunk := handle.read(1 << 16):
-                    out.write(chunk)
-                    offset += len(chunk)
-            out.flush()
+        if key is not None and record.key != key:
+            # A new attempt writes a new log: finish the old one first.
+            _copy_log(log_file(state_dir / "runs", key, stream), offset, out)
+            offset = 0
+        key = record.key
+        offset = _copy_log(log_file(state_dir / "runs", key, stream), offset, out)
         if not args.follow or record.phase not in ACTIVE:
             return EXIT_OK
         time.sleep(0.2)
+
+
+def _copy_log(path: Path | None, offset: int, out: Any) -> int:
+    """Write ``path`` from ``offset`` to ``out``; the offset reached."""
+    if path is None or not path.exists():
+        return offset
+    with path.open("rb") as handle:
+        handle.seek(offset)
+        while chunk := handle.read(1 << 16):
+            out.write(chunk)
+            offset += len(chunk)
+    out.flush()
+    return offset
 
 
 if __name__ == "__main__":

@@ -111,11 +111,6 @@ class ProcessState:
     def terminal(self) -> bool:
         return self.phase in TERMINAL
 
-    @property
-    def key(self) -> str:
-        """This attempt's part of the idempotency key (see Rule 5)."""
-        return str(self.attempt)
-
 
 def allowed(phase: Phase) -> list[Event]:
     """The events that ``phase`` accepts, in table order."""

@@ -468,7 +468,12 @@ class ProcessManager:
             assert spec.name is not None
             existing = self._existing(spec.name)
             if existing is None:
-                raise
+                owner = self._store.id_for_name(spec.name)
+                raise NameTaken(
+                    f"name {spec.name!r} belongs to process {owner}, whose record cannot be "
+                    "read (set aside as corrupt?); the name stays taken so that nothing runs "
+                    "twice: choose another name"
+                ) from None
             return existing
         await self._start_actor(record)
         return record
