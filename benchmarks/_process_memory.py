@@ -1,9 +1,10 @@
 """The fresh interpreter of ``paused_memory`` (suite ``process``), and the records it counts.
 
 Run as ``python _process_memory.py MODE STATE_DIR COUNT``; it prints one JSON object: the
-memory lines of /proc/self/status (``VmRSS``, ``RssAnon``, ``RssFile``, in bytes) and the number
-of paused processes the runtime's recovery found. Every mode runs the same code up to the point
-where they differ, so that their figures can be subtracted:
+memory lines of /proc/self/status (``VmRSS``, ``RssAnon``, ``RssFile``, in bytes), the number
+of inactive (paused or terminal) processes the runtime's recovery counted, and the seconds
+``open_runtime`` took to open the store and recover (``recovery_s``). Every mode runs the same
+code up to the point where they differ, so that their figures can be subtracted:
 
 - ``runtime``: ``open_runtime(state_dir=STATE_DIR)``, which recovers what is there (COUNT paused
   processes, or none for the empty runtime); memory once recovery has finished.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import gc
 import json
 import sys
+import time
 
 import trio
 import trio.testing
@@ -57,8 +59,10 @@ def memory() -> dict[str, int]:
     return figures
 
 
-async def measure(mode: str, state_dir: str, count: int) -> dict[str, int]:
+async def measure(mode: str, state_dir: str, count: int) -> dict[str, float]:
+    started = time.perf_counter()
     async with open_runtime(state_dir=state_dir) as runtime:
+        recovery_s = time.perf_counter() - started
         assert runtime.recovery is not None
         kept = {}
         if mode == "in-memory":
@@ -69,9 +73,10 @@ async def measure(mode: str, state_dir: str, count: int) -> dict[str, int]:
             raise SystemExit(f"unknown mode {mode!r}")
         await trio.testing.wait_all_tasks_blocked()
         gc.collect()
-        figures = memory()
-        figures["paused"] = runtime.recovery.paused
+        figures: dict[str, float] = {**memory()}
+        figures["inactive"] = runtime.recovery.inactive
         figures["kept"] = len(kept)
+        figures["recovery_s"] = recovery_s
     return figures
 
 

@@ -98,6 +98,7 @@ def test_public_names_are_pinned():
         "Codec",
         "CorruptSnapshot",
         "QuarantinedRecord",
+        "SnapshotCounts",
         "Store",
         "StoreReader",
         "StoreStatistics",
@@ -398,6 +399,129 @@ async def test_a_corrupt_snapshot_does_not_break_the_scan(state_dir):
         assert {record.process_id for record in store.quarantined()} == reasons.keys()
 
 
+# The active index --------------------------------------------------------------------------
+
+
+def active_ids(store) -> list[str]:
+    return [process_id for process_id, _ in store.scan_active()]
+
+
+def counts(store) -> tuple[int, int]:
+    counted = store.counts()
+    assert counted.inactive == counted.snapshots - counted.active
+    return counted.snapshots, counted.active
+
+
+def make_format_1(state_dir: Path) -> None:
+    """Turn a closed store into one a corra of format 1 wrote: no ``active`` database."""
+    env = lmdb.open(str(state_dir / "state.lmdb"), max_dbs=8)
+    try:
+        with env.begin(write=True) as txn:
+            txn.drop(env.open_db(b"active", txn=txn), delete=True)
+            txn.put(b"format", b"1", db=env.open_db(b"meta", txn=txn))
+    finally:
+        env.close()
+
+
+async def test_the_active_index_follows_saves_set_aside_and_delete(state_dir):
+    async with open_store(state_dir) as store:
+        assert store.has_active_index()
+        assert active_ids(store) == [] and counts(store) == (0, 0)
+        await store.save("b", b"b1", active=True)
+        await store.save("a", b"a1", transition=b"t", name="job", active=True)
+        await store.save("c", b"c1", active=False)
+        await store.save("d", b"d1")  # None: not in the index
+        assert list(store.scan_active()) == [("a", b"a1"), ("b", b"b1")]  # id order
+        assert counts(store) == (4, 2)
+        await store.save("a", b"a2")  # None leaves the index alone
+        await store.save("b", b"b2", active=False)
+        await store.save("c", b"c2", active=True)
+        assert list(store.scan_active()) == [("a", b"a2"), ("c", b"c2")]
+        await store.save("c", b"c3", active=True)  # twice is once
+        assert counts(store) == (4, 2)
+        await store.set_aside("a", b"a2", "corrupt")
+        await store.delete("c")
+        assert active_ids(store) == [] and counts(store) == (2, 0)
+        await store.save("b", b"b3", active=True)
+    async with open_store(state_dir) as store:
+        assert list(store.scan_active()) == [("b", b"b3")]
+    with open_store_readonly(state_dir) as reader:
+        assert reader.has_active_index()
+        assert list(reader.scan_active()) == [("b", b"b3")]
+        assert counts(reader) == (2, 1)
+
+
+async def test_a_refused_save_changes_no_index(state_dir):
+    async with open_store(state_dir) as store:
+        await store.claim_name("job", "owner")
+        with pytest.raises(NameTaken):
+            await store.save("p", b"x", name="job", active=True)
+        assert active_ids(store) == [] and counts(store) == (0, 0)
+        with pytest.raises(TypeError, match="active must be a bool"):
+            await store.save("p", b"x", active=1)  # type: ignore[arg-type]
+
+
+async def test_scan_active_reads_only_indexed_snapshots_across_batches(state_dir, monkeypatch):
+    monkeypatch.setattr(corra.persistence._lmdb, "_SCAN_BATCH", 4)
+    async with open_store(state_dir, durable=False) as store:
+        async with trio.open_nursery() as nursery:
+            for number in range(30):
+                save = partial(store.save, active=number % 3 == 0)
+                nursery.start_soon(save, f"p{number:02}", b"%d" % number)
+        expected = [(f"p{n:02}", b"%d" % n) for n in range(0, 30, 3)]
+        assert list(store.scan_active()) == expected
+        assert counts(store) == (30, 10)
+        # an id that leaves the index between two batches is not yielded
+        scan = store.scan_active()
+        assert [next(scan) for _ in range(4)] == expected[:4]
+        await store.save("p12", b"12", active=False)
+        await store.save("p15", b"15", active=False)
+        assert list(scan) == expected[6:]
+
+
+async def test_a_store_without_the_index_opens_and_rebuilds_it(state_dir):
+    async with open_store(state_dir) as store:
+        for process_id, phase in [("a", b"running"), ("b", b"paused"), ("c", b"running")]:
+            await store.save(process_id, phase, transition=b"t", active=phase == b"running")
+    make_format_1(state_dir)
+    with open_store_readonly(state_dir) as reader:  # read-only: no index, no error
+        assert not reader.has_active_index()
+        assert counts(reader) == (3, 0)
+        with pytest.raises(StoreError, match="no index of active snapshots"):
+            list(reader.scan_active())
+    async with open_store(state_dir) as store:
+        assert not store.has_active_index()  # the writer created it empty: not complete
+        assert counts(store) == (3, 0)
+        with pytest.raises(StoreError, match="no index of active snapshots"):
+            list(store.scan_active())
+        await store.save("d", b"running", active=True)  # kept meanwhile, rebuilt anyway
+        assert not store.has_active_index()
+        with pytest.raises(StoreError, match=r"writing to the store .* failed: division by zero"):
+            await store.rebuild_active_index(lambda raw: 1 / 0 > 0)  # nothing written
+        assert not store.has_active_index()
+        assert await store.rebuild_active_index(lambda raw: raw == b"running") == 3
+        assert store.has_active_index()
+        assert active_ids(store) == ["a", "c", "d"]
+        assert counts(store) == (4, 3)
+    with open_store_readonly(state_dir) as reader:
+        assert reader.has_active_index()
+        assert active_ids(reader) == ["a", "c", "d"]
+    env = lmdb.open(str(state_dir / "state.lmdb"), max_dbs=8, readonly=True)
+    with env.begin() as txn:
+        assert txn.get(b"format", db=env.open_db(b"meta", txn=txn)) == b"2"
+    env.close()
+
+
+async def test_a_new_store_has_the_current_format(state_dir):
+    async with open_store(state_dir):
+        pass
+    env = lmdb.open(str(state_dir / "state.lmdb"), max_dbs=8, readonly=True)
+    with env.begin() as txn:
+        stored = txn.get(b"format", db=env.open_db(b"meta", txn=txn))
+    env.close()
+    assert stored == str(corra.persistence._lmdb.FORMAT_VERSION).encode() == b"2"
+
+
 # The map -----------------------------------------------------------------------------------
 
 
@@ -652,6 +776,7 @@ operations = st.lists(
             st.binary(max_size=8),
             st.none() | st.binary(max_size=4),
             st.none() | names,
+            st.none() | st.booleans(),
         ),
         st.tuples(st.just("claim"), names, process_ids),
         st.tuples(st.just("set_aside"), process_ids, st.binary(max_size=8), st.text(max_size=5)),
@@ -667,11 +792,14 @@ class Model:
         self.history: dict[str, list[bytes]] = {}
         self.names: dict[str, str] = {}
         self.quarantine: dict[str, tuple[bytes, str]] = {}
+        self.active: set[str] = set()
 
-    def save(self, process_id, snapshot, transition, name) -> bool:
+    def save(self, process_id, snapshot, transition, name, active) -> bool:
         if name is not None and self.names.setdefault(name, process_id) != process_id:
             return False
         self.snapshots[process_id] = snapshot
+        if active is not None:
+            (self.active.add if active else self.active.discard)(process_id)
         if transition is not None:
             self.history.setdefault(process_id, []).append(transition)
         return True
@@ -682,11 +810,13 @@ class Model:
     def set_aside(self, process_id, raw, reason) -> None:
         self.quarantine[process_id] = (raw, reason)
         self.snapshots.pop(process_id, None)
+        self.active.discard(process_id)
 
     def delete(self, process_id) -> None:
         self.snapshots.pop(process_id, None)
         self.history.pop(process_id, None)
         self.quarantine.pop(process_id, None)
+        self.active.discard(process_id)
         self.names = {name: owner for name, owner in self.names.items() if owner != process_id}
 
 
@@ -699,10 +829,12 @@ def test_the_store_behaves_like_a_model(operations):
         async with open_store(state_dir, durable=False) as store:
             for kind, *arguments in operations:
                 if kind == "save":
-                    process_id, snapshot, transition, name = arguments
+                    process_id, snapshot, transition, name, active = arguments
                     saved = model.save(*arguments)
                     try:
-                        await store.save(process_id, snapshot, transition=transition, name=name)
+                        await store.save(
+                            process_id, snapshot, transition=transition, name=name, active=active
+                        )
                     except NameTaken:
                         assert not saved
                     else:
@@ -713,6 +845,11 @@ def test_the_store_behaves_like_a_model(operations):
                     getattr(model, kind)(*arguments)
                     await getattr(store, kind)(*arguments)
             assert dict(store.scan()) == model.snapshots
+            assert list(store.scan_active()) == sorted(
+                (process_id, model.snapshots[process_id]) for process_id in model.active
+            )
+            counted = store.counts()
+            assert (counted.snapshots, counted.active) == (len(model.snapshots), len(model.active))
             for process_id in ("p", "q", "pq"):
                 assert store.load(process_id) == model.snapshots.get(process_id)
                 assert store.history(process_id) == model.history.get(process_id, [])

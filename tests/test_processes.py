@@ -9,6 +9,8 @@ tests/test_local_processes.py.
 from __future__ import annotations
 
 import collections
+import contextlib
+import random
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,10 +21,13 @@ import trio.lowlevel
 import trio.testing
 
 import corra
+import corra._runtime
+import corra.actors._process
 from corra._errors import InvalidTransition
 from corra._runtime import RECORD_CODEC, open_runtime
-from corra.actors._lifecycle import Result
+from corra.actors._lifecycle import ACTIVE, Result
 from corra.actors._records import ProcessSpec
+from corra.actors._specs import Backoff
 from corra.persistence import open_store
 
 
@@ -241,8 +246,10 @@ async def test_a_corrupt_record_is_set_aside_and_the_rest_recovered(state):
     async with open_runtime(state_dir=state, backends={"local": backend}) as rt:
         good = await rt.spawn_process(spec("good"))
     async with open_store(state) as store:
-        await store.save("pbroken", b'{"schema": 99, "type": "ProcessRecord", "data": {}}')
-        await store.save("pgarbage", b"\x00\xff not json")
+        # recovery reads the records indexed as active: these were, when they got corrupt
+        raw = b'{"schema": 99, "type": "ProcessRecord", "data": {}}'
+        await store.save("pbroken", raw, active=True)
+        await store.save("pgarbage", b"\x00\xff not json", active=True)
     async with open_runtime(state_dir=state, backends={"local": backend}) as rt:
         report = rt.recovery
         assert report is not None
@@ -334,3 +341,212 @@ async def test_an_unexpected_error_fails_the_process_instead_of_stranding_it(sta
         assert backend.limiter.borrowed_tokens == 0
         with trio.fail_after(5):
             await rt.processes.wait_idle()  # and its actor is gone
+
+
+# -- the active index: recovery reads active records only ----------------------------------
+
+
+def indexed_and_active(store) -> tuple[set[str], set[str]]:
+    """In one read transaction: the ids in the store's ``active`` index, and the ids whose
+    snapshot says active."""
+    environment = store._environment()
+    databases = environment.databases
+
+    def read(txn):
+        indexed = {key.decode() for key, _ in txn.cursor(db=databases.active)}
+        active = {
+            key.decode()
+            for key, raw in txn.cursor(db=databases.snapshots)
+            if RECORD_CODEC.decode(raw).phase in ACTIVE
+        }
+        return indexed, active
+
+    return environment.read(read)
+
+
+def indexed(rt) -> set[str]:
+    return {process_id for process_id, _ in rt.processes._store.scan_active()}
+
+
+class CountingCodec:
+    """The record codec, counting the records it decodes."""
+
+    def __init__(self) -> None:
+        self.decoded: list[str] = []
+
+    def encode(self, value: Any) -> bytes:
+        return RECORD_CODEC.encode(value)
+
+    def decode(self, raw: bytes) -> Any:
+        record = RECORD_CODEC.decode(raw)
+        self.decoded.append(record.id)
+        return record
+
+
+async def test_the_active_index_follows_transitions(state):
+    backend = ScriptedBackend({"long": [(0.5, 0)], "quick": [(0.01, 0)], "doomed": [(100, 0)]})
+    async with open_runtime(state_dir=state, backends={"local": backend}) as rt:
+        long = await rt.spawn_process(spec("long"))
+        assert indexed(rt) == {long.id}  # created is active
+        await rt.processes.wait(long.id, until=lambda r: r.phase == "running")
+        await long.pause()
+        assert indexed(rt) == set()  # a paused process leaves it
+        quick = await rt.spawn_process(spec("quick"))
+        doomed = await rt.spawn_process(spec("doomed"))
+        assert indexed(rt) == {quick.id, doomed.id}
+        await quick.wait()
+        assert indexed(rt) == {doomed.id}  # so does a finished one
+        await long.resume()
+        assert indexed(rt) == {long.id, doomed.id}  # resume enters it again
+        await doomed.kill()
+        assert indexed(rt) == {long.id}
+        await long.wait()
+        assert indexed(rt) == set()
+        counts = rt.processes._store.counts()
+        assert (counts.snapshots, counts.active) == (3, 0)
+
+
+async def test_recovery_decodes_only_the_active_records(state, monkeypatch):
+    backend = ScriptedBackend(
+        {"done": [(0.01, 0)], "paused": [(100, 0)], "running": [(0.3, 0)], "killed": [(100, 0)]}
+    )
+    async with open_runtime(state_dir=state, backends={"local": backend}) as rt:
+        done = await rt.spawn_process(spec("done"))
+        paused = await rt.spawn_process(spec("paused"))
+        killed = await rt.spawn_process(spec("killed"))
+        running = await rt.spawn_process(spec("running"))
+        await done.wait()
+        await killed.kill()
+        await rt.processes.wait(paused.id, until=lambda r: r.phase == "running")
+        await paused.pause()
+        await rt.processes.wait(running.id, until=lambda r: r.phase == "running")
+    async with open_store(state) as store:
+        # a paused process whose record got corrupt: recovery must not even read it
+        await store.save("pcorrupt", b"\x00\xff not json", active=False)
+    codec = CountingCodec()
+    monkeypatch.setattr(corra._runtime, "RECORD_CODEC", codec)
+    async with open_runtime(state_dir=state, backends={"local": backend}) as rt:
+        assert codec.decoded == [running.id]
+        assert rt.recovery == corra.RecoveryReport(resumed=(running.id,), inactive=4, set_aside=())
+        assert (await rt.processes.wait(running.id)).phase == "finished"
+        assert rt.processes.get(paused.id).phase == "paused"  # read on demand
+    async with open_store(state) as store:
+        assert store.quarantined() == []
+        assert store.load("pcorrupt") == b"\x00\xff not json"
+
+
+async def test_recovery_starts_the_active_processes_oldest_first(state):
+    names = [f"q{i}" for i in range(5)]
+    backend = ScriptedBackend({name: [(0.05, 0)] for name in names}, max_running=1)
+    async with open_runtime(state_dir=state, backends={"local": backend}) as rt:
+        refs = [await rt.spawn_process(spec(name)) for name in names]
+    async with open_runtime(state_dir=state, backends={"local": backend}) as rt:
+        assert rt.recovery is not None
+        records = [rt.processes.get(ref.id) for ref in refs]
+        oldest_first = sorted(records, key=lambda record: (record.created_at, record.id))
+        assert list(rt.recovery.resumed) == [record.id for record in oldest_first]
+        for ref in refs:
+            await rt.processes.wait(ref.id)
+
+
+def make_format_1(state) -> None:
+    """Turn a closed store into one a corra of format 1 wrote: no ``active`` database."""
+    import lmdb
+
+    env = lmdb.open(str(state / "state.lmdb"), max_dbs=8)
+    try:
+        with env.begin(write=True) as txn:
+            txn.drop(env.open_db(b"active", txn=txn), delete=True)
+            txn.put(b"format", b"1", db=env.open_db(b"meta", txn=txn))
+    finally:
+        env.close()
+
+
+async def test_a_store_without_the_index_is_indexed_once_and_recovered(state, monkeypatch):
+    backend = ScriptedBackend({"done": [(0.01, 0)], "paused": [(100, 0)], "running": [(0.3, 0)]})
+    async with open_runtime(state_dir=state, backends={"local": backend}) as rt:
+        done = await rt.spawn_process(spec("done"))
+        paused = await rt.spawn_process(spec("paused"))
+        running = await rt.spawn_process(spec("running"))
+        await done.wait()
+        await rt.processes.wait(paused.id, until=lambda r: r.phase == "running")
+        await paused.pause()
+        await rt.processes.wait(running.id, until=lambda r: r.phase == "running")
+    async with open_store(state) as store:
+        await store.save("pgarbage", b"\x00\xff not json")
+    make_format_1(state)
+    async with open_runtime(state_dir=state, backends={"local": backend}) as rt:
+        store = rt.processes._store
+        assert store.has_active_index()
+        assert rt.recovery == corra.RecoveryReport(
+            resumed=(running.id,),
+            inactive=2,
+            set_aside=(("pgarbage", rt.recovery.set_aside[0][1]),),  # unreadable: read, set aside
+        )
+        assert indexed(rt) == {running.id}
+        assert (await rt.processes.wait(running.id)).phase == "finished"
+        resumed = await rt.processes.resume(paused.id)
+        assert indexed(rt) == {paused.id} and resumed.phase == "running"
+    codec = CountingCodec()
+    monkeypatch.setattr(corra._runtime, "RECORD_CODEC", codec)
+    async with open_runtime(state_dir=state, backends={"local": backend}) as rt:
+        # indexed now: only the active record is read
+        assert codec.decoded == [paused.id]
+        assert rt.recovery == corra.RecoveryReport(resumed=(paused.id,), inactive=2, set_aside=())
+        await rt.processes.kill(paused.id)
+
+
+async def test_a_record_indexed_as_active_that_is_not_is_unindexed(state):
+    backend = ScriptedBackend({"done": [(0.01, 0)]})
+    async with open_runtime(state_dir=state, backends={"local": backend}) as rt:
+        done = await rt.spawn_process(spec("done"))
+        await done.wait()
+    async with open_store(state) as store:
+        await store.save(done.id, store.load(done.id), active=True)  # behind corra's back
+    async with open_runtime(state_dir=state, backends={"local": backend}) as rt:
+        assert rt.recovery == corra.RecoveryReport(resumed=(), inactive=1, set_aside=())
+        assert indexed(rt) == set()
+        assert rt.processes.get(done.id).phase == "finished"
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_after_random_transitions_the_index_holds_exactly_the_active_ids(
+    state, seed, monkeypatch
+):
+    backoff = Backoff(initial=0.01, factor=1.0, max=0.01)
+    monkeypatch.setattr(corra.actors._process, "RETRY_BACKOFF", backoff)
+    rng = random.Random(seed)
+    names = [f"r{i}" for i in range(12)]
+    backend = ScriptedBackend(
+        {
+            name: [(rng.choice([0.0, 0.01, 0.05, 100]), rng.choice([0, 0, 1])) for _ in range(3)]
+            for name in names
+        },
+        max_running=3,
+    )
+    async with open_runtime(state_dir=state, backends={"local": backend}) as rt:
+        store = rt.processes._store
+        ids: list[str] = []
+        for _ in range(60):
+            action = rng.choice(["spawn", "pause", "resume", "kill", "sleep", "sleep"])
+            with trio.fail_after(10):
+                if action == "spawn" and len(ids) == len(names):
+                    action = "sleep"
+                if action == "spawn":
+                    restart = rng.choice(["temporary", "transient"])
+                    ref = await rt.spawn_process(spec(names[len(ids)], restart=restart))
+                    ids.append(ref.id)
+                elif action == "sleep" or not ids:
+                    await trio.sleep(rng.choice([0, 0.005, 0.02]))
+                else:
+                    with contextlib.suppress(InvalidTransition):
+                        await getattr(rt.processes, action)(rng.choice(ids))
+            index, active = indexed_and_active(store)
+            assert index == active, action
+        for process_id in ids:
+            with contextlib.suppress(InvalidTransition):
+                await rt.processes.kill(process_id, wait=False)
+        await rt.processes.wait_idle()
+        assert indexed_and_active(store) == (set(), set())
+        counts = store.counts()
+        assert (counts.snapshots, counts.active) == (len(ids), 0)

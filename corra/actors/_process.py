@@ -104,6 +104,7 @@ class Store(Protocol):
         *,
         transition: bytes | None = None,
         name: str | None = None,
+        active: bool | None = None,
     ) -> None: ...
 
     def load(self, process_id: str) -> bytes | None: ...
@@ -112,7 +113,23 @@ class Store(Protocol):
 
     def scan(self) -> Iterator[tuple[str, bytes]]: ...
 
+    def scan_active(self) -> Iterator[tuple[str, bytes]]: ...
+
+    def has_active_index(self) -> bool: ...
+
+    def counts(self) -> SnapshotCounts: ...
+
+    async def rebuild_active_index(self, is_active: Callable[[bytes], bool]) -> int: ...
+
     async def set_aside(self, process_id: str, raw: bytes, reason: str) -> None: ...
+
+
+class SnapshotCounts(Protocol):
+    @property
+    def snapshots(self) -> int: ...
+
+    @property
+    def active(self) -> int: ...
 
 
 class Codec(Protocol):
@@ -126,9 +143,11 @@ class RecoveryReport:
     """What `ProcessManager.recover` found."""
 
     resumed: tuple[str, ...]
-    paused: int
-    terminal: int
+    """The active processes, whose actors it started again (oldest first)."""
+    inactive: int
+    """Paused and terminal processes: counted, never read (they stay in the store)."""
     set_aside: tuple[tuple[str, str], ...]
+    """``(process id, reason)`` of every active record that could not be decoded."""
 
 
 _ids = itertools.count()
@@ -592,33 +611,57 @@ class ProcessManager:
     async def recover(self) -> RecoveryReport:
         """Bring back every process that was active when the last runtime stopped.
 
-        Running programs are reattached (their actor waits on the existing handle),
-        launches whose outcome is unknown are settled by the idempotent launch, and records
-        that cannot be decoded are set aside and reported.
+        Only the active processes' records are read (the store's ``active`` index, which
+        `_persist` keeps): paused and finished ones are counted, not decoded. Running
+        programs are reattached (their actor waits on the existing handle), launches whose
+        outcome is unknown are settled by the idempotent launch, and active records that
+        cannot be decoded are set aside and reported.
+
+        A store from a corra that kept no index gets one first, once: every snapshot is read
+        then (in the writer's transaction).
         """
-        scanned = await trio.to_thread.run_sync(self._scan_for_recovery)
-        resumed, paused, terminal, corrupt = scanned
+        if not self._store.has_active_index():
+            logger.info("indexing the active processes of the store (once)")
+            indexed = await self._store.rebuild_active_index(self._needs_recovery)
+            logger.info("indexed %d active process(es)", indexed)
+        resumed, stale, corrupt = await trio.to_thread.run_sync(self._scan_for_recovery)
+        for process_id, raw in stale:
+            # In the index, yet not active: only a store changed behind corra's back has such
+            # a record. Take it out, so that the next recovery does not read it either.
+            logger.warning("process %s: not active, but indexed as active; unindexed", process_id)
+            await self._store.save(process_id, raw, active=False)
         set_aside = []
         for process_id, raw, reason in corrupt:
             logger.error("process %s: corrupt record set aside: %s", process_id, reason)
             await self._store.set_aside(process_id, raw, reason)
             set_aside.append((process_id, reason))
+        counts = self._store.counts()  # before any actor runs, so that nothing moved yet
         for record in resumed:
             await self._start_actor(record)
         return RecoveryReport(
             resumed=tuple(record.id for record in resumed),
-            paused=paused,
-            terminal=terminal,
+            inactive=counts.snapshots - counts.active,
             set_aside=tuple(set_aside),
         )
 
+    def _needs_recovery(self, raw: bytes) -> bool:
+        """For indexing: whether recovery must read this snapshot (an active record, or one
+        that cannot be decoded, to be set aside)."""
+        try:
+            record: ProcessRecord = self._codec.decode(raw)
+            return record.phase in ACTIVE
+        except Exception:
+            return True
+
     def _scan_for_recovery(
         self,
-    ) -> tuple[list[ProcessRecord], int, int, list[tuple[str, bytes, str]]]:
+    ) -> tuple[list[ProcessRecord], list[tuple[str, bytes]], list[tuple[str, bytes, str]]]:
+        """In a thread: the active records, oldest first; the indexed ones that are not
+        active; the corrupt ones, with the reason."""
         resumed: list[ProcessRecord] = []
+        stale: list[tuple[str, bytes]] = []
         corrupt: list[tuple[str, bytes, str]] = []
-        paused = terminal = 0
-        for process_id, raw in self._store.scan():
+        for process_id, raw in self._store.scan_active():
             try:
                 record: ProcessRecord = self._codec.decode(raw)
             except Exception as exc:
@@ -626,12 +669,10 @@ class ProcessManager:
                 continue
             if record.phase in ACTIVE:
                 resumed.append(record)
-            elif record.phase == "paused":
-                paused += 1
             else:
-                terminal += 1
+                stale.append((process_id, raw))
         resumed.sort(key=lambda record: (record.created_at, record.id))
-        return resumed, paused, terminal, corrupt
+        return resumed, stale, corrupt
 
     # -- internals -------------------------------------------------------------------------
 
@@ -712,7 +753,9 @@ class ProcessManager:
         # Shielded: once asked, the write happens anyway (the store commits what it was
         # given), so memory must not be left behind the disk.
         with trio.CancelScope(shield=True):
-            await self._store.save(record.id, snapshot, transition=entry, name=name)
+            await self._store.save(
+                record.id, snapshot, transition=entry, name=name, active=record.phase in ACTIVE
+            )
         if record.id in self._active or record.phase in ACTIVE:
             self._active[record.id] = record
         logger.info(

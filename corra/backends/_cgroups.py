@@ -85,7 +85,9 @@ class CgroupSupport:
             if self.pids is None:
                 notes.append("pids_limit not enforced: no writable pids cgroup")
             else:
-                # Written once the program is in and the chaperone is out (it counts too).
+                # In force before the program exists, with one more for the chaperone, which
+                # is inside while it spawns; tightened once the chaperone is out.
+                entry(self.pids)["before"]["pids.max"] = str(pids_limit + 1)
                 entry(self.pids)["after"]["pids.max"] = str(pids_limit)
         for value in by_path.values():
             # Sorted so that memory.limit_in_bytes precedes memory.memsw.limit_in_bytes.

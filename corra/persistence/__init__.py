@@ -5,6 +5,7 @@ actors or backends."""
 from corra.persistence._codec import Codec as Codec
 from corra.persistence._lmdb import CorruptSnapshot as CorruptSnapshot
 from corra.persistence._lmdb import QuarantinedRecord as QuarantinedRecord
+from corra.persistence._lmdb import SnapshotCounts as SnapshotCounts
 from corra.persistence._lmdb import StoreReader as StoreReader
 from corra.persistence._lmdb import open_store_readonly as open_store_readonly
 from corra.persistence._store import Store as Store

@@ -10,7 +10,15 @@ state directory would run every process twice). Named databases:
   cannot contain NUL);
 - ``names``: name -> process id;
 - ``quarantine``: process id -> JSON ``{"raw": base64, "reason": ..., "time": ...}``;
-- ``meta``: ``format`` -> the store format version.
+- ``meta``: ``format`` -> the store format version;
+- ``active``: process id -> empty, for the snapshots the caller said are active (``save(...,
+  active=True)``), so that a recovery reads those and nothing else. Written in the same
+  transaction as the snapshot; ``set_aside`` and ``delete`` remove the id.
+
+Format 1 had no ``active`` database. A writer opening a format-1 store creates it empty and
+leaves the format at 1 (`Reads.has_active_index` is False) until the caller has rebuilt the
+index (`Store.rebuild_active_index`), which makes it format 2. A store of format 2 is refused
+by a corra that knows only format 1, which would not keep the index up to date.
 
 Reads are single read transactions, cheap enough to run on the loop for single keys; a scan
 of every snapshot belongs in a worker thread (``trio.to_thread.run_sync``). Growing the map
@@ -41,9 +49,11 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 #: Version of the layout above; a store written by a newer layout is refused.
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 2
+#: The first format with a complete ``active`` index.
+ACTIVE_INDEX_FORMAT: Final = 2
 _FORMAT_KEY: Final = b"format"
-_DATABASES: Final = ("snapshots", "history", "names", "quarantine", "meta")
+_DATABASES: Final = ("snapshots", "history", "names", "quarantine", "meta", "active")
 #: LMDB's compile-time limit on key length (``mdb_env_get_maxkeysize``).
 _MAX_KEY_BYTES: Final = 511
 _SEPARATOR: Final = b"\x00"
@@ -70,6 +80,21 @@ class CorruptSnapshot:
     process_id: str
     raw: bytes
     reason: str
+
+
+@attrs.frozen
+class SnapshotCounts:
+    """How many snapshots a store holds, from LMDB's statistics (no scan)."""
+
+    snapshots: int
+    """Every snapshot."""
+    active: int
+    """The ids in the ``active`` index (0 for a store without one)."""
+
+    @property
+    def inactive(self) -> int:
+        """Snapshots not in the ``active`` index."""
+        return self.snapshots - self.active
 
 
 # Keys ------------------------------------------------------------------------------------
@@ -125,6 +150,8 @@ class Databases:
     names: Any
     quarantine: Any
     meta: Any
+    active: Any
+    """None for a format-1 store opened read-only (it has no such database)."""
 
 
 class Environment:
@@ -180,11 +207,11 @@ class Environment:
             self.env.close()
 
 
-def _check_format(txn: lmdb.Transaction, databases: Databases, path: Path) -> bool:
-    """Whether the store has a format version (refusing one newer than ours)."""
+def stored_format(txn: lmdb.Transaction, databases: Databases, path: Path) -> int | None:
+    """The store's format version, None if it has none (refusing one newer than ours)."""
     stored = txn.get(_FORMAT_KEY, db=databases.meta)
     if stored is None:
-        return False
+        return None
     try:
         version = int(stored)
     except ValueError:
@@ -193,7 +220,19 @@ def _check_format(txn: lmdb.Transaction, databases: Databases, path: Path) -> bo
         raise StoreError(
             f"{path}: store format {version} is newer than this corra knows ({FORMAT_VERSION})"
         )
-    return True
+    return version
+
+
+def set_format(txn: lmdb.Transaction, databases: Databases, version: int) -> None:
+    txn.put(_FORMAT_KEY, str(version).encode(), db=databases.meta)
+
+
+def mark_active_index_complete(txn: lmdb.Transaction, databases: Databases) -> None:
+    """Raise the format to one whose ``active`` index is complete (the format was checked
+    when the store was opened)."""
+    version = int(txn.get(_FORMAT_KEY, b"0", db=databases.meta))
+    if version < ACTIVE_INDEX_FORMAT:
+        set_format(txn, databases, ACTIVE_INDEX_FORMAT)
 
 
 def lmdb_path(state_dir: str | os.PathLike[str]) -> Path:
@@ -229,8 +268,8 @@ def open_for_writing(path: Path, *, durable: bool, map_size: int) -> Environment
                     databases = Databases(
                         *(env.open_db(name.encode(), txn=txn, create=True) for name in _DATABASES)
                     )
-                    if not _check_format(txn, databases, path):
-                        txn.put(_FORMAT_KEY, str(FORMAT_VERSION).encode(), db=databases.meta)
+                    if stored_format(txn, databases, path) is None:
+                        set_format(txn, databases, FORMAT_VERSION)  # a new store
                 break
             except lmdb.MapFullError:  # a map too small even for the empty databases
                 env.set_mapsize(env.info()["map_size"] * 2)
@@ -248,16 +287,19 @@ def open_for_reading(path: Path) -> Environment:
         str(path), map_size=0, max_dbs=len(_DATABASES), readonly=True, lock=True, create=False
     )
     try:
-        try:
-            # Without txn=: a handle opened in a read transaction outlives it only if that
-            # transaction commits, which open_db does for its own.
-            databases = Databases(
-                *(env.open_db(name.encode(), create=False) for name in _DATABASES)
-            )
-        except lmdb.NotFoundError:
-            raise StoreError(f"{path} is not a corra store") from None
+        # Without txn=: a handle opened in a read transaction outlives it only if that
+        # transaction commits, which open_db does for its own.
+        handles = []
+        for name in _DATABASES:
+            try:
+                handles.append(env.open_db(name.encode(), create=False))
+            except lmdb.NotFoundError:
+                if name != "active":  # a format-1 store has none
+                    raise StoreError(f"{path} is not a corra store") from None
+                handles.append(None)
+        databases = Databases(*handles)
         with env.begin() as txn:
-            if not _check_format(txn, databases, path):
+            if stored_format(txn, databases, path) is None:
                 raise StoreError(f"{path} is not a corra store (no format version)")
     except BaseException:
         env.close()
@@ -324,6 +366,45 @@ class Reads:
         for key, value in _scan(environment, environment.databases.snapshots):
             yield text(key), value
 
+    def scan_active(self) -> Iterator[tuple[str, bytes]]:
+        """The snapshots of the ids in the ``active`` index, as ``(process_id, raw bytes)``
+        in process id order; no other snapshot is read.
+
+        Batched as `scan` is (consistent per batch, not across the scan); an id removed
+        between two batches is not yielded.
+
+        Raises:
+            StoreError: the store has no complete index (`has_active_index` is False).
+        """
+        environment = self._environment()
+        if not self.has_active_index():
+            raise StoreError(f"the store at {environment.path} has no index of active snapshots")
+        databases = environment.databases
+        for key, value in _scan(environment, databases.active, snapshots=databases.snapshots):
+            yield text(key), value
+
+    def has_active_index(self) -> bool:
+        """Whether the ``active`` index is complete: False for a store written by a corra
+        that kept none, until `Store.rebuild_active_index` has run."""
+        environment = self._environment()
+        databases = environment.databases
+        if databases.active is None:
+            return False
+        version = environment.read(lambda txn: stored_format(txn, databases, environment.path))
+        return version is not None and version >= ACTIVE_INDEX_FORMAT
+
+    def counts(self) -> SnapshotCounts:
+        """How many snapshots there are, and how many are in the ``active`` index; from
+        LMDB's statistics, in one read transaction (no scan: cheap enough for the loop)."""
+        environment = self._environment()
+        databases = environment.databases
+
+        def read(txn: lmdb.Transaction) -> SnapshotCounts:
+            active = 0 if databases.active is None else txn.stat(databases.active)["entries"]
+            return SnapshotCounts(txn.stat(databases.snapshots)["entries"], active)
+
+        return environment.read(read)
+
     def scan_decoded(self, codec: Codec[T]) -> tuple[dict[str, T], list[CorruptSnapshot]]:
         """Every snapshot decoded with ``codec``: the records, and the ones that are corrupt
         (never an exception for a corrupt record)."""
@@ -345,26 +426,42 @@ class Reads:
         ]
 
 
-def _scan(environment: Environment, database: Any) -> Iterator[tuple[bytes, bytes]]:
+def _scan(
+    environment: Environment, database: Any, *, snapshots: Any = None
+) -> Iterator[tuple[bytes, bytes]]:
+    """Every item of ``database``, in key order, `_SCAN_BATCH` keys per read transaction.
+    With ``snapshots``, ``database`` is an index: each of its keys comes with its value in
+    ``snapshots``, read in the same transaction (a key without one is skipped)."""
     after: bytes | None = None
     while True:
 
-        def read(txn: lmdb.Transaction, after: bytes | None = after) -> list[tuple[bytes, bytes]]:
+        def read(
+            txn: lmdb.Transaction, after: bytes | None = after
+        ) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
             cursor = txn.cursor(db=database)
             positioned = cursor.first() if after is None else cursor.set_range(after)
             if positioned and after is not None and cursor.key() == after:
                 positioned = cursor.next()
             items = []
-            while positioned and len(items) < _SCAN_BATCH:
-                items.append(cursor.item())
+            last = None
+            for _ in range(_SCAN_BATCH):
+                if not positioned:
+                    return items, None
+                last = cursor.key()
+                if snapshots is None:
+                    items.append((last, cursor.value()))
+                else:
+                    value = txn.get(last, db=snapshots)
+                    if value is not None:
+                        items.append((last, value))
                 positioned = cursor.next()
-            return items
+            return items, last if positioned else None
 
-        items = environment.read(read)
+        items, last = environment.read(read)
         yield from items
-        if len(items) < _SCAN_BATCH:
+        if last is None:
             return
-        after = items[-1][0]
+        after = last
 
 
 def _quarantined(process_id: str, stored: bytes) -> QuarantinedRecord:

@@ -42,6 +42,7 @@ from corra.persistence._lmdb import (
     history_prefix,
     key_of,
     lmdb_path,
+    mark_active_index_complete,
     open_for_reading,
     open_for_writing,
     opening,
@@ -139,16 +140,22 @@ def _next_history_key(txn: lmdb.Transaction, databases: Databases, process: byte
 
 
 class _Save(_Write):
-    __slots__ = ("name", "process", "snapshot", "transition")
+    __slots__ = ("active", "name", "process", "snapshot", "transition")
 
     def __init__(
-        self, process: bytes, snapshot: bytes, transition: bytes | None, name: bytes | None
+        self,
+        process: bytes,
+        snapshot: bytes,
+        transition: bytes | None,
+        name: bytes | None,
+        active: bool | None = None,
     ) -> None:
         super().__init__()
         self.process = process
         self.snapshot = snapshot
         self.transition = transition
         self.name = name
+        self.active = active
 
     def size(self) -> int:
         return len(self.snapshot) + len(self.transition or b"")
@@ -161,6 +168,10 @@ class _Save(_Write):
                     f"name {text(self.name)!r} belongs to process {text(owner)!r} already"
                 )
         txn.put(self.process, self.snapshot, db=databases.snapshots)
+        if self.active is True:
+            txn.put(self.process, b"", db=databases.active)
+        elif self.active is False:
+            txn.delete(self.process, db=databases.active)
         if self.transition is not None:
             key = _next_history_key(txn, databases, self.process)
             txn.put(key, self.transition, db=databases.history)
@@ -193,6 +204,7 @@ class _SetAside(_Write):
     def apply(self, txn: lmdb.Transaction, databases: Databases) -> None:
         txn.put(self.process, self.entry, db=databases.quarantine)
         txn.delete(self.process, db=databases.snapshots)
+        txn.delete(self.process, db=databases.active)
 
 
 class _Delete(_Write):
@@ -204,6 +216,7 @@ class _Delete(_Write):
 
     def apply(self, txn: lmdb.Transaction, databases: Databases) -> None:
         txn.delete(self.process, db=databases.snapshots)
+        txn.delete(self.process, db=databases.active)
         txn.delete(self.process, db=databases.quarantine)
         prefix = history_prefix(self.process)
         cursor = txn.cursor(db=databases.history)
@@ -216,6 +229,24 @@ class _Delete(_Write):
         owned = [name for name, owner in names if owner == self.process]
         for name in owned:
             txn.delete(name, db=databases.names)
+
+
+class _RebuildActiveIndex(_Write):
+    __slots__ = ("is_active",)
+
+    def __init__(self, is_active: Callable[[bytes], bool]) -> None:
+        super().__init__()
+        self.is_active = is_active
+
+    def apply(self, txn: lmdb.Transaction, databases: Databases) -> int:
+        txn.drop(databases.active, delete=False)
+        count = 0
+        for key, snapshot in txn.cursor(db=databases.snapshots):
+            if self.is_active(snapshot):
+                txn.put(key, b"", db=databases.active)
+                count += 1
+        mark_active_index_complete(txn, databases)
+        return count
 
 
 class _Stop:
@@ -272,23 +303,29 @@ class Store(Reads):
         *,
         transition: bytes | None = None,
         name: str | None = None,
+        active: bool | None = None,
     ) -> None:
         """In one transaction: make ``snapshot`` the latest snapshot of ``process_id``;
-        append ``transition`` to its history; claim ``name`` for it. Returns once all of
-        it is durable; a checkpoint (see the class for cancellation).
+        append ``transition`` to its history; claim ``name`` for it; put ``process_id`` in
+        the ``active`` index (``active=True``) or take it out (``active=False``; None leaves
+        the index as it is). Returns once all of it is durable; a checkpoint (see the class
+        for cancellation).
 
         Raises:
             NameTaken: ``name`` belongs to another process; nothing of this save was written.
             StoreError: the transaction failed (nothing of it was written), or the store is
                 closed or read-only.
             ConfigError: ``process_id`` or ``name`` cannot be a key (empty, a NUL, too long).
-            TypeError: ``snapshot`` or ``transition`` is not bytes.
+            TypeError: ``snapshot`` or ``transition`` is not bytes, ``active`` not a bool.
         """
+        if active is not None and not isinstance(active, bool):
+            raise TypeError(f"active must be a bool or None, not {type(active).__name__}")
         write = _Save(
             process_key(process_id),
             require_bytes(snapshot, "snapshot"),
             None if transition is None else require_bytes(transition, "transition"),
             None if name is None else key_of(name, "name"),
+            active,
         )
         await self._submit(write)
 
@@ -323,6 +360,26 @@ class Store(Reads):
             StoreError: the transaction failed, or the store is closed or read-only.
         """
         await self._submit(_Delete(process_key(process_id)))
+
+    async def rebuild_active_index(self, is_active: Callable[[bytes], bool]) -> int:
+        """Rebuild the ``active`` index from every snapshot: an id is in it if and only if
+        ``is_active(snapshot)``; then `has_active_index` is True. For a store written by a
+        corra that kept no index; returns how many ids are in it. A checkpoint.
+
+        It is one write transaction, so no save can slip between the scan and the index,
+        and it reads every snapshot: other writes wait until it is done. ``is_active`` runs
+        in the writer thread. It should not raise (say True for a snapshot that cannot be
+        decoded, so that a scan of the active ones finds it and sets it aside): if it does,
+        the transaction fails, with the writes batched with it.
+
+        Raises:
+            StoreError: the transaction failed (nothing of it was written), or the store is
+                closed or read-only.
+        """
+        if not callable(is_active):
+            raise TypeError(f"is_active must be callable, not {type(is_active).__name__}")
+        result: int = await self._submit(_RebuildActiveIndex(is_active))
+        return result
 
     async def _submit(self, write: _Write) -> Any:
         await trio.lowlevel.checkpoint_if_cancelled()
