@@ -726,14 +726,18 @@ def test_entries_for_a_program():
             "before": {"memory.limit_in_bytes": "100"},
             "after": {},
         },
-        {"path": "/sys/fs/cgroup/pids/corra/k@1", "before": {}, "after": {"pids.max": "5"}},
+        {
+            "path": "/sys/fs/cgroup/pids/corra/k@1",
+            "before": {"pids.max": "6"},  # one more while the chaperone is inside
+            "after": {"pids.max": "5"},
+        },
     ]
     v2 = CgroupSupport(layout="v2", unified="/cg/corra", memory="/cg/corra", pids="/cg/corra")
     entries, _ = v2.entries("k@1", memory_limit=100, pids_limit=5)
     assert entries == [
         {
             "path": "/cg/corra/k@1",
-            "before": {"memory.max": "100", "memory.swap.max": "0"},
+            "before": {"memory.max": "100", "memory.swap.max": "0", "pids.max": "6"},
             "after": {"pids.max": "5"},
         }
     ]
