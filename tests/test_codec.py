@@ -232,7 +232,7 @@ def test_codec_arguments_are_checked():
         (document({}, schema="2"), "schema must be an integer"),
         (document({}, schema=True), "schema must be an integer"),
         (document({}, schema=3), "schema 3, newer than this corra knows (2)"),
-        (document({}, schema=0), "no migration from schema 0 to 1"),
+        (document({}, schema=0), "older than any this corra can migrate"),
         (document({}, type_name="Job"), "a 'Job' record where a State was expected"),
         (document([]), r"expected an object, got list @ $.data"),
     ],
@@ -339,3 +339,10 @@ def test_any_json_anywhere_is_corrupt_never_a_crash(data, replacement):
     except CorruptRecord:
         return
     assert isinstance(decoded, State)
+
+
+@pytest.mark.parametrize("schema", [-(10**20), -1, 0])
+def test_an_absurd_old_schema_is_refused_at_once(schema):
+    raw = json.dumps({"schema": schema, "type": "State", "data": {}}).encode()
+    with pytest.raises(CorruptRecord, match="older than any this corra can migrate"):
+        codec.decode(raw)

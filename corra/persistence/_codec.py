@@ -142,6 +142,14 @@ class Codec(Generic[T]):
                 f"({self.schema})"
             )
         if schema < self.schema:
+            # Bounded by the migrations we have: a corrupt schema of -10**20 must not make
+            # us build a range of that size.
+            oldest = min(self._migrations, default=self.schema)
+            if schema < oldest:
+                raise CorruptRecord(
+                    f"{self.type_name} record has schema {schema}, older than any this corra "
+                    f"can migrate ({oldest} is the oldest)"
+                )
             gaps = [v for v in range(schema, self.schema) if v not in self._migrations]
             if gaps:
                 raise CorruptRecord(
