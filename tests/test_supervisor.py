@@ -344,3 +344,43 @@ async def test_a_failing_restart_counts_toward_intensity():
             await trio.sleep_forever()
     # the first start, then a restart and 3 failing retries: the 4th restart exceeds 3
     assert len(attempts) == 4
+
+
+@pytest.mark.parametrize("strategy", ["one_for_all", "rest_for_one"])
+async def test_a_void_restart_retry_leaves_its_group_stopped_not_restarting(strategy):
+    failures = [1]
+    started: list[str] = []
+
+    class A(corra.Actor):
+        def lifespan(self):
+            if started and failures:
+                failures.pop()
+                raise OSError("cannot start")
+            started.append("a")
+            return super().lifespan()
+
+        async def handle(self, msg):
+            raise RuntimeError("crash")
+
+    class B(corra.Actor):
+        async def handle(self, msg):
+            return msg
+
+    async with corra.open_runtime() as rt:
+        sup = await rt.spawn_supervisor(
+            spec(strategy, corra.ChildSpec(id="a", start=A), corra.ChildSpec(id="b", start=B)),
+            name="s",
+        )
+
+        async def terminate_a() -> None:
+            await trio.lowlevel.checkpoint()
+            await sup.terminate_child("a")  # lands between the failed restart and its retry
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(terminate_a)
+            ref_of(sup, "a").send_nowait("crash")
+        await settle()
+        assert [(c.id, c.status) for c in sup.which_children()] == [
+            ("a", "stopped"),
+            ("b", "stopped"),
+        ]

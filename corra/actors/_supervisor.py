@@ -14,15 +14,19 @@ Rules (OTP's, with the differences named):
    exit only, ``temporary`` ones never; a temporary child's spec is removed when it exits or
    is terminated.
 3. Each restart is recorded; if more than ``intensity`` restarts fall within the last
-   ``period`` seconds, the supervisor terminates all its children in reverse order and fails
-   with `RestartIntensityExceeded`, an abnormal exit that its own parent handles by rule 2.
+   ``period`` seconds (both ends included, as in OTP), the supervisor terminates all its
+   children in reverse order and fails with `RestartIntensityExceeded`, an abnormal exit
+   that its own parent handles by rule 2.
 4. ``one_for_one`` restarts the exited child; ``one_for_all`` terminates every other running
    child (reverse order) and restarts all of them (in order); ``rest_for_one`` does the same
-   for the exited child and the children after it. Children that were not running (stopped
-   with `terminate_child`, or transient and exited normally) stay stopped, and temporary ones
-   terminated by the strategy are removed.
+   for the exited child and the children after it. Temporary children terminated by the
+   strategy are removed. A difference from OTP: children that were not running (stopped with
+   `terminate_child`, or transient and exited normally) stay stopped, where OTP would start
+   them again with the group.
 5. A child that fails while being restarted counts as another exit of that child (rule 3
-   bounds the retries).
+   bounds the retries). The retry is queued behind requests already waiting, as OTP's
+   ``try_again_restart``; if one of them stops or deletes the child first, the retry is void
+   and the rest of its group that had not started yet stays stopped.
 6. Beyond OTP: a child with a `Backoff` waits before its restart; the supervisor keeps
    serving requests meanwhile.
 """
@@ -121,6 +125,8 @@ class _ChildExit:
     child: _Child
     cell: _Cell | None
     reason: BaseException | None
+    # With a failed restart: the rest of its group, not started yet, waiting on this retry.
+    waiting: tuple[_Child, ...] = ()
 
 
 @attrs.frozen
@@ -301,7 +307,12 @@ class _SupervisorCell(_Cell):
         child = event.child
         if event.cell is None:
             if child.cell is not None or not child.wanted:
-                return  # started or stopped since its restart failed
+                # Started or stopped since its restart failed: the retry is void, and so is
+                # the group restart it was part of; what had not started yet stays stopped.
+                for other in event.waiting:
+                    if other.cell is None:
+                        other.wanted = False
+                return
         elif child.cell is not event.cell:
             return  # an incarnation we stopped or replaced already
         child.cell = None
@@ -350,7 +361,7 @@ class _SupervisorCell(_Cell):
         now = trio.current_time()
         times = self.restart_times
         times.append(now)
-        while times and times[0] <= now - self.flags.period:
+        while times and times[0] < now - self.flags.period:  # as OTP: R >= Now - Period
             times.popleft()
         if len(times) > self.flags.intensity:
             logger.error(
@@ -389,7 +400,7 @@ class _SupervisorCell(_Cell):
         self._post(_RestartDue(group))
 
     async def _restart_group(self, group: list[_Child] | tuple[_Child, ...]) -> None:
-        for child in group:
+        for index, child in enumerate(group):
             if child.cell is not None or not child.wanted or child.spec.id not in self.by_id:
                 continue
             child.restarts += 1
@@ -398,7 +409,7 @@ class _SupervisorCell(_Cell):
                 await self._start(child)
             except ChildStartFailed as exc:
                 # Rule 5: a failed restart is another exit of that child.
-                self._post(_ChildExit(child, None, exc.__cause__))
+                self._post(_ChildExit(child, None, exc.__cause__, tuple(group[index + 1 :])))
                 return
 
     # -- requests (run inside the loop) -----------------------------------------------------
