@@ -25,7 +25,7 @@ import attrs
 import trio
 
 import corra
-from corra._errors import ConfigError, CorraError, NoSuchProcess
+from corra._errors import ConfigError, CorraError
 from corra._jobfile import JobFile, load_job_file
 from corra._runtime import (
     HISTORY_CODEC,
@@ -35,7 +35,7 @@ from corra._runtime import (
     open_runtime,
 )
 from corra.actors._lifecycle import ACTIVE, PHASES, TERMINAL
-from corra.actors._process import describe
+from corra.actors._process import describe, find_record, sorted_records
 from corra.actors._records import ProcessRecord, Transition, parse_process_spec
 from corra.persistence import open_store_readonly
 
@@ -358,31 +358,9 @@ def _open_readonly(state_dir: Path) -> Any:
     return open_store_readonly(state_dir)
 
 
-def _records(store: Any) -> tuple[list[ProcessRecord], int]:
-    records, corrupt = [], 0
-    for _process_id, raw in store.scan():
-        try:
-            records.append(RECORD_CODEC.decode(raw))
-        except CorraError:
-            corrupt += 1
-    records.sort(key=lambda r: (r.created_at, r.id))
-    return records, corrupt
-
-
-def _find(store: Any, key: str) -> ProcessRecord:
-    raw = store.load(key)
-    if raw is None:
-        process_id = store.id_for_name(key)
-        raw = store.load(process_id) if process_id else None
-    if raw is None:
-        raise NoSuchProcess(key, "no process with this id or name")
-    record: ProcessRecord = RECORD_CODEC.decode(raw)
-    return record
-
-
 def _ps(args: argparse.Namespace, state_dir: Path) -> int:
     with _open_readonly(state_dir) as store:
-        records, corrupt = _records(store)
+        records, corrupt = sorted_records(store, RECORD_CODEC)
     if args.phase:
         records = [r for r in records if r.phase == args.phase]
     if args.json:
@@ -417,7 +395,7 @@ def _ps(args: argparse.Namespace, state_dir: Path) -> int:
 
 def _show(args: argparse.Namespace, state_dir: Path) -> int:
     with _open_readonly(state_dir) as store:
-        record = _find(store, args.process)
+        record = find_record(store, RECORD_CODEC, args.process)
         history = [HISTORY_CODEC.decode(raw) for raw in store.history(record.id)]
     data = record_json(record)
     data["spec"] = attrs.asdict(record.spec)
@@ -455,7 +433,7 @@ def _logs(args: argparse.Namespace, state_dir: Path) -> int:
     out = sys.stdout.buffer
     while True:
         with _open_readonly(state_dir) as store:
-            record = _find(store, args.process)
+            record = find_record(store, RECORD_CODEC, args.process)
         if key is not None and record.key != key:
             # A new attempt writes a new log: finish the old one first.
             _copy_log(log_file(state_dir / "runs", key, stream), offset, out)

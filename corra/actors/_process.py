@@ -113,6 +113,8 @@ class Store(Protocol):
 
     def scan(self) -> Iterator[tuple[str, bytes]]: ...
 
+    def scan_decoded(self, codec: Any) -> tuple[dict[str, Any], list[Any]]: ...
+
     def scan_active(self) -> Iterator[tuple[str, bytes]]: ...
 
     def has_active_index(self) -> bool: ...
@@ -180,6 +182,30 @@ def describe(result: Result | None) -> str:
     if result.signal is not None:
         return f"killed by signal {result.signal}"
     return f"exited with {result.returncode}"
+
+
+def find_record(store: Any, codec: Codec, id_or_name: str) -> ProcessRecord:
+    """A record from the store by id, else by name (any store or read-only reader).
+
+    Raises:
+        NoSuchProcess: neither names a process.
+        CorruptRecord: its record cannot be decoded.
+    """
+    raw = store.load(id_or_name)
+    if raw is None:
+        named = store.id_for_name(id_or_name)
+        raw = store.load(named) if named is not None else None
+    if raw is None:
+        raise NoSuchProcess(id_or_name, "no process with this id or name")
+    record: ProcessRecord = codec.decode(raw)
+    return record
+
+
+def sorted_records(store: Any, codec: Codec) -> tuple[list[ProcessRecord], int]:
+    """Every decodable record, oldest first, and how many could not be decoded."""
+    records, corrupt = store.scan_decoded(codec)
+    ordered = sorted(records.values(), key=lambda record: (record.created_at, record.id))
+    return ordered, len(corrupt)
 
 
 class _ProcessActor(Actor):
@@ -422,25 +448,13 @@ class ProcessManager:
         record = self._active.get(id_or_name)
         if record is not None:
             return record
-        process_id = id_or_name
-        raw = self._store.load(process_id)
-        if raw is None:
-            named = self._store.id_for_name(id_or_name)
-            if named is not None:
-                process_id = named
-                raw = self._store.load(named)
-        if raw is None:
-            raise NoSuchProcess(id_or_name, "no process with this id or name")
-        return self._active.get(process_id) or self._codec.decode(raw)
+        record = find_record(self._store, self._codec, id_or_name)
+        return self._active.get(record.id) or record
 
     def list(self) -> list[ProcessRecord]:
-        """Every readable process record, oldest first."""
-        records = []
-        for _process_id, raw in self._store.scan():
-            with contextlib.suppress(Exception):
-                records.append(self._codec.decode(raw))
-        records.sort(key=lambda record: (record.created_at, record.id))
-        return records
+        """Every readable process record, oldest first (corrupt ones are left out; recovery
+        sets them aside)."""
+        return sorted_records(self._store, self._codec)[0]
 
     async def read_log(self, id_or_name: str, stream: str, offset: int, size: int) -> bytes:
         """Output of the process's current attempt, from ``offset``."""
