@@ -31,7 +31,13 @@ The tree::
     │   └── NameTaken               the name belongs to another process already
     └── BackendError                where programs run failed
         ├── LaunchFailed            the program could not be started
-        └── ProgramLost             its chaperone is gone without leaving an exit record
+        ├── ProgramLost             its chaperone is gone without leaving an exit record
+        └── TransportError          a host could not be reached or used; ``.host`` names it
+            ├── ConnectionFailed    a connection could not be made, or broke mid-operation
+            ├── HostUnavailable     the host failed too often: its pool stopped trying for now
+            ├── HostKeyRefused      the host's key is not the one known_hosts expects
+            └── RemotePathError     a remote path from input leaves the work directory, or a
+                                    file operation on the host failed (names the path)
 
 Foreign exceptions (from trio, lmdb, asyncssh ...) are mapped to these at the boundary with
 ``raise ... from exc``, so callers can rely on this tree alone.
@@ -140,3 +146,27 @@ class LaunchFailed(BackendError):
 
 class ProgramLost(BackendError):
     """The program's chaperone is gone without leaving an exit record."""
+
+
+class TransportError(BackendError):
+    """A host could not be reached or used; ``.host`` names it (``user@host:port``)."""
+
+    def __init__(self, host: str, message: str) -> None:
+        super().__init__(f"{host}: {message}")
+        self.host = host
+
+
+class ConnectionFailed(TransportError):
+    """A connection could not be made, or broke in the middle of an operation."""
+
+
+class HostUnavailable(TransportError):
+    """The host failed too many times in a row: its pool waits before trying again."""
+
+
+class HostKeyRefused(TransportError):
+    """The host's key does not match known_hosts (or the host is not in it)."""
+
+
+class RemotePathError(TransportError):
+    """A path leaves the work directory, or a file operation on the host failed."""

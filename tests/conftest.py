@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import _sshd  # tests/ is on sys.path (pytest's rootdir conftest)
+import pytest
 import trio
 import trio.testing
 
@@ -68,3 +70,23 @@ def ref_of(sup: corra.SupervisorRef, child_id: str) -> corra.Ref:
             assert isinstance(info.ref, corra.Ref), info
             return info.ref
     raise AssertionError(f"no child {child_id!r}")
+
+
+# -- a real sshd (tests/_sshd.py) ----------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def sshd_factory(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """Starts real sshds on loopback (skips, with the reason, where none can run)."""
+    reason = _sshd.unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    factory = _sshd.SshdFactory(tmp_path_factory.mktemp("sshd"))
+    yield factory
+    factory.close()
+
+
+@pytest.fixture(scope="session")
+def sshd(sshd_factory: _sshd.SshdFactory) -> _sshd.Sshd:
+    """One sshd with a default test config, shared by the session."""
+    return sshd_factory.start(name="default")

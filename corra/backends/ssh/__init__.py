@@ -1,0 +1,14 @@
+"""SSH: hosts, the pool actor (one per user, host and port), and the SSH transport."""
+
+from corra.backends.ssh._budget import TokenBucket as TokenBucket
+from corra.backends.ssh._config import HostConfig as HostConfig
+from corra.backends.ssh._config import LoginSettings as LoginSettings
+from corra.backends.ssh._config import PoolSettings as PoolSettings
+from corra.backends.ssh._config import parse_host as parse_host
+from corra.backends.ssh._pool import Lease as Lease
+from corra.backends.ssh._pool import PoolHandle as PoolHandle
+from corra.backends.ssh._pool import PoolRegistry as PoolRegistry
+from corra.backends.ssh._pool import PoolStatistics as PoolStatistics
+from corra.backends.ssh._pool import SshPool as SshPool
+from corra.backends.ssh._transport import SshTransport as SshTransport
+from corra.backends.ssh._transport import join_inside as join_inside

@@ -1,0 +1,226 @@
+"""Hosts and pool settings, validated at the edge (job files, the API, Python callers)."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import attrs
+
+from corra._errors import ConfigError
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+
+
+def _number(name: str, *, minimum: float, integer: bool = False, allow_zero: bool = False) -> Any:
+    def check(instance: Any, attribute: Any, value: Any) -> None:
+        kind = int if integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kind):
+            expected = "an integer" if integer else "a number"
+            raise ConfigError(f"{name}: got {value!r}, expected {expected} >= {minimum}")
+        if not math.isfinite(value) or value < minimum or (value == 0 and not allow_zero):
+            raise ConfigError(f"{name}: got {value!r}, expected a finite value >= {minimum}")
+
+    return check
+
+
+@attrs.frozen
+class PoolSettings:
+    """How the pool actor of one host uses it; every default is documented here.
+
+    The defaults keep well inside OpenSSH's own defaults (MaxSessions 10, MaxStartups 10:30:100)
+    and inside what HPC login nodes tolerate.
+    """
+
+    max_connections: int = attrs.field(
+        default=2, validator=_number("max_connections", minimum=1, integer=True)
+    )
+    """Connections open to the host at once."""
+    channels_per_connection: int = attrs.field(
+        default=8, validator=_number("channels_per_connection", minimum=1, integer=True)
+    )
+    """Leases (one channel each at a time) per connection; below sshd's MaxSessions of 10.
+    A refused channel lowers it for that connection."""
+    max_age: float = attrs.field(default=3600.0, validator=_number("max_age", minimum=1))
+    """Seconds before a connection is rotated (jittered by up to -10 %): it takes no new
+    leases, closes once its leases end and is replaced within the login budget."""
+    idle_timeout: float = attrs.field(default=60.0, validator=_number("idle_timeout", minimum=0.1))
+    """Seconds without a lease after which a connection is closed, before servers' idle
+    timeouts close it under a user."""
+    keepalive_interval: float = attrs.field(
+        default=30.0, validator=_number("keepalive_interval", minimum=0, allow_zero=True)
+    )
+    """Seconds between keepalives on an open connection (0: none)."""
+    keepalive_count_max: int = attrs.field(
+        default=3, validator=_number("keepalive_count_max", minimum=1, integer=True)
+    )
+    """Unanswered keepalives before the connection counts as dead."""
+    connect_timeout: float = attrs.field(
+        default=30.0, validator=_number("connect_timeout", minimum=0.1)
+    )
+    """Seconds for one connection attempt, login included."""
+    backoff_initial: float = attrs.field(
+        default=1.0, validator=_number("backoff_initial", minimum=0.01)
+    )
+    """Seconds before the first retry of a failed connect; doubles per failure, with jitter."""
+    backoff_max: float = attrs.field(default=60.0, validator=_number("backoff_max", minimum=0.01))
+    """The longest wait between connect attempts."""
+    unavailable_after: int = attrs.field(
+        default=5, validator=_number("unavailable_after", minimum=1, integer=True)
+    )
+    """Failed connects in a row after which the host is unavailable: leases fail at once with
+    `HostUnavailable` while the pool keeps probing (at ``backoff_max`` at most)."""
+    operation_retries: int = attrs.field(
+        default=4, validator=_number("operation_retries", minimum=0, allow_zero=True, integer=True)
+    )
+    """Retries of a retry-safe operation whose channel was refused or whose connection broke."""
+    on_unavailable: Literal["pause", "fail"] = attrs.field(default="pause")
+    """What happens to a host's processes while it is unavailable."""
+
+    @on_unavailable.validator
+    def _check_on_unavailable(self, attribute: Any, value: Any) -> None:
+        if value not in ("pause", "fail"):
+            raise ConfigError(f"on_unavailable: got {value!r}, expected 'pause' or 'fail'")
+
+
+@attrs.frozen
+class LoginSettings:
+    """The login budget shared by every pool of a runtime (a token bucket)."""
+
+    rate: float = attrs.field(default=0.2, validator=_number("logins.rate", minimum=0.0001))
+    """New logins per second in the long run (0.2: one per 5 s)."""
+    burst: int = attrs.field(default=3, validator=_number("logins.burst", minimum=1, integer=True))
+    """Logins that may happen at once after a quiet period."""
+
+
+def _optional_str(name: str) -> Any:
+    def check(instance: Any, attribute: Any, value: Any) -> None:
+        if value is not None and (not isinstance(value, str) or not value or "\0" in value):
+            raise ConfigError(f"{name}: got {value!r}, expected a non-empty string")
+
+    return check
+
+
+@attrs.frozen
+class HostConfig:
+    """One ``[hosts.NAME]`` table: where a host is and how to reach it.
+
+    ``hostname`` defaults to the name itself, so an alias of ``~/.ssh/config`` works with
+    nothing else given (asyncssh reads OpenSSH's config: HostName, Port, User, IdentityFile,
+    ProxyJump ...). What is set here wins over that file.
+    """
+
+    name: str = attrs.field()
+    hostname: str | None = attrs.field(default=None, validator=_optional_str("hostname"))
+    port: int | None = attrs.field(default=None)
+    user: str | None = attrs.field(default=None, validator=_optional_str("user"))
+    identity_file: str | None = attrs.field(default=None, validator=_optional_str("identity_file"))
+    known_hosts: str | None = attrs.field(default=None, validator=_optional_str("known_hosts"))
+    """A known_hosts file (default: ~/.ssh/known_hosts); keys are always verified."""
+    proxy_jump: str | None = attrs.field(default=None, validator=_optional_str("proxy_jump"))
+    transport: Literal["ssh", "local"] = attrs.field(default="ssh")
+    work_root: str | None = attrs.field(default=None, validator=_optional_str("work_root"))
+    """Where remote run dirs go (default ``~/.corra/runs`` on the host)."""
+    python: str = attrs.field(default="python3", validator=_optional_str("python"))
+    """The remote Python that runs the chaperone (3.6 or newer, standard library only)."""
+    pool: PoolSettings = attrs.field(factory=PoolSettings)
+
+    @name.validator
+    def _check_name(self, attribute: Any, value: Any) -> None:
+        if not isinstance(value, str) or not _HOST_NAME.fullmatch(value):
+            raise ConfigError(
+                f"hosts: got name {value!r}, expected letters, digits, '_', '.', '-' "
+                "(at most 64, not starting with '.' or '-')"
+            )
+
+    @port.validator
+    def _check_port(self, attribute: Any, value: Any) -> None:
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536
+        ):
+            raise ConfigError(f"hosts.{self.name}.port: got {value!r}, expected 1-65535")
+
+    @transport.validator
+    def _check_transport(self, attribute: Any, value: Any) -> None:
+        if value not in ("ssh", "local"):
+            raise ConfigError(
+                f"hosts.{self.name}.transport: got {value!r}, expected 'ssh' or 'local'"
+            )
+
+    @property
+    def address(self) -> str:
+        """``user@hostname:port`` as far as known here (names the host in errors)."""
+        user = f"{self.user}@" if self.user else ""
+        port = f":{self.port}" if self.port else ""
+        return f"{user}{self.hostname or self.name}{port}"
+
+    def connect_options(self) -> dict[str, Any]:
+        """Keyword arguments for `asyncssh.connect` (besides the host)."""
+        options: dict[str, Any] = {}
+        if self.port is not None:
+            options["port"] = self.port
+        if self.user is not None:
+            options["username"] = self.user
+        if self.identity_file is not None:
+            options["client_keys"] = [os.path.expanduser(self.identity_file)]
+        if self.known_hosts is not None:
+            options["known_hosts"] = os.path.expanduser(self.known_hosts)
+        if self.proxy_jump is not None:
+            options["tunnel"] = self.proxy_jump
+        if self.pool.keepalive_interval:
+            options["keepalive_interval"] = self.pool.keepalive_interval
+            options["keepalive_count_max"] = self.pool.keepalive_count_max
+        options["connect_timeout"] = self.pool.connect_timeout
+        return options
+
+
+_HOST_FIELDS = {
+    "hostname",
+    "port",
+    "user",
+    "identity_file",
+    "known_hosts",
+    "proxy_jump",
+    "transport",
+    "work_root",
+    "python",
+    "pool",
+}
+
+
+def parse_host(name: str, table: object) -> HostConfig:
+    """A `HostConfig` from a ``[hosts.NAME]`` table; errors name ``hosts.NAME.field``."""
+    where = f"hosts.{name}"
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{where}: expected a table, got {table!r}")
+    unknown = sorted(set(table) - _HOST_FIELDS)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown field(s) {', '.join(unknown)}; expected some of "
+            + ", ".join(sorted(_HOST_FIELDS))
+        )
+    fields = dict(table)
+    pool = fields.pop("pool", {})
+    if not isinstance(pool, Mapping):
+        raise ConfigError(f"{where}.pool: expected a table, got {pool!r}")
+    known = {field.name for field in attrs.fields(PoolSettings)}
+    unknown = sorted(set(pool) - known)
+    if unknown:
+        raise ConfigError(
+            f"{where}.pool: unknown setting(s) {', '.join(unknown)}; expected some of "
+            + ", ".join(sorted(known))
+        )
+    try:
+        settings = PoolSettings(**pool)
+        return HostConfig(name=name, pool=settings, **fields)
+    except ConfigError as exc:
+        message = str(exc)
+        if not message.startswith("hosts."):
+            prefix = f"{where}.pool." if message.split(":")[0] in known else f"{where}."
+            message = prefix + message
+        raise ConfigError(message) from None
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from None

@@ -1,0 +1,184 @@
+"""`SshTransport`: the `Transport` interface over a host's pool actor.
+
+Every operation leases a connection from the pool for its own duration and runs through
+`PoolHandle.run`, so a refused channel or a dropped connection is retried inside the pool
+when the operation is retry-safe. Commands go to the remote shell as one string in which
+every word is quoted (`quote_argv`); files go over SFTP. asyncssh's errors are mapped here:
+SFTP failures become `RemotePathError` naming the path.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Sequence
+from typing import Any
+
+import asyncssh
+
+from corra._errors import RemotePathError
+from corra.backends.ssh._pool import PoolHandle
+from corra.backends.transport import CommandResult, FileInfo, check_argv, quote_argv
+
+
+class SshTransport:
+    """A host behind SSH, as a `Transport`."""
+
+    def __init__(self, pool: PoolHandle) -> None:
+        self.pool = pool
+
+    @property
+    def host(self) -> str:
+        return self.pool.host.address
+
+    async def run(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: bytes | None = None,
+        check: bool = False,
+        retry_safe: bool = True,
+    ) -> CommandResult:
+        """Run ``argv`` on the host. ``retry_safe=False`` for a command that must not run
+        twice: a connection that breaks under it raises `ConnectionFailed` instead."""
+        words = check_argv(argv)
+        command = quote_argv(words)
+
+        async def operation(connection: Any) -> CommandResult:
+            completed = await connection.run(
+                command, input=stdin if stdin is not None else b"", encoding=None, check=False
+            )
+            signal = completed.exit_signal[0] if completed.exit_signal else None
+            if completed.exit_status is None and signal is None:
+                # asyncssh ends a channel that lost its connection without raising
+                if connection.is_closed():
+                    raise asyncssh.ConnectionLost("the connection closed under the command")
+                return CommandResult(
+                    argv=words,
+                    returncode=None,
+                    stdout=completed.stdout or b"",
+                    stderr=completed.stderr or b"",
+                    signal="closed by the server without an exit status",
+                )
+            return CommandResult(
+                argv=words,
+                returncode=completed.exit_status if signal is None else None,
+                stdout=completed.stdout or b"",
+                stderr=completed.stderr or b"",
+                signal=f"signal {signal}" if signal else None,
+            )
+
+        result: CommandResult = await self.pool.run(operation, retry_safe=retry_safe)
+        return result.check(self.host) if check else result
+
+    async def _sftp(self, path: str, work: Any, *, retry_safe: bool = True) -> Any:
+        async def operation(connection: Any) -> Any:
+            async with connection.start_sftp_client() as sftp:
+                try:
+                    return await work(sftp)
+                except asyncssh.SFTPNoSuchFile as exc:
+                    return _Missing(exc)
+                except asyncssh.SFTPError as exc:
+                    return _Failed(exc)
+
+        outcome = await self.pool.run(operation, retry_safe=retry_safe)
+        if isinstance(outcome, _Failed | _Missing):
+            raise RemotePathError(self.host, f"{path}: {outcome.error.reason}")
+        return outcome
+
+    async def write_file(self, path: str, data: bytes, *, mode: int = 0o644) -> None:
+        temporary = f"{path}.corra-tmp"
+
+        async def work(sftp: Any) -> None:
+            async with sftp.open(temporary, "wb") as file:
+                await file.write(data)
+            await sftp.chmod(temporary, mode)
+            await sftp.posix_rename(temporary, path)
+
+        await self._sftp(path, work)
+
+    async def put(self, local: str, remote: str) -> None:
+        await self._sftp(remote, lambda sftp: sftp.put(local, remote))
+
+    async def get(self, remote: str, local: str) -> None:
+        await self._sftp(remote, lambda sftp: sftp.get(remote, local))
+
+    async def mkdir(self, path: str, *, parents: bool = True) -> None:
+        async def work(sftp: Any) -> None:
+            if parents:
+                await sftp.makedirs(path, exist_ok=True)
+            elif not await sftp.isdir(path):
+                await sftp.mkdir(path)
+
+        await self._sftp(path, work)
+
+    async def listdir(self, path: str) -> list[str]:
+        async def work(sftp: Any) -> list[str]:
+            names = await sftp.listdir(path)
+            return sorted(name for name in names if name not in (".", ".."))
+
+        names: list[str] = await self._sftp(path, work)
+        return names
+
+    async def stat(self, path: str) -> FileInfo | None:
+        async def work(sftp: Any) -> FileInfo | None:
+            try:
+                attributes = await sftp.stat(path)
+            except asyncssh.SFTPNoSuchFile:
+                return None
+            permissions = attributes.permissions or 0
+            return FileInfo(
+                path=path,
+                size=attributes.size or 0,
+                mtime=float(attributes.mtime or 0),
+                is_dir=(permissions & 0o170000) == 0o040000,
+                mode=permissions & 0o7777,
+            )
+
+        info: FileInfo | None = await self._sftp(path, work)
+        return info
+
+    async def read_range(self, path: str, offset: int, size: int) -> bytes:
+        async def work(sftp: Any) -> bytes:
+            async with sftp.open(path, "rb") as file:
+                await file.seek(offset)
+                data: bytes = await file.read(size)
+                return data
+
+        data: bytes = await self._sftp(path, work)
+        return data
+
+    async def remove(self, path: str, *, recursive: bool = False) -> None:
+        async def work(sftp: Any) -> None:
+            try:
+                if recursive and await sftp.isdir(path):
+                    await sftp.rmtree(path)
+                else:
+                    await sftp.remove(path)
+            except asyncssh.SFTPNoSuchFile:
+                pass
+
+        await self._sftp(path, work)
+
+
+class _Failed:
+    __slots__ = ("error",)
+
+    def __init__(self, error: asyncssh.SFTPError) -> None:
+        self.error = error
+
+
+class _Missing(_Failed):
+    __slots__ = ()
+
+
+def join_inside(root: str, relative: str) -> str:
+    """``root/relative``, refusing anything that would leave ``root`` (an absolute path,
+    ``..``, an empty name)."""
+    if not isinstance(relative, str) or not relative or "\0" in relative:
+        raise RemotePathError(root, f"path: got {relative!r}, expected a relative path")
+    if posixpath.isabs(relative):
+        raise RemotePathError(root, f"path: got {relative!r}, expected a relative path")
+    parts = relative.split("/")
+    if any(part in ("..",) for part in parts):
+        raise RemotePathError(root, f"path: got {relative!r}, which leaves the work directory")
+    return posixpath.join(root, posixpath.normpath(relative))

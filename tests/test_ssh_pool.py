@@ -1,0 +1,248 @@
+"""The SSH pool actor and transport against a real OpenSSH sshd on loopback (real time).
+
+Each scenario that needs a server option gets its own sshd (`sshd_factory`); logins are counted
+from sshd's own VERBOSE log, not from corra's statistics alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import _sshd
+import attrs
+import pytest
+import trio
+import trio_asyncio
+
+from corra._errors import ConnectionFailed, HostKeyRefused, HostUnavailable, RemotePathError
+from corra.actors import SupervisorSpec, open_runtime
+from corra.backends.ssh import (
+    HostConfig,
+    PoolHandle,
+    PoolRegistry,
+    PoolSettings,
+    SshTransport,
+    TokenBucket,
+    join_inside,
+    parse_host,
+)
+from corra.backends.transport import LocalTransport
+
+pytestmark = pytest.mark.slow
+
+
+def host_for(sshd: _sshd.Sshd, **settings: object) -> HostConfig:
+    return HostConfig(
+        name="test",
+        hostname=sshd.host,
+        port=sshd.port,
+        user=sshd.user,
+        identity_file=str(sshd.client_key),
+        known_hosts=str(sshd.known_hosts),
+        pool=PoolSettings(**settings),  # type: ignore[arg-type]
+    )
+
+
+@contextlib.asynccontextmanager
+async def pool_for(
+    host: HostConfig, budget: TokenBucket | None = None
+) -> AsyncIterator[PoolHandle]:
+    async with trio_asyncio.open_loop(), open_runtime() as runtime:
+        supervisor = await runtime.spawn_supervisor(SupervisorSpec(), name="ssh")
+        registry = PoolRegistry(supervisor, budget or TokenBucket(rate=100, burst=10))
+        yield await registry.pool(host)
+
+
+async def test_a_command_runs_with_its_argv_exactly(sshd: _sshd.Sshd) -> None:
+    argv = ["printf", "%s|", "two words", "it's", "$HOME", "a;b", "*"]
+    async with pool_for(host_for(sshd)) as pool:
+        transport = SshTransport(pool)
+        result = await transport.run(argv, check=True)
+        assert result.stdout == b"two words|it's|$HOME|a;b|*|"
+        local = await LocalTransport().run(argv, check=True)
+        assert local.stdout == result.stdout
+
+        failed = await transport.run(["sh", "-c", "echo oops >&2; exit 3"])
+        assert (failed.returncode, failed.stderr) == (3, b"oops\n")
+        with pytest.raises(Exception, match="exit status 3: oops"):
+            failed.check(transport.host)
+        fed = await transport.run(["cat"], stdin=b"in\x00put")
+        assert fed.stdout == b"in\x00put"
+
+
+async def test_files_round_trip(sshd: _sshd.Sshd, tmp_path: Path) -> None:
+    root = f"/tmp/corra-test-{os.getpid()}-{time.monotonic_ns()}"
+    async with pool_for(host_for(sshd)) as pool:
+        transport = SshTransport(pool)
+        await transport.mkdir(f"{root}/a/b")
+        await transport.write_file(f"{root}/a/b/data", b"0123456789", mode=0o600)
+        info = await transport.stat(f"{root}/a/b/data")
+        assert info is not None and (info.size, info.is_dir, info.mode) == (10, False, 0o600)
+        assert await transport.stat(f"{root}/missing") is None
+        assert await transport.read_range(f"{root}/a/b/data", 3, 4) == b"3456"
+        assert await transport.read_range(f"{root}/a/b/data", 20, 4) == b""
+        assert await transport.listdir(f"{root}/a") == ["b"]
+        local = tmp_path / "local"
+        local.write_bytes(b"x" * 100_000)
+        await transport.put(str(local), f"{root}/up")
+        await transport.get(f"{root}/up", str(tmp_path / "down"))
+        assert (tmp_path / "down").read_bytes() == local.read_bytes()
+        with pytest.raises(RemotePathError, match="missing"):
+            await transport.read_range(f"{root}/missing", 0, 1)
+        await transport.remove(root, recursive=True)
+        assert await transport.stat(root) is None
+        await transport.remove(root, recursive=True)  # a missing path is fine
+
+
+def test_remote_paths_stay_inside_the_work_directory() -> None:
+    assert join_inside("/w", "out/a.txt") == "/w/out/a.txt"
+    for bad in ("/etc/passwd", "../x", "a/../../x", "", "a/\0"):
+        with pytest.raises(RemotePathError):
+            join_inside("/w", bad)
+
+
+async def test_many_commands_share_the_pool(sshd: _sshd.Sshd) -> None:
+    logins_before = sshd.logins()
+    async with pool_for(host_for(sshd, max_connections=2, channels_per_connection=4)) as pool:
+        transport = SshTransport(pool)
+        async with trio.open_nursery() as nursery:
+            for number in range(40):
+                nursery.start_soon(transport.run, ["echo", str(number)])
+        statistics = await pool.statistics()
+    assert statistics.logins <= 2
+    assert statistics.leases == 0 and statistics.waiting == 0
+    assert sshd.logins() - logins_before == statistics.logins
+
+
+async def test_idle_connections_dropped_by_the_server_are_invisible(
+    sshd_factory: _sshd.SshdFactory,
+) -> None:
+    server = sshd_factory.start(["UnusedConnectionTimeout 2"], name="unused-timeout")
+    # idle_timeout above the server's: the server closes first, the pool copes.
+    async with pool_for(host_for(server, idle_timeout=30)) as pool:
+        transport = SshTransport(pool)
+        for _ in range(2):
+            assert (await transport.run(["echo", "hi"])).stdout == b"hi\n"
+            await trio.sleep(3.5)
+        assert (await transport.run(["echo", "hi"])).stdout == b"hi\n"
+        statistics = await pool.statistics()
+    assert statistics.dropped >= 2
+    assert statistics.logins == 3
+
+
+async def test_a_killed_connection_process_is_retried(sshd_factory: _sshd.SshdFactory) -> None:
+    server = sshd_factory.start(name="kill-connection")
+    async with pool_for(host_for(server, max_connections=1)) as pool:
+        transport = SshTransport(pool)
+        assert (await transport.run(["true"])).ok
+        (victim,) = server.connection_pids()
+
+        async def kill_soon() -> None:
+            await trio.sleep(0.5)
+            server.kill_connection(victim)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(kill_soon)
+            result = await transport.run(["sh", "-c", "sleep 1; echo done"])
+        assert result.stdout == b"done\n"
+        statistics = await pool.statistics()
+        assert statistics.retries >= 1 and statistics.dropped >= 1
+        # Not retry-safe: a connection broken under the command is the caller's to judge.
+        (victim,) = server.connection_pids()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(kill_soon)
+            with pytest.raises(ConnectionFailed, match="closed under the command"):
+                await transport.run(["sleep", "2"], retry_safe=False)
+
+
+async def test_the_servers_channel_limit_is_respected(sshd_factory: _sshd.SshdFactory) -> None:
+    server = sshd_factory.start(["MaxSessions 2"], name="max-sessions")
+    settings = {"max_connections": 1, "channels_per_connection": 8}
+    async with pool_for(host_for(server, **settings)) as pool:
+        transport = SshTransport(pool)
+        results = []
+
+        async def one(number: int) -> None:
+            results.append((await transport.run(["sh", "-c", f"sleep 0.2; echo {number}"])).stdout)
+
+        async with trio.open_nursery() as nursery:
+            for number in range(10):
+                nursery.start_soon(one, number)
+        statistics = await pool.statistics()
+    assert sorted(results) == sorted(f"{n}\n".encode() for n in range(10))
+    assert statistics.refusals >= 1  # learnt, then kept below the server's limit
+    assert statistics.logins == 1
+
+
+async def test_the_login_budget_holds_under_a_low_max_startups(
+    sshd_factory: _sshd.SshdFactory,
+) -> None:
+    server = sshd_factory.start(["MaxStartups 2:100:2"], name="max-startups")
+    budget = TokenBucket(rate=2.0, burst=2)
+    started = trio.current_time()
+    async with pool_for(
+        host_for(server, max_connections=4, channels_per_connection=8), budget
+    ) as pool:
+        transport = SshTransport(pool)
+        async with trio.open_nursery() as nursery:
+            for number in range(50):
+                nursery.start_soon(transport.run, ["sh", "-c", f"sleep 0.3; echo {number}"])
+        statistics = await pool.statistics()
+    elapsed = trio.current_time() - started
+    logins = server.logins()
+    assert statistics.connect_failures == 0
+    assert logins == statistics.logins <= 4
+    assert logins <= budget.burst + budget.rate * elapsed + 1e-9
+
+
+async def test_a_wrong_host_key_is_refused(sshd: _sshd.Sshd, tmp_path: Path) -> None:
+    other = tmp_path / "other_key"
+    await trio.run_process(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)])
+    algorithm, key = (tmp_path / "other_key.pub").read_text().split()[:2]
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(f"[127.0.0.1]:{sshd.port} {algorithm} {key}\n")
+    logins_before = sshd.logins()
+    host = attrs.evolve(host_for(sshd), known_hosts=str(known_hosts))
+    async with pool_for(host) as pool:
+        with pytest.raises(HostKeyRefused, match="host key"):
+            await SshTransport(pool).run(["true"])
+    assert sshd.logins() == logins_before
+
+
+async def test_a_stopped_server_makes_the_host_unavailable_then_available(
+    sshd_factory: _sshd.SshdFactory,
+) -> None:
+    server = sshd_factory.start(name="restarted")
+    settings = {"unavailable_after": 2, "backoff_initial": 0.1, "backoff_max": 0.5}
+    async with pool_for(host_for(server, idle_timeout=0.5, **settings)) as pool:
+        transport = SshTransport(pool)
+        assert (await transport.run(["true"])).ok
+        server.stop()
+        await trio.sleep(1)  # the idle connection is closed
+        with pytest.raises(HostUnavailable):
+            with trio.fail_after(10):
+                while True:
+                    with contextlib.suppress(ConnectionFailed):
+                        await transport.run(["true"])
+        assert not (await pool.statistics()).available
+        server.restart()
+        with trio.fail_after(10):
+            await pool.wait_available()
+        assert (await transport.run(["echo", "back"])).stdout == b"back\n"
+
+
+def test_host_tables_are_validated() -> None:
+    host = parse_host("cluster", {"hostname": "login.example.org", "pool": {"max_connections": 3}})
+    assert host.pool.max_connections == 3 and host.address == "login.example.org"
+    with pytest.raises(Exception, match=r"hosts\.cluster\.pool\.max_connections: got 0"):
+        parse_host("cluster", {"pool": {"max_connections": 0}})
+    with pytest.raises(Exception, match=r"hosts\.cluster: unknown field\(s\) hostnme"):
+        parse_host("cluster", {"hostnme": "x"})
+    with pytest.raises(Exception, match=r"hosts\.cluster\.port: got 'x'"):
+        parse_host("cluster", {"port": "x"})
+    with pytest.raises(Exception, match=r"hosts\.cluster\.pool: unknown setting"):
+        parse_host("cluster", {"pool": {"max": 1}})
