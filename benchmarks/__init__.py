@@ -14,4 +14,5 @@ from benchmarks._harness import Result as Result
 SUITES: dict[str, str] = {
     "kernel": "benchmarks.kernel",
     "process": "benchmarks.process",
+    "ssh": "benchmarks.ssh",
 }
