@@ -1,0 +1,193 @@
+"""Remote programs under the chaperone, over a real sshd (and the same code on `local`)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import _sshd
+import attrs
+import pytest
+import trio
+import trio_asyncio
+
+from corra._errors import LaunchFailed, ProgramLost
+from corra.actors import SupervisorSpec, open_runtime
+from corra.actors._records import ProcessSpec
+from corra.backends.ssh import (
+    HostConfig,
+    PoolRegistry,
+    PoolSettings,
+    SshProgramBackend,
+    SshTransport,
+    TokenBucket,
+)
+from corra.backends.transport import LocalTransport
+
+pytestmark = pytest.mark.slow
+
+
+@attrs.frozen
+class RemoteSpec:
+    """The fields of a ProcessSpec the backend reads, with a host."""
+
+    argv: tuple[str, ...]
+    host: str = "remote"
+    cwd: str | None = None
+    env: dict[str, str] = attrs.field(factory=dict)
+    timeout: float | None = None
+    kill_grace: float = 2.0
+    name: str | None = None
+
+
+def host_for(sshd: _sshd.Sshd, root: str, **options: object) -> HostConfig:
+    return HostConfig(
+        name="remote",
+        hostname=sshd.host,
+        port=sshd.port,
+        user=sshd.user,
+        identity_file=str(sshd.client_key),
+        known_hosts=str(sshd.known_hosts),
+        work_root=root,
+        pool=PoolSettings(),
+        **options,  # type: ignore[arg-type]
+    )
+
+
+@contextlib.asynccontextmanager
+async def backend_for(
+    host: HostConfig, *, local: bool = False, poll_interval: float = 0.2
+) -> AsyncIterator[SshProgramBackend]:
+    async with trio_asyncio.open_loop(), open_runtime() as runtime:
+        if local:
+            transport = LocalTransport()
+        else:
+            supervisor = await runtime.spawn_supervisor(SupervisorSpec(), name="ssh")
+            registry = PoolRegistry(supervisor, TokenBucket(rate=100, burst=10))
+            transport = SshTransport(await registry.pool(host))  # type: ignore[assignment]
+        backend = SshProgramBackend(
+            {host.name: host}, {host.name: transport}, poll_interval=poll_interval
+        )
+        async with backend:
+            yield backend
+
+
+def remote_root(tag: str) -> str:
+    # The remote user's own dir: sshd's user (corrassh as root) cannot write pytest's tmp.
+    return f"corra-tests/{tag}-{os.getpid()}-{time.monotonic_ns()}"
+
+
+@pytest.fixture(params=["ssh", "local"])
+def transport_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+async def test_a_remote_program_runs_once_and_reports(
+    sshd: _sshd.Sshd, transport_kind: str, tmp_path: Path
+) -> None:
+    local = transport_kind == "local"
+    root = str(tmp_path / "runs") if local else remote_root("once")
+    host = host_for(sshd, root, transport=transport_kind)
+    async with backend_for(host, local=local) as backend:
+        spec = RemoteSpec(argv=("sh", "-c", 'echo "out $CORRA_ATTEMPT"; echo err >&2; exit 3'))
+        handle = await backend.launch("p1.1", spec)
+        assert handle["host"] == "remote" and handle["pid"]
+        again = await backend.launch("p1.1", spec)  # replayed: the same program, not a second
+        assert again["chaperone_pid"] == handle["chaperone_pid"] and again["pid"] == handle["pid"]
+        result = await backend.wait(handle)
+        assert result.returncode == 3 and result.stdout_bytes == len(b"out 1\n")
+        assert await backend.read_log("p1.1", "stdout", 0, 100) == b"out 1\n"
+        assert await backend.read_log("p1.1", "stdout", 4, 100) == b"1\n"
+        assert await backend.read_log("p1.1", "stderr", 0, 100) == b"err\n"
+        assert await backend.read_log("nosuch.1", "stdout", 0, 100) == b""
+        found = await backend.find("p1.1")
+        assert found is not None and found["pid"] == handle["pid"]
+        assert await backend.find("never.1") is None
+
+
+async def test_a_program_that_cannot_start_fails_the_launch(sshd: _sshd.Sshd) -> None:
+    async with backend_for(host_for(sshd, remote_root("nosuch"))) as backend:
+        with pytest.raises(LaunchFailed, match="no-such-program"):
+            await backend.launch("p2.1", RemoteSpec(argv=("no-such-program",)))
+        with pytest.raises(LaunchFailed):  # and stays failed for that key
+            await backend.launch("p2.1", RemoteSpec(argv=("no-such-program",)))
+
+
+async def test_no_python_on_the_host_is_a_clear_error(sshd: _sshd.Sshd) -> None:
+    host = host_for(sshd, remote_root("nopython"), python="python9.9")
+    async with backend_for(host) as backend:
+        with pytest.raises(LaunchFailed, match=r"cannot run 'python9.9' there.*needs a python3"):
+            await backend.launch("p3.1", RemoteSpec(argv=("true",)))
+
+
+async def test_kill_reaches_the_remote_group(sshd: _sshd.Sshd) -> None:
+    async with backend_for(host_for(sshd, remote_root("kill"))) as backend:
+        handle = await backend.launch(
+            "p4.1", RemoteSpec(argv=("sh", "-c", "sleep 60 & sleep 60; wait"))
+        )
+        started = trio.current_time()
+        result = await backend.kill(handle, grace=1.0)
+        assert result is not None and result.killed and result.signal == 15
+        assert trio.current_time() - started < 5
+        assert not _group_alive(handle["pid"])
+
+
+async def test_a_program_outlives_a_dropped_connection(sshd_factory: _sshd.SshdFactory) -> None:
+    server = sshd_factory.start(name="drop-under-program")
+    async with backend_for(host_for(server, remote_root("drop"))) as backend:
+        handle = await backend.launch(
+            "p5.1", RemoteSpec(argv=("sh", "-c", "sleep 1.5; echo survived"))
+        )
+        for pid in server.connection_pids():
+            server.kill_connection(pid)
+        result = await backend.wait(handle)
+        assert result.returncode == 0
+        assert await backend.read_log("p5.1", "stdout", 0, 100) == b"survived\n"
+
+
+async def test_a_vanished_chaperone_is_lost(sshd: _sshd.Sshd) -> None:
+    async with backend_for(host_for(sshd, remote_root("lost"))) as backend:
+        handle = await backend.launch("p6.1", RemoteSpec(argv=("sleep", "60")))
+        os.kill(handle["chaperone_pid"], 9)
+        with pytest.raises(ProgramLost):
+            await backend.wait(handle)
+        await backend.kill(handle, grace=0.5)  # what is left of it goes
+        assert not _group_alive(handle["pid"])
+
+
+async def test_one_poll_per_interval_for_many_programs(sshd: _sshd.Sshd) -> None:
+    async with backend_for(host_for(sshd, remote_root("polls")), poll_interval=0.5) as backend:
+        handles = [
+            await backend.launch(f"p7-{n}.1", RemoteSpec(argv=("sleep", "1.2"))) for n in range(20)
+        ]
+        polls_before = backend.polls("remote")
+        started = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            for handle in handles:
+                nursery.start_soon(backend.wait, handle)
+        elapsed = trio.current_time() - started
+        polls = backend.polls("remote") - polls_before
+        assert polls <= elapsed / 0.5 + 2
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether anything of the group is left, allowing 2 s for init to reap what the kill
+    left as zombies."""
+    deadline = time.monotonic() + 2
+    while True:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        if time.monotonic() > deadline:
+            return True
+        time.sleep(0.05)
+
+
+def test_process_spec_is_what_the_backend_reads() -> None:
+    spec = ProcessSpec(argv=("true",))
+    for field in ("argv", "cwd", "env", "timeout", "kill_grace", "name"):
+        assert hasattr(spec, field)
