@@ -41,6 +41,9 @@ class RemoteSpec:
     timeout: float | None = None
     kill_grace: float = 2.0
     name: str | None = None
+    inputs: dict[str, str] = attrs.field(factory=dict)
+    outputs: tuple[str, ...] = ()
+    outputs_dir: str | None = None
 
 
 def host_for(sshd: _sshd.Sshd, root: str, **options: object) -> HostConfig:
@@ -191,3 +194,48 @@ def test_process_spec_is_what_the_backend_reads() -> None:
     spec = ProcessSpec(argv=("true",))
     for field in ("argv", "cwd", "env", "timeout", "kill_grace", "name"):
         assert hasattr(spec, field)
+
+
+async def test_inputs_are_uploaded_verified_and_outputs_retrieved(
+    sshd: _sshd.Sshd, tmp_path: Path
+) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.txt").write_text("alpha\n")
+    (tmp_path / "data" / "sub").mkdir()
+    (tmp_path / "data" / "sub" / "b.bin").write_bytes(os.urandom(300_000))
+    (tmp_path / "script.sh").write_text(
+        "cat in/a.txt > out/a.copy; cp in/sub/b.bin out/b.bin; echo x > skip.log\n"
+    )
+    spec = RemoteSpec(
+        argv=("sh", "-c", "mkdir -p out && sh run.sh"),
+        inputs={"in": str(tmp_path / "data"), "run.sh": str(tmp_path / "script.sh")},
+        outputs=("out/*", "../escape", "/etc/passwd"),
+        outputs_dir=str(tmp_path / "results"),
+    )
+    async with backend_for(host_for(sshd, remote_root("files"))) as backend:
+        handle = await backend.launch("p8.1", spec)
+        result = await backend.wait(handle)
+        assert result.returncode == 0, await backend.read_log("p8.1", "stderr", 0, 1000)
+    assert (tmp_path / "results" / "out" / "a.copy").read_text() == "alpha\n"
+    assert (tmp_path / "results" / "out" / "b.bin").read_bytes() == (
+        tmp_path / "data" / "sub" / "b.bin"
+    ).read_bytes()
+    assert sorted(p.name for p in (tmp_path / "results").rglob("*") if p.is_file()) == [
+        "a.copy",
+        "b.bin",
+    ]
+
+
+async def test_inputs_that_leave_the_work_dir_are_refused(sshd: _sshd.Sshd, tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    async with backend_for(host_for(sshd, remote_root("escape"))) as backend:
+        for bad in ("../f", "/tmp/f"):
+            with pytest.raises(LaunchFailed, match="inputs"):
+                await backend.launch(
+                    f"p9-{len(bad)}.1",
+                    RemoteSpec(argv=("true",), inputs={bad: str(tmp_path / "f")}),
+                )
+        with pytest.raises(LaunchFailed, match="no such local file"):
+            await backend.launch(
+                "p9.1", RemoteSpec(argv=("true",), inputs={"x": str(tmp_path / "nope")})
+            )
