@@ -10,8 +10,24 @@
     name = "hello"
     argv = ["echo", "hello"]
 
+Remote hosts are ``[hosts.NAME]`` tables (see `corra.backends.ssh.HostConfig` for the
+fields and `corra.backends.ssh.PoolSettings` for ``[hosts.NAME.pool]``); a process runs on one
+with ``backend = "ssh"`` and ``host = "NAME"``. An optional ``[logins]`` table sets the login
+budget that all hosts share (``rate`` per second, ``burst``)::
+
+    [hosts.cluster]
+    hostname = "login.cluster.example.org"
+    user = "me"
+    pool = { max_connections = 2 }
+
+    [[process]]
+    name = "remote"
+    backend = "ssh"
+    host = "cluster"
+    argv = ["hostname"]
+
 The whole file is validated before anything runs; every error names the file, the process
-(by index and name) and the field.
+(by index and name) or the host, and the field.
 """
 
 from __future__ import annotations
@@ -24,8 +40,9 @@ import attrs
 
 from corra._errors import ConfigError
 from corra.actors._records import ProcessSpec, parse_process_spec
+from corra.backends.ssh._config import HostConfig, LoginSettings, parse_host
 
-TOP_LEVEL = ("defaults", "process")
+TOP_LEVEL = ("defaults", "process", "hosts", "logins")
 MERGED_TABLES = ("env", "labels")
 
 
@@ -33,6 +50,8 @@ MERGED_TABLES = ("env", "labels")
 class JobFile:
     path: str
     processes: tuple[ProcessSpec, ...]
+    hosts: dict[str, HostConfig] = attrs.field(factory=dict)
+    logins: LoginSettings | None = None
 
 
 def load_job_file(path: str | Path) -> JobFile:
@@ -60,7 +79,12 @@ def parse_job_text(text: str, where: str = "<job file>") -> JobFile:
     errors: list[str] = []
     unknown = sorted(set(data) - set(TOP_LEVEL))
     if unknown:
-        errors.append(f"{where}: unknown table(s) {unknown}; expected [defaults] and [[process]]")
+        errors.append(
+            f"{where}: unknown table(s) {unknown}; expected [defaults], [[process]], "
+            "[hosts.NAME] and [logins]"
+        )
+    hosts = _hosts(data.get("hosts", {}), where, errors)
+    logins = _logins(data.get("logins"), where, errors)
     defaults = data.get("defaults", {})
     if not isinstance(defaults, dict):
         errors.append(f"{where}: defaults: expected a table, got {defaults!r}")
@@ -88,12 +112,50 @@ def parse_job_text(text: str, where: str = "<job file>") -> JobFile:
         if isinstance(name, str):
             seen[name] = index
         try:
-            specs.append(parse_process_spec(_merge(defaults, table), label))
+            spec = parse_process_spec(_merge(defaults, table), label)
         except ConfigError as exc:
             errors.append(str(exc))
+            continue
+        host = getattr(spec, "host", None)
+        if spec.backend == "ssh" and host not in hosts:
+            errors.append(
+                f"{label}.host: got {host!r}, expected one of the [hosts.NAME] tables "
+                f"{sorted(hosts)}"
+            )
+        specs.append(spec)
     if errors:
         raise ConfigError("\n".join(errors))
-    return JobFile(path=where, processes=tuple(specs))
+    return JobFile(path=where, processes=tuple(specs), hosts=hosts, logins=logins)
+
+
+def _hosts(tables: object, where: str, errors: list[str]) -> dict[str, HostConfig]:
+    if not isinstance(tables, dict):
+        errors.append(f"{where}: hosts: expected [hosts.NAME] tables, got {tables!r}")
+        return {}
+    hosts = {}
+    for name, table in tables.items():
+        try:
+            hosts[name] = parse_host(name, table)
+        except ConfigError as exc:
+            errors.append(f"{where}: {exc}")
+    return hosts
+
+
+def _logins(table: object, where: str, errors: list[str]) -> LoginSettings | None:
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        errors.append(f"{where}: logins: expected a table, got {table!r}")
+        return None
+    unknown = sorted(set(table) - {"rate", "burst"})
+    if unknown:
+        errors.append(f"{where}: logins: unknown field(s) {unknown}; expected rate, burst")
+        return None
+    try:
+        return LoginSettings(**table)
+    except ConfigError as exc:
+        errors.append(f"{where}: {exc}")
+        return None
 
 
 def _label(where: str, index: int, table: Any) -> str:

@@ -57,7 +57,8 @@ bogus = 1
     with pytest.raises(corra.ConfigError) as info:
         parse_job_text(text, "jobs.toml")
     assert str(info.value).splitlines() == [
-        "jobs.toml: unknown table(s) ['surprise']; expected [defaults] and [[process]]",
+        "jobs.toml: unknown table(s) ['surprise']; expected [defaults], [[process]], "
+        "[hosts.NAME] and [logins]",
         "jobs.toml: process[0] ('a').argv: got 'echo hi', expected a list of strings",
         "jobs.toml: process[1].name: missing; every process in a job file needs a name",
         "jobs.toml: process[2] ('a').name: 'a' is used by process[0] already",
@@ -92,3 +93,52 @@ def test_bad_process_fields(fields, message):
 def test_a_spec_built_in_python_is_checked_too():
     with pytest.raises(corra.ConfigError, match="argv: got"):
         ProcessSpec(argv=())
+
+
+def test_hosts_and_the_login_budget_are_read_and_validated():
+    job = parse_job_text(
+        """
+[logins]
+rate = 0.5
+burst = 2
+
+[hosts.cluster]
+hostname = "login.example.org"
+user = "me"
+pool = { max_connections = 3, idle_timeout = 20 }
+
+[hosts.alias]
+
+[[process]]
+name = "a"
+argv = ["true"]
+""",
+        "jobs.toml",
+    )
+    assert job.hosts["cluster"].pool.max_connections == 3
+    assert job.hosts["alias"].address == "alias"  # an ~/.ssh/config alias needs nothing else
+    assert job.logins is not None and (job.logins.rate, job.logins.burst) == (0.5, 2)
+
+    with pytest.raises(corra.ConfigError) as caught:
+        parse_job_text(
+            """
+[logins]
+rate = -1
+
+[hosts.cluster]
+port = 70000
+pool = { channels_per_connection = 0, bogus = 1 }
+
+[hosts.other]
+hostnme = "x"
+
+[[process]]
+name = "a"
+argv = ["true"]
+""",
+            "jobs.toml",
+        )
+    message = str(caught.value)
+    assert "jobs.toml: hosts.cluster.pool: unknown setting(s) bogus" in message
+    assert "jobs.toml: hosts.other: unknown field(s) hostnme" in message
+    assert "jobs.toml: logins.rate: got -1" in message
