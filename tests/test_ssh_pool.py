@@ -7,6 +7,7 @@ from sshd's own VERBOSE log, not from corra's statistics alone.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import time
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ import _sshd
 import attrs
 import pytest
 import trio
+import trio.testing
 import trio_asyncio
 
 from corra._errors import ConnectionFailed, HostKeyRefused, HostUnavailable, RemotePathError
@@ -246,3 +248,94 @@ def test_host_tables_are_validated() -> None:
         parse_host("cluster", {"port": "x"})
     with pytest.raises(Exception, match=r"hosts\.cluster\.pool: unknown setting"):
         parse_host("cluster", {"pool": {"max": 1}})
+
+
+async def test_old_connections_are_rotated_and_idle_ones_closed(sshd: _sshd.Sshd) -> None:
+    async with pool_for(host_for(sshd, max_age=1.0, idle_timeout=30)) as pool:
+        transport = SshTransport(pool)
+        deadline = trio.current_time() + 3.2
+        while trio.current_time() < deadline:
+            assert (await transport.run(["true"])).ok
+            await trio.sleep(0.1)
+        statistics = await pool.statistics()
+    assert statistics.rotations >= 2
+    assert (
+        statistics.logins == statistics.rotations + 1 or statistics.logins == statistics.rotations
+    )
+    assert statistics.connections <= 1
+
+    async with pool_for(host_for(sshd, idle_timeout=0.5)) as pool:
+        assert (await SshTransport(pool).run(["true"])).ok
+        await trio.sleep(1.5)
+        statistics = await pool.statistics()
+    assert statistics.idle_closed == 1 and statistics.connections == 0
+
+
+class FakeConnection:
+    """Stands in for an asyncssh connection in the virtual-time policy tests below."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def is_closed(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    async def wait_closed(self) -> None:
+        return None
+
+
+async def test_failed_connects_back_off_then_make_the_host_unavailable(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from corra.backends.ssh import SshPool
+
+    attempts: list[float] = []
+    up = False
+
+    async def connect(host: HostConfig) -> FakeConnection:
+        attempts.append(trio.current_time())
+        if not up:
+            raise OSError("connection refused")
+        return FakeConnection()
+
+    settings = PoolSettings(backoff_initial=1, backoff_max=8, unavailable_after=4)
+    host = HostConfig(name="fake", pool=settings)
+    async with open_runtime() as runtime:
+        ref = await runtime.spawn(
+            lambda: SshPool(
+                host,
+                TokenBucket(rate=100, burst=10),
+                connect=connect,
+                wait_closed=lambda conn: conn.wait_closed(),
+            ),
+            name="pool",
+        )
+        pool = PoolHandle(host, lambda: ref)
+        with pytest.raises(HostUnavailable, match="unavailable after 4 failed connects"):
+            async with pool.lease():
+                pass
+        gaps = [b - a for a, b in itertools.pairwise(attempts)]
+        # equal jitter: failure n waits between half and all of min(8, 2**(n-1)) seconds
+        for number, gap in enumerate(gaps[:3], start=1):
+            ceiling = min(8, 2 ** (number - 1))
+            assert ceiling / 2 <= gap <= ceiling + 1e-9, (number, gap)
+        with pytest.raises(HostUnavailable):  # at once, while unavailable
+            async with pool.lease():
+                pass
+        up = True
+        with trio.fail_after(20):
+            await pool.wait_available()
+        async with pool.lease() as lease:
+            assert isinstance(lease.connection, FakeConnection)
+
+
+async def test_the_login_budget_spaces_logins(autojump_clock: trio.testing.MockClock) -> None:
+    budget = TokenBucket(rate=0.2, burst=2)
+    taken = []
+    for _ in range(5):
+        await budget.take()
+        taken.append(trio.current_time())
+    assert taken == pytest.approx([0, 0, 5, 10, 15])

@@ -162,6 +162,10 @@ async def _connect(host: HostConfig) -> Any:
     return await trio_asyncio.aio_as_trio(asyncssh.connect)(host.hostname or host.name, **options)
 
 
+async def _wait_closed(conn: Any) -> None:
+    await trio_asyncio.aio_as_trio(conn.wait_closed)()
+
+
 class SshPool(Actor):
     """The pool of one host. Spawn it under a supervisor; use it through `PoolHandle`."""
 
@@ -171,11 +175,13 @@ class SshPool(Actor):
         budget: TokenBucket,
         *,
         connect: Callable[[HostConfig], Awaitable[Any]] = _connect,
+        wait_closed: Callable[[Any], Awaitable[None]] = _wait_closed,
     ) -> None:
         self.host = host
         self.settings = host.pool
         self.budget = budget
         self._connect = connect
+        self._wait_closed = wait_closed
         self._connections: list[_Connection] = []
         self._waiting: deque[_Ticket] = deque()
         self._numbers = itertools.count(1)
@@ -302,7 +308,7 @@ class SshPool(Actor):
     async def _close(self, connection: _Connection) -> None:
         connection.conn.close()
         with trio.move_on_after(2), contextlib.suppress(Exception):
-            await trio_asyncio.aio_as_trio(connection.conn.wait_closed)()
+            await self._wait_closed(connection.conn)
 
     # -- connections ---------------------------------------------------------------------
 
