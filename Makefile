@@ -19,7 +19,7 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
 # Debian packages the tests need (sshd, Slurm ... as the suites grow).
-SYSTEM_PACKAGES ?= openssh-server openssh-client
+SYSTEM_PACKAGES ?= openssh-server openssh-client slurm-wlm munge
 # Debian packages needed to create the venv itself (Debian's python3 has no ensurepip without it).
 VENV_SYSTEM_PACKAGES ?= python3-venv
 

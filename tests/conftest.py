@@ -1,6 +1,11 @@
 from __future__ import annotations
 
-import _sshd  # tests/ is on sys.path (pytest's rootdir conftest)
+import shutil
+import tempfile
+from pathlib import Path
+
+import _slurm  # tests/ is on sys.path (pytest's rootdir conftest)
+import _sshd
 import pytest
 import trio
 import trio.testing
@@ -90,3 +95,22 @@ def sshd_factory(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-u
 def sshd(sshd_factory: _sshd.SshdFactory) -> _sshd.Sshd:
     """One sshd with a default test config, shared by the session."""
     return sshd_factory.start(name="default")
+
+
+# -- a real single-node Slurm (tests/_slurm.py) --------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def slurm():  # type: ignore[no-untyped-def]
+    """A running single-node Slurm (skips, with the reason, where none can run)."""
+    reason = _slurm.unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    # munged wants every directory above its socket searchable by all: pytest's base temp
+    # dir is 0700, so the cluster lives in a scratch dir of its own.
+    scratch = Path(tempfile.mkdtemp(prefix="corra-slurm-"))
+    scratch.chmod(0o755)
+    cluster = _slurm.SlurmCluster(scratch).start()
+    yield cluster
+    cluster.stop()
+    shutil.rmtree(scratch, ignore_errors=True)

@@ -22,7 +22,7 @@ import os
 import shlex
 import shutil
 import stat as stat_module
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol, TypeVar
 
 import attrs
@@ -141,9 +141,13 @@ def _path_error(host: str, path: str, exc: OSError) -> RemotePathError:
 
 
 class LocalTransport:
-    """This machine, as a `Transport`."""
+    """This machine, as a `Transport`. ``env`` is added to the runtime's environment for
+    every command (``SLURM_CONF`` for a private Slurm, say)."""
 
     host = "local"
+
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        self.env = {**os.environ, **env} if env else None
 
     async def run(
         self,
@@ -160,6 +164,7 @@ class LocalTransport:
                 capture_stdout=True,
                 capture_stderr=True,
                 check=False,
+                env=self.env,
             )
         except OSError as exc:
             raise TransportError(self.host, f"cannot run {quote_argv(words)}: {exc}") from exc

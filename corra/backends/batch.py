@@ -1,0 +1,379 @@
+"""Programs as batch-scheduler jobs (Slurm first), on this machine or behind SSH.
+
+`SchedulerBackend` is the process actors' backend for a `Scheduler`: it owns what is the same
+for every scheduler. It speaks to each host through a `Transport`.
+
+Rule 1: write-ahead and idempotent. The run dir is ``<work root>/<key>``; before submitting,
+a launch looks for the key (the ``job_id`` file the job script writes when it starts, then the
+scheduler's queue by job name), so a runtime killed between ``sbatch`` and its snapshot finds
+the job on restart and does not submit it again.
+
+Rule 2: polling is batched: one poller per host asks about every watched job in one queue
+command per ``poll_interval`` (jobs that left the queue: one more command for all of them,
+then their exit records). Submissions and polls share a token bucket per host (by default a
+burst of 30, then 2 per second, like Slurm's own rate limiter).
+
+Rule 3: a paused process holds nothing here: its job keeps its place in the queue; with
+``hold_on_pause`` a pending job is also held, and released on resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import posixpath
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import attrs
+import trio
+
+from corra._errors import BackendError, ConfigError, LaunchFailed, ProgramLost, TransportError
+from corra.actors._lifecycle import Result
+from corra.backends.scheduler import JobStatus
+from corra.backends.slurm import Slurm, SlurmOptions, parse_slurm_options
+from corra.backends.ssh._budget import TokenBucket
+from corra.backends.transport import Transport
+
+logger = logging.getLogger("corra.batch")
+
+#: Polls after which a job that neither the queue, the scheduler's memory nor an exit record
+#: knows is lost.
+LOST_AFTER_POLLS = 3
+
+
+@attrs.frozen
+class BatchHost:
+    """One host with a scheduler, as the backend needs it."""
+
+    name: str
+    transport: Transport
+    work_root: str | None = None
+    """Where run dirs go (default ``~/.corra/jobs`` on the host)."""
+    poll_interval: float = 10.0
+    submit_rate: float = 2.0
+    submit_burst: int = 30
+
+
+@attrs.define
+class _Watch:
+    job_id: str
+    run_dir: str
+    array: bool
+    event: trio.Event = attrs.field(factory=trio.Event)
+    result: Result | None = None
+    error: BaseException | None = None
+    misses: int = 0
+
+
+class _Host:
+    def __init__(self, config: BatchHost) -> None:
+        self.config = config
+        self.transport = config.transport
+        self.bucket = TokenBucket(config.submit_rate, config.submit_burst)
+        self.work_root: str | None = None
+        self.lock = trio.Lock()
+        self.watches: dict[str, list[_Watch]] = {}
+        self.wake = trio.Event()
+
+
+class SchedulerBackend:
+    """Jobs on the given hosts through ``scheduler``; use as ``async with``."""
+
+    def __init__(self, hosts: Mapping[str, BatchHost], scheduler: Slurm | None = None) -> None:
+        self.scheduler = scheduler or Slurm()
+        self._hosts = {name: _Host(config) for name, config in hosts.items()}
+
+    @contextlib.asynccontextmanager
+    async def _running(self) -> AsyncIterator[SchedulerBackend]:
+        async with trio.open_nursery() as nursery:
+            for host in self._hosts.values():
+                nursery.start_soon(self._poller, host)
+            try:
+                yield self
+            finally:
+                nursery.cancel_scope.cancel()
+
+    async def __aenter__(self) -> SchedulerBackend:
+        self._context = self._running()
+        return await self._context.__aenter__()
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        return await self._context.__aexit__(*exc_info)
+
+    def host(self, name: object) -> _Host:
+        if not isinstance(name, str) or name not in self._hosts:
+            raise ConfigError(f"host: got {name!r}, expected one of {sorted(self._hosts)}")
+        return self._hosts[name]
+
+    # -- slots: the scheduler queues; nothing to bound here ------------------------------
+
+    async def acquire_slot(self, key: str) -> None:
+        await trio.lowlevel.checkpoint()
+
+    def release_slot(self, key: str) -> None:
+        pass
+
+    def adopt_slot(self, key: str) -> None:
+        pass
+
+    # -- paths ---------------------------------------------------------------------------
+
+    async def _root(self, host: _Host) -> str:
+        if host.work_root is None:
+            async with host.lock:
+                if host.work_root is None:
+                    root = host.config.work_root
+                    if root is None or not posixpath.isabs(root):
+                        home = await host.transport.run(
+                            ["sh", "-c", 'printf "%s" "$HOME"'], check=True
+                        )
+                        root = posixpath.join(
+                            home.stdout.decode(), root or posixpath.join(".corra", "jobs")
+                        )
+                    await host.transport.mkdir(root)
+                    host.work_root = root
+        return host.work_root
+
+    async def _run_dir(self, host: _Host, key: str) -> str:
+        if not key or "/" in key or key.startswith("."):
+            raise ConfigError(f"key: got {key!r}, expected a file name")
+        return posixpath.join(await self._root(host), key)
+
+    async def _read(self, host: _Host, path: str) -> bytes | None:
+        if await host.transport.stat(path) is None:
+            return None
+        return await host.transport.read_range(path, 0, 1 << 20)
+
+    # -- the Backend protocol --------------------------------------------------------------
+
+    async def launch(self, key: str, spec: Any) -> dict[str, Any]:
+        host = self.host(getattr(spec, "host", None))
+        options = parse_slurm_options(getattr(spec, "slurm", None))
+        run_dir = await self._run_dir(host, key)
+        existing = await self._find(host, key, run_dir)
+        if existing is not None:
+            return self._handle(host, key, run_dir, existing, options)
+        work_dir = spec.cwd or posixpath.join(run_dir, "work")
+        await host.transport.mkdir(run_dir)
+        process_id, _, attempt = key.rpartition(".")
+        env = {
+            **spec.env,
+            "CORRA_PROCESS_ID": process_id,
+            "CORRA_PROCESS_NAME": spec.name or process_id,
+            "CORRA_ATTEMPT": attempt,
+        }
+        script = self.scheduler.render(
+            key, spec.argv, run_dir=run_dir, work_dir=work_dir, options=options, env=env
+        )
+        script_path = posixpath.join(run_dir, "job.sh")
+        await host.transport.write_file(script_path, script.encode(), mode=0o755)
+        await host.bucket.take()
+        try:
+            job_id = await self.scheduler.submit(host.transport, script_path, run_dir)
+        except BackendError as exc:
+            raise LaunchFailed(f"{key} on {host.config.name}: {exc}") from exc
+        return self._handle(host, key, run_dir, job_id, options)
+
+    def _handle(
+        self, host: _Host, key: str, run_dir: str, job_id: str, options: SlurmOptions
+    ) -> dict[str, Any]:
+        return {
+            "host": host.config.name,
+            "key": key,
+            "run_dir": run_dir,
+            "job_id": job_id,
+            "array": options.array is not None,
+            "hold_on_pause": options.hold_on_pause,
+        }
+
+    async def _find(self, host: _Host, key: str, run_dir: str) -> str | None:
+        if await host.transport.stat(run_dir) is None:
+            # The run dir is made before every submission: without one, none happened.
+            return None
+        recorded = await self._read(host, posixpath.join(run_dir, "job_id"))
+        if recorded is None:
+            names = await host.transport.listdir(run_dir)
+            first = next((name for name in names if name.startswith("job_id.")), None)
+            if first is not None and not first.endswith(".tmp"):
+                recorded = await self._read(host, posixpath.join(run_dir, first))
+        if recorded and recorded.strip().isdigit():
+            return recorded.strip().decode()
+        await host.bucket.take()
+        return await self.scheduler.find(host.transport, key)
+
+    async def find(self, key: str, host_name: str | None = None) -> dict[str, Any] | None:
+        """The job submitted with ``key`` (on ``host_name``, else any host), or None."""
+        hosts = [self.host(host_name)] if host_name is not None else list(self._hosts.values())
+        for host in hosts:
+            run_dir = await self._run_dir(host, key)
+            job_id = await self._find(host, key, run_dir)
+            if job_id is not None:
+                return self._handle(host, key, run_dir, job_id, SlurmOptions())
+        return None
+
+    async def wait(self, handle: Mapping[str, Any]) -> Result:
+        host = self.host(handle.get("host"))
+        watch = _Watch(str(handle["job_id"]), handle["run_dir"], bool(handle.get("array")))
+        host.watches.setdefault(watch.job_id, []).append(watch)
+        host.wake.set()
+        try:
+            await watch.event.wait()
+        finally:
+            watches = host.watches.get(watch.job_id, [])
+            if watch in watches:
+                watches.remove(watch)
+            if not watches:
+                host.watches.pop(watch.job_id, None)
+        if watch.error is not None:
+            raise watch.error
+        assert watch.result is not None
+        return watch.result
+
+    async def _poller(self, host: _Host) -> None:
+        while True:
+            if not host.watches:
+                host.wake = trio.Event()
+                await host.wake.wait()
+            await host.bucket.take()
+            job_ids = sorted(host.watches)
+            try:
+                await self._poll(host, job_ids)
+            except (TransportError, BackendError) as exc:
+                if exc.__class__.__name__ == "HostUnavailable":
+                    for watches in host.watches.values():
+                        for watch in watches:
+                            watch.error = exc
+                            watch.event.set()
+                    host.watches.clear()
+                else:
+                    logger.warning("host %s: poll failed: %s", host.config.name, exc)
+            await trio.sleep(host.config.poll_interval)
+
+    async def _poll(self, host: _Host, job_ids: list[str]) -> None:
+        queued = await self.scheduler.poll(host.transport, job_ids)
+        gone = [job_id for job_id in job_ids if job_id not in queued]
+        if not gone:
+            return
+        await host.bucket.take()
+        finals = await self.scheduler.final_statuses(host.transport, gone)
+        for job_id in gone:
+            watches = host.watches.get(job_id, [])
+            if not watches:
+                continue
+            first = watches[0]
+            records = await self._exit_records(host, first.run_dir, first.array)
+            status = finals.get(job_id)
+            if status is None and not records:
+                first.misses += 1
+                if first.misses >= LOST_AFTER_POLLS:
+                    lost = ProgramLost(
+                        f"job {job_id} on {host.config.name}: neither the queue, the "
+                        "scheduler nor an exit record knows it"
+                    )
+                    for watch in watches:
+                        watch.error = lost
+                        watch.event.set()
+                continue
+            result = await self._result(host, first.run_dir, status, records)
+            for watch in watches:
+                watch.result = result
+                watch.event.set()
+
+    async def _exit_records(self, host: _Host, run_dir: str, array: bool) -> list[dict[str, Any]]:
+        if not array:
+            raw = await self._read(host, posixpath.join(run_dir, "exit.json"))
+            records = [raw] if raw else []
+        else:
+            names = await host.transport.listdir(run_dir)
+            records = [
+                await self._read(host, posixpath.join(run_dir, name))
+                for name in names
+                if name.startswith("exit.") and name.endswith(".json")
+            ]
+        out = []
+        for raw in records:
+            with contextlib.suppress(ValueError):
+                if raw:
+                    out.append(json.loads(raw))
+        return out
+
+    async def _result(
+        self,
+        host: _Host,
+        run_dir: str,
+        status: JobStatus | None,
+        records: list[dict[str, Any]],
+    ) -> Result:
+        codes = [record.get("returncode") for record in records]
+        worst = max((code for code in codes if isinstance(code, int)), default=None)
+        started = min((r["started_at"] for r in records if "started_at" in r), default=None)
+        ended = max((r["ended_at"] for r in records if "ended_at" in r), default=None)
+        sizes = {}
+        for stream in ("stdout", "stderr"):
+            info = await host.transport.stat(posixpath.join(run_dir, stream))
+            sizes[stream] = info.size if info is not None else 0
+        returncode, signal, error = worst, None, None
+        timed_out = killed = False
+        if status is not None:
+            if status.state != "completed" and returncode == 0:
+                returncode = None
+            if status.exit_code is not None and returncode is None and status.state == "failed":
+                returncode = status.exit_code
+            signal = status.signal
+            timed_out = status.state == "timeout"
+            killed = status.state == "cancelled"
+            if status.state in ("node_fail", "preempted", "out_of_memory"):
+                error = f"slurm: {status.raw.lower()}"
+            elif status.state in ("timeout", "cancelled") and returncode is None and signal is None:
+                signal = 15 if status.state == "cancelled" else 9
+        return Result(
+            returncode=returncode,
+            signal=signal,
+            started_at=float(started) if started is not None else None,
+            ended_at=float(ended) if ended is not None else None,
+            stdout_bytes=sizes["stdout"],
+            stderr_bytes=sizes["stderr"],
+            timed_out=timed_out,
+            killed=killed,
+            error=error,
+        )
+
+    async def kill(self, handle: Mapping[str, Any], grace: float) -> Result | None:
+        host = self.host(handle.get("host"))
+        await host.bucket.take()
+        await self.scheduler.cancel(host.transport, str(handle["job_id"]))
+        with trio.move_on_after(grace + max(30.0, 3 * host.config.poll_interval)):
+            return await self.wait(handle)
+        raise BackendError(
+            f"job {handle['job_id']} on {host.config.name}: still queued after scancel"
+        )
+
+    async def pause(self, handle: Mapping[str, Any]) -> None:
+        """Hold a pending job if its options ask for it (a running job runs on)."""
+        if handle.get("hold_on_pause"):
+            host = self.host(handle.get("host"))
+            queued = await self.scheduler.poll(host.transport, [str(handle["job_id"])])
+            status = queued.get(str(handle["job_id"]))
+            if status is not None and status.state == "pending":
+                await self.scheduler.hold(host.transport, str(handle["job_id"]))
+
+    async def resume(self, handle: Mapping[str, Any]) -> None:
+        """Release a job that `pause` held."""
+        if handle.get("hold_on_pause"):
+            host = self.host(handle.get("host"))
+            with contextlib.suppress(BackendError):
+                await self.scheduler.release(host.transport, str(handle["job_id"]))
+
+    async def read_log(
+        self, key: str, stream: str, offset: int, size: int, *, host_name: str | None = None
+    ) -> bytes:
+        if stream not in ("stdout", "stderr"):
+            raise ConfigError(f"stream: got {stream!r}, expected 'stdout' or 'stderr'")
+        hosts = [self.host(host_name)] if host_name is not None else list(self._hosts.values())
+        for host in hosts:
+            path = posixpath.join(await self._run_dir(host, key), stream)
+            if await host.transport.stat(path) is not None:
+                return await host.transport.read_range(path, offset, size)
+        return b""

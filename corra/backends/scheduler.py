@@ -1,0 +1,93 @@
+"""The seam for batch schedulers (Slurm first; PBS, LSF ... later).
+
+A `Scheduler` knows one scheduler's commands and words; `SchedulerBackend`
+(`corra.backends.batch`) does the rest the same for all of them: run dirs, uploads, the rate
+limit, batched polling, recovery by key. Everything a scheduler does goes through a
+`Transport`, so the same code drives a scheduler on this machine or behind SSH.
+
+A scheduler must:
+
+- render a job script from the spec (directives, then the program), which writes
+  ``job_id`` into its run dir when it starts and an exit record (``exit.json``) when the
+  program ends: the fallback that always works once the scheduler has forgotten the job;
+- submit it with the idempotency key in the job's name, and answer the job id;
+- poll many jobs in one command (`poll`), and find a job by its key (`find`);
+- cancel, hold and release;
+- map its final states to `JobState`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, Protocol, TypeAlias
+
+import attrs
+
+from corra.backends.transport import Transport
+
+JobState: TypeAlias = Literal[
+    "pending",
+    "running",
+    "completed",
+    "failed",
+    "cancelled",
+    "timeout",
+    "node_fail",
+    "preempted",
+    "out_of_memory",
+    "unknown",
+]
+FINAL_STATES = frozenset(
+    {"completed", "failed", "cancelled", "timeout", "node_fail", "preempted", "out_of_memory"}
+)
+
+
+@attrs.frozen
+class JobStatus:
+    """What the scheduler says of one job."""
+
+    job_id: str
+    state: JobState
+    raw: str
+    """The scheduler's own word (``COMPLETED``, ``OUT_OF_MEMORY`` ...)."""
+    exit_code: int | None = None
+    signal: int | None = None
+    reason: str | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL_STATES
+
+
+class Scheduler(Protocol):
+    """One batch scheduler's commands, as `SchedulerBackend` needs them."""
+
+    name: str
+
+    def render(
+        self, key: str, argv: Sequence[str], *, run_dir: str, work_dir: str, options: Any
+    ) -> str:
+        """The job script."""
+
+    def job_name(self, key: str) -> str:
+        """The job's name, which carries the key."""
+
+    async def submit(self, transport: Transport, script: str, run_dir: str) -> str:
+        """Submit the script at path ``script``; the job id."""
+
+    async def poll(self, transport: Transport, job_ids: Sequence[str]) -> Mapping[str, JobStatus]:
+        """The status of every job the scheduler still knows among ``job_ids``, in one call
+        (a job missing from the answer has left the queue)."""
+
+    async def final_status(self, transport: Transport, job_id: str) -> JobStatus | None:
+        """Where the queue has forgotten a job: its final status from the scheduler's memory
+        or accounting, or None."""
+
+    async def find(self, transport: Transport, key: str) -> str | None:
+        """The id of a job in the queue whose name carries ``key``."""
+
+    async def cancel(self, transport: Transport, job_id: str) -> None: ...
+
+    async def hold(self, transport: Transport, job_id: str) -> None: ...
+
+    async def release(self, transport: Transport, job_id: str) -> None: ...

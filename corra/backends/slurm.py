@@ -1,0 +1,314 @@
+"""Slurm, the first `corra.backends.scheduler.Scheduler`.
+
+Rule 1: the job's name is ``corra-<key>``, so a job submitted just before a crash is found by
+its key (`find`, one ``squeue``) and never submitted again; the job script also writes its
+job id into the run dir when it starts, which finds it after the queue forgot it.
+
+Rule 2: one ``squeue`` per poll for all of a user's jobs on a host, whatever their number
+(`poll`); for jobs that left the queue, one ``scontrol show job`` for all of them while
+slurmctld remembers them (MinJobAge), ``sacct`` where accounting exists, and finally the exit
+record the job script wrote itself.
+
+Rule 3: every word that reaches a shell is quoted; directives come from validated options
+only (``extra`` directives must be ``--name=value`` options, one per line).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from corra._errors import BackendError, ConfigError
+from corra.backends.scheduler import JobState, JobStatus
+from corra.backends.transport import Transport
+
+#: squeue's and scontrol's words for states, as corra names them.
+STATES: dict[str, JobState] = {
+    "PENDING": "pending",
+    "CONFIGURING": "pending",
+    "REQUEUED": "pending",
+    "REQUEUE_HOLD": "pending",
+    "REQUEUE_FED": "pending",
+    "RESV_DEL_HOLD": "pending",
+    "SUSPENDED": "running",
+    "RUNNING": "running",
+    "COMPLETING": "running",
+    "STAGE_OUT": "running",
+    "SIGNALING": "running",
+    "RESIZING": "running",
+    "COMPLETED": "completed",
+    "FAILED": "failed",
+    "BOOT_FAIL": "failed",
+    "SPECIAL_EXIT": "failed",
+    "REVOKED": "cancelled",
+    "CANCELLED": "cancelled",
+    "TIMEOUT": "timeout",
+    "DEADLINE": "timeout",
+    "NODE_FAIL": "node_fail",
+    "PREEMPTED": "preempted",
+    "OUT_OF_MEMORY": "out_of_memory",
+}
+
+_TIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")
+_MEM = re.compile(r"^\d+[KMGT]?$")
+_ARRAY = re.compile(r"^[0-9][0-9,\-:]*(%\d+)?$")
+_WORD = re.compile(r"^[A-Za-z0-9_.:,+=@/-]+$")
+_EXTRA = re.compile(r"^--[a-z][a-z0-9-]*(=[^\n\r]*)?$")
+
+
+def _matches(pattern: re.Pattern[str], expected: str) -> Any:
+    def check(instance: Any, attribute: Any, value: Any) -> None:
+        if value is not None and (not isinstance(value, str) or not pattern.match(value)):
+            raise ConfigError(f"slurm.{attribute.name}: got {value!r}, expected {expected}")
+
+    return check
+
+
+def _count(instance: Any, attribute: Any, value: Any) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ConfigError(f"slurm.{attribute.name}: got {value!r}, expected an integer >= 1")
+
+
+def _extra(instance: Any, attribute: Any, value: Any) -> None:
+    for index, directive in enumerate(value):
+        if not isinstance(directive, str) or not _EXTRA.match(directive):
+            raise ConfigError(
+                f"slurm.extra[{index}]: got {directive!r}, expected one '--option[=value]' "
+                "directive"
+            )
+
+
+@attrs.frozen
+class SlurmOptions:
+    """A process's ``[process.slurm]`` table: ``#SBATCH`` directives."""
+
+    partition: str | None = attrs.field(default=None, validator=_matches(_WORD, "a name"))
+    account: str | None = attrs.field(default=None, validator=_matches(_WORD, "a name"))
+    qos: str | None = attrs.field(default=None, validator=_matches(_WORD, "a name"))
+    time: str | None = attrs.field(
+        default=None, validator=_matches(_TIME, "a time limit such as '10', '1:30:00' or '2-0'")
+    )
+    nodes: int | None = attrs.field(default=None, validator=_count)
+    ntasks: int | None = attrs.field(default=None, validator=_count)
+    cpus_per_task: int | None = attrs.field(default=None, validator=_count)
+    mem: str | None = attrs.field(default=None, validator=_matches(_MEM, "memory such as '512M'"))
+    gres: str | None = attrs.field(
+        default=None, validator=_matches(_WORD, "a gres such as 'gpu:1'")
+    )
+    array: str | None = attrs.field(
+        default=None, validator=_matches(_ARRAY, "an array spec such as '0-3' or '1,5%2'")
+    )
+    extra: tuple[str, ...] = attrs.field(default=(), converter=tuple, validator=_extra)
+    hold_on_pause: bool = attrs.field(default=False)
+    """Pausing a pending job also holds it (``scontrol hold``); resume releases it."""
+
+    def directives(self) -> list[str]:
+        out = []
+        for name in ("partition", "account", "qos", "time", "nodes", "ntasks", "mem", "gres"):
+            value = getattr(self, name)
+            if value is not None:
+                out.append(f"--{name}={value}")
+        if self.cpus_per_task is not None:
+            out.append(f"--cpus-per-task={self.cpus_per_task}")
+        if self.array is not None:
+            out.append(f"--array={self.array}")
+        out.extend(self.extra)
+        return out
+
+
+def parse_slurm_options(table: object, where: str = "slurm") -> SlurmOptions:
+    """`SlurmOptions` from a table; errors name ``<where>.<field>``."""
+    if table is None:
+        return SlurmOptions()
+    if isinstance(table, SlurmOptions):
+        return table
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{where}: expected a table, got {table!r}")
+    known = {field.name for field in attrs.fields(SlurmOptions)}
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown field(s) {', '.join(unknown)}; expected some of "
+            + ", ".join(sorted(known))
+        )
+    if "hold_on_pause" in table and not isinstance(table["hold_on_pause"], bool):
+        raise ConfigError(f"{where}.hold_on_pause: got {table['hold_on_pause']!r}, expected a bool")
+    try:
+        return SlurmOptions(**table)
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("slurm.", f"{where}.", 1)) from None
+
+
+def _exit_code(text: str | None) -> tuple[int | None, int | None]:
+    """``3:0`` -> (3, None); ``0:15`` -> (None, 15)."""
+    if not text or ":" not in text:
+        return None, None
+    code, _, signal = text.partition(":")
+    try:
+        code_number, signal_number = int(code), int(signal)
+    except ValueError:
+        return None, None
+    return (None, signal_number) if signal_number else (code_number, None)
+
+
+def status_of(
+    job_id: str, raw: str, exit_code: str | None = None, reason: str | None = None
+) -> JobStatus:
+    word = raw.split()[0].rstrip("+") if raw else "UNKNOWN"
+    code, signal = _exit_code(exit_code)
+    return JobStatus(
+        job_id=job_id,
+        state=STATES.get(word, "unknown"),
+        raw=word,
+        exit_code=code,
+        signal=signal,
+        reason=None if reason in (None, "None", "(null)") else reason,
+    )
+
+
+class Slurm:
+    """Slurm's commands (sbatch, squeue, scontrol, sacct, scancel), through a transport."""
+
+    name = "slurm"
+
+    def __init__(self, *, user: str | None = None) -> None:
+        self.user = user
+        self.calls: dict[str, int] = {}
+        """Commands run so far, by name (``squeue`` ...): what the tests and benchmarks count."""
+
+    async def _run(self, transport: Transport, argv: list[str], *, check: bool = True) -> str:
+        self.calls[argv[0]] = self.calls.get(argv[0], 0) + 1
+        result = await transport.run(argv)
+        if check and not result.ok:
+            detail = result.stderr.decode(errors="replace").strip()[-400:]
+            raise BackendError(f"{transport.host}: {' '.join(argv[:2])} failed: {detail}")
+        return result.stdout.decode(errors="replace")
+
+    def job_name(self, key: str) -> str:
+        return f"corra-{key}"
+
+    def render(
+        self,
+        key: str,
+        argv: Sequence[str],
+        *,
+        run_dir: str,
+        work_dir: str,
+        options: SlurmOptions,
+        env: Mapping[str, str] | None = None,
+    ) -> str:
+        array = options.array is not None
+        out = f"{run_dir}/stdout" + (".%a" if array else "")
+        err = f"{run_dir}/stderr" + (".%a" if array else "")
+        lines = [
+            "#!/bin/sh",
+            f"#SBATCH --job-name={self.job_name(key)}",
+            f"#SBATCH --output={out}",
+            f"#SBATCH --error={err}",
+            *(f"#SBATCH {directive}" for directive in options.directives()),
+            "# written by corra: the job id when it starts, its exit record when it ends",
+            f"run={shlex.quote(run_dir)}",
+            "suffix=${SLURM_ARRAY_TASK_ID:+.$SLURM_ARRAY_TASK_ID}",
+            'echo "${SLURM_ARRAY_JOB_ID:-$SLURM_JOB_ID}" > "$run/job_id$suffix.tmp" && '
+            'mv -f "$run/job_id$suffix.tmp" "$run/job_id$suffix"',
+            *(f"export {name}={shlex.quote(value)}" for name, value in (env or {}).items()),
+            f"mkdir -p {shlex.quote(work_dir)} && cd {shlex.quote(work_dir)} || exit 1",
+            "started=$(date +%s)",
+            " ".join(shlex.quote(word) for word in argv),
+            "rc=$?",
+            'printf \'{"returncode": %d, "started_at": %s, "ended_at": %s}\\n\' '
+            '"$rc" "$started" "$(date +%s)" > "$run/exit$suffix.json.tmp" && '
+            'mv -f "$run/exit$suffix.json.tmp" "$run/exit$suffix.json"',
+            'exit "$rc"',
+        ]
+        return "\n".join(lines) + "\n"
+
+    async def submit(self, transport: Transport, script: str, run_dir: str) -> str:
+        out = await self._run(transport, ["sbatch", "--parsable", script])
+        job_id = out.strip().split(";")[0]
+        if not job_id.isdigit():
+            raise BackendError(f"{transport.host}: sbatch answered {out!r}, expected a job id")
+        return job_id
+
+    def _user(self) -> list[str]:
+        return ["--me"] if self.user is None else ["-u", self.user]
+
+    async def poll(self, transport: Transport, job_ids: Sequence[str]) -> dict[str, JobStatus]:
+        """One ``squeue`` for every job of the user; arrays by their job id (a task's state
+        is its job's while any task is queued)."""
+        out = await self._run(transport, ["squeue", "-h", "-r", *self._user(), "-o", "%i|%T|%r"])
+        wanted = set(job_ids)
+        statuses: dict[str, JobStatus] = {}
+        for line in out.splitlines():
+            parts = line.strip().split("|")
+            if len(parts) != 3:
+                continue
+            job_id, raw, reason = parts
+            base = job_id.split("_")[0]
+            if base not in wanted:
+                continue
+            status = status_of(base, raw, reason=reason)
+            current = statuses.get(base)
+            if current is None or (current.state != "running" and status.state == "running"):
+                statuses[base] = status
+        return statuses
+
+    async def final_status(self, transport: Transport, job_id: str) -> JobStatus | None:
+        statuses = await self.final_statuses(transport, [job_id])
+        return statuses.get(job_id)
+
+    async def final_statuses(
+        self, transport: Transport, job_ids: Sequence[str]
+    ) -> dict[str, JobStatus]:
+        """From one ``scontrol show job -o`` (every job slurmctld remembers), then ``sacct``
+        for the rest where accounting exists."""
+        wanted = set(job_ids)
+        found: dict[str, JobStatus] = {}
+        out = await self._run(transport, ["scontrol", "show", "job", "-o"], check=False)
+        for line in out.splitlines():
+            fields = dict(item.split("=", 1) for item in line.split() if "=" in item)
+            job_id = fields.get("ArrayJobId") or fields.get("JobId", "")
+            if job_id not in wanted:
+                continue
+            status = status_of(job_id, fields.get("JobState", ""), fields.get("ExitCode"))
+            previous = found.get(job_id)
+            # an array is as bad as its worst task
+            if previous is None or (previous.state == "completed" and status.state != "completed"):
+                found[job_id] = status
+        missing = sorted(wanted - set(found))
+        if missing:
+            out = await self._run(
+                transport,
+                ["sacct", "-n", "-P", "-X", "-o", "JobID,State,ExitCode", "-j", ",".join(missing)],
+                check=False,
+            )
+            for line in out.splitlines():
+                parts = line.split("|")
+                if len(parts) == 3:
+                    base = parts[0].split("_")[0]
+                    if base in wanted and base not in found:
+                        found[base] = status_of(base, parts[1], parts[2])
+        return {job_id: status for job_id, status in found.items() if status.final}
+
+    async def find(self, transport: Transport, key: str) -> str | None:
+        out = await self._run(
+            transport,
+            ["squeue", "-h", *self._user(), "--name", self.job_name(key), "-o", "%i"],
+        )
+        ids = sorted({line.strip().split("_")[0] for line in out.splitlines() if line.strip()})
+        if len(ids) > 1:
+            raise BackendError(f"{transport.host}: key {key} names jobs {ids}; expected one")
+        return ids[0] if ids else None
+
+    async def cancel(self, transport: Transport, job_id: str) -> None:
+        await self._run(transport, ["scancel", job_id])
+
+    async def hold(self, transport: Transport, job_id: str) -> None:
+        await self._run(transport, ["scontrol", "hold", job_id])
+
+    async def release(self, transport: Transport, job_id: str) -> None:
+        await self._run(transport, ["scontrol", "release", job_id])

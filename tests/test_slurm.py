@@ -1,0 +1,146 @@
+"""The Slurm backend against a real single-node Slurm (tests/_slurm.py), on a local transport."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import _slurm
+import attrs
+import pytest
+import trio
+
+from corra.backends.batch import BatchHost, SchedulerBackend
+from corra.backends.slurm import Slurm, SlurmOptions, parse_slurm_options
+from corra.backends.transport import LocalTransport
+
+pytestmark = pytest.mark.slow
+
+
+@attrs.frozen
+class JobSpec:
+    argv: tuple[str, ...]
+    host: str = "cluster"
+    cwd: str | None = None
+    env: dict[str, str] = attrs.field(factory=dict)
+    name: str | None = None
+    slurm: SlurmOptions = attrs.field(factory=SlurmOptions)
+
+
+@contextlib.asynccontextmanager
+async def backend_for(
+    cluster: _slurm.SlurmCluster, root: Path, poll_interval: float = 0.5, **options: float
+) -> AsyncIterator[SchedulerBackend]:
+    transport = LocalTransport(env={"SLURM_CONF": str(cluster.conf)})
+    host = BatchHost(
+        name="cluster",
+        transport=transport,
+        work_root=str(root),
+        poll_interval=poll_interval,
+        **options,  # type: ignore[arg-type]
+    )
+    async with SchedulerBackend({"cluster": host}, Slurm()) as backend:
+        yield backend
+
+
+async def test_jobs_complete_fail_and_are_found_by_key(
+    slurm: _slurm.SlurmCluster, tmp_path: Path
+) -> None:
+    async with backend_for(slurm, tmp_path) as backend:
+        ok = await backend.launch("j1.1", JobSpec(argv=("sh", "-c", "echo hello $CORRA_ATTEMPT")))
+        bad = await backend.launch("j2.1", JobSpec(argv=("sh", "-c", "echo no >&2; exit 3")))
+        again = await backend.launch("j1.1", JobSpec(argv=("sh", "-c", "echo hello")))
+        assert again["job_id"] == ok["job_id"]  # found by key: not submitted twice
+        result = await backend.wait(ok)
+        assert result.returncode == 0 and result.ok
+        assert await backend.read_log("j1.1", "stdout", 0, 100) == b"hello 1\n"
+        failed = await backend.wait(bad)
+        assert failed.returncode == 3
+        assert await backend.read_log("j2.1", "stderr", 0, 100) == b"no\n"
+        found = await backend.find("j1.1")
+        assert found is not None and found["job_id"] == ok["job_id"]
+        assert await backend.find("never.1") is None
+
+
+async def test_cancel_and_hold_release(slurm: _slurm.SlurmCluster, tmp_path: Path) -> None:
+    async with backend_for(slurm, tmp_path) as backend:
+        long = await backend.launch("j3.1", JobSpec(argv=("sleep", "60")))
+        with trio.fail_after(20):
+            while "RUNNING" not in slurm.run("squeue", "-h", "-j", long["job_id"], "-o", "%T"):
+                await trio.sleep(0.2)
+        result = await backend.kill(long, grace=1)
+        assert result is not None and result.killed and result.returncode is None
+
+        options = SlurmOptions(hold_on_pause=True, extra=("--begin=now+60",))
+        pending = await backend.launch("j4.1", JobSpec(argv=("true",), slurm=options))
+        await backend.pause(pending)
+        reason = slurm.run("squeue", "-h", "-j", pending["job_id"], "-o", "%r").strip()
+        assert reason in ("JobHeldUser", "JobHeldAdmin")  # admin when we are root
+        await backend.resume(pending)
+        reason = slurm.run("squeue", "-h", "-j", pending["job_id"], "-o", "%r").strip()
+        assert not reason.startswith("JobHeld")
+        await backend.kill(pending, grace=0)
+
+
+async def test_an_array_runs_every_task(slurm: _slurm.SlurmCluster, tmp_path: Path) -> None:
+    async with backend_for(slurm, tmp_path) as backend:
+        spec = JobSpec(
+            argv=("sh", "-c", 'echo task $SLURM_ARRAY_TASK_ID; [ "$SLURM_ARRAY_TASK_ID" != 2 ]'),
+            slurm=SlurmOptions(array="0-3"),
+        )
+        handle = await backend.launch("j5.1", spec)
+        result = await backend.wait(handle)
+        assert result.returncode == 1  # task 2 failed: the array failed
+        outputs = sorted(p.name for p in (tmp_path / "j5.1").glob("stdout.*"))
+        assert outputs == ["stdout.0", "stdout.1", "stdout.2", "stdout.3"]
+        assert sorted(p.name for p in (tmp_path / "j5.1").glob("exit.*.json")) == [
+            f"exit.{n}.json" for n in range(4)
+        ]
+
+
+async def test_one_squeue_per_interval_for_a_hundred_jobs(
+    slurm: _slurm.SlurmCluster, tmp_path: Path
+) -> None:
+    async with backend_for(slurm, tmp_path, poll_interval=1.0, submit_rate=100) as backend:
+        held = SlurmOptions(extra=("--hold",))
+        handles = [
+            await backend.launch(f"j6-{n}.1", JobSpec(argv=("true",), slurm=held))
+            for n in range(100)
+        ]
+        calls = backend.scheduler.calls
+        async with trio.open_nursery() as nursery:
+            for handle in handles:
+                nursery.start_soon(backend.wait, handle)
+            await trio.sleep(0.5)
+            before = calls.get("squeue", 0)
+            await trio.sleep(3.0)
+            polls = calls.get("squeue", 0) - before
+            assert 2 <= polls <= 4  # one per second, whatever the number of jobs
+            slurm.run("scancel", *[handle["job_id"] for handle in handles])
+        assert calls.get("sbatch") == 100
+
+
+def test_slurm_options_are_validated() -> None:
+    options = parse_slurm_options({"partition": "debug", "cpus_per_task": 2, "time": "1:00"})
+    assert options.directives() == ["--partition=debug", "--time=1:00", "--cpus-per-task=2"]
+    for table, message in (
+        ({"cpus_per_task": 0}, r"slurm\.cpus_per_task: got 0"),
+        ({"time": "soon"}, r"slurm\.time: got 'soon'"),
+        ({"extra": ["--x=1\n#SBATCH --y"]}, r"slurm\.extra\[0\]"),
+        ({"partition": "a b"}, r"slurm\.partition"),
+        ({"bogus": 1}, r"slurm: unknown field\(s\) bogus"),
+    ):
+        with pytest.raises(Exception, match=message):
+            parse_slurm_options(table)
+
+
+def test_a_script_quotes_every_word() -> None:
+    script = Slurm().render(
+        "k.1",
+        ["printf", "%s", "a b", "$(rm -rf /)"],
+        run_dir="/r",
+        work_dir="/r/work",
+        options=SlurmOptions(),
+    )
+    assert "printf %s 'a b' '$(rm -rf /)'" in script
