@@ -253,7 +253,7 @@ def test_host_tables_are_validated() -> None:
 async def test_old_connections_are_rotated_and_idle_ones_closed(sshd: _sshd.Sshd) -> None:
     async with pool_for(host_for(sshd, max_age=1.0, idle_timeout=30)) as pool:
         transport = SshTransport(pool)
-        deadline = trio.current_time() + 3.2
+        deadline = trio.current_time() + 3.5
         while trio.current_time() < deadline:
             assert (await transport.run(["true"])).ok
             await trio.sleep(0.1)

@@ -96,6 +96,34 @@ class LoginSettings:
     """Logins that may happen at once after a quiet period."""
 
 
+@attrs.frozen
+class SlurmSettings:
+    """A host's ``[hosts.NAME.slurm]`` table: how corra uses the Slurm there."""
+
+    poll_interval: float = attrs.field(
+        default=10.0, validator=_number("slurm.poll_interval", minimum=0.01)
+    )
+    """Seconds between the polls of the host's jobs (one ``squeue`` for all of them)."""
+    submit_rate: float = attrs.field(
+        default=2.0, validator=_number("slurm.submit_rate", minimum=0.001)
+    )
+    """Submissions and polls per second in the long run (Slurm's own limiter: 2/s)."""
+    submit_burst: int = attrs.field(
+        default=30, validator=_number("slurm.submit_burst", minimum=1, integer=True)
+    )
+    """Submissions and polls that may go at once after a quiet period."""
+    work_root: str | None = attrs.field(default=None)
+    """Where job run dirs go (default ``~/.corra/jobs`` on the host)."""
+
+
+def _env_table(instance: Any, attribute: Any, value: Any) -> None:
+    if not isinstance(value, dict) or not all(
+        isinstance(key, str) and key and "=" not in key and isinstance(item, str)
+        for key, item in value.items()
+    ):
+        raise ConfigError(f'env: got {value!r}, expected a table of NAME = "value" strings')
+
+
 def _optional_str(name: str) -> Any:
     def check(instance: Any, attribute: Any, value: Any) -> None:
         if value is not None and (not isinstance(value, str) or not value or "\0" in value):
@@ -127,6 +155,9 @@ class HostConfig:
     python: str = attrs.field(default="python3", validator=_optional_str("python"))
     """The remote Python that runs the chaperone (3.6 or newer, standard library only)."""
     pool: PoolSettings = attrs.field(factory=PoolSettings)
+    slurm: SlurmSettings = attrs.field(factory=SlurmSettings)
+    env: dict[str, str] = attrs.field(factory=dict, validator=_env_table)
+    """Environment for every command corra runs on the host (``SLURM_CONF`` ...)."""
 
     @name.validator
     def _check_name(self, attribute: Any, value: Any) -> None:
@@ -188,6 +219,8 @@ _HOST_FIELDS = {
     "work_root",
     "python",
     "pool",
+    "slurm",
+    "env",
 }
 
 
@@ -203,6 +236,20 @@ def parse_host(name: str, table: object) -> HostConfig:
             + ", ".join(sorted(_HOST_FIELDS))
         )
     fields = dict(table)
+    slurm_table = fields.pop("slurm", {})
+    if not isinstance(slurm_table, Mapping):
+        raise ConfigError(f"{where}.slurm: expected a table, got {slurm_table!r}")
+    slurm_known = {field.name for field in attrs.fields(SlurmSettings)}
+    slurm_unknown = sorted(set(slurm_table) - slurm_known)
+    if slurm_unknown:
+        raise ConfigError(
+            f"{where}.slurm: unknown setting(s) {', '.join(slurm_unknown)}; expected some of "
+            + ", ".join(sorted(slurm_known))
+        )
+    try:
+        fields["slurm"] = SlurmSettings(**slurm_table)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}.{exc}") from None
     pool = fields.pop("pool", {})
     if not isinstance(pool, Mapping):
         raise ConfigError(f"{where}.pool: expected a table, got {pool!r}")

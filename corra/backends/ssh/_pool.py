@@ -157,13 +157,20 @@ class _Release:
     refused: bool = False
 
 
-async def _connect(host: HostConfig) -> Any:
-    options = host.connect_options()
-    return await trio_asyncio.aio_as_trio(asyncssh.connect)(host.hostname or host.name, **options)
+def _enter_loop(loop: Any) -> None:
+    """Make ``loop`` this task's asyncio loop (asyncio code finds its loop through this
+    context variable; a task started before the loop was opened has none)."""
+    if loop is not None and trio_asyncio.current_loop.get() is None:
+        trio_asyncio.current_loop.set(loop)
 
 
-async def _wait_closed(conn: Any) -> None:
-    await trio_asyncio.aio_as_trio(conn.wait_closed)()
+def asyncio_loop() -> Any:
+    """The runtime's trio-asyncio loop, captured where it is open (the pools' tasks may have
+    been started outside it)."""
+    loop = trio_asyncio.current_loop.get()
+    if loop is None:
+        raise RuntimeError("SSH needs the runtime's asyncio loop (trio_asyncio.open_loop)")
+    return loop
 
 
 class SshPool(Actor):
@@ -174,14 +181,16 @@ class SshPool(Actor):
         host: HostConfig,
         budget: TokenBucket,
         *,
-        connect: Callable[[HostConfig], Awaitable[Any]] = _connect,
-        wait_closed: Callable[[Any], Awaitable[None]] = _wait_closed,
+        loop: Any = None,
+        connect: Callable[[HostConfig], Awaitable[Any]] | None = None,
+        wait_closed: Callable[[Any], Awaitable[None]] | None = None,
     ) -> None:
         self.host = host
         self.settings = host.pool
         self.budget = budget
-        self._connect = connect
-        self._wait_closed = wait_closed
+        self._loop = loop
+        self._connect = connect or self._asyncssh_connect
+        self._wait_closed = wait_closed or self._asyncssh_wait_closed
         self._connections: list[_Connection] = []
         self._waiting: deque[_Ticket] = deque()
         self._numbers = itertools.count(1)
@@ -205,6 +214,13 @@ class SshPool(Actor):
             0,
         )
 
+    async def _asyncssh_connect(self, host: HostConfig) -> Any:
+        connect = trio_asyncio.aio_as_trio(asyncssh.connect, loop=self._loop)
+        return await connect(host.hostname or host.name, **host.connect_options())
+
+    async def _asyncssh_wait_closed(self, conn: Any) -> None:
+        await trio_asyncio.aio_as_trio(conn.wait_closed, loop=self._loop)()
+
     # -- the actor -----------------------------------------------------------------------
 
     def lifespan(self) -> contextlib.AbstractAsyncContextManager[object]:
@@ -212,6 +228,7 @@ class SshPool(Actor):
 
     @contextlib.asynccontextmanager
     async def _background(self) -> AsyncIterator[None]:
+        _enter_loop(self._loop)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._connector)
@@ -392,7 +409,7 @@ class SshPool(Actor):
 
     async def _tidy(self) -> None:
         """Rotation, idle closing and noticing connections the server closed."""
-        period = max(0.05, min(1.0, self.settings.idle_timeout / 4))
+        period = max(0.05, min(1.0, self.settings.idle_timeout / 4, self.settings.max_age / 10))
         while True:
             await trio.sleep(period)
             now = trio.current_time()
@@ -421,9 +438,12 @@ class PoolHandle:
     of the pool actor by its supervisor.
     """
 
-    def __init__(self, host: HostConfig, current: Callable[[], Ref | None]) -> None:
+    def __init__(
+        self, host: HostConfig, current: Callable[[], Ref | None], *, loop: Any = None
+    ) -> None:
         self.host = host
         self._current = current
+        self.loop = loop
         self._cached: Ref | None = None
 
     def _ref(self) -> Ref:
@@ -479,10 +499,12 @@ class PoolHandle:
         during the operation is retried only when ``retry_safe``, else `ConnectionFailed`.
         """
         retries = self.host.pool.operation_retries
+        _enter_loop(self.loop)
         for attempt in itertools.count():
             async with self.lease() as lease:
                 try:
-                    return await trio_asyncio.aio_as_trio(operation)(lease.connection)
+                    call = trio_asyncio.aio_as_trio(operation, loop=self.loop)
+                    return await call(lease.connection)
                 except asyncssh.ChannelOpenError as exc:
                     # "open failed" on a live connection is the server's MaxSessions; on a
                     # closed one the connection is gone. Either way nothing ran.
@@ -525,9 +547,10 @@ class PoolRegistry:
     """One pool actor per (user, host, port) in a runtime, under the ``/ssh`` supervisor,
     all sharing one login budget."""
 
-    def __init__(self, supervisor: SupervisorRef, budget: TokenBucket) -> None:
+    def __init__(self, supervisor: SupervisorRef, budget: TokenBucket, *, loop: Any = None) -> None:
         self.supervisor = supervisor
         self.budget = budget
+        self.loop = loop if loop is not None else asyncio_loop()
         self._handles: dict[tuple[str | None, str, int | None], PoolHandle] = {}
         self._lock = trio.Lock()
 
@@ -543,11 +566,11 @@ class PoolRegistry:
                 child_id = f"{host.user or ''}@{host.hostname or host.name}:{host.port or ''}"
                 spec = ChildSpec(
                     id=child_id,
-                    start=lambda: SshPool(host, self.budget),
+                    start=lambda: SshPool(host, self.budget, loop=self.loop),
                     restart="permanent",
                 )
                 await self.supervisor.start_child(spec)
-                handle = PoolHandle(host, lambda: self._current(child_id))
+                handle = PoolHandle(host, lambda: self._current(child_id), loop=self.loop)
                 self._handles[key] = handle
         return handle
 

@@ -41,7 +41,10 @@ class SshTransport:
         """Run ``argv`` on the host. ``retry_safe=False`` for a command that must not run
         twice: a connection that breaks under it raises `ConnectionFailed` instead."""
         words = check_argv(argv)
-        command = quote_argv(words)
+        env = self.pool.host.env
+        command = quote_argv(
+            ["env", *(f"{name}={value}" for name, value in env.items()), *words] if env else words
+        )
 
         async def operation(connection: Any) -> CommandResult:
             completed = await connection.run(
