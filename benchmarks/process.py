@@ -12,15 +12,19 @@
   every value parsed with ``json.loads`` and nothing validated, the least any recovery could
   do. Aim: 2 s.
 - ``local_programs_c1``, ``local_programs_c8``: programs of ``true`` per second through a
-  durable runtime (``spawn_process`` + ``ref.wait``, a full lifecycle with four durable
-  transitions, a chaperone per program), by 1 or 8 concurrent submitters (``max_running=8``).
+  durable runtime (``spawn_process`` + ``ref.wait``, a full lifecycle with four transitions,
+  every one durable, of which the program waits for three: created, launching and finished,
+  or two when the backend offers ``try_acquire_slot``; see ``corra.actors._process``; a
+  chaperone per program), by 1 or 8 concurrent submitters (``max_running=8``).
   Baseline: ``trio.run_process(["true"])`` by as many workers. Goal: 0.8.
 - ``local_backend_c1``, ``local_backend_c8``: the `LocalBackend` alone (slot, launch, wait; the
   measurement of ``benchmarks.process_local``) against the same baseline, report only: the
   part of the cost that is the chaperone's, not the runtime's.
 - ``lifecycle_vs_plumpy``: processes per second through a three-state lifecycle with a snapshot
   per state: corra's process actors over a backend whose programs end at once, with a
-  non-durable runtime (four snapshots per process: created, launching, running, finished),
+  non-durable runtime (four transitions per process in its history: created, launching,
+  running, finished; the backend has a slot free at every submission, so created and
+  launching are one write, and three snapshots are written: launching, running, finished),
   against ``plumpy.Process`` subclasses (``run`` -> ``Continue(step2)`` -> finished) that save
   a checkpoint to ``plumpy.InMemoryPersister`` on entering every state (created, running,
   running, finished: four too). Both sides run the processes with `LIFECYCLE_WORKERS`
@@ -309,10 +313,14 @@ async def corra_local_programs(count: int, concurrency: int) -> float:
 
 class NoopBackend:
     """A `corra.actors._process.Backend` whose programs end at once, successfully: what is left
-    of a process lifecycle is the runtime's own work (actors, transitions, snapshots)."""
+    of a process lifecycle is the runtime's own work (actors, transitions, snapshots). It has
+    no limit on running programs, so a slot is always free (`try_acquire_slot`)."""
 
     async def acquire_slot(self, key: str) -> None:
         await trio.lowlevel.checkpoint()
+
+    def try_acquire_slot(self, key: str) -> bool:
+        return True  # no limit: a slot is always free
 
     def release_slot(self, key: str) -> None:
         pass

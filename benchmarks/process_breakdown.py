@@ -13,13 +13,17 @@ interleaved rounds, and prints the medians of:
 - ``wait``: `Backend.wait`, until the chaperone's exit message (event-driven: a pipe);
 - ``commit``: time the store's writer thread spent in write transactions (the commit and, for
   a durable store, its fsyncs), per program; ``commits`` per program (4 transitions each, fewer
-  when group commit batches concurrent ones);
+  when group commit batches concurrent ones, or when one write carries two of them);
+- ``waited``: durable writes per program that its submitter or its process actor waited for,
+  one after the other (``Store.save``; a write in the background, ``Store.save_nowait``, is not
+  waited for);
 - ``spawn``: ``spawn_process`` (the submission's durable write and the actor's start);
 - ``loop CPU``: CPU time of the event loop's thread per program (actors, supervisor, codec,
   the backend's work on the loop), against the wall time per program.
 
-Only the store's commit is instrumented from outside (a wrapper around ``Store._commit`` in this
-interpreter); nothing in corra is changed.
+Only the store is instrumented from outside (wrappers around ``Store._commit`` and
+``Store.save`` in this interpreter); nothing in corra is changed. The backend is wrapped to time
+it; it offers ``try_acquire_slot`` if `LocalProcessBackend` does.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ from corra.persistence import _store
 
 _COMMITS: list[float] = []
 _original_commit = _store.Store._commit
+_WAITED: list[int] = [0]
+_original_save = _store.Store.save
 
 
 def _timed_commit(self: _store.Store, batch: list[Any]) -> None:
@@ -53,12 +59,20 @@ def _timed_commit(self: _store.Store, batch: list[Any]) -> None:
         _COMMITS.append(time.perf_counter() - started)
 
 
+async def _counted_save(self: _store.Store, *args: Any, **kwargs: Any) -> None:
+    _WAITED[0] += 1
+    await _original_save(self, *args, **kwargs)
+
+
 class TimedBackend:
     """`LocalProcessBackend`, with the time of every launch and wait written down."""
 
     def __init__(self, inner: LocalProcessBackend) -> None:
         self.inner = inner
         self.times: dict[str, list[float]] = collections.defaultdict(list)
+        try_acquire = getattr(inner, "try_acquire_slot", None)
+        if try_acquire is not None:
+            self.try_acquire_slot = try_acquire
 
     async def acquire_slot(self, key: str) -> None:
         await self.inner.acquire_slot(key)
@@ -106,6 +120,7 @@ async def one_run(count: int, concurrency: int, durable: bool, cgroups: str) -> 
             await (await runtime.spawn_process(["true"])).wait()  # zygote, cgroup parents
             backend.times.clear()
             _COMMITS.clear()
+            _WAITED[0] = 0
             numbers = itertools.count()
 
             async def worker() -> None:
@@ -123,6 +138,7 @@ async def one_run(count: int, concurrency: int, durable: bool, cgroups: str) -> 
                     nursery.start_soon(worker)
             wall, cpu = time.perf_counter() - started, time.thread_time() - cpu
             commits = list(_COMMITS)
+            waited = _WAITED[0]
     finally:
         await inner.aclose()
     return {
@@ -132,6 +148,7 @@ async def one_run(count: int, concurrency: int, durable: bool, cgroups: str) -> 
         "wait": statistics.mean(backend.times["wait"]) * 1e3,
         "commit": sum(commits) / count * 1e3,
         "commits": len(commits) / count,
+        "waited": waited / count,
         "spawn": statistics.mean(spawns) * 1e3,
         "loop CPU": cpu / count * 1e3,
     }
@@ -151,6 +168,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     _store.Store._commit = _timed_commit  # type: ignore[method-assign]
+    _store.Store.save = _counted_save  # type: ignore[method-assign]
     for concurrency in (1, 8):
         count = args.programs * (2 if concurrency > 1 else 1)
         samples: dict[str, list[dict[str, float]]] = collections.defaultdict(list)
@@ -166,7 +184,7 @@ def main() -> None:
         for name, _, _ in VARIANTS:
             medians = [statistics.median(s[column] for s in samples[name]) for column in columns]
             print(f"{name:24s}" + "".join(f"{value:11.2f}" for value in medians))
-    print("\nall but programs/s and commits are milliseconds per program")
+    print("\nall but programs/s, commits and waited are milliseconds per program")
 
 
 if __name__ == "__main__":

@@ -3,19 +3,22 @@
 Each figure is programs per second of ``true``, launched and waited for, by ``concurrency``
 workers that each take the next program as soon as their last one ended:
 
-- corra: ``acquire_slot``, ``launch`` (a chaperone forked by the zygote, which claims the run
-  dir, spawns the program in its own cgroup and reports on a pipe), ``wait`` (the exit record
-  from the same pipe, sent once exit.json is in place, before it is fsynced),
-  ``release_slot``;
+- corra: ``acquire_slot``, ``launch`` (a request to the root's shared chaperone, which claims
+  the run dir by renaming a spare one into place, spawns the program in a cgroup of its own and
+  answers on the backend's connection), ``wait`` (the exit record on the same connection, sent
+  once exit.json is in place, before it is made durable), ``release_slot``;
 - baseline: ``trio.run_process(["true"])``.
 
 Every measurement runs in its own ``trio.run``, with a fresh root under ``$CORRA_BENCH_DIR``
 (default ``.corra/bench`` in the current directory, where a runtime's state would be). Roots are
 removed when the interpreter exits, not between rounds: on ext4 without a journal (as on the
-machines this was written on) every inode deleted in the last minute makes the next inode
-allocation in its group slower (``recently_deleted``), so deleting one round's run dirs would
-slow the next round down; /tmp there was slow for the same reason (a file took 1-1.5 ms to
-create, against 0.04 ms elsewhere on the disk).
+machines this was written on) every inode deleted in the last minutes (up to five, while its
+inode table block is not written back) makes the next inode allocation in its group slower
+(``recently_deleted``), so deleting one round's run dirs would slow the next round down; /tmp
+there was slow for the same reason (a file took 1-1.5 ms to create, against 0.04 ms elsewhere
+on the disk). For the same reason a run that starts minutes after another one pays for that
+one's cleanup (the shared chaperone makes its run dirs ahead of need, but they cost CPU all
+the same): leave a few minutes between runs.
 
 The suite is not registered here: `benchmarks` builds it from these functions.
 """
@@ -76,7 +79,7 @@ async def corra_local_true(count: int, concurrency: int, **backend_options: obje
     """``true`` through `LocalBackend` (launch, wait, with a slot); programs per second."""
     root = await trio.to_thread.run_sync(_scratch)
     async with LocalBackend(root, **backend_options) as backend:  # type: ignore[arg-type]
-        # Warm-up outside the figure: starts the zygote, creates the cgroup parents.
+        # Warm-up outside the figure: starts the shared chaperone, creates the cgroup parents.
         await backend.wait(await backend.launch("warm-up", TRUE))
 
         async def one(number: int) -> None:

@@ -19,15 +19,22 @@ from corra._errors import ConfigError, CorraError
 from corra.actors import _runtime as kernel
 from corra.actors._lifecycle import ProcessState, Result
 from corra.actors._process import Backend, ProcessManager, RecoveryReport
-from corra.actors._records import ProcessRecord, ProcessSpec, Transition, parse_process_spec
+from corra.actors._records import (
+    ProcessRecord,
+    ProcessSpec,
+    Transition,
+    encode_record_data,
+    encode_transition_data,
+    parse_process_spec,
+)
 from corra.actors._specs import SupervisorFlags, SupervisorSpec
 from corra.persistence import Codec, open_store
 
 #: The state directory when none is given: ``$CORRA_STATE_DIR``, else ``./.corra``.
 STATE_DIR_ENV = "CORRA_STATE_DIR"
 
-RECORD_CODEC: Codec[ProcessRecord] = Codec(ProcessRecord, schema=1)
-HISTORY_CODEC: Codec[Transition] = Codec(Transition, schema=1)
+RECORD_CODEC: Codec[ProcessRecord] = Codec(ProcessRecord, schema=1, encode_data=encode_record_data)
+HISTORY_CODEC: Codec[Transition] = Codec(Transition, schema=1, encode_data=encode_transition_data)
 
 #: The processes supervisor: one_for_one over process actors, which are temporary (a
 #: crashed process actor is brought back by the next recovery, never in a tight loop).

@@ -256,3 +256,96 @@ async def test_blocked_senders_are_served_in_arrival_order_and_a_cancelled_one_i
                 await settle()
             assert ref.statistics().senders_waiting == 4
         assert await ref.call("end") == ["first", "queued", "s1", "s3", "s4", "end"]
+
+
+# -- actors that drive themselves (Actor.main) ---------------------------------------------
+
+
+class Driver(corra.Actor):
+    """Counts ticks in its own loop; takes messages between ticks; a wait for the next tick
+    is cut short by a message (`interrupt`)."""
+
+    def __init__(self, log: list[object]) -> None:
+        self.log = log
+        self.scope: trio.CancelScope | None = None
+        self.ticks = 0
+
+    async def main(self) -> None:
+        while not self.stopping:
+            handled = await self.handle_waiting()
+            if handled:
+                self.log.append(("handled", handled))
+            with trio.CancelScope() as self.scope:
+                await trio.sleep(10)
+                self.ticks += 1
+            self.scope = None
+            if self.ticks == 3:
+                return  # a normal exit
+
+    def interrupt(self) -> None:
+        self.log.append("interrupt")
+        if self.scope is not None:
+            self.scope.cancel()
+
+    async def handle(self, msg: object) -> object:
+        if msg == "crash":
+            raise RuntimeError("crashed on request")
+        self.log.append(msg)
+        return self.ticks
+
+
+async def test_an_actor_with_main_runs_it_in_one_task_and_takes_messages_between_steps(
+    autojump_clock,
+):
+    log: list[object] = []
+    async with corra.open_runtime() as rt:
+        ref = await rt.spawn(lambda: Driver(log), name="driver", restart="transient")
+        await trio.sleep(15)  # one tick
+        assert await ref.call("hello") == 1  # interrupted the wait, answered between steps
+        assert trio.current_time() == 15
+        assert log == ["interrupt", "hello", ("handled", 1)]
+        ref.send_nowait("a")
+        ref.send_nowait("b")
+        await settle()
+        assert ref.statistics().messages_handled == 3
+        await trio.sleep(25)  # two more ticks: main returns, a normal exit
+        assert not ref.alive
+        assert rt.root.which_children()[0].status == "stopped"  # transient: not restarted
+        with pytest.raises(corra.ActorStopped):
+            await ref.call("late")
+
+
+async def test_a_crash_in_main_or_its_handler_crashes_the_actor_and_stop_interrupts_it(
+    autojump_clock,
+):
+    log: list[object] = []
+    async with corra.open_runtime() as rt:
+        ref = await rt.spawn(lambda: Driver(log), name="driver", restart="permanent")
+        with pytest.raises(corra.CallFailed, match="crashed on request"):
+            await ref.call("crash")
+        await settle()
+        assert not ref.alive
+        info = rt.root.which_children()[0]
+        assert (info.status, info.restarts) == ("running", 1)  # restarted, as any crash
+        again = info.ref
+        assert isinstance(again, corra.Ref)
+        log.clear()
+        started = trio.current_time()
+        await rt.root.terminate_child("driver")  # a graceful stop: interrupt, then return
+        assert log == ["interrupt"]
+        assert trio.current_time() == started and not again.alive
+
+
+async def test_messages_left_when_main_returns_fail_with_actor_stopped(autojump_clock):
+    class Quick(corra.Actor):
+        async def main(self) -> None:
+            await trio.sleep(1)
+
+        async def handle(self, msg: object) -> object:
+            raise AssertionError("never handled")
+
+    async with corra.open_runtime() as rt:
+        ref = await rt.spawn(Quick, name="quick")
+        with pytest.raises(corra.ActorStopped):
+            await ref.call("never")
+        assert trio.current_time() == 1

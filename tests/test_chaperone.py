@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import array
 import ast
+import contextlib
 import json
 import os
 import signal
@@ -191,7 +191,7 @@ def test_exec_failure_is_recorded_and_reported(tmp_path: Path):
 def test_fork_exec_where_posix_spawn_is_missing(tmp_path: Path, argv: list, expected: dict):
     run_dir = tmp_path / "run"
     write_spec(run_dir, argv)
-    _, notify = start(run_dir, prelude="import os\ndel os.posix_spawn")
+    _, notify = start(run_dir, prelude="import os\ndel os.posix_spawn, os.posix_spawnp")
     with notify:  # type: ignore[attr-defined]
         reply = json.loads(notify.readline())  # type: ignore[attr-defined]
         if reply["status"] == "started":
@@ -220,30 +220,216 @@ def test_process_start_survives_odd_command_names():
     assert chaperone.process_start(process.pid) is None
 
 
-def ask_zygote(server: socket.socket, request: bytes) -> list[dict]:
-    """Send one request with a fresh notify pipe; every line the chaperone sends back."""
+# the shared chaperone -------------------------------------------------------------------
+
+
+def serve(root: Path, idle_exit: float = 10.0) -> tuple[str, dict]:
+    """Start ``chaperone.py --serve ROOT``; what it said, and its pid file."""
     read_fd, write_fd = os.pipe()
-    fds = array.array("i", [write_fd])
-    server.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+    command = [PYTHON, "-I", "-S", SCRIPT, "--serve", str(root), "--ready-fd", str(write_fd)]
+    command += ["--idle-exit", str(idle_exit)]
+    subprocess.run(command, pass_fds=(write_fd,), check=True, timeout=10)
     os.close(write_fd)
-    with os.fdopen(read_fd, "rb") as notify:
-        return [json.loads(line) for line in notify.read().splitlines()]
+    with os.fdopen(read_fd, "rb") as ready:
+        answer = ready.read().decode().strip()
+    return answer, json.loads((root / ".chaperone.pid").read_text())
 
 
-def test_zygote_serves_requests_until_end_of_file(tmp_path: Path):
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    command = [PYTHON, "-I", "-S", SCRIPT, "--zygote", str(theirs.fileno())]
-    zygote = subprocess.Popen(command, pass_fds=(theirs.fileno(),))
-    theirs.close()
-    spec = {"argv": ["sh", "-c", "exit 9"], "cwd": None, "env": dict(os.environ)}
+class Connection:
+    """A runtime's side of the protocol, by hand."""
+
+    def __init__(self, root: Path, env: dict | None = None) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(10)
+        self.sock.connect(str(root / ".chaperone.sock"))
+        self.lines = self.sock.makefile("rb")
+        self.ids = iter(range(1, 1000))
+        self.events: list[dict] = []
+        self.hello = self.request(op="hello", version=1, env=env or dict(os.environ))
+
+    def send(self, **message: object) -> int:
+        ident = next(self.ids)
+        self.sock.sendall(json.dumps({**message, "id": ident}).encode() + b"\n")
+        return ident
+
+    def receive(self) -> dict:
+        line = self.lines.readline()
+        assert line, "the chaperone closed the connection"
+        return json.loads(line)
+
+    def request(self, **message: object) -> dict:
+        """The reply to ``message``; events that come before it are kept in ``events``."""
+        ident = self.send(**message)
+        while True:
+            reply = self.receive()
+            if reply.get("id") == ident:
+                return reply
+            self.events.append(reply)
+
+    def event(self) -> dict:
+        return self.events.pop(0) if self.events else self.receive()
+
+    def close(self) -> None:
+        self.lines.close()
+        self.sock.close()
+
+
+def alive(pid: int) -> bool:
     try:
-        # A request the forked chaperone cannot read: it dies, the pipe just ends.
-        assert ask_zygote(ours, b"not json") == []
-        request = json.dumps({"run_dir": str(tmp_path / "run"), "spec": spec}).encode()
-        started, exited = ask_zygote(ours, request)
-        assert started["status"] == "started"
-        assert exited["status"] == "exited" and exited["record"]["returncode"] == 9
-        assert zygote.poll() is None
+        return stat_fields(pid)[0] not in (b"Z", b"X")
+    except OSError:
+        return False
+
+
+def wait_gone(pid: int, within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while alive(pid):
+        assert time.monotonic() < deadline, f"{pid} is still there"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def served(tmp_path: Path):
+    """A shared chaperone for ``tmp_path/root`` and a connection to it."""
+    root = tmp_path / "root"
+    root.mkdir()
+    answer, daemon = serve(root)
+    assert answer == "ready"
+    connection = Connection(root)
+    yield root, daemon, connection
+    connection.close()
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(daemon["pid"], signal.SIGTERM)  # it kills what is left, then leaves
+
+
+def launch(connection: Connection, key: str, argv: list[str], **spec: object) -> dict:
+    return connection.request(op="launch", key=key, spec={"argv": argv, **spec})
+
+
+def test_serve_detaches_and_says_hello(served):
+    _, daemon, connection = served
+    assert connection.hello == {
+        "id": 1,
+        "op": "hello",
+        "version": 1,
+        "pid": daemon["pid"],
+        "start": daemon["start"],
+    }
+    fields = stat_fields(daemon["pid"])
+    assert int(fields[1]) != os.getpid() and int(fields[3]) == daemon["pid"]  # own session
+
+
+def test_serve_launches_reports_the_exit_and_claims_once(served, tmp_path: Path):
+    root, daemon, connection = served
+    ledger = tmp_path / "ledger"
+    argv = ["sh", "-c", f"echo ran >> {ledger}; echo out; echo err >&2; sleep 0.3; exit 3"]
+    started = launch(connection, "a.1", argv, env={"EXTRA": "1"})
+    assert started["op"] == "started"
+    program = started["program"]
+    assert stat_fields(program["pid"])[2:4] == [str(program["pid"]).encode(), b"%d" % daemon["pid"]]
+    exited = connection.event()
+    assert exited["op"] == "exited" and exited["key"] == "a.1"
+    record = exited["record"]
+    assert (record["returncode"], record["stdout_size"], record["stderr_size"]) == (3, 4, 4)
+    run_dir = root / "a.1"
+    assert json.loads((run_dir / "exit.json").read_text()) == record
+    claim, recorded = chaperone.read_claim((run_dir / "chaperone.pid").read_bytes())
+    assert claim == {**daemon, "shared": True}
+    assert {k: recorded[k] for k in program} == program
+    assert recorded["spec"]["env"] == {"EXTRA": "1"}
+    assert launch(connection, "a.1", argv) == {"id": 3, "op": "claimed"}
+    assert ledger.read_text() == "ran\n"
+
+
+def test_serve_watch_and_kill_from_another_connection(served):
+    root, _, connection = served
+    started = launch(connection, "k.1", ["sh", "-c", "trap '' TERM; sleep 30"], kill_grace=30)
+    other = Connection(root)
+    try:
+        assert other.request(op="watch", key="k.1")["op"] == "watching"
+        assert other.request(op="watch", key="nothing.1")["op"] == "unknown"
+        assert other.request(op="kill", key="k.1", grace=0.2)["op"] == "killing"
+        for each in (connection, other):
+            record = each.event()["record"]
+            assert record["killed"] and record["signal"] == signal.SIGKILL
     finally:
-        ours.close()
-    assert zygote.wait(timeout=10) == 0
+        other.close()
+    assert not alive(started["program"]["pid"])
+
+
+def test_serve_launch_errors(served, tmp_path: Path):
+    root, _, connection = served
+    failed = launch(connection, "e.1", ["nosuch-program"])
+    assert failed["op"] == "failed"
+    assert failed["error"] == "No such file or directory: 'nosuch-program'"
+    assert json.loads((root / "e.1" / "exit.json").read_text())["error"] == failed["error"]
+    missing = tmp_path / "missing"
+    invalid = launch(connection, "e.2", ["true"], cwd=str(missing))
+    assert invalid["op"] == "invalid" and str(missing) in invalid["error"]
+    assert not (root / "e.2" / "chaperone.pid").exists()
+    assert launch(connection, "../x", ["true"])["op"] == "invalid"
+    # A connection that speaks nonsense is dropped; the chaperone serves on.
+    rogue = Connection(root)
+    rogue.sock.sendall(b"nonsense\n")
+    assert rogue.lines.readline() == b""
+    rogue.close()
+    assert launch(connection, "e.3", ["true"])["op"] == "started"
+
+
+def test_serve_replaces_its_helper(served):
+    root, daemon, connection = served
+    children = Path(f"/proc/{daemon['pid']}/task/{daemon['pid']}/children").read_text().split()
+    assert len(children) == 1  # the helper, which makes spare run dirs and syncs
+    os.kill(int(children[0]), signal.SIGKILL)
+    for number in range(5):
+        assert launch(connection, f"h{number}.1", ["true"])["op"] == "started"
+        assert connection.event()["record"]["returncode"] == 0
+    for number in range(5):
+        assert (root / f"h{number}.1" / "exit.json").exists()
+
+
+def test_serve_is_one_per_root(served):
+    root, daemon, _ = served
+    answer, again = serve(root)
+    assert answer == "busy" and again == daemon
+
+
+def test_serve_leaves_when_idle_and_stays_while_programs_run(tmp_path: Path):
+    root = tmp_path / "root"
+    root.mkdir()
+    answer, daemon = serve(root, idle_exit=0.3)
+    assert answer == "ready"
+    connection = Connection(root)
+    launch(connection, "s.1", ["sleep", "0.8"])
+    connection.close()
+    time.sleep(0.6)
+    assert alive(daemon["pid"])  # nobody connected, but a program runs
+    wait_gone(daemon["pid"])
+    assert (root / "s.1" / "exit.json").exists()
+    assert not (root / ".chaperone.sock").exists()
+    assert not [path for path in root.iterdir() if path.name.startswith(".spares-")]
+
+
+def test_sigterm_to_the_shared_chaperone_kills_its_programs(served):
+    _, daemon, connection = served
+    started = launch(connection, "t.1", ["sleep", "30"], kill_grace=5)
+    os.kill(daemon["pid"], signal.SIGTERM)
+    record = connection.event()["record"]
+    assert record["killed"] and record["signal"] == signal.SIGTERM
+    assert not alive(started["program"]["pid"])
+    wait_gone(daemon["pid"])
+
+
+def test_serve_where_the_socket_path_is_too_long(tmp_path: Path):
+    root = tmp_path / ("r" * 70) / ("s" * 70)
+    root.mkdir(parents=True)
+    answer, daemon = serve(root, idle_exit=0.2)
+    assert answer == "ready"
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(chaperone.socket_address(str(root), fd))
+        sock.close()
+    finally:
+        os.close(fd)
+    wait_gone(daemon["pid"])

@@ -346,3 +346,233 @@ def test_an_absurd_old_schema_is_refused_at_once(schema):
     raw = json.dumps({"schema": schema, "type": "State", "data": {}}).encode()
     with pytest.raises(CorruptRecord, match="older than any this corra can migrate"):
         codec.decode(raw)
+
+
+# The hand-written encoders of the process records ------------------------------------------
+#
+# `corra._runtime`'s codecs encode process records and transitions with hand-written
+# functions (`encode_data`); what they write must be byte for byte what the converter writes,
+# and whatever they do not expect must take the converter's way.
+
+import gc  # noqa: E402
+import math  # noqa: E402
+
+from corra._errors import ConfigError  # noqa: E402
+from corra._runtime import HISTORY_CODEC, RECORD_CODEC  # noqa: E402
+from corra.actors import _records  # noqa: E402
+from corra.actors._lifecycle import PHASES, ProcessState, Result  # noqa: E402
+from corra.actors._records import (  # noqa: E402
+    ProcessRecord,
+    ProcessSpec,
+    Transition,
+    parse_process_spec,
+)
+
+any_text = st.text(max_size=8)
+clean_text = any_text.filter(lambda text: "\0" not in text)
+finite = st.floats(allow_nan=False, allow_infinity=False)
+json_scalars = st.none() | st.booleans() | st.integers() | finite | any_text
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(any_text, inner, max_size=3),
+    max_leaves=8,
+)
+seconds = st.integers(0, 10**6) | st.floats(0, 1e9)  # ints where floats are declared, too
+record_results = st.builds(
+    Result,
+    returncode=st.none() | st.integers(-(2**70), 2**70),
+    signal=st.none() | st.integers(1, 64),
+    started_at=st.none() | seconds,
+    ended_at=st.none() | seconds,
+    utime=seconds,
+    stime=seconds,
+    maxrss_kb=st.integers(0, 1 << 40),
+    stdout_bytes=st.integers(0, 1 << 40),
+    stderr_bytes=st.integers(0, 1 << 40),
+    timed_out=st.booleans(),
+    killed=st.booleans(),
+    error=st.none() | any_text,
+)
+process_specs = st.builds(
+    ProcessSpec,
+    argv=st.lists(clean_text, min_size=1, max_size=3).filter(lambda argv: argv[0] != "").map(tuple),
+    name=st.none() | st.from_regex(r"\A[a-z0-9][a-z0-9_.@+-]{0,10}\Z"),
+    cwd=st.none() | clean_text.filter(bool),
+    env=st.dictionaries(st.from_regex(r"\A[A-Z_]{1,6}\Z"), clean_text, max_size=2),
+    timeout=st.none() | st.integers(1, 10**6) | st.floats(0.1, 1e6),
+    restart=st.sampled_from(("temporary", "transient", "permanent")),
+    max_attempts=st.integers(1, 10),
+    kill_grace=seconds,
+    memory_limit=st.none() | st.integers(1, 1 << 40),
+    labels=st.dictionaries(any_text, any_text, max_size=2),
+)
+process_records = st.builds(
+    ProcessRecord,
+    id=any_text.filter(bool),
+    spec=process_specs,
+    state=st.builds(
+        ProcessState,
+        phase=st.sampled_from(PHASES),
+        attempt=st.integers(1, 10**6),
+        paused_from=st.none() | st.sampled_from(PHASES),
+        handle=st.none() | st.dictionaries(any_text, json_values, max_size=3),
+        reason=st.none() | any_text,
+        result=st.none() | record_results,
+        updated_at=seconds,
+    ),
+    created_at=seconds,
+)
+transitions = st.builds(
+    Transition,
+    at=seconds,
+    event=st.sampled_from(("submit", "launch", "started", "succeed", "kill")) | any_text,
+    source=st.sampled_from(PHASES),
+    target=st.sampled_from(PHASES),
+    attempt=st.integers(1, 10**6),
+    reason=st.none() | any_text,
+)
+
+
+@given(process_records)
+@settings(max_examples=300, deadline=None)
+def test_the_record_encoder_writes_what_the_converter_writes(record):
+    assert _records.encode_record_data(record) is not None  # the fast way was taken
+    raw = RECORD_CODEC.encode(record)
+    assert raw == RECORD_CODEC.encode_generic(record)
+    assert RECORD_CODEC.encode(record) == raw  # and again, from the cached texts
+    assert RECORD_CODEC.decode(raw) == record
+
+
+@given(transitions)
+@settings(max_examples=300, deadline=None)
+def test_the_transition_encoder_writes_what_the_converter_writes(transition):
+    assert _records.encode_transition_data(transition) is not None
+    raw = HISTORY_CODEC.encode(transition)
+    assert raw == HISTORY_CODEC.encode_generic(transition)
+    assert HISTORY_CODEC.decode(raw) == transition
+
+
+def test_what_the_encoders_do_not_expect_takes_the_converters_way():
+    spec = ProcessSpec(argv=("true",))
+    record = ProcessRecord("p1", spec, ProcessState(updated_at=1.0), 1.0)
+
+    class Handle(dict):  # not a dict exactly
+        pass
+
+    class Number(int):
+        pass
+
+    unusual = [
+        attrs.evolve(record, state=ProcessState(handle=Handle(a=1))),
+        attrs.evolve(record, state=ProcessState(attempt=Number(2))),
+        attrs.evolve(record, created_at=True),  # a bool is not a number here
+        attrs.evolve(record, state=ProcessState(handle={"a": {1, 2}})),  # not JSON at all
+    ]
+    assert all(_records.encode_record_data(value) is None for value in unusual[:3])
+    for value in unusual[:3]:
+        assert RECORD_CODEC.encode(value) == RECORD_CODEC.encode_generic(value)
+    with pytest.raises(TypeError):
+        RECORD_CODEC.encode(unusual[3])  # as the converter's way refuses it
+    for bad in (math.nan, math.inf):
+        with pytest.raises(ValueError, match="Out of range float"):
+            RECORD_CODEC.encode(attrs.evolve(record, created_at=bad))
+        with pytest.raises(ValueError, match="Out of range float"):
+            HISTORY_CODEC.encode(Transition(bad, "launch", "created", "launching", 1))
+        with pytest.raises(ValueError, match="Out of range float"):
+            RECORD_CODEC.encode(attrs.evolve(record, state=ProcessState(handle={"x": [bad]})))
+
+
+def test_the_record_texts_follow_their_spec_and_go_with_it():
+    shared = ProcessSpec(argv=("true",))
+    one = ProcessRecord("p1", shared, ProcessState(updated_at=1.0), 1.0)
+    two = ProcessRecord("p2", shared, ProcessState(updated_at=2.0), 2.0)  # the same spec
+    for record in (one, two, one):
+        assert RECORD_CODEC.encode(record) == RECORD_CODEC.encode_generic(record)
+    before = len(_records.record_texts)
+    del one, two, shared, record
+    gc.collect()
+    assert len(_records.record_texts) < before
+
+
+spec_inputs = st.fixed_dictionaries(
+    {"argv": st.lists(clean_text, max_size=2) | st.tuples(any_text) | any_text | st.integers()},
+    optional={
+        "name": st.none() | any_text | st.integers(),
+        "cwd": st.none() | any_text,
+        "env": st.dictionaries(any_text, any_text | st.integers(), max_size=2) | st.none(),
+        "timeout": st.none() | st.integers(-5, 5) | st.floats() | st.booleans() | any_text,
+        "restart": st.sampled_from(("temporary", "transient", "never")) | st.integers(),
+        "max_attempts": st.integers(-1, 5) | st.booleans() | st.floats(0, 5),
+        "kill_grace": st.integers(-1, 5) | st.floats() | st.none(),
+        "memory_limit": st.none() | st.integers(-1, 5) | st.floats(0, 5),
+        "pids_limit": st.none() | st.integers(-1, 5),
+        "labels": st.dictionaries(any_text, any_text, max_size=2) | st.lists(any_text),
+        "backend": st.sampled_from(("local", "mars")),
+        "bogus": st.integers(),
+    },
+)
+
+
+def parse_by_the_converter(data: dict[str, Any]) -> Any:
+    """`parse_process_spec` without its shortcut for plain input."""
+    original = _records._plain_fields
+    _records._plain_fields = lambda data: None  # type: ignore[assignment]
+    try:
+        return parse_process_spec(data)
+    finally:
+        _records._plain_fields = original
+
+
+@given(spec_inputs)
+@settings(max_examples=500, deadline=None)
+def test_plain_input_is_parsed_as_the_converter_parses_it(data):
+    outcomes = []
+    for parse in (parse_process_spec, parse_by_the_converter):
+        try:
+            spec = parse(dict(data))
+        except ConfigError as exc:
+            outcomes.append(("error", str(exc)))
+        else:
+            outcomes.append(
+                ("spec", spec, RECORD_CODEC.encode(ProcessRecord("p", spec, ProcessState(), 0.0)))
+            )
+    assert outcomes[0] == outcomes[1]
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"timeout": True}, "timeout: got True, expected seconds > 0, or nothing"),
+        ({"timeout": -1}, "timeout: got -1, expected seconds > 0, or nothing"),
+        ({"kill_grace": math.nan}, "kill_grace: got nan, expected seconds >= 0"),
+        ({"kill_grace": "x"}, "kill_grace: got 'x', expected seconds >= 0"),
+        ({"max_attempts": True}, "max_attempts: got True, expected an integer >= 1"),
+        ({"argv": (), "timeout": -1}, "argv: got (), expected a non-empty list of strings"),
+        ({"memory_limit": 0}, "memory_limit: got 0, expected bytes > 0, or nothing"),
+        ({"labels": {"a": 1}}, "labels: got {'a': 1}, expected a table of string values"),
+        ({"backend": "mars"}, "backend: got 'mars', expected one of ['local']"),
+    ],
+)
+def test_a_spec_built_in_python_names_the_first_bad_field(fields, message):
+    with pytest.raises(ConfigError) as caught:
+        ProcessSpec(**{"argv": ("true",), **fields})
+    assert str(caught.value).startswith(message)
+
+
+anything = st.none() | st.booleans() | st.integers(-2, 2) | st.floats() | any_text | st.just({})
+
+
+@given(
+    st.fixed_dictionaries(
+        {"argv": st.just(("true",)) | st.tuples(any_text) | anything},
+        optional={name: anything for name in ("name", "cwd", "env", "timeout", "restart")}
+        | {name: anything for name in ("max_attempts", "kill_grace", "memory_limit")}
+        | {name: anything for name in ("pids_limit", "labels", "backend")},
+    )
+)
+@settings(max_examples=300, deadline=None)
+def test_a_spec_is_built_or_refused_with_a_config_error_never_anything_else(fields):
+    try:
+        ProcessSpec(**fields)
+    except ConfigError as exc:
+        assert str(exc).split(":")[0] in attrs.fields_dict(ProcessSpec)  # names the field

@@ -149,3 +149,67 @@ def test_records_round_trip_through_the_codec(record):
 )
 def test_transitions_round_trip_through_the_codec(transition):
     assert HISTORY_CODEC.decode(HISTORY_CODEC.encode(transition)) == transition
+
+
+def reference_advance(state, event, *, at, process="?", handle=None, reason=None, result=None):
+    """`advance` as it was first written (with attrs.evolve), to check the faster one."""
+    import attrs
+
+    key = (state.phase, event)
+    if key not in TABLE:
+        raise InvalidTransition(process, state.phase, event)
+    target = TABLE[key]
+    changes: dict = {"updated_at": at}
+    if event == "pause":
+        changes.update(phase="paused", paused_from=state.phase, reason=reason)
+    elif event == "resume":
+        changes.update(phase=state.paused_from, paused_from=None, reason=None)
+    elif event == "retry":
+        changes.update(
+            phase="created", attempt=state.attempt + 1, handle=None, reason=reason, result=result
+        )
+    else:
+        changes["phase"] = target
+        if event == "kill":
+            changes.update(paused_from=None, reason=reason or "killed on request")
+        if handle is not None:
+            changes["handle"] = handle
+        if event != "kill":
+            changes["reason"] = reason
+        if result is not None:
+            changes["result"] = result
+    return attrs.evolve(state, **changes)
+
+
+states = st.builds(
+    ProcessState,
+    phase=st.sampled_from(PHASES),
+    attempt=st.integers(1, 5),
+    paused_from=st.none() | st.sampled_from(("created", "launching", "running")),
+    handle=st.none() | st.dictionaries(names, st.integers(), max_size=2),
+    reason=st.none() | texts,
+    result=st.none() | results,
+    updated_at=st.floats(0, 10),
+)
+
+
+@given(
+    states,
+    st.sampled_from(EVENTS),
+    st.none() | st.dictionaries(names, st.integers(), max_size=2),
+    st.none() | texts,
+    st.none() | results,
+)
+@settings(max_examples=500, deadline=None)
+def test_advance_does_what_the_first_version_did(state, event, handle, reason, result):
+    if state.phase == "paused" and state.paused_from is None:
+        state = ProcessState(phase="paused", paused_from="running")
+    try:
+        expected = reference_advance(
+            state, event, at=99.0, handle=handle, reason=reason, result=result
+        )
+    except InvalidTransition:
+        with pytest.raises(InvalidTransition):
+            advance(state, event, at=99.0, handle=handle, reason=reason, result=result)  # type: ignore[arg-type]
+        return
+    assert advance(state, event, at=99.0, handle=handle, reason=reason, result=result) == expected  # type: ignore[arg-type]

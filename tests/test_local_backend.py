@@ -1,7 +1,9 @@
-"""LocalBackend with real programs (sh, sleep, python -c), real chaperones and real cgroups.
+"""LocalBackend with real programs (sh, sleep, python -c), real chaperones (the shared one of
+a root, and own ones) and real cgroups.
 
 Tests that involve a process sleep on the real clock only as long as the process needs; the
-slot queue, which involves none, runs on virtual time.
+slot queue, which involves none, runs on virtual time. Tests marked ``kinds`` run with both
+kinds of chaperone.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import trio
 import trio.testing
 
 from corra._errors import BackendError, ConfigError, LaunchFailed, ProgramLost
-from corra.backends import _cgroups, local
+from corra.backends import _cgroups, chaperone, local
 from corra.backends.local import (
     CgroupSupport,
     ExitRecord,
@@ -78,6 +80,15 @@ def exists(path: str | Path) -> bool:
     return os.path.exists(path)
 
 
+def cgroup_done(path: str) -> bool:
+    """Nothing is left in the cgroup: it is gone (an own chaperone's) or empty (the shared
+    chaperone keeps its cgroups for the next programs)."""
+    try:
+        return "populated 0" in Path(path, "cgroup.events").read_text()
+    except FileNotFoundError:
+        return not exists(path)
+
+
 def read_bytes(path: str | Path) -> bytes:
     return Path(path).read_bytes()
 
@@ -90,30 +101,57 @@ def unlink(path: str | Path) -> None:
     Path(path).unlink()
 
 
+def _kill_recorded(recorded: dict, group: bool) -> None:
+    """SIGKILL a recorded process (its group if ``group``) if it is still that process."""
+    with contextlib.suppress(OSError, IndexError, ValueError, KeyError, TypeError):
+        pid, start = recorded["pid"], recorded["start"]
+        if int(stat_fields(pid)[19]) == start:  # still that process, not a reused pid
+            (os.killpg if group else os.kill)(pid, signal.SIGKILL)
+
+
+def _remove_cgroup(cgroup: str | None) -> None:
+    if not cgroup:
+        return
+    with contextlib.suppress(OSError):
+        Path(cgroup, "cgroup.kill").write_text("1")
+    for _ in range(100):
+        with contextlib.suppress(OSError):
+            os.rmdir(cgroup)
+        if not os.path.exists(cgroup):
+            break
+        time.sleep(0.01)
+
+
 def _cleanup(root: Path) -> None:
-    """Kill whatever a failed test left running under ``root``."""
+    """Kill whatever a failed test left running under ``root``: programs (from their pid
+    files) and own chaperones; the shared chaperone leaves by itself once idle."""
     if not root.is_dir():
         return
     for run_dir in root.iterdir():
-        for name, group in (("program.pid", True), ("chaperone.pid", False)):
-            try:
-                recorded = json.loads((run_dir / name).read_text())
-                pid, start = recorded["pid"], recorded["start"]
-            except (OSError, ValueError, KeyError):
-                continue
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                if int(stat_fields(pid)[19]) == start:  # still that process, not a reused pid
-                    (os.killpg if group else os.kill)(pid, signal.SIGKILL)
-            cgroup = recorded.get("cgroup") if group else None
-            if cgroup:
-                with contextlib.suppress(OSError):
-                    Path(cgroup, "cgroup.kill").write_text("1")
-                for _ in range(100):
-                    with contextlib.suppress(OSError):
-                        os.rmdir(cgroup)
-                    if not os.path.exists(cgroup):
-                        break
-                    time.sleep(0.01)
+        try:
+            claim, program = chaperone.read_claim((run_dir / "chaperone.pid").read_bytes())
+        except (OSError, ValueError):
+            continue
+        if claim is None:
+            continue
+        if not claim.get("shared"):
+            _kill_recorded(claim, group=False)
+            with contextlib.suppress(OSError, ValueError):
+                program = json.loads((run_dir / "program.pid").read_text())
+        if program:
+            _kill_recorded(program, group=True)
+            _remove_cgroup(program.get("cgroup"))
+
+
+def daemon_of(root: Path) -> dict | None:
+    """The root's shared chaperone, from its pid file: {"pid", "start"}, if it is alive."""
+    try:
+        recorded = json.loads((root / ".chaperone.pid").read_text())
+    except (OSError, ValueError):
+        return None
+    if not alive(recorded["pid"]) or int(stat_fields(recorded["pid"])[19]) != recorded["start"]:
+        return None
+    return recorded
 
 
 @pytest.fixture
@@ -123,10 +161,23 @@ def root(tmp_path: Path):
     _cleanup(path)
 
 
+@pytest.fixture(params=["shared", "own"])
+def kind(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
 @pytest.fixture
-async def backend(root: Path):
-    async with LocalBackend(root) as backend:
+async def backend(root: Path, kind: str):
+    """A backend with each kind of chaperone in turn."""
+    async with LocalBackend(root, chaperone=kind) as backend:  # type: ignore[arg-type]
         yield backend
+
+
+@pytest.fixture
+def quick_idle_exit(monkeypatch: pytest.MonkeyPatch) -> float:
+    """Shared chaperones started from now on leave after this many idle seconds."""
+    monkeypatch.setattr(local, "DAEMON_IDLE_EXIT", 0.5)
+    return 0.5
 
 
 def sh(script: str, **options: object) -> LaunchSpec:
@@ -184,6 +235,28 @@ async def test_environment_cwd_and_stdin(backend: LocalBackend, tmp_path: Path):
     assert output == f"hello {tmp_path}\nhome={os.environ['HOME']}\n".encode()
     handle, _ = await run(backend, "p5.1", sh("pwd"))
     assert await backend.read_log(handle, "stdout", 0, 4096) == f"{handle.run_dir}/work\n".encode()
+
+
+async def test_programs_see_the_environment_as_it_is_when_launched(
+    backend: LocalBackend, monkeypatch: pytest.MonkeyPatch
+):
+    script = 'echo "${CORRA_TEST_A-unset} ${CORRA_TEST_B-unset}"'
+    monkeypatch.setenv("CORRA_TEST_A", "1")
+    first, _ = await run(backend, "v1.1", sh(script))
+    monkeypatch.delenv("CORRA_TEST_A")
+    monkeypatch.setenv("CORRA_TEST_B", "2")
+    second, _ = await run(backend, "v2.1", sh(script))
+    assert await backend.read_log(first, "stdout", 0, 100) == b"1 unset\n"
+    assert await backend.read_log(second, "stdout", 0, 100) == b"unset 2\n"
+
+
+async def test_programs_get_the_runtimes_umask(backend: LocalBackend):
+    umask = os.umask(0o027)
+    try:
+        handle, _ = await run(backend, "u1.1", sh("umask"))
+    finally:
+        os.umask(umask)
+    assert await backend.read_log(handle, "stdout", 0, 100) == b"0027\n"
 
 
 async def test_rusage_is_recorded(backend: LocalBackend):
@@ -270,10 +343,20 @@ async def test_kill_reaches_a_process_that_left_the_group_through_the_cgroup(
     )
     await backend.kill(handle, grace=1)
     await wait_until(lambda: not alive(escaped), within=2, what="the escaped sleep to die")
-    assert handle.cgroup is not None and not exists(handle.cgroup)
+    assert handle.cgroup is not None and cgroup_done(handle.cgroup)
 
 
-async def test_program_runs_in_its_cgroup_which_is_removed_afterwards(backend: LocalBackend):
+async def test_what_escaped_the_group_dies_with_the_leader(backend: LocalBackend):
+    if not backend.cgroups.kill:
+        pytest.skip(f"no cgroup.kill here: {backend.cgroups}")
+    handle, record = await run(backend, "k5.1", sh("setsid sleep 100 & echo $!"))
+    assert record.returncode == 0
+    escaped = int(await backend.read_log(handle, "stdout", 0, 100))
+    assert not alive(escaped)  # gone by the time the record exists
+    assert handle.cgroup is not None and cgroup_done(handle.cgroup)
+
+
+async def test_program_runs_in_its_cgroup_which_is_empty_afterwards(backend: LocalBackend):
     if not backend.cgroups.kill:
         pytest.skip(f"no cgroup.kill here: {backend.cgroups}")
     handle, _ = await run(backend, "c1.1", sh("cat /proc/self/cgroup"))
@@ -281,7 +364,10 @@ async def test_program_runs_in_its_cgroup_which_is_removed_afterwards(backend: L
     lines = (await backend.read_log(handle, "stdout", 0, 4096)).decode().splitlines()
     v2_path = next(line.split(":", 2)[2] for line in lines if line.startswith("0::"))
     assert handle.cgroup.endswith(v2_path)
-    assert not exists(handle.cgroup)
+    assert cgroup_done(handle.cgroup)
+    # Another program runs in a cgroup of its own (the shared chaperone reuses empty ones).
+    again, _ = await run(backend, "c2.1", sh("cat /proc/self/cgroup"))
+    assert again.cgroup is not None and cgroup_done(again.cgroup)
 
 
 async def test_memory_limit_kills_a_program_that_allocates_too_much(backend: LocalBackend):
@@ -370,7 +456,7 @@ async def test_concurrent_launches_of_one_key_run_it_once(backend: LocalBackend,
 async def test_two_backends_on_one_root_launch_a_key_once(root: Path, tmp_path: Path):
     ledger = tmp_path / "ledger"
     spec = sh(f"echo ran >> {ledger}")
-    async with LocalBackend(root) as one, LocalBackend(root, zygote=False) as two:
+    async with LocalBackend(root) as one, LocalBackend(root, chaperone="own") as two:
         handles = []
 
         async def launch(backend: LocalBackend) -> None:
@@ -404,20 +490,26 @@ import attrs, trio
 from corra.backends.local import LaunchSpec, LocalBackend
 
 async def main():
-    backend = LocalBackend(sys.argv[1], zygote=sys.argv[2] == "zygote")
-    handle = await backend.launch("s1.1", LaunchSpec(argv=("sh", "-c", "sleep 1; echo done")))
-    print(json.dumps(attrs.asdict(handle)), flush=True)
+    backend = LocalBackend(sys.argv[1], chaperone=sys.argv[2])
+    handles = []
+    for key, script in json.loads(sys.argv[3]).items():
+        handle = await backend.launch(key, LaunchSpec(argv=("sh", "-c", script)))
+        handles.append(attrs.asdict(handle))
+    print(json.dumps(handles), flush=True)
     await trio.sleep(60)
 
 trio.run(main)
 """
 
 
-@pytest.mark.parametrize("how", ["zygote", "direct"])
-async def test_the_program_survives_the_death_of_its_launcher(root: Path, how: str):
+async def launch_and_die(root: Path, kind: str, scripts: dict[str, str]) -> list[Handle]:
+    """Launch ``scripts`` by key from another process, which is then SIGKILLed (a runtime that
+    crashed); their handles."""
     launcher = await trio.to_thread.run_sync(
         lambda: subprocess.Popen(
-            [PYTHON, "-c", LAUNCHER, str(root), how], stdout=subprocess.PIPE, text=True
+            [PYTHON, "-c", LAUNCHER, str(root), kind, json.dumps(scripts)],
+            stdout=subprocess.PIPE,
+            text=True,
         )
     )
     try:
@@ -426,8 +518,13 @@ async def test_the_program_survives_the_death_of_its_launcher(root: Path, how: s
         launcher.kill()
         await trio.to_thread.run_sync(launcher.wait)
         launcher.stdout.close()  # type: ignore[union-attr]
-    launched = Handle(**json.loads(line))
-    async with LocalBackend(root) as backend:
+    return [Handle(**handle) for handle in json.loads(line)]
+
+
+async def test_the_program_survives_the_death_of_its_launcher(root: Path, kind: str):
+    (launched,) = await launch_and_die(root, kind, {"s1.1": "sleep 1; echo done"})
+    assert launched.shared == (kind == "shared")
+    async with LocalBackend(root, chaperone=kind) as backend:  # type: ignore[arg-type]
         assert backend.status(launched) == "running"
         assert alive(launched.pid)  # type: ignore[arg-type]
         record = await backend.wait(launched)
@@ -449,7 +546,7 @@ async def test_lost_when_chaperone_and_program_are_killed(backend: LocalBackend)
 
 
 async def test_a_new_backend_sweeps_the_empty_cgroups_of_lost_runs(root: Path):
-    async with LocalBackend(root) as first:
+    async with LocalBackend(root, chaperone="own") as first:
         if not first.cgroups.kill:
             pytest.skip(f"no cgroup.kill here: {first.cgroups}")
         lost = await first.launch("l4.1", sh("sleep 100"))
@@ -485,6 +582,213 @@ async def test_pid_reuse_is_not_taken_for_the_chaperone(backend: LocalBackend):
     assert backend.status(impostor) == "lost"
     with pytest.raises(ProgramLost):
         await backend.wait(impostor)
+
+
+# the shared chaperone -------------------------------------------------------------------
+
+
+def stat_of(pid: int) -> tuple[int, int, int]:
+    """(parent, process group, session) of ``pid``."""
+    fields = stat_fields(pid)
+    return int(fields[1]), int(fields[2]), int(fields[3])
+
+
+async def test_one_shared_chaperone_runs_the_programs_of_a_root(root: Path):
+    async with LocalBackend(root) as backend:
+        one = await backend.launch("h1.1", sh("sleep 0.3"))
+        two, _ = await run(backend, "h2.1", sh("echo two"))
+        daemon = daemon_of(root)
+        assert daemon is not None
+        assert one.shared and two.shared
+        assert (one.chaperone_pid, one.chaperone_start) == (daemon["pid"], daemon["start"])
+        assert (two.chaperone_pid, two.chaperone_start) == (daemon["pid"], daemon["start"])
+        # Its own children, in its session (not ours), each leading a group of its own.
+        assert stat_of(one.pid) == (daemon["pid"], one.pid, daemon["pid"])  # type: ignore[arg-type]
+        assert stat_of(daemon["pid"])[2] == daemon["pid"] != os.getsid(0)
+        await backend.wait(one)
+    # What a run leaves on disk: five entries, the claim naming the chaperone and the program.
+    assert {path.name for path in Path(two.run_dir).iterdir()} == {
+        "chaperone.pid",
+        "work",
+        "stdout",
+        "stderr",
+        "exit.json",
+    }
+    claim, program = chaperone.read_claim(read_bytes(Path(two.run_dir, "chaperone.pid")))
+    assert claim == {"pid": daemon["pid"], "start": daemon["start"], "shared": True}
+    assert program["pid"] == two.pid and program["started_at"] == two.started_at
+    assert program["spec"]["argv"] == ["sh", "-c", "echo two"]
+    env = json.loads(read_bytes(root / program["spec"]["env_base"]))
+    assert env["PATH"] == os.environ["PATH"]
+
+
+async def test_a_new_backend_reattaches_to_the_shared_chaperone_after_a_crash(root: Path):
+    scripts = {"a.1": "sleep 0.8; exit 3", "b.1": "sleep 0.4; echo b", "c.1": "exit 5"}
+    handles = await launch_and_die(root, "shared", scripts)
+    daemon = daemon_of(root)
+    assert daemon is not None
+    assert {(h.chaperone_pid, h.chaperone_start) for h in handles} == {
+        (daemon["pid"], daemon["start"])
+    }
+    async with LocalBackend(root) as backend:
+        found = [await trio.to_thread.run_sync(backend.find, h.key) for h in handles]
+        assert found == handles
+        records = [await backend.wait(handle) for handle in handles]
+        assert [record.returncode for record in records] == [3, 0, 5]
+        assert await backend.read_log(handles[1], "stdout", 0, 100) == b"b\n"
+        assert backend._daemon is not None and backend._daemon.pid == daemon["pid"]
+        # launching again finds the first launch, also across runtimes
+        assert await backend.launch("a.1", sh("exit 99")) == handles[0]
+
+
+async def test_kill_of_a_program_another_runtime_launched(root: Path, kind: str):
+    (handle,) = await launch_and_die(root, kind, {"o.1": "trap '' TERM; sleep 30 & wait"})
+    async with LocalBackend(root, chaperone=kind) as backend:  # type: ignore[arg-type]
+        await wait_until(lambda: len(group_members(handle.pid)) == 2)  # type: ignore[arg-type]
+        record = await backend.kill(handle, grace=0.2)
+    assert record is not None and record.killed and record.signal == signal.SIGKILL
+
+
+async def test_a_killed_shared_chaperone_loses_its_programs_and_kill_ends_them(root: Path):
+    async with LocalBackend(root) as backend:
+        handles = [
+            await backend.launch(f"x{i}.1", sh("sleep 100 & sleep 100 & wait")) for i in range(3)
+        ]
+        await wait_until(
+            lambda: all(len(group_members(h.pid)) == 3 for h in handles),  # type: ignore[arg-type]
+            what="three processes each",
+        )
+        members = [pid for h in handles for pid in group_members(h.pid)]  # type: ignore[arg-type]
+        os.kill(handles[0].chaperone_pid, signal.SIGKILL)
+        for handle in handles:
+            with pytest.raises(ProgramLost, match=handle.key):
+                await backend.wait(handle)
+            assert backend.status(handle) == "lost"
+            assert await backend.kill(handle, grace=0.2) is None
+        assert [pid for pid in members if alive(pid)] == []
+        for handle in handles:
+            assert handle.cgroup is None or not exists(handle.cgroup)
+        # A new chaperone takes the root over; the lost keys stay lost (nothing runs twice).
+        handle, record = await run(backend, "x9.1", sh("exit 4"))
+        assert record.returncode == 4 and handle.chaperone_pid != handles[0].chaperone_pid
+        assert await backend.launch("x0.1", sh("true")) == handles[0]
+        if backend.cgroups.unified is not None:  # nor are the dead one's spare cgroups left
+            dead = f".pool-{handles[0].chaperone_pid}.{handles[0].chaperone_start}-"
+            assert not [n for n in os.listdir(backend.cgroups.unified) if n.startswith(dead)]
+
+
+RACER = """
+import json, os, sys, time
+import trio
+from corra.backends.local import LaunchSpec, LocalBackend
+
+root, ledger, go = sys.argv[1:4]
+
+async def main():
+    print("ready", flush=True)
+    while not os.path.exists(go):
+        time.sleep(0.001)
+    async with LocalBackend(root) as backend:
+        handles = []
+
+        async def one(key):
+            spec = LaunchSpec(argv=("sh", "-c", f"echo {key} >> {ledger}"))
+            handles.append(await backend.launch(key, spec))
+
+        async with trio.open_nursery() as nursery:
+            for number in range(8):
+                nursery.start_soon(one, f"r{number}.1")
+        for handle in handles:
+            await backend.wait(handle)
+    print(json.dumps(sorted({(h.chaperone_pid, h.chaperone_start) for h in handles})))
+
+trio.run(main)
+"""
+
+
+async def test_backends_racing_to_start_the_shared_chaperone_start_one(root: Path, tmp_path: Path):
+    ledger, go = tmp_path / "ledger", tmp_path / "go"
+
+    def race() -> list[str]:
+        racers = [
+            subprocess.Popen(
+                [PYTHON, "-c", RACER, str(root), str(ledger), str(go)],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(3)
+        ]
+        try:
+            for racer in racers:
+                assert racer.stdout is not None and racer.stdout.readline() == "ready\n"
+            go.touch()  # all at once
+            return [racer.communicate(timeout=60)[0] for racer in racers]
+        finally:
+            for racer in racers:
+                racer.kill()
+                racer.wait()
+
+    outputs = await trio.to_thread.run_sync(race)
+    chaperones = {json.dumps(json.loads(output)) for output in outputs}
+    assert len(chaperones) == 1, chaperones  # every racer used the same one
+    assert len(json.loads(outputs[0])) == 1
+    assert sorted(ledger.read_text().split()) == sorted(f"r{n}.1" for n in range(8))
+
+
+async def test_the_shared_chaperone_leaves_once_idle(root: Path, quick_idle_exit: float):
+    async with LocalBackend(root) as backend:
+        handle = await backend.launch("q1.1", sh("sleep 1"))
+        daemon = daemon_of(root)
+        assert daemon is not None
+        unified = backend.cgroups.unified
+    # No connection, but a program: it stays.
+    await trio.sleep(quick_idle_exit + 0.2)
+    assert daemon_of(root) == daemon
+    await wait_until(lambda: daemon_of(root) is None, within=10, what="the chaperone to leave")
+    assert exists(Path(handle.run_dir, "exit.json"))
+    hidden = {path.name for path in root.iterdir() if path.name.startswith(".")}
+    assert ".chaperone.pid" in hidden  # flocked by whoever serves; never removed, never raced for
+    assert ".chaperone.sock" not in hidden
+    assert not [name for name in hidden if name.startswith(".spares-")]
+    if unified is not None:  # nor the cgroups it kept for reuse
+        pool = f".pool-{daemon['pid']}.{daemon['start']}-"
+        assert not [name for name in os.listdir(unified) if name.startswith(pool)]
+    # The next backend starts a new one.
+    async with LocalBackend(root) as backend:
+        again, record = await run(backend, "q2.1", sh("true"))
+    assert record.returncode == 0 and again.chaperone_pid != handle.chaperone_pid
+
+
+async def test_timeouts_and_kills_hold_while_no_runtime_is_connected(root: Path):
+    async with LocalBackend(root) as backend:
+        timed = await backend.launch("n1.1", LaunchSpec(argv=("sleep", "30"), timeout=0.5))
+        stubborn = await backend.launch(
+            "n2.1", sh("trap '' TERM; echo ready; sleep 30 & wait", kill_grace=30)
+        )
+        await wait_until(lambda: Path(stubborn.run_dir, "stdout").stat().st_size > 0)
+        with trio.move_on_after(0.2):  # asked to kill, then the runtime goes away
+            await backend.kill(stubborn, grace=0.6)
+    assert not exists(Path(timed.run_dir, "exit.json"))
+    assert not exists(Path(stubborn.run_dir, "exit.json"))
+    await wait_until(
+        lambda: (
+            exists(Path(timed.run_dir, "exit.json")) and exists(Path(stubborn.run_dir, "exit.json"))
+        ),
+        what="the exit records",
+    )
+    async with LocalBackend(root) as backend:
+        timed_out = await backend.wait(timed)
+        killed = await backend.wait(stubborn)
+    assert timed_out.timed_out and timed_out.signal == signal.SIGTERM
+    assert killed.killed and killed.signal == signal.SIGKILL
+
+
+async def test_a_root_too_long_for_a_socket_address(tmp_path: Path):
+    root = tmp_path / ("x" * 60) / ("y" * 60)
+    assert len(str(root / ".chaperone.sock")) > 108
+    async with LocalBackend(root) as backend:
+        _, record = await run(backend, "long.1", sh("exit 6"))
+    assert record.returncode == 6
 
 
 # launch errors --------------------------------------------------------------------------
@@ -575,29 +879,32 @@ async def test_wait_is_cancellable_and_can_be_resumed(backend: LocalBackend):
     assert (await backend.wait(handle)).returncode == 5
 
 
-async def test_wait_without_pidfd_polls(backend: LocalBackend, monkeypatch: pytest.MonkeyPatch):
-    handle = await backend.launch("w2.1", sh("sleep 0.2; exit 4"))
-    backend._links.clear()  # as if launched by another runtime
-    monkeypatch.setattr(local, "_pidfd", lambda pid: None)
-    assert (await backend.wait(handle)).returncode == 4
+async def test_wait_without_pidfd_polls(root: Path, monkeypatch: pytest.MonkeyPatch):
+    async with LocalBackend(root, chaperone="own") as backend:
+        handle = await backend.launch("w2.1", sh("sleep 0.2; exit 4"))
+        backend._links.clear()  # as if launched by another runtime
+        monkeypatch.setattr(local, "_pidfd", lambda pid: None)
+        assert (await backend.wait(handle)).returncode == 4
 
 
-async def test_a_killed_zygote_is_replaced(backend: LocalBackend):
-    await run(backend, "z1.1", sh("true"))
-    zygote = backend._zygote
-    assert zygote is not None
-    os.kill(zygote.pid, signal.SIGKILL)
-    _, record = await run(backend, "z2.1", sh("exit 2"))
-    assert record.returncode == 2
-
-
-async def test_direct_start_without_zygote(root: Path):
-    async with LocalBackend(root, zygote=False) as backend:
-        handle, record = await run(backend, "d1.1", sh("echo direct"))
-        assert backend._zygote is None
+async def test_an_own_chaperone_per_program(root: Path):
+    async with LocalBackend(root, chaperone="own") as backend:
+        one, record = await run(backend, "d1.1", sh("echo own"))
+        two, _ = await run(backend, "d2.1", sh("true"))
+        assert backend._daemon is None
+    assert not one.shared and one.chaperone_pid != two.chaperone_pid
     assert record.returncode == 0
-    assert read_bytes(Path(handle.run_dir, "stdout")) == b"direct\n"
-    assert json.loads(read_bytes(Path(handle.run_dir, "spec.json")))["argv"][0] == "sh"
+    assert read_bytes(Path(one.run_dir, "stdout")) == b"own\n"
+    assert json.loads(read_bytes(Path(one.run_dir, "spec.json")))["argv"][0] == "sh"
+    assert {path.name for path in Path(one.run_dir).iterdir()} == {
+        "chaperone.pid",
+        "program.pid",
+        "spec.json",
+        "work",
+        "stdout",
+        "stderr",
+        "exit.json",
+    }
 
 
 # slots ----------------------------------------------------------------------------------
@@ -615,7 +922,7 @@ async def test_slots_bound_real_programs_in_submission_order(root: Path):
             acquired.append(number)
             assert backend.slot_statistics().running <= 2
             try:
-                records[number] = await backend.wait(await backend.launch(key, sh("sleep 0.2")))
+                records[number] = await backend.wait(await backend.launch(key, sh("sleep 0.4")))
             finally:
                 backend.release_slot(key)
 
@@ -755,3 +1062,5 @@ def test_handle_round_trips_through_json(tmp_path: Path):
         started_at=4.5,
     )
     assert Handle(**json.loads(json.dumps(attrs.asdict(handle)))) == handle
+    before = {name: value for name, value in attrs.asdict(handle).items() if name != "shared"}
+    assert Handle(**before) == handle  # written before there were shared chaperones: own

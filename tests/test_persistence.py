@@ -59,7 +59,7 @@ class Gate:
 @pytest.fixture
 def gate(monkeypatch: pytest.MonkeyPatch):
     gate = Gate()
-    original = store_module._Save.apply
+    original = store_module.PendingSave.apply
 
     def apply(self, txn, databases):
         if self.snapshot == GATE:
@@ -67,7 +67,7 @@ def gate(monkeypatch: pytest.MonkeyPatch):
             gate.opened.wait(10)
         return original(self, txn, databases)
 
-    monkeypatch.setattr(store_module._Save, "apply", apply)
+    monkeypatch.setattr(store_module.PendingSave, "apply", apply)
     yield gate
     gate.set()
 
@@ -97,6 +97,7 @@ def test_public_names_are_pinned():
     assert names == {
         "Codec",
         "CorruptSnapshot",
+        "PendingSave",
         "QuarantinedRecord",
         "SnapshotCounts",
         "Store",
@@ -333,6 +334,120 @@ async def test_transitions_in_one_batch_follow_queue_order(state_dir, gate):
                 await trio.testing.wait_all_tasks_blocked()
             gate.set()
         assert store.history("p") == [b"%d" % number for number in range(20)]
+
+
+async def test_one_save_appends_several_transitions_in_order(state_dir):
+    async with open_store(state_dir) as store:
+        await store.save("p", b"s1", transitions=[b"submit", b"launch"], active=True)
+        await store.save("p", b"s2", transitions=(b"started",))
+        await store.save("p", b"s3", transitions=[])
+        assert store.history("p") == [b"submit", b"launch", b"started"]
+        assert store.load("p") == b"s3"
+        with pytest.raises(TypeError, match="not both"):
+            await store.save("p", b"x", transition=b"a", transitions=[b"b"])
+        with pytest.raises(TypeError, match="not a single value"):
+            await store.save("p", b"x", transitions=b"ab")
+        with pytest.raises(TypeError, match="transition must be bytes"):
+            await store.save("p", b"x", transitions=[b"a", "b"])
+        assert store.history("p") == [b"submit", b"launch", b"started"]
+
+
+async def test_the_next_history_number_is_remembered_across_batches_and_deletes(state_dir):
+    async with open_store(state_dir) as store:
+        for number in range(3):
+            await store.save("p", b"s", transitions=[b"%da" % number, b"%db" % number])
+        await store.delete("p")
+        await store.save("p", b"s", transition=b"again")  # a new history, from 0
+        assert store.history("p") == [b"again"]
+        environment = store._environment()
+        key = environment.read(
+            lambda txn: next(iter(txn.cursor(db=environment.databases.history)))
+        )[0]
+        assert key == b"p\x00" + (0).to_bytes(8, "big")
+    async with open_store(state_dir) as store:  # a new writer reads where it left off
+        await store.save("p", b"s", transition=b"then")
+        assert store.history("p") == [b"again", b"then"]
+
+
+async def test_save_nowait_commits_in_order_with_the_rest(state_dir, gate):
+    async with open_store(state_dir) as store:
+        async with trio.open_nursery() as nursery:
+            await gate.hold(store, nursery)
+            pending = store.save_nowait("p", b"running", transitions=[b"started"], active=True)
+            assert not pending.done and pending.error is None
+            nursery.start_soon(partial(store.save, "p", b"finished", transition=b"succeed"))
+            await trio.testing.wait_all_tasks_blocked()
+            gate.set()
+        assert pending.done and pending.error is None
+        assert store.load("p") == b"finished"
+        assert store.history("p") == [b"started", b"succeed"]
+        assert [key for key, _ in store.scan_active()] == ["p"]
+        # one that is done and committed is no longer waited for
+        await store.save("p", b"again", after=pending)
+
+
+@pytest.mark.parametrize("same_batch", [True, False])
+async def test_a_save_after_a_failed_one_fails_too_and_writes_nothing(
+    state_dir, gate, monkeypatch, same_batch
+):
+    gated_apply = store_module.PendingSave.apply
+
+    def apply(self, txn, databases):
+        if self.snapshot == b"doomed":
+            raise StoreError("injected")
+        return gated_apply(self, txn, databases)
+
+    monkeypatch.setattr(store_module.PendingSave, "apply", apply)
+    async with open_store(state_dir) as store:
+        await store.save("p", b"launching", transition=b"launch")
+        async with trio.open_nursery() as nursery:
+            if same_batch:
+                await gate.hold(store, nursery)
+            pending = store.save_nowait("p", b"doomed", transition=b"started")
+            if not same_batch:
+                while not pending.done:
+                    await trio.sleep(0.001)
+            if same_batch:
+
+                async def open_gate() -> None:
+                    await trio.testing.wait_all_tasks_blocked()  # once the next save is queued
+                    gate.set()
+
+                nursery.start_soon(open_gate)
+            with pytest.raises(StoreError, match="an earlier save of 'p' failed"):
+                await store.save("p", b"finished", transition=b"succeed", after=pending)
+        assert pending.done and isinstance(pending.error, StoreError)
+        assert store.load("p") == b"launching"  # neither was written: no hole in the history
+        assert store.history("p") == [b"launch"]
+        with pytest.raises(TypeError, match="after must be a PendingSave"):
+            await store.save("p", b"x", after=object())  # type: ignore[arg-type]
+
+
+async def test_a_shielded_save_waits_for_its_write_when_cancelled(state_dir, gate):
+    async with open_store(state_dir) as store:
+        async with trio.open_nursery() as nursery:
+            await gate.hold(store, nursery)
+            done: list[str] = []
+
+            async def save(process_id: str, shielded: bool) -> None:
+                with trio.CancelScope() as scope:
+                    scopes[process_id] = scope
+                    await store.save(process_id, b"x", shielded=shielded)
+                    done.append(process_id)
+                    await trio.lowlevel.checkpoint()  # where the cancellation is delivered
+                    done.append("never")
+
+            scopes: dict[str, trio.CancelScope] = {}
+            nursery.start_soon(save, "shielded", True)
+            nursery.start_soon(save, "plain", False)
+            await trio.testing.wait_all_tasks_blocked()
+            for scope in scopes.values():
+                scope.cancel()
+            await trio.testing.wait_all_tasks_blocked()
+            assert done == []  # the shielded one still waits for its write
+            gate.set()
+        assert done == ["shielded"]
+        assert store.load("shielded") == store.load("plain") == b"x"  # both were written
 
 
 # Quarantine, delete ------------------------------------------------------------------------
@@ -717,14 +832,14 @@ async def test_a_store_from_a_newer_corra_is_refused(state_dir):
 async def test_an_lmdb_error_fails_its_batch_and_the_writer_carries_on(
     state_dir, gate, monkeypatch
 ):
-    gated_apply = store_module._Save.apply
+    gated_apply = store_module.PendingSave.apply
 
     def apply(self, txn, databases):
         if self.snapshot == b"boom":
             raise lmdb.DiskError("injected")
         return gated_apply(self, txn, databases)
 
-    monkeypatch.setattr(store_module._Save, "apply", apply)
+    monkeypatch.setattr(store_module.PendingSave, "apply", apply)
     async with open_store(state_dir) as store:
         errors: dict[str, BaseException] = {}
 
@@ -774,8 +889,15 @@ operations = st.lists(
             st.just("save"),
             process_ids,
             st.binary(max_size=8),
-            st.none() | st.binary(max_size=4),
+            st.none() | st.binary(max_size=4) | st.lists(st.binary(max_size=4), max_size=3),
             st.none() | names,
+            st.none() | st.booleans(),
+        ),
+        st.tuples(
+            st.just("save_nowait"),
+            process_ids,
+            st.binary(max_size=8),
+            st.lists(st.binary(max_size=4), max_size=3),
             st.none() | st.booleans(),
         ),
         st.tuples(st.just("claim"), names, process_ids),
@@ -800,9 +922,14 @@ class Model:
         self.snapshots[process_id] = snapshot
         if active is not None:
             (self.active.add if active else self.active.discard)(process_id)
-        if transition is not None:
+        if isinstance(transition, bytes):
             self.history.setdefault(process_id, []).append(transition)
+        elif transition is not None:
+            self.history.setdefault(process_id, []).extend(transition)
         return True
+
+    def save_nowait(self, process_id, snapshot, transitions, active) -> None:
+        self.save(process_id, snapshot, transitions, None, active)
 
     def claim(self, name, process_id) -> str:
         return self.names.setdefault(name, process_id)
@@ -831,19 +958,28 @@ def test_the_store_behaves_like_a_model(operations):
                 if kind == "save":
                     process_id, snapshot, transition, name, active = arguments
                     saved = model.save(*arguments)
+                    entries = (
+                        {"transitions": transition}
+                        if isinstance(transition, list)
+                        else {"transition": transition}
+                    )
                     try:
-                        await store.save(
-                            process_id, snapshot, transition=transition, name=name, active=active
-                        )
+                        await store.save(process_id, snapshot, name=name, active=active, **entries)
                     except NameTaken:
                         assert not saved
                     else:
                         assert saved
+                elif kind == "save_nowait":
+                    process_id, snapshot, transitions, active = arguments
+                    model.save_nowait(*arguments)
+                    store.save_nowait(process_id, snapshot, transitions=transitions, active=active)
                 elif kind == "claim":
                     assert await store.claim_name(*arguments) == model.claim(*arguments)
                 else:
                     getattr(model, kind)(*arguments)
                     await getattr(store, kind)(*arguments)
+            # a write after them all: once it is done, so are the saves left in the background
+            assert await store.claim_name("x", "p") == model.claim("x", "p")
             assert dict(store.scan()) == model.snapshots
             assert list(store.scan_active()) == sorted(
                 (process_id, model.snapshots[process_id]) for process_id in model.active

@@ -384,3 +384,78 @@ async def test_a_void_restart_retry_leaves_its_group_stopped_not_restarting(stra
             ("a", "stopped"),
             ("b", "stopped"),
         ]
+
+
+# -- start_child_nowait (rule 7) ------------------------------------------------------------
+
+
+async def test_start_child_nowait_starts_without_a_round_trip_and_is_supervised():
+    log = Recorder()
+    async with corra.open_runtime() as rt:
+        sup = await rt.spawn_supervisor(spec("one_for_one"), name="sup")
+        ref = sup.start_child_nowait(worker("a", log, restart="permanent"))
+        assert log.of("start") == []  # it starts in its own task
+        await settle()
+        assert log.of("start") == ["a"] and ref.alive and ref_of(sup, "a") == ref
+        ref.send_nowait("crash")
+        await settle()
+        assert log.of("start") == ["a", "a"] and sup.statistics().restarts == 1
+        with pytest.raises(corra.DuplicateChild):
+            sup.start_child_nowait(worker("a", log))
+        with pytest.raises(corra.ConfigError, match="worker's ChildSpec"):
+            sup.start_child_nowait(corra.ChildSpec(id="s", start=spec("one_for_one")))
+        temp = sup.start_child_nowait(worker("t", log, restart="temporary"))
+        await settle()
+        temp.send_nowait("exit")  # a temporary child's exit is settled by the child itself
+        await settle()
+        assert [info.id for info in sup.which_children()] == ["a"]
+        await rt.root.terminate_child("sup")
+        with pytest.raises(corra.ActorStopped):
+            sup.start_child_nowait(worker("b", log))
+
+
+class Sleepy(corra.Actor):
+    async def handle(self, msg: object) -> None:
+        await trio.sleep(100)
+
+
+async def test_start_child_nowait_refuses_while_the_supervisor_is_busy(autojump_clock):
+    log = Recorder()
+    async with corra.open_runtime() as rt:
+        slow = corra.ChildSpec(id="slow", start=Sleepy, shutdown=5.0)
+        sup = await rt.spawn_supervisor(spec("one_for_one", slow), name="sup")
+        ref_of(sup, "slow").send_nowait("sleep")  # busy in a message for a while
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sup.terminate_child, "slow")  # waits for the grace
+            await settle()
+            with pytest.raises(trio.WouldBlock):
+                sup.start_child_nowait(worker("b", log))
+        assert trio.current_time() == 5
+        ref = sup.start_child_nowait(worker("b", log))  # idle again
+        await settle()
+        assert ref.alive and log.of("start") == ["b"]
+
+
+class CannotStart(corra.Actor):
+    def __init__(self, log: Recorder) -> None:
+        log("tried", "x")
+        raise RuntimeError("cannot start")
+
+
+@pytest.mark.parametrize("restart", ["temporary", "transient", "permanent"])
+async def test_a_child_started_without_waiting_that_fails_to_start_exits_abnormally(restart):
+    log = Recorder()
+    async with corra.open_runtime() as rt:
+        sup = await rt.spawn_supervisor(spec("one_for_one", intensity=2, period=60), name="sup")
+        sup.start_child_nowait(
+            corra.ChildSpec(id="x", start=lambda: CannotStart(log), restart=restart)  # type: ignore[arg-type]
+        )
+        await settle()
+        if restart == "temporary":
+            assert log.of("tried") == ["x"]  # removed, as at any exit of a temporary child
+            assert sup.which_children() == [] and sup.alive
+        else:
+            # an abnormal exit: restarted (each failed restart is another exit, rule 5) until
+            # the intensity is exceeded, and the supervisor gives up
+            assert log.of("tried") == ["x"] * 3
+            assert not sup.alive

@@ -4,8 +4,9 @@ The supervisor under test ("sut", strategy, intensity, period, 1-4 static childr
 restart types and its own restart type under the root all drawn per example) runs under the
 runtime's root, in a trio loop hosted by a background thread with a frozen
 `trio.testing.MockClock`: time moves only when the `advance` rule jumps it. Each rule does
-one thing (a child crashes or stops itself; terminate_child, restart_child, delete_child or
-start_child; the next starts of a child id are made to fail; a clock jump; a burst, below),
+one thing (a child crashes or stops itself; terminate_child, restart_child, delete_child,
+start_child or start_child_nowait; the next starts of a child id are made to fail; a clock
+jump; a burst, below),
 waits until every trio task is blocked, and then compares what corra shows (the children in
 order with restart type, status and incarnation; count_children; which refs are still alive;
 the log of starts, failed starts and stops, event for event; whether the supervisor gave up,
@@ -22,7 +23,8 @@ of failed restarts (rule 5; queued behind what is already in the mailbox, like O
 ``try_again_restart``) anywhere in between, and a request possibly reaching an incarnation
 of the supervisor that gave up meanwhile (ActorStopped): the model searches those orders.
 A retry whose child was meanwhile terminated, deleted or restarted is dropped; children that
-were waiting on it then stay stopped, as in OTP.
+were waiting on it then stay stopped, as in OTP. A start_child_nowait in a burst may find the
+supervisor busy (`trio.WouldBlock`, nothing done): the model allows that too.
 
 Intensity window edges: times are multiples of 0.5 s and periods are not, so no restart ever
 lies exactly ``period`` seconds in the past (where OTP's closed window and a half-open one
@@ -272,9 +274,14 @@ class Host:
         self._refresh_sut()
         assert self.sut is not None
         args = action[1:]
-        if kind == "start_child":
+        if kind in ("start_child", "start_child_nowait"):
             args = (self.spec(*args),)
         try:
+            if kind == "start_child_nowait":
+                # Returns before the child starts: no serial yet (its start is an event).
+                self.sut.start_child_nowait(*args)
+                await trio.lowlevel.checkpoint()
+                return None, None
             value = await getattr(self.sut, kind)(*args)
         except Exception as exc:
             return type(exc), None
@@ -525,6 +532,22 @@ class Model:
             return ChildStartFailed, None
         return None, child.serial
 
+    def start_child_nowait(self, child_id: str, restart: str, shutdown: Any) -> Result:
+        """Rule 7: started in its own task; a failure while it starts is an abnormal exit."""
+        if not self.alive:
+            return ActorStopped, None
+        if self.find(child_id) is not None:
+            return DuplicateChild, None
+        child = MChild(child_id, restart)
+        self.children.append(child)
+        if not self._start(child):
+            self.notes.add("a child started without waiting failed to start")
+            if restart == "temporary":
+                self.children.remove(child)
+            else:
+                self._restart(child)
+        return None, None
+
     def terminate_child(self, child_id: str) -> Result:
         if not self.alive:
             return ActorStopped, None
@@ -598,7 +621,7 @@ def requests(ids: st.SearchStrategy[str]) -> st.SearchStrategy[Action]:
         st.tuples(st.just("restart_child"), ids),
         st.tuples(st.just("delete_child"), ids),
         st.tuples(
-            st.just("start_child"),
+            st.sampled_from(("start_child", "start_child_nowait")),
             child_ids,
             st.sampled_from(RESTART_TYPES),
             st.sampled_from(SHUTDOWNS),
@@ -693,6 +716,14 @@ class SupervisorMachine(RuleBasedStateMachine):
     def start_child(self, child_id: str, restart: str, shutdown: Any) -> None:
         self._request(("start_child", child_id, restart, shutdown))
 
+    @rule(
+        child_id=child_ids,
+        restart=st.sampled_from(RESTART_TYPES),
+        shutdown=st.sampled_from(SHUTDOWNS),
+    )
+    def start_child_nowait(self, child_id: str, restart: str, shutdown: Any) -> None:
+        self._request(("start_child_nowait", child_id, restart, shutdown))
+
     @rule(data=st.data(), times=st.integers(1, 3))
     def poison(self, data: st.DataObject, times: int) -> None:
         """The next ``times`` starts of a child id (whatever starts it) fail."""
@@ -768,6 +799,10 @@ class SupervisorMachine(RuleBasedStateMachine):
                     late = list(expected_results)
                     late[index] = (ActorStopped, None)
                     stack.append((copy.deepcopy(model), (*order, index), late))
+                if action[0] == "start_child_nowait":
+                    busy = list(expected_results)  # the supervisor was busy: nothing done
+                    busy[index] = (trio.WouldBlock, None)
+                    stack.append((copy.deepcopy(model), (*order, index), busy))
                 branch = copy.deepcopy(model)
                 got = list(expected_results)
                 got[index] = branch.act(action)

@@ -1,7 +1,10 @@
 """Actors, their mailboxes and refs.
 
 An actor handles one message at a time, in the order they arrived, from a bounded FIFO
-mailbox. Each incarnation of an actor (every start or restart) is a *cell*; a `Ref` points at
+mailbox. An actor that drives itself (a step machine, a poller) defines `Actor.main` instead:
+its cell runs that, and it takes its messages when it chooses (`Actor.handle_waiting`).
+
+Each incarnation of an actor (every start or restart) is a *cell*; a `Ref` points at
 one cell, like an Erlang pid: once that incarnation stops, the ref raises `ActorStopped`
 instead of waiting. Look up the current incarnation by path (`Runtime.lookup`) or through the
 supervisor (`SupervisorRef.which_children`).
@@ -54,6 +57,36 @@ class Actor:
         of them raises, the actor crashes.
         """
         return contextlib.nullcontext()
+
+    async def main(self) -> None:
+        """Optional: the actor's own loop, for an actor that drives itself.
+
+        When a subclass defines it, the cell runs ``main`` (inside `lifespan`, once the actor
+        counts as running) instead of the message loop, in the same single task. Returning
+        is a normal exit, as `stop` is; raising crashes the actor. Messages wait in the
+        mailbox until ``main`` takes them with `handle_waiting`, which handles them with
+        `handle` exactly as the message loop would; `interrupt` tells it that one arrived
+        (or that a stop was requested: ``main`` should return soon after `stopping` turns
+        true; a supervisor's shutdown grace bounds how soon).
+        """
+        raise NotImplementedError  # never called: the cell runs the message loop instead
+
+    def interrupt(self) -> None:
+        """For an actor with `main`: called synchronously, by the sender, when a message
+        arrives in the mailbox, and when a stop is requested; e.g. to cancel a wait so that
+        ``main`` gets to it. Must not block; the default does nothing."""
+
+    async def handle_waiting(self) -> int:
+        """For an actor with `main`: handle the messages waiting in the mailbox now, one at
+        a time in order, with `handle` (answering calls; a raising handler crashes the
+        actor, as in the message loop). Returns how many; nothing waits, nothing yields
+        when the mailbox is empty."""
+        return await self._cell.handle_waiting(self)
+
+    @property
+    def stopping(self) -> bool:
+        """True once this incarnation was asked to stop (`stop`, or its supervisor)."""
+        return self._cell.stop_requested
 
     @property
     def ref(self) -> Ref:
@@ -151,6 +184,15 @@ class _Cell:
         self.request_stop()
         self.scope.deadline = min(self.scope.deadline, trio.current_time() + grace)
 
+    def replace_scope(self, scope: trio.CancelScope) -> None:
+        """For an actor that goes on in ``scope`` after cancelling its own (see
+        `corra.actors._process`): termination cancels ``scope`` from now on, with the same
+        deadline."""
+        old, self.scope = self.scope, scope
+        scope.deadline = min(scope.deadline, old.deadline)
+        if self.terminating and old.cancel_called:
+            scope.cancel()
+
     def mark_stopped(self) -> None:
         self.status = "stopped"
         if self._done is not None:
@@ -176,6 +218,7 @@ class _ActorCell(_Cell):
     __slots__ = (
         "busy",
         "current_call",
+        "driven",
         "factory",
         "mailbox",
         "messages_handled",
@@ -198,6 +241,8 @@ class _ActorCell(_Cell):
         self.busy = False
         self.current_call: _Call | None = None
         self.ref = Ref(self)
+        # The actor, once built, if it has a `main` (it drives itself); else None.
+        self.driven: Actor | None = None
 
     def request_stop(self) -> None:
         if self.stop_requested:
@@ -205,7 +250,9 @@ class _ActorCell(_Cell):
         self.stop_requested = True
         if self.status != "stopped":
             self.status = "stopping"
-        if not self.busy:
+        if self.driven is not None:
+            self.driven.interrupt()
+        elif not self.busy:
             # Idle: its mailbox is empty and it waits in receive, so this cannot block.
             # (Still starting: the loop checks the flag before its first receive.)
             with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
@@ -219,11 +266,19 @@ class _ActorCell(_Cell):
                     f"{self.path}: start returned {actor!r}, expected an instance of corra.Actor"
                 )
             actor._cell = self
+            driven = type(actor).main is not Actor.main
+            if driven:
+                self.driven = actor
+                self.mailbox.notify = actor.interrupt
             async with actor.lifespan():
                 if not self.stop_requested:
                     self.status = "running"
                 self.started = True
                 task_status.started()
+                if driven:
+                    if not self.stop_requested:
+                        await actor.main()
+                    return
                 # The message loop, inline: one frame less per idle actor.
                 receive = self.mailbox.receive
                 handle = actor.handle
@@ -249,6 +304,33 @@ class _ActorCell(_Cell):
                     self.busy = False
         finally:
             self._close()
+
+    async def handle_waiting(self, actor: Actor) -> int:
+        """`Actor.handle_waiting`: the message loop's body, for what is in the mailbox now."""
+        mailbox = self.mailbox
+        handled = 0
+        while len(mailbox) and not self.stop_requested:
+            item = mailbox.receive_nowait()
+            if item is _WAKE:
+                continue
+            self.busy = True
+            if type(item) is _Call:
+                self.current_call = item
+                try:
+                    result = await actor.handle(item.msg)
+                except Exception as exc:
+                    failure = CallFailed(self.path, f"handler raised {exc!r}")
+                    failure.__cause__ = exc
+                    item.resolve(outcome.Error(failure))
+                    raise
+                item.resolve(outcome.Value(result))
+                self.current_call = None
+            else:
+                await actor.handle(item)
+            self.messages_handled += 1
+            self.busy = False
+            handled += 1
+        return handled
 
     def _close(self) -> None:
         """Stopped: fail whatever still waits on this incarnation, refuse what comes next."""
@@ -357,7 +439,7 @@ class Ref(_CellRef):
             path=cell.path,
             status=cell.status,
             mailbox_depth=mailbox.depth,
-            mailbox_capacity=mailbox.capacity,
+            mailbox_capacity=int(mailbox.capacity),
             senders_waiting=mailbox.senders_waiting,
             messages_handled=cell.messages_handled,
             restarts=cell.restarts,

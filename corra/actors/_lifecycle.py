@@ -133,25 +133,24 @@ def advance(
     if key not in TABLE:
         raise InvalidTransition(process, state.phase, event)
     target = TABLE[key]
-    changes: dict[str, Any] = {"updated_at": at}
+    # Built field by field rather than with attrs.evolve: this runs at every transition.
+    phase, attempt, paused_from = state.phase, state.attempt, state.paused_from
+    new_handle, new_result = state.handle, state.result
     if event == "pause":
-        changes.update(phase="paused", paused_from=state.phase, reason=reason)
+        phase, paused_from = "paused", state.phase
     elif event == "resume":
         assert state.paused_from is not None
-        changes.update(phase=state.paused_from, paused_from=None, reason=None)
+        phase, paused_from, reason = state.paused_from, None, None
     elif event == "retry":
-        changes.update(
-            phase="created", attempt=state.attempt + 1, handle=None, reason=reason, result=result
-        )
+        phase, attempt, new_handle, new_result = "created", state.attempt + 1, None, result
     else:
         assert target is not None
-        changes["phase"] = target
+        phase = target
         if event == "kill":
-            changes.update(paused_from=None, reason=reason or "killed on request")
+            paused_from, reason = None, reason or "killed on request"
         if handle is not None:
-            changes["handle"] = handle
-        if event != "kill":
-            changes["reason"] = reason  # a reason describes the latest transition only
+            new_handle = handle
         if result is not None:
-            changes["result"] = result
-    return attrs.evolve(state, **changes)
+            new_result = result
+        # (a reason describes the latest transition only: every event but kill sets it)
+    return ProcessState(phase, attempt, paused_from, new_handle, reason, new_result, at)

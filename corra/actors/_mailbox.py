@@ -10,6 +10,7 @@ trio's memory channels: ``send`` waits while the mailbox is full and is a checkp
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -20,26 +21,38 @@ import trio
 @attrs.frozen
 class MailboxStatistics:
     depth: int
-    capacity: int
+    capacity: float
     senders_waiting: int
 
 
 class Mailbox:
     """Bounded FIFO for one receiving task (the actor) and any number of senders."""
 
-    __slots__ = ("_capacity", "_closed", "_items", "_receiver", "_senders")
+    __slots__ = ("_capacity", "_closed", "_items", "_receiver", "_senders", "notify")
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: float) -> None:
         self._capacity = capacity
         self._items: collections.deque[Any] | None = None
         self._receiver: trio.lowlevel.Task | None = None
         # Senders blocked on a full mailbox, in arrival order: task -> message.
         self._senders: dict[trio.lowlevel.Task, Any] | None = None
         self._closed = False
+        #: Called (synchronously, by the sender) when a message is queued while nobody waits
+        #: in `receive`: how an owner that reads with `receive_nowait` learns of it.
+        self.notify: Callable[[], object] | None = None
 
     @property
-    def capacity(self) -> int:
+    def capacity(self) -> float:
         return self._capacity
+
+    @property
+    def idle(self) -> bool:
+        """True while the receiver waits in `receive`: the mailbox is empty and the
+        receiver has nothing else to do."""
+        return self._receiver is not None
+
+    def __len__(self) -> int:
+        return len(self._items) if self._items else 0
 
     def send_nowait(self, msg: Any) -> None:
         if self._closed:
@@ -55,6 +68,8 @@ class Mailbox:
         if len(items) >= self._capacity:
             raise trio.WouldBlock
         items.append(msg)
+        if self.notify is not None:
+            self.notify()
 
     async def send(self, msg: Any) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()

@@ -7,6 +7,17 @@ before the next step starts (write-ahead), and every effect carries the idempote
 ``<process id>.<attempt>``, so a step replayed after a crash finds the effect it already had
 instead of repeating it.
 
+What a process waits for. An intent (``launching``, ``killing``) and an end (``finished``,
+``failed``, ``killed``, ``paused``) are durable before the actor goes on, and a terminal record
+before `ProcessManager.wait` reports it. Two writes are spared: a process submitted while its
+backend has a slot free (`Backend.try_acquire_slot`) is durable as ``launching`` at once, both
+transitions in its history (one durable write instead of two before its launch); and
+``running`` is written in the background, not waited for (a crash that loses it leaves the
+process ``launching``, which recovery settles by the idempotent launch: the program is found by
+its key, not started again). A process's writes commit in order; a write that failed is
+written again, first, with the next one (`ProcessManager._persist`), so the history stays
+complete and in order.
+
 Pause and kill are requests to the actor. They take effect between steps: a wait (for a slot,
 for the exit) is interrupted, an effect in progress (a launch) is not. A paused process is its
 snapshot and nothing else: its actor ends, and `ProcessManager.resume` starts a fresh one at the
@@ -24,7 +35,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal, Protocol
 
 import attrs
@@ -67,7 +78,12 @@ STEP_RETRIES = 5
 
 
 class Backend(Protocol):
-    """Where programs run, as a process actor needs it. Handles are JSON-able mappings."""
+    """Where programs run, as a process actor needs it. Handles are JSON-able mappings.
+
+    Optional: ``try_acquire_slot(key) -> bool``, which takes a slot if one is free now and
+    nobody waits for one (never blocks). With it, a process submitted while a slot is free
+    is durable as launching at once: one durable write fewer before its launch.
+    """
 
     async def acquire_slot(self, key: str) -> None:
         """Wait (in submission order) until another program may run."""
@@ -94,6 +110,16 @@ class Backend(Protocol):
         """Up to ``size`` bytes of the output of the program launched with ``key``."""
 
 
+class PendingSave(Protocol):
+    """A save queued without waiting (`corra.persistence.PendingSave`)."""
+
+    @property
+    def done(self) -> bool: ...
+
+    @property
+    def error(self) -> BaseException | None: ...
+
+
 class Store(Protocol):
     """The part of `corra.persistence.Store` that processes use."""
 
@@ -103,9 +129,21 @@ class Store(Protocol):
         snapshot: bytes,
         *,
         transition: bytes | None = None,
+        transitions: Sequence[bytes] = (),
         name: str | None = None,
         active: bool | None = None,
+        after: Any = None,
+        shielded: bool = False,
     ) -> None: ...
+
+    def save_nowait(
+        self,
+        process_id: str,
+        snapshot: bytes,
+        *,
+        transitions: Sequence[bytes] = (),
+        active: bool | None = None,
+    ) -> PendingSave: ...
 
     def load(self, process_id: str) -> bytes | None: ...
 
@@ -155,10 +193,23 @@ class RecoveryReport:
 _ids = itertools.count()
 
 
+_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
+_last_stamp: tuple[int, str] = (-1, "")
+_pid_part: tuple[int, str] = (-1, "")
+
+
 def new_process_id() -> str:
     """Short, unique, sortable by creation: ``p`` + time in ms (base 36) + pid + counter."""
-    stamp = _base36(int(time.time() * 1000))
-    return f"p{stamp}{_base36(os.getpid() % 1296):0>2}{_base36(next(_ids) % 46656):0>3}"
+    global _last_stamp, _pid_part
+    milliseconds = int(time.time() * 1000)
+    if milliseconds != _last_stamp[0]:
+        _last_stamp = (milliseconds, _base36(milliseconds))
+    pid = os.getpid()
+    if pid != _pid_part[0]:
+        _pid_part = (pid, f"{_base36(pid % 1296):0>2}")
+    high, low = divmod(next(_ids) % 46656, 36)
+    high, middle = divmod(high, 36)
+    return f"p{_last_stamp[1]}{_pid_part[1]}{_DIGITS[high]}{_DIGITS[middle]}{_DIGITS[low]}"
 
 
 def _base36(number: int) -> str:
@@ -209,45 +260,81 @@ def sorted_records(store: Any, codec: Codec) -> tuple[list[ProcessRecord], int]:
 
 
 class _ProcessActor(Actor):
-    """Drives one process through its steps until it is terminal or paused."""
+    """Drives one process through its steps until it is terminal or paused.
+
+    It drives itself (`Actor.main`): one task per process, which takes its requests (pause,
+    kill) between steps, and whose waits (for a slot, a backoff, the program's exit) a
+    request interrupts; an effect (a launch, a kill, a write) never is.
+
+    An interruption cancels the actor's own cancel scope (its cell's: one scope per process,
+    not one per wait), and only while the actor waits; the actor then goes on with the
+    request in a fresh scope, shielded from the cancelled one, which its supervisor's
+    termination cancels from then on. A request that arrives just as a wait ends is taken at
+    the next checkpoint, which `_after_wait` places before any effect.
+    """
 
     def __init__(self, manager: ProcessManager, record: ProcessRecord) -> None:
         self.manager = manager
         self.record = record
         self.request: Literal["pause", "kill"] | None = None
-        self.waiting: trio.CancelScope | None = None
+        self.waiting = False  # in a wait that a request may cut short
+        self.interrupted = False  # a request cancelled the current scope
 
     @property
     def id(self) -> str:
         return self.record.id
 
-    def lifespan(self) -> contextlib.AbstractAsyncContextManager[object]:
-        return self._drive_in_background()
-
-    @contextlib.asynccontextmanager
-    async def _drive_in_background(self) -> AsyncIterator[None]:
+    async def main(self) -> None:
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._drive)
-                try:
-                    yield
-                finally:
-                    nursery.cancel_scope.cancel()
+            await self._drive_until_done()
         finally:
             self.manager._actor_ended(self)
+
+    async def _drive_until_done(self) -> None:
+        try:
+            await self._drive()
+            return
+        except BaseException as exc:
+            if not (self.interrupted and _only_cancelled(exc)) or self._cell.terminating:
+                raise
+        self.interrupted = False
+        scope = trio.CancelScope(shield=True)
+        self._cell.replace_scope(scope)
+        with scope:
+            await self._drive_until_done()
+
+    def interrupt(self) -> None:
+        # A request arrived (or a stop): cut the current wait short, if any.
+        if self.waiting and not self.interrupted:
+            self.interrupted = True
+            self._cell.scope.cancel()
+
+    def _must_not_wait(self) -> bool:
+        """A request (or a stop) is pending already: take it instead of waiting."""
+        cell = self._cell
+        return self.request is not None or bool(len(cell.mailbox)) or cell.stop_requested
+
+    async def _after_wait(self) -> None:
+        """Right after a wait: an interruption that came as the wait ended is taken here,
+        before anything else (a checkpoint in a cancelled scope raises)."""
+        self.waiting = False
+        if self.interrupted:
+            await trio.lowlevel.checkpoint()
 
     async def handle(self, msg: Any) -> str:
         if msg not in ("pause", "kill"):
             raise ConfigError(f"process {self.id}: unknown request {msg!r}")
         if self.request != "kill":
             self.request = msg
-        if self.waiting is not None:
-            self.waiting.cancel()
         return self.record.phase
 
     async def _drive(self) -> None:
         failures = 0
-        while True:
+        cell = self._cell
+        mailbox = cell.mailbox
+        while not cell.stop_requested:
+            if len(mailbox):
+                await self.handle_waiting()
             state = self.record.state
             if state.terminal:
                 break
@@ -268,9 +355,12 @@ class _ProcessActor(Actor):
                 logger.warning("process %s: %s step failed: %s", self.id, state.phase, exc)
                 if failures >= STEP_RETRIES and "fail" in allowed(state.phase):
                     await self._give_up(f"{state.phase}: {exc}")
-                else:
-                    with self._interruptible():
+                elif not self._must_not_wait():
+                    self.waiting = True
+                    try:
                         await trio.sleep(min(2**failures * 0.1, 10))
+                    finally:
+                        await self._after_wait()
             except Exception as exc:
                 # A bug or an input the edge let through: never leave the process active
                 # without an actor (nobody would ever move it on).
@@ -278,7 +368,6 @@ class _ProcessActor(Actor):
                 if "fail" not in allowed(state.phase):
                     raise
                 await self._give_up(f"internal error in {state.phase}: {exc!r}")
-        self.stop()
 
     async def _give_up(self, reason: str) -> None:
         """Fail the process, leaving nothing behind: its slot, and any program its key
@@ -294,38 +383,30 @@ class _ProcessActor(Actor):
         await self._advance("fail", reason=reason)
 
     async def _step(self, state: ProcessState) -> None:
-        if state.phase == "created":
-            await self._wait_for_slot(state)
-        elif state.phase == "launching":
+        phase = state.phase
+        if phase == "launching":
             await self._launch()
-        elif state.phase == "running":
+        elif phase == "running":
             await self._wait_for_exit(state)
-        elif state.phase == "killing":
+        elif phase == "created":
+            await self._wait_for_slot(state)
+        elif phase == "killing":
             await self._kill(state)
 
-    @contextlib.contextmanager
-    def _interruptible(self) -> Iterator[trio.CancelScope]:
-        """A wait that a pause or kill request cancels (an effect never is)."""
-        with trio.CancelScope() as scope:
-            self.waiting = scope
-            if self.request is not None:
-                scope.cancel()
-            try:
-                yield scope
-            finally:
-                self.waiting = None
-
     async def _wait_for_slot(self, state: ProcessState) -> None:
+        if self._must_not_wait():
+            self.manager._dequeue(self.record)
+            return
+        self.waiting = True
         try:
-            with self._interruptible() as scope:
-                if state.attempt > 1:
-                    self.manager._dequeue(self.record)  # a rerun queues after its backoff
-                    await trio.sleep(RETRY_BACKOFF.delay(state.attempt - 1))
-                await self.manager._admit(self.record)
+            if state.attempt > 1:
+                self.manager._dequeue(self.record)  # a rerun queues after its backoff
+                await trio.sleep(RETRY_BACKOFF.delay(state.attempt - 1))
+            await self.manager._admit(self.record)
         finally:
             self.manager._dequeue(self.record)
-        if not scope.cancelled_caught:
-            await self._advance("launch")
+            await self._after_wait()
+        await self._advance("launch")
 
     async def _launch(self) -> None:
         backend = self.manager.backend_for(self.record.spec)
@@ -336,27 +417,33 @@ class _ProcessActor(Actor):
             backend.release_slot(self.id)
             await self._end_attempt(Result(error=str(exc)))
             return
-        await self._advance("started", handle=handle)
+        # Not awaited: a crash that loses this record leaves the process launching, and
+        # recovery finds the program by its key (`_launch` again, which is idempotent).
+        await self._advance("started", handle=handle, background=True)
 
     async def _wait_for_exit(self, state: ProcessState) -> None:
         backend = self.manager.backend_for(self.record.spec)
         assert state.handle is not None
         backend.adopt_slot(self.id)
-        result: Result | None = None
-        with self._interruptible():
-            try:
-                result = await backend.wait(state.handle)
-            except ProgramLost as exc:
-                # The program may outlive its chaperone: kill what is left of it, so a
-                # rerun never runs beside it.
-                with trio.CancelScope(shield=True):
-                    await backend.kill(state.handle, self.record.spec.kill_grace)
-                backend.release_slot(self.id)
-                await self._end_attempt(None, lost=f"lost: {exc}")
-                return
-        if result is not None:
+        if self._must_not_wait():
+            return
+        self.waiting = True
+        try:
+            result = await backend.wait(state.handle)
+        except ProgramLost as exc:
+            await self._after_wait()
+            # The program may outlive its chaperone: kill what is left of it, so a rerun
+            # never runs beside it.
+            with trio.CancelScope(shield=True):
+                await backend.kill(state.handle, self.record.spec.kill_grace)
             backend.release_slot(self.id)
-            await self._end_attempt(result)
+            await self._end_attempt(None, lost=f"lost: {exc}")
+            return
+        finally:
+            if self.waiting:
+                await self._after_wait()
+        backend.release_slot(self.id)
+        await self._end_attempt(result)
 
     async def _kill(self, state: ProcessState) -> None:
         # Reached from every phase; a launch whose record was not written yet is found by
@@ -382,12 +469,23 @@ class _ProcessActor(Actor):
         else:
             await self._advance("fail", reason=reason, result=result)
 
-    async def _advance(self, event: Event, **changes: Any) -> None:
+    async def _advance(self, event: Event, *, background: bool = False, **changes: Any) -> None:
         if event == "pause":
             # A paused process holds nothing, not even a slot; resume adopts one again.
             self.manager.backend_for(self.record.spec).release_slot(self.id)
-        record = await self.manager._transition(self.record, event, **changes)
+        record = await self.manager._transition(
+            self.record, event, background=background, **changes
+        )
         self.record = record
+
+
+def _only_cancelled(exc: BaseException) -> bool:
+    """Whether ``exc`` is a cancellation (or a group of nothing else)."""
+    if isinstance(exc, trio.Cancelled):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(trio.Cancelled)[1] is None
+    return False
 
 
 def _absolute_cwd(spec: ProcessSpec) -> ProcessSpec:
@@ -422,7 +520,12 @@ class ProcessManager:
         self._clock = clock
         self._actors: dict[str, Ref] = {}
         self._active: dict[str, ProcessRecord] = {}
-        self._changed = trio.Event()
+        # Per process, what `wait` waits on: set at its next transition or actor end.
+        self._watches: dict[str, _Watch] = {}
+        self._idle = trio.Event()  # set when the last actor ends
+        # Per process, its save in the background (`_persist`) and its encoded history
+        # entries, until a later save of the process shows how it went.
+        self._unconfirmed: dict[str, tuple[PendingSave, list[bytes]]] = {}
         self._subscribers: list[trio.MemorySendChannel[tuple[ProcessRecord, Transition]]] = []
         self._control = trio.Lock()
         # Per backend, the processes waiting for a slot, in submission order; the head's
@@ -479,8 +582,13 @@ class ProcessManager:
 
         A spec with a ``name`` that exists already returns that process instead: submitting
         the same job file twice never duplicates a process.
+
+        When the backend has a slot free now (`Backend.try_acquire_slot`) and nobody waits
+        for one, the process is launching from the start: its submission and its intent to
+        launch are one durable write (both transitions in its history), and the launch
+        follows without another.
         """
-        self.backend_for(spec)
+        backend = self.backend_for(spec)
         spec = _absolute_cwd(spec)
         if spec.name is not None:
             existing = self._existing(spec.name)
@@ -492,13 +600,24 @@ class ProcessManager:
         record = ProcessRecord(
             id=process_id, spec=spec, state=ProcessState(updated_at=now), created_at=now
         )
-        transition = Transition(
-            at=now, event="submit", source="created", target="created", attempt=1
+        steps = [(record, Transition(now, "submit", "created", "created", 1))]
+        try_acquire = getattr(backend, "try_acquire_slot", None)
+        slot = (
+            try_acquire is not None
+            and not self._admission.get(spec.backend)
+            and try_acquire(process_id)
         )
+        if slot:
+            record = ProcessRecord(
+                process_id, spec, advance(record.state, "launch", at=now, process=process_id), now
+            )
+            steps.append((record, Transition(now, "launch", "created", "launching", 1)))
         try:
-            await self._persist(record, transition, name=spec.name)
+            await self._persist(steps, entering=True, name=spec.name)
         except NameTaken:
             assert spec.name is not None
+            if slot:
+                backend.release_slot(process_id)
             existing = self._existing(spec.name)
             if existing is None:
                 owner = self._store.id_for_name(spec.name)
@@ -508,6 +627,10 @@ class ProcessManager:
                     "twice: choose another name"
                 ) from None
             return existing
+        except BaseException:
+            if slot:
+                backend.release_slot(process_id)
+            raise
         await self._start_actor(record)
         return record
 
@@ -591,19 +714,37 @@ class ProcessManager:
     async def wait(
         self, id_or_name: str, *, until: Callable[[ProcessRecord], bool] | None = None
     ) -> ProcessRecord:
-        """Wait until the process is terminal (or ``until(record)`` holds). A checkpoint."""
-        condition = until or (lambda record: record.state.terminal)
-        while True:
-            record = self.get(id_or_name)
-            if condition(record):
-                await trio.lowlevel.checkpoint()
-                return record
-            await self._changed.wait()
+        """Wait until the process is terminal (or ``until(record)`` holds). A checkpoint.
+
+        Wakes only at this process's transitions and at the end of its actor (``until`` may
+        look at `active`), not at every other process's.
+        """
+        condition = until or _is_terminal
+        record = self.get(id_or_name)
+        process_id = record.id
+        parked = False
+        while not condition(record):
+            watch = self._watches.get(process_id)
+            if watch is None:
+                watch = self._watches[process_id] = _Watch()
+            try:
+                await watch.wait()
+            except BaseException:
+                if not watch.tasks and self._watches.get(process_id) is watch:
+                    del self._watches[process_id]  # nothing stays behind a cancelled wait
+                raise
+            parked = True
+            # The newest record: from memory while it is active, else the one that woke us
+            # (published after it was durable; reading it back from the store is needless).
+            record = self._active.get(process_id) or watch.record or self.get(process_id)
+        if not parked:
+            await trio.lowlevel.checkpoint()
+        return record
 
     async def wait_idle(self) -> None:
         """Wait until no process has an actor (all are paused or terminal). A checkpoint."""
         while self._actors:
-            await self._changed.wait()
+            await self._idle.wait()
         await trio.lowlevel.checkpoint()
 
     @contextlib.contextmanager
@@ -719,76 +860,186 @@ class ProcessManager:
 
     async def _start_actor(self, record: ProcessRecord) -> None:
         if record.id in self._actors:
+            await trio.lowlevel.checkpoint()
             return
         if record.phase == "created" and record.state.attempt == 1:
             self._enqueue(record)
         self._active[record.id] = record
-        ref = await self._supervisor.start_child(
-            ChildSpec(
-                id=record.id,
-                start=lambda: _ProcessActor(self, self._active.get(record.id, record)),
-                restart="temporary",
-                shutdown=5.0,
-                mailbox_capacity=4,
-            )
+        spec = ChildSpec(
+            id=record.id,
+            start=lambda: _ProcessActor(self, self._active.get(record.id, record)),
+            restart="temporary",
+            # Its effects are idempotent and its writes shielded: stopping it at once loses
+            # nothing (the next runtime goes on from its last durable record).
+            shutdown="brutal_kill",
+            mailbox_capacity=4,
         )
-        assert isinstance(ref, Ref)
+        try:
+            # No round trip through the supervisor, no wait for the actor's start (it only
+            # builds the actor): the common case, whenever the supervisor is idle.
+            ref = self._supervisor.start_child_nowait(spec)
+        except trio.WouldBlock:
+            started = await self._supervisor.start_child(spec)
+            assert isinstance(started, Ref)
+            ref = started
         if ref.alive:  # it may have run to its end already
             self._actors[record.id] = ref
 
     def _actor_ended(self, actor: _ProcessActor) -> None:
-        if self._actors.get(actor.id) == actor.ref:
-            del self._actors[actor.id]
-        self._active.pop(actor.id, None)
-        self._notify_changed()
+        process_id = actor.id
+        if self._actors.get(process_id) == actor.ref:
+            del self._actors[process_id]
+        record = self._active.pop(process_id, None)
+        unconfirmed = self._unconfirmed.get(process_id)
+        if unconfirmed is not None and unconfirmed[0].done and unconfirmed[0].error is None:
+            del self._unconfirmed[process_id]
+        self._wake(process_id, record)
+        if not self._actors:
+            self._idle.set()
+            self._idle = trio.Event()
 
     async def _transition(
-        self, record: ProcessRecord, event: Event, **changes: Any
+        self, record: ProcessRecord, event: Event, *, background: bool = False, **changes: Any
     ) -> ProcessRecord:
         now = self._clock()
         state = advance(record.state, event, at=now, process=record.id, **changes)
-        new = attrs.evolve(record, state=state)
-        transition = Transition(
-            at=now,
-            event=event,
-            source=record.phase,
-            target=state.phase,
-            attempt=state.attempt,
-            reason=changes.get("reason"),
+        new = ProcessRecord(record.id, record.spec, state, record.created_at)
+        source, target = record.state.phase, state.phase
+        transition = Transition(now, event, source, target, state.attempt, changes.get("reason"))
+        was_active, active = source in ACTIVE, target in ACTIVE
+        await self._persist(
+            [(new, transition)],
+            entering=None if was_active is active else active,
+            background=background,
         )
-        await self._persist(new, transition)
         return new
 
     async def _persist(
-        self, record: ProcessRecord, transition: Transition, *, name: str | None = None
+        self,
+        steps: list[tuple[ProcessRecord, Transition]],
+        *,
+        entering: bool | None,
+        name: str | None = None,
+        background: bool = False,
     ) -> None:
-        snapshot = self._codec.encode(record)
-        entry = self._history_codec.encode(transition)
-        # Shielded: once asked, the write happens anyway (the store commits what it was
-        # given), so memory must not be left behind the disk.
-        with trio.CancelScope(shield=True):
-            await self._store.save(
-                record.id, snapshot, transition=entry, name=name, active=record.phase in ACTIVE
-            )
-        if record.id in self._active or record.phase in ACTIVE:
-            self._active[record.id] = record
-        logger.info(
-            "process %s (%s): %s -> %s%s",
-            record.id,
-            record.name,
-            transition.source,
-            transition.target,
-            f" ({transition.reason})" if transition.reason else "",
-        )
-        for channel in list(self._subscribers):
-            try:
-                channel.send_nowait((record, transition))
-            except trio.WouldBlock:
-                logger.warning("a slow subscriber lost a transition of %s", record.id)
-            except trio.BrokenResourceError:
-                pass
-        self._notify_changed()
+        """Write the last record of ``steps`` and every step's transition, in one save.
 
-    def _notify_changed(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
+        ``entering``: True if the process enters the active phases with it, False if it
+        leaves them, None if it stays in or out (the store's ``active`` index is then left
+        as it is: it follows the last durable snapshot, whose activeness is the one before
+        ``steps`` — a save in the background never changes it).
+
+        Awaited (the default), it returns once all of it is durable. In the ``background``,
+        it returns at once and the write commits with the next group: for a record whose
+        loss in a crash is safe (``running``: recovery from ``launching`` finds the program
+        by its key). Either way the process's saves commit in order, and a save never
+        outlives an earlier one that failed: it fails too, and the next save of the process
+        writes the history entries of both (so the history stays complete and in order).
+        One save at most per process is in the background; a second one is awaited.
+
+        The record is published (memory, waiters, subscribers) once it is durable, or at once
+        for a save in the background.
+        """
+        record = steps[-1][0]
+        process_id = record.id
+        snapshot = self._codec.encode(record)
+        if len(steps) == 1:
+            entries = [self._history_codec.encode(steps[0][1])]
+        else:
+            entries = [self._history_codec.encode(transition) for _, transition in steps]
+        if entering is not None:
+            background = False  # (the index follows durable snapshots only)
+        earlier = self._unconfirmed.pop(process_id, None)
+        after = None
+        if earlier is not None:
+            if not earlier[0].done:
+                after = earlier[0]
+                background = False
+            elif earlier[0].error is not None:
+                entries = earlier[1] + entries  # never written: write them now, in order
+        if background:
+            write = self._store.save_nowait(
+                process_id, snapshot, transitions=entries, active=entering
+            )
+            self._unconfirmed[process_id] = (write, entries)
+        else:
+            try:
+                # Shielded: once asked, the write happens anyway (the store commits what it
+                # was given), so memory must not be left behind the disk.
+                await self._store.save(
+                    process_id,
+                    snapshot,
+                    transitions=entries,
+                    name=name,
+                    active=entering,
+                    after=after,
+                    shielded=True,
+                )
+            except BaseException:
+                if earlier is not None:
+                    self._unconfirmed[process_id] = earlier
+                raise
+        if process_id in self._active or record.state.phase in ACTIVE:
+            self._active[process_id] = record
+        if self._subscribers or logger.isEnabledFor(logging.INFO):
+            self._announce(steps)
+        watch = self._watches.pop(process_id, None)
+        if watch is not None:
+            watch.wake(record)
+
+    def _announce(self, steps: list[tuple[ProcessRecord, Transition]]) -> None:
+        """Log the transitions and hand them to the subscribers."""
+        for step, transition in steps:
+            logger.info(
+                "process %s (%s): %s -> %s%s",
+                step.id,
+                step.name,
+                transition.source,
+                transition.target,
+                f" ({transition.reason})" if transition.reason else "",
+            )
+            for channel in self._subscribers:
+                try:
+                    channel.send_nowait((step, transition))
+                except trio.WouldBlock:
+                    logger.warning("a slow subscriber lost a transition of %s", step.id)
+                except trio.BrokenResourceError:
+                    pass
+
+    def _wake(self, process_id: str, record: ProcessRecord | None) -> None:
+        """Wake the waiters of this process, handing them ``record``."""
+        watch = self._watches.pop(process_id, None)
+        if watch is not None:
+            watch.wake(record)
+
+
+class _Watch:
+    """What the waiters of one process wait for (once): its next change, and the record
+    after it (None: its actor ended)."""
+
+    __slots__ = ("record", "tasks")
+
+    def __init__(self) -> None:
+        self.tasks: list[trio.lowlevel.Task] = []
+        self.record: ProcessRecord | None = None
+
+    async def wait(self) -> None:
+        task = trio.lowlevel.current_task()
+        tasks = self.tasks
+        tasks.append(task)
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            tasks.remove(task)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def wake(self, record: ProcessRecord | None) -> None:
+        self.record = record
+        for task in self.tasks:
+            trio.lowlevel.reschedule(task)
+        self.tasks = []
+
+
+def _is_terminal(record: ProcessRecord) -> bool:
+    return record.state.terminal

@@ -7,9 +7,12 @@ and what was expected in every error (DESIGN invariant 6).
 
 from __future__ import annotations
 
+import json
+import json.encoder
 import math
 import re
 import typing
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypeAlias
 
@@ -18,7 +21,7 @@ import cattrs
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError
 
 from corra._errors import ConfigError
-from corra.actors._lifecycle import Phase, ProcessState
+from corra.actors._lifecycle import PHASES, Event, Phase, ProcessState, Result
 
 RestartPolicy: TypeAlias = Literal["temporary", "transient", "permanent"]
 RESTART_POLICIES = ("temporary", "transient", "permanent")
@@ -107,54 +110,74 @@ class ProcessSpec:
         backend: where the program runs.
     """
 
-    argv: tuple[str, ...] = attrs.field(
-        validator=_check(_argv, "a non-empty list of strings without NUL bytes")
+    argv: tuple[str, ...]
+    name: str | None = None
+    cwd: str | None = None
+    env: dict[str, str] = attrs.field(factory=dict)
+    timeout: float | None = None
+    restart: RestartPolicy = "temporary"
+    max_attempts: int = 3
+    kill_grace: float = 10.0
+    memory_limit: int | None = None
+    pids_limit: int | None = None
+    labels: dict[str, str] = attrs.field(factory=dict)
+    backend: str = "local"
+
+    def __attrs_post_init__(self) -> None:
+        # Every field checked when the value is built (and so by evolve too): one check of
+        # the whole rather than a validator per field (a spec is built for every
+        # submission); the first field that fails, in order, is named.
+        if _spec_is_valid(self):
+            return
+        for name, (check, expected) in _CHECKS.items():
+            value = getattr(self, name)
+            if not check(value):
+                raise _SpecError(f"{name}: got {value!r}, expected {expected}")
+
+
+#: Per field of `ProcessSpec`, in order: what a valid value passes, and its description.
+_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "argv": (_argv, "a non-empty list of strings without NUL bytes"),
+    "name": (_name, f"a name matching {NAME_PATTERN.pattern}"),
+    "cwd": (_cwd, "a directory path without NUL bytes, or nothing"),
+    "env": (_env, "NAME = value pairs, names without '=' or NUL"),
+    "timeout": (_seconds_or_none, "seconds > 0, or nothing"),
+    "restart": (lambda v: v in RESTART_POLICIES, f"one of {list(RESTART_POLICIES)}"),
+    "max_attempts": (
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+        "an integer >= 1",
+    ),
+    "kill_grace": (_seconds, "seconds >= 0"),
+    "memory_limit": (_positive_or_none, "bytes > 0, or nothing"),
+    "pids_limit": (_positive_or_none, "an integer > 0, or nothing"),
+    "labels": (_table, "a table of string values"),
+    "backend": (lambda v: v in BACKENDS, f"one of {list(BACKENDS)}"),
+}
+
+
+def _spec_is_valid(spec: ProcessSpec) -> bool:
+    """True only if every check of `_CHECKS` passes (defaults recognised without a call)."""
+    name, cwd, env, timeout = spec.name, spec.cwd, spec.env, spec.timeout
+    memory, pids, labels, attempts = (
+        spec.memory_limit,
+        spec.pids_limit,
+        spec.labels,
+        spec.max_attempts,
     )
-    name: str | None = attrs.field(
-        default=None,
-        validator=_check(_name, f"a name matching {NAME_PATTERN.pattern}"),
-    )
-    cwd: str | None = attrs.field(
-        default=None,
-        validator=_check(_cwd, "a directory path without NUL bytes, or nothing"),
-    )
-    env: dict[str, str] = attrs.field(
-        factory=dict,
-        validator=_check(_env, "NAME = value pairs, names without '=' or NUL"),
-    )
-    timeout: float | None = attrs.field(
-        default=None,
-        validator=_check(_seconds_or_none, "seconds > 0, or nothing"),
-    )
-    restart: RestartPolicy = attrs.field(
-        default="temporary",
-        validator=_check(lambda v: v in RESTART_POLICIES, f"one of {list(RESTART_POLICIES)}"),
-    )
-    max_attempts: int = attrs.field(
-        default=3,
-        validator=_check(
-            lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1"
-        ),
-    )
-    kill_grace: float = attrs.field(
-        default=10.0,
-        validator=_check(_seconds, "seconds >= 0"),
-    )
-    memory_limit: int | None = attrs.field(
-        default=None,
-        validator=_check(_positive_or_none, "bytes > 0, or nothing"),
-    )
-    pids_limit: int | None = attrs.field(
-        default=None,
-        validator=_check(_positive_or_none, "an integer > 0, or nothing"),
-    )
-    labels: dict[str, str] = attrs.field(
-        factory=dict,
-        validator=_check(_table, "a table of string values"),
-    )
-    backend: str = attrs.field(
-        default="local",
-        validator=_check(lambda v: v in BACKENDS, f"one of {list(BACKENDS)}"),
+    return bool(
+        _argv(spec.argv)
+        and (name is None or _name(name))
+        and (cwd is None or _cwd(cwd))
+        and ((type(env) is dict and not env) or _env(env))
+        and (timeout is None or _seconds_or_none(timeout))
+        and spec.restart in RESTART_POLICIES
+        and type(attempts) is int
+        and attempts >= 1
+        and _seconds(spec.kill_grace)
+        and (memory is None or _positive_or_none(memory))
+        and (pids is None or _positive_or_none(pids))
+        and ((type(labels) is dict and not labels) or _table(labels))
+        and spec.backend in BACKENDS
     )
 
 
@@ -258,12 +281,106 @@ def parse_process_spec(data: Any, where: str = "process") -> ProcessSpec:
     if "argv" not in data:
         raise ConfigError(f"{where}.argv: missing; expected a non-empty list of strings")
     try:
+        fields = _plain_fields(data)
+        if fields is not None:  # the types are right: the class's own checks are the rest
+            return ProcessSpec(**fields)
         return _wire.structure(dict(data), ProcessSpec)
     except _SpecError as exc:
         raise ConfigError(f"{where}.{exc}") from None
     except (ClassValidationError, ForbiddenExtraKeysError) as exc:
         messages = cattrs.transform_error(exc, format_exception=_describe)
         raise ConfigError("; ".join(_field_message(where, m) for m in messages)) from None
+
+
+def _plain_str(value: Any) -> Any:
+    if type(value) is not str:
+        raise _Unusual
+    return value
+
+
+def _plain_optional_str(value: Any) -> Any:
+    if value is not None and type(value) is not str:
+        raise _Unusual
+    return value
+
+
+def _plain_int(value: Any) -> Any:
+    if type(value) is not int:
+        raise _Unusual
+    return value
+
+
+def _plain_optional_int(value: Any) -> Any:
+    if value is not None and type(value) is not int:
+        raise _Unusual
+    return value
+
+
+def _plain_float(value: Any) -> Any:
+    kind = type(value)
+    if kind is float:
+        return value
+    if kind is int:
+        return float(value)  # as the converter's strict hook does
+    raise _Unusual
+
+
+def _plain_optional_float(value: Any) -> Any:
+    return None if value is None else _plain_float(value)
+
+
+def _plain_restart(value: Any) -> Any:
+    # A Literal: the converter refuses what is not one of its values before the class's
+    # checks run, and so reports it first.
+    if type(value) is not str or value not in RESTART_POLICIES:
+        raise _Unusual
+    return value
+
+
+def _plain_argv(value: Any) -> Any:
+    if type(value) is not list and type(value) is not tuple:
+        raise _Unusual
+    for part in value:
+        if type(part) is not str:
+            raise _Unusual
+    return tuple(value)
+
+
+def _plain_table(value: Any) -> Any:
+    if type(value) is not dict:
+        raise _Unusual
+    for key, item in value.items():
+        if type(key) is not str or type(item) is not str:
+            raise _Unusual
+    return dict(value)
+
+
+_PLAIN_FIELDS: dict[str, Callable[[Any], Any]] = {
+    "argv": _plain_argv,
+    "name": _plain_optional_str,
+    "cwd": _plain_optional_str,
+    "env": _plain_table,
+    "timeout": _plain_optional_float,
+    "restart": _plain_restart,
+    "max_attempts": _plain_int,
+    "kill_grace": _plain_float,
+    "memory_limit": _plain_optional_int,
+    "pids_limit": _plain_optional_int,
+    "labels": _plain_table,
+    "backend": _plain_str,
+}
+
+
+def _plain_fields(data: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The arguments of `ProcessSpec` for input whose every value has exactly the type the
+    converter would make of it (what nearly all input is), converted as it would; None
+    for anything else, which then takes the converter's way (and its error messages)."""
+    if type(data) is not dict:
+        return None
+    try:
+        return {key: _PLAIN_FIELDS[key](value) for key, value in data.items()}
+    except (_Unusual, KeyError):
+        return None
 
 
 def _describe(exc: BaseException, _type: Any) -> str:
@@ -291,3 +408,275 @@ def unstructure_spec(spec: ProcessSpec) -> dict[str, Any]:
     data: dict[str, Any] = _wire.unstructure(spec)
     data["argv"] = list(spec.argv)
     return data
+
+
+# Hand-written encoders of the hot records --------------------------------------------------
+#
+# A process writes a snapshot and a history entry at every transition; the converter's way
+# (unstructure, then json.dumps) is most of the loop's cost of a short process. These write the
+# same text directly: field by field, in the classes' order, with json's own string and number
+# formatting. They handle the types the classes declare; anything else (a subclass, a value of
+# another type, a float json refuses) makes them return None, and the codec takes the
+# converter's way. tests/test_codec.py checks that both ways agree.
+
+
+class _Unusual(Exception):
+    """A value these encoders do not handle; the converter's way takes over."""
+
+
+def _refuse(value: object) -> Any:
+    raise _Unusual
+
+
+_json_string = json.encoder.encode_basestring_ascii  # the C function json.dumps uses
+_json_value = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_refuse).encode
+
+
+def _json_text(value: object) -> str:
+    if type(value) is not str:
+        raise _Unusual
+    return _json_string(value)
+
+
+def _json_optional_text(value: object) -> str:
+    return "null" if value is None else _json_text(value)
+
+
+def _json_number(value: object) -> str:
+    kind = type(value)
+    if kind is float:
+        if not math.isfinite(value):  # type: ignore[arg-type]
+            raise _Unusual  # the converter's way raises json's error for it
+        return float.__repr__(value)  # type: ignore[arg-type]
+    if kind is int:
+        return int.__repr__(value)  # type: ignore[arg-type]
+    raise _Unusual
+
+
+def _json_optional_number(value: object) -> str:
+    return "null" if value is None else _json_number(value)
+
+
+def _json_boolean(value: object) -> str:
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    raise _Unusual
+
+
+def _table_json(value: object) -> str:
+    if type(value) is not dict:
+        raise _Unusual
+    if not value:
+        return "{}"
+    parts = []
+    for key, item in value.items():
+        if type(key) is not str or type(item) is not str:
+            raise _Unusual
+        parts.append(f"{_json_string(key)}:{_json_string(item)}")
+    return f"{{{','.join(parts)}}}"
+
+
+_SCALARS: dict[type, Callable[[Any], str]] = {
+    str: _json_string,
+    int: int.__repr__,
+    float: _json_number,
+    bool: _json_boolean,
+    type(None): lambda _: "null",
+}
+
+
+def _plain_json(value: object) -> str:
+    """A ``dict[str, Any]`` of JSON values (a handle), as the converter would pass it on."""
+    if value is None:
+        return "null"
+    if type(value) is not dict:
+        raise _Unusual
+    parts = []
+    for key, item in value.items():
+        scalar = _SCALARS.get(type(item))
+        if type(key) is not str or scalar is None:
+            break
+        parts.append(f"{_json_string(key)}:{scalar(item)}")
+    else:
+        return f"{{{','.join(parts)}}}"
+    try:  # nested values: json's encoder, refusing what json.dumps would not take either
+        return _json_value(value)
+    except ValueError:
+        raise _Unusual from None
+
+
+def _spec_json(spec: ProcessSpec) -> str:
+    if type(spec) is not ProcessSpec:
+        raise _Unusual
+    argv = spec.argv
+    if type(argv) is not tuple:
+        raise _Unusual
+    return (
+        f'{{"argv":[{",".join([_json_text(part) for part in argv])}],'
+        f'"name":{_json_optional_text(spec.name)},'
+        f'"cwd":{_json_optional_text(spec.cwd)},'
+        f'"env":{_table_json(spec.env)},'
+        f'"timeout":{_json_optional_number(spec.timeout)},'
+        f'"restart":{_json_text(spec.restart)},'
+        f'"max_attempts":{_json_number(spec.max_attempts)},'
+        f'"kill_grace":{_json_number(spec.kill_grace)},'
+        f'"memory_limit":{_json_optional_number(spec.memory_limit)},'
+        f'"pids_limit":{_json_optional_number(spec.pids_limit)},'
+        f'"labels":{_table_json(spec.labels)},'
+        f'"backend":{_json_text(spec.backend)}}}'
+    )
+
+
+class _RecordTexts:
+    """Per live spec, the JSON around the state of its process's record (``{"id":...,
+    "spec":{...},"state":`` and ``,"created_at":...}``), written once: a process's id, spec
+    and creation time never change, and its record is written at every transition. Keyed
+    by the spec's identity (specs hold dicts: they are not hashable), each entry dropped when
+    its spec is collected; a spec shared by two processes is simply written again."""
+
+    def __init__(self) -> None:
+        self._texts: dict[int, tuple[weakref.ref[ProcessSpec], str, float, str, str]] = {}
+
+    def __call__(self, record: ProcessRecord) -> tuple[str, str]:
+        spec = record.spec
+        key = id(spec)
+        entry = self._texts.get(key)
+        if (
+            entry is not None
+            and entry[1] is record.id
+            and entry[2] is record.created_at
+            and entry[0]() is spec
+        ):
+            return entry[3], entry[4]
+        created_at = record.created_at
+        if not _is_number(created_at):
+            raise _Unusual
+        # (the spec is frozen, its dicts are not: see `record_texts`)
+        head = f'{{"id":{_json_text(record.id)},"spec":{_spec_json(spec)},"state":'
+        tail = f',"created_at":{created_at!r}}}'
+        texts = self._texts
+        reference = weakref.ref(spec, lambda _, key=key: texts.pop(key, None))
+        texts[key] = (reference, record.id, created_at, head, tail)
+        return head, tail
+
+    def __len__(self) -> int:
+        return len(self._texts)
+
+
+#: The record texts of the encoder. A spec is frozen, but its ``env`` and ``labels`` are
+#: dicts: code that changed one in place after submission would not see the change on disk
+#: (nothing in corra does; specs are built from input and never changed).
+record_texts = _RecordTexts()
+
+
+def _is_number(value: object) -> bool:
+    """An int or a finite float (what json writes as ``repr``; not a bool)."""
+    kind = type(value)
+    return kind is int or (kind is float and value - value == 0.0)  # type: ignore[operator]
+
+
+def _result_json(result: Result | None) -> str:
+    if result is None:
+        return "null"
+    if type(result) is not Result:
+        raise _Unusual
+    returncode, signal, started, ended = (
+        result.returncode,
+        result.signal,
+        result.started_at,
+        result.ended_at,
+    )
+    utime, stime, maxrss, out, err = (
+        result.utime,
+        result.stime,
+        result.maxrss_kb,
+        result.stdout_bytes,
+        result.stderr_bytes,
+    )
+    if not (
+        (returncode is None or _is_number(returncode))
+        and (signal is None or _is_number(signal))
+        and (started is None or _is_number(started))
+        and (ended is None or _is_number(ended))
+        and _is_number(utime)
+        and _is_number(stime)
+        and _is_number(maxrss)
+        and _is_number(out)
+        and _is_number(err)
+    ):
+        raise _Unusual
+    return (
+        f'{{"returncode":{"null" if returncode is None else repr(returncode)},'
+        f'"signal":{"null" if signal is None else repr(signal)},'
+        f'"started_at":{"null" if started is None else repr(started)},'
+        f'"ended_at":{"null" if ended is None else repr(ended)},'
+        f'"utime":{utime!r},"stime":{stime!r},"maxrss_kb":{maxrss!r},'
+        f'"stdout_bytes":{out!r},"stderr_bytes":{err!r},'
+        f'"timed_out":{_json_boolean(result.timed_out)},'
+        f'"killed":{_json_boolean(result.killed)},'
+        f'"error":{_json_optional_text(result.error)}}}'
+    )
+
+
+#: The JSON of each phase (``"created"`` ...), and of no phase.
+_PHASE_JSON: dict[object, str] = {phase: f'"{phase}"' for phase in PHASES}
+_OPTIONAL_PHASE_JSON: dict[object, str] = {**_PHASE_JSON, None: "null"}
+
+
+def _state_json(state: ProcessState) -> str:
+    if type(state) is not ProcessState:
+        raise _Unusual
+    attempt, updated_at = state.attempt, state.updated_at
+    if type(attempt) is not int or not _is_number(updated_at):
+        raise _Unusual
+    return (
+        f'{{"phase":{_PHASE_JSON[state.phase]},'
+        f'"attempt":{attempt!r},'
+        f'"paused_from":{_OPTIONAL_PHASE_JSON[state.paused_from]},'
+        f'"handle":{_plain_json(state.handle)},'
+        f'"reason":{_json_optional_text(state.reason)},'
+        f'"result":{_result_json(state.result)},'
+        f'"updated_at":{updated_at!r}}}'
+    )
+
+
+def encode_record_data(record: ProcessRecord) -> str | None:
+    """The ``data`` of a `ProcessRecord` as the converter would write it, or None."""
+    try:
+        if type(record) is not ProcessRecord:
+            raise _Unusual
+        head, tail = record_texts(record)
+        return f"{head}{_state_json(record.state)}{tail}"
+    except (_Unusual, KeyError, TypeError):  # (KeyError: not a phase; TypeError: unhashable)
+        return None
+
+
+#: The JSON of each event name.
+_EVENT_JSON: dict[object, str] = {event: f'"{event}"' for event in typing.get_args(Event)}
+
+
+def encode_transition_data(transition: Transition) -> str | None:
+    """The ``data`` of a `Transition` as the converter would write it, or None."""
+    try:
+        if type(transition) is not Transition:
+            raise _Unusual
+        at, attempt, event, reason = (
+            transition.at,
+            transition.attempt,
+            transition.event,
+            transition.reason,
+        )
+        if not _is_number(at) or type(attempt) is not int:
+            raise _Unusual
+        return (
+            f'{{"at":{at!r},'
+            f'"event":{_EVENT_JSON.get(event) or _json_text(event)},'
+            f'"source":{_PHASE_JSON[transition.source]},'
+            f'"target":{_PHASE_JSON[transition.target]},'
+            f'"attempt":{attempt!r},'
+            f'"reason":{"null" if reason is None else _json_text(reason)}}}'
+        )
+    except (_Unusual, KeyError, TypeError):
+        return None

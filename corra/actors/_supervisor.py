@@ -29,6 +29,13 @@ Rules (OTP's, with the differences named):
    and the rest of its group that had not started yet stays stopped.
 6. Beyond OTP: a child with a `Backoff` waits before its restart; the supervisor keeps
    serving requests meanwhile.
+7. Beyond OTP: `SupervisorRef.start_child_nowait` starts a worker without a round trip, for
+   the many short-lived children of a busy supervisor (process actors). It is taken only
+   while the supervisor is idle (nothing queued, nothing being handled), so it is ordered
+   with everything else as a request would be; a failure of such a child while it starts is
+   an abnormal exit (rule 1), handled by its restart type, instead of an error of the call.
+   Likewise, an exit that needs no restart (a temporary child, a transient one that exited
+   normally) is settled by the exiting child itself while the supervisor is idle.
 """
 
 from __future__ import annotations
@@ -55,6 +62,7 @@ from corra._errors import (
     RestartIntensityExceeded,
 )
 from corra.actors._actor import Ref, Status, _ActorCell, _Call, _Cell, _CellRef
+from corra.actors._mailbox import Mailbox
 from corra.actors._specs import ChildSpec, SupervisorSpec
 
 ChildStatus: TypeAlias = Literal["running", "restarting", "stopped"]
@@ -148,7 +156,8 @@ class _SupervisorCell(_Cell):
         self.by_id: dict[str, _Child] = {}
         self.restart_times: collections.deque[float] = collections.deque()
         self.restarts_total = 0
-        self.queue_send, self.queue_receive = trio.open_memory_channel[Any](math.inf)
+        # Exits, restarts due and requests, in order; `idle` while the loop waits for one.
+        self.queue = Mailbox(math.inf)
         self.nursery: trio.Nursery | None = None
         self.ref = SupervisorRef(self)
 
@@ -164,7 +173,7 @@ class _SupervisorCell(_Cell):
     def _post(self, item: object) -> None:
         """Queue an event for the loop; dropped if the supervisor has stopped."""
         with contextlib.suppress(trio.BrokenResourceError):
-            self.queue_send.send_nowait(item)
+            self.queue.send_nowait(item)
 
     async def serve(self, task_status: trio.TaskStatus[None]) -> None:
         # Errors are carried out of the nursery rather than raised in it, so that the
@@ -199,18 +208,14 @@ class _SupervisorCell(_Cell):
     def _close(self) -> None:
         self.mark_stopped()
         stopped = outcome.Error(ActorStopped(self.path, "supervisor stopped"))
-        while True:
-            try:
-                item = self.queue_receive.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                break
+        for item in self.queue.close():
             if type(item) is _Call:
                 item.resolve(stopped)
-        self.queue_receive.close()
 
     async def _loop(self) -> None:
+        receive = self.queue.receive
         while True:
-            item = await self.queue_receive.receive()
+            item = await receive()
             if item is _STOP:
                 await self._terminate_all()
                 return
@@ -230,7 +235,7 @@ class _SupervisorCell(_Cell):
         """Run ``operation`` inside the supervisor's loop and return its result."""
         call = _Call(operation)
         try:
-            self.queue_send.send_nowait(call)
+            self.queue.send_nowait(call)
         except trio.BrokenResourceError as exc:
             await trio.lowlevel.checkpoint()
             raise ActorStopped(self.path, "supervisor not running") from exc
@@ -288,7 +293,53 @@ class _SupervisorCell(_Cell):
         finally:
             cell.mark_stopped()
         if cell.started and not cell.terminating:
+            self._child_exited(child, cell, reason)
+
+    async def _run_child_soon(self, child: _Child, cell: _Cell) -> None:
+        """`_run_child` for `start_child_nowait`: nobody waits for the start, so a failure
+        while starting is an exit like any other (rule 7)."""
+        reason: BaseException | None = None
+        try:
+            with cell.scope:
+                await cell.serve(trio.TASK_STATUS_IGNORED)
+        except Exception as exc:
+            reason = exc
+        finally:
+            cell.mark_stopped()
+        if not cell.terminating:
+            self._child_exited(child, cell, reason)
+
+    def _child_exited(self, child: _Child, cell: _Cell, reason: BaseException | None) -> None:
+        """Report an exit: settled here if the loop is idle and nothing is to restart (no
+        wake-up of the loop for the common end of a temporary child), else queued."""
+        restart = child.spec.restart
+        if self.queue.idle and (
+            restart == "temporary" or (restart == "transient" and reason is None)
+        ):
+            self._settle_exit(child, cell, reason)
+        else:
             self._post(_ChildExit(child, cell, reason))
+
+    def _settle_exit(self, child: _Child, cell: _Cell | None, reason: BaseException | None) -> bool:
+        """The bookkeeping of an exit (rules 1, 2) of ``cell`` (None: a failed restart); True
+        if the child is to be restarted."""
+        if cell is not None and child.cell is not cell:
+            return False  # an incarnation we stopped or replaced already
+        child.cell = None
+        restart = child.spec.restart
+        if reason is None:
+            if logger.isEnabledFor(logging.INFO):
+                logger.info("%s: child %r (%s) exited normally", self.path, child.spec.id, restart)
+        else:
+            logger.warning(
+                "%s: child %r (%s) exited with %r", self.path, child.spec.id, restart, reason
+            )
+        if restart == "temporary" or (restart == "transient" and reason is None):
+            child.wanted = False
+            if restart == "temporary":
+                self._remove(child)
+            return False
+        return True
 
     async def _terminate(self, child: _Child) -> None:
         cell = child.cell
@@ -305,31 +356,14 @@ class _SupervisorCell(_Cell):
 
     async def _on_exit(self, event: _ChildExit) -> None:
         child = event.child
-        if event.cell is None:
-            if child.cell is not None or not child.wanted:
-                # Started or stopped since its restart failed: the retry is void, and so is
-                # the group restart it was part of; what had not started yet stays stopped.
-                for other in event.waiting:
-                    if other.cell is None:
-                        other.wanted = False
-                return
-        elif child.cell is not event.cell:
-            return  # an incarnation we stopped or replaced already
-        child.cell = None
-        restart = child.spec.restart
-        how = "normally" if event.reason is None else f"with {event.reason!r}"
-        logger.log(
-            logging.INFO if event.reason is None else logging.WARNING,
-            "%s: child %r (%s) exited %s",
-            self.path,
-            child.spec.id,
-            restart,
-            how,
-        )
-        if restart == "temporary" or (restart == "transient" and event.reason is None):
-            child.wanted = False
-            if restart == "temporary":
-                self._remove(child)
+        if event.cell is None and (child.cell is not None or not child.wanted):
+            # Started or stopped since its restart failed: the retry is void, and so is
+            # the group restart it was part of; what had not started yet stays stopped.
+            for other in event.waiting:
+                if other.cell is None:
+                    other.wanted = False
+            return
+        if not self._settle_exit(child, event.cell, event.reason):
             return
         self._count_restart(child, event.reason)
         group = self._group(child)
@@ -429,6 +463,23 @@ class _SupervisorCell(_Cell):
             raise
         return _ref_of(child)
 
+    def op_start_child_nowait(self, spec: ChildSpec) -> Ref:
+        """Rule 7: add and start a worker now, in the caller's task, if nothing else is in
+        progress; its task starts it."""
+        if self.status in ("stopping", "stopped"):
+            raise ActorStopped(self.path, "supervisor not running")
+        if self.status != "running" or not self.queue.idle:
+            raise trio.WouldBlock
+        assert self.nursery is not None
+        child = self._add(spec)
+        cell = _ActorCell(self._child_path(spec.id), spec.start, spec.mailbox_capacity, child)  # type: ignore[arg-type]
+        child.cell = cell
+        child.wanted = True
+        if spec.restart != "temporary":  # (only restarts read it)
+            child.started_at = trio.current_time()
+        self.nursery.start_soon(self._run_child_soon, child, cell)
+        return cell.ref
+
     async def op_terminate_child(self, child_id: str) -> None:
         child = self._get(child_id)
         child.wanted = False
@@ -475,6 +526,25 @@ class SupervisorRef(_CellRef):
         if not isinstance(spec, ChildSpec):
             raise ConfigError(f"start_child: got {spec!r}, expected a ChildSpec")
         return await self._cell.request(lambda: self._cell.op_start_child(spec))
+
+    def start_child_nowait(self, spec: ChildSpec) -> Ref:
+        """Add a worker child and start it without waiting for it to run; never blocks.
+
+        For many short-lived children: no round trip through the supervisor's mailbox and no
+        wait for the start. Taken only while the supervisor is idle (else `trio.WouldBlock`:
+        use `start_child`), so it is ordered with requests and exits as `start_child` would
+        be. The child starts in its own task; if it fails while starting, that is an abnormal
+        exit handled by its restart type (rule 7), not an error here.
+
+        Raises:
+            trio.WouldBlock: the supervisor is busy (or still starting).
+            DuplicateChild: a child with that id exists (running or not).
+            ConfigError: ``spec`` is not a worker's `ChildSpec`.
+            ActorStopped: the supervisor is stopping or stopped.
+        """
+        if not isinstance(spec, ChildSpec) or spec.type != "worker":
+            raise ConfigError(f"start_child_nowait: got {spec!r}, expected a worker's ChildSpec")
+        return self._cell.op_start_child_nowait(spec)
 
     async def terminate_child(self, child_id: str) -> None:
         """Stop a child (with its shutdown grace); its spec stays unless it is temporary."""
@@ -530,7 +600,7 @@ class SupervisorRef(_CellRef):
             children=len(cell.children),
             active=sum(1 for c in cell.children if c.cell is not None),
             restarts=cell.restarts_total,
-            pending=cell.queue_send.statistics().current_buffer_used,
+            pending=len(cell.queue),
         )
 
     def walk(self) -> Iterator[TreeNode]:

@@ -1,15 +1,28 @@
 """The local backend: programs on this machine, each under a detached chaperone.
 
-The runtime hands the spec to a chaperone, forked by a long-lived fork server (the *zygote*,
-which receives the spec over a socket) or else started directly as ``python -I -S chaperone.py
-RUN_DIR`` (after the runtime wrote spec.json, in a worker thread). The chaperone claims
-``root/<key>``, starts the program and answers on a pipe; the same pipe later carries the exit
-record. Everything about the program is also in files in its run dir (see
+By default one chaperone serves the whole root (``chaperone="shared"``): a long-lived
+``python -I -S chaperone.py --serve`` that the first backend to need it starts, detached, and
+that launches every program of the root as its own child, in one event loop. The backend keeps
+one connection to it (a Unix socket in the root, JSON lines): launch requests and their
+replies, and an ``exited`` message with the exit record when a program ends, dispatched by one
+reader task to whoever waits, by key. With ``chaperone="own"`` every program gets its own
+chaperone instead, started as ``python -I -S chaperone.py RUN_DIR`` (after the runtime wrote
+spec.json, in a worker thread), which answers on a pipe. The trade-off: a shared chaperone
+adds a fraction of a millisecond to a launch where an own one costs an interpreter's start
+(tens of milliseconds), but if it is killed every program it watches is lost; an own
+chaperone loses only its own. Programs get the launching runtime's environment (as it is at
+the launch) and umask (as it was when the backend connected); what else a process inherits
+(resource limits, scheduling, the cgroup they are made under) is the chaperone's, so, for a
+shared one, that of the runtime that started it.
+
+Either way everything about a program is also in files in its run dir ``root/<key>`` (see
 `corra.backends.chaperone`), so any runtime, this one or the next after a crash, can find it by
-key, wait for it, read its logs and kill it.
+key, wait for it, read its logs and kill it. Handles say which kind of chaperone watches the
+program (``shared``; handles from before the shared chaperone existed are own ones).
 
 Rule 1: a key is launched once. The chaperone's claim on the run dir is exclusive, so a launch
-retried after a crash (or twice at once) finds the first one and returns its handle.
+retried after a crash (or twice at once, by two backends, of either kind) finds the first one
+and returns its handle.
 
 Rule 2: a launch that could not start the program raises `LaunchFailed`, and keeps doing so when
 retried with the same key: a program whose argv[0] cannot be executed has a claimed run dir
@@ -17,23 +30,33 @@ whose ``exit.json`` carries the error (so recovery sees it too, through `exit_re
 missing cwd claims nothing.
 
 Rule 3: the event loop never waits on the disk or on a process. Disk work happens in the
-chaperone or in a worker thread; the runtime learns that a program ended from its chaperone's
-pipe (programs this backend launched) or from a pidfd on the chaperone (programs found by key).
+chaperone or in a worker thread (which also connects to the shared chaperone, and starts it);
+the runtime learns that a program ended from the shared chaperone's connection, or from an own
+chaperone's pipe (programs this backend launched) or from a pidfd on it (programs found by key).
 What runs on the loop is non-blocking pipe and socket I/O and reads of /proc.
+
+Rule 4: programs outlive the backend and its runtime. Closing the backend (or its runtime
+dying) closes the connection; the shared chaperone keeps running its programs, enforcing
+their timeouts and kills, and writing their exit records, and leaves by itself once it has had
+no program and no connection for a few seconds. A backend that finds it gone starts a new one;
+programs of a chaperone that died without writing their exit records are lost
+(`ProgramLost`), and `kill` ends what is left of them from their pid files.
 """
 
 from __future__ import annotations
 
-import array
 import contextlib
-import errno
+import fcntl
+import itertools
 import json
 import math
 import os
 import re
+import select
 import signal
 import socket
 import sys
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -48,6 +71,7 @@ from corra.backends._cgroups import CgroupSupport
 
 __all__ = [
     "CgroupSupport",
+    "ChaperoneKind",
     "ExitRecord",
     "Handle",
     "LaunchSpec",
@@ -57,6 +81,7 @@ __all__ = [
 
 Stream = Literal["stdout", "stderr"]
 Status = Literal["running", "exited", "lost"]
+ChaperoneKind = Literal["shared", "own"]
 
 CHAPERONE_PATH = os.path.abspath(chaperone.__file__)
 #: A key names a directory and a cgroup: no separators, no leading dot, not too long.
@@ -64,6 +89,12 @@ _KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@+=-]{0,199}")
 _ENV_NAME = re.compile(r"[^=\0]+")
 #: Polling where there is no pidfd, and while another launch of the same key finishes.
 _POLL_FIRST, _POLL_MAX = 0.005, 0.5
+#: Seconds the shared chaperone stays without programs and connections (tests shorten it).
+DAEMON_IDLE_EXIT = chaperone.IDLE_EXIT
+#: Seconds to connect to the shared chaperone, starting it if need be, before giving up.
+_CONNECT_TIMEOUT = 30.0
+#: How often a request is sent again when the shared chaperone went away while it was asked.
+_ATTEMPTS = 3
 
 
 # values ---------------------------------------------------------------------------------
@@ -129,7 +160,7 @@ class LaunchSpec:
     cwd: str | None = attrs.field(default=None, validator=_cwd)
     """Must exist when launched; None: a fresh ``work`` directory in the run dir."""
     env: dict[str, str] = attrs.field(factory=dict, converter=_env)
-    """Added on top of the runtime's environment."""
+    """Added on top of the runtime's environment (``os.environ`` at launch)."""
     timeout: float | None = attrs.field(default=None, validator=_seconds("timeout", positive=True))
     """Seconds from start; then the program is killed (TERM, then KILL after ``kill_grace``)."""
     kill_grace: float = attrs.field(default=10.0, validator=_seconds("kill_grace", positive=False))
@@ -153,11 +184,16 @@ class Handle:
     """The program's pid, which is also its process group; None while it is being started, or
     if it never started."""
     cgroup: str | None = None
-    """The program's cgroup (one with ``cgroup.kill`` where there is one)."""
+    """The program's cgroup (one with ``cgroup.kill`` where there is one). A shared chaperone
+    reuses it for a later program once this one has ended and it is empty."""
     cgroup_note: str | None = None
     """What could not be arranged (a cgroup, a limit), in words; None if nothing."""
     started_at: float | None = None
     """When the program started (epoch seconds)."""
+    shared: bool = False
+    """The chaperone is the shared one of the root (it watches many programs, and outlives
+    each); False: the program's own. Handles written before there was a shared chaperone lack
+    the field, and are own."""
 
 
 @attrs.frozen
@@ -180,7 +216,7 @@ class ExitRecord:
     timed_out: bool = False
     """Its timeout expired, so the chaperone killed it."""
     killed: bool = False
-    """A kill was requested (SIGTERM to the chaperone) before it ended."""
+    """A kill was requested before it ended."""
     oom_killed: bool = False
     """The kernel's OOM killer struck in its memory cgroup."""
     error: str | None = None
@@ -195,17 +231,18 @@ class ExitRecord:
         """Structure ``exit.json``; raises BackendError naming the field that is wrong."""
         if not isinstance(data, dict):
             raise BackendError(f"exit.json: expected an object, got {data!r}")
-        values = {}
-        for field in attrs.fields(cls):
-            if field.name not in data:
-                if field.default is attrs.NOTHING:
-                    raise BackendError(f"exit.json: {field.name} is missing")
-                continue
-            values[field.name] = data[field.name]
+        fields = _EXIT_FIELDS
+        if _EXIT_REQUIRED - data.keys():
+            missing = sorted(_EXIT_REQUIRED - data.keys())
+            raise BackendError(f"exit.json: {missing[0]} is missing")
         for name in ("returncode", "signal"):
-            if values[name] is not None and not isinstance(values[name], int):
+            if data[name] is not None and not isinstance(data[name], int):
                 raise BackendError(f"exit.json: {name}: expected an int or null")
-        return cls(**values)
+        return cls(**{name: data[name] for name in fields if name in data})
+
+
+_EXIT_FIELDS = {field.name: field for field in attrs.fields(ExitRecord)}
+_EXIT_REQUIRED = {name for name, field in _EXIT_FIELDS.items() if field.default is attrs.NOTHING}
 
 
 @attrs.frozen
@@ -264,70 +301,7 @@ class _Slots:
             entry[0].set()
 
 
-# the fork server ------------------------------------------------------------------------
-
-
-class _Zygote:
-    """A long-lived ``chaperone.py --zygote``: forks a chaperone per request (about 1 ms)
-    instead of starting an interpreter (about 20 ms)."""
-
-    def __init__(self, pid: int, sock: socket.socket) -> None:
-        self.pid = pid
-        self.sock = sock
-        self.alive = True
-        self.sending = trio.StrictFIFOLock()  # one task at a time may wait for buffer space
-
-    @classmethod
-    def start(cls) -> _Zygote:
-        """Blocking: run in a thread."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            pid = os.posix_spawn(
-                _python(),
-                [_python(), "-I", "-S", CHAPERONE_PATH, "--zygote", "3"],
-                dict(os.environ),
-                file_actions=[
-                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                    (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
-                    (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0),
-                    (os.POSIX_SPAWN_DUP2, theirs.fileno(), 3),
-                ],
-                setsid=True,
-                setsigmask=(),
-                setsigdef=chaperone.RESET_IN_PROGRAM,
-            )
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
-        ours.setblocking(False)
-        return cls(pid, ours)
-
-    async def send(self, message: bytes, notify_fd: int) -> bool:
-        """Hand one request over; False if the zygote is gone or the message too large."""
-        fds = array.array("i", [notify_fd])
-        async with self.sending:
-            while self.alive:
-                try:
-                    self.sock.sendmsg([message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
-                except BlockingIOError:
-                    await trio.lowlevel.wait_writable(self.sock)
-                    continue
-                except OSError as error:
-                    if error.errno != errno.EMSGSIZE:
-                        self.alive = False
-                    return False
-                return True
-        return False
-
-    async def aclose(self) -> None:
-        """Close the socket (the zygote exits on end of file) and reap it."""
-        self.alive = False
-        trio.lowlevel.notify_closing(self.sock)
-        self.sock.close()
-        with trio.CancelScope(shield=True):
-            await _reap(self.pid)
+# processes ------------------------------------------------------------------------------
 
 
 def _python() -> str:
@@ -363,42 +337,6 @@ def _pidfd(pid: int) -> int | None:
 def _close_pidfd(pidfd: int) -> None:
     trio.lowlevel.notify_closing(pidfd)
     os.close(pidfd)
-
-
-class _Link:
-    """Our end of a chaperone's notify pipe: its reply, then (after ``started``) its exit
-    record, one JSON line each; end of file if it died or was started by someone else."""
-
-    def __init__(self, fd: int) -> None:
-        os.set_blocking(fd, False)
-        self.fd = fd
-        self.buffer = b""
-
-    async def receive(self) -> dict[str, Any] | None:
-        """The next line; None at end of file. A checkpoint only when it has to wait."""
-        while b"\n" not in self.buffer:
-            try:
-                chunk = os.read(self.fd, 65536)
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(self.fd)
-                continue
-            if not chunk:
-                return None
-            self.buffer += chunk
-        line, _, self.buffer = self.buffer.partition(b"\n")
-        message = json.loads(line)
-        if not isinstance(message, dict):
-            raise BackendError(f"unexpected message from a chaperone: {message!r}")
-        return message
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            trio.lowlevel.notify_closing(self.fd)
-            os.close(self.fd)
-            self.fd = -1
-
-
-# processes ------------------------------------------------------------------------------
 
 
 def _stat(pid: int) -> tuple[int, str, int, int] | None:
@@ -438,6 +376,22 @@ def _read_json(path: Path) -> Any:
         raise BackendError(f"{path}: {error}") from error
 
 
+def _read_claim(run_dir: Path) -> tuple[Any, Any]:
+    """(claim, program) of a run dir, from ``chaperone.pid`` (and ``program.pid`` for an own
+    chaperone); (None, None) if it was never claimed."""
+    path = run_dir / chaperone.CHAPERONE_FILE
+    try:
+        with open(path, "rb") as file:
+            claim, program = chaperone.read_claim(file.read())
+    except FileNotFoundError:
+        return None, None
+    except (OSError, ValueError) as error:
+        raise BackendError(f"{path}: {error}") from error
+    if claim is not None and not claim.get("shared"):
+        program = _read_json(run_dir / chaperone.PROGRAM_FILE)
+    return claim, program
+
+
 def _written(path: str) -> bool:
     """Whether ``path`` exists and is not empty (see `_read_json`)."""
     try:
@@ -446,17 +400,18 @@ def _written(path: str) -> bool:
         return False
 
 
-def _handle_from(key: str, run_dir: Path, chaperone_info: Any, program: Any) -> Handle:
+def _handle_from(key: str, run_dir: Path, claim: Any, program: Any) -> Handle:
     try:
         return Handle(
             key=key,
             run_dir=str(run_dir),
-            chaperone_pid=int(chaperone_info["pid"]),
-            chaperone_start=int(chaperone_info["start"]),
+            chaperone_pid=int(claim["pid"]),
+            chaperone_start=int(claim["start"]),
             pid=None if program is None else int(program["pid"]),
             cgroup=None if program is None else program.get("cgroup"),
             cgroup_note=None if program is None else program.get("cgroup_note"),
             started_at=None if program is None else float(program["started_at"]),
+            shared=bool(claim.get("shared", False)),
         )
     except (KeyError, TypeError, ValueError) as error:
         raise BackendError(f"{run_dir}: unreadable pid file: {error!r}") from error
@@ -470,6 +425,328 @@ def _check_key(key: object) -> str:
     return key
 
 
+# the shared chaperone -------------------------------------------------------------------
+
+
+class _Disconnected(Exception):
+    """The connection to the shared chaperone broke before the answer came."""
+
+
+class _Waiter:
+    """One task waiting for one message (None: the connection broke)."""
+
+    __slots__ = ("event", "message")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.message: dict[str, Any] | None = None
+
+    def wake(self, message: dict[str, Any] | None) -> None:
+        self.message = message
+        self.event.set()
+
+
+class _Daemon:
+    """Our connection to the root's shared chaperone.
+
+    Requests carry an id, and their waiter is woken by the reply with that id; ``exited``
+    messages go to the waiters of their key, or, when nobody waits, to ``on_exit``. One
+    reader task (a system task: the backend has no nursery) reads for everyone.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        hello: Mapping[str, Any],
+        on_exit: Callable[[str, dict[str, Any]], None],
+    ) -> None:
+        self.sock = sock
+        self.pid = int(hello["pid"])
+        self.start = int(hello["start"])
+        self.environ = hello["environ"]
+        """The runtime's environment as the chaperone has it: programs start from it."""
+        self.on_exit = on_exit
+        self.alive = True
+        self.ids = itertools.count(1)
+        self.replies: dict[int, _Waiter] = {}
+        self.exits: dict[str, list[_Waiter]] = {}
+        self.watched: set[str] = set()
+        """Keys whose exit this connection will be told without asking again."""
+        self.outbox = bytearray()  # what the socket did not take yet
+        self.reader = trio.CancelScope()
+        trio.lowlevel.spawn_system_task(self._read, name="corra local chaperone reader")
+
+    def serves(self, handle: Handle) -> bool:
+        return handle.chaperone_pid == self.pid and handle.chaperone_start == self.start
+
+    async def request(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Send ``message``; its reply. Raises `_Disconnected`."""
+        ident = next(self.ids)
+        message["id"] = ident
+        waiter = _Waiter()
+        self.replies[ident] = waiter
+        try:
+            self._send(chaperone.json_line(message))
+            await waiter.event.wait()
+        finally:
+            self.replies.pop(ident, None)
+        if waiter.message is None:
+            raise _Disconnected
+        return waiter.message
+
+    def _send(self, data: bytes) -> None:
+        """Send ``data`` now, or after what waits to be sent (a system task sends that)."""
+        if not self.alive:
+            raise _Disconnected
+        if self.outbox:
+            self.outbox += data
+            return
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.close()
+            raise _Disconnected from None
+        if sent < len(data):
+            self.outbox += data[sent:]
+            trio.lowlevel.spawn_system_task(self._flush, name="corra local chaperone writer")
+
+    async def _flush(self) -> None:
+        try:
+            while self.outbox and self.alive:
+                try:
+                    sent = self.sock.send(self.outbox)
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(self.sock)
+                    continue
+                del self.outbox[:sent]
+        except OSError:
+            self.close()
+        except BaseException:  # cancelled half-way through a message: the stream is broken
+            self.close()
+            raise
+        finally:
+            if not self.alive:
+                self.outbox.clear()
+
+    async def _read(self) -> None:
+        buffer = bytearray()
+        with self.reader:
+            try:
+                while True:
+                    await trio.lowlevel.wait_readable(self.sock)
+                    try:
+                        data = self.sock.recv(65536)
+                    except BlockingIOError:
+                        continue
+                    if not data:
+                        break
+                    buffer += data
+                    start = 0
+                    while (end := buffer.find(b"\n", start)) >= 0:
+                        self._dispatch(json.loads(bytes(buffer[start:end])))
+                        start = end + 1
+                    del buffer[:start]
+            except Exception:  # a broken connection, whatever broke it
+                pass
+            finally:
+                self.close()
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        ident = message.get("id")
+        if ident is not None:
+            waiter = self.replies.pop(ident, None)
+            if waiter is not None:
+                waiter.wake(message)
+        elif message.get("op") == "exited":
+            key = message["key"]
+            self.watched.discard(key)
+            waiters = self.exits.pop(key, None)
+            if waiters:
+                for waiter in waiters:
+                    waiter.wake(message)
+            else:
+                self.on_exit(key, message["record"])
+
+    def close(self) -> None:
+        """Forget the connection; wake everyone who waits on it (they reconnect)."""
+        if not self.alive:
+            return
+        self.alive = False
+        self.reader.cancel()
+        trio.lowlevel.notify_closing(self.sock)
+        self.sock.close()
+        replies, self.replies = self.replies, {}
+        exits, self.exits = self.exits, {}
+        for waiter in replies.values():
+            waiter.wake(None)
+        for waiters in exits.values():
+            for waiter in waiters:
+                waiter.wake(None)
+
+
+def _connect_or_start(root: Path, idle_exit: float) -> tuple[socket.socket, dict[str, Any]]:
+    """Connect to ``root``'s shared chaperone, starting one if there is none; blocking (run it
+    in a thread). Starters take turns (a flock on the root), so two backends that need one at
+    once start one between them; the chaperone's own flock makes sure only one serves."""
+    deadline = time.monotonic() + _CONNECT_TIMEOUT
+    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(root_fd, fcntl.LOCK_EX)
+        delay = 0.005
+        while True:
+            connected = _hello(root, root_fd)
+            if connected is not None:
+                return connected
+            if time.monotonic() > deadline:
+                raise BackendError(f"{root}: no shared chaperone answers")
+            answer = _start_daemon(root, idle_exit, deadline)
+            if answer == "busy":  # one that is leaving still holds the lock: try again
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
+            elif answer != "ready":
+                raise BackendError(f"{root}: the shared chaperone did not start: {answer}")
+    finally:
+        os.close(root_fd)  # which lets go of the flock
+
+
+def _hello(root: Path, root_fd: int) -> tuple[socket.socket, dict[str, Any]] | None:
+    """A connection that the chaperone said hello on; None if nobody listens."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(10)
+        try:
+            sock.connect(chaperone.socket_address(str(root), root_fd))
+        except (FileNotFoundError, ConnectionRefusedError):
+            sock.close()
+            return None
+        environ = _environ()
+        hello = {
+            "op": "hello",
+            "id": 0,
+            "version": chaperone.PROTOCOL,
+            "env": dict(os.environ),
+            "umask": _umask(),
+        }
+        sock.sendall(chaperone.json_line(hello))
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:  # it was leaving as we came
+                sock.close()
+                return None
+            data += chunk
+        reply = json.loads(data)
+        if reply.get("op") != "hello" or reply.get("version") != chaperone.PROTOCOL:
+            raise BackendError(f"{root}: the shared chaperone answers {reply!r}")
+        sock.setblocking(False)
+        return sock, {**reply, "environ": environ}
+    except (OSError, ValueError) as error:
+        sock.close()
+        if isinstance(error, ConnectionError):
+            return None  # reset as it was leaving
+        raise BackendError(f"{root}: talking to the shared chaperone: {error!r}") from error
+    except BaseException:
+        sock.close()
+        raise
+
+
+def _umask() -> int | None:
+    """This process's umask (read, not set and reset: threads may be creating files)."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _environ() -> dict[Any, Any]:
+    """A copy of this process's environment, cheap to compare with a later one."""
+    data = getattr(os.environ, "_data", None)  # what os.environ keeps (bytes), in CPython
+    return dict(data) if isinstance(data, dict) else dict(os.environ)
+
+
+def _start_daemon(root: Path, idle_exit: float, deadline: float) -> str:
+    """Start ``chaperone.py --serve`` for ``root``; what it said (``ready``, ``busy``, or why
+    it failed). The root is passed in the environment, not on the command line."""
+    read_fd, write_fd = os.pipe()
+    try:
+        python = _python()
+        env = {**os.environ, chaperone.ROOT_VARIABLE: str(root)}
+        argv = [python, "-I", "-S", CHAPERONE_PATH, "--serve"]
+        argv += ["--ready-fd", "3", "--idle-exit", repr(float(idle_exit))]
+        pid = os.posix_spawn(
+            python,
+            argv,
+            env,
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+                (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0),
+                (os.POSIX_SPAWN_DUP2, write_fd, 3),
+            ],
+            setsigmask=(),
+            setsigdef=chaperone.RESET_IN_PROGRAM,
+        )
+        os.close(write_fd)
+        write_fd = -1
+        _waitpid(pid)  # it exits as soon as the chaperone has detached
+        answer = b""
+        while not answer.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([read_fd], [], [], left)[0]:
+                return "no answer in time"
+            chunk = os.read(read_fd, 4096)
+            if not chunk:
+                return "it exited without a word (see .chaperone.log)"
+            answer += chunk
+        return answer.decode(errors="replace").strip()
+    finally:
+        os.close(read_fd)
+        if write_fd >= 0:
+            os.close(write_fd)
+
+
+# own chaperones -------------------------------------------------------------------------
+
+
+class _Link:
+    """Our end of an own chaperone's notify pipe: its reply, then (after ``started``) its exit
+    record, one JSON line each; end of file if it died or was started by someone else."""
+
+    def __init__(self, fd: int) -> None:
+        os.set_blocking(fd, False)
+        self.fd = fd
+        self.buffer = b""
+
+    async def receive(self) -> dict[str, Any] | None:
+        """The next line; None at end of file. A checkpoint only when it has to wait."""
+        while b"\n" not in self.buffer:
+            try:
+                chunk = os.read(self.fd, 65536)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(self.fd)
+                continue
+            if not chunk:
+                return None
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        message = json.loads(line)
+        if not isinstance(message, dict):
+            raise BackendError(f"unexpected message from a chaperone: {message!r}")
+        return message
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            trio.lowlevel.notify_closing(self.fd)
+            os.close(self.fd)
+            self.fd = -1
+
+
 # the backend ----------------------------------------------------------------------------
 
 
@@ -481,11 +758,13 @@ class LocalBackend:
         max_running: the slot limit (`acquire_slot`); default 4 per CPU.
         cgroups: "auto" uses what `cgroups` found (kill through ``cgroup.kill``, memory and pids
             limits); "off" uses none (kill reaches the process group only).
-        zygote: fork chaperones from a fork server (fast) rather than starting an interpreter
-            per launch; the direct way remains the fallback.
+        chaperone: "shared" (one chaperone for the root, started on first use and shared with
+            every backend on the root) or "own" (a chaperone per program: slower to launch,
+            but a chaperone that is killed loses one program, not all).
 
     Use it as ``async with LocalBackend(root) as backend:`` (or call `aclose`), so that the
-    fork server is stopped. Programs are not: they outlive the backend, by design.
+    connection to the shared chaperone is closed. Programs are not: they outlive the backend,
+    by design.
     """
 
     def __init__(
@@ -494,7 +773,7 @@ class LocalBackend:
         *,
         max_running: int | None = None,
         cgroups: Literal["auto", "off"] = "auto",
-        zygote: bool = True,
+        chaperone: ChaperoneKind = "shared",
     ) -> None:
         if max_running is None:
             max_running = 4 * (os.cpu_count() or 1)
@@ -502,15 +781,19 @@ class LocalBackend:
             raise ConfigError(f"max_running: expected a positive int, got {max_running!r}")
         if cgroups not in ("auto", "off"):
             raise ConfigError(f"cgroups: expected 'auto' or 'off', got {cgroups!r}")
+        if chaperone not in ("shared", "own"):
+            raise ConfigError(f"chaperone: expected 'shared' or 'own', got {chaperone!r}")
         self.root = Path(root).absolute()
+        self.chaperone: ChaperoneKind = chaperone
         self._cgroup_suffix = _cgroups.cgroup_suffix(str(self.root))
         self._cgroups = _cgroups.detect_here() if cgroups == "auto" else _cgroups.OFF
         self._prepared = False
         self._preparing = trio.Lock()
-        self._use_zygote = zygote
-        self._zygote: _Zygote | None = None
         self._launching: dict[str, trio.Event] = {}
-        self._links: dict[str, _Link] = {}  # pipes of programs we launched, until waited
+        self._links: dict[str, _Link] = {}  # own chaperones' pipes, until waited
+        self._daemon: _Daemon | None = None
+        self._connecting = trio.Lock()
+        self._exits: dict[str, dict[str, Any]] = {}  # exit records nobody has waited for yet
         self._slots = _Slots(max_running)
         self._closed = False
 
@@ -526,19 +809,16 @@ class LocalBackend:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Stop the fork server. Running programs and their chaperones are not touched.
-
-        A checkpoint; shielded, so it finishes even when cancelled.
-        """
+        """Close the connection to the shared chaperone and the pipes of own ones. Running
+        programs and their chaperones are not touched. A checkpoint."""
         self._closed = True
         links, self._links = self._links, {}
         for link in links.values():
             link.close()
-        zygote, self._zygote = self._zygote, None
-        if zygote is not None:
-            await zygote.aclose()
-        else:
-            await trio.lowlevel.checkpoint()
+        daemon, self._daemon = self._daemon, None
+        if daemon is not None:
+            daemon.close()
+        await trio.lowlevel.checkpoint()
 
     # launching ----------------------------------------------------------------------------
 
@@ -554,6 +834,7 @@ class LocalBackend:
             LaunchFailed: the program could not be started: cwd missing, argv[0] not found or
                 not executable (also recorded in ``exit.json``'s ``error``, so a later launch of
                 the same key raises again).
+            BackendError: the chaperone could not be reached or started (worth a retry).
         """
         _check_key(key)
         if not isinstance(spec, LaunchSpec):
@@ -565,7 +846,9 @@ class LocalBackend:
         self._launching[key] = done = trio.Event()
         try:
             await self._prepare()
-            return await self._launch(key, spec)
+            if self.chaperone == "shared":
+                return await self._launch_shared(key, spec)
+            return await self._launch_own(key, spec)
         finally:
             del self._launching[key]
             done.set()
@@ -608,8 +891,8 @@ class LocalBackend:
                 with contextlib.suppress(OSError):
                     os.rmdir(os.path.join(parent, name))  # type: ignore[arg-type]
 
-    def _document(self, key: str, spec: LaunchSpec) -> dict[str, Any]:
-        """spec.json: the spec as the chaperone needs it, resolved against this runtime."""
+    def _document(self, key: str, spec: LaunchSpec, env: dict[str, str]) -> dict[str, Any]:
+        """The spec as the chaperone needs it, resolved against this runtime."""
         entries, notes = self._cgroups.entries(
             key + self._cgroup_suffix, spec.memory_limit, spec.pids_limit
         )
@@ -617,7 +900,7 @@ class LocalBackend:
             "key": key,
             "argv": list(spec.argv),
             "cwd": None if spec.cwd is None else os.path.abspath(spec.cwd),
-            "env": {**os.environ, **spec.env},
+            "env": env,
             "timeout": spec.timeout,
             "kill_grace": spec.kill_grace,
             "memory_limit": spec.memory_limit,
@@ -626,21 +909,69 @@ class LocalBackend:
             "cgroup_notes": notes,
         }
 
-    async def _launch(self, key: str, spec: LaunchSpec) -> Handle:
+    async def _launch_shared(self, key: str, spec: LaunchSpec) -> Handle:
+        # The environment on top of which spec.env goes was sent with the hello (and again
+        # whenever it changed since).
+        document = self._document(key, spec, spec.env)
+        for _ in range(_ATTEMPTS):
+            daemon = await self._connection()
+            try:
+                environ = getattr(os.environ, "_data", None)
+                if environ is None or environ != daemon.environ:
+                    environ = _environ()
+                    await daemon.request({"op": "env", "env": dict(os.environ)})
+                    daemon.environ = environ
+                reply = await daemon.request({"op": "launch", "key": key, "spec": document})
+            except _Disconnected:
+                continue  # retried: the claim tells whether it got as far as the program
+            break
+        else:
+            raise BackendError(f"{key}: the shared chaperone kept going away during the launch")
+        op = reply.get("op")
+        if op in ("started", "claimed") and reply.get("program") is not None:
+            daemon.watched.add(key)  # it tells us of the exit unasked
+            return _handle_from(
+                key,
+                self.root / key,
+                {"pid": daemon.pid, "start": daemon.start, "shared": True},
+                reply["program"],
+            )
+        if op == "claimed":
+            return await self._existing(key)
+        if op in ("failed", "invalid"):
+            raise LaunchFailed(f"{key}: {reply.get('error')}")
+        raise BackendError(f"{key}: unexpected reply from the shared chaperone: {reply!r}")
+
+    async def _connection(self) -> _Daemon:
+        """Our connection to the root's shared chaperone, (re)connecting (and starting one)
+        in a worker thread if need be."""
+        daemon = self._daemon
+        if daemon is not None and daemon.alive:
+            return daemon
+        async with self._connecting:
+            daemon = self._daemon
+            if daemon is not None and daemon.alive:
+                return daemon
+            if self._closed:
+                raise BackendError("the backend is closed")
+            await self._prepare()
+            sock, hello = await trio.to_thread.run_sync(
+                _connect_or_start, self.root, DAEMON_IDLE_EXIT
+            )
+            if self._closed:
+                sock.close()
+                raise BackendError("the backend is closed")
+            self._daemon = _Daemon(sock, hello, self._exits.__setitem__)
+            return self._daemon
+
+    async def _launch_own(self, key: str, spec: LaunchSpec) -> Handle:
         run_dir = self.root / key
-        document = self._document(key, spec)
-        link = await self._start(run_dir, document)
+        document = self._document(key, spec, {**os.environ, **spec.env})
+        link = await self._start_own(run_dir, document)
         try:
             reply = await link.receive()
             if reply is None:
-                # The chaperone died before it said anything (a zygote that was killed, say).
-                # If it had claimed the run dir, that launch counts; if not, nothing ran: retry.
-                if await trio.to_thread.run_sync(self.find, key) is None:
-                    link.close()
-                    link = await self._start(run_dir, document, direct=True)
-                    reply = await link.receive()
-                if reply is None:
-                    reply = {"status": "claimed"}
+                reply = {"status": "claimed"}  # it died before it said anything
         except BaseException:
             link.close()
             raise
@@ -656,27 +987,16 @@ class LocalBackend:
             return await self._existing(key)
         raise BackendError(f"{key}: unexpected reply from the chaperone: {reply!r}")
 
-    async def _start(
-        self, run_dir: Path, document: dict[str, Any], *, direct: bool = False
-    ) -> _Link:
-        """Start a chaperone for ``run_dir``; the pipe on which it will answer."""
+    async def _start_own(self, run_dir: Path, document: dict[str, Any]) -> _Link:
+        """Start an own chaperone for ``run_dir``; the pipe on which it will answer."""
         read_fd, write_fd = os.pipe()
         link = _Link(read_fd)
         try:
-            sent = False
-            if self._use_zygote and not direct:
-                zygote = await self._get_zygote()
-                if zygote is not None:
-                    message = json.dumps({"run_dir": str(run_dir), "spec": document}).encode()
-                    sent = await zygote.send(message, write_fd)
-            if not sent:
-                intermediate = await trio.to_thread.run_sync(
-                    _spawn_direct, run_dir, document, write_fd
-                )
-                os.close(write_fd)
-                write_fd = -1
-                with trio.CancelScope(shield=True):
-                    await _reap(intermediate)  # it exits as soon as the chaperone detached
+            intermediate = await trio.to_thread.run_sync(_spawn_direct, run_dir, document, write_fd)
+            os.close(write_fd)
+            write_fd = -1
+            with trio.CancelScope(shield=True):
+                await _reap(intermediate)  # it exits as soon as the chaperone detached
         except BaseException:
             link.close()
             raise
@@ -684,20 +1004,6 @@ class LocalBackend:
             if write_fd >= 0:
                 os.close(write_fd)
         return link
-
-    async def _get_zygote(self) -> _Zygote | None:
-        if self._zygote is not None and self._zygote.alive:
-            return self._zygote
-        async with self._preparing:
-            if self._zygote is not None and not self._zygote.alive:
-                old, self._zygote = self._zygote, None
-                await old.aclose()
-            if self._zygote is None and not self._closed:
-                try:
-                    self._zygote = await trio.to_thread.run_sync(_Zygote.start)
-                except OSError:
-                    self._use_zygote = False  # the direct way works without it
-        return self._zygote
 
     async def _existing(self, key: str) -> Handle:
         """The handle of an earlier launch of ``key``, once its program is started (or not)."""
@@ -724,14 +1030,13 @@ class LocalBackend:
     def find(self, key: str) -> Handle | None:
         """The handle of ``key``'s launch, from its pid files; None if it was never launched.
 
-        Blocking (reads two small files): for recovery, or call it in a thread.
+        Blocking (reads one or two small files): for recovery, or call it in a thread.
         """
         run_dir = self.run_dir(key)
-        chaperone_info = _read_json(run_dir / chaperone.CHAPERONE_FILE)
-        if chaperone_info is None:
+        claim, program = _read_claim(run_dir)
+        if claim is None:
             return None
-        program = _read_json(run_dir / chaperone.PROGRAM_FILE)
-        return _handle_from(key, run_dir, chaperone_info, program)
+        return _handle_from(key, run_dir, claim, program)
 
     def exit_record(self, handle: Handle) -> ExitRecord | None:
         """How the program ended, or None while it has not (or it is lost). Blocking.
@@ -770,13 +1075,17 @@ class LocalBackend:
     async def wait(self, handle: Handle) -> ExitRecord:
         """Wait for the program to end; its exit record (exit.json exists by then).
 
-        Woken by the chaperone's pipe for programs this backend launched, else by a pidfd on
-        the chaperone; it polls (with backoff) only where there are no pidfds. A checkpoint;
-        cancelling it leaves the program alone, and a later wait picks up where it stopped.
+        Woken by the shared chaperone's message (asking it to tell, for programs this
+        backend did not launch), by an own chaperone's pipe for programs this backend
+        launched, else by a pidfd on the own chaperone; it polls (with backoff) only where
+        there are no pidfds. A checkpoint; cancelling it leaves the program alone, and a later
+        wait picks up where it stopped.
 
         Raises:
             ProgramLost: the chaperone is gone and left no exit record.
         """
+        if handle.shared:
+            return await self._wait_shared(handle)
         await trio.lowlevel.checkpoint()
         link = self._links.pop(handle.key, None)
         if link is not None:
@@ -803,7 +1112,56 @@ class LocalBackend:
             _close_pidfd(pidfd)
         return await self._record_or_lost(handle)
 
+    async def _wait_shared(self, handle: Handle) -> ExitRecord:
+        key = handle.key
+        while True:
+            record = self._exits.pop(key, None)
+            if record is not None:
+                await trio.lowlevel.checkpoint()
+                return ExitRecord.from_json(record)
+            daemon = await self._daemon_of(handle)
+            if daemon is None:
+                if _chaperone_alive(handle):  # not this root's (any more): watch its files
+                    return await self._poll_until_exit(handle)
+                return await self._record_or_lost(handle)
+            if key in self._exits:
+                continue  # it came while we connected
+            waiter = _Waiter()
+            daemon.exits.setdefault(key, []).append(waiter)
+            try:
+                if key not in daemon.watched:
+                    reply = await daemon.request({"op": "watch", "key": key})
+                    if reply.get("op") != "watching":
+                        # Not running there: ended (exit.json is in place) or never started.
+                        return await self._record_or_lost(handle)
+                    daemon.watched.add(key)
+                await waiter.event.wait()
+            except _Disconnected:
+                continue
+            finally:
+                waiters = daemon.exits.get(key)
+                if waiters is not None and waiter in waiters:
+                    waiters.remove(waiter)
+                    if not waiters:
+                        del daemon.exits[key]
+            if waiter.message is not None:
+                return ExitRecord.from_json(waiter.message["record"])
+            # The connection broke: ask again (a new chaperone, if this one died).
+
+    async def _daemon_of(self, handle: Handle) -> _Daemon | None:
+        """The connection to the shared chaperone that runs ``handle``'s program; None if that
+        chaperone is gone, or is not the one serving this root (another root's, or one that
+        is leaving, its programs done)."""
+        daemon = self._daemon
+        if daemon is not None and daemon.alive and daemon.serves(handle):
+            return daemon
+        if not _chaperone_alive(handle):
+            return None
+        daemon = await self._connection()
+        return daemon if daemon.serves(handle) else None
+
     async def _record_or_lost(self, handle: Handle) -> ExitRecord:
+        self._exits.pop(handle.key, None)
         record = await trio.to_thread.run_sync(self.exit_record, handle)
         if record is None:
             raise ProgramLost(
@@ -829,12 +1187,18 @@ class LocalBackend:
         """
         if grace is not None:
             _seconds("grace", positive=False)(None, None, grace)
-            await trio.to_thread.run_sync(_write_kill_request, handle, grace)
-        if _signal_chaperone(handle, signal.SIGTERM):
-            try:
-                return await self.wait(handle)
-            except ProgramLost:
-                pass  # SIGKILLed by someone before it could record: finish the job here
+        if handle.shared:
+            if await self._ask_to_kill(handle, grace):
+                with contextlib.suppress(ProgramLost):
+                    return await self.wait(handle)
+        else:
+            if grace is not None:
+                await trio.to_thread.run_sync(_write_kill_request, handle, grace)
+            if _signal_chaperone(handle, signal.SIGTERM):
+                try:
+                    return await self.wait(handle)
+                except ProgramLost:
+                    pass  # SIGKILLed by someone before it could record: finish the job here
         record = await trio.to_thread.run_sync(self.exit_record, handle)
         if record is not None:
             return record
@@ -842,6 +1206,22 @@ class LocalBackend:
             grace = await trio.to_thread.run_sync(_spec_grace, handle)
         await self._kill_orphaned(handle, grace)
         return None
+
+    async def _ask_to_kill(self, handle: Handle, grace: float | None) -> bool:
+        """Whether the shared chaperone took the kill request (it runs the program)."""
+        for _ in range(_ATTEMPTS):
+            daemon = await self._daemon_of(handle)
+            if daemon is None:
+                return False
+            try:
+                reply = await daemon.request({"op": "kill", "key": handle.key, "grace": grace})
+            except _Disconnected:
+                continue
+            if reply.get("op") == "killing":
+                daemon.watched.add(handle.key)
+                return True
+            return False
+        return False
 
     async def _kill_orphaned(self, handle: Handle, grace: float) -> None:
         """A program without its chaperone: TERM, wait up to ``grace``, then KILL."""
@@ -933,10 +1313,23 @@ def _write_kill_request(handle: Handle, grace: float) -> None:
     chaperone.write_atomic(path, chaperone.json_line({"grace": grace}))
 
 
-def _spec_grace(handle: Handle) -> float:
-    spec = _read_json(Path(handle.run_dir) / chaperone.SPEC_FILE) or {}
+def _spec(handle: Handle) -> dict[str, Any]:
+    """The spec the chaperone ran (from the shared one's claim, or an own one's spec.json)."""
+    run_dir = Path(handle.run_dir)
     try:
-        return float(spec.get("kill_grace", 10.0))
+        if handle.shared:
+            claim, _ = _read_claim(run_dir)
+            spec = (claim or {}).get("spec")
+        else:
+            spec = _read_json(run_dir / chaperone.SPEC_FILE)
+    except BackendError:
+        spec = None
+    return spec if isinstance(spec, dict) else {}
+
+
+def _spec_grace(handle: Handle) -> float:
+    try:
+        return float(_spec(handle).get("kill_grace", 10.0))
     except (TypeError, ValueError):
         return 10.0
 
@@ -965,11 +1358,11 @@ def _killpg(handle: Handle, number: int) -> None:
 
 
 def _kill_cgroups(handle: Handle, candidates: list[str]) -> None:
-    """SIGKILL whatever is left in the program's cgroups, and remove them: those its spec.json
-    names and the ``candidates`` (spec.json may not have been written yet)."""
-    spec = _read_json(Path(handle.run_dir) / chaperone.SPEC_FILE) or {}
-    paths = [entry["path"] for entry in spec.get("cgroups") or []] + candidates
-    if handle.cgroup is not None:
+    """SIGKILL whatever is left in the program's cgroups, and remove them: those its spec
+    names and the ``candidates`` (the spec may not have been written yet)."""
+    paths = [entry["path"] for entry in _spec(handle).get("cgroups") or []] + candidates
+    # A live shared chaperone reuses the cgroups of programs that have ended: not those.
+    if handle.cgroup is not None and not (handle.shared and _chaperone_alive(handle)):
         paths.append(handle.cgroup)
     cgroups = chaperone.Cgroups([])
     cgroups.entries = [(path, {}) for path in dict.fromkeys(paths) if os.path.isdir(path)]

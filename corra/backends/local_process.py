@@ -19,7 +19,14 @@ import trio
 
 from corra.actors._lifecycle import Result
 from corra.actors._records import ProcessSpec
-from corra.backends.local import ExitRecord, Handle, LaunchSpec, LocalBackend, _pread
+from corra.backends.local import (
+    ChaperoneKind,
+    ExitRecord,
+    Handle,
+    LaunchSpec,
+    LocalBackend,
+    _pread,
+)
 
 
 def log_file(root: Path, key: str, stream: str) -> Path | None:
@@ -52,7 +59,8 @@ def result_of(record: ExitRecord | None) -> Result | None:
 
 
 class LocalProcessBackend:
-    """Local programs under chaperones, for process actors."""
+    """Local programs under chaperones, for process actors (see `LocalBackend` for the
+    options)."""
 
     def __init__(
         self,
@@ -60,12 +68,15 @@ class LocalProcessBackend:
         *,
         max_running: int | None = None,
         cgroups: Literal["auto", "off"] = "auto",
+        chaperone: ChaperoneKind = "shared",
     ) -> None:
         self.root = Path(root)
-        self.backend = LocalBackend(self.root, max_running=max_running, cgroups=cgroups)
+        self.backend = LocalBackend(
+            self.root, max_running=max_running, cgroups=cgroups, chaperone=chaperone
+        )
 
     async def aclose(self) -> None:
-        """Stop the fork server; programs keep running."""
+        """Close the connection to the shared chaperone; programs keep running."""
         await self.backend.aclose()
 
     async def acquire_slot(self, key: str) -> None:

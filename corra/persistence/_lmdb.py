@@ -152,6 +152,9 @@ class Databases:
     meta: Any
     active: Any
     """None for a format-1 store opened read-only (it has no such database)."""
+    next_history: dict[bytes, int] = attrs.field(factory=dict, eq=False, repr=False)
+    """The writer's memory of the next history sequence number of the processes it wrote
+    lately (see `corra.persistence._store`); never read by readers."""
 
 
 class Environment:

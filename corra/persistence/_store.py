@@ -11,6 +11,10 @@ fails its whole batch with `StoreError`; the writer thread carries on with the n
 Rule 3: a full map is not an error: the writer doubles the map and applies the same batch
 again.
 
+Rule 4: writes are applied in the order they were queued. A save may name an earlier one
+(``after``) that it must not outlive: if that one failed, this one fails too, before it changes
+anything, so a later snapshot never lands beside a hole in the history.
+
 The layout, the keys and the reads are in `corra.persistence._lmdb`.
 """
 
@@ -24,7 +28,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Final
@@ -86,27 +90,33 @@ class StoreStatistics:
 
 
 class _Write:
-    """One queued write: applied by the writer thread, awaited by one task."""
+    """One queued write: applied by the writer thread, awaited by one task (or none)."""
 
-    __slots__ = ("error", "result", "task")
+    __slots__ = ("done", "error", "result", "shielded", "task")
 
     def __init__(self) -> None:
         self.task: trio.lowlevel.Task | None = None
         self.result: Any = None
         self.error: BaseException | None = None
+        self.done = False
+        self.shielded = False
 
     async def wait(self) -> None:
-        """Until the writer is done with this write, or the task is cancelled."""
+        """Until the writer is done with this write, or the task is cancelled (unless
+        ``shielded``: then cancellation waits for the write, as in a shielded scope)."""
         # `wake` runs on the loop, which is ours until we park: it cannot come first.
         self.task = trio.lowlevel.current_task()
         await trio.lowlevel.wait_task_rescheduled(self._abandon)
 
     def _abandon(self, _: object) -> trio.lowlevel.Abort:
+        if self.shielded:
+            return trio.lowlevel.Abort.FAILED  # delivered at the task's next checkpoint
         self.task = None  # cancelled: the write still happens, nobody hears of it
         return trio.lowlevel.Abort.SUCCEEDED
 
     def wake(self) -> None:
-        """On the loop: let the waiting task, if any, go on."""
+        """On the loop: the writer is done with it; let the waiting task, if any, go on."""
+        self.done = True
         if self.task is not None:
             trio.lowlevel.reschedule(self.task)
             self.task = None
@@ -128,39 +138,71 @@ def _claim(txn: lmdb.Transaction, databases: Databases, name: bytes, process: by
     return owner
 
 
-def _next_history_key(txn: lmdb.Transaction, databases: Databases, process: bytes) -> bytes:
+#: Processes whose next history sequence number the writer remembers, at most (then it
+#: forgets them all and reads them again as needed).
+_REMEMBERED_SEQUENCES: Final = 100_000
+
+
+def _next_history_sequence(txn: lmdb.Transaction, databases: Databases, process: bytes) -> int:
+    """The sequence number of the next history entry of ``process``.
+
+    Remembered from the last save of the process by this writer (the only one: the writer
+    lock), else read: the last key below prefix + 1. A remembered number may run ahead of
+    the store after a transaction that failed, which leaves a gap in the numbers, never a
+    clash: entries keep their order.
+    """
+    remembered = databases.next_history.get(process)
+    if remembered is not None:
+        return remembered
     prefix = history_prefix(process)
     cursor = txn.cursor(db=databases.history)
-    # The last key below prefix + 1, i.e. the last history entry of this process, if any.
     found = cursor.prev() if cursor.set_range(process + b"\x01") else cursor.last()
-    sequence = 0
     if found and cursor.key().startswith(prefix):
-        sequence = int.from_bytes(cursor.key()[len(prefix) :], "big") + 1
-    return prefix + sequence.to_bytes(SEQUENCE_BYTES, "big")
+        return int.from_bytes(cursor.key()[len(prefix) :], "big") + 1
+    return 0
 
 
-class _Save(_Write):
-    __slots__ = ("active", "name", "process", "snapshot", "transition")
+class PendingSave(_Write):
+    """A save queued by `Store.save_nowait` (and, inside the store, by `Store.save`).
+
+    ``done`` turns true on the loop once the writer is done with it; then ``error`` is None if
+    it committed, else the reason it did not (nothing of it was written).
+    """
+
+    __slots__ = ("active", "after", "name", "process", "snapshot", "transitions")
 
     def __init__(
         self,
         process: bytes,
         snapshot: bytes,
-        transition: bytes | None,
+        transitions: tuple[bytes, ...],
         name: bytes | None,
         active: bool | None = None,
+        after: PendingSave | None = None,
     ) -> None:
-        super().__init__()
+        # (_Write.__init__ inlined: one of these is made at every transition)
+        self.task = None
+        self.result = None
+        self.error = None
+        self.done = False
+        self.shielded = False
         self.process = process
         self.snapshot = snapshot
-        self.transition = transition
+        self.transitions = transitions
         self.name = name
         self.active = active
+        self.after = after
 
     def size(self) -> int:
-        return len(self.snapshot) + len(self.transition or b"")
+        return len(self.snapshot) + sum(len(entry) for entry in self.transitions)
 
     def apply(self, txn: lmdb.Transaction, databases: Databases) -> None:
+        after = self.after
+        if after is not None and after.error is not None:
+            raise StoreError(
+                f"an earlier save of {text(self.process)!r} failed, so this one is not made: "
+                f"{after.error}"
+            )
         if self.name is not None:
             owner = _claim(txn, databases, self.name, self.process)
             if owner != self.process:
@@ -172,9 +214,18 @@ class _Save(_Write):
             txn.put(self.process, b"", db=databases.active)
         elif self.active is False:
             txn.delete(self.process, db=databases.active)
-        if self.transition is not None:
-            key = _next_history_key(txn, databases, self.process)
-            txn.put(key, self.transition, db=databases.history)
+        if self.transitions:
+            process = self.process
+            sequence = _next_history_sequence(txn, databases, process)
+            prefix = history_prefix(process)
+            history = databases.history
+            for entry in self.transitions:
+                txn.put(prefix + sequence.to_bytes(SEQUENCE_BYTES, "big"), entry, db=history)
+                sequence += 1
+            remembered = databases.next_history
+            if len(remembered) >= _REMEMBERED_SEQUENCES:
+                remembered.clear()
+            remembered[process] = sequence
 
 
 class _ClaimName(_Write):
@@ -218,6 +269,7 @@ class _Delete(_Write):
         txn.delete(self.process, db=databases.snapshots)
         txn.delete(self.process, db=databases.active)
         txn.delete(self.process, db=databases.quarantine)
+        databases.next_history.pop(self.process, None)  # its history starts again at 0
         prefix = history_prefix(self.process)
         cursor = txn.cursor(db=databases.history)
         if cursor.set_range(prefix):
@@ -302,32 +354,106 @@ class Store(Reads):
         snapshot: bytes,
         *,
         transition: bytes | None = None,
+        transitions: Sequence[bytes] = (),
         name: str | None = None,
         active: bool | None = None,
+        after: PendingSave | None = None,
+        shielded: bool = False,
     ) -> None:
         """In one transaction: make ``snapshot`` the latest snapshot of ``process_id``;
-        append ``transition`` to its history; claim ``name`` for it; put ``process_id`` in
-        the ``active`` index (``active=True``) or take it out (``active=False``; None leaves
-        the index as it is). Returns once all of it is durable; a checkpoint (see the class
-        for cancellation).
+        append ``transition`` (or each of ``transitions``, in order) to its history; claim
+        ``name`` for it; put ``process_id`` in the ``active`` index (``active=True``) or take
+        it out (``active=False``; None leaves the index as it is). Returns once all of it is
+        durable; a checkpoint (see the class for cancellation; ``shielded``: once queued, it
+        returns only when the write is done, as if in a shielded cancel scope, and a
+        cancellation is delivered at the next checkpoint).
+
+        ``after``: an earlier save (`save_nowait`) that this one must not outlive: if it
+        failed, this one fails too, without writing anything.
 
         Raises:
             NameTaken: ``name`` belongs to another process; nothing of this save was written.
-            StoreError: the transaction failed (nothing of it was written), or the store is
-                closed or read-only.
+            StoreError: the transaction failed (nothing of it was written), or ``after``
+                failed, or the store is closed or read-only.
             ConfigError: ``process_id`` or ``name`` cannot be a key (empty, a NUL, too long).
-            TypeError: ``snapshot`` or ``transition`` is not bytes, ``active`` not a bool.
+            TypeError: ``snapshot`` or a transition is not bytes, ``active`` not a bool.
         """
-        if active is not None and not isinstance(active, bool):
+        write = self._save_write(process_id, snapshot, transition, transitions, name, active, after)
+        write.shielded = shielded
+        # `_submit`, inlined: a save is what every transition of every process waits for.
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self.readonly or not self._accepting:
+            self._check_accepting()
+        self._queue.put(write)
+        write.task = trio.lowlevel.current_task()
+        await trio.lowlevel.wait_task_rescheduled(write._abandon)
+        if write.error is not None:
+            raise write.error
+
+    def save_nowait(
+        self,
+        process_id: str,
+        snapshot: bytes,
+        *,
+        transition: bytes | None = None,
+        transitions: Sequence[bytes] = (),
+        name: str | None = None,
+        active: bool | None = None,
+        after: PendingSave | None = None,
+    ) -> PendingSave:
+        """Queue the same save as `save` and return at once, without waiting for it: the
+        writer commits it in order with the others. Watch ``done`` and ``error`` on what it
+        returns, or name it as ``after`` of a later save, which then fails if it failed.
+
+        Raises:
+            StoreError: the store is closed or read-only (nothing was queued).
+            ConfigError, TypeError: as `save`.
+        """
+        write = self._save_write(process_id, snapshot, transition, transitions, name, active, after)
+        self._check_accepting()
+        self._queue.put(write)
+        return write
+
+    def _save_write(
+        self,
+        process_id: str,
+        snapshot: bytes,
+        transition: bytes | None,
+        transitions: Sequence[bytes],
+        name: str | None,
+        active: bool | None,
+        after: PendingSave | None,
+    ) -> PendingSave:
+        if active is not None and type(active) is not bool:
             raise TypeError(f"active must be a bool or None, not {type(active).__name__}")
-        write = _Save(
+        if after is not None:
+            if type(after) is not PendingSave:
+                raise TypeError(f"after must be a PendingSave or None, not {type(after).__name__}")
+            if after.done and after.error is None:
+                after = None  # committed already: nothing to wait for
+        if transition is not None:
+            if transitions:
+                raise TypeError("pass transition or transitions, not both")
+            entries: tuple[bytes, ...] = (require_bytes(transition, "transition"),)
+        elif type(transitions) is list or type(transitions) is tuple:
+            entries = tuple(transitions)
+            for entry in entries:
+                if type(entry) is not bytes:
+                    require_bytes(entry, "transition")
+        elif isinstance(transitions, (bytes, str)):
+            raise TypeError("transitions must be a sequence of bytes, not a single value")
+        else:
+            entries = tuple(transitions)
+            for entry in entries:
+                require_bytes(entry, "transition")
+        return PendingSave(
             process_key(process_id),
-            require_bytes(snapshot, "snapshot"),
-            None if transition is None else require_bytes(transition, "transition"),
+            snapshot if type(snapshot) is bytes else require_bytes(snapshot, "snapshot"),
+            entries,
             None if name is None else key_of(name, "name"),
             active,
+            after,
         )
-        await self._submit(write)
 
     async def claim_name(self, name: str, process_id: str) -> str:
         """The process the name belongs to: its owner if it has one already, else
@@ -381,12 +507,15 @@ class Store(Reads):
         result: int = await self._submit(_RebuildActiveIndex(is_active))
         return result
 
-    async def _submit(self, write: _Write) -> Any:
-        await trio.lowlevel.checkpoint_if_cancelled()
+    def _check_accepting(self) -> None:
         if self.readonly:
             raise StoreError(f"the store at {self.path} is open read-only")
         if not self._accepting:
             raise StoreError(f"the store at {self.path} is closed")
+
+    async def _submit(self, write: _Write) -> Any:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._check_accepting()
         self._queue.put(write)
         await write.wait()
         if write.error is not None:
