@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import trio
 import trio.testing
+from conftest import settle
 
 import corra
-from tests.conftest import settle
 
 
 class Slow(corra.Actor):

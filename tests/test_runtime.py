@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import trio
+from conftest import Recorder, worker
 
 import corra
-from tests.conftest import Recorder, worker
 
 
 def tasks_below(task: trio.lowlevel.Task) -> int:
@@ -32,7 +32,7 @@ async def test_leaving_the_block_stops_everything_in_reverse_order():
 
 
 def corra_worker(name: str, log: Recorder) -> corra.Actor:
-    from tests.conftest import Worker
+    from conftest import Worker
 
     return Worker(name, log)
 

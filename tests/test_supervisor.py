@@ -6,9 +6,9 @@ import math
 
 import pytest
 import trio
+from conftest import Recorder, ref_of, settle, worker
 
 import corra
-from tests.conftest import Recorder, ref_of, settle, worker
 
 
 def spec(strategy: str, *children: corra.ChildSpec, intensity: int = 10, period: float = 5):

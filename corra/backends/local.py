@@ -287,6 +287,15 @@ class _Slots:
                     self.release(key)  # granted as we were cancelled: nobody will use it
             raise
 
+    def try_acquire(self, key: str) -> bool:
+        """Take a slot now if ``key`` holds one or one is free with nobody queued."""
+        if key in self.held:
+            return True
+        if not self.waiting and len(self.held) < self.limit:
+            self.held.add(key)
+            return True
+        return False
+
     def release(self, key: str) -> None:
         self.held.discard(key)
         while self.waiting and len(self.held) < self.limit:
@@ -1255,6 +1264,11 @@ class LocalBackend:
         """Wait for one of ``max_running`` slots, first come first served; at once if ``key``
         holds one already. A checkpoint; cancelling it gives up the place in the queue."""
         await self._slots.acquire(key)
+
+    def try_acquire_slot(self, key: str) -> bool:
+        """Take a slot at once if one is free and nobody is queued (True), else False: the
+        caller queues with `acquire_slot`. Never waits."""
+        return self._slots.try_acquire(key)
 
     def release_slot(self, key: str) -> None:
         """Give ``key``'s slot to the next in line (nothing if it holds none)."""

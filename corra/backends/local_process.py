@@ -82,6 +82,9 @@ class LocalProcessBackend:
     async def acquire_slot(self, key: str) -> None:
         await self.backend.acquire_slot(key)
 
+    def try_acquire_slot(self, key: str) -> bool:
+        return self.backend.try_acquire_slot(key)
+
     def release_slot(self, key: str) -> None:
         self.backend.release_slot(key)
 
