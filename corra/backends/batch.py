@@ -23,7 +23,7 @@ import contextlib
 import json
 import logging
 import posixpath
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -31,6 +31,7 @@ import trio
 
 from corra._errors import BackendError, ConfigError, LaunchFailed, ProgramLost, TransportError
 from corra.actors._lifecycle import Result
+from corra.backends._pollers import HostPollers
 from corra.backends.scheduler import JobStatus
 from corra.backends.slurm import Slurm, SlurmOptions, parse_slurm_options
 from corra.backends.ssh._budget import TokenBucket
@@ -78,34 +79,16 @@ class _Host:
         self.wake = trio.Event()
 
 
-class SchedulerBackend:
+class SchedulerBackend(HostPollers):
     """Jobs on the given hosts through ``scheduler``; use as ``async with``."""
 
     def __init__(self, hosts: Mapping[str, BatchHost], scheduler: Slurm | None = None) -> None:
         self.scheduler = scheduler or Slurm()
         self._hosts = {name: _Host(config) for name, config in hosts.items()}
 
-    @contextlib.asynccontextmanager
-    async def _running(self) -> AsyncIterator[SchedulerBackend]:
-        async with trio.open_nursery() as nursery:
-            for host in self._hosts.values():
-                nursery.start_soon(self._poller, host)
-            try:
-                yield self
-            finally:
-                nursery.cancel_scope.cancel()
-
-    async def __aenter__(self) -> SchedulerBackend:
-        self._context = self._running()
-        return await self._context.__aenter__()
-
-    async def __aexit__(self, *exc_info: Any) -> bool | None:
-        return await self._context.__aexit__(*exc_info)
-
     def host(self, name: object) -> _Host:
-        if not isinstance(name, str) or name not in self._hosts:
-            raise ConfigError(f"host: got {name!r}, expected one of {sorted(self._hosts)}")
-        return self._hosts[name]
+        host: _Host = super().host(name)
+        return host
 
     # -- slots: the scheduler queues; nothing to bound here ------------------------------
 

@@ -32,7 +32,7 @@ import hashlib
 import json
 import logging
 import posixpath
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ from corra._errors import (
 )
 from corra.actors._lifecycle import Result
 from corra.backends import chaperone
+from corra.backends._pollers import HostPollers
 from corra.backends.local import ExitRecord
 from corra.backends.local_process import result_of
 from corra.backends.ssh._config import HostConfig
@@ -102,7 +103,7 @@ class _Host:
         return [self.config.python, "-I", "-S", posixpath.join(self.lib_dir, "remote_helper.py")]
 
 
-class SshProgramBackend:
+class SshProgramBackend(HostPollers):
     """Programs on the hosts it was given; use as ``async with`` (it runs one poller per host).
 
     ``transports`` maps each host name to its `Transport` (an `SshTransport` over the host's
@@ -123,33 +124,12 @@ class SshProgramBackend:
             name: _Host(config, transports[name], poll_interval) for name, config in hosts.items()
         }
         self._digest, self._files = _library()
-        self._nursery: trio.Nursery | None = None
         self._slots = trio.Semaphore(max_running)
         self._held: set[str] = set()
 
-    @contextlib.asynccontextmanager
-    async def _running(self) -> AsyncIterator[SshProgramBackend]:
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            for host in self._hosts.values():
-                nursery.start_soon(self._poller, host)
-            try:
-                yield self
-            finally:
-                nursery.cancel_scope.cancel()
-                self._nursery = None
-
-    async def __aenter__(self) -> SshProgramBackend:
-        self._context = self._running()
-        return await self._context.__aenter__()
-
-    async def __aexit__(self, *exc_info: Any) -> bool | None:
-        return await self._context.__aexit__(*exc_info)
-
     def host(self, name: object) -> _Host:
-        if not isinstance(name, str) or name not in self._hosts:
-            raise ConfigError(f"host: got {name!r}, expected one of {sorted(self._hosts)}")
-        return self._hosts[name]
+        host: _Host = super().host(name)
+        return host
 
     # -- slots: a bound on remote programs at once --------------------------------------
 

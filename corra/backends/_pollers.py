@@ -1,0 +1,39 @@
+"""What the remote backends share: their hosts by name, and one poller task per host."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from corra._errors import ConfigError
+
+
+class HostPollers:
+    """A backend with named hosts, each with a poller task while it is open (``async with``).
+
+    Subclasses set ``_hosts`` and define ``_poller(host)``, which runs until cancelled.
+    """
+
+    _hosts: dict[str, Any]
+
+    async def _poller(self, host: Any) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Any:
+        self._nursery_manager = trio.open_nursery()
+        nursery = await self._nursery_manager.__aenter__()
+        self._poll_nursery = nursery
+        for host in self._hosts.values():
+            nursery.start_soon(self._poller, host)
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        self._poll_nursery.cancel_scope.cancel()
+        return await self._nursery_manager.__aexit__(*exc_info)
+
+    def host(self, name: object) -> Any:
+        """The host called ``name``, or `ConfigError` naming the hosts there are."""
+        if not isinstance(name, str) or name not in self._hosts:
+            raise ConfigError(f"host: got {name!r}, expected one of {sorted(self._hosts)}")
+        return self._hosts[name]
