@@ -29,7 +29,14 @@ from typing import Any
 import attrs
 import trio
 
-from corra._errors import BackendError, ConfigError, LaunchFailed, ProgramLost, TransportError
+from corra._errors import (
+    BackendError,
+    ConfigError,
+    HostUnavailable,
+    LaunchFailed,
+    ProgramLost,
+    TransportError,
+)
 from corra.actors._lifecycle import Result
 from corra.backends._pollers import HostPollers
 from corra.backends.scheduler import JobStatus
@@ -224,7 +231,7 @@ class SchedulerBackend(HostPollers):
             try:
                 await self._poll(host, job_ids)
             except (TransportError, BackendError) as exc:
-                if exc.__class__.__name__ == "HostUnavailable":
+                if isinstance(exc, HostUnavailable):
                     for watches in host.watches.values():
                         for watch in watches:
                             watch.error = exc

@@ -197,6 +197,7 @@ class SshPool(Actor):
         self._wake_connector = trio.Event()
         self._connecting = False
         self._failures = 0
+        self._last_error = "none yet"
         self.available = True
         self._available_event = trio.Event()
         self._available_event.set()
@@ -393,8 +394,7 @@ class SshPool(Actor):
         await trio.sleep(self._backoff(self._failures))
 
     def _unavailable_reason(self) -> str:
-        last = getattr(self, "_last_error", "unknown")
-        return f"unavailable after {self._failures} failed connects (last: {last})"
+        return f"unavailable after {self._failures} failed connects (last: {self._last_error})"
 
     def _backoff(self, failures: int) -> float:
         settings = self.settings
