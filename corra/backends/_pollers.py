@@ -32,6 +32,22 @@ class HostPollers:
         self._poll_nursery.cancel_scope.cancel()
         return await self._nursery_manager.__aexit__(*exc_info)
 
+    async def _watch(self, host: Any, key: str, watch: Any) -> None:
+        """Register ``watch`` (with ``event`` and ``error``) under ``host.watches[key]``, wake
+        the host's poller, wait until the poller settles it, and raise its error if any."""
+        host.watches.setdefault(key, []).append(watch)
+        host.wake.set()
+        try:
+            await watch.event.wait()
+        finally:
+            watches = host.watches.get(key, [])
+            if watch in watches:
+                watches.remove(watch)
+            if not watches:
+                host.watches.pop(key, None)
+        if watch.error is not None:
+            raise watch.error
+
     def host(self, name: object) -> Any:
         """The host called ``name``, or `ConfigError` naming the hosts there are."""
         if not isinstance(name, str) or name not in self._hosts:

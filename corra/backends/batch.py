@@ -206,18 +206,7 @@ class SchedulerBackend(HostPollers):
     async def wait(self, handle: Mapping[str, Any]) -> Result:
         host = self.host(handle.get("host"))
         watch = _Watch(str(handle["job_id"]), handle["run_dir"], bool(handle.get("array")))
-        host.watches.setdefault(watch.job_id, []).append(watch)
-        host.wake.set()
-        try:
-            await watch.event.wait()
-        finally:
-            watches = host.watches.get(watch.job_id, [])
-            if watch in watches:
-                watches.remove(watch)
-            if not watches:
-                host.watches.pop(watch.job_id, None)
-        if watch.error is not None:
-            raise watch.error
+        await self._watch(host, watch.job_id, watch)
         assert watch.result is not None
         return watch.result
 

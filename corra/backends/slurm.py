@@ -24,6 +24,7 @@ import attrs
 
 from corra._errors import BackendError, ConfigError
 from corra.backends.scheduler import JobState, JobStatus
+from corra.backends.ssh._config import check_fields
 from corra.backends.transport import Transport
 
 #: squeue's and scontrol's words for states, as corra names them.
@@ -128,13 +129,7 @@ def parse_slurm_options(table: object, where: str = "slurm") -> SlurmOptions:
         return table
     if not isinstance(table, Mapping):
         raise ConfigError(f"{where}: expected a table, got {table!r}")
-    known = {field.name for field in attrs.fields(SlurmOptions)}
-    unknown = sorted(set(table) - known)
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown field(s) {', '.join(unknown)}; expected some of "
-            + ", ".join(sorted(known))
-        )
+    check_fields(where, table, {field.name for field in attrs.fields(SlurmOptions)}, "field")
     if "hold_on_pause" in table and not isinstance(table["hold_on_pause"], bool):
         raise ConfigError(f"{where}.hold_on_pause: got {table['hold_on_pause']!r}, expected a bool")
     try:

@@ -208,6 +208,16 @@ class HostConfig:
         return options
 
 
+def check_fields(where: str, table: Mapping[str, Any], known: set[str], noun: str) -> None:
+    """`ConfigError` naming ``where`` and every key of ``table`` that is not ``known``."""
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown {noun}(s) {', '.join(unknown)}; expected some of "
+            + ", ".join(sorted(known))
+        )
+
+
 _HOST_FIELDS = {
     "hostname",
     "port",
@@ -229,23 +239,13 @@ def parse_host(name: str, table: object) -> HostConfig:
     where = f"hosts.{name}"
     if not isinstance(table, Mapping):
         raise ConfigError(f"{where}: expected a table, got {table!r}")
-    unknown = sorted(set(table) - _HOST_FIELDS)
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown field(s) {', '.join(unknown)}; expected some of "
-            + ", ".join(sorted(_HOST_FIELDS))
-        )
+    check_fields(where, table, _HOST_FIELDS, "field")
     fields = dict(table)
     slurm_table = fields.pop("slurm", {})
     if not isinstance(slurm_table, Mapping):
         raise ConfigError(f"{where}.slurm: expected a table, got {slurm_table!r}")
     slurm_known = {field.name for field in attrs.fields(SlurmSettings)}
-    slurm_unknown = sorted(set(slurm_table) - slurm_known)
-    if slurm_unknown:
-        raise ConfigError(
-            f"{where}.slurm: unknown setting(s) {', '.join(slurm_unknown)}; expected some of "
-            + ", ".join(sorted(slurm_known))
-        )
+    check_fields(f"{where}.slurm", slurm_table, slurm_known, "setting")
     try:
         fields["slurm"] = SlurmSettings(**slurm_table)
     except ConfigError as exc:
@@ -254,12 +254,7 @@ def parse_host(name: str, table: object) -> HostConfig:
     if not isinstance(pool, Mapping):
         raise ConfigError(f"{where}.pool: expected a table, got {pool!r}")
     known = {field.name for field in attrs.fields(PoolSettings)}
-    unknown = sorted(set(pool) - known)
-    if unknown:
-        raise ConfigError(
-            f"{where}.pool: unknown setting(s) {', '.join(unknown)}; expected some of "
-            + ", ".join(sorted(known))
-        )
+    check_fields(f"{where}.pool", pool, known, "setting")
     try:
         settings = PoolSettings(**pool)
         return HostConfig(name=name, pool=settings, **fields)

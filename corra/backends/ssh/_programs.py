@@ -312,18 +312,7 @@ class SshProgramBackend(HostPollers):
         host = self.host(handle.get("host"))
         await self._ready(host)
         watch = _Watch(handle["run_dir"])
-        host.watches.setdefault(watch.run_dir, []).append(watch)
-        host.wake.set()
-        try:
-            await watch.event.wait()
-        finally:
-            watchers = host.watches.get(watch.run_dir, [])
-            if watch in watchers:
-                watchers.remove(watch)
-            if not watchers:
-                host.watches.pop(watch.run_dir, None)
-        if watch.error is not None:
-            raise watch.error
+        await self._watch(host, watch.run_dir, watch)
         result = self._settled(host, watch.status or {})
         if handle.get("outputs"):
             await self._retrieve(host, handle)
