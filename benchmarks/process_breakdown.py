@@ -1,10 +1,11 @@
 """Where the time of a local program goes in a runtime: a diagnostic for ``local_programs_*``.
 
-Not a suite (nothing is compared against a baseline here): ``python -m benchmarks.process_breakdown
-[--programs N] [--rounds R]`` runs ``true`` through ``open_runtime`` by 1 and 8 submitters, as
-``local_programs_c1`` and ``local_programs_c8`` do, in four variants (durable store or not,
-cgroups or not: ``LocalProcessBackend(cgroups="off")``, passed in as the runtime's backend), in
-interleaved rounds, and prints the medians of:
+Not a suite (nothing is compared against a baseline here). ``python -m
+benchmarks.process_breakdown [--programs N] [--rounds R]`` runs ``true`` through
+``open_runtime`` by 1 and 8 submitters, as ``local_programs_c1`` and ``local_programs_c8``
+do, in four variants (durable store or not, cgroups or not:
+``LocalProcessBackend(cgroups="off")``, passed in as the runtime's backend), in interleaved
+rounds, and prints the medians of:
 
 - ``programs/s``;
 - ``launch``: `Backend.launch` as the process actor sees it: the zygote forks a chaperone,
@@ -21,6 +22,10 @@ interleaved rounds, and prints the medians of:
 - ``loop CPU``: CPU time of the event loop's thread per program (actors, supervisor, codec,
   the backend's work on the loop), against the wall time per program.
 
+``--floor`` prints instead, without corra, the floor of any runtime that makes its launch
+intent durable before the launch: bare ``trio.run_process(["true"])`` after one durable LMDB
+commit, and between two, as ratios to bare ``trio.run_process`` (`floor_run`).
+
 Only the store is instrumented from outside (wrappers around ``Store._commit`` and
 ``Store.save`` in this interpreter); nothing in corra is changed. The backend is wrapped to time
 it; it offers ``try_acquire_slot`` if `LocalProcessBackend` does.
@@ -36,6 +41,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import lmdb
 import trio
 
 from benchmarks.process import kept_scratch
@@ -162,11 +168,77 @@ VARIANTS = [
 ]
 
 
+async def floor_run(count: int, concurrency: int, commits: int) -> float:
+    """Programs/s of bare ``trio.run_process(["true"])``, each after ``commits`` durable commits.
+
+    The floor of any runtime that writes its intent durably before a launch (write-ahead) and,
+    with ``commits=2``, its outcome after the exit: one small LMDB write transaction per commit,
+    committed with LMDB's default durability (as corra's durable store), on the same disk as
+    the runs, made on the event loop's thread (cheapest at concurrency 1; at 8 it stalls the
+    other submitters, as no group commit shares it). Nothing of corra is involved.
+    """
+    state_dir = await trio.to_thread.run_sync(kept_scratch, "floor-")
+    environment = lmdb.open(str(state_dir / "floor.lmdb"), map_size=1 << 26)
+    numbers = itertools.count()
+
+    def commit(number: int, attempt: int) -> None:
+        with environment.begin(write=True) as transaction:
+            transaction.put(b"%d.%d" % (number, attempt), b"x" * 300)
+
+    async def worker() -> None:
+        while (number := next(numbers)) < count:
+            for attempt in range(commits):
+                if attempt == 1:
+                    await trio.run_process(["true"])
+                commit(number, attempt)  # on the loop's thread: no thread hop at all
+            if commits < 2:
+                await trio.run_process(["true"])
+
+    started = time.perf_counter()
+    try:
+        async with trio.open_nursery() as nursery:
+            for _ in range(concurrency):
+                nursery.start_soon(worker)
+    finally:
+        environment.close()
+    return count / (time.perf_counter() - started)
+
+
+FLOORS = [
+    ("trio.run_process", 0),
+    ("1 durable commit + run", 1),
+    ("commit + run + commit", 2),
+]
+
+
+def floors(count: int, rounds: int) -> None:
+    """Print the write-ahead floor (`floor_run`) as ratios to bare ``trio.run_process``."""
+    for concurrency in (1, 8):
+        samples: dict[str, list[float]] = collections.defaultdict(list)
+        for round_number in range(rounds + 1):
+            order = FLOORS if round_number % 2 == 0 else FLOORS[::-1]
+            for name, commits in order:
+                rate = trio.run(floor_run, count, concurrency, commits)
+                if round_number:
+                    samples[name].append(rate)
+        bare = statistics.median(samples[FLOORS[0][0]])
+        print(f"\nfloor c{concurrency}: {count} programs, medians of {rounds} rounds")
+        for name, _ in FLOORS:
+            rate = statistics.median(samples[name])
+            print(f"{name:24s}{rate:11.1f}/s   ratio to bare {rate / bare:5.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.process_breakdown")
     parser.add_argument("--programs", type=int, default=60, help="programs per run (c8: twice)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--floor", action="store_true", help="only the write-ahead floor, without corra"
+    )
     args = parser.parse_args()
+    if args.floor:
+        floors(args.programs * 4, args.rounds)
+        return
     _store.Store._commit = _timed_commit  # type: ignore[method-assign]
     _store.Store.save = _counted_save  # type: ignore[method-assign]
     for concurrency in (1, 8):
