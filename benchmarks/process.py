@@ -332,7 +332,8 @@ class NoopBackend:
         await trio.lowlevel.checkpoint()
         return {"key": key}  # idempotent by key, trivially
 
-    def find(self, key: str) -> dict[str, Any] | None:
+    async def find(self, key: str, host: str | None = None) -> dict[str, Any] | None:
+        await trio.lowlevel.checkpoint()
         return {"key": key}
 
     async def wait(self, handle: Mapping[str, Any]) -> Result:
@@ -343,7 +344,9 @@ class NoopBackend:
         await trio.lowlevel.checkpoint()
         return Result(signal=15, killed=True)
 
-    async def read_log(self, key: str, stream: str, offset: int, size: int) -> bytes:
+    async def read_log(
+        self, key: str, stream: str, offset: int, size: int, host: str | None = None
+    ) -> bytes:
         await trio.lowlevel.checkpoint()
         return b""
 

@@ -96,8 +96,8 @@ class TimedBackend:
         finally:
             self.times["launch"].append(time.perf_counter() - started)
 
-    def find(self, key: str) -> dict[str, Any] | None:
-        return self.inner.find(key)
+    async def find(self, key: str, host: str | None = None) -> dict[str, Any] | None:
+        return await self.inner.find(key, host)
 
     async def wait(self, handle: Mapping[str, Any]) -> Result:
         started = time.perf_counter()
@@ -109,8 +109,10 @@ class TimedBackend:
     async def kill(self, handle: Mapping[str, Any], grace: float) -> Result | None:
         return await self.inner.kill(handle, grace)
 
-    async def read_log(self, key: str, stream: str, offset: int, size: int) -> bytes:
-        return await self.inner.read_log(key, stream, offset, size)
+    async def read_log(
+        self, key: str, stream: str, offset: int, size: int, host: str | None = None
+    ) -> bytes:
+        return await self.inner.read_log(key, stream, offset, size, host)
 
 
 async def one_run(count: int, concurrency: int, durable: bool, cgroups: str) -> dict[str, float]:

@@ -161,7 +161,15 @@ class ConnectionFailed(TransportError):
 
 
 class HostUnavailable(TransportError):
-    """The host failed too many times in a row: its pool waits before trying again."""
+    """The host failed too many times in a row: its pool waits before trying again.
+
+    ``policy`` is the host's ``on_unavailable``: ``"pause"`` its processes until it answers
+    again, or ``"fail"`` them.
+    """
+
+    def __init__(self, host: str, message: str, policy: str = "pause") -> None:
+        super().__init__(host, message)
+        self.policy = policy
 
 
 class HostKeyRefused(TransportError):

@@ -406,10 +406,34 @@ process_specs = st.builds(
     memory_limit=st.none() | st.integers(1, 1 << 40),
     labels=st.dictionaries(any_text, any_text, max_size=2),
 )
+relative_paths = st.from_regex(r"\A[a-z0-9_.*-]{1,6}(/[a-z0-9_*-]{1,6})?\Z").filter(
+    lambda path: ".." not in path.split("/")
+)
+remote_specs = st.builds(
+    ProcessSpec,
+    argv=st.lists(clean_text, min_size=1, max_size=2).filter(lambda argv: argv[0] != "").map(tuple),
+    backend=st.sampled_from(("ssh", "slurm")),
+    host=st.from_regex(r"\A[a-z0-9][a-z0-9_.-]{0,8}\Z"),
+    cwd=st.none() | st.from_regex(r"\A/[a-z0-9/]{0,8}\Z"),
+    inputs=st.dictionaries(relative_paths, clean_text.filter(bool), max_size=2),
+    outputs=st.lists(relative_paths, max_size=2).map(tuple),
+    outputs_dir=st.just("/tmp/out"),
+)
+slurm_specs = st.builds(
+    ProcessSpec,
+    argv=st.just(("true",)),
+    backend=st.just("slurm"),
+    host=st.just("cluster"),
+    slurm=st.dictionaries(
+        any_text,
+        any_text | st.integers() | finite | st.booleans() | st.lists(any_text, max_size=2),
+        max_size=3,
+    ),
+)
 process_records = st.builds(
     ProcessRecord,
     id=any_text.filter(bool),
-    spec=process_specs,
+    spec=process_specs | remote_specs | slurm_specs,
     state=st.builds(
         ProcessState,
         phase=st.sampled_from(PHASES),
@@ -550,7 +574,34 @@ def test_plain_input_is_parsed_as_the_converter_parses_it(data):
         ({"argv": (), "timeout": -1}, "argv: got (), expected a non-empty list of strings"),
         ({"memory_limit": 0}, "memory_limit: got 0, expected bytes > 0, or nothing"),
         ({"labels": {"a": 1}}, "labels: got {'a': 1}, expected a table of string values"),
-        ({"backend": "mars"}, "backend: got 'mars', expected one of ['local']"),
+        ({"backend": "mars"}, "backend: got 'mars', expected one of ['local', 'ssh', 'slurm']"),
+        ({"backend": "ssh"}, "host: missing; backend 'ssh' runs the program on a host"),
+        ({"host": "h"}, "host: got 'h', expected nothing for backend 'local'"),
+        ({"outputs": ("*.dat",)}, "outputs: got ('*.dat',), expected nothing for backend 'local'"),
+        (
+            {"backend": "ssh", "host": "h", "inputs": {"../x": "y"}},
+            "inputs: got {'../x': 'y'}, expected a table of remote path = local path",
+        ),
+        (
+            {"backend": "ssh", "host": "h", "outputs": ("/etc/*",)},
+            "outputs: got ('/etc/*',), expected a list of globs relative to the work dir",
+        ),
+        (
+            {"backend": "ssh", "host": "h", "outputs": ("*.dat",)},
+            "outputs_dir: missing; outputs ['*.dat'] need a local directory",
+        ),
+        (
+            {"backend": "ssh", "host": "h", "cwd": "work"},
+            "cwd: got 'work', expected an absolute path on the host for backend 'ssh'",
+        ),
+        (
+            {"backend": "ssh", "host": "h", "slurm": {"time": "5"}},
+            "slurm: got {'time': '5'}, expected nothing for backend 'ssh'",
+        ),
+        (
+            {"backend": "slurm", "host": "h", "slurm": {"nodes": [1]}},
+            "slurm: got {'nodes': [1]}, expected a table of Slurm options",
+        ),
     ],
 )
 def test_a_spec_built_in_python_names_the_first_bad_field(fields, message):

@@ -96,7 +96,8 @@ class ScriptedBackend:
             await trio.sleep_forever()
         return {"key": key}
 
-    def find(self, key: str) -> dict[str, Any] | None:
+    async def find(self, key: str, host: str | None = None) -> dict[str, Any] | None:
+        await trio.lowlevel.checkpoint()
         return {"key": key} if key in self.programs else None
 
     async def wait(self, handle: Mapping[str, Any]) -> Result:
@@ -112,7 +113,9 @@ class ScriptedBackend:
         await trio.lowlevel.checkpoint()
         return program.result
 
-    async def read_log(self, key: str, stream: str, offset: int, size: int) -> bytes:
+    async def read_log(
+        self, key: str, stream: str, offset: int, size: int, host: str | None = None
+    ) -> bytes:
         await trio.lowlevel.checkpoint()
         return f"{key} {stream}\n".encode()[offset : offset + size]
 
@@ -468,7 +471,10 @@ async def test_recovery_decodes_only_the_active_records(state, monkeypatch):
 
 async def test_recovery_starts_the_active_processes_oldest_first(state):
     names = [f"q{i}" for i in range(5)]
-    backend = ScriptedBackend({name: [(0.05, 0)] for name in names}, max_running=1)
+    # The first runs long enough to be active still when the runtime stops, however slow
+    # the five submissions are on a loaded machine; the rest wait behind it for the slot.
+    scripts = {name: [(2.0 if name == "q0" else 0.05, 0)] for name in names}
+    backend = ScriptedBackend(scripts, max_running=1)
     async with open_runtime(state_dir=state, backends={"local": backend}) as rt:
         refs = [await rt.spawn_process(spec(name)) for name in names]
     async with open_runtime(state_dir=state, backends={"local": backend}) as rt:

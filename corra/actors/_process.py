@@ -24,6 +24,12 @@ snapshot and nothing else: its actor ends, and `ProcessManager.resume` starts a 
 step that was next. Pausing a running program does not stop the program; it stops watching it
 (the chaperone keeps recording), and resume collects what happened meanwhile.
 
+A host that stops answering (`HostUnavailable` from a remote backend) pauses the processes
+that need it, with the reason ``host unavailable: NAME: ...`` (or fails them, if the host's
+policy says so). Such a process stays in the store's active index, and a task of the manager
+waits for the host (`Backend.wait_available`) and resumes it; a later runtime's recovery finds
+it there and waits for the host again.
+
 The actor knows the backend only through the `Backend` protocol below; which backends exist is
 decided above this package.
 """
@@ -45,6 +51,7 @@ from corra._errors import (
     ActorStopped,
     BackendError,
     ConfigError,
+    HostUnavailable,
     InvalidTransition,
     LaunchFailed,
     NameTaken,
@@ -75,6 +82,20 @@ MAX_LOG_READ = 16 << 20
 #: Transient trouble in a step (the store, the backend) is retried this often, then the
 #: process fails with the reason.
 STEP_RETRIES = 5
+#: The start of the ``reason`` of a process paused because its host stopped answering.
+HOST_UNAVAILABLE = "host unavailable"
+#: Between two attempts to learn whether a host answers again, when asking failed.
+HOST_RETRY_DELAY = 5.0
+
+
+def paused_for_host(state: ProcessState) -> bool:
+    """Whether ``state`` is a pause that corra made because the host stopped answering (and
+    that it ends by itself when the host answers again)."""
+    return (
+        state.phase == "paused"
+        and state.reason is not None
+        and state.reason.startswith(f"{HOST_UNAVAILABLE}: ")
+    )
 
 
 class Backend(Protocol):
@@ -83,6 +104,11 @@ class Backend(Protocol):
     Optional: ``try_acquire_slot(key) -> bool``, which takes a slot if one is free now and
     nobody waits for one (never blocks). With it, a process submitted while a slot is free
     is durable as launching at once: one durable write fewer before its launch.
+
+    Optional, for backends with hosts (``host`` is the spec's): ``async wait_available(host)``,
+    which returns once the host answers again after `HostUnavailable`; without it, a process
+    whose host is unavailable fails. ``check_spec(spec)``, which refuses (`ConfigError`) a
+    spec the backend cannot run, at submission (an unknown host, bad options).
     """
 
     async def acquire_slot(self, key: str) -> None:
@@ -97,8 +123,8 @@ class Backend(Protocol):
     async def launch(self, key: str, spec: ProcessSpec) -> dict[str, Any]:
         """Start the program, once per key: a second call returns the first's handle."""
 
-    def find(self, key: str) -> dict[str, Any] | None:
-        """The handle of a program launched with ``key``, or None."""
+    async def find(self, key: str, host: str | None = None) -> dict[str, Any] | None:
+        """The handle of a program launched with ``key`` (on ``host``), or None."""
 
     async def wait(self, handle: Mapping[str, Any]) -> Result:
         """Wait for the program's exit. Raises `ProgramLost`."""
@@ -106,7 +132,9 @@ class Backend(Protocol):
     async def kill(self, handle: Mapping[str, Any], grace: float) -> Result | None:
         """SIGTERM its group, SIGKILL after ``grace``; the result once it is gone."""
 
-    async def read_log(self, key: str, stream: str, offset: int, size: int) -> bytes:
+    async def read_log(
+        self, key: str, stream: str, offset: int, size: int, host: str | None = None
+    ) -> bytes:
         """Up to ``size`` bytes of the output of the program launched with ``key``."""
 
 
@@ -188,6 +216,8 @@ class RecoveryReport:
     """Paused and terminal processes: counted, never read (they stay in the store)."""
     set_aside: tuple[tuple[str, str], ...]
     """``(process id, reason)`` of every active record that could not be decoded."""
+    waiting_for_host: tuple[str, ...] = ()
+    """Processes paused because their host stopped answering: resumed when it answers."""
 
 
 _ids = itertools.count()
@@ -348,6 +378,22 @@ class _ProcessActor(Actor):
                 else:
                     await self._step(state)
                 failures = 0
+            except HostUnavailable as exc:
+                if state.phase in PAUSABLE and self.manager._may_wait_for_host(self.record, exc):
+                    await self._advance(
+                        "pause",
+                        reason=f"{HOST_UNAVAILABLE}: {self.record.spec.host}: {exc}",
+                        keep_indexed=True,
+                    )
+                    self.manager._wait_for_host(self.record)
+                elif "fail" in allowed(state.phase):
+                    await self._give_up(f"{state.phase}: {exc}")
+                elif not self._must_not_wait():  # (killing: the kill waits for the host)
+                    self.waiting = True
+                    try:
+                        await trio.sleep(HOST_RETRY_DELAY)
+                    finally:
+                        await self._after_wait()
             except (BackendError, StoreError) as exc:
                 # Transient trouble (a full disk, a refused fork): retry the step, which is
                 # idempotent, a few times; then give up with the reason.
@@ -375,8 +421,8 @@ class _ProcessActor(Actor):
         backend = self.manager.backend_for(self.record.spec)
         backend.release_slot(self.id)
         with contextlib.suppress(Exception):
-            handle = self.record.state.handle or await trio.to_thread.run_sync(
-                backend.find, self.record.key
+            handle = self.record.state.handle or await backend.find(
+                self.record.key, self.record.spec.host
             )
             if handle is not None:
                 await backend.kill(handle, self.record.spec.kill_grace)
@@ -449,7 +495,8 @@ class _ProcessActor(Actor):
         # Reached from every phase; a launch whose record was not written yet is found by
         # its key, so a program launched just before a crash is killed too.
         backend = self.manager.backend_for(self.record.spec)
-        handle = state.handle or await trio.to_thread.run_sync(backend.find, self.record.key)
+        spec = self.record.spec
+        handle = state.handle or await backend.find(self.record.key, spec.host)
         result = None
         if handle is not None:
             result = await backend.kill(handle, self.record.spec.kill_grace)
@@ -469,12 +516,19 @@ class _ProcessActor(Actor):
         else:
             await self._advance("fail", reason=reason, result=result)
 
-    async def _advance(self, event: Event, *, background: bool = False, **changes: Any) -> None:
+    async def _advance(
+        self,
+        event: Event,
+        *,
+        background: bool = False,
+        keep_indexed: bool = False,
+        **changes: Any,
+    ) -> None:
         if event == "pause":
             # A paused process holds nothing, not even a slot; resume adopts one again.
             self.manager.backend_for(self.record.spec).release_slot(self.id)
         record = await self.manager._transition(
-            self.record, event, background=background, **changes
+            self.record, event, background=background, keep_indexed=keep_indexed, **changes
         )
         self.record = record
 
@@ -488,12 +542,20 @@ def _only_cancelled(exc: BaseException) -> bool:
     return False
 
 
-def _absolute_cwd(spec: ProcessSpec) -> ProcessSpec:
-    """A relative ``cwd`` means relative to where the process was submitted, not to where
-    a later runtime happens to run."""
-    if spec.cwd is None or os.path.isabs(spec.cwd):
-        return spec
-    return attrs.evolve(spec, cwd=os.path.abspath(spec.cwd))
+def _absolute_paths(spec: ProcessSpec) -> ProcessSpec:
+    """A relative local path (a local program's ``cwd``, the local side of ``inputs``,
+    ``outputs_dir``) means relative to where the process was submitted, not to where a later
+    runtime happens to run. (A remote ``cwd`` is a path on the host, absolute already.)"""
+    changes: dict[str, Any] = {}
+    if spec.backend == "local" and spec.cwd is not None and not os.path.isabs(spec.cwd):
+        changes["cwd"] = os.path.abspath(spec.cwd)
+    if spec.inputs and not all(os.path.isabs(local) for local in spec.inputs.values()):
+        changes["inputs"] = {
+            remote: os.path.abspath(local) for remote, local in spec.inputs.items()
+        }
+    if spec.outputs_dir is not None and not os.path.isabs(spec.outputs_dir):
+        changes["outputs_dir"] = os.path.abspath(spec.outputs_dir)
+    return attrs.evolve(spec, **changes) if changes else spec
 
 
 class ProcessManager:
@@ -511,6 +573,7 @@ class ProcessManager:
         backends: Mapping[str, Backend],
         supervisor: SupervisorRef,
         clock: Callable[[], float] = time.time,
+        nursery: trio.Nursery | None = None,
     ) -> None:
         self._store = store
         self._codec = codec
@@ -531,6 +594,11 @@ class ProcessManager:
         # Per backend, the processes waiting for a slot, in submission order; the head's
         # event is set.
         self._admission: dict[str, dict[str, trio.Event]] = {}
+        # Where the manager's own tasks run (the waits for hosts); None: no such tasks, and a
+        # process whose host is unavailable fails instead of pausing.
+        self._nursery = nursery
+        # Per (backend, host) that is unavailable, the processes paused until it answers.
+        self._host_paused: dict[tuple[str, str], set[str]] = {}
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -568,7 +636,8 @@ class ProcessManager:
                 raise ConfigError(f"{field}: got {value!r}, expected an integer >= 0")
         size = min(size, MAX_LOG_READ)
         record = self.get(id_or_name)
-        return await self.backend_for(record.spec).read_log(record.key, stream, offset, size)
+        backend = self.backend_for(record.spec)
+        return await backend.read_log(record.key, stream, offset, size, record.spec.host)
 
     @property
     def active(self) -> int:
@@ -589,7 +658,10 @@ class ProcessManager:
         follows without another.
         """
         backend = self.backend_for(spec)
-        spec = _absolute_cwd(spec)
+        check_spec = getattr(backend, "check_spec", None)
+        if check_spec is not None:
+            check_spec(spec)
+        spec = _absolute_paths(spec)
         if spec.name is not None:
             existing = self._existing(spec.name)
             if existing is not None:
@@ -791,10 +863,24 @@ class ProcessManager:
             await self._store.set_aside(process_id, raw, reason)
             set_aside.append((process_id, reason))
         counts = self._store.counts()  # before any actor runs, so that nothing moved yet
+        waiting = [record for record in resumed if record.phase == "paused"]
+        resumed = [record for record in resumed if record.phase != "paused"]
         for record in resumed:
             await self._start_actor(record)
+        for record in waiting:
+            if record.spec.backend in self._backends:
+                self._wait_for_host(record)
+            else:
+                logger.warning(
+                    "process %s: paused for host %s of backend %r, which this runtime lacks; "
+                    "it waits for a runtime that has it",
+                    record.id,
+                    record.spec.host,
+                    record.spec.backend,
+                )
         return RecoveryReport(
             resumed=tuple(record.id for record in resumed),
+            waiting_for_host=tuple(record.id for record in waiting),
             inactive=counts.snapshots - counts.active,
             set_aside=tuple(set_aside),
         )
@@ -804,7 +890,7 @@ class ProcessManager:
         that cannot be decoded, to be set aside)."""
         try:
             record: ProcessRecord = self._codec.decode(raw)
-            return record.phase in ACTIVE
+            return record.phase in ACTIVE or paused_for_host(record.state)
         except Exception:
             return True
 
@@ -822,12 +908,60 @@ class ProcessManager:
             except Exception as exc:
                 corrupt.append((process_id, raw, str(exc)))
                 continue
-            if record.phase in ACTIVE:
+            if record.phase in ACTIVE or paused_for_host(record.state):
                 resumed.append(record)
             else:
                 stale.append((process_id, raw))
         resumed.sort(key=lambda record: (record.created_at, record.id))
         return resumed, stale, corrupt
+
+    # -- hosts that stop answering ---------------------------------------------------------
+
+    def _may_wait_for_host(self, record: ProcessRecord, error: HostUnavailable) -> bool:
+        """Whether a process whose host is unavailable pauses until it answers (else it
+        fails): the host's policy, and a backend and a manager that can wait for it."""
+        backend = self.backend_for(record.spec)
+        return (
+            getattr(error, "policy", "pause") == "pause"
+            and record.spec.host is not None
+            and self._nursery is not None
+            and hasattr(backend, "wait_available")
+        )
+
+    def _wait_for_host(self, record: ProcessRecord) -> None:
+        """Resume ``record`` (paused for its host) once its host answers again."""
+        assert record.spec.host is not None
+        if self._nursery is None:
+            return
+        key = (record.spec.backend, record.spec.host)
+        waiting = self._host_paused.get(key)
+        if waiting is None:
+            waiting = self._host_paused[key] = set()
+            self._nursery.start_soon(self._resume_when_available, key)
+        waiting.add(record.id)
+
+    async def _resume_when_available(self, key: tuple[str, str]) -> None:
+        backend_name, host = key
+        backend: Any = self._backends[backend_name]
+        while True:
+            try:
+                await backend.wait_available(host)
+                break
+            except Exception as exc:  # asking failed: ask again later, never give up
+                logger.warning("host %s: cannot learn whether it answers: %s", host, exc)
+                await trio.sleep(HOST_RETRY_DELAY)
+        waiting = self._host_paused.pop(key, set())
+        logger.info("host %s answers again: resuming %d process(es)", host, len(waiting))
+        for process_id in sorted(waiting):
+            try:
+                async with self._control:
+                    record = self.get(process_id)
+                    if not paused_for_host(record.state):
+                        continue  # resumed or killed by hand meanwhile
+                    record = await self._transition(record, "resume")
+                    await self._start_actor(record)
+            except (NoSuchProcess, InvalidTransition, StoreError) as exc:
+                logger.warning("process %s: not resumed after its host: %s", process_id, exc)
 
     # -- internals -------------------------------------------------------------------------
 
@@ -899,7 +1033,13 @@ class ProcessManager:
             self._idle = trio.Event()
 
     async def _transition(
-        self, record: ProcessRecord, event: Event, *, background: bool = False, **changes: Any
+        self,
+        record: ProcessRecord,
+        event: Event,
+        *,
+        background: bool = False,
+        keep_indexed: bool = False,
+        **changes: Any,
     ) -> ProcessRecord:
         now = self._clock()
         state = advance(record.state, event, at=now, process=record.id, **changes)
@@ -907,11 +1047,10 @@ class ProcessManager:
         source, target = record.state.phase, state.phase
         transition = Transition(now, event, source, target, state.attempt, changes.get("reason"))
         was_active, active = source in ACTIVE, target in ACTIVE
-        await self._persist(
-            [(new, transition)],
-            entering=None if was_active is active else active,
-            background=background,
-        )
+        entering = None if was_active is active else active
+        if keep_indexed and entering is False:
+            entering = None  # (a pause for the host: recovery must find it, and wait too)
+        await self._persist([(new, transition)], entering=entering, background=background)
         return new
 
     async def _persist(

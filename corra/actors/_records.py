@@ -25,7 +25,9 @@ from corra.actors._lifecycle import PHASES, Event, Phase, ProcessState, Result
 
 RestartPolicy: TypeAlias = Literal["temporary", "transient", "permanent"]
 RESTART_POLICIES = ("temporary", "transient", "permanent")
-BACKENDS = ("local",)
+BACKENDS = ("local", "ssh", "slurm")
+#: The backends whose programs run on a named host (``host``), with files sent and fetched.
+REMOTE_BACKENDS = ("ssh", "slurm")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,127}$")
 
 
@@ -83,6 +85,41 @@ def _table(value: Any) -> bool:
     )
 
 
+def _relative_path(value: Any) -> bool:
+    """A relative POSIX path that stays inside its directory (no ``..``, not absolute)."""
+    return (
+        isinstance(value, str)
+        and value != ""
+        and "\0" not in value
+        and not value.startswith("/")
+        and ".." not in value.split("/")
+    )
+
+
+def _files(value: Any) -> bool:
+    return _table(value) and all(
+        _relative_path(key) and item and "\0" not in item for key, item in value.items()
+    )
+
+
+def _globs(value: Any) -> bool:
+    return isinstance(value, tuple) and all(_relative_path(part) for part in value)
+
+
+def _option(value: Any) -> bool:
+    if isinstance(value, list):
+        return all(isinstance(part, str) for part in value)
+    return isinstance(value, (str, int, float, bool)) and not (
+        isinstance(value, float) and not math.isfinite(value)
+    )
+
+
+def _options(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(key, str) and _option(item) for key, item in value.items()
+    )
+
+
 def _env(value: Any) -> bool:
     return _table(value) and all(
         key and "=" not in key and "\0" not in key + val for key, val in value.items()
@@ -107,7 +144,15 @@ class ProcessSpec:
         memory_limit: bytes, where cgroups allow (None: no limit).
         pids_limit: processes and threads, where cgroups allow.
         labels: free-form tags for filtering.
-        backend: where the program runs.
+        backend: where the program runs: ``local``, ``ssh`` (a remote program under the
+            chaperone) or ``slurm`` (a Slurm job).
+        host: for ``ssh`` and ``slurm``, the name of the host (a ``[hosts.NAME]`` table).
+        inputs: for ``ssh`` and ``slurm``, files to send before the launch: remote path
+            (relative to the work dir) = local file or directory.
+        outputs: for ``ssh`` and ``slurm``, globs (relative to the work dir) of the files to
+            fetch into ``outputs_dir`` after the exit.
+        outputs_dir: the local directory the outputs are fetched into.
+        slurm: for ``slurm``, the job's ``#SBATCH`` options (`corra.backends.slurm`).
     """
 
     argv: tuple[str, ...]
@@ -122,6 +167,11 @@ class ProcessSpec:
     pids_limit: int | None = None
     labels: dict[str, str] = attrs.field(factory=dict)
     backend: str = "local"
+    host: str | None = None
+    inputs: dict[str, str] = attrs.field(factory=dict)
+    outputs: tuple[str, ...] = ()
+    outputs_dir: str | None = None
+    slurm: dict[str, Any] = attrs.field(factory=dict)
 
     def __attrs_post_init__(self) -> None:
         # Every field checked when the value is built (and so by evolve too): one check of
@@ -133,6 +183,40 @@ class ProcessSpec:
             value = getattr(self, name)
             if not check(value):
                 raise _SpecError(f"{name}: got {value!r}, expected {expected}")
+        _check_placement(self)
+
+
+def _check_placement(spec: ProcessSpec) -> None:
+    """The fields that belong to some backends only: where the program runs decides."""
+    remote = spec.backend in REMOTE_BACKENDS
+    if remote and spec.host is None:
+        raise _SpecError(
+            f"host: missing; backend {spec.backend!r} runs the program on a host: name one of "
+            "the [hosts.NAME] tables"
+        )
+    if not remote:
+        for field in ("host", "inputs", "outputs", "outputs_dir"):
+            value = getattr(spec, field)
+            if value:
+                raise _SpecError(
+                    f"{field}: got {value!r}, expected nothing for backend {spec.backend!r} "
+                    f"(only backends {list(REMOTE_BACKENDS)} have it)"
+                )
+    if spec.slurm and spec.backend != "slurm":
+        raise _SpecError(
+            f"slurm: got {spec.slurm!r}, expected nothing for backend {spec.backend!r} "
+            "(only backend 'slurm' has it)"
+        )
+    if remote and spec.cwd is not None and not spec.cwd.startswith("/"):
+        raise _SpecError(
+            f"cwd: got {spec.cwd!r}, expected an absolute path on the host for backend "
+            f"{spec.backend!r} (or nothing: the program's own work dir there)"
+        )
+    if spec.outputs and not spec.outputs_dir:
+        raise _SpecError(
+            f"outputs_dir: missing; outputs {list(spec.outputs)} need a local directory to "
+            "be fetched into"
+        )
 
 
 #: Per field of `ProcessSpec`, in order: what a valid value passes, and its description.
@@ -152,6 +236,14 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "pids_limit": (_positive_or_none, "an integer > 0, or nothing"),
     "labels": (_table, "a table of string values"),
     "backend": (lambda v: v in BACKENDS, f"one of {list(BACKENDS)}"),
+    "host": (_name, f"a host name matching {NAME_PATTERN.pattern}, or nothing"),
+    "inputs": (
+        _files,
+        "a table of remote path = local path (remote paths relative, without '..')",
+    ),
+    "outputs": (_globs, "a list of globs relative to the work dir, without '..'"),
+    "outputs_dir": (_cwd, "a local directory path without NUL bytes, or nothing"),
+    "slurm": (_options, "a table of Slurm options (strings, numbers, booleans, lists)"),
 }
 
 
@@ -178,7 +270,37 @@ def _spec_is_valid(spec: ProcessSpec) -> bool:
         and (pids is None or _positive_or_none(pids))
         and ((type(labels) is dict and not labels) or _table(labels))
         and spec.backend in BACKENDS
+        and (
+            (
+                spec.backend == "local"
+                and spec.host is None
+                and type(spec.inputs) is dict
+                and not spec.inputs
+                and spec.outputs == ()
+                and spec.outputs_dir is None
+                and type(spec.slurm) is dict
+                and not spec.slurm
+            )
+            or _remote_spec_is_valid(spec)
+        )
     )
+
+
+def _remote_spec_is_valid(spec: ProcessSpec) -> bool:
+    """The remote fields' checks, and where they belong (the slow way; `_check_placement`)."""
+    if not (
+        _name(spec.host)
+        and _files(spec.inputs)
+        and _globs(spec.outputs)
+        and _cwd(spec.outputs_dir)
+        and _options(spec.slurm)
+    ):
+        return False
+    try:
+        _check_placement(spec)
+    except _SpecError:
+        return False
+    return True
 
 
 @attrs.frozen
@@ -254,6 +376,21 @@ def _make_wire_converter() -> cattrs.Converter:
         return dict(value)
 
     converter.register_structure_hook_func(lambda t: t == dict[str, str], structure_table)
+
+    def structure_options(value: Any, _type: Any) -> dict[str, Any]:
+        if not isinstance(value, Mapping):
+            raise TypeError(f"got {value!r}, expected a table of options")
+        for key, item in value.items():
+            if not isinstance(key, str) or not (
+                isinstance(item, (str, int, float, bool))
+                or (isinstance(item, (list, tuple)) and all(isinstance(p, str) for p in item))
+            ):
+                raise TypeError(
+                    f"got {key!r} = {item!r}, expected a string, number, boolean or list of strings"
+                )
+        return {key: list(item) if isinstance(item, tuple) else item for key, item in value.items()}
+
+    converter.register_structure_hook_func(lambda t: t == dict[str, Any], structure_options)
 
     def structure_literal(value: Any, type_: Any) -> Any:
         choices = typing.get_args(type_)
@@ -355,6 +492,22 @@ def _plain_table(value: Any) -> Any:
     return dict(value)
 
 
+def _plain_options(value: Any) -> Any:
+    if type(value) is not dict:
+        raise _Unusual
+    for key, item in value.items():
+        kind = type(item)
+        if type(key) is not str:
+            raise _Unusual
+        if kind is list:
+            for part in item:
+                if type(part) is not str:
+                    raise _Unusual
+        elif kind is not str and kind is not int and kind is not bool and kind is not float:
+            raise _Unusual
+    return {key: list(item) if type(item) is list else item for key, item in value.items()}
+
+
 _PLAIN_FIELDS: dict[str, Callable[[Any], Any]] = {
     "argv": _plain_argv,
     "name": _plain_optional_str,
@@ -368,6 +521,11 @@ _PLAIN_FIELDS: dict[str, Callable[[Any], Any]] = {
     "pids_limit": _plain_optional_int,
     "labels": _plain_table,
     "backend": _plain_str,
+    "host": _plain_optional_str,
+    "inputs": _plain_table,
+    "outputs": _plain_argv,
+    "outputs_dir": _plain_optional_str,
+    "slurm": _plain_options,
 }
 
 
@@ -407,6 +565,7 @@ def unstructure_spec(spec: ProcessSpec) -> dict[str, Any]:
     """The spec as plain data (JSON, TOML), omitting nothing."""
     data: dict[str, Any] = _wire.unstructure(spec)
     data["argv"] = list(spec.argv)
+    data["outputs"] = list(spec.outputs)
     return data
 
 
@@ -525,8 +684,27 @@ def _spec_json(spec: ProcessSpec) -> str:
         f'"memory_limit":{_json_optional_number(spec.memory_limit)},'
         f'"pids_limit":{_json_optional_number(spec.pids_limit)},'
         f'"labels":{_table_json(spec.labels)},'
-        f'"backend":{_json_text(spec.backend)}}}'
+        f'"backend":{_json_text(spec.backend)},'
+        f'"host":{_json_optional_text(spec.host)},'
+        f'"inputs":{_table_json(spec.inputs)},'
+        f'"outputs":{_strings_json(spec.outputs)},'
+        f'"outputs_dir":{_json_optional_text(spec.outputs_dir)},'
+        f'"slurm":{_options_json(spec.slurm)}}}'
     )
+
+
+def _strings_json(value: object) -> str:
+    if type(value) is not tuple:
+        raise _Unusual
+    return f"[{','.join([_json_text(part) for part in value])}]"
+
+
+def _options_json(value: object) -> str:
+    if type(value) is not dict:
+        raise _Unusual
+    if not value:
+        return "{}"
+    return _plain_json(value)
 
 
 class _RecordTexts:

@@ -48,6 +48,18 @@ class HostPollers:
         if watch.error is not None:
             raise watch.error
 
+    def check_spec(self, spec: Any) -> None:
+        """At submission: refuse (`ConfigError`) a process on a host this backend lacks."""
+        self.host(getattr(spec, "host", None))
+
+    async def wait_available(self, name: str) -> None:
+        """Return once host ``name`` answers again (at once if it never stopped)."""
+        waiter = getattr(self.host(name).transport, "wait_available", None)
+        if waiter is None:
+            await trio.lowlevel.checkpoint()
+        else:
+            await waiter()
+
     def host(self, name: object) -> Any:
         """The host called ``name``, or `ConfigError` naming the hosts there are."""
         if not isinstance(name, str) or name not in self._hosts:

@@ -99,6 +99,11 @@ class SchedulerBackend(HostPollers):
 
     # -- slots: the scheduler queues; nothing to bound here ------------------------------
 
+    def check_spec(self, spec: Any) -> None:
+        """At submission: the host exists, and the ``slurm`` options are valid."""
+        super().check_spec(spec)
+        parse_slurm_options(getattr(spec, "slurm", None), "slurm")
+
     async def acquire_slot(self, key: str) -> None:
         await trio.lowlevel.checkpoint()
 
@@ -346,7 +351,7 @@ class SchedulerBackend(HostPollers):
                 await self.scheduler.release(host.transport, str(handle["job_id"]))
 
     async def read_log(
-        self, key: str, stream: str, offset: int, size: int, *, host_name: str | None = None
+        self, key: str, stream: str, offset: int, size: int, host_name: str | None = None
     ) -> bytes:
         if stream not in ("stdout", "stderr"):
             raise ConfigError(f"stream: got {stream!r}, expected 'stdout' or 'stderr'")

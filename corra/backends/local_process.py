@@ -111,8 +111,8 @@ class LocalProcessBackend:
         handle = await self.backend.launch(key, launch)
         return attrs.asdict(handle)
 
-    def find(self, key: str) -> dict[str, Any] | None:
-        handle = self.backend.find(key)
+    async def find(self, key: str, host: str | None = None) -> dict[str, Any] | None:
+        handle = await trio.to_thread.run_sync(self.backend.find, key)
         return None if handle is None else attrs.asdict(handle)
 
     async def wait(self, handle: Mapping[str, Any]) -> Result:
@@ -124,7 +124,9 @@ class LocalProcessBackend:
     async def kill(self, handle: Mapping[str, Any], grace: float) -> Result | None:
         return result_of(await self.backend.kill(Handle(**handle), grace))
 
-    async def read_log(self, key: str, stream: str, offset: int, size: int) -> bytes:
+    async def read_log(
+        self, key: str, stream: str, offset: int, size: int, host: str | None = None
+    ) -> bytes:
         path = log_file(self.root, key, stream)
         if path is None:
             return b""

@@ -253,7 +253,9 @@ class SshPool(Actor):
         if isinstance(msg, _Ticket):
             self._counts["leases_total"] += 1
             if not self.available:
-                msg.error = HostUnavailable(self.host.address, self._unavailable_reason())
+                msg.error = HostUnavailable(
+                    self.host.address, self._unavailable_reason(), self.settings.on_unavailable
+                )
                 msg.event.set()
                 return None
             self._waiting.append(msg)
@@ -390,7 +392,11 @@ class SshPool(Actor):
             logger.warning("%s: unavailable after %d failures", self.host.address, self._failures)
             self.available = False
             self._available_event = trio.Event()
-            self._fail_waiting(HostUnavailable(self.host.address, self._unavailable_reason()))
+            self._fail_waiting(
+                HostUnavailable(
+                    self.host.address, self._unavailable_reason(), self.settings.on_unavailable
+                )
+            )
         await trio.sleep(self._backoff(self._failures))
 
     def _unavailable_reason(self) -> str:

@@ -372,7 +372,7 @@ class SshProgramBackend(HostPollers):
         raise BackendError(f"{run_dir} on {host.config.name}: still running after the kill")
 
     async def read_log(
-        self, key: str, stream: str, offset: int, size: int, *, host_name: str | None = None
+        self, key: str, stream: str, offset: int, size: int, host_name: str | None = None
     ) -> bytes:
         """Up to ``size`` bytes of ``stream`` of the program of ``key`` from ``offset`` (on
         ``host_name``, else on the first host that has its run dir); none if it has none."""

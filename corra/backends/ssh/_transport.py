@@ -30,6 +30,10 @@ class SshTransport:
     def host(self) -> str:
         return self.pool.host.address
 
+    async def wait_available(self) -> None:
+        """Return once the host answers again (at once if its pool never gave up on it)."""
+        await self.pool.wait_available()
+
     async def run(
         self,
         argv: Sequence[str],
