@@ -24,7 +24,22 @@ budget that all hosts share (``rate`` per second, ``burst``)::
     name = "remote"
     backend = "ssh"
     host = "cluster"
-    argv = ["hostname"]
+    argv = ["python3", "fit.py", "data.csv"]
+    inputs = { "fit.py" = "scripts/fit.py", "data.csv" = "data/run1.csv" }
+    outputs = ["*.png", "results/*.json"]
+    outputs_dir = "results/run1"
+
+    [[process]]
+    name = "big"
+    backend = "slurm"
+    host = "cluster"
+    argv = ["./simulate", "--steps", "1000"]
+    slurm = { partition = "short", time = "1:00:00", cpus_per_task = 4 }
+
+A remote program runs in its own work dir on the host (or an absolute ``cwd`` there); its
+``inputs`` (remote path relative to that dir = local file or directory) are sent and verified
+before the launch, and the files matching ``outputs`` are fetched into ``outputs_dir`` after
+the exit. Relative local paths are relative to where the job is submitted.
 
 The whole file is validated before anything runs; every error names the file, the process
 (by index and name) or the host, and the field.
@@ -40,6 +55,7 @@ import attrs
 
 from corra._errors import ConfigError
 from corra.actors._records import ProcessSpec, parse_process_spec
+from corra.backends.slurm import parse_slurm_options
 from corra.backends.ssh._config import HostConfig, LoginSettings, parse_host
 
 TOP_LEVEL = ("defaults", "process", "hosts", "logins")
@@ -116,12 +132,18 @@ def parse_job_text(text: str, where: str = "<job file>") -> JobFile:
         except ConfigError as exc:
             errors.append(str(exc))
             continue
-        host = getattr(spec, "host", None)
-        if spec.backend == "ssh" and host not in hosts:
+        if spec.host is not None and spec.host not in hosts:
             errors.append(
-                f"{label}.host: got {host!r}, expected one of the [hosts.NAME] tables "
+                f"{label}.host: got {spec.host!r}, expected one of the [hosts.NAME] tables "
                 f"{sorted(hosts)}"
             )
+            continue
+        if spec.backend == "slurm":
+            try:
+                parse_slurm_options(spec.slurm, f"{label}.slurm")
+            except ConfigError as exc:
+                errors.append(str(exc))
+                continue
         specs.append(spec)
     if errors:
         raise ConfigError("\n".join(errors))

@@ -9,9 +9,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -29,6 +29,9 @@ from corra.actors._records import (
 )
 from corra.actors._specs import SupervisorFlags, SupervisorSpec
 from corra.persistence import Codec, open_store
+
+if TYPE_CHECKING:
+    from corra.backends.ssh import HostConfig, LoginSettings
 
 #: The state directory when none is given: ``$CORRA_STATE_DIR``, else ``./.corra``.
 STATE_DIR_ENV = "CORRA_STATE_DIR"
@@ -50,6 +53,8 @@ class Runtime(kernel.Runtime):
     """What `open_runtime` yields: the kernel's runtime, plus processes with a state dir."""
 
     _processes: ProcessManager | None = None
+    remote: Any = None
+    """The remote backends, their hosts, transports and pools (`corra._remote`), if any."""
     recovery: RecoveryReport | None = None
     state_dir: Path | None = None
 
@@ -135,6 +140,19 @@ class ProcessRef:
         return await self._manager.read_log(self.id, stream, offset, size)
 
 
+async def _known_hosts(
+    state_dir: Path, hosts: Mapping[str, HostConfig] | None
+) -> dict[str, HostConfig]:
+    """The hosts remembered in the state dir, updated with ``hosts`` (and remembered so)."""
+    from corra._remote import remember_hosts, remembered_hosts
+
+    remembered = await trio.to_thread.run_sync(remembered_hosts, state_dir)
+    known = {**remembered, **(hosts or {})}
+    if known != remembered:
+        await trio.to_thread.run_sync(remember_hosts, state_dir, known)
+    return known
+
+
 @contextlib.contextmanager
 def lock_state_dir(state_dir: Path) -> Any:
     """Hold the state dir's runtime lock: one runtime per state dir.
@@ -173,6 +191,9 @@ async def open_runtime(
     durable: bool = True,
     recover: bool = True,
     backends: dict[str, Backend] | None = None,
+    hosts: Mapping[str, HostConfig] | None = None,
+    logins: LoginSettings | None = None,
+    remote_poll_interval: float = 1.0,
 ) -> AsyncIterator[Runtime]:
     """Run a corra runtime for the duration of the block.
 
@@ -188,7 +209,14 @@ async def open_runtime(
         max_running: programs that may run at once (default: 4 per CPU).
         durable: fsync every commit (the default); False trades safety for speed.
         recover: bring back the last runtime's active processes on start.
-        backends: replace the default backends (``local``); for tests and embedding.
+        backends: replace the default backends (``local``, and ``ssh`` and ``slurm`` when
+            there are hosts); for tests and embedding.
+        hosts: remote hosts by name (`corra.backends.ssh.HostConfig`, as a job file's
+            ``[hosts.NAME]`` tables give them). They are remembered in the state dir, so a
+            later runtime reaches the hosts of the processes it recovers without being given
+            them again; given again, a host replaces what was remembered under its name.
+        logins: the login budget all hosts share (default: one login per 5 s, burst 3).
+        remote_poll_interval: seconds between two status polls of a host's programs.
 
     Raises:
         ConfigError: another runtime uses the state dir.
@@ -202,23 +230,41 @@ async def open_runtime(
         path = Path(state_dir)
         owned: list[Any] = []
         with lock_state_dir(path):
-            async with open_store(path, durable=durable) as store:
+            async with (
+                open_store(path, durable=durable) as store,
+                contextlib.AsyncExitStack() as stack,
+            ):
                 if backends is None:
                     from corra.backends.local_process import LocalProcessBackend
 
                     local = LocalProcessBackend(path / "runs", max_running=max_running)
                     owned.append(local)
                     backends = {"local": local}
+                    known = await _known_hosts(path, hosts)
+                    if known:
+                        from corra._remote import open_remote_backends
+
+                        remote = await stack.enter_async_context(
+                            open_remote_backends(
+                                rt.root, known, logins=logins, poll_interval=remote_poll_interval
+                            )
+                        )
+                        backends.update(remote.backends)
+                        rt.remote = remote
+                elif hosts:
+                    raise ConfigError("open_runtime: pass hosts or backends, not both")
                 try:
                     supervisor = await rt.spawn_supervisor(
                         SupervisorSpec(flags=PROCESSES_FLAGS), name="processes"
                     )
+                    nursery = await stack.enter_async_context(trio.open_nursery())
                     manager = ProcessManager(
                         store=store,
                         codec=RECORD_CODEC,
                         history_codec=HISTORY_CODEC,
                         backends=backends,
                         supervisor=supervisor,
+                        nursery=nursery,
                     )
                     rt._processes = manager
                     rt.state_dir = path
@@ -227,6 +273,7 @@ async def open_runtime(
                             rt.recovery = await manager.recover()
                         yield rt
                     finally:
+                        nursery.cancel_scope.cancel()  # (the manager's waits for hosts)
                         # Process actors write to the store: stop them before it closes.
                         with trio.CancelScope(shield=True), contextlib.suppress(CorraError):
                             await rt.root.terminate_child("processes")

@@ -35,7 +35,7 @@ from corra._runtime import (
     open_runtime,
 )
 from corra.actors._lifecycle import ACTIVE, PHASES, TERMINAL
-from corra.actors._process import describe, find_record, sorted_records
+from corra.actors._process import describe, find_record, paused_for_host, sorted_records
 from corra.actors._records import ProcessRecord, Transition, parse_process_spec
 from corra.persistence import open_store_readonly
 
@@ -155,7 +155,9 @@ async def _run_async(job: JobFile, state_dir: Path, args: argparse.Namespace) ->
     # With --json, stdout carries the JSON alone; the progress goes to stderr.
     out = sys.stderr if args.json else sys.stdout
     interrupted: list[int] = []
-    async with open_runtime(state_dir=state_dir, max_running=args.max_running) as rt:
+    async with open_runtime(
+        state_dir=state_dir, max_running=args.max_running, hosts=job.hosts, logins=job.logins
+    ) as rt:
         manager = rt.processes
         report = rt.recovery
         if report is not None and (report.resumed or report.set_aside):
@@ -207,7 +209,8 @@ async def _wait_all(manager: Any, ids: list[str]) -> None:
     """Until no process of this run (nor any recovered one) has work left."""
 
     def idle(record: ProcessRecord) -> bool:
-        return record.phase not in ACTIVE
+        # (a process paused because its host stopped answering resumes by itself: wait)
+        return record.phase not in ACTIVE and not paused_for_host(record.state)
 
     for process_id in ids:
         await manager.wait(process_id, until=idle)
@@ -434,6 +437,8 @@ def _logs(args: argparse.Namespace, state_dir: Path) -> int:
     while True:
         with _open_readonly(state_dir) as store:
             record = find_record(store, RECORD_CODEC, args.process)
+        if record.spec.host is not None:
+            return trio.run(_remote_logs, args, state_dir, stream)
         if key is not None and record.key != key:
             # A new attempt writes a new log: finish the old one first.
             _copy_log(log_file(state_dir / "runs", key, stream), offset, out)
@@ -443,6 +448,40 @@ def _logs(args: argparse.Namespace, state_dir: Path) -> int:
         if not args.follow or record.phase not in ACTIVE:
             return EXIT_OK
         time.sleep(0.2)
+
+
+async def _remote_logs(args: argparse.Namespace, state_dir: Path, stream: str) -> int:
+    """`corra logs` of a process on a remote host: read over SSH from the host (as the
+    state dir remembers it), through a pool of this command's own."""
+    from corra._remote import open_remote_backends, remembered_hosts
+    from corra.actors import open_runtime as open_kernel
+
+    out = sys.stdout.buffer
+    offset, key = 0, None
+    async with open_kernel() as kernel:
+        hosts = await trio.to_thread.run_sync(remembered_hosts, state_dir)
+        async with open_remote_backends(kernel.root, hosts) as remote:
+            while True:
+                with _open_readonly(state_dir) as store:
+                    record = find_record(store, RECORD_CODEC, args.process)
+                if record.spec.host not in hosts:
+                    raise ConfigError(
+                        f"{record.name}: host {record.spec.host!r} is not among the hosts "
+                        f"remembered in {state_dir} ({sorted(hosts)})"
+                    )
+                backend = remote.backends[record.spec.backend]
+                if key is not None and record.key != key:
+                    offset = 0  # a new attempt writes a new log (the old one was read)
+                key = record.key
+                while chunk := await backend.read_log(
+                    key, stream, offset, 1 << 20, record.spec.host
+                ):
+                    out.write(chunk)
+                    offset += len(chunk)
+                out.flush()
+                if not args.follow or record.phase not in ACTIVE:
+                    return EXIT_OK
+                await trio.sleep(1.0)
 
 
 def _copy_log(path: Path | None, offset: int, out: Any) -> int:

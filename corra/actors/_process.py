@@ -175,6 +175,8 @@ class Store(Protocol):
 
     def load(self, process_id: str) -> bytes | None: ...
 
+    def history(self, process_id: str) -> list[bytes]: ...
+
     def id_for_name(self, name: str) -> str | None: ...
 
     def scan(self) -> Iterator[tuple[str, bytes]]: ...
@@ -626,6 +628,16 @@ class ProcessManager:
         """Every readable process record, oldest first (corrupt ones are left out; recovery
         sets them aside)."""
         return sorted_records(self._store, self._codec)[0]
+
+    def history(self, id_or_name: str) -> list[Transition]:
+        """The process's transitions, oldest first, as durable in the store (a transition
+        written in the background may not be there yet).
+
+        Raises:
+            NoSuchProcess: there is none.
+        """
+        record = self.get(id_or_name)
+        return [self._history_codec.decode(raw) for raw in self._store.history(record.id)]
 
     async def read_log(self, id_or_name: str, stream: str, offset: int, size: int) -> bytes:
         """Output of the process's current attempt, from ``offset``."""
