@@ -15,4 +15,5 @@ SUITES: dict[str, str] = {
     "kernel": "benchmarks.kernel",
     "process": "benchmarks.process",
     "ssh": "benchmarks.ssh",
+    "slurm": "benchmarks.slurm",
 }
