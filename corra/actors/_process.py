@@ -105,6 +105,10 @@ class Backend(Protocol):
     nobody waits for one (never blocks). With it, a process submitted while a slot is free
     is durable as launching at once: one durable write fewer before its launch.
 
+    Optional: ``async pause(handle)`` and ``async resume(handle)``, told after a pause of a
+    launched program is durable, and before its resume is (e.g. to hold a queued job and
+    release it); a failure of either is logged, never fails the process.
+
     Optional, for backends with hosts (``host`` is the spec's): ``async wait_available(host)``,
     which returns once the host answers again after `HostUnavailable`; without it, a process
     whose host is unavailable fails. ``check_spec(spec)``, which refuses (`ConfigError`) a
@@ -533,6 +537,8 @@ class _ProcessActor(Actor):
             self.record, event, background=background, keep_indexed=keep_indexed, **changes
         )
         self.record = record
+        if event == "pause" and not keep_indexed:
+            await self.manager._tell_backend(record, "pause")
 
 
 def _only_cancelled(exc: BaseException) -> bool:
@@ -745,7 +751,9 @@ class ProcessManager:
                 record = self.get(record.id)
                 if record.phase not in PAUSABLE or record.id in self._actors:
                     raise InvalidTransition(record.id, record.phase, "pause")
-                return await self._transition(record, "pause", reason="paused on request")
+                record = await self._transition(record, "pause", reason="paused on request")
+                await self._tell_backend(record, "pause")
+                return record
         # Returns once the actor is gone too: a paused process holds nothing.
         return await self.wait(
             record.id, until=lambda r: r.phase not in PAUSABLE and r.id not in self._actors
@@ -759,9 +767,24 @@ class ProcessManager:
         """
         async with self._control:
             record = self.get(id_or_name)
+            if record.phase == "paused" and not paused_for_host(record.state):
+                # Before the resume is durable: a crash in between leaves a paused process
+                # whose job runs, never a running one whose job stays held.
+                await self._tell_backend(record, "resume")
             record = await self._transition(record, "resume")
             await self._start_actor(record)
         return record
+
+    async def _tell_backend(self, record: ProcessRecord, hook: Literal["pause", "resume"]) -> None:
+        """Call the backend's optional ``pause``/``resume`` with the program's handle."""
+        handle = record.state.handle
+        method = getattr(self.backend_for(record.spec), hook, None)
+        if method is None or handle is None:
+            return
+        try:
+            await method(handle)
+        except (BackendError, ConfigError) as exc:
+            logger.warning("process %s: the backend's %s failed: %s", record.id, hook, exc)
 
     async def kill(self, id_or_name: str, *, wait: bool = True) -> ProcessRecord:
         """Kill from any non-terminal phase (TERM, then KILL after the grace).
