@@ -106,7 +106,8 @@ async def open_remote_backends(
             ChildSpec(id="ssh", start=SupervisorSpec(flags=flags), restart="permanent")
         )
         assert isinstance(supervisor, SupervisorRef)
-        registry = PoolRegistry(supervisor, TokenBucket.for_logins(logins))
+        budget = logins or LoginSettings()
+        registry = PoolRegistry(supervisor, TokenBucket(budget.rate, budget.burst))
         transports: dict[str, Transport] = {}
         for name, host in hosts.items():
             if host.transport == "local":

@@ -39,9 +39,9 @@ from corra._errors import (
 )
 from corra.actors._lifecycle import Result
 from corra.backends._pollers import HostPollers
+from corra.backends._shared import TokenBucket
 from corra.backends.scheduler import JobStatus
 from corra.backends.slurm import Slurm, SlurmOptions, parse_slurm_options
-from corra.backends.ssh._budget import TokenBucket
 from corra.backends.transport import Transport
 
 logger = logging.getLogger("corra.batch")

@@ -23,8 +23,8 @@ from typing import Any
 import attrs
 
 from corra._errors import BackendError, ConfigError
+from corra.backends._shared import check_fields
 from corra.backends.scheduler import JobState, JobStatus
-from corra.backends.ssh._config import check_fields
 from corra.backends.transport import Transport
 
 #: squeue's and scontrol's words for states, as corra names them.

@@ -1,6 +1,6 @@
 """SSH: hosts, the pool actor (one per user, host and port), and the SSH transport."""
 
-from corra.backends.ssh._budget import TokenBucket as TokenBucket
+from corra.backends._shared import TokenBucket as TokenBucket
 from corra.backends.ssh._config import HostConfig as HostConfig
 from corra.backends.ssh._config import LoginSettings as LoginSettings
 from corra.backends.ssh._config import PoolSettings as PoolSettings

@@ -11,6 +11,7 @@ from typing import Any, Literal
 import attrs
 
 from corra._errors import ConfigError
+from corra.backends._shared import check_fields
 
 _HOST_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 
@@ -206,16 +207,6 @@ class HostConfig:
             options["keepalive_count_max"] = self.pool.keepalive_count_max
         options["connect_timeout"] = self.pool.connect_timeout
         return options
-
-
-def check_fields(where: str, table: Mapping[str, Any], known: set[str], noun: str) -> None:
-    """`ConfigError` naming ``where`` and every key of ``table`` that is not ``known``."""
-    unknown = sorted(set(table) - known)
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown {noun}(s) {', '.join(unknown)}; expected some of "
-            + ", ".join(sorted(known))
-        )
 
 
 _HOST_FIELDS = {

@@ -59,7 +59,7 @@ from corra._errors import (
 )
 from corra.actors import Actor, ChildSpec, SupervisorRef
 from corra.actors._actor import Ref
-from corra.backends.ssh._budget import TokenBucket
+from corra.backends._shared import TokenBucket
 from corra.backends.ssh._config import HostConfig
 
 logger = logging.getLogger("corra.ssh")

@@ -1,10 +1,14 @@
-"""A token bucket on trio's clock: the login budget shared by every pool of a runtime."""
+"""What backends share without knowing each other: a token bucket on trio's clock (login
+budgets, submission rate limits) and the check of a configuration table's fields."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import trio
 
-from corra.backends.ssh._config import LoginSettings
+from corra._errors import ConfigError
 
 
 class TokenBucket:
@@ -21,11 +25,6 @@ class TokenBucket:
         self._lock = trio.Lock()
         self.taken = 0
         """Tokens handed out so far."""
-
-    @classmethod
-    def for_logins(cls, settings: LoginSettings | None = None) -> TokenBucket:
-        settings = settings or LoginSettings()
-        return cls(settings.rate, settings.burst)
 
     def _refill(self) -> None:
         now = trio.current_time()
@@ -48,3 +47,13 @@ class TokenBucket:
                 self._refill()
             self._tokens -= 1
             self.taken += 1
+
+
+def check_fields(where: str, table: Mapping[str, Any], known: set[str], noun: str) -> None:
+    """`ConfigError` naming ``where`` and every key of ``table`` that is not ``known``."""
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown {noun}(s) {', '.join(unknown)}; expected some of "
+            + ", ".join(sorted(known))
+        )
