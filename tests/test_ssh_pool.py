@@ -201,6 +201,27 @@ async def test_the_login_budget_holds_under_a_low_max_startups(
     assert logins <= budget.burst + budget.rate * elapsed + 1e-9
 
 
+async def test_an_alias_of_the_users_ssh_config_works_with_nothing_else_given(
+    sshd: _sshd.Sshd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True, mode=0o700)
+    (home / ".ssh" / "config").write_text(
+        "Host corra-alias\n"
+        f"  HostName {sshd.host}\n"
+        f"  Port {sshd.port}\n"
+        f"  User {sshd.user}\n"
+        f"  IdentityFile {sshd.client_key}\n"
+        f"  UserKnownHostsFile {sshd.known_hosts}\n"
+    )
+    monkeypatch.setenv("HOME", str(home))
+    logins_before = sshd.logins()
+    async with pool_for(parse_host("corra-alias", {})) as pool:
+        result = await SshTransport(pool).run(["sh", "-c", "echo $0", "via the alias"])
+    assert result.stdout == b"via the alias\n"
+    assert sshd.logins() == logins_before + 1
+
+
 async def test_a_wrong_host_key_is_refused(sshd: _sshd.Sshd, tmp_path: Path) -> None:
     other = tmp_path / "other_key"
     await trio.run_process(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)])
