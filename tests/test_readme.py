@@ -41,3 +41,17 @@ def test_readme_process_tour_runs(tmp_path):
         "b'hello\\n'",
         "failed 2 exited with 3",
     ]
+
+
+def test_readme_job_files_are_valid():
+    from corra._jobfile import parse_job_text
+
+    blocks = re.findall(r"```toml\n(.*?)```", README.read_text(), flags=re.S)
+    assert len(blocks) >= 2, "the README lost a job file example"
+    jobs = [parse_job_text(block, f"README toml block {n}") for n, block in enumerate(blocks)]
+    remote = jobs[1]
+    assert sorted(remote.hosts) == ["cluster"]
+    assert [(p.name, p.backend, p.host) for p in remote.processes] == [
+        ("fit", "ssh", "cluster"),
+        ("simulate", "slurm", "cluster"),
+    ]
