@@ -10,9 +10,12 @@ from corra._errors import CallFailed as CallFailed
 from corra._errors import ChildRunning as ChildRunning
 from corra._errors import ChildStartFailed as ChildStartFailed
 from corra._errors import ConfigError as ConfigError
+from corra._errors import ConnectionFailed as ConnectionFailed
 from corra._errors import CorraError as CorraError
 from corra._errors import CorruptRecord as CorruptRecord
 from corra._errors import DuplicateChild as DuplicateChild
+from corra._errors import HostKeyRefused as HostKeyRefused
+from corra._errors import HostUnavailable as HostUnavailable
 from corra._errors import InvalidTransition as InvalidTransition
 from corra._errors import LaunchFailed as LaunchFailed
 from corra._errors import MailboxFull as MailboxFull
@@ -21,9 +24,11 @@ from corra._errors import NoSuchChild as NoSuchChild
 from corra._errors import NoSuchProcess as NoSuchProcess
 from corra._errors import ProcessError as ProcessError
 from corra._errors import ProgramLost as ProgramLost
+from corra._errors import RemotePathError as RemotePathError
 from corra._errors import RestartIntensityExceeded as RestartIntensityExceeded
 from corra._errors import StoreError as StoreError
 from corra._errors import SupervisorError as SupervisorError
+from corra._errors import TransportError as TransportError
 from corra._runtime import ProcessRef as ProcessRef
 from corra._runtime import Runtime as Runtime
 from corra._runtime import default_state_dir as default_state_dir

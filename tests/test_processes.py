@@ -817,3 +817,136 @@ async def test_leaving_the_runtime_stops_an_actor_that_goes_on_after_an_interrup
     backend.__class__ = ScriptedBackend
     async with open_runtime(state_dir=state, backends={"local": backend}) as rt:
         assert (await rt.processes.wait(ref.id)).phase == "killed"
+
+
+class HostBackend(ScriptedBackend):
+    """A scripted backend whose one host can be down: then every launch and wait raises
+    `HostUnavailable` (with the host's policy), and `wait_available` waits until it is up.
+    It also records the pause and resume it is told of."""
+
+    def __init__(self, *args: Any, policy: str = "pause", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.policy = policy
+        self.up = trio.Event()
+        self.up.set()
+        self.down_now = trio.Event()  # set when the host goes down: waits end with the error
+        self.told: list[tuple[str, str]] = []
+
+    def go_down(self) -> None:
+        if self.up.is_set():
+            self.up = trio.Event()
+            self.down_now.set()
+
+    def _check(self) -> None:
+        if not self.up.is_set():
+            raise corra.HostUnavailable(
+                "me@h:22", "unavailable after 5 failed connects", self.policy
+            )
+
+    async def launch(self, key: str, spec: ProcessSpec) -> dict[str, Any]:
+        self._check()
+        return await super().launch(key, spec)
+
+    async def wait(self, handle: Mapping[str, Any]) -> Result:
+        self._check()
+        program = self.programs[handle["key"]]
+        with trio.move_on_after(max(program.ends_at - trio.current_time(), 0)):
+            await self.down_now.wait()
+        self._check()
+        return program.result
+
+    async def wait_available(self, host: str) -> None:
+        assert host == "h"
+        await self.up.wait()
+
+    async def pause(self, handle: Mapping[str, Any]) -> None:
+        self.told.append(("pause", handle["key"]))
+
+    async def resume(self, handle: Mapping[str, Any]) -> None:
+        self.told.append(("resume", handle["key"]))
+
+
+def remote(name: str, **fields: Any) -> dict[str, Any]:
+    return spec(name, backend="ssh", host="h", **fields)
+
+
+async def test_an_unavailable_host_pauses_its_processes_which_resume_when_it_answers(
+    state, autojump_clock
+):
+    backend = HostBackend({"r1": [(100, 0)], "r2": [(100, 0)]})
+    async with open_runtime(state_dir=state, backends={"local": backend, "ssh": backend}) as rt:
+        manager = rt.processes
+        running = await rt.spawn_process(remote("r1"))
+        await manager.wait(running.id, until=lambda r: r.phase == "running")
+        backend.go_down()
+        waiting = await rt.spawn_process(remote("r2"))  # its launch meets the host down
+        for ref, source in ((running, "running"), (waiting, "launching")):
+            record = await manager.wait(ref.id, until=lambda r: r.phase == "paused")
+            assert record.state.paused_from == source
+            assert record.state.reason == (
+                "host unavailable: h: me@h:22: unavailable after 5 failed connects"
+            )
+            assert corra.actors._process.paused_for_host(record.state)
+        assert manager.active == 0 and backend.limiter.borrowed_tokens == 0
+        assert backend.told == []  # (a pause for the host tells the backend nothing)
+        await trio.sleep(60)
+        backend.up.set()
+        records = [await ref.wait() for ref in (running, waiting)]
+    assert [(r.phase, r.state.attempt) for r in records] == [("finished", 1), ("finished", 1)]
+    assert set(backend.launches.values()) == {1}
+
+
+async def test_a_host_pause_outlives_the_runtime_and_the_next_one_resumes_it(state, autojump_clock):
+    backend = HostBackend({"r": [(100, 0)]})
+    async with open_runtime(state_dir=state, backends={"local": backend, "ssh": backend}) as rt:
+        ref = await rt.spawn_process(remote("r"))
+        await rt.processes.wait(ref.id, until=lambda r: r.phase == "running")
+        backend.go_down()
+        await rt.processes.wait(ref.id, until=lambda r: r.phase == "paused")
+    async with open_runtime(state_dir=state, backends={"local": backend, "ssh": backend}) as rt:
+        assert rt.recovery is not None
+        assert rt.recovery.waiting_for_host == (ref.id,)
+        assert rt.recovery.resumed == ()
+        await trio.sleep(30)
+        assert rt.processes.get(ref.id).phase == "paused"
+        backend.up.set()
+        record = await rt.processes.wait(ref.id)
+    assert (record.phase, list(backend.launches.values())) == ("finished", [1])
+
+
+async def test_a_host_pause_killed_by_hand_is_not_resumed(state, autojump_clock):
+    backend = HostBackend({"r": [(100, 0)]})
+    async with open_runtime(state_dir=state, backends={"local": backend, "ssh": backend}) as rt:
+        ref = await rt.spawn_process(remote("r"))
+        await rt.processes.wait(ref.id, until=lambda r: r.phase == "running")
+        backend.go_down()
+        await rt.processes.wait(ref.id, until=lambda r: r.phase == "paused")
+        kill = await rt.processes.kill(ref.id, wait=False)
+        assert kill.phase == "killing"  # the kill waits for the host ...
+        backend.up.set()
+        record = await ref.wait()  # ... and then kills, and nothing resumes it
+        assert record.phase == "killed"
+        await trio.sleep(10)
+        assert rt.processes.get(ref.id).phase == "killed"
+
+
+async def test_a_host_whose_policy_is_fail_fails_its_processes(state, autojump_clock):
+    backend = HostBackend({"r": [(100, 0)]}, policy="fail")
+    backend.go_down()
+    async with open_runtime(state_dir=state, backends={"local": backend, "ssh": backend}) as rt:
+        record = await (await rt.spawn_process(remote("r"))).wait()
+    assert record.phase == "failed"
+    assert record.state.reason.startswith("launching: me@h:22: unavailable")
+
+
+async def test_a_backend_is_told_of_a_pause_after_it_is_durable_and_a_resume_before(state):
+    backend = HostBackend({"r": [(0.5, 0)]})
+    async with open_runtime(state_dir=state, backends={"local": backend, "ssh": backend}) as rt:
+        ref = await rt.spawn_process(remote("r"))
+        await rt.processes.wait(ref.id, until=lambda r: r.phase == "running")
+        await ref.pause()
+        key = f"{ref.id}.1"
+        assert backend.told == [("pause", key)]
+        await ref.resume()
+        assert backend.told == [("pause", key), ("resume", key)]
+        assert (await ref.wait()).phase == "finished"

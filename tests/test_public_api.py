@@ -7,6 +7,11 @@ import corra
 PUBLIC = {
     "Actor",
     "BackendError",
+    "ConnectionFailed",
+    "HostKeyRefused",
+    "HostUnavailable",
+    "RemotePathError",
+    "TransportError",
     "CorruptRecord",
     "InvalidTransition",
     "LaunchFailed",

@@ -982,6 +982,15 @@ class ProcessManager:
             try:
                 await backend.wait_available(host)
                 break
+            except ConfigError as exc:  # the host is gone from the configuration
+                waiting = self._host_paused.pop(key, set())
+                logger.error(
+                    "host %s: %s; %d process(es) stay paused until resumed by hand",
+                    host,
+                    exc,
+                    len(waiting),
+                )
+                return
             except Exception as exc:  # asking failed: ask again later, never give up
                 logger.warning("host %s: cannot learn whether it answers: %s", host, exc)
                 await trio.sleep(HOST_RETRY_DELAY)
