@@ -123,6 +123,7 @@ async def open_remote_backends(
                 poll_interval=host.slurm.poll_interval,
                 submit_rate=host.slurm.submit_rate,
                 submit_burst=host.slurm.submit_burst,
+                python=host.python,
             )
             for name, host in hosts.items()
         }

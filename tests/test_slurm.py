@@ -11,6 +11,7 @@ import attrs
 import pytest
 import trio
 
+from corra._errors import LaunchFailed
 from corra.backends.batch import BatchHost, SchedulerBackend
 from corra.backends.slurm import Slurm, SlurmOptions, parse_slurm_options
 from corra.backends.transport import LocalTransport
@@ -26,6 +27,9 @@ class JobSpec:
     env: dict[str, str] = attrs.field(factory=dict)
     name: str | None = None
     slurm: SlurmOptions = attrs.field(factory=SlurmOptions)
+    inputs: dict[str, str] = attrs.field(factory=dict)
+    outputs: tuple[str, ...] = ()
+    outputs_dir: str | None = None
 
 
 @contextlib.asynccontextmanager
@@ -97,6 +101,49 @@ async def test_an_array_runs_every_task(slurm: _slurm.SlurmCluster, tmp_path: Pa
         assert sorted(p.name for p in (tmp_path / "j5.1").glob("exit.*.json")) == [
             f"exit.{n}.json" for n in range(4)
         ]
+
+
+async def test_inputs_are_sent_before_the_submission_and_outputs_fetched_after(
+    slurm: _slurm.SlurmCluster, tmp_path: Path
+) -> None:
+    local = tmp_path / "local"
+    (local / "data").mkdir(parents=True)
+    (local / "data" / "a.txt").write_text("alpha\n")
+    (local / "data" / "b.txt").write_text("beta\n")
+    (local / "script.sh").write_text("cat data/*.txt | tr a-z A-Z > out/all.txt; echo x > no.log\n")
+    spec = JobSpec(
+        argv=("sh", "-c", "mkdir -p out && sh script.sh"),
+        inputs={"script.sh": str(local / "script.sh"), "data": str(local / "data")},
+        outputs=("out/*.txt", "../*"),
+        outputs_dir=str(tmp_path / "fetched"),
+    )
+    async with backend_for(slurm, tmp_path / "runs") as backend:
+        handle = await backend.launch("j7.1", spec)
+        assert sorted(p.name for p in (tmp_path / "runs" / "j7.1" / "work" / "data").iterdir()) == [
+            "a.txt",
+            "b.txt",
+        ]
+        result = await backend.wait(handle)
+        assert result.returncode == 0
+    fetched = sorted(
+        str(path.relative_to(tmp_path / "fetched")) for path in (tmp_path / "fetched").rglob("*")
+    )
+    assert fetched == ["out", "out/all.txt"]  # nothing from outside the work dir
+    assert (tmp_path / "fetched" / "out" / "all.txt").read_text() == "ALPHA\nBETA\n"
+
+
+async def test_an_input_that_leaves_the_work_dir_fails_the_launch_before_submitting(
+    slurm: _slurm.SlurmCluster, tmp_path: Path
+) -> None:
+    (tmp_path / "f").write_text("x")
+    async with backend_for(slurm, tmp_path / "runs") as backend:
+        with pytest.raises(LaunchFailed, match="leaves the work dir"):
+            await backend.launch(
+                "j8.1", JobSpec(argv=("true",), inputs={"../f": str(tmp_path / "f")})
+            )
+        with pytest.raises(LaunchFailed, match="no such local file"):
+            await backend.launch("j9.1", JobSpec(argv=("true",), inputs={"f": "/nonexistent"}))
+        assert backend.scheduler.calls.get("sbatch", 0) == 0
 
 
 async def test_one_squeue_per_interval_for_a_hundred_jobs(

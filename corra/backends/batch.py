@@ -38,6 +38,7 @@ from corra._errors import (
     TransportError,
 )
 from corra.actors._lifecycle import Result
+from corra.backends import _staging
 from corra.backends._pollers import HostPollers
 from corra.backends._shared import TokenBucket
 from corra.backends.scheduler import JobStatus
@@ -62,6 +63,8 @@ class BatchHost:
     poll_interval: float = 10.0
     submit_rate: float = 2.0
     submit_burst: int = 30
+    python: str = "python3"
+    """The host's Python 3 (3.6 or newer), used only to verify inputs and find outputs."""
 
 
 @attrs.define
@@ -149,9 +152,14 @@ class SchedulerBackend(HostPollers):
         run_dir = await self._run_dir(host, key)
         existing = await self._find(host, key, run_dir)
         if existing is not None:
-            return self._handle(host, key, run_dir, existing, options)
+            return self._handle(host, key, run_dir, existing, options, spec)
         work_dir = spec.cwd or posixpath.join(run_dir, "work")
         await host.transport.mkdir(run_dir)
+        inputs = dict(getattr(spec, "inputs", None) or {})
+        if inputs:  # (not submitted yet: nothing runs in the work dir)
+            await _staging.upload(
+                host.transport, host.config.python, work_dir, inputs, host.config.name
+            )
         process_id, _, attempt = key.rpartition(".")
         env = {
             **spec.env,
@@ -169,12 +177,18 @@ class SchedulerBackend(HostPollers):
             job_id = await self.scheduler.submit(host.transport, script_path, run_dir)
         except BackendError as exc:
             raise LaunchFailed(f"{key} on {host.config.name}: {exc}") from exc
-        return self._handle(host, key, run_dir, job_id, options)
+        return self._handle(host, key, run_dir, job_id, options, spec)
 
     def _handle(
-        self, host: _Host, key: str, run_dir: str, job_id: str, options: SlurmOptions
+        self,
+        host: _Host,
+        key: str,
+        run_dir: str,
+        job_id: str,
+        options: SlurmOptions,
+        spec: Any = None,
     ) -> dict[str, Any]:
-        return {
+        handle = {
             "host": host.config.name,
             "key": key,
             "run_dir": run_dir,
@@ -182,6 +196,12 @@ class SchedulerBackend(HostPollers):
             "array": options.array is not None,
             "hold_on_pause": options.hold_on_pause,
         }
+        outputs = tuple(getattr(spec, "outputs", None) or ())
+        if outputs:
+            handle["outputs"] = list(outputs)
+            handle["outputs_to"] = str(getattr(spec, "outputs_dir", None) or "")
+            handle["work_dir"] = getattr(spec, "cwd", None) or posixpath.join(run_dir, "work")
+        return handle
 
     async def _find(self, host: _Host, key: str, run_dir: str) -> str | None:
         if await host.transport.stat(run_dir) is None:
@@ -213,6 +233,14 @@ class SchedulerBackend(HostPollers):
         watch = _Watch(str(handle["job_id"]), handle["run_dir"], bool(handle.get("array")))
         await self._watch(host, watch.job_id, watch)
         assert watch.result is not None
+        if handle.get("outputs") and handle.get("outputs_to"):
+            await _staging.retrieve(
+                host.transport,
+                host.config.python,
+                handle["work_dir"],
+                handle["outputs"],
+                handle["outputs_to"],
+            )
         return watch.result
 
     async def _poller(self, host: _Host) -> None:
