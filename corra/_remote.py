@@ -98,6 +98,7 @@ async def open_remote_backends(
     *,
     logins: LoginSettings | None = None,
     poll_interval: float = 1.0,
+    logs_dir: Path | None = None,
 ) -> AsyncIterator[RemoteBackends]:
     """The remote backends for ``hosts``, for as long as the block runs (see module doc)."""
     async with trio_asyncio.open_loop():
@@ -114,7 +115,9 @@ async def open_remote_backends(
                 transports[name] = LocalTransport(env=dict(host.env) if host.env else None)
             else:
                 transports[name] = SshTransport(await registry.pool(host))
-        ssh = SshProgramBackend(dict(hosts), transports, poll_interval=poll_interval)
+        ssh = SshProgramBackend(
+            dict(hosts), transports, poll_interval=poll_interval, logs_dir=logs_dir
+        )
         batch_hosts = {
             name: BatchHost(
                 name=name,

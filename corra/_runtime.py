@@ -33,6 +33,9 @@ from corra.persistence import Codec, open_store
 if TYPE_CHECKING:
     from corra.backends.ssh import HostConfig, LoginSettings
 
+#: Under the state dir: the logs of remote programs, shipped home while they run.
+REMOTE_LOGS = "remote-logs"
+
 #: The state directory when none is given: ``$CORRA_STATE_DIR``, else ``./.corra``.
 STATE_DIR_ENV = "CORRA_STATE_DIR"
 
@@ -246,7 +249,11 @@ async def open_runtime(
 
                         remote = await stack.enter_async_context(
                             open_remote_backends(
-                                rt.root, known, logins=logins, poll_interval=remote_poll_interval
+                                rt.root,
+                                known,
+                                logins=logins,
+                                poll_interval=remote_poll_interval,
+                                logs_dir=path / REMOTE_LOGS,
                             )
                         )
                         backends.update(remote.backends)

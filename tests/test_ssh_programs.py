@@ -62,7 +62,11 @@ def host_for(sshd: _sshd.Sshd, root: str, **options: object) -> HostConfig:
 
 @contextlib.asynccontextmanager
 async def backend_for(
-    host: HostConfig, *, local: bool = False, poll_interval: float = 0.2
+    host: HostConfig,
+    *,
+    local: bool = False,
+    poll_interval: float = 0.2,
+    logs_dir: Path | None = None,
 ) -> AsyncIterator[SshProgramBackend]:
     async with trio_asyncio.open_loop(), open_runtime() as runtime:
         if local:
@@ -72,7 +76,10 @@ async def backend_for(
             registry = PoolRegistry(supervisor, TokenBucket(rate=100, burst=10))
             transport = SshTransport(await registry.pool(host))  # type: ignore[assignment]
         backend = SshProgramBackend(
-            {host.name: host}, {host.name: transport}, poll_interval=poll_interval
+            {host.name: host},
+            {host.name: transport},
+            poll_interval=poll_interval,
+            logs_dir=logs_dir,
         )
         async with backend:
             yield backend

@@ -20,7 +20,16 @@ dir in one exec per ``poll_interval``; logs are read by byte range from the spoo
 a reader that reconnects resumes at its offset. A connection that drops costs nothing: the
 chaperone keeps running and recording, and the next poll finds what happened.
 
-Rule 4: a host that is unavailable (its pool gave up for now) raises `HostUnavailable` from
+Rule 4: logs are shipped home while a program is watched, when the backend has a ``logs_dir``.
+The status reply carries each run dir's stdout/stderr sizes, so the poller knows which files
+grew without another exec, and fetches what the local copy lacks (`_LocalLogs`, at most
+``SHIP_CHUNK`` bytes per file per poll, so one chatty program cannot starve the others). The
+local copy's size is the saved offset: a runtime that restarts resumes from it, no byte lost,
+none twice. Once a program has exited the rest of its logs comes home before its wait returns,
+and `read_log` serves from the local copy (no connection needed) whenever it covers the range.
+A fetch that fails is logged and tried again at the next poll; it never fails a wait.
+
+Rule 5: a host that is unavailable (its pool gave up for now) raises `HostUnavailable` from
 every operation; the process layer pauses the process (or fails it, per the host's
 ``on_unavailable``) and resumes it when the host answers again.
 """
@@ -28,9 +37,11 @@ every operation; the process layer pauses the process (or fails it, per the host
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
+import os
 import posixpath
 from collections.abc import Mapping
 from pathlib import Path
@@ -62,6 +73,17 @@ logger = logging.getLogger("corra.ssh")
 STATUS_BATCH = 200
 #: Longest time a kill waits for the exit record beyond the grace period.
 KILL_SETTLE = 10.0
+#: Most bytes of one log file shipped per poll while its program runs, and per fetch.
+SHIP_CHUNK = 1 << 20
+#: Log files one host's poller fetches at once.
+SHIP_PARALLEL = 8
+#: Tries at the rest of an exited program's logs (one poll interval apart) before its wait
+#: returns without them (`read_log` then reads the remote file).
+SHIP_ATTEMPTS = 3
+#: The streams shipped, as the chaperone names their files in the run dir.
+STREAMS = ("stdout", "stderr")
+#: Beside the local copies once they are whole: {stream: size}.
+COMPLETE_FILE = "complete.json"
 
 
 def _library() -> tuple[str, dict[str, bytes]]:
@@ -96,6 +118,8 @@ class _Host:
         self.watches: dict[str, list[_Watch]] = {}
         self.wake = trio.Event()
         self.polls = 0
+        #: Run dirs whose exited program's logs are being shipped before its waits settle.
+        self.finishing: set[str] = set()
 
     @property
     def helper(self) -> list[str]:
@@ -107,7 +131,9 @@ class SshProgramBackend(HostPollers):
     """Programs on the hosts it was given; use as ``async with`` (it runs one poller per host).
 
     ``transports`` maps each host name to its `Transport` (an `SshTransport` over the host's
-    pool, or a `LocalTransport`).
+    pool, or a `LocalTransport`). With ``logs_dir``, the logs of watched programs are shipped
+    to ``<logs_dir>/<host name>/<key>/stdout|stderr`` (see the module doc); without it, logs
+    stay on the hosts and `read_log` reads them there.
     """
 
     def __init__(
@@ -117,6 +143,7 @@ class SshProgramBackend(HostPollers):
         *,
         poll_interval: float = 1.0,
         max_running: int = 64,
+        logs_dir: Path | str | None = None,
     ) -> None:
         if poll_interval <= 0:
             raise ConfigError(f"poll_interval: got {poll_interval!r}, expected seconds > 0")
@@ -126,6 +153,7 @@ class SshProgramBackend(HostPollers):
         self._digest, self._files = _library()
         self._slots = trio.Semaphore(max_running)
         self._held: set[str] = set()
+        self._logs = _LocalLogs(Path(logs_dir)) if logs_dir is not None else None
 
     def host(self, name: object) -> _Host:
         host: _Host = super().host(name)
@@ -196,8 +224,7 @@ class SshProgramBackend(HostPollers):
 
     def _run_dir(self, host: _Host, key: str) -> str:
         assert host.work_root is not None
-        if not key or "/" in key or key.startswith("."):
-            raise ConfigError(f"key: got {key!r}, expected a file name")
+        _check_key(key)
         return posixpath.join(host.work_root, key)
 
     # -- the Backend protocol ------------------------------------------------------------
@@ -349,12 +376,112 @@ class SshProgramBackend(HostPollers):
             except (TransportError, BackendError) as exc:
                 logger.warning("host %s: status poll failed: %s", host.config.name, exc)
                 statuses = []
+            if self._logs is not None and self._logs.ships(host.config.name):
+                await self._ship_running(host, statuses)
             for status in statuses:
-                if status.get("state") in ("exited", "lost"):
-                    for watch in host.watches.get(status["dir"], []):
-                        watch.status = status
-                        watch.event.set()
+                if status.get("state") not in ("exited", "lost"):
+                    continue
+                if self._logs is None or not self._logs.ships(host.config.name):
+                    _settle(host, status)
+                elif status["dir"] not in host.finishing:
+                    host.finishing.add(status["dir"])
+                    self._poll_nursery.start_soon(self._finish, host, status)
             await trio.sleep(host.poll_interval)
+
+    # -- log shipping ----------------------------------------------------------------------
+
+    async def _ship_running(self, host: _Host, statuses: list[dict[str, Any]]) -> None:
+        """Ship up to `SHIP_CHUNK` new bytes of each log file of the running programs (at most
+        `SHIP_PARALLEL` fetches at once); a failure is logged and left for the next poll."""
+        limiter = trio.CapacityLimiter(SHIP_PARALLEL)
+
+        async def one(status: dict[str, Any]) -> None:
+            try:
+                await self._ship(host, status, budget=SHIP_CHUNK, limiter=limiter)
+            except (BackendError, OSError) as exc:
+                logger.warning(
+                    "host %s: shipping the logs of %s failed (next poll tries again): %s",
+                    host.config.name,
+                    status.get("dir"),
+                    exc,
+                )
+
+        async with trio.open_nursery() as nursery:
+            for status in statuses:
+                if status.get("state") == "running" and isinstance(status.get("sizes"), dict):
+                    nursery.start_soon(one, status)
+
+    async def _ship(
+        self,
+        host: _Host,
+        status: Mapping[str, Any],
+        *,
+        budget: int | None,
+        limiter: trio.CapacityLimiter | None = None,
+    ) -> bool:
+        """Fetch what the local copies of the run dir's logs lack of the sizes in ``status``
+        (at most ``budget`` bytes per file; all when None), in `SHIP_CHUNK` reads, each
+        appended at once; whether the copies now reach those sizes. Raises what a fetch or a
+        write raises (what was appended before stays: it is the new offset)."""
+        assert self._logs is not None
+        name, run_dir = host.config.name, status["dir"]
+        key = posixpath.basename(run_dir)
+        sizes = status.get("sizes")
+        if not isinstance(sizes, dict):  # a helper that does not report sizes
+            return False
+        whole = True
+        for stream in STREAMS:
+            target = sizes.get(stream)
+            if not isinstance(target, int):
+                continue
+            offset = await self._logs.size(name, key, stream)
+            end = target if budget is None else min(target, offset + budget)
+            while offset < end:
+                if limiter is not None:
+                    async with limiter:
+                        data = await self._fetch(host, run_dir, stream, offset, end - offset)
+                else:
+                    data = await self._fetch(host, run_dir, stream, offset, end - offset)
+                if not data:
+                    break
+                offset = await self._logs.append(name, key, stream, offset, data)
+            whole = whole and offset >= target
+        return whole
+
+    async def _fetch(self, host: _Host, run_dir: str, stream: str, offset: int, size: int) -> bytes:
+        path = posixpath.join(run_dir, stream)
+        return await host.transport.read_range(path, offset, min(size, SHIP_CHUNK))
+
+    async def _finish(self, host: _Host, status: dict[str, Any]) -> None:
+        """Ship the rest of an exited (or lost) program's logs, mark the copies whole (exited
+        only), then settle its waits; a failing fetch is tried `SHIP_ATTEMPTS` times, then the
+        waits settle without the rest (`read_log` falls back to the remote file)."""
+        assert self._logs is not None
+        run_dir = status["dir"]
+        try:
+            for attempt in range(1, SHIP_ATTEMPTS + 1):
+                try:
+                    whole = await self._ship(host, status, budget=None)
+                    if whole and status.get("state") == "exited":
+                        await self._logs.complete(
+                            host.config.name, posixpath.basename(run_dir), status["sizes"]
+                        )
+                    break
+                except (BackendError, OSError) as exc:
+                    logger.warning(
+                        "host %s: shipping the rest of the logs of %s failed (try %d of %d): %s",
+                        host.config.name,
+                        run_dir,
+                        attempt,
+                        SHIP_ATTEMPTS,
+                        exc,
+                    )
+                    if attempt < SHIP_ATTEMPTS:
+                        await trio.sleep(host.poll_interval)
+        finally:
+            host.finishing.discard(run_dir)
+        self._logs.forget(host.config.name, posixpath.basename(run_dir))
+        _settle(host, status)
 
     async def kill(self, handle: Mapping[str, Any], grace: float) -> Result | None:
         host = self.host(handle.get("host"))
@@ -365,30 +492,198 @@ class SshProgramBackend(HostPollers):
             while True:
                 (status,) = await self._status(host, [run_dir])
                 if status.get("state") == "exited":
+                    await self._ship_rest(host, status)
                     return self._settled(host, status)
                 if status.get("state") in ("lost", "absent"):
                     return None
                 await trio.sleep(min(0.2, host.poll_interval))
         raise BackendError(f"{run_dir} on {host.config.name}: still running after the kill")
 
+    async def _ship_rest(self, host: _Host, status: dict[str, Any]) -> None:
+        """After a kill: the rest of the logs, once, and the copies marked whole; a failure
+        is only logged (`read_log` falls back to the remote file)."""
+        if self._logs is None or not self._logs.ships(host.config.name):
+            return
+        key = posixpath.basename(status["dir"])
+        try:
+            if await self._ship(host, status, budget=None):
+                await self._logs.complete(host.config.name, key, status["sizes"])
+        except (BackendError, OSError) as exc:
+            logger.warning(
+                "host %s: shipping the rest of the logs of %s failed: %s",
+                host.config.name,
+                status["dir"],
+                exc,
+            )
+
     async def read_log(
         self, key: str, stream: str, offset: int, size: int, host_name: str | None = None
     ) -> bytes:
         """Up to ``size`` bytes of ``stream`` of the program of ``key`` from ``offset`` (on
-        ``host_name``, else on the first host that has its run dir); none if it has none."""
-        if stream not in ("stdout", "stderr"):
+        ``host_name``, else on the first host that has its run dir); none if it has none.
+
+        From the local copy when it covers the range (or is whole), with no connection to
+        the host; else from the remote file (where the local copy lags, or was never made);
+        else, if the remote file is gone or the host cannot be reached, what the local copy
+        has."""
+        if stream not in STREAMS:
             raise ConfigError(f"stream: got {stream!r}, expected 'stdout' or 'stderr'")
+        _check_key(key)
         hosts = [self.host(host_name)] if host_name is not None else list(self._hosts.values())
         for host in hosts:
-            await self._ready(host)
-            path = posixpath.join(self._run_dir(host, key), stream)
-            if await host.transport.stat(path) is not None:
-                return await host.transport.read_range(path, offset, size)
+            local: bytes | None = None
+            if self._logs is not None and self._logs.ships(host.config.name):
+                try:
+                    found = await self._logs.read(host.config.name, key, stream, offset, size)
+                except OSError as exc:
+                    logger.warning("%s: cannot read the local copy: %s", key, exc)
+                    found = None
+                if found is not None:
+                    local, covers = found
+                    if covers:
+                        return local
+            try:
+                await self._ready(host)
+                path = posixpath.join(self._run_dir(host, key), stream)
+                if await host.transport.stat(path) is not None:
+                    return await host.transport.read_range(path, offset, size)
+            except TransportError:
+                if local is None:
+                    raise
+            if local is not None:
+                return local
         return b""
 
     def polls(self, host_name: str) -> int:
         """Status execs made for ``host_name`` so far."""
         return self.host(host_name).polls
+
+
+def _settle(host: _Host, status: dict[str, Any]) -> None:
+    """Hand an exited (or lost) program's status to every wait on its run dir."""
+    for watch in host.watches.get(status["dir"], []):
+        watch.status = status
+        watch.event.set()
+
+
+def _check_key(key: str) -> None:
+    if not isinstance(key, str) or not key or "/" in key or "\0" in key or key.startswith("."):
+        raise ConfigError(f"key: got {key!r}, expected a file name")
+
+
+class _LocalLogs:
+    """The local copies of remote logs: ``<root>/<host name>/<key>/stdout|stderr``.
+
+    A copy only ever grows by appending bytes fetched from the remote file at the copy's own
+    size, so the copy is always a prefix of the remote file and its size is the offset to
+    resume from, after a restart of the runtime too: no byte is lost or duplicated. Appends
+    are flushed (a runtime killed by a signal loses nothing it wrote) but not fsynced: after
+    a machine crash a copy may be short (never wrong), and the next poll fetches the rest.
+    An append happens under ``flock`` and only at the offset it was fetched for, so two
+    runtimes on one state dir cannot interleave. ``complete.json`` beside the copies says
+    they are whole (the program exited and everything came home). All file I/O runs in a
+    worker thread.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._sizes: dict[tuple[str, str, str], int] = {}
+        self._refused: set[str] = set()
+
+    def ships(self, host_name: str) -> bool:
+        """Whether ``host_name`` can name a directory (else its logs stay remote)."""
+        if (
+            host_name
+            and "/" not in host_name
+            and "\0" not in host_name
+            and host_name not in (".", "..")
+        ):
+            return True
+        if host_name not in self._refused:
+            self._refused.add(host_name)
+            logger.warning("host %r: not a directory name, its logs stay remote", host_name)
+        return False
+
+    def _dir(self, host_name: str, key: str) -> Path:
+        return self.root / host_name / key
+
+    async def size(self, host_name: str, key: str, stream: str) -> int:
+        """The copy's size: the offset its shipping resumes from."""
+        known = self._sizes.get((host_name, key, stream))
+        if known is not None:
+            return known
+        path = self._dir(host_name, key) / stream
+
+        def stat() -> int:
+            try:
+                return path.stat().st_size
+            except FileNotFoundError:
+                return 0
+
+        size = await trio.to_thread.run_sync(stat)
+        self._sizes[(host_name, key, stream)] = size
+        return size
+
+    async def append(self, host_name: str, key: str, stream: str, offset: int, data: bytes) -> int:
+        """Append ``data`` (the remote bytes from ``offset``) if the copy is ``offset`` long;
+        the copy's size after."""
+        directory = self._dir(host_name, key)
+
+        def write() -> int:
+            directory.mkdir(parents=True, exist_ok=True)
+            with open(directory / stream, "ab") as file:
+                fcntl.flock(file.fileno(), fcntl.LOCK_EX)
+                size = os.fstat(file.fileno()).st_size
+                if size != offset:  # someone else shipped meanwhile: their bytes stand
+                    return size
+                file.write(data)
+                file.flush()
+                return size + len(data)
+
+        size = await trio.to_thread.run_sync(write)
+        self._sizes[(host_name, key, stream)] = size
+        return size
+
+    async def complete(self, host_name: str, key: str, sizes: Mapping[str, Any]) -> None:
+        """Mark the copies whole (creating the empty ones)."""
+        directory = self._dir(host_name, key)
+        document = json.dumps({stream: sizes.get(stream, 0) for stream in STREAMS}).encode()
+
+        def write() -> None:
+            directory.mkdir(parents=True, exist_ok=True)
+            for stream in STREAMS:
+                (directory / stream).touch()
+            temporary = directory / f".{COMPLETE_FILE}.{os.getpid()}.tmp"
+            temporary.write_bytes(document)
+            os.replace(temporary, directory / COMPLETE_FILE)
+
+        await trio.to_thread.run_sync(write)
+
+    def forget(self, host_name: str, key: str) -> None:
+        """Drop what is cached of the copies of a program no longer watched."""
+        for stream in STREAMS:
+            self._sizes.pop((host_name, key, stream), None)
+
+    async def read(
+        self, host_name: str, key: str, stream: str, offset: int, size: int
+    ) -> tuple[bytes, bool] | None:
+        """``(bytes, covers)`` from the copy (``covers``: all ``size`` bytes came, or the copy
+        is whole), or None without a copy."""
+        directory = self._dir(host_name, key)
+
+        def read() -> tuple[bytes, bool] | None:
+            whole = (directory / COMPLETE_FILE).exists()  # first: a whole copy reads whole
+            try:
+                fd = os.open(directory / stream, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return None
+            try:
+                data = os.pread(fd, size, offset) if size > 0 else b""
+            finally:
+                os.close(fd)
+            return data, whole or len(data) >= size
+
+        return await trio.to_thread.run_sync(read)
 
 
 def _local_tree(inputs: Mapping[str, str]) -> dict[str, tuple[str, int, str]]:

@@ -10,9 +10,13 @@ all; one exec over SSH per command, and no channel stays open while a program ru
                                                chaperone detached and prints its first reply
                                                ({"status": "started" | "failed" | "invalid" |
                                                "claimed", ...} plus "handle" when there is one)
-    remote_helper.py status RUN_DIR...         one JSON line per run dir: {"dir", "state":
-                                               "exited" (with "record") | "running" | "lost" |
-                                               "absent", "handle"}
+    remote_helper.py status RUN_DIR...         a JSON list, one object per run dir: {"dir",
+                                               "state": "exited" (with "record") | "running" |
+                                               "lost" | "absent", "handle", "sizes"}; "sizes"
+                                               maps "stdout"/"stderr" to the file's size in
+                                               bytes (a stream whose file is missing is left
+                                               out), read after the state: for an exited
+                                               program they are its output's final sizes
     remote_helper.py kill GRACE RUN_DIR...     asks each chaperone to kill its program
                                                (kill.json, then SIGTERM); a program whose
                                                chaperone is gone is SIGKILLed by its group
@@ -137,22 +141,42 @@ def _claimed(run_dir):
     return {"status": "claimed", "handle": handle}
 
 
+def _sizes(run_dir):
+    """{stream: size in bytes} of the run dir's spooled output (missing files left out)."""
+    sizes = {}
+    for stream in chaperone.STREAMS:
+        size = _size(os.path.join(run_dir, stream))
+        if size is not None:
+            sizes[stream] = size
+    return sizes
+
+
+def _size(path):
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return None
+
+
 def status(run_dirs):
     out = []
     for run_dir in run_dirs:
         record = _read_json(os.path.join(run_dir, chaperone.EXIT_FILE))
         handle = _handle(run_dir)
         if record is not None:
-            out.append({"dir": run_dir, "state": "exited", "record": record, "handle": handle})
+            entry = {"dir": run_dir, "state": "exited", "record": record, "handle": handle}
         elif handle is None:
-            out.append({"dir": run_dir, "state": "absent", "handle": None})
+            entry = {"dir": run_dir, "state": "absent", "handle": None}
         elif _alive(handle):
-            out.append({"dir": run_dir, "state": "running", "handle": handle})
+            entry = {"dir": run_dir, "state": "running", "handle": handle}
         else:
             # exit.json may have landed between our two reads
             record = _read_json(os.path.join(run_dir, chaperone.EXIT_FILE))
             state = "exited" if record is not None else "lost"
-            out.append({"dir": run_dir, "state": state, "record": record, "handle": handle})
+            entry = {"dir": run_dir, "state": state, "record": record, "handle": handle}
+        # After the state: once the exit record is there, the program wrote all it will.
+        entry["sizes"] = _sizes(run_dir)
+        out.append(entry)
     return out
 
 
