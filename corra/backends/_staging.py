@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import trio
 
 from corra._errors import BackendError, LaunchFailed, RemotePathError
-from corra.backends.transport import Transport
+from corra.backends.transport import Transport, join_inside
 
 #: ``python3 -c DIGESTS ROOT REL...``: ``{rel: [size, sha256] or null}`` of files under ROOT.
 DIGESTS = r"""
@@ -55,18 +57,6 @@ sys.stdout.write(json.dumps(sorted(found)) + "\n")
 """
 
 
-def inside(root: str, relative: str) -> str:
-    """``root/relative``, refusing an absolute path, ``..`` or an empty one.
-
-    Raises:
-        RemotePathError: the path would leave ``root``.
-    """
-    parts = relative.split("/")
-    if not relative or relative.startswith("/") or ".." in parts or "\0" in relative:
-        raise RemotePathError(root, f"{relative!r} leaves the work dir (relative paths only)")
-    return "/".join([root.rstrip("/"), *[part for part in parts if part and part != "."]])
-
-
 def local_tree(inputs: Mapping[str, str]) -> dict[str, tuple[str, int, str]]:
     """``{remote relative path: (local file, size, sha256)}`` for every file of the inputs (a
     directory brings all the files under it). Blocking: run it in a thread.
@@ -77,7 +67,7 @@ def local_tree(inputs: Mapping[str, str]) -> dict[str, tuple[str, int, str]]:
     tree: dict[str, tuple[str, int, str]] = {}
     for relative, local in inputs.items():
         try:
-            inside("/", relative)  # before any reading
+            join_inside("/", relative)  # before any reading
         except RemotePathError as exc:
             raise LaunchFailed(f"inputs: {exc}") from None
         source = Path(local)
@@ -109,7 +99,7 @@ async def upload(
         LaunchFailed: a bad path, a missing local file, or a file that does not arrive intact.
     """
     tree = await trio.to_thread.run_sync(local_tree, inputs)
-    targets = {relative: inside(work_dir, relative) for relative in tree}
+    targets = {relative: join_inside(work_dir, relative) for relative in tree}
     await transport.mkdir(work_dir)
     for directory in sorted({target.rsplit("/", 1)[0] for target in targets.values()}):
         await transport.mkdir(directory)
@@ -143,13 +133,33 @@ async def retrieve(
         raise BackendError(f"outputs of {work_dir}: an answer that is not a list: {found!r}")
     fetched = []
     for relative in found:
-        target = Path(destination) / inside(".", relative)
+        target = Path(destination) / join_inside(".", relative)
         await trio.to_thread.run_sync(
             lambda path=target: path.parent.mkdir(parents=True, exist_ok=True)
         )
-        await transport.get(inside(work_dir, relative), str(target))
+        await transport.get(join_inside(work_dir, relative), str(target))
         fetched.append(relative)
     return fetched
+
+
+def output_fields(spec: Any, run_dir: str) -> dict[str, Any]:
+    """What a handle keeps to fetch the spec's outputs after the end (nothing without any)."""
+    outputs = tuple(getattr(spec, "outputs", None) or ())
+    if not outputs:
+        return {}
+    return {
+        "outputs": list(outputs),
+        "outputs_to": str(getattr(spec, "outputs_dir", None) or ""),
+        "work_dir": getattr(spec, "cwd", None) or posixpath.join(run_dir, "work"),
+    }
+
+
+async def retrieve_outputs(transport: Transport, python: str, handle: Mapping[str, Any]) -> None:
+    """Fetch the outputs that ``handle`` names (`output_fields`), if it names any."""
+    if handle.get("outputs") and handle.get("outputs_to"):
+        await retrieve(
+            transport, python, handle["work_dir"], handle["outputs"], handle["outputs_to"]
+        )
 
 
 async def _json(transport: Transport, argv: list[str]) -> object:

@@ -196,12 +196,7 @@ class SchedulerBackend(HostPollers):
             "array": options.array is not None,
             "hold_on_pause": options.hold_on_pause,
         }
-        outputs = tuple(getattr(spec, "outputs", None) or ())
-        if outputs:
-            handle["outputs"] = list(outputs)
-            handle["outputs_to"] = str(getattr(spec, "outputs_dir", None) or "")
-            handle["work_dir"] = getattr(spec, "cwd", None) or posixpath.join(run_dir, "work")
-        return handle
+        return {**handle, **_staging.output_fields(spec, run_dir)}
 
     async def _find(self, host: _Host, key: str, run_dir: str) -> str | None:
         if await host.transport.stat(run_dir) is None:
@@ -233,14 +228,7 @@ class SchedulerBackend(HostPollers):
         watch = _Watch(str(handle["job_id"]), handle["run_dir"], bool(handle.get("array")))
         await self._watch(host, watch.job_id, watch)
         assert watch.result is not None
-        if handle.get("outputs") and handle.get("outputs_to"):
-            await _staging.retrieve(
-                host.transport,
-                host.config.python,
-                handle["work_dir"],
-                handle["outputs"],
-                handle["outputs_to"],
-            )
+        await _staging.retrieve_outputs(host.transport, host.config.python, handle)
         return watch.result
 
     async def _poller(self, host: _Host) -> None:

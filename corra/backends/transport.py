@@ -19,6 +19,7 @@ threads and runs commands with `trio.run_process`.
 from __future__ import annotations
 
 import os
+import posixpath
 import shlex
 import shutil
 import stat as stat_module
@@ -250,3 +251,16 @@ class LocalTransport:
             return await trio.to_thread.run_sync(work)
         except OSError as exc:
             raise _path_error(self.host, path, exc) from exc
+
+
+def join_inside(root: str, relative: str) -> str:
+    """``root/relative``, refusing anything that would leave ``root`` (an absolute path,
+    ``..``, an empty name)."""
+    if not isinstance(relative, str) or not relative or "\0" in relative:
+        raise RemotePathError(root, f"path: got {relative!r}, expected a relative path")
+    if posixpath.isabs(relative):
+        raise RemotePathError(root, f"path: got {relative!r}, expected a relative path")
+    parts = relative.split("/")
+    if any(part in ("..",) for part in parts):
+        raise RemotePathError(root, f"path: got {relative!r}, which leaves the work directory")
+    return posixpath.join(root, posixpath.normpath(relative))

@@ -13,4 +13,4 @@ from corra.backends.ssh._pool import PoolStatistics as PoolStatistics
 from corra.backends.ssh._pool import SshPool as SshPool
 from corra.backends.ssh._programs import SshProgramBackend as SshProgramBackend
 from corra.backends.ssh._transport import SshTransport as SshTransport
-from corra.backends.ssh._transport import join_inside as join_inside
+from corra.backends.transport import join_inside as join_inside

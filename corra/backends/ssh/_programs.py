@@ -59,12 +59,11 @@ from corra._errors import (
     TransportError,
 )
 from corra.actors._lifecycle import Result
-from corra.backends import chaperone
+from corra.backends import _staging, chaperone
 from corra.backends._pollers import HostPollers
 from corra.backends.local import ExitRecord
 from corra.backends.local_process import result_of
 from corra.backends.ssh._config import HostConfig
-from corra.backends.ssh._transport import join_inside
 from corra.backends.transport import Transport
 
 logger = logging.getLogger("corra.ssh")
@@ -255,63 +254,26 @@ class SshProgramBackend(HostPollers):
         if inputs:
             (status,) = await self._status(host, [run_dir])
             if status.get("state") == "absent":  # never upload under a program that runs
-                await self._upload(host, spec.cwd or posixpath.join(run_dir, "work"), inputs)
+                await _staging.upload(
+                    host.transport,
+                    host.config.python,
+                    spec.cwd or posixpath.join(run_dir, "work"),
+                    inputs,
+                    host.config.name,
+                )
         result = await host.transport.run(
             [*host.helper, "launch", run_dir], stdin=json.dumps(document).encode(), check=True
         )
         reply = _json(result.stdout, host)
         status = reply.get("status")
         if status in ("started", "claimed") and reply.get("handle"):
-            handle = self._handle(host, key, reply["handle"])
-            outputs = tuple(getattr(spec, "outputs", None) or ())
-            if outputs:
-                handle["outputs"] = list(outputs)
-                handle["outputs_to"] = str(getattr(spec, "outputs_dir", None) or "")
-                handle["work_dir"] = spec.cwd or posixpath.join(run_dir, "work")
-            return handle
+            return {
+                **self._handle(host, key, reply["handle"]),
+                **_staging.output_fields(spec, run_dir),
+            }
         if status in ("failed", "invalid"):
             raise LaunchFailed(f"{key} on {host.config.name}: {reply.get('error')}")
         raise BackendError(f"{key} on {host.config.name}: unexpected reply {reply!r}")
-
-    async def _upload(self, host: _Host, work_dir: str, inputs: Mapping[str, str]) -> None:
-        """Build the tree locally, create it remotely, upload it, and verify every file's size
-        and checksum (a mismatch is uploaded once more, then the launch fails)."""
-        tree = await trio.to_thread.run_sync(_local_tree, inputs)
-        targets = {relative: join_inside(work_dir, relative) for relative in tree}
-        for directory in sorted({posixpath.dirname(path) for path in targets.values()}):
-            await host.transport.mkdir(directory)
-        pending = sorted(tree)
-        for _ in range(2):
-            for relative in pending:
-                await host.transport.put(tree[relative][0], targets[relative])
-            result = await host.transport.run(
-                [*host.helper, "digests", work_dir, *pending], check=True
-            )
-            remote = _json(result.stdout, host)
-            pending = [
-                relative for relative in pending if remote.get(relative) != list(tree[relative][1:])
-            ]
-            if not pending:
-                return
-        raise LaunchFailed(
-            f"inputs on {host.config.name}: {', '.join(pending)} did not arrive intact "
-            "(size or sha256 differ after two uploads)"
-        )
-
-    async def _retrieve(self, host: _Host, handle: Mapping[str, Any]) -> None:
-        """Copy the files of the work dir that match the handle's output globs home."""
-        work_dir, destination = handle["work_dir"], handle.get("outputs_to") or ""
-        if not destination:
-            return
-        result = await host.transport.run(
-            [*host.helper, "outputs", work_dir, *handle["outputs"]], check=True
-        )
-        for relative in _json(result.stdout, host):
-            local = Path(destination) / relative
-            await trio.to_thread.run_sync(
-                lambda path=local: path.parent.mkdir(parents=True, exist_ok=True)
-            )
-            await host.transport.get(join_inside(work_dir, relative), str(local))
 
     def _handle(self, host: _Host, key: str, remote: Mapping[str, Any]) -> dict[str, Any]:
         return {"host": host.config.name, "key": key, **remote}
@@ -341,8 +303,7 @@ class SshProgramBackend(HostPollers):
         watch = _Watch(handle["run_dir"])
         await self._watch(host, watch.run_dir, watch)
         result = self._settled(host, watch.status or {})
-        if handle.get("outputs"):
-            await self._retrieve(host, handle)
+        await _staging.retrieve_outputs(host.transport, host.config.python, handle)
         return result
 
     def _settled(self, host: _Host, status: Mapping[str, Any]) -> Result:
@@ -684,35 +645,6 @@ class _LocalLogs:
             return data, whole or len(data) >= size
 
         return await trio.to_thread.run_sync(read)
-
-
-def _local_tree(inputs: Mapping[str, str]) -> dict[str, tuple[str, int, str]]:
-    """{remote relative path: (local file, size, sha256)} for every file of the inputs (a
-    directory brings all the files under it)."""
-    tree: dict[str, tuple[str, int, str]] = {}
-    for relative, local in inputs.items():
-        try:
-            join_inside("/", relative)  # refuses absolute paths and ".." before any reading
-        except TransportError as exc:
-            raise LaunchFailed(f"inputs: {exc}") from None
-        source = Path(local)
-        if source.is_dir():
-            files = [
-                (f"{relative}/{path.relative_to(source).as_posix()}", path)
-                for path in sorted(source.rglob("*"))
-                if path.is_file()
-            ]
-        elif source.is_file():
-            files = [(relative, source)]
-        else:
-            raise LaunchFailed(f"inputs[{relative!r}]: no such local file or directory: {local!r}")
-        for name, path in files:
-            digest = hashlib.sha256()
-            with path.open("rb") as file:
-                for block in iter(lambda file=file: file.read(1 << 20), b""):
-                    digest.update(block)
-            tree[name] = (str(path), path.stat().st_size, digest.hexdigest())
-    return tree
 
 
 def _json(data: bytes, host: _Host) -> Any:

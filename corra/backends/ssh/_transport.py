@@ -9,7 +9,6 @@ SFTP failures become `RemotePathError` naming the path.
 
 from __future__ import annotations
 
-import posixpath
 from collections.abc import Sequence
 from typing import Any
 
@@ -176,16 +175,3 @@ class _Failed:
 
 class _Missing(_Failed):
     __slots__ = ()
-
-
-def join_inside(root: str, relative: str) -> str:
-    """``root/relative``, refusing anything that would leave ``root`` (an absolute path,
-    ``..``, an empty name)."""
-    if not isinstance(relative, str) or not relative or "\0" in relative:
-        raise RemotePathError(root, f"path: got {relative!r}, expected a relative path")
-    if posixpath.isabs(relative):
-        raise RemotePathError(root, f"path: got {relative!r}, expected a relative path")
-    parts = relative.split("/")
-    if any(part in ("..",) for part in parts):
-        raise RemotePathError(root, f"path: got {relative!r}, which leaves the work directory")
-    return posixpath.join(root, posixpath.normpath(relative))

@@ -20,9 +20,6 @@ all; one exec over SSH per command, and no channel stays open while a program ru
     remote_helper.py kill GRACE RUN_DIR...     asks each chaperone to kill its program
                                                (kill.json, then SIGTERM); a program whose
                                                chaperone is gone is SIGKILLed by its group
-    remote_helper.py digests ROOT REL...       {REL: [size, sha256] or null}
-    remote_helper.py outputs ROOT GLOB...      files under ROOT matching the globs (relative,
-                                               never outside ROOT, symlinks included)
 
 Rule 1: a run dir is launched once: ``launch`` on a claimed run dir starts nothing and answers
 ``claimed`` with the existing handle (the chaperone's own claim decides a race).
@@ -207,52 +204,6 @@ def kill(grace, run_dirs):
     return out
 
 
-def _inside(root, relative):
-    """root/relative, or None if it would leave root (also through a symlink)."""
-    if not relative or os.path.isabs(relative) or ".." in relative.split("/"):
-        return None
-    path = os.path.join(root, relative)
-    real_root = os.path.realpath(root)
-    real = os.path.realpath(path)
-    if real != real_root and not real.startswith(real_root + os.sep):
-        return None
-    return path
-
-
-def digests(root, relatives):
-    """{relative: [size, sha256]} of files under root (null for a missing or foreign one)."""
-    import hashlib
-
-    out = {}
-    for relative in relatives:
-        path = _inside(root, relative)
-        if path is None or not os.path.isfile(path):
-            out[relative] = None
-            continue
-        digest = hashlib.sha256()
-        with open(path, "rb") as file:
-            for block in iter(lambda: file.read(1 << 20), b""):
-                digest.update(block)
-        out[relative] = [os.path.getsize(path), digest.hexdigest()]
-    return out
-
-
-def find_outputs(root, patterns):
-    """Files under root that match the glob patterns, as sorted relative paths (never one
-    that leaves root, even through a symlink)."""
-    import glob
-
-    found = set()
-    for pattern in patterns:
-        if _inside(root, pattern.replace("*", "x").replace("?", "x")) is None:
-            continue
-        for path in glob.glob(os.path.join(root, pattern), recursive=True):
-            relative = os.path.relpath(path, root)
-            if os.path.isfile(path) and _inside(root, relative) is not None:
-                found.add(relative)
-    return sorted(found)
-
-
 def main(argv):
     if argv[:1] == ["probe"]:
         result = probe()
@@ -262,10 +213,6 @@ def main(argv):
         result = status(argv[1:])
     elif len(argv) >= 2 and argv[0] == "kill":
         result = kill(float(argv[1]), argv[2:])
-    elif len(argv) >= 2 and argv[0] == "digests":
-        result = digests(argv[1], argv[2:])
-    elif len(argv) >= 2 and argv[0] == "outputs":
-        result = find_outputs(argv[1], argv[2:])
     else:
         sys.stderr.write("usage: remote_helper.py probe | launch D | status D... | kill G D...\n")
         return 2
