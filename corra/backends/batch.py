@@ -168,13 +168,22 @@ class SchedulerBackend(HostPollers):
             "CORRA_ATTEMPT": attempt,
         }
         script = self.scheduler.render(
-            key, spec.argv, run_dir=run_dir, work_dir=work_dir, options=options, env=env
+            key,
+            spec.argv,
+            run_dir=run_dir,
+            work_dir=work_dir,
+            options=options,
+            env=env,
+            timeout=getattr(spec, "timeout", None),
+            kill_grace=getattr(spec, "kill_grace", 10.0),
         )
         script_path = posixpath.join(run_dir, "job.sh")
         await host.transport.write_file(script_path, script.encode(), mode=0o755)
         await host.bucket.take()
         try:
             job_id = await self.scheduler.submit(host.transport, script_path, run_dir)
+        except TransportError:
+            raise  # the submission may have happened: the launch's retry looks for it by key
         except BackendError as exc:
             raise LaunchFailed(f"{key} on {host.config.name}: {exc}") from exc
         return self._handle(host, key, run_dir, job_id, options, spec)
@@ -312,8 +321,7 @@ class SchedulerBackend(HostPollers):
         ended = max((r["ended_at"] for r in records if "ended_at" in r), default=None)
         sizes = {}
         for stream in ("stdout", "stderr"):
-            info = await host.transport.stat(posixpath.join(run_dir, stream))
-            sizes[stream] = info.size if info is not None else 0
+            sizes[stream] = sum(size for _, size in await self._log_files(host, run_dir, stream))
         returncode, signal, error = worst, None, None
         timed_out = killed = False
         if status is not None:
@@ -328,6 +336,8 @@ class SchedulerBackend(HostPollers):
                 error = f"slurm: {status.raw.lower()}"
             elif status.state in ("timeout", "cancelled") and returncode is None and signal is None:
                 signal = 15 if status.state == "cancelled" else 9
+        if any(record.get("timed_out") is True for record in records):
+            returncode, signal, timed_out = None, 15, True  # the spec's timeout, in the script
         return Result(
             returncode=returncode,
             signal=signal,
@@ -373,7 +383,38 @@ class SchedulerBackend(HostPollers):
             raise ConfigError(f"stream: got {stream!r}, expected 'stdout' or 'stderr'")
         hosts = [self.host(host_name)] if host_name is not None else list(self._hosts.values())
         for host in hosts:
-            path = posixpath.join(await self._run_dir(host, key), stream)
-            if await host.transport.stat(path) is not None:
-                return await host.transport.read_range(path, offset, size)
+            files = await self._log_files(host, await self._run_dir(host, key), stream)
+            out = b""
+            for path, length in files:  # an array's tasks, one after another, as one log
+                if offset >= length:
+                    offset -= length
+                    continue
+                out += await host.transport.read_range(path, offset, size - len(out))
+                offset = 0
+                if len(out) >= size:
+                    break
+            if files:
+                return out
         return b""
+
+    async def _log_files(self, host: _Host, run_dir: str, stream: str) -> list[tuple[str, int]]:
+        """The files of ``stream`` in the run dir, with their sizes: ``stdout``, or an array's
+        ``stdout.<task>`` in task order (none if the run dir has none yet)."""
+        path = posixpath.join(run_dir, stream)
+        info = await host.transport.stat(path)
+        if info is not None:
+            return [(path, info.size)]
+        if await host.transport.stat(run_dir) is None:
+            return []
+        tasks = sorted(
+            int(suffix)
+            for name in await host.transport.listdir(run_dir)
+            if name.startswith(f"{stream}.") and (suffix := name[len(stream) + 1 :]).isdigit()
+        )
+        files = []
+        for task in tasks:
+            task_path = f"{path}.{task}"
+            task_info = await host.transport.stat(task_path)
+            if task_info is not None:
+                files.append((task_path, task_info.size))
+        return files

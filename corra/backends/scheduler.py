@@ -65,9 +65,19 @@ class Scheduler(Protocol):
     name: str
 
     def render(
-        self, key: str, argv: Sequence[str], *, run_dir: str, work_dir: str, options: Any
+        self,
+        key: str,
+        argv: Sequence[str],
+        *,
+        run_dir: str,
+        work_dir: str,
+        options: Any,
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        kill_grace: float = 10.0,
     ) -> str:
-        """The job script."""
+        """The job script: it writes the job id when it starts and an exit record (return
+        code, times, and whether ``timeout`` ended it) when it ends."""
 
     def job_name(self, key: str) -> str:
         """The job's name, which carries the key."""

@@ -175,9 +175,11 @@ class Slurm:
         self.calls: dict[str, int] = {}
         """Commands run so far, by name (``squeue`` ...): what the tests and benchmarks count."""
 
-    async def _run(self, transport: Transport, argv: list[str], *, check: bool = True) -> str:
+    async def _run(
+        self, transport: Transport, argv: list[str], *, check: bool = True, retry_safe: bool = True
+    ) -> str:
         self.calls[argv[0]] = self.calls.get(argv[0], 0) + 1
-        result = await transport.run(argv)
+        result = await transport.run(argv, retry_safe=retry_safe)
         if check and not result.ok:
             detail = result.stderr.decode(errors="replace").strip()[-400:]
             raise BackendError(f"{transport.host}: {' '.join(argv[:2])} failed: {detail}")
@@ -195,8 +197,16 @@ class Slurm:
         work_dir: str,
         options: SlurmOptions,
         env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        kill_grace: float = 10.0,
     ) -> str:
+        """The job script (see `Scheduler.render`). A ``timeout`` is enforced in the script
+        by coreutils' ``timeout`` (TERM, then KILL after ``kill_grace``), to the second, not
+        at Slurm's own coarse checks of ``time``; exit status 124 then means timed out."""
         array = options.array is not None
+        command = " ".join(shlex.quote(word) for word in argv)
+        if timeout is not None:
+            command = f"timeout --kill-after={kill_grace:g}s {timeout:g}s {command}"
         out = f"{run_dir}/stdout" + (".%a" if array else "")
         err = f"{run_dir}/stderr" + (".%a" if array else "")
         lines = [
@@ -213,17 +223,21 @@ class Slurm:
             *(f"export {name}={shlex.quote(value)}" for name, value in (env or {}).items()),
             f"mkdir -p {shlex.quote(work_dir)} && cd {shlex.quote(work_dir)} || exit 1",
             "started=$(date +%s)",
-            " ".join(shlex.quote(word) for word in argv),
+            command,
             "rc=$?",
-            'printf \'{"returncode": %d, "started_at": %s, "ended_at": %s}\\n\' '
-            '"$rc" "$started" "$(date +%s)" > "$run/exit$suffix.json.tmp" && '
+            f"timed_out={'true' if timeout is not None else 'false'}",
+            'case "$rc" in 124|137) ;; *) timed_out=false ;; esac',  # (137: KILL after grace)
+            'printf \'{"returncode": %d, "started_at": %s, "ended_at": %s, "timed_out": %s}\\n\' '
+            '"$rc" "$started" "$(date +%s)" "$timed_out" > "$run/exit$suffix.json.tmp" && '
             'mv -f "$run/exit$suffix.json.tmp" "$run/exit$suffix.json"',
             'exit "$rc"',
         ]
         return "\n".join(lines) + "\n"
 
     async def submit(self, transport: Transport, script: str, run_dir: str) -> str:
-        out = await self._run(transport, ["sbatch", "--parsable", script])
+        # Never retried blindly over a broken connection: the job may exist already. The
+        # launch fails with the transport's error, and its retry finds the job by its key.
+        out = await self._run(transport, ["sbatch", "--parsable", script], retry_safe=False)
         job_id = out.strip().split(";")[0]
         if not job_id.isdigit():
             raise BackendError(f"{transport.host}: sbatch answered {out!r}, expected a job id")

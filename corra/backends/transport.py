@@ -92,9 +92,12 @@ class Transport(Protocol):
         *,
         stdin: bytes | None = None,
         check: bool = False,
+        retry_safe: bool = True,
     ) -> CommandResult:
         """Run ``argv`` to its end with ``stdin`` (none: /dev/null); its output in memory.
 
+        ``retry_safe=False`` for a command that must not run twice (a submission): a
+        connection that breaks under it raises `ConnectionFailed`, never runs it again.
         For a time limit, cancel it (``trio.fail_after``): the command is stopped."""
 
     async def write_file(self, path: str, data: bytes, *, mode: int = 0o644) -> None:
@@ -156,6 +159,7 @@ class LocalTransport:
         *,
         stdin: bytes | None = None,
         check: bool = False,
+        retry_safe: bool = True,  # (nothing breaks between here and a local command)
     ) -> CommandResult:
         words = check_argv(argv)
         try:
