@@ -22,7 +22,7 @@ from typing import Any
 
 import attrs
 
-from corra._errors import BackendError, ConfigError
+from corra._errors import BackendError, ConfigError, ConnectionFailed
 from corra.backends._shared import check_fields
 from corra.backends.scheduler import JobState, JobStatus
 from corra.backends.transport import Transport
@@ -180,6 +180,14 @@ class Slurm:
     ) -> str:
         self.calls[argv[0]] = self.calls.get(argv[0], 0) + 1
         result = await transport.run(argv, retry_safe=retry_safe)
+        if not retry_safe and result.returncode is None:
+            # Killed or cut off (a connection dropped as it ran): whether it did its work is
+            # unknown, which is a transport's trouble, not the command's refusal.
+            raise ConnectionFailed(
+                transport.host,
+                f"{argv[0]} ended without an exit status ({result.signal or 'cut off'}); "
+                "whether it took effect is unknown",
+            )
         if check and not result.ok:
             detail = result.stderr.decode(errors="replace").strip()[-400:]
             raise BackendError(f"{transport.host}: {' '.join(argv[:2])} failed: {detail}")
