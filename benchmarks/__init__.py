@@ -16,4 +16,5 @@ SUITES: dict[str, str] = {
     "process": "benchmarks.process",
     "ssh": "benchmarks.ssh",
     "slurm": "benchmarks.slurm",
+    "api": "benchmarks.api",
 }

@@ -1,7 +1,10 @@
 """The ``corra`` command line.
 
-``corra run`` runs the embedded runtime in the foreground; ``ps``, ``show`` and ``logs`` read
-the state dir, also while a runtime is using it (LMDB allows concurrent readers).
+``corra run`` runs the embedded runtime in the foreground until its processes are done;
+``corra serve`` runs it as a service with the HTTP API (`corra.api`). ``submit``, ``pause``,
+``resume`` and ``kill`` talk to a running service, through its Unix socket in the state dir
+or at ``--url``; ``ps``, ``show`` and ``logs`` do too, and when no service runs they read the
+state dir instead, also while a ``corra run`` uses it (LMDB allows concurrent readers).
 """
 
 from __future__ import annotations
@@ -16,12 +19,12 @@ import shlex
 import signal
 import sys
 import time
+import urllib.parse
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-import attrs
 import trio
 
 import corra
@@ -30,36 +33,85 @@ from corra._jobfile import JobFile, load_job_file
 from corra._runtime import (
     HISTORY_CODEC,
     RECORD_CODEC,
+    REMOTE_LOGS,
     STATE_DIR_ENV,
     default_state_dir,
     open_runtime,
 )
-from corra.actors._lifecycle import ACTIVE, PHASES, TERMINAL
+from corra.actors._lifecycle import ACTIVE, PHASES, TERMINAL, Result
 from corra.actors._process import describe, find_record, paused_for_host, sorted_records
-from corra.actors._records import ProcessRecord, Transition, parse_process_spec
+from corra.actors._records import (
+    ProcessRecord,
+    ProcessSpec,
+    Transition,
+    parse_process_spec,
+    unstructure_spec,
+)
+from corra.api._client import (
+    ApiError,
+    Client,
+    ConnectionLost,
+    NotServing,
+    connect,
+    no_service_message,
+)
+from corra.api._files import DEFAULT_HOST, DEFAULT_PORT, TOKEN_FILE
+from corra.api._wire import detail_json, record_json
 from corra.persistence import open_store_readonly
+
+__all__ = ["build_parser", "main", "record_json"]
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+#: A control command found no service to talk to.
+EXIT_NO_SERVICE = 3
+
+URL_ENV = "CORRA_URL"
+TOKEN_ENV = "CORRA_TOKEN"
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # Options every command takes, before or after its name (`corra --state-dir D ps` and
+    # `corra ps --state-dir D`): SUPPRESS keeps a subcommand from resetting what was given
+    # before it.
+    state = argparse.ArgumentParser(add_help=False)
+    state.add_argument(
+        "--state-dir",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help=f"where state lives (default: ${STATE_DIR_ENV}, else ./.corra)",
+    )
+    client = argparse.ArgumentParser(add_help=False)
+    group = client.add_argument_group("reaching a service (default: its socket in the state dir)")
+    group.add_argument(
+        "--url",
+        default=argparse.SUPPRESS,
+        help=f"a service's URL instead (default: ${URL_ENV})",
+    )
+    group.add_argument(
+        "--token", default=argparse.SUPPRESS, help=f"its bearer token (default: ${TOKEN_ENV})"
+    )
+    group.add_argument(
+        "--token-file",
+        default=argparse.SUPPRESS,
+        help=f"a file with the token (default: the service's, else <state dir>/{TOKEN_FILE})",
+    )
+    group.add_argument(
+        "--cacert", default=argparse.SUPPRESS, help="CA certificate to verify an https URL with"
+    )
+
     parser = argparse.ArgumentParser(
         prog="corra",
+        parents=[state],
         description="Run programs and keep them running: actors under OTP supervision on trio.",
     )
     parser.add_argument("--version", action="version", version=f"corra {corra.__version__}")
-    parser.add_argument(
-        "--state-dir",
-        type=Path,
-        default=None,
-        help=f"where state lives (default: ${STATE_DIR_ENV}, else ./.corra)",
-    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = commands.add_parser(
         "run",
+        parents=[state],
         help="run a job file, or one program, in the foreground until all are done",
         usage="corra run [options] JOBFILE | corra run [options] -- ARGV...",
         description="Run a job file (or `-- ARGV...`) until every process is terminal. "
@@ -71,18 +123,76 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print the final records as JSON")
     run.add_argument("-v", "--verbose", action="store_true", help="log every transition")
 
-    ps = commands.add_parser("ps", help="list processes")
+    serve = commands.add_parser(
+        "serve",
+        parents=[state],
+        help="run the runtime as a service, with the HTTP API",
+        description="Run the runtime and its HTTP API until SIGTERM or SIGINT. Programs keep "
+        "running when it stops; the next `corra serve` on the state dir reattaches them. "
+        "Besides --listen, it listens on <state dir>/api.sock (mode 0600) for the local "
+        f"command line. The bearer token is in <state dir>/{TOKEN_FILE} (created on first "
+        "start, mode 0600) unless --token-file names another file.",
+    )
+    serve.add_argument(
+        "--listen",
+        default=f"{DEFAULT_HOST}:{DEFAULT_PORT}",
+        metavar="HOST:PORT",
+        help=f"TCP address (default {DEFAULT_HOST}:{DEFAULT_PORT}; port 0: any free port)",
+    )
+    serve.add_argument("--certfile", help="serve https with this certificate (PEM)")
+    serve.add_argument("--keyfile", help="... and this private key")
+    serve.add_argument(
+        "--token-file", help="the token's file (created, mode 0600, if it does not exist)"
+    )
+    serve.add_argument("--max-running", type=int, default=None, help="programs at once")
+    serve.add_argument("--access-log", action="store_true", help="log every request to stderr")
+    serve.add_argument("-v", "--verbose", action="store_true", help="log every transition")
+
+    submit = commands.add_parser(
+        "submit",
+        parents=[state, client],
+        help="submit a job file, or one program, to the running service",
+        usage="corra submit [options] JOBFILE | corra submit [options] -- ARGV...",
+        description="Submit processes to a running `corra serve` and return at once. A "
+        "process whose name exists already is not submitted again.",
+    )
+    submit.add_argument("jobfile", nargs="?", help="a TOML job file with [[process]] tables")
+    submit.add_argument("--name", help="name of the process given after --")
+    submit.add_argument(
+        "--label", action="append", default=[], metavar="KEY=VALUE", help="a label (repeat)"
+    )
+    submit.add_argument("--json", action="store_true", help="print the records as JSON")
+
+    ps = commands.add_parser("ps", parents=[state, client], help="list processes")
     ps.add_argument("--json", action="store_true")
     ps.add_argument("--phase", choices=PHASES, help="only processes in this phase")
+    ps.add_argument(
+        "--label", action="append", default=[], metavar="KEY=VALUE", help="only with this label"
+    )
 
-    show = commands.add_parser("show", help="one process: spec, state, result, history")
+    show = commands.add_parser(
+        "show", parents=[state, client], help="one process: spec, state, result, history"
+    )
     show.add_argument("process", help="id or name")
     show.add_argument("--json", action="store_true")
 
-    logs = commands.add_parser("logs", help="a process's output")
+    logs = commands.add_parser("logs", parents=[state, client], help="a process's output")
     logs.add_argument("process", help="id or name")
     logs.add_argument("--stderr", action="store_true", help="standard error instead")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
+
+    for verb, text in (
+        ("pause", "pause a process between steps (its program keeps running)"),
+        ("resume", "continue a paused process where it was"),
+        ("kill", "kill a process: SIGTERM to its group, SIGKILL after its kill_grace"),
+    ):
+        control = commands.add_parser(verb, parents=[state, client], help=text, description=text)
+        control.add_argument("process", help="id or name")
+        control.add_argument("--json", action="store_true")
+        if verb == "kill":
+            control.add_argument(
+                "--no-wait", action="store_true", help="return at once, not once it is dead"
+            )
     return parser
 
 
@@ -99,19 +209,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    state_dir = args.state_dir or default_state_dir()
+    state_dir = getattr(args, "state_dir", None) or default_state_dir()
+    commands: dict[str, Callable[[argparse.Namespace, Path], int]] = {
+        "run": _run,
+        "serve": _serve,
+        "submit": _submit,
+        "ps": _ps,
+        "show": _show,
+        "logs": _logs,
+        "pause": _control,
+        "resume": _control,
+        "kill": _control,
+    }
     try:
-        if args.command == "run":
-            return _run(args, state_dir)
-        if args.command == "ps":
-            return _ps(args, state_dir)
-        if args.command == "show":
-            return _show(args, state_dir)
-        if args.command == "logs":
-            return _logs(args, state_dir)
+        return commands[args.command](args, state_dir)
     except ConfigError as exc:
         print(f"corra: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except ApiError as exc:
+        print(f"corra: {exc}", file=sys.stderr)
+        if exc.status == 401:
+            print("corra: (the token is in the service's token file)", file=sys.stderr)
+        return EXIT_USAGE if exc.status in (400, 413, 422) else EXIT_FAILED
     except CorraError as exc:
         print(f"corra: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -122,8 +241,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.suppress(OSError):
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the exit flush
         return EXIT_OK
-    parser.error(f"unknown command {args.command!r}")
-    return EXIT_USAGE  # pragma: no cover - parser.error exits
 
 
 # -- corra run ---------------------------------------------------------------------------
@@ -327,62 +444,322 @@ class Progress:
         )
 
 
-# -- read-only commands --------------------------------------------------------------------
+# -- corra serve ---------------------------------------------------------------------------
 
 
-def record_json(record: ProcessRecord) -> dict[str, Any]:
-    """A record as users see it in JSON (``corra ps --json``, the API)."""
-    state = record.state
-    result = state.result
+def _serve(args: argparse.Namespace, state_dir: Path) -> int:
+    from corra.api._files import parse_listen
+    from corra.api._server import Listen
+
+    host, port = parse_listen(args.listen)
+    if args.max_running is not None and args.max_running < 1:
+        raise ConfigError(f"--max-running: got {args.max_running}, expected an integer >= 1")
+    for option in ("certfile", "keyfile"):
+        path = getattr(args, option)
+        if path is not None and not Path(path).is_file():
+            raise ConfigError(f"--{option}: {path}: no such file")
+    listen = Listen(
+        host=host,
+        port=port,
+        socket=state_dir.absolute() / "api.sock",
+        certfile=args.certfile,
+        keyfile=args.keyfile,
+        access_log=args.access_log,
+    )
+    if not listen.tls and host not in ("127.0.0.1", "::1", "localhost"):
+        print(
+            f"corra serve: warning: listening on {host} without TLS: the token crosses the "
+            "network in the clear (--certfile/--keyfile)",
+            file=sys.stderr,
+        )
+    token_file = Path(args.token_file) if args.token_file else state_dir / TOKEN_FILE
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s: %(message)s",
+    )
+    try:
+        return trio.run(_serve_async, args, state_dir, listen, token_file.absolute())
+    except BaseExceptionGroup as group:
+        raise _sole(group) from None
+
+
+def _sole(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one exception in a group of nurseries' (a refused address, a locked state dir), so
+    that it is reported as itself; else the group."""
+    leaves = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        elif not isinstance(exc, trio.Cancelled):
+            leaves.append(exc)
+    return leaves[0] if len(leaves) == 1 else group
+
+
+async def _serve_async(
+    args: argparse.Namespace, state_dir: Path, listen: Any, token_file: Path
+) -> int:
+    from corra.api._app import open_api
+    from corra.api._files import load_token, remove_info, write_info
+    from corra.api._server import serve_api
+
+    stop = trio.Event()
+    # Open first: a SIGTERM during the recovery stops the service as gracefully as later.
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as outer:
+            outer.start_soon(_watch_signals, signals, stop, outer.cancel_scope)
+            async with open_runtime(state_dir=state_dir, max_running=args.max_running) as rt:
+                token = await trio.to_thread.run_sync(load_token, token_file)
+                report = rt.recovery
+                if report is not None and (report.resumed or report.set_aside):
+                    print(
+                        f"corra serve: recovered {len(report.resumed)} active process(es)"
+                        + (f", set aside {len(report.set_aside)}" if report.set_aside else ""),
+                        file=sys.stderr,
+                    )
+                async with open_api(rt, token=token) as api, trio.open_nursery() as nursery:
+                    urls = await nursery.start(
+                        lambda task_status: serve_api(
+                            api.app, listen, shutdown_trigger=stop.wait, task_status=task_status
+                        )
+                    )
+                    info = {
+                        "pid": os.getpid(),
+                        "url": urls[0] if listen.host is not None else None,
+                        "socket": str(listen.socket),
+                        "token_file": str(token_file),
+                        "version": corra.__version__,
+                    }
+                    await trio.to_thread.run_sync(write_info, state_dir, info)
+                    print(
+                        f"corra serve: listening on {' and '.join(urls)} "
+                        f"(state dir {state_dir}, token in {token_file})",
+                        flush=True,
+                    )
+                    try:
+                        await stop.wait()
+                    finally:
+                        api.stop()  # the streams end, so that the graceful stop is quick
+                        remove_info(state_dir)
+            outer.cancel_scope.cancel()
+    return EXIT_OK
+
+
+async def _watch_signals(signals: Any, stop: trio.Event, scope: trio.CancelScope) -> None:
+    """The first SIGTERM or SIGINT stops the service gracefully; a second one at once."""
+    async for signum in signals:
+        name = signal.Signals(signum).name
+        if not stop.is_set():
+            print(
+                f"corra serve: {name}: stopping; programs keep running, and the next "
+                "`corra serve` reattaches them",
+                file=sys.stderr,
+                flush=True,
+            )
+            stop.set()
+        else:
+            print(f"corra serve: {name} again: stopping now", file=sys.stderr, flush=True)
+            scope.cancel()
+
+
+# -- talking to a service --------------------------------------------------------------------
+
+
+def _client_options(args: argparse.Namespace) -> dict[str, Any]:
     return {
-        "id": record.id,
-        "name": record.name,
-        "phase": state.phase,
-        "attempt": state.attempt,
-        "returncode": result.returncode if result else None,
-        "signal": result.signal if result else None,
-        "reason": state.reason,
-        "created_at": record.created_at,
-        "updated_at": state.updated_at,
-        "started_at": result.started_at if result else None,
-        "ended_at": result.ended_at if result else None,
-        "labels": dict(record.spec.labels),
-        "argv": list(record.spec.argv),
-        "result": attrs.asdict(result) if result else None,
-        "paused_from": state.paused_from,
+        "url": getattr(args, "url", None) or os.environ.get(URL_ENV) or None,
+        "token": getattr(args, "token", None) or os.environ.get(TOKEN_ENV) or None,
+        "token_file": getattr(args, "token_file", None),
+        "cacert": getattr(args, "cacert", None),
     }
+
+
+@contextlib.contextmanager
+def _service(args: argparse.Namespace, state_dir: Path) -> Iterator[Client]:
+    """A client of the service (`NotServing` if there is none; with --url, an error)."""
+    options = _client_options(args)
+    try:
+        with connect(state_dir, **options) as client:
+            yield client
+    except NotServing as exc:
+        if options["url"]:
+            raise CorraError(f"cannot reach the service at {options['url']}: {exc}") from None
+        raise
+
+
+def _quoted(process: str) -> str:
+    return urllib.parse.quote(process, safe="")
+
+
+def _print_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+def _submit(args: argparse.Namespace, state_dir: Path) -> int:
+    argv = list(args.argv)
+    if args.jobfile and (args.name or args.label):
+        raise ConfigError(
+            "submit: --name and --label go with `-- ARGV...`; a job file says its own"
+        )
+    if args.jobfile and argv:
+        raise ConfigError("submit: give a job file or `-- ARGV...`, not both")
+    bodies: list[dict[str, Any]] = []
+    if args.jobfile:
+        job = load_job_file(args.jobfile)
+        if job.hosts:
+            print(
+                "corra submit: note: the job file's [hosts] are not sent; the service knows "
+                "the hosts it was started with (remembered in its state dir)",
+                file=sys.stderr,
+            )
+        bodies = [_absolute(spec) for spec in job.processes]
+    elif argv:
+        fields: dict[str, Any] = {"argv": argv}
+        if args.name:
+            fields["name"] = args.name
+        if args.label:
+            fields["labels"] = dict(_label(text) for text in args.label)
+        bodies = [_absolute(parse_process_spec(fields, "argv"))]
+    else:
+        raise ConfigError("submit: nothing to submit; give a job file or `-- ARGV...`")
+    try:
+        with _service(args, state_dir) as client:
+            records = []
+            for body in bodies:
+                status, record = client.call("POST", "/v1/processes", body=body)
+                records.append(record)
+                if not args.json:
+                    what = "submitted" if status == 201 else f"exists already ({record['phase']})"
+                    print(f"{record['name']} ({record['id']}): {what}")
+    except NotServing:
+        print(f"corra: {no_service_message(state_dir)}", file=sys.stderr)
+        print("corra: (or run it in the foreground: `corra run`)", file=sys.stderr)
+        return EXIT_NO_SERVICE
+    if args.json:
+        _print_json(records)
+    return EXIT_OK
+
+
+def _absolute(spec: ProcessSpec) -> dict[str, Any]:
+    """A spec as the API takes it: local paths made absolute here, where they were meant."""
+    data = unstructure_spec(spec)
+    if spec.backend == "local" and spec.cwd is not None:
+        data["cwd"] = os.path.abspath(spec.cwd)
+    if spec.outputs_dir is not None:
+        data["outputs_dir"] = os.path.abspath(spec.outputs_dir)
+    data["inputs"] = {remote: os.path.abspath(local) for remote, local in spec.inputs.items()}
+    return data
+
+
+def _label(text: str) -> tuple[str, str]:
+    key, equals, value = text.partition("=")
+    if not key or not equals:
+        raise ConfigError(f"--label: got {text!r}, expected KEY=VALUE")
+    return key, value
+
+
+def _control(args: argparse.Namespace, state_dir: Path) -> int:
+    verb = args.command
+    params = {"wait": "false"} if verb == "kill" and args.no_wait else None
+    try:
+        with _service(args, state_dir) as client:
+            _, record = client.call(
+                "POST", f"/v1/processes/{_quoted(args.process)}/{verb}", params=params
+            )
+    except NotServing:
+        print(f"corra: {no_service_message(state_dir)}", file=sys.stderr)
+        return EXIT_NO_SERVICE
+    if args.json:
+        _print_json(record)
+    else:
+        reason = f" ({record['reason']})" if record.get("reason") else ""
+        print(f"{record['name']} ({record['id']}): {record['phase']}{reason}")
+    return EXIT_OK
+
+
+# -- ps, show, logs: through the service, else from the state dir -------------------------
 
 
 def _open_readonly(state_dir: Path) -> Any:
     if not (state_dir / "state.lmdb").exists():
         raise ConfigError(
-            f"state dir {state_dir}: no corra state here (start one with `corra run`)"
+            f"state dir {state_dir}: no corra state here (start one with `corra run` or "
+            "`corra serve`)"
         )
     return open_store_readonly(state_dir)
 
 
+def _read_only(
+    args: argparse.Namespace,
+    state_dir: Path,
+    via_service: Callable[[Client], int],
+    from_state_dir: Callable[[], int],
+) -> int:
+    """``via_service`` if a service runs (or --url is given), else ``from_state_dir``."""
+    try:
+        with _service(args, state_dir) as client:
+            return via_service(client)
+    except NotServing:
+        return from_state_dir()
+
+
 def _ps(args: argparse.Namespace, state_dir: Path) -> int:
-    with _open_readonly(state_dir) as store:
-        records, corrupt = sorted_records(store, RECORD_CODEC)
-    if args.phase:
-        records = [r for r in records if r.phase == args.phase]
-    if args.json:
-        json.dump([record_json(r) for r in records], sys.stdout, indent=2)
-        sys.stdout.write("\n")
+    labels = dict(_label(text) for text in args.label)
+
+    def via_service(client: Client) -> int:
+        items: list[dict[str, Any]] = []
+        params: dict[str, Any] = {"limit": 1000}
+        if args.phase:
+            params["phase"] = args.phase
+        if labels:
+            params["label"] = [f"{key}={value}" for key, value in labels.items()]
+        while True:
+            _, page = client.call("GET", "/v1/processes", params=params)
+            items += page["items"]
+            if not page["next_cursor"]:
+                break
+            params["cursor"] = page["next_cursor"]
+        return _print_ps(items, args.json, corrupt=0)
+
+    def from_state_dir() -> int:
+        with _open_readonly(state_dir) as store:
+            records, corrupt = sorted_records(store, RECORD_CODEC)
+        records = [
+            r
+            for r in records
+            if (not args.phase or r.phase == args.phase)
+            and all(r.spec.labels.get(key) == value for key, value in labels.items())
+        ]
+        return _print_ps([record_json(r) for r in records], args.json, corrupt=corrupt)
+
+    return _read_only(args, state_dir, via_service, from_state_dir)
+
+
+def _print_ps(items: list[dict[str, Any]], as_json: bool, *, corrupt: int) -> int:
+    if as_json:
+        _print_json(items)
         return EXIT_OK
     rows = [("ID", "NAME", "PHASE", "ATTEMPT", "RC", "UPDATED", "REASON")]
-    for r in records:
-        result = r.state.result
-        rc = (
-            ""
-            if result is None
-            else (
-                str(result.returncode) if result.returncode is not None else f"sig{result.signal}"
-            )
-        )
-        updated = time.strftime("%H:%M:%S", time.localtime(r.state.updated_at))
+    for item in items:
+        if item["returncode"] is not None:
+            rc = str(item["returncode"])
+        elif item["signal"] is not None:
+            rc = f"sig{item['signal']}"
+        else:
+            rc = ""
+        updated = time.strftime("%H:%M:%S", time.localtime(item["updated_at"]))
         rows.append(
-            (r.id, r.name, r.phase, str(r.state.attempt), rc, updated, r.state.reason or "")
+            (
+                item["id"],
+                item["name"],
+                item["phase"],
+                str(item["attempt"]),
+                rc,
+                updated,
+                item["reason"] or "",
+            )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
@@ -397,70 +774,145 @@ def _ps(args: argparse.Namespace, state_dir: Path) -> int:
 
 
 def _show(args: argparse.Namespace, state_dir: Path) -> int:
-    with _open_readonly(state_dir) as store:
-        record = find_record(store, RECORD_CODEC, args.process)
-        history = [HISTORY_CODEC.decode(raw) for raw in store.history(record.id)]
-    data = record_json(record)
-    data["spec"] = attrs.asdict(record.spec)
-    data["handle"] = record.state.handle
-    data["history"] = [attrs.asdict(t) for t in history]
-    if args.json:
-        json.dump(data, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+    def via_service(client: Client) -> int:
+        _, data = client.call("GET", f"/v1/processes/{_quoted(args.process)}")
+        return _print_show(data, args.json)
+
+    def from_state_dir() -> int:
+        with _open_readonly(state_dir) as store:
+            record = find_record(store, RECORD_CODEC, args.process)
+            history = [HISTORY_CODEC.decode(raw) for raw in store.history(record.id)]
+        return _print_show(detail_json(record, history), args.json)
+
+    return _read_only(args, state_dir, via_service, from_state_dir)
+
+
+def _print_show(data: dict[str, Any], as_json: bool) -> int:
+    if as_json:
+        _print_json(data)
         return EXIT_OK
-    print(f"{record.name} ({record.id}): {record.phase}, attempt {record.state.attempt}")
-    print(f"  argv:    {shlex.join(record.spec.argv)}")
-    if record.state.reason:
-        print(f"  reason:  {record.state.reason}")
-    result = record.state.result
-    if result is not None:
+    print(f"{data['name']} ({data['id']}): {data['phase']}, attempt {data['attempt']}")
+    print(f"  argv:    {shlex.join(data['argv'])}")
+    if data["reason"]:
+        print(f"  reason:  {data['reason']}")
+    if data["result"] is not None:
+        result = Result(**data["result"])
         print(
             f"  result:  {describe(result)}; cpu {result.utime + result.stime:.2f}s, "
             f"maxrss {result.maxrss_kb} KiB, stdout {result.stdout_bytes} B, "
             f"stderr {result.stderr_bytes} B"
         )
     print("  history:")
-    for t in history:
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t.at))
-        reason = f"  ({t.reason})" if t.reason else ""
-        print(f"    {stamp}  {t.event:<8} {t.source} -> {t.target}{reason}")
+    for t in data["history"]:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t["at"]))
+        reason = f"  ({t['reason']})" if t["reason"] else ""
+        print(f"    {stamp}  {t['event']:<8} {t['source']} -> {t['target']}{reason}")
     return EXIT_OK
 
 
 def _logs(args: argparse.Namespace, state_dir: Path) -> int:
+    stream = "stderr" if args.stderr else "stdout"
+    position: dict[str, int] = {}  # attempt and offset reached through the service
+
+    def via_service(client: Client) -> int:
+        return _logs_via_service(client, args, stream, position)
+
+    def from_state_dir() -> int:
+        return _logs_from_files(
+            args, state_dir, stream, position.get("attempt"), position.get("offset", 0)
+        )
+
+    return _read_only(args, state_dir, via_service, from_state_dir)
+
+
+def _logs_via_service(
+    client: Client, args: argparse.Namespace, stream: str, position: dict[str, int]
+) -> int:
+    """Print the entries as they come; with --follow, reconnect from the last offset when
+    the service goes away (a restart: nothing is missed or printed twice), or carry on from
+    the state dir if none comes back (`NotServing` out of here, with ``position``)."""
+    out = sys.stdout.buffer
+    path = f"/v1/processes/{_quoted(args.process)}"
+    _, record = client.call("GET", path)
+    position.update(attempt=record["attempt"], offset=0)
+    while True:
+        params = {
+            "stream": stream,
+            "attempt": position["attempt"],
+            "offset": position["offset"],
+            "follow": "true" if args.follow else "false",
+        }
+        try:
+            for entry in client.lines(f"{path}/logs", params=params):
+                out.write(entry["text"].encode())
+                out.flush()
+                position.update(attempt=entry["attempt"], offset=entry["next_offset"])
+        except ConnectionLost:
+            if not args.follow:
+                raise
+        if not args.follow:
+            return EXIT_OK
+        try:
+            _, record = client.call("GET", path)
+        except ConnectionLost:
+            record = {"phase": "unknown"}
+        if record["phase"] in TERMINAL and record["attempt"] == position["attempt"]:
+            return EXIT_OK
+        if record.get("attempt", 0) > position["attempt"] and record["phase"] in TERMINAL:
+            continue  # (the stream ended before the later attempts: read them too)
+        time.sleep(0.5)  # the service stops: wait for the next one (else NotServing)
+        _wait_for_service(client)
+
+
+def _wait_for_service(client: Client, patience: float = 10.0) -> None:
+    """Until the service answers again; `NotServing` if it does not within ``patience``."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            client.call("GET", "/v1/health")
+            return
+        except (NotServing, ConnectionLost):
+            if time.monotonic() > deadline:
+                raise NotServing("the service did not come back") from None
+            time.sleep(0.2)
+
+
+def _logs_from_files(
+    args: argparse.Namespace, state_dir: Path, stream: str, attempt: int | None, offset: int
+) -> int:
     from corra.backends.local_process import log_file
 
-    stream = "stderr" if args.stderr else "stdout"
-    offset = 0
-    key = None
     out = sys.stdout.buffer
     while True:
         with _open_readonly(state_dir) as store:
             record = find_record(store, RECORD_CODEC, args.process)
         if record.spec.host is not None:
-            return trio.run(_remote_logs, args, state_dir, stream)
-        if key is not None and record.key != key:
-            # A new attempt writes a new log: finish the old one first.
-            _copy_log(log_file(state_dir / "runs", key, stream), offset, out)
-            offset = 0
-        key = record.key
-        offset = _copy_log(log_file(state_dir / "runs", key, stream), offset, out)
+            return trio.run(_remote_logs, args, state_dir, stream, attempt, offset)
+        if attempt is None:
+            attempt = record.state.attempt
+        while attempt < record.state.attempt:
+            # A later attempt writes a log of its own: finish this one first.
+            _copy_log(log_file(state_dir / "runs", f"{record.id}.{attempt}", stream), offset, out)
+            attempt, offset = attempt + 1, 0
+        offset = _copy_log(log_file(state_dir / "runs", record.key, stream), offset, out)
         if not args.follow or record.phase not in ACTIVE:
             return EXIT_OK
         time.sleep(0.2)
 
 
-async def _remote_logs(args: argparse.Namespace, state_dir: Path, stream: str) -> int:
+async def _remote_logs(
+    args: argparse.Namespace, state_dir: Path, stream: str, attempt: int | None, offset: int
+) -> int:
     """`corra logs` of a process on a remote host: read over SSH from the host (as the
     state dir remembers it), through a pool of this command's own."""
     from corra._remote import open_remote_backends, remembered_hosts
     from corra.actors import open_runtime as open_kernel
 
     out = sys.stdout.buffer
-    offset, key = 0, None
     async with open_kernel() as kernel:
         hosts = await trio.to_thread.run_sync(remembered_hosts, state_dir)
-        async with open_remote_backends(kernel.root, hosts) as remote:
+        logs_dir = state_dir / REMOTE_LOGS  # (shipped logs: read with no connection at all)
+        async with open_remote_backends(kernel.root, hosts, logs_dir=logs_dir) as remote:
             while True:
                 with _open_readonly(state_dir) as store:
                     record = find_record(store, RECORD_CODEC, args.process)
@@ -470,14 +922,18 @@ async def _remote_logs(args: argparse.Namespace, state_dir: Path, stream: str) -
                         f"remembered in {state_dir} ({sorted(hosts)})"
                     )
                 backend = remote.backends[record.spec.backend]
-                if key is not None and record.key != key:
-                    offset = 0  # a new attempt writes a new log (the old one was read)
-                key = record.key
-                while chunk := await backend.read_log(
-                    key, stream, offset, 1 << 20, record.spec.host
-                ):
-                    out.write(chunk)
-                    offset += len(chunk)
+                if attempt is None:
+                    attempt = record.state.attempt
+                while True:
+                    key = f"{record.id}.{attempt}"
+                    while chunk := await backend.read_log(
+                        key, stream, offset, 1 << 20, record.spec.host
+                    ):
+                        out.write(chunk)
+                        offset += len(chunk)
+                    if attempt >= record.state.attempt:
+                        break
+                    attempt, offset = attempt + 1, 0  # a later attempt writes its own log
                 out.flush()
                 if not args.follow or record.phase not in ACTIVE:
                     return EXIT_OK

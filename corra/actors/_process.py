@@ -635,14 +635,20 @@ class ProcessManager:
         sets them aside)."""
         return sorted_records(self._store, self._codec)[0]
 
-    def history(self, id_or_name: str) -> list[Transition]:
+    @property
+    def store(self) -> Store:
+        """The store the processes live in (for its statistics; write through the manager)."""
+        return self._store
+
+    def history(self, process: str | ProcessRecord) -> list[Transition]:
         """The process's transitions, oldest first, as durable in the store (a transition
-        written in the background may not be there yet).
+        written in the background may not be there yet). ``process``: its id or name, or
+        its record (no lookup then).
 
         Raises:
             NoSuchProcess: there is none.
         """
-        record = self.get(id_or_name)
+        record = process if isinstance(process, ProcessRecord) else self.get(process)
         return [self._history_codec.decode(raw) for raw in self._store.history(record.id)]
 
     async def read_log(self, id_or_name: str, stream: str, offset: int, size: int) -> bytes:

@@ -1,0 +1,560 @@
+"""The HTTP API of a runtime: an ASGI app (Starlette, on trio through anyio).
+
+`open_api` gives an `Api` for a runtime with a state dir: its ``app`` serves the endpoints of
+`corra.api._openapi.OPENAPI`, and a task of its own follows the runtime's transitions (for
+``/v1/events`` and ``/metrics``). Every endpoint but ``/v1/health`` wants the bearer token.
+
+Errors are JSON, ``{"error": CODE, "message": TEXT}`` (``"phase"`` too for a 409): a body
+that is not JSON 400, a spec that is not valid 422 (the message names the field), an unknown
+process 404, a transition the phase forbids 409, a body above `MAX_BODY` 413, a bad query
+parameter 400 (naming it). A handler never lets an error of corra's through as a 500; the
+catch-all that logs and answers 500 is there for bugs.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import hmac
+import json
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+
+import trio
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+import corra
+from corra._errors import (
+    ActorError,
+    BackendError,
+    ConfigError,
+    CorraError,
+    InvalidTransition,
+    NameTaken,
+    NoSuchProcess,
+    StoreError,
+)
+from corra.actors._lifecycle import ACTIVE, PHASES
+from corra.actors._records import ProcessRecord, ProcessSpec, Transition, parse_process_spec
+from corra.api import _metrics
+from corra.api._events import EventLog, PhaseCounts
+from corra.api._logs import log_entries
+from corra.api._openapi import OPENAPI
+from corra.api._wire import detail_json, record_json
+
+logger = logging.getLogger("corra.api")
+
+#: The largest request body accepted (413 above).
+MAX_BODY = 1 << 20
+#: ``GET /v1/processes``: items per page by default, and at most.
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+#: ``kill?wait=false`` answers once the process is killing, or after this many seconds.
+KILL_ACCEPTED_TIMEOUT = 10.0
+#: How many terminal processes' JSON ``GET /v1/processes/{id}`` keeps (each id and name).
+TERMINAL_CACHE = 4096
+#: Paths served without the token.
+OPEN_PATHS = frozenset({"/v1/health"})
+NDJSON = "application/x-ndjson"
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error": code, "message": message, **extra}``."""
+
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.extra = extra
+
+
+def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
+    headers = {"WWW-Authenticate": 'Bearer realm="corra"'} if status == 401 else None
+    return JSONResponse(
+        {"error": code, "message": message, **extra}, status_code=status, headers=headers
+    )
+
+
+def _corra_error(exc: CorraError) -> ApiError:
+    """corra's errors as HTTP ones."""
+    if isinstance(exc, NoSuchProcess):
+        return ApiError(404, "not_found", str(exc))
+    if isinstance(exc, InvalidTransition):
+        return ApiError(409, "invalid_transition", str(exc), phase=exc.phase)
+    if isinstance(exc, NameTaken):
+        return ApiError(409, "name_taken", str(exc))
+    if isinstance(exc, ConfigError):
+        return ApiError(422, "invalid", str(exc))
+    if isinstance(exc, BackendError):
+        return ApiError(502, "backend", str(exc))
+    if isinstance(exc, (StoreError, ActorError)):
+        return ApiError(503, "unavailable", str(exc))
+    return ApiError(503, "unavailable", str(exc))
+
+
+class _Guard:
+    """The token and the body limit, before any route (a plain ASGI wrapper: cheaper than
+    a Starlette middleware, and it leaves streaming responses alone)."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], token: str) -> None:
+        self.app = app
+        self._token = token.encode()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            refusal = self._refusal(scope)
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def _refusal(self, scope: Mapping[str, Any]) -> Response | None:
+        authorization = length = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value
+            elif name == b"content-length":
+                length = value
+        if scope["path"] not in OPEN_PATHS and not self._authorized(authorization):
+            message = (
+                "missing bearer token (Authorization: Bearer ...; the token is in the state "
+                "dir's api-token file)"
+                if authorization is None
+                else "the bearer token is not this service's"
+            )
+            return _error(401, "unauthorized", message)
+        if length is not None:
+            try:
+                too_big = int(length) > MAX_BODY
+            except ValueError:
+                return _error(400, "bad_request", "content-length: not an integer")
+            if too_big:
+                return _error(413, "too_large", f"the body is over {MAX_BODY} bytes")
+        return None
+
+    def _authorized(self, header: bytes | None) -> bool:
+        if header is None:
+            return False
+        scheme, _, token = header.partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self._token)
+
+
+class Api:
+    """The API of one runtime (see `open_api`)."""
+
+    def __init__(self, runtime: Any, *, token: str) -> None:
+        if not token:
+            raise ConfigError("token: empty; the API needs a bearer token")
+        self.runtime = runtime
+        self.manager = runtime.processes
+        self.events = EventLog()
+        self.phases = PhaseCounts()
+        self.commits = _metrics.CommitLatency(self.manager.store)
+        self.stopping = trio.Event()
+        """Set when the service stops: streams end, so that their clients reconnect."""
+        self._submitting: dict[str, trio.Event] = {}
+        # ``GET /v1/processes/{id}`` of terminal processes, by id and by name, newest last.
+        self._terminal: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+        routes = [
+            Route("/v1/health", self.health, methods=["GET"]),
+            Route("/openapi.json", self.openapi, methods=["GET"]),
+            Route("/metrics", self.metrics, methods=["GET"]),
+            Route("/v1/processes", self._processes, methods=["GET", "POST"]),
+            Route("/v1/processes/{id}", self.get_process, methods=["GET"]),
+            Route("/v1/processes/{id}/pause", self.pause_process, methods=["POST"]),
+            Route("/v1/processes/{id}/resume", self.resume_process, methods=["POST"]),
+            Route("/v1/processes/{id}/kill", self.kill_process, methods=["POST"]),
+            Route("/v1/processes/{id}/logs", self.process_logs, methods=["GET"]),
+            Route("/v1/events", self.event_stream, methods=["GET"]),
+        ]
+        starlette = Starlette(
+            routes=routes,
+            exception_handlers={
+                ApiError: self._api_error,
+                CorraError: self._corra_error,
+                HTTPException: self._http_error,
+                Exception: self._crash,
+            },
+        )
+        self.app = _Guard(starlette, token)
+        """The ASGI app."""
+
+    def stop(self) -> None:
+        """End the streams (the service stops; their clients will reconnect)."""
+        self.stopping.set()
+
+    # -- transitions -----------------------------------------------------------------------
+
+    async def follow_transitions(self, *, task_status: trio.TaskStatus[None]) -> None:
+        """Record every transition (events, counts); runs until cancelled. Subscribed when
+        it has started; the phases are counted once a scan of the store is in."""
+        with self.manager.subscribe(buffer=1 << 16) as transitions:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._count_phases)
+                task_status.started()
+                async for record, transition in transitions:
+                    self.events.append(record, transition)
+                    self.phases.apply(record)
+                    self.commits.sample()
+
+    async def _count_phases(self) -> None:
+        try:
+            records = await trio.to_thread.run_sync(self.manager.list)
+        except CorraError as exc:
+            logger.warning("cannot count the processes per phase: %s", exc)
+            return
+        self.phases.seed(records)
+
+    # -- endpoints -------------------------------------------------------------------------
+
+    async def health(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok", "version": corra.__version__})
+
+    async def openapi(self, request: Request) -> Response:
+        return JSONResponse(OPENAPI)
+
+    async def metrics(self, request: Request) -> Response:
+        text = await _metrics.render(self.runtime, self.events, self.phases, self.commits)
+        return Response(text, media_type=_metrics.CONTENT_TYPE)
+
+    async def _processes(self, request: Request) -> Response:
+        # (one route for both methods, so that a 405 there names both in its Allow header)
+        if request.method == "POST":
+            return await self.create_process(request)
+        return await self.list_processes(request)
+
+    async def create_process(self, request: Request) -> Response:
+        data = _json(await _body(request))
+        spec = parse_process_spec(data, "process")
+        _check_paths(spec)
+        async with self._one_submission(spec.name):
+            existing = self._named(spec.name)
+            record = existing or await self.manager.submit(spec)
+        created = existing is None and record.spec.name == spec.name
+        return JSONResponse(
+            record_json(record),
+            status_code=201 if created else 200,
+            headers={"Location": f"/v1/processes/{record.id}"},
+        )
+
+    async def list_processes(self, request: Request) -> Response:
+        query = request.query_params
+        _known(query, "phase", "name", "label", "limit", "cursor")
+        phase = _single(query, "phase")
+        if phase is not None and phase not in PHASES:
+            raise ApiError(400, "bad_request", f"phase: got {phase!r}, expected one of {PHASES}")
+        name = _single(query, "name")
+        labels = {}
+        for label in query.getlist("label"):
+            key, equals, value = label.partition("=")
+            if not equals or not key:
+                raise ApiError(400, "bad_request", f"label: got {label!r}, expected KEY=VALUE")
+            labels[key] = value
+        limit = _integer(query, "limit", DEFAULT_LIMIT, minimum=1, maximum=MAX_LIMIT)
+        cursor = _single(query, "cursor")
+        records = await trio.to_thread.run_sync(self.manager.list)
+        start = 0
+        if cursor is not None:
+            for index, record in enumerate(records):
+                if record.id == cursor:
+                    start = index + 1
+                    break
+            else:
+                raise ApiError(400, "bad_request", f"cursor: got {cursor!r}, not a process id")
+        items: list[dict[str, Any]] = []
+        next_cursor = None
+        for record in records[start:]:
+            if record.phase in ACTIVE:
+                record = self.manager.get(record.id)  # (memory can be ahead of the disk)
+            if phase is not None and record.phase != phase:
+                continue
+            if name is not None and record.name != name:
+                continue
+            if any(record.spec.labels.get(key) != value for key, value in labels.items()):
+                continue
+            if len(items) == limit:
+                next_cursor = items[-1]["id"]
+                break
+            items.append(record_json(record))
+        return JSONResponse({"items": items, "next_cursor": next_cursor})
+
+    async def get_process(self, request: Request) -> Response:
+        _known(request.query_params)
+        key = request.path_params["id"]
+        body = self._terminal.get(key)
+        if body is None:
+            record = self.manager.get(key)
+            body = JSONResponse(detail_json(record, self._history(record))).body
+            if record.state.terminal:
+                self._remember_terminal(record, body)
+        else:
+            self._terminal.move_to_end(key)
+        return Response(body, media_type="application/json")
+
+    async def pause_process(self, request: Request) -> Response:
+        _known(request.query_params)
+        record = await self.manager.pause(request.path_params["id"])
+        return JSONResponse(record_json(record))
+
+    async def resume_process(self, request: Request) -> Response:
+        _known(request.query_params)
+        record = await self.manager.resume(request.path_params["id"])
+        return JSONResponse(record_json(record))
+
+    async def kill_process(self, request: Request) -> Response:
+        _known(request.query_params, "wait")
+        wait = _boolean(request.query_params, "wait", True)
+        record = await self.manager.kill(request.path_params["id"], wait=wait)
+        if not wait:
+            # Answer once the kill is on its way (durable as killing), not merely asked for;
+            # a step in the middle of an effect (a launch) finishes it first.
+            with trio.move_on_after(KILL_ACCEPTED_TIMEOUT):
+                record = await self.manager.wait(
+                    record.id, until=lambda r: r.phase == "killing" or r.state.terminal
+                )
+        return JSONResponse(record_json(record), status_code=200 if record.state.terminal else 202)
+
+    async def process_logs(self, request: Request) -> Response:
+        query = request.query_params
+        _known(query, "stream", "offset", "attempt", "follow")
+        record = self.manager.get(request.path_params["id"])
+        stream = _single(query, "stream") or "stdout"
+        if stream not in ("stdout", "stderr"):
+            raise ApiError(
+                400, "bad_request", f"stream: got {stream!r}, expected 'stdout' or 'stderr'"
+            )
+        offset = _integer(query, "offset", 0, minimum=0)
+        current = record.state.attempt
+        attempt = _integer(query, "attempt", current, minimum=1, maximum=current)
+        follow = _boolean(query, "follow", False)
+        entries = log_entries(
+            self.manager,
+            record.id,
+            stream=stream,
+            attempt=attempt,
+            offset=offset,
+            follow=follow,
+            stopping=self.stopping,
+        )
+        return StreamingResponse(_ndjson(entries, f"logs of {record.id}"), media_type=NDJSON)
+
+    async def event_stream(self, request: Request) -> Response:
+        query = request.query_params
+        _known(query, "follow", "since")
+        follow = _boolean(query, "follow", False)
+        since = _integer(query, "since", 0, minimum=0)
+        return StreamingResponse(_ndjson(self._events(since, follow), "events"), media_type=NDJSON)
+
+    async def _events(self, seq: int, follow: bool) -> AsyncIterator[dict[str, Any]]:
+        if seq > self.events.last_seq:
+            seq = 0  # numbered by an earlier service: everything this one has is new to it
+        while True:
+            changed = self.events.changed
+            batch = self.events.since(seq)
+            for event in batch:
+                seq = event["seq"]
+                yield event
+            if not follow or self.stopping.is_set():
+                return
+            if not batch:
+                await _first_of(changed, self.stopping)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _remember_terminal(self, record: ProcessRecord, body: bytes) -> None:
+        """Keep the JSON of a terminal process (it never changes again: no event leaves a
+        terminal phase, and its history is complete), by id and by name."""
+        for key in {record.id, record.name}:
+            self._terminal[key] = body
+        while len(self._terminal) > TERMINAL_CACHE:
+            self._terminal.popitem(last=False)
+
+    def _history(self, record: ProcessRecord) -> list[Transition]:
+        """The history of a record in hand (not looked up again)."""
+        return self.manager.history(record)
+
+    def _named(self, name: str | None) -> ProcessRecord | None:
+        """The process called ``name``, if there is one."""
+        if name is None:
+            return None
+        try:
+            record = self.manager.get(name)
+        except NoSuchProcess:
+            return None
+        return record if record.spec.name == name else None
+
+    @contextlib.asynccontextmanager
+    async def _one_submission(self, name: str | None) -> AsyncIterator[None]:
+        """Submissions of one name, one at a time: the second finds the first's process (and
+        answers 200, not 201)."""
+        if name is None:
+            yield
+            return
+        while (busy := self._submitting.get(name)) is not None:
+            await busy.wait()
+        done = self._submitting[name] = trio.Event()
+        try:
+            yield
+        finally:
+            del self._submitting[name]
+            done.set()
+
+    async def _api_error(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return _error(exc.status, exc.code, exc.message, **exc.extra)
+
+    async def _corra_error(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, CorraError)
+        return await self._api_error(request, _corra_error(exc))
+
+    async def _http_error(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        response = _error(exc.status_code, codes.get(exc.status_code, "bad_request"), exc.detail)
+        if exc.headers:
+            response.headers.update(exc.headers)
+        return response
+
+    async def _crash(self, request: Request, exc: Exception) -> Response:
+        logger.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return _error(500, "internal", f"internal error: {type(exc).__name__}")
+
+
+@contextlib.asynccontextmanager
+async def open_api(runtime: Any, *, token: str) -> AsyncIterator[Api]:
+    """The API of ``runtime`` (opened with a state dir), for the duration of the block; its
+    transitions are followed from the moment the block is entered. Leaving it ends the
+    streams it serves.
+
+    Raises:
+        ConfigError: the token is empty, or the runtime has no state dir.
+    """
+    api = Api(runtime, token=token)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(lambda task_status: api.follow_transitions(task_status=task_status))
+        try:
+            yield api
+        finally:
+            api.stop()
+            nursery.cancel_scope.cancel()
+
+
+# -- request parsing -----------------------------------------------------------------------
+
+
+async def _body(request: Request) -> bytes:
+    """The body, refusing (413) one above `MAX_BODY` even without a content-length."""
+    chunks = []
+    size = 0
+    async with contextlib.aclosing(request.stream()) as stream:
+        async for chunk in stream:
+            size += len(chunk)
+            if size > MAX_BODY:
+                raise ApiError(413, "too_large", f"the body is over {MAX_BODY} bytes")
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _json(body: bytes) -> Any:
+    if not body.strip():
+        raise ApiError(400, "bad_request", "the body is empty; expected a JSON object")
+    try:
+        return json.loads(body, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as exc:
+        raise ApiError(400, "bad_request", f"the body is not JSON: {exc}") from None
+
+
+def _check_paths(spec: ProcessSpec) -> None:
+    """Local paths must be absolute: the service's working directory means nothing to a
+    client."""
+    where = "process"
+    if spec.backend == "local" and spec.cwd is not None and not os.path.isabs(spec.cwd):
+        raise ConfigError(f"{where}.cwd: got {spec.cwd!r}, expected an absolute path")
+    if spec.outputs_dir is not None and not os.path.isabs(spec.outputs_dir):
+        raise ConfigError(
+            f"{where}.outputs_dir: got {spec.outputs_dir!r}, expected an absolute path"
+        )
+    for remote, local in spec.inputs.items():
+        if not os.path.isabs(local):
+            raise ConfigError(
+                f"{where}.inputs.{remote}: got {local!r}, expected an absolute local path"
+            )
+
+
+def _known(query: Any, *names: str) -> None:
+    for name in query:
+        if name not in names:
+            expected = f"some of {list(names)}" if names else "none"
+            raise ApiError(400, "bad_request", f"{name}: unknown parameter; expected {expected}")
+
+
+def _single(query: Any, name: str) -> str | None:
+    values = query.getlist(name)
+    if len(values) > 1:
+        raise ApiError(400, "bad_request", f"{name}: given {len(values)} times, expected once")
+    return values[0] if values else None
+
+
+def _integer(
+    query: Any, name: str, default: int, *, minimum: int, maximum: int | None = None
+) -> int:
+    text = _single(query, name)
+    if text is None:
+        return default
+    bounds = f"an integer >= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
+    try:
+        if not text.isascii() or not text.lstrip("-").isdigit():
+            raise ValueError
+        value = int(text)
+    except ValueError:
+        raise ApiError(400, "bad_request", f"{name}: got {text!r}, expected {bounds}") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        raise ApiError(400, "bad_request", f"{name}: got {value}, expected {bounds}")
+    return value
+
+
+def _boolean(query: Any, name: str, default: bool) -> bool:
+    text = _single(query, name)
+    if text is None:
+        return default
+    if text in ("true", "false"):
+        return text == "true"
+    raise ApiError(400, "bad_request", f"{name}: got {text!r}, expected true or false")
+
+
+# -- streams -------------------------------------------------------------------------------
+
+
+async def _ndjson(entries: AsyncIterator[dict[str, Any]], what: str) -> AsyncIterator[bytes]:
+    """One JSON line per entry. An error after the headers went out can only end the stream
+    early (the client reconnects from its last offset): it is logged."""
+    try:
+        async for entry in entries:
+            yield (json.dumps(entry, ensure_ascii=False) + "\n").encode()
+    except CorraError as exc:
+        logger.warning("%s: stream ended early: %s", what, exc)
+    finally:
+        await entries.aclose()  # type: ignore[attr-defined]
+
+
+async def _first_of(*events: trio.Event) -> None:
+    """Until one of ``events`` is set."""
+    async with trio.open_nursery() as nursery:
+
+        async def wait(event: trio.Event) -> None:
+            await event.wait()
+            nursery.cancel_scope.cancel()
+
+        for event in events:
+            nursery.start_soon(wait, event)

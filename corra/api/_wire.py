@@ -1,0 +1,73 @@
+"""Processes as JSON: what ``corra ps --json`` and ``corra show --json`` print, and what the
+HTTP API returns. One place, so that the command line and the API never disagree.
+
+Imports nothing heavier than attrs: the command line uses it on every call.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from corra.actors._records import ProcessRecord, Transition, unstructure_spec
+
+
+def record_json(record: ProcessRecord) -> dict[str, Any]:
+    """A record as users see it in JSON (``corra ps --json``, ``GET /v1/processes``)."""
+    state = record.state
+    result = state.result
+    return {
+        "id": record.id,
+        "name": record.name,
+        "phase": state.phase,
+        "attempt": state.attempt,
+        "returncode": result.returncode if result else None,
+        "signal": result.signal if result else None,
+        "reason": state.reason,
+        "created_at": record.created_at,
+        "updated_at": state.updated_at,
+        "started_at": result.started_at if result else None,
+        "ended_at": result.ended_at if result else None,
+        "labels": dict(record.spec.labels),
+        "argv": list(record.spec.argv),
+        "result": attrs.asdict(result) if result else None,
+        "paused_from": state.paused_from,
+    }
+
+
+def transition_json(transition: Transition) -> dict[str, Any]:
+    """One entry of a process's history."""
+    return {
+        "at": transition.at,
+        "event": transition.event,
+        "source": transition.source,
+        "target": transition.target,
+        "attempt": transition.attempt,
+        "reason": transition.reason,
+    }
+
+
+def detail_json(record: ProcessRecord, history: list[Transition]) -> dict[str, Any]:
+    """A record with its spec, its backend handle and its history (``corra show --json``,
+    ``GET /v1/processes/{id}``)."""
+    data = record_json(record)
+    data["spec"] = unstructure_spec(record.spec)
+    data["handle"] = record.state.handle
+    data["history"] = [transition_json(transition) for transition in history]
+    return data
+
+
+def event_json(seq: int, record: ProcessRecord, transition: Transition) -> dict[str, Any]:
+    """One transition as ``GET /v1/events`` streams it."""
+    return {
+        "seq": seq,
+        "at": transition.at,
+        "id": record.id,
+        "name": record.name,
+        "event": transition.event,
+        "source": transition.source,
+        "target": transition.target,
+        "attempt": transition.attempt,
+        "reason": transition.reason,
+    }
