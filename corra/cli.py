@@ -835,6 +835,7 @@ def _logs_via_service(
     path = f"/v1/processes/{_quoted(args.process)}"
     _, record = client.call("GET", path)
     position.update(attempt=record["attempt"], offset=0)
+    last = False  # the process was terminal before this stream began
     while True:
         params = {
             "stream": stream,
@@ -842,6 +843,7 @@ def _logs_via_service(
             "offset": position["offset"],
             "follow": "true" if args.follow else "false",
         }
+        lost = False
         try:
             for entry in client.lines(f"{path}/logs", params=params):
                 out.write(entry["text"].encode())
@@ -850,16 +852,19 @@ def _logs_via_service(
         except ConnectionLost:
             if not args.follow:
                 raise
-        if not args.follow:
+            lost = True
+        if not args.follow or (last and not lost):
+            # (a stream that began after the end drains every attempt, then ends: all read)
             return EXIT_OK
         try:
             _, record = client.call("GET", path)
         except ConnectionLost:
             record = {"phase": "unknown"}
-        if record["phase"] in TERMINAL and record["attempt"] == position["attempt"]:
-            return EXIT_OK
-        if record.get("attempt", 0) > position["attempt"] and record["phase"] in TERMINAL:
-            continue  # (the stream ended before the later attempts: read them too)
+        if record["phase"] in TERMINAL:
+            # A stream ends at the end of the log or when the service stops, which look
+            # alike: one more stream from here, begun after the end, tells them apart.
+            last = True
+            continue
         time.sleep(0.5)  # the service stops: wait for the next one (else NotServing)
         _wait_for_service(client)
 

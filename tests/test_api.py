@@ -292,6 +292,9 @@ async def test_unknown_ids_are_404_and_methods_405(tmp_path):
             ("POST", "/v1/processes/nope/kill"),
             ("GET", "/v1/processes/nope/logs"),
             ("GET", "/v1/nothing/here"),
+            ("GET", "/v1/processes/" + "x" * 600),  # no process could have it: 404 too
+            ("POST", "/v1/processes/" + "x" * 600 + "/kill"),
+            ("GET", "/v1/processes/a%00b"),
         ]:
             response = await http.request(method, path)
             assert response.status_code == 404, (method, path)

@@ -194,3 +194,26 @@ def test_https_with_a_private_ca(tmp_path):
         local = corra(state, "ps", "--json")  # the socket stays plain (and private)
         assert local.returncode == 0 and len(json.loads(local.stdout)) == 1
         running.stop()
+
+
+def test_logs_follow_ends_when_a_rerun_wrote_nothing(service):
+    # Each attempt writes its own log; the last one writes nothing on stdout. The follower
+    # learns of attempt 2 only from the record, never from an entry: it must still end.
+    state = service.state_dir
+    body = {
+        "name": "quiet-rerun",
+        "argv": ["sh", "-c", 'sleep 1; [ "$CORRA_ATTEMPT" = 1 ] && echo first; exit 1'],
+        "restart": "transient",
+        "max_attempts": 2,
+    }
+    with service.client() as http:
+        assert http.post("/v1/processes", json=body).status_code == 201
+    follower = subprocess.run(
+        [*CORRA, "logs", "-f", "quiet-rerun", "--state-dir", str(state)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (follower.returncode, follower.stdout) == (0, "first\n"), follower.stderr
+    assert wait_phase(service, "quiet-rerun", "failed")["attempt"] == 2

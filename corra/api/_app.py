@@ -288,30 +288,32 @@ class Api:
     async def get_process(self, request: Request) -> Response:
         _known(request.query_params)
         key = request.path_params["id"]
-        body = self._terminal.get(key)
+        body = self._terminal.get(key)  # (by id only: a name is resolved by the manager)
         if body is None:
-            record = self.manager.get(key)
-            body = JSONResponse(detail_json(record, self._history(record))).body
-            if record.state.terminal:
-                self._remember_terminal(record, body)
+            record = self._lookup(key)
+            body = self._terminal.get(record.id)
+            if body is None:
+                body = JSONResponse(detail_json(record, self._history(record))).body
+                if record.state.terminal:
+                    self._remember_terminal(record, body)
         else:
             self._terminal.move_to_end(key)
         return Response(body, media_type="application/json")
 
     async def pause_process(self, request: Request) -> Response:
         _known(request.query_params)
-        record = await self.manager.pause(request.path_params["id"])
+        record = await self.manager.pause(self._lookup(request.path_params["id"]).id)
         return JSONResponse(record_json(record))
 
     async def resume_process(self, request: Request) -> Response:
         _known(request.query_params)
-        record = await self.manager.resume(request.path_params["id"])
+        record = await self.manager.resume(self._lookup(request.path_params["id"]).id)
         return JSONResponse(record_json(record))
 
     async def kill_process(self, request: Request) -> Response:
         _known(request.query_params, "wait")
         wait = _boolean(request.query_params, "wait", True)
-        record = await self.manager.kill(request.path_params["id"], wait=wait)
+        record = await self.manager.kill(self._lookup(request.path_params["id"]).id, wait=wait)
         if not wait:
             # Answer once the kill is on its way (durable as killing), not merely asked for;
             # a step in the middle of an effect (a launch) finishes it first.
@@ -324,7 +326,8 @@ class Api:
     async def process_logs(self, request: Request) -> Response:
         query = request.query_params
         _known(query, "stream", "offset", "attempt", "follow")
-        record = self.manager.get(request.path_params["id"])
+        record = self._lookup(request.path_params["id"])
+        self.manager.backend_for(record.spec)  # (a 4xx now, not an empty 200 stream later)
         stream = _single(query, "stream") or "stdout"
         if stream not in ("stdout", "stderr"):
             raise ApiError(
@@ -368,11 +371,21 @@ class Api:
 
     # -- helpers ---------------------------------------------------------------------------
 
+    def _lookup(self, key: str) -> ProcessRecord:
+        """The process that ``key`` (an id or a name from a URL) names; `NoSuchProcess` (404)
+        also for a key that no process could have (too long, a NUL byte)."""
+        try:
+            return self.manager.get(key)
+        except NoSuchProcess:
+            raise
+        except ConfigError as exc:
+            raise NoSuchProcess(key[:80], f"no process with this id or name ({exc})") from None
+
     def _remember_terminal(self, record: ProcessRecord, body: bytes) -> None:
         """Keep the JSON of a terminal process (it never changes again: no event leaves a
-        terminal phase, and its history is complete), by id and by name."""
-        for key in {record.id, record.name}:
-            self._terminal[key] = body
+        terminal phase, and its history is complete), by id (a name may look like another
+        process's id: names are resolved by the manager, which prefers ids)."""
+        self._terminal[record.id] = body
         while len(self._terminal) > TERMINAL_CACHE:
             self._terminal.popitem(last=False)
 
