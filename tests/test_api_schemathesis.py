@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from typing import Any
 
 import pytest
@@ -80,28 +81,41 @@ def test_the_service_keeps_to_its_openapi_document(case: Any, service: Service) 
     )
 
 
-def test_workflows_through_the_links_keep_to_the_document(service: Service) -> None:
-    # Submit, then get, pause, resume, kill and read the logs of what was submitted (the
-    # document's links): the answers about real processes, not only 404s for made-up ids.
+def test_answers_about_real_processes_keep_to_the_document(service: Service) -> None:
+    # Submit, then get, pause, resume, kill and read the logs of what was submitted: the
+    # answers about real processes (not only 404s for made-up ids), each validated against
+    # the document. (Not schemathesis's stateful links: against one long-lived service its
+    # runs are not reproducible, and hypothesis stops them as flaky in about half the runs.)
     auth = {"Authorization": f"Bearer {service.token}"}
 
-    class Workflow(schema.as_state_machine()):  # type: ignore[misc]
-        def before_call(self, case: Any) -> None:
-            if isinstance(case.query, dict) and case.query.get("follow") in (True, "true"):
-                case.query["follow"] = "false"
+    def call(path: str, method: str, **parts: Any) -> Any:
+        case = schema[path][method].Case(**parts)
+        response = case.call(base_url=service.url, headers=auth, timeout=30)
+        case.validate_response(response, checks=CHECKS, headers=auth)
+        return response
 
-        def get_call_kwargs(self, case: Any) -> dict[str, Any]:
-            return {"base_url": service.url, "headers": auth, "timeout": 30}
-
-        def validate_response(self, response: Any, case: Any, **kwargs: Any) -> None:
-            case.validate_response(response, checks=CHECKS, headers=auth, transport_kwargs=kwargs)
-
-    Workflow.run(
-        settings=settings(
-            max_examples=MAX_EXAMPLES,
-            stateful_step_count=6,
-            deadline=None,
-            suppress_health_check=list(HealthCheck),
-            database=None,
-        )
+    submitted = call(
+        "/v1/processes", "POST", body={"name": "fuzz-real", "argv": ["/bin/sleep", "30"]}
     )
+    process = submitted.json()["id"]
+    assert (
+        call("/v1/processes", "POST", body={"name": "fuzz-real", "argv": ["x"]}).json()["id"]
+        == process
+    )  # by name: the same process
+    ids = {"id": process}
+    deadline = time.monotonic() + 30
+    while call("/v1/processes/{id}", "GET", path_parameters=ids).json()["phase"] != "running":
+        assert time.monotonic() < deadline, "the process did not start"
+        time.sleep(0.1)
+    for path, method in [
+        ("/v1/processes/{id}", "GET"),
+        ("/v1/processes/{id}/pause", "POST"),
+        ("/v1/processes/{id}/resume", "POST"),
+        ("/v1/processes/{id}/kill", "POST"),
+        ("/v1/processes/{id}/logs", "GET"),
+        ("/v1/processes/{id}", "GET"),
+    ]:
+        assert call(path, method, path_parameters=ids).status_code in (200, 201), path
+    listed = call("/v1/processes", "GET", query={"name": "fuzz-real"}).json()
+    assert [item["id"] for item in listed["items"]] == [process]
+    call("/v1/events", "GET", query={"follow": "false"})
