@@ -651,17 +651,27 @@ class ProcessManager:
         record = process if isinstance(process, ProcessRecord) else self.get(process)
         return [self._history_codec.decode(raw) for raw in self._store.history(record.id)]
 
-    async def read_log(self, id_or_name: str, stream: str, offset: int, size: int) -> bytes:
-        """Output of the process's current attempt, from ``offset``."""
+    async def read_log(
+        self,
+        id_or_name: str | ProcessRecord,
+        stream: str,
+        offset: int,
+        size: int,
+        *,
+        attempt: int | None = None,
+    ) -> bytes:
+        """Output of the process's current attempt (or of ``attempt``), from ``offset``.
+        ``id_or_name`` may be the record itself (no lookup then)."""
         if stream not in ("stdout", "stderr"):
             raise ConfigError(f"stream: got {stream!r}, expected 'stdout' or 'stderr'")
         for field, value in (("offset", offset), ("size", size)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"{field}: got {value!r}, expected an integer >= 0")
         size = min(size, MAX_LOG_READ)
-        record = self.get(id_or_name)
+        record = id_or_name if isinstance(id_or_name, ProcessRecord) else self.get(id_or_name)
+        key = record.key if attempt is None else f"{record.id}.{attempt}"
         backend = self.backend_for(record.spec)
-        return await backend.read_log(record.key, stream, offset, size, record.spec.host)
+        return await backend.read_log(key, stream, offset, size, record.spec.host)
 
     @property
     def active(self) -> int:

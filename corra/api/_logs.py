@@ -75,10 +75,8 @@ async def log_entries(
         # of its output.
         record = manager.get(process_id)
         over = record.state.attempt > attempt or record.state.terminal
-        backend = manager.backend_for(record.spec)
-        key = f"{record.id}.{attempt}"
         while True:
-            data = await backend.read_log(key, stream, chunks.read, CHUNK, record.spec.host)
+            data = await manager.read_log(record, stream, chunks.read, CHUNK, attempt=attempt)
             if not data:
                 break
             start, text, end = chunks.feed(data)
