@@ -375,6 +375,9 @@ async def test_a_job_past_its_time_limit_fails_as_timed_out(
         # Slurm signalled the job: it wrote no exit record; Slurm's ExitCode says 0:15.
         assert result.returncode is None and result.signal in (9, 15), result
         assert b"DUE TO TIME LIMIT" in await ref.logs("stderr")
+        # ... and its times come from Slurm: it ran about its minute.
+        assert result.started_at is not None and result.ended_at is not None, result
+        assert 50 <= result.ended_at - result.started_at <= 200, result
 
 
 # -- kill -9 of `corra run` with 30 jobs in flight ------------------------------------------

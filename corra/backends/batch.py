@@ -319,6 +319,9 @@ class SchedulerBackend(HostPollers):
         worst = max((code for code in codes if isinstance(code, int)), default=None)
         started = min((r["started_at"] for r in records if "started_at" in r), default=None)
         ended = max((r["ended_at"] for r in records if "ended_at" in r), default=None)
+        if status is not None:  # (a job killed before its script wrote its record)
+            started = status.started_at if started is None else started
+            ended = status.ended_at if ended is None else ended
         sizes = {}
         for stream in ("stdout", "stderr"):
             sizes[stream] = sum(size for _, size in await self._log_files(host, run_dir, stream))

@@ -53,6 +53,10 @@ class JobStatus:
     exit_code: int | None = None
     signal: int | None = None
     reason: str | None = None
+    started_at: float | None = None
+    """When the job started and ended, as the scheduler says (its host's clock), if known:
+    what a job killed before its script wrote its exit record (a time limit) still has."""
+    ended_at: float | None = None
 
     @property
     def final(self) -> bool:

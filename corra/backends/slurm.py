@@ -15,6 +15,7 @@ only (``extra`` directives must be ``--name=value`` options, one per line).
 
 from __future__ import annotations
 
+import datetime
 import re
 import shlex
 from collections.abc import Mapping, Sequence
@@ -151,7 +152,12 @@ def _exit_code(text: str | None) -> tuple[int | None, int | None]:
 
 
 def status_of(
-    job_id: str, raw: str, exit_code: str | None = None, reason: str | None = None
+    job_id: str,
+    raw: str,
+    exit_code: str | None = None,
+    reason: str | None = None,
+    start: str | None = None,
+    end: str | None = None,
 ) -> JobStatus:
     word = raw.split()[0].rstrip("+") if raw else "UNKNOWN"
     code, signal = _exit_code(exit_code)
@@ -162,7 +168,20 @@ def status_of(
         exit_code=code,
         signal=signal,
         reason=None if reason in (None, "None", "(null)") else reason,
+        started_at=_timestamp(start),
+        ended_at=_timestamp(end),
     )
+
+
+def _timestamp(text: str | None) -> float | None:
+    """Seconds since the epoch of a Slurm time (``2026-11-25T02:10:00``, the host's local
+    time, which is taken as this machine's); None for ``Unknown``, ``None`` or nonsense."""
+    if not text:
+        return None
+    try:
+        return datetime.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None
 
 
 class Slurm:
@@ -291,7 +310,13 @@ class Slurm:
             job_id = fields.get("ArrayJobId") or fields.get("JobId", "")
             if job_id not in wanted:
                 continue
-            status = status_of(job_id, fields.get("JobState", ""), fields.get("ExitCode"))
+            status = status_of(
+                job_id,
+                fields.get("JobState", ""),
+                fields.get("ExitCode"),
+                start=fields.get("StartTime"),
+                end=fields.get("EndTime"),
+            )
             previous = found.get(job_id)
             # an array is as bad as its worst task
             if previous is None or (previous.state == "completed" and status.state != "completed"):
@@ -300,15 +325,20 @@ class Slurm:
         if missing:
             out = await self._run(
                 transport,
-                ["sacct", "-n", "-P", "-X", "-o", "JobID,State,ExitCode", "-j", ",".join(missing)],
+                [
+                    *("sacct", "-n", "-P", "-X", "-o", "JobID,State,ExitCode,Start,End"),
+                    *("-j", ",".join(missing)),
+                ],
                 check=False,
             )
             for line in out.splitlines():
                 parts = line.split("|")
-                if len(parts) == 3:
+                if len(parts) == 5:
                     base = parts[0].split("_")[0]
                     if base in wanted and base not in found:
-                        found[base] = status_of(base, parts[1], parts[2])
+                        found[base] = status_of(
+                            base, parts[1], parts[2], start=parts[3], end=parts[4]
+                        )
         return {job_id: status for job_id, status in found.items() if status.final}
 
     async def find(self, transport: Transport, key: str) -> str | None:
