@@ -35,7 +35,6 @@ from corra.backends.ssh import (
     HostConfig,
     PoolHandle,
     PoolRegistry,
-    PoolSettings,
     SshTransport,
     TokenBucket,
 )
@@ -57,16 +56,7 @@ def server() -> _sshd.Sshd:
 
 
 def host(**settings: Any) -> HostConfig:
-    sshd = server()
-    return HostConfig(
-        name="bench",
-        hostname=sshd.host,
-        port=sshd.port,
-        user=sshd.user,
-        identity_file=str(sshd.client_key),
-        known_hosts=str(sshd.known_hosts),
-        pool=PoolSettings(**settings),
-    )
+    return server().host_config("bench", pool=settings)
 
 
 def connect_options() -> dict[str, Any]:

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import attrs
 
+from corra.backends.ssh import HostConfig, PoolSettings
+
 SSHD = "/usr/sbin/sshd"
 TEST_USER = "corrassh"
 
@@ -78,6 +80,21 @@ class Sshd:
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    def host_config(self, name: str, *, pool: object = None, **fields: object) -> HostConfig:
+        """A corra host that reaches this server (its address, user, key and known_hosts),
+        with ``fields`` of `HostConfig` and ``pool``: a `PoolSettings` or a dict of them."""
+        settings = pool if isinstance(pool, PoolSettings) else PoolSettings(**(pool or {}))
+        return HostConfig(
+            name=name,
+            hostname=self.host,
+            port=self.port,
+            user=self.user,
+            identity_file=str(self.client_key),
+            known_hosts=str(self.known_hosts),
+            pool=settings,
+            **fields,  # type: ignore[arg-type]
+        )
 
     def logins(self) -> int:
         """Successful logins so far, from the VERBOSE log ("Accepted publickey")."""

@@ -13,8 +13,6 @@ import _sshd
 import pytest
 from test_api import log_lines, serving, submit, wait_for
 
-from corra.backends.ssh import HostConfig
-
 pytestmark = pytest.mark.slow
 
 
@@ -30,15 +28,7 @@ def shared_dir() -> Iterator[Path]:
 async def test_a_remote_process_through_the_api_and_the_pool_in_metrics(
     sshd: _sshd.Sshd, tmp_path: Path, shared_dir: Path
 ) -> None:
-    host = HostConfig(
-        name="far",
-        hostname=sshd.host,
-        port=sshd.port,
-        user=sshd.user,
-        identity_file=str(sshd.client_key),
-        known_hosts=str(sshd.known_hosts),
-        work_root=f"corra-tests/api-{os.getpid()}",
-    )
+    host = sshd.host_config("far", work_root=f"corra-tests/api-{os.getpid()}")
     options = {"hosts": {"far": host}, "remote_poll_interval": 0.3}
     async with serving(tmp_path / "state", options) as served:
         http = served.http

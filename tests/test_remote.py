@@ -12,7 +12,7 @@ import pytest
 
 from corra._remote import open_remote_backends, remember_hosts, remembered_hosts
 from corra.actors import open_runtime
-from corra.backends.ssh import HostConfig, PoolSettings, parse_host
+from corra.backends.ssh import HostConfig, parse_host
 
 
 def test_hosts_are_remembered_whole(tmp_path: Path) -> None:
@@ -44,16 +44,8 @@ async def test_one_runtime_reaches_an_ssh_host_and_this_machine(
 ) -> None:
     tag = f"{os.getpid()}-{time.monotonic_ns()}"
     hosts = {
-        "far": HostConfig(
-            name="far",
-            hostname=sshd.host,
-            port=sshd.port,
-            user=sshd.user,
-            identity_file=str(sshd.client_key),
-            known_hosts=str(sshd.known_hosts),
-            work_root=f"corra-tests/remote-{tag}",
-            pool=PoolSettings(),
-            env={"GREETING": "hello from far"},
+        "far": sshd.host_config(
+            "far", work_root=f"corra-tests/remote-{tag}", env={"GREETING": "hello from far"}
         ),
         "near": HostConfig(name="near", transport="local", work_root=str(tmp_path / "near")),
     }

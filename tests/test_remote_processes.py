@@ -23,7 +23,7 @@ import trio
 
 from corra._runtime import open_runtime
 from corra.actors._process import paused_for_host
-from corra.backends.ssh import HostConfig, LoginSettings, PoolSettings
+from corra.backends.ssh import HostConfig, LoginSettings
 
 pytestmark = pytest.mark.slow
 
@@ -40,16 +40,7 @@ def shared_dir() -> Iterator[Path]:
 
 
 def far(server: _sshd.Sshd, root: str, **pool: object) -> HostConfig:
-    return HostConfig(
-        name="far",
-        hostname=server.host,
-        port=server.port,
-        user=server.user,
-        identity_file=str(server.client_key),
-        known_hosts=str(server.known_hosts),
-        work_root=root,
-        pool=PoolSettings(**pool),  # type: ignore[arg-type]
-    )
+    return server.host_config("far", work_root=root, pool=pool)
 
 
 def ledger_program(seconds: float) -> list[str]:

@@ -25,7 +25,7 @@ import trio
 
 from corra._errors import ConfigError
 from corra._runtime import ProcessRef, open_runtime
-from corra.backends.ssh import HostConfig, PoolSettings, SlurmSettings
+from corra.backends.ssh import HostConfig, SlurmSettings
 
 pytestmark = pytest.mark.slow
 
@@ -480,15 +480,10 @@ async def test_a_job_through_the_ssh_pool_finishes_within_the_pool_size(
     if reason is not None:
         pytest.skip(reason)
     logins_before = sshd.logins()
-    host = HostConfig(
-        name="far",
-        hostname=sshd.host,
-        port=sshd.port,
-        user=sshd.user,
-        identity_file=str(sshd.client_key),
-        known_hosts=str(sshd.known_hosts),
+    host = sshd.host_config(
+        "far",
         env={"SLURM_CONF": str(cluster.conf)},
-        pool=PoolSettings(max_connections=2),
+        pool={"max_connections": 2},
         slurm=SlurmSettings(poll_interval=0.5, work_root=str(shared_dir / "jobs")),
     )
     async with open_runtime(state_dir=tmp_path / "state", hosts={"far": host}) as runtime:
@@ -538,15 +533,10 @@ async def test_a_connection_dropped_under_sbatch_does_not_submit_twice(
     )
     (shim / "sbatch").chmod(0o755)
     ledger = shared_dir / "ledger"
-    host = HostConfig(
-        name="far",
-        hostname=server.host,
-        port=server.port,
-        user=server.user,
-        identity_file=str(server.client_key),
-        known_hosts=str(server.known_hosts),
+    host = server.host_config(
+        "far",
         env={"SLURM_CONF": str(cluster.conf), "PATH": f"{shim}:{os.environ['PATH']}"},
-        pool=PoolSettings(max_connections=1, backoff_initial=0.1),
+        pool={"max_connections": 1, "backoff_initial": 0.1},
         slurm=SlurmSettings(poll_interval=0.5, work_root=str(shared_dir / "jobs")),
     )
     async with open_runtime(state_dir=tmp_path / "state", hosts={"far": host}) as runtime:

@@ -38,15 +38,7 @@ pytestmark = pytest.mark.slow
 
 
 def host_for(sshd: _sshd.Sshd, **settings: object) -> HostConfig:
-    return HostConfig(
-        name="test",
-        hostname=sshd.host,
-        port=sshd.port,
-        user=sshd.user,
-        identity_file=str(sshd.client_key),
-        known_hosts=str(sshd.known_hosts),
-        pool=PoolSettings(**settings),  # type: ignore[arg-type]
-    )
+    return sshd.host_config("test", pool=settings)
 
 
 @contextlib.asynccontextmanager

@@ -20,7 +20,6 @@ from corra.actors._records import ProcessSpec
 from corra.backends.ssh import (
     HostConfig,
     PoolRegistry,
-    PoolSettings,
     SshProgramBackend,
     SshTransport,
     TokenBucket,
@@ -47,17 +46,7 @@ class RemoteSpec:
 
 
 def host_for(sshd: _sshd.Sshd, root: str, **options: object) -> HostConfig:
-    return HostConfig(
-        name="remote",
-        hostname=sshd.host,
-        port=sshd.port,
-        user=sshd.user,
-        identity_file=str(sshd.client_key),
-        known_hosts=str(sshd.known_hosts),
-        work_root=root,
-        pool=PoolSettings(),
-        **options,  # type: ignore[arg-type]
-    )
+    return sshd.host_config("remote", work_root=root, **options)
 
 
 @contextlib.asynccontextmanager

@@ -394,12 +394,8 @@ class _ProcessActor(Actor):
                     self.manager._wait_for_host(self.record)
                 elif "fail" in allowed(state.phase):
                     await self._give_up(f"{state.phase}: {exc}")
-                elif not self._must_not_wait():  # (killing: the kill waits for the host)
-                    self.waiting = True
-                    try:
-                        await trio.sleep(HOST_RETRY_DELAY)
-                    finally:
-                        await self._after_wait()
+                else:  # (killing: the kill waits for the host)
+                    await self._retry_later(HOST_RETRY_DELAY)
             except (BackendError, StoreError) as exc:
                 # Transient trouble (a full disk, a refused fork): retry the step, which is
                 # idempotent, a few times; then give up with the reason.
@@ -407,12 +403,8 @@ class _ProcessActor(Actor):
                 logger.warning("process %s: %s step failed: %s", self.id, state.phase, exc)
                 if failures >= STEP_RETRIES and "fail" in allowed(state.phase):
                     await self._give_up(f"{state.phase}: {exc}")
-                elif not self._must_not_wait():
-                    self.waiting = True
-                    try:
-                        await trio.sleep(min(2**failures * 0.1, 10))
-                    finally:
-                        await self._after_wait()
+                else:
+                    await self._retry_later(min(2**failures * 0.1, 10))
             except Exception as exc:
                 # A bug or an input the edge let through: never leave the process active
                 # without an actor (nobody would ever move it on).
@@ -420,6 +412,16 @@ class _ProcessActor(Actor):
                 if "fail" not in allowed(state.phase):
                     raise
                 await self._give_up(f"internal error in {state.phase}: {exc!r}")
+
+    async def _retry_later(self, seconds: float) -> None:
+        """Wait before a step is tried again; a request (pause, kill) cuts the wait short."""
+        if self._must_not_wait():
+            return
+        self.waiting = True
+        try:
+            await trio.sleep(seconds)
+        finally:
+            await self._after_wait()
 
     async def _give_up(self, reason: str) -> None:
         """Fail the process, leaving nothing behind: its slot, and any program its key

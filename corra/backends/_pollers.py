@@ -60,8 +60,23 @@ class HostPollers:
         else:
             await waiter()
 
+    def hosts_for(self, name: str | None) -> list[Any]:
+        """The host called ``name``; every host for None (a key looked for anywhere)."""
+        return [self.host(name)] if name is not None else list(self._hosts.values())
+
     def host(self, name: object) -> Any:
         """The host called ``name``, or `ConfigError` naming the hosts there are."""
         if not isinstance(name, str) or name not in self._hosts:
             raise ConfigError(f"host: got {name!r}, expected one of {sorted(self._hosts)}")
         return self._hosts[name]
+
+
+def check_key(key: object) -> str:
+    """``key``, if it can name a run dir (a file name: no ``/``, no NUL, no leading ``.``).
+
+    Raises:
+        ConfigError: it cannot.
+    """
+    if not isinstance(key, str) or not key or "/" in key or "\0" in key or key.startswith("."):
+        raise ConfigError(f"key: got {key!r}, expected a file name")
+    return key

@@ -3,12 +3,13 @@ budgets, submission rate limits) and the check of a configuration table's fields
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
 import trio
 
-from corra._errors import ConfigError
+from corra._errors import BackendError, ConfigError
 
 
 class TokenBucket:
@@ -57,3 +58,16 @@ def check_fields(where: str, table: Mapping[str, Any], known: set[str], noun: st
             f"{where}: unknown {noun}(s) {', '.join(unknown)}; expected some of "
             + ", ".join(sorted(known))
         )
+
+
+def json_reply(data: bytes, where: str) -> Any:
+    """The JSON on the last line of a host-side command's output (what came before it, such
+    as a shell's greeting, is ignored).
+
+    Raises:
+        BackendError: naming ``where`` and the end of what was answered instead.
+    """
+    try:
+        return json.loads(data.decode("utf-8").strip().splitlines()[-1])
+    except (ValueError, IndexError) as exc:
+        raise BackendError(f"{where} answered {data[-300:]!r}, expected JSON") from exc

@@ -14,7 +14,6 @@ syntax), one command for all the files, whatever their number.
 from __future__ import annotations
 
 import hashlib
-import json
 import posixpath
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 import trio
 
 from corra._errors import BackendError, LaunchFailed, RemotePathError
+from corra.backends._shared import json_reply
 from corra.backends.transport import Transport, join_inside
 
 #: ``python3 -c DIGESTS ROOT REL...``: ``{rel: [size, sha256] or null}`` of files under ROOT.
@@ -164,10 +164,4 @@ async def retrieve_outputs(transport: Transport, python: str, handle: Mapping[st
 
 async def _json(transport: Transport, argv: list[str]) -> object:
     result = await transport.run(argv, check=True)
-    try:
-        return json.loads(result.stdout.decode("utf-8").strip().splitlines()[-1])
-    except (ValueError, IndexError) as exc:
-        raise BackendError(
-            f"{argv[0]} on the host answered {result.stdout[-300:]!r} (stderr "
-            f"{result.stderr[-300:]!r})"
-        ) from exc
+    return json_reply(result.stdout, f"{argv[0]} on {transport.host}")

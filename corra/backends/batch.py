@@ -39,7 +39,7 @@ from corra._errors import (
 )
 from corra.actors._lifecycle import Result
 from corra.backends import _staging
-from corra.backends._pollers import HostPollers
+from corra.backends._pollers import HostPollers, check_key
 from corra.backends._shared import TokenBucket
 from corra.backends.scheduler import JobStatus
 from corra.backends.slurm import Slurm, SlurmOptions, parse_slurm_options
@@ -135,9 +135,7 @@ class SchedulerBackend(HostPollers):
         return host.work_root
 
     async def _run_dir(self, host: _Host, key: str) -> str:
-        if not key or "/" in key or key.startswith("."):
-            raise ConfigError(f"key: got {key!r}, expected a file name")
-        return posixpath.join(await self._root(host), key)
+        return posixpath.join(await self._root(host), check_key(key))
 
     async def _read(self, host: _Host, path: str) -> bytes | None:
         if await host.transport.stat(path) is None:
@@ -224,8 +222,7 @@ class SchedulerBackend(HostPollers):
 
     async def find(self, key: str, host_name: str | None = None) -> dict[str, Any] | None:
         """The job submitted with ``key`` (on ``host_name``, else any host), or None."""
-        hosts = [self.host(host_name)] if host_name is not None else list(self._hosts.values())
-        for host in hosts:
+        for host in self.hosts_for(host_name):
             run_dir = await self._run_dir(host, key)
             job_id = await self._find(host, key, run_dir)
             if job_id is not None:
@@ -384,8 +381,7 @@ class SchedulerBackend(HostPollers):
     ) -> bytes:
         if stream not in ("stdout", "stderr"):
             raise ConfigError(f"stream: got {stream!r}, expected 'stdout' or 'stderr'")
-        hosts = [self.host(host_name)] if host_name is not None else list(self._hosts.values())
-        for host in hosts:
+        for host in self.hosts_for(host_name):
             files = await self._log_files(host, await self._run_dir(host, key), stream)
             out = b""
             for path, length in files:  # an array's tasks, one after another, as one log

@@ -60,7 +60,8 @@ from corra._errors import (
 )
 from corra.actors._lifecycle import Result
 from corra.backends import _staging, chaperone
-from corra.backends._pollers import HostPollers
+from corra.backends._pollers import HostPollers, check_key
+from corra.backends._shared import json_reply
 from corra.backends.local import ExitRecord
 from corra.backends.local_process import result_of
 from corra.backends.ssh._config import HostConfig
@@ -223,7 +224,7 @@ class SshProgramBackend(HostPollers):
 
     def _run_dir(self, host: _Host, key: str) -> str:
         assert host.work_root is not None
-        _check_key(key)
+        check_key(key)
         return posixpath.join(host.work_root, key)
 
     # -- the Backend protocol ------------------------------------------------------------
@@ -264,7 +265,7 @@ class SshProgramBackend(HostPollers):
         result = await host.transport.run(
             [*host.helper, "launch", run_dir], stdin=json.dumps(document).encode(), check=True
         )
-        reply = _json(result.stdout, host)
+        reply = json_reply(result.stdout, f"host {host.config.name}: the remote helper")
         status = reply.get("status")
         if status in ("started", "claimed") and reply.get("handle"):
             return {
@@ -281,8 +282,7 @@ class SshProgramBackend(HostPollers):
     async def find(self, key: str, host_name: str | None = None) -> dict[str, Any] | None:
         """The handle of the program launched with ``key`` (on ``host_name``, else on any
         host), or None."""
-        hosts = [self.host(host_name)] if host_name is not None else list(self._hosts.values())
-        for host in hosts:
+        for host in self.hosts_for(host_name):
             await self._ready(host)
             (status,) = await self._status(host, [self._run_dir(host, key)])
             if status.get("handle"):
@@ -292,7 +292,7 @@ class SshProgramBackend(HostPollers):
     async def _status(self, host: _Host, run_dirs: list[str]) -> list[dict[str, Any]]:
         result = await host.transport.run([*host.helper, "status", *run_dirs], check=True)
         host.polls += 1
-        statuses = _json(result.stdout, host)
+        statuses = json_reply(result.stdout, f"host {host.config.name}: the remote helper")
         if not isinstance(statuses, list) or len(statuses) != len(run_dirs):
             raise BackendError(f"host {host.config.name}: a status reply that does not fit")
         return statuses
@@ -489,9 +489,8 @@ class SshProgramBackend(HostPollers):
         has."""
         if stream not in STREAMS:
             raise ConfigError(f"stream: got {stream!r}, expected 'stdout' or 'stderr'")
-        _check_key(key)
-        hosts = [self.host(host_name)] if host_name is not None else list(self._hosts.values())
-        for host in hosts:
+        check_key(key)
+        for host in self.hosts_for(host_name):
             local: bytes | None = None
             if self._logs is not None and self._logs.ships(host.config.name):
                 try:
@@ -525,11 +524,6 @@ def _settle(host: _Host, status: dict[str, Any]) -> None:
     for watch in host.watches.get(status["dir"], []):
         watch.status = status
         watch.event.set()
-
-
-def _check_key(key: str) -> None:
-    if not isinstance(key, str) or not key or "/" in key or "\0" in key or key.startswith("."):
-        raise ConfigError(f"key: got {key!r}, expected a file name")
 
 
 class _LocalLogs:
@@ -645,12 +639,3 @@ class _LocalLogs:
             return data, whole or len(data) >= size
 
         return await trio.to_thread.run_sync(read)
-
-
-def _json(data: bytes, host: _Host) -> Any:
-    try:
-        return json.loads(data.decode("utf-8").strip().splitlines()[-1])
-    except (ValueError, IndexError) as exc:
-        raise BackendError(
-            f"host {host.config.name}: the remote helper answered {data[-300:]!r}"
-        ) from exc
