@@ -7,7 +7,7 @@ backends ``ssh`` (programs under the remote chaperone) and ``slurm`` (jobs throu
 reaching their hosts through a `Transport` (the host's pool, or this machine for a host with
 ``transport = "local"``).
 
-Hosts are remembered in ``<state dir>/hosts.json`` (written whole, atomically), so a later
+Hosts are remembered in ``<state dir>/hosts.json`` (0600, written whole, atomically), so a later
 runtime that recovers remote processes knows how to reach their hosts without the job file;
 hosts given again replace what was remembered under the same name.
 """
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import trio
 import trio_asyncio
 
 from corra._errors import ConfigError
+from corra._statedir import read_private, write_private
 from corra.actors import ChildSpec, SupervisorFlags, SupervisorRef, SupervisorSpec
 from corra.backends.batch import BatchHost, SchedulerBackend
 from corra.backends.slurm import Slurm
@@ -49,9 +49,11 @@ def remembered_hosts(state_dir: Path) -> dict[str, HostConfig]:
     """The hosts a runtime on ``state_dir`` was given before (none if the file is absent)."""
     path = state_dir / HOSTS_FILE
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(read_private(path, what="remembered hosts"))
     except FileNotFoundError:
         return {}
+    except ConfigError:
+        raise
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: cannot read the remembered hosts: {exc}") from None
     if not isinstance(data, dict):
@@ -66,19 +68,14 @@ def remembered_hosts(state_dir: Path) -> dict[str, HostConfig]:
 
 
 def remember_hosts(state_dir: Path, hosts: Mapping[str, HostConfig]) -> None:
-    """Write ``hosts`` to the state dir, whole (temp file, fsync, rename)."""
+    """Write ``hosts`` to the state dir, whole (0600 temp file, fsync, rename)."""
     data = {}
     for name, host in sorted(hosts.items()):
         table = _converter.unstructure(host)
         table.pop("name")
         data[name] = {key: value for key, value in table.items() if value is not None}
-    path = state_dir / HOSTS_FILE
-    temporary = path.with_suffix(f".{os.getpid()}.tmp")
-    with open(temporary, "w") as file:
-        json.dump(data, file, indent=2, sort_keys=True)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
+    document = json.dumps(data, indent=2, sort_keys=True).encode()
+    write_private(state_dir / HOSTS_FILE, document, sync=True)
 
 
 @attrs.frozen

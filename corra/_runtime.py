@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from corra._errors import ConfigError, CorraError
+from corra._statedir import make_state_dir, open_private
 from corra.actors import _runtime as kernel
 from corra.actors._lifecycle import ProcessState, Result
 from corra.actors._process import Backend, ProcessManager, RecoveryReport
@@ -35,6 +36,9 @@ if TYPE_CHECKING:
 
 #: Under the state dir: the logs of remote programs, shipped home while they run.
 REMOTE_LOGS = "remote-logs"
+
+#: Under the state dir: held (flock) by the one runtime that uses it; holds its pid.
+RUNTIME_LOCK = "runtime.lock"
 
 #: The state directory when none is given: ``$CORRA_STATE_DIR``, else ``./.corra``.
 STATE_DIR_ENV = "CORRA_STATE_DIR"
@@ -161,28 +165,30 @@ def lock_state_dir(state_dir: Path) -> Any:
     """Hold the state dir's runtime lock: one runtime per state dir.
 
     Raises:
-        ConfigError: another runtime holds it (its pid is named).
+        ConfigError: another runtime holds it (its pid is named), or the state dir or
+            its lock is refused (`corra._statedir`: another user's, writable by others, a
+            symbolic link) or cannot be created.
     """
-    state_dir.mkdir(parents=True, exist_ok=True)
-    path = state_dir / "runtime.lock"
-    handle = path.open("a+")
+    make_state_dir(state_dir)
+    path = state_dir / RUNTIME_LOCK
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fd = open_private(path, os.O_RDWR | os.O_CREAT, what="runtime lock")
+    except OSError as exc:
+        raise ConfigError(f"runtime lock {path}: cannot open it: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "unknown"
-        handle.close()
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
         raise ConfigError(
             f"state dir {state_dir}: another corra runtime (pid {holder}) is using it"
         ) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(str(os.getpid()))
-    handle.flush()
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
     try:
         yield
     finally:
-        handle.close()
+        os.close(fd)
 
 
 @contextlib.asynccontextmanager

@@ -38,6 +38,7 @@ from corra._runtime import (
     default_state_dir,
     open_runtime,
 )
+from corra._statedir import check_state_dir
 from corra.actors._lifecycle import ACTIVE, PHASES, TERMINAL, Result
 from corra.actors._process import describe, find_record, paused_for_host, sorted_records
 from corra.actors._records import (
@@ -222,6 +223,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "kill": _control,
     }
     try:
+        # A refused or unusable state dir is one message for every command (exit 2); `run`
+        # and `serve` create a missing one (`corra._statedir.make_state_dir`).
+        check_state_dir(state_dir)
         return commands[args.command](args, state_dir)
     except ConfigError as exc:
         print(f"corra: {exc}", file=sys.stderr)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from corra._errors import ConfigError, CorraError
+from corra._statedir import check_directory, check_socket
 from corra.api._files import SOCKET_FILE, TOKEN_FILE, load_token, read_info, socket_address
 
 
@@ -141,10 +142,11 @@ def _token(state_dir: Path, token: str | None, token_file: str | None, info: dic
     if token:
         return token
     if token_file:
-        return load_token(Path(token_file), create=False)
-    path = Path(info.get("token_file") or state_dir / TOKEN_FILE)
+        return load_token(Path(token_file), create=False, follow=True)
+    own = state_dir / TOKEN_FILE
+    path = Path(info.get("token_file") or own)
     try:
-        return load_token(path, create=False)
+        return load_token(path, create=False, follow=path.absolute() != own.absolute())
     except ConfigError as exc:
         raise ConfigError(f"{exc}; give --token or --token-file") from None
 
@@ -160,11 +162,17 @@ def connect(
 ) -> Iterator[Client]:
     """A client of ``url``, else of the service of ``state_dir`` (its Unix socket).
 
+    The state dir, its token and its socket must be the user's (`corra._statedir`): the
+    token is never sent to a socket that another user could have put there.
+
     Raises:
         NotServing: no URL was given and no service has a socket in the state dir (a
             request raises it too, if nobody listens on the socket).
-        ConfigError: the token cannot be found.
+        ConfigError: the token cannot be found; the state dir, token file or socket is
+            refused.
     """
+    if state_dir.exists():
+        check_directory(state_dir)
     info = read_info(state_dir)
     verify: Any = True
     if cacert:
@@ -177,8 +185,10 @@ def connect(
             yield client
         return
     path = state_dir / SOCKET_FILE
-    if not path.exists():
-        raise NotServing(f"no API socket at {path}")
+    try:
+        check_socket(path, "API socket")
+    except (FileNotFoundError, NotADirectoryError):
+        raise NotServing(f"no API socket at {path}") from None
     secret = _token(state_dir, token, token_file, info)
     with socket_address(path) as address, Client("http://corra", secret, socket_path=address) as c:
         yield c
@@ -205,7 +215,7 @@ def _runtime_holder(state_dir: Path) -> int | None:
     way)."""
     path = state_dir / "runtime.lock"
     try:
-        status = os.stat(path)
+        status = os.lstat(path)
         locks = Path("/proc/locks").read_text()
     except OSError:
         return None

@@ -11,15 +11,18 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
 import secrets
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from corra._errors import ConfigError
+from corra._statedir import check_secret, make_private_dirs, read_private, write_private
 
 logger = logging.getLogger("corra.api")
 
@@ -31,6 +34,8 @@ INFO_FILE = "api.json"
 #: The longest path a Unix socket address holds (Linux: 108 bytes with the NUL); a longer
 #: one is reached through a descriptor of its directory (`socket_address`).
 MAX_SOCKET_PATH = 100
+#: The longest token file read (a token is 43 characters; a file of more is not a token).
+MAX_TOKEN_FILE = 4096
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -48,35 +53,62 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
-def load_token(path: Path, *, create: bool = True) -> str:
+def load_token(path: Path, *, create: bool = True, follow: bool = False) -> str:
     """The token in ``path``; a new one, written there (mode 0600), if there is no file.
 
+    The file must be the user's and readable by nobody else (`corra._statedir`, as ssh
+    treats a private key), else anyone who can read it can run programs as the service's
+    user. A symbolic link is followed only with ``follow`` (a token file given by the user,
+    which may live in a secrets mount; never the state dir's own).
+
     Raises:
-        ConfigError: the file cannot be read or written, or is empty.
+        ConfigError: the file cannot be read or written, is empty, another user's, readable
+            or writable by others, or a link (without ``follow``).
     """
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)
     try:
-        text = path.read_text()
+        fd = os.open(path, flags)
     except FileNotFoundError:
         if not create:
             raise ConfigError(f"token file {path}: no such file") from None
-        token = secrets.token_urlsafe(32)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        except FileExistsError:  # created meanwhile: theirs wins
-            return load_token(path, create=False)
-        except OSError as exc:
-            raise ConfigError(f"token file {path}: cannot create it: {exc.strerror}") from None
-        with os.fdopen(fd, "w") as file:
-            file.write(token + "\n")
-        return token
+        return _create_token(path, follow=follow)
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ConfigError(
+                f"token file {path}: a symbolic link; corra does not follow links in its "
+                "state dir: remove it (a new token is made), or give --token-file"
+            ) from None
         raise ConfigError(f"token file {path}: cannot read it: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as file:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            raise ConfigError(f"token file {path}: not a regular file")
+        check_secret(path, status)
+        try:
+            text = file.read(MAX_TOKEN_FILE + 1).decode()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"token file {path}: cannot read it: {exc}") from None
     token = text.strip()
-    if not token or any(c.isspace() for c in token):
-        raise ConfigError(f"token file {path}: expected one token (no spaces), got {text!r}")
-    if os.stat(path).st_mode & 0o077:
-        logger.warning("token file %s: readable by others (chmod 600 it)", path)
+    if not token or any(c.isspace() for c in token) or len(text) > MAX_TOKEN_FILE:
+        shown = text if len(text) <= 80 else f"{len(text)} characters"
+        raise ConfigError(
+            f"token file {path}: expected one token (no spaces, at most {MAX_TOKEN_FILE} "
+            f"characters), got {shown!r}"
+        )
+    return token
+
+
+def _create_token(path: Path, *, follow: bool) -> str:
+    token = secrets.token_urlsafe(32)
+    try:
+        make_private_dirs(path.parent)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:  # created meanwhile: theirs wins
+        return load_token(path, create=False, follow=follow)
+    except OSError as exc:
+        raise ConfigError(f"token file {path}: cannot create it: {exc.strerror}") from None
+    with os.fdopen(fd, "w") as file:
+        file.write(token + "\n")
     return token
 
 
@@ -96,18 +128,21 @@ def socket_address(path: Path) -> Iterator[str]:
 
 
 def write_info(state_dir: Path, info: dict[str, Any]) -> None:
-    """``api.json``, whole (temp file, rename)."""
-    path = state_dir / INFO_FILE
-    temporary = path.with_name(f".{INFO_FILE}.{os.getpid()}")
-    temporary.write_text(json.dumps(info, indent=2) + "\n")
-    os.replace(temporary, path)
+    """``api.json``, whole (0600 temp file, rename)."""
+    write_private(state_dir / INFO_FILE, (json.dumps(info, indent=2) + "\n").encode())
 
 
 def read_info(state_dir: Path) -> dict[str, Any]:
-    """``api.json`` of a service (empty without one)."""
+    """``api.json`` of a service (empty without one, or without a readable one).
+
+    Raises:
+        ConfigError: it is a symbolic link or another user's (`corra._statedir`).
+    """
     try:
-        data = json.loads((state_dir / INFO_FILE).read_text())
-    except (OSError, ValueError):
+        data = json.loads(read_private(state_dir / INFO_FILE, what="service file"))
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
         return {}
     return data if isinstance(data, dict) else {}
 

@@ -1426,7 +1426,9 @@ def _assist(root, sock, claim_line, base):  # pragma: no cover - in the helper p
             slot = wanted[0]
             path = os.path.join(base, str(slot), "run")
             try:
-                os.makedirs(os.path.dirname(path), 0o700, exist_ok=True)
+                for directory in (base, os.path.dirname(path)):  # (makedirs: leaf only 0700)
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(directory, 0o700)
                 _make_spare(path, claim_line)
             except OSError:
                 _remove_tree(path)

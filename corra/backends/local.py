@@ -66,6 +66,7 @@ import attrs
 import trio
 
 from corra._errors import BackendError, ConfigError, LaunchFailed, ProgramLost
+from corra._statedir import check_directory, check_peer, make_private_dirs
 from corra.backends import _cgroups, chaperone
 from corra.backends._cgroups import CgroupSupport
 
@@ -630,6 +631,12 @@ def _hello(root: Path, root_fd: int) -> tuple[socket.socket, dict[str, Any]] | N
         except (FileNotFoundError, ConnectionRefusedError):
             sock.close()
             return None
+        # Before anything is sent (our whole environment, then every launch spec): the
+        # chaperone must be ours, not a socket another user planted in the root.
+        try:
+            check_peer(sock, root / chaperone.SOCKET_FILE, "shared chaperone socket")
+        except ConfigError as exc:
+            raise BackendError(str(exc)) from None
         environ = _environ()
         hello = {
             "op": "hello",
@@ -871,7 +878,8 @@ class LocalBackend:
                 self._prepared = True
 
     def _prepare_sync(self, support: CgroupSupport) -> CgroupSupport:
-        self.root.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(self.root)
+        check_directory(self.root, "runs dir")
         if support.layout == "off":
             return support
         support = _cgroups.prepare(support)

@@ -43,6 +43,7 @@ import attrs
 import lmdb
 
 from corra._errors import ConfigError, CorruptRecord, StoreError
+from corra._statedir import FILE_MODE, check_directory, make_private_dirs, open_private
 from corra.persistence._codec import Codec
 
 T = TypeVar("T")
@@ -242,8 +243,15 @@ def lmdb_path(state_dir: str | os.PathLike[str]) -> Path:
     return Path(state_dir) / "state.lmdb"
 
 
+def make_store_dir(path: Path) -> None:
+    """Create the store's directory (0700: LMDB would give it the files' mode), or check
+    the one there (`corra._statedir.check_directory`)."""
+    make_private_dirs(path)
+    check_directory(path, "store")
+
+
 def take_writer_lock(path: Path) -> int:
-    descriptor = os.open(path / "writer.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    descriptor = open_private(path / "writer.lock", os.O_RDWR | os.O_CREAT, what="store lock")
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -256,6 +264,7 @@ def take_writer_lock(path: Path) -> int:
 
 
 def open_for_writing(path: Path, *, durable: bool, map_size: int) -> Environment:
+    """Open (creating) the store in ``path``, a directory made by `make_store_dir`."""
     env = lmdb.open(
         str(path),
         map_size=map_size,
@@ -263,6 +272,7 @@ def open_for_writing(path: Path, *, durable: bool, map_size: int) -> Environment
         sync=durable,
         metasync=durable,
         lock=True,
+        mode=FILE_MODE,  # data.mdb holds every spec's env
     )
     try:
         while True:
@@ -285,9 +295,17 @@ def open_for_writing(path: Path, *, durable: bool, map_size: int) -> Environment
 def open_for_reading(path: Path) -> Environment:
     if not (path / "data.mdb").is_file():
         raise StoreError(f"no store at {path}")
-    # map_size=0: the size the data file records; lock=True: coexist with the writer.
+    check_directory(path, "store")
+    # map_size=0: the size the data file records; lock=True: coexist with the writer (whose
+    # lock file a reader may create: hence the mode).
     env = lmdb.open(
-        str(path), map_size=0, max_dbs=len(_DATABASES), readonly=True, lock=True, create=False
+        str(path),
+        map_size=0,
+        max_dbs=len(_DATABASES),
+        readonly=True,
+        lock=True,
+        create=False,
+        mode=FILE_MODE,
     )
     try:
         # Without txn=: a handle opened in a read transaction outlives it only if that

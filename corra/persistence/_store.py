@@ -46,6 +46,7 @@ from corra.persistence._lmdb import (
     history_prefix,
     key_of,
     lmdb_path,
+    make_store_dir,
     mark_active_index_complete,
     open_for_reading,
     open_for_writing,
@@ -574,7 +575,7 @@ class Store(Reads):
             _call_soon(token, stopped.set)
 
     def _open_for_writing(self) -> Environment:
-        self.path.mkdir(parents=True, exist_ok=True)
+        make_store_dir(self.path)
         lock = take_writer_lock(self.path)
         try:
             environment = open_for_writing(
@@ -740,6 +741,8 @@ async def open_store(
     Raises:
         StoreError: the store cannot be opened (missing when ``readonly``, written by a
             newer corra, open for writing by another process, or LMDB failed).
+        ConfigError: its directory is another user's or writable by others, or its lock
+            file is a symbolic link (`corra._statedir`).
     """
     if isinstance(map_size, bool) or not isinstance(map_size, int) or map_size <= 0:
         raise ConfigError(f"map_size: got {map_size!r}, expected a positive number of bytes")
@@ -770,7 +773,7 @@ async def open_store(
     if store._failure is not None:
         await stop()
         failure = store._failure
-        if isinstance(failure, StoreError):
+        if isinstance(failure, StoreError | ConfigError):  # (ConfigError: a refused dir)
             raise failure
         raise store_error(f"cannot open the store at {store.path}: {failure}", failure)
     store._accepting = True

@@ -58,6 +58,7 @@ from corra._errors import (
     ProgramLost,
     TransportError,
 )
+from corra._statedir import make_private_dirs, open_private, write_private
 from corra.actors._lifecycle import Result
 from corra.backends import _staging, chaperone
 from corra.backends._pollers import HostPollers, check_key
@@ -527,7 +528,8 @@ def _settle(host: _Host, status: dict[str, Any]) -> None:
 
 
 class _LocalLogs:
-    """The local copies of remote logs: ``<root>/<host name>/<key>/stdout|stderr``.
+    """The local copies of remote logs: ``<root>/<host name>/<key>/stdout|stderr``, files
+    0600 in directories 0700, opened without following links (`corra._statedir`).
 
     A copy only ever grows by appending bytes fetched from the remote file at the copy's own
     size, so the copy is always a prefix of the remote file and its size is the offset to
@@ -585,8 +587,9 @@ class _LocalLogs:
         directory = self._dir(host_name, key)
 
         def write() -> int:
-            directory.mkdir(parents=True, exist_ok=True)
-            with open(directory / stream, "ab") as file:
+            make_private_dirs(directory)
+            fd = open_private(directory / stream, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            with open(fd, "ab") as file:
                 fcntl.flock(file.fileno(), fcntl.LOCK_EX)
                 size = os.fstat(file.fileno()).st_size
                 if size != offset:  # someone else shipped meanwhile: their bytes stand
@@ -605,12 +608,10 @@ class _LocalLogs:
         document = json.dumps({stream: sizes.get(stream, 0) for stream in STREAMS}).encode()
 
         def write() -> None:
-            directory.mkdir(parents=True, exist_ok=True)
+            make_private_dirs(directory)
             for stream in STREAMS:
-                (directory / stream).touch()
-            temporary = directory / f".{COMPLETE_FILE}.{os.getpid()}.tmp"
-            temporary.write_bytes(document)
-            os.replace(temporary, directory / COMPLETE_FILE)
+                os.close(open_private(directory / stream, os.O_WRONLY | os.O_CREAT))
+            write_private(directory / COMPLETE_FILE, document)
 
         await trio.to_thread.run_sync(write)
 
@@ -629,7 +630,7 @@ class _LocalLogs:
         def read() -> tuple[bytes, bool] | None:
             whole = (directory / COMPLETE_FILE).exists()  # first: a whole copy reads whole
             try:
-                fd = os.open(directory / stream, os.O_RDONLY | os.O_CLOEXEC)
+                fd = open_private(directory / stream)
             except FileNotFoundError:
                 return None
             try:
