@@ -166,6 +166,7 @@ def test_health_needs_no_token_and_the_rest_does(tmp_path):
 def test_a_token_file_of_its_own(tmp_path):
     secret = tmp_path / "secret"
     secret.write_text("s3cret-token\n")
+    secret.chmod(0o600)  # a token readable by others is refused
     with Service(tmp_path / "state", "--token-file", str(secret), token_file=secret) as service:
         assert not (service.state_dir / "api-token").exists()
         headers = {"Authorization": "Bearer s3cret-token"}

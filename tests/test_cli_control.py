@@ -155,6 +155,7 @@ def test_url_and_token_options(service, tmp_path):
     assert done.returncode == 0, done.stderr
     token_file = tmp_path / "token"
     token_file.write_text(service.token)
+    token_file.chmod(0o600)  # a token readable by others is refused
     listing = corra(elsewhere, "ps", *url, "--token-file", str(token_file), "--json")
     assert [r["name"] for r in json.loads(listing.stdout)] == ["r"]
     wrong = corra(elsewhere, "ps", *url, "--token", "wrong")
