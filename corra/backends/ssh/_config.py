@@ -148,7 +148,8 @@ class HostConfig:
     user: str | None = attrs.field(default=None, validator=_optional_str("user"))
     identity_file: str | None = attrs.field(default=None, validator=_optional_str("identity_file"))
     known_hosts: str | None = attrs.field(default=None, validator=_optional_str("known_hosts"))
-    """A known_hosts file (default: ~/.ssh/known_hosts); keys are always verified."""
+    """A known_hosts file (default: ~/.ssh/known_hosts); keys are always verified (never
+    ``"none"``; ``UserKnownHostsFile none`` in ~/.ssh/config is ignored: `_hostkeys`)."""
     proxy_jump: str | None = attrs.field(default=None, validator=_optional_str("proxy_jump"))
     transport: Literal["ssh", "local"] = attrs.field(default="ssh")
     work_root: str | None = attrs.field(default=None, validator=_optional_str("work_root"))
@@ -166,6 +167,14 @@ class HostConfig:
             raise ConfigError(
                 f"hosts: got name {value!r}, expected letters, digits, '_', '.', '-' "
                 "(at most 64, not starting with '.' or '-')"
+            )
+
+    @known_hosts.validator
+    def _check_known_hosts(self, attribute: Any, value: Any) -> None:
+        if isinstance(value, str) and value.strip().lower() == "none":
+            raise ConfigError(
+                f"hosts.{self.name}.known_hosts: got {value!r}, expected a known_hosts file: "
+                "corra always checks host keys (leave it out for ~/.ssh/known_hosts)"
             )
 
     @port.validator

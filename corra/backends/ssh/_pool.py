@@ -60,6 +60,7 @@ from corra._errors import (
 from corra.actors import Actor, ChildSpec, SupervisorRef
 from corra.actors._actor import Ref
 from corra.backends._shared import TokenBucket
+from corra.backends.ssh import _hostkeys
 from corra.backends.ssh._config import HostConfig
 
 logger = logging.getLogger("corra.ssh")
@@ -216,8 +217,7 @@ class SshPool(Actor):
         )
 
     async def _asyncssh_connect(self, host: HostConfig) -> Any:
-        connect = trio_asyncio.aio_as_trio(asyncssh.connect, loop=self._loop)
-        return await connect(host.hostname or host.name, **host.connect_options())
+        return await _hostkeys.connect(host, self._loop)
 
     async def _asyncssh_wait_closed(self, conn: Any) -> None:
         await trio_asyncio.aio_as_trio(conn.wait_closed, loop=self._loop)()
