@@ -636,7 +636,7 @@ def _hello(root: Path, root_fd: int) -> tuple[socket.socket, dict[str, Any]] | N
         try:
             check_peer(sock, root / chaperone.SOCKET_FILE, "shared chaperone socket")
         except ConfigError as exc:
-            raise BackendError(str(exc)) from None
+            raise LaunchFailed(str(exc)) from None  # (trying again would not help)
         environ = _environ()
         hello = {
             "op": "hello",
@@ -878,8 +878,11 @@ class LocalBackend:
                 self._prepared = True
 
     def _prepare_sync(self, support: CgroupSupport) -> CgroupSupport:
-        make_private_dirs(self.root)
-        check_directory(self.root, "runs dir")
+        try:
+            make_private_dirs(self.root)
+            check_directory(self.root, "runs dir")
+        except ConfigError as exc:
+            raise LaunchFailed(str(exc)) from None
         if support.layout == "off":
             return support
         support = _cgroups.prepare(support)
