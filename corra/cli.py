@@ -47,6 +47,7 @@ from corra.actors._records import (
     parse_process_spec,
     unstructure_spec,
 )
+from corra.actors._spec_content import HIDDEN
 from corra.api._client import (
     ApiError,
     Client,
@@ -175,6 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     show.add_argument("process", help="id or name")
     show.add_argument("--json", action="store_true")
+    show.add_argument(
+        "--show-env",
+        action="store_true",
+        help=f"show the values of the env (else each is {HIDDEN!r})",
+    )
 
     logs = commands.add_parser("logs", parents=[state, client], help="a process's output")
     logs.add_argument("process", help="id or name")
@@ -775,24 +781,30 @@ def _print_ps(items: list[dict[str, Any]], as_json: bool, *, corrupt: int) -> in
 
 def _show(args: argparse.Namespace, state_dir: Path) -> int:
     def via_service(client: Client) -> int:
-        _, data = client.call("GET", f"/v1/processes/{_quoted(args.process)}")
-        return _print_show(data, args.json)
+        params = {"show_env": "true"} if args.show_env else None
+        _, data = client.call("GET", f"/v1/processes/{_quoted(args.process)}", params=params)
+        return _print_show(data, args.json, args.show_env)
 
     def from_state_dir() -> int:
         with _open_readonly(state_dir) as store:
             record = find_record(store, RECORD_CODEC, args.process)
             history = [HISTORY_CODEC.decode(raw) for raw in store.history(record.id)]
-        return _print_show(detail_json(record, history), args.json)
+        data = detail_json(record, history, show_env=args.show_env)
+        return _print_show(data, args.json, args.show_env)
 
     return _read_only(args, state_dir, via_service, from_state_dir)
 
 
-def _print_show(data: dict[str, Any], as_json: bool) -> int:
+def _print_show(data: dict[str, Any], as_json: bool, show_env: bool) -> int:
     if as_json:
         _print_json(data)
         return EXIT_OK
     print(f"{data['name']} ({data['id']}): {data['phase']}, attempt {data['attempt']}")
     print(f"  argv:    {shlex.join(data['argv'])}")
+    env = data["spec"]["env"]
+    if env:  # (the values as the shell would read them, if asked for)
+        pairs = (f"{k}={shlex.quote(v) if show_env else v}" for k, v in env.items())
+        print(f"  env:     {' '.join(pairs)}")
     if data["reason"]:
         print(f"  reason:  {data['reason']}")
     if data["result"] is not None:

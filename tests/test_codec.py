@@ -362,6 +362,7 @@ from corra._runtime import HISTORY_CODEC, RECORD_CODEC  # noqa: E402
 from corra.actors import _records  # noqa: E402
 from corra.actors._lifecycle import PHASES, ProcessState, Result  # noqa: E402
 from corra.actors._records import (  # noqa: E402
+    MAX_SECONDS,
     ProcessRecord,
     ProcessSpec,
     Transition,
@@ -402,7 +403,7 @@ process_specs = st.builds(
     timeout=st.none() | st.integers(1, 10**6) | st.floats(0.1, 1e6),
     restart=st.sampled_from(("temporary", "transient", "permanent")),
     max_attempts=st.integers(1, 10),
-    kill_grace=seconds,
+    kill_grace=st.integers(0, MAX_SECONDS) | st.floats(0, MAX_SECONDS),
     memory_limit=st.none() | st.integers(1, 1 << 40),
     labels=st.dictionaries(any_text, any_text, max_size=2),
 )
@@ -566,9 +567,15 @@ def test_plain_input_is_parsed_as_the_converter_parses_it(data):
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"timeout": True}, "timeout: got True, expected seconds > 0, or nothing"),
-        ({"timeout": -1}, "timeout: got -1, expected seconds > 0, or nothing"),
-        ({"kill_grace": math.nan}, "kill_grace: got nan, expected seconds >= 0"),
+        (
+            {"timeout": True},
+            "timeout: got True, expected seconds > 0 and at most 315360000 (10 years), or nothing",
+        ),
+        ({"timeout": -1}, "timeout: got -1, expected seconds > 0 and at most"),
+        (
+            {"kill_grace": math.nan},
+            "kill_grace: got nan, expected seconds >= 0 and at most 315360000",
+        ),
         ({"kill_grace": "x"}, "kill_grace: got 'x', expected seconds >= 0"),
         ({"max_attempts": True}, "max_attempts: got True, expected an integer >= 1"),
         ({"argv": (), "timeout": -1}, "argv: got (), expected a non-empty list of strings"),

@@ -19,9 +19,16 @@ from typing import Any, Literal, TypeAlias
 import attrs
 import cattrs
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError
+from cattrs.gen import make_dict_structure_fn, override
 
 from corra._errors import ConfigError
 from corra.actors._lifecycle import PHASES, Event, Phase, ProcessState, Result
+from corra.actors._spec_content import (
+    content_fits,
+    content_problem,
+    env_name_problem,
+    shown,
+)
 
 RestartPolicy: TypeAlias = Literal["temporary", "transient", "permanent"]
 RESTART_POLICIES = ("temporary", "transient", "permanent")
@@ -29,6 +36,10 @@ BACKENDS = ("local", "ssh", "slurm")
 #: The backends whose programs run on a named host (``host``), with files sent and fetched.
 REMOTE_BACKENDS = ("ssh", "slurm")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,127}$")
+#: The longest duration, in seconds, that any spec field or setting may give: 10 years. No
+#: one waits longer, and every wait must fit the clocks it is handed to (epoll takes
+#: milliseconds as a C int: 24.8 days), which the chaperone clamps its waits to.
+MAX_SECONDS = 315_360_000
 
 
 class _SpecError(ConfigError):
@@ -64,11 +75,11 @@ def _argv(value: Any) -> bool:
 
 
 def _seconds_or_none(value: Any) -> bool:
-    return value is None or (_number(value) and math.isfinite(value) and value > 0)
+    return value is None or (_number(value) and 0 < value <= MAX_SECONDS)  # (not NaN)
 
 
 def _seconds(value: Any) -> bool:
-    return _number(value) and math.isfinite(value) and value >= 0
+    return _number(value) and 0 <= value <= MAX_SECONDS
 
 
 def _positive_or_none(value: Any) -> bool:
@@ -134,7 +145,8 @@ class ProcessSpec:
         argv: the program and its arguments (never a shell string).
         name: unique among processes; a job file identifies its processes by it.
         cwd: working directory; None gives the process its own directory in the state dir.
-        env: variables added to the runtime's environment.
+        env: variables added to the runtime's environment. Their values are secrets to
+            corra: no error, no ``repr`` and no answer shows them unless asked to.
         timeout: seconds the program may run before it is killed (None: no limit).
         restart: ``temporary`` never reruns the program; ``transient`` reruns it after a
             failure; ``permanent`` reruns it after any exit (a service). Each rerun is a new
@@ -158,7 +170,7 @@ class ProcessSpec:
     argv: tuple[str, ...]
     name: str | None = None
     cwd: str | None = None
-    env: dict[str, str] = attrs.field(factory=dict)
+    env: dict[str, str] = attrs.field(factory=dict, repr=lambda env: shown("env", env))
     timeout: float | None = None
     restart: RestartPolicy = "temporary"
     max_attempts: int = 3
@@ -182,7 +194,10 @@ class ProcessSpec:
         for name, (check, expected) in _CHECKS.items():
             value = getattr(self, name)
             if not check(value):
-                raise _SpecError(f"{name}: got {value!r}, expected {expected}")
+                raise _SpecError(f"{name}: got {shown(name, value)}, expected {expected}")
+        problem = content_problem(self)
+        if problem is not None:
+            raise _SpecError(problem)
         _check_placement(self)
 
 
@@ -199,24 +214,27 @@ def _check_placement(spec: ProcessSpec) -> None:
             value = getattr(spec, field)
             if value:
                 raise _SpecError(
-                    f"{field}: got {value!r}, expected nothing for backend {spec.backend!r} "
-                    f"(only backends {list(REMOTE_BACKENDS)} have it)"
+                    f"{field}: got {shown(field, value)}, expected nothing for backend "
+                    f"{spec.backend!r} (only backends {list(REMOTE_BACKENDS)} have it)"
                 )
     if spec.slurm and spec.backend != "slurm":
         raise _SpecError(
-            f"slurm: got {spec.slurm!r}, expected nothing for backend {spec.backend!r} "
-            "(only backend 'slurm' has it)"
+            f"slurm: got {shown('slurm', spec.slurm)}, expected nothing for backend "
+            f"{spec.backend!r} (only backend 'slurm' has it)"
         )
     if remote and spec.cwd is not None and not spec.cwd.startswith("/"):
         raise _SpecError(
-            f"cwd: got {spec.cwd!r}, expected an absolute path on the host for backend "
-            f"{spec.backend!r} (or nothing: the program's own work dir there)"
+            f"cwd: got {shown('cwd', spec.cwd)}, expected an absolute path on the host for "
+            f"backend {spec.backend!r} (or nothing: the program's own work dir there)"
         )
     if spec.outputs and not spec.outputs_dir:
         raise _SpecError(
-            f"outputs_dir: missing; outputs {list(spec.outputs)} need a local directory to "
-            "be fetched into"
+            f"outputs_dir: missing; outputs {shown('outputs', list(spec.outputs))} need a "
+            "local directory to be fetched into"
         )
+    problem = env_name_problem(spec)
+    if problem is not None:
+        raise _SpecError(problem)
 
 
 #: Per field of `ProcessSpec`, in order: what a valid value passes, and its description.
@@ -224,14 +242,17 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "argv": (_argv, "a non-empty list of strings without NUL bytes"),
     "name": (_name, f"a name matching {NAME_PATTERN.pattern}"),
     "cwd": (_cwd, "a directory path without NUL bytes, or nothing"),
-    "env": (_env, "NAME = value pairs, names without '=' or NUL"),
-    "timeout": (_seconds_or_none, "seconds > 0, or nothing"),
+    "env": (
+        _env,
+        "NAME = value strings, names non-empty and without '=' or NUL, values without NUL",
+    ),
+    "timeout": (_seconds_or_none, f"seconds > 0 and at most {MAX_SECONDS} (10 years), or nothing"),
     "restart": (lambda v: v in RESTART_POLICIES, f"one of {list(RESTART_POLICIES)}"),
     "max_attempts": (
         lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
         "an integer >= 1",
     ),
-    "kill_grace": (_seconds, "seconds >= 0"),
+    "kill_grace": (_seconds, f"seconds >= 0 and at most {MAX_SECONDS} (10 years)"),
     "memory_limit": (_positive_or_none, "bytes > 0, or nothing"),
     "pids_limit": (_positive_or_none, "an integer > 0, or nothing"),
     "labels": (_table, "a table of string values"),
@@ -283,6 +304,7 @@ def _spec_is_valid(spec: ProcessSpec) -> bool:
             )
             or _remote_spec_is_valid(spec)
         )
+        and content_fits(spec)
     )
 
 
@@ -377,6 +399,17 @@ def _make_wire_converter() -> cattrs.Converter:
 
     converter.register_structure_hook_func(lambda t: t == dict[str, str], structure_table)
 
+    def structure_env(value: Any, _type: Any) -> dict[str, str]:
+        # As structure_table, but an env's values are never shown (they are secrets).
+        if not isinstance(value, Mapping):
+            raise TypeError(f"got {shown('env', value)}, expected a table of NAME = value strings")
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"got the name {key!r}, expected string names")
+            if not isinstance(item, str):
+                raise TypeError(f"got {key!r} = {shown('env', item)}, expected string values")
+        return dict(value)
+
     def structure_options(value: Any, _type: Any) -> dict[str, Any]:
         if not isinstance(value, Mapping):
             raise TypeError(f"got {value!r}, expected a table of options")
@@ -400,6 +433,10 @@ def _make_wire_converter() -> cattrs.Converter:
 
     converter.register_structure_hook_func(
         lambda t: typing.get_origin(t) is Literal, structure_literal
+    )
+    converter.register_structure_hook(
+        ProcessSpec,
+        make_dict_structure_fn(ProcessSpec, converter, env=override(struct_hook=structure_env)),
     )
     return converter
 

@@ -286,8 +286,12 @@ class Api:
         return JSONResponse({"items": items, "next_cursor": next_cursor})
 
     async def get_process(self, request: Request) -> Response:
-        _known(request.query_params)
+        _known(request.query_params, "show_env")
         key = request.path_params["id"]
+        if _boolean(request.query_params, "show_env", False):
+            # (asked for: never cached, so that the cache holds no env value)
+            record = self._lookup(key)
+            return JSONResponse(detail_json(record, self._history(record), show_env=True))
         body = self._terminal.get(key)  # (by id only: a name is resolved by the manager)
         if body is None:
             record = self._lookup(key)

@@ -10,7 +10,14 @@ from typing import Any
 
 import corra
 from corra.actors._lifecycle import PHASES
-from corra.actors._records import BACKENDS, NAME_PATTERN, RESTART_POLICIES
+from corra.actors._records import BACKENDS, MAX_SECONDS, NAME_PATTERN, RESTART_POLICIES
+from corra.actors._spec_content import (
+    ENV_NAME_PATTERN,
+    HIDDEN,
+    MAX_LABEL_KEY,
+    MAX_LABEL_VALUE,
+    MAX_LABELS,
+)
 
 
 def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
@@ -51,14 +58,26 @@ _COMMON = {
     "cwd": _nullable(
         {**_ABSOLUTE, "description": "working directory (default: its own in the state dir)"}
     ),
-    "env": {**_TEXTS, "description": "variables added (names without '=')"},
-    "timeout": _nullable({"type": "number", "minimum": 0, "exclusiveMinimum": True}),
+    "env": {
+        **_TEXTS,
+        "description": "variables added (names without '='; for backend slurm, names "
+        f"matching {ENV_NAME_PATTERN.pattern}); answers show each value as {HIDDEN!r} "
+        "unless asked with show_env=true",
+    },
+    "timeout": _nullable(
+        {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": MAX_SECONDS}
+    ),
     "restart": {"type": "string", "enum": list(RESTART_POLICIES)},
     "max_attempts": {"type": "integer", "minimum": 1},
-    "kill_grace": {"type": "number", "minimum": 0},
+    "kill_grace": {"type": "number", "minimum": 0, "maximum": MAX_SECONDS},
     "memory_limit": _nullable({"type": "integer", "minimum": 1}),
     "pids_limit": _nullable({"type": "integer", "minimum": 1}),
-    "labels": _STRINGS,
+    "labels": {
+        "type": "object",
+        "maxProperties": MAX_LABELS,
+        "propertyNames": {"maxLength": MAX_LABEL_KEY},
+        "additionalProperties": {"type": "string", "maxLength": MAX_LABEL_VALUE},
+    },
 }
 
 _SLURM_OPTIONS = {
@@ -421,9 +440,17 @@ OPENAPI: dict[str, Any] = {
         },
         "/v1/processes/{id}": {
             "get": {
-                "summary": "One process: its record, spec, backend handle and history",
+                "summary": "One process: its record, spec, backend handle and history (the "
+                "env's values hidden unless show_env=true)",
                 "operationId": "getProcess",
-                "parameters": [_ID],
+                "parameters": [
+                    _ID,
+                    _query(
+                        "show_env",
+                        {"type": "boolean", "default": False},
+                        f"show the values of the spec's env (else each is {HIDDEN!r})",
+                    ),
+                ],
                 "responses": {
                     "200": {
                         "description": "the process",

@@ -11,6 +11,7 @@ from typing import Any
 import attrs
 
 from corra.actors._records import ProcessRecord, Transition, unstructure_spec
+from corra.actors._spec_content import hide_env
 
 
 def record_json(record: ProcessRecord) -> dict[str, Any]:
@@ -48,11 +49,15 @@ def transition_json(transition: Transition) -> dict[str, Any]:
     }
 
 
-def detail_json(record: ProcessRecord, history: list[Transition]) -> dict[str, Any]:
+def detail_json(
+    record: ProcessRecord, history: list[Transition], *, show_env: bool = False
+) -> dict[str, Any]:
     """A record with its spec, its backend handle and its history (``corra show --json``,
-    ``GET /v1/processes/{id}``)."""
+    ``GET /v1/processes/{id}``); the env's values are hidden unless ``show_env``."""
     data = record_json(record)
     data["spec"] = unstructure_spec(record.spec)
+    if not show_env:
+        data["spec"]["env"] = hide_env(record.spec.env)
     data["handle"] = record.state.handle
     data["history"] = [transition_json(transition) for transition in history]
     return data
