@@ -20,6 +20,7 @@ from corra.actors import _runtime as kernel
 from corra.actors._lifecycle import ProcessState, Result
 from corra.actors._process import Backend, ProcessManager, RecoveryReport
 from corra.actors._records import (
+    MAX_SECONDS,
     ProcessRecord,
     ProcessSpec,
     Transition,
@@ -222,9 +223,15 @@ async def open_runtime(
         remote_poll_interval: seconds between two status polls of a host's programs.
 
     Raises:
-        ConfigError: another runtime uses the state dir.
+        ConfigError: another runtime uses the state dir, or a setting is not valid.
         RestartIntensityExceeded: the root supervisor gave up.
     """
+    poll = remote_poll_interval
+    if isinstance(poll, bool) or not isinstance(poll, int | float) or not 0 < poll <= MAX_SECONDS:
+        raise ConfigError(
+            f"remote_poll_interval: got {poll!r}, expected seconds > 0 and at most "
+            f"{MAX_SECONDS} (10 years)"
+        )
     async with kernel.open_runtime(flags=flags, runtime_type=Runtime) as rt:
         assert isinstance(rt, Runtime)
         if state_dir is None:

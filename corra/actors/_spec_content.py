@@ -76,6 +76,27 @@ def shown(field: str, value: object) -> str:
     return abbreviated(value)
 
 
+def shown_tables(value: object) -> str:
+    """Input tables (a process's, a list of them) as errors show them: abbreviated, and
+    every ``env`` in them without its values."""
+    return abbreviated(_without_env_values(value))
+
+
+def _without_env_values(value: object) -> object:
+    if isinstance(value, Mapping):
+        return {
+            key: (
+                (hide_env(item) if isinstance(item, Mapping) else HIDDEN)
+                if key == "env"
+                else _without_env_values(item)
+            )
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [_without_env_values(item) for item in value]
+    return value
+
+
 def key_shown(key: str) -> str:
     """A table's key as part of a field path (``env.HOME``); quoted if it needs it."""
     if key and key.isprintable() and not any(c.isspace() for c in key) and len(key) <= _SHOWN:
