@@ -300,22 +300,29 @@ class Slurm:
             f"#SBATCH --output={out}",
             f"#SBATCH --error={err}",
             *(f"#SBATCH {directive}" for directive in options.directives()),
-            "# written by corra: the job id when it starts, its exit record when it ends",
-            f"run={shlex.quote(run_dir)}",
-            "suffix=${SLURM_ARRAY_TASK_ID:+.$SLURM_ARRAY_TASK_ID}",
-            'echo "${SLURM_ARRAY_JOB_ID:-$SLURM_JOB_ID}" > "$run/job_id$suffix.tmp" && '
-            'mv -f "$run/job_id$suffix.tmp" "$run/job_id$suffix"',
+            # (the env first: corra's own variables, set below it, are corra's)
             *(f"export {name}={shlex.quote(value)}" for name, value in environment.items()),
+            "# written by corra: the job id when it starts, its exit record when it ends, in",
+            "# its run dir, private (umask 077); the program runs with the job's own umask",
+            "corra_umask=$(umask) && umask 077",
+            f"corra_run={shlex.quote(run_dir)}",
+            "corra_suffix=${SLURM_ARRAY_TASK_ID:+.$SLURM_ARRAY_TASK_ID}",
+            'echo "${SLURM_ARRAY_JOB_ID:-$SLURM_JOB_ID}" > "$corra_run/job_id$corra_suffix.tmp" '
+            '&& mv -f "$corra_run/job_id$corra_suffix.tmp" "$corra_run/job_id$corra_suffix"',
             f"mkdir -p {shlex.quote(work_dir)} && cd {shlex.quote(work_dir)} || exit 1",
-            "started=$(date +%s)",
+            'umask "$corra_umask"',
+            "corra_started=$(date +%s)",
             command,
-            "rc=$?",
-            f"timed_out={'true' if timeout is not None else 'false'}",
-            'case "$rc" in 124|137) ;; *) timed_out=false ;; esac',  # (137: KILL after grace)
+            "corra_rc=$?",
+            "umask 077",
+            f"corra_timed_out={'true' if timeout is not None else 'false'}",
+            # (137: KILL after the grace)
+            'case "$corra_rc" in 124|137) ;; *) corra_timed_out=false ;; esac',
             'printf \'{"returncode": %d, "started_at": %s, "ended_at": %s, "timed_out": %s}\\n\' '
-            '"$rc" "$started" "$(date +%s)" "$timed_out" > "$run/exit$suffix.json.tmp" && '
-            'mv -f "$run/exit$suffix.json.tmp" "$run/exit$suffix.json"',
-            'exit "$rc"',
+            '"$corra_rc" "$corra_started" "$(date +%s)" "$corra_timed_out" '
+            '> "$corra_run/exit$corra_suffix.json.tmp" && '
+            'mv -f "$corra_run/exit$corra_suffix.json.tmp" "$corra_run/exit$corra_suffix.json"',
+            'exit "$corra_rc"',
         ]
         return "\n".join(lines) + "\n"
 
