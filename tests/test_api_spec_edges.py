@@ -143,7 +143,7 @@ def test_a_job_file_error_prints_no_env_value(tmp_path):
     job.write_text(
         f'[defaults]\nenv = {{ TOKEN = "{SECRET}", PASSWORD = "{SECRET}2" }}\n\n'
         '[[process]]\nname = "a"\nargv = ["true"]\ntimeout = -1\n\n'
-        '[[process]]\nname = "b"\nargv = ["true"]\nenv = { "A=B" = "x", N = 5 }\n'
+        '[[process]]\nname = "b"\nargv = ["true"]\nenv = { "A=B" = "x" }\n'
     )
     for command in ("run", "submit"):
         done = corra(tmp_path / "state", command, str(job))
