@@ -368,12 +368,16 @@ def test_serve_launch_errors(served, tmp_path: Path):
     assert invalid["op"] == "invalid" and str(missing) in invalid["error"]
     assert not (root / "e.2" / "chaperone.pid").exists()
     assert launch(connection, "../x", ["true"])["op"] == "invalid"
-    # A connection that speaks nonsense is dropped; the chaperone serves on.
+    # A line of nonsense is answered and dropped; the connection and the chaperone serve on.
     rogue = Connection(root)
-    rogue.sock.sendall(b"nonsense\n")
-    assert rogue.lines.readline() == b""
-    rogue.close()
-    assert launch(connection, "e.3", ["true"])["op"] == "started"
+    try:
+        rogue.sock.sendall(b"nonsense\n")
+        refused = rogue.receive()
+        assert refused["op"] == "invalid" and refused["error"].startswith("not JSON")
+        assert launch(rogue, "e.3", ["true"])["op"] == "started"
+    finally:
+        rogue.close()
+    assert launch(connection, "e.4", ["true"])["op"] == "started"
 
 
 def test_serve_replaces_its_helper(served):
