@@ -437,3 +437,54 @@ def test_serve_where_the_socket_path_is_too_long(tmp_path: Path):
     finally:
         os.close(fd)
     wait_gone(daemon["pid"])
+
+
+def test_a_bad_request_is_answered_once_and_nothing_runs_twice(served, tmp_path: Path):
+    """A request that broke while handled (an unhashable key, a grace that is no number) used
+    to stay in the connection's inbox: each later receive ran the lines before it again, then
+    stopped at it again, so that nothing after it was ever answered."""
+    _, _, connection = served
+    ledger = tmp_path / "ledger"
+    stubborn = ["sh", "-c", "trap '' TERM; sleep 30"]
+    assert launch(connection, "v.1", stubborn, kill_grace=30)["op"] == "started"
+    lines = [
+        {"op": "launch", "key": "a.1", "spec": {"argv": ["sh", "-c", f"echo a >> {ledger}"]}},
+        {"op": "watch", "key": ["unhashable"]},
+        {"op": "kill", "key": "v.1", "grace": "soon"},
+        {"op": "launch", "key": {"a": 1}, "spec": {"argv": ["true"]}},
+    ]
+    connection.sock.sendall(
+        b"".join(chaperone.json_line({**line, "id": 100 + n}) for n, line in enumerate(lines))
+    )
+    assert launch(connection, "b.1", ["sh", "-c", f"echo b >> {ledger}"])["op"] == "started"
+    assert connection.request(op="kill", key="v.1", grace=0)["op"] == "killing"
+    seen, connection.events = connection.events, []
+    while {"a.1", "b.1", "v.1"} - {event["key"] for event in seen if "id" not in event}:
+        seen.append(connection.receive())
+    assert connection.request(op="watch", key="none.1")["op"] == "unknown"  # nothing else came
+    replies = {}
+    for event in seen + connection.events:
+        if "id" in event:
+            assert event["id"] not in replies, f"answered twice: {event}"
+            replies[event["id"]] = event
+    assert sorted(replies) == [100, 101, 102, 103]
+    assert replies[100]["op"] == "started"
+    assert replies[101]["op"] == "invalid" and replies[101]["error"].startswith("key: ")
+    assert replies[102]["op"] == "invalid" and replies[102]["error"].startswith("grace: ")
+    assert replies[103]["op"] == "invalid" and replies[103]["error"].startswith("key: ")
+    assert sorted(ledger.read_text().split()) == ["a", "b"]
+
+
+def test_an_own_chaperone_outwaits_durations_no_wait_call_takes(tmp_path: Path):
+    """1e10 s is past what sigtimedwait takes (its nanoseconds overflow 64 bits)."""
+    run_dir = tmp_path / "run"
+    write_spec(run_dir, ["sleep", "30"], timeout=1e10, kill_grace=1e12)
+    _, notify = start(run_dir)
+    with notify:  # type: ignore[attr-defined]
+        reply = json.loads(notify.readline())  # type: ignore[attr-defined]
+        assert reply["status"] == "started"
+        time.sleep(0.2)  # into its wait
+        assert alive(reply["chaperone"]["pid"])
+        os.kill(reply["chaperone"]["pid"], signal.SIGTERM)  # a kill, with the spec's grace
+        record = json.loads(notify.readline())["record"]  # type: ignore[attr-defined]
+    assert record["killed"] and record["signal"] == signal.SIGTERM

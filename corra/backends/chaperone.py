@@ -374,6 +374,8 @@ def check_spec(spec, env_required=False):
     argv = spec.get("argv")
     if not isinstance(argv, list) or not argv or not all(_text(arg) for arg in argv):
         raise Invalid(f"argv: expected a non-empty list of strings, got {_shown(argv)}")
+    if not argv[0]:
+        raise Invalid("argv[0]: expected a program, got ''")
     cwd = spec.get("cwd")
     if cwd is not None and not (_text(cwd) and cwd):
         raise Invalid(f"cwd: expected a path or null, got {_shown(cwd)}")
@@ -1430,6 +1432,8 @@ class Helper:
             try:
                 ours.close()
                 status = _assist(self.root, theirs, self.claim_line, self.base)
+            except (BrokenPipeError, ConnectionResetError):
+                status = 0  # the chaperone left while we answered
             except BaseException:
                 _log_failure(os.path.join(self.root, DAEMON_LOG))
             finally:
@@ -1855,16 +1859,16 @@ class Server:
         if not data:
             self.drop(client)
             return
-        client.inbox += data
-        end = client.inbox.rfind(b"\n")
+        end = data.rfind(b"\n")  # in what came now: a long line is looked through once
         if end < 0:
+            client.inbox += data
             if len(client.inbox) > MAX_REQUEST:
                 self.drop(client)
             return
         # Taken out of the inbox before any is handled: each line is handled once, whatever
         # happens while it is.
-        lines = bytes(client.inbox[:end]).split(b"\n")
-        del client.inbox[: end + 1]
+        lines = bytes(client.inbox + data[:end]).split(b"\n")
+        client.inbox = bytearray(data[end + 1 :])
         for line in lines:
             if client.sock is None:
                 return
@@ -2322,7 +2326,10 @@ def main(argv):
             ready_fd = None if options["--ready-fd"] is None else int(options["--ready-fd"])
             idle_exit = IDLE_EXIT
             if options["--idle-exit"] is not None:
-                idle_exit = seconds(float(options["--idle-exit"]), "--idle-exit")
+                given = options["--idle-exit"]
+                with contextlib.suppress(ValueError):
+                    given = float(given)
+                idle_exit = seconds(given, "--idle-exit")
         except ValueError as error:
             sys.stderr.write(f"chaperone.py --serve: {error}\n")
             return 2
