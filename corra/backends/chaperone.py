@@ -64,6 +64,14 @@ for its whole life (a second one started for ROOT waits two seconds for it, then
 new one. A runtime that disconnects (or dies) leaves the programs running; a later connection
 asks for their exits again (``watch``).
 
+Rule 7: nothing a chaperone is given ends it. Specs and requests are checked before anything is
+claimed (an ``invalid`` reply names the field and the value); no wait lasts longer than
+`LONGEST_WAIT`, so no timeout or grace, however long, overflows a wait call (a deadline further
+away is looked at again); each request line is taken off the connection before it is handled.
+But a chaperone whose root (ROOT, or an own one's RUN_DIR) is removed or replaced can record
+nothing any more: it kills its programs (SIGTERM, SIGKILL after at most `LOST_ROOT_GRACE`),
+sends their exit records with an ``error`` to whoever listens, and exits.
+
 RUN_DIR files::
 
     chaperone.pid  the claim. Own: {"pid", "start"} (start is field 22 of /proc/<pid>/stat,
@@ -126,7 +134,10 @@ users are refused). Requests carry an ``id`` that the reply repeats::
     {"op": "kill", "key", "grace"}  -> {"op": "killing"} | {"op": "unknown"}
 
 and, without an id, ``{"op": "exited", "key", "record"}`` to every connection that launched,
-watched or killed the program, once exit.json is in place.
+watched or killed the program, once exit.json is in place. A line that is not a JSON object, or
+a request with a field of the wrong kind, is answered ``{"op": "invalid", "error"}`` (``"id":
+null`` if it had none) and the connection goes on; ``{"op": "stopping", "error"}`` without an
+id says that the chaperone lost its root (Rule 7).
 """
 
 import contextlib
