@@ -242,9 +242,14 @@ def test_fuzzed_kill_graces_never_end_the_shared_chaperone(shared: Shared, grace
     shared.still_serves()
 
 
-def test_an_over_long_request_line_costs_its_connection_only(shared: Shared):
+def test_long_request_lines(shared: Shared):
+    """A long line is answered; one longer than MAX_REQUEST costs its connection only."""
     connection = Connection(shared.root)
     try:
+        long = connection.request(op="watch", key="x" * (1 << 20))
+        assert long["op"] == "unknown"  # no such program
+        bad = connection.request(op="launch", key="l.1", spec={"argv": ["x" * (1 << 20), 1]})
+        assert bad["op"] == "invalid" and len(bad["error"]) < 200, bad
         connection.sock.settimeout(30)
         with contextlib.suppress(OSError):  # reset while we still send, or closed after
             connection.sock.sendall(b'{"op": "watch", "key": "' + b"x" * ((64 << 20) + 1))
@@ -302,3 +307,37 @@ def test_a_bad_idle_exit_is_a_usage_error(tmp_path: Path):
         command = [PYTHON, "-I", "-S", SCRIPT, "--serve", str(tmp_path), "--idle-exit", value]
         done = subprocess.run(command, capture_output=True, text=True, timeout=10)
         assert done.returncode == 2 and "--idle-exit" in done.stderr, done
+
+
+NOT_SECONDS = ['"3"', "true", "NaN", "Infinity", "-Infinity", "-1", "1" + "0" * 400, "[]", "{}"]
+
+
+@pytest.mark.parametrize("field", ["timeout", "kill_grace"])
+def test_a_duration_that_is_no_number_of_seconds_is_invalid(
+    shared: Shared, tmp_path: Path, field: str
+):
+    """Refused by both kinds of chaperone before anything is claimed, naming the field and
+    the value; the shared one serves on."""
+    connection = Connection(shared.root)
+    try:
+        for number, value in enumerate(NOT_SECONDS):
+            key = f"{field}{number}.1"
+            line = '{"op":"launch","key":"%s","id":7,"spec":{"argv":["true"],"%s":%s}}\n'
+            connection.sock.sendall((line % (key, field, value)).encode())
+            reply = connection.receive()
+            expected = f"{field}: expected a finite number of seconds >= 0, got "
+            assert reply["op"] == "invalid" and reply["error"].startswith(expected), reply
+            assert not (shared.root / key).exists()
+            run_dir = tmp_path / key
+            write_spec(run_dir, ["true"])
+            spec = (run_dir / "spec.json").read_text()  # a later key wins:
+            (run_dir / "spec.json").write_text(spec[:-1] + f', "{field}": {value}}}')
+            _, notify = start(run_dir)
+            with notify:  # type: ignore[attr-defined]
+                reply = json.loads(notify.readline())  # type: ignore[attr-defined]
+            assert reply["status"] == "invalid", reply
+            assert reply["error"].startswith("spec.json: " + expected), reply
+            assert not (run_dir / "chaperone.pid").exists()
+    finally:
+        connection.close()
+    shared.still_serves()
