@@ -27,7 +27,11 @@ def record_json(record: ProcessRecord) -> dict[str, Any]:
         "reason": state.reason,
         "created_at": record.created_at,
         "updated_at": state.updated_at,
-        "started_at": result.started_at if result else None,
+        # The current attempt's start, from the moment it is known (a running program's
+        # too); after a retry, until the new attempt starts, the last result's.
+        "started_at": state.started_at
+        if state.started_at is not None
+        else (result.started_at if result else None),
         "ended_at": result.ended_at if result else None,
         "labels": dict(record.spec.labels),
         "argv": list(record.spec.argv),

@@ -1,0 +1,85 @@
+"""What the records and the command line say when no runtime watches a program, and what a
+runtime waits for: the start time of a running program, the exit record of a program whose
+runtime was killed (read, never collected, by `corra ps`, `show` and `logs -f`), and a
+`corra run` that waits for its own processes only, never for the leftovers it recovers.
+
+Real programs, a real `corra run` killed with SIGKILL, and `corra` itself as a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import trio
+from test_api import serving, submit, wait_for
+
+from corra._runtime import open_runtime
+
+CORRA = [sys.executable, "-m", "corra.cli"]
+
+
+def corra(state: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CORRA, "--state-dir", str(state), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def show_json(state: Path, process: str) -> dict:
+    shown = corra(state, "show", "--json", process)
+    assert shown.returncode == 0, shown.stderr
+    return json.loads(shown.stdout)
+
+
+# -- started_at -------------------------------------------------------------------------------
+
+
+async def test_started_at_is_in_the_record_while_the_program_runs(tmp_path):
+    state = tmp_path / "state"
+    before = time.time()
+    async with open_runtime(state_dir=state) as rt:
+        ref = await rt.spawn_process(["sleep", "30"], name="sleeper")
+        record = await rt.processes.wait(ref.id, until=lambda r: r.phase == "running")
+        started = record.state.started_at
+        assert started is not None and before <= started <= time.time()
+        assert started == record.state.handle["started_at"]
+
+        # `corra show --json` reads the state dir (the running record is written in the
+        # background: wait until it is there), and says when it started.
+        with trio.fail_after(30):
+            while (shown := await trio.to_thread.run_sync(show_json, state, "sleeper"))[
+                "phase"
+            ] != "running":
+                await trio.sleep(0.05)
+        assert shown["started_at"] == started
+        assert shown["result"] is None
+
+        # Kept through pause and resume.
+        paused = await ref.pause()
+        assert paused.state.started_at == started
+        resumed = await ref.resume()
+        assert resumed.state.started_at == started
+        killed = await ref.kill()
+        assert killed.state.started_at == started
+
+
+async def test_started_at_is_in_the_api_pause_and_resume_replies(tmp_path):
+    async with serving(tmp_path / "state") as served:
+        http = served.http
+        await submit(http, ["sleep", "30"], name="sleeper")
+        running = await wait_for(http, "sleeper", "running")
+        assert running["started_at"] is not None
+        paused = await http.post("/v1/processes/sleeper/pause")
+        assert paused.status_code == 200, paused.text
+        assert paused.json()["started_at"] == running["started_at"]
+        resumed = await http.post("/v1/processes/sleeper/resume")
+        assert resumed.json()["started_at"] == running["started_at"]
+        killed = await http.post("/v1/processes/sleeper/kill")
+        assert killed.json()["started_at"] == running["started_at"]
