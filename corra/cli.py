@@ -302,7 +302,15 @@ async def _run_async(job: JobFile, state_dir: Path, args: argparse.Namespace) ->
                 await _wait_all(manager, ids)
                 nursery.cancel_scope.cancel()
         records = [manager.get(process_id) for process_id in ids]
+        leftovers = _leftovers(manager, report, ids)
     display.summary(records)
+    if leftovers:
+        print(
+            f"{leftovers} other process(es) recovered from {state_dir} are still active; their "
+            "programs keep running under their chaperones, and the next `corra run` or "
+            "`corra serve` on this state dir collects them",
+            file=out,
+        )
     if args.json:
         json.dump([record_json(record) for record in records], sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -323,7 +331,12 @@ async def _run_async(job: JobFile, state_dir: Path, args: argparse.Namespace) ->
 
 
 async def _wait_all(manager: Any, ids: list[str]) -> None:
-    """Until no process of this run (nor any recovered one) has work left."""
+    """Until no process of this run has work left.
+
+    Only this run's: the processes that a runtime killed earlier left active are recovered
+    in the background (their actors collect what ended meanwhile), but a one-off never waits
+    for them; what is left of them when this run ends keeps running under its chaperone, and
+    the next runtime on the state dir collects it (`_leftovers` says how many)."""
 
     def idle(record: ProcessRecord) -> bool:
         # (a process paused because its host stopped answering resumes by itself: wait)
@@ -331,7 +344,21 @@ async def _wait_all(manager: Any, ids: list[str]) -> None:
 
     for process_id in ids:
         await manager.wait(process_id, until=idle)
-    await manager.wait_idle()
+
+
+def _leftovers(manager: Any, report: Any, ids: list[str]) -> int:
+    """How many recovered processes, not of this run, still have work left."""
+    if report is None:
+        return 0
+    own = set(ids)
+    count = 0
+    for process_id in (*report.resumed, *report.waiting_for_host):
+        if process_id in own:
+            continue
+        record = manager.get(process_id)
+        if record.phase in ACTIVE or paused_for_host(record.state):
+            count += 1
+    return count
 
 
 async def _stop_on_signal(

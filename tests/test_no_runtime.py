@@ -8,7 +8,10 @@ Real programs, a real `corra run` killed with SIGKILL, and `corra` itself as a s
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -83,3 +86,63 @@ async def test_started_at_is_in_the_api_pause_and_resume_replies(tmp_path):
         assert resumed.json()["started_at"] == running["started_at"]
         killed = await http.post("/v1/processes/sleeper/kill")
         assert killed.json()["started_at"] == running["started_at"]
+
+
+# -- a runtime killed with SIGKILL leaves programs behind --------------------------------------
+
+
+def start_run(state: Path, *argv: str, name: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [*CORRA, "--state-dir", str(state), "run", "--name", name, "--", *argv],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def wait_until_running(state: Path, name: str, runner: subprocess.Popen[bytes]) -> dict:
+    """The record of ``name`` once `corra show` says it runs."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert runner.poll() is None, "corra run ended early"
+        shown = corra(state, "show", "--json", name)
+        if shown.returncode == 0 and json.loads(shown.stdout)["phase"] == "running":
+            return json.loads(shown.stdout)
+        time.sleep(0.05)
+    raise AssertionError(f"{name} never ran")
+
+
+def kill_9(runner: subprocess.Popen[bytes]) -> None:
+    runner.send_signal(signal.SIGKILL)
+    runner.wait(timeout=30)
+
+
+def kill_program(record: dict) -> None:
+    """End a program a test left behind (its whole group)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(record["handle"]["pid"], signal.SIGKILL)
+
+
+def test_corra_run_waits_for_its_own_processes_not_for_leftovers(tmp_path):
+    state = tmp_path / "state"
+    runner = start_run(state, "sleep", "30", name="leftover")
+    leftover = wait_until_running(state, "leftover", runner)
+    kill_9(runner)
+    try:
+        began = time.monotonic()
+        done = corra(state, "run", "--name", "echo", "--", "echo", "hi", timeout=30)
+        took = time.monotonic() - began
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert took < 5, f"corra run took {took:.1f}s: it waited for the leftover"
+        assert "echo: finished: exited with 0" in done.stdout
+        assert "1 other process(es) recovered" in done.stdout, done.stdout
+        assert "keep running" in done.stdout
+        assert corra(state, "logs", "echo").stdout == "hi\n"
+
+        # Its status is the one-off's, whatever the leftover does.
+        failing = corra(state, "run", "--", "sh", "-c", "exit 3", timeout=30)
+        assert failing.returncode == 1, failing.stdout + failing.stderr
+        # The leftover is still running, under its chaperone, for the next runtime.
+        assert show_json(state, "leftover")["phase"] == "running"
+        assert os.path.exists(f"/proc/{leftover['handle']['pid']}")
+    finally:
+        kill_program(leftover)
