@@ -57,6 +57,7 @@ from corra.api._client import (
 )
 from corra.api._files import DEFAULT_HOST, DEFAULT_PORT, TOKEN_FILE
 from corra.api._wire import detail_json, record_json
+from corra.backends.recorded import recorded
 from corra.persistence import open_store_readonly
 
 __all__ = ["build_parser", "main", "record_json"]
@@ -759,7 +760,8 @@ def _ps(args: argparse.Namespace, state_dir: Path) -> int:
             if (not args.phase or r.phase == args.phase)
             and all(r.spec.labels.get(key) == value for key, value in labels.items())
         ]
-        return _print_ps([record_json(r) for r in records], args.json, corrupt=corrupt)
+        items = [record_json(r, _recorded(state_dir, r)) for r in records]
+        return _print_ps(items, args.json, corrupt=corrupt)
 
     return _read_only(args, state_dir, via_service, from_state_dir)
 
@@ -781,7 +783,7 @@ def _print_ps(items: list[dict[str, Any]], as_json: bool, *, corrupt: int) -> in
             (
                 item["id"],
                 item["name"],
-                item["phase"],
+                _phase_text(item),
                 str(item["attempt"]),
                 rc,
                 updated,
@@ -800,6 +802,24 @@ def _print_ps(items: list[dict[str, Any]], as_json: bool, *, corrupt: int) -> in
     return EXIT_OK
 
 
+def _recorded(state_dir: Path, record: ProcessRecord) -> dict[str, Any] | None:
+    """What the chaperone of ``record``'s program recorded, as JSON (None: no program, or
+    nothing worth saying); read, never collected: the next runtime does that."""
+    found = recorded(state_dir, record)
+    return None if found is None else found.json()
+
+
+def _phase_text(item: dict[str, Any]) -> str:
+    """The phase as `corra ps` shows it: what the chaperone recorded of a program that no
+    runtime watches (``exited 0, not yet collected``) when it says more than the record."""
+    found = item.get("recorded")
+    if found is None or found["state"] not in ("exited", "lost"):
+        return str(item["phase"])
+    if item["phase"] == "paused":
+        return f"paused; {found['summary']}"
+    return str(found["summary"])
+
+
 def _show(args: argparse.Namespace, state_dir: Path) -> int:
     def via_service(client: Client) -> int:
         _, data = client.call("GET", f"/v1/processes/{_quoted(args.process)}")
@@ -809,7 +829,8 @@ def _show(args: argparse.Namespace, state_dir: Path) -> int:
         with _open_readonly(state_dir) as store:
             record = find_record(store, RECORD_CODEC, args.process)
             history = [HISTORY_CODEC.decode(raw) for raw in store.history(record.id)]
-        return _print_show(detail_json(record, history), args.json)
+        data = detail_json(record, history, _recorded(state_dir, record))
+        return _print_show(data, args.json)
 
     return _read_only(args, state_dir, via_service, from_state_dir)
 
@@ -822,6 +843,12 @@ def _print_show(data: dict[str, Any], as_json: bool) -> int:
     print(f"  argv:    {shlex.join(data['argv'])}")
     if data["reason"]:
         print(f"  reason:  {data['reason']}")
+    found = data.get("recorded")
+    if found is not None and found["state"] != "running":
+        print(
+            f"  program: {found['summary']} (no runtime watches it; the next `corra run` or "
+            "`corra serve` on this state dir collects it)"
+        )
     if data["result"] is not None:
         result = Result(**data["result"])
         print(
@@ -926,8 +953,11 @@ def _logs_from_files(
             # A later attempt writes a log of its own: finish this one first.
             _copy_log(log_file(state_dir / "runs", f"{record.id}.{attempt}", stream), offset, out)
             attempt, offset = attempt + 1, 0
+        # Looked at before the last read: if the program had ended then, that read got all
+        # of its output. (Its record may say running long after: no runtime collected it.)
+        ended = _program_ended(state_dir, record)
         offset = _copy_log(log_file(state_dir / "runs", record.key, stream), offset, out)
-        if not args.follow or record.phase not in ACTIVE:
+        if not args.follow or ended:
             return EXIT_OK
         time.sleep(0.2)
 
@@ -956,6 +986,8 @@ async def _remote_logs(
                 backend = remote.backends[record.spec.backend]
                 if attempt is None:
                     attempt = record.state.attempt
+                # (before the reads: an end seen here means they read all of the output)
+                ended = await trio.to_thread.run_sync(_program_ended, state_dir, record)
                 while True:
                     key = f"{record.id}.{attempt}"
                     while chunk := await backend.read_log(
@@ -967,9 +999,18 @@ async def _remote_logs(
                         break
                     attempt, offset = attempt + 1, 0  # a later attempt writes its own log
                 out.flush()
-                if not args.follow or record.phase not in ACTIVE:
+                if not args.follow or ended:
                     return EXIT_OK
                 await trio.sleep(1.0)
+
+
+def _program_ended(state_dir: Path, record: ProcessRecord) -> bool:
+    """Whether the output of ``record``'s current attempt is complete: the process is not
+    active, or its chaperone recorded the end of its program (or lost it)."""
+    if record.phase not in ACTIVE:
+        return True
+    found = recorded(state_dir, record)
+    return found is not None and found.state in ("exited", "lost")
 
 
 def _copy_log(path: Path | None, offset: int, out: Any) -> int:

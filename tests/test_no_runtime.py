@@ -146,3 +146,89 @@ def test_corra_run_waits_for_its_own_processes_not_for_leftovers(tmp_path):
         assert os.path.exists(f"/proc/{leftover['handle']['pid']}")
     finally:
         kill_program(leftover)
+
+
+def test_read_only_commands_report_the_exit_no_runtime_collected(tmp_path):
+    state = tmp_path / "state"
+    go = tmp_path / "go"
+    script = f"echo start; while [ ! -e {go} ]; do sleep 0.05; done; echo end; exit 3"
+    runner = start_run(state, "sh", "-c", script, name="orphan")
+    orphan = wait_until_running(state, "orphan", runner)
+    kill_9(runner)
+    try:
+        # Followed while it runs, with no runtime: it ends when the program does.
+        follower = subprocess.Popen(
+            [*CORRA, "--state-dir", str(state), "logs", "-f", "orphan"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(0.5)
+        assert follower.poll() is None, follower.communicate()
+        go.touch()
+        try:
+            out, err = follower.communicate(timeout=30)
+        finally:
+            follower.kill()  # (before the fix, it followed forever)
+            follower.wait()
+        assert follower.returncode == 0, err
+        assert out == "start\nend\n"
+
+        store = state / "state.lmdb" / "data.mdb"
+        before = store.read_bytes()
+        listing = corra(state, "ps")
+        assert listing.returncode == 0, listing.stderr
+        (row,) = [line for line in listing.stdout.splitlines() if " orphan " in line]
+        assert "exited 3, not yet collected" in row
+
+        shown = show_json(state, "orphan")
+        assert shown["phase"] == "running"  # as the record says: nobody collected it
+        assert shown["recorded"] == {
+            "state": "exited",
+            "collected": False,
+            "returncode": 3,
+            "signal": None,
+            "ended_at": shown["recorded"]["ended_at"],
+            "summary": "exited 3, not yet collected",
+        }
+        assert shown["recorded"]["ended_at"] >= shown["started_at"]
+        (item,) = json.loads(corra(state, "ps", "--json").stdout)
+        assert item["recorded"] == shown["recorded"]
+        human = corra(state, "show", "orphan").stdout
+        assert "program: exited 3, not yet collected" in human
+        assert corra(state, "logs", "-f", "orphan", timeout=30).stdout == "start\nend\n"
+        assert store.read_bytes() == before, "a read-only command wrote the store"
+
+        # The next runtime collects it.
+        assert corra(state, "run", "--", "true").returncode == 0
+        collected = show_json(state, "orphan")
+        assert (collected["phase"], collected["returncode"]) == ("failed", 3)
+        assert collected["recorded"] is None
+    finally:
+        go.touch()
+        kill_program(orphan)
+
+
+async def test_the_api_reports_an_exit_while_paused(tmp_path):
+    go = tmp_path / "go"
+    script = f"while [ ! -e {go} ]; do sleep 0.05; done; exit 0"
+    async with serving(tmp_path / "state") as served:
+        http = served.http
+        await submit(http, ["sh", "-c", script], name="napper")
+        await wait_for(http, "napper", "running")
+        paused = (await http.post("/v1/processes/napper/pause")).json()
+        assert paused["phase"] == "paused"
+        shown = (await http.get("/v1/processes/napper")).json()
+        assert shown["recorded"]["state"] == "running"
+        go.touch()
+        with trio.fail_after(30):
+            while shown["recorded"]["state"] != "exited":
+                await trio.sleep(0.05)
+                shown = (await http.get("/v1/processes/napper")).json()
+        assert shown["phase"] == "paused"
+        assert shown["recorded"]["summary"] == "exited 0, not yet collected"
+        (item,) = (await http.get("/v1/processes")).json()["items"]
+        assert item["recorded"] == shown["recorded"]
+        await http.post("/v1/processes/napper/resume")
+        finished = await wait_for(http, "napper", "finished")
+        assert finished["recorded"] is None

@@ -13,8 +13,12 @@ import attrs
 from corra.actors._records import ProcessRecord, Transition, unstructure_spec
 
 
-def record_json(record: ProcessRecord) -> dict[str, Any]:
-    """A record as users see it in JSON (``corra ps --json``, ``GET /v1/processes``)."""
+def record_json(record: ProcessRecord, recorded: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A record as users see it in JSON (``corra ps --json``, ``GET /v1/processes``).
+
+    ``recorded``: what the program's chaperone recorded, where no runtime watches the process
+    (`corra.backends.recorded.Recorded.json`); None where one does, or there is no program.
+    """
     state = record.state
     result = state.result
     return {
@@ -37,6 +41,7 @@ def record_json(record: ProcessRecord) -> dict[str, Any]:
         "argv": list(record.spec.argv),
         "result": attrs.asdict(result) if result else None,
         "paused_from": state.paused_from,
+        "recorded": recorded,
     }
 
 
@@ -52,10 +57,12 @@ def transition_json(transition: Transition) -> dict[str, Any]:
     }
 
 
-def detail_json(record: ProcessRecord, history: list[Transition]) -> dict[str, Any]:
+def detail_json(
+    record: ProcessRecord, history: list[Transition], recorded: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """A record with its spec, its backend handle and its history (``corra show --json``,
     ``GET /v1/processes/{id}``)."""
-    data = record_json(record)
+    data = record_json(record, recorded)
     data["spec"] = unstructure_spec(record.spec)
     data["handle"] = record.state.handle
     data["history"] = [transition_json(transition) for transition in history]
