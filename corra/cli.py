@@ -20,16 +20,16 @@ import signal
 import sys
 import time
 import urllib.parse
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import trio
 
 import corra
 from corra._errors import ConfigError, CorraError
-from corra._jobfile import JobFile, load_job_file
 from corra._runtime import (
     HISTORY_CODEC,
     RECORD_CODEC,
@@ -59,6 +59,9 @@ from corra.api._files import DEFAULT_HOST, DEFAULT_PORT, TOKEN_FILE
 from corra.api._wire import detail_json, record_json
 from corra.backends.recorded import recorded
 from corra.persistence import open_store_readonly
+
+if TYPE_CHECKING:
+    from corra._jobfile import JobFile
 
 __all__ = ["build_parser", "main", "record_json"]
 
@@ -199,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``corra`` console script; returns the exit status."""
+    # asyncssh (imported with the job files' hosts, hence the late imports of `corra._jobfile`)
+    # names cryptography's DSA classes, which cryptography >= 47 deprecates: eight lines of
+    # warnings on every command, about nothing a user can change.
+    warnings.filterwarnings("ignore", message="DSA is deprecated", module=r"asyncssh\.")
     parser = build_parser()
     words = list(sys.argv[1:] if argv is None else argv)
     program: list[str] = []
@@ -248,6 +255,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, state_dir: Path) -> int:
+    from corra._jobfile import JobFile, load_job_file
+
     argv = list(args.argv)
     if args.jobfile and args.name:
         raise ConfigError("run: --name names the program given after --; a job file names its own")
@@ -626,6 +635,8 @@ def _print_json(data: Any) -> None:
 
 
 def _submit(args: argparse.Namespace, state_dir: Path) -> int:
+    from corra._jobfile import load_job_file
+
     argv = list(args.argv)
     if args.jobfile and (args.name or args.label):
         raise ConfigError(
