@@ -855,7 +855,7 @@ def _print_show(data: dict[str, Any], as_json: bool) -> int:
     if data["reason"]:
         print(f"  reason:  {data['reason']}")
     found = data.get("recorded")
-    if found is not None and found["state"] != "running":
+    if found is not None and found["state"] in ("exited", "lost"):
         print(
             f"  program: {found['summary']} (no runtime watches it; the next `corra run` or "
             "`corra serve` on this state dir collects it)"

@@ -232,3 +232,27 @@ async def test_the_api_reports_an_exit_while_paused(tmp_path):
         await http.post("/v1/processes/napper/resume")
         finished = await wait_for(http, "napper", "finished")
         assert finished["recorded"] is None
+
+
+def test_recorded_of_a_remote_program_is_its_complete_shipped_logs_else_unknown(tmp_path):
+    from corra.actors._lifecycle import ProcessState
+    from corra.actors._records import ProcessRecord, parse_process_spec
+    from corra.backends.recorded import recorded
+
+    spec = parse_process_spec({"argv": ["true"], "backend": "ssh", "host": "cluster"})
+    state = ProcessState(phase="running", handle={"host": "cluster", "run_dir": "/r/p1.1"})
+    record = ProcessRecord("p1", spec, state, 0.0)
+    found = recorded(tmp_path, record)
+    assert found is not None and found.state == "unknown"
+    mirror = tmp_path / "remote-logs" / "cluster" / "p1.1"
+    mirror.mkdir(parents=True)
+    (mirror / "stdout").write_bytes(b"partial")
+    assert recorded(tmp_path, record).state == "unknown"  # shipping, not whole yet
+    (mirror / "complete.json").write_text('{"stdout": 7, "stderr": 0}')
+    found = recorded(tmp_path, record)
+    assert found is not None and found.state == "exited"
+    assert found.json()["summary"] == "exited, not yet collected"
+    # Nothing to say of a process with no program, or a terminal one.
+    assert recorded(tmp_path, ProcessRecord("p1", spec, ProcessState(), 0.0)) is None
+    done = ProcessState(phase="finished", handle=state.handle)
+    assert recorded(tmp_path, ProcessRecord("p1", spec, done, 0.0)) is None
