@@ -221,7 +221,8 @@ def make_shim(directory: Path) -> Path:
     directory.mkdir()
     shim = directory / "make"
     options = " ".join(f"-o {target}" for target in made)
-    shim.write_text(f'#!/bin/sh\nexec {real} {options} "$@"\n')
+    # (VENV on the command line: a VENV in the environment would point make elsewhere)
+    shim.write_text(f'#!/bin/sh\nexec {real} {options} VENV=.venv "$@"\n')
     shim.chmod(0o700)
     return directory
 
@@ -229,15 +230,21 @@ def make_shim(directory: Path) -> Path:
 @contextlib.contextmanager
 def taking_turns() -> Iterator[None]:
     """One run of the README at a time on this machine (it serves on a fixed port)."""
-    path = Path(tempfile.gettempdir()) / "corra-readme-test.lock"
-    with open(path, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    path = Path(tempfile.gettempdir()) / f"corra-readme-test-{os.getuid()}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
+    finally:
+        os.close(fd)
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 @pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+@pytest.mark.skipif(
+    not (Path(sys.prefix) / "bin" / "corra").exists(), reason="needs corra installed in a venv"
+)
 def test_every_shell_block_of_the_readme_runs_in_order(tmp_path):
     blocks = shell_blocks(README.read_text())
     skipped = [block for block in blocks if block.skip]
@@ -251,7 +258,8 @@ def test_every_shell_block_of_the_readme_runs_in_order(tmp_path):
     env = {
         name: value
         for name, value in os.environ.items()
-        if name not in ("CORRA_STATE_DIR", "CORRA_URL", "CORRA_TOKEN", "MAKEFLAGS", "MFLAGS")
+        if name
+        not in ("CORRA_STATE_DIR", "CORRA_URL", "CORRA_TOKEN", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")
     }
     env["PATH"] = f"{make_shim(tmp_path / 'bin')}{os.pathsep}{env.get('PATH', '')}"
     sessions: list[int] = []
