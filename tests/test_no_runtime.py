@@ -73,6 +73,29 @@ async def test_started_at_is_in_the_record_while_the_program_runs(tmp_path):
         assert killed.state.started_at == started
 
 
+def test_started_at_follows_the_current_attempt():
+    from corra.actors._lifecycle import ProcessState, Result, advance
+
+    state = advance(ProcessState(), "launch", at=1.0)
+    assert state.started_at is None
+    state = advance(state, "started", at=2.0, handle={"pid": 5, "started_at": 1.5})
+    assert state.started_at == 1.5  # the chaperone's, not the transition's time
+    for event in ("pause", "resume"):
+        state = advance(state, event, at=3.0)
+        assert state.started_at == 1.5
+    state = advance(state, "retry", at=4.0, result=Result(returncode=1, started_at=1.5))
+    assert state.started_at is None  # a new attempt, not started yet
+    state = advance(advance(state, "launch", at=5.0), "started", at=6.0, handle={"pid": 6})
+    assert state.started_at is None  # (a handle without a start: a queued batch job)
+    state = advance(state, "succeed", at=8.0, result=Result(returncode=0, started_at=6.5))
+    assert state.started_at == 6.5  # the exit record knows
+    for bad in ("soon", float("nan"), True):
+        started = advance(
+            advance(ProcessState(), "launch", at=1.0), "started", at=2.0, handle={"started_at": bad}
+        )
+        assert started.started_at is None
+
+
 async def test_started_at_is_in_the_api_pause_and_resume_replies(tmp_path):
     async with serving(tmp_path / "state") as served:
         http = served.http
