@@ -164,6 +164,16 @@ def test_corra_run_waits_for_its_own_processes_not_for_leftovers(tmp_path):
         # Its status is the one-off's, whatever the leftover does.
         failing = corra(state, "run", "--", "sh", "-c", "exit 3", timeout=30)
         assert failing.returncode == 1, failing.stdout + failing.stderr
+
+        # A job file too waits for its own processes only.
+        jobs = tmp_path / "jobs.toml"
+        jobs.write_text('[[process]]\nname = "quick"\nargv = ["echo", "quick"]\n')
+        began = time.monotonic()
+        job = corra(state, "run", str(jobs), timeout=30)
+        took = time.monotonic() - began
+        assert job.returncode == 0, job.stdout + job.stderr
+        assert took < 5, f"corra run took {took:.1f}s: it waited for the leftover"
+        assert "done: 1 finished" in job.stdout
         # The leftover is still running, under its chaperone, for the next runtime.
         assert show_json(state, "leftover")["phase"] == "running"
         assert os.path.exists(f"/proc/{leftover['handle']['pid']}")
