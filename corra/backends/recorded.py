@@ -30,6 +30,10 @@ from corra.actors._records import ProcessRecord
 #: Under the state dir: the run dirs of local programs, and the shipped logs of remote ones.
 RUNS = "runs"
 REMOTE_LOGS = "remote-logs"
+#: Beside a remote program's shipped logs once they are whole (its program exited): the
+#: name `corra.backends.ssh._programs` writes, not imported from there (that would import
+#: asyncssh into every `corra ps`; a test holds the two equal).
+COMPLETE_FILE = "complete.json"
 
 #: The phases in which a program of the current attempt may run unwatched.
 _LAUNCHED = frozenset({"launching", "running", "killing"})
@@ -127,6 +131,4 @@ def _local(runs: Path, record: ProcessRecord) -> Recorded | None:
 
 
 def _shipped(directory: Path) -> Recorded:
-    from corra.backends.ssh._programs import COMPLETE_FILE
-
     return Recorded("exited" if (directory / COMPLETE_FILE).exists() else "unknown")
