@@ -856,10 +856,12 @@ def _print_show(data: dict[str, Any], as_json: bool) -> int:
         print(f"  reason:  {data['reason']}")
     found = data.get("recorded")
     if found is not None and found["state"] in ("exited", "lost"):
-        print(
-            f"  program: {found['summary']} (no runtime watches it; the next `corra run` or "
-            "`corra serve` on this state dir collects it)"
+        who = (
+            "`corra resume` collects it"
+            if data["phase"] == "paused"
+            else "no runtime watches it: the next `corra run` or `corra serve` collects it"
         )
+        print(f"  program: {found['summary']} ({who})")
     if data["result"] is not None:
         result = Result(**data["result"])
         print(
