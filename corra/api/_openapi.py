@@ -58,6 +58,15 @@ _COMMON = {
     "kill_grace": {"type": "number", "minimum": 0},
     "memory_limit": _nullable({"type": "integer", "minimum": 1}),
     "pids_limit": _nullable({"type": "integer", "minimum": 1}),
+    "output_limit": _nullable(
+        {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 1 << 40,
+            "description": "bytes kept of each of stdout and stderr; later output is dropped "
+            "(default: the service's, 1 GiB unless --output-limit says otherwise)",
+        }
+    ),
     "labels": _STRINGS,
 }
 
@@ -129,9 +138,16 @@ _RESULT = {
         "ended_at": _nullable(_TIME),
         "utime": {"type": "number"},
         "stime": {"type": "number"},
-        "maxrss_kb": {"type": "integer"},
+        "maxrss_kb": _nullable(
+            {"type": "integer", "description": "the program's peak resident set; null: unknown"}
+        ),
         "stdout_bytes": {"type": "integer"},
         "stderr_bytes": {"type": "integer"},
+        "stdout_dropped": {
+            "type": "integer",
+            "description": "bytes of stdout dropped past the output limit (about)",
+        },
+        "stderr_dropped": {"type": "integer"},
         "timed_out": {"type": "boolean"},
         "killed": {"type": "boolean"},
         "error": _nullable({"type": "string"}),
