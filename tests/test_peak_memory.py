@@ -1,0 +1,71 @@
+"""``maxrss`` is the program's own peak resident set, never its chaperone's: real programs,
+both kinds of chaperone, with a memory cgroup of their own and without."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from corra._runtime import open_runtime
+from corra.backends.local import LaunchSpec, LocalBackend
+
+MIB = 1 << 20
+#: Allocates 200 MiB and touches every page of it.
+TOUCH_200_MIB = "b = bytearray(200 << 20); b[::4096] = bytes(len(b) // 4096)"
+
+
+@pytest.fixture(params=["shared", "own"])
+async def backend(tmp_path: Path, request: pytest.FixtureRequest):
+    async with LocalBackend(tmp_path / "runs", chaperone=request.param) as backend:
+        yield backend
+    with contextlib.suppress(OSError, ValueError):
+        os.kill(json.loads((tmp_path / "runs" / ".chaperone.pid").read_text())["pid"], 15)
+
+
+@pytest.fixture(params=[None, 1 << 30], ids=["no-memory-cgroup", "memory-cgroup"])
+def memory_limit(request: pytest.FixtureRequest, backend: LocalBackend) -> int | None:
+    if request.param is not None and backend.cgroups.memory is None:
+        pytest.skip(f"no writable memory cgroup here: {backend.cgroups}")
+    return request.param
+
+
+async def test_maxrss_of_true_is_never_the_chaperones(
+    backend: LocalBackend, memory_limit: int | None
+):
+    handle = await backend.launch("true.1", LaunchSpec(argv=("true",), memory_limit=memory_limit))
+    record = await backend.wait(handle)
+    assert record.returncode == 0
+    # /usr/bin/time says about 1 MB; the chaperone is 10 to 20 MB: unknown is the honest
+    # answer where no cgroup measured the program alone.
+    assert record.maxrss is None or record.maxrss < 5 * MIB, record
+
+
+async def test_maxrss_of_a_program_that_touches_200_mib_is_its_own(
+    backend: LocalBackend, memory_limit: int | None
+):
+    spec = LaunchSpec(argv=(sys.executable, "-c", TOUCH_200_MIB), memory_limit=memory_limit)
+    handle = await backend.launch("big.1", spec)
+    record = await backend.wait(handle)
+    assert record.returncode == 0
+    assert record.maxrss is not None
+    assert 200 * MIB <= record.maxrss <= 220 * MIB, record.maxrss / MIB
+
+
+async def test_the_process_record_says_unknown_rather_than_the_chaperones_size(tmp_path: Path):
+    state = tmp_path / "state"
+    try:
+        async with open_runtime(state_dir=state) as rt:
+            small = await (await rt.spawn_process(["true"])).wait()
+            big = await (await rt.spawn_process([sys.executable, "-c", TOUCH_200_MIB])).wait()
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(json.loads((state / "runs" / ".chaperone.pid").read_text())["pid"], 15)
+    assert small.state.result is not None and big.state.result is not None
+    assert small.state.result.maxrss_kb is None or small.state.result.maxrss_kb < 5 * 1024
+    assert big.state.result.maxrss_kb is not None
+    assert 200 * 1024 <= big.state.result.maxrss_kb <= 220 * 1024
