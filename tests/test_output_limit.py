@@ -14,6 +14,7 @@ import pytest
 import trio
 
 from corra._errors import ConfigError
+from corra._jobfile import parse_job_text
 from corra._runtime import open_runtime
 from corra.actors._records import MAX_OUTPUT_LIMIT, ProcessSpec
 from corra.backends.local import LaunchSpec, LocalBackend
@@ -108,6 +109,32 @@ async def test_an_output_limit_out_of_range_is_refused_naming_field_value_and_li
         assert "output_limit" in str(error) and repr(value) in str(error)
         assert str(MAX_OUTPUT_LIMIT) in str(error) and "1 TiB" in str(error)
     assert ProcessSpec(argv=("true",), output_limit=MAX_OUTPUT_LIMIT).output_limit == 1 << 40
+
+
+def test_a_job_file_sets_output_limit_in_defaults_or_per_process():
+    job = parse_job_text(
+        """
+[defaults]
+output_limit = 1000000
+
+[[process]]
+name = "a"
+argv = ["yes"]
+
+[[process]]
+name = "b"
+argv = ["yes"]
+output_limit = 5000
+""",
+        "jobs.toml",
+    )
+    assert [spec.output_limit for spec in job.processes] == [1000000, 5000]
+    with pytest.raises(ConfigError) as error:
+        parse_job_text('[[process]]\nname = "a"\nargv = ["yes"]\noutput_limit = 0\n', "j.toml")
+    assert str(error.value) == (
+        f"j.toml: process[0] ('a').output_limit: got 0, expected bytes > 0 and <= "
+        f"{MAX_OUTPUT_LIMIT} (1 TiB), or nothing"
+    )
 
 
 def test_corra_run_takes_an_output_limit(tmp_path: Path):
