@@ -3,11 +3,12 @@ that disk (a program's output, most likely: the run dirs live beside the store).
 
 LMDB writes its pages with ``pwrite`` and lengthens ``data.mdb`` as the store grows; on a full
 disk a commit fails with ENOSPC, and with it every transition and submission. So the writer
-keeps `RESERVE` bytes (a sixteenth of a smaller disk) allocated past the data file's used end
-with ``fallocate`` and ``FALLOC_FL_KEEP_SIZE``: the file's size stays LMDB's business, but the
-pages it appends land in blocks the file already owns. The reserve is topped up after commits
-once less than half of it is left, which fails quietly on a full disk: the rest of the reserve
-carries the store until space is freed (64 MiB holds some hundred thousand snapshots). The
+keeps room allocated past the data file's used end (half its used size, from `MIN_RESERVE` to
+`MAX_RESERVE`, and at most a sixteenth of the disk) with ``fallocate`` and
+``FALLOC_FL_KEEP_SIZE``: the file's size stays LMDB's business, but the pages it appends land
+in blocks the file already owns. The reserve is topped up after commits once less than half
+of it is left, which fails quietly on a full disk: the rest of the reserve carries the store
+until space is freed. The
 lock file is allocated whole once, for LMDB writes its reader table through a shared mapping,
 where a page that cannot be allocated is a SIGBUS rather than an error.
 
@@ -26,8 +27,10 @@ from pathlib import Path
 
 import lmdb
 
-#: Bytes kept allocated past the used end of data.mdb (on a small disk, a sixteenth of it).
-RESERVE = 64 << 20
+#: Bytes kept allocated past the used end of data.mdb: half the used size, within these
+#: bounds (and at most a sixteenth of the disk). 8 MiB hold thousands of new processes.
+MIN_RESERVE = 8 << 20
+MAX_RESERVE = 64 << 20
 #: ``fallocate``'s mode that allocates past the end without changing the file's size.
 FALLOC_FL_KEEP_SIZE = 1
 
@@ -59,12 +62,12 @@ def allocate(fd: int, offset: int, length: int, *, keep_size: bool) -> None:
 class DiskReserve:
     """The reserve of one open store (see the module doc); used by the writer thread only."""
 
-    def __init__(self, env: lmdb.Environment, path: Path, reserve: int = RESERVE) -> None:
+    def __init__(self, env: lmdb.Environment, path: Path) -> None:
         self.env = env
+        self.most = MAX_RESERVE
         with contextlib.suppress(OSError):
             disk = os.statvfs(path)
-            reserve = min(reserve, disk.f_blocks * disk.f_frsize // 16)
-        self.reserve = reserve
+            self.most = min(self.most, disk.f_blocks * disk.f_frsize // 16)
         self.page_size = env.stat()["psize"]
         self.allocated = 0  # data.mdb's bytes known to be allocated
         self.working = True  # False once fallocate proved unsupported
@@ -79,19 +82,20 @@ class DiskReserve:
         self.top_up()
 
     def top_up(self) -> None:
-        """Allocate up to `RESERVE` bytes past the used end, if less than half is left."""
+        """Allocate the reserve past the used end, if less than half of it is left."""
         if self.fd is None or not self.working:
             return
         used = (self.env.info()["last_pgno"] + 1) * self.page_size
-        if self.allocated - used >= self.reserve // 2:
+        reserve = min(max(MIN_RESERVE, used // 2), self.most)
+        if self.allocated - used >= reserve // 2:
             return
         try:
-            allocate(self.fd, 0, used + self.reserve, keep_size=True)
+            allocate(self.fd, 0, used + reserve, keep_size=True)
         except OSError as exc:
             if exc.errno in (errno.EOPNOTSUPP, errno.ENOSYS):
                 self.working = False
             return  # ENOSPC: what is left of the reserve carries on
-        self.allocated = used + self.reserve
+        self.allocated = used + reserve
 
     def close(self) -> None:
         if self.fd is not None:
