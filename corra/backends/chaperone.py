@@ -594,6 +594,7 @@ class CgroupPool:
         self.made = {}  # parent -> how many were made
         self.parked = None  # the cgroup this process sits in, waiting for the next program
         self.fds = {}  # path -> an fd on its cgroup.procs
+        self.unused = set()  # paths made and not yet given to a program
 
     @staticmethod
     def poolable(entries):
@@ -651,6 +652,7 @@ class CgroupPool:
         path = f"{parent}/.pool-{self.tag}-{self.made[parent]}{suffix}"
         with contextlib.suppress(FileExistsError):
             os.mkdir(path)
+        self.unused.add(path)
         return path
 
     def _join(self, path):
@@ -707,6 +709,8 @@ class PooledCgroup:
         self.joined = []
         self.released = False
         self.oom_base = self.oom_count()
+        self.first = path in pool.unused  # no program was in it before
+        pool.unused.discard(path)
 
     @property
     def primary(self):
@@ -738,8 +742,16 @@ class PooledCgroup:
         return count is not None and count > self.oom_base
 
     def peak(self):
-        """None: a pooled cgroup held programs before this one, and the chaperone waits in
-        it (what it charges there stays), so its peak is not the program's."""
+        """The cgroup's peak (as `Cgroups.peak`) if this program is the first in it; else
+        None, for the peak is the highest of every program it held. (What the chaperone
+        charges while it waits in the cgroup before the spawn is in it too: a few pages.)"""
+        if not self.first:
+            return None
+        for name in PEAK_FILES:
+            try:
+                return int(_read_small(f"{self.path}/{name}"))
+            except (OSError, ValueError):
+                continue
         return None
 
     def kill(self):
