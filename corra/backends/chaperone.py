@@ -966,7 +966,7 @@ class OutputLimit:
     next check cuts those too: what a program writes past its limit is dropped, and counted
     (``dropped``; bytes written between a size read and its cut go uncounted, so the count is
     a lower bound). A check is due when, at the rate the output grew since the last one, it
-    would pass the limit by ``slack`` (a sixteenth of the limit, at least 1 MiB); never
+    would pass the limit by ``slack`` (1/64 of the limit, at least 1 MiB); never
     sooner than `OUTPUT_CHECK_MIN` seconds after the last, nor later than twice as long as
     the last wait (a program that was quiet is looked at again soon: it may only have been
     off the CPU), nor later than `OUTPUT_CHECK_MAX`. So a file passes its limit by about
@@ -978,7 +978,7 @@ class OutputLimit:
     def __init__(self, targets, limit, now):
         self.targets = targets  # per stream: an fd on its file, or the file's path
         self.limit = limit  # None: no limit
-        self.slack = max(limit >> 4, 1 << 20) if limit else 0
+        self.slack = max(limit >> 6, 1 << 20) if limit else 0
         self.dropped = [0] * len(targets)
         self.sizes = [0] * len(targets)  # at the last check, after the cut
         self.checked = now
