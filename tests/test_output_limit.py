@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from test_api import serving, submit, wait_for
 
 from corra._errors import ConfigError
 from corra._jobfile import parse_job_text
@@ -230,3 +231,17 @@ async def test_the_store_keeps_working_when_program_output_fills_the_disk(small_
         assert store.id_for_name("flood") == flood.id
         assert store.id_for_name("after") == after.id
         assert store.load(after.id) is not None
+
+
+async def test_the_api_takes_output_limit_and_shows_what_was_dropped(tmp_path: Path):
+    async with serving(tmp_path / "state") as served:
+        bad = await served.http.post("/v1/processes", json={"argv": ["yes"], "output_limit": 0})
+        assert bad.status_code == 422 and "output_limit: got 0" in bad.json()["message"]
+        fields = {"name": "yes", "output_limit": MIB, "timeout": 1, "kill_grace": 0}
+        await submit(served.http, ["yes"], **fields)
+        record = await wait_for(served.http, "yes", "failed")
+        assert record["spec"]["output_limit"] == MIB
+        assert record["result"]["stdout_bytes"] == MIB
+        assert record["result"]["stdout_dropped"] > 10 * MIB
+        assert record["result"]["stderr_dropped"] == 0
+    stop_chaperones(tmp_path / "state" / "runs")

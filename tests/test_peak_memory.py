@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import trio
 
 from corra._runtime import open_runtime
 from corra.backends import chaperone
@@ -61,13 +62,20 @@ async def test_the_process_record_says_unknown_rather_than_the_chaperones_size(t
     state = tmp_path / "state"
     try:
         async with open_runtime(state_dir=state) as rt:
-            small = await (await rt.spawn_process(["true"])).wait()
+            small = await (await rt.spawn_process(["true"], name="small")).wait()
             big = await (await rt.spawn_process([sys.executable, "-c", TOUCH_200_MIB])).wait()
     finally:
         with contextlib.suppress(OSError, ValueError):
             os.kill(json.loads((state / "runs" / ".chaperone.pid").read_text())["pid"], 15)
     assert small.state.result is not None and big.state.result is not None
-    assert small.state.result.maxrss_kb is None or small.state.result.maxrss_kb < 5 * 1024
+    kilobytes = small.state.result.maxrss_kb
+    assert kilobytes is None or kilobytes < 5 * 1024
+    show = await trio.run_process(
+        [sys.executable, "-m", "corra.cli", "--state-dir", str(state), "show", "small"],
+        capture_stdout=True,
+    )
+    said = "maxrss unknown" if kilobytes is None else f"maxrss {kilobytes} KiB"
+    assert said in show.stdout.decode()
     assert big.state.result.maxrss_kb is not None
     assert 200 * 1024 <= big.state.result.maxrss_kb <= 220 * 1024
 
