@@ -84,9 +84,10 @@ def _output_limit(value: Any) -> bool:
     return value is None or (_positive_or_none(value) and value <= MAX_OUTPUT_LIMIT)
 
 
-def check_output_limit(name: str, value: object) -> None:
-    """Raise `ConfigError` naming ``name`` unless ``value`` is a valid output limit."""
-    if not _output_limit(value):
+def check_output_limit(name: str, value: object, *, optional: bool = False) -> None:
+    """Raise `ConfigError` naming ``name`` unless ``value`` is a valid output limit (or None,
+    where ``optional``)."""
+    if not _output_limit(value) or (value is None and not optional):
         raise ConfigError(
             f"{name}: got {value!r}, expected bytes > 0 and <= {MAX_OUTPUT_LIMIT} (1 TiB)"
         )

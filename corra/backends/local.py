@@ -148,7 +148,7 @@ def _limit(name: str) -> Callable[[Any, Any, Any], None]:
 
 
 def _output_limit(instance: Any, attribute: Any, value: Any) -> None:
-    check_output_limit("output_limit", value)
+    check_output_limit("output_limit", value, optional=True)
 
 
 def _cwd(instance: Any, attribute: Any, value: Any) -> None:
