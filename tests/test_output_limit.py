@@ -232,6 +232,14 @@ async def test_the_store_keeps_working_when_program_output_fills_the_disk(small_
         assert second.phase in ("finished", "failed")
         if second.phase == "failed":
             assert "No space left on device" in (second.state.reason or ""), second
+        # Space freed by hand: everything carries on, no restart.
+        handle = ended.state.handle
+        assert handle is not None
+        os.truncate(Path(handle["run_dir"]) / "stdout", 0)
+        again = await rt.spawn_process(["sh", "-c", "echo ok"], name="again")
+        with trio.fail_after(60):
+            assert (await again.wait()).phase == "finished"
+        assert await again.logs() == b"ok\n"
     with open_store_readonly(state) as store:
         assert store.id_for_name("flood") == flood.id
         assert store.id_for_name("after") == after.id
