@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 from test_api import serving, submit, wait_for
+from test_chaperone import Connection, serve, start, write_spec
 
 from corra._errors import ConfigError
 from corra._jobfile import parse_job_text
@@ -258,3 +259,42 @@ async def test_the_api_takes_output_limit_and_shows_what_was_dropped(tmp_path: P
         assert record["result"]["stdout_dropped"] > 10 * MIB
         assert record["result"]["stderr_dropped"] == 0
     stop_chaperones(tmp_path / "state" / "runs")
+
+
+# the chaperone alone, as a remote host runs it ------------------------------------------
+
+
+@pytest.fixture
+def shared_chaperone(tmp_path: Path):
+    """A shared chaperone for ``tmp_path/root``, and a connection to it."""
+    root = tmp_path / "root"
+    root.mkdir()
+    answer, daemon = serve(root)
+    assert answer == "ready"
+    connection = Connection(root)
+    yield root, connection
+    connection.close()
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(daemon["pid"], 15)
+
+
+@pytest.mark.parametrize("value", [0, -5, "1G", 2.5, True])
+def test_a_bad_output_limit_is_an_invalid_spec_for_either_chaperone(
+    tmp_path: Path, shared_chaperone: tuple[Path, Connection], value: object
+):
+    run_dir = tmp_path / "run"
+    write_spec(run_dir, ["true"], output_limit=value)
+    _, notify = start(run_dir)
+    with notify:  # type: ignore[attr-defined]
+        reply = json.loads(notify.readline())  # type: ignore[attr-defined]
+    assert reply["status"] == "invalid" and f"output_limit: got {value!r}" in reply["error"]
+    assert not (run_dir / "chaperone.pid").exists()  # nothing claimed
+    root, connection = shared_chaperone
+    spec = {"argv": ["true"], "cwd": None, "env": {}, "output_limit": value}
+    answer = connection.request(op="launch", key="bad.1", spec=spec)
+    assert answer["op"] == "invalid" and "output_limit" in answer["error"], answer
+    assert not (root / "bad.1").exists()
+    good = connection.request(op="launch", key="good.1", spec={**spec, "output_limit": 3})
+    assert good["op"] == "started"  # the connection serves on
+    record = connection.event()["record"]
+    assert (record["stdout_size"], record["stdout_dropped"]) == (0, 0)
