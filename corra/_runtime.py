@@ -30,13 +30,14 @@ from corra.actors._records import (
     parse_process_spec,
 )
 from corra.actors._specs import SupervisorFlags, SupervisorSpec
+from corra.backends import recorded
 from corra.persistence import Codec, open_store
 
 if TYPE_CHECKING:
     from corra.backends.ssh import HostConfig, LoginSettings
 
 #: Under the state dir: the logs of remote programs, shipped home while they run.
-REMOTE_LOGS = "remote-logs"
+REMOTE_LOGS = recorded.REMOTE_LOGS
 
 #: The state directory when none is given: ``$CORRA_STATE_DIR``, else ``./.corra``.
 STATE_DIR_ENV = "CORRA_STATE_DIR"

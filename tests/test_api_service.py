@@ -279,6 +279,6 @@ def test_the_readme_curl_examples_work_as_written(tmp_path):
             check=False,
         )
         assert done.returncode == 0, done.stdout + done.stderr
-        assert '"text": "hello 3\\n"' in done.stdout or '"text":"hello 3\\n"' in done.stdout
+        assert '"text": "hi 3\\n"' in done.stdout or '"text":"hi 3\\n"' in done.stdout
         assert '"phase":"killed"' in done.stdout.replace(" ", "")
         service.stop()

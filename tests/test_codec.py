@@ -446,6 +446,7 @@ process_records = st.builds(
         reason=st.none() | any_text,
         result=st.none() | record_results,
         updated_at=seconds,
+        started_at=st.none() | seconds,
     ),
     created_at=seconds,
 )

@@ -836,8 +836,12 @@ _OPTIONAL_PHASE_JSON: dict[object, str] = {**_PHASE_JSON, None: "null"}
 def _state_json(state: ProcessState) -> str:
     if type(state) is not ProcessState:
         raise _Unusual
-    attempt, updated_at = state.attempt, state.updated_at
-    if type(attempt) is not int or not _is_number(updated_at):
+    attempt, updated_at, started_at = state.attempt, state.updated_at, state.started_at
+    if (
+        type(attempt) is not int
+        or not _is_number(updated_at)
+        or not (started_at is None or _is_number(started_at))
+    ):
         raise _Unusual
     return (
         f'{{"phase":{_PHASE_JSON[state.phase]},'
@@ -846,7 +850,8 @@ def _state_json(state: ProcessState) -> str:
         f'"handle":{_plain_json(state.handle)},'
         f'"reason":{_json_optional_text(state.reason)},'
         f'"result":{_result_json(state.result)},'
-        f'"updated_at":{updated_at!r}}}'
+        f'"updated_at":{updated_at!r},'
+        f'"started_at":{"null" if started_at is None else repr(started_at)}}}'
     )
 
 

@@ -47,6 +47,7 @@ from corra.api._events import EventLog, PhaseCounts
 from corra.api._logs import log_entries
 from corra.api._openapi import OPENAPI
 from corra.api._wire import detail_json, record_json
+from corra.backends.recorded import recorded, unwatched_program
 
 logger = logging.getLogger("corra.api")
 
@@ -282,7 +283,7 @@ class Api:
             if len(items) == limit:
                 next_cursor = items[-1]["id"]
                 break
-            items.append(record_json(record))
+            items.append(record_json(record, await self._recorded(record)))
         return JSONResponse({"items": items, "next_cursor": next_cursor})
 
     async def get_process(self, request: Request) -> Response:
@@ -293,12 +294,22 @@ class Api:
             record = self._lookup(key)
             body = self._terminal.get(record.id)
             if body is None:
-                body = JSONResponse(detail_json(record, self._history(record))).body
+                recorded = await self._recorded(record)
+                body = JSONResponse(detail_json(record, self._history(record), recorded)).body
                 if record.state.terminal:
                     self._remember_terminal(record, body)
         else:
             self._terminal.move_to_end(key)
         return Response(body, media_type="application/json")
+
+    async def _recorded(self, record: ProcessRecord) -> dict[str, Any] | None:
+        """What the chaperone recorded of a paused process's program, which no runtime
+        watches (it may have ended meanwhile: resume collects it); None for the others,
+        whose actors know better."""
+        if record.phase != "paused" or not unwatched_program(record):
+            return None
+        found = await trio.to_thread.run_sync(recorded, self.runtime.state_dir, record)
+        return None if found is None else found.json()
 
     async def pause_process(self, request: Request) -> Response:
         _known(request.query_params)

@@ -170,6 +170,22 @@ _PROCESS_FIELDS = {
     "argv": {"type": "array", "items": {"type": "string"}},
     "result": _nullable(_RESULT),
     "paused_from": _nullable({"type": "string", "enum": [*PHASES, None]}),
+    "recorded": _nullable(
+        {
+            "type": "object",
+            "description": "what the program's chaperone recorded, where no runtime watches "
+            "the process (a paused one): an exit not yet collected",
+            "required": ["state", "collected", "returncode", "signal", "ended_at", "summary"],
+            "properties": {
+                "state": {"type": "string", "enum": ["running", "exited", "lost", "unknown"]},
+                "collected": {"type": "boolean"},
+                "returncode": _nullable({"type": "integer"}),
+                "signal": _nullable({"type": "integer"}),
+                "ended_at": _nullable(_TIME),
+                "summary": {"type": "string"},
+            },
+        }
+    ),
 }
 
 _PROCESS = {

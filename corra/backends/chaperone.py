@@ -65,6 +65,14 @@ for its whole life (a second one started for ROOT waits two seconds for it, then
 new one. A runtime that disconnects (or dies) leaves the programs running; a later connection
 asks for their exits again (``watch``).
 
+Rule 7: nothing a chaperone is given ends it. Specs and requests are checked before anything is
+claimed (an ``invalid`` reply names the field and the value); no wait lasts longer than
+`LONGEST_WAIT`, so no timeout or grace, however long, overflows a wait call (a deadline further
+away is looked at again); each request line is taken off the connection before it is handled.
+But a chaperone whose root (ROOT, or an own one's RUN_DIR) is removed or replaced can record
+nothing any more: it kills its programs (SIGTERM, SIGKILL after at most `LOST_ROOT_GRACE`),
+sends their exit records with an ``error`` to whoever listens, and exits.
+
 RUN_DIR files::
 
     chaperone.pid  the claim. Own: {"pid", "start"} (start is field 22 of /proc/<pid>/stat,
@@ -134,7 +142,10 @@ users are refused). Requests carry an ``id`` that the reply repeats::
     {"op": "kill", "key", "grace"}  -> {"op": "killing"} | {"op": "unknown"}
 
 and, without an id, ``{"op": "exited", "key", "record"}`` to every connection that launched,
-watched or killed the program, once exit.json is in place.
+watched or killed the program, once exit.json is in place. A line that is not a JSON object, or
+a request with a field of the wrong kind, is answered ``{"op": "invalid", "error"}`` (``"id":
+null`` if it had none) and the connection goes on; ``{"op": "stopping", "error"}`` without an
+id says that the chaperone lost its root (Rule 7).
 """
 
 import contextlib
@@ -199,6 +210,12 @@ SPARES_PREFIX = ".spares-"
 SPARES = 8
 #: Longest request line the shared chaperone accepts.
 MAX_REQUEST = 64 << 20
+#: The longest any wait of a chaperone lasts (a deadline further away, however far, is looked
+#: at again then: no timeout or grace can overflow a wait); also how soon it notices that its
+#: root was removed.
+LONGEST_WAIT = 1.0
+#: The most a program gets between SIGTERM and SIGKILL once its chaperone has lost its root.
+LOST_ROOT_GRACE = 5.0
 #: Seconds between two checks of a running program's output against its limit: at most, and
 #: at least (the first comes after that; see `OutputLimit`).
 OUTPUT_CHECK_MAX = 0.2
@@ -316,6 +333,174 @@ class Notifier:
         if final:
             os.close(self.fd)
             self.fd = None
+
+
+# what a chaperone is given --------------------------------------------------------------
+
+
+class Invalid(ValueError):
+    """A spec or request the chaperone refuses; the message names the field and the value."""
+
+
+def _shown(value):
+    """``value`` for an error message: its repr, cut short."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int too long to print
+        return "a number too large"
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
+def _text(value):
+    """Whether ``value`` can reach a system call: a str without NUL that encodes."""
+    if not isinstance(value, str) or "\0" in value:
+        return False
+    try:
+        os.fsencode(value)
+    except UnicodeError:  # a lone surrogate
+        return False
+    return True
+
+
+def seconds(value, name, optional=False):
+    """``value`` as seconds (a float): a number, finite and >= 0; None too if ``optional``.
+
+    Any such number is safe: deadlines are compared, never slept to in one go (see
+    `LONGEST_WAIT`). Raises `Invalid` for anything else (bool, NaN, infinity, an int too large
+    for a float, a string).
+    """
+    if value is None and optional:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:
+            number = float("inf")
+        if 0 <= number < float("inf"):  # NaN is neither
+            return number
+    raise Invalid(f"{name}: expected a finite number of seconds >= 0, got {_shown(value)}")
+
+
+def check_env(env, name="env"):
+    """``env`` if it is an environment: {name: value}, names without ``=``, all text."""
+    if not isinstance(env, dict):
+        raise Invalid(f"{name}: expected an object of strings, got {_shown(env)}")
+    for variable, value in env.items():
+        if not _text(variable) or not variable or "=" in variable:
+            raise Invalid(f"{name}: invalid variable name {_shown(variable)}")
+        if not _text(value):
+            raise Invalid(f"{name}[{_shown(variable)}]: expected a string, got {_shown(value)}")
+    return env
+
+
+def check_spec(spec, env_required=False):
+    """A launch's ``spec`` as the chaperone runs it: a copy, with ``timeout`` and
+    ``kill_grace`` as floats and the defaults filled in. Raises `Invalid` naming the field:
+    no value gets as far as a spawn or a wait that would raise on it."""
+    if not isinstance(spec, dict):
+        raise Invalid(f"spec: expected an object, got {_shown(spec)}")
+    argv = spec.get("argv")
+    if not isinstance(argv, list) or not argv or not all(_text(arg) for arg in argv):
+        raise Invalid(f"argv: expected a non-empty list of strings, got {_shown(argv)}")
+    if not argv[0]:
+        raise Invalid("argv[0]: expected a program, got ''")
+    cwd = spec.get("cwd")
+    if cwd is not None and not (_text(cwd) and cwd):
+        raise Invalid(f"cwd: expected a path or null, got {_shown(cwd)}")
+    env = spec.get("env")
+    if env is None and not env_required:
+        env = {}
+    cgroups = spec.get("cgroups") or []
+    if not isinstance(cgroups, list) or not all(_cgroup_entry(entry) for entry in cgroups):
+        raise Invalid(
+            "cgroups: expected a list of {path, before, after} (settings: objects of "
+            f"strings or numbers), got {_shown(cgroups)}"
+        )
+    notes = spec.get("cgroup_notes") or []
+    if not isinstance(notes, list) or not all(isinstance(note, str) for note in notes):
+        raise Invalid(f"cgroup_notes: expected a list of strings, got {_shown(notes)}")
+    return dict(
+        spec,
+        env=check_env(env),
+        timeout=seconds(spec.get("timeout"), "timeout", optional=True),
+        kill_grace=seconds(spec.get("kill_grace", 10.0), "kill_grace"),
+        output_limit=output_limit(spec),
+        cgroups=cgroups,
+        cgroup_notes=notes,
+    )
+
+
+def _cgroup_entry(entry):
+    if not isinstance(entry, dict) or not _text(entry.get("path")) or not entry["path"]:
+        return False
+    for settings in (entry.get("before"), entry.get("after")):
+        if settings is None:
+            continue
+        if not isinstance(settings, dict):
+            return False
+        for name, value in settings.items():
+            if not _text(name) or isinstance(value, bool):
+                return False
+            if not (_text(value) or isinstance(value, (int, float))):
+                return False
+    return True
+
+
+def _bounded(seconds):
+    """A wait of ``seconds`` (None: until something happens) that no wait call refuses, and
+    that ends in time to look at the root again: at most `LONGEST_WAIT`, at least 0, whatever
+    the deadline it came from (infinite, huge, NaN)."""
+    if seconds is None or seconds != seconds:  # None, NaN
+        return LONGEST_WAIT
+    return min(max(seconds, 0.0), LONGEST_WAIT)
+
+
+class Root:
+    """A directory the chaperone works in (a shared one's ROOT, an own one's RUN_DIR), held
+    by an fd, so that the chaperone notices when it is removed (``rm -rf`` of the state
+    dir) or replaced: then nothing it would write has a place any more."""
+
+    def __init__(self, path, fd=None):
+        self.path = path
+        self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) if fd is None else fd
+        self.next_look = 0.0
+
+    def lost(self, now):
+        """Why the directory is no longer ours, or None; looks at most once a
+        `LONGEST_WAIT` (a stat and an fstat)."""
+        if now < self.next_look:
+            return None
+        self.next_look = now + LONGEST_WAIT
+        try:
+            held = os.fstat(self.fd)
+            found = os.stat(self.path)
+        except (FileNotFoundError, NotADirectoryError):
+            return f"{self.path!r} was removed"
+        except OSError:
+            return None  # cannot tell (EACCES, say): assume it is there
+        if held.st_nlink == 0:
+            return f"{self.path!r} was removed"
+        if (found.st_dev, found.st_ino) != (held.st_dev, held.st_ino):
+            return f"{self.path!r} was replaced"
+        return None
+
+
+def _say(path, message):
+    """Tell whoever looks: ``path`` (a log) if it can still be written, and stderr."""
+    line = f"corra chaperone {os.getpid()}: {message}\n"
+    with contextlib.suppress(OSError):
+        _append(path, line)
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # stderr may be closed
+        sys.stderr.write(line)
+        sys.stderr.flush()
+
+
+def _append(path, text):
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, text.encode(errors="replace"))
+    finally:
+        os.close(fd)
 
 
 # cgroups --------------------------------------------------------------------------------
@@ -939,10 +1124,11 @@ def spawn_with_fork(path, argv, env, stdout_fd, stderr_fd):
 
 
 def output_limit(spec):
-    """The spec's ``output_limit``: None (no limit) or bytes > 0; ValueError for anything else."""
+    """The spec's ``output_limit``: None (no limit) or bytes > 0; `Invalid` for anything
+    else."""
     limit = spec.get("output_limit")
     if limit is not None and (type(limit) is not int or limit <= 0):
-        raise ValueError(f"output_limit: got {limit!r}, expected bytes > 0 or null")
+        raise Invalid(f"output_limit: expected bytes > 0 or null, got {_shown(limit)}")
     return limit
 
 
@@ -1161,6 +1347,7 @@ class Chaperone:
         self.started_at = None
         self.timed_out = False
         self.killed = False
+        self.root_lost = None  # why the run dir is gone, once it is
 
     def path(self, name):
         return os.path.join(self.run_dir, name)
@@ -1169,16 +1356,12 @@ class Chaperone:
         """Returns the exit status for the chaperone process."""
         try:
             with open(self.path(SPEC_FILE), "rb") as spec_file:
-                spec = json.loads(spec_file.read())
-        except (OSError, ValueError) as error:
+                spec = check_spec(json.loads(spec_file.read()), env_required=True)
+        except (OSError, ValueError, RecursionError) as error:
             self.notifier.send({"status": "invalid", "error": f"spec.json: {error}"})
             return 2
-        argv = [str(arg) for arg in spec["argv"]]
-        try:
-            self.output_limit = output_limit(spec)
-        except ValueError as error:
-            self.notifier.send({"status": "invalid", "error": f"spec.json: {error}"})
-            return 2
+        argv = spec["argv"]
+        self.output_limit = spec["output_limit"]
         cwd = spec.get("cwd")
         if cwd is not None and not os.path.isdir(cwd):
             self.notifier.send({"status": "invalid", "error": f"cwd: no such directory: {cwd!r}"})
@@ -1260,21 +1443,32 @@ class Chaperone:
     def requested_grace(self, default):
         try:
             with open(self.path(KILL_FILE), "rb") as kill_file:
-                return float(json.loads(kill_file.read())["grace"])
-        except (OSError, ValueError, KeyError, TypeError):
+                return seconds(json.loads(kill_file.read())["grace"], "grace")
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
             return default
 
     def wait(self, spec, started):
-        """Until the leader exits: enforce the timeout, serve kill requests. Then no orphans."""
-        grace = float(spec.get("kill_grace", 10.0))
-        timeout = spec.get("timeout")
-        timeout_at = None if timeout is None else started + float(timeout)
+        """Until the leader exits: enforce the timeout, serve kill requests, kill the program
+        if the run dir is removed. Then no orphans."""
+        grace = spec["kill_grace"]
+        timeout_at = None if spec["timeout"] is None else started + spec["timeout"]
         escalate_at = None  # SIGKILL the group then; None while no kill is under way
         waited = set(WAITED)
+        root = Root(self.run_dir)  # its fd is not inherited: the program has started
         while True:
             if os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
                 break
             now = time.monotonic()
+            if self.root_lost is None:
+                self.root_lost = root.lost(now)
+                if self.root_lost is not None:
+                    _say(self.path(LOG_FILE), f"{self.root_lost}: killing the program")
+                    self.killed = True
+                    lost_grace = min(grace, LOST_ROOT_GRACE)
+                    if escalate_at is None:
+                        escalate_at = self.terminate(now, lost_grace)
+                    else:
+                        escalate_at = min(escalate_at, now + lost_grace)
             if escalate_at is None and timeout_at is not None and now >= timeout_at:
                 self.timed_out = True
                 escalate_at = self.terminate(now, grace)
@@ -1285,12 +1479,7 @@ class Chaperone:
             if self.output.limit is not None:
                 due = self.output.check_due(now)
                 wake_at = due if wake_at is None else min(wake_at, due)
-            if wake_at is None:
-                info = signal.sigwaitinfo(waited)
-            elif wake_at == float("inf"):
-                info = signal.sigtimedwait(waited, 1.0)
-            else:
-                info = signal.sigtimedwait(waited, max(wake_at - now, 0.0))
+            info = signal.sigtimedwait(waited, _bounded(None if wake_at is None else wake_at - now))
             if info is not None and info.si_signo in KILL_REQUESTS:
                 request_grace = self.requested_grace(grace)
                 self.killed = True
@@ -1298,6 +1487,7 @@ class Chaperone:
                     escalate_at = self.terminate(time.monotonic(), request_grace)
                 else:  # a second request may shorten the grace
                     escalate_at = min(escalate_at, time.monotonic() + request_grace)
+        os.close(root.fd)
         # The leader is a zombie: its pgid cannot be reused until we reap it.
         self.kill_group(signal.SIGKILL)
         _, status, rusage = os.wait4(self.pid, 0)
@@ -1313,6 +1503,13 @@ class Chaperone:
 
     def write_exit(self, record, reply, output=None):
         """Write exit.json, tell the launcher ``reply``, then make exit.json durable."""
+        if self.root_lost is not None:  # nowhere to write it: the launcher may still listen
+            record["error"] = f"chaperone: {self.root_lost}; the program was killed"
+            for name in STREAMS:
+                record.setdefault(name + "_size", 0)
+                record.setdefault(name + "_dropped", 0)
+            self.notifier.send(reply)
+            return
         fd = put_exit(self.run_dir, record, output)
         try:
             self.notifier.send(reply)
@@ -1431,6 +1628,8 @@ class Helper:
             try:
                 ours.close()
                 status = _assist(self.root, theirs, self.claim_line, self.base)
+            except (BrokenPipeError, ConnectionResetError):
+                status = 0  # the chaperone left while we answered
             except BaseException:
                 _log_failure(os.path.join(self.root, DAEMON_LOG))
             finally:
@@ -1522,7 +1721,8 @@ class Helper:
         """The helper died: make what it had to sync durable here, and start another."""
         self.close()
         if self.unsynced:
-            _sync_now(self.root, [])
+            with contextlib.suppress(OSError):  # ROOT removed: the loop notices, and leaves
+                _sync_now(self.root, [])
             self.unsynced = 0
         self.start(self.selector)
 
@@ -1612,7 +1812,9 @@ def _assist(root, sock, claim_line, base):  # pragma: no cover - in the helper p
             slot = wanted[0]
             path = os.path.join(base, str(slot), "run")
             try:
-                os.makedirs(os.path.dirname(path), 0o700, exist_ok=True)
+                for directory in (base, os.path.dirname(path)):  # never ROOT: if it is gone,
+                    with contextlib.suppress(FileExistsError):  # it stays gone
+                        os.mkdir(directory, 0o700)
                 _make_spare(path, claim_line)
             except OSError:
                 _remove_tree(path)
@@ -1679,8 +1881,10 @@ class Client:
 class Server:
     """The shared chaperone of one ROOT: one event loop for every program and connection."""
 
-    def __init__(self, root, listener, idle_exit, spares=SPARES):
+    def __init__(self, root, listener, idle_exit, spares=SPARES, root_fd=None):
         self.root = root
+        self.held = Root(root, root_fd)  # to notice that ROOT was removed
+        self.root_lost = None  # why, once it was
         self.listener = listener
         self.idle_exit = idle_exit
         self.me = {"pid": os.getpid(), "start": process_start(os.getpid())}
@@ -1716,6 +1920,10 @@ class Server:
     def serve(self):
         while True:
             now = time.monotonic()
+            if self.root_lost is None:
+                self.root_lost = self.held.lost(now)
+                if self.root_lost is not None:
+                    self.lose_root()
             timeout = None
             if self.timers:
                 timeout = max(self.timers[0][0] - now, 0)
@@ -1735,7 +1943,7 @@ class Server:
                     return 0
                 left = max(left, 0.001)
                 timeout = left if timeout is None else min(timeout, left)
-            for key, mask in self.selector.select(timeout):
+            for key, mask in self.selector.select(_bounded(timeout)):
                 self.guarded(key.data, key.fileobj, mask)
             now = time.monotonic()
             while self.timers and self.timers[0][0] <= now:
@@ -1789,6 +1997,21 @@ class Server:
         if signal.SIGTERM in numbers or signal.SIGINT in numbers:
             self.stop()
 
+    def lose_root(self):
+        """ROOT is gone (``rm -rf`` of the state dir): nothing can be recorded any more, and
+        no runtime finds this chaperone again. Say so, kill every program (SIGTERM, at most
+        `LOST_ROOT_GRACE`, SIGKILL), tell the runtimes connected (their exit records come
+        with an error), and leave, cgroups removed."""
+        message = f"the chaperone's root {self.root_lost}: its programs are killed"
+        _say(os.path.join(self.root, DAEMON_LOG), message)
+        self.helper.unsynced = 0  # nothing left to make durable
+        for client in list(self.clients.values()):
+            self.send(client, {"op": "stopping", "error": message})
+        self.stopping = True
+        for run in list(self.runs.values()):
+            if run.pid is not None and run.status is None:
+                self.kill(run, min(run.grace, LOST_ROOT_GRACE))
+
     def stop(self):
         """SIGTERM to the chaperone: kill every program, then leave."""
         self.stopping = True
@@ -1835,26 +2058,37 @@ class Server:
         if not data:
             self.drop(client)
             return
-        client.inbox += data
-        start = 0
-        while client.sock is not None:
-            end = client.inbox.find(b"\n", start)
-            if end < 0:
-                break
-            line = bytes(client.inbox[start:end])
-            start = end + 1
-            try:
-                request = json.loads(line)
-                if not isinstance(request, dict):
-                    raise ValueError("not an object")
-            except ValueError:
-                self.drop(client)
-                return
-            self.handle(client, request)
-        if client.sock is not None:
-            del client.inbox[:start]
+        end = data.rfind(b"\n")  # in what came now: a long line is looked through once
+        if end < 0:
+            client.inbox += data
             if len(client.inbox) > MAX_REQUEST:
                 self.drop(client)
+            return
+        # Taken out of the inbox before any is handled: each line is handled once, whatever
+        # happens while it is.
+        lines = bytes(client.inbox + data[:end]).split(b"\n")
+        client.inbox = bytearray(data[end + 1 :])
+        for line in lines:
+            if client.sock is None:
+                return
+            self.guarded(self.on_line, client, line)
+
+    def on_line(self, client, line):
+        """One request: a reply to it, whatever it is (a bug costs it an ``error`` reply)."""
+        try:
+            request = json.loads(line)
+        except (ValueError, RecursionError) as error:
+            self.send(client, {"id": None, "op": "invalid", "error": f"not JSON: {error}"})
+            return
+        if not isinstance(request, dict):
+            error = f"expected a JSON object, got {_shown(request)}"
+            self.send(client, {"id": None, "op": "invalid", "error": error})
+            return
+        try:
+            self.handle(client, request)
+        except Exception as error:
+            self.send(client, {"id": request.get("id"), "op": "error", "error": f"{error!r}"})
+            raise  # to the log
 
     def send(self, client, message):
         """Queue ``message`` (or a line already encoded); the loop sends what a client has
@@ -1901,43 +2135,49 @@ class Server:
     def handle(self, client, request):
         op = request.get("op")
         reply = {"id": request.get("id")}
-        if op == "hello":
-            env = request.get("env")
-            if not isinstance(env, dict):
-                env = dict(os.environ)
-                env.pop(ROOT_VARIABLE, None)
-            client.env = env
-            client.env_file = self.save_env(env)
-            umask = request.get("umask")
-            client.umask = umask if isinstance(umask, int) and 0 <= umask <= 0o777 else None
-            reply.update(self.me, op="hello", version=PROTOCOL)
-        elif client.env is None:
-            reply.update(op="error", error="hello first")
-        elif op == "env" and isinstance(request.get("env"), dict):
-            client.env = request["env"]  # the runtime's environment changed
-            client.env_file = self.save_env(client.env)
-            reply["op"] = "env"
-        elif op == "launch":
-            reply.update(self.launch(client, request))
-        elif op == "watch":
-            run = self.runs.get(request.get("key"))
-            if run is None or run.pid is None:
-                reply["op"] = "unknown"
+        try:
+            if op == "hello":
+                self.hello(client, request)
+                reply.update(self.me, op="hello", version=PROTOCOL)
+            elif client.env is None:
+                reply.update(op="error", error="hello first")
+            elif op == "env":
+                client.env = check_env(request.get("env"))  # the runtime's environment changed
+                client.env_file = self.save_env(client.env)
+                reply["op"] = "env"
+            elif op == "launch":
+                reply.update(self.launch(client, request))
+            elif op in ("watch", "kill"):
+                key = request.get("key")
+                if not isinstance(key, str):
+                    raise Invalid(f"key: expected a string, got {_shown(key)}")
+                grace = seconds(request.get("grace"), "grace", optional=True)
+                run = self.runs.get(key)
+                if run is None or run.pid is None:
+                    reply["op"] = "unknown"
+                elif op == "watch":
+                    self.subscribe(client, run)
+                    reply["op"] = "watching"
+                else:
+                    self.kill(run, run.grace if grace is None else grace)
+                    self.subscribe(client, run)  # it will want to know when that is done
+                    reply["op"] = "killing"
             else:
-                self.subscribe(client, run)
-                reply["op"] = "watching"
-        elif op == "kill":
-            run = self.runs.get(request.get("key"))
-            if run is None or run.pid is None:
-                reply["op"] = "unknown"
-            else:
-                grace = request.get("grace")
-                self.kill(run, run.grace if grace is None else float(grace))
-                self.subscribe(client, run)  # it will want to know when that is done
-                reply["op"] = "killing"
-        else:
-            reply.update(op="error", error=f"unknown request {op!r}")
+                reply.update(op="error", error=f"unknown request {_shown(op)}")
+        except Invalid as error:
+            reply.update(op="invalid", error=str(error))
         self.send(client, reply)
+
+    def hello(self, client, request):
+        env = request.get("env")
+        if env is None:
+            env = dict(os.environ)
+            env.pop(ROOT_VARIABLE, None)
+        client.env = check_env(env)
+        client.env_file = self.save_env(env)
+        umask = request.get("umask")
+        ok = isinstance(umask, int) and not isinstance(umask, bool) and 0 <= umask <= 0o777
+        client.umask = umask if ok else None
 
     def save_env(self, env):
         """Write the environment programs start from once (``.env-<sha1>.json`` in ROOT, named
@@ -1956,25 +2196,24 @@ class Server:
 
     def launch(self, client, request):
         key = request.get("key")
-        spec = request.get("spec")
-        if not isinstance(key, str) or not KEY.match(key) or not isinstance(spec, dict):
-            return {"op": "invalid", "error": f"bad request: key {key!r}"}
+        if not isinstance(key, str) or not KEY.match(key):
+            expected = "up to 200 letters, digits and _.:@+=-, not starting with one of .:@+=-"
+            raise Invalid(f"key: expected {expected}, got {_shown(key)}")
+        spec = check_spec(request.get("spec"))
         run = self.runs.get(key)
         if run is not None:
             self.subscribe(client, run)
             return {"op": "claimed", "program": run.program}
         if self.stopping:
+            if self.root_lost is not None:
+                return {"op": "stopping", "error": f"the chaperone's root {self.root_lost}"}
             return {"op": "stopping"}
-        try:
-            argv = [str(arg) for arg in spec["argv"]]
-            env = dict(client.env)
-            env.update(spec.get("env") or {})
-            grace = float(spec.get("kill_grace", 10.0))
-            timeout = spec.get("timeout")
-            timeout = None if timeout is None else float(timeout)
-            limit = output_limit(spec)
-        except (KeyError, TypeError, ValueError) as error:
-            return {"op": "invalid", "error": f"bad spec: {error!r}"}
+        argv = spec["argv"]
+        env = dict(client.env)
+        env.update(spec["env"])
+        grace = spec["kill_grace"]
+        timeout = spec["timeout"]
+        limit = spec["output_limit"]
         cwd = spec.get("cwd")
         if cwd is not None and not os.path.isdir(cwd):
             return {"op": "invalid", "error": f"cwd: no such directory: {cwd!r}"}
@@ -2195,15 +2434,21 @@ class Server:
         try:
             os.close(put_exit(run.run_dir, record, run.output))
         except OSError:  # a full disk, say: nothing is done until the record is
-            _log_failure(os.path.join(self.root, DAEMON_LOG))
-            self.at(time.monotonic() + 1.0, self.finish, run)
-            return
+            if self.root_lost is None:
+                _log_failure(os.path.join(self.root, DAEMON_LOG))
+                self.at(time.monotonic() + 1.0, self.finish, run)
+                return
+            # Nowhere to write it: the runtimes connected are the only ones to learn it.
+            record["error"] = f"chaperone: its root {self.root_lost}; the program was killed"
+            for name in STREAMS:
+                record.setdefault(name + "_size", 0)
         line = json_line({"op": "exited", "key": run.key, "record": record})
         for client in list(run.subscribers):
             client.keys.discard(run.key)
             self.send(client, line)
         del self.runs[run.key]
-        self.helper.sync(run.run_dir)
+        if self.root_lost is None:
+            self.helper.sync(run.run_dir)
 
 
 def _ignore_signal(number, frame):
@@ -2264,7 +2509,7 @@ def serve(root, ready_fd=None, idle_exit=IDLE_EXIT):
         listener.bind(address)
         os.chmod(address, 0o600)  # connections from other users are refused anyway
         listener.listen(128)
-        server = Server(root, listener, idle_exit)
+        server = Server(root, listener, idle_exit, root_fd=root_fd)
         os.ftruncate(lock, 0)
         os.write(lock, json_line(server.me))
     except BaseException as error:
@@ -2296,8 +2541,17 @@ def main(argv):
         if rest or not root:
             sys.stderr.write("usage: chaperone.py --serve [ROOT] [--ready-fd N] [--idle-exit S]\n")
             return 2
-        ready_fd = None if options["--ready-fd"] is None else int(options["--ready-fd"])
-        idle_exit = IDLE_EXIT if options["--idle-exit"] is None else float(options["--idle-exit"])
+        try:
+            ready_fd = None if options["--ready-fd"] is None else int(options["--ready-fd"])
+            idle_exit = IDLE_EXIT
+            if options["--idle-exit"] is not None:
+                given = options["--idle-exit"]
+                with contextlib.suppress(ValueError):
+                    given = float(given)
+                idle_exit = seconds(given, "--idle-exit")
+        except ValueError as error:
+            sys.stderr.write(f"chaperone.py --serve: {error}\n")
+            return 2
         root = os.path.abspath(root)
         _detach()
         _close_inherited(ready_fd)

@@ -437,6 +437,40 @@ def _handle_from(key: str, run_dir: Path, claim: Any, program: Any) -> Handle:
         raise BackendError(f"{run_dir}: unreadable pid file: {error!r}") from error
 
 
+def find_launch(root: Path, key: str) -> Handle | None:
+    """The handle of ``key``'s launch under the run dirs' ``root``, from its pid files; None
+    if it was never launched. Reads only: for `LocalBackend.find`, and for a reader without
+    a runtime (`corra.backends.recorded`). Blocking."""
+    run_dir = root / _check_key(key)
+    claim, program = _read_claim(run_dir)
+    if claim is None:
+        return None
+    return _handle_from(key, run_dir, claim, program)
+
+
+def read_exit_record(handle: Handle) -> ExitRecord | None:
+    """The exit record the chaperone wrote (``exit.json``), or None while there is none.
+    Reads only. Blocking.
+
+    Raises:
+        BackendError: exit.json is there but not an exit record.
+    """
+    data = _read_json(Path(handle.run_dir) / chaperone.EXIT_FILE)
+    return None if data is None else ExitRecord.from_json(data)
+
+
+def read_status(handle: Handle) -> Status:
+    """``exited`` (there is an exit record), ``running`` (its chaperone runs) or ``lost``
+    (its chaperone is gone, or its pid is another process's now, and left no record). Reads
+    only (/proc and the run dir)."""
+    exit_file = os.path.join(handle.run_dir, chaperone.EXIT_FILE)
+    if _written(exit_file):
+        return "exited"
+    if _chaperone_alive(handle):
+        return "running"
+    return "exited" if _written(exit_file) else "lost"
+
+
 def _check_key(key: object) -> str:
     if not isinstance(key, str) or not _KEY.fullmatch(key):
         raise ConfigError(
@@ -1057,11 +1091,7 @@ class LocalBackend:
 
         Blocking (reads one or two small files): for recovery, or call it in a thread.
         """
-        run_dir = self.run_dir(key)
-        claim, program = _read_claim(run_dir)
-        if claim is None:
-            return None
-        return _handle_from(key, run_dir, claim, program)
+        return find_launch(self.root, key)
 
     def exit_record(self, handle: Handle) -> ExitRecord | None:
         """How the program ended, or None while it has not (or it is lost). Blocking.
@@ -1069,18 +1099,12 @@ class LocalBackend:
         Raises:
             BackendError: exit.json is there but not an exit record.
         """
-        data = _read_json(Path(handle.run_dir) / chaperone.EXIT_FILE)
-        return None if data is None else ExitRecord.from_json(data)
+        return read_exit_record(handle)
 
     def status(self, handle: Handle) -> Status:
         """``exited`` (there is an exit record), ``running`` (its chaperone runs) or ``lost``
         (its chaperone is gone, or its pid is another process's now, and left no record)."""
-        exit_file = os.path.join(handle.run_dir, chaperone.EXIT_FILE)
-        if _written(exit_file):
-            return "exited"
-        if _chaperone_alive(handle):
-            return "running"
-        return "exited" if _written(exit_file) else "lost"
+        return read_status(handle)
 
     def log_path(self, handle: Handle, stream: Stream) -> Path:
         if stream not in chaperone.STREAMS:
