@@ -41,9 +41,11 @@ from corra._runtime import (
 from corra.actors._lifecycle import ACTIVE, PHASES, TERMINAL, Result
 from corra.actors._process import describe, find_record, paused_for_host, sorted_records
 from corra.actors._records import (
+    DEFAULT_OUTPUT_LIMIT,
     ProcessRecord,
     ProcessSpec,
     Transition,
+    check_output_limit,
     parse_process_spec,
     unstructure_spec,
 )
@@ -125,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("jobfile", nargs="?", help="a TOML job file with [[process]] tables")
     run.add_argument("--name", help="name of the process given after --")
     run.add_argument("--max-running", type=int, default=None, help="programs at once")
+    run.add_argument("--output-limit", type=int, default=None, metavar="BYTES", help=_OUTPUT_LIMIT)
     run.add_argument("--json", action="store_true", help="print the final records as JSON")
     run.add_argument("-v", "--verbose", action="store_true", help="log every transition")
 
@@ -150,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--token-file", help="the token's file (created, mode 0600, if it does not exist)"
     )
     serve.add_argument("--max-running", type=int, default=None, help="programs at once")
+    serve.add_argument(
+        "--output-limit", type=int, default=None, metavar="BYTES", help=_OUTPUT_LIMIT
+    )
     serve.add_argument("--access-log", action="store_true", help="log every request to stderr")
     serve.add_argument("-v", "--verbose", action="store_true", help="log every transition")
 
@@ -279,9 +285,25 @@ def _run(args: argparse.Namespace, state_dir: Path) -> int:
         raise ConfigError("run: nothing to run; give a job file or `-- ARGV...`")
     if args.max_running is not None and args.max_running < 1:
         raise ConfigError(f"--max-running: got {args.max_running}, expected an integer >= 1")
+    _output_limit(args)
     if args.verbose:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     return trio.run(_run_async, job, state_dir, args)
+
+
+#: --output-limit's help.
+_OUTPUT_LIMIT = (
+    "bytes kept of each of stdout and stderr of a process that sets no output_limit "
+    f"(default {DEFAULT_OUTPUT_LIMIT}, 1 GiB)"
+)
+
+
+def _output_limit(args: argparse.Namespace) -> int:
+    """--output-limit, checked; the default without it."""
+    if args.output_limit is None:
+        return DEFAULT_OUTPUT_LIMIT
+    check_output_limit("--output-limit", args.output_limit)
+    return int(args.output_limit)
 
 
 async def _run_async(job: JobFile, state_dir: Path, args: argparse.Namespace) -> int:
@@ -289,7 +311,11 @@ async def _run_async(job: JobFile, state_dir: Path, args: argparse.Namespace) ->
     out = sys.stderr if args.json else sys.stdout
     interrupted: list[int] = []
     async with open_runtime(
-        state_dir=state_dir, max_running=args.max_running, hosts=job.hosts, logins=job.logins
+        state_dir=state_dir,
+        max_running=args.max_running,
+        hosts=job.hosts,
+        logins=job.logins,
+        output_limit=_output_limit(args),
     ) as rt:
         manager = rt.processes
         report = rt.recovery
@@ -497,6 +523,7 @@ def _serve(args: argparse.Namespace, state_dir: Path) -> int:
     host, port = parse_listen(args.listen)
     if args.max_running is not None and args.max_running < 1:
         raise ConfigError(f"--max-running: got {args.max_running}, expected an integer >= 1")
+    _output_limit(args)
     for option in ("certfile", "keyfile"):
         path = getattr(args, option)
         if path is not None and not Path(path).is_file():
@@ -552,7 +579,11 @@ async def _serve_async(
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as outer:
             outer.start_soon(_watch_signals, signals, stop, outer.cancel_scope)
-            async with open_runtime(state_dir=state_dir, max_running=args.max_running) as rt:
+            async with open_runtime(
+                state_dir=state_dir,
+                max_running=args.max_running,
+                output_limit=_output_limit(args),
+            ) as rt:
                 token = await trio.to_thread.run_sync(load_token, token_file)
                 report = rt.recovery
                 if report is not None and (report.resumed or report.set_aside):
@@ -875,10 +906,11 @@ def _print_show(data: dict[str, Any], as_json: bool, show_env: bool) -> int:
         print(f"  program: {found['summary']} ({who})")
     if data["result"] is not None:
         result = Result(**data["result"])
+        maxrss = "unknown" if result.maxrss_kb is None else f"{result.maxrss_kb} KiB"
         print(
             f"  result:  {describe(result)}; cpu {result.utime + result.stime:.2f}s, "
-            f"maxrss {result.maxrss_kb} KiB, stdout {result.stdout_bytes} B, "
-            f"stderr {result.stderr_bytes} B"
+            f"maxrss {maxrss}, stdout {result.stdout_bytes} B{_dropped(result.stdout_dropped)}, "
+            f"stderr {result.stderr_bytes} B{_dropped(result.stderr_dropped)}"
         )
     print("  history:")
     for t in data["history"]:
@@ -886,6 +918,10 @@ def _print_show(data: dict[str, Any], as_json: bool, show_env: bool) -> int:
         reason = f"  ({t['reason']})" if t["reason"] else ""
         print(f"    {stamp}  {t['event']:<8} {t['source']} -> {t['target']}{reason}")
     return EXIT_OK
+
+
+def _dropped(size: int) -> str:
+    return f" (and {size} B dropped past the output limit)" if size else ""
 
 
 def _logs(args: argparse.Namespace, state_dir: Path) -> int:

@@ -73,12 +73,18 @@ class Result:
     ended_at: float | None = None
     utime: float = 0.0
     stime: float = 0.0
-    maxrss_kb: int = 0
+    maxrss_kb: int | None = None
+    """The program's own peak resident set (its cgroup's peak, or wait4's where that is
+    surely the program's); None where unknown."""
     stdout_bytes: int = 0
     stderr_bytes: int = 0
     timed_out: bool = False
     killed: bool = False
     error: str | None = None
+    stdout_dropped: int = 0
+    """Bytes of stdout past the output limit, dropped (as counted by the chaperone's checks:
+    a lower bound)."""
+    stderr_dropped: int = 0
 
     @property
     def ok(self) -> bool:

@@ -86,6 +86,24 @@ def _positive_or_none(value: Any) -> bool:
     return value is None or (isinstance(value, int) and not isinstance(value, bool) and value > 0)
 
 
+#: The most an ``output_limit`` may be (1 TiB), and what None gives when the runtime says nothing.
+MAX_OUTPUT_LIMIT = 1 << 40
+DEFAULT_OUTPUT_LIMIT = 1 << 30
+
+
+def _output_limit(value: Any) -> bool:
+    return value is None or (_positive_or_none(value) and value <= MAX_OUTPUT_LIMIT)
+
+
+def check_output_limit(name: str, value: object, *, optional: bool = False) -> None:
+    """Raise `ConfigError` naming ``name`` unless ``value`` is a valid output limit (or None,
+    where ``optional``)."""
+    if not _output_limit(value) or (value is None and not optional):
+        raise ConfigError(
+            f"{name}: got {value!r}, expected bytes > 0 and <= {MAX_OUTPUT_LIMIT} (1 TiB)"
+        )
+
+
 def _cwd(value: Any) -> bool:
     return value is None or (isinstance(value, str) and value != "" and "\0" not in value)
 
@@ -155,6 +173,8 @@ class ProcessSpec:
         kill_grace: seconds between SIGTERM and SIGKILL when killing.
         memory_limit: bytes, where cgroups allow (None: no limit).
         pids_limit: processes and threads, where cgroups allow.
+        output_limit: bytes kept of each of stdout and stderr (at most 1 TiB); later output
+            is dropped, and the result counts it. None: the runtime's default (1 GiB).
         labels: free-form tags for filtering.
         backend: where the program runs: ``local``, ``ssh`` (a remote program under the
             chaperone) or ``slurm`` (a Slurm job).
@@ -177,6 +197,7 @@ class ProcessSpec:
     kill_grace: float = 10.0
     memory_limit: int | None = None
     pids_limit: int | None = None
+    output_limit: int | None = None
     labels: dict[str, str] = attrs.field(factory=dict)
     backend: str = "local"
     host: str | None = None
@@ -255,6 +276,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "kill_grace": (_seconds, f"seconds >= 0 and at most {MAX_SECONDS} (10 years)"),
     "memory_limit": (_positive_or_none, "bytes > 0, or nothing"),
     "pids_limit": (_positive_or_none, "an integer > 0, or nothing"),
+    "output_limit": (_output_limit, f"bytes > 0 and <= {MAX_OUTPUT_LIMIT} (1 TiB), or nothing"),
     "labels": (_table, "a table of string values"),
     "backend": (lambda v: v in BACKENDS, f"one of {list(BACKENDS)}"),
     "host": (_name, f"a host name matching {NAME_PATTERN.pattern}, or nothing"),
@@ -289,6 +311,7 @@ def _spec_is_valid(spec: ProcessSpec) -> bool:
         and _seconds(spec.kill_grace)
         and (memory is None or _positive_or_none(memory))
         and (pids is None or _positive_or_none(pids))
+        and (spec.output_limit is None or _output_limit(spec.output_limit))
         and ((type(labels) is dict and not labels) or _table(labels))
         and spec.backend in BACKENDS
         and (
@@ -556,6 +579,7 @@ _PLAIN_FIELDS: dict[str, Callable[[Any], Any]] = {
     "kill_grace": _plain_float,
     "memory_limit": _plain_optional_int,
     "pids_limit": _plain_optional_int,
+    "output_limit": _plain_optional_int,
     "labels": _plain_table,
     "backend": _plain_str,
     "host": _plain_optional_str,
@@ -720,6 +744,7 @@ def _spec_json(spec: ProcessSpec) -> str:
         f'"kill_grace":{_json_number(spec.kill_grace)},'
         f'"memory_limit":{_json_optional_number(spec.memory_limit)},'
         f'"pids_limit":{_json_optional_number(spec.pids_limit)},'
+        f'"output_limit":{_json_optional_number(spec.output_limit)},'
         f'"labels":{_table_json(spec.labels)},'
         f'"backend":{_json_text(spec.backend)},'
         f'"host":{_json_optional_text(spec.host)},'
@@ -810,6 +835,7 @@ def _result_json(result: Result | None) -> str:
         result.stdout_bytes,
         result.stderr_bytes,
     )
+    out_dropped, err_dropped = result.stdout_dropped, result.stderr_dropped
     if not (
         (returncode is None or _is_number(returncode))
         and (signal is None or _is_number(signal))
@@ -817,9 +843,11 @@ def _result_json(result: Result | None) -> str:
         and (ended is None or _is_number(ended))
         and _is_number(utime)
         and _is_number(stime)
-        and _is_number(maxrss)
+        and (maxrss is None or _is_number(maxrss))
         and _is_number(out)
         and _is_number(err)
+        and _is_number(out_dropped)
+        and _is_number(err_dropped)
     ):
         raise _Unusual
     return (
@@ -827,11 +855,13 @@ def _result_json(result: Result | None) -> str:
         f'"signal":{"null" if signal is None else repr(signal)},'
         f'"started_at":{"null" if started is None else repr(started)},'
         f'"ended_at":{"null" if ended is None else repr(ended)},'
-        f'"utime":{utime!r},"stime":{stime!r},"maxrss_kb":{maxrss!r},'
+        f'"utime":{utime!r},"stime":{stime!r},'
+        f'"maxrss_kb":{"null" if maxrss is None else repr(maxrss)},'
         f'"stdout_bytes":{out!r},"stderr_bytes":{err!r},'
         f'"timed_out":{_json_boolean(result.timed_out)},'
         f'"killed":{_json_boolean(result.killed)},'
-        f'"error":{_json_optional_text(result.error)}}}'
+        f'"error":{_json_optional_text(result.error)},'
+        f'"stdout_dropped":{out_dropped!r},"stderr_dropped":{err_dropped!r}}}'
     )
 
 

@@ -10,7 +10,13 @@ from typing import Any
 
 import corra
 from corra.actors._lifecycle import PHASES
-from corra.actors._records import BACKENDS, MAX_SECONDS, NAME_PATTERN, RESTART_POLICIES
+from corra.actors._records import (
+    BACKENDS,
+    MAX_OUTPUT_LIMIT,
+    MAX_SECONDS,
+    NAME_PATTERN,
+    RESTART_POLICIES,
+)
 from corra.actors._spec_content import (
     ENV_NAME_PATTERN,
     HIDDEN,
@@ -72,6 +78,15 @@ _COMMON = {
     "kill_grace": {"type": "number", "minimum": 0, "maximum": MAX_SECONDS},
     "memory_limit": _nullable({"type": "integer", "minimum": 1}),
     "pids_limit": _nullable({"type": "integer", "minimum": 1}),
+    "output_limit": _nullable(
+        {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": MAX_OUTPUT_LIMIT,
+            "description": "bytes kept of each of stdout and stderr; later output is dropped "
+            "(default: the service's, 1 GiB unless --output-limit says otherwise)",
+        }
+    ),
     "labels": {
         "type": "object",
         "maxProperties": MAX_LABELS,
@@ -148,9 +163,16 @@ _RESULT = {
         "ended_at": _nullable(_TIME),
         "utime": {"type": "number"},
         "stime": {"type": "number"},
-        "maxrss_kb": {"type": "integer"},
+        "maxrss_kb": _nullable(
+            {"type": "integer", "description": "the program's peak resident set; null: unknown"}
+        ),
         "stdout_bytes": {"type": "integer"},
         "stderr_bytes": {"type": "integer"},
+        "stdout_dropped": {
+            "type": "integer",
+            "description": "bytes of stdout dropped past the output limit (about)",
+        },
+        "stderr_dropped": {"type": "integer"},
         "timed_out": {"type": "boolean"},
         "killed": {"type": "boolean"},
         "error": _nullable({"type": "string"}),

@@ -32,7 +32,8 @@ Rule 2: the program runs in its own process group (pgid == pid) in the chaperone
 its cgroups where the spec names them (the chaperone joins them around the spawn, so the
 program is born inside: a fork of the chaperone to join from would cost more than the rest of
 a launch), with stdin from /dev/null and stdout/stderr appended straight to RUN_DIR/stdout and
-RUN_DIR/stderr: no pipe passes through the chaperone.
+RUN_DIR/stderr: no pipe passes through the chaperone (one that dies never breaks a program's
+output). The spec's ``output_limit`` is kept by cutting the files back (`OutputLimit`).
 
 Rule 3: the chaperone enforces the timeout and kill requests: SIGTERM to the group, then
 SIGKILL to the group (and ``cgroup.kill``) after the grace period. Both hold while no runtime
@@ -82,7 +83,8 @@ RUN_DIR files::
     program.pid    own only: {"pid", "start", "started_at", "cgroup", "cgroup_note"}
                    (pid == pgid)
     spec.json      own only: argv, cwd (null: RUN_DIR/work), env (complete), timeout (seconds or
-                   null), kill_grace (seconds), cgroups (list of {"path", "before", "after"}: the
+                   null), kill_grace (seconds), output_limit (bytes kept of each stream, or
+                   null: no limit), cgroups (list of {"path", "before", "after"}: the
                    directory to create and join, and {file: value} settings written before the
                    program joins and after it runs), cgroup_notes (what the launcher could not
                    arrange, passed on into program.pid)
@@ -91,10 +93,16 @@ RUN_DIR files::
     stdout, stderr the program's output, appended
     kill.json      own only, optional: {"grace": seconds}, written by the runtime before its
                    SIGTERM
-    exit.json      returncode, signal, utime, stime, maxrss (bytes), started_at, ended_at
-                   (epoch seconds), stdout_size, stderr_size, timed_out, killed, oom_killed,
-                   error (why the program did not run, or what went wrong around it)
+    exit.json      returncode, signal, utime, stime, maxrss (the program's peak resident set
+                   in bytes, or null where unknown: see `program_peak`), started_at, ended_at
+                   (epoch seconds), stdout_size, stderr_size, stdout_dropped, stderr_dropped
+                   (bytes past output_limit, dropped: see `OutputLimit`), timed_out, killed,
+                   oom_killed, error (why the program did not run, or what went wrong around
+                   it)
     chaperone.log  only when an own chaperone itself failed: its traceback
+
+The exit record's temporary file is made with a block of its own (``posix_fallocate``), and
+written in place: the record of a program that filled the disk still gets written.
 
 A run under the shared chaperone costs six inodes (the directory, chaperone.pid, work, stdout,
 stderr, and the temporary file that becomes exit.json), all made ahead of its launch by the
@@ -123,7 +131,7 @@ users are refused). Requests carry an ``id`` that the reply repeats::
                                                    umask programs start with
         -> {"op": "hello", "version": 1, "pid", "start"}
     {"op": "launch", "key", "spec": {argv, cwd, env (added to hello's), timeout, kill_grace,
-     cgroups, cgroup_notes}}
+     output_limit, cgroups, cgroup_notes}}
         -> {"op": "started", "program"} | {"op": "claimed", "program"?} (no program: claimed by
            another chaperone, read the files) | {"op": "failed", "error"} (exit.json says so
            too) | {"op": "invalid", "error"} (nothing claimed) | {"op": "error", "error"} (try
@@ -190,6 +198,8 @@ RESET_IN_PROGRAM = (
 )
 #: cgroup settings that some kernels lack (no swap accounting), and that may go unset quietly.
 OPTIONAL_SETTINGS = ("memory.swap.max", "memory.memsw.limit_in_bytes")
+#: Where a memory cgroup keeps its peak (cgroup v2, v1).
+PEAK_FILES = ("memory.peak", "memory.max_usage_in_bytes")
 #: How long a chaperone waits for killed group or cgroup members to go before it records.
 CGROUP_DRAIN = 2.0
 #: Seconds the shared chaperone gathers exit records before it makes them durable at once.
@@ -206,6 +216,13 @@ MAX_REQUEST = 64 << 20
 LONGEST_WAIT = 1.0
 #: The most a program gets between SIGTERM and SIGKILL once its chaperone has lost its root.
 LOST_ROOT_GRACE = 5.0
+#: Seconds between two checks of a running program's output against its limit: at most, and
+#: at least (the first comes after that; see `OutputLimit`).
+OUTPUT_CHECK_MAX = 0.2
+OUTPUT_CHECK_MIN = 0.005
+#: Bytes set aside for the exit record's temporary file, so that it can be written on a full
+#: disk (a record is a few hundred bytes; a longer one needs a block more).
+EXIT_RESERVE = 4096
 
 
 def process_start(pid):
@@ -407,6 +424,7 @@ def check_spec(spec, env_required=False):
         env=check_env(env),
         timeout=seconds(spec.get("timeout"), "timeout", optional=True),
         kill_grace=seconds(spec.get("kill_grace", 10.0), "kill_grace"),
+        output_limit=output_limit(spec),
         cgroups=cgroups,
         cgroup_notes=notes,
     )
@@ -671,6 +689,18 @@ class Cgroups:
                     continue
         return False
 
+    def peak(self):
+        """The most memory the program's memory cgroup held (v2 ``memory.peak``, v1
+        ``memory.max_usage_in_bytes``), in bytes; None without one. Made for this program
+        alone, and the chaperone in it only around the spawn: the program's own peak."""
+        for path, _ in self.entries:
+            for name in PEAK_FILES:
+                try:
+                    return int(_read_small(os.path.join(path, name)))
+                except (OSError, ValueError):
+                    continue
+        return None
+
     def try_remove(self):
         """Remove the cgroups that are empty; whether none is left (``rmdir`` refuses one
         with anything inside, so success also says that nothing of the program is left)."""
@@ -749,6 +779,7 @@ class CgroupPool:
         self.made = {}  # parent -> how many were made
         self.parked = None  # the cgroup this process sits in, waiting for the next program
         self.fds = {}  # path -> an fd on its cgroup.procs
+        self.unused = set()  # paths made and not yet given to a program
 
     @staticmethod
     def poolable(entries):
@@ -806,6 +837,7 @@ class CgroupPool:
         path = f"{parent}/.pool-{self.tag}-{self.made[parent]}{suffix}"
         with contextlib.suppress(FileExistsError):
             os.mkdir(path)
+        self.unused.add(path)
         return path
 
     def _join(self, path):
@@ -862,6 +894,8 @@ class PooledCgroup:
         self.joined = []
         self.released = False
         self.oom_base = self.oom_count()
+        self.first = path in pool.unused  # no program was in it before
+        pool.unused.discard(path)
 
     @property
     def primary(self):
@@ -891,6 +925,19 @@ class PooledCgroup:
             return False
         count = self.oom_count()
         return count is not None and count > self.oom_base
+
+    def peak(self):
+        """The cgroup's peak (as `Cgroups.peak`) if this program is the first in it; else
+        None, for the peak is the highest of every program it held. (What the chaperone
+        charges while it waits in the cgroup before the spawn is in it too: a few pages.)"""
+        if not self.first:
+            return None
+        for name in PEAK_FILES:
+            try:
+                return int(_read_small(f"{self.path}/{name}"))
+            except (OSError, ValueError):
+                continue
+        return None
 
     def kill(self):
         if self.path == self.pool.parked:
@@ -1076,6 +1123,15 @@ def spawn_with_fork(path, argv, env, stdout_fd, stderr_fd):
     return pid
 
 
+def output_limit(spec):
+    """The spec's ``output_limit``: None (no limit) or bytes > 0; `Invalid` for anything
+    else."""
+    limit = spec.get("output_limit")
+    if limit is not None and (type(limit) is not int or limit <= 0):
+        raise Invalid(f"output_limit: expected bytes > 0 or null, got {_shown(limit)}")
+    return limit
+
+
 def open_streams(run_dir):
     """RUN_DIR/stdout and RUN_DIR/stderr, opened for appending (created if need be)."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
@@ -1087,17 +1143,86 @@ def open_streams(run_dir):
         raise
 
 
+class OutputLimit:
+    """Keeps a program's stdout and stderr within ``limit`` bytes each, with no pipe between
+    the program and its files (Rule 2).
+
+    The files are appended to (``O_APPEND``), so a file cut back to the limit (``ftruncate``:
+    its first ``limit`` bytes stay) takes the program's next writes at its new end, and the
+    next check cuts those too: what a program writes past its limit is dropped, and counted
+    (``dropped``; bytes written between a size read and its cut go uncounted, so the count is
+    a lower bound). A check is due when, at the rate the output grew since the last one, it
+    would pass the limit by ``slack`` (1/64 of the limit, at least 1 MiB); never
+    sooner than `OUTPUT_CHECK_MIN` seconds after the last, nor later than twice as long as
+    the last wait (a program that was quiet is looked at again soon: it may only have been
+    off the CPU), nor later than `OUTPUT_CHECK_MAX`. So a file passes its limit by about
+    ``slack`` while a program writes at a steady rate, by what it writes in
+    `OUTPUT_CHECK_MAX` seconds at worst (a burst after a long quiet spell), and only until
+    the next check.
+    """
+
+    def __init__(self, targets, limit, now):
+        self.targets = targets  # per stream: an fd on its file, or the file's path
+        self.limit = limit  # None: no limit
+        self.slack = max(limit >> 6, 1 << 20) if limit else 0
+        self.dropped = [0] * len(targets)
+        self.sizes = [0] * len(targets)  # at the last check, after the cut
+        self.checked = now
+        self.wait = OUTPUT_CHECK_MIN  # the last wait between two checks
+        self.due = float("inf") if limit is None else now + OUTPUT_CHECK_MIN
+
+    def check(self, now):
+        """Cut the files back to the limit; when the next check is due (monotonic seconds)."""
+        if self.limit is None:
+            return self.due
+        delay = min(self.wait * 2, OUTPUT_CHECK_MAX)
+        elapsed = max(now - self.checked, 1e-6)
+        for index, target in enumerate(self.targets):
+            try:
+                size = os.stat(target).st_size
+                if size > self.limit:
+                    os.truncate(target, self.limit)
+                    self.dropped[index] += size - self.limit
+            except OSError:
+                continue
+            rate = (size - self.sizes[index]) / elapsed
+            self.sizes[index] = min(size, self.limit)
+            if rate > 0:
+                delay = min(delay, (self.limit - self.sizes[index] + self.slack) / rate)
+        self.checked = now
+        self.wait = max(delay, OUTPUT_CHECK_MIN)
+        self.due = now + self.wait
+        return self.due
+
+    def check_due(self, now):
+        """`check` if one is due; when the next one is."""
+        return self.check(now) if now >= self.due else self.due
+
+    def finish(self):
+        """The last cut, once the program and its group are gone; the bytes dropped."""
+        if self.limit is not None:
+            self.check(time.monotonic())
+        return self.dropped
+
+    def close(self):
+        for target in self.targets:
+            if isinstance(target, int):
+                with contextlib.suppress(OSError):
+                    os.close(target)
+
+
 # exit records ---------------------------------------------------------------------------
 
 
-def exit_record(status, rusage, started_at, timed_out, killed, oom_killed):
-    """exit.json's fields (all but the output sizes) for a program that ran."""
+def exit_record(status, rusage, started_at, timed_out, killed, oom_killed, maxrss):
+    """exit.json's fields (all but the output's) for a program that ran; ``maxrss`` is
+    `program_peak`'s."""
     return {
         "returncode": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
         "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
         "utime": rusage.ru_utime,
         "stime": rusage.ru_stime,
-        "maxrss": rusage.ru_maxrss * 1024,
+        "maxrss": maxrss,
         "started_at": started_at,
         "ended_at": time.time(),
         "timed_out": timed_out,
@@ -1115,7 +1240,7 @@ def failure_record(error, started_at=None):
         "signal": None,
         "utime": 0.0,
         "stime": 0.0,
-        "maxrss": 0,
+        "maxrss": None,
         "started_at": started_at or now,
         "ended_at": now,
         "timed_out": False,
@@ -1125,19 +1250,66 @@ def failure_record(error, started_at=None):
     }
 
 
-def put_exit(run_dir, record):
-    """Add the output sizes to ``record`` and put it in place as RUN_DIR/exit.json (temp file,
-    rename); the fd of the file, to be made durable with `sync_exit` (and closed)."""
-    for name in STREAMS:
+def program_peak(rusage, cgroups):
+    """The program's own peak resident set in bytes, or None where it is not known.
+
+    wait4's ``ru_maxrss`` is no answer by itself: Linux carries the high-water mark of the
+    memory a process had before its exec into its count, and a program spawned with vfork
+    (posix_spawn) or fork starts from the chaperone's, so for a small program it is the
+    chaperone's size. So: the peak of a cgroup that held the program alone (`Cgroups.peak`),
+    else ``ru_maxrss`` where it is above this process's own high-water mark now (which is at
+    least what it was at the spawn: then it can only be the program's), else None.
+    """
+    peak = cgroups.peak() if cgroups is not None else None
+    if peak is not None:
+        return peak
+    maxrss = rusage.ru_maxrss * 1024
+    spawner = _own_peak()
+    return maxrss if spawner is not None and maxrss > spawner else None
+
+
+def _own_peak():
+    """This process's high-water mark of resident memory (VmHWM), in bytes; None if unknown."""
+    try:
+        for line in _read_small("/proc/self/status").split(b"\n"):
+            if line.startswith(b"VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def reserve_exit(run_dir):
+    """Make the exit record's temporary file with room for the record, so that it can be
+    written when the program has filled the disk (best effort: no room, no reserve)."""
+    fd = os.open(f"{run_dir}/{EXIT_TEMPORARY}", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        os.posix_fallocate(fd, 0, EXIT_RESERVE)
+    except (OSError, AttributeError):
+        pass
+    finally:
+        os.close(fd)
+
+
+def put_exit(run_dir, record, output=None):
+    """Add the output's sizes (and what ``output``, an `OutputLimit`, dropped) to ``record``
+    and put it in place as RUN_DIR/exit.json (its temporary file written in place, into the
+    room `reserve_exit` made; renamed); the fd of the file, to be made durable with
+    `sync_exit` (and closed)."""
+    dropped = output.finish() if output is not None else (0,) * len(STREAMS)
+    for index, name in enumerate(STREAMS):
         try:
             record[name + "_size"] = os.stat(f"{run_dir}/{name}").st_size
         except OSError:
             record[name + "_size"] = 0
+        record[name + "_dropped"] = dropped[index]
     path = f"{run_dir}/{EXIT_FILE}"
     temporary = f"{run_dir}/{EXIT_TEMPORARY}"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        os.write(fd, json_line(record))
+        data = json_line(record)
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
         os.rename(temporary, path)
     except BaseException:
         os.close(fd)
@@ -1169,6 +1341,8 @@ class Chaperone:
         self.run_dir = run_dir
         self.notifier = notifier
         self.pid = None
+        self.output_limit = None
+        self.output = None  # an OutputLimit, once the program runs
         self.cgroups = None
         self.started_at = None
         self.timed_out = False
@@ -1187,6 +1361,7 @@ class Chaperone:
             self.notifier.send({"status": "invalid", "error": f"spec.json: {error}"})
             return 2
         argv = spec["argv"]
+        self.output_limit = spec["output_limit"]
         cwd = spec.get("cwd")
         if cwd is not None and not os.path.isdir(cwd):
             self.notifier.send({"status": "invalid", "error": f"cwd: no such directory: {cwd!r}"})
@@ -1206,6 +1381,7 @@ class Chaperone:
             raise
 
     def supervise(self, spec, argv, cwd, me):
+        reserve_exit(self.run_dir)
         streams = open_streams(self.run_dir)
         self.cgroups = Cgroups(spec.get("cgroups") or [], spec.get("cgroup_notes") or ())
         self.started_at = time.time()
@@ -1220,9 +1396,12 @@ class Chaperone:
             self.fail_after_claim(_describe(error, subject))
             return 1
         finally:
-            for fd in streams:
-                os.close(fd)
+            if self.pid is None:
+                for fd in streams:
+                    os.close(fd)
         started = time.monotonic()
+        # The fds stay open for the size checks (closed with the process).
+        self.output = OutputLimit(streams, self.output_limit, started)
         program = {
             "pid": self.pid,
             "start": process_start(self.pid),
@@ -1234,11 +1413,13 @@ class Chaperone:
         self.notifier.send({"status": "started", "chaperone": me, "program": program}, final=False)
         status, rusage = self.wait(spec, started)
         oom_killed = self.cgroups.oom_killed()
+        peak = program_peak(rusage, self.cgroups)
         self.cgroups.remove()  # before the record: once it exists, nothing of the run is left
         record = exit_record(
-            status, rusage, self.started_at, self.timed_out, self.killed, oom_killed
+            status, rusage, self.started_at, self.timed_out, self.killed, oom_killed, peak
         )
-        self.write_exit(record, {"status": "exited", "record": record})
+        self.write_exit(record, {"status": "exited", "record": record}, self.output)
+        self.output.close()
         return 0
 
     def fail_after_claim(self, error):
@@ -1295,6 +1476,9 @@ class Chaperone:
                 self.kill_group(signal.SIGKILL)
                 escalate_at = float("inf")
             wake_at = escalate_at if escalate_at is not None else timeout_at
+            if self.output.limit is not None:
+                due = self.output.check_due(now)
+                wake_at = due if wake_at is None else min(wake_at, due)
             info = signal.sigtimedwait(waited, _bounded(None if wake_at is None else wake_at - now))
             if info is not None and info.si_signo in KILL_REQUESTS:
                 request_grace = self.requested_grace(grace)
@@ -1317,15 +1501,16 @@ class Chaperone:
         self.kill_group(signal.SIGTERM)
         return now + grace
 
-    def write_exit(self, record, reply):
+    def write_exit(self, record, reply, output=None):
         """Write exit.json, tell the launcher ``reply``, then make exit.json durable."""
         if self.root_lost is not None:  # nowhere to write it: the launcher may still listen
             record["error"] = f"chaperone: {self.root_lost}; the program was killed"
             for name in STREAMS:
                 record.setdefault(name + "_size", 0)
+                record.setdefault(name + "_dropped", 0)
             self.notifier.send(reply)
             return
-        fd = put_exit(self.run_dir, record)
+        fd = put_exit(self.run_dir, record, output)
         try:
             self.notifier.send(reply)
         finally:
@@ -1650,8 +1835,9 @@ def _make_spare(path, claim_line):
         os.write(claim, claim_line)
     finally:
         os.close(claim)
-    for name in (*STREAMS, EXIT_TEMPORARY):
+    for name in STREAMS:
         os.close(os.open(os.path.join(path, name), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    reserve_exit(path)
     os.mkdir(os.path.join(path, WORK_DIR), 0o700)
 
 
@@ -1672,7 +1858,9 @@ class Run:
         self.subscribers = set()  # clients told of the exit
         self.status = None  # wait4's, once reaped
         self.rusage = None
+        self.output = None  # an OutputLimit, once the program runs
         self.oom_killed = None
+        self.peak = None
         self.drain_until = None
 
 
@@ -2025,6 +2213,7 @@ class Server:
         env.update(spec["env"])
         grace = spec["kill_grace"]
         timeout = spec["timeout"]
+        limit = spec["output_limit"]
         cwd = spec.get("cwd")
         if cwd is not None and not os.path.isdir(cwd):
             return {"op": "invalid", "error": f"cwd: no such directory: {cwd!r}"}
@@ -2043,11 +2232,13 @@ class Server:
                 if not claim:  # a spare has one
                     with contextlib.suppress(FileExistsError):
                         os.mkdir(cwd, 0o700)
+            if not claim:  # a spare has its exit record's room
+                reserve_exit(run_dir)
             document = dict(spec, key=key, env_base=client.env_file)
             if client.umask is not None and client.umask != self.umask:
                 os.umask(client.umask)  # the program's, and our files have their own modes
                 self.umask = client.umask
-            return self.start(client, run, document, argv, env, cwd, timeout)
+            return self.start(client, run, document, argv, env, cwd, timeout, limit)
         except BaseException as error:
             # Claimed, but not started: exit.json says why, so a retry raises again.
             self.fail(run, f"chaperone: {error!r}")
@@ -2085,7 +2276,7 @@ class Server:
             os.close(fd)
         return False
 
-    def start(self, client, run, document, argv, env, cwd, timeout):
+    def start(self, client, run, document, argv, env, cwd, timeout, limit=None):
         entries = document.get("cgroups") or []
         notes = document.get("cgroup_notes") or ()
         pooled = CgroupPool.poolable(entries)
@@ -2132,6 +2323,9 @@ class Server:
         self.subscribe(client, run)
         if timeout is not None:
             self.at(started + timeout, self.on_timeout, run)
+        run.output = OutputLimit(streams, limit, started)
+        if limit is not None:
+            self.at(run.output.due, self.on_output, run)
         return {"op": "started", "program": run.program}
 
     def fail(self, run, error):
@@ -2182,6 +2376,11 @@ class Server:
             self.kill_group(run, signal.SIGKILL)
             run.escalate_at = float("inf")
 
+    def on_output(self, run):
+        """Keep a running program's output within its limit (`OutputLimit`)."""
+        if run.status is None:
+            self.at(run.output.check(time.monotonic()), self.on_output, run)
+
     # exits ------------------------------------------------------------------------------
 
     def reap(self):
@@ -2216,15 +2415,24 @@ class Server:
         if run.cgroups is not None:
             if run.oom_killed is None:
                 run.oom_killed = run.cgroups.oom_killed()
+                run.peak = program_peak(run.rusage, run.cgroups)
             if not run.cgroups.try_remove() and not last_chance:
                 run.cgroups.kill()  # something escaped the group: it dies with the cgroup
                 self.at(time.monotonic() + 0.002, self.finish, run)
                 return
+        if run.cgroups is None:
+            run.peak = program_peak(run.rusage, None)
         record = exit_record(
-            run.status, run.rusage, run.started_at, run.timed_out, run.killed, bool(run.oom_killed)
+            run.status,
+            run.rusage,
+            run.started_at,
+            run.timed_out,
+            run.killed,
+            bool(run.oom_killed),
+            run.peak,
         )
         try:
-            os.close(put_exit(run.run_dir, record))
+            os.close(put_exit(run.run_dir, record, run.output))
         except OSError:  # a full disk, say: nothing is done until the record is
             if self.root_lost is None:
                 _log_failure(os.path.join(self.root, DAEMON_LOG))

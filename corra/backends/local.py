@@ -66,6 +66,7 @@ import attrs
 import trio
 
 from corra._errors import BackendError, ConfigError, LaunchFailed, ProgramLost
+from corra.actors._records import DEFAULT_OUTPUT_LIMIT, check_output_limit
 from corra.backends import _cgroups, chaperone
 from corra.backends._cgroups import CgroupSupport
 
@@ -146,6 +147,10 @@ def _limit(name: str) -> Callable[[Any, Any, Any], None]:
     return check
 
 
+def _output_limit(instance: Any, attribute: Any, value: Any) -> None:
+    check_output_limit("output_limit", value, optional=True)
+
+
 def _cwd(instance: Any, attribute: Any, value: Any) -> None:
     if value is not None and (not isinstance(value, str) or not value or "\0" in value):
         raise ConfigError(f"cwd: expected a path or None, got {value!r}")
@@ -169,6 +174,9 @@ class LaunchSpec:
     """Bytes, enforced through a memory cgroup where there is one (else a note in the handle)."""
     pids_limit: int | None = attrs.field(default=None, validator=_limit("pids_limit"))
     """Processes, enforced through a pids cgroup where there is one."""
+    output_limit: int | None = attrs.field(default=None, validator=_output_limit)
+    """Bytes kept of each of stdout and stderr; the chaperone drops what comes later (and
+    counts it). None: the backend's ``output_limit``."""
 
 
 @attrs.frozen
@@ -206,9 +214,9 @@ class ExitRecord:
     """The signal that ended it, or None."""
     utime: float
     stime: float
-    maxrss: int
-    """Peak resident set in bytes, as wait4 reports it (at least the chaperone's own size, for
-    the kernel counts the spawning process's memory until exec)."""
+    maxrss: int | None
+    """The program's own peak resident set in bytes, or None where unknown (see
+    `chaperone.program_peak`: never the chaperone's)."""
     started_at: float
     ended_at: float
     stdout_size: int
@@ -221,6 +229,9 @@ class ExitRecord:
     """The kernel's OOM killer struck in its memory cgroup."""
     error: str | None = None
     """Why the program did not run (``No such file or directory: 'nosuch'``), or None."""
+    stdout_dropped: int = 0
+    """Bytes of stdout written past the output limit, and dropped (a lower bound)."""
+    stderr_dropped: int = 0
 
     @property
     def ok(self) -> bool:
@@ -804,6 +815,7 @@ class LocalBackend:
         chaperone: "shared" (one chaperone for the root, started on first use and shared with
             every backend on the root) or "own" (a chaperone per program: slower to launch,
             but a chaperone that is killed loses one program, not all).
+        output_limit: bytes kept of each stream of a program whose spec gives none (1 GiB).
 
     Use it as ``async with LocalBackend(root) as backend:`` (or call `aclose`), so that the
     connection to the shared chaperone is closed. Programs are not: they outlive the backend,
@@ -817,7 +829,10 @@ class LocalBackend:
         max_running: int | None = None,
         cgroups: Literal["auto", "off"] = "auto",
         chaperone: ChaperoneKind = "shared",
+        output_limit: int = DEFAULT_OUTPUT_LIMIT,
     ) -> None:
+        check_output_limit("output_limit", output_limit)
+        self.output_limit = output_limit
         if max_running is None:
             max_running = 4 * (os.cpu_count() or 1)
         if isinstance(max_running, bool) or not isinstance(max_running, int) or max_running < 1:
@@ -948,6 +963,7 @@ class LocalBackend:
             "kill_grace": spec.kill_grace,
             "memory_limit": spec.memory_limit,
             "pids_limit": spec.pids_limit,
+            "output_limit": self.output_limit if spec.output_limit is None else spec.output_limit,
             "cgroups": entries,
             "cgroup_notes": notes,
         }

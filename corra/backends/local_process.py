@@ -18,7 +18,7 @@ import attrs
 import trio
 
 from corra.actors._lifecycle import Result
-from corra.actors._records import ProcessSpec
+from corra.actors._records import DEFAULT_OUTPUT_LIMIT, ProcessSpec
 from corra.backends.local import (
     ChaperoneKind,
     ExitRecord,
@@ -49,12 +49,14 @@ def result_of(record: ExitRecord | None) -> Result | None:
         ended_at=record.ended_at,
         utime=record.utime,
         stime=record.stime,
-        maxrss_kb=record.maxrss // 1024,
+        maxrss_kb=None if record.maxrss is None else record.maxrss // 1024,
         stdout_bytes=record.stdout_size,
         stderr_bytes=record.stderr_size,
         timed_out=record.timed_out,
         killed=record.killed,
         error=error,
+        stdout_dropped=record.stdout_dropped,
+        stderr_dropped=record.stderr_dropped,
     )
 
 
@@ -69,10 +71,15 @@ class LocalProcessBackend:
         max_running: int | None = None,
         cgroups: Literal["auto", "off"] = "auto",
         chaperone: ChaperoneKind = "shared",
+        output_limit: int = DEFAULT_OUTPUT_LIMIT,
     ) -> None:
         self.root = Path(root)
         self.backend = LocalBackend(
-            self.root, max_running=max_running, cgroups=cgroups, chaperone=chaperone
+            self.root,
+            max_running=max_running,
+            cgroups=cgroups,
+            chaperone=chaperone,
+            output_limit=output_limit,
         )
 
     async def aclose(self) -> None:
@@ -107,6 +114,7 @@ class LocalProcessBackend:
             kill_grace=spec.kill_grace,
             memory_limit=spec.memory_limit,
             pids_limit=spec.pids_limit,
+            output_limit=spec.output_limit,
         )
         handle = await self.backend.launch(key, launch)
         return attrs.asdict(handle)
