@@ -343,7 +343,9 @@ def test_serve_launches_reports_the_exit_and_claims_once(served, tmp_path: Path)
 
 def test_serve_watch_and_kill_from_another_connection(served):
     root, _, connection = served
-    started = launch(connection, "k.1", ["sh", "-c", "trap '' TERM; sleep 30"], kill_grace=30)
+    script = "trap '' TERM; echo ready; sleep 30"
+    started = launch(connection, "k.1", ["sh", "-c", script], kill_grace=30)
+    wait_until_size(root / "k.1" / "stdout", len("ready\n"))  # SIGTERM is ignored from here on
     other = Connection(root)
     try:
         assert other.request(op="watch", key="k.1")["op"] == "watching"

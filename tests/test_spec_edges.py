@@ -271,8 +271,11 @@ def raw_specs(draw: st.DrawFn) -> ProcessSpec:
             )
         ),
     }
-    for name, value in fields.items():
-        object.__setattr__(spec, name, value)
+    for field in attrs.fields(ProcessSpec):  # a field added later keeps its default
+        default = field.default
+        if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+            default = default.factory()
+        object.__setattr__(spec, field.name, fields.get(field.name, default))
     return spec
 
 
