@@ -13,7 +13,6 @@ catch-all that logs and answers 500 is there for bugs.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import hmac
 import json
@@ -43,6 +42,7 @@ from corra._errors import (
 from corra.actors._lifecycle import ACTIVE, PHASES
 from corra.actors._records import ProcessRecord, ProcessSpec, Transition, parse_process_spec
 from corra.api import _metrics
+from corra.api._cache import TerminalCache
 from corra.api._events import EventLog, PhaseCounts
 from corra.api._logs import log_entries
 from corra.api._openapi import OPENAPI
@@ -57,11 +57,13 @@ DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 #: ``kill?wait=false`` answers once the process is killing, or after this many seconds.
 KILL_ACCEPTED_TIMEOUT = 10.0
-#: How many terminal processes' JSON ``GET /v1/processes/{id}`` keeps (each id and name).
-TERMINAL_CACHE = 4096
 #: Paths served without the token.
 OPEN_PATHS = frozenset({"/v1/health"})
 NDJSON = "application/x-ndjson"
+#: Streams close their connection when they end: a client that sent its next request on it
+#: as the service stopped would hold the stop up until the graceful timeout (hypercorn reads
+#: no more from a kept-alive connection while it winds down, and never closes it).
+STREAM_HEADERS = {"Connection": "close"}
 
 
 class ApiError(Exception):
@@ -103,12 +105,17 @@ class _Guard:
     """The token and the body limit, before any route (a plain ASGI wrapper: cheaper than
     a Starlette middleware, and it leaves streaming responses alone)."""
 
-    def __init__(self, app: Callable[..., Awaitable[None]], token: str) -> None:
+    def __init__(
+        self, app: Callable[..., Awaitable[None]], token: str, stopping: trio.Event
+    ) -> None:
         self.app = app
         self._token = token.encode()
+        self._stopping = stopping
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
+            if self._stopping.is_set():
+                send = _closing(send)
             refusal = self._refusal(scope)
             if refusal is not None:
                 await refusal(scope, receive, send)
@@ -160,8 +167,8 @@ class Api:
         self.stopping = trio.Event()
         """Set when the service stops: streams end, so that their clients reconnect."""
         self._submitting: dict[str, trio.Event] = {}
-        # ``GET /v1/processes/{id}`` of terminal processes, by id and by name, newest last.
-        self._terminal: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+        # ``GET /v1/processes/{id}`` of terminal processes, by id (bounded by bytes).
+        self._terminal = TerminalCache()
         routes = [
             Route("/v1/health", self.health, methods=["GET"]),
             Route("/openapi.json", self.openapi, methods=["GET"]),
@@ -183,7 +190,7 @@ class Api:
                 Exception: self._crash,
             },
         )
-        self.app = _Guard(starlette, token)
+        self.app = _Guard(starlette, token, self.stopping)
         """The ASGI app."""
 
     def stop(self) -> None:
@@ -296,8 +303,6 @@ class Api:
                 body = JSONResponse(detail_json(record, self._history(record))).body
                 if record.state.terminal:
                     self._remember_terminal(record, body)
-        else:
-            self._terminal.move_to_end(key)
         return Response(body, media_type="application/json")
 
     async def pause_process(self, request: Request) -> Response:
@@ -346,14 +351,14 @@ class Api:
             follow=follow,
             stopping=self.stopping,
         )
-        return StreamingResponse(_ndjson(entries, f"logs of {record.id}"), media_type=NDJSON)
+        return _stream(entries, f"logs of {record.id}")
 
     async def event_stream(self, request: Request) -> Response:
         query = request.query_params
         _known(query, "follow", "since")
         follow = _boolean(query, "follow", False)
         since = _integer(query, "since", 0, minimum=0)
-        return StreamingResponse(_ndjson(self._events(since, follow), "events"), media_type=NDJSON)
+        return _stream(self._events(since, follow), "events")
 
     async def _events(self, seq: int, follow: bool) -> AsyncIterator[dict[str, Any]]:
         if seq > self.events.last_seq:
@@ -385,9 +390,7 @@ class Api:
         """Keep the JSON of a terminal process (it never changes again: no event leaves a
         terminal phase, and its history is complete), by id (a name may look like another
         process's id: names are resolved by the manager, which prefers ids)."""
-        self._terminal[record.id] = body
-        while len(self._terminal) > TERMINAL_CACHE:
-            self._terminal.popitem(last=False)
+        self._terminal.put(record.id, body)
 
     def _history(self, record: ProcessRecord) -> list[Transition]:
         """The history of a record in hand (not looked up again)."""
@@ -547,6 +550,23 @@ def _boolean(query: Any, name: str, default: bool) -> bool:
 
 
 # -- streams -------------------------------------------------------------------------------
+
+
+def _closing(send: Callable[[dict[str, Any]], Awaitable[None]]) -> Any:
+    """``send``, with ``Connection: close`` on the response (the service stops: a client must
+    not send its next request on this connection; see `STREAM_HEADERS`)."""
+
+    async def closing(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            headers = [(k, v) for k, v in message.get("headers", ()) if k != b"connection"]
+            message = {**message, "headers": [*headers, (b"connection", b"close")]}
+        await send(message)
+
+    return closing
+
+
+def _stream(entries: AsyncIterator[dict[str, Any]], what: str) -> Response:
+    return StreamingResponse(_ndjson(entries, what), media_type=NDJSON, headers=STREAM_HEADERS)
 
 
 async def _ndjson(entries: AsyncIterator[dict[str, Any]], what: str) -> AsyncIterator[bytes]:
