@@ -4,9 +4,12 @@ slow or broken bodies, races) and what it holds on to (its cache, its streams)."
 from __future__ import annotations
 
 import hypothesis.strategies as st
+import pytest
 from hypothesis import given
 from test_api import serving, submit, wait_for
 
+import corra
+from corra.actors._process import MAX_LOG_OFFSET
 from corra.api._cache import TERMINAL_CACHE_BYTES, TerminalCache
 
 # -- the cache of terminal processes -----------------------------------------------------------
@@ -44,3 +47,37 @@ async def test_the_api_keeps_at_most_its_bytes_of_terminal_processes(tmp_path):
         assert sum(sizes) > TERMINAL_CACHE_BYTES
         assert cache.get(ids[-1]) is not None  # still useful: the recent ones are kept
         assert len(cache) >= TERMINAL_CACHE_BYTES // max(sizes) - 1
+
+
+# -- integers in the query -----------------------------------------------------------------------
+
+
+async def test_huge_integers_in_the_query_are_refused_naming_the_parameter_and_limit(tmp_path):
+    async with serving(tmp_path) as served:
+        http = served.http
+        await submit(http, ["echo", "hi"], name="hi")
+        await wait_for(http, "hi", "finished")
+        cases = [
+            ("/v1/processes/hi/logs", "offset", str(2**63), str(MAX_LOG_OFFSET)),
+            ("/v1/processes/hi/logs", "offset", str(2**64 + 5), str(MAX_LOG_OFFSET)),
+            ("/v1/processes/hi/logs", "offset", str(MAX_LOG_OFFSET + 1), str(MAX_LOG_OFFSET)),
+            ("/v1/processes/hi/logs", "offset", "9" * 5000, str(MAX_LOG_OFFSET)),
+            ("/v1/processes/hi/logs", "offset", "-" + "9" * 30, str(MAX_LOG_OFFSET)),
+            ("/v1/processes/hi/logs", "attempt", str(2**63), "<= 1"),
+            ("/v1/events", "since", str(2**63), str(MAX_LOG_OFFSET)),
+            ("/v1/processes", "limit", str(2**63), "<= 1000"),
+        ]
+        for path, name, value, limit in cases:
+            response = await http.get(path, params={name: value})
+            assert response.status_code == 400, (name, value, response.text)
+            message = response.json()["message"]
+            assert message.startswith(f"{name}: got ") and value[:20] in message, message
+            assert limit in message and len(message) < 300, message
+        # at the limit: an empty stream, not an error
+        edge = await http.get("/v1/processes/hi/logs", params={"offset": str(MAX_LOG_OFFSET)})
+        assert edge.status_code == 200 and edge.text == ""
+        padded = await http.get("/v1/processes/hi/logs", params={"offset": "0" * 30 + "1"})
+        assert padded.status_code == 200 and padded.json()["offset"] == 1
+        # the Python API's edge too
+        with pytest.raises(corra.ConfigError, match=f"offset: got {2**63}, expected at most"):
+            await served.runtime.processes.read_log("hi", "stdout", 2**63, 10)

@@ -79,6 +79,9 @@ logger = logging.getLogger("corra.process")
 RETRY_BACKOFF = Backoff(initial=1.0, factor=2.0, max=60.0)
 #: The most output one `read_log` returns, whatever it is asked for.
 MAX_LOG_READ = 16 << 20
+#: The largest log offset a read may start at: the largest integer JSON carries exactly
+#: (8 PiB, far beyond any log; a file offset stops at 2**63 - 1).
+MAX_LOG_OFFSET = 2**53 - 1
 #: Transient trouble in a step (the store, the backend) is retried this often, then the
 #: process fails with the reason.
 STEP_RETRIES = 5
@@ -669,6 +672,8 @@ class ProcessManager:
         for field, value in (("offset", offset), ("size", size)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"{field}: got {value!r}, expected an integer >= 0")
+        if offset > MAX_LOG_OFFSET:
+            raise ConfigError(f"offset: got {offset}, expected at most {MAX_LOG_OFFSET}")
         size = min(size, MAX_LOG_READ)
         record = id_or_name if isinstance(id_or_name, ProcessRecord) else self.get(id_or_name)
         key = record.key if attempt is None else f"{record.id}.{attempt}"

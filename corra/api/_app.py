@@ -40,6 +40,7 @@ from corra._errors import (
     StoreError,
 )
 from corra.actors._lifecycle import ACTIVE, PHASES
+from corra.actors._process import MAX_LOG_OFFSET
 from corra.actors._records import ProcessRecord, ProcessSpec, Transition, parse_process_spec
 from corra.api import _metrics
 from corra.api._cache import TerminalCache
@@ -55,6 +56,8 @@ MAX_BODY = 1 << 20
 #: ``GET /v1/processes``: items per page by default, and at most.
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
+#: The largest ``since`` of ``/v1/events`` (like a log offset: what JSON carries exactly).
+MAX_SEQ = MAX_LOG_OFFSET
 #: ``kill?wait=false`` answers once the process is killing, or after this many seconds.
 KILL_ACCEPTED_TIMEOUT = 10.0
 #: Paths served without the token.
@@ -338,7 +341,7 @@ class Api:
             raise ApiError(
                 400, "bad_request", f"stream: got {stream!r}, expected 'stdout' or 'stderr'"
             )
-        offset = _integer(query, "offset", 0, minimum=0)
+        offset = _integer(query, "offset", 0, minimum=0, maximum=MAX_LOG_OFFSET)
         current = record.state.attempt
         attempt = _integer(query, "attempt", current, minimum=1, maximum=current)
         follow = _boolean(query, "follow", False)
@@ -357,7 +360,7 @@ class Api:
         query = request.query_params
         _known(query, "follow", "since")
         follow = _boolean(query, "follow", False)
-        since = _integer(query, "since", 0, minimum=0)
+        since = _integer(query, "since", 0, minimum=0, maximum=MAX_SEQ)
         return _stream(self._events(since, follow), "events")
 
     async def _events(self, seq: int, follow: bool) -> AsyncIterator[dict[str, Any]]:
@@ -522,20 +525,21 @@ def _single(query: Any, name: str) -> str | None:
     return values[0] if values else None
 
 
-def _integer(
-    query: Any, name: str, default: int, *, minimum: int, maximum: int | None = None
-) -> int:
+def _integer(query: Any, name: str, default: int, *, minimum: int, maximum: int) -> int:
+    """An integer query parameter, within its bounds (every one has both: a number past
+    what a file offset or a C integer holds must never reach the code that reads logs)."""
     text = _single(query, name)
     if text is None:
         return default
-    bounds = f"an integer >= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
-    try:
-        if not text.isascii() or not text.lstrip("-").isdigit():
-            raise ValueError
-        value = int(text)
-    except ValueError:
-        raise ApiError(400, "bad_request", f"{name}: got {text!r}, expected {bounds}") from None
-    if value < minimum or (maximum is not None and value > maximum):
+    bounds = f"an integer >= {minimum} and <= {maximum}"
+    shown = repr(text) if len(text) <= 40 else f"{text[:40]!r}... ({len(text)} characters)"
+    digits = text[1:] if text[:1] in "+-" else text
+    if not (text.isascii() and digits.isdigit()):
+        raise ApiError(400, "bad_request", f"{name}: got {shown}, expected {bounds}")
+    if len(digits.lstrip("0")) > len(str(maximum)):  # (out of range: no need to convert it)
+        raise ApiError(400, "bad_request", f"{name}: got {shown}, expected {bounds}")
+    value = int(text)
+    if not minimum <= value <= maximum:
         raise ApiError(400, "bad_request", f"{name}: got {value}, expected {bounds}")
     return value
 

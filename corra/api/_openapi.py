@@ -10,6 +10,7 @@ from typing import Any
 
 import corra
 from corra.actors._lifecycle import PHASES
+from corra.actors._process import MAX_LOG_OFFSET
 from corra.actors._records import BACKENDS, NAME_PATTERN, RESTART_POLICIES
 
 
@@ -477,7 +478,7 @@ OPENAPI: dict[str, Any] = {
                     ),
                     _query(
                         "offset",
-                        {"type": "integer", "minimum": 0, "default": 0},
+                        {"type": "integer", "minimum": 0, "maximum": MAX_LOG_OFFSET, "default": 0},
                         "the byte to start at (an entry's next_offset, to resume)",
                     ),
                     _query(
@@ -515,7 +516,7 @@ OPENAPI: dict[str, Any] = {
                     ),
                     _query(
                         "since",
-                        {"type": "integer", "minimum": 0, "default": 0},
+                        {"type": "integer", "minimum": 0, "maximum": MAX_LOG_OFFSET, "default": 0},
                         "the seq of the last event seen (numbers start again with each "
                         "service: a seq beyond its last one gets all it retained)",
                     ),
