@@ -3,13 +3,23 @@ slow or broken bodies, races) and what it holds on to (its cache, its streams)."
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
 import hypothesis.strategies as st
 import pytest
+import trio
 from hypothesis import given
-from test_api import serving, submit, wait_for
+from test_api import TOKEN, serving, submit, wait_for
 
 import corra
+from corra._runtime import open_runtime
 from corra.actors._process import MAX_LOG_OFFSET
+from corra.api import Listen, open_api, serve_api
+from corra.api._app import BODY_TIMEOUT
 from corra.api._cache import TERMINAL_CACHE_BYTES, TerminalCache
 
 # -- the cache of terminal processes -----------------------------------------------------------
@@ -81,3 +91,123 @@ async def test_huge_integers_in_the_query_are_refused_naming_the_parameter_and_l
         # the Python API's edge too
         with pytest.raises(corra.ConfigError, match=f"offset: got {2**63}, expected at most"):
             await served.runtime.processes.read_log("hi", "stdout", 2**63, 10)
+
+
+# -- slow and broken requests ----------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def recorded(state_dir: Path) -> AsyncIterator[tuple[int, list[int]]]:
+    """A runtime and its API on a free port, and the statuses the app answered (in order)."""
+    statuses: list[int] = []
+    async with (
+        open_runtime(state_dir=state_dir, durable=False) as runtime,
+        open_api(runtime, token=TOKEN) as api,
+        trio.open_nursery() as nursery,
+    ):
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            async def recording(message: dict[str, Any]) -> None:
+                if message["type"] == "http.response.start":
+                    statuses.append(message["status"])
+                await send(message)
+
+            await api.app(scope, receive, recording)
+
+        listen = Listen(host="127.0.0.1", port=0)
+        urls = await nursery.start(
+            lambda task_status: serve_api(app, listen, task_status=task_status)
+        )
+        yield int(urls[0].rsplit(":", 1)[1]), statuses
+        api.stop()
+        nursery.cancel_scope.cancel()
+
+
+async def until_closed(stream: trio.SocketStream) -> bytes:
+    """What the server sends until it closes the connection (or resets it: it closed with
+    bytes of ours unread)."""
+    received = b""
+    with contextlib.suppress(trio.BrokenResourceError):
+        while chunk := await stream.receive_some(1 << 16):
+            received += chunk
+    return received
+
+
+def request_head(length: int, token: str | None = TOKEN) -> bytes:
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    return (
+        f"POST /v1/processes HTTP/1.1\r\nHost: x\r\n{auth}"
+        f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+    ).encode()
+
+
+async def test_a_body_sent_a_byte_a_second_is_cut_off_with_a_408(tmp_path, autojump_clock):
+    async with recorded(tmp_path) as (port, statuses):
+        body = b'{"argv": ["true"]}' + b" " * 200
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream, trio.open_nursery() as nursery:
+            answer: list[bytes] = []
+
+            async def drip() -> None:
+                await stream.send_all(request_head(len(body)))
+                with contextlib.suppress(trio.BrokenResourceError):  # (closed on us)
+                    for byte in body:
+                        await stream.send_all(bytes([byte]))
+                        await trio.sleep(1)
+
+            async def read() -> None:
+                answer.append(await until_closed(stream))
+                nursery.cancel_scope.cancel()
+
+            started = trio.current_time()
+            nursery.start_soon(read)
+            nursery.start_soon(drip)
+        closed_after = trio.current_time() - started
+    assert BODY_TIMEOUT <= closed_after < BODY_TIMEOUT + 2
+    assert answer[0].startswith(b"HTTP/1.1 408 ")
+    assert b"the body did not come within 60 s" in answer[0]
+    assert statuses == [408]
+
+
+async def test_slow_unauthenticated_requests_are_cut_off(tmp_path, autojump_clock):
+    async with recorded(tmp_path) as (port, statuses):
+        # headers a byte a second: hypercorn's wait for a request (5 s) ends it
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream, trio.open_nursery() as nursery:
+            started = trio.current_time()
+
+            async def drip() -> None:
+                with contextlib.suppress(trio.BrokenResourceError):
+                    for byte in b"GET /v1/processes HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"y" * 99:
+                        await stream.send_all(bytes([byte]))
+                        await trio.sleep(1)
+
+            nursery.start_soon(drip)
+            assert await until_closed(stream) == b""
+            nursery.cancel_scope.cancel()
+        assert trio.current_time() - started < 10
+        # a body without a token: refused at once, the body not waited for
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            started = trio.current_time()
+            await stream.send_all(request_head(1000, token=None))  # (body bytes unread at
+            # the close would make it a reset, which may overtake the answer)
+            answer = await until_closed(stream)
+        assert trio.current_time() - started < 1
+        assert answer.startswith(b"HTTP/1.1 401 ")
+    assert statuses == [401]
+
+
+async def test_a_client_gone_mid_body_is_no_500(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    async with recorded(tmp_path) as (port, statuses):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(request_head(1000) + b'{"argv": ["tr')
+        await trio.sleep(0.2)
+        await stream.aclose()
+        with trio.fail_after(10):
+            while not statuses:
+                await trio.sleep(0.01)
+    assert statuses == [499]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    assert "the client went away before its request was in" in caplog.text

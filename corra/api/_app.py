@@ -6,9 +6,11 @@
 
 Errors are JSON, ``{"error": CODE, "message": TEXT}`` (``"phase"`` too for a 409): a body
 that is not JSON 400, a spec that is not valid 422 (the message names the field), an unknown
-process 404, a transition the phase forbids 409, a body above `MAX_BODY` 413, a bad query
-parameter 400 (naming it). A handler never lets an error of corra's through as a 500; the
-catch-all that logs and answers 500 is there for bugs.
+process 404, a transition the phase forbids 409, a body above `MAX_BODY` 413, one that has not
+come whole within `BODY_TIMEOUT` 408 (the connection closes), a bad query parameter 400 (naming
+it, its value and its bounds). A handler never lets an error of corra's through as a 500; the
+catch-all that logs and answers 500 is there for bugs. A client that goes away before its
+request is in is logged as that (499), not as an error.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 import trio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -53,6 +55,10 @@ logger = logging.getLogger("corra.api")
 
 #: The largest request body accepted (413 above).
 MAX_BODY = 1 << 20
+#: Seconds a request body may take to come in whole (408 after, and the connection closes):
+#: a client sending a byte now and then would hold a connection forever. Slow enough for
+#: `MAX_BODY` at 20 KB/s.
+BODY_TIMEOUT = 60.0
 #: ``GET /v1/processes``: items per page by default, and at most.
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -82,6 +88,8 @@ class ApiError(Exception):
 
 def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
     headers = {"WWW-Authenticate": 'Bearer realm="corra"'} if status == 401 else None
+    if status == 408:
+        headers = {"Connection": "close"}  # (the rest of the body is not waited for)
     return JSONResponse(
         {"error": code, "message": message, **extra}, status_code=status, headers=headers
     )
@@ -189,6 +197,7 @@ class Api:
             exception_handlers={
                 ApiError: self._api_error,
                 CorraError: self._corra_error,
+                ClientDisconnect: self._client_gone,
                 HTTPException: self._http_error,
                 Exception: self._crash,
             },
@@ -441,6 +450,15 @@ class Api:
             response.headers.update(exc.headers)
         return response
 
+    async def _client_gone(self, request: Request, exc: Exception) -> Response:
+        # Not an error of the service's: nobody is left to answer (499, as nginx logs it).
+        logger.info(
+            "%s %s: the client went away before its request was in",
+            request.method,
+            request.url.path,
+        )
+        return Response(status_code=499)
+
     async def _crash(self, request: Request, exc: Exception) -> Response:
         logger.error("%s %s failed", request.method, request.url.path, exc_info=exc)
         return _error(500, "internal", f"internal error: {type(exc).__name__}")
@@ -469,16 +487,28 @@ async def open_api(runtime: Any, *, token: str) -> AsyncIterator[Api]:
 
 
 async def _body(request: Request) -> bytes:
-    """The body, refusing (413) one above `MAX_BODY` even without a content-length."""
+    """The body, refusing (413) one above `MAX_BODY` even without a content-length, and
+    (408) one that has not come whole within `BODY_TIMEOUT`.
+
+    Raises:
+        ClientDisconnect: the client went away before its body was in.
+    """
     chunks = []
     size = 0
-    async with contextlib.aclosing(request.stream()) as stream:
-        async for chunk in stream:
-            size += len(chunk)
-            if size > MAX_BODY:
-                raise ApiError(413, "too_large", f"the body is over {MAX_BODY} bytes")
-            chunks.append(chunk)
-    return b"".join(chunks)
+    with trio.move_on_after(BODY_TIMEOUT):
+        async with contextlib.aclosing(request.stream()) as stream:
+            async for chunk in stream:
+                size += len(chunk)
+                if size > MAX_BODY:
+                    raise ApiError(413, "too_large", f"the body is over {MAX_BODY} bytes")
+                chunks.append(chunk)
+        return b"".join(chunks)
+    raise ApiError(
+        408,
+        "timeout",
+        f"the body did not come within {BODY_TIMEOUT:g} s ({size} bytes came); "
+        f"a body may take at most {BODY_TIMEOUT:g} s",
+    )
 
 
 def _refuse_constant(name: str) -> Any:

@@ -145,6 +145,9 @@ async def serve_api(
     config.certfile = listen.certfile
     config.keyfile = listen.keyfile
     config.graceful_timeout = listen.graceful_timeout
+    # A request's head must come within keep_alive_timeout (5 s: hypercorn's wait for a
+    # request), its body within the app's BODY_TIMEOUT. No read_timeout: it would also cut
+    # off the clients that follow a stream, which send nothing for as long as they read.
     config.accesslog = "-" if listen.access_log else None
     config.loglevel = "WARNING"
     if listen.tls:
