@@ -211,3 +211,46 @@ async def test_a_client_gone_mid_body_is_no_500(tmp_path, caplog):
     assert statuses == [499]
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
     assert "the client went away before its request was in" in caplog.text
+
+
+# -- a pause that loses a race -----------------------------------------------------------------
+
+
+async def test_a_pause_overtaken_by_a_kill_answers_409_with_the_phase(tmp_path):
+    async with serving(tmp_path) as served:
+        http, manager = served.http, served.runtime.processes
+        process = (await submit(http, ["sleep", "30"], kill_grace=0.5))["id"]
+        await wait_for(http, process, "running")
+        # The pause's write is held until the kill is in the actor's mailbox: the kill comes
+        # while the pause is written, and goes on after it.
+        writing, release = trio.Event(), trio.Event()
+        save = manager._store.save
+
+        async def held_save(process_id: str, snapshot: bytes, **options: Any) -> None:
+            if b'"pause"' in (options.get("transition") or b"") + b"".join(
+                options.get("transitions", ())
+            ):
+                writing.set()
+                await release.wait()
+            await save(process_id, snapshot, **options)
+
+        manager._store.save = held_save
+        answers: dict[str, Any] = {}
+
+        async def call(verb: str, **params: str) -> None:
+            answers[verb] = await http.post(f"/v1/processes/{process}/{verb}", params=params)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call, "pause")
+            with trio.fail_after(10):
+                await writing.wait()
+                nursery.start_soon(call, "kill")
+                while manager._actors[process].statistics().mailbox_depth == 0:
+                    await trio.sleep(0.01)
+            release.set()
+        assert answers["kill"].status_code == 200
+        assert answers["kill"].json()["phase"] == "killed"
+        pause = answers["pause"]
+        assert pause.status_code == 409, pause.text
+        assert pause.json()["error"] == "invalid_transition"
+        assert pause.json()["phase"] == "killed"

@@ -755,10 +755,12 @@ class ProcessManager:
         return None if raw is None else self._codec.decode(raw)
 
     async def pause(self, id_or_name: str) -> ProcessRecord:
-        """Pause between steps; returns once the pause is durable.
+        """Pause between steps; returns once the pause is durable (the record, paused).
 
         Raises:
-            InvalidTransition: the process is paused, killing or terminal.
+            InvalidTransition: the process is paused, killing or terminal; or the pause did
+                not take effect (``phase`` says where the process went instead): a kill came
+                first, or came while the pause was written and went on, or the program ended.
         """
         record = self.get(id_or_name)
         if record.phase not in PAUSABLE:
@@ -778,9 +780,12 @@ class ProcessManager:
                 await self._tell_backend(record, "pause")
                 return record
         # Returns once the actor is gone too: a paused process holds nothing.
-        return await self.wait(
+        record = await self.wait(
             record.id, until=lambda r: r.phase not in PAUSABLE and r.id not in self._actors
         )
+        if record.phase != "paused":
+            raise InvalidTransition(record.id, record.phase, "pause")
+        return record
 
     async def resume(self, id_or_name: str) -> ProcessRecord:
         """Continue a paused process at the step that was next, in a fresh actor.
