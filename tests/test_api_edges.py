@@ -4,16 +4,20 @@ slow or broken bodies, races) and what it holds on to (its cache, its streams)."
 from __future__ import annotations
 
 import contextlib
+import itertools
+import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import hypothesis.strategies as st
 import pytest
 import trio
 from hypothesis import given
-from test_api import TOKEN, serving, submit, wait_for
+from test_api import AUTH, PY, TOKEN, serving, submit, wait_for
 
 import corra
 from corra._runtime import open_runtime
@@ -21,6 +25,7 @@ from corra.actors._process import MAX_LOG_OFFSET
 from corra.api import Listen, open_api, serve_api
 from corra.api._app import BODY_TIMEOUT
 from corra.api._cache import TERMINAL_CACHE_BYTES, TerminalCache
+from corra.backends.local_process import log_file
 
 # -- the cache of terminal processes -----------------------------------------------------------
 
@@ -254,3 +259,91 @@ async def test_a_pause_overtaken_by_a_kill_answers_409_with_the_phase(tmp_path):
         assert pause.status_code == 409, pause.text
         assert pause.json()["error"] == "invalid_transition"
         assert pause.json()["phase"] == "killed"
+
+
+# -- logs of a program that writes faster than its client reads ------------------------------------
+
+#: Writes 128 KiB of lines every 10 ms (about 12 MB/s) for 20 s at most (a test that fails
+#: must not leave it filling the disk: programs outlive their runtime).
+FAST_WRITER = (
+    "import sys, time\n"
+    "block = (b'y' * 1023 + b'\\n') * 128\n"
+    "end = time.monotonic() + 20\n"
+    "while time.monotonic() < end:\n"
+    "    sys.stdout.buffer.write(block); sys.stdout.buffer.flush(); time.sleep(0.01)\n"
+)
+
+
+@contextlib.asynccontextmanager
+async def fast_writer(http: httpx.AsyncClient) -> AsyncIterator[str]:
+    """A running `FAST_WRITER` (its id), killed at the end."""
+    process = (await submit(http, [PY, "-c", FAST_WRITER], kill_grace=0.5))["id"]
+    try:
+        await wait_for(http, process, "running")
+        yield process
+    finally:
+        with trio.CancelScope(shield=True):
+            await http.post(f"/v1/processes/{process}/kill")
+
+
+def slow_read(base_url: str, path: str, log: Path, params: dict[str, str]) -> tuple[list, int]:
+    """The entries of a log stream read at about 1.3 MB/s, and the log's size as the answer
+    began (an upper bound of what the service saw then); stops early past that size."""
+    entries: list[dict[str, Any]] = []
+    with (
+        httpx.Client(base_url=base_url, headers=AUTH, timeout=30) as client,
+        client.stream("GET", path, params=params) as response,
+    ):
+        assert response.status_code == 200
+        size = log.stat().st_size
+        for line in response.iter_lines():
+            if line:
+                entries.append(json.loads(line))
+                if entries[-1]["next_offset"] > size:
+                    break  # (it would never end)
+                time.sleep(0.05)
+    return entries, size
+
+
+async def test_a_log_read_without_follow_ends_at_the_output_there_was_when_it_began(tmp_path):
+    async with serving(tmp_path) as served, fast_writer(served.http) as process:
+        log = log_file(tmp_path / "runs", f"{process}.1", "stdout")
+        assert log is not None
+        with trio.fail_after(30):
+            while not log.exists() or log.stat().st_size < 1 << 20:
+                await trio.sleep(0.01)
+        path = f"/v1/processes/{process}/logs"
+        entries, size = await trio.to_thread.run_sync(
+            slow_read, served.urls[0], path, log, {"offset": "1000"}
+        )
+        assert entries[0]["offset"] == 1000
+        assert entries[-1]["next_offset"] <= size  # it ended, at most where the log was
+        assert entries[-1]["next_offset"] >= 1 << 20  # all that was there at the start
+        assert all(a["next_offset"] == b["offset"] for a, b in itertools.pairwise(entries))
+        assert log.stat().st_size > size  # the program wrote on meanwhile
+
+
+async def test_a_followed_fast_writer_does_not_hold_up_the_stop_of_the_service(tmp_path):
+    async with serving(tmp_path) as served, fast_writer(served.http) as process:
+        http = served.http
+        path = f"/v1/processes/{process}/logs"
+        ended = trio.Event()
+        got: list[dict[str, Any]] = []
+
+        async def follow() -> None:
+            async with http.stream("GET", path, params={"follow": "true"}) as response:
+                async for line in response.aiter_lines():
+                    if line:
+                        got.append(json.loads(line))
+                        await trio.sleep(0.02)  # (about 3 MB/s: slower than the program)
+            ended.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(follow)
+            with trio.fail_after(30):
+                while len(got) < 20:
+                    await trio.sleep(0.01)
+            served.api.stop()
+            with trio.fail_after(5):
+                await ended.wait()
+        assert all(a["next_offset"] == b["offset"] for a, b in itertools.pairwise(got))

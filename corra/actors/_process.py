@@ -112,6 +112,10 @@ class Backend(Protocol):
     launched program is durable, and before its resume is (e.g. to hold a queued job and
     release it); a failure of either is logged, never fails the process.
 
+    Optional: ``async log_size(key, stream, host) -> int | None``, how many bytes of the
+    output `read_log` can read there are now (None: it cannot tell now); without it, a read
+    of the output there is goes on for as long as the program writes.
+
     Optional, for backends with hosts (``host`` is the spec's): ``async wait_available(host)``,
     which returns once the host answers again after `HostUnavailable`; without it, a process
     whose host is unavailable fails. ``check_spec(spec)``, which refuses (`ConfigError`) a
@@ -679,6 +683,20 @@ class ProcessManager:
         key = record.key if attempt is None else f"{record.id}.{attempt}"
         backend = self.backend_for(record.spec)
         return await backend.read_log(key, stream, offset, size, record.spec.host)
+
+    async def log_size(
+        self, record: ProcessRecord, stream: str, *, attempt: int | None = None
+    ) -> int | None:
+        """How many bytes of output the process's current attempt (or ``attempt``) has now, as
+        `read_log` counts them; None if its backend cannot tell (now, or ever). A checkpoint."""
+        if stream not in ("stdout", "stderr"):
+            raise ConfigError(f"stream: got {stream!r}, expected 'stdout' or 'stderr'")
+        key = record.key if attempt is None else f"{record.id}.{attempt}"
+        log_size = getattr(self.backend_for(record.spec), "log_size", None)
+        if log_size is None:
+            await trio.lowlevel.checkpoint()
+            return None
+        return await log_size(key, stream, record.spec.host)
 
     @property
     def active(self) -> int:

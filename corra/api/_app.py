@@ -47,7 +47,7 @@ from corra.actors._records import ProcessRecord, ProcessSpec, Transition, parse_
 from corra.api import _metrics
 from corra.api._cache import TerminalCache
 from corra.api._events import EventLog, PhaseCounts
-from corra.api._logs import log_entries
+from corra.api._logs import log_end, log_entries
 from corra.api._openapi import OPENAPI
 from corra.api._wire import detail_json, record_json
 
@@ -354,6 +354,7 @@ class Api:
         current = record.state.attempt
         attempt = _integer(query, "attempt", current, minimum=1, maximum=current)
         follow = _boolean(query, "follow", False)
+        end = None if follow else await log_end(self.manager, record, stream, attempt)
         entries = log_entries(
             self.manager,
             record.id,
@@ -362,6 +363,7 @@ class Api:
             offset=offset,
             follow=follow,
             stopping=self.stopping,
+            end=end,
         )
         return _stream(entries, f"logs of {record.id}")
 
