@@ -17,7 +17,7 @@ import hypothesis.strategies as st
 import pytest
 import trio
 from hypothesis import given
-from test_api import AUTH, PY, TOKEN, serving, submit, wait_for
+from test_api import AUTH, PY, TOKEN, _certificate, serving, submit, wait_for
 
 import corra
 from corra._runtime import open_runtime
@@ -25,6 +25,7 @@ from corra.actors._process import MAX_LOG_OFFSET
 from corra.api import Listen, open_api, serve_api
 from corra.api._app import BODY_TIMEOUT
 from corra.api._cache import TERMINAL_CACHE_BYTES, TerminalCache
+from corra.api._server import TLS_HANDSHAKE_TIMEOUT
 from corra.backends.local_process import log_file
 
 # -- the cache of terminal processes -----------------------------------------------------------
@@ -201,6 +202,18 @@ async def test_slow_unauthenticated_requests_are_cut_off(tmp_path, autojump_cloc
         assert trio.current_time() - started < 1
         assert answer.startswith(b"HTTP/1.1 401 ")
     assert statuses == [401]
+
+
+async def test_a_tls_handshake_that_never_comes_is_cut_off(tmp_path, autojump_clock):
+    cert, key = _certificate(tmp_path)
+    async with serving(tmp_path, certfile=str(cert), keyfile=str(key)) as served:
+        port = int(served.urls[0].rsplit(":", 1)[1])
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            started = trio.current_time()
+            await stream.send_all(b"\x16\x03\x01")  # the start of a ClientHello, no more
+            assert await until_closed(stream) == b""
+        assert trio.current_time() - started <= TLS_HANDSHAKE_TIMEOUT + 1
 
 
 async def test_a_client_gone_mid_body_is_no_500(tmp_path, caplog):
