@@ -360,3 +360,16 @@ async def test_a_followed_fast_writer_does_not_hold_up_the_stop_of_the_service(t
             with trio.fail_after(5):
                 await ended.wait()
         assert all(a["next_offset"] == b["offset"] for a, b in itertools.pairwise(got))
+
+
+async def test_answers_close_their_connection_once_the_service_stops(tmp_path):
+    # (a kept-alive client would send its next request on it, which hypercorn, winding
+    # down, never reads: the stop would wait the graceful timeout out)
+    async with serving(tmp_path) as served:
+        http = served.http
+        assert "connection" not in (await http.get("/v1/processes")).headers
+        events = await http.get("/v1/events")
+        assert events.headers["connection"] == "close"  # a stream: always
+        served.api.stop()
+        for path in ("/v1/processes", "/v1/health", "/v1/processes/nope"):
+            assert (await http.get(path)).headers["connection"] == "close", path
