@@ -10,6 +10,7 @@ from typing import Any
 
 import corra
 from corra.actors._lifecycle import PHASES
+from corra.actors._process import MAX_LOG_OFFSET
 from corra.actors._records import (
     BACKENDS,
     MAX_OUTPUT_LIMIT,
@@ -424,6 +425,7 @@ OPENAPI: dict[str, Any] = {
                     },
                     "400": _error("the body is not a JSON document"),
                     "401": _UNAUTHORIZED,
+                    "408": _error("the body did not come whole within 60 s"),
                     "409": _error("the name is taken by a process whose record is unreadable"),
                     "413": _error("the body is over 1 MiB"),
                     "422": _error("the spec is not valid (the message names the field)"),
@@ -542,7 +544,7 @@ OPENAPI: dict[str, Any] = {
                     ),
                     _query(
                         "offset",
-                        {"type": "integer", "minimum": 0, "default": 0},
+                        {"type": "integer", "minimum": 0, "maximum": MAX_LOG_OFFSET, "default": 0},
                         "the byte to start at (an entry's next_offset, to resume)",
                     ),
                     _query(
@@ -580,7 +582,7 @@ OPENAPI: dict[str, Any] = {
                     ),
                     _query(
                         "since",
-                        {"type": "integer", "minimum": 0, "default": 0},
+                        {"type": "integer", "minimum": 0, "maximum": MAX_LOG_OFFSET, "default": 0},
                         "the seq of the last event seen (numbers start again with each "
                         "service: a seq beyond its last one gets all it retained)",
                     ),

@@ -402,6 +402,17 @@ class SchedulerBackend(HostPollers):
                 return out
         return b""
 
+    async def log_size(self, key: str, stream: str, host_name: str | None = None) -> int | None:
+        """How many bytes of ``stream`` (all of an array's tasks) there are now; None before
+        the run dir has any."""
+        if stream not in ("stdout", "stderr"):
+            raise ConfigError(f"stream: got {stream!r}, expected 'stdout' or 'stderr'")
+        for host in self.hosts_for(host_name):
+            files = await self._log_files(host, await self._run_dir(host, key), stream)
+            if files:
+                return sum(size for _, size in files)
+        return None
+
     async def _log_files(self, host: _Host, run_dir: str, stream: str) -> list[tuple[str, int]]:
         """The files of ``stream`` in the run dir, with their sizes: ``stdout``, or an array's
         ``stdout.<task>`` in task order (none if the run dir has none yet)."""

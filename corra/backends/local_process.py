@@ -36,6 +36,13 @@ def log_file(root: Path, key: str, stream: str) -> Path | None:
     return root / key / stream
 
 
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
 def result_of(record: ExitRecord | None) -> Result | None:
     if record is None:
         return None
@@ -139,3 +146,10 @@ class LocalProcessBackend:
         if path is None:
             return b""
         return await trio.to_thread.run_sync(_pread, path, offset, size)
+
+    async def log_size(self, key: str, stream: str, host: str | None = None) -> int:
+        """How many bytes of ``stream`` the program of ``key`` has written (0 before any)."""
+        path = log_file(self.root, key, stream)
+        if path is None:
+            return 0
+        return await trio.to_thread.run_sync(_file_size, path)

@@ -541,6 +541,22 @@ class SshProgramBackend(HostPollers):
                 return local
         return b""
 
+    async def log_size(self, key: str, stream: str, host_name: str | None = None) -> int | None:
+        """How many bytes of ``stream`` the program of ``key`` has written, as its host says;
+        None if the host cannot say now (its file is gone, or it does not answer)."""
+        if stream not in STREAMS:
+            raise ConfigError(f"stream: got {stream!r}, expected 'stdout' or 'stderr'")
+        check_key(key)
+        for host in self.hosts_for(host_name):
+            try:
+                await self._ready(host)
+                info = await host.transport.stat(posixpath.join(self._run_dir(host, key), stream))
+            except TransportError:
+                return None
+            if info is not None:
+                return info.size
+        return None
+
     def polls(self, host_name: str) -> int:
         """Status execs made for ``host_name`` so far."""
         return self.host(host_name).polls
