@@ -55,6 +55,7 @@ import attrs
 
 from corra._errors import ConfigError
 from corra.actors._records import ProcessSpec, parse_process_spec
+from corra.actors._spec_content import shown_tables
 from corra.backends.slurm import parse_slurm_options
 from corra.backends.ssh._config import HostConfig, LoginSettings, parse_host
 
@@ -103,11 +104,11 @@ def parse_job_text(text: str, where: str = "<job file>") -> JobFile:
     logins = _logins(data.get("logins"), where, errors)
     defaults = data.get("defaults", {})
     if not isinstance(defaults, dict):
-        errors.append(f"{where}: defaults: expected a table, got {defaults!r}")
+        errors.append(f"{where}: defaults: expected a table, got {shown_tables(defaults)}")
         defaults = {}
     tables = data.get("process", [])
     if not isinstance(tables, list):
-        errors.append(f"{where}: process: expected [[process]] tables, got {tables!r}")
+        errors.append(f"{where}: process: expected [[process]] tables, got {shown_tables(tables)}")
         tables = []
     if not tables and not errors:
         errors.append(f"{where}: no [[process]] tables; nothing to run")
@@ -116,7 +117,7 @@ def parse_job_text(text: str, where: str = "<job file>") -> JobFile:
     for index, table in enumerate(tables):
         label = _label(where, index, table)
         if not isinstance(table, dict):
-            errors.append(f"{label}: expected a table, got {table!r}")
+            errors.append(f"{label}: expected a table, got {shown_tables(table)}")
             continue
         name = table.get("name")
         if name is None:
@@ -152,7 +153,7 @@ def parse_job_text(text: str, where: str = "<job file>") -> JobFile:
 
 def _hosts(tables: object, where: str, errors: list[str]) -> dict[str, HostConfig]:
     if not isinstance(tables, dict):
-        errors.append(f"{where}: hosts: expected [hosts.NAME] tables, got {tables!r}")
+        errors.append(f"{where}: hosts: expected [hosts.NAME] tables, got {shown_tables(tables)}")
         return {}
     hosts = {}
     for name, table in tables.items():
@@ -167,7 +168,7 @@ def _logins(table: object, where: str, errors: list[str]) -> LoginSettings | Non
     if table is None:
         return None
     if not isinstance(table, dict):
-        errors.append(f"{where}: logins: expected a table, got {table!r}")
+        errors.append(f"{where}: logins: expected a table, got {shown_tables(table)}")
         return None
     unknown = sorted(set(table) - {"rate", "burst"})
     if unknown:

@@ -28,6 +28,7 @@ import trio_asyncio
 from corra._errors import ConfigError
 from corra._statedir import read_private, write_private
 from corra.actors import ChildSpec, SupervisorFlags, SupervisorRef, SupervisorSpec
+from corra.actors._records import DEFAULT_OUTPUT_LIMIT
 from corra.backends.batch import BatchHost, SchedulerBackend
 from corra.backends.slurm import Slurm
 from corra.backends.ssh import (
@@ -96,8 +97,10 @@ async def open_remote_backends(
     logins: LoginSettings | None = None,
     poll_interval: float = 1.0,
     logs_dir: Path | None = None,
+    output_limit: int = DEFAULT_OUTPUT_LIMIT,
 ) -> AsyncIterator[RemoteBackends]:
-    """The remote backends for ``hosts``, for as long as the block runs (see module doc)."""
+    """The remote backends for ``hosts``, for as long as the block runs (see module doc);
+    ``output_limit``: the ssh backend's default for specs without one."""
     async with trio_asyncio.open_loop():
         flags = SupervisorFlags(strategy="one_for_one", intensity=10, period=60)
         supervisor = await root.start_child(
@@ -113,7 +116,11 @@ async def open_remote_backends(
             else:
                 transports[name] = SshTransport(await registry.pool(host))
         ssh = SshProgramBackend(
-            dict(hosts), transports, poll_interval=poll_interval, logs_dir=logs_dir
+            dict(hosts),
+            transports,
+            poll_interval=poll_interval,
+            logs_dir=logs_dir,
+            output_limit=output_limit,
         )
         batch_hosts = {
             name: BatchHost(

@@ -21,21 +21,25 @@ from corra.actors import _runtime as kernel
 from corra.actors._lifecycle import ProcessState, Result
 from corra.actors._process import Backend, ProcessManager, RecoveryReport
 from corra.actors._records import (
+    DEFAULT_OUTPUT_LIMIT,
+    MAX_SECONDS,
     ProcessRecord,
     ProcessSpec,
     Transition,
+    check_output_limit,
     encode_record_data,
     encode_transition_data,
     parse_process_spec,
 )
 from corra.actors._specs import SupervisorFlags, SupervisorSpec
+from corra.backends import recorded
 from corra.persistence import Codec, open_store
 
 if TYPE_CHECKING:
     from corra.backends.ssh import HostConfig, LoginSettings
 
 #: Under the state dir: the logs of remote programs, shipped home while they run.
-REMOTE_LOGS = "remote-logs"
+REMOTE_LOGS = recorded.REMOTE_LOGS
 
 #: Under the state dir: held (flock) by the one runtime that uses it; holds its pid.
 RUNTIME_LOCK = "runtime.lock"
@@ -203,6 +207,7 @@ async def open_runtime(
     hosts: Mapping[str, HostConfig] | None = None,
     logins: LoginSettings | None = None,
     remote_poll_interval: float = 1.0,
+    output_limit: int = DEFAULT_OUTPUT_LIMIT,
 ) -> AsyncIterator[Runtime]:
     """Run a corra runtime for the duration of the block.
 
@@ -226,11 +231,21 @@ async def open_runtime(
             them again; given again, a host replaces what was remembered under its name.
         logins: the login budget all hosts share (default: one login per 5 s, burst 3).
         remote_poll_interval: seconds between two status polls of a host's programs.
+        output_limit: bytes kept of each of a program's stdout and stderr when its spec sets
+            no ``output_limit`` (default 1 GiB, at most 1 TiB); later output is dropped and
+            the result counts it. Remote logs brought home stop at the same limit.
 
     Raises:
-        ConfigError: another runtime uses the state dir.
+        ConfigError: another runtime uses the state dir, or a setting is not valid.
         RestartIntensityExceeded: the root supervisor gave up.
     """
+    poll = remote_poll_interval
+    if isinstance(poll, bool) or not isinstance(poll, int | float) or not 0 < poll <= MAX_SECONDS:
+        raise ConfigError(
+            f"remote_poll_interval: got {poll!r}, expected seconds > 0 and at most "
+            f"{MAX_SECONDS} (10 years)"
+        )
+    check_output_limit("output_limit", output_limit)
     async with kernel.open_runtime(flags=flags, runtime_type=Runtime) as rt:
         assert isinstance(rt, Runtime)
         if state_dir is None:
@@ -246,7 +261,9 @@ async def open_runtime(
                 if backends is None:
                     from corra.backends.local_process import LocalProcessBackend
 
-                    local = LocalProcessBackend(path / "runs", max_running=max_running)
+                    local = LocalProcessBackend(
+                        path / "runs", max_running=max_running, output_limit=output_limit
+                    )
                     owned.append(local)
                     backends = {"local": local}
                     known = await _known_hosts(path, hosts)
@@ -260,6 +277,7 @@ async def open_runtime(
                                 logins=logins,
                                 poll_interval=remote_poll_interval,
                                 logs_dir=path / REMOTE_LOGS,
+                                output_limit=output_limit,
                             )
                         )
                         backends.update(remote.backends)

@@ -20,16 +20,16 @@ import signal
 import sys
 import time
 import urllib.parse
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import trio
 
 import corra
 from corra._errors import ConfigError, CorraError
-from corra._jobfile import JobFile, load_job_file
 from corra._runtime import (
     HISTORY_CODEC,
     RECORD_CODEC,
@@ -42,12 +42,15 @@ from corra._statedir import check_state_dir
 from corra.actors._lifecycle import ACTIVE, PHASES, TERMINAL, Result
 from corra.actors._process import describe, find_record, paused_for_host, sorted_records
 from corra.actors._records import (
+    DEFAULT_OUTPUT_LIMIT,
     ProcessRecord,
     ProcessSpec,
     Transition,
+    check_output_limit,
     parse_process_spec,
     unstructure_spec,
 )
+from corra.actors._spec_content import HIDDEN
 from corra.api._client import (
     ApiError,
     Client,
@@ -58,7 +61,11 @@ from corra.api._client import (
 )
 from corra.api._files import DEFAULT_HOST, DEFAULT_PORT, TOKEN_FILE
 from corra.api._wire import detail_json, record_json
+from corra.backends.recorded import recorded
 from corra.persistence import open_store_readonly
+
+if TYPE_CHECKING:
+    from corra._jobfile import JobFile
 
 __all__ = ["build_parser", "main", "record_json"]
 
@@ -121,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("jobfile", nargs="?", help="a TOML job file with [[process]] tables")
     run.add_argument("--name", help="name of the process given after --")
     run.add_argument("--max-running", type=int, default=None, help="programs at once")
+    run.add_argument("--output-limit", type=int, default=None, metavar="BYTES", help=_OUTPUT_LIMIT)
     run.add_argument("--json", action="store_true", help="print the final records as JSON")
     run.add_argument("-v", "--verbose", action="store_true", help="log every transition")
 
@@ -146,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--token-file", help="the token's file (created, mode 0600, if it does not exist)"
     )
     serve.add_argument("--max-running", type=int, default=None, help="programs at once")
+    serve.add_argument(
+        "--output-limit", type=int, default=None, metavar="BYTES", help=_OUTPUT_LIMIT
+    )
     serve.add_argument("--access-log", action="store_true", help="log every request to stderr")
     serve.add_argument("-v", "--verbose", action="store_true", help="log every transition")
 
@@ -176,6 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     show.add_argument("process", help="id or name")
     show.add_argument("--json", action="store_true")
+    show.add_argument(
+        "--show-env",
+        action="store_true",
+        help=f"show the values of the env (else each is {HIDDEN!r})",
+    )
 
     logs = commands.add_parser("logs", parents=[state, client], help="a process's output")
     logs.add_argument("process", help="id or name")
@@ -199,6 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``corra`` console script; returns the exit status."""
+    # asyncssh (imported with the job files' hosts, hence the late imports of `corra._jobfile`)
+    # names cryptography's DSA classes, which cryptography >= 47 deprecates: eight lines of
+    # warnings on every command, about nothing a user can change.
+    warnings.filterwarnings("ignore", message="DSA is deprecated", module=r"asyncssh\.")
     parser = build_parser()
     words = list(sys.argv[1:] if argv is None else argv)
     program: list[str] = []
@@ -251,6 +271,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, state_dir: Path) -> int:
+    from corra._jobfile import JobFile, load_job_file
+
     argv = list(args.argv)
     if args.jobfile and args.name:
         raise ConfigError("run: --name names the program given after --; a job file names its own")
@@ -267,9 +289,25 @@ def _run(args: argparse.Namespace, state_dir: Path) -> int:
         raise ConfigError("run: nothing to run; give a job file or `-- ARGV...`")
     if args.max_running is not None and args.max_running < 1:
         raise ConfigError(f"--max-running: got {args.max_running}, expected an integer >= 1")
+    _output_limit(args)
     if args.verbose:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     return trio.run(_run_async, job, state_dir, args)
+
+
+#: --output-limit's help.
+_OUTPUT_LIMIT = (
+    "bytes kept of each of stdout and stderr of a process that sets no output_limit "
+    f"(default {DEFAULT_OUTPUT_LIMIT}, 1 GiB)"
+)
+
+
+def _output_limit(args: argparse.Namespace) -> int:
+    """--output-limit, checked; the default without it."""
+    if args.output_limit is None:
+        return DEFAULT_OUTPUT_LIMIT
+    check_output_limit("--output-limit", args.output_limit)
+    return int(args.output_limit)
 
 
 async def _run_async(job: JobFile, state_dir: Path, args: argparse.Namespace) -> int:
@@ -277,7 +315,11 @@ async def _run_async(job: JobFile, state_dir: Path, args: argparse.Namespace) ->
     out = sys.stderr if args.json else sys.stdout
     interrupted: list[int] = []
     async with open_runtime(
-        state_dir=state_dir, max_running=args.max_running, hosts=job.hosts, logins=job.logins
+        state_dir=state_dir,
+        max_running=args.max_running,
+        hosts=job.hosts,
+        logins=job.logins,
+        output_limit=_output_limit(args),
     ) as rt:
         manager = rt.processes
         report = rt.recovery
@@ -306,7 +348,15 @@ async def _run_async(job: JobFile, state_dir: Path, args: argparse.Namespace) ->
                 await _wait_all(manager, ids)
                 nursery.cancel_scope.cancel()
         records = [manager.get(process_id) for process_id in ids]
+        leftovers = _leftovers(manager, report, ids)
     display.summary(records)
+    if leftovers:
+        print(
+            f"{leftovers} other process(es) recovered from {state_dir} are still active; their "
+            "programs keep running under their chaperones, and the next `corra run` or "
+            "`corra serve` on this state dir collects them",
+            file=out,
+        )
     if args.json:
         json.dump([record_json(record) for record in records], sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -327,7 +377,12 @@ async def _run_async(job: JobFile, state_dir: Path, args: argparse.Namespace) ->
 
 
 async def _wait_all(manager: Any, ids: list[str]) -> None:
-    """Until no process of this run (nor any recovered one) has work left."""
+    """Until no process of this run has work left.
+
+    Only this run's: the processes that a runtime killed earlier left active are recovered
+    in the background (their actors collect what ended meanwhile), but a one-off never waits
+    for them; what is left of them when this run ends keeps running under its chaperone, and
+    the next runtime on the state dir collects it (`_leftovers` says how many)."""
 
     def idle(record: ProcessRecord) -> bool:
         # (a process paused because its host stopped answering resumes by itself: wait)
@@ -335,7 +390,21 @@ async def _wait_all(manager: Any, ids: list[str]) -> None:
 
     for process_id in ids:
         await manager.wait(process_id, until=idle)
-    await manager.wait_idle()
+
+
+def _leftovers(manager: Any, report: Any, ids: list[str]) -> int:
+    """How many recovered processes, not of this run, still have work left."""
+    if report is None:
+        return 0
+    own = set(ids)
+    count = 0
+    for process_id in (*report.resumed, *report.waiting_for_host):
+        if process_id in own:
+            continue
+        record = manager.get(process_id)
+        if record.phase in ACTIVE or paused_for_host(record.state):
+            count += 1
+    return count
 
 
 async def _stop_on_signal(
@@ -458,6 +527,7 @@ def _serve(args: argparse.Namespace, state_dir: Path) -> int:
     host, port = parse_listen(args.listen)
     if args.max_running is not None and args.max_running < 1:
         raise ConfigError(f"--max-running: got {args.max_running}, expected an integer >= 1")
+    _output_limit(args)
     for option in ("certfile", "keyfile"):
         path = getattr(args, option)
         if path is not None and not Path(path).is_file():
@@ -513,7 +583,11 @@ async def _serve_async(
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as outer:
             outer.start_soon(_watch_signals, signals, stop, outer.cancel_scope)
-            async with open_runtime(state_dir=state_dir, max_running=args.max_running) as rt:
+            async with open_runtime(
+                state_dir=state_dir,
+                max_running=args.max_running,
+                output_limit=_output_limit(args),
+            ) as rt:
                 token = await trio.to_thread.run_sync(load_token, token_file)
                 report = rt.recovery
                 if report is not None and (report.resumed or report.set_aside):
@@ -602,6 +676,8 @@ def _print_json(data: Any) -> None:
 
 
 def _submit(args: argparse.Namespace, state_dir: Path) -> int:
+    from corra._jobfile import load_job_file
+
     argv = list(args.argv)
     if args.jobfile and (args.name or args.label):
         raise ConfigError(
@@ -736,7 +812,8 @@ def _ps(args: argparse.Namespace, state_dir: Path) -> int:
             if (not args.phase or r.phase == args.phase)
             and all(r.spec.labels.get(key) == value for key, value in labels.items())
         ]
-        return _print_ps([record_json(r) for r in records], args.json, corrupt=corrupt)
+        items = [record_json(r, _recorded(state_dir, r)) for r in records]
+        return _print_ps(items, args.json, corrupt=corrupt)
 
     return _read_only(args, state_dir, via_service, from_state_dir)
 
@@ -758,7 +835,7 @@ def _print_ps(items: list[dict[str, Any]], as_json: bool, *, corrupt: int) -> in
             (
                 item["id"],
                 item["name"],
-                item["phase"],
+                _phase_text(item),
                 str(item["attempt"]),
                 rc,
                 updated,
@@ -777,34 +854,67 @@ def _print_ps(items: list[dict[str, Any]], as_json: bool, *, corrupt: int) -> in
     return EXIT_OK
 
 
+def _recorded(state_dir: Path, record: ProcessRecord) -> dict[str, Any] | None:
+    """What the chaperone of ``record``'s program recorded, as JSON (None: no program, or
+    nothing worth saying); read, never collected: the next runtime does that."""
+    found = recorded(state_dir, record)
+    return None if found is None else found.json()
+
+
+def _phase_text(item: dict[str, Any]) -> str:
+    """The phase as `corra ps` shows it: what the chaperone recorded of a program that no
+    runtime watches (``exited 0, not yet collected``) when it says more than the record."""
+    found = item.get("recorded")
+    if found is None or found["state"] not in ("exited", "lost"):
+        return str(item["phase"])
+    if item["phase"] == "paused":
+        return f"paused; {found['summary']}"
+    return str(found["summary"])
+
+
 def _show(args: argparse.Namespace, state_dir: Path) -> int:
     def via_service(client: Client) -> int:
-        _, data = client.call("GET", f"/v1/processes/{_quoted(args.process)}")
-        return _print_show(data, args.json)
+        params = {"show_env": "true"} if args.show_env else None
+        _, data = client.call("GET", f"/v1/processes/{_quoted(args.process)}", params=params)
+        return _print_show(data, args.json, args.show_env)
 
     def from_state_dir() -> int:
         with _open_readonly(state_dir) as store:
             record = find_record(store, RECORD_CODEC, args.process)
             history = [HISTORY_CODEC.decode(raw) for raw in store.history(record.id)]
-        return _print_show(detail_json(record, history), args.json)
+        data = detail_json(record, history, _recorded(state_dir, record), show_env=args.show_env)
+        return _print_show(data, args.json, args.show_env)
 
     return _read_only(args, state_dir, via_service, from_state_dir)
 
 
-def _print_show(data: dict[str, Any], as_json: bool) -> int:
+def _print_show(data: dict[str, Any], as_json: bool, show_env: bool) -> int:
     if as_json:
         _print_json(data)
         return EXIT_OK
     print(f"{data['name']} ({data['id']}): {data['phase']}, attempt {data['attempt']}")
     print(f"  argv:    {shlex.join(data['argv'])}")
+    env = data["spec"]["env"]
+    if env:  # (the values as the shell would read them, if asked for)
+        pairs = (f"{k}={shlex.quote(v) if show_env else v}" for k, v in env.items())
+        print(f"  env:     {' '.join(pairs)}")
     if data["reason"]:
         print(f"  reason:  {data['reason']}")
+    found = data.get("recorded")
+    if found is not None and found["state"] in ("exited", "lost"):
+        who = (
+            "`corra resume` collects it"
+            if data["phase"] == "paused"
+            else "no runtime watches it: the next `corra run` or `corra serve` collects it"
+        )
+        print(f"  program: {found['summary']} ({who})")
     if data["result"] is not None:
         result = Result(**data["result"])
+        maxrss = "unknown" if result.maxrss_kb is None else f"{result.maxrss_kb} KiB"
         print(
             f"  result:  {describe(result)}; cpu {result.utime + result.stime:.2f}s, "
-            f"maxrss {result.maxrss_kb} KiB, stdout {result.stdout_bytes} B, "
-            f"stderr {result.stderr_bytes} B"
+            f"maxrss {maxrss}, stdout {result.stdout_bytes} B{_dropped(result.stdout_dropped)}, "
+            f"stderr {result.stderr_bytes} B{_dropped(result.stderr_dropped)}"
         )
     print("  history:")
     for t in data["history"]:
@@ -812,6 +922,10 @@ def _print_show(data: dict[str, Any], as_json: bool) -> int:
         reason = f"  ({t['reason']})" if t["reason"] else ""
         print(f"    {stamp}  {t['event']:<8} {t['source']} -> {t['target']}{reason}")
     return EXIT_OK
+
+
+def _dropped(size: int) -> str:
+    return f" (and {size} B dropped past the output limit)" if size else ""
 
 
 def _logs(args: argparse.Namespace, state_dir: Path) -> int:
@@ -903,8 +1017,11 @@ def _logs_from_files(
             # A later attempt writes a log of its own: finish this one first.
             _copy_log(log_file(state_dir / "runs", f"{record.id}.{attempt}", stream), offset, out)
             attempt, offset = attempt + 1, 0
+        # Looked at before the last read: if the program had ended then, that read got all
+        # of its output. (Its record may say running long after: no runtime collected it.)
+        ended = _program_ended(state_dir, record)
         offset = _copy_log(log_file(state_dir / "runs", record.key, stream), offset, out)
-        if not args.follow or record.phase not in ACTIVE:
+        if not args.follow or ended:
             return EXIT_OK
         time.sleep(0.2)
 
@@ -933,6 +1050,8 @@ async def _remote_logs(
                 backend = remote.backends[record.spec.backend]
                 if attempt is None:
                     attempt = record.state.attempt
+                # (before the reads: an end seen here means they read all of the output)
+                ended = await trio.to_thread.run_sync(_program_ended, state_dir, record)
                 while True:
                     key = f"{record.id}.{attempt}"
                     while chunk := await backend.read_log(
@@ -944,9 +1063,18 @@ async def _remote_logs(
                         break
                     attempt, offset = attempt + 1, 0  # a later attempt writes its own log
                 out.flush()
-                if not args.follow or record.phase not in ACTIVE:
+                if not args.follow or ended:
                     return EXIT_OK
                 await trio.sleep(1.0)
+
+
+def _program_ended(state_dir: Path, record: ProcessRecord) -> bool:
+    """Whether the output of ``record``'s current attempt is complete: the process is not
+    active, or its chaperone recorded the end of its program (or lost it)."""
+    if record.phase not in ACTIVE:
+        return True
+    found = recorded(state_dir, record)
+    return found is not None and found.state in ("exited", "lost")
 
 
 def _copy_log(path: Path | None, offset: int, out: Any) -> int:

@@ -1,6 +1,7 @@
 """A supervisor restarting a crashing actor, and giving up when it crashes too often.
 
-Run it with ``make run`` (or ``python examples/supervision.py``); it prints what happened.
+Run it with ``.venv/bin/python examples/supervision.py`` (after ``make run`` or ``make venv``
+made the venv); it prints what happened. (``make run`` runs ``examples/quickstart.toml``.)
 """
 
 from __future__ import annotations

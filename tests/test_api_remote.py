@@ -11,6 +11,7 @@ from pathlib import Path
 
 import _sshd
 import pytest
+import trio
 from test_api import log_lines, serving, submit, wait_for
 
 pytestmark = pytest.mark.slow
@@ -51,3 +52,27 @@ async def test_a_remote_process_through_the_api_and_the_pool_in_metrics(
         assert f'corra_ssh_connections{{host="{address}"}}' in samples
         assert float(samples['corra_scheduler_polls_total{backend="ssh",host="far"}']) >= 1
         assert float(samples['corra_processes{phase="finished"}']) == 1
+
+
+async def test_a_remote_log_read_without_follow_ends_at_the_size_the_host_gave(
+    sshd: _sshd.Sshd, tmp_path: Path, shared_dir: Path
+) -> None:
+    host = sshd.host_config("far", work_root=f"corra-tests/api-size-{os.getpid()}")
+    options = {"hosts": {"far": host}, "remote_poll_interval": 0.3}
+    async with serving(tmp_path / "state", options) as served:
+        http, manager = served.http, served.runtime.processes
+        script = "i=0; while [ $i -lt 40 ]; do echo far $i; i=$((i+1)); sleep 0.05; done"
+        await submit(http, ["sh", "-c", script], name="remote", backend="ssh", host="far")
+        await wait_for(http, "remote", "running")
+        with trio.fail_after(30):
+            while not (await manager.log_size(manager.get("remote"), "stdout") or 0) > 20:
+                await trio.sleep(0.05)
+        entries = await log_lines(http, "remote")  # while it writes
+        after = await manager.log_size(manager.get("remote"), "stdout")
+        assert entries and after is not None and entries[-1]["next_offset"] <= after
+        text = "".join(entry["text"] for entry in entries)
+        assert text == "".join(f"far {i}\n" for i in range(text.count("\n")))
+        await wait_for(http, "remote", "finished")
+        whole = "".join(f"far {i}\n" for i in range(40))
+        assert await manager.log_size(manager.get("remote"), "stdout") == len(whole)
+        assert "".join(entry["text"] for entry in await log_lines(http, "remote")) == whole

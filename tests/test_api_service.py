@@ -280,6 +280,36 @@ def test_the_readme_curl_examples_work_as_written(tmp_path):
             check=False,
         )
         assert done.returncode == 0, done.stdout + done.stderr
-        assert '"text": "hello 3\\n"' in done.stdout or '"text":"hello 3\\n"' in done.stdout
+        assert '"text": "hi 3\\n"' in done.stdout or '"text":"hi 3\\n"' in done.stdout
         assert '"phase":"killed"' in done.stdout.replace(" ", "")
         service.stop()
+
+
+def test_a_log_follower_does_not_hold_up_the_stop_of_the_service(tmp_path):
+    # `corra logs -f` sends its next request on the stream's connection as soon as the stream
+    # ends; hypercorn, winding down, read no more from it and kept it open until the graceful
+    # timeout (5 s). The stream now closes its connection.
+    state = tmp_path / "state"
+    script = "i=0; while [ $i -lt 40 ]; do echo tick $i; i=$((i+1)); sleep 0.1; done"
+    with Service(state) as service:
+        with service.client() as http:
+            response = http.post("/v1/processes", json={"argv": ["sh", "-c", script], "name": "t"})
+            assert response.status_code == 201, response.text
+        follower = subprocess.Popen(
+            [*CORRA, "logs", "-f", "t", "--state-dir", str(state)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert follower.stdout is not None
+        ready, _, _ = select.select([follower.stdout], [], [], 30)
+        assert ready  # attached, streaming
+        first = os.read(follower.stdout.fileno(), 1 << 16)
+        started = time.monotonic()
+        assert service.stop() == 0
+        elapsed = time.monotonic() - started
+    assert elapsed < 2.5, elapsed  # (the graceful timeout is 5 s)
+    with Service(state) as again:  # the follower carries on with the next service
+        out, err = follower.communicate(timeout=60)
+        assert again.stop() == 0
+    assert follower.returncode == 0, err.decode()
+    assert (first + out).decode().splitlines() == [f"tick {i}" for i in range(40)]

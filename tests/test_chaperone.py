@@ -343,7 +343,9 @@ def test_serve_launches_reports_the_exit_and_claims_once(served, tmp_path: Path)
 
 def test_serve_watch_and_kill_from_another_connection(served):
     root, _, connection = served
-    started = launch(connection, "k.1", ["sh", "-c", "trap '' TERM; sleep 30"], kill_grace=30)
+    script = "trap '' TERM; echo ready; sleep 30"
+    started = launch(connection, "k.1", ["sh", "-c", script], kill_grace=30)
+    wait_until_size(root / "k.1" / "stdout", len("ready\n"))  # SIGTERM is ignored from here on
     other = Connection(root)
     try:
         assert other.request(op="watch", key="k.1")["op"] == "watching"
@@ -368,12 +370,16 @@ def test_serve_launch_errors(served, tmp_path: Path):
     assert invalid["op"] == "invalid" and str(missing) in invalid["error"]
     assert not (root / "e.2" / "chaperone.pid").exists()
     assert launch(connection, "../x", ["true"])["op"] == "invalid"
-    # A connection that speaks nonsense is dropped; the chaperone serves on.
+    # A line of nonsense is answered and dropped; the connection and the chaperone serve on.
     rogue = Connection(root)
-    rogue.sock.sendall(b"nonsense\n")
-    assert rogue.lines.readline() == b""
-    rogue.close()
-    assert launch(connection, "e.3", ["true"])["op"] == "started"
+    try:
+        rogue.sock.sendall(b"nonsense\n")
+        refused = rogue.receive()
+        assert refused["op"] == "invalid" and refused["error"].startswith("not JSON")
+        assert launch(rogue, "e.3", ["true"])["op"] == "started"
+    finally:
+        rogue.close()
+    assert launch(connection, "e.4", ["true"])["op"] == "started"
 
 
 def test_serve_replaces_its_helper(served):
@@ -433,3 +439,52 @@ def test_serve_where_the_socket_path_is_too_long(tmp_path: Path):
     finally:
         os.close(fd)
     wait_gone(daemon["pid"])
+
+
+def test_a_bad_request_is_answered_once_and_nothing_runs_twice(served, tmp_path: Path):
+    """A request that broke while handled (an unhashable key, a grace that is no number) used
+    to stay in the connection's inbox: each later receive ran the lines before it again, then
+    stopped at it again, so that nothing after it was ever answered."""
+    _, _, connection = served
+    ledger = tmp_path / "ledger"
+    stubborn = ["sh", "-c", "trap '' TERM; sleep 30"]
+    assert launch(connection, "v.1", stubborn, kill_grace=30)["op"] == "started"
+    lines = [
+        {"op": "launch", "key": "a.1", "spec": {"argv": ["sh", "-c", f"echo a >> {ledger}"]}},
+        {"op": "watch", "key": ["unhashable"]},
+        {"op": "kill", "key": "v.1", "grace": "soon"},
+        {"op": "launch", "key": {"a": 1}, "spec": {"argv": ["true"]}},
+    ]
+    connection.sock.sendall(
+        b"".join(chaperone.json_line({**line, "id": 100 + n}) for n, line in enumerate(lines))
+    )
+    assert launch(connection, "b.1", ["sh", "-c", f"echo b >> {ledger}"])["op"] == "started"
+    assert connection.request(op="kill", key="v.1", grace=0)["op"] == "killing"
+    seen, connection.events = connection.events, []
+    while {"a.1", "b.1", "v.1"} - {event["key"] for event in seen if "id" not in event}:
+        seen.append(connection.receive())
+    assert connection.request(op="watch", key="none.1")["op"] == "unknown"  # nothing else came
+    replies = {}
+    for event in seen + connection.events:
+        if "id" in event:
+            assert event["id"] not in replies, f"answered twice: {event}"
+            replies[event["id"]] = event
+    assert sorted(replies) == [100, 101, 102, 103]
+    assert replies[100]["op"] == "started"
+    assert replies[101]["op"] == "invalid" and replies[101]["error"].startswith("key: ")
+    assert replies[102]["op"] == "invalid" and replies[102]["error"].startswith("grace: ")
+    assert replies[103]["op"] == "invalid" and replies[103]["error"].startswith("key: ")
+    assert sorted(ledger.read_text().split()) == ["a", "b"]
+
+
+def test_an_own_chaperone_outwaits_durations_no_wait_call_takes(tmp_path: Path):
+    """1e10 s is past what sigtimedwait takes (its nanoseconds overflow 64 bits)."""
+    run_dir = tmp_path / "run"
+    write_spec(run_dir, ["sleep", "30"], timeout=1e10, kill_grace=1e12)
+    _, notify = start(run_dir)
+    with notify:  # type: ignore[attr-defined]
+        reply = json.loads(notify.readline())  # type: ignore[attr-defined]
+        assert reply["status"] == "started"
+        os.kill(reply["chaperone"]["pid"], signal.SIGTERM)  # a kill, with the spec's grace
+        record = json.loads(notify.readline())["record"]  # type: ignore[attr-defined]
+    assert record["killed"] and record["signal"] == signal.SIGTERM

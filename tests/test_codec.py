@@ -362,6 +362,7 @@ from corra._runtime import HISTORY_CODEC, RECORD_CODEC  # noqa: E402
 from corra.actors import _records  # noqa: E402
 from corra.actors._lifecycle import PHASES, ProcessState, Result  # noqa: E402
 from corra.actors._records import (  # noqa: E402
+    MAX_SECONDS,
     ProcessRecord,
     ProcessSpec,
     Transition,
@@ -386,12 +387,14 @@ record_results = st.builds(
     ended_at=st.none() | seconds,
     utime=seconds,
     stime=seconds,
-    maxrss_kb=st.integers(0, 1 << 40),
+    maxrss_kb=st.none() | st.integers(0, 1 << 40),
     stdout_bytes=st.integers(0, 1 << 40),
     stderr_bytes=st.integers(0, 1 << 40),
     timed_out=st.booleans(),
     killed=st.booleans(),
     error=st.none() | any_text,
+    stdout_dropped=st.integers(0, 1 << 50),
+    stderr_dropped=st.integers(0, 1 << 50),
 )
 process_specs = st.builds(
     ProcessSpec,
@@ -402,8 +405,9 @@ process_specs = st.builds(
     timeout=st.none() | st.integers(1, 10**6) | st.floats(0.1, 1e6),
     restart=st.sampled_from(("temporary", "transient", "permanent")),
     max_attempts=st.integers(1, 10),
-    kill_grace=seconds,
+    kill_grace=st.integers(0, MAX_SECONDS) | st.floats(0, MAX_SECONDS),
     memory_limit=st.none() | st.integers(1, 1 << 40),
+    output_limit=st.none() | st.integers(1, 1 << 40),
     labels=st.dictionaries(any_text, any_text, max_size=2),
 )
 relative_paths = st.from_regex(r"\A[a-z0-9_.*-]{1,6}(/[a-z0-9_*-]{1,6})?\Z").filter(
@@ -443,6 +447,7 @@ process_records = st.builds(
         reason=st.none() | any_text,
         result=st.none() | record_results,
         updated_at=seconds,
+        started_at=st.none() | seconds,
     ),
     created_at=seconds,
 )
@@ -530,6 +535,7 @@ spec_inputs = st.fixed_dictionaries(
         "kill_grace": st.integers(-1, 5) | st.floats() | st.none(),
         "memory_limit": st.none() | st.integers(-1, 5) | st.floats(0, 5),
         "pids_limit": st.none() | st.integers(-1, 5),
+        "output_limit": st.none() | st.integers(-1, 5) | st.just((1 << 40) + 1) | st.floats(0, 5),
         "labels": st.dictionaries(any_text, any_text, max_size=2) | st.lists(any_text),
         "backend": st.sampled_from(("local", "mars")),
         "bogus": st.integers(),
@@ -566,9 +572,15 @@ def test_plain_input_is_parsed_as_the_converter_parses_it(data):
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"timeout": True}, "timeout: got True, expected seconds > 0, or nothing"),
-        ({"timeout": -1}, "timeout: got -1, expected seconds > 0, or nothing"),
-        ({"kill_grace": math.nan}, "kill_grace: got nan, expected seconds >= 0"),
+        (
+            {"timeout": True},
+            "timeout: got True, expected seconds > 0 and at most 315360000 (10 years), or nothing",
+        ),
+        ({"timeout": -1}, "timeout: got -1, expected seconds > 0 and at most"),
+        (
+            {"kill_grace": math.nan},
+            "kill_grace: got nan, expected seconds >= 0 and at most 315360000",
+        ),
         ({"kill_grace": "x"}, "kill_grace: got 'x', expected seconds >= 0"),
         ({"max_attempts": True}, "max_attempts: got True, expected an integer >= 1"),
         ({"argv": (), "timeout": -1}, "argv: got (), expected a non-empty list of strings"),
@@ -618,7 +630,7 @@ anything = st.none() | st.booleans() | st.integers(-2, 2) | st.floats() | any_te
         {"argv": st.just(("true",)) | st.tuples(any_text) | anything},
         optional={name: anything for name in ("name", "cwd", "env", "timeout", "restart")}
         | {name: anything for name in ("max_attempts", "kill_grace", "memory_limit")}
-        | {name: anything for name in ("pids_limit", "labels", "backend")},
+        | {name: anything for name in ("pids_limit", "output_limit", "labels", "backend")},
     )
 )
 @settings(max_examples=300, deadline=None)

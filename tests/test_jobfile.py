@@ -64,7 +64,7 @@ bogus = 1
         "jobs.toml: process[2] ('a').name: 'a' is used by process[0] already",
         "jobs.toml: process[3] ('c'): unknown field(s) ['bogus']; expected some of: argv, "
         "name, cwd, env, timeout, restart, max_attempts, kill_grace, memory_limit, "
-        "pids_limit, labels, backend, host, inputs, outputs, outputs_dir, slurm",
+        "pids_limit, output_limit, labels, backend, host, inputs, outputs, outputs_dir, slurm",
     ]
 
 
@@ -78,7 +78,7 @@ bogus = 1
         ({"argv": ["a"], "timeout": True}, "p.timeout: got True, expected a number"),
         ({"argv": ["a"], "restart": "always"}, "p.restart: got 'always', expected one of"),
         ({"argv": ["a"], "max_attempts": 0}, "p.max_attempts: got 0, expected an integer >= 1"),
-        ({"argv": ["a"], "env": {"A=B": "x"}}, "p.env: got {'A=B': 'x'}, expected NAME"),
+        ({"argv": ["a"], "env": {"A=B": "x"}}, "p.env: got {'A=B': '***'}, expected NAME"),
         ({"argv": ["a"], "labels": ["x"]}, "p.labels: got ['x'], expected a table"),
         ({"argv": ["a"], "name": "../up"}, "p.name: got '../up', expected a name matching"),
         ({"argv": ["a"], "backend": "mars"}, "p.backend: got 'mars', expected one of"),

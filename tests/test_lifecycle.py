@@ -100,7 +100,7 @@ results = st.builds(
     returncode=st.none() | st.integers(-255, 255),
     signal=st.none() | st.integers(1, 64),
     utime=st.floats(0, 1e6),
-    maxrss_kb=st.integers(0, 1 << 40),
+    maxrss_kb=st.none() | st.integers(0, 1 << 40),
     timed_out=st.booleans(),
     error=st.none() | texts,
 )

@@ -191,7 +191,8 @@ def test_read_only_commands_work_while_a_runtime_runs(tmp_path):
             "--",
             "sh",
             "-c",
-            "for i in 1 2 3 4 5 6; do echo line $i; sleep 0.2; done",
+            # long enough that a loaded machine still sees it running
+            "for i in 1 2 3 4 5 6; do echo line $i; sleep 1; done",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -272,3 +272,28 @@ async def test_shipping_adds_no_exec_per_program(sshd: _sshd.Sshd, tmp_path: Pat
         assert backend.polls("remote") - polls_before <= elapsed / 0.5 + 2
         for n in range(15):
             assert (logs / "remote" / f"s10-{n}.1" / "stdout").read_bytes() == lines(12)
+
+
+async def test_logs_shipped_home_stop_at_the_output_limit(
+    sshd: _sshd.Sshd, transport_kind: str, tmp_path: Path
+) -> None:
+    """``yes`` on the host, limited to 1 MiB: the remote chaperone cuts its file back to the
+    limit every few milliseconds, so the file is past the limit at nearly every poll; the
+    local copy never is, and ends as the remote file's first MiB."""
+    local = transport_kind == "local"
+    root = str(tmp_path / "runs") if local else remote_root("limit")
+    logs = tmp_path / "logs"
+    host = host_for(sshd, root, transport=transport_kind)
+    limit = 1 << 20
+    async with backend_for(host, local=local, logs_dir=logs) as backend:
+        spec = RemoteSpec(argv=("yes",), timeout=1.5, kill_grace=0, output_limit=limit)
+        handle = await backend.launch("s9.1", spec)
+        assert handle["output_limit"] == limit
+        copy = logs / "remote" / "s9.1"
+        with trio.fail_after(60):
+            result, (sizes,) = await wait_sampling(backend, handle, copy / "stdout")
+        assert result.timed_out
+        assert max(sizes) <= limit, max(sizes)
+        assert (copy / "stdout").read_bytes() == b"y\n" * (limit // 2)
+        assert await remote_bytes(backend, "s9.1", "stdout") == b"y\n" * (limit // 2)
+        assert result.stdout_bytes == limit and result.stdout_dropped > limit

@@ -380,6 +380,107 @@ async def test_a_job_past_its_time_limit_fails_as_timed_out(
         assert 50 <= result.ended_at - result.started_at <= 200, result
 
 
+# -- what reaches the job script's shell, and who may read it --------------------------------
+
+#: Values a shell would do something with, if they reached it unquoted.
+AWKWARD = {
+    "QUOTES": 'it\'s "quoted"',
+    "SUBSTITUTION": "$(touch pwned-substitution)",
+    "BACKTICKS": "`touch pwned-backticks`",
+    "NEWLINES": "one\ntwo\n",
+    "SPACES": "  a  b  ",
+    "DOLLARS": "$HOME ${HOME} $1",
+    "GLOB": "*",
+    "BACKSLASHES": "a\\b\\n",
+    "SEMICOLON": "x; touch pwned-semicolon",
+    "EMPTY": "",
+}
+
+
+async def test_env_names_a_shell_cannot_set_are_refused_at_submission(
+    cluster: _slurm.SlurmCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # (where sbatch runs, and a job would start)
+    host = here(cluster, tmp_path / "jobs")
+    async with open_runtime(state_dir=tmp_path / "state", hosts={"here": host}) as runtime:
+        for name in ("X;touch pwned;Y", "A-B"):
+            with pytest.raises(ConfigError) as caught:
+                await runtime.spawn_process(
+                    ["true"], backend="slurm", host="here", env={"TOKEN": "x", name: "1"}
+                )
+            message = str(caught.value)
+            assert message.startswith("process.env."), message
+            assert f"got the name {name!r}, expected a name matching [A-Za-z_][A-Za-z0-9_]*" in (
+                message
+            )
+        assert runtime.processes.list() == []
+    assert jobs_under(cluster, tmp_path / "jobs") == set()
+    assert not list(tmp_path.rglob("pwned*"))
+
+
+async def test_env_values_argv_and_cwd_reach_the_program_verbatim(
+    cluster: _slurm.SlurmCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    host = here(cluster, tmp_path / "jobs")
+    cwd = tmp_path / "work dir $(touch pwned-cwd) 'q' `x`"
+    report = (
+        "import json, os, sys; names = sys.argv[1].split(',');"
+        "print(json.dumps({'env': {n: os.environ.get(n) for n in names},"
+        " 'argv': sys.argv[2:], 'cwd': os.getcwd()}))"
+    )
+    argv = [sys.executable, "-c", report, ",".join(AWKWARD), *AWKWARD.values()]
+    async with open_runtime(state_dir=tmp_path / "state", hosts={"here": host}) as runtime:
+        ref = await runtime.spawn_process(
+            argv, name="verbatim", backend="slurm", host="here", env=AWKWARD, cwd=str(cwd)
+        )
+        with trio.fail_after(60):
+            record = await ref.wait()
+        assert record.phase == "finished", (record.state.reason, await ref.logs("stderr"))
+        assert json.loads(await ref.logs()) == {
+            "env": AWKWARD,
+            "argv": list(AWKWARD.values()),
+            "cwd": str(cwd),
+        }
+    assert not list(tmp_path.rglob("pwned*"))
+
+
+async def test_the_job_script_that_exports_the_env_is_readable_by_its_user_only(
+    cluster: _slurm.SlurmCluster, tmp_path: Path
+) -> None:
+    jobs = tmp_path / "jobs"  # made by corra
+    host = here(cluster, jobs)
+    async with open_runtime(state_dir=tmp_path / "state", hosts={"here": host}) as runtime:
+        ref = await runtime.spawn_process(
+            ["sh", "-c", "umask; touch mine"],
+            name="private",
+            backend="slurm",
+            host="here",
+            env={"TOKEN": "s3cr3t"},
+        )
+        with trio.fail_after(60):
+            record = await ref.wait()
+        assert record.phase == "finished", record.state.reason
+        job_umask = (await ref.logs()).decode().strip()
+    run_dir = jobs / f"{ref.id}.1"
+    script = run_dir / "job.sh"
+    assert "export TOKEN=s3cr3t\n" in script.read_text()  # the file with the secret ...
+
+    def mode(path: Path) -> int:
+        return path.stat().st_mode & 0o777
+
+    assert mode(script) == 0o700  # ... is its user's only
+    for directory in (jobs, run_dir, run_dir / "work"):
+        assert mode(directory) == 0o700, directory
+    for name in ("job_id", "exit.json"):
+        assert mode(run_dir / name) == 0o600, name
+    # The program itself runs with the job's umask (its files are its business).
+    ours = os.umask(0o22)
+    os.umask(ours)
+    assert job_umask == f"{ours:04o}"  # (sbatch passes the submitter's on)
+    assert mode(run_dir / "work" / "mine") == 0o666 & ~int(job_umask, 8)
+
+
 # -- kill -9 of `corra run` with 30 jobs in flight ------------------------------------------
 
 
@@ -504,6 +605,11 @@ async def test_a_job_through_the_ssh_pool_finishes_within_the_pool_size(
         for number, ref in enumerate(refs):
             assert await ref.logs() == f"s{number} on {sshd.user}\n".encode()
             assert job_field(cluster, job_id_of(ref), "UserId").startswith(f"{sshd.user}(")
+            # What SFTP made is its user's only, as on this machine.
+            run_dir = shared_dir / "jobs" / f"{ref.id}.1"
+            for path, mode in ((shared_dir / "jobs", 0o700), (run_dir, 0o700)):
+                assert path.stat().st_mode & 0o777 == mode, path
+            assert (run_dir / "job.sh").stat().st_mode & 0o777 == 0o700
         (pool,) = runtime.remote.registry.handles()
         statistics = await pool.statistics()
     logins = sshd.logins() - logins_before

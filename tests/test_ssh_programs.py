@@ -43,6 +43,7 @@ class RemoteSpec:
     inputs: dict[str, str] = attrs.field(factory=dict)
     outputs: tuple[str, ...] = ()
     outputs_dir: str | None = None
+    output_limit: int | None = None
 
 
 def host_for(sshd: _sshd.Sshd, root: str, **options: object) -> HostConfig:

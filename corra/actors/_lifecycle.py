@@ -17,6 +17,7 @@ Rule 6. The state is a frozen value; `advance` returns a new one and never mutat
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal, TypeAlias
 
 import attrs
@@ -72,12 +73,18 @@ class Result:
     ended_at: float | None = None
     utime: float = 0.0
     stime: float = 0.0
-    maxrss_kb: int = 0
+    maxrss_kb: int | None = None
+    """The program's own peak resident set (its cgroup's peak, or wait4's where that is
+    surely the program's); None where unknown."""
     stdout_bytes: int = 0
     stderr_bytes: int = 0
     timed_out: bool = False
     killed: bool = False
     error: str | None = None
+    stdout_dropped: int = 0
+    """Bytes of stdout past the output limit, dropped (as counted by the chaperone's checks:
+    a lower bound)."""
+    stderr_dropped: int = 0
 
     @property
     def ok(self) -> bool:
@@ -97,6 +104,11 @@ class ProcessState:
         reason: why the process failed, was paused or killed, in words.
         result: how the program ended, once it did.
         updated_at: when the last transition happened (epoch seconds).
+        started_at: when the current attempt's program started (epoch seconds), from the
+            moment that is known: the handle of its start (a backend whose ``running``
+            covers a queued job, like Slurm's, knows it only from the exit record), then
+            kept through pause and resume, and taken from the result once there is one.
+            None before the program runs; a ``retry`` clears it (a new attempt).
     """
 
     phase: Phase = "created"
@@ -106,6 +118,7 @@ class ProcessState:
     reason: str | None = None
     result: Result | None = None
     updated_at: float = 0.0
+    started_at: float | None = None
 
     @property
     def terminal(self) -> bool:
@@ -135,7 +148,7 @@ def advance(
     target = TABLE[key]
     # Built field by field rather than with attrs.evolve: this runs at every transition.
     phase, attempt, paused_from = state.phase, state.attempt, state.paused_from
-    new_handle, new_result = state.handle, state.result
+    new_handle, new_result, started_at = state.handle, state.result, state.started_at
     if event == "pause":
         phase, paused_from = "paused", state.phase
     elif event == "resume":
@@ -143,6 +156,7 @@ def advance(
         phase, paused_from, reason = state.paused_from, None, None
     elif event == "retry":
         phase, attempt, new_handle, new_result = "created", state.attempt + 1, None, result
+        started_at = None
     else:
         assert target is not None
         phase = target
@@ -150,7 +164,20 @@ def advance(
             paused_from, reason = None, reason or "killed on request"
         if handle is not None:
             new_handle = handle
+            if event == "started":
+                started_at = _started_at(handle, started_at)
         if result is not None:
             new_result = result
+            if result.started_at is not None:
+                started_at = result.started_at
         # (a reason describes the latest transition only: every event but kill sets it)
-    return ProcessState(phase, attempt, paused_from, new_handle, reason, new_result, at)
+    return ProcessState(phase, attempt, paused_from, new_handle, reason, new_result, at, started_at)
+
+
+def _started_at(handle: dict[str, Any], known: float | None) -> float | None:
+    """The start time a launch's handle carries (local and SSH programs: the chaperone's
+    clock when it started the program), else ``known``."""
+    value = handle.get("started_at")
+    if type(value) in (int, float) and math.isfinite(value):
+        return float(value)
+    return known

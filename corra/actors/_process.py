@@ -79,6 +79,9 @@ logger = logging.getLogger("corra.process")
 RETRY_BACKOFF = Backoff(initial=1.0, factor=2.0, max=60.0)
 #: The most output one `read_log` returns, whatever it is asked for.
 MAX_LOG_READ = 16 << 20
+#: The largest log offset a read may start at: the largest integer JSON carries exactly
+#: (8 PiB, far beyond any log; a file offset stops at 2**63 - 1).
+MAX_LOG_OFFSET = 2**53 - 1
 #: Transient trouble in a step (the store, the backend) is retried this often, then the
 #: process fails with the reason.
 STEP_RETRIES = 5
@@ -108,6 +111,10 @@ class Backend(Protocol):
     Optional: ``async pause(handle)`` and ``async resume(handle)``, told after a pause of a
     launched program is durable, and before its resume is (e.g. to hold a queued job and
     release it); a failure of either is logged, never fails the process.
+
+    Optional: ``async log_size(key, stream, host) -> int | None``, how many bytes of the
+    output `read_log` can read there are now (None: it cannot tell now); without it, a read
+    of the output there is goes on for as long as the program writes.
 
     Optional, for backends with hosts (``host`` is the spec's): ``async wait_available(host)``,
     which returns once the host answers again after `HostUnavailable`; without it, a process
@@ -669,11 +676,27 @@ class ProcessManager:
         for field, value in (("offset", offset), ("size", size)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"{field}: got {value!r}, expected an integer >= 0")
+        if offset > MAX_LOG_OFFSET:
+            raise ConfigError(f"offset: got {offset}, expected at most {MAX_LOG_OFFSET}")
         size = min(size, MAX_LOG_READ)
         record = id_or_name if isinstance(id_or_name, ProcessRecord) else self.get(id_or_name)
         key = record.key if attempt is None else f"{record.id}.{attempt}"
         backend = self.backend_for(record.spec)
         return await backend.read_log(key, stream, offset, size, record.spec.host)
+
+    async def log_size(
+        self, record: ProcessRecord, stream: str, *, attempt: int | None = None
+    ) -> int | None:
+        """How many bytes of output the process's current attempt (or ``attempt``) has now, as
+        `read_log` counts them; None if its backend cannot tell (now, or ever). A checkpoint."""
+        if stream not in ("stdout", "stderr"):
+            raise ConfigError(f"stream: got {stream!r}, expected 'stdout' or 'stderr'")
+        key = record.key if attempt is None else f"{record.id}.{attempt}"
+        log_size = getattr(self.backend_for(record.spec), "log_size", None)
+        if log_size is None:
+            await trio.lowlevel.checkpoint()
+            return None
+        return await log_size(key, stream, record.spec.host)
 
     @property
     def active(self) -> int:
@@ -750,10 +773,12 @@ class ProcessManager:
         return None if raw is None else self._codec.decode(raw)
 
     async def pause(self, id_or_name: str) -> ProcessRecord:
-        """Pause between steps; returns once the pause is durable.
+        """Pause between steps; returns once the pause is durable (the record, paused).
 
         Raises:
-            InvalidTransition: the process is paused, killing or terminal.
+            InvalidTransition: the process is paused, killing or terminal; or the pause did
+                not take effect (``phase`` says where the process went instead): a kill came
+                first, or came while the pause was written and went on, or the program ended.
         """
         record = self.get(id_or_name)
         if record.phase not in PAUSABLE:
@@ -773,9 +798,12 @@ class ProcessManager:
                 await self._tell_backend(record, "pause")
                 return record
         # Returns once the actor is gone too: a paused process holds nothing.
-        return await self.wait(
+        record = await self.wait(
             record.id, until=lambda r: r.phase not in PAUSABLE and r.id not in self._actors
         )
+        if record.phase != "paused":
+            raise InvalidTransition(record.id, record.phase, "pause")
+        return record
 
     async def resume(self, id_or_name: str) -> ProcessRecord:
         """Continue a paused process at the step that was next, in a fresh actor.

@@ -19,9 +19,16 @@ from typing import Any, Literal, TypeAlias
 import attrs
 import cattrs
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError
+from cattrs.gen import make_dict_structure_fn, override
 
 from corra._errors import ConfigError
 from corra.actors._lifecycle import PHASES, Event, Phase, ProcessState, Result
+from corra.actors._spec_content import (
+    content_fits,
+    content_problem,
+    env_name_problem,
+    shown,
+)
 
 RestartPolicy: TypeAlias = Literal["temporary", "transient", "permanent"]
 RESTART_POLICIES = ("temporary", "transient", "permanent")
@@ -29,6 +36,10 @@ BACKENDS = ("local", "ssh", "slurm")
 #: The backends whose programs run on a named host (``host``), with files sent and fetched.
 REMOTE_BACKENDS = ("ssh", "slurm")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,127}$")
+#: The longest duration, in seconds, that any spec field or setting may give: 10 years. No
+#: one waits longer, and every wait must fit the clocks it is handed to (epoll takes
+#: milliseconds as a C int: 24.8 days), which the chaperone clamps its waits to.
+MAX_SECONDS = 315_360_000
 
 
 class _SpecError(ConfigError):
@@ -64,15 +75,33 @@ def _argv(value: Any) -> bool:
 
 
 def _seconds_or_none(value: Any) -> bool:
-    return value is None or (_number(value) and math.isfinite(value) and value > 0)
+    return value is None or (_number(value) and 0 < value <= MAX_SECONDS)  # (not NaN)
 
 
 def _seconds(value: Any) -> bool:
-    return _number(value) and math.isfinite(value) and value >= 0
+    return _number(value) and 0 <= value <= MAX_SECONDS
 
 
 def _positive_or_none(value: Any) -> bool:
     return value is None or (isinstance(value, int) and not isinstance(value, bool) and value > 0)
+
+
+#: The most an ``output_limit`` may be (1 TiB), and what None gives when the runtime says nothing.
+MAX_OUTPUT_LIMIT = 1 << 40
+DEFAULT_OUTPUT_LIMIT = 1 << 30
+
+
+def _output_limit(value: Any) -> bool:
+    return value is None or (_positive_or_none(value) and value <= MAX_OUTPUT_LIMIT)
+
+
+def check_output_limit(name: str, value: object, *, optional: bool = False) -> None:
+    """Raise `ConfigError` naming ``name`` unless ``value`` is a valid output limit (or None,
+    where ``optional``)."""
+    if not _output_limit(value) or (value is None and not optional):
+        raise ConfigError(
+            f"{name}: got {value!r}, expected bytes > 0 and <= {MAX_OUTPUT_LIMIT} (1 TiB)"
+        )
 
 
 def _cwd(value: Any) -> bool:
@@ -134,7 +163,8 @@ class ProcessSpec:
         argv: the program and its arguments (never a shell string).
         name: unique among processes; a job file identifies its processes by it.
         cwd: working directory; None gives the process its own directory in the state dir.
-        env: variables added to the runtime's environment.
+        env: variables added to the runtime's environment. Their values are secrets to
+            corra: no error, no ``repr`` and no answer shows them unless asked to.
         timeout: seconds the program may run before it is killed (None: no limit).
         restart: ``temporary`` never reruns the program; ``transient`` reruns it after a
             failure; ``permanent`` reruns it after any exit (a service). Each rerun is a new
@@ -143,6 +173,8 @@ class ProcessSpec:
         kill_grace: seconds between SIGTERM and SIGKILL when killing.
         memory_limit: bytes, where cgroups allow (None: no limit).
         pids_limit: processes and threads, where cgroups allow.
+        output_limit: bytes kept of each of stdout and stderr (at most 1 TiB); later output
+            is dropped, and the result counts it. None: the runtime's default (1 GiB).
         labels: free-form tags for filtering.
         backend: where the program runs: ``local``, ``ssh`` (a remote program under the
             chaperone) or ``slurm`` (a Slurm job).
@@ -158,13 +190,14 @@ class ProcessSpec:
     argv: tuple[str, ...]
     name: str | None = None
     cwd: str | None = None
-    env: dict[str, str] = attrs.field(factory=dict)
+    env: dict[str, str] = attrs.field(factory=dict, repr=lambda env: shown("env", env))
     timeout: float | None = None
     restart: RestartPolicy = "temporary"
     max_attempts: int = 3
     kill_grace: float = 10.0
     memory_limit: int | None = None
     pids_limit: int | None = None
+    output_limit: int | None = None
     labels: dict[str, str] = attrs.field(factory=dict)
     backend: str = "local"
     host: str | None = None
@@ -182,7 +215,10 @@ class ProcessSpec:
         for name, (check, expected) in _CHECKS.items():
             value = getattr(self, name)
             if not check(value):
-                raise _SpecError(f"{name}: got {value!r}, expected {expected}")
+                raise _SpecError(f"{name}: got {shown(name, value)}, expected {expected}")
+        problem = content_problem(self)
+        if problem is not None:
+            raise _SpecError(problem)
         _check_placement(self)
 
 
@@ -199,24 +235,27 @@ def _check_placement(spec: ProcessSpec) -> None:
             value = getattr(spec, field)
             if value:
                 raise _SpecError(
-                    f"{field}: got {value!r}, expected nothing for backend {spec.backend!r} "
-                    f"(only backends {list(REMOTE_BACKENDS)} have it)"
+                    f"{field}: got {shown(field, value)}, expected nothing for backend "
+                    f"{spec.backend!r} (only backends {list(REMOTE_BACKENDS)} have it)"
                 )
     if spec.slurm and spec.backend != "slurm":
         raise _SpecError(
-            f"slurm: got {spec.slurm!r}, expected nothing for backend {spec.backend!r} "
-            "(only backend 'slurm' has it)"
+            f"slurm: got {shown('slurm', spec.slurm)}, expected nothing for backend "
+            f"{spec.backend!r} (only backend 'slurm' has it)"
         )
     if remote and spec.cwd is not None and not spec.cwd.startswith("/"):
         raise _SpecError(
-            f"cwd: got {spec.cwd!r}, expected an absolute path on the host for backend "
-            f"{spec.backend!r} (or nothing: the program's own work dir there)"
+            f"cwd: got {shown('cwd', spec.cwd)}, expected an absolute path on the host for "
+            f"backend {spec.backend!r} (or nothing: the program's own work dir there)"
         )
     if spec.outputs and not spec.outputs_dir:
         raise _SpecError(
-            f"outputs_dir: missing; outputs {list(spec.outputs)} need a local directory to "
-            "be fetched into"
+            f"outputs_dir: missing; outputs {shown('outputs', list(spec.outputs))} need a "
+            "local directory to be fetched into"
         )
+    problem = env_name_problem(spec)
+    if problem is not None:
+        raise _SpecError(problem)
 
 
 #: Per field of `ProcessSpec`, in order: what a valid value passes, and its description.
@@ -224,16 +263,20 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "argv": (_argv, "a non-empty list of strings without NUL bytes"),
     "name": (_name, f"a name matching {NAME_PATTERN.pattern}"),
     "cwd": (_cwd, "a directory path without NUL bytes, or nothing"),
-    "env": (_env, "NAME = value pairs, names without '=' or NUL"),
-    "timeout": (_seconds_or_none, "seconds > 0, or nothing"),
+    "env": (
+        _env,
+        "NAME = value strings, names non-empty and without '=' or NUL, values without NUL",
+    ),
+    "timeout": (_seconds_or_none, f"seconds > 0 and at most {MAX_SECONDS} (10 years), or nothing"),
     "restart": (lambda v: v in RESTART_POLICIES, f"one of {list(RESTART_POLICIES)}"),
     "max_attempts": (
         lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
         "an integer >= 1",
     ),
-    "kill_grace": (_seconds, "seconds >= 0"),
+    "kill_grace": (_seconds, f"seconds >= 0 and at most {MAX_SECONDS} (10 years)"),
     "memory_limit": (_positive_or_none, "bytes > 0, or nothing"),
     "pids_limit": (_positive_or_none, "an integer > 0, or nothing"),
+    "output_limit": (_output_limit, f"bytes > 0 and <= {MAX_OUTPUT_LIMIT} (1 TiB), or nothing"),
     "labels": (_table, "a table of string values"),
     "backend": (lambda v: v in BACKENDS, f"one of {list(BACKENDS)}"),
     "host": (_name, f"a host name matching {NAME_PATTERN.pattern}, or nothing"),
@@ -268,6 +311,7 @@ def _spec_is_valid(spec: ProcessSpec) -> bool:
         and _seconds(spec.kill_grace)
         and (memory is None or _positive_or_none(memory))
         and (pids is None or _positive_or_none(pids))
+        and (spec.output_limit is None or _output_limit(spec.output_limit))
         and ((type(labels) is dict and not labels) or _table(labels))
         and spec.backend in BACKENDS
         and (
@@ -283,6 +327,7 @@ def _spec_is_valid(spec: ProcessSpec) -> bool:
             )
             or _remote_spec_is_valid(spec)
         )
+        and content_fits(spec)
     )
 
 
@@ -377,6 +422,17 @@ def _make_wire_converter() -> cattrs.Converter:
 
     converter.register_structure_hook_func(lambda t: t == dict[str, str], structure_table)
 
+    def structure_env(value: Any, _type: Any) -> dict[str, str]:
+        # As structure_table, but an env's values are never shown (they are secrets).
+        if not isinstance(value, Mapping):
+            raise TypeError(f"got {shown('env', value)}, expected a table of NAME = value strings")
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"got the name {key!r}, expected string names")
+            if not isinstance(item, str):
+                raise TypeError(f"got {key!r} = {shown('env', item)}, expected string values")
+        return dict(value)
+
     def structure_options(value: Any, _type: Any) -> dict[str, Any]:
         if not isinstance(value, Mapping):
             raise TypeError(f"got {value!r}, expected a table of options")
@@ -400,6 +456,10 @@ def _make_wire_converter() -> cattrs.Converter:
 
     converter.register_structure_hook_func(
         lambda t: typing.get_origin(t) is Literal, structure_literal
+    )
+    converter.register_structure_hook(
+        ProcessSpec,
+        make_dict_structure_fn(ProcessSpec, converter, env=override(struct_hook=structure_env)),
     )
     return converter
 
@@ -519,6 +579,7 @@ _PLAIN_FIELDS: dict[str, Callable[[Any], Any]] = {
     "kill_grace": _plain_float,
     "memory_limit": _plain_optional_int,
     "pids_limit": _plain_optional_int,
+    "output_limit": _plain_optional_int,
     "labels": _plain_table,
     "backend": _plain_str,
     "host": _plain_optional_str,
@@ -683,6 +744,7 @@ def _spec_json(spec: ProcessSpec) -> str:
         f'"kill_grace":{_json_number(spec.kill_grace)},'
         f'"memory_limit":{_json_optional_number(spec.memory_limit)},'
         f'"pids_limit":{_json_optional_number(spec.pids_limit)},'
+        f'"output_limit":{_json_optional_number(spec.output_limit)},'
         f'"labels":{_table_json(spec.labels)},'
         f'"backend":{_json_text(spec.backend)},'
         f'"host":{_json_optional_text(spec.host)},'
@@ -773,6 +835,7 @@ def _result_json(result: Result | None) -> str:
         result.stdout_bytes,
         result.stderr_bytes,
     )
+    out_dropped, err_dropped = result.stdout_dropped, result.stderr_dropped
     if not (
         (returncode is None or _is_number(returncode))
         and (signal is None or _is_number(signal))
@@ -780,9 +843,11 @@ def _result_json(result: Result | None) -> str:
         and (ended is None or _is_number(ended))
         and _is_number(utime)
         and _is_number(stime)
-        and _is_number(maxrss)
+        and (maxrss is None or _is_number(maxrss))
         and _is_number(out)
         and _is_number(err)
+        and _is_number(out_dropped)
+        and _is_number(err_dropped)
     ):
         raise _Unusual
     return (
@@ -790,11 +855,13 @@ def _result_json(result: Result | None) -> str:
         f'"signal":{"null" if signal is None else repr(signal)},'
         f'"started_at":{"null" if started is None else repr(started)},'
         f'"ended_at":{"null" if ended is None else repr(ended)},'
-        f'"utime":{utime!r},"stime":{stime!r},"maxrss_kb":{maxrss!r},'
+        f'"utime":{utime!r},"stime":{stime!r},'
+        f'"maxrss_kb":{"null" if maxrss is None else repr(maxrss)},'
         f'"stdout_bytes":{out!r},"stderr_bytes":{err!r},'
         f'"timed_out":{_json_boolean(result.timed_out)},'
         f'"killed":{_json_boolean(result.killed)},'
-        f'"error":{_json_optional_text(result.error)}}}'
+        f'"error":{_json_optional_text(result.error)},'
+        f'"stdout_dropped":{out_dropped!r},"stderr_dropped":{err_dropped!r}}}'
     )
 
 
@@ -806,8 +873,12 @@ _OPTIONAL_PHASE_JSON: dict[object, str] = {**_PHASE_JSON, None: "null"}
 def _state_json(state: ProcessState) -> str:
     if type(state) is not ProcessState:
         raise _Unusual
-    attempt, updated_at = state.attempt, state.updated_at
-    if type(attempt) is not int or not _is_number(updated_at):
+    attempt, updated_at, started_at = state.attempt, state.updated_at, state.started_at
+    if (
+        type(attempt) is not int
+        or not _is_number(updated_at)
+        or not (started_at is None or _is_number(started_at))
+    ):
         raise _Unusual
     return (
         f'{{"phase":{_PHASE_JSON[state.phase]},'
@@ -816,7 +887,8 @@ def _state_json(state: ProcessState) -> str:
         f'"handle":{_plain_json(state.handle)},'
         f'"reason":{_json_optional_text(state.reason)},'
         f'"result":{_result_json(state.result)},'
-        f'"updated_at":{updated_at!r}}}'
+        f'"updated_at":{updated_at!r},'
+        f'"started_at":{"null" if started_at is None else repr(started_at)}}}'
     )
 
 

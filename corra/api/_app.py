@@ -6,14 +6,15 @@
 
 Errors are JSON, ``{"error": CODE, "message": TEXT}`` (``"phase"`` too for a 409): a body
 that is not JSON 400, a spec that is not valid 422 (the message names the field), an unknown
-process 404, a transition the phase forbids 409, a body above `MAX_BODY` 413, a bad query
-parameter 400 (naming it). A handler never lets an error of corra's through as a 500; the
-catch-all that logs and answers 500 is there for bugs.
+process 404, a transition the phase forbids 409, a body above `MAX_BODY` 413, one that has not
+come whole within `BODY_TIMEOUT` 408 (the connection closes), a bad query parameter 400 (naming
+it, its value and its bounds). A handler never lets an error of corra's through as a 500; the
+catch-all that logs and answers 500 is there for bugs. A client that goes away before its
+request is in is logged as that (499), not as an error.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import hmac
 import json
@@ -25,7 +26,7 @@ from typing import Any
 import trio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -41,27 +42,38 @@ from corra._errors import (
     StoreError,
 )
 from corra.actors._lifecycle import ACTIVE, PHASES
+from corra.actors._process import MAX_LOG_OFFSET
 from corra.actors._records import ProcessRecord, ProcessSpec, Transition, parse_process_spec
 from corra.api import _metrics
+from corra.api._cache import TerminalCache
 from corra.api._events import EventLog, PhaseCounts
-from corra.api._logs import log_entries
+from corra.api._logs import log_end, log_entries
 from corra.api._openapi import OPENAPI
 from corra.api._wire import detail_json, record_json
+from corra.backends.recorded import recorded, unwatched_program
 
 logger = logging.getLogger("corra.api")
 
 #: The largest request body accepted (413 above).
 MAX_BODY = 1 << 20
+#: Seconds a request body may take to come in whole (408 after, and the connection closes):
+#: a client sending a byte now and then would hold a connection forever. Slow enough for
+#: `MAX_BODY` at 20 KB/s.
+BODY_TIMEOUT = 60.0
 #: ``GET /v1/processes``: items per page by default, and at most.
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
+#: The largest ``since`` of ``/v1/events`` (like a log offset: what JSON carries exactly).
+MAX_SEQ = MAX_LOG_OFFSET
 #: ``kill?wait=false`` answers once the process is killing, or after this many seconds.
 KILL_ACCEPTED_TIMEOUT = 10.0
-#: How many terminal processes' JSON ``GET /v1/processes/{id}`` keeps (each id and name).
-TERMINAL_CACHE = 4096
 #: Paths served without the token.
 OPEN_PATHS = frozenset({"/v1/health"})
 NDJSON = "application/x-ndjson"
+#: Streams close their connection when they end: a client that sent its next request on it
+#: as the service stopped would hold the stop up until the graceful timeout (hypercorn reads
+#: no more from a kept-alive connection while it winds down, and never closes it).
+STREAM_HEADERS = {"Connection": "close"}
 
 
 class ApiError(Exception):
@@ -77,6 +89,8 @@ class ApiError(Exception):
 
 def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
     headers = {"WWW-Authenticate": 'Bearer realm="corra"'} if status == 401 else None
+    if status == 408:
+        headers = {"Connection": "close"}  # (the rest of the body is not waited for)
     return JSONResponse(
         {"error": code, "message": message, **extra}, status_code=status, headers=headers
     )
@@ -103,12 +117,17 @@ class _Guard:
     """The token and the body limit, before any route (a plain ASGI wrapper: cheaper than
     a Starlette middleware, and it leaves streaming responses alone)."""
 
-    def __init__(self, app: Callable[..., Awaitable[None]], token: str) -> None:
+    def __init__(
+        self, app: Callable[..., Awaitable[None]], token: str, stopping: trio.Event
+    ) -> None:
         self.app = app
         self._token = token.encode()
+        self._stopping = stopping
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
+            if self._stopping.is_set():
+                send = _closing(send)
             refusal = self._refusal(scope)
             if refusal is not None:
                 await refusal(scope, receive, send)
@@ -160,8 +179,8 @@ class Api:
         self.stopping = trio.Event()
         """Set when the service stops: streams end, so that their clients reconnect."""
         self._submitting: dict[str, trio.Event] = {}
-        # ``GET /v1/processes/{id}`` of terminal processes, by id and by name, newest last.
-        self._terminal: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+        # ``GET /v1/processes/{id}`` of terminal processes, by id (bounded by bytes).
+        self._terminal = TerminalCache()
         routes = [
             Route("/v1/health", self.health, methods=["GET"]),
             Route("/openapi.json", self.openapi, methods=["GET"]),
@@ -179,11 +198,12 @@ class Api:
             exception_handlers={
                 ApiError: self._api_error,
                 CorraError: self._corra_error,
+                ClientDisconnect: self._client_gone,
                 HTTPException: self._http_error,
                 Exception: self._crash,
             },
         )
-        self.app = _Guard(starlette, token)
+        self.app = _Guard(starlette, token, self.stopping)
         """The ASGI app."""
 
     def stop(self) -> None:
@@ -282,23 +302,36 @@ class Api:
             if len(items) == limit:
                 next_cursor = items[-1]["id"]
                 break
-            items.append(record_json(record))
+            items.append(record_json(record, await self._recorded(record)))
         return JSONResponse({"items": items, "next_cursor": next_cursor})
 
     async def get_process(self, request: Request) -> Response:
-        _known(request.query_params)
+        _known(request.query_params, "show_env")
         key = request.path_params["id"]
+        if _boolean(request.query_params, "show_env", False):
+            # (asked for: never cached, so that the cache holds no env value)
+            record = self._lookup(key)
+            recorded = await self._recorded(record)
+            return JSONResponse(detail_json(record, self._history(record), recorded, show_env=True))
         body = self._terminal.get(key)  # (by id only: a name is resolved by the manager)
         if body is None:
             record = self._lookup(key)
             body = self._terminal.get(record.id)
             if body is None:
-                body = JSONResponse(detail_json(record, self._history(record))).body
+                recorded = await self._recorded(record)
+                body = JSONResponse(detail_json(record, self._history(record), recorded)).body
                 if record.state.terminal:
                     self._remember_terminal(record, body)
-        else:
-            self._terminal.move_to_end(key)
         return Response(body, media_type="application/json")
+
+    async def _recorded(self, record: ProcessRecord) -> dict[str, Any] | None:
+        """What the chaperone recorded of a paused process's program, which no runtime
+        watches (it may have ended meanwhile: resume collects it); None for the others,
+        whose actors know better."""
+        if record.phase != "paused" or not unwatched_program(record):
+            return None
+        found = await trio.to_thread.run_sync(recorded, self.runtime.state_dir, record)
+        return None if found is None else found.json()
 
     async def pause_process(self, request: Request) -> Response:
         _known(request.query_params)
@@ -333,10 +366,11 @@ class Api:
             raise ApiError(
                 400, "bad_request", f"stream: got {stream!r}, expected 'stdout' or 'stderr'"
             )
-        offset = _integer(query, "offset", 0, minimum=0)
+        offset = _integer(query, "offset", 0, minimum=0, maximum=MAX_LOG_OFFSET)
         current = record.state.attempt
         attempt = _integer(query, "attempt", current, minimum=1, maximum=current)
         follow = _boolean(query, "follow", False)
+        end = None if follow else await log_end(self.manager, record, stream, attempt)
         entries = log_entries(
             self.manager,
             record.id,
@@ -345,15 +379,16 @@ class Api:
             offset=offset,
             follow=follow,
             stopping=self.stopping,
+            end=end,
         )
-        return StreamingResponse(_ndjson(entries, f"logs of {record.id}"), media_type=NDJSON)
+        return _stream(entries, f"logs of {record.id}")
 
     async def event_stream(self, request: Request) -> Response:
         query = request.query_params
         _known(query, "follow", "since")
         follow = _boolean(query, "follow", False)
-        since = _integer(query, "since", 0, minimum=0)
-        return StreamingResponse(_ndjson(self._events(since, follow), "events"), media_type=NDJSON)
+        since = _integer(query, "since", 0, minimum=0, maximum=MAX_SEQ)
+        return _stream(self._events(since, follow), "events")
 
     async def _events(self, seq: int, follow: bool) -> AsyncIterator[dict[str, Any]]:
         if seq > self.events.last_seq:
@@ -385,9 +420,7 @@ class Api:
         """Keep the JSON of a terminal process (it never changes again: no event leaves a
         terminal phase, and its history is complete), by id (a name may look like another
         process's id: names are resolved by the manager, which prefers ids)."""
-        self._terminal[record.id] = body
-        while len(self._terminal) > TERMINAL_CACHE:
-            self._terminal.popitem(last=False)
+        self._terminal.put(record.id, body)
 
     def _history(self, record: ProcessRecord) -> list[Transition]:
         """The history of a record in hand (not looked up again)."""
@@ -435,6 +468,15 @@ class Api:
             response.headers.update(exc.headers)
         return response
 
+    async def _client_gone(self, request: Request, exc: Exception) -> Response:
+        # Not an error of the service's: nobody is left to answer (499, as nginx logs it).
+        logger.info(
+            "%s %s: the client went away before its request was in",
+            request.method,
+            request.url.path,
+        )
+        return Response(status_code=499)
+
     async def _crash(self, request: Request, exc: Exception) -> Response:
         logger.error("%s %s failed", request.method, request.url.path, exc_info=exc)
         return _error(500, "internal", f"internal error: {type(exc).__name__}")
@@ -463,16 +505,28 @@ async def open_api(runtime: Any, *, token: str) -> AsyncIterator[Api]:
 
 
 async def _body(request: Request) -> bytes:
-    """The body, refusing (413) one above `MAX_BODY` even without a content-length."""
+    """The body, refusing (413) one above `MAX_BODY` even without a content-length, and
+    (408) one that has not come whole within `BODY_TIMEOUT`.
+
+    Raises:
+        ClientDisconnect: the client went away before its body was in.
+    """
     chunks = []
     size = 0
-    async with contextlib.aclosing(request.stream()) as stream:
-        async for chunk in stream:
-            size += len(chunk)
-            if size > MAX_BODY:
-                raise ApiError(413, "too_large", f"the body is over {MAX_BODY} bytes")
-            chunks.append(chunk)
-    return b"".join(chunks)
+    with trio.move_on_after(BODY_TIMEOUT):
+        async with contextlib.aclosing(request.stream()) as stream:
+            async for chunk in stream:
+                size += len(chunk)
+                if size > MAX_BODY:
+                    raise ApiError(413, "too_large", f"the body is over {MAX_BODY} bytes")
+                chunks.append(chunk)
+        return b"".join(chunks)
+    raise ApiError(
+        408,
+        "timeout",
+        f"the body did not come within {BODY_TIMEOUT:g} s ({size} bytes came); "
+        f"a body may take at most {BODY_TIMEOUT:g} s",
+    )
 
 
 def _refuse_constant(name: str) -> Any:
@@ -519,20 +573,21 @@ def _single(query: Any, name: str) -> str | None:
     return values[0] if values else None
 
 
-def _integer(
-    query: Any, name: str, default: int, *, minimum: int, maximum: int | None = None
-) -> int:
+def _integer(query: Any, name: str, default: int, *, minimum: int, maximum: int) -> int:
+    """An integer query parameter, within its bounds (every one has both: a number past
+    what a file offset or a C integer holds must never reach the code that reads logs)."""
     text = _single(query, name)
     if text is None:
         return default
-    bounds = f"an integer >= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
-    try:
-        if not text.isascii() or not text.lstrip("-").isdigit():
-            raise ValueError
-        value = int(text)
-    except ValueError:
-        raise ApiError(400, "bad_request", f"{name}: got {text!r}, expected {bounds}") from None
-    if value < minimum or (maximum is not None and value > maximum):
+    bounds = f"an integer >= {minimum} and <= {maximum}"
+    shown = repr(text) if len(text) <= 40 else f"{text[:40]!r}... ({len(text)} characters)"
+    digits = text[1:] if text[:1] in "+-" else text
+    if not (text.isascii() and digits.isdigit()):
+        raise ApiError(400, "bad_request", f"{name}: got {shown}, expected {bounds}")
+    if len(digits.lstrip("0")) > len(str(maximum)):  # (out of range: no need to convert it)
+        raise ApiError(400, "bad_request", f"{name}: got {shown}, expected {bounds}")
+    value = int(text)
+    if not minimum <= value <= maximum:
         raise ApiError(400, "bad_request", f"{name}: got {value}, expected {bounds}")
     return value
 
@@ -547,6 +602,23 @@ def _boolean(query: Any, name: str, default: bool) -> bool:
 
 
 # -- streams -------------------------------------------------------------------------------
+
+
+def _closing(send: Callable[[dict[str, Any]], Awaitable[None]]) -> Any:
+    """``send``, with ``Connection: close`` on the response (the service stops: a client must
+    not send its next request on this connection; see `STREAM_HEADERS`)."""
+
+    async def closing(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            headers = [(k, v) for k, v in message.get("headers", ()) if k != b"connection"]
+            message = {**message, "headers": [*headers, (b"connection", b"close")]}
+        await send(message)
+
+    return closing
+
+
+def _stream(entries: AsyncIterator[dict[str, Any]], what: str) -> Response:
+    return StreamingResponse(_ndjson(entries, what), media_type=NDJSON, headers=STREAM_HEADERS)
 
 
 async def _ndjson(entries: AsyncIterator[dict[str, Any]], what: str) -> AsyncIterator[bytes]:

@@ -18,6 +18,7 @@ from typing import Any
 import trio
 
 from corra.actors._process import ProcessManager
+from corra.actors._records import ProcessRecord
 
 #: The most bytes one entry carries.
 CHUNK = 64 << 10
@@ -47,6 +48,19 @@ class Utf8Chunks:
         return start, text, self.emitted
 
 
+async def log_end(
+    manager: ProcessManager, record: ProcessRecord, stream: str, attempt: int
+) -> int | None:
+    """Where a read of ``stream`` of ``attempt`` without ``follow`` ends: the size of its log
+    now, or None if the attempt is over (its log grows no more) or the backend cannot tell.
+    Taken before the answer begins: a program that writes faster than its client reads
+    would make a read to "the end" go on forever."""
+    if record.state.attempt > attempt or record.state.terminal:
+        await trio.lowlevel.checkpoint()
+        return None
+    return await manager.log_size(record, stream, attempt=attempt)
+
+
 async def log_entries(
     manager: ProcessManager,
     process_id: str,
@@ -56,15 +70,18 @@ async def log_entries(
     offset: int,
     follow: bool,
     stopping: trio.Event,
+    end: int | None = None,
     clock: Callable[[], float] = time.time,
 ) -> AsyncIterator[dict[str, Any]]:
     """Entries ``{attempt, offset, next_offset, time, stream, text}`` of ``stream``, from
     ``offset`` of ``attempt``.
 
-    Without ``follow``, the output there is now (the last attempt's complete characters,
-    unless the process is terminal). With it, it goes on through the later attempts until the
-    process is terminal and its log is drained, or until ``stopping`` is set (the service
-    stops: the client reconnects to the next one). A checkpoint at every read.
+    Without ``follow``, the output there is (the last attempt's complete characters, unless
+    the process is terminal), up to ``end`` if given (`log_end`, taken when the request
+    began). With it, it goes on through the later attempts until the process is terminal
+    and its log is drained, or until ``stopping`` is set (the service stops: the client
+    reconnects to the next one), also while a program writes faster than the client reads.
+    A checkpoint at every read.
 
     Raises:
         NoSuchProcess: the process is gone (never, in practice: records are kept).
@@ -75,25 +92,28 @@ async def log_entries(
         # of its output.
         record = manager.get(process_id)
         over = record.state.attempt > attempt or record.state.terminal
-        while True:
-            data = await manager.read_log(record, stream, chunks.read, CHUNK, attempt=attempt)
+        while end is None or chunks.read < end:
+            size = CHUNK if end is None else min(CHUNK, end - chunks.read)
+            data = await manager.read_log(record, stream, chunks.read, size, attempt=attempt)
             if not data:
                 break
-            start, text, end = chunks.feed(data)
+            start, text, stop = chunks.feed(data)
             if text:
-                yield _entry(attempt, start, end, clock(), stream, text)
-            if len(data) < CHUNK:
+                yield _entry(attempt, start, stop, clock(), stream, text)
+            if len(data) < size or (follow and stopping.is_set()):
                 break
+        if follow and stopping.is_set():
+            return  # (the client goes on from its last entry with the next service)
         if over:
-            start, text, end = chunks.feed(b"", final=True)
+            start, text, stop = chunks.feed(b"", final=True)
             if text:
-                yield _entry(attempt, start, end, clock(), stream, text)
+                yield _entry(attempt, start, stop, clock(), stream, text)
             if record.state.attempt > attempt and follow:
                 attempt += 1
                 chunks = Utf8Chunks(0)
                 continue
             return
-        if not follow or stopping.is_set():
+        if not follow:
             return
         with trio.move_on_after(REMOTE_POLL if record.spec.host else LOCAL_POLL):
             await stopping.wait()

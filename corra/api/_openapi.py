@@ -10,7 +10,21 @@ from typing import Any
 
 import corra
 from corra.actors._lifecycle import PHASES
-from corra.actors._records import BACKENDS, NAME_PATTERN, RESTART_POLICIES
+from corra.actors._process import MAX_LOG_OFFSET
+from corra.actors._records import (
+    BACKENDS,
+    MAX_OUTPUT_LIMIT,
+    MAX_SECONDS,
+    NAME_PATTERN,
+    RESTART_POLICIES,
+)
+from corra.actors._spec_content import (
+    ENV_NAME_PATTERN,
+    HIDDEN,
+    MAX_LABEL_KEY,
+    MAX_LABEL_VALUE,
+    MAX_LABELS,
+)
 
 
 def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
@@ -51,14 +65,35 @@ _COMMON = {
     "cwd": _nullable(
         {**_ABSOLUTE, "description": "working directory (default: its own in the state dir)"}
     ),
-    "env": {**_TEXTS, "description": "variables added (names without '=')"},
-    "timeout": _nullable({"type": "number", "minimum": 0, "exclusiveMinimum": True}),
+    "env": {
+        **_TEXTS,
+        "description": "variables added (names without '='; for backend slurm, names "
+        f"matching {ENV_NAME_PATTERN.pattern}); answers show each value as {HIDDEN!r} "
+        "unless asked with show_env=true",
+    },
+    "timeout": _nullable(
+        {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": MAX_SECONDS}
+    ),
     "restart": {"type": "string", "enum": list(RESTART_POLICIES)},
     "max_attempts": {"type": "integer", "minimum": 1},
-    "kill_grace": {"type": "number", "minimum": 0},
+    "kill_grace": {"type": "number", "minimum": 0, "maximum": MAX_SECONDS},
     "memory_limit": _nullable({"type": "integer", "minimum": 1}),
     "pids_limit": _nullable({"type": "integer", "minimum": 1}),
-    "labels": _STRINGS,
+    "output_limit": _nullable(
+        {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": MAX_OUTPUT_LIMIT,
+            "description": "bytes kept of each of stdout and stderr; later output is dropped "
+            "(default: the service's, 1 GiB unless --output-limit says otherwise)",
+        }
+    ),
+    "labels": {
+        "type": "object",
+        "maxProperties": MAX_LABELS,
+        "propertyNames": {"maxLength": MAX_LABEL_KEY},
+        "additionalProperties": {"type": "string", "maxLength": MAX_LABEL_VALUE},
+    },
 }
 
 _SLURM_OPTIONS = {
@@ -129,9 +164,16 @@ _RESULT = {
         "ended_at": _nullable(_TIME),
         "utime": {"type": "number"},
         "stime": {"type": "number"},
-        "maxrss_kb": {"type": "integer"},
+        "maxrss_kb": _nullable(
+            {"type": "integer", "description": "the program's peak resident set; null: unknown"}
+        ),
         "stdout_bytes": {"type": "integer"},
         "stderr_bytes": {"type": "integer"},
+        "stdout_dropped": {
+            "type": "integer",
+            "description": "bytes of stdout dropped past the output limit (about)",
+        },
+        "stderr_dropped": {"type": "integer"},
         "timed_out": {"type": "boolean"},
         "killed": {"type": "boolean"},
         "error": _nullable({"type": "string"}),
@@ -154,6 +196,22 @@ _PROCESS_FIELDS = {
     "argv": {"type": "array", "items": {"type": "string"}},
     "result": _nullable(_RESULT),
     "paused_from": _nullable({"type": "string", "enum": [*PHASES, None]}),
+    "recorded": _nullable(
+        {
+            "type": "object",
+            "description": "what the program's chaperone recorded, where no runtime watches "
+            "the process (a paused one): an exit not yet collected",
+            "required": ["state", "collected", "returncode", "signal", "ended_at", "summary"],
+            "properties": {
+                "state": {"type": "string", "enum": ["running", "exited", "lost", "unknown"]},
+                "collected": {"type": "boolean"},
+                "returncode": _nullable({"type": "integer"}),
+                "signal": _nullable({"type": "integer"}),
+                "ended_at": _nullable(_TIME),
+                "summary": {"type": "string"},
+            },
+        }
+    ),
 }
 
 _PROCESS = {
@@ -367,6 +425,7 @@ OPENAPI: dict[str, Any] = {
                     },
                     "400": _error("the body is not a JSON document"),
                     "401": _UNAUTHORIZED,
+                    "408": _error("the body did not come whole within 60 s"),
                     "409": _error("the name is taken by a process whose record is unreadable"),
                     "413": _error("the body is over 1 MiB"),
                     "422": _error("the spec is not valid (the message names the field)"),
@@ -421,9 +480,17 @@ OPENAPI: dict[str, Any] = {
         },
         "/v1/processes/{id}": {
             "get": {
-                "summary": "One process: its record, spec, backend handle and history",
+                "summary": "One process: its record, spec, backend handle and history (the "
+                "env's values hidden unless show_env=true)",
                 "operationId": "getProcess",
-                "parameters": [_ID],
+                "parameters": [
+                    _ID,
+                    _query(
+                        "show_env",
+                        {"type": "boolean", "default": False},
+                        f"show the values of the spec's env (else each is {HIDDEN!r})",
+                    ),
+                ],
                 "responses": {
                     "200": {
                         "description": "the process",
@@ -477,7 +544,7 @@ OPENAPI: dict[str, Any] = {
                     ),
                     _query(
                         "offset",
-                        {"type": "integer", "minimum": 0, "default": 0},
+                        {"type": "integer", "minimum": 0, "maximum": MAX_LOG_OFFSET, "default": 0},
                         "the byte to start at (an entry's next_offset, to resume)",
                     ),
                     _query(
@@ -515,7 +582,7 @@ OPENAPI: dict[str, Any] = {
                     ),
                     _query(
                         "since",
-                        {"type": "integer", "minimum": 0, "default": 0},
+                        {"type": "integer", "minimum": 0, "maximum": MAX_LOG_OFFSET, "default": 0},
                         "the seq of the last event seen (numbers start again with each "
                         "service: a seq beyond its last one gets all it retained)",
                     ),

@@ -27,6 +27,9 @@ from corra.api._files import DEFAULT_HOST, DEFAULT_PORT, socket_address
 
 logger = logging.getLogger("corra.api")
 
+#: Seconds a client has to finish its TLS handshake (hypercorn's default: 60).
+TLS_HANDSHAKE_TIMEOUT = 10.0
+
 
 @attrs.frozen
 class Listen:
@@ -145,6 +148,11 @@ async def serve_api(
     config.certfile = listen.certfile
     config.keyfile = listen.keyfile
     config.graceful_timeout = listen.graceful_timeout
+    # A TLS handshake must be done within TLS_HANDSHAKE_TIMEOUT, a request's head must come
+    # within keep_alive_timeout (5 s: hypercorn's wait for a request), its body within the
+    # app's BODY_TIMEOUT. No read_timeout: it would also cut off the clients that follow a
+    # stream, which send nothing for as long as they read.
+    config.ssl_handshake_timeout = TLS_HANDSHAKE_TIMEOUT
     config.accesslog = "-" if listen.access_log else None
     config.loglevel = "WARNING"
     if listen.tls:

@@ -11,10 +11,15 @@ from typing import Any
 import attrs
 
 from corra.actors._records import ProcessRecord, Transition, unstructure_spec
+from corra.actors._spec_content import hide_env
 
 
-def record_json(record: ProcessRecord) -> dict[str, Any]:
-    """A record as users see it in JSON (``corra ps --json``, ``GET /v1/processes``)."""
+def record_json(record: ProcessRecord, recorded: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A record as users see it in JSON (``corra ps --json``, ``GET /v1/processes``).
+
+    ``recorded``: what the program's chaperone recorded, where no runtime watches the process
+    (`corra.backends.recorded.Recorded.json`); None where one does, or there is no program.
+    """
     state = record.state
     result = state.result
     return {
@@ -27,12 +32,17 @@ def record_json(record: ProcessRecord) -> dict[str, Any]:
         "reason": state.reason,
         "created_at": record.created_at,
         "updated_at": state.updated_at,
-        "started_at": result.started_at if result else None,
+        # The current attempt's start, from the moment it is known (a running program's
+        # too); after a retry, until the new attempt starts, the last result's.
+        "started_at": state.started_at
+        if state.started_at is not None
+        else (result.started_at if result else None),
         "ended_at": result.ended_at if result else None,
         "labels": dict(record.spec.labels),
         "argv": list(record.spec.argv),
         "result": attrs.asdict(result) if result else None,
         "paused_from": state.paused_from,
+        "recorded": recorded,
     }
 
 
@@ -48,11 +58,19 @@ def transition_json(transition: Transition) -> dict[str, Any]:
     }
 
 
-def detail_json(record: ProcessRecord, history: list[Transition]) -> dict[str, Any]:
+def detail_json(
+    record: ProcessRecord,
+    history: list[Transition],
+    recorded: dict[str, Any] | None = None,
+    *,
+    show_env: bool = False,
+) -> dict[str, Any]:
     """A record with its spec, its backend handle and its history (``corra show --json``,
-    ``GET /v1/processes/{id}``)."""
-    data = record_json(record)
+    ``GET /v1/processes/{id}``); the env's values are hidden unless ``show_env``."""
+    data = record_json(record, recorded)
     data["spec"] = unstructure_spec(record.spec)
+    if not show_env:
+        data["spec"]["env"] = hide_env(record.spec.env)
     data["handle"] = record.state.handle
     data["history"] = [transition_json(transition) for transition in history]
     return data

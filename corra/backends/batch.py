@@ -15,6 +15,9 @@ burst of 30, then 2 per second, like Slurm's own rate limiter).
 
 Rule 3: a paused process holds nothing here: its job keeps its place in the queue; with
 ``hold_on_pause`` a pending job is also held, and released on resume.
+
+Rule 4: what the backend writes on a host is its user's only: directories 0700, files 0600,
+the job script (which exports the env) 0700.
 """
 
 from __future__ import annotations
@@ -152,12 +155,6 @@ class SchedulerBackend(HostPollers):
         if existing is not None:
             return self._handle(host, key, run_dir, existing, options, spec)
         work_dir = spec.cwd or posixpath.join(run_dir, "work")
-        await host.transport.mkdir(run_dir)
-        inputs = dict(getattr(spec, "inputs", None) or {})
-        if inputs:  # (not submitted yet: nothing runs in the work dir)
-            await _staging.upload(
-                host.transport, host.config.python, work_dir, inputs, host.config.name
-            )
         process_id, _, attempt = key.rpartition(".")
         env = {
             **spec.env,
@@ -165,18 +162,27 @@ class SchedulerBackend(HostPollers):
             "CORRA_PROCESS_NAME": spec.name or process_id,
             "CORRA_ATTEMPT": attempt,
         }
-        script = self.scheduler.render(
-            key,
-            spec.argv,
-            run_dir=run_dir,
-            work_dir=work_dir,
-            options=options,
-            env=env,
-            timeout=getattr(spec, "timeout", None),
-            kill_grace=getattr(spec, "kill_grace", 10.0),
-        )
+        try:
+            script = self.scheduler.render(
+                key,
+                spec.argv,
+                run_dir=run_dir,
+                work_dir=work_dir,
+                options=options,
+                env=env,
+                timeout=getattr(spec, "timeout", None),
+                kill_grace=getattr(spec, "kill_grace", 10.0),
+            )
+        except ConfigError as exc:  # (before anything is written on the host)
+            raise LaunchFailed(f"{key} on {host.config.name}: {exc}") from exc
+        await host.transport.mkdir(run_dir)
+        inputs = dict(getattr(spec, "inputs", None) or {})
+        if inputs:  # (not submitted yet: nothing runs in the work dir)
+            await _staging.upload(
+                host.transport, host.config.python, work_dir, inputs, host.config.name
+            )
         script_path = posixpath.join(run_dir, "job.sh")
-        await host.transport.write_file(script_path, script.encode(), mode=0o755)
+        await host.transport.write_file(script_path, script.encode(), mode=0o700)
         await host.bucket.take()
         try:
             job_id = await self.scheduler.submit(host.transport, script_path, run_dir)
@@ -395,6 +401,17 @@ class SchedulerBackend(HostPollers):
             if files:
                 return out
         return b""
+
+    async def log_size(self, key: str, stream: str, host_name: str | None = None) -> int | None:
+        """How many bytes of ``stream`` (all of an array's tasks) there are now; None before
+        the run dir has any."""
+        if stream not in ("stdout", "stderr"):
+            raise ConfigError(f"stream: got {stream!r}, expected 'stdout' or 'stderr'")
+        for host in self.hosts_for(host_name):
+            files = await self._log_files(host, await self._run_dir(host, key), stream)
+            if files:
+                return sum(size for _, size in files)
+        return None
 
     async def _log_files(self, host: _Host, run_dir: str, stream: str) -> list[tuple[str, int]]:
         """The files of ``stream`` in the run dir, with their sizes: ``stdout``, or an array's

@@ -32,7 +32,8 @@ Rule 2: the program runs in its own process group (pgid == pid) in the chaperone
 its cgroups where the spec names them (the chaperone joins them around the spawn, so the
 program is born inside: a fork of the chaperone to join from would cost more than the rest of
 a launch), with stdin from /dev/null and stdout/stderr appended straight to RUN_DIR/stdout and
-RUN_DIR/stderr: no pipe passes through the chaperone.
+RUN_DIR/stderr: no pipe passes through the chaperone (one that dies never breaks a program's
+output). The spec's ``output_limit`` is kept by cutting the files back (`OutputLimit`).
 
 Rule 3: the chaperone enforces the timeout and kill requests: SIGTERM to the group, then
 SIGKILL to the group (and ``cgroup.kill``) after the grace period. Both hold while no runtime
@@ -64,6 +65,14 @@ for its whole life (a second one started for ROOT waits two seconds for it, then
 new one. A runtime that disconnects (or dies) leaves the programs running; a later connection
 asks for their exits again (``watch``).
 
+Rule 7: nothing a chaperone is given ends it. Specs and requests are checked before anything is
+claimed (an ``invalid`` reply names the field and the value); no wait lasts longer than
+`LONGEST_WAIT`, so no timeout or grace, however long, overflows a wait call (a deadline further
+away is looked at again); each request line is taken off the connection before it is handled.
+But a chaperone whose root (ROOT, or an own one's RUN_DIR) is removed or replaced can record
+nothing any more: it kills its programs (SIGTERM, SIGKILL after at most `LOST_ROOT_GRACE`),
+sends their exit records with an ``error`` to whoever listens, and exits.
+
 RUN_DIR files::
 
     chaperone.pid  the claim. Own: {"pid", "start"} (start is field 22 of /proc/<pid>/stat,
@@ -74,7 +83,8 @@ RUN_DIR files::
     program.pid    own only: {"pid", "start", "started_at", "cgroup", "cgroup_note"}
                    (pid == pgid)
     spec.json      own only: argv, cwd (null: RUN_DIR/work), env (complete), timeout (seconds or
-                   null), kill_grace (seconds), cgroups (list of {"path", "before", "after"}: the
+                   null), kill_grace (seconds), output_limit (bytes kept of each stream, or
+                   null: no limit), cgroups (list of {"path", "before", "after"}: the
                    directory to create and join, and {file: value} settings written before the
                    program joins and after it runs), cgroup_notes (what the launcher could not
                    arrange, passed on into program.pid)
@@ -83,10 +93,16 @@ RUN_DIR files::
     stdout, stderr the program's output, appended
     kill.json      own only, optional: {"grace": seconds}, written by the runtime before its
                    SIGTERM
-    exit.json      returncode, signal, utime, stime, maxrss (bytes), started_at, ended_at
-                   (epoch seconds), stdout_size, stderr_size, timed_out, killed, oom_killed,
-                   error (why the program did not run, or what went wrong around it)
+    exit.json      returncode, signal, utime, stime, maxrss (the program's peak resident set
+                   in bytes, or null where unknown: see `program_peak`), started_at, ended_at
+                   (epoch seconds), stdout_size, stderr_size, stdout_dropped, stderr_dropped
+                   (bytes past output_limit, dropped: see `OutputLimit`), timed_out, killed,
+                   oom_killed, error (why the program did not run, or what went wrong around
+                   it)
     chaperone.log  only when an own chaperone itself failed: its traceback
+
+The exit record's temporary file is made with a block of its own (``posix_fallocate``), and
+written in place: the record of a program that filled the disk still gets written.
 
 A run under the shared chaperone costs six inodes (the directory, chaperone.pid, work, stdout,
 stderr, and the temporary file that becomes exit.json), all made ahead of its launch by the
@@ -115,7 +131,7 @@ users are refused). Requests carry an ``id`` that the reply repeats::
                                                    umask programs start with
         -> {"op": "hello", "version": 1, "pid", "start"}
     {"op": "launch", "key", "spec": {argv, cwd, env (added to hello's), timeout, kill_grace,
-     cgroups, cgroup_notes}}
+     output_limit, cgroups, cgroup_notes}}
         -> {"op": "started", "program"} | {"op": "claimed", "program"?} (no program: claimed by
            another chaperone, read the files) | {"op": "failed", "error"} (exit.json says so
            too) | {"op": "invalid", "error"} (nothing claimed) | {"op": "error", "error"} (try
@@ -126,7 +142,10 @@ users are refused). Requests carry an ``id`` that the reply repeats::
     {"op": "kill", "key", "grace"}  -> {"op": "killing"} | {"op": "unknown"}
 
 and, without an id, ``{"op": "exited", "key", "record"}`` to every connection that launched,
-watched or killed the program, once exit.json is in place.
+watched or killed the program, once exit.json is in place. A line that is not a JSON object, or
+a request with a field of the wrong kind, is answered ``{"op": "invalid", "error"}`` (``"id":
+null`` if it had none) and the connection goes on; ``{"op": "stopping", "error"}`` without an
+id says that the chaperone lost its root (Rule 7).
 """
 
 import contextlib
@@ -179,6 +198,8 @@ RESET_IN_PROGRAM = (
 )
 #: cgroup settings that some kernels lack (no swap accounting), and that may go unset quietly.
 OPTIONAL_SETTINGS = ("memory.swap.max", "memory.memsw.limit_in_bytes")
+#: Where a memory cgroup keeps its peak (cgroup v2, v1).
+PEAK_FILES = ("memory.peak", "memory.max_usage_in_bytes")
 #: How long a chaperone waits for killed group or cgroup members to go before it records.
 CGROUP_DRAIN = 2.0
 #: Seconds the shared chaperone gathers exit records before it makes them durable at once.
@@ -189,6 +210,19 @@ SPARES_PREFIX = ".spares-"
 SPARES = 8
 #: Longest request line the shared chaperone accepts.
 MAX_REQUEST = 64 << 20
+#: The longest any wait of a chaperone lasts (a deadline further away, however far, is looked
+#: at again then: no timeout or grace can overflow a wait); also how soon it notices that its
+#: root was removed.
+LONGEST_WAIT = 1.0
+#: The most a program gets between SIGTERM and SIGKILL once its chaperone has lost its root.
+LOST_ROOT_GRACE = 5.0
+#: Seconds between two checks of a running program's output against its limit: at most, and
+#: at least (the first comes after that; see `OutputLimit`).
+OUTPUT_CHECK_MAX = 0.2
+OUTPUT_CHECK_MIN = 0.005
+#: Bytes set aside for the exit record's temporary file, so that it can be written on a full
+#: disk (a record is a few hundred bytes; a longer one needs a block more).
+EXIT_RESERVE = 4096
 
 
 def process_start(pid):
@@ -299,6 +333,174 @@ class Notifier:
         if final:
             os.close(self.fd)
             self.fd = None
+
+
+# what a chaperone is given --------------------------------------------------------------
+
+
+class Invalid(ValueError):
+    """A spec or request the chaperone refuses; the message names the field and the value."""
+
+
+def _shown(value):
+    """``value`` for an error message: its repr, cut short."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int too long to print
+        return "a number too large"
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
+def _text(value):
+    """Whether ``value`` can reach a system call: a str without NUL that encodes."""
+    if not isinstance(value, str) or "\0" in value:
+        return False
+    try:
+        os.fsencode(value)
+    except UnicodeError:  # a lone surrogate
+        return False
+    return True
+
+
+def seconds(value, name, optional=False):
+    """``value`` as seconds (a float): a number, finite and >= 0; None too if ``optional``.
+
+    Any such number is safe: deadlines are compared, never slept to in one go (see
+    `LONGEST_WAIT`). Raises `Invalid` for anything else (bool, NaN, infinity, an int too large
+    for a float, a string).
+    """
+    if value is None and optional:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:
+            number = float("inf")
+        if 0 <= number < float("inf"):  # NaN is neither
+            return number
+    raise Invalid(f"{name}: expected a finite number of seconds >= 0, got {_shown(value)}")
+
+
+def check_env(env, name="env"):
+    """``env`` if it is an environment: {name: value}, names without ``=``, all text."""
+    if not isinstance(env, dict):
+        raise Invalid(f"{name}: expected an object of strings, got {_shown(env)}")
+    for variable, value in env.items():
+        if not _text(variable) or not variable or "=" in variable:
+            raise Invalid(f"{name}: invalid variable name {_shown(variable)}")
+        if not _text(value):
+            raise Invalid(f"{name}[{_shown(variable)}]: expected a string, got {_shown(value)}")
+    return env
+
+
+def check_spec(spec, env_required=False):
+    """A launch's ``spec`` as the chaperone runs it: a copy, with ``timeout`` and
+    ``kill_grace`` as floats and the defaults filled in. Raises `Invalid` naming the field:
+    no value gets as far as a spawn or a wait that would raise on it."""
+    if not isinstance(spec, dict):
+        raise Invalid(f"spec: expected an object, got {_shown(spec)}")
+    argv = spec.get("argv")
+    if not isinstance(argv, list) or not argv or not all(_text(arg) for arg in argv):
+        raise Invalid(f"argv: expected a non-empty list of strings, got {_shown(argv)}")
+    if not argv[0]:
+        raise Invalid("argv[0]: expected a program, got ''")
+    cwd = spec.get("cwd")
+    if cwd is not None and not (_text(cwd) and cwd):
+        raise Invalid(f"cwd: expected a path or null, got {_shown(cwd)}")
+    env = spec.get("env")
+    if env is None and not env_required:
+        env = {}
+    cgroups = spec.get("cgroups") or []
+    if not isinstance(cgroups, list) or not all(_cgroup_entry(entry) for entry in cgroups):
+        raise Invalid(
+            "cgroups: expected a list of {path, before, after} (settings: objects of "
+            f"strings or numbers), got {_shown(cgroups)}"
+        )
+    notes = spec.get("cgroup_notes") or []
+    if not isinstance(notes, list) or not all(isinstance(note, str) for note in notes):
+        raise Invalid(f"cgroup_notes: expected a list of strings, got {_shown(notes)}")
+    return dict(
+        spec,
+        env=check_env(env),
+        timeout=seconds(spec.get("timeout"), "timeout", optional=True),
+        kill_grace=seconds(spec.get("kill_grace", 10.0), "kill_grace"),
+        output_limit=output_limit(spec),
+        cgroups=cgroups,
+        cgroup_notes=notes,
+    )
+
+
+def _cgroup_entry(entry):
+    if not isinstance(entry, dict) or not _text(entry.get("path")) or not entry["path"]:
+        return False
+    for settings in (entry.get("before"), entry.get("after")):
+        if settings is None:
+            continue
+        if not isinstance(settings, dict):
+            return False
+        for name, value in settings.items():
+            if not _text(name) or isinstance(value, bool):
+                return False
+            if not (_text(value) or isinstance(value, (int, float))):
+                return False
+    return True
+
+
+def _bounded(seconds):
+    """A wait of ``seconds`` (None: until something happens) that no wait call refuses, and
+    that ends in time to look at the root again: at most `LONGEST_WAIT`, at least 0, whatever
+    the deadline it came from (infinite, huge, NaN)."""
+    if seconds is None or seconds != seconds:  # None, NaN
+        return LONGEST_WAIT
+    return min(max(seconds, 0.0), LONGEST_WAIT)
+
+
+class Root:
+    """A directory the chaperone works in (a shared one's ROOT, an own one's RUN_DIR), held
+    by an fd, so that the chaperone notices when it is removed (``rm -rf`` of the state
+    dir) or replaced: then nothing it would write has a place any more."""
+
+    def __init__(self, path, fd=None):
+        self.path = path
+        self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) if fd is None else fd
+        self.next_look = 0.0
+
+    def lost(self, now):
+        """Why the directory is no longer ours, or None; looks at most once a
+        `LONGEST_WAIT` (a stat and an fstat)."""
+        if now < self.next_look:
+            return None
+        self.next_look = now + LONGEST_WAIT
+        try:
+            held = os.fstat(self.fd)
+            found = os.stat(self.path)
+        except (FileNotFoundError, NotADirectoryError):
+            return f"{self.path!r} was removed"
+        except OSError:
+            return None  # cannot tell (EACCES, say): assume it is there
+        if held.st_nlink == 0:
+            return f"{self.path!r} was removed"
+        if (found.st_dev, found.st_ino) != (held.st_dev, held.st_ino):
+            return f"{self.path!r} was replaced"
+        return None
+
+
+def _say(path, message):
+    """Tell whoever looks: ``path`` (a log) if it can still be written, and stderr."""
+    line = f"corra chaperone {os.getpid()}: {message}\n"
+    with contextlib.suppress(OSError):
+        _append(path, line)
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # stderr may be closed
+        sys.stderr.write(line)
+        sys.stderr.flush()
+
+
+def _append(path, text):
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, text.encode(errors="replace"))
+    finally:
+        os.close(fd)
 
 
 # cgroups --------------------------------------------------------------------------------
@@ -487,6 +689,18 @@ class Cgroups:
                     continue
         return False
 
+    def peak(self):
+        """The most memory the program's memory cgroup held (v2 ``memory.peak``, v1
+        ``memory.max_usage_in_bytes``), in bytes; None without one. Made for this program
+        alone, and the chaperone in it only around the spawn: the program's own peak."""
+        for path, _ in self.entries:
+            for name in PEAK_FILES:
+                try:
+                    return int(_read_small(os.path.join(path, name)))
+                except (OSError, ValueError):
+                    continue
+        return None
+
     def try_remove(self):
         """Remove the cgroups that are empty; whether none is left (``rmdir`` refuses one
         with anything inside, so success also says that nothing of the program is left)."""
@@ -565,6 +779,7 @@ class CgroupPool:
         self.made = {}  # parent -> how many were made
         self.parked = None  # the cgroup this process sits in, waiting for the next program
         self.fds = {}  # path -> an fd on its cgroup.procs
+        self.unused = set()  # paths made and not yet given to a program
 
     @staticmethod
     def poolable(entries):
@@ -622,6 +837,7 @@ class CgroupPool:
         path = f"{parent}/.pool-{self.tag}-{self.made[parent]}{suffix}"
         with contextlib.suppress(FileExistsError):
             os.mkdir(path)
+        self.unused.add(path)
         return path
 
     def _join(self, path):
@@ -678,6 +894,8 @@ class PooledCgroup:
         self.joined = []
         self.released = False
         self.oom_base = self.oom_count()
+        self.first = path in pool.unused  # no program was in it before
+        pool.unused.discard(path)
 
     @property
     def primary(self):
@@ -707,6 +925,19 @@ class PooledCgroup:
             return False
         count = self.oom_count()
         return count is not None and count > self.oom_base
+
+    def peak(self):
+        """The cgroup's peak (as `Cgroups.peak`) if this program is the first in it; else
+        None, for the peak is the highest of every program it held. (What the chaperone
+        charges while it waits in the cgroup before the spawn is in it too: a few pages.)"""
+        if not self.first:
+            return None
+        for name in PEAK_FILES:
+            try:
+                return int(_read_small(f"{self.path}/{name}"))
+            except (OSError, ValueError):
+                continue
+        return None
 
     def kill(self):
         if self.path == self.pool.parked:
@@ -892,6 +1123,15 @@ def spawn_with_fork(path, argv, env, stdout_fd, stderr_fd):
     return pid
 
 
+def output_limit(spec):
+    """The spec's ``output_limit``: None (no limit) or bytes > 0; `Invalid` for anything
+    else."""
+    limit = spec.get("output_limit")
+    if limit is not None and (type(limit) is not int or limit <= 0):
+        raise Invalid(f"output_limit: expected bytes > 0 or null, got {_shown(limit)}")
+    return limit
+
+
 def open_streams(run_dir):
     """RUN_DIR/stdout and RUN_DIR/stderr, opened for appending (created if need be)."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
@@ -903,17 +1143,86 @@ def open_streams(run_dir):
         raise
 
 
+class OutputLimit:
+    """Keeps a program's stdout and stderr within ``limit`` bytes each, with no pipe between
+    the program and its files (Rule 2).
+
+    The files are appended to (``O_APPEND``), so a file cut back to the limit (``ftruncate``:
+    its first ``limit`` bytes stay) takes the program's next writes at its new end, and the
+    next check cuts those too: what a program writes past its limit is dropped, and counted
+    (``dropped``; bytes written between a size read and its cut go uncounted, so the count is
+    a lower bound). A check is due when, at the rate the output grew since the last one, it
+    would pass the limit by ``slack`` (1/64 of the limit, at least 1 MiB); never
+    sooner than `OUTPUT_CHECK_MIN` seconds after the last, nor later than twice as long as
+    the last wait (a program that was quiet is looked at again soon: it may only have been
+    off the CPU), nor later than `OUTPUT_CHECK_MAX`. So a file passes its limit by about
+    ``slack`` while a program writes at a steady rate, by what it writes in
+    `OUTPUT_CHECK_MAX` seconds at worst (a burst after a long quiet spell), and only until
+    the next check.
+    """
+
+    def __init__(self, targets, limit, now):
+        self.targets = targets  # per stream: an fd on its file, or the file's path
+        self.limit = limit  # None: no limit
+        self.slack = max(limit >> 6, 1 << 20) if limit else 0
+        self.dropped = [0] * len(targets)
+        self.sizes = [0] * len(targets)  # at the last check, after the cut
+        self.checked = now
+        self.wait = OUTPUT_CHECK_MIN  # the last wait between two checks
+        self.due = float("inf") if limit is None else now + OUTPUT_CHECK_MIN
+
+    def check(self, now):
+        """Cut the files back to the limit; when the next check is due (monotonic seconds)."""
+        if self.limit is None:
+            return self.due
+        delay = min(self.wait * 2, OUTPUT_CHECK_MAX)
+        elapsed = max(now - self.checked, 1e-6)
+        for index, target in enumerate(self.targets):
+            try:
+                size = os.stat(target).st_size
+                if size > self.limit:
+                    os.truncate(target, self.limit)
+                    self.dropped[index] += size - self.limit
+            except OSError:
+                continue
+            rate = (size - self.sizes[index]) / elapsed
+            self.sizes[index] = min(size, self.limit)
+            if rate > 0:
+                delay = min(delay, (self.limit - self.sizes[index] + self.slack) / rate)
+        self.checked = now
+        self.wait = max(delay, OUTPUT_CHECK_MIN)
+        self.due = now + self.wait
+        return self.due
+
+    def check_due(self, now):
+        """`check` if one is due; when the next one is."""
+        return self.check(now) if now >= self.due else self.due
+
+    def finish(self):
+        """The last cut, once the program and its group are gone; the bytes dropped."""
+        if self.limit is not None:
+            self.check(time.monotonic())
+        return self.dropped
+
+    def close(self):
+        for target in self.targets:
+            if isinstance(target, int):
+                with contextlib.suppress(OSError):
+                    os.close(target)
+
+
 # exit records ---------------------------------------------------------------------------
 
 
-def exit_record(status, rusage, started_at, timed_out, killed, oom_killed):
-    """exit.json's fields (all but the output sizes) for a program that ran."""
+def exit_record(status, rusage, started_at, timed_out, killed, oom_killed, maxrss):
+    """exit.json's fields (all but the output's) for a program that ran; ``maxrss`` is
+    `program_peak`'s."""
     return {
         "returncode": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
         "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
         "utime": rusage.ru_utime,
         "stime": rusage.ru_stime,
-        "maxrss": rusage.ru_maxrss * 1024,
+        "maxrss": maxrss,
         "started_at": started_at,
         "ended_at": time.time(),
         "timed_out": timed_out,
@@ -931,7 +1240,7 @@ def failure_record(error, started_at=None):
         "signal": None,
         "utime": 0.0,
         "stime": 0.0,
-        "maxrss": 0,
+        "maxrss": None,
         "started_at": started_at or now,
         "ended_at": now,
         "timed_out": False,
@@ -941,19 +1250,66 @@ def failure_record(error, started_at=None):
     }
 
 
-def put_exit(run_dir, record):
-    """Add the output sizes to ``record`` and put it in place as RUN_DIR/exit.json (temp file,
-    rename); the fd of the file, to be made durable with `sync_exit` (and closed)."""
-    for name in STREAMS:
+def program_peak(rusage, cgroups):
+    """The program's own peak resident set in bytes, or None where it is not known.
+
+    wait4's ``ru_maxrss`` is no answer by itself: Linux carries the high-water mark of the
+    memory a process had before its exec into its count, and a program spawned with vfork
+    (posix_spawn) or fork starts from the chaperone's, so for a small program it is the
+    chaperone's size. So: the peak of a cgroup that held the program alone (`Cgroups.peak`),
+    else ``ru_maxrss`` where it is above this process's own high-water mark now (which is at
+    least what it was at the spawn: then it can only be the program's), else None.
+    """
+    peak = cgroups.peak() if cgroups is not None else None
+    if peak is not None:
+        return peak
+    maxrss = rusage.ru_maxrss * 1024
+    spawner = _own_peak()
+    return maxrss if spawner is not None and maxrss > spawner else None
+
+
+def _own_peak():
+    """This process's high-water mark of resident memory (VmHWM), in bytes; None if unknown."""
+    try:
+        for line in _read_small("/proc/self/status").split(b"\n"):
+            if line.startswith(b"VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def reserve_exit(run_dir):
+    """Make the exit record's temporary file with room for the record, so that it can be
+    written when the program has filled the disk (best effort: no room, no reserve)."""
+    fd = os.open(f"{run_dir}/{EXIT_TEMPORARY}", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        os.posix_fallocate(fd, 0, EXIT_RESERVE)
+    except (OSError, AttributeError):
+        pass
+    finally:
+        os.close(fd)
+
+
+def put_exit(run_dir, record, output=None):
+    """Add the output's sizes (and what ``output``, an `OutputLimit`, dropped) to ``record``
+    and put it in place as RUN_DIR/exit.json (its temporary file written in place, into the
+    room `reserve_exit` made; renamed); the fd of the file, to be made durable with
+    `sync_exit` (and closed)."""
+    dropped = output.finish() if output is not None else (0,) * len(STREAMS)
+    for index, name in enumerate(STREAMS):
         try:
             record[name + "_size"] = os.stat(f"{run_dir}/{name}").st_size
         except OSError:
             record[name + "_size"] = 0
+        record[name + "_dropped"] = dropped[index]
     path = f"{run_dir}/{EXIT_FILE}"
     temporary = f"{run_dir}/{EXIT_TEMPORARY}"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        os.write(fd, json_line(record))
+        data = json_line(record)
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
         os.rename(temporary, path)
     except BaseException:
         os.close(fd)
@@ -985,10 +1341,13 @@ class Chaperone:
         self.run_dir = run_dir
         self.notifier = notifier
         self.pid = None
+        self.output_limit = None
+        self.output = None  # an OutputLimit, once the program runs
         self.cgroups = None
         self.started_at = None
         self.timed_out = False
         self.killed = False
+        self.root_lost = None  # why the run dir is gone, once it is
 
     def path(self, name):
         return os.path.join(self.run_dir, name)
@@ -997,11 +1356,12 @@ class Chaperone:
         """Returns the exit status for the chaperone process."""
         try:
             with open(self.path(SPEC_FILE), "rb") as spec_file:
-                spec = json.loads(spec_file.read())
-        except (OSError, ValueError) as error:
+                spec = check_spec(json.loads(spec_file.read()), env_required=True)
+        except (OSError, ValueError, RecursionError) as error:
             self.notifier.send({"status": "invalid", "error": f"spec.json: {error}"})
             return 2
-        argv = [str(arg) for arg in spec["argv"]]
+        argv = spec["argv"]
+        self.output_limit = spec["output_limit"]
         cwd = spec.get("cwd")
         if cwd is not None and not os.path.isdir(cwd):
             self.notifier.send({"status": "invalid", "error": f"cwd: no such directory: {cwd!r}"})
@@ -1021,6 +1381,7 @@ class Chaperone:
             raise
 
     def supervise(self, spec, argv, cwd, me):
+        reserve_exit(self.run_dir)
         streams = open_streams(self.run_dir)
         self.cgroups = Cgroups(spec.get("cgroups") or [], spec.get("cgroup_notes") or ())
         self.started_at = time.time()
@@ -1035,9 +1396,12 @@ class Chaperone:
             self.fail_after_claim(_describe(error, subject))
             return 1
         finally:
-            for fd in streams:
-                os.close(fd)
+            if self.pid is None:
+                for fd in streams:
+                    os.close(fd)
         started = time.monotonic()
+        # The fds stay open for the size checks (closed with the process).
+        self.output = OutputLimit(streams, self.output_limit, started)
         program = {
             "pid": self.pid,
             "start": process_start(self.pid),
@@ -1049,11 +1413,13 @@ class Chaperone:
         self.notifier.send({"status": "started", "chaperone": me, "program": program}, final=False)
         status, rusage = self.wait(spec, started)
         oom_killed = self.cgroups.oom_killed()
+        peak = program_peak(rusage, self.cgroups)
         self.cgroups.remove()  # before the record: once it exists, nothing of the run is left
         record = exit_record(
-            status, rusage, self.started_at, self.timed_out, self.killed, oom_killed
+            status, rusage, self.started_at, self.timed_out, self.killed, oom_killed, peak
         )
-        self.write_exit(record, {"status": "exited", "record": record})
+        self.write_exit(record, {"status": "exited", "record": record}, self.output)
+        self.output.close()
         return 0
 
     def fail_after_claim(self, error):
@@ -1077,21 +1443,32 @@ class Chaperone:
     def requested_grace(self, default):
         try:
             with open(self.path(KILL_FILE), "rb") as kill_file:
-                return float(json.loads(kill_file.read())["grace"])
-        except (OSError, ValueError, KeyError, TypeError):
+                return seconds(json.loads(kill_file.read())["grace"], "grace")
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
             return default
 
     def wait(self, spec, started):
-        """Until the leader exits: enforce the timeout, serve kill requests. Then no orphans."""
-        grace = float(spec.get("kill_grace", 10.0))
-        timeout = spec.get("timeout")
-        timeout_at = None if timeout is None else started + float(timeout)
+        """Until the leader exits: enforce the timeout, serve kill requests, kill the program
+        if the run dir is removed. Then no orphans."""
+        grace = spec["kill_grace"]
+        timeout_at = None if spec["timeout"] is None else started + spec["timeout"]
         escalate_at = None  # SIGKILL the group then; None while no kill is under way
         waited = set(WAITED)
+        root = Root(self.run_dir)  # its fd is not inherited: the program has started
         while True:
             if os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
                 break
             now = time.monotonic()
+            if self.root_lost is None:
+                self.root_lost = root.lost(now)
+                if self.root_lost is not None:
+                    _say(self.path(LOG_FILE), f"{self.root_lost}: killing the program")
+                    self.killed = True
+                    lost_grace = min(grace, LOST_ROOT_GRACE)
+                    if escalate_at is None:
+                        escalate_at = self.terminate(now, lost_grace)
+                    else:
+                        escalate_at = min(escalate_at, now + lost_grace)
             if escalate_at is None and timeout_at is not None and now >= timeout_at:
                 self.timed_out = True
                 escalate_at = self.terminate(now, grace)
@@ -1099,12 +1476,10 @@ class Chaperone:
                 self.kill_group(signal.SIGKILL)
                 escalate_at = float("inf")
             wake_at = escalate_at if escalate_at is not None else timeout_at
-            if wake_at is None:
-                info = signal.sigwaitinfo(waited)
-            elif wake_at == float("inf"):
-                info = signal.sigtimedwait(waited, 1.0)
-            else:
-                info = signal.sigtimedwait(waited, max(wake_at - now, 0.0))
+            if self.output.limit is not None:
+                due = self.output.check_due(now)
+                wake_at = due if wake_at is None else min(wake_at, due)
+            info = signal.sigtimedwait(waited, _bounded(None if wake_at is None else wake_at - now))
             if info is not None and info.si_signo in KILL_REQUESTS:
                 request_grace = self.requested_grace(grace)
                 self.killed = True
@@ -1112,6 +1487,7 @@ class Chaperone:
                     escalate_at = self.terminate(time.monotonic(), request_grace)
                 else:  # a second request may shorten the grace
                     escalate_at = min(escalate_at, time.monotonic() + request_grace)
+        os.close(root.fd)
         # The leader is a zombie: its pgid cannot be reused until we reap it.
         self.kill_group(signal.SIGKILL)
         _, status, rusage = os.wait4(self.pid, 0)
@@ -1125,9 +1501,16 @@ class Chaperone:
         self.kill_group(signal.SIGTERM)
         return now + grace
 
-    def write_exit(self, record, reply):
+    def write_exit(self, record, reply, output=None):
         """Write exit.json, tell the launcher ``reply``, then make exit.json durable."""
-        fd = put_exit(self.run_dir, record)
+        if self.root_lost is not None:  # nowhere to write it: the launcher may still listen
+            record["error"] = f"chaperone: {self.root_lost}; the program was killed"
+            for name in STREAMS:
+                record.setdefault(name + "_size", 0)
+                record.setdefault(name + "_dropped", 0)
+            self.notifier.send(reply)
+            return
+        fd = put_exit(self.run_dir, record, output)
         try:
             self.notifier.send(reply)
         finally:
@@ -1245,6 +1628,8 @@ class Helper:
             try:
                 ours.close()
                 status = _assist(self.root, theirs, self.claim_line, self.base)
+            except (BrokenPipeError, ConnectionResetError):
+                status = 0  # the chaperone left while we answered
             except BaseException:
                 _log_failure(os.path.join(self.root, DAEMON_LOG))
             finally:
@@ -1336,7 +1721,8 @@ class Helper:
         """The helper died: make what it had to sync durable here, and start another."""
         self.close()
         if self.unsynced:
-            _sync_now(self.root, [])
+            with contextlib.suppress(OSError):  # ROOT removed: the loop notices, and leaves
+                _sync_now(self.root, [])
             self.unsynced = 0
         self.start(self.selector)
 
@@ -1426,8 +1812,8 @@ def _assist(root, sock, claim_line, base):  # pragma: no cover - in the helper p
             slot = wanted[0]
             path = os.path.join(base, str(slot), "run")
             try:
-                for directory in (base, os.path.dirname(path)):  # (makedirs: leaf only 0700)
-                    with contextlib.suppress(FileExistsError):
+                for directory in (base, os.path.dirname(path)):  # never ROOT: if it is gone,
+                    with contextlib.suppress(FileExistsError):  # it stays gone
                         os.mkdir(directory, 0o700)
                 _make_spare(path, claim_line)
             except OSError:
@@ -1449,8 +1835,9 @@ def _make_spare(path, claim_line):
         os.write(claim, claim_line)
     finally:
         os.close(claim)
-    for name in (*STREAMS, EXIT_TEMPORARY):
+    for name in STREAMS:
         os.close(os.open(os.path.join(path, name), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    reserve_exit(path)
     os.mkdir(os.path.join(path, WORK_DIR), 0o700)
 
 
@@ -1471,7 +1858,9 @@ class Run:
         self.subscribers = set()  # clients told of the exit
         self.status = None  # wait4's, once reaped
         self.rusage = None
+        self.output = None  # an OutputLimit, once the program runs
         self.oom_killed = None
+        self.peak = None
         self.drain_until = None
 
 
@@ -1492,8 +1881,10 @@ class Client:
 class Server:
     """The shared chaperone of one ROOT: one event loop for every program and connection."""
 
-    def __init__(self, root, listener, idle_exit, spares=SPARES):
+    def __init__(self, root, listener, idle_exit, spares=SPARES, root_fd=None):
         self.root = root
+        self.held = Root(root, root_fd)  # to notice that ROOT was removed
+        self.root_lost = None  # why, once it was
         self.listener = listener
         self.idle_exit = idle_exit
         self.me = {"pid": os.getpid(), "start": process_start(os.getpid())}
@@ -1529,6 +1920,10 @@ class Server:
     def serve(self):
         while True:
             now = time.monotonic()
+            if self.root_lost is None:
+                self.root_lost = self.held.lost(now)
+                if self.root_lost is not None:
+                    self.lose_root()
             timeout = None
             if self.timers:
                 timeout = max(self.timers[0][0] - now, 0)
@@ -1548,7 +1943,7 @@ class Server:
                     return 0
                 left = max(left, 0.001)
                 timeout = left if timeout is None else min(timeout, left)
-            for key, mask in self.selector.select(timeout):
+            for key, mask in self.selector.select(_bounded(timeout)):
                 self.guarded(key.data, key.fileobj, mask)
             now = time.monotonic()
             while self.timers and self.timers[0][0] <= now:
@@ -1602,6 +1997,21 @@ class Server:
         if signal.SIGTERM in numbers or signal.SIGINT in numbers:
             self.stop()
 
+    def lose_root(self):
+        """ROOT is gone (``rm -rf`` of the state dir): nothing can be recorded any more, and
+        no runtime finds this chaperone again. Say so, kill every program (SIGTERM, at most
+        `LOST_ROOT_GRACE`, SIGKILL), tell the runtimes connected (their exit records come
+        with an error), and leave, cgroups removed."""
+        message = f"the chaperone's root {self.root_lost}: its programs are killed"
+        _say(os.path.join(self.root, DAEMON_LOG), message)
+        self.helper.unsynced = 0  # nothing left to make durable
+        for client in list(self.clients.values()):
+            self.send(client, {"op": "stopping", "error": message})
+        self.stopping = True
+        for run in list(self.runs.values()):
+            if run.pid is not None and run.status is None:
+                self.kill(run, min(run.grace, LOST_ROOT_GRACE))
+
     def stop(self):
         """SIGTERM to the chaperone: kill every program, then leave."""
         self.stopping = True
@@ -1648,26 +2058,37 @@ class Server:
         if not data:
             self.drop(client)
             return
-        client.inbox += data
-        start = 0
-        while client.sock is not None:
-            end = client.inbox.find(b"\n", start)
-            if end < 0:
-                break
-            line = bytes(client.inbox[start:end])
-            start = end + 1
-            try:
-                request = json.loads(line)
-                if not isinstance(request, dict):
-                    raise ValueError("not an object")
-            except ValueError:
-                self.drop(client)
-                return
-            self.handle(client, request)
-        if client.sock is not None:
-            del client.inbox[:start]
+        end = data.rfind(b"\n")  # in what came now: a long line is looked through once
+        if end < 0:
+            client.inbox += data
             if len(client.inbox) > MAX_REQUEST:
                 self.drop(client)
+            return
+        # Taken out of the inbox before any is handled: each line is handled once, whatever
+        # happens while it is.
+        lines = bytes(client.inbox + data[:end]).split(b"\n")
+        client.inbox = bytearray(data[end + 1 :])
+        for line in lines:
+            if client.sock is None:
+                return
+            self.guarded(self.on_line, client, line)
+
+    def on_line(self, client, line):
+        """One request: a reply to it, whatever it is (a bug costs it an ``error`` reply)."""
+        try:
+            request = json.loads(line)
+        except (ValueError, RecursionError) as error:
+            self.send(client, {"id": None, "op": "invalid", "error": f"not JSON: {error}"})
+            return
+        if not isinstance(request, dict):
+            error = f"expected a JSON object, got {_shown(request)}"
+            self.send(client, {"id": None, "op": "invalid", "error": error})
+            return
+        try:
+            self.handle(client, request)
+        except Exception as error:
+            self.send(client, {"id": request.get("id"), "op": "error", "error": f"{error!r}"})
+            raise  # to the log
 
     def send(self, client, message):
         """Queue ``message`` (or a line already encoded); the loop sends what a client has
@@ -1714,43 +2135,49 @@ class Server:
     def handle(self, client, request):
         op = request.get("op")
         reply = {"id": request.get("id")}
-        if op == "hello":
-            env = request.get("env")
-            if not isinstance(env, dict):
-                env = dict(os.environ)
-                env.pop(ROOT_VARIABLE, None)
-            client.env = env
-            client.env_file = self.save_env(env)
-            umask = request.get("umask")
-            client.umask = umask if isinstance(umask, int) and 0 <= umask <= 0o777 else None
-            reply.update(self.me, op="hello", version=PROTOCOL)
-        elif client.env is None:
-            reply.update(op="error", error="hello first")
-        elif op == "env" and isinstance(request.get("env"), dict):
-            client.env = request["env"]  # the runtime's environment changed
-            client.env_file = self.save_env(client.env)
-            reply["op"] = "env"
-        elif op == "launch":
-            reply.update(self.launch(client, request))
-        elif op == "watch":
-            run = self.runs.get(request.get("key"))
-            if run is None or run.pid is None:
-                reply["op"] = "unknown"
+        try:
+            if op == "hello":
+                self.hello(client, request)
+                reply.update(self.me, op="hello", version=PROTOCOL)
+            elif client.env is None:
+                reply.update(op="error", error="hello first")
+            elif op == "env":
+                client.env = check_env(request.get("env"))  # the runtime's environment changed
+                client.env_file = self.save_env(client.env)
+                reply["op"] = "env"
+            elif op == "launch":
+                reply.update(self.launch(client, request))
+            elif op in ("watch", "kill"):
+                key = request.get("key")
+                if not isinstance(key, str):
+                    raise Invalid(f"key: expected a string, got {_shown(key)}")
+                grace = seconds(request.get("grace"), "grace", optional=True)
+                run = self.runs.get(key)
+                if run is None or run.pid is None:
+                    reply["op"] = "unknown"
+                elif op == "watch":
+                    self.subscribe(client, run)
+                    reply["op"] = "watching"
+                else:
+                    self.kill(run, run.grace if grace is None else grace)
+                    self.subscribe(client, run)  # it will want to know when that is done
+                    reply["op"] = "killing"
             else:
-                self.subscribe(client, run)
-                reply["op"] = "watching"
-        elif op == "kill":
-            run = self.runs.get(request.get("key"))
-            if run is None or run.pid is None:
-                reply["op"] = "unknown"
-            else:
-                grace = request.get("grace")
-                self.kill(run, run.grace if grace is None else float(grace))
-                self.subscribe(client, run)  # it will want to know when that is done
-                reply["op"] = "killing"
-        else:
-            reply.update(op="error", error=f"unknown request {op!r}")
+                reply.update(op="error", error=f"unknown request {_shown(op)}")
+        except Invalid as error:
+            reply.update(op="invalid", error=str(error))
         self.send(client, reply)
+
+    def hello(self, client, request):
+        env = request.get("env")
+        if env is None:
+            env = dict(os.environ)
+            env.pop(ROOT_VARIABLE, None)
+        client.env = check_env(env)
+        client.env_file = self.save_env(env)
+        umask = request.get("umask")
+        ok = isinstance(umask, int) and not isinstance(umask, bool) and 0 <= umask <= 0o777
+        client.umask = umask if ok else None
 
     def save_env(self, env):
         """Write the environment programs start from once (``.env-<sha1>.json`` in ROOT, named
@@ -1769,24 +2196,24 @@ class Server:
 
     def launch(self, client, request):
         key = request.get("key")
-        spec = request.get("spec")
-        if not isinstance(key, str) or not KEY.match(key) or not isinstance(spec, dict):
-            return {"op": "invalid", "error": f"bad request: key {key!r}"}
+        if not isinstance(key, str) or not KEY.match(key):
+            expected = "up to 200 letters, digits and _.:@+=-, not starting with one of .:@+=-"
+            raise Invalid(f"key: expected {expected}, got {_shown(key)}")
+        spec = check_spec(request.get("spec"))
         run = self.runs.get(key)
         if run is not None:
             self.subscribe(client, run)
             return {"op": "claimed", "program": run.program}
         if self.stopping:
+            if self.root_lost is not None:
+                return {"op": "stopping", "error": f"the chaperone's root {self.root_lost}"}
             return {"op": "stopping"}
-        try:
-            argv = [str(arg) for arg in spec["argv"]]
-            env = dict(client.env)
-            env.update(spec.get("env") or {})
-            grace = float(spec.get("kill_grace", 10.0))
-            timeout = spec.get("timeout")
-            timeout = None if timeout is None else float(timeout)
-        except (KeyError, TypeError, ValueError) as error:
-            return {"op": "invalid", "error": f"bad spec: {error!r}"}
+        argv = spec["argv"]
+        env = dict(client.env)
+        env.update(spec["env"])
+        grace = spec["kill_grace"]
+        timeout = spec["timeout"]
+        limit = spec["output_limit"]
         cwd = spec.get("cwd")
         if cwd is not None and not os.path.isdir(cwd):
             return {"op": "invalid", "error": f"cwd: no such directory: {cwd!r}"}
@@ -1805,11 +2232,13 @@ class Server:
                 if not claim:  # a spare has one
                     with contextlib.suppress(FileExistsError):
                         os.mkdir(cwd, 0o700)
+            if not claim:  # a spare has its exit record's room
+                reserve_exit(run_dir)
             document = dict(spec, key=key, env_base=client.env_file)
             if client.umask is not None and client.umask != self.umask:
                 os.umask(client.umask)  # the program's, and our files have their own modes
                 self.umask = client.umask
-            return self.start(client, run, document, argv, env, cwd, timeout)
+            return self.start(client, run, document, argv, env, cwd, timeout, limit)
         except BaseException as error:
             # Claimed, but not started: exit.json says why, so a retry raises again.
             self.fail(run, f"chaperone: {error!r}")
@@ -1847,7 +2276,7 @@ class Server:
             os.close(fd)
         return False
 
-    def start(self, client, run, document, argv, env, cwd, timeout):
+    def start(self, client, run, document, argv, env, cwd, timeout, limit=None):
         entries = document.get("cgroups") or []
         notes = document.get("cgroup_notes") or ()
         pooled = CgroupPool.poolable(entries)
@@ -1894,6 +2323,9 @@ class Server:
         self.subscribe(client, run)
         if timeout is not None:
             self.at(started + timeout, self.on_timeout, run)
+        run.output = OutputLimit(streams, limit, started)
+        if limit is not None:
+            self.at(run.output.due, self.on_output, run)
         return {"op": "started", "program": run.program}
 
     def fail(self, run, error):
@@ -1944,6 +2376,11 @@ class Server:
             self.kill_group(run, signal.SIGKILL)
             run.escalate_at = float("inf")
 
+    def on_output(self, run):
+        """Keep a running program's output within its limit (`OutputLimit`)."""
+        if run.status is None:
+            self.at(run.output.check(time.monotonic()), self.on_output, run)
+
     # exits ------------------------------------------------------------------------------
 
     def reap(self):
@@ -1978,25 +2415,40 @@ class Server:
         if run.cgroups is not None:
             if run.oom_killed is None:
                 run.oom_killed = run.cgroups.oom_killed()
+                run.peak = program_peak(run.rusage, run.cgroups)
             if not run.cgroups.try_remove() and not last_chance:
                 run.cgroups.kill()  # something escaped the group: it dies with the cgroup
                 self.at(time.monotonic() + 0.002, self.finish, run)
                 return
+        if run.cgroups is None:
+            run.peak = program_peak(run.rusage, None)
         record = exit_record(
-            run.status, run.rusage, run.started_at, run.timed_out, run.killed, bool(run.oom_killed)
+            run.status,
+            run.rusage,
+            run.started_at,
+            run.timed_out,
+            run.killed,
+            bool(run.oom_killed),
+            run.peak,
         )
         try:
-            os.close(put_exit(run.run_dir, record))
+            os.close(put_exit(run.run_dir, record, run.output))
         except OSError:  # a full disk, say: nothing is done until the record is
-            _log_failure(os.path.join(self.root, DAEMON_LOG))
-            self.at(time.monotonic() + 1.0, self.finish, run)
-            return
+            if self.root_lost is None:
+                _log_failure(os.path.join(self.root, DAEMON_LOG))
+                self.at(time.monotonic() + 1.0, self.finish, run)
+                return
+            # Nowhere to write it: the runtimes connected are the only ones to learn it.
+            record["error"] = f"chaperone: its root {self.root_lost}; the program was killed"
+            for name in STREAMS:
+                record.setdefault(name + "_size", 0)
         line = json_line({"op": "exited", "key": run.key, "record": record})
         for client in list(run.subscribers):
             client.keys.discard(run.key)
             self.send(client, line)
         del self.runs[run.key]
-        self.helper.sync(run.run_dir)
+        if self.root_lost is None:
+            self.helper.sync(run.run_dir)
 
 
 def _ignore_signal(number, frame):
@@ -2057,7 +2509,7 @@ def serve(root, ready_fd=None, idle_exit=IDLE_EXIT):
         listener.bind(address)
         os.chmod(address, 0o600)  # connections from other users are refused anyway
         listener.listen(128)
-        server = Server(root, listener, idle_exit)
+        server = Server(root, listener, idle_exit, root_fd=root_fd)
         os.ftruncate(lock, 0)
         os.write(lock, json_line(server.me))
     except BaseException as error:
@@ -2089,8 +2541,17 @@ def main(argv):
         if rest or not root:
             sys.stderr.write("usage: chaperone.py --serve [ROOT] [--ready-fd N] [--idle-exit S]\n")
             return 2
-        ready_fd = None if options["--ready-fd"] is None else int(options["--ready-fd"])
-        idle_exit = IDLE_EXIT if options["--idle-exit"] is None else float(options["--idle-exit"])
+        try:
+            ready_fd = None if options["--ready-fd"] is None else int(options["--ready-fd"])
+            idle_exit = IDLE_EXIT
+            if options["--idle-exit"] is not None:
+                given = options["--idle-exit"]
+                with contextlib.suppress(ValueError):
+                    given = float(given)
+                idle_exit = seconds(given, "--idle-exit")
+        except ValueError as error:
+            sys.stderr.write(f"chaperone.py --serve: {error}\n")
+            return 2
         root = os.path.abspath(root)
         _detach()
         _close_inherited(ready_fd)

@@ -67,6 +67,7 @@ import trio
 
 from corra._errors import BackendError, ConfigError, LaunchFailed, ProgramLost
 from corra._statedir import check_directory, check_peer, make_private_dirs
+from corra.actors._records import DEFAULT_OUTPUT_LIMIT, check_output_limit
 from corra.backends import _cgroups, chaperone
 from corra.backends._cgroups import CgroupSupport
 
@@ -147,6 +148,10 @@ def _limit(name: str) -> Callable[[Any, Any, Any], None]:
     return check
 
 
+def _output_limit(instance: Any, attribute: Any, value: Any) -> None:
+    check_output_limit("output_limit", value, optional=True)
+
+
 def _cwd(instance: Any, attribute: Any, value: Any) -> None:
     if value is not None and (not isinstance(value, str) or not value or "\0" in value):
         raise ConfigError(f"cwd: expected a path or None, got {value!r}")
@@ -170,6 +175,9 @@ class LaunchSpec:
     """Bytes, enforced through a memory cgroup where there is one (else a note in the handle)."""
     pids_limit: int | None = attrs.field(default=None, validator=_limit("pids_limit"))
     """Processes, enforced through a pids cgroup where there is one."""
+    output_limit: int | None = attrs.field(default=None, validator=_output_limit)
+    """Bytes kept of each of stdout and stderr; the chaperone drops what comes later (and
+    counts it). None: the backend's ``output_limit``."""
 
 
 @attrs.frozen
@@ -207,9 +215,9 @@ class ExitRecord:
     """The signal that ended it, or None."""
     utime: float
     stime: float
-    maxrss: int
-    """Peak resident set in bytes, as wait4 reports it (at least the chaperone's own size, for
-    the kernel counts the spawning process's memory until exec)."""
+    maxrss: int | None
+    """The program's own peak resident set in bytes, or None where unknown (see
+    `chaperone.program_peak`: never the chaperone's)."""
     started_at: float
     ended_at: float
     stdout_size: int
@@ -222,6 +230,9 @@ class ExitRecord:
     """The kernel's OOM killer struck in its memory cgroup."""
     error: str | None = None
     """Why the program did not run (``No such file or directory: 'nosuch'``), or None."""
+    stdout_dropped: int = 0
+    """Bytes of stdout written past the output limit, and dropped (a lower bound)."""
+    stderr_dropped: int = 0
 
     @property
     def ok(self) -> bool:
@@ -425,6 +436,40 @@ def _handle_from(key: str, run_dir: Path, claim: Any, program: Any) -> Handle:
         )
     except (KeyError, TypeError, ValueError) as error:
         raise BackendError(f"{run_dir}: unreadable pid file: {error!r}") from error
+
+
+def find_launch(root: Path, key: str) -> Handle | None:
+    """The handle of ``key``'s launch under the run dirs' ``root``, from its pid files; None
+    if it was never launched. Reads only: for `LocalBackend.find`, and for a reader without
+    a runtime (`corra.backends.recorded`). Blocking."""
+    run_dir = root / _check_key(key)
+    claim, program = _read_claim(run_dir)
+    if claim is None:
+        return None
+    return _handle_from(key, run_dir, claim, program)
+
+
+def read_exit_record(handle: Handle) -> ExitRecord | None:
+    """The exit record the chaperone wrote (``exit.json``), or None while there is none.
+    Reads only. Blocking.
+
+    Raises:
+        BackendError: exit.json is there but not an exit record.
+    """
+    data = _read_json(Path(handle.run_dir) / chaperone.EXIT_FILE)
+    return None if data is None else ExitRecord.from_json(data)
+
+
+def read_status(handle: Handle) -> Status:
+    """``exited`` (there is an exit record), ``running`` (its chaperone runs) or ``lost``
+    (its chaperone is gone, or its pid is another process's now, and left no record). Reads
+    only (/proc and the run dir)."""
+    exit_file = os.path.join(handle.run_dir, chaperone.EXIT_FILE)
+    if _written(exit_file):
+        return "exited"
+    if _chaperone_alive(handle):
+        return "running"
+    return "exited" if _written(exit_file) else "lost"
 
 
 def _check_key(key: object) -> str:
@@ -777,6 +822,7 @@ class LocalBackend:
         chaperone: "shared" (one chaperone for the root, started on first use and shared with
             every backend on the root) or "own" (a chaperone per program: slower to launch,
             but a chaperone that is killed loses one program, not all).
+        output_limit: bytes kept of each stream of a program whose spec gives none (1 GiB).
 
     Use it as ``async with LocalBackend(root) as backend:`` (or call `aclose`), so that the
     connection to the shared chaperone is closed. Programs are not: they outlive the backend,
@@ -790,7 +836,10 @@ class LocalBackend:
         max_running: int | None = None,
         cgroups: Literal["auto", "off"] = "auto",
         chaperone: ChaperoneKind = "shared",
+        output_limit: int = DEFAULT_OUTPUT_LIMIT,
     ) -> None:
+        check_output_limit("output_limit", output_limit)
+        self.output_limit = output_limit
         if max_running is None:
             max_running = 4 * (os.cpu_count() or 1)
         if isinstance(max_running, bool) or not isinstance(max_running, int) or max_running < 1:
@@ -925,6 +974,7 @@ class LocalBackend:
             "kill_grace": spec.kill_grace,
             "memory_limit": spec.memory_limit,
             "pids_limit": spec.pids_limit,
+            "output_limit": self.output_limit if spec.output_limit is None else spec.output_limit,
             "cgroups": entries,
             "cgroup_notes": notes,
         }
@@ -1052,11 +1102,7 @@ class LocalBackend:
 
         Blocking (reads one or two small files): for recovery, or call it in a thread.
         """
-        run_dir = self.run_dir(key)
-        claim, program = _read_claim(run_dir)
-        if claim is None:
-            return None
-        return _handle_from(key, run_dir, claim, program)
+        return find_launch(self.root, key)
 
     def exit_record(self, handle: Handle) -> ExitRecord | None:
         """How the program ended, or None while it has not (or it is lost). Blocking.
@@ -1064,18 +1110,12 @@ class LocalBackend:
         Raises:
             BackendError: exit.json is there but not an exit record.
         """
-        data = _read_json(Path(handle.run_dir) / chaperone.EXIT_FILE)
-        return None if data is None else ExitRecord.from_json(data)
+        return read_exit_record(handle)
 
     def status(self, handle: Handle) -> Status:
         """``exited`` (there is an exit record), ``running`` (its chaperone runs) or ``lost``
         (its chaperone is gone, or its pid is another process's now, and left no record)."""
-        exit_file = os.path.join(handle.run_dir, chaperone.EXIT_FILE)
-        if _written(exit_file):
-            return "exited"
-        if _chaperone_alive(handle):
-            return "running"
-        return "exited" if _written(exit_file) else "lost"
+        return read_status(handle)
 
     def log_path(self, handle: Handle, stream: Stream) -> Path:
         if stream not in chaperone.STREAMS:

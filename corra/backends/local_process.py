@@ -18,7 +18,7 @@ import attrs
 import trio
 
 from corra.actors._lifecycle import Result
-from corra.actors._records import ProcessSpec
+from corra.actors._records import DEFAULT_OUTPUT_LIMIT, ProcessSpec
 from corra.backends.local import (
     ChaperoneKind,
     ExitRecord,
@@ -36,6 +36,13 @@ def log_file(root: Path, key: str, stream: str) -> Path | None:
     return root / key / stream
 
 
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
 def result_of(record: ExitRecord | None) -> Result | None:
     if record is None:
         return None
@@ -49,12 +56,14 @@ def result_of(record: ExitRecord | None) -> Result | None:
         ended_at=record.ended_at,
         utime=record.utime,
         stime=record.stime,
-        maxrss_kb=record.maxrss // 1024,
+        maxrss_kb=None if record.maxrss is None else record.maxrss // 1024,
         stdout_bytes=record.stdout_size,
         stderr_bytes=record.stderr_size,
         timed_out=record.timed_out,
         killed=record.killed,
         error=error,
+        stdout_dropped=record.stdout_dropped,
+        stderr_dropped=record.stderr_dropped,
     )
 
 
@@ -69,10 +78,15 @@ class LocalProcessBackend:
         max_running: int | None = None,
         cgroups: Literal["auto", "off"] = "auto",
         chaperone: ChaperoneKind = "shared",
+        output_limit: int = DEFAULT_OUTPUT_LIMIT,
     ) -> None:
         self.root = Path(root)
         self.backend = LocalBackend(
-            self.root, max_running=max_running, cgroups=cgroups, chaperone=chaperone
+            self.root,
+            max_running=max_running,
+            cgroups=cgroups,
+            chaperone=chaperone,
+            output_limit=output_limit,
         )
 
     async def aclose(self) -> None:
@@ -107,6 +121,7 @@ class LocalProcessBackend:
             kill_grace=spec.kill_grace,
             memory_limit=spec.memory_limit,
             pids_limit=spec.pids_limit,
+            output_limit=spec.output_limit,
         )
         handle = await self.backend.launch(key, launch)
         return attrs.asdict(handle)
@@ -131,3 +146,10 @@ class LocalProcessBackend:
         if path is None:
             return b""
         return await trio.to_thread.run_sync(_pread, path, offset, size)
+
+    async def log_size(self, key: str, stream: str, host: str | None = None) -> int:
+        """How many bytes of ``stream`` the program of ``key`` has written (0 before any)."""
+        path = log_file(self.root, key, stream)
+        if path is None:
+            return 0
+        return await trio.to_thread.run_sync(_file_size, path)

@@ -10,7 +10,10 @@ slurmctld remembers them (MinJobAge), ``sacct`` where accounting exists, and fin
 record the job script wrote itself.
 
 Rule 3: every word that reaches a shell is quoted; directives come from validated options
-only (``extra`` directives must be ``--name=value`` options, one per line).
+only (``extra`` directives must be ``--name=value`` options, one per line), and paths in
+directives are refused where ``#SBATCH`` parsing would change them (whitespace, quotes,
+``#``, ``%``); env names are what ``export`` takes (``[A-Za-z_][A-Za-z0-9_]*``). The job
+script exports the env's values: it is written readable by its user only.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from typing import Any
 import attrs
 
 from corra._errors import BackendError, ConfigError, ConnectionFailed
+from corra.actors._records import MAX_SECONDS
+from corra.actors._spec_content import ENV_NAME_PATTERN, abbreviated
 from corra.backends._shared import check_fields
 from corra.backends.scheduler import JobState, JobStatus
 from corra.backends.transport import Transport
@@ -60,6 +65,9 @@ _MEM = re.compile(r"^\d+[KMGT]?$")
 _ARRAY = re.compile(r"^[0-9][0-9,\-:]*(%\d+)?$")
 _WORD = re.compile(r"^[A-Za-z0-9_.:,+=@/-]+$")
 _EXTRA = re.compile(r"^--[a-z][a-z0-9-]*(=[^\n\r]*)?$")
+#: A path ``#SBATCH`` keeps as it is: no whitespace or control characters, quotes,
+#: backslashes, ``#`` (which starts a comment there) or ``%`` (a filename pattern).
+_DIRECTIVE_PATH = re.compile(r"^[^\s\x00-\x1f\x7f\"'\\#%]+$")
 
 
 def _matches(pattern: re.Pattern[str], expected: str) -> Any:
@@ -68,6 +76,31 @@ def _matches(pattern: re.Pattern[str], expected: str) -> Any:
             raise ConfigError(f"slurm.{attribute.name}: got {value!r}, expected {expected}")
 
     return check
+
+
+def time_limit_seconds(text: str) -> int:
+    """The seconds of a Slurm time limit (``minutes``, ``minutes:seconds``,
+    ``hours:minutes:seconds``, ``days-hours``, ``days-hours:minutes``,
+    ``days-hours:minutes:seconds``), as sbatch reads it."""
+    days, dash, rest = text.rpartition("-")
+    parts = [int(part) for part in rest.split(":")]
+    if dash:
+        hours, minutes, seconds = (*parts, 0, 0)[:3]
+        return ((int(days) * 24 + hours) * 60 + minutes) * 60 + seconds
+    if len(parts) == 3:
+        hours, minutes, seconds = parts
+        return (hours * 60 + minutes) * 60 + seconds
+    minutes, seconds = (*parts, 0)[:2]
+    return minutes * 60 + seconds
+
+
+def _time(instance: Any, attribute: Any, value: Any) -> None:
+    _matches(_TIME, "a time limit such as '10', '1:30:00' or '2-0'")(instance, attribute, value)
+    if value is not None and time_limit_seconds(value) > MAX_SECONDS:
+        raise ConfigError(
+            f"slurm.time: got {value!r} ({time_limit_seconds(value)} s), expected at most "
+            f"{MAX_SECONDS} s (10 years)"
+        )
 
 
 def _count(instance: Any, attribute: Any, value: Any) -> None:
@@ -91,9 +124,7 @@ class SlurmOptions:
     partition: str | None = attrs.field(default=None, validator=_matches(_WORD, "a name"))
     account: str | None = attrs.field(default=None, validator=_matches(_WORD, "a name"))
     qos: str | None = attrs.field(default=None, validator=_matches(_WORD, "a name"))
-    time: str | None = attrs.field(
-        default=None, validator=_matches(_TIME, "a time limit such as '10', '1:30:00' or '2-0'")
-    )
+    time: str | None = attrs.field(default=None, validator=_time)
     nodes: int | None = attrs.field(default=None, validator=_count)
     ntasks: int | None = attrs.field(default=None, validator=_count)
     cpus_per_task: int | None = attrs.field(default=None, validator=_count)
@@ -137,6 +168,12 @@ def parse_slurm_options(table: object, where: str = "slurm") -> SlurmOptions:
         return SlurmOptions(**table)
     except ConfigError as exc:
         raise ConfigError(str(exc).replace("slurm.", f"{where}.", 1)) from None
+
+
+def _seconds(value: float) -> str:
+    """A duration as coreutils' ``timeout`` reads it, exactly (``repr``: no rounding), as a
+    quoted shell word."""
+    return shlex.quote(f"{float(value)!r}s")
 
 
 def _exit_code(text: str | None) -> tuple[int | None, int | None]:
@@ -229,11 +266,32 @@ class Slurm:
     ) -> str:
         """The job script (see `Scheduler.render`). A ``timeout`` is enforced in the script
         by coreutils' ``timeout`` (TERM, then KILL after ``kill_grace``), to the second, not
-        at Slurm's own coarse checks of ``time``; exit status 124 then means timed out."""
+        at Slurm's own coarse checks of ``time``; exit status 124 then means timed out.
+
+        Raises:
+            ConfigError: an env name ``export`` cannot take, or a run dir that ``#SBATCH``
+                lines cannot carry (the spec's checks refuse the first at submission).
+        """
+        environment = dict(env or {})
+        for name in environment:
+            if not ENV_NAME_PATTERN.fullmatch(name):
+                raise ConfigError(
+                    f"env: got the name {abbreviated(name)}, expected a name matching "
+                    f"{ENV_NAME_PATTERN.pattern} (the job script exports it)"
+                )
+        for what, text in (("run dir", run_dir), ("key", key)):
+            if not _DIRECTIVE_PATH.match(text):
+                raise ConfigError(
+                    f"{what}: got {abbreviated(text)}, expected no whitespace, quotes, "
+                    "backslashes, '#' or '%' (it goes into #SBATCH lines; for the run dir: "
+                    "choose another work_root for the host)"
+                )
         array = options.array is not None
         command = " ".join(shlex.quote(word) for word in argv)
         if timeout is not None:
-            command = f"timeout --kill-after={kill_grace:g}s {timeout:g}s {command}"
+            # (coreutils' timeout takes --kill-after=0 for "never": no grace is KILL at once)
+            first = f"--kill-after={_seconds(kill_grace)}" if kill_grace > 0 else "--signal=KILL"
+            command = f"timeout {shlex.quote(first)} {_seconds(timeout)} {command}"
         out = f"{run_dir}/stdout" + (".%a" if array else "")
         err = f"{run_dir}/stderr" + (".%a" if array else "")
         lines = [
@@ -242,22 +300,29 @@ class Slurm:
             f"#SBATCH --output={out}",
             f"#SBATCH --error={err}",
             *(f"#SBATCH {directive}" for directive in options.directives()),
-            "# written by corra: the job id when it starts, its exit record when it ends",
-            f"run={shlex.quote(run_dir)}",
-            "suffix=${SLURM_ARRAY_TASK_ID:+.$SLURM_ARRAY_TASK_ID}",
-            'echo "${SLURM_ARRAY_JOB_ID:-$SLURM_JOB_ID}" > "$run/job_id$suffix.tmp" && '
-            'mv -f "$run/job_id$suffix.tmp" "$run/job_id$suffix"',
-            *(f"export {name}={shlex.quote(value)}" for name, value in (env or {}).items()),
+            # (the env first: corra's own variables, set below it, are corra's)
+            *(f"export {name}={shlex.quote(value)}" for name, value in environment.items()),
+            "# written by corra: the job id when it starts, its exit record when it ends, in",
+            "# its run dir, private (umask 077); the program runs with the job's own umask",
+            "corra_umask=$(umask) && umask 077",
+            f"corra_run={shlex.quote(run_dir)}",
+            "corra_suffix=${SLURM_ARRAY_TASK_ID:+.$SLURM_ARRAY_TASK_ID}",
+            'echo "${SLURM_ARRAY_JOB_ID:-$SLURM_JOB_ID}" > "$corra_run/job_id$corra_suffix.tmp" '
+            '&& mv -f "$corra_run/job_id$corra_suffix.tmp" "$corra_run/job_id$corra_suffix"',
             f"mkdir -p {shlex.quote(work_dir)} && cd {shlex.quote(work_dir)} || exit 1",
-            "started=$(date +%s)",
+            'umask "$corra_umask"',
+            "corra_started=$(date +%s)",
             command,
-            "rc=$?",
-            f"timed_out={'true' if timeout is not None else 'false'}",
-            'case "$rc" in 124|137) ;; *) timed_out=false ;; esac',  # (137: KILL after grace)
+            "corra_rc=$?",
+            "umask 077",
+            f"corra_timed_out={'true' if timeout is not None else 'false'}",
+            # (137: KILL after the grace)
+            'case "$corra_rc" in 124|137) ;; *) corra_timed_out=false ;; esac',
             'printf \'{"returncode": %d, "started_at": %s, "ended_at": %s, "timed_out": %s}\\n\' '
-            '"$rc" "$started" "$(date +%s)" "$timed_out" > "$run/exit$suffix.json.tmp" && '
-            'mv -f "$run/exit$suffix.json.tmp" "$run/exit$suffix.json"',
-            'exit "$rc"',
+            '"$corra_rc" "$corra_started" "$(date +%s)" "$corra_timed_out" '
+            '> "$corra_run/exit$corra_suffix.json.tmp" && '
+            'mv -f "$corra_run/exit$corra_suffix.json.tmp" "$corra_run/exit$corra_suffix.json"',
+            'exit "$corra_rc"',
         ]
         return "\n".join(lines) + "\n"
 

@@ -100,8 +100,9 @@ class Transport(Protocol):
         connection that breaks under it raises `ConnectionFailed`, never runs it again.
         For a time limit, cancel it (``trio.fail_after``): the command is stopped."""
 
-    async def write_file(self, path: str, data: bytes, *, mode: int = 0o644) -> None:
-        """Create or replace ``path`` with ``data``, whole (temp file, rename)."""
+    async def write_file(self, path: str, data: bytes, *, mode: int = 0o600) -> None:
+        """Create or replace ``path`` with ``data``, whole (temp file, rename); readable by
+        its user only unless ``mode`` says otherwise."""
 
     async def put(self, local: str, remote: str) -> None:
         """Upload the local file ``local`` to ``remote``."""
@@ -109,8 +110,9 @@ class Transport(Protocol):
     async def get(self, remote: str, local: str) -> None:
         """Download ``remote`` to the local file ``local``."""
 
-    async def mkdir(self, path: str, *, parents: bool = True) -> None:
-        """Create the directory (and its parents); an existing one is fine."""
+    async def mkdir(self, path: str, *, parents: bool = True, mode: int = 0o700) -> None:
+        """Create the directory (and its parents) with ``mode`` (the user's only, unless
+        said otherwise); an existing one is fine, and left as it is."""
 
     async def listdir(self, path: str) -> list[str]:
         """The names in the directory, sorted."""
@@ -183,10 +185,12 @@ class LocalTransport:
         )
         return result.check(self.host) if check else result
 
-    async def write_file(self, path: str, data: bytes, *, mode: int = 0o644) -> None:
+    async def write_file(self, path: str, data: bytes, *, mode: int = 0o600) -> None:
         def write() -> None:
             temporary = f"{path}.{os.getpid()}.tmp"
-            with open(temporary, "wb") as file:
+            # (created with the mode: never readable by others, not even for a moment)
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode & 0o700)
+            with open(descriptor, "wb") as file:
                 file.write(data)
             os.chmod(temporary, mode)
             os.replace(temporary, path)
@@ -199,15 +203,19 @@ class LocalTransport:
     async def get(self, remote: str, local: str) -> None:
         await self._io(remote, lambda: shutil.copyfile(remote, local))
 
-    async def mkdir(self, path: str, *, parents: bool = True) -> None:
+    async def mkdir(self, path: str, *, parents: bool = True, mode: int = 0o700) -> None:
         def make() -> None:
-            if parents:
-                os.makedirs(path, exist_ok=True)
-            else:
+            missing = [path]
+            if parents:  # (os.makedirs gives the parents the umask's mode, not ``mode``)
+                parent = os.path.dirname(path.rstrip("/"))
+                while parent and parent != "/" and not os.path.isdir(parent):
+                    missing.append(parent)
+                    parent = os.path.dirname(parent)
+            for directory in reversed(missing):
                 try:
-                    os.mkdir(path)
+                    os.mkdir(directory, mode)
                 except FileExistsError:
-                    if not os.path.isdir(path):
+                    if not os.path.isdir(directory):
                         raise
 
         await self._io(path, make)

@@ -9,7 +9,8 @@ changes anything, and the rest of its batch commits. A write that LMDB or the OS
 fails its whole batch with `StoreError`; the writer thread carries on with the next batch.
 
 Rule 3: a full map is not an error: the writer doubles the map and applies the same batch
-again.
+again. A full disk is not one yet either: the writer keeps room allocated for the store
+(`corra.persistence._reserve`), so that program output filling the disk does not stop it.
 
 Rule 4: writes are applied in the order they were queued. A save may name an earlier one
 (``after``) that it must not outlive: if that one failed, this one fails too, before it changes
@@ -57,6 +58,7 @@ from corra.persistence._lmdb import (
     take_writer_lock,
     text,
 )
+from corra.persistence._reserve import DiskReserve
 
 #: Limits on one write transaction, so that a burst of writes cannot outgrow LMDB's
 #: dirty-page limit; what is left over goes into the next transaction.
@@ -337,6 +339,7 @@ class Store(Reads):
         self._last_commit_latency = 0.0
         self._map_growths = 0
         self._writer_lock: int | None = None
+        self._reserve: DiskReserve | None = None
         self._final_statistics: StoreStatistics | None = None
 
     def __repr__(self) -> str:
@@ -585,6 +588,7 @@ class Store(Reads):
             os.close(lock)
             raise
         self._writer_lock = lock
+        self._reserve = DiskReserve(environment.env, self.path)
         return environment
 
     def _commit_until_stopped(
@@ -640,6 +644,9 @@ class Store(Reads):
                 write.result = None
                 write.error = store_error(message, exc)
             return
+        finally:
+            if self._reserve is not None:
+                self._reserve.top_up()
         written = sum(1 for write in batch if write.error is None)
         self._last_commit_latency = time.perf_counter() - started
         self._commits += 1
@@ -692,6 +699,9 @@ class Store(Reads):
             pass  # everything is committed; only the flush or the figures failed
         finally:
             environment.close()
+            if self._reserve is not None:
+                self._reserve.close()
+                self._reserve = None
             if self._writer_lock is not None:
                 os.close(self._writer_lock)
                 self._writer_lock = None

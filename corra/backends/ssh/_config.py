@@ -11,21 +11,44 @@ from typing import Any, Literal
 import attrs
 
 from corra._errors import ConfigError
+from corra.actors._records import MAX_SECONDS
+from corra.actors._spec_content import shown
 from corra.backends._shared import check_fields
 
 _HOST_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 
 
-def _number(name: str, *, minimum: float, integer: bool = False, allow_zero: bool = False) -> Any:
+def _number(
+    name: str,
+    *,
+    minimum: float,
+    integer: bool = False,
+    allow_zero: bool = False,
+    maximum: float | None = None,
+) -> Any:
+    bounds = f">= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
+    if maximum == MAX_SECONDS:
+        bounds += " (10 years)"
+
     def check(instance: Any, attribute: Any, value: Any) -> None:
         kind = int if integer else (int, float)
         if isinstance(value, bool) or not isinstance(value, kind):
             expected = "an integer" if integer else "a number"
-            raise ConfigError(f"{name}: got {value!r}, expected {expected} >= {minimum}")
-        if not math.isfinite(value) or value < minimum or (value == 0 and not allow_zero):
-            raise ConfigError(f"{name}: got {value!r}, expected a finite value >= {minimum}")
+            raise ConfigError(f"{name}: got {value!r}, expected {expected} {bounds}")
+        if (
+            not math.isfinite(value)
+            or value < minimum
+            or (value == 0 and not allow_zero)
+            or (maximum is not None and value > maximum)
+        ):
+            raise ConfigError(f"{name}: got {value!r}, expected a finite value {bounds}")
 
     return check
+
+
+def _seconds(name: str, *, minimum: float, allow_zero: bool = False) -> Any:
+    """A duration: at most `MAX_SECONDS` (10 years), as every duration corra takes."""
+    return _number(name, minimum=minimum, allow_zero=allow_zero, maximum=MAX_SECONDS)
 
 
 @attrs.frozen
@@ -45,14 +68,14 @@ class PoolSettings:
     )
     """Leases (one channel each at a time) per connection; below sshd's MaxSessions of 10.
     A refused channel lowers it for that connection."""
-    max_age: float = attrs.field(default=3600.0, validator=_number("max_age", minimum=1))
+    max_age: float = attrs.field(default=3600.0, validator=_seconds("max_age", minimum=1))
     """Seconds before a connection is rotated (jittered by up to -10 %): it takes no new
     leases, closes once its leases end and is replaced within the login budget."""
-    idle_timeout: float = attrs.field(default=60.0, validator=_number("idle_timeout", minimum=0.1))
+    idle_timeout: float = attrs.field(default=60.0, validator=_seconds("idle_timeout", minimum=0.1))
     """Seconds without a lease after which a connection is closed, before servers' idle
     timeouts close it under a user."""
     keepalive_interval: float = attrs.field(
-        default=30.0, validator=_number("keepalive_interval", minimum=0, allow_zero=True)
+        default=30.0, validator=_seconds("keepalive_interval", minimum=0, allow_zero=True)
     )
     """Seconds between keepalives on an open connection (0: none)."""
     keepalive_count_max: int = attrs.field(
@@ -60,14 +83,14 @@ class PoolSettings:
     )
     """Unanswered keepalives before the connection counts as dead."""
     connect_timeout: float = attrs.field(
-        default=30.0, validator=_number("connect_timeout", minimum=0.1)
+        default=30.0, validator=_seconds("connect_timeout", minimum=0.1)
     )
     """Seconds for one connection attempt, login included."""
     backoff_initial: float = attrs.field(
-        default=1.0, validator=_number("backoff_initial", minimum=0.01)
+        default=1.0, validator=_seconds("backoff_initial", minimum=0.01)
     )
     """Seconds before the first retry of a failed connect; doubles per failure, with jitter."""
-    backoff_max: float = attrs.field(default=60.0, validator=_number("backoff_max", minimum=0.01))
+    backoff_max: float = attrs.field(default=60.0, validator=_seconds("backoff_max", minimum=0.01))
     """The longest wait between connect attempts."""
     unavailable_after: int = attrs.field(
         default=5, validator=_number("unavailable_after", minimum=1, integer=True)
@@ -102,7 +125,7 @@ class SlurmSettings:
     """A host's ``[hosts.NAME.slurm]`` table: how corra uses the Slurm there."""
 
     poll_interval: float = attrs.field(
-        default=10.0, validator=_number("slurm.poll_interval", minimum=0.01)
+        default=10.0, validator=_seconds("slurm.poll_interval", minimum=0.01)
     )
     """Seconds between the polls of the host's jobs (one ``squeue`` for all of them)."""
     submit_rate: float = attrs.field(
@@ -122,7 +145,10 @@ def _env_table(instance: Any, attribute: Any, value: Any) -> None:
         isinstance(key, str) and key and "=" not in key and isinstance(item, str)
         for key, item in value.items()
     ):
-        raise ConfigError(f'env: got {value!r}, expected a table of NAME = "value" strings')
+        # (the values are not shown: an env holds secrets)
+        raise ConfigError(
+            f'env: got {shown("env", value)}, expected a table of NAME = "value" strings'
+        )
 
 
 def _optional_str(name: str) -> Any:

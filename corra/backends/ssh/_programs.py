@@ -23,11 +23,13 @@ chaperone keeps running and recording, and the next poll finds what happened.
 Rule 4: logs are shipped home while a program is watched, when the backend has a ``logs_dir``.
 The status reply carries each run dir's stdout/stderr sizes, so the poller knows which files
 grew without another exec, and fetches what the local copy lacks (`_LocalLogs`, at most
-``SHIP_CHUNK`` bytes per file per poll, so one chatty program cannot starve the others). The
-local copy's size is the saved offset: a runtime that restarts resumes from it, no byte lost,
-none twice. Once a program has exited the rest of its logs comes home before its wait returns,
-and `read_log` serves from the local copy (no connection needed) whenever it covers the range.
-A fetch that fails is logged and tried again at the next poll; it never fails a wait.
+``SHIP_CHUNK`` bytes per file per poll, so one chatty program cannot starve the others), up to
+the program's output limit and never past it (the remote chaperone cuts the files back to it,
+but between its checks a file may be longer). The local copy's size is the saved offset: a
+runtime that restarts resumes from it, no byte lost, none twice. Once a program has exited
+the rest of its logs comes home before its wait returns, and `read_log` serves from the local
+copy (no connection needed) whenever it covers the range. A fetch that fails is logged and
+tried again at the next poll; it never fails a wait.
 
 Rule 5: a host that is unavailable (its pool gave up for now) raises `HostUnavailable` from
 every operation; the process layer pauses the process (or fails it, per the host's
@@ -60,6 +62,7 @@ from corra._errors import (
 )
 from corra._statedir import make_private_dirs, open_private, write_private
 from corra.actors._lifecycle import Result
+from corra.actors._records import DEFAULT_OUTPUT_LIMIT, check_output_limit
 from corra.backends import _staging, chaperone
 from corra.backends._pollers import HostPollers, check_key
 from corra.backends._shared import json_reply
@@ -101,6 +104,8 @@ def _library() -> tuple[str, dict[str, bytes]]:
 @attrs.define
 class _Watch:
     run_dir: str
+    limit: int
+    """The program's output limit: no more of a stream is shipped."""
     event: trio.Event = attrs.field(factory=trio.Event)
     status: dict[str, Any] | None = None
     error: BaseException | None = None
@@ -134,7 +139,8 @@ class SshProgramBackend(HostPollers):
     ``transports`` maps each host name to its `Transport` (an `SshTransport` over the host's
     pool, or a `LocalTransport`). With ``logs_dir``, the logs of watched programs are shipped
     to ``<logs_dir>/<host name>/<key>/stdout|stderr`` (see the module doc); without it, logs
-    stay on the hosts and `read_log` reads them there.
+    stay on the hosts and `read_log` reads them there. ``output_limit`` is the bytes kept of
+    each stream of a program whose spec gives none.
     """
 
     def __init__(
@@ -145,9 +151,12 @@ class SshProgramBackend(HostPollers):
         poll_interval: float = 1.0,
         max_running: int = 64,
         logs_dir: Path | str | None = None,
+        output_limit: int = DEFAULT_OUTPUT_LIMIT,
     ) -> None:
         if poll_interval <= 0:
             raise ConfigError(f"poll_interval: got {poll_interval!r}, expected seconds > 0")
+        check_output_limit("output_limit", output_limit)
+        self._output_limit = output_limit
         self._hosts = {
             name: _Host(config, transports[name], poll_interval) for name, config in hosts.items()
         }
@@ -235,6 +244,7 @@ class SshProgramBackend(HostPollers):
         await self._ready(host)
         run_dir = self._run_dir(host, key)
         process_id, _, attempt = key.rpartition(".")
+        limit = getattr(spec, "output_limit", None)
         document = {
             "key": key,
             "argv": list(spec.argv),
@@ -249,6 +259,7 @@ class SshProgramBackend(HostPollers):
             "kill_grace": spec.kill_grace,
             "memory_limit": None,
             "pids_limit": None,
+            "output_limit": self._output_limit if limit is None else limit,
             "cgroups": [],
             "cgroup_notes": [],
         }
@@ -272,6 +283,7 @@ class SshProgramBackend(HostPollers):
             return {
                 **self._handle(host, key, reply["handle"]),
                 **_staging.output_fields(spec, run_dir),
+                "output_limit": document["output_limit"],
             }
         if status in ("failed", "invalid"):
             raise LaunchFailed(f"{key} on {host.config.name}: {reply.get('error')}")
@@ -301,11 +313,17 @@ class SshProgramBackend(HostPollers):
     async def wait(self, handle: Mapping[str, Any]) -> Result:
         host = self.host(handle.get("host"))
         await self._ready(host)
-        watch = _Watch(handle["run_dir"])
+        watch = _Watch(handle["run_dir"], self._limit_of(handle))
         await self._watch(host, watch.run_dir, watch)
         result = self._settled(host, watch.status or {})
         await _staging.retrieve_outputs(host.transport, host.config.python, handle)
         return result
+
+    def _limit_of(self, handle: Mapping[str, Any]) -> int:
+        """The output limit the program of ``handle`` was launched with (handles from before
+        there was one: this backend's)."""
+        limit = handle.get("output_limit")
+        return limit if type(limit) is int and limit > 0 else self._output_limit
 
     def _settled(self, host: _Host, status: Mapping[str, Any]) -> Result:
         if status.get("state") == "exited":
@@ -359,7 +377,8 @@ class SshProgramBackend(HostPollers):
 
         async def one(status: dict[str, Any]) -> None:
             try:
-                await self._ship(host, status, budget=SHIP_CHUNK, limiter=limiter)
+                limit = self._watched_limit(host, status)
+                await self._ship(host, status, limit, budget=SHIP_CHUNK, limiter=limiter)
             except (BackendError, OSError) as exc:
                 logger.warning(
                     "host %s: shipping the logs of %s failed (next poll tries again): %s",
@@ -373,18 +392,24 @@ class SshProgramBackend(HostPollers):
                 if status.get("state") == "running" and isinstance(status.get("sizes"), dict):
                     nursery.start_soon(one, status)
 
+    def _watched_limit(self, host: _Host, status: Mapping[str, Any]) -> int:
+        watches = host.watches.get(status["dir"])
+        return watches[0].limit if watches else self._output_limit
+
     async def _ship(
         self,
         host: _Host,
         status: Mapping[str, Any],
+        limit: int,
         *,
         budget: int | None,
         limiter: trio.CapacityLimiter | None = None,
     ) -> bool:
-        """Fetch what the local copies of the run dir's logs lack of the sizes in ``status``
-        (at most ``budget`` bytes per file; all when None), in `SHIP_CHUNK` reads, each
-        appended at once; whether the copies now reach those sizes. Raises what a fetch or a
-        write raises (what was appended before stays: it is the new offset)."""
+        """Fetch what the local copies of the run dir's logs lack of the sizes in ``status``,
+        never past ``limit`` bytes per file (at most ``budget`` bytes per file per call; all
+        when None), in `SHIP_CHUNK` reads, each appended at once; whether the copies now
+        reach those sizes (or the limit). Raises what a fetch or a write raises (what was
+        appended before stays: it is the new offset)."""
         assert self._logs is not None
         name, run_dir = host.config.name, status["dir"]
         key = posixpath.basename(run_dir)
@@ -396,6 +421,7 @@ class SshProgramBackend(HostPollers):
             target = sizes.get(stream)
             if not isinstance(target, int):
                 continue
+            target = min(target, limit)  # past it: bytes the chaperone is about to cut
             offset = await self._logs.size(name, key, stream)
             end = target if budget is None else min(target, offset + budget)
             while offset < end:
@@ -423,7 +449,8 @@ class SshProgramBackend(HostPollers):
         try:
             for attempt in range(1, SHIP_ATTEMPTS + 1):
                 try:
-                    whole = await self._ship(host, status, budget=None)
+                    limit = self._watched_limit(host, status)
+                    whole = await self._ship(host, status, limit, budget=None)
                     if whole and status.get("state") == "exited":
                         await self._logs.complete(
                             host.config.name, posixpath.basename(run_dir), status["sizes"]
@@ -454,21 +481,21 @@ class SshProgramBackend(HostPollers):
             while True:
                 (status,) = await self._status(host, [run_dir])
                 if status.get("state") == "exited":
-                    await self._ship_rest(host, status)
+                    await self._ship_rest(host, status, self._limit_of(handle))
                     return self._settled(host, status)
                 if status.get("state") in ("lost", "absent"):
                     return None
                 await trio.sleep(min(0.2, host.poll_interval))
         raise BackendError(f"{run_dir} on {host.config.name}: still running after the kill")
 
-    async def _ship_rest(self, host: _Host, status: dict[str, Any]) -> None:
+    async def _ship_rest(self, host: _Host, status: dict[str, Any], limit: int) -> None:
         """After a kill: the rest of the logs, once, and the copies marked whole; a failure
         is only logged (`read_log` falls back to the remote file)."""
         if self._logs is None or not self._logs.ships(host.config.name):
             return
         key = posixpath.basename(status["dir"])
         try:
-            if await self._ship(host, status, budget=None):
+            if await self._ship(host, status, limit, budget=None):
                 await self._logs.complete(host.config.name, key, status["sizes"])
         except (BackendError, OSError) as exc:
             logger.warning(
@@ -514,6 +541,22 @@ class SshProgramBackend(HostPollers):
             if local is not None:
                 return local
         return b""
+
+    async def log_size(self, key: str, stream: str, host_name: str | None = None) -> int | None:
+        """How many bytes of ``stream`` the program of ``key`` has written, as its host says;
+        None if the host cannot say now (its file is gone, or it does not answer)."""
+        if stream not in STREAMS:
+            raise ConfigError(f"stream: got {stream!r}, expected 'stdout' or 'stderr'")
+        check_key(key)
+        for host in self.hosts_for(host_name):
+            try:
+                await self._ready(host)
+                info = await host.transport.stat(posixpath.join(self._run_dir(host, key), stream))
+            except TransportError:
+                return None
+            if info is not None:
+                return info.size
+        return None
 
     def polls(self, host_name: str) -> int:
         """Status execs made for ``host_name`` so far."""

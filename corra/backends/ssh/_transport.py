@@ -91,7 +91,7 @@ class SshTransport:
             raise RemotePathError(self.host, f"{path}: {outcome.error.reason}")
         return outcome
 
-    async def write_file(self, path: str, data: bytes, *, mode: int = 0o644) -> None:
+    async def write_file(self, path: str, data: bytes, *, mode: int = 0o600) -> None:
         temporary = f"{path}.corra-tmp"
 
         async def work(sftp: Any) -> None:
@@ -108,12 +108,14 @@ class SshTransport:
     async def get(self, remote: str, local: str) -> None:
         await self._sftp(remote, lambda sftp: sftp.get(remote, local))
 
-    async def mkdir(self, path: str, *, parents: bool = True) -> None:
+    async def mkdir(self, path: str, *, parents: bool = True, mode: int = 0o700) -> None:
+        attributes = asyncssh.SFTPAttrs(permissions=mode)  # (parents too)
+
         async def work(sftp: Any) -> None:
             if parents:
-                await sftp.makedirs(path, exist_ok=True)
+                await sftp.makedirs(path, attributes, exist_ok=True)
             elif not await sftp.isdir(path):
-                await sftp.mkdir(path)
+                await sftp.mkdir(path, attributes)
 
         await self._sftp(path, work)
 
