@@ -236,7 +236,9 @@ async def open_runtime(
             the result counts it. Remote logs brought home stop at the same limit.
 
     Raises:
-        ConfigError: another runtime uses the state dir, or a setting is not valid.
+        ConfigError: another runtime uses the state dir, or a setting is not valid, or the
+            state dir cannot be created or is refused (another user's, writable by others, a
+            linked ``runtime.lock``: `corra._statedir`).
         RestartIntensityExceeded: the root supervisor gave up.
     """
     poll = remote_poll_interval
