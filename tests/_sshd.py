@@ -114,6 +114,10 @@ class Sshd:
             if not more:
                 break
             doomed |= more
+        # Stopped first, all of them: killed one by one, a session process still alive could
+        # report its command's death (exit-signal KILL) before its own, a clean-looking end.
+        for victim in doomed:
+            _signal(victim, signal.SIGSTOP)
         for victim in doomed:
             _signal(victim, signal.SIGKILL)
 

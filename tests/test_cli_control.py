@@ -203,7 +203,8 @@ def test_logs_follow_ends_when_a_rerun_wrote_nothing(service):
     state = service.state_dir
     body = {
         "name": "quiet-rerun",
-        "argv": ["sh", "-c", 'sleep 1; [ "$CORRA_ATTEMPT" = 1 ] && echo first; exit 1'],
+        # attempt 1 lasts long enough that even a slow follower starts while it runs
+        "argv": ["sh", "-c", '[ "$CORRA_ATTEMPT" = 1 ] && sleep 5 && echo first; exit 1'],
         "restart": "transient",
         "max_attempts": 2,
     }

@@ -9,6 +9,8 @@ SFTP failures become `RemotePathError` naming the path.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,6 +19,9 @@ import asyncssh
 from corra._errors import RemotePathError
 from corra.backends.ssh._pool import PoolHandle
 from corra.backends.transport import CommandResult, FileInfo, check_argv, quote_argv
+
+#: Seconds a channel that ended without an exit status waits for its connection to show closed.
+CLOSE_SETTLE = 1.0
 
 
 class SshTransport:
@@ -55,7 +60,11 @@ class SshTransport:
             )
             signal = completed.exit_signal[0] if completed.exit_signal else None
             if completed.exit_status is None and signal is None:
-                # asyncssh ends a channel that lost its connection without raising
+                # asyncssh ends a channel that lost its connection without raising, and may
+                # end it a moment before it marks the connection closed: give that moment.
+                if not connection.is_closed():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(connection.wait_closed(), CLOSE_SETTLE)
                 if connection.is_closed():
                     raise asyncssh.ConnectionLost("the connection closed under the command")
                 return CommandResult(
