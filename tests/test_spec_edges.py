@@ -348,6 +348,20 @@ def test_errors_never_show_env_values(fields):
         assert SECRET not in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    "data",
+    [[{"argv": ["true"], "env": {"TOKEN": SECRET}}], ({"env": {"TOKEN": SECRET}},), SECRET],
+    ids=["list", "tuple", "text"],
+)
+def test_a_spec_that_is_not_a_table_is_refused_without_its_env_values(data):
+    # (an API body that is a list of specs, say: the message shows what came, env hidden)
+    message = refused(data)  # type: ignore[arg-type]
+    assert message.startswith("process: expected a table of fields, got ")
+    if not isinstance(data, str):
+        assert SECRET not in message
+        assert "'TOKEN': '***'" in message
+
+
 def test_repr_of_a_spec_and_its_record_never_show_env_values():
     spec = ProcessSpec(argv=("true",), env={"TOKEN": SECRET})
     record = ProcessRecord("p1", spec, ProcessState(), 0.0)

@@ -28,6 +28,7 @@ from corra.actors._spec_content import (
     content_problem,
     env_name_problem,
     shown,
+    shown_tables,
 )
 
 RestartPolicy: TypeAlias = Literal["temporary", "transient", "permanent"]
@@ -474,7 +475,7 @@ def parse_process_spec(data: Any, where: str = "process") -> ProcessSpec:
         ConfigError: naming ``where``, the field, the value and what was expected.
     """
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{where}: expected a table of fields, got {data!r}")
+        raise ConfigError(f"{where}: expected a table of fields, got {shown_tables(data)}")
     if "argv" not in data:
         raise ConfigError(f"{where}.argv: missing; expected a non-empty list of strings")
     try:

@@ -92,7 +92,7 @@ def _without_env_values(value: object) -> object:
             )
             for key, item in value.items()
         }
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         return [_without_env_values(item) for item in value]
     return value
 
