@@ -22,11 +22,11 @@ from corra.actors._lifecycle import ProcessState, Result
 from corra.actors._process import Backend, ProcessManager, RecoveryReport
 from corra.actors._records import (
     DEFAULT_OUTPUT_LIMIT,
-    MAX_SECONDS,
     ProcessRecord,
     ProcessSpec,
     Transition,
     check_output_limit,
+    check_seconds,
     encode_record_data,
     encode_transition_data,
     parse_process_spec,
@@ -241,12 +241,7 @@ async def open_runtime(
             linked ``runtime.lock``: `corra._statedir`).
         RestartIntensityExceeded: the root supervisor gave up.
     """
-    poll = remote_poll_interval
-    if isinstance(poll, bool) or not isinstance(poll, int | float) or not 0 < poll <= MAX_SECONDS:
-        raise ConfigError(
-            f"remote_poll_interval: got {poll!r}, expected seconds > 0 and at most "
-            f"{MAX_SECONDS} (10 years)"
-        )
+    check_seconds("remote_poll_interval", remote_poll_interval, positive=True)
     check_output_limit("output_limit", output_limit)
     async with kernel.open_runtime(flags=flags, runtime_type=Runtime) as rt:
         assert isinstance(rt, Runtime)

@@ -31,8 +31,9 @@ from corra.actors._spec_content import (
     content_problem,
     json_size,
 )
+from corra.backends.local import LaunchSpec
 from corra.backends.slurm import Slurm, SlurmOptions, parse_slurm_options
-from corra.backends.ssh import HostConfig
+from corra.backends.ssh import HostConfig, SshProgramBackend
 from corra.backends.ssh._config import parse_host
 
 SECRET = "s3cr3t-Value"
@@ -116,6 +117,29 @@ async def test_the_runtimes_poll_interval_above_ten_years_is_refused(tmp_path):
             async with open_runtime(state_dir=tmp_path / "state", remote_poll_interval=value):
                 pass
     assert not (tmp_path / "state").exists()  # refused before anything was made
+
+
+@pytest.mark.parametrize("value", [1e10, math.inf, math.nan, 0, -1, True])
+def test_durations_of_the_backends_own_specs_and_settings_are_bounded(value):
+    # What the runtime checks in a ProcessSpec, the backends check in what they are given
+    # directly (one `check_seconds`): a NaN poll interval would poll without a pause.
+    with pytest.raises(ConfigError, match=r"^poll_interval: got .* at most 315360000"):
+        SshProgramBackend({}, {}, poll_interval=value)
+    with pytest.raises(ConfigError, match=r"^kill_grace: got .* at most 315360000"):
+        LaunchSpec(argv=("true",), kill_grace=value if value != 0 else -1)
+    with pytest.raises(ConfigError, match=r"^timeout: got .* at most 315360000"):
+        LaunchSpec(argv=("true",), timeout=value)
+    LaunchSpec(argv=("true",), timeout=MAX_SECONDS, kill_grace=MAX_SECONDS)  # the limit is fine
+
+
+def test_a_launch_spec_never_shows_env_values():
+    spec = LaunchSpec(argv=("true",), env={"TOKEN": SECRET})
+    assert SECRET not in repr(spec) and "'TOKEN': '***'" in repr(spec)
+    assert spec.env == {"TOKEN": SECRET}
+    for env in ({"TOKEN": SECRET + "\0"}, [("TOKEN", SECRET)]):
+        with pytest.raises(ConfigError, match=r"^env") as caught:
+            LaunchSpec(argv=("true",), env=env)  # type: ignore[arg-type]
+        assert SECRET not in str(caught.value)
 
 
 # -- strings UTF-8 cannot encode (item 6) -----------------------------------------------------

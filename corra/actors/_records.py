@@ -83,6 +83,25 @@ def _seconds(value: Any) -> bool:
     return _number(value) and 0 <= value <= MAX_SECONDS
 
 
+def seconds_expected(*, positive: bool) -> str:
+    """What a duration must be, in words (every error about one says it so)."""
+    return f"seconds {'>' if positive else '>='} 0 and at most {MAX_SECONDS} (10 years)"
+
+
+def check_seconds(
+    name: str, value: object, *, positive: bool = False, optional: bool = False
+) -> None:
+    """Raise `ConfigError` naming ``name`` unless ``value`` is a duration corra takes: a
+    number of seconds >= 0 (> 0 if ``positive``) and at most `MAX_SECONDS`; or None, where
+    ``optional``. (NaN and infinities are refused: neither is within the bounds.)"""
+    if value is None:
+        if optional:
+            return
+    elif _seconds_or_none(value) if positive else _seconds(value):
+        return
+    raise ConfigError(f"{name}: got {value!r}, expected {seconds_expected(positive=positive)}")
+
+
 def _positive_or_none(value: Any) -> bool:
     return value is None or (isinstance(value, int) and not isinstance(value, bool) and value > 0)
 
@@ -268,13 +287,13 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
         _env,
         "NAME = value strings, names non-empty and without '=' or NUL, values without NUL",
     ),
-    "timeout": (_seconds_or_none, f"seconds > 0 and at most {MAX_SECONDS} (10 years), or nothing"),
+    "timeout": (_seconds_or_none, f"{seconds_expected(positive=True)}, or nothing"),
     "restart": (lambda v: v in RESTART_POLICIES, f"one of {list(RESTART_POLICIES)}"),
     "max_attempts": (
         lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
         "an integer >= 1",
     ),
-    "kill_grace": (_seconds, f"seconds >= 0 and at most {MAX_SECONDS} (10 years)"),
+    "kill_grace": (_seconds, seconds_expected(positive=False)),
     "memory_limit": (_positive_or_none, "bytes > 0, or nothing"),
     "pids_limit": (_positive_or_none, "an integer > 0, or nothing"),
     "output_limit": (_output_limit, f"bytes > 0 and <= {MAX_OUTPUT_LIMIT} (1 TiB), or nothing"),

@@ -49,7 +49,6 @@ import contextlib
 import fcntl
 import itertools
 import json
-import math
 import os
 import re
 import select
@@ -67,7 +66,8 @@ import trio
 
 from corra._errors import BackendError, ConfigError, LaunchFailed, ProgramLost
 from corra._statedir import check_directory, check_peer, make_private_dirs
-from corra.actors._records import DEFAULT_OUTPUT_LIMIT, check_output_limit
+from corra.actors._records import DEFAULT_OUTPUT_LIMIT, check_output_limit, check_seconds
+from corra.actors._spec_content import shown
 from corra.backends import _cgroups, chaperone
 from corra.backends._cgroups import CgroupSupport
 
@@ -111,29 +111,22 @@ def _argv(value: object) -> tuple[str, ...]:
 
 
 def _env(value: object) -> dict[str, str]:
+    # (values are secrets: never shown, `shown`)
     if not isinstance(value, Mapping):
-        raise ConfigError(f"env: expected a mapping of str to str, got {value!r}")
+        raise ConfigError(f"env: expected a mapping of str to str, got {shown('env', value)}")
     for name, setting in value.items():
         if not isinstance(name, str) or not _ENV_NAME.fullmatch(name):
             raise ConfigError(f"env: invalid variable name {name!r}")
         if not isinstance(setting, str) or "\0" in setting:
-            raise ConfigError(f"env[{name!r}]: expected a str without NUL, got {setting!r}")
+            raise ConfigError(
+                f"env[{name!r}]: expected a str without NUL, got {shown('env', setting)}"
+            )
     return dict(value)
 
 
 def _seconds(name: str, *, positive: bool) -> Callable[[Any, Any, Any], None]:
     def check(instance: Any, attribute: Any, value: Any) -> None:
-        if value is None and name == "timeout":
-            return
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-            or value < 0
-            or (positive and value == 0)
-        ):
-            expected = "a number of seconds > 0" if positive else "a number of seconds >= 0"
-            raise ConfigError(f"{name}: expected {expected}, got {value!r}")
+        check_seconds(name, value, positive=positive, optional=name == "timeout")
 
     return check
 
@@ -165,7 +158,9 @@ class LaunchSpec:
     """The program and its arguments; argv[0] is looked up on the program's PATH."""
     cwd: str | None = attrs.field(default=None, validator=_cwd)
     """Must exist when launched; None: a fresh ``work`` directory in the run dir."""
-    env: dict[str, str] = attrs.field(factory=dict, converter=_env)
+    env: dict[str, str] = attrs.field(
+        factory=dict, converter=_env, repr=lambda env: shown("env", env)
+    )
     """Added on top of the runtime's environment (``os.environ`` at launch)."""
     timeout: float | None = attrs.field(default=None, validator=_seconds("timeout", positive=True))
     """Seconds from start; then the program is killed (TERM, then KILL after ``kill_grace``)."""

@@ -62,7 +62,7 @@ from corra._errors import (
 )
 from corra._statedir import make_private_dirs, open_private, write_private
 from corra.actors._lifecycle import Result
-from corra.actors._records import DEFAULT_OUTPUT_LIMIT, check_output_limit
+from corra.actors._records import DEFAULT_OUTPUT_LIMIT, check_output_limit, check_seconds
 from corra.backends import _staging, chaperone
 from corra.backends._pollers import HostPollers, check_key
 from corra.backends._shared import json_reply
@@ -153,8 +153,7 @@ class SshProgramBackend(HostPollers):
         logs_dir: Path | str | None = None,
         output_limit: int = DEFAULT_OUTPUT_LIMIT,
     ) -> None:
-        if poll_interval <= 0:
-            raise ConfigError(f"poll_interval: got {poll_interval!r}, expected seconds > 0")
+        check_seconds("poll_interval", poll_interval, positive=True)
         check_output_limit("output_limit", output_limit)
         self._output_limit = output_limit
         self._hosts = {
