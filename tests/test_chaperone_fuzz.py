@@ -341,3 +341,47 @@ def test_a_duration_that_is_no_number_of_seconds_is_invalid(
     finally:
         connection.close()
     shared.still_serves()
+
+
+SECRET = "s3cr3t-Value"
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"TOKEN": SECRET + "\0"},
+        {"TOKEN": SECRET + "\ud800"},
+        {"TOKEN": [SECRET]},
+        [f"TOKEN={SECRET}"],
+    ],
+    ids=["nul", "surrogate", "list-value", "list-env"],
+)
+def test_an_invalid_env_is_refused_without_showing_its_values(
+    shared: Shared, tmp_path: Path, env: object
+):
+    """Both kinds of chaperone name the env, never a value (a secret: the reply becomes a
+    launch failure, kept in the process's record)."""
+    connection = Connection(shared.root)
+    try:
+        for op, fields in (
+            ("launch", {"key": "env.1", "spec": {"argv": ["true"], "env": env}}),
+            ("env", {"env": env}),
+        ):
+            line = dumps({"op": op, "id": 7, **fields}) + b"\n"
+            connection.sock.sendall(line)
+            reply = connection.receive()
+            assert reply["op"] == "invalid" and reply["error"].startswith("env"), reply
+            assert SECRET not in reply["error"], reply
+        run_dir = tmp_path / "own"
+        write_spec(run_dir, ["true"])
+        spec = json.loads((run_dir / "spec.json").read_text())
+        spec["env"] = env
+        (run_dir / "spec.json").write_bytes(dumps(spec))
+        _, notify = start(run_dir)
+        with notify:  # type: ignore[attr-defined]
+            reply = json.loads(notify.readline())  # type: ignore[attr-defined]
+        assert reply["status"] == "invalid" and reply["error"].startswith("spec.json: env"), reply
+        assert SECRET not in reply["error"], reply
+    finally:
+        connection.close()
+    shared.still_serves()

@@ -384,12 +384,15 @@ def seconds(value, name, optional=False):
 def check_env(env, name="env"):
     """``env`` if it is an environment: {name: value}, names without ``=``, all text."""
     if not isinstance(env, dict):
-        raise Invalid(f"{name}: expected an object of strings, got {_shown(env)}")
+        raise Invalid(f"{name}: expected an object of strings, got a {type(env).__name__}")
     for variable, value in env.items():
         if not _text(variable) or not variable or "=" in variable:
             raise Invalid(f"{name}: invalid variable name {_shown(variable)}")
-        if not _text(value):
-            raise Invalid(f"{name}[{_shown(variable)}]: expected a string, got {_shown(value)}")
+        if not _text(value):  # (its value is not shown: an env holds secrets)
+            raise Invalid(
+                f"{name}[{_shown(variable)}]: expected a string without NUL that UTF-8 "
+                f"encodes, got a {type(value).__name__} that is not one"
+            )
     return env
 
 
