@@ -466,7 +466,9 @@ class Root:
     def __init__(self, path, fd=None):
         self.path = path
         self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) if fd is None else fd
-        self.next_look = 0.0
+        # (just opened, it is there: the first look is one wait away, so that a program
+        # that ends sooner costs no stat)
+        self.next_look = time.monotonic() + LONGEST_WAIT
 
     def lost(self, now):
         """Why the directory is no longer ours, or None; looks at most once a
@@ -1176,8 +1178,16 @@ class OutputLimit:
 
     def check(self, now):
         """Cut the files back to the limit; when the next check is due (monotonic seconds)."""
+        self.cut(now)
+        return self.due
+
+    def cut(self, now):
+        """Cut the files back to the limit, and say when the next check is due (``due``);
+        per stream, its size after the cut (None: not read, without a limit or on an
+        error)."""
+        found = [None] * len(self.targets)
         if self.limit is None:
-            return self.due
+            return found
         delay = min(self.wait * 2, OUTPUT_CHECK_MAX)
         elapsed = max(now - self.checked, 1e-6)
         for index, target in enumerate(self.targets):
@@ -1189,23 +1199,22 @@ class OutputLimit:
             except OSError:
                 continue
             rate = (size - self.sizes[index]) / elapsed
-            self.sizes[index] = min(size, self.limit)
+            self.sizes[index] = found[index] = min(size, self.limit)
             if rate > 0:
                 delay = min(delay, (self.limit - self.sizes[index] + self.slack) / rate)
         self.checked = now
         self.wait = max(delay, OUTPUT_CHECK_MIN)
         self.due = now + self.wait
-        return self.due
+        return found
 
     def check_due(self, now):
         """`check` if one is due; when the next one is."""
         return self.check(now) if now >= self.due else self.due
 
     def finish(self):
-        """The last cut, once the program and its group are gone; the bytes dropped."""
-        if self.limit is not None:
-            self.check(time.monotonic())
-        return self.dropped
+        """The last cut, once the program and its group are gone: per stream, its final size
+        (as `cut` gives it: None where not read), and the bytes dropped."""
+        return self.cut(time.monotonic()), self.dropped
 
     def close(self):
         for target in self.targets:
@@ -1299,12 +1308,18 @@ def put_exit(run_dir, record, output=None):
     and put it in place as RUN_DIR/exit.json (its temporary file written in place, into the
     room `reserve_exit` made; renamed); the fd of the file, to be made durable with
     `sync_exit` (and closed)."""
-    dropped = output.finish() if output is not None else (0,) * len(STREAMS)
+    if output is None:
+        sizes, dropped = (None,) * len(STREAMS), (0,) * len(STREAMS)
+    else:
+        sizes, dropped = output.finish()
     for index, name in enumerate(STREAMS):
-        try:
-            record[name + "_size"] = os.stat(f"{run_dir}/{name}").st_size
-        except OSError:
-            record[name + "_size"] = 0
+        size = sizes[index]  # (the last cut's: a program that is gone writes no more)
+        if size is None:
+            try:
+                size = os.stat(f"{run_dir}/{name}").st_size
+            except OSError:
+                size = 0
+        record[name + "_size"] = size
         record[name + "_dropped"] = dropped[index]
     path = f"{run_dir}/{EXIT_FILE}"
     temporary = f"{run_dir}/{EXIT_TEMPORARY}"
