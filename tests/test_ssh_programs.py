@@ -236,3 +236,18 @@ async def test_inputs_that_leave_the_work_dir_are_refused(sshd: _sshd.Sshd, tmp_
             await backend.launch(
                 "p9.1", RemoteSpec(argv=("true",), inputs={"x": str(tmp_path / "nope")})
             )
+
+
+async def test_a_remote_run_dir_and_work_dir_are_their_users_only(
+    sshd: _sshd.Sshd, tmp_path: Path
+) -> None:
+    # (on transport "local": the same helper and chaperone as on a host, files at hand)
+    host = host_for(sshd, str(tmp_path / "runs"), transport="local")
+    async with backend_for(host, local=True) as backend:
+        handle = await backend.launch("m1.1", RemoteSpec(argv=("true",)))
+        await backend.wait(handle)
+    run_dir = Path(handle["run_dir"])
+    for directory in (run_dir.parent, run_dir, run_dir / "work"):
+        assert directory.stat().st_mode & 0o777 == 0o700, directory
+    for name in ("spec.json", "stdout", "stderr", "exit.json"):
+        assert (run_dir / name).stat().st_mode & 0o777 == 0o600, name

@@ -1392,7 +1392,7 @@ class Chaperone:
         try:
             if cwd is None:
                 cwd = self.path(WORK_DIR)
-                os.makedirs(cwd, exist_ok=True)
+                os.makedirs(cwd, 0o700, exist_ok=True)  # (as a shared chaperone's)
             return self.supervise(spec, argv, cwd, me)
         except BaseException as error:
             self.fail_after_claim(f"chaperone: {error!r}")
@@ -2512,7 +2512,7 @@ def serve(root, ready_fd=None, idle_exit=IDLE_EXIT):
         # What programs inherit from it stays as the runtime that started it had it (the
         # umask follows each runtime; limits, niceness and the like are the first one's).
         os.chdir("/")
-        os.makedirs(root, exist_ok=True)
+        os.makedirs(root, 0o700, exist_ok=True)
         lock = _lock(os.path.join(root, DAEMON_FILE), patience=2.0)
         if lock is None:
             tell("busy")

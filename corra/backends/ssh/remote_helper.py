@@ -84,7 +84,7 @@ def launch(run_dir):
     if _handle(run_dir) is not None:
         return _claimed(run_dir)
     if not os.path.isdir(run_dir):
-        os.makedirs(run_dir)
+        os.makedirs(run_dir, 0o700)  # (its spec.json holds the env: the user's only)
     environment = dict(os.environ)
     environment.update(spec.get("env") or {})
     spec["env"] = environment
