@@ -126,9 +126,9 @@ def make_state_dir(path: Path) -> None:
     check_directory(path)
 
 
-def make_private_dirs(path: Path) -> None:
-    """``mkdir -p path`` where every directory created is 0700 (``os.makedirs`` gives its
-    mode to the last one only)."""
+def make_private_dirs(path: Path, mode: int = DIRECTORY_MODE) -> None:
+    """``mkdir -p path`` where every directory created is 0700, or ``mode`` (``os.makedirs``
+    gives its mode to the last one only, and the umask's to the others)."""
     missing = []
     current = Path(path)
     while not current.is_dir():
@@ -138,12 +138,12 @@ def make_private_dirs(path: Path) -> None:
         current = current.parent
     for directory in reversed(missing):
         try:
-            os.mkdir(directory, DIRECTORY_MODE)
+            os.mkdir(directory, mode)
         except FileExistsError:
             if not directory.is_dir():
                 raise
             continue
-        os.chmod(directory, DIRECTORY_MODE)  # whatever the umask took away or left
+        os.chmod(directory, mode)  # whatever the umask took away or left
 
 
 def open_private(path: Path, flags: int = os.O_RDONLY, *, what: str = "file") -> int:
@@ -185,9 +185,11 @@ def read_private(path: Path, *, what: str = "file") -> bytes:
         return file.read()
 
 
-def write_private(path: Path, data: bytes, *, sync: bool = False) -> None:
+def write_private(path: Path, data: bytes, *, sync: bool = False, mode: int = FILE_MODE) -> None:
     """Replace ``path`` whole with ``data`` (a 0600 temporary file, renamed over it); with
-    ``sync``, fsynced before the rename."""
+    ``sync``, fsynced before the rename. Another ``mode`` (a script's 0700) is given to the
+    file before the rename: it is never readable by others, not even for a moment, unless
+    ``mode`` says so."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with contextlib.suppress(FileNotFoundError):
         os.unlink(temporary)  # our own leftover, from a crash
@@ -198,6 +200,8 @@ def write_private(path: Path, data: bytes, *, sync: bool = False) -> None:
         with os.fdopen(fd, "wb") as file:
             file.write(data)
             file.flush()
+            if mode != FILE_MODE:
+                os.fchmod(file.fileno(), mode)
             if sync:
                 os.fsync(file.fileno())
         os.replace(temporary, path)

@@ -24,12 +24,14 @@ import shlex
 import shutil
 import stat as stat_module
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Protocol, TypeVar
 
 import attrs
 import trio
 
 from corra._errors import ConfigError, RemotePathError, TransportError
+from corra._statedir import make_private_dirs, write_private
 
 T = TypeVar("T")
 
@@ -186,16 +188,7 @@ class LocalTransport:
         return result.check(self.host) if check else result
 
     async def write_file(self, path: str, data: bytes, *, mode: int = 0o600) -> None:
-        def write() -> None:
-            temporary = f"{path}.{os.getpid()}.tmp"
-            # (created with the mode: never readable by others, not even for a moment)
-            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode & 0o700)
-            with open(descriptor, "wb") as file:
-                file.write(data)
-            os.chmod(temporary, mode)
-            os.replace(temporary, path)
-
-        await self._io(path, write)
+        await self._io(path, lambda: write_private(Path(path), data, mode=mode))
 
     async def put(self, local: str, remote: str) -> None:
         await self._io(remote, lambda: shutil.copyfile(local, remote))
@@ -205,18 +198,14 @@ class LocalTransport:
 
     async def mkdir(self, path: str, *, parents: bool = True, mode: int = 0o700) -> None:
         def make() -> None:
-            missing = [path]
-            if parents:  # (os.makedirs gives the parents the umask's mode, not ``mode``)
-                parent = os.path.dirname(path.rstrip("/"))
-                while parent and parent != "/" and not os.path.isdir(parent):
-                    missing.append(parent)
-                    parent = os.path.dirname(parent)
-            for directory in reversed(missing):
-                try:
-                    os.mkdir(directory, mode)
-                except FileExistsError:
-                    if not os.path.isdir(directory):
-                        raise
+            if parents:
+                make_private_dirs(Path(path), mode)
+                return
+            try:
+                os.mkdir(path, mode)
+            except FileExistsError:
+                if not os.path.isdir(path):
+                    raise
 
         await self._io(path, make)
 
