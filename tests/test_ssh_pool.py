@@ -352,3 +352,59 @@ async def test_the_login_budget_spaces_logins(autojump_clock: trio.testing.MockC
         await budget.take()
         taken.append(trio.current_time())
     assert taken == pytest.approx([0, 0, 5, 10, 15])
+
+
+class _RecordingSftp:
+    """An SFTP client that records what `SshTransport.write_file` asks of it, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    @contextlib.asynccontextmanager
+    async def start_sftp_client(self) -> AsyncIterator[_RecordingSftp]:
+        yield self
+
+    @contextlib.asynccontextmanager
+    async def open(self, path: str, mode: str, attrs: object = None) -> AsyncIterator[object]:
+        self.calls.append(("open", path, getattr(attrs, "permissions", None)))
+        calls = self.calls
+
+        class File:
+            async def chmod(self, permissions: int) -> None:
+                calls.append(("fchmod", permissions))
+
+            async def write(self, data: bytes) -> None:
+                calls.append(("write", data))
+
+        yield File()
+
+    async def chmod(self, path: str, permissions: int) -> None:
+        self.calls.append(("chmod", path, permissions))
+
+    async def posix_rename(self, old: str, new: str) -> None:
+        self.calls.append(("rename", old, new))
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o700, 0o644])
+async def test_a_file_written_over_sftp_is_never_readable_by_others_while_written(mode: int):
+    # (a job script exports the env: another user who opened it as it was written would
+    # keep reading it after a chmod; and a leftover temporary keeps its old mode)
+    sftp = _RecordingSftp()
+
+    class Pool:
+        host = attrs.make_class("Host", {"address": attrs.field(default="far")})()
+
+        async def run(self, operation, *, retry_safe: bool) -> object:
+            return await operation(sftp)
+
+    await SshTransport(Pool()).write_file("/w/job.sh", b"export TOKEN=x\n", mode=mode)  # type: ignore[arg-type]
+    private = mode & 0o700
+    assert sftp.calls[:3] == [
+        ("open", "/w/job.sh.corra-tmp", private),
+        ("fchmod", private),
+        ("write", b"export TOKEN=x\n"),
+    ]
+    assert sftp.calls[-1] == ("rename", "/w/job.sh.corra-tmp", "/w/job.sh")
+    assert [call for call in sftp.calls if call[0] == "chmod"] == (
+        [] if mode == private else [("chmod", "/w/job.sh.corra-tmp", mode)]
+    )

@@ -103,10 +103,17 @@ class SshTransport:
     async def write_file(self, path: str, data: bytes, *, mode: int = 0o600) -> None:
         temporary = f"{path}.corra-tmp"
 
+        # Private from the start, as the data goes in: one who opened the file meanwhile
+        # would keep reading it after a chmod (a job script exports the env). The chmod of
+        # the handle is for a leftover temporary, which keeps its old mode.
+        private = mode & 0o700
+
         async def work(sftp: Any) -> None:
-            async with sftp.open(temporary, "wb") as file:
+            async with sftp.open(temporary, "wb", asyncssh.SFTPAttrs(permissions=private)) as file:
+                await file.chmod(private)
                 await file.write(data)
-            await sftp.chmod(temporary, mode)
+            if mode != private:
+                await sftp.chmod(temporary, mode)
             await sftp.posix_rename(temporary, path)
 
         await self._sftp(path, work)
