@@ -7,25 +7,12 @@ from pathlib import Path
 
 import _sshd
 import pytest
-from test_ssh_pool import pool_for
+from test_ssh_pool import home_with_config, pool_for
 
 from corra._errors import ConfigError, HostKeyRefused
 from corra.backends.ssh import SshTransport, parse_host
 
 pytestmark = pytest.mark.slow
-
-
-def home_with_config(home: Path, sshd: _sshd.Sshd, *lines: str) -> Path:
-    """A HOME whose ~/.ssh/config reaches ``sshd`` as ``corra-alias``, with ``lines``."""
-    (home / ".ssh").mkdir(parents=True, mode=0o700)
-    (home / ".ssh" / "config").write_text(
-        "Host corra-alias\n"
-        f"  HostName {sshd.host}\n"
-        f"  Port {sshd.port}\n"
-        f"  User {sshd.user}\n"
-        f"  IdentityFile {sshd.client_key}\n" + "".join(f"  {line}\n" for line in lines)
-    )
-    return home
 
 
 @pytest.mark.parametrize(

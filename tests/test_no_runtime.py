@@ -13,26 +13,14 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import trio
 from test_api import serving, submit, wait_for
+from test_local_processes import CORRA, corra
 
 from corra._runtime import open_runtime
-
-CORRA = [sys.executable, "-m", "corra.cli"]
-
-
-def corra(state: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*CORRA, "--state-dir", str(state), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def show_json(state: Path, process: str) -> dict:

@@ -193,19 +193,23 @@ async def test_the_login_budget_holds_under_a_low_max_startups(
     assert logins <= budget.burst + budget.rate * elapsed + 1e-9
 
 
-async def test_an_alias_of_the_users_ssh_config_works_with_nothing_else_given(
-    sshd: _sshd.Sshd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    home = tmp_path / "home"
+def home_with_config(home: Path, sshd: _sshd.Sshd, *lines: str) -> Path:
+    """A HOME whose ~/.ssh/config reaches ``sshd`` as ``corra-alias``, with ``lines``."""
     (home / ".ssh").mkdir(parents=True, mode=0o700)
     (home / ".ssh" / "config").write_text(
         "Host corra-alias\n"
         f"  HostName {sshd.host}\n"
         f"  Port {sshd.port}\n"
         f"  User {sshd.user}\n"
-        f"  IdentityFile {sshd.client_key}\n"
-        f"  UserKnownHostsFile {sshd.known_hosts}\n"
+        f"  IdentityFile {sshd.client_key}\n" + "".join(f"  {line}\n" for line in lines)
     )
+    return home
+
+
+async def test_an_alias_of_the_users_ssh_config_works_with_nothing_else_given(
+    sshd: _sshd.Sshd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = home_with_config(tmp_path / "home", sshd, f"UserKnownHostsFile {sshd.known_hosts}")
     monkeypatch.setenv("HOME", str(home))
     logins_before = sshd.logins()
     async with pool_for(parse_host("corra-alias", {})) as pool:
