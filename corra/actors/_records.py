@@ -47,16 +47,6 @@ class _SpecError(ConfigError):
     """A value check that failed inside attrs validation (the message is the whole story)."""
 
 
-def _check(predicate: Callable[[Any], bool], expected: str) -> Any:
-    """An attrs validator: ``expected`` says what a valid value looks like."""
-
-    def validate(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if not predicate(value):
-            raise _SpecError(f"{attribute.name}: got {value!r}, expected {expected}")
-
-    return validate
-
-
 def _name(value: Any) -> bool:
     return value is None or (isinstance(value, str) and bool(NAME_PATTERN.match(value)))
 

@@ -567,6 +567,17 @@ def _write_setting(path, value):
         os.close(fd)
 
 
+def cgroup_peak(path):
+    """The peak of the memory cgroup at ``path`` (v2 ``memory.peak``, v1
+    ``memory.max_usage_in_bytes``), in bytes; None if it has neither."""
+    for name in PEAK_FILES:
+        try:
+            return int(_read_small(os.path.join(path, name)))
+        except (OSError, ValueError):
+            continue
+    return None
+
+
 class Cgroups:
     """A program's cgroups: made, joined around the spawn, drained and removed at the end."""
 
@@ -699,11 +710,9 @@ class Cgroups:
         ``memory.max_usage_in_bytes``), in bytes; None without one. Made for this program
         alone, and the chaperone in it only around the spawn: the program's own peak."""
         for path, _ in self.entries:
-            for name in PEAK_FILES:
-                try:
-                    return int(_read_small(os.path.join(path, name)))
-                except (OSError, ValueError):
-                    continue
+            peak = cgroup_peak(path)
+            if peak is not None:
+                return peak
         return None
 
     def try_remove(self):
@@ -935,14 +944,7 @@ class PooledCgroup:
         """The cgroup's peak (as `Cgroups.peak`) if this program is the first in it; else
         None, for the peak is the highest of every program it held. (What the chaperone
         charges while it waits in the cgroup before the spawn is in it too: a few pages.)"""
-        if not self.first:
-            return None
-        for name in PEAK_FILES:
-            try:
-                return int(_read_small(f"{self.path}/{name}"))
-            except (OSError, ValueError):
-                continue
-        return None
+        return cgroup_peak(self.path) if self.first else None
 
     def kill(self):
         if self.path == self.pool.parked:
@@ -2294,7 +2296,7 @@ class Server:
             os.close(fd)
         return False
 
-    def start(self, client, run, document, argv, env, cwd, timeout, limit=None):
+    def start(self, client, run, document, argv, env, cwd, timeout, limit):
         entries = document.get("cgroups") or []
         notes = document.get("cgroup_notes") or ()
         pooled = CgroupPool.poolable(entries)
