@@ -1078,12 +1078,15 @@ def _program_ended(state_dir: Path, record: ProcessRecord) -> bool:
 
 
 def _copy_log(path: Path | None, offset: int, out: Any) -> int:
-    """Write ``path`` from ``offset`` to ``out``; the offset reached."""
+    """Write ``path`` from ``offset`` to ``out``, up to its size when the copy began (a
+    program that writes faster than ``out`` takes it would make "to the end" go on for
+    ever; a follow copies the rest next time); the offset reached."""
     if path is None or not path.exists():
         return offset
     with path.open("rb") as handle:
+        end = os.fstat(handle.fileno()).st_size
         handle.seek(offset)
-        while chunk := handle.read(1 << 16):
+        while offset < end and (chunk := handle.read(min(1 << 16, end - offset))):
             out.write(chunk)
             offset += len(chunk)
     out.flush()

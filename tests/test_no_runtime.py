@@ -9,6 +9,7 @@ Real programs, a real `corra run` killed with SIGKILL, and `corra` itself as a s
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import signal
@@ -280,3 +281,25 @@ def test_recorded_of_a_remote_program_is_its_complete_shipped_logs_else_unknown(
     assert recorded(tmp_path, ProcessRecord("p1", spec, ProcessState(), 0.0)) is None
     done = ProcessState(phase="finished", handle=state.handle)
     assert recorded(tmp_path, ProcessRecord("p1", spec, done, 0.0)) is None
+
+
+def test_logs_without_follow_stop_at_the_output_there_was_when_they_began(tmp_path):
+    """`corra logs` read from the files (no service) of a program that writes faster than
+    its reader reads: the copy ends at the size the log had when it began."""
+    from corra.cli import _copy_log
+
+    log = tmp_path / "stdout"
+    log.write_bytes(b"x" * 200_000)
+
+    class FasterWriter(io.BytesIO):
+        def write(self, data: bytes) -> int:  # (each chunk read, the program writes more)
+            with log.open("ab") as file:
+                file.write(b"y" * (2 * len(data)))
+            assert self.tell() < 10_000_000, "the copy never ends"
+            return super().write(data)
+
+    out = FasterWriter()
+    assert _copy_log(log, 1000, out) == 200_000
+    assert out.getvalue() == b"x" * 199_000
+    # a follow goes on from there, with what came meanwhile
+    assert _copy_log(log, 200_000, io.BytesIO()) > 200_000
