@@ -71,7 +71,7 @@ def shown(field: str, value: object) -> str:
     """How an error shows the value of ``field``: abbreviated, and an env without values."""
     if field == "env":
         if isinstance(value, Mapping):
-            return abbreviated({key: HIDDEN for key in value})
+            return abbreviated(hide_env(value))
         return f"{_kind(value)} (not shown)"
     return abbreviated(value)
 

@@ -44,6 +44,7 @@ from corra._errors import (
 from corra.actors._lifecycle import ACTIVE, PHASES
 from corra.actors._process import MAX_LOG_OFFSET
 from corra.actors._records import ProcessRecord, ProcessSpec, Transition, parse_process_spec
+from corra.actors._spec_content import abbreviated
 from corra.api import _metrics
 from corra.api._cache import TerminalCache
 from corra.api._events import EventLog, PhaseCounts
@@ -580,7 +581,7 @@ def _integer(query: Any, name: str, default: int, *, minimum: int, maximum: int)
     if text is None:
         return default
     bounds = f"an integer >= {minimum} and <= {maximum}"
-    shown = repr(text) if len(text) <= 40 else f"{text[:40]!r}... ({len(text)} characters)"
+    shown = abbreviated(text, 40)
     digits = text[1:] if text[:1] in "+-" else text
     if not (text.isascii() and digits.isdigit()):
         raise ApiError(400, "bad_request", f"{name}: got {shown}, expected {bounds}")
