@@ -1054,8 +1054,17 @@ async def _remote_logs(
                 ended = await trio.to_thread.run_sync(_program_ended, state_dir, record)
                 while True:
                     key = f"{record.id}.{attempt}"
-                    while chunk := await backend.read_log(
-                        key, stream, offset, 1 << 20, record.spec.host
+                    end = None  # (a read without -f stops where the current log ended)
+                    if not args.follow and attempt >= record.state.attempt:
+                        end = await backend.log_size(key, stream, record.spec.host)
+                    while (end is None or offset < end) and (
+                        chunk := await backend.read_log(
+                            key,
+                            stream,
+                            offset,
+                            1 << 20 if end is None else min(1 << 20, end - offset),
+                            record.spec.host,
+                        )
                     ):
                         out.write(chunk)
                         offset += len(chunk)

@@ -194,3 +194,65 @@ def test_a_remote_program_survives_a_kill_9_of_the_runtime_and_is_reattached(
         check=False,
     )
     assert (logs.returncode, logs.stdout) == (0, b"done\n"), logs.stderr
+
+
+def test_corra_logs_of_a_remote_writer_ends_at_the_output_there_was_when_it_began(
+    sshd: _sshd.Sshd, tmp_path: Path, shared_dir: Path
+) -> None:
+    """`corra logs` (no -f, no service) of a remote program that writes faster than its
+    reader takes the output: the copy ends where the log was when it began (it went on for
+    as long as the program wrote)."""
+    state = tmp_path / "state"
+    marker = f"corra-fast-writer-{os.getpid()}"
+    started, finished = shared_dir / "started", shared_dir / "finished"
+    writer = (
+        "import sys, time\n"
+        f"open({str(started)!r}, 'w').close()\n"
+        "end = time.monotonic() + 60\n"
+        "while time.monotonic() < end:\n"
+        "    sys.stdout.write('y' * 65535 + '\\n'); sys.stdout.flush(); time.sleep(0.005)\n"
+        f"open({str(finished)!r}, 'w').close()\n"
+    )
+    jobs = tmp_path / "jobs.toml"
+    host = [
+        "[hosts.far]",
+        f'hostname = "{sshd.host}"',
+        f"port = {sshd.port}",
+        f'user = "{sshd.user}"',
+        f'identity_file = "{sshd.client_key}"',
+        f'known_hosts = "{sshd.known_hosts}"',
+        f'work_root = "corra-tests/fast-writer-{os.getpid()}"',
+    ]
+    program = ["python3", "-c", writer, marker]
+    process = ["[[process]]", 'name = "writer"', 'backend = "ssh"', 'host = "far"']
+    process.append(f"argv = {json.dumps(program)}")
+    jobs.write_text("\n".join([*host, "", *process, ""]))
+    runner = subprocess.Popen(
+        [*CORRA, "--state-dir", str(state), "run", str(jobs)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not started.exists():
+            assert time.monotonic() < deadline and runner.poll() is None, "it did not start"
+            time.sleep(0.05)
+        time.sleep(2)  # (some MB written)
+        logs = subprocess.Popen(
+            [*CORRA, "--state-dir", str(state), "logs", "writer"], stdout=subprocess.PIPE
+        )
+        assert logs.stdout is not None
+        copied = 0
+        deadline = time.monotonic() + 40
+        while chunk := logs.stdout.read(65536):  # about 1.3 MB/s: slower than the program
+            assert time.monotonic() < deadline, "corra logs never ends"
+            copied += len(chunk)
+            time.sleep(0.05)
+        assert logs.wait(timeout=30) == 0
+        logs.stdout.close()
+        assert not finished.exists(), "the program should still be writing"
+        assert copied > 0 and copied % 65536 == 0  # whole lines: what was there, no more
+    finally:
+        runner.kill()
+        runner.wait()
+        subprocess.run(["pkill", "-f", marker], check=False)
