@@ -20,7 +20,6 @@ import signal
 import sys
 import time
 import urllib.parse
-import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -215,10 +214,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``corra`` console script; returns the exit status."""
-    # asyncssh (imported with the job files' hosts, hence the late imports of `corra._jobfile`)
-    # names cryptography's DSA classes, which cryptography >= 47 deprecates: eight lines of
-    # warnings on every command, about nothing a user can change.
-    warnings.filterwarnings("ignore", message="DSA is deprecated", module=r"asyncssh\.")
     parser = build_parser()
     words = list(sys.argv[1:] if argv is None else argv)
     program: list[str] = []

@@ -1,5 +1,13 @@
 """SSH: hosts, the pool actor (one per user, host and port), and the SSH transport."""
 
+# ruff: noqa: E402 - the filter must be in place before asyncssh is first imported
+import warnings
+
+# asyncssh names cryptography's DSA classes when imported, which cryptography >= 47
+# deprecates: eight lines of warnings in every program that uses corra, about nothing its
+# user can change. This package is the only importer of asyncssh in corra.
+warnings.filterwarnings("ignore", message="DSA is deprecated", module=r"asyncssh\.")
+
 from corra.backends._shared import TokenBucket as TokenBucket
 from corra.backends.ssh._config import HostConfig as HostConfig
 from corra.backends.ssh._config import LoginSettings as LoginSettings
