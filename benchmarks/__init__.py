@@ -6,9 +6,15 @@ write the module and name it in `SUITES` (modules are imported only when their s
 a suite's heavy dependencies never burden the others).
 """
 
+import warnings
+
 from benchmarks._harness import Benchmark as Benchmark
 from benchmarks._harness import Options as Options
 from benchmarks._harness import Result as Result
+
+# The ssh suite imports asyncssh itself (its raw baseline), before corra.backends.ssh quiets
+# asyncssh's DSA deprecation warnings (cryptography >= 47): no noise in the results.
+warnings.filterwarnings("ignore", message="DSA is deprecated", module=r"asyncssh\.")
 
 #: Suite name -> module that defines it.
 SUITES: dict[str, str] = {
