@@ -23,8 +23,8 @@ import corra
 from corra._runtime import open_runtime
 from corra.actors._process import MAX_LOG_OFFSET
 from corra.api import Listen, open_api, serve_api
-from corra.api._app import BODY_TIMEOUT
 from corra.api._cache import TERMINAL_CACHE_BYTES, TerminalCache
+from corra.api._requests import BODY_TIMEOUT
 from corra.api._server import TLS_HANDSHAKE_TIMEOUT
 from corra.backends.local_process import log_file
 

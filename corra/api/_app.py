@@ -19,7 +19,6 @@ import contextlib
 import hmac
 import json
 import logging
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
@@ -43,24 +42,28 @@ from corra._errors import (
 )
 from corra.actors._lifecycle import ACTIVE, PHASES
 from corra.actors._process import MAX_LOG_OFFSET
-from corra.actors._records import ProcessRecord, ProcessSpec, Transition, parse_process_spec
-from corra.actors._spec_content import abbreviated
+from corra.actors._records import ProcessRecord, Transition, parse_process_spec
 from corra.api import _metrics
 from corra.api._cache import TerminalCache
 from corra.api._events import EventLog, PhaseCounts
 from corra.api._logs import log_end, log_entries
 from corra.api._openapi import OPENAPI
+from corra.api._requests import (
+    MAX_BODY,
+    ApiError,
+    boolean,
+    check_paths,
+    integer,
+    known_only,
+    parse_json,
+    read_body,
+    single,
+)
 from corra.api._wire import detail_json, record_json
 from corra.backends.recorded import recorded, unwatched_program
 
 logger = logging.getLogger("corra.api")
 
-#: The largest request body accepted (413 above).
-MAX_BODY = 1 << 20
-#: Seconds a request body may take to come in whole (408 after, and the connection closes):
-#: a client sending a byte now and then would hold a connection forever. Slow enough for
-#: `MAX_BODY` at 20 KB/s.
-BODY_TIMEOUT = 60.0
 #: ``GET /v1/processes``: items per page by default, and at most.
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -75,17 +78,6 @@ NDJSON = "application/x-ndjson"
 #: as the service stopped would hold the stop up until the graceful timeout (hypercorn reads
 #: no more from a kept-alive connection while it winds down, and never closes it).
 STREAM_HEADERS = {"Connection": "close"}
-
-
-class ApiError(Exception):
-    """An error answered as ``{"error": code, "message": message, **extra}``."""
-
-    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.extra = extra
 
 
 def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
@@ -252,9 +244,9 @@ class Api:
         return await self.list_processes(request)
 
     async def create_process(self, request: Request) -> Response:
-        data = _json(await _body(request))
+        data = parse_json(await read_body(request))
         spec = parse_process_spec(data, "process")
-        _check_paths(spec)
+        check_paths(spec)
         async with self._one_submission(spec.name):
             existing = self._named(spec.name)
             record = existing or await self.manager.submit(spec)
@@ -267,19 +259,19 @@ class Api:
 
     async def list_processes(self, request: Request) -> Response:
         query = request.query_params
-        _known(query, "phase", "name", "label", "limit", "cursor")
-        phase = _single(query, "phase")
+        known_only(query, "phase", "name", "label", "limit", "cursor")
+        phase = single(query, "phase")
         if phase is not None and phase not in PHASES:
             raise ApiError(400, "bad_request", f"phase: got {phase!r}, expected one of {PHASES}")
-        name = _single(query, "name")
+        name = single(query, "name")
         labels = {}
         for label in query.getlist("label"):
             key, equals, value = label.partition("=")
             if not equals or not key:
                 raise ApiError(400, "bad_request", f"label: got {label!r}, expected KEY=VALUE")
             labels[key] = value
-        limit = _integer(query, "limit", DEFAULT_LIMIT, minimum=1, maximum=MAX_LIMIT)
-        cursor = _single(query, "cursor")
+        limit = integer(query, "limit", DEFAULT_LIMIT, minimum=1, maximum=MAX_LIMIT)
+        cursor = single(query, "cursor")
         records = await trio.to_thread.run_sync(self.manager.list)
         start = 0
         if cursor is not None:
@@ -307,9 +299,9 @@ class Api:
         return JSONResponse({"items": items, "next_cursor": next_cursor})
 
     async def get_process(self, request: Request) -> Response:
-        _known(request.query_params, "show_env")
+        known_only(request.query_params, "show_env")
         key = request.path_params["id"]
-        if _boolean(request.query_params, "show_env", False):
+        if boolean(request.query_params, "show_env", False):
             # (asked for: never cached, so that the cache holds no env value)
             record = self._lookup(key)
             recorded = await self._recorded(record)
@@ -335,18 +327,18 @@ class Api:
         return None if found is None else found.json()
 
     async def pause_process(self, request: Request) -> Response:
-        _known(request.query_params)
+        known_only(request.query_params)
         record = await self.manager.pause(self._lookup(request.path_params["id"]).id)
         return JSONResponse(record_json(record))
 
     async def resume_process(self, request: Request) -> Response:
-        _known(request.query_params)
+        known_only(request.query_params)
         record = await self.manager.resume(self._lookup(request.path_params["id"]).id)
         return JSONResponse(record_json(record))
 
     async def kill_process(self, request: Request) -> Response:
-        _known(request.query_params, "wait")
-        wait = _boolean(request.query_params, "wait", True)
+        known_only(request.query_params, "wait")
+        wait = boolean(request.query_params, "wait", True)
         record = await self.manager.kill(self._lookup(request.path_params["id"]).id, wait=wait)
         if not wait:
             # Answer once the kill is on its way (durable as killing), not merely asked for;
@@ -359,18 +351,18 @@ class Api:
 
     async def process_logs(self, request: Request) -> Response:
         query = request.query_params
-        _known(query, "stream", "offset", "attempt", "follow")
+        known_only(query, "stream", "offset", "attempt", "follow")
         record = self._lookup(request.path_params["id"])
         self.manager.backend_for(record.spec)  # (a 4xx now, not an empty 200 stream later)
-        stream = _single(query, "stream") or "stdout"
+        stream = single(query, "stream") or "stdout"
         if stream not in ("stdout", "stderr"):
             raise ApiError(
                 400, "bad_request", f"stream: got {stream!r}, expected 'stdout' or 'stderr'"
             )
-        offset = _integer(query, "offset", 0, minimum=0, maximum=MAX_LOG_OFFSET)
+        offset = integer(query, "offset", 0, minimum=0, maximum=MAX_LOG_OFFSET)
         current = record.state.attempt
-        attempt = _integer(query, "attempt", current, minimum=1, maximum=current)
-        follow = _boolean(query, "follow", False)
+        attempt = integer(query, "attempt", current, minimum=1, maximum=current)
+        follow = boolean(query, "follow", False)
         end = None if follow else await log_end(self.manager, record, stream, attempt)
         entries = log_entries(
             self.manager,
@@ -386,9 +378,9 @@ class Api:
 
     async def event_stream(self, request: Request) -> Response:
         query = request.query_params
-        _known(query, "follow", "since")
-        follow = _boolean(query, "follow", False)
-        since = _integer(query, "since", 0, minimum=0, maximum=MAX_SEQ)
+        known_only(query, "follow", "since")
+        follow = boolean(query, "follow", False)
+        since = integer(query, "since", 0, minimum=0, maximum=MAX_SEQ)
         return _stream(self._events(since, follow), "events")
 
     async def _events(self, seq: int, follow: bool) -> AsyncIterator[dict[str, Any]]:
@@ -500,106 +492,6 @@ async def open_api(runtime: Any, *, token: str) -> AsyncIterator[Api]:
         finally:
             api.stop()
             nursery.cancel_scope.cancel()
-
-
-# -- request parsing -----------------------------------------------------------------------
-
-
-async def _body(request: Request) -> bytes:
-    """The body, refusing (413) one above `MAX_BODY` even without a content-length, and
-    (408) one that has not come whole within `BODY_TIMEOUT`.
-
-    Raises:
-        ClientDisconnect: the client went away before its body was in.
-    """
-    chunks = []
-    size = 0
-    with trio.move_on_after(BODY_TIMEOUT):
-        async with contextlib.aclosing(request.stream()) as stream:
-            async for chunk in stream:
-                size += len(chunk)
-                if size > MAX_BODY:
-                    raise ApiError(413, "too_large", f"the body is over {MAX_BODY} bytes")
-                chunks.append(chunk)
-        return b"".join(chunks)
-    raise ApiError(
-        408,
-        "timeout",
-        f"the body did not come within {BODY_TIMEOUT:g} s ({size} bytes came); "
-        f"a body may take at most {BODY_TIMEOUT:g} s",
-    )
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _json(body: bytes) -> Any:
-    if not body.strip():
-        raise ApiError(400, "bad_request", "the body is empty; expected a JSON object")
-    try:
-        return json.loads(body, parse_constant=_refuse_constant)
-    except (ValueError, RecursionError) as exc:
-        raise ApiError(400, "bad_request", f"the body is not JSON: {exc}") from None
-
-
-def _check_paths(spec: ProcessSpec) -> None:
-    """Local paths must be absolute: the service's working directory means nothing to a
-    client."""
-    where = "process"
-    if spec.backend == "local" and spec.cwd is not None and not os.path.isabs(spec.cwd):
-        raise ConfigError(f"{where}.cwd: got {spec.cwd!r}, expected an absolute path")
-    if spec.outputs_dir is not None and not os.path.isabs(spec.outputs_dir):
-        raise ConfigError(
-            f"{where}.outputs_dir: got {spec.outputs_dir!r}, expected an absolute path"
-        )
-    for remote, local in spec.inputs.items():
-        if not os.path.isabs(local):
-            raise ConfigError(
-                f"{where}.inputs.{remote}: got {local!r}, expected an absolute local path"
-            )
-
-
-def _known(query: Any, *names: str) -> None:
-    for name in query:
-        if name not in names:
-            expected = f"some of {list(names)}" if names else "none"
-            raise ApiError(400, "bad_request", f"{name}: unknown parameter; expected {expected}")
-
-
-def _single(query: Any, name: str) -> str | None:
-    values = query.getlist(name)
-    if len(values) > 1:
-        raise ApiError(400, "bad_request", f"{name}: given {len(values)} times, expected once")
-    return values[0] if values else None
-
-
-def _integer(query: Any, name: str, default: int, *, minimum: int, maximum: int) -> int:
-    """An integer query parameter, within its bounds (every one has both: a number past
-    what a file offset or a C integer holds must never reach the code that reads logs)."""
-    text = _single(query, name)
-    if text is None:
-        return default
-    bounds = f"an integer >= {minimum} and <= {maximum}"
-    shown = abbreviated(text, 40)
-    digits = text[1:] if text[:1] in "+-" else text
-    if not (text.isascii() and digits.isdigit()):
-        raise ApiError(400, "bad_request", f"{name}: got {shown}, expected {bounds}")
-    if len(digits.lstrip("0")) > len(str(maximum)):  # (out of range: no need to convert it)
-        raise ApiError(400, "bad_request", f"{name}: got {shown}, expected {bounds}")
-    value = int(text)
-    if not minimum <= value <= maximum:
-        raise ApiError(400, "bad_request", f"{name}: got {value}, expected {bounds}")
-    return value
-
-
-def _boolean(query: Any, name: str, default: bool) -> bool:
-    text = _single(query, name)
-    if text is None:
-        return default
-    if text in ("true", "false"):
-        return text == "true"
-    raise ApiError(400, "bad_request", f"{name}: got {text!r}, expected true or false")
 
 
 # -- streams -------------------------------------------------------------------------------

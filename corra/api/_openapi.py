@@ -11,280 +11,13 @@ from typing import Any
 import corra
 from corra.actors._lifecycle import PHASES
 from corra.actors._process import MAX_LOG_OFFSET
-from corra.actors._records import (
-    BACKENDS,
-    MAX_OUTPUT_LIMIT,
-    MAX_SECONDS,
-    NAME_PATTERN,
-    RESTART_POLICIES,
-)
-from corra.actors._spec_content import (
-    ENV_NAME_PATTERN,
-    HIDDEN,
-    MAX_LABEL_KEY,
-    MAX_LABEL_VALUE,
-    MAX_LABELS,
-)
-
-
-def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
-    return {**schema, "nullable": True}
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _json_content(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"application/json": {"schema": schema}}
+from corra.actors._spec_content import HIDDEN
+from corra.api._schemas import SCHEMAS, json_content, nullable, ref
 
 
 def _error(description: str) -> dict[str, Any]:
-    return {"description": description, "content": _json_content(_ref("Error"))}
+    return {"description": description, "content": json_content(ref("Error"))}
 
-
-_STRINGS = {"type": "object", "additionalProperties": {"type": "string"}}
-_NAME = {"type": "string", "pattern": NAME_PATTERN.pattern}
-_TIME = {"type": "number", "description": "seconds since the epoch"}
-
-#: A string without NUL bytes (which no argv, path or variable may hold).
-_TEXT = {"type": "string", "pattern": "^[^\\u0000]*$"}
-_TEXTS = {"type": "object", "additionalProperties": _TEXT}
-_ABSOLUTE = {"type": "string", "pattern": "^/[^\\u0000]*$"}
-
-#: The fields every process has, wherever it runs.
-_COMMON = {
-    "argv": {
-        "type": "array",
-        "minItems": 1,
-        "items": _TEXT,
-        "description": "the program (a non-empty string) and its arguments; never a shell "
-        "string: ['sh', '-c', '...'] for one",
-    },
-    "name": _nullable({**_NAME, "description": "unique; submitting it again is a no-op"}),
-    "cwd": _nullable(
-        {**_ABSOLUTE, "description": "working directory (default: its own in the state dir)"}
-    ),
-    "env": {
-        **_TEXTS,
-        "description": "variables added (names without '='; for backend slurm, names "
-        f"matching {ENV_NAME_PATTERN.pattern}); answers show each value as {HIDDEN!r} "
-        "unless asked with show_env=true",
-    },
-    "timeout": _nullable(
-        {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": MAX_SECONDS}
-    ),
-    "restart": {"type": "string", "enum": list(RESTART_POLICIES)},
-    "max_attempts": {"type": "integer", "minimum": 1},
-    "kill_grace": {"type": "number", "minimum": 0, "maximum": MAX_SECONDS},
-    "memory_limit": _nullable({"type": "integer", "minimum": 1}),
-    "pids_limit": _nullable({"type": "integer", "minimum": 1}),
-    "output_limit": _nullable(
-        {
-            "type": "integer",
-            "minimum": 1,
-            "maximum": MAX_OUTPUT_LIMIT,
-            "description": "bytes kept of each of stdout and stderr; later output is dropped "
-            "(default: the service's, 1 GiB unless --output-limit says otherwise)",
-        }
-    ),
-    "labels": {
-        "type": "object",
-        "maxProperties": MAX_LABELS,
-        "propertyNames": {"maxLength": MAX_LABEL_KEY},
-        "additionalProperties": {"type": "string", "maxLength": MAX_LABEL_VALUE},
-    },
-}
-
-_SLURM_OPTIONS = {
-    "type": "object",
-    "additionalProperties": {
-        "oneOf": [
-            {"type": "string"},
-            {"type": "number"},
-            {"type": "boolean"},
-            {"type": "array", "items": {"type": "string"}},
-        ]
-    },
-}
-
-_LOCAL_SPEC = {
-    "type": "object",
-    "description": "A program on this machine.",
-    "required": ["argv"],
-    "additionalProperties": False,
-    "properties": {**_COMMON, "backend": {"type": "string", "enum": ["local"]}},
-    "example": {"argv": ["sh", "-c", "echo hello"], "name": "hello", "labels": {"k": "v"}},
-}
-
-_REMOTE_SPEC = {
-    "type": "object",
-    "description": "A program on a host the service knows (ssh), or a Slurm job there.",
-    "required": ["argv", "backend", "host"],
-    "additionalProperties": False,
-    "properties": {
-        **_COMMON,
-        "backend": {"type": "string", "enum": [b for b in BACKENDS if b != "local"]},
-        "host": {**_NAME, "description": "a host the service was started with"},
-        "inputs": {**_TEXTS, "description": "remote path (relative) = absolute local path"},
-        "outputs": {"type": "array", "items": _TEXT, "description": "globs to fetch"},
-        "outputs_dir": _nullable(_ABSOLUTE),
-        "slurm": {**_SLURM_OPTIONS, "description": "#SBATCH options (backend slurm only)"},
-    },
-}
-
-_SPEC = {
-    "description": "What to run, and how: the fields of a job file's [[process]] table.",
-    "oneOf": [_ref("LocalSpec"), _ref("RemoteSpec")],
-}
-
-#: A spec as the service keeps it (every field, defaults included).
-_STORED_SPEC = {
-    "type": "object",
-    "required": ["argv"],
-    "properties": {
-        **_COMMON,
-        "backend": {"type": "string", "enum": list(BACKENDS)},
-        "host": _nullable(_NAME),
-        "inputs": _STRINGS,
-        "outputs": {"type": "array", "items": {"type": "string"}},
-        "outputs_dir": _nullable({"type": "string"}),
-        "slurm": _SLURM_OPTIONS,
-    },
-}
-
-_RESULT = {
-    "type": "object",
-    "description": "How a run ended, what it cost, what it wrote.",
-    "required": ["returncode", "signal", "started_at", "ended_at"],
-    "properties": {
-        "returncode": _nullable({"type": "integer"}),
-        "signal": _nullable({"type": "integer"}),
-        "started_at": _nullable(_TIME),
-        "ended_at": _nullable(_TIME),
-        "utime": {"type": "number"},
-        "stime": {"type": "number"},
-        "maxrss_kb": _nullable(
-            {"type": "integer", "description": "the program's peak resident set; null: unknown"}
-        ),
-        "stdout_bytes": {"type": "integer"},
-        "stderr_bytes": {"type": "integer"},
-        "stdout_dropped": {
-            "type": "integer",
-            "description": "bytes of stdout dropped past the output limit (about)",
-        },
-        "stderr_dropped": {"type": "integer"},
-        "timed_out": {"type": "boolean"},
-        "killed": {"type": "boolean"},
-        "error": _nullable({"type": "string"}),
-    },
-}
-
-_PROCESS_FIELDS = {
-    "id": {"type": "string"},
-    "name": {"type": "string", "description": "its name, else its id"},
-    "phase": {"type": "string", "enum": list(PHASES)},
-    "attempt": {"type": "integer", "minimum": 1},
-    "returncode": _nullable({"type": "integer"}),
-    "signal": _nullable({"type": "integer"}),
-    "reason": _nullable({"type": "string", "description": "why it failed, paused or died"}),
-    "created_at": _TIME,
-    "updated_at": _TIME,
-    "started_at": _nullable(_TIME),
-    "ended_at": _nullable(_TIME),
-    "labels": _STRINGS,
-    "argv": {"type": "array", "items": {"type": "string"}},
-    "result": _nullable(_RESULT),
-    "paused_from": _nullable({"type": "string", "enum": [*PHASES, None]}),
-    "recorded": _nullable(
-        {
-            "type": "object",
-            "description": "what the program's chaperone recorded, where no runtime watches "
-            "the process (a paused one): an exit not yet collected",
-            "required": ["state", "collected", "returncode", "signal", "ended_at", "summary"],
-            "properties": {
-                "state": {"type": "string", "enum": ["running", "exited", "lost", "unknown"]},
-                "collected": {"type": "boolean"},
-                "returncode": _nullable({"type": "integer"}),
-                "signal": _nullable({"type": "integer"}),
-                "ended_at": _nullable(_TIME),
-                "summary": {"type": "string"},
-            },
-        }
-    ),
-}
-
-_PROCESS = {
-    "type": "object",
-    "required": list(_PROCESS_FIELDS),
-    "properties": _PROCESS_FIELDS,
-}
-
-_TRANSITION = {
-    "type": "object",
-    "required": ["at", "event", "source", "target", "attempt", "reason"],
-    "properties": {
-        "at": _TIME,
-        "event": {"type": "string"},
-        "source": {"type": "string", "enum": list(PHASES)},
-        "target": {"type": "string", "enum": list(PHASES)},
-        "attempt": {"type": "integer", "minimum": 1},
-        "reason": _nullable({"type": "string"}),
-    },
-}
-
-_DETAIL = {
-    "type": "object",
-    "required": [*_PROCESS_FIELDS, "spec", "handle", "history"],
-    "properties": {
-        **_PROCESS_FIELDS,
-        "spec": _STORED_SPEC,
-        "handle": _nullable({"type": "object", "description": "the backend's record"}),
-        "history": {"type": "array", "items": _ref("Transition")},
-    },
-}
-
-_LOG_ENTRY = {
-    "type": "object",
-    "description": "One line of the NDJSON log stream: the text of bytes offset to "
-    "next_offset of the attempt's log (whole UTF-8 characters; invalid bytes become U+FFFD).",
-    "required": ["attempt", "offset", "next_offset", "time", "stream", "text"],
-    "properties": {
-        "attempt": {"type": "integer", "minimum": 1},
-        "offset": {"type": "integer", "minimum": 0},
-        "next_offset": {"type": "integer", "minimum": 0},
-        "time": _TIME,
-        "stream": {"type": "string", "enum": ["stdout", "stderr"]},
-        "text": {"type": "string"},
-    },
-}
-
-_EVENT = {
-    "type": "object",
-    "description": "One line of the NDJSON event stream: a process's transition.",
-    "required": ["seq", "at", "id", "name", "event", "source", "target", "attempt", "reason"],
-    "properties": {
-        "seq": {"type": "integer", "minimum": 1, "description": "numbered since start"},
-        "at": _TIME,
-        "id": {"type": "string"},
-        "name": {"type": "string"},
-        "event": {"type": "string"},
-        "source": {"type": "string", "enum": list(PHASES)},
-        "target": {"type": "string", "enum": list(PHASES)},
-        "attempt": {"type": "integer", "minimum": 1},
-        "reason": _nullable({"type": "string"}),
-    },
-}
-
-_ERROR = {
-    "type": "object",
-    "required": ["error", "message"],
-    "properties": {
-        "error": {"type": "string", "description": "a code: not_found, invalid, ..."},
-        "message": {"type": "string", "description": "what went wrong, naming the field"},
-        "phase": {"type": "string", "enum": list(PHASES), "description": "for a 409"},
-    },
-}
 
 _ID = {
     "name": "id",
@@ -330,7 +63,7 @@ def _control(verb: str, summary: str, extra: dict[str, Any] | None = None) -> di
     responses = {
         "200": {
             "description": f"{verb}: the record",
-            "content": _json_content(_ref("Process")),
+            "content": json_content(ref("Process")),
             "links": _LINKS,
         },
         "400": _BAD_QUERY,
@@ -367,7 +100,7 @@ OPENAPI: dict[str, Any] = {
                 "responses": {
                     "200": {
                         "description": "it does",
-                        "content": _json_content(
+                        "content": json_content(
                             {
                                 "type": "object",
                                 "required": ["status", "version"],
@@ -388,7 +121,7 @@ OPENAPI: dict[str, Any] = {
                 "responses": {
                     "200": {
                         "description": "the OpenAPI document",
-                        "content": _json_content({"type": "object"}),
+                        "content": json_content({"type": "object"}),
                     },
                     "401": _UNAUTHORIZED,
                 },
@@ -411,16 +144,16 @@ OPENAPI: dict[str, Any] = {
             "post": {
                 "summary": "Submit a process (a process with this name already: that one)",
                 "operationId": "createProcess",
-                "requestBody": {"required": True, "content": _json_content(_ref("ProcessSpec"))},
+                "requestBody": {"required": True, "content": json_content(ref("ProcessSpec"))},
                 "responses": {
                     "201": {
                         "description": "submitted (durable); Location names it",
-                        "content": _json_content(_ref("Process")),
+                        "content": json_content(ref("Process")),
                         "links": _LINKS,
                     },
                     "200": {
                         "description": "a process with this name exists: it, unchanged",
-                        "content": _json_content(_ref("Process")),
+                        "content": json_content(ref("Process")),
                         "links": _LINKS,
                     },
                     "400": _error("the body is not a JSON document"),
@@ -462,13 +195,13 @@ OPENAPI: dict[str, Any] = {
                 "responses": {
                     "200": {
                         "description": "a page; next_cursor is null on the last",
-                        "content": _json_content(
+                        "content": json_content(
                             {
                                 "type": "object",
                                 "required": ["items", "next_cursor"],
                                 "properties": {
-                                    "items": {"type": "array", "items": _ref("Process")},
-                                    "next_cursor": _nullable({"type": "string"}),
+                                    "items": {"type": "array", "items": ref("Process")},
+                                    "next_cursor": nullable({"type": "string"}),
                                 },
                             }
                         ),
@@ -494,7 +227,7 @@ OPENAPI: dict[str, Any] = {
                 "responses": {
                     "200": {
                         "description": "the process",
-                        "content": _json_content(_ref("ProcessDetail")),
+                        "content": json_content(ref("ProcessDetail")),
                     },
                     "400": _BAD_QUERY,
                     "401": _UNAUTHORIZED,
@@ -516,7 +249,7 @@ OPENAPI: dict[str, Any] = {
                     {
                         "202": {
                             "description": "wait=false: killing, not dead yet",
-                            "content": _json_content(_ref("Process")),
+                            "content": json_content(ref("Process")),
                         }
                     },
                 ),
@@ -561,7 +294,7 @@ OPENAPI: dict[str, Any] = {
                 "responses": {
                     "200": {
                         "description": "one LogEntry per line",
-                        "content": {"application/x-ndjson": {"schema": _ref("LogEntry")}},
+                        "content": {"application/x-ndjson": {"schema": ref("LogEntry")}},
                     },
                     "400": _BAD_QUERY,
                     "401": _UNAUTHORIZED,
@@ -590,7 +323,7 @@ OPENAPI: dict[str, Any] = {
                 "responses": {
                     "200": {
                         "description": "one Event per line",
-                        "content": {"application/x-ndjson": {"schema": _ref("Event")}},
+                        "content": {"application/x-ndjson": {"schema": ref("Event")}},
                     },
                     "400": _BAD_QUERY,
                     "401": _UNAUTHORIZED,
@@ -600,17 +333,6 @@ OPENAPI: dict[str, Any] = {
     },
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-        "schemas": {
-            "ProcessSpec": _SPEC,
-            "LocalSpec": _LOCAL_SPEC,
-            "RemoteSpec": _REMOTE_SPEC,
-            "Process": _PROCESS,
-            "ProcessDetail": _DETAIL,
-            "Result": _RESULT,
-            "Transition": _TRANSITION,
-            "LogEntry": _LOG_ENTRY,
-            "Event": _EVENT,
-            "Error": _ERROR,
-        },
+        "schemas": SCHEMAS,
     },
 }
