@@ -261,9 +261,9 @@ def test_recorded_of_a_remote_program_is_its_complete_shipped_logs_else_unknown(
     from corra.actors._records import ProcessRecord, parse_process_spec
     from corra.backends import recorded as recorded_module
     from corra.backends.recorded import recorded
-    from corra.backends.ssh import _programs
+    from corra.backends.ssh import _shipped
 
-    assert recorded_module.COMPLETE_FILE == _programs.COMPLETE_FILE
+    assert recorded_module.COMPLETE_FILE == _shipped.COMPLETE_FILE
     spec = parse_process_spec({"argv": ["true"], "backend": "ssh", "host": "cluster"})
     state = ProcessState(phase="running", handle={"host": "cluster", "run_dir": "/r/p1.1"})
     record = ProcessRecord("p1", spec, state, 0.0)

@@ -16,7 +16,8 @@ from test_ssh_programs import RemoteSpec, backend_for, host_for, remote_root
 
 from corra.actors._lifecycle import Result
 from corra.backends.ssh import SshProgramBackend
-from corra.backends.ssh._programs import COMPLETE_FILE, SHIP_CHUNK
+from corra.backends.ssh._programs import SHIP_CHUNK
+from corra.backends.ssh._shipped import COMPLETE_FILE
 
 pytestmark = pytest.mark.slow
 

@@ -22,7 +22,7 @@ chaperone keeps running and recording, and the next poll finds what happened.
 
 Rule 4: logs are shipped home while a program is watched, when the backend has a ``logs_dir``.
 The status reply carries each run dir's stdout/stderr sizes, so the poller knows which files
-grew without another exec, and fetches what the local copy lacks (`_LocalLogs`, at most
+grew without another exec, and fetches what the local copy lacks (`LocalLogs`, at most
 ``SHIP_CHUNK`` bytes per file per poll, so one chatty program cannot starve the others), up to
 the program's output limit and never past it (the remote chaperone cuts the files back to it,
 but between its checks a file may be longer). The local copy's size is the saved offset: a
@@ -39,11 +39,9 @@ every operation; the process layer pauses the process (or fails it, per the host
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
-import os
 import posixpath
 from collections.abc import Mapping
 from pathlib import Path
@@ -60,7 +58,6 @@ from corra._errors import (
     ProgramLost,
     TransportError,
 )
-from corra._statedir import make_private_dirs, open_private, write_private
 from corra.actors._lifecycle import Result
 from corra.actors._records import DEFAULT_OUTPUT_LIMIT, check_output_limit, check_seconds
 from corra.backends import _staging, chaperone
@@ -69,6 +66,7 @@ from corra.backends._shared import json_reply
 from corra.backends.local import ExitRecord
 from corra.backends.local_process import result_of
 from corra.backends.ssh._config import HostConfig
+from corra.backends.ssh._shipped import STREAMS, LocalLogs
 from corra.backends.transport import Transport
 
 logger = logging.getLogger("corra.ssh")
@@ -84,10 +82,6 @@ SHIP_PARALLEL = 8
 #: Tries at the rest of an exited program's logs (one poll interval apart) before its wait
 #: returns without them (`read_log` then reads the remote file).
 SHIP_ATTEMPTS = 3
-#: The streams shipped, as the chaperone names their files in the run dir.
-STREAMS = ("stdout", "stderr")
-#: Beside the local copies once they are whole: {stream: size}.
-COMPLETE_FILE = "complete.json"
 
 
 def _library() -> tuple[str, dict[str, bytes]]:
@@ -162,7 +156,7 @@ class SshProgramBackend(HostPollers):
         self._digest, self._files = _library()
         self._slots = trio.Semaphore(max_running)
         self._held: set[str] = set()
-        self._logs = _LocalLogs(Path(logs_dir)) if logs_dir is not None else None
+        self._logs = LocalLogs(Path(logs_dir)) if logs_dir is not None else None
 
     def host(self, name: object) -> _Host:
         host: _Host = super().host(name)
@@ -567,118 +561,3 @@ def _settle(host: _Host, status: dict[str, Any]) -> None:
     for watch in host.watches.get(status["dir"], []):
         watch.status = status
         watch.event.set()
-
-
-class _LocalLogs:
-    """The local copies of remote logs: ``<root>/<host name>/<key>/stdout|stderr``, files
-    0600 in directories 0700, opened without following links (`corra._statedir`).
-
-    A copy only ever grows by appending bytes fetched from the remote file at the copy's own
-    size, so the copy is always a prefix of the remote file and its size is the offset to
-    resume from, after a restart of the runtime too: no byte is lost or duplicated. Appends
-    are flushed (a runtime killed by a signal loses nothing it wrote) but not fsynced: after
-    a machine crash a copy may be short (never wrong), and the next poll fetches the rest.
-    An append happens under ``flock`` and only at the offset it was fetched for, so two
-    runtimes on one state dir cannot interleave. ``complete.json`` beside the copies says
-    they are whole (the program exited and everything came home). All file I/O runs in a
-    worker thread.
-    """
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self._sizes: dict[tuple[str, str, str], int] = {}
-        self._refused: set[str] = set()
-
-    def ships(self, host_name: str) -> bool:
-        """Whether ``host_name`` can name a directory (else its logs stay remote)."""
-        if (
-            host_name
-            and "/" not in host_name
-            and "\0" not in host_name
-            and host_name not in (".", "..")
-        ):
-            return True
-        if host_name not in self._refused:
-            self._refused.add(host_name)
-            logger.warning("host %r: not a directory name, its logs stay remote", host_name)
-        return False
-
-    def _dir(self, host_name: str, key: str) -> Path:
-        return self.root / host_name / key
-
-    async def size(self, host_name: str, key: str, stream: str) -> int:
-        """The copy's size: the offset its shipping resumes from."""
-        known = self._sizes.get((host_name, key, stream))
-        if known is not None:
-            return known
-        path = self._dir(host_name, key) / stream
-
-        def stat() -> int:
-            try:
-                return path.stat().st_size
-            except FileNotFoundError:
-                return 0
-
-        size = await trio.to_thread.run_sync(stat)
-        self._sizes[(host_name, key, stream)] = size
-        return size
-
-    async def append(self, host_name: str, key: str, stream: str, offset: int, data: bytes) -> int:
-        """Append ``data`` (the remote bytes from ``offset``) if the copy is ``offset`` long;
-        the copy's size after."""
-        directory = self._dir(host_name, key)
-
-        def write() -> int:
-            make_private_dirs(directory)
-            fd = open_private(directory / stream, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-            with open(fd, "ab") as file:
-                fcntl.flock(file.fileno(), fcntl.LOCK_EX)
-                size = os.fstat(file.fileno()).st_size
-                if size != offset:  # someone else shipped meanwhile: their bytes stand
-                    return size
-                file.write(data)
-                file.flush()
-                return size + len(data)
-
-        size = await trio.to_thread.run_sync(write)
-        self._sizes[(host_name, key, stream)] = size
-        return size
-
-    async def complete(self, host_name: str, key: str, sizes: Mapping[str, Any]) -> None:
-        """Mark the copies whole (creating the empty ones)."""
-        directory = self._dir(host_name, key)
-        document = json.dumps({stream: sizes.get(stream, 0) for stream in STREAMS}).encode()
-
-        def write() -> None:
-            make_private_dirs(directory)
-            for stream in STREAMS:
-                os.close(open_private(directory / stream, os.O_WRONLY | os.O_CREAT))
-            write_private(directory / COMPLETE_FILE, document)
-
-        await trio.to_thread.run_sync(write)
-
-    def forget(self, host_name: str, key: str) -> None:
-        """Drop what is cached of the copies of a program no longer watched."""
-        for stream in STREAMS:
-            self._sizes.pop((host_name, key, stream), None)
-
-    async def read(
-        self, host_name: str, key: str, stream: str, offset: int, size: int
-    ) -> tuple[bytes, bool] | None:
-        """``(bytes, covers)`` from the copy (``covers``: all ``size`` bytes came, or the copy
-        is whole), or None without a copy."""
-        directory = self._dir(host_name, key)
-
-        def read() -> tuple[bytes, bool] | None:
-            whole = (directory / COMPLETE_FILE).exists()  # first: a whole copy reads whole
-            try:
-                fd = open_private(directory / stream)
-            except FileNotFoundError:
-                return None
-            try:
-                data = os.pread(fd, size, offset) if size > 0 else b""
-            finally:
-                os.close(fd)
-            return data, whole or len(data) >= size
-
-        return await trio.to_thread.run_sync(read)
