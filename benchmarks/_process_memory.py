@@ -25,8 +25,8 @@ import trio
 import trio.testing
 
 from corra._runtime import open_runtime
-from corra.actors._lifecycle import ProcessState
-from corra.actors._records import ProcessRecord, ProcessSpec
+from corra.processes._lifecycle import ProcessState
+from corra.processes._records import ProcessRecord, ProcessSpec
 
 #: Epoch seconds of the first record; record n was created and paused n seconds later.
 EPOCH = 1_750_000_000.0

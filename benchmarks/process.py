@@ -14,7 +14,7 @@
 - ``local_programs_c1``, ``local_programs_c8``: programs of ``true`` per second through a
   durable runtime (``spawn_process`` + ``ref.wait``, a full lifecycle with four transitions,
   every one durable, of which the program waits for three: created, launching and finished,
-  or two when the backend offers ``try_acquire_slot``; see ``corra.actors._process``; a
+  or two when the backend offers ``try_acquire_slot``; see ``corra.processes._process``; a
   chaperone per program), by 1 or 8 concurrent submitters (``max_running=8``).
   Baseline: ``trio.run_process(["true"])`` by as many workers. Goal: 0.8.
 - ``local_backend_c1``, ``local_backend_c8``: the `LocalBackend` alone (slot, launch, wait; the
@@ -73,9 +73,9 @@ from benchmarks import _process_memory, process_local
 from benchmarks._harness import Benchmark, Options
 from corra._errors import CorruptRecord
 from corra._runtime import RECORD_CODEC, open_runtime
-from corra.actors._lifecycle import Result
-from corra.actors._records import ProcessSpec
 from corra.persistence import Codec, Store, open_store
+from corra.processes._lifecycle import Result
+from corra.processes._records import ProcessSpec
 
 TASKS = 1000
 MEMORY_FILE_SYSTEMS = frozenset({"tmpfs", "ramfs"})
@@ -312,7 +312,7 @@ async def corra_local_programs(count: int, concurrency: int) -> float:
 
 
 class NoopBackend:
-    """A `corra.actors._process.Backend` whose programs end at once, successfully: what is left
+    """A `corra.processes._process.Backend` whose programs end at once, successfully: what is left
     of a process lifecycle is the runtime's own work (actors, transitions, snapshots). It has
     no limit on running programs, so a slot is always free (`try_acquire_slot`)."""
 

@@ -46,10 +46,10 @@ import trio
 
 from benchmarks.process import kept_scratch
 from corra._runtime import open_runtime
-from corra.actors._lifecycle import Result
-from corra.actors._records import ProcessSpec
 from corra.backends.local_process import LocalProcessBackend
 from corra.persistence import _store
+from corra.processes._lifecycle import Result
+from corra.processes._records import ProcessSpec
 
 _COMMITS: list[float] = []
 _original_commit = _store.Store._commit

@@ -54,10 +54,10 @@ from typing import Any
 import attrs
 
 from corra._errors import ConfigError
-from corra.actors._records import ProcessSpec, parse_process_spec
-from corra.actors._spec_content import shown_tables
 from corra.backends.slurm import parse_slurm_options
 from corra.backends.ssh._config import HostConfig, LoginSettings, parse_host
+from corra.processes._records import ProcessSpec, parse_process_spec
+from corra.processes._spec_content import shown_tables
 
 TOP_LEVEL = ("defaults", "process", "hosts", "logins")
 MERGED_TABLES = ("env", "labels")

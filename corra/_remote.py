@@ -28,7 +28,6 @@ import trio_asyncio
 from corra._errors import ConfigError
 from corra._statedir import read_private, write_private
 from corra.actors import ChildSpec, SupervisorFlags, SupervisorRef, SupervisorSpec
-from corra.actors._records import DEFAULT_OUTPUT_LIMIT
 from corra.backends.batch import BatchHost, SchedulerBackend
 from corra.backends.slurm import Slurm
 from corra.backends.ssh import (
@@ -41,6 +40,7 @@ from corra.backends.ssh import (
     parse_host,
 )
 from corra.backends.transport import LocalTransport, Transport
+from corra.processes._records import DEFAULT_OUTPUT_LIMIT
 
 HOSTS_FILE = "hosts.json"
 _converter = cattrs.Converter()

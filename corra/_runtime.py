@@ -18,9 +18,12 @@ import trio
 from corra._errors import ConfigError, CorraError
 from corra._statedir import make_state_dir, open_private
 from corra.actors import _runtime as kernel
-from corra.actors._lifecycle import ProcessState, Result
-from corra.actors._process import Backend, ProcessManager, RecoveryReport
-from corra.actors._records import (
+from corra.actors._specs import SupervisorFlags, SupervisorSpec
+from corra.backends import recorded
+from corra.persistence import Codec, open_store
+from corra.processes._lifecycle import ProcessState, Result
+from corra.processes._process import Backend, ProcessManager, RecoveryReport
+from corra.processes._records import (
     DEFAULT_OUTPUT_LIMIT,
     ProcessRecord,
     ProcessSpec,
@@ -31,9 +34,6 @@ from corra.actors._records import (
     encode_transition_data,
     parse_process_spec,
 )
-from corra.actors._specs import SupervisorFlags, SupervisorSpec
-from corra.backends import recorded
-from corra.persistence import Codec, open_store
 
 if TYPE_CHECKING:
     from corra.backends.ssh import HostConfig, LoginSettings

@@ -21,12 +21,12 @@ from test_api import AUTH, PY, TOKEN, _certificate, serving, submit, wait_for
 
 import corra
 from corra._runtime import open_runtime
-from corra.actors._process import MAX_LOG_OFFSET
 from corra.api import Listen, open_api, serve_api
 from corra.api._cache import TERMINAL_CACHE_BYTES, TerminalCache
 from corra.api._requests import BODY_TIMEOUT
 from corra.api._server import TLS_HANDSHAKE_TIMEOUT
 from corra.backends.local_process import log_file
+from corra.processes._process import MAX_LOG_OFFSET
 
 # -- the cache of terminal processes -----------------------------------------------------------
 

@@ -11,8 +11,8 @@ import pytest
 from test_api import serving, submit, wait_for
 from test_api_service import Service, corra
 
-from corra.actors._spec_content import MAX_SPEC_BYTES
 from corra.api import MAX_BODY, OPENAPI
+from corra.processes._spec_content import MAX_SPEC_BYTES
 
 SECRET = "s3cr3t-Value"
 

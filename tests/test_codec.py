@@ -359,9 +359,9 @@ import math  # noqa: E402
 
 from corra._errors import ConfigError  # noqa: E402
 from corra._runtime import HISTORY_CODEC, RECORD_CODEC  # noqa: E402
-from corra.actors import _records  # noqa: E402
-from corra.actors._lifecycle import PHASES, ProcessState, Result  # noqa: E402
-from corra.actors._records import (  # noqa: E402
+from corra.processes import _records  # noqa: E402
+from corra.processes._lifecycle import PHASES, ProcessState, Result  # noqa: E402
+from corra.processes._records import (  # noqa: E402
     MAX_SECONDS,
     ProcessRecord,
     ProcessSpec,

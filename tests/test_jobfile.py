@@ -6,7 +6,7 @@ import pytest
 
 import corra
 from corra._jobfile import parse_job_text
-from corra.actors._records import ProcessSpec, parse_process_spec
+from corra.processes._records import ProcessSpec, parse_process_spec
 
 
 def test_defaults_apply_to_every_process_and_tables_merge():

@@ -9,7 +9,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from corra._errors import InvalidTransition
 from corra._runtime import HISTORY_CODEC, RECORD_CODEC
-from corra.actors._lifecycle import (
+from corra.processes._lifecycle import (
     PHASES,
     TABLE,
     TERMINAL,
@@ -18,7 +18,7 @@ from corra.actors._lifecycle import (
     advance,
     allowed,
 )
-from corra.actors._records import ProcessRecord, ProcessSpec, Transition
+from corra.processes._records import ProcessRecord, ProcessSpec, Transition
 
 EVENTS = sorted({event for (_, event) in TABLE})
 

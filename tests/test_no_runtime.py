@@ -63,7 +63,7 @@ async def test_started_at_is_in_the_record_while_the_program_runs(tmp_path):
 
 
 def test_started_at_follows_the_current_attempt():
-    from corra.actors._lifecycle import ProcessState, Result, advance
+    from corra.processes._lifecycle import ProcessState, Result, advance
 
     state = advance(ProcessState(), "launch", at=1.0)
     assert state.started_at is None
@@ -257,11 +257,11 @@ async def test_the_api_reports_an_exit_while_paused(tmp_path):
 
 
 def test_recorded_of_a_remote_program_is_its_complete_shipped_logs_else_unknown(tmp_path):
-    from corra.actors._lifecycle import ProcessState
-    from corra.actors._records import ProcessRecord, parse_process_spec
     from corra.backends import recorded as recorded_module
     from corra.backends.recorded import recorded
     from corra.backends.ssh import _shipped
+    from corra.processes._lifecycle import ProcessState
+    from corra.processes._records import ProcessRecord, parse_process_spec
 
     assert recorded_module.COMPLETE_FILE == _shipped.COMPLETE_FILE
     spec = parse_process_spec({"argv": ["true"], "backend": "ssh", "host": "cluster"})

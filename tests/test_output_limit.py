@@ -18,9 +18,9 @@ from test_chaperone import Connection, serve, start, write_spec
 from corra._errors import ConfigError
 from corra._jobfile import parse_job_text
 from corra._runtime import open_runtime
-from corra.actors._records import MAX_OUTPUT_LIMIT, ProcessSpec
 from corra.backends.local import LaunchSpec, LocalBackend
 from corra.persistence import open_store_readonly
+from corra.processes._records import MAX_OUTPUT_LIMIT, ProcessSpec
 
 CORRA = [sys.executable, "-m", "corra.cli"]
 MIB = 1 << 20

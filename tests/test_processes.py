@@ -22,13 +22,13 @@ import trio.testing
 
 import corra
 import corra._runtime
-import corra.actors._process
+import corra.processes._process
 from corra._errors import InvalidTransition
 from corra._runtime import RECORD_CODEC, open_runtime
-from corra.actors._lifecycle import ACTIVE, Result
-from corra.actors._records import ProcessSpec
 from corra.actors._specs import Backoff
 from corra.persistence import open_store
+from corra.processes._lifecycle import ACTIVE, Result
+from corra.processes._records import ProcessSpec
 
 
 @attrs.define
@@ -556,7 +556,7 @@ async def test_after_random_transitions_the_index_holds_exactly_the_active_ids(
     state, seed, monkeypatch
 ):
     backoff = Backoff(initial=0.01, factor=1.0, max=0.01)
-    monkeypatch.setattr(corra.actors._process, "RETRY_BACKOFF", backoff)
+    monkeypatch.setattr(corra.processes._process, "RETRY_BACKOFF", backoff)
     rng = random.Random(seed)
     names = [f"r{i}" for i in range(12)]
     backend = ScriptedBackend(
@@ -891,7 +891,7 @@ async def test_an_unavailable_host_pauses_its_processes_which_resume_when_it_ans
             assert record.state.reason == (
                 "host unavailable: h: me@h:22: unavailable after 5 failed connects"
             )
-            assert corra.actors._process.paused_for_host(record.state)
+            assert corra.processes._process.paused_for_host(record.state)
         assert manager.active == 0 and backend.limiter.borrowed_tokens == 0
         assert backend.told == []  # (a pause for the host tells the backend nothing)
         await trio.sleep(60)

@@ -14,10 +14,10 @@ import pytest
 import trio
 from test_ssh_programs import RemoteSpec, backend_for, host_for, remote_root
 
-from corra.actors._lifecycle import Result
 from corra.backends.ssh import SshProgramBackend
 from corra.backends.ssh._programs import SHIP_CHUNK
 from corra.backends.ssh._shipped import COMPLETE_FILE
+from corra.processes._lifecycle import Result
 
 pytestmark = pytest.mark.slow
 

@@ -22,8 +22,8 @@ import pytest
 import trio
 
 from corra._runtime import open_runtime
-from corra.actors._process import paused_for_host
 from corra.backends.ssh import HostConfig, LoginSettings
+from corra.processes._process import paused_for_host
 
 pytestmark = pytest.mark.slow
 

@@ -20,9 +20,13 @@ from hypothesis import strategies as st
 from corra._errors import ConfigError
 from corra._jobfile import load_job_file, parse_job_text
 from corra._runtime import open_runtime
-from corra.actors._lifecycle import ProcessState
-from corra.actors._records import MAX_SECONDS, ProcessRecord, ProcessSpec, parse_process_spec
-from corra.actors._spec_content import (
+from corra.backends.local import LaunchSpec
+from corra.backends.slurm import Slurm, SlurmOptions, parse_slurm_options
+from corra.backends.ssh import HostConfig, SshProgramBackend
+from corra.backends.ssh._config import parse_host
+from corra.processes._lifecycle import ProcessState
+from corra.processes._records import MAX_SECONDS, ProcessRecord, ProcessSpec, parse_process_spec
+from corra.processes._spec_content import (
     MAX_LABEL_KEY,
     MAX_LABEL_VALUE,
     MAX_LABELS,
@@ -31,10 +35,6 @@ from corra.actors._spec_content import (
     content_problem,
     json_size,
 )
-from corra.backends.local import LaunchSpec
-from corra.backends.slurm import Slurm, SlurmOptions, parse_slurm_options
-from corra.backends.ssh import HostConfig, SshProgramBackend
-from corra.backends.ssh._config import parse_host
 
 SECRET = "s3cr3t-Value"
 THIRTY_DAYS = 2_592_000

@@ -16,7 +16,6 @@ import trio_asyncio
 
 from corra._errors import LaunchFailed, ProgramLost
 from corra.actors import SupervisorSpec, open_runtime
-from corra.actors._records import ProcessSpec
 from corra.backends.ssh import (
     HostConfig,
     PoolRegistry,
@@ -25,6 +24,7 @@ from corra.backends.ssh import (
     TokenBucket,
 )
 from corra.backends.transport import LocalTransport
+from corra.processes._records import ProcessSpec
 
 pytestmark = pytest.mark.slow
 

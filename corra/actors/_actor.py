@@ -186,7 +186,7 @@ class _Cell:
 
     def replace_scope(self, scope: trio.CancelScope) -> None:
         """For an actor that goes on in ``scope`` after cancelling its own (see
-        `corra.actors._process`): termination cancels ``scope`` from now on, with the same
+        `corra.processes._process`): termination cancels ``scope`` from now on, with the same
         deadline."""
         old, self.scope = self.scope, scope
         scope.deadline = min(scope.deadline, old.deadline)

@@ -40,9 +40,6 @@ from corra._errors import (
     NoSuchProcess,
     StoreError,
 )
-from corra.actors._lifecycle import ACTIVE, PHASES
-from corra.actors._process import MAX_LOG_OFFSET
-from corra.actors._records import ProcessRecord, Transition, parse_process_spec
 from corra.api import _metrics
 from corra.api._cache import TerminalCache
 from corra.api._events import EventLog, PhaseCounts
@@ -61,6 +58,9 @@ from corra.api._requests import (
 )
 from corra.api._wire import detail_json, record_json
 from corra.backends.recorded import recorded, unwatched_program
+from corra.processes._lifecycle import ACTIVE, PHASES
+from corra.processes._process import MAX_LOG_OFFSET
+from corra.processes._records import ProcessRecord, Transition, parse_process_spec
 
 logger = logging.getLogger("corra.api")
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import trio
 
-from corra.actors._lifecycle import PHASES, TERMINAL
-from corra.actors._records import ProcessRecord, Transition
 from corra.api._wire import event_json
+from corra.processes._lifecycle import PHASES, TERMINAL
+from corra.processes._records import ProcessRecord, Transition
 
 logger = logging.getLogger("corra.api")
 

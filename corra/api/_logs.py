@@ -17,8 +17,8 @@ from typing import Any
 
 import trio
 
-from corra.actors._process import ProcessManager
-from corra.actors._records import ProcessRecord
+from corra.processes._process import ProcessManager
+from corra.processes._records import ProcessRecord
 
 #: The most bytes one entry carries.
 CHUNK = 64 << 10

@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 import corra
-from corra.actors._lifecycle import PHASES
-from corra.actors._process import MAX_LOG_OFFSET
-from corra.actors._spec_content import HIDDEN
 from corra.api._schemas import SCHEMAS, json_content, nullable, ref
+from corra.processes._lifecycle import PHASES
+from corra.processes._process import MAX_LOG_OFFSET
+from corra.processes._spec_content import HIDDEN
 
 
 def _error(description: str) -> dict[str, Any]:

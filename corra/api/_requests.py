@@ -13,8 +13,8 @@ import trio
 from starlette.requests import Request
 
 from corra._errors import ConfigError
-from corra.actors._records import ProcessSpec
-from corra.actors._spec_content import abbreviated
+from corra.processes._records import ProcessSpec
+from corra.processes._spec_content import abbreviated
 
 #: The largest request body accepted (413 above).
 MAX_BODY = 1 << 20

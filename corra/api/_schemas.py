@@ -1,23 +1,23 @@
 """The schemas of the HTTP API's OpenAPI document (`corra.api._openapi`): what a process,
 its spec, result, history, log entries, events and errors look like on the wire.
 
-The bounds stated here are the ones the edge enforces (`corra.actors._records`,
-`corra.actors._spec_content`); schemathesis fuzzes the service from them.
+The bounds stated here are the ones the edge enforces (`corra.processes._records`,
+`corra.processes._spec_content`); schemathesis fuzzes the service from them.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from corra.actors._lifecycle import PHASES
-from corra.actors._records import (
+from corra.processes._lifecycle import PHASES
+from corra.processes._records import (
     BACKENDS,
     MAX_OUTPUT_LIMIT,
     MAX_SECONDS,
     NAME_PATTERN,
     RESTART_POLICIES,
 )
-from corra.actors._spec_content import (
+from corra.processes._spec_content import (
     ENV_NAME_PATTERN,
     HIDDEN,
     MAX_LABEL_KEY,

@@ -10,8 +10,8 @@ from typing import Any
 
 import attrs
 
-from corra.actors._records import ProcessRecord, Transition, unstructure_spec
-from corra.actors._spec_content import hide_env
+from corra.processes._records import ProcessRecord, Transition, unstructure_spec
+from corra.processes._spec_content import hide_env
 
 
 def record_json(record: ProcessRecord, recorded: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -40,13 +40,13 @@ from corra._errors import (
     ProgramLost,
     TransportError,
 )
-from corra.actors._lifecycle import Result
 from corra.backends import _staging
 from corra.backends._pollers import HostPollers, check_key
 from corra.backends._shared import TokenBucket
 from corra.backends.scheduler import JobStatus
 from corra.backends.slurm import Slurm, SlurmOptions, parse_slurm_options
 from corra.backends.transport import Transport
+from corra.processes._lifecycle import Result
 
 logger = logging.getLogger("corra.batch")
 

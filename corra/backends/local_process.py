@@ -1,4 +1,4 @@
-"""The local backend as a process actor sees it (`corra.actors._process.Backend`).
+"""The local backend as a process actor sees it (`corra.processes._process.Backend`).
 
 `LocalBackend` speaks in its own values (`LaunchSpec`, `Handle`, `ExitRecord`); this adapter
 turns a `ProcessSpec` into a launch, a handle into the JSON-able mapping kept in the process
@@ -17,8 +17,6 @@ from typing import Any, Literal
 import attrs
 import trio
 
-from corra.actors._lifecycle import Result
-from corra.actors._records import DEFAULT_OUTPUT_LIMIT, ProcessSpec
 from corra.backends.local import (
     ChaperoneKind,
     ExitRecord,
@@ -27,6 +25,8 @@ from corra.backends.local import (
     LocalBackend,
     _pread,
 )
+from corra.processes._lifecycle import Result
+from corra.processes._records import DEFAULT_OUTPUT_LIMIT, ProcessSpec
 
 
 def log_file(root: Path, key: str, stream: str) -> Path | None:

@@ -24,8 +24,8 @@ from typing import Any, Literal
 import attrs
 
 from corra._errors import BackendError, ConfigError
-from corra.actors._lifecycle import Result
-from corra.actors._records import ProcessRecord
+from corra.processes._lifecycle import Result
+from corra.processes._records import ProcessRecord
 
 #: Under the state dir: the run dirs of local programs, and the shipped logs of remote ones.
 RUNS = "runs"

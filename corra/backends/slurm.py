@@ -27,11 +27,11 @@ from typing import Any
 import attrs
 
 from corra._errors import BackendError, ConfigError, ConnectionFailed
-from corra.actors._records import MAX_SECONDS
-from corra.actors._spec_content import ENV_NAME_PATTERN, abbreviated
 from corra.backends._shared import check_fields
 from corra.backends.scheduler import JobState, JobStatus
 from corra.backends.transport import Transport
+from corra.processes._records import MAX_SECONDS
+from corra.processes._spec_content import ENV_NAME_PATTERN, abbreviated
 
 #: squeue's and scontrol's words for states, as corra names them.
 STATES: dict[str, JobState] = {

@@ -58,8 +58,6 @@ from corra._errors import (
     ProgramLost,
     TransportError,
 )
-from corra.actors._lifecycle import Result
-from corra.actors._records import DEFAULT_OUTPUT_LIMIT, check_output_limit, check_seconds
 from corra.backends import _staging, chaperone
 from corra.backends._pollers import HostPollers, check_key
 from corra.backends._shared import json_reply
@@ -68,6 +66,8 @@ from corra.backends.local_process import result_of
 from corra.backends.ssh._config import HostConfig
 from corra.backends.ssh._shipped import STREAMS, LocalLogs
 from corra.backends.transport import Transport
+from corra.processes._lifecycle import Result
+from corra.processes._records import DEFAULT_OUTPUT_LIMIT, check_output_limit, check_seconds
 
 logger = logging.getLogger("corra.ssh")
 

@@ -60,7 +60,9 @@ from corra._errors import (
     StoreError,
 )
 from corra.actors._actor import Actor, Ref
-from corra.actors._lifecycle import (
+from corra.actors._specs import Backoff, ChildSpec
+from corra.actors._supervisor import SupervisorRef
+from corra.processes._lifecycle import (
     ACTIVE,
     PAUSABLE,
     Event,
@@ -69,9 +71,7 @@ from corra.actors._lifecycle import (
     advance,
     allowed,
 )
-from corra.actors._records import ProcessRecord, ProcessSpec, Transition
-from corra.actors._specs import Backoff, ChildSpec
-from corra.actors._supervisor import SupervisorRef
+from corra.processes._records import ProcessRecord, ProcessSpec, Transition
 
 logger = logging.getLogger("corra.process")
 

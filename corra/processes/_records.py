@@ -22,8 +22,8 @@ from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError
 from cattrs.gen import make_dict_structure_fn, override
 
 from corra._errors import ConfigError
-from corra.actors._lifecycle import PHASES, Event, Phase, ProcessState, Result
-from corra.actors._spec_content import (
+from corra.processes._lifecycle import PHASES, Event, Phase, ProcessState, Result
+from corra.processes._spec_content import (
     content_fits,
     content_problem,
     env_name_problem,
