@@ -1,0 +1,318 @@
+"""The backend seam: what a backend receives, what it declares, what it must do.
+
+A backend is a package that registers a `BackendPlugin` under the entry-point group
+``corra.backends`` (the built-in ``local``, ``ssh`` and ``slurm`` register through the same
+group; nothing in this package names them). The plug-in is data:
+
+- its ``name``, the spec's ``backend = "<name>"``;
+- ``options``: a frozen attrs class for the per-process ``<name> = { ... }`` table of a job
+  file or an API body, structured and checked by the one wire converter (errors carry field
+  paths), None when the backend takes no options;
+- ``host_options``: a frozen attrs class for the ``[hosts.NAME.<name>]`` table, if any;
+- ``handle``: the frozen attrs class of its handles, which the snapshot converter structures
+  (handles never round-trip through ``dict[str, Any]``);
+- `Capabilities`: what of the optional protocol it implements, as data;
+- ``open``: an async context manager factory, ``open(context) -> Backend``, which owns the
+  backend's tasks for as long as its block runs (a nursery of its own, inside the supervision
+  tree: no system tasks).
+
+A process actor talks to a backend through `Backend` only, with typed values: a
+`LaunchRequest` in, a handle out, a `Result` at the end. Every effect carries the
+`EffectKey` ``(process_id, attempt)``: a launch with a key that was launched before returns the
+first launch's handle (idempotent), which is what makes a replay after a crash safe.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import attrs
+
+from corra._errors import ConfigError
+
+if TYPE_CHECKING:
+    from corra.actors import SupervisorRef
+    from corra.processes._lifecycle import Result
+
+#: The group under which backends register (`importlib.metadata.entry_points`).
+ENTRY_POINT_GROUP = "corra.backends"
+
+#: A process id as `corra.processes` makes them (and as keys carry them on disk).
+_KEY = re.compile(r"(?P<id>[A-Za-z0-9_-]{1,64})\.(?P<attempt>[1-9][0-9]{0,8})")
+
+
+@attrs.frozen(order=True)
+class EffectKey:
+    """The idempotency key of one attempt of one process: ``<process id>.<attempt>``.
+
+    Its text form names the attempt's run dir, log keys and jobs, on every backend.
+    """
+
+    process_id: str
+    attempt: int
+
+    def __str__(self) -> str:
+        return f"{self.process_id}.{self.attempt}"
+
+    @classmethod
+    def parse(cls, text: str) -> EffectKey:
+        """The key whose text is ``text``.
+
+        Raises:
+            ConfigError: ``text`` is not ``<process id>.<attempt>``.
+        """
+        match = _KEY.fullmatch(text) if isinstance(text, str) else None
+        if match is None:
+            raise ConfigError(f"key: got {text!r}, expected <process id>.<attempt>")
+        return cls(match["id"], int(match["attempt"]))
+
+
+@attrs.frozen
+class Limits:
+    """What a program may take, in the units the spec gives them (None: no limit)."""
+
+    timeout: float | None = None
+    """Seconds the program may run before it is killed."""
+    kill_grace: float = 10.0
+    """Seconds between SIGTERM and SIGKILL when killing."""
+    memory: int | None = None
+    """Bytes, where the backend can enforce it."""
+    pids: int | None = None
+    """Processes and threads, where the backend can enforce it."""
+    output: int | None = None
+    """Bytes kept of each of stdout and stderr; None: the runtime's default."""
+
+
+@attrs.frozen
+class LaunchRequest:
+    """One attempt of one process, as a backend receives it: built once, by the actor.
+
+    ``env`` is the spec's env plus ``CORRA_PROCESS_ID``, ``CORRA_PROCESS_NAME`` and
+    ``CORRA_ATTEMPT`` (`environment`); a backend adds nothing of its own to these.
+    """
+
+    key: EffectKey
+    argv: tuple[str, ...]
+    name: str | None = None
+    cwd: str | None = None
+    env: Mapping[str, str] = attrs.field(factory=dict, repr=False)
+    limits: Limits = Limits()
+    host: str | None = None
+    """The ``[hosts.NAME]`` the program runs on, for backends with hosts."""
+    inputs: Mapping[str, str] = attrs.field(factory=dict)
+    """Remote path (relative to the work dir) = local file or directory, sent before."""
+    outputs: tuple[str, ...] = ()
+    """Globs (relative to the work dir) of the files fetched into ``outputs_dir`` after."""
+    outputs_dir: str | None = None
+    options: Any = None
+    """The backend's own options object (its `BackendPlugin.options` class), or None."""
+
+    def environment(self) -> dict[str, str]:
+        """The environment the program gets on top of its backend's: env + ``CORRA_*``."""
+        return {
+            **self.env,
+            "CORRA_PROCESS_ID": self.key.process_id,
+            "CORRA_PROCESS_NAME": self.name or "",
+            "CORRA_ATTEMPT": str(self.key.attempt),
+        }
+
+
+@attrs.frozen
+class Capabilities:
+    """What of the optional part of `Backend` a backend implements, as data.
+
+    The manager calls every method of `Backend` unconditionally; `BackendBase` gives the
+    optional ones their do-nothing defaults. These flags say which a backend really has, for
+    validation at submission (a ``host`` for a backend without hosts is refused) and for
+    ``corra backends`` and ``GET /v1/backends``.
+    """
+
+    slots: bool = False
+    """It limits how many programs run at once (`Backend.acquire_slot` may wait)."""
+    hosts: bool = False
+    """Its programs run on a named host, which the spec must name (``host``)."""
+    staging: bool = False
+    """It sends ``inputs`` before the launch and fetches ``outputs`` after the exit."""
+    pause_hooks: bool = False
+    """It is told of pauses and resumes of a launched program (e.g. to hold a queued job)."""
+    waits_for_host: bool = False
+    """`Backend.wait_available` returns once an unavailable host answers again; without it,
+    a process whose host is unavailable fails."""
+    log_size: bool = False
+    """`Backend.log_size` can tell how much output there is now."""
+    freeze: bool = False
+    """It can freeze a running program in place and thaw it again."""
+
+
+class Backend(Protocol):
+    """Where programs run, as a process actor sees it. `BackendBase` has the defaults."""
+
+    def check(self, request: LaunchRequest) -> None:
+        """Refuse (`ConfigError`, naming the field) a request it cannot run, at submission:
+        an unknown host, options it cannot honour. Never blocks."""
+
+    def try_acquire_slot(self, key: EffectKey) -> bool:
+        """Take a slot if one is free now and nobody waits for one. Never blocks."""
+
+    async def acquire_slot(self, key: EffectKey) -> None:
+        """Wait (in submission order) until another program may run."""
+
+    def release_slot(self, key: EffectKey) -> None:
+        """Give the slot of ``key`` back; a no-op if it holds none."""
+
+    def adopt_slot(self, key: EffectKey) -> None:
+        """Count a program that runs already (reattached), even above the limit."""
+
+    async def launch(self, request: LaunchRequest) -> Any:
+        """Start the program, once per key: a second call returns the first's handle.
+
+        Raises:
+            LaunchFailed: the program could not be started (it never ran).
+            HostUnavailable: the host does not answer (nothing is known to have started).
+        """
+
+    async def find(self, key: EffectKey, host: str | None = None) -> Any | None:
+        """The handle of a program launched with ``key`` (on ``host``), or None."""
+
+    async def wait(self, handle: Any) -> Result:
+        """Wait for the program's exit.
+
+        Raises:
+            ProgramLost: nothing can tell how it ended.
+        """
+
+    async def kill(self, handle: Any, grace: float) -> Result | None:
+        """SIGTERM, SIGKILL after ``grace`` seconds; the result once it is gone."""
+
+    async def read_log(
+        self, key: EffectKey, stream: str, offset: int, size: int, host: str | None = None
+    ) -> bytes:
+        """Up to ``size`` bytes of ``stream`` from ``offset`` (b"" at the end so far)."""
+
+    async def log_size(self, key: EffectKey, stream: str, host: str | None = None) -> int | None:
+        """How many bytes `read_log` can read now (None: it cannot tell now)."""
+
+    async def pause(self, handle: Any) -> None:
+        """Told once a pause of a launched program is durable."""
+
+    async def resume(self, handle: Any) -> None:
+        """Told before a resume of a launched program is durable."""
+
+    async def wait_available(self, host: str) -> None:
+        """Return once ``host`` answers again after `HostUnavailable`."""
+
+
+class BackendBase:
+    """The do-nothing defaults of `Backend`'s optional methods; subclass and override."""
+
+    def check(self, request: LaunchRequest) -> None:
+        return None
+
+    def try_acquire_slot(self, key: EffectKey) -> bool:
+        return True
+
+    async def acquire_slot(self, key: EffectKey) -> None:
+        return None
+
+    def release_slot(self, key: EffectKey) -> None:
+        return None
+
+    def adopt_slot(self, key: EffectKey) -> None:
+        return None
+
+    async def log_size(self, key: EffectKey, stream: str, host: str | None = None) -> int | None:
+        return None
+
+    async def pause(self, handle: Any) -> None:
+        return None
+
+    async def resume(self, handle: Any) -> None:
+        return None
+
+    async def wait_available(self, host: str) -> None:
+        raise NotImplementedError("this backend does not wait for hosts")
+
+
+@attrs.frozen
+class BackendContext:
+    """What the runtime gives a backend's ``open``: where it may keep things, and the hosts.
+
+    Attributes:
+        state_dir: the runtime's state dir (a backend keeps its files in a directory of its
+            own there: its name, or a layout older state dirs already have).
+        supervisor: the runtime's root supervisor, under which a backend may start actors
+            (a host's pool) so that they are supervised like everything else.
+        hosts: the ``[hosts.NAME]`` tables, by name (`corra.backends.ssh.HostConfig`).
+        transport: the `corra.backends.transport.Transport` that reaches a host, by name.
+        max_running: programs that may run at once on this machine (None: the default).
+        output_limit: bytes kept of each stream when a request's limits give none.
+        poll_interval: seconds between two status polls of a host's programs.
+    """
+
+    state_dir: Path
+    supervisor: SupervisorRef
+    hosts: Mapping[str, Any] = attrs.field(factory=dict)
+    transport: Callable[[str], Any] | None = None
+    max_running: int | None = None
+    output_limit: int = 1 << 30
+    poll_interval: float = 1.0
+
+
+@attrs.frozen
+class BackendPlugin:
+    """A backend, as it registers itself under ``corra.backends`` (see the module doc)."""
+
+    name: str
+    open: Callable[[BackendContext], AbstractAsyncContextManager[Backend]]
+    handle: type
+    options: type | None = None
+    host_options: type | None = None
+    capabilities: Capabilities = Capabilities()
+    description: str = ""
+
+    def __attrs_post_init__(self) -> None:
+        if not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", self.name):
+            raise ConfigError(
+                f"backend name: got {self.name!r}, expected a lower-case identifier "
+                "(a-z, 0-9, _; at most 32 characters)"
+            )
+        for field in ("handle", "options", "host_options"):
+            value = getattr(self, field)
+            if value is not None and not attrs.has(value):
+                raise ConfigError(
+                    f"backend {self.name!r}: {field}: got {value!r}, expected an attrs class"
+                )
+
+
+def describe_plugin(plugin: BackendPlugin) -> dict[str, Any]:
+    """A plug-in as ``corra backends --json`` and ``GET /v1/backends`` show it."""
+    return {
+        "name": plugin.name,
+        "description": plugin.description,
+        "capabilities": attrs.asdict(plugin.capabilities),
+        "options": _fields(plugin.options),
+        "host_options": _fields(plugin.host_options),
+    }
+
+
+def _fields(cls: type | None) -> list[dict[str, Any]]:
+    if cls is None:
+        return []
+    out = []
+    for field in attrs.fields(cls):
+        entry: dict[str, Any] = {"name": field.name, "type": _type_name(field.type)}
+        if field.default is not attrs.NOTHING and not isinstance(field.default, attrs.Factory):
+            entry["default"] = field.default
+        doc = (field.metadata or {}).get("doc")
+        if doc:
+            entry["doc"] = doc
+        out.append(entry)
+    return out
+
+
+def _type_name(annotation: Any) -> str:
+    return annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "any")
