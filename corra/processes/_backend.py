@@ -268,7 +268,7 @@ class BackendPlugin:
 
     name: str
     open: Callable[[BackendContext], AbstractAsyncContextManager[Backend]]
-    handle: type
+    handle: type | None
     options: type | None = None
     host_options: type | None = None
     capabilities: Capabilities = Capabilities()
