@@ -74,8 +74,8 @@ from benchmarks._harness import Benchmark, Options
 from corra._errors import CorruptRecord
 from corra._runtime import RECORD_CODEC, open_runtime
 from corra.persistence import Codec, Store, open_store
+from corra.processes._backend import BackendBase, EffectKey, LaunchRequest
 from corra.processes._lifecycle import Result
-from corra.processes._records import ProcessSpec
 
 TASKS = 1000
 MEMORY_FILE_SYSTEMS = frozenset({"tmpfs", "ramfs"})
@@ -311,30 +311,18 @@ async def corra_local_programs(count: int, concurrency: int) -> float:
 # lifecycle_vs_plumpy ----------------------------------------------------------------------
 
 
-class NoopBackend:
-    """A `corra.processes._process.Backend` whose programs end at once, successfully: what is left
-    of a process lifecycle is the runtime's own work (actors, transitions, snapshots). It has
-    no limit on running programs, so a slot is always free (`try_acquire_slot`)."""
+class NoopBackend(BackendBase):
+    """A `corra.processes._backend.Backend` whose programs end at once, successfully: what is
+    left of a process lifecycle is the runtime's own work (actors, transitions, snapshots). It
+    has no limit on running programs, so a slot is always free (`BackendBase`'s defaults)."""
 
-    async def acquire_slot(self, key: str) -> None:
+    async def launch(self, request: LaunchRequest) -> dict[str, Any]:
         await trio.lowlevel.checkpoint()
+        return {"key": str(request.key)}  # idempotent by key, trivially
 
-    def try_acquire_slot(self, key: str) -> bool:
-        return True  # no limit: a slot is always free
-
-    def release_slot(self, key: str) -> None:
-        pass
-
-    def adopt_slot(self, key: str) -> None:
-        pass
-
-    async def launch(self, key: str, spec: ProcessSpec) -> dict[str, Any]:
+    async def find(self, key: EffectKey, host: str | None = None) -> dict[str, Any] | None:
         await trio.lowlevel.checkpoint()
-        return {"key": key}  # idempotent by key, trivially
-
-    async def find(self, key: str, host: str | None = None) -> dict[str, Any] | None:
-        await trio.lowlevel.checkpoint()
-        return {"key": key}
+        return {"key": str(key)}
 
     async def wait(self, handle: Mapping[str, Any]) -> Result:
         await trio.lowlevel.checkpoint()
@@ -345,7 +333,7 @@ class NoopBackend:
         return Result(signal=15, killed=True)
 
     async def read_log(
-        self, key: str, stream: str, offset: int, size: int, host: str | None = None
+        self, key: EffectKey, stream: str, offset: int, size: int, host: str | None = None
     ) -> bytes:
         await trio.lowlevel.checkpoint()
         return b""

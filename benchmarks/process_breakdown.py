@@ -28,7 +28,7 @@ commit, and between two, as ratios to bare ``trio.run_process`` (`floor_run`).
 
 Only the store is instrumented from outside (wrappers around ``Store._commit`` and
 ``Store.save`` in this interpreter); nothing in corra is changed. The backend is wrapped to time
-it; it offers ``try_acquire_slot`` if `LocalProcessBackend` does.
+it (every method of the `Backend` protocol passed on).
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ from benchmarks.process import kept_scratch
 from corra._runtime import open_runtime
 from corra.backends.local_process import LocalProcessBackend
 from corra.persistence import _store
+from corra.processes._backend import BackendBase, EffectKey, LaunchRequest
 from corra.processes._lifecycle import Result
-from corra.processes._records import ProcessSpec
 
 _COMMITS: list[float] = []
 _original_commit = _store.Store._commit
@@ -70,33 +70,37 @@ async def _counted_save(self: _store.Store, *args: Any, **kwargs: Any) -> None:
     await _original_save(self, *args, **kwargs)
 
 
-class TimedBackend:
+class TimedBackend(BackendBase):
     """`LocalProcessBackend`, with the time of every launch and wait written down."""
 
     def __init__(self, inner: LocalProcessBackend) -> None:
         self.inner = inner
+        self.capabilities = inner.capabilities
         self.times: dict[str, list[float]] = collections.defaultdict(list)
-        try_acquire = getattr(inner, "try_acquire_slot", None)
-        if try_acquire is not None:
-            self.try_acquire_slot = try_acquire
 
-    async def acquire_slot(self, key: str) -> None:
+    async def acquire_slot(self, key: EffectKey) -> None:
         await self.inner.acquire_slot(key)
 
-    def release_slot(self, key: str) -> None:
+    def try_acquire_slot(self, key: EffectKey) -> bool:
+        return self.inner.try_acquire_slot(key)
+
+    def release_slot(self, key: EffectKey) -> None:
         self.inner.release_slot(key)
 
-    def adopt_slot(self, key: str) -> None:
+    def adopt_slot(self, key: EffectKey) -> None:
         self.inner.adopt_slot(key)
 
-    async def launch(self, key: str, spec: ProcessSpec) -> dict[str, Any]:
+    async def launch(self, request: LaunchRequest) -> dict[str, Any]:
         started = time.perf_counter()
         try:
-            return await self.inner.launch(key, spec)
+            return await self.inner.launch(request)
         finally:
             self.times["launch"].append(time.perf_counter() - started)
 
-    async def find(self, key: str, host: str | None = None) -> dict[str, Any] | None:
+    async def log_size(self, key: EffectKey, stream: str, host: str | None = None) -> int | None:
+        return await self.inner.log_size(key, stream, host)
+
+    async def find(self, key: EffectKey, host: str | None = None) -> dict[str, Any] | None:
         return await self.inner.find(key, host)
 
     async def wait(self, handle: Mapping[str, Any]) -> Result:
@@ -110,7 +114,7 @@ class TimedBackend:
         return await self.inner.kill(handle, grace)
 
     async def read_log(
-        self, key: str, stream: str, offset: int, size: int, host: str | None = None
+        self, key: EffectKey, stream: str, offset: int, size: int, host: str | None = None
     ) -> bytes:
         return await self.inner.read_log(key, stream, offset, size, host)
 
@@ -121,34 +125,32 @@ async def one_run(count: int, concurrency: int, durable: bool, cgroups: str) -> 
     inner = LocalProcessBackend(state_dir / "runs", max_running=8, cgroups=cgroups)  # type: ignore[arg-type]
     backend = TimedBackend(inner)
     spawns: list[float] = []
-    try:
-        async with open_runtime(
-            state_dir=state_dir, durable=durable, backends={"local": backend}
-        ) as runtime:
-            await (await runtime.spawn_process(["true"])).wait()  # zygote, cgroup parents
-            backend.times.clear()
-            _COMMITS.clear()
-            _WAITED[0] = 0
-            numbers = itertools.count()
+    async with (
+        inner,
+        open_runtime(state_dir=state_dir, durable=durable, backends={"local": backend}) as runtime,
+    ):
+        await (await runtime.spawn_process(["true"])).wait()  # zygote, cgroup parents
+        backend.times.clear()
+        _COMMITS.clear()
+        _WAITED[0] = 0
+        numbers = itertools.count()
 
-            async def worker() -> None:
-                while next(numbers) < count:
-                    started = time.perf_counter()
-                    ref = await runtime.spawn_process(["true"])
-                    spawns.append(time.perf_counter() - started)
-                    record = await ref.wait()
-                    if record.phase != "finished":
-                        raise RuntimeError(f"true did not finish: {record}")
+        async def worker() -> None:
+            while next(numbers) < count:
+                started = time.perf_counter()
+                ref = await runtime.spawn_process(["true"])
+                spawns.append(time.perf_counter() - started)
+                record = await ref.wait()
+                if record.phase != "finished":
+                    raise RuntimeError(f"true did not finish: {record}")
 
-            started, cpu = time.perf_counter(), time.thread_time()
-            async with trio.open_nursery() as nursery:
-                for _ in range(concurrency):
-                    nursery.start_soon(worker)
-            wall, cpu = time.perf_counter() - started, time.thread_time() - cpu
-            commits = list(_COMMITS)
-            waited = _WAITED[0]
-    finally:
-        await inner.aclose()
+        started, cpu = time.perf_counter(), time.thread_time()
+        async with trio.open_nursery() as nursery:
+            for _ in range(concurrency):
+                nursery.start_soon(worker)
+        wall, cpu = time.perf_counter() - started, time.thread_time() - cpu
+        commits = list(_COMMITS)
+        waited = _WAITED[0]
     return {
         "programs/s": count / wall,
         "wall": wall / count * 1e3,

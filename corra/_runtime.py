@@ -9,20 +9,22 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import trio
 
 from corra._errors import ConfigError, CorraError
 from corra._statedir import make_state_dir, open_private
+from corra.actors import SupervisorRef
 from corra.actors import _runtime as kernel
 from corra.actors._specs import SupervisorFlags, SupervisorSpec
-from corra.backends import recorded
 from corra.persistence import Codec, open_store
+from corra.processes._backend import Backend, BackendContext
 from corra.processes._lifecycle import ProcessState, Result
-from corra.processes._process import Backend, ProcessManager, RecoveryReport
+from corra.processes._process import ProcessManager, RecoveryReport
 from corra.processes._records import (
     DEFAULT_OUTPUT_LIMIT,
     ProcessRecord,
@@ -34,12 +36,11 @@ from corra.processes._records import (
     encode_transition_data,
     parse_process_spec,
 )
+from corra.processes._registry import installed
 
 if TYPE_CHECKING:
+    from corra._remote import RemoteBackends
     from corra.backends.ssh import HostConfig, LoginSettings
-
-#: Under the state dir: the logs of remote programs, shipped home while they run.
-REMOTE_LOGS = recorded.REMOTE_LOGS
 
 #: Under the state dir: held (flock) by the one runtime that uses it; holds its pid.
 RUNTIME_LOCK = "runtime.lock"
@@ -64,8 +65,9 @@ class Runtime(kernel.Runtime):
     """What `open_runtime` yields: the kernel's runtime, plus processes with a state dir."""
 
     _processes: ProcessManager | None = None
-    remote: Any = None
-    """The remote backends, their hosts, transports and pools (`corra._remote`), if any."""
+    remote: RemoteBackends | None = None
+    """The hosts, their transports and pools, and the backends with hosts (`corra._remote`),
+    if any."""
     recovery: RecoveryReport | None = None
     state_dir: Path | None = None
 
@@ -164,6 +166,80 @@ async def _known_hosts(
     return known
 
 
+@attrs.frozen
+class OpenBackends:
+    """What `open_backends` yields: the backends by name, and the hosts if there are any."""
+
+    backends: dict[str, Backend]
+    remote: RemoteBackends | None
+
+
+@contextlib.asynccontextmanager
+async def open_backends(
+    root: SupervisorRef,
+    state_dir: Path,
+    hosts: Mapping[str, HostConfig],
+    *,
+    names: Collection[str] | None = None,
+    logins: LoginSettings | None = None,
+    max_running: int | None = None,
+    output_limit: int = DEFAULT_OUTPUT_LIMIT,
+    poll_interval: float = 1.0,
+) -> AsyncIterator[OpenBackends]:
+    """The installed backends (`corra.processes._registry.installed`; only ``names`` if
+    given), each opened through its plug-in for as long as the block runs. Backends with hosts
+    are opened only when there are ``hosts``, after the hosts' transports (`corra._remote`).
+
+    Raises:
+        ConfigError: a plug-in cannot be loaded, or a name is not an installed backend, or a
+            backend's capabilities are not those its plug-in declares.
+    """
+    plugins = installed.plugins
+    if names is not None:
+        plugins = {name: installed.get(name) for name in sorted(names)}
+    async with contextlib.AsyncExitStack() as stack:
+        links = None
+        if hosts:
+            from corra._remote import open_hosts
+
+            links = await stack.enter_async_context(open_hosts(root, hosts, logins=logins))
+        context = BackendContext(
+            state_dir=state_dir,
+            supervisor=root,
+            hosts=dict(hosts),
+            transport=None if links is None else links.transports.__getitem__,
+            max_running=max_running,
+            output_limit=output_limit,
+            poll_interval=poll_interval,
+        )
+        backends: dict[str, Backend] = {}
+        for name, plugin in plugins.items():
+            if plugin.capabilities.hosts and not hosts:
+                continue
+            backend = await stack.enter_async_context(plugin.open(context))
+            if backend.capabilities != plugin.capabilities:
+                raise ConfigError(
+                    f"backend {name!r}: its plug-in declares {plugin.capabilities}, but the "
+                    f"backend it opens has {backend.capabilities}"
+                )
+            backends[name] = backend
+        remote = None
+        if links is not None:
+            from corra._remote import RemoteBackends
+
+            remote = RemoteBackends(
+                hosts=links.hosts,
+                transports=links.transports,
+                registry=links.registry,
+                backends={
+                    name: backend
+                    for name, backend in backends.items()
+                    if plugins[name].capabilities.hosts
+                },
+            )
+        yield OpenBackends(backends, remote)
+
+
 @contextlib.contextmanager
 def lock_state_dir(state_dir: Path) -> Any:
     """Hold the state dir's runtime lock: one runtime per state dir.
@@ -223,8 +299,9 @@ async def open_runtime(
         max_running: programs that may run at once (default: 4 per CPU).
         durable: fsync every commit (the default); False trades safety for speed.
         recover: bring back the last runtime's active processes on start.
-        backends: replace the default backends (``local``, and ``ssh`` and ``slurm`` when
-            there are hosts); for tests and embedding.
+        backends: replace the installed backends (`open_backends`: every plug-in registered
+            under ``corra.backends``, those with hosts only when there are hosts); for tests
+            and embedding.
         hosts: remote hosts by name (`corra.backends.ssh.HostConfig`, as a job file's
             ``[hosts.NAME]`` tables give them). They are remembered in the state dir, so a
             later runtime reaches the hosts of the processes it recovers without being given
@@ -249,63 +326,47 @@ async def open_runtime(
             yield rt
             return
         path = Path(state_dir)
-        owned: list[Any] = []
         with lock_state_dir(path):
             async with (
                 open_store(path, durable=durable) as store,
                 contextlib.AsyncExitStack() as stack,
             ):
                 if backends is None:
-                    from corra.backends.local_process import LocalProcessBackend
-
-                    local = LocalProcessBackend(
-                        path / "runs", max_running=max_running, output_limit=output_limit
-                    )
-                    owned.append(local)
-                    backends = {"local": local}
-                    known = await _known_hosts(path, hosts)
-                    if known:
-                        from corra._remote import open_remote_backends
-
-                        remote = await stack.enter_async_context(
-                            open_remote_backends(
-                                rt.root,
-                                known,
-                                logins=logins,
-                                poll_interval=remote_poll_interval,
-                                logs_dir=path / REMOTE_LOGS,
-                                output_limit=output_limit,
-                            )
+                    opened = await stack.enter_async_context(
+                        open_backends(
+                            rt.root,
+                            path,
+                            await _known_hosts(path, hosts),
+                            logins=logins,
+                            max_running=max_running,
+                            output_limit=output_limit,
+                            poll_interval=remote_poll_interval,
                         )
-                        backends.update(remote.backends)
-                        rt.remote = remote
+                    )
+                    backends = opened.backends
+                    rt.remote = opened.remote
                 elif hosts:
                     raise ConfigError("open_runtime: pass hosts or backends, not both")
+                supervisor = await rt.spawn_supervisor(
+                    SupervisorSpec(flags=PROCESSES_FLAGS), name="processes"
+                )
+                nursery = await stack.enter_async_context(trio.open_nursery())
+                manager = ProcessManager(
+                    store=store,
+                    codec=RECORD_CODEC,
+                    history_codec=HISTORY_CODEC,
+                    backends=backends,
+                    supervisor=supervisor,
+                    nursery=nursery,
+                )
+                rt._processes = manager
+                rt.state_dir = path
                 try:
-                    supervisor = await rt.spawn_supervisor(
-                        SupervisorSpec(flags=PROCESSES_FLAGS), name="processes"
-                    )
-                    nursery = await stack.enter_async_context(trio.open_nursery())
-                    manager = ProcessManager(
-                        store=store,
-                        codec=RECORD_CODEC,
-                        history_codec=HISTORY_CODEC,
-                        backends=backends,
-                        supervisor=supervisor,
-                        nursery=nursery,
-                    )
-                    rt._processes = manager
-                    rt.state_dir = path
-                    try:
-                        if recover:
-                            rt.recovery = await manager.recover()
-                        yield rt
-                    finally:
-                        nursery.cancel_scope.cancel()  # (the manager's waits for hosts)
-                        # Process actors write to the store: stop them before it closes.
-                        with trio.CancelScope(shield=True), contextlib.suppress(CorraError):
-                            await rt.root.terminate_child("processes")
+                    if recover:
+                        rt.recovery = await manager.recover()
+                    yield rt
                 finally:
-                    with trio.CancelScope(shield=True):
-                        for backend in owned:
-                            await backend.aclose()
+                    nursery.cancel_scope.cancel()  # (the manager's waits for hosts)
+                    # Process actors write to the store: stop them before it closes.
+                    with trio.CancelScope(shield=True), contextlib.suppress(CorraError):
+                        await rt.root.terminate_child("processes")

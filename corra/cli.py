@@ -32,7 +32,6 @@ from corra._errors import ConfigError, CorraError
 from corra._runtime import (
     HISTORY_CODEC,
     RECORD_CODEC,
-    REMOTE_LOGS,
     STATE_DIR_ENV,
     default_state_dir,
     open_runtime,
@@ -1026,14 +1025,18 @@ async def _remote_logs(
 ) -> int:
     """`corra logs` of a process on a remote host: read over SSH from the host (as the
     state dir remembers it), through a pool of this command's own."""
-    from corra._remote import open_remote_backends, remembered_hosts
+    from corra._remote import remembered_hosts
+    from corra._runtime import open_backends
     from corra.actors import open_runtime as open_kernel
+    from corra.processes._backend import EffectKey
 
     out = sys.stdout.buffer
     async with open_kernel() as kernel:
         hosts = await trio.to_thread.run_sync(remembered_hosts, state_dir)
-        logs_dir = state_dir / REMOTE_LOGS  # (shipped logs: read with no connection at all)
-        async with open_remote_backends(kernel.root, hosts, logs_dir=logs_dir) as remote:
+        with _open_readonly(state_dir) as store:
+            name = find_record(store, RECORD_CODEC, args.process).spec.backend
+        # (shipped logs, in the state dir: read with no connection at all)
+        async with open_backends(kernel.root, state_dir, hosts, names=[name]) as opened:
             while True:
                 with _open_readonly(state_dir) as store:
                     record = find_record(store, RECORD_CODEC, args.process)
@@ -1042,13 +1045,13 @@ async def _remote_logs(
                         f"{record.name}: host {record.spec.host!r} is not among the hosts "
                         f"remembered in {state_dir} ({sorted(hosts)})"
                     )
-                backend = remote.backends[record.spec.backend]
+                backend = opened.backends[name]
                 if attempt is None:
                     attempt = record.state.attempt
                 # (before the reads: an end seen here means they read all of the output)
                 ended = await trio.to_thread.run_sync(_program_ended, state_dir, record)
                 while True:
-                    key = f"{record.id}.{attempt}"
+                    key = EffectKey(record.id, attempt)
                     end = None  # (a read without -f stops where the current log ended)
                     if not args.follow and attempt >= record.state.attempt:
                         end = await backend.log_size(key, stream, record.spec.host)

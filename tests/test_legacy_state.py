@@ -468,48 +468,43 @@ async def test_a_runtime_recovers_the_legacy_state_and_runs_nothing_again(state)
     # The local backend alone: the remote hosts of the fixture do not answer, and a runtime
     # with their backends would try again to launch what waits for them.
     local = LocalProcessBackend(state / "runs")
-    try:
-        async with corra.open_runtime(state_dir=state, backends={"local": local}) as rt:
-            report = rt.recovery
-            assert report is not None
-            assert report.resumed == ()
-            assert report.set_aside == ()
-            assert report.inactive == 10
-            assert sorted(report.waiting_for_host) == sorted(
-                [IDS["ssh-paused-for-host"], IDS["slurm-paused-for-host"]]
-            )
-            records = rt.processes.list()
-            assert [record.name for record in records] == ORDER
-            for record in records:
-                name = record.name
-                phase, attempt, backend, returncode, signal, reason, paused_from = PROCESSES[name]
-                assert (record.id, record.spec.backend) == (IDS[name], backend)
-                assert (record.phase, record.state.attempt) == (phase, attempt)
-                assert (record.state.reason, record.state.paused_from) == (reason, paused_from)
-                assert record.spec == corra.parse_process_spec(_raw_spec(name))
-                result = record.state.result
-                if name in RESULTS:
-                    assert result is not None
-                    assert (result.returncode, result.signal) == (returncode, signal)
-                    assert (result.stdout_bytes, result.stderr_bytes) == (
-                        RESULTS[name]["out"],
-                        RESULTS[name]["err"],
-                    )
-                    assert result.ok is (phase == "finished")
-                else:
-                    assert result is None
-                history = rt.processes.history(record)
-                assert [
-                    (t.event, t.source, t.target, t.attempt, t.reason) for t in history
-                ] == HISTORY[name]
-            assert rt.processes.active == 0  # (no actor: nothing was resumed)
-            retried = rt.processes.get("retried")
-            assert await rt.processes.read_log(retried, "stdout", 0, 100, attempt=1) == (
-                b"attempt 1\n"
-            )
-            assert await rt.processes.read_log(retried, "stdout", 0, 100) == b"attempt 2\n"
-    finally:
-        await local.aclose()
+    async with local, corra.open_runtime(state_dir=state, backends={"local": local}) as rt:
+        report = rt.recovery
+        assert report is not None
+        assert report.resumed == ()
+        assert report.set_aside == ()
+        assert report.inactive == 10
+        assert sorted(report.waiting_for_host) == sorted(
+            [IDS["ssh-paused-for-host"], IDS["slurm-paused-for-host"]]
+        )
+        records = rt.processes.list()
+        assert [record.name for record in records] == ORDER
+        for record in records:
+            name = record.name
+            phase, attempt, backend, returncode, signal, reason, paused_from = PROCESSES[name]
+            assert (record.id, record.spec.backend) == (IDS[name], backend)
+            assert (record.phase, record.state.attempt) == (phase, attempt)
+            assert (record.state.reason, record.state.paused_from) == (reason, paused_from)
+            assert record.spec == corra.parse_process_spec(_raw_spec(name))
+            result = record.state.result
+            if name in RESULTS:
+                assert result is not None
+                assert (result.returncode, result.signal) == (returncode, signal)
+                assert (result.stdout_bytes, result.stderr_bytes) == (
+                    RESULTS[name]["out"],
+                    RESULTS[name]["err"],
+                )
+                assert result.ok is (phase == "finished")
+            else:
+                assert result is None
+            history = rt.processes.history(record)
+            assert [(t.event, t.source, t.target, t.attempt, t.reason) for t in history] == HISTORY[
+                name
+            ]
+        assert rt.processes.active == 0  # (no actor: nothing was resumed)
+        retried = rt.processes.get("retried")
+        assert await rt.processes.read_log(retried, "stdout", 0, 100, attempt=1) == (b"attempt 1\n")
+        assert await rt.processes.read_log(retried, "stdout", 0, 100) == b"attempt 2\n"
     # Nothing ran again, and nothing users see changed (the records may have been migrated).
     assert (state / "ledger").read_text() == LEDGER
     assert json.loads(corra_cli(state, "ps", "--json")) == json.loads(seen_before)

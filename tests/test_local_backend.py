@@ -490,13 +490,13 @@ import attrs, trio
 from corra.backends.local import LaunchSpec, LocalBackend
 
 async def main():
-    backend = LocalBackend(sys.argv[1], chaperone=sys.argv[2])
-    handles = []
-    for key, script in json.loads(sys.argv[3]).items():
-        handle = await backend.launch(key, LaunchSpec(argv=("sh", "-c", script)))
-        handles.append(attrs.asdict(handle))
-    print(json.dumps(handles), flush=True)
-    await trio.sleep(60)
+    async with LocalBackend(sys.argv[1], chaperone=sys.argv[2]) as backend:
+        handles = []
+        for key, script in json.loads(sys.argv[3]).items():
+            handle = await backend.launch(key, LaunchSpec(argv=("sh", "-c", script)))
+            handles.append(attrs.asdict(handle))
+        print(json.dumps(handles), flush=True)
+        await trio.sleep(60)
 
 trio.run(main)
 """

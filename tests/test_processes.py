@@ -27,8 +27,8 @@ from corra._errors import InvalidTransition
 from corra._runtime import RECORD_CODEC, open_runtime
 from corra.actors._specs import Backoff
 from corra.persistence import open_store
+from corra.processes._backend import BackendBase, Capabilities, EffectKey, LaunchRequest
 from corra.processes._lifecycle import ACTIVE, Result
-from corra.processes._records import ProcessSpec
 
 
 @attrs.define
@@ -39,9 +39,11 @@ class Program:
     killed: bool = False
 
 
-class ScriptedBackend:
+class ScriptedBackend(BackendBase):
     """Programs named in ``script`` end after ``seconds`` with ``returncode``; one entry is
     used per attempt. Launch is idempotent by key, as the real backends' are."""
+
+    capabilities = Capabilities(slots=True)
 
     def __init__(self, script: Mapping[str, list[tuple[float, int]]], max_running: int = 100):
         self.script = {name: list(runs) for name, runs in script.items()}
@@ -53,25 +55,25 @@ class ScriptedBackend:
         self.hang_before_launch = False
         self.slot_order: list[str] = []
 
-    async def acquire_slot(self, key: str) -> None:
+    async def acquire_slot(self, key: EffectKey) -> None:
         if key not in self.limiter._borrowers:
             await self.limiter.acquire_on_behalf_of(key)
-            self.slot_order.append(key)
+            self.slot_order.append(key.process_id)
 
-    def try_acquire_slot(self, key: str) -> bool:
+    def try_acquire_slot(self, key: EffectKey) -> bool:
         if key not in self.limiter._borrowers:
             try:
                 self.limiter.acquire_on_behalf_of_nowait(key)
             except trio.WouldBlock:
                 return False
-            self.slot_order.append(key)
+            self.slot_order.append(key.process_id)
         return True
 
-    def release_slot(self, key: str) -> None:
+    def release_slot(self, key: EffectKey) -> None:
         if key in self.limiter._borrowers:
             self.limiter.release_on_behalf_of(key)
 
-    def adopt_slot(self, key: str) -> None:
+    def adopt_slot(self, key: EffectKey) -> None:
         if key not in self.limiter._borrowers:
             try:
                 self.limiter.acquire_on_behalf_of_nowait(key)
@@ -79,12 +81,13 @@ class ScriptedBackend:
                 self.limiter.total_tokens += 1
                 self.limiter.acquire_on_behalf_of_nowait(key)
 
-    async def launch(self, key: str, spec: ProcessSpec) -> dict[str, Any]:
+    async def launch(self, request: LaunchRequest) -> dict[str, Any]:
+        key = str(request.key)
         await trio.lowlevel.checkpoint()
         if self.hang_before_launch:
             await trio.sleep_forever()  # a crash before the program exists
         if key not in self.programs:
-            name = spec.name or spec.argv[0]
+            name = request.name or request.argv[0]
             seconds, code = self.script[name].pop(0)
             now = trio.current_time()
             self.programs[key] = Program(
@@ -96,9 +99,9 @@ class ScriptedBackend:
             await trio.sleep_forever()
         return {"key": key}
 
-    async def find(self, key: str, host: str | None = None) -> dict[str, Any] | None:
+    async def find(self, key: EffectKey, host: str | None = None) -> dict[str, Any] | None:
         await trio.lowlevel.checkpoint()
-        return {"key": key} if key in self.programs else None
+        return {"key": str(key)} if str(key) in self.programs else None
 
     async def wait(self, handle: Mapping[str, Any]) -> Result:
         program = self.programs[handle["key"]]
@@ -114,17 +117,19 @@ class ScriptedBackend:
         return program.result
 
     async def read_log(
-        self, key: str, stream: str, offset: int, size: int, host: str | None = None
+        self, key: EffectKey, stream: str, offset: int, size: int, host: str | None = None
     ) -> bytes:
         await trio.lowlevel.checkpoint()
         return f"{key} {stream}\n".encode()[offset : offset + size]
 
 
 class SlotWaitingBackend(ScriptedBackend):
-    """Without `try_acquire_slot`: every process is durable as created before it queues for
-    a slot, and as launching before its launch (two writes where a free slot makes one)."""
+    """Never a slot at once (`try_acquire_slot`): every process is durable as created before
+    it queues for a slot, and as launching before its launch (two writes where a free slot
+    makes one)."""
 
-    try_acquire_slot = None  # type: ignore[assignment]
+    def try_acquire_slot(self, key: EffectKey) -> bool:
+        return False
 
 
 BACKENDS = [ScriptedBackend, SlotWaitingBackend]
@@ -350,7 +355,7 @@ async def test_a_rerun_killed_during_its_backoff_does_not_block_the_queue(state)
 
 
 class FailingLaunch(ScriptedBackend):
-    async def launch(self, key: str, spec: ProcessSpec) -> dict[str, Any]:
+    async def launch(self, request: LaunchRequest) -> dict[str, Any]:
         raise corra.BackendError("fork refused")
 
 
@@ -766,11 +771,11 @@ class RequestAsItEnds(ScriptedBackend):
             request()
         return result
 
-    async def launch(self, key: str, spec: ProcessSpec) -> dict[str, Any]:
+    async def launch(self, request: LaunchRequest) -> dict[str, Any]:
         try:
-            return await super().launch(key, spec)
+            return await super().launch(request)
         except trio.Cancelled:
-            self.killed_effects.append(key)
+            self.killed_effects.append(str(request.key))
             raise
 
 
@@ -829,6 +834,8 @@ class HostBackend(ScriptedBackend):
     `HostUnavailable` (with the host's policy), and `wait_available` waits until it is up.
     It also records the pause and resume it is told of."""
 
+    capabilities = Capabilities(slots=True, pause_hooks=True, waits_for_host=True)
+
     def __init__(self, *args: Any, policy: str = "pause", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.policy = policy
@@ -848,9 +855,9 @@ class HostBackend(ScriptedBackend):
                 "me@h:22", "unavailable after 5 failed connects", self.policy
             )
 
-    async def launch(self, key: str, spec: ProcessSpec) -> dict[str, Any]:
+    async def launch(self, request: LaunchRequest) -> dict[str, Any]:
         self._check()
-        return await super().launch(key, spec)
+        return await super().launch(request)
 
     async def wait(self, handle: Mapping[str, Any]) -> Result:
         self._check()

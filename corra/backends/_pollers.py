@@ -7,9 +7,10 @@ from typing import Any
 import trio
 
 from corra._errors import ConfigError
+from corra.processes._backend import BackendBase, LaunchRequest
 
 
-class HostPollers:
+class HostPollers(BackendBase):
     """A backend with named hosts, each with a poller task while it is open (``async with``).
 
     Subclasses set ``_hosts`` and define ``_poller(host)``, which runs until cancelled.
@@ -48,9 +49,9 @@ class HostPollers:
         if watch.error is not None:
             raise watch.error
 
-    def check_spec(self, spec: Any) -> None:
+    def check(self, request: LaunchRequest) -> None:
         """At submission: refuse (`ConfigError`) a process on a host this backend lacks."""
-        self.host(getattr(spec, "host", None))
+        self.host(request.host)
 
     async def wait_available(self, name: str) -> None:
         """Return once host ``name`` answers again (at once if it never stopped)."""

@@ -24,6 +24,7 @@ import trio
 from corra._errors import BackendError, LaunchFailed, RemotePathError
 from corra.backends._shared import json_reply
 from corra.backends.transport import Transport, join_inside
+from corra.processes._backend import LaunchRequest
 
 #: ``python3 -c DIGESTS ROOT REL...``: ``{rel: [size, sha256] or null}`` of files under ROOT.
 DIGESTS = r"""
@@ -142,15 +143,15 @@ async def retrieve(
     return fetched
 
 
-def output_fields(spec: Any, run_dir: str) -> dict[str, Any]:
-    """What a handle keeps to fetch the spec's outputs after the end (nothing without any)."""
-    outputs = tuple(getattr(spec, "outputs", None) or ())
-    if not outputs:
+def output_fields(request: LaunchRequest, run_dir: str) -> dict[str, Any]:
+    """What a handle keeps to fetch the request's outputs after the end (nothing without
+    any)."""
+    if not request.outputs:
         return {}
     return {
-        "outputs": list(outputs),
-        "outputs_to": str(getattr(spec, "outputs_dir", None) or ""),
-        "work_dir": getattr(spec, "cwd", None) or posixpath.join(run_dir, "work"),
+        "outputs": list(request.outputs),
+        "outputs_to": str(request.outputs_dir or ""),
+        "work_dir": request.cwd or posixpath.join(run_dir, "work"),
     }
 
 

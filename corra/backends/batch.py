@@ -46,6 +46,7 @@ from corra.backends._shared import TokenBucket
 from corra.backends.scheduler import JobStatus
 from corra.backends.slurm import Slurm, SlurmOptions, parse_slurm_options
 from corra.backends.transport import Transport
+from corra.processes._backend import Capabilities, EffectKey, LaunchRequest
 from corra.processes._lifecycle import Result
 
 logger = logging.getLogger("corra.batch")
@@ -95,6 +96,10 @@ class _Host:
 class SchedulerBackend(HostPollers):
     """Jobs on the given hosts through ``scheduler``; use as ``async with``."""
 
+    capabilities = Capabilities(
+        slots=True, hosts=True, staging=True, pause_hooks=True, waits_for_host=True, log_size=True
+    )
+
     def __init__(self, hosts: Mapping[str, BatchHost], scheduler: Slurm | None = None) -> None:
         self.scheduler = scheduler or Slurm()
         self._hosts = {name: _Host(config) for name, config in hosts.items()}
@@ -105,19 +110,13 @@ class SchedulerBackend(HostPollers):
 
     # -- slots: the scheduler queues; nothing to bound here ------------------------------
 
-    def check_spec(self, spec: Any) -> None:
+    def check(self, request: LaunchRequest) -> None:
         """At submission: the host exists, and the ``slurm`` options are valid."""
-        super().check_spec(spec)
-        parse_slurm_options(getattr(spec, "slurm", None), "slurm")
+        super().check(request)
+        parse_slurm_options(request.options, "slurm")
 
-    async def acquire_slot(self, key: str) -> None:
+    async def acquire_slot(self, key: EffectKey) -> None:
         await trio.lowlevel.checkpoint()
-
-    def release_slot(self, key: str) -> None:
-        pass
-
-    def adopt_slot(self, key: str) -> None:
-        pass
 
     # -- paths ---------------------------------------------------------------------------
 
@@ -147,39 +146,32 @@ class SchedulerBackend(HostPollers):
 
     # -- the Backend protocol --------------------------------------------------------------
 
-    async def launch(self, key: str, spec: Any) -> dict[str, Any]:
-        host = self.host(getattr(spec, "host", None))
-        options = parse_slurm_options(getattr(spec, "slurm", None))
+    async def launch(self, request: LaunchRequest) -> dict[str, Any]:
+        host = self.host(request.host)
+        options = parse_slurm_options(request.options)
+        key = str(request.key)
         run_dir = await self._run_dir(host, key)
         existing = await self._find(host, key, run_dir)
         if existing is not None:
-            return self._handle(host, key, run_dir, existing, options, spec)
-        work_dir = spec.cwd or posixpath.join(run_dir, "work")
-        process_id, _, attempt = key.rpartition(".")
-        env = {
-            **spec.env,
-            "CORRA_PROCESS_ID": process_id,
-            "CORRA_PROCESS_NAME": spec.name or process_id,
-            "CORRA_ATTEMPT": attempt,
-        }
+            return self._handle(host, key, run_dir, existing, options, request)
+        work_dir = request.cwd or posixpath.join(run_dir, "work")
         try:
             script = self.scheduler.render(
                 key,
-                spec.argv,
+                request.argv,
                 run_dir=run_dir,
                 work_dir=work_dir,
                 options=options,
-                env=env,
-                timeout=getattr(spec, "timeout", None),
-                kill_grace=getattr(spec, "kill_grace", 10.0),
+                env=request.environment(),
+                timeout=request.limits.timeout,
+                kill_grace=request.limits.kill_grace,
             )
         except ConfigError as exc:  # (before anything is written on the host)
             raise LaunchFailed(f"{key} on {host.config.name}: {exc}") from exc
         await host.transport.mkdir(run_dir)
-        inputs = dict(getattr(spec, "inputs", None) or {})
-        if inputs:  # (not submitted yet: nothing runs in the work dir)
+        if request.inputs:  # (not submitted yet: nothing runs in the work dir)
             await _staging.upload(
-                host.transport, host.config.python, work_dir, inputs, host.config.name
+                host.transport, host.config.python, work_dir, dict(request.inputs), host.config.name
             )
         script_path = posixpath.join(run_dir, "job.sh")
         await host.transport.write_file(script_path, script.encode(), mode=0o700)
@@ -190,7 +182,7 @@ class SchedulerBackend(HostPollers):
             raise  # the submission may have happened: the launch's retry looks for it by key
         except BackendError as exc:
             raise LaunchFailed(f"{key} on {host.config.name}: {exc}") from exc
-        return self._handle(host, key, run_dir, job_id, options, spec)
+        return self._handle(host, key, run_dir, job_id, options, request)
 
     def _handle(
         self,
@@ -199,7 +191,7 @@ class SchedulerBackend(HostPollers):
         run_dir: str,
         job_id: str,
         options: SlurmOptions,
-        spec: Any = None,
+        request: LaunchRequest | None = None,
     ) -> dict[str, Any]:
         handle = {
             "host": host.config.name,
@@ -209,7 +201,9 @@ class SchedulerBackend(HostPollers):
             "array": options.array is not None,
             "hold_on_pause": options.hold_on_pause,
         }
-        return {**handle, **_staging.output_fields(spec, run_dir)}
+        if request is None:
+            return handle
+        return {**handle, **_staging.output_fields(request, run_dir)}
 
     async def _find(self, host: _Host, key: str, run_dir: str) -> str | None:
         if await host.transport.stat(run_dir) is None:
@@ -226,13 +220,13 @@ class SchedulerBackend(HostPollers):
         await host.bucket.take()
         return await self.scheduler.find(host.transport, key)
 
-    async def find(self, key: str, host_name: str | None = None) -> dict[str, Any] | None:
+    async def find(self, key: EffectKey, host_name: str | None = None) -> dict[str, Any] | None:
         """The job submitted with ``key`` (on ``host_name``, else any host), or None."""
         for host in self.hosts_for(host_name):
-            run_dir = await self._run_dir(host, key)
-            job_id = await self._find(host, key, run_dir)
+            run_dir = await self._run_dir(host, str(key))
+            job_id = await self._find(host, str(key), run_dir)
             if job_id is not None:
-                return self._handle(host, key, run_dir, job_id, SlurmOptions())
+                return self._handle(host, str(key), run_dir, job_id, SlurmOptions())
         return None
 
     async def wait(self, handle: Mapping[str, Any]) -> Result:
@@ -383,12 +377,12 @@ class SchedulerBackend(HostPollers):
                 await self.scheduler.release(host.transport, str(handle["job_id"]))
 
     async def read_log(
-        self, key: str, stream: str, offset: int, size: int, host_name: str | None = None
+        self, key: EffectKey, stream: str, offset: int, size: int, host_name: str | None = None
     ) -> bytes:
         if stream not in ("stdout", "stderr"):
             raise ConfigError(f"stream: got {stream!r}, expected 'stdout' or 'stderr'")
         for host in self.hosts_for(host_name):
-            files = await self._log_files(host, await self._run_dir(host, key), stream)
+            files = await self._log_files(host, await self._run_dir(host, str(key)), stream)
             out = b""
             for path, length in files:  # an array's tasks, one after another, as one log
                 if offset >= length:
@@ -402,13 +396,15 @@ class SchedulerBackend(HostPollers):
                 return out
         return b""
 
-    async def log_size(self, key: str, stream: str, host_name: str | None = None) -> int | None:
+    async def log_size(
+        self, key: EffectKey, stream: str, host_name: str | None = None
+    ) -> int | None:
         """How many bytes of ``stream`` (all of an array's tasks) there are now; None before
         the run dir has any."""
         if stream not in ("stdout", "stderr"):
             raise ConfigError(f"stream: got {stream!r}, expected 'stdout' or 'stderr'")
         for host in self.hosts_for(host_name):
-            files = await self._log_files(host, await self._run_dir(host, key), stream)
+            files = await self._log_files(host, await self._run_dir(host, str(key)), stream)
             if files:
                 return sum(size for _, size in files)
         return None

@@ -501,7 +501,9 @@ class _Daemon:
 
     Requests carry an id, and their waiter is woken by the reply with that id; ``exited``
     messages go to the waiters of their key, or, when nobody waits, to ``on_exit``. One
-    reader task (a system task: the backend has no nursery) reads for everyone.
+    reader task reads for everyone, and a writer task sends what the socket did not take at
+    once; both run in the backend's nursery. A connection that breaks (or is closed) ends
+    them quietly; any other error in them is a bug and propagates out of the backend.
     """
 
     def __init__(
@@ -509,6 +511,7 @@ class _Daemon:
         sock: socket.socket,
         hello: Mapping[str, Any],
         on_exit: Callable[[str, dict[str, Any]], None],
+        nursery: trio.Nursery,
     ) -> None:
         self.sock = sock
         self.pid = int(hello["pid"])
@@ -524,7 +527,8 @@ class _Daemon:
         """Keys whose exit this connection will be told without asking again."""
         self.outbox = bytearray()  # what the socket did not take yet
         self.reader = trio.CancelScope()
-        trio.lowlevel.spawn_system_task(self._read, name="corra local chaperone reader")
+        self.nursery = nursery
+        nursery.start_soon(self._read, name="corra local chaperone reader")
 
     def serves(self, handle: Handle) -> bool:
         return handle.chaperone_pid == self.pid and handle.chaperone_start == self.start
@@ -545,7 +549,7 @@ class _Daemon:
         return waiter.message
 
     def _send(self, data: bytes) -> None:
-        """Send ``data`` now, or after what waits to be sent (a system task sends that)."""
+        """Send ``data`` now, or after what waits to be sent (the writer task sends that)."""
         if not self.alive:
             raise _Disconnected
         if self.outbox:
@@ -560,7 +564,7 @@ class _Daemon:
             raise _Disconnected from None
         if sent < len(data):
             self.outbox += data[sent:]
-            trio.lowlevel.spawn_system_task(self._flush, name="corra local chaperone writer")
+            self.nursery.start_soon(self._flush, name="corra local chaperone writer")
 
     async def _flush(self) -> None:
         try:
@@ -571,7 +575,7 @@ class _Daemon:
                     await trio.lowlevel.wait_writable(self.sock)
                     continue
                 del self.outbox[:sent]
-        except OSError:
+        except (OSError, trio.ClosedResourceError):  # broken, or closed by `close`
             self.close()
         except BaseException:  # cancelled half-way through a message: the stream is broken
             self.close()
@@ -598,7 +602,7 @@ class _Daemon:
                         self._dispatch(json.loads(bytes(buffer[start:end])))
                         start = end + 1
                     del buffer[:start]
-            except Exception:  # a broken connection, whatever broke it
+            except (OSError, trio.ClosedResourceError):  # broken, or closed by `close`
                 pass
             finally:
                 self.close()
@@ -819,9 +823,9 @@ class LocalBackend:
             but a chaperone that is killed loses one program, not all).
         output_limit: bytes kept of each stream of a program whose spec gives none (1 GiB).
 
-    Use it as ``async with LocalBackend(root) as backend:`` (or call `aclose`), so that the
-    connection to the shared chaperone is closed. Programs are not: they outlive the backend,
-    by design.
+    Use it as ``async with LocalBackend(root) as backend:``: the connection to the shared
+    chaperone runs its tasks in the block's nursery, and is closed at its end. Programs are
+    not: they outlive the backend, by design.
     """
 
     def __init__(
@@ -856,6 +860,8 @@ class LocalBackend:
         self._exits: dict[str, dict[str, Any]] = {}  # exit records nobody has waited for yet
         self._slots = _Slots(max_running)
         self._closed = False
+        self._nursery: trio.Nursery | None = None  # the connection's tasks (`__aenter__`)
+        self._tasks: contextlib.AsyncExitStack | None = None
 
     @property
     def cgroups(self) -> CgroupSupport:
@@ -863,10 +869,19 @@ class LocalBackend:
         return self._cgroups
 
     async def __aenter__(self) -> LocalBackend:
+        async with contextlib.AsyncExitStack() as stack:
+            self._nursery = await stack.enter_async_context(trio.open_nursery())
+            self._tasks = stack.pop_all()
         return self
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        assert self._tasks is not None, "LocalBackend: __aexit__ without __aenter__"
+        try:
+            await self.aclose()
+        finally:
+            tasks, self._tasks = self._tasks, None
+            handled = await tasks.__aexit__(*exc_info)
+        return handled
 
     async def aclose(self) -> None:
         """Close the connection to the shared chaperone and the pipes of own ones. Running
@@ -1019,6 +1034,11 @@ class LocalBackend:
                 return daemon
             if self._closed:
                 raise BackendError("the backend is closed")
+            if self._nursery is None:
+                raise BackendError(
+                    "the shared chaperone's connection needs a nursery: use the backend as "
+                    "`async with LocalBackend(...)`"
+                )
             await self._prepare()
             sock, hello = await trio.to_thread.run_sync(
                 _connect_or_start, self.root, DAEMON_IDLE_EXIT
@@ -1026,7 +1046,7 @@ class LocalBackend:
             if self._closed:
                 sock.close()
                 raise BackendError("the backend is closed")
-            self._daemon = _Daemon(sock, hello, self._exits.__setitem__)
+            self._daemon = _Daemon(sock, hello, self._exits.__setitem__, self._nursery)
             return self._daemon
 
     async def _launch_own(self, key: str, spec: LaunchSpec) -> Handle:

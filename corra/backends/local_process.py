@@ -1,11 +1,11 @@
-"""The local backend as a process actor sees it (`corra.processes._process.Backend`).
+"""The local backend as a process actor sees it (`corra.processes._backend.Backend`).
 
 `LocalBackend` speaks in its own values (`LaunchSpec`, `Handle`, `ExitRecord`); this adapter
-turns a `ProcessSpec` into a launch, a handle into the JSON-able mapping kept in the process
+turns a `LaunchRequest` into a launch, a handle into the JSON-able mapping kept in the process
 snapshot, and an exit record into the lifecycle's `Result`.
 
-Every program learns who it is from its environment: ``CORRA_PROCESS_ID``,
-``CORRA_PROCESS_NAME`` and ``CORRA_ATTEMPT``.
+Every program learns who it is from its environment (`LaunchRequest.environment`):
+``CORRA_PROCESS_ID``, ``CORRA_PROCESS_NAME`` and ``CORRA_ATTEMPT``.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ from corra.backends.local import (
     LocalBackend,
     _pread,
 )
+from corra.processes._backend import BackendBase, Capabilities, EffectKey, LaunchRequest
 from corra.processes._lifecycle import Result
-from corra.processes._records import DEFAULT_OUTPUT_LIMIT, ProcessSpec
+from corra.processes._records import DEFAULT_OUTPUT_LIMIT
 
 
 def log_file(root: Path, key: str, stream: str) -> Path | None:
@@ -67,9 +68,11 @@ def result_of(record: ExitRecord | None) -> Result | None:
     )
 
 
-class LocalProcessBackend:
+class LocalProcessBackend(BackendBase):
     """Local programs under chaperones, for process actors (see `LocalBackend` for the
-    options)."""
+    options). Use it as ``async with``, as `LocalBackend`."""
+
+    capabilities = Capabilities(slots=True, log_size=True)
 
     def __init__(
         self,
@@ -89,45 +92,42 @@ class LocalProcessBackend:
             output_limit=output_limit,
         )
 
-    async def aclose(self) -> None:
-        """Close the connection to the shared chaperone; programs keep running."""
-        await self.backend.aclose()
+    async def __aenter__(self) -> LocalProcessBackend:
+        await self.backend.__aenter__()
+        return self
 
-    async def acquire_slot(self, key: str) -> None:
-        await self.backend.acquire_slot(key)
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        return await self.backend.__aexit__(*exc_info)
 
-    def try_acquire_slot(self, key: str) -> bool:
-        return self.backend.try_acquire_slot(key)
+    async def acquire_slot(self, key: EffectKey) -> None:
+        await self.backend.acquire_slot(str(key))
 
-    def release_slot(self, key: str) -> None:
-        self.backend.release_slot(key)
+    def try_acquire_slot(self, key: EffectKey) -> bool:
+        return self.backend.try_acquire_slot(str(key))
 
-    def adopt_slot(self, key: str) -> None:
-        self.backend.adopt_slot(key)
+    def release_slot(self, key: EffectKey) -> None:
+        self.backend.release_slot(str(key))
 
-    async def launch(self, key: str, spec: ProcessSpec) -> dict[str, Any]:
-        process_id, _, attempt = key.rpartition(".")
-        env = {
-            **spec.env,
-            "CORRA_PROCESS_ID": process_id,
-            "CORRA_PROCESS_NAME": spec.name or process_id,
-            "CORRA_ATTEMPT": attempt,
-        }
+    def adopt_slot(self, key: EffectKey) -> None:
+        self.backend.adopt_slot(str(key))
+
+    async def launch(self, request: LaunchRequest) -> dict[str, Any]:
+        limits = request.limits
         launch = LaunchSpec(
-            argv=spec.argv,
-            cwd=spec.cwd,
-            env=env,
-            timeout=spec.timeout,
-            kill_grace=spec.kill_grace,
-            memory_limit=spec.memory_limit,
-            pids_limit=spec.pids_limit,
-            output_limit=spec.output_limit,
+            argv=request.argv,
+            cwd=request.cwd,
+            env=request.environment(),
+            timeout=limits.timeout,
+            kill_grace=limits.kill_grace,
+            memory_limit=limits.memory,
+            pids_limit=limits.pids,
+            output_limit=limits.output,
         )
-        handle = await self.backend.launch(key, launch)
+        handle = await self.backend.launch(str(request.key), launch)
         return attrs.asdict(handle)
 
-    async def find(self, key: str, host: str | None = None) -> dict[str, Any] | None:
-        handle = await trio.to_thread.run_sync(self.backend.find, key)
+    async def find(self, key: EffectKey, host: str | None = None) -> dict[str, Any] | None:
+        handle = await trio.to_thread.run_sync(self.backend.find, str(key))
         return None if handle is None else attrs.asdict(handle)
 
     async def wait(self, handle: Mapping[str, Any]) -> Result:
@@ -140,16 +140,16 @@ class LocalProcessBackend:
         return result_of(await self.backend.kill(Handle(**handle), grace))
 
     async def read_log(
-        self, key: str, stream: str, offset: int, size: int, host: str | None = None
+        self, key: EffectKey, stream: str, offset: int, size: int, host: str | None = None
     ) -> bytes:
-        path = log_file(self.root, key, stream)
+        path = log_file(self.root, str(key), stream)
         if path is None:
             return b""
         return await trio.to_thread.run_sync(_pread, path, offset, size)
 
-    async def log_size(self, key: str, stream: str, host: str | None = None) -> int:
+    async def log_size(self, key: EffectKey, stream: str, host: str | None = None) -> int:
         """How many bytes of ``stream`` the program of ``key`` has written (0 before any)."""
-        path = log_file(self.root, key, stream)
+        path = log_file(self.root, str(key), stream)
         if path is None:
             return 0
         return await trio.to_thread.run_sync(_file_size, path)

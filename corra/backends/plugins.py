@@ -1,7 +1,9 @@
 """The built-in backends as plug-ins: ``local``, ``ssh`` and ``slurm``.
 
 They register under the ``corra.backends`` entry-point group (pyproject.toml), exactly as a
-third-party backend does; the runtime finds them there and never by name.
+third-party backend does; the runtime finds them there and never by name. Each ``open_...``
+owns its backend's tasks for as long as its block runs, and its capabilities are those its
+backend class declares.
 """
 
 from __future__ import annotations
@@ -10,9 +12,12 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-import trio
-
-from corra.processes._backend import BackendContext, BackendPlugin, Capabilities
+from corra.backends.batch import BatchHost, SchedulerBackend
+from corra.backends.local import Handle
+from corra.backends.local_process import LocalProcessBackend
+from corra.backends.slurm import Slurm, SlurmOptions
+from corra.backends.ssh import SlurmSettings, SshProgramBackend
+from corra.processes._backend import BackendContext, BackendPlugin
 
 #: Under the state dir: the run dirs of local programs (one per attempt).
 LOCAL_RUNS = "runs"
@@ -21,20 +26,14 @@ REMOTE_LOGS = "remote-logs"
 
 
 @contextlib.asynccontextmanager
-async def open_local(context: BackendContext) -> AsyncIterator[Any]:
+async def open_local(context: BackendContext) -> AsyncIterator[LocalProcessBackend]:
     """Local programs under chaperones, run dirs in ``<state dir>/runs``."""
-    from corra.backends.local_process import LocalProcessBackend
-
-    backend = LocalProcessBackend(
+    async with LocalProcessBackend(
         context.state_dir / LOCAL_RUNS,
         max_running=context.max_running,
         output_limit=context.output_limit,
-    )
-    try:
+    ) as backend:
         yield backend
-    finally:
-        with trio.CancelScope(shield=True):
-            await backend.aclose()
 
 
 def _transports(context: BackendContext) -> dict[str, Any]:
@@ -43,10 +42,8 @@ def _transports(context: BackendContext) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def open_ssh(context: BackendContext) -> AsyncIterator[Any]:
+async def open_ssh(context: BackendContext) -> AsyncIterator[SshProgramBackend]:
     """Programs on hosts under the remote chaperone, logs shipped to ``remote-logs``."""
-    from corra.backends.ssh import SshProgramBackend
-
     async with SshProgramBackend(
         dict(context.hosts),
         _transports(context),
@@ -58,11 +55,8 @@ async def open_ssh(context: BackendContext) -> AsyncIterator[Any]:
 
 
 @contextlib.asynccontextmanager
-async def open_slurm(context: BackendContext) -> AsyncIterator[Any]:
+async def open_slurm(context: BackendContext) -> AsyncIterator[SchedulerBackend]:
     """Slurm jobs on hosts, submitted and polled through the hosts' transports."""
-    from corra.backends.batch import BatchHost, SchedulerBackend
-    from corra.backends.slurm import Slurm
-
     transports = _transports(context)
     hosts = {
         name: BatchHost(
@@ -80,24 +74,11 @@ async def open_slurm(context: BackendContext) -> AsyncIterator[Any]:
         yield backend
 
 
-def _local_handle() -> type:
-    from corra.backends.local import Handle
-
-    return Handle
-
-
-def _slurm_options() -> tuple[type, type]:
-    from corra.backends.slurm import SlurmOptions
-    from corra.backends.ssh import SlurmSettings
-
-    return SlurmOptions, SlurmSettings
-
-
 LOCAL = BackendPlugin(
     name="local",
     open=open_local,
-    handle=_local_handle(),
-    capabilities=Capabilities(slots=True, log_size=True),
+    handle=Handle,
+    capabilities=LocalProcessBackend.capabilities,
     description="programs on this machine, each under a chaperone (cgroups where allowed)",
 )
 
@@ -106,9 +87,7 @@ SSH = BackendPlugin(
     name="ssh",
     open=open_ssh,
     handle=None,
-    capabilities=Capabilities(
-        slots=True, hosts=True, staging=True, waits_for_host=True, log_size=True
-    ),
+    capabilities=SshProgramBackend.capabilities,
     description="programs on a host over SSH, under the remote chaperone",
 )
 
@@ -116,10 +95,8 @@ SLURM = BackendPlugin(
     name="slurm",
     open=open_slurm,
     handle=None,
-    options=_slurm_options()[0],
-    host_options=_slurm_options()[1],
-    capabilities=Capabilities(
-        slots=True, hosts=True, staging=True, pause_hooks=True, waits_for_host=True, log_size=True
-    ),
+    options=SlurmOptions,
+    host_options=SlurmSettings,
+    capabilities=SchedulerBackend.capabilities,
     description="Slurm jobs on a host's cluster, submitted with sbatch and polled with squeue",
 )

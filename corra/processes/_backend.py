@@ -91,8 +91,8 @@ class Limits:
 class LaunchRequest:
     """One attempt of one process, as a backend receives it: built once, by the actor.
 
-    ``env`` is the spec's env plus ``CORRA_PROCESS_ID``, ``CORRA_PROCESS_NAME`` and
-    ``CORRA_ATTEMPT`` (`environment`); a backend adds nothing of its own to these.
+    A program gets ``env`` plus ``CORRA_PROCESS_ID``, ``CORRA_PROCESS_NAME`` (its name, else
+    its id) and ``CORRA_ATTEMPT`` (`environment`); a backend adds nothing of its own to these.
     """
 
     key: EffectKey
@@ -116,7 +116,7 @@ class LaunchRequest:
         return {
             **self.env,
             "CORRA_PROCESS_ID": self.key.process_id,
-            "CORRA_PROCESS_NAME": self.name or "",
+            "CORRA_PROCESS_NAME": self.name or self.key.process_id,
             "CORRA_ATTEMPT": str(self.key.attempt),
         }
 
@@ -150,6 +150,10 @@ class Capabilities:
 
 class Backend(Protocol):
     """Where programs run, as a process actor sees it. `BackendBase` has the defaults."""
+
+    capabilities: Capabilities
+    """What of the optional part it implements: its plug-in's `BackendPlugin.capabilities`
+    (the runtime checks that the two agree when it opens the plug-in)."""
 
     def check(self, request: LaunchRequest) -> None:
         """Refuse (`ConfigError`, naming the field) a request it cannot run, at submission:
@@ -208,6 +212,8 @@ class Backend(Protocol):
 
 class BackendBase:
     """The do-nothing defaults of `Backend`'s optional methods; subclass and override."""
+
+    capabilities: Capabilities = Capabilities()
 
     def check(self, request: LaunchRequest) -> None:
         return None

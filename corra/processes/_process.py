@@ -30,7 +30,8 @@ policy says so). Such a process stays in the store's active index, and a task of
 waits for the host (`Backend.wait_available`) and resumes it; a later runtime's recovery finds
 it there and waits for the host again.
 
-The actor knows the backend only through the `Backend` protocol below; which backends exist is
+The actor knows the backend only through `corra.processes._backend.Backend`: one
+`LaunchRequest` per attempt (`launch_request`), keys as `EffectKey`; which backends exist is
 decided above this package.
 """
 
@@ -62,6 +63,7 @@ from corra._errors import (
 from corra.actors._actor import Actor, Ref
 from corra.actors._specs import Backoff, ChildSpec
 from corra.actors._supervisor import SupervisorRef
+from corra.processes._backend import Backend, Capabilities, EffectKey, LaunchRequest, Limits
 from corra.processes._lifecycle import (
     ACTIVE,
     PAUSABLE,
@@ -99,54 +101,6 @@ def paused_for_host(state: ProcessState) -> bool:
         and state.reason is not None
         and state.reason.startswith(f"{HOST_UNAVAILABLE}: ")
     )
-
-
-class Backend(Protocol):
-    """Where programs run, as a process actor needs it. Handles are JSON-able mappings.
-
-    Optional: ``try_acquire_slot(key) -> bool``, which takes a slot if one is free now and
-    nobody waits for one (never blocks). With it, a process submitted while a slot is free
-    is durable as launching at once: one durable write fewer before its launch.
-
-    Optional: ``async pause(handle)`` and ``async resume(handle)``, told after a pause of a
-    launched program is durable, and before its resume is (e.g. to hold a queued job and
-    release it); a failure of either is logged, never fails the process.
-
-    Optional: ``async log_size(key, stream, host) -> int | None``, how many bytes of the
-    output `read_log` can read there are now (None: it cannot tell now); without it, a read
-    of the output there is goes on for as long as the program writes.
-
-    Optional, for backends with hosts (``host`` is the spec's): ``async wait_available(host)``,
-    which returns once the host answers again after `HostUnavailable`; without it, a process
-    whose host is unavailable fails. ``check_spec(spec)``, which refuses (`ConfigError`) a
-    spec the backend cannot run, at submission (an unknown host, bad options).
-    """
-
-    async def acquire_slot(self, key: str) -> None:
-        """Wait (in submission order) until another program may run."""
-
-    def release_slot(self, key: str) -> None:
-        """Give the slot of ``key`` back; a no-op if it holds none."""
-
-    def adopt_slot(self, key: str) -> None:
-        """Count a program that runs already (reattached), even above the limit."""
-
-    async def launch(self, key: str, spec: ProcessSpec) -> dict[str, Any]:
-        """Start the program, once per key: a second call returns the first's handle."""
-
-    async def find(self, key: str, host: str | None = None) -> dict[str, Any] | None:
-        """The handle of a program launched with ``key`` (on ``host``), or None."""
-
-    async def wait(self, handle: Mapping[str, Any]) -> Result:
-        """Wait for the program's exit. Raises `ProgramLost`."""
-
-    async def kill(self, handle: Mapping[str, Any], grace: float) -> Result | None:
-        """SIGTERM its group, SIGKILL after ``grace``; the result once it is gone."""
-
-    async def read_log(
-        self, key: str, stream: str, offset: int, size: int, host: str | None = None
-    ) -> bytes:
-        """Up to ``size`` bytes of the output of the program launched with ``key``."""
 
 
 class PendingSave(Protocol):
@@ -327,6 +281,11 @@ class _ProcessActor(Actor):
     def id(self) -> str:
         return self.record.id
 
+    @property
+    def key(self) -> EffectKey:
+        """The key of the current attempt's effects (and of the slot it holds)."""
+        return effect_key(self.record)
+
     async def main(self) -> None:
         try:
             await self._drive_until_done()
@@ -434,11 +393,9 @@ class _ProcessActor(Actor):
         """Fail the process, leaving nothing behind: its slot, and any program its key
         launched."""
         backend = self.manager.backend_for(self.record.spec)
-        backend.release_slot(self.id)
+        backend.release_slot(self.key)
         with contextlib.suppress(Exception):
-            handle = self.record.state.handle or await backend.find(
-                self.record.key, self.record.spec.host
-            )
+            handle = self.record.state.handle or await backend.find(self.key, self.record.spec.host)
             if handle is not None:
                 await backend.kill(handle, self.record.spec.kill_grace)
         await self._advance("fail", reason=reason)
@@ -471,11 +428,11 @@ class _ProcessActor(Actor):
 
     async def _launch(self) -> None:
         backend = self.manager.backend_for(self.record.spec)
-        backend.adopt_slot(self.id)
+        backend.adopt_slot(self.key)
         try:
-            handle = await backend.launch(self.record.key, self.record.spec)
+            handle = await backend.launch(launch_request(self.record))
         except LaunchFailed as exc:
-            backend.release_slot(self.id)
+            backend.release_slot(self.key)
             await self._end_attempt(Result(error=str(exc)))
             return
         # Not awaited: a crash that loses this record leaves the process launching, and
@@ -485,7 +442,7 @@ class _ProcessActor(Actor):
     async def _wait_for_exit(self, state: ProcessState) -> None:
         backend = self.manager.backend_for(self.record.spec)
         assert state.handle is not None
-        backend.adopt_slot(self.id)
+        backend.adopt_slot(self.key)
         if self._must_not_wait():
             return
         self.waiting = True
@@ -497,13 +454,13 @@ class _ProcessActor(Actor):
             # never runs beside it.
             with trio.CancelScope(shield=True):
                 await backend.kill(state.handle, self.record.spec.kill_grace)
-            backend.release_slot(self.id)
+            backend.release_slot(self.key)
             await self._end_attempt(None, lost=f"lost: {exc}")
             return
         finally:
             if self.waiting:
                 await self._after_wait()
-        backend.release_slot(self.id)
+        backend.release_slot(self.key)
         await self._end_attempt(result)
 
     async def _kill(self, state: ProcessState) -> None:
@@ -511,11 +468,11 @@ class _ProcessActor(Actor):
         # its key, so a program launched just before a crash is killed too.
         backend = self.manager.backend_for(self.record.spec)
         spec = self.record.spec
-        handle = state.handle or await backend.find(self.record.key, spec.host)
+        handle = state.handle or await backend.find(self.key, spec.host)
         result = None
         if handle is not None:
             result = await backend.kill(handle, self.record.spec.kill_grace)
-        backend.release_slot(self.id)
+        backend.release_slot(self.key)
         await self._advance("killed", result=result)
 
     async def _end_attempt(self, result: Result | None, *, lost: str | None = None) -> None:
@@ -541,7 +498,7 @@ class _ProcessActor(Actor):
     ) -> None:
         if event == "pause":
             # A paused process holds nothing, not even a slot; resume adopts one again.
-            self.manager.backend_for(self.record.spec).release_slot(self.id)
+            self.manager.backend_for(self.record.spec).release_slot(self.key)
         record = await self.manager._transition(
             self.record, event, background=background, keep_indexed=keep_indexed, **changes
         )
@@ -559,12 +516,42 @@ def _only_cancelled(exc: BaseException) -> bool:
     return False
 
 
-def _absolute_paths(spec: ProcessSpec) -> ProcessSpec:
+def effect_key(record: ProcessRecord) -> EffectKey:
+    """The key of the effects of ``record``'s current attempt."""
+    return EffectKey(record.id, record.state.attempt)
+
+
+def launch_request(record: ProcessRecord) -> LaunchRequest:
+    """What a backend gets to launch ``record``'s current attempt: the one typed value."""
+    spec = record.spec
+    return LaunchRequest(
+        key=effect_key(record),
+        argv=spec.argv,
+        name=spec.name,
+        cwd=spec.cwd,
+        env=spec.env,
+        limits=Limits(
+            timeout=spec.timeout,
+            kill_grace=spec.kill_grace,
+            memory=spec.memory_limit,
+            pids=spec.pids_limit,
+            output=spec.output_limit,
+        ),
+        host=spec.host,
+        inputs=spec.inputs,
+        outputs=spec.outputs,
+        outputs_dir=spec.outputs_dir,
+        # The backend's own options: the spec's table named after the backend, if any.
+        options=getattr(spec, spec.backend, None) or None,
+    )
+
+
+def _absolute_paths(spec: ProcessSpec, capabilities: Capabilities) -> ProcessSpec:
     """A relative local path (a local program's ``cwd``, the local side of ``inputs``,
     ``outputs_dir``) means relative to where the process was submitted, not to where a later
-    runtime happens to run. (A remote ``cwd`` is a path on the host, absolute already.)"""
+    runtime happens to run. (A ``cwd`` on a host is a path there, absolute already.)"""
     changes: dict[str, Any] = {}
-    if spec.backend == "local" and spec.cwd is not None and not os.path.isabs(spec.cwd):
+    if not capabilities.hosts and spec.cwd is not None and not os.path.isabs(spec.cwd):
         changes["cwd"] = os.path.abspath(spec.cwd)
     if spec.inputs and not all(os.path.isabs(local) for local in spec.inputs.values()):
         changes["inputs"] = {
@@ -680,7 +667,7 @@ class ProcessManager:
             raise ConfigError(f"offset: got {offset}, expected at most {MAX_LOG_OFFSET}")
         size = min(size, MAX_LOG_READ)
         record = id_or_name if isinstance(id_or_name, ProcessRecord) else self.get(id_or_name)
-        key = record.key if attempt is None else f"{record.id}.{attempt}"
+        key = effect_key(record) if attempt is None else EffectKey(record.id, attempt)
         backend = self.backend_for(record.spec)
         return await backend.read_log(key, stream, offset, size, record.spec.host)
 
@@ -691,12 +678,8 @@ class ProcessManager:
         `read_log` counts them; None if its backend cannot tell (now, or ever). A checkpoint."""
         if stream not in ("stdout", "stderr"):
             raise ConfigError(f"stream: got {stream!r}, expected 'stdout' or 'stderr'")
-        key = record.key if attempt is None else f"{record.id}.{attempt}"
-        log_size = getattr(self.backend_for(record.spec), "log_size", None)
-        if log_size is None:
-            await trio.lowlevel.checkpoint()
-            return None
-        return await log_size(key, stream, record.spec.host)
+        key = effect_key(record) if attempt is None else EffectKey(record.id, attempt)
+        return await self.backend_for(record.spec).log_size(key, stream, record.spec.host)
 
     @property
     def active(self) -> int:
@@ -717,27 +700,21 @@ class ProcessManager:
         follows without another.
         """
         backend = self.backend_for(spec)
-        check_spec = getattr(backend, "check_spec", None)
-        if check_spec is not None:
-            check_spec(spec)
-        spec = _absolute_paths(spec)
-        if spec.name is not None:
-            existing = self._existing(spec.name)
-            if existing is not None:
-                await trio.lowlevel.checkpoint()
-                return existing
+        spec = _absolute_paths(spec, backend.capabilities)
         now = self._clock()
         process_id = new_process_id()
         record = ProcessRecord(
             id=process_id, spec=spec, state=ProcessState(updated_at=now), created_at=now
         )
+        backend.check(launch_request(record))
+        if spec.name is not None:
+            existing = self._existing(spec.name)
+            if existing is not None:
+                await trio.lowlevel.checkpoint()
+                return existing
+        key = effect_key(record)
         steps = [(record, Transition(now, "submit", "created", "created", 1))]
-        try_acquire = getattr(backend, "try_acquire_slot", None)
-        slot = (
-            try_acquire is not None
-            and not self._admission.get(spec.backend)
-            and try_acquire(process_id)
-        )
+        slot = not self._admission.get(spec.backend) and backend.try_acquire_slot(key)
         if slot:
             record = ProcessRecord(
                 process_id, spec, advance(record.state, "launch", at=now, process=process_id), now
@@ -748,7 +725,7 @@ class ProcessManager:
         except NameTaken:
             assert spec.name is not None
             if slot:
-                backend.release_slot(process_id)
+                backend.release_slot(key)
             existing = self._existing(spec.name)
             if existing is None:
                 owner = self._store.id_for_name(spec.name)
@@ -760,7 +737,7 @@ class ProcessManager:
             return existing
         except BaseException:
             if slot:
-                backend.release_slot(process_id)
+                backend.release_slot(key)
             raise
         await self._start_actor(record)
         return record
@@ -822,13 +799,13 @@ class ProcessManager:
         return record
 
     async def _tell_backend(self, record: ProcessRecord, hook: Literal["pause", "resume"]) -> None:
-        """Call the backend's optional ``pause``/``resume`` with the program's handle."""
+        """Tell the backend of a pause or resume of the program (a no-op by default)."""
         handle = record.state.handle
-        method = getattr(self.backend_for(record.spec), hook, None)
-        if method is None or handle is None:
+        if handle is None:
             return
+        backend = self.backend_for(record.spec)
         try:
-            await method(handle)
+            await (backend.pause(handle) if hook == "pause" else backend.resume(handle))
         except (BackendError, ConfigError) as exc:
             logger.warning("process %s: the backend's %s failed: %s", record.id, hook, exc)
 
@@ -1006,7 +983,7 @@ class ProcessManager:
             getattr(error, "policy", "pause") == "pause"
             and record.spec.host is not None
             and self._nursery is not None
-            and hasattr(backend, "wait_available")
+            and backend.capabilities.waits_for_host
         )
 
     def _wait_for_host(self, record: ProcessRecord) -> None:
@@ -1023,7 +1000,7 @@ class ProcessManager:
 
     async def _resume_when_available(self, key: tuple[str, str]) -> None:
         backend_name, host = key
-        backend: Any = self._backends[backend_name]
+        backend = self._backends[backend_name]
         while True:
             try:
                 await backend.wait_available(host)
@@ -1080,7 +1057,7 @@ class ProcessManager:
         """
         self._enqueue(record)
         await self._admission[record.spec.backend][record.id].wait()
-        await self.backend_for(record.spec).acquire_slot(record.id)
+        await self.backend_for(record.spec).acquire_slot(effect_key(record))
 
     async def _start_actor(self, record: ProcessRecord) -> None:
         if record.id in self._actors:

@@ -66,6 +66,7 @@ from corra.backends.local_process import result_of
 from corra.backends.ssh._config import HostConfig
 from corra.backends.ssh._shipped import STREAMS, LocalLogs
 from corra.backends.transport import Transport
+from corra.processes._backend import Capabilities, EffectKey, LaunchRequest
 from corra.processes._lifecycle import Result
 from corra.processes._records import DEFAULT_OUTPUT_LIMIT, check_output_limit, check_seconds
 
@@ -137,6 +138,10 @@ class SshProgramBackend(HostPollers):
     each stream of a program whose spec gives none.
     """
 
+    capabilities = Capabilities(
+        slots=True, hosts=True, staging=True, waits_for_host=True, log_size=True
+    )
+
     def __init__(
         self,
         hosts: Mapping[str, HostConfig],
@@ -155,7 +160,7 @@ class SshProgramBackend(HostPollers):
         }
         self._digest, self._files = _library()
         self._slots = trio.Semaphore(max_running)
-        self._held: set[str] = set()
+        self._held: set[EffectKey] = set()
         self._logs = LocalLogs(Path(logs_dir)) if logs_dir is not None else None
 
     def host(self, name: object) -> _Host:
@@ -164,17 +169,26 @@ class SshProgramBackend(HostPollers):
 
     # -- slots: a bound on remote programs at once --------------------------------------
 
-    async def acquire_slot(self, key: str) -> None:
+    async def acquire_slot(self, key: EffectKey) -> None:
         if key not in self._held:
             await self._slots.acquire()
             self._held.add(key)
 
-    def release_slot(self, key: str) -> None:
+    def try_acquire_slot(self, key: EffectKey) -> bool:
+        if key not in self._held:
+            try:
+                self._slots.acquire_nowait()  # (never ahead of a waiter: it holds the value)
+            except trio.WouldBlock:
+                return False
+            self._held.add(key)
+        return True
+
+    def release_slot(self, key: EffectKey) -> None:
         if key in self._held:
             self._held.discard(key)
             self._slots.release()
 
-    def adopt_slot(self, key: str) -> None:
+    def adopt_slot(self, key: EffectKey) -> None:
         if key not in self._held:
             self._held.add(key)
             with contextlib.suppress(trio.WouldBlock):
@@ -232,39 +246,33 @@ class SshProgramBackend(HostPollers):
 
     # -- the Backend protocol ------------------------------------------------------------
 
-    async def launch(self, key: str, spec: Any) -> dict[str, Any]:
-        host = self.host(getattr(spec, "host", None))
+    async def launch(self, request: LaunchRequest) -> dict[str, Any]:
+        host = self.host(request.host)
         await self._ready(host)
+        key = str(request.key)
         run_dir = self._run_dir(host, key)
-        process_id, _, attempt = key.rpartition(".")
-        limit = getattr(spec, "output_limit", None)
+        limits = request.limits
         document = {
             "key": key,
-            "argv": list(spec.argv),
-            "cwd": spec.cwd,
-            "env": {
-                **spec.env,
-                "CORRA_PROCESS_ID": process_id,
-                "CORRA_PROCESS_NAME": spec.name or process_id,
-                "CORRA_ATTEMPT": attempt,
-            },
-            "timeout": spec.timeout,
-            "kill_grace": spec.kill_grace,
+            "argv": list(request.argv),
+            "cwd": request.cwd,
+            "env": request.environment(),
+            "timeout": limits.timeout,
+            "kill_grace": limits.kill_grace,
             "memory_limit": None,
             "pids_limit": None,
-            "output_limit": self._output_limit if limit is None else limit,
+            "output_limit": self._output_limit if limits.output is None else limits.output,
             "cgroups": [],
             "cgroup_notes": [],
         }
-        inputs = dict(getattr(spec, "inputs", None) or {})
-        if inputs:
+        if request.inputs:
             (status,) = await self._status(host, [run_dir])
             if status.get("state") == "absent":  # never upload under a program that runs
                 await _staging.upload(
                     host.transport,
                     host.config.python,
-                    spec.cwd or posixpath.join(run_dir, "work"),
-                    inputs,
+                    request.cwd or posixpath.join(run_dir, "work"),
+                    dict(request.inputs),
                     host.config.name,
                 )
         result = await host.transport.run(
@@ -275,7 +283,7 @@ class SshProgramBackend(HostPollers):
         if status in ("started", "claimed") and reply.get("handle"):
             return {
                 **self._handle(host, key, reply["handle"]),
-                **_staging.output_fields(spec, run_dir),
+                **_staging.output_fields(request, run_dir),
                 "output_limit": document["output_limit"],
             }
         if status in ("failed", "invalid"):
@@ -285,14 +293,14 @@ class SshProgramBackend(HostPollers):
     def _handle(self, host: _Host, key: str, remote: Mapping[str, Any]) -> dict[str, Any]:
         return {"host": host.config.name, "key": key, **remote}
 
-    async def find(self, key: str, host_name: str | None = None) -> dict[str, Any] | None:
+    async def find(self, key: EffectKey, host_name: str | None = None) -> dict[str, Any] | None:
         """The handle of the program launched with ``key`` (on ``host_name``, else on any
         host), or None."""
         for host in self.hosts_for(host_name):
             await self._ready(host)
-            (status,) = await self._status(host, [self._run_dir(host, key)])
+            (status,) = await self._status(host, [self._run_dir(host, str(key))])
             if status.get("handle"):
-                return self._handle(host, key, status["handle"])
+                return self._handle(host, str(key), status["handle"])
         return None
 
     async def _status(self, host: _Host, run_dirs: list[str]) -> list[dict[str, Any]]:
@@ -499,7 +507,7 @@ class SshProgramBackend(HostPollers):
             )
 
     async def read_log(
-        self, key: str, stream: str, offset: int, size: int, host_name: str | None = None
+        self, key: EffectKey, stream: str, offset: int, size: int, host_name: str | None = None
     ) -> bytes:
         """Up to ``size`` bytes of ``stream`` of the program of ``key`` from ``offset`` (on
         ``host_name``, else on the first host that has its run dir); none if it has none.
@@ -510,7 +518,7 @@ class SshProgramBackend(HostPollers):
         has."""
         if stream not in STREAMS:
             raise ConfigError(f"stream: got {stream!r}, expected 'stdout' or 'stderr'")
-        check_key(key)
+        key = check_key(str(key))
         for host in self.hosts_for(host_name):
             local: bytes | None = None
             if self._logs is not None and self._logs.ships(host.config.name):
@@ -535,12 +543,14 @@ class SshProgramBackend(HostPollers):
                 return local
         return b""
 
-    async def log_size(self, key: str, stream: str, host_name: str | None = None) -> int | None:
+    async def log_size(
+        self, key: EffectKey, stream: str, host_name: str | None = None
+    ) -> int | None:
         """How many bytes of ``stream`` the program of ``key`` has written, as its host says;
         None if the host cannot say now (its file is gone, or it does not answer)."""
         if stream not in STREAMS:
             raise ConfigError(f"stream: got {stream!r}, expected 'stdout' or 'stderr'")
-        check_key(key)
+        key = check_key(str(key))
         for host in self.hosts_for(host_name):
             try:
                 await self._ready(host)
