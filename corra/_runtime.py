@@ -39,8 +39,7 @@ from corra.processes._records import (
 from corra.processes._registry import installed
 
 if TYPE_CHECKING:
-    from corra._remote import RemoteBackends
-    from corra.backends.ssh import HostConfig, LoginSettings
+    from corra._remote import HostConfig, LoginSettings, RemoteBackends
 
 #: Under the state dir: held (flock) by the one runtime that uses it; holds its pid.
 RUNTIME_LOCK = "runtime.lock"

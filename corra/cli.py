@@ -196,6 +196,16 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("--stderr", action="store_true", help="standard error instead")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
 
+    backends = commands.add_parser(
+        "backends",
+        parents=[state],
+        help="list the installed backends: their capabilities and options",
+        description="List the backends installed in this Python environment (registered "
+        "under the corra.backends entry-point group), with their capabilities, the fields "
+        "of their [process.NAME] options table and of their [hosts.HOST.NAME] table.",
+    )
+    backends.add_argument("--json", action="store_true", help="as JSON (as GET /v1/backends)")
+
     for verb, text in (
         ("pause", "pause a process between steps (its program keeps running)"),
         ("resume", "continue a paused process where it was"),
@@ -232,6 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ps": _ps,
         "show": _show,
         "logs": _logs,
+        "backends": _backends,
         "pause": _control,
         "resume": _control,
         "kill": _control,
@@ -259,6 +270,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.suppress(OSError):
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the exit flush
         return EXIT_OK
+
+
+def _backends(args: argparse.Namespace, state_dir: Path) -> int:
+    from corra._backend_list import print_backends
+
+    print_backends(sys.stdout, as_json=args.json)
+    return EXIT_OK
 
 
 # -- corra run ---------------------------------------------------------------------------

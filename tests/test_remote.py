@@ -9,8 +9,10 @@ from pathlib import Path
 import _sshd
 import attrs
 import pytest
+from _requests import request
 
-from corra._remote import open_remote_backends, remember_hosts, remembered_hosts
+from corra._remote import remember_hosts, remembered_hosts
+from corra._runtime import open_backends
 from corra.actors import open_runtime
 from corra.backends.ssh import HostConfig, parse_host
 
@@ -50,11 +52,15 @@ async def test_one_runtime_reaches_an_ssh_host_and_this_machine(
         "near": HostConfig(name="near", transport="local", work_root=str(tmp_path / "near")),
     }
     async with open_runtime() as runtime:
-        async with open_remote_backends(runtime.root, hosts, poll_interval=0.2) as remote:
-            ssh = remote.backends["ssh"]
+        async with open_backends(
+            runtime.root, tmp_path / "state", hosts, names=["ssh"], poll_interval=0.2
+        ) as opened:
+            remote = opened.remote
+            assert remote is not None
+            ssh = opened.backends["ssh"]
             for name in ("far", "near"):
                 handle = await ssh.launch(
-                    f"{name}.1", Spec(argv=("sh", "-c", "echo $0 $GREETING"), host=name)
+                    request(f"{name}.1", Spec(argv=("sh", "-c", "echo $0 $GREETING"), host=name))
                 )
                 assert (await ssh.wait(handle)).returncode == 0
             assert (

@@ -12,6 +12,7 @@ from typing import Any
 import _sshd
 import pytest
 import trio
+from _requests import request
 from test_ssh_programs import RemoteSpec, backend_for, host_for, remote_root
 
 from corra.backends.ssh import SshProgramBackend
@@ -79,7 +80,7 @@ async def test_logs_are_shipped_during_the_run_and_whole_after_wait(
     host = host_for(sshd, root, transport=transport_kind)
     async with backend_for(host, local=local, logs_dir=logs) as backend:
         spec = RemoteSpec(argv=("sh", "-c", LINES.format(n=20, pause=0.1)))
-        handle = await backend.launch("s1.1", spec)
+        handle = await backend.launch(request("s1.1", spec))
         copy = logs / "remote" / "s1.1"
         polls_before = backend.polls("remote")
         started = trio.current_time()
@@ -109,7 +110,7 @@ async def test_shipping_resumes_from_the_local_copy_after_a_restart(
     copy = logs / "remote" / "s2.1" / "stdout"
     async with backend_for(host, logs_dir=logs) as first:
         handle = await first.launch(
-            "s2.1", RemoteSpec(argv=("sh", "-c", LINES.format(n=30, pause=0.1)))
+            request("s2.1", RemoteSpec(argv=("sh", "-c", LINES.format(n=30, pause=0.1))))
         )
         with trio.fail_after(10):
             async with trio.open_nursery() as nursery:
@@ -135,7 +136,9 @@ async def test_a_local_copy_from_a_runtime_that_died_is_finished_without_duplica
     logs = tmp_path / "logs"
     host = host_for(sshd, remote_root("died"))
     async with backend_for(host) as unshipped:  # no logs_dir: nothing shipped
-        handle = await unshipped.launch("s3.1", RemoteSpec(argv=("sh", "-c", "seq 1 5000")))
+        handle = await unshipped.launch(
+            request("s3.1", RemoteSpec(argv=("sh", "-c", "seq 1 5000")))
+        )
         await unshipped.wait(handle)
         whole = await remote_bytes(unshipped, "s3.1", "stdout")
     assert whole == b"".join(f"{i}\n".encode() for i in range(1, 5001))
@@ -153,10 +156,14 @@ async def test_a_large_log_comes_whole_and_a_chatty_program_starves_no_one(
     logs = tmp_path / "logs"
     async with backend_for(host_for(sshd, remote_root("large")), logs_dir=logs) as backend:
         chatty = await backend.launch(
-            "s4.1",
-            RemoteSpec(argv=("sh", "-c", "head -c 3000000 /dev/urandom | base64; sleep 2")),
+            request(
+                "s4.1",
+                RemoteSpec(argv=("sh", "-c", "head -c 3000000 /dev/urandom | base64; sleep 2")),
+            )
         )
-        quiet = await backend.launch("s5.1", RemoteSpec(argv=("sh", "-c", "echo quiet; sleep 1")))
+        quiet = await backend.launch(
+            request("s5.1", RemoteSpec(argv=("sh", "-c", "echo quiet; sleep 1")))
+        )
         chatty_copy = logs / "remote" / "s4.1" / "stdout"
         quiet_copy = logs / "remote" / "s5.1" / "stdout"
         samples: list[tuple[float, int, int]] = []
@@ -192,7 +199,9 @@ async def test_read_log_serves_the_local_copy(sshd: _sshd.Sshd, tmp_path: Path) 
     logs = tmp_path / "logs"
     async with backend_for(host_for(sshd, remote_root("serve")), logs_dir=logs) as backend:
         handle = await backend.launch(
-            "s6.1", RemoteSpec(argv=("sh", "-c", r"printf 'hello\nworld\n'; printf oops >&2"))
+            request(
+                "s6.1", RemoteSpec(argv=("sh", "-c", r"printf 'hello\nworld\n'; printf oops >&2"))
+            )
         )
         await backend.wait(handle)
         run_dir = handle["run_dir"]
@@ -206,7 +215,7 @@ async def test_read_log_serves_the_local_copy(sshd: _sshd.Sshd, tmp_path: Path) 
 
         # a program not watched yet has no copy: its log is read on the host
         running = await backend.launch(
-            "s7.1", RemoteSpec(argv=("sh", "-c", "echo early; sleep 60"))
+            request("s7.1", RemoteSpec(argv=("sh", "-c", "echo early; sleep 60")))
         )
         with trio.fail_after(5):
             while not await backend.read_log("s7.1", "stdout", 0, 100):
@@ -231,7 +240,7 @@ async def test_a_failing_fetch_is_retried_and_never_fails_the_wait(
     caplog.set_level(logging.WARNING, logger="corra.ssh")
     async with backend_for(host_for(sshd, remote_root("retry")), logs_dir=logs) as backend:
         handle = await backend.launch(
-            "s8.1", RemoteSpec(argv=("sh", "-c", "echo one; sleep 1.2; echo two"))
+            request("s8.1", RemoteSpec(argv=("sh", "-c", "echo one; sleep 1.2; echo two")))
         )
         transport = backend.host("remote").transport
         stdout = posixpath.join(handle["run_dir"], "stdout")
@@ -250,7 +259,9 @@ async def test_a_logs_dir_that_cannot_be_written_leaves_logs_remote(
     logs = tmp_path / "not-a-dir"
     logs.write_text("")
     async with backend_for(host_for(sshd, remote_root("nodir")), logs_dir=logs) as backend:
-        handle = await backend.launch("s9.1", RemoteSpec(argv=("sh", "-c", "echo still; exit 4")))
+        handle = await backend.launch(
+            request("s9.1", RemoteSpec(argv=("sh", "-c", "echo still; exit 4")))
+        )
         with trio.fail_after(10):
             result = await backend.wait(handle)
         assert result.returncode == 4
@@ -263,7 +274,7 @@ async def test_shipping_adds_no_exec_per_program(sshd: _sshd.Sshd, tmp_path: Pat
         host_for(sshd, remote_root("execs")), logs_dir=logs, poll_interval=0.5
     ) as backend:
         spec = RemoteSpec(argv=("sh", "-c", LINES.format(n=12, pause=0.1)))
-        handles = [await backend.launch(f"s10-{n}.1", spec) for n in range(15)]
+        handles = [await backend.launch(request(f"s10-{n}.1", spec)) for n in range(15)]
         polls_before = backend.polls("remote")
         started = trio.current_time()
         async with trio.open_nursery() as nursery:
@@ -288,7 +299,7 @@ async def test_logs_shipped_home_stop_at_the_output_limit(
     limit = 1 << 20
     async with backend_for(host, local=local, logs_dir=logs) as backend:
         spec = RemoteSpec(argv=("yes",), timeout=1.5, kill_grace=0, output_limit=limit)
-        handle = await backend.launch("s9.1", spec)
+        handle = await backend.launch(request("s9.1", spec))
         assert handle["output_limit"] == limit
         copy = logs / "remote" / "s9.1"
         with trio.fail_after(60):

@@ -10,6 +10,7 @@ import _slurm
 import attrs
 import pytest
 import trio
+from _requests import request
 
 from corra._errors import LaunchFailed
 from corra.backends.batch import BatchHost, SchedulerBackend
@@ -52,9 +53,13 @@ async def test_jobs_complete_fail_and_are_found_by_key(
     slurm: _slurm.SlurmCluster, tmp_path: Path
 ) -> None:
     async with backend_for(slurm, tmp_path) as backend:
-        ok = await backend.launch("j1.1", JobSpec(argv=("sh", "-c", "echo hello $CORRA_ATTEMPT")))
-        bad = await backend.launch("j2.1", JobSpec(argv=("sh", "-c", "echo no >&2; exit 3")))
-        again = await backend.launch("j1.1", JobSpec(argv=("sh", "-c", "echo hello")))
+        ok = await backend.launch(
+            request("j1.1", JobSpec(argv=("sh", "-c", "echo hello $CORRA_ATTEMPT")))
+        )
+        bad = await backend.launch(
+            request("j2.1", JobSpec(argv=("sh", "-c", "echo no >&2; exit 3")))
+        )
+        again = await backend.launch(request("j1.1", JobSpec(argv=("sh", "-c", "echo hello"))))
         assert again["job_id"] == ok["job_id"]  # found by key: not submitted twice
         result = await backend.wait(ok)
         assert result.returncode == 0 and result.ok
@@ -69,7 +74,7 @@ async def test_jobs_complete_fail_and_are_found_by_key(
 
 async def test_cancel_and_hold_release(slurm: _slurm.SlurmCluster, tmp_path: Path) -> None:
     async with backend_for(slurm, tmp_path) as backend:
-        long = await backend.launch("j3.1", JobSpec(argv=("sleep", "60")))
+        long = await backend.launch(request("j3.1", JobSpec(argv=("sleep", "60"))))
         with trio.fail_after(20):
             while "RUNNING" not in slurm.run("squeue", "-h", "-j", long["job_id"], "-o", "%T"):
                 await trio.sleep(0.2)
@@ -77,7 +82,7 @@ async def test_cancel_and_hold_release(slurm: _slurm.SlurmCluster, tmp_path: Pat
         assert result is not None and result.killed and result.returncode is None
 
         options = SlurmOptions(hold_on_pause=True, extra=("--begin=now+60",))
-        pending = await backend.launch("j4.1", JobSpec(argv=("true",), slurm=options))
+        pending = await backend.launch(request("j4.1", JobSpec(argv=("true",), slurm=options)))
         await backend.pause(pending)
         reason = slurm.run("squeue", "-h", "-j", pending["job_id"], "-o", "%r").strip()
         assert reason in ("JobHeldUser", "JobHeldAdmin")  # admin when we are root
@@ -93,7 +98,7 @@ async def test_an_array_runs_every_task(slurm: _slurm.SlurmCluster, tmp_path: Pa
             argv=("sh", "-c", 'echo task $SLURM_ARRAY_TASK_ID; [ "$SLURM_ARRAY_TASK_ID" != 2 ]'),
             slurm=SlurmOptions(array="0-3"),
         )
-        handle = await backend.launch("j5.1", spec)
+        handle = await backend.launch(request("j5.1", spec))
         result = await backend.wait(handle)
         assert result.returncode == 1  # task 2 failed: the array failed
         outputs = sorted(p.name for p in (tmp_path / "j5.1").glob("stdout.*"))
@@ -118,7 +123,7 @@ async def test_inputs_are_sent_before_the_submission_and_outputs_fetched_after(
         outputs_dir=str(tmp_path / "fetched"),
     )
     async with backend_for(slurm, tmp_path / "runs") as backend:
-        handle = await backend.launch("j7.1", spec)
+        handle = await backend.launch(request("j7.1", spec))
         assert sorted(p.name for p in (tmp_path / "runs" / "j7.1" / "work" / "data").iterdir()) == [
             "a.txt",
             "b.txt",
@@ -139,10 +144,12 @@ async def test_an_input_that_leaves_the_work_dir_fails_the_launch_before_submitt
     async with backend_for(slurm, tmp_path / "runs") as backend:
         with pytest.raises(LaunchFailed, match="leaves the work dir"):
             await backend.launch(
-                "j8.1", JobSpec(argv=("true",), inputs={"../f": str(tmp_path / "f")})
+                request("j8.1", JobSpec(argv=("true",), inputs={"../f": str(tmp_path / "f")}))
             )
         with pytest.raises(LaunchFailed, match="no such local file"):
-            await backend.launch("j9.1", JobSpec(argv=("true",), inputs={"f": "/nonexistent"}))
+            await backend.launch(
+                request("j9.1", JobSpec(argv=("true",), inputs={"f": "/nonexistent"}))
+            )
         assert backend.scheduler.calls.get("sbatch", 0) == 0
 
 
@@ -152,7 +159,7 @@ async def test_one_squeue_per_interval_for_a_hundred_jobs(
     async with backend_for(slurm, tmp_path, poll_interval=1.0, submit_rate=100) as backend:
         held = SlurmOptions(extra=("--hold",))
         handles = [
-            await backend.launch(f"j6-{n}.1", JobSpec(argv=("true",), slurm=held))
+            await backend.launch(request(f"j6-{n}.1", JobSpec(argv=("true",), slurm=held)))
             for n in range(100)
         ]
         calls = backend.scheduler.calls

@@ -13,6 +13,7 @@ import attrs
 import pytest
 import trio
 import trio_asyncio
+from _requests import request
 
 from corra._errors import LaunchFailed, ProgramLost
 from corra.actors import SupervisorSpec, open_runtime
@@ -93,9 +94,11 @@ async def test_a_remote_program_runs_once_and_reports(
     host = host_for(sshd, root, transport=transport_kind)
     async with backend_for(host, local=local) as backend:
         spec = RemoteSpec(argv=("sh", "-c", 'echo "out $CORRA_ATTEMPT"; echo err >&2; exit 3'))
-        handle = await backend.launch("p1.1", spec)
+        handle = await backend.launch(request("p1.1", spec))
         assert handle["host"] == "remote" and handle["pid"]
-        again = await backend.launch("p1.1", spec)  # replayed: the same program, not a second
+        again = await backend.launch(
+            request("p1.1", spec)
+        )  # replayed: the same program, not a second
         assert again["chaperone_pid"] == handle["chaperone_pid"] and again["pid"] == handle["pid"]
         result = await backend.wait(handle)
         assert result.returncode == 3 and result.stdout_bytes == len(b"out 1\n")
@@ -111,22 +114,22 @@ async def test_a_remote_program_runs_once_and_reports(
 async def test_a_program_that_cannot_start_fails_the_launch(sshd: _sshd.Sshd) -> None:
     async with backend_for(host_for(sshd, remote_root("nosuch"))) as backend:
         with pytest.raises(LaunchFailed, match="no-such-program"):
-            await backend.launch("p2.1", RemoteSpec(argv=("no-such-program",)))
+            await backend.launch(request("p2.1", RemoteSpec(argv=("no-such-program",))))
         with pytest.raises(LaunchFailed):  # and stays failed for that key
-            await backend.launch("p2.1", RemoteSpec(argv=("no-such-program",)))
+            await backend.launch(request("p2.1", RemoteSpec(argv=("no-such-program",))))
 
 
 async def test_no_python_on_the_host_is_a_clear_error(sshd: _sshd.Sshd) -> None:
     host = host_for(sshd, remote_root("nopython"), python="python9.9")
     async with backend_for(host) as backend:
         with pytest.raises(LaunchFailed, match=r"cannot run 'python9.9' there.*needs a python3"):
-            await backend.launch("p3.1", RemoteSpec(argv=("true",)))
+            await backend.launch(request("p3.1", RemoteSpec(argv=("true",))))
 
 
 async def test_kill_reaches_the_remote_group(sshd: _sshd.Sshd) -> None:
     async with backend_for(host_for(sshd, remote_root("kill"))) as backend:
         handle = await backend.launch(
-            "p4.1", RemoteSpec(argv=("sh", "-c", "sleep 60 & sleep 60; wait"))
+            request("p4.1", RemoteSpec(argv=("sh", "-c", "sleep 60 & sleep 60; wait")))
         )
         started = trio.current_time()
         result = await backend.kill(handle, grace=1.0)
@@ -139,7 +142,7 @@ async def test_a_program_outlives_a_dropped_connection(sshd_factory: _sshd.SshdF
     server = sshd_factory.start(name="drop-under-program")
     async with backend_for(host_for(server, remote_root("drop"))) as backend:
         handle = await backend.launch(
-            "p5.1", RemoteSpec(argv=("sh", "-c", "sleep 1.5; echo survived"))
+            request("p5.1", RemoteSpec(argv=("sh", "-c", "sleep 1.5; echo survived")))
         )
         for pid in server.connection_pids():
             server.kill_connection(pid)
@@ -150,7 +153,7 @@ async def test_a_program_outlives_a_dropped_connection(sshd_factory: _sshd.SshdF
 
 async def test_a_vanished_chaperone_is_lost(sshd: _sshd.Sshd) -> None:
     async with backend_for(host_for(sshd, remote_root("lost"))) as backend:
-        handle = await backend.launch("p6.1", RemoteSpec(argv=("sleep", "60")))
+        handle = await backend.launch(request("p6.1", RemoteSpec(argv=("sleep", "60"))))
         os.kill(handle["chaperone_pid"], 9)
         with pytest.raises(ProgramLost):
             await backend.wait(handle)
@@ -161,7 +164,8 @@ async def test_a_vanished_chaperone_is_lost(sshd: _sshd.Sshd) -> None:
 async def test_one_poll_per_interval_for_many_programs(sshd: _sshd.Sshd) -> None:
     async with backend_for(host_for(sshd, remote_root("polls")), poll_interval=0.5) as backend:
         handles = [
-            await backend.launch(f"p7-{n}.1", RemoteSpec(argv=("sleep", "1.2"))) for n in range(20)
+            await backend.launch(request(f"p7-{n}.1", RemoteSpec(argv=("sleep", "1.2"))))
+            for n in range(20)
         ]
         polls_before = backend.polls("remote")
         started = trio.current_time()
@@ -210,7 +214,7 @@ async def test_inputs_are_uploaded_verified_and_outputs_retrieved(
         outputs_dir=str(tmp_path / "results"),
     )
     async with backend_for(host_for(sshd, remote_root("files"))) as backend:
-        handle = await backend.launch("p8.1", spec)
+        handle = await backend.launch(request("p8.1", spec))
         result = await backend.wait(handle)
         assert result.returncode == 0, await backend.read_log("p8.1", "stderr", 0, 1000)
     assert (tmp_path / "results" / "out" / "a.copy").read_text() == "alpha\n"
@@ -229,12 +233,14 @@ async def test_inputs_that_leave_the_work_dir_are_refused(sshd: _sshd.Sshd, tmp_
         for bad in ("../f", "/tmp/f"):
             with pytest.raises(LaunchFailed, match="inputs"):
                 await backend.launch(
-                    f"p9-{len(bad)}.1",
-                    RemoteSpec(argv=("true",), inputs={bad: str(tmp_path / "f")}),
+                    request(
+                        f"p9-{len(bad)}.1",
+                        RemoteSpec(argv=("true",), inputs={bad: str(tmp_path / "f")}),
+                    )
                 )
         with pytest.raises(LaunchFailed, match="no such local file"):
             await backend.launch(
-                "p9.1", RemoteSpec(argv=("true",), inputs={"x": str(tmp_path / "nope")})
+                request("p9.1", RemoteSpec(argv=("true",), inputs={"x": str(tmp_path / "nope")}))
             )
 
 
@@ -244,7 +250,7 @@ async def test_a_remote_run_dir_and_work_dir_are_their_users_only(
     # (on transport "local": the same helper and chaperone as on a host, files at hand)
     host = host_for(sshd, str(tmp_path / "runs"), transport="local")
     async with backend_for(host, local=True) as backend:
-        handle = await backend.launch("m1.1", RemoteSpec(argv=("true",)))
+        handle = await backend.launch(request("m1.1", RemoteSpec(argv=("true",))))
         await backend.wait(handle)
     run_dir = Path(handle["run_dir"])
     for directory in (run_dir.parent, run_dir, run_dir / "work"):

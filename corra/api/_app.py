@@ -30,6 +30,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 import corra
+from corra._backend_list import backends_json
 from corra._errors import (
     ActorError,
     BackendError,
@@ -178,6 +179,7 @@ class Api:
             Route("/v1/health", self.health, methods=["GET"]),
             Route("/openapi.json", self.openapi, methods=["GET"]),
             Route("/metrics", self.metrics, methods=["GET"]),
+            Route("/v1/backends", self.backends, methods=["GET"]),
             Route("/v1/processes", self._processes, methods=["GET", "POST"]),
             Route("/v1/processes/{id}", self.get_process, methods=["GET"]),
             Route("/v1/processes/{id}/pause", self.pause_process, methods=["POST"]),
@@ -236,6 +238,9 @@ class Api:
     async def metrics(self, request: Request) -> Response:
         text = await _metrics.render(self.runtime, self.events, self.phases, self.commits)
         return Response(text, media_type=_metrics.CONTENT_TYPE)
+
+    async def backends(self, request: Request) -> Response:
+        return JSONResponse(backends_json())
 
     async def _processes(self, request: Request) -> Response:
         # (one route for both methods, so that a 405 there names both in its Allow header)

@@ -140,6 +140,20 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
+        "/v1/backends": {
+            "get": {
+                "summary": "The installed backends: capabilities and options (as `corra "
+                "backends --json`)",
+                "operationId": "backends",
+                "responses": {
+                    "200": {
+                        "description": "every installed backend, by name",
+                        "content": json_content({"type": "array", "items": ref("Backend")}),
+                    },
+                    "401": _UNAUTHORIZED,
+                },
+            }
+        },
         "/v1/processes": {
             "post": {
                 "summary": "Submit a process (a process with this name already: that one)",

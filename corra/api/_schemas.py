@@ -281,6 +281,42 @@ _ERROR = {
     },
 }
 
+_BACKEND_FIELD = {
+    "type": "object",
+    "required": ["name", "type"],
+    "properties": {
+        "name": {"type": "string"},
+        "type": {"type": "string", "description": "as the plug-in's attrs class annotates it"},
+        "default": {"description": "absent: the field must be given"},
+        "doc": {"type": "string"},
+    },
+}
+
+_BACKEND = {
+    "type": "object",
+    "description": "an installed backend (a plug-in under the corra.backends entry points)",
+    "required": ["name", "description", "capabilities", "options", "host_options"],
+    "properties": {
+        "name": {"type": "string", "description": "the spec's `backend`"},
+        "description": {"type": "string"},
+        "capabilities": {
+            "type": "object",
+            "description": "what of the optional part of the backend protocol it implements",
+            "additionalProperties": {"type": "boolean"},
+        },
+        "options": {
+            "type": "array",
+            "description": "the fields of a process's `<name> = {...}` table",
+            "items": ref("BackendField"),
+        },
+        "host_options": {
+            "type": "array",
+            "description": "the fields of a host's `[hosts.NAME.<name>]` table",
+            "items": ref("BackendField"),
+        },
+    },
+}
+
 
 #: The document's ``components.schemas``.
 SCHEMAS: dict[str, Any] = {
@@ -294,4 +330,6 @@ SCHEMAS: dict[str, Any] = {
     "LogEntry": _LOG_ENTRY,
     "Event": _EVENT,
     "Error": _ERROR,
+    "Backend": _BACKEND,
+    "BackendField": _BACKEND_FIELD,
 }
