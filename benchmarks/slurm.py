@@ -50,13 +50,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import attrs
 import trio
 
 from benchmarks._harness import Benchmark, Options
 from corra.backends.batch import BatchHost, SchedulerBackend
 from corra.backends.slurm import Slurm, SlurmOptions
 from corra.backends.transport import LocalTransport
+from corra.processes._backend import EffectKey, LaunchRequest
 from tests import _slurm
 
 #: Seconds between polls while jobs are watched.
@@ -72,16 +72,9 @@ _HELD_JOBS: list[dict[str, Any]] = []
 """The held jobs that the ``squeue_per_poll_*`` benchmarks watch (their handles)."""
 
 
-@attrs.frozen
-class JobSpec:
-    """What `SchedulerBackend.launch` reads of a process spec."""
-
-    argv: tuple[str, ...] = ("true",)
-    host: str = "cluster"
-    cwd: str | None = None
-    env: dict[str, str] = attrs.field(factory=dict)
-    name: str | None = None
-    slurm: SlurmOptions = HELD
+def job() -> LaunchRequest:
+    """A held ``true`` on the cluster, under a key never used before: every launch submits."""
+    return LaunchRequest(key=new_key(), argv=("true",), host="cluster", options=HELD)
 
 
 def cluster() -> _slurm.SlurmCluster:
@@ -122,9 +115,9 @@ def backend() -> SchedulerBackend:
     return SchedulerBackend({"cluster": host}, Slurm())
 
 
-def new_key() -> str:
+def new_key() -> EffectKey:
     """A key never used before in this run: every launch submits."""
-    return f"bench-{next(_KEYS)}.1"
+    return EffectKey(f"bench-{next(_KEYS)}", 1)
 
 
 def cancel(job_ids: list[str]) -> None:
@@ -147,7 +140,7 @@ def held_jobs(count: int) -> list[dict[str, Any]]:
 
         async def submit() -> list[dict[str, Any]]:
             async with backend() as submitter:
-                return [await submitter.launch(new_key(), JobSpec()) for _ in range(count)]
+                return [await submitter.launch(job()) for _ in range(count)]
 
         started = time.perf_counter()
         _HELD_JOBS.extend(trio.run(submit))
@@ -200,10 +193,10 @@ def corra_squeue_per_interval(count: int, polls: int) -> float:
 async def _corra_submit(count: int) -> tuple[float, list[str]]:
     async with backend() as submitter:
         # the first launch makes the work root: outside the figure, as the loop's script is
-        job_ids = [(await submitter.launch(new_key(), JobSpec()))["job_id"]]
+        job_ids = [(await submitter.launch(job()))["job_id"]]
         started = time.perf_counter()
         for _ in range(count):
-            job_ids.append((await submitter.launch(new_key(), JobSpec()))["job_id"])
+            job_ids.append((await submitter.launch(job()))["job_id"])
         rate = count / (time.perf_counter() - started)
         calls = submitter.scheduler.calls
         if calls != {"sbatch": count + 1}:
@@ -223,14 +216,13 @@ async def _plain_submit(count: int) -> tuple[float, list[str]]:
     run_dir = cluster().scratch / "plain"
     run_dir.mkdir(exist_ok=True)
     script = run_dir / "job.sh"
-    spec = JobSpec()
     script.write_text(
         Slurm().render(
             "plain.1",
-            spec.argv,
+            ("true",),
             run_dir=str(run_dir),
             work_dir=str(run_dir / "work"),
-            options=spec.slurm,
+            options=HELD,
             env={"CORRA_PROCESS_ID": "plain", "CORRA_PROCESS_NAME": "plain", "CORRA_ATTEMPT": "1"},
         )
     )

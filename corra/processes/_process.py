@@ -926,12 +926,13 @@ class ProcessManager:
         for record in resumed:
             await self._start_actor(record)
         for record in waiting:
-            if record.spec.backend in self._backends:
+            backend = self._backends.get(record.spec.backend)
+            if backend is not None and backend.capabilities.waits_for_host:
                 self._wait_for_host(record)
             else:
                 logger.warning(
-                    "process %s: paused for host %s of backend %r, which this runtime lacks; "
-                    "it waits for a runtime that has it",
+                    "process %s: paused for host %s of backend %r, which this runtime lacks "
+                    "(or which cannot wait for hosts); it waits for a runtime that has it",
                     record.id,
                     record.spec.host,
                     record.spec.backend,

@@ -518,14 +518,14 @@ class SshProgramBackend(HostPollers):
         has."""
         if stream not in STREAMS:
             raise ConfigError(f"stream: got {stream!r}, expected 'stdout' or 'stderr'")
-        key = check_key(str(key))
+        name = check_key(str(key))  # (its run dir, and its logs' directory)
         for host in self.hosts_for(host_name):
             local: bytes | None = None
             if self._logs is not None and self._logs.ships(host.config.name):
                 try:
-                    found = await self._logs.read(host.config.name, key, stream, offset, size)
+                    found = await self._logs.read(host.config.name, name, stream, offset, size)
                 except OSError as exc:
-                    logger.warning("%s: cannot read the local copy: %s", key, exc)
+                    logger.warning("%s: cannot read the local copy: %s", name, exc)
                     found = None
                 if found is not None:
                     local, covers = found
@@ -533,7 +533,7 @@ class SshProgramBackend(HostPollers):
                         return local
             try:
                 await self._ready(host)
-                path = posixpath.join(self._run_dir(host, key), stream)
+                path = posixpath.join(self._run_dir(host, name), stream)
                 if await host.transport.stat(path) is not None:
                     return await host.transport.read_range(path, offset, size)
             except TransportError:
@@ -550,11 +550,11 @@ class SshProgramBackend(HostPollers):
         None if the host cannot say now (its file is gone, or it does not answer)."""
         if stream not in STREAMS:
             raise ConfigError(f"stream: got {stream!r}, expected 'stdout' or 'stderr'")
-        key = check_key(str(key))
+        name = check_key(str(key))
         for host in self.hosts_for(host_name):
             try:
                 await self._ready(host)
-                info = await host.transport.stat(posixpath.join(self._run_dir(host, key), stream))
+                info = await host.transport.stat(posixpath.join(self._run_dir(host, name), stream))
             except TransportError:
                 return None
             if info is not None:
