@@ -308,3 +308,22 @@ async def test_the_shared_chaperone_connection_needs_the_backends_block(tmp_path
     backend = LocalBackend(tmp_path / "runs", cgroups="off")
     with pytest.raises(corra.BackendError, match="async with LocalBackend"):
         await backend.launch("outside.1", LaunchSpec(argv=("true",)))
+
+
+def test_a_plugin_is_described_alike_before_and_after_its_types_are_resolved() -> None:
+    @attrs.frozen
+    class Options:
+        # (strings until resolved: this module is `from __future__ import annotations`)
+        size: int | None = None
+        names: tuple[str, ...] = ()
+        flag: bool = False
+
+    plugin = BackendPlugin(name="described", open=None, handle=None, options=Options)  # type: ignore[arg-type]
+    before = describe_plugin(plugin)
+    attrs.resolve_types(Options)
+    assert describe_plugin(plugin) == before
+    assert [(field["name"], field["type"]) for field in before["options"]] == [
+        ("size", "int | None"),
+        ("names", "tuple[str, ...]"),
+        ("flag", "bool"),
+    ]

@@ -321,4 +321,10 @@ def _fields(cls: type | None) -> list[dict[str, Any]]:
 
 
 def _type_name(annotation: Any) -> str:
-    return annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "any")
+    """A field's type as its class says it, whether or not its annotations were resolved
+    (`attrs.resolve_types`, which the converters call, turns ``"str | None"`` into a type)."""
+    if isinstance(annotation, str):
+        return annotation
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return repr(annotation).replace("typing.", "")
