@@ -163,7 +163,6 @@ def test_the_chaperone_is_standard_library_only() -> None:
             assert not outside, f"{name} imports {outside}"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12 in progress: _actor, _specs, _supervisor")
 def test_there_are_no_import_cycles() -> None:
     graph = {
         name: {module for module in imports(name, path) if known(module) and module != name}
