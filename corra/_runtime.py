@@ -22,6 +22,7 @@ from corra.actors._specs import SupervisorFlags, SupervisorSpec
 from corra.backends import recorded
 from corra.persistence import Codec, open_store
 from corra.processes._lifecycle import ProcessState, Result
+from corra.processes._migrations import record_1_to_2
 from corra.processes._process import Backend, ProcessManager, RecoveryReport
 from corra.processes._records import (
     DEFAULT_OUTPUT_LIMIT,
@@ -47,7 +48,9 @@ RUNTIME_LOCK = "runtime.lock"
 #: The state directory when none is given: ``$CORRA_STATE_DIR``, else ``./.corra``.
 STATE_DIR_ENV = "CORRA_STATE_DIR"
 
-RECORD_CODEC: Codec[ProcessRecord] = Codec(ProcessRecord, schema=1, encode_data=encode_record_data)
+RECORD_CODEC: Codec[ProcessRecord] = Codec(
+    ProcessRecord, schema=2, migrations={1: record_1_to_2}, encode_data=encode_record_data
+)
 HISTORY_CODEC: Codec[Transition] = Codec(Transition, schema=1, encode_data=encode_transition_data)
 
 #: The processes supervisor: one_for_one over process actors, which are temporary (a

@@ -891,7 +891,7 @@ async def test_an_unavailable_host_pauses_its_processes_which_resume_when_it_ans
             assert record.state.reason == (
                 "host unavailable: h: me@h:22: unavailable after 5 failed connects"
             )
-            assert corra.processes._process.paused_for_host(record.state)
+            assert record.state.paused_by == "host"
         assert manager.active == 0 and backend.limiter.borrowed_tokens == 0
         assert backend.told == []  # (a pause for the host tells the backend nothing)
         await trio.sleep(60)

@@ -69,7 +69,9 @@ from corra.processes._lifecycle import (
     ProcessState,
     Result,
     advance,
+    after_exit,
     allowed,
+    needs_recovery,
 )
 from corra.processes._records import ProcessRecord, ProcessSpec, Transition
 
@@ -85,20 +87,8 @@ MAX_LOG_OFFSET = 2**53 - 1
 #: Transient trouble in a step (the store, the backend) is retried this often, then the
 #: process fails with the reason.
 STEP_RETRIES = 5
-#: The start of the ``reason`` of a process paused because its host stopped answering.
-HOST_UNAVAILABLE = "host unavailable"
 #: Between two attempts to learn whether a host answers again, when asking failed.
 HOST_RETRY_DELAY = 5.0
-
-
-def paused_for_host(state: ProcessState) -> bool:
-    """Whether ``state`` is a pause that corra made because the host stopped answering (and
-    that it ends by itself when the host answers again)."""
-    return (
-        state.phase == "paused"
-        and state.reason is not None
-        and state.reason.startswith(f"{HOST_UNAVAILABLE}: ")
-    )
 
 
 class Backend(Protocol):
@@ -265,19 +255,6 @@ def _base36(number: int) -> str:
             return out
 
 
-def describe(result: Result | None) -> str:
-    """How a run ended, in words (a failure's ``reason``)."""
-    if result is None:
-        return "no result"
-    if result.error:
-        return result.error
-    if result.timed_out:
-        return "timed out"
-    if result.signal is not None:
-        return f"killed by signal {result.signal}"
-    return f"exited with {result.returncode}"
-
-
 def find_record(store: Any, codec: Codec, id_or_name: str) -> ProcessRecord:
     """A record from the store by id, else by name (any store or read-only reader).
 
@@ -385,18 +362,17 @@ class _ProcessActor(Actor):
                 break  # (a kill that arrived while the pause was being written goes on)
             try:
                 if self.request == "kill" and state.phase != "killing":
-                    await self._advance("kill", reason="killed on request")
+                    await self._advance("kill")
                 elif self.request == "pause" and state.phase in PAUSABLE:
-                    await self._advance("pause", reason="paused on request")
+                    await self._advance("pause")
                 else:
                     await self._step(state)
                 failures = 0
             except HostUnavailable as exc:
+                spec = self.record.spec
                 if state.phase in PAUSABLE and self.manager._may_wait_for_host(self.record, exc):
                     await self._advance(
-                        "pause",
-                        reason=f"{HOST_UNAVAILABLE}: {self.record.spec.host}: {exc}",
-                        keep_indexed=True,
+                        "pause", by="host", reason=f"host unavailable: {spec.host}: {exc}"
                     )
                     self.manager._wait_for_host(self.record)
                 elif "fail" in allowed(state.phase):
@@ -521,32 +497,18 @@ class _ProcessActor(Actor):
     async def _end_attempt(self, result: Result | None, *, lost: str | None = None) -> None:
         spec = self.record.spec
         attempt = self.record.state.attempt
-        ok = result is not None and result.ok and lost is None
-        reason = lost or describe(result)
-        rerun = spec.restart == "permanent" or (spec.restart == "transient" and not ok)
-        if rerun and attempt < spec.max_attempts:
-            await self._advance("retry", reason=f"attempt {attempt}: {reason}", result=result)
-        elif ok:
-            await self._advance("succeed", result=result)
-        else:
-            await self._advance("fail", reason=reason, result=result)
+        event, reason = after_exit(spec.restart, spec.max_attempts, attempt, result, lost=lost)
+        await self._advance(event, reason=reason, result=result)
 
-    async def _advance(
-        self,
-        event: Event,
-        *,
-        background: bool = False,
-        keep_indexed: bool = False,
-        **changes: Any,
-    ) -> None:
+    async def _advance(self, event: Event, *, background: bool = False, **changes: Any) -> None:
         if event == "pause":
             # A paused process holds nothing, not even a slot; resume adopts one again.
             self.manager.backend_for(self.record.spec).release_slot(self.id)
         record = await self.manager._transition(
-            self.record, event, background=background, keep_indexed=keep_indexed, **changes
+            self.record, event, background=background, **changes
         )
         self.record = record
-        if event == "pause" and not keep_indexed:
+        if event == "pause" and record.state.paused_by == "user":  # (not for the host)
             await self.manager._tell_backend(record, "pause")
 
 
@@ -794,7 +756,7 @@ class ProcessManager:
                 record = self.get(record.id)
                 if record.phase not in PAUSABLE or record.id in self._actors:
                     raise InvalidTransition(record.id, record.phase, "pause")
-                record = await self._transition(record, "pause", reason="paused on request")
+                record = await self._transition(record, "pause")
                 await self._tell_backend(record, "pause")
                 return record
         # Returns once the actor is gone too: a paused process holds nothing.
@@ -813,7 +775,7 @@ class ProcessManager:
         """
         async with self._control:
             record = self.get(id_or_name)
-            if record.phase == "paused" and not paused_for_host(record.state):
+            if record.state.paused_by == "user":
                 # Before the resume is durable: a crash in between leaves a paused process
                 # whose job runs, never a running one whose job stays held.
                 await self._tell_backend(record, "resume")
@@ -853,7 +815,7 @@ class ProcessManager:
                 if record.state.terminal:
                     return record
                 if record.phase != "killing":
-                    record = await self._transition(record, "kill", reason="killed on request")
+                    record = await self._transition(record, "kill")
                 await self._start_actor(record)
         if not wait:
             return self.get(record.id)
@@ -971,7 +933,7 @@ class ProcessManager:
         that cannot be decoded, to be set aside)."""
         try:
             record: ProcessRecord = self._codec.decode(raw)
-            return record.phase in ACTIVE or paused_for_host(record.state)
+            return needs_recovery(record.state)
         except Exception:
             return True
 
@@ -989,7 +951,7 @@ class ProcessManager:
             except Exception as exc:
                 corrupt.append((process_id, raw, str(exc)))
                 continue
-            if record.phase in ACTIVE or paused_for_host(record.state):
+            if needs_recovery(record.state):
                 resumed.append(record)
             else:
                 stale.append((process_id, raw))
@@ -1046,7 +1008,7 @@ class ProcessManager:
             try:
                 async with self._control:
                     record = self.get(process_id)
-                    if not paused_for_host(record.state):
+                    if record.state.paused_by != "host":
                         continue  # resumed or killed by hand meanwhile
                     record = await self._transition(record, "resume")
                     await self._start_actor(record)
@@ -1123,23 +1085,16 @@ class ProcessManager:
             self._idle = trio.Event()
 
     async def _transition(
-        self,
-        record: ProcessRecord,
-        event: Event,
-        *,
-        background: bool = False,
-        keep_indexed: bool = False,
-        **changes: Any,
+        self, record: ProcessRecord, event: Event, *, background: bool = False, **changes: Any
     ) -> ProcessRecord:
         now = self._clock()
         state = advance(record.state, event, at=now, process=record.id, **changes)
         new = ProcessRecord(record.id, record.spec, state, record.created_at)
-        source, target = record.state.phase, state.phase
-        transition = Transition(now, event, source, target, state.attempt, changes.get("reason"))
-        was_active, active = source in ACTIVE, target in ACTIVE
+        transition = Transition(
+            now, event, record.state.phase, state.phase, state.attempt, state.reason
+        )
+        was_active, active = needs_recovery(record.state), needs_recovery(state)
         entering = None if was_active is active else active
-        if keep_indexed and entering is False:
-            entering = None  # (a pause for the host: recovery must find it, and wait too)
         await self._persist([(new, transition)], entering=entering, background=background)
         return new
 
