@@ -22,8 +22,9 @@ from corra.actors._specs import SupervisorFlags, SupervisorSpec
 from corra.backends import recorded
 from corra.persistence import Codec, open_store
 from corra.processes._lifecycle import ProcessState, Result
+from corra.processes._manager import ProcessManager
 from corra.processes._migrations import record_1_to_2
-from corra.processes._process import Backend, ProcessManager, RecoveryReport
+from corra.processes._ports import Backend
 from corra.processes._records import (
     DEFAULT_OUTPUT_LIMIT,
     ProcessRecord,
@@ -35,6 +36,7 @@ from corra.processes._records import (
     encode_transition_data,
     parse_process_spec,
 )
+from corra.processes._recovery import RecoveryReport
 
 if TYPE_CHECKING:
     from corra.backends.ssh import HostConfig, LoginSettings
@@ -102,8 +104,8 @@ class Runtime(kernel.Runtime):
             )
         else:
             parsed = parse_process_spec({"argv": list(spec), **fields})
-        record = await self.processes.submit(parsed)
-        return ProcessRef(self.processes, record.id)
+        submitted = await self.processes.submit(parsed)
+        return ProcessRef(self.processes, submitted.record.id)
 
 
 class ProcessRef:

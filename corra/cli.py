@@ -50,8 +50,8 @@ from corra.api._files import DEFAULT_HOST, DEFAULT_PORT, TOKEN_FILE
 from corra.api._wire import detail_json, record_json
 from corra.backends.recorded import recorded
 from corra.persistence import open_store_readonly
+from corra.processes._journal import find_record, sorted_records
 from corra.processes._lifecycle import ACTIVE, PHASES, TERMINAL, Result, describe, needs_recovery
-from corra.processes._process import find_record, sorted_records
 from corra.processes._records import (
     DEFAULT_OUTPUT_LIMIT,
     ProcessRecord,
@@ -336,7 +336,7 @@ async def _run_async(job: JobFile, state_dir: Path, args: argparse.Namespace) ->
                 nursery.start_soon(display.follow, events)
                 ids = []
                 for spec in job.processes:
-                    record = await manager.submit(spec)
+                    record = (await manager.submit(spec)).record
                     ids.append(record.id)
                     if record.state.terminal:
                         display.line(f"{record.name}: already {record.phase}, not run again")
