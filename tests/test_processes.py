@@ -955,3 +955,63 @@ async def test_a_backend_is_told_of_a_pause_after_it_is_durable_and_a_resume_bef
         await ref.resume()
         assert backend.told == [("pause", key), ("resume", key)]
         assert (await ref.wait()).phase == "finished"
+
+
+# -- submission says whether it created the process ---------------------------------------------
+
+
+async def test_submit_says_whether_it_created_the_process(state):
+    backend = ScriptedBackend({"once": [(100, 0)], "anonymous": [(0.01, 0), (0.01, 0)]})
+    async with open_runtime(state_dir=state, backends={"local": backend}) as rt:
+        manager = rt.processes
+        submissions = []
+
+        async def submit() -> None:
+            submissions.append(await manager.submit(ProcessSpec(argv=("prog",), name="once")))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(5):
+                nursery.start_soon(submit)
+        assert sorted(submission.created for submission in submissions) == [False] * 4 + [True]
+        assert len({submission.record.id for submission in submissions}) == 1
+        await manager.wait(submissions[0].record.id, until=lambda r: r.phase == "running")
+        again = await manager.submit(ProcessSpec(argv=("prog",), name="once"))
+        assert not again.created and again.record.phase == "running"  # the newest record
+        unnamed = [await manager.submit(ProcessSpec(argv=("anonymous",))) for _ in range(2)]
+        assert [submission.created for submission in unnamed] == [True, True]
+        await manager.kill(again.record.id)
+
+
+# -- one cancel scope per wait ----------------------------------------------------------------
+
+
+class GatedLaunch(ScriptedBackend):
+    """Launches wait at a gate that the test opens."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.launching = trio.Event()
+        self.gate = trio.Event()
+
+    async def launch(self, key: str, spec: ProcessSpec) -> dict[str, Any]:
+        self.launching.set()
+        await self.gate.wait()
+        return await super().launch(key, spec)
+
+
+async def test_a_request_that_comes_during_an_effect_cuts_the_next_wait_short(
+    state, autojump_clock
+):
+    backend = GatedLaunch({"a": [(100, 0)]})
+    async with open_runtime(state_dir=state, backends={"local": backend}) as rt:
+        ref = await rt.spawn_process(spec("a"))
+        await backend.launching.wait()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ref.pause)  # the launch is an effect: it goes on
+            await trio.testing.wait_all_tasks_blocked()
+            backend.gate.set()
+        paused = ref.record()
+        # launched, then paused at once: the wait for the exit never began
+        assert (paused.phase, paused.state.paused_from) == ("paused", "running")
+        assert trio.current_time() < 1 and backend.launches[f"{ref.id}.1"] == 1
+        await ref.kill()

@@ -253,12 +253,16 @@ class ProcessManager:
         return Submission(record, created=True)
 
     def _existing(self, name: str) -> ProcessRecord | None:
-        store = self._journal.store
-        process_id = store.id_for_name(name)
+        """The newest record of the process named ``name``, if there is one."""
+        journal = self._journal
+        process_id = journal.store.id_for_name(name)
         if process_id is None:
             return None
-        raw = store.load(process_id)
-        return None if raw is None else self._journal.codec.decode(raw)
+        record = journal.latest(process_id)
+        if record is not None:
+            return record
+        raw = journal.store.load(process_id)
+        return None if raw is None else journal.codec.decode(raw)
 
     async def pause(self, id_or_name: str) -> ProcessRecord:
         """Pause between steps; returns once the pause is durable (the record, paused).
