@@ -209,12 +209,10 @@ def advance(
     if target is None:  # (resume: back where the pause left, Rule 3)
         target = state.paused_from
         assert target is not None
+    paused_from = None if "paused_from" in clears else state.paused_from
+    paused_by = None if "paused_by" in clears else state.paused_by
     if effect.pauses:
         paused_from, paused_by = state.phase, by
-    elif "paused_from" in clears:
-        paused_from, paused_by = None, None
-    else:
-        paused_from, paused_by = state.paused_from, state.paused_by
     new_handle = None if "handle" in clears else state.handle
     new_result = None if "result" in clears else state.result
     started_at = None if "started_at" in clears else state.started_at
