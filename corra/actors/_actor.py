@@ -189,15 +189,6 @@ class _Cell:
         self.request_stop()
         self.scope.deadline = min(self.scope.deadline, trio.current_time() + grace)
 
-    def replace_scope(self, scope: trio.CancelScope) -> None:
-        """For an actor that goes on in ``scope`` after cancelling its own (see
-        `corra.processes._process`): termination cancels ``scope`` from now on, with the same
-        deadline."""
-        old, self.scope = self.scope, scope
-        scope.deadline = min(scope.deadline, old.deadline)
-        if self.terminating and old.cancel_called:
-            scope.cancel()
-
     def mark_stopped(self) -> None:
         self.status = "stopped"
         if self._done is not None:
