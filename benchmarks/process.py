@@ -14,7 +14,7 @@
 - ``local_programs_c1``, ``local_programs_c8``: programs of ``true`` per second through a
   durable runtime (``spawn_process`` + ``ref.wait``, a full lifecycle with four transitions,
   every one durable, of which the program waits for three: created, launching and finished,
-  or two when the backend offers ``try_acquire_slot``; see ``corra.processes._process``; a
+  or two when the backend offers ``try_acquire_slot``; see ``corra.processes._actor``; a
   chaperone per program), by 1 or 8 concurrent submitters (``max_running=8``).
   Baseline: ``trio.run_process(["true"])`` by as many workers. Goal: 0.8.
 - ``local_backend_c1``, ``local_backend_c8``: the `LocalBackend` alone (slot, launch, wait; the

@@ -48,10 +48,10 @@ from corra.actors import SupervisorStatistics as SupervisorStatistics
 from corra.actors import TreeNode as TreeNode
 from corra.processes._lifecycle import ProcessState as ProcessState
 from corra.processes._lifecycle import Result as Result
-from corra.processes._process import RecoveryReport as RecoveryReport
 from corra.processes._records import ProcessRecord as ProcessRecord
 from corra.processes._records import ProcessSpec as ProcessSpec
 from corra.processes._records import Transition as Transition
 from corra.processes._records import parse_process_spec as parse_process_spec
+from corra.processes._recovery import RecoveryReport as RecoveryReport
 
 __version__ = "0.1.0"

@@ -24,7 +24,8 @@ from corra.actors._specs import SupervisorFlags, SupervisorSpec
 from corra.persistence import Codec, open_store
 from corra.processes._backend import Backend, BackendContext
 from corra.processes._lifecycle import ProcessState, Result
-from corra.processes._process import ProcessManager, RecoveryReport
+from corra.processes._manager import ProcessManager
+from corra.processes._migrations import record_1_to_2
 from corra.processes._records import (
     DEFAULT_OUTPUT_LIMIT,
     ProcessRecord,
@@ -36,6 +37,7 @@ from corra.processes._records import (
     encode_transition_data,
     parse_process_spec,
 )
+from corra.processes._recovery import RecoveryReport
 from corra.processes._registry import installed
 
 if TYPE_CHECKING:
@@ -47,7 +49,9 @@ RUNTIME_LOCK = "runtime.lock"
 #: The state directory when none is given: ``$CORRA_STATE_DIR``, else ``./.corra``.
 STATE_DIR_ENV = "CORRA_STATE_DIR"
 
-RECORD_CODEC: Codec[ProcessRecord] = Codec(ProcessRecord, schema=1, encode_data=encode_record_data)
+RECORD_CODEC: Codec[ProcessRecord] = Codec(
+    ProcessRecord, schema=2, migrations={1: record_1_to_2}, encode_data=encode_record_data
+)
 HISTORY_CODEC: Codec[Transition] = Codec(Transition, schema=1, encode_data=encode_transition_data)
 
 #: The processes supervisor: one_for_one over process actors, which are temporary (a
@@ -100,8 +104,8 @@ class Runtime(kernel.Runtime):
             )
         else:
             parsed = parse_process_spec({"argv": list(spec), **fields})
-        record = await self.processes.submit(parsed)
-        return ProcessRef(self.processes, record.id)
+        submitted = await self.processes.submit(parsed)
+        return ProcessRef(self.processes, submitted.record.id)
 
 
 class ProcessRef:

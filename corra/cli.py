@@ -49,8 +49,8 @@ from corra.api._files import DEFAULT_HOST, DEFAULT_PORT, TOKEN_FILE
 from corra.api._wire import detail_json, record_json
 from corra.backends.recorded import recorded
 from corra.persistence import open_store_readonly
-from corra.processes._lifecycle import ACTIVE, PHASES, TERMINAL, Result
-from corra.processes._process import describe, find_record, paused_for_host, sorted_records
+from corra.processes._journal import find_record, sorted_records
+from corra.processes._lifecycle import ACTIVE, PHASES, TERMINAL, Result, describe, needs_recovery
 from corra.processes._records import (
     DEFAULT_OUTPUT_LIMIT,
     ProcessRecord,
@@ -353,7 +353,7 @@ async def _run_async(job: JobFile, state_dir: Path, args: argparse.Namespace) ->
                 nursery.start_soon(display.follow, events)
                 ids = []
                 for spec in job.processes:
-                    record = await manager.submit(spec)
+                    record = (await manager.submit(spec)).record
                     ids.append(record.id)
                     if record.state.terminal:
                         display.line(f"{record.name}: already {record.phase}, not run again")
@@ -398,7 +398,7 @@ async def _wait_all(manager: Any, ids: list[str]) -> None:
 
     def idle(record: ProcessRecord) -> bool:
         # (a process paused because its host stopped answering resumes by itself: wait)
-        return record.phase not in ACTIVE and not paused_for_host(record.state)
+        return not needs_recovery(record.state)
 
     for process_id in ids:
         await manager.wait(process_id, until=idle)
@@ -414,7 +414,7 @@ def _leftovers(manager: Any, report: Any, ids: list[str]) -> int:
         if process_id in own:
             continue
         record = manager.get(process_id)
-        if record.phase in ACTIVE or paused_for_host(record.state):
+        if needs_recovery(record.state):
             count += 1
     return count
 

@@ -26,7 +26,7 @@ from corra.api._cache import TERMINAL_CACHE_BYTES, TerminalCache
 from corra.api._requests import BODY_TIMEOUT
 from corra.api._server import TLS_HANDSHAKE_TIMEOUT
 from corra.backends.local_process import log_file
-from corra.processes._process import MAX_LOG_OFFSET
+from corra.processes._manager import MAX_LOG_OFFSET
 
 # -- the cache of terminal processes -----------------------------------------------------------
 
@@ -242,7 +242,7 @@ async def test_a_pause_overtaken_by_a_kill_answers_409_with_the_phase(tmp_path):
         # The pause's write is held until the kill is in the actor's mailbox: the kill comes
         # while the pause is written, and goes on after it.
         writing, release = trio.Event(), trio.Event()
-        save = manager._store.save
+        save = manager.store.save
 
         async def held_save(process_id: str, snapshot: bytes, **options: Any) -> None:
             if b'"pause"' in (options.get("transition") or b"") + b"".join(
@@ -252,7 +252,7 @@ async def test_a_pause_overtaken_by_a_kill_answers_409_with_the_phase(tmp_path):
                 await release.wait()
             await save(process_id, snapshot, **options)
 
-        manager._store.save = held_save
+        manager.store.save = held_save
         answers: dict[str, Any] = {}
 
         async def call(verb: str, **params: str) -> None:

@@ -1,9 +1,9 @@
 """The backend seam: backends are plug-ins found through entry points, opened by the runtime
-through their ``open``, and handed typed `LaunchRequest` values; the core names none of them."""
+through their ``open``, and handed typed `LaunchRequest` values (that the core names none of
+them: tests/test_layering.py)."""
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import json
 import os
@@ -36,41 +36,6 @@ from corra.processes._backend import (
 )
 from corra.processes._lifecycle import Result
 from corra.processes._registry import Registry, installed
-
-CORRA = Path(corra.__file__).parent
-#: The modules of the built-in backends, which the core reaches only through the registry.
-BUILT_IN_BACKENDS = (
-    "corra.backends.local",
-    "corra.backends.local_process",
-    "corra.backends.ssh",
-    "corra.backends.slurm",
-    "corra.backends.batch",
-    "corra.backends.plugins",
-)
-
-
-def _imports(path: Path) -> set[str]:
-    """Every module ``path`` imports, at the top or inside a function."""
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module is not None:
-            names.add(node.module)
-            names.update(f"{node.module}.{alias.name}" for alias in node.names)
-    return names
-
-
-def test_the_core_names_no_backend() -> None:
-    core = [CORRA / "_runtime.py", *sorted((CORRA / "processes").glob("*.py"))]
-    for path in core:
-        named = {
-            name
-            for name in _imports(path)
-            for backend in BUILT_IN_BACKENDS
-            if name == backend or name.startswith(f"{backend}.")
-        }
-        assert named == set(), f"{path.relative_to(CORRA.parent)} imports {sorted(named)}"
 
 
 def test_the_built_in_backends_register_through_entry_points() -> None:

@@ -443,6 +443,7 @@ process_records = st.builds(
         phase=st.sampled_from(PHASES),
         attempt=st.integers(1, 10**6),
         paused_from=st.none() | st.sampled_from(PHASES),
+        paused_by=st.none() | st.sampled_from(("user", "host")),
         handle=st.none() | st.dictionaries(any_text, json_values, max_size=3),
         reason=st.none() | any_text,
         result=st.none() | record_results,

@@ -10,13 +10,16 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from corra._errors import InvalidTransition
 from corra._runtime import HISTORY_CODEC, RECORD_CODEC
 from corra.processes._lifecycle import (
+    ACTIVE,
     PHASES,
     TABLE,
     TERMINAL,
     ProcessState,
     Result,
     advance,
+    after_exit,
     allowed,
+    needs_recovery,
 )
 from corra.processes._records import ProcessRecord, ProcessSpec, Transition
 
@@ -52,24 +55,38 @@ class LifecycleWalk(RuleBasedStateMachine):
         self.state = ProcessState()
         self.clock = 0.0
 
-    @rule(event=st.sampled_from(EVENTS), reason=st.none() | st.text(max_size=5))
-    def fire(self, event: str, reason: str | None) -> None:
+    @rule(
+        event=st.sampled_from(EVENTS),
+        reason=st.none() | st.text(max_size=5),
+        by=st.sampled_from(["user", "host"]),
+    )
+    def fire(self, event: str, reason: str | None, by: str) -> None:
         before = self.state
         expected = model_next(before.phase, before.paused_from, event)
         self.clock += 1
         if expected is None:
             with pytest.raises(InvalidTransition) as info:
-                advance(before, event, at=self.clock, process="p", reason=reason)  # type: ignore[arg-type]
+                advance(before, event, at=self.clock, process="p", reason=reason, by=by)  # type: ignore[arg-type]
             assert (info.value.phase, info.value.event) == (before.phase, event)
             assert self.state is before  # nothing changed
             return
-        after = advance(before, event, at=self.clock, process="p", reason=reason)  # type: ignore[arg-type]
+        after = advance(before, event, at=self.clock, process="p", reason=reason, by=by)  # type: ignore[arg-type]
         assert after.phase == expected
         assert after.updated_at == self.clock
         assert after.attempt == before.attempt + (1 if event == "retry" else 0)
         if event == "pause":
-            assert after.paused_from == before.phase
+            assert (after.paused_from, after.paused_by) == (before.phase, by)
         self.state = after
+
+    @invariant()
+    def paused_by_only_while_paused(self) -> None:
+        assert (self.state.paused_by is not None) == (self.state.phase == "paused")
+
+    @invariant()
+    def needs_recovery_while_active_or_paused_by_the_host(self) -> None:
+        state = self.state
+        expected = state.phase in ACTIVE or (state.phase == "paused" and state.paused_by == "host")
+        assert needs_recovery(state) == expected
 
     @invariant()
     def paused_from_only_while_paused(self) -> None:
@@ -121,6 +138,7 @@ records = st.builds(
         ProcessState,
         phase=st.sampled_from(PHASES),
         attempt=st.integers(1, 100),
+        paused_by=st.none() | st.sampled_from(["user", "host"]),
         handle=st.none() | st.dictionaries(names, st.integers() | texts | st.none(), max_size=3),
         reason=st.none() | texts,
         result=st.none() | results,
@@ -152,7 +170,8 @@ def test_transitions_round_trip_through_the_codec(transition):
 
 
 def reference_advance(state, event, *, at, process="?", handle=None, reason=None, result=None):
-    """`advance` as it was first written (with attrs.evolve), to check the faster one."""
+    """`advance` as it was first written (with attrs.evolve), to check the faster one; since
+    issue 12 with who paused (``paused_by``) and the default reason of a pause."""
     import attrs
 
     key = (state.phase, event)
@@ -161,9 +180,14 @@ def reference_advance(state, event, *, at, process="?", handle=None, reason=None
     target = TABLE[key]
     changes: dict = {"updated_at": at}
     if event == "pause":
-        changes.update(phase="paused", paused_from=state.phase, reason=reason)
+        changes.update(
+            phase="paused",
+            paused_from=state.phase,
+            paused_by="user",
+            reason=reason or "paused on request",
+        )
     elif event == "resume":
-        changes.update(phase=state.paused_from, paused_from=None, reason=None)
+        changes.update(phase=state.paused_from, paused_from=None, paused_by=None, reason=None)
     elif event == "retry":
         changes.update(
             phase="created", attempt=state.attempt + 1, handle=None, reason=reason, result=result
@@ -171,7 +195,7 @@ def reference_advance(state, event, *, at, process="?", handle=None, reason=None
     else:
         changes["phase"] = target
         if event == "kill":
-            changes.update(paused_from=None, reason=reason or "killed on request")
+            changes.update(paused_from=None, paused_by=None, reason=reason or "killed on request")
         if handle is not None:
             changes["handle"] = handle
         if event != "kill":
@@ -213,3 +237,38 @@ def test_advance_does_what_the_first_version_did(state, event, handle, reason, r
             advance(state, event, at=99.0, handle=handle, reason=reason, result=result)  # type: ignore[arg-type]
         return
     assert advance(state, event, at=99.0, handle=handle, reason=reason, result=result) == expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("restart", "attempt", "result", "lost", "expected"),
+    [
+        ("temporary", 1, Result(returncode=0), None, ("succeed", None)),
+        ("temporary", 1, Result(returncode=3), None, ("fail", "exited with 3")),
+        ("transient", 1, Result(returncode=3), None, ("retry", "attempt 1: exited with 3")),
+        ("transient", 3, Result(returncode=3), None, ("fail", "exited with 3")),
+        ("transient", 1, Result(returncode=0), None, ("succeed", None)),
+        ("permanent", 1, Result(returncode=0), None, ("retry", "attempt 1: exited with 0")),
+        ("permanent", 3, Result(returncode=0), None, ("succeed", None)),
+        ("transient", 1, None, "lost: gone", ("retry", "attempt 1: lost: gone")),
+        ("temporary", 1, Result(returncode=0), "lost: gone", ("fail", "lost: gone")),
+        ("temporary", 1, None, None, ("fail", "no result")),
+        ("temporary", 1, Result(signal=9), None, ("fail", "killed by signal 9")),
+        ("temporary", 1, Result(returncode=0, timed_out=True), None, ("fail", "timed out")),
+    ],
+)
+def test_after_exit_decides_between_retry_succeed_and_fail(
+    restart, attempt, result, lost, expected
+):
+    assert after_exit(restart, 3, attempt, result, lost=lost) == expected
+
+
+def test_a_pause_for_the_host_needs_recovery_and_a_pause_by_a_user_does_not():
+    running = advance(advance(ProcessState(), "launch", at=1.0), "started", at=2.0, handle={})
+    by_host = advance(running, "pause", at=3.0, by="host", reason="host unavailable: h: down")
+    by_user = advance(running, "pause", at=3.0)
+    assert (by_host.paused_by, by_host.reason) == ("host", "host unavailable: h: down")
+    assert (by_user.paused_by, by_user.reason) == ("user", "paused on request")
+    assert needs_recovery(running) and needs_recovery(by_host) and not needs_recovery(by_user)
+    for paused in (by_host, by_user):
+        assert advance(paused, "resume", at=4.0).paused_by is None
+        assert advance(paused, "kill", at=4.0).paused_by is None

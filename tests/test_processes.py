@@ -22,13 +22,14 @@ import trio.testing
 
 import corra
 import corra._runtime
-import corra.processes._process
+import corra.processes._actor
 from corra._errors import InvalidTransition
 from corra._runtime import RECORD_CODEC, open_runtime
 from corra.actors._specs import Backoff
 from corra.persistence import open_store
 from corra.processes._backend import BackendBase, Capabilities, EffectKey, LaunchRequest
 from corra.processes._lifecycle import ACTIVE, Result
+from corra.processes._records import ProcessSpec
 
 
 @attrs.define
@@ -196,8 +197,8 @@ async def test_pause_holds_nothing_and_resume_continues_without_relaunching(stat
         assert isinstance(processes, corra.SupervisorRef)
         assert processes.which_children() == []
         assert backend.limiter.borrowed_tokens == 0
-        manager = rt.processes
-        assert not manager._active and not manager._watches and not manager._unconfirmed
+        journal = rt.processes._journal
+        assert not journal._active and not journal._watches and not journal._unconfirmed
         with pytest.raises(InvalidTransition, match="cannot pause in phase 'paused'"):
             await ref.pause()
         resumed = await ref.resume()
@@ -351,7 +352,7 @@ async def test_a_rerun_killed_during_its_backoff_does_not_block_the_queue(state)
         other = await rt.spawn_process(spec("other"))
         with trio.fail_after(5):
             assert (await other.wait()).phase == "finished"
-        assert not any(rt.processes._admission.values())  # nobody left in the queue
+        assert not any(rt.processes._admission._queues.values())  # nobody left in the queue
 
 
 class FailingLaunch(ScriptedBackend):
@@ -409,7 +410,7 @@ def indexed_and_active(store) -> tuple[set[str], set[str]]:
 
 
 def indexed(rt) -> set[str]:
-    return {process_id for process_id, _ in rt.processes._store.scan_active()}
+    return {process_id for process_id, _ in rt.processes.store.scan_active()}
 
 
 class CountingCodec:
@@ -446,7 +447,7 @@ async def test_the_active_index_follows_transitions(state):
         assert indexed(rt) == {long.id}
         await long.wait()
         assert indexed(rt) == set()
-        counts = rt.processes._store.counts()
+        counts = rt.processes.store.counts()
         assert (counts.snapshots, counts.active) == (3, 0)
 
 
@@ -523,7 +524,7 @@ async def test_a_store_without_the_index_is_indexed_once_and_recovered(state, mo
         await store.save("pgarbage", b"\x00\xff not json")
     make_format_1(state)
     async with open_runtime(state_dir=state, backends={"local": backend}) as rt:
-        store = rt.processes._store
+        store = rt.processes.store
         assert store.has_active_index()
         assert rt.recovery == corra.RecoveryReport(
             resumed=(running.id,),
@@ -561,7 +562,7 @@ async def test_after_random_transitions_the_index_holds_exactly_the_active_ids(
     state, seed, monkeypatch
 ):
     backoff = Backoff(initial=0.01, factor=1.0, max=0.01)
-    monkeypatch.setattr(corra.processes._process, "RETRY_BACKOFF", backoff)
+    monkeypatch.setattr(corra.processes._actor, "RETRY_BACKOFF", backoff)
     rng = random.Random(seed)
     names = [f"r{i}" for i in range(12)]
     backend = ScriptedBackend(
@@ -572,7 +573,7 @@ async def test_after_random_transitions_the_index_holds_exactly_the_active_ids(
         max_running=3,
     )
     async with open_runtime(state_dir=state, backends={"local": backend}) as rt:
-        store = rt.processes._store
+        store = rt.processes.store
         ids: list[str] = []
         for _ in range(60):
             action = rng.choice(["spawn", "pause", "resume", "kill", "sleep", "sleep"])
@@ -638,8 +639,8 @@ async def history_of(state, process_id: str) -> list[str]:
 async def test_a_process_waits_for_two_durable_writes_when_a_slot_is_free(state, backend_type):
     backend = backend_type({"a": [(0.01, 0)]})
     async with open_runtime(state_dir=state, backends={"local": backend}) as rt:
-        store = rt.processes._store
-        rt.processes._store = recording = RecordingStore(store)
+        store = rt.processes.store
+        rt.processes._journal._store = recording = RecordingStore(store)
         ref = await rt.spawn_process(spec("a"))
         # Write-ahead: the intent is durable before anything is launched.
         assert backend.launches == {}
@@ -670,7 +671,7 @@ async def test_a_crash_between_the_merged_write_and_the_launch_launches_once(sta
         ref = await rt.spawn_process(spec("a"))
         await rt.processes.wait(ref.id, until=lambda r: r.phase == "launching")
         await trio.sleep(0.01)  # the actor is in the launch, which never gets to the program
-        assert RECORD_CODEC.decode(rt.processes._store.load(ref.id)).phase == "launching"
+        assert RECORD_CODEC.decode(rt.processes.store.load(ref.id)).phase == "launching"
     assert backend.launches == {}  # the runtime went away before the program existed
     backend.hang_before_launch = False
     async with open_runtime(state_dir=state, backends={"local": backend}) as rt:
@@ -698,7 +699,7 @@ class LosingStore(RecordingStore):
 async def test_a_lost_running_record_is_recovered_from_launching_without_relaunching(state):
     backend = ScriptedBackend({"a": [(0.3, 0)]})
     async with open_runtime(state_dir=state, backends={"local": backend}) as rt:
-        rt.processes._store = losing = LosingStore(rt.processes._store)
+        rt.processes._journal._store = losing = LosingStore(rt.processes.store)
         ref = await rt.spawn_process(spec("a"))
         await rt.processes.wait(ref.id, until=lambda r: r.phase == "running")
         assert losing.saves[-1] == ("lost", "running", ["started"])
@@ -734,7 +735,7 @@ async def test_a_failed_write_in_the_background_is_written_again_in_order(
         with trio.fail_after(10):
             record = await ref.wait()
         assert record.phase == "finished"
-        assert not rt.processes._unconfirmed
+        assert not rt.processes._journal._unconfirmed
     assert failed == [ref.id.encode()]
     # the entry of the failed write is written by the next one (which, if it was queued
     # behind the failed one, failed too and was retried), before its own
@@ -748,7 +749,7 @@ async def test_a_cancelled_wait_leaves_nothing_behind(state):
         ref = await rt.spawn_process(spec("long"))
         with trio.move_on_after(0.01):
             await ref.wait()
-        assert rt.processes._watches == {}
+        assert rt.processes._journal._watches == {}
         await ref.kill()
 
 
@@ -898,7 +899,7 @@ async def test_an_unavailable_host_pauses_its_processes_which_resume_when_it_ans
             assert record.state.reason == (
                 "host unavailable: h: me@h:22: unavailable after 5 failed connects"
             )
-            assert corra.processes._process.paused_for_host(record.state)
+            assert record.state.paused_by == "host"
         assert manager.active == 0 and backend.limiter.borrowed_tokens == 0
         assert backend.told == []  # (a pause for the host tells the backend nothing)
         await trio.sleep(60)
@@ -962,3 +963,63 @@ async def test_a_backend_is_told_of_a_pause_after_it_is_durable_and_a_resume_bef
         await ref.resume()
         assert backend.told == [("pause", key), ("resume", key)]
         assert (await ref.wait()).phase == "finished"
+
+
+# -- submission says whether it created the process ---------------------------------------------
+
+
+async def test_submit_says_whether_it_created_the_process(state):
+    backend = ScriptedBackend({"once": [(100, 0)], "anonymous": [(0.01, 0), (0.01, 0)]})
+    async with open_runtime(state_dir=state, backends={"local": backend}) as rt:
+        manager = rt.processes
+        submissions = []
+
+        async def submit() -> None:
+            submissions.append(await manager.submit(ProcessSpec(argv=("prog",), name="once")))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(5):
+                nursery.start_soon(submit)
+        assert sorted(submission.created for submission in submissions) == [False] * 4 + [True]
+        assert len({submission.record.id for submission in submissions}) == 1
+        await manager.wait(submissions[0].record.id, until=lambda r: r.phase == "running")
+        again = await manager.submit(ProcessSpec(argv=("prog",), name="once"))
+        assert not again.created and again.record.phase == "running"  # the newest record
+        unnamed = [await manager.submit(ProcessSpec(argv=("anonymous",))) for _ in range(2)]
+        assert [submission.created for submission in unnamed] == [True, True]
+        await manager.kill(again.record.id)
+
+
+# -- one cancel scope per wait ----------------------------------------------------------------
+
+
+class GatedLaunch(ScriptedBackend):
+    """Launches wait at a gate that the test opens."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.launching = trio.Event()
+        self.gate = trio.Event()
+
+    async def launch(self, request: LaunchRequest) -> dict[str, Any]:
+        self.launching.set()
+        await self.gate.wait()
+        return await super().launch(request)
+
+
+async def test_a_request_that_comes_during_an_effect_cuts_the_next_wait_short(
+    state, autojump_clock
+):
+    backend = GatedLaunch({"a": [(100, 0)]})
+    async with open_runtime(state_dir=state, backends={"local": backend}) as rt:
+        ref = await rt.spawn_process(spec("a"))
+        await backend.launching.wait()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ref.pause)  # the launch is an effect: it goes on
+            await trio.testing.wait_all_tasks_blocked()
+            backend.gate.set()
+        paused = ref.record()
+        # launched, then paused at once: the wait for the exit never began
+        assert (paused.phase, paused.state.paused_from) == ("paused", "running")
+        assert trio.current_time() < 1 and backend.launches[f"{ref.id}.1"] == 1
+        await ref.kill()

@@ -23,7 +23,6 @@ import trio
 
 from corra._runtime import open_runtime
 from corra.backends.ssh import HostConfig, LoginSettings
-from corra.processes._process import paused_for_host
 
 pytestmark = pytest.mark.slow
 
@@ -120,7 +119,7 @@ async def test_a_stopped_sshd_pauses_remote_processes_which_resume_when_it_is_ba
         with trio.fail_after(30):
             for ref in refs:
                 record = await manager.wait(ref.id, until=lambda r: r.phase == "paused")
-                assert paused_for_host(record.state), record.state.reason
+                assert record.state.paused_by == "host", record.state.reason
                 assert record.state.reason.startswith("host unavailable: far: ")
         assert manager.active == 0  # a paused process holds nothing, not even an actor
         await trio.sleep_until(stopped + 10)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+from typing import Any, Literal, Protocol, TypeAlias
 
 import attrs
 import outcome
@@ -24,8 +24,13 @@ import trio
 from corra._errors import ActorStopped, CallFailed, ConfigError, MailboxFull
 from corra.actors._mailbox import Mailbox
 
-if TYPE_CHECKING:
-    from corra.actors._supervisor import _Child
+
+class _Child(Protocol):
+    """What a cell reads of its supervisor's record of it (`corra.actors._supervisor`)."""
+
+    @property
+    def restarts(self) -> int: ...
+
 
 Status: TypeAlias = Literal["starting", "running", "stopping", "stopped"]
 
@@ -183,15 +188,6 @@ class _Cell:
             return
         self.request_stop()
         self.scope.deadline = min(self.scope.deadline, trio.current_time() + grace)
-
-    def replace_scope(self, scope: trio.CancelScope) -> None:
-        """For an actor that goes on in ``scope`` after cancelling its own (see
-        `corra.processes._process`): termination cancels ``scope`` from now on, with the same
-        deadline."""
-        old, self.scope = self.scope, scope
-        scope.deadline = min(scope.deadline, old.deadline)
-        if self.terminating and old.cancel_called:
-            scope.cancel()
 
     def mark_stopped(self) -> None:
         self.status = "stopped"

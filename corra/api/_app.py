@@ -60,7 +60,7 @@ from corra.api._requests import (
 from corra.api._wire import detail_json, record_json
 from corra.backends.recorded import recorded, unwatched_program
 from corra.processes._lifecycle import ACTIVE, PHASES
-from corra.processes._process import MAX_LOG_OFFSET
+from corra.processes._manager import MAX_LOG_OFFSET
 from corra.processes._records import ProcessRecord, Transition, parse_process_spec
 
 logger = logging.getLogger("corra.api")
@@ -172,7 +172,6 @@ class Api:
         self.commits = _metrics.CommitLatency(self.manager.store)
         self.stopping = trio.Event()
         """Set when the service stops: streams end, so that their clients reconnect."""
-        self._submitting: dict[str, trio.Event] = {}
         # ``GET /v1/processes/{id}`` of terminal processes, by id (bounded by bytes).
         self._terminal = TerminalCache()
         routes = [
@@ -252,13 +251,11 @@ class Api:
         data = parse_json(await read_body(request))
         spec = parse_process_spec(data, "process")
         check_paths(spec)
-        async with self._one_submission(spec.name):
-            existing = self._named(spec.name)
-            record = existing or await self.manager.submit(spec)
-        created = existing is None and record.spec.name == spec.name
+        submitted = await self.manager.submit(spec)
+        record = submitted.record
         return JSONResponse(
             record_json(record),
-            status_code=201 if created else 200,
+            status_code=201 if submitted.created else 200,
             headers={"Location": f"/v1/processes/{record.id}"},
         )
 
@@ -423,32 +420,6 @@ class Api:
     def _history(self, record: ProcessRecord) -> list[Transition]:
         """The history of a record in hand (not looked up again)."""
         return self.manager.history(record)
-
-    def _named(self, name: str | None) -> ProcessRecord | None:
-        """The process called ``name``, if there is one."""
-        if name is None:
-            return None
-        try:
-            record = self.manager.get(name)
-        except NoSuchProcess:
-            return None
-        return record if record.spec.name == name else None
-
-    @contextlib.asynccontextmanager
-    async def _one_submission(self, name: str | None) -> AsyncIterator[None]:
-        """Submissions of one name, one at a time: the second finds the first's process (and
-        answers 200, not 201)."""
-        if name is None:
-            yield
-            return
-        while (busy := self._submitting.get(name)) is not None:
-            await busy.wait()
-        done = self._submitting[name] = trio.Event()
-        try:
-            yield
-        finally:
-            del self._submitting[name]
-            done.set()
 
     async def _api_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)

@@ -17,7 +17,7 @@ from typing import Any
 
 import trio
 
-from corra.processes._process import ProcessManager
+from corra.processes._manager import ProcessManager
 from corra.processes._records import ProcessRecord
 
 #: The most bytes one entry carries.

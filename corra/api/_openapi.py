@@ -11,7 +11,7 @@ from typing import Any
 import corra
 from corra.api._schemas import SCHEMAS, json_content, nullable, ref
 from corra.processes._lifecycle import PHASES
-from corra.processes._process import MAX_LOG_OFFSET
+from corra.processes._manager import MAX_LOG_OFFSET
 from corra.processes._spec_content import HIDDEN
 
 

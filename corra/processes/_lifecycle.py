@@ -1,4 +1,5 @@
-"""The process lifecycle: phases, events and the transition table. No trio, no I/O.
+"""The process lifecycle: phases, events, the transition table and every rule around it.
+No trio, no I/O.
 
 Rules, in the manner of h11:
 
@@ -6,13 +7,21 @@ Rule 1. A process is in exactly one phase. ``finished``, ``failed`` and ``killed
         terminal: no event leaves them.
 Rule 2. Every change of phase is an event looked up in `TABLE`; a pair that is not in the
         table raises `InvalidTransition` and changes nothing.
-Rule 3. ``pause`` remembers the phase it left (``paused_from``) and ``resume`` returns there,
-        so a resumed process continues at the step that was next.
+Rule 3. ``pause`` remembers the phase it left (``paused_from``) and who paused
+        (``paused_by``: a user, or corra because the host stopped answering), and ``resume``
+        returns there, so a resumed process continues at the step that was next.
 Rule 4. ``kill`` is allowed from every non-terminal phase, ``paused`` included.
 Rule 5. ``retry`` starts a new attempt from ``created``; the attempt number is part of every
         effect's idempotency key (``<process id>.<attempt>``), so a retried launch is a new
         program and a replayed one is the same program.
 Rule 6. The state is a frozen value; `advance` returns a new one and never mutates.
+Rule 7. What an event does beside moving the phase is data too (`EFFECTS`): the fields it
+        clears, and the reason it gives when it is given none.
+Rule 8. A process needs recovery (an actor, after a crash too) while it has work to do: in an
+        `ACTIVE` phase, or paused by its host, which corra resumes by itself when the host
+        answers again (`needs_recovery`). The store's ``active`` index holds exactly those.
+Rule 9. After a program's exit, the spec's restart policy decides between ``retry``,
+        ``succeed`` and ``fail`` (`after_exit`).
 """
 
 from __future__ import annotations
@@ -92,6 +101,11 @@ class Result:
         return self.returncode == 0 and self.error is None and not self.timed_out
 
 
+#: Who paused a process: a user (it stays paused until resumed by hand), or corra because
+#: its host stopped answering (resumed by corra when the host answers again).
+PausedBy: TypeAlias = Literal["user", "host"]
+
+
 @attrs.frozen
 class ProcessState:
     """Where a process is. Snapshotted whole at every transition.
@@ -100,6 +114,7 @@ class ProcessState:
         phase: the phase users see (`PHASES`).
         attempt: 1 for the first run, one more for every ``retry``.
         paused_from: the phase ``resume`` returns to, while paused.
+        paused_by: who paused it (`PausedBy`), while paused.
         handle: the backend's record of the launched program (JSON-able), once launched.
         reason: why the process failed, was paused or killed, in words.
         result: how the program ended, once it did.
@@ -114,6 +129,7 @@ class ProcessState:
     phase: Phase = "created"
     attempt: int = 1
     paused_from: Phase | None = None
+    paused_by: PausedBy | None = None
     handle: dict[str, Any] | None = None
     reason: str | None = None
     result: Result | None = None
@@ -123,6 +139,41 @@ class ProcessState:
     @property
     def terminal(self) -> bool:
         return self.phase in TERMINAL
+
+
+@attrs.frozen
+class Effect:
+    """What an event does to a state beside moving its phase (Rule 7)."""
+
+    takes: frozenset[str] = frozenset({"handle", "result"})
+    """Which of the ``handle`` and ``result`` given with the event replace the state's."""
+    clears: frozenset[str] = frozenset()
+    """Fields set back to their defaults, unless the event takes a value for them."""
+    new_attempt: bool = False
+    """The attempt number goes up by one (Rule 5)."""
+    pauses: bool = False
+    """``paused_from`` and ``paused_by`` are set (Rule 3)."""
+    starts: bool = False
+    """The handle it takes says when the program started (``started_at``)."""
+    default_reason: str | None = None
+    """The reason when the event is given none (or an empty one)."""
+
+
+#: The effects of the events that do more than move the phase and take what they are given.
+EFFECTS: dict[Event, Effect] = {
+    "started": Effect(starts=True),
+    "retry": Effect(
+        takes=frozenset({"result"}),  # (the attempt before's, for the record)
+        clears=frozenset({"handle", "result", "started_at"}),
+        new_attempt=True,
+    ),
+    "pause": Effect(takes=frozenset(), pauses=True, default_reason="paused on request"),
+    "resume": Effect(takes=frozenset(), clears=frozenset({"paused_from", "paused_by", "reason"})),
+    "kill": Effect(
+        clears=frozenset({"paused_from", "paused_by"}), default_reason="killed on request"
+    ),
+}
+_PLAIN = Effect()
 
 
 def allowed(phase: Phase) -> list[Event]:
@@ -139,39 +190,102 @@ def advance(
     handle: dict[str, Any] | None = None,
     reason: str | None = None,
     result: Result | None = None,
+    by: PausedBy = "user",
 ) -> ProcessState:
     """The state after ``event``; raises `InvalidTransition` (and changes nothing) if the
-    table has no such move."""
+    table has no such move.
+
+    ``handle`` and ``result``, when given, replace the state's; ``reason`` describes this
+    transition only (it is not kept from the one before); ``by`` says who pauses (``pause``
+    only).
+    """
     key = (state.phase, event)
     if key not in TABLE:
         raise InvalidTransition(process, state.phase, event)
     target = TABLE[key]
+    effect = EFFECTS.get(event, _PLAIN)
+    takes, clears = effect.takes, effect.clears
     # Built field by field rather than with attrs.evolve: this runs at every transition.
-    phase, attempt, paused_from = state.phase, state.attempt, state.paused_from
-    new_handle, new_result, started_at = state.handle, state.result, state.started_at
-    if event == "pause":
-        phase, paused_from = "paused", state.phase
-    elif event == "resume":
-        assert state.paused_from is not None
-        phase, paused_from, reason = state.paused_from, None, None
-    elif event == "retry":
-        phase, attempt, new_handle, new_result = "created", state.attempt + 1, None, result
-        started_at = None
-    else:
+    if target is None:  # (resume: back where the pause left, Rule 3)
+        target = state.paused_from
         assert target is not None
-        phase = target
-        if event == "kill":
-            paused_from, reason = None, reason or "killed on request"
-        if handle is not None:
-            new_handle = handle
-            if event == "started":
-                started_at = _started_at(handle, started_at)
-        if result is not None:
-            new_result = result
-            if result.started_at is not None:
-                started_at = result.started_at
-        # (a reason describes the latest transition only: every event but kill sets it)
-    return ProcessState(phase, attempt, paused_from, new_handle, reason, new_result, at, started_at)
+    paused_from = None if "paused_from" in clears else state.paused_from
+    paused_by = None if "paused_by" in clears else state.paused_by
+    if effect.pauses:
+        paused_from, paused_by = state.phase, by
+    new_handle = None if "handle" in clears else state.handle
+    new_result = None if "result" in clears else state.result
+    started_at = None if "started_at" in clears else state.started_at
+    if handle is not None and "handle" in takes:
+        new_handle = handle
+        if effect.starts:
+            started_at = _started_at(handle, started_at)
+    if result is not None and "result" in takes:
+        new_result = result
+        if result.started_at is not None and "started_at" not in clears:
+            started_at = result.started_at
+    if "reason" in clears:
+        reason = None
+    elif not reason:
+        reason = effect.default_reason or reason
+    return ProcessState(
+        target,
+        state.attempt + 1 if effect.new_attempt else state.attempt,
+        paused_from,
+        paused_by,
+        new_handle,
+        reason,
+        new_result,
+        at,
+        started_at,
+    )
+
+
+def needs_recovery(state: ProcessState) -> bool:
+    """Whether the process has work to do, so that it needs an actor, and a later runtime
+    must recover it (Rule 8): it is active, or paused by its host."""
+    return state.phase in ACTIVE or state.paused_by == "host"
+
+
+def after_exit(
+    restart: str,
+    max_attempts: int,
+    attempt: int,
+    result: Result | None,
+    *,
+    lost: str | None = None,
+) -> tuple[Event, str | None]:
+    """What follows the end of attempt ``attempt`` (Rule 9): the event and its reason.
+
+    Args:
+        restart: the spec's restart policy: ``temporary`` never reruns, ``transient`` reruns
+            after a failure, ``permanent`` after any exit; up to ``max_attempts`` attempts.
+        max_attempts: how many attempts the process gets.
+        attempt: the attempt that ended.
+        result: how its program ended (None: unknown).
+        lost: why the program was lost, if it was (its end is then a failure).
+    """
+    ok = lost is None and result is not None and result.ok
+    reason = lost or describe(result)
+    rerun = restart == "permanent" or (restart == "transient" and not ok)
+    if rerun and attempt < max_attempts:
+        return "retry", f"attempt {attempt}: {reason}"
+    if ok:
+        return "succeed", None
+    return "fail", reason
+
+
+def describe(result: Result | None) -> str:
+    """How a run ended, in words (a failure's ``reason``)."""
+    if result is None:
+        return "no result"
+    if result.error:
+        return result.error
+    if result.timed_out:
+        return "timed out"
+    if result.signal is not None:
+        return f"killed by signal {result.signal}"
+    return f"exited with {result.returncode}"
 
 
 def _started_at(handle: dict[str, Any], known: float | None) -> float | None:

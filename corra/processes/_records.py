@@ -878,6 +878,7 @@ def _result_json(result: Result | None) -> str:
 #: The JSON of each phase (``"created"`` ...), and of no phase.
 _PHASE_JSON: dict[object, str] = {phase: f'"{phase}"' for phase in PHASES}
 _OPTIONAL_PHASE_JSON: dict[object, str] = {**_PHASE_JSON, None: "null"}
+_PAUSED_BY_JSON: dict[object, str] = {"user": '"user"', "host": '"host"', None: "null"}
 
 
 def _state_json(state: ProcessState) -> str:
@@ -894,6 +895,7 @@ def _state_json(state: ProcessState) -> str:
         f'{{"phase":{_PHASE_JSON[state.phase]},'
         f'"attempt":{attempt!r},'
         f'"paused_from":{_OPTIONAL_PHASE_JSON[state.paused_from]},'
+        f'"paused_by":{_PAUSED_BY_JSON[state.paused_by]},'
         f'"handle":{_plain_json(state.handle)},'
         f'"reason":{_json_optional_text(state.reason)},'
         f'"result":{_result_json(state.result)},'

@@ -1,0 +1,294 @@
+"""The process actor: one program driven through its lifecycle, every transition durable first.
+
+One actor per process that has work to do, under the ``/processes`` supervisor. It runs a loop
+of steps, one per phase (``created`` waits for a slot, ``launching`` launches, ``running``
+waits for the exit, ``killing`` kills); each step ends with a transition that is durable in the
+store before the next step starts (write-ahead, `Journal`), and every effect carries the
+idempotency key ``<process id>.<attempt>``, so a step replayed after a crash finds the effect
+it already had instead of repeating it. Two writes are spared: a process submitted while its
+backend has a slot free is durable as ``launching`` at once (`ProcessManager.submit`), and
+``running`` is written in the background (a crash that loses it leaves the process
+``launching``, which recovery settles by the idempotent launch).
+
+Pause and kill are requests to the actor. They take effect between steps: a wait (for a slot,
+a backoff, the program's exit) is interrupted, an effect in progress (a launch, a kill, a
+write) is not. Each wait runs in a cancel scope of its own, made when the actor takes its
+requests; a request (or a stop) that comes later cancels it, whether the wait has begun or not,
+and a wait whose scope was cancelled goes back to the requests before any effect. A paused
+process is its snapshot and nothing else: its actor ends, and a resume starts a fresh one at
+the step that was next.
+
+A host that stops answering (`HostUnavailable` from a remote backend) pauses the process for
+its host (`corra.processes._hosts`), or fails it, as the host's policy says.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any, Literal
+
+import attrs
+import trio
+
+from corra._errors import (
+    BackendError,
+    ConfigError,
+    HostUnavailable,
+    LaunchFailed,
+    ProgramLost,
+    StoreError,
+)
+from corra.actors._actor import Actor
+from corra.actors._specs import Backoff
+from corra.processes._admission import Admission
+from corra.processes._backend import Backend, EffectKey
+from corra.processes._hosts import HOST_RETRY_DELAY, HostWaits
+from corra.processes._journal import Journal
+from corra.processes._lifecycle import PAUSABLE, Event, ProcessState, Result, after_exit, allowed
+from corra.processes._records import ProcessRecord, ProcessSpec
+from corra.processes._requests import effect_key, launch_request
+
+logger = logging.getLogger("corra.process")
+
+#: Delay before attempt n+1 of a transient or permanent process.
+RETRY_BACKOFF = Backoff(initial=1.0, factor=2.0, max=60.0)
+#: Transient trouble in a step (the store, the backend) is retried this often, then the
+#: process fails with the reason.
+STEP_RETRIES = 5
+
+
+@attrs.frozen
+class ProcessContext:
+    """What a process actor uses of the rest of the domain; `ProcessManager` makes one."""
+
+    backend_for: Callable[[ProcessSpec], Backend]
+    """The backend of a spec (raises `ConfigError` for one this runtime lacks)."""
+    journal: Journal
+    """Where its transitions go."""
+    admission: Admission
+    """Where it waits for a slot."""
+    hosts: HostWaits
+    """Where it waits for a host that stopped answering."""
+    ended: Callable[[ProcessActor], None]
+    """Called when the actor ends, for whatever reason."""
+
+
+class ProcessActor(Actor):
+    """Drives one process through its steps until it is terminal or paused.
+
+    It drives itself (`Actor.main`): one task per process, which takes its requests (pause,
+    kill) between steps, and whose waits a request interrupts (see the module's docstring).
+    """
+
+    def __init__(self, context: ProcessContext, record: ProcessRecord) -> None:
+        self.context = context
+        self.record = record
+        self.request: Literal["pause", "kill"] | None = None
+        # The scope of the next wait: a request or a stop cancels it (`interrupt`).
+        self._wait = trio.CancelScope()
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    @property
+    def key(self) -> EffectKey:
+        """The key of the current attempt's effects (and of the slot it holds)."""
+        return effect_key(self.record)
+
+    async def main(self) -> None:
+        try:
+            await self._drive()
+        finally:
+            self.context.ended(self)
+
+    def interrupt(self) -> None:
+        # A request arrived (or a stop): cut the current or next wait short.
+        self._wait.cancel()
+
+    async def handle(self, msg: Any) -> str:
+        if msg not in ("pause", "kill"):
+            raise ConfigError(f"process {self.id}: unknown request {msg!r}")
+        if self.request != "kill":
+            self.request = msg
+        return self.record.phase
+
+    @contextlib.contextmanager
+    def _interruptible(self) -> Iterator[trio.CancelScope]:
+        """A wait that a request cuts short. Afterwards, ``cancel_called`` on the scope it
+        yields means that a request came (during the wait or as it ended): take it first."""
+        scope = self._wait
+        try:
+            with scope:
+                yield scope
+        finally:
+            self._wait = trio.CancelScope()  # (for a second wait in the same step)
+
+    async def _drive(self) -> None:
+        failures = 0
+        while True:
+            # From here on, a request cancels the next wait: taken below, or there.
+            self._wait = trio.CancelScope()
+            await self.handle_waiting()
+            if self.stopping:
+                break
+            state = self.record.state
+            if state.terminal:
+                break
+            if state.phase == "paused" and self.request != "kill":
+                break  # (a kill that arrived while the pause was being written goes on)
+            try:
+                if self.request == "kill" and state.phase != "killing":
+                    await self._advance("kill")
+                elif self.request == "pause" and state.phase in PAUSABLE:
+                    await self._advance("pause")
+                else:
+                    await self._step(state)
+                failures = 0
+            except HostUnavailable as exc:
+                hosts, spec = self.context.hosts, self.record.spec
+                if state.phase in PAUSABLE and hosts.may_wait(self.record, exc):
+                    reason = f"host unavailable: {spec.host}: {exc}"
+                    await self._advance("pause", by="host", reason=reason)
+                    hosts.wait_for(self.record)
+                elif "fail" in allowed(state.phase):
+                    await self._give_up(f"{state.phase}: {exc}")
+                else:  # (killing: the kill waits for the host)
+                    await self._retry_later(HOST_RETRY_DELAY)
+            except (BackendError, StoreError) as exc:
+                # Transient trouble (a full disk, a refused fork): retry the step, which is
+                # idempotent, a few times; then give up with the reason.
+                failures += 1
+                logger.warning("process %s: %s step failed: %s", self.id, state.phase, exc)
+                if failures >= STEP_RETRIES and "fail" in allowed(state.phase):
+                    await self._give_up(f"{state.phase}: {exc}")
+                else:
+                    await self._retry_later(min(2**failures * 0.1, 10))
+            except Exception as exc:
+                # A bug or an input the edge let through: never leave the process active
+                # without an actor (nobody would ever move it on).
+                logger.exception("process %s: %s step crashed", self.id, state.phase)
+                if "fail" not in allowed(state.phase):
+                    raise
+                await self._give_up(f"internal error in {state.phase}: {exc!r}")
+
+    async def _retry_later(self, seconds: float) -> None:
+        """Wait before a step is tried again; a request (pause, kill) cuts the wait short."""
+        with self._interruptible():
+            await trio.sleep(seconds)
+
+    async def _give_up(self, reason: str) -> None:
+        """Fail the process, leaving nothing behind: its slot, and any program its key
+        launched."""
+        backend = self.context.backend_for(self.record.spec)
+        backend.release_slot(self.key)
+        with contextlib.suppress(Exception):
+            handle = self.record.state.handle or await backend.find(self.key, self.record.spec.host)
+            if handle is not None:
+                await backend.kill(handle, self.record.spec.kill_grace)
+        await self._advance("fail", reason=reason)
+
+    async def _step(self, state: ProcessState) -> None:
+        phase = state.phase
+        if phase == "launching":
+            await self._launch()
+        elif phase == "running":
+            await self._wait_for_exit(state)
+        elif phase == "created":
+            await self._wait_for_slot(state)
+        elif phase == "killing":
+            await self._kill(state)
+
+    async def _wait_for_slot(self, state: ProcessState) -> None:
+        admission = self.context.admission
+        try:
+            with self._interruptible() as wait:
+                if state.attempt > 1:
+                    admission.leave(self.record)  # a rerun queues after its backoff
+                    await trio.sleep(RETRY_BACKOFF.delay(state.attempt - 1))
+                await admission.admit(self.record, self.context.backend_for(self.record.spec))
+        finally:
+            admission.leave(self.record)
+        if not wait.cancel_called:
+            await self._advance("launch")
+
+    async def _launch(self) -> None:
+        backend = self.context.backend_for(self.record.spec)
+        backend.adopt_slot(self.key)
+        try:
+            handle = await backend.launch(launch_request(self.record))
+        except LaunchFailed as exc:
+            backend.release_slot(self.key)
+            await self._end_attempt(Result(error=str(exc)))
+            return
+        # Not awaited: a crash that loses this record leaves the process launching, and
+        # recovery finds the program by its key (`_launch` again, which is idempotent).
+        await self._advance("started", handle=handle, background=True)
+
+    async def _wait_for_exit(self, state: ProcessState) -> None:
+        backend = self.context.backend_for(self.record.spec)
+        assert state.handle is not None
+        backend.adopt_slot(self.key)
+        lost = None
+        try:
+            with self._interruptible() as wait:
+                result = await backend.wait(state.handle)
+        except ProgramLost as exc:
+            lost = exc
+        if wait.cancel_called:
+            return  # (the result, or the loss, is found again after the request)
+        if lost is not None:
+            # The program may outlive its chaperone: kill what is left of it, so a rerun
+            # never runs beside it.
+            with trio.CancelScope(shield=True):
+                await backend.kill(state.handle, self.record.spec.kill_grace)
+            backend.release_slot(self.key)
+            await self._end_attempt(None, lost=f"lost: {lost}")
+            return
+        backend.release_slot(self.key)
+        await self._end_attempt(result)
+
+    async def _kill(self, state: ProcessState) -> None:
+        # Reached from every phase; a launch whose record was not written yet is found by
+        # its key, so a program launched just before a crash is killed too.
+        backend = self.context.backend_for(self.record.spec)
+        spec = self.record.spec
+        handle = state.handle or await backend.find(self.key, spec.host)
+        result = None
+        if handle is not None:
+            result = await backend.kill(handle, self.record.spec.kill_grace)
+        backend.release_slot(self.key)
+        await self._advance("killed", result=result)
+
+    async def _end_attempt(self, result: Result | None, *, lost: str | None = None) -> None:
+        spec = self.record.spec
+        attempt = self.record.state.attempt
+        event, reason = after_exit(spec.restart, spec.max_attempts, attempt, result, lost=lost)
+        await self._advance(event, reason=reason, result=result)
+
+    async def _advance(self, event: Event, *, background: bool = False, **changes: Any) -> None:
+        if event == "pause":
+            # A paused process holds nothing, not even a slot; resume adopts one again.
+            self.context.backend_for(self.record.spec).release_slot(self.key)
+        record = await self.context.journal.transition(
+            self.record, event, background=background, **changes
+        )
+        self.record = record
+        if event == "pause" and record.state.paused_by == "user":  # (not for the host)
+            await tell_backend(self.context.backend_for(record.spec), record, "pause")
+
+
+async def tell_backend(
+    backend: Backend, record: ProcessRecord, hook: Literal["pause", "resume"]
+) -> None:
+    """Tell the backend of a pause or resume of the program (a no-op by default); a failure
+    is logged, never fails the process."""
+    handle = record.state.handle
+    if handle is None:
+        return
+    try:
+        await (backend.pause(handle) if hook == "pause" else backend.resume(handle))
+    except (BackendError, ConfigError) as exc:
+        logger.warning("process %s: the backend's %s failed: %s", record.id, hook, exc)

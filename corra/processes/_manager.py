@@ -1,0 +1,447 @@
+"""`ProcessManager`: the façade of the process domain.
+
+It submits, pauses, resumes, kills, waits for and reads processes, and starts their actors
+(`corra.processes._actor`). The parts it is made of each have a module: the journal (every
+transition durable, then published), admission (slots in submission order), waiting for hosts
+that stop answering, and recovery. Records live in the store: a paused or finished process costs
+no memory here.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
+from typing import Any
+
+import attrs
+import trio
+
+from corra._errors import ActorStopped, ConfigError, InvalidTransition, NameTaken
+from corra.actors._actor import Ref
+from corra.actors._specs import ChildSpec
+from corra.actors._supervisor import SupervisorRef
+from corra.processes._actor import ProcessActor, ProcessContext, tell_backend
+from corra.processes._admission import Admission
+from corra.processes._backend import Backend, Capabilities, EffectKey
+from corra.processes._hosts import HostWaits
+from corra.processes._ids import new_process_id
+from corra.processes._journal import Journal, Step, find_record, sorted_records
+from corra.processes._lifecycle import PAUSABLE, ProcessState, advance
+from corra.processes._ports import RecordCodec, RecordStore
+from corra.processes._records import ProcessRecord, ProcessSpec, Transition
+from corra.processes._recovery import RecoveryReport, recover
+from corra.processes._requests import effect_key, launch_request
+
+#: The most output one `read_log` returns, whatever it is asked for.
+MAX_LOG_READ = 16 << 20
+#: The largest log offset a read may start at: the largest integer JSON carries exactly
+#: (8 PiB, far beyond any log; a file offset stops at 2**63 - 1).
+MAX_LOG_OFFSET = 2**53 - 1
+
+
+@attrs.frozen
+class Submission:
+    """What `ProcessManager.submit` did."""
+
+    record: ProcessRecord
+    """The process: the new one, or the one that had the spec's name already."""
+    created: bool
+    """True if the submission created it; False if a process had the name already."""
+
+
+class ProcessManager:
+    """Submits, controls and recovers processes; owns nothing but the active ones' actors.
+
+    Args:
+        store: where records and their history live (`corra.persistence.Store`).
+        codec: records as bytes; ``history_codec``: history entries as bytes.
+        backends: the backends by name.
+        supervisor: where the process actors run (``/processes``).
+        clock: the time of a transition (epoch seconds).
+        nursery: where the waits for unavailable hosts run; None: a process whose host is
+            unavailable fails instead of pausing.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: RecordStore,
+        codec: RecordCodec,
+        history_codec: RecordCodec,
+        backends: Mapping[str, Backend],
+        supervisor: SupervisorRef,
+        clock: Callable[[], float] = time.time,
+        nursery: trio.Nursery | None = None,
+    ) -> None:
+        self._backends = dict(backends)
+        self._supervisor = supervisor
+        self._journal = Journal(store, codec, history_codec, clock)
+        self._admission = Admission()
+        self._hosts = HostWaits(self._backends, nursery, self._resume_for_host)
+        self._context = ProcessContext(
+            backend_for=self.backend_for,
+            journal=self._journal,
+            admission=self._admission,
+            hosts=self._hosts,
+            ended=self._actor_ended,
+        )
+        self._actors: dict[str, Ref] = {}
+        self._idle = trio.Event()  # set when the last actor ends
+        # Decisions that read a record and then write it (pause or kill without an actor,
+        # resume) are taken one at a time.
+        self._control = trio.Lock()
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def backend_for(self, spec: ProcessSpec) -> Backend:
+        """The backend of ``spec``.
+
+        Raises:
+            ConfigError: this runtime has no backend of that name.
+        """
+        try:
+            return self._backends[spec.backend]
+        except KeyError:
+            raise ConfigError(
+                f"backend: got {spec.backend!r}, expected one of {sorted(self._backends)}"
+            ) from None
+
+    def get(self, id_or_name: str) -> ProcessRecord:
+        """The process's current record, by id or name.
+
+        Raises:
+            NoSuchProcess: there is none.
+        """
+        journal = self._journal
+        record = journal.latest(id_or_name)
+        if record is not None:
+            return record
+        record = find_record(journal.store, journal.codec, id_or_name)
+        return journal.latest(record.id) or record
+
+    def list(self) -> list[ProcessRecord]:
+        """Every readable process record, oldest first (corrupt ones are left out; recovery
+        sets them aside)."""
+        return sorted_records(self._journal.store, self._journal.codec)[0]
+
+    @property
+    def store(self) -> RecordStore:
+        """The store the processes live in (for its statistics; write through the manager)."""
+        return self._journal.store
+
+    def history(self, process: str | ProcessRecord) -> list[Transition]:
+        """The process's transitions, oldest first, as durable in the store (a transition
+        written in the background may not be there yet). ``process``: its id or name, or
+        its record (no lookup then).
+
+        Raises:
+            NoSuchProcess: there is none.
+        """
+        record = process if isinstance(process, ProcessRecord) else self.get(process)
+        decode = self._journal.history_codec.decode
+        return [decode(raw) for raw in self._journal.store.history(record.id)]
+
+    async def read_log(
+        self,
+        id_or_name: str | ProcessRecord,
+        stream: str,
+        offset: int,
+        size: int,
+        *,
+        attempt: int | None = None,
+    ) -> bytes:
+        """Output of the process's current attempt (or of ``attempt``), from ``offset``.
+        ``id_or_name`` may be the record itself (no lookup then)."""
+        if stream not in ("stdout", "stderr"):
+            raise ConfigError(f"stream: got {stream!r}, expected 'stdout' or 'stderr'")
+        for field, value in (("offset", offset), ("size", size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{field}: got {value!r}, expected an integer >= 0")
+        if offset > MAX_LOG_OFFSET:
+            raise ConfigError(f"offset: got {offset}, expected at most {MAX_LOG_OFFSET}")
+        size = min(size, MAX_LOG_READ)
+        record = id_or_name if isinstance(id_or_name, ProcessRecord) else self.get(id_or_name)
+        key = effect_key(record) if attempt is None else EffectKey(record.id, attempt)
+        backend = self.backend_for(record.spec)
+        return await backend.read_log(key, stream, offset, size, record.spec.host)
+
+    async def log_size(
+        self, record: ProcessRecord, stream: str, *, attempt: int | None = None
+    ) -> int | None:
+        """How many bytes of output the process's current attempt (or ``attempt``) has now, as
+        `read_log` counts them; None if its backend cannot tell (now, or ever). A checkpoint."""
+        if stream not in ("stdout", "stderr"):
+            raise ConfigError(f"stream: got {stream!r}, expected 'stdout' or 'stderr'")
+        key = effect_key(record) if attempt is None else EffectKey(record.id, attempt)
+        return await self.backend_for(record.spec).log_size(key, stream, record.spec.host)
+
+    @property
+    def active(self) -> int:
+        """How many processes have an actor now."""
+        return len(self._actors)
+
+    # -- writing ---------------------------------------------------------------------------
+
+    async def submit(self, spec: ProcessSpec) -> Submission:
+        """Record a new process and start it; durable before it returns. A checkpoint.
+
+        A spec with a ``name`` that exists already returns that process instead
+        (``created`` False): submitting the same job file twice never duplicates a process,
+        and of concurrent submissions of one name exactly one creates it.
+
+        When the backend has a slot free now (`Backend.try_acquire_slot`) and nobody waits
+        for one, the process is launching from the start: its submission and its intent to
+        launch are one durable write (both transitions in its history), and the launch
+        follows without another.
+
+        Raises:
+            ConfigError: no such backend, or the backend refuses the spec.
+            NameTaken: the name belongs to a process whose record cannot be read.
+            StoreError: the write failed.
+        """
+        backend = self.backend_for(spec)
+        spec = _absolute_paths(spec, backend.capabilities)
+        now = self._journal.clock()
+        process_id = new_process_id()
+        record = ProcessRecord(
+            id=process_id, spec=spec, state=ProcessState(updated_at=now), created_at=now
+        )
+        backend.check(launch_request(record))
+        if spec.name is not None:
+            existing = self._existing(spec.name)
+            if existing is not None:
+                await trio.lowlevel.checkpoint()
+                return Submission(existing, created=False)
+        key = effect_key(record)
+        steps: list[Step] = [(record, Transition(now, "submit", "created", "created", 1))]
+        slot = not self._admission.waiting(spec.backend) and backend.try_acquire_slot(key)
+        if slot:
+            record = ProcessRecord(
+                process_id, spec, advance(record.state, "launch", at=now, process=process_id), now
+            )
+            steps.append((record, Transition(now, "launch", "created", "launching", 1)))
+        try:
+            await self._journal.persist(steps, entering=True, name=spec.name)
+        except NameTaken:
+            assert spec.name is not None
+            if slot:
+                backend.release_slot(key)
+            existing = self._existing(spec.name)
+            if existing is None:
+                owner = self._journal.store.id_for_name(spec.name)
+                raise NameTaken(
+                    f"name {spec.name!r} belongs to process {owner}, whose record cannot be "
+                    "read (set aside as corrupt?); the name stays taken so that nothing runs "
+                    "twice: choose another name"
+                ) from None
+            return Submission(existing, created=False)
+        except BaseException:
+            if slot:
+                backend.release_slot(key)
+            raise
+        await self._start_actor(record)
+        return Submission(record, created=True)
+
+    def _existing(self, name: str) -> ProcessRecord | None:
+        """The newest record of the process named ``name``, if there is one."""
+        journal = self._journal
+        process_id = journal.store.id_for_name(name)
+        if process_id is None:
+            return None
+        record = journal.latest(process_id)
+        if record is not None:
+            return record
+        raw = journal.store.load(process_id)
+        return None if raw is None else journal.codec.decode(raw)
+
+    async def pause(self, id_or_name: str) -> ProcessRecord:
+        """Pause between steps; returns once the pause is durable (the record, paused).
+
+        Raises:
+            InvalidTransition: the process is paused, killing or terminal; or the pause did
+                not take effect (``phase`` says where the process went instead): a kill came
+                first, or came while the pause was written and went on, or the program ended.
+        """
+        record = self.get(id_or_name)
+        if record.phase not in PAUSABLE:
+            raise InvalidTransition(record.id, record.phase, "pause")
+        ref = self._actors.get(record.id)
+        if ref is not None:
+            try:
+                await ref.call("pause")
+            except ActorStopped:
+                ref = None
+        if ref is None:
+            async with self._control:
+                record = self.get(record.id)
+                if record.phase not in PAUSABLE or record.id in self._actors:
+                    raise InvalidTransition(record.id, record.phase, "pause")
+                record = await self._journal.transition(record, "pause")
+                await tell_backend(self.backend_for(record.spec), record, "pause")
+                return record
+        # Returns once the actor is gone too: a paused process holds nothing.
+        record = await self.wait(
+            record.id, until=lambda r: r.phase not in PAUSABLE and r.id not in self._actors
+        )
+        if record.phase != "paused":
+            raise InvalidTransition(record.id, record.phase, "pause")
+        return record
+
+    async def resume(self, id_or_name: str) -> ProcessRecord:
+        """Continue a paused process at the step that was next, in a fresh actor.
+
+        Raises:
+            InvalidTransition: it is not paused.
+        """
+        async with self._control:
+            record = self.get(id_or_name)
+            if record.state.paused_by == "user":
+                # Before the resume is durable: a crash in between leaves a paused process
+                # whose job runs, never a running one whose job stays held.
+                await tell_backend(self.backend_for(record.spec), record, "resume")
+            record = await self._journal.transition(record, "resume")
+            await self._start_actor(record)
+        return record
+
+    async def _resume_for_host(self, process_id: str) -> None:
+        """Resume a process paused for its host (which answers again), unless it was resumed
+        or killed by hand meanwhile."""
+        async with self._control:
+            record = self.get(process_id)
+            if record.state.paused_by != "host":
+                return
+            record = await self._journal.transition(record, "resume")
+            await self._start_actor(record)
+
+    async def kill(self, id_or_name: str, *, wait: bool = True) -> ProcessRecord:
+        """Kill from any non-terminal phase (TERM, then KILL after the grace).
+
+        Raises:
+            InvalidTransition: it is terminal already.
+        """
+        record = self.get(id_or_name)
+        if record.state.terminal:
+            raise InvalidTransition(record.id, record.phase, "kill")
+        ref = self._actors.get(record.id)
+        if ref is not None:
+            try:
+                await ref.call("kill")
+            except ActorStopped:
+                ref = None  # it ended meanwhile: decide again below
+        if ref is None:
+            async with self._control:
+                record = self.get(record.id)
+                if record.state.terminal:
+                    return record
+                if record.phase != "killing":
+                    record = await self._journal.transition(record, "kill")
+                await self._start_actor(record)
+        if not wait:
+            return self.get(record.id)
+        record = await self.wait(
+            record.id, until=lambda r: r.state.terminal or r.id not in self._actors
+        )
+        if not record.state.terminal:
+            return await self.kill(record.id)  # its actor ended first: take over
+        return record
+
+    async def wait(
+        self, id_or_name: str, *, until: Callable[[ProcessRecord], bool] | None = None
+    ) -> ProcessRecord:
+        """Wait until the process is terminal (or ``until(record)`` holds). A checkpoint.
+
+        Wakes only at this process's transitions and at the end of its actor (``until`` may
+        look at `active`), not at every other process's.
+        """
+        return await self._journal.wait(self.get(id_or_name), until or _is_terminal, self.get)
+
+    async def wait_idle(self) -> None:
+        """Wait until no process has an actor (all are paused or terminal). A checkpoint."""
+        while self._actors:
+            await self._idle.wait()
+        await trio.lowlevel.checkpoint()
+
+    def subscribe(
+        self, buffer: int = 1024
+    ) -> AbstractContextManager[trio.MemoryReceiveChannel[tuple[ProcessRecord, Transition]]]:
+        """Every transition from now on, as ``(record, transition)``. Slow readers that let
+        the buffer fill up lose events (counted in the log), never slow processes down."""
+        return self._journal.subscribe(buffer)
+
+    # -- recovery --------------------------------------------------------------------------
+
+    async def recover(self) -> RecoveryReport:
+        """Bring back every process that was active when the last runtime stopped, and make
+        those paused for their hosts wait for them again (`corra.processes._recovery`)."""
+        return await recover(
+            self._journal.store,
+            self._journal.codec,
+            start=self._start_actor,
+            wait_for_host=self._hosts.wait_for,
+            has_backend=self._waits_for_hosts,
+        )
+
+    def _waits_for_hosts(self, name: str) -> bool:
+        backend = self._backends.get(name)
+        return backend is not None and backend.capabilities.waits_for_host
+
+    # -- actors ----------------------------------------------------------------------------
+
+    async def _start_actor(self, record: ProcessRecord) -> None:
+        if record.id in self._actors:
+            await trio.lowlevel.checkpoint()
+            return
+        if record.phase == "created" and record.state.attempt == 1:
+            self._admission.enqueue(record)
+        journal = self._journal
+        journal.hold(record)
+        spec = ChildSpec(
+            id=record.id,
+            start=lambda: ProcessActor(self._context, journal.latest(record.id) or record),
+            restart="temporary",
+            # Its effects are idempotent and its writes shielded: stopping it at once loses
+            # nothing (the next runtime goes on from its last durable record).
+            shutdown="brutal_kill",
+            mailbox_capacity=4,
+        )
+        try:
+            # No round trip through the supervisor, no wait for the actor's start (it only
+            # builds the actor): the common case, whenever the supervisor is idle.
+            ref = self._supervisor.start_child_nowait(spec)
+        except trio.WouldBlock:
+            started = await self._supervisor.start_child(spec)
+            assert isinstance(started, Ref)
+            ref = started
+        if ref.alive:  # it may have run to its end already
+            self._actors[record.id] = ref
+
+    def _actor_ended(self, actor: ProcessActor) -> None:
+        process_id = actor.id
+        if self._actors.get(process_id) == actor.ref:
+            del self._actors[process_id]
+        self._journal.release(process_id)
+        if not self._actors:
+            self._idle.set()
+            self._idle = trio.Event()
+
+
+def _absolute_paths(spec: ProcessSpec, capabilities: Capabilities) -> ProcessSpec:
+    """A relative local path (a local program's ``cwd``, the local side of ``inputs``,
+    ``outputs_dir``) means relative to where the process was submitted, not to where a later
+    runtime happens to run. (A ``cwd`` on a host is a path there, absolute already.)"""
+    changes: dict[str, Any] = {}
+    if not capabilities.hosts and spec.cwd is not None and not os.path.isabs(spec.cwd):
+        changes["cwd"] = os.path.abspath(spec.cwd)
+    if spec.inputs and not all(os.path.isabs(local) for local in spec.inputs.values()):
+        changes["inputs"] = {
+            remote: os.path.abspath(local) for remote, local in spec.inputs.items()
+        }
+    if spec.outputs_dir is not None and not os.path.isabs(spec.outputs_dir):
+        changes["outputs_dir"] = os.path.abspath(spec.outputs_dir)
+    return attrs.evolve(spec, **changes) if changes else spec
+
+
+def _is_terminal(record: ProcessRecord) -> bool:
+    return record.state.terminal

@@ -1,0 +1,124 @@
+"""Recovery: bring back the processes that a runtime left with work to do.
+
+Only the records in the store's ``active`` index are read (the records that
+`needs_recovery`; the journal keeps the index): paused and finished ones are counted, not
+decoded. Active processes get their actors again (running programs are reattached, launches
+whose outcome is unknown are settled by the idempotent launch); processes paused for their
+host wait for it again; records that cannot be decoded are set aside and reported.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import attrs
+import trio
+
+from corra.processes._lifecycle import needs_recovery
+from corra.processes._ports import RecordCodec, RecordStore
+from corra.processes._records import ProcessRecord
+
+logger = logging.getLogger("corra.process")
+
+
+@attrs.frozen
+class RecoveryReport:
+    """What `ProcessManager.recover` found."""
+
+    resumed: tuple[str, ...]
+    """The active processes, whose actors it started again (oldest first)."""
+    inactive: int
+    """Paused and terminal processes: counted, never read (they stay in the store)."""
+    set_aside: tuple[tuple[str, str], ...]
+    """``(process id, reason)`` of every active record that could not be decoded."""
+    waiting_for_host: tuple[str, ...] = ()
+    """Processes paused because their host stopped answering: resumed when it answers."""
+
+
+async def recover(
+    store: RecordStore,
+    codec: RecordCodec,
+    *,
+    start: Callable[[ProcessRecord], Awaitable[None]],
+    wait_for_host: Callable[[ProcessRecord], None],
+    has_backend: Callable[[str], bool],
+) -> RecoveryReport:
+    """Bring back every process that needs recovery (see the module's docstring).
+
+    ``start`` starts the actor of an active process; ``wait_for_host`` makes a process
+    paused for its host wait for it; ``has_backend`` says whether a backend (by name) is
+    there to wait with (and can: `Capabilities.waits_for_host`).
+
+    A store from a corra that kept no index gets one first, once: every snapshot is read
+    then (in the writer's transaction).
+    """
+    if not store.has_active_index():
+        logger.info("indexing the active processes of the store (once)")
+        indexed = await store.rebuild_active_index(lambda raw: _is_indexed(codec, raw))
+        logger.info("indexed %d active process(es)", indexed)
+    found, stale, corrupt = await trio.to_thread.run_sync(_scan, store, codec)
+    for process_id, raw in stale:
+        # In the index, yet not active: only a store changed behind corra's back has such
+        # a record. Take it out, so that the next recovery does not read it either.
+        logger.warning("process %s: not active, but indexed as active; unindexed", process_id)
+        await store.save(process_id, raw, active=False)
+    set_aside = []
+    for process_id, raw, reason in corrupt:
+        logger.error("process %s: corrupt record set aside: %s", process_id, reason)
+        await store.set_aside(process_id, raw, reason)
+        set_aside.append((process_id, reason))
+    counts = store.counts()  # before any actor runs, so that nothing moved yet
+    waiting = [record for record in found if record.phase == "paused"]
+    resumed = [record for record in found if record.phase != "paused"]
+    for record in resumed:
+        await start(record)
+    for record in waiting:
+        if has_backend(record.spec.backend):
+            wait_for_host(record)
+        else:
+            logger.warning(
+                "process %s: paused for host %s of backend %r, which this runtime lacks "
+                "(or which cannot wait for hosts); it waits for a runtime that has it",
+                record.id,
+                record.spec.host,
+                record.spec.backend,
+            )
+    return RecoveryReport(
+        resumed=tuple(record.id for record in resumed),
+        waiting_for_host=tuple(record.id for record in waiting),
+        inactive=counts.snapshots - counts.active,
+        set_aside=tuple(set_aside),
+    )
+
+
+def _is_indexed(codec: RecordCodec, raw: bytes) -> bool:
+    """For indexing: whether recovery must read this snapshot (one that needs recovery, or
+    one that cannot be decoded, to be set aside)."""
+    try:
+        record: ProcessRecord = codec.decode(raw)
+        return needs_recovery(record.state)
+    except Exception:
+        return True
+
+
+def _scan(
+    store: RecordStore, codec: RecordCodec
+) -> tuple[list[ProcessRecord], list[tuple[str, bytes]], list[tuple[str, bytes, str]]]:
+    """In a thread: the indexed records that need recovery, oldest first; the indexed ones
+    that do not; the corrupt ones, with the reason."""
+    found: list[ProcessRecord] = []
+    stale: list[tuple[str, bytes]] = []
+    corrupt: list[tuple[str, bytes, str]] = []
+    for process_id, raw in store.scan_active():
+        try:
+            record: ProcessRecord = codec.decode(raw)
+        except Exception as exc:
+            corrupt.append((process_id, raw, str(exc)))
+            continue
+        if needs_recovery(record.state):
+            found.append(record)
+        else:
+            stale.append((process_id, raw))
+    found.sort(key=lambda record: (record.created_at, record.id))
+    return found, stale, corrupt
