@@ -21,18 +21,20 @@ from corra.actors import _runtime as kernel
 from corra.actors._specs import SupervisorFlags, SupervisorSpec
 from corra.backends import recorded
 from corra.persistence import Codec, open_store
+from corra.processes._convert import (
+    configure_snapshot,
+    parse_process_spec,
+    spec_options_as_tables,
+)
+from corra.processes._fast_json import RecordEncoder, transition_encoder
 from corra.processes._lifecycle import ProcessState, Result
 from corra.processes._process import Backend, ProcessManager, RecoveryReport
-from corra.processes._records import (
+from corra.processes._record import ProcessRecord, Transition
+from corra.processes._spec import (
     DEFAULT_OUTPUT_LIMIT,
-    ProcessRecord,
     ProcessSpec,
-    Transition,
     check_output_limit,
     check_seconds,
-    encode_record_data,
-    encode_transition_data,
-    parse_process_spec,
 )
 
 if TYPE_CHECKING:
@@ -47,8 +49,15 @@ RUNTIME_LOCK = "runtime.lock"
 #: The state directory when none is given: ``$CORRA_STATE_DIR``, else ``./.corra``.
 STATE_DIR_ENV = "CORRA_STATE_DIR"
 
-RECORD_CODEC: Codec[ProcessRecord] = Codec(ProcessRecord, schema=1, encode_data=encode_record_data)
-HISTORY_CODEC: Codec[Transition] = Codec(Transition, schema=1, encode_data=encode_transition_data)
+RECORD_CODEC: Codec[ProcessRecord] = Codec(
+    ProcessRecord,
+    schema=3,
+    # (1 -> 2 is the host pauses' migration, merged from its own branch; a no-op here)
+    migrations={1: lambda data: data, 2: spec_options_as_tables},
+    configure=configure_snapshot,
+    fast_encoder=RecordEncoder,
+)
+HISTORY_CODEC: Codec[Transition] = Codec(Transition, schema=1, fast_encoder=transition_encoder)
 
 #: The processes supervisor: one_for_one over process actors, which are temporary (a
 #: crashed process actor is brought back by the next recovery, never in a tight loop).

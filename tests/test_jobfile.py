@@ -6,7 +6,8 @@ import pytest
 
 import corra
 from corra._jobfile import parse_job_text
-from corra.processes._records import ProcessSpec, parse_process_spec
+from corra.processes._convert import parse_process_spec
+from corra.processes._spec import ProcessSpec
 
 
 def test_defaults_apply_to_every_process_and_tables_merge():
