@@ -622,3 +622,70 @@ def test_a_spec_is_built_or_refused_with_a_config_error_never_anything_else(fiel
         ProcessSpec(**fields)
     except ConfigError as exc:
         assert str(exc).split(":")[0] in attrs.fields_dict(ProcessSpec)  # names the field
+
+
+# The stored spec: read without the edge's checks, and migrated ------------------------------
+
+
+def stored(record: ProcessRecord) -> dict[str, Any]:
+    return json.loads(RECORD_CODEC.encode(record))
+
+
+def test_a_stored_spec_is_read_without_the_edges_checks():
+    # A check that a newer corra adds (here: bounds the stored values exceed) must not make
+    # an old record unreadable; its types are still checked.
+    record = ProcessRecord("p1", ProcessSpec(argv=("true",), backend="slurm", host="c"), *_AT)
+    document = stored(record)
+    spec = document["data"]["spec"]
+    spec.update(kill_grace=1e12, labels={str(i): "v" for i in range(100)}, env={"A-B": "1"})
+    spec["slurm"]["time"] = "99999-0"
+    decoded = RECORD_CODEC.decode(json.dumps(document).encode())
+    assert (decoded.spec.kill_grace, len(decoded.spec.labels)) == (1e12, 100)
+    assert decoded.spec.env == {"A-B": "1"} and decoded.spec.options.time == "99999-0"
+    with pytest.raises(ConfigError):
+        ProcessSpec(argv=("true",), kill_grace=1e12)  # (what the edge refuses)
+    spec["kill_grace"] = "soon"
+    spec["slurm"]["nodes"] = "2"
+    with pytest.raises(CorruptRecord) as caught:
+        RECORD_CODEC.decode(json.dumps(document).encode())
+    assert "$.data.spec.kill_grace" in str(caught.value)
+    assert "$.data.spec.slurm.nodes" in str(caught.value)
+
+
+_AT = (ProcessState(updated_at=1.0), 1.0)
+
+
+def test_records_of_schema_2_keep_options_only_in_the_table_named_after_their_backend():
+    local = ProcessRecord("p1", ProcessSpec(argv=("true",)), *_AT)
+    document = stored(local)
+    assert "slurm" not in document["data"]["spec"]  # (schema 3: no table for local)
+    document["schema"] = 2
+    document["data"]["spec"]["slurm"] = {}  # every spec had one
+    assert RECORD_CODEC.decode(json.dumps(document).encode()) == local
+
+    job = ProcessRecord("p2", ProcessSpec(argv=("true",), backend="slurm", host="c"), *_AT)
+    document = stored(job)
+    document["schema"] = 2
+    document["data"]["spec"]["slurm"] = {"partition": "long", "nodes": 1}  # as given
+    decoded = RECORD_CODEC.decode(json.dumps(document).encode())
+    assert decoded.spec.options == SlurmOptions(partition="long", nodes=1)
+
+    document = stored(local)
+    document["schema"] = 2
+    document["data"]["spec"]["slurm"] = {"partition": "long"}  # never written by corra
+    with pytest.raises(CorruptRecord, match="migration from schema 2 to 3 failed"):
+        RECORD_CODEC.decode(json.dumps(document).encode())
+
+
+def test_the_openapi_spec_schemas_follow_the_specs_fields_and_the_plugins():
+    from corra.api._schemas import SCHEMAS
+    from corra.processes._convert import SPEC_FIELDS, wire_fields
+
+    assert list(SCHEMAS["ProcessDetail"]["properties"]["spec"]["properties"]) == wire_fields()
+    local = SCHEMAS["LocalSpec"]["properties"]
+    assert list(local) == [name for name in SPEC_FIELDS if name not in _PLACEMENT]
+    slurm = SCHEMAS["RemoteSpec"]["properties"]["slurm"]["properties"]
+    assert list(slurm) == [field.name for field in attrs.fields(SlurmOptions)]
+
+
+_PLACEMENT = ("host", "inputs", "outputs", "outputs_dir")

@@ -454,3 +454,54 @@ def test_a_job_file_with_secrets_fails_without_a_traceback_or_its_values(tmp_pat
         load_job_file(job)
     assert str(caught.value).startswith(f"{job}: process[0] ('a').kill_grace: got 1e+99")
     assert SECRET not in str(caught.value)
+
+
+# -- a backend's options: its plug-in's class, structured once (issue 12) ---------------------
+
+
+def test_a_backends_options_table_is_structured_into_its_plugins_class_with_field_paths():
+    spec = parse_process_spec(slurm_fields(slurm={"time": "1:00", "extra": ["--exclusive"]}))
+    assert spec.options == SlurmOptions(time="1:00", extra=("--exclusive",))
+    assert parse_process_spec(slurm_fields()).options == SlurmOptions()  # its defaults
+    assert ProcessSpec(argv=("true",), backend="slurm", host="c").options == SlurmOptions()
+    assert parse_process_spec({"argv": ["true"]}).options is None  # local takes none
+    assert refused(slurm_fields(slurm={"time": 5, "nodes": "2"})) == (
+        "process.slurm.time: got 5, expected a string; "
+        "process.slurm.nodes: got '2', expected an integer"
+    )
+    assert refused(slurm_fields(slurm={"time": "soon"})).startswith(
+        "process.slurm.time: got 'soon', expected a time limit"
+    )
+    assert refused(slurm_fields(slurm={"bogus": 1})).startswith(
+        "process.slurm: unknown field(s) bogus; expected some of account, array"
+    )
+    assert refused(slurm_fields(slurm=["--x"])) == "process.slurm: got ['--x'], expected a table"
+    # On the wire the table is named after the backend; "options" is no key there.
+    assert refused({"argv": ["true"], "options": {}}).startswith(
+        "process: unknown field(s) ['options']"
+    )
+    assert refused({"argv": ["true"], "slurm": {"time": "5"}}) == (
+        "process.slurm: got {'time': '5'}, expected nothing for backend 'local' "
+        "(only backend 'slurm' has it)"
+    )
+    # An empty table of another backend says nothing (every spec has always shown one).
+    assert parse_process_spec({"argv": ["true"], "slurm": {}}).options is None
+
+
+def test_an_unknown_backend_is_refused_naming_the_installed_ones():
+    assert refused({"argv": ["true"], "backend": "pbs"}) == (
+        "process.backend: got 'pbs', expected one of 'local', 'slurm', 'ssh' "
+        "(the installed backends: corra backends)"
+    )
+
+
+def test_where_a_field_belongs_is_its_backends_capabilities():
+    # ssh has hosts and staging but takes its env without a shell; slurm through one.
+    assert parse_process_spec(
+        {"argv": ["true"], "backend": "ssh", "host": "h", "env": {"A-B": "1"}}
+    ).env == {"A-B": "1"}
+    assert refused(slurm_fields(env={"A-B": "1"})).startswith("process.env.A-B: got the name")
+    assert refused({"argv": ["true"], "inputs": {"a": "b"}}).startswith(
+        "process.inputs: got {'a': 'b'}, expected nothing for backend 'local' "
+        "(only backends ['slurm', 'ssh'] have it)"
+    )

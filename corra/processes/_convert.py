@@ -258,13 +258,16 @@ def configure_snapshot(converter: cattrs.Converter) -> None:
     def structure(value: Any, _type: Any) -> ProcessSpec:
         if not isinstance(value, dict):
             raise TypeError(f"expected an object, got {type(value).__name__}")
-        data = dict(value)
-        backend = data.get("backend", "local")
+        backend = value.get("backend", "local")
         options = installed.get(backend).options if isinstance(backend, str) else None
-        values = fields.structure(ProcessSpec, data, options_table=backend if options else None)
-        if options is not None:
-            table = data.get(backend, {})
-            values["options"] = _unchecked(options, fields.structure(options, table))
+        if options is None:
+            return _unchecked(ProcessSpec, fields.structure(ProcessSpec, value))
+
+        def structure_options(table: Any) -> Any:
+            return _unchecked(options, fields.structure(options, table))
+
+        values = fields.structure(ProcessSpec, value, {backend: structure_options})
+        values["options"] = values.pop(backend)
         return _unchecked(ProcessSpec, values)
 
     converter.register_unstructure_hook(ProcessSpec, unstructure)
@@ -295,9 +298,11 @@ class _Fields:
             self._hooks[cls] = hooks
         return hooks
 
-    def structure(self, cls: type, data: Any, options_table: str | None = None) -> dict[str, Any]:
-        """The structured values of the fields of ``cls`` in ``data`` (a dict; a table of
-        options named ``options_table`` is left for the caller).
+    def structure(
+        self, cls: type, data: Any, tables: Mapping[str, Callable[[Any], Any]] | None = None
+    ) -> dict[str, Any]:
+        """The structured values of the fields of ``cls`` in ``data`` (a dict), and of the
+        keys of ``tables`` (their tables, ``{}`` if absent) by their functions.
 
         Raises:
             ClassValidationError: every field that failed, with its path.
@@ -315,7 +320,12 @@ class _Fields:
                 values[name] = hook(data[name], type_)
             except Exception as exc:
                 errors.append(_at(exc, name, type_, cls))
-        extra = set(data) - {name for name, *_ in self._fields(cls)} - {options_table}
+        for name, structure in (tables or {}).items():
+            try:
+                values[name] = structure(data.get(name, {}))
+            except Exception as exc:
+                errors.append(_at(exc, name, dict, cls))
+        extra = set(data) - {name for name, *_ in self._fields(cls)} - set(tables or ())
         if extra:
             errors.append(ForbiddenExtraKeysError("", cls, extra))
         if errors:
