@@ -150,7 +150,7 @@ def _backend(value: Any) -> bool:
 
 #: Per field of `ProcessSpec` but ``options``, in order: what a valid value passes, and its
 #: description. (``options``' class depends on the backend: `_check_placement`.)
-CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "argv": (_argv, "a non-empty list of strings without NUL bytes"),
     "name": (_name, f"a name matching {NAME_PATTERN.pattern}"),
     "cwd": (_cwd, "a directory path without NUL bytes, or nothing"),
@@ -236,10 +236,13 @@ class ProcessSpec:
 
     def __attrs_post_init__(self) -> None:
         # Every field checked when the value is built (and so by evolve too), in order; a
-        # field left at its default is valid (a spec is built for every submission).
+        # field left at its default (or an empty table) is valid: a spec is built for every
+        # submission, and most fields of most specs are left so.
         for name, check, expected, default in _CHECKED_FIELDS:
             value = getattr(self, name)
-            if value is not default and not check(value):
+            if value is default or (type(value) is dict and not value):
+                continue
+            if not check(value):
                 raise ConfigError(f"{name}: got {shown(name, value)}, expected {expected}")
         plugin = installed.get(self.backend)
         if self.options is None and plugin.options is not None:
@@ -253,10 +256,10 @@ class ProcessSpec:
         _check_placement(self, plugin)
 
 
-#: `CHECKS` with each field's default (built after the class: its fields give them).
+#: `_CHECKS` with each field's default (built after the class: its fields give them).
 _CHECKED_FIELDS = [
     (name, check, expected, attrs.fields_dict(ProcessSpec)[name].default)
-    for name, (check, expected) in CHECKS.items()
+    for name, (check, expected) in _CHECKS.items()
 ]
 
 
@@ -320,9 +323,9 @@ def _check_placement(spec: ProcessSpec, plugin: BackendPlugin) -> None:
             )
     options = spec.options
     if options is not None and type(options) is not plugin.options:
-        if plugin.options is not None:
-            raise _options_expected(spec, plugin)
         name = table_name(options)
+        if plugin.options is not None or name == "options":  # (no backend's options)
+            raise _options_expected(spec, plugin)
         raise ConfigError(
             f"{name}: got {shown(name, options_table(options))}, expected nothing for backend "
             f"{spec.backend!r} (only backend {name!r} has it)"
