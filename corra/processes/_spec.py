@@ -238,9 +238,9 @@ class ProcessSpec:
         # Every field checked when the value is built (and so by evolve too), in order; a
         # field left at its default (or an empty table) is valid: a spec is built for every
         # submission, and most fields of most specs are left so.
-        for name, check, expected, default in _CHECKED_FIELDS:
+        for name, check, expected, default, table in _CHECKED_FIELDS:
             value = getattr(self, name)
-            if value is default or (type(value) is dict and not value):
+            if value is default or (table and type(value) is dict and not value):
                 continue
             if not check(value):
                 raise ConfigError(f"{name}: got {shown(name, value)}, expected {expected}")
@@ -256,9 +256,16 @@ class ProcessSpec:
         _check_placement(self, plugin)
 
 
-#: `_CHECKS` with each field's default (built after the class: its fields give them).
+#: `_CHECKS` with each field's default, and whether it is a table (built after the class:
+#: its fields give them).
 _CHECKED_FIELDS = [
-    (name, check, expected, attrs.fields_dict(ProcessSpec)[name].default)
+    (
+        name,
+        check,
+        expected,
+        attrs.fields_dict(ProcessSpec)[name].default,
+        isinstance(attrs.fields_dict(ProcessSpec)[name].default, attrs.Factory),  # type: ignore[arg-type]
+    )
     for name, (check, expected) in _CHECKS.items()
 ]
 
