@@ -75,7 +75,7 @@ from corra._errors import CorruptRecord
 from corra._runtime import RECORD_CODEC, open_runtime
 from corra.persistence import Codec, Store, open_store
 from corra.processes._lifecycle import Result
-from corra.processes._records import ProcessSpec
+from corra.processes._spec import ProcessSpec
 
 TASKS = 1000
 MEMORY_FILE_SYSTEMS = frozenset({"tmpfs", "ramfs"})

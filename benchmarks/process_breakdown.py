@@ -49,7 +49,7 @@ from corra._runtime import open_runtime
 from corra.backends.local_process import LocalProcessBackend
 from corra.persistence import _store
 from corra.processes._lifecycle import Result
-from corra.processes._records import ProcessSpec
+from corra.processes._spec import ProcessSpec
 
 _COMMITS: list[float] = []
 _original_commit = _store.Store._commit

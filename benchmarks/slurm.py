@@ -81,7 +81,7 @@ class JobSpec:
     cwd: str | None = None
     env: dict[str, str] = attrs.field(factory=dict)
     name: str | None = None
-    slurm: SlurmOptions = HELD
+    options: SlurmOptions = HELD
 
 
 def cluster() -> _slurm.SlurmCluster:
@@ -230,7 +230,7 @@ async def _plain_submit(count: int) -> tuple[float, list[str]]:
             spec.argv,
             run_dir=str(run_dir),
             work_dir=str(run_dir / "work"),
-            options=spec.slurm,
+            options=spec.options,
             env={"CORRA_PROCESS_ID": "plain", "CORRA_PROCESS_NAME": "plain", "CORRA_ATTEMPT": "1"},
         )
     )

@@ -40,7 +40,7 @@ from corra.backends.ssh import (
     parse_host,
 )
 from corra.backends.transport import LocalTransport, Transport
-from corra.processes._records import DEFAULT_OUTPUT_LIMIT
+from corra.processes._spec import DEFAULT_OUTPUT_LIMIT
 
 HOSTS_FILE = "hosts.json"
 _converter = cattrs.Converter()

@@ -28,7 +28,7 @@ from corra._runtime import RECORD_CODEC, open_runtime
 from corra.actors._specs import Backoff
 from corra.persistence import open_store
 from corra.processes._lifecycle import ACTIVE, Result
-from corra.processes._records import ProcessSpec
+from corra.processes._spec import ProcessSpec
 
 
 @attrs.define

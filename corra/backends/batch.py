@@ -44,7 +44,7 @@ from corra.backends import _staging
 from corra.backends._pollers import HostPollers, check_key
 from corra.backends._shared import TokenBucket
 from corra.backends.scheduler import JobStatus
-from corra.backends.slurm import Slurm, SlurmOptions, parse_slurm_options
+from corra.backends.slurm import Slurm, SlurmOptions
 from corra.backends.transport import Transport
 from corra.processes._lifecycle import Result
 
@@ -105,11 +105,6 @@ class SchedulerBackend(HostPollers):
 
     # -- slots: the scheduler queues; nothing to bound here ------------------------------
 
-    def check_spec(self, spec: Any) -> None:
-        """At submission: the host exists, and the ``slurm`` options are valid."""
-        super().check_spec(spec)
-        parse_slurm_options(getattr(spec, "slurm", None), "slurm")
-
     async def acquire_slot(self, key: str) -> None:
         await trio.lowlevel.checkpoint()
 
@@ -149,7 +144,7 @@ class SchedulerBackend(HostPollers):
 
     async def launch(self, key: str, spec: Any) -> dict[str, Any]:
         host = self.host(getattr(spec, "host", None))
-        options = parse_slurm_options(getattr(spec, "slurm", None))
+        options: SlurmOptions = spec.options or SlurmOptions()  # (typed by the wire converter)
         run_dir = await self._run_dir(host, key)
         existing = await self._find(host, key, run_dir)
         if existing is not None:

@@ -68,7 +68,7 @@ from corra._errors import BackendError, ConfigError, LaunchFailed, ProgramLost
 from corra._statedir import check_directory, check_peer, make_private_dirs
 from corra.backends import _cgroups, chaperone
 from corra.backends._cgroups import CgroupSupport
-from corra.processes._records import DEFAULT_OUTPUT_LIMIT, check_output_limit, check_seconds
+from corra.processes._spec import DEFAULT_OUTPUT_LIMIT, check_output_limit, check_seconds
 from corra.processes._spec_content import shown
 
 __all__ = [

@@ -26,7 +26,7 @@ from corra.backends.local import (
     _pread,
 )
 from corra.processes._lifecycle import Result
-from corra.processes._records import DEFAULT_OUTPUT_LIMIT, ProcessSpec
+from corra.processes._spec import DEFAULT_OUTPUT_LIMIT, ProcessSpec
 
 
 def log_file(root: Path, key: str, stream: str) -> Path | None:

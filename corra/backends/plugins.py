@@ -119,7 +119,13 @@ SLURM = BackendPlugin(
     options=_slurm_options()[0],
     host_options=_slurm_options()[1],
     capabilities=Capabilities(
-        slots=True, hosts=True, staging=True, pause_hooks=True, waits_for_host=True, log_size=True
+        slots=True,
+        hosts=True,
+        staging=True,
+        pause_hooks=True,
+        waits_for_host=True,
+        log_size=True,
+        shell_env=True,
     ),
     description="Slurm jobs on a host's cluster, submitted with sbatch and polled with squeue",
 )

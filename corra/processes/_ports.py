@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from corra.processes._lifecycle import Result
-from corra.processes._records import ProcessSpec
+from corra.processes._spec import ProcessSpec
 
 
 class Backend(Protocol):

@@ -67,7 +67,7 @@ from corra.backends.ssh._config import HostConfig
 from corra.backends.ssh._shipped import STREAMS, LocalLogs
 from corra.backends.transport import Transport
 from corra.processes._lifecycle import Result
-from corra.processes._records import DEFAULT_OUTPUT_LIMIT, check_output_limit, check_seconds
+from corra.processes._spec import DEFAULT_OUTPUT_LIMIT, check_output_limit, check_seconds
 
 logger = logging.getLogger("corra.ssh")
 
