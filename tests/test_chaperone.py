@@ -120,6 +120,33 @@ def test_the_package_runs_from_a_copy_of_its_directory(tmp_path: Path):
     assert json.loads(modules)["python"][:2] == list(sys.version_info[:2])
 
 
+def test_the_remote_helper_takes_a_zombie_chaperone_for_gone(tmp_path: Path):
+    """A chaperone SIGKILLed where nobody reaps orphans (a container's init) stays a zombie
+    with its pid and start time: its program is lost, and a kill goes to the program's group
+    (a zombie hears no SIGTERM), as the local backend has it."""
+    zombie = subprocess.Popen(["true"])
+    program = subprocess.Popen(["sleep", "60"], process_group=0)
+    try:
+        while stat_fields(zombie.pid)[0] != b"Z":
+            time.sleep(0.01)
+        run_dir = tmp_path / "run"
+        run_dir.mkdir()
+        claim = {"pid": zombie.pid, "start": _proc.process_start(zombie.pid)}
+        (run_dir / "chaperone.pid").write_bytes(protocol.json_line(claim))
+        started = {"pid": program.pid, "start": _proc.process_start(program.pid)}
+        (run_dir / "program.pid").write_bytes(protocol.json_line({**started, "started_at": 1.0}))
+        helper = [PYTHON, "-I", "-S", SCRIPT, "--helper"]
+        (status,) = json.loads(subprocess.check_output([*helper, "status", str(run_dir)]))
+        assert status["state"] == "lost"
+        (sent,) = json.loads(subprocess.check_output([*helper, "kill", "5", str(run_dir)]))
+        assert sent["sent"] == "group"
+        assert program.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        program.kill()
+        program.wait()
+        zombie.wait()
+
+
 def test_runs_a_program_detached_and_records_its_exit(tmp_path: Path):
     run_dir = tmp_path / "run"
     write_spec(run_dir, ["sh", "-c", "echo out; echo err >&2; sleep 0.2; exit 4"])

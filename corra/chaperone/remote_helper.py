@@ -35,7 +35,7 @@ import signal
 import sys
 
 from . import _rundir, protocol
-from ._proc import process_start
+from ._proc import alive, process_start
 from ._run import Run
 
 #: The package directory: what ``python3 -I -S`` runs as the chaperone.
@@ -69,6 +69,12 @@ def _handle(run_dir):
         "program_start": program.get("start"),
         "started_at": program.get("started_at"),
     }
+
+
+def _chaperone_alive(handle):
+    """Whether the handle's chaperone runs (a zombie does not: it hears no SIGTERM)."""
+    pid = handle["chaperone_pid"]
+    return pid is not None and alive(pid, handle["chaperone_start"])
 
 
 def _same(pid, start):
@@ -148,7 +154,7 @@ def status(run_dirs):
         elif handle is None:
             state = ABSENT
         else:
-            pid, start = handle.get("chaperone_pid"), handle.get("chaperone_start")
+            pid, start = handle["chaperone_pid"], handle["chaperone_start"]
             state = _rundir.status(run_dir, pid, start) if pid is not None else _rundir.LOST
             if state == _rundir.EXITED:  # it landed after our first look
                 record = _read_json(os.path.join(run_dir, _rundir.EXIT_FILE))
@@ -170,7 +176,7 @@ def kill(grace, run_dirs):
         if handle is None:
             out.append({"dir": run_dir, "sent": "nothing"})
             continue
-        if _same(handle["chaperone_pid"], handle["chaperone_start"]):
+        if _chaperone_alive(handle):
             _rundir.write_kill_request(run_dir, grace)
             os.kill(handle["chaperone_pid"], signal.SIGTERM)
             out.append({"dir": run_dir, "sent": "chaperone"})
