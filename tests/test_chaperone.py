@@ -1,4 +1,4 @@
-"""The chaperone script on its own, as a remote host would run it: no runtime, no corra."""
+"""The chaperone package on its own, as a remote host would run it: no runtime, no corra."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def write_spec(run_dir: Path, argv: list[str], **options: object) -> None:
 
 
 def start(run_dir: Path, *, prelude: str = "") -> tuple[int, object]:
-    """Run ``chaperone.py RUN_DIR --notify-fd 3``; (pid of the launched process, reader)."""
+    """Run ``chaperone RUN_DIR --notify-fd 3``; (pid of the launched process, reader)."""
     read_fd, write_fd = os.pipe()
     if prelude:
         command = [
@@ -289,7 +289,7 @@ def test_process_start_survives_odd_command_names():
 
 
 def serve(root: Path, idle_exit: float = 10.0) -> tuple[str, dict]:
-    """Start ``chaperone.py --serve ROOT``; what it said, and its pid file."""
+    """Start ``chaperone --serve ROOT``; what it said, and its pid file."""
     read_fd, write_fd = os.pipe()
     command = [PYTHON, "-I", "-S", SCRIPT, "--serve", str(root), "--ready-fd", str(write_fd)]
     command += ["--idle-exit", str(idle_exit)]

@@ -93,8 +93,6 @@ Status = Literal["running", "exited", "lost"]
 ChaperoneKind = Literal["shared", "own"]
 
 CHAPERONE_PATH = chaperone.PACKAGE_DIR
-#: A key names a directory and a cgroup: no separators, no leading dot, not too long.
-_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@+=-]{0,199}")
 _ENV_NAME = re.compile(r"[^=\0]+")
 #: Polling where there is no pidfd, and while another launch of the same key finishes.
 _POLL_FIRST, _POLL_MAX = 0.005, 0.5
@@ -439,7 +437,7 @@ def read_status(handle: Handle) -> Status:
 
 
 def _check_key(key: object) -> str:
-    if not isinstance(key, str) or not _KEY.fullmatch(key):
+    if not isinstance(key, str) or not protocol.KEY.match(key):
         raise ConfigError(
             f"key: expected letters, digits and _.:@+=- (not first), at most 200, got {key!r}"
         )
@@ -915,7 +913,7 @@ class LocalBackend:
                 continue
             for name in names:
                 key = name.removesuffix(self._cgroup_suffix)
-                if key == name or not _KEY.fullmatch(key):
+                if key == name or not protocol.KEY.match(key):
                     continue
                 try:
                     handle = self.find(key)
@@ -1219,7 +1217,7 @@ class LocalBackend:
                     return await self.wait(handle)
         else:
             if grace is not None:
-                await trio.to_thread.run_sync(_write_kill_request, handle, grace)
+                await trio.to_thread.run_sync(_rundir.write_kill_request, handle.run_dir, grace)
             if _signal_chaperone(handle, signal.SIGTERM):
                 try:
                     return await self.wait(handle)
@@ -1345,10 +1343,6 @@ def _pread(path: Path, offset: int, size: int) -> bytes:
         os.close(fd)
 
 
-def _write_kill_request(handle: Handle, grace: float) -> None:
-    _rundir.write_kill_request(handle.run_dir, grace)
-
-
 def _spec(handle: Handle) -> dict[str, Any]:
     """The spec the chaperone ran (from the shared one's claim, or an own one's spec.json)."""
     run_dir = Path(handle.run_dir)
@@ -1364,10 +1358,11 @@ def _spec(handle: Handle) -> dict[str, Any]:
 
 
 def _spec_grace(handle: Handle) -> float:
+    """The grace the chaperone would have given: the spec's, else its default."""
     try:
-        return float(_spec(handle).get("kill_grace", 10.0))
+        return float(_spec(handle).get("kill_grace", protocol.DEFAULT_GRACE))
     except (TypeError, ValueError):
-        return 10.0
+        return protocol.DEFAULT_GRACE
 
 
 def _signal_chaperone(handle: Handle, number: int) -> bool:

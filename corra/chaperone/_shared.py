@@ -34,7 +34,7 @@ import time
 from . import protocol
 from ._cgroups import CGROUP_DRAIN, CgroupHost, CgroupPool, Cgroups, PooledCgroup
 from ._clients import Clients, subscribe
-from ._helper import SPARES, SPARES_PREFIX, Helper, remove_tree
+from ._helper import SPARES, Helper, remove_tree
 from ._output import OutputLimit
 from ._proc import group_left, process_start
 from ._run import LOST_ROOT_GRACE, Run, spawn_error
@@ -43,6 +43,7 @@ from ._rundir import (
     DAEMON_FILE,
     DAEMON_LOG,
     SOCKET_FILE,
+    SPARES_PREFIX,
     STREAMS,
     WORK_DIR,
     Root,
