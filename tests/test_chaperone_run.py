@@ -58,8 +58,16 @@ def test_a_timeout_during_a_kill_changes_nothing(run: Run):
     assert not run.timed_out and run.escalate_at == 105.0
 
 
+def deaf_to_sigterm() -> subprocess.Popen:
+    """A program group that ignores SIGTERM (once it said so)."""
+    script = "trap '' TERM; echo ready; sleep 60"
+    program = subprocess.Popen(["sh", "-c", script], process_group=0, stdout=subprocess.PIPE)
+    assert program.stdout is not None and program.stdout.readline() == b"ready\n"
+    return program
+
+
 def test_a_timeout_terminates_with_the_specs_grace_then_escalates(tmp_path):
-    program = subprocess.Popen(["sh", "-c", "trap '' TERM; sleep 60"], process_group=0)
+    program = deaf_to_sigterm()
     run = Run(str(tmp_path), grace=10.0)
     run.pid = program.pid
     try:
@@ -71,10 +79,11 @@ def test_a_timeout_terminates_with_the_specs_grace_then_escalates(tmp_path):
     finally:
         program.kill()
         program.wait()
+        program.stdout.close()  # type: ignore[union-attr]
 
 
 def test_a_zero_grace_is_a_sigkill(tmp_path):
-    program = subprocess.Popen(["sh", "-c", "trap '' TERM; sleep 60"], process_group=0)
+    program = deaf_to_sigterm()
     run = Run(str(tmp_path), grace=0.0)
     run.pid = program.pid
     try:
@@ -83,6 +92,7 @@ def test_a_zero_grace_is_a_sigkill(tmp_path):
     finally:
         program.kill()
         program.wait()
+        program.stdout.close()  # type: ignore[union-attr]
 
 
 def test_nothing_is_sent_once_the_program_was_reaped(run: Run, program):

@@ -73,7 +73,8 @@ from corra.backends._cgroups import CgroupSupport
 from corra.chaperone import _proc, _rundir, protocol
 from corra.chaperone._cgroups import CGROUP_DRAIN, Cgroups
 from corra.chaperone._run import Run
-from corra.chaperone._shared import IDLE_EXIT, ROOT_VARIABLE
+from corra.chaperone._rundir import ROOT_VARIABLE
+from corra.chaperone._shared import IDLE_EXIT
 from corra.chaperone._spawn import RESET_IN_PROGRAM
 from corra.processes._records import DEFAULT_OUTPUT_LIMIT, check_output_limit, check_seconds
 from corra.processes._spec_content import shown

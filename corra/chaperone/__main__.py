@@ -26,7 +26,8 @@ def main(argv):
 
         return helper(argv[1:])
     if argv and argv[0] == "--serve":
-        from ._shared import IDLE_EXIT, ROOT_VARIABLE, serve
+        from ._rundir import ROOT_VARIABLE
+        from ._shared import IDLE_EXIT, serve
 
         options = {"--ready-fd": None, "--idle-exit": None}
         root = os.environ.get(ROOT_VARIABLE)

@@ -10,7 +10,7 @@ import socket
 import sys
 
 from . import protocol
-from ._rundir import unlink
+from ._rundir import ROOT_VARIABLE, save_env, unlink
 from .protocol import json_line, shown
 
 #: Longest request line the shared chaperone accepts.
@@ -29,6 +29,19 @@ class Client:
         self.umask = None  # the runtime's, for its programs
         self.runs = set()  # runs it is subscribed to
         self.writing = False
+
+    def hello(self, request, root):
+        """Take the environment (``.env-<sha1>.json`` in ``root``) and umask its programs
+        start with from a ``hello`` (no env: the chaperone's own)."""
+        env = request.get("env")
+        if env is None:
+            env = dict(os.environ)
+            env.pop(ROOT_VARIABLE, None)
+        self.env = protocol.check_env(env)
+        self.env_file = save_env(root, env)
+        umask = request.get("umask")
+        ok = isinstance(umask, int) and not isinstance(umask, bool) and 0 <= umask <= 0o777
+        self.umask = umask if ok else None
 
 
 class Clients:

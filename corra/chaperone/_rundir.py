@@ -45,6 +45,7 @@ ROOT files (shared)::
 """
 
 import contextlib
+import errno
 import json
 import os
 import sys
@@ -66,6 +67,8 @@ STREAMS = ("stdout", "stderr")
 DAEMON_FILE = ".chaperone.pid"
 SOCKET_FILE = ".chaperone.sock"
 DAEMON_LOG = ".chaperone.log"
+#: Where a runtime may name ROOT to the shared chaperone, rather than on its command line.
+ROOT_VARIABLE = "CORRA_CHAPERONE_ROOT"
 #: Where the shared chaperone's spare run dirs are (a suffix: its pid).
 SPARES_PREFIX = ".spares-"
 #: Bytes set aside for the exit record's temporary file, so that it can be written on a full
@@ -253,6 +256,42 @@ def requested_grace(run_dir, default):
             return seconds(json.loads(kill_file.read())["grace"], "grace")
     except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return default
+
+
+def save_env(root, env):
+    """Write the environment programs start from once (``.env-<sha1>.json`` in ROOT, named by
+    its content), rather than into every claim; its name."""
+    import hashlib
+
+    data = json_line(env)
+    name = f".env-{hashlib.sha1(data).hexdigest()}.json"
+    path = os.path.join(root, name)
+    if not os.path.exists(path):
+        with contextlib.suppress(OSError):
+            write_atomic(path, data)
+    return name
+
+
+def lock_root(root, patience):
+    """An fd on ``ROOT/.chaperone.pid`` holding an exclusive flock, or None if another
+    chaperone holds it for longer than ``patience`` seconds (one that is leaving lets go
+    soon)."""
+    import fcntl
+
+    fd = os.open(os.path.join(root, DAEMON_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except OSError as error:
+            if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                os.close(fd)
+                raise
+        if time.monotonic() >= deadline:
+            os.close(fd)
+            return None
+        time.sleep(0.005)
 
 
 def socket_address(root, root_fd):

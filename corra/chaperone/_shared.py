@@ -40,7 +40,6 @@ from ._proc import group_left, process_start
 from ._run import LOST_ROOT_GRACE, Run, spawn_error
 from ._rundir import (
     CHAPERONE_FILE,
-    DAEMON_FILE,
     DAEMON_LOG,
     SOCKET_FILE,
     SPARES_PREFIX,
@@ -49,18 +48,17 @@ from ._rundir import (
     Root,
     bounded,
     describe,
+    lock_root,
     log_failure,
     put_exit,
     reserve_exit,
+    save_env,
     say,
     socket_address,
     unlink,
-    write_atomic,
 )
 from .protocol import Invalid, json_line, shown
 
-#: Where the runtime may put ROOT instead of the command line.
-ROOT_VARIABLE = "CORRA_CHAPERONE_ROOT"
 #: Seconds without programs and clients after which the shared chaperone leaves.
 IDLE_EXIT = 3.0
 
@@ -198,14 +196,14 @@ class Server:
         reply = {"id": request.get("id")}
         try:
             if op == protocol.HELLO:
-                self.hello(client, request)
+                client.hello(request, self.root)
                 reply.update(self.me, op=protocol.HELLO, version=protocol.PROTOCOL)
             elif client.env is None:
                 reply.update(op=protocol.ERROR, error="hello first")
             elif op == protocol.ENV:
                 # the runtime's environment changed
                 client.env = protocol.check_env(request.get("env"))
-                client.env_file = self.save_env(client.env)
+                client.env_file = save_env(self.root, client.env)
                 reply[protocol.OP] = protocol.ENV
             elif op == protocol.LAUNCH:
                 reply.update(self.launch(client, request))
@@ -229,30 +227,6 @@ class Server:
         except Invalid as error:
             reply.update(op=protocol.INVALID, error=str(error))
         self.clients.send(client, reply)
-
-    def hello(self, client, request):
-        env = request.get("env")
-        if env is None:
-            env = dict(os.environ)
-            env.pop(ROOT_VARIABLE, None)
-        client.env = protocol.check_env(env)
-        client.env_file = self.save_env(env)
-        umask = request.get("umask")
-        ok = isinstance(umask, int) and not isinstance(umask, bool) and 0 <= umask <= 0o777
-        client.umask = umask if ok else None
-
-    def save_env(self, env):
-        """Write the environment programs start from once (``.env-<sha1>.json`` in ROOT, named
-        by its content), rather than into every claim; its name."""
-        import hashlib
-
-        data = json_line(env)
-        name = f".env-{hashlib.sha1(data).hexdigest()}.json"
-        path = os.path.join(self.root, name)
-        if not os.path.exists(path):
-            with contextlib.suppress(OSError):
-                write_atomic(path, data)
-        return name
 
     # launching --------------------------------------------------------------------------
 
@@ -466,27 +440,6 @@ def _ignore_signal(number, frame):
     pass
 
 
-def _lock(path, patience):
-    """An fd on ``path`` holding an exclusive flock, or None if someone else holds it for
-    longer than ``patience`` seconds (a chaperone that is leaving lets go soon)."""
-    import fcntl
-
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    deadline = time.monotonic() + patience
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except OSError as error:
-            if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                os.close(fd)
-                raise
-        if time.monotonic() >= deadline:
-            os.close(fd)
-            return None
-        time.sleep(0.005)
-
-
 def serve(root, ready_fd=None, idle_exit=IDLE_EXIT):
     """Be the shared chaperone of ROOT in this process (detached already); an exit status.
 
@@ -506,7 +459,7 @@ def serve(root, ready_fd=None, idle_exit=IDLE_EXIT):
         # umask follows each runtime; limits, niceness and the like are the first one's).
         os.chdir("/")
         os.makedirs(root, 0o700, exist_ok=True)
-        lock = _lock(os.path.join(root, DAEMON_FILE), patience=2.0)
+        lock = lock_root(root, patience=2.0)
         if lock is None:
             tell("busy")
             return 0
