@@ -65,12 +65,11 @@ from typing import Any, Literal
 import attrs
 import trio
 
-from corra import chaperone
 from corra._errors import BackendError, ConfigError, LaunchFailed, ProgramLost
 from corra._statedir import check_directory, check_peer, make_private_dirs
 from corra.backends import _cgroups
 from corra.backends._cgroups import CgroupSupport
-from corra.chaperone import _proc, _rundir, protocol
+from corra.chaperone import PACKAGE_DIR, _proc, _rundir, protocol
 from corra.chaperone._cgroups import CGROUP_DRAIN, Cgroups
 from corra.chaperone._run import Run
 from corra.chaperone._rundir import ROOT_VARIABLE
@@ -93,7 +92,7 @@ Stream = Literal["stdout", "stderr"]
 Status = Literal["running", "exited", "lost"]
 ChaperoneKind = Literal["shared", "own"]
 
-CHAPERONE_PATH = chaperone.PACKAGE_DIR
+CHAPERONE_PATH = PACKAGE_DIR
 _ENV_NAME = re.compile(r"[^=\0]+")
 #: Polling where there is no pidfd, and while another launch of the same key finishes.
 _POLL_FIRST, _POLL_MAX = 0.005, 0.5

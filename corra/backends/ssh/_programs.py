@@ -50,7 +50,6 @@ from typing import Any
 import attrs
 import trio
 
-from corra import chaperone
 from corra._errors import (
     BackendError,
     ConfigError,
@@ -67,6 +66,7 @@ from corra.backends.local_process import result_of
 from corra.backends.ssh._config import HostConfig
 from corra.backends.ssh._shipped import STREAMS, LocalLogs
 from corra.backends.transport import Transport
+from corra.chaperone import PACKAGE_DIR
 from corra.processes._lifecycle import Result
 from corra.processes._records import DEFAULT_OUTPUT_LIMIT, check_output_limit, check_seconds
 
@@ -93,7 +93,7 @@ _PACKAGE = "chaperone"
 def _library() -> tuple[str, dict[str, bytes]]:
     """The files of the host-side package (`corra.chaperone`), as paths under the library dir
     (``chaperone/<module>.py``), written in this order; and a digest of them all."""
-    package = Path(chaperone.PACKAGE_DIR)
+    package = Path(PACKAGE_DIR)
     files = {f"{_PACKAGE}/{path.name}": path.read_bytes() for path in sorted(package.glob("*.py"))}
     digest = hashlib.sha256()
     for name in sorted(files):
