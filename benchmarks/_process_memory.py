@@ -26,7 +26,8 @@ import trio.testing
 
 from corra._runtime import open_runtime
 from corra.processes._lifecycle import ProcessState
-from corra.processes._records import ProcessRecord, ProcessSpec
+from corra.processes._record import ProcessRecord
+from corra.processes._spec import ProcessSpec
 
 #: Epoch seconds of the first record; record n was created and paused n seconds later.
 EPOCH = 1_750_000_000.0

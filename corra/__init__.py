@@ -46,12 +46,12 @@ from corra.actors import SupervisorRef as SupervisorRef
 from corra.actors import SupervisorSpec as SupervisorSpec
 from corra.actors import SupervisorStatistics as SupervisorStatistics
 from corra.actors import TreeNode as TreeNode
+from corra.processes._convert import parse_process_spec as parse_process_spec
 from corra.processes._lifecycle import ProcessState as ProcessState
 from corra.processes._lifecycle import Result as Result
-from corra.processes._records import ProcessRecord as ProcessRecord
-from corra.processes._records import ProcessSpec as ProcessSpec
-from corra.processes._records import Transition as Transition
-from corra.processes._records import parse_process_spec as parse_process_spec
+from corra.processes._record import ProcessRecord as ProcessRecord
+from corra.processes._record import Transition as Transition
 from corra.processes._recovery import RecoveryReport as RecoveryReport
+from corra.processes._spec import ProcessSpec as ProcessSpec
 
 __version__ = "0.1.0"

@@ -54,9 +54,9 @@ from typing import Any
 import attrs
 
 from corra._errors import ConfigError
-from corra.backends.slurm import parse_slurm_options
 from corra.backends.ssh._config import HostConfig, LoginSettings, parse_host
-from corra.processes._records import ProcessSpec, parse_process_spec
+from corra.processes._convert import parse_process_spec
+from corra.processes._spec import ProcessSpec
 from corra.processes._spec_content import shown_tables
 
 TOP_LEVEL = ("defaults", "process", "hosts", "logins")
@@ -139,12 +139,6 @@ def parse_job_text(text: str, where: str = "<job file>") -> JobFile:
                 f"{sorted(hosts)}"
             )
             continue
-        if spec.backend == "slurm":
-            try:
-                parse_slurm_options(spec.slurm, f"{label}.slurm")
-            except ConfigError as exc:
-                errors.append(str(exc))
-                continue
         specs.append(spec)
     if errors:
         raise ConfigError("\n".join(errors))

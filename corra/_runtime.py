@@ -23,22 +23,24 @@ from corra.actors import _runtime as kernel
 from corra.actors._specs import SupervisorFlags, SupervisorSpec
 from corra.persistence import Codec, open_store
 from corra.processes._backend import Backend, BackendContext
+from corra.processes._convert import (
+    configure_snapshot,
+    parse_process_spec,
+    spec_options_as_tables,
+)
+from corra.processes._fast_json import RecordEncoder, transition_encoder
 from corra.processes._lifecycle import ProcessState, Result
 from corra.processes._manager import ProcessManager
 from corra.processes._migrations import record_1_to_2
-from corra.processes._records import (
-    DEFAULT_OUTPUT_LIMIT,
-    ProcessRecord,
-    ProcessSpec,
-    Transition,
-    check_output_limit,
-    check_seconds,
-    encode_record_data,
-    encode_transition_data,
-    parse_process_spec,
-)
+from corra.processes._record import ProcessRecord, Transition
 from corra.processes._recovery import RecoveryReport
 from corra.processes._registry import installed
+from corra.processes._spec import (
+    DEFAULT_OUTPUT_LIMIT,
+    ProcessSpec,
+    check_output_limit,
+    check_seconds,
+)
 
 if TYPE_CHECKING:
     from corra._remote import HostConfig, LoginSettings, RemoteBackends
@@ -50,9 +52,13 @@ RUNTIME_LOCK = "runtime.lock"
 STATE_DIR_ENV = "CORRA_STATE_DIR"
 
 RECORD_CODEC: Codec[ProcessRecord] = Codec(
-    ProcessRecord, schema=2, migrations={1: record_1_to_2}, encode_data=encode_record_data
+    ProcessRecord,
+    schema=3,
+    migrations={1: record_1_to_2, 2: spec_options_as_tables},
+    configure=configure_snapshot,
+    fast_encoder=RecordEncoder,
 )
-HISTORY_CODEC: Codec[Transition] = Codec(Transition, schema=1, encode_data=encode_transition_data)
+HISTORY_CODEC: Codec[Transition] = Codec(Transition, schema=1, fast_encoder=transition_encoder)
 
 #: The processes supervisor: one_for_one over process actors, which are temporary (a
 #: crashed process actor is brought back by the next recovery, never in a tight loop).

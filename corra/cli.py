@@ -49,17 +49,11 @@ from corra.api._files import DEFAULT_HOST, DEFAULT_PORT, TOKEN_FILE
 from corra.api._wire import detail_json, record_json
 from corra.backends.recorded import recorded
 from corra.persistence import open_store_readonly
+from corra.processes._convert import parse_process_spec, unstructure_spec
 from corra.processes._journal import find_record, sorted_records
 from corra.processes._lifecycle import ACTIVE, PHASES, TERMINAL, Result, describe, needs_recovery
-from corra.processes._records import (
-    DEFAULT_OUTPUT_LIMIT,
-    ProcessRecord,
-    ProcessSpec,
-    Transition,
-    check_output_limit,
-    parse_process_spec,
-    unstructure_spec,
-)
+from corra.processes._record import ProcessRecord, Transition
+from corra.processes._spec import DEFAULT_OUTPUT_LIMIT, ProcessSpec, check_output_limit
 from corra.processes._spec_content import HIDDEN
 
 if TYPE_CHECKING:

@@ -25,5 +25,5 @@ def request(key: str, spec: Any) -> LaunchRequest:
         inputs=dict(getattr(spec, "inputs", None) or {}),
         outputs=tuple(getattr(spec, "outputs", None) or ()),
         outputs_dir=getattr(spec, "outputs_dir", None),
-        options=getattr(spec, "slurm", None),
+        options=getattr(spec, "options", None),
     )

@@ -1,4 +1,4 @@
-"""The chaperone script on its own, as a remote host would run it: no runtime, no corra."""
+"""The chaperone package on its own, as a remote host would run it: no runtime, no corra."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from corra.backends import chaperone
+from corra import chaperone
+from corra.chaperone import _proc, _rundir, protocol
 
-SCRIPT = chaperone.__file__
+SCRIPT = chaperone.PACKAGE_DIR
 PYTHON = sys.executable
 
 
@@ -35,7 +36,7 @@ def write_spec(run_dir: Path, argv: list[str], **options: object) -> None:
 
 
 def start(run_dir: Path, *, prelude: str = "") -> tuple[int, object]:
-    """Run ``chaperone.py RUN_DIR --notify-fd 3``; (pid of the launched process, reader)."""
+    """Run ``chaperone RUN_DIR --notify-fd 3``; (pid of the launched process, reader)."""
     read_fd, write_fd = os.pipe()
     if prelude:
         command = [
@@ -43,8 +44,8 @@ def start(run_dir: Path, *, prelude: str = "") -> tuple[int, object]:
             "-I",
             "-S",
             "-c",
-            f"{prelude}\nimport sys\nsys.argv = sys.argv[1:]\n"
-            f"exec(compile(open(sys.argv[0]).read(), sys.argv[0], 'exec'))",
+            f"{prelude}\nimport runpy, sys\nsys.argv = sys.argv[1:]\n"
+            f"runpy.run_path(sys.argv[0], run_name='__main__')",
             SCRIPT,
         ]
     else:
@@ -65,21 +66,85 @@ def wait_for(path: Path, within: float = 10.0) -> dict:
     return json.loads(path.read_text())
 
 
-def test_standard_library_only():
-    tree = ast.parse(Path(SCRIPT).read_text())
+PACKAGE_FILES = sorted(Path(SCRIPT).glob("*.py"))
+#: The oldest python3 a remote host may have (`corra.backends.ssh._programs` checks for it).
+OLDEST_REMOTE_PYTHON = (3, 6)
+
+
+@pytest.mark.parametrize("path", PACKAGE_FILES, ids=lambda path: path.name)
+def test_standard_library_only(path: Path):
+    """Every module imports the standard library, or its own package relatively: the package
+    directory is uploaded as it is, and imported there under whatever name it has."""
+    tree = ast.parse(path.read_text())
     imported = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             imported.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            assert node.level == 0 and node.module is not None
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            assert node.module is not None
             imported.add(node.module.split(".")[0])
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 1, "within the package only"
     assert imported <= sys.stdlib_module_names, imported - sys.stdlib_module_names
     assert "corra" not in imported
 
 
-def test_old_remote_pythons_can_parse_it():
-    ast.parse(Path(SCRIPT).read_text(), feature_version=(3, 6))
+@pytest.mark.parametrize("path", PACKAGE_FILES, ids=lambda path: path.name)
+def test_old_remote_pythons_can_parse_it(path: Path):
+    ast.parse(path.read_text(), feature_version=OLDEST_REMOTE_PYTHON)
+
+
+def test_the_package_runs_from_a_copy_of_its_directory(tmp_path: Path):
+    """As the SSH backend ships it: the files of `_library()` in a directory of their own,
+    run with ``python3 -I -S DIR``, which imports nothing from where corra is installed."""
+    from corra.backends.ssh._programs import _library
+
+    _, files = _library()
+    for name, data in files.items():
+        (tmp_path / "lib" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "lib" / name).write_bytes(data)
+    package = str(tmp_path / "lib" / "chaperone")
+    run_dir = str(tmp_path / "run")
+    spec = {"argv": ["sh", "-c", "echo hi"], "cwd": None, "env": {}, "timeout": None}
+    helper = [PYTHON, "-I", "-S", package, "--helper"]
+    launched = subprocess.run(
+        [*helper, "launch", run_dir], input=json.dumps(spec).encode(), capture_output=True
+    )
+    assert launched.returncode == 0, launched.stderr
+    assert json.loads(launched.stdout)["status"] == "started"
+    wait_for(tmp_path / "run" / "exit.json")
+    (status,) = json.loads(subprocess.check_output([*helper, "status", run_dir]))
+    assert status["state"] == "exited" and status["record"]["returncode"] == 0
+    assert (tmp_path / "run" / "stdout").read_bytes() == b"hi\n"
+    modules = subprocess.check_output([*helper, "probe"])
+    assert json.loads(modules)["python"][:2] == list(sys.version_info[:2])
+
+
+def test_the_remote_helper_takes_a_zombie_chaperone_for_gone(tmp_path: Path):
+    """A chaperone SIGKILLed where nobody reaps orphans (a container's init) stays a zombie
+    with its pid and start time: its program is lost, and a kill goes to the program's group
+    (a zombie hears no SIGTERM), as the local backend has it."""
+    zombie = subprocess.Popen(["true"])
+    program = subprocess.Popen(["sleep", "60"], process_group=0)
+    try:
+        while stat_fields(zombie.pid)[0] != b"Z":
+            time.sleep(0.01)
+        run_dir = tmp_path / "run"
+        run_dir.mkdir()
+        claim = {"pid": zombie.pid, "start": _proc.process_start(zombie.pid)}
+        (run_dir / "chaperone.pid").write_bytes(protocol.json_line(claim))
+        started = {"pid": program.pid, "start": _proc.process_start(program.pid)}
+        (run_dir / "program.pid").write_bytes(protocol.json_line({**started, "started_at": 1.0}))
+        helper = [PYTHON, "-I", "-S", SCRIPT, "--helper"]
+        (status,) = json.loads(subprocess.check_output([*helper, "status", str(run_dir)]))
+        assert status["state"] == "lost"
+        (sent,) = json.loads(subprocess.check_output([*helper, "kill", "5", str(run_dir)]))
+        assert sent["sent"] == "group"
+        assert program.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        program.kill()
+        program.wait()
+        zombie.wait()
 
 
 def test_runs_a_program_detached_and_records_its_exit(tmp_path: Path):
@@ -204,7 +269,7 @@ def test_process_start_survives_odd_command_names():
     script = "read line; printf 'a) (b c' > /proc/$$/comm; sleep 5"
     process = subprocess.Popen(["sh", "-c", script], stdin=subprocess.PIPE)
     try:
-        before = chaperone.process_start(process.pid)
+        before = _proc.process_start(process.pid)
         assert before == int(stat_fields(process.pid)[19])
         process.stdin.write(b"\n")  # type: ignore[union-attr]
         process.stdin.flush()  # type: ignore[union-attr]
@@ -212,19 +277,19 @@ def test_process_start_survives_odd_command_names():
         while Path(f"/proc/{process.pid}/comm").read_text() != "a) (b c\n":
             assert time.monotonic() < deadline
             time.sleep(0.01)
-        assert chaperone.process_start(process.pid) == before
+        assert _proc.process_start(process.pid) == before
     finally:
         process.kill()
         process.wait()
         process.stdin.close()  # type: ignore[union-attr]
-    assert chaperone.process_start(process.pid) is None
+    assert _proc.process_start(process.pid) is None
 
 
 # the shared chaperone -------------------------------------------------------------------
 
 
 def serve(root: Path, idle_exit: float = 10.0) -> tuple[str, dict]:
-    """Start ``chaperone.py --serve ROOT``; what it said, and its pid file."""
+    """Start ``chaperone --serve ROOT``; what it said, and its pid file."""
     read_fd, write_fd = os.pipe()
     command = [PYTHON, "-I", "-S", SCRIPT, "--serve", str(root), "--ready-fd", str(write_fd)]
     command += ["--idle-exit", str(idle_exit)]
@@ -333,7 +398,7 @@ def test_serve_launches_reports_the_exit_and_claims_once(served, tmp_path: Path)
     assert (record["returncode"], record["stdout_size"], record["stderr_size"]) == (3, 4, 4)
     run_dir = root / "a.1"
     assert json.loads((run_dir / "exit.json").read_text()) == record
-    claim, recorded = chaperone.read_claim((run_dir / "chaperone.pid").read_bytes())
+    claim, recorded = _rundir.read_claim((run_dir / "chaperone.pid").read_bytes())
     assert claim == {**daemon, "shared": True}
     assert {k: recorded[k] for k in program} == program
     assert recorded["spec"]["env"] == {"EXTRA": "1"}
@@ -434,7 +499,7 @@ def test_serve_where_the_socket_path_is_too_long(tmp_path: Path):
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     try:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.connect(chaperone.socket_address(str(root), fd))
+        sock.connect(_rundir.socket_address(str(root), fd))
         sock.close()
     finally:
         os.close(fd)
@@ -456,7 +521,7 @@ def test_a_bad_request_is_answered_once_and_nothing_runs_twice(served, tmp_path:
         {"op": "launch", "key": {"a": 1}, "spec": {"argv": ["true"]}},
     ]
     connection.sock.sendall(
-        b"".join(chaperone.json_line({**line, "id": 100 + n}) for n, line in enumerate(lines))
+        b"".join(protocol.json_line({**line, "id": 100 + n}) for n, line in enumerate(lines))
     )
     assert launch(connection, "b.1", ["sh", "-c", f"echo b >> {ledger}"])["op"] == "started"
     assert connection.request(op="kill", key="v.1", grace=0)["op"] == "killing"

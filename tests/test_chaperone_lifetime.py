@@ -13,8 +13,8 @@ import pytest
 import trio
 from test_local_backend import _cleanup, alive, daemon_of, group_members, sh, stat_fields
 
-from corra.backends import chaperone
 from corra.backends.local import LaunchSpec, LocalBackend
+from corra.chaperone import _proc
 
 THIRTY_DAYS = 2_592_000.0
 #: The most the edge lets a duration be (MAX_SECONDS, ten years).
@@ -113,7 +113,7 @@ async def test_a_shared_chaperone_whose_state_dir_is_removed_kills_its_programs_
             assert daemon is not None
             leftovers += [
                 daemon,
-                {"pid": handle.pid, "start": chaperone.process_start(handle.pid), "group": True},
+                {"pid": handle.pid, "start": _proc.process_start(handle.pid), "group": True},
             ]
             await wait_until(lambda: len(group_members(handle.pid)) == 3, 10, "the program")  # type: ignore[arg-type]
             unified = backend.cgroups.unified
@@ -145,7 +145,7 @@ async def test_an_own_chaperone_whose_run_dir_is_removed_kills_its_program_and_l
             own = {"pid": handle.chaperone_pid, "start": handle.chaperone_start}
             leftovers += [
                 own,
-                {"pid": handle.pid, "start": chaperone.process_start(handle.pid), "group": True},
+                {"pid": handle.pid, "start": _proc.process_start(handle.pid), "group": True},
             ]
             await wait_until(lambda: len(group_members(handle.pid)) == 3, 10, "the program")  # type: ignore[arg-type]
             await trio.to_thread.run_sync(remove_tree, root.parent)

@@ -351,23 +351,21 @@ def test_an_absurd_old_schema_is_refused_at_once(schema):
 # The hand-written encoders of the process records ------------------------------------------
 #
 # `corra._runtime`'s codecs encode process records and transitions with hand-written
-# functions (`encode_data`); what they write must be byte for byte what the converter writes,
-# and whatever they do not expect must take the converter's way.
+# functions (`corra.processes._fast_json`); what they write must be byte for byte what the
+# converter writes, and whatever they do not expect must take the converter's way.
 
 import gc  # noqa: E402
 import math  # noqa: E402
 
 from corra._errors import ConfigError  # noqa: E402
 from corra._runtime import HISTORY_CODEC, RECORD_CODEC  # noqa: E402
-from corra.processes import _records  # noqa: E402
+from corra.backends.slurm import SlurmOptions  # noqa: E402
+from corra.persistence import Codec  # noqa: E402
+from corra.processes._convert import configure_snapshot  # noqa: E402
+from corra.processes._fast_json import RecordEncoder, transition_encoder  # noqa: E402
 from corra.processes._lifecycle import PHASES, ProcessState, Result  # noqa: E402
-from corra.processes._records import (  # noqa: E402
-    MAX_SECONDS,
-    ProcessRecord,
-    ProcessSpec,
-    Transition,
-    parse_process_spec,
-)
+from corra.processes._record import ProcessRecord, Transition  # noqa: E402
+from corra.processes._spec import MAX_SECONDS, ProcessSpec  # noqa: E402
 
 any_text = st.text(max_size=8)
 clean_text = any_text.filter(lambda text: "\0" not in text)
@@ -428,10 +426,13 @@ slurm_specs = st.builds(
     argv=st.just(("true",)),
     backend=st.just("slurm"),
     host=st.just("cluster"),
-    slurm=st.dictionaries(
-        any_text,
-        any_text | st.integers() | finite | st.booleans() | st.lists(any_text, max_size=2),
-        max_size=3,
+    options=st.builds(
+        SlurmOptions,
+        partition=st.none() | st.from_regex(r"\A[a-z0-9_.:-]{1,8}\Z"),
+        time=st.none() | st.sampled_from(("10", "1:30:00", "2-0")),
+        nodes=st.none() | st.integers(1, 64),
+        extra=st.lists(st.from_regex(r"\A--[a-z][a-z0-9-]{0,8}(=[a-z0-9 ]{0,8})?\Z"), max_size=2),
+        hold_on_pause=st.booleans(),
     ),
 )
 process_records = st.builds(
@@ -463,23 +464,48 @@ transitions = st.builds(
 )
 
 
+def codecs_as_the_runtimes() -> tuple[Codec[Any], Codec[Any], Any, Any]:
+    """A record codec and a history codec made as `corra._runtime`'s, and their encoders."""
+    made: list[Any] = []
+
+    def keep(factory: Any) -> Any:
+        def make(converter: Any) -> Any:
+            made.append(factory(converter))
+            return made[-1]
+
+        return make
+
+    records = Codec(
+        ProcessRecord,
+        schema=RECORD_CODEC.schema,
+        configure=configure_snapshot,
+        fast_encoder=keep(RecordEncoder),
+    )
+    history = Codec(Transition, schema=HISTORY_CODEC.schema, fast_encoder=keep(transition_encoder))
+    return records, history, made[0], made[1]
+
+
+RECORDS, HISTORY, ENCODE_RECORD, ENCODE_TRANSITION = codecs_as_the_runtimes()
+
+
 @given(process_records)
 @settings(max_examples=300, deadline=None)
 def test_the_record_encoder_writes_what_the_converter_writes(record):
-    assert _records.encode_record_data(record) is not None  # the fast way was taken
-    raw = RECORD_CODEC.encode(record)
-    assert raw == RECORD_CODEC.encode_generic(record)
-    assert RECORD_CODEC.encode(record) == raw  # and again, from the cached texts
-    assert RECORD_CODEC.decode(raw) == record
+    assert ENCODE_RECORD(record) is not None  # the fast way was taken
+    raw = RECORDS.encode(record)
+    assert raw == RECORDS.encode_generic(record)
+    assert RECORDS.encode(record) == raw  # and again, from the cached texts
+    assert RECORDS.decode(raw) == record
+    assert RECORD_CODEC.encode(record) == raw  # (the runtime's, made the same way)
 
 
 @given(transitions)
 @settings(max_examples=300, deadline=None)
 def test_the_transition_encoder_writes_what_the_converter_writes(transition):
-    assert _records.encode_transition_data(transition) is not None
-    raw = HISTORY_CODEC.encode(transition)
-    assert raw == HISTORY_CODEC.encode_generic(transition)
-    assert HISTORY_CODEC.decode(raw) == transition
+    assert ENCODE_TRANSITION(transition) is not None
+    raw = HISTORY.encode(transition)
+    assert raw == HISTORY.encode_generic(transition)
+    assert HISTORY.decode(raw) == transition
 
 
 def test_what_the_encoders_do_not_expect_takes_the_converters_way():
@@ -498,18 +524,18 @@ def test_what_the_encoders_do_not_expect_takes_the_converters_way():
         attrs.evolve(record, created_at=True),  # a bool is not a number here
         attrs.evolve(record, state=ProcessState(handle={"a": {1, 2}})),  # not JSON at all
     ]
-    assert all(_records.encode_record_data(value) is None for value in unusual[:3])
+    assert all(ENCODE_RECORD(value) is None for value in unusual[:3])
     for value in unusual[:3]:
-        assert RECORD_CODEC.encode(value) == RECORD_CODEC.encode_generic(value)
+        assert RECORDS.encode(value) == RECORDS.encode_generic(value)
     with pytest.raises(TypeError):
-        RECORD_CODEC.encode(unusual[3])  # as the converter's way refuses it
+        RECORDS.encode(unusual[3])  # as the converter's way refuses it
     for bad in (math.nan, math.inf):
         with pytest.raises(ValueError, match="Out of range float"):
-            RECORD_CODEC.encode(attrs.evolve(record, created_at=bad))
+            RECORDS.encode(attrs.evolve(record, created_at=bad))
         with pytest.raises(ValueError, match="Out of range float"):
-            HISTORY_CODEC.encode(Transition(bad, "launch", "created", "launching", 1))
+            HISTORY.encode(Transition(bad, "launch", "created", "launching", 1))
         with pytest.raises(ValueError, match="Out of range float"):
-            RECORD_CODEC.encode(attrs.evolve(record, state=ProcessState(handle={"x": [bad]})))
+            RECORDS.encode(attrs.evolve(record, state=ProcessState(handle={"x": [bad]})))
 
 
 def test_the_record_texts_follow_their_spec_and_go_with_it():
@@ -517,57 +543,11 @@ def test_the_record_texts_follow_their_spec_and_go_with_it():
     one = ProcessRecord("p1", shared, ProcessState(updated_at=1.0), 1.0)
     two = ProcessRecord("p2", shared, ProcessState(updated_at=2.0), 2.0)  # the same spec
     for record in (one, two, one):
-        assert RECORD_CODEC.encode(record) == RECORD_CODEC.encode_generic(record)
-    before = len(_records.record_texts)
+        assert RECORDS.encode(record) == RECORDS.encode_generic(record)
+    before = len(ENCODE_RECORD)
     del one, two, shared, record
     gc.collect()
-    assert len(_records.record_texts) < before
-
-
-spec_inputs = st.fixed_dictionaries(
-    {"argv": st.lists(clean_text, max_size=2) | st.tuples(any_text) | any_text | st.integers()},
-    optional={
-        "name": st.none() | any_text | st.integers(),
-        "cwd": st.none() | any_text,
-        "env": st.dictionaries(any_text, any_text | st.integers(), max_size=2) | st.none(),
-        "timeout": st.none() | st.integers(-5, 5) | st.floats() | st.booleans() | any_text,
-        "restart": st.sampled_from(("temporary", "transient", "never")) | st.integers(),
-        "max_attempts": st.integers(-1, 5) | st.booleans() | st.floats(0, 5),
-        "kill_grace": st.integers(-1, 5) | st.floats() | st.none(),
-        "memory_limit": st.none() | st.integers(-1, 5) | st.floats(0, 5),
-        "pids_limit": st.none() | st.integers(-1, 5),
-        "output_limit": st.none() | st.integers(-1, 5) | st.just((1 << 40) + 1) | st.floats(0, 5),
-        "labels": st.dictionaries(any_text, any_text, max_size=2) | st.lists(any_text),
-        "backend": st.sampled_from(("local", "mars")),
-        "bogus": st.integers(),
-    },
-)
-
-
-def parse_by_the_converter(data: dict[str, Any]) -> Any:
-    """`parse_process_spec` without its shortcut for plain input."""
-    original = _records._plain_fields
-    _records._plain_fields = lambda data: None  # type: ignore[assignment]
-    try:
-        return parse_process_spec(data)
-    finally:
-        _records._plain_fields = original
-
-
-@given(spec_inputs)
-@settings(max_examples=500, deadline=None)
-def test_plain_input_is_parsed_as_the_converter_parses_it(data):
-    outcomes = []
-    for parse in (parse_process_spec, parse_by_the_converter):
-        try:
-            spec = parse(dict(data))
-        except ConfigError as exc:
-            outcomes.append(("error", str(exc)))
-        else:
-            outcomes.append(
-                ("spec", spec, RECORD_CODEC.encode(ProcessRecord("p", spec, ProcessState(), 0.0)))
-            )
-    assert outcomes[0] == outcomes[1]
+    assert len(ENCODE_RECORD) < before
 
 
 @pytest.mark.parametrize(
@@ -587,7 +567,10 @@ def test_plain_input_is_parsed_as_the_converter_parses_it(data):
         ({"argv": (), "timeout": -1}, "argv: got (), expected a non-empty list of strings"),
         ({"memory_limit": 0}, "memory_limit: got 0, expected bytes > 0, or nothing"),
         ({"labels": {"a": 1}}, "labels: got {'a': 1}, expected a table of string values"),
-        ({"backend": "mars"}, "backend: got 'mars', expected one of ['local', 'ssh', 'slurm']"),
+        (
+            {"backend": "mars"},
+            "backend: got 'mars', expected one of 'local', 'slurm', 'ssh' (the installed backends",
+        ),
         ({"backend": "ssh"}, "host: missing; backend 'ssh' runs the program on a host"),
         ({"host": "h"}, "host: got 'h', expected nothing for backend 'local'"),
         ({"outputs": ("*.dat",)}, "outputs: got ('*.dat',), expected nothing for backend 'local'"),
@@ -608,12 +591,12 @@ def test_plain_input_is_parsed_as_the_converter_parses_it(data):
             "cwd: got 'work', expected an absolute path on the host for backend 'ssh'",
         ),
         (
-            {"backend": "ssh", "host": "h", "slurm": {"time": "5"}},
+            {"backend": "ssh", "host": "h", "options": SlurmOptions(time="5")},
             "slurm: got {'time': '5'}, expected nothing for backend 'ssh'",
         ),
         (
-            {"backend": "slurm", "host": "h", "slurm": {"nodes": [1]}},
-            "slurm: got {'nodes': [1]}, expected a table of Slurm options",
+            {"backend": "slurm", "host": "h", "options": {"nodes": 1}},
+            "options: got {'nodes': 1}, expected the options of backend 'slurm' (SlurmOptions)",
         ),
     ],
 )
@@ -640,3 +623,70 @@ def test_a_spec_is_built_or_refused_with_a_config_error_never_anything_else(fiel
         ProcessSpec(**fields)
     except ConfigError as exc:
         assert str(exc).split(":")[0] in attrs.fields_dict(ProcessSpec)  # names the field
+
+
+# The stored spec: read without the edge's checks, and migrated ------------------------------
+
+
+def stored(record: ProcessRecord) -> dict[str, Any]:
+    return json.loads(RECORD_CODEC.encode(record))
+
+
+def test_a_stored_spec_is_read_without_the_edges_checks():
+    # A check that a newer corra adds (here: bounds the stored values exceed) must not make
+    # an old record unreadable; its types are still checked.
+    record = ProcessRecord("p1", ProcessSpec(argv=("true",), backend="slurm", host="c"), *_AT)
+    document = stored(record)
+    spec = document["data"]["spec"]
+    spec.update(kill_grace=1e12, labels={str(i): "v" for i in range(100)}, env={"A-B": "1"})
+    spec["slurm"]["time"] = "99999-0"
+    decoded = RECORD_CODEC.decode(json.dumps(document).encode())
+    assert (decoded.spec.kill_grace, len(decoded.spec.labels)) == (1e12, 100)
+    assert decoded.spec.env == {"A-B": "1"} and decoded.spec.options.time == "99999-0"
+    with pytest.raises(ConfigError):
+        ProcessSpec(argv=("true",), kill_grace=1e12)  # (what the edge refuses)
+    spec["kill_grace"] = "soon"
+    spec["slurm"]["nodes"] = "2"
+    with pytest.raises(CorruptRecord) as caught:
+        RECORD_CODEC.decode(json.dumps(document).encode())
+    assert "$.data.spec.kill_grace" in str(caught.value)
+    assert "$.data.spec.slurm.nodes" in str(caught.value)
+
+
+_AT = (ProcessState(updated_at=1.0), 1.0)
+
+
+def test_records_of_schema_2_keep_options_only_in_the_table_named_after_their_backend():
+    local = ProcessRecord("p1", ProcessSpec(argv=("true",)), *_AT)
+    document = stored(local)
+    assert "slurm" not in document["data"]["spec"]  # (schema 3: no table for local)
+    document["schema"] = 2
+    document["data"]["spec"]["slurm"] = {}  # every spec had one
+    assert RECORD_CODEC.decode(json.dumps(document).encode()) == local
+
+    job = ProcessRecord("p2", ProcessSpec(argv=("true",), backend="slurm", host="c"), *_AT)
+    document = stored(job)
+    document["schema"] = 2
+    document["data"]["spec"]["slurm"] = {"partition": "long", "nodes": 1}  # as given
+    decoded = RECORD_CODEC.decode(json.dumps(document).encode())
+    assert decoded.spec.options == SlurmOptions(partition="long", nodes=1)
+
+    document = stored(local)
+    document["schema"] = 2
+    document["data"]["spec"]["slurm"] = {"partition": "long"}  # never written by corra
+    with pytest.raises(CorruptRecord, match="migration from schema 2 to 3 failed"):
+        RECORD_CODEC.decode(json.dumps(document).encode())
+
+
+def test_the_openapi_spec_schemas_follow_the_specs_fields_and_the_plugins():
+    from corra.api._schemas import SCHEMAS
+    from corra.processes._convert import SPEC_FIELDS, wire_fields
+
+    assert list(SCHEMAS["ProcessDetail"]["properties"]["spec"]["properties"]) == wire_fields()
+    local = SCHEMAS["LocalSpec"]["properties"]
+    assert list(local) == [name for name in SPEC_FIELDS if name not in _PLACEMENT]
+    slurm = SCHEMAS["RemoteSpec"]["properties"]["slurm"]["properties"]
+    assert list(slurm) == [field.name for field in attrs.fields(SlurmOptions)]
+
+
+_PLACEMENT = ("host", "inputs", "outputs", "outputs_dir")

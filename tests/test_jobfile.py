@@ -6,7 +6,8 @@ import pytest
 
 import corra
 from corra._jobfile import parse_job_text
-from corra.processes._records import ProcessSpec, parse_process_spec
+from corra.processes._convert import parse_process_spec
+from corra.processes._spec import ProcessSpec
 
 
 def test_defaults_apply_to_every_process_and_tables_merge():
@@ -142,3 +143,35 @@ argv = ["true"]
     assert "jobs.toml: hosts.cluster.pool: unknown setting(s) bogus" in message
     assert "jobs.toml: hosts.other: unknown field(s) hostnme" in message
     assert "jobs.toml: logins.rate: got -1" in message
+
+
+def test_a_slurm_table_is_checked_once_by_the_spec_with_the_files_field_paths():
+    # (the job file no longer parses it a second time: the wire converter types it)
+    text = """
+[hosts.cluster]
+
+[[process]]
+name = "ok"
+backend = "slurm"
+host = "cluster"
+argv = ["true"]
+slurm = { partition = "short", time = "1:00:00", cpus_per_task = 4 }
+
+[[process]]
+name = "bad"
+backend = "slurm"
+host = "cluster"
+argv = ["true"]
+slurm = { time = "soon", nodes = "2", bogus = 1 }
+"""
+    with pytest.raises(corra.ConfigError) as caught:
+        parse_job_text(text, "jobs.toml")
+    assert str(caught.value).splitlines() == [
+        "jobs.toml: process[1] ('bad').slurm.nodes: got '2', expected an integer; "
+        "jobs.toml: process[1] ('bad').slurm: unknown field(s) bogus; expected some of "
+        "account, array, cpus_per_task, extra, gres, hold_on_pause, mem, nodes, ntasks, "
+        "partition, qos, time",
+    ]
+    job = parse_job_text(text.split('[[process]]\nname = "bad"')[0], "jobs.toml")
+    options = job.processes[0].options
+    assert options.directives() == ["--partition=short", "--time=1:00:00", "--cpus-per-task=4"]

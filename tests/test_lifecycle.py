@@ -21,7 +21,8 @@ from corra.processes._lifecycle import (
     allowed,
     needs_recovery,
 )
-from corra.processes._records import ProcessRecord, ProcessSpec, Transition
+from corra.processes._record import ProcessRecord, Transition
+from corra.processes._spec import ProcessSpec
 
 EVENTS = sorted({event for (_, event) in TABLE})
 

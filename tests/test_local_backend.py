@@ -24,7 +24,7 @@ import trio
 import trio.testing
 
 from corra._errors import BackendError, ConfigError, LaunchFailed, ProgramLost
-from corra.backends import _cgroups, chaperone, local
+from corra.backends import _cgroups, local
 from corra.backends.local import (
     CgroupSupport,
     ExitRecord,
@@ -32,6 +32,7 @@ from corra.backends.local import (
     LaunchSpec,
     LocalBackend,
 )
+from corra.chaperone import _rundir
 
 PYTHON = sys.executable
 
@@ -129,7 +130,7 @@ def _cleanup(root: Path) -> None:
         return
     for run_dir in root.iterdir():
         try:
-            claim, program = chaperone.read_claim((run_dir / "chaperone.pid").read_bytes())
+            claim, program = _rundir.read_claim((run_dir / "chaperone.pid").read_bytes())
         except (OSError, ValueError):
             continue
         if claim is None:
@@ -614,7 +615,7 @@ async def test_one_shared_chaperone_runs_the_programs_of_a_root(root: Path):
         "stderr",
         "exit.json",
     }
-    claim, program = chaperone.read_claim(read_bytes(Path(two.run_dir, "chaperone.pid")))
+    claim, program = _rundir.read_claim(read_bytes(Path(two.run_dir, "chaperone.pid")))
     assert claim == {"pid": daemon["pid"], "start": daemon["start"], "shared": True}
     assert program["pid"] == two.pid and program["started_at"] == two.started_at
     assert program["spec"]["argv"] == ["sh", "-c", "echo two"]

@@ -10,7 +10,8 @@ from corra._errors import CorruptRecord
 from corra._runtime import RECORD_CODEC
 from corra.processes._lifecycle import ProcessState, needs_recovery
 from corra.processes._migrations import record_1_to_2
-from corra.processes._records import ProcessRecord, ProcessSpec
+from corra.processes._record import ProcessRecord
+from corra.processes._spec import ProcessSpec
 
 HOST_REASON = "host unavailable: gpu1: gpu1: unavailable after 5 failed connects"
 

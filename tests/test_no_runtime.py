@@ -260,8 +260,9 @@ def test_recorded_of_a_remote_program_is_its_complete_shipped_logs_else_unknown(
     from corra.backends import recorded as recorded_module
     from corra.backends.recorded import recorded
     from corra.backends.ssh import _shipped
+    from corra.processes._convert import parse_process_spec
     from corra.processes._lifecycle import ProcessState
-    from corra.processes._records import ProcessRecord, parse_process_spec
+    from corra.processes._record import ProcessRecord
 
     assert recorded_module.COMPLETE_FILE == _shipped.COMPLETE_FILE
     spec = parse_process_spec({"argv": ["true"], "backend": "ssh", "host": "cluster"})

@@ -20,7 +20,7 @@ from corra._jobfile import parse_job_text
 from corra._runtime import open_runtime
 from corra.backends.local import LaunchSpec, LocalBackend
 from corra.persistence import open_store_readonly
-from corra.processes._records import MAX_OUTPUT_LIMIT, ProcessSpec
+from corra.processes._spec import MAX_OUTPUT_LIMIT, ProcessSpec
 
 CORRA = [sys.executable, "-m", "corra.cli"]
 MIB = 1 << 20

@@ -13,8 +13,8 @@ import pytest
 import trio
 
 from corra._runtime import open_runtime
-from corra.backends import chaperone
 from corra.backends.local import LaunchSpec, LocalBackend
+from corra.chaperone import _cgroups, _proc, _run
 
 MIB = 1 << 20
 #: Allocates 200 MiB and touches every page of it.
@@ -84,31 +84,31 @@ async def test_the_process_record_says_unknown_rather_than_the_chaperones_size(t
 
 
 def test_a_pooled_cgroup_tells_its_peak_only_to_its_first_program(tmp_path: Path):
-    pool = chaperone.CgroupPool("1.2")
+    pool = _cgroups.CgroupPool("1.2")
     path = pool._take(str(tmp_path), "@x")
     (Path(path) / "memory.peak").write_text("123456\n")
-    first = chaperone.PooledCgroup(pool, path, ())
+    first = _cgroups.PooledCgroup(pool, path, ())
     assert first.peak() == 123456
     pool.release(path)
     assert pool._take(str(tmp_path), "@x") == path  # reused
-    assert chaperone.PooledCgroup(pool, path, ()).peak() is None  # the highest of both
+    assert _cgroups.PooledCgroup(pool, path, ()).peak() is None  # the highest of both
 
 
 def test_a_cgroup_made_for_the_program_tells_its_peak(tmp_path: Path):
     unified, memory = tmp_path / "unified", tmp_path / "memory"
-    cgroups = chaperone.Cgroups([{"path": str(unified / "k")}, {"path": str(memory / "k")}])
+    cgroups = _cgroups.Cgroups([{"path": str(unified / "k")}, {"path": str(memory / "k")}])
     assert cgroups.peak() is None
     (memory / "k" / "memory.max_usage_in_bytes").write_text("7000000\n")  # v1
     assert cgroups.peak() == 7000000
 
 
 def test_wait4s_maxrss_counts_only_above_the_chaperones_own_high_water_mark():
-    own = chaperone._own_peak()
+    own = _proc.own_peak()
     assert own is not None and own > MIB
 
     class Usage:
         def __init__(self, kilobytes: int) -> None:
             self.ru_maxrss = kilobytes
 
-    assert chaperone.program_peak(Usage(own // 1024), None) is None  # could be ours
-    assert chaperone.program_peak(Usage(own // 1024 + 1), None) == own + 1024
+    assert _run.program_peak(Usage(own // 1024), None) is None  # could be ours
+    assert _run.program_peak(Usage(own // 1024 + 1), None) == own + 1024

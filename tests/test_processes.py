@@ -29,7 +29,7 @@ from corra.actors._specs import Backoff
 from corra.persistence import open_store
 from corra.processes._backend import BackendBase, Capabilities, EffectKey, LaunchRequest
 from corra.processes._lifecycle import ACTIVE, Result
-from corra.processes._records import ProcessSpec
+from corra.processes._spec import ProcessSpec
 
 
 @attrs.define

@@ -66,6 +66,7 @@ def test_public_names_are_pinned():
         "persistence",
         "processes",
         "api",
+        "chaperone",
         "cli",
     }  # submodules, once imported
     assert names == PUBLIC

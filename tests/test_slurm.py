@@ -14,8 +14,9 @@ from _requests import request
 
 from corra._errors import LaunchFailed
 from corra.backends.batch import BatchHost, SchedulerBackend
-from corra.backends.slurm import Slurm, SlurmOptions, parse_slurm_options
+from corra.backends.slurm import Slurm, SlurmOptions
 from corra.backends.transport import LocalTransport
+from corra.processes._convert import parse_options
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +28,7 @@ class JobSpec:
     cwd: str | None = None
     env: dict[str, str] = attrs.field(factory=dict)
     name: str | None = None
-    slurm: SlurmOptions = attrs.field(factory=SlurmOptions)
+    options: SlurmOptions = attrs.field(factory=SlurmOptions)
     inputs: dict[str, str] = attrs.field(factory=dict)
     outputs: tuple[str, ...] = ()
     outputs_dir: str | None = None
@@ -82,7 +83,7 @@ async def test_cancel_and_hold_release(slurm: _slurm.SlurmCluster, tmp_path: Pat
         assert result is not None and result.killed and result.returncode is None
 
         options = SlurmOptions(hold_on_pause=True, extra=("--begin=now+60",))
-        pending = await backend.launch(request("j4.1", JobSpec(argv=("true",), slurm=options)))
+        pending = await backend.launch(request("j4.1", JobSpec(argv=("true",), options=options)))
         await backend.pause(pending)
         reason = slurm.run("squeue", "-h", "-j", pending["job_id"], "-o", "%r").strip()
         assert reason in ("JobHeldUser", "JobHeldAdmin")  # admin when we are root
@@ -96,7 +97,7 @@ async def test_an_array_runs_every_task(slurm: _slurm.SlurmCluster, tmp_path: Pa
     async with backend_for(slurm, tmp_path) as backend:
         spec = JobSpec(
             argv=("sh", "-c", 'echo task $SLURM_ARRAY_TASK_ID; [ "$SLURM_ARRAY_TASK_ID" != 2 ]'),
-            slurm=SlurmOptions(array="0-3"),
+            options=SlurmOptions(array="0-3"),
         )
         handle = await backend.launch(request("j5.1", spec))
         result = await backend.wait(handle)
@@ -159,7 +160,7 @@ async def test_one_squeue_per_interval_for_a_hundred_jobs(
     async with backend_for(slurm, tmp_path, poll_interval=1.0, submit_rate=100) as backend:
         held = SlurmOptions(extra=("--hold",))
         handles = [
-            await backend.launch(request(f"j6-{n}.1", JobSpec(argv=("true",), slurm=held)))
+            await backend.launch(request(f"j6-{n}.1", JobSpec(argv=("true",), options=held)))
             for n in range(100)
         ]
         calls = backend.scheduler.calls
@@ -176,7 +177,9 @@ async def test_one_squeue_per_interval_for_a_hundred_jobs(
 
 
 def test_slurm_options_are_validated() -> None:
-    options = parse_slurm_options({"partition": "debug", "cpus_per_task": 2, "time": "1:00"})
+    options = parse_options(
+        SlurmOptions, {"partition": "debug", "cpus_per_task": 2, "time": "1:00"}, "slurm"
+    )
     assert options.directives() == ["--partition=debug", "--time=1:00", "--cpus-per-task=2"]
     for table, message in (
         ({"cpus_per_task": 0}, r"slurm\.cpus_per_task: got 0"),
@@ -186,7 +189,7 @@ def test_slurm_options_are_validated() -> None:
         ({"bogus": 1}, r"slurm: unknown field\(s\) bogus"),
     ):
         with pytest.raises(Exception, match=message):
-            parse_slurm_options(table)
+            parse_options(SlurmOptions, table, "slurm")
 
 
 def test_a_script_quotes_every_word() -> None:

@@ -21,11 +21,13 @@ from corra._errors import ConfigError
 from corra._jobfile import load_job_file, parse_job_text
 from corra._runtime import open_runtime
 from corra.backends.local import LaunchSpec
-from corra.backends.slurm import Slurm, SlurmOptions, parse_slurm_options
+from corra.backends.slurm import Slurm, SlurmOptions
 from corra.backends.ssh import HostConfig, SshProgramBackend
 from corra.backends.ssh._config import parse_host
+from corra.processes._convert import parse_options, parse_process_spec
 from corra.processes._lifecycle import ProcessState
-from corra.processes._records import MAX_SECONDS, ProcessRecord, ProcessSpec, parse_process_spec
+from corra.processes._record import ProcessRecord
+from corra.processes._spec import MAX_SECONDS, ProcessSpec
 from corra.processes._spec_content import (
     MAX_LABEL_KEY,
     MAX_LABEL_VALUE,
@@ -49,6 +51,16 @@ def refused(fields: dict[str, Any], where: str = "process") -> str:
 
 def slurm_fields(**fields: Any) -> dict[str, Any]:
     return {"argv": ["true"], "backend": "slurm", "host": "cluster", **fields}
+
+
+def python_spec(data: dict[str, Any]) -> ProcessSpec:
+    """``data`` as the Python API takes it: lists as tuples, a ``slurm`` table as options."""
+    data = {
+        key: tuple(value) if key in ("argv", "outputs") else value for key, value in data.items()
+    }
+    if "slurm" in data:
+        data["options"] = SlurmOptions(**data.pop("slurm"))
+    return ProcessSpec(**data)
 
 
 # -- durations (issue 11, item 1: validated at the edge) --------------------------------------
@@ -103,10 +115,10 @@ def test_host_durations_above_ten_years_are_refused_naming_field_value_and_limit
 
 
 def test_slurm_time_limits_above_ten_years_are_refused():
-    assert parse_slurm_options({"time": "3650-0"}).time == "3650-0"  # 10 years of days
+    assert parse_options(SlurmOptions, {"time": "3650-0"}, "slurm").time == "3650-0"  # 10 years
     for text in ("3651-0", "5256001", "87601:00:00"):
         with pytest.raises(ConfigError) as caught:
-            parse_slurm_options({"time": text}, "process.slurm")
+            parse_options(SlurmOptions, {"time": text}, "process.slurm")
         assert str(caught.value).startswith(f"process.slurm.time: got {text!r} (")
         assert f"expected at most {MAX_SECONDS} s (10 years)" in str(caught.value)
 
@@ -173,12 +185,9 @@ def test_strings_utf8_cannot_encode_are_refused_naming_the_field(fields, path):
     assert "expected text that UTF-8 can encode" in message
     assert "lone surrogate '\\ud800'" in message
     message.encode()  # the message itself can be printed, logged and sent
-    data = {"argv": ("true",), **fields}
-    data = {
-        key: tuple(value) if key in ("argv", "outputs") else value for key, value in data.items()
-    }
-    with pytest.raises(ConfigError, match=f"^{path.split('.')[0].split('[')[0]}"):
-        ProcessSpec(**data)  # the Python API, too
+    if path != "slurm":  # (options are a SlurmOptions there, which has no such field)
+        with pytest.raises(ConfigError, match=f"^{path.split('.')[0].split('[')[0]}"):
+            python_spec({"argv": ["true"], **fields})  # the Python API, too
     assert refused({"argv": ["true"], "name": f"n{LONE}"}).startswith(
         "process.name: got 'n\\ud800'"
     )
@@ -289,11 +298,7 @@ def raw_specs(draw: st.DrawFn) -> ProcessSpec:
         "inputs": draw(st.dictionaries(texts, texts, max_size=2)),
         "outputs": tuple(draw(st.lists(texts, max_size=2))),
         "outputs_dir": draw(st.none() | texts),
-        "slurm": draw(
-            st.dictionaries(
-                texts, texts | st.integers() | st.lists(texts | long_texts, max_size=2), max_size=2
-            )
-        ),
+        "options": draw(raw_slurm_options()),
     }
     for field in attrs.fields(ProcessSpec):  # a field added later keeps its default
         default = field.default
@@ -301,6 +306,20 @@ def raw_specs(draw: st.DrawFn) -> ProcessSpec:
             default = default.factory()
         object.__setattr__(spec, field.name, fields.get(field.name, default))
     return spec
+
+
+@st.composite
+def raw_slurm_options(draw: st.DrawFn) -> SlurmOptions:
+    """Slurm options built without their checks (anything near a limit)."""
+    options = object.__new__(SlurmOptions)
+    fields = {
+        "partition": draw(st.none() | texts | long_texts),
+        "nodes": draw(st.none() | st.integers()),
+        "extra": tuple(draw(st.lists(texts | long_texts, max_size=2))),
+    }
+    for field in attrs.fields(SlurmOptions):
+        object.__setattr__(options, field.name, fields.get(field.name, field.default))
+    return options
 
 
 @given(raw_specs())
@@ -368,7 +387,7 @@ def test_errors_never_show_env_values(fields):
     assert SECRET not in refused(data)
     if "bogus" not in data:  # (a keyword ProcessSpec lacks: Python's TypeError, no values)
         with pytest.raises(ConfigError) as caught:
-            ProcessSpec(**{**data, "argv": ("true",)})
+            python_spec(data)
         assert SECRET not in str(caught.value)
 
 
@@ -435,3 +454,54 @@ def test_a_job_file_with_secrets_fails_without_a_traceback_or_its_values(tmp_pat
         load_job_file(job)
     assert str(caught.value).startswith(f"{job}: process[0] ('a').kill_grace: got 1e+99")
     assert SECRET not in str(caught.value)
+
+
+# -- a backend's options: its plug-in's class, structured once (issue 12) ---------------------
+
+
+def test_a_backends_options_table_is_structured_into_its_plugins_class_with_field_paths():
+    spec = parse_process_spec(slurm_fields(slurm={"time": "1:00", "extra": ["--exclusive"]}))
+    assert spec.options == SlurmOptions(time="1:00", extra=("--exclusive",))
+    assert parse_process_spec(slurm_fields()).options == SlurmOptions()  # its defaults
+    assert ProcessSpec(argv=("true",), backend="slurm", host="c").options == SlurmOptions()
+    assert parse_process_spec({"argv": ["true"]}).options is None  # local takes none
+    assert refused(slurm_fields(slurm={"time": 5, "nodes": "2"})) == (
+        "process.slurm.time: got 5, expected a string; "
+        "process.slurm.nodes: got '2', expected an integer"
+    )
+    assert refused(slurm_fields(slurm={"time": "soon"})).startswith(
+        "process.slurm.time: got 'soon', expected a time limit"
+    )
+    assert refused(slurm_fields(slurm={"bogus": 1})).startswith(
+        "process.slurm: unknown field(s) bogus; expected some of account, array"
+    )
+    assert refused(slurm_fields(slurm=["--x"])) == "process.slurm: got ['--x'], expected a table"
+    # On the wire the table is named after the backend; "options" is no key there.
+    assert refused({"argv": ["true"], "options": {}}).startswith(
+        "process: unknown field(s) ['options']"
+    )
+    assert refused({"argv": ["true"], "slurm": {"time": "5"}}) == (
+        "process.slurm: got {'time': '5'}, expected nothing for backend 'local' "
+        "(only backend 'slurm' has it)"
+    )
+    # An empty table of another backend says nothing (every spec has always shown one).
+    assert parse_process_spec({"argv": ["true"], "slurm": {}}).options is None
+
+
+def test_an_unknown_backend_is_refused_naming_the_installed_ones():
+    assert refused({"argv": ["true"], "backend": "pbs"}) == (
+        "process.backend: got 'pbs', expected one of 'local', 'slurm', 'ssh' "
+        "(the installed backends: corra backends)"
+    )
+
+
+def test_where_a_field_belongs_is_its_backends_capabilities():
+    # ssh has hosts and staging but takes its env without a shell; slurm through one.
+    assert parse_process_spec(
+        {"argv": ["true"], "backend": "ssh", "host": "h", "env": {"A-B": "1"}}
+    ).env == {"A-B": "1"}
+    assert refused(slurm_fields(env={"A-B": "1"})).startswith("process.env.A-B: got the name")
+    assert refused({"argv": ["true"], "inputs": {"a": "b"}}).startswith(
+        "process.inputs: got {'a': 'b'}, expected nothing for backend 'local' "
+        "(only backends ['slurm', 'ssh'] have it)"
+    )

@@ -25,7 +25,7 @@ from corra.backends.ssh import (
     TokenBucket,
 )
 from corra.backends.transport import LocalTransport
-from corra.processes._records import ProcessSpec
+from corra.processes._spec import ProcessSpec
 
 pytestmark = pytest.mark.slow
 

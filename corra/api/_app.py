@@ -59,9 +59,10 @@ from corra.api._requests import (
 )
 from corra.api._wire import detail_json, record_json
 from corra.backends.recorded import recorded, unwatched_program
+from corra.processes._convert import parse_process_spec
 from corra.processes._lifecycle import ACTIVE, PHASES
 from corra.processes._manager import MAX_LOG_OFFSET
-from corra.processes._records import ProcessRecord, Transition, parse_process_spec
+from corra.processes._record import ProcessRecord, Transition
 
 logger = logging.getLogger("corra.api")
 

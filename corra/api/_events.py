@@ -13,7 +13,7 @@ import trio
 
 from corra.api._wire import event_json
 from corra.processes._lifecycle import PHASES, TERMINAL
-from corra.processes._records import ProcessRecord, Transition
+from corra.processes._record import ProcessRecord, Transition
 
 logger = logging.getLogger("corra.api")
 

@@ -18,7 +18,7 @@ from typing import Any
 import trio
 
 from corra.processes._manager import ProcessManager
-from corra.processes._records import ProcessRecord
+from corra.processes._record import ProcessRecord
 
 #: The most bytes one entry carries.
 CHUNK = 64 << 10

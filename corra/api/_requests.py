@@ -13,7 +13,7 @@ import trio
 from starlette.requests import Request
 
 from corra._errors import ConfigError
-from corra.processes._records import ProcessSpec
+from corra.processes._spec import ProcessSpec
 from corra.processes._spec_content import abbreviated
 
 #: The largest request body accepted (413 above).

@@ -1,22 +1,24 @@
 """The schemas of the HTTP API's OpenAPI document (`corra.api._openapi`): what a process,
 its spec, result, history, log entries, events and errors look like on the wire.
 
-The bounds stated here are the ones the edge enforces (`corra.processes._records`,
-`corra.processes._spec_content`); schemathesis fuzzes the service from them.
+The bounds stated here are the ones the edge enforces (`corra.processes._spec`,
+`corra.processes._spec_content`); schemathesis fuzzes the service from them. A spec's
+properties follow the fields of `ProcessSpec` (`SPEC_FIELDS`: a field without a schema here
+fails at import), its backends and their options tables the installed plug-ins.
 """
 
 from __future__ import annotations
 
+import typing
 from typing import Any
 
+import attrs
+
+from corra.processes._backend import BackendPlugin
+from corra.processes._convert import SPEC_FIELDS
 from corra.processes._lifecycle import PHASES
-from corra.processes._records import (
-    BACKENDS,
-    MAX_OUTPUT_LIMIT,
-    MAX_SECONDS,
-    NAME_PATTERN,
-    RESTART_POLICIES,
-)
+from corra.processes._registry import installed
+from corra.processes._spec import MAX_OUTPUT_LIMIT, MAX_SECONDS, NAME_PATTERN, RESTART_POLICIES
 from corra.processes._spec_content import (
     ENV_NAME_PATTERN,
     HIDDEN,
@@ -91,24 +93,75 @@ _COMMON = {
     },
 }
 
-_SLURM_OPTIONS = {
-    "type": "object",
-    "additionalProperties": {
-        "oneOf": [
-            {"type": "string"},
-            {"type": "number"},
-            {"type": "boolean"},
-            {"type": "array", "items": {"type": "string"}},
-        ]
-    },
+#: Where a program runs, and what it stages: the fields a backend's capabilities allow.
+_PLACEMENT = {
+    "host": {**_NAME, "description": "a host the service was started with"},
+    "inputs": {**_TEXTS, "description": "remote path (relative) = absolute local path"},
+    "outputs": {"type": "array", "items": _TEXT, "description": "globs to fetch"},
+    "outputs_dir": nullable(_ABSOLUTE),
 }
+#: The same, as the service keeps them (every field, defaults included).
+_STORED_PLACEMENT = {
+    "host": nullable(_NAME),
+    "inputs": _STRINGS,
+    "outputs": {"type": "array", "items": {"type": "string"}},
+    "outputs_dir": nullable({"type": "string"}),
+}
+
+_OPTION_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean"}
+
+
+def _option_schema(annotation: Any) -> dict[str, Any]:
+    """The schema of one field of a backend's options class, from its type."""
+    arguments = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if len(arguments) == 1 and len(typing.get_args(annotation)) == 2:  # X | None
+        return nullable(_option_schema(arguments[0]))
+    if typing.get_origin(annotation) is tuple:
+        return {"type": "array", "items": _option_schema(arguments[0])}
+    return {"type": _OPTION_TYPES[annotation]} if annotation in _OPTION_TYPES else {}
+
+
+def _options_schema(plugin: BackendPlugin) -> dict[str, Any]:
+    """A backend's ``<name> = { ... }`` table, from the fields of its options class."""
+    fields = attrs.fields(attrs.resolve_types(plugin.options))  # type: ignore[arg-type]
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "description": f"the options of backend {plugin.name} (backend {plugin.name} only)",
+        "properties": {field.name: _option_schema(field.type) for field in fields},
+    }
+
+
+def _spec_properties(plugins: list[BackendPlugin], *, stored: bool) -> dict[str, Any]:
+    """The properties of a spec run by one of ``plugins``, field by field in the order of
+    `ProcessSpec` (`SPEC_FIELDS`), then their options tables."""
+    capabilities = [plugin.capabilities for plugin in plugins]
+    allowed = {
+        "host": any(c.hosts for c in capabilities),
+        **dict.fromkeys(("inputs", "outputs", "outputs_dir"), any(c.staging for c in capabilities)),
+    }
+    fields = {
+        **_COMMON,
+        "backend": {"type": "string", "enum": [plugin.name for plugin in plugins]},
+        **(_STORED_PLACEMENT if stored else _PLACEMENT),
+    }
+    properties = {name: fields[name] for name in SPEC_FIELDS if stored or allowed.get(name, True)}
+    for plugin in plugins:
+        if plugin.options is not None:
+            properties[plugin.name] = _options_schema(plugin)
+    return properties
+
+
+_PLUGINS = list(installed.plugins.values())
+_LOCAL_PLUGINS = [plugin for plugin in _PLUGINS if not plugin.capabilities.hosts]
+_REMOTE_PLUGINS = [plugin for plugin in _PLUGINS if plugin.capabilities.hosts]
 
 _LOCAL_SPEC = {
     "type": "object",
     "description": "A program on this machine.",
     "required": ["argv"],
     "additionalProperties": False,
-    "properties": {**_COMMON, "backend": {"type": "string", "enum": ["local"]}},
+    "properties": _spec_properties(_LOCAL_PLUGINS, stored=False),
     "example": {"argv": ["sh", "-c", "echo hello"], "name": "hello", "labels": {"k": "v"}},
 }
 
@@ -117,15 +170,7 @@ _REMOTE_SPEC = {
     "description": "A program on a host the service knows (ssh), or a Slurm job there.",
     "required": ["argv", "backend", "host"],
     "additionalProperties": False,
-    "properties": {
-        **_COMMON,
-        "backend": {"type": "string", "enum": [b for b in BACKENDS if b != "local"]},
-        "host": {**_NAME, "description": "a host the service was started with"},
-        "inputs": {**_TEXTS, "description": "remote path (relative) = absolute local path"},
-        "outputs": {"type": "array", "items": _TEXT, "description": "globs to fetch"},
-        "outputs_dir": nullable(_ABSOLUTE),
-        "slurm": {**_SLURM_OPTIONS, "description": "#SBATCH options (backend slurm only)"},
-    },
+    "properties": _spec_properties(_REMOTE_PLUGINS, stored=False),
 }
 
 _SPEC = {
@@ -137,15 +182,7 @@ _SPEC = {
 _STORED_SPEC = {
     "type": "object",
     "required": ["argv"],
-    "properties": {
-        **_COMMON,
-        "backend": {"type": "string", "enum": list(BACKENDS)},
-        "host": nullable(_NAME),
-        "inputs": _STRINGS,
-        "outputs": {"type": "array", "items": {"type": "string"}},
-        "outputs_dir": nullable({"type": "string"}),
-        "slurm": _SLURM_OPTIONS,
-    },
+    "properties": _spec_properties(_PLUGINS, stored=True),
 }
 
 _RESULT = {

@@ -10,7 +10,8 @@ from typing import Any
 
 import attrs
 
-from corra.processes._records import ProcessRecord, Transition, unstructure_spec
+from corra.processes._convert import unstructure_spec
+from corra.processes._record import ProcessRecord, Transition
 from corra.processes._spec_content import hide_env
 
 

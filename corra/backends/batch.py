@@ -44,7 +44,7 @@ from corra.backends import _staging
 from corra.backends._pollers import HostPollers, check_key
 from corra.backends._shared import TokenBucket
 from corra.backends.scheduler import JobStatus
-from corra.backends.slurm import Slurm, SlurmOptions, parse_slurm_options
+from corra.backends.slurm import Slurm, SlurmOptions
 from corra.backends.transport import Transport
 from corra.processes._backend import Capabilities, EffectKey, LaunchRequest
 from corra.processes._lifecycle import Result
@@ -97,7 +97,13 @@ class SchedulerBackend(HostPollers):
     """Jobs on the given hosts through ``scheduler``; use as ``async with``."""
 
     capabilities = Capabilities(
-        slots=True, hosts=True, staging=True, pause_hooks=True, waits_for_host=True, log_size=True
+        slots=True,
+        hosts=True,
+        staging=True,
+        pause_hooks=True,
+        waits_for_host=True,
+        log_size=True,
+        shell_env=True,
     )
 
     def __init__(self, hosts: Mapping[str, BatchHost], scheduler: Slurm | None = None) -> None:
@@ -109,11 +115,6 @@ class SchedulerBackend(HostPollers):
         return host
 
     # -- slots: the scheduler queues; nothing to bound here ------------------------------
-
-    def check(self, request: LaunchRequest) -> None:
-        """At submission: the host exists, and the ``slurm`` options are valid."""
-        super().check(request)
-        parse_slurm_options(request.options, "slurm")
 
     async def acquire_slot(self, key: EffectKey) -> None:
         await trio.lowlevel.checkpoint()
@@ -148,7 +149,7 @@ class SchedulerBackend(HostPollers):
 
     async def launch(self, request: LaunchRequest) -> dict[str, Any]:
         host = self.host(request.host)
-        options = parse_slurm_options(request.options)
+        options: SlurmOptions = request.options or SlurmOptions()  # (typed by the converter)
         key = str(request.key)
         run_dir = await self._run_dir(host, key)
         existing = await self._find(host, key, run_dir)

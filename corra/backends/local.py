@@ -1,22 +1,22 @@
 """The local backend: programs on this machine, each under a detached chaperone.
 
 By default one chaperone serves the whole root (``chaperone="shared"``): a long-lived
-``python -I -S chaperone.py --serve`` that the first backend to need it starts, detached, and
-that launches every program of the root as its own child, in one event loop. The backend keeps
+``python -I -S .../corra/chaperone --serve`` that the first backend to need it starts, detached,
+and that launches every program of the root as its own child, in one event loop. The backend keeps
 one connection to it (a Unix socket in the root, JSON lines): launch requests and their
 replies, and an ``exited`` message with the exit record when a program ends, dispatched by one
 reader task to whoever waits, by key. With ``chaperone="own"`` every program gets its own
-chaperone instead, started as ``python -I -S chaperone.py RUN_DIR`` (after the runtime wrote
-spec.json, in a worker thread), which answers on a pipe. The trade-off: a shared chaperone
-adds a fraction of a millisecond to a launch where an own one costs an interpreter's start
-(tens of milliseconds), but if it is killed every program it watches is lost; an own
-chaperone loses only its own. Programs get the launching runtime's environment (as it is at
-the launch) and umask (as it was when the backend connected); what else a process inherits
+chaperone instead, started as ``python -I -S .../corra/chaperone RUN_DIR`` (after the runtime
+wrote spec.json, in a worker thread), which answers on a pipe. The trade-off: a shared
+chaperone adds a fraction of a millisecond to a launch where an own one costs an interpreter's
+start (tens of milliseconds), but if it is killed every program it watches is lost; an own
+chaperone loses only its own. Programs get the launching runtime's environment (as it is at the
+launch) and umask (as it was when the backend connected); what else a process inherits
 (resource limits, scheduling, the cgroup they are made under) is the chaperone's, so, for a
 shared one, that of the runtime that started it.
 
 Either way everything about a program is also in files in its run dir ``root/<key>`` (see
-`corra.backends.chaperone`), so any runtime, this one or the next after a crash, can find it by
+`corra.chaperone._rundir`), so any runtime, this one or the next after a crash, can find it by
 key, wait for it, read its logs and kill it. Handles say which kind of chaperone watches the
 program (``shared``; handles from before the shared chaperone existed are own ones).
 
@@ -49,6 +49,7 @@ import contextlib
 import fcntl
 import itertools
 import json
+import math
 import os
 import re
 import select
@@ -66,9 +67,15 @@ import trio
 
 from corra._errors import BackendError, ConfigError, LaunchFailed, ProgramLost
 from corra._statedir import check_directory, check_peer, make_private_dirs
-from corra.backends import _cgroups, chaperone
+from corra.backends import _cgroups
 from corra.backends._cgroups import CgroupSupport
-from corra.processes._records import DEFAULT_OUTPUT_LIMIT, check_output_limit, check_seconds
+from corra.chaperone import PACKAGE_DIR, _proc, _rundir, protocol
+from corra.chaperone._cgroups import CGROUP_DRAIN, Cgroups
+from corra.chaperone._run import Run
+from corra.chaperone._rundir import ROOT_VARIABLE
+from corra.chaperone._shared import IDLE_EXIT
+from corra.chaperone._spawn import RESET_IN_PROGRAM
+from corra.processes._spec import DEFAULT_OUTPUT_LIMIT, check_output_limit, check_seconds
 from corra.processes._spec_content import shown
 
 __all__ = [
@@ -85,14 +92,12 @@ Stream = Literal["stdout", "stderr"]
 Status = Literal["running", "exited", "lost"]
 ChaperoneKind = Literal["shared", "own"]
 
-CHAPERONE_PATH = os.path.abspath(chaperone.__file__)
-#: A key names a directory and a cgroup: no separators, no leading dot, not too long.
-_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@+=-]{0,199}")
+CHAPERONE_PATH = PACKAGE_DIR
 _ENV_NAME = re.compile(r"[^=\0]+")
 #: Polling where there is no pidfd, and while another launch of the same key finishes.
 _POLL_FIRST, _POLL_MAX = 0.005, 0.5
 #: Seconds the shared chaperone stays without programs and connections (tests shorten it).
-DAEMON_IDLE_EXIT = chaperone.IDLE_EXIT
+DAEMON_IDLE_EXIT = IDLE_EXIT
 #: Seconds to connect to the shared chaperone, starting it if need be, before giving up.
 _CONNECT_TIMEOUT = 30.0
 #: How often a request is sent again when the shared chaperone went away while it was asked.
@@ -212,7 +217,7 @@ class ExitRecord:
     stime: float
     maxrss: int | None
     """The program's own peak resident set in bytes, or None where unknown (see
-    `chaperone.program_peak`: never the chaperone's)."""
+    `corra.chaperone._run.program_peak`: never the chaperone's)."""
     started_at: float
     ended_at: float
     stdout_size: int
@@ -355,20 +360,8 @@ def _close_pidfd(pidfd: int) -> None:
     os.close(pidfd)
 
 
-def _stat(pid: int) -> tuple[int, str, int, int] | None:
-    """(start time, state, pgid, session) of ``pid`` from /proc, or None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as file:
-            data = file.read()
-    except OSError:
-        return None
-    fields = data[data.rindex(b")") + 2 :].split()
-    return int(fields[19]), fields[0].decode(), int(fields[2]), int(fields[3])
-
-
 def _chaperone_alive(handle: Handle) -> bool:
-    stat = _stat(handle.chaperone_pid)
-    return stat is not None and stat[0] == handle.chaperone_start and stat[1] not in "ZX"
+    return _proc.alive(handle.chaperone_pid, handle.chaperone_start)
 
 
 def _group_members(handle: Handle) -> list[int]:
@@ -376,44 +369,24 @@ def _group_members(handle: Handle) -> list[int]:
     was reused by someone else has another session)."""
     if handle.pid is None:
         return []
-    return chaperone.group_members(handle.pid, handle.chaperone_pid)
+    return _proc.group_members(handle.pid, handle.chaperone_pid)
 
 
 def _read_json(path: Path) -> Any:
-    """The JSON in ``path``; None if there is no such file, or an empty one (what a machine
-    crash can leave of a file written but not yet fsynced)."""
+    """The JSON in ``path`` (`corra.chaperone._rundir.read_json`: None if there is none)."""
     try:
-        with open(path, "rb") as file:
-            data = file.read()
-        return json.loads(data) if data else None
-    except FileNotFoundError:
-        return None
+        return _rundir.read_json(path)
     except (OSError, ValueError) as error:
         raise BackendError(f"{path}: {error}") from error
 
 
 def _read_claim(run_dir: Path) -> tuple[Any, Any]:
-    """(claim, program) of a run dir, from ``chaperone.pid`` (and ``program.pid`` for an own
-    chaperone); (None, None) if it was never claimed."""
-    path = run_dir / chaperone.CHAPERONE_FILE
+    """(claim, program) of a run dir (`corra.chaperone._rundir.claim_of`); (None, None) if it
+    was never claimed."""
     try:
-        with open(path, "rb") as file:
-            claim, program = chaperone.read_claim(file.read())
-    except FileNotFoundError:
-        return None, None
+        return _rundir.claim_of(str(run_dir))
     except (OSError, ValueError) as error:
-        raise BackendError(f"{path}: {error}") from error
-    if claim is not None and not claim.get("shared"):
-        program = _read_json(run_dir / chaperone.PROGRAM_FILE)
-    return claim, program
-
-
-def _written(path: str) -> bool:
-    """Whether ``path`` exists and is not empty (see `_read_json`)."""
-    try:
-        return os.stat(path).st_size > 0
-    except FileNotFoundError:
-        return False
+        raise BackendError(f"{run_dir}: {error}") from error
 
 
 def _handle_from(key: str, run_dir: Path, claim: Any, program: Any) -> Handle:
@@ -451,7 +424,7 @@ def read_exit_record(handle: Handle) -> ExitRecord | None:
     Raises:
         BackendError: exit.json is there but not an exit record.
     """
-    data = _read_json(Path(handle.run_dir) / chaperone.EXIT_FILE)
+    data = _read_json(Path(handle.run_dir) / _rundir.EXIT_FILE)
     return None if data is None else ExitRecord.from_json(data)
 
 
@@ -459,16 +432,12 @@ def read_status(handle: Handle) -> Status:
     """``exited`` (there is an exit record), ``running`` (its chaperone runs) or ``lost``
     (its chaperone is gone, or its pid is another process's now, and left no record). Reads
     only (/proc and the run dir)."""
-    exit_file = os.path.join(handle.run_dir, chaperone.EXIT_FILE)
-    if _written(exit_file):
-        return "exited"
-    if _chaperone_alive(handle):
-        return "running"
-    return "exited" if _written(exit_file) else "lost"
+    state: Status = _rundir.status(handle.run_dir, handle.chaperone_pid, handle.chaperone_start)
+    return state
 
 
 def _check_key(key: object) -> str:
-    if not isinstance(key, str) or not _KEY.fullmatch(key):
+    if not isinstance(key, str) or not protocol.KEY.match(key):
         raise ConfigError(
             f"key: expected letters, digits and _.:@+=- (not first), at most 200, got {key!r}"
         )
@@ -540,7 +509,7 @@ class _Daemon:
         waiter = _Waiter()
         self.replies[ident] = waiter
         try:
-            self._send(chaperone.json_line(message))
+            self._send(protocol.json_line(message))
             await waiter.event.wait()
         finally:
             self.replies.pop(ident, None)
@@ -671,25 +640,25 @@ def _hello(root: Path, root_fd: int) -> tuple[socket.socket, dict[str, Any]] | N
     try:
         sock.settimeout(10)
         try:
-            sock.connect(chaperone.socket_address(str(root), root_fd))
+            sock.connect(_rundir.socket_address(str(root), root_fd))
         except (FileNotFoundError, ConnectionRefusedError):
             sock.close()
             return None
         # Before anything is sent (our whole environment, then every launch spec): the
         # chaperone must be ours, not a socket another user planted in the root.
         try:
-            check_peer(sock, root / chaperone.SOCKET_FILE, "shared chaperone socket")
+            check_peer(sock, root / _rundir.SOCKET_FILE, "shared chaperone socket")
         except ConfigError as exc:
             raise LaunchFailed(str(exc)) from None  # (trying again would not help)
         environ = _environ()
         hello = {
             "op": "hello",
             "id": 0,
-            "version": chaperone.PROTOCOL,
+            "version": protocol.PROTOCOL,
             "env": dict(os.environ),
             "umask": _umask(),
         }
-        sock.sendall(chaperone.json_line(hello))
+        sock.sendall(protocol.json_line(hello))
         data = b""
         while not data.endswith(b"\n"):
             chunk = sock.recv(65536)
@@ -698,7 +667,7 @@ def _hello(root: Path, root_fd: int) -> tuple[socket.socket, dict[str, Any]] | N
                 return None
             data += chunk
         reply = json.loads(data)
-        if reply.get("op") != "hello" or reply.get("version") != chaperone.PROTOCOL:
+        if reply.get("op") != "hello" or reply.get("version") != protocol.PROTOCOL:
             raise BackendError(f"{root}: the shared chaperone answers {reply!r}")
         sock.setblocking(False)
         return sock, {**reply, "environ": environ}
@@ -731,12 +700,12 @@ def _environ() -> dict[Any, Any]:
 
 
 def _start_daemon(root: Path, idle_exit: float, deadline: float) -> str:
-    """Start ``chaperone.py --serve`` for ``root``; what it said (``ready``, ``busy``, or why
+    """Start ``chaperone --serve`` for ``root``; what it said (``ready``, ``busy``, or why
     it failed). The root is passed in the environment, not on the command line."""
     read_fd, write_fd = os.pipe()
     try:
         python = _python()
-        env = {**os.environ, chaperone.ROOT_VARIABLE: str(root)}
+        env = {**os.environ, ROOT_VARIABLE: str(root)}
         argv = [python, "-I", "-S", CHAPERONE_PATH, "--serve"]
         argv += ["--ready-fd", "3", "--idle-exit", repr(float(idle_exit))]
         pid = os.posix_spawn(
@@ -750,7 +719,7 @@ def _start_daemon(root: Path, idle_exit: float, deadline: float) -> str:
                 (os.POSIX_SPAWN_DUP2, write_fd, 3),
             ],
             setsigmask=(),
-            setsigdef=chaperone.RESET_IN_PROGRAM,
+            setsigdef=RESET_IN_PROGRAM,
         )
         os.close(write_fd)
         write_fd = -1
@@ -959,7 +928,7 @@ class LocalBackend:
                 continue
             for name in names:
                 key = name.removesuffix(self._cgroup_suffix)
-                if key == name or not _KEY.fullmatch(key):
+                if key == name or not protocol.KEY.match(key):
                     continue
                 try:
                     handle = self.find(key)
@@ -1133,7 +1102,7 @@ class LocalBackend:
         return read_status(handle)
 
     def log_path(self, handle: Handle, stream: Stream) -> Path:
-        if stream not in chaperone.STREAMS:
+        if stream not in _rundir.STREAMS:
             raise ConfigError(f"stream: expected 'stdout' or 'stderr', got {stream!r}")
         return Path(handle.run_dir) / stream
 
@@ -1268,7 +1237,7 @@ class LocalBackend:
                     return await self.wait(handle)
         else:
             if grace is not None:
-                await trio.to_thread.run_sync(_write_kill_request, handle, grace)
+                await trio.to_thread.run_sync(_rundir.write_kill_request, handle.run_dir, grace)
             if _signal_chaperone(handle, signal.SIGTERM):
                 try:
                     return await self.wait(handle)
@@ -1299,23 +1268,29 @@ class LocalBackend:
         return False
 
     async def _kill_orphaned(self, handle: Handle, grace: float) -> None:
-        """A program without its chaperone: TERM, wait up to ``grace``, then KILL."""
+        """A program without its chaperone: the chaperone's escalation (`Run.kill`, then
+        `Run.escalate` once the grace is over), driven from here; its group's members are
+        looked at in a thread."""
+        run = Run(handle.run_dir, grace)
+        run.pid = handle.pid
         if await trio.to_thread.run_sync(_group_members, handle):
-            _killpg(handle, signal.SIGTERM)
-            deadline = trio.current_time() + grace
+            run.kill(trio.current_time(), grace)
             delay = _POLL_FIRST
-            while await trio.to_thread.run_sync(_group_members, handle):
-                if trio.current_time() >= deadline:
+            while run.escalate_at != math.inf and await trio.to_thread.run_sync(
+                _group_members, handle
+            ):
+                now = trio.current_time()
+                if now >= run.escalate_at:
+                    run.escalate(now)  # SIGKILL: the grace is over
                     break
-                await trio.sleep(min(delay, max(deadline - trio.current_time(), 0)))
+                await trio.sleep(min(delay, run.escalate_at - now))
                 delay = min(delay * 2, _POLL_MAX)
-        if await trio.to_thread.run_sync(_group_members, handle):
-            _killpg(handle, signal.SIGKILL)
-            delay = _POLL_FIRST
-            with trio.move_on_after(chaperone.CGROUP_DRAIN):
-                while await trio.to_thread.run_sync(_group_members, handle):
-                    await trio.sleep(delay)  # SIGKILLed, but not dead yet
-                    delay = min(delay * 2, _POLL_MAX)
+            if run.escalate_at == math.inf:
+                delay = _POLL_FIRST
+                with trio.move_on_after(CGROUP_DRAIN):
+                    while await trio.to_thread.run_sync(_group_members, handle):
+                        await trio.sleep(delay)  # SIGKILLed, but not dead yet
+                        delay = min(delay * 2, _POLL_MAX)
         await trio.to_thread.run_sync(_kill_cgroups, handle, self._cgroup_paths(handle.key))
 
     def _cgroup_paths(self, key: str) -> list[str]:
@@ -1357,10 +1332,10 @@ class LocalBackend:
 
 
 def _spawn_direct(run_dir: Path, document: dict[str, Any], notify_fd: int) -> int:
-    """Write spec.json and start ``chaperone.py RUN_DIR``; the pid of the intermediate process
+    """Write spec.json and start ``chaperone RUN_DIR``; the pid of the intermediate process
     (which exits as soon as the chaperone has detached)."""
     run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    chaperone.write_atomic(str(run_dir / chaperone.SPEC_FILE), chaperone.json_line(document))
+    _rundir.write_atomic(str(run_dir / _rundir.SPEC_FILE), protocol.json_line(document))
     python = _python()
     return os.posix_spawn(
         python,
@@ -1373,7 +1348,7 @@ def _spawn_direct(run_dir: Path, document: dict[str, Any], notify_fd: int) -> in
             (os.POSIX_SPAWN_DUP2, notify_fd, 3),
         ],
         setsigmask=(),
-        setsigdef=chaperone.RESET_IN_PROGRAM,
+        setsigdef=RESET_IN_PROGRAM,
     )
 
 
@@ -1388,11 +1363,6 @@ def _pread(path: Path, offset: int, size: int) -> bytes:
         os.close(fd)
 
 
-def _write_kill_request(handle: Handle, grace: float) -> None:
-    path = os.path.join(handle.run_dir, chaperone.KILL_FILE)
-    chaperone.write_atomic(path, chaperone.json_line({"grace": grace}))
-
-
 def _spec(handle: Handle) -> dict[str, Any]:
     """The spec the chaperone ran (from the shared one's claim, or an own one's spec.json)."""
     run_dir = Path(handle.run_dir)
@@ -1401,17 +1371,18 @@ def _spec(handle: Handle) -> dict[str, Any]:
             claim, _ = _read_claim(run_dir)
             spec = (claim or {}).get("spec")
         else:
-            spec = _read_json(run_dir / chaperone.SPEC_FILE)
+            spec = _read_json(run_dir / _rundir.SPEC_FILE)
     except BackendError:
         spec = None
     return spec if isinstance(spec, dict) else {}
 
 
 def _spec_grace(handle: Handle) -> float:
+    """The grace the chaperone would have given: the spec's, else its default."""
     try:
-        return float(_spec(handle).get("kill_grace", 10.0))
+        return float(_spec(handle).get("kill_grace", protocol.DEFAULT_GRACE))
     except (TypeError, ValueError):
-        return 10.0
+        return protocol.DEFAULT_GRACE
 
 
 def _signal_chaperone(handle: Handle, number: int) -> bool:
@@ -1431,12 +1402,6 @@ def _signal_chaperone(handle: Handle, number: int) -> bool:
         os.close(pidfd)
 
 
-def _killpg(handle: Handle, number: int) -> None:
-    if handle.pid is not None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(handle.pid, number)
-
-
 def _kill_cgroups(handle: Handle, candidates: list[str]) -> None:
     """SIGKILL whatever is left in the program's cgroups, and remove them: those its spec
     names and the ``candidates`` (the spec may not have been written yet)."""
@@ -1444,7 +1409,7 @@ def _kill_cgroups(handle: Handle, candidates: list[str]) -> None:
     # A live shared chaperone reuses the cgroups of programs that have ended: not those.
     if handle.cgroup is not None and not (handle.shared and _chaperone_alive(handle)):
         paths.append(handle.cgroup)
-    cgroups = chaperone.Cgroups([])
+    cgroups = Cgroups([])
     cgroups.entries = [(path, {}) for path in dict.fromkeys(paths) if os.path.isdir(path)]
     cgroups.kill()
     cgroups.remove()

@@ -27,7 +27,7 @@ from corra.backends.local import (
 )
 from corra.processes._backend import BackendBase, Capabilities, EffectKey, LaunchRequest
 from corra.processes._lifecycle import Result
-from corra.processes._records import DEFAULT_OUTPUT_LIMIT
+from corra.processes._spec import DEFAULT_OUTPUT_LIMIT
 
 
 def log_file(root: Path, key: str, stream: str) -> Path | None:

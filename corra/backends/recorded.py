@@ -25,7 +25,7 @@ import attrs
 
 from corra._errors import BackendError, ConfigError
 from corra.processes._lifecycle import Result
-from corra.processes._records import ProcessRecord
+from corra.processes._record import ProcessRecord
 
 #: Under the state dir: the run dirs of local programs, and the shipped logs of remote ones.
 RUNS = "runs"

@@ -27,10 +27,9 @@ from typing import Any
 import attrs
 
 from corra._errors import BackendError, ConfigError, ConnectionFailed
-from corra.backends._shared import check_fields
 from corra.backends.scheduler import JobState, JobStatus
 from corra.backends.transport import Transport
-from corra.processes._records import MAX_SECONDS
+from corra.processes._spec import MAX_SECONDS
 from corra.processes._spec_content import ENV_NAME_PATTERN, abbreviated
 
 #: squeue's and scontrol's words for states, as corra names them.
@@ -151,23 +150,6 @@ class SlurmOptions:
             out.append(f"--array={self.array}")
         out.extend(self.extra)
         return out
-
-
-def parse_slurm_options(table: object, where: str = "slurm") -> SlurmOptions:
-    """`SlurmOptions` from a table; errors name ``<where>.<field>``."""
-    if table is None:
-        return SlurmOptions()
-    if isinstance(table, SlurmOptions):
-        return table
-    if not isinstance(table, Mapping):
-        raise ConfigError(f"{where}: expected a table, got {table!r}")
-    check_fields(where, table, {field.name for field in attrs.fields(SlurmOptions)}, "field")
-    if "hold_on_pause" in table and not isinstance(table["hold_on_pause"], bool):
-        raise ConfigError(f"{where}.hold_on_pause: got {table['hold_on_pause']!r}, expected a bool")
-    try:
-        return SlurmOptions(**table)
-    except ConfigError as exc:
-        raise ConfigError(str(exc).replace("slurm.", f"{where}.", 1)) from None
 
 
 def _seconds(value: float) -> str:

@@ -11,9 +11,10 @@ raises `CorruptRecord` with a message that says what, naming the field path for 
 record read from disk is input from outside, validated at the edge like any other.
 
 A codec may be given a hand-written encoder of the ``data`` of its hottest records
-(``encode_data``): it must write exactly the text the converter and `json.dumps` would (the tests
-of its owner compare them), and may decline a value it does not expect by returning None, which
-then takes the converter's way. Decoding always takes the converter's way, with all its checks.
+(``fast_encoder``, made by the codec from its converter, and owned by it with whatever it
+keeps): it must write exactly the text the converter and `json.dumps` would (the tests of its
+owner compare them), and may decline a value it does not expect by returning None, which then
+takes the converter's way. Decoding always takes the converter's way, with all its checks.
 
 Each codec has its own `cattrs.Converter`, configured by the small functions below; the global
 converter is never touched. Beyond what cattrs does by itself (frozen attrs classes, Literal,
@@ -60,8 +61,11 @@ class Codec(Generic[T]):
         migrations: ``{version: upgrade}``, where ``upgrade`` turns the ``data`` of a version
             ``version`` record into that of version ``version + 1``. Records older than the
             oldest version with a chain of migrations up to ``schema`` are refused.
-        encode_data: a faster way to the compact JSON text of a value's ``data``, the same
-            text the converter would give; None from it means "take the converter's way".
+        configure: called with the codec's converter once it is configured as above, to add
+            the hooks of the owner's types (their stored form).
+        fast_encoder: called once with the codec's converter, it gives a faster way to the
+            compact JSON text of a value's ``data``, the same text the converter would give;
+            None from that means "take the converter's way".
     """
 
     def __init__(
@@ -70,7 +74,8 @@ class Codec(Generic[T]):
         schema: int,
         *,
         migrations: dict[int, Migration] | None = None,
-        encode_data: Callable[[T], str | None] | None = None,
+        configure: Callable[[cattrs.Converter], None] | None = None,
+        fast_encoder: Callable[[cattrs.Converter], Callable[[T], str | None]] | None = None,
     ) -> None:
         if not attrs.has(root_type):
             raise TypeError(f"the root type of a codec must be an attrs class, not {root_type!r}")
@@ -84,9 +89,11 @@ class Codec(Generic[T]):
         if too_new:
             raise ValueError(f"migrations {too_new} start at or after the current schema {schema}")
         self._converter = _make_converter(root_type)
+        if configure is not None:
+            configure(self._converter)
         self._unstructure = self._converter.get_unstructure_hook(root_type)
         self._structure = self._converter.get_structure_hook(root_type)
-        self._encode_data = encode_data
+        self._encode_data = None if fast_encoder is None else fast_encoder(self._converter)
         # What json.dumps(..., separators=(",", ":"), allow_nan=False) does, without building
         # an encoder per call.
         self._json = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
@@ -111,7 +118,7 @@ class Codec(Generic[T]):
         return self.encode_generic(value)
 
     def encode_generic(self, value: T) -> bytes:
-        """`encode` by the converter's way alone (what ``encode_data`` must agree with)."""
+        """`encode` by the converter's way alone (what ``fast_encoder`` must agree with)."""
         document = {"schema": self.schema, "type": self.type_name, "data": self._unstructure(value)}
         return self._json(document).encode("ascii")
 

@@ -47,8 +47,9 @@ from corra.processes._backend import Backend, EffectKey
 from corra.processes._hosts import HOST_RETRY_DELAY, HostWaits
 from corra.processes._journal import Journal
 from corra.processes._lifecycle import PAUSABLE, Event, ProcessState, Result, after_exit, allowed
-from corra.processes._records import ProcessRecord, ProcessSpec
+from corra.processes._record import ProcessRecord
 from corra.processes._requests import effect_key, launch_request
+from corra.processes._spec import ProcessSpec
 
 logger = logging.getLogger("corra.process")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import trio
 
 from corra.processes._backend import Backend
-from corra.processes._records import ProcessRecord
+from corra.processes._record import ProcessRecord
 from corra.processes._requests import effect_key
 
 

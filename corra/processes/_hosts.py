@@ -18,7 +18,7 @@ import trio
 
 from corra._errors import ConfigError, HostUnavailable, InvalidTransition, NoSuchProcess, StoreError
 from corra.processes._backend import Backend
-from corra.processes._records import ProcessRecord
+from corra.processes._record import ProcessRecord
 
 logger = logging.getLogger("corra.process")
 

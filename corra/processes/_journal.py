@@ -26,7 +26,7 @@ import trio
 from corra._errors import NoSuchProcess
 from corra.processes._lifecycle import ACTIVE, Event, advance, needs_recovery
 from corra.processes._ports import PendingSave, RecordCodec, RecordStore
-from corra.processes._records import ProcessRecord, Transition
+from corra.processes._record import ProcessRecord, Transition
 
 logger = logging.getLogger("corra.process")
 

@@ -30,9 +30,10 @@ from corra.processes._ids import new_process_id
 from corra.processes._journal import Journal, Step, find_record, sorted_records
 from corra.processes._lifecycle import PAUSABLE, ProcessState, advance
 from corra.processes._ports import RecordCodec, RecordStore
-from corra.processes._records import ProcessRecord, ProcessSpec, Transition
+from corra.processes._record import ProcessRecord, Transition
 from corra.processes._recovery import RecoveryReport, recover
 from corra.processes._requests import effect_key, launch_request
+from corra.processes._spec import ProcessSpec
 
 #: The most output one `read_log` returns, whatever it is asked for.
 MAX_LOG_READ = 16 << 20

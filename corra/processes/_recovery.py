@@ -17,7 +17,7 @@ import trio
 
 from corra.processes._lifecycle import needs_recovery
 from corra.processes._ports import RecordCodec, RecordStore
-from corra.processes._records import ProcessRecord
+from corra.processes._record import ProcessRecord
 
 logger = logging.getLogger("corra.process")
 

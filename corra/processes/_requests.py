@@ -8,7 +8,7 @@ at submission, and every effect, slot and log read carries `effect_key`.
 from __future__ import annotations
 
 from corra.processes._backend import EffectKey, LaunchRequest, Limits
-from corra.processes._records import ProcessRecord
+from corra.processes._record import ProcessRecord
 
 
 def effect_key(record: ProcessRecord) -> EffectKey:
@@ -36,6 +36,5 @@ def launch_request(record: ProcessRecord) -> LaunchRequest:
         inputs=spec.inputs,
         outputs=spec.outputs,
         outputs_dir=spec.outputs_dir,
-        # The backend's own options: the spec's table named after the backend, if any.
-        options=getattr(spec, spec.backend, None) or None,
+        options=spec.options,
     )

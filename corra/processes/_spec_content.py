@@ -31,10 +31,8 @@ MAX_LABEL_KEY = 128
 MAX_LABEL_VALUE = 1024
 """Characters of one label's value."""
 #: The env names a shell can set (``export NAME=...``): what backends whose programs start
-#: through a shell accept (`SHELL_BACKENDS`).
+#: through a shell accept (`corra.processes._backend.Capabilities.shell_env`).
 ENV_NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-#: The backends whose programs start through a shell script (Slurm's job script).
-SHELL_BACKENDS = ("slurm",)
 #: What an env value shows as wherever values are not asked for explicitly.
 HIDDEN = "***"
 
@@ -130,13 +128,22 @@ def _texts(spec: Any) -> Iterator[tuple[str, str, object, str]]:
         yield "outputs", "item", index, part
     if spec.outputs_dir is not None:
         yield "outputs_dir", "", None, spec.outputs_dir
-    for key, item in spec.slurm.items():
-        yield "slurm", "key", key, key
+    for field, text in _option_texts(spec.options):
+        yield spec.backend, "value", field, text  # (a table named after the backend)
+
+
+def _option_texts(options: object) -> Iterator[tuple[str, str]]:
+    """The strings of a backend's options object: (its field, the string)."""
+    if options is None:
+        return
+    for field in attrs.fields(type(options)):
+        item = getattr(options, field.name)
         if isinstance(item, str):
-            yield "slurm", "value", key, item
-        elif isinstance(item, list):
+            yield field.name, item
+        elif isinstance(item, tuple | list):
             for part in item:
-                yield "slurm", "value", key, part
+                if isinstance(part, str):
+                    yield field.name, part
 
 
 def content_fits(spec: Any) -> bool:
@@ -150,22 +157,24 @@ def content_fits(spec: Any) -> bool:
         or max(map(len, labels.values())) > MAX_LABEL_VALUE
     ):
         return False
-    env, inputs, slurm = spec.env, spec.inputs, spec.slurm
+    env, inputs, options = spec.env, spec.inputs, spec.options
     texts = [*spec.argv, *env, *env.values(), *labels, *labels.values(), *spec.outputs]
     if inputs:
         texts += [*inputs, *inputs.values()]
     for text in (spec.name, spec.cwd, spec.host, spec.outputs_dir):
         if text is not None:
             texts.append(text)
-    if slurm:
-        texts += [text for field, _, _, text in _texts(spec) if field == "slurm"]
+    fields = 0
+    if options is not None:
+        fields = len(attrs.fields(type(options)))
+        texts += [text for _, text in _option_texts(options)]
     if not all(map(str.isascii, texts)) and not all(map(_encodes, texts)):
         return False
     bound = (
         _SLACK
         + sum(map(len, texts)) * _BYTES_PER_CHARACTER
         + len(texts) * _BYTES_PER_STRING
-        + len(slurm) * _BYTES_PER_OTHER_VALUE
+        + fields * _BYTES_PER_OTHER_VALUE
     )
     # Only a large spec is measured exactly (its JSON written out once).
     return bound <= MAX_SPEC_BYTES or json_size(spec) <= MAX_SPEC_BYTES
@@ -214,8 +223,11 @@ def content_problem(spec: Any) -> str | None:
     if size > MAX_SPEC_BYTES:
         fields = attrs.fields(type(spec))
         largest = max(fields, key=lambda field: json_size(getattr(spec, field.name))).name
+        value = getattr(spec, largest)
+        if largest == "options":  # (a table named after the backend, on the wire)
+            largest = spec.backend
         return (
-            f"{largest}: got {shown(largest, getattr(spec, largest))}, which makes the spec "
+            f"{largest}: got {shown(largest, value)}, which makes the spec "
             f"{size} bytes as JSON; expected a whole spec of at most {MAX_SPEC_BYTES} bytes "
             "(1 MiB)"
         )
@@ -243,10 +255,30 @@ def _not_utf8(field: str, what: str, where: object, text: str, index: int) -> st
     return f"{path}: got {abbreviated(text)}, expected {expected}"
 
 
+def options_problem(name: str, table: Mapping[Any, Any]) -> str | None:
+    """What UTF-8 cannot encode in a backend's options table (keys, strings and strings in
+    lists), named as ``<name>.<key>``; None if nothing. (Checked on the table as it comes,
+    before the backend's options class checks its values.)"""
+    for key, item in table.items():
+        if isinstance(key, str) and not _encodes(key):
+            return _not_utf8(name, "key", key, key, _bad_index(key))
+        for text in [item] if isinstance(item, str) else item if isinstance(item, list) else ():
+            if isinstance(text, str) and not _encodes(text):
+                return _not_utf8(name, "value", key, text, _bad_index(text))
+    return None
+
+
+def _bad_index(text: str) -> int:
+    try:
+        text.encode()
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return -1
+
+
 def env_name_problem(spec: Any) -> str | None:
-    """For a backend of `SHELL_BACKENDS`: the first env name a shell cannot set, or None."""
-    if spec.backend not in SHELL_BACKENDS:
-        return None
+    """The first env name a shell cannot set, or None (for a backend that sets the env
+    through a shell)."""
     for name in spec.env:
         if not ENV_NAME_PATTERN.fullmatch(name):
             return (

@@ -12,7 +12,7 @@ import attrs
 
 from corra._errors import ConfigError
 from corra.backends._shared import check_fields
-from corra.processes._records import MAX_SECONDS
+from corra.processes._spec import MAX_SECONDS
 from corra.processes._spec_content import shown
 
 _HOST_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")

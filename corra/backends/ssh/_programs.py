@@ -2,13 +2,13 @@
 
 For process actors this is the backend named ``"ssh"`` (a spec's ``host`` names the host). It
 speaks to each host through a `Transport` (the host's pool actor, or the local machine for a
-host with ``transport = "local"``) and to the chaperone through ``remote_helper.py``, which
-runs with the host's own ``python3 -I -S``.
+host with ``transport = "local"``) and to the chaperone through its remote helper
+(`corra.chaperone.remote_helper`), which runs with the host's own ``python3 -I -S``.
 
 Rule 1: nothing to install. On first use of a host the backend probes its ``python3`` (no
-python3 is a clear `LaunchFailed`), uploads ``chaperone.py`` and ``remote_helper.py`` into
-``~/.corra/lib/<digest>/`` (once per content: the digest changes when they do) and makes its
-work root (``~/.corra/runs`` unless the host says ``work_root``).
+python3 is a clear `LaunchFailed`), uploads the `corra.chaperone` package into
+``~/.corra/lib/<digest>/chaperone/`` (once per content: the digest changes when it does) and
+makes its work root (``~/.corra/runs`` unless the host says ``work_root``).
 
 Rule 2: a key is launched once, remotely too: the run dir is ``<work root>/<key>`` and the
 chaperone's exclusive claim on it decides; a replayed launch answers with the first one's
@@ -58,7 +58,7 @@ from corra._errors import (
     ProgramLost,
     TransportError,
 )
-from corra.backends import _staging, chaperone
+from corra.backends import _staging
 from corra.backends._pollers import HostPollers, check_key
 from corra.backends._shared import json_reply
 from corra.backends.local import ExitRecord
@@ -66,9 +66,10 @@ from corra.backends.local_process import result_of
 from corra.backends.ssh._config import HostConfig
 from corra.backends.ssh._shipped import STREAMS, LocalLogs
 from corra.backends.transport import Transport
+from corra.chaperone import PACKAGE_DIR
 from corra.processes._backend import Capabilities, EffectKey, LaunchRequest
 from corra.processes._lifecycle import Result
-from corra.processes._records import DEFAULT_OUTPUT_LIMIT, check_output_limit, check_seconds
+from corra.processes._spec import DEFAULT_OUTPUT_LIMIT, check_output_limit, check_seconds
 
 logger = logging.getLogger("corra.ssh")
 
@@ -85,11 +86,16 @@ SHIP_PARALLEL = 8
 SHIP_ATTEMPTS = 3
 
 
+#: Where the uploaded package lives under a host's library dir, and the file whose size says
+#: that an upload finished (the last one written).
+_PACKAGE = "chaperone"
+
+
 def _library() -> tuple[str, dict[str, bytes]]:
-    files = {
-        "chaperone.py": Path(chaperone.__file__).read_bytes(),
-        "remote_helper.py": Path(__file__).with_name("remote_helper.py").read_bytes(),
-    }
+    """The files of the host-side package (`corra.chaperone`), as paths under the library dir
+    (``chaperone/<module>.py``), written in this order; and a digest of them all."""
+    package = Path(PACKAGE_DIR)
+    files = {f"{_PACKAGE}/{path.name}": path.read_bytes() for path in sorted(package.glob("*.py"))}
     digest = hashlib.sha256()
     for name in sorted(files):
         digest.update(name.encode() + b"\0" + files[name] + b"\0")
@@ -125,7 +131,8 @@ class _Host:
     @property
     def helper(self) -> list[str]:
         assert self.lib_dir is not None
-        return [self.config.python, "-I", "-S", posixpath.join(self.lib_dir, "remote_helper.py")]
+        package = posixpath.join(self.lib_dir, _PACKAGE)
+        return [self.config.python, "-I", "-S", package, "--helper"]
 
 
 class SshProgramBackend(HostPollers):
@@ -227,9 +234,10 @@ class SshProgramBackend(HostPollers):
                 )
             home = home.strip()
             lib_dir = posixpath.join(home, ".corra", "lib", self._digest)
-            present = await host.transport.stat(posixpath.join(lib_dir, "remote_helper.py"))
-            if present is None or present.size != len(self._files["remote_helper.py"]):
-                await host.transport.mkdir(lib_dir)
+            last = list(self._files)[-1]
+            present = await host.transport.stat(posixpath.join(lib_dir, last))
+            if present is None or present.size != len(self._files[last]):
+                await host.transport.mkdir(posixpath.join(lib_dir, _PACKAGE))
                 for name, data in self._files.items():
                     await host.transport.write_file(posixpath.join(lib_dir, name), data)
             root = host.config.work_root or posixpath.join(home, ".corra", "runs")

@@ -1,23 +1,22 @@
 """corra's helper on a remote host: launch a chaperone, report on run dirs, kill.
 
-Standard library only, Python 3.6 syntax, no corra imports: the runtime uploads this file
-beside ``chaperone.py`` (into ``~/.corra/lib/<digest>/``) and runs it with the host's
-``python3 -I -S``. Every command prints JSON on stdout and exits 0 unless it could not run at
-all; one exec over SSH per command, and no channel stays open while a program runs.
+The runtime uploads this package into ``~/.corra/lib/<digest>/chaperone/`` and runs it with the
+host's ``python3 -I -S``. Every command prints JSON on stdout and exits 0 unless it could not
+run at all; one exec over SSH per command, and no channel stays open while a program runs.
 
-    remote_helper.py probe                     {"python": [3, 11, 2], "home": "/home/u"}
-    remote_helper.py launch RUN_DIR            spec.json's content on stdin; starts the
+    chaperone --helper probe                   {"python": [3, 11, 2], "home": "/home/u"}
+    chaperone --helper launch RUN_DIR          spec.json's content on stdin; starts the
                                                chaperone detached and prints its first reply
                                                ({"status": "started" | "failed" | "invalid" |
                                                "claimed", ...} plus "handle" when there is one)
-    remote_helper.py status RUN_DIR...         a JSON list, one object per run dir: {"dir",
+    chaperone --helper status RUN_DIR...       a JSON list, one object per run dir: {"dir",
                                                "state": "exited" (with "record") | "running" |
                                                "lost" | "absent", "handle", "sizes"}; "sizes"
                                                maps "stdout"/"stderr" to the file's size in
                                                bytes (a stream whose file is missing is left
                                                out), read after the state: for an exited
                                                program they are its output's final sizes
-    remote_helper.py kill GRACE RUN_DIR...     asks each chaperone to kill its program
+    chaperone --helper kill GRACE RUN_DIR...   asks each chaperone to kill its program
                                                (kill.json, then SIGTERM); a program whose
                                                chaperone is gone is SIGKILLed by its group
 
@@ -29,50 +28,58 @@ Rule 2: the launch is synchronous up to the chaperone's first reply (a pipe pass
 chaperone's later message goes to a closed pipe, which costs it nothing.
 """
 
+import contextlib
 import json
 import os
 import signal
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+from . import _rundir, protocol
+from ._proc import alive, process_start
+from ._run import Run
 
-import chaperone  # noqa: E402
+#: The package directory: what ``python3 -I -S`` runs as the chaperone.
+PACKAGE = os.path.dirname(os.path.abspath(__file__))
+#: The state of a run dir never claimed.
+ABSENT = "absent"
 
 
 def _read_json(path):
+    """The JSON in ``path``, or None (missing, empty, unreadable: a run dir being written)."""
     try:
-        with open(path, "rb") as file:
-            data = file.read()
-    except OSError:
-        return None
-    if not data:
-        return None
-    try:
-        return json.loads(data.decode("utf-8"))
-    except ValueError:
+        return _rundir.read_json(path)
+    except (OSError, ValueError):
         return None
 
 
 def _handle(run_dir):
     """What the run dir says of its chaperone and program (None before the claim)."""
-    keeper = _read_json(os.path.join(run_dir, chaperone.CHAPERONE_FILE))
-    if keeper is None:
+    try:
+        claim, program = _rundir.claim_of(run_dir)
+    except (OSError, ValueError):
+        return None  # (being written)
+    if claim is None:
         return None
-    program = _read_json(os.path.join(run_dir, chaperone.PROGRAM_FILE)) or {}
+    program = program or {}
     return {
         "run_dir": run_dir,
-        "chaperone_pid": keeper.get("pid"),
-        "chaperone_start": keeper.get("start"),
+        "chaperone_pid": claim.get("pid"),
+        "chaperone_start": claim.get("start"),
         "pid": program.get("pid"),
         "program_start": program.get("start"),
         "started_at": program.get("started_at"),
     }
 
 
-def _alive(handle):
-    pid, start = handle.get("chaperone_pid"), handle.get("chaperone_start")
-    return pid is not None and chaperone.process_start(pid) == start
+def _chaperone_alive(handle):
+    """Whether the handle's chaperone runs (a zombie does not: it hears no SIGTERM)."""
+    pid = handle["chaperone_pid"]
+    return pid is not None and alive(pid, handle["chaperone_start"])
+
+
+def _same(pid, start):
+    """Whether ``pid`` is the process that started at ``start``."""
+    return pid is not None and process_start(pid) == start
 
 
 def probe():
@@ -88,8 +95,8 @@ def launch(run_dir):
     environment = dict(os.environ)
     environment.update(spec.get("env") or {})
     spec["env"] = environment
-    spec_path = os.path.join(run_dir, chaperone.SPEC_FILE)
-    chaperone.write_atomic(spec_path, json.dumps(spec).encode("utf-8"))
+    spec_path = os.path.join(run_dir, _rundir.SPEC_FILE)
+    _rundir.write_atomic(spec_path, json.dumps(spec).encode("utf-8"))
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -99,18 +106,8 @@ def launch(run_dir):
                 os.dup2(null, fd)
             os.close(read_end)
             os.set_inheritable(write_end, True)
-            os.execv(
-                sys.executable,
-                [
-                    sys.executable,
-                    "-I",
-                    "-S",
-                    os.path.join(HERE, "chaperone.py"),
-                    run_dir,
-                    "--notify-fd",
-                    str(write_end),
-                ],
-            )
+            argv = [sys.executable, "-I", "-S", PACKAGE, run_dir, "--notify-fd", str(write_end)]
+            os.execv(sys.executable, argv)
         finally:
             os._exit(127)
     os.close(write_end)
@@ -122,9 +119,9 @@ def launch(run_dir):
         # It died before replying: if it claimed the run dir, that launch counts.
         if _handle(run_dir) is not None:
             return _claimed(run_dir)
-        return {"status": "invalid", "error": "the chaperone exited without a reply"}
+        return {protocol.STATUS: protocol.INVALID, "error": "the chaperone exited without a reply"}
     reply = json.loads(line.decode("utf-8"))
-    if reply.get("status") in ("started", "claimed"):
+    if reply.get(protocol.STATUS) in (protocol.STARTED, protocol.CLAIMED):
         reply["handle"] = _handle(run_dir)
     return reply
 
@@ -132,45 +129,40 @@ def launch(run_dir):
 def _claimed(run_dir):
     """The answer for a run dir launched before: its handle, or why its program never ran."""
     handle = _handle(run_dir)
-    record = _read_json(os.path.join(run_dir, chaperone.EXIT_FILE))
+    record = _read_json(os.path.join(run_dir, _rundir.EXIT_FILE))
     if record is not None and record.get("error") and not handle.get("pid"):
-        return {"status": "failed", "error": record["error"]}
-    return {"status": "claimed", "handle": handle}
+        return {protocol.STATUS: protocol.FAILED, "error": record["error"]}
+    return {protocol.STATUS: protocol.CLAIMED, "handle": handle}
 
 
 def _sizes(run_dir):
     """{stream: size in bytes} of the run dir's spooled output (missing files left out)."""
     sizes = {}
-    for stream in chaperone.STREAMS:
-        size = _size(os.path.join(run_dir, stream))
-        if size is not None:
-            sizes[stream] = size
+    for stream in _rundir.STREAMS:
+        with contextlib.suppress(OSError):
+            sizes[stream] = os.stat(os.path.join(run_dir, stream)).st_size
     return sizes
-
-
-def _size(path):
-    try:
-        return os.stat(path).st_size
-    except OSError:
-        return None
 
 
 def status(run_dirs):
     out = []
     for run_dir in run_dirs:
-        record = _read_json(os.path.join(run_dir, chaperone.EXIT_FILE))
+        record = _read_json(os.path.join(run_dir, _rundir.EXIT_FILE))
         handle = _handle(run_dir)
         if record is not None:
-            entry = {"dir": run_dir, "state": "exited", "record": record, "handle": handle}
+            state = _rundir.EXITED
         elif handle is None:
-            entry = {"dir": run_dir, "state": "absent", "handle": None}
-        elif _alive(handle):
-            entry = {"dir": run_dir, "state": "running", "handle": handle}
+            state = ABSENT
         else:
-            # exit.json may have landed between our two reads
-            record = _read_json(os.path.join(run_dir, chaperone.EXIT_FILE))
-            state = "exited" if record is not None else "lost"
-            entry = {"dir": run_dir, "state": state, "record": record, "handle": handle}
+            pid, start = handle["chaperone_pid"], handle["chaperone_start"]
+            state = _rundir.status(run_dir, pid, start) if pid is not None else _rundir.LOST
+            if state == _rundir.EXITED:  # it landed after our first look
+                record = _read_json(os.path.join(run_dir, _rundir.EXIT_FILE))
+                state = _rundir.EXITED if record is not None else _rundir.LOST
+        entry = {"dir": run_dir, "state": state}
+        if state in (_rundir.EXITED, _rundir.LOST):
+            entry["record"] = record
+        entry["handle"] = handle
         # After the state: once the exit record is there, the program wrote all it will.
         entry["sizes"] = _sizes(run_dir)
         out.append(entry)
@@ -184,21 +176,16 @@ def kill(grace, run_dirs):
         if handle is None:
             out.append({"dir": run_dir, "sent": "nothing"})
             continue
-        if _alive(handle):
-            chaperone.write_atomic(
-                os.path.join(run_dir, chaperone.KILL_FILE),
-                json.dumps({"grace": grace}).encode("utf-8"),
-            )
+        if _chaperone_alive(handle):
+            _rundir.write_kill_request(run_dir, grace)
             os.kill(handle["chaperone_pid"], signal.SIGTERM)
             out.append({"dir": run_dir, "sent": "chaperone"})
-        elif handle.get("pid") and chaperone.process_start(handle["pid"]) == handle.get(
-            "program_start"
-        ):
-            try:
-                os.killpg(handle["pid"], signal.SIGKILL)
-                out.append({"dir": run_dir, "sent": "group"})
-            except OSError:
-                out.append({"dir": run_dir, "sent": "nothing"})
+        elif handle["pid"] and _same(handle["pid"], handle["program_start"]):
+            # Nobody is left to wait out a grace: the chaperone's escalation, at its end.
+            run = Run(run_dir, 0.0)
+            run.pid = handle["pid"]
+            sent = run.signal_group(signal.SIGKILL)
+            out.append({"dir": run_dir, "sent": "group" if sent else "nothing"})
         else:
             out.append({"dir": run_dir, "sent": "nothing"})
     return out
@@ -214,11 +201,7 @@ def main(argv):
     elif len(argv) >= 2 and argv[0] == "kill":
         result = kill(float(argv[1]), argv[2:])
     else:
-        sys.stderr.write("usage: remote_helper.py probe | launch D | status D... | kill G D...\n")
+        sys.stderr.write("usage: chaperone --helper probe | launch D | status D... | kill G D...\n")
         return 2
     sys.stdout.write(json.dumps(result) + "\n")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

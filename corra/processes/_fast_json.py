@@ -1,0 +1,280 @@
+"""Hand-written JSON of the hottest records: a process's record and its history entries.
+
+A process writes a snapshot of its record and a history entry at every transition (three
+and four over a lifecycle). Written the converter's way (unstructure, then ``json.dumps``),
+they cost about 20 and 4 µs each, against 3 and 1 here (20 for a spec's first record): about
+45 µs more per process, a fifth of a whole lifecycle over a backend whose programs end at
+once (issue 12: interleaved measurements; ``benchmarks.process.corra_lifecycles``). These
+write the same text directly:
+
+- a record's spec, id and creation time never change: their text is the converter's own,
+  written once per spec and kept by the encoder (`RecordEncoder`, one per codec);
+- a state, its result and a transition are written field by field, in the classes' order,
+  with json's own string and number formatting.
+
+They handle the types the classes declare; anything else (a subclass, a value of another
+type, a float json refuses) makes them return None, and the codec takes the converter's way.
+tests/test_codec.py checks that both ways agree.
+"""
+
+from __future__ import annotations
+
+import json
+import json.encoder
+import math
+import typing
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import cattrs
+
+from corra.processes._lifecycle import PHASES, Event, ProcessState, Result
+from corra.processes._record import ProcessRecord, Transition
+from corra.processes._spec import ProcessSpec
+
+
+class _Unusual(Exception):
+    """A value these encoders do not handle; the converter's way takes over."""
+
+
+def _refuse(value: object) -> Any:
+    raise _Unusual
+
+
+_json_string = json.encoder.encode_basestring_ascii  # the C function json.dumps uses
+_json_value = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_refuse).encode
+
+
+def _json_text(value: object) -> str:
+    if type(value) is not str:
+        raise _Unusual
+    return _json_string(value)
+
+
+def _json_optional_text(value: object) -> str:
+    return "null" if value is None else _json_text(value)
+
+
+def _json_boolean(value: object) -> str:
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    raise _Unusual
+
+
+def _is_number(value: object) -> bool:
+    """An int or a finite float (what json writes as ``repr``; not a bool)."""
+    kind = type(value)
+    return kind is int or (kind is float and value - value == 0.0)  # type: ignore[operator]
+
+
+def _json_number(value: object) -> str:
+    kind = type(value)
+    if kind is float:
+        if not math.isfinite(value):  # type: ignore[arg-type]
+            raise _Unusual  # the converter's way raises json's error for it
+        return float.__repr__(value)  # type: ignore[arg-type]
+    if kind is int:
+        return int.__repr__(value)  # type: ignore[arg-type]
+    raise _Unusual
+
+
+_SCALARS: dict[type, Callable[[Any], str]] = {
+    str: _json_string,
+    int: int.__repr__,
+    float: _json_number,
+    bool: _json_boolean,
+    type(None): lambda _: "null",
+}
+
+
+def _plain_json(value: object) -> str:
+    """A ``dict[str, Any]`` of JSON values (a handle), as the converter would pass it on."""
+    if value is None:
+        return "null"
+    if type(value) is not dict:
+        raise _Unusual
+    parts = []
+    for key, item in value.items():
+        scalar = _SCALARS.get(type(item))
+        if type(key) is not str or scalar is None:
+            break
+        parts.append(f"{_json_string(key)}:{scalar(item)}")
+    else:
+        return f"{{{','.join(parts)}}}"
+    try:  # nested values: json's encoder, refusing what json.dumps would not take either
+        return _json_value(value)
+    except ValueError:
+        raise _Unusual from None
+
+
+def _result_json(result: Result | None) -> str:
+    if result is None:
+        return "null"
+    if type(result) is not Result:
+        raise _Unusual
+    returncode, signal, started, ended = (
+        result.returncode,
+        result.signal,
+        result.started_at,
+        result.ended_at,
+    )
+    utime, stime, maxrss, out, err = (
+        result.utime,
+        result.stime,
+        result.maxrss_kb,
+        result.stdout_bytes,
+        result.stderr_bytes,
+    )
+    out_dropped, err_dropped = result.stdout_dropped, result.stderr_dropped
+    if not (
+        (returncode is None or _is_number(returncode))
+        and (signal is None or _is_number(signal))
+        and (started is None or _is_number(started))
+        and (ended is None or _is_number(ended))
+        and _is_number(utime)
+        and _is_number(stime)
+        and (maxrss is None or _is_number(maxrss))
+        and _is_number(out)
+        and _is_number(err)
+        and _is_number(out_dropped)
+        and _is_number(err_dropped)
+    ):
+        raise _Unusual
+    return (
+        f'{{"returncode":{"null" if returncode is None else repr(returncode)},'
+        f'"signal":{"null" if signal is None else repr(signal)},'
+        f'"started_at":{"null" if started is None else repr(started)},'
+        f'"ended_at":{"null" if ended is None else repr(ended)},'
+        f'"utime":{utime!r},"stime":{stime!r},'
+        f'"maxrss_kb":{"null" if maxrss is None else repr(maxrss)},'
+        f'"stdout_bytes":{out!r},"stderr_bytes":{err!r},'
+        f'"timed_out":{_json_boolean(result.timed_out)},'
+        f'"killed":{_json_boolean(result.killed)},'
+        f'"error":{_json_optional_text(result.error)},'
+        f'"stdout_dropped":{out_dropped!r},"stderr_dropped":{err_dropped!r}}}'
+    )
+
+
+#: The JSON of each phase (``"created"`` ...), and of no phase.
+_PHASE_JSON: dict[object, str] = {phase: f'"{phase}"' for phase in PHASES}
+_OPTIONAL_PHASE_JSON: dict[object, str] = {**_PHASE_JSON, None: "null"}
+_PAUSED_BY_JSON: dict[object, str] = {"user": '"user"', "host": '"host"', None: "null"}
+
+
+def _state_json(state: ProcessState) -> str:
+    if type(state) is not ProcessState:
+        raise _Unusual
+    attempt, updated_at, started_at = state.attempt, state.updated_at, state.started_at
+    if (
+        type(attempt) is not int
+        or not _is_number(updated_at)
+        or not (started_at is None or _is_number(started_at))
+    ):
+        raise _Unusual
+    return (
+        f'{{"phase":{_PHASE_JSON[state.phase]},'
+        f'"attempt":{attempt!r},'
+        f'"paused_from":{_OPTIONAL_PHASE_JSON[state.paused_from]},'
+        f'"paused_by":{_PAUSED_BY_JSON[state.paused_by]},'
+        f'"handle":{_plain_json(state.handle)},'
+        f'"reason":{_json_optional_text(state.reason)},'
+        f'"result":{_result_json(state.result)},'
+        f'"updated_at":{updated_at!r},'
+        f'"started_at":{"null" if started_at is None else repr(started_at)}}}'
+    )
+
+
+class RecordEncoder:
+    """The ``data`` of a `ProcessRecord` as the codec's converter would write it, or None.
+
+    Per live spec, it keeps the JSON around the state of its process's record
+    (``{"id":...,"spec":{...},"state":`` and ``,"created_at":...}``), the spec's part written
+    by the converter itself. Keyed by the spec's identity (specs hold dicts: they are not
+    hashable), each entry is dropped when its spec is collected; a spec shared by two
+    processes is simply written again. A spec is frozen, but its ``env`` and ``labels`` are
+    dicts: code that changed one in place after submission would not see the change on disk
+    (nothing in corra does; specs are built from input and never changed).
+
+    Args:
+        converter: the codec's converter (`corra.persistence.Codec` passes it).
+    """
+
+    def __init__(self, converter: cattrs.Converter) -> None:
+        self._spec_data = converter.get_unstructure_hook(ProcessSpec)
+        self._json = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+        self._texts: dict[int, tuple[weakref.ref[ProcessSpec], str, float, str, str]] = {}
+
+    def __call__(self, record: ProcessRecord) -> str | None:
+        try:
+            if type(record) is not ProcessRecord:
+                raise _Unusual
+            head, tail = self._around_state(record)
+            return f"{head}{_state_json(record.state)}{tail}"
+        except (_Unusual, KeyError, TypeError):  # (KeyError: not a phase; TypeError: unhashable)
+            return None
+
+    def _around_state(self, record: ProcessRecord) -> tuple[str, str]:
+        spec = record.spec
+        key = id(spec)
+        entry = self._texts.get(key)
+        if (
+            entry is not None
+            and entry[1] is record.id
+            and entry[2] is record.created_at
+            and entry[0]() is spec
+        ):
+            return entry[3], entry[4]
+        created_at = record.created_at
+        if type(spec) is not ProcessSpec or not _is_number(created_at):
+            raise _Unusual
+        try:
+            spec_json = self._json(self._spec_data(spec))
+        except ValueError:
+            raise _Unusual from None  # (a float json refuses: the converter's way says so)
+        head = f'{{"id":{_json_text(record.id)},"spec":{spec_json},"state":'
+        tail = f',"created_at":{created_at!r}}}'
+        texts = self._texts
+        reference = weakref.ref(spec, lambda _, key=key: texts.pop(key, None))
+        texts[key] = (reference, record.id, created_at, head, tail)
+        return head, tail
+
+    def __len__(self) -> int:
+        """How many specs' texts it keeps."""
+        return len(self._texts)
+
+
+#: The JSON of each event name.
+_EVENT_JSON: dict[object, str] = {event: f'"{event}"' for event in typing.get_args(Event)}
+
+
+def transition_encoder(converter: cattrs.Converter) -> Callable[[Transition], str | None]:
+    """The ``data`` of a `Transition` as the converter would write it, or None."""
+    del converter  # (every field is written by hand)
+
+    def encode(transition: Transition) -> str | None:
+        try:
+            if type(transition) is not Transition:
+                raise _Unusual
+            at, attempt, event, reason = (
+                transition.at,
+                transition.attempt,
+                transition.event,
+                transition.reason,
+            )
+            if not _is_number(at) or type(attempt) is not int:
+                raise _Unusual
+            return (
+                f'{{"at":{at!r},'
+                f'"event":{_EVENT_JSON.get(event) or _json_text(event)},'
+                f'"source":{_PHASE_JSON[transition.source]},'
+                f'"target":{_PHASE_JSON[transition.target]},'
+                f'"attempt":{attempt!r},'
+                f'"reason":{"null" if reason is None else _json_text(reason)}}}'
+            )
+        except (_Unusual, KeyError, TypeError):
+            return None
+
+    return encode
