@@ -286,7 +286,7 @@ def test_recorded_of_a_remote_program_is_its_complete_shipped_logs_else_unknown(
 def test_logs_without_follow_stop_at_the_output_there_was_when_they_began(tmp_path):
     """`corra logs` read from the files (no service) of a program that writes faster than
     its reader reads: the copy ends at the size the log had when it began."""
-    from corra.cli import _copy_log
+    from corra.cli._read import _copy_log
 
     log = tmp_path / "stdout"
     log.write_bytes(b"x" * 200_000)
