@@ -20,7 +20,7 @@ import functools
 import hmac
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import trio
@@ -380,7 +380,7 @@ class Api:
         """The process that ``key`` (an id or a name from a URL) names; `NoSuchProcess` (404)
         also for a key that no process could have (too long, a NUL byte)."""
         try:
-            return self.manager.get(key)
+            return self.query.get(key)
         except NoSuchProcess:
             raise
         except ConfigError as exc:
@@ -488,12 +488,10 @@ def _detail(view: ProcessView, *, show_env: bool = False) -> dict[str, Any]:
     return detail_json(view.record, view.history, view.recorded, show_env=show_env)
 
 
-async def _log_json(entries: AsyncIterator[LogEntry]) -> AsyncIterator[dict[str, Any]]:
-    try:
+async def _log_json(entries: AsyncGenerator[LogEntry, None]) -> AsyncIterator[dict[str, Any]]:
+    async with contextlib.aclosing(entries):
         async for entry in entries:
             yield entry.json()
-    finally:
-        await entries.aclose()  # type: ignore[attr-defined]
 
 
 def _stream(entries: AsyncIterator[dict[str, Any]], what: str) -> Response:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import codecs
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -265,7 +265,7 @@ class ProcessQuery:
         stopping: trio.Event | None = None,
         end: int | None = None,
         clock: Callable[[], float] = time.time,
-    ) -> AsyncIterator[LogEntry]:
+    ) -> AsyncGenerator[LogEntry, None]:
         """The entries of ``stream``, from ``offset`` of ``attempt``.
 
         Without ``follow``, the output there is (the attempt's complete characters, unless it
