@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+from typing import Any, Literal, Protocol, TypeAlias
 
 import attrs
 import outcome
@@ -24,8 +24,13 @@ import trio
 from corra._errors import ActorStopped, CallFailed, ConfigError, MailboxFull
 from corra.actors._mailbox import Mailbox
 
-if TYPE_CHECKING:
-    from corra.actors._supervisor import _Child
+
+class _Child(Protocol):
+    """What a cell reads of its supervisor's record of it (`corra.actors._supervisor`)."""
+
+    @property
+    def restarts(self) -> int: ...
+
 
 Status: TypeAlias = Literal["starting", "running", "stopping", "stopped"]
 

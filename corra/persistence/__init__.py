@@ -8,7 +8,7 @@ from corra.persistence._lmdb import QuarantinedRecord as QuarantinedRecord
 from corra.persistence._lmdb import SnapshotCounts as SnapshotCounts
 from corra.persistence._lmdb import StoreReader as StoreReader
 from corra.persistence._lmdb import open_store_readonly as open_store_readonly
-from corra.persistence._store import PendingSave as PendingSave
 from corra.persistence._store import Store as Store
 from corra.persistence._store import StoreStatistics as StoreStatistics
 from corra.persistence._store import open_store as open_store
+from corra.persistence._writes import PendingSave as PendingSave

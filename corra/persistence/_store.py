@@ -21,10 +21,8 @@ The layout, the keys and the reads are in `corra.persistence._lmdb`.
 
 from __future__ import annotations
 
-import base64
 import collections
 import contextlib
-import json
 import os
 import queue
 import threading
@@ -38,17 +36,13 @@ import attrs
 import lmdb
 import trio
 
-from corra._errors import ConfigError, NameTaken, StoreError
+from corra._errors import ConfigError, StoreError
 from corra.persistence._lmdb import (
-    SEQUENCE_BYTES,
-    Databases,
     Environment,
     Reads,
-    history_prefix,
     key_of,
     lmdb_path,
     make_store_dir,
-    mark_active_index_complete,
     open_for_reading,
     open_for_writing,
     opening,
@@ -56,9 +50,17 @@ from corra.persistence._lmdb import (
     require_bytes,
     store_error,
     take_writer_lock,
-    text,
 )
 from corra.persistence._reserve import DiskReserve
+from corra.persistence._writes import (
+    ClaimName,
+    Delete,
+    PendingSave,
+    RebuildActiveIndex,
+    SetAside,
+    Stop,
+    Write,
+)
 
 #: Limits on one write transaction, so that a burst of writes cannot outgrow LMDB's
 #: dirty-page limit; what is left over goes into the next transaction.
@@ -89,225 +91,6 @@ class StoreStatistics:
     """Times the writer grew the map since the store was opened."""
 
 
-# Writes ----------------------------------------------------------------------------------
-
-
-class _Write:
-    """One queued write: applied by the writer thread, awaited by one task (or none)."""
-
-    __slots__ = ("done", "error", "result", "shielded", "task")
-
-    def __init__(self) -> None:
-        self.task: trio.lowlevel.Task | None = None
-        self.result: Any = None
-        self.error: BaseException | None = None
-        self.done = False
-        self.shielded = False
-
-    async def wait(self) -> None:
-        """Until the writer is done with this write, or the task is cancelled (unless
-        ``shielded``: then cancellation waits for the write, as in a shielded scope)."""
-        # `wake` runs on the loop, which is ours until we park: it cannot come first.
-        self.task = trio.lowlevel.current_task()
-        await trio.lowlevel.wait_task_rescheduled(self._abandon)
-
-    def _abandon(self, _: object) -> trio.lowlevel.Abort:
-        if self.shielded:
-            return trio.lowlevel.Abort.FAILED  # delivered at the task's next checkpoint
-        self.task = None  # cancelled: the write still happens, nobody hears of it
-        return trio.lowlevel.Abort.SUCCEEDED
-
-    def wake(self) -> None:
-        """On the loop: the writer is done with it; let the waiting task, if any, go on."""
-        self.done = True
-        if self.task is not None:
-            trio.lowlevel.reschedule(self.task)
-            self.task = None
-
-    def size(self) -> int:
-        return 0
-
-    def apply(self, txn: lmdb.Transaction, databases: Databases) -> Any:
-        """Change the store; raise a `StoreError` subclass before changing anything to fail
-        this write alone."""
-        raise NotImplementedError
-
-
-def _claim(txn: lmdb.Transaction, databases: Databases, name: bytes, process: bytes) -> bytes:
-    owner = txn.get(name, db=databases.names)
-    if owner is None:
-        txn.put(name, process, db=databases.names)
-        return process
-    return owner
-
-
-#: Processes whose next history sequence number the writer remembers, at most (then it
-#: forgets them all and reads them again as needed).
-_REMEMBERED_SEQUENCES: Final = 100_000
-
-
-def _next_history_sequence(txn: lmdb.Transaction, databases: Databases, process: bytes) -> int:
-    """The sequence number of the next history entry of ``process``.
-
-    Remembered from the last save of the process by this writer (the only one: the writer
-    lock), else read: the last key below prefix + 1. A remembered number may run ahead of
-    the store after a transaction that failed, which leaves a gap in the numbers, never a
-    clash: entries keep their order.
-    """
-    remembered = databases.next_history.get(process)
-    if remembered is not None:
-        return remembered
-    prefix = history_prefix(process)
-    cursor = txn.cursor(db=databases.history)
-    found = cursor.prev() if cursor.set_range(process + b"\x01") else cursor.last()
-    if found and cursor.key().startswith(prefix):
-        return int.from_bytes(cursor.key()[len(prefix) :], "big") + 1
-    return 0
-
-
-class PendingSave(_Write):
-    """A save queued by `Store.save_nowait` (and, inside the store, by `Store.save`).
-
-    ``done`` turns true on the loop once the writer is done with it; then ``error`` is None if
-    it committed, else the reason it did not (nothing of it was written).
-    """
-
-    __slots__ = ("active", "after", "name", "process", "snapshot", "transitions")
-
-    def __init__(
-        self,
-        process: bytes,
-        snapshot: bytes,
-        transitions: tuple[bytes, ...],
-        name: bytes | None,
-        active: bool | None = None,
-        after: PendingSave | None = None,
-    ) -> None:
-        # (_Write.__init__ inlined: one of these is made at every transition)
-        self.task = None
-        self.result = None
-        self.error = None
-        self.done = False
-        self.shielded = False
-        self.process = process
-        self.snapshot = snapshot
-        self.transitions = transitions
-        self.name = name
-        self.active = active
-        self.after = after
-
-    def size(self) -> int:
-        return len(self.snapshot) + sum(len(entry) for entry in self.transitions)
-
-    def apply(self, txn: lmdb.Transaction, databases: Databases) -> None:
-        after = self.after
-        if after is not None and after.error is not None:
-            raise StoreError(
-                f"an earlier save of {text(self.process)!r} failed, so this one is not made: "
-                f"{after.error}"
-            )
-        if self.name is not None:
-            owner = _claim(txn, databases, self.name, self.process)
-            if owner != self.process:
-                raise NameTaken(
-                    f"name {text(self.name)!r} belongs to process {text(owner)!r} already"
-                )
-        txn.put(self.process, self.snapshot, db=databases.snapshots)
-        if self.active is True:
-            txn.put(self.process, b"", db=databases.active)
-        elif self.active is False:
-            txn.delete(self.process, db=databases.active)
-        if self.transitions:
-            process = self.process
-            sequence = _next_history_sequence(txn, databases, process)
-            prefix = history_prefix(process)
-            history = databases.history
-            for entry in self.transitions:
-                txn.put(prefix + sequence.to_bytes(SEQUENCE_BYTES, "big"), entry, db=history)
-                sequence += 1
-            remembered = databases.next_history
-            if len(remembered) >= _REMEMBERED_SEQUENCES:
-                remembered.clear()
-            remembered[process] = sequence
-
-
-class _ClaimName(_Write):
-    __slots__ = ("name", "process")
-
-    def __init__(self, name: bytes, process: bytes) -> None:
-        super().__init__()
-        self.name = name
-        self.process = process
-
-    def apply(self, txn: lmdb.Transaction, databases: Databases) -> str:
-        return text(_claim(txn, databases, self.name, self.process))
-
-
-class _SetAside(_Write):
-    __slots__ = ("entry", "process")
-
-    def __init__(self, process: bytes, raw: bytes, reason: str) -> None:
-        super().__init__()
-        self.process = process
-        entry = {"raw": base64.b64encode(raw).decode(), "reason": reason, "time": time.time()}
-        self.entry = json.dumps(entry, separators=(",", ":")).encode()
-
-    def size(self) -> int:
-        return len(self.entry)
-
-    def apply(self, txn: lmdb.Transaction, databases: Databases) -> None:
-        txn.put(self.process, self.entry, db=databases.quarantine)
-        txn.delete(self.process, db=databases.snapshots)
-        txn.delete(self.process, db=databases.active)
-
-
-class _Delete(_Write):
-    __slots__ = ("process",)
-
-    def __init__(self, process: bytes) -> None:
-        super().__init__()
-        self.process = process
-
-    def apply(self, txn: lmdb.Transaction, databases: Databases) -> None:
-        txn.delete(self.process, db=databases.snapshots)
-        txn.delete(self.process, db=databases.active)
-        txn.delete(self.process, db=databases.quarantine)
-        databases.next_history.pop(self.process, None)  # its history starts again at 0
-        prefix = history_prefix(self.process)
-        cursor = txn.cursor(db=databases.history)
-        if cursor.set_range(prefix):
-            while cursor.key().startswith(prefix) and cursor.delete():
-                pass
-        # Names are keyed by name: finding this process's ones reads them all (deletes are
-        # rare, and a reverse index would cost every claim a second write).
-        names = txn.cursor(db=databases.names)
-        owned = [name for name, owner in names if owner == self.process]
-        for name in owned:
-            txn.delete(name, db=databases.names)
-
-
-class _RebuildActiveIndex(_Write):
-    __slots__ = ("is_active",)
-
-    def __init__(self, is_active: Callable[[bytes], bool]) -> None:
-        super().__init__()
-        self.is_active = is_active
-
-    def apply(self, txn: lmdb.Transaction, databases: Databases) -> int:
-        txn.drop(databases.active, delete=False)
-        count = 0
-        for key, snapshot in txn.cursor(db=databases.snapshots):
-            if self.is_active(snapshot):
-                txn.put(key, b"", db=databases.active)
-                count += 1
-        mark_active_index_complete(txn, databases)
-        return count
-
-
-class _Stop:
-    """Queued by close: the writer commits what came before it, then stops."""
-
-
 # The store -------------------------------------------------------------------------------
 
 
@@ -329,7 +112,7 @@ class Store(Reads):
         self.durable = durable
         self.readonly = readonly
         self._initial_map_size = map_size
-        self._queue: queue.SimpleQueue[_Write | _Stop] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Write | Stop] = queue.SimpleQueue()
         self._open: Environment | None = None
         self._accepting = False
         self._failure: BaseException | None = None
@@ -467,7 +250,7 @@ class Store(Reads):
         Raises:
             StoreError: the transaction failed, or the store is closed or read-only.
         """
-        result: str = await self._submit(_ClaimName(key_of(name, "name"), process_key(process_id)))
+        result: str = await self._submit(ClaimName(key_of(name, "name"), process_key(process_id)))
         return result
 
     async def set_aside(self, process_id: str, raw: bytes, reason: str) -> None:
@@ -480,7 +263,7 @@ class Store(Reads):
         """
         if not isinstance(reason, str):
             raise TypeError(f"reason must be a string, not {type(reason).__name__}")
-        await self._submit(_SetAside(process_key(process_id), require_bytes(raw, "raw"), reason))
+        await self._submit(SetAside(process_key(process_id), require_bytes(raw, "raw"), reason))
 
     async def delete(self, process_id: str) -> None:
         """Remove every trace of ``process_id``: snapshot, history, names, quarantine entry.
@@ -489,7 +272,7 @@ class Store(Reads):
         Raises:
             StoreError: the transaction failed, or the store is closed or read-only.
         """
-        await self._submit(_Delete(process_key(process_id)))
+        await self._submit(Delete(process_key(process_id)))
 
     async def rebuild_active_index(self, is_active: Callable[[bytes], bool]) -> int:
         """Rebuild the ``active`` index from every snapshot: an id is in it if and only if
@@ -508,7 +291,7 @@ class Store(Reads):
         """
         if not callable(is_active):
             raise TypeError(f"is_active must be callable, not {type(is_active).__name__}")
-        result: int = await self._submit(_RebuildActiveIndex(is_active))
+        result: int = await self._submit(RebuildActiveIndex(is_active))
         return result
 
     def _check_accepting(self) -> None:
@@ -517,7 +300,7 @@ class Store(Reads):
         if not self._accepting:
             raise StoreError(f"the store at {self.path} is closed")
 
-    async def _submit(self, write: _Write) -> Any:
+    async def _submit(self, write: Write) -> Any:
         await trio.lowlevel.checkpoint_if_cancelled()
         self._check_accepting()
         self._queue.put(write)
@@ -565,7 +348,7 @@ class Store(Reads):
             _call_soon(token, opened.set)
             if self._open is None:
                 return
-            backlog: collections.deque[_Write] = collections.deque()
+            backlog: collections.deque[Write] = collections.deque()
             try:
                 self._commit_until_stopped(token, backlog)
             except BaseException as exc:  # a bug here must not leave tasks waiting forever
@@ -592,7 +375,7 @@ class Store(Reads):
         return environment
 
     def _commit_until_stopped(
-        self, token: trio.lowlevel.TrioToken, backlog: collections.deque[_Write]
+        self, token: trio.lowlevel.TrioToken, backlog: collections.deque[Write]
     ) -> None:
         stopping = False
         while True:
@@ -613,13 +396,13 @@ class Store(Reads):
             _call_soon(token, _wake, batch)
 
     @staticmethod
-    def _take(item: _Write | _Stop, backlog: collections.deque[_Write]) -> bool:
-        if isinstance(item, _Stop):
+    def _take(item: Write | Stop, backlog: collections.deque[Write]) -> bool:
+        if isinstance(item, Stop):
             return True
         backlog.append(item)
         return False
 
-    def _commit(self, batch: list[_Write]) -> None:
+    def _commit(self, batch: list[Write]) -> None:
         environment = self._environment()
         started = time.perf_counter()
         try:
@@ -660,7 +443,7 @@ class Store(Reads):
     def _fail_all(
         self,
         token: trio.lowlevel.TrioToken,
-        backlog: collections.deque[_Write],
+        backlog: collections.deque[Write],
         cause: BaseException,
     ) -> None:
         pending = list(backlog)
@@ -670,7 +453,7 @@ class Store(Reads):
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if isinstance(item, _Write):
+            if isinstance(item, Write):
                 pending.append(item)
         for write in pending:
             write.error = store_error(f"the store writer at {self.path} failed: {cause}", cause)
@@ -683,7 +466,7 @@ class Store(Reads):
                 item = self._queue.get_nowait()
             except queue.Empty:
                 return
-            if isinstance(item, _Write):
+            if isinstance(item, Write):
                 item.error = StoreError(f"the store at {self.path} is closed")
                 item.wake()
 
@@ -707,7 +490,7 @@ class Store(Reads):
                 self._writer_lock = None
 
 
-def _next_batch(backlog: collections.deque[_Write]) -> list[_Write]:
+def _next_batch(backlog: collections.deque[Write]) -> list[Write]:
     batch = [backlog.popleft()]
     size = batch[0].size()
     while backlog and len(batch) < _MAX_BATCH_WRITES:
@@ -718,7 +501,7 @@ def _next_batch(backlog: collections.deque[_Write]) -> list[_Write]:
     return batch
 
 
-def _wake(writes: list[_Write]) -> None:
+def _wake(writes: list[Write]) -> None:
     for write in writes:
         write.wake()
 
@@ -769,7 +552,7 @@ async def open_store(
         # The thread's last act is to wake us, so join() does not block the loop.
         with trio.CancelScope(shield=True):
             store._accepting = False
-            store._queue.put(_Stop())
+            store._queue.put(Stop())
             await stopped.wait()
             thread.join()
             store._refuse_leftovers()
