@@ -3,10 +3,8 @@ one list, page, show and follow processes alike."""
 
 from __future__ import annotations
 
-import ast
 import subprocess
 import sys
-from pathlib import Path
 
 import trio
 
@@ -99,19 +97,3 @@ async def test_a_follow_from_the_state_dir_ends_with_the_program(tmp_path):
             )
             text = "".join([entry.text async for entry in entries])
     assert text == "one\ntwo\n"
-
-
-def test_the_query_names_no_backend_and_no_edge():
-    """The read model is of the process domain: it reads through the `Backend` protocol and
-    the readers it is given, never from a backend, the API or the command line by name."""
-    source = Path(__file__).parent.parent / "corra" / "processes" / "_query.py"
-    imported = set()
-    for node in ast.walk(ast.parse(source.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module:
-            imported.add(node.module)
-        elif isinstance(node, ast.Import):
-            imported.update(alias.name for alias in node.names)
-    corra_modules = {name for name in imported if name.startswith("corra")}
-    assert corra_modules, "the test reads the imports"
-    for name in corra_modules:
-        assert not name.startswith(("corra.backends", "corra.api", "corra.cli")), name
