@@ -24,8 +24,9 @@ from corra._errors import ConfigError
 from corra._runtime import HISTORY_CODEC, RECORD_CODEC, REMOTE_LOGS
 from corra.backends.recorded import RUNS, recorded
 from corra.persistence import open_store_readonly
-from corra.processes._query import ProcessQuery, StateDirSource
+from corra.processes._query import ProcessQuery
 from corra.processes._records import ProcessRecord
+from corra.processes._sources import StateDirSource
 
 
 @contextlib.asynccontextmanager

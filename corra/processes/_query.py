@@ -1,17 +1,11 @@
 """What the command line and the API read: processes listed and shown, their history, and
 their output, followed.
 
-One read model, `ProcessQuery`, over either of two sources:
-
-- a live runtime's `ProcessManager` (`ProcessQuery.of_manager`): the API, where the records
-  of active processes in memory may be ahead of the store;
-- a state dir read without a runtime (`StateDirSource`, opened by `corra._readonly`): ``corra
-  ps``, ``show`` and ``logs`` when no service runs. There a record may say ``running`` of a
-  program that ended long ago (no runtime collected its exit): what its chaperone recorded
-  says more, and says when its output is complete.
-
-So ``corra ps`` and ``GET /v1/processes`` filter and page the same way, and a process's output
-has one follower, `ProcessQuery.follow_logs`, whichever the source.
+One read model, `ProcessQuery`, over either source (`corra.processes._sources`): a live
+runtime's manager (the API: `ProcessQuery.of_manager`), or a state dir read without a runtime
+(``corra ps``, ``show`` and ``logs`` when no service runs: `corra._readonly`). So ``corra ps``
+and ``GET /v1/processes`` filter and page the same way, and a process's output has one
+follower, `ProcessQuery.follow_logs`, whichever the source.
 
 Offsets are byte offsets into one attempt's log (every attempt writes a log of its own), and
 an entry's text is exactly the bytes from its ``offset`` to its ``next_offset``, decoded as
@@ -19,27 +13,22 @@ UTF-8: a character is never split across entries (the bytes of one that is not c
 wait for the rest), and bytes that are not UTF-8 become U+FFFD. A reader that goes on from
 the ``attempt`` and ``next_offset`` of the last entry it got misses nothing and sees nothing
 twice.
-
-Nothing here names a backend: output is read through the `Backend` protocol's ``read_log``
-and ``log_size``, and what a chaperone recorded through a reader the caller passes
-(`corra.backends.recorded`).
 """
 
 from __future__ import annotations
 
 import codecs
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import AsyncGenerator, Callable, Mapping
+from typing import Any
 
 import attrs
 import trio
 
 from corra._errors import NoSuchProcess
-from corra.processes._backend import EffectKey
-from corra.processes._lifecycle import ACTIVE
-from corra.processes._process import Codec, ProcessManager, find_record, sorted_records
+from corra.processes._process import ProcessManager
 from corra.processes._records import ProcessRecord, Transition
+from corra.processes._sources import LiveSource, RecordedReader, Source
 
 #: The most bytes one log entry carries.
 CHUNK = 64 << 10
@@ -47,51 +36,6 @@ CHUNK = 64 << 10
 LOCAL_POLL = 0.1
 #: Between two looks at a remote one (each look is a round trip to the host).
 REMOTE_POLL = 1.0
-
-
-class Recorded(Protocol):
-    """What the chaperone of a process's current attempt recorded
-    (`corra.backends.recorded.Recorded`)."""
-
-    @property
-    def state(self) -> str: ...
-
-    def json(self) -> dict[str, Any]: ...
-
-
-#: What the chaperone of a record's program recorded, read from the state dir (blocking);
-#: None if the record has no program that nobody may watch.
-RecordedReader = Callable[[ProcessRecord], "Recorded | None"]
-
-
-class Source(Protocol):
-    """Where a `ProcessQuery` reads: a live manager, or a state dir without a runtime."""
-
-    def get(self, id_or_name: str) -> ProcessRecord:
-        """The record of the process with this id, else this name; `NoSuchProcess` if none."""
-
-    async def scan(self) -> tuple[list[ProcessRecord], int]:
-        """Every readable record, oldest first, and how many could not be read."""
-
-    def current(self, record: ProcessRecord) -> ProcessRecord:
-        """``record`` as the source knows it now (a scan may lag behind memory)."""
-
-    def history(self, record: ProcessRecord) -> list[Transition]:
-        """The record's transitions, oldest first."""
-
-    async def recorded(self, records: Sequence[ProcessRecord]) -> list[dict[str, Any] | None]:
-        """Per record, what its chaperone recorded where that says more than the record."""
-
-    async def attempt_over(self, record: ProcessRecord, attempt: int) -> bool:
-        """Whether ``attempt``'s log grows no more."""
-
-    async def read_log(
-        self, record: ProcessRecord, stream: str, offset: int, size: int, attempt: int
-    ) -> bytes:
-        """Up to ``size`` bytes of ``attempt``'s ``stream`` from ``offset``."""
-
-    async def log_size(self, record: ProcessRecord, stream: str, attempt: int) -> int | None:
-        """How many bytes of ``attempt``'s ``stream`` there are now (None: cannot tell)."""
 
 
 @attrs.frozen
@@ -177,7 +121,7 @@ class ProcessQuery:
     def of_manager(cls, manager: ProcessManager, recorded: RecordedReader) -> ProcessQuery:
         """The query of a live runtime; ``recorded`` reads what a chaperone recorded (of
         paused processes only: the actors of the others know better)."""
-        return cls(_Live(manager, recorded))
+        return cls(LiveSource(manager, recorded))
 
     def get(self, id_or_name: str) -> ProcessRecord:
         """The process with this id, else this name.
@@ -317,126 +261,3 @@ class ProcessQuery:
 
 def _is_set(event: trio.Event | None) -> bool:
     return event is not None and event.is_set()
-
-
-class _Live:
-    """A live runtime's manager as a `Source`."""
-
-    def __init__(self, manager: ProcessManager, recorded: RecordedReader) -> None:
-        self._manager = manager
-        self._recorded = recorded
-
-    def get(self, id_or_name: str) -> ProcessRecord:
-        return self._manager.get(id_or_name)
-
-    async def scan(self) -> tuple[list[ProcessRecord], int]:
-        # (corrupt records are left out, and set aside by the recovery)
-        return await trio.to_thread.run_sync(self._manager.list), 0
-
-    def current(self, record: ProcessRecord) -> ProcessRecord:
-        if record.phase in ACTIVE:
-            return self._manager.get(record.id)  # (memory can be ahead of the disk)
-        return record
-
-    def history(self, record: ProcessRecord) -> list[Transition]:
-        return self._manager.history(record)
-
-    async def recorded(self, records: Sequence[ProcessRecord]) -> list[dict[str, Any] | None]:
-        # Only a paused process's program may run unwatched (it may have ended meanwhile:
-        # resume collects it); the actors of the others know better.
-        if not any(record.phase == "paused" for record in records):
-            await trio.lowlevel.checkpoint()
-            return [None] * len(records)
-        return await trio.to_thread.run_sync(
-            _read_recorded, self._recorded, [r if r.phase == "paused" else None for r in records]
-        )
-
-    async def attempt_over(self, record: ProcessRecord, attempt: int) -> bool:
-        await trio.lowlevel.checkpoint()
-        return record.state.attempt > attempt or record.state.terminal
-
-    async def read_log(
-        self, record: ProcessRecord, stream: str, offset: int, size: int, attempt: int
-    ) -> bytes:
-        return await self._manager.read_log(record, stream, offset, size, attempt=attempt)
-
-    async def log_size(self, record: ProcessRecord, stream: str, attempt: int) -> int | None:
-        return await self._manager.log_size(record, stream, attempt=attempt)
-
-
-class StateDirSource:
-    """A state dir read without a runtime, as a `Source` (see `corra._readonly`).
-
-    Args:
-        store: the store, opened read-only (`corra.persistence.open_store_readonly`).
-        codec: the records' codec; ``history_codec``: the transitions'.
-        recorded: what a chaperone recorded of a record's program.
-        backend: the backend of a record, opened read-only (for its ``read_log`` and
-            ``log_size``).
-    """
-
-    def __init__(
-        self,
-        store: Any,
-        codec: Codec,
-        history_codec: Codec,
-        recorded: RecordedReader,
-        backend: Callable[[ProcessRecord], Awaitable[Any]],
-    ) -> None:
-        self._store = store
-        self._codec = codec
-        self._history_codec = history_codec
-        self._recorded = recorded
-        self._backend = backend
-
-    def get(self, id_or_name: str) -> ProcessRecord:
-        return find_record(self._store, self._codec, id_or_name)
-
-    async def scan(self) -> tuple[list[ProcessRecord], int]:
-        await trio.lowlevel.checkpoint()
-        return sorted_records(self._store, self._codec)
-
-    def current(self, record: ProcessRecord) -> ProcessRecord:
-        return record
-
-    def history(self, record: ProcessRecord) -> list[Transition]:
-        return [self._history_codec.decode(raw) for raw in self._store.history(record.id)]
-
-    async def recorded(self, records: Sequence[ProcessRecord]) -> list[dict[str, Any] | None]:
-        # No runtime watches any of them (or one that does is not asked): every program of a
-        # current attempt may have ended unseen.
-        return await trio.to_thread.run_sync(_read_recorded, self._recorded, list(records))
-
-    async def attempt_over(self, record: ProcessRecord, attempt: int) -> bool:
-        if record.state.attempt > attempt or record.phase not in ACTIVE:
-            await trio.lowlevel.checkpoint()
-            return True
-        # Its record may say running long after its program ended: its chaperone knows.
-        found = await trio.to_thread.run_sync(self._recorded, record)
-        return found is not None and found.state in ("exited", "lost")
-
-    async def read_log(
-        self, record: ProcessRecord, stream: str, offset: int, size: int, attempt: int
-    ) -> bytes:
-        backend = await self._backend(record)
-        key = str(EffectKey(record.id, attempt))
-        data: bytes = await backend.read_log(key, stream, offset, size, record.spec.host)
-        return data
-
-    async def log_size(self, record: ProcessRecord, stream: str, attempt: int) -> int | None:
-        backend = await self._backend(record)
-        size: int | None = await backend.log_size(
-            str(EffectKey(record.id, attempt)), stream, record.spec.host
-        )
-        return size
-
-
-def _read_recorded(
-    reader: RecordedReader, records: Sequence[ProcessRecord | None]
-) -> list[dict[str, Any] | None]:
-    """Per record (None: not asked), what its chaperone recorded, as JSON."""
-    out: list[dict[str, Any] | None] = []
-    for record in records:
-        found = None if record is None else reader(record)
-        out.append(None if found is None else found.json())
-    return out
