@@ -44,8 +44,15 @@ TOP = {
     "corra._jobfile": {"corra._runtime", "corra._remote"},
     "corra._remote": set(),
     "corra._runtime": {"corra._remote"},
+    "corra._readonly": {"corra._runtime", "corra._remote"},
     "corra.api": {"corra._runtime", "corra._remote", "corra._jobfile"},
-    "corra.cli": {"corra._runtime", "corra._remote", "corra._jobfile", "corra.api"},
+    "corra.cli": {
+        "corra._runtime",
+        "corra._remote",
+        "corra._jobfile",
+        "corra._readonly",
+        "corra.api",
+    },
     "corra.testing": {"corra._runtime", "corra._remote", "corra._jobfile"},
     "corra": set(),
 }

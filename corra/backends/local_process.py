@@ -1,4 +1,4 @@
-"""The local backend as a process actor sees it (`corra.processes._process.Backend`).
+"""The local backend as a process actor sees it (`corra.processes._ports.Backend`).
 
 `LocalBackend` speaks in its own values (`LaunchSpec`, `Handle`, `ExitRecord`); this adapter
 turns a `ProcessSpec` into a launch, a handle into the JSON-able mapping kept in the process
