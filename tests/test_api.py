@@ -22,7 +22,7 @@ from corra._runtime import open_runtime
 from corra.api import MAX_BODY, OPENAPI, Listen, open_api, serve_api
 from corra.api._events import PhaseCounts
 from corra.api._files import load_token, parse_listen, socket_address
-from corra.api._logs import Utf8Chunks
+from corra.processes._query import Utf8Chunks
 
 TOKEN = "test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

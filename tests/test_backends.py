@@ -21,7 +21,6 @@ from test_api import TOKEN, serving
 
 import corra
 import corra._runtime
-from corra._backend_list import backends_json
 from corra._errors import ConfigError
 from corra.backends import local
 from corra.backends.local import LaunchSpec, LocalBackend
@@ -79,7 +78,7 @@ def test_corra_backends_json_is_each_plugin_described(tmp_path: Path) -> None:
     done = corra_cli("--state-dir", str(tmp_path / "state"), "backends", "--json")
     assert done.returncode == 0, done.stderr
     described = json.loads(done.stdout)
-    assert described == json.loads(json.dumps(backends_json()))
+    assert described == json.loads(json.dumps(installed.describe()))
     assert described == [
         json.loads(json.dumps(describe_plugin(plugin))) for plugin in installed.plugins.values()
     ]
@@ -92,7 +91,7 @@ async def test_get_v1_backends_answers_what_corra_backends_json_prints(tmp_path:
     async with serving(tmp_path) as served:
         response = await served.http.get("/v1/backends")
         assert response.status_code == 200
-        assert response.json() == json.loads(json.dumps(backends_json()))
+        assert response.json() == json.loads(json.dumps(installed.describe()))
         async with httpx.AsyncClient(base_url=served.urls[0]) as bare:
             refused = await bare.get("/v1/backends")
             assert refused.status_code == 401

@@ -9,7 +9,6 @@ Real programs, a real `corra run` killed with SIGKILL, and `corra` itself as a s
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import signal
@@ -284,23 +283,50 @@ def test_recorded_of_a_remote_program_is_its_complete_shipped_logs_else_unknown(
     assert recorded(tmp_path, ProcessRecord("p1", spec, done, 0.0)) is None
 
 
-def test_logs_without_follow_stop_at_the_output_there_was_when_they_began(tmp_path):
-    """`corra logs` read from the files (no service) of a program that writes faster than
-    its reader reads: the copy ends at the size the log had when it began."""
-    from corra.cli import _copy_log
+async def test_logs_without_follow_stop_at_the_output_there_was_when_they_began(tmp_path):
+    """`corra logs` read from the state dir (no service) of a program that writes faster than
+    its reader reads: the read ends at the size the log had when it began."""
+    from corra.processes._convert import parse_process_spec
+    from corra.processes._lifecycle import ProcessState
+    from corra.processes._query import ProcessQuery
+    from corra.processes._record import ProcessRecord
 
     log = tmp_path / "stdout"
     log.write_bytes(b"x" * 200_000)
+    spec = parse_process_spec({"argv": ["true"]})
+    record = ProcessRecord("p1", spec, ProcessState(phase="running"), 0.0)
 
-    class FasterWriter(io.BytesIO):
-        def write(self, data: bytes) -> int:  # (each chunk read, the program writes more)
+    class FasterWriter:  # (a source whose program writes twice what each read takes)
+        def get(self, id_or_name: str) -> ProcessRecord:
+            return record
+
+        async def attempt_over(self, record: ProcessRecord, attempt: int) -> bool:
+            return False
+
+        async def read_log(self, record, stream, offset, size, attempt):  # type: ignore[no-untyped-def]
+            assert offset < 10_000_000, "the read never ends"
+            with log.open("rb") as file:
+                file.seek(offset)
+                data = file.read(size)
             with log.open("ab") as file:
                 file.write(b"y" * (2 * len(data)))
-            assert self.tell() < 10_000_000, "the copy never ends"
-            return super().write(data)
+            return data
 
-    out = FasterWriter()
-    assert _copy_log(log, 1000, out) == 200_000
-    assert out.getvalue() == b"x" * 199_000
-    # a follow goes on from there, with what came meanwhile
-    assert _copy_log(log, 200_000, io.BytesIO()) > 200_000
+        async def log_size(self, record, stream, attempt):  # type: ignore[no-untyped-def]
+            return log.stat().st_size
+
+    query = ProcessQuery(FasterWriter())  # type: ignore[arg-type]
+
+    async def read(offset: int) -> tuple[bytes, int]:
+        end = await query.log_end(record, "stdout", 1)
+        entries = query.follow_logs(
+            "p1", stream="stdout", attempt=1, offset=offset, follow=False, end=end
+        )
+        read = [entry async for entry in entries]
+        return b"".join(entry.data for entry in read), read[-1].next_offset
+
+    data, reached = await read(1000)
+    assert reached == 200_000
+    assert data == b"x" * 199_000
+    # a read goes on from there, with what came meanwhile
+    assert (await read(200_000))[1] > 200_000

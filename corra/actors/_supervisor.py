@@ -40,12 +40,11 @@ Rules (OTP's, with the differences named):
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import logging
 import math
 from collections.abc import Iterator
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal
 
 import attrs
 import outcome
@@ -62,10 +61,9 @@ from corra._errors import (
     RestartIntensityExceeded,
 )
 from corra.actors._actor import Ref, Status, _ActorCell, _Call, _Cell, _CellRef
+from corra.actors._children import ChildStatus, RestartWindow, _Child, _ChildExit, _RestartDue
 from corra.actors._mailbox import Mailbox
 from corra.actors._specs import ChildSpec, SupervisorSpec
-
-ChildStatus: TypeAlias = Literal["running", "restarting", "stopped"]
 
 logger = logging.getLogger("corra.supervisor")
 
@@ -104,44 +102,6 @@ class SupervisorStatistics:
     pending: int
 
 
-class _Child:
-    """A supervisor's record of one child spec and its current incarnation."""
-
-    __slots__ = ("cell", "consecutive", "restarts", "spec", "started_at", "wanted")
-
-    def __init__(self, spec: ChildSpec) -> None:
-        self.spec = spec
-        self.cell: _Cell | None = None
-        # Whether the supervisor means the child to run (false once terminated or exited
-        # for good); a wanted child with no cell is waiting for its restart.
-        self.wanted = False
-        self.restarts = 0
-        self.consecutive = 0
-        self.started_at = 0.0
-
-    @property
-    def status(self) -> ChildStatus:
-        if self.cell is not None:
-            return "running"
-        return "restarting" if self.wanted else "stopped"
-
-
-@attrs.frozen
-class _ChildExit:
-    """A child's incarnation ended (``cell``), or its restart failed (``cell`` is None)."""
-
-    child: _Child
-    cell: _Cell | None
-    reason: BaseException | None
-    # With a failed restart: the rest of its group, not started yet, waiting on this retry.
-    waiting: tuple[_Child, ...] = ()
-
-
-@attrs.frozen
-class _RestartDue:
-    group: tuple[_Child, ...]
-
-
 _STOP = object()
 
 
@@ -154,7 +114,7 @@ class _SupervisorCell(_Cell):
         self.flags = spec.flags
         self.children: list[_Child] = []
         self.by_id: dict[str, _Child] = {}
-        self.restart_times: collections.deque[float] = collections.deque()
+        self.window = RestartWindow(self.flags.intensity, self.flags.period)
         self.restarts_total = 0
         # Exits, restarts due and requests, in order; `idle` while the loop waits for one.
         self.queue = Mailbox(math.inf)
@@ -377,7 +337,7 @@ class _SupervisorCell(_Cell):
                 self._remove(other)
         group = [c for c in group if c.spec.restart != "temporary"]
         child.wanted = True
-        delay = self._delay(child)
+        delay = child.delay()
         logger.info(
             "%s: %s: restarting %s in %g s",
             self.path,
@@ -393,11 +353,7 @@ class _SupervisorCell(_Cell):
 
     def _count_restart(self, child: _Child, reason: BaseException | None) -> None:
         now = trio.current_time()
-        times = self.restart_times
-        times.append(now)
-        while times and times[0] < now - self.flags.period:  # as OTP: R >= Now - Period
-            times.popleft()
-        if len(times) > self.flags.intensity:
+        if not self.window.admit(now):
             logger.error(
                 "%s: more than %d restarts in %g s: stopping all children and giving up",
                 self.path,
@@ -409,17 +365,9 @@ class _SupervisorCell(_Cell):
                 f"more than {self.flags.intensity} restarts in {self.flags.period:g} s; "
                 f"last: child {child.spec.id!r} exited with {reason!r}",
             ) from reason
-        if child.started_at and now - child.started_at >= self._reset_after(child):
+        if child.started_at and now - child.started_at >= child.reset_after:
             child.consecutive = 0
         child.consecutive += 1
-
-    def _reset_after(self, child: _Child) -> float:
-        backoff = child.spec.backoff
-        return backoff.reset_after if backoff is not None else math.inf
-
-    def _delay(self, child: _Child) -> float:
-        backoff = child.spec.backoff
-        return backoff.delay(child.consecutive) if backoff is not None else 0.0
 
     def _group(self, child: _Child) -> list[_Child]:
         strategy = self.flags.strategy

@@ -16,10 +16,11 @@ request is in is logged as that (499), not as an error.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hmac
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import trio
@@ -30,7 +31,6 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 import corra
-from corra._backend_list import backends_json
 from corra._errors import (
     ActorError,
     BackendError,
@@ -44,7 +44,6 @@ from corra._errors import (
 from corra.api import _metrics
 from corra.api._cache import TerminalCache
 from corra.api._events import EventLog, PhaseCounts
-from corra.api._logs import log_end, log_entries
 from corra.api._openapi import OPENAPI
 from corra.api._requests import (
     MAX_BODY,
@@ -58,11 +57,13 @@ from corra.api._requests import (
     single,
 )
 from corra.api._wire import detail_json, record_json
-from corra.backends.recorded import recorded, unwatched_program
+from corra.backends.recorded import recorded
 from corra.processes._convert import parse_process_spec
-from corra.processes._lifecycle import ACTIVE, PHASES
+from corra.processes._lifecycle import PHASES
 from corra.processes._manager import MAX_LOG_OFFSET
-from corra.processes._record import ProcessRecord, Transition
+from corra.processes._query import LogEntry, ProcessQuery, ProcessView
+from corra.processes._record import ProcessRecord
+from corra.processes._registry import installed
 
 logger = logging.getLogger("corra.api")
 
@@ -168,6 +169,9 @@ class Api:
             raise ConfigError("token: empty; the API needs a bearer token")
         self.runtime = runtime
         self.manager = runtime.processes
+        self.query = ProcessQuery.of_manager(
+            self.manager, functools.partial(recorded, runtime.state_dir)
+        )
         self.events = EventLog()
         self.phases = PhaseCounts()
         self.commits = _metrics.CommitLatency(self.manager.store)
@@ -240,7 +244,7 @@ class Api:
         return Response(text, media_type=_metrics.CONTENT_TYPE)
 
     async def backends(self, request: Request) -> Response:
-        return JSONResponse(backends_json())
+        return JSONResponse(installed.describe())
 
     async def _processes(self, request: Request) -> Response:
         # (one route for both methods, so that a 405 there names both in its Allow header)
@@ -275,59 +279,33 @@ class Api:
             labels[key] = value
         limit = integer(query, "limit", DEFAULT_LIMIT, minimum=1, maximum=MAX_LIMIT)
         cursor = single(query, "cursor")
-        records = await trio.to_thread.run_sync(self.manager.list)
-        start = 0
-        if cursor is not None:
-            for index, record in enumerate(records):
-                if record.id == cursor:
-                    start = index + 1
-                    break
-            else:
-                raise ApiError(400, "bad_request", f"cursor: got {cursor!r}, not a process id")
-        items: list[dict[str, Any]] = []
-        next_cursor = None
-        for record in records[start:]:
-            if record.phase in ACTIVE:
-                record = self.manager.get(record.id)  # (memory can be ahead of the disk)
-            if phase is not None and record.phase != phase:
-                continue
-            if name is not None and record.name != name:
-                continue
-            if any(record.spec.labels.get(key) != value for key, value in labels.items()):
-                continue
-            if len(items) == limit:
-                next_cursor = items[-1]["id"]
-                break
-            items.append(record_json(record, await self._recorded(record)))
-        return JSONResponse({"items": items, "next_cursor": next_cursor})
+        try:
+            page = await self.query.list(
+                phase=phase, name=name, labels=labels, cursor=cursor, limit=limit
+            )
+        except NoSuchProcess:
+            raise ApiError(
+                400, "bad_request", f"cursor: got {cursor!r}, not a process id"
+            ) from None
+        items = [record_json(view.record, view.recorded) for view in page.items]
+        return JSONResponse({"items": items, "next_cursor": page.next_cursor})
 
     async def get_process(self, request: Request) -> Response:
         known_only(request.query_params, "show_env")
         key = request.path_params["id"]
         if boolean(request.query_params, "show_env", False):
             # (asked for: never cached, so that the cache holds no env value)
-            record = self._lookup(key)
-            recorded = await self._recorded(record)
-            return JSONResponse(detail_json(record, self._history(record), recorded, show_env=True))
+            view = await self.query.show(self._lookup(key))
+            return JSONResponse(_detail(view, show_env=True))
         body = self._terminal.get(key)  # (by id only: a name is resolved by the manager)
         if body is None:
             record = self._lookup(key)
             body = self._terminal.get(record.id)
             if body is None:
-                recorded = await self._recorded(record)
-                body = JSONResponse(detail_json(record, self._history(record), recorded)).body
+                body = JSONResponse(_detail(await self.query.show(record))).body
                 if record.state.terminal:
                     self._remember_terminal(record, body)
         return Response(body, media_type="application/json")
-
-    async def _recorded(self, record: ProcessRecord) -> dict[str, Any] | None:
-        """What the chaperone recorded of a paused process's program, which no runtime
-        watches (it may have ended meanwhile: resume collects it); None for the others,
-        whose actors know better."""
-        if record.phase != "paused" or not unwatched_program(record):
-            return None
-        found = await trio.to_thread.run_sync(recorded, self.runtime.state_dir, record)
-        return None if found is None else found.json()
 
     async def pause_process(self, request: Request) -> Response:
         known_only(request.query_params)
@@ -366,9 +344,8 @@ class Api:
         current = record.state.attempt
         attempt = integer(query, "attempt", current, minimum=1, maximum=current)
         follow = boolean(query, "follow", False)
-        end = None if follow else await log_end(self.manager, record, stream, attempt)
-        entries = log_entries(
-            self.manager,
+        end = None if follow else await self.query.log_end(record, stream, attempt)
+        entries = self.query.follow_logs(
             record.id,
             stream=stream,
             attempt=attempt,
@@ -377,7 +354,7 @@ class Api:
             stopping=self.stopping,
             end=end,
         )
-        return _stream(entries, f"logs of {record.id}")
+        return _stream(_log_json(entries), f"logs of {record.id}")
 
     async def event_stream(self, request: Request) -> Response:
         query = request.query_params
@@ -406,7 +383,7 @@ class Api:
         """The process that ``key`` (an id or a name from a URL) names; `NoSuchProcess` (404)
         also for a key that no process could have (too long, a NUL byte)."""
         try:
-            return self.manager.get(key)
+            return self.query.get(key)
         except NoSuchProcess:
             raise
         except ConfigError as exc:
@@ -417,10 +394,6 @@ class Api:
         terminal phase, and its history is complete), by id (a name may look like another
         process's id: names are resolved by the manager, which prefers ids)."""
         self._terminal.put(record.id, body)
-
-    def _history(self, record: ProcessRecord) -> list[Transition]:
-        """The history of a record in hand (not looked up again)."""
-        return self.manager.history(record)
 
     async def _api_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
@@ -485,6 +458,17 @@ def _closing(send: Callable[[dict[str, Any]], Awaitable[None]]) -> Any:
         await send(message)
 
     return closing
+
+
+def _detail(view: ProcessView, *, show_env: bool = False) -> dict[str, Any]:
+    assert view.history is not None
+    return detail_json(view.record, view.history, view.recorded, show_env=show_env)
+
+
+async def _log_json(entries: AsyncGenerator[LogEntry, None]) -> AsyncIterator[dict[str, Any]]:
+    async with contextlib.aclosing(entries):
+        async for entry in entries:
+            yield entry.json()
 
 
 def _stream(entries: AsyncIterator[dict[str, Any]], what: str) -> Response:

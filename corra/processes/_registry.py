@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import importlib.metadata
 from collections.abc import Mapping
+from typing import Any
 
 from corra._errors import ConfigError
-from corra.processes._backend import ENTRY_POINT_GROUP, BackendPlugin
+from corra.processes._backend import ENTRY_POINT_GROUP, BackendPlugin, describe_plugin
 
 
 class Registry:
@@ -48,6 +49,15 @@ class Registry:
                 f"backend: got {name!r}, expected one of {', '.join(map(repr, plugins))} "
                 f"(the installed backends: corra backends)"
             ) from None
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Every installed backend, described (`describe_plugin`), by name: what
+        ``corra backends --json`` prints and ``GET /v1/backends`` answers.
+
+        Raises:
+            ConfigError: as `plugins`.
+        """
+        return [describe_plugin(plugin) for plugin in self.plugins.values()]
 
 
 def _discover() -> dict[str, BackendPlugin]:

@@ -1,34 +1,34 @@
-"""The installed backends as ``corra backends`` and ``GET /v1/backends`` show them.
+"""``corra backends [--json]``: the installed backends, with their capabilities and options.
 
-Both show the same data: `corra.processes._backend.describe_plugin` of every plug-in
-registered under ``corra.backends`` (`corra.processes._registry.installed`), sorted by name.
-The command line prints it as a table, or as that JSON with ``--json``.
+The data is the registry's (`corra.processes._registry.Registry.describe`), the same that
+``GET /v1/backends`` answers; ``--json`` prints it as it is, the table lays it out per backend,
+as ``docker info`` does.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
+from pathlib import Path
 from typing import Any, TextIO
 
-from corra.processes._backend import describe_plugin
+from corra.cli._parser import EXIT_OK
 from corra.processes._registry import Registry, installed
 
 #: What a table cell shows for a field without a default (it must be given).
 REQUIRED = "(required)"
 
 
-def backends_json(registry: Registry = installed) -> list[dict[str, Any]]:
-    """Every installed backend, described (the JSON of both the CLI and the API).
-
-    Raises:
-        ConfigError: a plug-in cannot be loaded (`Registry.plugins` names it).
-    """
-    return [describe_plugin(plugin) for plugin in registry.plugins.values()]
+def backends(args: argparse.Namespace, state_dir: Path) -> int:
+    """``corra backends``: the state dir plays no part (the backends are this Python's)."""
+    print_backends(sys.stdout, as_json=args.json)
+    return EXIT_OK
 
 
 def print_backends(out: TextIO, *, as_json: bool, registry: Registry = installed) -> None:
-    """``corra backends [--json]``: the installed backends, their capabilities and options."""
-    described = backends_json(registry)
+    """The installed backends, as JSON or as a table per backend."""
+    described = registry.describe()
     if as_json:
         json.dump(described, out, indent=2)
         out.write("\n")
@@ -58,4 +58,4 @@ def _table(out: TextIO, fields: list[dict[str, Any]]) -> None:
         rows.append((field["name"], field["type"], default))
     widths = [max(len(row[column]) for row in rows) for column in range(2)]
     for row in rows:
-        out.write(f"    {row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]}\n".rstrip() + "\n")
+        out.write(f"    {row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]}".rstrip() + "\n")

@@ -1,0 +1,201 @@
+"""The command line's words: its parser, exit statuses, environment names, option checks."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import corra
+from corra._errors import ConfigError
+from corra._runtime import STATE_DIR_ENV
+from corra.api._files import DEFAULT_HOST, DEFAULT_PORT, TOKEN_FILE
+from corra.processes._lifecycle import PHASES
+from corra.processes._spec import DEFAULT_OUTPUT_LIMIT, check_output_limit
+from corra.processes._spec_content import HIDDEN
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+#: A control command found no service to talk to.
+EXIT_NO_SERVICE = 3
+
+URL_ENV = "CORRA_URL"
+TOKEN_ENV = "CORRA_TOKEN"
+
+#: --output-limit's help.
+_OUTPUT_LIMIT = (
+    "bytes kept of each of stdout and stderr of a process that sets no output_limit "
+    f"(default {DEFAULT_OUTPUT_LIMIT}, 1 GiB)"
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``corra`` parser, with every command."""
+    # Options every command takes, before or after its name (`corra --state-dir D ps` and
+    # `corra ps --state-dir D`): SUPPRESS keeps a subcommand from resetting what was given
+    # before it.
+    state = argparse.ArgumentParser(add_help=False)
+    state.add_argument(
+        "--state-dir",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help=f"where state lives (default: ${STATE_DIR_ENV}, else ./.corra)",
+    )
+    client = argparse.ArgumentParser(add_help=False)
+    group = client.add_argument_group("reaching a service (default: its socket in the state dir)")
+    group.add_argument(
+        "--url",
+        default=argparse.SUPPRESS,
+        help=f"a service's URL instead (default: ${URL_ENV})",
+    )
+    group.add_argument(
+        "--token", default=argparse.SUPPRESS, help=f"its bearer token (default: ${TOKEN_ENV})"
+    )
+    group.add_argument(
+        "--token-file",
+        default=argparse.SUPPRESS,
+        help=f"a file with the token (default: the service's, else <state dir>/{TOKEN_FILE})",
+    )
+    group.add_argument(
+        "--cacert", default=argparse.SUPPRESS, help="CA certificate to verify an https URL with"
+    )
+
+    parser = argparse.ArgumentParser(
+        prog="corra",
+        parents=[state],
+        description="Run programs and keep them running: actors under OTP supervision on trio.",
+    )
+    parser.add_argument("--version", action="version", version=f"corra {corra.__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        parents=[state],
+        help="run a job file, or one program, in the foreground until all are done",
+        usage="corra run [options] JOBFILE | corra run [options] -- ARGV...",
+        description="Run a job file (or `-- ARGV...`) until every process is terminal. "
+        "Running it again on the same state dir continues what is unfinished.",
+    )
+    run.add_argument("jobfile", nargs="?", help="a TOML job file with [[process]] tables")
+    run.add_argument("--name", help="name of the process given after --")
+    run.add_argument("--max-running", type=int, default=None, help="programs at once")
+    run.add_argument("--output-limit", type=int, default=None, metavar="BYTES", help=_OUTPUT_LIMIT)
+    run.add_argument("--json", action="store_true", help="print the final records as JSON")
+    run.add_argument("-v", "--verbose", action="store_true", help="log every transition")
+
+    serve = commands.add_parser(
+        "serve",
+        parents=[state],
+        help="run the runtime as a service, with the HTTP API",
+        description="Run the runtime and its HTTP API until SIGTERM or SIGINT. Programs keep "
+        "running when it stops; the next `corra serve` on the state dir reattaches them. "
+        "Besides --listen, it listens on <state dir>/api.sock (mode 0600) for the local "
+        f"command line. The bearer token is in <state dir>/{TOKEN_FILE} (created on first "
+        "start, mode 0600) unless --token-file names another file.",
+    )
+    serve.add_argument(
+        "--listen",
+        default=f"{DEFAULT_HOST}:{DEFAULT_PORT}",
+        metavar="HOST:PORT",
+        help=f"TCP address (default {DEFAULT_HOST}:{DEFAULT_PORT}; port 0: any free port)",
+    )
+    serve.add_argument("--certfile", help="serve https with this certificate (PEM)")
+    serve.add_argument("--keyfile", help="... and this private key")
+    serve.add_argument(
+        "--token-file", help="the token's file (created, mode 0600, if it does not exist)"
+    )
+    serve.add_argument("--max-running", type=int, default=None, help="programs at once")
+    serve.add_argument(
+        "--output-limit", type=int, default=None, metavar="BYTES", help=_OUTPUT_LIMIT
+    )
+    serve.add_argument("--access-log", action="store_true", help="log every request to stderr")
+    serve.add_argument("-v", "--verbose", action="store_true", help="log every transition")
+
+    submit = commands.add_parser(
+        "submit",
+        parents=[state, client],
+        help="submit a job file, or one program, to the running service",
+        usage="corra submit [options] JOBFILE | corra submit [options] -- ARGV...",
+        description="Submit processes to a running `corra serve` and return at once. A "
+        "process whose name exists already is not submitted again.",
+    )
+    submit.add_argument("jobfile", nargs="?", help="a TOML job file with [[process]] tables")
+    submit.add_argument("--name", help="name of the process given after --")
+    submit.add_argument(
+        "--label", action="append", default=[], metavar="KEY=VALUE", help="a label (repeat)"
+    )
+    submit.add_argument("--json", action="store_true", help="print the records as JSON")
+
+    ps = commands.add_parser("ps", parents=[state, client], help="list processes")
+    ps.add_argument("--json", action="store_true")
+    ps.add_argument("--phase", choices=PHASES, help="only processes in this phase")
+    ps.add_argument(
+        "--label", action="append", default=[], metavar="KEY=VALUE", help="only with this label"
+    )
+
+    show = commands.add_parser(
+        "show", parents=[state, client], help="one process: spec, state, result, history"
+    )
+    show.add_argument("process", help="id or name")
+    show.add_argument("--json", action="store_true")
+    show.add_argument(
+        "--show-env",
+        action="store_true",
+        help=f"show the values of the env (else each is {HIDDEN!r})",
+    )
+
+    logs = commands.add_parser("logs", parents=[state, client], help="a process's output")
+    logs.add_argument("process", help="id or name")
+    logs.add_argument("--stderr", action="store_true", help="standard error instead")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
+
+    backends = commands.add_parser(
+        "backends",
+        parents=[state],
+        help="list the installed backends: their capabilities and options",
+        description="List the backends installed in this Python environment (registered "
+        "under the corra.backends entry-point group), with their capabilities, the fields "
+        "of their [process.NAME] options table and of their [hosts.HOST.NAME] table.",
+    )
+    backends.add_argument("--json", action="store_true", help="as JSON (as GET /v1/backends)")
+
+    for verb, text in (
+        ("pause", "pause a process between steps (its program keeps running)"),
+        ("resume", "continue a paused process where it was"),
+        ("kill", "kill a process: SIGTERM to its group, SIGKILL after its kill_grace"),
+    ):
+        control = commands.add_parser(verb, parents=[state, client], help=text, description=text)
+        control.add_argument("process", help="id or name")
+        control.add_argument("--json", action="store_true")
+        if verb == "kill":
+            control.add_argument(
+                "--no-wait", action="store_true", help="return at once, not once it is dead"
+            )
+    return parser
+
+
+def runtime_options(args: argparse.Namespace) -> int:
+    """Check --max-running and --output-limit of `corra run` and `corra serve`; the output
+    limit (the default without the option).
+
+    Raises:
+        ConfigError: either is not valid.
+    """
+    if args.max_running is not None and args.max_running < 1:
+        raise ConfigError(f"--max-running: got {args.max_running}, expected an integer >= 1")
+    if args.output_limit is None:
+        return DEFAULT_OUTPUT_LIMIT
+    check_output_limit("--output-limit", args.output_limit)
+    return int(args.output_limit)
+
+
+def parse_label(text: str) -> tuple[str, str]:
+    """``KEY=VALUE`` of --label.
+
+    Raises:
+        ConfigError: ``text`` is not ``KEY=VALUE`` with a key.
+    """
+    key, equals, value = text.partition("=")
+    if not key or not equals:
+        raise ConfigError(f"--label: got {text!r}, expected KEY=VALUE")
+    return key, value

@@ -1,0 +1,182 @@
+"""``ps``, ``show`` and ``logs``: through the service if one runs (or ``--url`` is given),
+else from the state dir, read-only, also while a ``corra run`` uses it (LMDB allows
+concurrent readers)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from corra._readonly import open_state_query
+from corra.api._client import Client, ConnectionLost, NotServing
+from corra.api._wire import detail_json, record_json
+from corra.cli._parser import EXIT_OK, parse_label
+from corra.cli._render import print_ps, print_show
+from corra.cli._service import quoted, service
+from corra.processes._lifecycle import TERMINAL
+from corra.processes._query import ProcessQuery
+
+
+def _read_only(
+    args: argparse.Namespace,
+    state_dir: Path,
+    via_service: Callable[[Client], int],
+    from_state_dir: Callable[[ProcessQuery], Awaitable[int]],
+) -> int:
+    """``via_service`` if a service runs (or --url is given), else ``from_state_dir``."""
+    try:
+        with service(args, state_dir) as client:
+            return via_service(client)
+    except NotServing:
+        return trio.run(_read_state_dir, state_dir, from_state_dir)
+
+
+async def _read_state_dir(state_dir: Path, read: Callable[[ProcessQuery], Awaitable[int]]) -> int:
+    async with open_state_query(state_dir) as query:
+        return await read(query)
+
+
+def ps(args: argparse.Namespace, state_dir: Path) -> int:
+    labels = dict(parse_label(text) for text in args.label)
+
+    def via_service(client: Client) -> int:
+        items: list[dict[str, Any]] = []
+        params: dict[str, Any] = {"limit": 1000}
+        if args.phase:
+            params["phase"] = args.phase
+        if labels:
+            params["label"] = [f"{key}={value}" for key, value in labels.items()]
+        while True:
+            _, page = client.call("GET", "/v1/processes", params=params)
+            items += page["items"]
+            if not page["next_cursor"]:
+                break
+            params["cursor"] = page["next_cursor"]
+        print_ps(items, args.json, corrupt=0)
+        return EXIT_OK
+
+    async def from_state_dir(query: ProcessQuery) -> int:
+        page = await query.list(phase=args.phase, labels=labels)
+        items = [record_json(view.record, view.recorded) for view in page.items]
+        print_ps(items, args.json, corrupt=page.corrupt)
+        return EXIT_OK
+
+    return _read_only(args, state_dir, via_service, from_state_dir)
+
+
+def show(args: argparse.Namespace, state_dir: Path) -> int:
+    def via_service(client: Client) -> int:
+        params = {"show_env": "true"} if args.show_env else None
+        _, data = client.call("GET", f"/v1/processes/{quoted(args.process)}", params=params)
+        print_show(data, args.json, args.show_env)
+        return EXIT_OK
+
+    async def from_state_dir(query: ProcessQuery) -> int:
+        view = await query.show(args.process)
+        assert view.history is not None
+        data = detail_json(view.record, view.history, view.recorded, show_env=args.show_env)
+        print_show(data, args.json, args.show_env)
+        return EXIT_OK
+
+    return _read_only(args, state_dir, via_service, from_state_dir)
+
+
+def logs(args: argparse.Namespace, state_dir: Path) -> int:
+    stream = "stderr" if args.stderr else "stdout"
+    position: dict[str, int] = {}  # attempt and offset reached through the service
+
+    def via_service(client: Client) -> int:
+        return _logs_via_service(client, args, stream, position)
+
+    async def from_state_dir(query: ProcessQuery) -> int:
+        return await _logs_from_state_dir(query, args, stream, position)
+
+    return _read_only(args, state_dir, via_service, from_state_dir)
+
+
+def _logs_via_service(
+    client: Client, args: argparse.Namespace, stream: str, position: dict[str, int]
+) -> int:
+    """Print the entries as they come; with --follow, reconnect from the last offset when
+    the service goes away (a restart: nothing is missed or printed twice), or carry on from
+    the state dir if none comes back (`NotServing` out of here, with ``position``)."""
+    out = sys.stdout.buffer
+    path = f"/v1/processes/{quoted(args.process)}"
+    _, record = client.call("GET", path)
+    position.update(attempt=record["attempt"], offset=0)
+    last = False  # the process was terminal before this stream began
+    while True:
+        params = {
+            "stream": stream,
+            "attempt": position["attempt"],
+            "offset": position["offset"],
+            "follow": "true" if args.follow else "false",
+        }
+        lost = False
+        try:
+            for entry in client.lines(f"{path}/logs", params=params):
+                out.write(entry["text"].encode())
+                out.flush()
+                position.update(attempt=entry["attempt"], offset=entry["next_offset"])
+        except ConnectionLost:
+            if not args.follow:
+                raise
+            lost = True
+        if not args.follow or (last and not lost):
+            # (a stream that began after the end drains every attempt, then ends: all read)
+            return EXIT_OK
+        try:
+            _, record = client.call("GET", path)
+        except ConnectionLost:
+            record = {"phase": "unknown"}
+        if record["phase"] in TERMINAL:
+            # A stream ends at the end of the log or when the service stops, which look
+            # alike: one more stream from here, begun after the end, tells them apart.
+            last = True
+            continue
+        time.sleep(0.5)  # the service stops: wait for the next one (else NotServing)
+        _wait_for_service(client)
+
+
+def _wait_for_service(client: Client, patience: float = 10.0) -> None:
+    """Until the service answers again; `NotServing` if it does not within ``patience``."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            client.call("GET", "/v1/health")
+            return
+        except (NotServing, ConnectionLost):
+            if time.monotonic() > deadline:
+                raise NotServing("the service did not come back") from None
+            time.sleep(0.2)
+
+
+async def _logs_from_state_dir(
+    query: ProcessQuery, args: argparse.Namespace, stream: str, position: dict[str, int]
+) -> int:
+    """Print the output as the program wrote it, from where the service left off (if it
+    went away during a --follow), else from the start of the current attempt."""
+    out = sys.stdout.buffer
+    record = query.get(args.process)
+    attempt = position.get("attempt", record.state.attempt)
+    end = None if args.follow else await query.log_end(record, stream, attempt)
+    entries = query.follow_logs(
+        record.id,
+        stream=stream,
+        attempt=attempt,
+        offset=position.get("offset", 0),
+        follow=args.follow,
+        end=end,
+    )
+    async with contextlib.aclosing(entries):
+        async for entry in entries:
+            out.write(entry.data)
+            out.flush()
+    return EXIT_OK

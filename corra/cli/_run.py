@@ -1,0 +1,235 @@
+"""``corra run``: the embedded runtime in the foreground until this run's processes are done,
+with its progress (counts and running times on a terminal, a line per transition else)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import signal
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+import trio
+
+from corra._errors import ConfigError
+from corra._runtime import open_runtime
+from corra.api._wire import record_json
+from corra.cli._parser import EXIT_FAILED, EXIT_OK, runtime_options
+from corra.cli._render import happened
+from corra.processes._convert import parse_process_spec
+from corra.processes._lifecycle import PHASES, TERMINAL, needs_recovery
+from corra.processes._record import ProcessRecord, Transition
+
+if TYPE_CHECKING:
+    from corra._jobfile import JobFile
+
+
+def run(args: argparse.Namespace, state_dir: Path) -> int:
+    from corra._jobfile import JobFile, load_job_file
+
+    argv = list(args.argv)
+    if args.jobfile and args.name:
+        raise ConfigError("run: --name names the program given after --; a job file names its own")
+    if args.jobfile and argv:
+        raise ConfigError("run: give a job file or `-- ARGV...`, not both")
+    if args.jobfile:
+        job = load_job_file(args.jobfile)
+    elif argv:
+        fields: dict[str, Any] = {"argv": argv}
+        if args.name:
+            fields["name"] = args.name
+        job = JobFile(path="<command line>", processes=(parse_process_spec(fields, "argv"),))
+    else:
+        raise ConfigError("run: nothing to run; give a job file or `-- ARGV...`")
+    output_limit = runtime_options(args)
+    if args.verbose:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    return trio.run(_run, job, state_dir, args, output_limit)
+
+
+async def _run(job: JobFile, state_dir: Path, args: argparse.Namespace, output_limit: int) -> int:
+    # With --json, stdout carries the JSON alone; the progress goes to stderr.
+    out = sys.stderr if args.json else sys.stdout
+    interrupted: list[int] = []
+    async with open_runtime(
+        state_dir=state_dir,
+        max_running=args.max_running,
+        hosts=job.hosts,
+        logins=job.logins,
+        output_limit=output_limit,
+    ) as rt:
+        manager = rt.processes
+        report = rt.recovery
+        if report is not None and (report.resumed or report.set_aside):
+            print(
+                f"recovered {len(report.resumed)} active process(es) from {state_dir}"
+                + (
+                    f"; set aside {len(report.set_aside)} corrupt record(s)"
+                    if report.set_aside
+                    else ""
+                ),
+                file=out,
+            )
+        display = Progress(out)
+        stops = (signal.SIGTERM, signal.SIGINT)
+        with manager.subscribe() as events, trio.open_signal_receiver(*stops) as signals:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope, out, interrupted)
+                nursery.start_soon(display.follow, events)
+                ids = []
+                for spec in job.processes:
+                    record = (await manager.submit(spec)).record
+                    ids.append(record.id)
+                    if record.state.terminal:
+                        display.line(f"{record.name}: already {record.phase}, not run again")
+                await _wait_all(manager, ids)
+                nursery.cancel_scope.cancel()
+        records = [manager.get(process_id) for process_id in ids]
+        leftovers = _leftovers(manager, report, ids)
+    display.summary(records)
+    if leftovers:
+        print(
+            f"{leftovers} other process(es) recovered from {state_dir} are still active; their "
+            "programs keep running under their chaperones, and the next `corra run` or "
+            "`corra serve` on this state dir collects them",
+            file=out,
+        )
+    if args.json:
+        json.dump([record_json(record) for record in records], sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    failed = [r for r in records if r.phase in ("failed", "killed")]
+    unfinished = [r for r in records if r.phase not in TERMINAL]
+    paused = [r for r in unfinished if r.phase == "paused"]
+    if len(unfinished) > len(paused):
+        print(
+            f"{len(unfinished) - len(paused)} process(es) interrupted; run the same command "
+            "again to continue them",
+            file=out,
+        )
+    if paused:
+        print(f"{len(paused)} process(es) paused; they wait for a resume", file=out)
+    if interrupted:
+        return 128 + interrupted[0]  # as a shell reports a signal: 130 for SIGINT
+    return EXIT_FAILED if failed or unfinished else EXIT_OK
+
+
+async def _wait_all(manager: Any, ids: list[str]) -> None:
+    """Until no process of this run has work left.
+
+    Only this run's: the processes that a runtime killed earlier left active are recovered
+    in the background (their actors collect what ended meanwhile), but a one-off never waits
+    for them; what is left of them when this run ends keeps running under its chaperone, and
+    the next runtime on the state dir collects it (`_leftovers` says how many)."""
+
+    def idle(record: ProcessRecord) -> bool:
+        # (a process paused because its host stopped answering resumes by itself: wait)
+        return not needs_recovery(record.state)
+
+    for process_id in ids:
+        await manager.wait(process_id, until=idle)
+
+
+def _leftovers(manager: Any, report: Any, ids: list[str]) -> int:
+    """How many recovered processes, not of this run, still have work left."""
+    if report is None:
+        return 0
+    own = set(ids)
+    count = 0
+    for process_id in (*report.resumed, *report.waiting_for_host):
+        if process_id in own:
+            continue
+        record = manager.get(process_id)
+        if needs_recovery(record.state):
+            count += 1
+    return count
+
+
+async def _stop_on_signal(
+    signals: Any, scope: trio.CancelScope, out: TextIO, interrupted: list[int]
+) -> None:
+    async for signum in signals:
+        interrupted.append(signum)
+        name = signal.Signals(signum).name
+        print(f"{name}: stopping; programs keep running; run again to reattach", file=out)
+        scope.cancel()
+        return
+
+
+class Progress:
+    """Counts per phase and a line per running process (a terminal), or plain lines."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.tty = out.isatty()
+        self.phases: dict[str, str] = {}
+        self.names: dict[str, str] = {}
+        self.since: dict[str, float] = {}
+        self.drawn = 0
+
+    def line(self, text: str) -> None:
+        self._erase()
+        print(text, file=self.out, flush=True)
+        self._draw()
+
+    async def follow(self, events: Any) -> None:
+        """Show every transition; on a terminal, also tick the running times twice a second."""
+        tick = 0.5 if self.tty else math.inf
+        while True:
+            with trio.move_on_after(tick):
+                try:
+                    record, transition = await events.receive()
+                except trio.EndOfChannel:
+                    return
+                self.update(record, transition)
+                continue
+            self._redraw()
+
+    def update(self, record: ProcessRecord, transition: Transition) -> None:
+        self.phases[record.id] = record.phase
+        self.names[record.id] = record.name
+        if record.phase == "running":
+            self.since[record.id] = transition.at
+        else:
+            self.since.pop(record.id, None)
+        what = happened(record, transition)
+        if what is None or (self.tty and transition.event in ("submit", "launch", "started")):
+            self._redraw()
+            return
+        self.line(f"{time.strftime('%H:%M:%S')} {record.name}: {what}")
+
+    def _redraw(self) -> None:
+        self._erase()
+        self._draw()
+
+    def _erase(self) -> None:
+        if self.tty and self.drawn:
+            self.out.write(f"\x1b[{self.drawn}F\x1b[J")
+            self.drawn = 0
+
+    def _draw(self) -> None:
+        if not self.tty:
+            return
+        counts = Counter(self.phases.values())
+        lines = ["  ".join(f"{phase} {counts[phase]}" for phase in PHASES if counts[phase])]
+        now = time.time()
+        running = sorted(self.since.items(), key=lambda item: item[1])
+        for process_id, since in running[:10]:
+            lines.append(f"  running {self.names[process_id]:<30} {now - since:7.1f}s")
+        if len(running) > 10:
+            lines.append(f"  ... and {len(running) - 10} more")
+        self.out.write("\n".join(lines) + "\n")
+        self.out.flush()
+        self.drawn = len(lines)
+
+    def summary(self, records: list[ProcessRecord]) -> None:
+        self._erase()
+        counts = Counter(record.phase for record in records)
+        print(
+            "done: " + ", ".join(f"{counts[p]} {p}" for p in PHASES if counts[p]),
+            file=self.out,
+        )

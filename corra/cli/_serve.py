@@ -1,0 +1,138 @@
+"""``corra serve``: the runtime as a service, with the HTTP API, until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import trio
+
+import corra
+from corra._errors import ConfigError
+from corra._runtime import open_runtime
+from corra.api._files import TOKEN_FILE
+from corra.cli._parser import EXIT_OK, runtime_options
+
+
+def serve(args: argparse.Namespace, state_dir: Path) -> int:
+    from corra.api._files import parse_listen
+    from corra.api._server import Listen
+
+    host, port = parse_listen(args.listen)
+    output_limit = runtime_options(args)
+    for option in ("certfile", "keyfile"):
+        path = getattr(args, option)
+        if path is not None and not Path(path).is_file():
+            raise ConfigError(f"--{option}: {path}: no such file")
+    listen = Listen(
+        host=host,
+        port=port,
+        socket=state_dir.absolute() / "api.sock",
+        certfile=args.certfile,
+        keyfile=args.keyfile,
+        access_log=args.access_log,
+    )
+    if not listen.tls and host not in ("127.0.0.1", "::1", "localhost"):
+        print(
+            f"corra serve: warning: listening on {host} without TLS: the token crosses the "
+            "network in the clear (--certfile/--keyfile)",
+            file=sys.stderr,
+        )
+    token_file = Path(args.token_file) if args.token_file else state_dir / TOKEN_FILE
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s: %(message)s",
+    )
+    try:
+        return trio.run(_serve, args, state_dir, listen, token_file.absolute(), output_limit)
+    except BaseExceptionGroup as group:
+        raise _sole(group) from None
+
+
+def _sole(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one exception in a group of nurseries' (a refused address, a locked state dir), so
+    that it is reported as itself; else the group."""
+    leaves = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        elif not isinstance(exc, trio.Cancelled):
+            leaves.append(exc)
+    return leaves[0] if len(leaves) == 1 else group
+
+
+async def _serve(
+    args: argparse.Namespace, state_dir: Path, listen: Any, token_file: Path, output_limit: int
+) -> int:
+    from corra.api._app import open_api
+    from corra.api._files import load_token, remove_info, write_info
+    from corra.api._server import serve_api
+
+    stop = trio.Event()
+    # Open first: a SIGTERM during the recovery stops the service as gracefully as later.
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as outer:
+            outer.start_soon(_watch_signals, signals, stop, outer.cancel_scope)
+            async with open_runtime(
+                state_dir=state_dir,
+                max_running=args.max_running,
+                output_limit=output_limit,
+            ) as rt:
+                token = await trio.to_thread.run_sync(load_token, token_file)
+                report = rt.recovery
+                if report is not None and (report.resumed or report.set_aside):
+                    print(
+                        f"corra serve: recovered {len(report.resumed)} active process(es)"
+                        + (f", set aside {len(report.set_aside)}" if report.set_aside else ""),
+                        file=sys.stderr,
+                    )
+                async with open_api(rt, token=token) as api, trio.open_nursery() as nursery:
+                    urls = await nursery.start(
+                        lambda task_status: serve_api(
+                            api.app, listen, shutdown_trigger=stop.wait, task_status=task_status
+                        )
+                    )
+                    info = {
+                        "pid": os.getpid(),
+                        "url": urls[0] if listen.host is not None else None,
+                        "socket": str(listen.socket),
+                        "token_file": str(token_file),
+                        "version": corra.__version__,
+                    }
+                    await trio.to_thread.run_sync(write_info, state_dir, info)
+                    print(
+                        f"corra serve: listening on {' and '.join(urls)} "
+                        f"(state dir {state_dir}, token in {token_file})",
+                        flush=True,
+                    )
+                    try:
+                        await stop.wait()
+                    finally:
+                        api.stop()  # the streams end, so that the graceful stop is quick
+                        remove_info(state_dir)
+            outer.cancel_scope.cancel()
+    return EXIT_OK
+
+
+async def _watch_signals(signals: Any, stop: trio.Event, scope: trio.CancelScope) -> None:
+    """The first SIGTERM or SIGINT stops the service gracefully; a second one at once."""
+    async for signum in signals:
+        name = signal.Signals(signum).name
+        if not stop.is_set():
+            print(
+                f"corra serve: {name}: stopping; programs keep running, and the next "
+                "`corra serve` reattaches them",
+                file=sys.stderr,
+                flush=True,
+            )
+            stop.set()
+        else:
+            print(f"corra serve: {name} again: stopping now", file=sys.stderr, flush=True)
+            scope.cancel()

@@ -1,0 +1,121 @@
+"""Talking to a running service: ``submit``, ``pause``, ``resume`` and ``kill`` over the HTTP
+client, through the service's Unix socket in the state dir or at ``--url``."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from corra._errors import ConfigError, CorraError
+from corra.api._client import Client, NotServing, connect, no_service_message
+from corra.cli._parser import EXIT_NO_SERVICE, EXIT_OK, TOKEN_ENV, URL_ENV, parse_label
+from corra.cli._render import print_control, print_json
+from corra.processes._convert import parse_process_spec, unstructure_spec
+from corra.processes._spec import ProcessSpec
+
+
+def _client_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "url": getattr(args, "url", None) or os.environ.get(URL_ENV) or None,
+        "token": getattr(args, "token", None) or os.environ.get(TOKEN_ENV) or None,
+        "token_file": getattr(args, "token_file", None),
+        "cacert": getattr(args, "cacert", None),
+    }
+
+
+@contextlib.contextmanager
+def service(args: argparse.Namespace, state_dir: Path) -> Iterator[Client]:
+    """A client of the service (`NotServing` if there is none; with --url, an error)."""
+    options = _client_options(args)
+    try:
+        with connect(state_dir, **options) as client:
+            yield client
+    except NotServing as exc:
+        if options["url"]:
+            raise CorraError(f"cannot reach the service at {options['url']}: {exc}") from None
+        raise
+
+
+def quoted(process: str) -> str:
+    """An id or a name, as a path segment of a URL."""
+    return urllib.parse.quote(process, safe="")
+
+
+def submit(args: argparse.Namespace, state_dir: Path) -> int:
+    from corra._jobfile import load_job_file
+
+    argv = list(args.argv)
+    if args.jobfile and (args.name or args.label):
+        raise ConfigError(
+            "submit: --name and --label go with `-- ARGV...`; a job file says its own"
+        )
+    if args.jobfile and argv:
+        raise ConfigError("submit: give a job file or `-- ARGV...`, not both")
+    bodies: list[dict[str, Any]] = []
+    if args.jobfile:
+        job = load_job_file(args.jobfile)
+        if job.hosts:
+            print(
+                "corra submit: note: the job file's [hosts] are not sent; the service knows "
+                "the hosts it was started with (remembered in its state dir)",
+                file=sys.stderr,
+            )
+        bodies = [_absolute(spec) for spec in job.processes]
+    elif argv:
+        fields: dict[str, Any] = {"argv": argv}
+        if args.name:
+            fields["name"] = args.name
+        if args.label:
+            fields["labels"] = dict(parse_label(text) for text in args.label)
+        bodies = [_absolute(parse_process_spec(fields, "argv"))]
+    else:
+        raise ConfigError("submit: nothing to submit; give a job file or `-- ARGV...`")
+    try:
+        with service(args, state_dir) as client:
+            records = []
+            for body in bodies:
+                status, record = client.call("POST", "/v1/processes", body=body)
+                records.append(record)
+                if not args.json:
+                    what = "submitted" if status == 201 else f"exists already ({record['phase']})"
+                    print(f"{record['name']} ({record['id']}): {what}")
+    except NotServing:
+        print(f"corra: {no_service_message(state_dir)}", file=sys.stderr)
+        print("corra: (or run it in the foreground: `corra run`)", file=sys.stderr)
+        return EXIT_NO_SERVICE
+    if args.json:
+        print_json(records)
+    return EXIT_OK
+
+
+def _absolute(spec: ProcessSpec) -> dict[str, Any]:
+    """A spec as the API takes it: local paths made absolute here, where they were meant."""
+    data = unstructure_spec(spec)
+    if spec.backend == "local" and spec.cwd is not None:
+        data["cwd"] = os.path.abspath(spec.cwd)
+    if spec.outputs_dir is not None:
+        data["outputs_dir"] = os.path.abspath(spec.outputs_dir)
+    data["inputs"] = {remote: os.path.abspath(local) for remote, local in spec.inputs.items()}
+    return data
+
+
+def control(args: argparse.Namespace, state_dir: Path) -> int:
+    """``pause``, ``resume`` or ``kill`` (``args.command``) of one process."""
+    verb = args.command
+    params = {"wait": "false"} if verb == "kill" and args.no_wait else None
+    try:
+        with service(args, state_dir) as client:
+            _, record = client.call(
+                "POST", f"/v1/processes/{quoted(args.process)}/{verb}", params=params
+            )
+    except NotServing:
+        print(f"corra: {no_service_message(state_dir)}", file=sys.stderr)
+        return EXIT_NO_SERVICE
+    print_control(record, args.json)
+    return EXIT_OK
