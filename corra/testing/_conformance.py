@@ -1,0 +1,394 @@
+"""The conformance suite every backend passes against itself: `BackendConformance`.
+
+The suite speaks to a backend only through `corra.processes._backend.Backend`, with the
+programs real: ``sh -c`` scripts (override `BackendConformance.program` for a backend that
+runs something else), on the real component the backend drives (this machine, an sshd, a
+Slurm cluster, a Kubernetes API server...). Each test takes a few seconds of real time plus
+what the component needs to start a program; nothing here runs on virtual time, because a
+real program does not.
+
+A backend's test module subclasses `BackendConformance` and provides its fixtures::
+
+    class TestEchoConformance(BackendConformance):
+        @pytest.fixture
+        def plugin(self) -> BackendPlugin:
+            return PLUGIN
+
+        @pytest.fixture
+        def open_backend(self, plugin, tmp_path) -> Opener:
+            return lambda: open_plugin(plugin, tmp_path)
+
+        @pytest.fixture
+        def lose_program(self) -> Loser:
+            async def lose(backend, handle):
+                os.killpg(handle.pid, signal.SIGKILL)
+            return lose
+
+pytest then collects the inherited ``test_*`` methods under the subclass's name (the base
+class itself is not collected: its name does not start with ``Test``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import Any, NoReturn, TypeAlias
+
+import attrs
+import pytest
+import trio
+
+from corra._errors import ProgramLost
+from corra.processes._backend import (
+    Backend,
+    BackendContext,
+    BackendPlugin,
+    EffectKey,
+    LaunchRequest,
+    Limits,
+)
+from corra.processes._lifecycle import Result
+
+#: Opens the backend on the test's state, anew at each call (`BackendConformance.open_backend`).
+Opener: TypeAlias = Callable[[], AbstractAsyncContextManager[Backend]]
+#: Makes a launched program lost (`BackendConformance.lose_program`).
+Loser: TypeAlias = Callable[[Backend, Any], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def open_plugin(
+    plugin: BackendPlugin, state_dir: Path | str, *, supervisor: Any = None, **context: Any
+) -> AsyncIterator[Backend]:
+    """Open ``plugin`` as the runtime does: its ``open`` with a `BackendContext`.
+
+    Args:
+        plugin: the backend's plug-in.
+        state_dir: the runtime's state dir the backend keeps its files in; opening again on
+            the same one is what a restart after a crash does.
+        supervisor: the supervisor the backend may start actors under; None: the root of an
+            actor kernel opened for the block.
+        **context: the other fields of `BackendContext` (``hosts``, ``transport``, ...).
+
+    Yields:
+        The open backend; leaving the block closes it (its programs keep running).
+    """
+    async with contextlib.AsyncExitStack() as stack:
+        if supervisor is None:
+            from corra.actors import open_runtime
+
+            supervisor = (await stack.enter_async_context(open_runtime())).root
+        backend = await stack.enter_async_context(
+            plugin.open(BackendContext(state_dir=Path(state_dir), supervisor=supervisor, **context))
+        )
+        yield backend
+
+
+def _override(fixture: str, what: str) -> NoReturn:
+    pytest.fail(f"the conformance kit needs the fixture {fixture!r}: {what}", pytrace=False)
+
+
+@attrs.frozen
+class _Kit:
+    """The fixtures of one test, with the steps the tests share."""
+
+    plugin: BackendPlugin
+    open: Opener
+    lose: Loser
+    host: str | None
+    options: Any
+    program: Callable[[str], tuple[str, ...]]
+    patience: float
+
+    def request(
+        self,
+        script: str,
+        *,
+        attempt: int = 1,
+        name: str | None = None,
+        env: dict[str, str] | None = None,
+        limits: Limits = Limits(),
+    ) -> LaunchRequest:
+        """A request for ``script`` with a key no other test uses."""
+        return LaunchRequest(
+            key=EffectKey(f"conformance-{uuid.uuid4().hex[:12]}", attempt),
+            argv=self.program(script),
+            name=name,
+            env=env or {},
+            limits=limits,
+            host=self.host,
+            options=self.options,
+        )
+
+    async def log(self, backend: Backend, key: EffectKey, stream: str = "stdout") -> bytes:
+        return await backend.read_log(key, stream, 0, 1 << 16, self.host)
+
+    async def output(self, backend: Backend, key: EffectKey, until: bytes) -> bytes:
+        """The program's stdout once it holds ``until`` (polled: a real program writes it)."""
+        with trio.fail_after(self.patience):
+            while until not in (data := await self.log(backend, key)):
+                await trio.sleep(0.05)
+        return data
+
+    async def wait(self, backend: Backend, handle: Any) -> Result:
+        with trio.fail_after(self.patience):
+            return await backend.wait(handle)
+
+
+class BackendConformance:
+    """The tests every backend passes; subclass it in the backend's test module.
+
+    Fixtures to provide (the defaults of the optional ones are given):
+
+    - ``plugin``: the backend's `BackendPlugin` (its capabilities, options and handle class).
+    - ``open_backend``: an `Opener`, a function that opens the backend on the test's state
+      (state dir, hosts, root on a host) each time it is called; the tests close it and open
+      it again to simulate a crash. `open_plugin` does what the runtime does.
+    - ``lose_program``: ``async (backend, handle) -> None`` makes the launched program lost as
+      it can be in production (its chaperone killed, its job forgotten); the backend must
+      then say so: ``wait`` raises `ProgramLost`. Call ``pytest.skip(reason)`` in it when the
+      component cannot lose a program in a test.
+    - ``host`` (None): the ``[hosts.NAME]`` the programs run on, for a backend with hosts.
+    - ``options`` (the plug-in's options class with its defaults, or None): the options
+      object every request carries.
+
+    Class attributes a subclass may change:
+
+    Attributes:
+        patience: seconds any one step may take beyond what its program does (a queue, a
+            poll interval, a connection): the bound of every wait of the suite.
+        kill_grace: the grace of the kill of a program that ignores SIGTERM, so the least
+            time that kill takes. A backend whose component imposes its own grace (Slurm's
+            ``KillWait``) sets it to that.
+    """
+
+    patience: float = 20.0
+    kill_grace: float = 1.0
+
+    def program(self, script: str) -> tuple[str, ...]:
+        """The argv that runs the shell ``script`` on this backend."""
+        return ("sh", "-c", script)
+
+    @pytest.fixture
+    def plugin(self) -> BackendPlugin:
+        _override("plugin", "the backend's BackendPlugin")
+
+    @pytest.fixture
+    def open_backend(self) -> Opener:
+        _override("open_backend", "a function that opens the backend on the test's state")
+
+    @pytest.fixture
+    def lose_program(self) -> Loser:
+        _override("lose_program", "async (backend, handle) -> None, making the program lost")
+
+    @pytest.fixture
+    def host(self) -> str | None:
+        return None
+
+    @pytest.fixture
+    def options(self, plugin: BackendPlugin) -> Any:
+        return None if plugin.options is None else plugin.options()
+
+    @pytest.fixture
+    def kit(
+        self,
+        plugin: BackendPlugin,
+        open_backend: Opener,
+        lose_program: Loser,
+        host: str | None,
+        options: Any,
+    ) -> _Kit:
+        return _Kit(
+            plugin, open_backend, lose_program, host, options, self.program, self.patience
+        )
+
+    # -- launch, once per key ------------------------------------------------------------
+
+    @pytest.mark.trio
+    async def test_a_second_launch_with_the_same_key_returns_the_first_handle(
+        self, kit: _Kit
+    ) -> None:
+        request = kit.request("echo started; sleep 1; echo done")
+        async with kit.open() as backend:
+            backend.check(request)
+            first = await backend.launch(request)
+            assert await backend.launch(request) == first  # while it runs
+            result = await kit.wait(backend, first)
+            assert result.returncode == 0 and result.ok, result
+            again = await backend.launch(request)  # after it ended: not run a second time
+            assert again == first
+            replayed = await kit.wait(backend, again)
+            assert replayed.returncode == 0
+            if result.started_at is not None:
+                assert replayed.started_at == result.started_at, "it ran again"
+            assert await kit.log(backend, request.key) == b"started\ndone\n"
+
+    @pytest.mark.trio
+    async def test_handles_are_frozen_values_of_the_plugins_handle_class(self, kit: _Kit) -> None:
+        if kit.plugin.handle is None:
+            pytest.skip(f"backend {kit.plugin.name!r} declares no handle class")
+        request = kit.request("true")
+        async with kit.open() as backend:
+            handle = await backend.launch(request)
+            await kit.wait(backend, handle)
+        assert isinstance(handle, kit.plugin.handle)
+        assert attrs.has(type(handle))
+        with pytest.raises(attrs.exceptions.FrozenInstanceError):
+            setattr(handle, attrs.fields(type(handle))[0].name, None)
+        assert hash(handle) == hash(attrs.evolve(handle))
+
+    # -- wait ------------------------------------------------------------------------------
+
+    @pytest.mark.trio
+    async def test_wait_gives_the_return_code_and_the_output_sizes(self, kit: _Kit) -> None:
+        request = kit.request("echo out; echo error >&2; exit 3")
+        async with kit.open() as backend:
+            result = await kit.wait(backend, await backend.launch(request))
+        assert result.returncode == 3 and not result.ok and result.signal is None, result
+        assert (result.stdout_bytes, result.stderr_bytes) == (4, 6), result
+        if result.started_at is not None and result.ended_at is not None:
+            assert result.started_at <= result.ended_at
+
+    @pytest.mark.trio
+    async def test_the_program_gets_its_environment_and_who_it_is(self, kit: _Kit) -> None:
+        request = kit.request(
+            'printf "%s|%s|%s|%s\\n" "$CORRA_PROCESS_ID" "$CORRA_ATTEMPT" '
+            '"$CORRA_PROCESS_NAME" "$CONFORMANCE_VALUE"',
+            attempt=2,
+            name="conformance-name",
+            env={"CONFORMANCE_VALUE": "a 'b' \"c\" $d"},
+        )
+        async with kit.open() as backend:
+            result = await kit.wait(backend, await backend.launch(request))
+            assert result.ok, result
+            expected = f"{request.key.process_id}|2|conformance-name|a 'b' \"c\" $d\n"
+            assert (await kit.log(backend, request.key)).decode() == expected
+
+    @pytest.mark.trio
+    async def test_a_timeout_kills_the_program_and_says_so(self, kit: _Kit) -> None:
+        request = kit.request("echo ready; sleep 60", limits=Limits(timeout=1.0, kill_grace=1.0))
+        async with kit.open() as backend:
+            result = await kit.wait(backend, await backend.launch(request))
+        assert result.timed_out and not result.ok and result.returncode != 0, result
+
+    # -- find after a crash ----------------------------------------------------------------
+
+    @pytest.mark.trio
+    async def test_find_by_key_after_a_crash(self, kit: _Kit) -> None:
+        request = kit.request("echo started; sleep 2; echo done")
+        async with kit.open() as backend:
+            launched = await backend.launch(request)
+            await kit.output(backend, request.key, b"started\n")
+        # The backend is gone (as in a crash of the runtime), the program runs on.
+        async with kit.open() as backend:
+            found = await backend.find(request.key, kit.host)
+            assert found is not None
+            assert await backend.find(EffectKey("conformance-never", 1), kit.host) is None
+            assert await backend.launch(request) == found  # a replayed launch: the same one
+            result = await kit.wait(backend, found)
+            assert result.returncode == 0, result
+            assert await kit.log(backend, request.key) == b"started\ndone\n"
+            # What was launched before and found now is one program.
+            assert (await kit.wait(backend, launched)).returncode == 0
+
+    # -- kill with grace -------------------------------------------------------------------
+
+    @pytest.mark.trio
+    async def test_kill_sends_term_first_and_a_program_that_honours_it_ends(
+        self, kit: _Kit
+    ) -> None:
+        request = kit.request(
+            "trap 'echo term; exit 7' TERM; echo ready; while :; do sleep 0.1; done"
+        )
+        grace = 2 * kit.patience  # far beyond how long the program takes to honour it
+        async with kit.open() as backend:
+            handle = await backend.launch(request)
+            await kit.output(backend, request.key, b"ready\n")
+            started = trio.current_time()
+            with trio.fail_after(grace):
+                killed = await backend.kill(handle, grace)
+            assert trio.current_time() - started < kit.patience, "it waited for SIGKILL"
+            result = killed if killed is not None else await kit.wait(backend, handle)
+            assert not result.ok and result.signal != 9, result
+            assert await kit.log(backend, request.key) == b"ready\nterm\n"
+
+    @pytest.mark.trio
+    async def test_kill_ends_a_program_that_ignores_term_after_the_grace(self, kit: _Kit) -> None:
+        request = kit.request("trap '' TERM; echo ready; sleep 60")
+        grace = self.kill_grace
+        async with kit.open() as backend:
+            handle = await backend.launch(request)
+            await kit.output(backend, request.key, b"ready\n")
+            started = trio.current_time()
+            with trio.fail_after(grace + kit.patience):
+                killed = await backend.kill(handle, grace)
+            assert trio.current_time() - started >= 0.9 * grace, "no grace before SIGKILL"
+            result = killed if killed is not None else await kit.wait(backend, handle)
+            assert not result.ok and result.returncode is None, result
+            # and a wait after the kill returns what it left
+            assert not (await kit.wait(backend, handle)).ok
+
+    # -- logs ------------------------------------------------------------------------------
+
+    @pytest.mark.trio
+    async def test_logs_are_read_from_an_offset(self, kit: _Kit) -> None:
+        request = kit.request('printf 0123456789; printf "ab\\nc" >&2')
+        async with kit.open() as backend:
+            await kit.wait(backend, await backend.launch(request))
+            key, host = request.key, kit.host
+            assert await backend.read_log(key, "stdout", 0, 4, host) == b"0123"
+            assert await backend.read_log(key, "stdout", 4, 100, host) == b"456789"
+            assert await backend.read_log(key, "stdout", 10, 100, host) == b""
+            assert await backend.read_log(key, "stderr", 1, 2, host) == b"b\n"
+            never = EffectKey("conformance-never", 1)
+            assert await backend.read_log(never, "stdout", 0, 100, host) == b""
+            if kit.plugin.capabilities.log_size:
+                assert await backend.log_size(key, "stdout", host) == 10
+                assert await backend.log_size(key, "stderr", host) == 4
+
+    @pytest.mark.trio
+    async def test_logs_grow_while_the_program_runs(self, kit: _Kit) -> None:
+        request = kit.request("echo first; sleep 1; echo second; sleep 60")
+        async with kit.open() as backend:
+            handle = await backend.launch(request)
+            await kit.output(backend, request.key, b"first\n")
+            with trio.fail_after(kit.patience):
+                while not (rest := await backend.read_log(request.key, "stdout", 6, 100, kit.host)):
+                    await trio.sleep(0.05)
+            assert b"second\n".startswith(rest)
+            await kit.output(backend, request.key, b"first\nsecond\n")
+            if kit.plugin.capabilities.log_size:
+                size = await backend.log_size(request.key, "stdout", kit.host)
+                assert size == len(b"first\nsecond\n")
+            await backend.kill(handle, 0.5)
+
+    # -- a lost program --------------------------------------------------------------------
+
+    @pytest.mark.trio
+    async def test_a_lost_program_is_reported_as_lost(self, kit: _Kit) -> None:
+        request = kit.request("echo ready; sleep 60")
+        async with kit.open() as backend:
+            handle = await backend.launch(request)
+            await kit.output(backend, request.key, b"ready\n")
+            await kit.lose(backend, handle)
+            with pytest.raises(ProgramLost):
+                await kit.wait(backend, handle)
+            with trio.fail_after(kit.patience):
+                await backend.kill(handle, 0.5)  # what is left of it goes, without an error
+
+    # -- the rest of the protocol ----------------------------------------------------------
+
+    @pytest.mark.trio
+    async def test_slots_can_be_taken_and_given_back_on_an_idle_backend(self, kit: _Kit) -> None:
+        one, two = kit.request("true").key, kit.request("true").key
+        async with kit.open() as backend:
+            assert backend.try_acquire_slot(one)
+            backend.release_slot(one)
+            backend.release_slot(one)  # a no-op: it holds none
+            with trio.fail_after(kit.patience):
+                await backend.acquire_slot(two)
+            backend.release_slot(two)
+            backend.adopt_slot(one)
+            backend.release_slot(one)
