@@ -109,7 +109,7 @@ class _Kit:
         attempt: int = 1,
         name: str | None = None,
         env: dict[str, str] | None = None,
-        limits: Limits = Limits(),
+        limits: Limits | None = None,
     ) -> LaunchRequest:
         """A request for ``script`` with a key no other test uses."""
         return LaunchRequest(
@@ -117,7 +117,7 @@ class _Kit:
             argv=self.program(script),
             name=name,
             env=env or {},
-            limits=limits,
+            limits=limits or Limits(),
             host=self.host,
             options=self.options,
         )
@@ -127,8 +127,15 @@ class _Kit:
 
     async def output(self, backend: Backend, key: EffectKey, until: bytes) -> bytes:
         """The program's stdout once it holds ``until`` (polled: a real program writes it)."""
+        return await self.poll(lambda: self.log(backend, key), lambda data: until in data)
+
+    async def poll(
+        self, read: Callable[[], Awaitable[bytes]], done: Callable[[bytes], bool]
+    ) -> bytes:
+        """``read()`` until ``done`` says yes, polling: nothing tells when a real program has
+        written (an event would need the backend's co-operation, which is under test)."""
         with trio.fail_after(self.patience):
-            while until not in (data := await self.log(backend, key)):
+            while not done(data := await read()):  # noqa: ASYNC110
                 await trio.sleep(0.05)
         return data
 
@@ -200,9 +207,7 @@ class BackendConformance:
         host: str | None,
         options: Any,
     ) -> _Kit:
-        return _Kit(
-            plugin, open_backend, lose_program, host, options, self.program, self.patience
-        )
+        return _Kit(plugin, open_backend, lose_program, host, options, self.program, self.patience)
 
     # -- launch, once per key ------------------------------------------------------------
 
@@ -354,9 +359,9 @@ class BackendConformance:
         async with kit.open() as backend:
             handle = await backend.launch(request)
             await kit.output(backend, request.key, b"first\n")
-            with trio.fail_after(kit.patience):
-                while not (rest := await backend.read_log(request.key, "stdout", 6, 100, kit.host)):
-                    await trio.sleep(0.05)
+            rest = await kit.poll(
+                lambda: backend.read_log(request.key, "stdout", 6, 100, kit.host), bool
+            )
             assert b"second\n".startswith(rest)
             await kit.output(backend, request.key, b"first\nsecond\n")
             if kit.plugin.capabilities.log_size:
