@@ -96,7 +96,6 @@ class _Kit:
 
     plugin: BackendPlugin
     open: Opener
-    lose: Loser
     host: str | None
     options: Any
     program: Callable[[str], tuple[str, ...]]
@@ -155,8 +154,8 @@ class BackendConformance:
       it again to simulate a crash. `open_plugin` does what the runtime does.
     - ``lose_program``: ``async (backend, handle) -> None`` makes the launched program lost as
       it can be in production (its chaperone killed, its job forgotten); the backend must
-      then say so: ``wait`` raises `ProgramLost`. Call ``pytest.skip(reason)`` in it when the
-      component cannot lose a program in a test.
+      then say so: ``wait`` raises `ProgramLost`. Where the component cannot lose a program
+      in a test, the fixture calls ``pytest.skip(reason)`` (only that test is skipped).
     - ``host`` (None): the ``[hosts.NAME]`` the programs run on, for a backend with hosts.
     - ``options`` (the plug-in's options class with its defaults, or None): the options
       object every request carries.
@@ -203,11 +202,16 @@ class BackendConformance:
         self,
         plugin: BackendPlugin,
         open_backend: Opener,
-        lose_program: Loser,
         host: str | None,
         options: Any,
     ) -> _Kit:
-        return _Kit(plugin, open_backend, lose_program, host, options, self.program, self.patience)
+        return _Kit(plugin, open_backend, host, options, self.program, self.patience)
+
+    @pytest.fixture
+    def handle_class(self, plugin: BackendPlugin) -> type:
+        if plugin.handle is None:
+            pytest.skip(f"backend {plugin.name!r} declares no handle class")
+        return plugin.handle
 
     # -- launch, once per key ------------------------------------------------------------
 
@@ -231,14 +235,14 @@ class BackendConformance:
             assert await kit.log(backend, request.key) == b"started\ndone\n"
 
     @pytest.mark.trio
-    async def test_handles_are_frozen_values_of_the_plugins_handle_class(self, kit: _Kit) -> None:
-        if kit.plugin.handle is None:
-            pytest.skip(f"backend {kit.plugin.name!r} declares no handle class")
+    async def test_handles_are_frozen_values_of_the_plugins_handle_class(
+        self, kit: _Kit, handle_class: type
+    ) -> None:
         request = kit.request("true")
         async with kit.open() as backend:
             handle = await backend.launch(request)
             await kit.wait(backend, handle)
-        assert isinstance(handle, kit.plugin.handle)
+        assert isinstance(handle, handle_class)
         assert attrs.has(type(handle))
         with pytest.raises(attrs.exceptions.FrozenInstanceError):
             setattr(handle, attrs.fields(type(handle))[0].name, None)
@@ -273,7 +277,7 @@ class BackendConformance:
 
     @pytest.mark.trio
     async def test_a_timeout_kills_the_program_and_says_so(self, kit: _Kit) -> None:
-        request = kit.request("echo ready; sleep 60", limits=Limits(timeout=1.0, kill_grace=1.0))
+        request = kit.request("echo ready; sleep 30", limits=Limits(timeout=1.0, kill_grace=1.0))
         async with kit.open() as backend:
             result = await kit.wait(backend, await backend.launch(request))
         assert result.timed_out and not result.ok and result.returncode != 0, result
@@ -324,7 +328,7 @@ class BackendConformance:
 
     @pytest.mark.trio
     async def test_kill_ends_a_program_that_ignores_term_after_the_grace(self, kit: _Kit) -> None:
-        request = kit.request("trap '' TERM; echo ready; sleep 60")
+        request = kit.request("trap '' TERM; echo ready; sleep 30")
         grace = self.kill_grace
         async with kit.open() as backend:
             handle = await backend.launch(request)
@@ -358,7 +362,7 @@ class BackendConformance:
 
     @pytest.mark.trio
     async def test_logs_grow_while_the_program_runs(self, kit: _Kit) -> None:
-        request = kit.request("echo first; sleep 1; echo second; sleep 60")
+        request = kit.request("echo first; sleep 1; echo second; sleep 30")
         async with kit.open() as backend:
             handle = await backend.launch(request)
             await kit.output(backend, request.key, b"first\n")
@@ -375,12 +379,12 @@ class BackendConformance:
     # -- a lost program --------------------------------------------------------------------
 
     @pytest.mark.trio
-    async def test_a_lost_program_is_reported_as_lost(self, kit: _Kit) -> None:
-        request = kit.request("echo ready; sleep 60")
+    async def test_a_lost_program_is_reported_as_lost(self, kit: _Kit, lose_program: Loser) -> None:
+        request = kit.request("echo ready; sleep 30")
         async with kit.open() as backend:
             handle = await backend.launch(request)
             await kit.output(backend, request.key, b"ready\n")
-            await kit.lose(backend, handle)
+            await lose_program(backend, handle)
             with pytest.raises(ProgramLost):
                 await kit.wait(backend, handle)
             with trio.fail_after(kit.patience):
