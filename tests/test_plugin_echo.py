@@ -78,7 +78,8 @@ def test_the_echo_backend_passes_the_conformance_kit(site: Path) -> None:
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"], site, cwd=ECHO
     )
     assert tests.returncode == 0, tests.stdout + tests.stderr
-    assert "13 passed" in tests.stdout, tests.stdout
+    # every test of the kit ran: none skipped (an echo handle is typed, a program can be lost)
+    assert " passed" in tests.stdout and "skipped" not in tests.stdout, tests.stdout
 
 
 @pytest.mark.xfail(

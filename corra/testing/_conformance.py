@@ -387,8 +387,19 @@ class BackendConformance:
             await lose_program(backend, handle)
             with pytest.raises(ProgramLost):
                 await kit.wait(backend, handle)
+
+    @pytest.mark.trio
+    async def test_a_kill_after_a_loss_cleans_up_without_an_error(
+        self, kit: _Kit, lose_program: Loser
+    ) -> None:
+        # (a process actor kills what is left of a lost program before it retries it)
+        request = kit.request("echo ready; sleep 30")
+        async with kit.open() as backend:
+            handle = await backend.launch(request)
+            await kit.output(backend, request.key, b"ready\n")
+            await lose_program(backend, handle)
             with trio.fail_after(kit.patience):
-                await backend.kill(handle, 0.5)  # what is left of it goes, without an error
+                await backend.kill(handle, 0.5)
 
     # -- the rest of the protocol ----------------------------------------------------------
 
