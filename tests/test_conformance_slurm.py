@@ -19,7 +19,7 @@ from corra.backends.ssh import HostConfig, SlurmSettings
 from corra.backends.transport import LocalTransport
 from corra.processes._backend import Backend, BackendPlugin
 from corra.processes._registry import installed
-from corra.testing import BackendConformance, Opener, open_plugin
+from corra.testing import BackendConformance, Kit, Loser, Opener, open_plugin
 
 pytestmark = pytest.mark.slow
 
@@ -77,7 +77,7 @@ class TestSlurmConformance(BackendConformance):
         "program unguarded (corra/processes/_process.py, after `except ProgramLost`)",
     )
     async def test_a_kill_after_a_loss_cleans_up_without_an_error(
-        self, kit: Any, lose_program: Any
+        self, kit: Kit, lose_program: Loser
     ) -> None:
         await super().test_a_kill_after_a_loss_cleans_up_without_an_error(kit, lose_program)
 
@@ -87,7 +87,7 @@ class TestSlurmConformance(BackendConformance):
         "script, the program that ignores it is reparented out of Slurm's sight and runs on "
         "past KillWait, yet kill reports it killed at once (a fix belongs in the job script)",
     )
-    async def test_kill_ends_a_program_that_ignores_term_after_the_grace(self, kit: Any) -> None:
+    async def test_kill_ends_a_program_that_ignores_term_after_the_grace(self, kit: Kit) -> None:
         await super().test_kill_ends_a_program_that_ignores_term_after_the_grace(kit)
 
 

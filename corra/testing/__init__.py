@@ -9,5 +9,7 @@ Importing this package needs pytest and pytest-trio (corra's ``test`` extra).
 """
 
 from corra.testing._conformance import BackendConformance as BackendConformance
-from corra.testing._conformance import Opener as Opener
-from corra.testing._conformance import open_plugin as open_plugin
+from corra.testing._kit import Kit as Kit
+from corra.testing._kit import Loser as Loser
+from corra.testing._kit import Opener as Opener
+from corra.testing._kit import open_plugin as open_plugin

@@ -30,117 +30,19 @@ class itself is not collected: its name does not start with ``Test``).
 
 from __future__ import annotations
 
-import contextlib
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
-from pathlib import Path
-from typing import Any, NoReturn, TypeAlias
+from typing import Any, NoReturn
 
 import attrs
 import pytest
 import trio
 
 from corra._errors import ProgramLost
-from corra.processes._backend import (
-    Backend,
-    BackendContext,
-    BackendPlugin,
-    EffectKey,
-    LaunchRequest,
-    Limits,
-)
-from corra.processes._lifecycle import Result
-
-#: Opens the backend on the test's state, anew at each call (`BackendConformance.open_backend`).
-Opener: TypeAlias = Callable[[], AbstractAsyncContextManager[Backend]]
-#: Makes a launched program lost (`BackendConformance.lose_program`).
-Loser: TypeAlias = Callable[[Backend, Any], Awaitable[None]]
-
-
-@contextlib.asynccontextmanager
-async def open_plugin(
-    plugin: BackendPlugin, state_dir: Path | str, *, supervisor: Any = None, **context: Any
-) -> AsyncIterator[Backend]:
-    """Open ``plugin`` as the runtime does: its ``open`` with a `BackendContext`.
-
-    Args:
-        plugin: the backend's plug-in.
-        state_dir: the runtime's state dir the backend keeps its files in; opening again on
-            the same one is what a restart after a crash does.
-        supervisor: the supervisor the backend may start actors under; None: the root of an
-            actor kernel opened for the block.
-        **context: the other fields of `BackendContext` (``hosts``, ``transport``, ...).
-
-    Yields:
-        The open backend; leaving the block closes it (its programs keep running).
-    """
-    async with contextlib.AsyncExitStack() as stack:
-        if supervisor is None:
-            from corra.actors import open_runtime
-
-            supervisor = (await stack.enter_async_context(open_runtime())).root
-        backend = await stack.enter_async_context(
-            plugin.open(BackendContext(state_dir=Path(state_dir), supervisor=supervisor, **context))
-        )
-        yield backend
+from corra.processes._backend import BackendPlugin, EffectKey, Limits
+from corra.testing._kit import Kit, Loser, Opener
 
 
 def _override(fixture: str, what: str) -> NoReturn:
     pytest.fail(f"the conformance kit needs the fixture {fixture!r}: {what}", pytrace=False)
-
-
-@attrs.frozen
-class _Kit:
-    """The fixtures of one test, with the steps the tests share."""
-
-    plugin: BackendPlugin
-    open: Opener
-    host: str | None
-    options: Any
-    program: Callable[[str], tuple[str, ...]]
-    patience: float
-
-    def request(
-        self,
-        script: str,
-        *,
-        attempt: int = 1,
-        name: str | None = None,
-        env: dict[str, str] | None = None,
-        limits: Limits | None = None,
-    ) -> LaunchRequest:
-        """A request for ``script`` with a key no other test uses."""
-        return LaunchRequest(
-            key=EffectKey(f"conformance-{uuid.uuid4().hex[:12]}", attempt),
-            argv=self.program(script),
-            name=name,
-            env=env or {},
-            limits=limits or Limits(),
-            host=self.host,
-            options=self.options,
-        )
-
-    async def log(self, backend: Backend, key: EffectKey, stream: str = "stdout") -> bytes:
-        return await backend.read_log(key, stream, 0, 1 << 16, self.host)
-
-    async def output(self, backend: Backend, key: EffectKey, until: bytes) -> bytes:
-        """The program's stdout once it holds ``until`` (polled: a real program writes it)."""
-        return await self.poll(lambda: self.log(backend, key), lambda data: until in data)
-
-    async def poll(
-        self, read: Callable[[], Awaitable[bytes]], done: Callable[[bytes], bool]
-    ) -> bytes:
-        """``read()`` until ``done`` says yes, polling: nothing tells when a real program has
-        written (an event would need the backend's co-operation, which is under test)."""
-        with trio.fail_after(self.patience):
-            while not done(data := await read()):  # noqa: ASYNC110
-                await trio.sleep(0.05)
-        return data
-
-    async def wait(self, backend: Backend, handle: Any) -> Result:
-        with trio.fail_after(self.patience):
-            return await backend.wait(handle)
 
 
 class BackendConformance:
@@ -204,8 +106,8 @@ class BackendConformance:
         open_backend: Opener,
         host: str | None,
         options: Any,
-    ) -> _Kit:
-        return _Kit(plugin, open_backend, host, options, self.program, self.patience)
+    ) -> Kit:
+        return Kit(plugin, open_backend, host, options, self.program, self.patience)
 
     @pytest.fixture
     def handle_class(self, plugin: BackendPlugin) -> type:
@@ -217,7 +119,7 @@ class BackendConformance:
 
     @pytest.mark.trio
     async def test_a_second_launch_with_the_same_key_returns_the_first_handle(
-        self, kit: _Kit
+        self, kit: Kit
     ) -> None:
         request = kit.request("echo started; sleep 1; echo done")
         async with kit.open() as backend:
@@ -236,7 +138,7 @@ class BackendConformance:
 
     @pytest.mark.trio
     async def test_handles_are_frozen_values_of_the_plugins_handle_class(
-        self, kit: _Kit, handle_class: type
+        self, kit: Kit, handle_class: type
     ) -> None:
         request = kit.request("true")
         async with kit.open() as backend:
@@ -251,7 +153,7 @@ class BackendConformance:
     # -- wait ------------------------------------------------------------------------------
 
     @pytest.mark.trio
-    async def test_wait_gives_the_return_code_and_the_output_sizes(self, kit: _Kit) -> None:
+    async def test_wait_gives_the_return_code_and_the_output_sizes(self, kit: Kit) -> None:
         request = kit.request("echo out; echo error >&2; exit 3")
         async with kit.open() as backend:
             result = await kit.wait(backend, await backend.launch(request))
@@ -261,7 +163,7 @@ class BackendConformance:
             assert result.started_at <= result.ended_at
 
     @pytest.mark.trio
-    async def test_the_program_gets_its_environment_and_who_it_is(self, kit: _Kit) -> None:
+    async def test_the_program_gets_its_environment_and_who_it_is(self, kit: Kit) -> None:
         request = kit.request(
             'printf "%s|%s|%s|%s\\n" "$CORRA_PROCESS_ID" "$CORRA_ATTEMPT" '
             '"$CORRA_PROCESS_NAME" "$CONFORMANCE_VALUE"',
@@ -276,7 +178,7 @@ class BackendConformance:
             assert (await kit.log(backend, request.key)).decode() == expected
 
     @pytest.mark.trio
-    async def test_a_timeout_kills_the_program_and_says_so(self, kit: _Kit) -> None:
+    async def test_a_timeout_kills_the_program_and_says_so(self, kit: Kit) -> None:
         request = kit.request("echo ready; sleep 30", limits=Limits(timeout=1.0, kill_grace=1.0))
         async with kit.open() as backend:
             result = await kit.wait(backend, await backend.launch(request))
@@ -285,7 +187,7 @@ class BackendConformance:
     # -- find after a crash ----------------------------------------------------------------
 
     @pytest.mark.trio
-    async def test_find_by_key_after_a_crash(self, kit: _Kit) -> None:
+    async def test_find_by_key_after_a_crash(self, kit: Kit) -> None:
         request = kit.request("echo started; sleep 2; echo done")
         async with kit.open() as backend:
             launched = await backend.launch(request)
@@ -308,9 +210,7 @@ class BackendConformance:
     # -- kill with grace -------------------------------------------------------------------
 
     @pytest.mark.trio
-    async def test_kill_sends_term_first_and_a_program_that_honours_it_ends(
-        self, kit: _Kit
-    ) -> None:
+    async def test_kill_sends_term_first_and_a_program_that_honours_it_ends(self, kit: Kit) -> None:
         request = kit.request(
             "trap 'echo term; exit 7' TERM; echo ready; while :; do sleep 0.1; done"
         )
@@ -327,7 +227,7 @@ class BackendConformance:
             assert await kit.log(backend, request.key) == b"ready\nterm\n"
 
     @pytest.mark.trio
-    async def test_kill_ends_a_program_that_ignores_term_after_the_grace(self, kit: _Kit) -> None:
+    async def test_kill_ends_a_program_that_ignores_term_after_the_grace(self, kit: Kit) -> None:
         request = kit.request("trap '' TERM; echo ready; sleep 30")
         grace = self.kill_grace
         async with kit.open() as backend:
@@ -345,7 +245,7 @@ class BackendConformance:
     # -- logs ------------------------------------------------------------------------------
 
     @pytest.mark.trio
-    async def test_logs_are_read_from_an_offset(self, kit: _Kit) -> None:
+    async def test_logs_are_read_from_an_offset(self, kit: Kit) -> None:
         request = kit.request('printf 0123456789; printf "ab\\nc" >&2')
         async with kit.open() as backend:
             await kit.wait(backend, await backend.launch(request))
@@ -361,7 +261,7 @@ class BackendConformance:
                 assert await backend.log_size(key, "stderr", host) == 4
 
     @pytest.mark.trio
-    async def test_logs_grow_while_the_program_runs(self, kit: _Kit) -> None:
+    async def test_logs_grow_while_the_program_runs(self, kit: Kit) -> None:
         request = kit.request("echo first; sleep 1; echo second; sleep 30")
         async with kit.open() as backend:
             handle = await backend.launch(request)
@@ -379,7 +279,7 @@ class BackendConformance:
     # -- a lost program --------------------------------------------------------------------
 
     @pytest.mark.trio
-    async def test_a_lost_program_is_reported_as_lost(self, kit: _Kit, lose_program: Loser) -> None:
+    async def test_a_lost_program_is_reported_as_lost(self, kit: Kit, lose_program: Loser) -> None:
         request = kit.request("echo ready; sleep 30")
         async with kit.open() as backend:
             handle = await backend.launch(request)
@@ -390,7 +290,7 @@ class BackendConformance:
 
     @pytest.mark.trio
     async def test_a_kill_after_a_loss_cleans_up_without_an_error(
-        self, kit: _Kit, lose_program: Loser
+        self, kit: Kit, lose_program: Loser
     ) -> None:
         # (a process actor kills what is left of a lost program before it retries it)
         request = kit.request("echo ready; sleep 30")
@@ -404,7 +304,7 @@ class BackendConformance:
     # -- the rest of the protocol ----------------------------------------------------------
 
     @pytest.mark.trio
-    async def test_slots_can_be_taken_and_given_back_on_an_idle_backend(self, kit: _Kit) -> None:
+    async def test_slots_can_be_taken_and_given_back_on_an_idle_backend(self, kit: Kit) -> None:
         one, two = kit.request("true").key, kit.request("true").key
         async with kit.open() as backend:
             assert backend.try_acquire_slot(one)
