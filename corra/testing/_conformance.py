@@ -30,6 +30,7 @@ class itself is not collected: its name does not start with ``Test``).
 
 from __future__ import annotations
 
+import json
 from typing import Any, NoReturn
 
 import attrs
@@ -37,7 +38,7 @@ import pytest
 import trio
 
 from corra._errors import ProgramLost
-from corra.processes._backend import BackendPlugin, EffectKey, Limits
+from corra.processes._backend import BackendPlugin, EffectKey, Limits, describe_plugin
 from corra.testing._kit import Kit, Loser, Opener
 
 
@@ -114,6 +115,14 @@ class BackendConformance:
         if plugin.handle is None:
             pytest.skip(f"backend {plugin.name!r} declares no handle class")
         return plugin.handle
+
+    # -- the plug-in, as data ----------------------------------------------------------------
+
+    def test_the_plugin_describes_itself_as_json(self, plugin: BackendPlugin) -> None:
+        described = json.loads(json.dumps(describe_plugin(plugin)))
+        assert described["name"] == plugin.name and described["description"]
+        if plugin.options is not None:
+            plugin.options()  # a process may leave the table out: every field has a default
 
     # -- launch, once per key ------------------------------------------------------------
 
