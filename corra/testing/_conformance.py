@@ -116,7 +116,7 @@ class BackendConformance:
             pytest.skip(f"backend {plugin.name!r} declares no handle class")
         return plugin.handle
 
-    # -- the plug-in, as data ----------------------------------------------------------------
+    # -- the plug-in, as data ------------------------------------------------------------
 
     def test_the_plugin_describes_itself_as_json(self, plugin: BackendPlugin) -> None:
         described = json.loads(json.dumps(describe_plugin(plugin)))
