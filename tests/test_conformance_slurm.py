@@ -74,7 +74,7 @@ class TestSlurmConformance(BackendConformance):
         strict=True,
         reason="found by the kit: the slurm backend's kill of a lost job raises ProgramLost "
         "(it waits for the job), where the process actor kills what is left of a lost "
-        "program unguarded (the process actor, after `except ProgramLost`)",
+        "program unguarded (after `except ProgramLost`)",
     )
     async def test_a_kill_after_a_loss_cleans_up_without_an_error(
         self, kit: Kit, lose_program: Loser
