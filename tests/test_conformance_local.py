@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +36,17 @@ class TestLocalConformance(BackendConformance):
 
     @pytest.fixture
     def lose_program(self) -> Any:
-        async def lose(backend: Backend, handle: Handle) -> None:
+        async def lose(backend: Backend, handle: Any) -> None:
             # The chaperone and the program die at once (an OOM kill, a reboot): nothing is
             # left to record how the program ended.
-            os.kill(handle.chaperone_pid, signal.SIGKILL)
-            assert handle.pid is not None
+            os.kill(_field(handle, "chaperone_pid"), signal.SIGKILL)
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(handle.pid, signal.SIGKILL)
+                os.killpg(_field(handle, "pid"), signal.SIGKILL)
 
         return lose
+
+
+def _field(handle: Any, name: str) -> Any:
+    # TEMPORARY: the seam's handles are attrs classes, today's local ones mappings outside
+    # the adapter; one spelling for both until the seam lands.
+    return handle[name] if isinstance(handle, Mapping) else getattr(handle, name)
