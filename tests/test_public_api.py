@@ -67,6 +67,7 @@ def test_public_names_are_pinned():
         "processes",
         "api",
         "cli",
+        "testing",
     }  # submodules, once imported
     assert names == PUBLIC
 
