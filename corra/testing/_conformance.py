@@ -37,7 +37,7 @@ import attrs
 import pytest
 import trio
 
-from corra._errors import ProgramLost
+from corra._errors import LaunchFailed, ProgramLost
 from corra.processes._backend import BackendPlugin, EffectKey, Limits, describe_plugin
 from corra.testing._kit import Kit, Loser, Opener
 
@@ -185,6 +185,28 @@ class BackendConformance:
             assert result.ok, result
             expected = f"{request.key.process_id}|2|conformance-name|a 'b' \"c\" $d\n"
             assert (await kit.log(backend, request.key)).decode() == expected
+
+    @pytest.mark.trio
+    async def test_the_program_runs_in_its_cwd(self, kit: Kit) -> None:
+        request = kit.request("pwd", cwd="/")
+        async with kit.open() as backend:
+            assert (await kit.wait(backend, await backend.launch(request))).ok
+            assert await kit.log(backend, request.key) == b"/\n"
+
+    @pytest.mark.trio
+    async def test_a_program_that_cannot_start_fails_and_stays_failed(self, kit: Kit) -> None:
+        request = kit.request("", argv=("corra-conformance-no-such-program",))
+        async with kit.open() as backend:
+            try:
+                handle = await backend.launch(request)
+            except LaunchFailed:
+                # the backend's way: the launch fails, and a replay of it fails again
+                with pytest.raises(LaunchFailed):
+                    await backend.launch(request)
+                return
+            # the other way (a queue that starts it later): it ends as not found
+            result = await kit.wait(backend, handle)
+            assert result.returncode == 127 or result.error is not None, result
 
     @pytest.mark.trio
     async def test_a_timeout_kills_the_program_and_says_so(self, kit: Kit) -> None:

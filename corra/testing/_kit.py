@@ -73,14 +73,17 @@ class Kit:
         *,
         attempt: int = 1,
         name: str | None = None,
+        cwd: str | None = None,
         env: dict[str, str] | None = None,
         limits: Limits | None = None,
+        argv: tuple[str, ...] | None = None,
     ) -> LaunchRequest:
-        """A request for ``script`` with a key no other test uses."""
+        """A request for ``script`` (or ``argv`` as it is) with a key no other test uses."""
         return LaunchRequest(
             key=EffectKey(f"conformance-{uuid.uuid4().hex[:12]}", attempt),
-            argv=self.program(script),
+            argv=self.program(script) if argv is None else argv,
             name=name,
+            cwd=cwd,
             env=env or {},
             limits=limits or Limits(),
             host=self.host,
