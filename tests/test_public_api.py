@@ -68,6 +68,7 @@ def test_public_names_are_pinned():
         "api",
         "chaperone",
         "cli",
+        "testing",
     }  # submodules, once imported
     assert names == PUBLIC
 
