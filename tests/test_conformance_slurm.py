@@ -13,7 +13,6 @@ from typing import Any
 import _slurm
 import pytest
 import trio
-from _old_protocol import adapted  # TEMPORARY: until the built-ins speak the seam
 
 from corra.backends.ssh import HostConfig, SlurmSettings
 from corra.backends.transport import LocalTransport
@@ -53,14 +52,11 @@ class TestSlurmConformance(BackendConformance):
                 work_root=str(tmp_path / "jobs"),
             ),
         )
-        # TEMPORARY: `adapted(...)` goes when the seam lands.
-        return lambda: adapted(
-            open_plugin(
-                plugin,
-                tmp_path / "state",
-                hosts={host: config},
-                transport=lambda name: LocalTransport(env=env),
-            )
+        return lambda: open_plugin(
+            plugin,
+            tmp_path / "state",
+            hosts={host: config},
+            transport=lambda name: LocalTransport(env=env),
         )
 
     @pytest.fixture

@@ -14,7 +14,6 @@ from typing import Any
 import _sshd
 import pytest
 import trio_asyncio
-from _old_protocol import adapted  # TEMPORARY: until the built-ins speak the seam
 
 from corra.actors import SupervisorSpec, open_runtime
 from corra.backends.ssh import PoolRegistry, SshTransport, TokenBucket
@@ -54,16 +53,13 @@ class TestSshConformance(BackendConformance):
                 supervisor = await kernel.spawn_supervisor(SupervisorSpec(), name="ssh")
                 registry = PoolRegistry(supervisor, TokenBucket(rate=100, burst=10))
                 transport = SshTransport(await registry.pool(config))
-                # TEMPORARY: `adapted(...)` goes when the seam lands.
-                async with adapted(
-                    open_plugin(
-                        plugin,
-                        tmp_path / "state",
-                        supervisor=supervisor,
-                        hosts={host: config},
-                        transport={host: transport}.__getitem__,
-                        poll_interval=0.2,
-                    )
+                async with open_plugin(
+                    plugin,
+                    tmp_path / "state",
+                    supervisor=supervisor,
+                    hosts={host: config},
+                    transport={host: transport}.__getitem__,
+                    poll_interval=0.2,
                 ) as backend:
                     yield backend
 

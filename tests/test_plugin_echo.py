@@ -82,12 +82,7 @@ def test_the_echo_backend_passes_the_conformance_kit(site: Path) -> None:
     assert " passed" in tests.stdout and "skipped" not in tests.stdout, tests.stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="TEMPORARY: until the job file takes any installed backend with its options table "
-    "(the spec's converter) and the runtime opens it from the registry (the seam), both of "
-    "issue 12; the lead removes this mark at merge",
-)
+@pytest.mark.xfail(strict=True, reason="issue 12 in progress: the record's handle is typed next")
 def test_corra_run_runs_a_process_on_a_third_party_backend(site: Path, tmp_path: Path) -> None:
     jobs = tmp_path / "jobs.toml"
     jobs.write_text(
@@ -102,11 +97,6 @@ def test_corra_run_runs_a_process_on_a_third_party_backend(site: Path, tmp_path:
     assert logs.stdout == "hello from echo: world\n", logs.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="TEMPORARY: until `corra backends` exists (the CLI of issue 12); the lead removes "
-    "this mark at merge (and adapts the shape of --json if it differs)",
-)
 def test_corra_backends_lists_a_third_party_backend(site: Path) -> None:
     listed = run([*CORRA, "backends", "--json"], site)
     assert listed.returncode == 0, listed.stderr

@@ -74,12 +74,18 @@ class EchoHandle:
     """When the watcher started (/proc stat field 22): tells it from a later pid."""
 
 
+#: What of the optional protocol echo implements: the plug-in and the backend say the same.
+CAPABILITIES = Capabilities(log_size=True)
+
+
 class EchoBackend(BackendBase):
     """Programs on this machine, run dirs under ``root``.
 
     The optional part of the protocol keeps `BackendBase`'s defaults: no slots (programs run
-    at once), no hosts, no pause hooks.
+    at once), no hosts, no pause hooks; it can tell how much output there is (`log_size`).
     """
+
+    capabilities = CAPABILITIES
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -261,6 +267,6 @@ PLUGIN = BackendPlugin(
     open=open_echo,
     handle=EchoHandle,
     options=EchoOptions,
-    capabilities=Capabilities(log_size=True),
+    capabilities=CAPABILITIES,
     description="argv on this machine, its options echoed to stdout first (an example)",
 )
