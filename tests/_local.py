@@ -2,9 +2,9 @@
 
 `LocalBackend` is a `corra.processes._backend.Backend`: a `LaunchRequest` in, a `Handle` out,
 a `Result` at the end. Its tests say what they run as a `Spec` under a key, and look at the
-`ExitRecord` (the whole of exit.json: ``oom_killed``, ``maxrss`` in bytes), which `Local`
-reads once the backend's ``wait`` or ``kill`` has returned, checking that the backend's
-`Result` is the record's (`result_of`).
+`ExitRecord` (the whole of exit.json: ``oom_killed``, ``maxrss`` in bytes), which the
+backend's ``wait_record`` and ``kill_record`` return (``wait`` and ``kill`` are their
+`result_of`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import attrs
 
-from corra.backends._exits import ExitRecord, result_of
+from corra.backends._exits import ExitRecord
 from corra.backends.local import Handle, LocalBackend, find_launch
 from corra.processes._backend import EffectKey, LaunchRequest, Limits
 
@@ -74,21 +74,13 @@ class Local:
         return find_launch(self.backend.root, key)
 
     async def wait(self, handle: Handle) -> ExitRecord:
-        result = await self.backend.wait(handle)
-        return self._record(handle, result)
+        return await self.backend.wait_record(handle)
 
     async def kill(self, handle: Handle, grace: float | None = None) -> ExitRecord | None:
-        result = await self.backend.kill(handle, grace)
-        return None if result is None else self._record(handle, result)
+        return await self.backend.kill_record(handle, grace)
 
     async def read_log(self, handle: Handle, stream: str, offset: int, size: int) -> bytes:
         return await self.backend.read_log(EffectKey.parse(handle.key), stream, offset, size)
-
-    def _record(self, handle: Handle, result: Any) -> ExitRecord:
-        record = self.backend.exit_record(handle)
-        assert record is not None, f"{handle.key}: a result without an exit record"
-        assert result == result_of(record), (result, record)
-        return record
 
     @property
     def _daemon(self) -> Any:

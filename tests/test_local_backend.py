@@ -26,7 +26,7 @@ from _local import Local
 from _local import Spec as LaunchSpec
 
 from corra._errors import BackendError, ConfigError, LaunchFailed, ProgramLost
-from corra.backends._exits import ExitRecord
+from corra.backends._exits import ExitRecord, result_of
 from corra.backends.local import (
     CgroupSupport,
     Handle,
@@ -1091,3 +1091,16 @@ async def test_try_acquire_slot_takes_a_free_slot_only_when_nobody_queues(tmp_pa
         assert not backend.try_acquire_slot("b")
         backend.release_slot("c")
         assert backend.try_acquire_slot("b")
+
+
+async def test_wait_and_kill_give_the_exit_records_result(backend: Local):
+    # What a process actor gets (`Backend.wait`, `Backend.kill`): the record, as a Result.
+    handle = await backend.launch("rs1.1", sh("echo out; exit 3"))
+    result = await backend.backend.wait(handle)
+    assert result == result_of(backend.exit_record(handle))
+    assert (result.returncode, result.stdout_bytes) == (3, 4)
+    handle = await backend.launch("rs2.1", sh("sleep 100"))
+    await wait_until(lambda: backend.status(handle) == "running")
+    killed = await backend.backend.kill(handle, 0.5)
+    assert killed is not None and killed.killed
+    assert killed == result_of(backend.exit_record(handle))

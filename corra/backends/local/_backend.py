@@ -283,7 +283,15 @@ class LocalBackend(BackendBase):
     # waiting and killing --------------------------------------------------------------------
 
     async def wait(self, handle: Handle) -> Result:
-        """Wait for the program to end; its result (exit.json exists by then).
+        """Wait for the program to end; its result (`wait_record`'s, as a `Result`).
+
+        Raises:
+            ProgramLost: the chaperone is gone and left no exit record.
+        """
+        return result_of(await self.wait_record(handle))
+
+    async def wait_record(self, handle: Handle) -> ExitRecord:
+        """Wait for the program to end; its exit record, all of it (exit.json exists by then).
 
         Woken by the shared chaperone's message, by an own chaperone's pipe for programs this
         backend launched, else by a pidfd on the own chaperone; it polls (with backoff) only
@@ -294,15 +302,20 @@ class LocalBackend(BackendBase):
             ProgramLost: the chaperone is gone and left no exit record.
         """
         handle = _typed(handle)
-        return result_of(await self._client_of(handle).wait(handle))
+        return await self._client_of(handle).wait(handle)
 
     async def kill(self, handle: Handle, grace: float | None = None) -> Result | None:
+        """Kill the program (`kill_record`); its result, or None if it was lost."""
+        record = await self.kill_record(handle, grace)
+        return None if record is None else result_of(record)
+
+    async def kill_record(self, handle: Handle, grace: float | None = None) -> ExitRecord | None:
         """Kill the program: SIGTERM to its group, SIGKILL after ``grace`` seconds (None: the
         request's ``kill_grace``), and its cgroup with it.
 
         The chaperone does it (so a kill survives a runtime crash half-way) and records
         ``killed``; if the chaperone is gone, the runtime kills the group itself. Returns the
-        result once there is one, or None if the program was lost (and is now gone).
+        exit record once there is one, or None if the program was lost (and is now gone).
         Cancelling the wait leaves the kill under way.
         """
         handle = _typed(handle)
@@ -311,10 +324,10 @@ class LocalBackend(BackendBase):
         client = self._client_of(handle)
         if await client.kill(handle, grace):
             with contextlib.suppress(ProgramLost):
-                return result_of(await client.wait(handle))
+                return await client.wait(handle)
         record = await trio.to_thread.run_sync(exit_record, handle)
         if record is not None:
-            return result_of(record)
+            return record
         if grace is None:
             grace = await trio.to_thread.run_sync(spec_grace, handle)
         await kill_orphaned(handle, grace, self._cgroup_paths(handle.key))
