@@ -212,7 +212,7 @@ def connect_or_start(root: Path, idle_exit: float) -> tuple[socket.socket, dict[
                 return connected
             if time.monotonic() > deadline:
                 raise BackendError(f"{root}: no shared chaperone answers")
-            answer = _start_daemon(root, idle_exit, deadline)
+            answer = _start_chaperone(root, idle_exit, deadline)
             if answer == "busy":  # one that is leaving still holds the lock: try again
                 time.sleep(delay)
                 delay = min(delay * 2, 0.1)
@@ -299,7 +299,7 @@ def environ_copy() -> dict[Any, Any]:
     return dict(environ_now())
 
 
-def _start_daemon(root: Path, idle_exit: float, deadline: float) -> str:
+def _start_chaperone(root: Path, idle_exit: float, deadline: float) -> str:
     """Start ``chaperone --serve`` for ``root``; what it said (``ready``, ``busy``, or why
     it failed). The root is passed in the environment, not on the command line."""
     read_fd, write_fd = os.pipe()
