@@ -33,6 +33,7 @@ from corra.backends.local import (
     LocalBackend,
     SlotStatistics,
     _cgroups,
+    _clients,
     _rundirs,
     _shared,
 )
@@ -1104,3 +1105,19 @@ async def test_wait_and_kill_give_the_exit_records_result(backend: Local):
     killed = await backend.backend.kill(handle, 0.5)
     assert killed is not None and killed.killed
     assert killed == result_of(backend.exit_record(handle))
+
+
+async def test_an_own_chaperones_pipe_is_a_checkpoint_even_with_a_line_waiting():
+    # trio's rule: a function is always a checkpoint, or never (the review of issue 12).
+    read_fd, write_fd = os.pipe()
+    link = _clients._Link(read_fd)
+    try:
+        os.write(write_fd, b'{"status": "started"}\n')
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await link.receive()
+        assert scope.cancelled_caught
+        assert await link.receive() == {"status": "started"}  # nothing was lost
+    finally:
+        link.close()
+        os.close(write_fd)

@@ -111,6 +111,7 @@ class LocalBackend(BackendBase):
         self._launching: dict[str, trio.Event] = {}
         self._shared = SharedClient(self.root, self._prepare)
         self._own = OwnClient(self.root)
+        self._launcher: ChaperoneClient = self._shared if chaperone == "shared" else self._own
         self._slots = Slots(max_running)
         self._closed = False
         self._tasks: contextlib.AsyncExitStack | None = None
@@ -174,8 +175,8 @@ class LocalBackend(BackendBase):
         self._launching[key] = done = trio.Event()
         try:
             await self._prepare()
-            client = self._shared if self.chaperone == "shared" else self._own
-            handle = await client.launch(key, self._document(key, request), request.environment())
+            document = self._document(key, request)
+            handle = await self._launcher.launch(key, document, request.environment())
             return handle if handle is not None else await self._existing(key)
         finally:
             del self._launching[key]
