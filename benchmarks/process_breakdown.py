@@ -4,7 +4,7 @@ Not a suite (nothing is compared against a baseline here). ``python -m
 benchmarks.process_breakdown [--programs N] [--rounds R]`` runs ``true`` through
 ``open_runtime`` by 1 and 8 submitters, as ``local_programs_c1`` and ``local_programs_c8``
 do, in four variants (durable store or not, cgroups or not:
-``LocalProcessBackend(cgroups="off")``, passed in as the runtime's backend), in interleaved
+``LocalBackend(cgroups="off")``, passed in as the runtime's backend), in interleaved
 rounds, and prints the medians of:
 
 - ``programs/s``;
@@ -46,7 +46,7 @@ import trio
 
 from benchmarks.process import kept_scratch
 from corra._runtime import open_runtime
-from corra.backends.local_process import LocalProcessBackend
+from corra.backends.local import LocalBackend
 from corra.persistence import _store
 from corra.processes._backend import BackendBase, EffectKey, LaunchRequest
 from corra.processes._lifecycle import Result
@@ -71,9 +71,9 @@ async def _counted_save(self: _store.Store, *args: Any, **kwargs: Any) -> None:
 
 
 class TimedBackend(BackendBase):
-    """`LocalProcessBackend`, with the time of every launch and wait written down."""
+    """`LocalBackend`, with the time of every launch and wait written down."""
 
-    def __init__(self, inner: LocalProcessBackend) -> None:
+    def __init__(self, inner: LocalBackend) -> None:
         self.inner = inner
         self.capabilities = inner.capabilities
         self.times: dict[str, list[float]] = collections.defaultdict(list)
@@ -122,7 +122,7 @@ class TimedBackend(BackendBase):
 async def one_run(count: int, concurrency: int, durable: bool, cgroups: str) -> dict[str, float]:
     """``count`` programs of ``true``; per-program figures in milliseconds, and programs/s."""
     state_dir = await trio.to_thread.run_sync(kept_scratch, "breakdown-")
-    inner = LocalProcessBackend(state_dir / "runs", max_running=8, cgroups=cgroups)  # type: ignore[arg-type]
+    inner = LocalBackend(state_dir / "runs", max_running=8, cgroups=cgroups)  # type: ignore[arg-type]
     backend = TimedBackend(inner)
     spawns: list[float] = []
     async with (

@@ -36,9 +36,10 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from corra.backends.local import LaunchSpec, LocalBackend
+from corra.backends.local import LocalBackend
+from corra.processes._backend import EffectKey, LaunchRequest
 
-TRUE = LaunchSpec(argv=("true",))
+TRUE = ("true",)
 
 
 _ROOTS: list[str] = []
@@ -80,17 +81,17 @@ async def corra_local_true(count: int, concurrency: int, **backend_options: obje
     root = await trio.to_thread.run_sync(_scratch)
     async with LocalBackend(root, **backend_options) as backend:  # type: ignore[arg-type]
         # Warm-up outside the figure: starts the shared chaperone, creates the cgroup parents.
-        await backend.wait(await backend.launch("warm-up", TRUE))
+        await backend.wait(await backend.launch(LaunchRequest(EffectKey("warm-up", 1), TRUE)))
 
         async def one(number: int) -> None:
-            key = f"{number}.1"
+            key = EffectKey(str(number), 1)
             await backend.acquire_slot(key)
             try:
-                record = await backend.wait(await backend.launch(key, TRUE))
+                result = await backend.wait(await backend.launch(LaunchRequest(key, TRUE)))
             finally:
                 backend.release_slot(key)
-            if record.returncode != 0:
-                raise RuntimeError(f"true failed: {record}")
+            if result.returncode != 0:
+                raise RuntimeError(f"true failed: {result}")
 
         return await _run_workers(count, concurrency, one)
 

@@ -93,10 +93,10 @@ class _Backends:
         """
         if record.spec.backend == "local":
             if self._local is None:
-                from corra.backends.local_process import LocalProcessBackend
+                from corra.backends.local import LocalBackend
 
                 # (no cgroups looked for: nothing is launched)
-                self._local = LocalProcessBackend(self._state_dir / RUNS, cgroups="off")
+                self._local = LocalBackend(self._state_dir / RUNS, cgroups="off")
             await trio.lowlevel.checkpoint()
             return self._local
         async with self._opening:

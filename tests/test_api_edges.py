@@ -25,7 +25,7 @@ from corra.api import Listen, open_api, serve_api
 from corra.api._cache import TERMINAL_CACHE_BYTES, TerminalCache
 from corra.api._requests import BODY_TIMEOUT
 from corra.api._server import TLS_HANDSHAKE_TIMEOUT
-from corra.backends.local_process import log_file
+from corra.backends.local import log_file
 from corra.processes._manager import MAX_LOG_OFFSET
 
 # -- the cache of terminal processes -----------------------------------------------------------

@@ -22,8 +22,7 @@ from test_api import TOKEN, serving
 import corra
 import corra._runtime
 from corra._errors import ConfigError
-from corra.backends import local
-from corra.backends.local import LaunchSpec, LocalBackend
+from corra.backends.local import LocalBackend, _connection
 from corra.processes._backend import (
     BackendBase,
     BackendContext,
@@ -258,11 +257,11 @@ async def test_an_unexpected_error_in_the_shared_chaperone_connection_propagates
     def broken(self: Any, message: dict[str, Any]) -> None:
         raise RuntimeError("a bug in _dispatch")
 
-    monkeypatch.setattr(local._Daemon, "_dispatch", broken)
+    monkeypatch.setattr(_connection.Connection, "_dispatch", broken)
     with pytest.raises(BaseExceptionGroup) as raised:
         async with LocalBackend(tmp_path / "runs", cgroups="off") as backend:
             with trio.fail_after(30):
-                await backend.launch("bug.1", LaunchSpec(argv=("true",)))
+                await backend.launch(LaunchRequest(EffectKey.parse("bug.1"), ("true",)))
     bug, rest = raised.value.split(RuntimeError)
     assert bug is not None and rest is None
     assert str(bug.exceptions[0]) == "a bug in _dispatch"
@@ -271,7 +270,7 @@ async def test_an_unexpected_error_in_the_shared_chaperone_connection_propagates
 async def test_the_shared_chaperone_connection_needs_the_backends_block(tmp_path: Path) -> None:
     backend = LocalBackend(tmp_path / "runs", cgroups="off")
     with pytest.raises(corra.BackendError, match="async with LocalBackend"):
-        await backend.launch("outside.1", LaunchSpec(argv=("true",)))
+        await backend.launch(LaunchRequest(EffectKey.parse("outside.1"), ("true",)))
 
 
 def test_a_plugin_is_described_alike_before_and_after_its_types_are_resolved() -> None:

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 import trio
+from _local import Local
+from _local import Spec as LaunchSpec
 from test_local_backend import _cleanup, alive, daemon_of, group_members, sh, stat_fields
 
-from corra.backends.local import LaunchSpec, LocalBackend
 from corra.chaperone import _proc
 
 THIRTY_DAYS = 2_592_000.0
@@ -52,7 +53,7 @@ def pool_cgroups(parent: str, daemon: dict) -> list[str]:
 
 async def test_long_timeout_does_not_kill_shared_chaperone(root: Path):
     """30 days of timeout and of grace: more milliseconds than epoll takes (a C int)."""
-    async with LocalBackend(root) as backend:
+    async with Local(root) as backend:
         other = await backend.launch("other.1", sh("sleep 1000"))
         long = await backend.launch(
             "long.1",
@@ -74,7 +75,7 @@ async def test_long_timeout_does_not_kill_shared_chaperone(root: Path):
 
 
 async def test_long_timeout_and_huge_grace_do_not_kill_an_own_chaperone(root: Path):
-    async with LocalBackend(root, chaperone="own") as backend:
+    async with Local(root, chaperone="own") as backend:
         other = await backend.launch("other.1", sh("sleep 1000"))
         long = await backend.launch(
             "long.1", LaunchSpec(argv=("sleep", "1000"), timeout=THIRTY_DAYS, kill_grace=TEN_YEARS)
@@ -107,7 +108,7 @@ async def test_a_shared_chaperone_whose_state_dir_is_removed_kills_its_programs_
 ):
     leftovers: list[dict] = []
     try:
-        async with LocalBackend(root) as backend:
+        async with Local(root) as backend:
             handle = await backend.launch("gone.1", sh("sleep 1000 & sleep 1000 & wait"))
             daemon = daemon_of(root)
             assert daemon is not None
@@ -140,7 +141,7 @@ async def test_an_own_chaperone_whose_run_dir_is_removed_kills_its_program_and_l
 ):
     leftovers: list[dict] = []
     try:
-        async with LocalBackend(root, chaperone="own") as backend:
+        async with Local(root, chaperone="own") as backend:
             handle = await backend.launch("gone.1", sh("sleep 1000 & sleep 1000 & wait"))
             own = {"pid": handle.chaperone_pid, "start": handle.chaperone_start}
             leftovers += [

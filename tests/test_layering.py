@@ -59,7 +59,7 @@ TOP = {
 #: The built-in backends (their modules), which know the process domain and the shared
 #: backend infrastructure (transports, pollers, staging), never each other.
 BACKENDS: dict[str, tuple[str, ...]] = {
-    "local": ("corra.backends.local", "corra.backends.local_process", "corra.backends._cgroups"),
+    "local": ("corra.backends.local",),
     "ssh": ("corra.backends.ssh",),
     "slurm": ("corra.backends.slurm", "corra.backends.batch", "corra.backends.scheduler"),
 }
@@ -133,16 +133,7 @@ def test_a_layer_imports_only_what_is_below_it(name: str, path: Path) -> None:
 
 @pytest.mark.parametrize(
     "backend",
-    [
-        "local",
-        pytest.param(
-            "ssh",
-            marks=pytest.mark.xfail(
-                strict=True, reason="issue 12 in progress: ssh reads exit records through local"
-            ),
-        ),
-        "slurm",
-    ],
+    ["local", "ssh", "slurm"],
 )
 def test_a_backend_does_not_import_another(backend: str) -> None:
     others = tuple(m for other, ms in BACKENDS.items() if other != backend for m in ms)

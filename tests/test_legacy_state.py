@@ -462,12 +462,12 @@ def test_corra_logs_of_a_legacy_process(state, name):
 
 
 async def test_a_runtime_recovers_the_legacy_state_and_runs_nothing_again(state):
-    from corra.backends.local_process import LocalProcessBackend
+    from corra.backends.local import LocalBackend
 
     seen_before = corra_cli(state, "ps", "--json")
     # The local backend alone: the remote hosts of the fixture do not answer, and a runtime
     # with their backends would try again to launch what waits for them.
-    local = LocalProcessBackend(state / "runs")
+    local = LocalBackend(state / "runs")
     async with local, corra.open_runtime(state_dir=state, backends={"local": local}) as rt:
         report = rt.recovery
         assert report is not None

@@ -22,17 +22,23 @@ import attrs
 import pytest
 import trio
 import trio.testing
+from _local import Local
+from _local import Spec as LaunchSpec
 
 from corra._errors import BackendError, ConfigError, LaunchFailed, ProgramLost
-from corra.backends import _cgroups, local
+from corra.backends._exits import ExitRecord, result_of
 from corra.backends.local import (
     CgroupSupport,
-    ExitRecord,
     Handle,
-    LaunchSpec,
     LocalBackend,
+    SlotStatistics,
+    _cgroups,
+    _clients,
+    _rundirs,
+    _shared,
 )
 from corra.chaperone import _rundir
+from corra.processes._spec import ProcessSpec
 
 PYTHON = sys.executable
 
@@ -170,14 +176,14 @@ def kind(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 async def backend(root: Path, kind: str):
     """A backend with each kind of chaperone in turn."""
-    async with LocalBackend(root, chaperone=kind) as backend:  # type: ignore[arg-type]
+    async with Local(root, chaperone=kind) as backend:  # type: ignore[arg-type]
         yield backend
 
 
 @pytest.fixture
 def quick_idle_exit(monkeypatch: pytest.MonkeyPatch) -> float:
     """Shared chaperones started from now on leave after this many idle seconds."""
-    monkeypatch.setattr(local, "DAEMON_IDLE_EXIT", 0.5)
+    monkeypatch.setattr(_shared, "IDLE_EXIT", 0.5)
     return 0.5
 
 
@@ -189,7 +195,7 @@ def py(code: str, **options: object) -> LaunchSpec:
     return LaunchSpec(argv=(PYTHON, "-c", textwrap.dedent(code)), **options)  # type: ignore[arg-type]
 
 
-async def run(backend: LocalBackend, key: str, spec: LaunchSpec) -> tuple[Handle, ExitRecord]:
+async def run(backend: Local, key: str, spec: LaunchSpec) -> tuple[Handle, ExitRecord]:
     handle = await backend.launch(key, spec)
     return handle, await backend.wait(handle)
 
@@ -197,7 +203,7 @@ async def run(backend: LocalBackend, key: str, spec: LaunchSpec) -> tuple[Handle
 # exits ----------------------------------------------------------------------------------
 
 
-async def test_output_and_exit_code(backend: LocalBackend):
+async def test_output_and_exit_code(backend: Local):
     handle, record = await run(backend, "p1.1", sh("echo out; echo err >&2; echo more"))
     assert record.returncode == 0 and record.signal is None and record.error is None
     assert record.ok
@@ -213,18 +219,18 @@ async def test_output_and_exit_code(backend: LocalBackend):
     assert backend.exit_record(handle) == record
 
 
-async def test_failing_exit_code(backend: LocalBackend):
+async def test_failing_exit_code(backend: Local):
     _, record = await run(backend, "p2.1", sh("exit 3"))
     assert (record.returncode, record.signal, record.ok) == (3, None, False)
 
 
-async def test_signal_death(backend: LocalBackend):
+async def test_signal_death(backend: Local):
     _, record = await run(backend, "p3.1", sh("kill -USR1 $$"))
     assert (record.returncode, record.signal) == (None, signal.SIGUSR1)
     assert not record.killed
 
 
-async def test_environment_cwd_and_stdin(backend: LocalBackend, tmp_path: Path):
+async def test_environment_cwd_and_stdin(backend: Local, tmp_path: Path):
     spec = sh(
         'echo "$CORRA_TEST_VAR $(pwd)"; cat; echo "home=$HOME"',
         env={"CORRA_TEST_VAR": "hello"},
@@ -239,7 +245,7 @@ async def test_environment_cwd_and_stdin(backend: LocalBackend, tmp_path: Path):
 
 
 async def test_programs_see_the_environment_as_it_is_when_launched(
-    backend: LocalBackend, monkeypatch: pytest.MonkeyPatch
+    backend: Local, monkeypatch: pytest.MonkeyPatch
 ):
     script = 'echo "${CORRA_TEST_A-unset} ${CORRA_TEST_B-unset}"'
     monkeypatch.setenv("CORRA_TEST_A", "1")
@@ -251,7 +257,7 @@ async def test_programs_see_the_environment_as_it_is_when_launched(
     assert await backend.read_log(second, "stdout", 0, 100) == b"unset 2\n"
 
 
-async def test_programs_get_the_runtimes_umask(backend: LocalBackend):
+async def test_programs_get_the_runtimes_umask(backend: Local):
     umask = os.umask(0o027)
     try:
         handle, _ = await run(backend, "u1.1", sh("umask"))
@@ -260,7 +266,7 @@ async def test_programs_get_the_runtimes_umask(backend: LocalBackend):
     assert await backend.read_log(handle, "stdout", 0, 100) == b"0027\n"
 
 
-async def test_rusage_is_recorded(backend: LocalBackend):
+async def test_rusage_is_recorded(backend: Local):
     _, record = await run(
         backend, "p6.1", py("x = bytearray(64 * 1024 * 1024)\nsum(range(3_000_000))")
     )
@@ -272,7 +278,7 @@ async def test_rusage_is_recorded(backend: LocalBackend):
 # timeouts and kills ---------------------------------------------------------------------
 
 
-async def test_timeout_terminates(backend: LocalBackend):
+async def test_timeout_terminates(backend: Local):
     handle, record = await run(backend, "t1.1", LaunchSpec(argv=("sleep", "30"), timeout=0.5))
     assert record.timed_out and not record.killed
     assert record.signal == signal.SIGTERM
@@ -280,7 +286,7 @@ async def test_timeout_terminates(backend: LocalBackend):
     assert not alive(handle.pid)
 
 
-async def test_timeout_escalates_to_kill_after_grace(backend: LocalBackend):
+async def test_timeout_escalates_to_kill_after_grace(backend: Local):
     spec = py(
         """
         import signal, time
@@ -297,7 +303,7 @@ async def test_timeout_escalates_to_kill_after_grace(backend: LocalBackend):
     assert await backend.read_log(handle, "stdout", 0, 100) == b"ignoring TERM\n"
 
 
-async def test_kill_reaches_grandchildren(backend: LocalBackend):
+async def test_kill_reaches_grandchildren(backend: Local):
     handle = await backend.launch("k1.1", sh("sleep 100 & sleep 100 & wait"))
     await wait_until(lambda: len(group_members(handle.pid)) == 3, what="three processes")
     members = group_members(handle.pid)
@@ -309,7 +315,7 @@ async def test_kill_reaches_grandchildren(backend: LocalBackend):
 
 
 async def test_kill_escalates_for_a_group_that_ignores_term(root: Path):
-    async with LocalBackend(root, cgroups="off") as backend:
+    async with Local(root, cgroups="off") as backend:
         handle = await backend.launch(
             "k2.1", sh("trap '' TERM; sleep 100 & sleep 100 & echo ready; wait", kill_grace=30)
         )
@@ -322,7 +328,7 @@ async def test_kill_escalates_for_a_group_that_ignores_term(root: Path):
         assert [pid for pid in members if alive(pid)] == []
 
 
-async def test_leftovers_are_killed_when_the_leader_exits(backend: LocalBackend):
+async def test_leftovers_are_killed_when_the_leader_exits(backend: Local):
     handle, record = await run(backend, "k3.1", sh("sleep 100 & echo $!"))
     left_behind = int(await backend.read_log(handle, "stdout", 0, 100))
     assert record.returncode == 0
@@ -330,7 +336,7 @@ async def test_leftovers_are_killed_when_the_leader_exits(backend: LocalBackend)
 
 
 async def test_kill_reaches_a_process_that_left_the_group_through_the_cgroup(
-    backend: LocalBackend,
+    backend: Local,
 ):
     if not backend.cgroups.kill:
         pytest.skip(f"no cgroup.kill here: {backend.cgroups}")
@@ -347,7 +353,7 @@ async def test_kill_reaches_a_process_that_left_the_group_through_the_cgroup(
     assert handle.cgroup is not None and cgroup_done(handle.cgroup)
 
 
-async def test_what_escaped_the_group_dies_with_the_leader(backend: LocalBackend):
+async def test_what_escaped_the_group_dies_with_the_leader(backend: Local):
     if not backend.cgroups.kill:
         pytest.skip(f"no cgroup.kill here: {backend.cgroups}")
     handle, record = await run(backend, "k5.1", sh("setsid sleep 100 & echo $!"))
@@ -357,7 +363,7 @@ async def test_what_escaped_the_group_dies_with_the_leader(backend: LocalBackend
     assert handle.cgroup is not None and cgroup_done(handle.cgroup)
 
 
-async def test_program_runs_in_its_cgroup_which_is_empty_afterwards(backend: LocalBackend):
+async def test_program_runs_in_its_cgroup_which_is_empty_afterwards(backend: Local):
     if not backend.cgroups.kill:
         pytest.skip(f"no cgroup.kill here: {backend.cgroups}")
     handle, _ = await run(backend, "c1.1", sh("cat /proc/self/cgroup"))
@@ -371,7 +377,7 @@ async def test_program_runs_in_its_cgroup_which_is_empty_afterwards(backend: Loc
     assert again.cgroup is not None and cgroup_done(again.cgroup)
 
 
-async def test_memory_limit_kills_a_program_that_allocates_too_much(backend: LocalBackend):
+async def test_memory_limit_kills_a_program_that_allocates_too_much(backend: Local):
     if backend.cgroups.memory is None:
         pytest.skip(f"no writable memory cgroup here: {backend.cgroups}")
     spec = py(
@@ -393,7 +399,7 @@ async def test_memory_limit_kills_a_program_that_allocates_too_much(backend: Loc
     assert record.returncode == 0 and not record.oom_killed
 
 
-async def test_pids_limit_stops_forks(backend: LocalBackend):
+async def test_pids_limit_stops_forks(backend: Local):
     if backend.cgroups.pids is None:
         pytest.skip(f"no writable pids cgroup here: {backend.cgroups}")
     spec = sh("for i in 1 2 3 4 5 6; do sleep 5 & done; wait", pids_limit=4, timeout=10)
@@ -403,7 +409,7 @@ async def test_pids_limit_stops_forks(backend: LocalBackend):
 
 
 async def test_limits_without_cgroups_are_noted(root: Path):
-    async with LocalBackend(root, cgroups="off") as backend:
+    async with Local(root, cgroups="off") as backend:
         assert backend.cgroups.layout == "off"
         handle, record = await run(backend, "m4.1", sh("true", memory_limit=10**9, pids_limit=9))
     assert record.returncode == 0
@@ -413,7 +419,7 @@ async def test_limits_without_cgroups_are_noted(root: Path):
     assert "pids_limit not enforced" in handle.cgroup_note
 
 
-async def test_flood_of_output_is_spooled_to_the_file(backend: LocalBackend):
+async def test_flood_of_output_is_spooled_to_the_file(backend: Local):
     size = 50_000_000
     handle, record = await run(
         backend, "f1.1", LaunchSpec(argv=("head", "-c", str(size), "/dev/zero"))
@@ -426,7 +432,7 @@ async def test_flood_of_output_is_spooled_to_the_file(backend: LocalBackend):
 # idempotence, reattach, survival --------------------------------------------------------
 
 
-async def test_launch_is_idempotent_by_key(backend: LocalBackend, tmp_path: Path):
+async def test_launch_is_idempotent_by_key(backend: Local, tmp_path: Path):
     ledger = tmp_path / "ledger"
     spec = sh(f"echo ran >> {ledger}; sleep 0.2")
     first = await backend.launch("i1.1", spec)
@@ -438,7 +444,7 @@ async def test_launch_is_idempotent_by_key(backend: LocalBackend, tmp_path: Path
     assert ledger.read_text() == "ran\n"
 
 
-async def test_concurrent_launches_of_one_key_run_it_once(backend: LocalBackend, tmp_path: Path):
+async def test_concurrent_launches_of_one_key_run_it_once(backend: Local, tmp_path: Path):
     ledger = tmp_path / "ledger"
     spec = sh(f"echo ran >> {ledger}")
     handles: list[Handle] = []
@@ -457,10 +463,10 @@ async def test_concurrent_launches_of_one_key_run_it_once(backend: LocalBackend,
 async def test_two_backends_on_one_root_launch_a_key_once(root: Path, tmp_path: Path):
     ledger = tmp_path / "ledger"
     spec = sh(f"echo ran >> {ledger}")
-    async with LocalBackend(root) as one, LocalBackend(root, chaperone="own") as two:
+    async with Local(root) as one, Local(root, chaperone="own") as two:
         handles = []
 
-        async def launch(backend: LocalBackend) -> None:
+        async def launch(backend: Local) -> None:
             handles.append(await backend.launch("i3.1", spec))
 
         async with trio.open_nursery() as nursery:
@@ -472,9 +478,9 @@ async def test_two_backends_on_one_root_launch_a_key_once(root: Path, tmp_path: 
 
 
 async def test_a_new_backend_reattaches_by_key(root: Path):
-    async with LocalBackend(root) as first:
+    async with Local(root) as first:
         launched = await first.launch("r1.1", sh("sleep 0.5; echo finished; exit 7"))
-    async with LocalBackend(root) as second:  # as after a restart of the runtime
+    async with Local(root) as second:  # as after a restart of the runtime
         handle = await trio.to_thread.run_sync(second.find, "r1.1")
         assert handle == launched
         assert second.status(handle) == "running"
@@ -488,13 +494,15 @@ async def test_a_new_backend_reattaches_by_key(root: Path):
 LAUNCHER = """
 import json, sys
 import attrs, trio
-from corra.backends.local import LaunchSpec, LocalBackend
+from corra.backends.local import LocalBackend
+from corra.processes._backend import EffectKey, LaunchRequest
 
 async def main():
     async with LocalBackend(sys.argv[1], chaperone=sys.argv[2]) as backend:
         handles = []
         for key, script in json.loads(sys.argv[3]).items():
-            handle = await backend.launch(key, LaunchSpec(argv=("sh", "-c", script)))
+            request = LaunchRequest(EffectKey.parse(key), ("sh", "-c", script))
+            handle = await backend.launch(request)
             handles.append(attrs.asdict(handle))
         print(json.dumps(handles), flush=True)
         await trio.sleep(60)
@@ -525,7 +533,7 @@ async def launch_and_die(root: Path, kind: str, scripts: dict[str, str]) -> list
 async def test_the_program_survives_the_death_of_its_launcher(root: Path, kind: str):
     (launched,) = await launch_and_die(root, kind, {"s1.1": "sleep 1; echo done"})
     assert launched.shared == (kind == "shared")
-    async with LocalBackend(root, chaperone=kind) as backend:  # type: ignore[arg-type]
+    async with Local(root, chaperone=kind) as backend:  # type: ignore[arg-type]
         assert backend.status(launched) == "running"
         assert alive(launched.pid)  # type: ignore[arg-type]
         record = await backend.wait(launched)
@@ -533,7 +541,7 @@ async def test_the_program_survives_the_death_of_its_launcher(root: Path, kind: 
         assert await backend.read_log(launched, "stdout", 0, 100) == b"done\n"
 
 
-async def test_lost_when_chaperone_and_program_are_killed(backend: LocalBackend):
+async def test_lost_when_chaperone_and_program_are_killed(backend: Local):
     handle = await backend.launch("l1.1", sh("sleep 100 & wait"))
     os.kill(handle.chaperone_pid, signal.SIGKILL)
     os.killpg(handle.pid, signal.SIGKILL)  # type: ignore[arg-type]
@@ -547,7 +555,7 @@ async def test_lost_when_chaperone_and_program_are_killed(backend: LocalBackend)
 
 
 async def test_a_new_backend_sweeps_the_empty_cgroups_of_lost_runs(root: Path):
-    async with LocalBackend(root, chaperone="own") as first:
+    async with Local(root, chaperone="own") as first:
         if not first.cgroups.kill:
             pytest.skip(f"no cgroup.kill here: {first.cgroups}")
         lost = await first.launch("l4.1", sh("sleep 100"))
@@ -557,14 +565,14 @@ async def test_a_new_backend_sweeps_the_empty_cgroups_of_lost_runs(root: Path):
         await wait_until(lambda: first.status(lost) == "lost")
         await wait_until(lambda: not group_members(lost.pid))  # type: ignore[arg-type]
     assert exists(lost.cgroup)  # type: ignore[arg-type]
-    async with LocalBackend(root) as second:
+    async with Local(root) as second:
         await run(second, "l6.1", sh("true"))
         assert not exists(lost.cgroup)  # type: ignore[arg-type]
         assert exists(running.cgroup)  # type: ignore[arg-type]
         await second.kill(running, grace=0)
 
 
-async def test_kill_without_chaperone_kills_the_group_itself(backend: LocalBackend):
+async def test_kill_without_chaperone_kills_the_group_itself(backend: Local):
     handle = await backend.launch("l2.1", sh("trap '' TERM; sleep 100 & sleep 100 & wait"))
     await wait_until(lambda: len(group_members(handle.pid)) == 3, what="three processes")
     members = group_members(handle.pid)
@@ -576,7 +584,7 @@ async def test_kill_without_chaperone_kills_the_group_itself(backend: LocalBacke
     assert [pid for pid in members if alive(pid)] == []
 
 
-async def test_pid_reuse_is_not_taken_for_the_chaperone(backend: LocalBackend):
+async def test_pid_reuse_is_not_taken_for_the_chaperone(backend: Local):
     handle, _ = await run(backend, "l3.1", sh("true"))
     impostor = attrs.evolve(handle, chaperone_pid=os.getpid())  # alive, but started elsewhen
     unlink(Path(handle.run_dir, "exit.json"))
@@ -595,7 +603,7 @@ def stat_of(pid: int) -> tuple[int, int, int]:
 
 
 async def test_one_shared_chaperone_runs_the_programs_of_a_root(root: Path):
-    async with LocalBackend(root) as backend:
+    async with Local(root) as backend:
         one = await backend.launch("h1.1", sh("sleep 0.3"))
         two, _ = await run(backend, "h2.1", sh("echo two"))
         daemon = daemon_of(root)
@@ -631,7 +639,7 @@ async def test_a_new_backend_reattaches_to_the_shared_chaperone_after_a_crash(ro
     assert {(h.chaperone_pid, h.chaperone_start) for h in handles} == {
         (daemon["pid"], daemon["start"])
     }
-    async with LocalBackend(root) as backend:
+    async with Local(root) as backend:
         found = [await trio.to_thread.run_sync(backend.find, h.key) for h in handles]
         assert found == handles
         records = [await backend.wait(handle) for handle in handles]
@@ -644,14 +652,14 @@ async def test_a_new_backend_reattaches_to_the_shared_chaperone_after_a_crash(ro
 
 async def test_kill_of_a_program_another_runtime_launched(root: Path, kind: str):
     (handle,) = await launch_and_die(root, kind, {"o.1": "trap '' TERM; sleep 30 & wait"})
-    async with LocalBackend(root, chaperone=kind) as backend:  # type: ignore[arg-type]
+    async with Local(root, chaperone=kind) as backend:  # type: ignore[arg-type]
         await wait_until(lambda: len(group_members(handle.pid)) == 2)  # type: ignore[arg-type]
         record = await backend.kill(handle, grace=0.2)
     assert record is not None and record.killed and record.signal == signal.SIGKILL
 
 
 async def test_a_killed_shared_chaperone_loses_its_programs_and_kill_ends_them(root: Path):
-    async with LocalBackend(root) as backend:
+    async with Local(root) as backend:
         handles = [
             await backend.launch(f"x{i}.1", sh("sleep 100 & sleep 100 & wait")) for i in range(3)
         ]
@@ -681,7 +689,8 @@ async def test_a_killed_shared_chaperone_loses_its_programs_and_kill_ends_them(r
 RACER = """
 import json, os, sys, time
 import trio
-from corra.backends.local import LaunchSpec, LocalBackend
+from corra.backends.local import LocalBackend
+from corra.processes._backend import EffectKey, LaunchRequest
 
 root, ledger, go = sys.argv[1:4]
 
@@ -693,8 +702,8 @@ async def main():
         handles = []
 
         async def one(key):
-            spec = LaunchSpec(argv=("sh", "-c", f"echo {key} >> {ledger}"))
-            handles.append(await backend.launch(key, spec))
+            argv = ("sh", "-c", f"echo {key} >> {ledger}")
+            handles.append(await backend.launch(LaunchRequest(EffectKey.parse(key), argv)))
 
         async with trio.open_nursery() as nursery:
             for number in range(8):
@@ -737,7 +746,7 @@ async def test_backends_racing_to_start_the_shared_chaperone_start_one(root: Pat
 
 
 async def test_the_shared_chaperone_leaves_once_idle(root: Path, quick_idle_exit: float):
-    async with LocalBackend(root) as backend:
+    async with Local(root) as backend:
         handle = await backend.launch("q1.1", sh("sleep 1"))
         daemon = daemon_of(root)
         assert daemon is not None
@@ -755,13 +764,13 @@ async def test_the_shared_chaperone_leaves_once_idle(root: Path, quick_idle_exit
         pool = f".pool-{daemon['pid']}.{daemon['start']}-"
         assert not [name for name in os.listdir(unified) if name.startswith(pool)]
     # The next backend starts a new one.
-    async with LocalBackend(root) as backend:
+    async with Local(root) as backend:
         again, record = await run(backend, "q2.1", sh("true"))
     assert record.returncode == 0 and again.chaperone_pid != handle.chaperone_pid
 
 
 async def test_timeouts_and_kills_hold_while_no_runtime_is_connected(root: Path):
-    async with LocalBackend(root) as backend:
+    async with Local(root) as backend:
         timed = await backend.launch("n1.1", LaunchSpec(argv=("sleep", "30"), timeout=0.5))
         stubborn = await backend.launch(
             "n2.1", sh("trap '' TERM; echo ready; sleep 30 & wait", kill_grace=30)
@@ -777,7 +786,7 @@ async def test_timeouts_and_kills_hold_while_no_runtime_is_connected(root: Path)
         ),
         what="the exit records",
     )
-    async with LocalBackend(root) as backend:
+    async with Local(root) as backend:
         timed_out = await backend.wait(timed)
         killed = await backend.wait(stubborn)
     assert timed_out.timed_out and timed_out.signal == signal.SIGTERM
@@ -787,7 +796,7 @@ async def test_timeouts_and_kills_hold_while_no_runtime_is_connected(root: Path)
 async def test_a_root_too_long_for_a_socket_address(tmp_path: Path):
     root = tmp_path / ("x" * 60) / ("y" * 60)
     assert len(str(root / ".chaperone.sock")) > 108
-    async with LocalBackend(root) as backend:
+    async with Local(root) as backend:
         _, record = await run(backend, "long.1", sh("exit 6"))
     assert record.returncode == 6
 
@@ -795,7 +804,7 @@ async def test_a_root_too_long_for_a_socket_address(tmp_path: Path):
 # launch errors --------------------------------------------------------------------------
 
 
-async def test_exec_failure_is_reported(backend: LocalBackend):
+async def test_exec_failure_is_reported(backend: Local):
     with pytest.raises(LaunchFailed, match=r"e1\.1: No such file or directory: 'nosuch'"):
         await backend.launch("e1.1", LaunchSpec(argv=("nosuch", "arg")))
     handle = backend.find("e1.1")
@@ -808,14 +817,14 @@ async def test_exec_failure_is_reported(backend: LocalBackend):
         await backend.launch("e1.1", LaunchSpec(argv=("nosuch", "arg")))
 
 
-async def test_not_executable_is_reported(backend: LocalBackend, tmp_path: Path):
+async def test_not_executable_is_reported(backend: Local, tmp_path: Path):
     script = tmp_path / "script"
     script.write_text("#!/bin/sh\necho hi\n")
     with pytest.raises(LaunchFailed, match=r"Permission denied: '.*script'"):
         await backend.launch("e2.1", LaunchSpec(argv=(str(script),)))
 
 
-async def test_missing_cwd_claims_nothing(backend: LocalBackend, tmp_path: Path):
+async def test_missing_cwd_claims_nothing(backend: Local, tmp_path: Path):
     missing = tmp_path / "missing"
     with pytest.raises(LaunchFailed, match=f"cwd: no such directory: '{missing}'"):
         await backend.launch("e3.1", LaunchSpec(argv=("true",), cwd=str(missing)))
@@ -843,13 +852,14 @@ async def test_missing_cwd_claims_nothing(backend: LocalBackend, tmp_path: Path)
     ],
 )
 def test_invalid_specs_name_the_field(options: dict, field: str):
+    # (checked once, in the spec: the backend takes what the process actor built from it)
     arguments = {"argv": ("true",), **options}
     with pytest.raises(ConfigError, match=f"^{field}"):
-        LaunchSpec(**arguments)
+        ProcessSpec(**arguments)
 
 
 @pytest.mark.parametrize("key", ["", "../x", "a/b", ".hidden", "x" * 201, 7])
-async def test_invalid_keys_are_refused(backend: LocalBackend, key: object):
+async def test_invalid_keys_are_refused(backend: Local, key: object):
     with pytest.raises(ConfigError, match=r"^key"):
         await backend.launch(key, LaunchSpec(argv=("true",)))  # type: ignore[arg-type]
 
@@ -861,7 +871,7 @@ def test_invalid_backend_options(tmp_path: Path):
         LocalBackend(tmp_path, cgroups="on")  # type: ignore[arg-type]
 
 
-async def test_corrupt_exit_record_is_a_backend_error(backend: LocalBackend):
+async def test_corrupt_exit_record_is_a_backend_error(backend: Local):
     handle, _ = await run(backend, "e4.1", sh("true"))
     write_text(Path(handle.run_dir, "exit.json"), '{"returncode": 0}')
     with pytest.raises(BackendError, match=r"exit\.json"):
@@ -871,7 +881,7 @@ async def test_corrupt_exit_record_is_a_backend_error(backend: LocalBackend):
 # waiting --------------------------------------------------------------------------------
 
 
-async def test_wait_is_cancellable_and_can_be_resumed(backend: LocalBackend):
+async def test_wait_is_cancellable_and_can_be_resumed(backend: Local):
     handle = await backend.launch("w1.1", sh("sleep 0.4; exit 5"))
     with trio.move_on_after(0.05) as scope:
         await backend.wait(handle)
@@ -881,15 +891,15 @@ async def test_wait_is_cancellable_and_can_be_resumed(backend: LocalBackend):
 
 
 async def test_wait_without_pidfd_polls(root: Path, monkeypatch: pytest.MonkeyPatch):
-    async with LocalBackend(root, chaperone="own") as backend:
+    async with Local(root, chaperone="own") as backend:
         handle = await backend.launch("w2.1", sh("sleep 0.2; exit 4"))
         backend._links.clear()  # as if launched by another runtime
-        monkeypatch.setattr(local, "_pidfd", lambda pid: None)
+        monkeypatch.setattr(_rundirs, "pidfd", lambda pid: None)
         assert (await backend.wait(handle)).returncode == 4
 
 
 async def test_an_own_chaperone_per_program(root: Path):
-    async with LocalBackend(root, chaperone="own") as backend:
+    async with Local(root, chaperone="own") as backend:
         one, record = await run(backend, "d1.1", sh("echo own"))
         two, _ = await run(backend, "d2.1", sh("true"))
         assert backend._daemon is None
@@ -912,7 +922,7 @@ async def test_an_own_chaperone_per_program(root: Path):
 
 
 async def test_slots_bound_real_programs_in_submission_order(root: Path):
-    async with LocalBackend(root, max_running=2) as backend:
+    async with Local(root, max_running=2) as backend:
         records: dict[int, ExitRecord] = {}
         acquired: list[int] = []
 
@@ -945,7 +955,7 @@ async def test_slots_bound_real_programs_in_submission_order(root: Path):
 
 
 async def test_slot_queue_is_fifo_idempotent_and_adopts(tmp_path: Path, autojump_clock):
-    backend = LocalBackend(tmp_path, max_running=2)
+    backend = Local(tmp_path, max_running=2)
     order: list[str] = []
 
     async def take(key: str, hold: float) -> None:
@@ -958,7 +968,7 @@ async def test_slot_queue_is_fifo_idempotent_and_adopts(tmp_path: Path, autojump
         for key, hold in [("a", 3), ("b", 1), ("c", 1), ("d", 1), ("e", 1)]:
             nursery.start_soon(take, key, hold)
             await trio.testing.wait_all_tasks_blocked()
-        assert backend.slot_statistics() == local.SlotStatistics(limit=2, running=2, waiting=3)
+        assert backend.slot_statistics() == SlotStatistics(limit=2, running=2, waiting=3)
         await backend.acquire_slot("a")  # held already: at once
         backend.adopt_slot("recovered")  # above the limit
         assert backend.slot_statistics().running == 3
@@ -971,7 +981,7 @@ async def test_slot_queue_is_fifo_idempotent_and_adopts(tmp_path: Path, autojump
 
 
 async def test_cancelled_slot_waiter_leaves_the_queue(tmp_path: Path, autojump_clock):
-    backend = LocalBackend(tmp_path, max_running=1)
+    backend = Local(tmp_path, max_running=1)
     await backend.acquire_slot("a")
     with trio.move_on_after(1):
         await backend.acquire_slot("b")
@@ -1070,7 +1080,7 @@ def test_handle_round_trips_through_json(tmp_path: Path):
 
 
 async def test_try_acquire_slot_takes_a_free_slot_only_when_nobody_queues(tmp_path):
-    async with LocalBackend(tmp_path, max_running=1) as backend:
+    async with Local(tmp_path, max_running=1) as backend:
         assert backend.try_acquire_slot("a")
         assert backend.try_acquire_slot("a")  # held already
         assert not backend.try_acquire_slot("b")  # full
@@ -1082,3 +1092,32 @@ async def test_try_acquire_slot_takes_a_free_slot_only_when_nobody_queues(tmp_pa
         assert not backend.try_acquire_slot("b")
         backend.release_slot("c")
         assert backend.try_acquire_slot("b")
+
+
+async def test_wait_and_kill_give_the_exit_records_result(backend: Local):
+    # What a process actor gets (`Backend.wait`, `Backend.kill`): the record, as a Result.
+    handle = await backend.launch("rs1.1", sh("echo out; exit 3"))
+    result = await backend.backend.wait(handle)
+    assert result == result_of(backend.exit_record(handle))
+    assert (result.returncode, result.stdout_bytes) == (3, 4)
+    handle = await backend.launch("rs2.1", sh("sleep 100"))
+    await wait_until(lambda: backend.status(handle) == "running")
+    killed = await backend.backend.kill(handle, 0.5)
+    assert killed is not None and killed.killed
+    assert killed == result_of(backend.exit_record(handle))
+
+
+async def test_an_own_chaperones_pipe_is_a_checkpoint_even_with_a_line_waiting():
+    # trio's rule: a function is always a checkpoint, or never (the review of issue 12).
+    read_fd, write_fd = os.pipe()
+    link = _clients._Link(read_fd)
+    try:
+        os.write(write_fd, b'{"status": "started"}\n')
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await link.receive()
+        assert scope.cancelled_caught
+        assert await link.receive() == {"status": "started"}  # nothing was lost
+    finally:
+        link.close()
+        os.close(write_fd)

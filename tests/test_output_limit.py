@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 import trio
+from _local import Local
+from _local import Spec as LaunchSpec
 from test_api import serving, submit, wait_for
 from test_chaperone import Connection, serve, start, write_spec
 
 from corra._errors import ConfigError
 from corra._jobfile import parse_job_text
 from corra._runtime import open_runtime
-from corra.backends.local import LaunchSpec, LocalBackend
 from corra.persistence import open_store_readonly
 from corra.processes._spec import MAX_OUTPUT_LIMIT, ProcessSpec
 
@@ -35,12 +36,12 @@ def stop_chaperones(root: Path) -> None:
 
 @pytest.fixture(params=["shared", "own"])
 async def backend(tmp_path: Path, request: pytest.FixtureRequest):
-    async with LocalBackend(tmp_path / "runs", chaperone=request.param) as backend:
+    async with Local(tmp_path / "runs", chaperone=request.param) as backend:
         yield backend
     stop_chaperones(tmp_path / "runs")
 
 
-async def test_yes_is_cut_at_its_output_limit_by_either_chaperone(backend: LocalBackend):
+async def test_yes_is_cut_at_its_output_limit_by_either_chaperone(backend: Local):
     spec = LaunchSpec(argv=("yes",), timeout=1.0, kill_grace=0, output_limit=MIB)
     handle = await backend.launch("yes.1", spec)
     record = await backend.wait(handle)
@@ -52,7 +53,7 @@ async def test_yes_is_cut_at_its_output_limit_by_either_chaperone(backend: Local
     assert (record.stderr_size, record.stderr_dropped) == (0, 0)
 
 
-async def test_output_under_the_limit_is_all_kept(backend: LocalBackend):
+async def test_output_under_the_limit_is_all_kept(backend: Local):
     spec = LaunchSpec(argv=("head", "-c", "100000", "/dev/zero"), output_limit=100000)
     handle = await backend.launch("head.1", spec)
     record = await backend.wait(handle)

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 import trio
+from _local import Local
+from _local import Spec as LaunchSpec
 
 from corra._runtime import open_runtime
-from corra.backends.local import LaunchSpec, LocalBackend
 from corra.chaperone import _cgroups, _proc, _run
 
 MIB = 1 << 20
@@ -23,22 +24,20 @@ TOUCH_200_MIB = "b = bytearray(200 << 20); b[::4096] = bytes(len(b) // 4096)"
 
 @pytest.fixture(params=["shared", "own"])
 async def backend(tmp_path: Path, request: pytest.FixtureRequest):
-    async with LocalBackend(tmp_path / "runs", chaperone=request.param) as backend:
+    async with Local(tmp_path / "runs", chaperone=request.param) as backend:
         yield backend
     with contextlib.suppress(OSError, ValueError):
         os.kill(json.loads((tmp_path / "runs" / ".chaperone.pid").read_text())["pid"], 15)
 
 
 @pytest.fixture(params=[None, 1 << 30], ids=["no-memory-cgroup", "memory-cgroup"])
-def memory_limit(request: pytest.FixtureRequest, backend: LocalBackend) -> int | None:
+def memory_limit(request: pytest.FixtureRequest, backend: Local) -> int | None:
     if request.param is not None and backend.cgroups.memory is None:
         pytest.skip(f"no writable memory cgroup here: {backend.cgroups}")
     return request.param
 
 
-async def test_maxrss_of_true_is_never_the_chaperones(
-    backend: LocalBackend, memory_limit: int | None
-):
+async def test_maxrss_of_true_is_never_the_chaperones(backend: Local, memory_limit: int | None):
     handle = await backend.launch("true.1", LaunchSpec(argv=("true",), memory_limit=memory_limit))
     record = await backend.wait(handle)
     assert record.returncode == 0
@@ -48,7 +47,7 @@ async def test_maxrss_of_true_is_never_the_chaperones(
 
 
 async def test_maxrss_of_a_program_that_touches_200_mib_is_its_own(
-    backend: LocalBackend, memory_limit: int | None
+    backend: Local, memory_limit: int | None
 ):
     spec = LaunchSpec(argv=(sys.executable, "-c", TOUCH_200_MIB), memory_limit=memory_limit)
     handle = await backend.launch("big.1", spec)

@@ -20,7 +20,6 @@ from hypothesis import strategies as st
 from corra._errors import ConfigError
 from corra._jobfile import load_job_file, parse_job_text
 from corra._runtime import open_runtime
-from corra.backends.local import LaunchSpec
 from corra.backends.slurm import Slurm, SlurmOptions
 from corra.backends.ssh import HostConfig, SshProgramBackend
 from corra.backends.ssh._config import parse_host
@@ -137,20 +136,22 @@ def test_durations_of_the_backends_own_specs_and_settings_are_bounded(value):
     # directly (one `check_seconds`): a NaN poll interval would poll without a pause.
     with pytest.raises(ConfigError, match=r"^poll_interval: got .* at most 315360000"):
         SshProgramBackend({}, {}, poll_interval=value)
+    # (the local backend takes the spec's own durations, checked there once)
     with pytest.raises(ConfigError, match=r"^kill_grace: got .* at most 315360000"):
-        LaunchSpec(argv=("true",), kill_grace=value if value != 0 else -1)
+        ProcessSpec(argv=("true",), kill_grace=value if value != 0 else -1)
     with pytest.raises(ConfigError, match=r"^timeout: got .* at most 315360000"):
-        LaunchSpec(argv=("true",), timeout=value)
-    LaunchSpec(argv=("true",), timeout=MAX_SECONDS, kill_grace=MAX_SECONDS)  # the limit is fine
+        ProcessSpec(argv=("true",), timeout=value)
+    ProcessSpec(argv=("true",), timeout=MAX_SECONDS, kill_grace=MAX_SECONDS)  # the limit is fine
 
 
 def test_a_launch_spec_never_shows_env_values():
-    spec = LaunchSpec(argv=("true",), env={"TOKEN": SECRET})
+    # (the local backend's specs are the process specs: one check, one repr)
+    spec = ProcessSpec(argv=("true",), env={"TOKEN": SECRET})
     assert SECRET not in repr(spec) and "'TOKEN': '***'" in repr(spec)
     assert spec.env == {"TOKEN": SECRET}
     for env in ({"TOKEN": SECRET + "\0"}, [("TOKEN", SECRET)]):
         with pytest.raises(ConfigError, match=r"^env") as caught:
-            LaunchSpec(argv=("true",), env=env)  # type: ignore[arg-type]
+            ProcessSpec(argv=("true",), env=env)  # type: ignore[arg-type]
         assert SECRET not in str(caught.value)
 
 

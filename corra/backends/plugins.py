@@ -13,27 +13,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from corra.backends.batch import BatchHost, SchedulerBackend
-from corra.backends.local import Handle
-from corra.backends.local_process import LocalProcessBackend
+from corra.backends.local import Handle, LocalBackend, open_local
 from corra.backends.slurm import Slurm, SlurmOptions
 from corra.backends.ssh import SlurmSettings, SshProgramBackend
 from corra.processes._backend import BackendContext, BackendPlugin
 
-#: Under the state dir: the run dirs of local programs (one per attempt).
-LOCAL_RUNS = "runs"
 #: Under the state dir: the logs of remote programs, shipped home while they run.
 REMOTE_LOGS = "remote-logs"
-
-
-@contextlib.asynccontextmanager
-async def open_local(context: BackendContext) -> AsyncIterator[LocalProcessBackend]:
-    """Local programs under chaperones, run dirs in ``<state dir>/runs``."""
-    async with LocalProcessBackend(
-        context.state_dir / LOCAL_RUNS,
-        max_running=context.max_running,
-        output_limit=context.output_limit,
-    ) as backend:
-        yield backend
 
 
 def _transports(context: BackendContext) -> dict[str, Any]:
@@ -78,7 +64,7 @@ LOCAL = BackendPlugin(
     name="local",
     open=open_local,
     handle=Handle,
-    capabilities=LocalProcessBackend.capabilities,
+    capabilities=LocalBackend.capabilities,
     description="programs on this machine, each under a chaperone (cgroups where allowed)",
 )
 

@@ -117,17 +117,21 @@ def recorded(state_dir: Path, record: ProcessRecord) -> Recorded | None:
 
 
 def _local(runs: Path, record: ProcessRecord) -> Recorded | None:
-    from corra.backends.local import Handle, find_launch, read_exit_record, read_status
-    from corra.backends.local_process import result_of
+    from corra.backends._exits import read_exit_record, result_of
+    from corra.backends.local import Handle, find_launch, read_status
 
-    fields = record.state.handle
-    handle = Handle(**fields) if fields else find_launch(runs, record.key)
+    stored = record.state.handle
+    if isinstance(stored, Handle) or not stored:
+        handle = stored or find_launch(runs, record.key)
+    else:  # (a mapping: until the snapshot converter structures handles by their class)
+        handle = Handle(**stored)
     if handle is None:
         return None  # a launch that never got as far as a claim on its run dir
     status = read_status(handle)
     if status != "exited":
         return Recorded(status)
-    return Recorded("exited", result_of(read_exit_record(handle)))
+    exited = read_exit_record(handle.run_dir)
+    return Recorded("exited", None if exited is None else result_of(exited))
 
 
 def _shipped(directory: Path) -> Recorded:

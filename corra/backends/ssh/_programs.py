@@ -59,10 +59,9 @@ from corra._errors import (
     TransportError,
 )
 from corra.backends import _staging
+from corra.backends._exits import ExitRecord, result_of
 from corra.backends._pollers import HostPollers, check_key
 from corra.backends._shared import json_reply
-from corra.backends.local import ExitRecord
-from corra.backends.local_process import result_of
 from corra.backends.ssh._config import HostConfig
 from corra.backends.ssh._shipped import STREAMS, LocalLogs
 from corra.backends.transport import Transport

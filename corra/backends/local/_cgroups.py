@@ -15,17 +15,24 @@ cgroups under v1 go beneath the cgroup this process already sits in (``<mount><o
 path>/corra``), so that whatever limits the runtime is under still hold for its programs.
 
 Detection only reads; `prepare` (run once, in a worker thread, before the first launch) creates
-the parents and enables controllers, and reports what it could not do.
+the parents and enables controllers, and reports what it could not do; `sweep` then removes
+what lost runs left behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
 import attrs
+
+from corra._errors import BackendError
+from corra.backends.local._rundirs import find_launch, read_status
+from corra.chaperone import protocol
 
 Layout = Literal["v2", "hybrid", "v1", "none", "off"]
 PARENT = "corra"
@@ -102,6 +109,36 @@ def cgroup_suffix(root: str) -> str:
     """What follows a program's key in its cgroup's name, so that two state directories that
     use the same keys do not share cgroups."""
     return "@" + hashlib.sha1(root.encode(), usedforsecurity=False).hexdigest()[:8]
+
+
+def paths(support: CgroupSupport, name: str) -> list[str]:
+    """The cgroups named ``name`` under each parent of ``support``."""
+    parents = (support.unified, support.memory, support.pids)
+    return [os.path.join(parent, name) for parent in parents if parent is not None]
+
+
+def sweep(support: CgroupSupport, root: Path, suffix: str) -> None:
+    """Remove the empty cgroups that lost runs under ``root`` left behind (a chaperone that
+    was SIGKILLed cannot remove its own); blocking. Cgroups with processes in them stay:
+    killing the program is the way to end those."""
+    for parent in {support.unified, support.memory, support.pids} - {None}:
+        assert parent is not None
+        try:
+            names = os.listdir(parent)
+        except OSError:
+            continue
+        for name in names:
+            key = name.removesuffix(suffix)
+            if key == name or not protocol.KEY.match(key):
+                continue
+            try:
+                handle = find_launch(root, key)
+                if handle is not None and read_status(handle) == "running":
+                    continue
+            except BackendError:
+                continue
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.join(parent, name))
 
 
 def _own_paths(self_cgroup: str) -> dict[str, str]:
