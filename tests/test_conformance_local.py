@@ -14,7 +14,7 @@ import pytest
 
 from corra.processes._backend import Backend, BackendPlugin
 from corra.processes._registry import installed
-from corra.testing import BackendConformance, Kit, Opener, open_plugin
+from corra.testing import BackendConformance, Opener, open_plugin
 
 
 class TestLocalConformance(BackendConformance):
@@ -25,12 +25,6 @@ class TestLocalConformance(BackendConformance):
     @pytest.fixture
     def open_backend(self, plugin: BackendPlugin, tmp_path: Path) -> Opener:
         return lambda: open_plugin(plugin, tmp_path / "state")
-
-    @pytest.mark.xfail(strict=True, reason="issue 12 in progress: local handles are still dicts")
-    async def test_handles_are_frozen_values_of_the_plugins_handle_class(
-        self, kit: Kit, handle_class: type
-    ) -> None:
-        await super().test_handles_are_frozen_values_of_the_plugins_handle_class(kit, handle_class)
 
     @pytest.fixture
     def lose_program(self) -> Any:

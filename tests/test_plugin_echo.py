@@ -63,12 +63,10 @@ print(json.dumps({name: plugin.open.__module__ for name, plugin in installed.plu
 def test_the_registry_finds_a_backend_installed_apart_from_corra(site: Path) -> None:
     found = run([sys.executable, "-c", DISCOVER], site)
     assert found.returncode == 0, found.stderr
-    assert json.loads(found.stdout) == {
-        "echo": "corra_echo",
-        "local": "corra.backends.plugins",
-        "slurm": "corra.backends.plugins",
-        "ssh": "corra.backends.plugins",
-    }
+    modules = json.loads(found.stdout)
+    assert sorted(modules) == ["echo", "local", "slurm", "ssh"]
+    assert modules["echo"] == "corra_echo"
+    assert all(modules[name].startswith("corra.backends.") for name in ("local", "slurm", "ssh"))
     without = run([sys.executable, "-c", DISCOVER], None)
     assert "echo" not in json.loads(without.stdout)
 
