@@ -313,3 +313,41 @@ def test_a_log_follower_does_not_hold_up_the_stop_of_the_service(tmp_path):
         assert again.stop() == 0
     assert follower.returncode == 0, err.decode()
     assert (first + out).decode().splitlines() == [f"tick {i}" for i in range(40)]
+
+
+def test_logs_read_the_state_dir_when_the_service_dies_as_they_begin(tmp_path):
+    """A service killed while `corra logs` makes its first request (the connection accepted,
+    then reset): the logs are read from the state dir, as with no service at all."""
+    import socket
+    import struct
+    import threading
+
+    state = tmp_path / "state"
+    ran = corra(state, "run", "--", "sh", "-c", "echo one; echo two")
+    assert ran.returncode == 0, ran.stderr
+    token = state / "api-token"
+    token.write_text("s3cret\n")
+    token.chmod(0o600)
+    dying = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dying.bind(str(state / "api.sock"))
+    dying.listen()
+
+    def reset_every_connection() -> None:
+        while True:
+            try:
+                connection, _ = dying.accept()
+            except OSError:
+                return
+            # (SO_LINGER 0: closing resets the connection, as a killed process's does)
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            connection.recv(65536)
+            connection.close()
+
+    threading.Thread(target=reset_every_connection, daemon=True).start()
+    try:
+        listed = corra(state, "ps", "--json")
+        logs = corra(state, "logs", json.loads(listed.stdout)[0]["id"])
+    finally:
+        dying.close()
+    assert logs.returncode == 0, logs.stderr
+    assert logs.stdout == "one\ntwo\n"

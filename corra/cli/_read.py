@@ -30,11 +30,13 @@ def _read_only(
     via_service: Callable[[Client], int],
     from_state_dir: Callable[[ProcessQuery], Awaitable[int]],
 ) -> int:
-    """``via_service`` if a service runs (or --url is given), else ``from_state_dir``."""
+    """``via_service`` if a service runs (or --url is given), else ``from_state_dir``; also
+    when the service goes away while it answers (stopped, or killed as the request came:
+    the connection is reset), since the state dir holds the same answer."""
     try:
         with service(args, state_dir) as client:
             return via_service(client)
-    except NotServing:
+    except (NotServing, ConnectionLost):
         return trio.run(_read_state_dir, state_dir, from_state_dir)
 
 
