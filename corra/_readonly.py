@@ -21,11 +21,12 @@ from typing import Any
 import trio
 
 from corra._errors import ConfigError
-from corra._runtime import HISTORY_CODEC, RECORD_CODEC, open_backends
+from corra._runtime import HISTORY_CODEC, open_backends, record_codec
 from corra.backends.recorded import RUNS, recorded
 from corra.persistence import open_store_readonly
 from corra.processes._query import ProcessQuery
 from corra.processes._record import ProcessRecord
+from corra.processes._registry import installed
 from corra.processes._sources import StateDirSource
 
 
@@ -47,7 +48,7 @@ async def open_state_query(state_dir: Path) -> AsyncIterator[ProcessQuery]:
         query = ProcessQuery(
             StateDirSource(
                 store,
-                RECORD_CODEC,
+                record_codec({name: p.handle for name, p in installed.plugins.items()}),
                 HISTORY_CODEC,
                 recorded=functools.partial(recorded, state_dir),
                 backend=backends.of,

@@ -10,11 +10,9 @@ Every program learns who it is from its environment (`LaunchRequest.environment`
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import attrs
 import trio
 
 from corra.backends.local import (
@@ -73,6 +71,7 @@ class LocalProcessBackend(BackendBase):
     options). Use it as ``async with``, as `LocalBackend`."""
 
     capabilities = Capabilities(slots=True, log_size=True)
+    handle_type = Handle
 
     def __init__(
         self,
@@ -111,7 +110,7 @@ class LocalProcessBackend(BackendBase):
     def adopt_slot(self, key: EffectKey) -> None:
         self.backend.adopt_slot(str(key))
 
-    async def launch(self, request: LaunchRequest) -> dict[str, Any]:
+    async def launch(self, request: LaunchRequest) -> Handle:
         limits = request.limits
         launch = LaunchSpec(
             argv=request.argv,
@@ -123,21 +122,19 @@ class LocalProcessBackend(BackendBase):
             pids_limit=limits.pids,
             output_limit=limits.output,
         )
-        handle = await self.backend.launch(str(request.key), launch)
-        return attrs.asdict(handle)
+        return await self.backend.launch(str(request.key), launch)
 
-    async def find(self, key: EffectKey, host: str | None = None) -> dict[str, Any] | None:
-        handle = await trio.to_thread.run_sync(self.backend.find, str(key))
-        return None if handle is None else attrs.asdict(handle)
+    async def find(self, key: EffectKey, host: str | None = None) -> Handle | None:
+        return await trio.to_thread.run_sync(self.backend.find, str(key))
 
-    async def wait(self, handle: Mapping[str, Any]) -> Result:
-        record = await self.backend.wait(Handle(**handle))
+    async def wait(self, handle: Handle) -> Result:
+        record = await self.backend.wait(handle)
         result = result_of(record)
         assert result is not None
         return result
 
-    async def kill(self, handle: Mapping[str, Any], grace: float) -> Result | None:
-        return result_of(await self.backend.kill(Handle(**handle), grace))
+    async def kill(self, handle: Handle, grace: float) -> Result | None:
+        return result_of(await self.backend.kill(handle, grace))
 
     async def read_log(
         self, key: EffectKey, stream: str, offset: int, size: int, host: str | None = None

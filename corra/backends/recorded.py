@@ -117,11 +117,10 @@ def recorded(state_dir: Path, record: ProcessRecord) -> Recorded | None:
 
 
 def _local(runs: Path, record: ProcessRecord) -> Recorded | None:
-    from corra.backends.local import Handle, find_launch, read_exit_record, read_status
+    from corra.backends.local import find_launch, read_exit_record, read_status
     from corra.backends.local_process import result_of
 
-    fields = record.state.handle
-    handle = Handle(**fields) if fields else find_launch(runs, record.key)
+    handle = record.state.handle or find_launch(runs, record.key)  # (a local Handle)
     if handle is None:
         return None  # a launch that never got as far as a claim on its run dir
     status = read_status(handle)

@@ -19,6 +19,7 @@ from corra.backends.ssh._pool import PoolHandle as PoolHandle
 from corra.backends.ssh._pool import PoolRegistry as PoolRegistry
 from corra.backends.ssh._pool import PoolStatistics as PoolStatistics
 from corra.backends.ssh._pool import SshPool as SshPool
+from corra.backends.ssh._programs import RemoteHandle as RemoteHandle
 from corra.backends.ssh._programs import SshProgramBackend as SshProgramBackend
 from corra.backends.ssh._transport import SshTransport as SshTransport
 from corra.backends.transport import join_inside as join_inside

@@ -67,7 +67,7 @@ from corra.backends.ssh._config import HostConfig
 from corra.backends.ssh._shipped import STREAMS, LocalLogs
 from corra.backends.transport import Transport
 from corra.chaperone import PACKAGE_DIR
-from corra.processes._backend import Capabilities, EffectKey, LaunchRequest
+from corra.processes._backend import Capabilities, EffectKey, LaunchRequest, optional_field
 from corra.processes._lifecycle import Result
 from corra.processes._spec import DEFAULT_OUTPUT_LIMIT, check_output_limit, check_seconds
 
@@ -100,6 +100,32 @@ def _library() -> tuple[str, dict[str, bytes]]:
     for name in sorted(files):
         digest.update(name.encode() + b"\0" + files[name] + b"\0")
     return digest.hexdigest()[:16], files
+
+
+@attrs.frozen
+class RemoteHandle:
+    """Where a program launched on a host is: the remote helper's view of its run dir, and
+    what its wait needs (kept in the process snapshot, its stored form unchanged from the
+    JSON objects of before: `find` gives no output fields, and neither did older launches).
+    """
+
+    host: str
+    key: str
+    run_dir: str
+    chaperone_pid: int | None
+    chaperone_start: int | None
+    """Field 22 of the chaperone's /proc/<pid>/stat: tells it from a later process."""
+    pid: int | None
+    """The program's pid (None while it is being started, or if it never started)."""
+    program_start: int | None
+    started_at: float | None
+    """When the program started (epoch seconds, the host's clock)."""
+    outputs: tuple[str, ...] = optional_field(())
+    """Globs of the files fetched home after the exit (`corra.backends._staging`)."""
+    outputs_to: str | None = optional_field(None)
+    work_dir: str | None = optional_field(None)
+    output_limit: int | None = optional_field(None)
+    """Bytes kept of each stream; None: the backend's (a found handle, an older launch)."""
 
 
 @attrs.define
@@ -148,6 +174,7 @@ class SshProgramBackend(HostPollers):
     capabilities = Capabilities(
         slots=True, hosts=True, staging=True, waits_for_host=True, log_size=True
     )
+    handle_type = RemoteHandle
 
     def __init__(
         self,
@@ -254,7 +281,7 @@ class SshProgramBackend(HostPollers):
 
     # -- the Backend protocol ------------------------------------------------------------
 
-    async def launch(self, request: LaunchRequest) -> dict[str, Any]:
+    async def launch(self, request: LaunchRequest) -> RemoteHandle:
         host = self.host(request.host)
         await self._ready(host)
         key = str(request.key)
@@ -289,19 +316,34 @@ class SshProgramBackend(HostPollers):
         reply = json_reply(result.stdout, f"host {host.config.name}: the remote helper")
         status = reply.get("status")
         if status in ("started", "claimed") and reply.get("handle"):
-            return {
-                **self._handle(host, key, reply["handle"]),
+            return self._handle(
+                host,
+                key,
+                reply["handle"],
                 **_staging.output_fields(request, run_dir),
-                "output_limit": document["output_limit"],
-            }
+                output_limit=document["output_limit"],
+            )
         if status in ("failed", "invalid"):
             raise LaunchFailed(f"{key} on {host.config.name}: {reply.get('error')}")
         raise BackendError(f"{key} on {host.config.name}: unexpected reply {reply!r}")
 
-    def _handle(self, host: _Host, key: str, remote: Mapping[str, Any]) -> dict[str, Any]:
-        return {"host": host.config.name, "key": key, **remote}
+    def _handle(
+        self, host: _Host, key: str, remote: Mapping[str, Any], **more: Any
+    ) -> RemoteHandle:
+        """The handle of ``key`` from what the remote helper says of its run dir."""
+        return RemoteHandle(
+            host=host.config.name,
+            key=key,
+            run_dir=remote["run_dir"],
+            chaperone_pid=remote.get("chaperone_pid"),
+            chaperone_start=remote.get("chaperone_start"),
+            pid=remote.get("pid"),
+            program_start=remote.get("program_start"),
+            started_at=remote.get("started_at"),
+            **more,
+        )
 
-    async def find(self, key: EffectKey, host_name: str | None = None) -> dict[str, Any] | None:
+    async def find(self, key: EffectKey, host_name: str | None = None) -> RemoteHandle | None:
         """The handle of the program launched with ``key`` (on ``host_name``, else on any
         host), or None."""
         for host in self.hosts_for(host_name):
@@ -319,20 +361,20 @@ class SshProgramBackend(HostPollers):
             raise BackendError(f"host {host.config.name}: a status reply that does not fit")
         return statuses
 
-    async def wait(self, handle: Mapping[str, Any]) -> Result:
-        host = self.host(handle.get("host"))
+    async def wait(self, handle: RemoteHandle) -> Result:
+        host = self.host(handle.host)
         await self._ready(host)
-        watch = _Watch(handle["run_dir"], self._limit_of(handle))
+        watch = _Watch(handle.run_dir, self._limit_of(handle))
         await self._watch(host, watch.run_dir, watch)
         result = self._settled(host, watch.status or {})
         await _staging.retrieve_outputs(host.transport, host.config.python, handle)
         return result
 
-    def _limit_of(self, handle: Mapping[str, Any]) -> int:
-        """The output limit the program of ``handle`` was launched with (handles from before
-        there was one: this backend's)."""
-        limit = handle.get("output_limit")
-        return limit if type(limit) is int and limit > 0 else self._output_limit
+    def _limit_of(self, handle: RemoteHandle) -> int:
+        """The output limit the program of ``handle`` was launched with (found handles, and
+        those from before there was one: this backend's)."""
+        limit = handle.output_limit
+        return limit if limit is not None and limit > 0 else self._output_limit
 
     def _settled(self, host: _Host, status: Mapping[str, Any]) -> Result:
         if status.get("state") == "exited":
@@ -481,10 +523,10 @@ class SshProgramBackend(HostPollers):
         self._logs.forget(host.config.name, posixpath.basename(run_dir))
         _settle(host, status)
 
-    async def kill(self, handle: Mapping[str, Any], grace: float) -> Result | None:
-        host = self.host(handle.get("host"))
+    async def kill(self, handle: RemoteHandle, grace: float) -> Result | None:
+        host = self.host(handle.host)
         await self._ready(host)
-        run_dir = handle["run_dir"]
+        run_dir = handle.run_dir
         await host.transport.run([*host.helper, "kill", repr(float(grace)), run_dir], check=True)
         with trio.move_on_after(grace + KILL_SETTLE):
             while True:
