@@ -290,7 +290,8 @@ def _configure_spec(converter: cattrs.Converter) -> None:
 
 def _configure_handles(converter: cattrs.Converter, handles: dict[str, type]) -> None:
     # The record is structured by one function per handle class (made when first needed, and
-    # kept by this converter), chosen by the backend its stored spec names.
+    # kept by this converter), chosen by the backend its stored spec names. A handle is read
+    # as a stored spec is, without its class's checks.
     converter.register_unstructure_hook(
         ProcessState,
         make_dict_unstructure_fn(
@@ -299,6 +300,7 @@ def _configure_handles(converter: cattrs.Converter, handles: dict[str, type]) ->
     )
     if not handles:
         return
+    fields = _Fields(converter)
     untyped = make_dict_structure_fn(ProcessRecord, converter)
     typed: dict[type, Callable[[Any, Any], ProcessRecord]] = {}
 
@@ -307,7 +309,9 @@ def _configure_handles(converter: cattrs.Converter, handles: dict[str, type]) ->
         if function is None:
 
             def structure_handle(value: Any, _type: Any) -> Any:
-                return None if value is None else converter.structure(value, handle_type)
+                if value is None:
+                    return None
+                return _unchecked(handle_type, fields.structure(handle_type, value))
 
             state = make_dict_structure_fn(
                 ProcessState, converter, handle=override(struct_hook=structure_handle)
