@@ -14,12 +14,12 @@ from corra.backends.ssh._config import LoginSettings as LoginSettings
 from corra.backends.ssh._config import PoolSettings as PoolSettings
 from corra.backends.ssh._config import SlurmSettings as SlurmSettings
 from corra.backends.ssh._config import parse_host as parse_host
+from corra.backends.ssh._handle import RemoteHandle as RemoteHandle
 from corra.backends.ssh._pool import Lease as Lease
 from corra.backends.ssh._pool import PoolHandle as PoolHandle
 from corra.backends.ssh._pool import PoolRegistry as PoolRegistry
 from corra.backends.ssh._pool import PoolStatistics as PoolStatistics
 from corra.backends.ssh._pool import SshPool as SshPool
-from corra.backends.ssh._programs import RemoteHandle as RemoteHandle
 from corra.backends.ssh._programs import SshProgramBackend as SshProgramBackend
 from corra.backends.ssh._transport import SshTransport as SshTransport
 from corra.backends.transport import join_inside as join_inside

@@ -64,10 +64,11 @@ from corra.backends._shared import json_reply
 from corra.backends.local import ExitRecord
 from corra.backends.local_process import result_of
 from corra.backends.ssh._config import HostConfig
+from corra.backends.ssh._handle import RemoteHandle
 from corra.backends.ssh._shipped import STREAMS, LocalLogs
 from corra.backends.transport import Transport
 from corra.chaperone import PACKAGE_DIR
-from corra.processes._backend import Capabilities, EffectKey, LaunchRequest, optional_field
+from corra.processes._backend import Capabilities, EffectKey, LaunchRequest
 from corra.processes._lifecycle import Result
 from corra.processes._spec import DEFAULT_OUTPUT_LIMIT, check_output_limit, check_seconds
 
@@ -100,32 +101,6 @@ def _library() -> tuple[str, dict[str, bytes]]:
     for name in sorted(files):
         digest.update(name.encode() + b"\0" + files[name] + b"\0")
     return digest.hexdigest()[:16], files
-
-
-@attrs.frozen
-class RemoteHandle:
-    """Where a program launched on a host is: the remote helper's view of its run dir, and
-    what its wait needs (kept in the process snapshot, its stored form unchanged from the
-    JSON objects of before: `find` gives no output fields, and neither did older launches).
-    """
-
-    host: str
-    key: str
-    run_dir: str
-    chaperone_pid: int | None
-    chaperone_start: int | None
-    """Field 22 of the chaperone's /proc/<pid>/stat: tells it from a later process."""
-    pid: int | None
-    """The program's pid (None while it is being started, or if it never started)."""
-    program_start: int | None
-    started_at: float | None
-    """When the program started (epoch seconds, the host's clock)."""
-    outputs: tuple[str, ...] = optional_field(())
-    """Globs of the files fetched home after the exit (`corra.backends._staging`)."""
-    outputs_to: str | None = optional_field(None)
-    work_dir: str | None = optional_field(None)
-    output_limit: int | None = optional_field(None)
-    """Bytes kept of each stream; None: the backend's (a found handle, an older launch)."""
 
 
 @attrs.define
@@ -316,8 +291,8 @@ class SshProgramBackend(HostPollers):
         reply = json_reply(result.stdout, f"host {host.config.name}: the remote helper")
         status = reply.get("status")
         if status in ("started", "claimed") and reply.get("handle"):
-            return self._handle(
-                host,
+            return RemoteHandle.of(
+                host.config.name,
                 key,
                 reply["handle"],
                 **_staging.output_fields(request, run_dir),
@@ -327,22 +302,6 @@ class SshProgramBackend(HostPollers):
             raise LaunchFailed(f"{key} on {host.config.name}: {reply.get('error')}")
         raise BackendError(f"{key} on {host.config.name}: unexpected reply {reply!r}")
 
-    def _handle(
-        self, host: _Host, key: str, remote: Mapping[str, Any], **more: Any
-    ) -> RemoteHandle:
-        """The handle of ``key`` from what the remote helper says of its run dir."""
-        return RemoteHandle(
-            host=host.config.name,
-            key=key,
-            run_dir=remote["run_dir"],
-            chaperone_pid=remote.get("chaperone_pid"),
-            chaperone_start=remote.get("chaperone_start"),
-            pid=remote.get("pid"),
-            program_start=remote.get("program_start"),
-            started_at=remote.get("started_at"),
-            **more,
-        )
-
     async def find(self, key: EffectKey, host_name: str | None = None) -> RemoteHandle | None:
         """The handle of the program launched with ``key`` (on ``host_name``, else on any
         host), or None."""
@@ -350,7 +309,7 @@ class SshProgramBackend(HostPollers):
             await self._ready(host)
             (status,) = await self._status(host, [self._run_dir(host, str(key))])
             if status.get("handle"):
-                return self._handle(host, str(key), status["handle"])
+                return RemoteHandle.of(host.config.name, str(key), status["handle"])
         return None
 
     async def _status(self, host: _Host, run_dirs: list[str]) -> list[dict[str, Any]]:
