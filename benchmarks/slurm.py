@@ -48,12 +48,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import trio
 
 from benchmarks._harness import Benchmark, Options
-from corra.backends.batch import BatchHost, SchedulerBackend
+from corra.backends.batch import BatchHost, JobHandle, SchedulerBackend
 from corra.backends.slurm import Slurm, SlurmOptions
 from corra.backends.transport import LocalTransport
 from corra.processes._backend import EffectKey, LaunchRequest
@@ -68,7 +67,7 @@ HELD = SlurmOptions(extra=("--hold",))
 
 _CLUSTER: list[_slurm.SlurmCluster] = []
 _KEYS = itertools.count()
-_HELD_JOBS: list[dict[str, Any]] = []
+_HELD_JOBS: list[JobHandle] = []
 """The held jobs that the ``squeue_per_poll_*`` benchmarks watch (their handles)."""
 
 
@@ -132,13 +131,13 @@ def pending_count() -> int:
 # -- squeue per poll interval ------------------------------------------------------------
 
 
-def held_jobs(count: int) -> list[dict[str, Any]]:
+def held_jobs(count: int) -> list[JobHandle]:
     """Exactly ``count`` held jobs in the queue, submitted through corra (not measured)."""
     if len(_HELD_JOBS) != count:
-        cancel([handle["job_id"] for handle in _HELD_JOBS])
+        cancel([handle.job_id for handle in _HELD_JOBS])
         _HELD_JOBS.clear()
 
-        async def submit() -> list[dict[str, Any]]:
+        async def submit() -> list[JobHandle]:
             async with backend() as submitter:
                 return [await submitter.launch(job()) for _ in range(count)]
 
@@ -156,11 +155,11 @@ def held_jobs(count: int) -> list[dict[str, Any]]:
 
 
 def drop_held_jobs() -> None:
-    cancel([handle["job_id"] for handle in _HELD_JOBS])
+    cancel([handle.job_id for handle in _HELD_JOBS])
     _HELD_JOBS.clear()
 
 
-async def _squeue_per_interval(handles: list[dict[str, Any]], polls: int) -> float:
+async def _squeue_per_interval(handles: list[JobHandle], polls: int) -> float:
     async with backend() as watcher:
         calls = watcher.scheduler.calls
 

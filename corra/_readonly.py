@@ -3,8 +3,9 @@ service runs, also while a ``corra run`` uses the state dir (LMDB allows concurr
 
 `open_state_query` gives a `ProcessQuery` over the store opened read-only, what the programs'
 chaperones recorded (`corra.backends.recorded`), and the backends, opened on first need to
-read a program's output and only for that: the local one over its run dirs; the remote ones
-over the hosts remembered in the state dir, with a kernel and pools of their own (logs
+read a program's output and only for that: the local one over its run dirs; the others
+through their plug-ins, over the hosts remembered in the state dir, with a kernel and pools
+of their own (logs
 shipped home are read with no connection at all). Nothing here writes the state dir.
 
 This module composes, as `corra._runtime` does: it may name backends; the query may not.
@@ -21,11 +22,12 @@ from typing import Any
 import trio
 
 from corra._errors import ConfigError
-from corra._runtime import HISTORY_CODEC, RECORD_CODEC, open_backends
+from corra._runtime import HISTORY_CODEC, open_backends, record_codec
 from corra.backends.recorded import RUNS, recorded
 from corra.persistence import open_store_readonly
 from corra.processes._query import ProcessQuery
 from corra.processes._record import ProcessRecord
+from corra.processes._registry import installed
 from corra.processes._sources import StateDirSource
 
 
@@ -47,7 +49,7 @@ async def open_state_query(state_dir: Path) -> AsyncIterator[ProcessQuery]:
         query = ProcessQuery(
             StateDirSource(
                 store,
-                RECORD_CODEC,
+                record_codec({name: p.handle for name, p in installed.plugins.items()}),
                 HISTORY_CODEC,
                 recorded=functools.partial(recorded, state_dir),
                 backend=backends.of,
@@ -89,7 +91,8 @@ class _Backends:
         """The backend of ``record``, to read its program's output.
 
         Raises:
-            ConfigError: its host is not among the hosts remembered in the state dir.
+            ConfigError: its backend is not installed, or its host is not among the hosts
+                remembered in the state dir.
         """
         if record.spec.backend == "local":
             if self._local is None:
@@ -104,7 +107,7 @@ class _Backends:
                 assert self.nursery is not None
                 self._remote = await self.nursery.start(self._hold_remote)
         hosts = {} if self._remote.remote is None else self._remote.remote.hosts
-        if record.spec.host not in hosts:
+        if installed.get(record.spec.backend).capabilities.hosts and record.spec.host not in hosts:
             raise ConfigError(
                 f"{record.name}: host {record.spec.host!r} is not among the hosts "
                 f"remembered in {self._state_dir} ({sorted(hosts)})"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from pathlib import Path
@@ -51,13 +52,33 @@ RUNTIME_LOCK = "runtime.lock"
 #: The state directory when none is given: ``$CORRA_STATE_DIR``, else ``./.corra``.
 STATE_DIR_ENV = "CORRA_STATE_DIR"
 
-RECORD_CODEC: Codec[ProcessRecord] = Codec(
-    ProcessRecord,
-    schema=3,
-    migrations={1: record_1_to_2, 2: spec_options_as_tables},
-    configure=configure_snapshot,
-    fast_encoder=RecordEncoder,
-)
+
+def _record_codec(handles: Mapping[str, type]) -> Codec[ProcessRecord]:
+    return Codec(
+        ProcessRecord,
+        schema=3,
+        migrations={1: record_1_to_2, 2: spec_options_as_tables},
+        configure=functools.partial(configure_snapshot, handles=handles),
+        fast_encoder=RecordEncoder,
+    )
+
+
+#: The record codec of backends without handle classes (their handles are JSON values, as
+#: tests' and benchmarks' backends' are).
+RECORD_CODEC: Codec[ProcessRecord] = _record_codec({})
+
+
+def record_codec(handles: Mapping[str, type | None]) -> Codec[ProcessRecord]:
+    """The codec of process records whose handles are of the classes ``handles`` gives by
+    backend name (a runtime's: its backends' `Backend.handle_type`; None for a backend
+    without one). The handles of other backends are JSON values, stored and read back as
+    they are. A codec owns its converter and what its encoder keeps: a new one for typed
+    handles, else `RECORD_CODEC`.
+    """
+    typed = {name: cls for name, cls in handles.items() if cls is not None}
+    return _record_codec(typed) if typed else RECORD_CODEC
+
+
 HISTORY_CODEC: Codec[Transition] = Codec(Transition, schema=1, fast_encoder=transition_encoder)
 
 #: The processes supervisor: one_for_one over process actors, which are temporary (a
@@ -231,6 +252,11 @@ async def open_backends(
                     f"backend {name!r}: its plug-in declares {plugin.capabilities}, but the "
                     f"backend it opens has {backend.capabilities}"
                 )
+            if backend.handle_type is not plugin.handle:
+                raise ConfigError(
+                    f"backend {name!r}: its plug-in declares handles of {plugin.handle}, but "
+                    f"the backend it opens returns {backend.handle_type}"
+                )
             backends[name] = backend
         remote = None
         if links is not None:
@@ -362,7 +388,9 @@ async def open_runtime(
                 nursery = await stack.enter_async_context(trio.open_nursery())
                 manager = ProcessManager(
                     store=store,
-                    codec=RECORD_CODEC,
+                    codec=record_codec(
+                        {name: backend.handle_type for name, backend in backends.items()}
+                    ),
                     history_codec=HISTORY_CODEC,
                     backends=backends,
                     supervisor=supervisor,

@@ -354,12 +354,16 @@ def test_an_absurd_old_schema_is_refused_at_once(schema):
 # functions (`corra.processes._fast_json`); what they write must be byte for byte what the
 # converter writes, and whatever they do not expect must take the converter's way.
 
+import functools  # noqa: E402
 import gc  # noqa: E402
 import math  # noqa: E402
 
 from corra._errors import ConfigError  # noqa: E402
-from corra._runtime import HISTORY_CODEC, RECORD_CODEC  # noqa: E402
+from corra._runtime import HISTORY_CODEC, RECORD_CODEC, record_codec  # noqa: E402
+from corra.backends.batch import JobHandle  # noqa: E402
+from corra.backends.local import Handle as LocalHandle  # noqa: E402
 from corra.backends.slurm import SlurmOptions  # noqa: E402
+from corra.backends.ssh import RemoteHandle  # noqa: E402
 from corra.persistence import Codec  # noqa: E402
 from corra.processes._convert import configure_snapshot  # noqa: E402
 from corra.processes._fast_json import RecordEncoder, transition_encoder  # noqa: E402
@@ -435,23 +439,84 @@ slurm_specs = st.builds(
         hold_on_pause=st.booleans(),
     ),
 )
-process_records = st.builds(
-    ProcessRecord,
-    id=any_text.filter(bool),
-    spec=process_specs | remote_specs | slurm_specs,
-    state=st.builds(
+
+
+def process_states(handles: st.SearchStrategy[Any]) -> st.SearchStrategy[ProcessState]:
+    return st.builds(
         ProcessState,
         phase=st.sampled_from(PHASES),
         attempt=st.integers(1, 10**6),
         paused_from=st.none() | st.sampled_from(PHASES),
         paused_by=st.none() | st.sampled_from(("user", "host")),
-        handle=st.none() | st.dictionaries(any_text, json_values, max_size=3),
+        handle=st.none() | handles,
         reason=st.none() | any_text,
         result=st.none() | record_results,
         updated_at=seconds,
         started_at=st.none() | seconds,
-    ),
+    )
+
+
+process_records = st.builds(
+    ProcessRecord,
+    id=any_text.filter(bool),
+    spec=process_specs | remote_specs | slurm_specs,
+    state=process_states(st.dictionaries(any_text, json_values, max_size=3)),
     created_at=seconds,
+)
+pids = st.none() | st.integers(1, 1 << 22)
+ticks = st.none() | st.integers(0, 1 << 40)
+output_fields = {
+    "outputs": st.lists(relative_paths, max_size=2).map(tuple),
+    "outputs_to": st.none() | any_text,
+    "work_dir": st.none() | any_text,
+}
+#: A handle of each built-in backend, by backend name (every field, optional ones too).
+built_in_handles: dict[str, st.SearchStrategy[Any]] = {
+    "local": st.builds(
+        LocalHandle,
+        key=any_text,
+        run_dir=any_text,
+        chaperone_pid=st.integers(1, 1 << 22),
+        chaperone_start=st.integers(0, 1 << 40),
+        pid=pids,
+        cgroup=st.none() | any_text,
+        cgroup_note=st.none() | any_text,
+        started_at=st.none() | seconds,
+        shared=st.booleans(),
+    ),
+    "ssh": st.builds(
+        RemoteHandle,
+        host=any_text,
+        key=any_text,
+        run_dir=any_text,
+        chaperone_pid=pids,
+        chaperone_start=ticks,
+        pid=pids,
+        program_start=ticks,
+        started_at=st.none() | seconds,
+        output_limit=st.none() | st.integers(1, 1 << 40),
+        **output_fields,
+    ),
+    "slurm": st.builds(
+        JobHandle,
+        host=any_text,
+        key=any_text,
+        run_dir=any_text,
+        job_id=st.from_regex(r"\A[0-9]{1,9}\Z"),
+        array=st.booleans(),
+        hold_on_pause=st.booleans(),
+        **output_fields,
+    ),
+}
+HANDLE_TYPES = {"local": LocalHandle, "ssh": RemoteHandle, "slurm": JobHandle}
+typed_records = (process_specs | remote_specs | slurm_specs).flatmap(
+    lambda spec: st.builds(
+        ProcessRecord,
+        id=any_text.filter(bool),
+        spec=st.just(spec),
+        state=process_states(built_in_handles[spec.backend]),
+        created_at=seconds,
+    )
 )
 transitions = st.builds(
     Transition,
@@ -464,8 +529,11 @@ transitions = st.builds(
 )
 
 
-def codecs_as_the_runtimes() -> tuple[Codec[Any], Codec[Any], Any, Any]:
-    """A record codec and a history codec made as `corra._runtime`'s, and their encoders."""
+def codecs_as_the_runtimes(
+    handles: dict[str, type] | None = None,
+) -> tuple[Codec[Any], Codec[Any], Any, Any]:
+    """A record codec (of ``handles``' classes) and a history codec made as
+    `corra._runtime`'s, and their encoders."""
     made: list[Any] = []
 
     def keep(factory: Any) -> Any:
@@ -478,7 +546,7 @@ def codecs_as_the_runtimes() -> tuple[Codec[Any], Codec[Any], Any, Any]:
     records = Codec(
         ProcessRecord,
         schema=RECORD_CODEC.schema,
-        configure=configure_snapshot,
+        configure=functools.partial(configure_snapshot, handles=handles),
         fast_encoder=keep(RecordEncoder),
     )
     history = Codec(Transition, schema=HISTORY_CODEC.schema, fast_encoder=keep(transition_encoder))
@@ -486,6 +554,8 @@ def codecs_as_the_runtimes() -> tuple[Codec[Any], Codec[Any], Any, Any]:
 
 
 RECORDS, HISTORY, ENCODE_RECORD, ENCODE_TRANSITION = codecs_as_the_runtimes()
+TYPED_RECORDS, _, ENCODE_TYPED_RECORD, _ = codecs_as_the_runtimes(HANDLE_TYPES)
+RUNTIMES_TYPED_RECORDS = record_codec(HANDLE_TYPES)
 
 
 @given(process_records)
@@ -497,6 +567,19 @@ def test_the_record_encoder_writes_what_the_converter_writes(record):
     assert RECORDS.encode(record) == raw  # and again, from the cached texts
     assert RECORDS.decode(raw) == record
     assert RECORD_CODEC.encode(record) == raw  # (the runtime's, made the same way)
+
+
+@given(typed_records)
+@settings(max_examples=300, deadline=None)
+def test_the_record_encoder_writes_typed_handles_as_the_converter_does(record):
+    assert ENCODE_TYPED_RECORD(record) is not None  # the fast way was taken
+    raw = TYPED_RECORDS.encode(record)
+    assert raw == TYPED_RECORDS.encode_generic(record)
+    decoded = TYPED_RECORDS.decode(raw)
+    assert decoded == record
+    assert type(decoded.state.handle) is type(record.state.handle)
+    assert RUNTIMES_TYPED_RECORDS.encode(record) == raw  # (the runtime's, made the same way)
+    assert RECORD_CODEC.encode(record) == raw  # (a codec that knows no class writes it alike)
 
 
 @given(transitions)

@@ -361,6 +361,28 @@ def test_legacy_handles_as_stored(state):
         assert records[name]["handle"] is None
 
 
+def test_legacy_handles_decode_into_their_backends_handle_classes(state):
+    # No migration: the dicts the old code stored are the handle classes' stored form, and
+    # written again they are the same JSON.
+    from corra._runtime import record_codec
+    from corra.backends.batch import JobHandle
+    from corra.backends.local import Handle
+    from corra.backends.ssh import RemoteHandle
+    from corra.processes._registry import installed
+
+    codec = record_codec({name: plugin.handle for name, plugin in installed.plugins.items()})
+    classes = {"local": Handle, "ssh": RemoteHandle, "slurm": JobHandle}
+    for process_id, document in raw_records(state).items():
+        record = codec.decode(json.dumps(document).encode())
+        stored = document["data"]["state"]["handle"]
+        if stored is None:
+            assert record.state.handle is None
+            continue
+        assert type(record.state.handle) is classes[record.spec.backend], process_id
+        written = json.loads(codec.encode(record))["data"]["state"]["handle"]
+        assert list(written.items()) == list(stored.items()), process_id
+
+
 def test_corra_ps_lists_every_legacy_process(state):
     items = json.loads(corra_cli(state, "ps", "--json"))
     assert [item["name"] for item in items] == ORDER

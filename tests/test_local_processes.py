@@ -228,7 +228,7 @@ async def test_pause_leaves_no_task_fd_or_child_and_resume_collects_the_exit(tmp
         assert not [path for path in open_files() if path.startswith(run_dir)]
         handle = paused.state.handle
         assert handle is not None
-        chaperone_parent = Path(f"/proc/{handle['chaperone_pid']}/stat").read_text()
+        chaperone_parent = Path(f"/proc/{handle.chaperone_pid}/stat").read_text()
         assert int(chaperone_parent.split(") ")[1].split()[1]) != os.getpid()
         await trio.sleep(0.8)  # the program ends while nobody watches
         await ref.resume()
@@ -288,8 +288,8 @@ async def test_a_program_whose_chaperone_vanished_is_failed_as_lost(tmp_path):
     handle = record.state.handle
     assert handle is not None
     # While no runtime watches, something kills the chaperone and the program outright.
-    os.kill(handle["chaperone_pid"], signal.SIGKILL)
-    os.killpg(handle["pid"], signal.SIGKILL)
+    os.kill(handle.chaperone_pid, signal.SIGKILL)
+    os.killpg(handle.pid, signal.SIGKILL)
     await trio.sleep(0.2)
     async with open_runtime(state_dir=state) as rt:
         assert rt.recovery is not None and rt.recovery.resumed == (ref.id,)

@@ -40,7 +40,7 @@ async def test_started_at_is_in_the_record_while_the_program_runs(tmp_path):
         record = await rt.processes.wait(ref.id, until=lambda r: r.phase == "running")
         started = record.state.started_at
         assert started is not None and before <= started <= time.time()
-        assert started == record.state.handle["started_at"]
+        assert started == record.state.handle.started_at
 
         # `corra show --json` reads the state dir (the running record is written in the
         # background: wait until it is there), and says when it started.

@@ -237,7 +237,7 @@ async def test_the_store_keeps_working_when_program_output_fills_the_disk(small_
         # Space freed by hand: everything carries on, no restart.
         handle = ended.state.handle
         assert handle is not None
-        os.truncate(Path(handle["run_dir"]) / "stdout", 0)
+        os.truncate(Path(handle.run_dir) / "stdout", 0)
         again = await rt.spawn_process(["sh", "-c", "echo ok"], name="again")
         with trio.fail_after(60):
             assert (await again.wait()).phase == "finished"

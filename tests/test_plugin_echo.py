@@ -80,7 +80,6 @@ def test_the_echo_backend_passes_the_conformance_kit(site: Path) -> None:
     assert " passed" in tests.stdout and "skipped" not in tests.stdout, tests.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12 in progress: the record's handle is typed next")
 def test_corra_run_runs_a_process_on_a_third_party_backend(site: Path, tmp_path: Path) -> None:
     jobs = tmp_path / "jobs.toml"
     jobs.write_text(

@@ -204,7 +204,7 @@ async def test_read_log_serves_the_local_copy(sshd: _sshd.Sshd, tmp_path: Path) 
             )
         )
         await backend.wait(handle)
-        run_dir = handle["run_dir"]
+        run_dir = handle.run_dir
         transport = backend.host("remote").transport
         for stream in ("stdout", "stderr"):
             await transport.remove(posixpath.join(run_dir, stream))
@@ -226,7 +226,7 @@ async def test_read_log_serves_the_local_copy(sshd: _sshd.Sshd, tmp_path: Path) 
         # a kill brings the rest home too
         result = await backend.kill(running, grace=0.5)
         assert result is not None and result.killed
-        await transport.remove(posixpath.join(running["run_dir"], "stdout"))
+        await transport.remove(posixpath.join(running.run_dir, "stdout"))
         assert await backend.read_log("s7.1", "stdout", 0, 100) == b"early\n"
         assert (logs / "remote" / "s7.1" / COMPLETE_FILE).exists()
 
@@ -243,7 +243,7 @@ async def test_a_failing_fetch_is_retried_and_never_fails_the_wait(
             request("s8.1", RemoteSpec(argv=("sh", "-c", "echo one; sleep 1.2; echo two")))
         )
         transport = backend.host("remote").transport
-        stdout = posixpath.join(handle["run_dir"], "stdout")
+        stdout = posixpath.join(handle.run_dir, "stdout")
         await transport.run(["chmod", "000", stdout], check=True)  # fetches fail meanwhile
         async with trio.open_nursery() as nursery:
             nursery.start_soon(backend.wait, handle)
@@ -300,7 +300,7 @@ async def test_logs_shipped_home_stop_at_the_output_limit(
     async with backend_for(host, local=local, logs_dir=logs) as backend:
         spec = RemoteSpec(argv=("yes",), timeout=1.5, kill_grace=0, output_limit=limit)
         handle = await backend.launch(request("s9.1", spec))
-        assert handle["output_limit"] == limit
+        assert handle.output_limit == limit
         copy = logs / "remote" / "s9.1"
         with trio.fail_after(60):
             result, (sizes,) = await wait_sampling(backend, handle, copy / "stdout")

@@ -61,7 +61,7 @@ async def test_jobs_complete_fail_and_are_found_by_key(
             request("j2.1", JobSpec(argv=("sh", "-c", "echo no >&2; exit 3")))
         )
         again = await backend.launch(request("j1.1", JobSpec(argv=("sh", "-c", "echo hello"))))
-        assert again["job_id"] == ok["job_id"]  # found by key: not submitted twice
+        assert again.job_id == ok.job_id  # found by key: not submitted twice
         result = await backend.wait(ok)
         assert result.returncode == 0 and result.ok
         assert await backend.read_log("j1.1", "stdout", 0, 100) == b"hello 1\n"
@@ -69,7 +69,7 @@ async def test_jobs_complete_fail_and_are_found_by_key(
         assert failed.returncode == 3
         assert await backend.read_log("j2.1", "stderr", 0, 100) == b"no\n"
         found = await backend.find("j1.1")
-        assert found is not None and found["job_id"] == ok["job_id"]
+        assert found is not None and found.job_id == ok.job_id
         assert await backend.find("never.1") is None
 
 
@@ -77,7 +77,7 @@ async def test_cancel_and_hold_release(slurm: _slurm.SlurmCluster, tmp_path: Pat
     async with backend_for(slurm, tmp_path) as backend:
         long = await backend.launch(request("j3.1", JobSpec(argv=("sleep", "60"))))
         with trio.fail_after(20):
-            while "RUNNING" not in slurm.run("squeue", "-h", "-j", long["job_id"], "-o", "%T"):
+            while "RUNNING" not in slurm.run("squeue", "-h", "-j", long.job_id, "-o", "%T"):
                 await trio.sleep(0.2)
         result = await backend.kill(long, grace=1)
         assert result is not None and result.killed and result.returncode is None
@@ -85,10 +85,10 @@ async def test_cancel_and_hold_release(slurm: _slurm.SlurmCluster, tmp_path: Pat
         options = SlurmOptions(hold_on_pause=True, extra=("--begin=now+60",))
         pending = await backend.launch(request("j4.1", JobSpec(argv=("true",), options=options)))
         await backend.pause(pending)
-        reason = slurm.run("squeue", "-h", "-j", pending["job_id"], "-o", "%r").strip()
+        reason = slurm.run("squeue", "-h", "-j", pending.job_id, "-o", "%r").strip()
         assert reason in ("JobHeldUser", "JobHeldAdmin")  # admin when we are root
         await backend.resume(pending)
-        reason = slurm.run("squeue", "-h", "-j", pending["job_id"], "-o", "%r").strip()
+        reason = slurm.run("squeue", "-h", "-j", pending.job_id, "-o", "%r").strip()
         assert not reason.startswith("JobHeld")
         await backend.kill(pending, grace=0)
 
@@ -172,7 +172,7 @@ async def test_one_squeue_per_interval_for_a_hundred_jobs(
             await trio.sleep(3.0)
             polls = calls.get("squeue", 0) - before
             assert 2 <= polls <= 4  # one per second, whatever the number of jobs
-            slurm.run("scancel", *[handle["job_id"] for handle in handles])
+            slurm.run("scancel", *[handle.job_id for handle in handles])
         assert calls.get("sbatch") == 100
 
 

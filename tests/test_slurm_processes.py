@@ -109,7 +109,7 @@ async def until(condition: Callable[[], bool], what: str, seconds: float = 30) -
 def job_id_of(ref: ProcessRef) -> str:
     handle = ref.state.handle
     assert handle is not None, ref.state
-    return str(handle["job_id"])
+    return str(handle.job_id)
 
 
 # -- through open_runtime, on this machine ------------------------------------------------

@@ -95,11 +95,11 @@ async def test_a_remote_program_runs_once_and_reports(
     async with backend_for(host, local=local) as backend:
         spec = RemoteSpec(argv=("sh", "-c", 'echo "out $CORRA_ATTEMPT"; echo err >&2; exit 3'))
         handle = await backend.launch(request("p1.1", spec))
-        assert handle["host"] == "remote" and handle["pid"]
+        assert handle.host == "remote" and handle.pid
         again = await backend.launch(
             request("p1.1", spec)
         )  # replayed: the same program, not a second
-        assert again["chaperone_pid"] == handle["chaperone_pid"] and again["pid"] == handle["pid"]
+        assert again.chaperone_pid == handle.chaperone_pid and again.pid == handle.pid
         result = await backend.wait(handle)
         assert result.returncode == 3 and result.stdout_bytes == len(b"out 1\n")
         assert await backend.read_log("p1.1", "stdout", 0, 100) == b"out 1\n"
@@ -107,7 +107,7 @@ async def test_a_remote_program_runs_once_and_reports(
         assert await backend.read_log("p1.1", "stderr", 0, 100) == b"err\n"
         assert await backend.read_log("nosuch.1", "stdout", 0, 100) == b""
         found = await backend.find("p1.1")
-        assert found is not None and found["pid"] == handle["pid"]
+        assert found is not None and found.pid == handle.pid
         assert await backend.find("never.1") is None
 
 
@@ -135,7 +135,7 @@ async def test_kill_reaches_the_remote_group(sshd: _sshd.Sshd) -> None:
         result = await backend.kill(handle, grace=1.0)
         assert result is not None and result.killed and result.signal == 15
         assert trio.current_time() - started < 5
-        assert not _group_alive(handle["pid"])
+        assert not _group_alive(handle.pid)
 
 
 async def test_a_program_outlives_a_dropped_connection(sshd_factory: _sshd.SshdFactory) -> None:
@@ -154,11 +154,11 @@ async def test_a_program_outlives_a_dropped_connection(sshd_factory: _sshd.SshdF
 async def test_a_vanished_chaperone_is_lost(sshd: _sshd.Sshd) -> None:
     async with backend_for(host_for(sshd, remote_root("lost"))) as backend:
         handle = await backend.launch(request("p6.1", RemoteSpec(argv=("sleep", "60"))))
-        os.kill(handle["chaperone_pid"], 9)
+        os.kill(handle.chaperone_pid, 9)
         with pytest.raises(ProgramLost):
             await backend.wait(handle)
         await backend.kill(handle, grace=0.5)  # what is left of it goes
-        assert not _group_alive(handle["pid"])
+        assert not _group_alive(handle.pid)
 
 
 async def test_one_poll_per_interval_for_many_programs(sshd: _sshd.Sshd) -> None:
@@ -252,7 +252,7 @@ async def test_a_remote_run_dir_and_work_dir_are_their_users_only(
     async with backend_for(host, local=True) as backend:
         handle = await backend.launch(request("m1.1", RemoteSpec(argv=("true",))))
         await backend.wait(handle)
-    run_dir = Path(handle["run_dir"])
+    run_dir = Path(handle.run_dir)
     for directory in (run_dir.parent, run_dir, run_dir / "work"):
         assert directory.stat().st_mode & 0o777 == 0o700, directory
     for name in ("spec.json", "stdout", "stderr", "exit.json"):

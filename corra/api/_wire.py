@@ -10,6 +10,7 @@ from typing import Any
 
 import attrs
 
+from corra.processes._backend import handle_data
 from corra.processes._convert import unstructure_spec
 from corra.processes._record import ProcessRecord, Transition
 from corra.processes._spec_content import hide_env
@@ -72,7 +73,7 @@ def detail_json(
     data["spec"] = unstructure_spec(record.spec)
     if not show_env:
         data["spec"]["env"] = hide_env(record.spec.env)
-    data["handle"] = record.state.handle
+    data["handle"] = handle_data(record.state.handle)
     data["history"] = [transition_json(transition) for transition in history]
     return data
 

@@ -17,7 +17,7 @@ import hashlib
 import posixpath
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -143,24 +143,30 @@ async def retrieve(
     return fetched
 
 
+class Outputs(Protocol):
+    """The fields of a handle that says which outputs to fetch (`output_fields`)."""
+
+    outputs: tuple[str, ...]
+    outputs_to: str | None
+    work_dir: str | None
+
+
 def output_fields(request: LaunchRequest, run_dir: str) -> dict[str, Any]:
-    """What a handle keeps to fetch the request's outputs after the end (nothing without
-    any)."""
+    """The fields (`Outputs`) a handle keeps to fetch the request's outputs after the end
+    (none without any: the handle's defaults)."""
     if not request.outputs:
         return {}
     return {
-        "outputs": list(request.outputs),
+        "outputs": tuple(request.outputs),
         "outputs_to": str(request.outputs_dir or ""),
         "work_dir": request.cwd or posixpath.join(run_dir, "work"),
     }
 
 
-async def retrieve_outputs(transport: Transport, python: str, handle: Mapping[str, Any]) -> None:
+async def retrieve_outputs(transport: Transport, python: str, handle: Outputs) -> None:
     """Fetch the outputs that ``handle`` names (`output_fields`), if it names any."""
-    if handle.get("outputs") and handle.get("outputs_to"):
-        await retrieve(
-            transport, python, handle["work_dir"], handle["outputs"], handle["outputs_to"]
-        )
+    if handle.outputs and handle.outputs_to and handle.work_dir:
+        await retrieve(transport, python, handle.work_dir, handle.outputs, handle.outputs_to)
 
 
 async def _json(transport: Transport, argv: list[str]) -> object:

@@ -46,7 +46,7 @@ from corra.backends._shared import TokenBucket
 from corra.backends.scheduler import JobStatus
 from corra.backends.slurm import Slurm, SlurmOptions
 from corra.backends.transport import Transport
-from corra.processes._backend import Capabilities, EffectKey, LaunchRequest
+from corra.processes._backend import Capabilities, EffectKey, LaunchRequest, optional_field
 from corra.processes._lifecycle import Result
 
 logger = logging.getLogger("corra.batch")
@@ -69,6 +69,25 @@ class BatchHost:
     submit_burst: int = 30
     python: str = "python3"
     """The host's Python 3 (3.6 or newer), used only to verify inputs and find outputs."""
+
+
+@attrs.frozen
+class JobHandle:
+    """A job submitted for a key, kept in the process snapshot (its stored form unchanged
+    from the JSON objects of before: `find` gives no output fields)."""
+
+    host: str
+    key: str
+    run_dir: str
+    job_id: str
+    array: bool
+    """The job is an array (``array`` option): its exit records are one per task."""
+    hold_on_pause: bool
+    """Hold the job while it is pending and its process paused (`SchedulerBackend.pause`)."""
+    outputs: tuple[str, ...] = optional_field(())
+    """Globs of the files fetched home after the exit (`corra.backends._staging`)."""
+    outputs_to: str | None = optional_field(None)
+    work_dir: str | None = optional_field(None)
 
 
 @attrs.define
@@ -105,6 +124,7 @@ class SchedulerBackend(HostPollers):
         log_size=True,
         shell_env=True,
     )
+    handle_type = JobHandle
 
     def __init__(self, hosts: Mapping[str, BatchHost], scheduler: Slurm | None = None) -> None:
         self.scheduler = scheduler or Slurm()
@@ -147,7 +167,7 @@ class SchedulerBackend(HostPollers):
 
     # -- the Backend protocol --------------------------------------------------------------
 
-    async def launch(self, request: LaunchRequest) -> dict[str, Any]:
+    async def launch(self, request: LaunchRequest) -> JobHandle:
         host = self.host(request.host)
         options: SlurmOptions = request.options or SlurmOptions()  # (typed by the converter)
         key = str(request.key)
@@ -193,18 +213,16 @@ class SchedulerBackend(HostPollers):
         job_id: str,
         options: SlurmOptions,
         request: LaunchRequest | None = None,
-    ) -> dict[str, Any]:
-        handle = {
-            "host": host.config.name,
-            "key": key,
-            "run_dir": run_dir,
-            "job_id": job_id,
-            "array": options.array is not None,
-            "hold_on_pause": options.hold_on_pause,
-        }
-        if request is None:
-            return handle
-        return {**handle, **_staging.output_fields(request, run_dir)}
+    ) -> JobHandle:
+        return JobHandle(
+            host=host.config.name,
+            key=key,
+            run_dir=run_dir,
+            job_id=job_id,
+            array=options.array is not None,
+            hold_on_pause=options.hold_on_pause,
+            **({} if request is None else _staging.output_fields(request, run_dir)),
+        )
 
     async def _find(self, host: _Host, key: str, run_dir: str) -> str | None:
         if await host.transport.stat(run_dir) is None:
@@ -221,7 +239,7 @@ class SchedulerBackend(HostPollers):
         await host.bucket.take()
         return await self.scheduler.find(host.transport, key)
 
-    async def find(self, key: EffectKey, host_name: str | None = None) -> dict[str, Any] | None:
+    async def find(self, key: EffectKey, host_name: str | None = None) -> JobHandle | None:
         """The job submitted with ``key`` (on ``host_name``, else any host), or None."""
         for host in self.hosts_for(host_name):
             run_dir = await self._run_dir(host, str(key))
@@ -230,9 +248,9 @@ class SchedulerBackend(HostPollers):
                 return self._handle(host, str(key), run_dir, job_id, SlurmOptions())
         return None
 
-    async def wait(self, handle: Mapping[str, Any]) -> Result:
-        host = self.host(handle.get("host"))
-        watch = _Watch(str(handle["job_id"]), handle["run_dir"], bool(handle.get("array")))
+    async def wait(self, handle: JobHandle) -> Result:
+        host = self.host(handle.host)
+        watch = _Watch(handle.job_id, handle.run_dir, handle.array)
         await self._watch(host, watch.job_id, watch)
         assert watch.result is not None
         await _staging.retrieve_outputs(host.transport, host.config.python, handle)
@@ -351,31 +369,29 @@ class SchedulerBackend(HostPollers):
             error=error,
         )
 
-    async def kill(self, handle: Mapping[str, Any], grace: float) -> Result | None:
-        host = self.host(handle.get("host"))
+    async def kill(self, handle: JobHandle, grace: float) -> Result | None:
+        host = self.host(handle.host)
         await host.bucket.take()
-        await self.scheduler.cancel(host.transport, str(handle["job_id"]))
+        await self.scheduler.cancel(host.transport, handle.job_id)
         with trio.move_on_after(grace + max(30.0, 3 * host.config.poll_interval)):
             return await self.wait(handle)
-        raise BackendError(
-            f"job {handle['job_id']} on {host.config.name}: still queued after scancel"
-        )
+        raise BackendError(f"job {handle.job_id} on {host.config.name}: still queued after scancel")
 
-    async def pause(self, handle: Mapping[str, Any]) -> None:
+    async def pause(self, handle: JobHandle) -> None:
         """Hold a pending job if its options ask for it (a running job runs on)."""
-        if handle.get("hold_on_pause"):
-            host = self.host(handle.get("host"))
-            queued = await self.scheduler.poll(host.transport, [str(handle["job_id"])])
-            status = queued.get(str(handle["job_id"]))
+        if handle.hold_on_pause:
+            host = self.host(handle.host)
+            queued = await self.scheduler.poll(host.transport, [handle.job_id])
+            status = queued.get(handle.job_id)
             if status is not None and status.state == "pending":
-                await self.scheduler.hold(host.transport, str(handle["job_id"]))
+                await self.scheduler.hold(host.transport, handle.job_id)
 
-    async def resume(self, handle: Mapping[str, Any]) -> None:
+    async def resume(self, handle: JobHandle) -> None:
         """Release a job that `pause` held."""
-        if handle.get("hold_on_pause"):
-            host = self.host(handle.get("host"))
+        if handle.hold_on_pause:
+            host = self.host(handle.host)
             with contextlib.suppress(BackendError):
-                await self.scheduler.release(host.transport, str(handle["job_id"]))
+                await self.scheduler.release(host.transport, handle.job_id)
 
     async def read_log(
         self, key: EffectKey, stream: str, offset: int, size: int, host_name: str | None = None

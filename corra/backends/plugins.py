@@ -2,8 +2,8 @@
 
 They register under the ``corra.backends`` entry-point group (pyproject.toml), exactly as a
 third-party backend does; the runtime finds them there and never by name. Each ``open_...``
-owns its backend's tasks for as long as its block runs, and its capabilities are those its
-backend class declares.
+owns its backend's tasks for as long as its block runs; its capabilities and its handle class
+are those its backend class declares (the runtime checks that they agree).
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from corra.backends.batch import BatchHost, SchedulerBackend
+from corra.backends.batch import BatchHost, JobHandle, SchedulerBackend
 from corra.backends.local import Handle, LocalBackend, open_local
 from corra.backends.slurm import Slurm, SlurmOptions
-from corra.backends.ssh import SlurmSettings, SshProgramBackend
+from corra.backends.ssh import RemoteHandle, SlurmSettings, SshProgramBackend
 from corra.processes._backend import BackendContext, BackendPlugin
 
 #: Under the state dir: the logs of remote programs, shipped home while they run.
@@ -68,11 +68,10 @@ LOCAL = BackendPlugin(
     description="programs on this machine, each under a chaperone (cgroups where allowed)",
 )
 
-# The handles of ssh and slurm are still JSON-able mappings (typed handles: issue 12).
 SSH = BackendPlugin(
     name="ssh",
     open=open_ssh,
-    handle=None,
+    handle=RemoteHandle,
     capabilities=SshProgramBackend.capabilities,
     description="programs on a host over SSH, under the remote chaperone",
 )
@@ -80,7 +79,7 @@ SSH = BackendPlugin(
 SLURM = BackendPlugin(
     name="slurm",
     open=open_slurm,
-    handle=None,
+    handle=JobHandle,
     options=SlurmOptions,
     host_options=SlurmSettings,
     capabilities=SchedulerBackend.capabilities,

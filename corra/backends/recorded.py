@@ -118,13 +118,9 @@ def recorded(state_dir: Path, record: ProcessRecord) -> Recorded | None:
 
 def _local(runs: Path, record: ProcessRecord) -> Recorded | None:
     from corra.backends._exits import read_exit_record, result_of
-    from corra.backends.local import Handle, find_launch, read_status
+    from corra.backends.local import find_launch, read_status
 
-    stored = record.state.handle
-    if isinstance(stored, Handle) or not stored:
-        handle = stored or find_launch(runs, record.key)
-    else:  # (a mapping: until the snapshot converter structures handles by their class)
-        handle = Handle(**stored)
+    handle = record.state.handle or find_launch(runs, record.key)  # (a local Handle)
     if handle is None:
         return None  # a launch that never got as far as a claim on its run dir
     status = read_status(handle)

@@ -9,7 +9,7 @@ import sys
 import time
 from typing import Any
 
-from corra.processes._lifecycle import Result, describe
+from corra.processes._lifecycle import Result, describe, handle_field
 from corra.processes._record import ProcessRecord, Transition
 
 
@@ -126,7 +126,7 @@ def happened(record: ProcessRecord, transition: Transition) -> str | None:
     if event == "submit":
         return "submitted"
     if event == "started":
-        pid = (record.state.handle or {}).get("pid")
+        pid = handle_field(record.state.handle, "pid")
         return f"running (attempt {record.state.attempt}" + (f", pid {pid})" if pid else ")")
     if event == "retry":
         return f"will run again: {transition.reason}"

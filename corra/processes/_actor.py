@@ -226,7 +226,7 @@ class ProcessActor(Actor):
             return
         # Not awaited: a crash that loses this record leaves the process launching, and
         # recovery finds the program by its key (`_launch` again, which is idempotent).
-        await self._advance("started", handle=_stored(handle), background=True)
+        await self._advance("started", handle=handle, background=True)
 
     async def _wait_for_exit(self, state: ProcessState) -> None:
         backend = self.context.backend_for(self.record.spec)
@@ -279,13 +279,6 @@ class ProcessActor(Actor):
         self.record = record
         if event == "pause" and record.state.paused_by == "user":  # (not for the host)
             await tell_backend(self.context.backend_for(record.spec), record, "pause")
-
-
-def _stored(handle: Any) -> Any:
-    """A backend's handle as the process state keeps it for now: a JSON-able mapping (a
-    typed handle, `BackendPlugin.handle`, as its fields), until the snapshot converter
-    structures handles by their plug-in's class. Backends take either back."""
-    return attrs.asdict(handle) if attrs.has(type(handle)) else handle
 
 
 async def tell_backend(

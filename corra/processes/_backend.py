@@ -9,8 +9,9 @@ group; nothing in this package names them). The plug-in is data:
   file or an API body, structured and checked by the one wire converter (errors carry field
   paths), None when the backend takes no options;
 - ``host_options``: a frozen attrs class for the ``[hosts.NAME.<name>]`` table, if any;
-- ``handle``: the frozen attrs class of its handles, which the snapshot converter structures
-  (handles never round-trip through ``dict[str, Any]``);
+- ``handle``: the frozen attrs class of its handles (its backend's `Backend.handle_type`),
+  which the snapshot converter structures (handles never round-trip through
+  ``dict[str, Any]``); a field that only some handles have is an `optional_field`;
 - `Capabilities`: what of the optional protocol it implements, as data;
 - ``open``: an async context manager factory, ``open(context) -> Backend``, which owns the
   backend's tasks for as long as its block runs (a nursery of its own, inside the supervision
@@ -157,6 +158,11 @@ class Backend(Protocol):
     capabilities: Capabilities
     """What of the optional part it implements: its plug-in's `BackendPlugin.capabilities`
     (the runtime checks that the two agree when it opens the plug-in)."""
+    handle_type: type | None
+    """The frozen attrs class of the handles it returns (its plug-in's
+    `BackendPlugin.handle`), which the runtime's record codec stores and reads back as that
+    class; None: its handles are JSON values (a dict of them), stored as they are. A handle
+    with a ``started_at`` (epoch seconds) says when its program started."""
 
     def check(self, request: LaunchRequest) -> None:
         """Refuse (`ConfigError`, naming the field) a request it cannot run, at submission:
@@ -217,6 +223,7 @@ class BackendBase:
     """The do-nothing defaults of `Backend`'s optional methods; subclass and override."""
 
     capabilities: Capabilities = Capabilities()
+    handle_type: type | None = None
 
     def check(self, request: LaunchRequest) -> None:
         return None
@@ -244,6 +251,30 @@ class BackendBase:
 
     async def wait_available(self, host: str) -> None:
         raise NotImplementedError("this backend does not wait for hosts")
+
+
+#: The metadata key of a handle field that only some handles have (`optional_field`).
+_OPTIONAL = "corra.optional"
+
+
+def optional_field(default: Any) -> Any:
+    """A field of a handle class that only some of its handles have: stored only when it
+    holds another value than ``default``, so that a handle without it is stored as one was
+    before the field existed (and reads back with ``default``)."""
+    return attrs.field(default=default, metadata={_OPTIONAL: True})
+
+
+def handle_data(handle: Any) -> Any:
+    """A handle as it is stored (and shown by ``corra show --json``): an attrs handle's
+    fields, in their order, but an `optional_field` at its default; a handle of a backend
+    without a handle class (JSON values) as it is."""
+    if not attrs.has(type(handle)):
+        return handle
+    return attrs.asdict(handle, filter=_stored)
+
+
+def _stored(field: attrs.Attribute[Any], value: Any) -> bool:
+    return not (field.metadata.get(_OPTIONAL) and value == field.default)
 
 
 @attrs.frozen

@@ -7,11 +7,13 @@ options class the backend's plug-in declares. Every error names the field path, 
 (an env's values never) and what was expected (DESIGN invariant 6). The values themselves
 are checked once, by the classes (`ProcessSpec`, the plug-in's options class).
 
-SNAPSHOT (`configure_snapshot`, for the record codec of `corra._runtime`): a stored spec is
+SNAPSHOT (`configure_snapshot`, for the record codecs of `corra._runtime`): a stored spec is
 written as the wire takes it (its options as the table named after its backend, every field
 included) and read back with strict types but WITHOUT the classes' value checks: the spec
 passed them when it came in, and a check that a newer corra adds must not make an old record
-unreadable (set aside as corrupt).
+unreadable (set aside as corrupt). A stored handle is written as `handle_data` says and read
+back as the handle class of its record's backend (the codec is told them), or as the JSON
+value it is for a backend without one.
 """
 
 from __future__ import annotations
@@ -27,9 +29,12 @@ from cattrs.errors import (
     ClassValidationError,
     ForbiddenExtraKeysError,
 )
-from cattrs.gen import make_dict_structure_fn, override
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
 from corra._errors import ConfigError
+from corra.processes._backend import handle_data
+from corra.processes._lifecycle import ProcessState
+from corra.processes._record import ProcessRecord
 from corra.processes._registry import installed
 from corra.processes._spec import ProcessSpec, options_table, table_name
 from corra.processes._spec_content import options_problem, shown, shown_tables
@@ -244,9 +249,18 @@ def unstructure_spec(spec: ProcessSpec) -> dict[str, Any]:
 # The snapshot --------------------------------------------------------------------------------
 
 
-def configure_snapshot(converter: cattrs.Converter) -> None:
+def configure_snapshot(
+    converter: cattrs.Converter, handles: Mapping[str, type] | None = None
+) -> None:
     """Make ``converter`` (a record codec's, with strict primitives) write a `ProcessSpec` as
-    the wire takes it, every field included, and read it back without its value checks."""
+    the wire takes it, every field included, and read it back without its value checks; and
+    read a `ProcessRecord`'s handle as the class ``handles`` names for its spec's backend
+    (the handles of other backends: JSON values, as they are stored)."""
+    _configure_spec(converter)
+    _configure_handles(converter, dict(handles or {}))
+
+
+def _configure_spec(converter: cattrs.Converter) -> None:
     fields = _Fields(converter)
 
     def unstructure(spec: ProcessSpec) -> dict[str, Any]:
@@ -272,6 +286,50 @@ def configure_snapshot(converter: cattrs.Converter) -> None:
 
     converter.register_unstructure_hook(ProcessSpec, unstructure)
     converter.register_structure_hook(ProcessSpec, structure)
+
+
+def _configure_handles(converter: cattrs.Converter, handles: dict[str, type]) -> None:
+    # The record is structured by one function per handle class (made when first needed, and
+    # kept by this converter), chosen by the backend its stored spec names. A handle is read
+    # as a stored spec is, without its class's checks.
+    converter.register_unstructure_hook(
+        ProcessState,
+        make_dict_unstructure_fn(
+            ProcessState, converter, handle=override(unstruct_hook=handle_data)
+        ),
+    )
+    if not handles:
+        return
+    fields = _Fields(converter)
+    untyped = make_dict_structure_fn(ProcessRecord, converter)
+    typed: dict[type, Callable[[Any, Any], ProcessRecord]] = {}
+
+    def record_function(handle_type: type) -> Callable[[Any, Any], ProcessRecord]:
+        function = typed.get(handle_type)
+        if function is None:
+
+            def structure_handle(value: Any, _type: Any) -> Any:
+                if value is None:
+                    return None
+                return _unchecked(handle_type, fields.structure(handle_type, value))
+
+            state = make_dict_structure_fn(
+                ProcessState, converter, handle=override(struct_hook=structure_handle)
+            )
+            function = make_dict_structure_fn(
+                ProcessRecord, converter, state=override(struct_hook=state)
+            )
+            typed[handle_type] = function
+        return function
+
+    def structure(value: Any, _type: Any) -> ProcessRecord:
+        spec = value.get("spec") if isinstance(value, dict) else None
+        backend = spec.get("backend", "local") if isinstance(spec, dict) else None
+        handle_type = handles.get(backend) if isinstance(backend, str) else None
+        function = untyped if handle_type is None else record_function(handle_type)
+        return function(value, ProcessRecord)
+
+    converter.register_structure_hook(ProcessRecord, structure)
 
 
 class _Fields:

@@ -10,7 +10,8 @@ write the same text directly:
 - a record's spec, id and creation time never change: their text is the converter's own,
   written once per spec and kept by the encoder (`RecordEncoder`, one per codec);
 - a state, its result and a transition are written field by field, in the classes' order,
-  with json's own string and number formatting.
+  with json's own string and number formatting; a typed handle as `handle_data` gives it,
+  which is what the converter writes for it too.
 
 They handle the types the classes declare; anything else (a subclass, a value of another
 type, a float json refuses) makes them return None, and the codec takes the converter's way.
@@ -29,6 +30,7 @@ from typing import Any
 
 import cattrs
 
+from corra.processes._backend import handle_data
 from corra.processes._lifecycle import PHASES, Event, ProcessState, Result
 from corra.processes._record import ProcessRecord, Transition
 from corra.processes._spec import ProcessSpec
@@ -90,8 +92,14 @@ _SCALARS: dict[type, Callable[[Any], str]] = {
 }
 
 
+def _handle_json(handle: object) -> str:
+    """A handle as the converter writes it (`handle_data`: a typed handle's stored fields,
+    or JSON values as they are)."""
+    return _plain_json(handle_data(handle))
+
+
 def _plain_json(value: object) -> str:
-    """A ``dict[str, Any]`` of JSON values (a handle), as the converter would pass it on."""
+    """A ``dict[str, Any]`` of JSON values, as the converter would pass it on."""
     if value is None:
         return "null"
     if type(value) is not dict:
@@ -179,7 +187,7 @@ def _state_json(state: ProcessState) -> str:
         f'"attempt":{attempt!r},'
         f'"paused_from":{_OPTIONAL_PHASE_JSON[state.paused_from]},'
         f'"paused_by":{_PAUSED_BY_JSON[state.paused_by]},'
-        f'"handle":{_plain_json(state.handle)},'
+        f'"handle":{_handle_json(state.handle)},'
         f'"reason":{_json_optional_text(state.reason)},'
         f'"result":{_result_json(state.result)},'
         f'"updated_at":{updated_at!r},'

@@ -38,7 +38,7 @@ class Journal:
 
     Args:
         store: where records and their history live.
-        codec: records as bytes (`corra._runtime.RECORD_CODEC`).
+        codec: records as bytes (`corra._runtime.record_codec`, of the runtime's backends).
         history_codec: history entries as bytes (`corra._runtime.HISTORY_CODEC`).
         clock: the time of a transition (epoch seconds).
     """

@@ -27,6 +27,7 @@ Rule 9. After a program's exit, the spec's restart policy decides between ``retr
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, Literal, TypeAlias
 
 import attrs
@@ -115,7 +116,9 @@ class ProcessState:
         attempt: 1 for the first run, one more for every ``retry``.
         paused_from: the phase ``resume`` returns to, while paused.
         paused_by: who paused it (`PausedBy`), while paused.
-        handle: the backend's record of the launched program (JSON-able), once launched.
+        handle: the backend's record of the launched program, once launched: an instance of
+            its handle class (`corra.processes._backend.Backend.handle_type`), or JSON
+            values for a backend without one.
         reason: why the process failed, was paused or killed, in words.
         result: how the program ended, once it did.
         updated_at: when the last transition happened (epoch seconds).
@@ -130,7 +133,7 @@ class ProcessState:
     attempt: int = 1
     paused_from: Phase | None = None
     paused_by: PausedBy | None = None
-    handle: dict[str, Any] | None = None
+    handle: Any = None
     reason: str | None = None
     result: Result | None = None
     updated_at: float = 0.0
@@ -187,7 +190,7 @@ def advance(
     *,
     at: float,
     process: str = "?",
-    handle: dict[str, Any] | None = None,
+    handle: Any = None,
     reason: str | None = None,
     result: Result | None = None,
     by: PausedBy = "user",
@@ -288,10 +291,18 @@ def describe(result: Result | None) -> str:
     return f"exited with {result.returncode}"
 
 
-def _started_at(handle: dict[str, Any], known: float | None) -> float | None:
+def handle_field(handle: Any, name: str) -> Any:
+    """The field ``name`` of a handle, None if it has none: an attribute of a typed handle,
+    a key of one that is JSON values (a backend without a handle class)."""
+    if isinstance(handle, Mapping):
+        return handle.get(name)
+    return getattr(handle, name, None)
+
+
+def _started_at(handle: Any, known: float | None) -> float | None:
     """The start time a launch's handle carries (local and SSH programs: the chaperone's
     clock when it started the program), else ``known``."""
-    value = handle.get("started_at")
+    value = handle_field(handle, "started_at")
     if type(value) in (int, float) and math.isfinite(value):
         return float(value)
     return known

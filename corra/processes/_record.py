@@ -1,7 +1,8 @@
 """What the store keeps of a process: its record (id, spec, state) and its history.
 
-Both are snapshotted by the codecs of `corra._runtime` (``RECORD_CODEC``, ``HISTORY_CODEC``),
-through the snapshot converter of `corra.processes._convert`.
+Both are snapshotted by the codecs of `corra._runtime` (a runtime's ``record_codec``, which
+knows its backends' handle classes, and ``HISTORY_CODEC``), through the snapshot converter of
+`corra.processes._convert`.
 """
 
 from __future__ import annotations

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -82,6 +81,7 @@ class LocalBackend(BackendBase):
     """
 
     capabilities = Capabilities(slots=True, log_size=True)
+    handle_type = Handle
 
     def __init__(
         self,
@@ -302,7 +302,6 @@ class LocalBackend(BackendBase):
         Raises:
             ProgramLost: the chaperone is gone and left no exit record.
         """
-        handle = _typed(handle)
         return await self._client_of(handle).wait(handle)
 
     async def kill(self, handle: Handle, grace: float | None = None) -> Result | None:
@@ -319,7 +318,6 @@ class LocalBackend(BackendBase):
         exit record once there is one, or None if the program was lost (and is now gone).
         Cancelling the wait leaves the kill under way.
         """
-        handle = _typed(handle)
         if grace is not None:
             check_seconds("grace", grace, positive=False)
         client = self._client_of(handle)
@@ -361,9 +359,3 @@ class LocalBackend(BackendBase):
 
     def slot_statistics(self) -> SlotStatistics:
         return self._slots.statistics()
-
-
-def _typed(handle: Handle | Mapping[str, Any]) -> Handle:
-    """``handle``; a mapping only as this branch's process snapshots still store handles
-    (until the snapshot converter structures them by `BackendPlugin.handle`)."""
-    return handle if isinstance(handle, Handle) else Handle(**handle)

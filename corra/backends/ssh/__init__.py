@@ -14,6 +14,7 @@ from corra.backends.ssh._config import LoginSettings as LoginSettings
 from corra.backends.ssh._config import PoolSettings as PoolSettings
 from corra.backends.ssh._config import SlurmSettings as SlurmSettings
 from corra.backends.ssh._config import parse_host as parse_host
+from corra.backends.ssh._handle import RemoteHandle as RemoteHandle
 from corra.backends.ssh._pool import Lease as Lease
 from corra.backends.ssh._pool import PoolHandle as PoolHandle
 from corra.backends.ssh._pool import PoolRegistry as PoolRegistry

@@ -63,6 +63,7 @@ from corra.backends._exits import ExitRecord, result_of
 from corra.backends._pollers import HostPollers, check_key
 from corra.backends._shared import json_reply
 from corra.backends.ssh._config import HostConfig
+from corra.backends.ssh._handle import RemoteHandle
 from corra.backends.ssh._shipped import STREAMS, LocalLogs
 from corra.backends.transport import Transport
 from corra.chaperone import PACKAGE_DIR
@@ -147,6 +148,7 @@ class SshProgramBackend(HostPollers):
     capabilities = Capabilities(
         slots=True, hosts=True, staging=True, waits_for_host=True, log_size=True
     )
+    handle_type = RemoteHandle
 
     def __init__(
         self,
@@ -253,7 +255,7 @@ class SshProgramBackend(HostPollers):
 
     # -- the Backend protocol ------------------------------------------------------------
 
-    async def launch(self, request: LaunchRequest) -> dict[str, Any]:
+    async def launch(self, request: LaunchRequest) -> RemoteHandle:
         host = self.host(request.host)
         await self._ready(host)
         key = str(request.key)
@@ -288,26 +290,25 @@ class SshProgramBackend(HostPollers):
         reply = json_reply(result.stdout, f"host {host.config.name}: the remote helper")
         status = reply.get("status")
         if status in ("started", "claimed") and reply.get("handle"):
-            return {
-                **self._handle(host, key, reply["handle"]),
+            return RemoteHandle.of(
+                host.config.name,
+                key,
+                reply["handle"],
                 **_staging.output_fields(request, run_dir),
-                "output_limit": document["output_limit"],
-            }
+                output_limit=document["output_limit"],
+            )
         if status in ("failed", "invalid"):
             raise LaunchFailed(f"{key} on {host.config.name}: {reply.get('error')}")
         raise BackendError(f"{key} on {host.config.name}: unexpected reply {reply!r}")
 
-    def _handle(self, host: _Host, key: str, remote: Mapping[str, Any]) -> dict[str, Any]:
-        return {"host": host.config.name, "key": key, **remote}
-
-    async def find(self, key: EffectKey, host_name: str | None = None) -> dict[str, Any] | None:
+    async def find(self, key: EffectKey, host_name: str | None = None) -> RemoteHandle | None:
         """The handle of the program launched with ``key`` (on ``host_name``, else on any
         host), or None."""
         for host in self.hosts_for(host_name):
             await self._ready(host)
             (status,) = await self._status(host, [self._run_dir(host, str(key))])
             if status.get("handle"):
-                return self._handle(host, str(key), status["handle"])
+                return RemoteHandle.of(host.config.name, str(key), status["handle"])
         return None
 
     async def _status(self, host: _Host, run_dirs: list[str]) -> list[dict[str, Any]]:
@@ -318,20 +319,20 @@ class SshProgramBackend(HostPollers):
             raise BackendError(f"host {host.config.name}: a status reply that does not fit")
         return statuses
 
-    async def wait(self, handle: Mapping[str, Any]) -> Result:
-        host = self.host(handle.get("host"))
+    async def wait(self, handle: RemoteHandle) -> Result:
+        host = self.host(handle.host)
         await self._ready(host)
-        watch = _Watch(handle["run_dir"], self._limit_of(handle))
+        watch = _Watch(handle.run_dir, self._limit_of(handle))
         await self._watch(host, watch.run_dir, watch)
         result = self._settled(host, watch.status or {})
         await _staging.retrieve_outputs(host.transport, host.config.python, handle)
         return result
 
-    def _limit_of(self, handle: Mapping[str, Any]) -> int:
-        """The output limit the program of ``handle`` was launched with (handles from before
-        there was one: this backend's)."""
-        limit = handle.get("output_limit")
-        return limit if type(limit) is int and limit > 0 else self._output_limit
+    def _limit_of(self, handle: RemoteHandle) -> int:
+        """The output limit the program of ``handle`` was launched with (found handles, and
+        those from before there was one: this backend's)."""
+        limit = handle.output_limit
+        return limit if limit is not None and limit > 0 else self._output_limit
 
     def _settled(self, host: _Host, status: Mapping[str, Any]) -> Result:
         if status.get("state") == "exited":
@@ -480,10 +481,10 @@ class SshProgramBackend(HostPollers):
         self._logs.forget(host.config.name, posixpath.basename(run_dir))
         _settle(host, status)
 
-    async def kill(self, handle: Mapping[str, Any], grace: float) -> Result | None:
-        host = self.host(handle.get("host"))
+    async def kill(self, handle: RemoteHandle, grace: float) -> Result | None:
+        host = self.host(handle.host)
         await self._ready(host)
-        run_dir = handle["run_dir"]
+        run_dir = handle.run_dir
         await host.transport.run([*host.helper, "kill", repr(float(grace)), run_dir], check=True)
         with trio.move_on_after(grace + KILL_SETTLE):
             while True:

@@ -86,6 +86,7 @@ class EchoBackend(BackendBase):
     """
 
     capabilities = CAPABILITIES
+    handle_type = EchoHandle
 
     def __init__(self, root: Path) -> None:
         self.root = root
