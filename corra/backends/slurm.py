@@ -27,10 +27,10 @@ from typing import Any
 
 import attrs
 
-from corra import chaperone
 from corra._errors import BackendError, ConfigError, ConnectionFailed
 from corra.backends.scheduler import JobState, JobStatus
 from corra.backends.transport import Transport
+from corra.chaperone import PACKAGE_DIR
 from corra.processes._spec import MAX_SECONDS
 from corra.processes._spec_content import ENV_NAME_PATTERN, abbreviated
 
@@ -63,7 +63,7 @@ STATES: dict[str, JobState] = {
 
 #: The source of the program's wrapper in a job (`corra.chaperone.batch_job`), which the job
 #: script carries.
-BATCH_JOB = (Path(chaperone.PACKAGE_DIR) / "batch_job.py").read_text()
+BATCH_JOB = (Path(PACKAGE_DIR) / "batch_job.py").read_text()
 
 _TIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")
 _MEM = re.compile(r"^\d+[KMGT]?$")
