@@ -141,6 +141,16 @@ async def test_a_kill_after_a_loss_cleans_up_without_an_error(
         assert result is None or not result.ok
 
 
+async def test_a_program_ended_by_a_signal_reports_the_signal(
+    slurm: _slurm.SlurmCluster, tmp_path: Path
+) -> None:
+    async with backend_for(slurm, tmp_path) as backend:
+        job = await backend.launch(request("k3.1", JobSpec(argv=("sh", "-c", "kill -9 $$"))))
+        result = await backend.wait(job)
+        assert result.signal == 9 and result.returncode is None, result
+        assert not result.killed and not result.ok
+
+
 async def test_an_array_runs_every_task(slurm: _slurm.SlurmCluster, tmp_path: Path) -> None:
     async with backend_for(slurm, tmp_path) as backend:
         spec = JobSpec(

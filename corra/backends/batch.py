@@ -337,7 +337,8 @@ class SchedulerBackend(HostPollers):
         if status is not None:
             if status.state != "completed" and returncode == 0:
                 returncode = None
-            if status.exit_code is not None and returncode is None and status.state == "failed":
+            if returncode is None and signal is None and status.state == "failed":
+                # (not after a record's signal: the job then exits 128 + n, as a shell does)
                 returncode = status.exit_code
             signal = status.signal if signal is None else signal
             timed_out = status.state == "timeout"
