@@ -125,6 +125,28 @@ async def test_a_kill_ends_a_program_that_ignores_term_after_the_grace(
         assert result.returncode is None
 
 
+async def test_a_kill_ends_what_the_program_left_in_its_group(
+    slurm: _slurm.SlurmCluster, tmp_path: Path
+) -> None:
+    # The program ends at the SIGTERM; its child ignores it, and would run on out of
+    # Slurm's sight once its parent is gone.
+    pid_file = tmp_path / "child.pid"
+    script = (
+        "(trap '' TERM; exec sleep 60) & "
+        f"echo $! > {pid_file}.tmp && mv {pid_file}.tmp {pid_file}; wait"
+    )
+    async with backend_for(slurm, tmp_path / "runs") as backend:
+        job = await backend.launch(request("k4.1", JobSpec(argv=("sh", "-c", script))))
+        with trio.fail_after(30):
+            while not pid_file.exists():
+                await trio.sleep(0.1)
+        child = int(pid_file.read_text())
+        with trio.fail_after(30):
+            result = await backend.kill(job, grace=10)
+        assert not _running(child), "kill returned while the program's child runs"
+        assert result is not None and result.killed and not result.ok
+
+
 async def test_a_kill_after_a_loss_cleans_up_without_an_error(
     slurm: _slurm.SlurmCluster, tmp_path: Path
 ) -> None:
