@@ -372,7 +372,9 @@ class SchedulerBackend(HostPollers):
             )
         await host.bucket.take()
         await self.scheduler.cancel(host.transport, str(handle["job_id"]), str(handle["key"]))
-        with trio.move_on_after(grace + max(30.0, 3 * host.config.poll_interval)):
+        # (long enough for the polls that find a lost job lost, whatever the grace)
+        settle = max(30.0, (LOST_AFTER_POLLS + 1) * host.config.poll_interval)
+        with trio.move_on_after(grace + settle):
             try:
                 return await self.wait(handle)
             except ProgramLost:
