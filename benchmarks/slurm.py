@@ -192,10 +192,10 @@ def corra_squeue_per_interval(count: int, polls: int) -> float:
 async def _corra_submit(count: int) -> tuple[float, list[str]]:
     async with backend() as submitter:
         # the first launch makes the work root: outside the figure, as the loop's script is
-        job_ids = [(await submitter.launch(job()))["job_id"]]
+        job_ids = [(await submitter.launch(job())).job_id]
         started = time.perf_counter()
         for _ in range(count):
-            job_ids.append((await submitter.launch(job()))["job_id"])
+            job_ids.append((await submitter.launch(job())).job_id)
         rate = count / (time.perf_counter() - started)
         calls = submitter.scheduler.calls
         if calls != {"sbatch": count + 1}:

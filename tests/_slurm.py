@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import attrs
@@ -77,3 +79,46 @@ class SlurmCluster:
         return subprocess.run(
             list(argv), env=self.env, capture_output=True, text=True, check=True, timeout=60
         ).stdout
+
+    def forget_every_job(self) -> None:
+        """Restart slurmctld with its state cleared (``-c``), as after the loss of its state
+        dir: it forgets every job, and has slurmd kill the ones still running, which then
+        leave no exit record. The cluster serves new jobs again when this returns."""
+        pid_file = self.scratch / "run" / "slurmctld.bgpid"
+        pid = int(pid_file.read_text())
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while _exists(pid):
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+            time.sleep(0.05)
+        # Started as the cluster's script starts it: in the background of a shell that
+        # exits, its pid in the pid file, so that `stop` stops this one.
+        subprocess.run(
+            [
+                *("sh", "-c", 'slurmctld -D -c -i -f "$1" >>"$2" 2>&1 </dev/null & echo $! > "$3"'),
+                *("sh", str(self.conf), str(self.scratch / "log" / "slurmctld.out")),
+                str(pid_file),
+            ],
+            env=self.env,
+            check=True,
+            timeout=60,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            ready = subprocess.run(
+                ["sinfo", "-h", "-o", "%T"], env=self.env, capture_output=True, text=True
+            )
+            if ready.returncode == 0 and ready.stdout.strip() == "idle":
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"slurmctld did not come back: {ready.stdout}{ready.stderr}")
+            time.sleep(0.2)
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

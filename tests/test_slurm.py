@@ -12,7 +12,7 @@ import pytest
 import trio
 from _requests import request
 
-from corra._errors import LaunchFailed
+from corra._errors import LaunchFailed, ProgramLost
 from corra.backends.batch import BatchHost, SchedulerBackend
 from corra.backends.slurm import Slurm, SlurmOptions
 from corra.backends.transport import LocalTransport
@@ -91,6 +91,86 @@ async def test_cancel_and_hold_release(slurm: _slurm.SlurmCluster, tmp_path: Pat
         reason = slurm.run("squeue", "-h", "-j", pending.job_id, "-o", "%r").strip()
         assert not reason.startswith("JobHeld")
         await backend.kill(pending, grace=0)
+
+
+def _running(pid: int) -> bool:
+    """Whether the process runs (a zombie does not: it waits for a reaper that is not ours)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+async def test_a_kill_ends_a_program_that_ignores_term_after_the_grace(
+    slurm: _slurm.SlurmCluster, tmp_path: Path
+) -> None:
+    # The grace (2 s) is below the cluster's KillWait (5 s): the job script escalates.
+    pid_file = tmp_path / "program.pid"
+    script = (
+        f"trap '' TERM; echo $$ > {pid_file}.tmp && mv {pid_file}.tmp {pid_file}; exec sleep 60"
+    )
+    async with backend_for(slurm, tmp_path / "runs") as backend:
+        job = await backend.launch(request("k1.1", JobSpec(argv=("sh", "-c", script))))
+        with trio.fail_after(30):
+            while not pid_file.exists():
+                await trio.sleep(0.1)
+        pid = int(pid_file.read_text())
+        started = trio.current_time()
+        with trio.fail_after(30):
+            result = await backend.kill(job, grace=2)
+        assert trio.current_time() - started >= 1.8, "no grace before SIGKILL"
+        assert not _running(pid), "kill returned while the program runs"
+        assert result is not None and result.killed and not result.ok
+        assert result.returncode is None
+
+
+async def test_a_kill_ends_what_the_program_left_in_its_group(
+    slurm: _slurm.SlurmCluster, tmp_path: Path
+) -> None:
+    # The program ends at the SIGTERM; its child ignores it, and would run on out of
+    # Slurm's sight once its parent is gone.
+    pid_file = tmp_path / "child.pid"
+    script = (
+        "(trap '' TERM; exec sleep 60) & "
+        f"echo $! > {pid_file}.tmp && mv {pid_file}.tmp {pid_file}; wait"
+    )
+    async with backend_for(slurm, tmp_path / "runs") as backend:
+        job = await backend.launch(request("k4.1", JobSpec(argv=("sh", "-c", script))))
+        with trio.fail_after(30):
+            while not pid_file.exists():
+                await trio.sleep(0.1)
+        child = int(pid_file.read_text())
+        with trio.fail_after(30):
+            result = await backend.kill(job, grace=10)
+        assert not _running(child), "kill returned while the program's child runs"
+        assert result is not None and result.killed and not result.ok
+
+
+async def test_a_kill_after_a_loss_cleans_up_without_an_error(
+    slurm: _slurm.SlurmCluster, tmp_path: Path
+) -> None:
+    async with backend_for(slurm, tmp_path) as backend:
+        job = await backend.launch(request("k2.1", JobSpec(argv=("sleep", "60"))))
+        with trio.fail_after(20):
+            while "RUNNING" not in slurm.run("squeue", "-h", "-j", job.job_id, "-o", "%T"):
+                await trio.sleep(0.2)
+        await trio.to_thread.run_sync(slurm.forget_every_job)
+        with pytest.raises(ProgramLost):
+            await backend.wait(job)
+        with trio.fail_after(30):
+            result = await backend.kill(job, grace=0.5)
+        assert result is None or not result.ok
+
+
+async def test_a_program_ended_by_a_signal_reports_the_signal(
+    slurm: _slurm.SlurmCluster, tmp_path: Path
+) -> None:
+    async with backend_for(slurm, tmp_path) as backend:
+        job = await backend.launch(request("k3.1", JobSpec(argv=("sh", "-c", "kill -9 $$"))))
+        result = await backend.wait(job)
+        assert result.signal == 9 and result.returncode is None, result
+        assert not result.killed and not result.ok
 
 
 async def test_an_array_runs_every_task(slurm: _slurm.SlurmCluster, tmp_path: Path) -> None:

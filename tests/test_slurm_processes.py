@@ -179,6 +179,27 @@ async def test_killing_a_running_job_cancels_it(
         assert await ref.logs() == b"started\n"
 
 
+async def test_a_lost_job_fails_its_process_as_lost(
+    cluster: _slurm.SlurmCluster, tmp_path: Path
+) -> None:
+    # Its actor kills what is left of a lost program before it ends the attempt: that kill
+    # must clean up, not raise the loss again.
+    host = here(cluster, tmp_path / "jobs")
+    async with open_runtime(state_dir=tmp_path / "state", hosts={"here": host}) as runtime:
+        ref = await runtime.spawn_process(
+            ["sleep", "120"], name="doomed", backend="slurm", host="here"
+        )
+        with trio.fail_after(30):
+            await runtime.processes.wait(ref.id, until=lambda r: r.phase == "running")
+        job_id = job_id_of(ref)
+        await until(lambda: (squeue_state(cluster, job_id) or ("",))[0] == "RUNNING", "job running")
+        await trio.to_thread.run_sync(cluster.forget_every_job)
+        with trio.fail_after(60):
+            record = await ref.wait()
+        assert record.phase == "failed", record.state.reason
+        assert record.state.reason is not None and record.state.reason.startswith("lost: ")
+
+
 async def test_pausing_a_pending_job_holds_it_and_resuming_releases_it(
     cluster: _slurm.SlurmCluster, tmp_path: Path
 ) -> None:

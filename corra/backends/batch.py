@@ -38,6 +38,7 @@ from corra._errors import (
     HostUnavailable,
     LaunchFailed,
     ProgramLost,
+    RemotePathError,
     TransportError,
 )
 from corra.backends import _staging
@@ -51,6 +52,9 @@ from corra.processes._lifecycle import Result
 
 logger = logging.getLogger("corra.batch")
 
+#: What a kill writes in the run dir before it cancels the job: ``{"grace": seconds}``, the
+#: grace the job script gives the program (`corra.chaperone.batch_job`).
+KILL_FILE = "kill.json"
 #: Polls after which a job that neither the queue, the scheduler's memory nor an exit record
 #: knows is lost.
 LOST_AFTER_POLLS = 3
@@ -68,7 +72,9 @@ class BatchHost:
     submit_rate: float = 2.0
     submit_burst: int = 30
     python: str = "python3"
-    """The host's Python 3 (3.6 or newer), used only to verify inputs and find outputs."""
+    """The host's Python 3 (3.6 or newer), which verifies inputs and finds outputs, and the
+    nodes' (as the job finds it on its PATH), which runs each job's program under
+    `corra.chaperone.batch_job`."""
 
 
 @attrs.frozen
@@ -186,6 +192,7 @@ class SchedulerBackend(HostPollers):
                 env=request.environment(),
                 timeout=request.limits.timeout,
                 kill_grace=request.limits.kill_grace,
+                python=host.config.python,
             )
         except ConfigError as exc:  # (before anything is written on the host)
             raise LaunchFailed(f"{key} on {host.config.name}: {exc}") from exc
@@ -341,16 +348,19 @@ class SchedulerBackend(HostPollers):
         sizes = {}
         for stream in ("stdout", "stderr"):
             sizes[stream] = sum(size for _, size in await self._log_files(host, run_dir, stream))
-        returncode, signal, error = worst, None, None
-        timed_out = killed = False
+        signals = [r["signal"] for r in records if isinstance(r.get("signal"), int)]
+        returncode, signal, error = worst, max(signals, default=None), None
+        timed_out = False
+        killed = any(record.get("killed") is True for record in records)
         if status is not None:
             if status.state != "completed" and returncode == 0:
                 returncode = None
-            if status.exit_code is not None and returncode is None and status.state == "failed":
+            if returncode is None and signal is None and status.state == "failed":
+                # (not after a record's signal: the job then exits 128 + n, as a shell does)
                 returncode = status.exit_code
-            signal = status.signal
+            signal = status.signal if signal is None else signal
             timed_out = status.state == "timeout"
-            killed = status.state == "cancelled"
+            killed = killed or status.state == "cancelled"
             if status.state in ("node_fail", "preempted", "out_of_memory"):
                 error = f"slurm: {status.raw.lower()}"
             elif status.state in ("timeout", "cancelled") and returncode is None and signal is None:
@@ -370,11 +380,23 @@ class SchedulerBackend(HostPollers):
         )
 
     async def kill(self, handle: JobHandle, grace: float) -> Result | None:
+        """Cancel the job; its script ends the program's group (SIGTERM, ``grace``, SIGKILL;
+        the cluster's ``KillWait`` caps the grace). The result once the job has left the
+        queue, or None if it was lost (there is nothing left to end)."""
         host = self.host(handle.host)
+        with contextlib.suppress(RemotePathError):  # (no run dir: no script reads it)
+            await host.transport.write_file(
+                posixpath.join(handle.run_dir, KILL_FILE), json.dumps({"grace": grace}).encode()
+            )
         await host.bucket.take()
-        await self.scheduler.cancel(host.transport, handle.job_id)
-        with trio.move_on_after(grace + max(30.0, 3 * host.config.poll_interval)):
-            return await self.wait(handle)
+        await self.scheduler.cancel(host.transport, handle.job_id, handle.key)
+        # (long enough for the polls that find a lost job lost, whatever the grace)
+        settle = max(30.0, (LOST_AFTER_POLLS + 1) * host.config.poll_interval)
+        with trio.move_on_after(grace + settle):
+            try:
+                return await self.wait(handle)
+            except ProgramLost:
+                return None
         raise BackendError(f"job {handle.job_id} on {host.config.name}: still queued after scancel")
 
     async def pause(self, handle: JobHandle) -> None:

@@ -79,9 +79,13 @@ class Scheduler(Protocol):
         env: Mapping[str, str] | None = None,
         timeout: float | None = None,
         kill_grace: float = 10.0,
+        python: str = "python3",
     ) -> str:
         """The job script: it writes the job id when it starts and an exit record (return
-        code, times, and whether ``timeout`` ended it) when it ends."""
+        code or signal, times, whether ``timeout`` ended it, whether a kill did) when it
+        ends. A cancellation's SIGTERM must end the program's whole process group after
+        the grace of the run dir's ``kill.json`` (else ``kill_grace``), while the job runs
+        on until the group is gone; ``python`` is the node's, should the script need one."""
 
     def job_name(self, key: str) -> str:
         """The job's name, which carries the key."""
@@ -100,7 +104,9 @@ class Scheduler(Protocol):
     async def find(self, transport: Transport, key: str) -> str | None:
         """The id of a job in the queue whose name carries ``key``."""
 
-    async def cancel(self, transport: Transport, job_id: str) -> None: ...
+    async def cancel(self, transport: Transport, job_id: str, key: str) -> None:
+        """Cancel the job if it still is the one submitted with ``key``; one that ended or
+        that the scheduler forgot is no error."""
 
     async def hold(self, transport: Transport, job_id: str) -> None: ...
 

@@ -22,6 +22,7 @@ import datetime
 import re
 import shlex
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -29,6 +30,7 @@ import attrs
 from corra._errors import BackendError, ConfigError, ConnectionFailed
 from corra.backends.scheduler import JobState, JobStatus
 from corra.backends.transport import Transport
+from corra.chaperone import PACKAGE_DIR
 from corra.processes._spec import MAX_SECONDS
 from corra.processes._spec_content import ENV_NAME_PATTERN, abbreviated
 
@@ -58,6 +60,10 @@ STATES: dict[str, JobState] = {
     "PREEMPTED": "preempted",
     "OUT_OF_MEMORY": "out_of_memory",
 }
+
+#: The source of the program's wrapper in a job (`corra.chaperone.batch_job`), which the job
+#: script carries.
+BATCH_JOB = (Path(PACKAGE_DIR) / "batch_job.py").read_text()
 
 _TIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")
 _MEM = re.compile(r"^\d+[KMGT]?$")
@@ -245,10 +251,15 @@ class Slurm:
         env: Mapping[str, str] | None = None,
         timeout: float | None = None,
         kill_grace: float = 10.0,
+        python: str = "python3",
     ) -> str:
         """The job script (see `Scheduler.render`). A ``timeout`` is enforced in the script
         by coreutils' ``timeout`` (TERM, then KILL after ``kill_grace``), to the second, not
         at Slurm's own coarse checks of ``time``; exit status 124 then means timed out.
+
+        The program runs under `corra.chaperone.batch_job` (with the node's ``python``): in
+        its own process group, which a cancellation's SIGTERM ends after the grace (SIGKILL),
+        while the program stays in Slurm's sight; it writes the exit record.
 
         Raises:
             ConfigError: an env name ``export`` cannot take, or a run dir that ``#SBATCH``
@@ -276,6 +287,8 @@ class Slurm:
             command = f"timeout {shlex.quote(first)} {_seconds(timeout)} {command}"
         out = f"{run_dir}/stdout" + (".%a" if array else "")
         err = f"{run_dir}/stderr" + (".%a" if array else "")
+        wrapper = shlex.quote(BATCH_JOB)
+        missing = shlex.quote(f"corra: no {python} here to run the job with")
         lines = [
             "#!/bin/sh",
             f"#SBATCH --job-name={self.job_name(key)}",
@@ -285,26 +298,20 @@ class Slurm:
             # (the env first: corra's own variables, set below it, are corra's)
             *(f"export {name}={shlex.quote(value)}" for name, value in environment.items()),
             "# written by corra: the job id when it starts, its exit record when it ends, in",
-            "# its run dir, private (umask 077); the program runs with the job's own umask",
+            "# its run dir, private (umask 077); the program runs with the job's own umask,",
+            "# in its own process group under corra's batch_job (a kill ends the whole group)",
             "corra_umask=$(umask) && umask 077",
             f"corra_run={shlex.quote(run_dir)}",
             "corra_suffix=${SLURM_ARRAY_TASK_ID:+.$SLURM_ARRAY_TASK_ID}",
             'echo "${SLURM_ARRAY_JOB_ID:-$SLURM_JOB_ID}" > "$corra_run/job_id$corra_suffix.tmp" '
             '&& mv -f "$corra_run/job_id$corra_suffix.tmp" "$corra_run/job_id$corra_suffix"',
             f"mkdir -p {shlex.quote(work_dir)} && cd {shlex.quote(work_dir)} || exit 1",
+            f"command -v {shlex.quote(python)} >/dev/null || {{ echo {missing} >&2; exit 127; }}",
             'umask "$corra_umask"',
-            "corra_started=$(date +%s)",
-            command,
-            "corra_rc=$?",
-            "umask 077",
-            f"corra_timed_out={'true' if timeout is not None else 'false'}",
-            # (137: KILL after the grace)
-            'case "$corra_rc" in 124|137) ;; *) corra_timed_out=false ;; esac',
-            'printf \'{"returncode": %d, "started_at": %s, "ended_at": %s, "timed_out": %s}\\n\' '
-            '"$corra_rc" "$corra_started" "$(date +%s)" "$corra_timed_out" '
-            '> "$corra_run/exit$corra_suffix.json.tmp" && '
-            'mv -f "$corra_run/exit$corra_suffix.json.tmp" "$corra_run/exit$corra_suffix.json"',
-            'exit "$corra_rc"',
+            f"corra_batch_job={wrapper}",
+            f'exec {shlex.quote(python)} -I -S -c "$corra_batch_job" "$corra_run" '
+            f'"$corra_suffix" {shlex.quote(repr(float(kill_grace)))} '
+            f"{'timeout' if timeout is not None else 'untimed'} {command}",
         ]
         return "\n".join(lines) + "\n"
 
@@ -398,8 +405,16 @@ class Slurm:
             raise BackendError(f"{transport.host}: key {key} names jobs {ids}; expected one")
         return ids[0] if ids else None
 
-    async def cancel(self, transport: Transport, job_id: str) -> None:
-        await self._run(transport, ["scancel", job_id])
+    async def cancel(self, transport: Transport, job_id: str, key: str) -> None:
+        """Cancel the job if it still is the one submitted with ``key``: after slurmctld lost
+        its state, its id may name another job (``--name`` filters it out); a job that ended
+        already, or that slurmctld forgot, is no error."""
+        argv = ["scancel", f"--name={self.job_name(key)}", job_id]
+        self.calls["scancel"] = self.calls.get("scancel", 0) + 1
+        result = await transport.run(argv)
+        detail = result.stderr.decode(errors="replace").strip()
+        if not result.ok and "Invalid job id specified" not in detail:
+            raise BackendError(f"{transport.host}: scancel {job_id} failed: {detail[-400:]}")
 
     async def hold(self, transport: Transport, job_id: str) -> None:
         await self._run(transport, ["scontrol", "hold", job_id])

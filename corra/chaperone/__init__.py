@@ -5,7 +5,9 @@ other relatively): the package directory is also uploaded over SSH (`remote_help
 by a remote ``python3 -I -S``. Its syntax is that of Python 3.6; before 3.8 (no
 ``os.posix_spawnp``) it starts programs with fork/exec. A chaperone is either an *own* one,
 one program's (`_own`), or the *shared* one of a root, serving every program there (`_shared`);
-see `__main__` for how each is started.
+see `__main__` for how each is started. `batch_job` stands apart: a self-contained script (it
+imports nothing of the package) whose source a Slurm job script carries, which runs a job's
+program as a chaperone would (its own group, TERM then KILL, an exit record).
 
 Rule 1: one run dir, one program, ever. A chaperone claims ``ROOT/<key>`` (RUN_DIR) with a
 ``chaperone.pid`` that names it, made exclusively, before anything runs (`_rundir` has the
