@@ -15,8 +15,8 @@ from typing import Any
 from corra.backends.batch import BatchHost, SchedulerBackend
 from corra.backends.local import Handle
 from corra.backends.local_process import LocalProcessBackend
-from corra.backends.slurm import Slurm, SlurmOptions
-from corra.backends.ssh import SlurmSettings, SshProgramBackend
+from corra.backends.slurm import Slurm, SlurmOptions, SlurmSettings
+from corra.backends.ssh import SshProgramBackend
 from corra.processes._backend import BackendContext, BackendPlugin
 
 #: Under the state dir: the run dirs of local programs (one per attempt).
@@ -58,18 +58,18 @@ async def open_ssh(context: BackendContext) -> AsyncIterator[SshProgramBackend]:
 async def open_slurm(context: BackendContext) -> AsyncIterator[SchedulerBackend]:
     """Slurm jobs on hosts, submitted and polled through the hosts' transports."""
     transports = _transports(context)
-    hosts = {
-        name: BatchHost(
+    hosts = {}
+    for name, host in context.hosts.items():
+        settings: SlurmSettings = host.options_for("slurm")  # (its [hosts.NAME.slurm] table)
+        hosts[name] = BatchHost(
             name=name,
             transport=transports[name],
-            work_root=host.slurm.work_root,
-            poll_interval=host.slurm.poll_interval,
-            submit_rate=host.slurm.submit_rate,
-            submit_burst=host.slurm.submit_burst,
+            work_root=settings.work_root,
+            poll_interval=settings.poll_interval,
+            submit_rate=settings.submit_rate,
+            submit_burst=settings.submit_burst,
             python=host.python,
         )
-        for name, host in context.hosts.items()
-    }
     async with SchedulerBackend(hosts, Slurm()) as backend:
         yield backend
 
