@@ -12,6 +12,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+from corra.backends._pollers import open_host_pollers
 from corra.backends.batch import BatchHost, SchedulerBackend
 from corra.backends.local import Handle
 from corra.backends.local_process import LocalProcessBackend
@@ -44,13 +45,14 @@ def _transports(context: BackendContext) -> dict[str, Any]:
 @contextlib.asynccontextmanager
 async def open_ssh(context: BackendContext) -> AsyncIterator[SshProgramBackend]:
     """Programs on hosts under the remote chaperone, logs shipped to ``remote-logs``."""
-    async with SshProgramBackend(
+    backend = SshProgramBackend(
         dict(context.hosts),
         _transports(context),
         poll_interval=context.poll_interval,
         logs_dir=context.state_dir / REMOTE_LOGS,
         output_limit=context.output_limit,
-    ) as backend:
+    )
+    async with open_host_pollers(backend):
         yield backend
 
 
@@ -70,7 +72,7 @@ async def open_slurm(context: BackendContext) -> AsyncIterator[SchedulerBackend]
             submit_burst=settings.submit_burst,
             python=host.python,
         )
-    async with SchedulerBackend(hosts, Slurm()) as backend:
+    async with open_host_pollers(SchedulerBackend(hosts, Slurm())) as backend:
         yield backend
 
 
