@@ -122,7 +122,8 @@ def _optional_str(name: str) -> Any:
 
 @attrs.frozen
 class HostConfig:
-    """One ``[hosts.NAME]`` table: where a host is and how to reach it.
+    """One ``[hosts.NAME]`` table: where a host is, how to reach it, and the host options of
+    the backends that run programs there (`options_for`).
 
     ``hostname`` defaults to the name itself, so an alias of ``~/.ssh/config`` works with
     nothing else given (asyncssh reads OpenSSH's config: HostName, Port, User, IdentityFile,
