@@ -41,6 +41,7 @@ slurm-wlm munge``).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import itertools
 import shutil
@@ -52,6 +53,7 @@ from pathlib import Path
 import trio
 
 from benchmarks._harness import Benchmark, Options
+from corra.backends._pollers import open_host_pollers
 from corra.backends.batch import BatchHost, JobHandle, SchedulerBackend
 from corra.backends.slurm import Slurm, SlurmOptions
 from corra.backends.transport import LocalTransport
@@ -101,7 +103,7 @@ def transport() -> LocalTransport:
     return LocalTransport(env={"SLURM_CONF": str(cluster().conf)})
 
 
-def backend() -> SchedulerBackend:
+def backend() -> contextlib.AbstractAsyncContextManager[SchedulerBackend]:
     """A backend for the suite's cluster (``async with``), its bucket wide open."""
     host = BatchHost(
         name="cluster",
@@ -111,7 +113,7 @@ def backend() -> SchedulerBackend:
         submit_rate=SUBMIT_RATE,
         submit_burst=SUBMIT_RATE,
     )
-    return SchedulerBackend({"cluster": host}, Slurm())
+    return open_host_pollers(SchedulerBackend({"cluster": host}, Slurm()))
 
 
 def new_key() -> EffectKey:

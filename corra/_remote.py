@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import cattrs
 import trio
 import trio_asyncio
 
@@ -34,12 +33,12 @@ from corra.backends.ssh import (
     PoolRegistry,
     SshTransport,
     TokenBucket,
+    host_table,
     parse_host,
 )
 from corra.backends.transport import LocalTransport, Transport
 
 HOSTS_FILE = "hosts.json"
-_converter = cattrs.Converter()
 
 
 def remembered_hosts(state_dir: Path) -> dict[str, HostConfig]:
@@ -66,11 +65,7 @@ def remembered_hosts(state_dir: Path) -> dict[str, HostConfig]:
 
 def remember_hosts(state_dir: Path, hosts: Mapping[str, HostConfig]) -> None:
     """Write ``hosts`` to the state dir, whole (0600 temp file, fsync, rename)."""
-    data = {}
-    for name, host in sorted(hosts.items()):
-        table = _converter.unstructure(host)
-        table.pop("name")
-        data[name] = {key: value for key, value in table.items() if value is not None}
+    data = {name: host_table(host) for name, host in sorted(hosts.items())}
     document = json.dumps(data, indent=2, sort_keys=True).encode()
     write_private(state_dir / HOSTS_FILE, document, sync=True)
 

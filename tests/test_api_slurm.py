@@ -10,7 +10,8 @@ import pytest
 import trio
 from test_api import log_lines, serving, submit, wait_for
 
-from corra.backends.ssh import HostConfig, SlurmSettings
+from corra.backends.slurm import SlurmSettings
+from corra.backends.ssh import HostConfig
 
 pytestmark = pytest.mark.slow
 
@@ -20,7 +21,7 @@ def here(cluster: _slurm.SlurmCluster, work_root: Path) -> HostConfig:
         name="here",
         transport="local",
         env={"SLURM_CONF": str(cluster.conf)},
-        slurm=SlurmSettings(work_root=str(work_root), poll_interval=0.5),
+        options={"slurm": SlurmSettings(work_root=str(work_root), poll_interval=0.5)},
     )
 
 

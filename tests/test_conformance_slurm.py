@@ -10,7 +10,8 @@ import _slurm
 import pytest
 import trio
 
-from corra.backends.ssh import HostConfig, SlurmSettings
+from corra.backends.slurm import SlurmSettings
+from corra.backends.ssh import HostConfig
 from corra.backends.transport import LocalTransport
 from corra.processes._backend import Backend, BackendPlugin
 from corra.processes._registry import installed
@@ -41,12 +42,14 @@ class TestSlurmConformance(BackendConformance):
             name=host,
             transport="local",
             env=env,
-            slurm=SlurmSettings(
-                poll_interval=0.5,
-                submit_rate=100.0,
-                submit_burst=100,
-                work_root=str(tmp_path / "jobs"),
-            ),
+            options={
+                "slurm": SlurmSettings(
+                    poll_interval=0.5,
+                    submit_rate=100.0,
+                    submit_burst=100,
+                    work_root=str(tmp_path / "jobs"),
+                )
+            },
         )
         return lambda: open_plugin(
             plugin,

@@ -549,7 +549,7 @@ async def test_a_runtime_with_the_remembered_hosts_opens_the_legacy_state(state)
             "/srv/corra",
         )
         assert gpu1.env == {"CUDA_VISIBLE_DEVICES": "0"}
-        assert rt.remote.hosts["cluster"].slurm.poll_interval == 30.0
+        assert rt.remote.hosts["cluster"].options_for("slurm").poll_interval == 30.0
         assert rt.processes.get("ssh-paused-for-host").phase == "paused"
     assert (state / "ledger").read_text() == LEDGER
 

@@ -13,6 +13,7 @@ import trio
 from _requests import request
 
 from corra._errors import LaunchFailed, ProgramLost
+from corra.backends._pollers import open_host_pollers
 from corra.backends.batch import BatchHost, SchedulerBackend
 from corra.backends.slurm import Slurm, SlurmOptions
 from corra.backends.transport import LocalTransport
@@ -46,7 +47,7 @@ async def backend_for(
         poll_interval=poll_interval,
         **options,  # type: ignore[arg-type]
     )
-    async with SchedulerBackend({"cluster": host}, Slurm()) as backend:
+    async with open_host_pollers(SchedulerBackend({"cluster": host}, Slurm())) as backend:
         yield backend
 
 

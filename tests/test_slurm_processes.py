@@ -25,7 +25,8 @@ import trio
 
 from corra._errors import ConfigError
 from corra._runtime import ProcessRef, open_runtime
-from corra.backends.ssh import HostConfig, SlurmSettings
+from corra.backends.slurm import SlurmSettings
+from corra.backends.ssh import HostConfig
 
 pytestmark = pytest.mark.slow
 
@@ -93,7 +94,7 @@ def here(cluster: _slurm.SlurmCluster, work_root: Path, **settings: object) -> H
         name="here",
         transport="local",
         env={"SLURM_CONF": str(cluster.conf)},
-        slurm=SlurmSettings(**options),  # type: ignore[arg-type]
+        options={"slurm": SlurmSettings(**options)},  # type: ignore[arg-type]
     )
 
 
@@ -606,7 +607,7 @@ async def test_a_job_through_the_ssh_pool_finishes_within_the_pool_size(
         "far",
         env={"SLURM_CONF": str(cluster.conf)},
         pool={"max_connections": 2},
-        slurm=SlurmSettings(poll_interval=0.5, work_root=str(shared_dir / "jobs")),
+        options={"slurm": SlurmSettings(poll_interval=0.5, work_root=str(shared_dir / "jobs"))},
     )
     async with open_runtime(state_dir=tmp_path / "state", hosts={"far": host}) as runtime:
         refs = [
@@ -664,7 +665,7 @@ async def test_a_connection_dropped_under_sbatch_does_not_submit_twice(
         "far",
         env={"SLURM_CONF": str(cluster.conf), "PATH": f"{shim}:{os.environ['PATH']}"},
         pool={"max_connections": 1, "backoff_initial": 0.1},
-        slurm=SlurmSettings(poll_interval=0.5, work_root=str(shared_dir / "jobs")),
+        options={"slurm": SlurmSettings(poll_interval=0.5, work_root=str(shared_dir / "jobs"))},
     )
     async with open_runtime(state_dir=tmp_path / "state", hosts={"far": host}) as runtime:
         ref = await runtime.spawn_process(

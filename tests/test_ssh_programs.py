@@ -17,6 +17,7 @@ from _requests import request
 
 from corra._errors import LaunchFailed, ProgramLost
 from corra.actors import SupervisorSpec, open_runtime
+from corra.backends._pollers import open_host_pollers
 from corra.backends.ssh import (
     HostConfig,
     PoolRegistry,
@@ -72,7 +73,7 @@ async def backend_for(
             poll_interval=poll_interval,
             logs_dir=logs_dir,
         )
-        async with backend:
+        async with open_host_pollers(backend):
             yield backend
 
 

@@ -1,8 +1,15 @@
-"""What the remote backends share: their hosts by name, and one poller task per host."""
+"""What the remote backends share: their hosts by name, and one poller task per host.
+
+A `HostPollers` backend runs its pollers only inside `open_host_pollers`, whose nursery owns
+them (and whatever they start) and cancels them when its block ends: no task of a backend
+outlives the block that opened it.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any, TypeVar
 
 import trio
 
@@ -11,31 +18,23 @@ from corra.processes._backend import BackendBase, LaunchRequest
 
 
 class HostPollers(BackendBase):
-    """A backend with named hosts, each with a poller task while it is open (``async with``).
+    """A backend with named hosts, each with a poller task while `open_host_pollers` runs it.
 
-    Subclasses set ``_hosts`` and define ``_poller(host)``, which runs until cancelled.
+    Subclasses set ``_hosts`` and define ``_poller(host)``, which runs until cancelled; a task
+    a poller starts that may outlive one poll goes to ``_poll_nursery``.
     """
 
     _hosts: dict[str, Any]
+    _poll_nursery: trio.Nursery | None = None
+    """The nursery of `open_host_pollers` while its block runs; None outside it."""
 
     async def _poller(self, host: Any) -> None:
         raise NotImplementedError
 
-    async def __aenter__(self) -> Any:
-        self._nursery_manager = trio.open_nursery()
-        nursery = await self._nursery_manager.__aenter__()
-        self._poll_nursery = nursery
-        for host in self._hosts.values():
-            nursery.start_soon(self._poller, host)
-        return self
-
-    async def __aexit__(self, *exc_info: Any) -> bool | None:
-        self._poll_nursery.cancel_scope.cancel()
-        return await self._nursery_manager.__aexit__(*exc_info)
-
     async def _watch(self, host: Any, key: str, watch: Any) -> None:
         """Register ``watch`` (with ``event`` and ``error``) under ``host.watches[key]``, wake
         the host's poller, wait until the poller settles it, and raise its error if any."""
+        assert self._poll_nursery is not None, "a wait needs the pollers: open_host_pollers"
         host.watches.setdefault(key, []).append(watch)
         host.wake.set()
         try:
@@ -70,6 +69,29 @@ class HostPollers(BackendBase):
         if not isinstance(name, str) or name not in self._hosts:
             raise ConfigError(f"host: got {name!r}, expected one of {sorted(self._hosts)}")
         return self._hosts[name]
+
+
+B = TypeVar("B", bound=HostPollers)
+
+
+@contextlib.asynccontextmanager
+async def open_host_pollers(backend: B) -> AsyncIterator[B]:
+    """``backend``, with a poller task per host for as long as the block runs.
+
+    The pollers, and the tasks they start, run in a nursery of this block; the end of the
+    block cancels them, and an error in one of them cancels the block and propagates.
+    """
+    if backend._poll_nursery is not None:
+        raise RuntimeError(f"{type(backend).__name__}: its pollers run already")
+    async with trio.open_nursery() as nursery:
+        backend._poll_nursery = nursery
+        try:
+            for host in backend._hosts.values():
+                nursery.start_soon(backend._poller, host)
+            yield backend
+        finally:
+            backend._poll_nursery = None
+            nursery.cancel_scope.cancel()
 
 
 def check_key(key: object) -> str:

@@ -1,15 +1,17 @@
 """What backends share without knowing each other: a token bucket on trio's clock (login
-budgets, submission rate limits) and the check of a configuration table's fields."""
+budgets, submission rate limits), the checks of a configuration table's fields and numbers."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import trio
 
 from corra._errors import BackendError, ConfigError
+from corra.processes._spec import MAX_SECONDS
 
 
 class TokenBucket:
@@ -58,6 +60,44 @@ def check_fields(where: str, table: Mapping[str, Any], known: set[str], noun: st
             f"{where}: unknown {noun}(s) {', '.join(unknown)}; expected some of "
             + ", ".join(sorted(known))
         )
+
+
+def number_check(
+    name: str,
+    *,
+    minimum: float,
+    integer: bool = False,
+    allow_zero: bool = False,
+    maximum: float | None = None,
+) -> Callable[[Any, Any, Any], None]:
+    """An attrs validator: a finite number (an int if ``integer``; never a bool) >=
+    ``minimum``, > 0 unless ``allow_zero``, <= ``maximum``; its `ConfigError` names ``name``."""
+    bounds = f">= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
+    if maximum == MAX_SECONDS:
+        bounds += " (10 years)"
+
+    def check(instance: Any, attribute: Any, value: Any) -> None:
+        kind = int if integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kind):
+            expected = "an integer" if integer else "a number"
+            raise ConfigError(f"{name}: got {value!r}, expected {expected} {bounds}")
+        if (
+            not math.isfinite(value)
+            or value < minimum
+            or (value == 0 and not allow_zero)
+            or (maximum is not None and value > maximum)
+        ):
+            raise ConfigError(f"{name}: got {value!r}, expected a finite value {bounds}")
+
+    return check
+
+
+def seconds_check(
+    name: str, *, minimum: float, allow_zero: bool = False
+) -> Callable[[Any, Any, Any], None]:
+    """An attrs validator of a duration: as `number_check`, at most `MAX_SECONDS` (10 years),
+    as every duration corra takes."""
+    return number_check(name, minimum=minimum, allow_zero=allow_zero, maximum=MAX_SECONDS)
 
 
 def json_reply(data: bytes, where: str) -> Any:

@@ -119,7 +119,7 @@ class _Host:
 
 
 class SchedulerBackend(HostPollers):
-    """Jobs on the given hosts through ``scheduler``; use as ``async with``."""
+    """Jobs on the given hosts through ``scheduler``, in `open_host_pollers`."""
 
     capabilities = Capabilities(
         slots=True,

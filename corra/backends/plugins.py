@@ -12,10 +12,11 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+from corra.backends._pollers import open_host_pollers
 from corra.backends.batch import BatchHost, JobHandle, SchedulerBackend
 from corra.backends.local import Handle, LocalBackend, open_local
-from corra.backends.slurm import Slurm, SlurmOptions
-from corra.backends.ssh import RemoteHandle, SlurmSettings, SshProgramBackend
+from corra.backends.slurm import Slurm, SlurmOptions, SlurmSettings
+from corra.backends.ssh import RemoteHandle, SshProgramBackend
 from corra.processes._backend import BackendContext, BackendPlugin
 
 #: Under the state dir: the logs of remote programs, shipped home while they run.
@@ -30,13 +31,14 @@ def _transports(context: BackendContext) -> dict[str, Any]:
 @contextlib.asynccontextmanager
 async def open_ssh(context: BackendContext) -> AsyncIterator[SshProgramBackend]:
     """Programs on hosts under the remote chaperone, logs shipped to ``remote-logs``."""
-    async with SshProgramBackend(
+    backend = SshProgramBackend(
         dict(context.hosts),
         _transports(context),
         poll_interval=context.poll_interval,
         logs_dir=context.state_dir / REMOTE_LOGS,
         output_limit=context.output_limit,
-    ) as backend:
+    )
+    async with open_host_pollers(backend):
         yield backend
 
 
@@ -44,19 +46,19 @@ async def open_ssh(context: BackendContext) -> AsyncIterator[SshProgramBackend]:
 async def open_slurm(context: BackendContext) -> AsyncIterator[SchedulerBackend]:
     """Slurm jobs on hosts, submitted and polled through the hosts' transports."""
     transports = _transports(context)
-    hosts = {
-        name: BatchHost(
+    hosts = {}
+    for name, host in context.hosts.items():
+        settings: SlurmSettings = host.options_for("slurm")  # (its [hosts.NAME.slurm] table)
+        hosts[name] = BatchHost(
             name=name,
             transport=transports[name],
-            work_root=host.slurm.work_root,
-            poll_interval=host.slurm.poll_interval,
-            submit_rate=host.slurm.submit_rate,
-            submit_burst=host.slurm.submit_burst,
+            work_root=settings.work_root,
+            poll_interval=settings.poll_interval,
+            submit_rate=settings.submit_rate,
+            submit_burst=settings.submit_burst,
             python=host.python,
         )
-        for name, host in context.hosts.items()
-    }
-    async with SchedulerBackend(hosts, Slurm()) as backend:
+    async with open_host_pollers(SchedulerBackend(hosts, Slurm())) as backend:
         yield backend
 
 

@@ -28,6 +28,7 @@ from typing import Any
 import attrs
 
 from corra._errors import BackendError, ConfigError, ConnectionFailed
+from corra.backends._shared import number_check, seconds_check
 from corra.backends.scheduler import JobState, JobStatus
 from corra.backends.transport import Transport
 from corra.chaperone import PACKAGE_DIR
@@ -156,6 +157,27 @@ class SlurmOptions:
             out.append(f"--array={self.array}")
         out.extend(self.extra)
         return out
+
+
+@attrs.frozen
+class SlurmSettings:
+    """A host's ``[hosts.NAME.slurm]`` table: how corra uses the Slurm there (the plug-in's
+    host options)."""
+
+    poll_interval: float = attrs.field(
+        default=10.0, validator=seconds_check("slurm.poll_interval", minimum=0.01)
+    )
+    """Seconds between the polls of the host's jobs (one ``squeue`` for all of them)."""
+    submit_rate: float = attrs.field(
+        default=2.0, validator=number_check("slurm.submit_rate", minimum=0.001)
+    )
+    """Submissions and polls per second in the long run (Slurm's own limiter: 2/s)."""
+    submit_burst: int = attrs.field(
+        default=30, validator=number_check("slurm.submit_burst", minimum=1, integer=True)
+    )
+    """Submissions and polls that may go at once after a quiet period."""
+    work_root: str | None = attrs.field(default=None)
+    """Where job run dirs go (default ``~/.corra/jobs`` on the host)."""
 
 
 def _seconds(value: float) -> str:

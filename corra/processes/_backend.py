@@ -286,7 +286,8 @@ class BackendContext:
             own there: its name, or a layout older state dirs already have).
         supervisor: the runtime's root supervisor, under which a backend may start actors
             (a host's pool) so that they are supervised like everything else.
-        hosts: the ``[hosts.NAME]`` tables, by name (`corra.backends.ssh.HostConfig`).
+        hosts: the ``[hosts.NAME]`` tables, by name (`corra.backends.ssh.HostConfig`); a
+            backend's own ``[hosts.NAME.<backend>]`` table is ``options_for("<backend>")``.
         transport: the `corra.backends.transport.Transport` that reaches a host, by name.
         max_running: programs that may run at once on this machine (None: the default).
         output_limit: bytes kept of each stream when a request's limits give none.

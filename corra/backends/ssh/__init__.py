@@ -12,7 +12,7 @@ from corra.backends._shared import TokenBucket as TokenBucket
 from corra.backends.ssh._config import HostConfig as HostConfig
 from corra.backends.ssh._config import LoginSettings as LoginSettings
 from corra.backends.ssh._config import PoolSettings as PoolSettings
-from corra.backends.ssh._config import SlurmSettings as SlurmSettings
+from corra.backends.ssh._config import host_table as host_table
 from corra.backends.ssh._config import parse_host as parse_host
 from corra.backends.ssh._handle import RemoteHandle as RemoteHandle
 from corra.backends.ssh._pool import Lease as Lease

@@ -1,8 +1,14 @@
-"""Hosts and pool settings, validated at the edge (job files, the API, Python callers)."""
+"""Hosts and pool settings, validated at the edge (job files, the API, Python callers).
+
+A ``[hosts.NAME]`` table has the fields of every host (`HOST_FIELDS`: where it is, how to
+reach it, its pool) and, beside them, a table per backend that has host options
+(``[hosts.NAME.slurm]``): each is structured into the class its backend's plug-in declares
+(`corra.processes._backend.BackendPlugin.host_options`) by the wire converter, so its errors
+name their field paths as a spec's options' do. Nothing here names a backend.
+"""
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from collections.abc import Mapping
@@ -11,44 +17,12 @@ from typing import Any, Literal
 import attrs
 
 from corra._errors import ConfigError
-from corra.backends._shared import check_fields
-from corra.processes._spec import MAX_SECONDS
+from corra.backends._shared import check_fields, number_check, seconds_check
+from corra.processes._convert import parse_options
+from corra.processes._registry import Registry, installed
 from corra.processes._spec_content import shown
 
 _HOST_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
-
-
-def _number(
-    name: str,
-    *,
-    minimum: float,
-    integer: bool = False,
-    allow_zero: bool = False,
-    maximum: float | None = None,
-) -> Any:
-    bounds = f">= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
-    if maximum == MAX_SECONDS:
-        bounds += " (10 years)"
-
-    def check(instance: Any, attribute: Any, value: Any) -> None:
-        kind = int if integer else (int, float)
-        if isinstance(value, bool) or not isinstance(value, kind):
-            expected = "an integer" if integer else "a number"
-            raise ConfigError(f"{name}: got {value!r}, expected {expected} {bounds}")
-        if (
-            not math.isfinite(value)
-            or value < minimum
-            or (value == 0 and not allow_zero)
-            or (maximum is not None and value > maximum)
-        ):
-            raise ConfigError(f"{name}: got {value!r}, expected a finite value {bounds}")
-
-    return check
-
-
-def _seconds(name: str, *, minimum: float, allow_zero: bool = False) -> Any:
-    """A duration: at most `MAX_SECONDS` (10 years), as every duration corra takes."""
-    return _number(name, minimum=minimum, allow_zero=allow_zero, maximum=MAX_SECONDS)
 
 
 @attrs.frozen
@@ -60,45 +34,50 @@ class PoolSettings:
     """
 
     max_connections: int = attrs.field(
-        default=2, validator=_number("max_connections", minimum=1, integer=True)
+        default=2, validator=number_check("max_connections", minimum=1, integer=True)
     )
     """Connections open to the host at once."""
     channels_per_connection: int = attrs.field(
-        default=8, validator=_number("channels_per_connection", minimum=1, integer=True)
+        default=8, validator=number_check("channels_per_connection", minimum=1, integer=True)
     )
     """Leases (one channel each at a time) per connection; below sshd's MaxSessions of 10.
     A refused channel lowers it for that connection."""
-    max_age: float = attrs.field(default=3600.0, validator=_seconds("max_age", minimum=1))
+    max_age: float = attrs.field(default=3600.0, validator=seconds_check("max_age", minimum=1))
     """Seconds before a connection is rotated (jittered by up to -10 %): it takes no new
     leases, closes once its leases end and is replaced within the login budget."""
-    idle_timeout: float = attrs.field(default=60.0, validator=_seconds("idle_timeout", minimum=0.1))
+    idle_timeout: float = attrs.field(
+        default=60.0, validator=seconds_check("idle_timeout", minimum=0.1)
+    )
     """Seconds without a lease after which a connection is closed, before servers' idle
     timeouts close it under a user."""
     keepalive_interval: float = attrs.field(
-        default=30.0, validator=_seconds("keepalive_interval", minimum=0, allow_zero=True)
+        default=30.0, validator=seconds_check("keepalive_interval", minimum=0, allow_zero=True)
     )
     """Seconds between keepalives on an open connection (0: none)."""
     keepalive_count_max: int = attrs.field(
-        default=3, validator=_number("keepalive_count_max", minimum=1, integer=True)
+        default=3, validator=number_check("keepalive_count_max", minimum=1, integer=True)
     )
     """Unanswered keepalives before the connection counts as dead."""
     connect_timeout: float = attrs.field(
-        default=30.0, validator=_seconds("connect_timeout", minimum=0.1)
+        default=30.0, validator=seconds_check("connect_timeout", minimum=0.1)
     )
     """Seconds for one connection attempt, login included."""
     backoff_initial: float = attrs.field(
-        default=1.0, validator=_seconds("backoff_initial", minimum=0.01)
+        default=1.0, validator=seconds_check("backoff_initial", minimum=0.01)
     )
     """Seconds before the first retry of a failed connect; doubles per failure, with jitter."""
-    backoff_max: float = attrs.field(default=60.0, validator=_seconds("backoff_max", minimum=0.01))
+    backoff_max: float = attrs.field(
+        default=60.0, validator=seconds_check("backoff_max", minimum=0.01)
+    )
     """The longest wait between connect attempts."""
     unavailable_after: int = attrs.field(
-        default=5, validator=_number("unavailable_after", minimum=1, integer=True)
+        default=5, validator=number_check("unavailable_after", minimum=1, integer=True)
     )
     """Failed connects in a row after which the host is unavailable: leases fail at once with
     `HostUnavailable` while the pool keeps probing (at ``backoff_max`` at most)."""
     operation_retries: int = attrs.field(
-        default=4, validator=_number("operation_retries", minimum=0, allow_zero=True, integer=True)
+        default=4,
+        validator=number_check("operation_retries", minimum=0, allow_zero=True, integer=True),
     )
     """Retries of a retry-safe operation whose channel was refused or whose connection broke."""
     on_unavailable: Literal["pause", "fail"] = attrs.field(default="pause")
@@ -114,30 +93,12 @@ class PoolSettings:
 class LoginSettings:
     """The login budget shared by every pool of a runtime (a token bucket)."""
 
-    rate: float = attrs.field(default=0.2, validator=_number("logins.rate", minimum=0.0001))
+    rate: float = attrs.field(default=0.2, validator=number_check("logins.rate", minimum=0.0001))
     """New logins per second in the long run (0.2: one per 5 s)."""
-    burst: int = attrs.field(default=3, validator=_number("logins.burst", minimum=1, integer=True))
+    burst: int = attrs.field(
+        default=3, validator=number_check("logins.burst", minimum=1, integer=True)
+    )
     """Logins that may happen at once after a quiet period."""
-
-
-@attrs.frozen
-class SlurmSettings:
-    """A host's ``[hosts.NAME.slurm]`` table: how corra uses the Slurm there."""
-
-    poll_interval: float = attrs.field(
-        default=10.0, validator=_seconds("slurm.poll_interval", minimum=0.01)
-    )
-    """Seconds between the polls of the host's jobs (one ``squeue`` for all of them)."""
-    submit_rate: float = attrs.field(
-        default=2.0, validator=_number("slurm.submit_rate", minimum=0.001)
-    )
-    """Submissions and polls per second in the long run (Slurm's own limiter: 2/s)."""
-    submit_burst: int = attrs.field(
-        default=30, validator=_number("slurm.submit_burst", minimum=1, integer=True)
-    )
-    """Submissions and polls that may go at once after a quiet period."""
-    work_root: str | None = attrs.field(default=None)
-    """Where job run dirs go (default ``~/.corra/jobs`` on the host)."""
 
 
 def _env_table(instance: Any, attribute: Any, value: Any) -> None:
@@ -161,7 +122,8 @@ def _optional_str(name: str) -> Any:
 
 @attrs.frozen
 class HostConfig:
-    """One ``[hosts.NAME]`` table: where a host is and how to reach it.
+    """One ``[hosts.NAME]`` table: where a host is, how to reach it, and the host options of
+    the backends that run programs there (`options_for`).
 
     ``hostname`` defaults to the name itself, so an alias of ``~/.ssh/config`` works with
     nothing else given (asyncssh reads OpenSSH's config: HostName, Port, User, IdentityFile,
@@ -183,9 +145,12 @@ class HostConfig:
     python: str = attrs.field(default="python3", validator=_optional_str("python"))
     """The remote Python that runs the chaperone (3.6 or newer, standard library only)."""
     pool: PoolSettings = attrs.field(factory=PoolSettings)
-    slurm: SlurmSettings = attrs.field(factory=SlurmSettings)
     env: dict[str, str] = attrs.field(factory=dict, validator=_env_table)
     """Environment for every command corra runs on the host (``SLURM_CONF`` ...)."""
+    options: dict[str, Any] = attrs.field(factory=dict)
+    """The host options of backends, by backend name: each ``[hosts.NAME.<backend>]`` table
+    structured into its plug-in's ``host_options`` class (`parse_host` gives every installed
+    backend's, its defaults where the table is absent). Read them with `options_for`."""
 
     @name.validator
     def _check_name(self, attribute: Any, value: Any) -> None:
@@ -217,6 +182,29 @@ class HostConfig:
                 f"hosts.{self.name}.transport: got {value!r}, expected 'ssh' or 'local'"
             )
 
+    @options.validator
+    def _check_options(self, attribute: Any, value: Any) -> None:
+        if not isinstance(value, dict) or not all(
+            isinstance(key, str) and attrs.has(type(item)) for key, item in value.items()
+        ):
+            raise ConfigError(
+                f"hosts.{self.name}.options: got {value!r}, expected host options (attrs "
+                "instances) by backend name"
+            )
+
+    def options_for(self, backend: str) -> Any:
+        """The host's options for ``backend`` (its ``[hosts.NAME.<backend>]`` table, typed):
+        as given, else the defaults of the backend's host options class; None for a backend
+        that has no host options.
+
+        Raises:
+            ConfigError: no backend called ``backend`` is installed (and none was given).
+        """
+        if backend in self.options:
+            return self.options[backend]
+        options = installed.get(backend).host_options
+        return None if options is None else options()
+
     @property
     def address(self) -> str:
         """``user@hostname:port`` as far as known here (names the host in errors)."""
@@ -244,7 +232,8 @@ class HostConfig:
         return options
 
 
-_HOST_FIELDS = {
+#: The fields of every host's ``[hosts.NAME]`` table, whatever its backends.
+HOST_FIELDS = (
     "hostname",
     "port",
     "user",
@@ -255,27 +244,53 @@ _HOST_FIELDS = {
     "work_root",
     "python",
     "pool",
-    "slurm",
     "env",
-}
+)
 
 
-def parse_host(name: str, table: object) -> HostConfig:
-    """A `HostConfig` from a ``[hosts.NAME]`` table; errors name ``hosts.NAME.field``."""
+def host_options_classes(registry: Registry | None = None) -> dict[str, type]:
+    """The host options class of each backend of ``registry`` (default: the installed ones)
+    that has one, by backend name: the ``[hosts.NAME.<backend>]`` tables a host may have.
+
+    Raises:
+        ConfigError: a backend with host options is named like a field of every host (its
+            table would be that field), or as `Registry.plugins`.
+    """
+    classes = {}
+    for plugin in (registry or installed).plugins.values():
+        if plugin.host_options is None:
+            continue
+        if plugin.name in HOST_FIELDS:
+            raise ConfigError(
+                f"backend {plugin.name!r}: host_options: its [hosts.NAME.{plugin.name}] table "
+                f"would be the field {plugin.name!r} of every host; expected another name"
+            )
+        classes[plugin.name] = plugin.host_options
+    return classes
+
+
+def parse_host(name: str, table: object, registry: Registry | None = None) -> HostConfig:
+    """A `HostConfig` from a ``[hosts.NAME]`` table; errors name ``hosts.NAME.field``.
+
+    Each table named after a backend of ``registry`` (default: the installed ones) that has
+    host options is structured into its class; a backend's absent table gives its defaults.
+    """
     where = f"hosts.{name}"
     if not isinstance(table, Mapping):
         raise ConfigError(f"{where}: expected a table, got {table!r}")
-    check_fields(where, table, _HOST_FIELDS, "field")
-    fields = dict(table)
-    slurm_table = fields.pop("slurm", {})
-    if not isinstance(slurm_table, Mapping):
-        raise ConfigError(f"{where}.slurm: expected a table, got {slurm_table!r}")
-    slurm_known = {field.name for field in attrs.fields(SlurmSettings)}
-    check_fields(f"{where}.slurm", slurm_table, slurm_known, "setting")
-    try:
-        fields["slurm"] = SlurmSettings(**slurm_table)
-    except ConfigError as exc:
-        raise ConfigError(f"{where}.{exc}") from None
+    classes = host_options_classes(registry)
+    unknown = sorted(set(table) - {*HOST_FIELDS, *classes})
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown field(s) {', '.join(unknown)}; expected some of "
+            f"{', '.join(sorted(HOST_FIELDS))}, or the table of a backend with host options "
+            f"({', '.join(classes) or 'none is installed'})"
+        )
+    fields = {key: value for key, value in table.items() if key not in classes}
+    fields["options"] = {
+        backend: _host_options(f"{where}.{backend}", options, table.get(backend, {}))
+        for backend, options in classes.items()
+    }
     pool = fields.pop("pool", {})
     if not isinstance(pool, Mapping):
         raise ConfigError(f"{where}.pool: expected a table, got {pool!r}")
@@ -292,3 +307,25 @@ def parse_host(name: str, table: object) -> HostConfig:
         raise ConfigError(message) from None
     except TypeError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+
+
+def _host_options(where: str, options: type, table: object) -> Any:
+    """A backend's ``[hosts.NAME.<backend>]`` table (at ``where``) as its ``options``."""
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{where}: expected a table, got {table!r}")
+    check_fields(where, table, {field.name for field in attrs.fields(options)}, "setting")
+    return parse_options(options, table, where)
+
+
+def host_table(host: HostConfig) -> dict[str, Any]:
+    """The ``[hosts.NAME]`` table that `parse_host` takes back as ``host``: its fields but
+    those that are None, and each installed backend's host options as its table (its
+    defaults where ``host`` has none), as plain data (JSON)."""
+    data = attrs.asdict(host)  # (recursing: the pool, each backend's host options)
+    del data["name"]
+    options = data.pop("options")
+    table = {key: value for key, value in data.items() if value is not None}
+    for backend in host_options_classes():
+        table[backend] = attrs.asdict(host.options_for(backend))
+    table.update(options)
+    return table

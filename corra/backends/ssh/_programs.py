@@ -136,7 +136,7 @@ class _Host:
 
 
 class SshProgramBackend(HostPollers):
-    """Programs on the hosts it was given; use as ``async with`` (it runs one poller per host).
+    """Programs on the hosts it was given, in `open_host_pollers` (one poller per host).
 
     ``transports`` maps each host name to its `Transport` (an `SshTransport` over the host's
     pool, or a `LocalTransport`). With ``logs_dir``, the logs of watched programs are shipped
