@@ -15,9 +15,8 @@ a backoff, the program's exit) is interrupted, an effect in progress (a launch, 
 write) is not. Each wait runs in a cancel scope of its own, made as the wait begins; a request
 (or a stop) that came since the actor took its requests cancels it, whether it came before the
 wait began or during it, and a wait whose scope was cancelled goes back to the requests before
-any effect. A paused
-process is its snapshot and nothing else: its actor ends, and a resume starts a fresh one at
-the step that was next.
+any effect. A paused process is its snapshot and nothing else: its actor ends, and a resume
+starts a fresh one at the step that was next.
 
 A host that stops answering (`HostUnavailable` from a remote backend) pauses the process for
 its host (`corra.processes._hosts`), or fails it, as the host's policy says.
@@ -303,7 +302,8 @@ class ProcessActor(Actor):
 
 class _Wait:
     """The cancel scope of one wait of a `ProcessActor`, as a context manager (a plain class:
-    every process waits at least once, and a generator-based one costs as much as the scope).
+    every process waits at least once, and a generator-based one adds a generator and its
+    frames to each wait).
 
     Its scope is made as the wait begins (most steps have no wait), cancelled at once for a
     request that came since the actor took its requests; a request during the wait cancels
