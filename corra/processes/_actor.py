@@ -12,11 +12,11 @@ backend has a slot free is durable as ``launching`` at once (`ProcessManager.sub
 
 Pause and kill are requests to the actor. They take effect between steps: a wait (for a slot,
 a backoff, the program's exit) is interrupted, an effect in progress (a launch, a kill, a
-write) is not. Each wait runs in a cancel scope of its own, made when the actor takes its
-requests; a request (or a stop) that comes later cancels it, whether the wait has begun or not,
-and a wait whose scope was cancelled goes back to the requests before any effect. A paused
-process is its snapshot and nothing else: its actor ends, and a resume starts a fresh one at
-the step that was next.
+write) is not. Each wait runs in a cancel scope of its own, made as the wait begins; a request
+(or a stop) that came since the actor took its requests cancels it, whether it came before the
+wait began or during it, and a wait whose scope was cancelled goes back to the requests before
+any effect. A paused process is its snapshot and nothing else: its actor ends, and a resume
+starts a fresh one at the step that was next.
 
 A host that stops answering (`HostUnavailable` from a remote backend) pauses the process for
 its host (`corra.processes._hosts`), or fails it, as the host's policy says.
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Literal
 
 import attrs
@@ -43,7 +43,7 @@ from corra._errors import (
 from corra.actors._actor import Actor
 from corra.actors._specs import Backoff
 from corra.processes._admission import Admission
-from corra.processes._backend import Backend, EffectKey
+from corra.processes._backend import Backend, EffectKey, LaunchRequest
 from corra.processes._hosts import HOST_RETRY_DELAY, HostWaits
 from corra.processes._journal import Journal
 from corra.processes._lifecycle import PAUSABLE, Event, ProcessState, Result, after_exit, allowed
@@ -83,12 +83,22 @@ class ProcessActor(Actor):
     kill) between steps, and whose waits a request interrupts (see the module's docstring).
     """
 
-    def __init__(self, context: ProcessContext, record: ProcessRecord) -> None:
+    def __init__(
+        self, context: ProcessContext, record: ProcessRecord, request: LaunchRequest | None = None
+    ) -> None:
+        """``request``: the launch request of ``record``'s current attempt, if one was made
+        already (at submission, for `Backend.check`)."""
         self.context = context
         self.record = record
         self.request: Literal["pause", "kill"] | None = None
-        # The scope of the next wait: a request or a stop cancels it (`interrupt`).
-        self._wait = trio.CancelScope()
+        # A request (or a stop) came since the actor last took its requests, or since its
+        # last wait ended: the next wait is cancelled as it begins (`interrupt`).
+        self._interrupted = False
+        # The scope of the wait in progress, if one is (a request cancels it).
+        self._wait: trio.CancelScope | None = None
+        # The key and the launch request of the current attempt, made once per attempt.
+        self._key = effect_key(record) if request is None else request.key
+        self._request = request
 
     @property
     def id(self) -> str:
@@ -96,8 +106,12 @@ class ProcessActor(Actor):
 
     @property
     def key(self) -> EffectKey:
-        """The key of the current attempt's effects (and of the slot it holds)."""
-        return effect_key(self.record)
+        """The key of the current attempt's effects (and of the slot it holds); made once
+        per attempt."""
+        key = self._key
+        if key.attempt != self.record.state.attempt:
+            key = self._key = effect_key(self.record)
+        return key
 
     async def main(self) -> None:
         try:
@@ -107,7 +121,9 @@ class ProcessActor(Actor):
 
     def interrupt(self) -> None:
         # A request arrived (or a stop): cut the current or next wait short.
-        self._wait.cancel()
+        self._interrupted = True
+        if self._wait is not None:
+            self._wait.cancel()
 
     async def handle(self, msg: Any) -> str:
         if msg not in ("pause", "kill"):
@@ -116,22 +132,25 @@ class ProcessActor(Actor):
             self.request = msg
         return self.record.phase
 
-    @contextlib.contextmanager
-    def _interruptible(self) -> Iterator[trio.CancelScope]:
+    @property
+    def launch_request(self) -> LaunchRequest:
+        """What the backend gets to launch the current attempt."""
+        request = self._request
+        if request is None or request.key.attempt != self.record.state.attempt:
+            request = self._request = launch_request(self.record)
+        return request
+
+    def _interruptible(self) -> _Wait:
         """A wait that a request cuts short. Afterwards, ``cancel_called`` on the scope it
-        yields means that a request came (during the wait or as it ended): take it first."""
-        scope = self._wait
-        try:
-            with scope:
-                yield scope
-        finally:
-            self._wait = trio.CancelScope()  # (for a second wait in the same step)
+        gives means that a request came (before or during the wait, or as it ended): take
+        it first."""
+        return _Wait(self)
 
     async def _drive(self) -> None:
         failures = 0
         while True:
             # From here on, a request cancels the next wait: taken below, or there.
-            self._wait = trio.CancelScope()
+            self._interrupted = False
             await self.handle_waiting()
             if self.stopping:
                 break
@@ -219,7 +238,7 @@ class ProcessActor(Actor):
         backend = self.context.backend_for(self.record.spec)
         backend.adopt_slot(self.key)
         try:
-            handle = await backend.launch(launch_request(self.record))
+            handle = await backend.launch(self.launch_request)
         except LaunchFailed as exc:
             backend.release_slot(self.key)
             await self._end_attempt(Result(error=str(exc)))
@@ -279,6 +298,34 @@ class ProcessActor(Actor):
         self.record = record
         if event == "pause" and record.state.paused_by == "user":  # (not for the host)
             await tell_backend(self.context.backend_for(record.spec), record, "pause")
+
+
+class _Wait:
+    """The cancel scope of one wait of a `ProcessActor`, as a context manager (a plain class:
+    every process waits at least once, and a generator-based one adds a generator and its
+    frames to each wait).
+
+    Its scope is made as the wait begins (most steps have no wait), cancelled at once for a
+    request that came since the actor took its requests; a request during the wait cancels
+    it (`ProcessActor.interrupt`).
+    """
+
+    __slots__ = ("_actor", "_scope")
+
+    def __init__(self, actor: ProcessActor) -> None:
+        self._actor = actor
+        self._scope = actor._wait = trio.CancelScope()
+        if actor._interrupted:
+            self._scope.cancel()
+
+    def __enter__(self) -> trio.CancelScope:
+        return self._scope.__enter__()
+
+    def __exit__(self, *exc_info: Any) -> bool:
+        actor = self._actor
+        actor._wait = None
+        actor._interrupted = False  # (a second wait in the same step waits for a new one)
+        return self._scope.__exit__(*exc_info)
 
 
 async def tell_backend(

@@ -24,7 +24,7 @@ from corra.actors._specs import ChildSpec
 from corra.actors._supervisor import SupervisorRef
 from corra.processes._actor import ProcessActor, ProcessContext, tell_backend
 from corra.processes._admission import Admission
-from corra.processes._backend import Backend, Capabilities, EffectKey
+from corra.processes._backend import Backend, Capabilities, EffectKey, LaunchRequest
 from corra.processes._hosts import HostWaits
 from corra.processes._ids import new_process_id
 from corra.processes._journal import Journal, Step, find_record, sorted_records
@@ -209,13 +209,14 @@ class ProcessManager:
         record = ProcessRecord(
             id=process_id, spec=spec, state=ProcessState(updated_at=now), created_at=now
         )
-        backend.check(launch_request(record))
+        request = launch_request(record)
+        backend.check(request)
         if spec.name is not None:
             existing = self._existing(spec.name)
             if existing is not None:
                 await trio.lowlevel.checkpoint()
                 return Submission(existing, created=False)
-        key = effect_key(record)
+        key = request.key
         steps: list[Step] = [(record, Transition(now, "submit", "created", "created", 1))]
         slot = not self._admission.waiting(spec.backend) and backend.try_acquire_slot(key)
         if slot:
@@ -242,7 +243,7 @@ class ProcessManager:
             if slot:
                 backend.release_slot(key)
             raise
-        await self._start_actor(record)
+        await self._start_actor(record, request)
         return Submission(record, created=True)
 
     def _existing(self, name: str) -> ProcessRecord | None:
@@ -390,7 +391,11 @@ class ProcessManager:
 
     # -- actors ----------------------------------------------------------------------------
 
-    async def _start_actor(self, record: ProcessRecord) -> None:
+    async def _start_actor(
+        self, record: ProcessRecord, request: LaunchRequest | None = None
+    ) -> None:
+        """Start the actor of ``record``, unless it has one; ``request``: the launch request
+        of its current attempt, if one was made (the actor makes it otherwise)."""
         if record.id in self._actors:
             await trio.lowlevel.checkpoint()
             return
@@ -400,7 +405,7 @@ class ProcessManager:
         journal.hold(record)
         spec = ChildSpec(
             id=record.id,
-            start=lambda: ProcessActor(self._context, journal.latest(record.id) or record),
+            start=lambda: ProcessActor(self._context, journal.latest(record.id) or record, request),
             restart="temporary",
             # Its effects are idempotent and its writes shielded: stopping it at once loses
             # nothing (the next runtime goes on from its last durable record).
