@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import trio
 
 from corra._errors import ConfigError
+from corra.chaperone import protocol
 from corra.processes._backend import BackendBase, LaunchRequest
 
 
@@ -95,11 +96,13 @@ async def open_host_pollers(backend: B) -> AsyncIterator[B]:
 
 
 def check_key(key: object) -> str:
-    """``key``, if it can name a run dir (a file name: no ``/``, no NUL, no leading ``.``).
+    """``key``, if it can name a run dir: the one rule of the chaperone and the remote
+    helper (`corra.chaperone.protocol.check_key`), which check it again on the host.
 
     Raises:
         ConfigError: it cannot.
     """
-    if not isinstance(key, str) or not key or "/" in key or "\0" in key or key.startswith("."):
-        raise ConfigError(f"key: got {key!r}, expected a file name")
-    return key
+    try:
+        return protocol.check_key(key)
+    except protocol.Invalid as exc:
+        raise ConfigError(str(exc)) from None
