@@ -2,13 +2,14 @@
 
 A process writes a snapshot of its record and a history entry at every transition (three
 and four over a lifecycle). Written the converter's way (unstructure, then ``json.dumps``),
-they cost about 20 and 4 µs each, against 3 and 1 here (20 for a spec's first record): about
-45 µs more per process, a fifth of a whole lifecycle over a backend whose programs end at
-once (issue 12: interleaved measurements; ``benchmarks.process.corra_lifecycles``). These
-write the same text directly:
+they cost about 20 and 4 µs each, against 3 and 1 here (6 for a spec's first record, 12
+through the converter): about 45 µs more per process, a fifth of a whole lifecycle over a
+backend whose programs end at once (issue 12: interleaved measurements;
+``benchmarks.process.corra_lifecycles``). These write the same text directly:
 
-- a record's spec, id and creation time never change: their text is the converter's own,
-  written once per spec and kept by the encoder (`RecordEncoder`, one per codec);
+- a record's spec, id and creation time never change: their text is written once per spec
+  and kept by the encoder (`RecordEncoder`, one per codec); the spec's by a function
+  generated from the class's fields and the converter's hooks (`spec_writer`);
 - a state, its result and a transition are written field by field, in the classes' order,
   with json's own string and number formatting; a typed handle as `handle_data` gives it,
   which is what the converter writes for it too.
@@ -28,9 +29,11 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 import cattrs
 
 from corra.processes._backend import handle_data
+from corra.processes._convert import SPEC_FIELDS
 from corra.processes._lifecycle import PHASES, Event, ProcessState, Result
 from corra.processes._record import ProcessRecord, Transition
 from corra.processes._spec import ProcessSpec
@@ -195,6 +198,85 @@ def _state_json(state: ProcessState) -> str:
     )
 
 
+def _json_optional_number(value: object) -> str:
+    return "null" if value is None else _json_number(value)
+
+
+def _json_strings(value: object) -> str:
+    if type(value) is not tuple:
+        raise _Unusual
+    return f"[{','.join([_json_text(item) for item in value])}]"
+
+
+def _json_string_table(value: object) -> str:
+    if type(value) is not dict:
+        raise _Unusual
+    if not value:
+        return "{}"
+    return f"{{{','.join([f'{_json_text(k)}:{_json_text(v)}' for k, v in value.items()])}}}"
+
+
+#: How a spec's field of each declared type is written, as the converter writes a value of
+#: it: an expression of the field's value ``{0}`` (in the generated writer, `spec_writer`).
+_FIELD_JSON: dict[object, str] = {
+    str: "_json_text({0})",
+    str | None: '("null" if {0} is None else _json_text({0}))',
+    int: "_json_number({0})",
+    float: "_json_number({0})",
+    int | None: '("null" if {0} is None else _json_number({0}))',
+    float | None: '("null" if {0} is None else _json_number({0}))',
+    tuple[str, ...]: "_json_strings({0})",
+    dict[str, str]: "_json_string_table({0})",
+}
+
+
+def spec_writer(converter: cattrs.Converter) -> Callable[[ProcessSpec], str]:
+    """A function that writes a `ProcessSpec` as ``converter`` does (its unstructure hook for
+    the class, then ``json.dumps`` without spaces), generated once per converter as cattrs
+    generates its own: a field of a type in `_FIELD_JSON` (or a ``Literal`` of strings) is
+    written directly, any other through the converter's hook for its type, and a spec with
+    a backend's options table through the converter whole. A value of another type than its
+    field's: `_Unusual` (the codec then takes the converter's way).
+    """
+    types = attrs.fields_dict(attrs.resolve_types(ProcessSpec))
+    namespace: dict[str, Any] = {
+        "_json_text": _json_text,
+        "_json_number": _json_number,
+        "_json_strings": _json_strings,
+        "_json_string_table": _json_string_table,
+        "_converted_json": _converted_json,
+        "_whole": converter.get_unstructure_hook(ProcessSpec),
+    }
+    parts = []
+    for number, name in enumerate(SPEC_FIELDS):
+        type_ = types[name].type
+        expression = _FIELD_JSON.get(type_)
+        if expression is None and typing.get_origin(type_) is typing.Literal:
+            expression = _FIELD_JSON[str]
+        if expression is None:
+            namespace[f"_hook{number}"] = converter.get_unstructure_hook(type_)
+            expression = f"_converted_json(_hook{number}, {{0}})"
+        value = expression.format(f"spec.{name}")
+        parts.append(f"{json.dumps(name)}:{{{value}}}")
+    body = ",".join(parts)  # (JSON names, expressions in double quotes: no single quote)
+    source = (
+        "def write_spec(spec):\n"
+        "    if spec.options is not None:\n"
+        "        return _converted_json(_whole, spec)\n"
+        f"    return f'{{{{{body}}}}}'\n"
+    )
+    exec(compile(source, "<corra spec_writer>", "exec"), namespace)
+    writer: Callable[[ProcessSpec], str] = namespace["write_spec"]
+    return writer
+
+
+def _converted_json(hook: Callable[[Any], Any], value: object) -> str:
+    try:
+        return _json_value(hook(value))
+    except ValueError:
+        raise _Unusual from None  # (a float json refuses: the converter's way says so)
+
+
 class RecordEncoder:
     """The ``data`` of a `ProcessRecord` as the codec's converter would write it, or None.
 
@@ -211,8 +293,7 @@ class RecordEncoder:
     """
 
     def __init__(self, converter: cattrs.Converter) -> None:
-        self._spec_data = converter.get_unstructure_hook(ProcessSpec)
-        self._json = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+        self._spec_json = spec_writer(converter)
         self._texts: dict[int, tuple[weakref.ref[ProcessSpec], str, float, str, str]] = {}
 
     def __call__(self, record: ProcessRecord) -> str | None:
@@ -238,11 +319,7 @@ class RecordEncoder:
         created_at = record.created_at
         if type(spec) is not ProcessSpec or not _is_number(created_at):
             raise _Unusual
-        try:
-            spec_json = self._json(self._spec_data(spec))
-        except ValueError:
-            raise _Unusual from None  # (a float json refuses: the converter's way says so)
-        head = f'{{"id":{_json_text(record.id)},"spec":{spec_json},"state":'
+        head = f'{{"id":{_json_text(record.id)},"spec":{self._spec_json(spec)},"state":'
         tail = f',"created_at":{created_at!r}}}'
         texts = self._texts
         reference = weakref.ref(spec, lambda _, key=key: texts.pop(key, None))
