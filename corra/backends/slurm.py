@@ -22,7 +22,6 @@ import datetime
 import re
 import shlex
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -31,7 +30,7 @@ from corra._errors import BackendError, ConfigError, ConnectionFailed
 from corra.backends._shared import number_check, seconds_check
 from corra.backends.scheduler import JobState, JobStatus
 from corra.backends.transport import Transport
-from corra.chaperone import PACKAGE_DIR
+from corra.chaperone import batch_job
 from corra.processes._spec import MAX_SECONDS
 from corra.processes._spec_content import ENV_NAME_PATTERN, abbreviated
 
@@ -64,7 +63,7 @@ STATES: dict[str, JobState] = {
 
 #: The source of the program's wrapper in a job (`corra.chaperone.batch_job`), which the job
 #: script carries.
-BATCH_JOB = (Path(PACKAGE_DIR) / "batch_job.py").read_text()
+BATCH_JOB = batch_job.source()
 
 _TIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")
 _MEM = re.compile(r"^\d+[KMGT]?$")

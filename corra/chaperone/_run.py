@@ -12,6 +12,7 @@ import os
 import signal
 import time
 
+from ._escalation import Escalation
 from ._proc import own_peak, process_start
 from ._rundir import EXIT_FILE, describe
 from ._spawn import spawn
@@ -20,21 +21,19 @@ from ._spawn import spawn
 LOST_ROOT_GRACE = 5.0
 
 
-class Run:
-    """One program of a chaperone; ``key`` names it to the shared chaperone's clients."""
+class Run(Escalation):
+    """One program of a chaperone; ``key`` names it to the shared chaperone's clients. Its
+    escalation (`kill`, `time_out`, `escalate`) is `Escalation`'s."""
 
     def __init__(self, run_dir, grace, key=None):
+        super().__init__(grace)
         self.key = key
         self.run_dir = run_dir
-        self.grace = grace  # the spec's kill_grace: for a timeout, or a kill that names none
         self.pid = None
         self.program = None  # what program.pid (or the claim's second line) says, once running
         self.cgroups = None  # a Cgroups or a PooledCgroup
         self.output = None  # an OutputLimit, once the program runs
         self.started_at = None
-        self.timed_out = False
-        self.killed = False
-        self.escalate_at = None  # SIGKILL the group then; None while no kill is under way
         self.status = None  # wait4's, once reaped
         self.rusage = None
         self.oom_killed = None  # measured once, after the reap
@@ -87,42 +86,9 @@ class Run:
         if number == signal.SIGKILL and self.cgroups is not None:
             self.cgroups.kill()
 
-    def kill(self, now, grace):
-        """A kill request: SIGTERM now, SIGKILL ``grace`` seconds later (a second request may
-        shorten the grace, never lengthen it). When to escalate if that changed (the caller
-        wakes up then), else None."""
-        if self.status is not None:
-            return None  # ended already; its record is on the way
-        self.killed = True
-        if self.escalate_at is None:
-            return self._terminate(now, grace)
-        if now + grace < self.escalate_at:
-            self.escalate_at = now + grace
-            return self.escalate_at
-        return None
-
-    def time_out(self, now):
-        """The timeout expired: terminate with the spec's grace, unless a kill is under way
-        already. When to escalate, or None."""
-        if self.status is not None or self.escalate_at is not None:
-            return None
-        self.timed_out = True
-        return self._terminate(now, self.grace)
-
-    def escalate(self, now):
-        """SIGKILL the group (and its cgroups) if its grace is over."""
-        if self.status is None and self.escalate_at is not None and now >= self.escalate_at:
-            self.kill_group(signal.SIGKILL)
-            self.escalate_at = float("inf")
-
-    def _terminate(self, now, grace):
-        if grace <= 0:
-            self.kill_group(signal.SIGKILL)
-            self.escalate_at = float("inf")
-        else:
-            self.kill_group(signal.SIGTERM)
-            self.escalate_at = now + grace
-        return self.escalate_at
+    @property
+    def ended(self):
+        return self.status is not None
 
     # ending ---------------------------------------------------------------------------------
 

@@ -1,8 +1,8 @@
 """A batch job's program, run the way a chaperone runs one: in its own process group, killed
 as a group (SIGTERM, the grace, SIGKILL), its exit recorded.
 
-A batch scheduler's job script ends by running this file's source, self-contained (no
-imports but the standard library's, none of its package):
+A batch scheduler's job script ends by running `source` (`_escalation`'s text, then this
+file's: self-contained, no imports but the standard library's):
 
     exec python3 -I -S -c SOURCE RUN_DIR SUFFIX GRACE TIMED PROGRAM...
 
@@ -13,10 +13,11 @@ of the cancellation's SIGTERM orphans a program that ignores it: out of the sche
 sight, it would run on.)
 
 Rule 2: SIGTERM (or SIGINT) is a kill request: SIGTERM to the program's group, and SIGKILL
-to it once the grace is over, the grace of ``RUN_DIR/kill.json`` (the backend writes it
-before it cancels the job) or else GRACE, the spec's ``kill_grace``. SIGUSR1 and SIGUSR2
-are passed on to the group. Once the program has ended, whatever is left in its group is
-SIGKILLed before the record is written: a job ends with its program's group.
+to it once the grace is over (`_escalation.Escalation`: the chaperones' own rules), the grace
+of ``RUN_DIR/kill.json`` (the backend writes it before it cancels the job) or else GRACE, the
+spec's ``kill_grace``. SIGUSR1 and SIGUSR2 are passed on to the group. Once the program has
+ended, whatever is left in its group is SIGKILLed before the record is written: a job ends
+with its program's group.
 
 Rule 3: the exit record, ``RUN_DIR/exit<SUFFIX>.json`` (written whole: temp file, rename;
 the user's only), says how the program ended: ``returncode`` or ``signal``, ``started_at``
@@ -34,6 +35,9 @@ import os
 import signal
 import sys
 import time
+
+if __package__:  # imported (corra.chaperone.batch_job); a job's source has _escalation's first
+    from ._escalation import Escalation
 
 KILL_FILE = "kill.json"
 KILL_REQUESTS = (signal.SIGTERM, signal.SIGINT)
@@ -54,30 +58,24 @@ def main(argv):
     run_dir, suffix, grace, timed = argv[0], argv[1], float(argv[2]), argv[3] == "timeout"
     signal.pthread_sigmask(signal.SIG_BLOCK, WAITED)
     started_at = time.time()
-    pid = spawn(argv[4:])
-    killed = False
-    escalate_at = None  # SIGKILL the group then; None while no kill is under way
-    while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+    job = Job(spawn(argv[4:]), grace)
+    while not job.ended:
         now = time.monotonic()
-        if escalate_at is not None and now >= escalate_at:
-            signal_group(pid, signal.SIGKILL)
-            escalate_at = float("inf")
-        wait = LONGEST_WAIT if escalate_at is None else escalate_at - now
+        job.escalate(now)
+        wait = LONGEST_WAIT if job.escalate_at is None else job.escalate_at - now
         info = signal.sigtimedwait(WAITED, min(max(wait, 0.0), LONGEST_WAIT))
         if info is None or info.si_signo == signal.SIGCHLD:
             continue
         if info.si_signo in FORWARDED:
-            signal_group(pid, info.si_signo)
+            job.kill_group(info.si_signo)
             continue
         requested = requested_grace(run_dir)
-        killed = killed or requested is not None
-        now = time.monotonic()
-        deadline = now + (grace if requested is None else requested)
-        if escalate_at is None and deadline > now:
-            signal_group(pid, signal.SIGTERM)
-        if escalate_at is None or deadline < escalate_at:
-            escalate_at = deadline  # (a second request may shorten the grace)
+        if requested is None:  # not corra's kill: the scheduler's own, or someone's scancel
+            job.request(time.monotonic(), grace)
+        else:
+            job.kill(time.monotonic(), requested)
     # The leader is a zombie: its pgid cannot be reused until it is reaped.
+    pid = job.pid
     signal_group(pid, signal.SIGKILL)
     _, status = os.waitpid(pid, 0)
     drain_until = time.monotonic() + GROUP_DRAIN
@@ -90,11 +88,28 @@ def main(argv):
         "signal": number,
         "started_at": started_at,
         "ended_at": time.time(),
-        "timed_out": timed and code in TIMED_OUT and not killed,
-        "killed": killed,
+        "timed_out": timed and code in TIMED_OUT and not job.killed,
+        "killed": job.killed,
     }
     write_record(os.path.join(run_dir, "exit" + suffix + ".json"), record)
     return code if code is not None else 128 + number
+
+
+class Job(Escalation):
+    """The job's program, ended as `Escalation` says (its timeout is coreutils' ``timeout``:
+    `time_out` is never called)."""
+
+    def __init__(self, pid, grace):
+        super().__init__(grace)
+        self.pid = pid
+
+    def kill_group(self, number):
+        signal_group(self.pid, number)
+
+    @property
+    def ended(self):
+        """Whether the leader has exited (seen with WNOWAIT: it stays to be reaped)."""
+        return os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
 
 
 def spawn(program):
@@ -152,6 +167,16 @@ def write_record(path, record):
         os.rename(temp, path)
     except OSError as error:  # the run dir is gone: the scheduler's word is all there is
         sys.stderr.write(f"corra: {path}: {error}\n")
+
+
+def source():
+    """What a job script runs: `_escalation`'s source, then this module's."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    texts = []
+    for name in ("_escalation.py", "batch_job.py"):
+        with open(os.path.join(here, name), encoding="utf-8") as module:
+            texts.append(module.read())
+    return "\n\n".join(texts)
 
 
 if __name__ == "__main__":
