@@ -98,6 +98,8 @@ _SCALARS: dict[type, Callable[[Any], str]] = {
 def _handle_json(handle: object) -> str:
     """A handle as the converter writes it (`handle_data`: a typed handle's stored fields,
     or JSON values as they are)."""
+    if handle is None or type(handle) is dict:
+        return _plain_json(handle)  # (JSON values: as they are)
     return _plain_json(handle_data(handle))
 
 
