@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 import trio
 import trio.testing
@@ -349,3 +351,38 @@ async def test_messages_left_when_main_returns_fail_with_actor_stopped(autojump_
         with pytest.raises(corra.ActorStopped):
             await ref.call("never")
         assert trio.current_time() == 1
+
+
+class Driven(corra.Actor):
+    """Drives itself (`main`) until stopped."""
+
+    async def main(self):
+        while not self.stopping:
+            await self.handle_waiting()
+            await trio.sleep(1)
+
+    def interrupt(self):
+        pass
+
+
+@pytest.mark.parametrize("kind", [Slow, Driven])
+async def test_an_ended_incarnation_is_freed_without_the_cycle_collector(autojump_clock, kind):
+    # (thousands of processes end every second: left in reference cycles, each one's actor,
+    # cell, ref, mailbox and scope waited for a garbage collection)
+    gc.collect()
+    gc.disable()
+    try:
+        async with corra.open_runtime() as rt:
+            ref = await rt.spawn(kind, name="once")
+            await rt.root.terminate_child("once")
+            await settle()
+            assert not ref.alive and rt.root.which_children() == []
+            del ref
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            gc.collect()
+            left = [type(o).__qualname__ for o in gc.garbage if "corra" in type(o).__module__]
+            assert left == []
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import gc
 import random
 from collections.abc import Mapping
 from typing import Any
@@ -1023,3 +1024,25 @@ async def test_a_request_that_comes_during_an_effect_cuts_the_next_wait_short(
         assert (paused.phase, paused.state.paused_from) == ("paused", "running")
         assert trio.current_time() < 1 and backend.launches[f"{ref.id}.1"] == 1
         await ref.kill()
+
+
+async def test_a_finished_process_leaves_nothing_for_the_cycle_collector(state):
+    # (its actor, cell, records and launch request are freed as it ends, by reference
+    # counting: a lifecycle that left them in cycles made garbage collection a fifth of it)
+    backend = ScriptedBackend({"a": [(0.01, 0)], "b": [(0.01, 0)]})
+    async with open_runtime(state_dir=state, backends={"local": backend}) as rt:
+        await (await rt.spawn_process(spec("a"))).wait()  # (what is made once, made)
+        gc.collect()
+        gc.disable()
+        try:
+            record = await (await rt.spawn_process(spec("b"))).wait()
+            await rt.processes.wait_idle()
+            assert record.phase == "finished"
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            gc.collect()
+            left = [type(o).__qualname__ for o in gc.garbage if "corra" in type(o).__module__]
+            assert left == []
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()

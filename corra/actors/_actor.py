@@ -218,7 +218,6 @@ class _ActorCell(_Cell):
         "factory",
         "mailbox",
         "messages_handled",
-        "ref",
         "stop_requested",
     )
 
@@ -236,9 +235,14 @@ class _ActorCell(_Cell):
         self.stop_requested = False
         self.busy = False
         self.current_call: _Call | None = None
-        self.ref = Ref(self)
         # The actor, once built, if it has a `main` (it drives itself); else None.
         self.driven: Actor | None = None
+
+    @property
+    def ref(self) -> Ref:
+        """A ref on this incarnation (refs are equal by cell: made when asked, so that the
+        cell and its ref are no reference cycle)."""
+        return Ref(self)
 
     def request_stop(self) -> None:
         if self.stop_requested:
@@ -329,9 +333,13 @@ class _ActorCell(_Cell):
         return handled
 
     def _close(self) -> None:
-        """Stopped: fail whatever still waits on this incarnation, refuse what comes next."""
+        """Stopped: fail whatever still waits on this incarnation, refuse what comes next,
+        and let go of the actor (which refers to its cell): an ended incarnation is freed by
+        reference counting, not left to the cyclic garbage collector."""
         self.stop_requested = True
         self.mark_stopped()
+        self.driven = None
+        self.mailbox.notify = None
         stopped = outcome.Error(ActorStopped(self.path, "stopped before answering the call"))
         if self.current_call is not None:
             self.current_call.resolve(stopped)

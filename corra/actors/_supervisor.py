@@ -119,7 +119,11 @@ class _SupervisorCell(_Cell):
         # Exits, restarts due and requests, in order; `idle` while the loop waits for one.
         self.queue = Mailbox(math.inf)
         self.nursery: trio.Nursery | None = None
-        self.ref = SupervisorRef(self)
+
+    @property
+    def ref(self) -> SupervisorRef:
+        """A ref on this incarnation (made when asked: see `_ActorCell.ref`)."""
+        return SupervisorRef(self)
 
     # -- lifecycle -------------------------------------------------------------------------
 
