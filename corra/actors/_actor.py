@@ -89,6 +89,12 @@ class Actor:
         return await self._cell.handle_waiting(self)
 
     @property
+    def has_mail(self) -> bool:
+        """True while messages wait in the mailbox: for an actor with `main`, whether
+        `handle_waiting` has anything to do (asking is cheaper than calling it)."""
+        return bool(len(self._cell.mailbox))
+
+    @property
     def stopping(self) -> bool:
         """True once this incarnation was asked to stop (`stop`, or its supervisor)."""
         return self._cell.stop_requested

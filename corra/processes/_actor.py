@@ -151,7 +151,8 @@ class ProcessActor(Actor):
         while True:
             # From here on, a request cancels the next wait: taken below, or there.
             self._interrupted = False
-            await self.handle_waiting()
+            if self.has_mail:
+                await self.handle_waiting()
             if self.stopping:
                 break
             state = self.record.state

@@ -123,6 +123,13 @@ class _Wire:
     def __init__(self) -> None:
         self.converter = _make_wire()
         self._specs: dict[str | None, Callable[[Any, Any], ProcessSpec]] = {}
+        self._tables: frozenset[str] | None = None
+
+    def tables(self) -> frozenset[str]:
+        """The names of the options tables: the installed backends that have options."""
+        if self._tables is None:
+            self._tables = frozenset(p.name for p in installed.plugins.values() if p.options)
+        return self._tables
 
     def spec_function(self, table: str | None) -> Callable[[Any, Any], ProcessSpec]:
         function = self._specs.get(table)
@@ -160,17 +167,20 @@ def parse_process_spec(data: Any, where: str = "process") -> ProcessSpec:
     Raises:
         ConfigError: naming ``where``, the field, the value and what was expected.
     """
-    if not isinstance(data, Mapping):
+    if type(data) is not dict and not isinstance(data, Mapping):
         raise ConfigError(f"{where}: expected a table of fields, got {shown_tables(data)}")
     if "argv" not in data:
         raise ConfigError(f"{where}.argv: missing; expected a non-empty list of strings")
     data = dict(data)
-    tables = [plugin.name for plugin in installed.plugins.values() if plugin.options]
-    own = data.get("backend", "local")
-    for name in tables:
-        if name != own and name in data and data[name] == {}:
-            del data[name]  # (an empty table of another backend says nothing: see below)
-    table = own if own in tables and own in data else next((t for t in tables if t in data), None)
+    table = None
+    tables = _wire.tables()
+    if not tables.isdisjoint(data):  # (most specs have no options table)
+        own = data.get("backend", "local")
+        for name in tables:
+            if name != own and name in data and data[name] == {}:
+                del data[name]  # (an empty table of another backend says nothing: see below)
+        present = sorted(tables.intersection(data))
+        table = own if own in present else next(iter(present), None)
     try:
         return _wire.spec_function(table)(data, ProcessSpec)
     except (ClassValidationError, ForbiddenExtraKeysError) as exc:

@@ -238,12 +238,13 @@ class ProcessSpec:
         # Every field checked when the value is built (and so by evolve too), in order; a
         # field left at its default (or an empty table) is valid: a spec is built for every
         # submission, and most fields of most specs are left so.
-        for name, check, expected, default, table in _CHECKED_FIELDS:
-            value = getattr(self, name)
-            if value is default or (table and type(value) is dict and not value):
-                continue
-            if not check(value):
-                raise ConfigError(f"{name}: got {shown(name, value)}, expected {expected}")
+        if not _fields_pass(self):  # (then the first field that fails, in order, is named)
+            for name, check, expected, default, table in _CHECKED_FIELDS:
+                value = getattr(self, name)
+                if value is default or (table and type(value) is dict and not value):
+                    continue
+                if not check(value):
+                    raise ConfigError(f"{name}: got {shown(name, value)}, expected {expected}")
         plugin = installed.get(self.backend)
         if self.options is None and plugin.options is not None:
             object.__setattr__(self, "options", plugin.options())
@@ -268,6 +269,31 @@ _CHECKED_FIELDS = [
     )
     for name, (check, expected) in _CHECKS.items()
 ]
+
+
+def _fields_checker() -> Callable[[ProcessSpec], bool]:
+    """Whether every field passes its check of `_CHECKS` (one left at its default, or an
+    empty table, without a call): one expression, generated once from `_CHECKED_FIELDS` as
+    attrs generates ``__init__`` (a spec is built for every submission, and a loop over the
+    fields took a sixth of a spec's submission)."""
+    namespace: dict[str, Any] = {}
+    terms = []
+    for number, (name, check, _, default, table) in enumerate(_CHECKED_FIELDS):
+        namespace[f"check{number}"], namespace[f"default{number}"] = check, default
+        value = f"spec.{name}"
+        passes = (
+            f"type({value}) is dict and not {value}" if table else f"{value} is default{number}"
+        )
+        terms.append(f"({passes} or check{number}({value}))")
+    source = (
+        "def fields_pass(spec):\n    return bool(\n        " + "\n        and ".join(terms) + ")\n"
+    )
+    exec(compile(source, "<corra ProcessSpec checks>", "exec"), namespace)
+    checker: Callable[[ProcessSpec], bool] = namespace["fields_pass"]
+    return checker
+
+
+_fields_pass = _fields_checker()
 
 
 def options_table(options: object) -> dict[str, Any]:
@@ -308,6 +334,15 @@ def _having(capability: str) -> list[str]:
     ]
 
 
+#: The fields that only the backends with a capability take.
+_PLACED = (
+    ("host", "hosts"),
+    ("inputs", "staging"),
+    ("outputs", "staging"),
+    ("outputs_dir", "staging"),
+)
+
+
 def _check_placement(spec: ProcessSpec, plugin: BackendPlugin) -> None:
     """The fields that belong to some backends only: its plug-in's capabilities decide."""
     capabilities = plugin.capabilities
@@ -316,12 +351,8 @@ def _check_placement(spec: ProcessSpec, plugin: BackendPlugin) -> None:
             f"host: missing; backend {spec.backend!r} runs the program on a host: name one of "
             "the [hosts.NAME] tables"
         )
-    for field, capability in (
-        ("host", "hosts"),
-        ("inputs", "staging"),
-        ("outputs", "staging"),
-        ("outputs_dir", "staging"),
-    ):
+    placed = spec.host or spec.inputs or spec.outputs or spec.outputs_dir  # (mostly none)
+    for field, capability in _PLACED if placed else ():
         value = getattr(spec, field)
         if value and not getattr(capabilities, capability):
             raise ConfigError(
