@@ -100,6 +100,29 @@ class Actor:
         return self._cell.stop_requested
 
     @property
+    def terminating(self) -> bool:
+        """True once its supervisor terminates this incarnation (a shutdown grace running,
+        or a brutal kill: then its scope is cancelled)."""
+        return self._cell.terminating
+
+    @property
+    def cancel_scope(self) -> trio.CancelScope:
+        """For an actor with `main`: the cancel scope it runs in, which a brutal kill
+        cancels; an actor may cancel it itself to cut a wait short (see `continue_in`)."""
+        return self._cell.scope
+
+    def continue_in(self, scope: trio.CancelScope) -> None:
+        """For an actor with `main` whose `cancel_scope` was cancelled (by the actor itself: not
+        `terminating`): ``scope``, a shielded scope the actor has entered within it, is its
+        scope from now on (termination cancels it, with the same deadline).
+
+        This is how an actor cuts its waits short without a scope of its own per wait
+        (`corra.processes._actor`): a wait runs in `cancel_scope`; `interrupt` cancels it; the
+        actor leaves the wait and goes on in a fresh shielded scope, handed over here.
+        """
+        self._cell.replace_scope(scope)
+
+    @property
     def ref(self) -> Ref:
         """The ref of this incarnation."""
         return self._cell.ref
@@ -194,6 +217,13 @@ class _Cell:
             return
         self.request_stop()
         self.scope.deadline = min(self.scope.deadline, trio.current_time() + grace)
+
+    def replace_scope(self, scope: trio.CancelScope) -> None:
+        """`Actor.continue_in`: termination cancels ``scope`` from now on."""
+        old, self.scope = self.scope, scope
+        scope.deadline = min(scope.deadline, old.deadline)
+        if self.terminating and old.cancel_called:
+            scope.cancel()
 
     def mark_stopped(self) -> None:
         self.status = "stopped"

@@ -12,11 +12,14 @@ backend has a slot free is durable as ``launching`` at once (`ProcessManager.sub
 
 Pause and kill are requests to the actor. They take effect between steps: a wait (for a slot,
 a backoff, the program's exit) is interrupted, an effect in progress (a launch, a kill, a
-write) is not. Each wait runs in a cancel scope of its own, made as the wait begins; a request
-(or a stop) that came since the actor took its requests cancels it, whether it came before the
-wait began or during it, and a wait whose scope was cancelled goes back to the requests before
-any effect. A paused process is its snapshot and nothing else: its actor ends, and a resume
-starts a fresh one at the step that was next.
+write) is not. A wait runs in the scope the actor runs in (`Actor.cancel_scope`, which the kernel
+makes for every actor anyway: a scope per wait cost a tenth of a lifecycle); a request (or a
+stop) that came since the actor took its requests cancels it, whether it came before the wait
+began or during it, and only while the actor waits. A wait whose scope was cancelled raises
+`_Interrupted` as it ends, before any effect: the drive goes back to its requests in a fresh
+shielded scope (`Actor.continue_in`), as it would after a step. A paused process is its
+snapshot and nothing else: its actor ends, and a resume starts a fresh one at the step that
+was next.
 
 A host that stops answering (`HostUnavailable` from a remote backend) pauses the process for
 its host (`corra.processes._hosts`), or fails it, as the host's policy says.
@@ -91,11 +94,11 @@ class ProcessActor(Actor):
         self.context = context
         self.record = record
         self.request: Literal["pause", "kill"] | None = None
-        # A request (or a stop) came since the actor last took its requests, or since its
-        # last wait ended: the next wait is cancelled as it begins (`interrupt`).
+        # A request (or a stop) came since the actor last took its requests: the next wait
+        # is cut short as it begins (`interrupt`).
         self._interrupted = False
-        # The scope of the wait in progress, if one is (a request cancels it).
-        self._wait: trio.CancelScope | None = None
+        # In a wait: a request cancels the actor's scope now (`interrupt`).
+        self._waiting = False
         # The key and the launch request of the current attempt, made once per attempt.
         self._key = effect_key(record) if request is None else request.key
         self._request = request
@@ -115,15 +118,28 @@ class ProcessActor(Actor):
 
     async def main(self) -> None:
         try:
-            await self._drive()
+            try:
+                await self._drive()
+                return
+            except _Interrupted:
+                pass  # (the scope the kernel made for the actor is cancelled: leave it)
+            while not self.terminating:
+                scope = trio.CancelScope(shield=True)
+                with scope:
+                    self.continue_in(scope)
+                    try:
+                        await self._drive()
+                        return
+                    except _Interrupted:
+                        pass
         finally:
             self.context.ended(self)
 
     def interrupt(self) -> None:
         # A request arrived (or a stop): cut the current or next wait short.
         self._interrupted = True
-        if self._wait is not None:
-            self._wait.cancel()
+        if self._waiting:
+            self.cancel_scope.cancel()
 
     async def handle(self, msg: Any) -> str:
         if msg not in ("pause", "kill"):
@@ -141,9 +157,9 @@ class ProcessActor(Actor):
         return request
 
     def _interruptible(self) -> _Wait:
-        """A wait that a request cuts short. Afterwards, ``cancel_called`` on the scope it
-        gives means that a request came (before or during the wait, or as it ended): take
-        it first."""
+        """A wait that a request cuts short: then it raises `_Interrupted` as it ends (a
+        request that came before or during the wait, or as it ended), and the drive takes
+        the request first."""
         return _Wait(self)
 
     async def _drive(self) -> None:
@@ -225,15 +241,14 @@ class ProcessActor(Actor):
     async def _wait_for_slot(self, state: ProcessState) -> None:
         admission = self.context.admission
         try:
-            with self._interruptible() as wait:
+            with self._interruptible():
                 if state.attempt > 1:
                     admission.leave(self.record)  # a rerun queues after its backoff
                     await trio.sleep(RETRY_BACKOFF.delay(state.attempt - 1))
                 await admission.admit(self.record, self.context.backend_for(self.record.spec))
         finally:
             admission.leave(self.record)
-        if not wait.cancel_called:
-            await self._advance("launch")
+        await self._advance("launch")
 
     async def _launch(self) -> None:
         backend = self.context.backend_for(self.record.spec)
@@ -254,12 +269,11 @@ class ProcessActor(Actor):
         backend.adopt_slot(self.key)
         lost = None
         try:
-            with self._interruptible() as wait:
+            # (cut short, the result, or the loss, is found again after the request)
+            with self._interruptible():
                 result = await backend.wait(state.handle)
         except ProgramLost as exc:
             lost = exc
-        if wait.cancel_called:
-            return  # (the result, or the loss, is found again after the request)
         if lost is not None:
             # The program may outlive its chaperone: kill what is left of it, so a rerun
             # never runs beside it.
@@ -301,32 +315,39 @@ class ProcessActor(Actor):
             await tell_backend(self.context.backend_for(record.spec), record, "pause")
 
 
-class _Wait:
-    """The cancel scope of one wait of a `ProcessActor`, as a context manager (a plain class:
-    every process waits at least once, and a generator-based one adds a generator and its
-    frames to each wait).
+class _Interrupted(BaseException):
+    """A wait was cut short by a request (or a stop): back to the requests, in a fresh scope
+    (`ProcessActor.main`). Not an `Exception`: no step's error handling takes it."""
 
-    Its scope is made as the wait begins (most steps have no wait), cancelled at once for a
-    request that came since the actor took its requests; a request during the wait cancels
-    it (`ProcessActor.interrupt`).
+
+class _Wait:
+    """One interruptible wait of a `ProcessActor`, as a context manager (a plain class: every
+    process waits at least once, and a generator-based one adds a generator and its frames to
+    each wait).
+
+    While it waits, a request cancels the actor's scope (`ProcessActor.interrupt`); one that
+    came since the actor took its requests cancels it as the wait begins. As the wait ends
+    with the scope cancelled (and the actor not terminated), it raises `_Interrupted`
+    instead of whatever the wait ended with.
     """
 
-    __slots__ = ("_actor", "_scope")
+    __slots__ = ("_actor",)
 
     def __init__(self, actor: ProcessActor) -> None:
         self._actor = actor
-        self._scope = actor._wait = trio.CancelScope()
-        if actor._interrupted:
-            self._scope.cancel()
 
-    def __enter__(self) -> trio.CancelScope:
-        return self._scope.__enter__()
+    def __enter__(self) -> None:
+        actor = self._actor
+        actor._waiting = True
+        if actor._interrupted:
+            actor.cancel_scope.cancel()
 
     def __exit__(self, *exc_info: Any) -> bool:
         actor = self._actor
-        actor._wait = None
-        actor._interrupted = False  # (a second wait in the same step waits for a new one)
-        return self._scope.__exit__(*exc_info)
+        actor._waiting = False
+        if actor.cancel_scope.cancel_called and not actor.terminating:
+            raise _Interrupted from None
+        return False
 
 
 async def tell_backend(
