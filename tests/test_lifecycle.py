@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import attrs
 import hypothesis.strategies as st
 import pytest
 from hypothesis import given, settings
@@ -10,12 +11,15 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from corra._errors import InvalidTransition
 from corra._runtime import HISTORY_CODEC, RECORD_CODEC
 from corra.processes._lifecycle import (
+    _PLAIN,
     ACTIVE,
+    EFFECTS,
     PHASES,
     TABLE,
     TERMINAL,
     ProcessState,
     Result,
+    _with_effect,
     advance,
     after_exit,
     allowed,
@@ -238,6 +242,29 @@ def test_advance_does_what_the_first_version_did(state, event, handle, reason, r
             advance(state, event, at=99.0, handle=handle, reason=reason, result=result)  # type: ignore[arg-type]
         return
     assert advance(state, event, at=99.0, handle=handle, reason=reason, result=result) == expected  # type: ignore[arg-type]
+
+
+@given(
+    states,
+    st.sampled_from([event for event in EVENTS if event not in EFFECTS]),
+    st.none() | st.dictionaries(names, st.integers(), max_size=2),
+    st.none() | texts,
+    st.none() | (results.map(lambda r: attrs.evolve(r, started_at=5.0)) | results),
+    st.none() | st.floats(0, 10),
+)
+@settings(max_examples=300, deadline=None)
+def test_a_move_without_an_effect_is_the_plain_effects(
+    state, event, handle, reason, result, started_at
+):
+    # (advance takes such moves directly, without reading an Effect: the same state)
+    state = attrs.evolve(state, started_at=started_at)
+    target = TABLE.get((state.phase, event))
+    if (state.phase, event) not in TABLE:
+        return
+    expected = _with_effect(
+        state, target, _PLAIN, at=9.0, handle=handle, reason=reason, result=result, by="user"
+    )
+    assert advance(state, event, at=9.0, handle=handle, reason=reason, result=result) == expected
 
 
 @pytest.mark.parametrize(

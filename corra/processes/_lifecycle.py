@@ -206,7 +206,41 @@ def advance(
     if key not in TABLE:
         raise InvalidTransition(process, state.phase, event)
     target = TABLE[key]
-    effect = EFFECTS.get(event, _PLAIN)
+    effect = EFFECTS.get(event)
+    if effect is None:  # (most moves: the phase moves, the handle and result given are taken)
+        started_at = state.started_at
+        if result is not None and result.started_at is not None:
+            started_at = result.started_at
+        return ProcessState(
+            target,  # type: ignore[arg-type]  # (only resume has none: it has an effect)
+            state.attempt,
+            state.paused_from,
+            state.paused_by,
+            state.handle if handle is None else handle,
+            reason,
+            state.result if result is None else result,
+            at,
+            started_at,
+        )
+    return _with_effect(
+        state, target, effect, at=at, handle=handle, reason=reason, result=result, by=by
+    )
+
+
+def _with_effect(
+    state: ProcessState,
+    target: Phase | None,
+    effect: Effect,
+    *,
+    at: float,
+    handle: Any,
+    reason: str | None,
+    result: Result | None,
+    by: PausedBy,
+) -> ProcessState:
+    """`advance` by an event with ``effect`` to ``target`` (None: where the pause left).
+    (`advance` moves without one, `_PLAIN`'s way, directly: tests/test_lifecycle.py checks
+    that both agree.)"""
     takes, clears = effect.takes, effect.clears
     # Built field by field rather than with attrs.evolve: this runs at every transition.
     if target is None:  # (resume: back where the pause left, Rule 3)
