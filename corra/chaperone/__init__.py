@@ -5,9 +5,10 @@ other relatively): the package directory is also uploaded over SSH (`remote_help
 by a remote ``python3 -I -S``. Its syntax is that of Python 3.6; before 3.8 (no
 ``os.posix_spawnp``) it starts programs with fork/exec. A chaperone is either an *own* one,
 one program's (`_own`), or the *shared* one of a root, serving every program there (`_shared`);
-see `__main__` for how each is started. `batch_job` stands apart: a self-contained script (it
-imports nothing of the package) whose source a Slurm job script carries, which runs a job's
-program as a chaperone would (its own group, TERM then KILL, an exit record).
+see `__main__` for how each is started. `batch_job` stands apart: a script whose source
+(`batch_job.source`: `_escalation`'s text, then its own; nothing else of the package) a Slurm
+job script carries, which runs a job's program as a chaperone would (its own group, TERM then
+KILL, an exit record).
 
 Rule 1: one run dir, one program, ever. A chaperone claims ``ROOT/<key>`` (RUN_DIR) with a
 ``chaperone.pid`` that names it, made exclusively, before anything runs (`_rundir` has the
@@ -20,8 +21,9 @@ stdout/stderr appended straight to RUN_DIR/stdout and RUN_DIR/stderr (`_spawn`).
 ``output_limit`` is kept by cutting the files back (`_output`).
 
 Rule 3: the chaperone enforces the timeout and kill requests: SIGTERM to the group, then
-SIGKILL to the group (and ``cgroup.kill``) after the grace period (`_run.Run`: one escalation
-for both kinds of chaperone, and for the runtime that kills a program whose chaperone is gone).
+SIGKILL to the group (and ``cgroup.kill``) after the grace period (`_escalation.Escalation`:
+one escalation for both kinds of chaperone (`_run.Run`), for the runtime that kills a program
+whose chaperone is gone, and for a Slurm job's program (`batch_job`)).
 Both hold while no runtime is connected.
 
 Rule 4: no orphans. Once the group leader has exited (seen with WNOWAIT, so its pid and pgid

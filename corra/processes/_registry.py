@@ -46,7 +46,7 @@ class Registry:
             return plugins[name]
         except (KeyError, TypeError):
             raise ConfigError(
-                f"backend: got {name!r}, expected one of {', '.join(map(repr, plugins))} "
+                f"backend: got {name!r}, expected one of {list(plugins)} "
                 f"(the installed backends: corra backends)"
             ) from None
 
