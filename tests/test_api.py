@@ -126,6 +126,7 @@ async def test_every_endpoint_but_health_wants_the_token(tmp_path):
             for method, path in [
                 ("GET", "/v1/processes"),
                 ("POST", "/v1/processes"),
+                ("POST", "/v1/processes:batch"),
                 ("GET", "/v1/processes/x"),
                 ("POST", "/v1/processes/x/pause"),
                 ("POST", "/v1/processes/x/resume"),

@@ -44,9 +44,9 @@ from corra._errors import (
 from corra.api import _metrics
 from corra.api._cache import TerminalCache
 from corra.api._events import EventLog, PhaseCounts
+from corra.api._limits import MAX_BATCH, MAX_BODY
 from corra.api._openapi import OPENAPI
 from corra.api._requests import (
-    MAX_BODY,
     ApiError,
     boolean,
     check_paths,
@@ -64,6 +64,7 @@ from corra.processes._manager import MAX_LOG_OFFSET
 from corra.processes._query import LogEntry, ProcessQuery, ProcessView
 from corra.processes._record import ProcessRecord
 from corra.processes._registry import installed
+from corra.processes._spec_content import shown_tables
 
 logger = logging.getLogger("corra.api")
 
@@ -185,6 +186,7 @@ class Api:
             Route("/metrics", self.metrics, methods=["GET"]),
             Route("/v1/backends", self.backends, methods=["GET"]),
             Route("/v1/processes", self._processes, methods=["GET", "POST"]),
+            Route("/v1/processes:batch", self.create_processes, methods=["POST"]),
             Route("/v1/processes/{id}", self.get_process, methods=["GET"]),
             Route("/v1/processes/{id}/pause", self.pause_process, methods=["POST"]),
             Route("/v1/processes/{id}/resume", self.resume_process, methods=["POST"]),
@@ -263,6 +265,28 @@ class Api:
             status_code=201 if submitted.created else 200,
             headers={"Location": f"/v1/processes/{record.id}"},
         )
+
+    async def create_processes(self, request: Request) -> Response:
+        data = parse_json(await read_body(request))
+        items = data.get("processes") if isinstance(data, dict) else None
+        if not isinstance(items, list) or set(data) != {"processes"}:
+            raise ConfigError(
+                f'body: got {shown_tables(data)}, expected {{"processes": [spec, ...]}}'
+            )
+        if not 1 <= len(items) <= MAX_BATCH:
+            raise ConfigError(f"processes: got {len(items)} specs, expected 1 to {MAX_BATCH}")
+        specs, problems = [], []
+        for index, item in enumerate(items):  # (every spec checked before any is written)
+            try:
+                specs.append(parse_process_spec(item, f"processes[{index}]"))
+                check_paths(specs[-1], f"processes[{index}]")
+            except ConfigError as exc:
+                problems.append(str(exc))
+        if problems:
+            raise ConfigError("; ".join(problems))
+        submitted = await self.manager.submit_many(specs)
+        items = [{**record_json(each.record), "created": each.created} for each in submitted]
+        return JSONResponse({"items": items})
 
     async def list_processes(self, request: Request) -> Response:
         query = request.query_params

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import corra
+from corra.api._limits import MAX_BATCH
 from corra.api._schemas import SCHEMAS, json_content, nullable, ref
 from corra.processes._lifecycle import PHASES
 from corra.processes._manager import MAX_LOG_OFFSET
@@ -222,6 +223,31 @@ OPENAPI: dict[str, Any] = {
                     },
                     "400": _BAD_QUERY,
                     "401": _UNAUTHORIZED,
+                },
+            },
+        },
+        "/v1/processes:batch": {
+            "post": {
+                "summary": f"Submit up to {MAX_BATCH} processes at once, in order (each of a "
+                "name that exists already: that one)",
+                "operationId": "createProcesses",
+                "requestBody": {"required": True, "content": json_content(ref("ProcessBatch"))},
+                "responses": {
+                    "200": {
+                        "description": "every spec was checked, then each submitted (durable)",
+                        "content": json_content(ref("Submitted")),
+                    },
+                    "400": _error("the body is not a JSON document"),
+                    "401": _UNAUTHORIZED,
+                    "408": _error("the body did not come whole within 60 s"),
+                    "409": _error("a name is taken by a process whose record is unreadable"),
+                    "413": _error("the body is over 1 MiB"),
+                    "422": _error(
+                        "a spec is not valid, or two have one name (the message names each, "
+                        "as processes[INDEX].FIELD); nothing was submitted"
+                    ),
+                    "502": _BACKEND,
+                    "503": _UNAVAILABLE,
                 },
             },
         },

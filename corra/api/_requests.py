@@ -13,15 +13,9 @@ import trio
 from starlette.requests import Request
 
 from corra._errors import ConfigError
+from corra.api._limits import BODY_TIMEOUT, MAX_BODY
 from corra.processes._spec import ProcessSpec
 from corra.processes._spec_content import abbreviated
-
-#: The largest request body accepted (413 above).
-MAX_BODY = 1 << 20
-#: Seconds a request body may take to come in whole (408 after, and the connection closes):
-#: a client sending a byte now and then would hold a connection forever. Slow enough for
-#: `MAX_BODY` at 20 KB/s.
-BODY_TIMEOUT = 60.0
 
 
 class ApiError(Exception):
@@ -76,10 +70,9 @@ def parse_json(body: bytes) -> Any:
         raise ApiError(400, "bad_request", f"the body is not JSON: {exc}") from None
 
 
-def check_paths(spec: ProcessSpec) -> None:
+def check_paths(spec: ProcessSpec, where: str = "process") -> None:
     """Local paths must be absolute: the service's working directory means nothing to a
     client."""
-    where = "process"
     if spec.backend == "local" and spec.cwd is not None and not os.path.isabs(spec.cwd):
         raise ConfigError(f"{where}.cwd: got {spec.cwd!r}, expected an absolute path")
     if spec.outputs_dir is not None and not os.path.isabs(spec.outputs_dir):

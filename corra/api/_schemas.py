@@ -14,6 +14,7 @@ from typing import Any
 
 import attrs
 
+from corra.api._limits import MAX_BATCH
 from corra.processes._backend import BackendPlugin
 from corra.processes._convert import SPEC_FIELDS
 from corra.processes._lifecycle import PHASES
@@ -355,8 +356,47 @@ _BACKEND = {
 }
 
 
+_BATCH = {
+    "type": "object",
+    "required": ["processes"],
+    "additionalProperties": False,
+    "properties": {
+        "processes": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": MAX_BATCH,
+            "items": ref("ProcessSpec"),
+        }
+    },
+}
+
+_SUBMITTED = {
+    "type": "object",
+    "required": ["items"],
+    "properties": {
+        "items": {
+            "type": "array",
+            "description": "one per spec, in order: its process, and whether it was created",
+            "items": {
+                "type": "object",
+                "required": [*_PROCESS_FIELDS, "created"],
+                "properties": {
+                    **_PROCESS_FIELDS,
+                    "created": {
+                        "type": "boolean",
+                        "description": "false: a process of this name existed (it is that one)",
+                    },
+                },
+            },
+        }
+    },
+}
+
+
 #: The document's ``components.schemas``.
 SCHEMAS: dict[str, Any] = {
+    "ProcessBatch": _BATCH,
+    "Submitted": _SUBMITTED,
     "ProcessSpec": _SPEC,
     "LocalSpec": _LOCAL_SPEC,
     "RemoteSpec": _REMOTE_SPEC,
