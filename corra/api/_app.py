@@ -21,6 +21,7 @@ import hmac
 import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -43,7 +44,7 @@ from corra._errors import (
 )
 from corra.api import _metrics
 from corra.api._cache import TerminalCache
-from corra.api._events import EventLog, PhaseCounts
+from corra.api._events import NUMBERS_FILE, EventLog, PhaseCounts
 from corra.api._limits import MAX_BATCH, MAX_BODY
 from corra.api._openapi import OPENAPI
 from corra.api._requests import (
@@ -173,7 +174,7 @@ class Api:
         self.query = ProcessQuery.of_manager(
             self.manager, functools.partial(recorded, runtime.state_dir)
         )
-        self.events = EventLog()
+        self.events = EventLog(numbers=Path(runtime.state_dir) / NUMBERS_FILE)
         self.phases = PhaseCounts()
         self.commits = _metrics.CommitLatency(self.manager.store)
         self.stopping = trio.Event()
@@ -221,6 +222,8 @@ class Api:
                 nursery.start_soon(self._count_phases)
                 task_status.started()
                 async for record, transition in transitions:
+                    if self.events.full:  # (once per RESERVED_NUMBERS events)
+                        await trio.to_thread.run_sync(self.events.reserve)
                     self.events.append(record, transition)
                     self.phases.apply(record)
                     self.commits.sample()
@@ -388,8 +391,10 @@ class Api:
         return _stream(self._events(since, follow), "events")
 
     async def _events(self, seq: int, follow: bool) -> AsyncIterator[dict[str, Any]]:
-        if seq > self.events.last_seq:
-            seq = 0  # numbered by an earlier service: everything this one has is new to it
+        gap = self.events.gap(seq)
+        if gap is not None:  # (said, never silent: then everything that is kept)
+            yield gap
+            seq = 0
         while True:
             changed = self.events.changed
             batch = self.events.since(seq)
@@ -459,13 +464,18 @@ async def open_api(runtime: Any, *, token: str) -> AsyncIterator[Api]:
         ConfigError: the token is empty, or the runtime has no state dir.
     """
     api = Api(runtime, token=token)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(lambda task_status: api.follow_transitions(task_status=task_status))
-        try:
-            yield api
-        finally:
-            api.stop()
-            nursery.cancel_scope.cancel()
+    await trio.to_thread.run_sync(api.events.open)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(lambda task_status: api.follow_transitions(task_status=task_status))
+            try:
+                yield api
+            finally:
+                api.stop()
+                nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(api.events.close)
 
 
 # -- streams -------------------------------------------------------------------------------

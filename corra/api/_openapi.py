@@ -356,14 +356,20 @@ OPENAPI: dict[str, Any] = {
                     _query(
                         "since",
                         {"type": "integer", "minimum": 0, "maximum": MAX_LOG_OFFSET, "default": 0},
-                        "the seq of the last event seen (numbers start again with each "
-                        "service: a seq beyond its last one gets all it retained)",
+                        "the seq of the last event seen (numbers are never given twice in "
+                        "a state dir; one the service cannot continue from without a gap "
+                        "is answered with an EventGap line first)",
                     ),
                 ],
                 "responses": {
                     "200": {
-                        "description": "one Event per line",
-                        "content": {"application/x-ndjson": {"schema": ref("Event")}},
+                        "description": "one Event per line (an EventGap first, if events "
+                        "after `since` are not kept)",
+                        "content": {
+                            "application/x-ndjson": {
+                                "schema": {"oneOf": [ref("Event"), ref("EventGap")]}
+                            }
+                        },
                     },
                     "400": _BAD_QUERY,
                     "401": _UNAUTHORIZED,

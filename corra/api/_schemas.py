@@ -292,12 +292,30 @@ _LOG_ENTRY = {
     },
 }
 
+_EVENT_GAP = {
+    "type": "object",
+    "description": "The first line of a stream whose `since` the service cannot continue "
+    "from without a gap (events after it are not kept: the service restarted, or more than "
+    "it keeps happened since); everything it keeps follows.",
+    "required": ["gap", "since", "next_seq", "reason"],
+    "properties": {
+        "gap": {"type": "boolean", "enum": [True]},
+        "since": {"type": "integer"},
+        "next_seq": {"type": "integer", "description": "the number of the next line's event"},
+        "reason": {"type": "string"},
+    },
+}
+
 _EVENT = {
     "type": "object",
     "description": "One line of the NDJSON event stream: a process's transition.",
     "required": ["seq", "at", "id", "name", "event", "source", "target", "attempt", "reason"],
     "properties": {
-        "seq": {"type": "integer", "minimum": 1, "description": "numbered since start"},
+        "seq": {
+            "type": "integer",
+            "minimum": 1,
+            "description": "never given twice in one state dir, across services",
+        },
         "at": _TIME,
         "id": {"type": "string"},
         "name": {"type": "string"},
@@ -406,6 +424,7 @@ SCHEMAS: dict[str, Any] = {
     "Transition": _TRANSITION,
     "LogEntry": _LOG_ENTRY,
     "Event": _EVENT,
+    "EventGap": _EVENT_GAP,
     "Error": _ERROR,
     "Backend": _BACKEND,
     "BackendField": _BACKEND_FIELD,
