@@ -37,6 +37,7 @@ import lmdb
 import trio
 
 from corra._errors import ConfigError, StoreError
+from corra.persistence._indexes import IndexTerm, encode_terms
 from corra.persistence._lmdb import (
     Environment,
     Reads,
@@ -57,6 +58,7 @@ from corra.persistence._writes import (
     Delete,
     PendingSave,
     RebuildActiveIndex,
+    RebuildIndexes,
     SetAside,
     Stop,
     Write,
@@ -146,11 +148,14 @@ class Store(Reads):
         active: bool | None = None,
         after: PendingSave | None = None,
         shielded: bool = False,
+        indexes: Sequence[IndexTerm] | None = None,
     ) -> None:
         """In one transaction: make ``snapshot`` the latest snapshot of ``process_id``;
         append ``transition`` (or each of ``transitions``, in order) to its history; claim
         ``name`` for it; put ``process_id`` in the ``active`` index (``active=True``) or take
-        it out (``active=False``; None leaves the index as it is). Returns once all of it is
+        it out (``active=False``; None leaves the index as it is); make ``indexes`` its terms
+        in the secondary indexes (`corra.persistence._indexes`; None: keep the last ones,
+        empty: none). Returns once all of it is
         durable; a checkpoint (see the class for cancellation; ``shielded``: once queued, it
         returns only when the write is done, as if in a shielded cancel scope, and a
         cancellation is delivered at the next checkpoint).
@@ -165,7 +170,9 @@ class Store(Reads):
             ConfigError: ``process_id`` or ``name`` cannot be a key (empty, a NUL, too long).
             TypeError: ``snapshot`` or a transition is not bytes, ``active`` not a bool.
         """
-        write = self._save_write(process_id, snapshot, transition, transitions, name, active, after)
+        write = self._save_write(
+            process_id, snapshot, transition, transitions, name, active, after, indexes
+        )
         write.shielded = shielded
         # `_submit`, inlined: a save is what every transition of every process waits for.
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -187,6 +194,7 @@ class Store(Reads):
         name: str | None = None,
         active: bool | None = None,
         after: PendingSave | None = None,
+        indexes: Sequence[IndexTerm] | None = None,
     ) -> PendingSave:
         """Queue the same save as `save` and return at once, without waiting for it: the
         writer commits it in order with the others. Watch ``done`` and ``error`` on what it
@@ -196,7 +204,9 @@ class Store(Reads):
             StoreError: the store is closed or read-only (nothing was queued).
             ConfigError, TypeError: as `save`.
         """
-        write = self._save_write(process_id, snapshot, transition, transitions, name, active, after)
+        write = self._save_write(
+            process_id, snapshot, transition, transitions, name, active, after, indexes
+        )
         self._check_accepting()
         self._queue.put(write)
         return write
@@ -210,6 +220,7 @@ class Store(Reads):
         name: str | None,
         active: bool | None,
         after: PendingSave | None,
+        indexes: Sequence[IndexTerm] | None = None,
     ) -> PendingSave:
         if active is not None and type(active) is not bool:
             raise TypeError(f"active must be a bool or None, not {type(active).__name__}")
@@ -240,6 +251,7 @@ class Store(Reads):
             None if name is None else key_of(name, "name"),
             active,
             after,
+            None if indexes is None else encode_terms(indexes),
         )
 
     async def claim_name(self, name: str, process_id: str) -> str:
@@ -266,8 +278,8 @@ class Store(Reads):
         await self._submit(SetAside(process_key(process_id), require_bytes(raw, "raw"), reason))
 
     async def delete(self, process_id: str) -> None:
-        """Remove every trace of ``process_id``: snapshot, history, names, quarantine entry.
-        A checkpoint. Finding its names reads every name: deletes are meant to be rare.
+        """Remove every trace of ``process_id``: snapshot, history, names, quarantine entry,
+        index entries (and counts). A checkpoint. Finding its names reads every name.
 
         Raises:
             StoreError: the transaction failed, or the store is closed or read-only.
@@ -292,6 +304,18 @@ class Store(Reads):
         if not callable(is_active):
             raise TypeError(f"is_active must be callable, not {type(is_active).__name__}")
         result: int = await self._submit(RebuildActiveIndex(is_active))
+        return result
+
+    async def rebuild_indexes(
+        self, describe: Callable[[bytes], tuple[bool, Sequence[IndexTerm]]]
+    ) -> int:
+        """Build the ``active`` index and the secondary indexes from every snapshot, as
+        `rebuild_active_index` does (its notes hold): ``describe(snapshot)`` says whether it
+        is active and gives its terms. Then `has_indexes` is True. Returns how many ids are
+        active. A checkpoint; `StoreError` as `rebuild_active_index`."""
+        if not callable(describe):
+            raise TypeError(f"describe must be callable, not {type(describe).__name__}")
+        result: int = await self._submit(RebuildIndexes(describe))
         return result
 
     def _check_accepting(self) -> None:
