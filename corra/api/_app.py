@@ -60,6 +60,7 @@ from corra.api._wire import detail_json, record_json
 from corra.backends.recorded import recorded
 from corra.processes._convert import parse_process_spec
 from corra.processes._lifecycle import PHASES
+from corra.processes._listing import Selection
 from corra.processes._manager import MAX_LOG_OFFSET
 from corra.processes._query import LogEntry, ProcessQuery, ProcessView
 from corra.processes._record import ProcessRecord
@@ -185,6 +186,7 @@ class Api:
             Route("/metrics", self.metrics, methods=["GET"]),
             Route("/v1/backends", self.backends, methods=["GET"]),
             Route("/v1/processes", self._processes, methods=["GET", "POST"]),
+            Route("/v1/processes:counts", self.count_processes, methods=["GET"]),
             Route("/v1/processes/{id}", self.get_process, methods=["GET"]),
             Route("/v1/processes/{id}/pause", self.pause_process, methods=["POST"]),
             Route("/v1/processes/{id}/resume", self.resume_process, methods=["POST"]),
@@ -267,28 +269,32 @@ class Api:
     async def list_processes(self, request: Request) -> Response:
         query = request.query_params
         known_only(query, "phase", "name", "label", "limit", "cursor")
-        phase = single(query, "phase")
-        if phase is not None and phase not in PHASES:
-            raise ApiError(400, "bad_request", f"phase: got {phase!r}, expected one of {PHASES}")
+        phases = tuple(query.getlist("phase"))
+        for phase in phases:
+            if phase not in PHASES:
+                raise ApiError(
+                    400, "bad_request", f"phase: got {phase!r}, expected one of {PHASES}"
+                )
         name = single(query, "name")
-        labels = {}
+        labels = []
         for label in query.getlist("label"):
             key, equals, value = label.partition("=")
             if not equals or not key:
                 raise ApiError(400, "bad_request", f"label: got {label!r}, expected KEY=VALUE")
-            labels[key] = value
+            labels.append((key, value))
         limit = integer(query, "limit", DEFAULT_LIMIT, minimum=1, maximum=MAX_LIMIT)
         cursor = single(query, "cursor")
+        selection = Selection(phases=phases, labels=tuple(labels), name=name)
         try:
-            page = await self.query.list(
-                phase=phase, name=name, labels=labels, cursor=cursor, limit=limit
-            )
-        except NoSuchProcess:
-            raise ApiError(
-                400, "bad_request", f"cursor: got {cursor!r}, not a process id"
-            ) from None
+            page = await self.query.list(selection, cursor=cursor, limit=limit)
+        except ConfigError as exc:  # (a cursor that is not one of this listing's)
+            raise ApiError(400, "bad_request", str(exc)) from None
         items = [record_json(view.record, view.recorded) for view in page.items]
         return JSONResponse({"items": items, "next_cursor": page.next_cursor})
+
+    async def count_processes(self, request: Request) -> Response:
+        known_only(request.query_params)
+        return JSONResponse({"phases": await self.query.phase_counts()})
 
     async def get_process(self, request: Request) -> Response:
         known_only(request.query_params, "show_env")
