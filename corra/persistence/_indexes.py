@@ -3,20 +3,22 @@
 The store knows no process: a save hands it the record's index terms, each an
 ``(index, group, order)`` triple (`IndexTerm`) that the caller computed from the record:
 
-- ``index``: a short name (``"phase"``), without NUL;
+- ``index``: a short name (``"phase"``);
 - ``group``: what is selected and counted (``b"running"``, ``b"team=infra"``, ``b""`` for
-  an index of one group), without NUL;
+  an index of one group);
 - ``order``: where the record sorts within the group; with the group, unique per record
   (the caller puts the record's id at its end).
 
+None of the three holds NUL or SOH (``\x01``), which separate them where they are stored.
+
 Layout (named databases of `corra.persistence._lmdb`):
 
-- ``terms``: process id -> the terms it last wrote (`encode_terms`), so that the next save
+- ``terms``: process id -> the entries it last wrote (`encode_terms`), so that the next save
   replaces them and ``delete`` and ``set_aside`` remove them;
 - ``index``: ``index NUL group NUL order`` -> process id;
 - ``counts``: ``index NUL group`` -> how many processes are in the group (8 bytes, big-endian),
-  moved by every save that changes a term: counting a group never scans it. A group that
-  empties is removed.
+  moved by the saves that change a term (once per transaction: `flush_counts`): counting a
+  group never scans it. A group that empties is removed.
 
 A page (`read_page`) walks one or more ranges of ``index`` in the order of what follows each
 range's prefix (the *position*), merged, from just after a position: a position is a key, not
@@ -39,6 +41,7 @@ from corra._errors import ConfigError, StoreError
 IndexTerm: TypeAlias = tuple[str, bytes, bytes]
 
 _SEP: Final = b"\x00"
+_TERM_SEP: Final = b"\x01"
 #: LMDB's key limit (`corra.persistence._lmdb`), which an index entry must fit.
 _MAX_KEY_BYTES: Final = 511
 _INDEX_NAMES: dict[str, bytes] = {}
@@ -47,67 +50,68 @@ _INDEX_NAMES: dict[str, bytes] = {}
 def _index_name(index: str) -> bytes:
     encoded = _INDEX_NAMES.get(index)
     if encoded is None:
-        if not isinstance(index, str) or not index or "\x00" in index:
-            raise ConfigError(f"index: got {index!r}, expected a name without NUL")
+        if not isinstance(index, str) or not index or "\x00" in index or "\x01" in index:
+            raise ConfigError(f"index: got {index!r}, expected a name without NUL or SOH")
         encoded = _INDEX_NAMES[index] = index.encode()
     return encoded
 
 
 def encode_terms(terms: Sequence[IndexTerm]) -> bytes:
-    """The terms as stored in ``terms``: per term, the lengths of its count key (``index NUL
-    group``) and of its order (2 bytes each), then both. Checked here, on the caller's side.
+    """The terms as stored in ``terms``: their entry keys (``index NUL group NUL order``),
+    joined by SOH (so that splitting them again is one C call: a save at every transition
+    of every process does it). Checked here, on the caller's side.
 
     Raises:
-        ConfigError: an index or group holds NUL, or an entry is longer than a key may be.
+        ConfigError: an index, group or order holds NUL or SOH, or an entry is longer than
+            a key may be.
         TypeError: a group or order is not bytes.
     """
-    parts = []
-    for index, group, order in terms:
-        if type(group) is not bytes or type(order) is not bytes:
-            raise TypeError(f"index {index!r}: group and order must be bytes")
-        if _SEP in group:
-            raise ConfigError(f"index {index!r}: group {group!r} holds NUL")
-        counted = _index_name(index) + _SEP + group
-        if len(counted) + 1 + len(order) > _MAX_KEY_BYTES:
-            raise ConfigError(f"index {index!r}: entry longer than {_MAX_KEY_BYTES} bytes")
-        parts.append(len(counted).to_bytes(2, "big") + len(order).to_bytes(2, "big"))
-        parts.append(counted)
-        parts.append(order)
-    return b"".join(parts)
+    if not terms:
+        return b""
+    try:
+        entries = [
+            _index_name(index) + _SEP + group + _SEP + order for index, group, order in terms
+        ]
+    except TypeError:
+        raise TypeError("an index term's group and order must be bytes") from None
+    blob = _TERM_SEP.join(entries)
+    if blob.count(_SEP) != 2 * len(entries) or blob.count(_TERM_SEP) != len(entries) - 1:
+        raise ConfigError(f"index terms: a group or order holds NUL or SOH: {terms!r}")
+    if max(map(len, entries)) > _MAX_KEY_BYTES:
+        raise ConfigError(f"index terms: an entry is longer than {_MAX_KEY_BYTES} bytes")
+    return blob
 
 
-def _split(blob: bytes) -> set[tuple[bytes, bytes]]:
-    """``(count key, entry key)`` of every term of a blob of `encode_terms`."""
-    out = set()
-    position = 0
-    end = len(blob)
-    while position < end:
-        counted_length = int.from_bytes(blob[position : position + 2], "big")
-        order_length = int.from_bytes(blob[position + 2 : position + 4], "big")
-        position += 4
-        counted = blob[position : position + counted_length]
-        position += counted_length
-        out.add((counted, counted + _SEP + blob[position : position + order_length]))
-        position += order_length
-    return out
+def _counted(entry: bytes) -> bytes:
+    """The count key of an entry: ``index NUL group`` (the order holds no NUL)."""
+    return entry[: entry.rindex(_SEP)]
 
 
 def decode_terms(blob: bytes) -> tuple[IndexTerm, ...]:
     """The terms of a blob of `encode_terms`."""
     out = []
-    for counted, entry in _split(blob):
-        index, _, group = counted.partition(_SEP)
-        out.append((index.decode(), group, entry[len(counted) + 1 :]))
-    return tuple(sorted(out))
+    for entry in blob.split(_TERM_SEP):
+        index, group, order = entry.split(_SEP)
+        out.append((index.decode(), group, order))
+    return tuple(out)
 
 
-def _count(txn: lmdb.Transaction, counts: Any, key: bytes, delta: int) -> None:
-    stored = txn.get(key, db=counts)
-    value = (0 if stored is None else int.from_bytes(stored, "big")) + delta
-    if value > 0:
-        txn.put(key, value.to_bytes(8, "big"), db=counts)
-    else:
-        txn.delete(key, db=counts)
+def flush_counts(txn: lmdb.Transaction, databases: Any) -> None:
+    """Apply the count changes of the transaction's writes (`replace_terms` gathers them in
+    ``databases.count_deltas``: a batch of saves moves each count once, not once per save);
+    the writer calls it last in every transaction, and clears them before each."""
+    deltas = databases.count_deltas
+    counts = databases.counts
+    for key, delta in deltas.items():
+        if not delta:
+            continue
+        stored = txn.get(key, db=counts)
+        value = (0 if stored is None else int.from_bytes(stored, "big")) + delta
+        if value > 0:
+            txn.put(key, value.to_bytes(8, "big"), db=counts)
+        else:
+            txn.delete(key, db=counts)
+    deltas.clear()
 
 
 def replace_terms(txn: lmdb.Transaction, databases: Any, process: bytes, blob: bytes) -> None:
@@ -116,15 +120,17 @@ def replace_terms(txn: lmdb.Transaction, databases: Any, process: bytes, blob: b
     old = txn.get(process, db=databases.terms)
     if old == blob:
         return
-    before = _split(old) if old else set()
-    after = _split(blob)
-    index, counts = databases.index, databases.counts
-    for counted, entry in before - after:
+    before = set(old.split(_TERM_SEP)) if old else set()
+    after = set(blob.split(_TERM_SEP)) if blob else set()
+    index, deltas = databases.index, databases.count_deltas
+    for entry in before - after:
         txn.delete(entry, db=index)
-        _count(txn, counts, counted, -1)
-    for counted, entry in after - before:
+        key = _counted(entry)
+        deltas[key] = deltas.get(key, 0) - 1
+    for entry in after - before:
         txn.put(entry, process, db=index)
-        _count(txn, counts, counted, 1)
+        key = _counted(entry)
+        deltas[key] = deltas.get(key, 0) + 1
     if blob:
         txn.put(process, blob, db=databases.terms)
     else:
@@ -146,7 +152,8 @@ def rebuild(
     the writer's transaction; returns how many ids are active."""
     for database in (databases.active, databases.terms, databases.index, databases.counts):
         txn.drop(database, delete=False)
-    counted: dict[bytes, int] = {}
+    counted = databases.count_deltas  # (what writes before it in the batch moved is gone)
+    counted.clear()
     active = 0
     for process, snapshot in txn.cursor(db=databases.snapshots):
         is_active, terms = describe(snapshot)
@@ -157,12 +164,11 @@ def rebuild(
         if not blob:
             continue
         txn.put(process, blob, db=databases.terms)
-        for key, entry in _split(blob):
+        for entry in blob.split(_TERM_SEP):
             txn.put(entry, process, db=databases.index)
+            key = _counted(entry)
             counted[key] = counted.get(key, 0) + 1
-    for key, value in counted.items():
-        txn.put(key, value.to_bytes(8, "big"), db=databases.counts)
-    return active
+    return active  # (the counts are written by `flush_counts`, from zero)
 
 
 # Reads -------------------------------------------------------------------------------------

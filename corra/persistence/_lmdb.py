@@ -174,6 +174,8 @@ class Databases:
     """None for a store of format 1 or 2 opened read-only, as ``index`` and ``counts``."""
     index: Any
     counts: Any
+    count_deltas: dict[bytes, int] = attrs.field(factory=dict, eq=False, repr=False)
+    """The writer's count changes in the transaction under way (`_indexes.flush_counts`)."""
     next_history: dict[bytes, int] = attrs.field(factory=dict, eq=False, repr=False)
     """The writer's memory of the next history sequence number of the processes it wrote
     lately (see `corra.persistence._store`); never read by readers."""

@@ -30,14 +30,14 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import attrs
 import lmdb
 import trio
 
 from corra._errors import ConfigError, StoreError
-from corra.persistence._indexes import IndexTerm, encode_terms
+from corra.persistence._indexes import IndexTerm, encode_terms, flush_counts
 from corra.persistence._lmdb import (
     Environment,
     Reads,
@@ -63,11 +63,7 @@ from corra.persistence._writes import (
     Stop,
     Write,
 )
-
-#: Limits on one write transaction, so that a burst of writes cannot outgrow LMDB's
-#: dirty-page limit; what is left over goes into the next transaction.
-_MAX_BATCH_WRITES: Final = 10_000
-_MAX_BATCH_BYTES: Final = 64 << 20
+from corra.persistence._writes import next_batch as _next_batch
 
 
 @attrs.frozen
@@ -291,11 +287,10 @@ class Store(Reads):
         ``is_active(snapshot)``; then `has_active_index` is True. For a store written by a
         corra that kept no index; returns how many ids are in it. A checkpoint.
 
-        It is one write transaction, so no save can slip between the scan and the index,
-        and it reads every snapshot: other writes wait until it is done. ``is_active`` runs
-        in the writer thread. It should not raise (say True for a snapshot that cannot be
-        decoded, so that a scan of the active ones finds it and sets it aside): if it does,
-        the transaction fails, with the writes batched with it.
+        One write transaction (no save slips between the scan and the index) that reads
+        every snapshot: other writes wait. ``is_active`` runs in the writer thread and should
+        not raise (say True for a snapshot that cannot be decoded, so that a scan of the
+        active ones sets it aside): if it does, the transaction fails, with its batch.
 
         Raises:
             StoreError: the transaction failed (nothing of it was written), or the store is
@@ -428,18 +423,21 @@ class Store(Reads):
 
     def _commit(self, batch: list[Write]) -> None:
         environment = self._environment()
+        databases = environment.databases
         started = time.perf_counter()
         try:
             while True:
                 for write in batch:
                     write.result = write.error = None
+                databases.count_deltas.clear()  # (from a transaction that failed)
                 try:
                     with environment.env.begin(write=True) as txn:
                         for write in batch:
                             try:
-                                write.result = write.apply(txn, environment.databases)
+                                write.result = write.apply(txn, databases)
                             except StoreError as exc:  # refused before it changed anything
                                 write.error = exc
+                        flush_counts(txn, databases)
                     break
                 except lmdb.MapFullError:
                     self._grow(environment)
@@ -512,17 +510,6 @@ class Store(Reads):
             if self._writer_lock is not None:
                 os.close(self._writer_lock)
                 self._writer_lock = None
-
-
-def _next_batch(backlog: collections.deque[Write]) -> list[Write]:
-    batch = [backlog.popleft()]
-    size = batch[0].size()
-    while backlog and len(batch) < _MAX_BATCH_WRITES:
-        size += backlog[0].size()
-        if size > _MAX_BATCH_BYTES:
-            break
-        batch.append(backlog.popleft())
-    return batch
 
 
 def _wake(writes: list[Write]) -> None:

@@ -8,6 +8,7 @@ anything to fail alone (`corra.persistence._store`, Rule 2).
 from __future__ import annotations
 
 import base64
+import collections
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +27,11 @@ from corra.persistence._lmdb import (
     mark_active_index_complete,
     text,
 )
+
+#: Limits on one write transaction, so that a burst of writes cannot outgrow LMDB's
+#: dirty-page limit; what is left over goes into the next transaction.
+MAX_BATCH_WRITES: Final = 10_000
+MAX_BATCH_BYTES: Final = 64 << 20
 
 
 class Write:
@@ -257,6 +263,18 @@ class RebuildIndexes(Write):
         active = rebuild(txn, databases, self.describe)
         mark_active_index_complete(txn, databases, INDEXES_FORMAT)
         return active
+
+
+def next_batch(backlog: collections.deque[Write]) -> list[Write]:
+    """The writes of the next transaction, oldest first, within the limits."""
+    batch = [backlog.popleft()]
+    size = batch[0].size()
+    while backlog and len(batch) < MAX_BATCH_WRITES:
+        size += backlog[0].size()
+        if size > MAX_BATCH_BYTES:
+            break
+        batch.append(backlog.popleft())
+    return batch
 
 
 class Stop:

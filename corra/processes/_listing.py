@@ -37,13 +37,13 @@ from corra.processes._terms import (
     LABEL,
     NAME,
     PHASE,
-    SEPARATOR,
     IndexTerm,
     label_group,
     phase_group,
     record_terms,
 )
 
+_SEP = b"\x00"  # (as the store lays entries out: `corra.persistence._indexes`)
 Accept = Callable[[tuple[IndexTerm, ...]], bool]
 
 
@@ -199,14 +199,14 @@ class MemoryIndex:
             self._records[record.id] = record
             terms = self._terms[record.id] = record_terms(record)
             for index, group, order in terms:
-                entries.append((index.encode() + SEPARATOR + group + SEPARATOR + order, record.id))
-                self._counts[index.encode() + SEPARATOR + group] += 1
+                entries.append((index.encode() + _SEP + group + _SEP + order, record.id))
+                self._counts[index.encode() + _SEP + group] += 1
         entries.sort()
         self._keys = [key for key, _ in entries]
         self._ids = [process for _, process in entries]
 
     def index_counts(self, index: str) -> dict[bytes, int]:
-        prefix = index.encode() + SEPARATOR
+        prefix = index.encode() + _SEP
         return {
             key[len(prefix) :]: count
             for key, count in self._counts.items()
@@ -223,7 +223,7 @@ class MemoryIndex:
     ) -> IndexPage:
         found: list[tuple[bytes, str]] = []
         for selected in ranges:
-            prefix = selected.index.encode() + SEPARATOR + selected.prefix
+            prefix = selected.index.encode() + _SEP + selected.prefix
             start = bisect.bisect_left(self._keys, prefix)
             for key, process in zip(self._keys[start:], self._ids[start:], strict=True):
                 if not key.startswith(prefix):

@@ -36,17 +36,21 @@ IndexTerm = tuple[str, bytes, bytes]
 MAX_LABEL_GROUP: Final = 256
 _TIME = struct.Struct(">d")  # (big-endian IEEE 754 sorts as the numbers do, for times >= 0)
 _PHASE_GROUPS: Final = {phase: phase.encode() for phase in PHASES}
-SEPARATOR: Final = b"\x00"
+#: After a name in its order: below every character a name may hold, so that ``job1`` comes
+#: before ``job10`` (the store keeps NUL and SOH for itself).
+NAME_END: Final = b"\x02"
+_RESERVED: Final = (b"\x00", b"\x01")
 
 
 def time_position(at: float) -> bytes:
-    """A time as the start of a position: sorts as the times do (times are >= 0)."""
-    return _TIME.pack(at if at > 0.0 else 0.0)
+    """A time as the start of a position: 16 hex digits that sort as the times do (times
+    are >= 0), with no byte the store keeps for itself."""
+    return _TIME.pack(at if at > 0.0 else 0.0).hex().encode()
 
 
 def creation_position(record: ProcessRecord) -> bytes:
     """Where a record sorts in creation order (unique: the id is its end)."""
-    return _TIME.pack(record.created_at) + record.id.encode("utf-8", "surrogateescape")
+    return time_position(record.created_at) + record.id.encode("utf-8", "surrogateescape")
 
 
 def phase_group(phase: str) -> bytes:
@@ -54,9 +58,9 @@ def phase_group(phase: str) -> bytes:
 
 
 def label_group(key: str, value: str) -> bytes:
-    """The group of a ``key=value`` label (a digest if long or holding NUL)."""
+    """The group of a ``key=value`` label (a digest if long, or holding NUL or SOH)."""
     text = f"{key}={value}".encode("utf-8", "surrogateescape")
-    if len(text) > MAX_LABEL_GROUP or SEPARATOR in text:
+    if len(text) > MAX_LABEL_GROUP or _RESERVED[0] in text or _RESERVED[1] in text:
         return b"\xff" + hashlib.sha256(text).hexdigest().encode()
     return text
 
@@ -78,11 +82,11 @@ def record_terms(record: ProcessRecord) -> tuple[IndexTerm, ...]:
     terms: list[IndexTerm] = [
         (CREATED, b"", position),
         (PHASE, _PHASE_GROUPS[state.phase], position),
-        (NAME, b"", name + SEPARATOR + position),
+        (NAME, b"", name + NAME_END + position),
     ]
     if spec.labels:
         for key, value in spec.labels.items():
             terms.append((LABEL, label_group(key, value), position))
     if state.phase in TERMINAL:
-        terms.append((ENDED, b"", _TIME.pack(ended_at(record)) + position))
+        terms.append((ENDED, b"", time_position(ended_at(record)) + position))
     return tuple(terms)
