@@ -20,7 +20,6 @@ import trio
 
 from corra._runtime import open_runtime
 from corra.api import MAX_BODY, OPENAPI, Listen, open_api, serve_api
-from corra.api._events import PhaseCounts
 from corra.api._files import load_token, parse_listen, socket_address
 from corra.processes._query import Utf8Chunks
 
@@ -670,38 +669,6 @@ async def test_metrics_in_prometheus_text(tmp_path):
         assert 'corra_mailbox_depth{supervisor="/processes"}' not in samples  # none active
         assert all(name.startswith("corra_") for name in samples)
         await http.post("/v1/processes/paused-one/kill")
-
-
-async def test_phase_counts_started_before_their_scan_count_nothing_twice(tmp_path):
-    # Transitions that arrive while the scan runs are replayed on it, skipping those it saw.
-    async with open_runtime(state_dir=tmp_path, durable=False) as runtime:
-        manager = runtime.processes
-        counts = PhaseCounts()
-        with manager.subscribe() as transitions:
-            ref = await runtime.spawn_process(["true"], name="a")
-            await ref.wait()
-            for _ in range(4):
-                record, _ = transitions.receive_nowait()
-                counts.apply(record)
-            counts.seed(manager.list())
-            ref2 = await runtime.spawn_process(["sh", "-c", "exit 1"], name="b")
-            await ref2.wait()
-            while True:
-                try:
-                    record, _ = transitions.receive_nowait()
-                except trio.WouldBlock:
-                    break
-                counts.apply(record)
-        assert dict(counts.counts()) | {} == {
-            "created": 0,
-            "launching": 0,
-            "running": 0,
-            "paused": 0,
-            "killing": 0,
-            "finished": 1,
-            "failed": 1,
-            "killed": 0,
-        }
 
 
 async def test_the_openapi_document_is_served_and_names_every_route(tmp_path):

@@ -43,7 +43,7 @@ from corra._errors import (
 )
 from corra.api import _metrics
 from corra.api._cache import TerminalCache
-from corra.api._events import EventLog, PhaseCounts
+from corra.api._events import EventLog
 from corra.api._openapi import OPENAPI
 from corra.api._requests import (
     MAX_BODY,
@@ -174,7 +174,6 @@ class Api:
             self.manager, functools.partial(recorded, runtime.state_dir)
         )
         self.events = EventLog()
-        self.phases = PhaseCounts()
         self.commits = _metrics.CommitLatency(self.manager.store)
         self.stopping = trio.Event()
         """Set when the service stops: streams end, so that their clients reconnect."""
@@ -214,24 +213,13 @@ class Api:
     # -- transitions -----------------------------------------------------------------------
 
     async def follow_transitions(self, *, task_status: trio.TaskStatus[None]) -> None:
-        """Record every transition (events, counts); runs until cancelled. Subscribed when
-        it has started; the phases are counted once a scan of the store is in."""
+        """Record every transition (events, commit latencies); runs until cancelled.
+        Subscribed when it has started."""
         with self.manager.subscribe(buffer=1 << 16) as transitions:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._count_phases)
-                task_status.started()
-                async for record, transition in transitions:
-                    self.events.append(record, transition)
-                    self.phases.apply(record)
-                    self.commits.sample()
-
-    async def _count_phases(self) -> None:
-        try:
-            records = await trio.to_thread.run_sync(self.manager.list)
-        except CorraError as exc:
-            logger.warning("cannot count the processes per phase: %s", exc)
-            return
-        self.phases.seed(records)
+            task_status.started()
+            async for record, transition in transitions:
+                self.events.append(record, transition)
+                self.commits.sample()
 
     # -- endpoints -------------------------------------------------------------------------
 
@@ -242,7 +230,12 @@ class Api:
         return JSONResponse(OPENAPI)
 
     async def metrics(self, request: Request) -> Response:
-        text = await _metrics.render(self.runtime, self.events, self.phases, self.commits)
+        try:  # (the counts the store keeps as processes move: no scan)
+            phases: dict[str, int] | None = await self.query.phase_counts()
+        except CorraError as exc:
+            logger.warning("cannot count the processes per phase: %s", exc)
+            phases = None
+        text = await _metrics.render(self.runtime, self.events, phases, self.commits)
         return Response(text, media_type=_metrics.CONTENT_TYPE)
 
     async def backends(self, request: Request) -> Response:

@@ -1,18 +1,16 @@
 """What the service remembers of the transitions it saw: the recent ones, numbered (for
-``GET /v1/events``), how many of each event (for ``/metrics``), and how many processes are in
-each phase (a scan of the store at start, then kept up to date by the transitions)."""
+``GET /v1/events``) and how many of each event (for ``/metrics``; the processes per phase are
+the store's counts)."""
 
 from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Iterable, Iterator
 from typing import Any
 
 import trio
 
 from corra.api._wire import event_json
-from corra.processes._lifecycle import PHASES, TERMINAL
 from corra.processes._record import ProcessRecord, Transition
 
 logger = logging.getLogger("corra.api")
@@ -50,48 +48,3 @@ class EventLog:
         if missing >= len(self._events):
             return list(self._events)
         return list(self._events)[-missing:]
-
-
-class PhaseCounts:
-    """Processes per phase: seeded by a scan of the store, then moved by the transitions.
-
-    Transitions that arrive before the scan is in are kept and replayed on it, skipping
-    those the scan already saw (by the record's time), so none is counted twice.
-    Terminal processes are only counted (they never move again); the others are kept by id.
-    """
-
-    def __init__(self) -> None:
-        self.seeded = False
-        self._pending: list[ProcessRecord] = []
-        self._live: dict[str, str] = {}
-        self._terminal: collections.Counter[str] = collections.Counter()
-
-    def apply(self, record: ProcessRecord) -> None:
-        if not self.seeded:
-            self._pending.append(record)
-            return
-        self._move(record.id, record.phase)
-
-    def seed(self, records: Iterable[ProcessRecord]) -> None:
-        seen: dict[str, float] = {}
-        for record in records:
-            seen[record.id] = record.state.updated_at
-            self._move(record.id, record.phase)
-        for record in self._pending:
-            if seen.get(record.id, -1.0) < record.state.updated_at:
-                self._move(record.id, record.phase)
-        self._pending = []
-        self.seeded = True
-
-    def _move(self, process_id: str, phase: str) -> None:
-        if phase in TERMINAL:  # (once per process: no event leaves a terminal phase)
-            self._live.pop(process_id, None)
-            self._terminal[phase] += 1
-        else:
-            self._live[process_id] = phase
-
-    def counts(self) -> Iterator[tuple[str, int]]:
-        """``(phase, processes)`` for every phase, zeros included."""
-        live = collections.Counter(self._live.values())
-        for phase in PHASES:
-            yield phase, live[phase] + self._terminal[phase]
