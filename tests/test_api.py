@@ -20,7 +20,6 @@ import trio
 
 from corra._runtime import open_runtime
 from corra.api import MAX_BODY, OPENAPI, Listen, open_api, serve_api
-from corra.api._events import PhaseCounts
 from corra.api._files import load_token, parse_listen, socket_address
 from corra.processes._query import Utf8Chunks
 
@@ -391,6 +390,57 @@ async def test_list_filters_and_pages(tmp_path):
             assert next(iter(params)) in response.json()["message"]
 
 
+async def test_list_any_of_phases_a_name_prefix_counts_and_a_cursor_while_writing(tmp_path):
+    async with serving(tmp_path) as served:
+        http = served.http
+        for index in range(6):
+            await submit(http, ["sh", "-c", f"exit {index % 2}"], name=f"job-{index}")
+        await submit(http, ["sleep", "60"], name="sleeper")
+        for index in range(6):
+            await wait_for(http, f"job-{index}", "finished", "failed")
+        await wait_for(http, "sleeper", "running")
+
+        def names(response: httpx.Response) -> list[str]:
+            assert response.status_code == 200, response.text
+            return [item["name"] for item in response.json()["items"]]
+
+        # phases: any of them, in creation order
+        either = await http.get("/v1/processes", params=[("phase", "failed"), ("phase", "running")])
+        assert names(either) == ["job-1", "job-3", "job-5", "sleeper"]
+        # a name prefix, in name order
+        await submit(http, ["true"], name="job-10")
+        await wait_for(http, "job-10", "finished")
+        prefixed = await http.get("/v1/processes", params={"name": "job-1"})
+        assert names(prefixed) == ["job-1", "job-10"]
+        # counts per phase, kept by the store
+        counts = (await http.get("/v1/processes:counts")).json()
+        assert counts == {
+            "phases": {
+                "created": 0,
+                "launching": 0,
+                "running": 1,
+                "paused": 0,
+                "killing": 0,
+                "finished": 4,
+                "failed": 3,
+                "killed": 0,
+            }
+        }
+        # a cursor names a place in the order: processes written meanwhile do not shift it
+        first = (await http.get("/v1/processes", params={"limit": 3})).json()
+        assert [item["name"] for item in first["items"]] == ["job-0", "job-1", "job-2"]
+        await http.post("/v1/processes/sleeper/kill")
+        await submit(http, ["true"], name="late")
+        rest = await http.get(
+            "/v1/processes", params={"limit": 100, "cursor": first["next_cursor"]}
+        )
+        assert names(rest) == ["job-3", "job-4", "job-5", "sleeper", "job-10", "late"]
+        # a cursor of one order is refused by a listing of the other
+        by_name = (await http.get("/v1/processes", params={"name": "job", "limit": 1})).json()
+        wrong = await http.get("/v1/processes", params={"cursor": by_name["next_cursor"]})
+        assert wrong.status_code == 400 and "cursor" in wrong.json()["message"]
+
+
 # -- logs --------------------------------------------------------------------------------------
 
 
@@ -621,38 +671,6 @@ async def test_metrics_in_prometheus_text(tmp_path):
         assert 'corra_mailbox_depth{supervisor="/processes"}' not in samples  # none active
         assert all(name.startswith("corra_") for name in samples)
         await http.post("/v1/processes/paused-one/kill")
-
-
-async def test_phase_counts_started_before_their_scan_count_nothing_twice(tmp_path):
-    # Transitions that arrive while the scan runs are replayed on it, skipping those it saw.
-    async with open_runtime(state_dir=tmp_path, durable=False) as runtime:
-        manager = runtime.processes
-        counts = PhaseCounts()
-        with manager.subscribe() as transitions:
-            ref = await runtime.spawn_process(["true"], name="a")
-            await ref.wait()
-            for _ in range(4):
-                record, _ = transitions.receive_nowait()
-                counts.apply(record)
-            counts.seed(manager.list())
-            ref2 = await runtime.spawn_process(["sh", "-c", "exit 1"], name="b")
-            await ref2.wait()
-            while True:
-                try:
-                    record, _ = transitions.receive_nowait()
-                except trio.WouldBlock:
-                    break
-                counts.apply(record)
-        assert dict(counts.counts()) | {} == {
-            "created": 0,
-            "launching": 0,
-            "running": 0,
-            "paused": 0,
-            "killing": 0,
-            "finished": 1,
-            "failed": 1,
-            "killed": 0,
-        }
 
 
 async def test_the_openapi_document_is_served_and_names_every_route(tmp_path):

@@ -44,7 +44,7 @@ from corra._errors import (
 )
 from corra.api import _metrics
 from corra.api._cache import TerminalCache
-from corra.api._events import NUMBERS_FILE, EventLog, PhaseCounts
+from corra.api._events import NUMBERS_FILE, EventLog
 from corra.api._limits import MAX_BATCH, MAX_BODY
 from corra.api._openapi import OPENAPI
 from corra.api._requests import (
@@ -61,6 +61,7 @@ from corra.api._wire import detail_json, record_json
 from corra.backends.recorded import recorded
 from corra.processes._convert import parse_process_spec
 from corra.processes._lifecycle import PHASES
+from corra.processes._listing import Selection
 from corra.processes._manager import MAX_LOG_OFFSET
 from corra.processes._query import LogEntry, ProcessQuery, ProcessView
 from corra.processes._record import ProcessRecord
@@ -175,7 +176,6 @@ class Api:
             self.manager, functools.partial(recorded, runtime.state_dir)
         )
         self.events = EventLog(numbers=Path(runtime.state_dir) / NUMBERS_FILE)
-        self.phases = PhaseCounts()
         self.commits = _metrics.CommitLatency(self.manager.store)
         self.stopping = trio.Event()
         """Set when the service stops: streams end, so that their clients reconnect."""
@@ -188,6 +188,7 @@ class Api:
             Route("/v1/backends", self.backends, methods=["GET"]),
             Route("/v1/processes", self._processes, methods=["GET", "POST"]),
             Route("/v1/processes:batch", self.create_processes, methods=["POST"]),
+            Route("/v1/processes:counts", self.count_processes, methods=["GET"]),
             Route("/v1/processes/{id}", self.get_process, methods=["GET"]),
             Route("/v1/processes/{id}/pause", self.pause_process, methods=["POST"]),
             Route("/v1/processes/{id}/resume", self.resume_process, methods=["POST"]),
@@ -215,26 +216,15 @@ class Api:
     # -- transitions -----------------------------------------------------------------------
 
     async def follow_transitions(self, *, task_status: trio.TaskStatus[None]) -> None:
-        """Record every transition (events, counts); runs until cancelled. Subscribed when
-        it has started; the phases are counted once a scan of the store is in."""
+        """Record every transition (events, commit latencies); runs until cancelled.
+        Subscribed when it has started."""
         with self.manager.subscribe(buffer=1 << 16) as transitions:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._count_phases)
-                task_status.started()
-                async for record, transition in transitions:
-                    if self.events.full:  # (once per RESERVED_NUMBERS events)
-                        await trio.to_thread.run_sync(self.events.reserve)
-                    self.events.append(record, transition)
-                    self.phases.apply(record)
-                    self.commits.sample()
-
-    async def _count_phases(self) -> None:
-        try:
-            records = await trio.to_thread.run_sync(self.manager.list)
-        except CorraError as exc:
-            logger.warning("cannot count the processes per phase: %s", exc)
-            return
-        self.phases.seed(records)
+            task_status.started()
+            async for record, transition in transitions:
+                if self.events.full:  # (once per RESERVED_NUMBERS events)
+                    await trio.to_thread.run_sync(self.events.reserve)
+                self.events.append(record, transition)
+                self.commits.sample()
 
     # -- endpoints -------------------------------------------------------------------------
 
@@ -245,7 +235,12 @@ class Api:
         return JSONResponse(OPENAPI)
 
     async def metrics(self, request: Request) -> Response:
-        text = await _metrics.render(self.runtime, self.events, self.phases, self.commits)
+        try:  # (the counts the store keeps as processes move: no scan)
+            phases: dict[str, int] | None = await self.query.phase_counts()
+        except CorraError as exc:
+            logger.warning("cannot count the processes per phase: %s", exc)
+            phases = None
+        text = await _metrics.render(self.runtime, self.events, phases, self.commits)
         return Response(text, media_type=_metrics.CONTENT_TYPE)
 
     async def backends(self, request: Request) -> Response:
@@ -294,28 +289,32 @@ class Api:
     async def list_processes(self, request: Request) -> Response:
         query = request.query_params
         known_only(query, "phase", "name", "label", "limit", "cursor")
-        phase = single(query, "phase")
-        if phase is not None and phase not in PHASES:
-            raise ApiError(400, "bad_request", f"phase: got {phase!r}, expected one of {PHASES}")
+        phases = tuple(query.getlist("phase"))
+        for phase in phases:
+            if phase not in PHASES:
+                raise ApiError(
+                    400, "bad_request", f"phase: got {phase!r}, expected one of {PHASES}"
+                )
         name = single(query, "name")
-        labels = {}
+        labels = []
         for label in query.getlist("label"):
             key, equals, value = label.partition("=")
             if not equals or not key:
                 raise ApiError(400, "bad_request", f"label: got {label!r}, expected KEY=VALUE")
-            labels[key] = value
+            labels.append((key, value))
         limit = integer(query, "limit", DEFAULT_LIMIT, minimum=1, maximum=MAX_LIMIT)
         cursor = single(query, "cursor")
+        selection = Selection(phases=phases, labels=tuple(labels), name=name)
         try:
-            page = await self.query.list(
-                phase=phase, name=name, labels=labels, cursor=cursor, limit=limit
-            )
-        except NoSuchProcess:
-            raise ApiError(
-                400, "bad_request", f"cursor: got {cursor!r}, not a process id"
-            ) from None
+            page = await self.query.list(selection, cursor=cursor, limit=limit)
+        except ConfigError as exc:  # (a cursor that is not one of this listing's)
+            raise ApiError(400, "bad_request", str(exc)) from None
         items = [record_json(view.record, view.recorded) for view in page.items]
         return JSONResponse({"items": items, "next_cursor": page.next_cursor})
+
+    async def count_processes(self, request: Request) -> Response:
+        known_only(request.query_params)
+        return JSONResponse({"phases": await self.query.phase_counts()})
 
     async def get_process(self, request: Request) -> Response:
         known_only(request.query_params, "show_env")

@@ -1,6 +1,6 @@
 """What the service remembers of the transitions it saw: the recent ones, numbered (for
-``GET /v1/events``), how many of each event (for ``/metrics``), and how many processes are in
-each phase (a scan of the store at start, then kept up to date by the transitions)."""
+``GET /v1/events``) and how many of each event (for ``/metrics``; the processes per phase are
+the store's counts)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import collections
 import json
 import logging
 import time
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,6 @@ import trio
 
 from corra._statedir import write_private
 from corra.api._wire import event_json
-from corra.processes._lifecycle import PHASES, TERMINAL
 from corra.processes._record import ProcessRecord, Transition
 
 logger = logging.getLogger("corra.api")
@@ -138,48 +136,3 @@ def _gap(seq: int, first: int, reason: str) -> dict[str, Any]:
         "next_seq": first,
         "reason": f"events after {seq} are missing: {reason}; list the processes to catch up",
     }
-
-
-class PhaseCounts:
-    """Processes per phase: seeded by a scan of the store, then moved by the transitions.
-
-    Transitions that arrive before the scan is in are kept and replayed on it, skipping
-    those the scan already saw (by the record's time), so none is counted twice.
-    Terminal processes are only counted (they never move again); the others are kept by id.
-    """
-
-    def __init__(self) -> None:
-        self.seeded = False
-        self._pending: list[ProcessRecord] = []
-        self._live: dict[str, str] = {}
-        self._terminal: collections.Counter[str] = collections.Counter()
-
-    def apply(self, record: ProcessRecord) -> None:
-        if not self.seeded:
-            self._pending.append(record)
-            return
-        self._move(record.id, record.phase)
-
-    def seed(self, records: Iterable[ProcessRecord]) -> None:
-        seen: dict[str, float] = {}
-        for record in records:
-            seen[record.id] = record.state.updated_at
-            self._move(record.id, record.phase)
-        for record in self._pending:
-            if seen.get(record.id, -1.0) < record.state.updated_at:
-                self._move(record.id, record.phase)
-        self._pending = []
-        self.seeded = True
-
-    def _move(self, process_id: str, phase: str) -> None:
-        if phase in TERMINAL:  # (once per process: no event leaves a terminal phase)
-            self._live.pop(process_id, None)
-            self._terminal[phase] += 1
-        else:
-            self._live[process_id] = phase
-
-    def counts(self) -> Iterator[tuple[str, int]]:
-        """``(phase, processes)`` for every phase, zeros included."""
-        live = collections.Counter(self._live.values())
-        for phase in PHASES:
-            yield phase, live[phase] + self._terminal[phase]

@@ -182,11 +182,24 @@ OPENAPI: dict[str, Any] = {
                 },
             },
             "get": {
-                "summary": "Processes, oldest first, a page at a time",
+                "summary": "Processes, a page at a time: oldest first (by name with a name "
+                "prefix); only the page's records are read",
                 "operationId": "listProcesses",
                 "parameters": [
-                    _query("phase", {"type": "string", "enum": list(PHASES)}, "only this phase"),
-                    _query("name", {"type": "string"}, "only the process of this name"),
+                    {
+                        **_query(
+                            "phase",
+                            {"type": "array", "items": {"type": "string", "enum": list(PHASES)}},
+                            "only processes in this phase (repeat: in any of them)",
+                        ),
+                        "style": "form",
+                        "explode": True,
+                    },
+                    _query(
+                        "name",
+                        {"type": "string"},
+                        "only processes whose name starts with this (listed by name)",
+                    ),
                     {
                         **_query(
                             "label",
@@ -204,7 +217,7 @@ OPENAPI: dict[str, Any] = {
                     _query(
                         "cursor",
                         {"type": "string"},
-                        "the next_cursor of the previous page",
+                        "the next_cursor of the previous page (with the same filters)",
                     ),
                 ],
                 "responses": {
@@ -250,6 +263,37 @@ OPENAPI: dict[str, Any] = {
                     "503": _UNAVAILABLE,
                 },
             },
+        },
+        "/v1/processes:counts": {
+            "get": {
+                "summary": "How many processes there are in each phase (kept by the store: "
+                "no scan)",
+                "operationId": "countProcesses",
+                "responses": {
+                    "200": {
+                        "description": "every phase, zeros too",
+                        "content": json_content(
+                            {
+                                "type": "object",
+                                "required": ["phases"],
+                                "properties": {
+                                    "phases": {
+                                        "type": "object",
+                                        "required": list(PHASES),
+                                        "properties": {
+                                            phase: {"type": "integer", "minimum": 0}
+                                            for phase in PHASES
+                                        },
+                                        "additionalProperties": False,
+                                    }
+                                },
+                            }
+                        ),
+                    },
+                    "400": _BAD_QUERY,
+                    "401": _UNAUTHORIZED,
+                },
+            }
         },
         "/v1/processes/{id}": {
             "get": {

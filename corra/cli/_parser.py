@@ -126,12 +126,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     submit.add_argument("--json", action="store_true", help="print the records as JSON")
 
-    ps = commands.add_parser("ps", parents=[state, client], help="list processes")
-    ps.add_argument("--json", action="store_true")
-    ps.add_argument("--phase", choices=PHASES, help="only processes in this phase")
-    ps.add_argument(
-        "--label", action="append", default=[], metavar="KEY=VALUE", help="only with this label"
+    ps = commands.add_parser(
+        "ps",
+        parents=[state, client],
+        help="list processes (the active ones, and counts per phase)",
+        description="List processes, oldest first: the active ones (not finished, failed or "
+        "killed) unless --all or --phase says otherwise, then how many there are per phase. "
+        "Only what is listed is read, whatever the state dir holds.",
     )
+    ps.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"items": [...], "next_cursor": ...} as GET /v1/processes does',
+    )
+    ps.add_argument("-a", "--all", action="store_true", help="every process, in any phase")
+    ps.add_argument(
+        "--phase",
+        action="append",
+        default=[],
+        choices=PHASES,
+        help="only processes in this phase (repeat: in any of them)",
+    )
+    ps.add_argument(
+        "-l",
+        "--label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only processes with this label (repeat: with all of them)",
+    )
+    ps.add_argument("--name", metavar="PREFIX", help="only names that start so (listed by name)")
+    ps.add_argument("--limit", type=_positive, metavar="N", help="at most N processes")
+    ps.add_argument(
+        "--cursor", help="go on after the last of a listing (the next_cursor --json printed)"
+    )
+    ps.add_argument("-q", "--quiet", action="store_true", help="only the ids, one per line")
 
     show = commands.add_parser(
         "show", parents=[state, client], help="one process: spec, state, result, history"
@@ -187,6 +216,16 @@ def runtime_options(args: argparse.Namespace) -> int:
         return DEFAULT_OUTPUT_LIMIT
     check_output_limit("--output-limit", args.output_limit)
     return int(args.output_limit)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"got {text!r}, expected an integer >= 1")
+    return value
 
 
 def parse_label(text: str) -> tuple[str, str]:

@@ -128,6 +128,11 @@ class ProcessManager:
         return sorted_records(self._journal.store, self._journal.codec)[0]
 
     @property
+    def codec(self) -> RecordCodec:
+        """The records' codec (to decode what is read from `store`)."""
+        return self._journal.codec
+
+    @property
     def store(self) -> RecordStore:
         """The store the processes live in (for its statistics; write through the manager)."""
         return self._journal.store
