@@ -244,6 +244,33 @@ async def test_pages_stay_right_while_processes_are_written(tmp_path):
         assert Counter(seen).most_common(1)[0][1] == 1
 
 
+async def test_a_deleted_process_leaves_the_listings_and_the_counts(tmp_path):
+    # (what `corra rm` stands on: `Store.delete` takes a process out of every index)
+    async with open_runtime(
+        state_dir=tmp_path, durable=False, backends={"local": InstantBackend()}
+    ) as runtime:
+        await fill(runtime, 9)
+        manager = runtime.processes
+        query = ProcessQuery.of_manager(manager, lambda record: None)
+        gone = [manager.get(name).id for name in ("job000", "job004", "job005")]
+        for process_id in gone:
+            await manager.store.delete(process_id)
+        assert await every_page(query, Selection(), 2) == [
+            name for name in expected(Selection(), 9) if name not in ("job000", "job004", "job005")
+        ]
+        assert await every_page(query, Selection(labels=(("gpu", "1"),)), 2) == []
+        assert await every_page(query, Selection(name="job00"), 2) == [
+            "job001",
+            "job002",
+            "job003",
+            "job006",
+            "job007",
+            "job008",
+        ]
+        counts = await query.phase_counts()
+        assert (counts["failed"], counts["finished"]) == (2, 4)
+
+
 def drop_indexes(state_dir: Path) -> None:
     """Make the store one that an older corra wrote (format 2: no secondary indexes)."""
     env = lmdb.open(str(state_dir / "state.lmdb"), max_dbs=16)
