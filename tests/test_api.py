@@ -9,6 +9,7 @@ import json
 import ssl
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -435,6 +436,22 @@ async def test_list_any_of_phases_a_name_prefix_counts_and_a_cursor_while_writin
             "/v1/processes", params={"limit": 100, "cursor": first["next_cursor"]}
         )
         assert names(rest) == ["job-3", "job-4", "job-5", "sleeper", "job-10", "late"]
+        # times: created or ended at or after, before (epoch seconds); ended: by their end
+        await wait_for(http, "late", "finished")
+        await wait_for(http, "sleeper", "killed")
+        now = time.time()
+        ended = await http.get("/v1/processes", params={"ended_after": now - 3600})
+        assert sorted(names(ended)) == sorted(
+            ["job-0", "job-1", "job-2", "job-3", "job-4", "job-5", "job-10", "sleeper", "late"]
+        )
+        late = await http.get(
+            "/v1/processes", params={"created_after": now - 3600, "created_before": 1e10}
+        )
+        assert len(names(late)) == 9
+        assert names(await http.get("/v1/processes", params={"created_before": 1})) == []
+        for bad in ("-1", "nan", "soon", "1e12"):
+            response = await http.get("/v1/processes", params={"ended_before": bad})
+            assert response.status_code == 400 and "ended_before" in response.json()["message"]
         # a cursor of one order is refused by a listing of the other
         by_name = (await http.get("/v1/processes", params={"name": "job", "limit": 1})).json()
         wrong = await http.get("/v1/processes", params={"cursor": by_name["next_cursor"]})

@@ -5,6 +5,7 @@ combine; the same from the state dir and through the service."""
 from __future__ import annotations
 
 import json
+from datetime import datetime
 
 import pytest
 from test_api_service import Service, corra
@@ -81,6 +82,17 @@ def check_listings(state) -> None:
     assert len(limited) == 1 + 2 + 3 and limited[-1].startswith("(more: --cursor ")
     refused = corra(state, "ps", "--limit", "0")
     assert refused.returncode == 2 and "expected an integer >= 1" in refused.stderr
+    # times: how long ago, or a date; an end time lists the terminal ones by their end
+    ended, _ = listing(state, "--ended-after", "1h")
+    assert sorted(ended) == sorted(everything[:4]) and len(ended) == 4
+    assert listing(state, "--ended-before", "2000-01-01") == ([], None)
+    assert listing(state, "-a", "--created-after", "1h", "-l", "team=a") == (
+        ["fetch-a", "train-a"],
+        None,
+    )
+    assert listing(state, "-a", "--created-before", "1h") == ([], None)
+    bad = corra(state, "ps", "--ended-after", "yesterday")
+    assert bad.returncode == 2 and "how long ago (90s, 30m, 12h, 7d)" in bad.stderr
 
 
 def test_ps_from_the_state_dir_and_through_the_service(tmp_path):
@@ -99,3 +111,19 @@ def test_ps_from_the_state_dir_and_through_the_service(tmp_path):
     with Service(state) as service:
         assert corra(state, "kill", "nap").returncode == 0
         service.stop()
+
+
+def test_when_reads_durations_dates_and_epoch_seconds():
+    from corra.cli._parser import when
+
+    now = 1_800_000_000.0
+    assert when("90s", now) == now - 90
+    assert when("30m", now) == now - 1800
+    assert when("1.5h", now) == now - 5400
+    assert when("7d", now) == now - 7 * 86400
+    assert when("1796371200", now) == 1796371200.0
+    assert when("2026-12-01T08:30+00:00", now) == 1796113800.0
+    assert when("2026-12-01", now) == datetime(2026, 12, 1).timestamp()
+    for text in ("yesterday", "-5m", "nan", ""):
+        with pytest.raises(Exception, match="how long ago"):
+            when(text, now)

@@ -117,6 +117,85 @@ def expected(selection: Selection, count: int) -> list[str]:
     return out  # (creation order is name order here)
 
 
+def truth(records: list[Any], selection: Selection) -> list[str]:
+    """What ``selection`` lists of ``records`` (all of them, decoded), in its order."""
+
+    def ended(record: Any) -> float | None:
+        if record.phase not in ("finished", "failed", "killed"):
+            return None
+        result = record.state.result
+        return result.ended_at if result and result.ended_at else record.state.updated_at
+
+    def within(at: float | None, low: float | None, high: float | None) -> bool:
+        if at is None:
+            return low is None and high is None
+        return (low is None or at >= low) and (high is None or at < high)
+
+    chosen = [
+        record
+        for record in records
+        if (not selection.phases or record.phase in selection.phases)
+        and all(record.spec.labels.get(key) == value for key, value in selection.labels)
+        and (selection.name is None or record.name.startswith(selection.name))
+        and within(record.created_at, selection.created_after, selection.created_before)
+        and (
+            not selection.ended
+            or within(ended(record), selection.ended_after, selection.ended_before)
+        )
+    ]
+    if selection.name is not None:
+        chosen.sort(key=lambda record: (record.name, record.created_at, record.id))
+    elif selection.ended:
+        chosen.sort(key=lambda record: (ended(record), record.created_at, record.id))
+    else:
+        chosen.sort(key=lambda record: (record.created_at, record.id))
+    return [record.name for record in chosen]
+
+
+def timed_selections(records: list[Any]) -> list[Selection]:
+    """Selections by creation and end time, with times of ``records`` (in creation order)."""
+    created = [record.created_at for record in records]
+    ended = sorted(record.state.updated_at for record in records)
+    return [
+        Selection(created_after=created[20]),
+        Selection(created_before=created[33], phases=("failed",)),
+        Selection(created_after=created[5], created_before=created[40], labels=(("team", "a"),)),
+        Selection(ended_after=ended[30]),
+        Selection(ended_before=ended[10], labels=(("team", "b"),)),
+        Selection(ended_after=ended[3], ended_before=ended[50], name="job0"),
+        Selection(ended_after=ended[0], created_before=created[12], phases=("finished",)),
+    ]
+
+
+async def test_time_bounds_select_by_creation_and_end(tmp_path):
+    async with open_runtime(
+        state_dir=tmp_path, durable=False, backends={"local": InstantBackend()}
+    ) as runtime:
+        await fill(runtime, 60)
+        manager = runtime.processes
+        records = manager.list()
+        codec = CountingCodec(manager._journal.codec)
+        manager._journal.codec = codec
+        query = ProcessQuery.of_manager(manager, lambda record: None)
+        for selection in timed_selections(records):
+            for limit in (3, 100):
+                codec.decoded = 0
+                names = await every_page(query, selection, limit)
+                assert names == truth(records, selection), (selection, limit)
+                assert 0 < len(names) < 60 and codec.decoded == len(names), selection
+    with open_store_readonly(tmp_path) as store:
+        assert store.has_indexes()
+    drop_indexes(tmp_path)  # the same from a store read whole
+    with open_store_readonly(tmp_path) as store:
+        query = ProcessQuery(
+            StateDirSource(store, RECORD_CODEC, HISTORY_CODEC, lambda r: None, None)
+        )  # type: ignore[arg-type]
+        for selection in timed_selections(records):
+            assert await every_page(query, selection, 7) == truth(records, selection)
+    with pytest.raises(ConfigError, match="created_after"):
+        Selection(created_after=-1.0)
+
+
 async def test_a_page_decodes_its_records_and_no_other(tmp_path):
     async with open_runtime(
         state_dir=tmp_path, durable=False, backends={"local": InstantBackend()}
@@ -163,6 +242,33 @@ async def test_pages_stay_right_while_processes_are_written(tmp_path):
         # nothing repeated, nothing skipped, the new ones at the end
         assert seen == [f"job{index:03}" for index in range(45)]
         assert Counter(seen).most_common(1)[0][1] == 1
+
+
+async def test_a_deleted_process_leaves_the_listings_and_the_counts(tmp_path):
+    # (what `corra rm` stands on: `Store.delete` takes a process out of every index)
+    async with open_runtime(
+        state_dir=tmp_path, durable=False, backends={"local": InstantBackend()}
+    ) as runtime:
+        await fill(runtime, 9)
+        manager = runtime.processes
+        query = ProcessQuery.of_manager(manager, lambda record: None)
+        gone = [manager.get(name).id for name in ("job000", "job004", "job005")]
+        for process_id in gone:
+            await manager.store.delete(process_id)
+        assert await every_page(query, Selection(), 2) == [
+            name for name in expected(Selection(), 9) if name not in ("job000", "job004", "job005")
+        ]
+        assert await every_page(query, Selection(labels=(("gpu", "1"),)), 2) == []
+        assert await every_page(query, Selection(name="job00"), 2) == [
+            "job001",
+            "job002",
+            "job003",
+            "job006",
+            "job007",
+            "job008",
+        ]
+        counts = await query.phase_counts()
+        assert (counts["failed"], counts["finished"]) == (2, 4)
 
 
 def drop_indexes(state_dir: Path) -> None:

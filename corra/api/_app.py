@@ -51,6 +51,7 @@ from corra.api._requests import (
     ApiError,
     boolean,
     check_paths,
+    epoch_seconds,
     integer,
     known_only,
     parse_json,
@@ -288,7 +289,8 @@ class Api:
 
     async def list_processes(self, request: Request) -> Response:
         query = request.query_params
-        known_only(query, "phase", "name", "label", "limit", "cursor")
+        times = ("created_after", "created_before", "ended_after", "ended_before")
+        known_only(query, "phase", "name", "label", "limit", "cursor", *times)
         phases = tuple(query.getlist("phase"))
         for phase in phases:
             if phase not in PHASES:
@@ -304,7 +306,8 @@ class Api:
             labels.append((key, value))
         limit = integer(query, "limit", DEFAULT_LIMIT, minimum=1, maximum=MAX_LIMIT)
         cursor = single(query, "cursor")
-        selection = Selection(phases=phases, labels=tuple(labels), name=name)
+        bounds = {field: epoch_seconds(query, field) for field in times}
+        selection = Selection(phases=phases, labels=tuple(labels), name=name, **bounds)
         try:
             page = await self.query.list(selection, cursor=cursor, limit=limit)
         except ConfigError as exc:  # (a cursor that is not one of this listing's)

@@ -15,6 +15,8 @@ from corra.processes._lifecycle import PHASES
 from corra.processes._manager import MAX_LOG_OFFSET
 from corra.processes._spec_content import HIDDEN
 
+_SIDES = {"after": "at or after", "before": "before"}
+
 
 def _error(description: str) -> dict[str, Any]:
     return {"description": description, "content": json_content(ref("Error"))}
@@ -218,6 +220,16 @@ OPENAPI: dict[str, Any] = {
                         "cursor",
                         {"type": "string"},
                         "the next_cursor of the previous page (with the same filters)",
+                    ),
+                    *(
+                        _query(
+                            f"{what}_{side}",
+                            {"type": "number", "minimum": 0},
+                            f"only processes {what} {_SIDES[side]} this time (epoch seconds)"
+                            + (": terminal ones, listed by their end" if what == "ended" else ""),
+                        )
+                        for what in ("created", "ended")
+                        for side in ("after", "before")
                     ),
                 ],
                 "responses": {

@@ -100,6 +100,21 @@ def single(query: Any, name: str) -> str | None:
     return values[0] if values else None
 
 
+def epoch_seconds(query: Any, name: str) -> float | None:
+    """A time query parameter: seconds since the epoch (a number >= 0), or None if absent."""
+    text = single(query, name)
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (0 <= value < 1e11):  # (NaN and infinities fail too)
+        shown = abbreviated(text, 40)
+        raise ApiError(400, "bad_request", f"{name}: got {shown}, expected epoch seconds >= 0")
+    return value
+
+
 def integer(query: Any, name: str, default: int, *, minimum: int, maximum: int) -> int:
     """An integer query parameter, within its bounds (every one has both: a number past
     what a file offset or a C integer holds must never reach the code that reads logs)."""

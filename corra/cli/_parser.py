@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import datetime
+import time
 from pathlib import Path
 
 import corra
@@ -161,6 +163,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--cursor", help="go on after the last of a listing (the next_cursor --json printed)"
     )
     ps.add_argument("-q", "--quiet", action="store_true", help="only the ids, one per line")
+    for what in ("created", "ended"):
+        for side, words in (("after", "at or after"), ("before", "before")):
+            ps.add_argument(
+                f"--{what}-{side}",
+                type=when,
+                metavar="WHEN",
+                help=f"only processes {what} {words} WHEN: a time (2026-12-01, "
+                "2026-12-01T08:30, epoch seconds) or how long ago (90s, 30m, 12h, 7d)"
+                + (" (terminal ones, listed by their end)" if what == "ended" else ""),
+            )
 
     show = commands.add_parser(
         "show", parents=[state, client], help="one process: spec, state, result, history"
@@ -216,6 +228,38 @@ def runtime_options(args: argparse.Namespace) -> int:
         return DEFAULT_OUTPUT_LIMIT
     check_output_limit("--output-limit", args.output_limit)
     return int(args.output_limit)
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def when(text: str, now: float | None = None) -> float:
+    """A time of --created-after and friends, as epoch seconds: how long ago (``30m``, ``7d``),
+    an ISO 8601 date or time (local time unless it says its zone), or epoch seconds."""
+    text = text.strip()
+    now = time.time() if now is None else now
+    unit = _UNITS.get(text[-1:])
+    if unit is not None:
+        try:
+            amount = float(text[:-1])
+        except ValueError:
+            amount = -1.0
+        if 0 <= amount < 1e9:
+            return max(0.0, now - amount * unit)
+    try:
+        value = float(text)
+    except ValueError:
+        pass
+    else:
+        if 0 <= value < 1e11:
+            return value
+    try:
+        return datetime.datetime.fromisoformat(text).timestamp()
+    except (ValueError, OverflowError, OSError):
+        raise argparse.ArgumentTypeError(
+            f"got {text!r}, expected a time (2026-12-01, 2026-12-01T08:30, epoch seconds) or "
+            "how long ago (90s, 30m, 12h, 7d)"
+        ) from None
 
 
 def _positive(text: str) -> int:

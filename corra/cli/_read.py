@@ -48,14 +48,17 @@ async def _read_state_dir(state_dir: Path, read: Callable[[ProcessQuery], Awaita
 
 #: Processes asked for per page when `corra ps` reads many (the API's most).
 PS_PAGE = 1000
+_TIMES = ("created_after", "created_before", "ended_after", "ended_before")
 
 
 def ps(args: argparse.Namespace, state_dir: Path) -> int:
     labels = tuple(parse_label(text) for text in args.label)
     phases = tuple(dict.fromkeys(args.phase))
-    if not phases and not args.all:
+    ended = args.ended_after is not None or args.ended_before is not None
+    if not phases and not args.all and not ended:  # (an end time: the terminal ones)
         phases = tuple(phase for phase in PHASES if phase not in TERMINAL)
-    selection = Selection(phases=phases, labels=labels, name=args.name)
+    bounds = {field: getattr(args, field) for field in _TIMES}
+    selection = Selection(phases=phases, labels=labels, name=args.name, **bounds)
 
     def via_service(client: Client) -> int:
         params: dict[str, Any] = {}
@@ -65,6 +68,7 @@ def ps(args: argparse.Namespace, state_dir: Path) -> int:
             params["label"] = [f"{key}={value}" for key, value in labels]
         if args.name is not None:
             params["name"] = args.name
+        params.update((field, at) for field, at in bounds.items() if at is not None)
         items: list[dict[str, Any]] = []
         cursor = args.cursor
         while True:

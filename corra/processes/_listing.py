@@ -34,6 +34,7 @@ from corra.processes._lifecycle import PHASES
 from corra.processes._record import ProcessRecord
 from corra.processes._terms import (
     CREATED,
+    ENDED,
     LABEL,
     NAME,
     PHASE,
@@ -41,6 +42,7 @@ from corra.processes._terms import (
     label_group,
     phase_group,
     record_terms,
+    time_position,
 )
 
 _SEP = b"\x00"  # (as the store lays entries out: `corra.persistence._indexes`)
@@ -55,11 +57,28 @@ class Selection:
     phases: tuple[str, ...] = ()
     labels: tuple[tuple[str, str], ...] = ()
     name: str | None = None
+    created_after: float | None = None
+    """Created at or after this time (epoch seconds); ``created_before``: strictly before."""
+    created_before: float | None = None
+    ended_after: float | None = None
+    """Ended (terminal) at or after this time; ``ended_before``: strictly before. Either
+    selects terminal processes only, listed in the order of their end."""
+    ended_before: float | None = None
 
     def __attrs_post_init__(self) -> None:
         for phase in self.phases:
             if phase not in PHASES:
                 raise ConfigError(f"phase: got {phase!r}, expected one of {', '.join(PHASES)}")
+        for field in ("created_after", "created_before", "ended_after", "ended_before"):
+            value = getattr(self, field)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0
+            ):
+                raise ConfigError(f"{field}: got {value!r}, expected epoch seconds >= 0")
+
+    @property
+    def ended(self) -> bool:
+        return self.ended_after is not None or self.ended_before is not None
 
 
 @attrs.frozen
@@ -67,52 +86,122 @@ class Plan:
     """How to read a selection: the ranges to walk, in which order, and what to check."""
 
     order: str
-    """``c`` (creation) or ``n`` (name)."""
+    """``c`` (creation), ``n`` (name) or ``e`` (end)."""
     ranges: tuple[IndexRange, ...]
     accept: Accept | None
 
 
+def _bound(at: float | None) -> bytes | None:
+    return None if at is None else time_position(at)
+
+
 def plan(selection: Selection, counts: Callable[[str], dict[bytes, int]]) -> Plan:
-    """The cheapest walk for ``selection``, by the group counts of the store (``counts``)."""
+    """The cheapest walk for ``selection``, by the group counts of the store (``counts``):
+    a name prefix walks the names, an end time the ends, anything else the creation order,
+    through the most selective of the phases' groups (merged) and the labels' groups."""
     phases = {phase_group(phase) for phase in selection.phases}
     labels = {label_group(key, value) for key, value in selection.labels}
+    check = _Check(
+        phases,
+        labels,
+        selection.name,
+        (_bound(selection.created_after), _bound(selection.created_before)),
+        (_bound(selection.ended_after), _bound(selection.ended_before)),
+    )
     if selection.name is not None:
         prefix = group_prefix(b"") + selection.name.encode("utf-8", "surrogateescape")
-        accept = _checker(phases, labels) if phases or labels else None
-        return Plan("n", (IndexRange(NAME, prefix),), accept)
-    options: list[tuple[int, tuple[IndexRange, ...], str]] = []
+        return Plan("n", (IndexRange(NAME, prefix),), check.without(name=True).accept())
+    if selection.ended:
+        low, high = check.ended
+        ranges = (IndexRange(ENDED, group_prefix(b""), low, high),)
+        return Plan("e", ranges, check.without(ended=True).accept())
+    low, high = check.created
+    options: list[tuple[int, tuple[IndexRange, ...], _Check]] = []
     if phases:
         by_phase = counts(PHASE)
         cost = sum(by_phase.get(group, 0) for group in phases)
-        ranges = tuple(IndexRange(PHASE, group_prefix(group)) for group in sorted(phases))
-        options.append((cost, ranges, "phase"))
+        ranges = tuple(
+            IndexRange(PHASE, group_prefix(group), low, high) for group in sorted(phases)
+        )
+        options.append((cost, ranges, check.without(phases=True, created=True)))
     if labels:
         by_label = counts(LABEL)
         for group in sorted(labels):
-            options.append((by_label.get(group, 0), (IndexRange(LABEL, group_prefix(group)),), ""))
+            ranges = (IndexRange(LABEL, group_prefix(group), low, high),)
+            rest = check.without(created=True, label=group)
+            options.append((by_label.get(group, 0), ranges, rest))
     if not options:
-        return Plan("c", (IndexRange(CREATED, group_prefix(b"")),), None)
-    cost, ranges, driver = min(options, key=lambda option: option[0])
-    rest_phases = set() if driver == "phase" else phases
-    rest_labels = labels - {selected.prefix[:-1] for selected in ranges if driver != "phase"}
-    accept = _checker(rest_phases, rest_labels) if rest_phases or rest_labels else None
-    return Plan("c", ranges, accept)
+        return Plan("c", (IndexRange(CREATED, group_prefix(b""), low, high),), None)
+    _, ranges, rest = min(options, key=lambda option: option[0])
+    return Plan("c", ranges, rest.accept())
 
 
-def _checker(phases: set[bytes], labels: set[bytes]) -> Accept:
-    """Whether a candidate's terms have one of ``phases`` (if any) and all of ``labels``."""
+@attrs.frozen
+class _Check:
+    """What a candidate's terms must show (`plan` leaves out what its walk guarantees)."""
 
-    def accept(terms: tuple[IndexTerm, ...]) -> bool:
-        found_phase = False
-        found_labels = 0
-        for index, group, _ in terms:
-            if index == PHASE:
-                found_phase = group in phases
-            elif index == LABEL and group in labels:
-                found_labels += 1
-        return (found_phase or not phases) and found_labels == len(labels)
+    phases: set[bytes]
+    labels: set[bytes]
+    name: str | None
+    created: tuple[bytes | None, bytes | None]
+    ended: tuple[bytes | None, bytes | None]
 
-    return accept
+    def without(
+        self,
+        *,
+        phases: bool = False,
+        created: bool = False,
+        ended: bool = False,
+        name: bool = False,
+        label: bytes | None = None,
+    ) -> _Check:
+        """The check without what a walk guarantees."""
+        return _Check(
+            set() if phases else self.phases,
+            self.labels - {label} if label is not None else self.labels,
+            None if name else self.name,
+            (None, None) if created else self.created,
+            (None, None) if ended else self.ended,
+        )
+
+    def accept(self) -> Accept | None:
+        """The check of a candidate's terms, None if there is nothing to check."""
+        phases, labels = self.phases, self.labels
+        name = None if self.name is None else self.name.encode("utf-8", "surrogateescape")
+        (created_low, created_high), (ended_low, ended_high) = self.created, self.ended
+        timed = self.created != (None, None) or self.ended != (None, None)
+        if not (phases or labels or name is not None or timed):
+            return None
+
+        def inside(position: bytes | None, low: bytes | None, high: bytes | None) -> bool:
+            if position is None:
+                return low is None and high is None
+            return (low is None or position >= low) and (high is None or position < high)
+
+        def accept(terms: tuple[IndexTerm, ...]) -> bool:
+            found_phase = found_name = False
+            found_labels = 0
+            created = ended = None
+            for index, group, order in terms:
+                if index == PHASE:
+                    found_phase = group in phases
+                elif index == LABEL:
+                    found_labels += group in labels
+                elif index == NAME:
+                    found_name = name is None or order.startswith(name)
+                elif index == CREATED:
+                    created = order
+                elif index == ENDED:
+                    ended = order
+            return (
+                (found_phase or not phases)
+                and found_labels == len(labels)
+                and (found_name or name is None)
+                and (not timed or inside(created, created_low, created_high))
+                and (not timed or inside(ended, ended_low, ended_high))
+            )
+
+        return accept
 
 
 def encode_cursor(order: str, position: bytes) -> str:
@@ -229,8 +318,13 @@ class MemoryIndex:
                 if not key.startswith(prefix):
                     break
                 position = key[len(prefix) :]
-                if after is None or position > after:
-                    found.append((position, process))
+                if after is not None and position <= after:
+                    continue
+                if selected.low is not None and position < selected.low:
+                    continue
+                if selected.high is not None and position >= selected.high:
+                    continue
+                found.append((position, process))
         found.sort()
         chosen = [
             (position, process)
