@@ -25,6 +25,7 @@ from corra.actors._specs import SupervisorFlags, SupervisorSpec
 from corra.persistence import Codec, open_store
 from corra.processes._backend import Backend, BackendContext
 from corra.processes._convert import (
+    configure_history,
     configure_snapshot,
     parse_process_spec,
     spec_options_as_tables,
@@ -79,7 +80,9 @@ def record_codec(handles: Mapping[str, type | None]) -> Codec[ProcessRecord]:
     return _record_codec(typed) if typed else RECORD_CODEC
 
 
-HISTORY_CODEC: Codec[Transition] = Codec(Transition, schema=1, fast_encoder=transition_encoder)
+HISTORY_CODEC: Codec[Transition] = Codec(
+    Transition, schema=1, configure=configure_history, fast_encoder=transition_encoder
+)
 
 #: The processes supervisor: one_for_one over process actors, which are temporary (a
 #: crashed process actor is brought back by the next recovery, never in a tight loop).

@@ -185,10 +185,11 @@ class Api:
             Route("/metrics", self.metrics, methods=["GET"]),
             Route("/v1/backends", self.backends, methods=["GET"]),
             Route("/v1/processes", self._processes, methods=["GET", "POST"]),
-            Route("/v1/processes/{id}", self.get_process, methods=["GET"]),
+            Route("/v1/processes/{id}", self._process, methods=["GET", "DELETE"]),
             Route("/v1/processes/{id}/pause", self.pause_process, methods=["POST"]),
             Route("/v1/processes/{id}/resume", self.resume_process, methods=["POST"]),
             Route("/v1/processes/{id}/kill", self.kill_process, methods=["POST"]),
+            Route("/v1/processes/{id}/rerun", self.rerun_process, methods=["POST"]),
             Route("/v1/processes/{id}/logs", self.process_logs, methods=["GET"]),
             Route("/v1/events", self.event_stream, methods=["GET"]),
         ]
@@ -219,8 +220,10 @@ class Api:
                 nursery.start_soon(self._count_phases)
                 task_status.started()
                 async for record, transition in transitions:
+                    if transition.event in ("rerun", "remove"):  # (it changed, or is gone)
+                        self._terminal.drop(record.id)
                     self.events.append(record, transition)
-                    self.phases.apply(record)
+                    self.phases.apply(record, transition)
                     self.commits.sample()
 
     async def _count_phases(self) -> None:
@@ -290,6 +293,21 @@ class Api:
         items = [record_json(view.record, view.recorded) for view in page.items]
         return JSONResponse({"items": items, "next_cursor": page.next_cursor})
 
+    async def _process(self, request: Request) -> Response:
+        if request.method == "DELETE":
+            return await self.delete_process(request)
+        return await self.get_process(request)
+
+    async def delete_process(self, request: Request) -> Response:
+        known_only(request.query_params, "kill")
+        kill = boolean(request.query_params, "kill", False)
+        process_id = self._lookup(request.path_params["id"]).id
+        try:
+            record = await self.manager.remove(process_id, kill=kill)
+        finally:
+            self._terminal.drop(process_id)  # (now, not when its event comes round)
+        return JSONResponse(record_json(record))
+
     async def get_process(self, request: Request) -> Response:
         known_only(request.query_params, "show_env")
         key = request.path_params["id"]
@@ -315,6 +333,15 @@ class Api:
     async def resume_process(self, request: Request) -> Response:
         known_only(request.query_params)
         record = await self.manager.resume(self._lookup(request.path_params["id"]).id)
+        return JSONResponse(record_json(record))
+
+    async def rerun_process(self, request: Request) -> Response:
+        known_only(request.query_params)
+        process_id = self._lookup(request.path_params["id"]).id
+        try:
+            record = await self.manager.rerun(process_id)
+        finally:
+            self._terminal.drop(process_id)  # (now, not when its event comes round)
         return JSONResponse(record_json(record))
 
     async def kill_process(self, request: Request) -> Response:

@@ -57,34 +57,51 @@ class PhaseCounts:
 
     Transitions that arrive before the scan is in are kept and replayed on it, skipping
     those the scan already saw (by the record's time), so none is counted twice.
-    Terminal processes are only counted (they never move again); the others are kept by id.
+    Terminal processes are only counted; the others are kept by id. A terminal process
+    moves again only when it is rerun or removed: its transition names the phase it left
+    (``source``), whose count goes down.
     """
 
     def __init__(self) -> None:
         self.seeded = False
-        self._pending: list[ProcessRecord] = []
+        self._pending: list[tuple[ProcessRecord, Transition | None]] = []
         self._live: dict[str, str] = {}
         self._terminal: collections.Counter[str] = collections.Counter()
 
-    def apply(self, record: ProcessRecord) -> None:
+    def apply(self, record: ProcessRecord, transition: Transition | None = None) -> None:
+        """Count ``record``'s new phase (``transition``: the one that moved it there; a
+        ``remove`` takes it out)."""
         if not self.seeded:
-            self._pending.append(record)
+            self._pending.append((record, transition))
             return
-        self._move(record.id, record.phase)
+        self._move(record, transition)
 
     def seed(self, records: Iterable[ProcessRecord]) -> None:
         seen: dict[str, float] = {}
         for record in records:
             seen[record.id] = record.state.updated_at
-            self._move(record.id, record.phase)
-        for record in self._pending:
-            if seen.get(record.id, -1.0) < record.state.updated_at:
-                self._move(record.id, record.phase)
+            self._move(record, None)
+        for record, transition in self._pending:
+            if transition is not None and transition.event == "remove":
+                if record.id in seen:  # (else the scan came after it: never counted)
+                    self._move(record, transition)
+            elif seen.get(record.id, -1.0) < record.state.updated_at:
+                self._move(record, transition)
         self._pending = []
         self.seeded = True
 
-    def _move(self, process_id: str, phase: str) -> None:
-        if phase in TERMINAL:  # (once per process: no event leaves a terminal phase)
+    def _move(self, record: ProcessRecord, transition: Transition | None) -> None:
+        process_id, phase = record.id, record.phase
+        event = None if transition is None else transition.event
+        if event == "remove":
+            if phase in TERMINAL:
+                self._terminal[phase] -= 1
+            else:
+                self._live.pop(process_id, None)
+            return
+        if event == "rerun":  # (it leaves its terminal phase)
+            self._terminal[transition.source] -= 1  # type: ignore[union-attr]
+        if phase in TERMINAL:
             self._live.pop(process_id, None)
             self._terminal[phase] += 1
         else:

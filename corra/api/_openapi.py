@@ -247,13 +247,46 @@ OPENAPI: dict[str, Any] = {
                     "401": _UNAUTHORIZED,
                     "404": _NOT_FOUND,
                 },
-            }
+            },
+            "delete": {
+                "summary": "Remove a terminal process completely: record, history, name, run "
+                "dirs and logs (here and brought home from its host); 409 while it is active, "
+                "unless kill=true",
+                "operationId": "deleteProcess",
+                "parameters": [
+                    _ID,
+                    _query(
+                        "kill",
+                        {"type": "boolean", "default": False},
+                        "kill an active process first (else it is refused with 409)",
+                    ),
+                ],
+                "responses": {
+                    "200": {
+                        "description": "removed: its last record",
+                        "content": json_content(ref("Process")),
+                    },
+                    "400": _BAD_QUERY,
+                    "401": _UNAUTHORIZED,
+                    "404": _NOT_FOUND,
+                    "409": _CONFLICT,
+                    "502": _BACKEND,
+                    "503": _UNAVAILABLE,
+                },
+            },
         },
         "/v1/processes/{id}/pause": {
             "post": _control("pause", "Pause between steps (returns once it is paused)")
         },
         "/v1/processes/{id}/resume": {
             "post": _control("resume", "Continue a paused process where it was")
+        },
+        "/v1/processes/{id}/rerun": {
+            "post": _control(
+                "rerun",
+                "Start a terminal process again as a new attempt, keeping its history (409 "
+                "while it is not terminal, naming its phase)",
+            )
         },
         "/v1/processes/{id}/kill": {
             "post": {

@@ -262,6 +262,10 @@ _TRANSITION = {
         "target": {"type": "string", "enum": list(PHASES)},
         "attempt": {"type": "integer", "minimum": 1},
         "reason": nullable({"type": "string"}),
+        "result": {
+            **_RESULT,
+            "description": "a rerun's: the result of the attempt before, which it cleared",
+        },
     },
 }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 from pathlib import Path
 
 import corra
@@ -159,6 +160,65 @@ def build_parser() -> argparse.ArgumentParser:
     )
     backends.add_argument("--json", action="store_true", help="as JSON (as GET /v1/backends)")
 
+    rerun = commands.add_parser(
+        "rerun",
+        parents=[state, client],
+        help="start terminal processes again as new attempts, keeping their history",
+        usage="corra rerun [options] [NAME|ID...]",
+        description="Start terminal (finished, failed, killed) processes again as new "
+        "attempts; their history, and the logs of their earlier attempts, stay. With a "
+        "service running it asks the service and returns; without one it runs them in the "
+        "foreground, as `corra run` does.",
+    )
+    rerun.add_argument("processes", nargs="*", metavar="NAME|ID", help="ids or names")
+    rerun.add_argument(
+        "--failed",
+        action="store_true",
+        help="also every failed or killed process (with -l: of those)",
+    )
+    rerun.add_argument(
+        "-l",
+        "--label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="also every terminal process with this label (repeat: all of them)",
+    )
+    rerun.add_argument("--max-running", type=int, default=None, help="programs at once")
+    rerun.add_argument(
+        "--output-limit", type=int, default=None, metavar="BYTES", help=_OUTPUT_LIMIT
+    )
+    rerun.add_argument("--json", action="store_true", help="print the records as JSON")
+
+    rm = commands.add_parser(
+        "rm",
+        parents=[state, client],
+        help="remove terminal processes completely: record, history, name, run dir, logs",
+        usage="corra rm [options] [NAME|ID...]",
+        description="Remove terminal processes completely: their record, history and name, "
+        "their run dirs and logs (local ones, and those brought home from hosts). An active "
+        "process is refused unless --kill. With a service running it asks the service.",
+    )
+    rm.add_argument("processes", nargs="*", metavar="NAME|ID", help="ids or names")
+    rm.add_argument(
+        "-l",
+        "--label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="also every terminal process with this label (repeat: all of them)",
+    )
+    rm.add_argument(
+        "--ended-before",
+        metavar="TIME|DURATION",
+        help="also every terminal process that ended before this (30d: 30 days ago; "
+        "2026-12-01T10:30)",
+    )
+    rm.add_argument(
+        "--kill", action="store_true", help="kill active ones first (else they are refused)"
+    )
+    rm.add_argument("--json", action="store_true", help="print what was removed as JSON")
+
     for verb, text in (
         ("pause", "pause a process between steps (its program keeps running)"),
         ("resume", "continue a paused process where it was"),
@@ -199,3 +259,27 @@ def parse_label(text: str) -> tuple[str, str]:
     if not key or not equals:
         raise ConfigError(f"--label: got {text!r}, expected KEY=VALUE")
     return key, value
+
+
+#: The units of a duration (`parse_moment`), in seconds.
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_moment(text: str, option: str, *, now: float) -> float:
+    """A moment (epoch seconds) given as a duration before ``now`` (``30d``, ``12h``,
+    ``90m``, ``45s``, ``2w``) or as an ISO 8601 time (``2026-12-01``,
+    ``2026-12-01T10:30``, local time unless it says its zone).
+
+    Raises:
+        ConfigError: ``text`` is neither (``option`` names the option).
+    """
+    number, unit = text[:-1], text[-1:]
+    if unit in _UNITS and number.replace(".", "", 1).isdigit():
+        return now - float(number) * _UNITS[unit]
+    try:
+        return datetime.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise ConfigError(
+            f"{option}: got {text!r}, expected a duration (30d, 12h, 90m, 45s, 2w) or an "
+            "ISO 8601 time (2026-12-01T10:30)"
+        ) from None

@@ -11,6 +11,7 @@ import signal
 import sys
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -53,16 +54,43 @@ def run(args: argparse.Namespace, state_dir: Path) -> int:
 
 
 async def _run(job: JobFile, state_dir: Path, args: argparse.Namespace, output_limit: int) -> int:
+    async def submit(manager: Any, display: Progress) -> list[str]:
+        ids = []
+        for spec in job.processes:
+            record = (await manager.submit(spec)).record
+            ids.append(record.id)
+            if record.state.terminal:
+                display.line(f"{record.name}: already {record.phase}, not run again")
+        return ids
+
+    return await foreground(
+        state_dir,
+        args,
+        submit,
+        runtime={
+            "max_running": args.max_running,
+            "hosts": job.hosts,
+            "logins": job.logins,
+            "output_limit": output_limit,
+        },
+    )
+
+
+async def foreground(
+    state_dir: Path,
+    args: argparse.Namespace,
+    start: Callable[[Any, Progress], Awaitable[list[str]]],
+    *,
+    runtime: dict[str, Any],
+) -> int:
+    """Open a runtime on ``state_dir`` (with ``runtime``'s options), let ``start`` (given the
+    manager and the progress display) start processes and return their ids, and show their
+    progress until none has work left; then the summary, and the exit status (``args``:
+    ``json``). `corra run`'s way, also `corra rerun`'s without a service."""
     # With --json, stdout carries the JSON alone; the progress goes to stderr.
     out = sys.stderr if args.json else sys.stdout
     interrupted: list[int] = []
-    async with open_runtime(
-        state_dir=state_dir,
-        max_running=args.max_running,
-        hosts=job.hosts,
-        logins=job.logins,
-        output_limit=output_limit,
-    ) as rt:
+    async with open_runtime(state_dir=state_dir, **runtime) as rt:
         manager = rt.processes
         report = rt.recovery
         if report is not None and (report.resumed or report.set_aside):
@@ -81,12 +109,7 @@ async def _run(job: JobFile, state_dir: Path, args: argparse.Namespace, output_l
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope, out, interrupted)
                 nursery.start_soon(display.follow, events)
-                ids = []
-                for spec in job.processes:
-                    record = (await manager.submit(spec)).record
-                    ids.append(record.id)
-                    if record.state.terminal:
-                        display.line(f"{record.name}: already {record.phase}, not run again")
+                ids = await start(manager, display)
                 await _wait_all(manager, ids)
                 nursery.cancel_scope.cancel()
         records = [manager.get(process_id) for process_id in ids]

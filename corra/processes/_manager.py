@@ -22,13 +22,14 @@ from corra._errors import ActorStopped, ConfigError, InvalidTransition, NameTake
 from corra.actors._actor import Ref
 from corra.actors._specs import ChildSpec
 from corra.actors._supervisor import SupervisorRef
+from corra.processes import _removal
 from corra.processes._actor import ProcessActor, ProcessContext, tell_backend
 from corra.processes._admission import Admission
 from corra.processes._backend import Backend, Capabilities, EffectKey, LaunchRequest
 from corra.processes._hosts import HostWaits
 from corra.processes._ids import new_process_id
 from corra.processes._journal import Journal, Step, find_record, sorted_records
-from corra.processes._lifecycle import PAUSABLE, ProcessState, advance
+from corra.processes._lifecycle import PAUSABLE, ProcessState, advance, backs_off
 from corra.processes._ports import RecordCodec, RecordStore
 from corra.processes._record import ProcessRecord, Transition
 from corra.processes._recovery import RecoveryReport, recover
@@ -349,6 +350,56 @@ class ProcessManager:
             return await self.kill(record.id)  # its actor ended first: take over
         return record
 
+    async def rerun(self, id_or_name: str) -> ProcessRecord:
+        """Start a terminal process again as a new attempt, keeping its history (its last
+        result stays in the history entry of the rerun); returns once that is durable. The
+        new attempt waits for a slot in the order of submissions.
+
+        Raises:
+            NoSuchProcess: there is none.
+            InvalidTransition: it is not terminal (``phase`` says where it is).
+        """
+        record = self.get(id_or_name)
+        if not record.state.terminal:
+            raise InvalidTransition(record.id, record.phase, "rerun")
+        if record.id in self._actors:  # (its actor ends just after its last transition)
+            await self.wait(record.id, until=lambda r: r.id not in self._actors)
+        async with self._control:
+            record = self.get(record.id)
+            if not record.state.terminal or record.id in self._actors:
+                raise InvalidTransition(record.id, record.phase, "rerun")
+            record = await self._journal.transition(record, "rerun")
+            await self._start_actor(record)
+        return record
+
+    async def remove(self, id_or_name: str, *, kill: bool = False) -> ProcessRecord:
+        """Remove a terminal process completely: its record, history and name, and its
+        run dirs and logs, here and on its host (`corra.processes._removal`: a crash
+        in the middle leaves the process whole or gone, never half of it). ``kill``: kill
+        an active process first (else it is refused). Returns its last record.
+
+        Raises:
+            NoSuchProcess: there is none.
+            InvalidTransition: it is not terminal, and ``kill`` is False (``phase`` says
+                where it is).
+        """
+        record = self.get(id_or_name)
+        if not record.state.terminal:
+            if not kill:
+                raise InvalidTransition(record.id, record.phase, "remove")
+            record = await self.kill(record.id)
+        if record.id in self._actors:  # (its actor ends just after its last transition)
+            await self.wait(record.id, until=lambda r: r.id not in self._actors)
+        async with self._control:
+            record = self.get(record.id)
+            if not record.state.terminal or record.id in self._actors:
+                raise InvalidTransition(record.id, record.phase, "remove")
+            journal = self._journal
+            buried = await _removal.bury(journal.store, record, journal.removed)
+        if buried:  # (outside the lock: a host may take its time)
+            await _removal.finish(journal.store, record, self.backend_for)
+        return record
+
     async def wait(
         self, id_or_name: str, *, until: Callable[[ProcessRecord], bool] | None = None
     ) -> ProcessRecord:
@@ -377,6 +428,8 @@ class ProcessManager:
     async def recover(self) -> RecoveryReport:
         """Bring back every process that was active when the last runtime stopped, and make
         those paused for their hosts wait for them again (`corra.processes._recovery`)."""
+        journal = self._journal
+        await _removal.finish_removals(journal.store, journal.codec, self.backend_for)
         return await recover(
             self._journal.store,
             self._journal.codec,
@@ -399,8 +452,8 @@ class ProcessManager:
         if record.id in self._actors:
             await trio.lowlevel.checkpoint()
             return
-        if record.phase == "created" and record.state.attempt == 1:
-            self._admission.enqueue(record)
+        if record.phase == "created" and not backs_off(record.state):
+            self._admission.enqueue(record)  # (submission order; a retry's after its backoff)
         journal = self._journal
         journal.hold(record)
         spec = ChildSpec(
