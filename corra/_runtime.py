@@ -322,6 +322,7 @@ async def open_runtime(
     logins: LoginSettings | None = None,
     remote_poll_interval: float = 1.0,
     output_limit: int = DEFAULT_OUTPUT_LIMIT,
+    retain_finished: float | None = None,
 ) -> AsyncIterator[Runtime]:
     """Run a corra runtime for the duration of the block.
 
@@ -349,6 +350,9 @@ async def open_runtime(
         output_limit: bytes kept of each of a program's stdout and stderr when its spec sets
             no ``output_limit`` (default 1 GiB, at most 1 TiB); later output is dropped and
             the result counts it. Remote logs brought home stop at the same limit.
+        retain_finished: remove terminal processes this many seconds after they ended,
+            checked every minute (or tenth of it) in the background, in bounded batches
+            (`ProcessManager.retain`); None (the default) keeps them.
 
     Raises:
         ConfigError: another runtime uses the state dir, or a setting is not valid, or the
@@ -358,6 +362,8 @@ async def open_runtime(
     """
     check_seconds("remote_poll_interval", remote_poll_interval, positive=True)
     check_output_limit("output_limit", output_limit)
+    if retain_finished is not None:
+        check_seconds("retain_finished", retain_finished, positive=True)
     async with kernel.open_runtime(flags=flags, runtime_type=Runtime) as rt:
         assert isinstance(rt, Runtime)
         if state_dir is None:
@@ -404,6 +410,12 @@ async def open_runtime(
                 try:
                     if recover:
                         rt.recovery = await manager.recover()
+                    if retain_finished is not None:
+                        # (checked every minute, or ten times in the retention if shorter)
+                        every = min(60.0, retain_finished / 10)
+                        nursery.start_soon(
+                            functools.partial(manager.retain, every=every), retain_finished
+                        )
                     yield rt
                 finally:
                     nursery.cancel_scope.cancel()  # (the manager's waits for hosts)

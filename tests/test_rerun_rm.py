@@ -276,8 +276,9 @@ async def test_a_removal_cut_short_after_its_tombstone_is_finished_by_recovery(t
     assert run_dirs(state, record.id) == []
 
 
+@pytest.mark.parametrize("how", ["rm", "retain"])
 def test_a_runtime_killed_with_sigkill_in_the_middle_of_removals_leaves_nothing_half_removed(
-    tmp_path,
+    tmp_path, how
 ):
     import signal
     import time
@@ -298,18 +299,25 @@ def test_a_runtime_killed_with_sigkill_in_the_middle_of_removals_leaves_nothing_
     ids = {record["id"]: record["name"] for record in shown}
     assert len(ids) == count
 
-    with Service(state) as service:
-        remover = subprocess.Popen(
-            [*CORRA, "--state-dir", str(state), "rm", "-l", "k=x"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+    time.sleep(1.1)  # (all ended more than a second ago)
+    options = ("--retain-finished", "1s") if how == "retain" else ()
+    with Service(state, *options) as service:
+        # `corra rm` through the service; or the service's own prune, in its batches.
+        remover = None
+        if how == "rm":
+            remover = subprocess.Popen(
+                [*CORRA, "--state-dir", str(state), "rm", "-l", "k=x"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         deadline = time.monotonic() + 60
         while len(all_run_dirs(state)) > count - 3:  # (a few removed: the rest under way)
-            assert time.monotonic() < deadline and remover.poll() is None
+            assert time.monotonic() < deadline
+            assert remover is None or remover.poll() is None
             time.sleep(0.001)
         service.stop(signal.SIGKILL)
-        remover.wait(timeout=30)
+        if remover is not None:
+            remover.wait(timeout=30)
 
     # As the kill left it: a process with a record is whole (its tombstone was not written).
     with open_store_readonly(state) as store:
@@ -321,7 +329,7 @@ def test_a_runtime_killed_with_sigkill_in_the_middle_of_removals_leaves_nothing_
     assert 0 < len(whole) < count, "the kill came before or after every removal"
 
     # The next runtime finishes what the tombstones say; the others are untouched.
-    with Service(state) as service:
+    with Service(state) as service:  # (without --retain-finished: it would prune the rest)
         with service.client() as http:
             for process_id, name in ids.items():
                 response = http.get(f"/v1/processes/{process_id}")
@@ -338,3 +346,58 @@ def test_a_runtime_killed_with_sigkill_in_the_middle_of_removals_leaves_nothing_
         assert store.quarantined() == []
         for process_id in set(ids) - whole:
             assert store.history(process_id) == [] and store.id_for_name(ids[process_id]) is None
+
+
+def test_corra_prune_with_and_without_a_service(tmp_path):
+    import datetime
+    import time
+
+    state = tmp_path / "state"
+    job = tmp_path / "job.toml"
+    job.write_text(
+        '[[process]]\nname = "old"\nargv = ["true"]\nlabels = {k = "x"}\n\n'
+        '[[process]]\nname = "other"\nargv = ["true"]\n'
+    )
+    assert corra(state, "run", str(job)).returncode == 0
+    time.sleep(0.2)
+    between = datetime.datetime.fromtimestamp(time.time()).isoformat()  # (local time)
+    time.sleep(0.2)
+    assert corra(state, "run", "--name", "new", "--", "true").returncode == 0
+
+    # Without a service: the runtime's own prune.
+    kept = corra(state, "prune", "--ended-before", "1h")
+    assert kept.returncode == 0 and kept.stdout == "removed 0 process(es)\n"
+    labelled = corra(state, "prune", "--ended-before", between, "-l", "k=x")
+    assert labelled.returncode == 0 and labelled.stdout.startswith("old (p")
+    pruned = corra(state, "prune", "--ended-before", between, "--json")
+    assert pruned.returncode == 0 and json.loads(pruned.stdout) == {"removed": 1}
+    assert [r["name"] for r in json.loads(corra(state, "ps", "--json").stdout)] == ["new"]
+    usage = corra(state, "prune")
+    assert usage.returncode == 2 and "--ended-before" in usage.stderr
+
+    # Through a service.
+    with Service(state) as service:
+        done = corra(state, "prune", "--ended-before", "2099-01-01T00:00")
+        assert done.returncode == 0 and done.stdout.startswith("new (p")
+        assert json.loads(corra(state, "ps", "--json").stdout) == []
+        service.stop()
+    assert all_run_dirs(state) == []
+
+
+def test_a_service_with_retain_finished_removes_what_ended_long_enough_ago(tmp_path):
+    import time
+
+    with Service(tmp_path / "state", "--retain-finished", "2s") as service:
+        state = service.state_dir
+        assert corra(state, "submit", "--name", "brief", "--", "true").returncode == 0
+        assert corra(state, "submit", "--name", "long", "--", "sleep", "30").returncode == 0
+        wait_for_phase(state, "brief", "finished")
+        deadline = time.monotonic() + 30
+        while corra(state, "show", "brief").returncode == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert [r["name"] for r in json.loads(corra(state, "ps", "--json").stdout)] == ["long"]
+        assert corra(state, "kill", "long").returncode == 0
+        service.stop()
+    bad = corra(tmp_path / "state", "serve", "--retain-finished", "soon")
+    assert bad.returncode == 2 and "--retain-finished: got 'soon'" in bad.stderr

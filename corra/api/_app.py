@@ -261,6 +261,17 @@ class Api:
         check_paths(spec)
         submitted = await self.manager.submit(spec)
         record = submitted.record
+        if submitted.changed:
+            fields = list(submitted.changed)
+            raise ApiError(
+                409,
+                "spec_changed",
+                f"process {record.name!r} ({record.id}) exists with another spec: "
+                f"{', '.join(fields)} differ; it keeps its own (remove it to submit this one, "
+                "or rerun it with `corra run --rerun changed`)",
+                fields=fields,
+                id=record.id,
+            )
         return JSONResponse(
             record_json(record),
             status_code=201 if submitted.created else 200,

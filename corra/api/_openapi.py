@@ -173,7 +173,11 @@ OPENAPI: dict[str, Any] = {
                     "400": _error("the body is not a JSON document"),
                     "401": _UNAUTHORIZED,
                     "408": _error("the body did not come whole within 60 s"),
-                    "409": _error("the name is taken by a process whose record is unreadable"),
+                    "409": _error(
+                        "a process has the name with another spec (spec_changed: `fields` "
+                        "names the fields that differ), or the name is taken by a process "
+                        "whose record is unreadable (name_taken)"
+                    ),
                     "413": _error("the body is over 1 MiB"),
                     "422": _error("the spec is not valid (the message names the field)"),
                     "502": _BACKEND,

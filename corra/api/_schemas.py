@@ -319,6 +319,12 @@ _ERROR = {
         "error": {"type": "string", "description": "a code: not_found, invalid, ..."},
         "message": {"type": "string", "description": "what went wrong, naming the field"},
         "phase": {"type": "string", "enum": list(PHASES), "description": "for a 409"},
+        "fields": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "spec_changed: the fields in which the spec differs from the process's",
+        },
+        "id": {"type": "string", "description": "spec_changed: the process that has the name"},
     },
 }
 

@@ -231,3 +231,34 @@ async def _rm_here(state_dir: Path, selection: Selection, args: argparse.Namespa
     if args.json:
         print_json(removed)
     return EXIT_FAILED if refused else EXIT_OK
+
+
+# -- prune ---------------------------------------------------------------------------------
+
+
+def prune(args: argparse.Namespace, state_dir: Path) -> int:
+    """``corra prune``: ``corra rm --ended-before`` of every terminal process (with the
+    labels given); without a service, the runtime's own bounded batches."""
+    args.processes, args.kill = [], False
+    selection = rm_selection(args)
+    try:
+        with service(args, state_dir) as client:
+            return _rm_through(client, selection, args)
+    except NotServing:
+        pass
+    if selection.labels:
+        return trio.run(_rm_here, state_dir, selection, args)
+    return trio.run(_prune_here, state_dir, selection, args)
+
+
+async def _prune_here(state_dir: Path, selection: Selection, args: argparse.Namespace) -> int:
+    from corra._runtime import open_runtime
+
+    assert selection.ended_before is not None
+    async with open_runtime(state_dir=state_dir) as rt:
+        removed = await rt.processes.prune(selection.ended_before)
+    if args.json:
+        print_json({"removed": removed})
+    else:
+        print(f"removed {removed} process(es)")
+    return EXIT_OK

@@ -82,6 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-running", type=int, default=None, help="programs at once")
     run.add_argument("--output-limit", type=int, default=None, metavar="BYTES", help=_OUTPUT_LIMIT)
     run.add_argument("--json", action="store_true", help="print the final records as JSON")
+    run.add_argument(
+        "--rerun",
+        action="append",
+        default=[],
+        type=_rerun_kinds,
+        metavar="failed|changed",
+        help="run again what a job file names and was run before: its failed or killed "
+        "processes (failed), those whose spec the file changed (changed); repeat or "
+        "separate with commas. Without it, a changed spec is refused",
+    )
     run.add_argument("-v", "--verbose", action="store_true", help="log every transition")
 
     serve = commands.add_parser(
@@ -108,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-running", type=int, default=None, help="programs at once")
     serve.add_argument(
         "--output-limit", type=int, default=None, metavar="BYTES", help=_OUTPUT_LIMIT
+    )
+    serve.add_argument(
+        "--retain-finished",
+        metavar="DURATION",
+        help="remove terminal processes (finished, failed, killed) this long after they "
+        "ended (30d, 12h ...), checked every minute, in bounded batches (default: keep them)",
     )
     serve.add_argument("--access-log", action="store_true", help="log every request to stderr")
     serve.add_argument("-v", "--verbose", action="store_true", help="log every transition")
@@ -190,6 +206,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rerun.add_argument("--json", action="store_true", help="print the records as JSON")
 
+    prune = commands.add_parser(
+        "prune",
+        parents=[state, client],
+        help="remove the terminal processes that ended before a time",
+        usage="corra prune --ended-before TIME|DURATION [-l KEY=VALUE]",
+        description="Remove every terminal process that ended before TIME (or DURATION "
+        "ago), as `corra rm` does: record, history, name, run dirs and logs. Through the "
+        "service when one runs. `corra serve --retain-finished 30d` does it by itself.",
+    )
+    prune.add_argument(
+        "--ended-before",
+        required=True,
+        metavar="TIME|DURATION",
+        help="30d: 30 days ago (also h, m, s, w); or an ISO 8601 time, 2026-12-01T10:30",
+    )
+    prune.add_argument(
+        "-l",
+        "--label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only processes with this label (repeat: all of them)",
+    )
+    prune.add_argument("--json", action="store_true", help="print what was removed as JSON")
+
     rm = commands.add_parser(
         "rm",
         parents=[state, client],
@@ -234,6 +275,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _rerun_kinds(text: str) -> list[str]:
+    kinds = [kind.strip() for kind in text.split(",")]
+    for kind in kinds:
+        if kind not in ("failed", "changed"):
+            raise argparse.ArgumentTypeError(f"got {kind!r}, expected failed or changed")
+    return kinds
+
+
 def runtime_options(args: argparse.Namespace) -> int:
     """Check --max-running and --output-limit of `corra run` and `corra serve`; the output
     limit (the default without the option).
@@ -265,6 +314,25 @@ def parse_label(text: str) -> tuple[str, str]:
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
+def parse_duration(text: str, option: str) -> float:
+    """Seconds given as ``30d``, ``12h``, ``90m``, ``45s`` or ``2w``.
+
+    Raises:
+        ConfigError: ``text`` is not one (``option`` names the option).
+    """
+    seconds = _duration(text)
+    if seconds is None or seconds <= 0:
+        raise ConfigError(f"{option}: got {text!r}, expected a duration (30d, 12h, 90m, 45s, 2w)")
+    return seconds
+
+
+def _duration(text: str) -> float | None:
+    number, unit = text[:-1], text[-1:]
+    if unit in _UNITS and number.replace(".", "", 1).isdigit():
+        return float(number) * _UNITS[unit]
+    return None
+
+
 def parse_moment(text: str, option: str, *, now: float) -> float:
     """A moment (epoch seconds) given as a duration before ``now`` (``30d``, ``12h``,
     ``90m``, ``45s``, ``2w``) or as an ISO 8601 time (``2026-12-01``,
@@ -273,9 +341,9 @@ def parse_moment(text: str, option: str, *, now: float) -> float:
     Raises:
         ConfigError: ``text`` is neither (``option`` names the option).
     """
-    number, unit = text[:-1], text[-1:]
-    if unit in _UNITS and number.replace(".", "", 1).isdigit():
-        return now - float(number) * _UNITS[unit]
+    seconds = _duration(text)
+    if seconds is not None:
+        return now - seconds
     try:
         return datetime.datetime.fromisoformat(text).timestamp()
     except ValueError:

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from corra._errors import ConfigError, CorraError
-from corra.api._client import Client, NotServing, connect, no_service_message
-from corra.cli._parser import EXIT_NO_SERVICE, EXIT_OK, TOKEN_ENV, URL_ENV, parse_label
+from corra.api._client import ApiError, Client, NotServing, connect, no_service_message
+from corra.cli._parser import EXIT_FAILED, EXIT_NO_SERVICE, EXIT_OK, TOKEN_ENV, URL_ENV, parse_label
 from corra.cli._render import print_control, print_json
 from corra.processes._convert import parse_process_spec, unstructure_spec
 from corra.processes._spec import ProcessSpec
@@ -78,9 +78,16 @@ def submit(args: argparse.Namespace, state_dir: Path) -> int:
         raise ConfigError("submit: nothing to submit; give a job file or `-- ARGV...`")
     try:
         with service(args, state_dir) as client:
-            records = []
+            records, refused = [], 0
             for body in bodies:
-                status, record = client.call("POST", "/v1/processes", body=body)
+                try:
+                    status, record = client.call("POST", "/v1/processes", body=body)
+                except ApiError as exc:
+                    if exc.code != "spec_changed":
+                        raise
+                    print(f"corra: {exc}", file=sys.stderr)  # (the others are submitted)
+                    refused += 1
+                    continue
                 records.append(record)
                 if not args.json:
                     what = "submitted" if status == 201 else f"exists already ({record['phase']})"
@@ -91,7 +98,7 @@ def submit(args: argparse.Namespace, state_dir: Path) -> int:
         return EXIT_NO_SERVICE
     if args.json:
         print_json(records)
-    return EXIT_OK
+    return EXIT_FAILED if refused else EXIT_OK
 
 
 def _absolute(spec: ProcessSpec) -> dict[str, Any]:

@@ -167,7 +167,8 @@ class Effect:
     """The reason when the event is given none (or an empty one)."""
 
 
-#: The reason of a ``rerun`` (Rule 10), by which `backs_off` tells it from a ``retry``.
+#: The reason of a ``rerun`` (Rule 10), or how a rerun's own reason starts (one with a new
+#: spec says so): `backs_off` tells a rerun from a ``retry`` by it.
 RERUN_REASON = "rerun on request"
 
 #: The effects of the events that do more than move the phase and take what they are given.
@@ -305,7 +306,7 @@ def needs_recovery(state: ProcessState) -> bool:
 def backs_off(state: ProcessState) -> bool:
     """Whether a process waiting for a slot waits for a retry's backoff first: a new attempt
     after a ``retry`` does, one after a user's ``rerun`` does not (Rule 10)."""
-    return state.attempt > 1 and state.reason != RERUN_REASON
+    return state.attempt > 1 and not (state.reason or "").startswith(RERUN_REASON)
 
 
 def after_exit(

@@ -22,19 +22,26 @@ from corra._errors import ActorStopped, ConfigError, InvalidTransition, NameTake
 from corra.actors._actor import Ref
 from corra.actors._specs import ChildSpec
 from corra.actors._supervisor import SupervisorRef
-from corra.processes import _removal
+from corra.processes import _removal, _retention
 from corra.processes._actor import ProcessActor, ProcessContext, tell_backend
 from corra.processes._admission import Admission
 from corra.processes._backend import Backend, Capabilities, EffectKey, LaunchRequest
 from corra.processes._hosts import HostWaits
 from corra.processes._ids import new_process_id
 from corra.processes._journal import Journal, Step, find_record, sorted_records
-from corra.processes._lifecycle import PAUSABLE, ProcessState, advance, backs_off
+from corra.processes._lifecycle import (
+    PAUSABLE,
+    RERUN_REASON,
+    ProcessState,
+    advance,
+    backs_off,
+)
 from corra.processes._ports import RecordCodec, RecordStore
 from corra.processes._record import ProcessRecord, Transition
 from corra.processes._recovery import RecoveryReport, recover
 from corra.processes._requests import effect_key, launch_request
-from corra.processes._spec import ProcessSpec
+from corra.processes._retention import PRUNE_BATCH
+from corra.processes._spec import ProcessSpec, changed_fields
 
 #: The most output one `read_log` returns, whatever it is asked for.
 MAX_LOG_READ = 16 << 20
@@ -51,6 +58,9 @@ class Submission:
     """The process: the new one, or the one that had the spec's name already."""
     created: bool
     """True if the submission created it; False if a process had the name already."""
+    changed: tuple[str, ...] = ()
+    """When a process had the name already: the fields in which the spec submitted differs
+    from its spec (`changed_fields`); it kept its own."""
 
 
 class ProcessManager:
@@ -190,8 +200,9 @@ class ProcessManager:
         """Record a new process and start it; durable before it returns. A checkpoint.
 
         A spec with a ``name`` that exists already returns that process instead
-        (``created`` False): submitting the same job file twice never duplicates a process,
-        and of concurrent submissions of one name exactly one creates it.
+        (``created`` False, and the fields whose values differ in ``changed``): submitting
+        the same job file twice never duplicates a process, and of concurrent submissions of
+        one name exactly one creates it.
 
         When the backend has a slot free now (`Backend.try_acquire_slot`) and nobody waits
         for one, the process is launching from the start: its submission and its intent to
@@ -216,7 +227,7 @@ class ProcessManager:
             existing = self._existing(spec.name)
             if existing is not None:
                 await trio.lowlevel.checkpoint()
-                return Submission(existing, created=False)
+                return Submission(existing, False, changed_fields(existing.spec, spec))
         key = request.key
         steps: list[Step] = [(record, Transition(now, "submit", "created", "created", 1))]
         slot = not self._admission.waiting(spec.backend) and backend.try_acquire_slot(key)
@@ -239,13 +250,29 @@ class ProcessManager:
                     "read (set aside as corrupt?); the name stays taken so that nothing runs "
                     "twice: choose another name"
                 ) from None
-            return Submission(existing, created=False)
+            return Submission(existing, False, changed_fields(existing.spec, spec))
         except BaseException:
             if slot:
                 backend.release_slot(key)
             raise
         await self._start_actor(record, request)
         return Submission(record, created=True)
+
+    def named(self, spec: ProcessSpec) -> Submission | None:
+        """What `submit` would answer for ``spec`` if a process has its name already (that
+        process, with the fields in which ``spec`` differs from its spec), without writing
+        anything; None if none has (or ``spec`` has no name).
+
+        Raises:
+            ConfigError: no such backend.
+        """
+        if spec.name is None:
+            return None
+        existing = self._existing(spec.name)
+        if existing is None:
+            return None
+        spec = _absolute_paths(spec, self.backend_for(spec).capabilities)
+        return Submission(existing, False, changed_fields(existing.spec, spec))
 
     def _existing(self, name: str) -> ProcessRecord | None:
         """The newest record of the process named ``name``, if there is one."""
@@ -350,16 +377,31 @@ class ProcessManager:
             return await self.kill(record.id)  # its actor ended first: take over
         return record
 
-    async def rerun(self, id_or_name: str) -> ProcessRecord:
+    async def rerun(self, id_or_name: str, *, spec: ProcessSpec | None = None) -> ProcessRecord:
         """Start a terminal process again as a new attempt, keeping its history (its last
         result stays in the history entry of the rerun); returns once that is durable. The
-        new attempt waits for a slot in the order of submissions.
+        new attempt waits for a slot in the order of submissions. ``spec``: a new spec for
+        it (of the same name), checked as a submission's; the rerun's reason names the
+        fields that changed.
 
         Raises:
             NoSuchProcess: there is none.
             InvalidTransition: it is not terminal (``phase`` says where it is).
+            ConfigError: ``spec`` has another name, or its backend refuses it.
         """
         record = self.get(id_or_name)
+        reason = None
+        if spec is not None:
+            if spec.name != record.spec.name:
+                raise ConfigError(
+                    f"name: got {spec.name!r}, expected {record.spec.name!r} (the process's)"
+                )
+            backend = self.backend_for(spec)
+            spec = _absolute_paths(spec, backend.capabilities)
+            backend.check(launch_request(attrs.evolve(record, spec=spec)))
+            changed = changed_fields(record.spec, spec)
+            if changed:
+                reason = f"{RERUN_REASON}, with a new spec: {', '.join(changed)} changed"
         if not record.state.terminal:
             raise InvalidTransition(record.id, record.phase, "rerun")
         if record.id in self._actors:  # (its actor ends just after its last transition)
@@ -368,7 +410,9 @@ class ProcessManager:
             record = self.get(record.id)
             if not record.state.terminal or record.id in self._actors:
                 raise InvalidTransition(record.id, record.phase, "rerun")
-            record = await self._journal.transition(record, "rerun")
+            if spec is not None:
+                record = attrs.evolve(record, spec=spec)
+            record = await self._journal.transition(record, "rerun", reason=reason)
             await self._start_actor(record)
         return record
 
@@ -399,6 +443,19 @@ class ProcessManager:
         if buried:  # (outside the lock: a host may take its time)
             await _removal.finish(journal.store, record, self.backend_for)
         return record
+
+    async def prune(self, ended_before: float, *, batch: int = PRUNE_BATCH) -> int:
+        """Remove every terminal process that ended before ``ended_before`` (epoch seconds),
+        ``batch`` at a time (`corra.processes._retention.prune`); returns how many."""
+        journal = self._journal
+        return await _retention.prune(
+            journal.store, journal.codec, self.get, self.remove, ended_before, batch=batch
+        )
+
+    async def retain(self, seconds: float, *, every: float = 60.0) -> None:
+        """Prune, every ``every`` seconds, the terminal processes that ended more than
+        ``seconds`` ago (the runtime's ``retain_finished``); runs until cancelled."""
+        await _retention.retain(self.prune, self._journal.clock, seconds, every=every)
 
     async def wait(
         self, id_or_name: str, *, until: Callable[[ProcessRecord], bool] | None = None

@@ -107,3 +107,26 @@ async def finish_removals(
             logger.info("process %s (%s): its removal is finished", record.id, record.name)
             finished += 1
     return finished
+
+
+def ended_before(store: RecordStore, codec: RecordCodec, moment: float) -> list[str]:
+    """The ids of the terminal processes that ended before ``moment`` (epoch seconds; a
+    process killed before it ran ended at its last transition), oldest record first.
+    Blocking: it decodes every record (run it in a worker thread)."""
+    found = []
+    for process_id, raw in store.scan():
+        try:
+            record: ProcessRecord = codec.decode(raw)
+        except CorruptRecord:
+            continue
+        if record.state.terminal and ended_at(record) < moment:
+            found.append((record.created_at, process_id))
+    return [process_id for _, process_id in sorted(found)]
+
+
+def ended_at(record: ProcessRecord) -> float:
+    """When a terminal process ended: its program's end, else its last transition."""
+    result = record.state.result
+    if result is not None and result.ended_at is not None:
+        return result.ended_at
+    return record.state.updated_at

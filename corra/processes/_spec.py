@@ -382,3 +382,17 @@ def _check_placement(spec: ProcessSpec, plugin: BackendPlugin) -> None:
         problem = env_name_problem(spec)
         if problem is not None:
             raise ConfigError(problem)
+
+
+def changed_fields(old: ProcessSpec, new: ProcessSpec) -> tuple[str, ...]:
+    """The fields in which ``new`` differs from ``old``, in the class's order (the options
+    by the name of their table, as a job file writes them); empty if they are the same."""
+    changed = []
+    for field in attrs.fields(ProcessSpec):
+        name = field.name
+        before, after = getattr(old, name), getattr(new, name)
+        if before != after:
+            if name == "options":
+                name = table_name(after if after is not None else before)
+            changed.append(name)
+    return tuple(changed)
