@@ -120,6 +120,19 @@ def test_corra_rerun_without_a_service_runs_them_in_the_foreground(tmp_path):
     assert [t["event"] for t in shown["history"]].count("rerun") == 1
 
 
+def listed(state, *, records: bool = False) -> list:
+    """Every process (its name, or its record), as `corra ps --json` lists them: all of
+    them (``-a`` where ps lists only active ones by default), in either JSON shape (a list,
+    or a page: ``{"items": [...]}``)."""
+    done = corra(state, "ps", "--json", "-a")
+    if done.returncode == 2:  # (a ps without -a lists every process)
+        done = corra(state, "ps", "--json")
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    items = data["items"] if isinstance(data, dict) else data
+    return items if records else [item["name"] for item in items]
+
+
 def wait_for_phase(state, name: str, *phases: str) -> dict:
     from test_cli_control import wait_phase
 
@@ -225,8 +238,7 @@ def test_corra_rm_through_the_service_by_name_label_and_end_time(tmp_path):
         by_label = corra(state, "rm", "-l", "k=x")
         assert by_label.returncode == 0, by_label.stderr
         assert sorted(line.split()[0] for line in by_label.stdout.splitlines()) == ["a", "b"]
-        names = [r["name"] for r in json.loads(corra(state, "ps", "--json").stdout)]
-        assert names == ["c", "busy"]
+        assert listed(state) == ["c", "busy"]
         active = corra(state, "rm", "busy")
         assert active.returncode == 1 and "cannot remove in phase 'running'" in active.stderr
         nothing = corra(state, "rm", "--ended-before", "1h")
@@ -235,7 +247,7 @@ def test_corra_rm_through_the_service_by_name_label_and_end_time(tmp_path):
         assert [r["name"] for r in json.loads(ended.stdout)] == ["c"]
         killed = corra(state, "rm", "--kill", "busy")
         assert killed.returncode == 0 and killed.stdout.startswith("busy (p")
-        assert json.loads(corra(state, "ps", "--json").stdout) == []
+        assert listed(state) == []
         assert all_run_dirs(state) == []
         bad = corra(state, "rm", "--ended-before", "yesterday")
         assert bad.returncode == 2 and "--ended-before: got 'yesterday'" in bad.stderr
@@ -248,7 +260,7 @@ def test_corra_rm_without_a_service(tmp_path):
     removed = corra(state, "rm", "once", "nope")
     assert removed.returncode == 1 and "nope" in removed.stderr
     assert removed.stdout.startswith("once (p") and removed.stdout.endswith(": removed\n")
-    assert json.loads(corra(state, "ps", "--json").stdout) == []
+    assert listed(state) == []
     assert all_run_dirs(state) == []
 
 
@@ -295,8 +307,7 @@ def test_a_runtime_killed_with_sigkill_in_the_middle_of_removals_leaves_nothing_
         )
     )
     assert corra(state, "run", str(job)).returncode == 0
-    shown = json.loads(corra(state, "ps", "--json").stdout)
-    ids = {record["id"]: record["name"] for record in shown}
+    ids = {record["id"]: record["name"] for record in listed(state, records=True)}
     assert len(ids) == count
 
     time.sleep(1.1)  # (all ended more than a second ago)
@@ -371,7 +382,7 @@ def test_corra_prune_with_and_without_a_service(tmp_path):
     assert labelled.returncode == 0 and labelled.stdout.startswith("old (p")
     pruned = corra(state, "prune", "--ended-before", between, "--json")
     assert pruned.returncode == 0 and json.loads(pruned.stdout) == {"removed": 1}
-    assert [r["name"] for r in json.loads(corra(state, "ps", "--json").stdout)] == ["new"]
+    assert listed(state) == ["new"]
     usage = corra(state, "prune")
     assert usage.returncode == 2 and "--ended-before" in usage.stderr
 
@@ -379,7 +390,7 @@ def test_corra_prune_with_and_without_a_service(tmp_path):
     with Service(state) as service:
         done = corra(state, "prune", "--ended-before", "2099-01-01T00:00")
         assert done.returncode == 0 and done.stdout.startswith("new (p")
-        assert json.loads(corra(state, "ps", "--json").stdout) == []
+        assert listed(state) == []
         service.stop()
     assert all_run_dirs(state) == []
 
@@ -396,8 +407,44 @@ def test_a_service_with_retain_finished_removes_what_ended_long_enough_ago(tmp_p
         while corra(state, "show", "brief").returncode == 0:
             assert time.monotonic() < deadline
             time.sleep(0.2)
-        assert [r["name"] for r in json.loads(corra(state, "ps", "--json").stdout)] == ["long"]
+        assert listed(state) == ["long"]
         assert corra(state, "kill", "long").returncode == 0
         service.stop()
     bad = corra(tmp_path / "state", "serve", "--retain-finished", "soon")
     assert bad.returncode == 2 and "--retain-finished: got 'soon'" in bad.stderr
+
+
+def test_phase_counts_follow_reruns_and_removals_before_and_after_their_seed():
+    from corra.api._events import PhaseCounts
+    from corra.processes._lifecycle import ProcessState
+    from corra.processes._record import ProcessRecord, Transition
+    from corra.processes._spec import ProcessSpec
+
+    def record(process_id: str, phase: str, at: float) -> ProcessRecord:
+        return ProcessRecord(
+            process_id, ProcessSpec(argv=("true",)), ProcessState(phase, updated_at=at), 0.0
+        )
+
+    def counted(counts: PhaseCounts) -> dict[str, int]:
+        return {phase: n for phase, n in counts.counts() if n}
+
+    counts = PhaseCounts()
+    failed, finished = record("p1", "failed", 1.0), record("p2", "finished", 1.0)
+    rerun = record("p1", "created", 2.0)
+    counts.apply(rerun, Transition(2.0, "rerun", "failed", "created", 2))  # (before the seed)
+    counts.apply(finished, Transition(3.0, "remove", "finished", "finished", 1))
+    counts.seed([failed, finished])  # (the scan saw both before the rerun and the removal)
+    assert counted(counts) == {"created": 1}
+    counts.apply(
+        record("p1", "finished", 4.0), Transition(4.0, "succeed", "running", "finished", 2)
+    )
+    assert counted(counts) == {"finished": 1}
+    counts.apply(
+        record("p1", "finished", 4.0), Transition(5.0, "remove", "finished", "finished", 2)
+    )
+    assert counted(counts) == {}
+
+    late = PhaseCounts()  # the scan came after the removal: it never saw the process
+    late.apply(finished, Transition(3.0, "remove", "finished", "finished", 1))
+    late.seed([])
+    assert counted(late) == {}

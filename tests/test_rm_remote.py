@@ -46,3 +46,21 @@ async def test_delete_of_a_remote_process_removes_its_run_dirs_there_and_its_log
             assert await remote.transport.stat(run_dir) is None
         assert (await http.get("/v1/processes/remote")).status_code == 404
         assert manager.store.quarantined() == []
+
+
+async def test_delete_of_a_slurm_job_removes_its_run_dir(slurm, tmp_path: Path) -> None:
+    from test_api_slurm import here
+
+    jobs = tmp_path / "jobs"
+    options = {"hosts": {"here": here(slurm, jobs)}}
+    async with serving(tmp_path / "state", options) as served:
+        http = served.http
+        job = await submit(http, ["sh", "-c", "echo batch"], backend="slurm", host="here")
+        await wait_for(http, job["id"], "finished")
+        run_dirs = [p for p in jobs.iterdir() if p.name.startswith(f"{job['id']}.")]
+        assert [p.name for p in run_dirs] == [f"{job['id']}.1"]
+        assert (run_dirs[0] / "stdout").read_text() == "batch\n"
+        removed = await http.delete(f"/v1/processes/{job['id']}")
+        assert removed.status_code == 200, removed.text
+        assert not run_dirs[0].exists()
+        assert (await http.get(f"/v1/processes/{job['id']}")).status_code == 404

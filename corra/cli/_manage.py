@@ -28,6 +28,8 @@ from corra.cli._render import print_json
 from corra.cli._service import quoted, service
 from corra.processes._lifecycle import PHASES, TERMINAL
 
+#: What `corra rm` adds to its refusal of an active process.
+_KILL_HINT = " (--kill kills it first)"
 #: Processes asked for per page when a selector lists them from a service.
 _PAGE = 1000
 
@@ -200,7 +202,7 @@ def _rm_through(client: Client, selection: Selection, args: argparse.Namespace) 
         except ApiError as exc:
             if exc.status not in (404, 409):
                 raise
-            print(f"corra: {exc}", file=sys.stderr)
+            print(f"corra: {exc}{_KILL_HINT if exc.status == 409 else ''}", file=sys.stderr)
             refused += 1
             continue
         removed.append(record)
@@ -222,7 +224,8 @@ async def _rm_here(state_dir: Path, selection: Selection, args: argparse.Namespa
             try:
                 record = await manager.remove(key, kill=args.kill)
             except (NoSuchProcess, InvalidTransition) as exc:
-                print(f"corra: {exc}", file=sys.stderr)
+                hint = _KILL_HINT if isinstance(exc, InvalidTransition) else ""
+                print(f"corra: {exc}{hint}", file=sys.stderr)
                 refused += 1
                 continue
             removed.append(record_json(record))
