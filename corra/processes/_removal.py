@@ -81,7 +81,8 @@ async def _finish(
             exc,
         )
         return False
-    await store.delete(record.id)
+    # Its one name, if any, is its spec's (claimed at submission): only that is looked at.
+    await store.delete(record.id, names=() if record.spec.name is None else (record.spec.name,))
     return True
 
 
