@@ -389,7 +389,10 @@ def test_corra_prune_with_and_without_a_service(tmp_path):
     # Through a service.
     with Service(state) as service:
         done = corra(state, "prune", "--ended-before", "2099-01-01T00:00")
-        assert done.returncode == 0 and done.stdout.startswith("new (p")
+        assert done.returncode == 0 and done.stdout == "removed 1 process(es)\n"
+        with service.client() as http:
+            bad = http.post("/v1/processes:prune", params={"ended_before": "soon"})
+            assert bad.status_code == 400 and "ended_before" in bad.json()["message"]
         assert listed(state) == []
         service.stop()
     assert all_run_dirs(state) == []

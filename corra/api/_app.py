@@ -20,6 +20,7 @@ import functools
 import hmac
 import json
 import logging
+import math
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
@@ -185,6 +186,7 @@ class Api:
             Route("/metrics", self.metrics, methods=["GET"]),
             Route("/v1/backends", self.backends, methods=["GET"]),
             Route("/v1/processes", self._processes, methods=["GET", "POST"]),
+            Route("/v1/processes:prune", self.prune_processes, methods=["POST"]),
             Route("/v1/processes/{id}", self._process, methods=["GET", "DELETE"]),
             Route("/v1/processes/{id}/pause", self.pause_process, methods=["POST"]),
             Route("/v1/processes/{id}/resume", self.resume_process, methods=["POST"]),
@@ -277,6 +279,21 @@ class Api:
             status_code=201 if submitted.created else 200,
             headers={"Location": f"/v1/processes/{record.id}"},
         )
+
+    async def prune_processes(self, request: Request) -> Response:
+        query = request.query_params
+        known_only(query, "ended_before")
+        text = single(query, "ended_before")
+        try:
+            moment = float(text) if text is not None else math.nan
+        except ValueError:
+            moment = math.nan
+        if not math.isfinite(moment):
+            raise ApiError(
+                400, "bad_request", f"ended_before: got {text!r}, expected epoch seconds"
+            )
+        removed = await self.manager.prune(moment)
+        return JSONResponse({"removed": removed})
 
     async def list_processes(self, request: Request) -> Response:
         query = request.query_params

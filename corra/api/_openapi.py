@@ -229,6 +229,37 @@ OPENAPI: dict[str, Any] = {
                 },
             },
         },
+        "/v1/processes:prune": {
+            "post": {
+                "summary": "Remove every terminal process that ended before ended_before, as "
+                "DELETE does, in bounded batches (corra prune, corra serve --retain-finished)",
+                "operationId": "pruneProcesses",
+                "parameters": [
+                    {
+                        "name": "ended_before",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "number"},
+                        "description": "epoch seconds",
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "how many it removed",
+                        "content": json_content(
+                            {
+                                "type": "object",
+                                "required": ["removed"],
+                                "properties": {"removed": {"type": "integer", "minimum": 0}},
+                            }
+                        ),
+                    },
+                    "400": _BAD_QUERY,
+                    "401": _UNAUTHORIZED,
+                    "503": _UNAVAILABLE,
+                },
+            }
+        },
         "/v1/processes/{id}": {
             "get": {
                 "summary": "One process: its record, spec, backend handle and history (the "

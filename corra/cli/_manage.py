@@ -240,13 +240,20 @@ async def _rm_here(state_dir: Path, selection: Selection, args: argparse.Namespa
 
 
 def prune(args: argparse.Namespace, state_dir: Path) -> int:
-    """``corra prune``: ``corra rm --ended-before`` of every terminal process (with the
-    labels given); without a service, the runtime's own bounded batches."""
+    """``corra prune``: ``corra rm --ended-before`` of every terminal process, in the
+    runtime's own bounded batches (the service's, or one opened here); with labels, as
+    ``corra rm`` selects."""
     args.processes, args.kill = [], False
     selection = rm_selection(args)
     try:
         with service(args, state_dir) as client:
-            return _rm_through(client, selection, args)
+            if selection.labels:
+                return _rm_through(client, selection, args)
+            _, answer = client.call(
+                "POST", "/v1/processes:prune", params={"ended_before": selection.ended_before}
+            )
+            _print_pruned(answer["removed"], args)
+            return EXIT_OK
     except NotServing:
         pass
     if selection.labels:
@@ -260,8 +267,12 @@ async def _prune_here(state_dir: Path, selection: Selection, args: argparse.Name
     assert selection.ended_before is not None
     async with open_runtime(state_dir=state_dir) as rt:
         removed = await rt.processes.prune(selection.ended_before)
+    _print_pruned(removed, args)
+    return EXIT_OK
+
+
+def _print_pruned(removed: int, args: argparse.Namespace) -> None:
     if args.json:
         print_json({"removed": removed})
     else:
         print(f"removed {removed} process(es)")
-    return EXIT_OK
