@@ -23,4 +23,5 @@ SUITES: dict[str, str] = {
     "ssh": "benchmarks.ssh",
     "slurm": "benchmarks.slurm",
     "api": "benchmarks.api",
+    "scale": "benchmarks.scale",
 }

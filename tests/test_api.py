@@ -9,6 +9,7 @@ import json
 import ssl
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,6 @@ import trio
 
 from corra._runtime import open_runtime
 from corra.api import MAX_BODY, OPENAPI, Listen, open_api, serve_api
-from corra.api._events import PhaseCounts
 from corra.api._files import load_token, parse_listen, socket_address
 from corra.processes._query import Utf8Chunks
 
@@ -126,6 +126,7 @@ async def test_every_endpoint_but_health_wants_the_token(tmp_path):
             for method, path in [
                 ("GET", "/v1/processes"),
                 ("POST", "/v1/processes"),
+                ("POST", "/v1/processes:batch"),
                 ("GET", "/v1/processes/x"),
                 ("POST", "/v1/processes/x/pause"),
                 ("POST", "/v1/processes/x/resume"),
@@ -394,6 +395,73 @@ async def test_list_filters_and_pages(tmp_path):
             assert next(iter(params)) in response.json()["message"]
 
 
+async def test_list_any_of_phases_a_name_prefix_counts_and_a_cursor_while_writing(tmp_path):
+    async with serving(tmp_path) as served:
+        http = served.http
+        for index in range(6):
+            await submit(http, ["sh", "-c", f"exit {index % 2}"], name=f"job-{index}")
+        await submit(http, ["sleep", "60"], name="sleeper")
+        for index in range(6):
+            await wait_for(http, f"job-{index}", "finished", "failed")
+        await wait_for(http, "sleeper", "running")
+
+        def names(response: httpx.Response) -> list[str]:
+            assert response.status_code == 200, response.text
+            return [item["name"] for item in response.json()["items"]]
+
+        # phases: any of them, in creation order
+        either = await http.get("/v1/processes", params=[("phase", "failed"), ("phase", "running")])
+        assert names(either) == ["job-1", "job-3", "job-5", "sleeper"]
+        # a name prefix, in name order
+        await submit(http, ["true"], name="job-10")
+        await wait_for(http, "job-10", "finished")
+        prefixed = await http.get("/v1/processes", params={"name": "job-1"})
+        assert names(prefixed) == ["job-1", "job-10"]
+        # counts per phase, kept by the store
+        counts = (await http.get("/v1/processes:counts")).json()
+        assert counts == {
+            "phases": {
+                "created": 0,
+                "launching": 0,
+                "running": 1,
+                "paused": 0,
+                "killing": 0,
+                "finished": 4,
+                "failed": 3,
+                "killed": 0,
+            }
+        }
+        # a cursor names a place in the order: processes written meanwhile do not shift it
+        first = (await http.get("/v1/processes", params={"limit": 3})).json()
+        assert [item["name"] for item in first["items"]] == ["job-0", "job-1", "job-2"]
+        await http.post("/v1/processes/sleeper/kill")
+        await submit(http, ["true"], name="late")
+        rest = await http.get(
+            "/v1/processes", params={"limit": 100, "cursor": first["next_cursor"]}
+        )
+        assert names(rest) == ["job-3", "job-4", "job-5", "sleeper", "job-10", "late"]
+        # times: created or ended at or after, before (epoch seconds); ended: by their end
+        await wait_for(http, "late", "finished")
+        await wait_for(http, "sleeper", "killed")
+        now = time.time()
+        ended = await http.get("/v1/processes", params={"ended_after": now - 3600})
+        assert sorted(names(ended)) == sorted(
+            ["job-0", "job-1", "job-2", "job-3", "job-4", "job-5", "job-10", "sleeper", "late"]
+        )
+        late = await http.get(
+            "/v1/processes", params={"created_after": now - 3600, "created_before": 1e10}
+        )
+        assert len(names(late)) == 9
+        assert names(await http.get("/v1/processes", params={"created_before": 1})) == []
+        for bad in ("-1", "nan", "soon", "1e12"):
+            response = await http.get("/v1/processes", params={"ended_before": bad})
+            assert response.status_code == 400 and "ended_before" in response.json()["message"]
+        # a cursor of one order is refused by a listing of the other
+        by_name = (await http.get("/v1/processes", params={"name": "job", "limit": 1})).json()
+        wrong = await http.get("/v1/processes", params={"cursor": by_name["next_cursor"]})
+        assert wrong.status_code == 400 and "cursor" in wrong.json()["message"]
+
+
 # -- logs --------------------------------------------------------------------------------------
 
 
@@ -547,8 +615,9 @@ async def test_events_replay_then_follow(tmp_path):
         assert [e["seq"] for e in replay] == [1, 2, 3, 4]
         assert replay[-1]["target"] == "finished"
         assert await stream(served, "/v1/events", {"since": "2"}) == replay[2:]
-        # a seq from an earlier service (numbers start again): all that this one has
-        assert await stream(served, "/v1/events", {"since": "999"}) == replay
+        # a seq this state dir never gave: said first, then all that the service has
+        gap, *rest = await stream(served, "/v1/events", {"since": "999"})
+        assert gap["gap"] is True and gap["next_seq"] == 1 and rest == replay
 
         followed: list[dict[str, Any]] = []
 
@@ -623,38 +692,6 @@ async def test_metrics_in_prometheus_text(tmp_path):
         assert 'corra_mailbox_depth{supervisor="/processes"}' not in samples  # none active
         assert all(name.startswith("corra_") for name in samples)
         await http.post("/v1/processes/paused-one/kill")
-
-
-async def test_phase_counts_started_before_their_scan_count_nothing_twice(tmp_path):
-    # Transitions that arrive while the scan runs are replayed on it, skipping those it saw.
-    async with open_runtime(state_dir=tmp_path, durable=False) as runtime:
-        manager = runtime.processes
-        counts = PhaseCounts()
-        with manager.subscribe() as transitions:
-            ref = await runtime.spawn_process(["true"], name="a")
-            await ref.wait()
-            for _ in range(4):
-                record, _ = transitions.receive_nowait()
-                counts.apply(record)
-            counts.seed(manager.list())
-            ref2 = await runtime.spawn_process(["sh", "-c", "exit 1"], name="b")
-            await ref2.wait()
-            while True:
-                try:
-                    record, _ = transitions.receive_nowait()
-                except trio.WouldBlock:
-                    break
-                counts.apply(record)
-        assert dict(counts.counts()) | {} == {
-            "created": 0,
-            "launching": 0,
-            "running": 0,
-            "paused": 0,
-            "killing": 0,
-            "finished": 1,
-            "failed": 1,
-            "killed": 0,
-        }
 
 
 async def test_the_openapi_document_is_served_and_names_every_route(tmp_path):

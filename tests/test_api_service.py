@@ -215,7 +215,7 @@ def test_stopping_the_service_leaves_programs_running_and_the_next_reattaches(tm
         assert (state / "api.sock").exists()  # stale: nobody listens there
     listing = corra(state, "ps", "--json")  # no service: read from the state dir
     assert listing.returncode == 0, listing.stderr
-    assert {r["phase"] for r in json.loads(listing.stdout)} == {"running"}
+    assert {r["phase"] for r in json.loads(listing.stdout)["items"]} == {"running"}
 
     with Service(state) as again, again.client() as http:
         items = wait_until(
@@ -345,8 +345,8 @@ def test_logs_read_the_state_dir_when_the_service_dies_as_they_begin(tmp_path):
 
     threading.Thread(target=reset_every_connection, daemon=True).start()
     try:
-        listed = corra(state, "ps", "--json")
-        logs = corra(state, "logs", json.loads(listed.stdout)[0]["id"])
+        listed = corra(state, "ps", "-a", "--json")
+        logs = corra(state, "logs", json.loads(listed.stdout)["items"][0]["id"])
     finally:
         dying.close()
     assert logs.returncode == 0, logs.stderr

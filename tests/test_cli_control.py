@@ -63,7 +63,7 @@ def test_control_commands_while_a_corra_run_holds_the_state_dir(tmp_path):
         assert paused.returncode == 3
         assert f"another corra runtime (pid {runner.pid})" in paused.stderr
         listing = corra(state, "ps", "--json")  # read from the state dir, beside the run
-        assert [r["name"] for r in json.loads(listing.stdout)] == ["nap"]
+        assert [r["name"] for r in json.loads(listing.stdout)["items"]] == ["nap"]
     finally:
         runner.send_signal(signal.SIGINT)
         runner.wait(timeout=30)
@@ -98,16 +98,17 @@ def test_submit_ps_show_logs_through_the_service(service, tmp_path):
     assert shown["spec"]["cwd"] is None
     assert json.loads(corra(state, "show", "a", "--json").stdout)["spec"]["cwd"] == str(tmp_path)
 
-    listing = corra(state, "ps", "--json")
-    assert [(r["name"], r["phase"]) for r in json.loads(listing.stdout)] == [
+    listing = corra(state, "ps", "-a", "--json")
+    assert [(r["name"], r["phase"]) for r in json.loads(listing.stdout)["items"]] == [
         ("hello", "finished"),
         ("a", "finished"),
         ("b", "failed"),
     ]
     table = corra(state, "ps", "--phase", "failed").stdout.splitlines()
-    assert len(table) == 2 and table[1].split()[1:5] == ["b", "failed", "1", "4"]
-    labelled = json.loads(corra(state, "ps", "--label", "k=v", "--json").stdout)
-    assert [r["name"] for r in labelled] == ["hello"]
+    assert table[1].split()[1:5] == ["b", "failed", "1", "4"]
+    assert table[2:] == ["", "3 processes: 2 finished, 1 failed"]  # (the footer: every phase)
+    labelled = json.loads(corra(state, "ps", "-a", "--label", "k=v", "--json").stdout)
+    assert [r["name"] for r in labelled["items"]] == ["hello"]
     human = corra(state, "show", "b").stdout
     assert "b (p" in human and "reason:  exited with 4" in human and "fail" in human
     assert corra(state, "logs", "hello").stdout == "hi\n"
@@ -158,8 +159,8 @@ def test_url_and_token_options(service, tmp_path):
     token_file = tmp_path / "token"
     token_file.write_text(service.token)
     token_file.chmod(0o600)  # a token readable by others is refused
-    listing = corra(elsewhere, "ps", *url, "--token-file", str(token_file), "--json")
-    assert [r["name"] for r in json.loads(listing.stdout)] == ["r"]
+    listing = corra(elsewhere, "ps", *url, "--token-file", str(token_file), "-a", "--json")
+    assert [r["name"] for r in json.loads(listing.stdout)["items"]] == ["r"]
     wrong = corra(elsewhere, "ps", *url, "--token", "wrong")
     assert wrong.returncode == 1 and "not this service's" in wrong.stderr
     env = {"CORRA_URL": service.url, "CORRA_TOKEN": service.token, "PATH": "/usr/bin:/bin"}
@@ -194,8 +195,8 @@ def test_https_with_a_private_ca(tmp_path):
         assert done.returncode == 0, done.stderr
         untrusted = corra(tmp_path / "x", "ps", *url)
         assert untrusted.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr
-        local = corra(state, "ps", "--json")  # the socket stays plain (and private)
-        assert local.returncode == 0 and len(json.loads(local.stdout)) == 1
+        local = corra(state, "ps", "-a", "--json")  # the socket stays plain (and private)
+        assert local.returncode == 0 and len(json.loads(local.stdout)["items"]) == 1
         running.stop()
 
 

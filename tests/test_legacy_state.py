@@ -24,6 +24,7 @@ import lmdb
 import pytest
 
 import corra
+import corra.persistence
 
 FIXTURE = Path(__file__).parent / "fixtures" / "legacy-state-2026-12"
 IDS: dict[str, str] = json.loads((FIXTURE / "PROCESSES.json").read_text())
@@ -384,7 +385,10 @@ def test_legacy_handles_decode_into_their_backends_handle_classes(state):
 
 
 def test_corra_ps_lists_every_legacy_process(state):
-    items = json.loads(corra_cli(state, "ps", "--json"))
+    # (`ps` lists the active processes unless -a; --json in the API's shape)
+    listing = json.loads(corra_cli(state, "ps", "-a", "--json"))
+    assert listing["next_cursor"] is None
+    items = listing["items"]
     assert [item["name"] for item in items] == ORDER
     raw = raw_records(state)
     # (`ps --json` does not say the backend: `show` does, below)
@@ -437,9 +441,9 @@ def test_corra_ps_lists_every_legacy_process(state):
     assert recorded["paused-running"]["state"] in ("exited", "lost")
     for name in ORDER[:8]:
         assert recorded[name] is None
-    by_label = json.loads(corra_cli(state, "ps", "--json", "--label", "team=infra"))
+    by_label = json.loads(corra_cli(state, "ps", "-a", "--json", "--label", "team=infra"))["items"]
     assert [item["name"] for item in by_label] == ["configured"]
-    paused = json.loads(corra_cli(state, "ps", "--json", "--phase", "paused"))
+    paused = json.loads(corra_cli(state, "ps", "--json", "--phase", "paused"))["items"]
     assert [item["name"] for item in paused] == ORDER[8:]
 
 
@@ -486,7 +490,7 @@ def test_corra_logs_of_a_legacy_process(state, name):
 async def test_a_runtime_recovers_the_legacy_state_and_runs_nothing_again(state):
     from corra.backends.local import LocalBackend
 
-    seen_before = corra_cli(state, "ps", "--json")
+    seen_before = corra_cli(state, "ps", "-a", "--json")
     # The local backend alone: the remote hosts of the fixture do not answer, and a runtime
     # with their backends would try again to launch what waits for them.
     local = LocalBackend(state / "runs")
@@ -529,7 +533,23 @@ async def test_a_runtime_recovers_the_legacy_state_and_runs_nothing_again(state)
         assert await rt.processes.read_log(retried, "stdout", 0, 100) == b"attempt 2\n"
     # Nothing ran again, and nothing users see changed (the records may have been migrated).
     assert (state / "ledger").read_text() == LEDGER
-    assert json.loads(corra_cli(state, "ps", "--json")) == json.loads(seen_before)
+    assert json.loads(corra_cli(state, "ps", "-a", "--json")) == json.loads(seen_before)
+    # The runtime built the store's indexes (format 3): listings read them from now on, and
+    # list what the full read of the format-2 store listed, filtered and paged alike.
+    with corra.persistence.open_store_readonly(state) as reader:
+        assert reader.has_indexes()
+        assert reader.index_counts("phase") == {
+            b"finished": 4,
+            b"failed": 3,
+            b"killed": 1,
+            b"paused": 4,
+        }
+    paused = json.loads(corra_cli(state, "ps", "--json", "--phase", "paused", "--limit", "3"))
+    assert [item["name"] for item in paused["items"]] == ORDER[8:11]
+    rest = corra_cli(state, "ps", "--json", "--phase", "paused", "--cursor", paused["next_cursor"])
+    assert [item["name"] for item in json.loads(rest)["items"]] == ORDER[11:]
+    assert corra_cli(state, "ps", "-q", "-l", "team=infra") == ""  # (not active)
+    assert corra_cli(state, "ps", "-aq", "-l", "team=infra") == IDS["configured"] + "\n"
     assert sorted(path.name for path in (state / "runs").glob("[!.]*")) == sorted(
         [f"{IDS[name]}.1" for name in LOGS if name not in ("ssh-finished", "paused-launching")]
         + [f"{IDS['retried']}.2"]

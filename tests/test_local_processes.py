@@ -161,7 +161,7 @@ def test_failures_set_the_exit_status_and_read_only_commands_show_them(tmp_path)
     assert done.returncode == 1
     assert "boom: failed: exited with 7" in done.stdout
 
-    listing = json.loads(corra(state, "ps", "--json").stdout)
+    listing = json.loads(corra(state, "ps", "-a", "--json").stdout)["items"]
     assert [(r["name"], r["phase"], r["returncode"]) for r in listing] == [("boom", "failed", 7)]
     assert {"id", "name", "phase", "returncode"} <= set(listing[0])
     shown = json.loads(corra(state, "show", "boom", "--json").stdout)
@@ -169,7 +169,9 @@ def test_failures_set_the_exit_status_and_read_only_commands_show_them(tmp_path)
     assert [t["event"] for t in shown["history"]] == ["submit", "launch", "started", "fail"]
     assert corra(state, "logs", "boom").stdout == "out\n"
     assert corra(state, "logs", "boom", "--stderr").stdout == "err\n"
-    assert corra(state, "ps").stdout.splitlines()[1].split()[1:4] == ["boom", "failed", "1"]
+    assert corra(state, "ps", "-a").stdout.splitlines()[1].split()[1:4] == ["boom", "failed", "1"]
+    # (the default is the active processes: none, and the counts per phase)
+    assert corra(state, "ps").stdout.splitlines()[1:] == ["", "1 process: 1 failed"]
     missing = corra(state, "show", "nope")
     assert missing.returncode == 1 and "process nope: no process with this id or name" in (
         missing.stderr
@@ -204,7 +206,8 @@ def test_read_only_commands_work_while_a_runtime_runs(tmp_path):
             time.sleep(0.05)
             listing = corra(state, "ps", "--json")
             if listing.returncode == 0:
-                phase = {r["name"]: r["phase"] for r in json.loads(listing.stdout)}.get("slow")
+                items = json.loads(listing.stdout)["items"]
+                phase = {r["name"]: r["phase"] for r in items}.get("slow")
         assert phase == "running"
         follow = corra(state, "logs", "-f", "slow", timeout=30)
         assert follow.stdout.splitlines() == [f"line {i}" for i in range(1, 7)]

@@ -213,7 +213,7 @@ def test_read_only_commands_report_the_exit_no_runtime_collected(tmp_path):
             "summary": "exited 3, not yet collected",
         }
         assert shown["recorded"]["ended_at"] >= shown["started_at"]
-        (item,) = json.loads(corra(state, "ps", "--json").stdout)
+        (item,) = json.loads(corra(state, "ps", "--json").stdout)["items"]
         assert item["recorded"] == shown["recorded"]
         human = corra(state, "show", "orphan").stdout
         assert "program: exited 3, not yet collected" in human

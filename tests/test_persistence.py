@@ -97,6 +97,9 @@ def test_public_names_are_pinned():
     assert names == {
         "Codec",
         "CorruptSnapshot",
+        "IndexPage",
+        "IndexRange",
+        "IndexTerm",
         "PendingSave",
         "QuarantinedRecord",
         "SnapshotCounts",
@@ -105,6 +108,7 @@ def test_public_names_are_pinned():
         "StoreStatistics",
         "open_store",
         "open_store_readonly",
+        "group_prefix",
     }
 
 
@@ -645,7 +649,7 @@ async def test_a_new_store_has_the_current_format(state_dir):
     with env.begin() as txn:
         stored = txn.get(b"format", db=env.open_db(b"meta", txn=txn))
     env.close()
-    assert stored == str(corra.persistence._lmdb.FORMAT_VERSION).encode() == b"2"
+    assert stored == str(corra.persistence._lmdb.FORMAT_VERSION).encode() == b"3"
 
 
 # The map -----------------------------------------------------------------------------------

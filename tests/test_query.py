@@ -11,6 +11,7 @@ import trio
 from corra._readonly import open_state_query
 from corra._runtime import open_runtime
 from corra.backends.recorded import recorded
+from corra.processes._listing import Selection
 from corra.processes._query import ProcessQuery
 
 CORRA = [sys.executable, "-m", "corra.cli"]
@@ -19,22 +20,22 @@ CORRA = [sys.executable, "-m", "corra.cli"]
 async def test_a_live_runtime_and_its_state_dir_list_and_page_alike(tmp_path):
     state = tmp_path / "state"
     filters = [
-        {},
-        {"phase": "finished"},
-        {"phase": "failed"},
-        {"labels": {"team": "a"}},
-        {"name": "p3"},
-        {"limit": 2},
-        {"limit": 2, "labels": {"team": "b"}},
+        (Selection(), 100),
+        (Selection(phases=("finished",)), 100),
+        (Selection(phases=("failed",)), 100),
+        (Selection(labels=(("team", "a"),)), 100),
+        (Selection(name="p3"), 100),
+        (Selection(), 2),
+        (Selection(labels=(("team", "b"),)), 2),
     ]
 
     async def pages(query: ProcessQuery) -> list[tuple[list[str], str | None]]:
         seen = []
-        for fields in filters:
-            page = await query.list(**fields)  # type: ignore[arg-type]
+        for selection, limit in filters:
+            page = await query.list(selection, limit=limit)
             seen.append(([view.record.id for view in page.items], page.next_cursor))
             if page.next_cursor is not None:  # and the page after it
-                page = await query.list(**fields, cursor=page.next_cursor)  # type: ignore[arg-type]
+                page = await query.list(selection, cursor=page.next_cursor, limit=limit)
                 seen.append(([view.record.id for view in page.items], page.next_cursor))
         return seen
 

@@ -101,10 +101,18 @@ MAX_SKIPPED = 2
 #: must name exactly one block, so that a README that loses the command fails here.
 EXPECTED = {
     "make run ": ["done: 5 finished"],
-    "corra ps                  #": ["hello", "counter", "flaky", "fan-out", "env", "finished"],
+    "corra ps                  #": [
+        "hello",
+        "counter",
+        "flaky",
+        "fan-out",
+        "env",
+        "finished",
+        "processes: ",  # (the footer of counts per phase)
+    ],
     "corra show flaky": ["flaky (", "finished, attempt 2", "retry"],
     "corra logs counter": ["tick 1\ntick 2\ntick 3\ntick 4\ntick 5\n"],
-    "corra ps --json": ['"phase": "finished"'],
+    "corra ps -a --json": ['"phase": "finished"', '"next_cursor": null'],
     "corra run -- sh -c 'echo one-off'": ["finished: exited with 0", "done: 1 finished"],
     "examples/supervision.py": ["crash 1", "the runtime stopped"],
     "corra serve &": [],

@@ -415,39 +415,3 @@ def test_a_service_with_retain_finished_removes_what_ended_long_enough_ago(tmp_p
         service.stop()
     bad = corra(tmp_path / "state", "serve", "--retain-finished", "soon")
     assert bad.returncode == 2 and "--retain-finished: got 'soon'" in bad.stderr
-
-
-def test_phase_counts_follow_reruns_and_removals_before_and_after_their_seed():
-    from corra.api._events import PhaseCounts
-    from corra.processes._lifecycle import ProcessState
-    from corra.processes._record import ProcessRecord, Transition
-    from corra.processes._spec import ProcessSpec
-
-    def record(process_id: str, phase: str, at: float) -> ProcessRecord:
-        return ProcessRecord(
-            process_id, ProcessSpec(argv=("true",)), ProcessState(phase, updated_at=at), 0.0
-        )
-
-    def counted(counts: PhaseCounts) -> dict[str, int]:
-        return {phase: n for phase, n in counts.counts() if n}
-
-    counts = PhaseCounts()
-    failed, finished = record("p1", "failed", 1.0), record("p2", "finished", 1.0)
-    rerun = record("p1", "created", 2.0)
-    counts.apply(rerun, Transition(2.0, "rerun", "failed", "created", 2))  # (before the seed)
-    counts.apply(finished, Transition(3.0, "remove", "finished", "finished", 1))
-    counts.seed([failed, finished])  # (the scan saw both before the rerun and the removal)
-    assert counted(counts) == {"created": 1}
-    counts.apply(
-        record("p1", "finished", 4.0), Transition(4.0, "succeed", "running", "finished", 2)
-    )
-    assert counted(counts) == {"finished": 1}
-    counts.apply(
-        record("p1", "finished", 4.0), Transition(5.0, "remove", "finished", "finished", 2)
-    )
-    assert counted(counts) == {}
-
-    late = PhaseCounts()  # the scan came after the removal: it never saw the process
-    late.apply(finished, Transition(3.0, "remove", "finished", "finished", 1))
-    late.seed([])
-    assert counted(late) == {}

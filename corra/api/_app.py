@@ -22,6 +22,7 @@ import json
 import logging
 import math
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -44,13 +45,14 @@ from corra._errors import (
 )
 from corra.api import _metrics
 from corra.api._cache import TerminalCache
-from corra.api._events import EventLog, PhaseCounts
+from corra.api._events import NUMBERS_FILE, EventLog
+from corra.api._limits import MAX_BATCH, MAX_BODY
 from corra.api._openapi import OPENAPI
 from corra.api._requests import (
-    MAX_BODY,
     ApiError,
     boolean,
     check_paths,
+    epoch_seconds,
     integer,
     known_only,
     parse_json,
@@ -61,10 +63,12 @@ from corra.api._wire import detail_json, record_json
 from corra.backends.recorded import recorded
 from corra.processes._convert import parse_process_spec
 from corra.processes._lifecycle import PHASES
+from corra.processes._listing import Selection
 from corra.processes._manager import MAX_LOG_OFFSET
 from corra.processes._query import LogEntry, ProcessQuery, ProcessView
 from corra.processes._record import ProcessRecord
 from corra.processes._registry import installed
+from corra.processes._spec_content import shown_tables
 
 logger = logging.getLogger("corra.api")
 
@@ -173,8 +177,7 @@ class Api:
         self.query = ProcessQuery.of_manager(
             self.manager, functools.partial(recorded, runtime.state_dir)
         )
-        self.events = EventLog()
-        self.phases = PhaseCounts()
+        self.events = EventLog(numbers=Path(runtime.state_dir) / NUMBERS_FILE)
         self.commits = _metrics.CommitLatency(self.manager.store)
         self.stopping = trio.Event()
         """Set when the service stops: streams end, so that their clients reconnect."""
@@ -186,6 +189,8 @@ class Api:
             Route("/metrics", self.metrics, methods=["GET"]),
             Route("/v1/backends", self.backends, methods=["GET"]),
             Route("/v1/processes", self._processes, methods=["GET", "POST"]),
+            Route("/v1/processes:batch", self.create_processes, methods=["POST"]),
+            Route("/v1/processes:counts", self.count_processes, methods=["GET"]),
             Route("/v1/processes:prune", self.prune_processes, methods=["POST"]),
             Route("/v1/processes/{id}", self._process, methods=["GET", "DELETE"]),
             Route("/v1/processes/{id}/pause", self.pause_process, methods=["POST"]),
@@ -215,26 +220,17 @@ class Api:
     # -- transitions -----------------------------------------------------------------------
 
     async def follow_transitions(self, *, task_status: trio.TaskStatus[None]) -> None:
-        """Record every transition (events, counts); runs until cancelled. Subscribed when
-        it has started; the phases are counted once a scan of the store is in."""
+        """Record every transition (events, commit latencies); runs until cancelled.
+        Subscribed when it has started."""
         with self.manager.subscribe(buffer=1 << 16) as transitions:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._count_phases)
-                task_status.started()
-                async for record, transition in transitions:
-                    if transition.event in ("rerun", "remove"):  # (it changed, or is gone)
-                        self._terminal.drop(record.id)
-                    self.events.append(record, transition)
-                    self.phases.apply(record, transition)
-                    self.commits.sample()
-
-    async def _count_phases(self) -> None:
-        try:
-            records = await trio.to_thread.run_sync(self.manager.list)
-        except CorraError as exc:
-            logger.warning("cannot count the processes per phase: %s", exc)
-            return
-        self.phases.seed(records)
+            task_status.started()
+            async for record, transition in transitions:
+                if transition.event in ("rerun", "remove"):  # (it changed, or is gone)
+                    self._terminal.drop(record.id)
+                if self.events.full:  # (once per RESERVED_NUMBERS events)
+                    await trio.to_thread.run_sync(self.events.reserve)
+                self.events.append(record, transition)
+                self.commits.sample()
 
     # -- endpoints -------------------------------------------------------------------------
 
@@ -245,7 +241,12 @@ class Api:
         return JSONResponse(OPENAPI)
 
     async def metrics(self, request: Request) -> Response:
-        text = await _metrics.render(self.runtime, self.events, self.phases, self.commits)
+        try:  # (the counts the store keeps as processes move: no scan)
+            phases: dict[str, int] | None = await self.query.phase_counts()
+        except CorraError as exc:
+            logger.warning("cannot count the processes per phase: %s", exc)
+            phases = None
+        text = await _metrics.render(self.runtime, self.events, phases, self.commits)
         return Response(text, media_type=_metrics.CONTENT_TYPE)
 
     async def backends(self, request: Request) -> Response:
@@ -295,29 +296,58 @@ class Api:
         removed = await self.manager.prune(moment)
         return JSONResponse({"removed": removed})
 
+    async def create_processes(self, request: Request) -> Response:
+        data = parse_json(await read_body(request))
+        items = data.get("processes") if isinstance(data, dict) else None
+        if not isinstance(items, list) or set(data) != {"processes"}:
+            raise ConfigError(
+                f'body: got {shown_tables(data)}, expected {{"processes": [spec, ...]}}'
+            )
+        if not 1 <= len(items) <= MAX_BATCH:
+            raise ConfigError(f"processes: got {len(items)} specs, expected 1 to {MAX_BATCH}")
+        specs, problems = [], []
+        for index, item in enumerate(items):  # (every spec checked before any is written)
+            try:
+                specs.append(parse_process_spec(item, f"processes[{index}]"))
+                check_paths(specs[-1], f"processes[{index}]")
+            except ConfigError as exc:
+                problems.append(str(exc))
+        if problems:
+            raise ConfigError("; ".join(problems))
+        submitted = await self.manager.submit_many(specs)
+        items = []
+        for each in submitted:
+            item = {**record_json(each.record), "created": each.created}
+            if each.changed:  # (another spec under the name: it keeps its own)
+                item["changed"] = list(each.changed)
+            items.append(item)
+        return JSONResponse({"items": items})
+
     async def list_processes(self, request: Request) -> Response:
         query = request.query_params
-        known_only(query, "phase", "name", "label", "limit", "cursor")
-        phase = single(query, "phase")
-        if phase is not None and phase not in PHASES:
-            raise ApiError(400, "bad_request", f"phase: got {phase!r}, expected one of {PHASES}")
+        times = ("created_after", "created_before", "ended_after", "ended_before")
+        known_only(query, "phase", "name", "label", "limit", "cursor", *times)
+        phases = tuple(query.getlist("phase"))
+        for phase in phases:
+            if phase not in PHASES:
+                raise ApiError(
+                    400, "bad_request", f"phase: got {phase!r}, expected one of {PHASES}"
+                )
         name = single(query, "name")
-        labels = {}
+        labels = []
         for label in query.getlist("label"):
             key, equals, value = label.partition("=")
             if not equals or not key:
                 raise ApiError(400, "bad_request", f"label: got {label!r}, expected KEY=VALUE")
-            labels[key] = value
+            labels.append((key, value))
         limit = integer(query, "limit", DEFAULT_LIMIT, minimum=1, maximum=MAX_LIMIT)
         cursor = single(query, "cursor")
+        bounds = {field: epoch_seconds(query, field) for field in times}
+        selection = Selection(phases=phases, labels=tuple(labels), name=name, **bounds)
         try:
-            page = await self.query.list(
-                phase=phase, name=name, labels=labels, cursor=cursor, limit=limit
-            )
-        except NoSuchProcess:
-            raise ApiError(
-                400, "bad_request", f"cursor: got {cursor!r}, not a process id"
-            ) from None
+            page = await self.query.list(selection, cursor=cursor, limit=limit)
+        except ConfigError as exc:  # (a cursor that is not one of this listing's)
+            raise ApiError(400, "bad_request", str(exc)) from None
         items = [record_json(view.record, view.recorded) for view in page.items]
         return JSONResponse({"items": items, "next_cursor": page.next_cursor})
 
@@ -335,6 +365,10 @@ class Api:
         finally:
             self._terminal.drop(process_id)  # (now, not when its event comes round)
         return JSONResponse(record_json(record))
+
+    async def count_processes(self, request: Request) -> Response:
+        known_only(request.query_params)
+        return JSONResponse({"phases": await self.query.phase_counts()})
 
     async def get_process(self, request: Request) -> Response:
         known_only(request.query_params, "show_env")
@@ -419,8 +453,10 @@ class Api:
         return _stream(self._events(since, follow), "events")
 
     async def _events(self, seq: int, follow: bool) -> AsyncIterator[dict[str, Any]]:
-        if seq > self.events.last_seq:
-            seq = 0  # numbered by an earlier service: everything this one has is new to it
+        gap = self.events.gap(seq)
+        if gap is not None:  # (said, never silent: then everything that is kept)
+            yield gap
+            seq = 0
         while True:
             changed = self.events.changed
             batch = self.events.since(seq)
@@ -490,13 +526,18 @@ async def open_api(runtime: Any, *, token: str) -> AsyncIterator[Api]:
         ConfigError: the token is empty, or the runtime has no state dir.
     """
     api = Api(runtime, token=token)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(lambda task_status: api.follow_transitions(task_status=task_status))
-        try:
-            yield api
-        finally:
-            api.stop()
-            nursery.cancel_scope.cancel()
+    await trio.to_thread.run_sync(api.events.open)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(lambda task_status: api.follow_transitions(task_status=task_status))
+            try:
+                yield api
+            finally:
+                api.stop()
+                nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(api.events.close)
 
 
 # -- streams -------------------------------------------------------------------------------

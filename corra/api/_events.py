@@ -1,46 +1,119 @@
 """What the service remembers of the transitions it saw: the recent ones, numbered (for
-``GET /v1/events``), how many of each event (for ``/metrics``), and how many processes are in
-each phase (a scan of the store at start, then kept up to date by the transitions)."""
+``GET /v1/events``) and how many of each event (for ``/metrics``; the processes per phase are
+the store's counts)."""
 
 from __future__ import annotations
 
 import collections
+import json
 import logging
-from collections.abc import Iterable, Iterator
+import time
+from pathlib import Path
 from typing import Any
 
 import trio
 
+from corra._statedir import write_private
 from corra.api._wire import event_json
-from corra.processes._lifecycle import PHASES, TERMINAL
 from corra.processes._record import ProcessRecord, Transition
 
 logger = logging.getLogger("corra.api")
 
 #: How many transitions ``GET /v1/events`` can replay.
 RETAINED_EVENTS = 10_000
+#: Event numbers a service reserves at a time in its state dir (`EventLog.reserve`).
+RESERVED_NUMBERS = 100_000
+#: Where, in the state dir: ``{"reserved": N, "given": G}``, G once the service stopped.
+NUMBERS_FILE = "events.json"
 
 
 class EventLog:
-    """The last `RETAINED_EVENTS` transitions, numbered from 1 in the order they happened.
+    """The last `RETAINED_EVENTS` transitions, numbered in the order they happened.
+
+    Numbers are never given twice in one state dir, across services: a service reserves a
+    block of numbers (durably, in `NUMBERS_FILE`) before it gives any of them, and starts
+    after the last block of the one before; stopping, it writes the last number it gave,
+    so that the next one knows that the rest of that block was never given. A client that
+    resumes with the last number it saw therefore either continues without a gap, or is
+    told that events are missing (`gap`): never silently.
 
     Readers wait on `changed` (replaced at every append), so one log serves any number of
     followers without a queue each.
     """
 
-    def __init__(self, retained: int = RETAINED_EVENTS) -> None:
+    def __init__(self, retained: int = RETAINED_EVENTS, numbers: Path | None = None) -> None:
         self._events: collections.deque[dict[str, Any]] = collections.deque(maxlen=retained)
+        self._numbers = numbers
         self.last_seq = 0
+        self.reserved = 0
+        """The last number reserved; none above it is given before it is reserved."""
+        self._first_own = 1  # the first number this service gives
+        self._previous_given: int | None = 0  # the last the service before gave (None: unknown)
         self.changed = trio.Event()
         self.counts: collections.Counter[str] = collections.Counter()
         """Transitions by event since the service started."""
 
+    def open(self) -> None:
+        """Continue after the numbers of the services before (blocking: a file's read and
+        write; before any `append`). A file that cannot be read is started after by the
+        clock's microseconds, so that no number can be given again."""
+        if self._numbers is None:
+            return
+        try:
+            previous = json.loads(self._numbers.read_bytes())
+            reserved, given = int(previous["reserved"]), previous.get("given")
+            given = None if given is None else int(given)
+        except FileNotFoundError:
+            reserved, given = 0, 0
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            logger.warning("%s: %s; event numbers start from the clock's", self._numbers, exc)
+            reserved, given = int(time.time() * 1_000_000), None
+        self.last_seq = self.reserved = reserved
+        self._first_own, self._previous_given = reserved + 1, given
+        self.reserve()
+
+    def reserve(self) -> None:
+        """Reserve the next block of numbers, durably (blocking: a file's write)."""
+        if self._numbers is not None:
+            write_private(self._numbers, _numbers_json(self.reserved + RESERVED_NUMBERS), sync=True)
+        self.reserved += RESERVED_NUMBERS
+
+    def close(self) -> None:
+        """The service stops: write the last number given (blocking)."""
+        if self._numbers is not None:
+            given = self.last_seq
+            write_private(self._numbers, _numbers_json(self.reserved, given), sync=True)
+
+    @property
+    def full(self) -> bool:
+        """Every reserved number is given: `reserve` before the next `append`."""
+        return self.last_seq >= self.reserved
+
     def append(self, record: ProcessRecord, transition: Transition) -> None:
+        assert self.last_seq < self.reserved, "event numbers given before they were reserved"
         self.last_seq += 1
         self._events.append(event_json(self.last_seq, record, transition))
         self.counts[transition.event] += 1
         self.changed.set()
         self.changed = trio.Event()
+
+    def gap(self, seq: int) -> dict[str, Any] | None:
+        """What a client that saw the events up to ``seq`` has missed for good, as the
+        stream's first line (``{"gap": true, ...}``), or None if nothing (or ``seq`` is 0:
+        a client that saw none)."""
+        first = self._events[0]["seq"] if self._events else self.last_seq + 1
+        if seq == 0 or first - 1 <= seq <= self.last_seq:
+            return None
+        if seq > self.last_seq:
+            return _gap(seq, first, "no event here had that number")
+        given = self._previous_given
+        if first == self._first_own and given is not None and seq >= given:
+            return None  # (the service before gave none after it: the rest was never given)
+        if first > self._first_own:
+            reason = f"only the last {self._events.maxlen} events are kept"
+        else:
+            reason = "the service restarted (the events of the one before are not kept)"
+        return _gap(seq, first, reason)
 
     def since(self, seq: int) -> list[dict[str, Any]]:
         """The retained events numbered above ``seq``, oldest first."""
@@ -52,63 +125,14 @@ class EventLog:
         return list(self._events)[-missing:]
 
 
-class PhaseCounts:
-    """Processes per phase: seeded by a scan of the store, then moved by the transitions.
+def _numbers_json(reserved: int, given: int | None = None) -> bytes:
+    return json.dumps({"reserved": reserved, "given": given}).encode() + b"\n"
 
-    Transitions that arrive before the scan is in are kept and replayed on it, skipping
-    those the scan already saw (by the record's time), so none is counted twice.
-    Terminal processes are only counted; the others are kept by id. A terminal process
-    moves again only when it is rerun or removed: its transition names the phase it left
-    (``source``), whose count goes down.
-    """
 
-    def __init__(self) -> None:
-        self.seeded = False
-        self._pending: list[tuple[ProcessRecord, Transition | None]] = []
-        self._live: dict[str, str] = {}
-        self._terminal: collections.Counter[str] = collections.Counter()
-
-    def apply(self, record: ProcessRecord, transition: Transition | None = None) -> None:
-        """Count ``record``'s new phase (``transition``: the one that moved it there; a
-        ``remove`` takes it out)."""
-        if not self.seeded:
-            self._pending.append((record, transition))
-            return
-        self._move(record, transition)
-
-    def seed(self, records: Iterable[ProcessRecord]) -> None:
-        seen: dict[str, float] = {}
-        for record in records:
-            seen[record.id] = record.state.updated_at
-            self._move(record, None)
-        for record, transition in self._pending:
-            if transition is not None and transition.event == "remove":
-                if record.id in seen:  # (else the scan came after it: never counted)
-                    self._move(record, transition)
-            elif seen.get(record.id, -1.0) < record.state.updated_at:
-                self._move(record, transition)
-        self._pending = []
-        self.seeded = True
-
-    def _move(self, record: ProcessRecord, transition: Transition | None) -> None:
-        process_id, phase = record.id, record.phase
-        event = None if transition is None else transition.event
-        if event == "remove":
-            if phase in TERMINAL:
-                self._terminal[phase] -= 1
-            else:
-                self._live.pop(process_id, None)
-            return
-        if event == "rerun":  # (it leaves its terminal phase)
-            self._terminal[transition.source] -= 1  # type: ignore[union-attr]
-        if phase in TERMINAL:
-            self._live.pop(process_id, None)
-            self._terminal[phase] += 1
-        else:
-            self._live[process_id] = phase
-
-    def counts(self) -> Iterator[tuple[str, int]]:
-        """``(phase, processes)`` for every phase, zeros included."""
-        live = collections.Counter(self._live.values())
-        for phase in PHASES:
-            yield phase, live[phase] + self._terminal[phase]
+def _gap(seq: int, first: int, reason: str) -> dict[str, Any]:
+    return {
+        "gap": True,
+        "since": seq,
+        "next_seq": first,
+        "reason": f"events after {seq} are missing: {reason}; list the processes to catch up",
+    }

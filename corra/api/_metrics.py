@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import attrs
@@ -19,7 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 import corra
-from corra.api._events import EventLog, PhaseCounts
+from corra.api._events import EventLog
 
 logger = logging.getLogger("corra.api")
 
@@ -110,7 +110,7 @@ class _Collector(Collector):
         self,
         runtime: Any,
         events: EventLog,
-        phases: PhaseCounts,
+        phases: Mapping[str, int] | None,
         commits: CommitLatency,
         remote: RemoteFigures,
     ) -> None:
@@ -124,11 +124,11 @@ class _Collector(Collector):
         info = GaugeMetricFamily("corra_info", "The corra serving this", labels=["version"])
         info.add_metric([corra.__version__], 1)
         yield info
-        if self.phases.seeded:
+        if self.phases is not None:
             processes = GaugeMetricFamily(
                 "corra_processes", "Processes in each phase", labels=["phase"]
             )
-            for phase, count in self.phases.counts():
+            for phase, count in self.phases.items():
                 processes.add_metric([phase], count)
             yield processes
         transitions = CounterMetricFamily(
@@ -246,9 +246,10 @@ class _Collector(Collector):
 
 
 async def render(
-    runtime: Any, events: EventLog, phases: PhaseCounts, commits: CommitLatency
+    runtime: Any, events: EventLog, phases: Mapping[str, int] | None, commits: CommitLatency
 ) -> bytes:
-    """The Prometheus text of everything above. A checkpoint."""
+    """The Prometheus text of everything above; ``phases``: processes per phase (the store's
+    counts), None to leave them out. A checkpoint."""
     remote = await gather_remote(runtime)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Collector(runtime, events, phases, commits, remote))

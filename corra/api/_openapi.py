@@ -9,10 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 import corra
+from corra.api._limits import MAX_BATCH
 from corra.api._schemas import SCHEMAS, json_content, nullable, ref
 from corra.processes._lifecycle import PHASES
 from corra.processes._manager import MAX_LOG_OFFSET
 from corra.processes._spec_content import HIDDEN
+
+_SIDES = {"after": "at or after", "before": "before"}
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -185,11 +188,24 @@ OPENAPI: dict[str, Any] = {
                 },
             },
             "get": {
-                "summary": "Processes, oldest first, a page at a time",
+                "summary": "Processes, a page at a time: oldest first (by name with a name "
+                "prefix); only the page's records are read",
                 "operationId": "listProcesses",
                 "parameters": [
-                    _query("phase", {"type": "string", "enum": list(PHASES)}, "only this phase"),
-                    _query("name", {"type": "string"}, "only the process of this name"),
+                    {
+                        **_query(
+                            "phase",
+                            {"type": "array", "items": {"type": "string", "enum": list(PHASES)}},
+                            "only processes in this phase (repeat: in any of them)",
+                        ),
+                        "style": "form",
+                        "explode": True,
+                    },
+                    _query(
+                        "name",
+                        {"type": "string"},
+                        "only processes whose name starts with this (listed by name)",
+                    ),
                     {
                         **_query(
                             "label",
@@ -207,7 +223,17 @@ OPENAPI: dict[str, Any] = {
                     _query(
                         "cursor",
                         {"type": "string"},
-                        "the next_cursor of the previous page",
+                        "the next_cursor of the previous page (with the same filters)",
+                    ),
+                    *(
+                        _query(
+                            f"{what}_{side}",
+                            {"type": "number", "minimum": 0},
+                            f"only processes {what} {_SIDES[side]} this time (epoch seconds)"
+                            + (": terminal ones, listed by their end" if what == "ended" else ""),
+                        )
+                        for what in ("created", "ended")
+                        for side in ("after", "before")
                     ),
                 ],
                 "responses": {
@@ -228,6 +254,62 @@ OPENAPI: dict[str, Any] = {
                     "401": _UNAUTHORIZED,
                 },
             },
+        },
+        "/v1/processes:batch": {
+            "post": {
+                "summary": f"Submit up to {MAX_BATCH} processes at once, in order (each of a "
+                "name that exists already: that one)",
+                "operationId": "createProcesses",
+                "requestBody": {"required": True, "content": json_content(ref("ProcessBatch"))},
+                "responses": {
+                    "200": {
+                        "description": "every spec was checked, then each submitted (durable)",
+                        "content": json_content(ref("Submitted")),
+                    },
+                    "400": _error("the body is not a JSON document"),
+                    "401": _UNAUTHORIZED,
+                    "408": _error("the body did not come whole within 60 s"),
+                    "409": _error("a name is taken by a process whose record is unreadable"),
+                    "413": _error("the body is over 1 MiB"),
+                    "422": _error(
+                        "a spec is not valid, or two have one name (the message names each, "
+                        "as processes[INDEX].FIELD); nothing was submitted"
+                    ),
+                    "502": _BACKEND,
+                    "503": _UNAVAILABLE,
+                },
+            },
+        },
+        "/v1/processes:counts": {
+            "get": {
+                "summary": "How many processes there are in each phase (kept by the store: "
+                "no scan)",
+                "operationId": "countProcesses",
+                "responses": {
+                    "200": {
+                        "description": "every phase, zeros too",
+                        "content": json_content(
+                            {
+                                "type": "object",
+                                "required": ["phases"],
+                                "properties": {
+                                    "phases": {
+                                        "type": "object",
+                                        "required": list(PHASES),
+                                        "properties": {
+                                            phase: {"type": "integer", "minimum": 0}
+                                            for phase in PHASES
+                                        },
+                                        "additionalProperties": False,
+                                    }
+                                },
+                            }
+                        ),
+                    },
+                    "400": _BAD_QUERY,
+                    "401": _UNAUTHORIZED,
+                },
+            }
         },
         "/v1/processes:prune": {
             "post": {
@@ -398,14 +480,20 @@ OPENAPI: dict[str, Any] = {
                     _query(
                         "since",
                         {"type": "integer", "minimum": 0, "maximum": MAX_LOG_OFFSET, "default": 0},
-                        "the seq of the last event seen (numbers start again with each "
-                        "service: a seq beyond its last one gets all it retained)",
+                        "the seq of the last event seen (numbers are never given twice in "
+                        "a state dir; one the service cannot continue from without a gap "
+                        "is answered with an EventGap line first)",
                     ),
                 ],
                 "responses": {
                     "200": {
-                        "description": "one Event per line",
-                        "content": {"application/x-ndjson": {"schema": ref("Event")}},
+                        "description": "one Event per line (an EventGap first, if events "
+                        "after `since` are not kept)",
+                        "content": {
+                            "application/x-ndjson": {
+                                "schema": {"oneOf": [ref("Event"), ref("EventGap")]}
+                            }
+                        },
                     },
                     "400": _BAD_QUERY,
                     "401": _UNAUTHORIZED,

@@ -13,15 +13,9 @@ import trio
 from starlette.requests import Request
 
 from corra._errors import ConfigError
+from corra.api._limits import BODY_TIMEOUT, MAX_BODY
 from corra.processes._spec import ProcessSpec
 from corra.processes._spec_content import abbreviated
-
-#: The largest request body accepted (413 above).
-MAX_BODY = 1 << 20
-#: Seconds a request body may take to come in whole (408 after, and the connection closes):
-#: a client sending a byte now and then would hold a connection forever. Slow enough for
-#: `MAX_BODY` at 20 KB/s.
-BODY_TIMEOUT = 60.0
 
 
 class ApiError(Exception):
@@ -76,10 +70,9 @@ def parse_json(body: bytes) -> Any:
         raise ApiError(400, "bad_request", f"the body is not JSON: {exc}") from None
 
 
-def check_paths(spec: ProcessSpec) -> None:
+def check_paths(spec: ProcessSpec, where: str = "process") -> None:
     """Local paths must be absolute: the service's working directory means nothing to a
     client."""
-    where = "process"
     if spec.backend == "local" and spec.cwd is not None and not os.path.isabs(spec.cwd):
         raise ConfigError(f"{where}.cwd: got {spec.cwd!r}, expected an absolute path")
     if spec.outputs_dir is not None and not os.path.isabs(spec.outputs_dir):
@@ -105,6 +98,21 @@ def single(query: Any, name: str) -> str | None:
     if len(values) > 1:
         raise ApiError(400, "bad_request", f"{name}: given {len(values)} times, expected once")
     return values[0] if values else None
+
+
+def epoch_seconds(query: Any, name: str) -> float | None:
+    """A time query parameter: seconds since the epoch (a number >= 0), or None if absent."""
+    text = single(query, name)
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (0 <= value < 1e11):  # (NaN and infinities fail too)
+        shown = abbreviated(text, 40)
+        raise ApiError(400, "bad_request", f"{name}: got {shown}, expected epoch seconds >= 0")
+    return value
 
 
 def integer(query: Any, name: str, default: int, *, minimum: int, maximum: int) -> int:

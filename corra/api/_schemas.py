@@ -14,6 +14,7 @@ from typing import Any
 
 import attrs
 
+from corra.api._limits import MAX_BATCH
 from corra.processes._backend import BackendPlugin
 from corra.processes._convert import SPEC_FIELDS
 from corra.processes._lifecycle import PHASES
@@ -295,12 +296,30 @@ _LOG_ENTRY = {
     },
 }
 
+_EVENT_GAP = {
+    "type": "object",
+    "description": "The first line of a stream whose `since` the service cannot continue "
+    "from without a gap (events after it are not kept: the service restarted, or more than "
+    "it keeps happened since); everything it keeps follows.",
+    "required": ["gap", "since", "next_seq", "reason"],
+    "properties": {
+        "gap": {"type": "boolean", "enum": [True]},
+        "since": {"type": "integer"},
+        "next_seq": {"type": "integer", "description": "the number of the next line's event"},
+        "reason": {"type": "string"},
+    },
+}
+
 _EVENT = {
     "type": "object",
     "description": "One line of the NDJSON event stream: a process's transition.",
     "required": ["seq", "at", "id", "name", "event", "source", "target", "attempt", "reason"],
     "properties": {
-        "seq": {"type": "integer", "minimum": 1, "description": "numbered since start"},
+        "seq": {
+            "type": "integer",
+            "minimum": 1,
+            "description": "never given twice in one state dir, across services",
+        },
         "at": _TIME,
         "id": {"type": "string"},
         "name": {"type": "string"},
@@ -365,8 +384,47 @@ _BACKEND = {
 }
 
 
+_BATCH = {
+    "type": "object",
+    "required": ["processes"],
+    "additionalProperties": False,
+    "properties": {
+        "processes": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": MAX_BATCH,
+            "items": ref("ProcessSpec"),
+        }
+    },
+}
+
+_SUBMITTED = {
+    "type": "object",
+    "required": ["items"],
+    "properties": {
+        "items": {
+            "type": "array",
+            "description": "one per spec, in order: its process, and whether it was created",
+            "items": {
+                "type": "object",
+                "required": [*_PROCESS_FIELDS, "created"],
+                "properties": {
+                    **_PROCESS_FIELDS,
+                    "created": {
+                        "type": "boolean",
+                        "description": "false: a process of this name existed (it is that one)",
+                    },
+                },
+            },
+        }
+    },
+}
+
+
 #: The document's ``components.schemas``.
 SCHEMAS: dict[str, Any] = {
+    "ProcessBatch": _BATCH,
+    "Submitted": _SUBMITTED,
     "ProcessSpec": _SPEC,
     "LocalSpec": _LOCAL_SPEC,
     "RemoteSpec": _REMOTE_SPEC,
@@ -376,6 +434,7 @@ SCHEMAS: dict[str, Any] = {
     "Transition": _TRANSITION,
     "LogEntry": _LOG_ENTRY,
     "Event": _EVENT,
+    "EventGap": _EVENT_GAP,
     "Error": _ERROR,
     "Backend": _BACKEND,
     "BackendField": _BACKEND_FIELD,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import time
 from pathlib import Path
 
 import corra
@@ -143,12 +144,51 @@ def build_parser() -> argparse.ArgumentParser:
     )
     submit.add_argument("--json", action="store_true", help="print the records as JSON")
 
-    ps = commands.add_parser("ps", parents=[state, client], help="list processes")
-    ps.add_argument("--json", action="store_true")
-    ps.add_argument("--phase", choices=PHASES, help="only processes in this phase")
-    ps.add_argument(
-        "--label", action="append", default=[], metavar="KEY=VALUE", help="only with this label"
+    ps = commands.add_parser(
+        "ps",
+        parents=[state, client],
+        help="list processes (the active ones, and counts per phase)",
+        description="List processes, oldest first: the active ones (not finished, failed or "
+        "killed) unless --all or --phase says otherwise, then how many there are per phase. "
+        "Only what is listed is read, whatever the state dir holds.",
     )
+    ps.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"items": [...], "next_cursor": ...} as GET /v1/processes does',
+    )
+    ps.add_argument("-a", "--all", action="store_true", help="every process, in any phase")
+    ps.add_argument(
+        "--phase",
+        action="append",
+        default=[],
+        choices=PHASES,
+        help="only processes in this phase (repeat: in any of them)",
+    )
+    ps.add_argument(
+        "-l",
+        "--label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only processes with this label (repeat: with all of them)",
+    )
+    ps.add_argument("--name", metavar="PREFIX", help="only names that start so (listed by name)")
+    ps.add_argument("--limit", type=_positive, metavar="N", help="at most N processes")
+    ps.add_argument(
+        "--cursor", help="go on after the last of a listing (the next_cursor --json printed)"
+    )
+    ps.add_argument("-q", "--quiet", action="store_true", help="only the ids, one per line")
+    for what in ("created", "ended"):
+        for side, words in (("after", "at or after"), ("before", "before")):
+            ps.add_argument(
+                f"--{what}-{side}",
+                type=when,
+                metavar="WHEN",
+                help=f"only processes {what} {words} WHEN: a time (2026-12-01, "
+                "2026-12-01T08:30, epoch seconds) or how long ago (90s, 30m, 12h, 7d)"
+                + (" (terminal ones, listed by their end)" if what == "ended" else ""),
+            )
 
     show = commands.add_parser(
         "show", parents=[state, client], help="one process: spec, state, result, history"
@@ -298,6 +338,48 @@ def runtime_options(args: argparse.Namespace) -> int:
     return int(args.output_limit)
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def when(text: str, now: float | None = None) -> float:
+    """A time of --created-after and friends, as epoch seconds: how long ago (``30m``, ``7d``),
+    an ISO 8601 date or time (local time unless it says its zone), or epoch seconds."""
+    text = text.strip()
+    now = time.time() if now is None else now
+    unit = _UNITS.get(text[-1:])
+    if unit is not None:
+        try:
+            amount = float(text[:-1])
+        except ValueError:
+            amount = -1.0
+        if 0 <= amount < 1e9:
+            return max(0.0, now - amount * unit)
+    try:
+        value = float(text)
+    except ValueError:
+        pass
+    else:
+        if 0 <= value < 1e11:
+            return value
+    try:
+        return datetime.datetime.fromisoformat(text).timestamp()
+    except (ValueError, OverflowError, OSError):
+        raise argparse.ArgumentTypeError(
+            f"got {text!r}, expected a time (2026-12-01, 2026-12-01T08:30, epoch seconds) or "
+            "how long ago (90s, 30m, 12h, 7d)"
+        ) from None
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"got {text!r}, expected an integer >= 1")
+    return value
+
+
 def parse_label(text: str) -> tuple[str, str]:
     """``KEY=VALUE`` of --label.
 
@@ -308,10 +390,6 @@ def parse_label(text: str) -> tuple[str, str]:
     if not key or not equals:
         raise ConfigError(f"--label: got {text!r}, expected KEY=VALUE")
     return key, value
-
-
-#: The units of a duration (`parse_moment`), in seconds.
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 def parse_duration(text: str, option: str) -> float:
@@ -334,20 +412,13 @@ def _duration(text: str) -> float | None:
 
 
 def parse_moment(text: str, option: str, *, now: float) -> float:
-    """A moment (epoch seconds) given as a duration before ``now`` (``30d``, ``12h``,
-    ``90m``, ``45s``, ``2w``) or as an ISO 8601 time (``2026-12-01``,
-    ``2026-12-01T10:30``, local time unless it says its zone).
+    """A moment (epoch seconds) as `when` reads it (how long before ``now``: ``30d``; an
+    ISO 8601 time; epoch seconds), for ``option``.
 
     Raises:
-        ConfigError: ``text`` is neither (``option`` names the option).
+        ConfigError: ``text`` is none of them (``option`` names the option).
     """
-    seconds = _duration(text)
-    if seconds is not None:
-        return now - seconds
     try:
-        return datetime.datetime.fromisoformat(text).timestamp()
-    except ValueError:
-        raise ConfigError(
-            f"{option}: got {text!r}, expected a duration (30d, 12h, 90m, 45s, 2w) or an "
-            "ISO 8601 time (2026-12-01T10:30)"
-        ) from None
+        return when(text, now)
+    except argparse.ArgumentTypeError as exc:
+        raise ConfigError(f"{option}: {exc}") from None

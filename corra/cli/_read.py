@@ -18,9 +18,10 @@ from corra._readonly import open_state_query
 from corra.api._client import Client, ConnectionLost, NotServing
 from corra.api._wire import detail_json, record_json
 from corra.cli._parser import EXIT_OK, parse_label
-from corra.cli._render import print_ps, print_show
+from corra.cli._render import print_counts, print_json, print_ps, print_show
 from corra.cli._service import quoted, service
-from corra.processes._lifecycle import TERMINAL
+from corra.processes._lifecycle import PHASES, TERMINAL
+from corra.processes._listing import Selection
 from corra.processes._query import ProcessQuery
 
 
@@ -45,32 +46,85 @@ async def _read_state_dir(state_dir: Path, read: Callable[[ProcessQuery], Awaita
         return await read(query)
 
 
+#: Processes asked for per page when `corra ps` reads many (the API's most).
+PS_PAGE = 1000
+_TIMES = ("created_after", "created_before", "ended_after", "ended_before")
+
+
 def ps(args: argparse.Namespace, state_dir: Path) -> int:
-    labels = dict(parse_label(text) for text in args.label)
+    labels = tuple(parse_label(text) for text in args.label)
+    phases = tuple(dict.fromkeys(args.phase))
+    ended = args.ended_after is not None or args.ended_before is not None
+    if not phases and not args.all and not ended:  # (an end time: the terminal ones)
+        phases = tuple(phase for phase in PHASES if phase not in TERMINAL)
+    bounds = {field: getattr(args, field) for field in _TIMES}
+    selection = Selection(phases=phases, labels=labels, name=args.name, **bounds)
 
     def via_service(client: Client) -> int:
-        items: list[dict[str, Any]] = []
-        params: dict[str, Any] = {"limit": 1000}
-        if args.phase:
-            params["phase"] = args.phase
+        params: dict[str, Any] = {}
+        if phases:
+            params["phase"] = list(phases)
         if labels:
-            params["label"] = [f"{key}={value}" for key, value in labels.items()]
+            params["label"] = [f"{key}={value}" for key, value in labels]
+        if args.name is not None:
+            params["name"] = args.name
+        params.update((field, at) for field, at in bounds.items() if at is not None)
+        items: list[dict[str, Any]] = []
+        cursor = args.cursor
         while True:
-            _, page = client.call("GET", "/v1/processes", params=params)
-            items += page["items"]
-            if not page["next_cursor"]:
+            asked = {**params, "limit": _page_size(args, items)}
+            if cursor is not None:
+                asked["cursor"] = cursor
+            _, found = client.call("GET", "/v1/processes", params=asked)
+            items += found["items"]
+            cursor = found["next_cursor"]
+            if _complete(args, items, cursor):
                 break
-            params["cursor"] = page["next_cursor"]
-        print_ps(items, args.json, corrupt=0)
-        return EXIT_OK
+        counts: dict[str, int] = {}
+        if not (args.json or args.quiet):
+            counts = client.call("GET", "/v1/processes:counts")[1]["phases"]
+        return _print_listing(args, items, cursor, 0, counts)
 
     async def from_state_dir(query: ProcessQuery) -> int:
-        page = await query.list(phase=args.phase, labels=labels)
-        items = [record_json(view.record, view.recorded) for view in page.items]
-        print_ps(items, args.json, corrupt=page.corrupt)
-        return EXIT_OK
+        items: list[dict[str, Any]] = []
+        cursor, corrupt = args.cursor, 0
+        while True:
+            found = await query.list(selection, cursor=cursor, limit=_page_size(args, items))
+            items += [record_json(view.record, view.recorded) for view in found.items]
+            cursor, corrupt = found.next_cursor, corrupt + found.corrupt
+            if _complete(args, items, cursor):
+                break
+        counts = {} if args.json or args.quiet else await query.phase_counts()
+        return _print_listing(args, items, cursor, corrupt, counts)
 
     return _read_only(args, state_dir, via_service, from_state_dir)
+
+
+def _page_size(args: argparse.Namespace, items: list[dict[str, Any]]) -> int:
+    return PS_PAGE if args.limit is None else min(PS_PAGE, args.limit - len(items))
+
+
+def _complete(args: argparse.Namespace, items: list[dict[str, Any]], cursor: str | None) -> bool:
+    return cursor is None or (args.limit is not None and len(items) >= args.limit)
+
+
+def _print_listing(
+    args: argparse.Namespace,
+    items: list[dict[str, Any]],
+    cursor: str | None,
+    corrupt: int,
+    counts: dict[str, int],
+) -> int:
+    """Print a listing as `corra ps` does: ids, JSON, or a table and the counts per phase."""
+    if args.quiet:
+        for item in items:
+            print(item["id"])
+    elif args.json:
+        print_json({"items": items, "next_cursor": cursor})
+    else:
+        print_ps(items, corrupt=corrupt)
+        print_counts(counts, more=cursor)
+    return EXIT_OK
 
 
 def show(args: argparse.Namespace, state_dir: Path) -> int:

@@ -18,12 +18,9 @@ def print_json(data: Any) -> None:
     sys.stdout.write("\n")
 
 
-def print_ps(items: list[dict[str, Any]], as_json: bool, *, corrupt: int) -> None:
-    """`corra ps`: the processes (as `corra.api._wire.record_json` gives them) as a table,
-    or JSON; ``corrupt`` records that could not be read are counted on stderr."""
-    if as_json:
-        print_json(items)
-        return
+def print_ps(items: list[dict[str, Any]], *, corrupt: int) -> None:
+    """`corra ps`: the processes (as `corra.api._wire.record_json` gives them) as a table;
+    ``corrupt`` records that could not be read are counted on stderr."""
     rows = [("ID", "NAME", "PHASE", "ATTEMPT", "RC", "UPDATED", "REASON")]
     for item in items:
         if item["returncode"] is not None:
@@ -53,6 +50,18 @@ def print_ps(items: list[dict[str, Any]], as_json: bool, *, corrupt: int) -> Non
         )
     if corrupt:
         print(f"({corrupt} record(s) could not be read; see corra show)", file=sys.stderr)
+
+
+def print_counts(counts: dict[str, int], *, more: str | None) -> None:
+    """`corra ps`'s footer: how many processes there are per phase (the phases that have
+    some), and how to go on when the listing stopped at its --limit."""
+    some = [f"{count} {phase}" for phase, count in counts.items() if count]
+    total = sum(counts.values())
+    print(
+        f"\n{total} process{'' if total == 1 else 'es'}" + (f": {', '.join(some)}" if some else "")
+    )
+    if more is not None:
+        print(f"(more: --cursor {more})")
 
 
 def _phase_text(item: dict[str, Any]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import sys
 import urllib.parse
@@ -13,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from corra._errors import ConfigError, CorraError
-from corra.api._client import ApiError, Client, NotServing, connect, no_service_message
+from corra.api._client import Client, NotServing, connect, no_service_message
+from corra.api._limits import MAX_BATCH, MAX_BODY
 from corra.cli._parser import EXIT_FAILED, EXIT_NO_SERVICE, EXIT_OK, TOKEN_ENV, URL_ENV, parse_label
 from corra.cli._render import print_control, print_json
 from corra.processes._convert import parse_process_spec, unstructure_spec
@@ -79,19 +81,23 @@ def submit(args: argparse.Namespace, state_dir: Path) -> int:
     try:
         with service(args, state_dir) as client:
             records, refused = [], 0
-            for body in bodies:
-                try:
-                    status, record = client.call("POST", "/v1/processes", body=body)
-                except ApiError as exc:
-                    if exc.code != "spec_changed":
-                        raise
-                    print(f"corra: {exc}", file=sys.stderr)  # (the others are submitted)
-                    refused += 1
-                    continue
-                records.append(record)
-                if not args.json:
-                    what = "submitted" if status == 201 else f"exists already ({record['phase']})"
-                    print(f"{record['name']} ({record['id']}): {what}")
+            for batch in _batches(bodies):
+                _, answer = client.call("POST", "/v1/processes:batch", body={"processes": batch})
+                for record in answer["items"]:
+                    created = record.pop("created")
+                    changed = record.pop("changed", None)
+                    if changed:  # (the others are submitted)
+                        print(
+                            f"corra: process {record['name']!r} ({record['id']}) exists with "
+                            f"another spec: {', '.join(changed)} differ; it keeps its own",
+                            file=sys.stderr,
+                        )
+                        refused += 1
+                        continue
+                    records.append(record)
+                    if not args.json:
+                        what = "submitted" if created else f"exists already ({record['phase']})"
+                        print(f"{record['name']} ({record['id']}): {what}")
     except NotServing:
         print(f"corra: {no_service_message(state_dir)}", file=sys.stderr)
         print("corra: (or run it in the foreground: `corra run`)", file=sys.stderr)
@@ -99,6 +105,22 @@ def submit(args: argparse.Namespace, state_dir: Path) -> int:
     if args.json:
         print_json(records)
     return EXIT_FAILED if refused else EXIT_OK
+
+
+def _batches(bodies: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    """``bodies`` in order, in batches the API takes: at most `MAX_BATCH` specs, and well
+    under `MAX_BODY` bytes of JSON each (a job file of thousands is a few requests)."""
+    batch: list[dict[str, Any]] = []
+    size = 0
+    for body in bodies:
+        length = len(json.dumps(body)) + 1
+        if batch and (len(batch) == MAX_BATCH or size + length > MAX_BODY // 2):
+            yield batch
+            batch, size = [], 0
+        batch.append(body)
+        size += length
+    if batch:
+        yield batch
 
 
 def _absolute(spec: ProcessSpec) -> dict[str, Any]:

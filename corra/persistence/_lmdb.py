@@ -14,6 +14,8 @@ state directory would run every process twice). Named databases:
 - ``active``: process id -> empty, for the snapshots the caller said are active (``save(...,
   active=True)``), so that a recovery reads those and nothing else. Written in the same
   transaction as the snapshot; ``set_aside`` and ``delete`` remove the id.
+- ``terms``, ``index``, ``counts``: the secondary indexes, from the terms each save carries
+  (`corra.persistence._indexes`); ``set_aside`` and ``delete`` remove a process from them.
 
 Format 1 had no ``active`` database. A writer opening a format-1 store creates it empty and
 leaves the format at 1 (`Reads.has_active_index` is False) until the caller has rebuilt the
@@ -45,16 +47,31 @@ import lmdb
 from corra._errors import ConfigError, CorruptRecord, StoreError
 from corra._statedir import FILE_MODE, check_directory, make_private_dirs, open_private
 from corra.persistence._codec import Codec
+from corra.persistence._indexes import IndexReads, IndexTerm, decode_terms
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 #: Version of the layout above; a store written by a newer layout is refused.
-FORMAT_VERSION: Final = 2
+FORMAT_VERSION: Final = 3
 #: The first format with a complete ``active`` index.
 ACTIVE_INDEX_FORMAT: Final = 2
+#: The first format with complete secondary indexes (``terms``, ``index``, ``counts``).
+INDEXES_FORMAT: Final = 3
 _FORMAT_KEY: Final = b"format"
-_DATABASES: Final = ("snapshots", "history", "names", "quarantine", "meta", "active")
+_DATABASES: Final = (
+    "snapshots",
+    "history",
+    "names",
+    "quarantine",
+    "meta",
+    "active",
+    "terms",
+    "index",
+    "counts",
+)
+#: Databases that an older format lacks (None when a reader opens such a store).
+_LATER_DATABASES: Final = ("active", "terms", "index", "counts")
 #: LMDB's compile-time limit on key length (``mdb_env_get_maxkeysize``).
 _MAX_KEY_BYTES: Final = 511
 _SEPARATOR: Final = b"\x00"
@@ -153,6 +170,12 @@ class Databases:
     meta: Any
     active: Any
     """None for a format-1 store opened read-only (it has no such database)."""
+    terms: Any
+    """None for a store of format 1 or 2 opened read-only, as ``index`` and ``counts``."""
+    index: Any
+    counts: Any
+    count_deltas: dict[bytes, int] = attrs.field(factory=dict, eq=False, repr=False)
+    """The writer's count changes in the transaction under way (`_indexes.flush_counts`)."""
     next_history: dict[bytes, int] = attrs.field(factory=dict, eq=False, repr=False)
     """The writer's memory of the next history sequence number of the processes it wrote
     lately (see `corra.persistence._store`); never read by readers."""
@@ -231,12 +254,14 @@ def set_format(txn: lmdb.Transaction, databases: Databases, version: int) -> Non
     txn.put(_FORMAT_KEY, str(version).encode(), db=databases.meta)
 
 
-def mark_active_index_complete(txn: lmdb.Transaction, databases: Databases) -> None:
-    """Raise the format to one whose ``active`` index is complete (the format was checked
-    when the store was opened)."""
-    version = int(txn.get(_FORMAT_KEY, b"0", db=databases.meta))
-    if version < ACTIVE_INDEX_FORMAT:
-        set_format(txn, databases, ACTIVE_INDEX_FORMAT)
+def mark_active_index_complete(
+    txn: lmdb.Transaction, databases: Databases, version: int = ACTIVE_INDEX_FORMAT
+) -> None:
+    """Raise the format to ``version``, one whose ``active`` index (and, from
+    `INDEXES_FORMAT`, every index) is complete (the format was checked when the store was
+    opened)."""
+    if int(txn.get(_FORMAT_KEY, b"0", db=databases.meta)) < version:
+        set_format(txn, databases, version)
 
 
 def lmdb_path(state_dir: str | os.PathLike[str]) -> Path:
@@ -315,7 +340,7 @@ def open_for_reading(path: Path) -> Environment:
             try:
                 handles.append(env.open_db(name.encode(), create=False))
             except lmdb.NotFoundError:
-                if name != "active":  # a format-1 store has none
+                if name not in _LATER_DATABASES:  # (an older format has none)
                     raise StoreError(f"{path} is not a corra store") from None
                 handles.append(None)
         databases = Databases(*handles)
@@ -339,7 +364,7 @@ def opening(path: Path, open_environment: Callable[[], Environment]) -> Environm
 # Reads -----------------------------------------------------------------------------------
 
 
-class Reads:
+class Reads(IndexReads):
     """The read methods, shared by `Store` and `StoreReader`. Every one is sync and cheap
     for single keys; `scan` and friends read everything."""
 
@@ -413,6 +438,25 @@ class Reads:
             return False
         version = environment.read(lambda txn: stored_format(txn, databases, environment.path))
         return version is not None and version >= ACTIVE_INDEX_FORMAT
+
+    def has_indexes(self) -> bool:
+        """Whether the secondary indexes are complete: False for a store written by a corra
+        that kept none, until `Store.rebuild_indexes` has run."""
+        environment = self._environment()
+        databases = environment.databases
+        if databases.terms is None:
+            return False
+        version = environment.read(lambda txn: stored_format(txn, databases, environment.path))
+        return version is not None and version >= INDEXES_FORMAT
+
+    def index_terms(self, process_id: str) -> tuple[IndexTerm, ...]:
+        """The terms ``process_id`` last wrote (empty if none)."""
+        key = process_key(process_id)
+        environment = self._environment()
+        if environment.databases.terms is None:
+            return ()
+        blob = environment.read(lambda txn: txn.get(key, db=environment.databases.terms))
+        return decode_terms(blob) if blob else ()
 
     def counts(self) -> SnapshotCounts:
         """How many snapshots there are, and how many are in the ``active`` index; from

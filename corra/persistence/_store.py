@@ -30,13 +30,14 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import attrs
 import lmdb
 import trio
 
 from corra._errors import ConfigError, StoreError
+from corra.persistence._indexes import IndexTerm, encode_terms, flush_counts
 from corra.persistence._lmdb import (
     Environment,
     Reads,
@@ -57,15 +58,12 @@ from corra.persistence._writes import (
     Delete,
     PendingSave,
     RebuildActiveIndex,
+    RebuildIndexes,
     SetAside,
     Stop,
     Write,
 )
-
-#: Limits on one write transaction, so that a burst of writes cannot outgrow LMDB's
-#: dirty-page limit; what is left over goes into the next transaction.
-_MAX_BATCH_WRITES: Final = 10_000
-_MAX_BATCH_BYTES: Final = 64 << 20
+from corra.persistence._writes import next_batch as _next_batch
 
 
 @attrs.frozen
@@ -146,11 +144,14 @@ class Store(Reads):
         active: bool | None = None,
         after: PendingSave | None = None,
         shielded: bool = False,
+        indexes: Sequence[IndexTerm] | None = None,
     ) -> None:
         """In one transaction: make ``snapshot`` the latest snapshot of ``process_id``;
         append ``transition`` (or each of ``transitions``, in order) to its history; claim
         ``name`` for it; put ``process_id`` in the ``active`` index (``active=True``) or take
-        it out (``active=False``; None leaves the index as it is). Returns once all of it is
+        it out (``active=False``; None leaves the index as it is); make ``indexes`` its terms
+        in the secondary indexes (`corra.persistence._indexes`; None: keep the last ones,
+        empty: none). Returns once all of it is
         durable; a checkpoint (see the class for cancellation; ``shielded``: once queued, it
         returns only when the write is done, as if in a shielded cancel scope, and a
         cancellation is delivered at the next checkpoint).
@@ -165,7 +166,9 @@ class Store(Reads):
             ConfigError: ``process_id`` or ``name`` cannot be a key (empty, a NUL, too long).
             TypeError: ``snapshot`` or a transition is not bytes, ``active`` not a bool.
         """
-        write = self._save_write(process_id, snapshot, transition, transitions, name, active, after)
+        write = self._save_write(
+            process_id, snapshot, transition, transitions, name, active, after, indexes
+        )
         write.shielded = shielded
         # `_submit`, inlined: a save is what every transition of every process waits for.
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -187,6 +190,7 @@ class Store(Reads):
         name: str | None = None,
         active: bool | None = None,
         after: PendingSave | None = None,
+        indexes: Sequence[IndexTerm] | None = None,
     ) -> PendingSave:
         """Queue the same save as `save` and return at once, without waiting for it: the
         writer commits it in order with the others. Watch ``done`` and ``error`` on what it
@@ -196,7 +200,9 @@ class Store(Reads):
             StoreError: the store is closed or read-only (nothing was queued).
             ConfigError, TypeError: as `save`.
         """
-        write = self._save_write(process_id, snapshot, transition, transitions, name, active, after)
+        write = self._save_write(
+            process_id, snapshot, transition, transitions, name, active, after, indexes
+        )
         self._check_accepting()
         self._queue.put(write)
         return write
@@ -210,6 +216,7 @@ class Store(Reads):
         name: str | None,
         active: bool | None,
         after: PendingSave | None,
+        indexes: Sequence[IndexTerm] | None = None,
     ) -> PendingSave:
         if active is not None and type(active) is not bool:
             raise TypeError(f"active must be a bool or None, not {type(active).__name__}")
@@ -240,6 +247,7 @@ class Store(Reads):
             None if name is None else key_of(name, "name"),
             active,
             after,
+            None if indexes is None else encode_terms(indexes),
         )
 
     async def claim_name(self, name: str, process_id: str) -> str:
@@ -266,10 +274,11 @@ class Store(Reads):
         await self._submit(SetAside(process_key(process_id), require_bytes(raw, "raw"), reason))
 
     async def delete(self, process_id: str, *, names: Sequence[str] | None = None) -> None:
-        """Remove every trace of ``process_id``: snapshot, history, names, quarantine entry.
-        A checkpoint. ``names``: the names it may own, if the caller knows them (only those
-        are looked at, and removed if it owns them); None: every name is read to find its
-        own, which takes the writer a while in a store of many.
+        """Remove every trace of ``process_id``: snapshot, history, names, quarantine entry,
+        index entries (and counts). A checkpoint. ``names``: the names it may own, if the
+        caller knows them (only those are looked at, and removed if it owns them); None:
+        every name is read to find its own, which takes the writer a while in a store of
+        many.
 
         Raises:
             StoreError: the transaction failed, or the store is closed or read-only.
@@ -282,11 +291,10 @@ class Store(Reads):
         ``is_active(snapshot)``; then `has_active_index` is True. For a store written by a
         corra that kept no index; returns how many ids are in it. A checkpoint.
 
-        It is one write transaction, so no save can slip between the scan and the index,
-        and it reads every snapshot: other writes wait until it is done. ``is_active`` runs
-        in the writer thread. It should not raise (say True for a snapshot that cannot be
-        decoded, so that a scan of the active ones finds it and sets it aside): if it does,
-        the transaction fails, with the writes batched with it.
+        One write transaction (no save slips between the scan and the index) that reads
+        every snapshot: other writes wait. ``is_active`` runs in the writer thread and should
+        not raise (say True for a snapshot that cannot be decoded, so that a scan of the
+        active ones sets it aside): if it does, the transaction fails, with its batch.
 
         Raises:
             StoreError: the transaction failed (nothing of it was written), or the store is
@@ -295,6 +303,18 @@ class Store(Reads):
         if not callable(is_active):
             raise TypeError(f"is_active must be callable, not {type(is_active).__name__}")
         result: int = await self._submit(RebuildActiveIndex(is_active))
+        return result
+
+    async def rebuild_indexes(
+        self, describe: Callable[[bytes], tuple[bool, Sequence[IndexTerm]]]
+    ) -> int:
+        """Build the ``active`` index and the secondary indexes from every snapshot, as
+        `rebuild_active_index` does (its notes hold): ``describe(snapshot)`` says whether it
+        is active and gives its terms. Then `has_indexes` is True. Returns how many ids are
+        active. A checkpoint; `StoreError` as `rebuild_active_index`."""
+        if not callable(describe):
+            raise TypeError(f"describe must be callable, not {type(describe).__name__}")
+        result: int = await self._submit(RebuildIndexes(describe))
         return result
 
     def _check_accepting(self) -> None:
@@ -407,18 +427,21 @@ class Store(Reads):
 
     def _commit(self, batch: list[Write]) -> None:
         environment = self._environment()
+        databases = environment.databases
         started = time.perf_counter()
         try:
             while True:
                 for write in batch:
                     write.result = write.error = None
+                databases.count_deltas.clear()  # (from a transaction that failed)
                 try:
                     with environment.env.begin(write=True) as txn:
                         for write in batch:
                             try:
-                                write.result = write.apply(txn, environment.databases)
+                                write.result = write.apply(txn, databases)
                             except StoreError as exc:  # refused before it changed anything
                                 write.error = exc
+                        flush_counts(txn, databases)
                     break
                 except lmdb.MapFullError:
                     self._grow(environment)
@@ -491,17 +514,6 @@ class Store(Reads):
             if self._writer_lock is not None:
                 os.close(self._writer_lock)
                 self._writer_lock = None
-
-
-def _next_batch(backlog: collections.deque[Write]) -> list[Write]:
-    batch = [backlog.popleft()]
-    size = batch[0].size()
-    while backlog and len(batch) < _MAX_BATCH_WRITES:
-        size += backlog[0].size()
-        if size > _MAX_BATCH_BYTES:
-            break
-        batch.append(backlog.popleft())
-    return batch
 
 
 def _wake(writes: list[Write]) -> None:

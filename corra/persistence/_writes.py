@@ -8,22 +8,30 @@ anything to fail alone (`corra.persistence._store`, Rule 2).
 from __future__ import annotations
 
 import base64
+import collections
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import lmdb
 import trio
 
 from corra._errors import NameTaken, StoreError
+from corra.persistence._indexes import IndexTerm, rebuild, remove_terms, replace_terms
 from corra.persistence._lmdb import (
+    INDEXES_FORMAT,
     SEQUENCE_BYTES,
     Databases,
     history_prefix,
     mark_active_index_complete,
     text,
 )
+
+#: Limits on one write transaction, so that a burst of writes cannot outgrow LMDB's
+#: dirty-page limit; what is left over goes into the next transaction.
+MAX_BATCH_WRITES: Final = 10_000
+MAX_BATCH_BYTES: Final = 64 << 20
 
 
 class Write:
@@ -106,7 +114,7 @@ class PendingSave(Write):
     it committed, else the reason it did not (nothing of it was written).
     """
 
-    __slots__ = ("active", "after", "name", "process", "snapshot", "transitions")
+    __slots__ = ("active", "after", "name", "process", "snapshot", "terms", "transitions")
 
     def __init__(
         self,
@@ -116,6 +124,7 @@ class PendingSave(Write):
         name: bytes | None,
         active: bool | None = None,
         after: PendingSave | None = None,
+        terms: bytes | None = None,
     ) -> None:
         # (Write.__init__ inlined: one of these is made at every transition)
         self.task = None
@@ -129,6 +138,7 @@ class PendingSave(Write):
         self.name = name
         self.active = active
         self.after = after
+        self.terms = terms  # (encoded: `corra.persistence._indexes.encode_terms`)
 
     def size(self) -> int:
         return len(self.snapshot) + sum(len(entry) for entry in self.transitions)
@@ -151,6 +161,8 @@ class PendingSave(Write):
             txn.put(self.process, b"", db=databases.active)
         elif self.active is False:
             txn.delete(self.process, db=databases.active)
+        if self.terms is not None:
+            replace_terms(txn, databases, self.process, self.terms)
         if self.transitions:
             process = self.process
             sequence = _next_history_sequence(txn, databases, process)
@@ -193,6 +205,7 @@ class SetAside(Write):
         txn.put(self.process, self.entry, db=databases.quarantine)
         txn.delete(self.process, db=databases.snapshots)
         txn.delete(self.process, db=databases.active)
+        remove_terms(txn, databases, self.process)
 
 
 class Delete(Write):
@@ -207,6 +220,7 @@ class Delete(Write):
         txn.delete(self.process, db=databases.snapshots)
         txn.delete(self.process, db=databases.active)
         txn.delete(self.process, db=databases.quarantine)
+        remove_terms(txn, databases, self.process)
         databases.next_history.pop(self.process, None)  # its history starts again at 0
         prefix = history_prefix(self.process)
         cursor = txn.cursor(db=databases.history)
@@ -240,6 +254,31 @@ class RebuildActiveIndex(Write):
                 count += 1
         mark_active_index_complete(txn, databases)
         return count
+
+
+class RebuildIndexes(Write):
+    __slots__ = ("describe",)
+
+    def __init__(self, describe: Callable[[bytes], tuple[bool, Sequence[IndexTerm]]]) -> None:
+        super().__init__()
+        self.describe = describe
+
+    def apply(self, txn: lmdb.Transaction, databases: Databases) -> int:
+        active = rebuild(txn, databases, self.describe)
+        mark_active_index_complete(txn, databases, INDEXES_FORMAT)
+        return active
+
+
+def next_batch(backlog: collections.deque[Write]) -> list[Write]:
+    """The writes of the next transaction, oldest first, within the limits."""
+    batch = [backlog.popleft()]
+    size = batch[0].size()
+    while backlog and len(batch) < MAX_BATCH_WRITES:
+        size += backlog[0].size()
+        if size > MAX_BATCH_BYTES:
+            break
+        batch.append(backlog.popleft())
+    return batch
 
 
 class Stop:

@@ -8,7 +8,8 @@ durable, except a save in the background, whose loss in a crash is safe.
 
 A process's saves commit in order; a save in the background that failed is written again,
 first, with the next save of the process, so the history stays complete and in order. The
-store's ``active`` index follows `needs_recovery` of the last durable snapshot.
+store's ``active`` index follows `needs_recovery` of the last durable snapshot, and its
+secondary indexes the terms of the last durable record (`corra.processes._terms`).
 
 Readers of a store (the manager, the command line without a runtime) find records with
 `find_record` and `sorted_records`.
@@ -27,6 +28,7 @@ from corra._errors import NoSuchProcess
 from corra.processes._lifecycle import ACTIVE, KEEPS_RESULT, Event, advance, needs_recovery
 from corra.processes._ports import PendingSave, RecordCodec, RecordStore
 from corra.processes._record import ProcessRecord, Transition
+from corra.processes._terms import record_terms
 
 logger = logging.getLogger("corra.process")
 
@@ -138,6 +140,7 @@ class Journal:
         record = steps[-1][0]
         process_id = record.id
         snapshot = self.codec.encode(record)
+        terms = record_terms(record)
         if len(steps) == 1:
             entries = [self.history_codec.encode(steps[0][1])]
         else:
@@ -154,7 +157,7 @@ class Journal:
                 entries = earlier[1] + entries  # never written: write them now, in order
         if background:
             write = self._store.save_nowait(
-                process_id, snapshot, transitions=entries, active=entering
+                process_id, snapshot, transitions=entries, active=entering, indexes=terms
             )
             self._unconfirmed[process_id] = (write, entries)
         else:
@@ -169,6 +172,7 @@ class Journal:
                     active=entering,
                     after=after,
                     shielded=True,
+                    indexes=terms,
                 )
             except BaseException:
                 if earlier is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -139,6 +139,11 @@ class ProcessManager:
         return sorted_records(self._journal.store, self._journal.codec)[0]
 
     @property
+    def codec(self) -> RecordCodec:
+        """The records' codec (to decode what is read from `store`)."""
+        return self._journal.codec
+
+    @property
     def store(self) -> RecordStore:
         """The store the processes live in (for its statistics; write through the manager)."""
         return self._journal.store
@@ -214,15 +219,49 @@ class ProcessManager:
             NameTaken: the name belongs to a process whose record cannot be read.
             StoreError: the write failed.
         """
+        record, request, backend = self._checked(spec)
+        return await self._create(record, request, backend)
+
+    async def submit_many(self, specs: Sequence[ProcessSpec]) -> list[Submission]:
+        """`submit` each spec, in order, once every one of them has been checked: a spec that
+        its backend refuses (or a name given twice) fails the whole call before anything is
+        written. A checkpoint.
+
+        Raises:
+            ConfigError: a spec is refused (its index named), or two specs have one name.
+            NameTaken, StoreError: as `submit` (the specs before it are submitted).
+        """
+        names: dict[str, int] = {}
+        checked = []
+        for index, spec in enumerate(specs):
+            if spec.name is not None and names.setdefault(spec.name, index) != index:
+                raise ConfigError(
+                    f"processes[{index}].name: {spec.name!r} is given by "
+                    f"processes[{names[spec.name]}] already"
+                )
+            try:
+                checked.append(self._checked(spec))
+            except ConfigError as exc:
+                raise ConfigError(f"processes[{index}]: {exc}") from None
+        return [await self._create(*item) for item in checked]
+
+    def _checked(self, spec: ProcessSpec) -> tuple[ProcessRecord, LaunchRequest, Backend]:
+        """A new record of ``spec``, its launch request, and its backend, which accepts it."""
         backend = self.backend_for(spec)
         spec = _absolute_paths(spec, backend.capabilities)
         now = self._journal.clock()
-        process_id = new_process_id()
         record = ProcessRecord(
-            id=process_id, spec=spec, state=ProcessState(updated_at=now), created_at=now
+            id=new_process_id(), spec=spec, state=ProcessState(updated_at=now), created_at=now
         )
         request = launch_request(record)
         backend.check(request)
+        return record, request, backend
+
+    async def _create(
+        self, record: ProcessRecord, request: LaunchRequest, backend: Backend
+    ) -> Submission:
+        """`submit`'s writing part: ``record``, unless its name exists already."""
+        spec, process_id, now = record.spec, record.id, record.created_at
         if spec.name is not None:
             existing = self._existing(spec.name)
             if existing is not None:

@@ -47,6 +47,7 @@ class RecordStore(Protocol):
         active: bool | None = None,
         after: Any = None,
         shielded: bool = False,
+        indexes: Sequence[tuple[str, bytes, bytes]] | None = None,
     ) -> None: ...
 
     def save_nowait(
@@ -56,6 +57,7 @@ class RecordStore(Protocol):
         *,
         transitions: Sequence[bytes] = (),
         active: bool | None = None,
+        indexes: Sequence[tuple[str, bytes, bytes]] | None = None,
     ) -> PendingSave: ...
 
     def load(self, process_id: str) -> bytes | None: ...
@@ -75,6 +77,18 @@ class RecordStore(Protocol):
     def counts(self) -> SnapshotCounts: ...
 
     async def rebuild_active_index(self, is_active: Callable[[bytes], bool]) -> int: ...
+
+    def has_indexes(self) -> bool: ...
+
+    async def rebuild_indexes(
+        self, describe: Callable[[bytes], tuple[bool, Sequence[tuple[str, bytes, bytes]]]]
+    ) -> int: ...
+
+    def index_page(
+        self, ranges: Sequence[Any], *, after: bytes | None = None, limit: int, accept: Any = None
+    ) -> Any: ...
+
+    def index_counts(self, index: str) -> dict[bytes, int]: ...
 
     async def set_aside(self, process_id: str, raw: bytes, reason: str) -> None: ...
 

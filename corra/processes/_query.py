@@ -19,17 +19,20 @@ from __future__ import annotations
 
 import codecs
 import time
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import attrs
 import trio
 
-from corra._errors import NoSuchProcess
+from corra._errors import ConfigError
+from corra.processes._listing import Selection
 from corra.processes._manager import ProcessManager
 from corra.processes._record import ProcessRecord, Transition
 from corra.processes._sources import LiveSource, RecordedReader, Source
 
+#: Processes in a page when the reader does not say.
+DEFAULT_LIMIT = 100
 #: The most bytes one log entry carries.
 CHUNK = 64 << 10
 #: Between two looks at a local log that had nothing new.
@@ -56,9 +59,9 @@ class Page:
 
     items: list[ProcessView]
     next_cursor: str | None
-    """The id to go on after, if there are more than ``limit``."""
+    """Where the next page starts, if there are more than ``limit`` (opaque)."""
     corrupt: int
-    """Records that could not be read (left out)."""
+    """Records of the page that could not be read (left out)."""
 
 
 @attrs.frozen
@@ -133,45 +136,37 @@ class ProcessQuery:
 
     async def list(
         self,
+        selection: Selection | None = None,
         *,
-        phase: str | None = None,
-        name: str | None = None,
-        labels: Mapping[str, str] | None = None,
         cursor: str | None = None,
-        limit: int | None = None,
+        limit: int = DEFAULT_LIMIT,
     ) -> Page:
-        """The processes in ``phase``, called ``name``, with all of ``labels``, oldest first;
-        after the process ``cursor``, at most ``limit`` of them (None: all).
+        """One page of the processes ``selection`` selects (None: all), after ``cursor``, at most
+        ``limit`` (`corra.processes._listing`): in creation order, oldest first, or in name
+        order with a name prefix. Only the page's records are read.
 
         Raises:
-            NoSuchProcess: ``cursor`` is not the id of a process.
+            ConfigError: ``cursor`` is not one of this listing's, or ``limit`` is not >= 1.
         """
-        records, corrupt = await self._source.scan()
-        start = 0
-        if cursor is not None:
-            for index, record in enumerate(records):
-                if record.id == cursor:
-                    start = index + 1
-                    break
-            else:
-                raise NoSuchProcess(cursor, "cursor: not a process id")
-        chosen: list[ProcessRecord] = []
-        next_cursor = None
-        for record in records[start:]:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ConfigError(f"limit: got {limit!r}, expected an integer >= 1")
+        if selection is None:
+            selection = Selection()
+        records, next_cursor, corrupt = await self._source.page(selection, cursor, limit)
+        chosen = []
+        for record in records:
+            # (memory may be ahead of the disk: a process that has left the selection since
+            # its last durable save is left out)
             record = self._source.current(record)
-            if phase is not None and record.phase != phase:
-                continue
-            if name is not None and record.name != name:
-                continue
-            if labels and any(record.spec.labels.get(k) != v for k, v in labels.items()):
-                continue
-            if len(chosen) == limit:
-                next_cursor = chosen[-1].id
-                break
-            chosen.append(record)
+            if not selection.phases or record.phase in selection.phases:
+                chosen.append(record)
         recorded = await self._source.recorded(chosen)
         items = [ProcessView(record, found) for record, found in zip(chosen, recorded, strict=True)]
         return Page(items, next_cursor, corrupt)
+
+    async def phase_counts(self) -> dict[str, int]:
+        """Processes per phase, every phase (zeros too), from the counts the store keeps."""
+        return await self._source.phase_counts()
 
     async def show(self, process: str | ProcessRecord) -> ProcessView:
         """One process (by id or name, or its record: no lookup then), with its history.

@@ -18,6 +18,7 @@ import trio
 from corra.processes._lifecycle import needs_recovery
 from corra.processes._ports import RecordCodec, RecordStore
 from corra.processes._record import ProcessRecord
+from corra.processes._terms import IndexTerm, record_terms
 
 logger = logging.getLogger("corra.process")
 
@@ -50,13 +51,13 @@ async def recover(
     paused for its host wait for it; ``has_backend`` says whether a backend (by name) is
     there to wait with (and can: `Capabilities.waits_for_host`).
 
-    A store from a corra that kept no index gets one first, once: every snapshot is read
-    then (in the writer's transaction).
+    A store from a corra that kept no indexes (or no secondary ones) gets them first, once:
+    every snapshot is read then (in the writer's transaction).
     """
-    if not store.has_active_index():
-        logger.info("indexing the active processes of the store (once)")
-        indexed = await store.rebuild_active_index(lambda raw: _is_indexed(codec, raw))
-        logger.info("indexed %d active process(es)", indexed)
+    if not store.has_indexes():
+        logger.info("indexing the processes of the store (once)")
+        indexed = await store.rebuild_indexes(lambda raw: _describe(codec, raw))
+        logger.info("indexed the processes of the store, %d active", indexed)
     found, stale, corrupt = await trio.to_thread.run_sync(_scan, store, codec)
     for process_id, raw in stale:
         # In the index, yet not active: only a store changed behind corra's back has such
@@ -92,14 +93,15 @@ async def recover(
     )
 
 
-def _is_indexed(codec: RecordCodec, raw: bytes) -> bool:
+def _describe(codec: RecordCodec, raw: bytes) -> tuple[bool, tuple[IndexTerm, ...]]:
     """For indexing: whether recovery must read this snapshot (one that needs recovery, or
-    one that cannot be decoded, to be set aside)."""
+    one that cannot be decoded, to be set aside), and its index terms (none if it cannot be
+    decoded: it is set aside next)."""
     try:
         record: ProcessRecord = codec.decode(raw)
-        return needs_recovery(record.state)
     except Exception:
-        return True
+        return True, ()
+    return needs_recovery(record.state), record_terms(record)
 
 
 def _scan(

@@ -21,8 +21,9 @@ from typing import Any, Protocol
 import trio
 
 from corra.processes._backend import EffectKey
-from corra.processes._journal import find_record, sorted_records
+from corra.processes._journal import find_record
 from corra.processes._lifecycle import ACTIVE
+from corra.processes._listing import Selection, phase_counts, read_records
 from corra.processes._manager import ProcessManager
 from corra.processes._ports import RecordCodec
 from corra.processes._record import ProcessRecord, Transition
@@ -49,8 +50,14 @@ class Source(Protocol):
     def get(self, id_or_name: str) -> ProcessRecord:
         """The record of the process with this id, else this name; `NoSuchProcess` if none."""
 
-    async def scan(self) -> tuple[list[ProcessRecord], int]:
-        """Every readable record, oldest first, and how many could not be read."""
+    async def page(
+        self, selection: Selection, cursor: str | None, limit: int
+    ) -> tuple[list[ProcessRecord], str | None, int]:
+        """One page of records (`corra.processes._listing.read_records`): the records, the
+        next cursor, how many of the page could not be read."""
+
+    async def phase_counts(self) -> dict[str, int]:
+        """Processes per phase (every phase), from the store's counts."""
 
     def current(self, record: ProcessRecord) -> ProcessRecord:
         """``record`` as the source knows it now (a scan may lag behind memory)."""
@@ -83,9 +90,18 @@ class LiveSource:
     def get(self, id_or_name: str) -> ProcessRecord:
         return self._manager.get(id_or_name)
 
-    async def scan(self) -> tuple[list[ProcessRecord], int]:
+    async def page(
+        self, selection: Selection, cursor: str | None, limit: int
+    ) -> tuple[list[ProcessRecord], str | None, int]:
         # (corrupt records are left out, and set aside by the recovery)
-        return await trio.to_thread.run_sync(self._manager.list), 0
+        manager = self._manager
+        return await trio.to_thread.run_sync(
+            read_records, manager.store, manager.codec, selection, cursor, limit
+        )
+
+    async def phase_counts(self) -> dict[str, int]:
+        await trio.lowlevel.checkpoint()
+        return phase_counts(self._manager.store, self._manager.codec)
 
     def current(self, record: ProcessRecord) -> ProcessRecord:
         if record.phase in ACTIVE:
@@ -146,9 +162,15 @@ class StateDirSource:
     def get(self, id_or_name: str) -> ProcessRecord:
         return find_record(self._store, self._codec, id_or_name)
 
-    async def scan(self) -> tuple[list[ProcessRecord], int]:
-        await trio.lowlevel.checkpoint()
-        return sorted_records(self._store, self._codec)
+    async def page(
+        self, selection: Selection, cursor: str | None, limit: int
+    ) -> tuple[list[ProcessRecord], str | None, int]:
+        return await trio.to_thread.run_sync(
+            read_records, self._store, self._codec, selection, cursor, limit
+        )
+
+    async def phase_counts(self) -> dict[str, int]:
+        return await trio.to_thread.run_sync(phase_counts, self._store, self._codec)
 
     def current(self, record: ProcessRecord) -> ProcessRecord:
         return record

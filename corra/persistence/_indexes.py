@@ -1,0 +1,318 @@
+"""Secondary indexes of the store: kept in the save's own write transaction, read by pages.
+
+The store knows no process: a save hands it the record's index terms, each an
+``(index, group, order)`` triple (`IndexTerm`) that the caller computed from the record:
+
+- ``index``: a short name (``"phase"``);
+- ``group``: what is selected and counted (``b"running"``, ``b"team=infra"``, ``b""`` for
+  an index of one group);
+- ``order``: where the record sorts within the group; with the group, unique per record
+  (the caller puts the record's id at its end).
+
+None of the three holds NUL or SOH (``\x01``), which separate them where they are stored.
+
+Layout (named databases of `corra.persistence._lmdb`):
+
+- ``terms``: process id -> the entries it last wrote (`encode_terms`), so that the next save
+  replaces them and ``delete`` and ``set_aside`` remove them;
+- ``index``: ``index NUL group NUL order`` -> process id;
+- ``counts``: ``index NUL group`` -> how many processes are in the group (8 bytes, big-endian),
+  moved by the saves that change a term (once per transaction: `flush_counts`): counting a
+  group never scans it. A group that empties is removed.
+
+A page (`read_page`) walks one or more ranges of ``index`` in the order of what follows each
+range's prefix (the *position*), merged, from just after a position: a position is a key, not
+a count, so a page read while processes are written neither repeats nor skips one that stays
+where it was.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Final, TypeAlias
+
+import attrs
+import lmdb
+
+from corra._errors import ConfigError, StoreError
+
+#: One index term of a record: ``(index, group, order)`` (see the module's docstring).
+IndexTerm: TypeAlias = tuple[str, bytes, bytes]
+
+_SEP: Final = b"\x00"
+_TERM_SEP: Final = b"\x01"
+#: LMDB's key limit (`corra.persistence._lmdb`), which an index entry must fit.
+_MAX_KEY_BYTES: Final = 511
+_INDEX_NAMES: dict[str, bytes] = {}
+
+
+def _index_name(index: str) -> bytes:
+    encoded = _INDEX_NAMES.get(index)
+    if encoded is None:
+        if not isinstance(index, str) or not index or "\x00" in index or "\x01" in index:
+            raise ConfigError(f"index: got {index!r}, expected a name without NUL or SOH")
+        encoded = _INDEX_NAMES[index] = index.encode()
+    return encoded
+
+
+def encode_terms(terms: Sequence[IndexTerm]) -> bytes:
+    """The terms as stored in ``terms``: their entry keys (``index NUL group NUL order``),
+    joined by SOH (so that splitting them again is one C call: a save at every transition
+    of every process does it). Checked here, on the caller's side.
+
+    Raises:
+        ConfigError: an index, group or order holds NUL or SOH, or an entry is longer than
+            a key may be.
+        TypeError: a group or order is not bytes.
+    """
+    if not terms:
+        return b""
+    try:
+        entries = [
+            _index_name(index) + _SEP + group + _SEP + order for index, group, order in terms
+        ]
+    except TypeError:
+        raise TypeError("an index term's group and order must be bytes") from None
+    blob = _TERM_SEP.join(entries)
+    if blob.count(_SEP) != 2 * len(entries) or blob.count(_TERM_SEP) != len(entries) - 1:
+        raise ConfigError(f"index terms: a group or order holds NUL or SOH: {terms!r}")
+    if max(map(len, entries)) > _MAX_KEY_BYTES:
+        raise ConfigError(f"index terms: an entry is longer than {_MAX_KEY_BYTES} bytes")
+    return blob
+
+
+def _counted(entry: bytes) -> bytes:
+    """The count key of an entry: ``index NUL group`` (the order holds no NUL)."""
+    return entry[: entry.rindex(_SEP)]
+
+
+def decode_terms(blob: bytes) -> tuple[IndexTerm, ...]:
+    """The terms of a blob of `encode_terms`."""
+    out = []
+    for entry in blob.split(_TERM_SEP):
+        index, group, order = entry.split(_SEP)
+        out.append((index.decode(), group, order))
+    return tuple(out)
+
+
+def flush_counts(txn: lmdb.Transaction, databases: Any) -> None:
+    """Apply the count changes of the transaction's writes (`replace_terms` gathers them in
+    ``databases.count_deltas``: a batch of saves moves each count once, not once per save);
+    the writer calls it last in every transaction, and clears them before each."""
+    deltas = databases.count_deltas
+    counts = databases.counts
+    for key, delta in deltas.items():
+        if not delta:
+            continue
+        stored = txn.get(key, db=counts)
+        value = (0 if stored is None else int.from_bytes(stored, "big")) + delta
+        if value > 0:
+            txn.put(key, value.to_bytes(8, "big"), db=counts)
+        else:
+            txn.delete(key, db=counts)
+    deltas.clear()
+
+
+def replace_terms(txn: lmdb.Transaction, databases: Any, process: bytes, blob: bytes) -> None:
+    """Make ``blob`` the terms of ``process``: its entries and counts follow (in the
+    writer's transaction; a save whose terms did not change costs one read)."""
+    old = txn.get(process, db=databases.terms)
+    if old == blob:
+        return
+    before = set(old.split(_TERM_SEP)) if old else set()
+    after = set(blob.split(_TERM_SEP)) if blob else set()
+    index, deltas = databases.index, databases.count_deltas
+    for entry in before - after:
+        txn.delete(entry, db=index)
+        key = _counted(entry)
+        deltas[key] = deltas.get(key, 0) - 1
+    for entry in after - before:
+        txn.put(entry, process, db=index)
+        key = _counted(entry)
+        deltas[key] = deltas.get(key, 0) + 1
+    if blob:
+        txn.put(process, blob, db=databases.terms)
+    else:
+        txn.delete(process, db=databases.terms)
+
+
+def remove_terms(txn: lmdb.Transaction, databases: Any, process: bytes) -> None:
+    """Take ``process`` out of every index (``delete``, ``set_aside``)."""
+    if databases.terms is not None:
+        replace_terms(txn, databases, process, b"")
+
+
+def rebuild(
+    txn: lmdb.Transaction,
+    databases: Any,
+    describe: Callable[[bytes], tuple[bool, Sequence[IndexTerm]]],
+) -> int:
+    """Build the ``active`` index and every secondary index again from every snapshot, in
+    the writer's transaction; returns how many ids are active."""
+    for database in (databases.active, databases.terms, databases.index, databases.counts):
+        txn.drop(database, delete=False)
+    counted = databases.count_deltas  # (what writes before it in the batch moved is gone)
+    counted.clear()
+    active = 0
+    for process, snapshot in txn.cursor(db=databases.snapshots):
+        is_active, terms = describe(snapshot)
+        if is_active:
+            txn.put(process, b"", db=databases.active)
+            active += 1
+        blob = encode_terms(terms)
+        if not blob:
+            continue
+        txn.put(process, blob, db=databases.terms)
+        for entry in blob.split(_TERM_SEP):
+            txn.put(entry, process, db=databases.index)
+            key = _counted(entry)
+            counted[key] = counted.get(key, 0) + 1
+    return active  # (the counts are written by `flush_counts`, from zero)
+
+
+# Reads -------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class IndexRange:
+    """The entries of ``index`` whose group and order, as ``group NUL order``, start with
+    ``prefix``; their *position* is what follows the prefix. ``low`` and ``high`` bound the
+    positions (``low`` <= position < ``high``; None: no bound)."""
+
+    index: str
+    prefix: bytes
+    low: bytes | None = None
+    high: bytes | None = None
+
+
+@attrs.frozen
+class IndexPage:
+    """What `read_page` found: ``(process id, snapshot)`` in position order, and the
+    position of the last one if more follow (None: the walk reached the end)."""
+
+    items: list[tuple[str, bytes]]
+    next_position: bytes | None
+
+
+def group_prefix(group: bytes) -> bytes:
+    """The prefix of `IndexRange` for every entry of one group."""
+    return group + _SEP
+
+
+def _walk(
+    txn: lmdb.Transaction, database: Any, selected: IndexRange, after: bytes | None
+) -> Iterator[tuple[bytes, bytes]]:
+    """``(position, process id)`` of the range's entries, after ``after``, in order."""
+    prefix = _index_name(selected.index) + _SEP + selected.prefix
+    start = after if after is not None else selected.low
+    if selected.low is not None and start is not None and start < selected.low:
+        start = selected.low
+    cursor = txn.cursor(db=database)
+    if not cursor.set_range(prefix + (start or b"")):
+        return
+    for key, process in cursor:
+        if not key.startswith(prefix):
+            return
+        position = key[len(prefix) :]
+        if after is not None and position <= after:
+            continue
+        if selected.high is not None and position >= selected.high:
+            return
+        yield position, process
+
+
+def read_page(
+    txn: lmdb.Transaction,
+    databases: Any,
+    ranges: Sequence[IndexRange],
+    *,
+    after: bytes | None,
+    limit: int,
+    accept: Callable[[tuple[IndexTerm, ...]], bool] | None,
+) -> IndexPage:
+    """Up to ``limit`` processes of ``ranges``, merged in position order, after ``after``,
+    for which ``accept(terms)`` holds (None: all); only their snapshots are read."""
+    walks = [_walk(txn, databases.index, selected, after) for selected in ranges]
+    merged = walks[0] if len(walks) == 1 else heapq.merge(*walks)
+    chosen: list[tuple[bytes, bytes]] = []
+    more = False
+    for position, process in merged:
+        if accept is not None:
+            blob = txn.get(process, db=databases.terms)
+            if blob is None or not accept(decode_terms(blob)):
+                continue
+        if len(chosen) == limit:
+            more = True
+            break
+        chosen.append((position, process))
+    items = []
+    for _, process in chosen:
+        snapshot = txn.get(process, db=databases.snapshots)
+        if snapshot is not None:
+            items.append((process.decode("utf-8", "surrogateescape"), snapshot))
+    return IndexPage(items, chosen[-1][0] if more and chosen else None)
+
+
+def read_counts(txn: lmdb.Transaction, databases: Any, index: str) -> dict[bytes, int]:
+    """Every non-empty group of ``index``, with how many processes it has."""
+    prefix = _index_name(index) + _SEP
+    cursor = txn.cursor(db=databases.counts)
+    out: dict[bytes, int] = {}
+    if cursor.set_range(prefix):
+        for key, value in cursor:
+            if not key.startswith(prefix):
+                break
+            out[key[len(prefix) :]] = int.from_bytes(value, "big")
+    return out
+
+
+class IndexReads:
+    """The reads of the secondary indexes, mixed into `corra.persistence._lmdb.Reads`."""
+
+    def _environment(self) -> Any:
+        raise NotImplementedError
+
+    def has_indexes(self) -> bool:
+        raise NotImplementedError
+
+    def _complete(self) -> Any:
+        environment = self._environment()
+        if not self.has_indexes():
+            raise StoreError(f"the store at {environment.path} has no complete indexes")
+        return environment
+
+    def index_page(
+        self,
+        ranges: Sequence[IndexRange],
+        *,
+        after: bytes | None = None,
+        limit: int,
+        accept: Callable[[tuple[IndexTerm, ...]], bool] | None = None,
+    ) -> IndexPage:
+        """One page of processes from the secondary indexes, in one read transaction: up to
+        ``limit`` of the entries of ``ranges``, merged in the order of their positions, after
+        the position ``after``, whose terms ``accept`` (None: all); the snapshots of those
+        and of no other (`corra.persistence._indexes.read_page`).
+
+        Raises:
+            StoreError: the store has no complete indexes (`has_indexes` is False).
+        """
+        environment = self._complete()
+        if not ranges:
+            raise ValueError("index_page needs at least one range")
+        return environment.read(
+            lambda txn: read_page(
+                txn, environment.databases, ranges, after=after, limit=limit, accept=accept
+            )
+        )
+
+    def index_counts(self, index: str) -> dict[bytes, int]:
+        """Every non-empty group of ``index`` with how many processes it holds, from the
+        counts that saves keep (no scan).
+
+        Raises:
+            StoreError: the store has no complete indexes (`has_indexes` is False).
+        """
+        environment = self._complete()
+        return environment.read(lambda txn: read_counts(txn, environment.databases, index))

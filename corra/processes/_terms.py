@@ -1,0 +1,92 @@
+"""The index terms of a process record: what the store's secondary indexes hold of it.
+
+Computed here and nowhere else (`record_terms`), by the journal at every save and by the
+rebuild of an older store; read by the listing (`corra.processes._listing`). Each term is
+``(index, group, order)`` (`corra.persistence.IndexTerm`):
+
+- ``created``: one group; in creation order (``created_at``, then the id: the *creation
+  position*);
+- ``phase``: a group per phase, in creation order;
+- ``label``: a group per ``key=value``, in creation order;
+- ``name``: one group, in the order of the name, then of creation (a name prefix is a range);
+- ``ended``: one group, terminal processes only, in the order of their end, then of creation.
+
+The store counts every group (processes per phase, per label) without a scan.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from typing import Final
+
+from corra.processes._lifecycle import PHASES, TERMINAL
+from corra.processes._record import ProcessRecord
+
+CREATED: Final = "created"
+PHASE: Final = "phase"
+LABEL: Final = "label"
+NAME: Final = "name"
+ENDED: Final = "ended"
+
+IndexTerm = tuple[str, bytes, bytes]
+
+#: The longest label group stored as it is; a longer one (or one with NUL) is stored as a
+#: digest, which a selector computes the same way (labels are matched whole, never by prefix).
+MAX_LABEL_GROUP: Final = 256
+_TIME = struct.Struct(">d")  # (big-endian IEEE 754 sorts as the numbers do, for times >= 0)
+_PHASE_GROUPS: Final = {phase: phase.encode() for phase in PHASES}
+#: After a name in its order: below every character a name may hold, so that ``job1`` comes
+#: before ``job10`` (the store keeps NUL and SOH for itself).
+NAME_END: Final = b"\x02"
+_RESERVED: Final = (b"\x00", b"\x01")
+
+
+def time_position(at: float) -> bytes:
+    """A time as the start of a position: 16 hex digits that sort as the times do (times
+    are >= 0), with no byte the store keeps for itself."""
+    return _TIME.pack(at if at > 0.0 else 0.0).hex().encode()
+
+
+def creation_position(record: ProcessRecord) -> bytes:
+    """Where a record sorts in creation order (unique: the id is its end)."""
+    return time_position(record.created_at) + record.id.encode("utf-8", "surrogateescape")
+
+
+def phase_group(phase: str) -> bytes:
+    return _PHASE_GROUPS.get(phase) or phase.encode()
+
+
+def label_group(key: str, value: str) -> bytes:
+    """The group of a ``key=value`` label (a digest if long, or holding NUL or SOH)."""
+    text = f"{key}={value}".encode("utf-8", "surrogateescape")
+    if len(text) > MAX_LABEL_GROUP or _RESERVED[0] in text or _RESERVED[1] in text:
+        return b"\xff" + hashlib.sha256(text).hexdigest().encode()
+    return text
+
+
+def ended_at(record: ProcessRecord) -> float:
+    """When a terminal process ended: its result's end, else its last transition."""
+    result = record.state.result
+    if result is not None and result.ended_at is not None:
+        return result.ended_at
+    return record.state.updated_at
+
+
+def record_terms(record: ProcessRecord) -> tuple[IndexTerm, ...]:
+    """Every index term of ``record`` (see the module's docstring)."""
+    position = creation_position(record)
+    state = record.state
+    spec = record.spec
+    name = (spec.name or record.id).encode("utf-8", "surrogateescape")
+    terms: list[IndexTerm] = [
+        (CREATED, b"", position),
+        (PHASE, _PHASE_GROUPS[state.phase], position),
+        (NAME, b"", name + NAME_END + position),
+    ]
+    if spec.labels:
+        for key, value in spec.labels.items():
+            terms.append((LABEL, label_group(key, value), position))
+    if state.phase in TERMINAL:
+        terms.append((ENDED, b"", time_position(ended_at(record)) + position))
+    return tuple(terms)
