@@ -101,6 +101,8 @@ def _listed(client: Client, selection: Selection) -> Iterator[dict[str, Any]]:
         cursor = None
         while True:
             params: dict[str, Any] = {"phase": phase, "label": labels, "limit": _PAGE}
+            if selection.ended_before is not None:  # (the service walks its end index)
+                params["ended_before"] = max(0.0, selection.ended_before)
             if cursor is not None:
                 params["cursor"] = cursor
             _, page = client.call("GET", "/v1/processes", params=params)

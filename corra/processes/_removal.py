@@ -26,10 +26,14 @@ import trio
 
 from corra._errors import BackendError, ConfigError, CorruptRecord
 from corra.processes._backend import Backend, EffectKey
+from corra.processes._listing import Selection, read_records
 from corra.processes._ports import RecordCodec, RecordStore
 from corra.processes._record import ProcessRecord
 
 logger = logging.getLogger("corra.process")
+
+#: Records read per page of the end index by `ended_before`.
+_PAGE = 1000
 
 #: The reason of a removal's tombstone in the store's quarantine (step 1).
 REMOVING = "removing (corra rm): the removal of this process is finished by recovery"
@@ -112,22 +116,14 @@ async def finish_removals(
 
 def ended_before(store: RecordStore, codec: RecordCodec, moment: float) -> list[str]:
     """The ids of the terminal processes that ended before ``moment`` (epoch seconds; a
-    process killed before it ran ended at its last transition), oldest record first.
-    Blocking: it decodes every record (run it in a worker thread)."""
-    found = []
-    for process_id, raw in store.scan():
-        try:
-            record: ProcessRecord = codec.decode(raw)
-        except CorruptRecord:
-            continue
-        if record.state.terminal and ended_at(record) < moment:
-            found.append((record.created_at, process_id))
-    return [process_id for _, process_id in sorted(found)]
-
-
-def ended_at(record: ProcessRecord) -> float:
-    """When a terminal process ended: its program's end, else its last transition."""
-    result = record.state.result
-    if result is not None and result.ended_at is not None:
-        return result.ended_at
-    return record.state.updated_at
+    process killed before it ran ended at its last transition), in the order of their end:
+    a walk of the store's end index, which decodes only those (a store without indexes is
+    read whole). Blocking (run it in a worker thread)."""
+    selection = Selection(ended_before=max(0.0, moment))
+    found: list[str] = []
+    cursor = None
+    while True:
+        records, cursor, _ = read_records(store, codec, selection, cursor, _PAGE)
+        found.extend(record.id for record in records)
+        if cursor is None:
+            return found

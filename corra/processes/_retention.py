@@ -17,7 +17,8 @@ import trio
 from corra._errors import CorraError, InvalidTransition, NoSuchProcess
 from corra.processes._ports import RecordCodec, RecordStore
 from corra.processes._record import ProcessRecord
-from corra.processes._removal import ended_at, ended_before
+from corra.processes._removal import ended_before
+from corra.processes._terms import ended_at
 
 logger = logging.getLogger("corra.process")
 
