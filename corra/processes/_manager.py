@@ -9,11 +9,9 @@ no memory here.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from typing import Any
 
 import attrs
 import trio
@@ -25,7 +23,7 @@ from corra.actors._supervisor import SupervisorRef
 from corra.processes import _removal, _retention
 from corra.processes._actor import ProcessActor, ProcessContext, tell_backend
 from corra.processes._admission import Admission
-from corra.processes._backend import Backend, Capabilities, EffectKey, LaunchRequest
+from corra.processes._backend import Backend, EffectKey, LaunchRequest
 from corra.processes._hosts import HostWaits
 from corra.processes._ids import new_process_id
 from corra.processes._journal import Journal, Step, find_record, sorted_records
@@ -41,7 +39,7 @@ from corra.processes._record import ProcessRecord, Transition
 from corra.processes._recovery import RecoveryReport, recover
 from corra.processes._requests import effect_key, launch_request
 from corra.processes._retention import PRUNE_BATCH
-from corra.processes._spec import ProcessSpec, changed_fields
+from corra.processes._spec import ProcessSpec, absolute_paths, changed_fields
 
 #: The most output one `read_log` returns, whatever it is asked for.
 MAX_LOG_READ = 16 << 20
@@ -248,7 +246,7 @@ class ProcessManager:
     def _checked(self, spec: ProcessSpec) -> tuple[ProcessRecord, LaunchRequest, Backend]:
         """A new record of ``spec``, its launch request, and its backend, which accepts it."""
         backend = self.backend_for(spec)
-        spec = _absolute_paths(spec, backend.capabilities)
+        spec = absolute_paths(spec, backend.capabilities)
         now = self._journal.clock()
         record = ProcessRecord(
             id=new_process_id(), spec=spec, state=ProcessState(updated_at=now), created_at=now
@@ -310,7 +308,7 @@ class ProcessManager:
         existing = self._existing(spec.name)
         if existing is None:
             return None
-        spec = _absolute_paths(spec, self.backend_for(spec).capabilities)
+        spec = absolute_paths(spec, self.backend_for(spec).capabilities)
         return Submission(existing, False, changed_fields(existing.spec, spec))
 
     def _existing(self, name: str) -> ProcessRecord | None:
@@ -436,7 +434,7 @@ class ProcessManager:
                     f"name: got {spec.name!r}, expected {record.spec.name!r} (the process's)"
                 )
             backend = self.backend_for(spec)
-            spec = _absolute_paths(spec, backend.capabilities)
+            spec = absolute_paths(spec, backend.capabilities)
             backend.check(launch_request(attrs.evolve(record, spec=spec)))
             changed = changed_fields(record.spec, spec)
             if changed:
@@ -580,22 +578,6 @@ class ProcessManager:
         if not self._actors:
             self._idle.set()
             self._idle = trio.Event()
-
-
-def _absolute_paths(spec: ProcessSpec, capabilities: Capabilities) -> ProcessSpec:
-    """A relative local path (a local program's ``cwd``, the local side of ``inputs``,
-    ``outputs_dir``) means relative to where the process was submitted, not to where a later
-    runtime happens to run. (A ``cwd`` on a host is a path there, absolute already.)"""
-    changes: dict[str, Any] = {}
-    if not capabilities.hosts and spec.cwd is not None and not os.path.isabs(spec.cwd):
-        changes["cwd"] = os.path.abspath(spec.cwd)
-    if spec.inputs and not all(os.path.isabs(local) for local in spec.inputs.values()):
-        changes["inputs"] = {
-            remote: os.path.abspath(local) for remote, local in spec.inputs.items()
-        }
-    if spec.outputs_dir is not None and not os.path.isabs(spec.outputs_dir):
-        changes["outputs_dir"] = os.path.abspath(spec.outputs_dir)
-    return attrs.evolve(spec, **changes) if changes else spec
 
 
 def _is_terminal(record: ProcessRecord) -> bool:
