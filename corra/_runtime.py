@@ -25,6 +25,7 @@ from corra.actors._specs import SupervisorFlags, SupervisorSpec
 from corra.persistence import Codec, open_store
 from corra.processes._backend import Backend, BackendContext
 from corra.processes._convert import (
+    configure_history,
     configure_snapshot,
     parse_process_spec,
     spec_options_as_tables,
@@ -79,7 +80,9 @@ def record_codec(handles: Mapping[str, type | None]) -> Codec[ProcessRecord]:
     return _record_codec(typed) if typed else RECORD_CODEC
 
 
-HISTORY_CODEC: Codec[Transition] = Codec(Transition, schema=1, fast_encoder=transition_encoder)
+HISTORY_CODEC: Codec[Transition] = Codec(
+    Transition, schema=1, configure=configure_history, fast_encoder=transition_encoder
+)
 
 #: The processes supervisor: one_for_one over process actors, which are temporary (a
 #: crashed process actor is brought back by the next recovery, never in a tight loop).
@@ -319,6 +322,7 @@ async def open_runtime(
     logins: LoginSettings | None = None,
     remote_poll_interval: float = 1.0,
     output_limit: int = DEFAULT_OUTPUT_LIMIT,
+    retain_finished: float | None = None,
 ) -> AsyncIterator[Runtime]:
     """Run a corra runtime for the duration of the block.
 
@@ -346,6 +350,9 @@ async def open_runtime(
         output_limit: bytes kept of each of a program's stdout and stderr when its spec sets
             no ``output_limit`` (default 1 GiB, at most 1 TiB); later output is dropped and
             the result counts it. Remote logs brought home stop at the same limit.
+        retain_finished: remove terminal processes this many seconds after they ended,
+            checked every minute (or tenth of it) in the background, in bounded batches
+            (`ProcessManager.retain`); None (the default) keeps them.
 
     Raises:
         ConfigError: another runtime uses the state dir, or a setting is not valid, or the
@@ -355,6 +362,8 @@ async def open_runtime(
     """
     check_seconds("remote_poll_interval", remote_poll_interval, positive=True)
     check_output_limit("output_limit", output_limit)
+    if retain_finished is not None:
+        check_seconds("retain_finished", retain_finished, positive=True)
     async with kernel.open_runtime(flags=flags, runtime_type=Runtime) as rt:
         assert isinstance(rt, Runtime)
         if state_dir is None:
@@ -401,6 +410,12 @@ async def open_runtime(
                 try:
                     if recover:
                         rt.recovery = await manager.recover()
+                    if retain_finished is not None:
+                        # (checked every minute, or ten times in the retention if shorter)
+                        every = min(60.0, retain_finished / 10)
+                        nursery.start_soon(
+                            functools.partial(manager.retain, every=every), retain_finished
+                        )
                     yield rt
                 finally:
                     nursery.cancel_scope.cancel()  # (the manager's waits for hosts)

@@ -206,8 +206,12 @@ async def test_submit_get_and_submit_again_by_name(tmp_path):
         created = response.json()
         assert response.headers["location"] == f"/v1/processes/{created['id']}"
         assert created["name"] == "three" and created["phase"] in ("created", "launching")
-        again = await http.post("/v1/processes", json={"argv": ["other"], "name": "three"})
+        spec = {"argv": ["sh", "-c", "echo hi; exit 3"], "name": "three", "labels": {"k": "v"}}
+        again = await http.post("/v1/processes", json=spec)
         assert again.status_code == 200 and again.json()["id"] == created["id"]
+        # (another spec under the name: 409, tests/test_resubmit.py)
+        other = await http.post("/v1/processes", json={"argv": ["other"], "name": "three"})
+        assert other.status_code == 409 and other.json()["fields"] == ["argv", "labels"]
 
         record = await wait_for(http, "three", "failed")
         assert record["returncode"] == 3 and record["reason"] == "exited with 3"

@@ -77,8 +77,10 @@ def test_submit_ps_show_logs_through_the_service(service, tmp_path):
     done = corra(state, "submit", "--name", "hello", "--label", "k=v", "--", "sh", "-c", "echo hi")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("hello (p") and done.stdout.endswith(": submitted\n")
-    again = corra(state, "submit", "--name", "hello", "--", "true")
+    again = corra(state, "submit", "--name", "hello", "--label", "k=v", "--", "sh", "-c", "echo hi")
     assert again.returncode == 0 and "exists already" in again.stdout
+    changed = corra(state, "submit", "--name", "hello", "--", "true")  # (another spec)
+    assert changed.returncode == 1 and "argv, labels differ" in changed.stderr
 
     job = tmp_path / "jobs.toml"
     job.write_text(

@@ -365,7 +365,7 @@ from corra.backends.local import Handle as LocalHandle  # noqa: E402
 from corra.backends.slurm import SlurmOptions  # noqa: E402
 from corra.backends.ssh import RemoteHandle  # noqa: E402
 from corra.persistence import Codec  # noqa: E402
-from corra.processes._convert import configure_snapshot  # noqa: E402
+from corra.processes._convert import configure_history, configure_snapshot  # noqa: E402
 from corra.processes._fast_json import RecordEncoder, transition_encoder  # noqa: E402
 from corra.processes._lifecycle import PHASES, ProcessState, Result  # noqa: E402
 from corra.processes._record import ProcessRecord, Transition  # noqa: E402
@@ -549,7 +549,12 @@ def codecs_as_the_runtimes(
         configure=functools.partial(configure_snapshot, handles=handles),
         fast_encoder=keep(RecordEncoder),
     )
-    history = Codec(Transition, schema=HISTORY_CODEC.schema, fast_encoder=keep(transition_encoder))
+    history = Codec(
+        Transition,
+        schema=HISTORY_CODEC.schema,
+        configure=configure_history,
+        fast_encoder=keep(transition_encoder),
+    )
     return records, history, made[0], made[1]
 
 
@@ -589,6 +594,18 @@ def test_the_transition_encoder_writes_what_the_converter_writes(transition):
     raw = HISTORY.encode(transition)
     assert raw == HISTORY.encode_generic(transition)
     assert HISTORY.decode(raw) == transition
+
+
+def test_a_rerun_keeps_its_result_in_history_and_other_entries_are_stored_as_before():
+    from corra.processes._lifecycle import Result
+
+    plain = Transition(1.0, "succeed", "running", "finished", 1)
+    assert b"result" not in HISTORY.encode(plain)  # (entries written before issue 13 too)
+    rerun = Transition(2.0, "rerun", "failed", "created", 2, "rerun on request", Result(3))
+    assert ENCODE_TRANSITION(rerun) is None  # (the converter's way: rare)
+    raw = HISTORY.encode(rerun)
+    assert HISTORY.decode(raw) == rerun
+    assert HISTORY_CODEC.encode(rerun) == raw
 
 
 def test_what_the_encoders_do_not_expect_takes_the_converters_way():

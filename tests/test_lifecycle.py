@@ -14,7 +14,9 @@ from corra.processes._lifecycle import (
     _PLAIN,
     ACTIVE,
     EFFECTS,
+    KEEPS_RESULT,
     PHASES,
+    RERUN_REASON,
     TABLE,
     TERMINAL,
     ProcessState,
@@ -23,6 +25,7 @@ from corra.processes._lifecycle import (
     advance,
     after_exit,
     allowed,
+    backs_off,
     needs_recovery,
 )
 from corra.processes._record import ProcessRecord, Transition
@@ -34,6 +37,8 @@ EVENTS = sorted({event for (_, event) in TABLE})
 def model_next(phase: str, paused_from: str | None, event: str) -> str | None:
     """Where ``event`` takes ``phase``, per the module's rules; None when it is illegal."""
     if phase in TERMINAL:
+        return "created" if event == "rerun" else None  # (Rule 10)
+    if event == "rerun":
         return None
     if event == "pause":
         return "paused" if phase in ("created", "launching", "running") else None
@@ -78,7 +83,7 @@ class LifecycleWalk(RuleBasedStateMachine):
         after = advance(before, event, at=self.clock, process="p", reason=reason, by=by)  # type: ignore[arg-type]
         assert after.phase == expected
         assert after.updated_at == self.clock
-        assert after.attempt == before.attempt + (1 if event == "retry" else 0)
+        assert after.attempt == before.attempt + (1 if event in ("retry", "rerun") else 0)
         if event == "pause":
             assert (after.paused_from, after.paused_by) == (before.phase, by)
         self.state = after
@@ -108,11 +113,38 @@ TestLifecycleWalk = LifecycleWalk.TestCase
 TestLifecycleWalk.settings = settings(max_examples=200, stateful_step_count=40, deadline=None)
 
 
-def test_every_phase_is_reachable_and_terminal_ones_accept_nothing():
+def test_every_phase_is_reachable_and_terminal_ones_accept_only_a_rerun():
     targets = {target for target in TABLE.values() if target is not None} | {"created"}
     assert targets | {"paused"} == set(PHASES)
     for phase in TERMINAL:
-        assert allowed(phase) == []
+        assert allowed(phase) == ["rerun"]
+
+
+@pytest.mark.parametrize("phase", sorted(TERMINAL))
+def test_a_rerun_starts_a_new_attempt_without_backoff_and_clears_the_last_run(phase):
+    ended = ProcessState(
+        phase=phase,
+        attempt=2,
+        handle={"pid": 1},
+        reason="exited with 3",
+        result=Result(returncode=3),
+        updated_at=1.0,
+        started_at=0.5,
+    )
+    after = advance(ended, "rerun", at=2.0)
+    assert after == ProcessState(phase="created", attempt=3, reason=RERUN_REASON, updated_at=2.0)
+    assert needs_recovery(after) and not backs_off(after)
+    retried = advance(ProcessState(phase="running"), "retry", at=1.0, reason="attempt 1: x")
+    assert backs_off(retried)  # (a retry waits for its backoff; a rerun does not)
+    assert "rerun" in KEEPS_RESULT
+
+
+def test_only_a_terminal_process_can_be_rerun():
+    for phase in set(PHASES) - TERMINAL:
+        state = ProcessState(phase=phase, paused_from="running" if phase == "paused" else None)
+        with pytest.raises(InvalidTransition) as info:
+            advance(state, "rerun", at=1.0, process="p1")
+        assert info.value.phase == phase
 
 
 names = st.text(alphabet="abcdefghij-_.", min_size=1, max_size=8).filter(lambda s: s[0].isalnum())
@@ -168,6 +200,7 @@ def test_records_round_trip_through_the_codec(record):
         target=st.sampled_from(PHASES),
         attempt=st.integers(1, 10),
         reason=st.none() | texts,
+        result=st.none() | results,
     )
 )
 def test_transitions_round_trip_through_the_codec(transition):
@@ -196,6 +229,17 @@ def reference_advance(state, event, *, at, process="?", handle=None, reason=None
     elif event == "retry":
         changes.update(
             phase="created", attempt=state.attempt + 1, handle=None, reason=reason, result=result
+        )
+    elif event == "rerun":
+        changes.update(
+            phase="created",
+            attempt=state.attempt + 1,
+            handle=None,
+            result=None,
+            started_at=None,
+            paused_from=None,
+            paused_by=None,
+            reason=reason or "rerun on request",
         )
     else:
         changes["phase"] = target

@@ -492,6 +492,17 @@ async def test_delete_removes_every_trace(state_dir):
         await store.delete("never-was")
 
 
+async def test_delete_with_the_names_it_may_own_reads_only_those(state_dir):
+    async with open_store(state_dir) as store:
+        await store.save("p", b"x", transition=b"t", name="one")
+        await store.save("q", b"y", transition=b"u", name="two")
+        await store.delete("p", names=["one", "two", "unknown"])  # (two is q's: it stays)
+        assert store.load("p") is None and store.history("p") == []
+        assert store.id_for_name("one") is None and store.id_for_name("two") == "q"
+        await store.delete("q", names=[])  # (none: its name stays claimed)
+        assert store.load("q") is None and store.id_for_name("two") == "q"
+
+
 @attrs.frozen
 class Snapshot:
     phase: str

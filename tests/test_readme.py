@@ -116,6 +116,7 @@ EXPECTED = {
     "corra run -- sh -c 'echo one-off'": ["finished: exited with 0", "done: 1 finished"],
     "examples/supervision.py": ["crash 1", "the runtime stopped"],
     "corra serve &": [],
+    "corra rerun again": ["): rerun as attempt 2", "finished, attempt 2", "): removed"],
     "$API/v1/health": [
         '{"status":',
         '"name":"greeting"',

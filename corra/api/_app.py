@@ -20,6 +20,7 @@ import functools
 import hmac
 import json
 import logging
+import math
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -190,10 +191,12 @@ class Api:
             Route("/v1/processes", self._processes, methods=["GET", "POST"]),
             Route("/v1/processes:batch", self.create_processes, methods=["POST"]),
             Route("/v1/processes:counts", self.count_processes, methods=["GET"]),
-            Route("/v1/processes/{id}", self.get_process, methods=["GET"]),
+            Route("/v1/processes:prune", self.prune_processes, methods=["POST"]),
+            Route("/v1/processes/{id}", self._process, methods=["GET", "DELETE"]),
             Route("/v1/processes/{id}/pause", self.pause_process, methods=["POST"]),
             Route("/v1/processes/{id}/resume", self.resume_process, methods=["POST"]),
             Route("/v1/processes/{id}/kill", self.kill_process, methods=["POST"]),
+            Route("/v1/processes/{id}/rerun", self.rerun_process, methods=["POST"]),
             Route("/v1/processes/{id}/logs", self.process_logs, methods=["GET"]),
             Route("/v1/events", self.event_stream, methods=["GET"]),
         ]
@@ -222,6 +225,8 @@ class Api:
         with self.manager.subscribe(buffer=1 << 16) as transitions:
             task_status.started()
             async for record, transition in transitions:
+                if transition.event in ("rerun", "remove"):  # (it changed, or is gone)
+                    self._terminal.drop(record.id)
                 if self.events.full:  # (once per RESERVED_NUMBERS events)
                     await trio.to_thread.run_sync(self.events.reserve)
                 self.events.append(record, transition)
@@ -259,11 +264,37 @@ class Api:
         check_paths(spec)
         submitted = await self.manager.submit(spec)
         record = submitted.record
+        if submitted.changed:
+            fields = list(submitted.changed)
+            raise ApiError(
+                409,
+                "spec_changed",
+                f"process {record.name!r} ({record.id}) exists with another spec: "
+                f"{', '.join(fields)} differ; it keeps its own (remove it to submit this one, "
+                "or rerun it with `corra run --rerun changed`)",
+                fields=fields,
+                id=record.id,
+            )
         return JSONResponse(
             record_json(record),
             status_code=201 if submitted.created else 200,
             headers={"Location": f"/v1/processes/{record.id}"},
         )
+
+    async def prune_processes(self, request: Request) -> Response:
+        query = request.query_params
+        known_only(query, "ended_before")
+        text = single(query, "ended_before")
+        try:
+            moment = float(text) if text is not None else math.nan
+        except ValueError:
+            moment = math.nan
+        if not math.isfinite(moment):
+            raise ApiError(
+                400, "bad_request", f"ended_before: got {text!r}, expected epoch seconds"
+            )
+        removed = await self.manager.prune(moment)
+        return JSONResponse({"removed": removed})
 
     async def create_processes(self, request: Request) -> Response:
         data = parse_json(await read_body(request))
@@ -284,7 +315,12 @@ class Api:
         if problems:
             raise ConfigError("; ".join(problems))
         submitted = await self.manager.submit_many(specs)
-        items = [{**record_json(each.record), "created": each.created} for each in submitted]
+        items = []
+        for each in submitted:
+            item = {**record_json(each.record), "created": each.created}
+            if each.changed:  # (another spec under the name: it keeps its own)
+                item["changed"] = list(each.changed)
+            items.append(item)
         return JSONResponse({"items": items})
 
     async def list_processes(self, request: Request) -> Response:
@@ -315,6 +351,21 @@ class Api:
         items = [record_json(view.record, view.recorded) for view in page.items]
         return JSONResponse({"items": items, "next_cursor": page.next_cursor})
 
+    async def _process(self, request: Request) -> Response:
+        if request.method == "DELETE":
+            return await self.delete_process(request)
+        return await self.get_process(request)
+
+    async def delete_process(self, request: Request) -> Response:
+        known_only(request.query_params, "kill")
+        kill = boolean(request.query_params, "kill", False)
+        process_id = self._lookup(request.path_params["id"]).id
+        try:
+            record = await self.manager.remove(process_id, kill=kill)
+        finally:
+            self._terminal.drop(process_id)  # (now, not when its event comes round)
+        return JSONResponse(record_json(record))
+
     async def count_processes(self, request: Request) -> Response:
         known_only(request.query_params)
         return JSONResponse({"phases": await self.query.phase_counts()})
@@ -344,6 +395,15 @@ class Api:
     async def resume_process(self, request: Request) -> Response:
         known_only(request.query_params)
         record = await self.manager.resume(self._lookup(request.path_params["id"]).id)
+        return JSONResponse(record_json(record))
+
+    async def rerun_process(self, request: Request) -> Response:
+        known_only(request.query_params)
+        process_id = self._lookup(request.path_params["id"]).id
+        try:
+            record = await self.manager.rerun(process_id)
+        finally:
+            self._terminal.drop(process_id)  # (now, not when its event comes round)
         return JSONResponse(record_json(record))
 
     async def kill_process(self, request: Request) -> Response:

@@ -1,7 +1,8 @@
 """The JSON of terminal processes, kept for ``GET /v1/processes/{id}``, bounded by bytes.
 
-A terminal process never changes again (no event leaves a terminal phase, and its history
-is complete), so its answer can be kept and served as is. What bounds the memory this takes
+A terminal process changes again only when a user reruns or removes it (no other event
+leaves a terminal phase, and its history is complete), so its answer can be kept and served
+as is until then (`TerminalCache.drop`). What bounds the memory this takes
 is the size of the answers, not their number: one process with large labels or a long
 history weighs what a thousand small ones do.
 """
@@ -53,3 +54,9 @@ class TerminalCache:
         while self.size > self.max_bytes:
             _, evicted = self._bodies.popitem(last=False)
             self.size -= len(evicted)
+
+    def drop(self, process_id: str) -> None:
+        """Forget the answer of ``process_id`` (rerun or removed: it changed)."""
+        old = self._bodies.pop(process_id, None)
+        if old is not None:
+            self.size -= len(old)

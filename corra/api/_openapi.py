@@ -176,7 +176,11 @@ OPENAPI: dict[str, Any] = {
                     "400": _error("the body is not a JSON document"),
                     "401": _UNAUTHORIZED,
                     "408": _error("the body did not come whole within 60 s"),
-                    "409": _error("the name is taken by a process whose record is unreadable"),
+                    "409": _error(
+                        "a process has the name with another spec (spec_changed: `fields` "
+                        "names the fields that differ), or the name is taken by a process "
+                        "whose record is unreadable (name_taken)"
+                    ),
                     "413": _error("the body is over 1 MiB"),
                     "422": _error("the spec is not valid (the message names the field)"),
                     "502": _BACKEND,
@@ -307,6 +311,37 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
+        "/v1/processes:prune": {
+            "post": {
+                "summary": "Remove every terminal process that ended before ended_before, as "
+                "DELETE does, in bounded batches (corra prune, corra serve --retain-finished)",
+                "operationId": "pruneProcesses",
+                "parameters": [
+                    {
+                        "name": "ended_before",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "number"},
+                        "description": "epoch seconds",
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "how many it removed",
+                        "content": json_content(
+                            {
+                                "type": "object",
+                                "required": ["removed"],
+                                "properties": {"removed": {"type": "integer", "minimum": 0}},
+                            }
+                        ),
+                    },
+                    "400": _BAD_QUERY,
+                    "401": _UNAUTHORIZED,
+                    "503": _UNAVAILABLE,
+                },
+            }
+        },
         "/v1/processes/{id}": {
             "get": {
                 "summary": "One process: its record, spec, backend handle and history (the "
@@ -329,13 +364,46 @@ OPENAPI: dict[str, Any] = {
                     "401": _UNAUTHORIZED,
                     "404": _NOT_FOUND,
                 },
-            }
+            },
+            "delete": {
+                "summary": "Remove a terminal process completely: record, history, name, run "
+                "dirs and logs (here and brought home from its host); 409 while it is active, "
+                "unless kill=true",
+                "operationId": "deleteProcess",
+                "parameters": [
+                    _ID,
+                    _query(
+                        "kill",
+                        {"type": "boolean", "default": False},
+                        "kill an active process first (else it is refused with 409)",
+                    ),
+                ],
+                "responses": {
+                    "200": {
+                        "description": "removed: its last record",
+                        "content": json_content(ref("Process")),
+                    },
+                    "400": _BAD_QUERY,
+                    "401": _UNAUTHORIZED,
+                    "404": _NOT_FOUND,
+                    "409": _CONFLICT,
+                    "502": _BACKEND,
+                    "503": _UNAVAILABLE,
+                },
+            },
         },
         "/v1/processes/{id}/pause": {
             "post": _control("pause", "Pause between steps (returns once it is paused)")
         },
         "/v1/processes/{id}/resume": {
             "post": _control("resume", "Continue a paused process where it was")
+        },
+        "/v1/processes/{id}/rerun": {
+            "post": _control(
+                "rerun",
+                "Start a terminal process again as a new attempt, keeping its history (409 "
+                "while it is not terminal, naming its phase)",
+            )
         },
         "/v1/processes/{id}/kill": {
             "post": {

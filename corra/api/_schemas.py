@@ -263,6 +263,10 @@ _TRANSITION = {
         "target": {"type": "string", "enum": list(PHASES)},
         "attempt": {"type": "integer", "minimum": 1},
         "reason": nullable({"type": "string"}),
+        "result": {
+            **_RESULT,
+            "description": "a rerun's: the result of the attempt before, which it cleared",
+        },
     },
 }
 
@@ -334,6 +338,12 @@ _ERROR = {
         "error": {"type": "string", "description": "a code: not_found, invalid, ..."},
         "message": {"type": "string", "description": "what went wrong, naming the field"},
         "phase": {"type": "string", "enum": list(PHASES), "description": "for a 409"},
+        "fields": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "spec_changed: the fields in which the spec differs from the process's",
+        },
+        "id": {"type": "string", "description": "spec_changed: the process that has the name"},
     },
 }
 

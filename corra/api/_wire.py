@@ -49,8 +49,9 @@ def record_json(record: ProcessRecord, recorded: dict[str, Any] | None = None) -
 
 
 def transition_json(transition: Transition) -> dict[str, Any]:
-    """One entry of a process's history."""
-    return {
+    """One entry of a process's history (a rerun's with the result of the attempt before,
+    which it cleared)."""
+    data = {
         "at": transition.at,
         "event": transition.event,
         "source": transition.source,
@@ -58,6 +59,9 @@ def transition_json(transition: Transition) -> dict[str, Any]:
         "attempt": transition.attempt,
         "reason": transition.reason,
     }
+    if transition.result is not None:
+        data["result"] = attrs.asdict(transition.result)
+    return data
 
 
 def detail_json(

@@ -415,6 +415,16 @@ class SchedulerBackend(HostPollers):
             with contextlib.suppress(BackendError):
                 await self.scheduler.release(host.transport, handle.job_id)
 
+    async def remove(self, key: EffectKey, host_name: str | None = None) -> None:
+        """Remove the run dir of ``key``'s job (its script, logs and exit records) on its
+        host (on every host for None).
+
+        Raises:
+            TransportError: a host cannot be reached.
+        """
+        for host in self.hosts_for(host_name):
+            await host.transport.remove(await self._run_dir(host, str(key)), recursive=True)
+
     async def read_log(
         self, key: EffectKey, stream: str, offset: int, size: int, host_name: str | None = None
     ) -> bytes:

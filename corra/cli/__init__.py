@@ -23,6 +23,7 @@ from corra._runtime import default_state_dir
 from corra._statedir import check_state_dir
 from corra.api._client import ApiError
 from corra.cli._backends import backends
+from corra.cli._manage import prune, rerun, rm
 from corra.cli._parser import EXIT_FAILED, EXIT_OK, EXIT_USAGE, build_parser
 from corra.cli._read import logs, ps, show
 from corra.cli._run import run
@@ -42,6 +43,9 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Path], int]] = {
     "pause": control,
     "resume": control,
     "kill": control,
+    "rerun": rerun,
+    "rm": rm,
+    "prune": prune,
 }
 
 

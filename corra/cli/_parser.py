@@ -83,6 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-running", type=int, default=None, help="programs at once")
     run.add_argument("--output-limit", type=int, default=None, metavar="BYTES", help=_OUTPUT_LIMIT)
     run.add_argument("--json", action="store_true", help="print the final records as JSON")
+    run.add_argument(
+        "--rerun",
+        action="append",
+        default=[],
+        type=_rerun_kinds,
+        metavar="failed|changed",
+        help="run again what a job file names and was run before: its failed or killed "
+        "processes (failed), those whose spec the file changed (changed); repeat or "
+        "separate with commas. Without it, a changed spec is refused",
+    )
     run.add_argument("-v", "--verbose", action="store_true", help="log every transition")
 
     serve = commands.add_parser(
@@ -109,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-running", type=int, default=None, help="programs at once")
     serve.add_argument(
         "--output-limit", type=int, default=None, metavar="BYTES", help=_OUTPUT_LIMIT
+    )
+    serve.add_argument(
+        "--retain-finished",
+        metavar="DURATION",
+        help="remove terminal processes (finished, failed, killed) this long after they "
+        "ended (30d, 12h ...), checked every minute, in bounded batches (default: keep them)",
     )
     serve.add_argument("--access-log", action="store_true", help="log every request to stderr")
     serve.add_argument("-v", "--verbose", action="store_true", help="log every transition")
@@ -200,6 +216,90 @@ def build_parser() -> argparse.ArgumentParser:
     )
     backends.add_argument("--json", action="store_true", help="as JSON (as GET /v1/backends)")
 
+    rerun = commands.add_parser(
+        "rerun",
+        parents=[state, client],
+        help="start terminal processes again as new attempts, keeping their history",
+        usage="corra rerun [options] [NAME|ID...]",
+        description="Start terminal (finished, failed, killed) processes again as new "
+        "attempts; their history, and the logs of their earlier attempts, stay. With a "
+        "service running it asks the service and returns; without one it runs them in the "
+        "foreground, as `corra run` does.",
+    )
+    rerun.add_argument("processes", nargs="*", metavar="NAME|ID", help="ids or names")
+    rerun.add_argument(
+        "--failed",
+        action="store_true",
+        help="also every failed or killed process (with -l: of those)",
+    )
+    rerun.add_argument(
+        "-l",
+        "--label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="also every terminal process with this label (repeat: all of them)",
+    )
+    rerun.add_argument("--max-running", type=int, default=None, help="programs at once")
+    rerun.add_argument(
+        "--output-limit", type=int, default=None, metavar="BYTES", help=_OUTPUT_LIMIT
+    )
+    rerun.add_argument("--json", action="store_true", help="print the records as JSON")
+
+    prune = commands.add_parser(
+        "prune",
+        parents=[state, client],
+        help="remove the terminal processes that ended before a time",
+        usage="corra prune --ended-before TIME|DURATION [-l KEY=VALUE]",
+        description="Remove every terminal process that ended before TIME (or DURATION "
+        "ago), as `corra rm` does: record, history, name, run dirs and logs. Through the "
+        "service when one runs. `corra serve --retain-finished 30d` does it by itself.",
+    )
+    prune.add_argument(
+        "--ended-before",
+        required=True,
+        metavar="TIME|DURATION",
+        help="30d: 30 days ago (also h, m, s, w); or an ISO 8601 time, 2026-12-01T10:30",
+    )
+    prune.add_argument(
+        "-l",
+        "--label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only processes with this label (repeat: all of them)",
+    )
+    prune.add_argument("--json", action="store_true", help="print what was removed as JSON")
+
+    rm = commands.add_parser(
+        "rm",
+        parents=[state, client],
+        help="remove terminal processes completely: record, history, name, run dir, logs",
+        usage="corra rm [options] [NAME|ID...]",
+        description="Remove terminal processes completely: their record, history and name, "
+        "their run dirs and logs (local ones, and those brought home from hosts). An active "
+        "process is refused unless --kill. With a service running it asks the service.",
+    )
+    rm.add_argument("processes", nargs="*", metavar="NAME|ID", help="ids or names")
+    rm.add_argument(
+        "-l",
+        "--label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="also every terminal process with this label (repeat: all of them)",
+    )
+    rm.add_argument(
+        "--ended-before",
+        metavar="TIME|DURATION",
+        help="also every terminal process that ended before this (30d: 30 days ago; "
+        "2026-12-01T10:30)",
+    )
+    rm.add_argument(
+        "--kill", action="store_true", help="kill active ones first (else they are refused)"
+    )
+    rm.add_argument("--json", action="store_true", help="print what was removed as JSON")
+
     for verb, text in (
         ("pause", "pause a process between steps (its program keeps running)"),
         ("resume", "continue a paused process where it was"),
@@ -213,6 +313,14 @@ def build_parser() -> argparse.ArgumentParser:
                 "--no-wait", action="store_true", help="return at once, not once it is dead"
             )
     return parser
+
+
+def _rerun_kinds(text: str) -> list[str]:
+    kinds = [kind.strip() for kind in text.split(",")]
+    for kind in kinds:
+        if kind not in ("failed", "changed"):
+            raise argparse.ArgumentTypeError(f"got {kind!r}, expected failed or changed")
+    return kinds
 
 
 def runtime_options(args: argparse.Namespace) -> int:
@@ -282,3 +390,35 @@ def parse_label(text: str) -> tuple[str, str]:
     if not key or not equals:
         raise ConfigError(f"--label: got {text!r}, expected KEY=VALUE")
     return key, value
+
+
+def parse_duration(text: str, option: str) -> float:
+    """Seconds given as ``30d``, ``12h``, ``90m``, ``45s`` or ``2w``.
+
+    Raises:
+        ConfigError: ``text`` is not one (``option`` names the option).
+    """
+    seconds = _duration(text)
+    if seconds is None or seconds <= 0:
+        raise ConfigError(f"{option}: got {text!r}, expected a duration (30d, 12h, 90m, 45s, 2w)")
+    return seconds
+
+
+def _duration(text: str) -> float | None:
+    number, unit = text[:-1], text[-1:]
+    if unit in _UNITS and number.replace(".", "", 1).isdigit():
+        return float(number) * _UNITS[unit]
+    return None
+
+
+def parse_moment(text: str, option: str, *, now: float) -> float:
+    """A moment (epoch seconds) as `when` reads it (how long before ``now``: ``30d``; an
+    ISO 8601 time; epoch seconds), for ``option``.
+
+    Raises:
+        ConfigError: ``text`` is none of them (``option`` names the option).
+    """
+    try:
+        return when(text, now)
+    except argparse.ArgumentTypeError as exc:
+        raise ConfigError(f"{option}: {exc}") from None

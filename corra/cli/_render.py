@@ -139,6 +139,8 @@ def happened(record: ProcessRecord, transition: Transition) -> str | None:
         return f"running (attempt {record.state.attempt}" + (f", pid {pid})" if pid else ")")
     if event == "retry":
         return f"will run again: {transition.reason}"
+    if event == "rerun":
+        return f"rerun as attempt {transition.attempt}"
     if event in ("succeed", "fail", "killed") and result is not None:
         took = ""
         if result.started_at is not None and result.ended_at is not None:

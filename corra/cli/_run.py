@@ -11,6 +11,7 @@ import signal
 import sys
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -53,17 +54,109 @@ def run(args: argparse.Namespace, state_dir: Path) -> int:
 
 
 async def _run(job: JobFile, state_dir: Path, args: argparse.Namespace, output_limit: int) -> int:
+    rerun = {kind for kinds in args.rerun for kind in kinds}
+    plan: list[tuple[str, Any, Any]] = []
+
+    def decide(manager: Any) -> None:
+        plan.extend(plan_job(manager, job, rerun))
+
+    async def start(manager: Any, display: Progress) -> list[str]:
+        ids = []
+        for what, spec, known in plan:
+            if what == "submit":
+                record = (await manager.submit(spec)).record
+            elif what == "rerun":
+                record = await manager.rerun(known.id, spec=spec)
+            else:
+                record = known
+                display.line(f"{record.name}: {what}")
+            ids.append(record.id)
+        return ids
+
+    return await foreground(
+        state_dir,
+        args,
+        start,
+        runtime={
+            "max_running": args.max_running,
+            "hosts": job.hosts,
+            "logins": job.logins,
+            "output_limit": output_limit,
+        },
+        check=decide,
+    )
+
+
+def plan_job(manager: Any, job: JobFile, rerun: set[str]) -> list[tuple[str, Any, Any]]:
+    """What a run of ``job`` does with each of its processes, decided per name before
+    anything runs: ``("submit", spec, None)`` for a new one (or one that is not terminal:
+    it goes on), ``("rerun", spec, record)`` for a terminal one that runs again (``rerun``:
+    ``failed``, those failed or killed; ``changed``, those whose spec changed), else
+    ``(words, spec, record)``, saying why it does not run again.
+
+    Raises:
+        ConfigError: a process's spec changed and ``changed`` is not in ``rerun``, or it
+            changed while it is active; naming every such process and its changed fields.
+    """
+    plan: list[tuple[str, Any, Any]] = []
+    refused = []
+    for spec in job.processes:
+        known = manager.named(spec)
+        if known is None:
+            plan.append(("submit", spec, None))
+            continue
+        record, changed = known.record, known.changed
+        terminal = record.state.terminal
+        fields = ", ".join(changed)
+        if changed and "changed" not in rerun:
+            refused.append(
+                f"{record.name}: its spec changed ({fields}); "
+                "--rerun changed runs it with the new one"
+            )
+        elif changed and not terminal:
+            refused.append(
+                f"{record.name}: its spec changed ({fields}), "
+                f"but it is {record.phase}; kill it first"
+            )
+        elif changed or (record.phase in ("failed", "killed") and "failed" in rerun):
+            plan.append(("rerun", spec, record))
+        elif not terminal:
+            plan.append(("submit", spec, None))
+        elif record.phase == "finished":
+            plan.append(("already finished, not run again", spec, record))
+        else:
+            plan.append(
+                (
+                    f"already {record.phase}, not run again (--rerun failed runs it again)",
+                    spec,
+                    record,
+                )
+            )
+    if refused:
+        raise ConfigError("run: nothing was run:\n  " + "\n  ".join(refused))
+    return plan
+
+
+async def foreground(
+    state_dir: Path,
+    args: argparse.Namespace,
+    start: Callable[[Any, Progress], Awaitable[list[str]]],
+    *,
+    runtime: dict[str, Any],
+    check: Callable[[Any], None] | None = None,
+) -> int:
+    """Open a runtime on ``state_dir`` (with ``runtime``'s options), let ``start`` (given the
+    manager and the progress display) start processes and return their ids, and show their
+    progress until none has work left; then the summary, and the exit status (``args``:
+    ``json``). ``check``, given the manager first, may refuse (raise) before anything
+    starts. `corra run`'s way, also `corra rerun`'s without a service."""
     # With --json, stdout carries the JSON alone; the progress goes to stderr.
     out = sys.stderr if args.json else sys.stdout
     interrupted: list[int] = []
-    async with open_runtime(
-        state_dir=state_dir,
-        max_running=args.max_running,
-        hosts=job.hosts,
-        logins=job.logins,
-        output_limit=output_limit,
-    ) as rt:
+    async with open_runtime(state_dir=state_dir, **runtime) as rt:
         manager = rt.processes
+        if check is not None:
+            check(manager)
         report = rt.recovery
         if report is not None and (report.resumed or report.set_aside):
             print(
@@ -81,12 +174,7 @@ async def _run(job: JobFile, state_dir: Path, args: argparse.Namespace, output_l
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope, out, interrupted)
                 nursery.start_soon(display.follow, events)
-                ids = []
-                for spec in job.processes:
-                    record = (await manager.submit(spec)).record
-                    ids.append(record.id)
-                    if record.state.terminal:
-                        display.line(f"{record.name}: already {record.phase}, not run again")
+                ids = await start(manager, display)
                 await _wait_all(manager, ids)
                 nursery.cancel_scope.cancel()
         records = [manager.get(process_id) for process_id in ids]

@@ -16,7 +16,7 @@ import corra
 from corra._errors import ConfigError
 from corra._runtime import open_runtime
 from corra.api._files import TOKEN_FILE
-from corra.cli._parser import EXIT_OK, runtime_options
+from corra.cli._parser import EXIT_OK, parse_duration, runtime_options
 
 
 def serve(args: argparse.Namespace, state_dir: Path) -> int:
@@ -25,6 +25,8 @@ def serve(args: argparse.Namespace, state_dir: Path) -> int:
 
     host, port = parse_listen(args.listen)
     output_limit = runtime_options(args)
+    if args.retain_finished is not None:
+        args.retain_seconds = parse_duration(args.retain_finished, "--retain-finished")
     for option in ("certfile", "keyfile"):
         path = getattr(args, option)
         if path is not None and not Path(path).is_file():
@@ -84,6 +86,7 @@ async def _serve(
                 state_dir=state_dir,
                 max_running=args.max_running,
                 output_limit=output_limit,
+                retain_finished=getattr(args, "retain_seconds", None),
             ) as rt:
                 token = await trio.to_thread.run_sync(load_token, token_file)
                 report = rt.recovery

@@ -16,7 +16,7 @@ from typing import Any
 from corra._errors import ConfigError, CorraError
 from corra.api._client import Client, NotServing, connect, no_service_message
 from corra.api._limits import MAX_BATCH, MAX_BODY
-from corra.cli._parser import EXIT_NO_SERVICE, EXIT_OK, TOKEN_ENV, URL_ENV, parse_label
+from corra.cli._parser import EXIT_FAILED, EXIT_NO_SERVICE, EXIT_OK, TOKEN_ENV, URL_ENV, parse_label
 from corra.cli._render import print_control, print_json
 from corra.processes._convert import parse_process_spec, unstructure_spec
 from corra.processes._spec import ProcessSpec
@@ -80,11 +80,20 @@ def submit(args: argparse.Namespace, state_dir: Path) -> int:
         raise ConfigError("submit: nothing to submit; give a job file or `-- ARGV...`")
     try:
         with service(args, state_dir) as client:
-            records = []
+            records, refused = [], 0
             for batch in _batches(bodies):
                 _, answer = client.call("POST", "/v1/processes:batch", body={"processes": batch})
                 for record in answer["items"]:
                     created = record.pop("created")
+                    changed = record.pop("changed", None)
+                    if changed:  # (the others are submitted)
+                        print(
+                            f"corra: process {record['name']!r} ({record['id']}) exists with "
+                            f"another spec: {', '.join(changed)} differ; it keeps its own",
+                            file=sys.stderr,
+                        )
+                        refused += 1
+                        continue
                     records.append(record)
                     if not args.json:
                         what = "submitted" if created else f"exists already ({record['phase']})"
@@ -95,7 +104,7 @@ def submit(args: argparse.Namespace, state_dir: Path) -> int:
         return EXIT_NO_SERVICE
     if args.json:
         print_json(records)
-    return EXIT_OK
+    return EXIT_FAILED if refused else EXIT_OK
 
 
 def _batches(bodies: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:

@@ -273,14 +273,18 @@ class Store(Reads):
             raise TypeError(f"reason must be a string, not {type(reason).__name__}")
         await self._submit(SetAside(process_key(process_id), require_bytes(raw, "raw"), reason))
 
-    async def delete(self, process_id: str) -> None:
+    async def delete(self, process_id: str, *, names: Sequence[str] | None = None) -> None:
         """Remove every trace of ``process_id``: snapshot, history, names, quarantine entry,
-        index entries (and counts). A checkpoint. Finding its names reads every name.
+        index entries (and counts). A checkpoint. ``names``: the names it may own, if the
+        caller knows them (only those are looked at, and removed if it owns them); None:
+        every name is read to find its own, which takes the writer a while in a store of
+        many.
 
         Raises:
             StoreError: the transaction failed, or the store is closed or read-only.
         """
-        await self._submit(Delete(process_key(process_id)))
+        keys = None if names is None else tuple(key_of(name, "name") for name in names)
+        await self._submit(Delete(process_key(process_id), keys))
 
     async def rebuild_active_index(self, is_active: Callable[[bytes], bool]) -> int:
         """Rebuild the ``active`` index from every snapshot: an id is in it if and only if

@@ -209,11 +209,12 @@ class SetAside(Write):
 
 
 class Delete(Write):
-    __slots__ = ("process",)
+    __slots__ = ("names", "process")
 
-    def __init__(self, process: bytes) -> None:
+    def __init__(self, process: bytes, names: tuple[bytes, ...] | None = None) -> None:
         super().__init__()
         self.process = process
+        self.names = names
 
     def apply(self, txn: lmdb.Transaction, databases: Databases) -> None:
         txn.delete(self.process, db=databases.snapshots)
@@ -226,10 +227,13 @@ class Delete(Write):
         if cursor.set_range(prefix):
             while cursor.key().startswith(prefix) and cursor.delete():
                 pass
-        # Names are keyed by name: finding this process's ones reads them all (deletes are
-        # rare, and a reverse index would cost every claim a second write).
-        names = txn.cursor(db=databases.names)
-        owned = [name for name, owner in names if owner == self.process]
+        if self.names is not None:  # (the names it may own, known: only those are read)
+            owned = [n for n in self.names if txn.get(n, db=databases.names) == self.process]
+        else:
+            # Names are keyed by name: finding this process's ones reads them all (a reverse
+            # index would cost every claim a second write).
+            names = txn.cursor(db=databases.names)
+            owned = [name for name, owner in names if owner == self.process]
         for name in owned:
             txn.delete(name, db=databases.names)
 

@@ -49,7 +49,15 @@ from corra.processes._admission import Admission
 from corra.processes._backend import Backend, EffectKey, LaunchRequest
 from corra.processes._hosts import HOST_RETRY_DELAY, HostWaits
 from corra.processes._journal import Journal
-from corra.processes._lifecycle import PAUSABLE, Event, ProcessState, Result, after_exit, allowed
+from corra.processes._lifecycle import (
+    PAUSABLE,
+    Event,
+    ProcessState,
+    Result,
+    after_exit,
+    allowed,
+    backs_off,
+)
 from corra.processes._record import ProcessRecord
 from corra.processes._requests import effect_key, launch_request
 from corra.processes._spec import ProcessSpec
@@ -242,8 +250,8 @@ class ProcessActor(Actor):
         admission = self.context.admission
         try:
             with self._interruptible():
-                if state.attempt > 1:
-                    admission.leave(self.record)  # a rerun queues after its backoff
+                if backs_off(state):
+                    admission.leave(self.record)  # a retry queues after its backoff
                     await trio.sleep(RETRY_BACKOFF.delay(state.attempt - 1))
                 await admission.admit(self.record, self.context.backend_for(self.record.spec))
         finally:

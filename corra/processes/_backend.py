@@ -218,6 +218,17 @@ class Backend(Protocol):
     async def wait_available(self, host: str) -> None:
         """Return once ``host`` answers again after `HostUnavailable`."""
 
+    async def remove(self, key: EffectKey, host: str | None = None) -> None:
+        """Remove what the program of ``key`` (on ``host``) left behind: its run dir and
+        its logs, wherever they are (on the host, and the copies brought home). Called once
+        the process is terminal and has no actor, for each of its attempts; idempotent
+        (nothing there is nothing to do), and again after a crash in the middle.
+
+        Raises:
+            BackendError: something could not be removed now (the host does not answer):
+                the removal is finished later (`ProcessManager.remove`).
+        """
+
 
 class BackendBase:
     """The do-nothing defaults of `Backend`'s optional methods; subclass and override."""
@@ -251,6 +262,9 @@ class BackendBase:
 
     async def wait_available(self, host: str) -> None:
         raise NotImplementedError("this backend does not wait for hosts")
+
+    async def remove(self, key: EffectKey, host: str | None = None) -> None:
+        return None  # (nothing of its own to remove)
 
 
 #: The metadata key of a handle field that only some handles have (`optional_field`).

@@ -34,7 +34,7 @@ from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, overrid
 from corra._errors import ConfigError
 from corra.processes._backend import handle_data
 from corra.processes._lifecycle import ProcessState
-from corra.processes._record import ProcessRecord
+from corra.processes._record import ProcessRecord, Transition
 from corra.processes._registry import installed
 from corra.processes._spec import ProcessSpec, options_table, table_name
 from corra.processes._spec_content import options_problem, shown, shown_tables
@@ -268,6 +268,15 @@ def configure_snapshot(
     (the handles of other backends: JSON values, as they are stored)."""
     _configure_spec(converter)
     _configure_handles(converter, dict(handles or {}))
+
+
+def configure_history(converter: cattrs.Converter) -> None:
+    """Make ``converter`` (the history codec's) write a `Transition`'s ``result`` only when
+    it has one (a rerun's), so that every other entry is as it always was."""
+    converter.register_unstructure_hook(
+        Transition,
+        make_dict_unstructure_fn(Transition, converter, result=override(omit_if_default=True)),
+    )
 
 
 def _configure_spec(converter: cattrs.Converter) -> None:

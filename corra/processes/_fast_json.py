@@ -343,8 +343,8 @@ def transition_encoder(converter: cattrs.Converter) -> Callable[[Transition], st
 
     def encode(transition: Transition) -> str | None:
         try:
-            if type(transition) is not Transition:
-                raise _Unusual
+            if type(transition) is not Transition or transition.result is not None:
+                raise _Unusual  # (a rerun's kept result: the converter's way, rare)
             at, attempt, event, reason = (
                 transition.at,
                 transition.attempt,

@@ -25,7 +25,7 @@ from typing import Any
 import trio
 
 from corra._errors import NoSuchProcess
-from corra.processes._lifecycle import ACTIVE, Event, advance, needs_recovery
+from corra.processes._lifecycle import ACTIVE, KEEPS_RESULT, Event, advance, needs_recovery
 from corra.processes._ports import PendingSave, RecordCodec, RecordStore
 from corra.processes._record import ProcessRecord, Transition
 from corra.processes._terms import record_terms
@@ -103,7 +103,13 @@ class Journal:
         state = advance(record.state, event, at=now, process=record.id, **changes)
         new = ProcessRecord(record.id, record.spec, state, record.created_at)
         transition = Transition(
-            now, event, record.state.phase, state.phase, state.attempt, state.reason
+            now,
+            event,
+            record.state.phase,
+            state.phase,
+            state.attempt,
+            state.reason,
+            record.state.result if event in KEEPS_RESULT else None,
         )
         was_indexed, indexed = needs_recovery(record.state), needs_recovery(state)
         entering = None if was_indexed is indexed else indexed
@@ -208,6 +214,20 @@ class Journal:
         watch = self._watches.pop(process_id, None)
         if watch is not None:
             watch.wake(record)
+
+    def removed(self, record: ProcessRecord) -> None:
+        """``record``'s process is removed (`corra.processes._removal`): forget it, tell the
+        subscribers (a ``remove`` transition, never stored), and wake its waiters (who
+        find it no more)."""
+        process_id = record.id
+        self._active.pop(process_id, None)
+        self._unconfirmed.pop(process_id, None)
+        now = self.clock()
+        phase, attempt = record.state.phase, record.state.attempt
+        step = (record, Transition(now, "remove", phase, phase, attempt, "removed on request"))
+        if self._subscribers or logger.isEnabledFor(logging.INFO):
+            self._announce([step])
+        self._wake(process_id, None)
 
     # -- following -------------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ No trio, no I/O.
 Rules, in the manner of h11:
 
 Rule 1. A process is in exactly one phase. ``finished``, ``failed`` and ``killed`` are
-        terminal: no event leaves them.
+        terminal: no event leaves them but a user's ``rerun`` (Rule 10).
 Rule 2. Every change of phase is an event looked up in `TABLE`; a pair that is not in the
         table raises `InvalidTransition` and changes nothing.
 Rule 3. ``pause`` remembers the phase it left (``paused_from``) and who paused
@@ -22,6 +22,10 @@ Rule 8. A process needs recovery (an actor, after a crash too) while it has work
         answers again (`needs_recovery`). The store's ``active`` index holds exactly those.
 Rule 9. After a program's exit, the spec's restart policy decides between ``retry``,
         ``succeed`` and ``fail`` (`after_exit`).
+Rule 10. ``rerun`` (asked for by a user, never decided by corra) starts a terminal process
+        again as a new attempt from ``created``, keeping its history: the transition keeps
+        the result it clears (`KEEPS_RESULT`). Unlike a ``retry``'s, its attempt waits for
+        no backoff, only for a slot (`backs_off`).
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ Phase: TypeAlias = Literal[
     "created", "launching", "running", "paused", "killing", "finished", "failed", "killed"
 ]
 Event: TypeAlias = Literal[
-    "launch", "started", "succeed", "fail", "retry", "pause", "resume", "kill", "killed"
+    "launch", "started", "succeed", "fail", "retry", "pause", "resume", "kill", "killed", "rerun"
 ]
 
 PHASES: tuple[Phase, ...] = (
@@ -70,6 +74,7 @@ TABLE: dict[tuple[Phase, Event], Phase | None] = {
     ("paused", "resume"): None,
     **{(phase, "kill"): "killing" for phase in ("created", "launching", "running", "paused")},
     ("killing", "killed"): "killed",
+    **{(phase, "rerun"): "created" for phase in TERMINAL},
 }
 
 
@@ -162,6 +167,10 @@ class Effect:
     """The reason when the event is given none (or an empty one)."""
 
 
+#: The reason of a ``rerun`` (Rule 10), or how a rerun's own reason starts (one with a new
+#: spec says so): `backs_off` tells a rerun from a ``retry`` by it.
+RERUN_REASON = "rerun on request"
+
 #: The effects of the events that do more than move the phase and take what they are given.
 EFFECTS: dict[Event, Effect] = {
     "started": Effect(starts=True),
@@ -175,7 +184,17 @@ EFFECTS: dict[Event, Effect] = {
     "kill": Effect(
         clears=frozenset({"paused_from", "paused_by"}), default_reason="killed on request"
     ),
+    "rerun": Effect(
+        takes=frozenset(),
+        clears=frozenset({"handle", "result", "started_at", "paused_from", "paused_by"}),
+        new_attempt=True,
+        default_reason=RERUN_REASON,
+    ),
 }
+#: The events whose history entry keeps the result the event clears (Rule 10): a rerun
+#: replaces the state's result of the attempt before, which only the history then has.
+KEEPS_RESULT: frozenset[Event] = frozenset({"rerun"})
+
 _PLAIN = Effect()
 
 
@@ -282,6 +301,12 @@ def needs_recovery(state: ProcessState) -> bool:
     """Whether the process has work to do, so that it needs an actor, and a later runtime
     must recover it (Rule 8): it is active, or paused by its host."""
     return state.phase in ACTIVE or state.paused_by == "host"
+
+
+def backs_off(state: ProcessState) -> bool:
+    """Whether a process waiting for a slot waits for a retry's backoff first: a new attempt
+    after a ``retry`` does, one after a user's ``rerun`` does not (Rule 10)."""
+    return state.attempt > 1 and not (state.reason or "").startswith(RERUN_REASON)
 
 
 def after_exit(

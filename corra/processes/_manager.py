@@ -9,11 +9,9 @@ no memory here.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from typing import Any
 
 import attrs
 import trio
@@ -22,18 +20,26 @@ from corra._errors import ActorStopped, ConfigError, InvalidTransition, NameTake
 from corra.actors._actor import Ref
 from corra.actors._specs import ChildSpec
 from corra.actors._supervisor import SupervisorRef
+from corra.processes import _removal, _retention
 from corra.processes._actor import ProcessActor, ProcessContext, tell_backend
 from corra.processes._admission import Admission
-from corra.processes._backend import Backend, Capabilities, EffectKey, LaunchRequest
+from corra.processes._backend import Backend, EffectKey, LaunchRequest
 from corra.processes._hosts import HostWaits
 from corra.processes._ids import new_process_id
 from corra.processes._journal import Journal, Step, find_record, sorted_records
-from corra.processes._lifecycle import PAUSABLE, ProcessState, advance
+from corra.processes._lifecycle import (
+    PAUSABLE,
+    RERUN_REASON,
+    ProcessState,
+    advance,
+    backs_off,
+)
 from corra.processes._ports import RecordCodec, RecordStore
 from corra.processes._record import ProcessRecord, Transition
 from corra.processes._recovery import RecoveryReport, recover
 from corra.processes._requests import effect_key, launch_request
-from corra.processes._spec import ProcessSpec
+from corra.processes._retention import PRUNE_BATCH
+from corra.processes._spec import ProcessSpec, absolute_paths, changed_fields
 
 #: The most output one `read_log` returns, whatever it is asked for.
 MAX_LOG_READ = 16 << 20
@@ -50,6 +56,9 @@ class Submission:
     """The process: the new one, or the one that had the spec's name already."""
     created: bool
     """True if the submission created it; False if a process had the name already."""
+    changed: tuple[str, ...] = ()
+    """When a process had the name already: the fields in which the spec submitted differs
+    from its spec (`changed_fields`); it kept its own."""
 
 
 class ProcessManager:
@@ -194,8 +203,9 @@ class ProcessManager:
         """Record a new process and start it; durable before it returns. A checkpoint.
 
         A spec with a ``name`` that exists already returns that process instead
-        (``created`` False): submitting the same job file twice never duplicates a process,
-        and of concurrent submissions of one name exactly one creates it.
+        (``created`` False, and the fields whose values differ in ``changed``): submitting
+        the same job file twice never duplicates a process, and of concurrent submissions of
+        one name exactly one creates it.
 
         When the backend has a slot free now (`Backend.try_acquire_slot`) and nobody waits
         for one, the process is launching from the start: its submission and its intent to
@@ -236,7 +246,7 @@ class ProcessManager:
     def _checked(self, spec: ProcessSpec) -> tuple[ProcessRecord, LaunchRequest, Backend]:
         """A new record of ``spec``, its launch request, and its backend, which accepts it."""
         backend = self.backend_for(spec)
-        spec = _absolute_paths(spec, backend.capabilities)
+        spec = absolute_paths(spec, backend.capabilities)
         now = self._journal.clock()
         record = ProcessRecord(
             id=new_process_id(), spec=spec, state=ProcessState(updated_at=now), created_at=now
@@ -254,7 +264,7 @@ class ProcessManager:
             existing = self._existing(spec.name)
             if existing is not None:
                 await trio.lowlevel.checkpoint()
-                return Submission(existing, created=False)
+                return Submission(existing, False, changed_fields(existing.spec, spec))
         key = request.key
         steps: list[Step] = [(record, Transition(now, "submit", "created", "created", 1))]
         slot = not self._admission.waiting(spec.backend) and backend.try_acquire_slot(key)
@@ -277,13 +287,29 @@ class ProcessManager:
                     "read (set aside as corrupt?); the name stays taken so that nothing runs "
                     "twice: choose another name"
                 ) from None
-            return Submission(existing, created=False)
+            return Submission(existing, False, changed_fields(existing.spec, spec))
         except BaseException:
             if slot:
                 backend.release_slot(key)
             raise
         await self._start_actor(record, request)
         return Submission(record, created=True)
+
+    def named(self, spec: ProcessSpec) -> Submission | None:
+        """What `submit` would answer for ``spec`` if a process has its name already (that
+        process, with the fields in which ``spec`` differs from its spec), without writing
+        anything; None if none has (or ``spec`` has no name).
+
+        Raises:
+            ConfigError: no such backend.
+        """
+        if spec.name is None:
+            return None
+        existing = self._existing(spec.name)
+        if existing is None:
+            return None
+        spec = absolute_paths(spec, self.backend_for(spec).capabilities)
+        return Submission(existing, False, changed_fields(existing.spec, spec))
 
     def _existing(self, name: str) -> ProcessRecord | None:
         """The newest record of the process named ``name``, if there is one."""
@@ -388,6 +414,86 @@ class ProcessManager:
             return await self.kill(record.id)  # its actor ended first: take over
         return record
 
+    async def rerun(self, id_or_name: str, *, spec: ProcessSpec | None = None) -> ProcessRecord:
+        """Start a terminal process again as a new attempt, keeping its history (its last
+        result stays in the history entry of the rerun); returns once that is durable. The
+        new attempt waits for a slot in the order of submissions. ``spec``: a new spec for
+        it (of the same name), checked as a submission's; the rerun's reason names the
+        fields that changed.
+
+        Raises:
+            NoSuchProcess: there is none.
+            InvalidTransition: it is not terminal (``phase`` says where it is).
+            ConfigError: ``spec`` has another name, or its backend refuses it.
+        """
+        record = self.get(id_or_name)
+        reason = None
+        if spec is not None:
+            if spec.name != record.spec.name:
+                raise ConfigError(
+                    f"name: got {spec.name!r}, expected {record.spec.name!r} (the process's)"
+                )
+            backend = self.backend_for(spec)
+            spec = absolute_paths(spec, backend.capabilities)
+            backend.check(launch_request(attrs.evolve(record, spec=spec)))
+            changed = changed_fields(record.spec, spec)
+            if changed:
+                reason = f"{RERUN_REASON}, with a new spec: {', '.join(changed)} changed"
+        if not record.state.terminal:
+            raise InvalidTransition(record.id, record.phase, "rerun")
+        if record.id in self._actors:  # (its actor ends just after its last transition)
+            await self.wait(record.id, until=lambda r: r.id not in self._actors)
+        async with self._control:
+            record = self.get(record.id)
+            if not record.state.terminal or record.id in self._actors:
+                raise InvalidTransition(record.id, record.phase, "rerun")
+            if spec is not None:
+                record = attrs.evolve(record, spec=spec)
+            record = await self._journal.transition(record, "rerun", reason=reason)
+            await self._start_actor(record)
+        return record
+
+    async def remove(self, id_or_name: str, *, kill: bool = False) -> ProcessRecord:
+        """Remove a terminal process completely: its record, history and name, and its
+        run dirs and logs, here and on its host (`corra.processes._removal`: a crash
+        in the middle leaves the process whole or gone, never half of it). ``kill``: kill
+        an active process first (else it is refused). Returns its last record.
+
+        Raises:
+            NoSuchProcess: there is none.
+            InvalidTransition: it is not terminal, and ``kill`` is False (``phase`` says
+                where it is).
+        """
+        record = self.get(id_or_name)
+        if not record.state.terminal:
+            if not kill:
+                raise InvalidTransition(record.id, record.phase, "remove")
+            record = await self.kill(record.id)
+        if record.id in self._actors:  # (its actor ends just after its last transition)
+            await self.wait(record.id, until=lambda r: r.id not in self._actors)
+        async with self._control:
+            record = self.get(record.id)
+            if not record.state.terminal or record.id in self._actors:
+                raise InvalidTransition(record.id, record.phase, "remove")
+            journal = self._journal
+            buried = await _removal.bury(journal.store, record, journal.removed)
+        if buried:  # (outside the lock: a host may take its time)
+            await _removal.finish(journal.store, record, self.backend_for)
+        return record
+
+    async def prune(self, ended_before: float, *, batch: int = PRUNE_BATCH) -> int:
+        """Remove every terminal process that ended before ``ended_before`` (epoch seconds),
+        ``batch`` at a time (`corra.processes._retention.prune`); returns how many."""
+        journal = self._journal
+        return await _retention.prune(
+            journal.store, journal.codec, self.get, self.remove, ended_before, batch=batch
+        )
+
+    async def retain(self, seconds: float, *, every: float = 60.0) -> None:
+        """Prune, every ``every`` seconds, the terminal processes that ended more than
+        ``seconds`` ago (the runtime's ``retain_finished``); runs until cancelled."""
+        await _retention.retain(self.prune, self._journal.clock, seconds, every=every)
+
     async def wait(
         self, id_or_name: str, *, until: Callable[[ProcessRecord], bool] | None = None
     ) -> ProcessRecord:
@@ -416,6 +522,8 @@ class ProcessManager:
     async def recover(self) -> RecoveryReport:
         """Bring back every process that was active when the last runtime stopped, and make
         those paused for their hosts wait for them again (`corra.processes._recovery`)."""
+        journal = self._journal
+        await _removal.finish_removals(journal.store, journal.codec, self.backend_for)
         return await recover(
             self._journal.store,
             self._journal.codec,
@@ -438,8 +546,8 @@ class ProcessManager:
         if record.id in self._actors:
             await trio.lowlevel.checkpoint()
             return
-        if record.phase == "created" and record.state.attempt == 1:
-            self._admission.enqueue(record)
+        if record.phase == "created" and not backs_off(record.state):
+            self._admission.enqueue(record)  # (submission order; a retry's after its backoff)
         journal = self._journal
         journal.hold(record)
         spec = ChildSpec(
@@ -470,22 +578,6 @@ class ProcessManager:
         if not self._actors:
             self._idle.set()
             self._idle = trio.Event()
-
-
-def _absolute_paths(spec: ProcessSpec, capabilities: Capabilities) -> ProcessSpec:
-    """A relative local path (a local program's ``cwd``, the local side of ``inputs``,
-    ``outputs_dir``) means relative to where the process was submitted, not to where a later
-    runtime happens to run. (A ``cwd`` on a host is a path there, absolute already.)"""
-    changes: dict[str, Any] = {}
-    if not capabilities.hosts and spec.cwd is not None and not os.path.isabs(spec.cwd):
-        changes["cwd"] = os.path.abspath(spec.cwd)
-    if spec.inputs and not all(os.path.isabs(local) for local in spec.inputs.values()):
-        changes["inputs"] = {
-            remote: os.path.abspath(local) for remote, local in spec.inputs.items()
-        }
-    if spec.outputs_dir is not None and not os.path.isabs(spec.outputs_dir):
-        changes["outputs_dir"] = os.path.abspath(spec.outputs_dir)
-    return attrs.evolve(spec, **changes) if changes else spec
 
 
 def _is_terminal(record: ProcessRecord) -> bool:

@@ -92,6 +92,10 @@ class RecordStore(Protocol):
 
     async def set_aside(self, process_id: str, raw: bytes, reason: str) -> None: ...
 
+    async def delete(self, process_id: str, *, names: Sequence[str] | None = None) -> None: ...
+
+    def quarantined(self) -> list[Any]: ...
+
 
 class RecordCodec(Protocol):
     """Values as stored bytes and back (`corra.persistence.Codec`)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import attrs
 
-from corra.processes._lifecycle import Phase, ProcessState
+from corra.processes._lifecycle import Phase, ProcessState, Result
 from corra.processes._spec import ProcessSpec
 
 
@@ -46,3 +46,7 @@ class Transition:
     target: Phase
     attempt: int
     reason: str | None = None
+    result: Result | None = None
+    """The result the event cleared, kept here (a ``rerun``'s: the attempt before's,
+    `corra.processes._lifecycle.KEEPS_RESULT`); None for every other event (and not
+    stored then)."""

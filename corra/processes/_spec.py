@@ -16,6 +16,7 @@ when it came in, and a check added later must not make it unreadable.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from typing import Any, Literal, TypeAlias
@@ -23,7 +24,7 @@ from typing import Any, Literal, TypeAlias
 import attrs
 
 from corra._errors import ConfigError
-from corra.processes._backend import BackendPlugin
+from corra.processes._backend import BackendPlugin, Capabilities
 from corra.processes._registry import installed
 from corra.processes._spec_content import (
     abbreviated,
@@ -382,3 +383,33 @@ def _check_placement(spec: ProcessSpec, plugin: BackendPlugin) -> None:
         problem = env_name_problem(spec)
         if problem is not None:
             raise ConfigError(problem)
+
+
+def changed_fields(old: ProcessSpec, new: ProcessSpec) -> tuple[str, ...]:
+    """The fields in which ``new`` differs from ``old``, in the class's order (the options
+    by the name of their table, as a job file writes them); empty if they are the same."""
+    changed = []
+    for field in attrs.fields(ProcessSpec):
+        name = field.name
+        before, after = getattr(old, name), getattr(new, name)
+        if before != after:
+            if name == "options":
+                name = table_name(after if after is not None else before)
+            changed.append(name)
+    return tuple(changed)
+
+
+def absolute_paths(spec: ProcessSpec, capabilities: Capabilities) -> ProcessSpec:
+    """A relative local path (a local program's ``cwd``, the local side of ``inputs``,
+    ``outputs_dir``) means relative to where the process was submitted, not to where a later
+    runtime happens to run. (A ``cwd`` on a host is a path there, absolute already.)"""
+    changes: dict[str, Any] = {}
+    if not capabilities.hosts and spec.cwd is not None and not os.path.isabs(spec.cwd):
+        changes["cwd"] = os.path.abspath(spec.cwd)
+    if spec.inputs and not all(os.path.isabs(local) for local in spec.inputs.values()):
+        changes["inputs"] = {
+            remote: os.path.abspath(local) for remote, local in spec.inputs.items()
+        }
+    if spec.outputs_dir is not None and not os.path.isabs(spec.outputs_dir):
+        changes["outputs_dir"] = os.path.abspath(spec.outputs_dir)
+    return attrs.evolve(spec, **changes) if changes else spec

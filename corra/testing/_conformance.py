@@ -38,7 +38,13 @@ import pytest
 import trio
 
 from corra._errors import LaunchFailed, ProgramLost
-from corra.processes._backend import BackendPlugin, EffectKey, Limits, describe_plugin
+from corra.processes._backend import (
+    BackendBase,
+    BackendPlugin,
+    EffectKey,
+    Limits,
+    describe_plugin,
+)
 from corra.testing._kit import Kit, Loser, Opener
 
 
@@ -237,6 +243,23 @@ class BackendConformance:
             for handle in (launched, await backend.launch(request)):
                 same = await kit.wait(backend, handle)
                 assert same.returncode == 0 and same.started_at == result.started_at
+
+    @pytest.mark.trio
+    async def test_remove_leaves_nothing_of_an_ended_program_and_can_be_repeated(
+        self, kit: Kit
+    ) -> None:
+        request = kit.request("echo gone; echo too >&2")
+        async with kit.open() as backend:
+            if type(backend).remove is BackendBase.remove:
+                pytest.skip("the backend keeps nothing of its own to remove (BackendBase's)")
+            await kit.wait(backend, await backend.launch(request))
+            assert await kit.log(backend, request.key) == b"gone\n"
+            await backend.remove(request.key, kit.host)
+            assert await backend.find(request.key, kit.host) is None
+            assert await kit.log(backend, request.key) == b""
+            assert await kit.log(backend, request.key, "stderr") == b""
+            await backend.remove(request.key, kit.host)  # (again: nothing to do)
+            await backend.remove(EffectKey("conformance-never", 1), kit.host)
 
     # -- kill with grace -------------------------------------------------------------------
 

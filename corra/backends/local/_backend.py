@@ -50,6 +50,7 @@ from corra.backends.local._rundirs import (
     log_file,
     pread,
     read_status,
+    remove_run_dir,
 )
 from corra.backends.local._shared import SharedClient
 from corra.backends.local._slots import Slots, SlotStatistics
@@ -273,6 +274,10 @@ class LocalBackend(BackendBase):
         if path is None:
             return b""
         return await trio.to_thread.run_sync(pread, path, offset, size)
+
+    async def remove(self, key: EffectKey, host: str | None = None) -> None:
+        """Remove the run dir of ``key`` (its logs, pid files and exit record are in it)."""
+        await trio.to_thread.run_sync(remove_run_dir, self.root, str(key))
 
     async def log_size(self, key: EffectKey, stream: str, host: str | None = None) -> int:
         """How many bytes of ``stream`` the program of ``key`` has written (0 before any)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Literal
 
@@ -101,6 +102,13 @@ def handle_from(key: str, run_dir: Path, claim: Any, program: Any) -> Handle:
         )
     except (KeyError, TypeError, ValueError) as error:
         raise BackendError(f"{run_dir}: unreadable pid file: {error!r}") from error
+
+
+def remove_run_dir(root: Path, key: str) -> None:
+    """Remove the run dir of ``key`` under ``root`` with all in it (without following a
+    link out of it); a missing one is fine. Blocking."""
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(root / check_key(key))
 
 
 def find_launch(root: Path, key: str) -> Handle | None:

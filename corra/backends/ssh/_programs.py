@@ -551,6 +551,20 @@ class SshProgramBackend(HostPollers):
                 return local
         return b""
 
+    async def remove(self, key: EffectKey, host_name: str | None = None) -> None:
+        """Remove the run dir of ``key`` on its host (on every host for None) and the logs
+        brought home from there.
+
+        Raises:
+            TransportError: a host cannot be reached (what is here is removed already).
+        """
+        name = check_key(str(key))
+        for host in self.hosts_for(host_name):
+            if self._logs is not None and self._logs.ships(host.config.name):
+                await self._logs.remove(host.config.name, name)
+            await self._ready(host)
+            await host.transport.remove(self._run_dir(host, name), recursive=True)
+
     async def log_size(
         self, key: EffectKey, stream: str, host_name: str | None = None
     ) -> int | None:

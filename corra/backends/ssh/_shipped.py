@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
 import os
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -110,6 +112,19 @@ class LocalLogs:
             write_private(directory / COMPLETE_FILE, document)
 
         await trio.to_thread.run_sync(write)
+
+    async def remove(self, host_name: str, key: str) -> None:
+        """Remove the local copies of ``key``'s logs from ``host_name`` (a missing one is
+        fine)."""
+        for stream in STREAMS:
+            self._sizes.pop((host_name, key, stream), None)
+        directory = self._dir(host_name, key)
+
+        def remove() -> None:
+            with contextlib.suppress(FileNotFoundError):
+                shutil.rmtree(directory)
+
+        await trio.to_thread.run_sync(remove)
 
     def forget(self, host_name: str, key: str) -> None:
         """Drop what is cached of the copies of a program no longer watched."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import sys
 import uuid
@@ -177,6 +178,15 @@ class EchoBackend(BackendBase):
             return (await trio.Path(self._log(key, stream)).stat()).st_size
         except FileNotFoundError:
             return None
+
+    async def remove(self, key: EffectKey, host: str | None = None) -> None:
+        """Remove the run dir of an ended program (``corra rm``); a missing one is fine."""
+
+        def remove() -> None:
+            with contextlib.suppress(FileNotFoundError):
+                shutil.rmtree(self.root / str(key))
+
+        await trio.to_thread.run_sync(remove)
 
     def _log(self, key: EffectKey, stream: str) -> Path:
         if stream not in ("stdout", "stderr"):

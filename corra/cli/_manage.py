@@ -1,0 +1,280 @@
+"""``corra rerun`` and ``corra rm``: commands that act on a selection of processes (ids and
+names, and selectors: ``--failed``, ``-l key=value``, ``--ended-before``), through the
+running service when there is one, else on the state dir directly."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from corra._errors import ConfigError, InvalidTransition, NoSuchProcess
+from corra.api._client import ApiError, Client, NotServing
+from corra.api._wire import record_json
+from corra.cli._parser import (
+    EXIT_FAILED,
+    EXIT_OK,
+    parse_label,
+    parse_moment,
+    runtime_options,
+)
+from corra.cli._render import print_json
+from corra.cli._service import quoted, service
+from corra.processes._lifecycle import PHASES, TERMINAL
+
+#: What `corra rm` adds to its refusal of an active process.
+_KILL_HINT = " (--kill kills it first)"
+#: Processes asked for per page when a selector lists them from a service.
+_PAGE = 1000
+
+
+@attrs.frozen
+class Selection:
+    """What a command acts on: the processes ``names`` names (ids or names), and every
+    process in one of ``phases`` (none: only the named ones) that has all of ``labels`` and
+    ended before ``ended_before`` (if given)."""
+
+    names: tuple[str, ...]
+    phases: tuple[str, ...]
+    labels: dict[str, str]
+    ended_before: float | None = None
+
+    def matches(self, process: dict[str, Any]) -> bool:
+        """Whether a process (as JSON: `record_json`) is selected by the selectors."""
+        if process["phase"] not in self.phases:
+            return False
+        labels = process["labels"]
+        if any(labels.get(key) != value for key, value in self.labels.items()):
+            return False
+        if self.ended_before is not None:
+            ended = (
+                process["ended_at"] if process["ended_at"] is not None else process["updated_at"]
+            )
+            return process["phase"] in TERMINAL and ended < self.ended_before
+        return True
+
+
+def _labels(args: argparse.Namespace) -> dict[str, str]:
+    return dict(parse_label(text) for text in args.label)
+
+
+def rerun_selection(args: argparse.Namespace) -> Selection:
+    labels = _labels(args)
+    phases: tuple[str, ...] = ()
+    if args.failed:
+        phases = ("failed", "killed")
+    elif labels:
+        phases = tuple(p for p in PHASES if p in TERMINAL)
+    if not args.processes and not phases:
+        raise ConfigError("rerun: nothing to rerun; give names or ids, --failed or -l KEY=VALUE")
+    return Selection(tuple(args.processes), phases, labels)
+
+
+def rm_selection(args: argparse.Namespace) -> Selection:
+    labels = _labels(args)
+    ended_before = None
+    if args.ended_before is not None:
+        ended_before = parse_moment(args.ended_before, "--ended-before", now=time.time())
+    phases: tuple[str, ...] = ()
+    if labels or ended_before is not None:
+        # (--kill widens a label selector to active processes; an end time never does)
+        phases = PHASES if args.kill and ended_before is None else tuple(TERMINAL)
+    if not args.processes and not phases:
+        raise ConfigError(
+            "rm: nothing to remove; give names or ids, -l KEY=VALUE or --ended-before"
+        )
+    return Selection(
+        tuple(args.processes), tuple(p for p in PHASES if p in phases), labels, ended_before
+    )
+
+
+def _listed(client: Client, selection: Selection) -> Iterator[dict[str, Any]]:
+    """The processes the selectors select, as the service lists them (a page at a time)."""
+    labels = [f"{key}={value}" for key, value in selection.labels.items()]
+    for phase in selection.phases:
+        cursor = None
+        while True:
+            params: dict[str, Any] = {"phase": phase, "label": labels, "limit": _PAGE}
+            if selection.ended_before is not None:  # (the service walks its end index)
+                params["ended_before"] = max(0.0, selection.ended_before)
+            if cursor is not None:
+                params["cursor"] = cursor
+            _, page = client.call("GET", "/v1/processes", params=params)
+            yield from (item for item in page["items"] if selection.matches(item))
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+
+
+def _targets(named: list[str], selected: Iterator[str]) -> list[str]:
+    """The named processes, then the selected ones, each once, in that order."""
+    seen: dict[str, None] = dict.fromkeys(named)
+    for key in selected:
+        seen.setdefault(key, None)
+    return list(seen)
+
+
+# -- rerun ---------------------------------------------------------------------------------
+
+
+def rerun(args: argparse.Namespace, state_dir: Path) -> int:
+    selection = rerun_selection(args)
+    output_limit = runtime_options(args)
+    try:
+        with service(args, state_dir) as client:
+            return _rerun_through(client, selection, args)
+    except NotServing:
+        pass
+    return trio.run(_rerun_here, state_dir, selection, args, output_limit)
+
+
+def _rerun_through(client: Client, selection: Selection, args: argparse.Namespace) -> int:
+    records, refused = [], 0
+    for key in _targets(list(selection.names), (p["id"] for p in _listed(client, selection))):
+        try:
+            _, record = client.call("POST", f"/v1/processes/{quoted(key)}/rerun")
+        except ApiError as exc:
+            if exc.status not in (404, 409):
+                raise
+            print(f"corra: {exc}", file=sys.stderr)
+            refused += 1
+            continue
+        records.append(record)
+        if not args.json:
+            print(f"{record['name']} ({record['id']}): rerun as attempt {record['attempt']}")
+    if args.json:
+        print_json(records)
+    return EXIT_FAILED if refused else EXIT_OK
+
+
+async def _rerun_here(
+    state_dir: Path, selection: Selection, args: argparse.Namespace, output_limit: int
+) -> int:
+    from corra.cli._run import foreground
+
+    refused: list[str] = []
+
+    async def start(manager: Any, _display: Any) -> list[str]:
+        selected = (r.id for r in manager.list() if selection.matches(record_json(r)))
+        ids = []
+        for key in _targets(list(selection.names), selected):
+            try:
+                record = await manager.rerun(key)
+            except (NoSuchProcess, InvalidTransition) as exc:
+                print(f"corra: {exc}", file=sys.stderr)
+                refused.append(key)
+                continue
+            ids.append(record.id)
+        return ids
+
+    status = await foreground(
+        state_dir,
+        args,
+        start,
+        runtime={"max_running": args.max_running, "output_limit": output_limit},
+    )
+    return EXIT_FAILED if refused and status == EXIT_OK else status
+
+
+# -- rm ------------------------------------------------------------------------------------
+
+
+def rm(args: argparse.Namespace, state_dir: Path) -> int:
+    selection = rm_selection(args)
+    try:
+        with service(args, state_dir) as client:
+            return _rm_through(client, selection, args)
+    except NotServing:
+        pass
+    return trio.run(_rm_here, state_dir, selection, args)
+
+
+def _rm_through(client: Client, selection: Selection, args: argparse.Namespace) -> int:
+    removed, refused = [], 0
+    params = {"kill": "true"} if args.kill else None
+    for key in _targets(list(selection.names), (p["id"] for p in _listed(client, selection))):
+        try:
+            _, record = client.call("DELETE", f"/v1/processes/{quoted(key)}", params=params)
+        except ApiError as exc:
+            if exc.status not in (404, 409):
+                raise
+            print(f"corra: {exc}{_KILL_HINT if exc.status == 409 else ''}", file=sys.stderr)
+            refused += 1
+            continue
+        removed.append(record)
+        if not args.json:
+            print(f"{record['name']} ({record['id']}): removed")
+    if args.json:
+        print_json(removed)
+    return EXIT_FAILED if refused else EXIT_OK
+
+
+async def _rm_here(state_dir: Path, selection: Selection, args: argparse.Namespace) -> int:
+    from corra._runtime import open_runtime
+
+    removed, refused = [], 0
+    async with open_runtime(state_dir=state_dir) as rt:
+        manager = rt.processes
+        selected = (r.id for r in manager.list() if selection.matches(record_json(r)))
+        for key in _targets(list(selection.names), selected):
+            try:
+                record = await manager.remove(key, kill=args.kill)
+            except (NoSuchProcess, InvalidTransition) as exc:
+                hint = _KILL_HINT if isinstance(exc, InvalidTransition) else ""
+                print(f"corra: {exc}{hint}", file=sys.stderr)
+                refused += 1
+                continue
+            removed.append(record_json(record))
+            if not args.json:
+                print(f"{record.name} ({record.id}): removed")
+    if args.json:
+        print_json(removed)
+    return EXIT_FAILED if refused else EXIT_OK
+
+
+# -- prune ---------------------------------------------------------------------------------
+
+
+def prune(args: argparse.Namespace, state_dir: Path) -> int:
+    """``corra prune``: ``corra rm --ended-before`` of every terminal process, in the
+    runtime's own bounded batches (the service's, or one opened here); with labels, as
+    ``corra rm`` selects."""
+    args.processes, args.kill = [], False
+    selection = rm_selection(args)
+    try:
+        with service(args, state_dir) as client:
+            if selection.labels:
+                return _rm_through(client, selection, args)
+            _, answer = client.call(
+                "POST", "/v1/processes:prune", params={"ended_before": selection.ended_before}
+            )
+            _print_pruned(answer["removed"], args)
+            return EXIT_OK
+    except NotServing:
+        pass
+    if selection.labels:
+        return trio.run(_rm_here, state_dir, selection, args)
+    return trio.run(_prune_here, state_dir, selection, args)
+
+
+async def _prune_here(state_dir: Path, selection: Selection, args: argparse.Namespace) -> int:
+    from corra._runtime import open_runtime
+
+    assert selection.ended_before is not None
+    async with open_runtime(state_dir=state_dir) as rt:
+        removed = await rt.processes.prune(selection.ended_before)
+    _print_pruned(removed, args)
+    return EXIT_OK
+
+
+def _print_pruned(removed: int, args: argparse.Namespace) -> None:
+    if args.json:
+        print_json({"removed": removed})
+    else:
+        print(f"removed {removed} process(es)")
