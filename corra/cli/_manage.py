@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -135,22 +135,13 @@ def rerun(args: argparse.Namespace, state_dir: Path) -> int:
 
 
 def _rerun_through(client: Client, selection: Selection, args: argparse.Namespace) -> int:
-    records, refused = [], 0
-    for key in _targets(list(selection.names), (p["id"] for p in _listed(client, selection))):
-        try:
-            _, record = client.call("POST", f"/v1/processes/{quoted(key)}/rerun")
-        except ApiError as exc:
-            if exc.status not in (404, 409):
-                raise
-            print(f"corra: {exc}", file=sys.stderr)
-            refused += 1
-            continue
-        records.append(record)
-        if not args.json:
-            print(f"{record['name']} ({record['id']}): rerun as attempt {record['attempt']}")
-    if args.json:
-        print_json(records)
-    return EXIT_FAILED if refused else EXIT_OK
+    return _each_through(
+        client,
+        selection,
+        args,
+        lambda key: client.call("POST", f"/v1/processes/{quoted(key)}/rerun")[1],
+        lambda record: f"rerun as attempt {record['attempt']}",
+    )
 
 
 async def _rerun_here(
@@ -196,22 +187,44 @@ def rm(args: argparse.Namespace, state_dir: Path) -> int:
 
 
 def _rm_through(client: Client, selection: Selection, args: argparse.Namespace) -> int:
-    removed, refused = [], 0
     params = {"kill": "true"} if args.kill else None
+    return _each_through(
+        client,
+        selection,
+        args,
+        lambda key: client.call("DELETE", f"/v1/processes/{quoted(key)}", params=params)[1],
+        lambda _: "removed",
+        hint=_KILL_HINT,
+    )
+
+
+def _each_through(
+    client: Client,
+    selection: Selection,
+    args: argparse.Namespace,
+    act: Callable[[str], dict[str, Any]],
+    said: Callable[[dict[str, Any]], str],
+    *,
+    hint: str = "",
+) -> int:
+    """``act`` on each process ``selection`` names or selects, through the service: a
+    process it does not know (404) or refuses (409, with ``hint``) is said and counted, the
+    others are printed (``said``), or printed as JSON at the end."""
+    done, refused = [], 0
     for key in _targets(list(selection.names), (p["id"] for p in _listed(client, selection))):
         try:
-            _, record = client.call("DELETE", f"/v1/processes/{quoted(key)}", params=params)
+            record = act(key)
         except ApiError as exc:
             if exc.status not in (404, 409):
                 raise
-            print(f"corra: {exc}{_KILL_HINT if exc.status == 409 else ''}", file=sys.stderr)
+            print(f"corra: {exc}{hint if exc.status == 409 else ''}", file=sys.stderr)
             refused += 1
             continue
-        removed.append(record)
+        done.append(record)
         if not args.json:
-            print(f"{record['name']} ({record['id']}): removed")
+            print(f"{record['name']} ({record['id']}): {said(record)}")
     if args.json:
-        print_json(removed)
+        print_json(done)
     return EXIT_FAILED if refused else EXIT_OK
 
 
