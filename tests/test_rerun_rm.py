@@ -9,6 +9,7 @@ import subprocess
 import pytest
 from test_api import serving, submit, wait_for
 from test_api_service import CORRA, Service, corra
+from test_cli_control import wait_phase
 
 pytestmark = pytest.mark.slow
 
@@ -75,8 +76,8 @@ def test_corra_rerun_asks_the_service_and_selects_failed_ones_and_labels(tmp_pat
             assert done.returncode == 0, done.stderr
         assert corra(state, "submit", "--name", "ok", "--", "true").returncode == 0
         for name in ("a", "b", "c"):
-            wait_for_phase(state, name, "failed")
-        wait_for_phase(state, "ok", "finished")
+            wait_phase(state, name, "failed")
+        wait_phase(state, "ok", "finished")
         fixed.touch()
 
         labelled = corra(state, "rerun", "--failed", "-l", "k=x")
@@ -84,14 +85,14 @@ def test_corra_rerun_asks_the_service_and_selects_failed_ones_and_labels(tmp_pat
         assert sorted(line.split()[0] for line in labelled.stdout.splitlines()) == ["a", "b"]
         assert all(line.endswith("rerun as attempt 2") for line in labelled.stdout.splitlines())
         for name in ("a", "b"):
-            assert wait_for_phase(state, name, "finished")["attempt"] == 2
+            assert wait_phase(state, name, "finished")["attempt"] == 2
         assert json.loads(corra(state, "show", "c", "--json").stdout)["phase"] == "failed"
 
         by_name = corra(state, "rerun", "c", "nope", "--json")
         assert by_name.returncode == 1  # one of them is unknown: said, the other rerun
         assert "nope" in by_name.stderr
         assert [r["name"] for r in json.loads(by_name.stdout)] == ["c"]
-        assert wait_for_phase(state, "c", "finished")["attempt"] == 2
+        assert wait_phase(state, "c", "finished")["attempt"] == 2
         nothing = corra(state, "rerun", "--failed")
         assert nothing.returncode == 0 and nothing.stdout == ""
         service.stop()
@@ -133,12 +134,6 @@ def listed(state, *, records: bool = False) -> list:
     return items if records else [item["name"] for item in items]
 
 
-def wait_for_phase(state, name: str, *phases: str) -> dict:
-    from test_cli_control import wait_phase
-
-    return wait_phase(state, name, *phases)
-
-
 def test_a_rerun_without_a_service_is_refused_while_a_corra_run_holds_the_state_dir(tmp_path):
     state = tmp_path / "state"
     runner = subprocess.Popen(
@@ -147,7 +142,7 @@ def test_a_rerun_without_a_service_is_refused_while_a_corra_run_holds_the_state_
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_for_phase(state, "nap", "running")
+        wait_phase(state, "nap", "running")
         refused = corra(state, "rerun", "nap")
         assert refused.returncode != 0 and refused.stderr
     finally:
@@ -232,8 +227,8 @@ def test_corra_rm_through_the_service_by_name_label_and_end_time(tmp_path):
             assert done.returncode == 0, done.stderr
         corra(state, "submit", "--name", "busy", "--label", "k=x", "--", "sleep", "30")
         for name in ("a", "b", "c"):
-            wait_for_phase(state, name, "finished")
-        wait_for_phase(state, "busy", "running")
+            wait_phase(state, name, "finished")
+        wait_phase(state, "busy", "running")
 
         by_label = corra(state, "rm", "-l", "k=x")
         assert by_label.returncode == 0, by_label.stderr
@@ -405,7 +400,7 @@ def test_a_service_with_retain_finished_removes_what_ended_long_enough_ago(tmp_p
         state = service.state_dir
         assert corra(state, "submit", "--name", "brief", "--", "true").returncode == 0
         assert corra(state, "submit", "--name", "long", "--", "sleep", "30").returncode == 0
-        wait_for_phase(state, "brief", "finished")
+        wait_phase(state, "brief", "finished")
         deadline = time.monotonic() + 30
         while corra(state, "show", "brief").returncode == 0:
             assert time.monotonic() < deadline

@@ -165,14 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=PHASES,
         help="only processes in this phase (repeat: in any of them)",
     )
-    ps.add_argument(
-        "-l",
-        "--label",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="only processes with this label (repeat: with all of them)",
-    )
+    _label_option(ps, "only processes with this label (repeat: with all of them)")
     ps.add_argument("--name", metavar="PREFIX", help="only names that start so (listed by name)")
     ps.add_argument("--limit", type=_positive, metavar="N", help="at most N processes")
     ps.add_argument(
@@ -232,14 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also every failed or killed process (with -l: of those)",
     )
-    rerun.add_argument(
-        "-l",
-        "--label",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="also every terminal process with this label (repeat: all of them)",
-    )
+    _label_option(rerun, "also every terminal process with this label (repeat: all of them)")
     rerun.add_argument("--max-running", type=int, default=None, help="programs at once")
     rerun.add_argument(
         "--output-limit", type=int, default=None, metavar="BYTES", help=_OUTPUT_LIMIT
@@ -261,14 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TIME|DURATION",
         help="30d: 30 days ago (also h, m, s, w); or an ISO 8601 time, 2026-12-01T10:30",
     )
-    prune.add_argument(
-        "-l",
-        "--label",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="only processes with this label (repeat: all of them)",
-    )
+    _label_option(prune, "only processes with this label (repeat: all of them)")
     prune.add_argument("--json", action="store_true", help="print what was removed as JSON")
 
     rm = commands.add_parser(
@@ -281,14 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
         "process is refused unless --kill. With a service running it asks the service.",
     )
     rm.add_argument("processes", nargs="*", metavar="NAME|ID", help="ids or names")
-    rm.add_argument(
-        "-l",
-        "--label",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="also every terminal process with this label (repeat: all of them)",
-    )
+    _label_option(rm, "also every terminal process with this label (repeat: all of them)")
     rm.add_argument(
         "--ended-before",
         metavar="TIME|DURATION",
@@ -313,6 +285,13 @@ def build_parser() -> argparse.ArgumentParser:
                 "--no-wait", action="store_true", help="return at once, not once it is dead"
             )
     return parser
+
+
+def _label_option(parser: argparse.ArgumentParser, says: str) -> None:
+    """``-l/--label KEY=VALUE``, repeatable, as every command that selects by label takes it."""
+    parser.add_argument(
+        "-l", "--label", action="append", default=[], metavar="KEY=VALUE", help=says
+    )
 
 
 def _rerun_kinds(text: str) -> list[str]:
