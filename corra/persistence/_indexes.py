@@ -17,8 +17,12 @@ Layout (named databases of `corra.persistence._lmdb`):
   replaces them and ``delete`` and ``set_aside`` remove them;
 - ``index``: ``index NUL group NUL order`` -> process id;
 - ``counts``: ``index NUL group`` -> how many processes are in the group (8 bytes, big-endian),
-  moved by the saves that change a term (once per transaction: `flush_counts`): counting a
-  group never scans it. A group that empties is removed.
+  moved by the saves that change a term: counting a group never scans it. A group that
+  empties is removed.
+
+The writes of a transaction note the terms they give (`set_terms`, `remove_terms`); `flush`
+applies them last, once per process: a process saved three times in one batch moves its
+entries once, from what was stored to what its last write gave, and each count moves once.
 
 A page (`read_page`) walks one or more ranges of ``index`` in the order of what follows each
 range's prefix (the *position*), merged, from just after a position: a position is a key, not
@@ -45,18 +49,28 @@ _TERM_SEP: Final = b"\x01"
 #: LMDB's key limit (`corra.persistence._lmdb`), which an index entry must fit.
 _MAX_KEY_BYTES: Final = 511
 _INDEX_NAMES: dict[str, bytes] = {}
+#: How many processes' terms the writer remembers at most (`committed`), about 20 MB.
+_KNOWN_TERMS: Final = 100_000
 
 
 def _index_name(index: str) -> bytes:
+    """The name of an index as an entry starts with it: ``index NUL`` (checked once)."""
     encoded = _INDEX_NAMES.get(index)
     if encoded is None:
         if not isinstance(index, str) or not index or "\x00" in index or "\x01" in index:
             raise ConfigError(f"index: got {index!r}, expected a name without NUL or SOH")
-        encoded = _INDEX_NAMES[index] = index.encode()
+        encoded = _INDEX_NAMES[index] = index.encode() + _SEP
     return encoded
 
 
-def encode_terms(terms: Sequence[IndexTerm]) -> bytes:
+class EncodedTerms(bytes):
+    """Index terms as a save takes them: checked and encoded by `encode_terms`, or joined
+    by `join_terms` (a caller that saves often keeps what does not change encoded)."""
+
+    __slots__ = ()
+
+
+def encode_terms(terms: Sequence[IndexTerm]) -> EncodedTerms:
     """The terms as stored in ``terms``: their entry keys (``index NUL group NUL order``),
     joined by SOH (so that splitting them again is one C call: a save at every transition
     of every process does it). Checked here, on the caller's side.
@@ -67,10 +81,12 @@ def encode_terms(terms: Sequence[IndexTerm]) -> bytes:
         TypeError: a group or order is not bytes.
     """
     if not terms:
-        return b""
+        return _NO_TERMS
+    names = _INDEX_NAMES
     try:
         entries = [
-            _index_name(index) + _SEP + group + _SEP + order for index, group, order in terms
+            (names.get(index) or _index_name(index)) + group + _SEP + order
+            for index, group, order in terms
         ]
     except TypeError:
         raise TypeError("an index term's group and order must be bytes") from None
@@ -79,7 +95,17 @@ def encode_terms(terms: Sequence[IndexTerm]) -> bytes:
         raise ConfigError(f"index terms: a group or order holds NUL or SOH: {terms!r}")
     if max(map(len, entries)) > _MAX_KEY_BYTES:
         raise ConfigError(f"index terms: an entry is longer than {_MAX_KEY_BYTES} bytes")
-    return blob
+    return EncodedTerms(blob)
+
+
+def join_terms(first: EncodedTerms, second: EncodedTerms) -> EncodedTerms:
+    """The terms of both (each of `encode_terms` or of this)."""
+    if not first or not second:
+        return first or second
+    return EncodedTerms(first + _TERM_SEP + second)
+
+
+_NO_TERMS: Final = EncodedTerms()
 
 
 def _counted(entry: bytes) -> bytes:
@@ -96,10 +122,35 @@ def decode_terms(blob: bytes) -> tuple[IndexTerm, ...]:
     return tuple(out)
 
 
-def flush_counts(txn: lmdb.Transaction, databases: Any) -> None:
-    """Apply the count changes of the transaction's writes (`replace_terms` gathers them in
-    ``databases.count_deltas``: a batch of saves moves each count once, not once per save);
-    the writer calls it last in every transaction, and clears them before each."""
+def set_terms(databases: Any, process: bytes, blob: bytes) -> None:
+    """Make ``blob`` the terms of ``process`` when the transaction ends (`flush`): a
+    process saved several times in one batch moves its entries and counts once, from what
+    was stored before the batch to what its last write gave (b"": out of every index)."""
+    databases.term_changes[process] = blob
+
+
+def remove_terms(databases: Any, process: bytes) -> None:
+    """Take ``process`` out of every index when the transaction ends (``delete``,
+    ``set_aside``)."""
+    if databases.terms is not None:
+        databases.term_changes[process] = b""
+
+
+def begin(databases: Any) -> None:
+    """Forget what an earlier attempt of the transaction noted (the writer calls it before
+    each attempt: one that failed wrote nothing)."""
+    databases.term_changes.clear()
+    databases.count_deltas.clear()
+
+
+def flush(txn: lmdb.Transaction, databases: Any) -> None:
+    """Apply the transaction's term changes, then move each count once; the writer calls it
+    last in every transaction."""
+    changes = databases.term_changes
+    if changes:
+        known = databases.known_terms
+        for process, blob in changes.items():
+            _replace(txn, databases, process, blob, known.get(process))
     deltas = databases.count_deltas
     counts = databases.counts
     for key, delta in deltas.items():
@@ -111,13 +162,27 @@ def flush_counts(txn: lmdb.Transaction, databases: Any) -> None:
             txn.put(key, value.to_bytes(8, "big"), db=counts)
         else:
             txn.delete(key, db=counts)
-    deltas.clear()
 
 
-def replace_terms(txn: lmdb.Transaction, databases: Any, process: bytes, blob: bytes) -> None:
-    """Make ``blob`` the terms of ``process``: its entries and counts follow (in the
-    writer's transaction; a save whose terms did not change costs one read)."""
-    old = txn.get(process, db=databases.terms)
+def committed(databases: Any) -> None:
+    """The transaction committed: remember the terms it wrote, so that the next save of the
+    same process need not read them (the writer is the only one that changes them)."""
+    known = databases.known_terms
+    changes = databases.term_changes
+    if len(known) + len(changes) > _KNOWN_TERMS:
+        known.clear()
+    known.update(changes)
+    changes.clear()
+    databases.count_deltas.clear()
+
+
+def _replace(
+    txn: lmdb.Transaction, databases: Any, process: bytes, blob: bytes, old: bytes | None
+) -> None:
+    """Move the entries and counts of ``process`` from its stored terms (``old`` if the
+    writer knows them, else read) to ``blob``."""
+    if old is None:
+        old = txn.get(process, db=databases.terms)
     if old == blob:
         return
     before = set(old.split(_TERM_SEP)) if old else set()
@@ -137,12 +202,6 @@ def replace_terms(txn: lmdb.Transaction, databases: Any, process: bytes, blob: b
         txn.delete(process, db=databases.terms)
 
 
-def remove_terms(txn: lmdb.Transaction, databases: Any, process: bytes) -> None:
-    """Take ``process`` out of every index (``delete``, ``set_aside``)."""
-    if databases.terms is not None:
-        replace_terms(txn, databases, process, b"")
-
-
 def rebuild(
     txn: lmdb.Transaction,
     databases: Any,
@@ -152,7 +211,11 @@ def rebuild(
     the writer's transaction; returns how many ids are active."""
     for database in (databases.active, databases.terms, databases.index, databases.counts):
         txn.drop(database, delete=False)
-    counted = databases.count_deltas  # (what writes before it in the batch moved is gone)
+    # What writes before it in the batch noted is in the snapshots it reads, and what the
+    # writer remembers is gone.
+    databases.term_changes.clear()
+    databases.known_terms.clear()
+    counted = databases.count_deltas
     counted.clear()
     active = 0
     for process, snapshot in txn.cursor(db=databases.snapshots):
@@ -168,7 +231,7 @@ def rebuild(
             txn.put(entry, process, db=databases.index)
             key = _counted(entry)
             counted[key] = counted.get(key, 0) + 1
-    return active  # (the counts are written by `flush_counts`, from zero)
+    return active  # (the counts are written by `flush`, from zero)
 
 
 # Reads -------------------------------------------------------------------------------------
@@ -204,7 +267,7 @@ def _walk(
     txn: lmdb.Transaction, database: Any, selected: IndexRange, after: bytes | None
 ) -> Iterator[tuple[bytes, bytes]]:
     """``(position, process id)`` of the range's entries, after ``after``, in order."""
-    prefix = _index_name(selected.index) + _SEP + selected.prefix
+    prefix = _index_name(selected.index) + selected.prefix
     start = after if after is not None else selected.low
     if selected.low is not None and start is not None and start < selected.low:
         start = selected.low
@@ -256,7 +319,7 @@ def read_page(
 
 def read_counts(txn: lmdb.Transaction, databases: Any, index: str) -> dict[bytes, int]:
     """Every non-empty group of ``index``, with how many processes it has."""
-    prefix = _index_name(index) + _SEP
+    prefix = _index_name(index)
     cursor = txn.cursor(db=databases.counts)
     out: dict[bytes, int] = {}
     if cursor.set_range(prefix):

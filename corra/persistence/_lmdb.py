@@ -175,7 +175,11 @@ class Databases:
     index: Any
     counts: Any
     count_deltas: dict[bytes, int] = attrs.field(factory=dict, eq=False, repr=False)
-    """The writer's count changes in the transaction under way (`_indexes.flush_counts`)."""
+    """The writer's count changes in the transaction under way (`_indexes.flush`)."""
+    term_changes: dict[bytes, bytes] = attrs.field(factory=dict, eq=False, repr=False)
+    """The terms the writes of the transaction under way give, per process (`_indexes`)."""
+    known_terms: dict[bytes, bytes] = attrs.field(factory=dict, eq=False, repr=False)
+    """The writer's memory of the stored terms of the processes it wrote lately."""
     next_history: dict[bytes, int] = attrs.field(factory=dict, eq=False, repr=False)
     """The writer's memory of the next history sequence number of the processes it wrote
     lately (see `corra.persistence._store`); never read by readers."""
