@@ -109,6 +109,7 @@ def test_public_names_are_pinned():
         "StoreStatistics",
         "open_store",
         "open_store_readonly",
+        "encode_term",
         "encode_terms",
         "group_prefix",
         "join_terms",

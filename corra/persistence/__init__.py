@@ -7,6 +7,7 @@ from corra.persistence._indexes import EncodedTerms as EncodedTerms
 from corra.persistence._indexes import IndexPage as IndexPage
 from corra.persistence._indexes import IndexRange as IndexRange
 from corra.persistence._indexes import IndexTerm as IndexTerm
+from corra.persistence._indexes import encode_term as encode_term
 from corra.persistence._indexes import encode_terms as encode_terms
 from corra.persistence._indexes import group_prefix as group_prefix
 from corra.persistence._indexes import join_terms as join_terms

@@ -33,7 +33,7 @@ where it was.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Final, TypeAlias
 
 import attrs
@@ -96,6 +96,18 @@ def encode_terms(terms: Sequence[IndexTerm]) -> EncodedTerms:
     if max(map(len, entries)) > _MAX_KEY_BYTES:
         raise ConfigError(f"index terms: an entry is longer than {_MAX_KEY_BYTES} bytes")
     return EncodedTerms(blob)
+
+
+def encode_term(index: str, group: bytes, order: bytes) -> EncodedTerms:
+    """One term, as `encode_terms` encodes it (and checks it), for less: a save's phase is
+    one."""
+    try:
+        entry = (_INDEX_NAMES.get(index) or _index_name(index)) + group + _SEP + order
+    except TypeError:
+        entry = b""
+    if entry.count(_SEP) != 2 or _TERM_SEP in entry or len(entry) > _MAX_KEY_BYTES:
+        return encode_terms(((index, group, order),))  # (which says what is wrong)
+    return EncodedTerms(entry)
 
 
 def join_terms(first: EncodedTerms, second: EncodedTerms) -> EncodedTerms:
@@ -185,17 +197,19 @@ def _replace(
         old = txn.get(process, db=databases.terms)
     if old == blob:
         return
-    before = set(old.split(_TERM_SEP)) if old else set()
-    after = set(blob.split(_TERM_SEP)) if blob else set()
     index, deltas = databases.index, databases.count_deltas
-    for entry in before - after:
-        txn.delete(entry, db=index)
-        key = _counted(entry)
-        deltas[key] = deltas.get(key, 0) - 1
-    for entry in after - before:
+    if old:
+        before = set(old.split(_TERM_SEP))
+        after = set(blob.split(_TERM_SEP)) if blob else set()
+        for entry in before - after:
+            txn.delete(entry, db=index)
+            deltas[entry[: entry.rindex(_SEP)]] -= 1  # (`_counted`, inlined)
+        added: Iterable[bytes] = after - before
+    else:
+        added = blob.split(_TERM_SEP) if blob else ()
+    for entry in added:
         txn.put(entry, process, db=index)
-        key = _counted(entry)
-        deltas[key] = deltas.get(key, 0) + 1
+        deltas[entry[: entry.rindex(_SEP)]] += 1
     if blob:
         txn.put(process, blob, db=databases.terms)
     else:
@@ -229,8 +243,7 @@ def rebuild(
         txn.put(process, blob, db=databases.terms)
         for entry in blob.split(_TERM_SEP):
             txn.put(entry, process, db=databases.index)
-            key = _counted(entry)
-            counted[key] = counted.get(key, 0) + 1
+            counted[_counted(entry)] += 1
     return active  # (the counts are written by `flush`, from zero)
 
 

@@ -32,6 +32,7 @@ the new size when their next transaction finds the map grown.
 from __future__ import annotations
 
 import base64
+import collections
 import fcntl
 import json
 import os
@@ -174,7 +175,9 @@ class Databases:
     """None for a store of format 1 or 2 opened read-only, as ``index`` and ``counts``."""
     index: Any
     counts: Any
-    count_deltas: dict[bytes, int] = attrs.field(factory=dict, eq=False, repr=False)
+    count_deltas: collections.defaultdict[bytes, int] = attrs.field(
+        factory=lambda: collections.defaultdict(int), eq=False, repr=False
+    )
     """The writer's count changes in the transaction under way (`_indexes.flush`)."""
     term_changes: dict[bytes, bytes] = attrs.field(factory=dict, eq=False, repr=False)
     """The terms the writes of the transaction under way give, per process (`_indexes`)."""

@@ -20,7 +20,7 @@ import hashlib
 import struct
 from typing import Final
 
-from corra.persistence import EncodedTerms, encode_terms, join_terms
+from corra.persistence import EncodedTerms, encode_term, encode_terms, join_terms
 from corra.processes._lifecycle import PHASES, TERMINAL
 from corra.processes._record import ProcessRecord
 from corra.processes._spec import ProcessSpec
@@ -130,6 +130,10 @@ class TermsEncoder:
             if len(self._lasting) >= self.limit:
                 self._lasting.clear()
             self._lasting[process_id] = (record.spec, record.created_at, position, lasting)
-        if record.state.phase in TERMINAL:
+        phase = record.state.phase
+        moving = encode_term(PHASE, _PHASE_GROUPS[phase], position)
+        if phase in TERMINAL:
             del self._lasting[process_id]  # (a rerun encodes them again)
-        return join_terms(lasting, encode_terms(_phase_terms(record, position)))
+            ended = time_position(ended_at(record)) + position
+            moving = join_terms(moving, encode_term(ENDED, b"", ended))
+        return join_terms(lasting, moving)
