@@ -189,7 +189,7 @@ OPENAPI: dict[str, Any] = {
             },
             "get": {
                 "summary": "Processes, a page at a time: oldest first (by name with a name "
-                "prefix); only the page's records are read",
+                "prefix or glob); only the page's records are read",
                 "operationId": "listProcesses",
                 "parameters": [
                     {
@@ -204,7 +204,9 @@ OPENAPI: dict[str, Any] = {
                     _query(
                         "name",
                         {"type": "string"},
-                        "only processes whose name starts with this (listed by name)",
+                        "only processes whose name starts with this, or, if it holds *, ? or "
+                        "[...], whose whole name matches it as a glob: train-*-7, job?, "
+                        "run[0-3] (listed by name)",
                     ),
                     {
                         **_query(

@@ -166,7 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="only processes in this phase (repeat: in any of them)",
     )
     _label_option(ps, "only processes with this label (repeat: with all of them)")
-    ps.add_argument("--name", metavar="PREFIX", help="only names that start so (listed by name)")
+    _name_option(
+        ps, "only names that start so, or match a glob: train-*-7, job?, run[0-3] (listed by name)"
+    )
     ps.add_argument("--limit", type=_positive, metavar="N", help="at most N processes")
     ps.add_argument(
         "--cursor", help="go on after the last of a listing (the next_cursor --json printed)"
@@ -226,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also every failed or killed process (with -l: of those)",
     )
     _label_option(rerun, "also every terminal process with this label (repeat: all of them)")
+    _name_option(rerun, "also every terminal process named so (a prefix, or a glob: 'train-*')")
     rerun.add_argument("--max-running", type=int, default=None, help="programs at once")
     rerun.add_argument(
         "--output-limit", type=int, default=None, metavar="BYTES", help=_OUTPUT_LIMIT
@@ -248,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="30d: 30 days ago (also h, m, s, w); or an ISO 8601 time, 2026-12-01T10:30",
     )
     _label_option(prune, "only processes with this label (repeat: all of them)")
+    _name_option(prune, "only processes named so (a prefix, or a glob: 'train-*')")
     prune.add_argument("--json", action="store_true", help="print what was removed as JSON")
 
     rm = commands.add_parser(
@@ -261,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rm.add_argument("processes", nargs="*", metavar="NAME|ID", help="ids or names")
     _label_option(rm, "also every terminal process with this label (repeat: all of them)")
+    _name_option(rm, "also every terminal process named so (a prefix, or a glob: 'train-*')")
     rm.add_argument(
         "--ended-before",
         metavar="TIME|DURATION",
@@ -285,6 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
                 "--no-wait", action="store_true", help="return at once, not once it is dead"
             )
     return parser
+
+
+def _name_option(parser: argparse.ArgumentParser, says: str) -> None:
+    """``--name PREFIX|GLOB``, as every command that selects by name takes it."""
+    parser.add_argument("--name", metavar="PREFIX|GLOB", help=says)
 
 
 def _label_option(parser: argparse.ArgumentParser, says: str) -> None:

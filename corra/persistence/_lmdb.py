@@ -193,6 +193,7 @@ class Environment:
         self.path = path
         self._guard = threading.Condition()
         self._reading = 0
+        self._waiting = 0  # (threads waiting for the reads to end: a remap, the close)
         self._closed = False
 
     def read(self, function: Callable[[lmdb.Transaction], R]) -> R:
@@ -216,21 +217,29 @@ class Environment:
     def _stop_reading(self) -> None:
         with self._guard:
             self._reading -= 1
-            if not self._reading:
+            # (notified only when someone waits: a read is what every lookup costs)
+            if not self._reading and self._waiting:
                 self._guard.notify_all()
+
+    def _wait_for_readers(self) -> None:
+        """Until no read is in progress (the guard held)."""
+        while self._reading:
+            self._waiting += 1
+            try:
+                self._guard.wait()
+            finally:
+                self._waiting -= 1
 
     def resize(self, map_size: int) -> None:
         """Remap to ``map_size`` bytes (0: the size the data file says), between reads."""
         with self._guard:
-            while self._reading:
-                self._guard.wait()
+            self._wait_for_readers()
             self.env.set_mapsize(map_size)
 
     def close(self) -> None:
         with self._guard:
             self._closed = True
-            while self._reading:
-                self._guard.wait()
+            self._wait_for_readers()
             self.env.close()
 
 

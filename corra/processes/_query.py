@@ -143,7 +143,7 @@ class ProcessQuery:
     ) -> Page:
         """One page of the processes ``selection`` selects (None: all), after ``cursor``, at most
         ``limit`` (`corra.processes._listing`): in creation order, oldest first, or in name
-        order with a name prefix. Only the page's records are read.
+        order with a name prefix or glob. Only the page's records are read.
 
         Raises:
             ConfigError: ``cursor`` is not one of this listing's, or ``limit`` is not >= 1.
