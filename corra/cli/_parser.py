@@ -196,6 +196,25 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"show the values of the env (else each is {HIDDEN!r})",
     )
 
+    history = commands.add_parser(
+        "history",
+        parents=[state, client],
+        help="a process's transitions, oldest first, a page at a time",
+        description="A process's transitions, oldest first: every one, or --limit of them "
+        "(--cursor goes on after the last of a page). Only what is printed is read, however "
+        "long the history.",
+    )
+    history.add_argument("process", help="id or name")
+    history.add_argument("--limit", type=_positive, metavar="N", help="at most N transitions")
+    history.add_argument(
+        "--cursor", help="go on after the last of a page (the next_cursor --json printed)"
+    )
+    history.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"items": [...], "next_cursor": ...} as GET /v1/processes/ID/history does',
+    )
+
     logs = commands.add_parser("logs", parents=[state, client], help="a process's output")
     logs.add_argument("process", help="id or name")
     logs.add_argument("--stderr", action="store_true", help="standard error instead")

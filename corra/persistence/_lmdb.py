@@ -388,18 +388,31 @@ class Reads(IndexReads):
 
     def history(self, process_id: str) -> list[bytes]:
         """The transitions of ``process_id``, oldest first."""
+        return [entry for _, entry in self.history_page(process_id)[0]]
+
+    def history_page(
+        self, process_id: str, *, after: int | None = None, limit: int | None = None
+    ) -> tuple[list[tuple[int, bytes]], bool]:
+        """Up to ``limit`` (None: all) transitions of ``process_id`` after the sequence
+        number ``after`` (None: from the first), oldest first, each with its sequence
+        number, and whether more follow; in one read transaction that reads those only."""
         prefix = history_prefix(process_key(process_id))
+        if after is not None and after >= (1 << 8 * SEQUENCE_BYTES) - 1:
+            return [], False  # (past the last number there can be)
+        start = prefix if after is None else prefix + (after + 1).to_bytes(SEQUENCE_BYTES, "big")
         environment = self._environment()
 
-        def read(txn: lmdb.Transaction) -> list[bytes]:
+        def read(txn: lmdb.Transaction) -> tuple[list[tuple[int, bytes]], bool]:
             cursor = txn.cursor(db=environment.databases.history)
-            transitions = []
-            if cursor.set_range(prefix):
+            entries: list[tuple[int, bytes]] = []
+            if cursor.set_range(start):
                 for key, value in cursor:
                     if not key.startswith(prefix):
                         break
-                    transitions.append(value)
-            return transitions
+                    if len(entries) == limit:
+                        return entries, True
+                    entries.append((int.from_bytes(key[len(prefix) :], "big"), value))
+            return entries, False
 
         return environment.read(read)
 

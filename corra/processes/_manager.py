@@ -155,8 +155,12 @@ class ProcessManager:
             NoSuchProcess: there is none.
         """
         record = process if isinstance(process, ProcessRecord) else self.get(process)
-        decode = self._journal.history_codec.decode
-        return [decode(raw) for raw in self._journal.store.history(record.id)]
+        return [self.history_codec.decode(raw) for raw in self.store.history(record.id)]
+
+    @property
+    def history_codec(self) -> RecordCodec:
+        """The history entries' codec (to decode what `store` holds of a history)."""
+        return self._journal.history_codec
 
     async def read_log(
         self,
