@@ -21,6 +21,7 @@ from corra.processes._backend import BackendBase, EffectKey, LaunchRequest
 from corra.processes._lifecycle import Result
 from corra.processes._listing import Selection
 from corra.processes._query import ProcessQuery
+from corra.processes._removal import ended_before
 from corra.processes._sources import StateDirSource
 
 
@@ -325,3 +326,24 @@ async def test_a_store_without_indexes_lists_the_same_and_a_runtime_indexes_it(t
     assert await listings() == indexed
     with open_store_readonly(tmp_path) as store:
         assert store.has_indexes()
+
+
+async def test_a_prune_selects_what_ended_before_a_moment_without_decoding_a_record(tmp_path):
+    # A prune of 100,000 reads the ids from the end index: decoding them in a worker thread
+    # held the interpreter's lock for seconds, and stalled the service's event loop.
+    async with open_runtime(
+        state_dir=tmp_path, durable=False, backends={"local": InstantBackend()}
+    ) as runtime:
+        await fill(runtime, 30)
+        manager = runtime.processes
+        records = manager.list()
+        moment = sorted(record.state.updated_at for record in records)[20]
+        codec = CountingCodec(manager.codec)
+        names = {record.id: record.name for record in records}
+        found = [names[process] for process in ended_before(manager.store, codec, moment)]
+        assert found == truth(records, Selection(ended_before=moment)) and len(found) == 20
+        assert codec.decoded == 0
+        assert await manager.prune(moment) == 20
+        assert [record.name for record in manager.list()] == [
+            name for name in names.values() if name not in found
+        ]
