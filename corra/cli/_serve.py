@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -110,6 +111,7 @@ async def _serve(
                         "version": corra.__version__,
                     }
                     await trio.to_thread.run_sync(write_info, state_dir, info)
+                    _freeze_what_started()
                     print(
                         f"corra serve: listening on {' and '.join(urls)} "
                         f"(state dir {state_dir}, token in {token_file})",
@@ -122,6 +124,17 @@ async def _serve(
                         remove_info(state_dir)
             outer.cancel_scope.cancel()
     return EXIT_OK
+
+
+def _freeze_what_started() -> None:
+    """Leave what the service made to start (modules, the converters' generated code, the
+    app: hundreds of thousands of objects that live as long as it) out of the garbage
+    collector's full collections: a full collection walks every object, in whichever
+    thread allocates at the time, and holds the interpreter's lock while it does, so that
+    a service that had walked them all stalled its event loop for 50-80 ms now and then
+    (`/v1/health` while clients list and a prune runs: benchmarks/scale.py)."""
+    gc.collect()
+    gc.freeze()
 
 
 async def _watch_signals(signals: Any, stop: trio.Event, scope: trio.CancelScope) -> None:

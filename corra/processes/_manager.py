@@ -20,7 +20,7 @@ from corra._errors import ActorStopped, ConfigError, InvalidTransition, NameTake
 from corra.actors._actor import Ref
 from corra.actors._specs import ChildSpec
 from corra.actors._supervisor import SupervisorRef
-from corra.processes import _removal, _retention
+from corra.processes import _removal, _retention, _settled
 from corra.processes._actor import ProcessActor, ProcessContext, tell_backend
 from corra.processes._admission import Admission
 from corra.processes._backend import Backend, EffectKey, LaunchRequest
@@ -155,8 +155,12 @@ class ProcessManager:
             NoSuchProcess: there is none.
         """
         record = process if isinstance(process, ProcessRecord) else self.get(process)
-        decode = self._journal.history_codec.decode
-        return [decode(raw) for raw in self._journal.store.history(record.id)]
+        return [self.history_codec.decode(raw) for raw in self.store.history(record.id)]
+
+    @property
+    def history_codec(self) -> RecordCodec:
+        """The history entries' codec (to decode what `store` holds of a history)."""
+        return self._journal.history_codec
 
     async def read_log(
         self,
@@ -310,6 +314,17 @@ class ProcessManager:
             return None
         spec = absolute_paths(spec, self.backend_for(spec).capabilities)
         return Submission(existing, False, changed_fields(existing.spec, spec))
+
+    def settled(self, spec: ProcessSpec) -> _settled.Settled | None:
+        """The process named as ``spec`` is, if it is over with this very spec, told from its
+        stored bytes without decoding them (`corra.processes._settled`); None: ask `named`.
+
+        Raises:
+            ConfigError: no such backend.
+        """
+        journal = self._journal
+        capabilities = self.backend_for(spec).capabilities
+        return _settled.find(journal.store, journal.codec, spec, capabilities, journal.latest)
 
     def _existing(self, name: str) -> ProcessRecord | None:
         """The newest record of the process named ``name``, if there is one."""
