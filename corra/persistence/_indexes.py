@@ -32,6 +32,7 @@ where it was.
 
 from __future__ import annotations
 
+import collections
 import heapq
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Final, TypeAlias
@@ -134,36 +135,51 @@ def decode_terms(blob: bytes) -> tuple[IndexTerm, ...]:
     return tuple(out)
 
 
+class IndexWrites:
+    """The writer's side of the indexes (`corra.persistence._lmdb.Databases.index_writes`):
+    what the transaction under way changes, and what it remembers of committed terms."""
+
+    __slots__ = ("changes", "deltas", "known")
+
+    def __init__(self) -> None:
+        self.changes: dict[bytes, bytes] = {}
+        """The terms the writes of the transaction under way give, per process."""
+        self.deltas: collections.defaultdict[bytes, int] = collections.defaultdict(int)
+        """How the transaction under way moves each count."""
+        self.known: dict[bytes, bytes] = {}
+        """The stored terms of the processes the writer wrote lately (`committed`)."""
+
+
 def set_terms(databases: Any, process: bytes, blob: bytes) -> None:
     """Make ``blob`` the terms of ``process`` when the transaction ends (`flush`): a
     process saved several times in one batch moves its entries and counts once, from what
     was stored before the batch to what its last write gave (b"": out of every index)."""
-    databases.term_changes[process] = blob
+    databases.index_writes.changes[process] = blob
 
 
 def remove_terms(databases: Any, process: bytes) -> None:
     """Take ``process`` out of every index when the transaction ends (``delete``,
     ``set_aside``)."""
     if databases.terms is not None:
-        databases.term_changes[process] = b""
+        databases.index_writes.changes[process] = b""
 
 
 def begin(databases: Any) -> None:
     """Forget what an earlier attempt of the transaction noted (the writer calls it before
     each attempt: one that failed wrote nothing)."""
-    databases.term_changes.clear()
-    databases.count_deltas.clear()
+    databases.index_writes.changes.clear()
+    databases.index_writes.deltas.clear()
 
 
 def flush(txn: lmdb.Transaction, databases: Any) -> None:
     """Apply the transaction's term changes, then move each count once; the writer calls it
     last in every transaction."""
-    changes = databases.term_changes
+    changes = databases.index_writes.changes
     if changes:
-        known = databases.known_terms
+        known = databases.index_writes.known
         for process, blob in changes.items():
             _replace(txn, databases, process, blob, known.get(process))
-    deltas = databases.count_deltas
+    deltas = databases.index_writes.deltas
     counts = databases.counts
     for key, delta in deltas.items():
         if not delta:
@@ -179,13 +195,13 @@ def flush(txn: lmdb.Transaction, databases: Any) -> None:
 def committed(databases: Any) -> None:
     """The transaction committed: remember the terms it wrote, so that the next save of the
     same process need not read them (the writer is the only one that changes them)."""
-    known = databases.known_terms
-    changes = databases.term_changes
+    known = databases.index_writes.known
+    changes = databases.index_writes.changes
     if len(known) + len(changes) > _KNOWN_TERMS:
         known.clear()
     known.update(changes)
     changes.clear()
-    databases.count_deltas.clear()
+    databases.index_writes.deltas.clear()
 
 
 def _replace(
@@ -197,7 +213,7 @@ def _replace(
         old = txn.get(process, db=databases.terms)
     if old == blob:
         return
-    index, deltas = databases.index, databases.count_deltas
+    index, deltas = databases.index, databases.index_writes.deltas
     if old:
         before = set(old.split(_TERM_SEP))
         after = set(blob.split(_TERM_SEP)) if blob else set()
@@ -227,9 +243,9 @@ def rebuild(
         txn.drop(database, delete=False)
     # What writes before it in the batch noted is in the snapshots it reads, and what the
     # writer remembers is gone.
-    databases.term_changes.clear()
-    databases.known_terms.clear()
-    counted = databases.count_deltas
+    databases.index_writes.changes.clear()
+    databases.index_writes.known.clear()
+    counted = databases.index_writes.deltas
     counted.clear()
     active = 0
     for process, snapshot in txn.cursor(db=databases.snapshots):

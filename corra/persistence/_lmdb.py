@@ -32,7 +32,6 @@ the new size when their next transaction finds the map grown.
 from __future__ import annotations
 
 import base64
-import collections
 import fcntl
 import json
 import os
@@ -48,7 +47,7 @@ import lmdb
 from corra._errors import ConfigError, CorruptRecord, StoreError
 from corra._statedir import FILE_MODE, check_directory, make_private_dirs, open_private
 from corra.persistence._codec import Codec
-from corra.persistence._indexes import IndexReads, IndexTerm, decode_terms
+from corra.persistence._indexes import IndexReads, IndexTerm, IndexWrites, decode_terms
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -175,14 +174,7 @@ class Databases:
     """None for a store of format 1 or 2 opened read-only, as ``index`` and ``counts``."""
     index: Any
     counts: Any
-    count_deltas: collections.defaultdict[bytes, int] = attrs.field(
-        factory=lambda: collections.defaultdict(int), eq=False, repr=False
-    )
-    """The writer's count changes in the transaction under way (`_indexes.flush`)."""
-    term_changes: dict[bytes, bytes] = attrs.field(factory=dict, eq=False, repr=False)
-    """The terms the writes of the transaction under way give, per process (`_indexes`)."""
-    known_terms: dict[bytes, bytes] = attrs.field(factory=dict, eq=False, repr=False)
-    """The writer's memory of the stored terms of the processes it wrote lately."""
+    index_writes: IndexWrites = attrs.field(factory=IndexWrites, eq=False, repr=False)
     next_history: dict[bytes, int] = attrs.field(factory=dict, eq=False, repr=False)
     """The writer's memory of the next history sequence number of the processes it wrote
     lately (see `corra.persistence._store`); never read by readers."""
