@@ -50,8 +50,8 @@ _TERM_SEP: Final = b"\x01"
 #: LMDB's key limit (`corra.persistence._lmdb`), which an index entry must fit.
 _MAX_KEY_BYTES: Final = 511
 _INDEX_NAMES: dict[str, bytes] = {}
-#: How many processes' terms the writer remembers at most (`committed`), about 20 MB.
-_KNOWN_TERMS: Final = 100_000
+#: How many processes' terms the writer remembers at most (`committed`), about 3 MB.
+_KNOWN_TERMS: Final = 10_000
 
 
 def _index_name(index: str) -> bytes:

@@ -84,8 +84,9 @@ def _claim(txn: lmdb.Transaction, databases: Databases, name: bytes, process: by
 
 
 #: Processes whose next history sequence number the writer remembers, at most (then it
-#: forgets them all and reads them again as needed).
-_REMEMBERED_SEQUENCES: Final = 100_000
+#: forgets them all and reads them again as needed): about 1.5 MB, where 100,000 queued
+#: processes (one save each) kept 15 MB.
+_REMEMBERED_SEQUENCES: Final = 10_000
 
 
 def _next_history_sequence(txn: lmdb.Transaction, databases: Databases, process: bytes) -> int:
