@@ -11,14 +11,22 @@
 #   scripts/kube-test-cluster.sh env DIR      print the KUBECONFIG=... line of that cluster
 #   scripts/kube-test-cluster.sh stop DIR     stop it (by the pids in DIR)
 #
-# Ports: CORRA_KUBE_PORT (the apiserver, default 16443); etcd, the scheduler and the
-# controller-manager take the next free ones. Prints nothing but errors.
+# Ports: CORRA_KUBE_PORT (the apiserver; default a free one, as for etcd, the scheduler
+# and the controller-manager). Prints nothing but errors.
+#
+# `start` also starts the stand-in node (corra.testing.kubenode: it plays the kubelet and
+# runs pods' commands as local programs), named CORRA_KUBE_NODE (default corra-test-node;
+# empty: no node), its log in DIR/node.log, with CORRA_PYTHON (default: the work tree's
+# .venv/bin/python if there is one, else python3), which must have corra installed with
+# its test extra (pip install -e '.[test]'). CORRA_KUBE_NODE_GRACE (default 20s) is how
+# long a node may miss heartbeats before the controller-manager marks it unreachable.
 set -euo pipefail
 
 VERSION=1.20.2
 CACHE=${CORRA_KUBE_CACHE:-${HOME}/.cache/corra/kube-${VERSION}}
 BIN=${CACHE}/bin
 BINARIES=(kube-apiserver kube-controller-manager kube-scheduler)
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 die() {
     echo "kube-test-cluster: $*" >&2
@@ -204,6 +212,22 @@ start() {
         --leader-elect=false --port 0 --secure-port "${scheduler}" --bind-address 127.0.0.1
     wait_until 60 kube-controller-manager curl -sfk "https://127.0.0.1:${controllers}/healthz"
     wait_until 60 kube-scheduler curl -sfk "https://127.0.0.1:${scheduler}/healthz"
+    start_node
+}
+
+start_node() {
+    local name=${CORRA_KUBE_NODE-corra-test-node} python=${CORRA_PYTHON:-}
+    [[ -n ${name} ]] || return 0
+    if [[ -z ${python} ]]; then
+        python=python3
+        [[ -x ${ROOT}/.venv/bin/python ]] && python=${ROOT}/.venv/bin/python
+    fi
+    "${python}" -c 'import corra.testing.kubenode' 2>/dev/null ||
+        die "${python} cannot import corra.testing.kubenode: install corra with its test extra" \
+            "(pip install -e '.[test]') or set CORRA_PYTHON"
+    spawn node "${python}" -m corra.testing.kubenode --kubeconfig "${DIR}/kubeconfig" \
+        --name "${name}" --ready-file "${DIR}/node.ready"
+    wait_until 30 node test -s "${DIR}/node.ready"
 }
 
 stop() {
