@@ -4,6 +4,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import _kube
 import _slurm  # tests/ is on sys.path (pytest's rootdir conftest)
 import _sshd
 import pytest
@@ -114,3 +115,24 @@ def slurm():  # type: ignore[no-untyped-def]
     yield cluster
     cluster.stop()
     shutil.rmtree(scratch, ignore_errors=True)
+
+
+# -- a real Kubernetes control plane and corra's stand-in node (tests/_kube.py) ---------------
+
+
+@pytest.fixture(scope="session")
+def kube(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A running control plane with the stand-in node ``corra-test-node``: its
+    ``kubeconfig`` path and its ``node`` (to cut off). Skips, with the reason, only where
+    the control plane cannot be built; fails where it could be but was not."""
+    reason = _kube.unbuildable()
+    if reason is not None:
+        pytest.skip(reason)
+    if not _kube.built():
+        pytest.fail(
+            "kube-apiserver not built on this machine: run scripts/kube-test-cluster.sh build"
+            " (make test does; about 6 minutes)"
+        )
+    cluster = _kube.KubeCluster(tmp_path_factory.mktemp("kube")).start()
+    yield cluster
+    cluster.stop()

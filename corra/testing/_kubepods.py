@@ -269,6 +269,10 @@ class PodRun:
             for program in self.programs.values():
                 nursery.start_soon(program.stop, grace)
 
+    def _container_id(self, name: str) -> str | None:
+        program = self.programs.get(name)
+        return None if program is None else f"corra-test://{program.process.pid}"
+
     def _terminated(self, program: _Program) -> dict[str, Any]:
         code = program.exit_code
         reason = "Completed" if code == 0 else "Error"
@@ -410,6 +414,8 @@ class PodRun:
                     "ready": ready,
                     "started": states[container.name]["running"] is not None,
                     "restartCount": 0,
+                    # (the pid of its program: tests look for it)
+                    "containerID": self._container_id(container.name),
                     "state": states[container.name],
                 }
                 for container in self.containers
