@@ -25,7 +25,7 @@ from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import Namespace, Node, Pod
 from lightkube.types import CascadeType
 
-from corra.testing.kubenode import BEHAVIOUR, BEHAVIOUR_AFTER
+from corra.testing.kubenode import BEHAVIOUR, BEHAVIOUR_AFTER, NodeOptions, open_kube_node
 
 pytestmark = pytest.mark.kubernetes
 
@@ -345,12 +345,27 @@ async def test_node_loss(kube: _kube.KubeCluster, client: AsyncClient, namespace
     job = await start_job(client, namespace, "sleep 1000")
     pod = await wait_pod(client, namespace, job, running)
     assert kube.node is not None
-    kube.node.cut_off()
+    # With no Ready node at all, the controller would evict nothing (it would take that for
+    # its own partition): a witness node stays Ready (and tainted: no pod goes there).
+    witness = NodeOptions(
+        name="witness", taints=({"key": "corra.test/witness", "effect": "NoSchedule"},)
+    )
+    async with open_kube_node(client, witness):
+        await lose_the_node(kube.node, client, namespace, job, pod)
+    await wait_gone(client, namespace, pod.metadata.name)
+    assert not alive(pid_of(pod))
+    await wait_node(client, lambda node: ready(node) == "True" and not taints(node), 30)
+
+
+async def lose_the_node(
+    lost: _kube.NodeProcess, client: AsyncClient, namespace: str, job: str, pod: Any
+) -> None:
+    lost.cut_off()
     try:
         # The node lifecycle controller: Ready Unknown after the grace (10 s), the
         # unreachable NoExecute taint; the taint manager evicts (deletes) the pod at once
         # (no default toleration). The node cannot finish the deletion while cut off.
-        node = await wait_node(client, lambda node: ready(node) == "Unknown", 30)
+        await wait_node(client, lambda node: ready(node) == "Unknown", 30)
         unreachable = "node.kubernetes.io/unreachable:NoExecute"
         await wait_node(client, lambda node: unreachable in taints(node), 10)
         evicted = await wait_pod(
@@ -359,8 +374,4 @@ async def test_node_loss(kube: _kube.KubeCluster, client: AsyncClient, namespace
         assert evicted.metadata.uid == pod.metadata.uid
         assert alive(pid_of(pod))
     finally:
-        kube.node.reconnect()
-    await wait_gone(client, namespace, pod.metadata.name)
-    assert not alive(pid_of(pod))
-    node = await wait_node(client, lambda node: ready(node) == "True" and not taints(node), 30)
-    del node
+        lost.reconnect()

@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import datetime
 import logging
 import signal
 import sys
+from collections.abc import AsyncIterator
 from typing import Any
 
 import attrs
@@ -44,7 +46,15 @@ from lightkube.types import PatchType
 from corra.testing._kubelogs import ContainerLog, LogError, serve_container_logs
 from corra.testing._kubepods import BEHAVIOUR, BEHAVIOUR_AFTER, HOST_IP, Behaviour, PodRun, _now
 
-__all__ = ["BEHAVIOUR", "BEHAVIOUR_AFTER", "Behaviour", "KubeNode", "NodeOptions", "main"]
+__all__ = [
+    "BEHAVIOUR",
+    "BEHAVIOUR_AFTER",
+    "Behaviour",
+    "KubeNode",
+    "NodeOptions",
+    "main",
+    "open_kube_node",
+]
 
 logger = logging.getLogger("corra.testing.kubenode")
 LEASE_NAMESPACE = "kube-node-lease"
@@ -59,6 +69,9 @@ class NodeOptions:
     memory: str = "16Gi"
     pods: int = 110
     labels: dict[str, str] = attrs.field(factory=dict)
+    #: the node's taints, as in ``spec.taints`` ({"key", "value", "effect"}): a witness
+    #: node (see `open_kube_node`) takes ``corra.test/witness`` NoSchedule
+    taints: tuple[dict[str, str], ...] = ()
     #: seconds between Lease renewals (the node lifecycle controller's grace: 40 s by
     #: default, CORRA_KUBE_NODE_GRACE in the test cluster)
     heartbeat: float = 2.0
@@ -183,6 +196,7 @@ class KubeNode:
             "apiVersion": "v1",
             "kind": "Node",
             "metadata": {"name": self.name, "labels": labels},
+            "spec": {"taints": list(self.options.taints)},
         }
         try:
             await self.client.create(Node.from_dict(node))  # type: ignore[attr-defined]
@@ -318,6 +332,32 @@ class KubeNode:
             value = (found.data or {}).get(key)
             return None if value is None else base64.b64decode(value).decode()
         return (found.data or {}).get(key)
+
+
+@contextlib.asynccontextmanager
+async def open_kube_node(
+    client: AsyncClient, options: NodeOptions | None = None
+) -> AsyncIterator[KubeNode]:
+    """Serve a node in this trio run while the block runs; then stop it and delete its Node.
+
+    For a second node in a test. One use: the node lifecycle controller evicts nothing when
+    no node of the cluster (of the zone) is Ready, as it takes that for its own partition; a
+    node-loss test therefore needs a witness that stays Ready, e.g.
+    ``NodeOptions(name="witness", taints=({"key": "corra.test/witness", "effect":
+    "NoSchedule"},))`` so that no pod lands on it.
+    """
+    async with trio.open_nursery() as nursery:
+        node: KubeNode = await nursery.start(KubeNode(client, options).serve)
+        try:
+            yield node
+        finally:
+            nursery.cancel_scope.cancel()
+            with (
+                trio.CancelScope(shield=True),
+                trio.move_on_after(10),
+                contextlib.suppress(ApiError),
+            ):
+                await client.delete(Node, node.name)
 
 
 # -- the program -------------------------------------------------------------------------------
