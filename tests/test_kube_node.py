@@ -180,14 +180,26 @@ async def test_follow_streams_while_running(
     job = await start_job(client, namespace, "for i in 1 2 3; do echo line $i; sleep 0.5; done")
     pod = await wait_pod(client, namespace, job, running)
     url = f"/api/v1/namespaces/{namespace}/pods/{pod.metadata.name}/log"
+    # (All three options at once, as corra will resume a log: from a time, stamped.)
+    since = pod.status.startTime.strftime("%Y-%m-%dT%H:%M:%SZ")
+    params = {"follow": "true", "timestamps": "true", "sinceTime": since}
     arrivals = []
-    async with api.stream("GET", url, params={"follow": "true"}) as response:
+    async with api.stream("GET", url, params=params) as response:
         assert response.status_code == 200
         async for line in response.aiter_lines():
             arrivals.append((time.monotonic(), line))
-    assert [line for _, line in arrivals] == ["line 1", "line 2", "line 3"]
+    assert [line.split(" ", 1)[1] for _, line in arrivals] == ["line 1", "line 2", "line 3"]
+    assert all(re.match(TIMESTAMP + " ", line) for _, line in arrivals)
     # Each line came as it was written, not all at the end.
     assert arrivals[2][0] - arrivals[0][0] > 0.7
+
+
+async def test_pod_active_deadline(client: AsyncClient, namespace: str) -> None:
+    # The pod's own deadline (not the Job's) is the kubelet's to enforce.
+    job = await start_job(client, namespace, "sleep 1000", pod={"activeDeadlineSeconds": 1})
+    pod = await wait_pod(client, namespace, job, lambda pod: pod.status.phase == "Failed")
+    assert pod.status.reason == "DeadlineExceeded"
+    assert not alive(pid_of(pod))
 
 
 async def test_timestamps_since_time_tail_and_limit(

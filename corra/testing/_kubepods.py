@@ -202,6 +202,15 @@ class PodRun:
                     await program.stop(0)
 
     async def _run(self) -> None:
+        if self.pod.status.phase == "Running":
+            # Started by an earlier run of the node: its programs died with it (a real
+            # kubelet's containers would not). Never run twice: report them killed.
+            self._pod_failure = ("NodeRestarted", "corra's test node restarted: programs lost")
+            now = _now()
+            lost = _state("terminated", exitCode=137, reason="Error", startedAt=now, finishedAt=now)
+            self.waiting.clear()
+            await self._patch("Failed", {c.name: lost for c in self.containers})
+            return
         creating = {c.name: _state("waiting", reason="ContainerCreating") for c in self.containers}
         await self._patch("Pending", creating)
         if self.behaviour is Behaviour.IMAGE_PULL_BACKOFF:

@@ -291,12 +291,16 @@ class KubeNode:
             nursery.start_soon(self._run_pod, run)
 
     async def _run_pod(self, run: PodRun) -> None:
+        # A run that failed stays known until its pod is deleted: it is never run twice.
         try:
             await run.run()
-            await run.deleting.wait()  # a finished pod keeps its logs until deleted
-            await self._remove(run.namespace, run.name)
         except Exception:
             logger.exception("pod %s/%s failed on the node", run.namespace, run.name)
+        await run.deleting.wait()  # a finished pod keeps its logs until deleted
+        try:
+            await self._remove(run.namespace, run.name)
+        except Exception:
+            logger.exception("pod %s/%s could not be removed", run.namespace, run.name)
         finally:
             del self.runs[run.uid]
 
