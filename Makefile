@@ -42,7 +42,7 @@ if [ $${#missing[@]} -gt 0 ]; then \
 fi
 endef
 
-.PHONY: run test lint pytest bench system-deps venv clean
+.PHONY: run test lint pytest bench system-deps kube-build venv clean
 
 # The venv's python is the marker that the venv exists; the stamps below record what was
 # installed into it, so a second `make test` installs nothing unless pyproject.toml changed
@@ -73,8 +73,15 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# The Kubernetes control plane of the tests marked kubernetes, built once per machine (about
+# 6 minutes; cached in ~/.cache/corra). Where it cannot be built (not root, Debian packages
+# missing) those tests skip and say why; where a build failed they fail and say so.
+kube-build:
+	@bash scripts/kube-test-cluster.sh build || \
+		echo "warning: scripts/kube-test-cluster.sh build failed (see above)" >&2
+
 # pytest exits 5 when it collected nothing: that is a broken test setup, not a pass.
-pytest: $(VENV)/.installed-test system-deps
+pytest: $(VENV)/.installed-test system-deps kube-build
 	@status=0; $(BIN)/python -m pytest $(PYTEST_ARGS) || status=$$?; \
 	if [ $$status -eq 5 ]; then \
 		echo "error: pytest collected no tests (exit 5); failing" >&2; \
