@@ -3,7 +3,7 @@
 # etcd, kube-apiserver, kube-scheduler and kube-controller-manager 1.20.2, built from
 # Debian's `kubernetes` source package with Debian's Go (no kube-apiserver is packaged
 # anywhere these machines reach; there is no container runtime either, so the node is a
-# stand-in: see tests/kube/).
+# stand-in: see docs/kubernetes-test-cluster.md).
 #
 #   scripts/kube-test-cluster.sh build        build the binaries once per machine, into
 #                                             $CORRA_KUBE_CACHE (~/.cache/corra/kube-1.20.2)
