@@ -21,7 +21,7 @@ from corra.processes._backend import BackendBase, EffectKey, LaunchRequest
 from corra.processes._lifecycle import Result
 from corra.processes._listing import Selection, decode_stepwise, read_undecoded
 from corra.processes._query import ProcessQuery
-from corra.processes._removal import ended_before
+from corra.processes._retention import to_prune
 from corra.processes._sources import StateDirSource
 
 
@@ -340,13 +340,29 @@ async def test_a_prune_selects_what_ended_before_a_moment_without_decoding_a_rec
         moment = sorted(record.state.updated_at for record in records)[20]
         codec = CountingCodec(manager.codec)
         names = {record.id: record.name for record in records}
-        found = [names[process] for process in ended_before(manager.store, codec, moment)]
+        oldest = truth(records, Selection(ended_after=0.0))  # (in the order of their ends)
+
+        def selected(ended_before, keep):
+            found, _ = to_prune(manager.store, codec, ended_before, keep)
+            return [names[process] for process in found]
+
+        found = selected(moment, None)
         assert found == truth(records, Selection(ended_before=moment)) and len(found) == 20
+        # all but the 25 that ended last; with a moment too, whichever removes more
+        assert selected(None, 25) == oldest[:5]
+        assert selected(moment, 25) == found and selected(moment, 5) == oldest[:25]
+        assert selected(None, 30) == selected(None, 31) == []
         assert codec.decoded == 0
         assert await manager.prune(moment) == 20
         assert [record.name for record in manager.list()] == [
             name for name in names.values() if name not in found
         ]
+        assert await manager.prune(keep=4) == 6
+        assert {record.name for record in manager.list()} == set(oldest[-4:])
+        with pytest.raises(ConfigError, match="give ended_before"):
+            await manager.prune()
+        with pytest.raises(ConfigError, match="keep: got -1"):
+            await manager.prune(keep=-1)
 
 
 async def test_a_page_is_decoded_a_few_records_per_step_of_the_event_loop(tmp_path):

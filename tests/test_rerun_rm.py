@@ -464,3 +464,49 @@ def test_a_service_with_retain_finished_removes_what_ended_long_enough_ago(tmp_p
         service.stop()
     bad = corra(tmp_path / "state", "serve", "--retain-finished", "soon")
     assert bad.returncode == 2 and "--retain-finished: got 'soon'" in bad.stderr
+
+
+def test_corra_prune_keep_leaves_the_processes_that_ended_last(tmp_path):
+    import time
+
+    state = tmp_path / "state"
+    for number, labelled in ((1, True), (2, True), (3, True), (4, False)):
+        job = tmp_path / f"p{number}.toml"
+        labels = 'labels = {k = "x"}\n' if labelled else ""
+        job.write_text(f'[[process]]\nname = "p{number}"\nargv = ["true"]\n{labels}')
+        assert corra(state, "run", str(job)).returncode == 0  # (one after the other)
+
+    # Without a service: among the selected ones, then among all.
+    labelled = corra(state, "prune", "--keep", "2", "-l", "k=x")
+    assert labelled.returncode == 0 and labelled.stdout.startswith("p1 (p"), labelled.stderr
+    assert sorted(listed(state)) == ["p2", "p3", "p4"]
+    pruned = corra(state, "prune", "--keep", "2")
+    assert pruned.returncode == 0 and pruned.stdout == "removed 1 process(es)\n"
+    assert sorted(listed(state)) == ["p3", "p4"]
+    # with an end time too, either rule removes a process
+    both = corra(state, "prune", "--keep", "2", "--ended-before", "2099-01-01", "--json")
+    assert both.returncode == 0 and json.loads(both.stdout) == {"removed": 2}
+    for bad, said in (((), "give --ended-before"), (("--keep", "-1"), "--keep: got -1")):
+        refused = corra(state, "prune", *bad)
+        assert refused.returncode == 2 and said in refused.stderr, refused.stderr
+
+    for number in (5, 6, 7):
+        assert corra(state, "run", "--name", f"p{number}", "--", "true").returncode == 0
+    # Through a service: the same; and one that keeps 1 prunes as it starts.
+    with Service(state) as service:
+        done = corra(state, "prune", "--keep", "2")
+        assert done.returncode == 0 and done.stdout == "removed 1 process(es)\n"
+        assert sorted(listed(state)) == ["p6", "p7"]
+        with service.client() as http:
+            for params, said in (({"keep": "all"}, "keep"), ({}, "give ended_before")):
+                bad = http.post("/v1/processes:prune", params=params)
+                assert bad.status_code == 400 and said in bad.json()["message"]
+        service.stop()
+    with Service(state, "--retain-count", "1") as service:
+        deadline = time.monotonic() + 30  # (its first round is as it starts)
+        while listed(state) != ["p7"]:
+            assert time.monotonic() < deadline, listed(state)
+            time.sleep(0.2)
+        service.stop()
+    bad = corra(state, "serve", "--retain-count", "-2")
+    assert bad.returncode == 2 and "--retain-count: got -2" in bad.stderr

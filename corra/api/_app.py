@@ -20,7 +20,6 @@ import functools
 import hmac
 import json
 import logging
-import math
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -52,6 +51,7 @@ from corra.api._requests import (
     ApiError,
     boolean,
     check_paths,
+    epoch_seconds,
     integer,
     known_only,
     listing_params,
@@ -75,6 +75,8 @@ logger = logging.getLogger("corra.api")
 MAX_SEQ = MAX_LOG_OFFSET
 #: ``kill?wait=false`` answers once the process is killing, or after this many seconds.
 KILL_ACCEPTED_TIMEOUT = 10.0
+#: The bounds of ``keep`` of ``POST /v1/processes:prune``.
+_KEEP = {"minimum": 0, "maximum": 10**12}
 #: Paths served without the token.
 OPEN_PATHS = frozenset({"/v1/health"})
 NDJSON = "application/x-ndjson"
@@ -280,17 +282,12 @@ class Api:
 
     async def prune_processes(self, request: Request) -> Response:
         query = request.query_params
-        known_only(query, "ended_before")
-        text = single(query, "ended_before")
-        try:
-            moment = float(text) if text is not None else math.nan
-        except ValueError:
-            moment = math.nan
-        if not math.isfinite(moment):
-            raise ApiError(
-                400, "bad_request", f"ended_before: got {text!r}, expected epoch seconds"
-            )
-        removed = await self.manager.prune(moment)
+        known_only(query, "ended_before", "keep")
+        moment = epoch_seconds(query, "ended_before")
+        keep = None if single(query, "keep") is None else integer(query, "keep", 0, **_KEEP)
+        if moment is None and keep is None:
+            raise ApiError(400, "bad_request", "give ended_before (epoch seconds), keep, or both")
+        removed = await self.manager.prune(moment, keep=keep)
         return JSONResponse({"removed": removed})
 
     async def create_processes(self, request: Request) -> Response:

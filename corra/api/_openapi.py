@@ -321,17 +321,23 @@ OPENAPI: dict[str, Any] = {
         },
         "/v1/processes:prune": {
             "post": {
-                "summary": "Remove every terminal process that ended before ended_before, as "
-                "DELETE does, in bounded batches (corra prune, corra serve --retain-finished)",
+                "summary": "Remove every terminal process that ended before ended_before, and "
+                "every one but the keep that ended last (give one or both), as DELETE does, in "
+                "bounded batches (corra prune, corra serve --retain-finished/--retain-count)",
                 "operationId": "pruneProcesses",
                 "parameters": [
                     {
                         "name": "ended_before",
                         "in": "query",
-                        "required": True,
-                        "schema": {"type": "number"},
+                        "schema": {"type": "number", "minimum": 0},
                         "description": "epoch seconds",
-                    }
+                    },
+                    {
+                        "name": "keep",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 0},
+                        "description": "how many of the terminal processes that ended last to keep",
+                    },
                 ],
                 "responses": {
                     "200": {

@@ -126,6 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="remove terminal processes (finished, failed, killed) this long after they "
         "ended (30d, 12h ...), checked every minute, in bounded batches (default: keep them)",
     )
+    serve.add_argument(
+        "--retain-count",
+        type=int,
+        metavar="N",
+        help="keep at most N terminal processes: remove those that ended first, as "
+        "--retain-finished does (either rule removes a process; default: no limit)",
+    )
     serve.add_argument("--access-log", action="store_true", help="log every request to stderr")
     serve.add_argument("-v", "--verbose", action="store_true", help="log every transition")
 
@@ -257,17 +264,24 @@ def build_parser() -> argparse.ArgumentParser:
     prune = commands.add_parser(
         "prune",
         parents=[state, client],
-        help="remove the terminal processes that ended before a time",
-        usage="corra prune --ended-before TIME|DURATION [-l KEY=VALUE]",
+        help="remove the terminal processes that ended long ago, or beyond the newest N",
+        usage="corra prune [--ended-before TIME|DURATION] [--keep N] [-l KEY=VALUE] [--name N]",
         description="Remove every terminal process that ended before TIME (or DURATION "
-        "ago), as `corra rm` does: record, history, name, run dirs and logs. Through the "
-        "service when one runs. `corra serve --retain-finished 30d` does it by itself.",
+        "ago), and every one but the N that ended last (--keep; either rule removes a "
+        "process), as `corra rm` does: record, history, name, run dirs and logs. With -l or "
+        "--name, only among the processes so selected. Through the service when one runs. "
+        "`corra serve --retain-finished 30d --retain-count N` does it by itself.",
     )
     prune.add_argument(
         "--ended-before",
-        required=True,
         metavar="TIME|DURATION",
         help="30d: 30 days ago (also h, m, s, w); or an ISO 8601 time, 2026-12-01T10:30",
+    )
+    prune.add_argument(
+        "--keep",
+        type=int,
+        metavar="N",
+        help="keep the N terminal processes that ended last, remove the others",
     )
     _label_option(prune, "only processes with this label (repeat: all of them)")
     _name_option(prune, "only processes named so (a prefix, or a glob: 'train-*')")

@@ -28,6 +28,8 @@ def serve(args: argparse.Namespace, state_dir: Path) -> int:
     output_limit = runtime_options(args)
     if args.retain_finished is not None:
         args.retain_seconds = parse_duration(args.retain_finished, "--retain-finished")
+    if args.retain_count is not None and args.retain_count < 0:
+        raise ConfigError(f"--retain-count: got {args.retain_count}, expected an integer >= 0")
     for option in ("certfile", "keyfile"):
         path = getattr(args, option)
         if path is not None and not Path(path).is_file():
@@ -88,6 +90,7 @@ async def _serve(
                 max_running=args.max_running,
                 output_limit=output_limit,
                 retain_finished=getattr(args, "retain_seconds", None),
+                retain_count=args.retain_count,
             ) as rt:
                 token = await trio.to_thread.run_sync(load_token, token_file)
                 report = rt.recovery

@@ -47,7 +47,7 @@ import lmdb
 from corra._errors import ConfigError, CorruptRecord, StoreError
 from corra._statedir import FILE_MODE, check_directory, make_private_dirs, open_private
 from corra.persistence._codec import Codec
-from corra.persistence._indexes import IndexReads, IndexTerm, decode_terms
+from corra.persistence._indexes import IndexReads, IndexTerm, IndexWrites, decode_terms
 from corra.persistence._keyed import history_entries, named_snapshots
 
 T = TypeVar("T")
@@ -175,8 +175,7 @@ class Databases:
     """None for a store of format 1 or 2 opened read-only, as ``index`` and ``counts``."""
     index: Any
     counts: Any
-    count_deltas: dict[bytes, int] = attrs.field(factory=dict, eq=False, repr=False)
-    """The writer's count changes in the transaction under way (`_indexes.flush_counts`)."""
+    index_writes: IndexWrites = attrs.field(factory=IndexWrites, eq=False, repr=False)
     next_history: dict[bytes, int] = attrs.field(factory=dict, eq=False, repr=False)
     """The writer's memory of the next history sequence number of the processes it wrote
     lately (see `corra.persistence._store`); never read by readers."""

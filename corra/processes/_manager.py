@@ -496,18 +496,37 @@ class ProcessManager:
             await _removal.finish(journal.store, record, self.backend_for)
         return record
 
-    async def prune(self, ended_before: float, *, batch: int = PRUNE_BATCH) -> int:
-        """Remove every terminal process that ended before ``ended_before`` (epoch seconds),
-        ``batch`` at a time (`corra.processes._retention.prune`); returns how many."""
+    async def prune(
+        self,
+        ended_before: float | None = None,
+        *,
+        keep: int | None = None,
+        batch: int = PRUNE_BATCH,
+    ) -> int:
+        """Remove every terminal process that ended before ``ended_before`` (epoch seconds)
+        and every one but the ``keep`` that ended last (give one or both), ``batch`` at a
+        time (`corra.processes._retention.prune`); returns how many.
+
+        Raises:
+            ConfigError: neither given, or a bad value (`_retention.check_retention`).
+        """
         journal = self._journal
         return await _retention.prune(
-            journal.store, journal.codec, self.get, self.remove, ended_before, batch=batch
+            journal.store, journal.codec, self.get, self.remove, ended_before, keep, batch=batch
         )
 
-    async def retain(self, seconds: float, *, every: float = 60.0) -> None:
+    async def retain(
+        self, seconds: float | None, keep: int | None = None, *, every: float = 60.0
+    ) -> None:
         """Prune, every ``every`` seconds, the terminal processes that ended more than
-        ``seconds`` ago (the runtime's ``retain_finished``); runs until cancelled."""
-        await _retention.retain(self.prune, self._journal.clock, seconds, every=every)
+        ``seconds`` ago and all but the ``keep`` that ended last (the runtime's
+        ``retain_finished`` and ``retain_count``); runs until cancelled."""
+        _retention.check_retention(seconds, keep)
+
+        async def prune(ended_before: float | None, keep: int | None) -> int:
+            return await self.prune(ended_before, keep=keep)
+
+        await _retention.retain(prune, self._journal.clock, seconds, keep, every=every)
 
     async def wait(
         self, id_or_name: str, *, until: Callable[[ProcessRecord], bool] | None = None
