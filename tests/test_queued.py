@@ -1,0 +1,236 @@
+"""Queued processes cost nothing (issue 13): a process waiting for a slot is its snapshot and
+its id in the admission queue, no actor, no task, until the admission gives it its slot, in
+the order of submission; a pause or kill takes it out of the queue, a resume or a rerun puts
+it at the back, and the order holds across a crash of the runtime.
+
+Over the scripted backend of tests/test_processes.py (its slots are a trio limiter), and real
+programs through ``corra run`` for the crash.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import trio
+import trio.lowlevel
+
+import corra.processes._actor
+from corra._runtime import HISTORY_CODEC, open_runtime
+from corra.actors._specs import Backoff
+from tests.test_processes import ScriptedBackend, spec
+
+WAITING = 1000
+
+
+@pytest.fixture
+def state(tmp_path):
+    return tmp_path / "state"
+
+
+def _tasks() -> int:
+    """How many trio tasks are alive."""
+    count, todo = 0, [trio.lowlevel.current_root_task()]
+    while todo:
+        task = todo.pop()
+        count += 1
+        for nursery in task.child_nurseries:
+            todo.extend(nursery.child_tasks)
+    return count
+
+
+def _events(store, process_id: str) -> list[str]:
+    return [HISTORY_CODEC.decode(raw).event for raw in store.history(process_id)]
+
+
+async def test_a_queued_process_has_no_actor_no_task_and_no_record_in_memory(state):
+    names = ["long", *(f"q{n}" for n in range(WAITING))]
+    backend = ScriptedBackend({name: [(100, 0)] for name in names}, max_running=1)
+    async with open_runtime(state_dir=state, backends={"local": backend}) as rt:
+        manager = rt.processes
+        long = await rt.spawn_process(spec("long"))
+        await manager.wait(long.id, until=lambda r: r.phase == "running")
+        before = _tasks()
+        for name in names[1:]:
+            await rt.spawn_process(spec(name))
+        await trio.testing.wait_all_tasks_blocked()
+        assert (manager.active, manager.queued) == (1, WAITING)
+        # One dispatcher for the backend, nothing per queued process.
+        assert _tasks() - before <= 2
+        assert len(manager._journal._active) == 1  # only the running one's record
+        assert len(manager._actors._supervisor.which_children()) == 1  # /processes
+        assert manager.list()[-1].phase == "created"
+
+
+async def test_queued_processes_get_their_slots_in_submission_order(state):
+    names = [f"p{n:02}" for n in range(30)]
+    backend = ScriptedBackend({name: [(0.001, 0)] for name in names}, max_running=2)
+    async with open_runtime(state_dir=state, backends={"local": backend}) as rt:
+        refs = [await rt.spawn_process(spec(name)) for name in names]
+        with trio.fail_after(10):
+            await rt.processes.wait_idle()  # (queued ones count: it waits for all of them)
+        assert [rt.processes.get(ref.id).phase for ref in refs] == ["finished"] * len(refs)
+    assert backend.launch_order == names
+    assert rt.processes.queued == 0
+
+
+async def test_pausing_a_queued_process_takes_it_out_and_a_resume_queues_it_at_the_back(state):
+    names = ["long", "a", "b", "c"]
+    backend = ScriptedBackend({name: [(0.001, 0)] for name in names}, max_running=1)
+    backend.script["long"] = [(0.3, 0)]
+    async with open_runtime(state_dir=state, backends={"local": backend}) as rt:
+        manager = rt.processes
+        long = await rt.spawn_process(spec("long"))
+        a, b, c = [await rt.spawn_process(spec(name)) for name in names[1:]]
+        paused = await a.pause()
+        assert paused.phase == "paused" and manager.queued == 2
+        assert a.id not in manager._actors
+        await a.resume()
+        assert manager.queued == 3
+        with trio.fail_after(10):
+            await manager.wait_idle()
+        for ref in (long, a, b, c):
+            assert (await ref.wait()).phase == "finished"
+        assert backend.launch_order == ["long", "b", "c", "a"]
+        events = _events(manager.store, a.id)
+    assert events == ["submit", "pause", "resume", "launch", "started", "succeed"]
+
+
+async def test_killing_a_queued_process_ends_it_without_a_launch_and_frees_its_place(state):
+    backend = ScriptedBackend({"long": [(0.3, 0)], "a": [(0.001, 0)], "b": [(0.001, 0)]}, 1)
+    async with open_runtime(state_dir=state, backends={"local": backend}) as rt:
+        manager = rt.processes
+        await rt.spawn_process(spec("long"))
+        a = await rt.spawn_process(spec("a"))
+        b = await rt.spawn_process(spec("b"))
+        killed = await a.kill()
+        assert killed.phase == "killed" and killed.state.result is None
+        assert manager.queued == 1
+        with trio.fail_after(10):
+            assert (await b.wait()).phase == "finished"
+        assert backend.launch_order == ["long", "b"]
+        assert _events(manager.store, a.id) == ["submit", "kill", "killed"]
+
+
+async def test_killing_the_head_while_it_waits_for_its_slot_gives_the_slot_to_the_next(state):
+    backend = ScriptedBackend({"long": [(0.2, 0)], "a": [(0.001, 0)], "b": [(0.001, 0)]}, 1)
+    async with open_runtime(state_dir=state, backends={"local": backend}) as rt:
+        await rt.spawn_process(spec("long"))
+        a = await rt.spawn_process(spec("a"))
+        b = await rt.spawn_process(spec("b"))
+        await trio.testing.wait_all_tasks_blocked()  # the dispatcher asks a slot for a
+        await a.kill()
+        with trio.fail_after(10):
+            assert (await b.wait()).phase == "finished"
+        assert backend.limiter.borrowed_tokens == 0
+        assert rt.processes.queued == 0
+
+
+async def test_a_rerun_queues_behind_the_processes_waiting_already(state):
+    names = ["bad", "long", "a", "b"]
+    backend = ScriptedBackend({name: [(0.001, 0)] for name in names}, max_running=1)
+    backend.script["bad"] = [(0.001, 1), (0.001, 0)]
+    backend.script["long"] = [(0.3, 0)]
+    async with open_runtime(state_dir=state, backends={"local": backend}) as rt:
+        bad = await rt.spawn_process(spec("bad"))
+        assert (await bad.wait()).phase == "failed"
+        await rt.spawn_process(spec("long"))
+        await rt.spawn_process(spec("a"))
+        record = await rt.processes.rerun(bad.id)
+        assert record.phase == "created" and rt.processes.queued == 2
+        await rt.spawn_process(spec("b"))
+        with trio.fail_after(10):
+            await rt.processes.wait_idle()
+        assert (await bad.wait()).phase == "finished"
+    assert backend.launch_order == ["bad", "long", "a", "bad", "b"]
+
+
+async def test_a_retry_waits_its_backoff_without_an_actor_then_queues(state, monkeypatch):
+    backoff = Backoff(initial=0.3, factor=1.0, max=0.3)
+    monkeypatch.setattr(corra.processes._actor, "RETRY_BACKOFF", backoff)
+    backend = ScriptedBackend({"flaky": [(0.001, 1), (0.001, 0)]})
+    async with open_runtime(state_dir=state, backends={"local": backend}) as rt:
+        manager = rt.processes
+        flaky = await rt.spawn_process(spec("flaky", restart="transient"))
+        record = await manager.wait(flaky.id, until=lambda r: r.state.attempt == 2)
+        assert record.phase == "created"
+        await trio.testing.wait_all_tasks_blocked()
+        assert (manager.active, manager.queued) == (0, 1)  # in its backoff
+        with trio.fail_after(10):
+            assert (await flaky.wait()).phase == "finished"
+        assert manager.queued == 0
+
+
+async def test_a_pause_during_a_retry_backoff_takes_it_out_of_the_timer(state, monkeypatch):
+    backoff = Backoff(initial=0.2, factor=1.0, max=0.2)
+    monkeypatch.setattr(corra.processes._actor, "RETRY_BACKOFF", backoff)
+    backend = ScriptedBackend({"flaky": [(0.001, 1), (0.001, 0)]})
+    async with open_runtime(state_dir=state, backends={"local": backend}) as rt:
+        manager = rt.processes
+        flaky = await rt.spawn_process(spec("flaky", restart="transient"))
+        await manager.wait(flaky.id, until=lambda r: r.state.attempt == 2)
+        await trio.testing.wait_all_tasks_blocked()
+        assert (await flaky.pause()).phase == "paused"
+        assert manager.queued == 0
+        await trio.sleep(0.3)  # (its backoff would be over: it stays paused)
+        assert manager.get(flaky.id).phase == "paused" and manager.queued == 0
+        await flaky.resume()
+        with trio.fail_after(10):
+            assert (await flaky.wait()).phase == "finished"
+
+
+# -- a crash of the runtime ------------------------------------------------------------------
+
+
+def _job_file(directory: Path, count: int) -> Path:
+    """``count`` programs that each write their name to ``order`` as they start; the first
+    one then sleeps, so that the others wait for its slot."""
+    tables = []
+    for number in range(count):
+        seconds = 3 if number == 0 else 0
+        script = f"echo q{number} >> {directory / 'order'}; sleep {seconds}"
+        tables.append(f'[[process]]\nname = "q{number}"\nargv = ["sh", "-c", "{script}"]\n')
+    path = directory / "jobs.toml"
+    path.write_text("\n".join(tables))
+    return path
+
+
+def _corra_run(directory: Path, **popen) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "corra.cli", "run", "jobs.toml", "--max-running", "1",
+         "--state-dir", "state"],
+        cwd=directory,
+        **popen,
+    )  # fmt: skip
+
+
+def test_queued_processes_keep_their_order_across_a_kill_9_of_the_runtime(tmp_path):
+    count = 8
+    _job_file(tmp_path, count)
+    run = _corra_run(tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert run.stdout is not None
+        submitted = running = 0
+        for line in run.stdout:
+            submitted += line.endswith(b": submitted\n")
+            running += b"q0: running" in line
+            if submitted == count and running:
+                break
+        assert (submitted, running) == (count, 1)
+    finally:
+        os.kill(run.pid, signal.SIGKILL)  # q0 runs on under its chaperone
+        run.wait()
+        run.stdout.close()
+    started = time.monotonic()
+    again = _corra_run(tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    output, _ = again.communicate(timeout=60)
+    assert again.returncode == 0, output.decode()
+    assert b"recovered 8 active process(es)" in output
+    # Each ran once, in the order they were submitted (q0 was reattached, not run again).
+    assert (tmp_path / "order").read_text().split() == [f"q{n}" for n in range(count)]
+    assert time.monotonic() - started < 30
