@@ -21,8 +21,10 @@ import trio
 import trio.lowlevel
 
 import corra.processes._actor
-from corra._runtime import HISTORY_CODEC, open_runtime
+from corra._runtime import HISTORY_CODEC, RECORD_CODEC, open_runtime
 from corra.actors._specs import Backoff
+from corra.persistence import open_store
+from corra.processes._recovery import recover
 from tests.test_processes import ScriptedBackend, spec
 
 WAITING = 1000
@@ -182,6 +184,95 @@ async def test_a_pause_during_a_retry_backoff_takes_it_out_of_the_timer(state, m
         await flaky.resume()
         with trio.fail_after(10):
             assert (await flaky.wait()).phase == "finished"
+
+
+# -- recovery ----------------------------------------------------------------------------------
+
+
+class CountingCodec:
+    """The records' codec, counting what it decodes."""
+
+    def __init__(self) -> None:
+        self.decoded = 0
+
+    def encode(self, value):
+        return RECORD_CODEC.encode(value)
+
+    def decode(self, raw: bytes):
+        self.decoded += 1
+        return RECORD_CODEC.decode(raw)
+
+
+def _backend(count: int) -> ScriptedBackend:
+    """One slot; ``long`` runs long, ``w0000``... and ``late`` end at once."""
+    names = [*(f"w{n:04}" for n in range(count)), "late"]
+    backend = ScriptedBackend({name: [(0.001, 0)] for name in names}, max_running=1)
+    backend.script["long"] = [(100, 0)]
+    return backend
+
+
+async def _queued_behind_one(state, backend: ScriptedBackend, count: int) -> tuple[str, list[str]]:
+    """A state dir left with ``long`` running and ``count`` processes waiting for its slot."""
+    async with open_runtime(state_dir=state, backends={"local": backend}) as rt:
+        long = await rt.spawn_process(spec("long"))
+        await rt.processes.wait(long.id, until=lambda r: r.phase == "running")
+        waiting = [(await rt.spawn_process(spec(f"w{n:04}"))).id for n in range(count)]
+    return long.id, waiting
+
+
+async def test_recovery_queues_the_waiting_processes_in_order_without_decoding_them(state):
+    running, waiting = await _queued_behind_one(state, _backend(300), 300)
+    codec = CountingCodec()
+    started, queued = [], []
+
+    async def start(record) -> None:
+        started.append(record.id)
+
+    async with open_store(state) as store:
+        report = await recover(
+            store,
+            codec,
+            start=start,
+            queue=queued.extend,
+            wait_for_host=lambda record: None,
+            has_backend=lambda name: True,
+        )
+    assert codec.decoded == 1  # the running one's record, and no other
+    assert (started, queued) == ([running], waiting)
+    assert report.resumed == (running, *waiting)
+
+
+async def test_after_a_restart_the_recovered_queue_is_admitted_first_and_in_order(state):
+    backend = _backend(200)
+    long, waiting = await _queued_behind_one(state, backend, 200)
+    backend.limiter.total_tokens = 2  # a slot free beside the running one
+    backend.slot_order.clear()
+    async with open_runtime(state_dir=state, backends={"local": backend}) as rt:
+        manager = rt.processes
+        assert manager.queued == 200  # (recovered; their records are read in the background)
+        late = await rt.spawn_process(spec("late"))
+        assert manager.get(late.id).phase == "created"  # behind them, though a slot is free
+        await manager.kill(long)
+        with trio.fail_after(20):
+            await manager.wait_idle()
+        assert [manager.get(process_id).phase for process_id in waiting] == ["finished"] * 200
+    assert backend.slot_order == [*waiting, late.id]
+    assert backend.launches[f"{long}.1"] == 1  # reattached, not launched again
+
+
+async def test_a_corrupt_waiting_record_is_set_aside_when_its_turn_is_read(state):
+    backend = _backend(3)
+    long, waiting = await _queued_behind_one(state, backend, 3)
+    async with open_store(state) as store:
+        await store.save(waiting[1], b"\x00\xff not json")  # behind corra's back
+    backend.slot_order.clear()
+    async with open_runtime(state_dir=state, backends={"local": backend}) as rt:
+        await rt.processes.kill(long)
+        with trio.fail_after(10):
+            await rt.processes.wait_idle()
+        assert rt.processes.get(waiting[2]).phase == "finished"
+        assert [entry.process_id for entry in rt.processes.store.quarantined()] == [waiting[1]]
+    assert backend.slot_order == [waiting[0], waiting[2]]
 
 
 # -- a crash of the runtime ------------------------------------------------------------------

@@ -9,7 +9,8 @@ waiting for a slot again (a retry) hands it back to the queue.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import trio
 
@@ -17,13 +18,15 @@ from corra.actors._actor import Ref
 from corra.actors._specs import ChildSpec
 from corra.actors._supervisor import SupervisorRef
 from corra.processes._actor import ProcessActor, ProcessContext, retry_delay
-from corra.processes._admission import Admission
+from corra.processes._admission import Admission, Place
 from corra.processes._backend import Backend, EffectKey, LaunchRequest
 from corra.processes._hosts import HostWaits
 from corra.processes._journal import Journal
 from corra.processes._record import ProcessRecord
 from corra.processes._requests import effect_key
 from corra.processes._spec import ProcessSpec
+
+logger = logging.getLogger("corra.process")
 
 
 class ActiveProcesses:
@@ -56,7 +59,7 @@ class ActiveProcesses:
         self._context = ProcessContext(
             backend_for=backend_for, journal=journal, hosts=hosts, ended=self._ended
         )
-        self._admission = Admission(backends, self._admit, nursery, self._check_idle)
+        self._admission = Admission(backends, self._admit, self._resolve, nursery, self._check_idle)
         self._actors: dict[str, Ref] = {}
         self._idle = trio.Event()  # set when the last actor ends and nothing is queued
 
@@ -86,6 +89,12 @@ class ActiveProcesses:
     def queued_for(self, backend: str) -> bool:
         """Whether a process waits for a slot of ``backend`` (then a new one queues too)."""
         return self._admission.queued(backend)
+
+    def recovered(self, process_ids: Sequence[str]) -> None:
+        """Queue the processes that waited for a slot when the last runtime stopped, in this
+        order (their submissions'), ahead of any queued later; their records are read in
+        the background (`corra.processes._admission`)."""
+        self._admission.recovered(process_ids)
 
     def leave(self, record: ProcessRecord) -> None:
         """Take the process out of the queue (it was paused or killed); nothing if it is
@@ -167,6 +176,37 @@ class ActiveProcesses:
                 return False
             await self.start(record, admitted=True)
             return True
+
+    async def _resolve(self, process_ids: Sequence[str]) -> list[Place | None]:
+        """Where each of these recovered processes waits, from its record (read in a
+        thread); None for one that waits no more, or whose record cannot be decoded (set
+        aside, as recovery does)."""
+        store, codec = self._journal.store, self._journal.codec
+
+        def read() -> list[ProcessRecord | tuple[bytes, str] | None]:
+            found: list[ProcessRecord | tuple[bytes, str] | None] = []
+            for process_id in process_ids:
+                raw = store.load(process_id)
+                try:
+                    found.append(None if raw is None else codec.decode(raw))
+                except Exception as exc:
+                    assert raw is not None
+                    found.append((raw, str(exc)))
+            return found
+
+        places: list[Place | None] = []
+        read_records = await trio.to_thread.run_sync(read)
+        for process_id, found in zip(process_ids, read_records, strict=True):
+            if isinstance(found, tuple):
+                raw, reason = found
+                logger.error("process %s: corrupt record set aside: %s", process_id, reason)
+                await store.set_aside(process_id, raw, reason)
+                found = None
+            if found is None or found.phase != "created":
+                places.append(None)
+                continue
+            places.append((found.spec.backend, found.state.attempt, retry_delay(found.state)))
+        return places
 
     def _ended(self, actor: ProcessActor) -> None:
         process_id = actor.id

@@ -11,14 +11,21 @@ cost a dict entry each.
 
 A retry waits for its backoff first, also without a task: a heap of due times, and one timer
 task that queues each process at its time (at the back, as a submission then would).
+
+After a restart, recovery hands over the ids of the processes that waited, in the order they
+were submitted, without reading their records (`recovered`): they wait in an intake, ahead of
+everything queued later, until a sorting task has read their records (a batch at a time, in a
+thread: `Resolve`) and moved each to its backend's queue; meanwhile every backend counts as
+busy, so that no submission takes a slot before them.
 """
 
 from __future__ import annotations
 
 import heapq
+import itertools
 import logging
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import trio
 
@@ -29,6 +36,13 @@ logger = logging.getLogger("corra.process")
 #: ``admit(key)``: the process of ``key`` has its slot: start it (True), or it waits for it no
 #: more (False: the slot goes back).
 Admit = Callable[[EffectKey], Awaitable[bool]]
+#: Where a process waits: its backend, its attempt, and its retry's backoff (seconds; 0: none).
+Place = tuple[str, int, float]
+#: ``resolve(ids)``: where each of these processes waits, read from its record (None: it
+#: waits no more, or its record cannot be read).
+Resolve = Callable[[Sequence[str]], Awaitable[list[Place | None]]]
+#: How many recovered processes the sorting task reads at once.
+SORT_BATCH = 1000
 
 
 class Admission:
@@ -38,7 +52,8 @@ class Admission:
         backends: the backends by name.
         admit: called by a dispatcher with the key of its head once the slot is held; the
             process has left the queue then (`waiting` counts it until ``admit`` returns).
-        nursery: where the dispatchers and the timer run.
+        resolve: where recovered processes wait (`recovered`).
+        nursery: where the dispatchers, the timer and the sorting run.
         idle: called whenever nothing waits any more.
     """
 
@@ -46,13 +61,18 @@ class Admission:
         self,
         backends: Mapping[str, Backend],
         admit: Admit,
+        resolve: Resolve,
         nursery: trio.Nursery,
         idle: Callable[[], None],
     ) -> None:
         self._backends = backends
         self._admit = admit
+        self._resolve = resolve
         self._nursery = nursery
         self._idle = idle
+        # Recovered processes not sorted yet (None), and those queued after them (their
+        # place), in order: ahead of every queue while it holds any.
+        self._intake: dict[str, Place | None] = {}
         # Per backend: process id -> attempt, in the order they queued (a dict keeps it).
         self._queues: dict[str, dict[str, int]] = {}
         # Per backend: set when its empty queue gets a process (its dispatcher sleeps on it).
@@ -69,14 +89,19 @@ class Admission:
     @property
     def waiting(self) -> int:
         """How many processes wait: for a slot, for a backoff, or being admitted."""
-        return sum(map(len, self._queues.values())) + len(self._due) + self._admitting
+        queued = sum(map(len, self._queues.values()))
+        return queued + len(self._intake) + len(self._due) + self._admitting
 
     def queued(self, backend: str) -> bool:
         """Whether any process waits for a slot of ``backend`` (then a new one queues too)."""
-        return bool(self._queues.get(backend))
+        return bool(self._intake) or bool(self._queues.get(backend))
 
     def __contains__(self, process_id: str) -> bool:
-        return process_id in self._due or any(process_id in q for q in self._queues.values())
+        return (
+            process_id in self._intake
+            or process_id in self._due
+            or any(process_id in queue for queue in self._queues.values())
+        )
 
     def enqueue(self, key: EffectKey, backend: str, *, delay: float = 0.0) -> None:
         """Queue the process of ``key`` for a slot of ``backend``, at the back; after
@@ -85,10 +110,31 @@ class Admission:
         process_id = key.process_id
         if process_id in self:
             return
+        if self._intake:  # (behind the recovered ones)
+            self._intake[process_id] = (backend, key.attempt, delay)
+            return
+        self._place(process_id, (backend, key.attempt, delay))
+
+    def recovered(self, process_ids: Sequence[str]) -> None:
+        """Queue these processes, which waited for a slot when the last runtime stopped, in
+        this order and ahead of any queued later; their records are read in the background
+        (see the module's docstring)."""
+        if not process_ids:
+            return
+        intake = self._intake
+        if not intake:
+            self._nursery.start_soon(self._sort, name="admission: recovered")
+        later = list(intake.items())  # (none while recovery runs: it comes first)
+        intake.clear()
+        intake.update(dict.fromkeys(process_ids))
+        intake.update(later)
+
+    def _place(self, process_id: str, place: Place) -> None:
+        backend, attempt, delay = place
         if delay > 0:
             due = trio.current_time() + delay
             self._due[process_id] = due
-            heapq.heappush(self._later, (due, process_id, backend, key.attempt))
+            heapq.heappush(self._later, (due, process_id, backend, attempt))
             if self._timer is None:
                 self._timer = trio.Event()
                 self._nursery.start_soon(self._wake_retries)
@@ -100,13 +146,15 @@ class Admission:
             queue = self._queues[backend] = {}
             self._arrived[backend] = trio.Event()
             self._nursery.start_soon(self._dispatch, backend, queue, name=f"admission {backend}")
-        queue[process_id] = key.attempt
+        queue[process_id] = attempt
         if len(queue) == 1:
             self._arrived[backend].set()
 
     def leave(self, process_id: str, backend: str) -> None:
         """Take the process out of the queue (paused, killed); nothing if it is not in it."""
-        if self._due.pop(process_id, None) is None:
+        if process_id in self._intake:
+            del self._intake[process_id]
+        elif self._due.pop(process_id, None) is None:
             queue = self._queues.get(backend)
             if queue is None or queue.pop(process_id, None) is None:
                 return
@@ -151,6 +199,24 @@ class Admission:
                 self._admitting -= 1
             if not self.waiting:
                 self._idle()
+
+    async def _sort(self) -> None:
+        """Move the intake's processes to their queues, in order, reading the records of the
+        recovered ones a batch at a time."""
+        intake = self._intake
+        while intake:
+            batch = list(itertools.islice(intake.items(), SORT_BATCH))
+            unknown = [process_id for process_id, place in batch if place is None]
+            places = dict(zip(unknown, await self._resolve(unknown), strict=True))
+            for process_id, place in batch:
+                if process_id not in intake or intake[process_id] is not place:
+                    continue  # it left meanwhile (and may be queued again, behind)
+                del intake[process_id]
+                place = place or places[process_id]
+                if place is not None:
+                    self._place(process_id, place)
+        if not self.waiting:
+            self._idle()
 
     async def _wake_retries(self) -> None:
         """Queue each retry whose backoff is over, at its time, until cancelled."""

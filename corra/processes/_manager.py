@@ -531,6 +531,7 @@ class ProcessManager:
             self._journal.store,
             self._journal.codec,
             start=self._actors.start,
+            queue=self._actors.recovered,
             wait_for_host=self._hosts.wait_for,
             has_backend=self._waits_for_hosts,
         )
