@@ -50,19 +50,34 @@ def run(args: argparse.Namespace, state_dir: Path) -> int:
     output_limit = runtime_options(args)
     if args.verbose:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    return trio.run(_run, job, state_dir, args, output_limit)
+    jobs = [job]
+    del job  # (`_run` lets go of its specs as it submits them)
+    return trio.run(_run, jobs, state_dir, args, output_limit)
 
 
-async def _run(job: JobFile, state_dir: Path, args: argparse.Namespace, output_limit: int) -> int:
+async def _run(
+    jobs: list[JobFile], state_dir: Path, args: argparse.Namespace, output_limit: int
+) -> int:
+    """Run the job in ``jobs`` (a list of one, which it empties: a spec submitted is the
+    store's, and its memory goes as it is submitted, so that a job file of 100,000 processes
+    waiting for a slot holds the memory of their ids only)."""
     rerun = {kind for kinds in args.rerun for kind in kinds}
     plan: list[tuple[str, Any, Any]] = []
+    runtime = {
+        "max_running": args.max_running,
+        "hosts": jobs[0].hosts,
+        "logins": jobs[0].logins,
+        "output_limit": output_limit,
+    }
 
     def decide(manager: Any) -> None:
-        plan.extend(plan_job(manager, job, rerun))
+        plan.extend(plan_job(manager, jobs.pop(), rerun))
+        plan.reverse()  # (taken from its end)
 
     async def start(manager: Any, display: Progress) -> list[str]:
         ids = []
-        for what, spec, known in plan:
+        while plan:
+            what, spec, known = plan.pop()
             if what == "submit":
                 record = (await manager.submit(spec)).record
             elif what == "rerun":
@@ -73,18 +88,7 @@ async def _run(job: JobFile, state_dir: Path, args: argparse.Namespace, output_l
             ids.append(record.id)
         return ids
 
-    return await foreground(
-        state_dir,
-        args,
-        start,
-        runtime={
-            "max_running": args.max_running,
-            "hosts": job.hosts,
-            "logins": job.logins,
-            "output_limit": output_limit,
-        },
-        check=decide,
-    )
+    return await foreground(state_dir, args, start, runtime=runtime, check=decide)
 
 
 def plan_job(manager: Any, job: JobFile, rerun: set[str]) -> list[tuple[str, Any, Any]]:
