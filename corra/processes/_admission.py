@@ -143,6 +143,14 @@ class Admission:
             return
         queue = self._queues.get(backend)
         if queue is None:
+            if backend not in self._backends:
+                logger.warning(
+                    "process %s: waits for a slot of backend %r, which this runtime lacks; "
+                    "it waits for a runtime that has it",
+                    process_id,
+                    backend,
+                )
+                return
             queue = self._queues[backend] = {}
             self._arrived[backend] = trio.Event()
             self._nursery.start_soon(self._dispatch, backend, queue, name=f"admission {backend}")
@@ -178,6 +186,10 @@ class Admission:
                 self._asking[name] = (process_id, scope)
                 try:
                     await backend.acquire_slot(key)
+                except Exception:  # (a backend's bug: the queue waits, and asks again)
+                    logger.exception("backend %s: a slot for %s", name, process_id)
+                    await trio.sleep(1.0)
+                    continue
                 finally:
                     del self._asking[name]
             if scope.cancelled_caught:
