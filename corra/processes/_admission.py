@@ -219,7 +219,12 @@ class Admission:
         while intake:
             batch = list(itertools.islice(intake.items(), SORT_BATCH))
             unknown = [process_id for process_id, place in batch if place is None]
-            places = dict(zip(unknown, await self._resolve(unknown), strict=True))
+            try:
+                places = dict(zip(unknown, await self._resolve(unknown), strict=True))
+            except Exception:  # (the store failing: they wait, and are read again)
+                logger.exception("reading the records of %d queued processes", len(unknown))
+                await trio.sleep(1.0)
+                continue
             for process_id, place in batch:
                 if process_id not in intake or intake[process_id] is not place:
                     continue  # it left meanwhile (and may be queued again, behind)
