@@ -323,6 +323,7 @@ async def open_runtime(
     remote_poll_interval: float = 1.0,
     output_limit: int = DEFAULT_OUTPUT_LIMIT,
     retain_finished: float | None = None,
+    retain_count: int | None = None,
 ) -> AsyncIterator[Runtime]:
     """Run a corra runtime for the duration of the block.
 
@@ -353,6 +354,9 @@ async def open_runtime(
         retain_finished: remove terminal processes this many seconds after they ended,
             checked every minute (or tenth of it) in the background, in bounded batches
             (`ProcessManager.retain`); None (the default) keeps them.
+        retain_count: keep at most this many terminal processes: the others are removed,
+            those that ended first, as ``retain_finished`` removes them (either rule removes
+            a process); None (the default): no such limit.
 
     Raises:
         ConfigError: another runtime uses the state dir, or a setting is not valid, or the
@@ -364,6 +368,10 @@ async def open_runtime(
     check_output_limit("output_limit", output_limit)
     if retain_finished is not None:
         check_seconds("retain_finished", retain_finished, positive=True)
+    if retain_count is not None and (
+        isinstance(retain_count, bool) or not isinstance(retain_count, int) or retain_count < 0
+    ):
+        raise ConfigError(f"retain_count: got {retain_count!r}, expected an integer >= 0")
     async with kernel.open_runtime(flags=flags, runtime_type=Runtime) as rt:
         assert isinstance(rt, Runtime)
         if state_dir is None:
@@ -410,11 +418,13 @@ async def open_runtime(
                 try:
                     if recover:
                         rt.recovery = await manager.recover()
-                    if retain_finished is not None:
+                    if retain_finished is not None or retain_count is not None:
                         # (checked every minute, or ten times in the retention if shorter)
-                        every = min(60.0, retain_finished / 10)
+                        every = min(60.0, (retain_finished or 600.0) / 10)
                         nursery.start_soon(
-                            functools.partial(manager.retain, every=every), retain_finished
+                            functools.partial(manager.retain, every=every),
+                            retain_finished,
+                            retain_count,
                         )
                     yield rt
                 finally:

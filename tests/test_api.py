@@ -395,7 +395,9 @@ async def test_list_filters_and_pages(tmp_path):
             assert next(iter(params)) in response.json()["message"]
 
 
-async def test_list_any_of_phases_a_name_prefix_counts_and_a_cursor_while_writing(tmp_path):
+async def test_list_any_of_phases_a_name_prefix_or_glob_counts_and_a_cursor_while_writing(
+    tmp_path,
+):
     async with serving(tmp_path) as served:
         http = served.http
         for index in range(6):
@@ -417,6 +419,12 @@ async def test_list_any_of_phases_a_name_prefix_counts_and_a_cursor_while_writin
         await wait_for(http, "job-10", "finished")
         prefixed = await http.get("/v1/processes", params={"name": "job-1"})
         assert names(prefixed) == ["job-1", "job-10"]
+        # a name glob (*, ?, [...]): the whole name matches it, in name order
+        globbed = await http.get("/v1/processes", params={"name": "job-?"})
+        assert names(globbed) == [f"job-{index}" for index in range(6)]
+        assert names(await http.get("/v1/processes", params={"name": "*1*"})) == ["job-1", "job-10"]
+        ranged = await http.get("/v1/processes", params={"name": "job-[2-4]", "phase": "failed"})
+        assert names(ranged) == ["job-3"]
         # counts per phase, kept by the store
         counts = (await http.get("/v1/processes:counts")).json()
         assert counts == {

@@ -63,7 +63,7 @@ def check_listings(state) -> None:
     assert len(ids) == 5 and all(process.startswith("p") for process in ids)
     shown = json.loads(corra(state, "show", ids[1], "--json").stdout)
     assert shown["name"] == "fetch-b"
-    # filters: labels all of them, phases any of them, a name prefix (in name order)
+    # filters: labels all of them, phases any of them, a name prefix or glob (in name order)
     assert listing(state, "-a", "-l", "team=b", "-l", "stage=train") == (["train-b"], None)
     assert listing(state, "-l", "team=b") == ([], None)  # (the default: active ones only)
     assert listing(state, "--phase", "failed", "--phase", "running") == (
@@ -72,6 +72,10 @@ def check_listings(state) -> None:
     )
     assert listing(state, "-a", "--name", "train") == (["train-a", "train-b"], None)
     assert listing(state, "--name", "train") == ([], None)  # (none of them is active)
+    # a name glob: the whole name matches it
+    assert listing(state, "-a", "--name", "*-b") == (["fetch-b", "train-b"], None)
+    assert listing(state, "-a", "--name", "?rain-[ab]") == (["train-a", "train-b"], None)
+    assert listing(state, "-a", "--name", "train*", "--phase", "failed") == (["train-b"], None)
     # pages: --limit, and --cursor goes on from the next_cursor it printed
     first, cursor = listing(state, "-a", "--limit", "2")
     assert first == everything[:2] and cursor is not None

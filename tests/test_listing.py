@@ -4,6 +4,7 @@ written; a store without indexes (an older corra's, read without a runtime) list
 
 from __future__ import annotations
 
+import fnmatch
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +21,7 @@ from corra.processes._backend import BackendBase, EffectKey, LaunchRequest
 from corra.processes._lifecycle import Result
 from corra.processes._listing import Selection
 from corra.processes._query import ProcessQuery
+from corra.processes._retention import to_prune
 from corra.processes._sources import StateDirSource
 
 
@@ -98,7 +100,21 @@ SELECTIONS = [
     Selection(name="job01"),
     Selection(name="job0", phases=("finished",), labels=(("team", "b"),)),
     Selection(labels=(("team", "c"),)),
+    # name globs: walked from their literal start, the rest matched on the index terms
+    Selection(name="job0[1-3]?"),
+    Selection(name="job*5", phases=("failed",)),
+    Selection(name="*7"),
+    Selection(name="job0?3", labels=(("team", "a"),)),
+    Selection(name="job[!0]*"),
+    Selection(name="nojob*"),
 ]
+
+
+def named(selector: str, name: str) -> bool:
+    """A name prefix, or a glob (with ``*``, ``?`` or ``[``) of the whole name."""
+    if any(wildcard in selector for wildcard in "*?["):
+        return fnmatch.fnmatchcase(name, selector)
+    return name.startswith(selector)
 
 
 def expected(selection: Selection, count: int) -> list[str]:
@@ -111,7 +127,7 @@ def expected(selection: Selection, count: int) -> list[str]:
             continue
         if any(labels.get(key) != value for key, value in selection.labels):
             continue
-        if selection.name is not None and not name.startswith(selection.name):
+        if selection.name is not None and not named(selection.name, name):
             continue
         out.append(name)
     return out  # (creation order is name order here)
@@ -136,7 +152,7 @@ def truth(records: list[Any], selection: Selection) -> list[str]:
         for record in records
         if (not selection.phases or record.phase in selection.phases)
         and all(record.spec.labels.get(key) == value for key, value in selection.labels)
-        and (selection.name is None or record.name.startswith(selection.name))
+        and (selection.name is None or named(selection.name, record.name))
         and within(record.created_at, selection.created_after, selection.created_before)
         and (
             not selection.ended
@@ -163,6 +179,7 @@ def timed_selections(records: list[Any]) -> list[Selection]:
         Selection(ended_after=ended[30]),
         Selection(ended_before=ended[10], labels=(("team", "b"),)),
         Selection(ended_after=ended[3], ended_before=ended[50], name="job0"),
+        Selection(ended_after=ended[3], ended_before=ended[50], name="job*[13]"),
         Selection(ended_after=ended[0], created_before=created[12], phases=("finished",)),
     ]
 
@@ -309,3 +326,40 @@ async def test_a_store_without_indexes_lists_the_same_and_a_runtime_indexes_it(t
     assert await listings() == indexed
     with open_store_readonly(tmp_path) as store:
         assert store.has_indexes()
+
+
+async def test_a_prune_selects_what_ended_before_a_moment_without_decoding_a_record(tmp_path):
+    # A prune of 100,000 reads the ids from the end index: decoding them in a worker thread
+    # held the interpreter's lock for seconds, and stalled the service's event loop.
+    async with open_runtime(
+        state_dir=tmp_path, durable=False, backends={"local": InstantBackend()}
+    ) as runtime:
+        await fill(runtime, 30)
+        manager = runtime.processes
+        records = manager.list()
+        moment = sorted(record.state.updated_at for record in records)[20]
+        codec = CountingCodec(manager.codec)
+        names = {record.id: record.name for record in records}
+        oldest = truth(records, Selection(ended_after=0.0))  # (in the order of their ends)
+
+        def selected(ended_before, keep):
+            found, _ = to_prune(manager.store, codec, ended_before, keep)
+            return [names[process] for process in found]
+
+        found = selected(moment, None)
+        assert found == truth(records, Selection(ended_before=moment)) and len(found) == 20
+        # all but the 25 that ended last; with a moment too, whichever removes more
+        assert selected(None, 25) == oldest[:5]
+        assert selected(moment, 25) == found and selected(moment, 5) == oldest[:25]
+        assert selected(None, 30) == selected(None, 31) == []
+        assert codec.decoded == 0
+        assert await manager.prune(moment) == 20
+        assert [record.name for record in manager.list()] == [
+            name for name in names.values() if name not in found
+        ]
+        assert await manager.prune(keep=4) == 6
+        assert {record.name for record in manager.list()} == set(oldest[-4:])
+        with pytest.raises(ConfigError, match="give ended_before"):
+            await manager.prune()
+        with pytest.raises(ConfigError, match="keep: got -1"):
+            await manager.prune(keep=-1)

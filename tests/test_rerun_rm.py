@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 
@@ -10,6 +11,10 @@ import pytest
 from test_api import serving, submit, wait_for
 from test_api_service import CORRA, Service, corra
 from test_cli_control import wait_phase
+
+from corra._runtime import open_runtime
+from corra.cli import _manage
+from corra.persistence._lmdb import Reads
 
 pytestmark = pytest.mark.slow
 
@@ -259,6 +264,55 @@ def test_corra_rm_without_a_service(tmp_path):
     assert all_run_dirs(state) == []
 
 
+def test_rerun_rm_and_prune_select_by_a_name_glob_with_and_without_a_service(tmp_path):
+    state = tmp_path / "state"
+    job = tmp_path / "job.toml"
+    job.write_text(
+        '[[process]]\nname = "tmp-1"\nargv = ["true"]\n\n'
+        '[[process]]\nname = "tmp-2"\nargv = ["false"]\n\n'
+        '[[process]]\nname = "tmp-20"\nargv = ["false"]\n\n'
+        '[[process]]\nname = "keep-1"\nargv = ["false"]\n'
+    )
+    assert corra(state, "run", str(job)).returncode == 1
+    # without a service: a glob and --failed select the failed ones it matches, all of them
+    again = corra(state, "rerun", "--name", "tmp-?", "--failed", "--json")
+    assert again.returncode == 1, again.stderr  # (false fails again)
+    assert [(r["name"], r["attempt"]) for r in json.loads(again.stdout)] == [("tmp-2", 2)]
+    removed = corra(state, "rm", "--name", "tmp-[12]")
+    assert removed.returncode == 0, removed.stderr
+    assert sorted(line.split()[0] for line in removed.stdout.splitlines()) == ["tmp-1", "tmp-2"]
+    assert listed(state) == ["tmp-20", "keep-1"]
+    with Service(state) as service:
+        # through the service: a prefix (no wildcard) is a prefix, as in corra ps
+        rerun = corra(state, "rerun", "--name", "keep", "--json")
+        assert [r["name"] for r in json.loads(rerun.stdout)] == ["keep-1"]
+        wait_phase(state, "keep-1", "failed")
+        pruned = corra(state, "prune", "--ended-before", "2099-01-01", "--name", "*-20")
+        assert pruned.returncode == 0 and pruned.stdout.startswith("tmp-20 (p"), pruned.stderr
+        assert listed(state) == ["keep-1"]
+        service.stop()
+
+
+async def test_rm_without_a_service_looks_up_what_it_is_given_and_never_reads_every_record(
+    tmp_path, monkeypatch, capsys
+):
+    async with open_runtime(state_dir=tmp_path) as runtime:
+        for index in range(12):
+            await (await runtime.spawn_process(["true"], name=f"job{index:02}")).wait()
+
+    def everything(self):
+        raise AssertionError("every record was read")
+
+    monkeypatch.setattr(Reads, "scan", everything)
+    args = argparse.Namespace(processes=["job03"], label=[], name=None, ended_before=None)
+    args.kill = args.json = False
+    assert await _manage._rm_here(tmp_path, _manage.rm_selection(args), args) == 0
+    args.processes, args.name = [], "job1*"
+    assert await _manage._rm_here(tmp_path, _manage.rm_selection(args), args) == 0
+    removed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert removed == ["job03", "job10", "job11"]
+
+
 async def test_a_removal_cut_short_after_its_tombstone_is_finished_by_recovery(tmp_path):
     from corra._errors import NoSuchProcess
     from corra._runtime import open_runtime
@@ -410,3 +464,49 @@ def test_a_service_with_retain_finished_removes_what_ended_long_enough_ago(tmp_p
         service.stop()
     bad = corra(tmp_path / "state", "serve", "--retain-finished", "soon")
     assert bad.returncode == 2 and "--retain-finished: got 'soon'" in bad.stderr
+
+
+def test_corra_prune_keep_leaves_the_processes_that_ended_last(tmp_path):
+    import time
+
+    state = tmp_path / "state"
+    for number, labelled in ((1, True), (2, True), (3, True), (4, False)):
+        job = tmp_path / f"p{number}.toml"
+        labels = 'labels = {k = "x"}\n' if labelled else ""
+        job.write_text(f'[[process]]\nname = "p{number}"\nargv = ["true"]\n{labels}')
+        assert corra(state, "run", str(job)).returncode == 0  # (one after the other)
+
+    # Without a service: among the selected ones, then among all.
+    labelled = corra(state, "prune", "--keep", "2", "-l", "k=x")
+    assert labelled.returncode == 0 and labelled.stdout.startswith("p1 (p"), labelled.stderr
+    assert sorted(listed(state)) == ["p2", "p3", "p4"]
+    pruned = corra(state, "prune", "--keep", "2")
+    assert pruned.returncode == 0 and pruned.stdout == "removed 1 process(es)\n"
+    assert sorted(listed(state)) == ["p3", "p4"]
+    # with an end time too, either rule removes a process
+    both = corra(state, "prune", "--keep", "2", "--ended-before", "2099-01-01", "--json")
+    assert both.returncode == 0 and json.loads(both.stdout) == {"removed": 2}
+    for bad, said in (((), "give --ended-before"), (("--keep", "-1"), "--keep: got -1")):
+        refused = corra(state, "prune", *bad)
+        assert refused.returncode == 2 and said in refused.stderr, refused.stderr
+
+    for number in (5, 6, 7):
+        assert corra(state, "run", "--name", f"p{number}", "--", "true").returncode == 0
+    # Through a service: the same; and one that keeps 1 prunes as it starts.
+    with Service(state) as service:
+        done = corra(state, "prune", "--keep", "2")
+        assert done.returncode == 0 and done.stdout == "removed 1 process(es)\n"
+        assert sorted(listed(state)) == ["p6", "p7"]
+        with service.client() as http:
+            for params, said in (({"keep": "all"}, "keep"), ({}, "give ended_before")):
+                bad = http.post("/v1/processes:prune", params=params)
+                assert bad.status_code == 400 and said in bad.json()["message"]
+        service.stop()
+    with Service(state, "--retain-count", "1") as service:
+        deadline = time.monotonic() + 30  # (its first round is as it starts)
+        while listed(state) != ["p7"]:
+            assert time.monotonic() < deadline, listed(state)
+            time.sleep(0.2)
+        service.stop()
+    bad = corra(state, "serve", "--retain-count", "-2")
+    assert bad.returncode == 2 and "--retain-count: got -2" in bad.stderr

@@ -9,6 +9,11 @@ import pytest
 from test_api import serving, submit, wait_for
 from test_api_service import Service, corra
 
+from corra._errors import ConfigError
+from corra._jobfile import parse_job_text
+from corra._runtime import open_runtime
+from corra.cli._run import plan_job
+
 pytestmark = pytest.mark.slow
 
 
@@ -94,3 +99,54 @@ def test_corra_submit_reports_a_changed_spec_and_submits_the_others(tmp_path):
         assert "'b'" in done.stderr and "argv differ" in done.stderr
         assert "a (p" in done.stdout and "c (p" in done.stdout
         service.stop()
+
+
+async def test_a_job_file_run_again_decodes_no_record_of_a_process_it_leaves_alone(
+    tmp_path, monkeypatch
+):
+    # What a run again decides of a process over with the same spec is told from the bytes
+    # of its record (`corra.processes._settled`): a job file of 100,000 finished processes
+    # run again must not decode 100,000 records. A changed spec is still found and named.
+    text = job_text(3) + (
+        '\n[[process]]\nname = "d"\nargv = ["sleep", "30"]\n'
+        '\n[[process]]\nname = "e"\nargv = ["true"]\ncwd = "."\n'  # (stored absolute)
+    )
+    job = parse_job_text(text, "job.toml")
+    async with open_runtime(state_dir=tmp_path / "state") as runtime:
+        manager = runtime.processes
+        for spec in job.processes:
+            await manager.submit(spec)
+        for name in "abce":
+            await manager.wait(name)
+        failed = manager.get("b").id
+        decoded = []
+        codec = manager.codec
+        monkeypatch.setattr(
+            codec, "decode", lambda raw, decode=codec.decode: decoded.append(raw) or decode(raw)
+        )
+
+        plan = plan_job(manager, job, set())
+        assert [(what, known.name if known else None) for what, _, known in plan] == [
+            ("already finished, not run again", "a"),
+            ("already failed, not run again (--rerun failed runs it again)", "b"),
+            ("already finished, not run again", "c"),
+            ("submit", None),  # (d runs: memory knows better than the store, it goes on)
+            ("already finished, not run again", "e"),
+        ]
+        assert decoded == []
+        plan = plan_job(manager, job, {"failed"})
+        assert [what for what, _, _ in plan] == [
+            "already finished, not run again",
+            "rerun",
+            "already finished, not run again",
+            "submit",
+            "already finished, not run again",
+        ]
+        assert plan[1][2].id == failed and decoded == []
+
+        changed = parse_job_text(job_text(3, '["sh", "-c", "echo new"]'), "job.toml")
+        assert manager.settled(changed.processes[2]) is None
+        with pytest.raises(ConfigError, match=r"c: its spec changed \(argv\)"):
+            plan_job(manager, changed, set())
+        assert len(decoded) == 1  # (only the changed one's record: a, b unchanged)
+        await manager.kill("d")

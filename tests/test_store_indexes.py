@@ -152,6 +152,51 @@ async def test_counts_follow_many_concurrent_saves(state_dir):
         assert store.index_counts("phase") == {b"finished": 150, b"failed": 50}
 
 
+async def test_saves_of_one_process_in_one_transaction_move_its_entries_once(state_dir):
+    async with open_store(state_dir, durable=False) as store:
+        await store.save("gone", b"x", indexes=terms("gone", "running", 0, "team=x"))
+        # queued together: the writer takes them in one transaction (or a few: either way
+        # the entries end as the last write of each process gave them)
+        store.save_nowait("p", b"1", indexes=terms("p", "created", 1, "team=x"))
+        store.save_nowait("p", b"2", indexes=terms("p", "running", 1, "team=x"))
+        store.save_nowait("gone", b"y", indexes=terms("gone", "finished", 0, "team=x"))
+        last = store.save_nowait("p", b"3", indexes=terms("p", "failed", 1, "team=x"))
+        await store.delete("gone")
+        assert last.done and last.error is None
+        assert store.index_terms("p") == tuple(terms("p", "failed", 1, "team=x"))
+        assert store.index_terms("gone") == ()
+        assert store.index_counts("phase") == {b"failed": 1}
+        assert store.index_counts("label") == {b"team=x": 1}
+        assert ids(store.index_page(phase_range("created", "running"), limit=10)) == []
+
+
+async def test_a_failed_transaction_leaves_the_writers_memory_of_terms_as_the_disk(
+    state_dir, monkeypatch
+):
+    from corra.persistence import _indexes
+
+    flush = _indexes.flush
+    failures = [lmdb.Error("injected")]
+
+    def failing_flush(txn, databases):
+        flush(txn, databases)  # (the entries are written in the transaction, then it fails)
+        if failures:
+            raise failures.pop()
+
+    async with open_store(state_dir, durable=False) as store:
+        await store.save("p", b"1", indexes=terms("p", "created", 1))
+        monkeypatch.setattr(_indexes, "flush", failing_flush)
+        with pytest.raises(StoreError, match="injected"):
+            await store.save("p", b"2", indexes=terms("p", "running", 1))
+        assert store.index_counts("phase") == {b"created": 1}
+        await store.save("p", b"3", indexes=terms("p", "finished", 1))
+        assert store.index_counts("phase") == {b"finished": 1}
+        assert ids(store.index_page(phase_range("created", "running"), limit=10)) == []
+        # and once more from the writer's memory of what it committed
+        await store.save("p", b"4", indexes=terms("p", "created", 1))
+        assert store.index_counts("phase") == {b"created": 1}
+
+
 def make_format_2(state_dir: Path) -> None:
     """Turn a closed store into one a corra of format 2 wrote: no secondary indexes."""
     env = lmdb.open(str(state_dir / "state.lmdb"), max_dbs=16)

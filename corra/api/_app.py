@@ -20,7 +20,6 @@ import functools
 import hmac
 import json
 import logging
-import math
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -55,15 +54,15 @@ from corra.api._requests import (
     epoch_seconds,
     integer,
     known_only,
+    listing_params,
+    page_params,
     parse_json,
     read_body,
     single,
 )
-from corra.api._wire import detail_json, record_json
+from corra.api._wire import detail_json, record_json, transition_json
 from corra.backends.recorded import recorded
 from corra.processes._convert import parse_process_spec
-from corra.processes._lifecycle import PHASES
-from corra.processes._listing import Selection
 from corra.processes._manager import MAX_LOG_OFFSET
 from corra.processes._query import LogEntry, ProcessQuery, ProcessView
 from corra.processes._record import ProcessRecord
@@ -72,13 +71,12 @@ from corra.processes._spec_content import shown_tables
 
 logger = logging.getLogger("corra.api")
 
-#: ``GET /v1/processes``: items per page by default, and at most.
-DEFAULT_LIMIT = 100
-MAX_LIMIT = 1000
 #: The largest ``since`` of ``/v1/events`` (like a log offset: what JSON carries exactly).
 MAX_SEQ = MAX_LOG_OFFSET
 #: ``kill?wait=false`` answers once the process is killing, or after this many seconds.
 KILL_ACCEPTED_TIMEOUT = 10.0
+#: The bounds of ``keep`` of ``POST /v1/processes:prune``.
+_KEEP = {"minimum": 0, "maximum": 10**12}
 #: Paths served without the token.
 OPEN_PATHS = frozenset({"/v1/health"})
 NDJSON = "application/x-ndjson"
@@ -198,6 +196,7 @@ class Api:
             Route("/v1/processes/{id}/kill", self.kill_process, methods=["POST"]),
             Route("/v1/processes/{id}/rerun", self.rerun_process, methods=["POST"]),
             Route("/v1/processes/{id}/logs", self.process_logs, methods=["GET"]),
+            Route("/v1/processes/{id}/history", self.process_history, methods=["GET"]),
             Route("/v1/events", self.event_stream, methods=["GET"]),
         ]
         starlette = Starlette(
@@ -283,17 +282,12 @@ class Api:
 
     async def prune_processes(self, request: Request) -> Response:
         query = request.query_params
-        known_only(query, "ended_before")
-        text = single(query, "ended_before")
-        try:
-            moment = float(text) if text is not None else math.nan
-        except ValueError:
-            moment = math.nan
-        if not math.isfinite(moment):
-            raise ApiError(
-                400, "bad_request", f"ended_before: got {text!r}, expected epoch seconds"
-            )
-        removed = await self.manager.prune(moment)
+        known_only(query, "ended_before", "keep")
+        moment = epoch_seconds(query, "ended_before")
+        keep = None if single(query, "keep") is None else integer(query, "keep", 0, **_KEEP)
+        if moment is None and keep is None:
+            raise ApiError(400, "bad_request", "give ended_before (epoch seconds), keep, or both")
+        removed = await self.manager.prune(moment, keep=keep)
         return JSONResponse({"removed": removed})
 
     async def create_processes(self, request: Request) -> Response:
@@ -324,31 +318,25 @@ class Api:
         return JSONResponse({"items": items})
 
     async def list_processes(self, request: Request) -> Response:
-        query = request.query_params
-        times = ("created_after", "created_before", "ended_after", "ended_before")
-        known_only(query, "phase", "name", "label", "limit", "cursor", *times)
-        phases = tuple(query.getlist("phase"))
-        for phase in phases:
-            if phase not in PHASES:
-                raise ApiError(
-                    400, "bad_request", f"phase: got {phase!r}, expected one of {PHASES}"
-                )
-        name = single(query, "name")
-        labels = []
-        for label in query.getlist("label"):
-            key, equals, value = label.partition("=")
-            if not equals or not key:
-                raise ApiError(400, "bad_request", f"label: got {label!r}, expected KEY=VALUE")
-            labels.append((key, value))
-        limit = integer(query, "limit", DEFAULT_LIMIT, minimum=1, maximum=MAX_LIMIT)
-        cursor = single(query, "cursor")
-        bounds = {field: epoch_seconds(query, field) for field in times}
-        selection = Selection(phases=phases, labels=tuple(labels), name=name, **bounds)
+        selection, cursor, limit = listing_params(request.query_params)
         try:
             page = await self.query.list(selection, cursor=cursor, limit=limit)
         except ConfigError as exc:  # (a cursor that is not one of this listing's)
             raise ApiError(400, "bad_request", str(exc)) from None
         items = [record_json(view.record, view.recorded) for view in page.items]
+        return JSONResponse({"items": items, "next_cursor": page.next_cursor})
+
+    async def process_history(self, request: Request) -> Response:
+        known_only(request.query_params, "limit", "cursor")
+        cursor, limit = page_params(request.query_params)
+        record = self._lookup(request.path_params["id"])
+        try:
+            page = await trio.to_thread.run_sync(
+                functools.partial(self.query.history_page, record, cursor=cursor, limit=limit)
+            )
+        except ConfigError as exc:  # (a cursor that is not one of a history's)
+            raise ApiError(400, "bad_request", str(exc)) from None
+        items = [transition_json(transition) for transition in page.items]
         return JSONResponse({"items": items, "next_cursor": page.next_cursor})
 
     async def _process(self, request: Request) -> Response:

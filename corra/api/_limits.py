@@ -9,3 +9,7 @@ MAX_BODY = 1 << 20
 BODY_TIMEOUT = 60.0
 #: Processes per ``POST /v1/processes:batch`` at most (and the body at most `MAX_BODY`).
 MAX_BATCH = 1000
+#: Items of a page (``GET /v1/processes``, ``GET /v1/processes/{id}/history``) unless the
+#: request says; the most it may say.
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000

@@ -41,6 +41,23 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
     }
 
 
+def _page_of(schema: str) -> dict[str, Any]:
+    """The answer of a paged read: ``{"items": [...], "next_cursor": ...}``."""
+    return {
+        "description": "a page; next_cursor is null on the last",
+        "content": json_content(
+            {
+                "type": "object",
+                "required": ["items", "next_cursor"],
+                "properties": {
+                    "items": {"type": "array", "items": ref(schema)},
+                    "next_cursor": nullable({"type": "string"}),
+                },
+            }
+        ),
+    }
+
+
 _BAD_QUERY = _error("a query parameter is not valid (the message names it)")
 _UNAUTHORIZED = _error("no token, or not this service's")
 _NOT_FOUND = _error("no process with this id or name")
@@ -58,6 +75,7 @@ _LINKS = {
         ("ResumeProcess", "resumeProcess"),
         ("KillProcess", "killProcess"),
         ("ProcessLogs", "processLogs"),
+        ("ProcessHistory", "processHistory"),
     )
 }
 
@@ -189,7 +207,7 @@ OPENAPI: dict[str, Any] = {
             },
             "get": {
                 "summary": "Processes, a page at a time: oldest first (by name with a name "
-                "prefix); only the page's records are read",
+                "prefix or glob); only the page's records are read",
                 "operationId": "listProcesses",
                 "parameters": [
                     {
@@ -204,7 +222,9 @@ OPENAPI: dict[str, Any] = {
                     _query(
                         "name",
                         {"type": "string"},
-                        "only processes whose name starts with this (listed by name)",
+                        "only processes whose name starts with this, or, if it holds *, ? or "
+                        "[...], whose whole name matches it as a glob: train-*-7, job?, "
+                        "run[0-3] (listed by name)",
                     ),
                     {
                         **_query(
@@ -237,19 +257,7 @@ OPENAPI: dict[str, Any] = {
                     ),
                 ],
                 "responses": {
-                    "200": {
-                        "description": "a page; next_cursor is null on the last",
-                        "content": json_content(
-                            {
-                                "type": "object",
-                                "required": ["items", "next_cursor"],
-                                "properties": {
-                                    "items": {"type": "array", "items": ref("Process")},
-                                    "next_cursor": nullable({"type": "string"}),
-                                },
-                            }
-                        ),
-                    },
+                    "200": _page_of("Process"),
                     "400": _BAD_QUERY,
                     "401": _UNAUTHORIZED,
                 },
@@ -313,17 +321,23 @@ OPENAPI: dict[str, Any] = {
         },
         "/v1/processes:prune": {
             "post": {
-                "summary": "Remove every terminal process that ended before ended_before, as "
-                "DELETE does, in bounded batches (corra prune, corra serve --retain-finished)",
+                "summary": "Remove every terminal process that ended before ended_before, and "
+                "every one but the keep that ended last (give one or both), as DELETE does, in "
+                "bounded batches (corra prune, corra serve --retain-finished/--retain-count)",
                 "operationId": "pruneProcesses",
                 "parameters": [
                     {
                         "name": "ended_before",
                         "in": "query",
-                        "required": True,
-                        "schema": {"type": "number"},
+                        "schema": {"type": "number", "minimum": 0},
                         "description": "epoch seconds",
-                    }
+                    },
+                    {
+                        "name": "keep",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 0},
+                        "description": "how many of the terminal processes that ended last to keep",
+                    },
                 ],
                 "responses": {
                     "200": {
@@ -460,6 +474,28 @@ OPENAPI: dict[str, Any] = {
                         "description": "one LogEntry per line",
                         "content": {"application/x-ndjson": {"schema": ref("LogEntry")}},
                     },
+                    "400": _BAD_QUERY,
+                    "401": _UNAUTHORIZED,
+                    "404": _NOT_FOUND,
+                },
+            }
+        },
+        "/v1/processes/{id}/history": {
+            "get": {
+                "summary": "Its transitions, oldest first, a page at a time (only the page's "
+                "entries are read, however long the history)",
+                "operationId": "processHistory",
+                "parameters": [
+                    _ID,
+                    _query(
+                        "limit",
+                        {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+                        "items per page",
+                    ),
+                    _query("cursor", {"type": "string"}, "the next_cursor of the previous page"),
+                ],
+                "responses": {
+                    "200": _page_of("Transition"),
                     "400": _BAD_QUERY,
                     "401": _UNAUTHORIZED,
                     "404": _NOT_FOUND,

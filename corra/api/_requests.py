@@ -13,7 +13,9 @@ import trio
 from starlette.requests import Request
 
 from corra._errors import ConfigError
-from corra.api._limits import BODY_TIMEOUT, MAX_BODY
+from corra.api._limits import BODY_TIMEOUT, DEFAULT_LIMIT, MAX_BODY, MAX_LIMIT
+from corra.processes._lifecycle import PHASES
+from corra.processes._listing import Selection
 from corra.processes._spec import ProcessSpec
 from corra.processes._spec_content import abbreviated
 
@@ -141,3 +143,32 @@ def boolean(query: Any, name: str, default: bool) -> bool:
     if text in ("true", "false"):
         return text == "true"
     raise ApiError(400, "bad_request", f"{name}: got {text!r}, expected true or false")
+
+
+def page_params(query: Any) -> tuple[str | None, int]:
+    """The ``cursor`` and ``limit`` of a request for a page."""
+    return single(query, "cursor"), integer(
+        query, "limit", DEFAULT_LIMIT, minimum=1, maximum=MAX_LIMIT
+    )
+
+
+_TIMES = ("created_after", "created_before", "ended_after", "ended_before")
+
+
+def listing_params(query: Any) -> tuple[Selection, str | None, int]:
+    """What ``GET /v1/processes`` asks for: the selection, the cursor and the limit."""
+    known_only(query, "phase", "name", "label", "limit", "cursor", *_TIMES)
+    phases = tuple(query.getlist("phase"))
+    for phase in phases:
+        if phase not in PHASES:
+            raise ApiError(400, "bad_request", f"phase: got {phase!r}, expected one of {PHASES}")
+    labels = []
+    for label in query.getlist("label"):
+        key, equals, value = label.partition("=")
+        if not equals or not key:
+            raise ApiError(400, "bad_request", f"label: got {label!r}, expected KEY=VALUE")
+        labels.append((key, value))
+    bounds = {field: epoch_seconds(query, field) for field in _TIMES}
+    name = single(query, "name")
+    selection = Selection(phases=phases, labels=tuple(labels), name=name, **bounds)
+    return (selection, *page_params(query))

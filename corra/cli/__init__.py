@@ -25,7 +25,7 @@ from corra.api._client import ApiError
 from corra.cli._backends import backends
 from corra.cli._manage import prune, rerun, rm
 from corra.cli._parser import EXIT_FAILED, EXIT_OK, EXIT_USAGE, build_parser
-from corra.cli._read import logs, ps, show
+from corra.cli._read import history, logs, ps, show
 from corra.cli._run import run
 from corra.cli._serve import serve
 from corra.cli._service import control, submit
@@ -38,6 +38,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Path], int]] = {
     "submit": submit,
     "ps": ps,
     "show": show,
+    "history": history,
     "logs": logs,
     "backends": backends,
     "pause": control,

@@ -126,6 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="remove terminal processes (finished, failed, killed) this long after they "
         "ended (30d, 12h ...), checked every minute, in bounded batches (default: keep them)",
     )
+    serve.add_argument(
+        "--retain-count",
+        type=int,
+        metavar="N",
+        help="keep at most N terminal processes: remove those that ended first, as "
+        "--retain-finished does (either rule removes a process; default: no limit)",
+    )
     serve.add_argument("--access-log", action="store_true", help="log every request to stderr")
     serve.add_argument("-v", "--verbose", action="store_true", help="log every transition")
 
@@ -166,7 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="only processes in this phase (repeat: in any of them)",
     )
     _label_option(ps, "only processes with this label (repeat: with all of them)")
-    ps.add_argument("--name", metavar="PREFIX", help="only names that start so (listed by name)")
+    _name_option(
+        ps, "only names that start so, or match a glob: train-*-7, job?, run[0-3] (listed by name)"
+    )
     ps.add_argument("--limit", type=_positive, metavar="N", help="at most N processes")
     ps.add_argument(
         "--cursor", help="go on after the last of a listing (the next_cursor --json printed)"
@@ -192,6 +201,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--show-env",
         action="store_true",
         help=f"show the values of the env (else each is {HIDDEN!r})",
+    )
+
+    history = commands.add_parser(
+        "history",
+        parents=[state, client],
+        help="a process's transitions, oldest first, a page at a time",
+        description="A process's transitions, oldest first: every one, or --limit of them "
+        "(--cursor goes on after the last of a page). Only what is printed is read, however "
+        "long the history.",
+    )
+    history.add_argument("process", help="id or name")
+    history.add_argument("--limit", type=_positive, metavar="N", help="at most N transitions")
+    history.add_argument(
+        "--cursor", help="go on after the last of a page (the next_cursor --json printed)"
+    )
+    history.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"items": [...], "next_cursor": ...} as GET /v1/processes/ID/history does',
     )
 
     logs = commands.add_parser("logs", parents=[state, client], help="a process's output")
@@ -226,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also every failed or killed process (with -l: of those)",
     )
     _label_option(rerun, "also every terminal process with this label (repeat: all of them)")
+    _name_option(rerun, "also every terminal process named so (a prefix, or a glob: 'train-*')")
     rerun.add_argument("--max-running", type=int, default=None, help="programs at once")
     rerun.add_argument(
         "--output-limit", type=int, default=None, metavar="BYTES", help=_OUTPUT_LIMIT
@@ -235,19 +264,27 @@ def build_parser() -> argparse.ArgumentParser:
     prune = commands.add_parser(
         "prune",
         parents=[state, client],
-        help="remove the terminal processes that ended before a time",
-        usage="corra prune --ended-before TIME|DURATION [-l KEY=VALUE]",
+        help="remove the terminal processes that ended long ago, or beyond the newest N",
+        usage="corra prune [--ended-before TIME|DURATION] [--keep N] [-l KEY=VALUE] [--name N]",
         description="Remove every terminal process that ended before TIME (or DURATION "
-        "ago), as `corra rm` does: record, history, name, run dirs and logs. Through the "
-        "service when one runs. `corra serve --retain-finished 30d` does it by itself.",
+        "ago), and every one but the N that ended last (--keep; either rule removes a "
+        "process), as `corra rm` does: record, history, name, run dirs and logs. With -l or "
+        "--name, only among the processes so selected. Through the service when one runs. "
+        "`corra serve --retain-finished 30d --retain-count N` does it by itself.",
     )
     prune.add_argument(
         "--ended-before",
-        required=True,
         metavar="TIME|DURATION",
         help="30d: 30 days ago (also h, m, s, w); or an ISO 8601 time, 2026-12-01T10:30",
     )
+    prune.add_argument(
+        "--keep",
+        type=int,
+        metavar="N",
+        help="keep the N terminal processes that ended last, remove the others",
+    )
     _label_option(prune, "only processes with this label (repeat: all of them)")
+    _name_option(prune, "only processes named so (a prefix, or a glob: 'train-*')")
     prune.add_argument("--json", action="store_true", help="print what was removed as JSON")
 
     rm = commands.add_parser(
@@ -261,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rm.add_argument("processes", nargs="*", metavar="NAME|ID", help="ids or names")
     _label_option(rm, "also every terminal process with this label (repeat: all of them)")
+    _name_option(rm, "also every terminal process named so (a prefix, or a glob: 'train-*')")
     rm.add_argument(
         "--ended-before",
         metavar="TIME|DURATION",
@@ -285,6 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
                 "--no-wait", action="store_true", help="return at once, not once it is dead"
             )
     return parser
+
+
+def _name_option(parser: argparse.ArgumentParser, says: str) -> None:
+    """``--name PREFIX|GLOB``, as every command that selects by name takes it."""
+    parser.add_argument("--name", metavar="PREFIX|GLOB", help=says)
 
 
 def _label_option(parser: argparse.ArgumentParser, says: str) -> None:

@@ -1,6 +1,6 @@
-"""``ps``, ``show`` and ``logs``: through the service if one runs (or ``--url`` is given),
-else from the state dir, read-only, also while a ``corra run`` uses it (LMDB allows
-concurrent readers)."""
+"""``ps``, ``show``, ``history`` and ``logs``: through the service if one runs (or ``--url``
+is given), else from the state dir, read-only, also while a ``corra run`` uses it (LMDB
+allows concurrent readers)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import trio
 
 from corra._readonly import open_state_query
 from corra.api._client import Client, ConnectionLost, NotServing
-from corra.api._wire import detail_json, record_json
+from corra.api._wire import detail_json, record_json, transition_json
 from corra.cli._parser import EXIT_OK, parse_label
-from corra.cli._render import print_counts, print_json, print_ps, print_show
+from corra.cli._render import print_counts, print_history, print_json, print_ps, print_show
 from corra.cli._service import quoted, service
 from corra.processes._lifecycle import PHASES, TERMINAL
 from corra.processes._listing import Selection
@@ -142,6 +142,45 @@ def show(args: argparse.Namespace, state_dir: Path) -> int:
         return EXIT_OK
 
     return _read_only(args, state_dir, via_service, from_state_dir)
+
+
+def history(args: argparse.Namespace, state_dir: Path) -> int:
+    """``corra history``: a process's transitions, a page at a time (`_page_size`)."""
+
+    def via_service(client: Client) -> int:
+        path = f"/v1/processes/{quoted(args.process)}/history"
+        items: list[dict[str, Any]] = []
+        cursor = args.cursor
+        while True:
+            params = {"limit": _page_size(args, items), **({"cursor": cursor} if cursor else {})}
+            _, found = client.call("GET", path, params=params)
+            items += found["items"]
+            cursor = found["next_cursor"]
+            if _complete(args, items, cursor):
+                return _print_history(args, items, cursor)
+
+    async def from_state_dir(query: ProcessQuery) -> int:
+        record = query.get(args.process)
+        items: list[dict[str, Any]] = []
+        cursor = args.cursor
+        while True:
+            found = query.history_page(record, cursor=cursor, limit=_page_size(args, items))
+            items += [transition_json(transition) for transition in found.items]
+            cursor = found.next_cursor
+            if _complete(args, items, cursor):
+                return _print_history(args, items, cursor)
+
+    return _read_only(args, state_dir, via_service, from_state_dir)
+
+
+def _print_history(args: argparse.Namespace, items: list[dict[str, Any]], cursor: Any) -> int:
+    if args.json:
+        print_json({"items": items, "next_cursor": cursor})
+    else:
+        print_history(items)
+        if cursor is not None:
+            print(f"(more: --cursor {cursor})")
+    return EXIT_OK
 
 
 def logs(args: argparse.Namespace, state_dir: Path) -> int:

@@ -106,10 +106,15 @@ def print_show(data: dict[str, Any], as_json: bool, show_env: bool) -> None:
             f"stderr {result.stderr_bytes} B{_dropped(result.stderr_dropped)}"
         )
     print("  history:")
-    for t in data["history"]:
+    print_history(data["history"], indent="    ")
+
+
+def print_history(transitions: list[dict[str, Any]], *, indent: str = "") -> None:
+    """Transitions (as JSON: `transition_json`), one line each."""
+    for t in transitions:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t["at"]))
         reason = f"  ({t['reason']})" if t["reason"] else ""
-        print(f"    {stamp}  {t['event']:<8} {t['source']} -> {t['target']}{reason}")
+        print(f"{indent}{stamp}  {t['event']:<8} {t['source']} -> {t['target']}{reason}")
 
 
 def _dropped(size: int) -> str:

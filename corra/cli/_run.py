@@ -11,7 +11,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -25,9 +25,13 @@ from corra.cli._render import happened
 from corra.processes._convert import parse_process_spec
 from corra.processes._lifecycle import PHASES, TERMINAL, needs_recovery
 from corra.processes._record import ProcessRecord, Transition
+from corra.processes._settled import Settled
 
 if TYPE_CHECKING:
     from corra._jobfile import JobFile
+
+#: What a plan of `plan_job` runs (anything else is why it does not).
+_RUNS = ("submit", "rerun")
 
 
 def run(args: argparse.Namespace, state_dir: Path) -> int:
@@ -72,21 +76,20 @@ async def _run(
 
     def decide(manager: Any) -> None:
         plan.extend(plan_job(manager, jobs.pop(), rerun))
-        plan.reverse()  # (taken from its end)
 
-    async def start(manager: Any, display: Progress) -> list[str]:
-        ids = []
+    async def start(manager: Any, display: Progress) -> list[str | Settled]:
+        started: list[str | Settled] = []
+        display.lines(f"{known.name}: {what}" for what, _, known in plan if what not in _RUNS)
+        plan.reverse()  # (taken from its end: each spec is let go of as it is submitted)
         while plan:
             what, spec, known = plan.pop()
             if what == "submit":
-                record = (await manager.submit(spec)).record
+                started.append((await manager.submit(spec)).record.id)
             elif what == "rerun":
-                record = await manager.rerun(known.id, spec=spec)
+                started.append((await manager.rerun(known.id, spec=spec)).id)
             else:
-                record = known
-                display.line(f"{record.name}: {what}")
-            ids.append(record.id)
-        return ids
+                started.append(known)
+        return started
 
     return await foreground(state_dir, args, start, runtime=runtime, check=decide)
 
@@ -105,6 +108,15 @@ def plan_job(manager: Any, job: JobFile, rerun: set[str]) -> list[tuple[str, Any
     plan: list[tuple[str, Any, Any]] = []
     refused = []
     for spec in job.processes:
+        # (most names of a job file run again are over with the same spec: told without
+        # decoding their records)
+        over = manager.settled(spec)
+        if over is not None:
+            if over.phase in ("failed", "killed") and "failed" in rerun:
+                plan.append(("rerun", spec, over))
+            else:
+                plan.append((_not_again(over.phase), spec, over))
+            continue
         known = manager.named(spec)
         if known is None:
             plan.append(("submit", spec, None))
@@ -126,34 +138,33 @@ def plan_job(manager: Any, job: JobFile, rerun: set[str]) -> list[tuple[str, Any
             plan.append(("rerun", spec, record))
         elif not terminal:
             plan.append(("submit", spec, None))
-        elif record.phase == "finished":
-            plan.append(("already finished, not run again", spec, record))
         else:
-            plan.append(
-                (
-                    f"already {record.phase}, not run again (--rerun failed runs it again)",
-                    spec,
-                    record,
-                )
-            )
+            plan.append((_not_again(record.phase), spec, record))
     if refused:
         raise ConfigError("run: nothing was run:\n  " + "\n  ".join(refused))
     return plan
 
 
+def _not_again(phase: str) -> str:
+    if phase == "finished":
+        return "already finished, not run again"
+    return f"already {phase}, not run again (--rerun failed runs it again)"
+
+
 async def foreground(
     state_dir: Path,
     args: argparse.Namespace,
-    start: Callable[[Any, Progress], Awaitable[list[str]]],
+    start: Callable[[Any, Progress], Awaitable[Sequence[str | Settled]]],
     *,
     runtime: dict[str, Any],
     check: Callable[[Any], None] | None = None,
 ) -> int:
     """Open a runtime on ``state_dir`` (with ``runtime``'s options), let ``start`` (given the
-    manager and the progress display) start processes and return their ids, and show their
-    progress until none has work left; then the summary, and the exit status (``args``:
-    ``json``). ``check``, given the manager first, may refuse (raise) before anything
-    starts. `corra run`'s way, also `corra rerun`'s without a service."""
+    manager and the progress display) start processes and return their ids (and, for those
+    it had nothing to do with, what it knew of them: their records are read only for
+    ``--json``), and show their progress until none has work left; then the summary, and
+    the exit status (``args``: ``json``). ``check``, given the manager first, may refuse
+    (raise) before anything starts. `corra run`'s way, also `corra rerun`'s without a service."""
     # With --json, stdout carries the JSON alone; the progress goes to stderr.
     out = sys.stderr if args.json else sys.stdout
     interrupted: list[int] = []
@@ -178,10 +189,12 @@ async def foreground(
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope, out, interrupted)
                 nursery.start_soon(display.follow, events)
-                ids = await start(manager, display)
+                started = await start(manager, display)
+                ids = [item for item in started if isinstance(item, str)]
                 await _wait_all(manager, ids)
                 nursery.cancel_scope.cancel()
-        records = [manager.get(process_id) for process_id in ids]
+        records = [manager.get(item) if isinstance(item, str) else item for item in started]
+        shown = [record_json(manager.get(r.id)) for r in records] if args.json else []
         leftovers = _leftovers(manager, report, ids)
     display.summary(records)
     if leftovers:
@@ -192,7 +205,7 @@ async def foreground(
             file=out,
         )
     if args.json:
-        json.dump([record_json(record) for record in records], sys.stdout, indent=2)
+        json.dump(shown, sys.stdout, indent=2)
         sys.stdout.write("\n")
     failed = [r for r in records if r.phase in ("failed", "killed")]
     unfinished = [r for r in records if r.phase not in TERMINAL]
@@ -268,6 +281,16 @@ class Progress:
         print(text, file=self.out, flush=True)
         self._draw()
 
+    def lines(self, texts: Iterable[str]) -> None:
+        """Many lines at once (a job file run again says why each name does not run:
+        one write, not one per name)."""
+        block = "".join(f"{text}\n" for text in texts)
+        if block:
+            self._erase()
+            self.out.write(block)
+            self.out.flush()
+            self._draw()
+
     async def follow(self, events: Any) -> None:
         """Show every transition; on a terminal, also tick the running times twice a second."""
         tick = 0.5 if self.tty else math.inf
@@ -318,7 +341,7 @@ class Progress:
         self.out.flush()
         self.drawn = len(lines)
 
-    def summary(self, records: list[ProcessRecord]) -> None:
+    def summary(self, records: list[ProcessRecord | Settled]) -> None:
         self._erase()
         counts = Counter(record.phase for record in records)
         print(

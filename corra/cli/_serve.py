@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -27,6 +28,8 @@ def serve(args: argparse.Namespace, state_dir: Path) -> int:
     output_limit = runtime_options(args)
     if args.retain_finished is not None:
         args.retain_seconds = parse_duration(args.retain_finished, "--retain-finished")
+    if args.retain_count is not None and args.retain_count < 0:
+        raise ConfigError(f"--retain-count: got {args.retain_count}, expected an integer >= 0")
     for option in ("certfile", "keyfile"):
         path = getattr(args, option)
         if path is not None and not Path(path).is_file():
@@ -87,6 +90,7 @@ async def _serve(
                 max_running=args.max_running,
                 output_limit=output_limit,
                 retain_finished=getattr(args, "retain_seconds", None),
+                retain_count=args.retain_count,
             ) as rt:
                 token = await trio.to_thread.run_sync(load_token, token_file)
                 report = rt.recovery
@@ -110,6 +114,7 @@ async def _serve(
                         "version": corra.__version__,
                     }
                     await trio.to_thread.run_sync(write_info, state_dir, info)
+                    _freeze_what_started()
                     print(
                         f"corra serve: listening on {' and '.join(urls)} "
                         f"(state dir {state_dir}, token in {token_file})",
@@ -122,6 +127,17 @@ async def _serve(
                         remove_info(state_dir)
             outer.cancel_scope.cancel()
     return EXIT_OK
+
+
+def _freeze_what_started() -> None:
+    """Leave what the service made to start (modules, the converters' generated code, the
+    app: hundreds of thousands of objects that live as long as it) out of the garbage
+    collector's full collections: a full collection walks every object, in whichever
+    thread allocates at the time, and holds the interpreter's lock while it does, so that
+    a service that had walked them all stalled its event loop for 50-80 ms now and then
+    (`/v1/health` while clients list and a prune runs: benchmarks/scale.py)."""
+    gc.collect()
+    gc.freeze()
 
 
 async def _watch_signals(signals: Any, stop: trio.Event, scope: trio.CancelScope) -> None:

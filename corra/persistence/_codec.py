@@ -102,6 +102,17 @@ class Codec(Generic[T]):
     def __repr__(self) -> str:
         return f"Codec({self.type_name}, schema={self.schema})"
 
+    @property
+    def fast_encoder(self) -> Callable[[T], str | None] | None:
+        """What ``fast_encoder`` made (None without one): its owner may ask it more than
+        `encode` does."""
+        return self._encode_data
+
+    @property
+    def head(self) -> str:
+        """The text every record of `encode` begins with, up to its ``data``."""
+        return self._head
+
     def encode(self, value: T) -> bytes:
         """The record of ``value``: compact JSON, ASCII only.
 

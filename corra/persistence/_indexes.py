@@ -17,8 +17,12 @@ Layout (named databases of `corra.persistence._lmdb`):
   replaces them and ``delete`` and ``set_aside`` remove them;
 - ``index``: ``index NUL group NUL order`` -> process id;
 - ``counts``: ``index NUL group`` -> how many processes are in the group (8 bytes, big-endian),
-  moved by the saves that change a term (once per transaction: `flush_counts`): counting a
-  group never scans it. A group that empties is removed.
+  moved by the saves that change a term: counting a group never scans it. A group that
+  empties is removed.
+
+The writes of a transaction note the terms they give (`set_terms`, `remove_terms`); `flush`
+applies them last, once per process: a process saved three times in one batch moves its
+entries once, from what was stored to what its last write gave, and each count moves once.
 
 A page (`read_page`) walks one or more ranges of ``index`` in the order of what follows each
 range's prefix (the *position*), merged, from just after a position: a position is a key, not
@@ -28,8 +32,9 @@ where it was.
 
 from __future__ import annotations
 
+import collections
 import heapq
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Final, TypeAlias
 
 import attrs
@@ -45,18 +50,28 @@ _TERM_SEP: Final = b"\x01"
 #: LMDB's key limit (`corra.persistence._lmdb`), which an index entry must fit.
 _MAX_KEY_BYTES: Final = 511
 _INDEX_NAMES: dict[str, bytes] = {}
+#: How many processes' terms the writer remembers at most (`committed`), about 3 MB.
+_KNOWN_TERMS: Final = 10_000
 
 
 def _index_name(index: str) -> bytes:
+    """The name of an index as an entry starts with it: ``index NUL`` (checked once)."""
     encoded = _INDEX_NAMES.get(index)
     if encoded is None:
         if not isinstance(index, str) or not index or "\x00" in index or "\x01" in index:
             raise ConfigError(f"index: got {index!r}, expected a name without NUL or SOH")
-        encoded = _INDEX_NAMES[index] = index.encode()
+        encoded = _INDEX_NAMES[index] = index.encode() + _SEP
     return encoded
 
 
-def encode_terms(terms: Sequence[IndexTerm]) -> bytes:
+class EncodedTerms(bytes):
+    """Index terms as a save takes them: checked and encoded by `encode_terms`, or joined
+    by `join_terms` (a caller that saves often keeps what does not change encoded)."""
+
+    __slots__ = ()
+
+
+def encode_terms(terms: Sequence[IndexTerm]) -> EncodedTerms:
     """The terms as stored in ``terms``: their entry keys (``index NUL group NUL order``),
     joined by SOH (so that splitting them again is one C call: a save at every transition
     of every process does it). Checked here, on the caller's side.
@@ -67,10 +82,12 @@ def encode_terms(terms: Sequence[IndexTerm]) -> bytes:
         TypeError: a group or order is not bytes.
     """
     if not terms:
-        return b""
+        return _NO_TERMS
+    names = _INDEX_NAMES
     try:
         entries = [
-            _index_name(index) + _SEP + group + _SEP + order for index, group, order in terms
+            (names.get(index) or _index_name(index)) + group + _SEP + order
+            for index, group, order in terms
         ]
     except TypeError:
         raise TypeError("an index term's group and order must be bytes") from None
@@ -79,7 +96,29 @@ def encode_terms(terms: Sequence[IndexTerm]) -> bytes:
         raise ConfigError(f"index terms: a group or order holds NUL or SOH: {terms!r}")
     if max(map(len, entries)) > _MAX_KEY_BYTES:
         raise ConfigError(f"index terms: an entry is longer than {_MAX_KEY_BYTES} bytes")
-    return blob
+    return EncodedTerms(blob)
+
+
+def encode_term(index: str, group: bytes, order: bytes) -> EncodedTerms:
+    """One term, as `encode_terms` encodes it (and checks it), for less: a save's phase is
+    one."""
+    try:
+        entry = (_INDEX_NAMES.get(index) or _index_name(index)) + group + _SEP + order
+    except TypeError:
+        entry = b""
+    if entry.count(_SEP) != 2 or _TERM_SEP in entry or len(entry) > _MAX_KEY_BYTES:
+        return encode_terms(((index, group, order),))  # (which says what is wrong)
+    return EncodedTerms(entry)
+
+
+def join_terms(first: EncodedTerms, second: EncodedTerms) -> EncodedTerms:
+    """The terms of both (each of `encode_terms` or of this)."""
+    if not first or not second:
+        return first or second
+    return EncodedTerms(first + _TERM_SEP + second)
+
+
+_NO_TERMS: Final = EncodedTerms()
 
 
 def _counted(entry: bytes) -> bytes:
@@ -96,11 +135,51 @@ def decode_terms(blob: bytes) -> tuple[IndexTerm, ...]:
     return tuple(out)
 
 
-def flush_counts(txn: lmdb.Transaction, databases: Any) -> None:
-    """Apply the count changes of the transaction's writes (`replace_terms` gathers them in
-    ``databases.count_deltas``: a batch of saves moves each count once, not once per save);
-    the writer calls it last in every transaction, and clears them before each."""
-    deltas = databases.count_deltas
+class IndexWrites:
+    """The writer's side of the indexes (`corra.persistence._lmdb.Databases.index_writes`):
+    what the transaction under way changes, and what it remembers of committed terms."""
+
+    __slots__ = ("changes", "deltas", "known")
+
+    def __init__(self) -> None:
+        self.changes: dict[bytes, bytes] = {}
+        """The terms the writes of the transaction under way give, per process."""
+        self.deltas: collections.defaultdict[bytes, int] = collections.defaultdict(int)
+        """How the transaction under way moves each count."""
+        self.known: dict[bytes, bytes] = {}
+        """The stored terms of the processes the writer wrote lately (`committed`)."""
+
+
+def set_terms(databases: Any, process: bytes, blob: bytes) -> None:
+    """Make ``blob`` the terms of ``process`` when the transaction ends (`flush`): a
+    process saved several times in one batch moves its entries and counts once, from what
+    was stored before the batch to what its last write gave (b"": out of every index)."""
+    databases.index_writes.changes[process] = blob
+
+
+def remove_terms(databases: Any, process: bytes) -> None:
+    """Take ``process`` out of every index when the transaction ends (``delete``,
+    ``set_aside``)."""
+    if databases.terms is not None:
+        databases.index_writes.changes[process] = b""
+
+
+def begin(databases: Any) -> None:
+    """Forget what an earlier attempt of the transaction noted (the writer calls it before
+    each attempt: one that failed wrote nothing)."""
+    databases.index_writes.changes.clear()
+    databases.index_writes.deltas.clear()
+
+
+def flush(txn: lmdb.Transaction, databases: Any) -> None:
+    """Apply the transaction's term changes, then move each count once; the writer calls it
+    last in every transaction."""
+    changes = databases.index_writes.changes
+    if changes:
+        known = databases.index_writes.known
+        for process, blob in changes.items():
+            _replace(txn, databases, process, blob, known.get(process))
+    deltas = databases.index_writes.deltas
     counts = databases.counts
     for key, delta in deltas.items():
         if not delta:
@@ -111,36 +190,46 @@ def flush_counts(txn: lmdb.Transaction, databases: Any) -> None:
             txn.put(key, value.to_bytes(8, "big"), db=counts)
         else:
             txn.delete(key, db=counts)
-    deltas.clear()
 
 
-def replace_terms(txn: lmdb.Transaction, databases: Any, process: bytes, blob: bytes) -> None:
-    """Make ``blob`` the terms of ``process``: its entries and counts follow (in the
-    writer's transaction; a save whose terms did not change costs one read)."""
-    old = txn.get(process, db=databases.terms)
+def committed(databases: Any) -> None:
+    """The transaction committed: remember the terms it wrote, so that the next save of the
+    same process need not read them (the writer is the only one that changes them)."""
+    known = databases.index_writes.known
+    changes = databases.index_writes.changes
+    if len(known) + len(changes) > _KNOWN_TERMS:
+        known.clear()
+    known.update(changes)
+    changes.clear()
+    databases.index_writes.deltas.clear()
+
+
+def _replace(
+    txn: lmdb.Transaction, databases: Any, process: bytes, blob: bytes, old: bytes | None
+) -> None:
+    """Move the entries and counts of ``process`` from its stored terms (``old`` if the
+    writer knows them, else read) to ``blob``."""
+    if old is None:
+        old = txn.get(process, db=databases.terms)
     if old == blob:
         return
-    before = set(old.split(_TERM_SEP)) if old else set()
-    after = set(blob.split(_TERM_SEP)) if blob else set()
-    index, deltas = databases.index, databases.count_deltas
-    for entry in before - after:
-        txn.delete(entry, db=index)
-        key = _counted(entry)
-        deltas[key] = deltas.get(key, 0) - 1
-    for entry in after - before:
+    index, deltas = databases.index, databases.index_writes.deltas
+    if old:
+        before = set(old.split(_TERM_SEP))
+        after = set(blob.split(_TERM_SEP)) if blob else set()
+        for entry in before - after:
+            txn.delete(entry, db=index)
+            deltas[entry[: entry.rindex(_SEP)]] -= 1  # (`_counted`, inlined)
+        added: Iterable[bytes] = after - before
+    else:
+        added = blob.split(_TERM_SEP) if blob else ()
+    for entry in added:
         txn.put(entry, process, db=index)
-        key = _counted(entry)
-        deltas[key] = deltas.get(key, 0) + 1
+        deltas[entry[: entry.rindex(_SEP)]] += 1
     if blob:
         txn.put(process, blob, db=databases.terms)
     else:
         txn.delete(process, db=databases.terms)
-
-
-def remove_terms(txn: lmdb.Transaction, databases: Any, process: bytes) -> None:
-    """Take ``process`` out of every index (``delete``, ``set_aside``)."""
-    if databases.terms is not None:
-        replace_terms(txn, databases, process, b"")
 
 
 def rebuild(
@@ -152,7 +241,11 @@ def rebuild(
     the writer's transaction; returns how many ids are active."""
     for database in (databases.active, databases.terms, databases.index, databases.counts):
         txn.drop(database, delete=False)
-    counted = databases.count_deltas  # (what writes before it in the batch moved is gone)
+    # What writes before it in the batch noted is in the snapshots it reads, and what the
+    # writer remembers is gone.
+    databases.index_writes.changes.clear()
+    databases.index_writes.known.clear()
+    counted = databases.index_writes.deltas
     counted.clear()
     active = 0
     for process, snapshot in txn.cursor(db=databases.snapshots):
@@ -166,9 +259,8 @@ def rebuild(
         txn.put(process, blob, db=databases.terms)
         for entry in blob.split(_TERM_SEP):
             txn.put(entry, process, db=databases.index)
-            key = _counted(entry)
-            counted[key] = counted.get(key, 0) + 1
-    return active  # (the counts are written by `flush_counts`, from zero)
+            counted[_counted(entry)] += 1
+    return active  # (the counts are written by `flush`, from zero)
 
 
 # Reads -------------------------------------------------------------------------------------
@@ -204,7 +296,7 @@ def _walk(
     txn: lmdb.Transaction, database: Any, selected: IndexRange, after: bytes | None
 ) -> Iterator[tuple[bytes, bytes]]:
     """``(position, process id)`` of the range's entries, after ``after``, in order."""
-    prefix = _index_name(selected.index) + _SEP + selected.prefix
+    prefix = _index_name(selected.index) + selected.prefix
     start = after if after is not None else selected.low
     if selected.low is not None and start is not None and start < selected.low:
         start = selected.low
@@ -256,7 +348,7 @@ def read_page(
 
 def read_counts(txn: lmdb.Transaction, databases: Any, index: str) -> dict[bytes, int]:
     """Every non-empty group of ``index``, with how many processes it has."""
-    prefix = _index_name(index) + _SEP
+    prefix = _index_name(index)
     cursor = txn.cursor(db=databases.counts)
     out: dict[bytes, int] = {}
     if cursor.set_range(prefix):

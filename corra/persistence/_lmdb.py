@@ -47,7 +47,7 @@ import lmdb
 from corra._errors import ConfigError, CorruptRecord, StoreError
 from corra._statedir import FILE_MODE, check_directory, make_private_dirs, open_private
 from corra.persistence._codec import Codec
-from corra.persistence._indexes import IndexReads, IndexTerm, decode_terms
+from corra.persistence._indexes import IndexReads, IndexTerm, IndexWrites, decode_terms
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -174,8 +174,7 @@ class Databases:
     """None for a store of format 1 or 2 opened read-only, as ``index`` and ``counts``."""
     index: Any
     counts: Any
-    count_deltas: dict[bytes, int] = attrs.field(factory=dict, eq=False, repr=False)
-    """The writer's count changes in the transaction under way (`_indexes.flush_counts`)."""
+    index_writes: IndexWrites = attrs.field(factory=IndexWrites, eq=False, repr=False)
     next_history: dict[bytes, int] = attrs.field(factory=dict, eq=False, repr=False)
     """The writer's memory of the next history sequence number of the processes it wrote
     lately (see `corra.persistence._store`); never read by readers."""
@@ -193,6 +192,7 @@ class Environment:
         self.path = path
         self._guard = threading.Condition()
         self._reading = 0
+        self._waiting = 0  # (threads waiting for the reads to end: a remap, the close)
         self._closed = False
 
     def read(self, function: Callable[[lmdb.Transaction], R]) -> R:
@@ -216,21 +216,29 @@ class Environment:
     def _stop_reading(self) -> None:
         with self._guard:
             self._reading -= 1
-            if not self._reading:
+            # (notified only when someone waits: a read is what every lookup costs)
+            if not self._reading and self._waiting:
                 self._guard.notify_all()
+
+    def _wait_for_readers(self) -> None:
+        """Until no read is in progress (the guard held)."""
+        while self._reading:
+            self._waiting += 1
+            try:
+                self._guard.wait()
+            finally:
+                self._waiting -= 1
 
     def resize(self, map_size: int) -> None:
         """Remap to ``map_size`` bytes (0: the size the data file says), between reads."""
         with self._guard:
-            while self._reading:
-                self._guard.wait()
+            self._wait_for_readers()
             self.env.set_mapsize(map_size)
 
     def close(self) -> None:
         with self._guard:
             self._closed = True
-            while self._reading:
-                self._guard.wait()
+            self._wait_for_readers()
             self.env.close()
 
 
@@ -379,18 +387,31 @@ class Reads(IndexReads):
 
     def history(self, process_id: str) -> list[bytes]:
         """The transitions of ``process_id``, oldest first."""
+        return [entry for _, entry in self.history_page(process_id)[0]]
+
+    def history_page(
+        self, process_id: str, *, after: int | None = None, limit: int | None = None
+    ) -> tuple[list[tuple[int, bytes]], bool]:
+        """Up to ``limit`` (None: all) transitions of ``process_id`` after the sequence
+        number ``after`` (None: from the first), oldest first, each with its sequence
+        number, and whether more follow; in one read transaction that reads those only."""
         prefix = history_prefix(process_key(process_id))
+        if after is not None and after >= (1 << 8 * SEQUENCE_BYTES) - 1:
+            return [], False  # (past the last number there can be)
+        start = prefix if after is None else prefix + (after + 1).to_bytes(SEQUENCE_BYTES, "big")
         environment = self._environment()
 
-        def read(txn: lmdb.Transaction) -> list[bytes]:
+        def read(txn: lmdb.Transaction) -> tuple[list[tuple[int, bytes]], bool]:
             cursor = txn.cursor(db=environment.databases.history)
-            transitions = []
-            if cursor.set_range(prefix):
+            entries: list[tuple[int, bytes]] = []
+            if cursor.set_range(start):
                 for key, value in cursor:
                     if not key.startswith(prefix):
                         break
-                    transitions.append(value)
-            return transitions
+                    if len(entries) == limit:
+                        return entries, True
+                    entries.append((int.from_bytes(key[len(prefix) :], "big"), value))
+            return entries, False
 
         return environment.read(read)
 

@@ -37,7 +37,8 @@ import lmdb
 import trio
 
 from corra._errors import ConfigError, StoreError
-from corra.persistence._indexes import IndexTerm, encode_terms, flush_counts
+from corra.persistence import _indexes
+from corra.persistence._indexes import EncodedTerms, IndexTerm, encode_terms
 from corra.persistence._lmdb import (
     Environment,
     Reads,
@@ -144,14 +145,14 @@ class Store(Reads):
         active: bool | None = None,
         after: PendingSave | None = None,
         shielded: bool = False,
-        indexes: Sequence[IndexTerm] | None = None,
+        indexes: Sequence[IndexTerm] | EncodedTerms | None = None,
     ) -> None:
         """In one transaction: make ``snapshot`` the latest snapshot of ``process_id``;
         append ``transition`` (or each of ``transitions``, in order) to its history; claim
         ``name`` for it; put ``process_id`` in the ``active`` index (``active=True``) or take
         it out (``active=False``; None leaves the index as it is); make ``indexes`` its terms
-        in the secondary indexes (`corra.persistence._indexes`; None: keep the last ones,
-        empty: none). Returns once all of it is
+        in the secondary indexes (`corra.persistence._indexes`, encoded by `encode_terms`
+        or not; None: keep the last ones, empty: none). Returns once all of it is
         durable; a checkpoint (see the class for cancellation; ``shielded``: once queued, it
         returns only when the write is done, as if in a shielded cancel scope, and a
         cancellation is delivered at the next checkpoint).
@@ -190,7 +191,7 @@ class Store(Reads):
         name: str | None = None,
         active: bool | None = None,
         after: PendingSave | None = None,
-        indexes: Sequence[IndexTerm] | None = None,
+        indexes: Sequence[IndexTerm] | EncodedTerms | None = None,
     ) -> PendingSave:
         """Queue the same save as `save` and return at once, without waiting for it: the
         writer commits it in order with the others. Watch ``done`` and ``error`` on what it
@@ -216,7 +217,7 @@ class Store(Reads):
         name: str | None,
         active: bool | None,
         after: PendingSave | None,
-        indexes: Sequence[IndexTerm] | None = None,
+        indexes: Sequence[IndexTerm] | EncodedTerms | None = None,
     ) -> PendingSave:
         if active is not None and type(active) is not bool:
             raise TypeError(f"active must be a bool or None, not {type(active).__name__}")
@@ -247,7 +248,7 @@ class Store(Reads):
             None if name is None else key_of(name, "name"),
             active,
             after,
-            None if indexes is None else encode_terms(indexes),
+            indexes if indexes is None or type(indexes) is EncodedTerms else encode_terms(indexes),
         )
 
     async def claim_name(self, name: str, process_id: str) -> str:
@@ -433,7 +434,7 @@ class Store(Reads):
             while True:
                 for write in batch:
                     write.result = write.error = None
-                databases.count_deltas.clear()  # (from a transaction that failed)
+                _indexes.begin(databases)  # (forget a transaction that failed)
                 try:
                     with environment.env.begin(write=True) as txn:
                         for write in batch:
@@ -441,7 +442,8 @@ class Store(Reads):
                                 write.result = write.apply(txn, databases)
                             except StoreError as exc:  # refused before it changed anything
                                 write.error = exc
-                        flush_counts(txn, databases)
+                        _indexes.flush(txn, databases)
+                    _indexes.committed(databases)
                     break
                 except lmdb.MapFullError:
                     self._grow(environment)

@@ -307,6 +307,17 @@ class RecordEncoder:
         except (_Unusual, KeyError, TypeError):  # (KeyError: not a phase; TypeError: unhashable)
             return None
 
+    def head(self, process_id: str, spec: ProcessSpec) -> str | None:
+        """The text a record of ``process_id`` and ``spec`` begins with, up to its state
+        (``{"id":...,"spec":{...},"state":``), or None; not kept (for a record that is not
+        written: `corra.processes._settled`)."""
+        try:
+            if type(spec) is not ProcessSpec:
+                raise _Unusual
+            return f'{{"id":{_json_text(process_id)},"spec":{self._spec_json(spec)},"state":'
+        except (_Unusual, TypeError):
+            return None
+
     def _around_state(self, record: ProcessRecord) -> tuple[str, str]:
         spec = record.spec
         key = id(spec)

@@ -28,7 +28,7 @@ from corra._errors import NoSuchProcess
 from corra.processes._lifecycle import ACTIVE, KEEPS_RESULT, Event, advance, needs_recovery
 from corra.processes._ports import PendingSave, RecordCodec, RecordStore
 from corra.processes._record import ProcessRecord, Transition
-from corra.processes._terms import record_terms
+from corra.processes._terms import TermsEncoder
 
 logger = logging.getLogger("corra.process")
 
@@ -63,6 +63,7 @@ class Journal:
         # Per process, its save in the background and its encoded history entries, until a
         # later save of the process shows how it went.
         self._unconfirmed: dict[str, tuple[PendingSave, list[bytes]]] = {}
+        self._terms = TermsEncoder()
         self._subscribers: list[trio.MemorySendChannel[Step]] = []
 
     @property
@@ -140,7 +141,7 @@ class Journal:
         record = steps[-1][0]
         process_id = record.id
         snapshot = self.codec.encode(record)
-        terms = record_terms(record)
+        terms = self._terms.encode(record)
         if len(steps) == 1:
             entries = [self.history_codec.encode(steps[0][1])]
         else:

@@ -1,12 +1,13 @@
 """One page of processes, read from the store's indexes: what ``corra ps`` and ``GET
 /v1/processes`` list, at a cost that follows the page, not the store.
 
-A `Selection` says which processes (any of its phases, all of its labels, a name prefix);
-`plan` picks the ranges of the indexes to walk (`corra.processes._terms`): the name range
-for a name prefix (the page is then in name order), else the most selective of the phases'
-groups (merged) or one label's group, by the counts the store keeps (in creation order).
-What the walk does not select by itself is checked on each candidate's terms, never on its
-record: a request decodes the records it returns and no other.
+A `Selection` says which processes (any of its phases, all of its labels, a name prefix or
+glob); `plan` picks the ranges of the indexes to walk (`corra.processes._terms`): the name
+range for a name prefix, or for the literal start of a glob (the page is then in name order),
+else the most selective of the phases' groups (merged) or one label's group, by the counts the
+store keeps (in creation order). What the walk does not select by itself (the rest of a glob,
+a phase, a label, a time) is checked on each candidate's terms, never on its record: a request
+decodes the records it returns and no other.
 
 A cursor is opaque: the order (``c``: creation, ``n``: name) and the position of the last
 process returned. It names a place in the order, not an item, so that the next page is right
@@ -22,6 +23,8 @@ from __future__ import annotations
 import base64
 import binascii
 import bisect
+import fnmatch
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -37,6 +40,7 @@ from corra.processes._terms import (
     ENDED,
     LABEL,
     NAME,
+    NAME_END,
     PHASE,
     IndexTerm,
     label_group,
@@ -47,12 +51,32 @@ from corra.processes._terms import (
 
 _SEP = b"\x00"  # (as the store lays entries out: `corra.persistence._indexes`)
 Accept = Callable[[tuple[IndexTerm, ...]], bool]
+_TEXT = ("utf-8", "surrogateescape")
+#: What makes a name selector a glob (no name or id holds one: `corra.processes._spec`).
+WILDCARDS = "*?["
+
+
+def name_glob(text: str) -> tuple[str, re.Pattern[str] | None]:
+    """A name selector as its literal start and, for a glob (``train-*-7``, ``job?``,
+    ``run[0-3]``: `fnmatch`'s, case-sensitive, matched against the whole name), the
+    pattern of the whole name; None for a prefix (no wildcard)."""
+    cut = min((i for i in (text.find(c) for c in WILDCARDS) if i >= 0), default=-1)
+    if cut < 0:
+        return text, None
+    return text[:cut], re.compile(fnmatch.translate(text))
+
+
+def name_selected(selector: str, name: str) -> bool:
+    """Whether ``name`` is selected by a name prefix or glob, as a listing selects it."""
+    literal, glob = name_glob(selector)
+    return name.startswith(literal) if glob is None else glob.match(name) is not None
 
 
 @attrs.frozen
 class Selection:
     """Which processes a listing wants: in any of ``phases`` (empty: any phase), with all
-    of ``labels``, named with the prefix ``name`` (None: any name)."""
+    of ``labels``, whose name starts with ``name``, or matches it if it is a glob (holds
+    ``*``, ``?`` or ``[``: `name_glob`; None: any name)."""
 
     phases: tuple[str, ...] = ()
     labels: tuple[tuple[str, str], ...] = ()
@@ -97,8 +121,9 @@ def _bound(at: float | None) -> bytes | None:
 
 def plan(selection: Selection, counts: Callable[[str], dict[bytes, int]]) -> Plan:
     """The cheapest walk for ``selection``, by the group counts of the store (``counts``):
-    a name prefix walks the names, an end time the ends, anything else the creation order,
-    through the most selective of the phases' groups (merged) and the labels' groups."""
+    a name prefix (or a glob's literal start) walks the names, an end time the ends,
+    anything else the creation order, through the most selective of the phases' groups
+    (merged) and the labels' groups."""
     phases = {phase_group(phase) for phase in selection.phases}
     labels = {label_group(key, value) for key, value in selection.labels}
     check = _Check(
@@ -109,8 +134,11 @@ def plan(selection: Selection, counts: Callable[[str], dict[bytes, int]]) -> Pla
         (_bound(selection.ended_after), _bound(selection.ended_before)),
     )
     if selection.name is not None:
-        prefix = group_prefix(b"") + selection.name.encode("utf-8", "surrogateescape")
-        return Plan("n", (IndexRange(NAME, prefix),), check.without(name=True).accept())
+        literal, glob = name_glob(selection.name)
+        prefix = group_prefix(b"") + literal.encode("utf-8", "surrogateescape")
+        # (the range guarantees a prefix; the rest of a glob is checked on each name term)
+        rest = check.without(name=glob is None)
+        return Plan("n", (IndexRange(NAME, prefix),), rest.accept())
     if selection.ended:
         low, high = check.ended
         ranges = (IndexRange(ENDED, group_prefix(b""), low, high),)
@@ -167,7 +195,10 @@ class _Check:
     def accept(self) -> Accept | None:
         """The check of a candidate's terms, None if there is nothing to check."""
         phases, labels = self.phases, self.labels
-        name = None if self.name is None else self.name.encode("utf-8", "surrogateescape")
+        name = glob = None
+        if self.name is not None:
+            literal, glob = name_glob(self.name)
+            name = literal.encode("utf-8", "surrogateescape")
         (created_low, created_high), (ended_low, ended_high) = self.created, self.ended
         timed = self.created != (None, None) or self.ended != (None, None)
         if not (phases or labels or name is not None or timed):
@@ -188,7 +219,11 @@ class _Check:
                 elif index == LABEL:
                     found_labels += group in labels
                 elif index == NAME:
-                    found_name = name is None or order.startswith(name)
+                    found_name = name is None or (
+                        order.startswith(name)
+                        if glob is None
+                        else bool(glob.match(order.partition(NAME_END)[0].decode(*_TEXT)))
+                    )
                 elif index == CREATED:
                     created = order
                 elif index == ENDED:

@@ -19,7 +19,7 @@ import trio
 
 from corra._errors import ActorStopped, ConfigError, InvalidTransition, NameTaken
 from corra.actors._supervisor import SupervisorRef
-from corra.processes import _removal, _retention
+from corra.processes import _removal, _retention, _settled
 from corra.processes._active import ActiveProcesses
 from corra.processes._actor import tell_backend
 from corra.processes._backend import Backend, EffectKey, LaunchRequest
@@ -151,8 +151,12 @@ class ProcessManager:
             NoSuchProcess: there is none.
         """
         record = process if isinstance(process, ProcessRecord) else self.get(process)
-        decode = self._journal.history_codec.decode
-        return [decode(raw) for raw in self._journal.store.history(record.id)]
+        return [self.history_codec.decode(raw) for raw in self.store.history(record.id)]
+
+    @property
+    def history_codec(self) -> RecordCodec:
+        """The history entries' codec (to decode what `store` holds of a history)."""
+        return self._journal.history_codec
 
     async def read_log(
         self,
@@ -312,6 +316,17 @@ class ProcessManager:
             return None
         spec = absolute_paths(spec, self.backend_for(spec).capabilities)
         return Submission(existing, False, changed_fields(existing.spec, spec))
+
+    def settled(self, spec: ProcessSpec) -> _settled.Settled | None:
+        """The process named as ``spec`` is, if it is over with this very spec, told from its
+        stored bytes without decoding them (`corra.processes._settled`); None: ask `named`.
+
+        Raises:
+            ConfigError: no such backend.
+        """
+        journal = self._journal
+        capabilities = self.backend_for(spec).capabilities
+        return _settled.find(journal.store, journal.codec, spec, capabilities, journal.latest)
 
     def _existing(self, name: str) -> ProcessRecord | None:
         """The newest record of the process named ``name``, if there is one."""
@@ -485,18 +500,37 @@ class ProcessManager:
             await _removal.finish(journal.store, record, self.backend_for)
         return record
 
-    async def prune(self, ended_before: float, *, batch: int = PRUNE_BATCH) -> int:
-        """Remove every terminal process that ended before ``ended_before`` (epoch seconds),
-        ``batch`` at a time (`corra.processes._retention.prune`); returns how many."""
+    async def prune(
+        self,
+        ended_before: float | None = None,
+        *,
+        keep: int | None = None,
+        batch: int = PRUNE_BATCH,
+    ) -> int:
+        """Remove every terminal process that ended before ``ended_before`` (epoch seconds)
+        and every one but the ``keep`` that ended last (give one or both), ``batch`` at a
+        time (`corra.processes._retention.prune`); returns how many.
+
+        Raises:
+            ConfigError: neither given, or a bad value (`_retention.check_retention`).
+        """
         journal = self._journal
         return await _retention.prune(
-            journal.store, journal.codec, self.get, self.remove, ended_before, batch=batch
+            journal.store, journal.codec, self.get, self.remove, ended_before, keep, batch=batch
         )
 
-    async def retain(self, seconds: float, *, every: float = 60.0) -> None:
+    async def retain(
+        self, seconds: float | None, keep: int | None = None, *, every: float = 60.0
+    ) -> None:
         """Prune, every ``every`` seconds, the terminal processes that ended more than
-        ``seconds`` ago (the runtime's ``retain_finished``); runs until cancelled."""
-        await _retention.retain(self.prune, self._journal.clock, seconds, every=every)
+        ``seconds`` ago and all but the ``keep`` that ended last (the runtime's
+        ``retain_finished`` and ``retain_count``); runs until cancelled."""
+        _retention.check_retention(seconds, keep)
+
+        async def prune(ended_before: float | None, keep: int | None) -> int:
+            return await self.prune(ended_before, keep=keep)
+
+        await _retention.retain(prune, self._journal.clock, seconds, keep, every=every)
 
     async def wait(
         self, id_or_name: str, *, until: Callable[[ProcessRecord], bool] | None = None

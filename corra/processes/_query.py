@@ -26,13 +26,17 @@ import attrs
 import trio
 
 from corra._errors import ConfigError
-from corra.processes._listing import Selection
+from corra.processes._listing import Selection, decode_cursor, encode_cursor
 from corra.processes._manager import ProcessManager
 from corra.processes._record import ProcessRecord, Transition
 from corra.processes._sources import LiveSource, RecordedReader, Source
 
 #: Processes in a page when the reader does not say.
 DEFAULT_LIMIT = 100
+#: The order of a history's cursors (`corra.processes._listing.encode_cursor`), and the
+#: bytes of the sequence number they hold.
+_HISTORY = "h"
+_SEQUENCE_BYTES = 8
 #: The most bytes one log entry carries.
 CHUNK = 64 << 10
 #: Between two looks at a local log that had nothing new.
@@ -62,6 +66,16 @@ class Page:
     """Where the next page starts, if there are more than ``limit`` (opaque)."""
     corrupt: int
     """Records of the page that could not be read (left out)."""
+
+
+@attrs.frozen
+class HistoryPage:
+    """What `ProcessQuery.history_page` found."""
+
+    items: list[Transition]
+    """Transitions, oldest first."""
+    next_cursor: str | None
+    """Where the next page starts, if there are more than ``limit`` (opaque)."""
 
 
 @attrs.frozen
@@ -143,7 +157,7 @@ class ProcessQuery:
     ) -> Page:
         """One page of the processes ``selection`` selects (None: all), after ``cursor``, at most
         ``limit`` (`corra.processes._listing`): in creation order, oldest first, or in name
-        order with a name prefix. Only the page's records are read.
+        order with a name prefix or glob. Only the page's records are read.
 
         Raises:
             ConfigError: ``cursor`` is not one of this listing's, or ``limit`` is not >= 1.
@@ -182,6 +196,31 @@ class ProcessQuery:
     def history(self, record: ProcessRecord) -> list[Transition]:
         """The transitions of a record in hand, oldest first, as durable in the store."""
         return self._source.history(record)
+
+    def history_page(
+        self, record: ProcessRecord, *, cursor: str | None = None, limit: int = DEFAULT_LIMIT
+    ) -> HistoryPage:
+        """Up to ``limit`` transitions of a record in hand, oldest first, after ``cursor``:
+        only those are read and decoded, however long the history (its entries are stored
+        apart, keyed by process and sequence number). A cursor names the last entry given,
+        so a page read while the process goes on misses none and repeats none.
+
+        Raises:
+            ConfigError: ``cursor`` is not one of a history's, or ``limit`` is not >= 1.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ConfigError(f"limit: got {limit!r}, expected an integer >= 1")
+        after = None
+        if cursor is not None:
+            position = decode_cursor(cursor, _HISTORY)
+            if len(position) != _SEQUENCE_BYTES:
+                raise ConfigError(f"cursor: got {cursor!r}, not one of a history's cursors")
+            after = int.from_bytes(position, "big")
+        entries, more = self._source.history_page(record, after, limit)
+        following = None
+        if more and entries:
+            following = encode_cursor(_HISTORY, entries[-1][0].to_bytes(_SEQUENCE_BYTES, "big"))
+        return HistoryPage([transition for _, transition in entries], following)
 
     async def log_end(self, record: ProcessRecord, stream: str, attempt: int) -> int | None:
         """Where a read of ``stream`` of ``attempt`` without ``follow`` ends: the size of its

@@ -26,14 +26,10 @@ import trio
 
 from corra._errors import BackendError, ConfigError, CorruptRecord
 from corra.processes._backend import Backend, EffectKey
-from corra.processes._listing import Selection, read_records
 from corra.processes._ports import RecordCodec, RecordStore
 from corra.processes._record import ProcessRecord
 
 logger = logging.getLogger("corra.process")
-
-#: Records read per page of the end index by `ended_before`.
-_PAGE = 1000
 
 #: The reason of a removal's tombstone in the store's quarantine (step 1).
 REMOVING = "removing (corra rm): the removal of this process is finished by recovery"
@@ -112,18 +108,3 @@ async def finish_removals(
             logger.info("process %s (%s): its removal is finished", record.id, record.name)
             finished += 1
     return finished
-
-
-def ended_before(store: RecordStore, codec: RecordCodec, moment: float) -> list[str]:
-    """The ids of the terminal processes that ended before ``moment`` (epoch seconds; a
-    process killed before it ran ended at its last transition), in the order of their end:
-    a walk of the store's end index, which decodes only those (a store without indexes is
-    read whole). Blocking (run it in a worker thread)."""
-    selection = Selection(ended_before=max(0.0, moment))
-    found: list[str] = []
-    cursor = None
-    while True:
-        records, cursor, _ = read_records(store, codec, selection, cursor, _PAGE)
-        found.extend(record.id for record in records)
-        if cursor is None:
-            return found

@@ -65,6 +65,13 @@ class Source(Protocol):
     def history(self, record: ProcessRecord) -> list[Transition]:
         """The record's transitions, oldest first."""
 
+    def history_page(
+        self, record: ProcessRecord, after: int | None, limit: int
+    ) -> tuple[list[tuple[int, Transition]], bool]:
+        """Up to ``limit`` of the record's transitions after the sequence number ``after``,
+        with their numbers, and whether more follow (`corra.persistence.Store.history_page`:
+        only those are read and decoded)."""
+
     async def recorded(self, records: Sequence[ProcessRecord]) -> list[dict[str, Any] | None]:
         """Per record, what its chaperone recorded where that says more than the record."""
 
@@ -110,6 +117,11 @@ class LiveSource:
 
     def history(self, record: ProcessRecord) -> list[Transition]:
         return self._manager.history(record)
+
+    def history_page(
+        self, record: ProcessRecord, after: int | None, limit: int
+    ) -> tuple[list[tuple[int, Transition]], bool]:
+        return _history_page(self._manager.store, self._manager.history_codec, record, after, limit)
 
     async def recorded(self, records: Sequence[ProcessRecord]) -> list[dict[str, Any] | None]:
         # Only a paused process's program may run unwatched (it may have ended meanwhile:
@@ -178,6 +190,11 @@ class StateDirSource:
     def history(self, record: ProcessRecord) -> list[Transition]:
         return [self._history_codec.decode(raw) for raw in self._store.history(record.id)]
 
+    def history_page(
+        self, record: ProcessRecord, after: int | None, limit: int
+    ) -> tuple[list[tuple[int, Transition]], bool]:
+        return _history_page(self._store, self._history_codec, record, after, limit)
+
     async def recorded(self, records: Sequence[ProcessRecord]) -> list[dict[str, Any] | None]:
         # No runtime watches any of them (or one that does is not asked): every program of a
         # current attempt may have ended unseen.
@@ -216,3 +233,10 @@ def _read_recorded(
         found = None if record is None else reader(record)
         out.append(None if found is None else found.json())
     return out
+
+
+def _history_page(
+    store: Any, codec: RecordCodec, record: ProcessRecord, after: int | None, limit: int
+) -> tuple[list[tuple[int, Transition]], bool]:
+    entries, more = store.history_page(record.id, after=after, limit=limit)
+    return [(number, codec.decode(raw)) for number, raw in entries], more

@@ -1,8 +1,8 @@
 """The index terms of a process record: what the store's secondary indexes hold of it.
 
-Computed here and nowhere else (`record_terms`), by the journal at every save and by the
-rebuild of an older store; read by the listing (`corra.processes._listing`). Each term is
-``(index, group, order)`` (`corra.persistence.IndexTerm`):
+Computed here and nowhere else: by the journal at every save (`TermsEncoder`), and by the
+rebuild of an older store (`record_terms`); read by the listing (`corra.processes._listing`).
+Each term is ``(index, group, order)`` (`corra.persistence.IndexTerm`):
 
 - ``created``: one group; in creation order (``created_at``, then the id: the *creation
   position*);
@@ -20,8 +20,10 @@ import hashlib
 import struct
 from typing import Final
 
+from corra.persistence import EncodedTerms, encode_term, encode_terms, join_terms
 from corra.processes._lifecycle import PHASES, TERMINAL
 from corra.processes._record import ProcessRecord
+from corra.processes._spec import ProcessSpec
 
 CREATED: Final = "created"
 PHASE: Final = "phase"
@@ -73,20 +75,65 @@ def ended_at(record: ProcessRecord) -> float:
     return record.state.updated_at
 
 
-def record_terms(record: ProcessRecord) -> tuple[IndexTerm, ...]:
-    """Every index term of ``record`` (see the module's docstring)."""
-    position = creation_position(record)
-    state = record.state
+def _lasting_terms(record: ProcessRecord, position: bytes) -> list[IndexTerm]:
+    """The terms that stay while the record's spec does: creation, name, labels."""
     spec = record.spec
     name = (spec.name or record.id).encode("utf-8", "surrogateescape")
-    terms: list[IndexTerm] = [
-        (CREATED, b"", position),
-        (PHASE, _PHASE_GROUPS[state.phase], position),
-        (NAME, b"", name + NAME_END + position),
-    ]
+    terms: list[IndexTerm] = [(CREATED, b"", position), (NAME, b"", name + NAME_END + position)]
     if spec.labels:
         for key, value in spec.labels.items():
             terms.append((LABEL, label_group(key, value), position))
-    if state.phase in TERMINAL:
+    return terms
+
+
+def _phase_terms(record: ProcessRecord, position: bytes) -> list[IndexTerm]:
+    """The terms that move with the phase: the phase, and the end of a terminal one."""
+    phase = record.state.phase
+    terms: list[IndexTerm] = [(PHASE, _PHASE_GROUPS[phase], position)]
+    if phase in TERMINAL:
         terms.append((ENDED, b"", time_position(ended_at(record)) + position))
-    return tuple(terms)
+    return terms
+
+
+def record_terms(record: ProcessRecord) -> tuple[IndexTerm, ...]:
+    """Every index term of ``record`` (see the module's docstring), in the order in which
+    `TermsEncoder` encodes them."""
+    position = creation_position(record)
+    return (*_lasting_terms(record, position), *_phase_terms(record, position))
+
+
+class TermsEncoder:
+    """The terms of each save, encoded (`corra.persistence.encode_terms`) as `record_terms`
+    gives them; the journal makes one. What stays while a process's spec does is encoded
+    once per process and remembered until it ends (or is evicted, at ``limit`` processes):
+    a save at each transition encodes only its phase and end."""
+
+    __slots__ = ("_lasting", "limit")
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self._lasting: dict[str, tuple[ProcessSpec, float, bytes, EncodedTerms]] = {}
+        self.limit = limit
+
+    def encode(self, record: ProcessRecord) -> EncodedTerms:
+        """The encoded terms of ``record``.
+
+        Raises:
+            ConfigError: a term cannot be stored (`corra.persistence.encode_terms`).
+        """
+        process_id = record.id
+        known = self._lasting.get(process_id)
+        if known is not None and known[0] is record.spec and known[1] == record.created_at:
+            position, lasting = known[2], known[3]
+        else:
+            position = creation_position(record)
+            lasting = encode_terms(_lasting_terms(record, position))
+            if len(self._lasting) >= self.limit:
+                self._lasting.clear()
+            self._lasting[process_id] = (record.spec, record.created_at, position, lasting)
+        phase = record.state.phase
+        moving = encode_term(PHASE, _PHASE_GROUPS[phase], position)
+        if phase in TERMINAL:
+            del self._lasting[process_id]  # (a rerun encodes them again)
+            ended = time_position(ended_at(record)) + position
+            moving = join_terms(moving, encode_term(ENDED, b"", ended))
+        return join_terms(lasting, moving)
