@@ -9,6 +9,7 @@ programs through ``corra run`` for the crash.
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -23,7 +24,11 @@ import trio.lowlevel
 import corra.processes._actor
 from corra._runtime import HISTORY_CODEC, RECORD_CODEC, open_runtime
 from corra.actors._specs import Backoff
+from corra.cli._run import Progress
 from corra.persistence import open_store
+from corra.processes._convert import parse_process_spec
+from corra.processes._lifecycle import ProcessState
+from corra.processes._record import ProcessRecord, Transition
 from corra.processes._recovery import recover
 from tests.test_processes import ScriptedBackend, spec
 
@@ -326,3 +331,32 @@ def test_queued_processes_keep_their_order_across_a_kill_9_of_the_runtime(tmp_pa
     # Each ran once, in the order they were submitted (q0 was reattached, not run again).
     assert (tmp_path / "order").read_text().split() == [f"q{n}" for n in range(count)]
     assert time.monotonic() - started < 30
+
+
+# -- corra run's progress ------------------------------------------------------------------
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_corra_runs_progress_moves_its_counts_and_keeps_names_of_running_ones_only():
+    out = _Terminal()
+    progress = Progress(out)
+    spec_ = parse_process_spec({"argv": ["true"], "name": "job"})
+
+    def step(process_id: str, event: str, source: str, target: str) -> None:
+        record = ProcessRecord(process_id, spec_, ProcessState(phase=target), 0.0)
+        progress.update(record, Transition(1.0, event, source, target, 1))
+
+    for n in range(WAITING):
+        step(f"p{n}", "submit", "created", "created")
+    step("p0", "launch", "created", "launching")
+    step("p0", "started", "launching", "running")
+    step("p0", "started", "launching", "running")  # (seen twice: counted once)
+    assert progress.counts == {"created": WAITING - 1, "launching": 0, "running": 1}
+    assert list(progress.since) == ["p0"]  # the running one's name, no other
+    drawn = out.getvalue().rsplit("\x1b[J", 1)[-1].splitlines()  # (the last drawing)
+    assert drawn[0] == f"created {WAITING - 1}  running 1"
+    assert drawn[1].startswith("  running job ") and len(drawn) == 2

@@ -266,14 +266,18 @@ async def _stop_on_signal(
 
 
 class Progress:
-    """Counts per phase and a line per running process (a terminal), or plain lines."""
+    """Counts per phase and a line per running process (a terminal), or plain lines.
+
+    It keeps a phase per process and the counts per phase (moved at each transition: a
+    redraw never counts 100,000 processes again), and the name and start of the running
+    ones only."""
 
     def __init__(self, out: TextIO) -> None:
         self.out = out
         self.tty = out.isatty()
         self.phases: dict[str, str] = {}
-        self.names: dict[str, str] = {}
-        self.since: dict[str, float] = {}
+        self.counts: Counter[str] = Counter()
+        self.since: dict[str, tuple[float, str]] = {}  # running: since when, and its name
         self.drawn = 0
 
     def line(self, text: str) -> None:
@@ -305,10 +309,15 @@ class Progress:
             self._redraw()
 
     def update(self, record: ProcessRecord, transition: Transition) -> None:
-        self.phases[record.id] = record.phase
-        self.names[record.id] = record.name
-        if record.phase == "running":
-            self.since[record.id] = transition.at
+        phase = record.phase
+        before = self.phases.get(record.id)
+        if before != phase:
+            self.phases[record.id] = phase
+            self.counts[phase] += 1
+            if before is not None:
+                self.counts[before] -= 1
+        if phase == "running":
+            self.since[record.id] = (transition.at, record.name)
         else:
             self.since.pop(record.id, None)
         what = happened(record, transition)
@@ -329,12 +338,12 @@ class Progress:
     def _draw(self) -> None:
         if not self.tty:
             return
-        counts = Counter(self.phases.values())
+        counts = self.counts
         lines = ["  ".join(f"{phase} {counts[phase]}" for phase in PHASES if counts[phase])]
         now = time.time()
-        running = sorted(self.since.items(), key=lambda item: item[1])
-        for process_id, since in running[:10]:
-            lines.append(f"  running {self.names[process_id]:<30} {now - since:7.1f}s")
+        running = sorted(self.since.values())
+        for since, name in running[:10]:
+            lines.append(f"  running {name:<30} {now - since:7.1f}s")
         if len(running) > 10:
             lines.append(f"  ... and {len(running) - 10} more")
         self.out.write("\n".join(lines) + "\n")
