@@ -233,7 +233,7 @@ def health_seconds(count: int) -> float:
     """The longest ``GET /v1/health`` while `LISTERS` clients list pages and a prune removes
     every process that ended, of a service of a fresh copy of the filled state dir."""
     state, job_file = unserved(count)
-    scratch = kept_scratch(f"scale-prune-{count}-")
+    scratch = kept_scratch(f"scale-prune-{count}-").resolve()
     copy = scratch / "state"
     shutil.copytree(state, copy)
     server = _Server(

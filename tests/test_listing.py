@@ -19,7 +19,7 @@ from corra._runtime import HISTORY_CODEC, RECORD_CODEC, open_runtime
 from corra.persistence import open_store_readonly
 from corra.processes._backend import BackendBase, EffectKey, LaunchRequest
 from corra.processes._lifecycle import Result
-from corra.processes._listing import Selection
+from corra.processes._listing import Selection, decode_stepwise, read_undecoded
 from corra.processes._query import ProcessQuery
 from corra.processes._retention import to_prune
 from corra.processes._sources import StateDirSource
@@ -363,3 +363,37 @@ async def test_a_prune_selects_what_ended_before_a_moment_without_decoding_a_rec
             await manager.prune()
         with pytest.raises(ConfigError, match="keep: got -1"):
             await manager.prune(keep=-1)
+
+
+async def test_a_page_is_decoded_a_few_records_per_step_of_the_event_loop(tmp_path):
+    # A service decodes its pages on the loop, between checkpoints: in worker threads, 8
+    # clients listing at once held the interpreter's lock against the loop (suite scale's
+    # health_while_listing).
+    async with open_runtime(
+        state_dir=tmp_path, durable=False, backends={"local": InstantBackend()}
+    ) as runtime:
+        await fill(runtime, 45)
+        manager = runtime.processes
+        items, cursor, corrupt = read_undecoded(
+            manager.store, manager.codec, Selection(), None, 100
+        )
+        assert len(items) == 45 and cursor is None and corrupt == 0
+        assert all(type(item) is bytes for item in items)
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await trio.lowlevel.checkpoint()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ticker)
+            await trio.lowlevel.checkpoint()
+            ticks = 0
+            records, unreadable = await decode_stepwise(
+                manager.codec, [*items, b"not a record"], step=10
+            )
+            nursery.cancel_scope.cancel()
+        assert [record.name for record in records] == [f"job{i:03}" for i in range(45)]
+        assert unreadable == 1 and ticks >= 4

@@ -107,10 +107,9 @@ def plan_job(manager: Any, job: JobFile, rerun: set[str]) -> list[tuple[str, Any
     """
     plan: list[tuple[str, Any, Any]] = []
     refused = []
-    for spec in job.processes:
-        # (most names of a job file run again are over with the same spec: told without
-        # decoding their records)
-        over = manager.settled(spec)
+    # (most names of a job file run again are over with the same spec: told without decoding
+    # their records)
+    for spec, over in zip(job.processes, manager.settled(job.processes), strict=True):
         if over is not None:
             if over.phase in ("failed", "killed") and "failed" in rerun:
                 plan.append(("rerun", spec, over))

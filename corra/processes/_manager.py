@@ -317,16 +317,16 @@ class ProcessManager:
         spec = absolute_paths(spec, self.backend_for(spec).capabilities)
         return Submission(existing, False, changed_fields(existing.spec, spec))
 
-    def settled(self, spec: ProcessSpec) -> _settled.Settled | None:
-        """The process named as ``spec`` is, if it is over with this very spec, told from its
-        stored bytes without decoding them (`corra.processes._settled`); None: ask `named`.
+    def settled(self, specs: Sequence[ProcessSpec]) -> list[_settled.Settled | None]:
+        """Per spec, the process named as it is, if it is over with this very spec, told from
+        its stored bytes without decoding them (`corra.processes._settled`); None: ask `named`.
 
         Raises:
             ConfigError: no such backend.
         """
         journal = self._journal
-        capabilities = self.backend_for(spec).capabilities
-        return _settled.find(journal.store, journal.codec, spec, capabilities, journal.latest)
+        capabilities = lambda spec: self.backend_for(spec).capabilities  # noqa: E731
+        return _settled.find(journal.store, journal.codec, specs, capabilities, journal.latest)
 
     def _existing(self, name: str) -> ProcessRecord | None:
         """The newest record of the process named ``name``, if there is one."""
