@@ -119,6 +119,7 @@ def parse_job_text(text: str, where: str = "<job file>") -> JobFile:
     specs: list[ProcessSpec] = []
     seen: dict[str, int] = {}
     for index, table in enumerate(tables):
+        tables[index] = None  # (a table goes as its spec comes: a file of 100,000 holds one)
         label = _label(where, index, table)
         if not isinstance(table, dict):
             errors.append(f"{label}: expected a table, got {shown_tables(table)}")
