@@ -397,3 +397,25 @@ async def test_a_page_is_decoded_a_few_records_per_step_of_the_event_loop(tmp_pa
             nursery.cancel_scope.cancel()
         assert [record.name for record in records] == [f"job{i:03}" for i in range(45)]
         assert unreadable == 1 and ticks >= 4
+
+
+async def test_the_journals_encoder_gives_what_record_terms_gives_at_every_phase(tmp_path):
+    # A save fills a template with its phase (TermsEncoder); a rebuild and the memory index
+    # use record_terms: both must give the very same bytes, or a rebuilt store would move
+    # every process's entries at its next save.
+    import attrs
+
+    from corra.persistence import encode_terms
+    from corra.processes._lifecycle import PHASES
+    from corra.processes._terms import TermsEncoder, record_terms
+
+    async with open_runtime(
+        state_dir=tmp_path, durable=False, backends={"local": InstantBackend()}
+    ) as runtime:
+        await fill(runtime, 6)
+        records = runtime.processes.list()
+    encoder = TermsEncoder(limit=4)  # (evicted as it goes, as with many processes)
+    for record in records:
+        for phase in (*PHASES, *PHASES):  # (a terminal phase forgets it: encoded again)
+            moved = attrs.evolve(record, state=attrs.evolve(record.state, phase=phase))
+            assert encoder.encode(moved) == encode_terms(record_terms(moved)), phase
