@@ -7,12 +7,11 @@ from __future__ import annotations
 import fnmatch
 from collections import Counter
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-import lmdb
 import pytest
 import trio
+from test_store_indexes import make_format_2
 
 from corra._errors import ConfigError
 from corra._runtime import HISTORY_CODEC, RECORD_CODEC, open_runtime
@@ -202,7 +201,7 @@ async def test_time_bounds_select_by_creation_and_end(tmp_path):
                 assert 0 < len(names) < 60 and codec.decoded == len(names), selection
     with open_store_readonly(tmp_path) as store:
         assert store.has_indexes()
-    drop_indexes(tmp_path)  # the same from a store read whole
+    make_format_2(tmp_path)  # the same from a store read whole
     with open_store_readonly(tmp_path) as store:
         query = ProcessQuery(
             StateDirSource(store, RECORD_CODEC, HISTORY_CODEC, lambda r: None, None)
@@ -288,18 +287,6 @@ async def test_a_deleted_process_leaves_the_listings_and_the_counts(tmp_path):
         assert (counts["failed"], counts["finished"]) == (2, 4)
 
 
-def drop_indexes(state_dir: Path) -> None:
-    """Make the store one that an older corra wrote (format 2: no secondary indexes)."""
-    env = lmdb.open(str(state_dir / "state.lmdb"), max_dbs=16)
-    try:
-        with env.begin(write=True) as txn:
-            for name in (b"terms", b"index", b"counts"):
-                txn.drop(env.open_db(name, txn=txn), delete=True)
-            txn.put(b"format", b"2", db=env.open_db(b"meta", txn=txn))
-    finally:
-        env.close()
-
-
 async def test_a_store_without_indexes_lists_the_same_and_a_runtime_indexes_it(tmp_path):
     async with open_runtime(
         state_dir=tmp_path, durable=False, backends={"local": InstantBackend()}
@@ -317,7 +304,7 @@ async def test_a_store_without_indexes_lists_the_same_and_a_runtime_indexes_it(t
 
     indexed = await listings()
     assert indexed[:-1] == [expected(selection, 25) for selection in SELECTIONS]
-    drop_indexes(tmp_path)
+    make_format_2(tmp_path)
     assert await listings() == indexed  # read whole, listed alike
     async with open_runtime(
         state_dir=tmp_path, durable=False, backends={"local": InstantBackend()}
