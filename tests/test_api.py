@@ -696,6 +696,7 @@ async def test_metrics_in_prometheus_text(tmp_path):
         assert samples['corra_transitions_total{event="submit"}'] == 3
         assert samples['corra_transitions_total{event="pause"}'] == 1
         assert samples["corra_snapshot_commits_total"] >= 1
+        assert samples["corra_process_actors"] == samples["corra_processes_queued"] == 0
         assert samples["corra_snapshot_commit_latency_seconds_count"] >= 1
         assert 'corra_mailbox_depth{supervisor="/processes"}' not in samples  # none active
         assert all(name.startswith("corra_") for name in samples)

@@ -7,19 +7,18 @@ from __future__ import annotations
 import fnmatch
 from collections import Counter
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-import lmdb
 import pytest
 import trio
+from test_store_indexes import make_format_2
 
 from corra._errors import ConfigError
 from corra._runtime import HISTORY_CODEC, RECORD_CODEC, open_runtime
 from corra.persistence import open_store_readonly
 from corra.processes._backend import BackendBase, EffectKey, LaunchRequest
 from corra.processes._lifecycle import Result
-from corra.processes._listing import Selection
+from corra.processes._listing import Selection, decode_stepwise, read_undecoded
 from corra.processes._query import ProcessQuery
 from corra.processes._retention import to_prune
 from corra.processes._sources import StateDirSource
@@ -202,7 +201,7 @@ async def test_time_bounds_select_by_creation_and_end(tmp_path):
                 assert 0 < len(names) < 60 and codec.decoded == len(names), selection
     with open_store_readonly(tmp_path) as store:
         assert store.has_indexes()
-    drop_indexes(tmp_path)  # the same from a store read whole
+    make_format_2(tmp_path)  # the same from a store read whole
     with open_store_readonly(tmp_path) as store:
         query = ProcessQuery(
             StateDirSource(store, RECORD_CODEC, HISTORY_CODEC, lambda r: None, None)
@@ -288,18 +287,6 @@ async def test_a_deleted_process_leaves_the_listings_and_the_counts(tmp_path):
         assert (counts["failed"], counts["finished"]) == (2, 4)
 
 
-def drop_indexes(state_dir: Path) -> None:
-    """Make the store one that an older corra wrote (format 2: no secondary indexes)."""
-    env = lmdb.open(str(state_dir / "state.lmdb"), max_dbs=16)
-    try:
-        with env.begin(write=True) as txn:
-            for name in (b"terms", b"index", b"counts"):
-                txn.drop(env.open_db(name, txn=txn), delete=True)
-            txn.put(b"format", b"2", db=env.open_db(b"meta", txn=txn))
-    finally:
-        env.close()
-
-
 async def test_a_store_without_indexes_lists_the_same_and_a_runtime_indexes_it(tmp_path):
     async with open_runtime(
         state_dir=tmp_path, durable=False, backends={"local": InstantBackend()}
@@ -317,7 +304,7 @@ async def test_a_store_without_indexes_lists_the_same_and_a_runtime_indexes_it(t
 
     indexed = await listings()
     assert indexed[:-1] == [expected(selection, 25) for selection in SELECTIONS]
-    drop_indexes(tmp_path)
+    make_format_2(tmp_path)
     assert await listings() == indexed  # read whole, listed alike
     async with open_runtime(
         state_dir=tmp_path, durable=False, backends={"local": InstantBackend()}
@@ -363,3 +350,59 @@ async def test_a_prune_selects_what_ended_before_a_moment_without_decoding_a_rec
             await manager.prune()
         with pytest.raises(ConfigError, match="keep: got -1"):
             await manager.prune(keep=-1)
+
+
+async def test_a_page_is_decoded_a_few_records_per_step_of_the_event_loop(tmp_path):
+    # A service decodes its pages on the loop, between checkpoints: in worker threads, 8
+    # clients listing at once held the interpreter's lock against the loop (suite scale's
+    # health_while_listing).
+    async with open_runtime(
+        state_dir=tmp_path, durable=False, backends={"local": InstantBackend()}
+    ) as runtime:
+        await fill(runtime, 45)
+        manager = runtime.processes
+        items, cursor, corrupt = read_undecoded(
+            manager.store, manager.codec, Selection(), None, 100
+        )
+        assert len(items) == 45 and cursor is None and corrupt == 0
+        assert all(type(item) is bytes for item in items)
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await trio.lowlevel.checkpoint()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ticker)
+            await trio.lowlevel.checkpoint()
+            ticks = 0
+            records, unreadable = await decode_stepwise(
+                manager.codec, [*items, b"not a record"], step=10
+            )
+            nursery.cancel_scope.cancel()
+        assert [record.name for record in records] == [f"job{i:03}" for i in range(45)]
+        assert unreadable == 1 and ticks >= 4
+
+
+async def test_the_journals_encoder_gives_what_record_terms_gives_at_every_phase(tmp_path):
+    # A save fills a template with its phase (TermsEncoder); a rebuild and the memory index
+    # use record_terms: both must give the very same bytes, or a rebuilt store would move
+    # every process's entries at its next save.
+    import attrs
+
+    from corra.persistence import encode_terms
+    from corra.processes._lifecycle import PHASES
+    from corra.processes._terms import TermsEncoder, record_terms
+
+    async with open_runtime(
+        state_dir=tmp_path, durable=False, backends={"local": InstantBackend()}
+    ) as runtime:
+        await fill(runtime, 6)
+        records = runtime.processes.list()
+    encoder = TermsEncoder(limit=4)  # (evicted as it goes, as with many processes)
+    for record in records:
+        for phase in (*PHASES, *PHASES):  # (a terminal phase forgets it: encoded again)
+            moved = attrs.evolve(record, state=attrs.evolve(record.state, phase=phase))
+            assert encoder.encode(moved) == encode_terms(record_terms(moved)), phase

@@ -97,7 +97,6 @@ def test_public_names_are_pinned():
     assert names == {
         "Codec",
         "CorruptSnapshot",
-        "EncodedTerms",
         "IndexPage",
         "IndexRange",
         "IndexTerm",
@@ -109,10 +108,10 @@ def test_public_names_are_pinned():
         "StoreStatistics",
         "open_store",
         "open_store_readonly",
-        "encode_term",
         "encode_terms",
         "group_prefix",
         "join_terms",
+        "term_template",
     }
 
 
@@ -330,6 +329,41 @@ async def test_history_keeps_order_and_apart(state_dir):
         assert store.history("a") == [b"t%d" % number for number in range(300)]
         assert store.history("ab") == [b"other"]
         assert store.history("b") == []
+
+
+async def test_a_history_page_starts_after_its_sequence_number_and_says_if_more_follow(
+    state_dir,
+):
+    async with open_store(state_dir) as store:
+        for number in range(300):
+            await store.save("a", b"s", transition=b"t%d" % number)
+        await store.save("ab", b"x", transition=b"other")
+        first, more = store.history_page("a", limit=10)
+        assert first == [(number, b"t%d" % number) for number in range(10)] and more
+        page, more = store.history_page("a", after=first[-1][0], limit=10)
+        assert [entry for _, entry in page] == [b"t%d" % n for n in range(10, 20)] and more
+        assert store.history_page("a", after=289, limit=10) == (
+            [(number, b"t%d" % number) for number in range(290, 300)],
+            False,
+        )
+        assert store.history_page("a", after=299, limit=10) == ([], False)
+        assert store.history_page("a", after=2**64 - 1, limit=10) == ([], False)
+        assert store.history_page("ab") == ([(0, b"other")], False)  # (not a's, nor b's)
+        assert store.history_page("b", limit=5) == ([], False)
+
+
+async def test_load_named_reads_the_owner_and_snapshot_of_each_name(state_dir):
+    async with open_store(state_dir) as store:
+        await store.save("p1", b"one", name="first")
+        await store.save("p2", b"two", name="second")
+        await store.claim_name("orphan", "p9")  # (a name whose owner has no snapshot)
+        assert store.load_named(["second", "missing", "first", "orphan"]) == [
+            ("p2", b"two"),
+            None,
+            ("p1", b"one"),
+            None,
+        ]
+        assert store.load_named([]) == []
 
 
 async def test_transitions_in_one_batch_follow_queue_order(state_dir, gate):

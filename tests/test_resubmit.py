@@ -145,7 +145,7 @@ async def test_a_job_file_run_again_decodes_no_record_of_a_process_it_leaves_alo
         assert plan[1][2].id == failed and decoded == []
 
         changed = parse_job_text(job_text(3, '["sh", "-c", "echo new"]'), "job.toml")
-        assert manager.settled(changed.processes[2]) is None
+        assert manager.settled(changed.processes)[2] is None
         with pytest.raises(ConfigError, match=r"c: its spec changed \(argv\)"):
             plan_job(manager, changed, set())
         assert len(decoded) == 1  # (only the changed one's record: a, b unchanged)

@@ -141,8 +141,13 @@ class _Collector(Collector):
         yield transitions
         yield GaugeMetricFamily(
             "corra_process_actors",
-            "Processes with an actor now (not paused, not terminal)",
+            "Processes with an actor now (holding a slot, or needing none)",
             value=self.runtime.processes.active,
+        )
+        yield GaugeMetricFamily(
+            "corra_processes_queued",
+            "Processes waiting for a slot (or a retry's backoff first), which have no actor",
+            value=self.runtime.processes.queued,
         )
         yield from self._store()
         yield from self._mailboxes()

@@ -54,20 +54,35 @@ def run(args: argparse.Namespace, state_dir: Path) -> int:
     output_limit = runtime_options(args)
     if args.verbose:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    return trio.run(_run, job, state_dir, args, output_limit)
+    jobs = [job]
+    del job  # (`_run` lets go of its specs as it submits them)
+    return trio.run(_run, jobs, state_dir, args, output_limit)
 
 
-async def _run(job: JobFile, state_dir: Path, args: argparse.Namespace, output_limit: int) -> int:
+async def _run(
+    jobs: list[JobFile], state_dir: Path, args: argparse.Namespace, output_limit: int
+) -> int:
+    """Run the job in ``jobs`` (a list of one, which it empties: a spec submitted is the
+    store's, and its memory goes as it is submitted, so that a job file of 100,000 processes
+    waiting for a slot holds the memory of their ids only)."""
     rerun = {kind for kinds in args.rerun for kind in kinds}
     plan: list[tuple[str, Any, Any]] = []
+    runtime = {
+        "max_running": args.max_running,
+        "hosts": jobs[0].hosts,
+        "logins": jobs[0].logins,
+        "output_limit": output_limit,
+    }
 
     def decide(manager: Any) -> None:
-        plan.extend(plan_job(manager, job, rerun))
+        plan.extend(plan_job(manager, jobs.pop(), rerun))
 
     async def start(manager: Any, display: Progress) -> list[str | Settled]:
         started: list[str | Settled] = []
         display.lines(f"{known.name}: {what}" for what, _, known in plan if what not in _RUNS)
-        for what, spec, known in plan:
+        plan.reverse()  # (taken from its end: each spec is let go of as it is submitted)
+        while plan:
+            what, spec, known = plan.pop()
             if what == "submit":
                 started.append((await manager.submit(spec)).record.id)
             elif what == "rerun":
@@ -76,18 +91,7 @@ async def _run(job: JobFile, state_dir: Path, args: argparse.Namespace, output_l
                 started.append(known)
         return started
 
-    return await foreground(
-        state_dir,
-        args,
-        start,
-        runtime={
-            "max_running": args.max_running,
-            "hosts": job.hosts,
-            "logins": job.logins,
-            "output_limit": output_limit,
-        },
-        check=decide,
-    )
+    return await foreground(state_dir, args, start, runtime=runtime, check=decide)
 
 
 def plan_job(manager: Any, job: JobFile, rerun: set[str]) -> list[tuple[str, Any, Any]]:
@@ -103,10 +107,9 @@ def plan_job(manager: Any, job: JobFile, rerun: set[str]) -> list[tuple[str, Any
     """
     plan: list[tuple[str, Any, Any]] = []
     refused = []
-    for spec in job.processes:
-        # (most names of a job file run again are over with the same spec: told without
-        # decoding their records)
-        over = manager.settled(spec)
+    # (most names of a job file run again are over with the same spec: told without decoding
+    # their records)
+    for spec, over in zip(job.processes, manager.settled(job.processes), strict=True):
         if over is not None:
             if over.phase in ("failed", "killed") and "failed" in rerun:
                 plan.append(("rerun", spec, over))
@@ -262,14 +265,18 @@ async def _stop_on_signal(
 
 
 class Progress:
-    """Counts per phase and a line per running process (a terminal), or plain lines."""
+    """Counts per phase and a line per running process (a terminal), or plain lines.
+
+    It keeps a phase per process and the counts per phase (moved at each transition: a
+    redraw never counts 100,000 processes again), and the name and start of the running
+    ones only."""
 
     def __init__(self, out: TextIO) -> None:
         self.out = out
         self.tty = out.isatty()
         self.phases: dict[str, str] = {}
-        self.names: dict[str, str] = {}
-        self.since: dict[str, float] = {}
+        self.counts: Counter[str] = Counter()
+        self.since: dict[str, tuple[float, str]] = {}  # running: since when, and its name
         self.drawn = 0
 
     def line(self, text: str) -> None:
@@ -301,10 +308,15 @@ class Progress:
             self._redraw()
 
     def update(self, record: ProcessRecord, transition: Transition) -> None:
-        self.phases[record.id] = record.phase
-        self.names[record.id] = record.name
-        if record.phase == "running":
-            self.since[record.id] = transition.at
+        phase = record.phase
+        before = self.phases.get(record.id)
+        if before != phase:
+            self.phases[record.id] = phase
+            self.counts[phase] += 1
+            if before is not None:
+                self.counts[before] -= 1
+        if phase == "running":
+            self.since[record.id] = (transition.at, record.name)
         else:
             self.since.pop(record.id, None)
         what = happened(record, transition)
@@ -325,12 +337,12 @@ class Progress:
     def _draw(self) -> None:
         if not self.tty:
             return
-        counts = Counter(self.phases.values())
+        counts = self.counts
         lines = ["  ".join(f"{phase} {counts[phase]}" for phase in PHASES if counts[phase])]
         now = time.time()
-        running = sorted(self.since.items(), key=lambda item: item[1])
-        for process_id, since in running[:10]:
-            lines.append(f"  running {self.names[process_id]:<30} {now - since:7.1f}s")
+        running = sorted(self.since.values())
+        for since, name in running[:10]:
+            lines.append(f"  running {name:<30} {now - since:7.1f}s")
         if len(running) > 10:
             lines.append(f"  ... and {len(running) - 10} more")
         self.out.write("\n".join(lines) + "\n")

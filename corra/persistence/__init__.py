@@ -3,14 +3,13 @@ codec that turns records into bytes and back. Generic over record types: it know
 actors or backends."""
 
 from corra.persistence._codec import Codec as Codec
-from corra.persistence._indexes import EncodedTerms as EncodedTerms
 from corra.persistence._indexes import IndexPage as IndexPage
 from corra.persistence._indexes import IndexRange as IndexRange
 from corra.persistence._indexes import IndexTerm as IndexTerm
-from corra.persistence._indexes import encode_term as encode_term
 from corra.persistence._indexes import encode_terms as encode_terms
 from corra.persistence._indexes import group_prefix as group_prefix
 from corra.persistence._indexes import join_terms as join_terms
+from corra.persistence._indexes import term_template as term_template
 from corra.persistence._lmdb import CorruptSnapshot as CorruptSnapshot
 from corra.persistence._lmdb import QuarantinedRecord as QuarantinedRecord
 from corra.persistence._lmdb import SnapshotCounts as SnapshotCounts

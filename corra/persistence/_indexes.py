@@ -64,17 +64,12 @@ def _index_name(index: str) -> bytes:
     return encoded
 
 
-class EncodedTerms(bytes):
-    """Index terms as a save takes them: checked and encoded by `encode_terms`, or joined
-    by `join_terms` (a caller that saves often keeps what does not change encoded)."""
-
-    __slots__ = ()
-
-
-def encode_terms(terms: Sequence[IndexTerm]) -> EncodedTerms:
+def encode_terms(terms: Sequence[IndexTerm]) -> bytes:
     """The terms as stored in ``terms``: their entry keys (``index NUL group NUL order``),
     joined by SOH (so that splitting them again is one C call: a save at every transition
-    of every process does it). Checked here, on the caller's side.
+    of every process does it). Checked here, on the caller's side; a save takes the terms
+    so encoded as well (a caller that saves often keeps what does not change encoded:
+    `join_terms`, `term_template`).
 
     Raises:
         ConfigError: an index, group or order holds NUL or SOH, or an entry is longer than
@@ -82,7 +77,7 @@ def encode_terms(terms: Sequence[IndexTerm]) -> EncodedTerms:
         TypeError: a group or order is not bytes.
     """
     if not terms:
-        return _NO_TERMS
+        return b""
     names = _INDEX_NAMES
     try:
         entries = [
@@ -96,29 +91,27 @@ def encode_terms(terms: Sequence[IndexTerm]) -> EncodedTerms:
         raise ConfigError(f"index terms: a group or order holds NUL or SOH: {terms!r}")
     if max(map(len, entries)) > _MAX_KEY_BYTES:
         raise ConfigError(f"index terms: an entry is longer than {_MAX_KEY_BYTES} bytes")
-    return EncodedTerms(blob)
+    return blob
 
 
-def encode_term(index: str, group: bytes, order: bytes) -> EncodedTerms:
-    """One term, as `encode_terms` encodes it (and checks it), for less: a save's phase is
-    one."""
-    try:
-        entry = (_INDEX_NAMES.get(index) or _index_name(index)) + group + _SEP + order
-    except TypeError:
-        entry = b""
-    if entry.count(_SEP) != 2 or _TERM_SEP in entry or len(entry) > _MAX_KEY_BYTES:
-        return encode_terms(((index, group, order),))  # (which says what is wrong)
-    return EncodedTerms(entry)
-
-
-def join_terms(first: EncodedTerms, second: EncodedTerms) -> EncodedTerms:
-    """The terms of both (each of `encode_terms` or of this)."""
+def join_terms(first: bytes, second: bytes) -> bytes:
+    """The terms of both (each encoded by `encode_terms`, or joined by this)."""
     if not first or not second:
         return first or second
-    return EncodedTerms(first + _TERM_SEP + second)
+    return first + _TERM_SEP + second
 
 
-_NO_TERMS: Final = EncodedTerms()
+def term_template(lasting: bytes, index: str, order: bytes) -> tuple[bytes, bytes]:
+    """``(head, tail)`` such that ``head + group + tail`` is ``lasting`` (encoded terms)
+    joined with the term ``(index, group, order)``, encoded, for a ``group`` that
+    `encode_terms` accepts (the caller checks its groups once): a save that moves a process
+    to another group of one index (a phase) is then two concatenations.
+
+    Raises:
+        ConfigError, TypeError: as `encode_terms` for ``(index, b"", order)``.
+    """
+    encode_terms(((index, b"", order),))  # (the checks of the index and the order)
+    return (lasting + _TERM_SEP if lasting else b"") + _index_name(index), _SEP + order
 
 
 def _counted(entry: bytes) -> bytes:

@@ -36,7 +36,7 @@ import fcntl
 import json
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -48,6 +48,7 @@ from corra._errors import ConfigError, CorruptRecord, StoreError
 from corra._statedir import FILE_MODE, check_directory, make_private_dirs, open_private
 from corra.persistence._codec import Codec
 from corra.persistence._indexes import IndexReads, IndexTerm, IndexWrites, decode_terms
+from corra.persistence._keyed import history_entries, named_snapshots
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -400,20 +401,19 @@ class Reads(IndexReads):
             return [], False  # (past the last number there can be)
         start = prefix if after is None else prefix + (after + 1).to_bytes(SEQUENCE_BYTES, "big")
         environment = self._environment()
+        history = environment.databases.history
+        return environment.read(lambda txn: history_entries(txn, history, prefix, start, limit))
 
-        def read(txn: lmdb.Transaction) -> tuple[list[tuple[int, bytes]], bool]:
-            cursor = txn.cursor(db=environment.databases.history)
-            entries: list[tuple[int, bytes]] = []
-            if cursor.set_range(start):
-                for key, value in cursor:
-                    if not key.startswith(prefix):
-                        break
-                    if len(entries) == limit:
-                        return entries, True
-                    entries.append((int.from_bytes(key[len(prefix) :], "big"), value))
-            return entries, False
-
-        return environment.read(read)
+    def load_named(self, names: Sequence[str]) -> list[tuple[str, bytes] | None]:
+        """Per name, the process that owns it and its latest snapshot (None: no owner, or
+        no snapshot), in one read transaction."""
+        keys = [key_of(name, "name") for name in names]
+        environment = self._environment()
+        databases = environment.databases
+        found = environment.read(
+            lambda txn: named_snapshots(txn, databases.names, databases.snapshots, keys)
+        )
+        return [None if item is None else (text(item[0]), item[1]) for item in found]
 
     def id_for_name(self, name: str) -> str | None:
         """The process id the name belongs to, or None."""

@@ -38,7 +38,7 @@ import trio
 
 from corra._errors import ConfigError, StoreError
 from corra.persistence import _indexes
-from corra.persistence._indexes import EncodedTerms, IndexTerm, encode_terms
+from corra.persistence._indexes import IndexTerm, encode_terms
 from corra.persistence._lmdb import (
     Environment,
     Reads,
@@ -145,7 +145,7 @@ class Store(Reads):
         active: bool | None = None,
         after: PendingSave | None = None,
         shielded: bool = False,
-        indexes: Sequence[IndexTerm] | EncodedTerms | None = None,
+        indexes: Sequence[IndexTerm] | bytes | None = None,
     ) -> None:
         """In one transaction: make ``snapshot`` the latest snapshot of ``process_id``;
         append ``transition`` (or each of ``transitions``, in order) to its history; claim
@@ -191,7 +191,7 @@ class Store(Reads):
         name: str | None = None,
         active: bool | None = None,
         after: PendingSave | None = None,
-        indexes: Sequence[IndexTerm] | EncodedTerms | None = None,
+        indexes: Sequence[IndexTerm] | bytes | None = None,
     ) -> PendingSave:
         """Queue the same save as `save` and return at once, without waiting for it: the
         writer commits it in order with the others. Watch ``done`` and ``error`` on what it
@@ -217,7 +217,7 @@ class Store(Reads):
         name: str | None,
         active: bool | None,
         after: PendingSave | None,
-        indexes: Sequence[IndexTerm] | EncodedTerms | None = None,
+        indexes: Sequence[IndexTerm] | bytes | None = None,
     ) -> PendingSave:
         if active is not None and type(active) is not bool:
             raise TypeError(f"active must be a bool or None, not {type(active).__name__}")
@@ -248,7 +248,7 @@ class Store(Reads):
             None if name is None else key_of(name, "name"),
             active,
             after,
-            indexes if indexes is None or type(indexes) is EncodedTerms else encode_terms(indexes),
+            indexes if indexes is None or type(indexes) is bytes else encode_terms(indexes),
         )
 
     async def claim_name(self, name: str, process_id: str) -> str:

@@ -1,7 +1,9 @@
 """The process actor: one program driven through its lifecycle, every transition durable first.
 
-One actor per process that has work to do, under the ``/processes`` supervisor. It runs a loop
-of steps, one per phase (``created`` waits for a slot, ``launching`` launches, ``running``
+One actor per process that has work to do now, under the ``/processes`` supervisor: a process
+that waits for a slot has none (it is its id in the admission queue, `corra.processes._admission`,
+until it has its slot). The actor runs a loop of steps, one per phase (``created``, started
+with its slot held, makes its intent to launch durable; ``launching`` launches, ``running``
 waits for the exit, ``killing`` kills); each step ends with a transition that is durable in the
 store before the next step starts (write-ahead, `Journal`), and every effect carries the
 idempotency key ``<process id>.<attempt>``, so a step replayed after a crash finds the effect
@@ -10,8 +12,8 @@ backend has a slot free is durable as ``launching`` at once (`ProcessManager.sub
 ``running`` is written in the background (a crash that loses it leaves the process
 ``launching``, which recovery settles by the idempotent launch).
 
-Pause and kill are requests to the actor. They take effect between steps: a wait (for a slot,
-a backoff, the program's exit) is interrupted, an effect in progress (a launch, a kill, a
+Pause and kill are requests to the actor. They take effect between steps: a wait (for the
+program's exit, a retry of a step) is interrupted, an effect in progress (a launch, a kill, a
 write) is not. A wait runs in the scope the actor runs in (`Actor.cancel_scope`, which the kernel
 makes for every actor anyway: a scope per wait cost a tenth of a lifecycle); a request (or a
 stop) that came since the actor took its requests cancels it, whether it came before the wait
@@ -19,7 +21,8 @@ began or during it, and only while the actor waits. A wait whose scope was cance
 `_Interrupted` as it ends, before any effect: the drive goes back to its requests in a fresh
 shielded scope (`Actor.continue_in`), as it would after a step. A paused process is its
 snapshot and nothing else: its actor ends, and a resume starts a fresh one at the step that
-was next.
+was next (or queues it for a slot). So does a process whose attempt ended with a retry: its
+actor ends, and the process queues for a slot after the retry's backoff (`retry_delay`).
 
 A host that stops answering (`HostUnavailable` from a remote backend) pauses the process for
 its host (`corra.processes._hosts`), or fails it, as the host's policy says.
@@ -45,7 +48,6 @@ from corra._errors import (
 )
 from corra.actors._actor import Actor
 from corra.actors._specs import Backoff
-from corra.processes._admission import Admission
 from corra.processes._backend import Backend, EffectKey, LaunchRequest
 from corra.processes._hosts import HOST_RETRY_DELAY, HostWaits
 from corra.processes._journal import Journal
@@ -79,8 +81,6 @@ class ProcessContext:
     """The backend of a spec (raises `ConfigError` for one this runtime lacks)."""
     journal: Journal
     """Where its transitions go."""
-    admission: Admission
-    """Where it waits for a slot."""
     hosts: HostWaits
     """Where it waits for a host that stopped answering."""
     ended: Callable[[ProcessActor], None]
@@ -95,12 +95,20 @@ class ProcessActor(Actor):
     """
 
     def __init__(
-        self, context: ProcessContext, record: ProcessRecord, request: LaunchRequest | None = None
+        self,
+        context: ProcessContext,
+        record: ProcessRecord,
+        request: LaunchRequest | None = None,
+        *,
+        admitted: bool = False,
     ) -> None:
         """``request``: the launch request of ``record``'s current attempt, if one was made
-        already (at submission, for `Backend.check`)."""
+        already (at submission, for `Backend.check`). ``admitted``: the process holds its
+        slot (the admission's dispatcher took it for its current attempt); a ``created``
+        process without one has no actor (the actor ends at once)."""
         self.context = context
         self.record = record
+        self.admitted = admitted
         self.request: Literal["pause", "kill"] | None = None
         # A request (or a stop) came since the actor last took its requests: the next wait
         # is cut short as it begins (`interrupt`).
@@ -184,6 +192,8 @@ class ProcessActor(Actor):
                 break
             if state.phase == "paused" and self.request != "kill":
                 break  # (a kill that arrived while the pause was being written goes on)
+            if state.phase == "created" and not self.admitted and self.request is None:
+                break  # it waits for a slot as its id in the queue, not as an actor
             try:
                 if self.request == "kill" and state.phase != "killing":
                     await self._advance("kill")
@@ -241,22 +251,11 @@ class ProcessActor(Actor):
             await self._launch()
         elif phase == "running":
             await self._wait_for_exit(state)
-        elif phase == "created":
-            await self._wait_for_slot(state)
+        elif phase == "created":  # (admitted: its slot is held)
+            await self._advance("launch")
+            self.admitted = False  # (a retry queues for a slot again)
         elif phase == "killing":
             await self._kill(state)
-
-    async def _wait_for_slot(self, state: ProcessState) -> None:
-        admission = self.context.admission
-        try:
-            with self._interruptible():
-                if backs_off(state):
-                    admission.leave(self.record)  # a retry queues after its backoff
-                    await trio.sleep(RETRY_BACKOFF.delay(state.attempt - 1))
-                await admission.admit(self.record, self.context.backend_for(self.record.spec))
-        finally:
-            admission.leave(self.record)
-        await self._advance("launch")
 
     async def _launch(self) -> None:
         backend = self.context.backend_for(self.record.spec)
@@ -321,6 +320,12 @@ class ProcessActor(Actor):
         self.record = record
         if event == "pause" and record.state.paused_by == "user":  # (not for the host)
             await tell_backend(self.context.backend_for(record.spec), record, "pause")
+
+
+def retry_delay(state: ProcessState) -> float:
+    """Seconds a process waiting for a slot waits before it queues for one: a retry's
+    backoff (`backs_off`), else none."""
+    return RETRY_BACKOFF.delay(state.attempt - 1) if backs_off(state) else 0.0
 
 
 class _Interrupted(BaseException):

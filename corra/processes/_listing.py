@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import attrs
+import trio
 
 from corra._errors import ConfigError, CorruptRecord
 from corra.persistence import IndexPage, IndexRange, group_prefix
@@ -52,6 +53,8 @@ from corra.processes._terms import (
 _SEP = b"\x00"  # (as the store lays entries out: `corra.persistence._indexes`)
 Accept = Callable[[tuple[IndexTerm, ...]], bool]
 _TEXT = ("utf-8", "surrogateescape")
+#: Records decoded between two checkpoints by `decode_stepwise` (about 50 µs each).
+DECODE_STEP = 10
 #: What makes a name selector a glob (no name or id holds one: `corra.processes._spec`).
 WILDCARDS = "*?["
 
@@ -285,19 +288,48 @@ def read_records(
     Raises:
         ConfigError: ``cursor`` is not one of this listing's.
     """
+    items, following, corrupt = read_undecoded(store, codec, selection, cursor, limit)
+    out = []
+    for item in items:
+        try:
+            out.append(codec.decode(item) if type(item) is bytes else item)
+        except CorruptRecord:
+            corrupt += 1
+    return out, following, corrupt
+
+
+def read_undecoded(
+    store: Any, codec: Any, selection: Selection, cursor: str | None, limit: int
+) -> tuple[list[Any], str | None, int]:
+    """`read_records`, but with the records of a store with indexes as stored (bytes), for
+    the caller to decode (`decode_stepwise`: a service decodes them on its event loop, a
+    few at a time, rather than in a worker thread that would hold the interpreter's lock
+    against it)."""
     if not store.has_indexes():
         records, corrupt = store.scan_decoded(codec)
         page, following = read(MemoryIndex(records.values()), selection, cursor, limit)
         return [record for _, record in page.items], following, len(corrupt)
     page, following = read(store, selection, cursor, limit)
+    return [raw for _, raw in page.items], following, 0
+
+
+async def decode_stepwise(
+    codec: Any, items: list[Any], *, step: int = DECODE_STEP
+) -> tuple[list[ProcessRecord], int]:
+    """The records of `read_undecoded`'s items, decoded ``step`` at a time between
+    checkpoints, and how many could not be decoded (left out)."""
     out = []
-    unreadable = 0
-    for _, raw in page.items:
+    corrupt = 0
+    for index, item in enumerate(items):
+        if index % step == 0:
+            await trio.lowlevel.checkpoint()
         try:
-            out.append(codec.decode(raw))
+            out.append(codec.decode(item) if type(item) is bytes else item)
         except CorruptRecord:
-            unreadable += 1
-    return out, following, unreadable
+            corrupt += 1
+    if not items:
+        await trio.lowlevel.checkpoint()
+    return out, corrupt
 
 
 def phase_counts(store: Any, codec: Any) -> dict[str, int]:

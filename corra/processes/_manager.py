@@ -1,10 +1,11 @@
 """`ProcessManager`: the façade of the process domain.
 
-It submits, pauses, resumes, kills, waits for and reads processes, and starts their actors
-(`corra.processes._actor`). The parts it is made of each have a module: the journal (every
-transition durable, then published), admission (slots in submission order), waiting for hosts
-that stop answering, and recovery. Records live in the store: a paused or finished process costs
-no memory here.
+It submits, pauses, resumes, kills, waits for and reads processes, and starts them
+(`corra.processes._active`: an actor each, `corra.processes._actor`, or a place in the queue for
+a slot). The parts it is made of each have a module: the journal (every transition durable,
+then published), admission (slots in submission order), waiting for hosts that stop
+answering, and recovery. Records live in the store: a paused, queued or finished process costs
+no memory here but its id.
 """
 
 from __future__ import annotations
@@ -17,12 +18,10 @@ import attrs
 import trio
 
 from corra._errors import ActorStopped, ConfigError, InvalidTransition, NameTaken
-from corra.actors._actor import Ref
-from corra.actors._specs import ChildSpec
 from corra.actors._supervisor import SupervisorRef
 from corra.processes import _removal, _retention, _settled
-from corra.processes._actor import ProcessActor, ProcessContext, tell_backend
-from corra.processes._admission import Admission
+from corra.processes._active import ActiveProcesses
+from corra.processes._actor import tell_backend
 from corra.processes._backend import Backend, EffectKey, LaunchRequest
 from corra.processes._hosts import HostWaits
 from corra.processes._ids import new_process_id
@@ -32,7 +31,6 @@ from corra.processes._lifecycle import (
     RERUN_REASON,
     ProcessState,
     advance,
-    backs_off,
 )
 from corra.processes._ports import RecordCodec, RecordStore
 from corra.processes._record import ProcessRecord, Transition
@@ -70,8 +68,8 @@ class ProcessManager:
         backends: the backends by name.
         supervisor: where the process actors run (``/processes``).
         clock: the time of a transition (epoch seconds).
-        nursery: where the waits for unavailable hosts run; None: a process whose host is
-            unavailable fails instead of pausing.
+        nursery: where the admission's tasks (a dispatcher of slots per backend, the timer of
+            retries) and the waits for unavailable hosts run.
     """
 
     def __init__(
@@ -82,26 +80,24 @@ class ProcessManager:
         history_codec: RecordCodec,
         backends: Mapping[str, Backend],
         supervisor: SupervisorRef,
+        nursery: trio.Nursery,
         clock: Callable[[], float] = time.time,
-        nursery: trio.Nursery | None = None,
     ) -> None:
         self._backends = dict(backends)
-        self._supervisor = supervisor
         self._journal = Journal(store, codec, history_codec, clock)
-        self._admission = Admission()
         self._hosts = HostWaits(self._backends, nursery, self._resume_for_host)
-        self._context = ProcessContext(
-            backend_for=self.backend_for,
-            journal=self._journal,
-            admission=self._admission,
-            hosts=self._hosts,
-            ended=self._actor_ended,
-        )
-        self._actors: dict[str, Ref] = {}
-        self._idle = trio.Event()  # set when the last actor ends
         # Decisions that read a record and then write it (pause or kill without an actor,
-        # resume) are taken one at a time.
+        # resume, an admission) are taken one at a time.
         self._control = trio.Lock()
+        self._actors = ActiveProcesses(
+            supervisor=supervisor,
+            journal=self._journal,
+            backends=self._backends,
+            backend_for=self.backend_for,
+            hosts=self._hosts,
+            nursery=nursery,
+            control=self._control,
+        )
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -201,6 +197,12 @@ class ProcessManager:
         """How many processes have an actor now."""
         return len(self._actors)
 
+    @property
+    def queued(self) -> int:
+        """How many processes wait for a slot (or for a retry's backoff before that): none
+        of them has an actor."""
+        return self._actors.queued
+
     # -- writing ---------------------------------------------------------------------------
 
     async def submit(self, spec: ProcessSpec) -> Submission:
@@ -271,7 +273,7 @@ class ProcessManager:
                 return Submission(existing, False, changed_fields(existing.spec, spec))
         key = request.key
         steps: list[Step] = [(record, Transition(now, "submit", "created", "created", 1))]
-        slot = not self._admission.waiting(spec.backend) and backend.try_acquire_slot(key)
+        slot = not self._actors.queued_for(spec.backend) and backend.try_acquire_slot(key)
         if slot:
             record = ProcessRecord(
                 process_id, spec, advance(record.state, "launch", at=now, process=process_id), now
@@ -296,7 +298,7 @@ class ProcessManager:
             if slot:
                 backend.release_slot(key)
             raise
-        await self._start_actor(record, request)
+        await self._actors.start(record, request)
         return Submission(record, created=True)
 
     def named(self, spec: ProcessSpec) -> Submission | None:
@@ -315,16 +317,16 @@ class ProcessManager:
         spec = absolute_paths(spec, self.backend_for(spec).capabilities)
         return Submission(existing, False, changed_fields(existing.spec, spec))
 
-    def settled(self, spec: ProcessSpec) -> _settled.Settled | None:
-        """The process named as ``spec`` is, if it is over with this very spec, told from its
-        stored bytes without decoding them (`corra.processes._settled`); None: ask `named`.
+    def settled(self, specs: Sequence[ProcessSpec]) -> list[_settled.Settled | None]:
+        """Per spec, the process named as it is, if it is over with this very spec, told from
+        its stored bytes without decoding them (`corra.processes._settled`); None: ask `named`.
 
         Raises:
             ConfigError: no such backend.
         """
         journal = self._journal
-        capabilities = self.backend_for(spec).capabilities
-        return _settled.find(journal.store, journal.codec, spec, capabilities, journal.latest)
+        capabilities = lambda spec: self.backend_for(spec).capabilities  # noqa: E731
+        return _settled.find(journal.store, journal.codec, specs, capabilities, journal.latest)
 
     def _existing(self, name: str) -> ProcessRecord | None:
         """The newest record of the process named ``name``, if there is one."""
@@ -361,6 +363,7 @@ class ProcessManager:
                 if record.phase not in PAUSABLE or record.id in self._actors:
                     raise InvalidTransition(record.id, record.phase, "pause")
                 record = await self._journal.transition(record, "pause")
+                self._actors.leave(record)  # (if it was queued)
                 await tell_backend(self.backend_for(record.spec), record, "pause")
                 return record
         # Returns once the actor is gone too: a paused process holds nothing.
@@ -384,7 +387,7 @@ class ProcessManager:
                 # whose job runs, never a running one whose job stays held.
                 await tell_backend(self.backend_for(record.spec), record, "resume")
             record = await self._journal.transition(record, "resume")
-            await self._start_actor(record)
+            await self._actors.start(record)
         return record
 
     async def _resume_for_host(self, process_id: str) -> None:
@@ -395,7 +398,7 @@ class ProcessManager:
             if record.state.paused_by != "host":
                 return
             record = await self._journal.transition(record, "resume")
-            await self._start_actor(record)
+            await self._actors.start(record)
 
     async def kill(self, id_or_name: str, *, wait: bool = True) -> ProcessRecord:
         """Kill from any non-terminal phase (TERM, then KILL after the grace).
@@ -419,7 +422,8 @@ class ProcessManager:
                     return record
                 if record.phase != "killing":
                     record = await self._journal.transition(record, "kill")
-                await self._start_actor(record)
+                self._actors.leave(record)  # (if it was queued)
+                await self._actors.start(record)
         if not wait:
             return self.get(record.id)
         record = await self.wait(
@@ -465,7 +469,7 @@ class ProcessManager:
             if spec is not None:
                 record = attrs.evolve(record, spec=spec)
             record = await self._journal.transition(record, "rerun", reason=reason)
-            await self._start_actor(record)
+            await self._actors.start(record)
         return record
 
     async def remove(self, id_or_name: str, *, kill: bool = False) -> ProcessRecord:
@@ -539,10 +543,9 @@ class ProcessManager:
         return await self._journal.wait(self.get(id_or_name), until or _is_terminal, self.get)
 
     async def wait_idle(self) -> None:
-        """Wait until no process has an actor (all are paused or terminal). A checkpoint."""
-        while self._actors:
-            await self._idle.wait()
-        await trio.lowlevel.checkpoint()
+        """Wait until no process has an actor and none is queued (all are paused or
+        terminal). A checkpoint."""
+        await self._actors.wait_idle()
 
     def subscribe(
         self, buffer: int = 1024
@@ -561,7 +564,8 @@ class ProcessManager:
         return await recover(
             self._journal.store,
             self._journal.codec,
-            start=self._start_actor,
+            start=self._actors.start,
+            queue=self._actors.recovered,
             wait_for_host=self._hosts.wait_for,
             has_backend=self._waits_for_hosts,
         )
@@ -569,49 +573,6 @@ class ProcessManager:
     def _waits_for_hosts(self, name: str) -> bool:
         backend = self._backends.get(name)
         return backend is not None and backend.capabilities.waits_for_host
-
-    # -- actors ----------------------------------------------------------------------------
-
-    async def _start_actor(
-        self, record: ProcessRecord, request: LaunchRequest | None = None
-    ) -> None:
-        """Start the actor of ``record``, unless it has one; ``request``: the launch request
-        of its current attempt, if one was made (the actor makes it otherwise)."""
-        if record.id in self._actors:
-            await trio.lowlevel.checkpoint()
-            return
-        if record.phase == "created" and not backs_off(record.state):
-            self._admission.enqueue(record)  # (submission order; a retry's after its backoff)
-        journal = self._journal
-        journal.hold(record)
-        spec = ChildSpec(
-            id=record.id,
-            start=lambda: ProcessActor(self._context, journal.latest(record.id) or record, request),
-            restart="temporary",
-            # Its effects are idempotent and its writes shielded: stopping it at once loses
-            # nothing (the next runtime goes on from its last durable record).
-            shutdown="brutal_kill",
-            mailbox_capacity=4,
-        )
-        try:
-            # No round trip through the supervisor, no wait for the actor's start (it only
-            # builds the actor): the common case, whenever the supervisor is idle.
-            ref = self._supervisor.start_child_nowait(spec)
-        except trio.WouldBlock:
-            started = await self._supervisor.start_child(spec)
-            assert isinstance(started, Ref)
-            ref = started
-        if ref.alive:  # it may have run to its end already
-            self._actors[record.id] = ref
-
-    def _actor_ended(self, actor: ProcessActor) -> None:
-        process_id = actor.id
-        if self._actors.get(process_id) == actor.ref:
-            del self._actors[process_id]
-        self._journal.release(process_id)
-        if not self._actors:
-            self._idle.set()
-            self._idle = trio.Event()
 
 
 def _is_terminal(record: ProcessRecord) -> bool:

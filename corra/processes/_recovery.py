@@ -2,9 +2,12 @@
 
 Only the records in the store's ``active`` index are read (the records that
 `needs_recovery`; the journal keeps the index): paused and finished ones are counted, not
-decoded. Active processes get their actors again (running programs are reattached, launches
-whose outcome is unknown are settled by the idempotent launch); processes paused for their
-host wait for it again; records that cannot be decoded are set aside and reported.
+decoded. Processes that waited for a slot (``created``) are not decoded either: their ids,
+read from the phase index in the order of their submissions, go back to the admission queue
+(which reads each record in the background, `corra.processes._admission`). The other active
+processes get their actors again (running programs are reattached, launches whose outcome is
+unknown are settled by the idempotent launch); processes paused for their host wait for it
+again; records that cannot be decoded are set aside and reported.
 """
 
 from __future__ import annotations
@@ -15,12 +18,23 @@ from collections.abc import Awaitable, Callable
 import attrs
 import trio
 
+from corra.persistence import IndexRange, group_prefix
 from corra.processes._lifecycle import needs_recovery
 from corra.processes._ports import RecordCodec, RecordStore
 from corra.processes._record import ProcessRecord
-from corra.processes._terms import IndexTerm, record_terms
+from corra.processes._terms import (
+    CREATED,
+    PHASE,
+    IndexTerm,
+    creation_position,
+    phase_group,
+    record_terms,
+)
 
 logger = logging.getLogger("corra.process")
+
+#: Ids read from the phase index at once, for the processes waiting for a slot.
+WAITING_PAGE = 10_000
 
 
 @attrs.frozen
@@ -28,7 +42,8 @@ class RecoveryReport:
     """What `ProcessManager.recover` found."""
 
     resumed: tuple[str, ...]
-    """The active processes, whose actors it started again (oldest first)."""
+    """The active processes, whose actors it started again or which it queued for a slot
+    again (oldest first)."""
     inactive: int
     """Paused and terminal processes: counted, never read (they stay in the store)."""
     set_aside: tuple[tuple[str, str], ...]
@@ -42,12 +57,14 @@ async def recover(
     codec: RecordCodec,
     *,
     start: Callable[[ProcessRecord], Awaitable[None]],
+    queue: Callable[[list[str]], None],
     wait_for_host: Callable[[ProcessRecord], None],
     has_backend: Callable[[str], bool],
 ) -> RecoveryReport:
     """Bring back every process that needs recovery (see the module's docstring).
 
-    ``start`` starts the actor of an active process; ``wait_for_host`` makes a process
+    ``start`` starts the actor of an active process; ``queue`` queues the processes that
+    wait for a slot, by id, in the order of their submissions; ``wait_for_host`` makes a process
     paused for its host wait for it; ``has_backend`` says whether a backend (by name) is
     there to wait with (and can: `Capabilities.waits_for_host`).
 
@@ -58,7 +75,9 @@ async def recover(
         logger.info("indexing the processes of the store (once)")
         indexed = await store.rebuild_indexes(lambda raw: _describe(codec, raw))
         logger.info("indexed the processes of the store, %d active", indexed)
-    found, stale, corrupt = await trio.to_thread.run_sync(_scan, store, codec)
+    queued = await trio.to_thread.run_sync(_waiting, store)
+    skip = {process_id for _, process_id in queued}
+    found, stale, corrupt = await trio.to_thread.run_sync(_scan, store, codec, skip)
     for process_id, raw in stale:
         # In the index, yet not active: only a store changed behind corra's back has such
         # a record. Take it out, so that the next recovery does not read it either.
@@ -72,6 +91,7 @@ async def recover(
     counts = store.counts()  # before any actor runs, so that nothing moved yet
     waiting = [record for record in found if record.phase == "paused"]
     resumed = [record for record in found if record.phase != "paused"]
+    queue([process_id for _, process_id in queued])
     for record in resumed:
         await start(record)
     for record in waiting:
@@ -85,8 +105,9 @@ async def recover(
                 record.spec.host,
                 record.spec.backend,
             )
+    started = [(creation_position(record), record.id) for record in resumed]
     return RecoveryReport(
-        resumed=tuple(record.id for record in resumed),
+        resumed=tuple(process_id for _, process_id in sorted(started + queued)),
         waiting_for_host=tuple(record.id for record in waiting),
         inactive=counts.snapshots - counts.active,
         set_aside=tuple(set_aside),
@@ -104,15 +125,41 @@ def _describe(codec: RecordCodec, raw: bytes) -> tuple[bool, tuple[IndexTerm, ..
     return needs_recovery(record.state), record_terms(record)
 
 
+def _waiting(store: RecordStore) -> list[tuple[bytes, str]]:
+    """In a thread: the creation position and id of every process waiting for a slot, in
+    the order of their submissions, from the phase index (no record decoded)."""
+    waiting: list[tuple[bytes, str]] = []
+    positions: list[bytes] = []
+
+    def position(terms: tuple[IndexTerm, ...]) -> bool:
+        # (the creation position is not in the page: each candidate's terms hold it)
+        positions.append(next(order for index, _, order in terms if index == CREATED))
+        return True
+
+    selected = [IndexRange(PHASE, group_prefix(phase_group("created")))]
+    after = None
+    while True:
+        page = store.index_page(selected, after=after, limit=WAITING_PAGE, accept=position)
+        ids = [process_id for process_id, _ in page.items]
+        # (accept saw one more than the page holds when more follow)
+        waiting.extend(zip(positions[: len(ids)], ids, strict=True))
+        positions.clear()
+        if page.next_position is None:
+            return waiting
+        after = page.next_position
+
+
 def _scan(
-    store: RecordStore, codec: RecordCodec
+    store: RecordStore, codec: RecordCodec, skip: set[str]
 ) -> tuple[list[ProcessRecord], list[tuple[str, bytes]], list[tuple[str, bytes, str]]]:
-    """In a thread: the indexed records that need recovery, oldest first; the indexed ones
-    that do not; the corrupt ones, with the reason."""
+    """In a thread: the indexed records that need recovery (but those in ``skip``), oldest
+    first; the indexed ones that do not; the corrupt ones, with the reason."""
     found: list[ProcessRecord] = []
     stale: list[tuple[str, bytes]] = []
     corrupt: list[tuple[str, bytes, str]] = []
     for process_id, raw in store.scan_active():
+        if process_id in skip:
+            continue
         try:
             record: ProcessRecord = codec.decode(raw)
         except Exception as exc:

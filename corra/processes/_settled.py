@@ -15,7 +15,7 @@ a key lookup and a byte compare per name, not a decode (about 50 µs each).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import attrs
@@ -59,23 +59,33 @@ def settled(codec: RecordCodec, process_id: str, spec: ProcessSpec, raw: bytes) 
     return None
 
 
+#: Names looked up per read transaction by `find`.
+_BATCH: Final = 1000
+
+
 def find(
     store: RecordStore,
     codec: RecordCodec,
-    spec: ProcessSpec,
-    capabilities: Capabilities,
+    specs: Sequence[ProcessSpec],
+    capabilities: Callable[[ProcessSpec], Capabilities],
     in_memory: Callable[[str], Any],
-) -> Settled | None:
-    """The process named as ``spec`` is (its backend's ``capabilities`` say how its local
-    paths are stored), if its stored record says it is over with this very spec; None if no
-    process has the name, or its record is in memory (``in_memory(id)`` is not None: it has
-    an actor, memory may be ahead of the store), or its bytes do not tell (`settled`)."""
-    if spec.name is None:
-        return None
-    process_id = store.id_for_name(spec.name)
-    if process_id is None or in_memory(process_id) is not None:
-        return None
-    raw = store.load(process_id)
-    if raw is None:
-        return None
-    return settled(codec, process_id, absolute_paths(spec, capabilities), raw)
+) -> list[Settled | None]:
+    """Per spec, the process named as it is (``capabilities`` gives its backend's, which
+    say how its local paths are stored), if its stored record says it is over with this
+    very spec; None if no process has the name, or its record is in memory (``in_memory(id)``
+    is not None: it has an actor, memory may be ahead of the store), or its bytes do not
+    tell (`settled`). The names are looked up `_BATCH` at a time, one read transaction each.
+    """
+    found: list[Settled | None] = []
+    for start in range(0, len(specs), _BATCH):
+        chunk = specs[start : start + _BATCH]
+        named = [spec for spec in chunk if spec.name is not None]
+        stored = iter(store.load_named([spec.name for spec in named if spec.name is not None]))
+        for spec in chunk:
+            item = None if spec.name is None else next(stored)
+            if item is None or in_memory(item[0]) is not None:
+                found.append(None)
+                continue
+            as_stored = absolute_paths(spec, capabilities(spec))
+            found.append(settled(codec, item[0], as_stored, item[1]))
+    return found

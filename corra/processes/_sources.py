@@ -23,7 +23,13 @@ import trio
 from corra.processes._backend import EffectKey
 from corra.processes._journal import find_record
 from corra.processes._lifecycle import ACTIVE
-from corra.processes._listing import Selection, phase_counts, read_records
+from corra.processes._listing import (
+    Selection,
+    decode_stepwise,
+    phase_counts,
+    read_records,
+    read_undecoded,
+)
 from corra.processes._manager import ProcessManager
 from corra.processes._ports import RecordCodec
 from corra.processes._record import ProcessRecord, Transition
@@ -100,11 +106,16 @@ class LiveSource:
     async def page(
         self, selection: Selection, cursor: str | None, limit: int
     ) -> tuple[list[ProcessRecord], str | None, int]:
-        # (corrupt records are left out, and set aside by the recovery)
+        # (corrupt records are left out, and set aside by the recovery). The index is walked
+        # in a thread (a selective filter may walk many entries); the page is decoded here, a
+        # few records per step: in a thread, decoding held the interpreter's lock against
+        # the loop, and 8 clients listing at once stalled it.
         manager = self._manager
-        return await trio.to_thread.run_sync(
-            read_records, manager.store, manager.codec, selection, cursor, limit
+        items, following, corrupt = await trio.to_thread.run_sync(
+            read_undecoded, manager.store, manager.codec, selection, cursor, limit
         )
+        records, unreadable = await decode_stepwise(manager.codec, items)
+        return records, following, corrupt + unreadable
 
     async def phase_counts(self) -> dict[str, int]:
         await trio.lowlevel.checkpoint()

@@ -20,7 +20,7 @@ import hashlib
 import struct
 from typing import Final
 
-from corra.persistence import EncodedTerms, encode_term, encode_terms, join_terms
+from corra.persistence import encode_terms, join_terms, term_template
 from corra.processes._lifecycle import PHASES, TERMINAL
 from corra.processes._record import ProcessRecord
 from corra.processes._spec import ProcessSpec
@@ -105,16 +105,17 @@ def record_terms(record: ProcessRecord) -> tuple[IndexTerm, ...]:
 class TermsEncoder:
     """The terms of each save, encoded (`corra.persistence.encode_terms`) as `record_terms`
     gives them; the journal makes one. What stays while a process's spec does is encoded
-    once per process and remembered until it ends (or is evicted, at ``limit`` processes):
-    a save at each transition encodes only its phase and end."""
+    once per process and remembered until it ends (or is evicted, at ``limit`` processes),
+    as a template that a save fills with its phase: two concatenations
+    (`corra.persistence.term_template`), its end added once it is terminal."""
 
     __slots__ = ("_lasting", "limit")
 
     def __init__(self, limit: int = 10_000) -> None:
-        self._lasting: dict[str, tuple[ProcessSpec, float, bytes, EncodedTerms]] = {}
+        self._lasting: dict[str, tuple[ProcessSpec, float, bytes, bytes, bytes]] = {}
         self.limit = limit
 
-    def encode(self, record: ProcessRecord) -> EncodedTerms:
+    def encode(self, record: ProcessRecord) -> bytes:
         """The encoded terms of ``record``.
 
         Raises:
@@ -123,17 +124,22 @@ class TermsEncoder:
         process_id = record.id
         known = self._lasting.get(process_id)
         if known is not None and known[0] is record.spec and known[1] == record.created_at:
-            position, lasting = known[2], known[3]
+            position, head, tail = known[2], known[3], known[4]
         else:
             position = creation_position(record)
             lasting = encode_terms(_lasting_terms(record, position))
+            head, tail = term_template(lasting, PHASE, position)
             if len(self._lasting) >= self.limit:
                 self._lasting.clear()
-            self._lasting[process_id] = (record.spec, record.created_at, position, lasting)
+            self._lasting[process_id] = (record.spec, record.created_at, position, head, tail)
         phase = record.state.phase
-        moving = encode_term(PHASE, _PHASE_GROUPS[phase], position)
-        if phase in TERMINAL:
-            del self._lasting[process_id]  # (a rerun encodes them again)
-            ended = time_position(ended_at(record)) + position
-            moving = join_terms(moving, encode_term(ENDED, b"", ended))
-        return join_terms(lasting, moving)
+        blob = head + _PHASE_GROUPS[phase] + tail
+        if phase not in TERMINAL:
+            return blob
+        del self._lasting[process_id]  # (a rerun encodes them again)
+        ended = time_position(ended_at(record)) + position
+        return join_terms(blob, encode_terms(((ENDED, b"", ended),)))
+
+
+# (the phase groups, checked once: a save puts one in its template without a check)
+encode_terms([(PHASE, group, b"") for group in _PHASE_GROUPS.values()])

@@ -1,8 +1,10 @@
 """The slot queue: how many local programs may run at once, granted first come first served.
 
 It sits behind the manager's admission queue (`corra.processes._admission`), which decides
-who asks next; this one counts what runs on this machine, including programs found running
-at recovery (adopted, even above the limit).
+who asks next and asks for one process at a time (its dispatcher is the runtime's only
+waiter here); this one counts what runs on this machine, including programs found running
+at recovery (adopted, even above the limit), and keeps `Backend.acquire_slot`'s promise
+(first come, first served) to any other caller.
 """
 
 from __future__ import annotations
