@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import re
+import secrets
 
 import pytest
+import trio
+from lightkube import AsyncClient, KubeConfig
+from lightkube.core.exceptions import ApiError
+from lightkube.resources.batch_v1 import Job
+from lightkube.resources.core_v1 import Namespace
 
 from corra._errors import ConfigError
+from corra.backends.kubernetes._manifest import job_manifest
 from corra.backends.kubernetes._naming import (
     ATTEMPT_LABEL,
     INSTANCE_LABEL,
@@ -18,6 +25,7 @@ from corra.backends.kubernetes._naming import (
 )
 from corra.backends.kubernetes._options import KubernetesOptions
 from corra.processes._backend import EffectKey
+from corra.processes._spec import ProcessSpec
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
@@ -94,3 +102,89 @@ def test_options_take_what_a_pod_needs():
 def test_a_bad_option_is_refused_naming_its_field_path(fields, said):
     with pytest.raises(ConfigError, match=re.escape(said)):
         KubernetesOptions(**{"image": "busybox", **fields})
+
+
+def manifest_of(**fields):
+    options = fields.pop("options", KubernetesOptions(image="busybox"))
+    spec = ProcessSpec(**{"argv": ("sh", "-c", "exit 0"), "name": "job", **fields})
+    return job_manifest(EffectKey("p1abc", 2), spec, options, instance="i1", namespace="ns")
+
+
+def test_a_manifest_is_one_attempt_one_pod_with_the_specs_limits():
+    manifest = manifest_of(env={"A": "1"}, cwd="/work", timeout=2.5, kill_grace=0.5)
+    assert manifest["metadata"]["name"] == "corra-p1abc-2"
+    assert manifest["metadata"]["annotations"] == {"corra.dev/key": "p1abc.2"}
+    spec = manifest["spec"]
+    assert (spec["backoffLimit"], spec["completions"], spec["parallelism"]) == (0, 1, 1)
+    assert spec["activeDeadlineSeconds"] == 3  # (rounded up: never before corra would)
+    pod = spec["template"]["spec"]
+    assert pod["restartPolicy"] == "Never" and pod["terminationGracePeriodSeconds"] == 1
+    assert spec["template"]["metadata"]["labels"] == manifest["metadata"]["labels"]
+    [container] = pod["containers"]
+    assert container == {
+        "name": "main",
+        "image": "busybox",
+        "command": ["sh", "-c", "exit 0"],
+        "env": [{"name": "A", "value": "1"}],
+        "workingDir": "/work",
+    }
+    assert "activeDeadlineSeconds" not in manifest_of()["spec"]
+
+
+def test_the_pod_template_is_merged_under_corras_fields():
+    options = KubernetesOptions(
+        image="busybox",
+        resources={"limits": {"memory": "1Gi"}},
+        pod_template={
+            "metadata": {"labels": {"team": "x", "corra.dev/attempt": "9"}},
+            "spec": {
+                "restartPolicy": "Always",
+                "priorityClassName": "low",
+                "containers": [
+                    {"name": "sidecar", "image": "proxy"},
+                    {"name": "main", "image": "other", "volumeMounts": [{"name": "v"}]},
+                ],
+            },
+        },
+    )
+    manifest = manifest_of(options=options)
+    template = manifest["spec"]["template"]
+    assert template["metadata"]["labels"]["team"] == "x"
+    assert template["metadata"]["labels"]["corra.dev/attempt"] == "2"
+    pod = template["spec"]
+    assert pod["restartPolicy"] == "Never" and pod["priorityClassName"] == "low"
+    sidecar, main = pod["containers"]
+    assert sidecar == {"name": "sidecar", "image": "proxy"}
+    assert main["image"] == "busybox" and main["volumeMounts"] == [{"name": "v"}]
+    assert main["resources"] == {"limits": {"memory": "1Gi"}}
+    assert options.pod_template["spec"]["containers"][1]["image"] == "other"  # (not changed)
+
+
+@pytest.mark.kubernetes
+async def test_a_manifest_runs_on_the_real_control_plane(kube):
+    # The apiserver takes it as it is (validation, defaulting), the controller makes its one
+    # pod, the node runs it: a Job that completes, under its deterministic name.
+    namespace = f"t-{secrets.token_hex(4)}"
+    async with AsyncClient(KubeConfig.from_file(kube.kubeconfig)) as client:
+        await client.create(Namespace.from_dict({"metadata": {"name": namespace}}))
+        try:
+            spec = ProcessSpec(argv=("sh", "-c", 'test "$A" = 1'), env={"A": "1"}, timeout=30)
+            key = EffectKey("p1abc", 1)
+            body = job_manifest(
+                key, spec, KubernetesOptions(image="busybox"), instance="i1", namespace=namespace
+            )
+            await client.create(Job.from_dict(body))
+            with pytest.raises(ApiError) as again:  # (a second create: "already exists")
+                await client.create(Job.from_dict(body))
+            assert again.value.status.code == 409
+            with trio.fail_after(30):
+                while True:
+                    job = await client.get(Job, job_name(key), namespace=namespace)
+                    conditions = (job.status and job.status.conditions) or []
+                    if any(c.type == "Complete" and c.status == "True" for c in conditions):
+                        break
+                    assert not any(c.type == "Failed" for c in conditions), conditions
+                    await trio.sleep(0.1)
+            assert adoptable(job.metadata.labels, "i1", key)
+        finally:
+            await client.delete(Namespace, namespace)

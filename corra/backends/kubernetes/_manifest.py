@@ -1,0 +1,112 @@
+"""The Job an attempt is: its manifest, made from the process's spec and ``kubernetes`` table.
+
+- One attempt, one Job, one pod: ``backoffLimit: 0`` and ``restartPolicy: Never`` (corra owns
+  retries, each a new attempt with a new Job), ``completions`` and ``parallelism`` 1.
+- The spec's ``timeout`` is the Job's ``activeDeadlineSeconds`` (whole seconds, rounded up:
+  the cluster never kills it before corra would), its ``kill_grace`` the pod's
+  ``terminationGracePeriodSeconds``.
+- The container (``main``) runs the spec's ``argv`` as its command, with its ``env`` and, if
+  given, its ``cwd`` as the working directory.
+- ``pod_template`` is merged under corra's fields: corra's win where both set one (the
+  command, the restart policy, the labels corra selects by), tables merge key by key, and
+  the template's containers other than ``main`` (sidecars) stay.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping
+from typing import Any, Final
+
+from corra.backends.kubernetes._naming import KEY_ANNOTATION, job_labels, job_name
+from corra.backends.kubernetes._options import KubernetesOptions
+from corra.processes._backend import EffectKey
+from corra.processes._spec import ProcessSpec
+
+#: The name of the container that runs the program.
+CONTAINER: Final = "main"
+
+
+def job_manifest(
+    key: EffectKey,
+    spec: ProcessSpec,
+    options: KubernetesOptions,
+    *,
+    instance: str,
+    namespace: str,
+    suspend: bool = False,
+) -> dict[str, Any]:
+    """The Job of the attempt ``key`` (see the module's docstring), as the API takes it."""
+    labels = job_labels(instance, key)
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": options.image,
+        "command": list(spec.argv),
+    }
+    if spec.env:
+        container["env"] = [{"name": name, "value": value} for name, value in spec.env.items()]
+    if spec.cwd is not None:
+        container["workingDir"] = spec.cwd
+    if options.resources:
+        container["resources"] = copy.deepcopy(options.resources)
+    pod: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": math.ceil(spec.kill_grace),
+        "containers": [container],
+    }
+    if options.node_selector:
+        pod["nodeSelector"] = dict(options.node_selector)
+    if options.tolerations:
+        pod["tolerations"] = [dict(toleration) for toleration in options.tolerations]
+    if options.service_account is not None:
+        pod["serviceAccountName"] = options.service_account
+    template = options.pod_template
+    job_spec: dict[str, Any] = {
+        "backoffLimit": 0,
+        "completions": 1,
+        "parallelism": 1,
+        "template": {
+            "metadata": _merged(template.get("metadata", {}), {"labels": labels}),
+            "spec": _pod_spec(template.get("spec", {}), pod),
+        },
+    }
+    if spec.timeout is not None:
+        job_spec["activeDeadlineSeconds"] = max(1, math.ceil(spec.timeout))
+    if suspend:
+        job_spec["suspend"] = True
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name(key),
+            "namespace": namespace,
+            "labels": labels,
+            "annotations": {KEY_ANNOTATION: str(key)},
+        },
+        "spec": job_spec,
+    }
+
+
+def _pod_spec(template: Mapping[str, Any], ours: dict[str, Any]) -> dict[str, Any]:
+    """The pod spec: ``ours`` over the template's, the ``main`` container merged over the
+    template's container of that name (or its first, if none has it), other containers
+    kept."""
+    theirs = [dict(container) for container in template.get("containers", [])]
+    main = next((c for c in theirs if c.get("name") == CONTAINER), theirs[0] if theirs else None)
+    merged = _merged({k: v for k, v in template.items() if k != "containers"}, ours)
+    if main is not None:
+        container = _merged(main, ours["containers"][0])
+        merged["containers"] = [container if c is main else c for c in theirs]
+    return merged
+
+
+def _merged(under: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` merged over ``under``: tables key by key, anything else from ``over``."""
+    out = copy.deepcopy(dict(under))
+    for name, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(name), Mapping):
+            out[name] = _merged(out[name], value)
+        else:
+            out[name] = copy.deepcopy(value)
+    return out
