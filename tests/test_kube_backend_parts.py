@@ -188,3 +188,164 @@ async def test_a_manifest_runs_on_the_real_control_plane(kube):
             assert adoptable(job.metadata.labels, "i1", key)
         finally:
             await client.delete(Namespace, namespace)
+
+
+def pod_with(phase, *, terminated=None, waiting=None, running=None, **status):
+    state = {}
+    for name, value in (("terminated", terminated), ("waiting", waiting), ("running", running)):
+        if value is not None:
+            state[name] = value
+    containers = [{"name": "main", "state": state}] if state else []
+    return {"metadata": {}, "status": {"phase": phase, "containerStatuses": containers, **status}}
+
+
+@pytest.mark.parametrize(
+    ("job", "pod", "expected"),
+    [
+        (None, None, ("waiting", None, None)),
+        (
+            None,
+            pod_with(
+                "Pending",
+                conditions=[
+                    {
+                        "type": "PodScheduled",
+                        "status": "False",
+                        "reason": "Unschedulable",
+                        "message": "0/1 nodes are available: 1 Insufficient cpu.",
+                    }
+                ],
+            ),
+            ("unschedulable", "Unschedulable", None),
+        ),
+        (
+            None,
+            pod_with("Pending", waiting={"reason": "ImagePullBackOff", "message": "no such"}),
+            ("image_error", "ImagePullBackOff", None),
+        ),
+        (
+            None,
+            pod_with("Pending", waiting={"reason": "CreateContainerConfigError"}),
+            ("config_error", "CreateContainerConfigError", None),
+        ),
+        (
+            None,
+            pod_with("Pending", waiting={"reason": "ContainerCreating"}),
+            ("waiting", "ContainerCreating", None),
+        ),
+        (
+            None,
+            pod_with("Running", running={"startedAt": "2026-12-07T10:00:00Z"}),
+            ("running", None, None),
+        ),
+        (
+            None,
+            pod_with("Failed", terminated={"exitCode": 3, "reason": "Error"}),
+            ("failed", "Error", 3),
+        ),
+        (
+            None,
+            pod_with("Succeeded", terminated={"exitCode": 0, "reason": "Completed"}),
+            ("succeeded", "Completed", 0),
+        ),
+        (
+            None,
+            pod_with("Succeeded", terminated={"exitCode": 0, "reason": "OOMKilled"}),
+            ("out_of_memory", "OOMKilled", 0),
+        ),
+        (
+            None,
+            pod_with("Failed", reason="Evicted", message="The node was low on resource"),
+            ("node_failure", "Evicted", None),
+        ),
+        (
+            {
+                "status": {
+                    "conditions": [
+                        {"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}
+                    ]
+                }
+            },
+            None,
+            ("deadline", "DeadlineExceeded", None),
+        ),
+    ],
+)
+def test_an_attempt_is_classified_with_the_clusters_reason(job, pod, expected):
+    from corra.backends.kubernetes._outcomes import classify
+
+    view = classify(job, pod)
+    assert (view.state, view.reason, view.exit_code) == expected
+
+
+def test_a_pod_deleted_by_the_cluster_is_a_node_failure_unless_corra_deleted_it():
+    from corra.backends.kubernetes._outcomes import classify
+
+    pod = pod_with("Running", running={"startedAt": "2026-12-07T10:00:00Z"})
+    pod["metadata"]["deletionTimestamp"] = "2026-12-07T10:01:00Z"
+    assert classify(None, pod).state == "node_failure"
+    assert classify(None, pod, deleting=True).state == "running"
+    ended = pod_with(
+        "Failed",
+        terminated={
+            "exitCode": 137,
+            "reason": "Error",
+            "startedAt": "2026-12-07T10:00:00Z",
+            "finishedAt": "2026-12-07T10:00:05Z",
+        },
+    )
+    view = classify(None, ended, deleting=True)
+    assert (view.state, view.exit_code, view.ended_at - view.started_at) == ("failed", 137, 5.0)
+
+
+@pytest.mark.kubernetes
+async def test_what_the_real_control_plane_says_is_classified(kube):
+    # Each attempt as a real Job on the real apiserver, played by the stand-in node: the
+    # classifier reads the objects as the API gives them.
+    from lightkube.resources.core_v1 import Pod
+
+    from corra.backends.kubernetes._outcomes import classify
+    from corra.testing.kubenode import BEHAVIOUR
+
+    cases = {
+        "exit-3": ("exit 3", {}, {}, ("failed", 3)),
+        "ok": ("exit 0", {}, {}, ("succeeded", 0)),
+        "oom": ("exit 0", {BEHAVIOUR: "oom-killed-real-exit-code"}, {}, ("out_of_memory", 0)),
+        "pull": ("exit 0", {BEHAVIOUR: "image-pull-backoff"}, {}, ("image_error", None)),
+        "evicted": ("sleep 30", {BEHAVIOUR: "evicted"}, {}, ("node_failure", None)),
+        "nowhere": ("exit 0", {}, {"disk": "none-has-it"}, ("unschedulable", None)),
+    }
+    namespace = f"t-{secrets.token_hex(4)}"
+    async with AsyncClient(KubeConfig.from_file(kube.kubeconfig)) as client:
+        await client.create(Namespace.from_dict({"metadata": {"name": namespace}}))
+        try:
+            keys = {}
+            for number, (name, (command, annotations, selector, _)) in enumerate(cases.items()):
+                keys[name] = key = EffectKey(f"p{number}", 1)
+                options = KubernetesOptions(
+                    image="busybox",
+                    node_selector=selector,
+                    pod_template={"metadata": {"annotations": annotations}},
+                )
+                spec = ProcessSpec(argv=("sh", "-c", command), name=name)
+                body = job_manifest(key, spec, options, instance="i1", namespace=namespace)
+                await client.create(Job.from_dict(body))
+            seen: dict[str, tuple[str, int | None]] = {}
+            with trio.fail_after(40):
+                while len(seen) < len(cases):
+                    for name, key in keys.items():
+                        job = await client.get(Job, job_name(key), namespace=namespace)
+                        pods = [
+                            pod
+                            async for pod in client.list(
+                                Pod, namespace=namespace, labels={"job-name": job_name(key)}
+                            )
+                        ]
+                        pod = pods[0].to_dict() if pods else None
+                        view = classify(job.to_dict(), pod)
+                        if (view.state, view.exit_code) == cases[name][3]:
+                            seen[name] = (view.state, view.exit_code)
+                    await trio.sleep(0.2)
+            assert seen == {name: case[3] for name, case in cases.items()}
+        finally:
+            await client.delete(Namespace, namespace)
