@@ -349,3 +349,57 @@ async def test_what_the_real_control_plane_says_is_classified(kube):
             assert seen == {name: case[3] for name, case in cases.items()}
         finally:
             await client.delete(Namespace, namespace)
+
+
+@pytest.mark.kubernetes
+async def test_one_watch_follows_every_attempt_of_its_instance(kube):
+    # One list+watch for the namespace: each attempt wakes at its own Job's and pod's changes
+    # and reads them from the watch; another instance's Job is never seen.
+    from corra.backends.kubernetes._naming import INSTANCE_LABEL
+    from corra.backends.kubernetes._outcomes import classify
+    from corra.backends.kubernetes._watch import NamespaceWatch
+
+    namespace = f"t-{secrets.token_hex(4)}"
+    async with AsyncClient(KubeConfig.from_file(kube.kubeconfig)) as client:
+        await client.create(Namespace.from_dict({"metadata": {"name": namespace}}))
+        try:
+            watch = NamespaceWatch(client, namespace, {INSTANCE_LABEL: "w1"}, resync=2.0)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(watch.run)
+                expected = {}
+                attempts = [
+                    ("w1", "exit 0", ("succeeded", 0)),
+                    ("w1", "exit 4", ("failed", 4)),
+                    ("w1", "sleep 3; exit 0", ("succeeded", 0)),
+                    ("w2", "true", None),
+                ]
+                for number, (instance, command, outcome) in enumerate(attempts):
+                    key = EffectKey(f"p{number}", 1)
+                    spec = ProcessSpec(argv=("sh", "-c", command))
+                    options = KubernetesOptions(image="busybox")
+                    body = job_manifest(key, spec, options, instance=instance, namespace=namespace)
+                    await client.create(Job.from_dict(body))
+                    if outcome is not None:
+                        expected[job_name(key)] = outcome
+                ended = {}
+
+                async def follow(name):
+                    with trio.fail_after(40):
+                        while True:
+                            job, pods = watch.view(name)
+                            view = classify(job, pods[-1] if pods else None)
+                            if view.ended:
+                                ended[name] = (view.state, view.exit_code)
+                                return
+                            await watch.changed(name)
+
+                async with trio.open_nursery() as followers:
+                    for name in expected:
+                        followers.start_soon(follow, name)
+                assert ended == expected
+                assert watch.view(job_name(EffectKey("p3", 1))) == (None, [])
+                assert watch.relists >= 2  # (the resyncs: a relist every 2 s)
+                assert watch.last_relist_reason == "resync"
+                nursery.cancel_scope.cancel()
+        finally:
+            await client.delete(Namespace, namespace)

@@ -1,0 +1,216 @@
+"""One list+watch per cluster and namespace: what every attempt there learns its state from.
+
+Not one watch per process: one list, then one watch, of corra's Jobs and of their pods,
+selected by the runtime's instance label, shared by every attempt in the namespace. Each
+attempt waits on its Job's name (`NamespaceWatch.changed`) and reads what the watch holds
+of it (`NamespaceWatch.view`): a status change reaches it without a request of its own.
+
+The watch starts over with a new list (a *relist*, after which every attempt looks again):
+- when the server says its position is gone (``410 Gone``: the events since were compacted
+  away, so some may have been missed);
+- when a stream fails (a connection lost, an error answer), after a pause that doubles up
+  to `MAX_PAUSE`;
+- every ``resync`` seconds, so that whatever a stream may have missed is found in time.
+
+Objects are kept as the API gives them (plain JSON), as `corra.backends.kubernetes._outcomes`
+reads them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from typing import Any, Final
+
+import httpx
+import trio
+from lightkube import AsyncClient
+from lightkube.core.exceptions import ApiError
+from lightkube.resources.batch_v1 import Job
+from lightkube.resources.core_v1 import Pod
+
+logger = logging.getLogger("corra.backend.kubernetes")
+
+#: The longest pause before a relist after failures.
+MAX_PAUSE: Final = 30.0
+#: The label the Job controller puts on a Job's pods: the Job's name.
+JOB_NAME_LABEL: Final = "job-name"
+
+
+class NamespaceWatch:
+    """The Jobs (and their pods) of one namespace that have ``labels``, kept current.
+
+    Args:
+        client: the cluster's client.
+        namespace: the namespace watched.
+        labels: the label selector (corra's instance label).
+        resync: seconds between two relists while nothing fails.
+        server_timeout: seconds the server keeps one watch request open (lightkube opens the
+            next from where it was).
+    """
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        namespace: str,
+        labels: Mapping[str, str],
+        *,
+        resync: float = 300.0,
+        server_timeout: int = 290,
+    ) -> None:
+        self._client = client
+        self.namespace = namespace
+        self._labels = dict(labels)
+        self._resync = resync
+        self._server_timeout = server_timeout
+        self._jobs: dict[str, dict[str, Any]] = {}
+        self._pods: dict[str, dict[str, dict[str, Any]]] = {}
+        self._waiters: dict[str, trio.Event] = {}
+        self.relists = 0
+        """Lists made so far (the first one included)."""
+        self.last_relist_reason: str | None = None
+
+    # -- what attempts read ---------------------------------------------------------------
+
+    def view(self, job: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        """The Job named ``job`` (None if unseen or deleted) and its pods, oldest first."""
+        pods = sorted(
+            self._pods.get(job, {}).values(),
+            key=lambda pod: (pod.get("metadata") or {}).get("creationTimestamp") or "",
+        )
+        return self._jobs.get(job), pods
+
+    async def changed(self, job: str) -> None:
+        """Return at the next change of the Job named ``job`` or of one of its pods (or at
+        the next relist). A checkpoint."""
+        event = self._waiters.get(job)
+        if event is None:
+            event = self._waiters[job] = trio.Event()
+        await event.wait()
+
+    def _wake(self, job: str) -> None:
+        event = self._waiters.pop(job, None)
+        if event is not None:
+            event.set()
+
+    # -- keeping current --------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep the watch current until cancelled; started once the first list is in."""
+        pause = 0.0
+        versions = await self._relist_until_done()
+        task_status.started()
+        while True:
+            reason = await self._follow(*versions)
+            self.last_relist_reason = reason
+            if reason == "resync" or reason == "gone":
+                pause = 0.0
+            else:
+                pause = min(MAX_PAUSE, max(0.5, pause * 2))
+                logger.warning(
+                    "watch of namespace %s: %s; listing again in %.1f s",
+                    self.namespace,
+                    reason,
+                    pause,
+                )
+                await trio.sleep(pause)
+            versions = await self._relist_until_done()
+
+    async def _relist_until_done(self) -> tuple[str, str]:
+        pause = 0.5
+        while True:
+            try:
+                return await self._relist()
+            except (ApiError, httpx.HTTPError, OSError) as exc:
+                logger.warning(
+                    "listing namespace %s failed: %s; again in %.1f s", self.namespace, exc, pause
+                )
+                await trio.sleep(pause)
+                pause = min(MAX_PAUSE, pause * 2)
+
+    async def _relist(self) -> tuple[str, str]:
+        """List the Jobs and pods anew, wake every attempt whose view changed (or that
+        waits), and return the versions to watch from."""
+        jobs_listed = self._client.list(Job, namespace=self.namespace, labels=self._labels)
+        jobs = {job.metadata.name: job.to_dict() async for job in jobs_listed}
+        pods_listed = self._client.list(Pod, namespace=self.namespace, labels=self._labels)
+        pods: dict[str, dict[str, dict[str, Any]]] = {}
+        async for pod in pods_listed:
+            owner = (pod.metadata.labels or {}).get(JOB_NAME_LABEL)
+            if owner is not None:
+                pods.setdefault(owner, {})[pod.metadata.name] = pod.to_dict()
+        self.relists += 1
+        before_jobs, before_pods = self._jobs, self._pods
+        self._jobs, self._pods = jobs, pods
+        for name in (
+            set(before_jobs) | set(jobs) | set(before_pods) | set(pods) | set(self._waiters)
+        ):
+            if (
+                before_jobs.get(name) != jobs.get(name)
+                or before_pods.get(name) != pods.get(name)
+                or name in self._waiters
+            ):
+                self._wake(name)
+        return _version(jobs_listed), _version(pods_listed)
+
+    async def _follow(self, job_version: str, pod_version: str) -> str:
+        """Follow both streams until one fails, the server says a position is gone, or the
+        resync is due; says which."""
+        reason = "resync"
+        async with trio.open_nursery() as nursery:
+
+            async def follow(kind: Any, version: str) -> None:
+                nonlocal reason
+                try:
+                    async for event, obj in self._client.watch(
+                        kind,
+                        namespace=self.namespace,
+                        labels=self._labels,
+                        resource_version=version,
+                        server_timeout=self._server_timeout,
+                    ):
+                        self._apply(kind, event, obj.to_dict())
+                    reason = f"the {kind.__name__} stream ended"
+                except ApiError as exc:
+                    code = exc.status.code if exc.status is not None else None
+                    reason = "gone" if code == 410 else f"the {kind.__name__} stream: {exc}"
+                except (httpx.HTTPError, OSError) as exc:
+                    reason = f"the {kind.__name__} stream: {type(exc).__name__}: {exc}"
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(follow, Job, job_version)
+            nursery.start_soon(follow, Pod, pod_version)
+            await trio.sleep(self._resync if math.isfinite(self._resync) else math.inf)
+            nursery.cancel_scope.cancel()
+        return reason
+
+    def _apply(self, kind: Any, event: str, obj: dict[str, Any]) -> None:
+        metadata = obj.get("metadata") or {}
+        name = metadata.get("name")
+        if kind is Job:
+            if event == "DELETED":
+                self._jobs.pop(name, None)
+            else:
+                self._jobs[name] = obj
+            self._wake(name)
+            return
+        owner = (metadata.get("labels") or {}).get(JOB_NAME_LABEL)
+        if owner is None:
+            return
+        if event == "DELETED":
+            pods = self._pods.get(owner, {})
+            pods.pop(name, None)
+            if not pods:
+                self._pods.pop(owner, None)
+        else:
+            self._pods.setdefault(owner, {})[name] = obj
+        self._wake(owner)
+
+
+def _version(listed: Any) -> str:
+    """The resource version a list was made at (where its watch starts)."""
+    try:
+        return str(listed.resourceVersion)
+    except Exception:  # (an empty list may not say: watch from now)
+        return "0"
