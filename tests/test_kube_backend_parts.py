@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import secrets
 
@@ -400,6 +401,80 @@ async def test_one_watch_follows_every_attempt_of_its_instance(kube):
                 assert watch.view(job_name(EffectKey("p3", 1))) == (None, [])
                 assert watch.relists >= 2  # (the resyncs: a relist every 2 s)
                 assert watch.last_relist_reason == "resync"
+                nursery.cancel_scope.cancel()
+        finally:
+            await client.delete(Namespace, namespace)
+
+
+@pytest.mark.kubernetes
+async def test_a_watch_whose_position_is_compacted_away_lists_again(kube):
+    # etcd compacted under the watch: its next request from where it was is 410 Gone; the
+    # watch lists again and goes on from there.
+    import json
+    import subprocess
+
+    from lightkube.resources.core_v1 import ConfigMap
+
+    from corra.backends.kubernetes._naming import INSTANCE_LABEL
+    from corra.backends.kubernetes._outcomes import classify
+    from corra.backends.kubernetes._watch import NamespaceWatch
+
+    etcd = f"http://127.0.0.1:{(kube.kubeconfig.parent / 'etcd.port').read_text().strip()}"
+
+    def compact() -> None:
+        status = subprocess.run(
+            ["etcdctl", "--endpoints", etcd, "endpoint", "status", "-w", "json"],
+            capture_output=True,
+            check=True,
+            env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"},
+        )
+        revision = json.loads(status.stdout)[0]["Status"]["header"]["revision"]
+        subprocess.run(
+            ["etcdctl", "--endpoints", etcd, "compact", str(revision)],
+            capture_output=True,
+            check=True,
+            env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"},
+        )
+
+    async def ended(watch, key):
+        with trio.fail_after(30):
+            while True:
+                job, pods = watch.view(job_name(key))
+                if classify(job, pods[-1] if pods else None).ended:
+                    return
+                await watch.changed(job_name(key))
+
+    namespace = f"t-{secrets.token_hex(4)}"
+    async with AsyncClient(KubeConfig.from_file(kube.kubeconfig)) as client:
+        await client.create(Namespace.from_dict({"metadata": {"name": namespace}}))
+        try:
+            watch = NamespaceWatch(
+                client, namespace, {INSTANCE_LABEL: "g1"}, resync=math.inf, server_timeout=1
+            )
+            options = KubernetesOptions(image="busybox")
+            async with trio.open_nursery() as nursery:
+                await nursery.start(watch.run)
+                spec = ProcessSpec(argv=("true",))
+                first, second = EffectKey("p1", 1), EffectKey("p2", 1)
+                body = job_manifest(first, spec, options, instance="g1", namespace=namespace)
+                await client.create(Job.from_dict(body))
+                await ended(watch, first)
+                for number in range(3):  # (etcd moves on past the watch's position)
+                    await client.create(
+                        ConfigMap.from_dict({"metadata": {"name": f"c{number}"}}),
+                        namespace=namespace,
+                    )
+                await trio.to_thread.run_sync(compact)
+                # (an open request goes on past a compaction: the next one, from where the
+                # watch was, within a second, is refused)
+                with trio.move_on_after(10):
+                    while watch.last_relist_reason != "gone":
+                        await trio.sleep(0.1)
+                assert watch.last_relist_reason == "gone", (watch.relists, watch.last_relist_reason)
+                body = job_manifest(second, spec, options, instance="g1", namespace=namespace)
+                await client.create(Job.from_dict(body))
+                await ended(watch, second)
+                assert watch.relists >= 2
                 nursery.cancel_scope.cancel()
         finally:
             await client.delete(Namespace, namespace)

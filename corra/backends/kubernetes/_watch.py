@@ -18,15 +18,18 @@ reads them.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, Final
 
 import httpx
 import trio
 from lightkube import AsyncClient
+from lightkube.core import decoders
 from lightkube.core.exceptions import ApiError
+from lightkube.core.selector import build_selector
 from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import Pod
 
@@ -163,14 +166,8 @@ class NamespaceWatch:
             async def follow(kind: Any, version: str) -> None:
                 nonlocal reason
                 try:
-                    async for event, obj in self._client.watch(
-                        kind,
-                        namespace=self.namespace,
-                        labels=self._labels,
-                        resource_version=version,
-                        server_timeout=self._server_timeout,
-                    ):
-                        self._apply(kind, event, obj.to_dict())
+                    async for event, obj in self._events(kind, version):
+                        self._apply(kind, event, obj)
                     reason = f"the {kind.__name__} stream ended"
                 except ApiError as exc:
                     code = exc.status.code if exc.status is not None else None
@@ -184,6 +181,50 @@ class NamespaceWatch:
             await trio.sleep(self._resync if math.isfinite(self._resync) else math.inf)
             nursery.cancel_scope.cancel()
         return reason
+
+    async def _events(self, kind: Any, version: str) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """The watch events of ``kind`` from ``version`` on, as the API gives them, each
+        request reopened from the last event's version when the server closes it.
+
+        lightkube's own watch, but for two things: its objects stay plain JSON, and a
+        request that ends with an ERROR event (``410 Gone``) is read to its end before the
+        error is raised (lightkube raises it inside its loop over the response's lines,
+        which leaves httpx's line iterators unfinished, and trio warns of each as it is
+        collected)."""
+        generic = self._client._client  # (lightkube's request building, auth and transport)
+        params: dict[str, Any] = {
+            "timeoutSeconds": self._server_timeout,
+            "resourceVersion": version,
+            "labelSelector": build_selector(self._labels),
+        }
+        request = generic.prepare_request(
+            "list", res=kind, namespace=self.namespace, watch=True, params=params
+        )
+        while True:
+            response = await generic.send(
+                generic._client.build_request(
+                    request.method,
+                    request.url,
+                    params=request.params,
+                    timeout=generic._watch_timeout,
+                ),
+                stream=True,
+            )
+            error = None
+            try:
+                response.raise_for_status()
+                async for line in response.aiter_lines():
+                    event = decoders.decode_watch_event(line)
+                    if event.type == "ERROR":
+                        error = ApiError(status=decoders.decode_status(event.object))
+                        continue
+                    obj = json.loads(bytes(event.object))
+                    request.params["resourceVersion"] = obj["metadata"]["resourceVersion"]
+                    yield event.type, obj
+            finally:
+                await response.aclose()
+            if error is not None:
+                raise error
 
     def _apply(self, kind: Any, event: str, obj: dict[str, Any]) -> None:
         metadata = obj.get("metadata") or {}
