@@ -37,6 +37,7 @@ from corra.processes._migrations import record_1_to_2
 from corra.processes._record import ProcessRecord, Transition
 from corra.processes._recovery import RecoveryReport
 from corra.processes._registry import installed
+from corra.processes._retention import check_count
 from corra.processes._spec import (
     DEFAULT_OUTPUT_LIMIT,
     ProcessSpec,
@@ -368,10 +369,8 @@ async def open_runtime(
     check_output_limit("output_limit", output_limit)
     if retain_finished is not None:
         check_seconds("retain_finished", retain_finished, positive=True)
-    if retain_count is not None and (
-        isinstance(retain_count, bool) or not isinstance(retain_count, int) or retain_count < 0
-    ):
-        raise ConfigError(f"retain_count: got {retain_count!r}, expected an integer >= 0")
+    if retain_count is not None:
+        check_count("retain_count", retain_count)
     async with kernel.open_runtime(flags=flags, runtime_type=Runtime) as rt:
         assert isinstance(rt, Runtime)
         if state_dir is None:

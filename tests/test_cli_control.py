@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -50,8 +52,11 @@ def test_control_commands_without_a_service_say_how_to_start_one(tmp_path):
     assert corra(state, "ps").returncode == 2
 
 
-def test_control_commands_while_a_corra_run_holds_the_state_dir(tmp_path):
-    state = tmp_path / "state"
+@contextlib.contextmanager
+def napping_run(state: Path) -> Iterator[subprocess.Popen]:
+    """A `corra run` of ``sleep 30`` (named ``nap``) holding the state dir, its program
+    running; stopped after the block (SIGINT), and its program killed through a service
+    (programs outlive `corra run`)."""
     runner = subprocess.Popen(
         [*CORRA, "--state-dir", str(state), "run", "--name", "nap", "--", "sleep", "30"],
         stdout=subprocess.DEVNULL,
@@ -59,17 +64,23 @@ def test_control_commands_while_a_corra_run_holds_the_state_dir(tmp_path):
     )
     try:
         wait_phase(state, "nap", "running")
+        yield runner
+    finally:
+        runner.send_signal(signal.SIGINT)
+        runner.wait(timeout=30)
+    with Service(state) as running:
+        assert corra(state, "kill", "nap").returncode == 0
+        running.stop()
+
+
+def test_control_commands_while_a_corra_run_holds_the_state_dir(tmp_path):
+    state = tmp_path / "state"
+    with napping_run(state) as runner:
         paused = corra(state, "pause", "nap")
         assert paused.returncode == 3
         assert f"another corra runtime (pid {runner.pid})" in paused.stderr
         listing = corra(state, "ps", "--json")  # read from the state dir, beside the run
         assert [r["name"] for r in json.loads(listing.stdout)["items"]] == ["nap"]
-    finally:
-        runner.send_signal(signal.SIGINT)
-        runner.wait(timeout=30)
-    with Service(state) as running:  # programs survive `corra run`, too: kill it here
-        assert corra(state, "kill", "nap").returncode == 0
-        running.stop()
 
 
 def test_submit_ps_show_logs_through_the_service(service, tmp_path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import fnmatch
 from collections import Counter
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -67,6 +68,11 @@ class CountingCodec:
 
 def team(index: int) -> str:
     return "a" if index % 2 else "b"
+
+
+def instant_runtime(state_dir: Path) -> Any:
+    """A runtime (not durable) of ``state_dir`` whose programs end at once (`InstantBackend`)."""
+    return open_runtime(state_dir=state_dir, durable=False, backends={"local": InstantBackend()})
 
 
 async def fill(runtime: Any, count: int, start: int = 0) -> None:
@@ -184,9 +190,7 @@ def timed_selections(records: list[Any]) -> list[Selection]:
 
 
 async def test_time_bounds_select_by_creation_and_end(tmp_path):
-    async with open_runtime(
-        state_dir=tmp_path, durable=False, backends={"local": InstantBackend()}
-    ) as runtime:
+    async with instant_runtime(tmp_path) as runtime:
         await fill(runtime, 60)
         manager = runtime.processes
         records = manager.list()
@@ -213,9 +217,7 @@ async def test_time_bounds_select_by_creation_and_end(tmp_path):
 
 
 async def test_a_page_decodes_its_records_and_no_other(tmp_path):
-    async with open_runtime(
-        state_dir=tmp_path, durable=False, backends={"local": InstantBackend()}
-    ) as runtime:
+    async with instant_runtime(tmp_path) as runtime:
         await fill(runtime, 60)
         manager = runtime.processes
         codec = CountingCodec(manager._journal.codec)
@@ -237,9 +239,7 @@ async def test_a_page_decodes_its_records_and_no_other(tmp_path):
 
 
 async def test_pages_stay_right_while_processes_are_written(tmp_path):
-    async with open_runtime(
-        state_dir=tmp_path, durable=False, backends={"local": InstantBackend()}
-    ) as runtime:
+    async with instant_runtime(tmp_path) as runtime:
         await fill(runtime, 30)
         query = ProcessQuery.of_manager(runtime.processes, lambda record: None)
         selection = Selection(phases=("finished", "failed"))
@@ -262,9 +262,7 @@ async def test_pages_stay_right_while_processes_are_written(tmp_path):
 
 async def test_a_deleted_process_leaves_the_listings_and_the_counts(tmp_path):
     # (what `corra rm` stands on: `Store.delete` takes a process out of every index)
-    async with open_runtime(
-        state_dir=tmp_path, durable=False, backends={"local": InstantBackend()}
-    ) as runtime:
+    async with instant_runtime(tmp_path) as runtime:
         await fill(runtime, 9)
         manager = runtime.processes
         query = ProcessQuery.of_manager(manager, lambda record: None)
@@ -288,9 +286,7 @@ async def test_a_deleted_process_leaves_the_listings_and_the_counts(tmp_path):
 
 
 async def test_a_store_without_indexes_lists_the_same_and_a_runtime_indexes_it(tmp_path):
-    async with open_runtime(
-        state_dir=tmp_path, durable=False, backends={"local": InstantBackend()}
-    ) as runtime:
+    async with instant_runtime(tmp_path) as runtime:
         await fill(runtime, 25)
 
     async def listings() -> list[list[str]]:
@@ -306,9 +302,7 @@ async def test_a_store_without_indexes_lists_the_same_and_a_runtime_indexes_it(t
     assert indexed[:-1] == [expected(selection, 25) for selection in SELECTIONS]
     make_format_2(tmp_path)
     assert await listings() == indexed  # read whole, listed alike
-    async with open_runtime(
-        state_dir=tmp_path, durable=False, backends={"local": InstantBackend()}
-    ):
+    async with instant_runtime(tmp_path):
         pass  # (recovery builds the indexes, once)
     assert await listings() == indexed
     with open_store_readonly(tmp_path) as store:
@@ -318,9 +312,7 @@ async def test_a_store_without_indexes_lists_the_same_and_a_runtime_indexes_it(t
 async def test_a_prune_selects_what_ended_before_a_moment_without_decoding_a_record(tmp_path):
     # A prune of 100,000 reads the ids from the end index: decoding them in a worker thread
     # held the interpreter's lock for seconds, and stalled the service's event loop.
-    async with open_runtime(
-        state_dir=tmp_path, durable=False, backends={"local": InstantBackend()}
-    ) as runtime:
+    async with instant_runtime(tmp_path) as runtime:
         await fill(runtime, 30)
         manager = runtime.processes
         records = manager.list()
@@ -356,9 +348,7 @@ async def test_a_page_is_decoded_a_few_records_per_step_of_the_event_loop(tmp_pa
     # A service decodes its pages on the loop, between checkpoints: in worker threads, 8
     # clients listing at once held the interpreter's lock against the loop (suite scale's
     # health_while_listing).
-    async with open_runtime(
-        state_dir=tmp_path, durable=False, backends={"local": InstantBackend()}
-    ) as runtime:
+    async with instant_runtime(tmp_path) as runtime:
         await fill(runtime, 45)
         manager = runtime.processes
         items, cursor, corrupt = read_undecoded(
@@ -396,9 +386,7 @@ async def test_the_journals_encoder_gives_what_record_terms_gives_at_every_phase
     from corra.processes._lifecycle import PHASES
     from corra.processes._terms import TermsEncoder, record_terms
 
-    async with open_runtime(
-        state_dir=tmp_path, durable=False, backends={"local": InstantBackend()}
-    ) as runtime:
+    async with instant_runtime(tmp_path) as runtime:
         await fill(runtime, 6)
         records = runtime.processes.list()
     encoder = TermsEncoder(limit=4)  # (evicted as it goes, as with many processes)

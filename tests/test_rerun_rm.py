@@ -10,7 +10,7 @@ import subprocess
 import pytest
 from test_api import serving, submit, wait_for
 from test_api_service import CORRA, Service, corra
-from test_cli_control import wait_phase
+from test_cli_control import napping_run, wait_phase
 
 from corra._runtime import open_runtime
 from corra.cli import _manage
@@ -141,18 +141,9 @@ def listed(state, *, records: bool = False) -> list:
 
 def test_a_rerun_without_a_service_is_refused_while_a_corra_run_holds_the_state_dir(tmp_path):
     state = tmp_path / "state"
-    runner = subprocess.Popen(
-        [*CORRA, "--state-dir", str(state), "run", "--name", "nap", "--", "sleep", "30"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_phase(state, "nap", "running")
+    with napping_run(state):
         refused = corra(state, "rerun", "nap")
         assert refused.returncode != 0 and refused.stderr
-    finally:
-        runner.terminate()
-        runner.wait(timeout=30)
 
 
 # -- remove --------------------------------------------------------------------------------

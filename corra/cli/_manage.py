@@ -31,6 +31,7 @@ from corra.cli._render import print_json
 from corra.cli._service import quoted, service
 from corra.processes import _listing
 from corra.processes._lifecycle import PHASES, TERMINAL
+from corra.processes._retention import check_count
 
 #: What `corra rm` adds to its refusal of an active process.
 _KILL_HINT = " (--kill kills it first)"
@@ -330,8 +331,8 @@ def prune(args: argparse.Namespace, state_dir: Path) -> int:
     args.processes, args.kill = [], False
     if args.ended_before is None and args.keep is None:
         raise ConfigError("prune: give --ended-before TIME|DURATION, --keep N, or both")
-    if args.keep is not None and args.keep < 0:
-        raise ConfigError(f"--keep: got {args.keep}, expected an integer >= 0")
+    if args.keep is not None:
+        check_count("--keep", args.keep)
     selection = attrs.evolve(rm_selection(args, terminal=True), keep=args.keep)
     try:
         with service(args, state_dir) as client:

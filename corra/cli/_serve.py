@@ -18,6 +18,7 @@ from corra._errors import ConfigError
 from corra._runtime import open_runtime
 from corra.api._files import TOKEN_FILE
 from corra.cli._parser import EXIT_OK, parse_duration, runtime_options
+from corra.processes._retention import check_count
 
 
 def serve(args: argparse.Namespace, state_dir: Path) -> int:
@@ -28,8 +29,8 @@ def serve(args: argparse.Namespace, state_dir: Path) -> int:
     output_limit = runtime_options(args)
     if args.retain_finished is not None:
         args.retain_seconds = parse_duration(args.retain_finished, "--retain-finished")
-    if args.retain_count is not None and args.retain_count < 0:
-        raise ConfigError(f"--retain-count: got {args.retain_count}, expected an integer >= 0")
+    if args.retain_count is not None:
+        check_count("--retain-count", args.retain_count)
     for option in ("certfile", "keyfile"):
         path = getattr(args, option)
         if path is not None and not Path(path).is_file():

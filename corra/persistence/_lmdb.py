@@ -453,22 +453,21 @@ class Reads(IndexReads):
     def has_active_index(self) -> bool:
         """Whether the ``active`` index is complete: False for a store written by a corra
         that kept none, until `Store.rebuild_active_index` has run."""
-        environment = self._environment()
-        databases = environment.databases
-        if databases.active is None:
-            return False
-        version = environment.read(lambda txn: stored_format(txn, databases, environment.path))
-        return version is not None and version >= ACTIVE_INDEX_FORMAT
+        return self._format_reaches("active", ACTIVE_INDEX_FORMAT)
 
     def has_indexes(self) -> bool:
         """Whether the secondary indexes are complete: False for a store written by a corra
         that kept none, until `Store.rebuild_indexes` has run."""
+        return self._format_reaches("terms", INDEXES_FORMAT)
+
+    def _format_reaches(self, database: str, version: int) -> bool:
+        """Whether the store has ``database`` and its format is ``version`` or later."""
         environment = self._environment()
         databases = environment.databases
-        if databases.terms is None:
+        if getattr(databases, database) is None:
             return False
-        version = environment.read(lambda txn: stored_format(txn, databases, environment.path))
-        return version is not None and version >= INDEXES_FORMAT
+        stored = environment.read(lambda txn: stored_format(txn, databases, environment.path))
+        return stored is not None and stored >= version
 
     def index_terms(self, process_id: str) -> tuple[IndexTerm, ...]:
         """The terms ``process_id`` last wrote (empty if none)."""

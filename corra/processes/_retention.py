@@ -46,8 +46,15 @@ def check_retention(ended_before: float | None, keep: int | None) -> None:
         or ended_before == float("inf")
     ):
         raise ConfigError(f"ended_before: got {ended_before!r}, expected epoch seconds >= 0")
-    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 0):
-        raise ConfigError(f"keep: got {keep!r}, expected an integer >= 0")
+    if keep is not None:
+        check_count("keep", keep)
+
+
+def check_count(name: str, value: object) -> None:
+    """Raise `ConfigError` naming ``name`` unless ``value`` is a count of processes to keep
+    (an integer >= 0): `corra prune --keep`, `retain_count`, ``?keep=``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{name}: got {value!r}, expected an integer >= 0")
 
 
 def to_prune(
@@ -60,16 +67,18 @@ def to_prune(
     the answer). A walk of the store's end index, which decodes no record (a store without
     indexes is read whole). Blocking (run it in a worker thread): a prune of many must not
     hold the event loop, nor the interpreter's lock for long."""
-    before = (
-        [] if ended_before is None else _ids(store, codec, Selection(ended_before=ended_before))
-    )
+    indexed = store.has_indexes()  # (a read of the store's format: once, not per page)
+    before = []
+    if ended_before is not None:
+        before = _ids(store, codec, indexed, Selection(ended_before=ended_before))
     beyond = 0
     if keep is not None:
-        if store.has_indexes():
+        if indexed:
             beyond = max(0, store.index_counts(ENDED).get(b"", 0) - keep)
-            oldest = _ids(store, codec, Selection(ended_after=0.0), beyond) if beyond else []
+            everything = Selection(ended_after=0.0)
+            oldest = _ids(store, codec, indexed, everything, beyond) if beyond else []
         else:
-            oldest = _ids(store, codec, Selection(ended_after=0.0))
+            oldest = _ids(store, codec, indexed, Selection(ended_after=0.0))
             beyond = max(0, len(oldest) - keep)
             del oldest[beyond:]
         if len(oldest) > len(before):
@@ -78,14 +87,19 @@ def to_prune(
 
 
 def _ids(
-    store: RecordStore, codec: RecordCodec, selection: Selection, limit: int | None = None
+    store: RecordStore,
+    codec: RecordCodec,
+    indexed: bool,
+    selection: Selection,
+    limit: int | None = None,
 ) -> list[str]:
-    """The ids ``selection`` selects, in its order (at most ``limit``)."""
+    """The ids ``selection`` selects, in its order (at most ``limit``): from the indexes
+    where the store has them (``indexed``), else from its records."""
     found: list[str] = []
     cursor = None
     while limit is None or len(found) < limit:
         size = _PAGE if limit is None else min(_PAGE, limit - len(found))
-        if store.has_indexes():
+        if indexed:
             page, cursor = read(store, selection, cursor, size)
             found.extend(process_id for process_id, _ in page.items)
         else:
