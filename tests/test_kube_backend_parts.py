@@ -25,8 +25,7 @@ from corra.backends.kubernetes._naming import (
     label_value,
 )
 from corra.backends.kubernetes._options import KubernetesOptions
-from corra.processes._backend import EffectKey
-from corra.processes._spec import ProcessSpec
+from corra.processes._backend import EffectKey, LaunchRequest, Limits
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
@@ -105,10 +104,14 @@ def test_a_bad_option_is_refused_naming_its_field_path(fields, said):
         KubernetesOptions(**{"image": "busybox", **fields})
 
 
+def request_of(key, argv, *, name=None, env=None, cwd=None, **limits):
+    return LaunchRequest(key, argv, name=name, cwd=cwd, env=env or {}, limits=Limits(**limits))
+
+
 def manifest_of(**fields):
     options = fields.pop("options", KubernetesOptions(image="busybox"))
-    spec = ProcessSpec(**{"argv": ("sh", "-c", "exit 0"), "name": "job", **fields})
-    return job_manifest(EffectKey("p1abc", 2), spec, options, instance="i1", namespace="ns")
+    request = request_of(EffectKey("p1abc", 2), ("sh", "-c", "exit 0"), name="job", **fields)
+    return job_manifest(request, options, instance="i1", namespace="ns")
 
 
 def test_a_manifest_is_one_attempt_one_pod_with_the_specs_limits():
@@ -126,7 +129,12 @@ def test_a_manifest_is_one_attempt_one_pod_with_the_specs_limits():
         "name": "main",
         "image": "busybox",
         "command": ["sh", "-c", "exit 0"],
-        "env": [{"name": "A", "value": "1"}],
+        "env": [
+            {"name": "A", "value": "1"},
+            {"name": "CORRA_PROCESS_ID", "value": "p1abc"},
+            {"name": "CORRA_PROCESS_NAME", "value": "job"},
+            {"name": "CORRA_ATTEMPT", "value": "2"},
+        ],
         "workingDir": "/work",
     }
     assert "activeDeadlineSeconds" not in manifest_of()["spec"]
@@ -169,10 +177,10 @@ async def test_a_manifest_runs_on_the_real_control_plane(kube):
     async with AsyncClient(KubeConfig.from_file(kube.kubeconfig)) as client:
         await client.create(Namespace.from_dict({"metadata": {"name": namespace}}))
         try:
-            spec = ProcessSpec(argv=("sh", "-c", 'test "$A" = 1'), env={"A": "1"}, timeout=30)
             key = EffectKey("p1abc", 1)
+            request = request_of(key, ("sh", "-c", 'test "$A" = 1'), env={"A": "1"}, timeout=30)
             body = job_manifest(
-                key, spec, KubernetesOptions(image="busybox"), instance="i1", namespace=namespace
+                request, KubernetesOptions(image="busybox"), instance="i1", namespace=namespace
             )
             await client.create(Job.from_dict(body))
             with pytest.raises(ApiError) as again:  # (a second create: "already exists")
@@ -328,8 +336,8 @@ async def test_what_the_real_control_plane_says_is_classified(kube):
                     node_selector=selector,
                     pod_template={"metadata": {"annotations": annotations}},
                 )
-                spec = ProcessSpec(argv=("sh", "-c", command), name=name)
-                body = job_manifest(key, spec, options, instance="i1", namespace=namespace)
+                request = request_of(key, ("sh", "-c", command), name=name)
+                body = job_manifest(request, options, instance="i1", namespace=namespace)
                 await client.create(Job.from_dict(body))
             seen: dict[str, tuple[str, int | None]] = {}
             with trio.fail_after(40):
@@ -376,9 +384,9 @@ async def test_one_watch_follows_every_attempt_of_its_instance(kube):
                 ]
                 for number, (instance, command, outcome) in enumerate(attempts):
                     key = EffectKey(f"p{number}", 1)
-                    spec = ProcessSpec(argv=("sh", "-c", command))
+                    request = request_of(key, ("sh", "-c", command))
                     options = KubernetesOptions(image="busybox")
-                    body = job_manifest(key, spec, options, instance=instance, namespace=namespace)
+                    body = job_manifest(request, options, instance=instance, namespace=namespace)
                     await client.create(Job.from_dict(body))
                     if outcome is not None:
                         expected[job_name(key)] = outcome
@@ -454,9 +462,9 @@ async def test_a_watch_whose_position_is_compacted_away_lists_again(kube):
             options = KubernetesOptions(image="busybox")
             async with trio.open_nursery() as nursery:
                 await nursery.start(watch.run)
-                spec = ProcessSpec(argv=("true",))
                 first, second = EffectKey("p1", 1), EffectKey("p2", 1)
-                body = job_manifest(first, spec, options, instance="g1", namespace=namespace)
+                request = request_of(first, ("true",))
+                body = job_manifest(request, options, instance="g1", namespace=namespace)
                 await client.create(Job.from_dict(body))
                 await ended(watch, first)
                 for number in range(3):  # (etcd moves on past the watch's position)
@@ -471,7 +479,8 @@ async def test_a_watch_whose_position_is_compacted_away_lists_again(kube):
                     while watch.last_relist_reason != "gone":
                         await trio.sleep(0.1)
                 assert watch.last_relist_reason == "gone", (watch.relists, watch.last_relist_reason)
-                body = job_manifest(second, spec, options, instance="g1", namespace=namespace)
+                request = request_of(second, ("true",))
+                body = job_manifest(request, options, instance="g1", namespace=namespace)
                 await client.create(Job.from_dict(body))
                 await ended(watch, second)
                 assert watch.relists >= 2

@@ -5,8 +5,9 @@
 - The spec's ``timeout`` is the Job's ``activeDeadlineSeconds`` (whole seconds, rounded up:
   the cluster never kills it before corra would), its ``kill_grace`` the pod's
   ``terminationGracePeriodSeconds``.
-- The container (``main``) runs the spec's ``argv`` as its command, with its ``env`` and, if
-  given, its ``cwd`` as the working directory.
+- The container (``main``) runs the request's ``argv`` as its command, with its environment
+  (``env`` and corra's ``CORRA_*``) and, if given, its ``cwd`` as the working directory; the
+  request's ``memory`` limit is the container's memory limit where ``resources`` give none.
 - ``pod_template`` is merged under corra's fields: corra's win where both set one (the
   command, the restart policy, the labels corra selects by), tables merge key by key, and
   the template's containers other than ``main`` (sidecars) stay.
@@ -21,38 +22,39 @@ from typing import Any, Final
 
 from corra.backends.kubernetes._naming import KEY_ANNOTATION, job_labels, job_name
 from corra.backends.kubernetes._options import KubernetesOptions
-from corra.processes._backend import EffectKey
-from corra.processes._spec import ProcessSpec
+from corra.processes._backend import LaunchRequest
 
 #: The name of the container that runs the program.
 CONTAINER: Final = "main"
 
 
 def job_manifest(
-    key: EffectKey,
-    spec: ProcessSpec,
+    request: LaunchRequest,
     options: KubernetesOptions,
     *,
     instance: str,
     namespace: str,
     suspend: bool = False,
 ) -> dict[str, Any]:
-    """The Job of the attempt ``key`` (see the module's docstring), as the API takes it."""
+    """The Job of the attempt ``request`` (see the module's docstring), as the API takes it."""
+    key, limits = request.key, request.limits
     labels = job_labels(instance, key)
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": options.image,
-        "command": list(spec.argv),
+        "command": list(request.argv),
+        "env": [{"name": name, "value": value} for name, value in request.environment().items()],
     }
-    if spec.env:
-        container["env"] = [{"name": name, "value": value} for name, value in spec.env.items()]
-    if spec.cwd is not None:
-        container["workingDir"] = spec.cwd
-    if options.resources:
-        container["resources"] = copy.deepcopy(options.resources)
+    if request.cwd is not None:
+        container["workingDir"] = request.cwd
+    resources = copy.deepcopy(options.resources)
+    if limits.memory is not None and "memory" not in resources.get("limits", {}):
+        resources.setdefault("limits", {})["memory"] = str(limits.memory)
+    if resources:
+        container["resources"] = resources
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
-        "terminationGracePeriodSeconds": math.ceil(spec.kill_grace),
+        "terminationGracePeriodSeconds": math.ceil(limits.kill_grace),
         "containers": [container],
     }
     if options.node_selector:
@@ -71,8 +73,8 @@ def job_manifest(
             "spec": _pod_spec(template.get("spec", {}), pod),
         },
     }
-    if spec.timeout is not None:
-        job_spec["activeDeadlineSeconds"] = max(1, math.ceil(spec.timeout))
+    if limits.timeout is not None:
+        job_spec["activeDeadlineSeconds"] = max(1, math.ceil(limits.timeout))
     if suspend:
         job_spec["suspend"] = True
     return {
