@@ -147,6 +147,9 @@ class Capabilities:
     """`Backend.log_size` can tell how much output there is now."""
     freeze: bool = False
     """It can freeze a running program in place and thaw it again."""
+    merged_output: bool = False
+    """Its programs' stderr reaches it interleaved into their stdout (a container's log):
+    ``stdout`` holds both, as written, and ``stderr`` reads empty."""
     shell_env: bool = False
     """Its programs get their env through a shell script (``export NAME=...``): env names
     must be ones a shell can set."""

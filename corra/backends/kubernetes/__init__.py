@@ -1,13 +1,33 @@
-"""The ``kubernetes`` backend (issue 14, under construction): processes as Kubernetes Jobs,
-one per attempt, managed from outside the cluster through lightkube's async client.
+"""The ``kubernetes`` backend: processes as Kubernetes Jobs, one per attempt, on clusters that
+are hosts (``[hosts.NAME]`` with ``transport = "kubernetes"``), managed from outside the
+cluster through lightkube's async client. See docs/kubernetes.md.
 
-Built so far, each tested against the real control plane (scripts/kube-test-cluster.sh):
 - `_naming`: an attempt's Job name (from its key), labels and the adoption check;
 - `_options`: a process's ``kubernetes`` table, validated with field paths;
+- `_client`: a cluster as a host: its kubeconfig, credentials, errors, write bucket;
 - `_manifest`: the Job of an attempt;
+- `_watch`: one list+watch of corra's Jobs and pods per namespace (relists on 410 Gone);
 - `_outcomes`: what a Job and its pod say, classified;
-- `_watch`: one list+watch of corra's Jobs and pods per namespace (relists on 410 Gone).
-
-Next: the backend class on the plug-in seam (launch with adoption, wait, kill, logs home,
-recovery's orphan sweep, pause), the conformance kit, the suite ``kubernetes``.
+- `_logs`: the logs of an attempt, brought home while it runs;
+- `_attempts`: what the backend keeps of its attempts at home;
+- `_backend`: the backend (launch, wait, kill, recovery's sweep).
 """
+
+from __future__ import annotations
+
+from corra.backends.kubernetes._backend import KubeHandle, KubernetesBackend, open_kubernetes
+from corra.backends.kubernetes._client import KubernetesHostOptions
+from corra.backends.kubernetes._options import KubernetesOptions
+from corra.processes._backend import BackendPlugin
+
+PLUGIN = BackendPlugin(
+    name="kubernetes",
+    open=open_kubernetes,
+    handle=KubeHandle,
+    options=KubernetesOptions,
+    host_options=KubernetesHostOptions,
+    capabilities=KubernetesBackend.capabilities,
+    description='Kubernetes Jobs on a cluster (a host with transport = "kubernetes"), watched',
+)
+
+__all__ = ["PLUGIN", "KubeHandle", "KubernetesBackend", "KubernetesHostOptions"]

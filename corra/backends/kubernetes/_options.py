@@ -95,7 +95,7 @@ def _tolerations(value: Any) -> tuple[dict[str, Any], ...]:
 
 
 def _image(instance: Any, attribute: Any, value: Any) -> None:
-    if not isinstance(value, str) or not _IMAGE.match(value):
+    if value is not None and (not isinstance(value, str) or not _IMAGE.match(value)):
         raise ConfigError(
             f"kubernetes.image: got {value!r}, expected an image such as 'python:3.12-slim'"
         )
@@ -119,8 +119,9 @@ def _pod_template(value: Any) -> dict[str, Any]:
 class KubernetesOptions:
     """A process's ``kubernetes`` table (`corra.processes._backend.BackendPlugin.options`)."""
 
-    image: str = attrs.field(validator=_image)
-    """The container image the program runs in (its ``argv`` is the container's command)."""
+    image: str | None = attrs.field(default=None, validator=_image)
+    """The container image the program runs in (its ``argv`` is the container's command);
+    None: the cluster's (``[hosts.NAME.kubernetes] image``)."""
     resources: dict[str, dict[str, str]] = attrs.field(factory=dict, converter=_resources)
     """``requests`` and ``limits``: quantities by resource (``cpu = "500m"``)."""
     node_selector: dict[str, str] = attrs.field(

@@ -24,7 +24,7 @@ import math
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Final
 
-import httpx
+import httpx2 as httpx  # (lightkube >= 1.0 speaks httpx2, whose errors are its own)
 import trio
 from lightkube import AsyncClient
 from lightkube.core import decoders
@@ -83,6 +83,10 @@ class NamespaceWatch:
             key=lambda pod: (pod.get("metadata") or {}).get("creationTimestamp") or "",
         )
         return self._jobs.get(job), pods
+
+    def job_names(self) -> list[str]:
+        """The names of the Jobs the watch holds now."""
+        return list(self._jobs)
 
     async def changed(self, job: str) -> None:
         """Return at the next change of the Job named ``job`` or of one of its pods (or at

@@ -139,7 +139,7 @@ class HostConfig:
     """A known_hosts file (default: ~/.ssh/known_hosts); keys are always verified (never
     ``"none"``; ``UserKnownHostsFile none`` in ~/.ssh/config is ignored: `_hostkeys`)."""
     proxy_jump: str | None = attrs.field(default=None, validator=_optional_str("proxy_jump"))
-    transport: Literal["ssh", "local"] = attrs.field(default="ssh")
+    transport: Literal["ssh", "local", "kubernetes"] = attrs.field(default="ssh")
     work_root: str | None = attrs.field(default=None, validator=_optional_str("work_root"))
     """Where remote run dirs go (default ``~/.corra/runs`` on the host)."""
     python: str = attrs.field(default="python3", validator=_optional_str("python"))
@@ -177,7 +177,7 @@ class HostConfig:
 
     @transport.validator
     def _check_transport(self, attribute: Any, value: Any) -> None:
-        if value not in ("ssh", "local"):
+        if value not in ("ssh", "local", "kubernetes"):
             raise ConfigError(
                 f"hosts.{self.name}.transport: got {value!r}, expected 'ssh' or 'local'"
             )

@@ -1,0 +1,83 @@
+"""What the kubernetes backend keeps of its attempts at home, under ``<state dir>/kubernetes``.
+
+- ``instance``: this state dir's instance id, made once: the value of the instance label of
+  every Job it creates (one watch selects them by it; recovery sweeps orphans by it), so two
+  state dirs on one cluster never touch each other's Jobs.
+- ``<host>/<key>/`` per attempt (0700), its files 0600, each written whole (renamed over):
+  - ``intent.json``: written before the Job is created (the durable intent): a Job of this
+    instance whose attempt has no directory is an orphan (its process was removed);
+  - ``handle.json``: the handle, once the Job exists: a replayed launch returns it and never
+    creates the Job again, even after the Job was deleted;
+  - ``result.json``: how the attempt ended, once its result and logs are home: a replayed
+    wait returns it, and the Job may then be deleted;
+  - ``stdout`` and ``log-position.json``: the logs that came home (`_logs.LogFiles`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import shutil
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from corra._statedir import make_private_dirs, read_private, write_private
+from corra.processes._backend import EffectKey, handle_data
+from corra.processes._lifecycle import Result
+
+_INSTANCE = "instance"
+
+
+def instance_id(root: Path) -> str:
+    """The instance id of the state dir whose kubernetes directory is ``root`` (made once)."""
+    path = root / _INSTANCE
+    try:
+        return read_private(path).decode().strip()
+    except FileNotFoundError:
+        make_private_dirs(root)
+        made = f"corra-{secrets.token_hex(6)}"
+        write_private(path, made.encode(), sync=True)
+        return made
+
+
+class AttemptFiles:
+    """The files of one attempt (see the module's docstring)."""
+
+    def __init__(self, root: Path, host: str, key: EffectKey | str) -> None:
+        self.directory = root / host / str(key)
+
+    def exists(self) -> bool:
+        return self.directory.is_dir()
+
+    def write_intent(self, intent: dict[str, Any]) -> None:
+        self._write("intent.json", intent)
+
+    def write_handle(self, handle: Any) -> None:
+        self._write("handle.json", handle_data(handle))
+
+    def handle(self, handle_type: type) -> Any | None:
+        data = self._read("handle.json")
+        return None if data is None else handle_type(**data)
+
+    def write_result(self, result: Result) -> None:
+        self._write("result.json", attrs.asdict(result))
+
+    def result(self) -> Result | None:
+        data = self._read("result.json")
+        return None if data is None else Result(**data)
+
+    def remove(self) -> None:
+        """Forget the attempt (idempotent)."""
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def _write(self, name: str, data: Any) -> None:
+        make_private_dirs(self.directory)
+        write_private(self.directory / name, json.dumps(data).encode(), sync=True)
+
+    def _read(self, name: str) -> Any | None:
+        with contextlib.suppress(FileNotFoundError):
+            return json.loads(read_private(self.directory / name))
+        return None

@@ -1,0 +1,650 @@
+"""The kubernetes backend: one Job per attempt, on a cluster that is a ``[hosts.NAME]``.
+
+Rule 1, nothing runs twice: the intent is on disk before the create (`_attempts`); the Job's
+name comes from the attempt's key, so a replayed launch that is told "already exists" adopts
+the Job (after checking its labels), and a launch whose handle is on disk returns it without
+asking the cluster, even after the Job was deleted.
+
+Rule 2, watch, do not poll: every attempt on a host reads one list+watch of the host's
+namespace (`NamespaceWatch`, started with the first attempt that waits there); an attempt
+asks the API itself only where the watch cannot tell (a Job it has not seen yet).
+
+Rule 3, nothing is left running: a kill deletes the Job (foreground) and its pods with the
+kill's grace and waits until they are gone; an attempt that timed out, failed for its image
+or its configuration, or lost its node, is deleted the same way before its result is given.
+A finished Job is deleted once its result and logs are home (``keep_finished`` keeps it), and
+recovery deletes the Jobs of this instance whose attempts are home or gone (`sweep`).
+
+Rule 4, outcomes say what to do (`_outcomes.classify`): an unschedulable pod waits, with the
+scheduler's message as the attempt's note, never failed for being pending; an image or
+configuration error fails the attempt after ``image_error_grace``; eviction and node loss are
+a node failure (a transient process reruns); exit codes above 128 are signals, as container
+runtimes report them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import AsyncIterator
+from typing import Any, Final
+
+import attrs
+import trio
+from lightkube.core.exceptions import ApiError
+from lightkube.resources.batch_v1 import Job
+from lightkube.resources.core_v1 import Pod
+from lightkube.types import CascadeType, PatchType
+
+from corra._errors import (
+    BackendError,
+    ConfigError,
+    HostUnavailable,
+    LaunchFailed,
+    ProgramLost,
+    TransportError,
+)
+from corra.backends.kubernetes._attempts import AttemptFiles, instance_id
+from corra.backends.kubernetes._client import Cluster, api_errors, open_cluster
+from corra.backends.kubernetes._logs import LogFiles, ship_logs
+from corra.backends.kubernetes._manifest import CONTAINER, job_manifest
+from corra.backends.kubernetes._naming import (
+    INSTANCE_LABEL,
+    KEY_ANNOTATION,
+    adoptable,
+    job_name,
+    label_value,
+)
+from corra.backends.kubernetes._options import KubernetesOptions
+from corra.backends.kubernetes._outcomes import AttemptView, classify
+from corra.backends.kubernetes._watch import NamespaceWatch
+from corra.processes._backend import (
+    BackendBase,
+    BackendContext,
+    Capabilities,
+    EffectKey,
+    LaunchRequest,
+    optional_field,
+)
+from corra.processes._lifecycle import Result
+
+logger = logging.getLogger("corra.backend.kubernetes")
+
+#: How long an ended attempt's logs may take to come home before its result is given.
+LOG_PATIENCE: Final = 30.0
+#: Beyond a kill's grace, how long pods may take to go before they are deleted at once.
+KILL_PATIENCE: Final = 30.0
+#: How long the first list of a namespace may take before the host counts as unavailable.
+LIST_PATIENCE: Final = 20.0
+#: Between two looks at a Job the watch has not seen yet.
+UNSEEN_PAUSE: Final = 2.0
+
+
+@attrs.frozen
+class KubeHandle:
+    """An attempt's Job: where it is, and which Job of that name it is (its uid)."""
+
+    key: str
+    host: str
+    namespace: str
+    job: str
+    uid: str
+    suspend_on_pause: bool = optional_field(False)
+    output_limit: int | None = optional_field(None)
+
+
+class KubernetesBackend(BackendBase):
+    """Processes as Kubernetes Jobs (see the module's docstring).
+
+    Args:
+        context: the runtime's context: its hosts (those with ``transport = "kubernetes"``
+            are clusters), its state dir.
+        nursery: where the watches, the log shipping of kills and the deletions run.
+        stack: where clusters are opened (closed with the backend).
+    """
+
+    capabilities = Capabilities(
+        hosts=True, pause_hooks=True, waits_for_host=True, log_size=True, merged_output=True
+    )
+    handle_type = KubeHandle
+
+    def __init__(
+        self,
+        context: BackendContext,
+        nursery: trio.Nursery,
+        stack: contextlib.AsyncExitStack,
+    ) -> None:
+        self._context = context
+        self._hosts = {
+            name: host
+            for name, host in context.hosts.items()
+            if getattr(host, "transport", None) == "kubernetes"
+        }
+        self._root = context.state_dir / "kubernetes"
+        self._nursery = nursery
+        self._stack = stack
+        self._clusters: dict[str, Cluster] = {}
+        self._watches: dict[str, NamespaceWatch] = {}
+        self._locks: dict[str, trio.Lock] = {}
+        self._deleting: set[str] = set()
+        self.instance = instance_id(self._root)
+
+    # -- hosts, clusters, watches -------------------------------------------------------
+
+    def check(self, request: LaunchRequest) -> None:
+        if request.host not in self._hosts:
+            raise ConfigError(
+                f"host: got {request.host!r}, expected a cluster: a [hosts.NAME] with "
+                f'transport = "kubernetes" ({", ".join(sorted(self._hosts)) or "none"})'
+            )
+        if self._image(request) is None:
+            raise ConfigError(
+                "kubernetes.image: missing; expected the container image the program runs "
+                'in, e.g. kubernetes = { image = "python:3.12-slim" }, or a default image '
+                f"for the cluster: [hosts.{request.host}.kubernetes] image = ..."
+            )
+
+    def _image(self, request: LaunchRequest) -> str | None:
+        options = request.options
+        image = options.image if options is not None else None
+        return image or getattr(self.options_of(request.host), "image", None)
+
+    def options_of(self, host: str) -> Any:
+        """The ``[hosts.NAME.kubernetes]`` options of ``host``."""
+        return self._hosts[host].options_for("kubernetes")
+
+    async def cluster(self, host: str) -> Cluster:
+        """The client of ``host``, opened once."""
+        if host not in self._hosts:
+            raise ConfigError(f"host: got {host!r}, expected a cluster of this runtime")
+        async with self._locks.setdefault(host, trio.Lock()):
+            if host not in self._clusters:
+                cluster = await self._stack.enter_async_context(open_cluster(self._hosts[host]))
+                self._clusters[host] = cluster
+        return self._clusters[host]
+
+    async def watch(self, host: str) -> NamespaceWatch:
+        """The watch of ``host``'s namespace, started (and its orphans swept) once."""
+        cluster = await self.cluster(host)
+        async with self._locks[host]:
+            watch = self._watches.get(host)
+            if watch is None:
+                watch = NamespaceWatch(
+                    cluster.client,
+                    cluster.namespace,
+                    {INSTANCE_LABEL: label_value(self.instance)},
+                    resync=self.options_of(host).resync,
+                )
+                with trio.move_on_after(LIST_PATIENCE):
+                    await self._nursery.start(watch.run)
+                    self._watches[host] = watch
+                    self._nursery.start_soon(self.sweep, host, watch)
+                if host not in self._watches:
+                    raise HostUnavailable(
+                        host,
+                        f"listing the Jobs of namespace {cluster.namespace} failed for "
+                        f"{LIST_PATIENCE:.0f} s",
+                    )
+        return watch
+
+    async def wait_available(self, host: str) -> None:
+        await (await self.cluster(host)).wait_answering()
+
+    # -- launch and find -------------------------------------------------------------------
+
+    async def launch(self, request: LaunchRequest) -> KubeHandle:
+        self.check(request)
+        host, key = request.host, request.key
+        assert host is not None
+        files = AttemptFiles(self._root, host, key)
+        launched = files.handle(KubeHandle)
+        if launched is not None:
+            return launched  # (a replay: the Job was created, maybe ended and deleted since)
+        cluster = await self.cluster(host)
+        name = job_name(key)
+        options = attrs.evolve(request.options or KubernetesOptions(), image=self._image(request))
+        files.write_intent({"key": str(key), "job": name, "namespace": cluster.namespace})
+        manifest = job_manifest(
+            request, options, instance=self.instance, namespace=cluster.namespace
+        )
+        await cluster.write_slot()
+        try:
+            with api_errors(host, f"creating Job {name}"):
+                created = await cluster.client.create(Job.from_dict(manifest))
+            uid = created.metadata.uid
+        except ApiError as exc:
+            if exc.status.code != 409:
+                raise LaunchFailed(f"creating Job {name} on {host}: {exc}") from exc
+            uid = await self._adopt(cluster, key, name)
+        except TransportError:
+            raise
+        except BackendError as exc:  # (refused: invalid, forbidden, over quota)
+            raise LaunchFailed(str(exc)) from exc
+        handle = KubeHandle(
+            str(key),
+            host,
+            cluster.namespace,
+            name,
+            uid,
+            suspend_on_pause=options.suspend_on_pause,
+            output_limit=request.limits.output or self._context.output_limit,
+        )
+        files.write_handle(handle)
+        return handle
+
+    async def _adopt(self, cluster: Cluster, key: EffectKey, name: str) -> str:
+        """The uid of the Job ``name`` that exists already, if it is this attempt's."""
+        found = await self._get_job(cluster, name)
+        if found is None:
+            raise LaunchFailed(f"creating Job {name}: it existed, then it was gone; try again")
+        labels = found.get("metadata", {}).get("labels") or {}
+        if not adoptable(labels, self.instance, key):
+            raise LaunchFailed(
+                f"a Job named {name} exists in namespace {cluster.namespace} that is not "
+                f"attempt {key} of this corra (labels {labels}): delete it or use another "
+                "namespace"
+            )
+        return str(found["metadata"]["uid"])
+
+    async def _get_job(self, cluster: Cluster, name: str) -> dict[str, Any] | None:
+        try:
+            with api_errors(cluster.host, f"reading Job {name}"):
+                job = await cluster.client.get(Job, name, namespace=cluster.namespace)
+        except ApiError as exc:
+            if exc.status.code == 404:
+                return None
+            raise
+        return job.to_dict()
+
+    async def find(self, key: EffectKey, host: str | None = None) -> KubeHandle | None:
+        if host not in self._hosts:
+            return None
+        files = AttemptFiles(self._root, host, key)
+        handle = files.handle(KubeHandle)
+        if handle is not None:
+            return handle
+        cluster = await self.cluster(host)
+        name = job_name(key)
+        job = await self._get_job(cluster, name)
+        if job is None or not adoptable(job["metadata"].get("labels"), self.instance, key):
+            return None
+        handle = KubeHandle(str(key), host, cluster.namespace, name, job["metadata"]["uid"])
+        files.write_handle(handle)
+        return handle
+
+    # -- wait --------------------------------------------------------------------------------
+
+    async def wait(self, handle: KubeHandle) -> Result:
+        files = AttemptFiles(self._root, handle.host, handle.key)
+        stored = files.result()
+        if stored is not None:
+            return stored
+        watch = await self.watch(handle.host)
+        cluster = self._clusters[handle.host]
+        logs = LogFiles(files.directory, handle.output_limit)
+        grace = self.options_of(handle.host).image_error_grace
+        failing_since: float | None = None
+        async with trio.open_nursery() as nursery:
+            shipping: trio.Event | None = None
+            while True:
+                view, pod = await self._view(cluster, watch, handle)
+                self._note(handle, view)
+                if shipping is None and pod is not None and (view.state == "running" or view.ended):
+                    shipping = self._ship(nursery, cluster, watch, handle, pod, logs)
+                timeout = math.inf
+                if view.state in ("image_error", "config_error"):
+                    now = trio.current_time()
+                    failing_since = now if failing_since is None else failing_since
+                    timeout = failing_since + grace - now
+                    if timeout <= 0:
+                        break
+                else:
+                    failing_since = None
+                if view.ended:
+                    break
+                with trio.move_on_after(timeout):
+                    await watch.changed(handle.job)
+            if shipping is not None:
+                with trio.move_on_after(LOG_PATIENCE):
+                    await shipping.wait()
+            nursery.cancel_scope.cancel()
+        result = _result(view, logs, grace=grace)
+        if view.state in ("deadline", "node_failure", "image_error", "config_error"):
+            # (its pod may still run: a timed-out or failed attempt leaves nothing running)
+            await self._delete(cluster, watch, handle, grace=None)
+        files.write_result(result)
+        self._note(handle, None)
+        if not self.options_of(handle.host).keep_finished:
+            self._nursery.start_soon(self._delete_quietly, cluster, handle)
+        return result
+
+    async def _view(
+        self, cluster: Cluster, watch: NamespaceWatch, handle: KubeHandle
+    ) -> tuple[AttemptView, dict[str, Any] | None]:
+        """Where the attempt is, by the watch; waits while the watch has not seen its Job.
+
+        Raises:
+            ProgramLost: its Job is gone (or another stands under its name) with no result.
+        """
+        while True:
+            job, pods = watch.view(handle.job)
+            if job is not None:
+                break
+            found = await self._get_job(cluster, handle.job)
+            if found is None or found["metadata"]["uid"] != handle.uid:
+                raise ProgramLost(
+                    f"its Job {handle.namespace}/{handle.job} is gone (deleted by someone "
+                    "else?) and no result came home"
+                )
+            with trio.move_on_after(UNSEEN_PAUSE):
+                await watch.changed(handle.job)
+        if job["metadata"].get("uid") != handle.uid:
+            raise ProgramLost(f"its Job {handle.namespace}/{handle.job} was replaced by another")
+        pod = pods[0] if pods else None  # (a 1.20 controller may add a second: not ours)
+        return classify(job, pod, deleting=handle.job in self._deleting), pod
+
+    def _ship(
+        self,
+        nursery: trio.Nursery,
+        cluster: Cluster,
+        watch: NamespaceWatch,
+        handle: KubeHandle,
+        pod: dict[str, Any],
+        logs: LogFiles,
+    ) -> trio.Event:
+        """Start bringing the pod's log home; the event is set once it is (or cannot be)."""
+        done = trio.Event()
+        name = pod["metadata"]["name"]
+
+        def ended() -> bool:
+            job, pods = watch.view(handle.job)
+            mine = [p for p in pods if p["metadata"]["name"] == name]
+            return not mine or classify(job, mine[0], deleting=True).ended
+
+        async def ship() -> None:
+            try:
+                await ship_logs(
+                    cluster.client, handle.namespace, name, logs, container=CONTAINER, ended=ended
+                )
+            finally:
+                done.set()
+
+        nursery.start_soon(ship)
+        return done
+
+    def _note(self, handle: KubeHandle, view: AttemptView | None) -> None:
+        """Say where a waiting attempt is (the scheduler's message ...), for `corra show`."""
+        notes = getattr(self._context, "notes", None)
+        if notes is None:
+            return
+        text = None
+        if view is not None and view.state in ("waiting", "unschedulable", "image_error"):
+            words = [view.state] + [w for w in (view.reason, view.message) if w]
+            text = ": ".join(words) if len(words) > 1 else None
+        elif view is not None and view.state == "config_error":
+            text = f"config_error: {view.reason}: {view.message}"
+        notes.set(EffectKey.parse(handle.key), text)
+
+    # -- kill and delete -----------------------------------------------------------------
+
+    async def kill(self, handle: KubeHandle, grace: float) -> Result | None:
+        files = AttemptFiles(self._root, handle.host, handle.key)
+        stored = files.result()
+        cluster = await self.cluster(handle.host)
+        watch = await self.watch(handle.host)
+        if stored is not None:
+            await self._delete(cluster, watch, handle, grace=grace)
+            return stored
+        job, pods = watch.view(handle.job)
+        if job is None and await self._get_job(cluster, handle.job) is None:
+            return None  # (gone: lost, or removed)
+        logs = LogFiles(files.directory, handle.output_limit)
+        last: AttemptView | None = None
+        async with trio.open_nursery() as nursery:
+            shipping = None
+            if pods and not logs.complete:
+                shipping = self._ship(nursery, cluster, watch, handle, pods[0], logs)
+            last = await self._delete(cluster, watch, handle, grace=grace)
+            if shipping is not None:
+                with trio.move_on_after(LOG_PATIENCE):
+                    await shipping.wait()
+            nursery.cancel_scope.cancel()
+        code, signal = _exit(last)
+        result = Result(
+            returncode=code,
+            signal=signal,
+            started_at=last.started_at if last else None,
+            ended_at=last.ended_at if last else None,
+            stdout_bytes=logs.size("stdout"),
+            stdout_dropped=logs.dropped,
+            killed=True,
+        )
+        files.write_result(result)
+        self._note(handle, None)
+        return result
+
+    async def _delete(
+        self,
+        cluster: Cluster,
+        watch: NamespaceWatch,
+        handle: KubeHandle,
+        *,
+        grace: float | None,
+    ) -> AttemptView | None:
+        """Delete the Job (foreground) and its pods (with ``grace``, None: their own), and
+        wait until they are gone; the last view of the attempt that ended (or None)."""
+        self._deleting.add(handle.job)
+        try:
+            await cluster.write_slot()
+            with contextlib.suppress(_NotFound), _found(), api_errors(cluster.host, "deleting"):
+                await cluster.client.delete(
+                    Job, handle.job, namespace=handle.namespace, cascade=CascadeType.FOREGROUND
+                )
+            last = None
+            for pod in watch.view(handle.job)[1]:
+                await self._delete_pod(cluster, pod, grace)
+            with trio.move_on_after((grace or 0) + KILL_PATIENCE) as patience:
+                while True:
+                    job, pods = watch.view(handle.job)
+                    if pods:
+                        view = classify(job, pods[0], deleting=True)
+                        last = view if view.ended else last
+                    elif job is None:
+                        break
+                    await watch.changed(handle.job)
+            if patience.cancelled_caught:
+                logger.warning(
+                    "Job %s/%s: its pods did not go within %.0f s; deleting them at once",
+                    handle.namespace,
+                    handle.job,
+                    (grace or 0) + KILL_PATIENCE,
+                )
+                for pod in watch.view(handle.job)[1]:
+                    await self._delete_pod(cluster, pod, 0)
+            return last
+        finally:
+            self._deleting.discard(handle.job)
+
+    async def _delete_pod(self, cluster: Cluster, pod: dict[str, Any], grace: float | None) -> None:
+        name = pod["metadata"]["name"]
+        await cluster.write_slot()
+        seconds = None if grace is None else math.ceil(grace)
+        with contextlib.suppress(_NotFound), _found(), api_errors(cluster.host, "deleting pod"):
+            await cluster.client.delete(
+                Pod, name, namespace=cluster.namespace, grace_period=seconds
+            )
+
+    async def _delete_quietly(self, cluster: Cluster, handle: KubeHandle) -> None:
+        """Delete a finished Job whose result and logs are home (failures: the next
+        recovery's sweep deletes it)."""
+        try:
+            await cluster.write_slot()
+            with contextlib.suppress(_NotFound), _found(), api_errors(cluster.host, "deleting"):
+                await cluster.client.delete(
+                    Job, handle.job, namespace=handle.namespace, cascade=CascadeType.BACKGROUND
+                )
+        except BackendError as exc:
+            logger.warning("Job %s/%s not deleted now: %s", handle.namespace, handle.job, exc)
+
+    async def sweep(self, host: str, watch: NamespaceWatch) -> None:
+        """Delete this instance's Jobs on ``host`` that nothing will collect: those whose
+        attempt's result is home (unless ``keep_finished``), and orphans (their attempt has
+        no directory: its process was removed)."""
+        cluster = self._clusters[host]
+        keep = self.options_of(host).keep_finished
+        swept = []
+        for name in watch.job_names():
+            job, _ = watch.view(name)
+            if job is None:
+                continue
+            key = (job["metadata"].get("annotations") or {}).get(KEY_ANNOTATION)
+            if key is None:
+                continue
+            files = AttemptFiles(self._root, host, key)
+            if not files.exists() or (files.result() is not None and not keep):
+                handle = KubeHandle(key, host, cluster.namespace, name, job["metadata"]["uid"])
+                await self._delete_quietly(cluster, handle)
+                swept.append(name)
+        if swept:
+            logger.info("host %s: deleted %d Job(s) left behind: %s", host, len(swept), swept)
+
+    # -- logs, pause, remove -------------------------------------------------------------
+
+    async def read_log(
+        self, key: EffectKey, stream: str, offset: int, size: int, host: str | None = None
+    ) -> bytes:
+        if host is None:
+            return b""
+        return LogFiles(AttemptFiles(self._root, host, key).directory).read(stream, offset, size)
+
+    async def log_size(self, key: EffectKey, stream: str, host: str | None = None) -> int | None:
+        if host is None:
+            return 0
+        return LogFiles(AttemptFiles(self._root, host, key).directory).size(stream)
+
+    async def pause(self, handle: KubeHandle) -> None:
+        if handle.suspend_on_pause:
+            await self._suspend(handle, True)
+
+    async def resume(self, handle: KubeHandle) -> None:
+        if handle.suspend_on_pause:
+            await self._suspend(handle, False)
+
+    async def _suspend(self, handle: KubeHandle, suspend: bool) -> None:
+        """Suspend (or un-suspend) the Job, and say what the server made of it."""
+        cluster = await self.cluster(handle.host)
+        if suspend:
+            job = await self._get_job(cluster, handle.job)
+            pods = (await self.watch(handle.host)).view(handle.job)[1]
+            view = classify(job, pods[0] if pods else None)
+            if job is None or view.state not in ("waiting", "unschedulable"):
+                logger.info("Job %s not suspended: its container has started", handle.job)
+                return
+        await cluster.write_slot()
+        with api_errors(cluster.host, f"suspending Job {handle.job}"):
+            patched = await cluster.client.patch(
+                Job,
+                handle.job,
+                {"spec": {"suspend": suspend}},
+                namespace=handle.namespace,
+                patch_type=PatchType.MERGE,
+            )
+        accepted = getattr(patched.spec, "suspend", None)
+        if bool(accepted) != suspend:
+            logger.warning(
+                "Job %s: the server did not accept suspend = %s (Job suspension needs "
+                "Kubernetes >= 1.21); the Job runs on while the process is paused",
+                handle.job,
+                suspend,
+            )
+
+    async def remove(self, key: EffectKey, host: str | None = None) -> None:
+        if host not in self._hosts:
+            return
+        files = AttemptFiles(self._root, host, key)
+        cluster = await self.cluster(host)
+        name = job_name(key)
+        job = await self._get_job(cluster, name)
+        if job is not None and adoptable(job["metadata"].get("labels"), self.instance, key):
+            handle = KubeHandle(str(key), host, cluster.namespace, name, job["metadata"]["uid"])
+            await self._delete(cluster, await self.watch(host), handle, grace=None)
+        files.remove()
+
+
+class _NotFound(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _found() -> Any:
+    """A 404 of the API as `_NotFound` (what is gone need not be deleted)."""
+    try:
+        yield
+    except ApiError as exc:
+        if exc.status.code == 404:
+            raise _NotFound from exc
+        raise
+
+
+def _exit(view: AttemptView | None) -> tuple[int | None, int | None]:
+    """The return code and signal of an ended container (above 128: a signal, as container
+    runtimes report one)."""
+    if view is None:
+        return None, None
+    code, signal = view.exit_code, view.signal
+    if signal is None and code is not None and 128 < code <= 128 + 64:
+        return None, code - 128
+    return code, signal
+
+
+def _result(view: AttemptView, logs: LogFiles, *, grace: float) -> Result:
+    code, signal = _exit(view)
+    error = None
+    said = ": ".join(w for w in (view.reason, view.message) if w)
+    if view.state == "out_of_memory":
+        error = "out of memory (OOMKilled)"
+    elif view.state == "node_failure":
+        error = f"node failure: {said or 'its node was lost'}"
+    elif view.state in ("image_error", "config_error"):
+        what = "image" if view.state == "image_error" else "configuration"
+        error = f"{what} error for {grace:.0f} s, Job deleted: {said}"
+    elif view.state == "failed" and code is None and signal is None:
+        error = f"could not start: {said}" if said else "failed without an exit code"
+    elif view.state == "failed" and view.reason in ("StartError", "ContainerCannotRun"):
+        error = f"could not start: {said}"
+    return Result(
+        returncode=code,
+        signal=signal,
+        started_at=view.started_at,
+        ended_at=view.ended_at,
+        stdout_bytes=logs.size("stdout"),
+        stdout_dropped=logs.dropped,
+        timed_out=view.state == "deadline",
+        error=error,
+    )
+
+
+@contextlib.asynccontextmanager
+async def open_kubernetes(context: BackendContext) -> AsyncIterator[KubernetesBackend]:
+    """The backend, its watches and clusters owned by the block; at the start, each cluster's
+    leftovers are swept in the background (programs run on: only the watching stops)."""
+    async with contextlib.AsyncExitStack() as stack, trio.open_nursery() as nursery:
+        backend = KubernetesBackend(context, nursery, stack)
+        for host in backend._hosts:
+            nursery.start_soon(_recover, backend, host)
+        yield backend
+        nursery.cancel_scope.cancel()
+
+
+async def _recover(backend: KubernetesBackend, host: str) -> None:
+    """Start ``host``'s watch (which sweeps its leftovers) once it answers."""
+    pause = 1.0
+    while True:
+        try:
+            await backend.watch(host)
+            return
+        except (BackendError, ConfigError) as exc:
+            logger.warning("host %s: not swept now: %s; again in %.0f s", host, exc, pause)
+            await trio.sleep(pause)
+            pause = min(300.0, pause * 2)
