@@ -79,6 +79,8 @@ KILL_PATIENCE: Final = 30.0
 LIST_PATIENCE: Final = 20.0
 #: Between two looks at a Job the watch has not seen yet.
 UNSEEN_PAUSE: Final = 2.0
+#: The states in which a pod has a log to bring home.
+_STARTED: Final = frozenset({"running", "succeeded", "failed", "out_of_memory", "deadline"})
 
 
 @attrs.frozen
@@ -128,6 +130,7 @@ class KubernetesBackend(BackendBase):
         self._watches: dict[str, NamespaceWatch] = {}
         self._locks: dict[str, trio.Lock] = {}
         self._deleting: set[str] = set()
+        self._shipping: dict[str, trio.Event] = {}
         self.instance = instance_id(self._root)
 
     # -- hosts, clusters, watches -------------------------------------------------------
@@ -231,6 +234,7 @@ class KubernetesBackend(BackendBase):
             output_limit=request.limits.output or self._context.output_limit,
         )
         files.write_handle(handle)
+        self._ship(handle)
         return handle
 
     async def _adopt(self, cluster: Cluster, key: EffectKey, name: str) -> str:
@@ -262,15 +266,16 @@ class KubernetesBackend(BackendBase):
             return None
         files = AttemptFiles(self._root, host, key)
         handle = files.handle(KubeHandle)
-        if handle is not None:
-            return handle
-        cluster = await self.cluster(host)
-        name = job_name(key)
-        job = await self._get_job(cluster, name)
-        if job is None or not adoptable(job["metadata"].get("labels"), self.instance, key):
-            return None
-        handle = KubeHandle(str(key), host, cluster.namespace, name, job["metadata"]["uid"])
-        files.write_handle(handle)
+        if handle is None:
+            cluster = await self.cluster(host)
+            name = job_name(key)
+            job = await self._get_job(cluster, name)
+            if job is None or not adoptable(job["metadata"].get("labels"), self.instance, key):
+                return None
+            handle = KubeHandle(str(key), host, cluster.namespace, name, job["metadata"]["uid"])
+            files.write_handle(handle)
+        if files.result() is None:
+            self._ship(handle)
         return handle
 
     # -- wait --------------------------------------------------------------------------------
@@ -282,37 +287,31 @@ class KubernetesBackend(BackendBase):
             return stored
         watch = await self.watch(handle.host)
         cluster = self._clusters[handle.host]
-        logs = LogFiles(files.directory, handle.output_limit)
+        shipped = self._ship(handle)
         grace = self.options_of(handle.host).image_error_grace
         failing_since: float | None = None
-        async with trio.open_nursery() as nursery:
-            shipping: trio.Event | None = None
-            while True:
-                view, pod = await self._view(cluster, watch, handle)
-                self._note(handle, view)
-                if shipping is None and pod is not None and (view.state == "running" or view.ended):
-                    shipping = self._ship(nursery, cluster, watch, handle, pod, logs)
-                timeout = math.inf
-                if view.state in ("image_error", "config_error"):
-                    now = trio.current_time()
-                    failing_since = now if failing_since is None else failing_since
-                    timeout = failing_since + grace - now
-                    if timeout <= 0:
-                        break
-                else:
-                    failing_since = None
-                if view.ended:
+        while True:
+            view, _ = await self._view(cluster, watch, handle)
+            self._note(handle, view)
+            timeout = math.inf
+            if view.state in ("image_error", "config_error"):
+                now = trio.current_time()
+                failing_since = now if failing_since is None else failing_since
+                timeout = failing_since + grace - now
+                if timeout <= 0:
                     break
-                with trio.move_on_after(timeout):
-                    await watch.changed(handle.job)
-            if shipping is not None:
-                with trio.move_on_after(LOG_PATIENCE):
-                    await shipping.wait()
-            nursery.cancel_scope.cancel()
-        result = _result(view, logs, grace=grace)
+            else:
+                failing_since = None
+            if view.ended:
+                break
+            with trio.move_on_after(timeout):
+                await watch.changed(handle.job)
         if view.state in ("deadline", "node_failure", "image_error", "config_error"):
             # (its pod may still run: a timed-out or failed attempt leaves nothing running)
             await self._delete(cluster, watch, handle, grace=None)
+        with trio.move_on_after(LOG_PATIENCE):
+            await shipped.wait()
+        result = _result(view, LogFiles(files.directory, handle.output_limit), grace=grace)
         files.write_result(result)
         self._note(handle, None)
         if not self.options_of(handle.host).keep_finished:
@@ -344,34 +343,48 @@ class KubernetesBackend(BackendBase):
         pod = pods[0] if pods else None  # (a 1.20 controller may add a second: not ours)
         return classify(job, pod, deleting=handle.job in self._deleting), pod
 
-    def _ship(
-        self,
-        nursery: trio.Nursery,
-        cluster: Cluster,
-        watch: NamespaceWatch,
-        handle: KubeHandle,
-        pod: dict[str, Any],
-        logs: LogFiles,
-    ) -> trio.Event:
-        """Start bringing the pod's log home; the event is set once it is (or cannot be)."""
-        done = trio.Event()
-        name = pod["metadata"]["name"]
-
-        def ended() -> bool:
-            job, pods = watch.view(handle.job)
-            mine = [p for p in pods if p["metadata"]["name"] == name]
-            return not mine or classify(job, mine[0], deleting=True).ended
-
-        async def ship() -> None:
-            try:
-                await ship_logs(
-                    cluster.client, handle.namespace, name, logs, container=CONTAINER, ended=ended
-                )
-            finally:
-                done.set()
-
-        nursery.start_soon(ship)
+    def _ship(self, handle: KubeHandle) -> trio.Event:
+        """Bring the attempt's log home in the background, from its start to its end
+        (started by launch and find, waited for by wait and kill): the event is set once
+        the log is home, or cannot come home (its pod is gone)."""
+        done = self._shipping.get(handle.key)
+        if done is None:
+            done = self._shipping[handle.key] = trio.Event()
+            self._nursery.start_soon(self._ship_attempt, handle, done)
         return done
+
+    async def _ship_attempt(self, handle: KubeHandle, done: trio.Event) -> None:
+        files = AttemptFiles(self._root, handle.host, handle.key)
+        logs = LogFiles(files.directory, handle.output_limit)
+        try:
+            if logs.complete:
+                return
+            watch = await self.watch(handle.host)
+            cluster = self._clusters[handle.host]
+            while True:  # (until its pod has run, or its Job is gone)
+                job, pods = watch.view(handle.job)
+                if pods and classify(job, pods[0], deleting=True).state in _STARTED:
+                    break
+                if job is None and await self._get_job(cluster, handle.job) is None:
+                    return
+                with trio.move_on_after(UNSEEN_PAUSE if job is None else math.inf):
+                    await watch.changed(handle.job)
+            name = pods[0]["metadata"]["name"]
+
+            def ended() -> bool:
+                job, pods = watch.view(handle.job)
+                mine = [pod for pod in pods if pod["metadata"]["name"] == name]
+                return not mine or classify(job, mine[0], deleting=True).ended
+
+            await ship_logs(
+                cluster.client, handle.namespace, name, logs, container=CONTAINER, ended=ended
+            )
+        except BackendError as exc:
+            logger.warning("attempt %s: its log stopped coming home: %s", handle.key, exc)
+        finally:
+            done.set()
+            if self._shipping.get(handle.key) is done:
+                del self._shipping[handle.key]
 
     def _note(self, handle: KubeHandle, view: AttemptView | None) -> None:
         """Say where a waiting attempt is (the scheduler's message ...), for `corra show`."""
@@ -396,20 +409,14 @@ class KubernetesBackend(BackendBase):
         if stored is not None:
             await self._delete(cluster, watch, handle, grace=grace)
             return stored
-        job, pods = watch.view(handle.job)
+        job, _ = watch.view(handle.job)
         if job is None and await self._get_job(cluster, handle.job) is None:
             return None  # (gone: lost, or removed)
+        shipped = self._ship(handle)
+        last = await self._delete(cluster, watch, handle, grace=grace)
+        with trio.move_on_after(LOG_PATIENCE):
+            await shipped.wait()
         logs = LogFiles(files.directory, handle.output_limit)
-        last: AttemptView | None = None
-        async with trio.open_nursery() as nursery:
-            shipping = None
-            if pods and not logs.complete:
-                shipping = self._ship(nursery, cluster, watch, handle, pods[0], logs)
-            last = await self._delete(cluster, watch, handle, grace=grace)
-            if shipping is not None:
-                with trio.move_on_after(LOG_PATIENCE):
-                    await shipping.wait()
-            nursery.cancel_scope.cancel()
         code, signal = _exit(last)
         result = Result(
             returncode=code,

@@ -57,7 +57,7 @@ async def open_cluster(host: Any) -> AsyncIterator[Cluster]:
     path = options.kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
     config = KubeConfig.from_file(os.path.expanduser(path.split(os.pathsep)[0])).get(  # noqa: ASYNC240
         options.context
-    )  # noqa: ASYNC240
+    )
     namespace = options.namespace or "default"
     client = AsyncClient(config, namespace=namespace)
     try:

@@ -79,6 +79,10 @@ def classify(
         )
     if pod is None:
         return AttemptView("waiting")
+    if job is not None and _deleted_for_its_deadline(job, pod):
+        # (the Job controller deletes the pods first, then says why on the Job)
+        message = "the Job was active longer than its activeDeadlineSeconds (the timeout)"
+        return AttemptView("deadline", "DeadlineExceeded", message)
     status = pod.get("status") or {}
     phase = status.get("phase")
     if phase == "Failed" and status.get("reason") == "Evicted":
@@ -109,6 +113,19 @@ def classify(
         return AttemptView("unschedulable", scheduled.get("reason"), scheduled.get("message"))
     reason = waiting.get("reason") if waiting is not None else None
     return AttemptView("waiting", reason, waiting.get("message") if waiting else None)
+
+
+def _deleted_for_its_deadline(job: Mapping[str, Any], pod: Mapping[str, Any]) -> bool:
+    """Whether ``pod`` is being deleted because its Job's deadline ran out: its deletion
+    started when the deadline was over (whole seconds, as the API says times)."""
+    deadline = (job.get("spec") or {}).get("activeDeadlineSeconds")
+    started = _time(job.get("status"), "startTime")
+    metadata = pod.get("metadata") or {}
+    deleted = _time(metadata, "deletionTimestamp")
+    if deadline is None or started is None or deleted is None:
+        return False
+    deleted -= metadata.get("deletionGracePeriodSeconds") or 0
+    return deleted >= started + deadline - 1
 
 
 def _ended(terminated: Mapping[str, Any], phase: str | None) -> AttemptView:
