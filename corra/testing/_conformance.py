@@ -280,7 +280,8 @@ class BackendConformance:
             assert trio.current_time() - started < kit.patience, "it waited for SIGKILL"
             result = killed if killed is not None else await kit.wait(backend, handle)
             assert not result.ok and result.signal != 9, result
-            assert await kit.log(backend, request.key) == b"ready\nterm\n"
+            log = await kit.log(backend, request.key)
+            assert log == b"ready\nterm\n", log
 
     @pytest.mark.trio
     async def test_kill_ends_a_program_that_ignores_term_after_the_grace(self, kit: Kit) -> None:
