@@ -149,17 +149,19 @@ def read_context(
                 f"{where}: {path}: context {name!r}: tokenFile {token_file} does not exist"
             )
         user = msgspec.structs.replace(user, token_file=str(token_file))
-    for field in ("client_cert", "client_key"):
+    for field, key in (("client_cert", "client-certificate"), ("client_key", "client-key")):
         file = getattr(user, field)
         if file is not None and not Path(config.abs_file(file)).is_file():
-            raise ConfigError(f"{where}: {path}: context {name!r}: {file} does not exist")
+            raise ConfigError(
+                f"{where}: {path}: context {name!r}: {key} {config.abs_file(file)} does not exist"
+            )
     if (
         config.cluster.certificate_auth is not None
         and not Path(config.abs_file(config.cluster.certificate_auth)).is_file()
     ):
         raise ConfigError(
             f"{where}: {path}: context {name!r}: certificate-authority "
-            f"{config.cluster.certificate_auth} does not exist"
+            f"{config.abs_file(config.cluster.certificate_auth)} does not exist"
         )
     if user.exec is not None and user.token is None and user.token_file is None:
         raw_user = _raw_user(data, config.context.user)
