@@ -146,6 +146,7 @@ def test_requests_are_counted_by_method_and_resource():
     assert request_kind("GET", "/api/v1/namespaces/ns") == "GET namespaces"
     assert request_kind("GET", "/api/v1/pods") == "GET pods"
     assert request_kind("GET", "/version") == "GET version"
+    assert request_kind("GET", "/apis/batch/v1") == "GET apis/batch/v1"
 
 
 def write_kubeconfig(path: Path, server: str, user: dict[str, Any], **cluster: Any) -> Path:
@@ -196,6 +197,18 @@ async def test_an_unreachable_cluster_is_unavailable_and_waited_for(nowhere, aut
             await cluster.wait_answering()
     # probes at 0, 0.5, 1.5, 3.5, 7.5, 15.5, 31.5, 61.5, 91.5 s: doubling up to 30 s
     assert cluster.requests["GET version"] == 9
+
+
+async def test_a_watch_of_an_unreachable_cluster_keeps_trying(nowhere, autojump_clock, caplog):
+    from corra.backends.kubernetes._watch import NamespaceWatch
+
+    async with open_cluster(cluster_host(nowhere)) as cluster:
+        watch = NamespaceWatch(cluster.client, cluster.namespace, {"a": "b"})
+        with trio.move_on_after(60):  # (lightkube's errors are httpx2's, not httpx's)
+            await watch.run()
+    assert watch.relists == 0
+    assert cluster.requests["GET jobs"] >= 5  # (0.5 s, doubling up to 30 s)
+    assert "listing namespace default failed: " in caplog.text
 
 
 async def test_a_missing_kubeconfig_or_context_is_refused_naming_it(tmp_path, monkeypatch, nowhere):

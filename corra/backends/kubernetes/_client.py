@@ -43,6 +43,9 @@ FIELD_MANAGER: Final = "corra"
 
 #: A namespace's name: a DNS-1123 label.
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+#: What a request through lightkube may raise (lightkube >= 1.0 is built on ``httpx2``, whose
+#: errors are not ``httpx``'s: both are named wherever one is caught).
+HTTP_ERRORS: Final = tuple({httpx.HTTPError, http.HTTPError})
 _TRANSPORT_ERRORS = tuple({httpx.TransportError, http.TransportError})
 _STATUS_ERRORS = tuple({httpx.HTTPStatusError, http.HTTPStatusError})
 
@@ -129,9 +132,11 @@ def request_kind(method: str, path: str, watch: bool = False) -> str:
         parts = parts[3:]
     else:
         return f"{method} {'/'.join(parts)}"
+    if not parts:  # (discovery: /api/v1, /apis/batch/v1)
+        return f"{method} {path.strip('/')}"
     if parts[:1] == ["namespaces"] and len(parts) >= 3:
         parts = parts[2:]
-    kind = parts[0] if parts else ""
+    kind = parts[0]
     if len(parts) >= 3:
         kind = f"{kind}/{parts[2]}"
     return f"{method} {kind}{'?watch' if watch else ''}"
@@ -188,12 +193,15 @@ class Cluster:
         return api_errors(self.host, doing, policy=self.policy)
 
     async def wait_answering(self) -> None:
-        """Return once the apiserver answers again (``GET /version``), probing with a pause
-        that doubles from 0.5 s up to `MAX_PROBE_PAUSE`. A checkpoint; cancellable."""
+        """Return once the apiserver answers again (``GET /version``, sent without the
+        credentials: any answer but 429/502/503/504 counts), probing with a pause that
+        doubles from 0.5 s up to `MAX_PROBE_PAUSE`: the backend's ``wait_available``. A
+        checkpoint; cancellable."""
         pause = 0.5
         while True:
             try:
-                response = await self.http.get("/version")
+                # (no credentials: whether the server answers is asked, not who may ask)
+                response = await self.http.get("/version", auth=None)
             except (*_TRANSPORT_ERRORS, OSError):
                 pass
             else:
