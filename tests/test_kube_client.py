@@ -27,6 +27,7 @@ from corra._errors import BackendError, ConfigError, HostUnavailable
 from corra.actors import open_runtime as open_kernel
 from corra.backends.kubernetes._client import (
     KubernetesHostOptions,
+    api_errors,
     open_cluster,
     request_kind,
 )
@@ -209,6 +210,56 @@ async def test_a_watch_of_an_unreachable_cluster_keeps_trying(nowhere, autojump_
     assert watch.relists == 0
     assert cluster.requests["GET jobs"] >= 5  # (0.5 s, doubling up to 30 s)
     assert "listing namespace default failed: " in caplog.text
+
+
+def answered(status: int, body: bytes = b"", content_type: str | None = None) -> None:
+    """Raise what lightkube raises for an answer ``status`` (its own raise_for_status)."""
+    from lightkube.core.generic_client import GenericClient
+
+    from corra.backends.kubernetes._credentials import http
+
+    request = http.Request("POST", "https://kc/apis/batch/v1/namespaces/default/jobs")
+    headers = {"Content-Type": content_type} if content_type else {}
+    GenericClient.raise_for_status(
+        http.Response(status, request=request, content=body, headers=headers)
+    )
+
+
+def status(code: int, reason: str, message: str) -> bytes:
+    return json.dumps(
+        {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code,
+         "reason": reason, "message": message}
+    ).encode()  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("code", "body", "content_type"),
+    [
+        (503, status(503, "ServiceUnavailable", "etcd is away"), "application/json"),
+        (429, status(429, "TooManyRequests", "slow down"), "application/json"),
+        (504, b"<html>gateway timeout</html>", "text/html"),
+        (502, b"bad gateway", None),  # (no Content-Type: lightkube raises a KeyError)
+    ],
+)
+def test_an_answer_that_means_not_now_is_unavailability(code, body, content_type):
+    with pytest.raises(HostUnavailable) as caught, api_errors("kc", "create Job j", policy="fail"):
+        answered(code, body, content_type)
+    assert str(caught.value).startswith(f"kc: create Job j: the cluster answered {code} (")
+    assert caught.value.policy == "fail"
+
+
+def test_other_error_answers_are_backend_errors_but_not_found_and_conflicts():
+    with pytest.raises(BackendError) as caught, api_errors("kc", "create Job j"):
+        answered(500, status(500, "InternalError", "etcd is sad"), "application/json")
+    assert str(caught.value) == "create Job j on kc: 500 InternalError: etcd is sad"
+    for code in (404, 409, 410):
+        with pytest.raises(ApiError) as kept, api_errors("kc", "create Job j"):
+            answered(code, status(code, "x", "y"), "application/json")
+        assert kept.value.status.code == code
+    with pytest.raises(KeyError), api_errors("kc", "x"):
+        raise KeyError("not lightkube's")
+    with pytest.raises(ConfigError, match=r"^mine$"), api_errors("kc", "x"):
+        raise ConfigError("mine")
 
 
 async def test_a_missing_kubeconfig_or_context_is_refused_naming_it(tmp_path, monkeypatch, nowhere):

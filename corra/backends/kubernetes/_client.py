@@ -264,32 +264,50 @@ def api_errors(host: str, doing: str, *, policy: str = "pause") -> Iterator[None
         yield
     except CorraError:
         raise
-    except _STATUS_ERRORS as exc:
-        status = exc.response.status_code if exc.response is not None else None
-        if isinstance(exc, ApiError) and exc.status is not None and exc.status.code:
-            status = exc.status.code
-        if isinstance(exc, ApiError) and status in KEPT_STATUS:
+    except (*HTTP_ERRORS, lightkube_errors.ConfigError, KeyError) as exc:
+        cause: BaseException = exc
+        if isinstance(exc, KeyError):
+            # (lightkube reads an error answer's Content-Type header without looking whether
+            # it is there: a proxy's bare 502 comes out as KeyError('content-type'))
+            if not isinstance(exc.__context__, _STATUS_ERRORS):
+                raise
+            cause = exc.__context__
+        mapped = _mapped(cause, host, doing, policy)
+        if mapped is None:
             raise
-        if status in UNAVAILABLE_STATUS:
-            raise HostUnavailable(
-                host, f"{doing}: the cluster answered {status} ({_message(exc)})", policy
-            ) from exc
-        detail = _message(exc)
-        if status in (401, 403):
-            who = "the credentials" if status == 401 else "the user's permissions (RBAC)"
-            detail += f"; check {who} of the kubeconfig's context"
-        raise BackendError(f"{doing} on {host}: {status} {_reason(exc)}: {detail}") from exc
-    except _TRANSPORT_ERRORS as exc:
+        raise mapped from cause
+
+
+def _mapped(exc: BaseException, host: str, doing: str, policy: str) -> CorraError | None:
+    """corra's error for what lightkube or httpx raised; None for what stays as it is."""
+    if isinstance(exc, lightkube_errors.ConfigError):
+        return ConfigError(f"{doing} on {host}: {exc}")
+    if isinstance(exc, _TRANSPORT_ERRORS):
         if _certificate_refused(exc):
-            raise BackendError(
+            return BackendError(
                 f"{doing} on {host}: the server's TLS certificate was refused ({exc}); "
                 "check the kubeconfig's certificate-authority"
-            ) from exc
-        raise HostUnavailable(
+            )
+        return HostUnavailable(
             host, f"{doing}: cannot reach the cluster: {type(exc).__name__}: {exc}", policy
-        ) from exc
-    except lightkube_errors.ConfigError as exc:
-        raise ConfigError(f"{doing} on {host}: {exc}") from exc
+        )
+    if not isinstance(exc, _STATUS_ERRORS):
+        return BackendError(f"{doing} on {host}: {type(exc).__name__}: {exc}")
+    response = getattr(exc, "response", None)
+    status = response.status_code if response is not None else None
+    if isinstance(exc, ApiError) and exc.status is not None and exc.status.code:
+        status = exc.status.code
+    if isinstance(exc, ApiError) and status in KEPT_STATUS:
+        return None
+    if status in UNAVAILABLE_STATUS:
+        return HostUnavailable(
+            host, f"{doing}: the cluster answered {status} ({_message(exc)})", policy
+        )
+    detail = _message(exc)
+    if status in (401, 403):
+        who = "the credentials" if status == 401 else "the user's permissions (RBAC)"
+        detail += f"; check {who} of the kubeconfig's context"
+    return BackendError(f"{doing} on {host}: {status} {_reason(exc)}: {detail}")
 
 
 def _certificate_refused(exc: BaseException) -> bool:
