@@ -84,6 +84,18 @@ def test_a_cluster_host_takes_its_kubernetes_table():
     assert parse_host("h", {"slurm": {}}, REGISTRY).transport == "ssh"
 
 
+def test_every_kubernetes_host_option_is_documented_for_corra_backends():
+    from corra.processes._backend import describe_plugin
+
+    fields = describe_plugin(KUBERNETES)["host_options"]
+    assert [field["name"] for field in fields] == [
+        "kubeconfig", "context", "namespace", "image_error_grace", "keep_finished", "resync",
+        "writes_per_second", "write_burst",
+    ]  # fmt: skip
+    assert all(field.get("doc") for field in fields), fields
+    assert {field["name"]: field["default"] for field in fields}["write_burst"] == 20
+
+
 @pytest.mark.parametrize(
     ("table", "said"),
     [
@@ -498,6 +510,11 @@ async def test_refusals_are_backend_errors_and_not_found_stays_the_backends(kube
         # a server whose certificate the kubeconfig's CA did not sign
         other = {"certificate-authority": str(pki / "admin.crt")}
         wrong = write_kubeconfig(tmp_path / "wrong", server, {"token": "t"}, **other)
+    mismatched = {"client-certificate": "pki/admin.crt", "client-key": "pki/server.key"}
+    (tmp_path / "pki").symlink_to(pki)
+    with pytest.raises(ConfigError, match=r"context 'c': cannot use its TLS material .*KEY"):
+        async with open_cluster(cluster_host(write_kubeconfig(tmp_path / "m", server, mismatched))):
+            pass
     async with open_cluster(cluster_host(wrong)) as cluster:
         refused = r"^list on kc: the server's TLS certificate was refused"
         with pytest.raises(BackendError, match=refused), cluster.errors("list"):
