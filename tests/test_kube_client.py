@@ -146,6 +146,20 @@ async def test_a_cluster_gets_no_ssh_transport_and_no_host_of_the_ssh_and_slurm_
         assert set(_command_hosts(context)) == set(_transports(context)) == {"here"}
 
 
+async def test_a_runtime_with_a_cluster_host_opens_no_connection_to_it(tmp_path):
+    import corra
+
+    cluster = HostConfig(name="kc", transport="kubernetes")
+    async with corra.open_runtime(state_dir=tmp_path / "state", hosts={"kc": cluster}) as rt:
+        assert rt.remote is not None
+        assert rt.remote.transports == {} and not list(rt.remote.registry.handles())
+        for name in ("ssh", "slurm"):  # (they do not take the cluster for one of theirs)
+            with pytest.raises(ConfigError, match=r"^host: got 'kc', expected one of \[\]"):
+                rt.remote.backends[name].host("kc")
+    remembered = json.loads((tmp_path / "state" / "hosts.json").read_text())
+    assert remembered["kc"]["transport"] == "kubernetes"
+
+
 # -- counting, the write bucket, unreachable clusters (no cluster needed) --------------------
 
 
