@@ -5,7 +5,8 @@ remembered in its state dir), before it opens the backends that have hosts: it o
 asyncio loop of the runtime (trio-asyncio), starts the ``/ssh`` supervisor under which each
 host's pool actor runs, and yields a `Transport` per host (the host's pool, or this machine for
 a host with ``transport = "local"``), which the backends reach their hosts through
-(`corra.processes._backend.BackendContext.transport`).
+(`corra.processes._backend.BackendContext.transport`). A host with ``transport =
+"kubernetes"`` (a cluster) has none: no command is ever run there.
 
 Hosts are remembered in ``<state dir>/hosts.json`` (0600, written whole, atomically), so a later
 runtime that recovers remote processes knows how to reach their hosts without the job file;
@@ -105,6 +106,8 @@ async def open_hosts(
             registry = PoolRegistry(supervisor, TokenBucket(budget.rate, budget.burst))
             transports: dict[str, Transport] = {}
             for name, host in hosts.items():
+                if not host.runs_commands:
+                    continue  # (a cluster: its backend reaches it through its own client)
                 if host.transport == "local":
                     transports[name] = LocalTransport(env=dict(host.env) if host.env else None)
                 else:

@@ -139,7 +139,32 @@ spawn() { # NAME COMMAND...: run COMMAND in the background, its output in DIR/NA
     echo "$! ${name}" >>"${DIR}/pids"
 }
 
+make_certificates() {
+    # A CA of the cluster's own, the apiserver's serving certificate (127.0.0.1, localhost)
+    # and a client certificate of the group system:masters, all signed by it (P-256 keys:
+    # made at once, where RSA takes a while).
+    local pki=${DIR}/pki name subject
+    mkdir -p "${pki}"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
+        -subj /CN=corra-test-ca -keyout "${pki}/ca.key" -out "${pki}/ca.crt" 2>/dev/null
+    for name in server admin; do
+        subject=/CN=kube-apiserver
+        [[ ${name} == admin ]] && subject=/O=system:masters/CN=corra-admin
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "${subject}" \
+            -keyout "${pki}/${name}.key" -out "${pki}/${name}.csr" 2>/dev/null
+    done
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"${pki}/server.ext"
+    printf 'extendedKeyUsage=clientAuth\n' >"${pki}/admin.ext"
+    for name in server admin; do
+        openssl x509 -req -in "${pki}/${name}.csr" -CA "${pki}/ca.crt" -CAkey "${pki}/ca.key" \
+            -CAcreateserial -days 3650 -extfile "${pki}/${name}.ext" \
+            -out "${pki}/${name}.crt" 2>/dev/null
+    done
+}
+
 write_kubeconfig() { # PORT TOKEN
+    # Two contexts: corra-test (the current one: the admin token, no TLS check) and
+    # corra-test-cert (the client certificate, the server checked against the cluster's CA).
     cat >"${DIR}/kubeconfig" <<EOF
 apiVersion: v1
 kind: Config
@@ -148,15 +173,28 @@ clusters:
   cluster:
     server: https://127.0.0.1:$1
     insecure-skip-tls-verify: true
+- name: corra-test-verified
+  cluster:
+    server: https://127.0.0.1:$1
+    certificate-authority: pki/ca.crt
 users:
 - name: admin
   user:
     token: $2
+- name: admin-cert
+  user:
+    client-certificate: pki/admin.crt
+    client-key: pki/admin.key
 contexts:
 - name: corra-test
   context:
     cluster: corra-test
     user: admin
+    namespace: default
+- name: corra-test-cert
+  context:
+    cluster: corra-test-verified
+    user: admin-cert
     namespace: default
 current-context: corra-test
 EOF
@@ -172,8 +210,13 @@ start() {
     read -r etcd_client etcd_peer scheduler controllers api < <(free_ports 5)
     api=${CORRA_KUBE_PORT:-${api}}
     token=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
-    echo "${token},admin,admin,system:masters" >"${DIR}/tokens.csv"
+    # admin may do anything; nobody is authenticated and may do nothing (RBAC refusals).
+    {
+        echo "${token},admin,admin,system:masters"
+        echo "$(python3 -c 'import secrets; print(secrets.token_hex(16))'),nobody,nobody"
+    } >"${DIR}/tokens.csv"
     openssl genrsa -out "${DIR}/sa.key" 2048 2>/dev/null
+    make_certificates
 
     spawn etcd etcd --name corra-test --data-dir "${DIR}/etcd" \
         --listen-client-urls "http://127.0.0.1:${etcd_client}" \
@@ -192,7 +235,9 @@ start() {
     spawn kube-apiserver "${BIN}/kube-apiserver" \
         --etcd-servers "http://127.0.0.1:${etcd_client}" \
         --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "${api}" \
-        --insecure-port 0 --cert-dir "${DIR}/certs" --token-auth-file "${DIR}/tokens.csv" \
+        --insecure-port 0 --tls-cert-file "${DIR}/pki/server.crt" \
+        --tls-private-key-file "${DIR}/pki/server.key" --client-ca-file "${DIR}/pki/ca.crt" \
+        --token-auth-file "${DIR}/tokens.csv" \
         --authorization-mode RBAC --service-cluster-ip-range 10.0.0.0/24 \
         --service-account-issuer https://kubernetes.default.svc \
         --service-account-key-file "${DIR}/sa.key" \
@@ -209,7 +254,7 @@ start() {
         --kubeconfig "${DIR}/kubeconfig" --leader-elect=false --port 0 \
         --secure-port "${controllers}" --bind-address 127.0.0.1 \
         --service-account-private-key-file "${DIR}/sa.key" \
-        --root-ca-file "${DIR}/certs/apiserver.crt" --controllers '*' \
+        --root-ca-file "${DIR}/pki/ca.crt" --controllers '*' \
         --node-monitor-grace-period "${CORRA_KUBE_NODE_GRACE:-20s}"
     spawn kube-scheduler "${BIN}/kube-scheduler" --kubeconfig "${DIR}/kubeconfig" \
         --leader-elect=false --port 0 --secure-port "${scheduler}" --bind-address 127.0.0.1

@@ -23,16 +23,21 @@ from corra.processes._backend import BackendContext, BackendPlugin
 REMOTE_LOGS = "remote-logs"
 
 
+def _command_hosts(context: BackendContext) -> dict[str, Any]:
+    """The hosts that run commands (not clusters: ``transport = "kubernetes"``)."""
+    return {name: host for name, host in context.hosts.items() if host.runs_commands}
+
+
 def _transports(context: BackendContext) -> dict[str, Any]:
     assert context.transport is not None, "a backend with hosts needs the hosts' transports"
-    return {name: context.transport(name) for name in context.hosts}
+    return {name: context.transport(name) for name in _command_hosts(context)}
 
 
 @contextlib.asynccontextmanager
 async def open_ssh(context: BackendContext) -> AsyncIterator[SshProgramBackend]:
     """Programs on hosts under the remote chaperone, logs shipped to ``remote-logs``."""
     backend = SshProgramBackend(
-        dict(context.hosts),
+        _command_hosts(context),
         _transports(context),
         poll_interval=context.poll_interval,
         logs_dir=context.state_dir / REMOTE_LOGS,
@@ -47,7 +52,7 @@ async def open_slurm(context: BackendContext) -> AsyncIterator[SchedulerBackend]
     """Slurm jobs on hosts, submitted and polled through the hosts' transports."""
     transports = _transports(context)
     hosts = {}
-    for name, host in context.hosts.items():
+    for name, host in _command_hosts(context).items():
         settings: SlurmSettings = host.options_for("slurm")  # (its [hosts.NAME.slurm] table)
         hosts[name] = BatchHost(
             name=name,

@@ -46,7 +46,7 @@ from corra._errors import (
     TransportError,
 )
 from corra.backends.kubernetes._attempts import AttemptFiles, instance_id
-from corra.backends.kubernetes._client import Cluster, api_errors, open_cluster
+from corra.backends.kubernetes._client import Cluster, open_cluster
 from corra.backends.kubernetes._logs import LogFiles, ship_logs
 from corra.backends.kubernetes._manifest import CONTAINER, job_manifest
 from corra.backends.kubernetes._naming import (
@@ -213,7 +213,7 @@ class KubernetesBackend(BackendBase):
         )
         await cluster.write_slot()
         try:
-            with api_errors(host, f"creating Job {name}"):
+            with cluster.errors(f"creating Job {name}"):
                 created = await cluster.client.create(Job.from_dict(manifest))
             uid = created.metadata.uid
         except ApiError as exc:
@@ -253,7 +253,7 @@ class KubernetesBackend(BackendBase):
 
     async def _get_job(self, cluster: Cluster, name: str) -> dict[str, Any] | None:
         try:
-            with api_errors(cluster.host, f"reading Job {name}"):
+            with cluster.errors(f"reading Job {name}"):
                 job = await cluster.client.get(Job, name, namespace=cluster.namespace)
         except ApiError as exc:
             if exc.status.code == 404:
@@ -444,7 +444,7 @@ class KubernetesBackend(BackendBase):
         self._deleting.add(handle.job)
         try:
             await cluster.write_slot()
-            with contextlib.suppress(_NotFound), _found(), api_errors(cluster.host, "deleting"):
+            with contextlib.suppress(_NotFound), _found(), cluster.errors("deleting a Job"):
                 await cluster.client.delete(
                     Job, handle.job, namespace=handle.namespace, cascade=CascadeType.FOREGROUND
                 )
@@ -477,7 +477,7 @@ class KubernetesBackend(BackendBase):
         name = pod["metadata"]["name"]
         await cluster.write_slot()
         seconds = None if grace is None else math.ceil(grace)
-        with contextlib.suppress(_NotFound), _found(), api_errors(cluster.host, "deleting pod"):
+        with contextlib.suppress(_NotFound), _found(), cluster.errors("deleting a pod"):
             await cluster.client.delete(
                 Pod, name, namespace=cluster.namespace, grace_period=seconds
             )
@@ -487,7 +487,7 @@ class KubernetesBackend(BackendBase):
         recovery's sweep deletes it)."""
         try:
             await cluster.write_slot()
-            with contextlib.suppress(_NotFound), _found(), api_errors(cluster.host, "deleting"):
+            with contextlib.suppress(_NotFound), _found(), cluster.errors("deleting a Job"):
                 await cluster.client.delete(
                     Job, handle.job, namespace=handle.namespace, cascade=CascadeType.BACKGROUND
                 )
@@ -549,7 +549,7 @@ class KubernetesBackend(BackendBase):
                 logger.info("Job %s not suspended: its container has started", handle.job)
                 return
         await cluster.write_slot()
-        with api_errors(cluster.host, f"suspending Job {handle.job}"):
+        with cluster.errors(f"suspending Job {handle.job}"):
             patched = await cluster.client.patch(
                 Job,
                 handle.job,

@@ -24,7 +24,6 @@ import math
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Final
 
-import httpx2 as httpx  # (lightkube >= 1.0 speaks httpx2, whose errors are its own)
 import trio
 from lightkube import AsyncClient
 from lightkube.core import decoders
@@ -32,6 +31,8 @@ from lightkube.core.exceptions import ApiError
 from lightkube.core.selector import build_selector
 from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import Pod
+
+from corra.backends.kubernetes._client import HTTP_ERRORS
 
 logger = logging.getLogger("corra.backend.kubernetes")
 
@@ -129,7 +130,7 @@ class NamespaceWatch:
         while True:
             try:
                 return await self._relist()
-            except (ApiError, httpx.HTTPError, OSError) as exc:
+            except (ApiError, *HTTP_ERRORS, OSError) as exc:
                 logger.warning(
                     "listing namespace %s failed: %s; again in %.1f s", self.namespace, exc, pause
                 )
@@ -176,7 +177,7 @@ class NamespaceWatch:
                 except ApiError as exc:
                     code = exc.status.code if exc.status is not None else None
                     reason = "gone" if code == 410 else f"the {kind.__name__} stream: {exc}"
-                except (httpx.HTTPError, OSError) as exc:
+                except (*HTTP_ERRORS, OSError) as exc:
                     reason = f"the {kind.__name__} stream: {type(exc).__name__}: {exc}"
                 nursery.cancel_scope.cancel()
 

@@ -23,6 +23,22 @@ from corra.processes._registry import Registry, installed
 from corra.processes._spec_content import shown
 
 _HOST_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+#: The transports a host may have: ``ssh`` (the default), ``local`` (this machine, without
+#: SSH), ``kubernetes`` (a cluster: reached through its kubeconfig, never by commands).
+TRANSPORTS = ("ssh", "local", "kubernetes")
+#: A transport whose host has a table of its own, which makes it that transport's when the
+#: host names none (``[hosts.NAME.kubernetes]`` alone: the host is a cluster).
+TABLE_TRANSPORTS = ("kubernetes",)
+#: The fields of a host reached by commands only (over SSH, or here), refused on a cluster.
+_COMMAND_FIELDS = (
+    "hostname",
+    "port",
+    "user",
+    "identity_file",
+    "known_hosts",
+    "proxy_jump",
+    "work_root",
+)
 
 
 @attrs.frozen
@@ -140,6 +156,8 @@ class HostConfig:
     ``"none"``; ``UserKnownHostsFile none`` in ~/.ssh/config is ignored: `_hostkeys`)."""
     proxy_jump: str | None = attrs.field(default=None, validator=_optional_str("proxy_jump"))
     transport: Literal["ssh", "local", "kubernetes"] = attrs.field(default="ssh")
+    """How the host is reached (`TRANSPORTS`); a ``kubernetes`` host is a cluster, which
+    only the kubernetes backend uses (through its ``[hosts.NAME.kubernetes]`` table)."""
     work_root: str | None = attrs.field(default=None, validator=_optional_str("work_root"))
     """Where remote run dirs go (default ``~/.corra/runs`` on the host)."""
     python: str = attrs.field(default="python3", validator=_optional_str("python"))
@@ -177,10 +195,29 @@ class HostConfig:
 
     @transport.validator
     def _check_transport(self, attribute: Any, value: Any) -> None:
-        if value not in ("ssh", "local", "kubernetes"):
+        if value not in TRANSPORTS:
             raise ConfigError(
-                f"hosts.{self.name}.transport: got {value!r}, expected 'ssh' or 'local'"
+                f"hosts.{self.name}.transport: got {value!r}, expected 'ssh', 'local' or "
+                "'kubernetes'"
             )
+
+    def __attrs_post_init__(self) -> None:
+        if self.runs_commands:
+            return
+        for field in (*_COMMAND_FIELDS, "env"):
+            if getattr(self, field):
+                raise ConfigError(
+                    f"hosts.{self.name}.{field}: got {getattr(self, field)!r} on a host with "
+                    f"transport = {self.transport!r}, which is reached through its "
+                    f"[hosts.{self.name}.{self.transport}] table and runs no commands; "
+                    "expected none"
+                )
+
+    @property
+    def runs_commands(self) -> bool:
+        """Whether the host runs commands (over SSH, or here): not a cluster. Backends that
+        reach hosts by commands (ssh, slurm) take only these."""
+        return self.transport in ("ssh", "local")
 
     @options.validator
     def _check_options(self, attribute: Any, value: Any) -> None:
@@ -287,6 +324,10 @@ def parse_host(name: str, table: object, registry: Registry | None = None) -> Ho
             f"({', '.join(classes) or 'none is installed'})"
         )
     fields = {key: value for key, value in table.items() if key not in classes}
+    if "transport" not in table:
+        fields["transport"] = next(
+            (name for name in TABLE_TRANSPORTS if name in classes and name in table), "ssh"
+        )
     fields["options"] = {
         backend: _host_options(f"{where}.{backend}", options, table.get(backend, {}))
         for backend, options in classes.items()
