@@ -21,6 +21,7 @@ import corra.backends.ssh._config
 from corra._errors import ConfigError
 from corra._jobfile import parse_job_text
 from corra._remote import remember_hosts, remembered_hosts
+from corra.backends.kubernetes import KubernetesHostOptions
 from corra.backends.plugins import SLURM
 from corra.backends.slurm import SlurmSettings
 from corra.backends.ssh import HostConfig, host_table, parse_host
@@ -103,7 +104,7 @@ def test_an_unknown_host_table_is_refused_naming_the_fields_and_the_backends_wit
         "table of a backend with host options (kube, slurm)"
     )
     # A backend without host options has no table there either.
-    with pytest.raises(ConfigError, match=r"unknown field\(s\) local; .* \(slurm\)$"):
+    with pytest.raises(ConfigError, match=r"unknown field\(s\) local; .* \(kubernetes, slurm\)$"):
         parse_host("c", {"local": {}})
 
 
@@ -114,7 +115,10 @@ def test_a_backend_with_host_options_named_like_a_host_field_is_refused() -> Non
 
 
 def test_a_hosts_options_are_their_defaults_where_no_table_gives_them() -> None:
-    assert parse_host("c", {}).options == {"slurm": SlurmSettings()}
+    assert parse_host("c", {}).options == {
+        "slurm": SlurmSettings(),
+        "kubernetes": KubernetesHostOptions(),
+    }
     # (a host made in Python with no options: the backend's defaults, as from a table)
     assert HostConfig(name="c").options_for("slurm") == SlurmSettings()
     assert HostConfig(name="c").options_for("local") is None  # (no host options)

@@ -131,12 +131,14 @@ class _Program:
         self.ended.set()
 
     async def stop(self, grace: float) -> None:
-        """SIGTERM the program's group, SIGKILL after ``grace`` seconds; wait for its end.
-        Shielded: it completes even when cancelled."""
+        """SIGTERM the program (as a container runtime does: its init process only),
+        SIGKILL its whole group after ``grace`` seconds (the container's cgroup); wait for
+        its end. Shielded: it completes even when cancelled."""
         with trio.CancelScope(shield=True):
             if self.ended.is_set():
                 return
-            self._signal_group(signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signal.SIGTERM)
             with trio.move_on_after(grace):
                 await self.ended.wait()
             self._signal_group(signal.SIGKILL)
