@@ -488,6 +488,7 @@ class KubernetesBackend(BackendBase):
         return LogFiles(AttemptFiles(self._root, host, key).directory).size(stream)
 
     async def pause(self, handle: KubeHandle) -> None:
+        self._shipping.stop(handle.key)  # (a paused process is not watched; resume ships on)
         if handle.suspend_on_pause:
             await self._suspend(handle, True)
 

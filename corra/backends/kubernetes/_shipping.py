@@ -51,6 +51,7 @@ class LogShipping:
         self._watch_of = watch_of
         self._cluster_of = cluster_of
         self._shipping: dict[str, trio.Event] = {}
+        self._scopes: dict[str, trio.CancelScope] = {}
 
     def ship(self, handle: Any, logs: LogFiles) -> trio.Event:
         """Bring the log of the attempt ``handle`` (a `KubeHandle`) home into ``logs``, once:
@@ -61,7 +62,18 @@ class LogShipping:
             self._nursery.start_soon(self._ship, handle, logs, done)
         return done
 
+    def stop(self, key: str) -> None:
+        """Stop bringing the log of the attempt ``key`` home (a pause: corra stops watching;
+        a later `ship` resumes from where this one was)."""
+        scope = self._scopes.get(key)
+        if scope is not None:
+            scope.cancel()
+
     async def _ship(self, handle: Any, logs: LogFiles, done: trio.Event) -> None:
+        with trio.CancelScope() as self._scopes[handle.key]:
+            await self._ship_until_home(handle, logs, done)
+
+    async def _ship_until_home(self, handle: Any, logs: LogFiles, done: trio.Event) -> None:
         try:
             if logs.complete:
                 return
@@ -91,3 +103,4 @@ class LogShipping:
             done.set()
             if self._shipping.get(handle.key) is done:
                 del self._shipping[handle.key]
+                del self._scopes[handle.key]
