@@ -9,11 +9,15 @@ as the kubelet 1.20 does (``pkg/kubelet/kuberuntime/logs``):
 
 - ``tailLines=N``: start N lines before the end (first, before any other option);
 - ``sinceTime`` (RFC 3339) / ``sinceSeconds``: skip lines stamped before that time;
-- ``timestamps=true``: prefix each line with its time in Go's RFC3339Nano (UTC, trailing
-  zeros of the fraction dropped, no fraction at all on a whole second) and a space;
+- ``timestamps=true``: prefix each line with its time and a space, in the kubelet's
+  ``RFC3339NanoFixed`` (UTC, always nine digits of the fraction: `format_log_time`);
 - ``limitBytes=N``: stop after N bytes, prefixes counted, cutting the last line;
 - ``follow=true``: after the lines there are, send new ones as they are read, until the
   container has ended (then the response ends).
+
+A line longer than `MAX_LINE` is split as containerd splits it (partial entries, CRI tag
+``P``), and the program's unfinished last line is one too; as the kubelet, the endpoint does
+not join them: each is sent with its own time, without a newline.
 
 The apiserver proxies ``pods/{pod}/log`` here (it reaches the node at its InternalIP and
 ``daemonEndpoints.kubeletEndpoint.Port``).
@@ -45,6 +49,14 @@ def format_time(nanoseconds: int) -> str:
     text = datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S")
     digits = f"{fraction:09d}".rstrip("0")
     return f"{text}.{digits}Z" if digits else f"{text}Z"
+
+
+def format_log_time(nanoseconds: int) -> str:
+    """A time as the kubelet stamps log lines: Go's ``RFC3339NanoFixed`` in UTC (nine digits
+    of the fraction, always: ``pkg/kubelet/kuberuntime/logs``' ``timeFormatOut``)."""
+    seconds, fraction = divmod(nanoseconds, 1_000_000_000)
+    text = datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{text}.{fraction:09d}Z"
 
 
 _RFC3339 = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$")
@@ -150,7 +162,7 @@ class LogQuery:
                     continue
                 data = line.data
                 if self.timestamps:
-                    data = format_time(line.time).encode() + b" " + data
+                    data = format_log_time(line.time).encode() + b" " + data
                 if remaining is not None:
                     data = data[:remaining]
                     remaining -= len(data)
