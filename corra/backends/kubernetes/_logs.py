@@ -12,13 +12,8 @@ of the node's log file, and they are dropped. No record is lost or written twice
 many come within one second, and in whatever order their times are within it.
 
 Exactly the program's bytes come home: stdout and stderr merged (Kubernetes keeps one log
-per container), binary or not, the last line with or without its newline. What the
-position counts as home is home: the data is written first, then the position (replaced
-whole), with no checkpoint between, so a cancellation finds them agreeing; after a crash
-between the two, the data file is longer than the position says and is cut back to it when
-the next shipping opens it. Files are flushed, not fsynced: after a machine crash, a data
-file shorter than its position makes the shipping start over from the first line (the pod
-keeps its log until it is deleted, which the backend does only once the log is complete).
+per container), binary or not, the last line with or without its newline. The files and
+their crash safety: `corra.backends.kubernetes._logfiles`.
 
 What this leaves to the kubelet: the container runtime's log rotation (the kubelet serves
 the current file only, so a follow cut off across a rotation misses what was rotated away).
@@ -29,10 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import shutil
-from collections.abc import Callable, Iterable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Final, Literal
 
 import attrs
@@ -41,16 +33,13 @@ import trio
 from lightkube.core import generic_client
 from lightkube.resources.core_v1 import PodLog
 
-from corra._statedir import make_private_dirs, open_private, read_private, write_private
-from corra.backends.kubernetes._logstream import Record, RecordReader, format_second, parse_stamp
+from corra.backends.kubernetes._logfiles import POSITION_FILE, STDOUT, LogFiles, Position
+from corra.backends.kubernetes._logstream import Record, RecordReader, format_second
+
+__all__ = ["POSITION_FILE", "STDOUT", "LogFiles", "Position", "ship_logs"]
 
 logger = logging.getLogger("corra.backend.kubernetes")
 
-#: The container's log (both streams: the kubelet merges them).
-STDOUT: Final = "stdout"
-#: Where the shipping resumes, beside the data.
-POSITION_FILE: Final = "log-position.json"
-POSITION_FORMAT: Final = 1
 #: The longest pause between two requests after failures (doubling from `FIRST_PAUSE`).
 MAX_PAUSE: Final = 10.0
 FIRST_PAUSE: Final = 0.25
@@ -66,188 +55,23 @@ _TRANSPORT_ERRORS: Final = (generic_client.httpx.HTTPError, OSError, trio.Broken
 
 
 @attrs.frozen
-class Position:
-    """Where one attempt's log stands at home (``log-position.json``)."""
+class _Answer:
+    """How one request of the log ended."""
 
-    size: int = 0
-    """Bytes in the data file."""
-    dropped: int = 0
-    """Bytes past the limit, not kept."""
-    since: int | None = None
-    """The whole second (since the epoch) of the latest record home: where to ask again."""
-    skip: int = 0
-    """Records of second `since` home already (an answer from `since` starts with them)."""
-    last: str | None = None
-    """The latest record's time, as the server wrote it."""
-    complete: bool = False
-    """The container ended and everything it wrote is home."""
-
-    def to_json(self) -> bytes:
-        document = attrs.asdict(self)
-        document["since"] = None if self.since is None else format_second(self.since)
-        return json.dumps({"format": POSITION_FORMAT, **document}).encode()
-
-    @classmethod
-    def from_json(cls, data: bytes) -> Position:
-        document = json.loads(data)
-        if document.pop("format", None) != POSITION_FORMAT:
-            raise ValueError(f"unknown log position format: {data[:80]!r}")
-        since = document.pop("since")
-        since = None if since is None else parse_stamp(since) // 1_000_000_000
-        return cls(since=since, **document)
+    outcome: Literal["ended", "gone", "waiting", "failed", "silent"]
+    """``ended`` as it should; ``gone`` (404); ``waiting`` to start (400); ``failed`` (a
+    transport error or another error answer); ``silent`` (cut: the container ended and the
+    stream said nothing for `ENDED_SILENCE` seconds)."""
+    progress: bool = False
+    """New records came home."""
+    said: str = ""
+    """What the server (or the transport) said of an error."""
+    rest: Record | None = None
+    """Once ``ended``: what was left after the last complete record (not written)."""
 
 
-class LogFiles:
-    """The logs of one attempt at home: ``<directory>/stdout`` (the container's log: stdout
-    and stderr merged, as Kubernetes keeps them; there is no stderr) and
-    ``<directory>/log-position.json`` (`Position`). The directory is 0700, the files 0600,
-    made at the first write; files are opened without following links (`corra._statedir`).
-
-    Readers (`read`, `size`, `complete`, `dropped`) look at the files each time, so another
-    process reads what the shipping one writes. One shipping at a time per directory.
-
-    Args:
-        directory: the attempt's own directory.
-        limit: bytes kept (the spec's output limit; None: all): the first ``limit`` bytes
-            stay, the rest is counted in `dropped`.
-    """
-
-    def __init__(self, directory: Path, limit: int | None = None) -> None:
-        self.directory = Path(directory)
-        self.limit = limit
-        self._position: Position | None = None  # the shipping's, once `open` read it
-        self._latest: int | None = None  # the time of `Position.last`, in nanoseconds
-
-    @property
-    def _data(self) -> Path:
-        return self.directory / STDOUT
-
-    def read(self, stream: str, offset: int, size: int) -> bytes:
-        """Up to ``size`` bytes of ``stream`` from ``offset``: b"" past the end, for
-        ``stderr``, and before anything came home."""
-        if stream != STDOUT or size <= 0:
-            return b""
-        try:
-            fd = open_private(self._data, what="pod log")
-        except FileNotFoundError:
-            return b""
-        try:
-            return os.pread(fd, size, offset)
-        finally:
-            os.close(fd)
-
-    def size(self, stream: str) -> int:
-        """The bytes of ``stream`` at home now."""
-        if stream != STDOUT:
-            return 0
-        try:
-            return self._data.stat().st_size
-        except FileNotFoundError:
-            return 0
-
-    def position(self) -> Position:
-        """The position as the files say it now (`Position()` before anything came home, or
-        if its file cannot be read)."""
-        path = self.directory / POSITION_FILE
-        try:
-            return Position.from_json(read_private(path, what="pod log position"))
-        except FileNotFoundError:
-            return Position()
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            # Not written by this corra (nor half-written: it is replaced whole): the
-            # shipping starts over, as if nothing had come home.
-            logger.warning("%s: unreadable (%s): taken as empty", path, exc)
-            return Position()
-
-    @property
-    def complete(self) -> bool:
-        """The container ended and everything it wrote is home."""
-        return self.position().complete
-
-    @property
-    def dropped(self) -> int:
-        """Bytes past the limit, not kept."""
-        return self.position().dropped
-
-    def remove(self) -> None:
-        """Remove the directory and what is in it (nothing there is fine)."""
-        self._position = None
-        with contextlib.suppress(FileNotFoundError):
-            shutil.rmtree(self.directory)
-
-    # -- the shipping's side ------------------------------------------------------------
-
-    def open(self) -> Position:
-        """The position to resume from, the data file made to agree with it: cut back to
-        the position's size (bytes written before a crash let the position be written), or,
-        shorter than it (lost in a machine crash), emptied to start over."""
-        position = self.position()
-        with contextlib.suppress(FileNotFoundError):
-            fd = open_private(self._data, os.O_RDWR, what="pod log")
-            try:
-                actual = os.fstat(fd).st_size
-                if actual > position.size:
-                    os.ftruncate(fd, position.size)
-                elif actual < position.size:
-                    logger.warning(
-                        "%s: %d bytes of %d there: shipping the pod's log again from its start",
-                        self._data,
-                        actual,
-                        position.size,
-                    )
-                    os.ftruncate(fd, 0)
-                    position = Position()
-                    write_private(self.directory / POSITION_FILE, position.to_json())
-            finally:
-                os.close(fd)
-        self._position = position
-        self._latest = None
-        with contextlib.suppress(ValueError):
-            self._latest = None if position.last is None else parse_stamp(position.last)
-        return position
-
-    def shipping_position(self) -> Position:
-        """The position the shipping stands at (`open` read it, `write` moved it)."""
-        return self._position if self._position is not None else self.open()
-
-    def write(self, records: Iterable[Record], *, complete: bool = False) -> Position:
-        """Append ``records`` (what the limit leaves of them), then the position after them
-        (marked complete with ``complete``). Never a checkpoint."""
-        position = self.shipping_position()
-        size, dropped, since, skip = position.size, position.dropped, position.since, position.skip
-        last, latest = position.last, self._latest
-        kept = []
-        for record in records:
-            room = len(record.data) if self.limit is None else max(0, self.limit - size)
-            data = record.data[:room]
-            kept.append(data)
-            size += len(data)
-            dropped += len(record.data) - len(data)
-            if since is None or record.second > since:
-                since, skip = record.second, 1
-            elif record.second == since:
-                skip += 1
-            if latest is None or record.time >= latest:
-                last, latest = record.stamp, record.time
-        after = Position(size, dropped, since, skip, last, complete or position.complete)
-        if after == position:
-            return position
-        make_private_dirs(self.directory)
-        fd = open_private(self._data, os.O_WRONLY | os.O_CREAT, what="pod log")
-        try:
-            data = memoryview(b"".join(kept))
-            offset = position.size
-            while data:
-                written = os.pwrite(fd, data, offset)
-                data, offset = data[written:], offset + written
-        finally:
-            os.close(fd)
-        write_private(self.directory / POSITION_FILE, after.to_json())
-        self._position, self._latest = after, latest
-        return after
-
-
-_Outcome = Literal["ended", "gone", "waiting", "failed", "silent"]
+#: No final answer yet.
+_NO_REST: Final = Record(-1, "", b"")
 
 
 async def ship_logs(
@@ -264,8 +88,11 @@ async def ship_logs(
 
     Args:
         ended: whether the container has terminated (the backend's watch says it). A
-            stream that ends while it is False is asked for again; once it is True, one
-            stream asked for after it that ends as it should completes the log.
+            stream that ends while it is False is asked for again. Once it is True, the
+            log is complete when two streams asked for after it ended as they should,
+            the second with nothing new (the same unfinished last entry, if any): a
+            stream the apiserver ends early (its connection to the node lost) ends as
+            cleanly as one at the log's end.
 
     A checkpoint. Cancellation leaves ``files`` as they were at some record's end (a new
     call with new `LogFiles` on the same directory goes on from there). Errors do not
@@ -277,26 +104,28 @@ async def ship_logs(
     if files.open().complete:
         return
     pause = 0.0
+    previous = _NO_REST  # the rest of the last final answer
     while True:
         final = ended()
-        outcome, progress, said = await _ship_once(
-            client, namespace, pod, container, files, ended, final
-        )
-        if outcome == "ended" and final:
+        answer = await _ship_once(client, namespace, pod, container, files, ended)
+        if answer.outcome == "ended" and final:
+            if not answer.progress and answer.rest == previous:
+                files.write([answer.rest] if answer.rest is not None else (), complete=True)
+                return
+            previous = answer.rest
+            continue
+        previous = _NO_REST
+        if answer.outcome == "gone":
+            logger.info("pod %s/%s: log gone (%s): shipping ends", namespace, pod, answer.said)
             return
-        if outcome == "gone":
-            logger.info("pod %s/%s: its log is gone (%s): shipping ends", namespace, pod, said)
-            return
-        if outcome == "waiting" and final:
+        if answer.outcome == "waiting" and final:
             files.write((), complete=True)
             return
-        if outcome == "silent":
+        if answer.outcome == "silent":
             continue  # the container ended: ask again at once, to complete the log
-        pause = FIRST_PAUSE if progress or not pause else min(MAX_PAUSE, pause * 2)
-        if outcome == "failed":
-            logger.warning(
-                "pod %s/%s log: %s; again in %.2f s", namespace, pod, said or "failed", pause
-            )
+        pause = FIRST_PAUSE if answer.progress or not pause else min(MAX_PAUSE, pause * 2)
+        if answer.outcome == "failed":
+            logger.warning("pod %s/%s log: %s; again in %.2f s", namespace, pod, answer.said, pause)
             await trio.sleep(pause)
         else:
             # The stream ended before the container did (its end is on its way), or it has
@@ -313,16 +142,15 @@ async def _ship_once(
     container: str,
     files: LogFiles,
     ended: Callable[[], bool],
-    final: bool,
-) -> tuple[_Outcome, bool, str]:
-    """One request, followed to its end: how it ended, whether records came, what the
-    server said."""
+) -> _Answer:
+    """One request from the position, its complete new records written as they come."""
     position = files.shipping_position()
     request = _log_request(client, namespace, pod, container, position.since)
     reader = RecordReader()
     skipping = position.skip
 
     def new(records: list[Record]) -> list[Record]:
+        # An answer from second `since` starts with that second's records already home.
         nonlocal skipping
         if not skipping:
             return records
@@ -339,15 +167,15 @@ async def _ship_once(
     try:
         response = await generic.send(request, stream=True)
     except _TRANSPORT_ERRORS as exc:
-        return "failed", False, f"{type(exc).__name__}: {exc}"
+        return _Answer("failed", said=f"{type(exc).__name__}: {exc}")
     try:
         if response.status_code >= 400:
             said = _message(await response.aread())
             if response.status_code == 404:
-                return "gone", False, said
+                return _Answer("gone", said=said)
             if response.status_code == 400:
-                return "waiting", False, said
-            return "failed", False, f"{response.status_code}: {said}"
+                return _Answer("waiting", said=said)
+            return _Answer("failed", said=f"{response.status_code}: {said}")
         silent = True
         async with trio.open_nursery() as nursery:
             last_data = [trio.current_time()]
@@ -366,15 +194,12 @@ async def _ship_once(
             silent = False
             nursery.cancel_scope.cancel()
         if silent:
-            return "silent", progress, ""
-        if final:
-            # The container had ended when this was asked: its log is all here, and what
-            # is left without a newline is its last entry.
-            rest = reader.rest()
-            files.write(new([rest]) if rest is not None else (), complete=True)
-        return "ended", progress, ""
+            return _Answer("silent", progress)
+        rest = reader.rest()
+        fresh = [] if rest is None else new([rest])
+        return _Answer("ended", progress, rest=fresh[0] if fresh else None)
     except _TRANSPORT_ERRORS as exc:
-        return "failed", progress, f"{type(exc).__name__}: {exc}"
+        return _Answer("failed", progress, f"{type(exc).__name__}: {exc}")
     finally:
         with trio.CancelScope(shield=True):
             await response.aclose()
