@@ -4,7 +4,9 @@ the real apiserver from the stand-in node (tests/_kube.py); and the record split
 
 from __future__ import annotations
 
+import os
 import secrets
+import signal
 import stat
 import sys
 from collections.abc import AsyncIterator
@@ -168,7 +170,11 @@ class Ended:
 
     async def follow(self, client: AsyncClient, namespace: str, pod: str) -> None:
         while not self.ended:
-            found = await client.get(Pod, pod, namespace=namespace)
+            try:
+                found = await client.get(Pod, pod, namespace=namespace)
+            except Exception:  # (the apiserver restarting)
+                await trio.sleep(0.2)
+                continue
             statuses = found.status.containerStatuses or []
             self.ended = bool(statuses) and statuses[0].state.terminated is not None
             await trio.sleep(0.1)
@@ -350,3 +356,60 @@ async def test_a_container_that_never_starts_is_waited_for_until_it_ended(
         await ship_logs(client, namespace, pod, files, ended=lambda: trio.current_time() > given_up)
     assert trio.current_time() > given_up
     assert files.complete and files.size("stdout") == 0
+
+
+async def restart_apiserver(cluster: _kube.KubeCluster) -> None:
+    """Kill the cluster's apiserver (SIGKILL: as a crash) and start it again as it was,
+    within the node's grace (its heartbeats fail meanwhile)."""
+    pids = cluster.scratch / "pids"
+    lines = pids.read_text().splitlines()
+    [old] = [int(line.split()[0]) for line in lines if line.split()[1] == "kube-apiserver"]
+    argv = Path(f"/proc/{old}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+    os.kill(old, signal.SIGKILL)
+    with trio.fail_after(10):
+        while Path(f"/proc/{old}").exists() and alive(old):
+            await trio.sleep(0.05)
+    # Started as the script starts it: in a session of its own, its parent gone at once.
+    log = cluster.scratch / "kube-apiserver.log"
+    started = await trio.run_process(
+        ["bash", "-c", 'setsid "$@" >>"$0" 2>&1 </dev/null & echo $!', log, *argv],
+        capture_stdout=True,
+    )
+    pid = int(started.stdout)
+    pids.write_text(
+        "".join(
+            f"{pid} kube-apiserver\n" if line.split()[1] == "kube-apiserver" else line + "\n"
+            for line in lines
+        )
+    )
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a process that is not a zombie (waiting to be reaped by no one)."""
+    try:
+        status = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return status.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@kubernetes
+async def test_a_restarted_apiserver_loses_no_line_and_doubles_none(
+    kube: _kube.KubeCluster, client: AsyncClient, namespace: str, tmp_path: Path
+) -> None:
+    code = """
+import os, time
+for i in range(80):
+    os.write(1, b"line %d\\n" % i)
+    time.sleep(0.05)
+"""
+    _, pod = await start_pod(client, namespace, code)
+    files = LogFiles(tmp_path / "logs")
+    ended = Ended()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ended.follow, client, namespace, pod)
+        nursery.start_soon(lambda: ship_logs(client, namespace, pod, files, ended=ended))
+        await until(lambda: files.size("stdout") > 0)
+        await restart_apiserver(kube)
+    assert files.read("stdout", 0, 1 << 20) == b"".join(b"line %d\n" % i for i in range(80))
+    assert files.complete

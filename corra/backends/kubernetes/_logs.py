@@ -176,7 +176,7 @@ async def _ship_once(
             if response.status_code == 400:
                 return _Answer("waiting", said=said)
             return _Answer("failed", said=f"{response.status_code}: {said}")
-        silent = True
+        silent, failure = True, None
         async with trio.open_nursery() as nursery:
             last_data = [trio.current_time()]
             nursery.start_soon(_cut_when_silent, ended, last_data, nursery.cancel_scope)
@@ -188,11 +188,15 @@ async def _ship_once(
                     if records:
                         files.write(records)
                         progress = True
+            except _TRANSPORT_ERRORS as exc:
+                failure = exc  # (caught here: out of the nursery it would be in a group)
             finally:
                 with trio.CancelScope(shield=True):
                     await chunks.aclose()
             silent = False
             nursery.cancel_scope.cancel()
+        if failure is not None:
+            return _Answer("failed", progress, f"{type(failure).__name__}: {failure}")
         if silent:
             return _Answer("silent", progress)
         rest = reader.rest()
