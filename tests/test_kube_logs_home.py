@@ -98,6 +98,12 @@ def test_the_data_is_made_to_agree_with_the_position_on_open(tmp_path: Path) -> 
     (tmp_path / "logs" / "stdout").write_bytes(b"ab")
     assert LogFiles(tmp_path / "logs").open() == Position()
     assert files.size("stdout") == 0
+    # The data file gone: start over.
+    files = LogFiles(tmp_path / "logs")
+    files.write([record(2, b"abc\n")])
+    (tmp_path / "logs" / "stdout").unlink()
+    assert LogFiles(tmp_path / "logs").open() == Position()
+    assert files.position() == Position()
     # A position that cannot be read: start over too.
     files = LogFiles(tmp_path / "logs")
     files.write([record(1, b"abc\n")])

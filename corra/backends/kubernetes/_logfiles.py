@@ -151,23 +151,27 @@ class LogFiles:
         the position's size (bytes written before a crash let the position be written), or,
         shorter than it (lost in a machine crash), emptied to start over."""
         position = self.position()
-        with contextlib.suppress(FileNotFoundError):
+        try:
             fd = open_private(self._data, os.O_RDWR, what="pod log")
-            try:
-                actual = os.fstat(fd).st_size
-                if actual > position.size:
-                    os.ftruncate(fd, position.size)
-                elif actual < position.size:
-                    logger.warning(
-                        "%s: %d bytes of %d there: shipping the pod's log again from its start",
-                        self._data,
-                        actual,
-                        position.size,
-                    )
+        except FileNotFoundError:
+            fd = None
+        try:
+            actual = 0 if fd is None else os.fstat(fd).st_size
+            if actual > position.size and fd is not None:
+                os.ftruncate(fd, position.size)
+            elif actual < position.size:
+                logger.warning(
+                    "%s: %d bytes of %d there: shipping the pod's log again from its start",
+                    self._data,
+                    actual,
+                    position.size,
+                )
+                if fd is not None:
                     os.ftruncate(fd, 0)
-                    position = Position()
-                    write_private(self.directory / POSITION_FILE, position.to_json())
-            finally:
+                position = Position()
+                write_private(self.directory / POSITION_FILE, position.to_json())
+        finally:
+            if fd is not None:
                 os.close(fd)
         self._position = position
         self._latest = None

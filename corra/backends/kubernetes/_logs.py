@@ -123,9 +123,18 @@ async def ship_logs(
             return
         if answer.outcome == "silent":
             continue  # the container ended: ask again at once, to complete the log
-        pause = FIRST_PAUSE if answer.progress or not pause else min(MAX_PAUSE, pause * 2)
+        first = answer.progress or not pause
+        pause = FIRST_PAUSE if first else min(MAX_PAUSE, pause * 2)
         if answer.outcome == "failed":
-            logger.warning("pod %s/%s log: %s; again in %.2f s", namespace, pod, answer.said, pause)
+            # (Said once per run of failures: a lost node fails every request for minutes.)
+            logger.log(
+                logging.WARNING if first else logging.DEBUG,
+                "pod %s/%s log: %s; again in %.2f s",
+                namespace,
+                pod,
+                answer.said,
+                pause,
+            )
             await trio.sleep(pause)
         else:
             # The stream ended before the container did (its end is on its way), or it has
