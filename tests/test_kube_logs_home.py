@@ -79,6 +79,7 @@ def test_the_position_counts_the_records_of_the_latest_second(tmp_path: Path) ->
     # (Out of order within a second, as two runtime writers may stamp them: still counted.)
     assert files.position() == Position(6, 0, 11, 2, "1970-01-01T00:00:11.000000005Z", False)
     files.write([record(10, b"late\n")])  # an older second: not in an answer from 11
+    files.flush()
     assert files.position().skip == 2
     files.write([record(12, b"d")], complete=True)
     assert files.position() == Position(12, 0, 12, 1, "1970-01-01T00:00:12.000000000Z", True)
@@ -86,14 +87,35 @@ def test_the_position_counts_the_records_of_the_latest_second(tmp_path: Path) ->
     assert LogFiles(tmp_path / "logs").complete
 
 
-def test_the_data_is_made_to_agree_with_the_position_on_open(tmp_path: Path) -> None:
+def test_the_position_is_written_at_most_every_quarter_second_and_when_stopped(
+    tmp_path: Path,
+) -> None:
+    files = LogFiles(tmp_path / "logs")
+    files.write([record(1, b"a\n")])  # (the first at once)
+    for index in range(100):
+        files.write([record(1, b"b\n", index + 1)])
+    assert files.size("stdout") == 202
+    assert files.position().size < 202  # (not 100 renames in a row)
+    files.flush()
+    assert files.position().size == 202 and files.position().skip == 101
+
+
+def test_the_limit_keeps_the_first_bytes(tmp_path: Path) -> None:
     files = LogFiles(tmp_path / "logs", limit=5)
     files.write([record(1, b"abc\n"), record(1, b"defg\n")])
-    assert (files.read("stdout", 0, 100), files.dropped) == (b"abc\nd", 4)
-    # A crash after the data, before the position: cut back.
-    append(tmp_path / "logs" / "stdout", b"more")
-    assert LogFiles(tmp_path / "logs").open() == files.position()
-    assert files.read("stdout", 0, 100) == b"abc\nd"
+    files.write([record(2, b"more\n")], complete=True)
+    assert (files.read("stdout", 0, 100), files.dropped, files.complete) == (b"abc\nd", 9, True)
+
+
+def test_the_data_is_made_to_agree_with_the_position_on_open(tmp_path: Path) -> None:
+    files = LogFiles(tmp_path / "logs")
+    files.write([record(1, b"abc\n")])  # (its position written at once)
+    files.write([record(2, b"more\n")])  # (its position not yet)
+    assert (files.size("stdout"), files.position().size) == (9, 4)
+    # Killed there: the next shipping cuts the data back, and asks for the rest again.
+    files = LogFiles(tmp_path / "logs")
+    assert files.open() == Position(4, 0, 1, 1, "1970-01-01T00:00:01.000000000Z", False)
+    assert files.read("stdout", 0, 100) == b"abc\n"
     # Data lost (a machine crash): start over.
     (tmp_path / "logs" / "stdout").write_bytes(b"ab")
     assert LogFiles(tmp_path / "logs").open() == Position()
@@ -101,12 +123,14 @@ def test_the_data_is_made_to_agree_with_the_position_on_open(tmp_path: Path) -> 
     # The data file gone: start over.
     files = LogFiles(tmp_path / "logs")
     files.write([record(2, b"abc\n")])
+    files.flush()
     (tmp_path / "logs" / "stdout").unlink()
     assert LogFiles(tmp_path / "logs").open() == Position()
     assert files.position() == Position()
     # A position that cannot be read: start over too.
     files = LogFiles(tmp_path / "logs")
     files.write([record(1, b"abc\n")])
+    files.flush()
     (tmp_path / "logs" / POSITION_FILE).write_bytes(b"{not json")
     assert LogFiles(tmp_path / "logs").open() == Position()
     assert files.size("stdout") == 0

@@ -39,6 +39,8 @@ import attrs
 import h11
 import trio
 
+#: The most bytes of lines sent at once (one per line: a Python kubelet at 5,000 lines/s).
+CHUNK = 64 * 1024
 #: Lines longer than this are split, as a container runtime splits them (partial lines).
 MAX_LINE = 16 * 1024
 
@@ -93,14 +95,16 @@ class ContainerLog:
 
     def feed(self, data: bytes) -> None:
         """Take what the program wrote; complete lines become lines, stamped now."""
-        self._partial += data
+        buffer = self._partial + data
+        start = 0  # (lines are cut from here on: one copy of the rest at the end, not per line)
         while True:
-            end = self._partial.find(b"\n", 0, MAX_LINE)
-            if end < 0 and len(self._partial) < MAX_LINE:
+            end = buffer.find(b"\n", start, start + MAX_LINE)
+            if end < 0 and len(buffer) - start < MAX_LINE:
                 break
-            cut = end + 1 if end >= 0 else MAX_LINE
-            self.lines.append(LogLine(time.time_ns(), self._partial[:cut]))
-            self._partial = self._partial[cut:]
+            cut = end + 1 if end >= 0 else start + MAX_LINE
+            self.lines.append(LogLine(time.time_ns(), buffer[start:cut]))
+            start = cut
+        self._partial = buffer[start:]
         self._notify()
 
     def end(self) -> None:
@@ -151,11 +155,14 @@ class LogQuery:
         )
 
     async def lines(self, log: ContainerLog):  # type: ignore[no-untyped-def]
-        """The bytes to send for ``log``, chunk by chunk (an async generator)."""
+        """The bytes to send for ``log``, chunk by chunk (an async generator): the lines
+        there are in chunks of up to `CHUNK` bytes, then (following) each as it comes."""
         index = len(log.lines) - self.tail_lines if self.tail_lines is not None else 0
         index = max(0, index)
         remaining = self.limit_bytes
         while True:
+            chunk: list[bytes] = []
+            size = 0
             for line in log.lines[index:]:
                 index += 1
                 if self.since is not None and line.time < self.since:
@@ -166,9 +173,16 @@ class LogQuery:
                 if remaining is not None:
                     data = data[:remaining]
                     remaining -= len(data)
-                yield data
+                chunk.append(data)
+                size += len(data)
                 if remaining is not None and remaining <= 0:
+                    yield b"".join(chunk)
                     return
+                if size >= CHUNK:
+                    yield b"".join(chunk)
+                    chunk, size = [], 0
+            if chunk:
+                yield b"".join(chunk)
             if not self.follow or (log.ended and index >= len(log.lines)):
                 return
             await log.wait_beyond(index)

@@ -1,9 +1,11 @@
 """The logs of one attempt at home, and where their shipping stands (`LogFiles`).
 
 What the position counts as home is home: the data is written first, then the position
-(replaced whole), with no checkpoint between, so a cancellation finds them agreeing; after a
-crash between the two, the data file is longer than the position says and is cut back to it
-when the next shipping opens it. Files are flushed, not fsynced: after a machine crash, a
+(replaced whole, at most every `POSITION_EVERY` seconds while the log grows, and at once when
+the shipping stops, cancelled or not: `LogFiles.flush`). So the data file may be longer than
+the position says, never shorter; the next shipping cuts it back to the position when it
+opens it (`LogFiles.open`) and fetches those bytes again: the same bytes, so a reader that
+saw them saw the truth. Files are flushed, not fsynced: after a machine crash, a
 data file shorter than its position makes the shipping start over from the first line (the
 pod keeps its log until it is deleted, which the backend does only once the log is
 complete).
@@ -16,6 +18,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Final
@@ -32,6 +35,10 @@ STDOUT: Final = "stdout"
 #: Where the shipping resumes, beside the data.
 POSITION_FILE: Final = "log-position.json"
 POSITION_FORMAT: Final = 1
+#: The most seconds between two writes of the position while the log grows (a write of it
+#: costs a file made and renamed: per line of a chatty program, it would be most of the
+#: shipping's time).
+POSITION_EVERY: Final = 0.25
 
 
 @attrs.frozen
@@ -86,6 +93,9 @@ class LogFiles:
         self.limit = limit
         self._position: Position | None = None  # the shipping's, once `open` read it
         self._latest: int | None = None  # the time of `Position.last`, in nanoseconds
+        self._on_disk: Position | None = None  # the position in the file
+        self._written_at = 0.0  # (monotonic) when it was written
+        self._fd: int | None = None  # the data file, open for the shipping
 
     @property
     def _data(self) -> Path:
@@ -140,7 +150,8 @@ class LogFiles:
 
     def remove(self) -> None:
         """Remove the directory and what is in it (nothing there is fine)."""
-        self._position = None
+        self._close()
+        self._position = self._on_disk = None
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(self.directory)
 
@@ -173,7 +184,8 @@ class LogFiles:
         finally:
             if fd is not None:
                 os.close(fd)
-        self._position = position
+        self._close()
+        self._position = self._on_disk = position
         self._latest = None
         with contextlib.suppress(ValueError):
             self._latest = None if position.last is None else parse_stamp(position.last)
@@ -205,16 +217,35 @@ class LogFiles:
         after = Position(size, dropped, since, skip, last, complete or position.complete)
         if after == position:
             return position
-        make_private_dirs(self.directory)
-        fd = open_private(self._data, os.O_WRONLY | os.O_CREAT, what="pod log")
-        try:
-            data = memoryview(b"".join(kept))
+        data = memoryview(b"".join(kept))
+        if data or self._fd is None:
+            if self._fd is None:
+                make_private_dirs(self.directory)
+                self._fd = open_private(self._data, os.O_WRONLY | os.O_CREAT, what="pod log")
             offset = position.size
             while data:
-                written = os.pwrite(fd, data, offset)
+                written = os.pwrite(self._fd, data, offset)
                 data, offset = data[written:], offset + written
-        finally:
-            os.close(fd)
-        write_private(self.directory / POSITION_FILE, after.to_json())
         self._position, self._latest = after, latest
+        if after.complete:
+            self.flush()
+        elif time.monotonic() - self._written_at >= POSITION_EVERY:
+            self.write_position()
         return after
+
+    def write_position(self) -> None:
+        """Write the position, if it moved since it was last written. Never a checkpoint."""
+        if self._position is not None and self._position != self._on_disk:
+            write_private(self.directory / POSITION_FILE, self._position.to_json())
+            self._on_disk, self._written_at = self._position, time.monotonic()
+
+    def flush(self) -> None:
+        """`write_position`, and close the data file: the shipping stops. Never a
+        checkpoint."""
+        self.write_position()
+        self._close()
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

@@ -43,7 +43,7 @@ logger = logging.getLogger("corra.backend.kubernetes")
 #: The longest pause between two requests after failures (doubling from `FIRST_PAUSE`).
 MAX_PAUSE: Final = 10.0
 FIRST_PAUSE: Final = 0.25
-#: Seconds between two looks at ``ended()``, while a stream is open.
+#: Seconds between two looks at ``ended()`` (and at the position), while a stream is open.
 ENDED_POLL: Final = 1.0
 #: Seconds a stream may stay silent once the container ended before it is cut and asked
 #: again (a kubelet ends a follow within about a second of its container's end; this
@@ -103,6 +103,20 @@ async def ship_logs(
     """
     if files.open().complete:
         return
+    try:
+        await _ship(client, namespace, pod, files, container, ended)
+    finally:
+        files.flush()  # (sync: done even when cancelled)
+
+
+async def _ship(
+    client: lightkube.AsyncClient,
+    namespace: str,
+    pod: str,
+    files: LogFiles,
+    container: str,
+    ended: Callable[[], bool],
+) -> None:
     pause = 0.0
     previous = _NO_REST  # the rest of the last final answer
     while True:
@@ -188,7 +202,7 @@ async def _ship_once(
         silent, failure = True, None
         async with trio.open_nursery() as nursery:
             last_data = [trio.current_time()]
-            nursery.start_soon(_cut_when_silent, ended, last_data, nursery.cancel_scope)
+            nursery.start_soon(_watch_stream, files, ended, last_data, nursery.cancel_scope)
             chunks = response.aiter_bytes()
             try:
                 async for chunk in chunks:
@@ -218,13 +232,15 @@ async def _ship_once(
             await response.aclose()
 
 
-async def _cut_when_silent(
-    ended: Callable[[], bool], last_data: list[float], scope: trio.CancelScope
+async def _watch_stream(
+    files: LogFiles, ended: Callable[[], bool], last_data: list[float], scope: trio.CancelScope
 ) -> None:
-    """Cancel ``scope`` once the container ended and the stream said nothing since for
-    `ENDED_SILENCE` seconds."""
+    """While a stream is open: write the position once it is still (so that it is on disk
+    within `ENDED_POLL` seconds of the last record), and cancel ``scope`` once the container
+    ended and the stream said nothing for `ENDED_SILENCE` seconds."""
     while True:
         await trio.sleep(ENDED_POLL)
+        files.write_position()
         if ended() and trio.current_time() - last_data[0] >= ENDED_SILENCE:
             scope.cancel()
             return
