@@ -5,10 +5,9 @@ What the position counts as home is home: the data is written first, then the po
 the shipping stops, cancelled or not: `LogFiles.flush`). So the data file may be longer than
 the position says, never shorter; the next shipping cuts it back to the position when it
 opens it (`LogFiles.open`) and fetches those bytes again: the same bytes, so a reader that
-saw them saw the truth. Files are flushed, not fsynced: after a machine crash, a
-data file shorter than its position makes the shipping start over from the first line (the
-pod keeps its log until it is deleted, which the backend does only once the log is
-complete).
+saw them saw the truth. Nothing is fsynced: after a machine crash, a data file shorter than
+its position makes the shipping start over from the first line (the pod keeps its log until
+it is deleted, which the backend does only once the log is complete).
 """
 
 from __future__ import annotations
