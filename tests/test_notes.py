@@ -24,7 +24,9 @@ import _noting
 import attrs
 import httpx
 import pytest
+import schemathesis
 import trio
+from schemathesis.specs.openapi.checks import response_schema_conformance
 from test_api_service import Service
 
 from corra._readonly import open_state_query
@@ -297,6 +299,7 @@ def test_corra_show_and_the_api_show_a_note_and_corra_rm_removes_one_left_behind
         shown = until_sync(lambda: detail(http)["note"], "the note in GET /v1/processes/{id}")
         assert shown["text"] == UNSCHEDULABLE and shown["attempt"] == 1
         assert abs(shown["at"] - time.time()) < 60
+        conforms(service, "noted")  # (the answer with a note, as the OpenAPI document says)
         # Through the service, found by its socket and at --url.
         text = cli(state, env, "show", "noted")
         assert note_line(text).startswith(f"  note:    {UNSCHEDULABLE} (since ")
@@ -317,6 +320,7 @@ def test_corra_show_and_the_api_show_a_note_and_corra_rm_removes_one_left_behind
         (gates / "end").touch()
         until_sync(lambda: detail(http)["phase"] == "finished", "the process finished")
         assert detail(http)["note"] is None
+        conforms(service, "noted")
         history = [entry["event"] for entry in detail(http)["history"]]
         assert history == ["submit", "launch", "started", "succeed"]
         assert service.stop() == 0
@@ -327,6 +331,18 @@ def test_corra_show_and_the_api_show_a_note_and_corra_rm_removes_one_left_behind
     cli(state, env, "rm", "noted")
     with open_store_readonly(state) as reader:
         assert reader.notes() == [] and reader.load(process_id) is None
+
+
+def conforms(service: Service, process: str) -> None:
+    """GET /v1/processes/{id}'s answer keeps to the service's OpenAPI document
+    (schemathesis)."""
+    auth = {"Authorization": f"Bearer {service.token}"}
+    with service.client() as http:
+        document = schemathesis.openapi.from_dict(http.get("/openapi.json").json())
+    case = document["/v1/processes/{id}"]["GET"].Case(path_parameters={"id": process})
+    response = case.call(base_url=service.url, headers=auth, timeout=30)
+    assert response.status_code == 200
+    case.validate_response(response, checks=[response_schema_conformance], headers=auth)
 
 
 async def put_note(state: Path, process_id: str, note: Note) -> None:

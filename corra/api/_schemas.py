@@ -290,7 +290,7 @@ _DETAIL = {
         **_PROCESS_FIELDS,
         "spec": _STORED_SPEC,
         "handle": nullable({"type": "object", "description": "the backend's record"}),
-        "note": nullable(ref("Note")),
+        "note": nullable(_NOTE),
         "history": {"type": "array", "items": ref("Transition")},
     },
 }
