@@ -253,6 +253,39 @@ async def test_a_note_survives_a_restart_of_the_runtime_while_its_attempt_runs(
         assert await shown_note(query, ref.id) is None
 
 
+async def test_a_runtime_removes_notes_left_behind_as_it_starts(
+    tmp_path: Path, noting: list[BackendContext]
+) -> None:
+    # A crash between an attempt's end and its note's removal, or a corra that knew no notes
+    # removing the process, leaves a note behind: the next runtime removes it, and keeps the
+    # note of an attempt that still runs.
+    gates = tmp_path / "gates"
+    gates.mkdir()
+    state = tmp_path / "state"
+    async with open_runtime(state_dir=state) as rt:
+        ended = await rt.spawn_process(["true"], backend="noting")
+        running = await rt.spawn_process(script(gates), backend="noting")
+        with trio.fail_after(20):
+            await ended.wait()
+        kept = await until(lambda: shown_note(live_query(rt), running.id), "the note shown")
+    async with open_store(state) as store:
+        await store.put_notes(
+            {
+                ended.id: Note("pending: left behind", 1, 1.0).encode(),
+                "pgone000000000": Note("pending: of a process removed", 1, 1.0).encode(),
+            }
+        )
+    async with open_runtime(state_dir=state) as rt:
+        store = rt.processes.store
+        await until(lambda: len(store.notes()) == 1, "the notes left behind removed")
+        assert Note.decode(store.note(running.id) or b"") == kept
+        (gates / "go").touch()
+        (gates / "end").touch()
+        with trio.fail_after(20):
+            await rt.processes.wait(running.id)
+        await until(lambda: store.notes() == [], "the last note removed")
+
+
 # -- through the command line and the API ---------------------------------------------------
 
 
