@@ -56,7 +56,7 @@ class ActiveProcesses:
         ended: Callable[[ProcessRecord], None] | None = None,
     ) -> None:
         self._supervisor = supervisor
-        self._told = ended
+        self._on_end = ended
         self._journal = journal
         self._control = control
         self._context = ProcessContext(
@@ -221,6 +221,6 @@ class ActiveProcesses:
         if record.phase == "created" and not actor.admitted and not stopped:
             # A retry: it waits for its backoff and a slot in the queue, not as an actor.
             self._queue(record)
-        if self._told is not None:
-            self._told(record)
+        if self._on_end is not None:
+            self._on_end(record)
         self._check_idle()
