@@ -311,9 +311,11 @@ class Notes(Protocol):
     """
 
     def set(self, key: EffectKey, text: str | None) -> None:
-        """Make ``text`` the note of the attempt ``key`` (None: clear it). Never blocks and
-        never fails for the store: the runtime writes notes in the background. Whitespace
-        runs (newlines too) become one space, and text past `NOTE_LENGTH` characters is cut.
+        """Make ``text`` the note of the attempt ``key`` (None, or only whitespace: clear it).
+        Never blocks and never fails for the store: the runtime writes notes in the
+        background. Call it from the runtime's trio tasks (not from a worker thread).
+        Whitespace runs (newlines too) become one space; past `NOTE_LENGTH` characters the
+        text is cut.
 
         Raises:
             TypeError: ``key`` is not an `EffectKey`, or ``text`` not a string or None.
