@@ -31,7 +31,7 @@ from test_api_service import Service
 
 from corra._readonly import open_state_query
 from corra._runtime import open_runtime
-from corra.persistence import open_store, open_store_readonly
+from corra.persistence import Store, open_store, open_store_readonly
 from corra.processes._backend import (
     NOTE_LENGTH,
     BackendContext,
@@ -225,6 +225,26 @@ async def test_a_note_of_another_attempt_or_of_a_paused_process_is_dropped(
         assert (await live_query(rt).show(ref.id)).note is None
         with trio.fail_after(20):
             await ref.kill()
+
+
+async def test_lifecycles_whose_backend_says_nothing_write_no_notes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Notes stay off the lifecycle's path: no write of them, unless a backend sets one.
+    writes: list[dict[str, bytes | None]] = []
+    put_notes = Store.put_notes
+
+    async def counted(self: Store, notes: dict[str, bytes | None]) -> None:
+        writes.append(dict(notes))
+        await put_notes(self, notes)
+
+    monkeypatch.setattr(Store, "put_notes", counted)
+    async with open_runtime(state_dir=tmp_path / "state") as rt:
+        refs = [await rt.spawn_process(["true"]) for _ in range(10)]
+        with trio.fail_after(30):
+            for ref in refs:
+                assert (await ref.wait()).phase == "finished"
+    assert writes == []
 
 
 async def test_a_note_survives_a_restart_of_the_runtime_while_its_attempt_runs(
