@@ -23,7 +23,7 @@ from corra.actors import SupervisorRef
 from corra.actors import _runtime as kernel
 from corra.actors._specs import SupervisorFlags, SupervisorSpec
 from corra.persistence import Codec, open_store
-from corra.processes._backend import Backend, BackendContext
+from corra.processes._backend import Backend, BackendContext, MemoryNotes, Notes
 from corra.processes._convert import (
     configure_history,
     configure_snapshot,
@@ -34,6 +34,7 @@ from corra.processes._fast_json import RecordEncoder, transition_encoder
 from corra.processes._lifecycle import ProcessState, Result
 from corra.processes._manager import ProcessManager
 from corra.processes._migrations import record_1_to_2
+from corra.processes._notes import StoredNotes
 from corra.processes._record import ProcessRecord, Transition
 from corra.processes._recovery import RecoveryReport
 from corra.processes._registry import installed
@@ -219,10 +220,12 @@ async def open_backends(
     max_running: int | None = None,
     output_limit: int = DEFAULT_OUTPUT_LIMIT,
     poll_interval: float = 1.0,
+    notes: Notes | None = None,
 ) -> AsyncIterator[OpenBackends]:
     """The installed backends (`corra.processes._registry.installed`; only ``names`` if
     given), each opened through its plug-in for as long as the block runs. Backends with hosts
     are opened only when there are ``hosts``, after the hosts' transports (`corra._remote`).
+    ``notes``: where they say where their programs are (None: kept in memory, for nobody).
 
     Raises:
         ConfigError: a plug-in cannot be loaded, or a name is not an installed backend, or a
@@ -245,6 +248,7 @@ async def open_backends(
             max_running=max_running,
             output_limit=output_limit,
             poll_interval=poll_interval,
+            notes=MemoryNotes() if notes is None else notes,
         )
         backends: dict[str, Backend] = {}
         for name, plugin in plugins.items():
@@ -382,6 +386,7 @@ async def open_runtime(
                 open_store(path, durable=durable) as store,
                 contextlib.AsyncExitStack() as stack,
             ):
+                notes = StoredNotes(store)
                 if backends is None:
                     opened = await stack.enter_async_context(
                         open_backends(
@@ -392,6 +397,7 @@ async def open_runtime(
                             max_running=max_running,
                             output_limit=output_limit,
                             poll_interval=remote_poll_interval,
+                            notes=notes,
                         )
                     )
                     backends = opened.backends
@@ -411,6 +417,7 @@ async def open_runtime(
                     backends=backends,
                     supervisor=supervisor,
                     nursery=nursery,
+                    notes=notes,
                 )
                 rt._processes = manager
                 rt.state_dir = path

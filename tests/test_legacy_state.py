@@ -310,6 +310,18 @@ def test_raw_layout_of_the_legacy_store(state):
         assert (data["state"]["reason"], data["state"]["paused_from"]) == (reason, paused_from)
 
 
+def test_a_legacy_store_read_as_it_is_has_no_notes(state):
+    # (its store predates the notes' database: a reader finds none, and creates none)
+    with corra.persistence.open_store_readonly(state) as reader:
+        assert reader.note(IDS["paused-running"]) is None and reader.notes() == []
+    env = lmdb.open(str(state / "state.lmdb"), readonly=True, lock=False, max_dbs=10)
+    try:
+        with env.begin() as txn, pytest.raises(lmdb.NotFoundError):
+            env.open_db(b"notes", txn=txn, create=False)
+    finally:
+        env.close()
+
+
 def _raw_env(name: str) -> dict[str, Any]:
     return {"env": {"GREETING": "hello-secret", "MODE": "fixture"}} if name == "configured" else {}
 
@@ -470,6 +482,7 @@ def test_corra_show_of_a_legacy_process(state, name):
         assert (shown["result"]["returncode"], shown["result"]["signal"]) == (returncode, signal)
     # The history's times are the records': the last transition is the last update.
     assert shown["history"][-1]["at"] == stored["updated_at"]
+    assert shown["note"] is None  # (a store from before notes has none)
 
 
 def test_corra_show_env_of_a_legacy_process(state):
@@ -537,6 +550,7 @@ async def test_a_runtime_recovers_the_legacy_state_and_runs_nothing_again(state)
     # The runtime built the store's indexes (format 3): listings read them from now on, and
     # list what the full read of the format-2 store listed, filtered and paged alike.
     with corra.persistence.open_store_readonly(state) as reader:
+        assert reader.notes() == []  # (the runtime made the notes' database: empty)
         assert reader.has_indexes()
         assert reader.index_counts("phase") == {
             b"finished": 4,

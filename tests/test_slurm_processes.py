@@ -27,6 +27,8 @@ from corra._errors import ConfigError
 from corra._runtime import ProcessRef, open_runtime
 from corra.backends.slurm import SlurmSettings
 from corra.backends.ssh import HostConfig
+from corra.processes._notes import Note
+from corra.processes._query import ProcessQuery
 
 pytestmark = pytest.mark.slow
 
@@ -271,6 +273,55 @@ async def test_pausing_a_pending_job_holds_it_and_resuming_releases_it(
         events = [transition.event for transition in manager.history(ref.id)]
         assert events.count("pause") == 1 and events.count("resume") == 1, events
         assert events.count("started") == 1, events
+
+
+async def test_a_pending_jobs_reason_is_its_process_note_until_the_job_runs(
+    cluster: _slurm.SlurmCluster, tmp_path: Path
+) -> None:
+    # A job that takes the whole node keeps ours pending (Reason=Resources).
+    blocker = cluster.run(
+        "sbatch", "--parsable", "--exclusive", "-o", "/dev/null", "--wrap", "sleep 120"
+    ).strip()
+    await until(
+        lambda: (squeue_state(cluster, blocker) or ("",))[0] == "RUNNING", "blocker running"
+    )
+    gate = tmp_path / "gate"
+    host = here(cluster, tmp_path / "jobs")
+    async with open_runtime(state_dir=tmp_path / "state", hosts={"here": host}) as runtime:
+        manager = runtime.processes
+        query = ProcessQuery.of_manager(manager, lambda record: None)
+        ref = await runtime.spawn_process(
+            ["sh", "-c", f'while [ ! -e "{gate}" ]; do sleep 0.1; done; echo ran'],
+            backend="slurm",
+            host="here",
+        )
+
+        async def note() -> Note | None:
+            return (await query.show(ref.id)).note
+
+        # (Slurm may say "pending" for a moment, before it names the reason)
+        with trio.fail_after(30):
+            while (shown := await note()) is None or shown.text != "pending: Resources":
+                await trio.sleep(0.2)
+        assert shown.attempt == 1
+        assert squeue_state(cluster, job_id_of(ref)) == ("PENDING", "Resources")
+        assert ref.record().phase == "running"  # (a note, never a transition)
+        assert [t.event for t in manager.history(ref.id)] == ["submit", "launch", "started"]
+
+        cluster.run("scancel", blocker)
+        await until(
+            lambda: (squeue_state(cluster, job_id_of(ref)) or ("",))[0] == "RUNNING",
+            "our job running",
+        )
+        with trio.fail_after(30):
+            while (await note()) is not None or manager.store.note(ref.id) is not None:
+                await trio.sleep(0.2)
+        assert ref.record().phase == "running"
+        gate.touch()
+        with trio.fail_after(60):
+            record = await ref.wait()
+        assert record.phase == "finished", record.state.reason
+        assert await ref.logs() == b"ran\n"
 
 
 async def test_an_array_job_finishes(cluster: _slurm.SlurmCluster, tmp_path: Path) -> None:

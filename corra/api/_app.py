@@ -546,7 +546,7 @@ def _closing(send: Callable[[dict[str, Any]], Awaitable[None]]) -> Any:
 
 def _detail(view: ProcessView, *, show_env: bool = False) -> dict[str, Any]:
     assert view.history is not None
-    return detail_json(view.record, view.history, view.recorded, show_env=show_env)
+    return detail_json(view.record, view.history, view.recorded, note=view.note, show_env=show_env)
 
 
 async def _log_json(entries: AsyncGenerator[LogEntry, None]) -> AsyncIterator[dict[str, Any]]:

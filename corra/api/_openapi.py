@@ -358,8 +358,9 @@ OPENAPI: dict[str, Any] = {
         },
         "/v1/processes/{id}": {
             "get": {
-                "summary": "One process: its record, spec, backend handle and history (the "
-                "env's values hidden unless show_env=true)",
+                "summary": "One process: its record, spec, backend handle, its backend's note "
+                "on where its program is, and its history (the env's values hidden unless "
+                "show_env=true)",
                 "operationId": "getProcess",
                 "parameters": [
                     _ID,

@@ -270,13 +270,27 @@ _TRANSITION = {
     },
 }
 
+_NOTE = {
+    "type": "object",
+    "description": "what the backend says of where the current attempt's program is (a job "
+    "pending for resources, a pod the scheduler cannot place), while it is launching or "
+    "running; never in the history",
+    "required": ["text", "attempt", "at"],
+    "properties": {
+        "text": {"type": "string", "examples": ["pending: Resources"]},
+        "attempt": {"type": "integer", "minimum": 1},
+        "at": {"type": "number", "description": "when the backend said it (epoch seconds)"},
+    },
+}
+
 _DETAIL = {
     "type": "object",
-    "required": [*_PROCESS_FIELDS, "spec", "handle", "history"],
+    "required": [*_PROCESS_FIELDS, "spec", "handle", "note", "history"],
     "properties": {
         **_PROCESS_FIELDS,
         "spec": _STORED_SPEC,
         "handle": nullable({"type": "object", "description": "the backend's record"}),
+        "note": nullable(_NOTE),
         "history": {"type": "array", "items": ref("Transition")},
     },
 }
@@ -430,6 +444,7 @@ SCHEMAS: dict[str, Any] = {
     "RemoteSpec": _REMOTE_SPEC,
     "Process": _PROCESS,
     "ProcessDetail": _DETAIL,
+    "Note": _NOTE,
     "Result": _RESULT,
     "Transition": _TRANSITION,
     "LogEntry": _LOG_ENTRY,

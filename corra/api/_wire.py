@@ -6,7 +6,7 @@ Imports nothing heavier than attrs: the command line uses it on every call.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -14,6 +14,9 @@ from corra.processes._backend import handle_data
 from corra.processes._convert import unstructure_spec
 from corra.processes._record import ProcessRecord, Transition
 from corra.processes._spec_content import hide_env
+
+if TYPE_CHECKING:
+    from corra.processes._notes import Note
 
 
 def record_json(record: ProcessRecord, recorded: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -69,15 +72,18 @@ def detail_json(
     history: list[Transition],
     recorded: dict[str, Any] | None = None,
     *,
+    note: Note | None = None,
     show_env: bool = False,
 ) -> dict[str, Any]:
-    """A record with its spec, its backend handle and its history (``corra show --json``,
-    ``GET /v1/processes/{id}``); the env's values are hidden unless ``show_env``."""
+    """A record with its spec, its backend handle, its backend's note (`Note`, or None) and
+    its history (``corra show --json``, ``GET /v1/processes/{id}``); the env's values are
+    hidden unless ``show_env``."""
     data = record_json(record, recorded)
     data["spec"] = unstructure_spec(record.spec)
     if not show_env:
         data["spec"]["env"] = hide_env(record.spec.env)
     data["handle"] = handle_data(record.state.handle)
+    data["note"] = None if note is None else note.json()
     data["history"] = [transition_json(transition) for transition in history]
     return data
 

@@ -18,6 +18,9 @@ Rule 3: a paused process holds nothing here: its job keeps its place in the queu
 
 Rule 4: what the backend writes on a host is its user's only: directories 0700, files 0600,
 the job script (which exports the env) 0700.
+
+Rule 5: while a job is pending, its process's note (`BackendContext.notes`) says so with the
+scheduler's reason (``pending: Resources``); it is cleared once the job runs.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import contextlib
 import json
 import logging
 import posixpath
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -47,7 +50,14 @@ from corra.backends._shared import TokenBucket
 from corra.backends.scheduler import JobStatus
 from corra.backends.slurm import Slurm, SlurmOptions
 from corra.backends.transport import Transport
-from corra.processes._backend import Capabilities, EffectKey, LaunchRequest, optional_field
+from corra.processes._backend import (
+    Capabilities,
+    EffectKey,
+    LaunchRequest,
+    MemoryNotes,
+    Notes,
+    optional_field,
+)
 from corra.processes._lifecycle import Result
 
 logger = logging.getLogger("corra.batch")
@@ -101,6 +111,9 @@ class _Watch:
     job_id: str
     run_dir: str
     array: bool
+    key: EffectKey
+    note: str | None = None
+    """The note last set for ``key`` (Rule 5)."""
     event: trio.Event = attrs.field(factory=trio.Event)
     result: Result | None = None
     error: BaseException | None = None
@@ -132,9 +145,15 @@ class SchedulerBackend(HostPollers):
     )
     handle_type = JobHandle
 
-    def __init__(self, hosts: Mapping[str, BatchHost], scheduler: Slurm | None = None) -> None:
+    def __init__(
+        self,
+        hosts: Mapping[str, BatchHost],
+        scheduler: Slurm | None = None,
+        notes: Notes | None = None,
+    ) -> None:
         self.scheduler = scheduler or Slurm()
         self._hosts = {name: _Host(config) for name, config in hosts.items()}
+        self.notes = MemoryNotes() if notes is None else notes
 
     def host(self, name: object) -> _Host:
         host: _Host = super().host(name)
@@ -257,7 +276,7 @@ class SchedulerBackend(HostPollers):
 
     async def wait(self, handle: JobHandle) -> Result:
         host = self.host(handle.host)
-        watch = _Watch(handle.job_id, handle.run_dir, handle.array)
+        watch = _Watch(handle.job_id, handle.run_dir, handle.array, EffectKey.parse(handle.key))
         await self._watch(host, watch.job_id, watch)
         assert watch.result is not None
         await _staging.retrieve_outputs(host.transport, host.config.python, handle)
@@ -285,6 +304,8 @@ class SchedulerBackend(HostPollers):
 
     async def _poll(self, host: _Host, job_ids: list[str]) -> None:
         queued = await self.scheduler.poll(host.transport, job_ids)
+        for job_id, status in queued.items():
+            self._note(host.watches.get(job_id, ()), status)
         gone = [job_id for job_id in job_ids if job_id not in queued]
         if not gone:
             return
@@ -312,6 +333,16 @@ class SchedulerBackend(HostPollers):
             for watch in watches:
                 watch.result = result
                 watch.event.set()
+
+    def _note(self, watches: Sequence[_Watch], status: JobStatus) -> None:
+        """Rule 5: the note of a job's process, from its status in the queue."""
+        text = None
+        if status.state == "pending":
+            text = "pending" if status.reason is None else f"pending: {status.reason}"
+        for watch in watches:
+            if watch.note != text:
+                watch.note = text
+                self.notes.set(watch.key, text)
 
     async def _exit_records(self, host: _Host, run_dir: str, array: bool) -> list[dict[str, Any]]:
         if not array:

@@ -63,7 +63,7 @@ async def open_slurm(context: BackendContext) -> AsyncIterator[SchedulerBackend]
             submit_burst=settings.submit_burst,
             python=host.python,
         )
-    async with open_host_pollers(SchedulerBackend(hosts, Slurm())) as backend:
+    async with open_host_pollers(SchedulerBackend(hosts, Slurm(), context.notes)) as backend:
         yield backend
 
 

@@ -137,7 +137,9 @@ def show(args: argparse.Namespace, state_dir: Path) -> int:
     async def from_state_dir(query: ProcessQuery) -> int:
         view = await query.show(args.process)
         assert view.history is not None
-        data = detail_json(view.record, view.history, view.recorded, show_env=args.show_env)
+        data = detail_json(
+            view.record, view.history, view.recorded, note=view.note, show_env=args.show_env
+        )
         print_show(data, args.json, args.show_env)
         return EXIT_OK
 

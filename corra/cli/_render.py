@@ -82,6 +82,10 @@ def print_show(data: dict[str, Any], as_json: bool, show_env: bool) -> None:
         print_json(data)
         return
     print(f"{data['name']} ({data['id']}): {data['phase']}, attempt {data['attempt']}")
+    note = data.get("note")
+    if note is not None:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(note["at"]))
+        print(f"  note:    {note['text']} (since {since})")
     print(f"  argv:    {shlex.join(data['argv'])}")
     env = data["spec"]["env"]
     if env:  # (the values as the shell would read them, if asked for)

@@ -10,8 +10,8 @@ from corra.persistence._indexes import encode_terms as encode_terms
 from corra.persistence._indexes import group_prefix as group_prefix
 from corra.persistence._indexes import join_terms as join_terms
 from corra.persistence._indexes import term_template as term_template
+from corra.persistence._keyed import QuarantinedRecord as QuarantinedRecord
 from corra.persistence._lmdb import CorruptSnapshot as CorruptSnapshot
-from corra.persistence._lmdb import QuarantinedRecord as QuarantinedRecord
 from corra.persistence._lmdb import SnapshotCounts as SnapshotCounts
 from corra.persistence._lmdb import StoreReader as StoreReader
 from corra.persistence._lmdb import open_store_readonly as open_store_readonly

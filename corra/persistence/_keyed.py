@@ -1,12 +1,24 @@
 """Reads of a few keys at a time, each in the read transaction of its caller
-(`corra.persistence._lmdb.Reads`): a page of a history, and the snapshots of many names.
-Their cost follows what they return, not what the store holds."""
+(`corra.persistence._lmdb.Reads`): a page of a history, the snapshots of many names, an entry
+of the quarantine, and notes. Their cost follows what they return, not what the store holds.
+
+Notes (the ``notes`` database): process id -> a small value kept apart from the process's
+snapshot, with no history (what a backend says of where a program is, for instance). They
+are written on their own (`corra.persistence.Store.put_notes`), never by a save, so that no
+transition waits for one; removing a process (``set_aside``, ``delete``) removes its note.
+A store written before notes existed gets the database, empty, from the first writer that
+opens it, and keeps its format version: nothing else depends on it, and a corra that does
+not know it leaves it alone. A reader of such a store finds no notes.
+"""
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Sequence
 from typing import Any
 
+import attrs
 import lmdb
 
 
@@ -39,3 +51,60 @@ def named_snapshots(
         snapshot = None if owner is None else txn.get(owner, db=snapshots)
         found.append(None if snapshot is None else (owner, snapshot))
     return found
+
+
+@attrs.frozen
+class QuarantinedRecord:
+    """A record set aside because it could not be decoded."""
+
+    process_id: str
+    raw: bytes
+    reason: str
+    time: float
+    """When it was set aside, in seconds since the epoch."""
+
+
+def quarantine_entry(process_id: str, stored: bytes) -> QuarantinedRecord:
+    """The quarantine's entry of ``process_id``, as stored (JSON)."""
+    try:
+        entry = json.loads(stored)
+        return QuarantinedRecord(
+            process_id=process_id,
+            raw=base64.b64decode(entry["raw"], validate=True),
+            reason=str(entry["reason"]),
+            time=float(entry["time"]),
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        return QuarantinedRecord(process_id, stored, f"unreadable quarantine entry: {exc}", 0.0)
+
+
+class NoteReads:
+    """The reads of notes (see the module doc), mixed into `corra.persistence._lmdb.Reads`."""
+
+    def _environment(self) -> Any:
+        raise NotImplementedError
+
+    def _key(self, process_id: str) -> bytes:
+        """``process_id`` as a key (`corra.persistence._lmdb.process_key`)."""
+        raise NotImplementedError
+
+    def note(self, process_id: str) -> bytes | None:
+        """The note of ``process_id``, or None."""
+        key = self._key(process_id)
+        environment = self._environment()
+        notes = environment.databases.notes
+        if notes is None:
+            return None
+        found: bytes | None = environment.read(lambda txn: txn.get(key, db=notes))
+        return found
+
+    def notes(self) -> list[tuple[str, bytes]]:
+        """Every note, as ``(process_id, value)`` in process id order, in one read
+        transaction: there are few (a note is kept while its program runs), but not on the
+        loop."""
+        environment = self._environment()
+        notes = environment.databases.notes
+        if notes is None:
+            return []
+        found = environment.read(lambda txn: list(txn.cursor(db=notes)))
+        return [(key.decode("utf-8", "surrogateescape"), value) for key, value in found]

@@ -16,6 +16,7 @@ state directory would run every process twice). Named databases:
   transaction as the snapshot; ``set_aside`` and ``delete`` remove the id.
 - ``terms``, ``index``, ``counts``: the secondary indexes, from the terms each save carries
   (`corra.persistence._indexes`); ``set_aside`` and ``delete`` remove a process from them.
+- ``notes``: process id -> a note, apart from its snapshot (`corra.persistence._keyed`).
 
 Format 1 had no ``active`` database. A writer opening a format-1 store creates it empty and
 leaves the format at 1 (`Reads.has_active_index` is False) until the caller has rebuilt the
@@ -31,9 +32,7 @@ the new size when their next transaction finds the map grown.
 
 from __future__ import annotations
 
-import base64
 import fcntl
-import json
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -48,7 +47,13 @@ from corra._errors import ConfigError, CorruptRecord, StoreError
 from corra._statedir import FILE_MODE, check_directory, make_private_dirs, open_private
 from corra.persistence._codec import Codec
 from corra.persistence._indexes import IndexReads, IndexTerm, IndexWrites, decode_terms
-from corra.persistence._keyed import history_entries, named_snapshots
+from corra.persistence._keyed import (
+    NoteReads,
+    QuarantinedRecord,
+    history_entries,
+    named_snapshots,
+    quarantine_entry,
+)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -70,26 +75,16 @@ _DATABASES: Final = (
     "terms",
     "index",
     "counts",
+    "notes",
 )
-#: Databases that an older format lacks (None when a reader opens such a store).
-_LATER_DATABASES: Final = ("active", "terms", "index", "counts")
+#: Databases that an older store lacks (None when a reader opens such a store).
+_LATER_DATABASES: Final = ("active", "terms", "index", "counts", "notes")
 #: LMDB's compile-time limit on key length (``mdb_env_get_maxkeysize``).
 _MAX_KEY_BYTES: Final = 511
 _SEPARATOR: Final = b"\x00"
 SEQUENCE_BYTES: Final = 8
 #: Snapshots read per read transaction by `scan`.
 _SCAN_BATCH: Final = 1024
-
-
-@attrs.frozen
-class QuarantinedRecord:
-    """A record set aside because it could not be decoded."""
-
-    process_id: str
-    raw: bytes
-    reason: str
-    time: float
-    """When it was set aside, in seconds since the epoch."""
 
 
 @attrs.frozen
@@ -175,6 +170,7 @@ class Databases:
     """None for a store of format 1 or 2 opened read-only, as ``index`` and ``counts``."""
     index: Any
     counts: Any
+    notes: Any
     index_writes: IndexWrites = attrs.field(factory=IndexWrites, eq=False, repr=False)
     next_history: dict[bytes, int] = attrs.field(factory=dict, eq=False, repr=False)
     """The writer's memory of the next history sequence number of the processes it wrote
@@ -373,12 +369,14 @@ def opening(path: Path, open_environment: Callable[[], Environment]) -> Environm
 # Reads -----------------------------------------------------------------------------------
 
 
-class Reads(IndexReads):
+class Reads(IndexReads, NoteReads):
     """The read methods, shared by `Store` and `StoreReader`. Every one is sync and cheap
     for single keys; `scan` and friends read everything."""
 
     def _environment(self) -> Environment:
         raise NotImplementedError
+
+    _key = staticmethod(process_key)
 
     def load(self, process_id: str) -> bytes | None:
         """The latest snapshot of ``process_id``, or None."""
@@ -506,7 +504,7 @@ class Reads(IndexReads):
         """Every record set aside, in process id order."""
         environment = self._environment()
         return [
-            _quarantined(text(key), value)
+            quarantine_entry(text(key), value)
             for key, value in _scan(environment, environment.databases.quarantine)
         ]
 
@@ -547,19 +545,6 @@ def _scan(
         if last is None:
             return
         after = last
-
-
-def _quarantined(process_id: str, stored: bytes) -> QuarantinedRecord:
-    try:
-        entry = json.loads(stored)
-        return QuarantinedRecord(
-            process_id=process_id,
-            raw=base64.b64decode(entry["raw"], validate=True),
-            reason=str(entry["reason"]),
-            time=float(entry["time"]),
-        )
-    except (ValueError, KeyError, TypeError) as exc:
-        return QuarantinedRecord(process_id, stored, f"unreadable quarantine entry: {exc}", 0.0)
 
 
 class StoreReader(Reads):

@@ -22,12 +22,11 @@ The layout, the keys and the reads are in `corra.persistence._lmdb`.
 from __future__ import annotations
 
 import collections
-import contextlib
 import os
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -58,11 +57,14 @@ from corra.persistence._writes import (
     ClaimName,
     Delete,
     PendingSave,
+    PutNotes,
     RebuildActiveIndex,
     RebuildIndexes,
     SetAside,
     Stop,
     Write,
+    call_soon,
+    wake_all,
 )
 from corra.persistence._writes import next_batch as _next_batch
 
@@ -287,6 +289,16 @@ class Store(Reads):
         keys = None if names is None else tuple(key_of(name, "name") for name in names)
         await self._submit(Delete(process_key(process_id), keys))
 
+    async def put_notes(self, notes: Mapping[str, bytes | None]) -> None:
+        """Set the note of each process id to its bytes, or remove it (None), in one
+        transaction: no save's (no history, snapshot or index changes). A checkpoint.
+        Raises `StoreError` as `delete` does."""
+        items = tuple(
+            (process_key(key), None if value is None else require_bytes(value, "note"))
+            for key, value in notes.items()
+        )
+        await self._submit(PutNotes(items))
+
     async def rebuild_active_index(self, is_active: Callable[[bytes], bool]) -> int:
         """Rebuild the ``active`` index from every snapshot: an id is in it if and only if
         ``is_active(snapshot)``; then `has_active_index` is True. For a store written by a
@@ -369,7 +381,7 @@ class Store(Reads):
                     self._open = opening(self.path, self._open_for_writing)
             except BaseException as exc:
                 self._failure = exc
-            _call_soon(token, opened.set)
+            call_soon(token, opened.set)
             if self._open is None:
                 return
             backlog: collections.deque[Write] = collections.deque()
@@ -382,7 +394,7 @@ class Store(Reads):
             finally:
                 self._close_environment()
         finally:
-            _call_soon(token, stopped.set)
+            call_soon(token, stopped.set)
 
     def _open_for_writing(self) -> Environment:
         make_store_dir(self.path)
@@ -417,7 +429,7 @@ class Store(Reads):
                 continue
             batch = _next_batch(backlog)
             self._commit(batch)
-            _call_soon(token, _wake, batch)
+            call_soon(token, wake_all, batch)
 
     @staticmethod
     def _take(item: Write | Stop, backlog: collections.deque[Write]) -> bool:
@@ -485,7 +497,7 @@ class Store(Reads):
                 pending.append(item)
         for write in pending:
             write.error = store_error(f"the store writer at {self.path} failed: {cause}", cause)
-        _call_soon(token, _wake, pending)
+        call_soon(token, wake_all, pending)
 
     def _refuse_leftovers(self) -> None:
         """After the writer thread is gone: fail any write that slipped into the queue."""
@@ -516,16 +528,6 @@ class Store(Reads):
             if self._writer_lock is not None:
                 os.close(self._writer_lock)
                 self._writer_lock = None
-
-
-def _wake(writes: list[Write]) -> None:
-    for write in writes:
-        write.wake()
-
-
-def _call_soon(token: trio.lowlevel.TrioToken, function: Callable[..., object], *args: Any) -> None:
-    with contextlib.suppress(trio.RunFinishedError):  # nobody is left to wake
-        token.run_sync_soon(function, *args)
 
 
 @asynccontextmanager

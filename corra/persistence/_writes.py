@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import contextlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -206,6 +207,7 @@ class SetAside(Write):
         txn.put(self.process, self.entry, db=databases.quarantine)
         txn.delete(self.process, db=databases.snapshots)
         txn.delete(self.process, db=databases.active)
+        txn.delete(self.process, db=databases.notes)
         remove_terms(databases, self.process)
 
 
@@ -221,6 +223,7 @@ class Delete(Write):
         txn.delete(self.process, db=databases.snapshots)
         txn.delete(self.process, db=databases.active)
         txn.delete(self.process, db=databases.quarantine)
+        txn.delete(self.process, db=databases.notes)
         remove_terms(databases, self.process)
         databases.next_history.pop(self.process, None)  # its history starts again at 0
         prefix = history_prefix(self.process)
@@ -237,6 +240,28 @@ class Delete(Write):
             owned = [name for name, owner in names if owner == self.process]
         for name in owned:
             txn.delete(name, db=databases.names)
+
+
+class PutNotes(Write):
+    """Notes set (bytes) or removed (None), by process key: of no process's save, and never
+    failing alone (a note of a process that is gone is kept, as any key: its reader shows
+    no note without a record)."""
+
+    __slots__ = ("notes",)
+
+    def __init__(self, notes: tuple[tuple[bytes, bytes | None], ...]) -> None:
+        super().__init__()
+        self.notes = notes
+
+    def size(self) -> int:
+        return sum(len(value or b"") for _, value in self.notes)
+
+    def apply(self, txn: lmdb.Transaction, databases: Databases) -> None:
+        for process, value in self.notes:
+            if value is None:
+                txn.delete(process, db=databases.notes)
+            else:
+                txn.put(process, value, db=databases.notes)
 
 
 class RebuildActiveIndex(Write):
@@ -280,6 +305,18 @@ def next_batch(backlog: collections.deque[Write]) -> list[Write]:
             break
         batch.append(backlog.popleft())
     return batch
+
+
+def wake_all(writes: list[Write]) -> None:
+    """On the loop: the writer is done with ``writes``."""
+    for write in writes:
+        write.wake()
+
+
+def call_soon(token: trio.lowlevel.TrioToken, function: Callable[..., object], *args: Any) -> None:
+    """``function(*args)`` on the loop of ``token``, from the writer thread."""
+    with contextlib.suppress(trio.RunFinishedError):  # nobody is left to wake
+        token.run_sync_soon(function, *args)
 
 
 class Stop:

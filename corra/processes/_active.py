@@ -40,6 +40,7 @@ class ActiveProcesses:
         nursery: where the admission's tasks run.
         control: the manager's lock of decisions that read a record and then write it; an
             admission is one.
+        ended: told of the record of each actor that ends (`StoredNotes.ended`), if given.
     """
 
     def __init__(
@@ -52,8 +53,10 @@ class ActiveProcesses:
         hosts: HostWaits,
         nursery: trio.Nursery,
         control: trio.Lock,
+        ended: Callable[[ProcessRecord], None] | None = None,
     ) -> None:
         self._supervisor = supervisor
+        self._on_end = ended
         self._journal = journal
         self._control = control
         self._context = ProcessContext(
@@ -218,4 +221,6 @@ class ActiveProcesses:
         if record.phase == "created" and not actor.admitted and not stopped:
             # A retry: it waits for its backoff and a slot in the queue, not as an actor.
             self._queue(record)
+        if self._on_end is not None:
+            self._on_end(record)
         self._check_idle()

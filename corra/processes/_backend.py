@@ -21,6 +21,12 @@ A process actor talks to a backend through `Backend` only, with typed values: a
 `LaunchRequest` in, a handle out, a `Result` at the end. Every effect carries the
 `EffectKey` ``(process_id, attempt)``: a launch with a key that was launched before returns the
 first launch's handle (idempotent), which is what makes a replay after a crash safe.
+
+A backend may also say, in words, where a launched program is while it is not running yet or
+not as expected (a job pending for resources, a pod the scheduler cannot place, an image
+being pulled): `BackendContext.notes` takes a note per key (`Notes.set`), which ``corra
+show`` and ``GET /v1/processes/{id}`` show while that attempt is launching or running. A note
+is not a transition: it is never in the history, and setting one never waits.
 """
 
 from __future__ import annotations
@@ -294,6 +300,61 @@ def _stored(field: attrs.Attribute[Any], value: Any) -> bool:
     return not (field.metadata.get(_OPTIONAL) and value == field.default)
 
 
+#: The most characters of a note (`Notes.set`) that are kept; the rest is cut.
+NOTE_LENGTH = 1000
+
+
+class Notes(Protocol):
+    """Where a backend says, in words, where a launched program is (`BackendContext.notes`).
+
+    One note per process, of one attempt: a later one replaces it, the latest wins. The
+    runtime stores it apart from the process's record (no transition, no history) and shows
+    it while that attempt is launching or running; it drops a note of an attempt that is not
+    (or no longer) the process's current one, and the note of an attempt that ended.
+    """
+
+    def set(self, key: EffectKey, text: str | None) -> None:
+        """Make ``text`` the note of the attempt ``key`` (None, or only whitespace: clear it).
+        Never blocks and never fails for the store: the runtime writes notes in the
+        background. Call it from the runtime's trio tasks (not from a worker thread).
+        Whitespace runs (newlines too) become one space; past `NOTE_LENGTH` characters the
+        text is cut.
+
+        Raises:
+            TypeError: ``key`` is not an `EffectKey`, or ``text`` not a string or None.
+        """
+
+
+def note_text(key: EffectKey, text: str | None) -> str | None:
+    """The note `Notes.set` keeps of ``text`` (None: none), checked (`Notes.set`)."""
+    if type(key) is not EffectKey:
+        raise TypeError(f"a note's key must be an EffectKey, not {type(key).__name__}")
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise TypeError(f"a note must be a string or None, not {type(text).__name__}")
+    text = " ".join(text.split())
+    if len(text) > NOTE_LENGTH:
+        text = text[: NOTE_LENGTH - 1] + "\u2026"
+    return text or None
+
+
+class MemoryNotes:
+    """Notes kept in memory (`Notes`): what a `BackendContext` has unless the runtime gives
+    it its own (the conformance kit's `corra.testing.open_plugin` opens backends with one)."""
+
+    def __init__(self) -> None:
+        self.notes: dict[EffectKey, str] = {}
+        """The notes set and not cleared, by key."""
+
+    def set(self, key: EffectKey, text: str | None) -> None:
+        kept = note_text(key, text)
+        if kept is None:
+            self.notes.pop(key, None)
+        else:
+            self.notes[key] = kept
+
+
 @attrs.frozen
 class BackendContext:
     """What the runtime gives a backend's ``open``: where it may keep things, and the hosts.
@@ -309,6 +370,8 @@ class BackendContext:
         max_running: programs that may run at once on this machine (None: the default).
         output_limit: bytes kept of each stream when a request's limits give none.
         poll_interval: seconds between two status polls of a host's programs.
+        notes: where the backend says, in words, where a launched program is (`Notes`):
+            ``context.notes.set(key, "pending: Resources")``, ``set(key, None)`` to clear.
     """
 
     state_dir: Path
@@ -318,6 +381,7 @@ class BackendContext:
     max_running: int | None = None
     output_limit: int = 1 << 30
     poll_interval: float = 1.0
+    notes: Notes = attrs.field(factory=MemoryNotes)
 
 
 @attrs.frozen

@@ -32,6 +32,7 @@ from corra.processes._lifecycle import (
     ProcessState,
     advance,
 )
+from corra.processes._notes import StoredNotes
 from corra.processes._ports import RecordCodec, RecordStore
 from corra.processes._record import ProcessRecord, Transition
 from corra.processes._recovery import RecoveryReport, recover
@@ -69,7 +70,8 @@ class ProcessManager:
         supervisor: where the process actors run (``/processes``).
         clock: the time of a transition (epoch seconds).
         nursery: where the admission's tasks (a dispatcher of slots per backend, the timer of
-            retries) and the waits for unavailable hosts run.
+            retries), the waits for unavailable hosts and the writer of ``notes`` run.
+        notes: the notes its backends set (`corra.processes._notes`), if they have a place.
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class ProcessManager:
         supervisor: SupervisorRef,
         nursery: trio.Nursery,
         clock: Callable[[], float] = time.time,
+        notes: StoredNotes | None = None,
     ) -> None:
         self._backends = dict(backends)
         self._journal = Journal(store, codec, history_codec, clock)
@@ -97,7 +100,10 @@ class ProcessManager:
             hosts=self._hosts,
             nursery=nursery,
             control=self._control,
+            ended=None if notes is None else notes.ended,
         )
+        if notes is not None:
+            nursery.start_soon(notes.run, self.get)
 
     # -- reading ---------------------------------------------------------------------------
 

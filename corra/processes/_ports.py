@@ -9,7 +9,7 @@ persistence classes they describe. What it needs of a backend is the seam's cont
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 
@@ -101,6 +101,12 @@ class RecordStore(Protocol):
     async def delete(self, process_id: str, *, names: Sequence[str] | None = None) -> None: ...
 
     def quarantined(self) -> list[Any]: ...
+
+    async def put_notes(self, notes: Mapping[str, bytes | None]) -> None: ...
+
+    def note(self, process_id: str) -> bytes | None: ...
+
+    def notes(self) -> list[tuple[str, bytes]]: ...
 
 
 class RecordCodec(Protocol):

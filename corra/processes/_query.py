@@ -28,6 +28,7 @@ import trio
 from corra._errors import ConfigError
 from corra.processes._listing import Selection, decode_cursor, encode_cursor
 from corra.processes._manager import ProcessManager
+from corra.processes._notes import Note, note_of
 from corra.processes._record import ProcessRecord, Transition
 from corra.processes._sources import LiveSource, RecordedReader, Source
 
@@ -55,6 +56,9 @@ class ProcessView:
     no runtime watches its program; None where one does, or there is no program."""
     history: list[Transition] | None = None
     """Its transitions, oldest first (`ProcessQuery.show` only)."""
+    note: Note | None = None
+    """What its backend says of where its current attempt's program is
+    (`corra.processes._notes`; `ProcessQuery.show` only)."""
 
 
 @attrs.frozen
@@ -191,7 +195,7 @@ class ProcessQuery:
         record = process if isinstance(process, ProcessRecord) else self.get(process)
         history = self.history(record)
         [recorded] = await self._source.recorded([record])
-        return ProcessView(record, recorded, history)
+        return ProcessView(record, recorded, history, note_of(self._source.store, record))
 
     def history(self, record: ProcessRecord) -> list[Transition]:
         """The transitions of a record in hand, oldest first, as durable in the store."""

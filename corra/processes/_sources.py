@@ -53,6 +53,10 @@ RecordedReader = Callable[[ProcessRecord], "Recorded | None"]
 class Source(Protocol):
     """Where a `ProcessQuery` reads: a live manager, or a state dir without a runtime."""
 
+    @property
+    def store(self) -> Any:
+        """The store it reads (for what only the store keeps: notes)."""
+
     def get(self, id_or_name: str) -> ProcessRecord:
         """The record of the process with this id, else this name; `NoSuchProcess` if none."""
 
@@ -99,6 +103,10 @@ class LiveSource:
     def __init__(self, manager: ProcessManager, recorded: RecordedReader) -> None:
         self._manager = manager
         self._recorded = recorded
+
+    @property
+    def store(self) -> Any:
+        return self._manager.store
 
     def get(self, id_or_name: str) -> ProcessRecord:
         return self._manager.get(id_or_name)
@@ -181,6 +189,10 @@ class StateDirSource:
         self._history_codec = history_codec
         self._recorded = recorded
         self._backend = backend
+
+    @property
+    def store(self) -> Any:
+        return self._store
 
     def get(self, id_or_name: str) -> ProcessRecord:
         return find_record(self._store, self._codec, id_or_name)
