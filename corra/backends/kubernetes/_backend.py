@@ -83,6 +83,13 @@ LOG_PATIENCE: Final = 30.0
 KILL_PATIENCE: Final = 30.0
 #: How long the first list of a namespace may take before the host counts as unavailable.
 LIST_PATIENCE: Final = 20.0
+#: What a waiting attempt's note says of where it is.
+_NOTED: Final = {
+    "waiting": "waiting",
+    "unschedulable": "unschedulable",
+    "image_error": "image error",
+    "config_error": "configuration error",
+}
 #: Between two looks at a Job the watch has not seen yet.
 UNSEEN_PAUSE: Final = 2.0
 
@@ -344,17 +351,17 @@ class KubernetesBackend(BackendBase):
         return self._shipping.ship(handle, LogFiles(directory, handle.output_limit))
 
     def _note(self, handle: KubeHandle, view: AttemptView | None) -> None:
-        """Say where a waiting attempt is (the scheduler's message ...), for `corra show`."""
-        notes = getattr(self._context, "notes", None)
-        if notes is None:
-            return
+        """Say where a waiting attempt is (the scheduler's message, an image that cannot be
+        pulled ...) as its note, shown by `corra show`; nothing once its pod runs."""
         text = None
-        if view is not None and view.state in ("waiting", "unschedulable", "image_error"):
-            words = [view.state] + [w for w in (view.reason, view.message) if w]
-            text = ": ".join(words) if len(words) > 1 else None
-        elif view is not None and view.state == "config_error":
-            text = f"config_error: {view.reason}: {view.message}"
-        notes.set(EffectKey.parse(handle.key), text)
+        if view is not None and view.state in _NOTED:
+            said = view.message or view.reason
+            if said:
+                text = f"{_NOTED[view.state]}: {said}"
+                if view.state in ("image_error", "config_error"):
+                    grace = self.options_of(handle.host).image_error_grace
+                    text += f" (the attempt fails if this lasts {grace:g} s)"
+        self._context.notes.set(EffectKey.parse(handle.key), text)
 
     # -- kill and delete -----------------------------------------------------------------
 
