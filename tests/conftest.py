@@ -12,6 +12,12 @@ import trio
 import trio.testing
 
 import corra
+from corra.processes._registry import installed
+
+# Every installed backend imported now, not within a Hypothesis strategy that builds a spec
+# (the first spec loads the plug-ins): importing httpx, as the kubernetes backend does, imports
+# rich, which draws from the random module, and Hypothesis refuses that inside a strategy.
+installed.plugins  # noqa: B018
 
 
 class Recorder:
