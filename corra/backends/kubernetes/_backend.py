@@ -77,6 +77,8 @@ LOG_PATIENCE: Final = 30.0
 KILL_PATIENCE: Final = 30.0
 #: How long the first list of a namespace may take before the host counts as unavailable.
 LIST_PATIENCE: Final = 20.0
+#: How long the deletions of finished Jobs may take when the backend closes.
+FINISH_PATIENCE: Final = 10.0
 #: Between two looks at a Job the watch has not seen yet.
 UNSEEN_PAUSE: Final = 2.0
 #: The states in which a pod has a log to bring home.
@@ -131,6 +133,9 @@ class KubernetesBackend(BackendBase):
         self._locks: dict[str, trio.Lock] = {}
         self._deleting: set[str] = set()
         self._shipping: dict[str, trio.Event] = {}
+        #: where finished Jobs are deleted: `open_kubernetes` lets these end (for a while)
+        #: before it closes, so a `corra run` that ends leaves no finished Job behind
+        self.finishing = nursery
         self.instance = instance_id(self._root)
 
     # -- hosts, clusters, watches -------------------------------------------------------
@@ -315,7 +320,7 @@ class KubernetesBackend(BackendBase):
         files.write_result(result)
         self._note(handle, None)
         if not self.options_of(handle.host).keep_finished:
-            self._nursery.start_soon(self._delete_quietly, cluster, handle)
+            self.finishing.start_soon(self._delete_quietly, cluster, handle)
         return result
 
     async def _view(
@@ -640,7 +645,11 @@ async def open_kubernetes(context: BackendContext) -> AsyncIterator[KubernetesBa
         backend = KubernetesBackend(context, nursery, stack)
         for host in backend._hosts:
             nursery.start_soon(_recover, backend, host)
-        yield backend
+        async with trio.open_nursery() as finishing:
+            backend.finishing = finishing
+            yield backend
+            # (deletions of finished Jobs end first; the next start sweeps those that do not)
+            finishing.cancel_scope.deadline = trio.current_time() + FINISH_PATIENCE
         nursery.cancel_scope.cancel()
 
 
