@@ -640,8 +640,8 @@ async def test_kill_9_of_corra_run_then_run_again_launches_each_job_once(
             stderr=subprocess.DEVNULL,
         )
         try:
-            # Killed while it creates them: some Jobs exist, some not yet.
-            await eventually(lambda: _at_least(client, namespace, count // 2), 60)
+            # Killed with its twenty Jobs created (their programs run on without it).
+            await eventually(lambda: _at_least(client, namespace, count), 60)
         finally:
             first.kill()
             await first.wait()

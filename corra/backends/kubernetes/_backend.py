@@ -133,8 +133,9 @@ class KubernetesBackend(BackendBase):
         self._locks: dict[str, trio.Lock] = {}
         self._deleting: set[str] = set()
         self._shipping: dict[str, trio.Event] = {}
-        #: where finished Jobs are deleted: `open_kubernetes` lets these end (for a while)
-        #: before it closes, so a `corra run` that ends leaves no finished Job behind
+        #: where finished Jobs are deleted, and leftovers swept: `open_kubernetes` lets these
+        #: end (for a while) before it closes, so that a `corra run` that ends right after
+        #: its last result leaves no finished Job behind
         self.finishing = nursery
         self.instance = instance_id(self._root)
 
@@ -187,7 +188,7 @@ class KubernetesBackend(BackendBase):
                 with trio.move_on_after(LIST_PATIENCE):
                     await self._nursery.start(watch.run)
                     self._watches[host] = watch
-                    self._nursery.start_soon(self.sweep, host, watch)
+                    self.finishing.start_soon(self.sweep, host, watch)
                 if host not in self._watches:
                     raise HostUnavailable(
                         host,
