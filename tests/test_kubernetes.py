@@ -385,6 +385,35 @@ async def test_a_timeout_is_the_jobs_deadline_and_leaves_no_pod(
     await nothing_left(client, namespace)
 
 
+async def test_logs_come_home_while_the_program_runs_and_follow_to_its_end(
+    kube: _kube.KubeCluster, client: AsyncClient, namespace: str, tmp_path: Path
+) -> None:
+    go = tmp_path / "go"  # (the node runs programs on this machine: it waits for the file)
+    command = f"echo first; while [ ! -e {go} ]; do sleep 0.1; done; echo second"
+    program = {"name": "talker", "argv": ["sh", "-c", command]}
+    jobs = job_file(tmp_path / "job.toml", kube, namespace, [program])
+    state = tmp_path / "state"
+    async with trio.open_nursery() as nursery:
+        running = Beside(nursery, state, "run", "--json", str(jobs))
+        await eventually(lambda: _logs_are(state, "talker", "first\n"), 60)
+        assert not running.ended.is_set()
+        following = Beside(nursery, state, "logs", "-f", "talker")
+        go.touch()
+        with trio.fail_after(60):
+            await following.ended.wait()
+            await running.ended.wait()
+    assert following.done.returncode == 0, following.done.stderr
+    assert following.done.stdout == b"first\nsecond\n"
+    assert running.records()["talker"]["phase"] == "finished"
+    await nothing_left(client, namespace)
+    assert await logs(state, "talker") == "first\nsecond\n"
+
+
+async def _logs_are(state: Path, name: str, text: str) -> bool:
+    read = await corra(state, "logs", name)
+    return read.returncode == 0 and read.stdout.decode() == text
+
+
 async def test_an_unschedulable_process_waits_until_a_node_fits(
     kube: _kube.KubeCluster, client: AsyncClient, namespace: str, tmp_path: Path
 ) -> None:
@@ -443,7 +472,7 @@ async def start_service(state: Path) -> Any:
     return process
 
 
-async def test_kill_while_running_leaves_no_pod_and_no_job(
+async def test_kill_while_running_or_pending_leaves_no_pod_and_no_job(
     kube: _kube.KubeCluster, client: AsyncClient, namespace: str, tmp_path: Path
 ) -> None:
     state = tmp_path / "state"
@@ -458,27 +487,44 @@ async def test_kill_while_running_leaves_no_pod_and_no_job(
         "argv": ["sh", "-c", "trap '' TERM; echo napping; sleep 300 & wait"],
         "kill_grace": 1,
     }
-    jobs = job_file(tmp_path / "nap.toml", kube, namespace, [nap])
+    # ... and one that no node takes: its pod pending, waiting for a node.
+    stuck = {
+        "name": "stuck",
+        "argv": ["echo", "never"],
+        "kubernetes": {"node_selector": {"corra.test/nowhere": "true"}},
+    }
+    jobs = job_file(tmp_path / "nap.toml", kube, namespace, [nap, stuck])
     service = await start_service(state)
     try:
         submitted = await corra(state, "submit", str(jobs))
         assert submitted.returncode == 0, submitted.stderr
         pod = await running_pod(client, namespace)
         pid = pid_of(pod)
+        await eventually(lambda: _pods_at_least(client, namespace, 2), 30)
         killed = await corra(state, "kill", "nap")
         assert killed.returncode == 0, killed.stderr
         # The kill returns once the Job and its pod are gone, the program with them.
+        nap_job = pod.metadata.labels["job-name"]
+        assert nap_job not in await job_names(client, namespace)
+        assert pod.metadata.name not in await pod_names(client, namespace)
+        assert not alive(pid)
+        killed = await corra(state, "kill", "stuck")
+        assert killed.returncode == 0, killed.stderr
         assert await job_names(client, namespace) == []
         assert await pod_names(client, namespace) == []
-        assert not alive(pid)
         record = await show(state, "nap")
         assert record["phase"] == "killed", record
         assert record["result"]["killed"] is True
         assert await logs(state, "nap") == "napping\n"
+        assert (await show(state, "stuck"))["phase"] == "killed"
     finally:
         service.send_signal(signal.SIGTERM)
         with trio.fail_after(30):
             await service.wait()
+
+
+async def _pods_at_least(client: AsyncClient, namespace: str, count: int) -> bool:
+    return len(await pod_names(client, namespace)) >= count
 
 
 async def test_a_lost_node_is_a_node_failure_and_a_transient_process_runs_again(
