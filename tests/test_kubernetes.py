@@ -753,6 +753,25 @@ async def test_finished_jobs_left_behind_are_swept_at_the_next_start(
     assert await logs(state, "kept") == "kept\n"
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="not done: a corra run with nothing to do closes before its cluster's recovery "
+    "has listed the namespace, so the sweep never starts (a run that does some work sweeps)",
+)
+async def test_a_run_with_nothing_left_to_do_sweeps_too(
+    kube: _kube.KubeCluster, client: AsyncClient, namespace: str, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    kept = {"name": "kept", "argv": ["true"]}
+    jobs = job_file(tmp_path / "job.toml", kube, namespace, [kept], keep_finished=True)
+    status, _ = await run(state, jobs)
+    assert status == 0 and len(await job_names(client, namespace)) == 1
+    jobs = job_file(tmp_path / "job.toml", kube, namespace, [kept])
+    status, records = await run(state, jobs)  # ("kept: already finished, not run again")
+    assert status == 0, records
+    await nothing_left(client, namespace, within=5)
+
+
 async def test_a_410_gone_under_the_watch_while_processes_run(
     kube: _kube.KubeCluster,
     client: AsyncClient,
