@@ -294,19 +294,56 @@ async def test_a_program_completes_and_its_output_stays_home_once_its_job_is_gon
     assert record["result"]["stdout_bytes"] == len("one\ntwo\nthree\n")
 
 
-async def test_a_program_fails_with_its_exit_code(
+async def test_a_program_fails_with_its_exit_code_or_signal_and_reruns_in_new_jobs(
     kube: _kube.KubeCluster, client: AsyncClient, namespace: str, tmp_path: Path
 ) -> None:
-    program = {"name": "three", "argv": ["sh", "-c", "echo about to fail; exit 3"]}
-    jobs = job_file(tmp_path / "job.toml", kube, namespace, [program])
+    processes = [
+        {"name": "three", "argv": ["sh", "-c", "echo about to fail; exit 3"]},
+        {"name": "termed", "argv": ["sh", "-c", "echo bye; kill -TERM $$"]},
+        {
+            "name": "again",
+            "argv": ["sh", "-c", 'echo "attempt $CORRA_ATTEMPT"; exit 1'],
+            "restart": "transient",
+            "max_attempts": 2,
+        },
+    ]
+    jobs = job_file(tmp_path / "job.toml", kube, namespace, processes)
     state = tmp_path / "state"
     status, records = await run(state, jobs)
     assert status == 1, records
-    record = records["three"]
-    assert (record["phase"], record["returncode"], record["signal"]) == ("failed", 3, None)
-    assert record["reason"] == "exited with 3"
+    three = records["three"]
+    assert (three["phase"], three["returncode"], three["signal"]) == ("failed", 3, None)
+    assert three["reason"] == "exited with 3"
     assert await logs(state, "three") == "about to fail\n"
+    # (a container runtime reports a signal as 128 + its number)
+    termed = records["termed"]
+    assert (termed["phase"], termed["returncode"], termed["signal"]) == ("failed", None, 15)
+    assert termed["reason"] == "killed by signal 15", termed
+    # Each attempt is a Job of its own (the first one's deleted before the second's made).
+    again = records["again"]
+    assert (again["phase"], again["returncode"], again["attempt"]) == ("failed", 1, 2)
+    assert await logs(state, "again") == "attempt 2\n"
     await nothing_left(client, namespace)
+
+
+async def test_argv_and_env_reach_the_program_as_they_are_dollars_included(
+    kube: _kube.KubeCluster, client: AsyncClient, namespace: str, tmp_path: Path
+) -> None:
+    # The kubelet expands $(VAR) and $$ in a container's command and env values; corra's
+    # argv and env are exec's, on every backend.
+    words = ["$(CORRA_ATTEMPT)", "a$$b", "$HOME", "$"]
+    program = {
+        "name": "dollars",
+        "argv": ["sh", "-c", 'printf "%s\\n" "$@" "$WORD"', "sh", *words],
+        "env": {"WORD": "x$(CORRA_PROCESS_NAME)$$"},
+    }
+    jobs = job_file(tmp_path / "job.toml", kube, namespace, [program])
+    state = tmp_path / "state"
+    status, records = await run(state, jobs)
+    assert status == 0, records
+    assert await logs(state, "dollars") == "".join(f"{word}\n" for word in words) + (
+        "x$(CORRA_PROCESS_NAME)$$\n"
+    )
 
 
 async def test_oom_killed_is_out_of_memory_whatever_the_exit_code(

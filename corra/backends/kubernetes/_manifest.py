@@ -6,7 +6,8 @@
   the cluster never kills it before corra would), its ``kill_grace`` the pod's
   ``terminationGracePeriodSeconds``.
 - The container (``main``) runs the request's ``argv`` as its command, with its environment
-  (``env`` and corra's ``CORRA_*``) and, if given, its ``cwd`` as the working directory; the
+  (``env`` and corra's ``CORRA_*``), both as they are (``$`` escaped from the kubelet's
+  ``$(VAR)`` expansion) and, if given, its ``cwd`` as the working directory; the
   request's ``memory`` limit is the container's memory limit where ``resources`` give none.
 - ``pod_template`` is merged under corra's fields: corra's win where both set one (the
   command, the restart policy, the labels corra selects by), tables merge key by key, and
@@ -42,8 +43,11 @@ def job_manifest(
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": options.image,
-        "command": list(request.argv),
-        "env": [{"name": name, "value": value} for name, value in request.environment().items()],
+        "command": [_verbatim(arg) for arg in request.argv],
+        "env": [
+            {"name": name, "value": _verbatim(value)}
+            for name, value in request.environment().items()
+        ],
     }
     if request.cwd is not None:
         container["workingDir"] = request.cwd
@@ -88,6 +92,13 @@ def job_manifest(
         },
         "spec": job_spec,
     }
+
+
+def _verbatim(text: str) -> str:
+    """``text`` as the program gets it: the kubelet expands ``$(VAR)`` and ``$$`` in a
+    container's command and env values, which corra's argv and env (exec semantics, as on
+    every backend) do not have; ``$$`` is its escape of ``$``."""
+    return text.replace("$", "$$")
 
 
 def _pod_spec(template: Mapping[str, Any], ours: dict[str, Any]) -> dict[str, Any]:
