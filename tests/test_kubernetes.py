@@ -27,7 +27,7 @@ import pytest
 import trio
 from lightkube import AsyncClient, KubeConfig
 from lightkube.resources.batch_v1 import Job
-from lightkube.resources.core_v1 import ConfigMap, Namespace, Node, Pod
+from lightkube.resources.core_v1 import ConfigMap, Namespace, Node, Pod, Secret
 
 from corra._runtime import open_runtime
 from corra.backends.kubernetes import KubernetesHostOptions, _backend, _watch
@@ -326,24 +326,51 @@ async def test_a_program_fails_with_its_exit_code_or_signal_and_reruns_in_new_jo
     await nothing_left(client, namespace)
 
 
-async def test_argv_and_env_reach_the_program_as_they_are_dollars_included(
+async def test_argv_env_and_the_templates_env_reach_the_program_as_given(
     kube: _kube.KubeCluster, client: AsyncClient, namespace: str, tmp_path: Path
 ) -> None:
     # The kubelet expands $(VAR) and $$ in a container's command and env values; corra's
     # argv and env are exec's, on every backend.
     words = ["$(CORRA_ATTEMPT)", "a$$b", "$HOME", "$"]
-    program = {
+    dollars = {
         "name": "dollars",
         "argv": ["sh", "-c", 'printf "%s\\n" "$@" "$WORD"', "sh", *words],
         "env": {"WORD": "x$(CORRA_PROCESS_NAME)$$"},
     }
-    jobs = job_file(tmp_path / "job.toml", kube, namespace, [program])
+    # A variable from a Secret, which the typed fields do not cover: the pod template's,
+    # beside the process's env.
+    await client.create(
+        Secret.from_dict({"metadata": {"name": "creds"}, "stringData": {"token": "s3cret"}}),
+        namespace=namespace,
+    )
+    reference = {"secretKeyRef": {"name": "creds", "key": "token"}}
+    template = {
+        "spec": {
+            "containers": [
+                {
+                    "name": "main",
+                    "env": [
+                        {"name": "TOKEN", "valueFrom": reference},
+                        {"name": "PLAIN", "value": "from the template, overridden"},
+                    ],
+                }
+            ]
+        }
+    }
+    secret = {
+        "name": "secret",
+        "argv": ["sh", "-c", 'echo "$TOKEN $PLAIN $CORRA_PROCESS_NAME"'],
+        "env": {"PLAIN": "from the spec"},
+        "kubernetes": {"pod_template": template},
+    }
+    jobs = job_file(tmp_path / "job.toml", kube, namespace, [dollars, secret])
     state = tmp_path / "state"
     status, records = await run(state, jobs)
     assert status == 0, records
     assert await logs(state, "dollars") == "".join(f"{word}\n" for word in words) + (
         "x$(CORRA_PROCESS_NAME)$$\n"
     )
+    assert await logs(state, "secret") == "s3cret from the spec secret\n"
 
 
 async def test_oom_killed_is_out_of_memory_whatever_the_exit_code(

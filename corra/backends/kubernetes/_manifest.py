@@ -10,8 +10,9 @@
   ``$(VAR)`` expansion) and, if given, its ``cwd`` as the working directory; the
   request's ``memory`` limit is the container's memory limit where ``resources`` give none.
 - ``pod_template`` is merged under corra's fields: corra's win where both set one (the
-  command, the restart policy, the labels corra selects by), tables merge key by key, and
-  the template's containers other than ``main`` (sidecars) stay.
+  command, the restart policy, the labels corra selects by), tables merge key by key, the
+  ``main`` container's ``env`` by name (a variable from a Secret stays), and the template's
+  containers other than ``main`` (sidecars) stay.
 """
 
 from __future__ import annotations
@@ -110,6 +111,14 @@ def _pod_spec(template: Mapping[str, Any], ours: dict[str, Any]) -> dict[str, An
     merged = _merged({k: v for k, v in template.items() if k != "containers"}, ours)
     if main is not None:
         container = _merged(main, ours["containers"][0])
+        # (the template's variables, e.g. from a Secret, after corra's, which win by name)
+        env = container["env"]
+        named = {variable["name"] for variable in env}
+        container["env"] = env + [
+            copy.deepcopy(variable)
+            for variable in main.get("env") or ()
+            if not isinstance(variable, Mapping) or variable.get("name") not in named
+        ]
         merged["containers"] = [container if c is main else c for c in theirs]
     return merged
 
