@@ -403,27 +403,36 @@ async def test_oom_killed_is_out_of_memory_whatever_the_exit_code(
     await nothing_left(client, namespace)
 
 
-async def test_an_image_that_cannot_be_pulled_fails_after_the_grace_and_its_job_is_deleted(
+async def test_an_image_or_config_error_fails_after_the_grace_and_its_job_is_deleted(
     kube: _kube.KubeCluster, client: AsyncClient, namespace: str, tmp_path: Path
 ) -> None:
     template = {"metadata": {"annotations": {BEHAVIOUR: "image-pull-backoff"}}}
-    program = {
+    pull = {
         "name": "pull",
         "argv": ["echo", "never"],
         "kubernetes": {"image": "registry.invalid/none:1", "pod_template": template},
     }
-    jobs = job_file(tmp_path / "job.toml", kube, namespace, [program], image_error_grace=2)
+    # A variable from a Secret that does not exist: CreateContainerConfigError.
+    reference = {"secretKeyRef": {"name": "missing", "key": "token"}}
+    variable = {"name": "TOKEN", "valueFrom": reference}
+    template = {"spec": {"containers": [{"name": "main", "env": [variable]}]}}
+    secret = {"name": "secret", "argv": ["echo", "never"], "kubernetes": {"pod_template": template}}
+    jobs = job_file(tmp_path / "job.toml", kube, namespace, [pull, secret], image_error_grace=2)
     state = tmp_path / "state"
     started = time.monotonic()
     status, records = await run(state, jobs)
     assert status == 1, records
     assert time.monotonic() - started >= 2
-    record = records["pull"]
-    assert record["phase"] == "failed"
-    error = record["result"]["error"]
+    for record in records.values():
+        assert record["phase"] == "failed"
+        assert (record["returncode"], record["signal"]) == (None, None)
+    error = records["pull"]["result"]["error"]
     assert error.startswith("image error for 2 s, Job deleted: "), error
     assert "ImagePullBackOff" in error or "ErrImagePull" in error
-    assert (record["returncode"], record["signal"]) == (None, None)
+    assert records["secret"]["result"]["error"] == (
+        "configuration error for 2 s, Job deleted: CreateContainerConfigError: couldn't find "
+        f"key token in Secret {namespace}/missing"
+    )
     await nothing_left(client, namespace)
 
 
