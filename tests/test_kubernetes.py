@@ -600,6 +600,32 @@ async def _pods_at_least(client: AsyncClient, namespace: str, count: int) -> boo
     return len(await pod_names(client, namespace)) >= count
 
 
+async def test_an_evicted_pod_is_a_node_failure_and_a_transient_process_runs_again(
+    kube: _kube.KubeCluster, client: AsyncClient, namespace: str, tmp_path: Path
+) -> None:
+    # (every attempt's pod is evicted here: the annotation is the template's)
+    template = {"metadata": {"annotations": {BEHAVIOUR: "evicted", BEHAVIOUR_AFTER: "0.5"}}}
+    program = {
+        "name": "evicted",
+        "argv": ["sh", "-c", 'echo "attempt $CORRA_ATTEMPT"; sleep 100'],
+        "restart": "transient",
+        "max_attempts": 2,
+        "kubernetes": {"pod_template": template},
+    }
+    jobs = job_file(tmp_path / "job.toml", kube, namespace, [program])
+    state = tmp_path / "state"
+    status, records = await run(state, jobs)
+    assert status == 1, records
+    record = records["evicted"]
+    assert (record["phase"], record["attempt"]) == ("failed", 2), record
+    assert record["reason"].startswith("node failure: Evicted: The node was low on resource")
+    history = (await show(state, "evicted"))["history"]
+    (retry,) = [step for step in history if step["event"] == "retry"]
+    assert retry["reason"].startswith("attempt 1: node failure: Evicted"), retry
+    assert await logs(state, "evicted") == "attempt 2\n"
+    await nothing_left(client, namespace)
+
+
 async def test_a_lost_node_is_a_node_failure_and_a_transient_process_runs_again(
     kube: _kube.KubeCluster, client: AsyncClient, namespace: str, tmp_path: Path
 ) -> None:
