@@ -23,6 +23,7 @@ from _kubecli import (  # (fixtures too)
     alive,
     client,
     compact_etcd,
+    corra,
     corra_requests,
     eventually,
     job_file,
@@ -33,10 +34,12 @@ from _kubecli import (  # (fixtures too)
     namespace,
     nothing_left,
     pid_of,
+    pod_names,
     requests_between,
     run,
     running_pod,
     show,
+    start_service,
     wait_ready,
 )
 from lightkube import AsyncClient
@@ -349,3 +352,40 @@ async def test_a_410_gone_under_the_watch_while_processes_run(
 
 async def _said(watch: Any, reason: str) -> bool:
     return reason in watch.reasons
+
+
+async def test_a_job_corra_lost_sight_of_is_killed_through_the_next_runtime(
+    kube: _kube.KubeCluster, client: AsyncClient, namespace: str, tmp_path: Path
+) -> None:
+    # corra run dies (kill -9) with its program running; the service started next on the
+    # state dir finds the Job again, and a kill through it leaves nothing running.
+    nap = {"name": "nap", "argv": ["sh", "-c", "echo napping; sleep 300"], "kill_grace": 1}
+    jobs = job_file(tmp_path / "job.toml", kube, namespace, [nap])
+    state = tmp_path / "state"
+    first = await trio.lowlevel.open_process(
+        [*CORRA, "run", "--state-dir", str(state), str(jobs)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        pod = await running_pod(client, namespace, within=60)
+    finally:
+        first.kill()
+        await first.wait()
+    pid = pid_of(pod)
+    assert alive(pid)
+    service = await start_service(state)
+    try:
+        record = await show(state, "nap")
+        assert record["phase"] == "running", record
+        killed = await corra(state, "kill", "nap")
+        assert killed.returncode == 0, killed.stderr
+        assert await job_names(client, namespace) == []
+        assert await pod_names(client, namespace) == []
+        assert not alive(pid)
+        assert (await show(state, "nap"))["phase"] == "killed"
+        assert await logs(state, "nap") == "napping\n"
+    finally:
+        service.send_signal(signal.SIGTERM)
+        with trio.fail_after(30):
+            await service.wait()
