@@ -62,7 +62,9 @@ async def test_a_program_completes_and_its_output_stays_home_once_its_job_is_gon
     assert status == 0, records
     record = records["hello"]
     assert (record["phase"], record["returncode"], record["attempt"]) == ("finished", 0, 1)
-    # The Job and its pod are deleted once the result and the log are home ...
+    # The Job is deleted once the result and the log are home, before `corra run` ends
+    # (the run is the last chance: nothing sweeps it otherwise), its pod after it ...
+    assert await job_names(client, namespace) == []
     await nothing_left(client, namespace)
     # ... and the log is read from home (stdout and stderr share the container's one log).
     assert await logs(state, "hello") == "one\ntwo\nthree\n"
