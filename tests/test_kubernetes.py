@@ -24,6 +24,7 @@ import _kube
 import pytest
 import trio
 from _kubecli import (  # (fixtures too)
+    HOST,
     Beside,
     alive,
     client,
@@ -45,6 +46,9 @@ from _kubecli import (  # (fixtures too)
 from lightkube import AsyncClient
 from lightkube.resources.core_v1 import Node, Pod, Secret
 
+from corra._runtime import open_runtime
+from corra.backends.kubernetes import KubernetesHostOptions
+from corra.backends.ssh import HostConfig
 from corra.testing.kubenode import BEHAVIOUR, BEHAVIOUR_AFTER
 
 pytestmark = pytest.mark.kubernetes
@@ -355,3 +359,23 @@ async def test_kill_while_running_or_pending_leaves_no_pod_and_no_job(
         service.send_signal(signal.SIGTERM)
         with trio.fail_after(30):
             await service.wait()
+
+
+async def test_a_runtime_that_closes_right_after_a_result_deletes_its_job_first(
+    kube: _kube.KubeCluster, client: AsyncClient, namespace: str, tmp_path: Path
+) -> None:
+    # (through the runtime's API: it closes the moment the result is in, as `corra run`
+    # does after its last process; the deletion waits for its turn to write, 2 s after
+    # the create)
+    settings = KubernetesHostOptions(
+        kubeconfig=str(kube.kubeconfig),
+        namespace=namespace,
+        image="busybox",
+        writes_per_second=0.5,
+        write_burst=1,
+    )
+    hosts = {HOST: HostConfig(name=HOST, transport="kubernetes", options={"kubernetes": settings})}
+    async with open_runtime(state_dir=tmp_path / "state", hosts=hosts) as runtime:
+        ref = await runtime.spawn_process(["true"], name="quick", backend="kubernetes", host=HOST)
+        assert (await ref.wait()).phase == "finished"
+    assert await job_names(client, namespace) == []
