@@ -268,11 +268,13 @@ async def test_finished_jobs_left_behind_are_swept_at_the_next_start(
     assert status == 0, records
     # (its result and log are home, its Job kept)
     assert await job_names(client, namespace) == [job_name(EffectKey(records["kept"]["id"], 1))]
-    # A later run (of something else) with Jobs no longer kept deletes it at its start.
+    # A later run (of something quick) with Jobs no longer kept deletes it at its start,
+    # before it ends.
     later = {"name": "later", "argv": ["true"]}
     jobs = job_file(tmp_path / "later.toml", kube, namespace, [later])
     status, records = await run(state, jobs)
     assert status == 0, records
+    assert await job_names(client, namespace) == []
     await nothing_left(client, namespace)
     assert await logs(state, "kept") == "kept\n"
 
