@@ -83,6 +83,8 @@ LOG_PATIENCE: Final = 30.0
 KILL_PATIENCE: Final = 30.0
 #: How long the first list of a namespace may take before the host counts as unavailable.
 LIST_PATIENCE: Final = 20.0
+#: How long the deletions of finished Jobs may take when the backend closes.
+FINISH_PATIENCE: Final = 10.0
 #: What a waiting attempt's note says of where it is.
 _NOTED: Final = {
     "waiting": "waiting",
@@ -142,6 +144,10 @@ class KubernetesBackend(BackendBase):
         self._locks: dict[str, trio.Lock] = {}
         self._deleting: set[str] = set()
         self._shipping = LogShipping(nursery, self.watch, self._clusters.__getitem__)
+        #: where finished Jobs are deleted, and leftovers swept: `open_kubernetes` lets these
+        #: end (for a while) before it closes, so that a `corra run` that ends right after
+        #: its last result leaves no finished Job behind
+        self.finishing = nursery
         self.instance = instance_id(self._root)
 
     # -- hosts, clusters, watches -------------------------------------------------------
@@ -193,7 +199,7 @@ class KubernetesBackend(BackendBase):
                 with trio.move_on_after(LIST_PATIENCE):
                     await self._nursery.start(watch.run)
                     self._watches[host] = watch
-                    self._nursery.start_soon(self.sweep, host, watch)
+                    self.finishing.start_soon(self.sweep, host, watch)
                 if host not in self._watches:
                     raise HostUnavailable(
                         host,
@@ -317,7 +323,7 @@ class KubernetesBackend(BackendBase):
         files.write_result(result)
         self._note(handle, None)
         if not self.options_of(handle.host).keep_finished:
-            self._nursery.start_soon(self._delete_quietly, cluster, handle)
+            self.finishing.start_soon(self._delete_quietly, cluster, handle)
         return result
 
     async def _view(
@@ -567,7 +573,11 @@ async def open_kubernetes(context: BackendContext) -> AsyncIterator[KubernetesBa
         backend = KubernetesBackend(context, nursery, stack)
         for host in backend._hosts:
             nursery.start_soon(_recover, backend, host)
-        yield backend
+        async with trio.open_nursery() as finishing:
+            backend.finishing = finishing
+            yield backend
+            # (deletions of finished Jobs end first; the next start sweeps those that do not)
+            finishing.cancel_scope.deadline = trio.current_time() + FINISH_PATIENCE
         nursery.cancel_scope.cancel()
 
 

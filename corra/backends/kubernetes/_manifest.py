@@ -6,11 +6,13 @@
   the cluster never kills it before corra would), its ``kill_grace`` the pod's
   ``terminationGracePeriodSeconds``.
 - The container (``main``) runs the request's ``argv`` as its command, with its environment
-  (``env`` and corra's ``CORRA_*``) and, if given, its ``cwd`` as the working directory; the
+  (``env`` and corra's ``CORRA_*``), both as they are (``$`` escaped from the kubelet's
+  ``$(VAR)`` expansion) and, if given, its ``cwd`` as the working directory; the
   request's ``memory`` limit is the container's memory limit where ``resources`` give none.
 - ``pod_template`` is merged under corra's fields: corra's win where both set one (the
-  command, the restart policy, the labels corra selects by), tables merge key by key, and
-  the template's containers other than ``main`` (sidecars) stay.
+  command, the restart policy, the labels corra selects by), tables merge key by key, the
+  ``main`` container's ``env`` by name (a variable from a Secret stays), and the template's
+  containers other than ``main`` (sidecars) stay.
 """
 
 from __future__ import annotations
@@ -42,8 +44,11 @@ def job_manifest(
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": options.image,
-        "command": list(request.argv),
-        "env": [{"name": name, "value": value} for name, value in request.environment().items()],
+        "command": [_verbatim(arg) for arg in request.argv],
+        "env": [
+            {"name": name, "value": _verbatim(value)}
+            for name, value in request.environment().items()
+        ],
     }
     if request.cwd is not None:
         container["workingDir"] = request.cwd
@@ -90,6 +95,13 @@ def job_manifest(
     }
 
 
+def _verbatim(text: str) -> str:
+    """``text`` as the program gets it: the kubelet expands ``$(VAR)`` and ``$$`` in a
+    container's command and env values, which corra's argv and env (exec semantics, as on
+    every backend) do not have; ``$$`` is its escape of ``$``."""
+    return text.replace("$", "$$")
+
+
 def _pod_spec(template: Mapping[str, Any], ours: dict[str, Any]) -> dict[str, Any]:
     """The pod spec: ``ours`` over the template's, the ``main`` container merged over the
     template's container of that name (or its first, if none has it), other containers
@@ -99,6 +111,14 @@ def _pod_spec(template: Mapping[str, Any], ours: dict[str, Any]) -> dict[str, An
     merged = _merged({k: v for k, v in template.items() if k != "containers"}, ours)
     if main is not None:
         container = _merged(main, ours["containers"][0])
+        # (the template's variables, e.g. from a Secret, after corra's, which win by name)
+        env = container["env"]
+        named = {variable["name"] for variable in env}
+        container["env"] = env + [
+            copy.deepcopy(variable)
+            for variable in main.get("env") or ()
+            if not isinstance(variable, Mapping) or variable.get("name") not in named
+        ]
         merged["containers"] = [container if c is main else c for c in theirs]
     return merged
 
