@@ -1,0 +1,401 @@
+"""Suite ``kubernetes``: `KubernetesBackend` on a real control plane (kube-apiserver 1.20.2).
+
+(figures: see the end of this docstring)
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+from lightkube.resources.batch_v1 import Job
+from lightkube.resources.core_v1 import Pod
+
+from benchmarks import _kube_cluster as kube
+from benchmarks._harness import Benchmark, Options
+from corra import open_runtime
+from corra.backends.kubernetes import PLUGIN, KubeHandle, KubernetesBackend, KubernetesOptions
+from corra.backends.kubernetes._client import open_cluster
+from corra.backends.kubernetes._manifest import job_manifest
+from corra.backends.kubernetes._watch import NamespaceWatch
+from corra.processes._backend import EffectKey, LaunchRequest
+from corra.testing import open_plugin
+
+#: Seconds between two relists of corra's watch while Jobs are watched (default: 300).
+RESYNC = 5.0
+#: Requests corra makes per resync: a list and a watch, of Jobs and of pods.
+PER_RESYNC = 4
+#: A node selector no node matches: the Jobs' pods stay Pending (unschedulable).
+NOWHERE = KubernetesOptions(node_selector={"corra.bench/node": "nowhere"})
+#: Namespaces: the watched Jobs, the submissions, the latency rounds.
+WATCHED, SUBMITTED, LATENCY = "bench-watched", "bench-submitted", "bench-latency"
+#: Seconds a latency round's first program sleeps; each next one sleeps `STAGGER` more.
+FIRST_END, STAGGER = 3.0, 0.1
+
+_KEYS = itertools.count()
+_WATCHED: list[KubeHandle] = []
+"""The Jobs that the ``api_requests_per_minute_*`` benchmarks watch (their handles)."""
+
+
+def new_key(prefix: str = "bench") -> EffectKey:
+    """A key never used before in this run: every launch creates a Job."""
+    return EffectKey(f"{prefix}-{next(_KEYS)}", 1)
+
+
+def pending(argv: tuple[str, ...] = ("sleep", "3600")) -> LaunchRequest:
+    """A Job whose pod stays Pending (`NOWHERE`), under a new key."""
+    return LaunchRequest(key=new_key(), argv=argv, host=kube.HOST, options=NOWHERE)
+
+
+def state_dir(name: str) -> Path:
+    path = kube.scratch() / "state" / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def backend(state: str, namespace: str, **options: object) -> Any:
+    """The kubernetes backend on the suite's cluster (``async with``), as the runtime opens
+    it, its state in the suite's state dir ``state``."""
+    hosts = {kube.HOST: kube.host(namespace, **options)}
+    return open_plugin(PLUGIN, state_dir(state), hosts=hosts)
+
+
+# -- API requests per minute while Jobs are watched -------------------------------------
+
+
+def watched_jobs(count: int) -> list[KubeHandle]:
+    """Exactly ``count`` Jobs of one corra instance in `WATCHED`, their pods Pending,
+    launched through corra (not measured)."""
+    if len(_WATCHED) > count:
+        drop_watched()
+
+    async def top_up() -> None:
+        async with kube.admin() as client:
+            await kube.make_namespace(client, WATCHED)
+            started = time.perf_counter()
+            async with backend("watched", WATCHED) as launcher:
+                while len(_WATCHED) < count:
+                    _WATCHED.append(await launcher.launch(pending()))
+            launched = time.perf_counter()
+            await kube.settled(client, WATCHED, count, patience=60 + count / 5)
+            print(
+                f"kubernetes suite: {count} watched Jobs: launched through corra in "
+                f"{launched - started:.1f} s, all their pods made in "
+                f"{time.perf_counter() - started:.1f} s",
+                file=sys.stderr,
+            )
+
+    if len(_WATCHED) < count:
+        trio.run(top_up)
+    return list(_WATCHED)
+
+
+def drop_watched() -> None:
+    async def drop() -> None:
+        async with kube.admin() as client:
+            await kube.empty(client, WATCHED)
+
+    if _WATCHED:
+        trio.run(drop)
+    _WATCHED.clear()
+
+
+async def _relisted(watch: NamespaceWatch, target: int) -> None:
+    # a counter corra exposes, with no event to wait on: look every 5 ms
+    while watch.relists < target:  # noqa: ASYNC110
+        await trio.sleep(0.005)
+
+
+async def _requests_per_minute(handles: list[KubeHandle], periods: int) -> float:
+    async with (
+        kube.admin() as client,
+        backend("watched", WATCHED, resync=RESYNC) as watcher,
+        trio.open_nursery() as nursery,
+    ):
+        for handle in handles:
+            nursery.start_soon(watcher.wait, handle)
+        watch = await watcher.watch(kube.HOST)
+        cluster = await watcher.cluster(kube.HOST)
+        with trio.fail_after(60 + periods * RESYNC * 4):
+            # from the middle of one resync period to the middle of another: every
+            # relist (a list of each kind) and every watch (counted by the apiserver
+            # once it ends, at the next relist) in between is counted once
+            await _relisted(watch, watch.relists + 1)
+            await trio.sleep(RESYNC / 2)
+            first = watch.relists
+            server_before = await kube.corra_requests(client)
+            client_before = Counter(cluster.requests)
+            started = time.perf_counter()
+            await _relisted(watch, first + periods)
+            await trio.sleep(RESYNC / 2)
+            elapsed = time.perf_counter() - started
+            server = await kube.corra_requests(client) - server_before
+            corra = Counter(cluster.requests) - client_before
+        nursery.cancel_scope.cancel()
+    per_minute = server.total() * 60 / elapsed
+    print(
+        f"kubernetes suite: {len(handles)} Jobs watched for {elapsed:.1f} s ({periods} "
+        f"resyncs): {per_minute:.1f} requests/min at the apiserver {dict(sorted(server.items()))}"
+        f", corra counted {corra.total() * 60 / elapsed:.1f}/min {dict(sorted(corra.items()))}",
+        file=sys.stderr,
+    )
+    return per_minute
+
+
+def corra_requests_per_minute(count: int, periods: int) -> float:
+    """API requests per minute, counted by the apiserver, while ``count`` Jobs are watched."""
+    return trio.run(_requests_per_minute, watched_jobs(count), periods)
+
+
+def poller_requests_per_minute(count: int) -> float:
+    """What a poller per Job makes: one GET per Job per `RESYNC`."""
+    return count * 60 / RESYNC
+
+
+# -- submission throughput ----------------------------------------------------------------
+
+
+def _submitted_rate(side: Callable[[int], Any], count: int) -> float:
+    """Run one submission round (``side``: Jobs per second), then empty `SUBMITTED`
+    (outside the figure) so that no round pays for the Job controller's work of another."""
+
+    async def round_() -> float:
+        async with kube.admin() as client:
+            await kube.make_namespace(client, SUBMITTED)
+            await kube.empty(client, SUBMITTED)
+            rate = await side(count)
+            await kube.empty(client, SUBMITTED)
+            return rate
+
+    drop_watched()
+    return trio.run(round_)
+
+
+_ROUNDS = itertools.count()
+
+
+async def _corra_submit(count: int) -> float:
+    async with backend(f"submit-{next(_ROUNDS)}", SUBMITTED) as submitter:
+        # the first launch opens the client and the watch: outside the figure, as the
+        # plain loop's first create
+        await submitter.launch(pending())
+        cluster = await submitter.cluster(kube.HOST)
+        before = Counter(cluster.requests)
+        started = time.perf_counter()
+        for _ in range(count):
+            await submitter.launch(pending())
+        rate = count / (time.perf_counter() - started)
+        made = Counter(cluster.requests) - before
+    print(f"kubernetes suite: corra's requests for {count} launches: {dict(made)}", file=sys.stderr)
+    if made["POST jobs"] != count:
+        raise RuntimeError(f"expected one create per launch, made {dict(made)}")
+    return rate
+
+
+def corra_submit(count: int) -> float:
+    """Jobs per second launched one after another through the backend (`launch`)."""
+    return _submitted_rate(_corra_submit, count)
+
+
+async def _plain_submit(count: int) -> float:
+    host = kube.host(SUBMITTED)
+    manifests = [
+        job_manifest(request, NOWHERE, instance="corra-plain", namespace=SUBMITTED)
+        for request in (pending() for _ in range(count + 1))
+    ]
+    for manifest in manifests:
+        manifest["spec"]["template"]["spec"]["containers"][0]["image"] = "busybox"
+    async with open_cluster(host) as cluster:  # (the same client, settings, hooks)
+        await cluster.client.create(Job.from_dict(manifests[0]))
+        started = time.perf_counter()
+        for manifest in manifests[1:]:
+            await cluster.client.create(Job.from_dict(manifest))
+        return count / (time.perf_counter() - started)
+
+
+def plain_submit(count: int) -> float:
+    """Jobs per second from a plain loop of lightkube creates of the same manifests."""
+    return _submitted_rate(_plain_submit, count)
+
+
+# -- latency from a pod's status change to corra's record -----------------------------------
+
+
+def program(marks: Path, index: int) -> tuple[str, ...]:
+    """A program that ends `FIRST_END` + ``index`` x `STAGGER` seconds after it starts (the
+    ends of a round spread out: latency, not a burst's throughput, is measured) and writes
+    the time it ends at (wall clock, nanoseconds) into ``marks``, named by its process id."""
+    seconds = FIRST_END + index * STAGGER
+    return ("sh", "-c", f'sleep {seconds:.1f}; date +%s.%N > {marks}/"$CORRA_PROCESS_ID"')
+
+
+def _ended(marks: Path, process_id: str) -> float:
+    return float((marks / process_id).read_text())
+
+
+def _terminated(pod: dict[str, Any]) -> str | None:
+    """The process id of ``pod`` (from its environment) if its container has terminated."""
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    if not any((status.get("state") or {}).get("terminated") for status in statuses):
+        return None
+    env = pod["spec"]["containers"][0].get("env") or []
+    return next((var["value"] for var in env if var["name"] == "CORRA_PROCESS_ID"), None)
+
+
+def _marks() -> Path:
+    (kube.scratch() / "marks").mkdir(exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=kube.scratch() / "marks"))
+
+
+async def _latency_round(side: Callable[[Path, int], Any], count: int) -> list[float]:
+    async with kube.admin() as client:
+        await kube.make_namespace(client, LATENCY)
+        await kube.empty(client, LATENCY)
+        latencies = await side(_marks(), count)
+        await kube.empty(client, LATENCY)
+    return latencies
+
+
+async def _corra_latency(marks: Path, count: int) -> list[float]:
+    """Seconds from each program's end to its record's change to finished (the return of
+    ``ref.wait``), through a durable runtime. On stderr, how they split at two moments: when
+    corra's watch got the pod's terminated status (timed by a wrapper of
+    `NamespaceWatch._apply`) and when the backend gave the result (a wrapper of
+    `KubernetesBackend.wait`)."""
+    seen: dict[str, float] = {}
+    given: dict[str, float] = {}
+    apply, wait = NamespaceWatch._apply, KubernetesBackend.wait
+
+    def timed_apply(watch: NamespaceWatch, kind: Any, event: str, obj: dict[str, Any]) -> None:
+        process_id = _terminated(obj) if kind is not Job else None
+        if process_id is not None:
+            seen.setdefault(process_id, time.time())
+        apply(watch, kind, event, obj)
+
+    async def timed_wait(backend: KubernetesBackend, handle: KubeHandle) -> Any:
+        result = await wait(backend, handle)
+        given.setdefault(EffectKey.parse(handle.key).process_id, time.time())
+        return result
+
+    recorded: dict[str, float] = {}
+
+    async def record(ref: Any) -> None:
+        await ref.wait()
+        recorded[ref.id] = time.time()
+
+    hosts = {kube.HOST: kube.host(LATENCY)}
+    NamespaceWatch._apply = timed_apply  # type: ignore[method-assign]
+    KubernetesBackend.wait = timed_wait  # type: ignore[method-assign]
+    try:
+        async with (
+            open_runtime(state_dir=state_dir(f"latency-{marks.name}"), hosts=hosts) as runtime,
+            trio.open_nursery() as nursery,
+        ):
+            for index in range(count):
+                spec = {"argv": list(program(marks, index)), "backend": "kubernetes"}
+                ref = await runtime.spawn_process(spec, host=kube.HOST)
+                nursery.start_soon(record, ref)
+    finally:
+        NamespaceWatch._apply = apply  # type: ignore[method-assign]
+        KubernetesBackend.wait = wait  # type: ignore[method-assign]
+    ended = {process_id: _ended(marks, process_id) for process_id in recorded}
+    if not len(seen) == len(given) == count:
+        raise RuntimeError(f"of {count} pods, {len(seen)} seen ended, {len(given)} results")
+    parts = [("program's end", ended), ("corra's watch", seen), ("backend's result", given)]
+    split = ", ".join(
+        f"{statistics.median(later[p] - earlier[p] for p in ended) * 1000:.0f} ms to {name}"
+        for (_, earlier), (name, later) in itertools.pairwise([*parts, ("record", recorded)])
+    )
+    print(f"kubernetes suite: {count} programs, medians: {split}", file=sys.stderr)
+    return [recorded[p] - ended[p] for p in ended]
+
+
+async def _plain_latency(marks: Path, count: int) -> list[float]:
+    """Seconds from each program's end to a plain lightkube watch of the pods seeing its
+    container terminated, the Jobs created by a plain loop (the same manifests as corra's)."""
+    seen: dict[str, float] = {}
+    labels = {"corra.bench/plain": "latency"}
+    requests = [
+        LaunchRequest(key=new_key("plain"), argv=program(marks, index), host=kube.HOST)
+        for index in range(count)
+    ]
+    async with kube.admin() as client, trio.open_nursery() as nursery:
+
+        async def follow(task_status: trio.TaskStatus[None]) -> None:
+            listed = client.list(Pod, namespace=LATENCY, labels=labels)
+            _ = [pod async for pod in listed]
+            version = listed.resourceVersion
+            task_status.started()
+            watched = client.watch(Pod, namespace=LATENCY, labels=labels, resource_version=version)
+            async for _event, pod in watched:
+                process_id = _terminated(pod.to_dict())
+                if process_id is not None:
+                    seen.setdefault(process_id, time.time())
+                    if len(seen) == count:
+                        return
+
+        await nursery.start(follow)
+        options = KubernetesOptions(image="busybox", pod_template={"metadata": {"labels": labels}})
+        for request in requests:
+            manifest = job_manifest(request, options, instance="corra-plain", namespace=LATENCY)
+            await client.create(Job.from_dict(manifest))
+    return [seen[p] - _ended(marks, p) for p in seen]
+
+
+def latency(side: Callable[[Path, int], Any], count: int, quantile: int) -> float:
+    """The ``quantile`` percentile (milliseconds) of a round's latencies."""
+    drop_watched()
+    latencies = trio.run(_latency_round, side, count)
+    return statistics.quantiles(latencies, n=100, method="inclusive")[quantile - 1] * 1000
+
+
+def benchmarks(options: Options) -> list[Benchmark]:
+    reason = kube.unavailable()
+    if reason is not None:
+        print(f"suite kubernetes skipped: {reason}", file=sys.stderr)
+        return []
+    periods = options.size(6, 3)
+    submissions = options.size(200, 100)
+    programs = options.size(40, 20)
+    watched = [
+        Benchmark(
+            name=f"api_requests_per_minute_{count}",
+            unit="requests/min",
+            corra=functools.partial(corra_requests_per_minute, count, periods),
+            baseline=functools.partial(poller_requests_per_minute, count),
+            higher_is_better=False,
+            aim=1.2 * PER_RESYNC * 60 / RESYNC,
+            rounds=3,
+        )
+        for count in (1, 100, 1000)
+    ]
+    return [
+        *watched,
+        Benchmark(
+            name="submit_throughput",
+            unit="jobs/s",
+            corra=lambda: corra_submit(submissions),
+            baseline=lambda: plain_submit(submissions),
+            goal=0.8,
+        ),
+        *(
+            Benchmark(
+                name=f"status_latency_p{quantile}",
+                unit="ms",
+                corra=functools.partial(latency, _corra_latency, programs, quantile),
+                baseline=functools.partial(latency, _plain_latency, programs, quantile),
+                higher_is_better=False,
+                rounds=3,
+            )
+            for quantile in (50, 99)
+        ),
+    ]
