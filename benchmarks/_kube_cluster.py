@@ -22,6 +22,7 @@ from pathlib import Path
 
 import trio
 from lightkube import AsyncClient, KubeConfig
+from lightkube.core import generic_client
 from lightkube.core.exceptions import ApiError
 from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import Namespace, Pod
@@ -96,7 +97,9 @@ def host(namespace: str, **options: object) -> HostConfig:
 @contextlib.asynccontextmanager
 async def admin() -> AsyncIterator[AsyncClient]:
     """A client of the suite's own (the kubeconfig's admin), not corra's."""
-    async with AsyncClient(KubeConfig.from_file(cluster().kubeconfig)) as client:
+    # (deleting 1,000 Jobs at once takes longer than lightkube's default of 10 s)
+    timeout = generic_client.httpx.Timeout(120.0)
+    async with AsyncClient(KubeConfig.from_file(cluster().kubeconfig), timeout=timeout) as client:
         yield client
 
 

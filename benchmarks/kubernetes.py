@@ -60,10 +60,12 @@ opened as the runtime opens it (`corra.testing.open_plugin`, a host with ``trans
   created by a plain lightkube loop, the moment a plain lightkube watch of their pods sees
   the container terminated. Report only (the issue sets no goal).
 
-Note (found here, for the lead): a running pod's log is followed by one HTTP/1.1 request
-that stays open while it runs, and lightkube's httpx client allows 100 connections: with
-about 98 pods running, every further request of corra waits for a connection and fails
-after 10 s (``PoolTimeout``: creates, deletes, relists); see the module's figures below.
+Found while writing this suite: a running pod's log is followed by one HTTP/1.1 request that
+stays open while it runs, and lightkube's httpx client allowed 100 connections: with 104
+pods running (sleeps on the stand-in node, launched through the backend), the next launch
+failed after 10 s with ``PoolTimeout`` (as would every delete and relist). Fixed in
+`corra.backends.kubernetes._client` (``LIMITS``: no bound on connections), with
+``tests/test_kube_client.py::test_requests_go_through_while_more_than_a_hundred_streams_are_open``.
 
 Run it as ``python -m benchmarks --suite kubernetes`` (about FULL minutes; ``--quick``: 3
 resync periods per round instead of 6, 100 Jobs per throughput round instead of 200 and 20
