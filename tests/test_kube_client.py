@@ -89,8 +89,8 @@ def test_every_kubernetes_host_option_is_documented_for_corra_backends():
 
     fields = describe_plugin(KUBERNETES)["host_options"]
     assert [field["name"] for field in fields] == [
-        "kubeconfig", "context", "namespace", "image_error_grace", "keep_finished", "resync",
-        "writes_per_second", "write_burst",
+        "kubeconfig", "context", "namespace", "image", "image_error_grace", "keep_finished",
+        "resync", "writes_per_second", "write_burst",
     ]  # fmt: skip
     assert all(field.get("doc") for field in fields), fields
     assert {field["name"]: field["default"] for field in fields}["write_burst"] == 20

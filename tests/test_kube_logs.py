@@ -3,6 +3,8 @@ options over in-memory logs, and the HTTPS endpoint itself."""
 
 from __future__ import annotations
 
+import re
+
 import httpx
 import pytest
 import trio
@@ -13,6 +15,7 @@ from corra.testing._kubelogs import (
     LogError,
     LogLine,
     LogQuery,
+    format_log_time,
     format_time,
     parse_time,
     serve_container_logs,
@@ -26,6 +29,12 @@ def test_format_time_is_go_rfc3339nano() -> None:
     assert format_time(T0) == "2023-11-14T22:13:20Z"
     assert format_time(T0 + 120_000_000) == "2023-11-14T22:13:20.12Z"
     assert format_time(T0 + 1) == "2023-11-14T22:13:20.000000001Z"
+
+
+def test_log_lines_are_stamped_with_nine_digits_as_the_kubelet_does() -> None:
+    assert format_log_time(T0) == "2023-11-14T22:13:20.000000000Z"
+    assert format_log_time(T0 + 120_000_000) == "2023-11-14T22:13:20.120000000Z"
+    assert parse_time(format_log_time(T0 + 1)) == T0 + 1
 
 
 def test_parse_time() -> None:
@@ -55,10 +64,10 @@ async def test_options_as_the_kubelet_reads_them() -> None:
     assert await text("sinceTime=2023-11-14T22:13:21Z", log) == b"c\n"
     assert await text("sinceTime=2023-11-14T22:13:20.5Z", log) == b"b\nc\n"
     assert await text("tailLines=1&sinceTime=2023-11-14T22:13:20Z", log) == b"c\n"
-    assert await text("timestamps=true&tailLines=1", log) == b"2023-11-14T22:13:21Z c\n"
+    assert await text("timestamps=true&tailLines=1", log) == b"2023-11-14T22:13:21.000000000Z c\n"
     # limitBytes counts the prefixes and cuts the last line.
     assert await text("limitBytes=3", log) == b"a\nb"
-    assert await text("timestamps=true&limitBytes=22", log) == b"2023-11-14T22:13:20Z a"
+    assert await text("timestamps=true&limitBytes=32", log) == b"2023-11-14T22:13:20.000000000Z a"
     with pytest.raises(ValueError):
         LogQuery.from_query("sinceTime=soon")
 
@@ -89,6 +98,18 @@ def test_long_lines_are_split() -> None:
     assert [len(line.data) for line in log.lines] == [MAX_LINE, 11]
 
 
+async def test_split_lines_are_sent_as_the_kubelet_sends_partial_entries() -> None:
+    # Each piece with its own time, the partial ones without a newline: the kubelet does not
+    # join a container runtime's partial entries (pkg/kubelet/kuberuntime/logs).
+    log = ContainerLog()
+    log.feed(b"x" * (MAX_LINE + 2) + b"\nlast, unfinished")
+    log.end()
+    parts = re.split(
+        rb"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z) ", await text("timestamps=true", log)
+    )
+    assert parts[0::2] == [b"", b"x" * MAX_LINE, b"xx\n", b"last, unfinished"]
+
+
 async def test_the_https_endpoint() -> None:
     log = log_of((T0, b"hello\n"))
 
@@ -103,7 +124,10 @@ async def test_the_https_endpoint() -> None:
         port = await nursery.start(serve_container_logs, find)
         async with httpx.AsyncClient(base_url=f"https://127.0.0.1:{port}", verify=False) as http:
             response = await http.get("/containerLogs/ns/p/c?timestamps=true")
-            assert (response.status_code, response.text) == (200, "2023-11-14T22:13:20Z hello\n")
+            assert (response.status_code, response.text) == (
+                200,
+                "2023-11-14T22:13:20.000000000Z hello\n",
+            )
             response = await http.get("/containerLogs/ns/p/waiting")
             assert response.status_code == 400
             assert "is waiting to start" in response.text

@@ -9,11 +9,15 @@ as the kubelet 1.20 does (``pkg/kubelet/kuberuntime/logs``):
 
 - ``tailLines=N``: start N lines before the end (first, before any other option);
 - ``sinceTime`` (RFC 3339) / ``sinceSeconds``: skip lines stamped before that time;
-- ``timestamps=true``: prefix each line with its time in Go's RFC3339Nano (UTC, trailing
-  zeros of the fraction dropped, no fraction at all on a whole second) and a space;
+- ``timestamps=true``: prefix each line with its time and a space, in the kubelet's
+  ``RFC3339NanoFixed`` (UTC, always nine digits of the fraction: `format_log_time`);
 - ``limitBytes=N``: stop after N bytes, prefixes counted, cutting the last line;
 - ``follow=true``: after the lines there are, send new ones as they are read, until the
   container has ended (then the response ends).
+
+A line longer than `MAX_LINE` is split as containerd splits it (partial entries, CRI tag
+``P``), and the program's unfinished last line is one too; as the kubelet, the endpoint does
+not join them: each is sent with its own time, without a newline.
 
 The apiserver proxies ``pods/{pod}/log`` here (it reaches the node at its InternalIP and
 ``daemonEndpoints.kubeletEndpoint.Port``).
@@ -35,6 +39,8 @@ import attrs
 import h11
 import trio
 
+#: The most bytes of lines sent at once (one per line: a Python kubelet at 5,000 lines/s).
+CHUNK = 64 * 1024
 #: Lines longer than this are split, as a container runtime splits them (partial lines).
 MAX_LINE = 16 * 1024
 
@@ -45,6 +51,14 @@ def format_time(nanoseconds: int) -> str:
     text = datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S")
     digits = f"{fraction:09d}".rstrip("0")
     return f"{text}.{digits}Z" if digits else f"{text}Z"
+
+
+def format_log_time(nanoseconds: int) -> str:
+    """A time as the kubelet stamps log lines: Go's ``RFC3339NanoFixed`` in UTC (nine digits
+    of the fraction, always: ``pkg/kubelet/kuberuntime/logs``' ``timeFormatOut``)."""
+    seconds, fraction = divmod(nanoseconds, 1_000_000_000)
+    text = datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{text}.{fraction:09d}Z"
 
 
 _RFC3339 = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$")
@@ -81,14 +95,16 @@ class ContainerLog:
 
     def feed(self, data: bytes) -> None:
         """Take what the program wrote; complete lines become lines, stamped now."""
-        self._partial += data
+        buffer = self._partial + data
+        start = 0  # (lines are cut from here on: one copy of the rest at the end, not per line)
         while True:
-            end = self._partial.find(b"\n", 0, MAX_LINE)
-            if end < 0 and len(self._partial) < MAX_LINE:
+            end = buffer.find(b"\n", start, start + MAX_LINE)
+            if end < 0 and len(buffer) - start < MAX_LINE:
                 break
-            cut = end + 1 if end >= 0 else MAX_LINE
-            self.lines.append(LogLine(time.time_ns(), self._partial[:cut]))
-            self._partial = self._partial[cut:]
+            cut = end + 1 if end >= 0 else start + MAX_LINE
+            self.lines.append(LogLine(time.time_ns(), buffer[start:cut]))
+            start = cut
+        self._partial = buffer[start:]
         self._notify()
 
     def end(self) -> None:
@@ -139,24 +155,34 @@ class LogQuery:
         )
 
     async def lines(self, log: ContainerLog):  # type: ignore[no-untyped-def]
-        """The bytes to send for ``log``, chunk by chunk (an async generator)."""
+        """The bytes to send for ``log``, chunk by chunk (an async generator): the lines
+        there are in chunks of up to `CHUNK` bytes, then (following) each as it comes."""
         index = len(log.lines) - self.tail_lines if self.tail_lines is not None else 0
         index = max(0, index)
         remaining = self.limit_bytes
         while True:
+            chunk: list[bytes] = []
+            size = 0
             for line in log.lines[index:]:
                 index += 1
                 if self.since is not None and line.time < self.since:
                     continue
                 data = line.data
                 if self.timestamps:
-                    data = format_time(line.time).encode() + b" " + data
+                    data = format_log_time(line.time).encode() + b" " + data
                 if remaining is not None:
                     data = data[:remaining]
                     remaining -= len(data)
-                yield data
+                chunk.append(data)
+                size += len(data)
                 if remaining is not None and remaining <= 0:
+                    yield b"".join(chunk)
                     return
+                if size >= CHUNK:
+                    yield b"".join(chunk)
+                    chunk, size = [], 0
+            if chunk:
+                yield b"".join(chunk)
             if not self.follow or (log.ended and index >= len(log.lines)):
                 return
             await log.wait_beyond(index)

@@ -4,11 +4,14 @@ cluster through lightkube's async client. See docs/kubernetes.md.
 
 - `_naming`: an attempt's Job name (from its key), labels and the adoption check;
 - `_options`: a process's ``kubernetes`` table, validated with field paths;
-- `_client`: a cluster as a host: its kubeconfig, credentials, errors, write bucket;
+- `_client`: a cluster as a host: its client, errors, write bucket, request count;
+- `_credentials`: a kubeconfig's context and credentials (exec plug-ins run on trio);
 - `_manifest`: the Job of an attempt;
 - `_watch`: one list+watch of corra's Jobs and pods per namespace (relists on 410 Gone);
 - `_outcomes`: what a Job and its pod say, classified;
-- `_logs`: the logs of an attempt, brought home while it runs;
+- `_logs`: an attempt's log followed home while it runs (`_logstream` splits the API's
+  timestamped records, `_logfiles` keeps them with the position shipping resumes from);
+- `_shipping`: one shipping per attempt, from its launch to its end;
 - `_attempts`: what the backend keeps of its attempts at home;
 - `_backend`: the backend (launch, wait, kill, recovery's sweep).
 """

@@ -46,9 +46,9 @@ from corra._errors import (
     TransportError,
 )
 from corra.backends.kubernetes._attempts import AttemptFiles, instance_id
-from corra.backends.kubernetes._client import Cluster, open_cluster
-from corra.backends.kubernetes._logs import LogFiles, ship_logs
-from corra.backends.kubernetes._manifest import CONTAINER, job_manifest
+from corra.backends.kubernetes._client import Cluster, open_cluster, read_job
+from corra.backends.kubernetes._logs import LogFiles
+from corra.backends.kubernetes._manifest import job_manifest
 from corra.backends.kubernetes._naming import (
     INSTANCE_LABEL,
     KEY_ANNOTATION,
@@ -57,7 +57,13 @@ from corra.backends.kubernetes._naming import (
     label_value,
 )
 from corra.backends.kubernetes._options import KubernetesOptions
-from corra.backends.kubernetes._outcomes import AttemptView, classify
+from corra.backends.kubernetes._outcomes import (
+    AttemptView,
+    attempt_result,
+    classify,
+    exit_status,
+)
+from corra.backends.kubernetes._shipping import LogShipping
 from corra.backends.kubernetes._watch import NamespaceWatch
 from corra.processes._backend import (
     BackendBase,
@@ -79,8 +85,6 @@ KILL_PATIENCE: Final = 30.0
 LIST_PATIENCE: Final = 20.0
 #: Between two looks at a Job the watch has not seen yet.
 UNSEEN_PAUSE: Final = 2.0
-#: The states in which a pod has a log to bring home.
-_STARTED: Final = frozenset({"running", "succeeded", "failed", "out_of_memory", "deadline"})
 
 
 @attrs.frozen
@@ -130,7 +134,7 @@ class KubernetesBackend(BackendBase):
         self._watches: dict[str, NamespaceWatch] = {}
         self._locks: dict[str, trio.Lock] = {}
         self._deleting: set[str] = set()
-        self._shipping: dict[str, trio.Event] = {}
+        self._shipping = LogShipping(nursery, self.watch, self._clusters.__getitem__)
         self.instance = instance_id(self._root)
 
     # -- hosts, clusters, watches -------------------------------------------------------
@@ -239,7 +243,7 @@ class KubernetesBackend(BackendBase):
 
     async def _adopt(self, cluster: Cluster, key: EffectKey, name: str) -> str:
         """The uid of the Job ``name`` that exists already, if it is this attempt's."""
-        found = await self._get_job(cluster, name)
+        found = await read_job(cluster, name)
         if found is None:
             raise LaunchFailed(f"creating Job {name}: it existed, then it was gone; try again")
         labels = found.get("metadata", {}).get("labels") or {}
@@ -251,16 +255,6 @@ class KubernetesBackend(BackendBase):
             )
         return str(found["metadata"]["uid"])
 
-    async def _get_job(self, cluster: Cluster, name: str) -> dict[str, Any] | None:
-        try:
-            with cluster.errors(f"reading Job {name}"):
-                job = await cluster.client.get(Job, name, namespace=cluster.namespace)
-        except ApiError as exc:
-            if exc.status.code == 404:
-                return None
-            raise
-        return job.to_dict()
-
     async def find(self, key: EffectKey, host: str | None = None) -> KubeHandle | None:
         if host not in self._hosts:
             return None
@@ -269,7 +263,7 @@ class KubernetesBackend(BackendBase):
         if handle is None:
             cluster = await self.cluster(host)
             name = job_name(key)
-            job = await self._get_job(cluster, name)
+            job = await read_job(cluster, name)
             if job is None or not adoptable(job["metadata"].get("labels"), self.instance, key):
                 return None
             handle = KubeHandle(str(key), host, cluster.namespace, name, job["metadata"]["uid"])
@@ -311,7 +305,8 @@ class KubernetesBackend(BackendBase):
             await self._delete(cluster, watch, handle, grace=None)
         with trio.move_on_after(LOG_PATIENCE):
             await shipped.wait()
-        result = _result(view, LogFiles(files.directory, handle.output_limit), grace=grace)
+        logs = LogFiles(files.directory, handle.output_limit)
+        result = attempt_result(view, logs.size("stdout"), logs.dropped, grace=grace)
         files.write_result(result)
         self._note(handle, None)
         if not self.options_of(handle.host).keep_finished:
@@ -330,7 +325,7 @@ class KubernetesBackend(BackendBase):
             job, pods = watch.view(handle.job)
             if job is not None:
                 break
-            found = await self._get_job(cluster, handle.job)
+            found = await read_job(cluster, handle.job)
             if found is None or found["metadata"]["uid"] != handle.uid:
                 raise ProgramLost(
                     f"its Job {handle.namespace}/{handle.job} is gone (deleted by someone "
@@ -344,47 +339,9 @@ class KubernetesBackend(BackendBase):
         return classify(job, pod, deleting=handle.job in self._deleting), pod
 
     def _ship(self, handle: KubeHandle) -> trio.Event:
-        """Bring the attempt's log home in the background, from its start to its end
-        (started by launch and find, waited for by wait and kill): the event is set once
-        the log is home, or cannot come home (its pod is gone)."""
-        done = self._shipping.get(handle.key)
-        if done is None:
-            done = self._shipping[handle.key] = trio.Event()
-            self._nursery.start_soon(self._ship_attempt, handle, done)
-        return done
-
-    async def _ship_attempt(self, handle: KubeHandle, done: trio.Event) -> None:
-        files = AttemptFiles(self._root, handle.host, handle.key)
-        logs = LogFiles(files.directory, handle.output_limit)
-        try:
-            if logs.complete:
-                return
-            watch = await self.watch(handle.host)
-            cluster = self._clusters[handle.host]
-            while True:  # (until its pod has run, or its Job is gone)
-                job, pods = watch.view(handle.job)
-                if pods and classify(job, pods[0], deleting=True).state in _STARTED:
-                    break
-                if job is None and await self._get_job(cluster, handle.job) is None:
-                    return
-                with trio.move_on_after(UNSEEN_PAUSE if job is None else math.inf):
-                    await watch.changed(handle.job)
-            name = pods[0]["metadata"]["name"]
-
-            def ended() -> bool:
-                job, pods = watch.view(handle.job)
-                mine = [pod for pod in pods if pod["metadata"]["name"] == name]
-                return not mine or classify(job, mine[0], deleting=True).ended
-
-            await ship_logs(
-                cluster.client, handle.namespace, name, logs, container=CONTAINER, ended=ended
-            )
-        except BackendError as exc:
-            logger.warning("attempt %s: its log stopped coming home: %s", handle.key, exc)
-        finally:
-            done.set()
-            if self._shipping.get(handle.key) is done:
-                del self._shipping[handle.key]
+        """Bring the attempt's log home in the background (`LogShipping`)."""
+        directory = AttemptFiles(self._root, handle.host, handle.key).directory
+        return self._shipping.ship(handle, LogFiles(directory, handle.output_limit))
 
     def _note(self, handle: KubeHandle, view: AttemptView | None) -> None:
         """Say where a waiting attempt is (the scheduler's message ...), for `corra show`."""
@@ -410,14 +367,14 @@ class KubernetesBackend(BackendBase):
             await self._delete(cluster, watch, handle, grace=grace)
             return stored
         job, _ = watch.view(handle.job)
-        if job is None and await self._get_job(cluster, handle.job) is None:
+        if job is None and await read_job(cluster, handle.job) is None:
             return None  # (gone: lost, or removed)
         shipped = self._ship(handle)
         last = await self._delete(cluster, watch, handle, grace=grace)
         with trio.move_on_after(LOG_PATIENCE):
             await shipped.wait()
         logs = LogFiles(files.directory, handle.output_limit)
-        code, signal = _exit(last)
+        code, signal = exit_status(last)
         result = Result(
             returncode=code,
             signal=signal,
@@ -531,6 +488,7 @@ class KubernetesBackend(BackendBase):
         return LogFiles(AttemptFiles(self._root, host, key).directory).size(stream)
 
     async def pause(self, handle: KubeHandle) -> None:
+        self._shipping.stop(handle.key)  # (a paused process is not watched; resume ships on)
         if handle.suspend_on_pause:
             await self._suspend(handle, True)
 
@@ -542,7 +500,7 @@ class KubernetesBackend(BackendBase):
         """Suspend (or un-suspend) the Job, and say what the server made of it."""
         cluster = await self.cluster(handle.host)
         if suspend:
-            job = await self._get_job(cluster, handle.job)
+            job = await read_job(cluster, handle.job)
             pods = (await self.watch(handle.host)).view(handle.job)[1]
             view = classify(job, pods[0] if pods else None)
             if job is None or view.state not in ("waiting", "unschedulable"):
@@ -572,7 +530,7 @@ class KubernetesBackend(BackendBase):
         files = AttemptFiles(self._root, host, key)
         cluster = await self.cluster(host)
         name = job_name(key)
-        job = await self._get_job(cluster, name)
+        job = await read_job(cluster, name)
         if job is not None and adoptable(job["metadata"].get("labels"), self.instance, key):
             handle = KubeHandle(str(key), host, cluster.namespace, name, job["metadata"]["uid"])
             await self._delete(cluster, await self.watch(host), handle, grace=None)
@@ -592,44 +550,6 @@ def _found() -> Any:
         if exc.status.code == 404:
             raise _NotFound from exc
         raise
-
-
-def _exit(view: AttemptView | None) -> tuple[int | None, int | None]:
-    """The return code and signal of an ended container (above 128: a signal, as container
-    runtimes report one)."""
-    if view is None:
-        return None, None
-    code, signal = view.exit_code, view.signal
-    if signal is None and code is not None and 128 < code <= 128 + 64:
-        return None, code - 128
-    return code, signal
-
-
-def _result(view: AttemptView, logs: LogFiles, *, grace: float) -> Result:
-    code, signal = _exit(view)
-    error = None
-    said = ": ".join(w for w in (view.reason, view.message) if w)
-    if view.state == "out_of_memory":
-        error = "out of memory (OOMKilled)"
-    elif view.state == "node_failure":
-        error = f"node failure: {said or 'its node was lost'}"
-    elif view.state in ("image_error", "config_error"):
-        what = "image" if view.state == "image_error" else "configuration"
-        error = f"{what} error for {grace:.0f} s, Job deleted: {said}"
-    elif view.state == "failed" and code is None and signal is None:
-        error = f"could not start: {said}" if said else "failed without an exit code"
-    elif view.state == "failed" and view.reason in ("StartError", "ContainerCannotRun"):
-        error = f"could not start: {said}"
-    return Result(
-        returncode=code,
-        signal=signal,
-        started_at=view.started_at,
-        ended_at=view.ended_at,
-        stdout_bytes=logs.size("stdout"),
-        stdout_dropped=logs.dropped,
-        timed_out=view.state == "deadline",
-        error=error,
-    )
 
 
 @contextlib.asynccontextmanager

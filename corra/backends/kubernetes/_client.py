@@ -28,6 +28,7 @@ from lightkube import AsyncClient
 from lightkube.config.client_adapter import ConnectionParams
 from lightkube.core import exceptions as lightkube_errors
 from lightkube.core.exceptions import ApiError
+from lightkube.resources.batch_v1 import Job
 
 from corra._errors import BackendError, ConfigError, CorraError, HostUnavailable
 from corra.backends._shared import TokenBucket, number_check, seconds_check
@@ -352,3 +353,16 @@ def _reason(exc: Any) -> str:
     if isinstance(exc, ApiError) and exc.status is not None and exc.status.reason:
         return str(exc.status.reason)
     return str(getattr(exc.response, "reason_phrase", "") or "")
+
+
+async def read_job(cluster: Cluster, name: str) -> dict[str, Any] | None:
+    """The Job ``name`` of the cluster's namespace as the API gives it, or None if there is
+    none (one GET: for what the watch has not seen)."""
+    try:
+        with cluster.errors(f"reading Job {name}"):
+            job = await cluster.client.get(Job, name, namespace=cluster.namespace)
+    except ApiError as exc:
+        if exc.status.code == 404:
+            return None
+        raise
+    return job.to_dict()

@@ -26,6 +26,8 @@ from typing import Any, Final, Literal, TypeAlias
 
 import attrs
 
+from corra.processes._lifecycle import Result
+
 AttemptState: TypeAlias = Literal[
     "waiting",
     "unschedulable",
@@ -173,3 +175,43 @@ def _time(thing: Mapping[str, Any] | None, field: str = "lastTransitionTime") ->
         return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
     except ValueError:
         return None
+
+
+def exit_status(view: AttemptView | None) -> tuple[int | None, int | None]:
+    """The return code and signal of an ended container (above 128: a signal, as container
+    runtimes report one)."""
+    if view is None:
+        return None, None
+    code, signal = view.exit_code, view.signal
+    if signal is None and code is not None and 128 < code <= 128 + 64:
+        return None, code - 128
+    return code, signal
+
+
+def attempt_result(view: AttemptView, stdout: int, dropped: int, *, grace: float) -> Result:
+    """The result of an attempt that ended as ``view`` says (``stdout``: the bytes of its log
+    at home, ``dropped``: those past the output limit; ``grace``: the image error grace)."""
+    code, signal = exit_status(view)
+    error = None
+    said = ": ".join(w for w in (view.reason, view.message) if w)
+    if view.state == "out_of_memory":
+        error = "out of memory (OOMKilled)"
+    elif view.state == "node_failure":
+        error = f"node failure: {said or 'its node was lost'}"
+    elif view.state in ("image_error", "config_error"):
+        what = "image" if view.state == "image_error" else "configuration"
+        error = f"{what} error for {grace:.0f} s, Job deleted: {said}"
+    elif view.state == "failed" and code is None and signal is None:
+        error = f"could not start: {said}" if said else "failed without an exit code"
+    elif view.state == "failed" and view.reason in ("StartError", "ContainerCannotRun"):
+        error = f"could not start: {said}"
+    return Result(
+        returncode=code,
+        signal=signal,
+        started_at=view.started_at,
+        ended_at=view.ended_at,
+        stdout_bytes=stdout,
+        stdout_dropped=dropped,
+        timed_out=view.state == "deadline",
+        error=error,
+    )

@@ -200,6 +200,9 @@ class NamespaceWatch:
         params: dict[str, Any] = {
             "timeoutSeconds": self._server_timeout,
             "resourceVersion": version,
+            # (the server sends its position now and then, so that a quiet watch reopens
+            # from a recent one, not from one compacted away since: no relist)
+            "allowWatchBookmarks": "true",
             "labelSelector": build_selector(self._labels),
         }
         request = generic.prepare_request(
@@ -225,7 +228,8 @@ class NamespaceWatch:
                         continue
                     obj = json.loads(bytes(event.object))
                     request.params["resourceVersion"] = obj["metadata"]["resourceVersion"]
-                    yield event.type, obj
+                    if event.type != "BOOKMARK":
+                        yield event.type, obj
             finally:
                 await response.aclose()
             if error is not None:

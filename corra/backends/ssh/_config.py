@@ -360,13 +360,15 @@ def _host_options(where: str, options: type, table: object) -> Any:
 
 def host_table(host: HostConfig) -> dict[str, Any]:
     """The ``[hosts.NAME]`` table that `parse_host` takes back as ``host``: its fields but
-    those that are None, and each installed backend's host options as its table (its
-    defaults where ``host`` has none), as plain data (JSON)."""
+    those that are None, and its backends' host options as their tables (those it was parsed
+    with; for a host made without any, each installed backend's defaults), as plain data
+    (JSON)."""
     data = attrs.asdict(host)  # (recursing: the pool, each backend's host options)
     del data["name"]
     options = data.pop("options")
     table = {key: value for key, value in data.items() if value is not None}
-    for backend in host_options_classes():
-        table[backend] = attrs.asdict(host.options_for(backend))
+    if not options:  # (a host made in Python: the installed backends' defaults)
+        for backend in host_options_classes():
+            table[backend] = attrs.asdict(host.options_for(backend))
     table.update(options)
     return table

@@ -1,0 +1,106 @@
+"""Each attempt's log brought home in the background, from its launch to its end.
+
+One task per attempt whose log is not home yet, owned by the backend's nursery (not by
+`wait`: a program's output comes home whether or not anybody waits for it, and `corra logs
+-f` follows it): started by a launch, and by a find after a restart; awaited by the wait and
+the kill of the attempt, which give their result once the log is home (or cannot be: its pod
+is gone). The task waits on the namespace's watch until the attempt's pod has run, then
+follows the pod's log (`_logs.ship_logs`) until the container ended and all it wrote is home.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+import trio
+
+from corra._errors import BackendError
+from corra.backends.kubernetes._client import Cluster, read_job
+from corra.backends.kubernetes._logs import LogFiles, ship_logs
+from corra.backends.kubernetes._manifest import CONTAINER
+from corra.backends.kubernetes._outcomes import classify
+from corra.backends.kubernetes._watch import NamespaceWatch
+
+logger = logging.getLogger("corra.backend.kubernetes")
+
+#: The states in which a pod has a log to bring home.
+STARTED: Final = frozenset({"running", "succeeded", "failed", "out_of_memory", "deadline"})
+#: Between two looks at a Job the watch has not seen yet.
+UNSEEN_PAUSE: Final = 2.0
+
+
+class LogShipping:
+    """The attempts whose logs are on their way home.
+
+    Args:
+        nursery: where the shipping tasks run (the backend's).
+        watch_of: the watch of a host (started if need be).
+        cluster_of: the open cluster of a host (once its watch is).
+    """
+
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        watch_of: Callable[[str], Awaitable[NamespaceWatch]],
+        cluster_of: Callable[[str], Cluster],
+    ) -> None:
+        self._nursery = nursery
+        self._watch_of = watch_of
+        self._cluster_of = cluster_of
+        self._shipping: dict[str, trio.Event] = {}
+        self._scopes: dict[str, trio.CancelScope] = {}
+
+    def ship(self, handle: Any, logs: LogFiles) -> trio.Event:
+        """Bring the log of the attempt ``handle`` (a `KubeHandle`) home into ``logs``, once:
+        the event is set once it is home, or cannot come home."""
+        done = self._shipping.get(handle.key)
+        if done is None:
+            done = self._shipping[handle.key] = trio.Event()
+            self._nursery.start_soon(self._ship, handle, logs, done)
+        return done
+
+    def stop(self, key: str) -> None:
+        """Stop bringing the log of the attempt ``key`` home (a pause: corra stops watching;
+        a later `ship` resumes from where this one was)."""
+        scope = self._scopes.get(key)
+        if scope is not None:
+            scope.cancel()
+
+    async def _ship(self, handle: Any, logs: LogFiles, done: trio.Event) -> None:
+        with trio.CancelScope() as self._scopes[handle.key]:
+            await self._ship_until_home(handle, logs, done)
+
+    async def _ship_until_home(self, handle: Any, logs: LogFiles, done: trio.Event) -> None:
+        try:
+            if logs.complete:
+                return
+            watch = await self._watch_of(handle.host)
+            cluster = self._cluster_of(handle.host)
+            while True:  # (until its pod has run, or its Job is gone)
+                job, pods = watch.view(handle.job)
+                if pods and classify(job, pods[0], deleting=True).state in STARTED:
+                    break
+                if job is None and await read_job(cluster, handle.job) is None:
+                    return
+                with trio.move_on_after(UNSEEN_PAUSE if job is None else math.inf):
+                    await watch.changed(handle.job)
+            name = pods[0]["metadata"]["name"]
+
+            def ended() -> bool:
+                job, pods = watch.view(handle.job)
+                mine = [pod for pod in pods if pod["metadata"]["name"] == name]
+                return not mine or classify(job, mine[0], deleting=True).ended
+
+            await ship_logs(
+                cluster.client, handle.namespace, name, logs, container=CONTAINER, ended=ended
+            )
+        except BackendError as exc:
+            logger.warning("attempt %s: its log stopped coming home: %s", handle.key, exc)
+        finally:
+            done.set()
+            if self._shipping.get(handle.key) is done:
+                del self._shipping[handle.key]
+                del self._scopes[handle.key]
