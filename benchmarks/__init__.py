@@ -22,6 +22,7 @@ SUITES: dict[str, str] = {
     "process": "benchmarks.process",
     "ssh": "benchmarks.ssh",
     "slurm": "benchmarks.slurm",
+    "kubernetes": "benchmarks.kubernetes",
     "api": "benchmarks.api",
     "scale": "benchmarks.scale",
 }

@@ -574,3 +574,36 @@ async def test_the_count_has_every_request_watches_included(kube):
     assert cluster.requests["GET jobs"] == cluster.requests["GET pods"] == 1  # (the list)
     assert cluster.requests["GET jobs?watch"] >= 1 and cluster.requests["GET pods?watch"] >= 1
     assert cluster.requests["DELETE jobs"] == 1
+
+
+@pytest.mark.kubernetes
+async def test_requests_go_through_while_more_than_a_hundred_streams_are_open(kube):
+    """Each running attempt's log is one request open while it runs (one connection each,
+    HTTP/1.1): beyond httpx's default pool of 100 connections, every other request (creates,
+    deletes, relists) waited, then failed with PoolTimeout. Found by benchmarks/kubernetes.py
+    with 104 running pods."""
+    streams = 120
+    async with open_cluster(cluster_host(kube.kubeconfig)) as cluster:
+        http, timeout = cluster.http, cluster.client._client._watch_timeout
+
+        async def hold(task_status: trio.TaskStatus[None]) -> None:
+            params = {"watch": "true", "timeoutSeconds": "60"}
+            request = http.build_request(
+                "GET", "/api/v1/namespaces/default/configmaps", params=params, timeout=timeout
+            )
+            response = await http.send(request, stream=True)
+            try:
+                task_status.started()
+                await trio.sleep_forever()
+            finally:
+                await response.aclose()
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                for _ in range(streams):
+                    await nursery.start(hold)
+                with trio.fail_after(5):
+                    await cluster.client.get(Namespace, "default")
+                nursery.cancel_scope.cancel()
+        assert cluster.requests["GET configmaps?watch"] == streams
+        assert cluster.requests["GET namespaces"] == 1

@@ -25,6 +25,7 @@ import attrs
 import httpx
 import trio
 from lightkube import AsyncClient
+from lightkube.config.client_adapter import ConnectionParams
 from lightkube.core import exceptions as lightkube_errors
 from lightkube.core.exceptions import ApiError
 from lightkube.resources.batch_v1 import Job
@@ -41,6 +42,10 @@ KEPT_STATUS: Final = frozenset({404, 409, 410})
 MAX_PROBE_PAUSE: Final = 30.0
 #: The field manager corra's writes are recorded under (``metadata.managedFields``).
 FIELD_MANAGER: Final = "corra"
+#: Connections to one cluster: no bound. Each running attempt's log is a request open while
+#: it runs (HTTP/1.1: a connection each), beside the watches; with httpx's default (100), from
+#: about 98 running pods on every other request waited, then failed with PoolTimeout.
+LIMITS: Final = http.Limits(max_connections=None, max_keepalive_connections=20)
 
 #: A namespace's name: a DNS-1123 label.
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
@@ -251,6 +256,11 @@ def _client(host: str, context: Context) -> AsyncClient:
         )
     except (OSError, ssl.SSLError, ValueError, lightkube_errors.ConfigError) as exc:
         raise ConfigError(f"{where}: cannot use its TLS material or credentials: {exc}") from None
+    # (lightkube takes no pool limits: its httpx client again, from its own parameters, with
+    # `LIMITS`; the one it made has opened nothing yet)
+    generic = client._client
+    parameters = ConnectionParams(timeout=client._timeout).httpx_params(generic.config)
+    generic._client = http.AsyncClient(**parameters, limits=LIMITS)
     if context.exec_auth is not None:
         client._client._client.auth = context.exec_auth
     return client
