@@ -291,11 +291,17 @@ async def test_an_unschedulable_process_waits_until_a_node_fits(
         async with trio.open_nursery() as nursery:
             running = Beside(nursery, state, "run", "--json", str(jobs))
             await eventually(unschedulable, 30)
-            # Pending is not failed: it waits (as long as it takes), as a running process.
-            # (Not asserted here: the scheduler's message in `corra show`, which needs the
-            # backend notes of another branch.)
+
+            # Pending is not failed: it waits (as long as it takes), as a running process,
+            # with the scheduler's message as its note in `corra show`.
+            async def noted() -> bool:
+                note = (await show(state, "picky"))["note"]
+                return note is not None and note["text"].startswith("unschedulable: 0/")
+
+            await eventually(noted, 30)
             record = await show(state, "picky")
             assert record["phase"] == "running", record
+            assert "didn't match" in record["note"]["text"], record["note"]
             assert not running.ended.is_set()
             await client.patch(Node, _kube.NODE, {"metadata": {"labels": {label: "yes"}}})
             with trio.fail_after(60):
@@ -307,6 +313,7 @@ async def test_an_unschedulable_process_waits_until_a_node_fits(
     record = running.records()["picky"]
     assert (record["phase"], record["returncode"], record["attempt"]) == ("finished", 0, 1)
     assert await logs(state, "picky") == "placed\n"
+    assert (await show(state, "picky"))["note"] is None  # (gone with the attempt's end)
     await nothing_left(client, namespace)
 
 
