@@ -319,9 +319,9 @@ async def _corra_submit(count: int) -> float:
     write, apply = AttemptFiles._write, NamespaceWatch._apply
 
     def timed(function: Callable[..., None], what: str) -> Callable[..., None]:
-        def call(*args: Any) -> None:
+        def call(*args: Any, **kwargs: Any) -> None:
             started = time.perf_counter()
-            function(*args)
+            function(*args, **kwargs)
             spent[what] += time.perf_counter() - started
 
         return call

@@ -56,7 +56,8 @@ class AttemptFiles:
         self._write("intent.json", intent)
 
     def write_handle(self, handle: Any) -> None:
-        self._write("handle.json", handle_data(handle))
+        # (not synced: a handle lost with the machine is found again by the Job's name)
+        self._write("handle.json", handle_data(handle), sync=False)
 
     def handle(self, handle_type: type) -> Any | None:
         data = self._read("handle.json")
@@ -73,9 +74,9 @@ class AttemptFiles:
         """Forget the attempt (idempotent)."""
         shutil.rmtree(self.directory, ignore_errors=True)
 
-    def _write(self, name: str, data: Any) -> None:
+    def _write(self, name: str, data: Any, *, sync: bool = True) -> None:
         make_private_dirs(self.directory)
-        write_private(self.directory / name, json.dumps(data).encode(), sync=True)
+        write_private(self.directory / name, json.dumps(data).encode(), sync=sync)
 
     def _read(self, name: str) -> Any | None:
         with contextlib.suppress(FileNotFoundError):

@@ -79,12 +79,16 @@ class LogShipping:
                 return
             watch = await self._watch_of(handle.host)
             cluster = self._cluster_of(handle.host)
+            unseen = 0
             while True:  # (until its pod has run, or its Job is gone)
                 job, pods = watch.view(handle.job)
                 if pods and classify(job, pods[0], deleting=True).state in STARTED:
                     break
-                if job is None and await read_job(cluster, handle.job) is None:
+                # (a Job just created reaches the watch within moments: asked for only when
+                # the watch has not seen it for a while, or no more)
+                if job is None and unseen and await read_job(cluster, handle.job) is None:
                     return
+                unseen = unseen + 1 if job is None else 0
                 with trio.move_on_after(UNSEEN_PAUSE if job is None else math.inf):
                     await watch.changed(handle.job)
             name = pods[0]["metadata"]["name"]

@@ -5,7 +5,8 @@ selected by the runtime's instance label, shared by every attempt in the namespa
 attempt waits on its Job's name (`NamespaceWatch.changed`) and reads what the watch holds
 of it (`NamespaceWatch.view`): a status change reaches it without a request of its own.
 
-The watch starts over with a new list (a *relist*, after which every attempt looks again):
+The watch starts over with a new list (a *relist*, after which every attempt whose Job or
+pods changed looks again):
 - when the server says its position is gone (``410 Gone``: the events since were compacted
   away, so some may have been missed);
 - when a stream fails (a connection lost, an error answer), after a pause that doubles up
@@ -138,8 +139,8 @@ class NamespaceWatch:
                 pause = min(MAX_PAUSE, pause * 2)
 
     async def _relist(self) -> tuple[str, str]:
-        """List the Jobs and pods anew, wake every attempt whose view changed (or that
-        waits), and return the versions to watch from."""
+        """List the Jobs and pods anew, wake every attempt whose view changed, and return
+        the versions to watch from."""
         jobs_listed = self._client.list(Job, namespace=self.namespace, labels=self._labels)
         jobs = {job.metadata.name: job.to_dict() async for job in jobs_listed}
         pods_listed = self._client.list(Pod, namespace=self.namespace, labels=self._labels)
@@ -151,14 +152,10 @@ class NamespaceWatch:
         self.relists += 1
         before_jobs, before_pods = self._jobs, self._pods
         self._jobs, self._pods = jobs, pods
-        for name in (
-            set(before_jobs) | set(jobs) | set(before_pods) | set(pods) | set(self._waiters)
-        ):
-            if (
-                before_jobs.get(name) != jobs.get(name)
-                or before_pods.get(name) != pods.get(name)
-                or name in self._waiters
-            ):
+        # (only those whose view changed: an unchanged one would read the same again, and
+        # waking a thousand waiters at every resync stalled the event loop)
+        for name in set(before_jobs) | set(jobs) | set(before_pods) | set(pods):
+            if before_jobs.get(name) != jobs.get(name) or before_pods.get(name) != pods.get(name):
                 self._wake(name)
         return _version(jobs_listed), _version(pods_listed)
 
