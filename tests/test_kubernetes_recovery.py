@@ -279,11 +279,6 @@ async def test_finished_jobs_left_behind_are_swept_at_the_next_start(
     assert await logs(state, "kept") == "kept\n"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not done: a corra run with nothing to do closes before its cluster's recovery "
-    "has listed the namespace, so the sweep never starts (a run that does some work sweeps)",
-)
 async def test_a_run_with_nothing_left_to_do_sweeps_too(
     kube: _kube.KubeCluster, client: AsyncClient, namespace: str, tmp_path: Path
 ) -> None:

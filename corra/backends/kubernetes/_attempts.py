@@ -11,12 +11,16 @@
   - ``result.json``: how the attempt ended, once its result and logs are home: a replayed
     wait returns it, and the Job may then be deleted;
   - ``stdout`` and ``log-position.json``: the logs that came home (`_logs.LogFiles`).
+- ``<host>/.undeleted/<key>``: an attempt whose result is home and whose Job may still be
+  on the cluster (kept, or its deletion not confirmed): a runtime that starts with some
+  sweeps the host before it closes, even when it has nothing else to do there.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import secrets
 import shutil
 from pathlib import Path
@@ -29,6 +33,7 @@ from corra.processes._backend import EffectKey, handle_data
 from corra.processes._lifecycle import Result
 
 _INSTANCE = "instance"
+_UNDELETED = ".undeleted"
 
 
 def instance_id(root: Path) -> str:
@@ -43,11 +48,20 @@ def instance_id(root: Path) -> str:
         return made
 
 
+def undeleted(root: Path, host: str) -> list[str]:
+    """The keys of the attempts on ``host`` whose Jobs may still be there (see the module)."""
+    try:
+        return os.listdir(root / host / _UNDELETED)
+    except FileNotFoundError:
+        return []
+
+
 class AttemptFiles:
     """The files of one attempt (see the module's docstring)."""
 
     def __init__(self, root: Path, host: str, key: EffectKey | str) -> None:
         self.directory = root / host / str(key)
+        self._undeleted = root / host / _UNDELETED / str(key)
 
     def exists(self) -> bool:
         return self.directory.is_dir()
@@ -70,8 +84,18 @@ class AttemptFiles:
         data = self._read("result.json")
         return None if data is None else Result(**data)
 
+    def mark_undeleted(self, undeleted: bool = True) -> None:
+        """Say (or no longer) that the attempt's Job may still be on the cluster."""
+        if undeleted:
+            make_private_dirs(self._undeleted.parent)
+            write_private(self._undeleted, b"")  # (not synced: a Job missed is swept later)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._undeleted)
+
     def remove(self) -> None:
         """Forget the attempt (idempotent)."""
+        self.mark_undeleted(False)
         shutil.rmtree(self.directory, ignore_errors=True)
 
     def _write(self, name: str, data: Any, *, sync: bool = True) -> None:

@@ -45,7 +45,7 @@ from corra._errors import (
     ProgramLost,
     TransportError,
 )
-from corra.backends.kubernetes._attempts import AttemptFiles, instance_id
+from corra.backends.kubernetes._attempts import AttemptFiles, instance_id, undeleted
 from corra.backends.kubernetes._client import Cluster, open_cluster, read_job
 from corra.backends.kubernetes._logs import LogFiles
 from corra.backends.kubernetes._manifest import job_manifest
@@ -322,6 +322,7 @@ class KubernetesBackend(BackendBase):
         result = attempt_result(view, logs.size("stdout"), logs.dropped, grace=grace)
         files.write_result(result)
         self._note(handle, None)
+        files.mark_undeleted()
         if not self.options_of(handle.host).keep_finished:
             self.finishing.start_soon(self._delete_quietly, cluster, handle)
         return result
@@ -461,6 +462,7 @@ class KubernetesBackend(BackendBase):
                 await cluster.client.delete(
                     Job, handle.job, namespace=handle.namespace, cascade=CascadeType.BACKGROUND
                 )
+            AttemptFiles(self._root, handle.host, handle.key).mark_undeleted(False)
         except BackendError as exc:
             logger.warning("Job %s/%s not deleted now: %s", handle.namespace, handle.job, exc)
 
@@ -485,6 +487,15 @@ class KubernetesBackend(BackendBase):
                 swept.append(name)
         if swept:
             logger.info("host %s: deleted %d Job(s) left behind: %s", host, len(swept), swept)
+        listed = set()
+        for name in watch.job_names():
+            job, _ = watch.view(name)
+            listed.add(
+                ((job or {}).get("metadata", {}).get("annotations") or {}).get(KEY_ANNOTATION)
+            )
+        for key in undeleted(self._root, host):
+            if key not in listed:  # (gone from the cluster)
+                AttemptFiles(self._root, host, key).mark_undeleted(False)
 
     # -- logs, pause, remove -------------------------------------------------------------
 
@@ -571,10 +582,15 @@ async def open_kubernetes(context: BackendContext) -> AsyncIterator[KubernetesBa
     leftovers are swept in the background (programs run on: only the watching stops)."""
     async with contextlib.AsyncExitStack() as stack, trio.open_nursery() as nursery:
         backend = KubernetesBackend(context, nursery, stack)
-        for host in backend._hosts:
-            nursery.start_soon(_recover, backend, host)
         async with trio.open_nursery() as finishing:
             backend.finishing = finishing
+            for host in backend._hosts:
+                # (a host with Jobs to delete is swept before the backend closes, however
+                # little else the runtime does there: within FINISH_PATIENCE)
+                sweep_first = (
+                    undeleted(backend._root, host) and not backend.options_of(host).keep_finished
+                )
+                (finishing if sweep_first else nursery).start_soon(_recover, backend, host)
             yield backend
             # (deletions of finished Jobs end first; the next start sweeps those that do not)
             finishing.cancel_scope.deadline = trio.current_time() + FINISH_PATIENCE
