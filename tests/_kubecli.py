@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterable
@@ -23,7 +22,7 @@ import pytest
 import trio
 from lightkube import AsyncClient, KubeConfig
 from lightkube.resources.batch_v1 import Job
-from lightkube.resources.core_v1 import Namespace, Node, Pod
+from lightkube.resources.core_v1 import Node, Pod
 
 CORRA = [sys.executable, "-m", "corra.cli"]
 HOST = "kube"
@@ -32,22 +31,6 @@ METRIC_LABELS = ("verb", "resource", "subresource", "scope", "contentType", "cod
 
 
 # -- the cluster, seen through its API --------------------------------------------------------
-
-
-@pytest.fixture
-async def client(kube: _kube.KubeCluster) -> AsyncIterator[AsyncClient]:
-    async with AsyncClient(KubeConfig.from_file(kube.kubeconfig)) as client:
-        yield client
-
-
-@pytest.fixture
-async def namespace(client: AsyncClient) -> AsyncIterator[str]:
-    """A namespace of the test's own (deleted after it, with whatever it holds)."""
-    name = f"e2e-{secrets.token_hex(4)}"
-    await client.create(Namespace.from_dict({"metadata": {"name": name}}))
-    yield name
-    with trio.CancelScope(shield=True):
-        await client.delete(Namespace, name)
 
 
 async def job_names(client: AsyncClient, namespace: str) -> list[str]:

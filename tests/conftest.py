@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import secrets
 import shutil
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import _kube
@@ -10,6 +12,8 @@ import _sshd
 import pytest
 import trio
 import trio.testing
+from lightkube import AsyncClient, KubeConfig
+from lightkube.resources.core_v1 import Namespace
 
 import corra
 from corra.processes._registry import installed
@@ -142,3 +146,23 @@ def kube(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-d
     cluster = _kube.KubeCluster(tmp_path_factory.mktemp("kube")).start()
     yield cluster
     cluster.stop()
+
+
+# -- the cluster's API, for the tests that use it (a module may define its own) ---------------
+
+
+@pytest.fixture
+async def client(kube: _kube.KubeCluster) -> AsyncIterator[AsyncClient]:
+    """A client of the session's cluster (its kubeconfig, its admin)."""
+    async with AsyncClient(KubeConfig.from_file(kube.kubeconfig)) as client:
+        yield client
+
+
+@pytest.fixture
+async def namespace(client: AsyncClient) -> AsyncIterator[str]:
+    """A namespace of the test's own (deleted after it, with whatever it holds)."""
+    name = f"t-{secrets.token_hex(4)}"
+    await client.create(Namespace.from_dict({"metadata": {"name": name}}))
+    yield name
+    with trio.CancelScope(shield=True):
+        await client.delete(Namespace, name)

@@ -9,17 +9,16 @@ import secrets
 import signal
 import stat
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import _kube
 import pytest
 import trio
-from lightkube import AsyncClient, KubeConfig
+from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
 from lightkube.resources.batch_v1 import Job
-from lightkube.resources.core_v1 import Namespace, Node, Pod
+from lightkube.resources.core_v1 import Node, Pod
 from lightkube.types import CascadeType
 
 from corra.backends.kubernetes._logs import POSITION_FILE, LogFiles, Position, ship_logs
@@ -137,20 +136,6 @@ def test_the_data_is_made_to_agree_with_the_position_on_open(tmp_path: Path) -> 
 
 
 # -- against the real apiserver -------------------------------------------------------------
-
-
-@pytest.fixture
-async def client(kube: _kube.KubeCluster) -> AsyncIterator[AsyncClient]:
-    async with AsyncClient(KubeConfig.from_file(kube.kubeconfig)) as client:
-        yield client
-
-
-@pytest.fixture
-async def namespace(client: AsyncClient) -> AsyncIterator[str]:
-    name = f"t-{secrets.token_hex(4)}"
-    await client.create(Namespace.from_dict({"metadata": {"name": name}}))
-    yield name
-    await client.delete(Namespace, name)
 
 
 async def start_pod(

@@ -22,7 +22,7 @@ import trio
 from lightkube import AsyncClient, KubeConfig
 from lightkube.core.exceptions import ApiError
 from lightkube.resources.batch_v1 import Job
-from lightkube.resources.core_v1 import Namespace, Node, Pod
+from lightkube.resources.core_v1 import Node, Pod
 from lightkube.types import CascadeType
 
 from corra.testing.kubenode import BEHAVIOUR, BEHAVIOUR_AFTER, NodeOptions, open_kube_node
@@ -30,21 +30,6 @@ from corra.testing.kubenode import BEHAVIOUR, BEHAVIOUR_AFTER, NodeOptions, open
 pytestmark = pytest.mark.kubernetes
 
 TIMESTAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z"
-
-
-@pytest.fixture
-async def client(kube: _kube.KubeCluster) -> AsyncIterator[AsyncClient]:
-    async with AsyncClient(KubeConfig.from_file(kube.kubeconfig)) as client:
-        yield client
-
-
-@pytest.fixture
-async def namespace(client: AsyncClient) -> AsyncIterator[str]:
-    """A namespace of the test's own (deleted after it, pods and all)."""
-    name = f"t-{secrets.token_hex(4)}"
-    await client.create(Namespace.from_dict({"metadata": {"name": name}}))
-    yield name
-    await client.delete(Namespace, name)
 
 
 @pytest.fixture

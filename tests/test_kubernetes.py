@@ -27,13 +27,11 @@ from _kubecli import (  # (fixtures too)
     HOST,
     Beside,
     alive,
-    client,
     corra,
     eventually,
     job_file,
     job_names,
     logs,
-    namespace,
     nothing_left,
     pid_of,
     pod_names,
@@ -52,8 +50,6 @@ from corra.backends.ssh import HostConfig
 from corra.testing.kubenode import BEHAVIOUR, BEHAVIOUR_AFTER
 
 pytestmark = pytest.mark.kubernetes
-
-__all__ = ["client", "namespace"]  # (fixtures)
 
 
 async def test_a_program_completes_and_its_output_stays_home_once_its_job_is_gone(

@@ -21,7 +21,6 @@ from _kubecli import (  # (fixtures too)
     HOST,
     Beside,
     alive,
-    client,
     compact_etcd,
     corra,
     corra_requests,
@@ -31,7 +30,6 @@ from _kubecli import (  # (fixtures too)
     jobs_at_least,
     logs,
     metrics,
-    namespace,
     nothing_left,
     pid_of,
     pod_names,
@@ -55,7 +53,7 @@ from corra.testing.kubenode import BEHAVIOUR, BEHAVIOUR_AFTER, NodeOptions, open
 
 pytestmark = pytest.mark.kubernetes
 
-__all__ = ["client", "metrics", "namespace"]  # (fixtures)
+__all__ = ["metrics"]  # (a fixture)
 
 
 async def test_an_evicted_pod_is_a_node_failure_and_a_transient_process_runs_again(

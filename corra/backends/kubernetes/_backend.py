@@ -34,8 +34,7 @@ import attrs
 import trio
 from lightkube.core.exceptions import ApiError
 from lightkube.resources.batch_v1 import Job
-from lightkube.resources.core_v1 import Pod
-from lightkube.types import CascadeType, PatchType
+from lightkube.types import PatchType
 
 from corra._errors import (
     BackendError,
@@ -47,6 +46,7 @@ from corra._errors import (
 )
 from corra.backends.kubernetes._attempts import AttemptFiles, instance_id, undeleted
 from corra.backends.kubernetes._client import Cluster, open_cluster, read_job
+from corra.backends.kubernetes._deletion import delete_attempt, delete_job
 from corra.backends.kubernetes._logs import LogFiles
 from corra.backends.kubernetes._manifest import job_manifest
 from corra.backends.kubernetes._naming import (
@@ -79,8 +79,6 @@ logger = logging.getLogger("corra.backend.kubernetes")
 
 #: How long an ended attempt's logs may take to come home before its result is given.
 LOG_PATIENCE: Final = 30.0
-#: Beyond a kill's grace, how long pods may take to go before they are deleted at once.
-KILL_PATIENCE: Final = 30.0
 #: How long the first list of a namespace may take before the host counts as unavailable.
 LIST_PATIENCE: Final = 20.0
 #: How long the deletions of finished Jobs may take when the backend closes.
@@ -410,58 +408,18 @@ class KubernetesBackend(BackendBase):
         *,
         grace: float | None,
     ) -> AttemptView | None:
-        """Delete the Job (foreground) and its pods (with ``grace``, None: their own), and
-        wait until they are gone; the last view of the attempt that ended (or None)."""
+        """Delete the attempt's Job and pods and wait until they are gone (`_deletion`)."""
         self._deleting.add(handle.job)
         try:
-            await cluster.write_slot()
-            with contextlib.suppress(_NotFound), _found(), cluster.errors("deleting a Job"):
-                await cluster.client.delete(
-                    Job, handle.job, namespace=handle.namespace, cascade=CascadeType.FOREGROUND
-                )
-            last = None
-            for pod in watch.view(handle.job)[1]:
-                await self._delete_pod(cluster, pod, grace)
-            with trio.move_on_after((grace or 0) + KILL_PATIENCE) as patience:
-                while True:
-                    job, pods = watch.view(handle.job)
-                    if pods:
-                        view = classify(job, pods[0], deleting=True)
-                        last = view if view.ended else last
-                    elif job is None:
-                        break
-                    await watch.changed(handle.job)
-            if patience.cancelled_caught:
-                logger.warning(
-                    "Job %s/%s: its pods did not go within %.0f s; deleting them at once",
-                    handle.namespace,
-                    handle.job,
-                    (grace or 0) + KILL_PATIENCE,
-                )
-                for pod in watch.view(handle.job)[1]:
-                    await self._delete_pod(cluster, pod, 0)
-            return last
+            return await delete_attempt(cluster, watch, handle.job, grace)
         finally:
             self._deleting.discard(handle.job)
-
-    async def _delete_pod(self, cluster: Cluster, pod: dict[str, Any], grace: float | None) -> None:
-        name = pod["metadata"]["name"]
-        await cluster.write_slot()
-        seconds = None if grace is None else math.ceil(grace)
-        with contextlib.suppress(_NotFound), _found(), cluster.errors("deleting a pod"):
-            await cluster.client.delete(
-                Pod, name, namespace=cluster.namespace, grace_period=seconds
-            )
 
     async def _delete_quietly(self, cluster: Cluster, handle: KubeHandle) -> None:
         """Delete a finished Job whose result and logs are home (failures: the next
         recovery's sweep deletes it)."""
         try:
-            await cluster.write_slot()
-            with contextlib.suppress(_NotFound), _found(), cluster.errors("deleting a Job"):
-                await cluster.client.delete(
-                    Job, handle.job, namespace=handle.namespace, cascade=CascadeType.BACKGROUND
-                )
+            await delete_job(cluster, handle.job)
             AttemptFiles(self._root, handle.host, handle.key).mark_undeleted(False)
         except BackendError as exc:
             logger.warning("Job %s/%s not deleted now: %s", handle.namespace, handle.job, exc)
@@ -559,21 +517,6 @@ class KubernetesBackend(BackendBase):
             handle = KubeHandle(str(key), host, cluster.namespace, name, job["metadata"]["uid"])
             await self._delete(cluster, await self.watch(host), handle, grace=None)
         files.remove()
-
-
-class _NotFound(Exception):
-    pass
-
-
-@contextlib.contextmanager
-def _found() -> Any:
-    """A 404 of the API as `_NotFound` (what is gone need not be deleted)."""
-    try:
-        yield
-    except ApiError as exc:
-        if exc.status.code == 404:
-            raise _NotFound from exc
-        raise
 
 
 @contextlib.asynccontextmanager
