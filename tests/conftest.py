@@ -130,6 +130,14 @@ def slurm():  # type: ignore[no-untyped-def]
 # -- a real Kubernetes control plane and corra's stand-in node (tests/_kube.py) ---------------
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that uses the cluster is marked ``kubernetes``, whether its module says so
+    or not: ``make test`` runs those after the control plane is built (`-m kubernetes`)."""
+    for item in items:
+        if "kube" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.kubernetes)
+
+
 @pytest.fixture(scope="session")
 def kube(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """A running control plane with the stand-in node ``corra-test-node``: its
