@@ -106,7 +106,7 @@ def test_ps_from_the_state_dir_and_through_the_service(tmp_path):
     ran = corra(state, "run", str(jobs))
     assert ran.returncode == 1, ran.stderr  # (two of them failed)
     with Service(state) as service:
-        submitted = corra(state, "submit", "--name", "nap", "--", "sleep", "60")
+        submitted = corra(state, "submit", "--name", "nap", "--", "sleep", "3600")
         assert submitted.returncode == 0, submitted.stderr
         wait_phase(service, "nap", "running")
         check_listings(state)  # through the service
