@@ -25,6 +25,7 @@ from corra.backends.kubernetes._naming import (
     label_value,
 )
 from corra.backends.kubernetes._options import KubernetesOptions
+from corra.backends.kubernetes._watch import _lines
 from corra.processes._backend import EffectKey, LaunchRequest, Limits
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -487,3 +488,11 @@ async def test_a_watch_whose_position_is_compacted_away_lists_again(kube):
                 nursery.cancel_scope.cancel()
         finally:
             await client.delete(Namespace, namespace)
+
+
+async def test_a_watch_streams_lines_are_found_across_chunks():
+    async def chunks():
+        for chunk in (b'{"a": 1}\n{"b"', b": 2}\n\n", b'{"c": 3}'):
+            yield chunk
+
+    assert [line async for line in _lines(chunks())] == [b'{"a": 1}', b'{"b": 2}', b'{"c": 3}']

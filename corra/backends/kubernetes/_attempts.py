@@ -67,7 +67,13 @@ class AttemptFiles:
         return self.directory.is_dir()
 
     def write_intent(self, intent: dict[str, Any]) -> None:
-        self._write("intent.json", intent)
+        try:  # (the attempt's directory is new: one mkdir, not `make_private_dirs`'s walk)
+            os.mkdir(self.directory, 0o700)
+        except FileNotFoundError:
+            make_private_dirs(self.directory)
+        except FileExistsError:
+            pass  # (a launch again after a crash)
+        write_private(self.directory / "intent.json", json.dumps(intent).encode(), sync=True)
 
     def write_handle(self, handle: Any) -> None:
         # (not synced: a handle lost with the machine is found again by the Job's name)
