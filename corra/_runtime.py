@@ -35,6 +35,7 @@ from corra.processes._lifecycle import ProcessState, Result
 from corra.processes._manager import ProcessManager
 from corra.processes._migrations import record_1_to_2
 from corra.processes._notes import StoredNotes
+from corra.processes._port import ProcessPort
 from corra.processes._record import ProcessRecord, Transition
 from corra.processes._recovery import RecoveryReport
 from corra.processes._registry import installed
@@ -221,11 +222,14 @@ async def open_backends(
     output_limit: int = DEFAULT_OUTPUT_LIMIT,
     poll_interval: float = 1.0,
     notes: Notes | None = None,
+    processes: ProcessPort | None = None,
 ) -> AsyncIterator[OpenBackends]:
     """The installed backends (`corra.processes._registry.installed`; only ``names`` if
     given), each opened through its plug-in for as long as the block runs. Backends with hosts
     are opened only when there are ``hosts``, after the hosts' transports (`corra._remote`).
-    ``notes``: where they say where their programs are (None: kept in memory, for nobody).
+    ``notes``: where they say where their programs are (None: kept in memory, for nobody);
+    ``processes``: the port to the runtime's processes, bound once its manager is open (None:
+    one that is never bound).
 
     Raises:
         ConfigError: a plug-in cannot be loaded, or a name is not an installed backend, or a
@@ -249,6 +253,7 @@ async def open_backends(
             output_limit=output_limit,
             poll_interval=poll_interval,
             notes=MemoryNotes() if notes is None else notes,
+            processes=ProcessPort() if processes is None else processes,
         )
         backends: dict[str, Backend] = {}
         for name, plugin in plugins.items():
@@ -387,6 +392,7 @@ async def open_runtime(
                 contextlib.AsyncExitStack() as stack,
             ):
                 notes = StoredNotes(store)
+                port = ProcessPort()
                 if backends is None:
                     opened = await stack.enter_async_context(
                         open_backends(
@@ -398,6 +404,7 @@ async def open_runtime(
                             output_limit=output_limit,
                             poll_interval=remote_poll_interval,
                             notes=notes,
+                            processes=port,
                         )
                     )
                     backends = opened.backends
@@ -420,6 +427,7 @@ async def open_runtime(
                     notes=notes,
                 )
                 rt._processes = manager
+                port.bind(manager, parse_process_spec)
                 rt.state_dir = path
                 try:
                     if recover:

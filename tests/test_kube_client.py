@@ -125,7 +125,7 @@ def test_a_cluster_host_refuses_what_only_a_host_reached_by_commands_has():
         message = str(caught.value)
         assert message.startswith(f"hosts.kc.{field}: got "), message
         assert "transport = 'kubernetes'" in message and "[hosts.kc.kubernetes]" in message
-    with pytest.raises(ConfigError, match="expected 'ssh', 'local' or 'kubernetes'"):
+    with pytest.raises(ConfigError, match="expected one of 'ssh', 'local', 'kubernetes'"):
         parse_host("kc", {"transport": "k8s"}, REGISTRY)
 
 

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import attrs
 
 from corra._errors import ConfigError
+from corra.processes._port import ProcessPort
 
 if TYPE_CHECKING:
     from corra.actors import SupervisorRef
@@ -372,6 +373,9 @@ class BackendContext:
         poll_interval: seconds between two status polls of a host's programs.
         notes: where the backend says, in words, where a launched program is (`Notes`):
             ``context.notes.set(key, "pending: Resources")``, ``set(key, None)`` to clear.
+        processes: the runtime's processes (`ProcessPort`), for a backend that needs a
+            program of another backend to serve its own (an allocation), submitted as a
+            process of the runtime.
     """
 
     state_dir: Path
@@ -382,6 +386,7 @@ class BackendContext:
     output_limit: int = 1 << 30
     poll_interval: float = 1.0
     notes: Notes = attrs.field(factory=MemoryNotes)
+    processes: ProcessPort = attrs.field(factory=ProcessPort)
 
 
 @attrs.frozen

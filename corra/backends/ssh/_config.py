@@ -24,11 +24,12 @@ from corra.processes._spec_content import shown
 
 _HOST_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 #: The transports a host may have: ``ssh`` (the default), ``local`` (this machine, without
-#: SSH), ``kubernetes`` (a cluster: reached through its kubeconfig, never by commands).
-TRANSPORTS = ("ssh", "local", "kubernetes")
+#: SSH), ``kubernetes`` (a cluster: reached through its kubeconfig, never by commands),
+#: ``hyperqueue`` (a HyperQueue server: reached through its server dir, never by commands).
+TRANSPORTS = ("ssh", "local", "kubernetes", "hyperqueue")
 #: A transport whose host has a table of its own, which makes it that transport's when the
 #: host names none (``[hosts.NAME.kubernetes]`` alone: the host is a cluster).
-TABLE_TRANSPORTS = ("kubernetes",)
+TABLE_TRANSPORTS = ("kubernetes", "hyperqueue")
 #: The fields of a host reached by commands only (over SSH, or here), refused on a cluster.
 _COMMAND_FIELDS = (
     "hostname",
@@ -155,7 +156,7 @@ class HostConfig:
     """A known_hosts file (default: ~/.ssh/known_hosts); keys are always verified (never
     ``"none"``; ``UserKnownHostsFile none`` in ~/.ssh/config is ignored: `_hostkeys`)."""
     proxy_jump: str | None = attrs.field(default=None, validator=_optional_str("proxy_jump"))
-    transport: Literal["ssh", "local", "kubernetes"] = attrs.field(default="ssh")
+    transport: Literal["ssh", "local", "kubernetes", "hyperqueue"] = attrs.field(default="ssh")
     """How the host is reached (`TRANSPORTS`); a ``kubernetes`` host is a cluster, which
     only the kubernetes backend uses (through its ``[hosts.NAME.kubernetes]`` table)."""
     work_root: str | None = attrs.field(default=None, validator=_optional_str("work_root"))
@@ -197,8 +198,8 @@ class HostConfig:
     def _check_transport(self, attribute: Any, value: Any) -> None:
         if value not in TRANSPORTS:
             raise ConfigError(
-                f"hosts.{self.name}.transport: got {value!r}, expected 'ssh', 'local' or "
-                "'kubernetes'"
+                f"hosts.{self.name}.transport: got {value!r}, expected one of "
+                + ", ".join(repr(name) for name in TRANSPORTS)
             )
 
     def __attrs_post_init__(self) -> None:
