@@ -73,32 +73,35 @@ programs per latency round instead of 40, about 12 minutes; the 1,000 watched Jo
 the same in both). It needs the control plane built by ``scripts/kube-test-cluster.sh build``
 (once per machine, about 6 minutes; ``make test`` does it) and ``etcd-server``.
 
-Figures, on 2 cores shared with other work (load 3 to 7), the apiserver on loopback,
-``python -m benchmarks --suite kubernetes`` (git f80bca1, 18:53 UTC)::
+Figures, on 2 cores shared with other work (two helpers' tests), the apiserver on loopback,
+``python -m benchmarks --suite kubernetes`` (git bf8f817, 2026-12-07 21:09 UTC)::
 
     benchmark                     corra  baseline  unit           ratio  goal or aim  verdict
-    api_requests_per_minute_1      47.8        12  requests/min    0.25  aim <= 57.6  ok
-    api_requests_per_minute_100      47     1,200  requests/min   25.51  aim <= 57.6  ok
-    api_requests_per_minute_1000   39.5    12,000  requests/min  303.50  aim <= 57.6  ok
-    submit_throughput              76.6       153  jobs/s          0.50  >= 0.80      MISS
-    status_latency_p50              154      22.1  ms              0.14  -            -
-    status_latency_p99              314      47.9  ms              0.15  -            -
+    api_requests_per_minute_1      47.9        12  requests/min    0.25  aim <= 57.6  ok
+    api_requests_per_minute_100    47.4     1,200  requests/min   25.31  aim <= 57.6  ok
+    api_requests_per_minute_1000   41.5    12,000  requests/min  289.35  aim <= 57.6  ok
+    submit_throughput               106       181  jobs/s          0.59  >= 0.80      MISS
+    status_latency_p50              152      14.1  ms              0.09  -            -
+    status_latency_p99              198      29.8  ms              0.15  -            -
 
-and with ``--quick`` (git 4ce9b1c, 18:31 UTC): 48, 46.5, 36 requests/min; 40.4 vs 66.8
-jobs/s (0.60); p50 199 ms vs 30.5, p99 488 ms vs 82.5.
+(at f80bca1: 47.8, 47, 39.5 requests/min; 0.50; p50 154 ms, p99 314 ms).
 
 - Requests: 4 per resync period with 1, 100 and 1,000 Jobs (a list and a watch of each kind),
-  by the apiserver's count and by corra's alike, nothing else: the 1,000 figure is 0.83 times
-  the 1 figure (0.75 with ``--quick``; goal <= 1.2). Per minute it falls with the number
-  because a relist of 1,000 Jobs and their pods took 1.1 s (median; 0.03 s for one Job), and
-  the event loop stalled up to 0.67 s after it (1.1 s in the quick run): a relist wakes every
-  wait and every log shipping task to look again, 2,000 tasks here.
-- Submission: 0.50, a MISS. corra took 11.5 to 17 ms per launch against 6.5 ms per create,
-  of which 2.3 to 4 ms were the attempt's two durable writes (the intent before the create,
-  as the issue asks, and the handle after it; each an fsync), a few GETs of a Job the watch
-  had not seen yet (by the launch's log shipping task), and the rest corra's other work in
-  the same event loop (the watch's events of each new Job and pod, the shipping tasks), not
-  split further here.
+  by the apiserver's count and by corra's alike, nothing else: the 1,000 figure is 0.87 times
+  the 1 figure (goal <= 1.2). Per minute it falls with the number because a relist of 1,000
+  Jobs and their pods takes about a second, and the event loop stalls after it: a relist
+  wakes every wait and every log shipping task whose Job or pods changed.
+- Submission: 0.59, a MISS. corra took 7.4 to 11.3 ms per launch against 5.5 ms per create.
+  Measured apart (``corra_submit`` and ``plain_submit`` interleaved, with each part of
+  ``launch`` timed): the create itself takes 0.4 ms longer beside corra's watch (the
+  apiserver, on the same 2 cores, serves the watch's events of every new Job and pod); the
+  durable intent (a directory, a file, its fsync, a rename) 0.7 to 0.9 ms, 0.3 ms of it the
+  fsync, the rest the file system's metadata work, which is slow on this machine (an
+  ``open(O_CREAT)`` 0.1 to 0.3 ms); the handle's unsynced write 0.2 to 0.3 ms; starting the
+  attempt's log shipping and the watch's events 0.1 to 0.8 ms. With the intent unsynced and
+  the handle written in the background (neither acceptable: the issue asks for the intent
+  durable before the create) the ratio was still 0.54 to 0.80 (median about 0.7), and
+  corra's process used 2.2 to 3 ms of CPU per launch against 1.15 ms for the plain loop.
 - Latency: the medians of a round's parts were 24 ms from the program's end to corra's
   watch (what the baseline's watch gets too: the node's reaping and patch, the apiserver),
   120 ms from there to the backend's result (the log shipping, by its code: its stream ends
