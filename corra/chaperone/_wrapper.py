@@ -1,0 +1,139 @@
+"""What a scheduler's wrapper of a program shares: a Slurm job's (`batch_job`) and a
+HyperQueue task's (`task_job`).
+
+The program is the wrapper's child for as long as it runs, in a process group of its own,
+ended as a group by `_escalation.Escalation`'s rules (`Job`). Once its leader has ended,
+whatever is left in its group is SIGKILLed and waited for a little (`reap`): a job ends with
+its program's group. The exit record is written whole (`write_record`).
+
+Self-contained (the standard library and `_escalation` only): a wrapper's source carries
+`_escalation`'s text, then this module's, then its own. Its syntax is Python 3.6's.
+"""
+
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+
+if __package__:  # imported; a wrapper's source has _escalation's text before this one
+    from ._escalation import Escalation
+
+#: corra's kill request in a run dir: ``{"grace": seconds}``.
+KILL_FILE = "kill.json"
+#: The scheduler's (or anyone's) kill of the wrapper itself.
+KILL_REQUESTS = (signal.SIGTERM, signal.SIGINT)
+#: Ignored by Python, which the program must not inherit.
+RESET_IN_PROGRAM = (signal.SIGPIPE, signal.SIGXFSZ)
+#: The longest a wait lasts before it is looked at again.
+LONGEST_WAIT = 3600.0
+#: The longest the program's group is waited for, once its leader has ended.
+GROUP_DRAIN = 2.0
+
+
+class Job(Escalation):
+    """The wrapped program, ended as `Escalation` says."""
+
+    def __init__(self, pid, grace):
+        super().__init__(grace)
+        self.pid = pid
+
+    def kill_group(self, number):
+        signal_group(self.pid, number)
+
+    @property
+    def ended(self):
+        """Whether the leader has exited (seen with WNOWAIT: it stays to be reaped)."""
+        return os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+
+
+def spawn(program, stdio=None):
+    """Start ``program`` in its own process group, its pid. ``stdio``: the fds of its stdin,
+    stdout and stderr, or None for this process's. One that cannot start exits 127 (126 where
+    it may not run), as a shell says it, and says why on its stderr."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child execs or _exits
+        status = 127
+        try:
+            os.setpgid(0, 0)
+            if stdio is not None:
+                for target, fd in enumerate(stdio):
+                    os.dup2(fd, target)  # inheritable: exec keeps it
+            for number in RESET_IN_PROGRAM:
+                signal.signal(number, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, ())
+            os.execvp(program[0], program)
+        except OSError as error:
+            status = 127 if isinstance(error, FileNotFoundError) else 126
+            message = f"corra: {program[0]}: {error.strerror or error}\n"
+            with contextlib.suppress(OSError):
+                os.write(2, message.encode(errors="replace"))
+        finally:
+            os._exit(status)
+    # As the child does, whichever runs first; one that has exec'd already is in its group.
+    with contextlib.suppress(OSError):
+        os.setpgid(pid, pid)
+    return pid
+
+
+def reap(job):
+    """Once ``job``'s leader has ended: SIGKILL what is left of its group, reap the leader,
+    wait (at most `GROUP_DRAIN`) for the group to be gone. Its ``(returncode, signal)``."""
+    # The leader is a zombie: its pgid cannot be reused until it is reaped.
+    pid = job.pid
+    signal_group(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    drain_until = time.monotonic() + GROUP_DRAIN
+    while signal_group(pid, 0) and time.monotonic() < drain_until:
+        time.sleep(0.02)
+    code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
+    number = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+    return code, number
+
+
+def shell_status(code, number):
+    """The status a shell would exit with: the program's, or 128 plus its signal."""
+    return code if code is not None else 128 + number
+
+
+def signal_group(pgid, number):
+    """Signal the group; whether it was there to be signalled."""
+    try:
+        os.killpg(pgid, number)
+    except OSError:  # ESRCH: the group is gone
+        return False
+    return True
+
+
+def requested_grace(run_dir):
+    """kill.json's grace, or None where there is none that makes sense (no kill came from
+    corra: the scheduler's own, for a time limit say, or someone's ``scancel``)."""
+    try:
+        with open(os.path.join(run_dir, KILL_FILE), "rb") as kill_file:
+            grace = float(json.loads(kill_file.read().decode())["grace"])
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        return None
+    return grace if 0.0 <= grace < float("inf") else None
+
+
+def write_record(path, record):
+    """Write ``path`` whole (a temp file, then a rename), readable by its user only."""
+    temp = path + ".tmp"
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(json.dumps(record) + "\n")
+        os.rename(temp, path)
+    except OSError as error:  # the run dir is gone: the scheduler's word is all there is
+        sys.stderr.write(f"corra: {path}: {error}\n")
+
+
+def sources(*names):
+    """The texts of these modules of the package, one after the other: a wrapper's source."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    texts = []
+    for name in names:
+        with open(os.path.join(here, name), encoding="utf-8") as module:
+            texts.append(module.read())
+    return "\n\n".join(texts)
