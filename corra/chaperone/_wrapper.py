@@ -77,19 +77,43 @@ def spawn(program, stdio=None):
     return pid
 
 
-def reap(job):
+def reap(job, drain=GROUP_DRAIN):
     """Once ``job``'s leader has ended: SIGKILL what is left of its group, reap the leader,
-    wait (at most `GROUP_DRAIN`) for the group to be gone. Its ``(returncode, signal)``."""
+    wait (at most ``drain`` seconds) for the group to be gone. Its ``(returncode, signal)``."""
     # The leader is a zombie: its pgid cannot be reused until it is reaped.
     pid = job.pid
     signal_group(pid, signal.SIGKILL)
     _, status = os.waitpid(pid, 0)
-    drain_until = time.monotonic() + GROUP_DRAIN
-    while signal_group(pid, 0) and time.monotonic() < drain_until:
-        time.sleep(0.02)
+    drain_until = time.monotonic() + drain
+    delay = 0.0005
+    while group_alive(pid) and time.monotonic() < drain_until:
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
     code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
     number = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
     return code, number
+
+
+def group_alive(pgid):
+    """Whether anything is left alive in process group ``pgid``: zombies count for killpg,
+    not here (an init that does not reap, in a container say, keeps the orphans' zombies)."""
+    if not signal_group(pgid, 0):
+        return False  # the usual case: nobody was left
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return True  # no /proc to tell zombies apart
+    return any(entry.isdigit() and _alive_in(entry, pgid) for entry in entries)
+
+
+def _alive_in(pid, pgid):
+    try:
+        with open("/proc/" + pid + "/stat", "rb") as stat:
+            data = stat.read()
+    except OSError:
+        return False  # gone meanwhile
+    fields = data[data.rindex(b")") + 2 :].split()  # state, ppid, pgrp, ...
+    return fields[0] not in (b"Z", b"X") and int(fields[2]) == pgid
 
 
 def shell_status(code, number):

@@ -20,9 +20,10 @@ Rule 3: the program runs in its own process group, this process's child for as l
 runs, with stdin from /dev/null and stdout/stderr into ``RUN_DIR/stdout`` and
 ``RUN_DIR/stderr`` (the user's only). It is ended as `_escalation.Escalation` says: a
 ``kill.json`` (looked for every `KILL_POLL` seconds, and on a SIGTERM) with its grace (a
-second may only shorten it), the timeout with GRACE, SIGTERM/SIGINT to this process (the
-scheduler's kill, without a ``kill.json``) with GRACE. Once its leader has ended, whatever is
-left in its group is SIGKILLed (`_wrapper.reap`).
+second may only shorten it), the timeout with GRACE, SIGTERM to this process (the
+scheduler's kill, without a ``kill.json``) with GRACE, SIGINT (HyperQueue's stop, which
+SIGKILLs this process a second later) with at most `HQ_STOP_GRACE`. Once its leader has
+ended, whatever is left in its group is SIGKILLed (`_wrapper.reap`).
 
 Rule 4: the exit record, ``RUN_DIR/exit.json`` (written whole), as `batch_job`'s:
 ``returncode`` or ``signal``, ``started_at``, ``ended_at``, ``timed_out``, ``killed`` (corra
@@ -65,6 +66,15 @@ NO_TIMEOUT = "-"
 KILL_POLL = 0.2
 #: Blocked from the start and taken with sigtimedwait: no handler ever runs.
 WAITED = (signal.SIGCHLD, *KILL_REQUESTS)
+#: How HyperQueue stops a task (its cancel, its worker's or server's end): SIGINT to the
+#: wrapper's process group, and SIGKILL to it one second later, which would leave the
+#: program's group (a group of its own) running without its wrapper. So a SIGINT's grace is
+#: at most `HQ_STOP_GRACE`: the group is killed and the record written within that second.
+HQ_STOP = signal.SIGINT
+HQ_STOP_GRACE = 0.5
+#: After HyperQueue's stop, how long the SIGKILLed group is waited for (rather than
+#: `_wrapper.GROUP_DRAIN`), so that the record is written within that second.
+HQ_STOP_DRAIN = 0.3
 #: This wrapper's status when it could not claim, and ran nothing (as coreutils' ``env``
 #: and ``timeout`` say that they themselves failed).
 FAILED = 125
@@ -93,8 +103,8 @@ def main(argv):
     job = Job(spawn(program, stdio), grace)
     for fd in stdio:
         os.close(fd)
-    watch(job, run_dir, timeout)
-    code, number = reap(job)
+    stopped = watch(job, run_dir, timeout)
+    code, number = reap(job, HQ_STOP_DRAIN) if stopped else reap(job)
     record = {
         "returncode": code,
         "signal": number,
@@ -232,7 +242,8 @@ def killed_before_start(run_dir):
 
 def watch(job, run_dir, timeout):
     """Until ``job``'s leader has ended: kill.json every `KILL_POLL` seconds, the timeout,
-    SIGTERM/SIGINT, and the escalation they started."""
+    SIGTERM/SIGINT, and the escalation they started. Whether HyperQueue stopped the task."""
+    stopped = False
     now = time.monotonic()
     deadline = float("inf") if timeout is None else now + timeout
     next_look = now + KILL_POLL
@@ -253,10 +264,15 @@ def watch(job, run_dir, timeout):
         if info is None or info.si_signo == signal.SIGCHLD:
             continue
         requested = kill_request(run_dir, job.grace)
+        grace = job.grace if requested is None else requested
+        if info.si_signo == HQ_STOP:
+            grace = min(grace, HQ_STOP_GRACE)
+            stopped = True
         if requested is None:  # not corra's kill: the scheduler's own, or someone's
-            job.request(time.monotonic(), job.grace)
+            job.request(time.monotonic(), grace)
         else:
-            job.kill(time.monotonic(), requested)
+            job.kill(time.monotonic(), grace)
+    return stopped
 
 
 def kill_request(run_dir, grace):
