@@ -16,8 +16,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from corra.chaperone import task_job
+from corra.chaperone import _wrapper, task_job
 
 #: What a worker's environment says of the task (HyperQueue sets these).
 HQ_ENV = {"HQ_JOB_ID": "17", "HQ_TASK_ID": "0"}
@@ -170,6 +172,16 @@ def test_the_source_is_self_contained():
     order = [source.index(text) for text in ("class Escalation", "class Job(", "def claim(")]
     assert order == sorted(order)
     compile(source, "task", "exec")
+
+
+def test_a_task_s_start_imports_little(run_dir: Path):
+    # (every task starts a python: json, re and enum would cost each about 10 ms of CPU)
+    command = task_job.argv(run_dir, 1.0, None, ["true"])
+    command[1:1] = ["-X", "importtime"]
+    finished = subprocess.run(command, env={**os.environ, **HQ_ENV}, capture_output=True)
+    assert finished.returncode == 0
+    imported = {line.rsplit("|", 1)[-1].strip() for line in finished.stderr.decode().splitlines()}
+    assert "os" in imported and not {"json", "re", "enum", "contextlib"} & imported
 
 
 def test_a_second_task_of_the_run_dir_runs_nothing(start: Start, run_dir: Path, tmp_path: Path):
@@ -349,3 +361,24 @@ def test_arguments_that_make_no_sense(start: Start, run_dir: Path):
     status, stderr = finish(wrapper)
     assert status == task_job.FAILED and stderr.startswith("corra task: GRACE")
     assert list(run_dir.iterdir()) == []
+
+
+FLAT_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(st.characters(blacklist_categories=())),  # (lone surrogates too: environ has them)
+)
+
+
+@given(st.dictionaries(st.text(), FLAT_VALUES))
+def test_records_are_written_as_json_writes_them(record: dict[str, object]):
+    # (without importing json, which would cost every task's start about 5 ms)
+    assert _wrapper.json_line(record) == json.dumps(record) + "\n"
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), [1], {"a": 1}])
+def test_what_a_flat_record_cannot_hold_is_refused(value: object):
+    with pytest.raises(ValueError):
+        _wrapper.json_line({"value": value})

@@ -34,9 +34,7 @@ when it could not claim (bad arguments, the run dir is gone), with the reason on
 Its syntax is Python 3.6's, as the chaperone's.
 """
 
-import contextlib
 import errno
-import json
 import os
 import signal
 import sys
@@ -48,6 +46,7 @@ if __package__:  # imported (corra.chaperone.task_job); a task's source has _wra
         KILL_REQUESTS,
         LONGEST_WAIT,
         Job,
+        json_line,
         reap,
         requested_grace,
         shell_status,
@@ -154,7 +153,7 @@ def claim(run_dir, record):
     path = os.path.join(run_dir, CLAIM_FILE)
     if os.path.lexists(path):
         return False  # the usual way a resubmission finds it: no temp file to make
-    data = (json.dumps(record) + "\n").encode()
+    data = json_line(record).encode()
     temp = f"{path}.{os.urandom(8).hex()}.tmp"
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
@@ -191,8 +190,10 @@ def _claim_exclusively(path, data):
 
 
 def _unlink(path):
-    with contextlib.suppress(OSError):
+    try:  # noqa: SIM105 - no contextlib (see _wrapper's docstring)
         os.unlink(path)
+    except OSError:
+        pass
 
 
 def _sync_dir(path):
@@ -202,8 +203,9 @@ def _sync_dir(path):
     except OSError:
         return
     try:
-        with contextlib.suppress(OSError):
-            os.fsync(fd)
+        os.fsync(fd)
+    except OSError:
+        pass
     finally:
         os.close(fd)
 
