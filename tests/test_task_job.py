@@ -355,12 +355,26 @@ def test_arguments_that_make_no_sense(start: Start, run_dir: Path):
             task_job.argv(run_dir, grace, timeout, ["true"])
     with pytest.raises(ValueError, match="program"):
         task_job.argv(run_dir, 1.0, None, [])
+    with pytest.raises(ValueError, match="run_dir"):
+        task_job.argv("run", 1.0, None, ["true"])
     command = task_job.argv(run_dir, 1.0, None, ["true"])
     command[command.index("--") - 2] = "-1"  # (GRACE)
     wrapper = subprocess.Popen(command, stderr=subprocess.PIPE)
     status, stderr = finish(wrapper)
     assert status == task_job.FAILED and stderr.startswith("corra task: GRACE")
+    command[command.index("--") - 3] = "run"  # (RUN_DIR, relative: the task's cwd's)
+    wrapper = subprocess.Popen(command, stderr=subprocess.PIPE, cwd=run_dir.parent)
+    status, stderr = finish(wrapper)
+    assert status == task_job.FAILED and stderr.startswith("corra task: RUN_DIR")
     assert list(run_dir.iterdir()) == []
+
+
+def test_output_files_that_cannot_be_made_are_said(start: Start, run_dir: Path, tmp_path: Path):
+    (run_dir / "stdout").mkdir()  # (not a file it can open)
+    wrapper = start(run_dir, ["sh", "-c", f"echo ran > {tmp_path / 'ledger'}"])
+    status, stderr = finish(wrapper)
+    assert status == task_job.FAILED and not (tmp_path / "ledger").exists()
+    assert stderr == f"corra task: {run_dir / 'stdout'}: Is a directory\n"
 
 
 FLAT_VALUES = st.one_of(

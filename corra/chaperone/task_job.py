@@ -87,13 +87,13 @@ def main(argv):
     except ValueError as error:
         return failed(f"corra task: {error}")
     signal.pthread_sigmask(signal.SIG_BLOCK, WAITED)
-    claim_path = os.path.join(run_dir, CLAIM_FILE)
     try:
         if not claim(run_dir, claim_record()):
             return 0  # another task of the same attempt, or corra's kill before we started
         stdio = open_stdio(run_dir)
     except OSError as error:
-        return failed(f"corra task: {claim_path}: {error.strerror or error}")
+        path = error.filename or os.path.join(run_dir, CLAIM_FILE)
+        return failed(f"corra task: {path}: {error.strerror or error}")
     before = killed_before_start(run_dir)
     if before is not None:
         write_record(os.path.join(run_dir, EXIT_FILE), before)
@@ -120,6 +120,8 @@ def parse(argv):
     """``RUN_DIR GRACE TIMEOUT -- PROGRAM...``: (run_dir, grace, timeout or None, program)."""
     if len(argv) < 5 or argv[3] != "--":
         raise ValueError("usage: RUN_DIR GRACE TIMEOUT -- PROGRAM...")
+    if not os.path.isabs(argv[0]):  # (it would be the task's cwd's)
+        raise ValueError(f"RUN_DIR: expected an absolute path, got {argv[0]!r}")
     grace = float(argv[1])
     timeout = None if argv[2] == NO_TIMEOUT else float(argv[2])
     if not 0.0 <= grace < float("inf"):
@@ -155,7 +157,10 @@ def claim(run_dir, record):
         return False  # the usual way a resubmission finds it: no temp file to make
     data = json_line(record).encode()
     temp = f"{path}.{os.urandom(8).hex()}.tmp"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as error:  # (said of the claim: the temp file is ours alone)
+        raise OSError(error.errno, error.strerror, path) from None
     try:
         os.write(fd, data)
         os.fsync(fd)
@@ -315,8 +320,11 @@ def argv(
         python: the workers' python3.
 
     Raises:
-        ValueError: a grace, timeout or program that makes no sense.
+        ValueError: a run dir that is not absolute, or a grace, timeout or program that
+            makes no sense.
     """
+    if not os.path.isabs(run_dir):
+        raise ValueError(f"run_dir: expected an absolute path, got {os.fspath(run_dir)!r}")
     if not 0.0 <= grace < float("inf"):
         raise ValueError(f"grace: expected seconds >= 0, got {grace!r}")
     if timeout is not None and not 0.0 < timeout < float("inf"):
