@@ -207,6 +207,34 @@ def test_tasks_that_start_at_once_run_the_program_once(
     assert exit_record(run_dir)["returncode"] == 0
 
 
+#: Claims RUN_DIR (argv[1]) the moment GO (argv[2]) exists; prints whether it did.
+CLAIMER = """
+import os, sys
+from corra.chaperone import task_job
+while not os.path.exists(sys.argv[2]):
+    pass
+print(task_job.claim(sys.argv[1], {"job_id": str(os.getpid())}))
+"""
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_claims_made_at_the_same_moment_have_one_winner(run_dir: Path, tmp_path: Path, round_: int):
+    go = tmp_path / "go"
+    claimers = [
+        subprocess.Popen(
+            [sys.executable, "-c", CLAIMER, str(run_dir), str(go)], stdout=subprocess.PIPE
+        )
+        for _ in range(4)
+    ]
+    time.sleep(0.3)  # (until they spin: the real processes' start)
+    go.touch()
+    said = [claimer.communicate(timeout=30)[0].decode().strip() for claimer in claimers]
+    assert sorted(said) == ["False", "False", "False", "True"]
+    winner = claimers[said.index("True")].pid
+    assert json.loads((run_dir / task_job.CLAIM_FILE).read_text()) == {"job_id": str(winner)}
+    assert [path.name for path in run_dir.iterdir()] == [task_job.CLAIM_FILE]
+
+
 def test_a_claim_by_corra_s_kill_leaves_the_task_nothing_to_do(
     start: Start, run_dir: Path, tmp_path: Path
 ):

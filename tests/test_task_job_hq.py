@@ -20,9 +20,10 @@ from corra.chaperone import task_job
 
 pytestmark = pytest.mark.slow
 
-#: Runs one task (argv[2], JSON) on a local cluster. "wait": until it ends, then prints
-#: whether it succeeded and HyperQueue's error; "stop": until a line on stdin, then stops the
-#: cluster (as a worker's end does), and lives on a while for the worker's late SIGKILL.
+#: Runs the task (argv[2], JSON) on a local cluster, as one job (or, "twice", as two, submitted
+#: at once: a resubmission). "wait", "twice": until the jobs end, then prints whether they
+#: succeeded and HyperQueue's errors; "stop": until a line on stdin, then stops the cluster (as
+#: a worker's end does), and lives on a while for the worker's late SIGKILL.
 CLUSTER = """
 import json, sys, time
 from hyperqueue import Job, LocalCluster
@@ -30,14 +31,18 @@ from hyperqueue.cluster import WorkerConfig
 
 server_dir, command, cwd, mode = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]
 with LocalCluster(server_dir=server_dir) as cluster:
-    cluster.start_worker(WorkerConfig(cores=1))
+    cluster.start_worker(WorkerConfig(cores=2))
     client = cluster.client()
-    job = Job()
-    job.program(command, cwd=cwd, stdout=cwd + "/hq.stdout", stderr=cwd + "/hq.stderr")
-    submitted = client.submit(job)
-    if mode == "wait":
-        ok = client.wait_for_jobs([submitted], raise_on_error=False)
-        failed = {str(t): c.error for t, c in client.get_failed_tasks(submitted).items()}
+    submitted = []
+    for _ in range(2 if mode == "twice" else 1):
+        job = Job()
+        job.program(command, cwd=cwd, stdout=cwd + "/hq.stdout", stderr=cwd + "/hq.stderr")
+        submitted.append(client.submit(job))
+    if mode in ("wait", "twice"):
+        ok = client.wait_for_jobs(submitted, raise_on_error=False)
+        failed = {}
+        for job in submitted:
+            failed.update({str(t): c.error for t, c in client.get_failed_tasks(job).items()})
         print(json.dumps({"ok": ok, "failed": failed}), flush=True)
     else:
         sys.stdin.readline()
@@ -95,6 +100,19 @@ def test_a_task_runs_the_program_once_and_hyperqueue_sees_its_status(
     claim = json.loads((run_dir / task_job.CLAIM_FILE).read_text())
     assert claim["job_id"] == "1" and claim["task_id"] == "0"
     assert (tmp_path / "hq.stdout").read_text() == ""  # (the program's output is corra's)
+
+
+def test_a_resubmitted_task_runs_nothing(cluster: list[subprocess.Popen[str]], tmp_path: Path):
+    # (two jobs of one attempt, on a worker with room for both at once: the program runs once)
+    program = ["sh", "-c", f'echo "$HQ_JOB_ID" >> {tmp_path}/ledger; sleep 0.2']
+    process = run_task(cluster, tmp_path, program, "twice")
+    stdout, _ = process.communicate(timeout=60)
+    assert json.loads(stdout.splitlines()[-1]) == {"ok": True, "failed": {}}
+    ran = (tmp_path / "ledger").read_text().split()
+    assert len(ran) == 1
+    claim = json.loads((tmp_path / "run" / task_job.CLAIM_FILE).read_text())
+    assert claim["job_id"] == ran[0]
+    assert json.loads((tmp_path / "run" / task_job.EXIT_FILE).read_text())["returncode"] == 0
 
 
 def test_hyperqueue_s_stop_ends_the_program_s_group_within_its_second(
