@@ -16,13 +16,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
-from corra.chaperone import _wrapper, task_job
+from corra.chaperone import task_job
 
 #: What a worker's environment says of the task (HyperQueue sets these).
-HQ_ENV = {"HQ_JOB_ID": "17", "HQ_TASK_ID": "0"}
+HQ_ENV = {"HQ_JOB_ID": "17", "HQ_TASK_ID": "0", "HQ_INSTANCE_ID": "0"}
 #: The python3 a worker node has, rather than this venv's (None where there is none).
 SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin:/bin")
 #: Ignores TERM (so do its children: an ignored signal stays ignored across exec), says ready.
@@ -158,7 +156,7 @@ def test_the_program_s_status_and_output_land_in_the_run_dir(
     assert isinstance(record["started_at"], float) and isinstance(record["ended_at"], float)
     assert record["started_at"] <= record["ended_at"]
     claim = json.loads((run_dir / task_job.CLAIM_FILE).read_text())
-    assert claim["job_id"] == "17" and claim["task_id"] == "0"
+    assert claim["job_id"] == "17" and claim["task_id"] == "0" and claim["instance_id"] == "0"
     assert claim["host"] == os.uname().nodename and claim["pid"] == wrapper.pid
     assert claim["claimed_at"] <= record["started_at"]
     names = {task_job.CLAIM_FILE, task_job.EXIT_FILE, "stdout", "stderr"}
@@ -192,6 +190,20 @@ def test_a_second_task_of_the_run_dir_runs_nothing(start: Start, run_dir: Path, 
     assert finish(start(run_dir, program, env={"HQ_JOB_ID": "18"})) == (0, "")
     assert (tmp_path / "ledger").read_text() == "ran\n"
     assert {path.name: path.read_bytes() for path in run_dir.iterdir()} == first
+
+
+def test_a_task_run_again_after_its_worker_was_lost_runs_nothing_and_fails(
+    start: Start, run_dir: Path, tmp_path: Path
+):
+    # (HyperQueue runs a task again when its worker is lost: the program was lost with it)
+    program = ["sh", "-c", f"echo ran >> {tmp_path / 'ledger'}"]
+    assert finish(start(run_dir, program)) == (0, "")
+    (run_dir / task_job.EXIT_FILE).unlink()  # (as if the worker had died with the program)
+    status, stderr = finish(start(run_dir, program, env={"HQ_INSTANCE_ID": "1"}))
+    assert status == task_job.FAILED
+    assert "claimed by an earlier run of this task (instance 0), which was lost" in stderr
+    assert (tmp_path / "ledger").read_text() == "ran\n"
+    assert not (run_dir / task_job.EXIT_FILE).exists()
 
 
 @pytest.mark.parametrize("round_", range(5))
@@ -403,24 +415,3 @@ def test_output_files_that_cannot_be_made_are_said(start: Start, run_dir: Path, 
     status, stderr = finish(wrapper)
     assert status == task_job.FAILED and not (tmp_path / "ledger").exists()
     assert stderr == f"corra task: {run_dir / 'stdout'}: Is a directory\n"
-
-
-FLAT_VALUES = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(),
-    st.floats(allow_nan=False, allow_infinity=False),
-    st.text(st.characters(blacklist_categories=())),  # (lone surrogates too: environ has them)
-)
-
-
-@given(st.dictionaries(st.text(), FLAT_VALUES))
-def test_records_are_written_as_json_writes_them(record: dict[str, object]):
-    # (without importing json, which would cost every task's start about 5 ms)
-    assert _wrapper.json_line(record) == json.dumps(record) + "\n"
-
-
-@pytest.mark.parametrize("value", [float("nan"), float("inf"), [1], {"a": 1}])
-def test_what_a_flat_record_cannot_hold_is_refused(value: object):
-    with pytest.raises(ValueError):
-        _wrapper.json_line({"value": value})

@@ -11,7 +11,8 @@ GRACE is the spec's ``kill_grace`` (seconds), TIMEOUT its timeout (seconds, or `
 Rule 1: exactly once. The program runs only if this task created ``RUN_DIR/claim.json``
 (`claim`: written whole and exclusively, a hard link of a complete temp file). A task that
 finds a claim (a resubmission of the same attempt, or corra's kill before the task started)
-exits 0 at once and writes nothing.
+exits 0 at once and writes nothing; one that finds its own earlier run's (HyperQueue runs a
+task again when its worker is lost) exits `FAILED`, saying so.
 
 Rule 2: a kill that came before the program started (``RUN_DIR/kill.json``, or the
 scheduler's SIGTERM/SIGINT while it claimed) is recorded as a kill, and nothing runs.
@@ -29,7 +30,8 @@ Rule 4: the exit record, ``RUN_DIR/exit.json`` (written whole), as `batch_job`'s
 ``returncode`` or ``signal``, ``started_at``, ``ended_at``, ``timed_out``, ``killed`` (corra
 asked: there was a kill.json). This process exits as a shell would have: the program's
 status, or 128 plus its signal (127/126 for a program that could not start), or `FAILED`
-when it could not claim (bad arguments, the run dir is gone), with the reason on stderr.
+when it ran nothing (bad arguments, the run dir is gone, a lost run's claim), with the reason
+on stderr.
 
 Its syntax is Python 3.6's, as the chaperone's.
 """
@@ -89,7 +91,7 @@ def main(argv):
     signal.pthread_sigmask(signal.SIG_BLOCK, WAITED)
     try:
         if not claim(run_dir, claim_record()):
-            return 0  # another task of the same attempt, or corra's kill before we started
+            return found_claim(run_dir)
         stdio = open_stdio(run_dir)
     except OSError as error:
         path = error.filename or os.path.join(run_dir, CLAIM_FILE)
@@ -137,14 +139,39 @@ def failed(message):
 
 
 def claim_record():
-    """Who claims: the task (HyperQueue's job and task ids), where, and when."""
+    """Who claims: the task (HyperQueue's job and task ids, and which run of the task: one
+    is run again when its worker is lost), where, and when."""
     return {
         "job_id": os.environ.get("HQ_JOB_ID"),
         "task_id": os.environ.get("HQ_TASK_ID"),
+        "instance_id": os.environ.get("HQ_INSTANCE_ID"),
         "host": os.uname()[1],
         "pid": os.getpid(),
         "claimed_at": time.time(),
     }
+
+
+def found_claim(run_dir):
+    """This task's status when the run dir was claimed already: 0 (nothing to do) where
+    another job claimed it (a resubmission) or corra did (a kill before the start); `FAILED`,
+    and why on stderr, where an earlier run of this very task did: HyperQueue runs a task
+    again when its worker was lost, and the program was lost with it."""
+    import json  # (only here: see _wrapper's docstring)
+
+    path = os.path.join(run_dir, CLAIM_FILE)
+    try:
+        with open(path, "rb") as claim_file:
+            claimed = json.loads(claim_file.read().decode())
+        job_id, task_id = claimed.get("job_id"), claimed.get("task_id")
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return 0  # (not a claim of ours: nothing to say of it)
+    here = os.environ.get("HQ_JOB_ID"), os.environ.get("HQ_TASK_ID")
+    if job_id is None or (job_id, task_id) != here:
+        return 0
+    return failed(
+        f"corra task: {path}: claimed by an earlier run of this task "
+        f"(instance {claimed.get('instance_id')}), which was lost: not run again"
+    )
 
 
 def claim(run_dir, record):
