@@ -4,6 +4,7 @@ programs in its process group."""
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import json
 import os
@@ -169,6 +170,7 @@ def test_the_source_is_self_contained():
     source = task_job.source()
     order = [source.index(text) for text in ("class Escalation", "class Job(", "def claim(")]
     assert order == sorted(order)
+    ast.parse(source, feature_version=(3, 6))  # (the oldest python3 a worker may have)
     compile(source, "task", "exec")
 
 
