@@ -5,10 +5,11 @@ other relatively): the package directory is also uploaded over SSH (`remote_help
 by a remote ``python3 -I -S``. Its syntax is that of Python 3.6; before 3.8 (no
 ``os.posix_spawnp``) it starts programs with fork/exec. A chaperone is either an *own* one,
 one program's (`_own`), or the *shared* one of a root, serving every program there (`_shared`);
-see `__main__` for how each is started. `batch_job` stands apart: a script whose source
-(`batch_job.source`: `_escalation`'s text, then its own; nothing else of the package) a Slurm
-job script carries, which runs a job's program as a chaperone would (its own group, TERM then
-KILL, an exit record).
+see `__main__` for how each is started. `batch_job` and `task_job` stand apart: scripts whose
+source (`_escalation`'s text, `_wrapper`'s, then their own; nothing else of the package) a
+Slurm job script carries (`batch_job`) or a HyperQueue task runs (`task_job`: it also claims
+its run dir, so that a task resubmitted runs nothing), which run a job's program as a
+chaperone would (its own group, TERM then KILL, an exit record).
 
 Rule 1: one run dir, one program, ever. A chaperone claims ``ROOT/<key>`` (RUN_DIR) with a
 ``chaperone.pid`` that names it, made exclusively, before anything runs (`_rundir` has the
