@@ -17,6 +17,7 @@ import _hq
 import hyperqueue
 import pytest
 import trio
+import trio.testing
 
 from corra._errors import BackendError, HostUnavailable
 from corra.backends.hyperqueue._client import HqHelper, open_helper
@@ -151,6 +152,52 @@ async def test_a_stopped_server_is_unavailable(
     with pytest.raises(HostUnavailable, match="not a directory"):
         async with open_helper("hq", tmp_path / "nowhere") as helper:
             await helper.call("hello")
+
+
+async def test_a_server_started_again_at_the_dir_answers_with_its_new_uid(
+    fresh_hq_server: _hq.HqServer, tmp_path: Path
+) -> None:
+    async with open_helper("hq", fresh_hq_server.server_dir) as helper:
+        first = await helper.call("submit", job=job(["true"], tmp_path))
+        fresh_hq_server.stop()
+        again = _hq.start_server(fresh_hq_server.server_dir.parent)
+        try:
+            with pytest.raises(HostUnavailable, match="connection lost"):
+                await helper.call("poll", job_ids=[first["job_id"]])
+            # The next call connects to the new server: its job ids start from 1 again,
+            # and only the uid tells its answers from the old one's.
+            answer = await helper.call("poll", job_ids=[first["job_id"]])
+            assert answer["jobs"] == {}
+            assert answer["uid"] != first["uid"]
+            second = await helper.call("submit", job=job(["true"], tmp_path))
+            assert second["job_id"] == first["job_id"]
+            assert second["uid"] == answer["uid"] == (await helper.call("hello"))["uid"]
+        finally:
+            again.stop()
+
+
+async def test_a_call_in_flight_when_the_helper_dies_is_unavailable(
+    fresh_hq_server: _hq.HqServer, tmp_path: Path
+) -> None:
+    async with open_helper("hq", fresh_hq_server.server_dir) as helper:
+        job_id = (await helper.call("submit", job=job(["true"], tmp_path)))["job_id"]
+        pid = helper.pid
+        assert pid is not None
+        os.kill(fresh_hq_server.pid, signal.SIGSTOP)  # the poll waits for the server
+        try:
+            async with trio.open_nursery() as nursery:
+
+                async def in_flight() -> None:
+                    with pytest.raises(HostUnavailable, match="helper failed"):
+                        await helper.call("poll", job_ids=[job_id])
+
+                nursery.start_soon(in_flight)
+                await trio.testing.wait_all_tasks_blocked()
+                os.kill(pid, signal.SIGKILL)
+        finally:
+            os.kill(fresh_hq_server.pid, signal.SIGCONT)
+        assert await final_state(helper, job_id) == "finished"  # through a new helper
+        assert helper.starts == 2
 
 
 async def test_a_killed_helper_is_started_again(hq_server: _hq.HqServer, tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 
 Run as ``python -m corra.backends.hyperqueue._helper SERVER_DIR``, one per server. It reads one
 request a line on stdin and writes one answer a line on stdout, in order, each carrying the
-request's ``id`` (docs: design15.md section 3)::
+request's ``id``::
 
     {"id": 1, "op": "poll", "job_ids": [4, 5]}
     {"id": 1, "ok": {"uid": "k1nGfg", "jobs": {"4": {"state": "finished"}}}}
@@ -11,8 +11,8 @@ request's ``id`` (docs: design15.md section 3)::
 Operations: ``hello``, ``submit``, ``poll``, ``failed``, ``forget``. Error kinds:
 ``unavailable`` (no server at the dir, connection refused or lost, another version),
 ``refused`` (the server refused the request), ``bad_request`` (the line itself is wrong).
-Every answer but ``hello``'s carries the ``uid`` of the server that gave it, so a server
-restarted at the same dir (its job ids start again from 1) cannot pass for the old one.
+Every answer carries the ``uid`` of the server that gave it, so a server started again at
+the same dir (its job ids start again from 1) cannot pass for the old one.
 
 What the wheel (0.27) does, measured:
 
@@ -24,8 +24,7 @@ What the wheel (0.27) does, measured:
 - A lost connection raises a plain ``Exception("TakoError(...)")``; anything the server
   refuses (a resource string it cannot parse, a forget of a job not over) a
   ``RuntimeError``. After a lost connection the next request connects again.
-- A resource amount of 0 or below makes the server's thread divide by zero and the server
-  dies (the process lives on): such amounts are refused here, before they reach it.
+- A resource amount of 0 or below kills the server: `_requests` refuses such requests.
 - Messages carry a Rust stack trace when ``RUST_BACKTRACE`` is set: it is turned off and cut.
 
 Nothing but answers goes to stdout: the real stdout is kept for them and fd 1 is pointed at
@@ -35,7 +34,6 @@ stderr, so whatever the Rust library or tqdm print cannot corrupt the protocol.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
 import os
 import signal
@@ -44,19 +42,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-UNAVAILABLE = "unavailable"
-REFUSED = "refused"
-BAD_REQUEST = "bad_request"
-MAX_JOB_ID = 2**32 - 1  # HyperQueue's job ids are u32
-
-
-class RequestError(Exception):
-    """A request that gets an error answer of ``kind``."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
+from corra.backends.hyperqueue._requests import (
+    REFUSED,
+    UNAVAILABLE,
+    RequestError,
+    bad,
+    job_description,
+    job_ids,
+)
 
 
 class _Stop(Exception):
@@ -93,15 +86,23 @@ class Server:
         if self._connection is None:
             from hyperqueue.ffi.client import ClientConnection
 
+            before = self._uid()
             try:
                 connection = ClientConnection(self.server_dir)
             except Exception as exc:
                 raise RequestError(UNAVAILABLE, _message(exc)) from exc
-            # Read after connecting: the uid of the server this connection talks to (a server
-            # started at the dir in between would be a new uid with a refused connection).
-            self.uid = self.access().get("server_uid")
-            self._connection = connection
+            # The uid of the server connected to: the access record read before and after
+            # connecting names the same server, or one started at the dir in between.
+            if self._uid() != before:
+                raise RequestError(UNAVAILABLE, "a server started at the dir while connecting")
+            self.uid, self._connection = before, connection
         return self._connection
+
+    def _uid(self) -> str | None:
+        try:
+            return self.access().get("server_uid")
+        except RequestError:
+            return None
 
     def call(self, request: Callable[[Any], Any]) -> Any:
         """``request(connection)``, its failure classified; a lost connection is dropped."""
@@ -115,97 +116,6 @@ class Server:
         except Exception as exc:
             self._connection = None
             raise RequestError(UNAVAILABLE, f"connection lost: {_message(exc)}") from exc
-
-
-# -- validation (one place, at this edge: the server dies of some wrong values) --------------
-
-
-def _bad(message: str) -> RequestError:
-    return RequestError(BAD_REQUEST, message)
-
-
-def _string(value: Any, field: str, *, optional: bool = False) -> str | None:
-    if value is None and optional:
-        return None
-    if not isinstance(value, str) or "\0" in value:
-        raise _bad(f"{field}: expected a string without NUL, got {value!r}")
-    return value
-
-
-def _amount(value: Any, field: str) -> int | float | str:
-    """A resource amount: a positive number, or a string HyperQueue parses ("2 compact")."""
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise _bad(f"{field}: expected a positive number or a string, got {value!r}")
-    if isinstance(value, str):
-        if not value.strip():
-            raise _bad(f"{field}: expected a positive number or a string, got {value!r}")
-        return value
-    if not value > 0 or value != value or value == float("inf"):
-        raise _bad(f"{field}: expected a positive amount, got {value!r}")
-    return value
-
-
-def _job_ids(request: dict[str, Any]) -> list[int]:
-    ids = request.get("job_ids")
-    if not isinstance(ids, list) or not all(
-        isinstance(i, int) and not isinstance(i, bool) and 0 <= i <= MAX_JOB_ID for i in ids
-    ):
-        raise _bad(f"job_ids: expected a list of job ids, got {ids!r}")
-    return list(dict.fromkeys(ids))
-
-
-def _job(job: Any) -> Any:
-    """The JobDescription of a submit's ``job``: one task, ``max_fails`` 1."""
-    from hyperqueue.ffi.protocol import JobDescription, ResourceRequest, TaskDescription
-    from hyperqueue.output import StdioDef
-
-    if not isinstance(job, dict):
-        raise _bad(f"job: expected an object, got {job!r}")
-    args = job.get("args")
-    if not isinstance(args, list) or not args:
-        raise _bad(f"job.args: expected a non-empty list of strings, got {args!r}")
-    argv = [_string(arg, f"job.args[{i}]") for i, arg in enumerate(args)]
-    env = job.get("env") or {}
-    if not isinstance(env, dict):
-        raise _bad(f"job.env: expected an object of strings, got {env!r}")
-    environment = {_string(k, "job.env"): _string(v, f"job.env.{k}") for k, v in env.items()}
-    resources = job.get("resources") or {}
-    if not isinstance(resources, dict) or "cpus" in resources:
-        raise _bad(f"job.resources: expected an object of amounts (not cpus), got {resources!r}")
-    amounts = {
-        _string(k, "job.resources"): _amount(v, f"job.resources.{k}") for k, v in resources.items()
-    }
-    min_time = job.get("min_time")
-    if min_time is not None:
-        if (
-            isinstance(min_time, bool)
-            or not isinstance(min_time, int | float)
-            or not 0 <= min_time < 1e9
-        ):
-            raise _bad(f"job.min_time: expected seconds or null, got {min_time!r}")
-        min_time = datetime.timedelta(seconds=min_time)
-    stdio = {}
-    for stream in ("stdout", "stderr"):
-        path = _string(job.get(stream), f"job.{stream}", optional=True)
-        stdio[stream] = StdioDef.from_path(path) if path is not None else None
-    request = ResourceRequest(
-        cpus=_amount(job.get("cpus", 1), "job.cpus"), resources=amounts, min_time=min_time
-    )
-    task = TaskDescription(
-        id=0,
-        args=argv,
-        cwd=_string(job.get("cwd"), "job.cwd", optional=True),
-        stdin=None,
-        env=environment,
-        dependencies=(),
-        task_dir=False,
-        priority=0,
-        resource_request=(request,),
-        crash_limit=None,  # HyperQueue's default
-        **stdio,
-    )
-    name = _string(job.get("name"), "job.name")
-    return JobDescription(name=name, tasks=[task], max_fails=1)
 
 
 # -- operations ---------------------------------------------------------------------------
@@ -233,13 +143,13 @@ def hello(server: Server, request: dict[str, Any]) -> dict[str, Any]:
 
 
 def submit(server: Server, request: dict[str, Any]) -> dict[str, Any]:
-    description = _job(request.get("job"))
+    description = job_description(request.get("job"))
     job_id = server.call(lambda connection: connection.submit_job(description))
     return {"uid": server.uid, "job_id": int(job_id)}
 
 
 def poll(server: Server, request: dict[str, Any]) -> dict[str, Any]:
-    ids = _job_ids(request)
+    ids = job_ids(request)
     seen: list[dict[int, dict[str, Any]]] = []
 
     def once(jobs: dict[int, dict[str, Any]]) -> None:
@@ -255,7 +165,7 @@ def poll(server: Server, request: dict[str, Any]) -> dict[str, Any]:
 
 
 def failed(server: Server, request: dict[str, Any]) -> dict[str, Any]:
-    ids = _job_ids(request)
+    ids = job_ids(request)
     found = server.call(lambda connection: connection.get_failed_tasks(ids))
     tasks = {
         str(job_id): next(iter(by_task.values())).error
@@ -268,7 +178,7 @@ def failed(server: Server, request: dict[str, Any]) -> dict[str, Any]:
 def forget(server: Server, request: dict[str, Any]) -> dict[str, Any]:
     """Forget the jobs that are over; others (unknown, or not over) are left as they are."""
     forgotten = []
-    for job_id in _job_ids(request):
+    for job_id in job_ids(request):
         try:
             server.call(lambda connection, job_id=job_id: connection.forget_job(job_id))
         except RequestError as exc:
@@ -295,16 +205,16 @@ def answer(server: Server, line: bytes) -> dict[str, Any]:
         try:
             request = json.loads(line)
         except ValueError as exc:
-            raise _bad(f"not a JSON line: {exc}") from exc
+            raise bad(f"not a JSON line: {exc}") from exc
         if not isinstance(request, dict):
-            raise _bad("a request is a JSON object")
+            raise bad("a request is a JSON object")
         request_id = request.get("id")
         if isinstance(request_id, bool) or not isinstance(request_id, int):
             request_id = None
-            raise _bad("id: expected an integer")
+            raise bad("id: expected an integer")
         operation = OPERATIONS.get(request.get("op"))  # type: ignore[arg-type]
         if operation is None:
-            raise _bad(f"op: expected one of {sorted(OPERATIONS)}, got {request.get('op')!r}")
+            raise bad(f"op: expected one of {sorted(OPERATIONS)}, got {request.get('op')!r}")
         return {"id": request_id, "ok": operation(server, request)}
     except RequestError as exc:
         return {"id": request_id, "error": {"kind": exc.kind, "message": exc.message}}
