@@ -6,6 +6,7 @@ stop, pause or kill a server use one of their own (`fresh_hq_server`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -46,6 +47,20 @@ async def dead(helper: HqHelper) -> None:
     """Wait until the helper's process has exited (all its threads: its pipes are closed)."""
     with trio.fail_after(10):
         while helper.pid is not None:
+            await trio.sleep(0.01)
+
+
+async def pause(pid: int) -> None:
+    """SIGSTOP the process and wait until every thread of it is stopped: it answers nothing."""
+    os.kill(pid, signal.SIGSTOP)
+    with trio.fail_after(10):
+        while True:
+            states = []
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                with contextlib.suppress(FileNotFoundError):  # a thread that just ended
+                    states.append((task / "stat").read_text().rpartition(")")[2].split()[0])
+            if all(state in "tT" for state in states):
+                return
             await trio.sleep(0.01)
 
 
@@ -183,8 +198,8 @@ async def test_a_call_in_flight_when_the_helper_dies_is_unavailable(
         job_id = (await helper.call("submit", job=job(["true"], tmp_path)))["job_id"]
         pid = helper.pid
         assert pid is not None
-        os.kill(fresh_hq_server.pid, signal.SIGSTOP)  # the poll waits for the server
         try:
+            await pause(fresh_hq_server.pid)  # the poll waits for the server
             async with trio.open_nursery() as nursery:
 
                 async def in_flight() -> None:
@@ -254,8 +269,8 @@ async def test_a_cancelled_call_leaves_the_pipe_in_step(
     async with open_helper("hq", fresh_hq_server.server_dir, call_timeout=2) as helper:
         job_id = (await helper.call("submit", job=job(["true"], tmp_path)))["job_id"]
         assert await final_state(helper, job_id) == "finished"
-        os.kill(fresh_hq_server.pid, signal.SIGSTOP)  # the server answers nothing now
         try:
+            await pause(fresh_hq_server.pid)  # the server answers nothing now
             with trio.move_on_after(0.3) as scope:
                 await helper.call("poll", job_ids=[job_id])
             assert scope.cancelled_caught
@@ -265,8 +280,8 @@ async def test_a_cancelled_call_leaves_the_pipe_in_step(
         assert (await helper.call("hello"))["server_dir"] == str(fresh_hq_server.server_dir)
         assert helper.starts == 1
         # A server that hangs for longer than call_timeout: the helper is taken for hung.
-        os.kill(fresh_hq_server.pid, signal.SIGSTOP)
         try:
+            await pause(fresh_hq_server.pid)
             with pytest.raises(HostUnavailable, match="did not answer poll"):
                 await helper.call("poll", job_ids=[job_id])
         finally:
