@@ -231,6 +231,25 @@ async def test_a_killed_helper_is_started_again(hq_server: _hq.HqServer, tmp_pat
     assert not Path(f"/proc/{last}").exists()  # stopped and reaped on exit
 
 
+async def test_the_helper_is_stopped_by_its_pid_on_exit(
+    hq_server: _hq.HqServer, tmp_path: Path
+) -> None:
+    async with open_helper("hq", hq_server.server_dir) as helper:
+        await helper.call("hello")
+        calm = helper.pid
+    assert helper.stopped_with == 0  # it read the end of its stdin and exited
+    # A helper that cannot read its stdin (stopped here; hung in the client in real life):
+    # TERM is not acted on by a stopped process either, KILL is.
+    async with open_helper("hq", hq_server.server_dir, stop_grace=0.2) as helper:
+        await helper.call("hello")
+        stuck = helper.pid
+        assert stuck is not None
+        await pause(stuck)
+    assert helper.stopped_with == -signal.SIGKILL
+    for pid in (calm, stuck):
+        assert not Path(f"/proc/{pid}").exists()  # reaped too
+
+
 async def test_malformed_requests_get_bad_request(hq_server: _hq.HqServer, tmp_path: Path) -> None:
     lines = [
         b"not json",

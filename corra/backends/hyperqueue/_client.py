@@ -48,6 +48,8 @@ class HqHelper:
         server_dir: the server's directory.
         polls: ``poll`` requests made (one request to the server each).
         starts: helper processes started (a restart adds one).
+        stopped_with: the exit status of the helper `aclose` stopped (0: it exited when its
+            stdin closed; -15 or -9: it had to be terminated or killed), None before.
     """
 
     def __init__(
@@ -58,14 +60,17 @@ class HqHelper:
         python: str = sys.executable,
         log: IO[bytes] | None = None,
         call_timeout: float = 60.0,
+        stop_grace: float = STOP_GRACE,
     ) -> None:
         self.host = host
         self.server_dir = Path(server_dir)
         self.polls = 0
         self.starts = 0
+        self.stopped_with: int | None = None
         self._python = python
         self._log = log
         self._call_timeout = call_timeout
+        self._stop_grace = stop_grace
         self._lock = trio.Lock()
         self._process: trio.Process | None = None
         self._killed = False  # the helper was killed: reaped and replaced on the next call
@@ -107,8 +112,10 @@ class HqHelper:
                 self._kill()
                 raise HostUnavailable(self.host, f"the HyperQueue helper failed: {exc}") from None
         error = answer.get("error")
-        if error is None:
+        if error is None and isinstance(answer.get("ok"), dict):
             return answer["ok"]
+        if not isinstance(error, dict):
+            raise BackendError(f"{self.host}: HyperQueue {op}: not an answer: {answer!r}")
         kind, message = error.get("kind"), error.get("message")
         if kind == "unavailable":
             raise HostUnavailable(self.host, f"HyperQueue server at {self.server_dir}: {message}")
@@ -209,12 +216,13 @@ class HqHelper:
             if process.stdin is not None:
                 await process.stdin.aclose()
             for stop in (process.terminate, process.kill):
-                with trio.move_on_after(STOP_GRACE):
+                with trio.move_on_after(self._stop_grace):
                     await process.wait()
                 if process.returncode is not None:
                     break
                 stop()
             await self._reap(process)
+        self.stopped_with = process.returncode
 
 
 @asynccontextmanager
@@ -225,6 +233,7 @@ async def open_helper(
     python: str = sys.executable,
     log: Path | None = None,
     call_timeout: float = 60.0,
+    stop_grace: float = STOP_GRACE,
 ) -> AsyncIterator[HqHelper]:
     """A helper for the server at ``server_dir``, stopped on exit.
 
@@ -234,12 +243,21 @@ async def open_helper(
         python: the interpreter that runs the helper (one with corra and hyperqueue).
         log: a file for the helper's stderr (appended, 0600); inherited if None.
         call_timeout: seconds a call may take before the helper is taken for hung.
+        stop_grace: seconds the helper has to exit on exit, after its stdin closed, then
+            after TERM (then KILL).
     """
     stream = None
     if log is not None:
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         stream = os.fdopen(fd, "ab")
-    helper = HqHelper(host, server_dir, python=python, log=stream, call_timeout=call_timeout)
+    helper = HqHelper(
+        host,
+        server_dir,
+        python=python,
+        log=stream,
+        call_timeout=call_timeout,
+        stop_grace=stop_grace,
+    )
     try:
         yield helper
     finally:
