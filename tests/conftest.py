@@ -6,6 +6,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import _hq
 import _kube
 import _slurm  # tests/ is on sys.path (pytest's rootdir conftest)
 import _sshd
@@ -125,6 +126,32 @@ def slurm():  # type: ignore[no-untyped-def]
     yield cluster
     cluster.stop()
     shutil.rmtree(scratch, ignore_errors=True)
+
+
+# -- a real HyperQueue server and worker (tests/_hq.py) -------------------------------------
+
+
+@pytest.fixture(scope="session")
+def hq_server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A HyperQueue server with a 4-core worker, shared by the session (skips, with the
+    reason, where the wheel is missing). Tests that stop a server use `fresh_hq_server`."""
+    reason = _hq.available()
+    if reason is not None:
+        pytest.skip(reason)
+    server = _hq.start_server(tmp_path_factory.mktemp("hq"), cores=4)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fresh_hq_server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A HyperQueue server of the test's own (2-core worker), stopped after it if it runs."""
+    reason = _hq.available()
+    if reason is not None:
+        pytest.skip(reason)
+    server = _hq.start_server(tmp_path_factory.mktemp("hq"), cores=2)
+    yield server
+    server.stop()
 
 
 # -- a real Kubernetes control plane and corra's stand-in node (tests/_kube.py) ---------------
