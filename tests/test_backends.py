@@ -37,7 +37,7 @@ from corra.processes._registry import Registry, installed
 
 
 def test_the_built_in_backends_register_through_entry_points() -> None:
-    assert list(installed.plugins) == ["kubernetes", "local", "slurm", "ssh"]
+    assert list(installed.plugins) == ["hyperqueue", "kubernetes", "local", "slurm", "ssh"]
     for plugin in installed.plugins.values():
         assert plugin.capabilities.hosts == (plugin.name != "local")
 

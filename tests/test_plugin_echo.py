@@ -64,11 +64,11 @@ def test_the_registry_finds_a_backend_installed_apart_from_corra(site: Path) -> 
     found = run([sys.executable, "-c", DISCOVER], site)
     assert found.returncode == 0, found.stderr
     modules = json.loads(found.stdout)
-    assert sorted(modules) == ["echo", "kubernetes", "local", "slurm", "ssh"]
+    assert sorted(modules) == ["echo", "hyperqueue", "kubernetes", "local", "slurm", "ssh"]
     assert modules["echo"] == "corra_echo"
     assert all(
         modules[name].startswith("corra.backends.")
-        for name in ("kubernetes", "local", "slurm", "ssh")
+        for name in ("hyperqueue", "kubernetes", "local", "slurm", "ssh")
     )
     without = run([sys.executable, "-c", DISCOVER], None)
     assert "echo" not in json.loads(without.stdout)
