@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -393,17 +392,12 @@ def _read_range(path: Path, offset: int, size: int) -> bytes:
 def _claim_for_kill(run_dir: Path) -> bool:
     """Claim the run dir for a kill, and record the kill, if no task claimed it: whether
     it did (then no task will ever run the program)."""
-    try:
-        fd = os.open(
-            run_dir / task_job.CLAIM_FILE,
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-            0o600,
-        )
-    except (FileExistsError, FileNotFoundError):
-        return False
     now = time.time()
-    with os.fdopen(fd, "w") as file:
-        json.dump({"killed_before_start": True, "claimed_at": now}, file)
+    try:  # (whole and exclusive, as a task's own claim: `task_job.claim`)
+        if not task_job.claim(str(run_dir), {"killed_before_start": True, "claimed_at": now}):
+            return False
+    except FileNotFoundError:
+        return False
     record = {
         "returncode": None,
         "signal": None,
