@@ -18,6 +18,7 @@ from _kubecli import records_of, toml
 from test_conformance_hyperqueue import HOST, server_host
 
 from corra._runtime import open_runtime
+from corra.chaperone import task_job
 
 CORRA = [sys.executable, "-m", "corra.cli"]
 
@@ -75,6 +76,14 @@ async def test_programs_complete_or_fail_with_their_exit_code_and_their_output(
     assert (await corra(state, "logs", "three")).stdout == b"failing\n"
     nosuch = records["nosuch"]
     assert (nosuch["phase"], nosuch["returncode"]) == ("failed", 127), nosuch
+    # The wrapper was shipped once into the run root, and compiled once by the worker's python.
+    library = state / "hyperqueue" / HOST / ".corra"
+    module = library / f"{task_job.module_name()}.py"
+    assert module.read_text() == task_job.source()
+    [bytecode] = (library / "__pycache__").iterdir()
+    assert bytecode.name.startswith(f"{task_job.module_name()}.")
+    modes = [path.stat().st_mode & 0o777 for path in (library, module, bytecode.parent, bytecode)]
+    assert modes == [0o700, 0o600, 0o700, 0o600]
 
 
 async def test_kill_while_queued_runs_nothing_and_kill_while_running_ends_the_group(

@@ -41,10 +41,12 @@ GROUP = ["sh", "-c", "sleep 60 & echo $! > child; echo ready; exec sleep 60"]
 Start = Callable[..., subprocess.Popen[bytes]]
 
 
-@pytest.fixture
-def start(tmp_path: Path) -> Iterator[Start]:
-    """Start a wrapper as a worker would (its cwd: ``tmp_path``); killed at the end."""
+@pytest.fixture(params=["source", "library"])
+def start(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Start]:
+    """Start a wrapper as a worker would (its cwd: ``tmp_path``); killed at the end. Each
+    test twice: the source in the command, and the wrapper shipped (as the backend runs it)."""
     started: list[subprocess.Popen[bytes]] = []
+    library = task_job.ship(tmp_path / ".corra") if request.param == "library" else None
 
     def start(
         run_dir: Path,
@@ -56,7 +58,7 @@ def start(tmp_path: Path) -> Iterator[Start]:
         env: dict[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
         wrapper = subprocess.Popen(
-            task_job.argv(run_dir, grace, timeout, program, python=python),
+            task_job.argv(run_dir, grace, timeout, program, python=python, library=library),
             env={**os.environ, **HQ_ENV, **(env or {})},
             cwd=tmp_path,
             stdin=subprocess.PIPE,  # (never closed: a program that read it would hang)
@@ -174,14 +176,17 @@ def test_the_source_is_self_contained():
     compile(source, "task", "exec")
 
 
-def test_a_task_s_start_imports_little(run_dir: Path):
+@pytest.mark.parametrize("shipped", [False, True], ids=["source", "library"])
+def test_a_task_s_start_imports_little(run_dir: Path, tmp_path: Path, shipped: bool):
     # (every task starts a python: json, re and enum would cost each about 10 ms of CPU)
-    command = task_job.argv(run_dir, 1.0, None, ["true"])
+    library = task_job.ship(tmp_path / ".corra") if shipped else None
+    command = task_job.argv(run_dir, 1.0, None, ["true"], library=library)
     command[1:1] = ["-X", "importtime"]
     finished = subprocess.run(command, env={**os.environ, **HQ_ENV}, capture_output=True)
     assert finished.returncode == 0
     imported = {line.rsplit("|", 1)[-1].strip() for line in finished.stderr.decode().splitlines()}
-    assert "os" in imported and not {"json", "re", "enum", "contextlib"} & imported
+    assert "os" in imported
+    assert not {"json", "re", "enum", "contextlib", "hashlib"} & imported
 
 
 def test_a_second_task_of_the_run_dir_runs_nothing(start: Start, run_dir: Path, tmp_path: Path):
@@ -399,6 +404,8 @@ def test_arguments_that_make_no_sense(start: Start, run_dir: Path):
         task_job.argv(run_dir, 1.0, None, [])
     with pytest.raises(ValueError, match="run_dir"):
         task_job.argv("run", 1.0, None, ["true"])
+    with pytest.raises(ValueError, match="library"):
+        task_job.argv(run_dir, 1.0, None, ["true"], library="lib")
     command = task_job.argv(run_dir, 1.0, None, ["true"])
     command[command.index("--") - 2] = "-1"  # (GRACE)
     wrapper = subprocess.Popen(command, stderr=subprocess.PIPE)

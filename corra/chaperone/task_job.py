@@ -33,6 +33,10 @@ status, or 128 plus its signal (127/126 for a program that could not start), or 
 when it ran nothing (bad arguments, the run dir is gone, a lost run's claim), with the reason
 on stderr.
 
+Or shipped once (`ship`: ``task_job_<digest>.py`` in a directory of the run root) and
+imported by every task (`argv`'s ``library``): compiled once per Python rather than at every
+start, and a short command per job (`_library`).
+
 Its syntax is Python 3.6's, as the chaperone's.
 """
 
@@ -43,6 +47,7 @@ import sys
 import time
 
 if __package__:  # imported (corra.chaperone.task_job); a task's source has _wrapper's first
+    from . import _library  # (corra's side only: `ship`, `argv`)
     from ._wrapper import (
         KILL_FILE,
         KILL_REQUESTS,
@@ -319,6 +324,7 @@ def kill_request(run_dir, grace):
 
 
 _source = None
+_module = None
 
 
 def source() -> str:
@@ -329,15 +335,39 @@ def source() -> str:
     return _source
 
 
+def module_name() -> str:
+    """The name of the shipped module: ``task_job_`` and a digest of `source`."""
+    global _module
+    if _module is None:
+        _module = _library.module_name("task_job_", source())
+    return _module
+
+
+def ship(directory: "str | os.PathLike[str]") -> str:
+    """Write `source` into ``directory`` as a module, ``<module_name>.py``, unless it is
+    there (`_library.ship`: 0600, written whole; the directory and its ``__pycache__``
+    0700). The library to give `argv` (``directory``, as a str).
+
+    Raises:
+        OSError: the directory or the module cannot be made.
+    """
+    directory = os.fspath(directory)
+    _library.ship(directory, module_name(), source())
+    return directory
+
+
 def argv(
     run_dir: "str | os.PathLike[str]",
     grace: float,
     timeout: "float | None",
     program: "list[str] | tuple[str, ...]",
     python: str = "python3",
+    *,
+    library: "str | os.PathLike[str] | None" = None,
 ) -> "list[str]":
     """The command a HyperQueue task runs: ``python -I -S -c SOURCE RUN_DIR GRACE TIMEOUT --
-    PROGRAM...``, which runs ``program`` under this wrapper in ``run_dir`` (shared with corra).
+    PROGRAM...``, which runs ``program`` under this wrapper in ``run_dir`` (shared with corra);
+    with a ``library``, `_library.LAUNCHER` (which imports the shipped wrapper) in place of SOURCE.
 
     Args:
         run_dir: the attempt's run dir, as the workers see it.
@@ -345,13 +375,16 @@ def argv(
         timeout: seconds (> 0) the program may run, or None.
         program: the program and its arguments.
         python: the workers' python3.
+        library: a directory the wrapper was shipped to (`ship`), as the workers see it.
 
     Raises:
-        ValueError: a run dir that is not absolute, or a grace, timeout or program that
-            makes no sense.
+        ValueError: a run dir or library that is not absolute, or a grace, timeout or
+            program that makes no sense.
     """
     if not os.path.isabs(run_dir):
         raise ValueError(f"run_dir: expected an absolute path, got {os.fspath(run_dir)!r}")
+    if library is not None and not os.path.isabs(library):
+        raise ValueError(f"library: expected an absolute path, got {os.fspath(library)!r}")
     if not 0.0 <= grace < float("inf"):
         raise ValueError(f"grace: expected seconds >= 0, got {grace!r}")
     if timeout is not None and not 0.0 < timeout < float("inf"):
@@ -359,7 +392,11 @@ def argv(
     if not program:
         raise ValueError("program: expected at least the program's name")
     limit = NO_TIMEOUT if timeout is None else repr(float(timeout))
-    command = [python, "-I", "-S", "-c", source(), os.fspath(run_dir), repr(float(grace))]
+    if library is None:
+        program_text = source()
+    else:
+        program_text = _library.launcher(os.fspath(library), module_name(), FAILED)
+    command = [python, "-I", "-S", "-c", program_text, os.fspath(run_dir), repr(float(grace))]
     return [*command, limit, "--", *program]
 
 

@@ -57,6 +57,9 @@ JOB_ID_FILE: Final = "job_id"
 KILL_SETTLE: Final = 30.0
 #: Job states that are over.
 OVER: Final = frozenset({"finished", "failed", "canceled"})
+#: The run root's directory of the task wrapper, shipped once (`task_job.ship`) and imported
+#: by every task (its bytecode cached there): no key starts with a dot.
+LIBRARY_DIR: Final = ".corra"
 
 
 @attrs.frozen
@@ -151,6 +154,7 @@ class HyperQueueBackend(HostPollers):
                 request.limits.timeout,
                 list(request.argv),
                 python=server.options.python,
+                library=task_job.ship(server.run_root / LIBRARY_DIR),
             ),
             "env": request.environment(),
             "cwd": str(work_dir),
