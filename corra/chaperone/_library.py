@@ -15,16 +15,16 @@ import hashlib
 import os
 
 #: A task's ``-c`` program: imports the shipped module from the library and runs its
-#: ``main``; a library without the module (a directory the worker does not share, say) is
-#: said, and the task exits ``{failed}`` having run nothing.
+#: ``run`` (which ends the process); a library without the module (a directory the worker
+#: does not share, say) is said, and the task exits ``{failed}`` having run nothing.
 LAUNCHER = """import sys
 sys.path.insert(0, {directory!r})
 try:
-    from {module} import main
+    from {module} import run
 except ImportError as error:
     sys.stderr.write("corra task: " + {directory!r} + ": " + str(error) + "\\n")
     sys.exit({failed})
-sys.exit(main(sys.argv[1:]))
+run(sys.argv[1:])
 """
 
 
