@@ -41,18 +41,22 @@ Its syntax is Python 3.6's, as the chaperone's.
 """
 
 import errno
-import os
+import posix  # (not os: see _wrapper's docstring)
 import signal
 import sys
 import time
 
 if __package__:  # imported (corra.chaperone.task_job); a task's source has _wrapper's first
-    from . import _library  # (corra's side only: `ship`, `argv`)
+    import os  # (corra's side only: `ship`, `argv`)
+
+    from . import _library
     from ._wrapper import (
         KILL_FILE,
         KILL_REQUESTS,
         LONGEST_WAIT,
         Job,
+        exists,
+        join,
         json_line,
         reap,
         requested_grace,
@@ -99,16 +103,16 @@ def main(argv):
             return found_claim(run_dir)
         stdio = open_stdio(run_dir)
     except OSError as error:
-        path = error.filename or os.path.join(run_dir, CLAIM_FILE)
+        path = error.filename or join(run_dir, CLAIM_FILE)
         return failed(f"corra task: {path}: {error.strerror or error}")
     before = killed_before_start(run_dir)
     if before is not None:
-        write_record(os.path.join(run_dir, EXIT_FILE), before)
+        write_record(join(run_dir, EXIT_FILE), before)
         return shell_status(None, before["signal"])
     started_at = time.time()
     job = Job(spawn(program, stdio), grace)
     for fd in stdio:
-        os.close(fd)
+        posix.close(fd)
     stopped = watch(job, run_dir, timeout)
     code, number = reap(job, HQ_STOP_DRAIN) if stopped else reap(job)
     record = {
@@ -119,7 +123,7 @@ def main(argv):
         "timed_out": job.timed_out,
         "killed": job.killed,
     }
-    write_record(os.path.join(run_dir, EXIT_FILE), record)
+    write_record(join(run_dir, EXIT_FILE), record)
     return shell_status(code, number)
 
 
@@ -133,14 +137,14 @@ def run(argv):
             stream.flush()
         except (AttributeError, OSError, ValueError):  # (None, or closed: nothing to flush)
             pass
-    os._exit(status)
+    posix._exit(status)
 
 
 def parse(argv):
     """``RUN_DIR GRACE TIMEOUT -- PROGRAM...``: (run_dir, grace, timeout or None, program)."""
     if len(argv) < 5 or argv[3] != "--":
         raise ValueError("usage: RUN_DIR GRACE TIMEOUT -- PROGRAM...")
-    if not os.path.isabs(argv[0]):  # (it would be the task's cwd's)
+    if not argv[0].startswith("/"):  # (relative: it would be the task's cwd's)
         raise ValueError(f"RUN_DIR: expected an absolute path, got {argv[0]!r}")
     grace = float(argv[1])
     timeout = None if argv[2] == NO_TIMEOUT else float(argv[2])
@@ -160,13 +164,19 @@ def claim_record():
     """Who claims: the task (HyperQueue's job and task ids, and which run of the task: one
     is run again when its worker is lost), where, and when."""
     return {
-        "job_id": os.environ.get("HQ_JOB_ID"),
-        "task_id": os.environ.get("HQ_TASK_ID"),
-        "instance_id": os.environ.get("HQ_INSTANCE_ID"),
-        "host": os.uname()[1],
-        "pid": os.getpid(),
+        "job_id": environ("HQ_JOB_ID"),
+        "task_id": environ("HQ_TASK_ID"),
+        "instance_id": environ("HQ_INSTANCE_ID"),
+        "host": posix.uname()[1],
+        "pid": posix.getpid(),
         "claimed_at": time.time(),
     }
+
+
+def environ(name):
+    """``os.environ.get(name)``: the variable, decoded as os decodes it, or None."""
+    value = posix.environ.get(name.encode())
+    return None if value is None else value.decode(sys.getfilesystemencoding(), "surrogateescape")
 
 
 def found_claim(run_dir):
@@ -176,14 +186,14 @@ def found_claim(run_dir):
     again when its worker was lost, and the program was lost with it."""
     import json  # (only here: see _wrapper's docstring)
 
-    path = os.path.join(run_dir, CLAIM_FILE)
+    path = join(run_dir, CLAIM_FILE)
     try:
         with open(path, "rb") as claim_file:
             claimed = json.loads(claim_file.read().decode())
         job_id, task_id = claimed.get("job_id"), claimed.get("task_id")
     except (OSError, ValueError, AttributeError, RecursionError):
         return 0  # (not a claim of ours: nothing to say of it)
-    here = os.environ.get("HQ_JOB_ID"), os.environ.get("HQ_TASK_ID")
+    here = environ("HQ_JOB_ID"), environ("HQ_TASK_ID")
     if job_id is None or (job_id, task_id) != here:
         return 0
     return failed(
@@ -197,22 +207,22 @@ def claim(run_dir, record):
     created it. Readers see no claim or a whole one (a complete temp file, hard-linked to its
     name: the link fails if the name exists, on NFS too), and it is on disk before the
     program starts. Raises OSError (the run dir is gone, say)."""
-    path = os.path.join(run_dir, CLAIM_FILE)
-    if os.path.lexists(path):
+    path = join(run_dir, CLAIM_FILE)
+    if _lexists(path):
         return False  # the usual way a resubmission finds it: no temp file to make
     data = json_line(record).encode()
-    temp = f"{path}.{os.urandom(8).hex()}.tmp"
+    temp = f"{path}.{posix.urandom(8).hex()}.tmp"
     try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = posix.open(temp, posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL, 0o600)
     except OSError as error:  # (said of the claim: the temp file is ours alone)
         raise OSError(error.errno, error.strerror, path) from None
     try:
-        os.write(fd, data)
-        os.fsync(fd)
+        _write_all(fd, data)
+        posix.fsync(fd)
     finally:
-        os.close(fd)
+        posix.close(fd)
     try:
-        os.link(temp, path)
+        posix.link(temp, path)
     except FileExistsError:
         return False
     except OSError as error:
@@ -228,20 +238,34 @@ def claim(run_dir, record):
 def _claim_exclusively(path, data):
     """`claim` where there are no hard links: O_EXCL (a reader may see it empty a moment)."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = posix.open(path, posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL, 0o600)
     except FileExistsError:
         return False
     try:
-        os.write(fd, data)
-        os.fsync(fd)
+        _write_all(fd, data)
+        posix.fsync(fd)
     finally:
-        os.close(fd)
+        posix.close(fd)
+    return True
+
+
+def _write_all(fd, data):
+    while data:
+        data = data[posix.write(fd, data) :]
+
+
+def _lexists(path):
+    """``os.path.lexists``: whether ``path`` is there (a link, even a dangling one)."""
+    try:
+        posix.lstat(path)
+    except (OSError, ValueError):
+        return False
     return True
 
 
 def _unlink(path):
     try:  # noqa: SIM105 - no contextlib (see _wrapper's docstring)
-        os.unlink(path)
+        posix.unlink(path)
     except OSError:
         pass
 
@@ -249,28 +273,28 @@ def _unlink(path):
 def _sync_dir(path):
     """fsync a directory, where the file system lets us (the claim's name is durable)."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = posix.open(path, posix.O_RDONLY)
     except OSError:
         return
     try:
-        os.fsync(fd)
+        posix.fsync(fd)
     except OSError:
         pass
     finally:
-        os.close(fd)
+        posix.close(fd)
 
 
 def open_stdio(run_dir):
     """The program's stdin (/dev/null), stdout and stderr (``RUN_DIR/stdout``, ``stderr``:
     new, the user's only) as fds."""
-    fds = [os.open(os.devnull, os.O_RDONLY)]
+    fds = [posix.open("/dev/null", posix.O_RDONLY)]
     try:
         for name in (STDOUT_FILE, STDERR_FILE):
-            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-            fds.append(os.open(os.path.join(run_dir, name), flags, 0o600))
+            flags = posix.O_WRONLY | posix.O_CREAT | posix.O_TRUNC | posix.O_APPEND
+            fds.append(posix.open(join(run_dir, name), flags, 0o600))
     except OSError:
         for fd in fds:
-            os.close(fd)
+            posix.close(fd)
         raise
     return fds
 
@@ -279,7 +303,7 @@ def killed_before_start(run_dir):
     """The exit record of a kill that came before the program started (a kill.json, or a
     SIGTERM/SIGINT taken while blocked), or None."""
     pending = [number for number in KILL_REQUESTS if number in signal.sigpending()]
-    if not pending and not os.path.exists(os.path.join(run_dir, KILL_FILE)):
+    if not pending and not exists(join(run_dir, KILL_FILE)):
         return None
     now = time.time()
     return {
@@ -288,7 +312,7 @@ def killed_before_start(run_dir):
         "started_at": now,
         "ended_at": now,
         "timed_out": False,
-        "killed": not pending or os.path.exists(os.path.join(run_dir, KILL_FILE)),
+        "killed": not pending or exists(join(run_dir, KILL_FILE)),
     }
 
 
@@ -330,7 +354,7 @@ def watch(job, run_dir, timeout):
 def kill_request(run_dir, grace):
     """The grace of corra's kill request (``grace`` where kill.json names none that makes
     sense), or None while there is no kill.json."""
-    if not os.path.exists(os.path.join(run_dir, KILL_FILE)):
+    if not exists(join(run_dir, KILL_FILE)):
         return None
     requested = requested_grace(run_dir)
     return grace if requested is None else requested
