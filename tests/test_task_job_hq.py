@@ -71,7 +71,9 @@ def run_task(
 ) -> subprocess.Popen[str]:
     run_dir = tmp_path / "run"
     run_dir.mkdir(mode=0o700)
-    command = task_job.argv(run_dir, grace, None, program, python=sys.executable)
+    # (shipped, as the backend runs it: the source in the command is test_task_job.py's too)
+    library = task_job.ship(tmp_path / ".corra")
+    command = task_job.argv(run_dir, grace, None, program, python=sys.executable, library=library)
     arguments = [str(tmp_path / "server"), json.dumps(command), str(tmp_path), mode]
     process = subprocess.Popen(
         [sys.executable, "-c", CLUSTER, *arguments],
