@@ -8,7 +8,8 @@ one program's (`_own`), or the *shared* one of a root, serving every program the
 see `__main__` for how each is started. `batch_job` and `task_job` stand apart: scripts whose
 source (`_escalation`'s text, `_wrapper`'s, then their own; nothing else of the package) a
 Slurm job script carries (`batch_job`) or a HyperQueue task runs (`task_job`: it also claims
-its run dir, so that a task resubmitted runs nothing), which run a job's program as a
+its run dir, so that a task resubmitted runs nothing; shipped once into the run root as a
+module every task imports, `task_job.ship` and `_library`), which run a job's program as a
 chaperone would (its own group, TERM then KILL, an exit record).
 
 Rule 1: one run dir, one program, ever. A chaperone claims ``ROOT/<key>`` (RUN_DIR) with a
