@@ -5,6 +5,7 @@ every time) where that cache cannot be written."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -59,6 +60,7 @@ def test_tasks_compile_the_wrapper_once(tmp_path: Path):
     library = Path(task_job.ship(tmp_path / ".corra"))
     command = task_job.argv(tmp_path / "run", 1.0, None, ["true"], library=library)
     assert len(command[4]) < 400  # (what the server holds per task, rather than 27 KB)
+    ast.parse(command[4], feature_version=(3, 6))  # (the oldest python3 a worker may have)
     assert run_task(tmp_path, library, "first", ["sh", "-c", "echo one"]) == (0, "")
     [bytecode] = cached(library)
     assert bytecode.name.endswith(f".{sys.implementation.cache_tag}.pyc")
