@@ -246,3 +246,20 @@ async def test_a_bad_table_is_refused_at_submission_naming_its_field(
     assert done.returncode != 0
     assert said in done.stderr.decode(), done.stderr
     assert "Traceback" not in done.stderr.decode()
+
+
+async def test_a_run_root_library_others_may_write_is_refused_and_nothing_runs(
+    hq_server: Any, tmp_path: Path
+) -> None:
+    # (every task imports the wrapper there, under a name anyone can tell)
+    run_root = tmp_path / "runs"
+    (run_root / ".corra").mkdir(parents=True)
+    (run_root / ".corra").chmod(0o777)
+    marker = tmp_path / "ran"
+    processes = [{"name": "p", "argv": ["touch", str(marker)]}]
+    jobs = job_file(tmp_path / "job.toml", hq_server.server_dir, processes, run_root=str(run_root))
+    done = await corra(tmp_path / "state", "run", "--json", str(jobs))
+    record = records_of(done)["p"]
+    assert done.returncode != 0 and record["phase"] == "failed", record
+    assert "group or others may write it (mode 777)" in record["reason"], record
+    assert not marker.exists() and list((run_root / ".corra").iterdir()) == []

@@ -74,11 +74,11 @@ def test_tasks_compile_the_wrapper_once(tmp_path: Path):
 
 
 def test_a_cache_that_cannot_be_written_only_costs_time(tmp_path: Path):
-    # (a __pycache__ that is no directory: Python cannot write there, root or not)
-    library = tmp_path / ".corra"
-    library.mkdir(mode=0o700)
+    # (a __pycache__ that is no directory: Python cannot write there, root or not, as where
+    # a worker mounts the run root read-only; shipping would refuse it, so it comes after)
+    library = Path(task_job.ship(tmp_path / ".corra"))
+    (library / "__pycache__").rmdir()
     (library / "__pycache__").write_text("not a directory")
-    assert task_job.ship(library) == str(library)
     for name in ("first", "second"):
         assert run_task(tmp_path, library, name, ["sh", "-c", "echo ran; exit 3"]) == (3, "")
         assert (tmp_path / name / "stdout").read_text() == "ran\n"
@@ -108,3 +108,36 @@ def test_a_library_without_the_wrapper_runs_nothing_and_says_so(tmp_path: Path):
     assert status == task_job.FAILED
     assert stderr == (f"corra task: {library}: No module named '{task_job.module_name()}'\n")
     assert not (tmp_path / "ledger").exists() and list((tmp_path / "run").iterdir()) == []
+
+
+def test_a_library_others_may_write_is_refused(tmp_path: Path):
+    # (every task runs the module of a name anyone can tell: planted there, it would run)
+    library = tmp_path / ".corra"
+    library.mkdir()
+    library.chmod(0o777)
+    with pytest.raises(PermissionError, match=r"group or others may write it \(mode 777\)"):
+        task_job.ship(library)
+    assert list(library.iterdir()) == []
+
+
+def test_a_module_that_is_a_link_is_refused(tmp_path: Path):
+    library = Path(task_job.ship(tmp_path / ".corra"))
+    module = library / f"{task_job.module_name()}.py"
+    (tmp_path / "elsewhere.py").write_text(task_job.source())
+    module.unlink()
+    module.symlink_to(tmp_path / "elsewhere.py")
+    with pytest.raises(PermissionError, match="not a file"):
+        task_job.ship(library)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root gives a file away")
+def test_a_module_of_another_user_is_refused(tmp_path: Path):
+    library = Path(task_job.ship(tmp_path / ".corra"))
+    module = library / f"{task_job.module_name()}.py"
+    os.chown(module, 65534, -1)
+    with pytest.raises(PermissionError, match="owned by uid 65534, not by you"):
+        task_job.ship(library)
+    os.chown(library / "__pycache__", 65534, -1)
+    module.unlink()
+    with pytest.raises(PermissionError, match="__pycache__"):
+        task_job.ship(library)

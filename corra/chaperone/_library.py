@@ -8,11 +8,14 @@ Python (into the directory's ``__pycache__``: ``-I`` ignores PYTHONDONTWRITEBYTE
 read as bytecode after that; a task's command is the short `LAUNCHER`. Where the cache
 cannot be written, every task compiles the module: slower, not broken.
 
-Not part of any wrapper's source: corra's side only (the standard library's, Python 3.6).
+Not part of any wrapper's source: corra's side only (the standard library, Python 3.6).
 """
 
+import contextlib
+import errno
 import hashlib
 import os
+import stat
 
 #: A task's ``-c`` program: imports the shipped module from the library and runs its
 #: ``run`` (which ends the process); a library without the module (a directory the worker
@@ -38,15 +41,18 @@ def ship(directory, module, text):
     """Write ``text`` into ``directory`` as ``<module>.py`` (0600, written whole: a temp file
     renamed), unless it is there. ``directory`` (0700) and its ``__pycache__`` (0700, where
     Python would make it as the umask says) are made if missing; their parent must exist.
-    Raises OSError."""
+
+    Every task runs what is there, under a name anyone can tell: the directory, its cache
+    and the module must be the user's, and only the user's to write (`check_private`).
+    Raises OSError (PermissionError for one that is not)."""
     path = os.path.join(directory, module + ".py")
-    if os.path.isfile(path):
-        return
     for made in (directory, os.path.join(directory, "__pycache__")):
-        try:  # noqa: SIM105 - (the chaperone's style: no contextlib)
+        with contextlib.suppress(FileExistsError):
             os.mkdir(made, 0o700)
-        except FileExistsError:
-            pass
+        check_private(made, stat.S_ISDIR, "a directory")
+    if os.path.lexists(path):
+        check_private(path, stat.S_ISREG, "a file")
+        return
     temp = f"{path}.{os.urandom(8).hex()}.tmp"
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
@@ -56,11 +62,25 @@ def ship(directory, module, text):
             os.fsync(out.fileno())
         os.rename(temp, path)  # (two corras that ship at once write the same text)
     except BaseException:
-        try:  # noqa: SIM105
+        with contextlib.suppress(OSError):
             os.unlink(temp)
-        except OSError:
-            pass
         raise
+
+
+def check_private(path, is_kind, kind):
+    """Refuse ``path`` (PermissionError) unless it is ``kind`` (not a link), owned by the user
+    (or root), that group and others cannot write."""
+    status = os.lstat(path)
+    why = None
+    if not is_kind(status.st_mode):
+        why = "not " + kind
+    elif status.st_uid not in (os.geteuid(), 0):
+        why = f"owned by uid {status.st_uid}, not by you (uid {os.geteuid()})"
+    elif status.st_mode & 0o022:
+        why = f"group or others may write it (mode {stat.S_IMODE(status.st_mode):o})"
+    if why is not None:
+        message = f"{why}: every task would run what is there; remove it, or use another run root"
+        raise PermissionError(errno.EPERM, message, path)
 
 
 def launcher(directory, module, failed):

@@ -143,6 +143,10 @@ class HyperQueueBackend(HostPollers):
             return found
         options: HyperQueueOptions = request.options or HyperQueueOptions()
         make_private_dirs(run_dir)
+        try:
+            library = task_job.ship(server.run_root / LIBRARY_DIR)
+        except OSError as exc:
+            raise LaunchFailed(f"{key} on {server.name}: the task wrapper: {exc}") from exc
         work_dir = Path(request.cwd) if request.cwd else run_dir / "work"
         if request.cwd is None:
             make_private_dirs(work_dir)
@@ -154,7 +158,7 @@ class HyperQueueBackend(HostPollers):
                 request.limits.timeout,
                 list(request.argv),
                 python=server.options.python,
-                library=task_job.ship(server.run_root / LIBRARY_DIR),
+                library=library,
             ),
             "env": request.environment(),
             "cwd": str(work_dir),
