@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -55,6 +56,11 @@ LOST_AFTER_POLLS: Final = 3
 JOB_ID_FILE: Final = "job_id"
 #: Seconds a kill waits for the wrapper's exit record beyond the grace.
 KILL_SETTLE: Final = 30.0
+#: Seconds past a kill's grace after which a job still without an exit record is cancelled
+#: through the server (``hq``), where the host names a binary.
+CANCEL_AFTER: Final = 5.0
+#: Seconds an ``hq job cancel`` may take.
+CANCEL_PATIENCE: Final = 30.0
 #: Job states that are over.
 OVER: Final = frozenset({"finished", "failed", "canceled"})
 
@@ -102,6 +108,12 @@ class HyperQueueBackend(HostPollers):
             raise ConfigError(
                 "inputs/outputs: the hyperqueue backend stages no files; put them in the run "
                 f"root the workers share ({server.run_root})"
+            )
+        why = _unwritable(server.run_root)
+        if why is not None:
+            raise ConfigError(
+                f"hosts.{server.name}.hyperqueue.run_root: {server.run_root}: {why}; expected a "
+                "directory corra can write, on a file system that the workers share"
             )
 
     async def helper(self, server: Server) -> HqHelper:
@@ -271,8 +283,9 @@ class HyperQueueBackend(HostPollers):
             elif state in OVER:
                 self._over(server, job_id, watches, state)
                 over.append(job_id)
-            else:
-                self._note(watches, "waiting for a worker" if state == "waiting" else None)
+            else:  # (not over: queued, or running once its wrapper has claimed the run dir)
+                claimed = (run_dir / task_job.CLAIM_FILE).exists()
+                self._note(watches, None if claimed else "waiting for a worker")
         if over:
             with contextlib.suppress(BackendError):
                 await helper.call("forget", job_ids=over)
@@ -339,17 +352,53 @@ class HyperQueueBackend(HostPollers):
         run_dir = Path(handle.run_dir)
         with contextlib.suppress(FileNotFoundError):
             write_private(run_dir / task_job.KILL_FILE, json.dumps({"grace": grace}).encode())
+        server: Server = self.host(handle.host)
         if _claim_for_kill(run_dir):
+            await self._cancel(server, handle)  # (out of the queue: it would run nothing)
             return _result(run_dir)
+        cancelled = False
         with trio.move_on_after(grace + KILL_SETTLE):
             try:
+                with trio.move_on_after(grace + CANCEL_AFTER):
+                    return await self.wait(handle)
+                # (the wrapper did not end it: the server's cancel, where it can)
+                cancelled = await self._cancel(server, handle)
                 return await self.wait(handle)
             except ProgramLost:
                 return None
         raise BackendError(
             f"job {handle.job_id} on {handle.host}: no exit record {grace + KILL_SETTLE:.0f} s "
-            "after the kill request"
+            "after the kill request" + (" and the server's cancel" if cancelled else "")
         )
+
+    async def _cancel(self, server: Server, handle: HqHandle) -> bool:
+        """Cancel the job through the server (``hq job cancel``) where the host names an
+        ``hq`` binary; whether it was asked. A failure is logged: the run dir's kill request
+        stands."""
+        if server.options.hq is None or server.helper is None:
+            return False
+        command = [
+            server.options.hq,
+            "--server-dir",
+            str(server.helper.server_dir),
+            "job",
+            "cancel",
+            str(handle.job_id),
+        ]
+        try:
+            with trio.fail_after(CANCEL_PATIENCE):
+                done = await trio.run_process(
+                    command, capture_stdout=True, capture_stderr=True, check=False
+                )
+        except (OSError, trio.TooSlowError) as exc:
+            logger.warning("host %s: %s: %s", server.name, " ".join(command), exc)
+            return False
+        if done.returncode != 0:
+            said = done.stderr.decode(errors="replace").strip()[-300:]
+            logger.warning(
+                "host %s: %s exited %d: %s", server.name, " ".join(command), done.returncode, said
+            )
+        return True
 
     async def read_log(
         self, key: EffectKey, stream: str, offset: int, size: int, host: str | None = None
@@ -380,6 +429,19 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     with contextlib.suppress(FileNotFoundError, ValueError, ConfigError):
         data = json.loads(read_private(path))
         return data if isinstance(data, dict) else None
+    return None
+
+
+def _unwritable(root: Path) -> str | None:
+    """Why corra could not make run dirs under ``root`` (its nearest existing ancestor is
+    not a directory it may write), or None."""
+    probe = root
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{probe} is not a directory"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{probe} is not writable by this user"
     return None
 
 
