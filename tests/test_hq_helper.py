@@ -310,6 +310,23 @@ async def test_a_cancelled_call_leaves_the_pipe_in_step(
         assert helper.starts == 2
 
 
+async def test_a_call_cancelled_while_writing_its_line_replaces_the_helper(
+    hq_server: _hq.HqServer,
+) -> None:
+    async with open_helper("hq", hq_server.server_dir) as helper:
+        await helper.call("hello")
+        first = helper.pid
+        assert first is not None
+        await pause(first)  # it reads nothing: a line longer than the pipe's buffer blocks
+        with trio.move_on_after(0.5) as scope:
+            await helper.call("poll", job_ids=list(range(200_000)))
+        assert scope.cancelled_caught
+        # Half a line may be in the pipe: the helper was killed, and the next call gets a new one.
+        assert (await helper.call("poll", job_ids=[]))["jobs"] == {}
+        assert helper.starts == 2
+        assert not Path(f"/proc/{first}").exists()
+
+
 async def test_the_workers_python3_is_the_venvs(hq_server: _hq.HqServer, tmp_path: Path) -> None:
     """The task wrapper runs as ``python3`` on the worker: that must be this venv's."""
     out = tmp_path / "out"

@@ -93,7 +93,7 @@ class HqHelper:
         async with self._lock:
             self._next_id += 1
             request_id = self._next_id
-            line = json.dumps({"id": request_id, "op": op, **fields}).encode() + b"\n"
+            line = json.dumps({**fields, "id": request_id, "op": op}).encode() + b"\n"
             if op == "poll":
                 self.polls += 1
             try:
