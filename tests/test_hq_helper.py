@@ -282,6 +282,25 @@ async def test_malformed_requests_get_bad_request(hq_server: _hq.HqServer, tmp_p
             await helper.call("submit", job=job(["true"], tmp_path, cpus="lots"))
 
 
+async def test_a_python_without_hyperqueue_is_refused_with_the_remedy(
+    hq_server: _hq.HqServer, tmp_path: Path
+) -> None:
+    script = tmp_path / "python"
+    script.write_text(
+        f'#!/bin/sh\nexec {sys.executable} -c \'import sys; sys.modules["hyperqueue"] = None;'
+        " sys.argv[1:] = sys.argv[3:]; from corra.backends.hyperqueue._helper import main;"
+        ' sys.exit(main())\' "$@"\n'
+    )
+    script.chmod(0o700)
+    async with open_helper("hq", hq_server.server_dir, python=str(script)) as helper:
+        with pytest.raises(BackendError, match=r"pip install 'corra\[hyperqueue\]'") as caught:
+            await helper.call("hello")
+    assert not isinstance(caught.value, HostUnavailable)
+    async with open_helper("hq", hq_server.server_dir, python=str(tmp_path / "none")) as helper:
+        with pytest.raises(HostUnavailable, match="cannot start the HyperQueue helper"):
+            await helper.call("hello")
+
+
 async def test_a_cancelled_call_leaves_the_pipe_in_step(
     fresh_hq_server: _hq.HqServer, tmp_path: Path
 ) -> None:

@@ -156,7 +156,8 @@ class HqHelper:
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise _Lost(f"its stdout is closed ({exc!r})") from None
             if not chunk:
-                raise _Lost("it exited" if process.poll() is not None else "its stdout ended")
+                status = process.poll()
+                raise _Lost("its stdout ended" if status is None else f"it exited ({status})")
             self._buffer += chunk
         line = bytes(self._buffer[:end])
         del self._buffer[: end + 1]
