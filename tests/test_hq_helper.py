@@ -215,6 +215,18 @@ async def test_a_call_in_flight_when_the_helper_dies_is_unavailable(
         assert helper.starts == 2
 
 
+async def test_a_server_of_another_version_is_unavailable_and_says_so(
+    hq_server: _hq.HqServer, tmp_path: Path
+) -> None:
+    access = json.loads((hq_server.server_dir / "hq-current" / "access.json").read_text())
+    (tmp_path / "001").mkdir()
+    (tmp_path / "001" / "access.json").write_text(json.dumps({**access, "version": "v0.26.0"}))
+    (tmp_path / "hq-current").symlink_to(tmp_path / "001")
+    async with open_helper("hq", tmp_path) as helper:
+        with pytest.raises(HostUnavailable, match=r"(?s)version mismatch.*v0\.26\.0"):
+            await helper.call("hello")
+
+
 async def test_a_killed_helper_is_started_again(hq_server: _hq.HqServer, tmp_path: Path) -> None:
     async with open_helper("hq", hq_server.server_dir) as helper:
         await helper.call("hello")

@@ -93,7 +93,8 @@ class HqHelper:
         async with self._lock:
             self._next_id += 1
             request_id = self._next_id
-            line = json.dumps({**fields, "id": request_id, "op": op}).encode() + b"\n"
+            request = {**fields, "id": request_id, "op": op}
+            line = json.dumps(request, default=os.fspath).encode() + b"\n"  # paths as str
             if op == "poll":
                 self.polls += 1
             try:
