@@ -256,8 +256,20 @@ class HyperQueueBackend(HostPollers):
                 continue
             first = watches[0]
             run_dir = Path(first.handle.run_dir)
+            # (a replaced server's answer about this id is about another job)
+            replaced = first.handle.server_uid not in ("", uid)
+            state = None if replaced else (states.get(str(job_id)) or {}).get("state")
+            if state is not None and state not in OVER:
+                # (not over: queued, or running once its wrapper has claimed the run dir)
+                claimed = (run_dir / task_job.CLAIM_FILE).exists()
+                self._note(watches, None if claimed else "waiting for a worker")
+                continue
             result = _result(run_dir)
-            if result is None and first.handle.server_uid not in ("", uid):
+            if result is not None:
+                self._settle(watches, result=result)
+                if not replaced:
+                    over.append(job_id)
+            elif replaced:
                 self._settle(
                     watches,
                     error=ProgramLost(
@@ -265,11 +277,6 @@ class HyperQueueBackend(HostPollers):
                         f"{first.handle.server_uid} is now {uid}) and no exit record is there"
                     ),
                 )
-                continue
-            state = (states.get(str(job_id)) or {}).get("state")
-            if result is not None:
-                self._settle(watches, result=result)
-                over.append(job_id)
             elif state is None:
                 first.misses += 1
                 if first.misses >= LOST_AFTER_POLLS:
@@ -280,12 +287,9 @@ class HyperQueueBackend(HostPollers):
                             "record knows it"
                         ),
                     )
-            elif state in OVER:
+            else:
                 self._over(server, job_id, watches, state)
                 over.append(job_id)
-            else:  # (not over: queued, or running once its wrapper has claimed the run dir)
-                claimed = (run_dir / task_job.CLAIM_FILE).exists()
-                self._note(watches, None if claimed else "waiting for a worker")
         if over:
             with contextlib.suppress(BackendError):
                 await helper.call("forget", job_ids=over)

@@ -242,12 +242,12 @@ class HyperQueueHostOptions:
         metadata={"doc": "an hq binary, for the server's own cancel of a killed task"},
     )
     submit_rate: float = attrs.field(
-        default=50.0,
+        default=1000.0,
         validator=number_check("hyperqueue.submit_rate", minimum=0.001),
         metadata={"doc": "submissions per second in the long run"},
     )
     submit_burst: int = attrs.field(
-        default=200,
+        default=1000,
         validator=number_check("hyperqueue.submit_burst", minimum=1, integer=True),
         metadata={"doc": "submissions that may go at once after a quiet period"},
     )
