@@ -93,8 +93,8 @@ _OP = re.compile(rb'"op": "(\w+)"')
 _SERVER: list[_hq.HqServer] = []
 _KEYS = itertools.count()
 _QUEUED: list[HqHandle] = []
-_WRAPPER_MEASURED: list[None] = []
 """The queued tasks that the ``status_requests_per_interval_*`` benchmarks watch."""
+_WRAPPER_MEASURED: list[None] = []
 
 #: The baseline's program: the wheel's client, submitting and waiting in a process of its own.
 #: Argv: server dir, server pid, task count, cwd. Prints one JSON line of figures.
@@ -108,6 +108,10 @@ def server_cpu():
     fields = open(f"/proc/{server_pid}/stat").read().rsplit(")", 1)[1].split()
     return [int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14])]
 
+def machine():
+    times = [int(field) for field in open("/proc/stat").readline().split()[1:9]]
+    return [sum(times) - times[3] - times[4], times[3] + times[4]]
+
 def job(tasks):
     job = Job(default_workdir=cwd, max_fails=1)
     for _ in range(tasks):
@@ -115,17 +119,19 @@ def job(tasks):
     return job
 
 def run(jobs, tasks):
-    before, cpu = server_cpu(), time.process_time()
+    before, cpu, machine_before = server_cpu(), time.process_time(), machine()
     started = time.perf_counter()
     submitted = [client.submit(job(tasks)) for _ in range(jobs)]
     if not client.wait_for_jobs(submitted, raise_on_error=False):
         raise SystemExit("some task failed")
     elapsed = time.perf_counter() - started
-    cpu, after = time.process_time() - cpu, server_cpu()
+    cpu, after, machine_after = time.process_time() - cpu, server_cpu(), machine()
     for done in submitted:
         client.forget(done)
     return {"elapsed": elapsed, "client_cpu": cpu,
-            "server_ticks": after[0] - before[0], "task_ticks": after[1] - before[1]}
+            "server_ticks": after[0] - before[0], "task_ticks": after[1] - before[1],
+            "busy_ticks": machine_after[0] - machine_before[0],
+            "idle_ticks": machine_after[1] - machine_before[1]}
 
 client = Client(server_dir)
 print(json.dumps({"jobs": run(count, 1), "array": run(1, count)}))
@@ -189,6 +195,12 @@ def cpu_ticks(pid: int) -> tuple[int, int]:
     return int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14])
 
 
+def machine_ticks() -> tuple[int, int]:
+    """The machine's CPU time, all CPUs, in clock ticks: busy, and idle (or waiting for IO)."""
+    times = [int(field) for field in Path("/proc/stat").read_text().split()[1:9]]
+    return sum(times) - times[3] - times[4], times[3] + times[4]
+
+
 def per_task_ms(ticks: float, count: int) -> str:
     return f"{ticks / TICKS * 1000 / count:.1f} ms"
 
@@ -229,17 +241,21 @@ async def _corra_tasks(count: int) -> float:
 
         server_before = cpu_ticks(server().pid)
         helper_before = cpu_ticks(helper.pid)[0] if helper.pid else 0
-        cpu = time.process_time()
+        cpu, machine_before = time.process_time(), machine_ticks()
         started = time.perf_counter()
         async with trio.open_nursery() as nursery:
             for request in requests:
                 nursery.start_soon(one, request)
         elapsed = time.perf_counter() - started
-        cpu = time.process_time() - cpu
+        cpu, machine_after = time.process_time() - cpu, machine_ticks()
         server_after = cpu_ticks(server().pid)
         helper_cpu = (cpu_ticks(helper.pid)[0] if helper.pid else 0) - helper_before
     shutil.rmtree(scratch("throughput"), ignore_errors=True)  # the run dirs: outside the figure
-    task_ticks = server_after[1] - server_before[1]
+    task_ticks, server_ticks = (
+        server_after[1] - server_before[1],
+        server_after[0] - server_before[0],
+    )
+    ours = (task_ticks + server_ticks + helper_cpu) / TICKS + cpu
     through = ", ".join(
         f"{trips[op]} {op} ({busy[op] / trips[op] * 1000:.1f} ms each)" for op in sorted(trips)
     )
@@ -248,12 +264,21 @@ async def _corra_tasks(count: int) -> float:
         f"(last submission returned at {max(submitted) - started:.2f} s): tasks' CPU "
         f"{per_task_ms(task_ticks, count)} per task (at least "
         f"{task_ticks / TICKS / cores():.1f} s on {cores()} cores), server and "
-        f"worker {per_task_ms(server_after[0] - server_before[0], count)}, corra "
-        f"{cpu * 1000 / count:.1f} ms, helper {per_task_ms(helper_cpu, count)}; through the "
-        f"helper, one at a time: {through}",
+        f"worker {per_task_ms(server_ticks, count)}, corra {cpu * 1000 / count:.1f} ms, "
+        f"helper {per_task_ms(helper_cpu, count)}; {others(machine_before, machine_after, ours)}"
+        f"; through the helper, one at a time: {through}",
         file=sys.stderr,
     )
     return count / elapsed
+
+
+def others(before: tuple[int, int], after: tuple[int, int], ours: float) -> str:
+    """How the machine's CPUs spent a round: ours (seconds), other processes', idle."""
+    busy, idle = (after[0] - before[0]) / TICKS, (after[1] - before[1]) / TICKS
+    return (
+        f"the machine's CPUs meanwhile {busy:.1f} s busy ({ours:.1f} s ours, "
+        f"{busy - ours:.1f} s other processes'), {idle:.1f} s idle"
+    )
 
 
 def corra_tasks(count: int) -> float:
@@ -312,11 +337,14 @@ def plain_tasks(count: int) -> float:
         raise RuntimeError(f"the baseline failed: {completed.stderr[-2000:]}")
     figures = json.loads(completed.stdout.strip().splitlines()[-1])
     jobs, array = figures["jobs"], figures["array"]
+    ours = (jobs["task_ticks"] + jobs["server_ticks"]) / TICKS + jobs["client_cpu"]
     print(
         f"hyperqueue suite: baseline, {count} jobs of 1 task in {jobs['elapsed']:.2f} s: "
         f"tasks' CPU {per_task_ms(jobs['task_ticks'], count)} per task, server and worker "
         f"{per_task_ms(jobs['server_ticks'], count)}, client "
-        f"{jobs['client_cpu'] * 1000 / count:.1f} ms; 1 job of {count} tasks in "
+        f"{jobs['client_cpu'] * 1000 / count:.1f} ms; "
+        f"{others((0, 0), (jobs['busy_ticks'], jobs['idle_ticks']), ours)}; "
+        f"1 job of {count} tasks in "
         f"{array['elapsed']:.2f} s ({count / array['elapsed']:.0f} tasks/s)",
         file=sys.stderr,
     )
