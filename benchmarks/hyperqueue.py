@@ -281,11 +281,25 @@ def others(before: tuple[int, int], after: tuple[int, int], ours: float) -> str:
     )
 
 
-def corra_tasks(count: int) -> float:
-    """``true`` tasks per second through corra's backend, launched and awaited."""
+def corra_tasks(count: int, *, wrapper: bool = True) -> float:
+    """``true`` tasks per second through corra's backend, launched and awaited; without
+    ``wrapper``, each task runs `no_wrapper`'s line instead of corra's task wrapper."""
     if not _WRAPPER_MEASURED:
         _WRAPPER_MEASURED.append(wrapper_alone())
-    return trio.run(_corra_tasks, count)
+    if wrapper:
+        return trio.run(_corra_tasks, count)
+    argv, task_job.argv = task_job.argv, no_wrapper  # (the backend calls task_job.argv)
+    try:
+        return trio.run(_corra_tasks, count)
+    finally:
+        task_job.argv = argv
+
+
+def no_wrapper(run_dir: str, grace: float, timeout: float | None, program: Any, **_: Any) -> Any:
+    """In place of `task_job.argv`, for ``tasks_per_second_no_wrapper`` only: the program,
+    then its exit status written as the exit record the backend reads, by ``sh``."""
+    line = '"$@"; printf \'{"returncode": %d}\' "$?" > "$0/exit.json"'
+    return ["sh", "-c", line, run_dir, *program]
 
 
 def wrapper_alone(runs: int = 40) -> None:
@@ -429,6 +443,13 @@ def benchmarks(options: Options) -> list[Benchmark]:
             corra=functools.partial(corra_tasks, tasks),
             baseline=functools.partial(plain_tasks, tasks),
             goal=0.8,
+        ),
+        Benchmark(
+            name="tasks_per_second_no_wrapper",
+            unit="tasks/s",
+            corra=functools.partial(corra_tasks, tasks, wrapper=False),
+            baseline=functools.partial(plain_tasks, tasks),
+            rounds=3,
         ),
         *watched,
     ]
