@@ -13,21 +13,30 @@ would take at least 16 s, slower than the baseline by design).
 - ``tasks_per_second``: 1,000 ``true`` tasks (200 with ``--quick``) from the first launch to
   the last result. corra: each task a trio task that launches then waits, all at once, as the
   1,000 process actors of a runtime given 1,000 processes would (the helper answers one
-  request at a time, so the submissions queue there; a run dir is made while another
-  submission is in flight); each task runs ``true`` under corra's task wrapper
-  (`corra.chaperone.task_job`: ``python3 -I -S``). The helper is started, and has said
-  hello, before the clock starts (a runtime's helper lives as long as it does), as the
-  baseline's client has connected. Baseline: the wheel's own client (``hyperqueue.Client``)
-  submits 1,000 jobs of one ``true`` task each (as corra does: one job per attempt), no
-  output files, then ``wait_for_jobs`` for them all; in a process of its own (the client
-  holds the GIL while it waits), the time taken inside it, after it connected. Same server,
-  same worker. Goal: 0.8. On stderr, per round: where the time goes, measured. The tasks'
-  CPU (the worker's reaped children, from the server process's ``cutime + cstime`` in
-  ``/proc``: wrapper and ``true`` for corra, ``true`` alone for the baseline), the server's
-  and worker's own CPU, corra's process CPU, the helper's, per task; the helper's requests
-  by kind and their mean round trip; when the last submission returned. The baseline's
-  round also times one job of 1,000 tasks (a task array, what HyperQueue is made for), as a
-  second reference, outside its figure.
+  request at a time, so the submissions queue there, while the worker runs the first tasks);
+  each task runs ``true`` under corra's task wrapper (`corra.chaperone.task_job`, ``python3
+  -I -S -c SOURCE``). The helper is started, and has said hello, before the clock starts (a
+  runtime's helper lives as long as it does), as the baseline's client has connected.
+  Baseline: the wheel's own client (``hyperqueue.Client``) submits 1,000 jobs of one ``true``
+  task each (as corra does: one job per attempt), no output files, then ``wait_for_jobs``
+  for them all; in a process of its own (the client holds the GIL while it waits), timed
+  inside it, once connected. Same server, same worker. Goal: 0.8. ``wait_for_jobs`` looks
+  once a second (measured: 10, 50 and 200 tasks all take 1.02 to 1.09 s), so the baseline's
+  figure is its time rounded up to about the next second: this favours corra, whose poller
+  looks every `POLL_INTERVAL`. On stderr, per round, where the time goes, measured: the
+  tasks' CPU (the worker's reaped children: the server process's ``cutime + cstime`` in
+  ``/proc``; wrapper and ``true`` for corra, ``true`` alone for the baseline), the server's
+  and worker's own CPU, corra's process CPU and the helper's, per task; how the machine's
+  CPUs spent the round (``/proc/stat``: ours, other processes', idle); the helper's requests
+  by kind, with their round trip (the wait for the helper not in it); when the last
+  submission returned. The baseline's round also times one job of 1,000 tasks (a task array,
+  what HyperQueue is made for), as a second reference, outside its figure. Once, before the
+  first round: the wrapper alone, ``true`` under it 40 times one after another, against
+  ``true`` alone.
+- ``tasks_per_second_no_wrapper``: report only, a diagnostic. The same, but each task runs
+  `no_wrapper`'s ``sh`` line instead of the task wrapper: the program, then an exit record
+  of its status, all the backend reads of a task (no claim, no kill, no timeout): what the
+  backend costs apart from the wrapper, the ratio a wrapper that cost nothing would give.
 - ``status_requests_per_interval_1``, ``_100``, ``_1000``: ``poll`` requests per poll interval
   (`HqHelper.polls`; one poll is one request to the server, for every watched job) while
   corra watches that many queued tasks, each awaited by a `HyperQueueBackend.wait` task. The
