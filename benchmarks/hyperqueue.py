@@ -50,10 +50,51 @@ would take at least 16 s, slower than the baseline by design).
   baseline is one status request per watched task per interval (a watcher per task), as
   suite ``slurm``'s ``squeue_per_poll``: the ratio is about the number of tasks.
 
-Run it as ``python -m benchmarks --suite hyperqueue`` (about N minutes; ``--quick``: 200 tasks
-per throughput round instead of 1,000, 4 polls per round instead of 8, about N minutes; the
+Run it as ``python -m benchmarks --suite hyperqueue`` (about 6 minutes; ``--quick``: 200 tasks
+per throughput round instead of 1,000, 4 polls per round instead of 8, about 1.5 minutes; the
 1,000 queued tasks are the same in both). It needs the ``hyperqueue`` wheel (the ``test``
-extra).
+extra). With ``--quick`` the baseline's figure is mostly its one-second tick (200 tasks take
+1.0 s).
+
+Figures, on 2 cores shared with other work (other helpers' tests took up to 25 s of CPU in
+a corra round), ``python -m benchmarks --suite hyperqueue`` (git fa16085, 2026-12-07 21:39
+UTC)::
+
+    benchmark                          corra  baseline  unit                ratio  goal     verdict
+    tasks_per_second                    54.1       283  tasks/s              0.19  >= 0.80  MISS
+    tasks_per_second_no_wrapper          245       307  tasks/s              0.80  -        -
+    status_requests_per_interval_1     0.992         1  requests/interval    1.01  aim <= 1 ok
+    status_requests_per_interval_100   0.989       100  requests/interval  101.12  aim <= 1 ok
+    status_requests_per_interval_1000  0.963     1,000  requests/interval 1038.92  aim <= 1 ok
+
+(two runs before, at b298cff and 87bdf73: 0.21 and 0.18; 0.99, 0.99, 0.96 and 0.99, 0.99, 0.95).
+
+- Throughput: 0.19, a MISS, and the task wrapper is what costs it. corra took 15.3 to 27.4
+  s for 1,000 tasks, the baseline 3.3 to 4.5 s (one job of 1,000 tasks: 3.0 to 4.0 s). The
+  tasks' CPU was 20.6 to 23.8 ms per task under the wrapper against 1.6 to 1.8 ms for
+  ``true`` alone: 10.3 to 11.9 s of the 2 cores for the tasks alone, three times the
+  baseline's whole time, so no ratio above about 0.3 can be had here with this wrapper,
+  whatever the rest does. The wrapper alone, outside HyperQueue: 26.4 ms wall, 21.6 ms CPU
+  per ``true`` (``true`` alone: 1.4 ms, 0.8 ms). In the quiet rounds (other processes under
+  5 s of CPU) corra took 15.3 to 16.3 s, the 2 cores busy 25 s of 31 to 33 with our
+  processes and idle 2 to 3.5 s; in loaded ones (10 to 25 s of other processes' CPU) 18.5 to
+  27.4 s: corra's side needs the CPUs, the baseline leaves half of them idle. The rest,
+  per task: corra's process 1.6 to 2.2 ms of CPU, the helper 0.4 ms, the server and worker
+  2.2 to 2.7 ms against 1.0 to 1.2 ms for the baseline's tasks (0.1 to 0.3 ms of it is the
+  wrapper's 26.7 KB source, in every task's argv: measured apart, the baseline's tasks with
+  such an argument; the rest is not attributed). The 1,000 submissions went through the
+  helper one at a time at 1.7 to 3.9 ms each (round trip), the last one 2.5 to 5.3 s after
+  the start, while the worker ran the first tasks: not what the tasks waited for.
+- Without the wrapper (``tasks_per_second_no_wrapper``): 0.80, corra 3.9 to 4.3 s against
+  3.2 to 3.3 s, the tasks' CPU 2.0 to 2.2 ms per task. There the submissions took most of
+  the time: the last returned 2.2 to 2.6 s after the start (1.4 to 1.6 ms per round
+  trip to the helper, one at a time, and corra's run dir work between them); and a poll's
+  ``forget`` of the jobs over (one request to the server per job, as the wheel's client has
+  no other) held the helper 19 to 44 ms each, the submissions waiting behind it.
+- Status requests: one poll per interval, 0.96 to 0.99 whatever the number of watched tasks
+  (a poll of 1,000 job ids takes 4 to 5 ms); the baseline, a request per task, is 1 to 1,000.
+  While tasks end, each poll is followed by a ``forget`` of those over (above): two helper
+  requests per interval, the ``forget`` one server request per job that ended.
 """
 
 from __future__ import annotations
@@ -103,7 +144,8 @@ _SERVER: list[_hq.HqServer] = []
 _KEYS = itertools.count()
 _QUEUED: list[HqHandle] = []
 """The queued tasks that the ``status_requests_per_interval_*`` benchmarks watch."""
-_WRAPPER_MEASURED: list[None] = []
+_WRAPPER_MEASURED: list[bool] = []
+"""Whether `wrapper_alone` has measured the wrapper (once, before the first corra round)."""
 
 #: The baseline's program: the wheel's client, submitting and waiting in a process of its own.
 #: Argv: server dir, server pid, task count, cwd. Prints one JSON line of figures.
@@ -294,7 +336,8 @@ def corra_tasks(count: int, *, wrapper: bool = True) -> float:
     """``true`` tasks per second through corra's backend, launched and awaited; without
     ``wrapper``, each task runs `no_wrapper`'s line instead of corra's task wrapper."""
     if not _WRAPPER_MEASURED:
-        _WRAPPER_MEASURED.append(wrapper_alone())
+        wrapper_alone()
+        _WRAPPER_MEASURED.append(True)
     if wrapper:
         return trio.run(_corra_tasks, count)
     argv, task_job.argv = task_job.argv, no_wrapper  # (the backend calls task_job.argv)
