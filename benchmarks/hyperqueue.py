@@ -75,7 +75,9 @@ UTC)::
   ``true`` alone: 10.3 to 11.9 s of the 2 cores for the tasks alone, three times the
   baseline's whole time, so no ratio above about 0.3 can be had here with this wrapper,
   whatever the rest does. The wrapper alone, outside HyperQueue: 26.4 ms wall, 21.6 ms CPU
-  per ``true`` (``true`` alone: 1.4 ms, 0.8 ms). In the quiet rounds (other processes under
+  per ``true`` (``true`` alone: 1.4 ms, 0.8 ms); measured apart once (40 runs each, 18.4 ms
+  then): ``python3 -I -S -c pass`` 7.5 ms of CPU, compiling the wrapper's 26.7 KB source 5.5
+  ms more, its imports and work the other 5.4 ms. In the quiet rounds (other processes under
   5 s of CPU) corra took 15.3 to 16.3 s, the 2 cores busy 25 s of 31 to 33 with our
   processes and idle 2 to 3.5 s; in loaded ones (10 to 25 s of other processes' CPU) 18.5 to
   27.4 s: corra's side needs the CPUs, the baseline leaves half of them idle. The rest,
