@@ -61,6 +61,8 @@ KILL_SETTLE: Final = 30.0
 CANCEL_AFTER: Final = 5.0
 #: Seconds an ``hq job cancel`` may take.
 CANCEL_PATIENCE: Final = 30.0
+#: Jobs forgotten by the server per poll, at most (the rest at the next polls).
+FORGET_BATCH: Final = 50
 #: Job states that are over.
 OVER: Final = frozenset({"finished", "failed", "canceled"})
 
@@ -290,9 +292,16 @@ class HyperQueueBackend(HostPollers):
             else:
                 self._over(server, job_id, watches, state)
                 over.append(job_id)
-        if over:
+        # (forgotten a few at a time: the client forgets one job per request, and the helper
+        # serves nothing else meanwhile, submissions included)
+        server.forgotten.extend(over)
+        if server.forgotten:
+            batch, server.forgotten = (
+                server.forgotten[:FORGET_BATCH],
+                server.forgotten[FORGET_BATCH:],
+            )
             with contextlib.suppress(BackendError):
-                await helper.call("forget", job_ids=over)
+                await helper.call("forget", job_ids=batch)
 
     def _allocation_over(self, server: Server) -> None:
         """The host's allocation is over: what has no exit record is lost with it."""
