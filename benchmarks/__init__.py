@@ -23,6 +23,7 @@ SUITES: dict[str, str] = {
     "ssh": "benchmarks.ssh",
     "slurm": "benchmarks.slurm",
     "kubernetes": "benchmarks.kubernetes",
+    "hyperqueue": "benchmarks.hyperqueue",
     "api": "benchmarks.api",
     "scale": "benchmarks.scale",
 }

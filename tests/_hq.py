@@ -24,7 +24,7 @@ import attrs
 READY_TIMEOUT = 60.0  # seconds; a loaded machine starts a server in well under one
 
 _SERVER = """
-import signal, sys
+import os, signal, sys
 from pathlib import Path
 from hyperqueue import LocalCluster
 from hyperqueue.cluster import WorkerConfig
@@ -34,15 +34,22 @@ server_dir, ready, cores = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
 def stop(signum, frame):
     raise SystemExit(0)
 
+# The TERM may be delivered to one of the cluster's threads, which does not wake a main
+# thread in signal.pause(): the wakeup fd does (Python's handler then runs on the main thread).
+wake, woken = os.pipe()
+os.set_blocking(woken, False)
+signal.set_wakeup_fd(woken)
 signal.signal(signal.SIGTERM, stop)
 cluster = LocalCluster(server_dir=server_dir)
 try:
     cluster.start_worker(WorkerConfig(cores=cores))
     ready.write_text("ready")
     while True:
-        signal.pause()
+        os.read(wake, 1)
 finally:
+    print("stopping the cluster", file=sys.stderr, flush=True)
     cluster.stop()
+    print("stopped", file=sys.stderr, flush=True)
 """
 
 

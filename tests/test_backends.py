@@ -290,3 +290,17 @@ def test_a_plugin_is_described_alike_before_and_after_its_types_are_resolved() -
         ("names", "tuple[str, ...]"),
         ("flag", "bool"),
     ]
+
+
+def test_a_table_field_shows_its_empty_default_and_a_loose_field_its_type_in_words() -> None:
+    described = {backend["name"]: backend for backend in installed.describe()}
+    options = {field["name"]: field for field in described["hyperqueue"]["options"]}
+    assert options["resources"]["default"] == {}
+    assert options["cpus"] == {
+        "name": "cpus",
+        "type": "number or str",
+        "default": "1",
+        "doc": "CPUs: 2, 0.5, 'all', '4 compact'",
+    }
+    kube = {field["name"]: field for field in described["kubernetes"]["options"]}
+    assert kube["node_selector"]["default"] == {}

@@ -669,8 +669,8 @@ def test_the_record_texts_follow_their_spec_and_go_with_it():
         ({"labels": {"a": 1}}, "labels: got {'a': 1}, expected a table of string values"),
         (
             {"backend": "mars"},
-            "backend: got 'mars', expected one of ['kubernetes', 'local', 'slurm', 'ssh'] "
-            "(the installed",
+            "backend: got 'mars', expected one of ['hyperqueue', 'kubernetes', 'local', 'slurm', "
+            "'ssh'] (the installed",
         ),
         ({"backend": "ssh"}, "host: missing; backend 'ssh' runs the program on a host"),
         ({"host": "h"}, "host: got 'h', expected nothing for backend 'local'"),

@@ -215,6 +215,18 @@ async def test_a_call_in_flight_when_the_helper_dies_is_unavailable(
         assert helper.starts == 2
 
 
+async def test_a_server_of_another_version_is_unavailable_and_says_so(
+    hq_server: _hq.HqServer, tmp_path: Path
+) -> None:
+    access = json.loads((hq_server.server_dir / "hq-current" / "access.json").read_text())
+    (tmp_path / "001").mkdir()
+    (tmp_path / "001" / "access.json").write_text(json.dumps({**access, "version": "v0.26.0"}))
+    (tmp_path / "hq-current").symlink_to(tmp_path / "001")
+    async with open_helper("hq", tmp_path) as helper:
+        with pytest.raises(HostUnavailable, match=r"(?s)version mismatch.*v0\.26\.0"):
+            await helper.call("hello")
+
+
 async def test_a_killed_helper_is_started_again(hq_server: _hq.HqServer, tmp_path: Path) -> None:
     async with open_helper("hq", hq_server.server_dir) as helper:
         await helper.call("hello")
@@ -282,32 +294,71 @@ async def test_malformed_requests_get_bad_request(hq_server: _hq.HqServer, tmp_p
             await helper.call("submit", job=job(["true"], tmp_path, cpus="lots"))
 
 
+async def test_a_python_without_hyperqueue_is_refused_with_the_remedy(
+    hq_server: _hq.HqServer, tmp_path: Path
+) -> None:
+    script = tmp_path / "python"
+    script.write_text(
+        f'#!/bin/sh\nexec {sys.executable} -c \'import sys; sys.modules["hyperqueue"] = None;'
+        " sys.argv[1:] = sys.argv[3:]; from corra.backends.hyperqueue._helper import main;"
+        ' sys.exit(main())\' "$@"\n'
+    )
+    script.chmod(0o700)
+    async with open_helper("hq", hq_server.server_dir, python=str(script)) as helper:
+        with pytest.raises(BackendError, match=r"pip install 'corra\[hyperqueue\]'") as caught:
+            await helper.call("hello")
+    assert not isinstance(caught.value, HostUnavailable)
+    async with open_helper("hq", hq_server.server_dir, python=str(tmp_path / "none")) as helper:
+        with pytest.raises(HostUnavailable, match="cannot start the HyperQueue helper"):
+            await helper.call("hello")
+
+
 async def test_a_cancelled_call_leaves_the_pipe_in_step(
     fresh_hq_server: _hq.HqServer, tmp_path: Path
 ) -> None:
-    async with open_helper("hq", fresh_hq_server.server_dir, call_timeout=2) as helper:
+    async with open_helper("hq", fresh_hq_server.server_dir) as helper:
         job_id = (await helper.call("submit", job=job(["true"], tmp_path)))["job_id"]
         assert await final_state(helper, job_id) == "finished"
         try:
             await pause(fresh_hq_server.pid)  # the server answers nothing now
-            with trio.move_on_after(0.3) as scope:
+            with trio.move_on_after(1) as scope:
                 await helper.call("poll", job_ids=[job_id])
             assert scope.cancelled_caught
         finally:
             os.kill(fresh_hq_server.pid, signal.SIGCONT)
         # The stale answer to the cancelled poll comes first: it is read and dropped.
-        assert (await helper.call("hello"))["server_dir"] == str(fresh_hq_server.server_dir)
+        answer = await helper.call("poll", job_ids=[job_id])
+        assert answer["jobs"] == {str(job_id): {"state": "finished"}}
         assert helper.starts == 1
         # A server that hangs for longer than call_timeout: the helper is taken for hung.
+        helper.call_timeout = 1
         try:
             await pause(fresh_hq_server.pid)
             with pytest.raises(HostUnavailable, match="did not answer poll"):
                 await helper.call("poll", job_ids=[job_id])
         finally:
             os.kill(fresh_hq_server.pid, signal.SIGCONT)
+        helper.call_timeout = 60
         answer = await helper.call("poll", job_ids=[job_id])
         assert answer["jobs"] == {str(job_id): {"state": "finished"}}
         assert helper.starts == 2
+
+
+async def test_a_call_cancelled_while_writing_its_line_replaces_the_helper(
+    hq_server: _hq.HqServer,
+) -> None:
+    async with open_helper("hq", hq_server.server_dir) as helper:
+        await helper.call("hello")
+        first = helper.pid
+        assert first is not None
+        await pause(first)  # it reads nothing: a line longer than the pipe's buffer blocks
+        with trio.move_on_after(0.5) as scope:
+            await helper.call("poll", job_ids=list(range(200_000)))
+        assert scope.cancelled_caught
+        # Half a line may be in the pipe: the helper was killed, and the next call gets a new one.
+        assert (await helper.call("poll", job_ids=[]))["jobs"] == {}
+        assert helper.starts == 2
+        assert not Path(f"/proc/{first}").exists()
 
 
 async def test_the_workers_python3_is_the_venvs(hq_server: _hq.HqServer, tmp_path: Path) -> None:

@@ -263,3 +263,45 @@ async def test_a_run_root_library_others_may_write_is_refused_and_nothing_runs(
     assert done.returncode != 0 and record["phase"] == "failed", record
     assert "group or others may write it (mode 777)" in record["reason"], record
     assert not marker.exists() and list((run_root / ".corra").iterdir()) == []
+
+
+async def test_a_run_root_corra_cannot_write_is_refused_at_submission(
+    hq_server: Any, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    processes = [{"name": "nowhere", "argv": ["true"]}]
+    jobs = job_file(
+        tmp_path / "job.toml", hq_server.server_dir, processes, run_root=str(blocker / "runs")
+    )
+    done = await corra(tmp_path / "state", "run", str(jobs))
+    said = done.stderr.decode()
+    assert done.returncode != 0
+    assert "hosts.hq.hyperqueue.run_root" in said and "not a directory" in said, said
+
+
+async def test_a_kill_also_cancels_through_the_server_where_an_hq_binary_is_named(
+    hq_server: Any, tmp_path: Path
+) -> None:
+    # The wheel ships no hq binary and none can be fetched here: a script in its place
+    # records the command line corra runs (what the real one would be given).
+    calls = tmp_path / "calls"
+    hq = tmp_path / "hq"
+    hq.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    hq.chmod(0o700)
+    hosts = {HOST: server_host(hq_server.server_dir, hq=str(hq))}
+    async with open_runtime(state_dir=tmp_path / "state", hosts=hosts) as runtime:
+        queued = await runtime.spawn_process(
+            {
+                "argv": ["true"],
+                "backend": "hyperqueue",
+                "host": HOST,
+                "hyperqueue": {"resources": {"gpus": 1}},
+            }
+        )
+        await eventually(lambda: queued.state.phase == "running")
+        with trio.fail_after(30):
+            killed = await queued.kill()
+        assert killed.state.phase == "killed"
+        job_id = killed.state.handle.job_id
+    assert calls.read_text() == f"--server-dir {hq_server.server_dir} job cancel {job_id}\n"

@@ -470,7 +470,7 @@ def test_corra_show_of_a_legacy_process(state, name):
         paused_from,
     )
     # (shown with an empty table of every installed backend with options, as always)
-    assert shown["spec"] == {**expected_spec(name), "kubernetes": {}}
+    assert shown["spec"] == {**expected_spec(name), "hyperqueue": {}, "kubernetes": {}}
     assert shown["spec"]["backend"] == backend
     history = [
         (t["event"], t["source"], t["target"], t["attempt"], t["reason"]) for t in shown["history"]

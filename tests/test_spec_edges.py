@@ -491,8 +491,8 @@ def test_a_backends_options_table_is_structured_into_its_plugins_class_with_fiel
 
 def test_an_unknown_backend_is_refused_naming_the_installed_ones():
     assert refused({"argv": ["true"], "backend": "pbs"}) == (
-        "process.backend: got 'pbs', expected one of ['kubernetes', 'local', 'slurm', 'ssh'] "
-        "(the installed backends: corra backends)"
+        "process.backend: got 'pbs', expected one of ['hyperqueue', 'kubernetes', 'local', "
+        "'slurm', 'ssh'] (the installed backends: corra backends)"
     )
 
 

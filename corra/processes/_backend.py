@@ -431,10 +431,18 @@ def _fields(cls: type | None) -> list[dict[str, Any]]:
         return []
     out = []
     for field in attrs.fields(cls):
-        entry: dict[str, Any] = {"name": field.name, "type": _type_name(field.type)}
-        if field.default is not attrs.NOTHING and not isinstance(field.default, attrs.Factory):
+        metadata = field.metadata or {}
+        # (a field may say its type in words where its annotation is loose: "number or text")
+        entry: dict[str, Any] = {
+            "name": field.name,
+            "type": metadata.get("type") or _type_name(field.type),
+        }
+        if isinstance(field.default, attrs.Factory):  # type: ignore[arg-type]
+            if not field.default.takes_self:  # (an empty table or list: what it starts as)
+                entry["default"] = field.default.factory()
+        elif field.default is not attrs.NOTHING:
             entry["default"] = field.default
-        doc = (field.metadata or {}).get("doc")
+        doc = metadata.get("doc")
         if doc:
             entry["doc"] = doc
         out.append(entry)

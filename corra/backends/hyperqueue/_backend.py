@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -55,6 +56,13 @@ LOST_AFTER_POLLS: Final = 3
 JOB_ID_FILE: Final = "job_id"
 #: Seconds a kill waits for the wrapper's exit record beyond the grace.
 KILL_SETTLE: Final = 30.0
+#: Seconds past a kill's grace after which a job still without an exit record is cancelled
+#: through the server (``hq``), where the host names a binary.
+CANCEL_AFTER: Final = 5.0
+#: Seconds an ``hq job cancel`` may take.
+CANCEL_PATIENCE: Final = 30.0
+#: Jobs forgotten by the server per poll, at most (the rest at the next polls).
+FORGET_BATCH: Final = 50
 #: Job states that are over.
 OVER: Final = frozenset({"finished", "failed", "canceled"})
 #: The run root's directory of the task wrapper, shipped once (`task_job.ship`) and imported
@@ -105,6 +113,12 @@ class HyperQueueBackend(HostPollers):
             raise ConfigError(
                 "inputs/outputs: the hyperqueue backend stages no files; put them in the run "
                 f"root the workers share ({server.run_root})"
+            )
+        why = _unwritable(server.run_root)
+        if why is not None:
+            raise ConfigError(
+                f"hosts.{server.name}.hyperqueue.run_root: {server.run_root}: {why}; expected a "
+                "directory corra can write, on a file system that the workers share"
             )
 
     async def helper(self, server: Server) -> HqHelper:
@@ -252,8 +266,20 @@ class HyperQueueBackend(HostPollers):
                 continue
             first = watches[0]
             run_dir = Path(first.handle.run_dir)
+            # (a replaced server's answer about this id is about another job)
+            replaced = first.handle.server_uid not in ("", uid)
+            state = None if replaced else (states.get(str(job_id)) or {}).get("state")
+            if state is not None and state not in OVER:
+                # (not over: queued, or running once its wrapper has claimed the run dir)
+                claimed = (run_dir / task_job.CLAIM_FILE).exists()
+                self._note(watches, None if claimed else "waiting for a worker")
+                continue
             result = _result(run_dir)
-            if result is None and first.handle.server_uid not in ("", uid):
+            if result is not None:
+                self._settle(watches, result=result)
+                if not replaced:
+                    over.append(job_id)
+            elif replaced:
                 self._settle(
                     watches,
                     error=ProgramLost(
@@ -261,11 +287,6 @@ class HyperQueueBackend(HostPollers):
                         f"{first.handle.server_uid} is now {uid}) and no exit record is there"
                     ),
                 )
-                continue
-            state = (states.get(str(job_id)) or {}).get("state")
-            if result is not None:
-                self._settle(watches, result=result)
-                over.append(job_id)
             elif state is None:
                 first.misses += 1
                 if first.misses >= LOST_AFTER_POLLS:
@@ -276,14 +297,19 @@ class HyperQueueBackend(HostPollers):
                             "record knows it"
                         ),
                     )
-            elif state in OVER:
+            else:
                 self._over(server, job_id, watches, state)
                 over.append(job_id)
-            else:
-                self._note(watches, "waiting for a worker" if state == "waiting" else None)
-        if over:
+        # (forgotten a few at a time: the client forgets one job per request, and the helper
+        # serves nothing else meanwhile, submissions included)
+        server.forgotten.extend(over)
+        if server.forgotten:
+            batch, server.forgotten = (
+                server.forgotten[:FORGET_BATCH],
+                server.forgotten[FORGET_BATCH:],
+            )
             with contextlib.suppress(BackendError):
-                await helper.call("forget", job_ids=over)
+                await helper.call("forget", job_ids=batch)
 
     def _allocation_over(self, server: Server) -> None:
         """The host's allocation is over: what has no exit record is lost with it."""
@@ -347,17 +373,53 @@ class HyperQueueBackend(HostPollers):
         run_dir = Path(handle.run_dir)
         with contextlib.suppress(FileNotFoundError):
             write_private(run_dir / task_job.KILL_FILE, json.dumps({"grace": grace}).encode())
+        server: Server = self.host(handle.host)
         if _claim_for_kill(run_dir):
+            await self._cancel(server, handle)  # (out of the queue: it would run nothing)
             return _result(run_dir)
+        cancelled = False
         with trio.move_on_after(grace + KILL_SETTLE):
             try:
+                with trio.move_on_after(grace + CANCEL_AFTER):
+                    return await self.wait(handle)
+                # (the wrapper did not end it: the server's cancel, where it can)
+                cancelled = await self._cancel(server, handle)
                 return await self.wait(handle)
             except ProgramLost:
                 return None
         raise BackendError(
             f"job {handle.job_id} on {handle.host}: no exit record {grace + KILL_SETTLE:.0f} s "
-            "after the kill request"
+            "after the kill request" + (" and the server's cancel" if cancelled else "")
         )
+
+    async def _cancel(self, server: Server, handle: HqHandle) -> bool:
+        """Cancel the job through the server (``hq job cancel``) where the host names an
+        ``hq`` binary; whether it was asked. A failure is logged: the run dir's kill request
+        stands."""
+        if server.options.hq is None or server.helper is None:
+            return False
+        command = [
+            server.options.hq,
+            "--server-dir",
+            str(server.helper.server_dir),
+            "job",
+            "cancel",
+            str(handle.job_id),
+        ]
+        try:
+            with trio.fail_after(CANCEL_PATIENCE):
+                done = await trio.run_process(
+                    command, capture_stdout=True, capture_stderr=True, check=False
+                )
+        except (OSError, trio.TooSlowError) as exc:
+            logger.warning("host %s: %s: %s", server.name, " ".join(command), exc)
+            return False
+        if done.returncode != 0:
+            said = done.stderr.decode(errors="replace").strip()[-300:]
+            logger.warning(
+                "host %s: %s exited %d: %s", server.name, " ".join(command), done.returncode, said
+            )
+        return True
 
     async def read_log(
         self, key: EffectKey, stream: str, offset: int, size: int, host: str | None = None
@@ -388,6 +450,19 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     with contextlib.suppress(FileNotFoundError, ValueError, ConfigError):
         data = json.loads(read_private(path))
         return data if isinstance(data, dict) else None
+    return None
+
+
+def _unwritable(root: Path) -> str | None:
+    """Why corra could not make run dirs under ``root`` (its nearest existing ancestor is
+    not a directory it may write), or None."""
+    probe = root
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{probe} is not a directory"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{probe} is not writable by this user"
     return None
 
 

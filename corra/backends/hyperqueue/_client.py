@@ -48,6 +48,7 @@ class HqHelper:
         server_dir: the server's directory.
         polls: ``poll`` requests made (one request to the server each).
         starts: helper processes started (a restart adds one).
+        call_timeout: seconds a call may take before the helper is taken for hung (killed).
         stopped_with: the exit status of the helper `aclose` stopped (0: it exited when its
             stdin closed; -15 or -9: it had to be terminated or killed), None before.
     """
@@ -69,7 +70,7 @@ class HqHelper:
         self.stopped_with: int | None = None
         self._python = python
         self._log = log
-        self._call_timeout = call_timeout
+        self.call_timeout = call_timeout
         self._stop_grace = stop_grace
         self._lock = trio.Lock()
         self._process: trio.Process | None = None
@@ -93,11 +94,12 @@ class HqHelper:
         async with self._lock:
             self._next_id += 1
             request_id = self._next_id
-            line = json.dumps({"id": request_id, "op": op, **fields}).encode() + b"\n"
+            request = {**fields, "id": request_id, "op": op}
+            line = json.dumps(request, default=os.fspath).encode() + b"\n"  # paths as str
             if op == "poll":
                 self.polls += 1
             try:
-                with trio.fail_after(self._call_timeout):
+                with trio.fail_after(self.call_timeout):
                     try:
                         answer = await self._exchange(await self._running(), request_id, line)
                     except _NotSent:  # it died since the last call: once more, to a new one
@@ -106,7 +108,7 @@ class HqHelper:
                 self._kill()
                 raise HostUnavailable(
                     self.host,
-                    f"the HyperQueue helper did not answer {op} in {self._call_timeout:g} s",
+                    f"the HyperQueue helper did not answer {op} in {self.call_timeout:g} s",
                 ) from None
             except _Lost as exc:
                 self._kill()
@@ -156,7 +158,8 @@ class HqHelper:
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise _Lost(f"its stdout is closed ({exc!r})") from None
             if not chunk:
-                raise _Lost("it exited" if process.poll() is not None else "its stdout ended")
+                status = process.poll()
+                raise _Lost("its stdout ended" if status is None else f"it exited ({status})")
             self._buffer += chunk
         line = bytes(self._buffer[:end])
         del self._buffer[: end + 1]

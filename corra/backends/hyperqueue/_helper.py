@@ -84,8 +84,11 @@ class Server:
 
     def connection(self) -> Any:
         if self._connection is None:
-            from hyperqueue.ffi.client import ClientConnection
-
+            try:
+                from hyperqueue.ffi.client import ClientConnection
+            except ImportError as exc:
+                message = f"{sys.executable} has no hyperqueue: pip install 'corra[hyperqueue]'"
+                raise RequestError(REFUSED, f"{message} ({exc})") from exc
             before = self._uid()
             try:
                 connection = ClientConnection(self.server_dir)

@@ -107,14 +107,24 @@ class HyperQueueOptions:
 
     # (typed Any for the converters of specs and records: a number or a string is given, the
     # text HyperQueue reads is kept)
-    cpus: Any = attrs.field(default="1", converter=_cpus)
+    cpus: Any = attrs.field(
+        default="1",
+        converter=_cpus,
+        metadata={"type": "number or str", "doc": "CPUs: 2, 0.5, 'all', '4 compact'"},
+    )
     """CPUs for the task: a count (``2``, ``0.5``), ``all``, or with HyperQueue's policy
     (``"4 compact"``)."""
-    resources: dict[str, Any] = attrs.field(factory=dict, converter=_resources)
+    resources: dict[str, Any] = attrs.field(
+        factory=dict,
+        converter=_resources,
+        metadata={"type": "dict[str, number or str]", "doc": "worker resources: gpus = 1"},
+    )
     """Other resources of the worker, by name (``gpus = 1``, ``mem = 2048``)."""
     # (Any for the spec's converter: seconds or a duration string are given, seconds kept)
     time_request: Any = attrs.field(
-        default=None, converter=lambda value: duration_seconds("hyperqueue.time_request", value)
+        default=None,
+        converter=lambda value: duration_seconds("hyperqueue.time_request", value),
+        metadata={"type": "seconds or duration", "doc": "time the task needs: '30m', 5400"},
     )
     """The time the task needs: it goes only to a worker that has at least this much of its
     own time left (HyperQueue's time request; the spec's ``timeout`` is what ends it)."""
@@ -214,8 +224,9 @@ class HyperQueueHostOptions:
         default=None,
         converter=allocation_options,
         metadata={
+            "type": "table | None",
             "doc": "a Slurm allocation corra makes (and ends once idle) to run the server "
-            "and a worker: slurm_host, cpus, time_limit, idle_time, slurm, python"
+            "and a worker: slurm_host, cpus, time_limit, idle_time, slurm, python",
         },
     )
     run_root: str | None = attrs.field(
@@ -242,12 +253,12 @@ class HyperQueueHostOptions:
         metadata={"doc": "an hq binary, for the server's own cancel of a killed task"},
     )
     submit_rate: float = attrs.field(
-        default=50.0,
+        default=1000.0,
         validator=number_check("hyperqueue.submit_rate", minimum=0.001),
         metadata={"doc": "submissions per second in the long run"},
     )
     submit_burst: int = attrs.field(
-        default=200,
+        default=1000,
         validator=number_check("hyperqueue.submit_burst", minimum=1, integer=True),
         metadata={"doc": "submissions that may go at once after a quiet period"},
     )

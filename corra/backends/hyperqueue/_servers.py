@@ -46,6 +46,7 @@ class Server:
         self.number: int | None = None
         self.bucket = TokenBucket(options.submit_rate, options.submit_burst)
         self.watches: dict[int, list] = {}  # job id -> the waits on it (`_backend._Watch`)
+        self.forgotten: list[int] = []  # jobs over, to be forgotten by the server
         self.wake = trio.Event()
         self._lock = trio.Lock()
         self._stack = contextlib.AsyncExitStack()
