@@ -57,43 +57,38 @@ per throughput round instead of 1,000, 4 polls per round instead of 8, about 1.5
 extra). With ``--quick`` the baseline's figure is mostly its one-second tick (200 tasks take
 1.0 s).
 
-Figures, on 2 cores shared with other work (other helpers' tests took up to 25 s of CPU in
-a corra round), ``python -m benchmarks --suite hyperqueue`` (git fa16085, 2026-12-07 21:39
-UTC)::
+Figures, on 2 cores (quiet: no other tests beside it), ``python -m benchmarks --suite
+hyperqueue`` (git f2cdb58, 2026-12-07 21:55 UTC: the wrapper shipped once into the run root,
+started with posix_spawnp, ended without Python's teardown)::
 
     benchmark                          corra  baseline  unit                ratio  goal     verdict
-    tasks_per_second                    54.1       283  tasks/s              0.19  >= 0.80  MISS
-    tasks_per_second_no_wrapper          245       307  tasks/s              0.80  -        -
-    status_requests_per_interval_1     0.992         1  requests/interval    1.01  aim <= 1 ok
-    status_requests_per_interval_100   0.989       100  requests/interval  101.12  aim <= 1 ok
-    status_requests_per_interval_1000  0.963     1,000  requests/interval 1038.92  aim <= 1 ok
+    tasks_per_second                     125       441  tasks/s              0.28  >= 0.80  MISS
+    tasks_per_second_no_wrapper          249       303  tasks/s              0.82  -        -
+    status_requests_per_interval_1     0.993         1  requests/interval    1.01  aim <= 1 ok
+    status_requests_per_interval_100   0.988       100  requests/interval  101.21  aim <= 1 ok
+    status_requests_per_interval_1000  0.965     1,000  requests/interval 1036.23  aim <= 1 ok
 
-(two runs before, at b298cff and 87bdf73: 0.21 and 0.18; 0.99, 0.99, 0.96 and 0.99, 0.99, 0.95).
+(at fa16085, with the wrapper's source in every task's argv and other tests beside it: 0.19,
+0.80; the same status figures).
 
-- Throughput: 0.19, a MISS, and the task wrapper is what costs it. corra took 15.3 to 27.4
-  s for 1,000 tasks, the baseline 3.3 to 4.5 s (one job of 1,000 tasks: 3.0 to 4.0 s). The
-  tasks' CPU was 20.6 to 23.8 ms per task under the wrapper against 1.6 to 1.8 ms for
-  ``true`` alone: 10.3 to 11.9 s of the 2 cores for the tasks alone, three times the
-  baseline's whole time, so no ratio above about 0.3 can be had here with this wrapper,
-  whatever the rest does. The wrapper alone, outside HyperQueue: 26.4 ms wall, 21.6 ms CPU
-  per ``true`` (``true`` alone: 1.4 ms, 0.8 ms); measured apart once (40 runs each, 18.4 ms
-  then): ``python3 -I -S -c pass`` 7.5 ms of CPU, compiling the wrapper's 26.7 KB source 5.5
-  ms more, its imports and work the other 5.4 ms. In the quiet rounds (other processes under
-  5 s of CPU) corra took 15.3 to 16.3 s, the 2 cores busy 25 s of 31 to 33 with our
-  processes and idle 2 to 3.5 s; in loaded ones (10 to 25 s of other processes' CPU) 18.5 to
-  27.4 s: corra's side needs the CPUs, the baseline leaves half of them idle. The rest,
-  per task: corra's process 1.6 to 2.2 ms of CPU, the helper 0.4 ms, the server and worker
-  2.2 to 2.7 ms against 1.0 to 1.2 ms for the baseline's tasks (0.1 to 0.3 ms of it is the
-  wrapper's 26.7 KB source, in every task's argv: measured apart, the baseline's tasks with
-  such an argument; the rest is not attributed). The 1,000 submissions went through the
-  helper one at a time at 1.7 to 3.9 ms each (round trip), the last one 2.5 to 5.3 s after
-  the start, while the worker ran the first tasks: not what the tasks waited for.
-- Without the wrapper (``tasks_per_second_no_wrapper``): 0.80, corra 3.9 to 4.3 s against
-  3.2 to 3.3 s, the tasks' CPU 2.0 to 2.2 ms per task. There the submissions took most of
+- Throughput: 0.28, a MISS, and the task wrapper is what costs it. corra took 6.4 to 8.7 s
+  for 1,000 tasks, the baseline 2.2 to 2.3 s. The tasks' CPU was 8.2 to 10.2 ms per task
+  under the wrapper against 1.2 to 1.4 ms for ``true`` alone: at least 4.1 to 5.1 s of the 2
+  cores for the tasks alone, twice the baseline's whole time, so no ratio above about 0.5 can
+  be had here with a Python process per task, whatever the rest does. The wrapper alone,
+  outside HyperQueue: 8.7 ms wall, 8.0 ms of CPU per ``true`` (``true`` alone: 0.8 ms, 0.7
+  ms), about 6 ms of it the interpreter's own start (``python3 -I -S -c pass``; at fa16085,
+  with its source compiled by every task, 21.6 ms). The rest, per task: corra's process 0.7
+  to 1.8 ms of CPU, the helper 0.2 ms, the server and worker 0.9 to 1.7 ms against 0.7 to
+  0.9 ms for the baseline's tasks. The 1,000 submissions went through the helper one at a
+  time, the last one 1.1 to 2.5 s after the start, while the worker ran the first tasks.
+- Without the wrapper (``tasks_per_second_no_wrapper``): 0.82 (0.80 at fa16085), corra 4.0
+  to 4.2 s against 3.2 to 3.4 s, the tasks' CPU 2.0 ms per task. There the submissions took most of
   the time: the last returned 2.2 to 2.6 s after the start (1.4 to 1.6 ms per round
   trip to the helper, one at a time, and corra's run dir work between them); and a poll's
   ``forget`` of the jobs over (one request to the server per job, as the wheel's client has
-  no other) held the helper 19 to 44 ms each, the submissions waiting behind it.
+  no other) held the helper 19 to 44 ms each at fa16085, the submissions waiting behind it
+  (since: 50 jobs forgotten per poll at most).
 - Status requests: one poll per interval, 0.96 to 0.99 whatever the number of watched tasks
   (a poll of 1,000 job ids takes 4 to 5 ms); the baseline, a request per task, is 1 to 1,000.
   While tasks end, each poll is followed by a ``forget`` of those over (above): two helper
