@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
@@ -20,11 +19,17 @@ import _kube
 import httpx
 import pytest
 import trio
+
+# (re-exported: the kubernetes tests import them from here)
+from _cli import CORRA as CORRA
+from _cli import corra as corra
+from _cli import records_of as records_of
+from _cli import run as run
+from _cli import toml as toml
 from lightkube import AsyncClient, KubeConfig
 from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import Node, Pod
 
-CORRA = [sys.executable, "-m", "corra.cli"]
 HOST = "kube"
 #: The labels of the apiserver's ``apiserver_request_total`` a count is kept by.
 METRIC_LABELS = ("verb", "resource", "subresource", "scope", "contentType", "code")
@@ -130,21 +135,6 @@ def requests_between(
 # -- corra through its command line ------------------------------------------------------------
 
 
-def toml(value: Any) -> str:
-    """``value`` as a TOML value (strings, numbers, booleans, lists, inline tables)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(toml(item) for item in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{json.dumps(k)} = {toml(v)}" for k, v in value.items()) + " }"
-    raise TypeError(value)
-
-
 def job_file(
     path: Path,
     kube: _kube.KubeCluster,
@@ -169,17 +159,6 @@ def job_file(
     return path
 
 
-async def corra(state: Path, *args: str, within: float = 90) -> subprocess.CompletedProcess:
-    """``corra COMMAND --state-dir STATE ARGS...``, run to its end."""
-    with trio.fail_after(within):
-        return await trio.run_process(
-            [*CORRA, args[0], "--state-dir", str(state), *args[1:]],
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
-        )
-
-
 class Beside:
     """A corra command run in the background (in ``nursery``): ``done`` once it ended."""
 
@@ -197,20 +176,6 @@ class Beside:
         """The final records it printed (``corra run --json``), by name."""
         assert self.done is not None
         return records_of(self.done)
-
-
-def records_of(done: subprocess.CompletedProcess) -> dict[str, dict[str, Any]]:
-    """The final records of a ``corra run --json``, by name."""
-    try:
-        return {record["name"]: record for record in json.loads(done.stdout)}
-    except ValueError:
-        raise AssertionError(f"corra run said: {done.stdout!r} {done.stderr!r}") from None
-
-
-async def run(state: Path, jobs: Path, *options: str, within: float = 90) -> Any:
-    """``corra run --json JOBS``: its exit status and its final records by name."""
-    done = await corra(state, "run", "--json", *options, str(jobs), within=within)
-    return done.returncode, records_of(done)
 
 
 async def show(state: Path, name: str) -> dict[str, Any]:

@@ -7,20 +7,17 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import _hq
 import pytest
 import trio
-from _kubecli import records_of, toml
+from _cli import CORRA, corra, records_of, toml
 from test_conformance_hyperqueue import HOST, server_host
 
 from corra._runtime import open_runtime
 from corra.chaperone import task_job
-
-CORRA = [sys.executable, "-m", "corra.cli"]
 
 
 def job_file(path: Path, server_dir: Path, processes: list[dict[str, Any]], **host: Any) -> Path:
@@ -33,16 +30,6 @@ def job_file(path: Path, server_dir: Path, processes: list[dict[str, Any]], **ho
             lines.append(f"{field} = {toml(value)}")
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-async def corra(state: Path, *args: str, within: float = 120) -> subprocess.CompletedProcess:
-    with trio.fail_after(within):
-        return await trio.run_process(
-            [*CORRA, args[0], "--state-dir", str(state), *args[1:]],
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
-        )
 
 
 async def eventually(check: Any, within: float = 30) -> Any:
