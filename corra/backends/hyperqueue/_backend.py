@@ -157,10 +157,11 @@ class HyperQueueBackend(HostPollers):
             return found
         options: HyperQueueOptions = request.options or HyperQueueOptions()
         make_private_dirs(run_dir)
-        try:
-            library = task_job.ship(server.run_root / LIBRARY_DIR)
-        except OSError as exc:
-            raise LaunchFailed(f"{key} on {server.name}: the task wrapper: {exc}") from exc
+        if server.library is None:  # (once per runtime: the checks cost a launch 5 syscalls)
+            try:
+                server.library = task_job.ship(server.run_root / LIBRARY_DIR)
+            except OSError as exc:
+                raise LaunchFailed(f"{key} on {server.name}: the task wrapper: {exc}") from exc
         work_dir = Path(request.cwd) if request.cwd else run_dir / "work"
         if request.cwd is None:
             make_private_dirs(work_dir)
@@ -172,7 +173,7 @@ class HyperQueueBackend(HostPollers):
                 request.limits.timeout,
                 list(request.argv),
                 python=server.options.python,
-                library=library,
+                library=server.library,
             ),
             "env": request.environment(),
             "cwd": str(work_dir),

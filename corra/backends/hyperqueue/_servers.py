@@ -47,6 +47,7 @@ class Server:
         self.bucket = TokenBucket(options.submit_rate, options.submit_burst)
         self.watches: dict[int, list] = {}  # job id -> the waits on it (`_backend._Watch`)
         self.forgotten: list[int] = []  # jobs over, to be forgotten by the server
+        self.library: str | None = None  # where the task wrapper was shipped (`task_job.ship`)
         self.wake = trio.Event()
         self._lock = trio.Lock()
         self._stack = contextlib.AsyncExitStack()
