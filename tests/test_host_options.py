@@ -21,6 +21,7 @@ import corra.backends.ssh._config
 from corra._errors import ConfigError
 from corra._jobfile import parse_job_text
 from corra._remote import remember_hosts, remembered_hosts
+from corra.backends.hyperqueue import HyperQueueHostOptions
 from corra.backends.kubernetes import KubernetesHostOptions
 from corra.backends.plugins import SLURM
 from corra.backends.slurm import SlurmSettings
@@ -104,7 +105,9 @@ def test_an_unknown_host_table_is_refused_naming_the_fields_and_the_backends_wit
         "table of a backend with host options (kube, slurm)"
     )
     # A backend without host options has no table there either.
-    with pytest.raises(ConfigError, match=r"unknown field\(s\) local; .* \(kubernetes, slurm\)$"):
+    with pytest.raises(
+        ConfigError, match=r"unknown field\(s\) local; .* \(hyperqueue, kubernetes, slurm\)$"
+    ):
         parse_host("c", {"local": {}})
 
 
@@ -118,6 +121,7 @@ def test_a_hosts_options_are_their_defaults_where_no_table_gives_them() -> None:
     assert parse_host("c", {}).options == {
         "slurm": SlurmSettings(),
         "kubernetes": KubernetesHostOptions(),
+        "hyperqueue": HyperQueueHostOptions(),
     }
     # (a host made in Python with no options: the backend's defaults, as from a table)
     assert HostConfig(name="c").options_for("slurm") == SlurmSettings()

@@ -66,7 +66,7 @@ bogus = 1
         "jobs.toml: process[3] ('c'): unknown field(s) ['bogus']; expected some of: argv, "
         "name, cwd, env, timeout, restart, max_attempts, kill_grace, memory_limit, "
         "pids_limit, output_limit, labels, backend, host, inputs, outputs, outputs_dir, "
-        "kubernetes, slurm",
+        "hyperqueue, kubernetes, slurm",
     ]
 
 
