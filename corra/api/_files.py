@@ -100,6 +100,8 @@ def load_token(path: Path, *, create: bool = True, follow: bool = False) -> str:
 
 def _create_token(path: Path, *, follow: bool) -> str:
     token = secrets.token_urlsafe(32)
+    while token.startswith("-"):  # (given on a command line, `--token -x...` reads as an option)
+        token = secrets.token_urlsafe(32)
     try:
         make_private_dirs(path.parent)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
