@@ -46,11 +46,14 @@ def lose(handle) -> None:
     """The task's node dies: its wrapper and its program are SIGKILLed, no exit record."""
     claim = json.loads((Path(handle.run_dir) / "claim.json").read_text())
     wrapper = int(claim["pid"])
-    for child in children(wrapper):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(child, signal.SIGKILL)
+    programs = children(wrapper)
+    # The wrapper first: killed after its program, it could still record the program's end
+    # (found by CI under load).
     with contextlib.suppress(ProcessLookupError):
         os.kill(wrapper, signal.SIGKILL)
+    for child in programs:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child, signal.SIGKILL)
 
 
 class TestHyperQueueConformance(BackendConformance):
