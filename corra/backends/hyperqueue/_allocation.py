@@ -33,8 +33,6 @@ from corra.processes._port import ProcessPort
 ACCESS: Final = Path("hq-current") / "access.json"
 #: How often the server dir and the allocation's process are looked at while it starts.
 STARTING_LOOK: Final = 0.25
-#: A file in an allocation's directory that ends it (its program looks for it).
-STOP_FILE: Final = "stop"
 
 
 class Allocations:
@@ -48,8 +46,6 @@ class Allocations:
         self.root = root / "allocations"
         self._port = port
         self._lock = trio.Lock()
-        self.requested = 0
-        """Allocations this runtime submitted (or found submitted)."""
 
     def current(self) -> int:
         """The number of the last allocation requested (0: none yet)."""
@@ -86,7 +82,6 @@ class Allocations:
             server_dir = self.server_dir(number)
             make_private_dirs(server_dir)
             await self._port.submit(self._spec(number, server_dir))
-            self.requested += 1
             while not (server_dir / ACCESS).exists():
                 why = self.over(number)
                 if why is not None:
@@ -119,9 +114,3 @@ class Allocations:
             "labels": {"corra.hyperqueue/host": self.host},
             "slurm": slurm,
         }
-
-    async def stop(self, number: int) -> None:
-        """End allocation ``number`` now (its program sees the stop file)."""
-        with contextlib.suppress(FileNotFoundError):
-            write_private(self.root / str(number) / STOP_FILE, b"")
-        await trio.lowlevel.checkpoint()

@@ -21,24 +21,22 @@ import sys
 import time
 from pathlib import Path
 
+from corra.chaperone import _proc
+
+#: A file beside the server dir that ends the allocation (corra's stop).
+STOP_FILE = "stop"
+
 #: Seconds between two looks at the children and the stop file.
 LOOK = 0.5
 
 
 def children(pid: int) -> int:
     """How many processes have ``pid`` as their parent."""
-    count = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as stat:
-                fields = stat.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            count += 1
-    return count
+    return sum(
+        1
+        for entry in os.listdir("/proc")
+        if entry.isdigit() and (fields := _proc.stat(entry)) is not None and int(fields[1]) == pid
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     stopping = []
     for number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(number, lambda signum, frame: stopping.append(signum))
-    stop_file = args.server_dir.parent / "stop"
+    stop_file = args.server_dir.parent / STOP_FILE
     cluster = LocalCluster(server_dir=str(args.server_dir))
     try:
         cluster.start_worker(WorkerConfig(cores=args.cpus))
