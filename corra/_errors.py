@@ -25,6 +25,7 @@ The tree::
     │   ├── InvalidTransition       the event is not allowed in the process's phase (names
     │   │                           both); nothing changed
     │   └── NoSuchProcess           no process with that id or name
+    ├── NoSuchRun                   no workflow run with that id or name
     ├── StoreError                  the state store (LMDB) failed
     │   ├── CorruptRecord           a record that cannot be decoded (unknown schema, bad
     │   │                           data); it is set aside, never a crash
@@ -122,6 +123,10 @@ class InvalidTransition(ProcessError):
 
 class NoSuchProcess(ProcessError):
     """No process with that id or name."""
+
+
+class NoSuchRun(CorraError, LookupError):
+    """No workflow run has that id or name."""
 
 
 class StoreError(CorraError):

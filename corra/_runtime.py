@@ -40,6 +40,7 @@ from corra.processes._record import ProcessRecord, Transition
 from corra.processes._recovery import RecoveryReport
 from corra.processes._registry import installed
 from corra.processes._retention import check_count
+from corra.workflows._manager import WorkflowManager
 from corra.processes._spec import (
     DEFAULT_OUTPUT_LIMIT,
     ProcessSpec,
@@ -90,6 +91,8 @@ HISTORY_CODEC: Codec[Transition] = Codec(
 #: The processes supervisor: one_for_one over process actors, which are temporary (a
 #: crashed process actor is brought back by the next recovery, never in a tight loop).
 PROCESSES_FLAGS = SupervisorFlags(strategy="one_for_one", intensity=100, period=10.0)
+#: Run actors are temporary (a run that fails says so in its record): nothing restarts.
+WORKFLOWS_FLAGS = SupervisorFlags(strategy="one_for_one", intensity=100, period=10.0)
 
 
 def default_state_dir() -> Path:
@@ -106,6 +109,18 @@ class Runtime(kernel.Runtime):
     if any."""
     recovery: RecoveryReport | None = None
     state_dir: Path | None = None
+    _workflows: WorkflowManager | None = None
+
+    @property
+    def workflows(self) -> WorkflowManager:
+        """The workflow runs (`corra.workflows.WorkflowManager`).
+
+        Raises:
+            ConfigError: the runtime was opened without a state dir.
+        """
+        if self._workflows is None:
+            raise ConfigError("workflows need a state dir: open_runtime(state_dir=...)")
+        return self._workflows
 
     @property
     def processes(self) -> ProcessManager:
@@ -429,9 +444,18 @@ async def open_runtime(
                 rt._processes = manager
                 port.bind(manager, parse_process_spec)
                 rt.state_dir = path
+                workflows = WorkflowManager(
+                    store,
+                    manager,
+                    await rt.spawn_supervisor(
+                        SupervisorSpec(flags=WORKFLOWS_FLAGS), name="workflows"
+                    ),
+                )
+                rt._workflows = workflows
                 try:
                     if recover:
                         rt.recovery = await manager.recover()
+                        await workflows.recover()
                     if retain_finished is not None or retain_count is not None:
                         # (checked every minute, or ten times in the retention if shorter)
                         every = min(60.0, (retain_finished or 600.0) / 10)
@@ -443,6 +467,9 @@ async def open_runtime(
                     yield rt
                 finally:
                     nursery.cancel_scope.cancel()  # (the manager's waits for hosts)
-                    # Process actors write to the store: stop them before it closes.
+                    # Run actors ask processes, and both write to the store: stop them, in
+                    # that order, before it closes.
+                    with trio.CancelScope(shield=True), contextlib.suppress(CorraError):
+                        await rt.root.terminate_child("workflows")
                     with trio.CancelScope(shield=True), contextlib.suppress(CorraError):
                         await rt.root.terminate_child("processes")

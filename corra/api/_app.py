@@ -40,6 +40,7 @@ from corra._errors import (
     InvalidTransition,
     NameTaken,
     NoSuchProcess,
+    NoSuchRun,
     StoreError,
 )
 from corra.api import _metrics
@@ -60,6 +61,7 @@ from corra.api._requests import (
     read_body,
     single,
 )
+from corra.api._workflows import WorkflowRoutes
 from corra.api._wire import detail_json, record_json, transition_json
 from corra.backends.recorded import recorded
 from corra.processes._convert import parse_process_spec
@@ -97,7 +99,7 @@ def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
 
 def _corra_error(exc: CorraError) -> ApiError:
     """corra's errors as HTTP ones."""
-    if isinstance(exc, NoSuchProcess):
+    if isinstance(exc, (NoSuchProcess, NoSuchRun)):
         return ApiError(404, "not_found", str(exc))
     if isinstance(exc, InvalidTransition):
         return ApiError(409, "invalid_transition", str(exc), phase=exc.phase)
@@ -198,6 +200,7 @@ class Api:
             Route("/v1/processes/{id}/logs", self.process_logs, methods=["GET"]),
             Route("/v1/processes/{id}/history", self.process_history, methods=["GET"]),
             Route("/v1/events", self.event_stream, methods=["GET"]),
+            *WorkflowRoutes(runtime.workflows).routes(),
         ]
         starlette = Starlette(
             routes=routes,

@@ -29,6 +29,7 @@ from corra.cli._read import history, logs, ps, show
 from corra.cli._run import run
 from corra.cli._serve import serve
 from corra.cli._service import control, submit
+from corra.cli._workflows import jobs, runs
 
 __all__ = ["build_parser", "main"]
 
@@ -47,6 +48,8 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Path], int]] = {
     "rerun": rerun,
     "rm": rm,
     "prune": prune,
+    "jobs": jobs,
+    "runs": runs,
 }
 
 

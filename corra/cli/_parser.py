@@ -14,6 +14,7 @@ from corra.api._files import DEFAULT_HOST, DEFAULT_PORT, TOKEN_FILE
 from corra.processes._lifecycle import PHASES
 from corra.processes._spec import DEFAULT_OUTPUT_LIMIT, check_output_limit
 from corra.processes._spec_content import HIDDEN
+from corra.workflows._runs import RUN_PHASES
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -93,6 +94,26 @@ def build_parser() -> argparse.ArgumentParser:
         "processes (failed), those whose spec the file changed (changed); repeat or "
         "separate with commas. Without it, a changed spec is refused",
     )
+    run.add_argument(
+        "--job",
+        metavar="NAME",
+        help="run the job NAME of the job file (its [[job]] tables): one run, its steps shown "
+        "as a tree, until it has ended; exit 0 if it finished, else 1",
+    )
+    run.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="with --job: a param of the run over the job's defaults (repeat; the default's "
+        "type says how VALUE is read: 5, 0.5, true, [1,2], text)",
+    )
+    run.add_argument(
+        "--run-name",
+        metavar="NAME",
+        help="with --job: name the run; a run of that name that exists is followed (and "
+        "resumed if paused) instead of starting another",
+    )
     run.add_argument("-v", "--verbose", action="store_true", help="log every transition")
 
     serve = commands.add_parser(
@@ -132,6 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="keep at most N terminal processes: remove those that ended first, as "
         "--retain-finished does (either rule removes a process; default: no limit)",
+    )
+    serve.add_argument(
+        "--jobs",
+        metavar="FILE",
+        help="a job file whose [[job]] definitions runs may be requested of "
+        "(POST /v1/jobs/NAME/runs); its [hosts] are known too. A run keeps the definition "
+        "it started with",
     )
     serve.add_argument("--access-log", action="store_true", help="log every request to stderr")
     serve.add_argument("-v", "--verbose", action="store_true", help="log every transition")
@@ -193,9 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
             )
 
     show = commands.add_parser(
-        "show", parents=[state, client], help="one process: spec, state, result, history"
+        "show",
+        parents=[state, client],
+        help="one process: spec, state, result, history (or one workflow run: its steps)",
     )
-    show.add_argument("process", help="id or name")
+    show.add_argument("process", help="id or name (of a process, else of a workflow run)")
     show.add_argument("--json", action="store_true")
     show.add_argument(
         "--show-env",
@@ -310,14 +340,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rm.add_argument("--json", action="store_true", help="print what was removed as JSON")
 
+    jobs = commands.add_parser(
+        "jobs",
+        parents=[state, client],
+        help="list the workflow jobs a service knows (corra serve --jobs FILE), or a file's",
+    )
+    jobs.add_argument("file", nargs="?", help="list this job file's [[job]] tables instead")
+    jobs.add_argument("--json", action="store_true", help='as GET /v1/jobs: {"jobs": [...]}')
+
+    runs = commands.add_parser(
+        "runs", parents=[state, client], help="list workflow runs, oldest first"
+    )
+    runs.add_argument("--phase", choices=RUN_PHASES, help="only runs in this phase")
+    runs.add_argument("--job", help="only runs of this job")
+    runs.add_argument("--json", action="store_true", help='as GET /v1/runs: {"runs": [...]}')
+
     for verb, text in (
-        ("pause", "pause a process between steps (its program keeps running)"),
-        ("resume", "continue a paused process where it was"),
-        ("kill", "kill a process: SIGTERM to its group, SIGKILL after its kill_grace"),
+        ("pause", "pause a process between steps (its program keeps running), or a workflow "
+         "run (no new step starts; --steps pauses its running steps too)"),
+        ("resume", "continue a paused process (or workflow run) where it was"),
+        ("kill", "kill a process: SIGTERM to its group, SIGKILL after its kill_grace (or a "
+         "workflow run: its running steps)"),
     ):
         control = commands.add_parser(verb, parents=[state, client], help=text, description=text)
-        control.add_argument("process", help="id or name")
+        control.add_argument("process", help="id or name (of a process, else of a run)")
         control.add_argument("--json", action="store_true")
+        if verb == "pause":
+            control.add_argument(
+                "--steps", action="store_true", help="a run: pause its running steps too"
+            )
         if verb == "kill":
             control.add_argument(
                 "--no-wait", action="store_true", help="return at once, not once it is dead"

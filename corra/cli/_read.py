@@ -15,11 +15,13 @@ from typing import Any
 import trio
 
 from corra._readonly import open_state_query
-from corra.api._client import Client, ConnectionLost, NotServing
+from corra._errors import NoSuchProcess, NoSuchRun
+from corra.api._client import ApiError, Client, ConnectionLost, NotServing
 from corra.api._wire import detail_json, record_json, transition_json
 from corra.cli._parser import EXIT_OK, parse_label
 from corra.cli._render import print_counts, print_history, print_json, print_ps, print_show
 from corra.cli._service import quoted, service
+from corra.cli._workflows import show_run_here, show_run_via
 from corra.processes._lifecycle import PHASES, TERMINAL
 from corra.processes._listing import Selection
 from corra.processes._query import ProcessQuery
@@ -130,12 +132,28 @@ def _print_listing(
 def show(args: argparse.Namespace, state_dir: Path) -> int:
     def via_service(client: Client) -> int:
         params = {"show_env": "true"} if args.show_env else None
-        _, data = client.call("GET", f"/v1/processes/{quoted(args.process)}", params=params)
+        try:
+            _, data = client.call("GET", f"/v1/processes/{quoted(args.process)}", params=params)
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            try:  # (no such process: a run?)
+                return show_run_via(client, args.process, args.json)
+            except ApiError as missing:
+                if missing.status == 404:
+                    raise exc from None
+                raise
         print_show(data, args.json, args.show_env)
         return EXIT_OK
 
     async def from_state_dir(query: ProcessQuery) -> int:
-        view = await query.show(args.process)
+        try:
+            view = await query.show(args.process)
+        except NoSuchProcess as exc:
+            try:
+                return await show_run_here(query, args.process, args.json)
+            except NoSuchRun:
+                raise exc from None
         assert view.history is not None
         data = detail_json(
             view.record, view.history, view.recorded, note=view.note, show_env=args.show_env

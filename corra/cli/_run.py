@@ -37,6 +37,12 @@ _RUNS = ("submit", "rerun")
 def run(args: argparse.Namespace, state_dir: Path) -> int:
     from corra._jobfile import JobFile, load_job_file
 
+    if args.job is not None:
+        from corra.cli._workflows import run_job
+
+        return run_job(args, state_dir)
+    if args.param or args.run_name:
+        raise ConfigError("run: --param and --run-name go with --job NAME")
     argv = list(args.argv)
     if args.jobfile and args.name:
         raise ConfigError("run: --name names the program given after --; a job file names its own")

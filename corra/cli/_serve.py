@@ -50,6 +50,12 @@ def serve(args: argparse.Namespace, state_dir: Path) -> int:
             file=sys.stderr,
         )
     token_file = Path(args.token_file) if args.token_file else state_dir / TOKEN_FILE
+    if args.jobs is not None:
+        from corra._jobfile import load_job_file
+
+        args.job_file = load_job_file(args.jobs)  # (checked whole before anything starts)
+        if not args.job_file.jobs:
+            raise ConfigError(f"--jobs: {args.jobs} has no [[job]] table")
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(name)s: %(message)s",
@@ -86,13 +92,18 @@ async def _serve(
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as outer:
             outer.start_soon(_watch_signals, signals, stop, outer.cancel_scope)
+            job_file = getattr(args, "job_file", None)
             async with open_runtime(
                 state_dir=state_dir,
+                hosts=job_file.hosts if job_file is not None else None,
+                logins=job_file.logins if job_file is not None else None,
                 max_running=args.max_running,
                 output_limit=output_limit,
                 retain_finished=getattr(args, "retain_seconds", None),
                 retain_count=args.retain_count,
             ) as rt:
+                if job_file is not None:
+                    rt.workflows.define(job_file.jobs)
                 token = await trio.to_thread.run_sync(load_token, token_file)
                 report = rt.recovery
                 if report is not None and (report.resumed or report.set_aside):

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from corra._errors import ConfigError, CorraError
-from corra.api._client import Client, NotServing, connect, no_service_message
+from corra.api._client import ApiError, Client, NotServing, connect, no_service_message
 from corra.api._limits import MAX_BATCH, MAX_BODY
 from corra.cli._parser import EXIT_FAILED, EXIT_NO_SERVICE, EXIT_OK, TOKEN_ENV, URL_ENV, parse_label
 from corra.cli._render import print_control, print_json
@@ -140,9 +140,21 @@ def control(args: argparse.Namespace, state_dir: Path) -> int:
     params = {"wait": "false"} if verb == "kill" and args.no_wait else None
     try:
         with service(args, state_dir) as client:
-            _, record = client.call(
-                "POST", f"/v1/processes/{quoted(args.process)}/{verb}", params=params
-            )
+            try:
+                _, record = client.call(
+                    "POST", f"/v1/processes/{quoted(args.process)}/{verb}", params=params
+                )
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
+                from corra.cli._workflows import control_run  # (no such process: a run?)
+
+                try:
+                    return control_run(client, args.process, verb, args)
+                except ApiError as missing:
+                    if missing.status == 404:
+                        raise exc from None
+                    raise
     except NotServing:
         print(f"corra: {no_service_message(state_dir)}", file=sys.stderr)
         return EXIT_NO_SERVICE

@@ -108,3 +108,46 @@ class NoteReads:
             return []
         found = environment.read(lambda txn: list(txn.cursor(db=notes)))
         return [(key.decode("utf-8", "surrogateescape"), value) for key, value in found]
+
+
+class EntryReads:
+    """The reads of the ``workflows`` database (keyed entries of the layer above processes,
+    written by `corra.persistence.Store.put_entries`), mixed into
+    `corra.persistence._lmdb.Reads`. A store without the database has no entries."""
+
+    def _environment(self) -> Any:
+        raise NotImplementedError
+
+    def entry(self, key: bytes) -> bytes | None:
+        """The entry of ``key``, or None."""
+        environment = self._environment()
+        database = environment.databases.workflows
+        if database is None:
+            return None
+        found: bytes | None = environment.read(lambda txn: txn.get(key, db=database))
+        return found
+
+    def entries(
+        self, prefix: bytes, *, after: bytes | None = None, limit: int | None = None
+    ) -> list[tuple[bytes, bytes]]:
+        """Up to ``limit`` (None: all) entries whose keys start with ``prefix``, in key
+        order, from the first key after ``after`` (None: from the first), in one read
+        transaction (which reads those only: not on the loop for many)."""
+        environment = self._environment()
+        database = environment.databases.workflows
+        if database is None:
+            return []
+
+        def read(txn: lmdb.Transaction) -> list[tuple[bytes, bytes]]:
+            cursor = txn.cursor(db=database)
+            found: list[tuple[bytes, bytes]] = []
+            start = prefix if after is None else after + b"\x00"
+            if not cursor.set_range(max(start, prefix)):
+                return found
+            for key, value in cursor:
+                if not key.startswith(prefix) or (limit is not None and len(found) >= limit):
+                    break
+                found.append((key, value))
+            return found
+
+        return environment.read(read)

@@ -17,6 +17,9 @@ state directory would run every process twice). Named databases:
 - ``terms``, ``index``, ``counts``: the secondary indexes, from the terms each save carries
   (`corra.persistence._indexes`); ``set_aside`` and ``delete`` remove a process from them.
 - ``notes``: process id -> a note, apart from its snapshot (`corra.persistence._keyed`).
+- ``workflows``: keyed entries of the layer above processes (workflow runs and their steps:
+  `corra.workflows`), written by `Store.put_entries` only, never by a save; the keys are the
+  caller's (`corra.persistence._keyed`).
 
 Format 1 had no ``active`` database. A writer opening a format-1 store creates it empty and
 leaves the format at 1 (`Reads.has_active_index` is False) until the caller has rebuilt the
@@ -48,6 +51,7 @@ from corra._statedir import FILE_MODE, check_directory, make_private_dirs, open_
 from corra.persistence._codec import Codec
 from corra.persistence._indexes import IndexReads, IndexTerm, IndexWrites, decode_terms
 from corra.persistence._keyed import (
+    EntryReads,
     NoteReads,
     QuarantinedRecord,
     history_entries,
@@ -76,11 +80,12 @@ _DATABASES: Final = (
     "index",
     "counts",
     "notes",
+    "workflows",
 )
 #: Databases that an older store lacks (None when a reader opens such a store).
-_LATER_DATABASES: Final = ("active", "terms", "index", "counts", "notes")
+_LATER_DATABASES: Final = ("active", "terms", "index", "counts", "notes", "workflows")
 #: LMDB's compile-time limit on key length (``mdb_env_get_maxkeysize``).
-_MAX_KEY_BYTES: Final = 511
+MAX_KEY_BYTES: Final = 511
 _SEPARATOR: Final = b"\x00"
 SEQUENCE_BYTES: Final = 8
 #: Snapshots read per read transaction by `scan`.
@@ -123,9 +128,9 @@ def key_of(value: object, field: str, *, reserve: int = 0) -> bytes:
         encoded = value.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:
         raise ConfigError(f"{field}: got {value!r}, expected encodable text") from None
-    if len(encoded) > _MAX_KEY_BYTES - reserve:
+    if len(encoded) > MAX_KEY_BYTES - reserve:
         raise ConfigError(
-            f"{field}: got {len(encoded)} bytes, expected at most {_MAX_KEY_BYTES - reserve}"
+            f"{field}: got {len(encoded)} bytes, expected at most {MAX_KEY_BYTES - reserve}"
         )
     return encoded
 
@@ -171,6 +176,8 @@ class Databases:
     index: Any
     counts: Any
     notes: Any
+    workflows: Any
+    """None for a store written before workflows, opened read-only."""
     index_writes: IndexWrites = attrs.field(factory=IndexWrites, eq=False, repr=False)
     next_history: dict[bytes, int] = attrs.field(factory=dict, eq=False, repr=False)
     """The writer's memory of the next history sequence number of the processes it wrote
@@ -369,7 +376,7 @@ def opening(path: Path, open_environment: Callable[[], Environment]) -> Environm
 # Reads -----------------------------------------------------------------------------------
 
 
-class Reads(IndexReads, NoteReads):
+class Reads(IndexReads, NoteReads, EntryReads):
     """The read methods, shared by `Store` and `StoreReader`. Every one is sync and cheap
     for single keys; `scan` and friends read everything."""
 

@@ -40,6 +40,7 @@ from corra.persistence import _indexes
 from corra.persistence._indexes import IndexTerm, encode_terms
 from corra.persistence._lmdb import (
     Environment,
+    MAX_KEY_BYTES,
     Reads,
     key_of,
     lmdb_path,
@@ -57,6 +58,7 @@ from corra.persistence._writes import (
     ClaimName,
     Delete,
     PendingSave,
+    PutEntries,
     PutNotes,
     RebuildActiveIndex,
     RebuildIndexes,
@@ -298,6 +300,24 @@ class Store(Reads):
             for key, value in notes.items()
         )
         await self._submit(PutNotes(items))
+
+    async def put_entries(self, items: Sequence[tuple[bytes, bytes | None]]) -> None:
+        """Set each key of the ``workflows`` database to its bytes, or remove it (None), in
+        order, in one durable transaction (`corra.persistence._keyed.EntryReads` reads
+        them). A checkpoint; the writes of a cancelled call may still be committed.
+
+        Raises:
+            StoreError: the transaction failed, or the store is closed or read-only.
+            ConfigError: a key is empty or longer than LMDB takes.
+            TypeError: a key or a value is not bytes.
+        """
+        checked = []
+        for key, value in items:
+            require_bytes(key, "key")
+            if not key or len(key) > MAX_KEY_BYTES:
+                raise ConfigError(f"key: got {len(key)} bytes, expected 1 to {MAX_KEY_BYTES}")
+            checked.append((key, None if value is None else require_bytes(value, "entry")))
+        await self._submit(PutEntries(tuple(checked)))
 
     async def rebuild_active_index(self, is_active: Callable[[bytes], bool]) -> int:
         """Rebuild the ``active`` index from every snapshot: an id is in it if and only if

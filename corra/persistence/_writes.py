@@ -264,6 +264,28 @@ class PutNotes(Write):
                 txn.put(process, value, db=databases.notes)
 
 
+class PutEntries(Write):
+    """Entries of the ``workflows`` database set (bytes) or removed (None), all in one
+    transaction, in order: what the layer above processes makes durable at once."""
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: tuple[tuple[bytes, bytes | None], ...]) -> None:
+        super().__init__()
+        self.items = items
+
+    def size(self) -> int:
+        return sum(len(key) + len(value or b"") for key, value in self.items)
+
+    def apply(self, txn: lmdb.Transaction, databases: Databases) -> None:
+        database = databases.workflows
+        for key, value in self.items:
+            if value is None:
+                txn.delete(key, db=database)
+            else:
+                txn.put(key, value, db=database)
+
+
 class RebuildActiveIndex(Write):
     __slots__ = ("is_active",)
 
