@@ -29,6 +29,7 @@ from corra._errors import RestartIntensityExceeded as RestartIntensityExceeded
 from corra._errors import StoreError as StoreError
 from corra._errors import SupervisorError as SupervisorError
 from corra._errors import TransportError as TransportError
+from corra._errors import WorkflowError as WorkflowError
 from corra._runtime import ProcessRef as ProcessRef
 from corra._runtime import Runtime as Runtime
 from corra._runtime import default_state_dir as default_state_dir

@@ -4,7 +4,11 @@ The tree::
 
     CorraError
     ├── ConfigError                 a spec or setting is invalid (names the field, the value,
-    │                               and what was expected)
+    │   │                           and what was expected)
+    │   └── WorkflowError           a job definition, or a step rendered from one, is
+    │       │                       invalid; or a ``${...}`` found nothing where it points
+    │       └── ExpressionSyntaxError  a ``${...}`` does not parse (names the column and
+    │                               what was expected there)
     ├── ActorError                  something about one actor; ``.path`` names it
     │   ├── ActorStopped            the actor behind a ref is not running (it stopped, crashed,
     │   │                           or is being restarted); never a hang
@@ -54,6 +58,21 @@ class CorraError(Exception):
 class ConfigError(CorraError, ValueError):
     """A spec or setting is invalid; the message names the field, the value and what was
     expected."""
+
+
+class WorkflowError(ConfigError):
+    """A job definition is invalid, a step's spec rendered from it is, or an expression
+    found nothing where it points (names the job, the step, the field or the expression)."""
+
+
+class ExpressionSyntaxError(WorkflowError):
+    """A ``${...}`` expression does not parse; ``.column`` (1-based, in ``.text``) says
+    where, and the message what was expected there."""
+
+    def __init__(self, text: str, column: int, message: str) -> None:
+        super().__init__(f"{text!r}, column {column}: {message}")
+        self.text = text
+        self.column = column
 
 
 class ActorError(CorraError):

@@ -41,8 +41,20 @@ A remote program runs in its own work dir on the host (or an absolute ``cwd`` th
 before the launch, and the files matching ``outputs`` are fetched into ``outputs_dir`` after
 the exit. Relative local paths are relative to where the job is submitted.
 
+Jobs, named and composed of steps, are ``[[job]]`` tables with ``[[job.step]]`` tables in them
+(see `corra.workflows` and docs/workflows.md); a file may have jobs, processes or both.
+``[defaults]`` applies to every step as to every ``[[process]]``::
+
+    [[job]]
+    name = "pipeline"
+    params = { samples = 3 }
+
+    [[job.step]]
+    name = "prepare"
+    argv = ["python3", "prepare.py", "--samples", "${params.samples}"]
+
 The whole file is validated before anything runs; every error names the file, the process
-(by index and name) or the host, and the field.
+(by index and name), the job and step, or the host, and the field.
 """
 
 from __future__ import annotations
@@ -62,9 +74,9 @@ from corra.backends.ssh._config import HostConfig, LoginSettings, parse_host
 from corra.processes._convert import parse_process_spec
 from corra.processes._spec import ProcessSpec
 from corra.processes._spec_content import shown_tables
+from corra.workflows import JobDefinition, merge_defaults, parse_jobs
 
-TOP_LEVEL = ("defaults", "process", "hosts", "logins")
-MERGED_TABLES = ("env", "labels")
+TOP_LEVEL = ("defaults", "process", "job", "hosts", "logins")
 
 
 @attrs.frozen
@@ -73,6 +85,7 @@ class JobFile:
     processes: tuple[ProcessSpec, ...]
     hosts: dict[str, HostConfig] = attrs.field(factory=dict)
     logins: LoginSettings | None = None
+    jobs: dict[str, JobDefinition] = attrs.field(factory=dict)
 
 
 def load_job_file(path: str | Path) -> JobFile:
@@ -102,7 +115,7 @@ def parse_job_text(text: str, where: str = "<job file>") -> JobFile:
     if unknown:
         errors.append(
             f"{where}: unknown table(s) {unknown}; expected [defaults], [[process]], "
-            "[hosts.NAME] and [logins]"
+            "[[job]], [hosts.NAME] and [logins]"
         )
     hosts = _hosts(data.get("hosts", {}), where, errors)
     logins = _logins(data.get("logins"), where, errors)
@@ -114,8 +127,14 @@ def parse_job_text(text: str, where: str = "<job file>") -> JobFile:
     if not isinstance(tables, list):
         errors.append(f"{where}: process: expected [[process]] tables, got {shown_tables(tables)}")
         tables = []
-    if not tables and not errors:
-        errors.append(f"{where}: no [[process]] tables; nothing to run")
+    jobs: dict[str, JobDefinition] = {}
+    if "job" in data:
+        try:
+            jobs = parse_jobs(data["job"], where, defaults=defaults, hosts=hosts)
+        except ConfigError as exc:
+            errors.append(str(exc))
+    if not tables and "job" not in data and not errors:
+        errors.append(f"{where}: no [[process]] or [[job]] tables; nothing to run")
     specs: list[ProcessSpec] = []
     seen: dict[str, int] = {}
     # One copy of each argv word (the parser makes one per occurrence): 100,000 processes
@@ -140,7 +159,7 @@ def parse_job_text(text: str, where: str = "<job file>") -> JobFile:
         if isinstance(name, str):
             seen[name] = index
         try:
-            spec = parse_process_spec(_merge(defaults, table), label)
+            spec = parse_process_spec(merge_defaults(defaults, table), label)
         except ConfigError as exc:
             errors.append(str(exc))
             continue
@@ -153,7 +172,7 @@ def parse_job_text(text: str, where: str = "<job file>") -> JobFile:
         specs.append(spec)
     if errors:
         raise ConfigError("\n".join(errors))
-    return JobFile(path=where, processes=tuple(specs), hosts=hosts, logins=logins)
+    return JobFile(path=where, processes=tuple(specs), hosts=hosts, logins=logins, jobs=jobs)
 
 
 def _hosts(tables: object, where: str, errors: list[str]) -> dict[str, HostConfig]:
@@ -189,11 +208,3 @@ def _logins(table: object, where: str, errors: list[str]) -> LoginSettings | Non
 def _label(where: str, index: int, table: Any) -> str:
     name = table.get("name") if isinstance(table, dict) else None
     return f"{where}: process[{index}]" + (f" ({name!r})" if isinstance(name, str) else "")
-
-
-def _merge(defaults: dict[str, Any], table: dict[str, Any]) -> dict[str, Any]:
-    merged = {**defaults, **table}
-    for key in MERGED_TABLES:
-        if isinstance(defaults.get(key), dict) and isinstance(table.get(key), dict):
-            merged[key] = {**defaults[key], **table[key]}
-    return merged

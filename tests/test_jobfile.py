@@ -58,7 +58,7 @@ bogus = 1
     with pytest.raises(corra.ConfigError) as info:
         parse_job_text(text, "jobs.toml")
     assert str(info.value).splitlines() == [
-        "jobs.toml: unknown table(s) ['surprise']; expected [defaults], [[process]], "
+        "jobs.toml: unknown table(s) ['surprise']; expected [defaults], [[process]], [[job]], "
         "[hosts.NAME] and [logins]",
         "jobs.toml: process[0] ('a').argv: got 'echo hi', expected a list of strings",
         "jobs.toml: process[1].name: missing; every process in a job file needs a name",

@@ -37,6 +37,13 @@ ALLOWED: dict[str, set[str]] = {
         "corra.processes",
         "corra.chaperone",
     },
+    "corra.workflows": {
+        "corra._errors",
+        "corra._statedir",
+        "corra.actors",
+        "corra.persistence",
+        "corra.processes",
+    },
 }
 #: Above every layer: they may import anything of corra (but nothing imports them, except
 #: each other as listed).

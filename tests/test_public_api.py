@@ -55,6 +55,7 @@ PUBLIC = {
     "SupervisorStatistics",
     "TreeNode",
     "open_runtime",
+    "WorkflowError",
 }
 
 
@@ -69,6 +70,7 @@ def test_public_names_are_pinned():
         "chaperone",
         "cli",
         "testing",
+        "workflows",
     }  # submodules, once imported
     assert names == PUBLIC
 
@@ -87,3 +89,4 @@ def test_exception_tree():
         assert issubclass(cls, corra.SupervisorError)
     for cls in (corra.ActorError, corra.SupervisorError, corra.ConfigError):
         assert issubclass(cls, corra.CorraError)
+    assert issubclass(corra.WorkflowError, corra.ConfigError)

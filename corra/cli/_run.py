@@ -50,6 +50,12 @@ def run(args: argparse.Namespace, state_dir: Path) -> int:
         raise ConfigError("run: give a job file or `-- ARGV...`, not both")
     if args.jobfile:
         job = load_job_file(args.jobfile)
+        if not job.processes:
+            names = ", ".join(map(repr, job.jobs))
+            raise ConfigError(
+                f"run: {job.path} has no [[process]] tables, only the job(s) {names}: "
+                "a job runs through a service (corra serve --jobs FILE)"
+            )
     elif argv:
         fields: dict[str, Any] = {"argv": argv}
         if args.name:

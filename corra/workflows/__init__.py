@@ -1,0 +1,23 @@
+"""Workflows: named jobs of steps, each step a process (see docs/workflows.md).
+
+`parse_jobs` validates the ``[[job]]`` tables of a job file into `JobDefinition` values; the
+rest are the pure functions a run applies to a definition. The ``${...}`` language is
+`corra.workflows._expressions`'.
+"""
+
+from corra.workflows._definition import JobDefinition as JobDefinition
+from corra.workflows._definition import StepDefinition as StepDefinition
+from corra.workflows._definition import apply_params as apply_params
+from corra.workflows._definition import job_data as job_data
+from corra.workflows._definition import job_from_data as job_from_data
+from corra.workflows._definition import job_result as job_result
+from corra.workflows._definition import result_step as result_step
+from corra.workflows._definition import step_items as step_items
+from corra.workflows._definition import step_runs as step_runs
+from corra.workflows._definition import step_spec as step_spec
+from corra.workflows._definition import topological_order as topological_order
+from corra.workflows._definition import upstream as upstream
+from corra.workflows._expressions import Template as Template
+from corra.workflows._expressions import parse_template as parse_template
+from corra.workflows._loading import merge_defaults as merge_defaults
+from corra.workflows._loading import parse_jobs as parse_jobs
