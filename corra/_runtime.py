@@ -40,13 +40,13 @@ from corra.processes._record import ProcessRecord, Transition
 from corra.processes._recovery import RecoveryReport
 from corra.processes._registry import installed
 from corra.processes._retention import check_count
-from corra.workflows._manager import WorkflowManager
 from corra.processes._spec import (
     DEFAULT_OUTPUT_LIMIT,
     ProcessSpec,
     check_output_limit,
     check_seconds,
 )
+from corra.workflows._manager import WorkflowManager
 
 if TYPE_CHECKING:
     from corra._remote import HostConfig, LoginSettings, RemoteBackends

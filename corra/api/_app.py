@@ -61,8 +61,8 @@ from corra.api._requests import (
     read_body,
     single,
 )
-from corra.api._workflows import WorkflowRoutes
 from corra.api._wire import detail_json, record_json, transition_json
+from corra.api._workflows import WorkflowRoutes
 from corra.backends.recorded import recorded
 from corra.processes._convert import parse_process_spec
 from corra.processes._manager import MAX_LOG_OFFSET

@@ -356,11 +356,17 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--json", action="store_true", help='as GET /v1/runs: {"runs": [...]}')
 
     for verb, text in (
-        ("pause", "pause a process between steps (its program keeps running), or a workflow "
-         "run (no new step starts; --steps pauses its running steps too)"),
+        (
+            "pause",
+            "pause a process between steps (its program keeps running), or a workflow "
+            "run (no new step starts; --steps pauses its running steps too)",
+        ),
         ("resume", "continue a paused process (or workflow run) where it was"),
-        ("kill", "kill a process: SIGTERM to its group, SIGKILL after its kill_grace (or a "
-         "workflow run: its running steps)"),
+        (
+            "kill",
+            "kill a process: SIGTERM to its group, SIGKILL after its kill_grace (or a "
+            "workflow run: its running steps)",
+        ),
     ):
         control = commands.add_parser(verb, parents=[state, client], help=text, description=text)
         control.add_argument("process", help="id or name (of a process, else of a run)")

@@ -14,8 +14,8 @@ from typing import Any
 
 import trio
 
-from corra._readonly import open_state_query
 from corra._errors import NoSuchProcess, NoSuchRun
+from corra._readonly import open_state_query
 from corra.api._client import ApiError, Client, ConnectionLost, NotServing
 from corra.api._wire import detail_json, record_json, transition_json
 from corra.cli._parser import EXIT_OK, parse_label

@@ -39,8 +39,8 @@ from corra._errors import ConfigError, StoreError
 from corra.persistence import _indexes
 from corra.persistence._indexes import IndexTerm, encode_terms
 from corra.persistence._lmdb import (
-    Environment,
     MAX_KEY_BYTES,
+    Environment,
     Reads,
     key_of,
     lmdb_path,

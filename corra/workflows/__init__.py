@@ -21,3 +21,7 @@ from corra.workflows._expressions import Template as Template
 from corra.workflows._expressions import parse_template as parse_template
 from corra.workflows._loading import merge_defaults as merge_defaults
 from corra.workflows._loading import parse_jobs as parse_jobs
+from corra.workflows._manager import WorkflowManager as WorkflowManager
+from corra.workflows._query import RunQuery as RunQuery
+from corra.workflows._runs import RunRecord as RunRecord
+from corra.workflows._runs import StepEntry as StepEntry

@@ -35,7 +35,13 @@ import trio
 from corra._errors import ConfigError, CorraError, NoSuchProcess
 from corra.actors._actor import Actor
 from corra.processes._record import ProcessRecord
-from corra.workflows._definition import JobDefinition, job_from_data, step_spec, upstream
+from corra.workflows._definition import (
+    JobDefinition,
+    job_from_data,
+    step_items,
+    step_spec,
+    upstream,
+)
 from corra.workflows._plan import Expand, Fail, Plan, Skip, Submit, context, plan
 from corra.workflows._runs import (
     RunRecord,
@@ -188,9 +194,7 @@ class RunActor(Actor):
 
     # settling: the ends of the steps' processes -------------------------------------------
 
-    async def _settle(
-        self, run: RunRecord, entries: dict[str, StepEntry]
-    ) -> dict[str, StepEntry]:
+    async def _settle(self, run: RunRecord, entries: dict[str, StepEntry]) -> dict[str, StepEntry]:
         """Write the ending entry of every step whose process has ended (those the watches
         reported, and those found ended on a first look); watch the others. A step recorded
         but never submitted (the runtime stopped in between) is submitted now, or, in a
@@ -263,9 +267,13 @@ class RunActor(Actor):
         submits: list[StepEntry] = []
         for action in decided.actions:
             if isinstance(action, Skip):
-                writes.append(StepEntry(action.step, action.step, "skipped", at, reason=action.reason))
+                writes.append(
+                    StepEntry(action.step, action.step, "skipped", at, reason=action.reason)
+                )
             elif isinstance(action, Fail):
-                writes.append(StepEntry(action.step, action.step, "failed", at, reason=action.reason))
+                writes.append(
+                    StepEntry(action.step, action.step, "failed", at, reason=action.reason)
+                )
             elif isinstance(action, Expand):
                 count = len(action.items)
                 writes.append(StepEntry(action.step, action.step, "expanded", at, count=count))
@@ -303,13 +311,15 @@ class RunActor(Actor):
             step = self._job_steps[entry.step]
             values.setdefault(
                 entry.step,
-                context(self._job, run.params, entries, self._upstream_of(entry.step), runs.load_result),
+                context(
+                    self._job, run.params, entries, self._upstream_of(entry.step), runs.load_result
+                ),
             )
             scope = dict(values[entry.step])
             try:
                 if entry.index is not None:
                     if entry.step not in items:
-                        items[entry.step] = _items(step.for_each, scope)
+                        items[entry.step] = step_items(self._job, step, scope)
                     scope["item"] = items[entry.step][entry.index]
                 spec = step_spec(self._job, step, scope)
                 spec = attrs.evolve(
@@ -324,9 +334,7 @@ class RunActor(Actor):
                 )
                 await runs.processes.submit(spec)
             except (ConfigError, IndexError) as exc:
-                failed.append(
-                    attrs.evolve(entry, phase="failed", at=runs.clock(), reason=str(exc))
-                )
+                failed.append(attrs.evolve(entry, phase="failed", at=runs.clock(), reason=str(exc)))
                 return
             self._watch(entry.key, entry.process)
 
@@ -335,15 +343,6 @@ class RunActor(Actor):
                 nursery.start_soon(submit_one, entry)
         if failed:
             await runs.write_steps(self._id, failed)
-
-
-def _items(for_each: Any, scope: dict[str, Any]) -> list[Any]:
-    if isinstance(for_each, (list, tuple)):
-        return list(for_each)
-    items = for_each.render(scope)
-    if not isinstance(items, list):
-        raise ConfigError(f"for_each: {for_each.text} is no longer a list")
-    return items
 
 
 def _exit_text(result: Any) -> str:

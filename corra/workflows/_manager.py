@@ -277,7 +277,9 @@ class WorkflowManager:
         await self._start_actor(record.id)  # (it kills the steps, and settles them)
         return record
 
-    async def wait(self, run: str, *, until: Callable[[RunRecord], bool] | None = None) -> RunRecord:
+    async def wait(
+        self, run: str, *, until: Callable[[RunRecord], bool] | None = None
+    ) -> RunRecord:
         """Wait until the run has ended (or ``until(record)`` holds). A checkpoint."""
         condition = until or (lambda record: record.terminal and record.id not in self._actors)
         record = self.get(run)
@@ -324,7 +326,9 @@ class WorkflowManager:
 
     async def recover(self) -> int:
         """Start the actor of every run the last runtime left active. Returns how many."""
-        active = [key[len(ACTIVE_PREFIX) :].decode() for key, _ in self.store.entries(ACTIVE_PREFIX)]
+        active = [
+            key[len(ACTIVE_PREFIX) :].decode() for key, _ in self.store.entries(ACTIVE_PREFIX)
+        ]
         for run_id in active:
             await self._start_actor(run_id)
         return len(active)
