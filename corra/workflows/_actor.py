@@ -42,6 +42,7 @@ from corra.workflows._definition import (
     step_spec,
     upstream,
 )
+from corra.workflows._faults import crash_point
 from corra.workflows._plan import Expand, Fail, Plan, Skip, Submit, context, plan
 from corra.workflows._runs import (
     RunRecord,
@@ -164,6 +165,7 @@ class RunActor(Actor):
                     await runs.write_run(
                         run, phase=outcome.phase, reason=outcome.reason, result=outcome.result
                     )
+                    crash_point("run.ended")
                     return
                 if decided.actions:
                     await self._apply(run, entries, decided)
@@ -222,6 +224,7 @@ class RunActor(Actor):
         writes += killed
         if writes:
             await runs.write_steps(self._id, writes)
+            crash_point("step.ended")
             entries = {**entries, **{entry.key: entry for entry in writes}}
         if resubmit:
             await self._submit(runs.get(self._id), entries, resubmit)
@@ -282,6 +285,7 @@ class RunActor(Actor):
             elif isinstance(action, Submit):
                 submits.append(self._intent(action.step, None, at))
         await runs.write_steps(self._id, [*writes, *submits])
+        crash_point("steps.decided")
         entries = {**entries, **{entry.key: entry for entry in (*writes, *submits)}}
         await self._submit(run, entries, submits)
 
@@ -333,6 +337,7 @@ class RunActor(Actor):
                     },
                 )
                 await runs.processes.submit(spec)
+                crash_point("step.submitted")
             except (ConfigError, IndexError) as exc:
                 failed.append(attrs.evolve(entry, phase="failed", at=runs.clock(), reason=str(exc)))
                 return

@@ -30,6 +30,7 @@ from corra.processes._record import ProcessRecord
 from corra.processes._spec import NAME_PATTERN
 from corra.workflows._actor import Kill, Pause, RunActor
 from corra.workflows._definition import JobDefinition, apply_params, job_data
+from corra.workflows._faults import crash_point
 from corra.workflows._query import RunQuery
 from corra.workflows._runs import (
     ACTIVE_PREFIX,
@@ -230,6 +231,7 @@ class WorkflowManager:
             if name is not None:
                 items.append((name_key(name), run.id.encode()))
             await self.store.put_entries(items)
+        crash_point("run.started")
         await self._start_actor(run.id)
         return run, True
 
