@@ -15,6 +15,7 @@ import pytest
 
 CORRA = [sys.executable, "-m", "corra.cli"]
 FAN_OUT = 50
+RUN_OPTIONS = ("--run-name", "nightly", "--json", "--max-running", "8")
 
 
 def job_file(tmp_path: Path, ledger: Path) -> Path:
@@ -49,8 +50,7 @@ def corra_run(state: Path, jobs: Path, crash: str | None) -> subprocess.Complete
     if crash is not None:
         env["CORRA_CRASH_AT"] = crash
     return subprocess.run(
-        [*CORRA, "--state-dir", str(state), "run", str(jobs), "--job", "fan"]
-        + ["--run-name", "nightly", "--json", "--max-running", "8"],
+        [*CORRA, "--state-dir", str(state), "run", str(jobs), "--job", "fan", *RUN_OPTIONS],
         capture_output=True,
         text=True,
         timeout=180,

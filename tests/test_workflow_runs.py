@@ -33,6 +33,13 @@ def ledger_step(name: str, ledger: Path, needs: list[str] | None = None, **extra
     )
 
 
+def gate_step(gate: Path, needs: list[str] | None = None) -> str:
+    """A step ``wait`` that runs until the file ``gate`` exists."""
+    needs_line = f"needs = {needs!r}\n".replace("'", '"') if needs else ""
+    loop = f"while [ ! -e {gate} ]; do sleep 0.05; done"
+    return f'[[job.step]]\nname = "wait"\n{needs_line}argv = ["sh", "-c", "{loop}"]\n'
+
+
 async def running(rt: corra.Runtime, name: str) -> None:
     """Until the step process ``name`` exists (its run submits it soon) and runs."""
     with trio.fail_after(20):
@@ -113,8 +120,8 @@ async def test_continue_on_failure_and_when(tmp_path: Path) -> None:
     text = (
         '[[job]]\nname = "tolerant"\n'
         '[[job.step]]\nname = "bad"\nargv = ["false"]\ncontinue_on_failure = true\n'
-        + ledger_step("cleanup", ledger, ["bad"], when='"${steps.bad.phase == \'failed\'}"')
-        + ledger_step("never", ledger, ["bad"], when='"${steps.bad.phase == \'finished\'}"')
+        + ledger_step("cleanup", ledger, ["bad"], when="\"${steps.bad.phase == 'failed'}\"")
+        + ledger_step("never", ledger, ["bad"], when="\"${steps.bad.phase == 'finished'}\"")
         + ledger_step("last", ledger, ["never"])
     )
     async with corra.open_runtime(state_dir=tmp_path / "state") as rt:
@@ -147,11 +154,7 @@ async def test_a_run_name_makes_a_request_idempotent(tmp_path: Path) -> None:
 async def test_pause_stops_new_steps_and_resume_goes_on(tmp_path: Path) -> None:
     gate = tmp_path / "gate"
     ledger = tmp_path / "ledger"
-    text = (
-        '[[job]]\nname = "gated"\n'
-        f'[[job.step]]\nname = "wait"\nargv = ["sh", "-c", "while [ ! -e {gate} ]; do sleep 0.05; done"]\n'
-        + ledger_step("next", ledger, ["wait"])
-    )
+    text = '[[job]]\nname = "gated"\n' + gate_step(gate) + ledger_step("next", ledger, ["wait"])
     async with corra.open_runtime(state_dir=tmp_path / "state") as rt:
         runs = rt.workflows
         runs.define(jobs(text))
@@ -192,7 +195,7 @@ async def test_a_runtime_stopped_mid_run_goes_on_when_reopened(tmp_path: Path) -
     text = (
         '[[job]]\nname = "across"\n'
         + ledger_step("first", ledger)
-        + f'[[job.step]]\nname = "wait"\nneeds = ["first"]\nargv = ["sh", "-c", "while [ ! -e {gate} ]; do sleep 0.05; done"]\n'
+        + gate_step(gate, ["first"])
         + ledger_step("work", ledger, ["wait"], for_each="[1, 2, 3]")
     )
     state = tmp_path / "state"
