@@ -17,17 +17,15 @@ from hypothesis import strategies as st
 
 import corra
 from corra._errors import ExpressionSyntaxError, WorkflowError
-from corra.workflows._expressions import (
+from corra.workflows._expressions import has_template, json_equal, parse_template
+from corra.workflows._syntax import (
     NAME,
     BinaryOp,
     Expression,
     Literal,
     Not,
     Reference,
-    has_template,
-    json_equal,
     parse_expression,
-    parse_template,
     unparse,
 )
 
