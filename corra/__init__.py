@@ -29,6 +29,7 @@ from corra._errors import RestartIntensityExceeded as RestartIntensityExceeded
 from corra._errors import StoreError as StoreError
 from corra._errors import SupervisorError as SupervisorError
 from corra._errors import TransportError as TransportError
+from corra._errors import ValueGone as ValueGone
 from corra._errors import WorkflowError as WorkflowError
 from corra._runtime import ProcessRef as ProcessRef
 from corra._runtime import Runtime as Runtime
@@ -54,5 +55,6 @@ from corra.processes._record import ProcessRecord as ProcessRecord
 from corra.processes._record import Transition as Transition
 from corra.processes._recovery import RecoveryReport as RecoveryReport
 from corra.processes._spec import ProcessSpec as ProcessSpec
+from corra.processes._values import result_value as result_value
 
 __version__ = "0.1.0"

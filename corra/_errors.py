@@ -33,7 +33,9 @@ The tree::
     ├── StoreError                  the state store (LMDB) failed
     │   ├── CorruptRecord           a record that cannot be decoded (unknown schema, bad
     │   │                           data); it is set aside, never a crash
-    │   └── NameTaken               the name belongs to another process already
+    │   ├── NameTaken               the name belongs to another process already
+    │   └── ValueGone               a result's value kept as a file (too large for its
+    │                               record) is gone or cannot be read
     └── BackendError                where programs run failed
         ├── LaunchFailed            the program could not be started
         ├── ProgramLost             its chaperone is gone without leaving an exit record
@@ -158,6 +160,11 @@ class CorruptRecord(StoreError):
 
 class NameTaken(StoreError):
     """The process name belongs to another process already."""
+
+
+class ValueGone(StoreError):
+    """A result's value kept as a file of the state dir (``Result.value_file``) is gone or
+    cannot be read."""
 
 
 class BackendError(CorraError):

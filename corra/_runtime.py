@@ -46,6 +46,7 @@ from corra.processes._spec import (
     check_output_limit,
     check_seconds,
 )
+from corra.processes._values import RESULTS_DIR, result_value
 from corra.workflows._manager import WorkflowManager
 
 if TYPE_CHECKING:
@@ -185,6 +186,20 @@ class ProcessRef:
     @property
     def result(self) -> Result | None:
         return self.record().state.result
+
+    async def value(self) -> Any:
+        """The value its program wrote to ``$CORRA_RESULT``, as its latest result keeps it
+        (`corra.result_value`; a large one's file read in a worker thread): None if there
+        is no result yet, no value (``result.has_value`` says) or a refused one
+        (``result.value_error`` says why).
+
+        Raises:
+            ValueGone: the file of a large value is gone.
+        """
+        result = self.result
+        if result is None or result.value_file is None:
+            return result_value(result)
+        return await trio.to_thread.run_sync(result_value, result)
 
     async def pause(self) -> ProcessRecord:
         return await self._manager.pause(self.id)
@@ -440,6 +455,7 @@ async def open_runtime(
                     supervisor=supervisor,
                     nursery=nursery,
                     notes=notes,
+                    results_dir=Path(os.path.abspath(path)) / RESULTS_DIR,  # noqa: ASYNC240
                 )
                 rt._processes = manager
                 port.bind(manager, parse_process_spec)

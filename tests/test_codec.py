@@ -397,6 +397,10 @@ record_results = st.builds(
     error=st.none() | any_text,
     stdout_dropped=st.integers(0, 1 << 50),
     stderr_dropped=st.integers(0, 1 << 50),
+    value=json_values,
+    has_value=st.booleans(),
+    value_file=st.none() | clean_text,
+    value_error=st.none() | any_text,
 )
 process_specs = st.builds(
     ProcessSpec,

@@ -27,6 +27,8 @@ PUBLIC = {
     "Result",
     "StoreError",
     "Transition",
+    "ValueGone",
+    "result_value",
     "default_state_dir",
     "parse_process_spec",
     "ActorError",

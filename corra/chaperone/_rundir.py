@@ -19,6 +19,11 @@ RUN_DIR files::
     work/          the program's cwd when the spec's cwd is null (made ahead by the shared
                    chaperone: there, empty, otherwise)
     stdout, stderr the program's output, appended
+    result.json    written by the program, if at all: one JSON value, its result
+                   (``$CORRA_RESULT`` names it; read by the runtime once the program ended)
+    status.jsonl   appended by the program, if at all: JSON lines, its status updates
+                   (``$CORRA_STATUS`` names it). Both variables are set by every chaperone
+                   and wrapper (`data_environment`), over whatever env gave them
     kill.json      own only, optional: {"grace": seconds}, written by the runtime before its
                    SIGTERM
     exit.json      returncode, signal, utime, stime, maxrss (the program's peak resident set
@@ -52,6 +57,7 @@ import sys
 import time
 
 from . import _proc
+from ._wrapper import RESULT_FILE, STATUS_FILE, data_environment  # noqa: F401 (the run dir's)
 from .protocol import json_line, seconds
 
 SPEC_FILE = "spec.json"

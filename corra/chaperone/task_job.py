@@ -55,6 +55,7 @@ if __package__:  # imported (corra.chaperone.task_job); a task's source has _wra
         KILL_REQUESTS,
         LONGEST_WAIT,
         Job,
+        add_data_environment,
         exists,
         join,
         json_line,
@@ -109,6 +110,7 @@ def main(argv):
     if before is not None:
         write_record(join(run_dir, EXIT_FILE), before)
         return shell_status(None, before["signal"])
+    add_data_environment(run_dir)  # ($CORRA_RESULT, $CORRA_STATUS)
     started_at = time.time()
     job = Job(spawn(program, stdio), grace)
     for fd in stdio:

@@ -109,6 +109,9 @@ def print_show(data: dict[str, Any], as_json: bool, show_env: bool) -> None:
             f"maxrss {maxrss}, stdout {result.stdout_bytes} B{_dropped(result.stdout_dropped)}, "
             f"stderr {result.stderr_bytes} B{_dropped(result.stderr_dropped)}"
         )
+        value = value_text(data["result"])
+        if value is not None:
+            print(f"  value:   {value}")
     print("  history:")
     print_history(data["history"], indent="    ")
 
@@ -119,6 +122,26 @@ def print_history(transitions: list[dict[str, Any]], *, indent: str = "") -> Non
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t["at"]))
         reason = f"  ({t['reason']})" if t["reason"] else ""
         print(f"{indent}{stamp}  {t['event']:<8} {t['source']} -> {t['target']}{reason}")
+
+
+#: The most characters of a value `corra show` prints (the rest: ``--json``).
+VALUE_SHOWN = 200
+
+
+def value_text(result: dict[str, Any]) -> str | None:
+    """The value of a result (as JSON: `detail_json`'s) in words: compact JSON, cut at
+    `VALUE_SHOWN` characters; where it is kept; why it was refused; None: there is none."""
+    if result.get("value_error"):
+        return f"refused: {result['value_error']}"
+    if not result.get("has_value"):
+        return None
+    if result.get("value_file"):
+        return f"kept in {result['value_file']} (too large for the record)"
+    text = json.dumps(result.get("value"), separators=(",", ":"), ensure_ascii=False)
+    if len(text) > VALUE_SHOWN:
+        size = len(text.encode())
+        return f"{text[:VALUE_SHOWN]}... ({size} bytes, --json for all)"
+    return text
 
 
 def _dropped(size: int) -> str:

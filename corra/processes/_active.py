@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 
 import trio
 
@@ -41,6 +42,7 @@ class ActiveProcesses:
         control: the manager's lock of decisions that read a record and then write it; an
             admission is one.
         ended: told of the record of each actor that ends (`StoredNotes.ended`), if given.
+        results_dir: where values too large for their record are kept (`ProcessContext`).
     """
 
     def __init__(
@@ -54,13 +56,18 @@ class ActiveProcesses:
         nursery: trio.Nursery,
         control: trio.Lock,
         ended: Callable[[ProcessRecord], None] | None = None,
+        results_dir: Path | None = None,
     ) -> None:
         self._supervisor = supervisor
         self._on_end = ended
         self._journal = journal
         self._control = control
         self._context = ProcessContext(
-            backend_for=backend_for, journal=journal, hosts=hosts, ended=self._ended
+            backend_for=backend_for,
+            journal=journal,
+            hosts=hosts,
+            ended=self._ended,
+            results_dir=results_dir,
         )
         self._admission = Admission(backends, self._admit, self._resolve, nursery, self._check_idle)
         self._actors: dict[str, Ref] = {}

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
 import attrs
@@ -63,6 +64,7 @@ from corra.processes._lifecycle import (
 from corra.processes._record import ProcessRecord
 from corra.processes._requests import effect_key, launch_request
 from corra.processes._spec import ProcessSpec
+from corra.processes._values import with_value
 
 logger = logging.getLogger("corra.process")
 
@@ -85,6 +87,9 @@ class ProcessContext:
     """Where it waits for a host that stopped answering."""
     ended: Callable[[ProcessActor], None]
     """Called when the actor ends, for whatever reason."""
+    results_dir: Path | None = None
+    """Where values too large for their record are kept (`corra.processes._values`); None:
+    such values are refused."""
 
 
 class ProcessActor(Actor):
@@ -290,7 +295,7 @@ class ProcessActor(Actor):
             await self._end_attempt(None, lost=f"lost: {lost}")
             return
         backend.release_slot(self.key)
-        await self._end_attempt(result)
+        await self._end_attempt(await self._with_value(backend, result))
 
     async def _kill(self, state: ProcessState) -> None:
         # Reached from every phase; a launch whose record was not written yet is found by
@@ -302,7 +307,16 @@ class ProcessActor(Actor):
         if handle is not None:
             result = await backend.kill(handle, self.record.spec.kill_grace)
         backend.release_slot(self.key)
+        if result is not None:
+            result = await self._with_value(backend, result)
         await self._advance("killed", result=result)
+
+    async def _with_value(self, backend: Backend, result: Result) -> Result:
+        """``result`` with the value its program wrote to ``$CORRA_RESULT``, read before
+        its exit is recorded (`corra.processes._values`: the same after a crash)."""
+        return await with_value(
+            result, backend, self.key, self.record.spec.host, self.context.results_dir
+        )
 
     async def _end_attempt(self, result: Result | None, *, lost: str | None = None) -> None:
         spec = self.record.spec

@@ -33,7 +33,7 @@ from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, overrid
 
 from corra._errors import ConfigError
 from corra.processes._backend import handle_data
-from corra.processes._lifecycle import ProcessState
+from corra.processes._lifecycle import ProcessState, Result
 from corra.processes._record import ProcessRecord, Transition
 from corra.processes._registry import installed
 from corra.processes._spec import ProcessSpec, options_table, table_name
@@ -266,6 +266,7 @@ def configure_snapshot(
     the wire takes it, every field included, and read it back without its value checks; and
     read a `ProcessRecord`'s handle as the class ``handles`` names for its spec's backend
     (the handles of other backends: JSON values, as they are stored)."""
+    configure_result(converter)  # (first: the hooks made below look it up as they are made)
     _configure_spec(converter)
     _configure_handles(converter, dict(handles or {}))
 
@@ -273,9 +274,23 @@ def configure_snapshot(
 def configure_history(converter: cattrs.Converter) -> None:
     """Make ``converter`` (the history codec's) write a `Transition`'s ``result`` only when
     it has one (a rerun's), so that every other entry is as it always was."""
+    configure_result(converter)
     converter.register_unstructure_hook(
         Transition,
         make_dict_unstructure_fn(Transition, converter, result=override(omit_if_default=True)),
+    )
+
+
+#: The fields of a `Result` written only when set (its program's value: issue 16), so that a
+#: result without a value is stored as one was before they existed.
+_VALUE_FIELDS = ("value", "has_value", "value_file", "value_error")
+
+
+def configure_result(converter: cattrs.Converter) -> None:
+    """Make ``converter`` write a `Result`'s value fields only when they are set."""
+    omitted = {name: override(omit_if_default=True) for name in _VALUE_FIELDS}
+    converter.register_unstructure_hook(
+        Result, make_dict_unstructure_fn(Result, converter, **omitted)
     )
 
 

@@ -167,8 +167,34 @@ def _result_json(result: Result | None) -> str:
         f'"timed_out":{_json_boolean(result.timed_out)},'
         f'"killed":{_json_boolean(result.killed)},'
         f'"error":{_json_optional_text(result.error)},'
-        f'"stdout_dropped":{out_dropped!r},"stderr_dropped":{err_dropped!r}}}'
+        f'"stdout_dropped":{out_dropped!r},"stderr_dropped":{err_dropped!r}'
+        f"{_value_json(result)}}}"
     )
+
+
+def _value_json(result: Result) -> str:
+    """The value fields of a result, each only when set (`_convert.configure_result`)."""
+    value, has_value, value_file, value_error = (
+        result.value,
+        result.has_value,
+        result.value_file,
+        result.value_error,
+    )
+    if value is None and has_value is False and value_file is None and value_error is None:
+        return ""  # (most results: no value)
+    parts = []
+    if value is not None:
+        try:
+            parts.append(f'"value":{_json_value(value)}')
+        except ValueError:  # (a float json refuses: the converter's way says so)
+            raise _Unusual from None
+    if has_value is not False:
+        parts.append(f'"has_value":{_json_boolean(has_value)}')
+    if value_file is not None:
+        parts.append(f'"value_file":{_json_text(value_file)}')
+    if value_error is not None:
+        parts.append(f'"value_error":{_json_text(value_error)}')
+    return "," + ",".join(parts)
 
 
 #: The JSON of each phase (``"created"`` ...), and of no phase.

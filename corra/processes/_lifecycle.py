@@ -100,6 +100,19 @@ class Result:
     """Bytes of stdout past the output limit, dropped (as counted by the chaperone's checks:
     a lower bound)."""
     stderr_dropped: int = 0
+    value: Any = None
+    """The JSON value the program wrote to ``$CORRA_RESULT``, decoded; None also when there
+    is none, or when it is kept in `value_file` (`has_value` tells these apart)."""
+    has_value: bool = False
+    """The program wrote a value, and it was taken: in `value` (a JSON ``null`` too), or in
+    `value_file`. False: it wrote none (or an empty file), or it was refused
+    (`value_error`). `corra.processes.result_value` gives it, wherever it is."""
+    value_file: str | None = None
+    """Where a value larger than the record takes is kept (`corra.processes._values`): the
+    absolute path of a file in the state dir (``results/<key>.json``)."""
+    value_error: str | None = None
+    """Why the value the program wrote was refused (not JSON, too large). A refused value
+    does not change how the process ended: its exit decides."""
 
     @property
     def ok(self) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
+from pathlib import Path
 
 import attrs
 import trio
@@ -72,6 +73,8 @@ class ProcessManager:
         nursery: where the admission's tasks (a dispatcher of slots per backend, the timer of
             retries), the waits for unavailable hosts and the writer of ``notes`` run.
         notes: the notes its backends set (`corra.processes._notes`), if they have a place.
+        results_dir: where values too large for their record are kept
+            (`corra.processes._values`); None: such values are refused.
     """
 
     def __init__(
@@ -85,8 +88,10 @@ class ProcessManager:
         nursery: trio.Nursery,
         clock: Callable[[], float] = time.time,
         notes: StoredNotes | None = None,
+        results_dir: Path | None = None,
     ) -> None:
         self._backends = dict(backends)
+        self._results_dir = results_dir
         self._journal = Journal(store, codec, history_codec, clock)
         self._hosts = HostWaits(self._backends, nursery, self._resume_for_host)
         # Decisions that read a record and then write it (pause or kill without an actor,
@@ -101,6 +106,7 @@ class ProcessManager:
             nursery=nursery,
             control=self._control,
             ended=None if notes is None else notes.ended,
+            results_dir=results_dir,
         )
         if notes is not None:
             nursery.start_soon(notes.run, self.get)
@@ -503,7 +509,7 @@ class ProcessManager:
             journal = self._journal
             buried = await _removal.bury(journal.store, record, journal.removed)
         if buried:  # (outside the lock: a host may take its time)
-            await _removal.finish(journal.store, record, self.backend_for)
+            await _removal.finish(journal.store, record, self.backend_for, self._results_dir)
         return record
 
     async def prune(
@@ -566,7 +572,9 @@ class ProcessManager:
         """Bring back every process that was active when the last runtime stopped, and make
         those paused for their hosts wait for them again (`corra.processes._recovery`)."""
         journal = self._journal
-        await _removal.finish_removals(journal.store, journal.codec, self.backend_for)
+        await _removal.finish_removals(
+            journal.store, journal.codec, self.backend_for, self._results_dir
+        )
         return await recover(
             self._journal.store,
             self._journal.codec,

@@ -9,7 +9,8 @@ this order:
    reason (`RecordStore.set_aside`: one transaction). From here on the process is gone
    for every reader (no record under its id, nor under its name), and no event can reach
    it (it had no actor, and a rerun finds no record);
-2. the backend removes each attempt's run dir and logs (idempotent);
+2. the values kept as files (`corra.processes._values`) go, then the backend removes each
+   attempt's run dir and logs (idempotent);
 3. the rest, in one transaction (`RecordStore.delete`): history, name, tombstone.
 
 A crash before 1 leaves the process whole; after it, the process is gone, and the next
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import trio
 
@@ -28,6 +30,7 @@ from corra._errors import BackendError, ConfigError, CorruptRecord
 from corra.processes._backend import Backend, EffectKey
 from corra.processes._ports import RecordCodec, RecordStore
 from corra.processes._record import ProcessRecord
+from corra.processes._values import remove_values
 
 logger = logging.getLogger("corra.process")
 
@@ -55,20 +58,27 @@ async def bury(
 
 
 async def finish(
-    store: RecordStore, record: ProcessRecord, backend_for: Callable[..., Backend]
+    store: RecordStore,
+    record: ProcessRecord,
+    backend_for: Callable[..., Backend],
+    results_dir: Path | None = None,
 ) -> bool:
     """Steps 2 and 3 for a buried process (shielded: once begun, it goes to its end).
     Returns False if its backend could not remove everything now (the next recovery
     finishes it)."""
     with trio.CancelScope(shield=True):
-        return await _finish(store, record, backend_for)
+        return await _finish(store, record, backend_for, results_dir)
 
 
 async def _finish(
-    store: RecordStore, record: ProcessRecord, backend_for: Callable[..., Backend]
+    store: RecordStore,
+    record: ProcessRecord,
+    backend_for: Callable[..., Backend],
+    results_dir: Path | None,
 ) -> bool:
     """Steps 2 and 3 of a removal whose tombstone is written."""
     try:
+        await trio.to_thread.run_sync(remove_values, results_dir, record.id, record.state.attempt)
         backend = backend_for(record.spec)
         for attempt in range(1, record.state.attempt + 1):
             await backend.remove(EffectKey(record.id, attempt), record.spec.host)
@@ -87,7 +97,10 @@ async def _finish(
 
 
 async def finish_removals(
-    store: RecordStore, codec: RecordCodec, backend_for: Callable[..., Backend]
+    store: RecordStore,
+    codec: RecordCodec,
+    backend_for: Callable[..., Backend],
+    results_dir: Path | None = None,
 ) -> int:
     """Finish the removals that a crash (or a host that did not answer) interrupted:
     every tombstone in the store's quarantine. Returns how many it finished."""
@@ -104,7 +117,7 @@ async def finish_removals(
             )
             await store.delete(entry.process_id)
             continue
-        if await finish(store, record, backend_for):
+        if await finish(store, record, backend_for, results_dir):
             logger.info("process %s (%s): its removal is finished", record.id, record.name)
             finished += 1
     return finished

@@ -176,8 +176,13 @@ def _param(job: str, key: str, value: Any, default: Any) -> Any:
     )
 
 
-def render_field(job: JobDefinition, step: StepDefinition, field: str, template: Template,
-                 context: Mapping[str, Any]) -> Any:  # fmt: skip
+def render_field(
+    job: JobDefinition,
+    step: StepDefinition,
+    field: str,
+    template: Template,
+    context: Mapping[str, Any],
+) -> Any:
     """``template`` rendered over ``context``; an error names the job, the step and the field.
 
     Raises:

@@ -21,7 +21,8 @@ from corra.processes._convert import parse_process_spec, wire_fields
 from corra.processes._spec import NAME_PATTERN
 from corra.processes._spec_content import shown_tables
 from corra.workflows._definition import STEP_NAME_PATTERN, JobDefinition, StepDefinition, upstream
-from corra.workflows._expressions import NAME, Template, has_template, parse_template
+from corra.workflows._expressions import Template, has_template, parse_template
+from corra.workflows._syntax import NAME
 
 JOB_FIELDS = ("name", "description", "params", "result", "step")
 STEP_FIELDS = ("name", "needs", "for_each", "when", "continue_on_failure")

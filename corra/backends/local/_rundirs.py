@@ -152,11 +152,17 @@ def spec_of(handle: Handle) -> dict[str, Any]:
     return spec if isinstance(spec, dict) else {}
 
 
+#: What `log_file` reads for each stream: the logs, and the value of ``$CORRA_RESULT``.
+READABLE = {**{stream: stream for stream in _rundir.STREAMS}, "result": _rundir.RESULT_FILE}
+
+
 def log_file(root: Path, key: str, stream: str) -> Path | None:
-    """Where the program of ``key`` writes ``stream``, under the run dirs' ``root``."""
-    if stream not in _rundir.STREAMS or "/" in key or key.startswith("."):
+    """Where the program of ``key`` writes ``stream`` (``result``: its value), under the run
+    dirs' ``root``."""
+    name = READABLE.get(stream)
+    if name is None or "/" in key or key.startswith("."):
         return None
-    return root / key / stream
+    return root / key / name
 
 
 def pread(path: Path, offset: int, size: int) -> bytes:
