@@ -3,6 +3,7 @@ failures, pause, resume, kill, idempotent names, and a runtime that stops in the
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -209,3 +210,61 @@ async def test_a_runtime_stopped_mid_run_goes_on_when_reopened(tmp_path: Path) -
         done = await rt.workflows.wait(run.id)
         assert done.phase == "finished", done.reason
     assert sorted(ledger_lines(ledger)) == ["first:first", "work:1", "work:2", "work:3"]
+
+
+def _writes(value: str) -> str:
+    """A Python program writing ``value`` (an expression of ``sys.argv``) to $CORRA_RESULT."""
+    return f"import json, os, sys; json.dump({value}, open(os.environ['CORRA_RESULT'], 'w'))"
+
+
+PREPARE = _writes("{'items': [f'i{k}' for k in range(int(sys.argv[1]))]}")
+WORK = _writes("{'item': sys.argv[1], 'len': len(sys.argv[1])}")
+REPORT = _writes("{'done': json.loads(sys.argv[1])}")
+PIPELINE = f"""
+[[job]]
+name = "pipeline"
+params = {{ samples = 3 }}
+result = "${{steps.report.result}}"
+
+[[job.step]]
+name = "prepare"
+argv = {json.dumps([PY, "-c", PREPARE, "${params.samples}"])}
+
+[[job.step]]
+name = "work"
+needs = ["prepare"]
+for_each = "${{steps.prepare.result.items}}"
+argv = {json.dumps([PY, "-c", WORK, "${item}"])}
+restart = "transient"
+
+[[job.step]]
+name = "report"
+needs = ["work"]
+when = "${{steps.prepare.result.items}}"
+argv = {json.dumps([PY, "-c", REPORT, "${steps.work.result}"])}
+"""
+
+
+async def test_the_issues_pipeline_passes_results_downstream(tmp_path: Path) -> None:
+    async with corra.open_runtime(state_dir=tmp_path / "state") as rt:
+        rt.workflows.define(jobs(PIPELINE))
+        run, _ = await rt.workflows.start("pipeline", {"samples": "2"})
+        assert run.params == {"samples": 2}  # (typed as the default is)
+        done = await rt.workflows.wait(run.id)
+        assert done.phase == "finished", done.reason
+        assert done.result == {"done": [{"item": "i0", "len": 2}, {"item": "i1", "len": 2}]}
+        steps = rt.workflows.step_entries(run.id)
+        assert steps["prepare"].result == {"items": ["i0", "i1"]}
+        assert steps["work[1]"].result == {"item": "i1", "len": 2}
+
+
+async def test_an_empty_fan_out_finishes_and_when_skips(tmp_path: Path) -> None:
+    async with corra.open_runtime(state_dir=tmp_path / "state") as rt:
+        rt.workflows.define(jobs(PIPELINE))
+        run, _ = await rt.workflows.start("pipeline", {"samples": 0})
+        done = await rt.workflows.wait(run.id)
+        assert done.phase == "finished", done.reason
+        steps = rt.workflows.step_entries(run.id)
+        assert steps["work"].count == 0
+        assert steps["report"].phase == "skipped"
+        assert done.result is None
