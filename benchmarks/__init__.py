@@ -26,4 +26,5 @@ SUITES: dict[str, str] = {
     "hyperqueue": "benchmarks.hyperqueue",
     "api": "benchmarks.api",
     "scale": "benchmarks.scale",
+    "workflow": "benchmarks.workflow",
 }

@@ -80,6 +80,14 @@ class RunActor(Actor):
         self._nursery: trio.Nursery | None = None
         self._job: JobDefinition | None = None
         self._upstream: dict[str, frozenset[str]] = {}
+        # The run's step entries, read once when the actor starts: it is their only writer
+        # while it runs (`_write`), so reading and decoding them all again after every
+        # ended process (a fan-out of 1,000 decoded 1,000 times) would only repeat it.
+        self._entries: dict[str, StepEntry] = {}
+        # Whether `_settle` must look at every submitted step (on start, and once a watch
+        # found no process); else only the watches' reports are new: every step the actor
+        # submits it watches.
+        self._scan = True
 
     @contextlib.asynccontextmanager
     async def _lifespan(self) -> AsyncIterator[None]:
@@ -129,6 +137,7 @@ class RunActor(Actor):
             run = runs.get(self._id)
             self._job = job_from_data(run.definition)
             self._job_steps = {step.name: step for step in self._job.steps}
+            self._entries = runs.step_entries(self._id)
             await self._drive(run)
         except (trio.Cancelled, KeyboardInterrupt):
             raise
@@ -152,8 +161,7 @@ class RunActor(Actor):
             run = runs.get(self._id)
             if run.phase == "paused" or run.phase in ("finished", "failed"):
                 return
-            entries = runs.step_entries(self._id)
-            entries = await self._settle(run, entries)
+            entries = await self._settle(run, self._entries)
             if run.phase == "killed":
                 if not any(entry.phase == "submitted" for entry in entries.values()):
                     await runs.write_run(run, active=False)
@@ -206,7 +214,8 @@ class RunActor(Actor):
         done = {key: record for key, record in ended}
         resubmit: list[StepEntry] = []
         killed: list[StepEntry] = []
-        for key, entry in entries.items():
+        scan, self._scan = self._scan, False
+        for key, entry in entries.items() if scan else ():
             if entry.phase != "submitted" or key in done or entry.process is None:
                 continue
             if entry.process in self._watched:
@@ -223,9 +232,9 @@ class RunActor(Actor):
         writes = [self._ending(entries[key], record) for key, record in done.items()]
         writes += killed
         if writes:
-            await runs.write_steps(self._id, writes)
+            await self._write(writes)
             crash_point("step.ended")
-            entries = {**entries, **{entry.key: entry for entry in writes}}
+            entries = self._entries
         if resubmit:
             await self._submit(runs.get(self._id), entries, resubmit)
         return entries
@@ -259,6 +268,8 @@ class RunActor(Actor):
         self._watched.discard(name)
         if record is not None:
             self._ended.append((key, record))
+        else:
+            self._scan = True  # (removed meanwhile: `_settle` decides again)
         self._wake.set()
 
     # applying a plan -------------------------------------------------------------------------
@@ -284,10 +295,9 @@ class RunActor(Actor):
                     submits.append(self._intent(action.step, index, at))
             elif isinstance(action, Submit):
                 submits.append(self._intent(action.step, None, at))
-        await runs.write_steps(self._id, [*writes, *submits])
+        await self._write([*writes, *submits])
         crash_point("steps.decided")
-        entries = {**entries, **{entry.key: entry for entry in (*writes, *submits)}}
-        await self._submit(run, entries, submits)
+        await self._submit(run, self._entries, submits)
 
     def _intent(self, step: str, index: int | None, at: float) -> StepEntry:
         return StepEntry(
@@ -347,7 +357,12 @@ class RunActor(Actor):
             for entry in submits:
                 nursery.start_soon(submit_one, entry)
         if failed:
-            await runs.write_steps(self._id, failed)
+            await self._write(failed)
+
+    async def _write(self, entries: list[StepEntry]) -> None:
+        """Make ``entries`` durable (one transaction), then the actor's own copy."""
+        await self._manager.write_steps(self._id, entries)
+        self._entries.update((entry.key, entry) for entry in entries)
 
 
 def _exit_text(result: Any) -> str:

@@ -97,19 +97,26 @@ class Plan:
 def step_status(step: StepDefinition, entries: Mapping[str, StepEntry]) -> StepStatus:
     """Where ``step`` is: pending (nothing decided), running (its process, or one of its
     items', has not ended), or how it ended."""
+    return _walk(step, entries)[0]
+
+
+def _walk(step: StepDefinition, entries: Mapping[str, StepEntry]) -> tuple[StepStatus, bool]:
+    """`step_status`, and whether one of its items has failed or was killed already (a
+    fan-out that runs on, but has failed: Rule 3)."""
     entry = entries.get(step.name)
     if entry is None:
-        return "pending"
+        return "pending", False
     if entry.phase != "expanded":
-        return "running" if entry.phase == "submitted" else entry.phase
+        return ("running" if entry.phase == "submitted" else entry.phase), False
     status: StepStatus = "finished"
+    pending = False
     for index in range(entry.count or 0):
         item = entries.get(instance_key(step.name, index))
         if item is None or not item.ended:
-            return "running"
-        if item.phase in _FAILED and status == "finished":
+            pending = True
+        elif item.phase in _FAILED and status == "finished":
             status = item.phase  # type: ignore[assignment]
-    return status
+    return ("running" if pending else status), status != "finished"
 
 
 def step_result(
@@ -164,10 +171,12 @@ def plan(
     directly or not (`corra.workflows._definition.upstream`); ``load(entry)``: the result
     value of a finished step's entry."""
     steps = {step.name: step for step in job.steps}
-    status = {name: step_status(step, entries) for name, step in steps.items()}
+    walked = {name: _walk(step, entries) for name, step in steps.items()}
+    status = {name: found[0] for name, found in walked.items()}
     running = any(value == "running" for value in status.values())
     for name in topological_order(job):
-        if status[name] in _FAILED and not steps[name].continue_on_failure:
+        failed = status[name] in _FAILED or walked[name][1]
+        if failed and not steps[name].continue_on_failure:
             if running:
                 return Plan()  # (Rule 3: the steps that run go on; nothing new starts)
             return Plan(outcome=Outcome("failed", _failure(name, status[name], entries)))
