@@ -84,6 +84,12 @@ class RunActor(Actor):
         # while it runs (`_write`), so reading and decoding them all again after every
         # ended process (a fan-out of 1,000 decoded 1,000 times) would only repeat it.
         self._entries: dict[str, StepEntry] = {}
+        # Items not ended yet, by fan-out step (`_write` keeps count), and whether the plan
+        # may have changed since it was last asked for: an item that finished while others
+        # of its step run changes nothing `plan` looks at, and planning after each of a
+        # fan-out's 1,000 ends would walk its 1,000 items each time.
+        self._open: dict[str, int] = {}
+        self._replan = True
         # Whether `_settle` must look at every submitted step (on start, and once a watch
         # found no process); else only the watches' reports are new: every step the actor
         # submits it watches.
@@ -138,6 +144,9 @@ class RunActor(Actor):
             self._job = job_from_data(run.definition)
             self._job_steps = {step.name: step for step in self._job.steps}
             self._entries = runs.step_entries(self._id)
+            for entry in self._entries.values():
+                if entry.index is not None and not entry.ended:
+                    self._open[entry.step] = self._open.get(entry.step, 0) + 1
             await self._drive(run)
         except (trio.Cancelled, KeyboardInterrupt):
             raise
@@ -156,9 +165,9 @@ class RunActor(Actor):
         while True:
             if self.has_mail:
                 await self.handle_waiting()
+                run = runs.get(self._id)  # (the only writes of the run but the actor's own)
             if self.stopping:
                 return
-            run = runs.get(self._id)
             if run.phase == "paused" or run.phase in ("finished", "failed"):
                 return
             entries = await self._settle(run, self._entries)
@@ -166,7 +175,8 @@ class RunActor(Actor):
                 if not any(entry.phase == "submitted" for entry in entries.values()):
                     await runs.write_run(run, active=False)
                     return
-            else:
+            elif self._replan:
+                self._replan = False
                 decided = self._plan(run, entries)
                 if decided.outcome is not None:
                     outcome = decided.outcome
@@ -236,7 +246,7 @@ class RunActor(Actor):
             crash_point("step.ended")
             entries = self._entries
         if resubmit:
-            await self._submit(runs.get(self._id), entries, resubmit)
+            await self._submit(run, entries, resubmit)
         return entries
 
     def _ending(self, entry: StepEntry, record: ProcessRecord) -> StepEntry:
@@ -362,7 +372,16 @@ class RunActor(Actor):
     async def _write(self, entries: list[StepEntry]) -> None:
         """Make ``entries`` durable (one transaction), then the actor's own copy."""
         await self._manager.write_steps(self._id, entries)
-        self._entries.update((entry.key, entry) for entry in entries)
+        for entry in entries:
+            before = self._entries.get(entry.key)
+            self._entries[entry.key] = entry
+            if entry.index is not None:
+                was_open = before is not None and not before.ended
+                if was_open != (not entry.ended):
+                    self._open[entry.step] = self._open.get(entry.step, 0) + (-1 if was_open else 1)
+                if entry.phase == "finished" and self._open.get(entry.step, 0) > 0:
+                    continue  # (its step runs on, as it did: nothing for `plan` to see)
+            self._replan = True
 
 
 def _exit_text(result: Any) -> str:

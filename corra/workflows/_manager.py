@@ -72,6 +72,7 @@ class WorkflowManager:
         """The job definitions runs may be requested of, by name."""
         self._actors: dict[str, Ref] = {}
         self._changed: dict[str, trio.Event] = {}
+        self._run_changed: dict[str, trio.Event] = {}
         self._lock = trio.Lock()
 
     # definitions ---------------------------------------------------------------------------
@@ -159,7 +160,7 @@ class WorkflowManager:
             (active_key(new.id), b"" if active else None),
         ]
         await self.store.put_entries(items)
-        self._notify(new.id)
+        self._notify(new.id, run=True)
         return new
 
     async def write_steps(self, run_id: str, entries: Sequence[StepEntry]) -> None:
@@ -167,16 +168,21 @@ class WorkflowManager:
         await self.store.put_entries([(step_key(run_id, e.key), e.encode()) for e in entries])
         self._notify(run_id)
 
-    def _notify(self, run_id: str) -> None:
-        event = self._changed.pop(run_id, None)
-        if event is not None:
-            event.set()
+    def _notify(self, run_id: str, *, run: bool = False) -> None:
+        for events in (self._changed, self._run_changed) if run else (self._changed,):
+            event = events.pop(run_id, None)
+            if event is not None:
+                event.set()
 
-    async def changed(self, run_id: str) -> None:
-        """Wait until the run or one of its steps' entries changes. A checkpoint."""
-        event = self._changed.get(run_id)
+    async def changed(self, run_id: str, *, steps: bool = True) -> None:
+        """Wait until the run or (``steps``) one of its steps' entries changes. A checkpoint.
+
+        Without ``steps`` a fan-out's steps ending one by one wake nobody (each wake would
+        read the run's record, with its definition, again)."""
+        events = self._changed if steps else self._run_changed
+        event = events.get(run_id)
         if event is None:
-            event = self._changed[run_id] = trio.Event()
+            event = events[run_id] = trio.Event()
         await event.wait()
 
     # requests ------------------------------------------------------------------------------
@@ -286,7 +292,7 @@ class WorkflowManager:
         condition = until or (lambda record: record.terminal and record.id not in self._actors)
         record = self.get(run)
         while not condition(record):
-            await self.changed(record.id)
+            await self.changed(record.id, steps=until is not None)
             record = self.get(record.id)
         return record
 
@@ -324,7 +330,7 @@ class WorkflowManager:
 
     def actor_ended(self, run_id: str) -> None:
         self._actors.pop(run_id, None)
-        self._notify(run_id)
+        self._notify(run_id, run=True)
 
     async def recover(self) -> int:
         """Start the actor of every run the last runtime left active. Returns how many."""
