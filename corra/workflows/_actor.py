@@ -3,11 +3,13 @@
 One actor per running run, under the ``/workflows`` supervisor (a paused or ended run has
 none: it is its record and its steps' entries). Its loop:
 
-1. settle: each step whose process has ended gets its ending entry (phase, reason, result);
-2. plan (`corra.workflows._plan.plan`) and make the plan durable: every step it decides is
-   written as an entry (``submitted`` with its process's name, ``skipped``, a fan-out's
-   ``expanded`` with its items' ``submitted`` entries, or ``failed``), all in one
-   transaction, before any process is submitted;
+1. settle: each step whose process has ended gets its ending entry (phase, reason, result),
+   made durable with the next write (the process's record says the same after a crash);
+2. plan (`corra.workflows._plan.plan`; only when a change may have changed the plan) and make
+   it durable: every step it decides is written as an entry (``submitted`` with its
+   process's name, ``skipped``, a fan-out's ``expanded`` with its items' ``submitted``
+   entries, or ``failed``), all in one transaction with the ending entries, before any
+   process is submitted;
 3. submit the processes of the steps written ``submitted`` (concurrently: their writes share
    group commits). `corra.processes.ProcessManager.submit` is idempotent by name, and a
    step's process is named after the run and the step (`process_name`): a step recorded but
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -90,6 +92,11 @@ class RunActor(Actor):
         # fan-out's 1,000 ends would walk its 1,000 items each time.
         self._open: dict[str, int] = {}
         self._replan = True
+        # Ending entries `_settle` made that are not durable yet: they go with the next
+        # write (the plan's, in a chain: one transaction per step, not two), and always
+        # before the actor waits. Deferring them is safe: each is what the process's own
+        # durable record says, which `_settle` reads again after a crash.
+        self._unwritten: list[StepEntry] = []
         # Whether `_settle` must look at every submitted step (on start, and once a watch
         # found no process); else only the watches' reports are new: every step the actor
         # submits it watches.
@@ -172,6 +179,7 @@ class RunActor(Actor):
                 return
             entries = await self._settle(run, self._entries)
             if run.phase == "killed":
+                await self._write()
                 if not any(entry.phase == "submitted" for entry in entries.values()):
                     await runs.write_run(run, active=False)
                     return
@@ -179,6 +187,7 @@ class RunActor(Actor):
                 self._replan = False
                 decided = self._plan(run, entries)
                 if decided.outcome is not None:
+                    await self._write()
                     outcome = decided.outcome
                     await runs.write_run(
                         run, phase=outcome.phase, reason=outcome.reason, result=outcome.result
@@ -188,6 +197,7 @@ class RunActor(Actor):
                 if decided.actions:
                     await self._apply(run, entries, decided)
                     continue
+            await self._write()
             await self._wait()
 
     def _plan(self, run: RunRecord, entries: dict[str, StepEntry]) -> Plan:
@@ -215,8 +225,9 @@ class RunActor(Actor):
     # settling: the ends of the steps' processes -------------------------------------------
 
     async def _settle(self, run: RunRecord, entries: dict[str, StepEntry]) -> dict[str, StepEntry]:
-        """Write the ending entry of every step whose process has ended (those the watches
-        reported, and those found ended on a first look); watch the others. A step recorded
+        """Make the ending entry of every step whose process has ended (those the watches
+        reported, and those found ended on a first look; `_write` makes them durable with
+        the next write); watch the others. A step recorded
         but never submitted (the runtime stopped in between) is submitted now, or, in a
         killed run, ends as killed."""
         runs = self._manager
@@ -242,8 +253,7 @@ class RunActor(Actor):
         writes = [self._ending(entries[key], record) for key, record in done.items()]
         writes += killed
         if writes:
-            await self._write(writes)
-            crash_point("step.ended")
+            self._stage(writes)
             entries = self._entries
         if resubmit:
             await self._submit(run, entries, resubmit)
@@ -369,9 +379,22 @@ class RunActor(Actor):
         if failed:
             await self._write(failed)
 
-    async def _write(self, entries: list[StepEntry]) -> None:
-        """Make ``entries`` durable (one transaction), then the actor's own copy."""
-        await self._manager.write_steps(self._id, entries)
+    async def _write(self, entries: Sequence[StepEntry] = ()) -> None:
+        """Make ``entries`` durable, with the ending entries `_settle` made (one
+        transaction); ``entries`` then in the actor's own copy."""
+        endings, self._unwritten = self._unwritten, []
+        if not endings and not entries:
+            return
+        await self._manager.write_steps(self._id, [*endings, *entries])
+        if endings:
+            crash_point("step.ended")
+        self._stage(entries, durable=True)
+
+    def _stage(self, entries: Sequence[StepEntry], *, durable: bool = False) -> None:
+        """Take ``entries`` into the actor's own copy (those not ``durable`` yet, ending
+        entries, go with the next `_write`)."""
+        if not durable:
+            self._unwritten.extend(entries)
         for entry in entries:
             before = self._entries.get(entry.key)
             self._entries[entry.key] = entry
