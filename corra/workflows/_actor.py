@@ -404,6 +404,8 @@ class RunActor(Actor):
                     self._open[entry.step] = self._open.get(entry.step, 0) + (-1 if was_open else 1)
                 if entry.phase == "finished" and self._open.get(entry.step, 0) > 0:
                     continue  # (its step runs on, as it did: nothing for `plan` to see)
+            if entry.phase == "submitted" or (entry.phase == "expanded" and entry.count):
+                continue  # (a step the plan decided now runs: nothing new is ready)
             self._replan = True
 
 

@@ -174,14 +174,15 @@ def plan(
     walked = {name: _walk(step, entries) for name, step in steps.items()}
     status = {name: found[0] for name, found in walked.items()}
     running = any(value == "running" for value in status.values())
-    for name in topological_order(job):
+    order = topological_order(job)
+    for name in order:
         failed = status[name] in _FAILED or walked[name][1]
         if failed and not steps[name].continue_on_failure:
             if running:
                 return Plan()  # (Rule 3: the steps that run go on; nothing new starts)
             return Plan(outcome=Outcome("failed", _failure(name, status[name], entries)))
     actions: list[Action] = []
-    for name in topological_order(job):
+    for name in order:
         step = steps[name]
         if status[name] != "pending" or not all(
             _satisfied(steps[need], status[need]) for need in step.needs
