@@ -68,6 +68,17 @@ def test_readme_job_files_are_valid():
         ("fit", "ssh", "cluster"),
         ("simulate", "slurm", "cluster"),
     ]
+    with_jobs = [job for job in jobs if job.jobs]
+    assert [sorted(job.jobs) for job in with_jobs] == [["pipeline"]]
+    pipeline = with_jobs[0].jobs["pipeline"]
+    assert [step.name for step in pipeline.steps] == ["prepare", "work", "report"]
+
+
+def test_the_readme_job_is_the_example_file():
+    """The README shows examples/jobs.toml, and its shell block runs that file."""
+    blocks = re.findall(r"```toml\n(.*?)```", README.read_text(), flags=re.S)
+    example = (ROOT / "examples" / "jobs.toml").read_text()
+    assert example in blocks, "the README's [[job]] example differs from examples/jobs.toml"
 
 
 # -- the shell blocks ------------------------------------------------------------------------
@@ -125,6 +136,13 @@ EXPECTED = {
         '"phase":"paused"',
         '"phase":"killed"',
         "corra_processes{",
+    ],
+    "corra run examples/jobs.toml --job pipeline\n": [
+        "prepare: finished",
+        "work: expanded (3 items)",
+        "work[2]: finished",
+        'finished; result: {"samples":3,"total":60}',
+        "{'samples': 5, 'total': 100}",
     ],
     "corra pause ticker": [
         ": submitted",
