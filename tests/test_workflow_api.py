@@ -18,6 +18,10 @@ from tests.test_api import serving
 PY = sys.executable
 CORRA = [PY, "-m", "corra.cli"]
 
+HELLO = (
+    "import json, os, sys; json.dump({'said': 'hello ' + sys.argv[1], 'n': int(sys.argv[2])}, "
+    "open(os.environ['CORRA_RESULT'], 'w'))"
+)
 JOBS = f"""
 [[job]]
 name = "greet"
@@ -26,7 +30,7 @@ params = {{ who = "world", n = 2 }}
 
 [[job.step]]
 name = "hello"
-argv = {json.dumps([PY, "-c", "import json, os, sys; json.dump({'said': 'hello ' + sys.argv[1], 'n': int(sys.argv[2])}, open(os.environ['CORRA_RESULT'], 'w'))", "${params.who}", "${params.n}"])}
+argv = {json.dumps([PY, "-c", HELLO, "${params.who}", "${params.n}"])}
 
 [[job.step]]
 name = "gate"
