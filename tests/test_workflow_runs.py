@@ -268,3 +268,20 @@ async def test_an_empty_fan_out_finishes_and_when_skips(tmp_path: Path) -> None:
         assert steps["work"].count == 0
         assert steps["report"].phase == "skipped"
         assert done.result is None
+
+
+async def test_a_run_keeps_the_definition_it_started_with(tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    ledger = tmp_path / "ledger"
+    first = '[[job]]\nname = "v"\n' + gate_step(gate) + ledger_step("old", ledger, ["wait"])
+    second = '[[job]]\nname = "v"\n' + gate_step(gate) + ledger_step("new", ledger, ["wait"])
+    async with corra.open_runtime(state_dir=tmp_path / "state") as rt:
+        rt.workflows.define(jobs(first))
+        before, _ = await rt.workflows.start("v")
+        await running(rt, f"{before.id}.wait")
+        rt.workflows.define(jobs(second))  # (as `corra serve --jobs` on SIGHUP)
+        after, _ = await rt.workflows.start("v")
+        gate.touch()
+        assert (await rt.workflows.wait(before.id)).phase == "finished"
+        assert (await rt.workflows.wait(after.id)).phase == "finished"
+    assert sorted(ledger_lines(ledger)) == ["new:new", "old:old"]
