@@ -4,8 +4,10 @@ bad input a 4xx (or a usage error) naming the field."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -162,3 +164,44 @@ def test_a_failed_run_exits_non_zero(tmp_path: Path) -> None:
     done = corra(tmp_path / "state", "run", str(jobs), "--job", "bad")
     assert done.returncode == 1, done.stdout + done.stderr
     assert "step 'no' failed" in done.stdout
+
+
+def test_serve_jobs_and_the_command_line_against_it(tmp_path: Path) -> None:
+    from test_api_service import Service
+
+    state = tmp_path / "state"
+    jobs = tmp_path / "jobs.toml"
+    jobs.write_text(JOBS.replace("GATEDIR", str(tmp_path)))
+    with Service(state, "--jobs", str(jobs)) as service:
+        try:
+            listed = corra(state, "jobs")
+            assert listed.returncode == 0, listed.stderr
+            assert listed.stdout.startswith("greet: hello, gate")
+            with service.client() as http:
+                created = http.post("/v1/jobs/greet/runs", json={"name": "first"})
+            assert created.status_code == 201, created.text
+            paused = corra(state, "pause", "first", "--steps")
+            assert paused.returncode == 0, paused.stderr
+            assert "paused" in paused.stdout and "paused too" in paused.stdout
+            resumed = corra(state, "resume", "first")
+            assert resumed.returncode == 0 and "running" in resumed.stdout
+            killed = corra(state, "kill", "first")
+            assert killed.returncode == 0, killed.stderr
+            deadline = time.monotonic() + 30
+            while "killed" not in corra(state, "runs", "--phase", "killed").stdout:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            # SIGHUP: the file again, with a second job (the first run is not touched)
+            jobs.write_text(
+                jobs.read_text()
+                + '\n[[job]]\nname = "more"\n[[job.step]]\nname = "s"\nargv = ["true"]\n'
+            )
+            service.process.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 30
+            while "more" not in corra(state, "jobs").stdout:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            shown = corra(state, "show", "first", "--json")
+            assert json.loads(shown.stdout)["phase"] == "killed"
+        finally:
+            service.stop()
