@@ -123,8 +123,6 @@ class _Job:
         params = self.params(table.get("params", {}))
         steps = self.steps(table.get("step"))
         result = self.template("result", table.get("result"), f"{label}.result")
-        if steps is None:
-            return None
         # (checked on, even if a field failed: every error of the file is found at once)
         job = JobDefinition(
             name=str(table.get("name")),
@@ -133,8 +131,7 @@ class _Job:
             result=result,
             description=description,
         )
-        if self.cycles(job):
-            return None
+        self.needs(job)
         self.references(job)
         return None if self.failed else job
 
@@ -144,7 +141,10 @@ class _Job:
             return {}
         for key, value in params.items():
             if not NAME.fullmatch(key):
-                self.error(f"{self.label}.params: the name {key!r}, expected {NAME.pattern}")
+                self.error(
+                    f"{self.label}.params: got the name {key!r}, expected a name matching "
+                    f"{NAME.pattern}"
+                )
             elif not _json_value(value):
                 self.error(
                     f"{self.label}.params.{key}: got {value!r}, expected a JSON value "
@@ -170,14 +170,15 @@ class _Job:
             return None
         return template
 
-    def steps(self, tables: Any) -> tuple[StepDefinition, ...] | None:
+    def steps(self, tables: Any) -> tuple[StepDefinition, ...]:
+        """The steps whose names are valid (the others' errors are reported)."""
         label = self.label
         if tables is None or tables == []:
             self.error(f"{label}: no [[job.step]] tables; a job needs at least one step")
-            return None
+            return ()
         if not isinstance(tables, list):
             self.error(f"{label}.step: expected [[job.step]] tables, got {shown_tables(tables)}")
-            return None
+            return ()
         steps = []
         seen: dict[str, int] = {}
         for index, table in enumerate(tables):
@@ -196,11 +197,11 @@ class _Job:
                 seen[name] = index
                 step_label = f"{label} step {name!r}"
             step = self.step(step_label, table)
-            if step is not None:
+            if seen.get(name) == index:
                 steps.append(step)
         return tuple(steps)
 
-    def step(self, label: str, table: dict[str, Any]) -> StepDefinition | None:
+    def step(self, label: str, table: dict[str, Any]) -> StepDefinition:
         allowed = [*STEP_FIELDS, *(field for field in wire_fields() if field != "name")]
         unknown = sorted(set(table) - set(allowed))
         if unknown:
@@ -224,12 +225,10 @@ class _Job:
         given = {key: value for key, value in table.items() if key in allowed[len(STEP_FIELDS) :]}
         process = merge_defaults(self.defaults, given)
         self.process(label, process)
-        if not isinstance(table.get("name"), str):
-            return None
         if "for_each" in table and for_each is None:
             for_each = []  # (it failed: the job is not kept, but its steps are checked on)
         return StepDefinition(
-            name=table["name"],
+            name=str(table.get("name")),
             process=process,
             needs=tuple(needs),
             for_each=for_each,
@@ -267,27 +266,21 @@ class _Job:
                 f"{sorted(self.hosts)}"
             )
 
-    def cycles(self, job: JobDefinition) -> bool:
-        """Report each step of ``needs`` naming no step, and each cycle; whether any."""
+    def needs(self, job: JobDefinition) -> None:
+        """Report each ``needs`` naming no step, and each cycle."""
         names = [step.name for step in job.steps]
-        found = False
         for step in job.steps:
             for need in step.needs:
                 if need not in names:
-                    found = True
                     self.error(
                         f"{self.label} step {step.name!r}.needs: no step {need!r} in the job "
                         f"(its steps: {', '.join(map(repr, names))})"
                     )
-        if found:
-            return True
         for cycle in _cycles(job):
             self.error(
                 f"{self.label} step {cycle[0]!r}.needs: a cycle: {' -> '.join(cycle)} "
                 "(each step needs the one before it)"
             )
-            found = True
-        return found
 
     def references(self, job: JobDefinition) -> None:
         """Report each ``${...}`` naming a param the job does not have, a step that is not
@@ -377,6 +370,7 @@ def _cycles(job: JobDefinition) -> list[list[str]]:
     """Each cycle of ``needs`` once, in the order the steps would run, from its first step
     in file order."""
     needs = {step.name: step.needs for step in job.steps}
+    needs = {name: [need for need in after if need in needs] for name, after in needs.items()}
     position = {step.name: index for index, step in enumerate(job.steps)}
     state: dict[str, int] = {}  # 1: on the path, 2: done
     cycles: dict[frozenset[str], list[str]] = {}
