@@ -350,6 +350,14 @@ STEP = '[[job.step]]\nname = "s"\nargv = ["true"]\n'
             id="for_each a plain string",
         ),
         pytest.param(
+            '[[job]]\nname = "j"\n' + STEP + "for_each = [1, 1979-05-27]\n",
+            [
+                "jobs.toml: job 'j' step 's'.for_each: got [1, datetime.date(1979, 5, 27)], "
+                "expected a list of JSON values"
+            ],
+            id="for_each a list of other values",
+        ),
+        pytest.param(
             '[[job]]\nname = "j"\n' + STEP + 'continue_on_failure = "yes"\n',
             ["jobs.toml: job 'j' step 's'.continue_on_failure: got 'yes', expected true or false"],
             id="continue_on_failure not a boolean",
@@ -748,3 +756,13 @@ def test_parse_jobs_takes_the_array_alone():
     (job,) = parse_jobs(tables, "api", defaults={"timeout": 5}).values()
     assert isinstance(job.steps[0], StepDefinition) and job.steps[0].process["timeout"] == 5
     assert tables[0]["step"][0] == {"name": "s", "argv": ["echo", "${params.x}"]}
+
+
+def test_the_example_of_docs_workflows_md_parses():
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "docs" / "workflows.md").read_text()
+    example = text.split("```toml\n", 1)[1].split("```", 1)[0]
+    job = jobs_of('[hosts.cluster]\nhostname = "h"\n' + example)["pipeline"]
+    assert job.result == parse_template("${steps.report.result}")
+    assert [step.name for step in job.steps] == ["prepare", "work", "report"]

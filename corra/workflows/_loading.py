@@ -216,7 +216,9 @@ class _Job:
         for need in {need for need in needs if needs.count(need) > 1}:
             self.error(f"{label}.needs: {need!r} is named more than once")
         for_each = table.get("for_each")
-        if not isinstance(for_each, list):
+        if isinstance(for_each, list) and not _json_value(for_each):
+            self.error(f"{label}.for_each: got {for_each!r}, expected a list of JSON values")
+        elif not isinstance(for_each, list):
             for_each = self.template("for_each", for_each, f"{label}.for_each", single=True)
         when = self.template("when", table.get("when"), f"{label}.when", single=True)
         keep_going = table.get("continue_on_failure", False)
