@@ -20,7 +20,7 @@ from corra._errors import ConfigError
 from corra.processes._convert import parse_process_spec, wire_fields
 from corra.processes._spec import NAME_PATTERN
 from corra.processes._spec_content import shown_tables
-from corra.workflows._definition import STEP_NAME_PATTERN, JobDefinition, StepDefinition, upstream
+from corra.workflows._definition import STEP_NAME_PATTERN, JobDefinition, StepDefinition
 from corra.workflows._expressions import Template, has_template, parse_template
 from corra.workflows._syntax import NAME
 
@@ -271,9 +271,10 @@ class _Job:
     def needs(self, job: JobDefinition) -> None:
         """Report each ``needs`` naming no step, and each cycle."""
         names = [step.name for step in job.steps]
+        known = set(names)
         for step in job.steps:
             for need in step.needs:
-                if need not in names:
+                if need not in known:
                     self.error(
                         f"{self.label} step {step.name!r}.needs: no step {need!r} in the job "
                         f"(its steps: {', '.join(map(repr, names))})"
@@ -287,13 +288,14 @@ class _Job:
     def references(self, job: JobDefinition) -> None:
         """Report each ``${...}`` naming a param the job does not have, a step that is not
         upstream of its step, or ``item`` where there is none."""
-        names = [step.name for step in job.steps]
+        needs = {step.name: step.needs for step in job.steps}
+        names = frozenset(needs)
         for step in job.steps:
             label = f"{self.label} step {step.name!r}"
-            above = upstream(job, step.name)
             for field, template in _templates(step):
                 for source, references in template.part_references():
                     for kind, name in sorted(references, key=str):
+                        above = _upstream_of(needs, step.name, name)
                         problem = self.reference(job, kind, name, above, step, field)
                         if problem is not None:
                             self.error(f"{label}.{field}: {source}: {problem}")
@@ -303,7 +305,7 @@ class _Job:
                     if kind == "item":
                         problem = "there is no item: the job's result is not a step's"
                     else:
-                        problem = self.reference(job, kind, name, frozenset(names), None, "")
+                        problem = self.reference(job, kind, name, name in names, None, "")
                     if problem is not None:
                         self.error(f"{self.label}.result: {source}: {problem}")
 
@@ -312,14 +314,15 @@ class _Job:
         job: JobDefinition,
         kind: str,
         name: str | None,
-        above: frozenset[str],
+        above: bool,
         step: StepDefinition | None,
         field: str,
     ) -> str | None:
+        """What is wrong with a reference (``above``: whether ``name`` is upstream)."""
         if kind == "params" and name not in job.params:
             known = ", ".join(map(repr, job.params)) or "none"
             return f"the job has no param {name!r} (its params: {known})"
-        if kind == "steps" and name not in above:
+        if kind == "steps" and not above:
             if step is not None and name == step.name:
                 return f"step {name!r} cannot use its own result"
             if name not in [other.name for other in job.steps]:
@@ -331,6 +334,20 @@ class _Job:
             if step.for_each is None:
                 return "there is no item: the step has no for_each"
         return None
+
+
+def _upstream_of(needs: Mapping[str, tuple[str, ...]], step: str, other: str | None) -> bool:
+    """Whether ``other`` is upstream of ``step``: found from ``step``'s needs, the nearest
+    first (most references are to a step it needs itself: one look, where `upstream`'s
+    whole set would cost a long chain's length at each step)."""
+    seen: set[str] = set()
+    pending = list(needs.get(step, ()))
+    while pending:
+        if other in pending:
+            return True
+        seen.update(pending)
+        pending = [n for name in pending for n in needs.get(name, ()) if n not in seen]
+    return False
 
 
 def _templates(step: StepDefinition) -> Iterator[tuple[str, Template]]:
