@@ -3,12 +3,15 @@ order of steps, the stored copy, and jobs in a job file (through `corra.load_job
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
 import textwrap
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import corra
 from corra._errors import WorkflowError
@@ -766,3 +769,92 @@ def test_the_example_of_docs_workflows_md_parses():
     job = jobs_of('[hosts.cluster]\nhostname = "h"\n' + example)["pipeline"]
     assert job.result == parse_template("${steps.report.result}")
     assert [step.name for step in job.steps] == ["prepare", "work", "report"]
+
+
+# Random jobs (Hypothesis) ----------------------------------------------------------------
+
+
+@st.composite
+def dags(draw):
+    """Step tables in a random file order whose needs follow a random hidden order (so no
+    cycle), each step's argv using the result of a random step of the job."""
+    name = st.from_regex(r"[a-z][a-z0-9_-]{0,5}", fullmatch=True)
+    names = draw(st.lists(name, min_size=1, max_size=10, unique=True))
+    rank = draw(st.permutations(names))
+    tables = []
+    for name in draw(st.permutations(names)):
+        before = rank[: rank.index(name)]
+        needs = draw(st.lists(st.sampled_from(before), unique=True)) if before else []
+        used = draw(st.sampled_from(names))
+        tables.append({"name": name, "needs": needs, "argv": ["x", f"${{steps.{used}.result}}"]})
+    return tables
+
+
+def closure(tables: list[dict]) -> dict[str, set[str]]:
+    needs = {table["name"]: set(table["needs"]) for table in tables}
+    above = {name: set(direct) for name, direct in needs.items()}
+    changed = True
+    while changed:
+        changed = False
+        for name in above:
+            more = set().union(*(above[need] for need in above[name])) - above[name]
+            if more:
+                above[name] |= more
+                changed = True
+    return above
+
+
+@given(dags())
+def test_random_dags_order_and_references(tables):
+    above = closure(tables)
+    wrong = {
+        table["name"]: table["argv"][1]
+        for table in tables
+        if table["argv"][1].split(".")[1] not in above[table["name"]]
+    }
+    if wrong:
+        with pytest.raises(corra.ConfigError) as info:
+            parse_jobs([{"name": "j", "step": tables}], "f")
+        lines = str(info.value).splitlines()
+        assert len(lines) == len(wrong)
+        for line, (name, source) in zip(lines, wrong.items(), strict=True):
+            assert line.startswith(f"f: job 'j' step {name!r}.argv[1]: {source}: step ")
+        for table in tables:
+            table["argv"] = ["x"]
+    job = parse_jobs([{"name": "j", "step": tables}], "f")["j"]
+    order = topological_order(job)
+    # Each step after its needs, and each the first in file order of those that could go.
+    file_order = [table["name"] for table in tables]
+    placed: set[str] = set()
+    for name in order:
+        ready = [n for n in file_order if n not in placed and above[n] <= placed]
+        assert name == ready[0]
+        placed.add(name)
+    assert sorted(order) == sorted(file_order)
+    for name in file_order:
+        assert upstream(job, name) == above[name]
+    assert job_from_data(json.loads(json.dumps(job_data(job)))) == job
+
+
+@given(dags(), st.data())
+def test_a_random_cycle_is_named_in_order(tables, data):
+    # A step needing one downstream of it (or itself) closes a cycle.
+    above = closure(tables)
+    name = data.draw(st.sampled_from([table["name"] for table in tables]))
+    below = [other for other in above if name in above[other]] + [name]
+    other = data.draw(st.sampled_from(below))
+    for table in tables:
+        table["argv"] = ["x"]
+        if table["name"] == name and other not in table["needs"]:
+            table["needs"] = [*table["needs"], other]
+    with pytest.raises(corra.ConfigError) as info:
+        parse_jobs([{"name": "j", "step": tables}], "f")
+    needs = {table["name"]: set(table["needs"]) for table in tables}
+    position = {table["name"]: index for index, table in enumerate(tables)}
+    for line in str(info.value).splitlines():
+        head, _, cycle = line.partition(".needs: a cycle: ")
+        steps = cycle.removesuffix(" (each step needs the one before it)").split(" -> ")
+        assert steps[0] == steps[-1] and head == f"f: job 'j' step {steps[0]!r}"
+        assert steps[0] == min(steps, key=position.__getitem__)
+        for before, after in itertools.pairwise(steps):
+            assert before in needs[after]
