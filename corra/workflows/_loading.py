@@ -20,7 +20,7 @@ from corra._errors import ConfigError
 from corra.processes._convert import parse_process_spec, wire_fields
 from corra.processes._spec import NAME_PATTERN
 from corra.processes._spec_content import shown_tables
-from corra.workflows._definition import STEP_NAME_PATTERN, JobDefinition, StepDefinition, upstream
+from corra.workflows._definition import STEP_NAME_PATTERN, JobDefinition, StepDefinition
 from corra.workflows._expressions import Template, has_template, parse_template
 from corra.workflows._syntax import NAME
 
@@ -123,8 +123,6 @@ class _Job:
         params = self.params(table.get("params", {}))
         steps = self.steps(table.get("step"))
         result = self.template("result", table.get("result"), f"{label}.result")
-        if steps is None:
-            return None
         # (checked on, even if a field failed: every error of the file is found at once)
         job = JobDefinition(
             name=str(table.get("name")),
@@ -133,8 +131,7 @@ class _Job:
             result=result,
             description=description,
         )
-        if self.cycles(job):
-            return None
+        self.needs(job)
         self.references(job)
         return None if self.failed else job
 
@@ -144,7 +141,10 @@ class _Job:
             return {}
         for key, value in params.items():
             if not NAME.fullmatch(key):
-                self.error(f"{self.label}.params: the name {key!r}, expected {NAME.pattern}")
+                self.error(
+                    f"{self.label}.params: got the name {key!r}, expected a name matching "
+                    f"{NAME.pattern}"
+                )
             elif not _json_value(value):
                 self.error(
                     f"{self.label}.params.{key}: got {value!r}, expected a JSON value "
@@ -170,14 +170,15 @@ class _Job:
             return None
         return template
 
-    def steps(self, tables: Any) -> tuple[StepDefinition, ...] | None:
+    def steps(self, tables: Any) -> tuple[StepDefinition, ...]:
+        """The steps whose names are valid (the others' errors are reported)."""
         label = self.label
         if tables is None or tables == []:
             self.error(f"{label}: no [[job.step]] tables; a job needs at least one step")
-            return None
+            return ()
         if not isinstance(tables, list):
             self.error(f"{label}.step: expected [[job.step]] tables, got {shown_tables(tables)}")
-            return None
+            return ()
         steps = []
         seen: dict[str, int] = {}
         for index, table in enumerate(tables):
@@ -196,11 +197,11 @@ class _Job:
                 seen[name] = index
                 step_label = f"{label} step {name!r}"
             step = self.step(step_label, table)
-            if step is not None:
+            if seen.get(name) == index:
                 steps.append(step)
         return tuple(steps)
 
-    def step(self, label: str, table: dict[str, Any]) -> StepDefinition | None:
+    def step(self, label: str, table: dict[str, Any]) -> StepDefinition:
         allowed = [*STEP_FIELDS, *(field for field in wire_fields() if field != "name")]
         unknown = sorted(set(table) - set(allowed))
         if unknown:
@@ -215,7 +216,9 @@ class _Job:
         for need in {need for need in needs if needs.count(need) > 1}:
             self.error(f"{label}.needs: {need!r} is named more than once")
         for_each = table.get("for_each")
-        if not isinstance(for_each, list):
+        if isinstance(for_each, list) and not _json_value(for_each):
+            self.error(f"{label}.for_each: got {for_each!r}, expected a list of JSON values")
+        elif not isinstance(for_each, list):
             for_each = self.template("for_each", for_each, f"{label}.for_each", single=True)
         when = self.template("when", table.get("when"), f"{label}.when", single=True)
         keep_going = table.get("continue_on_failure", False)
@@ -224,12 +227,10 @@ class _Job:
         given = {key: value for key, value in table.items() if key in allowed[len(STEP_FIELDS) :]}
         process = merge_defaults(self.defaults, given)
         self.process(label, process)
-        if not isinstance(table.get("name"), str):
-            return None
         if "for_each" in table and for_each is None:
             for_each = []  # (it failed: the job is not kept, but its steps are checked on)
         return StepDefinition(
-            name=table["name"],
+            name=str(table.get("name")),
             process=process,
             needs=tuple(needs),
             for_each=for_each,
@@ -267,38 +268,34 @@ class _Job:
                 f"{sorted(self.hosts)}"
             )
 
-    def cycles(self, job: JobDefinition) -> bool:
-        """Report each step of ``needs`` naming no step, and each cycle; whether any."""
+    def needs(self, job: JobDefinition) -> None:
+        """Report each ``needs`` naming no step, and each cycle."""
         names = [step.name for step in job.steps]
-        found = False
+        known = set(names)
         for step in job.steps:
             for need in step.needs:
-                if need not in names:
-                    found = True
+                if need not in known:
                     self.error(
                         f"{self.label} step {step.name!r}.needs: no step {need!r} in the job "
                         f"(its steps: {', '.join(map(repr, names))})"
                     )
-        if found:
-            return True
         for cycle in _cycles(job):
             self.error(
                 f"{self.label} step {cycle[0]!r}.needs: a cycle: {' -> '.join(cycle)} "
                 "(each step needs the one before it)"
             )
-            found = True
-        return found
 
     def references(self, job: JobDefinition) -> None:
         """Report each ``${...}`` naming a param the job does not have, a step that is not
         upstream of its step, or ``item`` where there is none."""
-        names = [step.name for step in job.steps]
+        needs = {step.name: step.needs for step in job.steps}
+        names = frozenset(needs)
         for step in job.steps:
             label = f"{self.label} step {step.name!r}"
-            above = upstream(job, step.name)
             for field, template in _templates(step):
                 for source, references in template.part_references():
                     for kind, name in sorted(references, key=str):
+                        above = _upstream_of(needs, step.name, name)
                         problem = self.reference(job, kind, name, above, step, field)
                         if problem is not None:
                             self.error(f"{label}.{field}: {source}: {problem}")
@@ -308,7 +305,7 @@ class _Job:
                     if kind == "item":
                         problem = "there is no item: the job's result is not a step's"
                     else:
-                        problem = self.reference(job, kind, name, frozenset(names), None, "")
+                        problem = self.reference(job, kind, name, name in names, None, "")
                     if problem is not None:
                         self.error(f"{self.label}.result: {source}: {problem}")
 
@@ -317,14 +314,15 @@ class _Job:
         job: JobDefinition,
         kind: str,
         name: str | None,
-        above: frozenset[str],
+        above: bool,
         step: StepDefinition | None,
         field: str,
     ) -> str | None:
+        """What is wrong with a reference (``above``: whether ``name`` is upstream)."""
         if kind == "params" and name not in job.params:
             known = ", ".join(map(repr, job.params)) or "none"
             return f"the job has no param {name!r} (its params: {known})"
-        if kind == "steps" and name not in above:
+        if kind == "steps" and not above:
             if step is not None and name == step.name:
                 return f"step {name!r} cannot use its own result"
             if name not in [other.name for other in job.steps]:
@@ -336,6 +334,20 @@ class _Job:
             if step.for_each is None:
                 return "there is no item: the step has no for_each"
         return None
+
+
+def _upstream_of(needs: Mapping[str, tuple[str, ...]], step: str, other: str | None) -> bool:
+    """Whether ``other`` is upstream of ``step``: found from ``step``'s needs, the nearest
+    first (most references are to a step it needs itself: one look, where `upstream`'s
+    whole set would cost a long chain's length at each step)."""
+    seen: set[str] = set()
+    pending = list(needs.get(step, ()))
+    while pending:
+        if other in pending:
+            return True
+        seen.update(pending)
+        pending = [n for name in pending for n in needs.get(name, ()) if n not in seen]
+    return False
 
 
 def _templates(step: StepDefinition) -> Iterator[tuple[str, Template]]:
@@ -377,6 +389,7 @@ def _cycles(job: JobDefinition) -> list[list[str]]:
     """Each cycle of ``needs`` once, in the order the steps would run, from its first step
     in file order."""
     needs = {step.name: step.needs for step in job.steps}
+    needs = {name: [need for need in after if need in needs] for name, after in needs.items()}
     position = {step.name: index for index, step in enumerate(job.steps)}
     state: dict[str, int] = {}  # 1: on the path, 2: done
     cycles: dict[frozenset[str], list[str]] = {}
