@@ -31,7 +31,7 @@ from corra._errors import ConfigError, WorkflowError
 from corra.processes._convert import parse_process_spec
 from corra.processes._spec import ProcessSpec
 from corra.processes._spec_content import hide_env
-from corra.workflows._expressions import Template, parse_template, to_text
+from corra.workflows._expressions import Template, kind_of, parse_template, to_text
 
 STEP_NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 #: The version of `job_data`'s layout (`job_from_data` reads this one).
@@ -242,10 +242,9 @@ def step_items(job: JobDefinition, step: StepDefinition, context: Mapping[str, A
         raise WorkflowError(f"job {job.name!r} step {step.name!r}: it has no for_each")
     items = render_field(job, step, "for_each", step.for_each, context)
     if not isinstance(items, list):
-        kind = "a table" if isinstance(items, dict) else type(items).__name__
         raise WorkflowError(
             f"job {job.name!r} step {step.name!r}.for_each: {step.for_each.text} gave "
-            f"{'null' if items is None else kind}, expected a list"
+            f"{kind_of(items)}, expected a list"
         )
     return items
 

@@ -222,18 +222,19 @@ def _resolve(reference: Reference, context: Mapping[str, Any]) -> Any:
 def _index(value: Any, part: str | int, what: str) -> Any:
     if isinstance(part, int):
         if not isinstance(value, list):
-            raise _Missing(f"{what} is {_kind(value)}, not a list: no index [{part}]")
+            raise _Missing(f"{what} is {kind_of(value)}, not a list: no index [{part}]")
         if not -len(value) <= part < len(value):
             raise _Missing(f"{what} has no index [{part}] (it has {len(value)} item(s))")
         return value[part]
     if not isinstance(value, dict):
-        raise _Missing(f"{what} is {_kind(value)}, not a table: no key {part!r}")
+        raise _Missing(f"{what} is {kind_of(value)}, not a table: no key {part!r}")
     if part not in value:
         raise _Missing(f"{what} has no key {part!r} (it has: {_keys(value)})")
     return value[part]
 
 
-def _kind(value: Any) -> str:
+def kind_of(value: Any) -> str:
+    """A JSON value's kind, as errors name it (never the value: it may be a secret)."""
     if value is None:
         return "null"
     if isinstance(value, bool):
