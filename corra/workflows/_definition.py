@@ -180,16 +180,19 @@ def render_field(
     job: JobDefinition,
     step: StepDefinition,
     field: str,
-    template: Template,
+    template: Template | str,
     context: Mapping[str, Any],
 ) -> Any:
-    """``template`` rendered over ``context``; an error names the job, the step and the field.
+    """``template`` (or its text) rendered over ``context``; an error names the job, the
+    step and the field.
 
     Raises:
         WorkflowError: naming ``job 'J' step 'S'.FIELD``, the expression and what it did
-            not find.
+            not find (or where it does not parse).
     """
     try:
+        if isinstance(template, str):
+            template = parse_template(template)
         return template.render(context)
     except WorkflowError as exc:
         raise WorkflowError(f"job {job.name!r} step {step.name!r}.{field}: {exc}") from None
@@ -208,7 +211,7 @@ def step_spec(job: JobDefinition, step: StepDefinition, context: Mapping[str, An
     argv = process.get("argv")
     if isinstance(argv, list):
         process["argv"] = [
-            to_text(render_field(job, step, f"argv[{index}]", parse_template(word), context))
+            to_text(render_field(job, step, f"argv[{index}]", word, context))
             if isinstance(word, str)
             else word
             for index, word in enumerate(argv)
@@ -216,13 +219,13 @@ def step_spec(job: JobDefinition, step: StepDefinition, context: Mapping[str, An
     env = process.get("env")
     if isinstance(env, Mapping):
         process["env"] = {
-            key: to_text(render_field(job, step, f"env.{key}", parse_template(value), context))
+            key: to_text(render_field(job, step, f"env.{key}", value, context))
             if isinstance(value, str)
             else value
             for key, value in env.items()
         }
     if isinstance(process.get("cwd"), str):
-        cwd = render_field(job, step, "cwd", parse_template(process["cwd"]), context)
+        cwd = render_field(job, step, "cwd", process["cwd"], context)
         process["cwd"] = to_text(cwd)
     try:
         return parse_process_spec(process, f"job {job.name!r} step {step.name!r}")

@@ -16,6 +16,7 @@ expression, the path and what it found there (its kind, or the keys of a table).
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -102,12 +103,16 @@ def has_template(text: str) -> bool:
     return any(isinstance(part, _Part) for part in _split(text, parse=False))
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_template(text: str) -> Template:
-    """The template ``text``: literal text and ``${expression}`` parts.
+    """The template ``text``: literal text and ``${expression}`` parts. (Templates are
+    frozen: one parse of each text serves every item of a fan-out, and every step.)
 
     Raises:
         ExpressionSyntaxError: naming the column (in ``text``) and what was expected there.
     """
+    if "$" not in text:
+        return Template(text, (text,) if text else ())
     return Template(text, tuple(_split(text, parse=True)))
 
 
