@@ -308,6 +308,14 @@ STEP = '[[job.step]]\nname = "s"\nargv = ["true"]\n'
             id="item in for_each",
         ),
         pytest.param(
+            '[[job]]\nname = "j"\n' + STEP + 'for_each = [1]\nwhen = "${item}"\n',
+            [
+                "jobs.toml: job 'j' step 's'.when: ${item}: there is no item in when: it decides "
+                "for the whole step, before its items"
+            ],
+            id="item in when",
+        ),
+        pytest.param(
             '[[job]]\nname = "j"\nresult = "${item}"\n' + STEP,
             [
                 "jobs.toml: job 'j'.result: ${item}: there is no item: the job's result is not "

@@ -334,6 +334,8 @@ class _Job:
         if kind == "item" and step is not None:
             if field == "for_each":
                 return "there is no item yet: for_each gives the items"
+            if field == "when":
+                return "there is no item in when: it decides for the whole step, before its items"
             if step.for_each is None:
                 return "there is no item: the step has no for_each"
         return None
