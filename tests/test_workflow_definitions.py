@@ -308,6 +308,14 @@ STEP = '[[job.step]]\nname = "s"\nargv = ["true"]\n'
             id="item in for_each",
         ),
         pytest.param(
+            '[[job]]\nname = "j"\n' + STEP + 'for_each = [1]\nwhen = "${item}"\n',
+            [
+                "jobs.toml: job 'j' step 's'.when: ${item}: there is no item in when: it decides "
+                "for the whole step, before its items"
+            ],
+            id="item in when",
+        ),
+        pytest.param(
             '[[job]]\nname = "j"\nresult = "${item}"\n' + STEP,
             [
                 "jobs.toml: job 'j'.result: ${item}: there is no item: the job's result is not "
@@ -858,3 +866,37 @@ def test_a_random_cycle_is_named_in_order(tables, data):
         assert steps[0] == min(steps, key=position.__getitem__)
         for before, after in itertools.pairwise(steps):
             assert before in needs[after]
+
+
+@pytest.mark.parametrize(
+    "tables,message",
+    [
+        ([1], "api: job[0]: expected a table, got 1"),
+        ([{"name": "j", "step": 1}], "api: job 'j'.step: expected [[job.step]] tables, got 1"),
+        ([{"name": "j", "step": [1]}], "api: job 'j' step[0]: expected a table, got 1"),
+        (
+            [{"name": "j", "params": [1], "step": [{"name": "s", "argv": ["x"]}]}],
+            "api: job 'j'.params: expected a table, got [1]",
+        ),
+        (
+            [{"name": "j", "step": [{"name": "s", "argv": ["x"], "env": {"T": 5}}]}],
+            "api: job 'j' step 's'.env: got 'T' = a value of type int (not shown), expected "
+            "string values",
+        ),
+    ],
+)
+def test_tables_that_toml_cannot_give_are_refused_too(tables, message):
+    with pytest.raises(corra.ConfigError) as info:
+        parse_jobs(tables, "api")
+    assert str(info.value) == message
+
+
+def test_a_step_without_for_each_has_no_items_and_a_cycle_has_no_order():
+    job = jobs_of(EXAMPLE)["pipeline"]
+    with pytest.raises(WorkflowError, match=r"^job 'pipeline' step 'prepare': it has no for_each$"):
+        step_items(job, job.step("prepare"), {})
+    looped = JobDefinition("j", {}, (StepDefinition("a", {"argv": ["x"]}, needs=("a",)),))
+    with pytest.raises(WorkflowError, match=r"^job 'j': its needs make a cycle$"):
+        topological_order(looped)
+    with pytest.raises(KeyError):
+        job.step("nope")

@@ -122,7 +122,7 @@ class _Job:
             self.error(f"{label}.description: got {description!r}, expected a string")
         params = self.params(table.get("params", {}))
         steps = self.steps(table.get("step"))
-        result = self.template("result", table.get("result"), f"{label}.result")
+        result = self.template(table.get("result"), f"{label}.result")
         # (checked on, even if a field failed: every error of the file is found at once)
         job = JobDefinition(
             name=str(table.get("name")),
@@ -152,7 +152,7 @@ class _Job:
                 )
         return params
 
-    def template(self, field: str, value: Any, label: str, single: bool = False) -> Any:
+    def template(self, value: Any, label: str, single: bool = False) -> Any:
         """``value`` parsed as a template, if it is a string; None, with its error, if it
         does not parse (or is not one ``${...}`` where ``single``)."""
         if value is None:
@@ -202,12 +202,12 @@ class _Job:
         return tuple(steps)
 
     def step(self, label: str, table: dict[str, Any]) -> StepDefinition:
-        allowed = [*STEP_FIELDS, *(field for field in wire_fields() if field != "name")]
-        unknown = sorted(set(table) - set(allowed))
+        process_fields = [field for field in wire_fields() if field != "name"]
+        unknown = sorted(set(table) - {*STEP_FIELDS, *process_fields})
         if unknown:
             self.error(
                 f"{label}: unknown field(s) {unknown}; expected some of {', '.join(STEP_FIELDS)}"
-                f", and a process's: {', '.join(allowed[len(STEP_FIELDS) :])}"
+                f", and a process's: {', '.join(process_fields)}"
             )
         needs = table.get("needs", [])
         if not isinstance(needs, list) or not all(isinstance(need, str) for need in needs):
@@ -219,12 +219,12 @@ class _Job:
         if isinstance(for_each, list) and not _json_value(for_each):
             self.error(f"{label}.for_each: got {for_each!r}, expected a list of JSON values")
         elif not isinstance(for_each, list):
-            for_each = self.template("for_each", for_each, f"{label}.for_each", single=True)
-        when = self.template("when", table.get("when"), f"{label}.when", single=True)
+            for_each = self.template(for_each, f"{label}.for_each", single=True)
+        when = self.template(table.get("when"), f"{label}.when", single=True)
         keep_going = table.get("continue_on_failure", False)
         if not isinstance(keep_going, bool):
             self.error(f"{label}.continue_on_failure: got {keep_going!r}, expected true or false")
-        given = {key: value for key, value in table.items() if key in allowed[len(STEP_FIELDS) :]}
+        given = {key: value for key, value in table.items() if key in process_fields}
         process = merge_defaults(self.defaults, given)
         self.process(label, process)
         if "for_each" in table and for_each is None:
@@ -243,20 +243,23 @@ class _Job:
         where each must parse; then the fields as a ``[[process]]``'s."""
         checked = dict(process)
         for field, value in process.items():
-            for path, text in _strings(field, value):
-                templated = field in ("argv", "cwd") or (field == "env" and path.count(".") == 1)
-                if not templated and has_template(text):
-                    self.error(
-                        f"{label}.{path}: got {text!r}; ${{...}} may stand only in argv, "
-                        "env values and cwd"
-                    )
-                    checked.pop(field, None)
-                elif templated:
-                    self.template(field, text, f"{label}.{path}")
             if field == "env" and isinstance(value, dict):
-                for key in value:
+                for key, item in value.items():
                     if has_template(key):
                         self.error(f"{label}.env: the name {key!r}; ${{...}} may not stand there")
+                    if isinstance(item, str):
+                        self.template(item, f"{label}.env.{key}")
+            elif field in TEMPLATED:
+                for path, text in _strings(field, value):
+                    self.template(text, f"{label}.{path}")
+            else:
+                for path, text in _strings(field, value):
+                    if has_template(text):
+                        self.error(
+                            f"{label}.{path}: got {text!r}; ${{...}} may stand only in argv, "
+                            "env values and cwd"
+                        )
+                        checked.pop(field, None)  # (one error for it, not the wire's too)
         try:
             spec = parse_process_spec(checked, label)
         except ConfigError as exc:
@@ -331,6 +334,8 @@ class _Job:
         if kind == "item" and step is not None:
             if field == "for_each":
                 return "there is no item yet: for_each gives the items"
+            if field == "when":
+                return "there is no item in when: it decides for the whole step, before its items"
             if step.for_each is None:
                 return "there is no item: the step has no for_each"
         return None
