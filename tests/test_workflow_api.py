@@ -62,6 +62,7 @@ async def test_jobs_and_runs_through_the_api(tmp_path: Path) -> None:
         jobs = (await http.get("/v1/jobs")).json()["jobs"]
         assert [job["name"] for job in jobs] == ["greet"]
         assert jobs[0]["params"] == {"who": "world", "n": 2}
+        assert jobs[0]["steps"][1]["process"]["env"] == {"GATE": "***"}  # (never shown)
 
         created = await http.post("/v1/jobs/greet/runs", json={"params": {"who": "ada"}})
         assert created.status_code == 201, created.text

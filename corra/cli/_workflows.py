@@ -22,7 +22,7 @@ from corra.api._client import Client, ConnectionLost, NotServing
 from corra.cli._parser import EXIT_FAILED, EXIT_OK, runtime_options
 from corra.cli._render import print_json
 from corra.cli._service import quoted, service
-from corra.workflows import job_data
+from corra.workflows import shown_job
 from corra.workflows._query import RunQuery
 
 #: How a step's phase is drawn in the tree.
@@ -255,7 +255,7 @@ def jobs(args: argparse.Namespace, state_dir: Path) -> int:
     if args.file:
         from corra._jobfile import load_job_file
 
-        found = [job_data(job) for _, job in sorted(load_job_file(args.file).jobs.items())]
+        found = [shown_job(job) for _, job in sorted(load_job_file(args.file).jobs.items())]
     else:
         try:
             with service(args, state_dir) as client:

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 from corra._errors import ConfigError, NoSuchRun
+from corra.processes._spec_content import HIDDEN
+from corra.workflows._definition import JobDefinition, job_data
 from corra.workflows._runs import (
     RUN_ID,
     RUN_PHASES,
@@ -17,6 +19,17 @@ from corra.workflows._runs import (
     run_key,
     steps_prefix,
 )
+
+
+def shown_job(job: JobDefinition) -> dict[str, Any]:
+    """A job's definition as ``corra jobs`` and ``GET /v1/jobs`` show it: its fields as
+    given (`job_data`), but every env value hidden (they are secrets to corra)."""
+    data = job_data(job)
+    for step in data.get("steps", []):
+        process = step.get("process") or {}
+        if isinstance(process.get("env"), dict):
+            process["env"] = dict.fromkeys(process["env"], HIDDEN)
+    return data
 
 
 class RunQuery:
