@@ -31,13 +31,21 @@ _RUN_ID = {
 
 _STEP = {
     "type": "object",
-    "required": ["key", "step", "phase", "at"],
+    "required": ["key", "step", "phase"],
     "properties": {
         "key": {"type": "string", "description": "the step's name; an item's: work[3]"},
         "step": {"type": "string"},
         "phase": {
             "type": "string",
-            "enum": ["submitted", "expanded", "finished", "failed", "killed", "skipped"],
+            "enum": [
+                "pending",
+                "submitted",
+                "expanded",
+                "finished",
+                "failed",
+                "killed",
+                "skipped",
+            ],
         },
         "at": {"type": "number", "description": "when the entry was written (epoch s)"},
         "index": nullable({"type": "integer"}),
