@@ -57,7 +57,13 @@ import sys
 import time
 
 from . import _proc
-from ._wrapper import RESULT_FILE, STATUS_FILE, data_environment  # noqa: F401 (the run dir's)
+from ._wrapper import (  # noqa: F401 (the run dir's files: defined where wrappers have them)
+    RESULT_FILE,
+    RESULT_VARIABLE,
+    STATUS_FILE,
+    STATUS_VARIABLE,
+    data_environment,
+)
 from .protocol import json_line, seconds
 
 SPEC_FILE = "spec.json"
