@@ -5,12 +5,16 @@ value (`corra.processes._values`)."""
 from __future__ import annotations
 
 import json
+import os
 import stat
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import trio
+from test_api_service import Service
+from test_notes import conforms
 from test_output_limit import stop_chaperones
 
 import corra
@@ -178,3 +182,38 @@ async def test_corra_show_and_the_json_record_give_the_value(tmp_path: Path):
     kept_json = json.loads(await show("kept", "--json"))
     assert kept_json["result"]["value"] is None
     assert kept_json["result"]["value_file"].endswith(".1.json")
+
+
+def test_the_api_gives_the_value_and_its_openapi_document_describes_it(tmp_path: Path):
+    state = tmp_path / "state"
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CORRA_")}
+    value = {"items": ["a", "b"], "score": 0.5, "none": None}
+    try:
+        with Service(state, env=env) as service, service.client() as http:
+            for name, argv in (
+                ("valued", writes(repr(json.dumps(value)))),
+                ("refused", writes("'[1,'")),
+                ("kept", writes(f"'\"' + 'z' * {VALUE_LIMIT} + '\"'")),
+            ):
+                created = http.post("/v1/processes", json={"argv": argv, "name": name})
+                assert created.status_code == 201, created.text
+            records = {}
+            for name in ("valued", "refused", "kept"):
+                deadline = time.monotonic() + 30
+                while True:
+                    record = http.get(f"/v1/processes/{name}").json()
+                    if record["phase"] == "finished" or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.05)
+                records[name] = record
+                conforms(service, name)
+            assert service.stop() == 0
+    finally:
+        stop_chaperones(state / "runs")
+    valued = records["valued"]["result"]
+    assert (valued["value"], valued["has_value"], valued["value_error"]) == (value, True, None)
+    refused = records["refused"]["result"]
+    assert refused["has_value"] is False and "line 1, column 4" in refused["value_error"]
+    kept = records["kept"]["result"]
+    assert kept["value"] is None and kept["has_value"] is True
+    assert Path(kept["value_file"]).read_bytes() == b'"' + b"z" * VALUE_LIMIT + b'"'
