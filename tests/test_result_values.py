@@ -217,3 +217,28 @@ def test_the_api_gives_the_value_and_its_openapi_document_describes_it(tmp_path:
     kept = records["kept"]["result"]
     assert kept["value"] is None and kept["has_value"] is True
     assert Path(kept["value_file"]).read_bytes() == b'"' + b"z" * VALUE_LIMIT + b'"'
+
+
+async def test_a_value_written_while_no_runtime_watched_is_read_by_the_next(tmp_path: Path):
+    # (as after a crash: the program ends with no runtime; the next reads its run dir)
+    state = tmp_path / "state"
+    gate = tmp_path / "gate"
+    code = (
+        "import os, time\n"
+        f"while not os.path.exists({str(gate)!r}): time.sleep(0.02)\n"
+        "open(os.environ['CORRA_RESULT'], 'w').write('{\"after\": \"the crash\"}')\n"
+    )
+    try:
+        async with open_runtime(state_dir=state) as rt:
+            ref = await rt.spawn_process([sys.executable, "-c", code], name="later")
+            with trio.fail_after(30):
+                while ref.record().phase != "running":
+                    await trio.sleep(0.02)
+        gate.touch()
+        async with open_runtime(state_dir=state) as rt:
+            record = await rt.processes.wait("later")
+            assert record.phase == "finished"
+            assert record.state.result is not None
+            assert record.state.result.value == {"after": "the crash"}
+    finally:
+        stop_chaperones(state / "runs")
