@@ -222,8 +222,9 @@ class Backend(Protocol):
 
         ``stream`` is ``stdout``, ``stderr`` or `RESULT_STREAM`: what the program wrote to
         the file ``$CORRA_RESULT`` named (b"": nothing, or no such file), which the runtime
-        reads once the program has ended (`corra.processes._values`). A backend whose
-        programs can write no value raises `ConfigError` for it (then they have none).
+        reads once the program has ended (`corra.processes._values`), taking a read of fewer
+        than ``size`` bytes for its end. A backend whose programs can write no value raises
+        `ConfigError` for it (then they have none).
         """
 
     async def log_size(self, key: EffectKey, stream: str, host: str | None = None) -> int | None:
