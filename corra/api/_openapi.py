@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import corra
+from corra.api import _openapi_workflows as _workflows
 from corra.api._limits import MAX_BATCH
 from corra.api._schemas import SCHEMAS, json_content, nullable, ref
 from corra.processes._lifecycle import PHASES
@@ -537,9 +538,10 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
+        **_workflows.PATHS,
     },
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-        "schemas": SCHEMAS,
+        "schemas": {**SCHEMAS, **_workflows.SCHEMAS},
     },
 }

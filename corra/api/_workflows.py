@@ -31,7 +31,7 @@ from corra.api._requests import (
     single,
 )
 from corra.processes._spec_content import shown_tables
-from corra.workflows import WorkflowManager, job_data
+from corra.workflows import WorkflowManager, shown_job
 from corra.workflows._runs import RunRecord
 
 
@@ -63,7 +63,7 @@ class WorkflowRoutes:
 
     async def list_jobs(self, request: Request) -> Response:
         known_only(request.query_params)
-        jobs = [job_data(job) for _, job in sorted(self.runs.jobs.items())]
+        jobs = [shown_job(job) for _, job in sorted(self.runs.jobs.items())]
         return JSONResponse({"jobs": jobs})
 
     async def create_run(self, request: Request) -> Response:

@@ -45,6 +45,9 @@ class ExitRecord:
     stdout_dropped: int = 0
     """Bytes of stdout written past the output limit, and dropped (a lower bound)."""
     stderr_dropped: int = 0
+    result_size: int | None = None
+    """Bytes in the run dir's ``result.json`` (``$CORRA_RESULT``) as the program ended: 0
+    for none; None from a chaperone that did not say."""
 
     @property
     def ok(self) -> bool:

@@ -37,11 +37,9 @@ import trio
 
 from corra._errors import ConfigError, StoreError, ValueGone
 from corra._statedir import make_private_dirs, read_private, write_private
-from corra.processes._backend import Backend, EffectKey
+from corra.processes._backend import RESULT_STREAM, Backend, EffectKey
 from corra.processes._lifecycle import Result
 
-#: The stream `Backend.read_log` reads a program's value from.
-RESULT_STREAM: Final = "result"
 #: The most bytes of JSON a value may take in the record.
 VALUE_LIMIT: Final = 64 * 1024
 #: The most bytes a program may write as its value (kept as a file above `VALUE_LIMIT`).

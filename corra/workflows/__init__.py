@@ -23,5 +23,6 @@ from corra.workflows._loading import merge_defaults as merge_defaults
 from corra.workflows._loading import parse_jobs as parse_jobs
 from corra.workflows._manager import WorkflowManager as WorkflowManager
 from corra.workflows._query import RunQuery as RunQuery
+from corra.workflows._query import shown_job as shown_job
 from corra.workflows._runs import RunRecord as RunRecord
 from corra.workflows._runs import StepEntry as StepEntry

@@ -96,27 +96,21 @@ class Plan:
 
 def step_status(step: StepDefinition, entries: Mapping[str, StepEntry]) -> StepStatus:
     """Where ``step`` is: pending (nothing decided), running (its process, or one of its
-    items', has not ended), or how it ended."""
-    return _walk(step, entries)[0]
-
-
-def _walk(step: StepDefinition, entries: Mapping[str, StepEntry]) -> tuple[StepStatus, bool]:
-    """`step_status`, and whether one of its items has failed or was killed already (a
-    fan-out that runs on, but has failed: Rule 3)."""
+    items', has not ended), or how it ended (a fan-out step has failed, or was killed, as
+    soon as one of its items has, whether or not the others run on)."""
     entry = entries.get(step.name)
     if entry is None:
-        return "pending", False
+        return "pending"
     if entry.phase != "expanded":
-        return ("running" if entry.phase == "submitted" else entry.phase), False
+        return "running" if entry.phase == "submitted" else entry.phase
     status: StepStatus = "finished"
-    pending = False
     for index in range(entry.count or 0):
         item = entries.get(instance_key(step.name, index))
         if item is None or not item.ended:
-            pending = True
-        elif item.phase in _FAILED and status == "finished":
-            status = item.phase  # type: ignore[assignment]
-    return ("running" if pending else status), status != "finished"
+            status = "running"
+        elif item.phase in _FAILED:
+            return item.phase  # type: ignore[return-value]  (Rule 3: at once)
+    return status
 
 
 def step_result(
@@ -171,13 +165,12 @@ def plan(
     directly or not (`corra.workflows._definition.upstream`); ``load(entry)``: the result
     value of a finished step's entry."""
     steps = {step.name: step for step in job.steps}
-    walked = {name: _walk(step, entries) for name, step in steps.items()}
-    status = {name: found[0] for name, found in walked.items()}
-    running = any(value == "running" for value in status.values())
+    status = {name: step_status(step, entries) for name, step in steps.items()}
+    # (a fan-out step has failed once one item has, while others may still run)
+    running = any(entry.phase == "submitted" for entry in entries.values())
     order = topological_order(job)
     for name in order:
-        failed = status[name] in _FAILED or walked[name][1]
-        if failed and not steps[name].continue_on_failure:
+        if status[name] in _FAILED and not steps[name].continue_on_failure:
             if running:
                 return Plan()  # (Rule 3: the steps that run go on; nothing new starts)
             return Plan(outcome=Outcome("failed", _failure(name, status[name], entries)))

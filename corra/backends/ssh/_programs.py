@@ -67,7 +67,8 @@ from corra.backends.ssh._handle import RemoteHandle
 from corra.backends.ssh._shipped import STREAMS, LocalLogs
 from corra.backends.transport import Transport
 from corra.chaperone import PACKAGE_DIR
-from corra.processes._backend import Capabilities, EffectKey, LaunchRequest
+from corra.chaperone._rundir import RESULT_FILE
+from corra.processes._backend import RESULT_STREAM, Capabilities, EffectKey, LaunchRequest
 from corra.processes._lifecycle import Result
 from corra.processes._spec import DEFAULT_OUTPUT_LIMIT, check_output_limit, check_seconds
 
@@ -524,12 +525,14 @@ class SshProgramBackend(HostPollers):
         the host; else from the remote file (where the local copy lags, or was never made);
         else, if the remote file is gone or the host cannot be reached, what the local copy
         has."""
-        if stream not in STREAMS:
+        if stream not in STREAMS and stream != RESULT_STREAM:
             raise ConfigError(f"stream: got {stream!r}, expected 'stdout' or 'stderr'")
         name = check_key(str(key))  # (its run dir, and its logs' directory)
+        file = RESULT_FILE if stream == RESULT_STREAM else stream
         for host in self.hosts_for(host_name):
             local: bytes | None = None
-            if self._logs is not None and self._logs.ships(host.config.name):
+            shipped = stream in STREAMS  # (a value is read where it is, once: never shipped)
+            if shipped and self._logs is not None and self._logs.ships(host.config.name):
                 try:
                     found = await self._logs.read(host.config.name, name, stream, offset, size)
                 except OSError as exc:
@@ -541,7 +544,7 @@ class SshProgramBackend(HostPollers):
                         return local
             try:
                 await self._ready(host)
-                path = posixpath.join(self._run_dir(host, name), stream)
+                path = posixpath.join(self._run_dir(host, name), file)
                 if await host.transport.stat(path) is not None:
                     return await host.transport.read_range(path, offset, size)
             except TransportError:
