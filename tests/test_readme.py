@@ -137,11 +137,14 @@ EXPECTED = {
         '"phase":"killed"',
         "corra_processes{",
     ],
-    "corra run examples/jobs.toml --job pipeline\n": [
+    "corra run examples/jobs.toml --job pipeline --run-name first": [
         "prepare: finished",
         "work: expanded (3 items)",
         "work[2]: finished",
         'finished; result: {"samples":3,"total":60}',
+        "pipeline first (",
+        "[*] work: expanded (3 items: 3 finished)",
+        "[+] report: finished",
         "{'samples': 5, 'total': 100}",
     ],
     "corra pause ticker": [
