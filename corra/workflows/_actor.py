@@ -58,6 +58,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("corra.workflow")
 
+#: Seconds a run may be quiet before the ending entries of its steps are written anyway, and
+#: how many may gather before they are (see `RunActor._unwritten`).
+FLUSH_AFTER = 0.25
+FLUSH_COUNT = 512
+
 
 @attrs.frozen
 class Pause:
@@ -96,9 +101,12 @@ class RunActor(Actor):
         self._open: dict[str, int] = {}
         self._replan = True
         # Ending entries `_settle` made that are not durable yet: they go with the next
-        # write (the plan's, in a chain: one transaction per step, not two), and always
-        # before the actor waits. Deferring them is safe: each is what the process's own
-        # durable record says, which `_settle` reads again after a crash.
+        # write (the plan's, in a chain: one transaction per step, not two), or once the
+        # run has been quiet for `FLUSH_AFTER` s, or `FLUSH_COUNT` of them have gathered
+        # (a fan-out's items ending one by one: a transaction, and an fsync, each would
+        # add one commit per process). Deferring them is safe: each is what the process's
+        # own durable record says, which `_settle` reads again after a crash; meanwhile
+        # readers see the step's process, ended (`RunQuery.detail`).
         self._unwritten: list[StepEntry] = []
         # Whether `_settle` must look at every submitted step (on start, and once a watch
         # found no process); else only the watches' reports are new: every step the actor
@@ -122,6 +130,7 @@ class RunActor(Actor):
 
     async def handle(self, msg: Any) -> Any:
         runs = self._manager
+        await self._write()  # (what pause and kill read of the steps is the store's)
         run = runs.get(self._id)
         if isinstance(msg, Pause):
             if run.terminal or run.phase == "paused":
@@ -200,7 +209,6 @@ class RunActor(Actor):
                 if decided.actions:
                     await self._apply(run, entries, decided)
                     continue
-            await self._write()
             await self._wait()
 
     def _plan(self, run: RunRecord, entries: dict[str, StepEntry]) -> Plan:
@@ -221,7 +229,14 @@ class RunActor(Actor):
         return found
 
     async def _wait(self) -> None:
+        if len(self._unwritten) >= FLUSH_COUNT:
+            await self._write()
         if not self._ended and not self.has_mail:
+            if self._unwritten:
+                with trio.move_on_after(FLUSH_AFTER):
+                    await self._wake.wait()
+                if not self._wake.is_set():
+                    await self._write()
             await self._wake.wait()
         self._wake = trio.Event()
 
