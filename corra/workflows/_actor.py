@@ -4,7 +4,8 @@ One actor per running run, under the ``/workflows`` supervisor (a paused or ende
 none: it is its record and its steps' entries). Its loop:
 
 1. settle: each step whose process has ended gets its ending entry (phase, reason, result),
-   made durable with the next write (the process's record says the same after a crash);
+   made durable with the next write (the process's record says the same after a crash; the
+   entries are kept in a `corra.workflows._book.StepBook`);
 2. plan (`corra.workflows._plan.plan`; only when a change may have changed the plan) and make
    it durable: every step it decides is written as an entry (``submitted`` with its
    process's name, ``skipped``, a fan-out's ``expanded`` with its items' ``submitted``
@@ -37,6 +38,7 @@ import trio
 from corra._errors import ConfigError, CorraError, NoSuchProcess
 from corra.actors._actor import Actor
 from corra.processes._record import ProcessRecord
+from corra.workflows._book import FLUSH_AFTER, FLUSH_COUNT, StepBook
 from corra.workflows._definition import (
     JobDefinition,
     job_from_data,
@@ -57,11 +59,6 @@ if TYPE_CHECKING:
     from corra.workflows._manager import WorkflowManager
 
 logger = logging.getLogger("corra.workflow")
-
-#: Seconds a run may be quiet before the ending entries of its steps are written anyway, and
-#: how many may gather before they are (see `RunActor._unwritten`).
-FLUSH_AFTER = 0.25
-FLUSH_COUNT = 512
 
 
 @attrs.frozen
@@ -90,24 +87,7 @@ class RunActor(Actor):
         self._nursery: trio.Nursery | None = None
         self._job: JobDefinition | None = None
         self._upstream: dict[str, frozenset[str]] = {}
-        # The run's step entries, read once when the actor starts: it is their only writer
-        # while it runs (`_write`), so reading and decoding them all again after every
-        # ended process (a fan-out of 1,000 decoded 1,000 times) would only repeat it.
-        self._entries: dict[str, StepEntry] = {}
-        # Items not ended yet, by fan-out step (`_write` keeps count), and whether the plan
-        # may have changed since it was last asked for: an item that finished while others
-        # of its step run changes nothing `plan` looks at, and planning after each of a
-        # fan-out's 1,000 ends would walk its 1,000 items each time.
-        self._open: dict[str, int] = {}
-        self._replan = True
-        # Ending entries `_settle` made that are not durable yet: they go with the next
-        # write (the plan's, in a chain: one transaction per step, not two), or once the
-        # run has been quiet for `FLUSH_AFTER` s, or `FLUSH_COUNT` of them have gathered
-        # (a fan-out's items ending one by one: a transaction, and an fsync, each would
-        # add one commit per process). Deferring them is safe: each is what the process's
-        # own durable record says, which `_settle` reads again after a crash; meanwhile
-        # readers see the step's process, ended (`RunQuery.detail`).
-        self._unwritten: list[StepEntry] = []
+        self._book = StepBook({})  # (read when `main` starts: `corra.workflows._book`)
         # Whether `_settle` must look at every submitted step (on start, and once a watch
         # found no process); else only the watches' reports are new: every step the actor
         # submits it watches.
@@ -162,10 +142,7 @@ class RunActor(Actor):
             run = runs.get(self._id)
             self._job = job_from_data(run.definition)
             self._job_steps = {step.name: step for step in self._job.steps}
-            self._entries = runs.step_entries(self._id)
-            for entry in self._entries.values():
-                if entry.index is not None and not entry.ended:
-                    self._open[entry.step] = self._open.get(entry.step, 0) + 1
+            self._book = StepBook(runs.step_entries(self._id))
             await self._drive(run)
         except (trio.Cancelled, KeyboardInterrupt):
             raise
@@ -189,14 +166,14 @@ class RunActor(Actor):
                 return
             if run.phase == "paused" or run.phase in ("finished", "failed"):
                 return
-            entries = await self._settle(run, self._entries)
+            entries = await self._settle(run, self._book.entries)
             if run.phase == "killed":
                 await self._write()
                 if not any(entry.phase == "submitted" for entry in entries.values()):
                     await runs.write_run(run, active=False)
                     return
-            elif self._replan:
-                self._replan = False
+            elif self._book.replan:
+                self._book.replan = False
                 decided = self._plan(run, entries)
                 if decided.outcome is not None:
                     await self._write()
@@ -229,10 +206,10 @@ class RunActor(Actor):
         return found
 
     async def _wait(self) -> None:
-        if len(self._unwritten) >= FLUSH_COUNT:
+        if len(self._book.unwritten) >= FLUSH_COUNT:
             await self._write()
         if not self._ended and not self.has_mail:
-            if self._unwritten:
+            if self._book.unwritten:
                 with trio.move_on_after(FLUSH_AFTER):
                     await self._wake.wait()
                 if not self._wake.is_set():
@@ -274,8 +251,8 @@ class RunActor(Actor):
         writes = [self._ending(entries[key], record) for key, record in done.items()]
         writes += killed
         if writes:
-            self._stage(writes)
-            entries = self._entries
+            self._book.take(writes, durable=False)
+            entries = self._book.entries
         if resubmit:
             await self._submit(run, entries, resubmit)
         return entries
@@ -339,7 +316,7 @@ class RunActor(Actor):
                 submits.append(self._intent(action.step, None, at))
         await self._write([*writes, *submits])
         crash_point("steps.decided")
-        await self._submit(run, self._entries, submits)
+        await self._submit(run, self._book.entries, submits)
 
     def _intent(self, step: str, index: int | None, at: float) -> StepEntry:
         return StepEntry(
@@ -365,12 +342,10 @@ class RunActor(Actor):
         async def submit_one(entry: StepEntry) -> None:
             assert self._job is not None and entry.process is not None
             step = self._job_steps[entry.step]
-            values.setdefault(
-                entry.step,
-                context(
+            if entry.step not in values:  # (once per step, not per item of a fan-out)
+                values[entry.step] = context(
                     self._job, run.params, entries, self._upstream_of(entry.step), runs.load_result
-                ),
-            )
+                )
             scope = dict(values[entry.step])
             try:
                 if entry.index is not None:
@@ -402,33 +377,15 @@ class RunActor(Actor):
             await self._write(failed)
 
     async def _write(self, entries: Sequence[StepEntry] = ()) -> None:
-        """Make ``entries`` durable, with the ending entries `_settle` made (one
-        transaction); ``entries`` then in the actor's own copy."""
-        endings, self._unwritten = self._unwritten, []
+        """Make ``entries`` durable with the book's unwritten ending entries, in one
+        transaction; then the book has ``entries``."""
+        endings = self._book.written()
         if not endings and not entries:
             return
         await self._manager.write_steps(self._id, [*endings, *entries])
         if endings:
             crash_point("step.ended")
-        self._stage(entries, durable=True)
-
-    def _stage(self, entries: Sequence[StepEntry], *, durable: bool = False) -> None:
-        """Take ``entries`` into the actor's own copy (those not ``durable`` yet, ending
-        entries, go with the next `_write`)."""
-        if not durable:
-            self._unwritten.extend(entries)
-        for entry in entries:
-            before = self._entries.get(entry.key)
-            self._entries[entry.key] = entry
-            if entry.index is not None:
-                was_open = before is not None and not before.ended
-                if was_open != (not entry.ended):
-                    self._open[entry.step] = self._open.get(entry.step, 0) + (-1 if was_open else 1)
-                if entry.phase == "finished" and self._open.get(entry.step, 0) > 0:
-                    continue  # (its step runs on, as it did: nothing for `plan` to see)
-            if entry.phase == "submitted" or (entry.phase == "expanded" and entry.count):
-                continue  # (a step the plan decided now runs: nothing new is ready)
-            self._replan = True
+        self._book.take(entries, durable=True)
 
 
 def _exit_text(result: Any) -> str:
