@@ -375,6 +375,13 @@ def build_parser() -> argparse.ArgumentParser:
             control.add_argument(
                 "--steps", action="store_true", help="a run: pause its running steps too"
             )
+        if verb == "resume":
+            control.add_argument(
+                "--accept",
+                action="store_true",
+                help="a workflow function's run paused because a step's spec differs from "
+                "the recorded one: keep the recorded step (its result; nothing runs again)",
+            )
         if verb == "kill":
             control.add_argument(
                 "--no-wait", action="store_true", help="return at once, not once it is dead"

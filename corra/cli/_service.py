@@ -140,6 +140,10 @@ def control(args: argparse.Namespace, state_dir: Path) -> int:
     params = {"wait": "false"} if verb == "kill" and args.no_wait else None
     try:
         with service(args, state_dir) as client:
+            if getattr(args, "accept", False):  # (only a run takes it)
+                from corra.cli._workflows import control_run
+
+                return control_run(client, args.process, verb, args)
             try:
                 _, record = client.call(
                     "POST", f"/v1/processes/{quoted(args.process)}/{verb}", params=params

@@ -218,9 +218,13 @@ def tree_lines(detail: dict[str, Any], limit: int = 12) -> list[str]:
     for step in steps:
         if step.get("index") is not None:
             items.setdefault(step["step"], []).append(step)
-    for step in steps:
-        if step.get("index") is not None:
-            continue
+    heads = [step for step in steps if step.get("index") is None]
+    keys = {step["key"] for step in heads}
+    for name in items:
+        if name not in keys:  # (a workflow function's work[0], work[1]...: no entry of work)
+            keys.add(name)
+            heads.append({"key": name, "step": name, "phase": "expanded"})
+    for step in heads:
         lines.append(f"  [{_MARKS.get(_phase(step), '?')}] {_line(step)}")
         children = sorted(items.get(step["key"], []), key=lambda item: item["index"])
         for child in children[:limit]:
@@ -270,6 +274,9 @@ def jobs(args: argparse.Namespace, state_dir: Path) -> int:
         return EXIT_OK
     for job in found:
         steps = ", ".join(step["name"] for step in job.get("steps", []))
+        if job.get("kind") == "python":
+            steps = f"python {job['module']}.{job['qualname']}"
+            steps += "".join(f" {name}=(required)" for name in job.get("required", []))
         params = " ".join(f"{k}={json.dumps(v)}" for k, v in (job.get("params") or {}).items())
         print(f"{job['name']}: {steps}" + (f"  [{params}]" if params else ""))
         if job.get("description"):
@@ -345,6 +352,8 @@ def print_run(detail: dict[str, Any], as_json: bool) -> None:
 def control_run(client: Client, run: str, verb: str, args: argparse.Namespace) -> int:
     """``pause``, ``resume`` or ``kill`` of a run."""
     params = {"steps": "true"} if verb == "pause" and getattr(args, "steps", False) else None
+    if verb == "resume" and getattr(args, "accept", False):
+        params = {"accept": "true"}
     _, data = client.call("POST", f"/v1/runs/{quoted(run)}/{verb}", params=params)
     if args.json:
         print_json(data)
