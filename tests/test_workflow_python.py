@@ -352,3 +352,149 @@ async def test_kill_and_pause_of_a_function_run(tmp_path: Path) -> None:
         assert done.phase == "finished", done.reason
         assert done.result == "next"
         assert runs.step_entries(run.id)["wait"].phase == "finished"
+
+
+# kill -9 of a runtime at each write-ahead point ------------------------------------------
+
+FAN_OUT = 20
+SCRIPT = """
+import json, sys
+import trio
+import corra
+
+PY = sys.executable
+state, ledger = sys.argv[1], sys.argv[2]
+NOTE = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + chr(10))"
+ITEMS = (
+    "import json, os; "
+    "json.dump({'items': list(range(%d))}, open(os.environ['CORRA_RESULT'], 'w'))"
+)
+
+
+@corra.workflow
+async def fan(ctx):
+    prep = await ctx.step("prepare", [PY, "-c", NOTE + "; " + ITEMS, ledger, "prepare"])
+    await ctx.gather(*(
+        ctx.step(f"work[{i}]", [PY, "-c", NOTE, ledger, f"work-{i}"])
+        for i in prep.result["items"]
+    ))
+    await ctx.step("join", [PY, "-c", NOTE, ledger, "join"])
+    return len(prep.result["items"])
+
+
+async def main():
+    async with corra.open_runtime(state_dir=state, max_running=8) as rt:
+        rt.workflows.define_python(fan)
+        run, _ = await rt.workflows.start("fan", name="nightly")
+        done = await rt.workflows.wait(run.id)
+        steps = {key: entry.phase for key, entry in rt.workflows.step_entries(run.id).items()}
+        print(json.dumps({"phase": done.phase, "result": done.result, "steps": steps}))
+
+
+trio.run(main)
+"""
+
+
+def run_script(script: Path, state: Path, ledger: Path, crash: str | None) -> Any:
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "CORRA_CRASH_AT"}
+    if crash is not None:
+        env["CORRA_CRASH_AT"] = crash
+    return subprocess.run(
+        [PY, str(script), str(state), str(ledger)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+    )
+
+
+@pytest.mark.parametrize(
+    "crash",
+    [
+        "run.started:1",
+        "steps.decided:1",  # (prepare recorded, not submitted)
+        "steps.decided:9",  # (in the middle of the fan-out's write-ahead)
+        "step.submitted:1",
+        "step.submitted:12",
+        "step.ended:1",  # (prepare's end recorded, the function not told)
+        "step.ended:15",
+        "run.ended:1",
+    ],
+)
+def test_kill_9_at_a_write_ahead_point_then_run_again(tmp_path: Path, crash: str) -> None:
+    import json
+    import signal
+
+    script = tmp_path / "fan.py"
+    script.write_text(SCRIPT % FAN_OUT)
+    state, ledger = tmp_path / "state", tmp_path / "ledger"
+    first = run_script(script, state, ledger, crash)
+    assert first.returncode == -signal.SIGKILL, first.stdout + first.stderr
+    again = run_script(script, state, ledger, None)
+    assert again.returncode == 0, again.stdout + again.stderr
+    run = json.loads(again.stdout)
+    assert run["phase"] == "finished" and run["result"] == FAN_OUT
+    lines = ledger.read_text().split()
+    expected = ["prepare", *(f"work-{i}" for i in range(FAN_OUT)), "join"]
+    assert sorted(lines) == sorted(expected), "every step ran exactly once"
+    assert lines[0] == "prepare" and lines[-1] == "join"
+    assert set(run["steps"].values()) == {"finished"} and len(run["steps"]) == FAN_OUT + 2
+
+
+# the API and the command line ---------------------------------------------------------------
+
+
+async def test_the_api_requests_a_function_by_name_and_resume_accepts(tmp_path: Path) -> None:
+    import subprocess
+
+    from test_api import TOKEN, serving
+
+    gate = tmp_path / "gate"
+    version = ["v1"]
+
+    @corra.workflow(description="edited while it waits")
+    async def edited(ctx: Any, greeting: str = "hi") -> Any:
+        first = await ctx.step("first", ["echo", greeting, version[0]])
+        await ctx.step("wait", gate_argv(gate))
+        return {"first": first.process_id, "greeting": greeting}
+
+    async with serving(tmp_path / "state") as served:
+        http, runs = served.http, served.runtime.workflows
+        runs.define_python(edited)
+        listed = (await http.get("/v1/jobs")).json()["jobs"]
+        assert [job["name"] for job in listed] == ["edited"]
+        assert listed[0]["kind"] == "python" and listed[0]["params"] == {"greeting": "hi"}
+        bad = await http.post("/v1/jobs/edited/runs", json={"params": {"other": 1}})
+        assert bad.status_code == 422 and "unknown param(s) 'other'" in bad.text
+        response = await http.post(
+            "/v1/jobs/edited/runs", json={"params": {"greeting": "hello"}, "name": "once"}
+        )
+        assert response.status_code == 201, response.text
+        run = response.json()
+        assert run["kind"] == "python" and run["params"] == {"greeting": "hello"}
+        again = await http.post("/v1/jobs/edited/runs", json={"name": "once"})
+        assert again.status_code == 200 and again.json()["id"] == run["id"]
+        await running(served.runtime, f"{run['id']}.wait")
+        paused = await http.post(f"/v1/runs/{run['id']}/pause")
+        assert paused.json()["phase"] == "paused"
+        version[0] = "v2"  # (an edit while it is paused: its replay makes another argv)
+        await http.post(f"/v1/runs/{run['id']}/resume")
+        await runs.wait(run["id"], until=lambda r: r.phase == "paused" and not runs.running(r.id))
+        shown = (await http.get(f"/v1/runs/{run['id']}")).json()
+        assert shown["reason"].startswith("step 'first': its spec differs")
+        assert {step["key"] for step in shown["steps"]} == {"first", "wait"}
+        gate.touch()
+        command = [PY, "-m", "corra.cli", "--state-dir", str(served.state_dir), "resume"]
+        command += [run["id"], "--accept", "--url", served.urls[0], "--token", TOKEN, "--json"]
+        done = await trio.to_thread.run_sync(
+            lambda: subprocess.run(command, capture_output=True, text=True, timeout=60)
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        finished = await runs.wait(run["id"])
+        assert finished.phase == "finished", finished.reason
+        first = served.runtime.processes.get(f"{run['id']}.first")
+        assert finished.result == {"first": first.id, "greeting": "hello"}
+        assert first.spec.argv == ("echo", "hello", "v1")  # (the recorded step stands)
