@@ -498,3 +498,85 @@ async def test_the_api_requests_a_function_by_name_and_resume_accepts(tmp_path: 
         first = served.runtime.processes.get(f"{run['id']}.first")
         assert finished.result == {"first": first.id, "greeting": "hello"}
         assert first.spec.argv == ("echo", "hello", "v1")  # (the recorded step stands)
+
+
+WORKFLOWS_FILE = """
+import sys
+import corra
+
+LEDGER, GATE = {ledger!r}, {gate!r}
+NOTE = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + chr(10))"
+
+
+@corra.workflow
+async def across(ctx, word: str = "w"):
+    await ctx.step("first", [sys.executable, "-c", NOTE, LEDGER, "first-" + word])
+    await ctx.step("wait", ["sh", "-c", "while [ ! -e " + GATE + " ]; do sleep 0.05; done"])
+    await ctx.step("last", [sys.executable, "-c", NOTE, LEDGER, "last-" + word])
+    return word
+"""
+
+
+@pytest.mark.slow
+def test_corra_serve_workflows_replays_across_services(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    from test_api_service import Service
+
+    ledger, gate = tmp_path / "ledger", tmp_path / "gate"
+    source = tmp_path / "fan_jobs.py"
+    source.write_text(WORKFLOWS_FILE.format(ledger=str(ledger), gate=str(gate)))
+    state = tmp_path / "state"
+
+    def until(service: Service, path: str, check: Any) -> dict:
+        deadline = time.monotonic() + 30
+        while True:
+            with service.client() as http:
+                response = http.get(path)
+            if response.status_code == 200 and check(response.json()):
+                return response.json()
+            assert time.monotonic() < deadline, response.text
+            time.sleep(0.1)
+
+    first = Service(state, "--workflows", str(source))
+    try:
+        with first.client() as http:
+            jobs = http.get("/v1/jobs").json()["jobs"]
+            assert jobs[0]["name"] == "across" and jobs[0]["module"] == "fan_jobs"
+            created = http.post("/v1/jobs/across/runs", json={"params": {"word": "x"}})
+        assert created.status_code == 201, created.text
+        run = created.json()["id"]
+        until(first, f"/v1/processes/{run}.wait", lambda p: p["phase"] == "running")
+    finally:
+        first.stop(signal.SIGKILL)
+    bare = Service(state)  # (a service without the function: the run waits, not fails)
+    try:
+        shown = until(bare, f"/v1/runs/{run}", lambda r: "waiting for" in (r["reason"] or ""))
+        assert shown["phase"] == "running"
+        assert "function fan_jobs.across (workflow 'across')" in shown["reason"]
+    finally:
+        bare.stop()
+    gate.touch()
+    again = Service(state, "--workflows", str(source))
+    try:
+        done = until(again, f"/v1/runs/{run}", lambda r: r["phase"] not in ("running",))
+        assert done["phase"] == "finished" and done["result"] == "x", done
+    finally:
+        again.stop()
+    assert ledger.read_text().split() == ["first-x", "last-x"]
+
+
+def test_load_workflows_errors(tmp_path: Path) -> None:
+    from corra.workflows._python import load_workflows
+
+    with pytest.raises(corra.ConfigError, match="no such file"):
+        load_workflows(str(tmp_path / "none.py"))
+    empty = tmp_path / "empty_jobs.py"
+    empty.write_text("x = 1\n")
+    with pytest.raises(corra.ConfigError, match=r"no @corra\.workflow function"):
+        load_workflows(str(empty))
+    broken = tmp_path / "broken_jobs.py"
+    broken.write_text("raise RuntimeError('no')\n")
+    with pytest.raises(corra.ConfigError, match="importing it raised RuntimeError: no"):
+        load_workflows(str(broken))

@@ -161,6 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(POST /v1/jobs/NAME/runs); its [hosts] are known too. A run keeps the definition "
         "it started with",
     )
+    serve.add_argument(
+        "--workflows",
+        action="append",
+        default=[],
+        metavar="FILE.py|MODULE",
+        help="a Python file or module whose @corra.workflow functions runs may be requested "
+        "of by name (repeatable); runs of them that a crash left are replayed",
+    )
     serve.add_argument("--access-log", action="store_true", help="log every request to stderr")
     serve.add_argument("-v", "--verbose", action="store_true", help="log every transition")
 

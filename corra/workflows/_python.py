@@ -293,3 +293,54 @@ def step_process_name(run_id: str, name: str) -> str:
     if not NAME_PATTERN.match(process):
         raise ConfigError(f"step {name!r}: too long (its process name {process!r} is)")
     return process
+
+
+# Loading ---------------------------------------------------------------------------------
+
+
+def load_workflows(source: str) -> dict[str, PythonJob]:
+    """The `corra.workflow` functions at the top level of a Python file (``jobs.py``) or an
+    importable module (``my.workflows``), by name (``corra serve --workflows``). A file is
+    imported as a module named after it, its directory first on ``sys.path``, as ``python
+    FILE`` would: each runtime that imports it gives its functions the same names, which a
+    run's frozen copy says.
+
+    Raises:
+        ConfigError: the source cannot be imported (its error named), it has no workflow, or
+            two have one name.
+    """
+    import importlib
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    where = f"--workflows: {source}"
+    try:
+        if source.endswith(".py") or "/" in source:
+            path = Path(source).resolve()
+            if not path.is_file():
+                raise ConfigError(f"{where}: no such file")
+            name = path.stem
+            spec = importlib.util.spec_from_file_location(name, path)
+            if spec is None or spec.loader is None:
+                raise ConfigError(f"{where}: not a Python file")
+            if str(path.parent) not in sys.path:
+                sys.path.insert(0, str(path.parent))
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(source)
+    except ConfigError:
+        raise
+    except Exception as exc:  # (its own code: said as it is, with where)
+        raise ConfigError(f"{where}: importing it raised {type(exc).__name__}: {exc}") from None
+    found: dict[str, PythonJob] = {}
+    for value in vars(module).values():
+        if isinstance(value, PythonJob):
+            if value.name in found and found[value.name] is not value:
+                raise ConfigError(f"{where}: two workflows are named {value.name!r}")
+            found[value.name] = value
+    if not found:
+        raise ConfigError(f"{where}: no @corra.workflow function at its top level")
+    return found
