@@ -580,3 +580,23 @@ def test_load_workflows_errors(tmp_path: Path) -> None:
     broken.write_text("raise RuntimeError('no')\n")
     with pytest.raises(corra.ConfigError, match="importing it raised RuntimeError: no"):
         load_workflows(str(broken))
+
+
+async def test_a_step_of_a_table_with_fields_and_a_function_started_as_itself(
+    tmp_path: Path,
+) -> None:
+    @corra.workflow
+    async def table(ctx: Any, word: str) -> Any:
+        program = writes("[os.environ['WORD'], os.getcwd()]")
+        step = await ctx.step(
+            "env", {"argv": [PY, "-c", program], "env": {"WORD": word}}, cwd=str(tmp_path)
+        )
+        return step.result
+
+    async with corra.open_runtime(state_dir=tmp_path / "state") as rt:
+        run, _ = await rt.workflows.start(table, {"word": "hi"})  # (defined as it starts)
+        assert "table" in rt.workflows.jobs
+        done = await rt.workflows.wait(run.id)
+        assert done.phase == "finished", done.reason
+        assert done.result == ["hi", str(tmp_path)]
+        assert rt.processes.get(f"{run.id}.env").spec.env == {"WORD": "hi"}

@@ -220,9 +220,10 @@ class WorkflowManager:
         *,
         name: str | None = None,
     ) -> tuple[RunRecord, bool]:
-        """Start a run of ``job`` (a known job's name, or a definition) with ``params`` over
-        its defaults; durable before it returns. A run of ``name`` that exists is returned
-        instead (False: not created), whatever its job and params.
+        """Start a run of ``job`` (a known job's name, or a definition; a `corra.workflow`
+        function given is defined, as `define_python` does) with ``params`` over its
+        defaults; durable before it returns. A run of ``name`` that exists is returned instead
+        (False: not created), whatever its job and params.
 
         Raises:
             ConfigError: no such job, a param it does not take or of the wrong type, a bad
@@ -245,6 +246,8 @@ class WorkflowManager:
                     raise ConfigError(f"job: no job is named {job!r} (known: {known})")
             else:
                 definition = job
+                if isinstance(job, PythonJob):  # (its runs need it known: a replay calls it)
+                    self.define({job.name: job})
             now = self.clock()
             if isinstance(definition, PythonJob):
                 values = definition.apply_params(params or {})
