@@ -523,6 +523,7 @@ def test_corra_serve_workflows_replays_across_services(tmp_path: Path) -> None:
     import time
 
     from test_api_service import Service
+    from test_api_service import corra as corra_cli
 
     ledger, gate = tmp_path / "ledger", tmp_path / "gate"
     source = tmp_path / "fan_jobs.py"
@@ -548,6 +549,8 @@ def test_corra_serve_workflows_replays_across_services(tmp_path: Path) -> None:
         assert created.status_code == 201, created.text
         run = created.json()["id"]
         until(first, f"/v1/processes/{run}.wait", lambda p: p["phase"] == "running")
+        listed = corra_cli(state, "jobs")
+        assert listed.stdout.startswith('across: python fan_jobs.across  [word="w"]'), listed
     finally:
         first.stop(signal.SIGKILL)
     bare = Service(state)  # (a service without the function: the run waits, not fails)
