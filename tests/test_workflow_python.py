@@ -603,3 +603,20 @@ async def test_a_step_of_a_table_with_fields_and_a_function_started_as_itself(
         assert done.phase == "finished", done.reason
         assert done.result == ["hi", str(tmp_path)]
         assert rt.processes.get(f"{run.id}.env").spec.env == {"WORD": "hi"}
+
+
+def test_step_names_and_their_process_names() -> None:
+    from corra.workflows._python import step_parts, step_process_name
+
+    assert step_process_name("r1", "work[3]") == "r1.work.3"
+    assert step_process_name("r1", "shard[eu-1][2]") == "r1.shard.eu-1.2"
+    assert step_parts("work[3]") == ("work", 3)
+    assert step_parts("shard[eu-1]") == ("shard[eu-1]", None)
+    assert step_parts("grid[1][2]") == ("grid[1][2]", None)
+    assert step_parts("prepare") == ("prepare", None)
+    # No name has a dot, so two names never make one process name (work[3] and work.3).
+    for bad in ("work.3", "work[3", "work[]", "3work", "work[a.b]", "", "x" * 65):
+        with pytest.raises(corra.ConfigError, match="expected a name"):
+            step_process_name("r1", bad)
+    with pytest.raises(corra.ConfigError, match="too long"):
+        step_process_name("r1", "x" * 60 + "[" + "y" * 64 + "][z]")
