@@ -620,3 +620,25 @@ def test_step_names_and_their_process_names() -> None:
             step_process_name("r1", bad)
     with pytest.raises(corra.ConfigError, match="too long"):
         step_process_name("r1", "x" * 60 + "[" + "y" * 64 + "][z]")
+
+
+async def test_a_run_ends_once_the_steps_its_function_left_have(tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger"
+    slow = f"import time; time.sleep(1); {writes('sys.argv[1]', ledger)}"
+
+    @corra.workflow
+    async def buggy(ctx: Any) -> Any:
+        async def later() -> None:
+            await ctx.step("quick", ["true"])
+            raise RuntimeError("bug")
+
+        await ctx.gather(ctx.step("slow", [PY, "-c", slow, "slow"]), later())
+
+    async with corra.open_runtime(state_dir=tmp_path / "state") as rt:
+        rt.workflows.define_python(buggy)
+        run, _ = await rt.workflows.start("buggy")
+        done = await rt.workflows.wait(run.id)
+        assert done.phase == "failed" and done.reason == "RuntimeError: bug"
+        # The gather's wait for slow was cancelled; the run ended only once slow had.
+        assert rt.workflows.step_entries(run.id)["slow"].phase == "finished"
+        assert ledger_lines(ledger) == ["slow"]

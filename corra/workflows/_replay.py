@@ -278,6 +278,9 @@ class PythonRunActor(Actor):
             except Exception as exc:
                 logger.warning("workflow run %s: its function raised", self._id, exc_info=True)
                 reason = f"{type(exc).__name__}: {exc}"
+            # As a job's run, it ends once nothing of it runs: the steps whose waits the
+            # function left (a gather that an exception cut short) end first.
+            await self._settle_left()
         if not scope.cancelled_caught:
             async with self._lock:
                 run = runs.get(self._id)
@@ -374,6 +377,29 @@ class PythonRunActor(Actor):
                 await runs.write_run(run, phase="paused", reason=reason)
         self._cancel_function()
         await trio.sleep_forever()
+
+    async def _settle_left(self) -> None:
+        """Wait for the steps the function left running, and write how they ended; one
+        recorded but never submitted (cut short in between) is written ``skipped``."""
+        runs = self._manager
+        endings: list[StepEntry] = []
+
+        async def settle(entry: StepEntry) -> None:
+            assert entry.process is not None
+            try:
+                record = await runs.processes.wait(entry.process)
+            except NoSuchProcess:
+                reason = "not submitted: the function had ended"
+                endings.append(attrs.evolve(entry, phase="skipped", at=runs.clock(), reason=reason))
+                return
+            endings.append(self._ending(entry, record))
+
+        async with trio.open_nursery() as nursery:
+            for entry in self._entries.values():
+                if entry.phase == "submitted":
+                    nursery.start_soon(settle, entry)
+        if endings:
+            await runs.write_steps(self._id, endings)
 
     async def _settle_killed(self) -> None:
         """A killed run: kill its steps' processes that still run, write how each ended,
