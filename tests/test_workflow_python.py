@@ -642,3 +642,33 @@ async def test_a_run_ends_once_the_steps_its_function_left_have(tmp_path: Path) 
         # The gather's wait for slow was cancelled; the run ended only once slow had.
         assert rt.workflows.step_entries(run.id)["slow"].phase == "finished"
         assert ledger_lines(ledger) == ["slow"]
+
+
+async def test_pause_with_steps_and_the_tree_of_a_function_run(tmp_path: Path) -> None:
+    from corra.cli._workflows import tree_lines
+
+    gate = tmp_path / "gate"
+
+    @corra.workflow
+    async def held(ctx: Any) -> Any:
+        await ctx.gather(*(ctx.step(f"work[{i}]", gate_argv(gate)) for i in range(2)))
+        return "done"
+
+    async with corra.open_runtime(state_dir=tmp_path / "state") as rt:
+        runs = rt.workflows
+        runs.define_python(held)
+        run, _ = await runs.start("held")
+        for i in range(2):
+            await running(rt, f"{run.id}.work.{i}")
+        paused = await runs.pause(run.id, steps=True)
+        assert paused.phase == "paused" and paused.paused_steps
+        for i in range(2):
+            assert rt.processes.get(f"{run.id}.work.{i}").phase == "paused"
+        lines = tree_lines(runs.query.detail(runs.get(run.id), rt.processes.get))
+        assert lines[0] == f"held ({run.id}): paused"
+        assert lines[1].strip().startswith("[*] work: expanded")  # (its items under it)
+        assert lines[2].strip() == "[=] work[0]: paused"
+        gate.touch()
+        await runs.resume(run.id)
+        done = await runs.wait(run.id)
+        assert done.phase == "finished" and done.result == "done", done.reason

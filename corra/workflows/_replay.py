@@ -30,7 +30,13 @@ from typing import Any
 import attrs
 import trio
 
-from corra._errors import ConfigError, CorraError, NoSuchProcess, StepFailed
+from corra._errors import (
+    ConfigError,
+    CorraError,
+    InvalidTransition,
+    NoSuchProcess,
+    StepFailed,
+)
 from corra.actors._actor import Actor
 from corra.processes._convert import SPEC_FIELDS, parse_process_spec, unstructure_spec
 from corra.processes._record import ProcessRecord
@@ -176,7 +182,7 @@ class PythonRunActor(Actor):
             await self._each_running(lambda name: runs.processes.kill(name, wait=False))
         else:
             if msg.steps:
-                await self._each_running(runs.processes.pause)
+                await self._each_running(self._pause_step)
             self.stop()
         return run
 
@@ -185,8 +191,13 @@ class PythonRunActor(Actor):
             if entry.phase == "submitted" and entry.process is not None:
                 found = self._manager.processes_find(entry.process)
                 if found is not None and not found.state.terminal:
-                    with contextlib.suppress(NoSuchProcess, ConfigError):
+                    # (paused, or ending, since it was looked at: nothing to do)
+                    with contextlib.suppress(NoSuchProcess, ConfigError, InvalidTransition):
                         await action(entry.process)
+
+    async def _pause_step(self, name: str) -> None:
+        if self._manager.processes.get(name).phase != "paused":
+            await self._manager.processes.pause(name)
 
     def _cancel_function(self) -> None:
         if self._function_scope is not None:
@@ -224,7 +235,7 @@ class PythonRunActor(Actor):
             await self._settle_killed()
         elif run.phase == "paused" and run.paused_steps:
             # (a step submitted while the pause was being made)
-            await self._each_running(runs.processes.pause)
+            await self._each_running(self._pause_step)
 
     async def _wait(self) -> None:
         if not self.has_mail:
