@@ -213,6 +213,7 @@ def test_the_api_gives_the_value_and_its_openapi_document_describes_it(tmp_path:
                     time.sleep(0.05)
                 records[name] = record
                 conforms(service, name)
+            values = {name: http.get(f"/v1/processes/{name}/value") for name in records}
             assert service.stop() == 0
     finally:
         stop_chaperones(state / "runs")
@@ -223,6 +224,13 @@ def test_the_api_gives_the_value_and_its_openapi_document_describes_it(tmp_path:
     kept = records["kept"]["result"]
     assert kept["value"] is None and kept["has_value"] is True
     assert Path(kept["value_file"]).read_bytes() == b'"' + b"z" * VALUE_LIMIT + b'"'
+    # GET /v1/processes/{id}/value: the value wherever it is kept, or why there is none
+    assert (values["valued"].status_code, values["valued"].json()) == (200, value)
+    assert values["kept"].status_code == 200
+    assert values["kept"].content == b'"' + b"z" * VALUE_LIMIT + b'"'
+    refusal = values["refused"]
+    assert refusal.status_code == 404 and refusal.json()["error"] == "no_value"
+    assert "its value was refused" in refusal.json()["message"]
 
 
 async def test_a_value_written_while_no_runtime_watched_is_read_by_the_next(tmp_path: Path):
