@@ -176,7 +176,7 @@ async def test_corra_show_and_the_json_record_give_the_value(tmp_path: Path):
     assert compact[:150] in line and f"({len(compact)} bytes, --json for all)" in line
     data = json.loads(await show("shown", "--json"))
     assert data["result"]["value"] == value and data["result"]["has_value"] is True
-    assert "value:   refused: $CORRA_RESULT refused: not JSON" in await show("refused")
+    assert "value:   $CORRA_RESULT refused: not JSON" in await show("refused")
     kept = await show("kept")
     assert f"value:   kept in {state.absolute()}/results/" in kept, kept
     kept_json = json.loads(await show("kept", "--json"))
@@ -274,6 +274,12 @@ class Written:
         return self.data[offset : offset + size]
 
 
+#: A value nested as deep as a value may: 200 levels.
+DEEPEST: object = [1]
+for _ in range(199):
+    DEEPEST = {"a": DEEPEST}
+
+
 @pytest.mark.parametrize(
     ("data", "value", "has_value", "error"),
     [
@@ -283,7 +289,9 @@ class Written:
         (b"null\n", None, True, None),
         (b'"\xc3\xa9t\xc3\xa9"', "\u00e9t\u00e9", True, None),
         (b"[1] [2]", None, False, "not JSON: Extra data at line 1, column 5"),
-        (b"[" * 100_000, None, False, "nested too deeply"),
+        (b"[" * 100_000, None, False, "nested more than 200 levels deep"),
+        (b"[" * 201 + b"]" * 201, None, False, "nested more than 200 levels deep"),
+        (json.dumps(DEEPEST).encode(), DEEPEST, True, None),
         (b"Infinity", None, False, "Infinity is not a JSON number"),
     ],
 )
