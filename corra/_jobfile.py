@@ -127,12 +127,6 @@ def parse_job_text(text: str, where: str = "<job file>") -> JobFile:
     if not isinstance(tables, list):
         errors.append(f"{where}: process: expected [[process]] tables, got {shown_tables(tables)}")
         tables = []
-    jobs: dict[str, JobDefinition] = {}
-    if "job" in data:
-        try:
-            jobs = parse_jobs(data["job"], where, defaults=defaults, hosts=hosts)
-        except ConfigError as exc:
-            errors.append(str(exc))
     if not tables and "job" not in data and not errors:
         errors.append(f"{where}: no [[process]] or [[job]] tables; nothing to run")
     specs: list[ProcessSpec] = []
@@ -170,6 +164,12 @@ def parse_job_text(text: str, where: str = "<job file>") -> JobFile:
             )
             continue
         specs.append(spec)
+    jobs: dict[str, JobDefinition] = {}
+    if "job" in data:
+        try:
+            jobs = parse_jobs(data["job"], where, defaults=defaults, hosts=hosts)
+        except ConfigError as exc:
+            errors.append(str(exc))
     if errors:
         raise ConfigError("\n".join(errors))
     return JobFile(path=where, processes=tuple(specs), hosts=hosts, logins=logins, jobs=jobs)

@@ -135,7 +135,10 @@ def test_a_manifest_is_one_attempt_one_pod_with_the_specs_limits():
             {"name": "CORRA_PROCESS_ID", "value": "p1abc"},
             {"name": "CORRA_PROCESS_NAME", "value": "job"},
             {"name": "CORRA_ATTEMPT", "value": "2"},
+            {"name": "CORRA_RESULT", "value": "/dev/termination-log"},  # (its value)
         ],
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "File",
         "workingDir": "/work",
     }
     assert "activeDeadlineSeconds" not in manifest_of()["spec"]
@@ -306,6 +309,40 @@ def test_a_pod_deleted_by_the_cluster_is_a_node_failure_unless_corra_deleted_it(
     )
     view = classify(None, ended, deleting=True)
     assert (view.state, view.exit_code, view.ended_at - view.started_at) == ("failed", 137, 5.0)
+
+
+def test_a_terminated_containers_message_is_its_programs_value_unless_it_never_ran():
+    from corra.backends.kubernetes._outcomes import attempt_result, classify
+
+    written = '{"items": [1]}'
+    ran = pod_with("Failed", terminated={"exitCode": 3, "reason": "Error", "message": written})
+    view = classify(None, ran)
+    assert (view.state, view.message, view.termination_message) == ("failed", None, written)
+    assert attempt_result(view, 0, 0, grace=1).error is None  # (not the cluster's words)
+    said = "failed to create containerd task: exec: no such file"
+    never = pod_with(
+        "Failed", terminated={"exitCode": 128, "reason": "StartError", "message": said}
+    )
+    view = classify(None, never)
+    assert (view.message, view.termination_message) == (said, None)
+    assert said in str(attempt_result(view, 0, 0, grace=1).error)
+    oom = pod_with("Failed", terminated={"exitCode": 137, "reason": "OOMKilled", "message": "[]"})
+    assert classify(None, oom).termination_message == "[]"
+
+
+def test_a_value_is_kept_beside_the_attempt_and_4096_bytes_may_be_cut(tmp_path):
+    from corra.backends.kubernetes._attempts import MESSAGE_LIMIT, AttemptFiles, keep_value
+    from corra.processes._lifecycle import Result
+
+    files = AttemptFiles(tmp_path, "kube", "p1.1")
+    result = Result(0)
+    assert keep_value(files, None, result) is result and files.read_value(0, 100) == b""
+    assert keep_value(files, '{"a": "\u00e9"}', result) is result
+    assert files.read_value(0, 100) == '{"a": "\u00e9"}'.encode()
+    assert files.read_value(2, 1) == b"a"
+    cut = AttemptFiles(tmp_path, "kube", "p1.2")
+    refused = keep_value(cut, "x" * MESSAGE_LIMIT, result)
+    assert "at most 4096 bytes" in str(refused.value_error) and cut.read_value(0, 10) == b""
 
 
 @pytest.mark.kubernetes

@@ -382,3 +382,28 @@ async def test_a_runtime_that_closes_right_after_a_result_deletes_its_job_first(
         ref = await runtime.spawn_process(["true"], name="quick", backend="kubernetes", host=HOST)
         assert (await ref.wait()).phase == "finished"
     assert await job_names(client, namespace) == []
+
+
+async def test_a_programs_value_is_its_termination_message_and_4096_bytes_is_too_long(
+    kube: _kube.KubeCluster, client: AsyncClient, namespace: str, tmp_path: Path
+) -> None:
+    writes = 'printf \'{"items": [1, 2], "pod": true}\' > "$CORRA_RESULT"'
+    processes = [
+        {"name": "valued", "argv": ["sh", "-c", writes]},
+        {
+            "name": "long",
+            "argv": ["sh", "-c", 'head -c 5000 /dev/zero | tr "\\0" x > "$CORRA_RESULT"'],
+        },
+        {"name": "silent", "argv": ["true"]},
+    ]
+    jobs = job_file(tmp_path / "job.toml", kube, namespace, processes)
+    state = tmp_path / "state"
+    status, records = await run(state, jobs)
+    assert status == 0, records
+    valued = (await show(state, "valued"))["result"]
+    assert (valued["value"], valued["has_value"]) == ({"items": [1, 2], "pod": True}, True)
+    long = (await show(state, "long"))["result"]
+    assert long["has_value"] is False and long["returncode"] == 0
+    assert "Kubernetes keeps at most 4096 bytes" in long["value_error"], long
+    silent = (await show(state, "silent"))["result"]
+    assert (silent["has_value"], silent["value_error"]) == (False, None)

@@ -397,7 +397,7 @@ def test_legacy_handles_decode_into_their_backends_handle_classes(state):
 
 
 def with_no_value(stored: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A stored result (before issue 16) as the API shows it: with no value."""
+    """A result stored before issue 16 as the API shows it: with no value."""
     no_value = {"value": None, "has_value": False, "value_file": None, "value_error": None}
     return None if stored is None else {**stored, **no_value}
 
@@ -423,9 +423,7 @@ def test_corra_ps_lists_every_legacy_process(state):
         assert item["created_at"] == stored["created_at"]
         assert item["updated_at"] == stored["state"]["updated_at"]
         assert item["started_at"] == stored["state"]["started_at"]
-        # (results stored before issue 16 read with no value: the API says so)
-        stored_result = stored["state"]["result"]
-        assert item["result"] == with_no_value(stored_result)
+        assert item["result"] == with_no_value(stored["state"]["result"])
         if name in RESULTS:
             expected = RESULTS[name]
             result = item["result"]

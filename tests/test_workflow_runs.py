@@ -268,3 +268,37 @@ async def test_an_empty_fan_out_finishes_and_when_skips(tmp_path: Path) -> None:
         assert steps["work"].count == 0
         assert steps["report"].phase == "skipped"
         assert done.result is None
+
+
+async def test_a_run_keeps_the_definition_it_started_with(tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    ledger = tmp_path / "ledger"
+    first = '[[job]]\nname = "v"\n' + gate_step(gate) + ledger_step("old", ledger, ["wait"])
+    second = '[[job]]\nname = "v"\n' + gate_step(gate) + ledger_step("new", ledger, ["wait"])
+    async with corra.open_runtime(state_dir=tmp_path / "state") as rt:
+        rt.workflows.define(jobs(first))
+        before, _ = await rt.workflows.start("v")
+        await running(rt, f"{before.id}.wait")
+        rt.workflows.define(jobs(second))  # (as `corra serve --jobs` on SIGHUP)
+        after, _ = await rt.workflows.start("v")
+        gate.touch()
+        assert (await rt.workflows.wait(before.id)).phase == "finished"
+        assert (await rt.workflows.wait(after.id)).phase == "finished"
+    assert sorted(ledger_lines(ledger)) == ["new:new", "old:old"]
+
+
+async def test_a_step_whose_process_is_removed_fails_and_is_not_run_again(tmp_path: Path) -> None:
+    text = '[[job]]\nname = "gone"\n[[job.step]]\nname = "sleep"\nargv = ["sleep", "60"]\n'
+    async with corra.open_runtime(state_dir=tmp_path / "state") as rt:
+        rt.workflows.define(jobs(text))
+        run, _ = await rt.workflows.start("gone")
+        await running(rt, f"{run.id}.sleep")
+        await rt.processes.remove(f"{run.id}.sleep", kill=True)
+        with trio.fail_after(20):
+            done = await rt.workflows.wait(run.id)
+        assert done.phase == "failed"
+        # (its end, killed, may come before its removal: either way, it fails the run)
+        assert "was removed" in done.reason or "was killed" in done.reason, done.reason
+        await trio.sleep(0.2)
+        with pytest.raises(corra.NoSuchProcess):  # (and nothing submitted it again)
+            rt.processes.get(f"{run.id}.sleep")

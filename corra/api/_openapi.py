@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import corra
+from corra.api import _openapi_workflows as _workflows
 from corra.api._limits import MAX_BATCH
 from corra.api._schemas import SCHEMAS, json_content, nullable, ref
 from corra.processes._lifecycle import PHASES
@@ -503,6 +504,27 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
+        "/v1/processes/{id}/value": {
+            "get": {
+                "summary": "The JSON value its program wrote to $CORRA_RESULT, as it wrote it, "
+                "wherever the service keeps it (a value over 64 KiB is in a file of the "
+                "state dir: its record has value_file instead)",
+                "operationId": "processValue",
+                "parameters": [_ID],
+                "responses": {
+                    "200": {
+                        "description": "the value (any JSON value, null too)",
+                        "content": {"application/json": {"schema": {"nullable": True}}},
+                    },
+                    "401": _UNAUTHORIZED,
+                    "404": _error(
+                        "no such process (not_found), or it has no value (no_value: no "
+                        "result yet, none written, or refused, as the message says)"
+                    ),
+                    "410": _error("its value's file is gone (value_gone)"),
+                },
+            }
+        },
         "/v1/events": {
             "get": {
                 "summary": "Transitions as NDJSON: the retained ones after `since`, then (with "
@@ -537,9 +559,10 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
+        **_workflows.PATHS,
     },
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-        "schemas": SCHEMAS,
+        "schemas": {**SCHEMAS, **_workflows.SCHEMAS},
     },
 }

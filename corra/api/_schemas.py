@@ -210,6 +210,32 @@ _RESULT = {
         "timed_out": {"type": "boolean"},
         "killed": {"type": "boolean"},
         "error": nullable({"type": "string"}),
+        "value": nullable(
+            {
+                "description": "the JSON value the program wrote to $CORRA_RESULT (any JSON "
+                "value; null also when it wrote none, or when it is kept in value_file: "
+                "has_value tells these apart)"
+            }
+        ),
+        "has_value": {
+            "type": "boolean",
+            "description": "the program wrote a value and it was taken (in value, or in "
+            "value_file)",
+        },
+        "value_file": nullable(
+            {
+                "type": "string",
+                "description": "where a value of more than 64 KiB (JSON) is kept, on the "
+                "service's machine (up to 16 MiB)",
+            }
+        ),
+        "value_error": nullable(
+            {
+                "type": "string",
+                "description": "why the value written was refused (not JSON, too large); the "
+                "exit still decides how the process ended",
+            }
+        ),
     },
 }
 

@@ -50,7 +50,9 @@ from corra.backends._shared import TokenBucket
 from corra.backends.scheduler import JobStatus
 from corra.backends.slurm import Slurm, SlurmOptions
 from corra.backends.transport import Transport
+from corra.chaperone._rundir import RESULT_FILE
 from corra.processes._backend import (
+    RESULT_STREAM,
     Capabilities,
     EffectKey,
     LaunchRequest,
@@ -459,6 +461,8 @@ class SchedulerBackend(HostPollers):
     async def read_log(
         self, key: EffectKey, stream: str, offset: int, size: int, host_name: str | None = None
     ) -> bytes:
+        if stream == RESULT_STREAM:
+            return await self._read_value(key, offset, size, host_name)
         if stream not in ("stdout", "stderr"):
             raise ConfigError(f"stream: got {stream!r}, expected 'stdout' or 'stderr'")
         for host in self.hosts_for(host_name):
@@ -474,6 +478,17 @@ class SchedulerBackend(HostPollers):
                     break
             if files:
                 return out
+        return b""
+
+    async def _read_value(
+        self, key: EffectKey, offset: int, size: int, host_name: str | None
+    ) -> bytes:
+        """The program's value (``$CORRA_RESULT``: the run dir's ``result.json``, which an
+        array's tasks share) from ``offset``; b"" where there is none."""
+        for host in self.hosts_for(host_name):
+            path = posixpath.join(await self._run_dir(host, str(key)), RESULT_FILE)
+            if await host.transport.stat(path) is not None:
+                return await host.transport.read_range(path, offset, size)
         return b""
 
     async def log_size(

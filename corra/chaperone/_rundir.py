@@ -29,7 +29,8 @@ RUN_DIR files::
     exit.json      returncode, signal, utime, stime, maxrss (the program's peak resident set
                    in bytes, or null where unknown: see ``program_peak``), started_at, ended_at
                    (epoch seconds), stdout_size, stderr_size, stdout_dropped, stderr_dropped
-                   (bytes past output_limit, dropped: see ``OutputLimit``), timed_out, killed,
+                   (bytes past output_limit, dropped: see ``OutputLimit``), result_size
+                   (bytes in result.json as the program ended), timed_out, killed,
                    oom_killed, error (why the program did not run, or what went wrong around
                    it)
     chaperone.log  only when an own chaperone itself failed: its traceback
@@ -57,7 +58,13 @@ import sys
 import time
 
 from . import _proc
-from ._wrapper import RESULT_FILE, STATUS_FILE, data_environment  # noqa: F401 (the run dir's)
+from ._wrapper import (  # noqa: F401 (the run dir's files: defined where wrappers have them)
+    RESULT_FILE,
+    RESULT_VARIABLE,
+    STATUS_FILE,
+    STATUS_VARIABLE,
+    data_environment,
+)
 from .protocol import json_line, seconds
 
 SPEC_FILE = "spec.json"
@@ -161,6 +168,10 @@ def put_exit(run_dir, record, output=None):
                 size = 0
         record[name + "_size"] = size
         record[name + "_dropped"] = dropped[index]
+    try:  # (0: the program wrote no value; a runtime then need not look for one)
+        record["result_size"] = os.stat(f"{run_dir}/{RESULT_FILE}").st_size
+    except OSError:
+        record["result_size"] = 0
     path = f"{run_dir}/{EXIT_FILE}"
     temporary = f"{run_dir}/{EXIT_TEMPORARY}"
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)

@@ -158,8 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--jobs",
         metavar="FILE",
         help="a job file whose [[job]] definitions runs may be requested of "
-        "(POST /v1/jobs/NAME/runs); its [hosts] are known too. A run keeps the definition "
-        "it started with",
+        "(POST /v1/jobs/NAME/runs); its [hosts] are known too. SIGHUP loads it again; a run "
+        "keeps the definition it started with",
     )
     serve.add_argument(
         "--workflows",

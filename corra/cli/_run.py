@@ -53,8 +53,8 @@ def run(args: argparse.Namespace, state_dir: Path) -> int:
         if not job.processes:
             names = ", ".join(map(repr, job.jobs))
             raise ConfigError(
-                f"run: {job.path} has no [[process]] tables, only the job(s) {names}: "
-                "a job runs through a service (corra serve --jobs FILE)"
+                f"run: {job.path} has no [[process]] tables, only the job(s) {names}; "
+                "run one with --job NAME"
             )
     elif argv:
         fields: dict[str, Any] = {"argv": argv}

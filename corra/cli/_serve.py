@@ -110,6 +110,7 @@ async def _serve(
             ) as rt:
                 if job_file is not None:
                     rt.workflows.define(job_file.jobs)
+                    outer.start_soon(_reload_on_hangup, args.jobs, rt.workflows)
                 rt.workflows.define(getattr(args, "python_jobs", {}))
                 token = await trio.to_thread.run_sync(load_token, token_file)
                 report = rt.recovery
@@ -157,6 +158,23 @@ def _freeze_what_started() -> None:
     (`/v1/health` while clients list and a prune runs: benchmarks/scale.py)."""
     gc.collect()
     gc.freeze()
+
+
+async def _reload_on_hangup(path: str, runs: Any) -> None:
+    """SIGHUP loads the job file again: its jobs, for the runs requested from now on (a run
+    keeps the definition it started with). A file that does not load changes nothing."""
+    from corra._jobfile import load_job_file
+
+    with trio.open_signal_receiver(signal.SIGHUP) as hangups:
+        async for _ in hangups:
+            try:
+                jobs = (await trio.to_thread.run_sync(load_job_file, path)).jobs
+            except ConfigError as exc:
+                print(f"corra serve: SIGHUP: {path} not loaded: {exc}", file=sys.stderr)
+                continue
+            runs.define(jobs)
+            names = ", ".join(sorted(jobs)) or "none"
+            print(f"corra serve: SIGHUP: jobs of {path} loaded: {names}", file=sys.stderr)
 
 
 async def _watch_signals(signals: Any, stop: trio.Event, scope: trio.CancelScope) -> None:

@@ -22,7 +22,7 @@ from corra.api._client import Client, ConnectionLost, NotServing
 from corra.cli._parser import EXIT_FAILED, EXIT_OK, runtime_options
 from corra.cli._render import print_json
 from corra.cli._service import quoted, service
-from corra.workflows import job_data
+from corra.workflows import shown_job
 from corra.workflows._query import RunQuery
 
 #: How a step's phase is drawn in the tree.
@@ -157,7 +157,7 @@ class RunTree:
         if not self.tty:
             for step in detail["steps"]:
                 phase = _phase(step)
-                if self.seen.get(step["key"]) != phase:
+                if phase != "pending" and self.seen.get(step["key"]) != phase:
                     self.seen[step["key"]] = phase
                     print(f"{time.strftime('%H:%M:%S')} {_line(step)}", file=self.out, flush=True)
             return
@@ -179,10 +179,14 @@ def _phase(step: dict[str, Any]) -> str:
     return step.get("process_phase") or step["phase"]
 
 
-def _line(step: dict[str, Any]) -> str:
+def _line(step: dict[str, Any], items: list[dict[str, Any]] | None = None) -> str:
     text = f"{step['key']}: {_phase(step)}"
     if step.get("count") is not None:
-        text += f" ({step['count']} items)"
+        counts: dict[str, int] = {}
+        for item in items or ():
+            counts[_phase(item)] = counts.get(_phase(item), 0) + 1
+        said = ", ".join(f"{count} {phase}" for phase, count in sorted(counts.items()))
+        text += f" ({step['count']} items{': ' + said if said else ''})"
     status = step.get("status")
     if isinstance(status, dict):
         shown = status_text(status)
@@ -223,10 +227,12 @@ def tree_lines(detail: dict[str, Any], limit: int = 12) -> list[str]:
     for name in items:
         if name not in keys:  # (a workflow function's work[0], work[1]...: no entry of work)
             keys.add(name)
-            heads.append({"key": name, "step": name, "phase": "expanded"})
+            heads.append(
+                {"key": name, "step": name, "phase": "expanded", "count": len(items[name])}
+            )
     for step in heads:
-        lines.append(f"  [{_MARKS.get(_phase(step), '?')}] {_line(step)}")
         children = sorted(items.get(step["key"], []), key=lambda item: item["index"])
+        lines.append(f"  [{_MARKS.get(_phase(step), '?')}] {_line(step, children)}")
         for child in children[:limit]:
             lines.append(f"      [{_MARKS.get(_phase(child), '?')}] {_line(child)}")
         if len(children) > limit:
@@ -259,7 +265,7 @@ def jobs(args: argparse.Namespace, state_dir: Path) -> int:
     if args.file:
         from corra._jobfile import load_job_file
 
-        found = [job_data(job) for _, job in sorted(load_job_file(args.file).jobs.items())]
+        found = [shown_job(job) for _, job in sorted(load_job_file(args.file).jobs.items())]
     else:
         try:
             with service(args, state_dir) as client:

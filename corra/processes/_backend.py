@@ -46,6 +46,10 @@ if TYPE_CHECKING:
     from corra.actors import SupervisorRef
     from corra.processes._lifecycle import Result
 
+#: The stream of `Backend.read_log` that is a program's result value: the file
+#: ``$CORRA_RESULT`` names (``result.json`` in its run dir), or where the backend keeps it.
+RESULT_STREAM = "result"
+
 #: The group under which backends register (`importlib.metadata.entry_points`).
 ENTRY_POINT_GROUP = "corra.backends"
 
@@ -214,7 +218,14 @@ class Backend(Protocol):
     async def read_log(
         self, key: EffectKey, stream: str, offset: int, size: int, host: str | None = None
     ) -> bytes:
-        """Up to ``size`` bytes of ``stream`` from ``offset`` (b"" at the end so far)."""
+        """Up to ``size`` bytes of ``stream`` from ``offset`` (b"" at the end so far).
+
+        ``stream`` is ``stdout``, ``stderr`` or `RESULT_STREAM`: what the program wrote to
+        the file ``$CORRA_RESULT`` named (b"": nothing, or no such file), which the runtime
+        reads once the program has ended (`corra.processes._values`), taking a read of fewer
+        than ``size`` bytes for its end. A backend whose programs can write no value raises
+        `ConfigError` for it (then they have none).
+        """
 
     async def log_size(self, key: EffectKey, stream: str, host: str | None = None) -> int | None:
         """How many bytes `read_log` can read now (None: it cannot tell now)."""

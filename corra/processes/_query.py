@@ -144,6 +144,11 @@ class ProcessQuery:
         paused processes only: the actors of the others know better)."""
         return cls(LiveSource(manager, recorded))
 
+    @property
+    def store(self) -> Any:
+        """The store it reads (what the layers above read their own entries of)."""
+        return self._source.store
+
     def get(self, id_or_name: str) -> ProcessRecord:
         """The process with this id, else this name.
 

@@ -39,12 +39,14 @@ import trio
 
 from corra._errors import LaunchFailed, ProgramLost
 from corra.processes._backend import (
+    RESULT_STREAM,
     BackendBase,
     BackendPlugin,
     EffectKey,
     Limits,
     describe_plugin,
 )
+from corra.processes._values import with_value
 from corra.testing._kit import Kit, Loser, Opener
 
 
@@ -335,6 +337,27 @@ class BackendConformance:
                 size = await backend.log_size(request.key, "stdout", kit.host)
                 assert size == len(b"first\nsecond\n")
             await backend.kill(handle, 0.5)
+
+    # -- the program's value ($CORRA_RESULT) ------------------------------------------------
+
+    @pytest.mark.trio
+    async def test_a_program_writes_its_value_to_corra_result(self, kit: Kit) -> None:
+        written = {"items": [1, 2, "three"], "nested": {"ok": True, "none": None}}
+        request = kit.request(f"printf '%s' '{json.dumps(written)}' > \"$CORRA_RESULT\"")
+        silent = kit.request("true")
+        async with kit.open() as backend:
+            result = await kit.wait(backend, await backend.launch(request))
+            assert result.ok, result
+            data = await backend.read_log(request.key, RESULT_STREAM, 0, 1 << 16, kit.host)
+            assert json.loads(data) == written
+            valued = await with_value(result, backend, request.key, kit.host, None)
+            assert (valued.value, valued.has_value, valued.value_error) == (written, True, None)
+            none = await kit.wait(backend, await backend.launch(silent))
+            assert await backend.read_log(silent.key, RESULT_STREAM, 0, 100, kit.host) == b""
+            nothing = await with_value(none, backend, silent.key, kit.host, None)
+            assert (nothing.has_value, nothing.value_error) == (False, None)
+            never = EffectKey("conformance-never", 1)
+            assert await backend.read_log(never, RESULT_STREAM, 0, 100, kit.host) == b""
 
     # -- a lost program --------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ import os
 import re
 import signal
 import subprocess
+import tempfile
 import time
 from typing import Any, Protocol
 
@@ -82,6 +83,26 @@ def _state(kind: str, **fields: Any) -> dict[str, Any]:
 _REFERENCE = re.compile(r"\$\$|\$\(([-._a-zA-Z0-9]+)\)")
 
 
+#: The most bytes of a termination message a kubelet reports (its last ones):
+#: ``MaxContainerTerminationMessageLength``.
+MESSAGE_LENGTH = 4096
+
+
+def termination_message(path: str | None) -> str | None:
+    """What a kubelet reports of a container's termination message file (policy ``File``):
+    its last `MESSAGE_LENGTH` bytes, as text; None for none (or an empty one)."""
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as file:
+            size = file.seek(0, os.SEEK_END)
+            file.seek(max(0, size - MESSAGE_LENGTH))
+            data = file.read()
+    except OSError:
+        return None
+    return data.decode(errors="replace") or None
+
+
 def _expand(text: str, env: dict[str, str]) -> str:
     """``$(VAR)`` and ``$$`` as the kubelet expands them in env values, command and args."""
 
@@ -94,11 +115,15 @@ def _expand(text: str, env: dict[str, str]) -> str:
 
 
 class _Program:
-    """One container's program: its process (a session of its own) and its log."""
+    """One container's program: its process (a session of its own), its log, and the file
+    that stands for its ``terminationMessagePath``, if it has one."""
 
-    def __init__(self, process: trio.Process, log: ContainerLog) -> None:
+    def __init__(
+        self, process: trio.Process, log: ContainerLog, message_file: str | None = None
+    ) -> None:
         self.process = process
         self.log = log
+        self.message_file = message_file
         self.started = _now()
         self.finished = ""
         self.ended = trio.Event()
@@ -202,6 +227,9 @@ class PodRun:
             with trio.CancelScope(shield=True):
                 for program in self.programs.values():
                     await program.stop(0)
+                    if program.message_file is not None:
+                        with contextlib.suppress(OSError):
+                            os.unlink(program.message_file)
 
     async def _run(self) -> None:
         if self.pod.status.phase == "Running":
@@ -285,6 +313,7 @@ class PodRun:
         return None if program is None else f"corra-test://{program.process.pid}"
 
     def _terminated(self, program: _Program) -> dict[str, Any]:
+        message = termination_message(program.message_file)
         code = program.exit_code
         reason = "Completed" if code == 0 else "Error"
         if self.behaviour is Behaviour.OOM_KILLED:
@@ -298,10 +327,20 @@ class PodRun:
             startedAt=program.started,
             finishedAt=program.finished,
             containerID=f"corra-test://{program.process.pid}",
+            **({} if message is None else {"message": message}),
         )
 
     async def _start(self, container: Any, argv: list[str], env: dict[str, str]) -> dict[str, Any]:
         log = ContainerLog()
+        message_file = None
+        if container.terminationMessagePath:
+            # (no mount here: the file that stands for the path is given where env names it)
+            fd, message_file = tempfile.mkstemp(prefix="corra-kubenode-termination-")
+            os.close(fd)
+            env = {
+                name: message_file if value == container.terminationMessagePath else value
+                for name, value in env.items()
+            }
         try:
             process = await trio.lowlevel.open_process(
                 argv,
@@ -324,7 +363,7 @@ class PodRun:
                 startedAt=now,
                 finishedAt=now,
             )
-        self.programs[container.name] = _Program(process, log)
+        self.programs[container.name] = _Program(process, log, message_file)
         return _state("running", startedAt=self.programs[container.name].started)
 
     async def _report_waiting(self, reason: str, message: str) -> None:

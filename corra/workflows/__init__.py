@@ -27,6 +27,7 @@ from corra.workflows._python import PythonJob as PythonJob
 from corra.workflows._python import StepResult as StepResult
 from corra.workflows._python import workflow as workflow
 from corra.workflows._query import RunQuery as RunQuery
+from corra.workflows._query import shown_job as shown_job
 from corra.workflows._replay import StepContext as StepContext
 from corra.workflows._runs import RunRecord as RunRecord
 from corra.workflows._runs import StepEntry as StepEntry

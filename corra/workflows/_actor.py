@@ -77,6 +77,9 @@ class RunActor(Actor):
         self._wake = trio.Event()
         self._ended: list[tuple[str, ProcessRecord]] = []
         self._watched: set[str] = set()
+        # Processes this incarnation has seen: one of them gone was removed (`corra rm`),
+        # not left unsubmitted by a crash.
+        self._seen: set[str] = set()
         self._nursery: trio.Nursery | None = None
         self._job: JobDefinition | None = None
         self._upstream: dict[str, frozenset[str]] = {}
@@ -214,6 +217,9 @@ class RunActor(Actor):
             record = runs.processes_find(entry.process)
             if record is None and run.phase == "killed":
                 killed.append(attrs.evolve(entry, phase="killed", at=runs.clock()))
+            elif record is None and entry.process in self._seen:
+                reason = f"its process {entry.process} was removed"
+                killed.append(attrs.evolve(entry, phase="failed", at=runs.clock(), reason=reason))
             elif record is None:
                 resubmit.append(entry)
             elif record.state.terminal:
@@ -249,6 +255,7 @@ class RunActor(Actor):
     def _watch(self, key: str, name: str) -> None:
         assert self._nursery is not None
         self._watched.add(name)
+        self._seen.add(name)
         self._nursery.start_soon(self._watch_one, key, name)
 
     async def _watch_one(self, key: str, name: str) -> None:

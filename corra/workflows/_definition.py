@@ -31,7 +31,7 @@ from corra._errors import ConfigError, WorkflowError
 from corra.processes._convert import parse_process_spec
 from corra.processes._spec import ProcessSpec
 from corra.processes._spec_content import hide_env
-from corra.workflows._expressions import Template, parse_template, to_text
+from corra.workflows._expressions import Template, kind_of, parse_template, to_text
 
 STEP_NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 #: The version of `job_data`'s layout (`job_from_data` reads this one).
@@ -180,16 +180,19 @@ def render_field(
     job: JobDefinition,
     step: StepDefinition,
     field: str,
-    template: Template,
+    template: Template | str,
     context: Mapping[str, Any],
 ) -> Any:
-    """``template`` rendered over ``context``; an error names the job, the step and the field.
+    """``template`` (or its text) rendered over ``context``; an error names the job, the
+    step and the field.
 
     Raises:
         WorkflowError: naming ``job 'J' step 'S'.FIELD``, the expression and what it did
-            not find.
+            not find (or where it does not parse).
     """
     try:
+        if isinstance(template, str):
+            template = parse_template(template)
         return template.render(context)
     except WorkflowError as exc:
         raise WorkflowError(f"job {job.name!r} step {step.name!r}.{field}: {exc}") from None
@@ -208,7 +211,7 @@ def step_spec(job: JobDefinition, step: StepDefinition, context: Mapping[str, An
     argv = process.get("argv")
     if isinstance(argv, list):
         process["argv"] = [
-            to_text(render_field(job, step, f"argv[{index}]", parse_template(word), context))
+            to_text(render_field(job, step, f"argv[{index}]", word, context))
             if isinstance(word, str)
             else word
             for index, word in enumerate(argv)
@@ -216,13 +219,13 @@ def step_spec(job: JobDefinition, step: StepDefinition, context: Mapping[str, An
     env = process.get("env")
     if isinstance(env, Mapping):
         process["env"] = {
-            key: to_text(render_field(job, step, f"env.{key}", parse_template(value), context))
+            key: to_text(render_field(job, step, f"env.{key}", value, context))
             if isinstance(value, str)
             else value
             for key, value in env.items()
         }
     if isinstance(process.get("cwd"), str):
-        cwd = render_field(job, step, "cwd", parse_template(process["cwd"]), context)
+        cwd = render_field(job, step, "cwd", process["cwd"], context)
         process["cwd"] = to_text(cwd)
     try:
         return parse_process_spec(process, f"job {job.name!r} step {step.name!r}")
@@ -242,10 +245,9 @@ def step_items(job: JobDefinition, step: StepDefinition, context: Mapping[str, A
         raise WorkflowError(f"job {job.name!r} step {step.name!r}: it has no for_each")
     items = render_field(job, step, "for_each", step.for_each, context)
     if not isinstance(items, list):
-        kind = "a table" if isinstance(items, dict) else type(items).__name__
         raise WorkflowError(
             f"job {job.name!r} step {step.name!r}.for_each: {step.for_each.text} gave "
-            f"{'null' if items is None else kind}, expected a list"
+            f"{kind_of(items)}, expected a list"
         )
     return items
 

@@ -16,6 +16,7 @@ expression, the path and what it found there (its kind, or the keys of a table).
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -102,12 +103,16 @@ def has_template(text: str) -> bool:
     return any(isinstance(part, _Part) for part in _split(text, parse=False))
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_template(text: str) -> Template:
-    """The template ``text``: literal text and ``${expression}`` parts.
+    """The template ``text``: literal text and ``${expression}`` parts. (Templates are
+    frozen: one parse of each text serves every item of a fan-out, and every step.)
 
     Raises:
         ExpressionSyntaxError: naming the column (in ``text``) and what was expected there.
     """
+    if "$" not in text:
+        return Template(text, (text,) if text else ())
     return Template(text, tuple(_split(text, parse=True)))
 
 
@@ -222,18 +227,19 @@ def _resolve(reference: Reference, context: Mapping[str, Any]) -> Any:
 def _index(value: Any, part: str | int, what: str) -> Any:
     if isinstance(part, int):
         if not isinstance(value, list):
-            raise _Missing(f"{what} is {_kind(value)}, not a list: no index [{part}]")
+            raise _Missing(f"{what} is {kind_of(value)}, not a list: no index [{part}]")
         if not -len(value) <= part < len(value):
             raise _Missing(f"{what} has no index [{part}] (it has {len(value)} item(s))")
         return value[part]
     if not isinstance(value, dict):
-        raise _Missing(f"{what} is {_kind(value)}, not a table: no key {part!r}")
+        raise _Missing(f"{what} is {kind_of(value)}, not a table: no key {part!r}")
     if part not in value:
         raise _Missing(f"{what} has no key {part!r} (it has: {_keys(value)})")
     return value[part]
 
 
-def _kind(value: Any) -> str:
+def kind_of(value: Any) -> str:
+    """A JSON value's kind, as errors name it (never the value: it may be a secret)."""
     if value is None:
         return "null"
     if isinstance(value, bool):

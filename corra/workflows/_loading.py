@@ -20,7 +20,7 @@ from corra._errors import ConfigError
 from corra.processes._convert import parse_process_spec, wire_fields
 from corra.processes._spec import NAME_PATTERN
 from corra.processes._spec_content import shown_tables
-from corra.workflows._definition import STEP_NAME_PATTERN, JobDefinition, StepDefinition, upstream
+from corra.workflows._definition import STEP_NAME_PATTERN, JobDefinition, StepDefinition
 from corra.workflows._expressions import Template, has_template, parse_template
 from corra.workflows._syntax import NAME
 
@@ -122,9 +122,7 @@ class _Job:
             self.error(f"{label}.description: got {description!r}, expected a string")
         params = self.params(table.get("params", {}))
         steps = self.steps(table.get("step"))
-        result = self.template("result", table.get("result"), f"{label}.result")
-        if steps is None:
-            return None
+        result = self.template(table.get("result"), f"{label}.result")
         # (checked on, even if a field failed: every error of the file is found at once)
         job = JobDefinition(
             name=str(table.get("name")),
@@ -133,8 +131,7 @@ class _Job:
             result=result,
             description=description,
         )
-        if self.cycles(job):
-            return None
+        self.needs(job)
         self.references(job)
         return None if self.failed else job
 
@@ -144,7 +141,10 @@ class _Job:
             return {}
         for key, value in params.items():
             if not NAME.fullmatch(key):
-                self.error(f"{self.label}.params: the name {key!r}, expected {NAME.pattern}")
+                self.error(
+                    f"{self.label}.params: got the name {key!r}, expected a name matching "
+                    f"{NAME.pattern}"
+                )
             elif not _json_value(value):
                 self.error(
                     f"{self.label}.params.{key}: got {value!r}, expected a JSON value "
@@ -152,7 +152,7 @@ class _Job:
                 )
         return params
 
-    def template(self, field: str, value: Any, label: str, single: bool = False) -> Any:
+    def template(self, value: Any, label: str, single: bool = False) -> Any:
         """``value`` parsed as a template, if it is a string; None, with its error, if it
         does not parse (or is not one ``${...}`` where ``single``)."""
         if value is None:
@@ -170,14 +170,15 @@ class _Job:
             return None
         return template
 
-    def steps(self, tables: Any) -> tuple[StepDefinition, ...] | None:
+    def steps(self, tables: Any) -> tuple[StepDefinition, ...]:
+        """The steps whose names are valid (the others' errors are reported)."""
         label = self.label
         if tables is None or tables == []:
             self.error(f"{label}: no [[job.step]] tables; a job needs at least one step")
-            return None
+            return ()
         if not isinstance(tables, list):
             self.error(f"{label}.step: expected [[job.step]] tables, got {shown_tables(tables)}")
-            return None
+            return ()
         steps = []
         seen: dict[str, int] = {}
         for index, table in enumerate(tables):
@@ -196,17 +197,17 @@ class _Job:
                 seen[name] = index
                 step_label = f"{label} step {name!r}"
             step = self.step(step_label, table)
-            if step is not None:
+            if seen.get(name) == index:
                 steps.append(step)
         return tuple(steps)
 
-    def step(self, label: str, table: dict[str, Any]) -> StepDefinition | None:
-        allowed = [*STEP_FIELDS, *(field for field in wire_fields() if field != "name")]
-        unknown = sorted(set(table) - set(allowed))
+    def step(self, label: str, table: dict[str, Any]) -> StepDefinition:
+        process_fields = [field for field in wire_fields() if field != "name"]
+        unknown = sorted(set(table) - {*STEP_FIELDS, *process_fields})
         if unknown:
             self.error(
                 f"{label}: unknown field(s) {unknown}; expected some of {', '.join(STEP_FIELDS)}"
-                f", and a process's: {', '.join(allowed[len(STEP_FIELDS) :])}"
+                f", and a process's: {', '.join(process_fields)}"
             )
         needs = table.get("needs", [])
         if not isinstance(needs, list) or not all(isinstance(need, str) for need in needs):
@@ -215,21 +216,21 @@ class _Job:
         for need in {need for need in needs if needs.count(need) > 1}:
             self.error(f"{label}.needs: {need!r} is named more than once")
         for_each = table.get("for_each")
-        if not isinstance(for_each, list):
-            for_each = self.template("for_each", for_each, f"{label}.for_each", single=True)
-        when = self.template("when", table.get("when"), f"{label}.when", single=True)
+        if isinstance(for_each, list) and not _json_value(for_each):
+            self.error(f"{label}.for_each: got {for_each!r}, expected a list of JSON values")
+        elif not isinstance(for_each, list):
+            for_each = self.template(for_each, f"{label}.for_each", single=True)
+        when = self.template(table.get("when"), f"{label}.when", single=True)
         keep_going = table.get("continue_on_failure", False)
         if not isinstance(keep_going, bool):
             self.error(f"{label}.continue_on_failure: got {keep_going!r}, expected true or false")
-        given = {key: value for key, value in table.items() if key in allowed[len(STEP_FIELDS) :]}
+        given = {key: value for key, value in table.items() if key in process_fields}
         process = merge_defaults(self.defaults, given)
         self.process(label, process)
-        if not isinstance(table.get("name"), str):
-            return None
         if "for_each" in table and for_each is None:
             for_each = []  # (it failed: the job is not kept, but its steps are checked on)
         return StepDefinition(
-            name=table["name"],
+            name=str(table.get("name")),
             process=process,
             needs=tuple(needs),
             for_each=for_each,
@@ -242,20 +243,23 @@ class _Job:
         where each must parse; then the fields as a ``[[process]]``'s."""
         checked = dict(process)
         for field, value in process.items():
-            for path, text in _strings(field, value):
-                templated = field in ("argv", "cwd") or (field == "env" and path.count(".") == 1)
-                if not templated and has_template(text):
-                    self.error(
-                        f"{label}.{path}: got {text!r}; ${{...}} may stand only in argv, "
-                        "env values and cwd"
-                    )
-                    checked.pop(field, None)
-                elif templated:
-                    self.template(field, text, f"{label}.{path}")
             if field == "env" and isinstance(value, dict):
-                for key in value:
+                for key, item in value.items():
                     if has_template(key):
                         self.error(f"{label}.env: the name {key!r}; ${{...}} may not stand there")
+                    if isinstance(item, str):
+                        self.template(item, f"{label}.env.{key}")
+            elif field in TEMPLATED:
+                for path, text in _strings(field, value):
+                    self.template(text, f"{label}.{path}")
+            else:
+                for path, text in _strings(field, value):
+                    if has_template(text):
+                        self.error(
+                            f"{label}.{path}: got {text!r}; ${{...}} may stand only in argv, "
+                            "env values and cwd"
+                        )
+                        checked.pop(field, None)  # (one error for it, not the wire's too)
         try:
             spec = parse_process_spec(checked, label)
         except ConfigError as exc:
@@ -267,38 +271,34 @@ class _Job:
                 f"{sorted(self.hosts)}"
             )
 
-    def cycles(self, job: JobDefinition) -> bool:
-        """Report each step of ``needs`` naming no step, and each cycle; whether any."""
+    def needs(self, job: JobDefinition) -> None:
+        """Report each ``needs`` naming no step, and each cycle."""
         names = [step.name for step in job.steps]
-        found = False
+        known = set(names)
         for step in job.steps:
             for need in step.needs:
-                if need not in names:
-                    found = True
+                if need not in known:
                     self.error(
                         f"{self.label} step {step.name!r}.needs: no step {need!r} in the job "
                         f"(its steps: {', '.join(map(repr, names))})"
                     )
-        if found:
-            return True
         for cycle in _cycles(job):
             self.error(
                 f"{self.label} step {cycle[0]!r}.needs: a cycle: {' -> '.join(cycle)} "
                 "(each step needs the one before it)"
             )
-            found = True
-        return found
 
     def references(self, job: JobDefinition) -> None:
         """Report each ``${...}`` naming a param the job does not have, a step that is not
         upstream of its step, or ``item`` where there is none."""
-        names = [step.name for step in job.steps]
+        needs = {step.name: step.needs for step in job.steps}
+        names = frozenset(needs)
         for step in job.steps:
             label = f"{self.label} step {step.name!r}"
-            above = upstream(job, step.name)
             for field, template in _templates(step):
                 for source, references in template.part_references():
                     for kind, name in sorted(references, key=str):
+                        above = _upstream_of(needs, step.name, name)
                         problem = self.reference(job, kind, name, above, step, field)
                         if problem is not None:
                             self.error(f"{label}.{field}: {source}: {problem}")
@@ -308,7 +308,7 @@ class _Job:
                     if kind == "item":
                         problem = "there is no item: the job's result is not a step's"
                     else:
-                        problem = self.reference(job, kind, name, frozenset(names), None, "")
+                        problem = self.reference(job, kind, name, name in names, None, "")
                     if problem is not None:
                         self.error(f"{self.label}.result: {source}: {problem}")
 
@@ -317,14 +317,15 @@ class _Job:
         job: JobDefinition,
         kind: str,
         name: str | None,
-        above: frozenset[str],
+        above: bool,
         step: StepDefinition | None,
         field: str,
     ) -> str | None:
+        """What is wrong with a reference (``above``: whether ``name`` is upstream)."""
         if kind == "params" and name not in job.params:
             known = ", ".join(map(repr, job.params)) or "none"
             return f"the job has no param {name!r} (its params: {known})"
-        if kind == "steps" and name not in above:
+        if kind == "steps" and not above:
             if step is not None and name == step.name:
                 return f"step {name!r} cannot use its own result"
             if name not in [other.name for other in job.steps]:
@@ -333,9 +334,25 @@ class _Job:
         if kind == "item" and step is not None:
             if field == "for_each":
                 return "there is no item yet: for_each gives the items"
+            if field == "when":
+                return "there is no item in when: it decides for the whole step, before its items"
             if step.for_each is None:
                 return "there is no item: the step has no for_each"
         return None
+
+
+def _upstream_of(needs: Mapping[str, tuple[str, ...]], step: str, other: str | None) -> bool:
+    """Whether ``other`` is upstream of ``step``: found from ``step``'s needs, the nearest
+    first (most references are to a step it needs itself: one look, where `upstream`'s
+    whole set would cost a long chain's length at each step)."""
+    seen: set[str] = set()
+    pending = list(needs.get(step, ()))
+    while pending:
+        if other in pending:
+            return True
+        seen.update(pending)
+        pending = [n for name in pending for n in needs.get(name, ()) if n not in seen]
+    return False
 
 
 def _templates(step: StepDefinition) -> Iterator[tuple[str, Template]]:
@@ -377,6 +394,7 @@ def _cycles(job: JobDefinition) -> list[list[str]]:
     """Each cycle of ``needs`` once, in the order the steps would run, from its first step
     in file order."""
     needs = {step.name: step.needs for step in job.steps}
+    needs = {name: [need for need in after if need in needs] for name, after in needs.items()}
     position = {step.name: index for index, step in enumerate(job.steps)}
     state: dict[str, int] = {}  # 1: on the path, 2: done
     cycles: dict[frozenset[str], list[str]] = {}

@@ -34,7 +34,7 @@ from corra.workflows._actor import Kill, Pause, RunActor
 from corra.workflows._definition import JobDefinition, apply_params, job_data
 from corra.workflows._faults import crash_point
 from corra.workflows._python import PythonJob
-from corra.workflows._query import RunQuery
+from corra.workflows._query import RunQuery, shown_job
 from corra.workflows._replay import PythonRunActor
 from corra.workflows._runs import (
     ACTIVE_PREFIX,
@@ -109,7 +109,7 @@ class WorkflowManager:
     def job_listing(self) -> list[dict[str, Any]]:
         """The known jobs as ``GET /v1/jobs`` and ``corra jobs`` show them, by name."""
         return [
-            job.data() if isinstance(job, PythonJob) else job_data(job)
+            job.data() if isinstance(job, PythonJob) else shown_job(job)
             for _, job in sorted(self.jobs.items())
         ]
 

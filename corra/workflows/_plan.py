@@ -96,7 +96,8 @@ class Plan:
 
 def step_status(step: StepDefinition, entries: Mapping[str, StepEntry]) -> StepStatus:
     """Where ``step`` is: pending (nothing decided), running (its process, or one of its
-    items', has not ended), or how it ended."""
+    items', has not ended), or how it ended (a fan-out step has failed, or was killed, as
+    soon as one of its items has, whether or not the others run on)."""
     entry = entries.get(step.name)
     if entry is None:
         return "pending"
@@ -106,9 +107,9 @@ def step_status(step: StepDefinition, entries: Mapping[str, StepEntry]) -> StepS
     for index in range(entry.count or 0):
         item = entries.get(instance_key(step.name, index))
         if item is None or not item.ended:
-            return "running"
-        if item.phase in _FAILED and status == "finished":
-            status = item.phase  # type: ignore[assignment]
+            status = "running"
+        elif item.phase in _FAILED:
+            return item.phase  # type: ignore[return-value]  (Rule 3: at once)
     return status
 
 
@@ -165,7 +166,8 @@ def plan(
     value of a finished step's entry."""
     steps = {step.name: step for step in job.steps}
     status = {name: step_status(step, entries) for name, step in steps.items()}
-    running = any(value == "running" for value in status.values())
+    # (a fan-out step has failed once one item has, while others may still run)
+    running = any(entry.phase == "submitted" for entry in entries.values())
     for name in topological_order(job):
         if status[name] in _FAILED and not steps[name].continue_on_failure:
             if running:

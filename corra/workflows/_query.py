@@ -7,6 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 from corra._errors import ConfigError, NoSuchRun
+from corra.processes._spec_content import HIDDEN
+from corra.workflows._definition import JobDefinition, job_data
 from corra.workflows._runs import (
     RUN_ID,
     RUN_PHASES,
@@ -17,6 +19,17 @@ from corra.workflows._runs import (
     run_key,
     steps_prefix,
 )
+
+
+def shown_job(job: JobDefinition) -> dict[str, Any]:
+    """A job's definition as ``corra jobs`` and ``GET /v1/jobs`` show it: its fields as
+    given (`job_data`), but every env value hidden (they are secrets to corra)."""
+    data = job_data(job)
+    for step in data.get("steps", []):
+        process = step.get("process") or {}
+        if isinstance(process.get("env"), dict):
+            process["env"] = dict.fromkeys(process["env"], HIDDEN)
+    return data
 
 
 class RunQuery:
@@ -91,15 +104,41 @@ class RunQuery:
         self, run: RunRecord, process: Callable[[str], Any | None] = lambda name: None
     ) -> dict[str, Any]:
         """The run and its steps, as ``corra show RUN --json`` and ``GET /v1/runs/{id}``
-        give them: each step with its entry, and, while its process runs, that process's
-        phase (``process(name)``: its record, or None)."""
-        steps = []
-        for entry in self.steps(run.id).values():
-            data = entry.json()
-            if entry.phase == "submitted" and entry.process is not None:
-                record = process(entry.process)
-                if record is not None:
-                    data["process_id"] = record.id
-                    data["process_phase"] = record.phase
-            steps.append(data)
+        give them: its steps in the order of its definition (a fan-out's items after it, in
+        item order), each with its entry (``pending``: nothing decided yet), and, while its
+        process runs, that process's phase and latest status (``process(name)``: its record,
+        or None)."""
+        entries = self.steps(run.id)
+        items: dict[str, list[StepEntry]] = {}
+        for entry in entries.values():
+            if entry.index is not None:
+                items.setdefault(entry.step, []).append(entry)
+        names = [step.get("name") for step in run.definition.get("steps", [])]
+        # (then the steps the definition does not name: a Python run's, in key order)
+        names += [entry.key if entry.index is None else entry.step for entry in entries.values()]
+        steps: list[dict[str, Any]] = []
+        for name in dict.fromkeys(names):
+            if not isinstance(name, str):
+                continue
+            entry = entries.get(name)
+            if entry is None:
+                if name in items:  # (a Python run's item without a parent entry)
+                    ordered = sorted(items[name], key=lambda item: item.index or 0)
+                    steps.extend(self._step(item, process) for item in ordered)
+                    continue
+                steps.append({"key": name, "step": name, "phase": "pending"})
+                continue
+            steps.append(self._step(entry, process))
+            for item in sorted(items.get(name, ()), key=lambda item: item.index or 0):
+                steps.append(self._step(item, process))
         return {**run.json(), "steps": steps}
+
+    @staticmethod
+    def _step(entry: StepEntry, process: Callable[[str], Any | None]) -> dict[str, Any]:
+        data = entry.json()
+        if entry.phase == "submitted" and entry.process is not None:
+            record = process(entry.process)
+            if record is not None:
+                data["process_id"] = record.id
+                data["process_phase"] = record.phase
+        return data

@@ -39,7 +39,9 @@ from corra.backends.hyperqueue._client import HqHelper
 from corra.backends.hyperqueue._options import HyperQueueOptions
 from corra.backends.hyperqueue._servers import Server, servers_of
 from corra.chaperone import task_job
+from corra.chaperone._rundir import RESULT_FILE
 from corra.processes._backend import (
+    RESULT_STREAM,
     BackendContext,
     Capabilities,
     EffectKey,
@@ -49,6 +51,8 @@ from corra.processes._backend import (
 from corra.processes._lifecycle import Result
 
 logger = logging.getLogger("corra.backend.hyperqueue")
+#: The files of a run dir that `HyperQueueBackend.read_log` reads, by stream.
+READABLE: Final = {"stdout": "stdout", "stderr": "stderr", RESULT_STREAM: RESULT_FILE}
 
 #: Polls after which a job that neither the server nor an exit record knows is lost.
 LOST_AFTER_POLLS: Final = 3
@@ -433,10 +437,11 @@ class HyperQueueBackend(HostPollers):
         return None if path is None else path.stat().st_size
 
     def _log_path(self, key: EffectKey, stream: str, host: str | None) -> Path | None:
-        if stream not in ("stdout", "stderr"):
+        name = READABLE.get(stream)  # (``result``: the program's value, $CORRA_RESULT)
+        if name is None:
             raise ConfigError(f"stream: got {stream!r}, expected 'stdout' or 'stderr'")
         for server in self.hosts_for(host):
-            path = self._run_dir(server, str(key)) / stream
+            path = self._run_dir(server, str(key)) / name
             if path.is_file():
                 return path
         return None

@@ -10,7 +10,10 @@
     creates the Job again, even after the Job was deleted;
   - ``result.json``: how the attempt ended, once its result and logs are home: a replayed
     wait returns it, and the Job may then be deleted;
-  - ``stdout`` and ``log-position.json``: the logs that came home (`_logs.LogFiles`).
+  - ``stdout`` and ``log-position.json``: the logs that came home (`_logs.LogFiles`);
+  - ``value``: the program's value (what it wrote to ``$CORRA_RESULT``, its termination
+    message), written before ``result.json`` (`keep_value`), read as the stream
+    ``result`` (`AttemptFiles.read_value`).
 - ``<host>/.undeleted/<key>``: an attempt whose result is home and whose Job may still be
   on the cluster (kept, or its deletion not confirmed): a runtime that starts with some
   sweeps the host before it closes, even when it has nothing else to do there.
@@ -34,6 +37,11 @@ from corra.processes._lifecycle import Result
 
 _INSTANCE = "instance"
 _UNDELETED = ".undeleted"
+_VALUE = "value"
+#: The most bytes of a termination message Kubernetes reports (its last ones: a longer one
+#: is cut, which cannot be told from one that long): the kubelet's
+#: ``MaxContainerTerminationMessageLength``.
+MESSAGE_LIMIT = 4096
 
 
 def instance_id(root: Path) -> str:
@@ -90,6 +98,17 @@ class AttemptFiles:
         data = self._read("result.json")
         return None if data is None else Result(**data)
 
+    def write_value(self, data: bytes) -> None:
+        make_private_dirs(self.directory)
+        write_private(self.directory / _VALUE, data, sync=True)
+
+    def read_value(self, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes of the program's value from ``offset`` (b"": none)."""
+        try:
+            return read_private(self.directory / _VALUE)[offset : offset + max(size, 0)]
+        except FileNotFoundError:
+            return b""
+
     def mark_undeleted(self, undeleted: bool = True) -> None:
         """Say (or no longer) that the attempt's Job may still be on the cluster."""
         if undeleted:
@@ -112,3 +131,23 @@ class AttemptFiles:
         with contextlib.suppress(FileNotFoundError):
             return json.loads(read_private(self.directory / name))
         return None
+
+
+def keep_value(files: AttemptFiles, message: str | None, result: Result) -> Result:
+    """Keep the value an attempt's program wrote (its termination ``message``) with its
+    files, before its ``result`` is (`AttemptFiles.write_result`); ``result`` as it is, or
+    with its ``value_error`` when the message may have been cut by Kubernetes' limit."""
+    if not message:
+        return result
+    data = message.encode()
+    if len(data) >= MESSAGE_LIMIT:
+        return attrs.evolve(
+            result,
+            value_error=(
+                f"$CORRA_RESULT refused: {len(data)} bytes reported: Kubernetes keeps at most "
+                f"{MESSAGE_LIMIT} bytes of a termination message (its last ones), so a value "
+                f"there must take fewer than {MESSAGE_LIMIT}"
+            ),
+        )
+    files.write_value(data)
+    return result

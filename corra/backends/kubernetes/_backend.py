@@ -44,7 +44,12 @@ from corra._errors import (
     ProgramLost,
     TransportError,
 )
-from corra.backends.kubernetes._attempts import AttemptFiles, instance_id, undeleted
+from corra.backends.kubernetes._attempts import (
+    AttemptFiles,
+    instance_id,
+    keep_value,
+    undeleted,
+)
 from corra.backends.kubernetes._client import Cluster, open_cluster, read_job
 from corra.backends.kubernetes._deletion import delete_attempt, delete_job
 from corra.backends.kubernetes._logs import LogFiles
@@ -66,6 +71,7 @@ from corra.backends.kubernetes._outcomes import (
 from corra.backends.kubernetes._shipping import LogShipping
 from corra.backends.kubernetes._watch import NamespaceWatch
 from corra.processes._backend import (
+    RESULT_STREAM,
     BackendBase,
     BackendContext,
     Capabilities,
@@ -318,6 +324,7 @@ class KubernetesBackend(BackendBase):
             await shipped.wait()
         logs = LogFiles(files.directory, handle.output_limit)
         result = attempt_result(view, logs.size("stdout"), logs.dropped, grace=grace)
+        result = keep_value(files, view.termination_message, result)
         files.write_result(result)
         self._note(handle, None)
         files.mark_undeleted()
@@ -396,6 +403,7 @@ class KubernetesBackend(BackendBase):
             stdout_dropped=logs.dropped,
             killed=True,
         )
+        result = keep_value(files, last.termination_message if last else None, result)
         files.write_result(result)
         self._note(handle, None)
         return result
@@ -462,7 +470,10 @@ class KubernetesBackend(BackendBase):
     ) -> bytes:
         if host is None:
             return b""
-        return LogFiles(AttemptFiles(self._root, host, key).directory).read(stream, offset, size)
+        files = AttemptFiles(self._root, host, key)
+        if stream == RESULT_STREAM:  # (the value, kept once the attempt ended: `keep_value`)
+            return files.read_value(offset, size)
+        return LogFiles(files.directory).read(stream, offset, size)
 
     async def log_size(self, key: EffectKey, stream: str, host: str | None = None) -> int | None:
         if host is None:

@@ -6,7 +6,8 @@
   the cluster never kills it before corra would), its ``kill_grace`` the pod's
   ``terminationGracePeriodSeconds``.
 - The container (``main``) runs the request's ``argv`` as its command, with its environment
-  (``env`` and corra's ``CORRA_*``), both as they are (``$`` escaped from the kubelet's
+  (``env`` and corra's ``CORRA_*``; ``$CORRA_RESULT`` is its termination message file,
+  ``terminationMessagePolicy: File``), both as they are (``$`` escaped from the kubelet's
   ``$(VAR)`` expansion) and, if given, its ``cwd`` as the working directory; the
   request's ``memory`` limit is the container's memory limit where ``resources`` give none.
 - ``pod_template`` is merged under corra's fields: corra's win where both set one (the
@@ -24,10 +25,14 @@ from typing import Any, Final
 
 from corra.backends.kubernetes._naming import KEY_ANNOTATION, job_labels, job_name
 from corra.backends.kubernetes._options import KubernetesOptions
+from corra.chaperone._rundir import RESULT_VARIABLE
 from corra.processes._backend import LaunchRequest
 
 #: The name of the container that runs the program.
 CONTAINER: Final = "main"
+#: Where the program writes its value: ``$CORRA_RESULT``, the container's termination
+#: message file.
+TERMINATION_LOG: Final = "/dev/termination-log"
 
 
 def job_manifest(
@@ -47,8 +52,12 @@ def job_manifest(
         "command": [_verbatim(arg) for arg in request.argv],
         "env": [
             {"name": name, "value": _verbatim(value)}
-            for name, value in request.environment().items()
+            for name, value in {**request.environment(), RESULT_VARIABLE: TERMINATION_LOG}.items()
         ],
+        # (the program's value: what it writes to $CORRA_RESULT, which Kubernetes reports
+        # as its terminated state's message, at most 4096 bytes: `_attempts.keep_value`)
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "File",
     }
     if request.cwd is not None:
         container["workingDir"] = request.cwd

@@ -10,7 +10,8 @@ says where the attempt is:
   ``ImagePullBackOff``, ``InvalidImageName``; ``CreateContainerConfigError``,
   ``CreateContainerError``): the backend fails the attempt once its grace is over;
 - ``running``;
-- ``succeeded`` and ``failed``: the container ended, with its exit code (and signal);
+- ``succeeded`` and ``failed``: the container ended, with its exit code (and signal), and
+  what the program wrote to its termination message file (its value: ``$CORRA_RESULT``);
 - ``out_of_memory``: the container was ``OOMKilled``, whatever its exit code (0 included);
 - ``deadline``: the Job's ``activeDeadlineSeconds`` (the spec's timeout) ran out;
 - ``node_failure``: the pod was evicted, or deleted by the cluster (a lost node's pods are
@@ -44,6 +45,9 @@ AttemptState: TypeAlias = Literal[
 ENDED: Final = frozenset({"succeeded", "failed", "out_of_memory", "deadline", "node_failure"})
 _IMAGE_ERRORS: Final = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName"})
 _CONFIG_ERRORS: Final = frozenset({"CreateContainerConfigError", "CreateContainerError"})
+#: A terminated container's reasons that say its program never ran: its message is then the
+#: container runtime's, not the program's.
+_START_ERRORS: Final = frozenset({"StartError", "ContainerCannotRun"})
 
 
 @attrs.frozen
@@ -59,6 +63,9 @@ class AttemptView:
     signal: int | None = None
     started_at: float | None = None
     ended_at: float | None = None
+    termination_message: str | None = None
+    """What the program wrote to its termination message file (``$CORRA_RESULT``: its
+    value), as the cluster reports it; None where it wrote nothing or never ran."""
 
     @property
     def ended(self) -> bool:
@@ -140,10 +147,19 @@ def _ended(terminated: Mapping[str, Any], phase: str | None) -> AttemptView:
     }
     if reason == "OOMKilled":
         return AttemptView(
-            "out_of_memory", reason, "out of memory (OOMKilled)", code, signal, **times
+            "out_of_memory",
+            reason,
+            "out of memory (OOMKilled)",
+            code,
+            signal,
+            **times,
+            termination_message=terminated.get("message") or None,
         )
     state: AttemptState = "succeeded" if code == 0 and phase != "Failed" else "failed"
-    return AttemptView(state, reason, terminated.get("message"), code, signal, **times)
+    message = terminated.get("message") or None
+    if reason in _START_ERRORS:  # (the runtime's words: the program never ran)
+        return AttemptView(state, reason, message, code, signal, **times)
+    return AttemptView(state, reason, None, code, signal, **times, termination_message=message)
 
 
 def _container_state(
@@ -203,7 +219,7 @@ def attempt_result(view: AttemptView, stdout: int, dropped: int, *, grace: float
         error = f"{what} error for {grace:.0f} s, Job deleted: {said}"
     elif view.state == "failed" and code is None and signal is None:
         error = f"could not start: {said}" if said else "failed without an exit code"
-    elif view.state == "failed" and view.reason in ("StartError", "ContainerCannotRun"):
+    elif view.state == "failed" and view.reason in _START_ERRORS:
         error = f"could not start: {said}"
     return Result(
         returncode=code,

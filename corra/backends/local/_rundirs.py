@@ -21,6 +21,7 @@ import trio
 from corra._errors import BackendError, ConfigError, ProgramLost
 from corra.backends._exits import ExitRecord, read_exit_record
 from corra.chaperone import _proc, _rundir, protocol
+from corra.processes._backend import RESULT_STREAM
 
 Status = Literal["running", "exited", "lost"]
 
@@ -153,7 +154,7 @@ def spec_of(handle: Handle) -> dict[str, Any]:
 
 
 #: What `log_file` reads for each stream: the logs, and the value of ``$CORRA_RESULT``.
-READABLE = {**{stream: stream for stream in _rundir.STREAMS}, "result": _rundir.RESULT_FILE}
+READABLE = {**{stream: stream for stream in _rundir.STREAMS}, RESULT_STREAM: _rundir.RESULT_FILE}
 
 
 def log_file(root: Path, key: str, stream: str) -> Path | None:

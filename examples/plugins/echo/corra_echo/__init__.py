@@ -31,6 +31,7 @@ import trio
 
 from corra._errors import ConfigError, LaunchFailed, ProgramLost
 from corra.processes._backend import (
+    RESULT_STREAM,
     BackendBase,
     BackendContext,
     BackendPlugin,
@@ -41,6 +42,8 @@ from corra.processes._backend import (
 from corra.processes._lifecycle import Result
 
 WRAPPER = Path(__file__).with_name("_wrapper.py")
+#: Where in its run dir a program's ``$CORRA_RESULT`` points.
+RESULT_FILE = "result.json"
 #: Seconds between two looks at a run dir while waiting (the files are local: cheap).
 POLL = 0.05
 #: Seconds a launch waits for another launch of the same key to start its program.
@@ -106,7 +109,12 @@ class EchoBackend(BackendBase):
         document = {
             "argv": list(request.argv),
             "cwd": request.cwd,
-            "env": {**os.environ, **request.environment()},
+            # (its value: what the program writes to $CORRA_RESULT, read by `read_log`)
+            "env": {
+                **os.environ,
+                **request.environment(),
+                "CORRA_RESULT": str(run_dir.absolute() / RESULT_FILE),
+            },
             "timeout": request.limits.timeout,
             "kill_grace": request.limits.kill_grace,
             "prefix": options.prefix,
@@ -189,6 +197,8 @@ class EchoBackend(BackendBase):
         await trio.to_thread.run_sync(remove)
 
     def _log(self, key: EffectKey, stream: str) -> Path:
+        if stream == RESULT_STREAM:  # (the program's value: what it wrote to $CORRA_RESULT)
+            return self.root / str(key) / RESULT_FILE
         if stream not in ("stdout", "stderr"):
             raise ConfigError(f"stream: got {stream!r}, expected 'stdout' or 'stderr'")
         return self.root / str(key) / stream
