@@ -19,6 +19,7 @@ from corra._errors import ConfigError, NoSuchProcess
 from corra._readonly import open_state_query
 from corra._runtime import open_runtime
 from corra.api._client import Client, ConnectionLost, NotServing
+from corra.cli import _service
 from corra.cli._parser import EXIT_FAILED, EXIT_OK, runtime_options
 from corra.cli._render import print_json
 from corra.cli._service import quoted, service
@@ -372,3 +373,8 @@ def control_run(client: Client, run: str, verb: str, args: argparse.Namespace) -
             + ("are paused too" if data.get("paused_steps") else "go on (--steps pauses them)")
         )
     return EXIT_OK
+
+
+def control(args: argparse.Namespace, state_dir: Path) -> int:
+    """``pause``, ``resume``, ``kill`` of a process, else of a workflow run."""
+    return _service.control(args, state_dir, run=control_run)
