@@ -26,6 +26,7 @@ from corra._errors import ProcessError as ProcessError
 from corra._errors import ProgramLost as ProgramLost
 from corra._errors import RemotePathError as RemotePathError
 from corra._errors import RestartIntensityExceeded as RestartIntensityExceeded
+from corra._errors import StepFailed as StepFailed
 from corra._errors import StoreError as StoreError
 from corra._errors import SupervisorError as SupervisorError
 from corra._errors import TransportError as TransportError
@@ -56,5 +57,6 @@ from corra.processes._record import Transition as Transition
 from corra.processes._recovery import RecoveryReport as RecoveryReport
 from corra.processes._spec import ProcessSpec as ProcessSpec
 from corra.processes._values import result_value as result_value
+from corra.workflows._python import workflow as workflow
 
 __version__ = "0.1.0"

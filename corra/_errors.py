@@ -30,6 +30,8 @@ The tree::
     │   │                           both); nothing changed
     │   └── NoSuchProcess           no process with that id or name
     ├── NoSuchRun                   no workflow run with that id or name
+    ├── StepFailed                  a step of a `corra.workflow` function failed (raised in
+    │                               the function; ``.step`` names it, ``.result`` says how)
     ├── StoreError                  the state store (LMDB) failed
     │   ├── CorruptRecord           a record that cannot be decoded (unknown schema, bad
     │   │                           data); it is set aside, never a crash
@@ -148,6 +150,17 @@ class NoSuchProcess(ProcessError):
 
 class NoSuchRun(CorraError, LookupError):
     """No workflow run has that id or name."""
+
+
+class StepFailed(CorraError):
+    """A step of a `corra.workflow` function ended other than finished (failed, or killed);
+    raised by ``ctx.step`` (and ``ctx.gather``) in the function. ``.step`` is its name,
+    ``.result`` its `corra.workflows._python.StepResult` (phase, reason, result value)."""
+
+    def __init__(self, step: str, result: object, reason: str | None) -> None:
+        super().__init__(f"step {step!r} {getattr(result, 'phase', 'failed')}: {reason}")
+        self.step = step
+        self.result = result
 
 
 class StoreError(CorraError):

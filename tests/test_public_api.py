@@ -58,6 +58,8 @@ PUBLIC = {
     "TreeNode",
     "open_runtime",
     "WorkflowError",
+    "StepFailed",
+    "workflow",
 }
 
 
@@ -92,3 +94,5 @@ def test_exception_tree():
     for cls in (corra.ActorError, corra.SupervisorError, corra.ConfigError):
         assert issubclass(cls, corra.CorraError)
     assert issubclass(corra.WorkflowError, corra.ConfigError)
+    assert issubclass(corra.StepFailed, corra.CorraError)
+    assert not issubclass(corra.StepFailed, corra.ConfigError)  # (a step's end, not a bad spec)

@@ -176,7 +176,7 @@ async def test_corra_show_and_the_json_record_give_the_value(tmp_path: Path):
     assert compact[:150] in line and f"({len(compact)} bytes, --json for all)" in line
     data = json.loads(await show("shown", "--json"))
     assert data["result"]["value"] == value and data["result"]["has_value"] is True
-    assert "value:   refused: $CORRA_RESULT refused: not JSON" in await show("refused")
+    assert "value:   $CORRA_RESULT refused: not JSON" in await show("refused")
     kept = await show("kept")
     assert f"value:   kept in {state.absolute()}/results/" in kept, kept
     kept_json = json.loads(await show("kept", "--json"))
@@ -213,6 +213,7 @@ def test_the_api_gives_the_value_and_its_openapi_document_describes_it(tmp_path:
                     time.sleep(0.05)
                 records[name] = record
                 conforms(service, name)
+            values = {name: http.get(f"/v1/processes/{name}/value") for name in records}
             assert service.stop() == 0
     finally:
         stop_chaperones(state / "runs")
@@ -223,6 +224,13 @@ def test_the_api_gives_the_value_and_its_openapi_document_describes_it(tmp_path:
     kept = records["kept"]["result"]
     assert kept["value"] is None and kept["has_value"] is True
     assert Path(kept["value_file"]).read_bytes() == b'"' + b"z" * VALUE_LIMIT + b'"'
+    # GET /v1/processes/{id}/value: the value wherever it is kept, or why there is none
+    assert (values["valued"].status_code, values["valued"].json()) == (200, value)
+    assert values["kept"].status_code == 200
+    assert values["kept"].content == b'"' + b"z" * VALUE_LIMIT + b'"'
+    refusal = values["refused"]
+    assert refusal.status_code == 404 and refusal.json()["error"] == "no_value"
+    assert "its value was refused" in refusal.json()["message"]
 
 
 async def test_a_value_written_while_no_runtime_watched_is_read_by_the_next(tmp_path: Path):
@@ -266,6 +274,12 @@ class Written:
         return self.data[offset : offset + size]
 
 
+#: A value nested as deep as a value may: 200 levels.
+DEEPEST: object = [1]
+for _ in range(199):
+    DEEPEST = {"a": DEEPEST}
+
+
 @pytest.mark.parametrize(
     ("data", "value", "has_value", "error"),
     [
@@ -275,7 +289,9 @@ class Written:
         (b"null\n", None, True, None),
         (b'"\xc3\xa9t\xc3\xa9"', "\u00e9t\u00e9", True, None),
         (b"[1] [2]", None, False, "not JSON: Extra data at line 1, column 5"),
-        (b"[" * 100_000, None, False, "nested too deeply"),
+        (b"[" * 100_000, None, False, "nested more than 200 levels deep"),
+        (b"[" * 201 + b"]" * 201, None, False, "nested more than 200 levels deep"),
+        (json.dumps(DEEPEST).encode(), DEEPEST, True, None),
         (b"Infinity", None, False, "Infinity is not a JSON number"),
     ],
 )

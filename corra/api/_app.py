@@ -61,6 +61,7 @@ from corra.api._requests import (
     read_body,
     single,
 )
+from corra.api._value import value_response
 from corra.api._wire import detail_json, record_json, transition_json
 from corra.api._workflows import WorkflowRoutes
 from corra.backends.recorded import recorded
@@ -199,6 +200,7 @@ class Api:
             Route("/v1/processes/{id}/rerun", self.rerun_process, methods=["POST"]),
             Route("/v1/processes/{id}/logs", self.process_logs, methods=["GET"]),
             Route("/v1/processes/{id}/history", self.process_history, methods=["GET"]),
+            Route("/v1/processes/{id}/value", self.process_value, methods=["GET"]),
             Route("/v1/events", self.event_stream, methods=["GET"]),
             *WorkflowRoutes(runtime.workflows).routes(),
         ]
@@ -341,6 +343,10 @@ class Api:
             raise ApiError(400, "bad_request", str(exc)) from None
         items = [transition_json(transition) for transition in page.items]
         return JSONResponse({"items": items, "next_cursor": page.next_cursor})
+
+    async def process_value(self, request: Request) -> Response:
+        known_only(request.query_params)
+        return await value_response(self._lookup(request.path_params["id"]))
 
     async def _process(self, request: Request) -> Response:
         if request.method == "DELETE":

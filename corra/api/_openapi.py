@@ -504,6 +504,27 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
+        "/v1/processes/{id}/value": {
+            "get": {
+                "summary": "The JSON value its program wrote to $CORRA_RESULT, as it wrote it, "
+                "wherever the service keeps it (a value over 64 KiB is in a file of the "
+                "state dir: its record has value_file instead)",
+                "operationId": "processValue",
+                "parameters": [_ID],
+                "responses": {
+                    "200": {
+                        "description": "the value (any JSON value, null too)",
+                        "content": {"application/json": {"schema": {"nullable": True}}},
+                    },
+                    "401": _UNAUTHORIZED,
+                    "404": _error(
+                        "no such process (not_found), or it has no value (no_value: no "
+                        "result yet, none written, or refused, as the message says)"
+                    ),
+                    "410": _error("its value's file is gone (value_gone)"),
+                },
+            }
+        },
         "/v1/events": {
             "get": {
                 "summary": "Transitions as NDJSON: the retained ones after `since`, then (with "

@@ -56,6 +56,10 @@ _STEP = {
         "reason": nullable({"type": "string"}),
         "result": _ANY,
         "result_file": nullable({"type": "string"}),
+        "digest": nullable({"type": "string", "description": "a function's step: its spec's"}),
+        "proposed": nullable(
+            {"type": "string", "description": "the other spec's digest that paused the run"}
+        ),
     },
 }
 
@@ -91,12 +95,17 @@ _RUN_DETAIL = {
 _JOB = {
     "type": "object",
     "required": ["name"],
-    "description": "a job's definition, its fields as given",
+    "description": "a job's definition, its fields as given; a Python workflow's (kind "
+    "python): its function's module and qualname, and its required params",
     "properties": {
         "name": {"type": "string"},
         "description": {"type": "string"},
         "params": {"type": "object"},
         "steps": {"type": "array", "items": {"type": "object"}},
+        "kind": {"type": "string", "enum": ["python"]},
+        "module": {"type": "string"},
+        "qualname": {"type": "string"},
+        "required": {"type": "array", "items": {"type": "string"}},
     },
 }
 
@@ -248,7 +257,24 @@ PATHS: dict[str, Any] = {
             ],
         }
     },
-    "/v1/runs/{id}/resume": {"post": _control("resume", "Go on with a paused run")},
+    "/v1/runs/{id}/resume": {
+        "post": {
+            **_control(
+                "resume",
+                "Go on with a paused run (accept=true: a function's step whose spec differs "
+                "from the recorded one stands as recorded)",
+            ),
+            "parameters": [
+                _RUN_ID,
+                {
+                    "name": "accept",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "boolean", "default": False},
+                },
+            ],
+        }
+    },
     "/v1/runs/{id}/kill": {
         "post": _control(
             "kill",

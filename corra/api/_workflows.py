@@ -1,12 +1,13 @@
 """The workflow endpoints of the HTTP API: job definitions, and their runs.
 
-- ``GET /v1/jobs``: the definitions the service knows (``corra serve --jobs FILE``);
+- ``GET /v1/jobs``: the definitions the service knows (``corra serve --jobs FILE``, and the
+  ``@corra.workflow`` functions its runtime was given);
 - ``POST /v1/jobs/{name}/runs``: a run, ``{"params": {...}, "name": "..."}`` (both optional):
   201 with the new run, 200 with the run that has the name already;
 - ``GET /v1/runs`` (``phase``, ``job``, ``cursor``, ``limit``), ``GET /v1/runs/{id}`` (its
   steps with their phases, results and processes);
-- ``POST /v1/runs/{id}/pause`` (``steps=true``: its running steps too), ``/resume``,
-  ``/kill``.
+- ``POST /v1/runs/{id}/pause`` (``steps=true``: its running steps too), ``/resume``
+  (``accept=true``: a function's step whose spec differs stands as recorded), ``/kill``.
 
 Errors as the rest of the API's: a bad body or field 422 naming it, an unknown job or run
 404.
@@ -31,7 +32,7 @@ from corra.api._requests import (
     single,
 )
 from corra.processes._spec_content import shown_tables
-from corra.workflows import WorkflowManager, shown_job
+from corra.workflows import WorkflowManager
 from corra.workflows._runs import RunRecord
 
 
@@ -63,8 +64,7 @@ class WorkflowRoutes:
 
     async def list_jobs(self, request: Request) -> Response:
         known_only(request.query_params)
-        jobs = [shown_job(job) for _, job in sorted(self.runs.jobs.items())]
-        return JSONResponse({"jobs": jobs})
+        return JSONResponse({"jobs": self.runs.job_listing()})
 
     async def create_run(self, request: Request) -> Response:
         known_only(request.query_params)
@@ -116,8 +116,10 @@ class WorkflowRoutes:
         return JSONResponse(self.detail(run))
 
     async def resume_run(self, request: Request) -> Response:
-        known_only(request.query_params)
-        return JSONResponse(self.detail(await self.runs.resume(request.path_params["id"])))
+        known_only(request.query_params, "accept")
+        accept = boolean(request.query_params, "accept", False)
+        run = await self.runs.resume(request.path_params["id"], accept=accept)
+        return JSONResponse(self.detail(run))
 
     async def kill_run(self, request: Request) -> Response:
         known_only(request.query_params)

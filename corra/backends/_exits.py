@@ -107,3 +107,31 @@ def result_of(record: ExitRecord) -> Result:
         stdout_dropped=record.stdout_dropped,
         stderr_dropped=record.stderr_dropped,
     )
+
+
+class Valueless:
+    """The keys whose programs wrote no value, as their exit records said (``result_size``
+    0), until the runtime asks for it: a backend's ``read_log`` of the stream ``result``
+    then answers without reading (a worker thread's hop, or a host's round trip, at the
+    end of most processes). A key not here is read as usual."""
+
+    #: The most keys kept before all are forgotten (reads that never came).
+    LIMIT = 100_000
+
+    def __init__(self) -> None:
+        self._keys: set[str] = set()
+
+    def note(self, key: str, record: ExitRecord) -> ExitRecord:
+        """Remember ``key`` if ``record`` says its program wrote no value; ``record``."""
+        if record.result_size == 0:
+            if len(self._keys) >= self.LIMIT:
+                self._keys.clear()
+            self._keys.add(key)
+        return record
+
+    def take(self, key: str) -> bool:
+        """Whether ``key``'s program wrote no value, as its record said (forgotten now)."""
+        if key in self._keys:
+            self._keys.discard(key)
+            return True
+        return False

@@ -28,8 +28,8 @@ from corra.cli._parser import EXIT_FAILED, EXIT_OK, EXIT_USAGE, build_parser
 from corra.cli._read import history, logs, ps, show
 from corra.cli._run import run
 from corra.cli._serve import serve
-from corra.cli._service import control, submit
-from corra.cli._workflows import jobs, runs
+from corra.cli._service import submit
+from corra.cli._workflows import control, jobs, runs
 
 __all__ = ["build_parser", "main"]
 

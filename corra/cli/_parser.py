@@ -161,6 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(POST /v1/jobs/NAME/runs); its [hosts] are known too. SIGHUP loads it again; a run "
         "keeps the definition it started with",
     )
+    serve.add_argument(
+        "--workflows",
+        action="append",
+        default=[],
+        metavar="FILE.py|MODULE",
+        help="a Python file or module whose @corra.workflow functions runs may be requested "
+        "of by name (repeatable); runs of them that a crash left are replayed",
+    )
     serve.add_argument("--access-log", action="store_true", help="log every request to stderr")
     serve.add_argument("-v", "--verbose", action="store_true", help="log every transition")
 
@@ -374,6 +382,13 @@ def build_parser() -> argparse.ArgumentParser:
         if verb == "pause":
             control.add_argument(
                 "--steps", action="store_true", help="a run: pause its running steps too"
+            )
+        if verb == "resume":
+            control.add_argument(
+                "--accept",
+                action="store_true",
+                help="a workflow function's run paused because a step's spec differs from "
+                "the recorded one: keep the recorded step (its result; nothing runs again)",
             )
         if verb == "kill":
             control.add_argument(

@@ -132,7 +132,7 @@ def value_text(result: dict[str, Any]) -> str | None:
     """The value of a result (as JSON: `detail_json`'s) in words: compact JSON, cut at
     `VALUE_SHOWN` characters; where it is kept; why it was refused; None: there is none."""
     if result.get("value_error"):
-        return f"refused: {result['value_error']}"
+        return str(result["value_error"])  # ($CORRA_RESULT refused: why)
     if not result.get("has_value"):
         return None
     if result.get("value_file"):

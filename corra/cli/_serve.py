@@ -56,6 +56,12 @@ def serve(args: argparse.Namespace, state_dir: Path) -> int:
         args.job_file = load_job_file(args.jobs)  # (checked whole before anything starts)
         if not args.job_file.jobs:
             raise ConfigError(f"--jobs: {args.jobs} has no [[job]] table")
+    if args.workflows:
+        from corra.workflows._python import load_workflows
+
+        args.python_jobs = {}
+        for source in args.workflows:  # (imported before anything starts: an error stops it)
+            args.python_jobs.update(load_workflows(source))
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(name)s: %(message)s",
@@ -105,6 +111,7 @@ async def _serve(
                 if job_file is not None:
                     rt.workflows.define(job_file.jobs)
                     outer.start_soon(_reload_on_hangup, args.jobs, rt.workflows)
+                rt.workflows.define(getattr(args, "python_jobs", {}))
                 token = await trio.to_thread.run_sync(load_token, token_file)
                 report = rt.recovery
                 if report is not None and (report.resumed or report.set_aside):

@@ -9,7 +9,7 @@ import json
 import os
 import sys
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -134,23 +134,29 @@ def _absolute(spec: ProcessSpec) -> dict[str, Any]:
     return data
 
 
-def control(args: argparse.Namespace, state_dir: Path) -> int:
-    """``pause``, ``resume`` or ``kill`` (``args.command``) of one process."""
+def control(
+    args: argparse.Namespace,
+    state_dir: Path,
+    run: Callable[[Client, str, str, argparse.Namespace], int] | None = None,
+) -> int:
+    """``pause``, ``resume`` or ``kill`` (``args.command``) of one process; ``run``: what
+    does it to a workflow run instead, for a name or id no process has (and for
+    ``--accept``, which only a run takes)."""
     verb = args.command
     params = {"wait": "false"} if verb == "kill" and args.no_wait else None
     try:
         with service(args, state_dir) as client:
+            if run is not None and getattr(args, "accept", False):
+                return run(client, args.process, verb, args)
             try:
                 _, record = client.call(
                     "POST", f"/v1/processes/{quoted(args.process)}/{verb}", params=params
                 )
             except ApiError as exc:
-                if exc.status != 404:
+                if exc.status != 404 or run is None:
                     raise
-                from corra.cli._workflows import control_run  # (no such process: a run?)
-
-                try:
-                    return control_run(client, args.process, verb, args)
+                try:  # (no such process: a run?)
+                    return run(client, args.process, verb, args)
                 except ApiError as missing:
                     if missing.status == 404:
                         raise exc from None

@@ -19,6 +19,7 @@ from corra._errors import ConfigError, NoSuchProcess
 from corra._readonly import open_state_query
 from corra._runtime import open_runtime
 from corra.api._client import Client, ConnectionLost, NotServing
+from corra.cli import _service
 from corra.cli._parser import EXIT_FAILED, EXIT_OK, runtime_options
 from corra.cli._render import print_json
 from corra.cli._service import quoted, service
@@ -222,9 +223,15 @@ def tree_lines(detail: dict[str, Any], limit: int = 12) -> list[str]:
     for step in steps:
         if step.get("index") is not None:
             items.setdefault(step["step"], []).append(step)
-    for step in steps:
-        if step.get("index") is not None:
-            continue
+    heads = [step for step in steps if step.get("index") is None]
+    keys = {step["key"] for step in heads}
+    for name in items:
+        if name not in keys:  # (a workflow function's work[0], work[1]...: no entry of work)
+            keys.add(name)
+            heads.append(
+                {"key": name, "step": name, "phase": "expanded", "count": len(items[name])}
+            )
+    for step in heads:
         children = sorted(items.get(step["key"], []), key=lambda item: item["index"])
         lines.append(f"  [{_MARKS.get(_phase(step), '?')}] {_line(step, children)}")
         for child in children[:limit]:
@@ -274,6 +281,9 @@ def jobs(args: argparse.Namespace, state_dir: Path) -> int:
         return EXIT_OK
     for job in found:
         steps = ", ".join(step["name"] for step in job.get("steps", []))
+        if job.get("kind") == "python":
+            steps = f"python {job['module']}.{job['qualname']}"
+            steps += "".join(f" {name}=(required)" for name in job.get("required", []))
         params = " ".join(f"{k}={json.dumps(v)}" for k, v in (job.get("params") or {}).items())
         print(f"{job['name']}: {steps}" + (f"  [{params}]" if params else ""))
         if job.get("description"):
@@ -349,6 +359,8 @@ def print_run(detail: dict[str, Any], as_json: bool) -> None:
 def control_run(client: Client, run: str, verb: str, args: argparse.Namespace) -> int:
     """``pause``, ``resume`` or ``kill`` of a run."""
     params = {"steps": "true"} if verb == "pause" and getattr(args, "steps", False) else None
+    if verb == "resume" and getattr(args, "accept", False):
+        params = {"accept": "true"}
     _, data = client.call("POST", f"/v1/runs/{quoted(run)}/{verb}", params=params)
     if args.json:
         print_json(data)
@@ -361,3 +373,8 @@ def control_run(client: Client, run: str, verb: str, args: argparse.Namespace) -
             + ("are paused too" if data.get("paused_steps") else "go on (--steps pauses them)")
         )
     return EXIT_OK
+
+
+def control(args: argparse.Namespace, state_dir: Path) -> int:
+    """``pause``, ``resume``, ``kill`` of a process, else of a workflow run."""
+    return _service.control(args, state_dir, run=control_run)

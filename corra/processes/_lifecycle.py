@@ -106,7 +106,7 @@ class Result:
     has_value: bool = False
     """The program wrote a value, and it was taken: in `value` (a JSON ``null`` too), or in
     `value_file`. False: it wrote none (or an empty file), or it was refused
-    (`value_error`). `corra.processes.result_value` gives it, wherever it is."""
+    (`value_error`). `corra.result_value` (`corra.processes._values`) gives it, wherever it is."""
     value_file: str | None = None
     """Where a value larger than the record takes is kept (`corra.processes._values`): the
     absolute path of a file in the state dir (``results/<key>.json``)."""

@@ -9,8 +9,9 @@ Rule 1: read at the end, through the seam. Once `Backend.wait` or `Backend.kill`
         so a runtime that crashed before recording the exit reads the same value again.
 Rule 2: no file, or one with nothing but whitespace, is no value (``has_value`` False). A
         written ``null`` is a value (``has_value`` True, ``value`` None).
-Rule 3: one JSON value, as UTF-8 text (RFC 8259: no ``NaN`` nor ``Infinity``); anything else
-        is refused with json's words, line and column (``value_error``).
+Rule 3: one JSON value, as UTF-8 text (RFC 8259: no ``NaN`` nor ``Infinity``), nested at most
+        `MAX_DEPTH` levels; anything else is refused with json's words, line and column
+        (``value_error``).
 Rule 4: sizes. A value whose JSON (compact, as the record writes it) takes at most
         `VALUE_LIMIT` bytes is kept in the record; a larger one of at most `FILE_LIMIT`
         bytes (as written) in a file of the state dir, ``results/<key>.json`` (directory
@@ -46,6 +47,9 @@ VALUE_LIMIT: Final = 64 * 1024
 FILE_LIMIT: Final = 16 * 1024 * 1024
 #: The directory of the state dir where values larger than `VALUE_LIMIT` are kept.
 RESULTS_DIR: Final = "results"
+#: The deepest a value may nest arrays and objects (the record's encoding and decoding, and
+#: every reader's, recurse: far from Python's limit wherever they run).
+MAX_DEPTH: Final = 200
 #: Bytes asked of `Backend.read_log` at once, past the first read.
 _CHUNK: Final = 1 << 20
 #: JSON's compact form, as the record writes it (ASCII only).
@@ -138,13 +142,11 @@ def _decided(result: Result, data: bytes, key: EffectKey, results_dir: Path | No
     except ValueError as exc:  # (_no_constant's)
         return _refused(result, f"not JSON: {exc}")
     except RecursionError:
-        return _refused(result, "not JSON that can be read: nested too deeply")
-    if len(data) <= VALUE_LIMIT:
-        try:
-            if len(_compact(value)) <= VALUE_LIMIT:
-                return attrs.evolve(result, value=value, has_value=True)
-        except RecursionError:
-            return _refused(result, "not JSON that can be read: nested too deeply")
+        return _refused(result, f"nested more than {MAX_DEPTH} levels deep")
+    if _deeper(value, MAX_DEPTH):
+        return _refused(result, f"nested more than {MAX_DEPTH} levels deep")
+    if len(data) <= VALUE_LIMIT and len(_compact(value)) <= VALUE_LIMIT:
+        return attrs.evolve(result, value=value, has_value=True)
     if results_dir is None:
         return _refused(result, f"{len(data)} bytes: over the record's limit of 64 KiB")
     path = value_path(results_dir, key)
@@ -154,6 +156,21 @@ def _decided(result: Result, data: bytes, key: EffectKey, results_dir: Path | No
     except OSError as exc:  # (a full disk, say: the step is tried again)
         raise StoreError(f"the result value of {key}: cannot keep it in {path}: {exc}") from exc
     return attrs.evolve(result, has_value=True, value_file=os.path.abspath(path))
+
+
+def _deeper(value: Any, limit: int) -> bool:
+    """Whether ``value`` (decoded JSON) nests arrays and objects more than ``limit`` deep."""
+    level: list[Any] = [value]
+    for _ in range(limit):
+        level = [
+            item
+            for container in level
+            if isinstance(container, (list, dict))
+            for item in (container.values() if isinstance(container, dict) else container)
+        ]
+        if not level:
+            return False
+    return any(isinstance(item, (list, dict)) for item in level)
 
 
 def _no_constant(name: str) -> Any:

@@ -2,7 +2,8 @@
 
 `parse_jobs` validates the ``[[job]]`` tables of a job file into `JobDefinition` values; the
 rest are the pure functions a run applies to a definition. The ``${...}`` language is
-`corra.workflows._expressions`'.
+`corra.workflows._expressions`'. ``@workflow`` makes an ``async def`` a job
+(`corra.workflows._python`), run and replayed by `corra.workflows._replay`.
 """
 
 from corra.workflows._definition import JobDefinition as JobDefinition
@@ -22,7 +23,11 @@ from corra.workflows._expressions import parse_template as parse_template
 from corra.workflows._loading import merge_defaults as merge_defaults
 from corra.workflows._loading import parse_jobs as parse_jobs
 from corra.workflows._manager import WorkflowManager as WorkflowManager
+from corra.workflows._python import PythonJob as PythonJob
+from corra.workflows._python import StepResult as StepResult
+from corra.workflows._python import workflow as workflow
 from corra.workflows._query import RunQuery as RunQuery
 from corra.workflows._query import shown_job as shown_job
+from corra.workflows._replay import StepContext as StepContext
 from corra.workflows._runs import RunRecord as RunRecord
 from corra.workflows._runs import StepEntry as StepEntry

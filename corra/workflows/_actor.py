@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 import trio
@@ -55,9 +55,6 @@ from corra.workflows._runs import (
     process_name,
 )
 
-if TYPE_CHECKING:
-    from corra.workflows._manager import WorkflowManager
-
 logger = logging.getLogger("corra.workflow")
 
 
@@ -75,7 +72,9 @@ class Kill:
 class RunActor(Actor):
     """Drives the run ``run_id`` (see the module doc)."""
 
-    def __init__(self, manager: WorkflowManager, run_id: str) -> None:
+    def __init__(self, manager: Any, run_id: str) -> None:
+        # (``manager``: the `corra.workflows._manager.WorkflowManager` that starts it, which
+        # imports this module: named here, it would be an import cycle)
         self._manager = manager
         self._id = run_id
         self._wake = trio.Event()

@@ -1,10 +1,12 @@
 """Workflow runs: requested by job name, driven by their actors, recovered after a crash.
 
 `WorkflowManager` keeps the job definitions a runtime knows (`define`: a job file's
-``[[job]]`` tables, or ``corra serve --jobs FILE``), starts runs of them (`start`: the run's
+``[[job]]`` tables, or ``corra serve --jobs FILE``; `define_python`: ``@corra.workflow``
+functions, `corra.workflows._python`), starts runs of them (`start`: the run's
 id is the executor's; a run ``name`` makes the request idempotent), and answers for runs:
 `get`, `list`, `steps`, `pause`, `resume`, `kill`, `wait`. Each running run has an actor
-under ``/workflows`` (`corra.workflows._actor.RunActor`); everything it decides is in the
+under ``/workflows`` (`corra.workflows._actor.RunActor`, or
+`corra.workflows._replay.PythonRunActor` for a function's); everything it decides is in the
 store first (`corra.workflows._runs`). A run keeps the frozen copy of the definition it
 started with: defining a job again changes the runs started after, never one started before.
 """
@@ -31,7 +33,9 @@ from corra.processes._spec import NAME_PATTERN
 from corra.workflows._actor import Kill, Pause, RunActor
 from corra.workflows._definition import JobDefinition, apply_params, job_data
 from corra.workflows._faults import crash_point
-from corra.workflows._query import RunQuery
+from corra.workflows._python import PythonJob
+from corra.workflows._query import RunQuery, shown_job
+from corra.workflows._replay import PythonRunActor
 from corra.workflows._runs import (
     ACTIVE_PREFIX,
     RunRecord,
@@ -68,8 +72,10 @@ class WorkflowManager:
         self.processes = processes
         self._supervisor = supervisor
         self.clock = clock
-        self.jobs: dict[str, JobDefinition] = {}
-        """The job definitions runs may be requested of, by name."""
+        self.jobs: dict[str, JobDefinition | PythonJob] = {}
+        """The job definitions (and workflow functions) runs may be requested of, by name."""
+        self.definition_waiters: set[Callable[[], None]] = set()
+        """Called when definitions change (the actors of runs whose function is unknown)."""
         self._actors: dict[str, Ref] = {}
         self._changed: dict[str, trio.Event] = {}
         self._run_changed: dict[str, trio.Event] = {}
@@ -77,10 +83,36 @@ class WorkflowManager:
 
     # definitions ---------------------------------------------------------------------------
 
-    def define(self, jobs: Mapping[str, JobDefinition]) -> None:
+    def define(self, jobs: Mapping[str, JobDefinition | PythonJob]) -> None:
         """Make ``jobs`` known (a job of a known name replaces it, for runs started from now
         on: a run keeps the definition it started with)."""
+        for name, job in jobs.items():
+            if not isinstance(job, (JobDefinition, PythonJob)) or job.name != name:
+                raise ConfigError(f"define: {name!r}: got {job!r}, expected a job of that name")
         self.jobs.update(jobs)
+        for wake in list(self.definition_waiters):
+            wake()
+
+    def define_python(self, *jobs: PythonJob) -> None:
+        """Make ``@corra.workflow`` functions known, by their names. A run of one that a
+        runtime without it recovered (waiting, its reason naming the function) goes on.
+
+        Raises:
+            ConfigError: not a `corra.workflow` function.
+        """
+        for job in jobs:
+            if not isinstance(job, PythonJob):
+                raise ConfigError(
+                    f"define_python: got {job!r}, expected a @corra.workflow function"
+                )
+        self.define({job.name: job for job in jobs})
+
+    def job_listing(self) -> list[dict[str, Any]]:
+        """The known jobs as ``GET /v1/jobs`` and ``corra jobs`` show them, by name."""
+        return [
+            job.data() if isinstance(job, PythonJob) else shown_job(job)
+            for _, job in sorted(self.jobs.items())
+        ]
 
     # reads -------------------------------------------------------------------------------
 
@@ -189,14 +221,15 @@ class WorkflowManager:
 
     async def start(
         self,
-        job: str | JobDefinition,
+        job: str | JobDefinition | PythonJob,
         params: Mapping[str, Any] | None = None,
         *,
         name: str | None = None,
     ) -> tuple[RunRecord, bool]:
-        """Start a run of ``job`` (a known job's name, or a definition) with ``params`` over
-        its defaults; durable before it returns. A run of ``name`` that exists is returned
-        instead (False: not created), whatever its job and params.
+        """Start a run of ``job`` (a known job's name, or a definition; a `corra.workflow`
+        function given is defined, as `define_python` does) with ``params`` over its
+        defaults; durable before it returns. A run of ``name`` that exists is returned instead
+        (False: not created), whatever its job and params.
 
         Raises:
             ConfigError: no such job, a param it does not take or of the wrong type, a bad
@@ -219,16 +252,24 @@ class WorkflowManager:
                     raise ConfigError(f"job: no job is named {job!r} (known: {known})")
             else:
                 definition = job
-            values = apply_params(definition, params or {})
+                if isinstance(job, PythonJob):  # (its runs need it known: a replay calls it)
+                    self.define({job.name: job})
             now = self.clock()
+            if isinstance(definition, PythonJob):
+                values = definition.apply_params(params or {})
+                frozen = definition.data()
+            else:
+                values = apply_params(definition, params or {})
+                frozen = job_data(definition)
             run = RunRecord(
                 id=new_run_id(),
                 job=definition.name,
-                definition=job_data(definition),
+                definition=frozen,
                 params=values,
                 created_at=now,
                 updated_at=now,
                 name=name,
+                kind="python" if isinstance(definition, PythonJob) else "job",
             )
             items: list[tuple[bytes, bytes | None]] = [
                 (run_key(run.id), run.encode()),
@@ -253,14 +294,22 @@ class WorkflowManager:
             return record
         return await self.write_run(record, phase="paused", reason="paused by user")
 
-    async def resume(self, run: str) -> RunRecord:
+    async def resume(self, run: str, *, accept: bool = False) -> RunRecord:
         """Go on with a paused run (and the steps its pause paused). Another is returned as
-        it is."""
+        it is.
+
+        A function's run that a step paused (its spec differs from the one recorded) is
+        replayed: with ``accept``, the recorded step stands as it is (its result is given,
+        nothing runs again) and the new spec counts as its; without, the step pauses the run
+        again unless the function makes the recorded spec once more.
+        """
         async with self._lock:
             record = self.get(run)
             if record.phase != "paused":
                 return record
             steps = record.paused_steps
+            if record.kind == "python":
+                await self._settle_proposed(record.id, accept)
             record = await self.write_run(record, phase="running", reason=None, paused_steps=False)
         if steps:
             for entry in self.step_entries(record.id).values():
@@ -269,8 +318,19 @@ class WorkflowManager:
                     if found is not None and found.phase == "paused":
                         with contextlib.suppress(NoSuchProcess, ConfigError):
                             await self.processes.resume(entry.process)
+        while self.running(record.id):  # (the actor that paused it is ending: start anew)
+            await self.changed(record.id)
         await self._start_actor(record.id)
         return record
+
+    async def _settle_proposed(self, run_id: str, accept: bool) -> None:
+        changed = [
+            attrs.evolve(e, digest=e.proposed if accept else e.digest, proposed=None)
+            for e in self.step_entries(run_id).values()
+            if e.proposed is not None
+        ]
+        if changed:
+            await self.write_steps(run_id, changed)
 
     async def kill(self, run: str) -> RunRecord:
         """Kill the run's running steps; it ends as killed once they have ended. An ended
@@ -311,9 +371,10 @@ class WorkflowManager:
     async def _start_actor(self, run_id: str) -> None:
         if run_id in self._actors and self._actors[run_id].alive:
             return
+        actor = PythonRunActor if self.get(run_id).kind == "python" else RunActor
         spec = ChildSpec(
             id=run_id,
-            start=lambda: RunActor(self, run_id),
+            start=lambda: actor(self, run_id),
             restart="temporary",
             shutdown="brutal_kill",  # (every decision is durable before its effect)
             mailbox_capacity=16,

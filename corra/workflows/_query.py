@@ -114,7 +114,8 @@ class RunQuery:
             if entry.index is not None:
                 items.setdefault(entry.step, []).append(entry)
         names = [step.get("name") for step in run.definition.get("steps", [])]
-        names += [entry.key for entry in entries.values() if entry.index is None]
+        # (then the steps the definition does not name: a Python run's, in key order)
+        names += [entry.key if entry.index is None else entry.step for entry in entries.values()]
         steps: list[dict[str, Any]] = []
         for name in dict.fromkeys(names):
             if not isinstance(name, str):
@@ -122,7 +123,8 @@ class RunQuery:
             entry = entries.get(name)
             if entry is None:
                 if name in items:  # (a Python run's item without a parent entry)
-                    steps.extend(self._step(item, process) for item in items[name])
+                    ordered = sorted(items[name], key=lambda item: item.index or 0)
+                    steps.extend(self._step(item, process) for item in ordered)
                     continue
                 steps.append({"key": name, "step": name, "phase": "pending"})
                 continue

@@ -151,6 +151,12 @@ class StepEntry:
     result_file: str | None = None
     """Where its process's result value is kept, when it was too large for its record."""
     process_id: str | None = None
+    digest: str | None = None
+    """A `corra.workflow` function's step: the digest of the spec it was submitted with
+    (`corra.workflows._replay.spec_digest`); a replay that makes another spec pauses."""
+    proposed: str | None = None
+    """The digest of the other spec a replay made, which paused the run: ``resume`` with
+    ``accept`` makes it the step's (the step stands as recorded)."""
 
     @property
     def ended(self) -> bool:

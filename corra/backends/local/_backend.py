@@ -32,7 +32,7 @@ import trio
 
 from corra._errors import BackendError, ConfigError, LaunchFailed, ProgramLost
 from corra._statedir import check_directory, make_private_dirs
-from corra.backends._exits import ExitRecord, result_of
+from corra.backends._exits import ExitRecord, Valueless, result_of
 from corra.backends.local import _cgroups
 from corra.backends.local._cgroups import CgroupSupport
 from corra.backends.local._clients import ChaperoneClient, OwnClient
@@ -66,8 +66,6 @@ from corra.processes._lifecycle import Result
 from corra.processes._spec import DEFAULT_OUTPUT_LIMIT, check_output_limit, check_seconds
 
 ChaperoneKind = Literal["shared", "own"]
-#: The most keys `LocalBackend` remembers as having no value before it forgets them all.
-VALUELESS_KEPT = 100_000
 
 
 class LocalBackend(BackendBase):
@@ -103,8 +101,7 @@ class LocalBackend(BackendBase):
     ) -> None:
         check_output_limit("output_limit", output_limit)
         self.output_limit = output_limit
-        # The keys whose programs wrote no value, as their exit records said (`_valued`).
-        self._valueless: set[str] = set()
+        self._valueless = Valueless()  # (programs that wrote no value: `read_log`)
         if max_running is None:
             max_running = 4 * (os.cpu_count() or 1)
         if isinstance(max_running, bool) or not isinstance(max_running, int) or max_running < 1:
@@ -283,9 +280,8 @@ class LocalBackend(BackendBase):
         path = log_file(self.root, str(key), stream)
         if path is None:
             return b""
-        if stream == RESULT_STREAM and str(key) in self._valueless:
-            self._valueless.discard(str(key))  # (read once, at the end of the attempt)
-            await trio.lowlevel.checkpoint()
+        if stream == RESULT_STREAM and self._valueless.take(str(key)):
+            await trio.lowlevel.checkpoint()  # (no worker thread: about 0.1 ms of every end)
             return b""
         return await trio.to_thread.run_sync(pread, path, offset, size)
 
@@ -308,7 +304,7 @@ class LocalBackend(BackendBase):
         Raises:
             ProgramLost: the chaperone is gone and left no exit record.
         """
-        return result_of(self._valued(handle, await self.wait_record(handle)))
+        return result_of(self._valueless.note(handle.key, await self.wait_record(handle)))
 
     async def wait_record(self, handle: Handle) -> ExitRecord:
         """Wait for the program to end; its exit record, all of it (exit.json exists by then).
@@ -326,17 +322,7 @@ class LocalBackend(BackendBase):
     async def kill(self, handle: Handle, grace: float | None = None) -> Result | None:
         """Kill the program (`kill_record`); its result, or None if it was lost."""
         record = await self.kill_record(handle, grace)
-        return None if record is None else result_of(self._valued(handle, record))
-
-    def _valued(self, handle: Handle, record: ExitRecord) -> ExitRecord:
-        """Remember that the program of ``record`` wrote no value, if it says so: the
-        runtime's read of it (`read_log`'s ``result``) then needs no worker thread (about
-        0.1 ms of every process's end)."""
-        if record.result_size == 0:
-            if len(self._valueless) >= VALUELESS_KEPT:  # (reads that never came: forget)
-                self._valueless.clear()
-            self._valueless.add(handle.key)
-        return record
+        return None if record is None else result_of(self._valueless.note(handle.key, record))
 
     async def kill_record(self, handle: Handle, grace: float | None = None) -> ExitRecord | None:
         """Kill the program: SIGTERM to its group, SIGKILL after ``grace`` seconds (None: the

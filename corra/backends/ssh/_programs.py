@@ -59,7 +59,7 @@ from corra._errors import (
     TransportError,
 )
 from corra.backends import _staging
-from corra.backends._exits import ExitRecord, result_of
+from corra.backends._exits import ExitRecord, Valueless, result_of
 from corra.backends._pollers import HostPollers, check_key
 from corra.backends._shared import json_reply
 from corra.backends.ssh._config import HostConfig
@@ -171,6 +171,7 @@ class SshProgramBackend(HostPollers):
         self._slots = trio.Semaphore(max_running)
         self._held: set[EffectKey] = set()
         self._logs = LocalLogs(Path(logs_dir)) if logs_dir is not None else None
+        self._valueless = Valueless()  # (programs whose records said: no value)
 
     def host(self, name: object) -> _Host:
         host: _Host = super().host(name)
@@ -337,9 +338,8 @@ class SshProgramBackend(HostPollers):
 
     def _settled(self, host: _Host, status: Mapping[str, Any]) -> Result:
         if status.get("state") == "exited":
-            result = result_of(ExitRecord.from_json(status.get("record")))
-            assert result is not None
-            return result
+            record = ExitRecord.from_json(status.get("record"))
+            return result_of(self._valueless.note(posixpath.basename(status["dir"]), record))
         raise ProgramLost(
             f"{status.get('dir')} on {host.config.name}: the chaperone is gone and left no "
             "exit record"
@@ -524,15 +524,16 @@ class SshProgramBackend(HostPollers):
         From the local copy when it covers the range (or is whole), with no connection to
         the host; else from the remote file (where the local copy lags, or was never made);
         else, if the remote file is gone or the host cannot be reached, what the local copy
-        has."""
+        has. ``result``: the program's value, from the run dir (none if its record said so)."""
         if stream not in STREAMS and stream != RESULT_STREAM:
             raise ConfigError(f"stream: got {stream!r}, expected 'stdout' or 'stderr'")
         name = check_key(str(key))  # (its run dir, and its logs' directory)
-        file = RESULT_FILE if stream == RESULT_STREAM else stream
+        if stream == RESULT_STREAM and self._valueless.take(name):
+            return b""
+        file = RESULT_FILE if stream == RESULT_STREAM else stream  # (a value is never shipped)
         for host in self.hosts_for(host_name):
             local: bytes | None = None
-            shipped = stream in STREAMS  # (a value is read where it is, once: never shipped)
-            if shipped and self._logs is not None and self._logs.ships(host.config.name):
+            if file in STREAMS and self._logs is not None and self._logs.ships(host.config.name):
                 try:
                     found = await self._logs.read(host.config.name, name, stream, offset, size)
                 except OSError as exc:
