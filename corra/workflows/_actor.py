@@ -44,6 +44,7 @@ from corra.workflows._definition import (
     job_from_data,
     step_items,
     step_spec,
+    topological_order,
     upstream,
 )
 from corra.workflows._faults import crash_point
@@ -86,6 +87,7 @@ class RunActor(Actor):
         self._nursery: trio.Nursery | None = None
         self._job: JobDefinition | None = None
         self._upstream: dict[str, frozenset[str]] = {}
+        self._order: Sequence[str] | None = None  # (the job's topological order, once)
         self._book = StepBook({})  # (read when `main` starts: `corra.workflows._book`)
         # Whether `_settle` must look at every submitted step (on start, and once a watch
         # found no process); else only the watches' reports are new: every step the actor
@@ -141,6 +143,7 @@ class RunActor(Actor):
             run = runs.get(self._id)
             self._job = job_from_data(run.definition)
             self._job_steps = {step.name: step for step in self._job.steps}
+            self._order = topological_order(self._job)
             self._book = StepBook(runs.step_entries(self._id))
             await self._drive(run)
         except (trio.Cancelled, KeyboardInterrupt):
@@ -195,6 +198,7 @@ class RunActor(Actor):
             entries,
             upstream=self._upstream_of,
             load=self._manager.load_result,
+            order=self._order,
         )
 
     def _upstream_of(self, name: str) -> frozenset[str]:

@@ -26,7 +26,7 @@ value; a fan-out step's is the list of its items' results, in item order.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, TypeAlias
 
 import attrs
@@ -160,15 +160,18 @@ def plan(
     *,
     upstream: Callable[[str], frozenset[str]],
     load: Callable[[StepEntry], Any] = lambda entry: entry.result,
+    order: Sequence[str] | None = None,
 ) -> Plan:
     """What to do next (see the module doc). ``upstream(step)``: the steps ``step`` needs,
     directly or not (`corra.workflows._definition.upstream`); ``load(entry)``: the result
-    value of a finished step's entry."""
+    value of a finished step's entry; ``order``: `topological_order` of ``job``, if the
+    caller keeps it (a run plans many times)."""
     steps = {step.name: step for step in job.steps}
     status = {name: step_status(step, entries) for name, step in steps.items()}
     # (a fan-out step has failed once one item has, while others may still run)
     running = any(entry.phase == "submitted" for entry in entries.values())
-    order = topological_order(job)
+    if order is None:
+        order = topological_order(job)
     for name in order:
         if status[name] in _FAILED and not steps[name].continue_on_failure:
             if running:
