@@ -224,10 +224,9 @@ class RunActor(Actor):
 
     async def _settle(self, run: RunRecord, entries: dict[str, StepEntry]) -> dict[str, StepEntry]:
         """Make the ending entry of every step whose process has ended (those the watches
-        reported, and those found ended on a first look; `_write` makes them durable with
-        the next write); watch the others. A step recorded
-        but never submitted (the runtime stopped in between) is submitted now, or, in a
-        killed run, ends as killed."""
+        reported, and, on a first look, those found ended; `_write` makes them durable with
+        the next write); watch the others. A step recorded but never submitted (the runtime
+        stopped in between) is submitted now, or, in a killed run, ends as killed."""
         runs = self._manager
         ended, self._ended = self._ended, []
         done = {key: record for key, record in ended}
