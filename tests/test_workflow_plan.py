@@ -99,4 +99,6 @@ def _status(entries: dict[str, StepEntry], name: str) -> str:
     if entry.phase != "expanded":
         return entry.phase
     phases = {entries[f"{name}[{i}]"].phase for i in range(entry.count or 0)}
+    if "submitted" in phases:
+        return "running"  # (a step after it may start only if it failed without cof)
     return "failed" if "failed" in phases else "finished"

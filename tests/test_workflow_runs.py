@@ -302,3 +302,36 @@ async def test_a_step_whose_process_is_removed_fails_and_is_not_run_again(tmp_pa
         await trio.sleep(0.2)
         with pytest.raises(corra.NoSuchProcess):  # (and nothing submitted it again)
             rt.processes.get(f"{run.id}.sleep")
+
+
+async def test_a_step_whose_result_is_refused_fails_naming_why(tmp_path: Path) -> None:
+    text = (
+        '[[job]]\nname = "bad-json"\n'
+        '[[job.step]]\nname = "prepare"\n'
+        'argv = ["sh", "-c", "echo \'{items: 1}\' > $CORRA_RESULT"]\n'
+        '[[job.step]]\nname = "work"\nneeds = ["prepare"]\n'
+        'for_each = "${steps.prepare.result.items}"\nargv = ["true"]\n'
+    )
+    async with corra.open_runtime(state_dir=tmp_path / "state") as rt:
+        rt.workflows.define(jobs(text))
+        run, _ = await rt.workflows.start("bad-json")
+        done = await rt.workflows.wait(run.id)
+        assert done.phase == "failed"
+        assert "its result was refused" in done.reason and "'prepare'" in done.reason
+        assert rt.processes.get(f"{run.id}.prepare").phase == "finished"
+
+
+async def test_a_tolerant_fan_out_is_waited_for_whole(tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger"
+    text = (
+        '[[job]]\nname = "tolerant-fan"\n'
+        '[[job.step]]\nname = "work"\nfor_each = [0, 1]\ncontinue_on_failure = true\n'
+        'argv = ["sh", "-c", "if [ $1 = 0 ]; then exit 1; fi; sleep 0.5; echo work >> '
+        f'{ledger}", "sh", "${{item}}"]\n' + ledger_step("after", ledger, ["work"])
+    )
+    async with corra.open_runtime(state_dir=tmp_path / "state") as rt:
+        rt.workflows.define(jobs(text))
+        run, _ = await rt.workflows.start("tolerant-fan")
+        done = await rt.workflows.wait(run.id)
+        assert done.phase == "finished", done.reason
+    assert ledger_lines(ledger) == ["work", "after:after"]  # (after waited for item 1)

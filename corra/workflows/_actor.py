@@ -263,11 +263,17 @@ class RunActor(Actor):
         result = record.state.result
         value, value_file = self._manager.result_of(record)
         reason = record.state.reason
-        if reason is None and result is not None and record.phase != "finished":
+        phase = record.phase
+        if reason is None and result is not None and phase != "finished":
             reason = _exit_text(result)
+        refused = getattr(result, "value_error", None)
+        if phase == "finished" and refused:
+            # (a step's result is what those after it read: one refused fails the step,
+            # rather than hand them a null that hides why)
+            phase, reason = "failed", f"its result was refused: {refused}"
         return attrs.evolve(
             entry,
-            phase=record.phase,  # type: ignore[arg-type]
+            phase=phase,  # type: ignore[arg-type]
             at=self._manager.clock(),
             reason=reason,
             result=value,

@@ -97,20 +97,26 @@ class Plan:
 def step_status(step: StepDefinition, entries: Mapping[str, StepEntry]) -> StepStatus:
     """Where ``step`` is: pending (nothing decided), running (its process, or one of its
     items', has not ended), or how it ended (a fan-out step has failed, or was killed, as
-    soon as one of its items has, whether or not the others run on)."""
+    soon as one of its items has, whether or not the others run on; one that continues on
+    failure has ended once all of its items have)."""
     entry = entries.get(step.name)
     if entry is None:
         return "pending"
     if entry.phase != "expanded":
         return "running" if entry.phase == "submitted" else entry.phase
-    status: StepStatus = "finished"
+    running = False
+    failed: StepStatus | None = None
     for index in range(entry.count or 0):
         item = entries.get(instance_key(step.name, index))
         if item is None or not item.ended:
-            status = "running"
-        elif item.phase in _FAILED:
-            return item.phase  # type: ignore[return-value]  (Rule 3: at once)
-    return status
+            running = True
+        elif item.phase in _FAILED and failed is None:
+            failed = item.phase  # type: ignore[assignment]
+    if failed is not None and not step.continue_on_failure:
+        return failed  # (Rule 3: at once)
+    if running:
+        return "running"  # (with continue_on_failure: those after it wait for every item)
+    return failed or "finished"
 
 
 def step_result(
