@@ -21,6 +21,10 @@ RUN_DIR files::
     stdout, stderr the program's output, appended
     kill.json      own only, optional: {"grace": seconds}, written by the runtime before its
                    SIGTERM
+    result.json    written by the program, optional: its result, a JSON value (the file that
+                   ``$CORRA_RESULT`` names)
+    status.jsonl   appended by the program, optional: its status, a JSON object per line
+                   (the file that ``$CORRA_STATUS`` names; read by `_status`)
     exit.json      returncode, signal, utime, stime, maxrss (the program's peak resident set
                    in bytes, or null where unknown: see ``program_peak``), started_at, ended_at
                    (epoch seconds), stdout_size, stderr_size, stdout_dropped, stderr_dropped
@@ -60,6 +64,9 @@ PROGRAM_FILE = "program.pid"
 EXIT_FILE = "exit.json"
 EXIT_TEMPORARY = "exit.json.tmp"
 KILL_FILE = "kill.json"
+#: What the program may write (`data_environment`): its result, and its status lines.
+RESULT_FILE = "result.json"
+STATUS_FILE = "status.jsonl"
 LOG_FILE = "chaperone.log"
 WORK_DIR = "work"
 STREAMS = ("stdout", "stderr")
@@ -181,6 +188,17 @@ def sync_exit(fd, run_dir):
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+def data_environment(run_dir):
+    """What a program is told of where its data goes, in its environment: ``CORRA_RESULT``
+    and ``CORRA_STATUS``, absolute paths in its run dir. (The wrappers of scheduler jobs,
+    self-contained, say the same: `_wrapper.data_environment`.)"""
+    run_dir = os.path.abspath(run_dir)
+    return {
+        "CORRA_RESULT": os.path.join(run_dir, RESULT_FILE),
+        "CORRA_STATUS": os.path.join(run_dir, STATUS_FILE),
+    }
 
 
 # reading ----------------------------------------------------------------------------------

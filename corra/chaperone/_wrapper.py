@@ -26,6 +26,9 @@ if __package__:  # imported; a wrapper's source has _escalation's text before th
 
 #: corra's kill request in a run dir: ``{"grace": seconds}``.
 KILL_FILE = "kill.json"
+#: What the program may write (`data_environment`), as `_rundir` names them.
+RESULT_FILE = "result.json"
+STATUS_FILE = "status.jsonl"
 #: The scheduler's (or anyone's) kill of the wrapper itself.
 KILL_REQUESTS = (signal.SIGTERM, signal.SIGINT)
 #: Ignored by Python, which the program must not inherit.
@@ -106,6 +109,26 @@ def spawn(program, stdio=None):
     except OSError:
         pass
     return pid
+
+
+def data_environment(run_dir):
+    """``CORRA_RESULT`` and ``CORRA_STATUS`` for a program whose (absolute) run dir is
+    ``run_dir``: `_rundir.data_environment`'s, without ``os``."""
+    return {
+        "CORRA_RESULT": join(run_dir, RESULT_FILE),
+        "CORRA_STATUS": join(run_dir, STATUS_FILE),
+    }
+
+
+def export(variables):
+    """Put ``variables`` in this process's environment, which `spawn` gives the program (both
+    ways: ``posix.environ``, which posix_spawnp is given, and the C library's, which a fork's
+    ``execvp`` uses)."""
+    for name, value in variables.items():
+        key = name.encode()
+        data = value.encode(sys.getfilesystemencoding(), "surrogateescape")
+        posix.environ[key] = data
+        posix.putenv(key, data)
 
 
 def reap(job, drain=GROUP_DRAIN):

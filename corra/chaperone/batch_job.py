@@ -39,6 +39,8 @@ if __package__:  # imported (corra.chaperone.batch_job); a job's source has _wra
         KILL_REQUESTS,
         LONGEST_WAIT,
         Job,
+        data_environment,
+        export,
         reap,
         requested_grace,
         shell_status,
@@ -57,6 +59,7 @@ TIMED_OUT = (124, 137)
 def main(argv):
     run_dir, suffix, grace, timed = argv[0], argv[1], float(argv[2]), argv[3] == "timeout"
     signal.pthread_sigmask(signal.SIG_BLOCK, WAITED)
+    export(data_environment(run_dir))
     started_at = time.time()
     job = Job(spawn(argv[4:]), grace)
     while not job.ended:

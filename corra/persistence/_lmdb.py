@@ -17,6 +17,7 @@ state directory would run every process twice). Named databases:
 - ``terms``, ``index``, ``counts``: the secondary indexes, from the terms each save carries
   (`corra.persistence._indexes`); ``set_aside`` and ``delete`` remove a process from them.
 - ``notes``: process id -> a note, apart from its snapshot (`corra.persistence._keyed`).
+- ``statuses``: process id -> its program's latest status, apart from its snapshot, as notes.
 
 Format 1 had no ``active`` database. A writer opening a format-1 store creates it empty and
 leaves the format at 1 (`Reads.has_active_index` is False) until the caller has rebuilt the
@@ -76,9 +77,10 @@ _DATABASES: Final = (
     "index",
     "counts",
     "notes",
+    "statuses",
 )
 #: Databases that an older store lacks (None when a reader opens such a store).
-_LATER_DATABASES: Final = ("active", "terms", "index", "counts", "notes")
+_LATER_DATABASES: Final = ("active", "terms", "index", "counts", "notes", "statuses")
 #: LMDB's compile-time limit on key length (``mdb_env_get_maxkeysize``).
 _MAX_KEY_BYTES: Final = 511
 _SEPARATOR: Final = b"\x00"
@@ -171,6 +173,7 @@ class Databases:
     index: Any
     counts: Any
     notes: Any
+    statuses: Any
     index_writes: IndexWrites = attrs.field(factory=IndexWrites, eq=False, repr=False)
     next_history: dict[bytes, int] = attrs.field(factory=dict, eq=False, repr=False)
     """The writer's memory of the next history sequence number of the processes it wrote

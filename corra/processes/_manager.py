@@ -39,6 +39,7 @@ from corra.processes._recovery import RecoveryReport, recover
 from corra.processes._requests import effect_key, launch_request
 from corra.processes._retention import PRUNE_BATCH
 from corra.processes._spec import ProcessSpec, absolute_paths, changed_fields
+from corra.processes._statuses import StoredStatuses
 
 #: The most output one `read_log` returns, whatever it is asked for.
 MAX_LOG_READ = 16 << 20
@@ -72,6 +73,7 @@ class ProcessManager:
         nursery: where the admission's tasks (a dispatcher of slots per backend, the timer of
             retries), the waits for unavailable hosts and the writer of ``notes`` run.
         notes: the notes its backends set (`corra.processes._notes`), if they have a place.
+        statuses: the statuses its backends set (`corra.processes._statuses`), likewise.
     """
 
     def __init__(
@@ -85,6 +87,7 @@ class ProcessManager:
         nursery: trio.Nursery,
         clock: Callable[[], float] = time.time,
         notes: StoredNotes | None = None,
+        statuses: StoredStatuses | None = None,
     ) -> None:
         self._backends = dict(backends)
         self._journal = Journal(store, codec, history_codec, clock)
@@ -104,6 +107,9 @@ class ProcessManager:
         )
         if notes is not None:
             nursery.start_soon(notes.run, self.get)
+        self.statuses = statuses
+        if statuses is not None:
+            nursery.start_soon(statuses.run, self.get)
 
     # -- reading ---------------------------------------------------------------------------
 

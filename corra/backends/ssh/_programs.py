@@ -16,9 +16,10 @@ handle. `find` asks the host, so recovery settles a launch whose reply was lost.
 
 Rule 3: no channel stays open while a program runs. A launch is one exec (answered once the
 program started); waits are served by one poller per host that asks about *every* watched run
-dir in one exec per ``poll_interval``; logs are read by byte range from the spooled files, so
-a reader that reconnects resumes at its offset. A connection that drops costs nothing: the
-chaperone keeps running and recording, and the next poll finds what happened.
+dir in one exec per ``poll_interval`` (which also brings their status files' ends); logs are
+read by byte range from the spooled files, so a reader that reconnects resumes at its offset.
+A connection that drops costs nothing: the chaperone keeps running and recording, and the
+next poll finds what happened.
 
 Rule 4: logs are shipped home while a program is watched, when the backend has a ``logs_dir``.
 The status reply carries each run dir's stdout/stderr sizes, so the poller knows which files
@@ -60,6 +61,7 @@ from corra._errors import (
 )
 from corra.backends import _staging
 from corra.backends._exits import ExitRecord, result_of
+from corra.backends._follow import StatusReports
 from corra.backends._pollers import HostPollers, check_key
 from corra.backends._shared import json_reply
 from corra.backends.ssh._config import HostConfig
@@ -67,7 +69,7 @@ from corra.backends.ssh._handle import RemoteHandle
 from corra.backends.ssh._shipped import STREAMS, LocalLogs
 from corra.backends.transport import Transport
 from corra.chaperone import PACKAGE_DIR
-from corra.processes._backend import Capabilities, EffectKey, LaunchRequest
+from corra.processes._backend import Capabilities, EffectKey, LaunchRequest, Statuses
 from corra.processes._lifecycle import Result
 from corra.processes._spec import DEFAULT_OUTPUT_LIMIT, check_output_limit, check_seconds
 
@@ -146,7 +148,7 @@ class SshProgramBackend(HostPollers):
     """
 
     capabilities = Capabilities(
-        slots=True, hosts=True, staging=True, waits_for_host=True, log_size=True
+        slots=True, hosts=True, staging=True, waits_for_host=True, log_size=True, status=True
     )
     handle_type = RemoteHandle
 
@@ -159,8 +161,10 @@ class SshProgramBackend(HostPollers):
         max_running: int = 64,
         logs_dir: Path | str | None = None,
         output_limit: int = DEFAULT_OUTPUT_LIMIT,
+        statuses: Statuses | None = None,
     ) -> None:
         check_seconds("poll_interval", poll_interval, positive=True)
+        self._reports = StatusReports(statuses)  # (the status execs bring them: Rule 3)
         check_output_limit("output_limit", output_limit)
         self._output_limit = output_limit
         self._hosts = {
@@ -317,6 +321,8 @@ class SshProgramBackend(HostPollers):
         statuses = json_reply(result.stdout, f"host {host.config.name}: the remote helper")
         if not isinstance(statuses, list) or len(statuses) != len(run_dirs):
             raise BackendError(f"host {host.config.name}: a status reply that does not fit")
+        for run_dir, entry in zip(run_dirs, statuses, strict=True):
+            self._reports.report(run_dir, isinstance(entry, dict) and entry.get("status"))
         return statuses
 
     async def wait(self, handle: RemoteHandle) -> Result:
@@ -329,8 +335,7 @@ class SshProgramBackend(HostPollers):
         return result
 
     def _limit_of(self, handle: RemoteHandle) -> int:
-        """The output limit the program of ``handle`` was launched with (found handles, and
-        those from before there was one: this backend's)."""
+        """The output limit ``handle``'s program was launched with (else this backend's)."""
         limit = handle.output_limit
         return limit if limit is not None and limit > 0 else self._output_limit
 
