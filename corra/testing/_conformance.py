@@ -43,9 +43,10 @@ from corra.processes._backend import (
     BackendPlugin,
     EffectKey,
     Limits,
+    MemoryStatuses,
     describe_plugin,
 )
-from corra.testing._kit import Kit, Loser, Opener
+from corra.testing._kit import STATUSES, Kit, Loser, Opener
 
 
 def _override(fixture: str, what: str) -> NoReturn:
@@ -221,6 +222,34 @@ class BackendConformance:
         async with kit.open() as backend:
             result = await kit.wait(backend, await backend.launch(request))
         assert result.timed_out and not result.ok and result.returncode != 0, result
+
+    # -- statuses ---------------------------------------------------------------------------
+
+    @pytest.mark.trio
+    async def test_a_backend_that_follows_statuses_hands_on_the_latest(self, kit: Kit) -> None:
+        """A backend whose capabilities say ``status`` hands the latest line a program
+        appended to ``$CORRA_STATUS`` to `BackendContext.statuses`, by the time its wait
+        returns, and why a later line was refused (`open_plugin` opens it with the sink
+        that `STATUSES` holds)."""
+        if not kit.plugin.capabilities.status:
+            pytest.skip(f"backend {kit.plugin.name!r} does not follow $CORRA_STATUS")
+        statuses = MemoryStatuses()
+        said = '{"progress": 0.5, "message": "half"}'
+        request = kit.request(
+            f'test -n "$CORRA_STATUS" || exit 9; echo \'{said}\' >> "$CORRA_STATUS"; '
+            'sleep 1; echo oops >> "$CORRA_STATUS"'
+        )
+        token = STATUSES.set(statuses)
+        try:
+            async with kit.open() as backend:
+                result = await kit.wait(backend, await backend.launch(request))
+        finally:
+            STATUSES.reset(token)
+        assert result.ok, result
+        assert statuses.statuses.get(request.key) == (
+            {"progress": 0.5, "message": "half"},
+            "not JSON: 'oops'",
+        ), statuses.statuses
 
     # -- find after a crash ----------------------------------------------------------------
 
