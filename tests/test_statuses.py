@@ -379,3 +379,29 @@ async def test_a_status_line_refused_last_is_said_beside_the_good_one(tmp_path: 
     shown = (await corra(state, "show", "s")).stdout.decode()
     assert "last status: ok (at " in shown
     assert "a later line was refused: progress: expected a number from 0 to 1, got '2'" in shown
+
+
+def test_corra_run_s_live_display_shows_a_running_program_s_status():
+    import io
+
+    from corra.cli._run import Progress
+    from corra.processes._lifecycle import ProcessState
+    from corra.processes._record import ProcessRecord, Transition
+    from corra.processes._spec import ProcessSpec
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    said = {"p1": ProgramStatus({"progress": 0.4, "message": "step 4 of 10"}, None, 1, 1.0)}
+    out = Terminal()
+    display = Progress(out, said.get)
+    for process_id, name in (("p1", "says"), ("p2", "quiet")):
+        state = ProcessState(phase="running", attempt=1, updated_at=1.0)
+        record = ProcessRecord(process_id, ProcessSpec(argv=("true",), name=name), state, 1.0)
+        display.update(record, Transition(1.0, "started", "launching", "running", 1))
+    lines = out.getvalue().split("\x1b[J")[-1].splitlines()
+    assert lines[0] == "running 2"
+    says = next(text for text in lines if "says" in text)
+    quiet = next(text for text in lines if "quiet" in text)
+    assert says.endswith("s  40% step 4 of 10") and quiet.endswith("s")
