@@ -53,7 +53,7 @@ from corra.processes._spec import (
     check_output_limit,
     check_seconds,
 )
-from corra.processes._statuses import StoredStatuses
+from corra.processes._statuses import ProgramStatus, StoredStatuses, statuses_of
 
 if TYPE_CHECKING:
     from corra._remote import HostConfig, LoginSettings, RemoteBackends
@@ -178,6 +178,13 @@ class ProcessRef:
     @property
     def result(self) -> Result | None:
         return self.record().state.result
+
+    def status(self) -> ProgramStatus | None:
+        """What the current attempt's program said last of how far it is (its latest line
+        of ``$CORRA_STATUS``: `corra.processes._statuses`), or None. Never blocks."""
+        manager = self._manager
+        latest = None if manager.statuses is None else manager.statuses.latest
+        return statuses_of(manager.store, [self.record()], latest)[0]
 
     async def pause(self) -> ProcessRecord:
         return await self._manager.pause(self.id)

@@ -22,7 +22,7 @@ from test_conformance_hyperqueue import server_host
 from test_slurm_processes import cluster, here  # noqa: F401 - (the fixture)
 
 from corra._runtime import ProcessRef, Runtime, open_runtime
-from corra.processes._statuses import ProgramStatus, statuses_of
+from corra.processes._statuses import ProgramStatus
 
 pytestmark = pytest.mark.slow
 
@@ -52,9 +52,7 @@ def shared_dir() -> Iterator[Path]:
 
 
 def statuses(runtime: Runtime, refs: list[ProcessRef]) -> list[ProgramStatus | None]:
-    manager = runtime.processes
-    assert manager.statuses is not None
-    return statuses_of(manager.store, [ref.record() for ref in refs], manager.statuses.latest)
+    return [ref.status() for ref in refs]
 
 
 def ticks(runtime: Runtime, refs: list[ProcessRef]) -> list[int] | None:
