@@ -28,6 +28,7 @@ from ._rundir import (
     WORK_DIR,
     Root,
     bounded,
+    data_environment,
     log_failure,
     put_exit,
     requested_grace,
@@ -116,7 +117,9 @@ class OwnChaperone:
         try:
             run.cgroups.join()
             try:
-                run.spawn(spec["argv"], spec["env"], cwd, streams[0], streams[1])
+                env = dict(spec["env"])
+                env.update(data_environment(self.run_dir))  # ($CORRA_RESULT, $CORRA_STATUS)
+                run.spawn(spec["argv"], env, cwd, streams[0], streams[1])
             finally:
                 run.cgroups.leave()
         except OSError as error:

@@ -14,7 +14,7 @@ import time
 
 from ._escalation import Escalation
 from ._proc import own_peak, process_start
-from ._rundir import EXIT_FILE, data_environment, describe
+from ._rundir import EXIT_FILE, describe
 from ._spawn import spawn
 
 #: The most a program gets between SIGTERM and SIGKILL once its chaperone has lost its root.
@@ -44,10 +44,7 @@ class Run(Escalation):
     # starting -------------------------------------------------------------------------------
 
     def spawn(self, argv, env, cwd, stdout, stderr):
-        """Start the program (in the cgroups the caller joined), with ``env`` and where its
-        data goes (`data_environment`); OSError if it cannot be."""
-        env = dict(env)
-        env.update(data_environment(self.run_dir))
+        """Start the program (in the cgroups the caller joined); OSError if it cannot be."""
         self.pid = spawn(argv, env, cwd, stdout, stderr)
 
     def describe_program(self):

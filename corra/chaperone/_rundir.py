@@ -19,12 +19,13 @@ RUN_DIR files::
     work/          the program's cwd when the spec's cwd is null (made ahead by the shared
                    chaperone: there, empty, otherwise)
     stdout, stderr the program's output, appended
+    result.json    written by the program, if at all: one JSON value, its result
+                   (``$CORRA_RESULT`` names it; read by the runtime once the program ended)
+    status.jsonl   appended by the program, if at all: JSON lines, its status updates
+                   (``$CORRA_STATUS`` names it). Both variables are set by every chaperone
+                   and wrapper (`data_environment`), over whatever env gave them
     kill.json      own only, optional: {"grace": seconds}, written by the runtime before its
                    SIGTERM
-    result.json    written by the program, optional: its result, a JSON value (the file that
-                   ``$CORRA_RESULT`` names)
-    status.jsonl   appended by the program, optional: its status, a JSON object per line
-                   (the file that ``$CORRA_STATUS`` names; read by `_status`)
     exit.json      returncode, signal, utime, stime, maxrss (the program's peak resident set
                    in bytes, or null where unknown: see ``program_peak``), started_at, ended_at
                    (epoch seconds), stdout_size, stderr_size, stdout_dropped, stderr_dropped
@@ -56,6 +57,13 @@ import sys
 import time
 
 from . import _proc
+from ._wrapper import (  # noqa: F401 (the run dir's files: defined where wrappers have them)
+    RESULT_FILE,
+    RESULT_VARIABLE,
+    STATUS_FILE,
+    STATUS_VARIABLE,
+    data_environment,
+)
 from .protocol import json_line, seconds
 
 SPEC_FILE = "spec.json"
@@ -64,9 +72,6 @@ PROGRAM_FILE = "program.pid"
 EXIT_FILE = "exit.json"
 EXIT_TEMPORARY = "exit.json.tmp"
 KILL_FILE = "kill.json"
-#: What the program may write (`data_environment`): its result, and its status lines.
-RESULT_FILE = "result.json"
-STATUS_FILE = "status.jsonl"
 LOG_FILE = "chaperone.log"
 WORK_DIR = "work"
 STREAMS = ("stdout", "stderr")
@@ -188,17 +193,6 @@ def sync_exit(fd, run_dir):
         os.fsync(directory)
     finally:
         os.close(directory)
-
-
-def data_environment(run_dir):
-    """What a program is told of where its data goes, in its environment: ``CORRA_RESULT``
-    and ``CORRA_STATUS``, absolute paths in its run dir. (The wrappers of scheduler jobs,
-    self-contained, say the same: `_wrapper.data_environment`.)"""
-    run_dir = os.path.abspath(run_dir)
-    return {
-        "CORRA_RESULT": os.path.join(run_dir, RESULT_FILE),
-        "CORRA_STATUS": os.path.join(run_dir, STATUS_FILE),
-    }
 
 
 # reading ----------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ from ._rundir import (
     WORK_DIR,
     Root,
     bounded,
+    data_environment,
     describe,
     lock_root,
     log_failure,
@@ -248,6 +249,7 @@ class Server:
         if cwd is not None and not os.path.isdir(cwd):
             return {protocol.OP: protocol.INVALID, "error": f"cwd: no such directory: {cwd!r}"}
         run_dir = f"{self.root}/{key}"
+        env.update(data_environment(run_dir))  # ($CORRA_RESULT, $CORRA_STATUS: last, ours)
         try:
             claim = self.claim(run_dir)
         except OSError as error:

@@ -26,9 +26,13 @@ if __package__:  # imported; a wrapper's source has _escalation's text before th
 
 #: corra's kill request in a run dir: ``{"grace": seconds}``.
 KILL_FILE = "kill.json"
-#: What the program may write (`data_environment`), as `_rundir` names them.
+#: Where, in its run dir, a program may write its result (one JSON value) and append its
+#: status (JSON lines): the files ``$CORRA_RESULT`` and ``$CORRA_STATUS`` name
+#: (`data_environment`; `corra.chaperone._rundir` documents them with the other files).
 RESULT_FILE = "result.json"
 STATUS_FILE = "status.jsonl"
+RESULT_VARIABLE = "CORRA_RESULT"
+STATUS_VARIABLE = "CORRA_STATUS"
 #: The scheduler's (or anyone's) kill of the wrapper itself.
 KILL_REQUESTS = (signal.SIGTERM, signal.SIGINT)
 #: Ignored by Python, which the program must not inherit.
@@ -109,26 +113,6 @@ def spawn(program, stdio=None):
     except OSError:
         pass
     return pid
-
-
-def data_environment(run_dir):
-    """``CORRA_RESULT`` and ``CORRA_STATUS`` for a program whose (absolute) run dir is
-    ``run_dir``: `_rundir.data_environment`'s, without ``os``."""
-    return {
-        "CORRA_RESULT": join(run_dir, RESULT_FILE),
-        "CORRA_STATUS": join(run_dir, STATUS_FILE),
-    }
-
-
-def export(variables):
-    """Put ``variables`` in this process's environment, which `spawn` gives the program (both
-    ways: ``posix.environ``, which posix_spawnp is given, and the C library's, which a fork's
-    ``execvp`` uses)."""
-    for name, value in variables.items():
-        key = name.encode()
-        data = value.encode(sys.getfilesystemencoding(), "surrogateescape")
-        posix.environ[key] = data
-        posix.putenv(key, data)
 
 
 def reap(job, drain=GROUP_DRAIN):
@@ -216,6 +200,30 @@ def write_record(path, record):
 def join(directory, name):
     """``os.path.join(directory, name)`` for a ``name`` without slashes (no ``os`` here)."""
     return directory + name if directory.endswith("/") else directory + "/" + name
+
+
+def data_environment(run_dir):
+    """What a program's environment gets on top of the rest (every chaperone and wrapper
+    adds it last): ``$CORRA_RESULT`` and ``$CORRA_STATUS``, the absolute paths of
+    `RESULT_FILE` and `STATUS_FILE` in ``run_dir``."""
+    if not run_dir.startswith("/"):
+        run_dir = join(posix.getcwd(), run_dir)
+    return {
+        RESULT_VARIABLE: join(run_dir, RESULT_FILE),
+        STATUS_VARIABLE: join(run_dir, STATUS_FILE),
+    }
+
+
+def add_data_environment(run_dir):
+    """Add `data_environment` to this process's environment, which `spawn` passes on (both
+    ways it spawns: ``posix.environ``, and the C environ of a fork's exec)."""
+    os = sys.modules.get("os")  # (imported or not: its environ is a copy of posix's)
+    for name, value in data_environment(run_dir).items():
+        encoded = value.encode("utf-8", "surrogateescape")
+        posix.putenv(name, value)
+        posix.environ[name.encode()] = encoded
+        if os is not None:
+            os.environ[name] = value
 
 
 def exists(path):

@@ -39,8 +39,7 @@ if __package__:  # imported (corra.chaperone.batch_job); a job's source has _wra
         KILL_REQUESTS,
         LONGEST_WAIT,
         Job,
-        data_environment,
-        export,
+        add_data_environment,
         reap,
         requested_grace,
         shell_status,
@@ -59,7 +58,7 @@ TIMED_OUT = (124, 137)
 def main(argv):
     run_dir, suffix, grace, timed = argv[0], argv[1], float(argv[2]), argv[3] == "timeout"
     signal.pthread_sigmask(signal.SIG_BLOCK, WAITED)
-    export(data_environment(run_dir))
+    add_data_environment(run_dir)  # ($CORRA_RESULT, $CORRA_STATUS)
     started_at = time.time()
     job = Job(spawn(argv[4:]), grace)
     while not job.ended:

@@ -55,9 +55,8 @@ if __package__:  # imported (corra.chaperone.task_job); a task's source has _wra
         KILL_REQUESTS,
         LONGEST_WAIT,
         Job,
-        data_environment,
+        add_data_environment,
         exists,
-        export,
         join,
         json_line,
         reap,
@@ -111,7 +110,7 @@ def main(argv):
     if before is not None:
         write_record(join(run_dir, EXIT_FILE), before)
         return shell_status(None, before["signal"])
-    export(data_environment(run_dir))
+    add_data_environment(run_dir)  # ($CORRA_RESULT, $CORRA_STATUS)
     started_at = time.time()
     job = Job(spawn(program, stdio), grace)
     for fd in stdio:
