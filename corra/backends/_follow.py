@@ -167,6 +167,12 @@ class StatusReports:
         self._statuses = statuses
         self._seen: collections.OrderedDict[str, Any] = collections.OrderedDict()
 
+    def report_entries(self, run_dirs: list[str], entries: list[Any]) -> None:
+        """`report` each run dir's entry of a remote helper's ``status`` reply (its
+        ``"status"``, where the program wrote one)."""
+        for run_dir, entry in zip(run_dirs, entries, strict=True):
+            self.report(run_dir, entry.get("status") if isinstance(entry, dict) else None)
+
     def report(self, run_dir: str, found: Any) -> None:
         """Hand on ``found``, the report of ``run_dir`` (anything else is ignored)."""
         if self._statuses is None or not isinstance(found, dict):

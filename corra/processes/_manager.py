@@ -105,11 +105,10 @@ class ProcessManager:
             control=self._control,
             ended=None if notes is None else notes.ended,
         )
-        if notes is not None:
-            nursery.start_soon(notes.run, self.get)
         self.statuses = statuses
-        if statuses is not None:
-            nursery.start_soon(statuses.run, self.get)
+        for writer in (notes, statuses):  # (each writes in the background)
+            if writer is not None:
+                nursery.start_soon(writer.run, self.get)
 
     # -- reading ---------------------------------------------------------------------------
 

@@ -16,10 +16,9 @@ handle. `find` asks the host, so recovery settles a launch whose reply was lost.
 
 Rule 3: no channel stays open while a program runs. A launch is one exec (answered once the
 program started); waits are served by one poller per host that asks about *every* watched run
-dir in one exec per ``poll_interval`` (which also brings their status files' ends); logs are
-read by byte range from the spooled files, so a reader that reconnects resumes at its offset.
-A connection that drops costs nothing: the chaperone keeps running and recording, and the
-next poll finds what happened.
+dir in one exec per ``poll_interval``; logs are read by byte range from the spooled files, so
+a reader that reconnects resumes at its offset. A connection that drops costs nothing: the
+chaperone keeps running and recording, and the next poll finds what happened.
 
 Rule 4: logs are shipped home while a program is watched, when the backend has a ``logs_dir``.
 The status reply carries each run dir's stdout/stderr sizes, so the poller knows which files
@@ -164,9 +163,8 @@ class SshProgramBackend(HostPollers):
         statuses: Statuses | None = None,
     ) -> None:
         check_seconds("poll_interval", poll_interval, positive=True)
-        self._reports = StatusReports(statuses)  # (the status execs bring them: Rule 3)
         check_output_limit("output_limit", output_limit)
-        self._output_limit = output_limit
+        self._output_limit, self._reports = output_limit, StatusReports(statuses)
         self._hosts = {
             name: _Host(config, transports[name], poll_interval) for name, config in hosts.items()
         }
@@ -306,8 +304,7 @@ class SshProgramBackend(HostPollers):
         raise BackendError(f"{key} on {host.config.name}: unexpected reply {reply!r}")
 
     async def find(self, key: EffectKey, host_name: str | None = None) -> RemoteHandle | None:
-        """The handle of the program launched with ``key`` (on ``host_name``, else on any
-        host), or None."""
+        """The handle of ``key``'s program (on ``host_name``, else on any host), or None."""
         for host in self.hosts_for(host_name):
             await self._ready(host)
             (status,) = await self._status(host, [self._run_dir(host, str(key))])
@@ -321,8 +318,7 @@ class SshProgramBackend(HostPollers):
         statuses = json_reply(result.stdout, f"host {host.config.name}: the remote helper")
         if not isinstance(statuses, list) or len(statuses) != len(run_dirs):
             raise BackendError(f"host {host.config.name}: a status reply that does not fit")
-        for run_dir, entry in zip(run_dirs, statuses, strict=True):
-            self._reports.report(run_dir, isinstance(entry, dict) and entry.get("status"))
+        self._reports.report_entries(run_dirs, statuses)  # (their status files' ends, if any)
         return statuses
 
     async def wait(self, handle: RemoteHandle) -> Result:
