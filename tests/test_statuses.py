@@ -405,3 +405,49 @@ def test_corra_run_s_live_display_shows_a_running_program_s_status():
     says = next(text for text in lines if "says" in text)
     quiet = next(text for text in lines if "quiet" in text)
     assert says.endswith("s  40% step 4 of 10") and quiet.endswith("s")
+
+
+async def test_status_events_are_one_per_process_per_second_and_bounded_in_all(autojump_clock):
+    from types import SimpleNamespace
+
+    from corra.api._events import STATUS_EVENT_RATE, EventLog, follow_statuses
+    from corra.processes._lifecycle import ProcessState
+    from corra.processes._record import ProcessRecord
+    from corra.processes._spec import ProcessSpec
+
+    class NoStore:  # (nothing stored before: every process starts without a status)
+        def status(self, process_id: str) -> None:
+            return None
+
+    def record(process_id: str) -> ProcessRecord:
+        state = ProcessState(phase="running", attempt=1, updated_at=1.0)
+        return ProcessRecord(process_id, ProcessSpec(argv=("true",)), state, 1.0)
+
+    statuses = StoredStatuses(NoStore(), clock=trio.current_time)  # type: ignore[arg-type]
+    events = EventLog()
+    events.reserve()  # (numbers in memory: no file, no worker thread on virtual time)
+    api = SimpleNamespace(
+        manager=SimpleNamespace(statuses=statuses, get=record),
+        events=events,
+        drop_cached=lambda process_id: None,
+        status_feed=None,
+    )
+
+    def said() -> list[dict]:
+        return [event for event in events.since(0) if event["event"] == "status"]
+
+    many = int(STATUS_EVENT_RATE * 10)  # (ten seconds' worth of status events at once)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(follow_statuses, api)
+        for number in range(many):
+            statuses.set(EffectKey(f"p{number}", 1), {"progress": 0.1})
+        await trio.sleep(0.1)
+        assert len(said()) == many  # (each process's first, at once)
+        for step in range(1, 4):  # (a chatty one: its latest only, once the pause is over)
+            statuses.set(EffectKey("p0", 1), {"progress": step / 10})
+            await trio.sleep(1.0)
+        assert len(said()) == many
+        await trio.sleep(10.0 - 3.0)
+        assert len(said()) == many + 1
+        assert said()[-1]["status"]["value"] == {"progress": 0.3}
+        nursery.cancel_scope.cancel()

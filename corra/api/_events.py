@@ -1,7 +1,8 @@
 """What the service remembers of the transitions it saw: the recent ones, numbered (for
 ``GET /v1/events``) and how many of each event (for ``/metrics``; the processes per phase are
 the store's counts). Also the programs' status updates (``"event": "status"``), coalesced:
-at most one per process per `STATUS_EVENT_PAUSE` (`follow_statuses`)."""
+at most one per process per `STATUS_EVENT_PAUSE`, and `STATUS_EVENT_RATE` per second in all,
+so that they never crowd the transitions out of what is retained (`follow_statuses`)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,9 @@ NUMBERS_FILE = "events.json"
 #: Seconds between two status events of one process, at least: a program that writes its
 #: status a thousand times a second costs subscribers one event per process this often.
 STATUS_EVENT_PAUSE = 1.0
+#: Status events per second, at most, whatever the number of processes (more processes: a
+#: longer pause), so that they never take more than a fifth of `RETAINED_EVENTS` in 10 s.
+STATUS_EVENT_RATE = RETAINED_EVENTS / 50
 
 
 class EventLog:
@@ -166,13 +170,14 @@ async def follow_statuses(api: Any, *, task_status: trio.TaskStatus[None]) -> No
         task_status.started()
         try:
             while True:
-                for process_id, status in (await feed.take()).items():
+                changed = await feed.take()
+                for process_id, status in changed.items():
                     try:
                         record = api.manager.get(process_id)
                     except CorraError:  # (removed meanwhile)
                         continue
                     await publish_status(api, record, status)
-                await trio.sleep(STATUS_EVENT_PAUSE)
+                await trio.sleep(max(STATUS_EVENT_PAUSE, len(changed) / STATUS_EVENT_RATE))
         finally:
             api.status_feed = None
 
