@@ -23,7 +23,14 @@ from corra.actors import SupervisorRef
 from corra.actors import _runtime as kernel
 from corra.actors._specs import SupervisorFlags, SupervisorSpec
 from corra.persistence import Codec, open_store
-from corra.processes._backend import Backend, BackendContext, MemoryNotes, Notes
+from corra.processes._backend import (
+    Backend,
+    BackendContext,
+    MemoryNotes,
+    MemoryStatuses,
+    Notes,
+    Statuses,
+)
 from corra.processes._convert import (
     configure_history,
     configure_snapshot,
@@ -46,6 +53,7 @@ from corra.processes._spec import (
     check_output_limit,
     check_seconds,
 )
+from corra.processes._statuses import ProgramStatus, StoredStatuses, statuses_of
 from corra.processes._values import RESULTS_DIR, result_value
 from corra.workflows._manager import WorkflowManager
 
@@ -201,6 +209,13 @@ class ProcessRef:
             return result_value(result)
         return await trio.to_thread.run_sync(result_value, result)
 
+    def status(self) -> ProgramStatus | None:
+        """What the current attempt's program said last of how far it is (its latest line
+        of ``$CORRA_STATUS``: `corra.processes._statuses`), or None. Never blocks."""
+        manager = self._manager
+        latest = None if manager.statuses is None else manager.statuses.latest
+        return statuses_of(manager.store, [self.record()], latest)[0]
+
     async def pause(self) -> ProcessRecord:
         return await self._manager.pause(self.id)
 
@@ -253,11 +268,15 @@ async def open_backends(
     poll_interval: float = 1.0,
     notes: Notes | None = None,
     processes: ProcessPort | None = None,
+    statuses: Statuses | None = None,
+    status_interval: float = 1.0,
 ) -> AsyncIterator[OpenBackends]:
     """The installed backends (`corra.processes._registry.installed`; only ``names`` if
     given), each opened through its plug-in for as long as the block runs. Backends with hosts
     are opened only when there are ``hosts``, after the hosts' transports (`corra._remote`).
     ``notes``: where they say where their programs are (None: kept in memory, for nobody);
+    ``statuses``: where they hand what their programs say of how far they are (None: kept in
+    memory), looked at every ``status_interval`` seconds where they are read here;
     ``processes``: the port to the runtime's processes, bound once its manager is open (None:
     one that is never bound).
 
@@ -284,6 +303,8 @@ async def open_backends(
             poll_interval=poll_interval,
             notes=MemoryNotes() if notes is None else notes,
             processes=ProcessPort() if processes is None else processes,
+            statuses=MemoryStatuses() if statuses is None else statuses,
+            status_interval=status_interval,
         )
         backends: dict[str, Backend] = {}
         for name, plugin in plugins.items():
@@ -364,6 +385,7 @@ async def open_runtime(
     output_limit: int = DEFAULT_OUTPUT_LIMIT,
     retain_finished: float | None = None,
     retain_count: int | None = None,
+    status_interval: float = 1.0,
 ) -> AsyncIterator[Runtime]:
     """Run a corra runtime for the duration of the block.
 
@@ -397,6 +419,9 @@ async def open_runtime(
         retain_count: keep at most this many terminal processes: the others are removed,
             those that ended first, as ``retain_finished`` removes them (either rule removes
             a process); None (the default): no such limit.
+        status_interval: seconds between two looks at the status files of running programs
+            that this machine can read (local and HyperQueue run dirs; a host's are read in
+            its status poll, at ``remote_poll_interval``).
 
     Raises:
         ConfigError: another runtime uses the state dir, or a setting is not valid, or the
@@ -405,6 +430,7 @@ async def open_runtime(
         RestartIntensityExceeded: the root supervisor gave up.
     """
     check_seconds("remote_poll_interval", remote_poll_interval, positive=True)
+    check_seconds("status_interval", status_interval, positive=True)
     check_output_limit("output_limit", output_limit)
     if retain_finished is not None:
         check_seconds("retain_finished", retain_finished, positive=True)
@@ -422,6 +448,7 @@ async def open_runtime(
                 contextlib.AsyncExitStack() as stack,
             ):
                 notes = StoredNotes(store)
+                statuses = StoredStatuses(store)
                 port = ProcessPort()
                 if backends is None:
                     opened = await stack.enter_async_context(
@@ -435,6 +462,8 @@ async def open_runtime(
                             poll_interval=remote_poll_interval,
                             notes=notes,
                             processes=port,
+                            statuses=statuses,
+                            status_interval=status_interval,
                         )
                     )
                     backends = opened.backends
@@ -456,6 +485,7 @@ async def open_runtime(
                     nursery=nursery,
                     notes=notes,
                     results_dir=Path(os.path.abspath(path)) / RESULTS_DIR,  # noqa: ASYNC240
+                    statuses=statuses,
                 )
                 rt._processes = manager
                 port.bind(manager, parse_process_spec)

@@ -62,7 +62,7 @@ def test_corra_backends_lists_each_backend_with_capabilities_and_options(tmp_pat
     text = done.stdout
     for name in ("local", "ssh", "slurm"):
         assert f"\n{name}: " in f"\n{text}"
-    assert "  capabilities: slots, log_size\n" in text  # local's
+    assert "  capabilities: slots, log_size, status\n" in text  # local's
     assert "  options ([process.slurm]):\n" in text
     assert "  host options ([hosts.NAME.slurm]):\n" in text
     lines = text.splitlines()
@@ -83,6 +83,10 @@ def test_corra_backends_json_is_each_plugin_described(tmp_path: Path) -> None:
     ]
     slurm = next(backend for backend in described if backend["name"] == "slurm")
     assert slurm["capabilities"]["pause_hooks"] is True
+    # (what follows $CORRA_STATUS; a pod has no run dir: kubernetes does not)
+    following = {backend["name"] for backend in described if backend["capabilities"]["status"]}
+    assert {"local", "ssh", "slurm", "hyperqueue"} <= following
+    assert "kubernetes" not in following
     assert {"name": "partition", "type": "str | None", "default": None} in slurm["options"]
 
 

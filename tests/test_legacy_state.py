@@ -311,13 +311,17 @@ def test_raw_layout_of_the_legacy_store(state):
 
 
 def test_a_legacy_store_read_as_it_is_has_no_notes(state):
-    # (its store predates the notes' database: a reader finds none, and creates none)
+    # (its store predates the notes' and statuses' databases: a reader finds none, and
+    # creates none)
     with corra.persistence.open_store_readonly(state) as reader:
         assert reader.note(IDS["paused-running"]) is None and reader.notes() == []
+        assert reader.status(IDS["paused-running"]) is None
+        assert reader.statuses_of([IDS["finished"], IDS["failed"]]) == [None, None]
     env = lmdb.open(str(state / "state.lmdb"), readonly=True, lock=False, max_dbs=10)
     try:
-        with env.begin() as txn, pytest.raises(lmdb.NotFoundError):
-            env.open_db(b"notes", txn=txn, create=False)
+        for name in (b"notes", b"statuses"):
+            with env.begin() as txn, pytest.raises(lmdb.NotFoundError):
+                env.open_db(name, txn=txn, create=False)
     finally:
         env.close()
 
@@ -424,6 +428,7 @@ def test_corra_ps_lists_every_legacy_process(state):
         assert item["updated_at"] == stored["state"]["updated_at"]
         assert item["started_at"] == stored["state"]["started_at"]
         assert item["result"] == with_no_value(stored["state"]["result"])
+        assert item["status"] is None  # (no program said how far it was, then)
         if name in RESULTS:
             expected = RESULTS[name]
             result = item["result"]

@@ -126,6 +126,7 @@ EXPECTED = {
     "corra ps -a --json": ['"phase": "finished"', '"next_cursor": null'],
     "corra run -- sh -c 'echo one-off'": ["finished: exited with 0", "done: 1 finished"],
     "examples/supervision.py": ["crash 1", "the runtime stopped"],
+    "corra show steps": ["80% step 4 of 4", "last status: 80% step 4 of 4 (at "],
     "corra serve &": [],
     "corra rerun again": ["): rerun as attempt 2", "finished, attempt 2", "): removed"],
     "$API/v1/health": [

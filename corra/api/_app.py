@@ -45,7 +45,7 @@ from corra._errors import (
 )
 from corra.api import _metrics
 from corra.api._cache import TerminalCache
-from corra.api._events import NUMBERS_FILE, EventLog
+from corra.api._events import NUMBERS_FILE, EventLog, follow_statuses, publish_status
 from corra.api._limits import MAX_BATCH, MAX_BODY
 from corra.api._openapi import OPENAPI
 from corra.api._requests import (
@@ -62,15 +62,16 @@ from corra.api._requests import (
     single,
 )
 from corra.api._value import value_response
-from corra.api._wire import detail_json, record_json, transition_json
+from corra.api._wire import record_json, transition_json, view_json
 from corra.api._workflows import WorkflowRoutes
 from corra.backends.recorded import recorded
 from corra.processes._convert import parse_process_spec
 from corra.processes._manager import MAX_LOG_OFFSET
-from corra.processes._query import LogEntry, ProcessQuery, ProcessView
+from corra.processes._query import LogEntry, ProcessQuery
 from corra.processes._record import ProcessRecord
 from corra.processes._registry import installed
 from corra.processes._spec_content import shown_tables
+from corra.processes._statuses import StatusFeed
 
 logger = logging.getLogger("corra.api")
 
@@ -179,6 +180,7 @@ class Api:
             self.manager, functools.partial(recorded, runtime.state_dir)
         )
         self.events = EventLog(numbers=Path(runtime.state_dir) / NUMBERS_FILE)
+        self.status_feed: StatusFeed | None = None  # (`follow_statuses`'s)
         self.commits = _metrics.CommitLatency(self.manager.store)
         self.stopping = trio.Event()
         """Set when the service stops: streams end, so that their clients reconnect."""
@@ -217,6 +219,10 @@ class Api:
         self.app = _Guard(starlette, token, self.stopping)
         """The ASGI app."""
 
+    def drop_cached(self, process_id: str) -> None:
+        """Forget the JSON kept of a terminal process (its last status came)."""
+        self._terminal.drop(process_id)
+
     def stop(self) -> None:
         """End the streams (the service stops; their clients will reconnect)."""
         self.stopping.set()
@@ -231,6 +237,10 @@ class Api:
             async for record, transition in transitions:
                 if transition.event in ("rerun", "remove"):  # (it changed, or is gone)
                     self._terminal.drop(record.id)
+                ending = self.status_feed is not None and record.state.terminal
+                last = self.status_feed.pop(record.id) if ending else None  # (its end last)
+                if last is not None:
+                    await publish_status(self, record, last)
                 if self.events.full:  # (once per RESERVED_NUMBERS events)
                     await trio.to_thread.run_sync(self.events.reserve)
                 self.events.append(record, transition)
@@ -328,7 +338,7 @@ class Api:
             page = await self.query.list(selection, cursor=cursor, limit=limit)
         except ConfigError as exc:  # (a cursor that is not one of this listing's)
             raise ApiError(400, "bad_request", str(exc)) from None
-        items = [record_json(view.record, view.recorded) for view in page.items]
+        items = [record_json(view.record, view.recorded, view.status) for view in page.items]
         return JSONResponse({"items": items, "next_cursor": page.next_cursor})
 
     async def process_history(self, request: Request) -> Response:
@@ -373,13 +383,13 @@ class Api:
         if boolean(request.query_params, "show_env", False):
             # (asked for: never cached, so that the cache holds no env value)
             view = await self.query.show(self._lookup(key))
-            return JSONResponse(_detail(view, show_env=True))
+            return JSONResponse(view_json(view, show_env=True))
         body = self._terminal.get(key)  # (by id only: a name is resolved by the manager)
         if body is None:
             record = self._lookup(key)
             body = self._terminal.get(record.id)
             if body is None:
-                body = JSONResponse(_detail(await self.query.show(record))).body
+                body = JSONResponse(view_json(await self.query.show(record))).body
                 if record.state.terminal:
                     self._remember_terminal(record, body)
         return Response(body, media_type="application/json")
@@ -480,8 +490,11 @@ class Api:
     def _remember_terminal(self, record: ProcessRecord, body: bytes) -> None:
         """Keep the JSON of a terminal process (it never changes again: no event leaves a
         terminal phase, and its history is complete), by id (a name may look like another
-        process's id: names are resolved by the manager, which prefers ids)."""
-        self._terminal.put(record.id, body)
+        process's id: names are resolved by the manager, which prefers ids); not while its
+        program's last status is on its way to the store."""
+        statuses = self.manager.statuses
+        if statuses is None or statuses.latest(record.id) is None:
+            self._terminal.put(record.id, body)
 
     async def _api_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
@@ -527,6 +540,7 @@ async def open_api(runtime: Any, *, token: str) -> AsyncIterator[Api]:
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(lambda task_status: api.follow_transitions(task_status=task_status))
+            await nursery.start(follow_statuses, api)
             try:
                 yield api
             finally:
@@ -551,11 +565,6 @@ def _closing(send: Callable[[dict[str, Any]], Awaitable[None]]) -> Any:
         await send(message)
 
     return closing
-
-
-def _detail(view: ProcessView, *, show_env: bool = False) -> dict[str, Any]:
-    assert view.history is not None
-    return detail_json(view.record, view.history, view.recorded, note=view.note, show_env=show_env)
 
 
 async def _log_json(entries: AsyncGenerator[LogEntry, None]) -> AsyncIterator[dict[str, Any]]:

@@ -1,6 +1,8 @@
 """What the service remembers of the transitions it saw: the recent ones, numbered (for
 ``GET /v1/events``) and how many of each event (for ``/metrics``; the processes per phase are
-the store's counts)."""
+the store's counts). Also the programs' status updates (``"event": "status"``), coalesced:
+at most one per process per `STATUS_EVENT_PAUSE`, and `STATUS_EVENT_RATE` per second in all,
+so that they never crowd the transitions out of what is retained (`follow_statuses`)."""
 
 from __future__ import annotations
 
@@ -13,9 +15,11 @@ from typing import Any
 
 import trio
 
+from corra._errors import CorraError
 from corra._statedir import write_private
-from corra.api._wire import event_json
+from corra.api._wire import event_json, status_event_json
 from corra.processes._record import ProcessRecord, Transition
+from corra.processes._statuses import ProgramStatus
 
 logger = logging.getLogger("corra.api")
 
@@ -25,6 +29,12 @@ RETAINED_EVENTS = 10_000
 RESERVED_NUMBERS = 100_000
 #: Where, in the state dir: ``{"reserved": N, "given": G}``, G once the service stopped.
 NUMBERS_FILE = "events.json"
+#: Seconds between two status events of one process, at least: a program that writes its
+#: status a thousand times a second costs subscribers one event per process this often.
+STATUS_EVENT_PAUSE = 1.0
+#: Status events per second, at most, whatever the number of processes (more processes: a
+#: longer pause), so that they never take more than a fifth of `RETAINED_EVENTS` in 10 s.
+STATUS_EVENT_RATE = RETAINED_EVENTS / 50
 
 
 class EventLog:
@@ -97,6 +107,14 @@ class EventLog:
         self.changed.set()
         self.changed = trio.Event()
 
+    def append_status(self, record: ProcessRecord, status: ProgramStatus) -> None:
+        """A status update of ``record``'s program, numbered as transitions are."""
+        assert self.last_seq < self.reserved, "event numbers given before they were reserved"
+        self.last_seq += 1
+        self._events.append(status_event_json(self.last_seq, record, status))
+        self.changed.set()
+        self.changed = trio.Event()
+
     def gap(self, seq: int) -> dict[str, Any] | None:
         """What a client that saw the events up to ``seq`` has missed for good, as the
         stream's first line (``{"gap": true, ...}``), or None if nothing (or ``seq`` is 0:
@@ -136,3 +154,39 @@ def _gap(seq: int, first: int, reason: str) -> dict[str, Any]:
         "next_seq": first,
         "reason": f"events after {seq} are missing: {reason}; list the processes to catch up",
     }
+
+
+async def follow_statuses(api: Any, *, task_status: trio.TaskStatus[None]) -> None:
+    """Publish the statuses of ``api``'s runtime as events (`publish_status`), the latest of
+    each process that changed, at most every `STATUS_EVENT_PAUSE`; runs until cancelled.
+    Subscribed when it has started (``api.status_feed``: `Api.follow_transitions` takes a
+    process's last status from it before its terminal event)."""
+    statuses = api.manager.statuses
+    if statuses is None:
+        task_status.started()
+        return
+    with statuses.subscribe() as feed:
+        api.status_feed = feed
+        task_status.started()
+        try:
+            while True:
+                changed = await feed.take()
+                for process_id, status in changed.items():
+                    try:
+                        record = api.manager.get(process_id)
+                    except CorraError:  # (removed meanwhile)
+                        continue
+                    await publish_status(api, record, status)
+                await trio.sleep(max(STATUS_EVENT_PAUSE, len(changed) / STATUS_EVENT_RATE))
+        finally:
+            api.status_feed = None
+
+
+async def publish_status(api: Any, record: ProcessRecord, status: ProgramStatus) -> None:
+    """One status event of ``record``'s program (none for another attempt's status), and the
+    JSON kept of a terminal process forgotten (it changed)."""
+    api.drop_cached(record.id)
+    if record.state.attempt == status.attempt:
+        if api.events.full:
+            await trio.to_thread.run_sync(api.events.reserve)
+        api.events.append_status(record, status)

@@ -527,8 +527,8 @@ OPENAPI: dict[str, Any] = {
         },
         "/v1/events": {
             "get": {
-                "summary": "Transitions as NDJSON: the retained ones after `since`, then (with "
-                "follow=true) each as it happens",
+                "summary": "Transitions and status updates as NDJSON: the retained ones after "
+                "`since`, then (with follow=true) each as it happens",
                 "operationId": "events",
                 "parameters": [
                     _query(

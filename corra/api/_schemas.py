@@ -239,6 +239,37 @@ _RESULT = {
     },
 }
 
+_STATUS = {
+    "type": "object",
+    "description": "what the program said last of how far it is: the newest JSON line it "
+    "appended to $CORRA_STATUS that was not refused (coalesced: only the latest is kept; "
+    "an ended attempt keeps its last one, a rerun starts with none)",
+    "required": ["value", "error", "attempt", "at"],
+    "properties": {
+        "value": nullable(
+            {
+                "type": "object",
+                "description": "the line as written; progress (0 to 1) and message are "
+                "checked, other keys kept",
+                "properties": {
+                    "progress": {"type": "number", "minimum": 0, "maximum": 1},
+                    "message": {"type": "string"},
+                },
+                "examples": [{"progress": 0.4, "message": "step 4 of 10"}],
+            }
+        ),
+        "error": nullable(
+            {
+                "type": "string",
+                "description": "why a line newer than value was refused (not a JSON object, "
+                "longer than 4096 bytes, a progress not in [0, 1], a message not a string)",
+            }
+        ),
+        "attempt": {"type": "integer", "minimum": 1},
+        "at": {"type": "number", "description": "when corra saw it (epoch seconds)"},
+    },
+}
+
 _PROCESS_FIELDS = {
     "id": {"type": "string"},
     "name": {"type": "string", "description": "its name, else its id"},
@@ -271,6 +302,7 @@ _PROCESS_FIELDS = {
             },
         }
     ),
+    "status": nullable(_STATUS),
 }
 
 _PROCESS = {
@@ -352,7 +384,9 @@ _EVENT_GAP = {
 
 _EVENT = {
     "type": "object",
-    "description": "One line of the NDJSON event stream: a process's transition.",
+    "description": "One line of the NDJSON event stream: a process's transition, or (event "
+    "`status`, source and target its phase) its program's new status, at most one per "
+    "process per second.",
     "required": ["seq", "at", "id", "name", "event", "source", "target", "attempt", "reason"],
     "properties": {
         "seq": {
@@ -368,6 +402,7 @@ _EVENT = {
         "target": {"type": "string", "enum": list(PHASES)},
         "attempt": {"type": "integer", "minimum": 1},
         "reason": nullable({"type": "string"}),
+        "status": _STATUS,
     },
 }
 
@@ -471,6 +506,7 @@ SCHEMAS: dict[str, Any] = {
     "Process": _PROCESS,
     "ProcessDetail": _DETAIL,
     "Note": _NOTE,
+    "Status": _STATUS,
     "Result": _RESULT,
     "Transition": _TRANSITION,
     "LogEntry": _LOG_ENTRY,

@@ -17,13 +17,21 @@ from corra.processes._spec_content import hide_env
 
 if TYPE_CHECKING:
     from corra.processes._notes import Note
+    from corra.processes._query import ProcessView
+    from corra.processes._statuses import ProgramStatus
 
 
-def record_json(record: ProcessRecord, recorded: dict[str, Any] | None = None) -> dict[str, Any]:
+def record_json(
+    record: ProcessRecord,
+    recorded: dict[str, Any] | None = None,
+    status: ProgramStatus | None = None,
+) -> dict[str, Any]:
     """A record as users see it in JSON (``corra ps --json``, ``GET /v1/processes``).
 
     ``recorded``: what the program's chaperone recorded, where no runtime watches the process
     (`corra.backends.recorded.Recorded.json`); None where one does, or there is no program.
+    ``status``: what its current attempt's program said last of how far it is
+    (`corra.processes._statuses`), where the reader looked it up.
     """
     state = record.state
     result = state.result
@@ -48,6 +56,7 @@ def record_json(record: ProcessRecord, recorded: dict[str, Any] | None = None) -
         "result": attrs.asdict(result) if result else None,
         "paused_from": state.paused_from,
         "recorded": recorded,
+        "status": None if status is None else status.json(),
     }
 
 
@@ -73,12 +82,13 @@ def detail_json(
     recorded: dict[str, Any] | None = None,
     *,
     note: Note | None = None,
+    status: ProgramStatus | None = None,
     show_env: bool = False,
 ) -> dict[str, Any]:
-    """A record with its spec, its backend handle, its backend's note (`Note`, or None) and
-    its history (``corra show --json``, ``GET /v1/processes/{id}``); the env's values are
-    hidden unless ``show_env``."""
-    data = record_json(record, recorded)
+    """A record with its spec, its backend handle, its backend's note (`Note`, or None), its
+    program's status (`record_json`) and its history (``corra show --json``, ``GET
+    /v1/processes/{id}``); the env's values are hidden unless ``show_env``."""
+    data = record_json(record, recorded, status)
     data["spec"] = unstructure_spec(record.spec)
     if not show_env:
         data["spec"]["env"] = hide_env(record.spec.env)
@@ -86,6 +96,36 @@ def detail_json(
     data["note"] = None if note is None else note.json()
     data["history"] = [transition_json(transition) for transition in history]
     return data
+
+
+def view_json(view: ProcessView, *, show_env: bool = False) -> dict[str, Any]:
+    """`detail_json` of a view that `corra.processes._query.ProcessQuery.show` gave."""
+    assert view.history is not None
+    return detail_json(
+        view.record,
+        view.history,
+        view.recorded,
+        note=view.note,
+        status=view.status,
+        show_env=show_env,
+    )
+
+
+def status_event_json(seq: int, record: ProcessRecord, status: ProgramStatus) -> dict[str, Any]:
+    """A status update as ``GET /v1/events`` streams it: ``"event": "status"``, the process
+    staying in its phase (``source`` and ``target`` are its phase)."""
+    return {
+        "seq": seq,
+        "at": status.at,
+        "id": record.id,
+        "name": record.name,
+        "event": "status",
+        "source": record.phase,
+        "target": record.phase,
+        "attempt": status.attempt,
+        "reason": None,
+        "status": status.json(),
+    }
 
 
 def event_json(seq: int, record: ProcessRecord, transition: Transition) -> dict[str, Any]:

@@ -21,6 +21,10 @@ the job script (which exports the env) 0700.
 
 Rule 5: while a job is pending, its process's note (`BackendContext.notes`) says so with the
 scheduler's reason (``pending: Resources``); it is cleared once the job runs.
+
+Rule 6: the status files of the watched jobs (the running ones first, at most
+`STATUS_DIRS`) are read in the poll's own command (`Scheduler.poll_status`), never in one of
+their own, and handed to `BackendContext.statuses`.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from corra._errors import (
     TransportError,
 )
 from corra.backends import _staging
+from corra.backends._follow import StatusReports
 from corra.backends._pollers import HostPollers, check_key
 from corra.backends._shared import TokenBucket
 from corra.backends.scheduler import JobStatus
@@ -58,6 +63,7 @@ from corra.processes._backend import (
     LaunchRequest,
     MemoryNotes,
     Notes,
+    Statuses,
     optional_field,
 )
 from corra.processes._lifecycle import Result
@@ -67,6 +73,8 @@ logger = logging.getLogger("corra.batch")
 #: What a kill writes in the run dir before it cancels the job: ``{"grace": seconds}``, the
 #: grace the job script gives the program (`corra.chaperone.batch_job`).
 KILL_FILE = "kill.json"
+#: Run dirs whose status files one poll reads, at most (Rule 6).
+STATUS_DIRS = 500
 #: Polls after which a job that neither the queue, the scheduler's memory nor an exit record
 #: knows is lost.
 LOST_AFTER_POLLS = 3
@@ -116,6 +124,8 @@ class _Watch:
     key: EffectKey
     note: str | None = None
     """The note last set for ``key`` (Rule 5)."""
+    running: bool = False
+    """The last poll saw the job running (its status file is read first: Rule 6)."""
     event: trio.Event = attrs.field(factory=trio.Event)
     result: Result | None = None
     error: BaseException | None = None
@@ -144,6 +154,7 @@ class SchedulerBackend(HostPollers):
         waits_for_host=True,
         log_size=True,
         shell_env=True,
+        status=True,
     )
     handle_type = JobHandle
 
@@ -152,10 +163,12 @@ class SchedulerBackend(HostPollers):
         hosts: Mapping[str, BatchHost],
         scheduler: Slurm | None = None,
         notes: Notes | None = None,
+        statuses: Statuses | None = None,
     ) -> None:
         self.scheduler = scheduler or Slurm()
         self._hosts = {name: _Host(config) for name, config in hosts.items()}
         self.notes = MemoryNotes() if notes is None else notes
+        self._reports = StatusReports(statuses)
 
     def host(self, name: object) -> _Host:
         host: _Host = super().host(name)
@@ -305,7 +318,11 @@ class SchedulerBackend(HostPollers):
             await trio.sleep(host.config.poll_interval)
 
     async def _poll(self, host: _Host, job_ids: list[str]) -> None:
-        queued = await self.scheduler.poll(host.transport, job_ids)
+        queued, reports = await self.scheduler.poll_status(
+            host.transport, job_ids, _status_dirs(host), host.config.python
+        )
+        for run_dir, found in reports.items():
+            self._reports.report(run_dir, found)
         for job_id, status in queued.items():
             self._note(host.watches.get(job_id, ()), status)
         gone = [job_id for job_id in job_ids if job_id not in queued]
@@ -342,6 +359,7 @@ class SchedulerBackend(HostPollers):
         if status.state == "pending":
             text = "pending" if status.reason is None else f"pending: {status.reason}"
         for watch in watches:
+            watch.running = status.state == "running"
             if watch.note != text:
                 watch.note = text
                 self.notes.set(watch.key, text)
@@ -525,3 +543,11 @@ class SchedulerBackend(HostPollers):
             if task_info is not None:
                 files.append((task_path, task_info.size))
         return files
+
+
+def _status_dirs(host: _Host) -> list[str]:
+    """The run dirs whose status files a poll reads (Rule 6): the watched jobs', those seen
+    running first (the others: pending, or gone since, whose last lines count too)."""
+    watched = [watches[0] for watches in host.watches.values() if watches]
+    watched.sort(key=lambda watch: not watch.running)
+    return sorted({watch.run_dir for watch in watched[:STATUS_DIRS]})

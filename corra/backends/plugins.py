@@ -42,6 +42,7 @@ async def open_ssh(context: BackendContext) -> AsyncIterator[SshProgramBackend]:
         poll_interval=context.poll_interval,
         logs_dir=context.state_dir / REMOTE_LOGS,
         output_limit=context.output_limit,
+        statuses=context.statuses,
     )
     async with open_host_pollers(backend):
         yield backend
@@ -63,7 +64,8 @@ async def open_slurm(context: BackendContext) -> AsyncIterator[SchedulerBackend]
             submit_burst=settings.submit_burst,
             python=host.python,
         )
-    async with open_host_pollers(SchedulerBackend(hosts, Slurm(), context.notes)) as backend:
+    backend = SchedulerBackend(hosts, Slurm(), context.notes, context.statuses)
+    async with open_host_pollers(backend):
         yield backend
 
 

@@ -11,7 +11,8 @@ A scheduler must:
   ``job_id`` into its run dir when it starts and an exit record (``exit.json``) when the
   program ends: the fallback that always works once the scheduler has forgotten the job;
 - submit it with the idempotency key in the job's name, and answer the job id;
-- poll many jobs in one command (`poll`), and find a job by its key (`find`);
+- poll many jobs in one command (`poll`), reading the status files of their run dirs in the
+  same one (`poll_status`), and find a job by its key (`find`);
 - cancel, hold and release;
 - map its final states to `JobState`.
 """
@@ -96,6 +97,13 @@ class Scheduler(Protocol):
     async def poll(self, transport: Transport, job_ids: Sequence[str]) -> Mapping[str, JobStatus]:
         """The status of every job the scheduler still knows among ``job_ids``, in one call
         (a job missing from the answer has left the queue)."""
+
+    async def poll_status(
+        self, transport: Transport, job_ids: Sequence[str], run_dirs: Sequence[str], python: str
+    ) -> tuple[Mapping[str, JobStatus], Mapping[str, Any]]:
+        """`poll`, and in the same command the status files of ``run_dirs`` read by the
+        host's ``python`` (`corra.chaperone._status.report`: ``{run_dir: {"size", "value",
+        "error"}}``, ``{}`` where they could not be read)."""
 
     async def final_status(self, transport: Transport, job_id: str) -> JobStatus | None:
         """Where the queue has forgotten a job: its final status from the scheduler's memory

@@ -5,9 +5,10 @@ its key (`find`, one ``squeue``) and never submitted again; the job script also 
 job id into the run dir when it starts, which finds it after the queue forgot it.
 
 Rule 2: one ``squeue`` per poll for all of a user's jobs on a host, whatever their number
-(`poll`); for jobs that left the queue, one ``scontrol show job`` for all of them while
-slurmctld remembers them (MinJobAge), ``sacct`` where accounting exists, and finally the exit
-record the job script wrote itself.
+(`poll`), which also reads the status files of the running ones (`poll_status`: the host's
+Python after ``squeue``, in the same command); for jobs that left the queue, one ``scontrol
+show job`` for all of them while slurmctld remembers them (MinJobAge), ``sacct`` where
+accounting exists, and finally the exit record the job script wrote itself.
 
 Rule 3: every word that reaches a shell is quoted; directives come from validated options
 only (``extra`` directives must be ``--name=value`` options, one per line), and paths in
@@ -19,6 +20,7 @@ script exports the env's values: it is written readable by its user only.
 from __future__ import annotations
 
 import datetime
+import json
 import re
 import shlex
 from collections.abc import Mapping, Sequence
@@ -30,10 +32,12 @@ from corra._errors import BackendError, ConfigError, ConnectionFailed
 from corra.backends._shared import number_check, seconds_check
 from corra.backends.scheduler import JobState, JobStatus
 from corra.backends.transport import Transport
-from corra.chaperone import batch_job
+from corra.chaperone import _status, batch_job
 from corra.processes._spec import MAX_SECONDS
 from corra.processes._spec_content import ENV_NAME_PATTERN, abbreviated
 
+#: The line between squeue's answer and the status reports in `Slurm.poll_status`'s output.
+STATUS_MARKER = "--corra-status-reports--"
 #: squeue's and scontrol's words for states, as corra names them.
 STATES: dict[str, JobState] = {
     "PENDING": "pending",
@@ -351,7 +355,42 @@ class Slurm:
     async def poll(self, transport: Transport, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         """One ``squeue`` for every job of the user; arrays by their job id (a task's state
         is its job's while any task is queued)."""
-        out = await self._run(transport, ["squeue", "-h", "-r", *self._user(), "-o", "%i|%T|%r"])
+        out = await self._run(transport, self._squeue())
+        return self._queued(out, job_ids)
+
+    async def poll_status(
+        self, transport: Transport, job_ids: Sequence[str], run_dirs: Sequence[str], python: str
+    ) -> tuple[dict[str, JobStatus], dict[str, Any]]:
+        """`poll`, and the status files of ``run_dirs`` read in the same command (by
+        ``python``, the host's, after ``squeue``: `corra.chaperone._status.report`). The
+        reports are ``{}`` where they could not be read (no such Python): the queue's
+        answer stands alone."""
+        if not run_dirs:
+            return await self.poll(transport, job_ids), {}
+        script = (
+            f"{shlex.join(self._squeue())} || exit $?; echo {STATUS_MARKER}; "
+            'p=$0; s=$1; shift; exec "$p" -I -S -c "$s" "$@"'
+        )
+        argv = ["sh", "-c", script, python, _status.source(), *run_dirs]
+        self.calls["squeue"] = self.calls.get("squeue", 0) + 1
+        result = await transport.run(argv)
+        out = result.stdout.decode(errors="replace")
+        queue, marker, rest = out.partition(f"\n{STATUS_MARKER}\n")
+        if not marker and out.startswith(STATUS_MARKER + "\n"):  # (an empty queue)
+            queue, marker, rest = "", "\n", out[len(STATUS_MARKER) + 1 :]
+        if not marker:
+            detail = result.stderr.decode(errors="replace").strip()[-400:]
+            raise BackendError(f"{transport.host}: squeue failed: {detail}")
+        try:
+            reports = json.loads(rest)
+        except ValueError:
+            reports = None
+        return self._queued(queue, job_ids), reports if isinstance(reports, dict) else {}
+
+    def _squeue(self) -> list[str]:
+        return ["squeue", "-h", "-r", *self._user(), "-o", "%i|%T|%r"]
+
+    def _queued(self, out: str, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         wanted = set(job_ids)
         statuses: dict[str, JobStatus] = {}
         for line in out.splitlines():

@@ -15,7 +15,10 @@ run at all; one exec over SSH per command, and no channel stays open while a pro
                                                maps "stdout"/"stderr" to the file's size in
                                                bytes (a stream whose file is missing is left
                                                out), read after the state: for an exited
-                                               program they are its output's final sizes
+                                               program they are its output's final sizes;
+                                               "status" ({"size", "value", "error"}: its
+                                               status file's end, `_status.read_tail`)
+                                               where the program wrote one
     chaperone --helper kill GRACE RUN_DIR...   asks each chaperone to kill its program
                                                (kill.json, then SIGTERM); a program whose
                                                chaperone is gone is SIGKILLed by its group
@@ -35,6 +38,7 @@ import signal
 import sys
 
 from . import _rundir, protocol
+from . import _status as status_file
 from ._proc import alive, process_start
 from ._run import Run
 
@@ -165,6 +169,9 @@ def status(run_dirs):
         entry["handle"] = handle
         # After the state: once the exit record is there, the program wrote all it will.
         entry["sizes"] = _sizes(run_dir)
+        found = status_file.report([run_dir], final=state != _rundir.RUNNING).get(run_dir)
+        if found is not None:
+            entry["status"] = found
         out.append(entry)
     return out
 

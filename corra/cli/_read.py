@@ -17,7 +17,7 @@ import trio
 from corra._errors import NoSuchProcess, NoSuchRun
 from corra._readonly import open_state_query
 from corra.api._client import ApiError, Client, ConnectionLost, NotServing
-from corra.api._wire import detail_json, record_json, transition_json
+from corra.api._wire import record_json, transition_json, view_json
 from corra.cli._parser import EXIT_OK, parse_label
 from corra.cli._render import print_counts, print_history, print_json, print_ps, print_show
 from corra.cli._service import quoted, service
@@ -92,7 +92,7 @@ def ps(args: argparse.Namespace, state_dir: Path) -> int:
         cursor, corrupt = args.cursor, 0
         while True:
             found = await query.list(selection, cursor=cursor, limit=_page_size(args, items))
-            items += [record_json(view.record, view.recorded) for view in found.items]
+            items += [record_json(view.record, view.recorded, view.status) for view in found.items]
             cursor, corrupt = found.next_cursor, corrupt + found.corrupt
             if _complete(args, items, cursor):
                 break
@@ -154,10 +154,7 @@ def show(args: argparse.Namespace, state_dir: Path) -> int:
                 return await show_run_here(query, args.process, args.json)
             except NoSuchRun:
                 raise exc from None
-        assert view.history is not None
-        data = detail_json(
-            view.record, view.history, view.recorded, note=view.note, show_env=args.show_env
-        )
+        data = view_json(view, show_env=args.show_env)
         print_show(data, args.json, args.show_env)
         return EXIT_OK
 

@@ -11,6 +11,10 @@ from typing import Any
 
 from corra.processes._lifecycle import Result, describe, handle_field
 from corra.processes._record import ProcessRecord, Transition
+from corra.processes._statuses import summary
+
+#: The widest a status is in `corra ps`.
+STATUS_WIDTH = 40
 
 
 def print_json(data: Any) -> None:
@@ -21,7 +25,7 @@ def print_json(data: Any) -> None:
 def print_ps(items: list[dict[str, Any]], *, corrupt: int) -> None:
     """`corra ps`: the processes (as `corra.api._wire.record_json` gives them) as a table;
     ``corrupt`` records that could not be read are counted on stderr."""
-    rows = [("ID", "NAME", "PHASE", "ATTEMPT", "RC", "UPDATED", "REASON")]
+    rows = [("ID", "NAME", "PHASE", "ATTEMPT", "RC", "UPDATED", "STATUS", "REASON")]
     for item in items:
         if item["returncode"] is not None:
             rc = str(item["returncode"])
@@ -38,6 +42,7 @@ def print_ps(items: list[dict[str, Any]], *, corrupt: int) -> None:
                 str(item["attempt"]),
                 rc,
                 updated,
+                status_text(item.get("status"), STATUS_WIDTH),
                 item["reason"] or "",
             )
         )
@@ -50,6 +55,14 @@ def print_ps(items: list[dict[str, Any]], *, corrupt: int) -> None:
         )
     if corrupt:
         print(f"({corrupt} record(s) could not be read; see corra show)", file=sys.stderr)
+
+
+def status_text(status: dict[str, Any] | None, width: int | None = None) -> str:
+    """A status (as `corra.processes._statuses.ProgramStatus.json` gives it) in a few words,
+    or "" for none."""
+    if not status:
+        return ""
+    return summary(status.get("value"), status.get("error"), width)
 
 
 def print_counts(counts: dict[str, int], *, more: str | None) -> None:
@@ -86,6 +99,13 @@ def print_show(data: dict[str, Any], as_json: bool, show_env: bool) -> None:
     if note is not None:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(note["at"]))
         print(f"  note:    {note['text']} (since {since})")
+    status = data.get("status")
+    if status is not None:
+        seen = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(status["at"]))
+        label = "status: " if data["phase"] in ("launching", "running") else "last status:"
+        print(f"  {label} {status_text(status)} (at {seen})")
+        if status.get("error"):
+            print(f"           a later line was refused: {status['error']}")
     print(f"  argv:    {shlex.join(data['argv'])}")
     env = data["spec"]["env"]
     if env:  # (the values as the shell would read them, if asked for)

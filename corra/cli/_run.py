@@ -26,6 +26,7 @@ from corra.processes._convert import parse_process_spec
 from corra.processes._lifecycle import PHASES, TERMINAL, needs_recovery
 from corra.processes._record import ProcessRecord, Transition
 from corra.processes._settled import Settled
+from corra.processes._statuses import ProgramStatus, summary
 
 if TYPE_CHECKING:
     from corra._jobfile import JobFile
@@ -194,7 +195,7 @@ async def foreground(
                 ),
                 file=out,
             )
-        display = Progress(out)
+        display = Progress(out, None if manager.statuses is None else manager.statuses.latest)
         stops = (signal.SIGTERM, signal.SIGINT)
         with manager.subscribe() as events, trio.open_signal_receiver(*stops) as signals:
             async with trio.open_nursery() as nursery:
@@ -277,14 +278,19 @@ async def _stop_on_signal(
 
 
 class Progress:
-    """Counts per phase and a line per running process (a terminal), or plain lines.
+    """Counts per phase and a line per running process (a terminal), with what its program
+    said last of how far it is (``status``: a process id's latest status, if any), or plain
+    lines.
 
     It keeps a phase per process and the counts per phase (moved at each transition: a
     redraw never counts 100,000 processes again), and the name and start of the running
     ones only."""
 
-    def __init__(self, out: TextIO) -> None:
+    def __init__(
+        self, out: TextIO, status: Callable[[str], ProgramStatus | None] | None = None
+    ) -> None:
         self.out = out
+        self.status = status
         self.tty = out.isatty()
         self.phases: dict[str, str] = {}
         self.counts: Counter[str] = Counter()
@@ -352,9 +358,11 @@ class Progress:
         counts = self.counts
         lines = ["  ".join(f"{phase} {counts[phase]}" for phase in PHASES if counts[phase])]
         now = time.time()
-        running = sorted(self.since.values())
-        for since, name in running[:10]:
-            lines.append(f"  running {name:<30} {now - since:7.1f}s")
+        running = sorted((since, name, key) for key, (since, name) in self.since.items())
+        for since, name, key in running[:10]:
+            status = None if self.status is None else self.status(key)
+            said = "" if status is None else f"  {summary(status.value, status.error, 40)}"
+            lines.append(f"  running {name:<30} {now - since:7.1f}s{said}")
         if len(running) > 10:
             lines.append(f"  ... and {len(running) - 10} more")
         self.out.write("\n".join(lines) + "\n")

@@ -9,6 +9,11 @@ transition waits for one; removing a process (``set_aside``, ``delete``) removes
 A store written before notes existed gets the database, empty, from the first writer that
 opens it, and keeps its format version: nothing else depends on it, and a corra that does
 not know it leaves it alone. A reader of such a store finds no notes.
+
+Statuses (the ``statuses`` database) are kept the same way: process id -> what its program
+said last of how far it is (`corra.processes._statuses`), written on their own
+(`corra.persistence.Store.put_statuses`), removed with the process, and absent from an
+older store.
 """
 
 from __future__ import annotations
@@ -108,6 +113,23 @@ class NoteReads:
             return []
         found = environment.read(lambda txn: list(txn.cursor(db=notes)))
         return [(key.decode("utf-8", "surrogateescape"), value) for key, value in found]
+
+    def status(self, process_id: str) -> bytes | None:
+        """The status of ``process_id``, or None."""
+        return self.statuses_of([process_id])[0]
+
+    def statuses_of(self, process_ids: Sequence[str]) -> list[bytes | None]:
+        """The status of each of ``process_ids`` (None where it has none), in one read
+        transaction: a page of a listing's."""
+        keys = [self._key(process_id) for process_id in process_ids]
+        environment = self._environment()
+        statuses = environment.databases.statuses
+        if statuses is None or not keys:
+            return [None] * len(keys)
+        found: list[bytes | None] = environment.read(
+            lambda txn: [txn.get(key, db=statuses) for key in keys]
+        )
+        return found
 
 
 class EntryReads:

@@ -17,6 +17,7 @@ state directory would run every process twice). Named databases:
 - ``terms``, ``index``, ``counts``: the secondary indexes, from the terms each save carries
   (`corra.persistence._indexes`); ``set_aside`` and ``delete`` remove a process from them.
 - ``notes``: process id -> a note, apart from its snapshot (`corra.persistence._keyed`).
+- ``statuses``: process id -> its program's latest status, apart from its snapshot, as notes.
 - ``workflows``: keyed entries of the layer above processes (workflow runs and their steps:
   `corra.workflows`), written by `Store.put_entries` only, never by a save; the keys are the
   caller's (`corra.persistence._keyed`).
@@ -80,10 +81,19 @@ _DATABASES: Final = (
     "index",
     "counts",
     "notes",
+    "statuses",
     "workflows",
 )
 #: Databases that an older store lacks (None when a reader opens such a store).
-_LATER_DATABASES: Final = ("active", "terms", "index", "counts", "notes", "workflows")
+_LATER_DATABASES: Final = (
+    "active",
+    "terms",
+    "index",
+    "counts",
+    "notes",
+    "statuses",
+    "workflows",
+)
 #: LMDB's compile-time limit on key length (``mdb_env_get_maxkeysize``).
 MAX_KEY_BYTES: Final = 511
 _SEPARATOR: Final = b"\x00"
@@ -176,6 +186,7 @@ class Databases:
     index: Any
     counts: Any
     notes: Any
+    statuses: Any
     workflows: Any
     """None for a store written before workflows, opened read-only."""
     index_writes: IndexWrites = attrs.field(factory=IndexWrites, eq=False, repr=False)

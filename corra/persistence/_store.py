@@ -319,6 +319,15 @@ class Store(Reads):
             checked.append((key, None if value is None else require_bytes(value, "entry")))
         await self._submit(PutEntries(tuple(checked)))
 
+    async def put_statuses(self, statuses: Mapping[str, bytes | None]) -> None:
+        """Set (bytes) or remove (None) the status of each process id, in one transaction,
+        as `put_notes` does notes (`corra.persistence._keyed`). A checkpoint."""
+        items = tuple(
+            (process_key(key), None if value is None else require_bytes(value, "status"))
+            for key, value in statuses.items()
+        )
+        await self._submit(PutNotes(items, "statuses"))
+
     async def rebuild_active_index(self, is_active: Callable[[bytes], bool]) -> int:
         """Rebuild the ``active`` index from every snapshot: an id is in it if and only if
         ``is_active(snapshot)``; then `has_active_index` is True. For a store written by a

@@ -208,6 +208,7 @@ class SetAside(Write):
         txn.delete(self.process, db=databases.snapshots)
         txn.delete(self.process, db=databases.active)
         txn.delete(self.process, db=databases.notes)
+        txn.delete(self.process, db=databases.statuses)
         remove_terms(databases, self.process)
 
 
@@ -224,6 +225,7 @@ class Delete(Write):
         txn.delete(self.process, db=databases.active)
         txn.delete(self.process, db=databases.quarantine)
         txn.delete(self.process, db=databases.notes)
+        txn.delete(self.process, db=databases.statuses)
         remove_terms(databases, self.process)
         databases.next_history.pop(self.process, None)  # its history starts again at 0
         prefix = history_prefix(self.process)
@@ -245,23 +247,27 @@ class Delete(Write):
 class PutNotes(Write):
     """Notes set (bytes) or removed (None), by process key: of no process's save, and never
     failing alone (a note of a process that is gone is kept, as any key: its reader shows
-    no note without a record)."""
+    no note without a record). ``database``: ``notes``, or ``statuses`` (kept alike)."""
 
-    __slots__ = ("notes",)
+    __slots__ = ("database", "notes")
 
-    def __init__(self, notes: tuple[tuple[bytes, bytes | None], ...]) -> None:
+    def __init__(
+        self, notes: tuple[tuple[bytes, bytes | None], ...], database: str = "notes"
+    ) -> None:
         super().__init__()
         self.notes = notes
+        self.database = database
 
     def size(self) -> int:
         return sum(len(value or b"") for _, value in self.notes)
 
     def apply(self, txn: lmdb.Transaction, databases: Databases) -> None:
+        db = getattr(databases, self.database)
         for process, value in self.notes:
             if value is None:
-                txn.delete(process, db=databases.notes)
+                txn.delete(process, db=db)
             else:
-                txn.put(process, value, db=databases.notes)
+                txn.put(process, value, db=db)
 
 
 class PutEntries(Write):

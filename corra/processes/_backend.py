@@ -27,6 +27,12 @@ not as expected (a job pending for resources, a pod the scheduler cannot place, 
 being pulled): `BackendContext.notes` takes a note per key (`Notes.set`), which ``corra
 show`` and ``GET /v1/processes/{id}`` show while that attempt is launching or running. A note
 is not a transition: it is never in the history, and setting one never waits.
+
+A backend whose capabilities say ``status`` also follows what its programs say of how far
+they are (the JSON lines they append to ``$CORRA_STATUS``: `corra.chaperone._status` reads
+them) and hands the latest to `BackendContext.statuses` (`Statuses.set`), the cheapest way it
+has: a file it can read here is looked at once per `BackendContext.status_interval` (the
+shared `corra.backends._follow.StatusFollower`), a host's in the poll it makes anyway.
 """
 
 from __future__ import annotations
@@ -164,6 +170,8 @@ class Capabilities:
     shell_env: bool = False
     """Its programs get their env through a shell script (``export NAME=...``): env names
     must be ones a shell can set."""
+    status: bool = False
+    """It follows the status lines its programs append to ``$CORRA_STATUS`` (`Statuses`)."""
 
 
 class Backend(Protocol):
@@ -367,6 +375,59 @@ class MemoryNotes:
             self.notes[key] = kept
 
 
+class Statuses(Protocol):
+    """Where a backend hands what its programs say of how far they are
+    (`BackendContext.statuses`; `corra.processes._statuses` says what is kept)."""
+
+    def set(
+        self, key: EffectKey, value: Mapping[str, Any] | None, error: str | None = None
+    ) -> None:
+        """The status of the attempt ``key``: ``value`` and ``error`` as
+        `corra.chaperone._status.latest` read them (the newest line not refused, and why a
+        newer one was); a ``value`` of None keeps the one before. Never blocks, never fails
+        for the store; call it from the runtime's trio tasks, when what was read changed.
+
+        Raises:
+            TypeError: ``key`` is not an `EffectKey`, ``value`` not a dict or None, or
+                ``error`` not a string or None.
+        """
+
+
+def check_status(key: EffectKey, value: Any, error: Any) -> None:
+    """`Statuses.set`'s checks.
+
+    Raises:
+        TypeError: ``key`` is not an `EffectKey`, ``value`` not a dict or None, or
+            ``error`` not a string or None.
+    """
+    if type(key) is not EffectKey:
+        raise TypeError(f"a status's key must be an EffectKey, not {type(key).__name__}")
+    if value is not None and not isinstance(value, dict):
+        raise TypeError(f"a status must be a dict or None, not {type(value).__name__}")
+    if error is not None and not isinstance(error, str):
+        raise TypeError(f"a status's error must be a string or None, not {type(error).__name__}")
+
+
+class MemoryStatuses:
+    """Statuses kept in memory (`Statuses`), the latest per key: what a `BackendContext` has
+    unless the runtime gives it its own (the conformance kit looks at it)."""
+
+    def __init__(self) -> None:
+        self.statuses: dict[EffectKey, tuple[Mapping[str, Any] | None, str | None]] = {}
+        """``(value, error)`` by key, as `Statuses.set` makes them."""
+        self.sets = 0
+        """How many times `set` was called."""
+
+    def set(
+        self, key: EffectKey, value: Mapping[str, Any] | None, error: str | None = None
+    ) -> None:
+        check_status(key, value, error)
+        self.sets += 1
+        if value is None:
+            value = self.statuses.get(key, (None, None))[0]
+        self.statuses[key] = (value, error)
+
+
 @attrs.frozen
 class BackendContext:
     """What the runtime gives a backend's ``open``: where it may keep things, and the hosts.
@@ -387,6 +448,10 @@ class BackendContext:
         processes: the runtime's processes (`ProcessPort`), for a backend that needs a
             program of another backend to serve its own (an allocation), submitted as a
             process of the runtime.
+        statuses: where a backend with the ``status`` capability hands what its programs
+            say of how far they are (`Statuses`).
+        status_interval: seconds between two looks at the status files a backend reads
+            here (a host's are read in its poll, at its own interval).
     """
 
     state_dir: Path
@@ -398,6 +463,8 @@ class BackendContext:
     poll_interval: float = 1.0
     notes: Notes = attrs.field(factory=MemoryNotes)
     processes: ProcessPort = attrs.field(factory=ProcessPort)
+    statuses: Statuses = attrs.field(factory=MemoryStatuses)
+    status_interval: float = 1.0
 
 
 @attrs.frozen

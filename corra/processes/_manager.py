@@ -40,6 +40,7 @@ from corra.processes._recovery import RecoveryReport, recover
 from corra.processes._requests import effect_key, launch_request
 from corra.processes._retention import PRUNE_BATCH
 from corra.processes._spec import ProcessSpec, absolute_paths, changed_fields
+from corra.processes._statuses import StoredStatuses
 
 #: The most output one `read_log` returns, whatever it is asked for.
 MAX_LOG_READ = 16 << 20
@@ -75,6 +76,7 @@ class ProcessManager:
         notes: the notes its backends set (`corra.processes._notes`), if they have a place.
         results_dir: where values too large for their record are kept
             (`corra.processes._values`); None: such values are refused.
+        statuses: the statuses its backends set (`corra.processes._statuses`), likewise.
     """
 
     def __init__(
@@ -89,6 +91,7 @@ class ProcessManager:
         clock: Callable[[], float] = time.time,
         notes: StoredNotes | None = None,
         results_dir: Path | None = None,
+        statuses: StoredStatuses | None = None,
     ) -> None:
         self._backends = dict(backends)
         self._results_dir = results_dir
@@ -108,8 +111,10 @@ class ProcessManager:
             ended=None if notes is None else notes.ended,
             results_dir=results_dir,
         )
-        if notes is not None:
-            nursery.start_soon(notes.run, self.get)
+        self.statuses = statuses
+        for writer in (notes, statuses):  # (each writes in the background)
+            if writer is not None:
+                nursery.start_soon(writer.run, self.get)
 
     # -- reading ---------------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from corra.processes._manager import ProcessManager
 from corra.processes._notes import Note, note_of
 from corra.processes._record import ProcessRecord, Transition
 from corra.processes._sources import LiveSource, RecordedReader, Source
+from corra.processes._statuses import ProgramStatus, statuses_of
 
 #: Processes in a page when the reader does not say.
 DEFAULT_LIMIT = 100
@@ -59,6 +60,9 @@ class ProcessView:
     note: Note | None = None
     """What its backend says of where its current attempt's program is
     (`corra.processes._notes`; `ProcessQuery.show` only)."""
+    status: ProgramStatus | None = None
+    """What its current attempt's program said last of how far it is
+    (`corra.processes._statuses`)."""
 
 
 @attrs.frozen
@@ -184,7 +188,11 @@ class ProcessQuery:
             if not selection.phases or record.phase in selection.phases:
                 chosen.append(record)
         recorded = await self._source.recorded(chosen)
-        items = [ProcessView(record, found) for record, found in zip(chosen, recorded, strict=True)]
+        statuses = self.statuses(chosen)
+        items = [
+            ProcessView(record, found, status=status)
+            for record, found, status in zip(chosen, recorded, statuses, strict=True)
+        ]
         return Page(items, next_cursor, corrupt)
 
     async def phase_counts(self) -> dict[str, int]:
@@ -200,7 +208,14 @@ class ProcessQuery:
         record = process if isinstance(process, ProcessRecord) else self.get(process)
         history = self.history(record)
         [recorded] = await self._source.recorded([record])
-        return ProcessView(record, recorded, history, note_of(self._source.store, record))
+        note = note_of(self._source.store, record)
+        [status] = self.statuses([record])
+        return ProcessView(record, recorded, history, note, status)
+
+    def statuses(self, records: list[ProcessRecord]) -> list[ProgramStatus | None]:
+        """The status of each record's current attempt, or None (`corra.processes.
+        _statuses`): one read of the store for all of them."""
+        return statuses_of(self._source.store, records, self._source.latest_status)
 
     def history(self, record: ProcessRecord) -> list[Transition]:
         """The transitions of a record in hand, oldest first, as durable in the store."""

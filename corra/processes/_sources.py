@@ -33,6 +33,7 @@ from corra.processes._listing import (
 from corra.processes._manager import ProcessManager
 from corra.processes._ports import RecordCodec
 from corra.processes._record import ProcessRecord, Transition
+from corra.processes._statuses import ProgramStatus
 
 
 class Recorded(Protocol):
@@ -96,6 +97,9 @@ class Source(Protocol):
     async def log_size(self, record: ProcessRecord, stream: str, attempt: int) -> int | None:
         """How many bytes of ``attempt``'s ``stream`` there are now (None: cannot tell)."""
 
+    def latest_status(self, process_id: str) -> ProgramStatus | None:
+        """A status newer than the store's, if the source has one (a live runtime's)."""
+
 
 class LiveSource:
     """A live runtime's manager as a `Source`."""
@@ -107,6 +111,10 @@ class LiveSource:
     @property
     def store(self) -> Any:
         return self._manager.store
+
+    def latest_status(self, process_id: str) -> ProgramStatus | None:
+        statuses = self._manager.statuses
+        return None if statuses is None else statuses.latest(process_id)
 
     def get(self, id_or_name: str) -> ProcessRecord:
         return self._manager.get(id_or_name)
@@ -193,6 +201,9 @@ class StateDirSource:
     @property
     def store(self) -> Any:
         return self._store
+
+    def latest_status(self, process_id: str) -> ProgramStatus | None:
+        return None  # (no runtime: the store has the latest)
 
     def get(self, id_or_name: str) -> ProcessRecord:
         return find_record(self._store, self._codec, id_or_name)

@@ -44,10 +44,11 @@ from corra.processes._backend import (
     BackendPlugin,
     EffectKey,
     Limits,
+    MemoryStatuses,
     describe_plugin,
 )
 from corra.processes._values import with_value
-from corra.testing._kit import Kit, Loser, Opener
+from corra.testing._kit import STATUSES, Kit, Loser, Opener
 
 
 def _override(fixture: str, what: str) -> NoReturn:
@@ -223,6 +224,35 @@ class BackendConformance:
         async with kit.open() as backend:
             result = await kit.wait(backend, await backend.launch(request))
         assert result.timed_out and not result.ok and result.returncode != 0, result
+
+    # -- statuses ---------------------------------------------------------------------------
+
+    @pytest.mark.trio
+    async def test_a_backend_hands_on_statuses_as_its_capabilities_say(self, kit: Kit) -> None:
+        """A backend whose capabilities say ``status`` hands the latest line a program
+        appended to ``$CORRA_STATUS`` to `BackendContext.statuses` by the time its wait
+        returns, and why a later line was refused; one whose capabilities do not hands
+        none (`open_plugin` opens it with the sink that `STATUSES` holds)."""
+        statuses = MemoryStatuses()
+        said = '{"progress": 0.5, "message": "half"}'
+        request = kit.request(
+            f'test -n "$CORRA_STATUS" && echo \'{said}\' >> "$CORRA_STATUS"; '
+            'sleep 1; test -n "$CORRA_STATUS" && echo oops >> "$CORRA_STATUS"; true'
+        )
+        token = STATUSES.set(statuses)
+        try:
+            async with kit.open() as backend:
+                result = await kit.wait(backend, await backend.launch(request))
+        finally:
+            STATUSES.reset(token)
+        assert result.ok, result
+        if not kit.plugin.capabilities.status:
+            assert statuses.statuses == {}, "statuses handed on without the capability"
+            return
+        assert statuses.statuses.get(request.key) == (
+            {"progress": 0.5, "message": "half"},
+            "not JSON: 'oops'",
+        ), statuses.statuses
 
     # -- find after a crash ----------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
@@ -20,6 +21,7 @@ from corra.processes._backend import (
     EffectKey,
     LaunchRequest,
     Limits,
+    MemoryStatuses,
 )
 from corra.processes._lifecycle import Result
 
@@ -27,6 +29,13 @@ from corra.processes._lifecycle import Result
 Opener: TypeAlias = Callable[[], AbstractAsyncContextManager[Backend]]
 #: Makes a launched program lost (`BackendConformance.lose_program`).
 Loser: TypeAlias = Callable[[Backend, Any], Awaitable[None]]
+
+
+#: Where the backends that `open_plugin` opens hand their programs' statuses, unless it is
+#: given ``statuses`` (the conformance suite sets one to look at it; None: a new one each).
+STATUSES: contextvars.ContextVar[MemoryStatuses | None] = contextvars.ContextVar(
+    "corra_testing_statuses", default=None
+)
 
 
 @contextlib.asynccontextmanager
@@ -41,7 +50,8 @@ async def open_plugin(
             the same one is what a restart after a crash does.
         supervisor: the supervisor the backend may start actors under; None: the root of an
             actor kernel opened for the block.
-        **context: the other fields of `BackendContext` (``hosts``, ``transport``, ...).
+        **context: the other fields of `BackendContext` (``hosts``, ``transport``, ...);
+            ``statuses``, unless given, is `STATUSES`'s if it is set.
 
     Yields:
         The open backend; leaving the block closes it (its programs keep running).
@@ -49,6 +59,8 @@ async def open_plugin(
     async with contextlib.AsyncExitStack() as stack:
         if supervisor is None:
             supervisor = (await stack.enter_async_context(open_runtime())).root
+        if "statuses" not in context and STATUSES.get() is not None:
+            context["statuses"] = STATUSES.get()
         backend = await stack.enter_async_context(
             plugin.open(BackendContext(state_dir=Path(state_dir), supervisor=supervisor, **context))
         )

@@ -20,6 +20,7 @@ the GIL while it waits).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -34,12 +35,13 @@ import trio
 
 from corra._errors import BackendError, ConfigError, HostUnavailable, LaunchFailed, ProgramLost
 from corra._statedir import make_private_dirs, read_private, write_private
+from corra.backends._follow import StatusFollower, following, open_status_follower
 from corra.backends._pollers import HostPollers, check_key, open_host_pollers
 from corra.backends.hyperqueue._client import HqHelper
 from corra.backends.hyperqueue._options import HyperQueueOptions
 from corra.backends.hyperqueue._servers import Server, servers_of
 from corra.chaperone import task_job
-from corra.chaperone._rundir import RESULT_FILE
+from corra.chaperone._rundir import RESULT_FILE, STATUS_FILE
 from corra.processes._backend import (
     RESULT_STREAM,
     BackendContext,
@@ -101,12 +103,15 @@ class _Watch:
 class HyperQueueBackend(HostPollers):
     """Programs as HyperQueue tasks on the servers that are hosts (see the module)."""
 
-    capabilities = Capabilities(hosts=True, waits_for_host=True, log_size=True)
+    capabilities = Capabilities(hosts=True, waits_for_host=True, log_size=True, status=True)
     handle_type = HqHandle
 
-    def __init__(self, servers: Mapping[str, Server], notes: Notes) -> None:
+    def __init__(
+        self, servers: Mapping[str, Server], notes: Notes, follower: StatusFollower | None = None
+    ) -> None:
         self._hosts = dict(servers)
         self._notes = notes
+        self._follower = follower  # (of the run dirs' status files, while waited for)
 
     # -- hosts ---------------------------------------------------------------------------
 
@@ -228,6 +233,11 @@ class HyperQueueBackend(HostPollers):
     # -- wait ------------------------------------------------------------------------------
 
     async def wait(self, handle: HqHandle) -> Result:
+        path = Path(handle.run_dir, STATUS_FILE)
+        waiting = functools.partial(self._wait, handle)
+        return await following(self._follower, EffectKey.parse(handle.key), path, waiting)
+
+    async def _wait(self, handle: HqHandle) -> Result:
         server: Server = self.host(handle.host)
         done = _result(Path(handle.run_dir))
         if done is not None:
@@ -538,9 +548,11 @@ async def open_hyperqueue(context: BackendContext) -> AsyncIterator[HyperQueueBa
     """The backend; its helper processes and pollers owned by the block."""
     servers = servers_of(context)
     try:
-        backend = HyperQueueBackend(servers, context.notes)
-        async with open_host_pollers(backend):
-            yield backend
+        interval = context.status_interval
+        async with open_status_follower(context.statuses, interval) as follower:
+            backend = HyperQueueBackend(servers, context.notes, follower)
+            async with open_host_pollers(backend):
+                yield backend
     finally:
         with trio.CancelScope(shield=True):
             for server in servers.values():

@@ -51,5 +51,7 @@ async def open_local(context: BackendContext) -> AsyncIterator[LocalBackend]:
         context.state_dir / RUNS,
         max_running=context.max_running,
         output_limit=context.output_limit,
+        statuses=context.statuses,
+        status_interval=context.status_interval,
     ) as backend:
         yield backend

@@ -24,6 +24,7 @@ their pid files (`corra.backends.local._orphans`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -33,6 +34,7 @@ import trio
 from corra._errors import BackendError, ConfigError, LaunchFailed, ProgramLost
 from corra._statedir import check_directory, make_private_dirs
 from corra.backends._exits import ExitRecord, Valueless, result_of
+from corra.backends._follow import DEFAULT_INTERVAL, StatusFollower, following
 from corra.backends.local import _cgroups
 from corra.backends.local._cgroups import CgroupSupport
 from corra.backends.local._clients import ChaperoneClient, OwnClient
@@ -61,6 +63,7 @@ from corra.processes._backend import (
     Capabilities,
     EffectKey,
     LaunchRequest,
+    Statuses,
 )
 from corra.processes._lifecycle import Result
 from corra.processes._spec import DEFAULT_OUTPUT_LIMIT, check_output_limit, check_seconds
@@ -81,13 +84,15 @@ class LocalBackend(BackendBase):
             every backend on the root) or "own" (a chaperone per program: slower to launch,
             but a chaperone that is killed loses one program, not all).
         output_limit: bytes kept of each stream of a program whose request gives none (1 GiB).
+        statuses: where the status lines of the programs it waits for go (their run dirs'
+            ``status.jsonl``, looked at every ``status_interval`` seconds); None: not followed.
 
     Use it as ``async with LocalBackend(root) as backend:``: the connection to the shared
     chaperone runs its tasks in the block's nursery, and is closed at its end. Programs are
     not: they outlive the backend, by design.
     """
 
-    capabilities = Capabilities(slots=True, log_size=True)
+    capabilities = Capabilities(slots=True, log_size=True, status=True)
     handle_type = Handle
 
     def __init__(
@@ -98,8 +103,13 @@ class LocalBackend(BackendBase):
         cgroups: Literal["auto", "off"] = "auto",
         chaperone: ChaperoneKind = "shared",
         output_limit: int = DEFAULT_OUTPUT_LIMIT,
+        statuses: Statuses | None = None,
+        status_interval: float = DEFAULT_INTERVAL,
     ) -> None:
         check_output_limit("output_limit", output_limit)
+        check_seconds("status_interval", status_interval, positive=True)
+        self._follower = None if statuses is None else StatusFollower(statuses, status_interval)
+        self._following = trio.CancelScope()
         self.output_limit = output_limit
         self._valueless = Valueless()  # (programs that wrote no value: `read_log`)
         if max_running is None:
@@ -132,6 +142,8 @@ class LocalBackend(BackendBase):
     async def __aenter__(self) -> LocalBackend:
         async with contextlib.AsyncExitStack() as stack:
             self._shared.nursery = await stack.enter_async_context(trio.open_nursery())
+            if self._follower is not None:
+                await self._shared.nursery.start(self._follow)
             self._tasks = stack.pop_all()
         return self
 
@@ -144,10 +156,17 @@ class LocalBackend(BackendBase):
             handled = await tasks.__aexit__(*exc_info)
         return handled
 
+    async def _follow(self, *, task_status: trio.TaskStatus[None]) -> None:
+        assert self._follower is not None
+        with self._following:
+            await self._follower.run(task_status=task_status)
+
     async def aclose(self) -> None:
-        """Close the connection to the shared chaperone and the pipes of own ones. Running
-        programs and their chaperones are not touched. A checkpoint."""
+        """Close the connection to the shared chaperone and the pipes of own ones, and stop
+        following status files. Running programs and their chaperones are not touched. A
+        checkpoint."""
         self._closed = True
+        self._following.cancel()
         self._own.close()
         self._shared.close()
         await trio.lowlevel.checkpoint()
@@ -314,10 +333,15 @@ class LocalBackend(BackendBase):
         where there are no pidfds. A checkpoint; cancelling it leaves the program alone, and a
         later wait picks up where it stopped.
 
+        While it waits, the program's status file is followed (`StatusFollower`), and read
+        once more once it has ended.
+
         Raises:
             ProgramLost: the chaperone is gone and left no exit record.
         """
-        return await self._client_of(handle).wait(handle)
+        path = os.path.join(handle.run_dir, _rundir.STATUS_FILE)
+        waiting = functools.partial(self._client_of(handle).wait, handle)
+        return await following(self._follower, EffectKey.parse(handle.key), path, waiting)
 
     async def kill(self, handle: Handle, grace: float | None = None) -> Result | None:
         """Kill the program (`kill_record`); its result, or None if it was lost."""

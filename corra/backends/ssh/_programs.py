@@ -60,6 +60,7 @@ from corra._errors import (
 )
 from corra.backends import _staging
 from corra.backends._exits import ExitRecord, Valueless, result_of
+from corra.backends._follow import StatusReports
 from corra.backends._pollers import HostPollers, check_key
 from corra.backends._shared import json_reply
 from corra.backends.ssh._config import HostConfig
@@ -68,7 +69,13 @@ from corra.backends.ssh._shipped import STREAMS, LocalLogs
 from corra.backends.transport import Transport
 from corra.chaperone import PACKAGE_DIR
 from corra.chaperone._rundir import RESULT_FILE
-from corra.processes._backend import RESULT_STREAM, Capabilities, EffectKey, LaunchRequest
+from corra.processes._backend import (
+    RESULT_STREAM,
+    Capabilities,
+    EffectKey,
+    LaunchRequest,
+    Statuses,
+)
 from corra.processes._lifecycle import Result
 from corra.processes._spec import DEFAULT_OUTPUT_LIMIT, check_output_limit, check_seconds
 
@@ -147,7 +154,7 @@ class SshProgramBackend(HostPollers):
     """
 
     capabilities = Capabilities(
-        slots=True, hosts=True, staging=True, waits_for_host=True, log_size=True
+        slots=True, hosts=True, staging=True, waits_for_host=True, log_size=True, status=True
     )
     handle_type = RemoteHandle
 
@@ -160,10 +167,11 @@ class SshProgramBackend(HostPollers):
         max_running: int = 64,
         logs_dir: Path | str | None = None,
         output_limit: int = DEFAULT_OUTPUT_LIMIT,
+        statuses: Statuses | None = None,
     ) -> None:
         check_seconds("poll_interval", poll_interval, positive=True)
         check_output_limit("output_limit", output_limit)
-        self._output_limit = output_limit
+        self._output_limit, self._reports = output_limit, StatusReports(statuses)
         self._hosts = {
             name: _Host(config, transports[name], poll_interval) for name, config in hosts.items()
         }
@@ -304,8 +312,7 @@ class SshProgramBackend(HostPollers):
         raise BackendError(f"{key} on {host.config.name}: unexpected reply {reply!r}")
 
     async def find(self, key: EffectKey, host_name: str | None = None) -> RemoteHandle | None:
-        """The handle of the program launched with ``key`` (on ``host_name``, else on any
-        host), or None."""
+        """The handle of ``key``'s program (on ``host_name``, else on any host), or None."""
         for host in self.hosts_for(host_name):
             await self._ready(host)
             (status,) = await self._status(host, [self._run_dir(host, str(key))])
@@ -319,6 +326,7 @@ class SshProgramBackend(HostPollers):
         statuses = json_reply(result.stdout, f"host {host.config.name}: the remote helper")
         if not isinstance(statuses, list) or len(statuses) != len(run_dirs):
             raise BackendError(f"host {host.config.name}: a status reply that does not fit")
+        self._reports.report_entries(run_dirs, statuses)  # (their status files' ends, if any)
         return statuses
 
     async def wait(self, handle: RemoteHandle) -> Result:
@@ -331,8 +339,7 @@ class SshProgramBackend(HostPollers):
         return result
 
     def _limit_of(self, handle: RemoteHandle) -> int:
-        """The output limit the program of ``handle`` was launched with (found handles, and
-        those from before there was one: this backend's)."""
+        """The output limit ``handle``'s program was launched with (else this backend's)."""
         limit = handle.output_limit
         return limit if limit is not None and limit > 0 else self._output_limit
 
