@@ -206,3 +206,30 @@ def test_serve_jobs_and_the_command_line_against_it(tmp_path: Path) -> None:
             assert json.loads(shown.stdout)["phase"] == "killed"
         finally:
             service.stop()
+
+
+async def test_a_running_steps_status_is_in_its_run(tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    says = 'echo \'{"progress": 0.5, "message": "half"}\' >> $CORRA_STATUS'
+    wait = f"while [ ! -e {gate} ]; do sleep 0.05; done"
+    text = (
+        '[[job]]\nname = "says"\n[[job.step]]\nname = "slow"\n'
+        f"argv = {json.dumps(['sh', '-c', f'{says}; {wait}'])}\n"
+    )
+    async with serving(tmp_path / "state") as served:
+        served.runtime.workflows.define(parse_job_text(text).jobs)
+        run = (await served.http.post("/v1/jobs/says/runs")).json()
+        with trio.fail_after(30):
+            while True:
+                step = (await served.http.get(f"/v1/runs/{run['id']}")).json()["steps"][0]
+                if step.get("status"):
+                    break
+                await trio.sleep(0.1)
+        assert step["status"]["value"] == {"progress": 0.5, "message": "half"}
+        assert step["process_phase"] == "running"
+        from corra.cli._workflows import tree_lines
+
+        detail = (await served.http.get(f"/v1/runs/{run['id']}")).json()
+        assert "[>] slow: running  50% half" in "\n".join(tree_lines(detail))
+        gate.touch()
+        await wait_run(served.http, run["id"], "finished")

@@ -68,7 +68,8 @@ class WorkflowManager:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
-        self.query = RunQuery(store)
+        statuses = getattr(processes, "statuses", None)
+        self.query = RunQuery(store, None if statuses is None else statuses.latest)
         self.processes = processes
         self._supervisor = supervisor
         self.clock = clock

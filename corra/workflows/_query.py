@@ -8,6 +8,7 @@ from typing import Any
 
 from corra._errors import ConfigError, NoSuchRun
 from corra.processes._spec_content import HIDDEN
+from corra.processes._statuses import ProgramStatus, statuses_of
 from corra.workflows._definition import JobDefinition, job_data
 from corra.workflows._runs import (
     RUN_ID,
@@ -39,8 +40,12 @@ class RunQuery:
         store: a `corra.persistence.Store` or `corra.persistence.StoreReader`.
     """
 
-    def __init__(self, store: Any) -> None:
+    def __init__(
+        self, store: Any, latest: Callable[[str], ProgramStatus | None] | None = None
+    ) -> None:
         self.store = store
+        self._latest = latest
+        """A live runtime's statuses, ahead of the store (`StoredStatuses.latest`)."""
 
     def get(self, run: str) -> RunRecord:
         """The run whose id or name is ``run``.
@@ -109,6 +114,18 @@ class RunQuery:
         process runs, that process's phase and latest status (``process(name)``: its record,
         or None)."""
         entries = self.steps(run.id)
+        running: list[tuple[dict[str, Any], Any]] = []
+
+        def step(entry: StepEntry) -> dict[str, Any]:
+            data = entry.json()
+            if entry.phase == "submitted" and entry.process is not None:
+                record = process(entry.process)
+                if record is not None:
+                    data["process_id"] = record.id
+                    data["process_phase"] = record.phase
+                    running.append((data, record))
+            return data
+
         items: dict[str, list[StepEntry]] = {}
         for entry in entries.values():
             if entry.index is not None:
@@ -124,21 +141,16 @@ class RunQuery:
             if entry is None:
                 if name in items:  # (a Python run's item without a parent entry)
                     ordered = sorted(items[name], key=lambda item: item.index or 0)
-                    steps.extend(self._step(item, process) for item in ordered)
+                    steps.extend(step(item) for item in ordered)
                     continue
                 steps.append({"key": name, "step": name, "phase": "pending"})
                 continue
-            steps.append(self._step(entry, process))
+            steps.append(step(entry))
             for item in sorted(items.get(name, ()), key=lambda item: item.index or 0):
-                steps.append(self._step(item, process))
+                steps.append(step(item))
+        if running:  # (their programs' latest statuses, in one read)
+            found = statuses_of(self.store, [record for _, record in running], self._latest)
+            for (data, _), status in zip(running, found, strict=True):
+                if status is not None:
+                    data["status"] = status.json()
         return {**run.json(), "steps": steps}
-
-    @staticmethod
-    def _step(entry: StepEntry, process: Callable[[str], Any | None]) -> dict[str, Any]:
-        data = entry.json()
-        if entry.phase == "submitted" and entry.process is not None:
-            record = process(entry.process)
-            if record is not None:
-                data["process_id"] = record.id
-                data["process_phase"] = record.phase
-        return data
