@@ -97,7 +97,7 @@ def test_old_remote_pythons_can_parse_it(path: Path):
 def test_the_package_runs_from_a_copy_of_its_directory(tmp_path: Path):
     """As the SSH backend ships it: the files of `_library()` in a directory of their own,
     run with ``python3 -I -S DIR``, which imports nothing from where corra is installed."""
-    from corra.backends.ssh._programs import _library
+    from corra.backends.ssh._hosts import library as _library
 
     _, files = _library()
     for name, data in files.items():

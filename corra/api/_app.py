@@ -18,9 +18,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import hmac
-import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ import trio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 import corra
@@ -61,13 +60,14 @@ from corra.api._requests import (
     read_body,
     single,
 )
+from corra.api._streams import closing_send, first_of, log_json, ndjson_stream
 from corra.api._value import value_response
 from corra.api._wire import record_json, transition_json, view_json
 from corra.api._workflows import WorkflowRoutes
 from corra.backends.recorded import recorded
 from corra.processes._convert import parse_process_spec
 from corra.processes._manager import MAX_LOG_OFFSET
-from corra.processes._query import LogEntry, ProcessQuery
+from corra.processes._query import ProcessQuery
 from corra.processes._record import ProcessRecord
 from corra.processes._registry import installed
 from corra.processes._spec_content import shown_tables
@@ -83,11 +83,6 @@ KILL_ACCEPTED_TIMEOUT = 10.0
 _KEEP = {"minimum": 0, "maximum": 10**12}
 #: Paths served without the token.
 OPEN_PATHS = frozenset({"/v1/health"})
-NDJSON = "application/x-ndjson"
-#: Streams close their connection when they end: a client that sent its next request on it
-#: as the service stopped would hold the stop up until the graceful timeout (hypercorn reads
-#: no more from a kept-alive connection while it winds down, and never closes it).
-STREAM_HEADERS = {"Connection": "close"}
 
 
 def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
@@ -130,7 +125,7 @@ class _Guard:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             if self._stopping.is_set():
-                send = _closing(send)
+                send = closing_send(send)
             refusal = self._refusal(scope)
             if refusal is not None:
                 await refusal(scope, receive, send)
@@ -450,14 +445,14 @@ class Api:
             stopping=self.stopping,
             end=end,
         )
-        return _stream(_log_json(entries), f"logs of {record.id}")
+        return ndjson_stream(log_json(entries), f"logs of {record.id}")
 
     async def event_stream(self, request: Request) -> Response:
         query = request.query_params
         known_only(query, "follow", "since")
         follow = boolean(query, "follow", False)
         since = integer(query, "since", 0, minimum=0, maximum=MAX_SEQ)
-        return _stream(self._events(since, follow), "events")
+        return ndjson_stream(self._events(since, follow), "events")
 
     async def _events(self, seq: int, follow: bool) -> AsyncIterator[dict[str, Any]]:
         gap = self.events.gap(seq)
@@ -473,7 +468,7 @@ class Api:
             if not follow or self.stopping.is_set():
                 return
             if not batch:
-                await _first_of(changed, self.stopping)
+                await first_of(changed, self.stopping)
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -552,50 +547,3 @@ async def open_api(runtime: Any, *, token: str) -> AsyncIterator[Api]:
 
 
 # -- streams -------------------------------------------------------------------------------
-
-
-def _closing(send: Callable[[dict[str, Any]], Awaitable[None]]) -> Any:
-    """``send``, with ``Connection: close`` on the response (the service stops: a client must
-    not send its next request on this connection; see `STREAM_HEADERS`)."""
-
-    async def closing(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            headers = [(k, v) for k, v in message.get("headers", ()) if k != b"connection"]
-            message = {**message, "headers": [*headers, (b"connection", b"close")]}
-        await send(message)
-
-    return closing
-
-
-async def _log_json(entries: AsyncGenerator[LogEntry, None]) -> AsyncIterator[dict[str, Any]]:
-    async with contextlib.aclosing(entries):
-        async for entry in entries:
-            yield entry.json()
-
-
-def _stream(entries: AsyncIterator[dict[str, Any]], what: str) -> Response:
-    return StreamingResponse(_ndjson(entries, what), media_type=NDJSON, headers=STREAM_HEADERS)
-
-
-async def _ndjson(entries: AsyncIterator[dict[str, Any]], what: str) -> AsyncIterator[bytes]:
-    """One JSON line per entry. An error after the headers went out can only end the stream
-    early (the client reconnects from its last offset): it is logged."""
-    try:
-        async for entry in entries:
-            yield (json.dumps(entry, ensure_ascii=False) + "\n").encode()
-    except CorraError as exc:
-        logger.warning("%s: stream ended early: %s", what, exc)
-    finally:
-        await entries.aclose()  # type: ignore[attr-defined]
-
-
-async def _first_of(*events: trio.Event) -> None:
-    """Until one of ``events`` is set."""
-    async with trio.open_nursery() as nursery:
-
-        async def wait(event: trio.Event) -> None:
-            await event.wait()
-            nursery.cancel_scope.cancel()
-
-        for event in events:
-            nursery.start_soon(wait, event)

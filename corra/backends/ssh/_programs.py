@@ -39,7 +39,6 @@ every operation; the process layer pauses the process (or fails it, per the host
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import posixpath
@@ -47,7 +46,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import attrs
 import trio
 
 from corra._errors import (
@@ -65,9 +63,9 @@ from corra.backends._pollers import HostPollers, check_key
 from corra.backends._shared import json_reply
 from corra.backends.ssh._config import HostConfig
 from corra.backends.ssh._handle import RemoteHandle
+from corra.backends.ssh._hosts import PACKAGE, Host, Watch, library, settle
 from corra.backends.ssh._shipped import STREAMS, LocalLogs
 from corra.backends.transport import Transport
-from corra.chaperone import PACKAGE_DIR
 from corra.chaperone._rundir import RESULT_FILE
 from corra.processes._backend import (
     RESULT_STREAM,
@@ -92,55 +90,6 @@ SHIP_PARALLEL = 8
 #: Tries at the rest of an exited program's logs (one poll interval apart) before its wait
 #: returns without them (`read_log` then reads the remote file).
 SHIP_ATTEMPTS = 3
-
-
-#: Where the uploaded package lives under a host's library dir, and the file whose size says
-#: that an upload finished (the last one written).
-_PACKAGE = "chaperone"
-
-
-def _library() -> tuple[str, dict[str, bytes]]:
-    """The files of the host-side package (`corra.chaperone`), as paths under the library dir
-    (``chaperone/<module>.py``), written in this order; and a digest of them all."""
-    package = Path(PACKAGE_DIR)
-    files = {f"{_PACKAGE}/{path.name}": path.read_bytes() for path in sorted(package.glob("*.py"))}
-    digest = hashlib.sha256()
-    for name in sorted(files):
-        digest.update(name.encode() + b"\0" + files[name] + b"\0")
-    return digest.hexdigest()[:16], files
-
-
-@attrs.define
-class _Watch:
-    run_dir: str
-    limit: int
-    """The program's output limit: no more of a stream is shipped."""
-    event: trio.Event = attrs.field(factory=trio.Event)
-    status: dict[str, Any] | None = None
-    error: BaseException | None = None
-
-
-class _Host:
-    """What the backend knows of one host: its transport, paths, and its poller's watches."""
-
-    def __init__(self, config: HostConfig, transport: Transport, poll_interval: float) -> None:
-        self.config = config
-        self.transport = transport
-        self.poll_interval = poll_interval
-        self.lib_dir: str | None = None
-        self.work_root: str | None = None
-        self.setup_lock = trio.Lock()
-        self.watches: dict[str, list[_Watch]] = {}
-        self.wake = trio.Event()
-        self.polls = 0
-        #: Run dirs whose exited program's logs are being shipped before its waits settle.
-        self.finishing: set[str] = set()
-
-    @property
-    def helper(self) -> list[str]:
-        assert self.lib_dir is not None
-        package = posixpath.join(self.lib_dir, _PACKAGE)
-        return [self.config.python, "-I", "-S", package, "--helper"]
 
 
 class SshProgramBackend(HostPollers):
@@ -173,16 +122,16 @@ class SshProgramBackend(HostPollers):
         check_output_limit("output_limit", output_limit)
         self._output_limit, self._reports = output_limit, StatusReports(statuses)
         self._hosts = {
-            name: _Host(config, transports[name], poll_interval) for name, config in hosts.items()
+            name: Host(config, transports[name], poll_interval) for name, config in hosts.items()
         }
-        self._digest, self._files = _library()
+        self._digest, self._files = library()
         self._slots = trio.Semaphore(max_running)
         self._held: set[EffectKey] = set()
         self._logs = LocalLogs(Path(logs_dir)) if logs_dir is not None else None
         self._valueless = Valueless()  # (programs whose records said: no value)
 
-    def host(self, name: object) -> _Host:
-        host: _Host = super().host(name)
+    def host(self, name: object) -> Host:
+        host: Host = super().host(name)
         return host
 
     # -- slots: a bound on remote programs at once --------------------------------------
@@ -214,7 +163,7 @@ class SshProgramBackend(HostPollers):
 
     # -- set-up of a host ------------------------------------------------------------------
 
-    async def _ready(self, host: _Host) -> None:
+    async def _ready(self, host: Host) -> None:
         if host.lib_dir is not None:
             return
         async with host.setup_lock:
@@ -248,7 +197,7 @@ class SshProgramBackend(HostPollers):
             last = list(self._files)[-1]
             present = await host.transport.stat(posixpath.join(lib_dir, last))
             if present is None or present.size != len(self._files[last]):
-                await host.transport.mkdir(posixpath.join(lib_dir, _PACKAGE))
+                await host.transport.mkdir(posixpath.join(lib_dir, PACKAGE))
                 for name, data in self._files.items():
                     await host.transport.write_file(posixpath.join(lib_dir, name), data)
             root = host.config.work_root or posixpath.join(home, ".corra", "runs")
@@ -258,7 +207,7 @@ class SshProgramBackend(HostPollers):
             host.work_root = root
             host.lib_dir = lib_dir
 
-    def _run_dir(self, host: _Host, key: str) -> str:
+    def _run_dir(self, host: Host, key: str) -> str:
         assert host.work_root is not None
         check_key(key)
         return posixpath.join(host.work_root, key)
@@ -320,7 +269,7 @@ class SshProgramBackend(HostPollers):
                 return RemoteHandle.of(host.config.name, str(key), status["handle"])
         return None
 
-    async def _status(self, host: _Host, run_dirs: list[str]) -> list[dict[str, Any]]:
+    async def _status(self, host: Host, run_dirs: list[str]) -> list[dict[str, Any]]:
         result = await host.transport.run([*host.helper, "status", *run_dirs], check=True)
         host.polls += 1
         statuses = json_reply(result.stdout, f"host {host.config.name}: the remote helper")
@@ -332,7 +281,7 @@ class SshProgramBackend(HostPollers):
     async def wait(self, handle: RemoteHandle) -> Result:
         host = self.host(handle.host)
         await self._ready(host)
-        watch = _Watch(handle.run_dir, self._limit_of(handle))
+        watch = Watch(handle.run_dir, self._limit_of(handle))
         await self._watch(host, watch.run_dir, watch)
         result = self._settled(host, watch.status or {})
         await _staging.retrieve_outputs(host.transport, host.config.python, handle)
@@ -343,7 +292,7 @@ class SshProgramBackend(HostPollers):
         limit = handle.output_limit
         return limit if limit is not None and limit > 0 else self._output_limit
 
-    def _settled(self, host: _Host, status: Mapping[str, Any]) -> Result:
+    def _settled(self, host: Host, status: Mapping[str, Any]) -> Result:
         if status.get("state") == "exited":
             record = ExitRecord.from_json(status.get("record"))
             return result_of(self._valueless.note(posixpath.basename(status["dir"]), record))
@@ -352,7 +301,7 @@ class SshProgramBackend(HostPollers):
             "exit record"
         )
 
-    async def _poller(self, host: _Host) -> None:
+    async def _poller(self, host: Host) -> None:
         """One status exec per interval for every watched run dir of the host."""
         while True:
             if not host.watches:
@@ -379,7 +328,7 @@ class SshProgramBackend(HostPollers):
                 if status.get("state") not in ("exited", "lost"):
                     continue
                 if self._logs is None or not self._logs.ships(host.config.name):
-                    _settle(host, status)
+                    settle(host, status)
                 elif status["dir"] not in host.finishing:
                     host.finishing.add(status["dir"])
                     self._poll_nursery.start_soon(self._finish, host, status)
@@ -387,7 +336,7 @@ class SshProgramBackend(HostPollers):
 
     # -- log shipping ----------------------------------------------------------------------
 
-    async def _ship_running(self, host: _Host, statuses: list[dict[str, Any]]) -> None:
+    async def _ship_running(self, host: Host, statuses: list[dict[str, Any]]) -> None:
         """Ship up to `SHIP_CHUNK` new bytes of each log file of the running programs (at most
         `SHIP_PARALLEL` fetches at once); a failure is logged and left for the next poll."""
         limiter = trio.CapacityLimiter(SHIP_PARALLEL)
@@ -409,13 +358,13 @@ class SshProgramBackend(HostPollers):
                 if status.get("state") == "running" and isinstance(status.get("sizes"), dict):
                     nursery.start_soon(one, status)
 
-    def _watched_limit(self, host: _Host, status: Mapping[str, Any]) -> int:
+    def _watched_limit(self, host: Host, status: Mapping[str, Any]) -> int:
         watches = host.watches.get(status["dir"])
         return watches[0].limit if watches else self._output_limit
 
     async def _ship(
         self,
-        host: _Host,
+        host: Host,
         status: Mapping[str, Any],
         limit: int,
         *,
@@ -453,11 +402,11 @@ class SshProgramBackend(HostPollers):
             whole = whole and offset >= target
         return whole
 
-    async def _fetch(self, host: _Host, run_dir: str, stream: str, offset: int, size: int) -> bytes:
+    async def _fetch(self, host: Host, run_dir: str, stream: str, offset: int, size: int) -> bytes:
         path = posixpath.join(run_dir, stream)
         return await host.transport.read_range(path, offset, min(size, SHIP_CHUNK))
 
-    async def _finish(self, host: _Host, status: dict[str, Any]) -> None:
+    async def _finish(self, host: Host, status: dict[str, Any]) -> None:
         """Ship the rest of an exited (or lost) program's logs, mark the copies whole (exited
         only), then settle its waits; a failing fetch is tried `SHIP_ATTEMPTS` times, then the
         waits settle without the rest (`read_log` falls back to the remote file)."""
@@ -487,7 +436,7 @@ class SshProgramBackend(HostPollers):
         finally:
             host.finishing.discard(run_dir)
         self._logs.forget(host.config.name, posixpath.basename(run_dir))
-        _settle(host, status)
+        settle(host, status)
 
     async def kill(self, handle: RemoteHandle, grace: float) -> Result | None:
         host = self.host(handle.host)
@@ -505,7 +454,7 @@ class SshProgramBackend(HostPollers):
                 await trio.sleep(min(0.2, host.poll_interval))
         raise BackendError(f"{run_dir} on {host.config.name}: still running after the kill")
 
-    async def _ship_rest(self, host: _Host, status: dict[str, Any], limit: int) -> None:
+    async def _ship_rest(self, host: Host, status: dict[str, Any], limit: int) -> None:
         """After a kill: the rest of the logs, once, and the copies marked whole; a failure
         is only logged (`read_log` falls back to the remote file)."""
         if self._logs is None or not self._logs.ships(host.config.name):
@@ -597,10 +546,3 @@ class SshProgramBackend(HostPollers):
     def polls(self, host_name: str) -> int:
         """Status execs made for ``host_name`` so far."""
         return self.host(host_name).polls
-
-
-def _settle(host: _Host, status: dict[str, Any]) -> None:
-    """Hand an exited (or lost) program's status to every wait on its run dir."""
-    for watch in host.watches.get(status["dir"], []):
-        watch.status = status
-        watch.event.set()
