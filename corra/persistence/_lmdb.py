@@ -47,7 +47,7 @@ from typing import Any, Final, TypeVar
 import attrs
 import lmdb
 
-from corra._errors import ConfigError, CorruptRecord, StoreError
+from corra._errors import CorruptRecord, StoreError
 from corra._statedir import FILE_MODE, check_directory, make_private_dirs, open_private
 from corra.persistence._codec import Codec
 from corra.persistence._indexes import IndexReads, IndexTerm, IndexWrites, decode_terms
@@ -59,6 +59,13 @@ from corra.persistence._keyed import (
     named_snapshots,
     quarantine_entry,
 )
+from corra.persistence._keys import MAX_KEY_BYTES as MAX_KEY_BYTES
+from corra.persistence._keys import SEQUENCE_BYTES as SEQUENCE_BYTES
+from corra.persistence._keys import history_prefix as history_prefix
+from corra.persistence._keys import key_of as key_of
+from corra.persistence._keys import process_key as process_key
+from corra.persistence._keys import require_bytes as require_bytes
+from corra.persistence._keys import text as text
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -94,10 +101,6 @@ _LATER_DATABASES: Final = (
     "statuses",
     "workflows",
 )
-#: LMDB's compile-time limit on key length (``mdb_env_get_maxkeysize``).
-MAX_KEY_BYTES: Final = 511
-_SEPARATOR: Final = b"\x00"
-SEQUENCE_BYTES: Final = 8
 #: Snapshots read per read transaction by `scan`.
 _SCAN_BATCH: Final = 1024
 
@@ -124,43 +127,6 @@ class SnapshotCounts:
     def inactive(self) -> int:
         """Snapshots not in the ``active`` index."""
         return self.snapshots - self.active
-
-
-# Keys ------------------------------------------------------------------------------------
-
-
-def key_of(value: object, field: str, *, reserve: int = 0) -> bytes:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{field}: got {value!r}, expected a non-empty string")
-    if "\x00" in value:
-        raise ConfigError(f"{field}: got {value!r}, expected no NUL character")
-    try:
-        encoded = value.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        raise ConfigError(f"{field}: got {value!r}, expected encodable text") from None
-    if len(encoded) > MAX_KEY_BYTES - reserve:
-        raise ConfigError(
-            f"{field}: got {len(encoded)} bytes, expected at most {MAX_KEY_BYTES - reserve}"
-        )
-    return encoded
-
-
-def process_key(process_id: object) -> bytes:
-    return key_of(process_id, "process_id", reserve=len(_SEPARATOR) + SEQUENCE_BYTES)
-
-
-def text(key: bytes) -> str:
-    return key.decode("utf-8", "surrogateescape")
-
-
-def require_bytes(value: object, field: str) -> bytes:
-    if not isinstance(value, bytes):
-        raise TypeError(f"{field} must be bytes, not {type(value).__name__}")
-    return value
-
-
-def history_prefix(process_key: bytes) -> bytes:
-    return process_key + _SEPARATOR
 
 
 def store_error(message: str, cause: BaseException) -> StoreError:

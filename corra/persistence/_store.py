@@ -26,7 +26,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -38,8 +38,8 @@ import trio
 from corra._errors import ConfigError, StoreError
 from corra.persistence import _indexes
 from corra.persistence._indexes import IndexTerm, encode_terms
+from corra.persistence._keyed_writes import KeyedWrites
 from corra.persistence._lmdb import (
-    MAX_KEY_BYTES,
     Environment,
     Reads,
     key_of,
@@ -58,8 +58,6 @@ from corra.persistence._writes import (
     ClaimName,
     Delete,
     PendingSave,
-    PutEntries,
-    PutNotes,
     RebuildActiveIndex,
     RebuildIndexes,
     SetAside,
@@ -97,7 +95,7 @@ class StoreStatistics:
 # The store -------------------------------------------------------------------------------
 
 
-class Store(Reads):
+class Store(Reads, KeyedWrites):
     """The state store, opened by `open_store`; its writes go through one writer thread.
 
     Every write is async and a checkpoint. It is checked, then queued, and returns once its
@@ -290,43 +288,6 @@ class Store(Reads):
         """
         keys = None if names is None else tuple(key_of(name, "name") for name in names)
         await self._submit(Delete(process_key(process_id), keys))
-
-    async def put_notes(self, notes: Mapping[str, bytes | None]) -> None:
-        """Set the note of each process id to its bytes, or remove it (None), in one
-        transaction: no save's (no history, snapshot or index changes). A checkpoint.
-        Raises `StoreError` as `delete` does."""
-        items = tuple(
-            (process_key(key), None if value is None else require_bytes(value, "note"))
-            for key, value in notes.items()
-        )
-        await self._submit(PutNotes(items))
-
-    async def put_entries(self, items: Sequence[tuple[bytes, bytes | None]]) -> None:
-        """Set each key of the ``workflows`` database to its bytes, or remove it (None), in
-        order, in one durable transaction (`corra.persistence._keyed.EntryReads` reads
-        them). A checkpoint; the writes of a cancelled call may still be committed.
-
-        Raises:
-            StoreError: the transaction failed, or the store is closed or read-only.
-            ConfigError: a key is empty or longer than LMDB takes.
-            TypeError: a key or a value is not bytes.
-        """
-        checked = []
-        for key, value in items:
-            require_bytes(key, "key")
-            if not key or len(key) > MAX_KEY_BYTES:
-                raise ConfigError(f"key: got {len(key)} bytes, expected 1 to {MAX_KEY_BYTES}")
-            checked.append((key, None if value is None else require_bytes(value, "entry")))
-        await self._submit(PutEntries(tuple(checked)))
-
-    async def put_statuses(self, statuses: Mapping[str, bytes | None]) -> None:
-        """Set (bytes) or remove (None) the status of each process id, in one transaction,
-        as `put_notes` does notes (`corra.persistence._keyed`). A checkpoint."""
-        items = tuple(
-            (process_key(key), None if value is None else require_bytes(value, "status"))
-            for key, value in statuses.items()
-        )
-        await self._submit(PutNotes(items, "statuses"))
 
     async def rebuild_active_index(self, is_active: Callable[[bytes], bool]) -> int:
         """Rebuild the ``active`` index from every snapshot: an id is in it if and only if
