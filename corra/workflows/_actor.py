@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import attrs
@@ -68,6 +68,24 @@ class Pause:
 @attrs.frozen
 class Kill:
     pass
+
+
+async def guarded(runs: Any, run_id: str, drive: Callable[[], Awaitable[None]]) -> None:
+    """A run actor's main: ``drive``, and an error it did not expect fails the run with its
+    reason (a bug, or a store that fails: the run says so rather than hang); then the
+    manager is told that the actor ended."""
+    try:
+        await drive()
+    except (trio.Cancelled, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        logger.exception("workflow run %s failed", run_id)
+        with trio.CancelScope(shield=True), contextlib.suppress(CorraError):
+            run = runs.get(run_id)
+            if not run.terminal:
+                await runs.write_run(run, phase="failed", reason=f"internal error: {exc}")
+    finally:
+        runs.actor_ended(run_id)
 
 
 class RunActor(Actor):
@@ -138,25 +156,16 @@ class RunActor(Actor):
                     await action(entry.process)
 
     async def main(self) -> None:
+        await guarded(self._manager, self._id, self._start)
+
+    async def _start(self) -> None:
         runs = self._manager
-        try:
-            run = runs.get(self._id)
-            self._job = job_from_data(run.definition)
-            self._job_steps = {step.name: step for step in self._job.steps}
-            self._order = topological_order(self._job)
-            self._book = StepBook(runs.step_entries(self._id))
-            await self._drive(run)
-        except (trio.Cancelled, KeyboardInterrupt):
-            raise
-        except Exception as exc:
-            # (a bug, or a store that fails: the run says so rather than hang)
-            logger.exception("workflow run %s failed", self._id)
-            with trio.CancelScope(shield=True), contextlib.suppress(CorraError):
-                run = runs.get(self._id)
-                if not run.terminal:
-                    await runs.write_run(run, phase="failed", reason=f"internal error: {exc}")
-        finally:
-            runs.actor_ended(self._id)
+        run = runs.get(self._id)
+        self._job = job_from_data(run.definition)
+        self._job_steps = {step.name: step for step in self._job.steps}
+        self._order = topological_order(self._job)
+        self._book = StepBook(runs.step_entries(self._id))
+        await self._drive(run)
 
     async def _drive(self, run: RunRecord) -> None:
         runs = self._manager
@@ -265,7 +274,7 @@ class RunActor(Actor):
         reason = record.state.reason
         phase = record.phase
         if reason is None and result is not None and phase != "finished":
-            reason = _exit_text(result)
+            reason = exit_text(result)
         refused = getattr(result, "value_error", None)
         if phase == "finished" and refused:
             # (a step's result is what those after it read: one refused fails the step,
@@ -396,7 +405,7 @@ class RunActor(Actor):
         self._book.take(entries, durable=True)
 
 
-def _exit_text(result: Any) -> str:
+def exit_text(result: Any) -> str:
     if result.error:
         return str(result.error)
     if result.timed_out:

@@ -32,7 +32,6 @@ import trio
 
 from corra._errors import (
     ConfigError,
-    CorraError,
     InvalidTransition,
     NoSuchProcess,
     StepFailed,
@@ -42,7 +41,7 @@ from corra.processes._convert import SPEC_FIELDS, parse_process_spec, unstructur
 from corra.processes._record import ProcessRecord
 from corra.processes._spec import ProcessSpec
 from corra.processes._values import VALUE_LIMIT
-from corra.workflows._actor import Kill, Pause, _exit_text
+from corra.workflows._actor import Kill, Pause, exit_text, guarded
 from corra.workflows._faults import crash_point
 from corra.workflows._python import PythonJob, StepResult, step_parts, step_process_name
 from corra.workflows._runs import RunRecord, StepEntry
@@ -204,20 +203,7 @@ class PythonRunActor(Actor):
             self._function_scope.cancel()
 
     async def main(self) -> None:
-        runs = self._manager
-        try:
-            await self._drive()
-        except (trio.Cancelled, KeyboardInterrupt):
-            raise
-        except Exception as exc:
-            # (a bug, or a store that fails: the run says so rather than hang)
-            logger.exception("workflow run %s failed", self._id)
-            with trio.CancelScope(shield=True), contextlib.suppress(CorraError):
-                run = runs.get(self._id)
-                if not run.terminal:
-                    await runs.write_run(run, phase="failed", reason=f"internal error: {exc}")
-        finally:
-            runs.actor_ended(self._id)
+        await guarded(self._manager, self._id, self._drive)
 
     async def _drive(self) -> None:
         runs = self._manager
@@ -355,7 +341,7 @@ class PythonRunActor(Actor):
         value, value_file = runs.result_of(record)
         reason = record.state.reason
         if reason is None and result is not None and record.phase != "finished":
-            reason = _exit_text(result)
+            reason = exit_text(result)
         return attrs.evolve(
             entry,
             phase=record.phase,  # type: ignore[arg-type]
