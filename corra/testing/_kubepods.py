@@ -11,6 +11,11 @@ pod's run returns, cancelled or not (as all of a container's processes die with 
 Failure modes (`Behaviour`) are chosen by the pod's annotation ``corra.test/node-behaviour``;
 the image is never pulled and its name is ignored. ``corra.test/node-behaviour-after``
 (seconds) delays ``oom-killed`` and ``evicted`` after the program starts.
+
+Volumes: an ``emptyDir`` is a directory of the node's, made when the pod starts and removed
+with it; nothing is mounted (the programs run on this machine), so a container that mounts
+it gets, in its env and command, the directory for its ``mountPath`` (as it gets a file
+for its ``terminationMessagePath``). Containers sharing one see the same files.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import contextlib
 import enum
 import os
 import re
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -101,6 +107,15 @@ def termination_message(path: str | None) -> str | None:
     except OSError:
         return None
     return data.decode(errors="replace") or None
+
+
+def _moved(text: str, mount: str, directory: str) -> str:
+    """``text`` with a path in ``mount`` (or ``mount`` itself) at its start moved into
+    ``directory``, which stands for it."""
+    mount = mount.rstrip("/")
+    if text == mount or text.startswith(mount + "/"):
+        return directory + text[len(mount) :]
+    return text
 
 
 def _expand(text: str, env: dict[str, str]) -> str:
@@ -193,6 +208,8 @@ class PodRun:
         self.grace = 30.0
         self._started_at = _now()
         self._pod_failure: tuple[str, str] | None = None  # (reason, message)
+        #: emptyDir volume name -> the directory that stands for it (made when it starts)
+        self.volumes: dict[str, str] = {}
 
     @property
     def pids(self) -> dict[str, int]:
@@ -230,6 +247,8 @@ class PodRun:
                     if program.message_file is not None:
                         with contextlib.suppress(OSError):
                             os.unlink(program.message_file)
+                for directory in self.volumes.values():
+                    shutil.rmtree(directory, ignore_errors=True)
 
     async def _run(self) -> None:
         if self.pod.status.phase == "Running":
@@ -253,6 +272,9 @@ class PodRun:
                 await self._report_waiting("ImagePullBackOff", message)
             await self.deleting.wait()
             return
+        for volume in self.pod.spec.volumes or ():
+            if volume.emptyDir is not None:
+                self.volumes[volume.name] = tempfile.mkdtemp(prefix="corra-kubenode-emptydir-")
         configs: dict[str, tuple[list[str], dict[str, str]]] = {}
         try:
             if self.behaviour is Behaviour.CREATE_CONTAINER_CONFIG_ERROR:
@@ -270,8 +292,8 @@ class PodRun:
         self.waiting.clear()
         await self._patch("Running", states, ready=True)
         async with trio.open_nursery() as nursery:
-            for program in self.programs.values():
-                nursery.start_soon(program.run)
+            for name, program in self.programs.items():
+                nursery.start_soon(self._run_program, name, program, states)
             nursery.start_soon(self._stop_when_told, nursery.cancel_scope)
             await self._wait_all_ended()
             nursery.cancel_scope.cancel()
@@ -281,6 +303,16 @@ class PodRun:
             state["terminated"]["exitCode"] != 0 for state in states.values()
         )
         await self._patch("Failed" if failed else "Succeeded", states)
+
+    async def _run_program(
+        self, name: str, program: _Program, states: dict[str, dict[str, Any]]
+    ) -> None:
+        """Run one container's program; report its end at once if others run on (as a
+        kubelet does: a sidecar may outlive the program)."""
+        await program.run()
+        if not all(other.ended.is_set() for other in self.programs.values()):
+            states[name] = self._terminated(program)
+            await self._patch("Running", states)
 
     async def _wait_all_ended(self) -> None:
         for program in self.programs.values():
@@ -383,6 +415,12 @@ class PodRun:
             if value is not None:
                 env[variable.name] = value
         argv = [_expand(arg, env) for arg in [*(container.command or ()), *(container.args or ())]]
+        for mount in container.volumeMounts or ():
+            directory = self.volumes.get(mount.name)
+            if directory is None:
+                raise ConfigError(f"corra's test node mounts emptyDir volumes only: {mount.name}")
+            env = {name: _moved(value, mount.mountPath, directory) for name, value in env.items()}
+            argv = [_moved(arg, mount.mountPath, directory) for arg in argv]
         if not argv:
             raise ConfigError("corra's test node runs command + args; this container has neither")
         return argv, env

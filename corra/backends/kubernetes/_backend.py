@@ -20,6 +20,10 @@ scheduler's message as the attempt's note, never failed for being pending; an im
 configuration error fails the attempt after ``image_error_grace``; eviction and node loss are
 a node failure (a transient process reruns); exit codes above 128 are signals, as container
 runtimes report them.
+
+Rule 5, statuses through the pod's own log: a status sidecar copies the lines the program
+appends to ``$CORRA_STATUS`` to its log, which comes home like the program's and is read
+there (`_statuses`).
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ from corra._errors import (
     ProgramLost,
     TransportError,
 )
+from corra.backends._follow import StatusFollower, following
+from corra.backends.kubernetes import _statuses
 from corra.backends.kubernetes._attempts import (
     AttemptFiles,
     instance_id,
@@ -53,7 +59,7 @@ from corra.backends.kubernetes._attempts import (
 from corra.backends.kubernetes._client import Cluster, open_cluster, read_job
 from corra.backends.kubernetes._deletion import delete_attempt, delete_job
 from corra.backends.kubernetes._logs import LogFiles
-from corra.backends.kubernetes._manifest import job_manifest
+from corra.backends.kubernetes._manifest import STATUS_CONTAINER, job_manifest
 from corra.backends.kubernetes._naming import (
     INSTANCE_LABEL,
     KEY_ANNOTATION,
@@ -69,6 +75,7 @@ from corra.backends.kubernetes._outcomes import (
     exit_status,
 )
 from corra.backends.kubernetes._shipping import LogShipping
+from corra.backends.kubernetes._statuses import sidecar_for, sidecar_of, statuses_home
 from corra.backends.kubernetes._watch import NamespaceWatch
 from corra.processes._backend import (
     RESULT_STREAM,
@@ -111,6 +118,8 @@ class KubeHandle:
     uid: str
     suspend_on_pause: bool = optional_field(False)
     output_limit: int | None = optional_field(None)
+    status: str | None = optional_field(None)
+    """Where its status sidecar is: ``native``, ``container``, or None (no statuses)."""
 
 
 class KubernetesBackend(BackendBase):
@@ -124,8 +133,9 @@ class KubernetesBackend(BackendBase):
     """
 
     capabilities = Capabilities(
-        hosts=True, pause_hooks=True, waits_for_host=True, log_size=True, merged_output=True
-    )
+        hosts=True, pause_hooks=True, waits_for_host=True, log_size=True, merged_output=True,
+        status=True,
+    )  # fmt: skip
     handle_type = KubeHandle
 
     def __init__(
@@ -153,6 +163,9 @@ class KubernetesBackend(BackendBase):
         #: its last result leaves no finished Job behind
         self.finishing = nursery
         self.instance = instance_id(self._root)
+        #: where the status logs at home are read (`open_kubernetes` sets it)
+        self.follower: StatusFollower | None = None
+        self._told_no_sidecar: set[str] = set()
 
     # -- hosts, clusters, watches -------------------------------------------------------
 
@@ -229,8 +242,10 @@ class KubernetesBackend(BackendBase):
         name = job_name(key)
         options = attrs.evolve(request.options or KubernetesOptions(), image=self._image(request))
         files.write_intent({"key": str(key), "job": name, "namespace": cluster.namespace})
+        keep = self.options_of(host).keep_finished
+        sidecar = await sidecar_for(cluster, options, keep, self._told_no_sidecar)
         manifest = job_manifest(
-            request, options, instance=self.instance, namespace=cluster.namespace
+            request, options, instance=self.instance, namespace=cluster.namespace, sidecar=sidecar
         )
         await cluster.write_slot()
         try:
@@ -253,6 +268,7 @@ class KubernetesBackend(BackendBase):
             uid,
             suspend_on_pause=options.suspend_on_pause,
             output_limit=request.limits.output or self._context.output_limit,
+            status=sidecar,
         )
         files.write_handle(handle)
         self._ship(handle)
@@ -283,7 +299,8 @@ class KubernetesBackend(BackendBase):
             job = await read_job(cluster, name)
             if job is None or not adoptable(job["metadata"].get("labels"), self.instance, key):
                 return None
-            handle = KubeHandle(str(key), host, cluster.namespace, name, job["metadata"]["uid"])
+            uid, status = job["metadata"]["uid"], sidecar_of(job)
+            handle = KubeHandle(str(key), host, cluster.namespace, name, uid, status=status)
             files.write_handle(handle)
         if files.result() is None:
             self._ship(handle)
@@ -296,6 +313,13 @@ class KubernetesBackend(BackendBase):
         stored = files.result()
         if stored is not None:
             return stored
+        if handle.status is None:
+            return await self._wait(handle, files)
+        path = _statuses.status_path(files.directory)
+        key = EffectKey.parse(handle.key)
+        return await following(self.follower, key, path, lambda: self._wait(handle, files))
+
+    async def _wait(self, handle: KubeHandle, files: AttemptFiles) -> Result:
         watch = await self.watch(handle.host)
         cluster = self._clusters[handle.host]
         shipped = self._ship(handle)
@@ -322,6 +346,7 @@ class KubernetesBackend(BackendBase):
             await self._delete(cluster, watch, handle, grace=None)
         with trio.move_on_after(LOG_PATIENCE):
             await shipped.wait()
+        await statuses_home(self._shipping, handle, files.directory)
         logs = LogFiles(files.directory, handle.output_limit)
         result = attempt_result(view, logs.size("stdout"), logs.dropped, grace=grace)
         result = keep_value(files, view.termination_message, result)
@@ -358,8 +383,11 @@ class KubernetesBackend(BackendBase):
         return classify(job, pod, deleting=handle.job in self._deleting), pod
 
     def _ship(self, handle: KubeHandle) -> trio.Event:
-        """Bring the attempt's log home in the background (`LogShipping`)."""
+        """Bring the attempt's log home in the background (`LogShipping`), and its status
+        sidecar's (Rule 5)."""
         directory = AttemptFiles(self._root, handle.host, handle.key).directory
+        if handle.status is not None:
+            self._shipping.ship(handle, _statuses.status_logs(directory), STATUS_CONTAINER)
         return self._shipping.ship(handle, LogFiles(directory, handle.output_limit))
 
     def _note(self, handle: KubeHandle, view: AttemptView | None) -> None:
@@ -482,6 +510,7 @@ class KubernetesBackend(BackendBase):
 
     async def pause(self, handle: KubeHandle) -> None:
         self._shipping.stop(handle.key)  # (a paused process is not watched; resume ships on)
+        self._shipping.stop(handle.key, STATUS_CONTAINER)
         if handle.suspend_on_pause:
             await self._suspend(handle, True)
 
@@ -536,6 +565,8 @@ async def open_kubernetes(context: BackendContext) -> AsyncIterator[KubernetesBa
     leftovers are swept in the background (programs run on: only the watching stops)."""
     async with contextlib.AsyncExitStack() as stack, trio.open_nursery() as nursery:
         backend = KubernetesBackend(context, nursery, stack)
+        backend.follower = StatusFollower(context.statuses, context.status_interval)
+        await nursery.start(backend.follower.run)
         async with trio.open_nursery() as finishing:
             backend.finishing = finishing
             for host in backend._hosts:

@@ -181,6 +181,7 @@ class Cluster:
         self.options = options
         self.policy = policy
         self.requests: collections.Counter[str] = collections.Counter()
+        self._version: tuple[int, int] | None = None
         self._writes = TokenBucket(options.writes_per_second, options.write_burst)
         self.http.event_hooks = {"request": [self._count], "response": []}
 
@@ -203,6 +204,23 @@ class Cluster:
         """`api_errors` for this cluster."""
         return api_errors(self.host, doing, policy=self.policy)
 
+    async def server_version(self) -> tuple[int, int]:
+        """The apiserver's ``(major, minor)`` version (``GET /version``, asked once: a
+        request per cluster opened); ``(0, 0)`` if it says none that parses.
+
+        Raises:
+            BackendError: the request failed (as `errors` maps it).
+        """
+        if self._version is None:
+            with self.errors("reading the server's version"):
+                response = await self.http.get("/version")
+            if response.status_code >= 400:
+                raise BackendError(
+                    f"{self.host}: reading the server's version: {response.status_code}"
+                )
+            self._version = _version(response.json())
+        return self._version
+
     async def wait_answering(self) -> None:
         """Return once the apiserver answers again (``GET /version``, sent without the
         credentials: any answer but 429/502/503/504 counts), probing with a pause that
@@ -220,6 +238,16 @@ class Cluster:
                     return
             await trio.sleep(pause)
             pause = min(MAX_PROBE_PAUSE, pause * 2)
+
+
+def _version(said: Any) -> tuple[int, int]:
+    """``(major, minor)`` of a ``/version`` answer (``"minor": "29+"`` on some clouds)."""
+    try:
+        major = int(re.sub(r"\D", "", str(said["major"])))
+        minor = int(re.sub(r"\D", "", str(said["minor"])))
+    except (KeyError, TypeError, ValueError):
+        return (0, 0)
+    return (major, minor)
 
 
 @contextlib.asynccontextmanager

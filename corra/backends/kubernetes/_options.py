@@ -133,10 +133,13 @@ class KubernetesOptions:
     """A pod template merged under corra's fields, for what the typed ones do not cover."""
     suspend_on_pause: bool = attrs.field(default=False)
     """Pausing suspends the Job while its container has not started (Kubernetes >= 1.21)."""
+    status: bool = attrs.field(default=True)
+    """Follow the program's ``$CORRA_STATUS`` through a sidecar of the same image, which
+    needs ``/bin/sh`` and ``tail -F`` there; false for an image without them."""
 
     def __attrs_post_init__(self) -> None:
-        if not isinstance(self.suspend_on_pause, bool):
-            raise ConfigError(
-                f"kubernetes.suspend_on_pause: got {self.suspend_on_pause!r}, expected true "
-                "or false"
-            )
+        for name in ("suspend_on_pause", "status"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(
+                    f"kubernetes.{name}: got {getattr(self, name)!r}, expected true or false"
+                )

@@ -6,6 +6,10 @@ One task per attempt whose log is not home yet, owned by the backend's nursery (
 the kill of the attempt, which give their result once the log is home (or cannot be: its pod
 is gone). The task waits on the namespace's watch until the attempt's pod has run, then
 follows the pod's log (`_logs.ship_logs`) until the container ended and all it wrote is home.
+
+The status sidecar's log (`corra.backends.kubernetes._manifest.STATUS_CONTAINER`: the lines
+the program appends to ``$CORRA_STATUS``) comes home the same way, into a directory of its
+own, until that container ended, or the backend stops it (`stop`).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import trio
 from corra._errors import BackendError
 from corra.backends.kubernetes._client import Cluster, read_job
 from corra.backends.kubernetes._logs import LogFiles, ship_logs
-from corra.backends.kubernetes._manifest import CONTAINER
+from corra.backends.kubernetes._manifest import CONTAINER, STATUS_CONTAINER
 from corra.backends.kubernetes._outcomes import classify
 from corra.backends.kubernetes._watch import NamespaceWatch
 
@@ -53,27 +57,31 @@ class LogShipping:
         self._shipping: dict[str, trio.Event] = {}
         self._scopes: dict[str, trio.CancelScope] = {}
 
-    def ship(self, handle: Any, logs: LogFiles) -> trio.Event:
-        """Bring the log of the attempt ``handle`` (a `KubeHandle`) home into ``logs``, once:
-        the event is set once it is home, or cannot come home."""
-        done = self._shipping.get(handle.key)
+    def ship(self, handle: Any, logs: LogFiles, container: str = CONTAINER) -> trio.Event:
+        """Bring the log of ``container`` of the attempt ``handle`` (a `KubeHandle`) home
+        into ``logs``, once: the event is set once it is home, or cannot come home (or its
+        shipping was stopped)."""
+        name = _name(handle.key, container)
+        done = self._shipping.get(name)
         if done is None:
-            done = self._shipping[handle.key] = trio.Event()
-            self._nursery.start_soon(self._ship, handle, logs, done)
+            done = self._shipping[name] = trio.Event()
+            self._nursery.start_soon(self._ship, handle, logs, done, container)
         return done
 
-    def stop(self, key: str) -> None:
-        """Stop bringing the log of the attempt ``key`` home (a pause: corra stops watching;
-        a later `ship` resumes from where this one was)."""
-        scope = self._scopes.get(key)
+    def stop(self, key: str, container: str = CONTAINER) -> None:
+        """Stop bringing the log of ``container`` of the attempt ``key`` home (a pause:
+        corra stops watching; a later `ship` resumes from where this one was)."""
+        scope = self._scopes.get(_name(key, container))
         if scope is not None:
             scope.cancel()
 
-    async def _ship(self, handle: Any, logs: LogFiles, done: trio.Event) -> None:
-        with trio.CancelScope() as self._scopes[handle.key]:
-            await self._ship_until_home(handle, logs, done)
+    async def _ship(self, handle: Any, logs: LogFiles, done: trio.Event, container: str) -> None:
+        with trio.CancelScope() as self._scopes[_name(handle.key, container)]:
+            await self._ship_until_home(handle, logs, done, container)
 
-    async def _ship_until_home(self, handle: Any, logs: LogFiles, done: trio.Event) -> None:
+    async def _ship_until_home(
+        self, handle: Any, logs: LogFiles, done: trio.Event, container: str
+    ) -> None:
         try:
             if logs.complete:
                 return
@@ -96,15 +104,39 @@ class LogShipping:
             def ended() -> bool:
                 job, pods = watch.view(handle.job)
                 mine = [pod for pod in pods if pod["metadata"]["name"] == name]
+                if container != CONTAINER:
+                    return not mine or container_ended(mine[0], container)
                 return not mine or classify(job, mine[0], deleting=True).ended
 
             await ship_logs(
-                cluster.client, handle.namespace, name, logs, container=CONTAINER, ended=ended
+                cluster.client, handle.namespace, name, logs, container=container, ended=ended
             )
         except BackendError as exc:
             logger.warning("attempt %s: its log stopped coming home: %s", handle.key, exc)
         finally:
             done.set()
-            if self._shipping.get(handle.key) is done:
-                del self._shipping[handle.key]
-                del self._scopes[handle.key]
+            shipping = _name(handle.key, container)
+            if self._shipping.get(shipping) is done:
+                del self._shipping[shipping]
+                del self._scopes[shipping]
+
+
+def _name(key: str, container: str) -> str:
+    """What a shipping is known by: the attempt's key, and its container unless ``main``."""
+    return key if container == CONTAINER else f"{key}/{container}"
+
+
+def container_ended(pod: dict[str, Any], container: str = STATUS_CONTAINER) -> bool:
+    """Whether ``container`` of ``pod`` (an init container or not) has terminated, or the
+    pod has: all its containers have."""
+    status = pod.get("status") or {}
+    if status.get("phase") in ("Succeeded", "Failed"):
+        return True
+    entries = [
+        *(status.get("initContainerStatuses") or ()),
+        *(status.get("containerStatuses") or ()),
+    ]
+    for entry in entries:
+        if entry.get("name") == container:
+            return bool((entry.get("state") or {}).get("terminated"))
+    return False
