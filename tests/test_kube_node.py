@@ -375,3 +375,49 @@ async def lose_the_node(
         assert alive(pid_of(pod))
     finally:
         lost.reconnect()
+
+
+async def test_containers_share_an_empty_dir_and_each_ends_on_its_own(
+    client: AsyncClient, namespace: str, api: httpx.AsyncClient
+) -> None:
+    # `main` writes into the volume (where its env says) and exits; `reader`, mounting it
+    # elsewhere, prints what it finds there and runs on. As a kubelet: main's end is
+    # reported while the pod runs; the volume goes with the pod.
+    main = {
+        "name": "main",
+        "image": "busybox",
+        "command": ["sh", "-c", 'echo "$DIR" > "$DIR/said"; exit 3'],
+        "env": [{"name": "DIR", "value": "/out"}],
+        "volumeMounts": [{"name": "shared", "mountPath": "/out/"}],
+    }
+    reader = {
+        "name": "reader",
+        "image": "busybox",
+        "command": [
+            "sh",
+            "-c",
+            'until [ -s "$IN/said" ]; do sleep 0.1; done; cat "$IN/said"; sleep 1000',
+        ],
+        "env": [{"name": "IN", "value": "/in"}],
+        "volumeMounts": [{"name": "shared", "mountPath": "/in"}],
+    }
+    pod_spec = {"volumes": [{"name": "shared", "emptyDir": {}}], "containers": [main, reader]}
+    job = await start_job(client, namespace, "unused", pod=pod_spec)
+
+    def main_ended(pod: Any) -> bool:
+        states = {status.name: status.state for status in pod.status.containerStatuses or ()}
+        return bool(states) and states["main"].terminated is not None
+
+    pod = await wait_pod(client, namespace, job, main_ended)
+    assert pod.status.phase == "Running"
+    states = {status.name: status.state for status in pod.status.containerStatuses}
+    assert states["main"].terminated.exitCode == 3 and states["reader"].running is not None
+    name = pod.metadata.name
+    with trio.fail_after(10):
+        while not (said := (await log(api, namespace, name, container="reader")).text):
+            await trio.sleep(0.1)
+    directory = said.strip()  # (the directory that stands for the volume, the same for both)
+    assert Path(directory).is_dir() and not directory.startswith("/out")
+    await client.delete(Job, job, namespace=namespace, cascade=CascadeType.FOREGROUND)
+    await wait_gone(client, namespace, name)
+    assert not Path(directory).exists()

@@ -7,7 +7,12 @@ container there, deleted with the Job) through the whole runtime."""
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import signal
+import stat
+import subprocess
+import time
 from pathlib import Path
 
 import _kube
@@ -24,8 +29,8 @@ from corra.backends.kubernetes._manifest import (
     STATUS_CONTAINER,
     STATUS_DIR,
     STATUS_PATH,
-    STATUS_SCRIPT,
     job_manifest,
+    status_script,
 )
 from corra.backends.kubernetes._options import KubernetesOptions
 from corra.backends.kubernetes._statuses import sidecar_for, sidecar_of
@@ -52,7 +57,8 @@ def test_the_status_file_is_in_an_empty_dir_that_a_sidecar_of_the_same_image_cop
     assert copier["name"] == STATUS_CONTAINER and copier["image"] == "busybox"
     assert copier["volumeMounts"] == [MOUNT] and env_of(copier) == {"CORRA_STATUS": STATUS_PATH}
     # (its script as given: `$` written `$$` against the kubelet's $(VAR) expansion)
-    assert copier["command"] == ["/bin/sh", "-c", STATUS_SCRIPT.replace("$", "$$")]
+    assert copier["command"] == ["/bin/sh", "-c", status_script("container").replace("$", "$$")]
+    assert "sleep 0;" in status_script("container") and "sleep 1;" in status_script("native")
     assert "restartPolicy" not in copier and "initContainers" not in pod
 
 
@@ -90,6 +96,27 @@ def test_the_templates_volumes_mounts_and_init_containers_stay_beside_the_sideca
     assert pod["containers"][0]["volumeMounts"] == [{"name": "data", "mountPath": "/data"}, MOUNT]
     pod = manifest("container", options)["spec"]["template"]["spec"]
     assert [c["name"] for c in pod["containers"]] == ["main", "proxy", STATUS_CONTAINER]
+
+
+def test_the_sidecars_script_copies_what_is_appended_until_a_second_after_its_sigterm(tmp_path):
+    # The script as the sidecar runs it (here with this machine's sh and tail): what the
+    # program appends right before its end (then the kubelet's SIGTERM) is copied, whole
+    # lines or not; the file is made first, writable by a program of another user.
+    path = tmp_path / "status.jsonl"
+    env = {"CORRA_STATUS": str(path), "PATH": os.environ["PATH"]}
+    copier = subprocess.Popen(
+        ["/bin/sh", "-c", status_script("native")], env=env, stdout=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 10
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666
+    with path.open("a") as status:
+        status.write('{"progress": 0.5}\n{"progress": 1}\n{"mess')
+    copier.send_signal(signal.SIGTERM)
+    out, _ = copier.communicate(timeout=10)
+    assert copier.returncode == 0
+    assert out == b'{"progress": 0.5}\n{"progress": 1}\n{"mess'
 
 
 def test_the_status_option_is_a_boolean():

@@ -208,6 +208,7 @@ class PodRun:
         self.grace = 30.0
         self._started_at = _now()
         self._pod_failure: tuple[str, str] | None = None  # (reason, message)
+        self._stopping = False  # the node stops the pod's programs (deleted, evicted ...)
         #: emptyDir volume name -> the directory that stands for it (made when it starts)
         self.volumes: dict[str, str] = {}
 
@@ -310,7 +311,7 @@ class PodRun:
         """Run one container's program; report its end at once if others run on (as a
         kubelet does: a sidecar may outlive the program)."""
         await program.run()
-        if not all(other.ended.is_set() for other in self.programs.values()):
+        if not self._stopping and not all(p.ended.is_set() for p in self.programs.values()):
             states[name] = self._terminated(program)
             await self._patch("Running", states)
 
@@ -336,6 +337,7 @@ class PodRun:
             grace = self.grace
         if not self.deleting.is_set() and timers:
             self._pod_failure = min(timers, key=lambda timer: timer[0])[1]
+        self._stopping = True  # (the pod's end is reported as a whole)
         async with trio.open_nursery() as nursery:
             for program in self.programs.values():
                 nursery.start_soon(program.stop, grace)

@@ -118,7 +118,7 @@ class KubeHandle:
     uid: str
     suspend_on_pause: bool = optional_field(False)
     output_limit: int | None = optional_field(None)
-    status: str | None = optional_field(None)
+    sidecar: str | None = optional_field(None)
     """Where its status sidecar is: ``native``, ``container``, or None (no statuses)."""
 
 
@@ -268,7 +268,7 @@ class KubernetesBackend(BackendBase):
             uid,
             suspend_on_pause=options.suspend_on_pause,
             output_limit=request.limits.output or self._context.output_limit,
-            status=sidecar,
+            sidecar=sidecar,
         )
         files.write_handle(handle)
         self._ship(handle)
@@ -299,8 +299,8 @@ class KubernetesBackend(BackendBase):
             job = await read_job(cluster, name)
             if job is None or not adoptable(job["metadata"].get("labels"), self.instance, key):
                 return None
-            uid, status = job["metadata"]["uid"], sidecar_of(job)
-            handle = KubeHandle(str(key), host, cluster.namespace, name, uid, status=status)
+            uid, sidecar = job["metadata"]["uid"], sidecar_of(job)
+            handle = KubeHandle(str(key), host, cluster.namespace, name, uid, sidecar=sidecar)
             files.write_handle(handle)
         if files.result() is None:
             self._ship(handle)
@@ -313,7 +313,7 @@ class KubernetesBackend(BackendBase):
         stored = files.result()
         if stored is not None:
             return stored
-        if handle.status is None:
+        if handle.sidecar is None:
             return await self._wait(handle, files)
         path = _statuses.status_path(files.directory)
         key = EffectKey.parse(handle.key)
@@ -386,7 +386,7 @@ class KubernetesBackend(BackendBase):
         """Bring the attempt's log home in the background (`LogShipping`), and its status
         sidecar's (Rule 5)."""
         directory = AttemptFiles(self._root, handle.host, handle.key).directory
-        if handle.status is not None:
+        if handle.sidecar is not None:
             self._shipping.ship(handle, _statuses.status_logs(directory), STATUS_CONTAINER)
         return self._shipping.ship(handle, LogFiles(directory, handle.output_limit))
 

@@ -17,7 +17,7 @@
 - Statuses (``status = true``, the default): an ``emptyDir`` (`STATUS_VOLUME`) mounted at
   `STATUS_DIR` in ``main``, ``$CORRA_STATUS`` a file in it, and a container of the same image,
   `STATUS_CONTAINER`, that copies what the program appends to it to its own log
-  (`STATUS_SCRIPT`), which the backend follows like ``main``'s. ``sidecar = "native"``
+  (`status_script`), which the backend follows like ``main``'s. ``sidecar = "native"``
   (Kubernetes >= 1.29): an init container with ``restartPolicy: Always``, which the kubelet
   stops once ``main`` ended; ``"container"`` (older servers): a second container, which runs
   until the Job is deleted (the backend deletes it once the result is home). The image must
@@ -50,12 +50,15 @@ STATUS_DIR: Final = "/var/run/corra"
 STATUS_PATH: Final = f"{STATUS_DIR}/{STATUS_FILE}"
 #: What `STATUS_CONTAINER` runs (``sh -c``): the file's bytes as they are appended (whole
 #: lines or not: the backend's reader takes complete lines only), from its start, to stdout;
-#: tail's complaints (no file yet, truncated) not in the log. On SIGTERM (the kubelet stops
-#: a native sidecar once ``main`` ended) it lets tail copy the last lines for a second.
+#: tail's complaints (truncated ...) not in the log. The file is made first, writable by any
+#: user (the program may run as another): tail follows a file that exists at once, one that
+#: does not only from its next retry, a second later. On SIGTERM tail has ``{linger}``
+#: seconds for the last lines: 1 for a native sidecar (the kubelet stops it once ``main``
+#: ended), 0 for a second container (stopped when the Job is deleted, its log home).
 STATUS_SCRIPT: Final = (
-    ': >> "$CORRA_STATUS" || exit 1; '
+    '(umask 0; : >> "$CORRA_STATUS") 2>/dev/null; '
     'tail -c +1 -F "$CORRA_STATUS" 2>/dev/null & copier=$!; '
-    "trap 'sleep 1; kill $copier 2>/dev/null; exit 0' TERM; "
+    "trap 'sleep {linger}; kill $copier 2>/dev/null; exit 0' TERM; "
     "wait $copier"
 )
 #: Where the status sidecar is: ``native`` (an init container with ``restartPolicy:
@@ -154,7 +157,7 @@ def _add_status_sidecar(pod: dict[str, Any], options: KubernetesOptions, sidecar
     copier: dict[str, Any] = {
         "name": STATUS_CONTAINER,
         "image": options.image,
-        "command": ["/bin/sh", "-c", _verbatim(STATUS_SCRIPT)],
+        "command": ["/bin/sh", "-c", _verbatim(status_script(sidecar))],
         "env": [{"name": STATUS_VARIABLE, "value": STATUS_PATH}],
         "volumeMounts": [dict(mount)],
         # (a few lines of a file: it asks for little, and the pod's QoS barely notices it)
@@ -165,6 +168,11 @@ def _add_status_sidecar(pod: dict[str, Any], options: KubernetesOptions, sidecar
         pod["initContainers"] = [copier]
     else:
         pod["containers"].append(copier)
+
+
+def status_script(sidecar: Sidecar) -> str:
+    """What the status sidecar runs (`STATUS_SCRIPT`)."""
+    return STATUS_SCRIPT.format(linger=1 if sidecar == "native" else 0)
 
 
 def _verbatim(text: str) -> str:

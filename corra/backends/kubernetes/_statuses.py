@@ -85,12 +85,12 @@ async def statuses_home(shipping: LogShipping, handle: Any, directory: Path) -> 
     """Once the program of ``handle`` (a `KubeHandle`) ended: wait until its status log is
     home (a native sidecar's ends; a second container's counts as home once still for
     `STATUS_STILL` seconds), at most `STATUS_PATIENCE` seconds, then stop shipping it."""
-    if handle.status is None:
+    if handle.sidecar is None:
         return
     done = shipping.ship(handle, status_logs(directory), STATUS_CONTAINER)
     logs = status_logs(directory)
     with trio.move_on_after(STATUS_PATIENCE):
-        if handle.status == "native":
+        if handle.sidecar == "native":
             await done.wait()
         else:
             size = -1
