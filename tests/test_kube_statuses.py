@@ -23,7 +23,8 @@ from lightkube import AsyncClient, KubeConfig
 from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import Namespace, Pod
 
-from corra._errors import ConfigError
+from corra._errors import ConfigError, LaunchFailed
+from corra.backends.kubernetes import KubernetesHostOptions
 from corra.backends.kubernetes._client import _version
 from corra.backends.kubernetes._manifest import (
     STATUS_CONTAINER,
@@ -34,7 +35,10 @@ from corra.backends.kubernetes._manifest import (
 )
 from corra.backends.kubernetes._options import KubernetesOptions
 from corra.backends.kubernetes._statuses import sidecar_for, sidecar_of
-from corra.processes._backend import EffectKey, LaunchRequest
+from corra.backends.ssh import HostConfig
+from corra.processes._backend import EffectKey, LaunchRequest, MemoryStatuses
+from corra.processes._registry import Registry
+from corra.testing import open_plugin
 
 MOUNT = {"name": "corra-status", "mountPath": STATUS_DIR}
 
@@ -142,6 +146,7 @@ def test_a_servers_version_is_read_as_its_major_and_minor(said, version):
 class _Server:
     def __init__(self, version):
         self.host, self._version_said = "kube", version
+        self.native_sidecars = True  # (False once the server dropped one)
 
     async def server_version(self):
         return self._version_said
@@ -165,6 +170,10 @@ async def test_where_the_sidecar_goes_depends_on_the_server_and_the_options(
     told: set[str] = set()
     assert await sidecar_for(_Server(version), options, keep_finished, told) == where
     assert told == ({"kube"} if (status and where is None) else set())
+    if where == "native" and not keep_finished:
+        server = _Server(version)
+        server.native_sidecars = False
+        assert await sidecar_for(server, options, keep_finished, told) == "container"
 
 
 def test_an_adopted_jobs_sidecar_is_read_from_its_template():
@@ -236,3 +245,46 @@ async def test_a_pods_statuses_reach_corra_show_while_it_runs_and_the_last_stays
     assert status["error"] == "not JSON: 'oops'" and status["attempt"] == 1
     # The sidecar runs until the Job is deleted, which corra does once the result is home.
     await nothing_left(client, namespace)
+
+
+@pytest.mark.kubernetes
+async def test_a_native_sidecar_the_server_drops_fails_the_launch_and_the_next_is_a_container(
+    kube: _kube.KubeCluster, client: AsyncClient, namespace: str, tmp_path: Path
+) -> None:
+    # A server that says >= 1.29 but drops the init container's restartPolicy (native
+    # sidecars off): played by the 1.20 test server made to say 1.29.
+    host = HostConfig(
+        name="kube",
+        transport="kubernetes",
+        options={
+            "kubernetes": KubernetesHostOptions(
+                kubeconfig=str(kube.kubeconfig), namespace=namespace, image="busybox"
+            )
+        },
+    )
+    statuses = MemoryStatuses()
+    plugin = Registry().get("kubernetes")
+    options = KubernetesOptions(image="busybox")
+    said = 'echo \'{"message": "here"}\' >> "$CORRA_STATUS"'
+
+    def request(attempt: int) -> LaunchRequest:
+        key = EffectKey("native", attempt)
+        return LaunchRequest(key, ("sh", "-c", said), host="kube", options=options)
+
+    async with open_plugin(plugin, tmp_path, hosts={"kube": host}, statuses=statuses) as backend:
+        cluster = await backend.cluster("kube")
+        cluster._version = (1, 29)
+        with pytest.raises(LaunchFailed, match="dropped the restartPolicy of the status sidecar"):
+            await backend.launch(request(1))
+        # (deleted before its program could start: an init container that never ends)
+        await eventually(lambda: _no_jobs(client, namespace), within=30)
+        handle = await backend.launch(request(2))
+        assert handle.sidecar == "container"
+        with trio.fail_after(60):
+            result = await backend.wait(handle)
+    assert result.ok, result
+    assert statuses.statuses[EffectKey("native", 2)] == ({"message": "here"}, None)
+
+
+async def _no_jobs(client: AsyncClient, namespace: str) -> bool:
+    return not [job async for job in client.list(Job, namespace=namespace)]

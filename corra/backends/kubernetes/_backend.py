@@ -252,6 +252,7 @@ class KubernetesBackend(BackendBase):
             with cluster.errors(f"creating Job {name}"):
                 created = await cluster.client.create(Job.from_dict(manifest))
             uid = created.metadata.uid
+            await _statuses.check_native(cluster, created, sidecar)
         except ApiError as exc:
             if exc.status.code != 409:
                 raise LaunchFailed(f"creating Job {name} on {host}: {exc}") from exc

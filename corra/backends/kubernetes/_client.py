@@ -182,6 +182,8 @@ class Cluster:
         self.policy = policy
         self.requests: collections.Counter[str] = collections.Counter()
         self._version: tuple[int, int] | None = None
+        #: False once the server dropped a native sidecar's ``restartPolicy`` (`_statuses`)
+        self.native_sidecars = True
         self._writes = TokenBucket(options.writes_per_second, options.write_burst)
         self.http.event_hooks = {"request": [self._count], "response": []}
 

@@ -21,7 +21,9 @@ from typing import Any, Final
 
 import trio
 
+from corra._errors import LaunchFailed
 from corra.backends.kubernetes._client import Cluster
+from corra.backends.kubernetes._deletion import delete_job
 from corra.backends.kubernetes._logfiles import STDOUT, LogFiles
 from corra.backends.kubernetes._manifest import STATUS_CONTAINER, Sidecar
 from corra.backends.kubernetes._options import KubernetesOptions
@@ -57,7 +59,7 @@ async def sidecar_for(
     the hosts already warned of having none."""
     if not options.status:
         return None
-    if await cluster.server_version() >= NATIVE_SIDECARS:
+    if cluster.native_sidecars and await cluster.server_version() >= NATIVE_SIDECARS:
         return "native"
     if not keep_finished:
         return "container"
@@ -69,6 +71,30 @@ async def sidecar_for(
             cluster.host,
         )
     return None
+
+
+async def check_native(cluster: Cluster, created: Any, sidecar: Sidecar | None) -> None:
+    """Refuse a Job just ``created`` whose native sidecar the server did not keep as one (a
+    server >= 1.29 with ``SidecarContainers`` off drops its ``restartPolicy``: it would be
+    an init container that never ends, and the program would never start): the Job is
+    deleted (its program never ran) and the cluster's next Jobs get a second container.
+
+    Raises:
+        LaunchFailed: it was not kept (the attempt never ran).
+    """
+    if sidecar != "native":
+        return
+    spec = created.spec.template.spec
+    copier = [c for c in spec.initContainers or () if c.name == STATUS_CONTAINER]
+    if copier and getattr(copier[0], "restartPolicy", None) == "Always":
+        return
+    cluster.native_sidecars = False
+    await delete_job(cluster, created.metadata.name)
+    raise LaunchFailed(
+        f"host {cluster.host}: the server dropped the restartPolicy of the status sidecar "
+        "(native sidecars off?); the Job was deleted before its program started, and the "
+        "next ones get the sidecar as a second container"
+    )
 
 
 def sidecar_of(job: Any) -> Sidecar | None:
