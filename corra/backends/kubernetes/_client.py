@@ -182,6 +182,7 @@ class Cluster:
         self.policy = policy
         self.requests: collections.Counter[str] = collections.Counter()
         self._version: tuple[int, int] | None = None
+        self._version_lock = trio.Lock()
         #: False once the server dropped a native sidecar's ``restartPolicy`` (`_statuses`)
         self.native_sidecars = True
         self._writes = TokenBucket(options.writes_per_second, options.write_burst)
@@ -213,15 +214,19 @@ class Cluster:
         Raises:
             BackendError: the request failed (as `errors` maps it).
         """
-        if self._version is None:
-            with self.errors("reading the server's version"):
-                response = await self.http.get("/version")
-            if response.status_code >= 400:
-                raise BackendError(
-                    f"{self.host}: reading the server's version: {response.status_code}"
-                )
-            self._version = _version(response.json())
-        return self._version
+        async with self._version_lock:  # (asked once, however many launches ask at once)
+            if self._version is None:
+                with self.errors("reading the server's version"):
+                    response = await self.http.get("/version")
+                if response.status_code >= 400:
+                    raise BackendError(
+                        f"{self.host}: reading the server's version: {response.status_code}"
+                    )
+                try:
+                    self._version = _version(response.json())
+                except ValueError:  # (not JSON)
+                    self._version = (0, 0)
+            return self._version
 
     async def wait_answering(self) -> None:
         """Return once the apiserver answers again (``GET /version``, sent without the
