@@ -12,6 +12,8 @@ cluster through lightkube's async client. See docs/kubernetes.md.
 - `_logs`: an attempt's log followed home while it runs (`_logstream` splits the API's
   timestamped records, `_logfiles` keeps them with the position shipping resumes from);
 - `_shipping`: one shipping per attempt, from its launch to its end;
+- `_statuses`: the program's ``$CORRA_STATUS`` through a sidecar's log (where the sidecar
+  goes: native on servers >= 1.29, a second container before);
 - `_attempts`: what the backend keeps of its attempts at home;
 - `_backend`: the backend (launch, wait, kill, recovery's sweep).
 """
